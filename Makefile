@@ -1,0 +1,52 @@
+# mcpgw — every entry point installs what it needs first.
+#   make run    build the filter and start Envoy with it in front of a real MCP server
+#   make test   install tools and peers, build, run every test
+#   make bench  side-by-side benchmark; writes docs/benchmarks.md
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON  ?= python3
+VENV    := .venv
+NODE_DIR := tests/node
+WASM_TARGET := wasm32-wasip1
+WASM    := target/$(WASM_TARGET)/release/mcpgw_filter.wasm
+export MCPGW_WASM := $(CURDIR)/$(WASM)
+export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
+export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
+export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
+
+.PHONY: help deps wasm build test run bench fmt clippy clean
+
+help:
+	@echo "make run | make test | make bench"
+
+# --- installs -------------------------------------------------------------------------
+$(VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+.rustup-target-stamp:
+	rustup target add $(WASM_TARGET)
+
+deps: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+# --- build ----------------------------------------------------------------------------
+wasm: deps
+	cargo build --release --locked -p mcpgw-filter --target $(WASM_TARGET)
+
+build: wasm
+	cargo build --locked --workspace --all-targets
+
+# --- test -----------------------------------------------------------------------------
+test: build
+	cargo test --locked --workspace
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .run

@@ -1,0 +1,1 @@
+//! The mcpgw control plane: owns the registry the filters enforce.

@@ -1,0 +1,187 @@
+//! The filter's configuration: one versioned, serde-defined document.
+//!
+//! This is the one contract between the control plane and the filter. The control plane
+//! builds a [`Snapshot`] from its registry and delivers it (JSON) as the wasm plugin's
+//! configuration; the filter parses it once in `on_configure`, validates it with
+//! [`Snapshot::validate`], and keeps the indexed result for every request. An operator can
+//! also write one by hand in an Envoy config; an empty configuration means
+//! [`Snapshot::default`], the documented defaults.
+//!
+//! Every struct rejects unknown fields, so a typo fails `on_configure` (Envoy rejects the
+//! config, which NACKs over xDS) instead of silently running with half a policy.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The schema version this build of `core` reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole filter configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Snapshot {
+    /// Schema version of this document; must equal [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// Opaque version label set by the control plane (e.g. a content hash); reported in
+    /// metrics and logs so an operator can tell which snapshot a filter runs.
+    pub version: String,
+    /// Request policy applied to every MCP request.
+    pub policy: Policy,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot { schema: SCHEMA_VERSION, version: String::new(), policy: Policy::default() }
+    }
+}
+
+/// Request policy: what the filter lets through, and where it routes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// If set, only these JSON-RPC methods (requests and notifications) are allowed;
+    /// anything else is answered with JSON-RPC -32601. `None` allows every method.
+    pub allowed_methods: Option<Vec<String>>,
+    /// Largest request body accepted, in bytes; larger bodies get HTTP 413.
+    pub max_body_bytes: u64,
+    /// Reject JSON objects that repeat a key (ambiguous input different parsers read
+    /// differently) with JSON-RPC -32600.
+    pub reject_duplicate_keys: bool,
+    /// Tool names `tools/call` may not invoke (answered with HTTP 403 and a JSON-RPC error).
+    pub denied_tools: Vec<String>,
+    /// Request header the filter sets to the chosen cluster name when a route matches;
+    /// an Envoy route matching on this header sends the request there.
+    pub route_header: String,
+    /// `tools/call` routing: tool name → Envoy cluster name.
+    pub tool_routes: BTreeMap<String, String>,
+}
+
+/// Default for [`Policy::max_body_bytes`]: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// Default for [`Policy::route_header`].
+pub const DEFAULT_ROUTE_HEADER: &str = "x-mcpgw-cluster";
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_methods: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            reject_duplicate_keys: false,
+            denied_tools: Vec::new(),
+            route_header: DEFAULT_ROUTE_HEADER.to_string(),
+            tool_routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The document is not valid JSON for this schema (unknown field, wrong type, …).
+    #[error("configuration does not parse: {0}")]
+    Parse(String),
+    /// A field parses but its value is unusable.
+    #[error("invalid field `{field}`: {reason}")]
+    FieldInvalid {
+        /// Dotted path of the field, e.g. `policy.max_body_bytes`.
+        field: String,
+        /// Why the value is unusable.
+        reason: String,
+    },
+}
+
+impl Snapshot {
+    /// Parses a configuration document. Empty (or all-whitespace) input yields the defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Snapshot::default());
+        }
+        let snapshot: Snapshot =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        snapshot.validate()?;
+        Ok(snapshot)
+    }
+
+    /// Checks semantic constraints that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(ConfigError::FieldInvalid { field: field.to_string(), reason: reason.to_string() })
+        };
+        if self.schema != SCHEMA_VERSION {
+            return invalid("schema", &format!("unsupported schema {}, expected {SCHEMA_VERSION}", self.schema));
+        }
+        let p = &self.policy;
+        if p.max_body_bytes == 0 {
+            return invalid("policy.max_body_bytes", "must be greater than 0");
+        }
+        if !is_header_name(&p.route_header) {
+            return invalid("policy.route_header", "must be a lowercase HTTP header name");
+        }
+        if let Some(methods) = &p.allowed_methods {
+            if let Some(i) = methods.iter().position(String::is_empty) {
+                return invalid(&format!("policy.allowed_methods[{i}]"), "must not be empty");
+            }
+        }
+        if let Some(i) = p.denied_tools.iter().position(String::is_empty) {
+            return invalid(&format!("policy.denied_tools[{i}]"), "must not be empty");
+        }
+        for (tool, cluster) in &p.tool_routes {
+            if tool.is_empty() {
+                return invalid("policy.tool_routes", "tool name must not be empty");
+            }
+            if cluster.is_empty() {
+                return invalid(&format!("policy.tool_routes.{tool}"), "cluster name must not be empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_means_defaults() {
+        assert_eq!(Snapshot::from_json(b"").unwrap(), Snapshot::default());
+        assert_eq!(Snapshot::from_json(b" \n").unwrap(), Snapshot::default());
+        assert_eq!(Snapshot::from_json(b"{}").unwrap(), Snapshot::default());
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = Snapshot::from_json(br#"{"policy":{"max_body_byts":5}}"#).unwrap_err();
+        assert!(matches!(&err, ConfigError::Parse(m) if m.contains("max_body_byts")), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            (r#"{"schema":2}"#, "schema"),
+            (r#"{"policy":{"max_body_bytes":0}}"#, "policy.max_body_bytes"),
+            (r#"{"policy":{"route_header":"X Bad"}}"#, "policy.route_header"),
+            (r#"{"policy":{"denied_tools":["ok",""]}}"#, "policy.denied_tools[1]"),
+            (r#"{"policy":{"tool_routes":{"echo":""}}}"#, "policy.tool_routes.echo"),
+        ];
+        for (doc, want) in cases {
+            match Snapshot::from_json(doc.as_bytes()) {
+                Err(ConfigError::FieldInvalid { field, .. }) => assert_eq!(field, want, "{doc}"),
+                other => panic!("{doc}: expected FieldInvalid({want}), got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut s = Snapshot::default();
+        s.version = "v7".into();
+        s.policy.tool_routes.insert("echo".into(), "everything".into());
+        let json = serde_json::to_vec(&s).unwrap();
+        assert_eq!(Snapshot::from_json(&json).unwrap(), s);
+    }
+}
