@@ -42,11 +42,19 @@ pub struct Policy {
     /// If set, only these JSON-RPC methods (requests and notifications) are allowed;
     /// anything else is answered with JSON-RPC -32601. `None` allows every method.
     pub allowed_methods: Option<Vec<String>>,
+    /// Whether methods that are not in MCP's method table pass (subject to
+    /// `allowed_methods`); `false` answers them with JSON-RPC -32601.
+    pub allow_unknown_methods: bool,
     /// Largest request body accepted, in bytes; larger bodies get HTTP 413.
     pub max_body_bytes: u64,
     /// Reject JSON objects that repeat a key (ambiguous input different parsers read
     /// differently) with JSON-RPC -32600.
     pub reject_duplicate_keys: bool,
+    /// Stop reading the body once the request is routable (method, id and routing
+    /// parameters seen), so large arguments stream through unbuffered. Only takes effect
+    /// when the policy denies nothing (see `policy::Gate::new`) and the request has a
+    /// `Content-Length`.
+    pub early_terminate: bool,
     /// Tool names `tools/call` may not invoke (answered with HTTP 403 and a JSON-RPC error).
     pub denied_tools: Vec<String>,
     /// Request header the filter sets to the chosen cluster name when a route matches;
@@ -65,8 +73,10 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             allowed_methods: None,
+            allow_unknown_methods: true,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             reject_duplicate_keys: false,
+            early_terminate: true,
             denied_tools: Vec::new(),
             route_header: DEFAULT_ROUTE_HEADER.to_string(),
             tool_routes: BTreeMap::new(),
