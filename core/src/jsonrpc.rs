@@ -120,7 +120,9 @@ impl RequestError {
     pub fn id(&self) -> Option<&Id> {
         match self {
             RequestError::Parse { .. } => None,
-            RequestError::Invalid { id, .. } | RequestError::InvalidParams { id, .. } => id.as_ref(),
+            RequestError::Invalid { id, .. } | RequestError::InvalidParams { id, .. } => {
+                id.as_ref()
+            }
         }
     }
 

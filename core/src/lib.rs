@@ -1,7 +1,15 @@
 //! Host-independent logic of the mcpgw MCP gateway: everything the Envoy filter decides,
 //! as plain functions that compile natively and to `wasm32-wasip1`.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod jsonrpc;
 pub mod mcp;

@@ -53,11 +53,21 @@ pub struct MethodInfo {
 }
 
 const fn req(name: &'static str, direction: Direction, target: Target) -> MethodInfo {
-    MethodInfo { name, notification: false, direction, target }
+    MethodInfo {
+        name,
+        notification: false,
+        direction,
+        target,
+    }
 }
 
 const fn note(name: &'static str, direction: Direction) -> MethodInfo {
-    MethodInfo { name, notification: true, direction, target: Target::None }
+    MethodInfo {
+        name,
+        notification: true,
+        direction,
+        target: Target::None,
+    }
 }
 
 use Direction::{Both, ClientToServer as C2S, ServerToClient as S2C};

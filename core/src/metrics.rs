@@ -44,7 +44,13 @@ pub fn stat_name(counter: Counter, labels: &[(&str, &str)]) -> String {
         name.push('_');
         name.push_str(label);
         name.push_str("=.=");
-        name.extend(value.chars().map(|c| if c.is_ascii_alphanumeric() || "/_-.@:".contains(c) { c } else { '_' }));
+        name.extend(value.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || "/_-.@:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        }));
         name.push_str(";.;");
     }
     name
@@ -59,7 +65,11 @@ pub struct LabelBudget {
 impl LabelBudget {
     /// The label for JSON-RPC method `method`: itself if MCP defines it, else [`OTHER`].
     pub fn method<'a>(&self, method: &'a str) -> &'a str {
-        if crate::mcp::method_info(method).is_some() { method } else { OTHER }
+        if crate::mcp::method_info(method).is_some() {
+            method
+        } else {
+            OTHER
+        }
     }
 
     /// The label for tool `name`: itself while the budget lasts, else [`OTHER`].
@@ -82,10 +92,16 @@ mod tests {
     #[test]
     fn names_encode_labels_safely() {
         assert_eq!(
-            stat_name(Counter::Requests, &[("mcp_method", "tools/call"), ("mcp_tool", "a;b=.=c d")]),
+            stat_name(
+                Counter::Requests,
+                &[("mcp_method", "tools/call"), ("mcp_tool", "a;b=.=c d")]
+            ),
             "mcpgw_requests_total_mcp_method=.=tools/call;.;_mcp_tool=.=a_b_._c_d;.;"
         );
-        assert_eq!(stat_name(Counter::InternalErrors, &[]), "mcpgw_internal_errors_total");
+        assert_eq!(
+            stat_name(Counter::InternalErrors, &[]),
+            "mcpgw_internal_errors_total"
+        );
     }
 
     #[test]
@@ -94,7 +110,10 @@ mod tests {
         let names: Vec<String> = (0..MAX_TOOL_LABELS + 5).map(|i| format!("t{i}")).collect();
         let labels: Vec<&str> = names.iter().map(|n| b.tool(n)).collect();
         assert_eq!(labels[0], "t0");
-        assert_eq!(labels[MAX_TOOL_LABELS - 1], format!("t{}", MAX_TOOL_LABELS - 1));
+        assert_eq!(
+            labels[MAX_TOOL_LABELS - 1],
+            format!("t{}", MAX_TOOL_LABELS - 1)
+        );
         assert_eq!(labels[MAX_TOOL_LABELS], OTHER);
         assert_eq!(b.tool("t3"), "t3", "known names keep their label");
         assert_eq!(b.method("tools/call"), "tools/call");

@@ -4,7 +4,7 @@
 //! every per-request decision is a plain function of the request and the gate.
 
 use crate::jsonrpc::stream::Options;
-use crate::jsonrpc::{code, error_response, Id, Kind, Message, RequestError};
+use crate::jsonrpc::{Id, Kind, Message, RequestError, code, error_response};
 use crate::mcp;
 use crate::snapshot::Snapshot;
 use std::collections::HashSet;
@@ -75,8 +75,20 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(status: u16, code: i64, id: Option<Id>, message: impl Into<String>, reason: &'static str) -> Self {
-        Rejection { status, code, id, message: message.into(), reason }
+    fn new(
+        status: u16,
+        code: i64,
+        id: Option<Id>,
+        message: impl Into<String>,
+        reason: &'static str,
+    ) -> Self {
+        Rejection {
+            status,
+            code,
+            id,
+            message: message.into(),
+            reason,
+        }
     }
 
     /// The JSON-RPC error response body.
@@ -86,17 +98,35 @@ impl Rejection {
 
     /// The answer to a body that failed to parse.
     pub fn from_parse(err: &RequestError) -> Self {
-        Rejection::new(400, err.code(), err.id().cloned(), err.to_string(), err.metric_label())
+        Rejection::new(
+            400,
+            err.code(),
+            err.id().cloned(),
+            err.to_string(),
+            err.metric_label(),
+        )
     }
 
     /// The answer to a body larger than the limit.
     pub fn too_large(limit: u64) -> Self {
-        Rejection::new(413, code::INVALID_REQUEST, None, format!("request body exceeds {limit} bytes"), "too_large")
+        Rejection::new(
+            413,
+            code::INVALID_REQUEST,
+            None,
+            format!("request body exceeds {limit} bytes"),
+            "too_large",
+        )
     }
 
     /// The answer when the filter itself failed.
     pub fn internal(what: &str) -> Self {
-        Rejection::new(500, code::INTERNAL_ERROR, None, format!("internal error: {what}"), "internal")
+        Rejection::new(
+            500,
+            code::INTERNAL_ERROR,
+            None,
+            format!("internal error: {what}"),
+            "internal",
+        )
     }
 }
 
@@ -107,18 +137,27 @@ impl Gate {
     /// Compiles a validated snapshot.
     pub fn new(snapshot: Snapshot) -> Self {
         let p = &snapshot.policy;
-        let allowed_methods = p.allowed_methods.as_ref().map(|m| m.iter().cloned().collect());
+        let allowed_methods = p
+            .allowed_methods
+            .as_ref()
+            .map(|m| m.iter().cloned().collect());
         let denied_tools: HashSet<String> = p.denied_tools.iter().cloned().collect();
         // Early termination leaves the rest of the body unread, so a later duplicate key
         // (`"params":{"name":"allowed"},"params":{"name":"denied"}`) could smuggle a
         // different tool past a deny decision to an upstream whose parser keeps the last
         // key. It is only used when the policy denies nothing.
-        let denies = allowed_methods.is_some() || !denied_tools.is_empty() || !p.allow_unknown_methods;
+        let denies =
+            allowed_methods.is_some() || !denied_tools.is_empty() || !p.allow_unknown_methods;
         let parse = Options {
             reject_duplicate_keys: p.reject_duplicate_keys,
             stop_when_routable: p.early_terminate && !denies,
         };
-        Gate { snapshot, allowed_methods, denied_tools, parse }
+        Gate {
+            snapshot,
+            allowed_methods,
+            denied_tools,
+            parse,
+        }
     }
 
     /// The snapshot this gate was built from.
@@ -144,22 +183,35 @@ impl Gate {
     /// Decides on a request head.
     pub fn check_head(&self, head: &Head<'_>) -> HeadVerdict {
         let reject = |status, message: &str, reason| {
-            HeadVerdict::Reject(Rejection::new(status, code::INVALID_REQUEST, None, message, reason))
+            HeadVerdict::Reject(Rejection::new(
+                status,
+                code::INVALID_REQUEST,
+                None,
+                message,
+                reason,
+            ))
         };
-        if let Some(v) = head.protocol_version {
-            if !mcp::is_supported_version(v.trim()) {
-                let msg = format!(
-                    "unsupported MCP-Protocol-Version {:?}; supported: {}",
-                    v,
-                    mcp::PROTOCOL_VERSIONS.join(", ")
-                );
-                return reject(400, &msg, "bad_protocol_version");
-            }
+        if let Some(v) = head.protocol_version
+            && !mcp::is_supported_version(v.trim())
+        {
+            let msg = format!(
+                "unsupported MCP-Protocol-Version {:?}; supported: {}",
+                v,
+                mcp::PROTOCOL_VERSIONS.join(", ")
+            );
+            return reject(400, &msg, "bad_protocol_version");
         }
         match head.method {
             "POST" => {
-                if !head.content_type.is_some_and(|ct| media_type_is(ct, "application/json")) {
-                    return reject(415, "Content-Type must be application/json", "unsupported_media_type");
+                if !head
+                    .content_type
+                    .is_some_and(|ct| media_type_is(ct, "application/json"))
+                {
+                    return reject(
+                        415,
+                        "Content-Type must be application/json",
+                        "unsupported_media_type",
+                    );
                 }
                 let accept = head.accept.unwrap_or_default();
                 if !(accepts(accept, "application/json") && accepts(accept, "text/event-stream")) {
@@ -175,7 +227,9 @@ impl Gate {
                         return HeadVerdict::Reject(Rejection::too_large(self.max_body_bytes()));
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(_)) => return reject(400, "invalid Content-Length", "bad_content_length"),
+                    Some(Err(_)) => {
+                        return reject(400, "invalid Content-Length", "bad_content_length");
+                    }
                     // Without a length the size limit can only be enforced by reading it all.
                     None => early_terminate = false,
                 }
@@ -185,7 +239,11 @@ impl Gate {
                 if accepts(head.accept.unwrap_or_default(), "text/event-stream") {
                     HeadVerdict::Pass
                 } else {
-                    reject(406, "Accept must include text/event-stream", "not_acceptable")
+                    reject(
+                        406,
+                        "Accept must include text/event-stream",
+                        "not_acceptable",
+                    )
                 }
             }
             "DELETE" => HeadVerdict::Pass,
@@ -201,7 +259,12 @@ impl Gate {
 
     /// Decides on the parsed messages of a request body. `batch` says whether they came as
     /// a JSON-RPC batch; `protocol_version` is the request's `MCP-Protocol-Version`.
-    pub fn check_messages(&self, messages: &[Message], batch: bool, protocol_version: Option<&str>) -> BodyVerdict {
+    pub fn check_messages(
+        &self,
+        messages: &[Message],
+        batch: bool,
+        protocol_version: Option<&str>,
+    ) -> BodyVerdict {
         let version = protocol_version.map_or(mcp::DEFAULT_PROTOCOL_VERSION, str::trim);
         if batch && !mcp::batches_allowed(version) {
             return BodyVerdict::Reject(Rejection::new(
@@ -229,14 +292,18 @@ impl Gate {
             }
             cluster = here;
         }
-        BodyVerdict::Forward { cluster: cluster.cloned() }
+        BodyVerdict::Forward {
+            cluster: cluster.cloned(),
+        }
     }
 
     fn route_of(&self, m: &Message) -> Option<&String> {
         if m.method.as_deref() != Some("tools/call") {
             return None;
         }
-        m.name.as_ref().and_then(|name| self.snapshot.policy.tool_routes.get(name))
+        m.name
+            .as_ref()
+            .and_then(|name| self.snapshot.policy.tool_routes.get(name))
     }
 
     fn check_message(&self, m: &Message) -> Option<Rejection> {
@@ -245,9 +312,17 @@ impl Gate {
             return None;
         }
         let method = m.method.as_deref().unwrap_or_default();
-        let status = if m.kind == Kind::Notification { 400 } else { 200 };
-        let allowed = self.allowed_methods.as_ref().is_none_or(|set| set.contains(method));
-        let known = self.snapshot.policy.allow_unknown_methods || mcp::method_info(method).is_some();
+        let status = if m.kind == Kind::Notification {
+            400
+        } else {
+            200
+        };
+        let allowed = self
+            .allowed_methods
+            .as_ref()
+            .is_none_or(|set| set.contains(method));
+        let known =
+            self.snapshot.policy.allow_unknown_methods || mcp::method_info(method).is_some();
         if !allowed || !known {
             return Some(Rejection::new(
                 status,
@@ -257,16 +332,16 @@ impl Gate {
                 "method_not_allowed",
             ));
         }
-        if method == "tools/call" {
-            if let Some(name) = m.name.as_deref().filter(|n| self.denied_tools.contains(*n)) {
-                return Some(Rejection::new(
-                    403,
-                    code::FORBIDDEN,
-                    m.id.clone(),
-                    format!("tool {name:?} is denied by policy"),
-                    "tool_denied",
-                ));
-            }
+        if method == "tools/call"
+            && let Some(name) = m.name.as_deref().filter(|n| self.denied_tools.contains(*n))
+        {
+            return Some(Rejection::new(
+                403,
+                code::FORBIDDEN,
+                m.id.clone(),
+                format!("tool {name:?} is denied by policy"),
+                "tool_denied",
+            ));
         }
         None
     }
@@ -274,7 +349,10 @@ impl Gate {
 
 /// Whether a `Content-Type` value is `want` (parameters and case ignored).
 fn media_type_is(value: &str, want: &str) -> bool {
-    value.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
+    value
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
 }
 
 /// Whether an `Accept` value admits `want` (`type/subtype`), wildcards included.
@@ -328,29 +406,137 @@ mod tests {
     #[test]
     fn head_checks() {
         let g = gate("{}");
-        assert_eq!(g.check_head(&post()), HeadVerdict::InspectBody { early_terminate: true });
+        assert_eq!(
+            g.check_head(&post()),
+            HeadVerdict::InspectBody {
+                early_terminate: true
+            }
+        );
         let cases: [(&str, Head<'_>, u16); 12] = [
-            ("json with charset", Head { content_type: Some("Application/JSON; charset=utf-8"), ..post() }, 0),
-            ("no content type", Head { content_type: None, ..post() }, 415),
-            ("text/plain", Head { content_type: Some("text/plain"), ..post() }, 415),
-            ("accept json only", Head { accept: Some("application/json"), ..post() }, 406),
-            ("no accept", Head { accept: None, ..post() }, 406),
-            ("accept */*", Head { accept: Some("*/*"), ..post() }, 0),
-            ("accept q=0", Head { accept: Some("application/json, text/event-stream;q=0"), ..post() }, 406),
-            ("bad version", Head { protocol_version: Some("2099-01-01"), ..post() }, 400),
-            ("too large", Head { content_length: Some("5000000"), ..post() }, 413),
-            ("bad length", Head { content_length: Some("x"), ..post() }, 400),
-            ("GET without sse", Head { method: "GET", accept: Some("application/json"), ..post() }, 406),
-            ("PUT", Head { method: "PUT", ..post() }, 405),
+            (
+                "json with charset",
+                Head {
+                    content_type: Some("Application/JSON; charset=utf-8"),
+                    ..post()
+                },
+                0,
+            ),
+            (
+                "no content type",
+                Head {
+                    content_type: None,
+                    ..post()
+                },
+                415,
+            ),
+            (
+                "text/plain",
+                Head {
+                    content_type: Some("text/plain"),
+                    ..post()
+                },
+                415,
+            ),
+            (
+                "accept json only",
+                Head {
+                    accept: Some("application/json"),
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "no accept",
+                Head {
+                    accept: None,
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "accept */*",
+                Head {
+                    accept: Some("*/*"),
+                    ..post()
+                },
+                0,
+            ),
+            (
+                "accept q=0",
+                Head {
+                    accept: Some("application/json, text/event-stream;q=0"),
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "bad version",
+                Head {
+                    protocol_version: Some("2099-01-01"),
+                    ..post()
+                },
+                400,
+            ),
+            (
+                "too large",
+                Head {
+                    content_length: Some("5000000"),
+                    ..post()
+                },
+                413,
+            ),
+            (
+                "bad length",
+                Head {
+                    content_length: Some("x"),
+                    ..post()
+                },
+                400,
+            ),
+            (
+                "GET without sse",
+                Head {
+                    method: "GET",
+                    accept: Some("application/json"),
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "PUT",
+                Head {
+                    method: "PUT",
+                    ..post()
+                },
+                405,
+            ),
         ];
         for (name, head, want) in cases {
             assert_eq!(status(&g.check_head(&head)), want, "{name}");
         }
-        let get = Head { method: "GET", accept: Some("text/event-stream"), ..post() };
+        let get = Head {
+            method: "GET",
+            accept: Some("text/event-stream"),
+            ..post()
+        };
         assert_eq!(g.check_head(&get), HeadVerdict::Pass);
-        assert_eq!(g.check_head(&Head { method: "DELETE", ..post() }), HeadVerdict::Pass);
-        let chunked = Head { content_length: None, ..post() };
-        assert_eq!(g.check_head(&chunked), HeadVerdict::InspectBody { early_terminate: false });
+        assert_eq!(
+            g.check_head(&Head {
+                method: "DELETE",
+                ..post()
+            }),
+            HeadVerdict::Pass
+        );
+        let chunked = Head {
+            content_length: None,
+            ..post()
+        };
+        assert_eq!(
+            g.check_head(&chunked),
+            HeadVerdict::InspectBody {
+                early_terminate: false
+            }
+        );
     }
 
     fn body(json: &str) -> (Vec<Message>, bool) {
@@ -374,25 +560,58 @@ mod tests {
         }
     }
 
-    const CALL_ECHO: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
-    const CALL_ADD: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add"}}"#;
+    const CALL_ECHO: &str =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+    const CALL_ADD: &str =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add"}}"#;
     const LIST: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
 
     #[test]
     fn body_decisions() {
-        let g = gate(r#"{"denied_tools":["add"],"tool_routes":{"echo":"b"},"allowed_methods":["tools/call","tools/list","x/y"]}"#);
-        assert_eq!(verdict(&g, CALL_ECHO, None), BodyVerdict::Forward { cluster: Some("b".into()) });
-        assert_eq!(verdict(&g, LIST, None), BodyVerdict::Forward { cluster: None });
-        assert_eq!(rejected(&verdict(&g, CALL_ADD, None)), (403, code::FORBIDDEN));
+        let g = gate(
+            r#"{"denied_tools":["add"],"tool_routes":{"echo":"b"},"allowed_methods":["tools/call","tools/list","x/y"]}"#,
+        );
+        assert_eq!(
+            verdict(&g, CALL_ECHO, None),
+            BodyVerdict::Forward {
+                cluster: Some("b".into())
+            }
+        );
+        assert_eq!(
+            verdict(&g, LIST, None),
+            BodyVerdict::Forward { cluster: None }
+        );
+        assert_eq!(
+            rejected(&verdict(&g, CALL_ADD, None)),
+            (403, code::FORBIDDEN)
+        );
         let ping = r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#;
-        assert_eq!(rejected(&verdict(&g, ping, None)), (200, code::METHOD_NOT_FOUND));
+        assert_eq!(
+            rejected(&verdict(&g, ping, None)),
+            (200, code::METHOD_NOT_FOUND)
+        );
         let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        assert_eq!(rejected(&verdict(&g, note, None)), (400, code::METHOD_NOT_FOUND));
+        assert_eq!(
+            rejected(&verdict(&g, note, None)),
+            (400, code::METHOD_NOT_FOUND)
+        );
         let batch = format!("[{CALL_ECHO},{LIST}]");
-        assert_eq!(rejected(&verdict(&g, &batch, None)), (400, code::INVALID_REQUEST), "spans upstreams");
-        assert_eq!(rejected(&verdict(&g, &batch, Some("2025-06-18"))), (400, code::INVALID_REQUEST));
+        assert_eq!(
+            rejected(&verdict(&g, &batch, None)),
+            (400, code::INVALID_REQUEST),
+            "spans upstreams"
+        );
+        assert_eq!(
+            rejected(&verdict(&g, &batch, Some("2025-06-18"))),
+            (400, code::INVALID_REQUEST)
+        );
         let batch = format!("[{CALL_ECHO},{CALL_ECHO}]");
-        assert_eq!(verdict(&g, &batch, Some("2025-03-26")), BodyVerdict::Forward { cluster: Some("b".into()) });
+        assert_eq!(
+            verdict(&g, &batch, Some("2025-03-26")),
+            BodyVerdict::Forward {
+                cluster: Some("b".into())
+            }
+        );
         let batch = format!("[{LIST},{CALL_ADD}]");
         assert_eq!(rejected(&verdict(&g, &batch, None)), (403, code::FORBIDDEN));
         // The reject carries the request id.
@@ -405,21 +624,42 @@ mod tests {
         }
         // Client responses to server requests pass.
         let resp = r#"{"jsonrpc":"2.0","id":"s1","result":{}}"#;
-        assert_eq!(verdict(&g, resp, None), BodyVerdict::Forward { cluster: None });
+        assert_eq!(
+            verdict(&g, resp, None),
+            BodyVerdict::Forward { cluster: None }
+        );
     }
 
     #[test]
     fn unknown_methods_and_early_termination() {
         let open = gate("{}");
         assert!(open.parse_options().stop_when_routable);
-        assert_eq!(verdict(&open, r#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#, None), BodyVerdict::Forward { cluster: None });
-        let strict = gate(r#"{"allow_unknown_methods":false}"#);
-        assert!(!strict.parse_options().stop_when_routable, "deny decisions need the whole body");
         assert_eq!(
-            rejected(&verdict(&strict, r#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#, None)),
+            verdict(&open, r#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#, None),
+            BodyVerdict::Forward { cluster: None }
+        );
+        let strict = gate(r#"{"allow_unknown_methods":false}"#);
+        assert!(
+            !strict.parse_options().stop_when_routable,
+            "deny decisions need the whole body"
+        );
+        assert_eq!(
+            rejected(&verdict(
+                &strict,
+                r#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#,
+                None
+            )),
             (200, code::METHOD_NOT_FOUND)
         );
-        assert!(!gate(r#"{"denied_tools":["a"]}"#).parse_options().stop_when_routable);
-        assert!(!gate(r#"{"early_terminate":false}"#).parse_options().stop_when_routable);
+        assert!(
+            !gate(r#"{"denied_tools":["a"]}"#)
+                .parse_options()
+                .stop_when_routable
+        );
+        assert!(
+            !gate(r#"{"early_terminate":false}"#)
+                .parse_options()
+                .stop_when_routable
+        );
     }
 }

@@ -31,7 +31,11 @@ pub struct Snapshot {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot { schema: SCHEMA_VERSION, version: String::new(), policy: Policy::default() }
+        Snapshot {
+            schema: SCHEMA_VERSION,
+            version: String::new(),
+            policy: Policy::default(),
+        }
     }
 }
 
@@ -115,22 +119,34 @@ impl Snapshot {
     /// Checks semantic constraints that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: &str| {
-            Err(ConfigError::FieldInvalid { field: field.to_string(), reason: reason.to_string() })
+            Err(ConfigError::FieldInvalid {
+                field: field.to_string(),
+                reason: reason.to_string(),
+            })
         };
         if self.schema != SCHEMA_VERSION {
-            return invalid("schema", &format!("unsupported schema {}, expected {SCHEMA_VERSION}", self.schema));
+            return invalid(
+                "schema",
+                &format!(
+                    "unsupported schema {}, expected {SCHEMA_VERSION}",
+                    self.schema
+                ),
+            );
         }
         let p = &self.policy;
         if p.max_body_bytes == 0 {
             return invalid("policy.max_body_bytes", "must be greater than 0");
         }
         if !is_header_name(&p.route_header) {
-            return invalid("policy.route_header", "must be a lowercase HTTP header name");
+            return invalid(
+                "policy.route_header",
+                "must be a lowercase HTTP header name",
+            );
         }
-        if let Some(methods) = &p.allowed_methods {
-            if let Some(i) = methods.iter().position(String::is_empty) {
-                return invalid(&format!("policy.allowed_methods[{i}]"), "must not be empty");
-            }
+        if let Some(methods) = &p.allowed_methods
+            && let Some(i) = methods.iter().position(String::is_empty)
+        {
+            return invalid(&format!("policy.allowed_methods[{i}]"), "must not be empty");
         }
         if let Some(i) = p.denied_tools.iter().position(String::is_empty) {
             return invalid(&format!("policy.denied_tools[{i}]"), "must not be empty");
@@ -140,7 +156,10 @@ impl Snapshot {
                 return invalid("policy.tool_routes", "tool name must not be empty");
             }
             if cluster.is_empty() {
-                return invalid(&format!("policy.tool_routes.{tool}"), "cluster name must not be empty");
+                return invalid(
+                    &format!("policy.tool_routes.{tool}"),
+                    "cluster name must not be empty",
+                );
             }
         }
         Ok(())
@@ -149,7 +168,9 @@ impl Snapshot {
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -166,17 +187,32 @@ mod tests {
     #[test]
     fn unknown_field_is_rejected() {
         let err = Snapshot::from_json(br#"{"policy":{"max_body_byts":5}}"#).unwrap_err();
-        assert!(matches!(&err, ConfigError::Parse(m) if m.contains("max_body_byts")), "{err}");
+        assert!(
+            matches!(&err, ConfigError::Parse(m) if m.contains("max_body_byts")),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_values_name_the_field() {
         let cases = [
             (r#"{"schema":2}"#, "schema"),
-            (r#"{"policy":{"max_body_bytes":0}}"#, "policy.max_body_bytes"),
-            (r#"{"policy":{"route_header":"X Bad"}}"#, "policy.route_header"),
-            (r#"{"policy":{"denied_tools":["ok",""]}}"#, "policy.denied_tools[1]"),
-            (r#"{"policy":{"tool_routes":{"echo":""}}}"#, "policy.tool_routes.echo"),
+            (
+                r#"{"policy":{"max_body_bytes":0}}"#,
+                "policy.max_body_bytes",
+            ),
+            (
+                r#"{"policy":{"route_header":"X Bad"}}"#,
+                "policy.route_header",
+            ),
+            (
+                r#"{"policy":{"denied_tools":["ok",""]}}"#,
+                "policy.denied_tools[1]",
+            ),
+            (
+                r#"{"policy":{"tool_routes":{"echo":""}}}"#,
+                "policy.tool_routes.echo",
+            ),
         ];
         for (doc, want) in cases {
             match Snapshot::from_json(doc.as_bytes()) {
@@ -190,7 +226,9 @@ mod tests {
     fn round_trips() {
         let mut s = Snapshot::default();
         s.version = "v7".into();
-        s.policy.tool_routes.insert("echo".into(), "everything".into());
+        s.policy
+            .tool_routes
+            .insert("echo".into(), "everything".into());
         let json = serde_json::to_vec(&s).unwrap();
         assert_eq!(Snapshot::from_json(&json).unwrap(), s);
     }

@@ -6,8 +6,8 @@
 //! so no event is ever held in memory. A blank line ends the event and yields the
 //! JSON-RPC messages it carried. Other fields (`event`, `id`, `retry`, comments) are skipped.
 
-use crate::jsonrpc::stream::{Body, MessageParser, Options};
 use crate::jsonrpc::Message;
+use crate::jsonrpc::stream::{Body, MessageParser, Options};
 
 /// Where the decoder is within a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,12 @@ pub struct EventStream {
 
 impl Default for EventStream {
     fn default() -> Self {
-        EventStream { line: Line::Start, after_cr: false, parser: None, data_lines: 0 }
+        EventStream {
+            line: Line::Start,
+            after_cr: false,
+            parser: None,
+            data_lines: 0,
+        }
     }
 }
 
@@ -68,7 +73,10 @@ impl EventStream {
             if self.line == Line::Data && b != b'\n' && b != b'\r' {
                 // Hand the run of data bytes up to the end of line to the parser at once.
                 let rest = chunk.get(i..).unwrap_or_default();
-                let n = rest.iter().position(|&c| c == b'\n' || c == b'\r').unwrap_or(rest.len());
+                let n = rest
+                    .iter()
+                    .position(|&c| c == b'\n' || c == b'\r')
+                    .unwrap_or(rest.len());
                 if let (Some(p), Some(run)) = (self.parser.as_mut(), rest.get(..n)) {
                     // A parse error is sticky; it is reported when the event ends.
                     let _ = p.feed(run);
@@ -92,15 +100,18 @@ impl EventStream {
                         Line::DataSpace
                     } else {
                         let expected = b"data".get(usize::from(len)).copied();
-                        Line::Field { len: len.saturating_add(1).min(5), data_so_far: so_far && expected == Some(b) }
+                        Line::Field {
+                            len: len.saturating_add(1).min(5),
+                            data_so_far: so_far && expected == Some(b),
+                        }
                     }
                 }
                 Line::DataSpace => {
                     self.start_data_line();
-                    if b != b' ' {
-                        if let Some(p) = self.parser.as_mut() {
-                            let _ = p.feed(&[b]);
-                        }
+                    if b != b' '
+                        && let Some(p) = self.parser.as_mut()
+                    {
+                        let _ = p.feed(&[b]);
                     }
                     Line::Data
                 }
@@ -113,7 +124,9 @@ impl EventStream {
     }
 
     fn start_data_line(&mut self) {
-        let parser = self.parser.get_or_insert_with(|| MessageParser::new(Options::default()));
+        let parser = self
+            .parser
+            .get_or_insert_with(|| MessageParser::new(Options::default()));
         if self.data_lines > 0 {
             let _ = parser.feed(b"\n");
         }
@@ -124,7 +137,11 @@ impl EventStream {
         match self.line {
             Line::Start => self.dispatch(on_event),
             // `data` with no colon, or `data:` with nothing after it: an empty data line.
-            Line::Field { len: 4, data_so_far: true } | Line::DataSpace => self.start_data_line(),
+            Line::Field {
+                len: 4,
+                data_so_far: true,
+            }
+            | Line::DataSpace => self.start_data_line(),
             _ => {}
         }
         self.line = Line::Start;
@@ -132,7 +149,9 @@ impl EventStream {
 
     fn dispatch(&mut self, on_event: &mut impl FnMut(Event)) {
         self.data_lines = 0;
-        let Some(parser) = self.parser.take() else { return };
+        let Some(parser) = self.parser.take() else {
+            return;
+        };
         match parser.finish() {
             Ok(Body::Single(m)) => on_event(Event::Messages(vec![m])),
             Ok(Body::Batch(ms)) => on_event(Event::Messages(ms)),
@@ -175,7 +194,12 @@ mod tests {
         let whole = events(&[STREAM]);
         assert_eq!(
             kinds(&whole),
-            vec![vec![Kind::Notification], vec![Kind::Result], vec![Kind::Error], vec![]]
+            vec![
+                vec![Kind::Notification],
+                vec![Kind::Result],
+                vec![Kind::Error],
+                vec![]
+            ]
         );
         assert_eq!(whole[3], Event::Malformed);
         match &whole[2] {

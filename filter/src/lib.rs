@@ -12,13 +12,21 @@
 //!
 //! Callbacks never panic: every failure becomes a 500 with a JSON-RPC error and a metric.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 mod metrics;
 
 use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Progress};
 use mcpgw_core::jsonrpc::{Kind, Message};
-use mcpgw_core::policy::{BodyVerdict, Gate, Head, HeadVerdict, Rejection, ALLOWED_HTTP_METHODS};
+use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
 use mcpgw_core::snapshot::Snapshot;
 use mcpgw_core::sse::{Event, EventStream};
 use metrics::Metrics;
@@ -74,7 +82,10 @@ impl RootContext for Root {
 /// What the request side is doing.
 enum Phase {
     /// Reading the body into the parser.
-    Reading { parser: MessageParser, fed: usize },
+    Reading {
+        parser: Box<MessageParser>,
+        fed: usize,
+    },
     /// Decided; the rest passes through.
     Done,
 }
@@ -95,6 +106,8 @@ struct McpRequest {
     /// (method, tool) of the request, for labelling the response.
     request: Option<(String, String)>,
     observer: Observer,
+    /// The filter answered this request itself; its own reply is not observed.
+    local_reply: bool,
 }
 
 impl Context for McpRequest {}
@@ -108,11 +121,13 @@ impl McpRequest {
             protocol_version: None,
             request: None,
             observer: Observer::None,
+            local_reply: false,
         }
     }
 
     fn reject(&mut self, r: &Rejection) -> Action {
         self.phase = Phase::Done;
+        self.local_reply = true;
         self.metrics.borrow_mut().rejected(r.reason);
         let body = r.body();
         let mut headers = vec![("content-type", "application/json")];
@@ -135,27 +150,40 @@ impl McpRequest {
             let mut m = self.metrics.borrow_mut();
             for msg in messages {
                 if matches!(msg.kind, Kind::Request | Kind::Notification) {
-                    m.request(msg.method.as_deref().unwrap_or_default(), msg.name.as_deref());
+                    m.request(
+                        msg.method.as_deref().unwrap_or_default(),
+                        msg.name.as_deref(),
+                    );
                 }
             }
         }
-        match self.gate.check_messages(messages, batch, self.protocol_version.as_deref()) {
+        match self
+            .gate
+            .check_messages(messages, batch, self.protocol_version.as_deref())
+        {
             BodyVerdict::Reject(r) => self.reject(&r),
             BodyVerdict::Forward { cluster } => {
                 self.phase = Phase::Done;
-                if let [only] = messages {
-                    if only.kind == Kind::Request {
-                        let method = only.method.clone().unwrap_or_default();
-                        let tool = if method == "tools/call" { only.name.clone().unwrap_or_default() } else { String::new() };
-                        self.request = Some((method, tool));
-                    }
+                if let [only] = messages
+                    && only.kind == Kind::Request
+                {
+                    let method = only.method.clone().unwrap_or_default();
+                    let tool = if method == "tools/call" {
+                        only.name.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    self.request = Some((method, tool));
                 }
                 if let Some(cluster) = cluster {
                     let header = self.gate.route_header().to_string();
                     self.set_http_request_header(&header, Some(&cluster));
                     // Envoy's wasm host also clears it on header mutation; being explicit
                     // keeps routing right on hosts that do not.
-                    if self.call_foreign_function("clear_route_cache", None).is_err() {
+                    if self
+                        .call_foreign_function("clear_route_cache", None)
+                        .is_err()
+                    {
                         log::debug!("mcpgw: clear_route_cache is not available");
                     }
                 }
@@ -185,7 +213,10 @@ impl HttpContext for McpRequest {
             HeadVerdict::InspectBody { early_terminate } => {
                 let mut opts = self.gate.parse_options();
                 opts.stop_when_routable = early_terminate;
-                self.phase = Phase::Reading { parser: MessageParser::new(opts), fed: 0 };
+                self.phase = Phase::Reading {
+                    parser: Box::new(MessageParser::new(opts)),
+                    fed: 0,
+                };
                 if end_of_stream {
                     // A POST without a body.
                     return self.on_http_request_body(0, true);
@@ -196,7 +227,8 @@ impl HttpContext for McpRequest {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Phase::Reading { mut parser, fed } = std::mem::replace(&mut self.phase, Phase::Done) else {
+        let Phase::Reading { mut parser, fed } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
             return Action::Continue;
         };
         if body_size as u64 > self.gate.max_body_bytes() {
@@ -223,15 +255,28 @@ impl HttpContext for McpRequest {
                 Err(err) => self.reject(&Rejection::from_parse(&err)),
             },
             Ok(_) => {
-                self.phase = Phase::Reading { parser, fed: body_size.max(fed) };
+                self.phase = Phase::Reading {
+                    parser,
+                    fed: body_size.max(fed),
+                };
                 Action::Pause
             }
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let content_type = self.get_http_response_header("content-type").unwrap_or_default();
-        let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if self.local_reply {
+            return Action::Continue;
+        }
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         self.observer = match media.as_str() {
             "application/json" => Observer::Json(MessageParser::new(Default::default())),
             "text/event-stream" => Observer::Sse(EventStream::new()),
@@ -244,7 +289,12 @@ impl HttpContext for McpRequest {
         if matches!(self.observer, Observer::None) {
             return Action::Continue;
         }
-        let chunk = if body_size > 0 { self.get_http_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
+        let chunk = if body_size > 0 {
+            self.get_http_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let (method, tool) = self.request.clone().unwrap_or_default();
         let metrics = self.metrics.clone();
         let count = |messages: &[Message]| {
@@ -263,12 +313,12 @@ impl HttpContext for McpRequest {
                 // A malformed upstream body is not ours to fix; stop observing it.
                 if parser.feed(&chunk).is_err() {
                     self.observer = Observer::None;
-                } else if end_of_stream {
-                    if let Observer::Json(parser) = std::mem::replace(&mut self.observer, Observer::None) {
-                        if let Ok(body) = parser.finish() {
-                            count(body.messages());
-                        }
-                    }
+                } else if end_of_stream
+                    && let Observer::Json(parser) =
+                        std::mem::replace(&mut self.observer, Observer::None)
+                    && let Ok(body) = parser.finish()
+                {
+                    count(body.messages());
                 }
             }
             Observer::Sse(stream) => stream.feed(&chunk, |event| {

@@ -1,7 +1,7 @@
 //! The filter's counters, defined lazily in Envoy and cached by stat name, so a request
 //! costs one host call per counter increment.
 
-use mcpgw_core::metrics::{stat_name, Counter, LabelBudget};
+use mcpgw_core::metrics::{Counter, LabelBudget, stat_name};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -22,19 +22,24 @@ impl Metrics {
         );
         let id = match self.ids.get(&key) {
             Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &stat_name(counter, labels)) {
-                Ok(id) => {
-                    self.ids.insert(key, id);
-                    id
+            None => {
+                match hostcalls::define_metric(MetricType::Counter, &stat_name(counter, labels)) {
+                    Ok(id) => {
+                        self.ids.insert(key, id);
+                        id
+                    }
+                    Err(status) => {
+                        log::warn!("mcpgw: cannot define metric {}: {status:?}", counter.name());
+                        return;
+                    }
                 }
-                Err(status) => {
-                    log::warn!("mcpgw: cannot define metric {}: {status:?}", counter.name());
-                    return;
-                }
-            },
+            }
         };
         if let Err(status) = hostcalls::increment_metric(id, 1) {
-            log::warn!("mcpgw: cannot increment metric {}: {status:?}", counter.name());
+            log::warn!(
+                "mcpgw: cannot increment metric {}: {status:?}",
+                counter.name()
+            );
         }
     }
 
@@ -54,7 +59,11 @@ impl Metrics {
 
     /// A response message to a request of `method` (and `tool`) was seen.
     pub fn response(&mut self, method: &str, tool: &str, error: bool) {
-        let counter = if error { Counter::ResponseErrors } else { Counter::Responses };
+        let counter = if error {
+            Counter::ResponseErrors
+        } else {
+            Counter::Responses
+        };
         self.labelled(counter, method, Some(tool));
     }
 

@@ -109,7 +109,10 @@ enum Num {
 enum Esc {
     None,
     Backslash,
-    Hex { n: u8, val: u16 },
+    Hex {
+        n: u8,
+        val: u16,
+    },
     /// After a high surrogate: a `\` must follow.
     LowBackslash,
     /// After a high surrogate and `\`: a `u` must follow.
@@ -172,9 +175,12 @@ impl Slot {
     /// How a scalar in this slot is captured.
     fn capture(self) -> Capture {
         match self {
-            Slot::Jsonrpc | Slot::Method | Slot::Name | Slot::Uri | Slot::Traceparent | Slot::Tracestate => {
-                Capture::Decoded
-            }
+            Slot::Jsonrpc
+            | Slot::Method
+            | Slot::Name
+            | Slot::Uri
+            | Slot::Traceparent
+            | Slot::Tracestate => Capture::Decoded,
             Slot::Id | Slot::ProgressToken | Slot::ErrorCode => Capture::Raw,
             _ => Capture::None,
         }
@@ -223,10 +229,13 @@ impl Envelope {
 
     /// Whether a request has everything routing needs (and nothing known to be wrong).
     fn routable(&self) -> bool {
-        if self.invalid.is_some() || self.invalid_params.is_some() || self.jsonrpc_ok != Some(true) {
+        if self.invalid.is_some() || self.invalid_params.is_some() || self.jsonrpc_ok != Some(true)
+        {
             return false;
         }
-        let (Some(method), Some(id)) = (&self.method, &self.id) else { return false };
+        let (Some(method), Some(id)) = (&self.method, &self.id) else {
+            return false;
+        };
         if *id == Id::Null {
             return false;
         }
@@ -243,26 +252,48 @@ impl Envelope {
             return Err(RequestError::Invalid { id, reason });
         }
         match self.jsonrpc_ok {
-            None => return Err(RequestError::Invalid { id, reason: "missing \"jsonrpc\": \"2.0\"".into() }),
-            Some(false) => return Err(RequestError::Invalid { id, reason: "\"jsonrpc\" must be \"2.0\"".into() }),
+            None => {
+                return Err(RequestError::Invalid {
+                    id,
+                    reason: "missing \"jsonrpc\": \"2.0\"".into(),
+                });
+            }
+            Some(false) => {
+                return Err(RequestError::Invalid {
+                    id,
+                    reason: "\"jsonrpc\" must be \"2.0\"".into(),
+                });
+            }
             Some(true) => {}
         }
         let kind = match (&self.method, &id, self.has_result, self.has_error) {
             (Some(_), _, false, false) if id.is_none() => Kind::Notification,
             (Some(_), Some(Id::Null), false, false) => {
-                return Err(RequestError::Invalid { id, reason: "a request id must not be null".into() });
+                return Err(RequestError::Invalid {
+                    id,
+                    reason: "a request id must not be null".into(),
+                });
             }
             (Some(_), Some(_), false, false) => Kind::Request,
             (None, Some(_), true, false) => Kind::Result,
             (None, Some(_), false, true) => Kind::Error,
             (Some(_), _, _, _) => {
-                return Err(RequestError::Invalid { id, reason: "a request must not carry result or error".into() });
+                return Err(RequestError::Invalid {
+                    id,
+                    reason: "a request must not carry result or error".into(),
+                });
             }
             (None, _, true, true) => {
-                return Err(RequestError::Invalid { id, reason: "a response carries both result and error".into() });
+                return Err(RequestError::Invalid {
+                    id,
+                    reason: "a response carries both result and error".into(),
+                });
             }
             (None, None, true, _) | (None, None, _, true) => {
-                return Err(RequestError::Invalid { id, reason: "a response needs an id".into() });
+                return Err(RequestError::Invalid {
+                    id,
+                    reason: "a response needs an id".into(),
+                });
             }
             (None, _, false, false) => {
                 return Err(RequestError::Invalid {
@@ -282,7 +313,11 @@ impl Envelope {
                 _ => None,
             };
             if let Some(field) = missing {
-                let shape = if self.has_params_object { "" } else { " (params must be an object)" };
+                let shape = if self.has_params_object {
+                    ""
+                } else {
+                    " (params must be an object)"
+                };
                 return Err(RequestError::InvalidParams {
                     id,
                     reason: format!("{method} requires a string {field}{shape}"),
@@ -417,7 +452,9 @@ impl MessageParser {
         }
         match self.run(chunk) {
             Ok(()) if self.routable => Ok(Progress::Routable),
-            Ok(()) if self.expect == Expect::Trailing && self.lex == Lex::Ws => Ok(Progress::Complete),
+            Ok(()) if self.expect == Expect::Trailing && self.lex == Lex::Ws => {
+                Ok(Progress::Complete)
+            }
             Ok(()) => Ok(Progress::NeedMore),
             Err(err) => {
                 self.failed = Some(err.clone());
@@ -466,13 +503,17 @@ impl MessageParser {
             return Err(err);
         }
         match self.batch {
-            Some(true) if self.messages.is_empty() => {
-                Err(RequestError::Invalid { id: None, reason: "empty batch".into() })
-            }
+            Some(true) if self.messages.is_empty() => Err(RequestError::Invalid {
+                id: None,
+                reason: "empty batch".into(),
+            }),
             Some(true) => Ok(Body::Batch(self.messages)),
             Some(false) => match self.messages.pop() {
                 Some(m) => Ok(Body::Single(m)),
-                None => Err(RequestError::Invalid { id: None, reason: "empty message".into() }),
+                None => Err(RequestError::Invalid {
+                    id: None,
+                    reason: "empty message".into(),
+                }),
             },
             None => Err(RequestError::Invalid {
                 id: None,
@@ -482,7 +523,10 @@ impl MessageParser {
     }
 
     fn syntax(&self, reason: &'static str) -> RequestError {
-        RequestError::Parse { offset: self.offset, reason }
+        RequestError::Parse {
+            offset: self.offset,
+            reason,
+        }
     }
 
     fn run(&mut self, chunk: &[u8]) -> Step {
@@ -552,7 +596,11 @@ impl MessageParser {
                     let pos = pos + 1;
                     if usize::from(pos) == word.len() {
                         self.lex = Lex::Ws;
-                        let kind = if word == b"null" { Scalar::Null } else { Scalar::Bool };
+                        let kind = if word == b"null" {
+                            Scalar::Null
+                        } else {
+                            Scalar::Bool
+                        };
                         self.value_done(kind)?;
                         if self.routable {
                             return Ok(());
@@ -621,7 +669,9 @@ impl MessageParser {
 
     fn element_slot(&self) -> Slot {
         match self.stack.last() {
-            Some(Frame { ctx: Ctx::Batch, .. }) => Slot::BatchElement,
+            Some(Frame {
+                ctx: Ctx::Batch, ..
+            }) => Slot::BatchElement,
             _ => Slot::Skip,
         }
     }
@@ -724,9 +774,21 @@ impl MessageParser {
             }
         };
         self.serial = self.serial.wrapping_add(1);
-        self.stack.push(Frame { object, ctx, serial: self.serial });
-        self.expect = if object { Expect::FirstKeyOrEnd } else { Expect::FirstValueOrEnd };
-        self.slot = if object { Slot::Skip } else { self.element_slot() };
+        self.stack.push(Frame {
+            object,
+            ctx,
+            serial: self.serial,
+        });
+        self.expect = if object {
+            Expect::FirstKeyOrEnd
+        } else {
+            Expect::FirstValueOrEnd
+        };
+        self.slot = if object {
+            Slot::Skip
+        } else {
+            self.element_slot()
+        };
         Ok(())
     }
 
@@ -753,7 +815,11 @@ impl MessageParser {
     }
 
     fn after_value(&mut self) {
-        self.expect = if self.stack.is_empty() { Expect::Trailing } else { Expect::CommaOrEnd };
+        self.expect = if self.stack.is_empty() {
+            Expect::Trailing
+        } else {
+            Expect::CommaOrEnd
+        };
         self.capture = Capture::None;
     }
 
@@ -767,12 +833,20 @@ impl MessageParser {
         let field = slot.field();
         match slot {
             Slot::Name | Slot::Uri => {
-                self.env.invalid_params.get_or_insert_with(|| format!("{field} must be a string"));
+                self.env
+                    .invalid_params
+                    .get_or_insert_with(|| format!("{field} must be a string"));
             }
-            Slot::Jsonrpc | Slot::Method => self.env.mark_invalid(format!("\"{field}\" must be a string")),
-            Slot::Id => self.env.mark_invalid("\"id\" must be a string or a number".into()),
+            Slot::Jsonrpc | Slot::Method => self
+                .env
+                .mark_invalid(format!("\"{field}\" must be a string")),
+            Slot::Id => self
+                .env
+                .mark_invalid("\"id\" must be a string or a number".into()),
             Slot::Error => self.env.mark_invalid("\"error\" must be an object".into()),
-            Slot::ErrorCode => self.env.mark_invalid("\"error.code\" must be an integer".into()),
+            Slot::ErrorCode => self
+                .env
+                .mark_invalid("\"error.code\" must be an integer".into()),
             _ => {}
         }
     }
@@ -782,13 +856,17 @@ impl MessageParser {
         let slot = self.slot;
         if self.cap_overflow {
             let field = slot.field();
-            self.env.mark_invalid(format!("{field} is longer than {MAX_CAPTURE} bytes"));
+            self.env
+                .mark_invalid(format!("{field} is longer than {MAX_CAPTURE} bytes"));
         } else {
             match (slot, kind) {
-                (Slot::Root, _) => {
-                    self.note_invalid(None, "not a JSON-RPC message: expected an object or an array".into())
+                (Slot::Root, _) => self.note_invalid(
+                    None,
+                    "not a JSON-RPC message: expected an object or an array".into(),
+                ),
+                (Slot::BatchElement, _) => {
+                    self.note_invalid(None, "a batch element must be an object".into())
                 }
-                (Slot::BatchElement, _) => self.note_invalid(None, "a batch element must be an object".into()),
                 (Slot::Jsonrpc, Scalar::Str) => self.env.jsonrpc_ok = Some(self.cap == b"2.0"),
                 (Slot::Method, Scalar::Str) => self.env.method = Some(self.take_string()),
                 (Slot::Id, Scalar::Str) => self.env.id = Some(Id::Str(self.take_string())),
@@ -801,13 +879,18 @@ impl MessageParser {
                 }
                 (Slot::Traceparent, Scalar::Str) => self.env.traceparent = Some(self.take_string()),
                 (Slot::Tracestate, Scalar::Str) => self.env.tracestate = Some(self.take_string()),
-                (Slot::ErrorCode, Scalar::Num) => match std::str::from_utf8(&self.cap).ok().and_then(|s| s.parse().ok()) {
+                (Slot::ErrorCode, Scalar::Num) => match std::str::from_utf8(&self.cap)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                {
                     Some(code) => self.env.error_code = Some(code),
                     None => self.type_error(Slot::ErrorCode),
                 },
                 (Slot::Result, _) => self.env.has_result = true,
                 (Slot::Params, Scalar::Null) => {}
-                (Slot::Params, _) => self.env.mark_invalid("\"params\" must be an object or an array".into()),
+                (Slot::Params, _) => self
+                    .env
+                    .mark_invalid("\"params\" must be an object or an array".into()),
                 (Slot::Meta | Slot::Skip | Slot::ProgressToken, _) => {}
                 (slot, _) => self.type_error(slot),
             }
@@ -986,7 +1069,8 @@ impl MessageParser {
             }
             0xDC00..=0xDFFF => Err(self.syntax("lone trailing surrogate")),
             _ => {
-                let c = char::from_u32(u32::from(unit)).ok_or_else(|| self.syntax("invalid \\u escape"))?;
+                let c = char::from_u32(u32::from(unit))
+                    .ok_or_else(|| self.syntax("invalid \\u escape"))?;
                 self.content_char(c);
                 Ok(())
             }
@@ -1011,7 +1095,11 @@ impl MessageParser {
                 self.env.mark_invalid(reason);
             }
         }
-        let key: &[u8] = if self.key_long { b"" } else { self.key_buf.get(..self.key_len).unwrap_or_default() };
+        let key: &[u8] = if self.key_long {
+            b""
+        } else {
+            self.key_buf.get(..self.key_len).unwrap_or_default()
+        };
         let slot = match (frame.ctx, key) {
             (Ctx::Message, b"jsonrpc") => Slot::Jsonrpc,
             (Ctx::Message, b"method") => Slot::Method,
@@ -1030,7 +1118,8 @@ impl MessageParser {
         };
         if slot != Slot::Skip {
             if self.env.seen & slot.bit() != 0 {
-                self.env.mark_invalid(format!("duplicate key \"{}\"", slot.field()));
+                self.env
+                    .mark_invalid(format!("duplicate key \"{}\"", slot.field()));
             }
             self.env.seen |= slot.bit();
         }

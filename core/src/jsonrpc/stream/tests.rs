@@ -19,7 +19,12 @@ fn parse_all_splits(body: &[u8]) -> Result<Body, RequestError> {
         let (a, b) = body.split_at(at);
         let mut p = MessageParser::new(Options::default());
         let r = p.feed(a).and_then(|_| p.feed(b)).and_then(|_| p.finish());
-        assert_eq!(norm(&r), norm(&whole), "split at {at} of {}", String::from_utf8_lossy(body));
+        assert_eq!(
+            norm(&r),
+            norm(&whole),
+            "split at {at} of {}",
+            String::from_utf8_lossy(body)
+        );
     }
     let mut p = MessageParser::new(Options::default());
     let mut r = Ok(Progress::NeedMore);
@@ -58,17 +63,24 @@ fn extracts_the_envelope_of_a_tools_call() {
     assert_eq!(m.name.as_deref(), Some("echo"));
     assert_eq!(m.uri, None);
     assert_eq!(m.progress_token.as_deref(), Some("\"p-1\""));
-    assert_eq!(m.traceparent.as_deref(), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    assert_eq!(
+        m.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
     assert_eq!(m.tracestate.as_deref(), Some("a=b"));
 }
 
 #[test]
 fn decodes_escapes_in_captured_strings_and_keeps_raw_ids() {
-    let m = single(r#"{"id":"a\"\u00e9\ud83d\ude00","method":"tools\/call","jsonrpc":"2.0","params":{"name":"t\u00e9st\n"}}"#);
+    let m = single(
+        r#"{"id":"a\"\u00e9\ud83d\ude00","method":"tools\/call","jsonrpc":"2.0","params":{"name":"t\u00e9st\n"}}"#,
+    );
     assert_eq!(m.method.as_deref(), Some("tools/call"));
     assert_eq!(m.name.as_deref(), Some("tést\n"));
     assert_eq!(m.id, Some(Id::Str(r#""a\"\u00e9\ud83d\ude00""#.into())));
-    let m = single(r#" {"jsonrpc":"2.0","id":-1.5e3,"method":"resources/read","params":{"uri":"file:///ü"}} "#);
+    let m = single(
+        r#" {"jsonrpc":"2.0","id":-1.5e3,"method":"resources/read","params":{"uri":"file:///ü"}} "#,
+    );
     assert_eq!(m.id, Some(Id::Num("-1.5e3".into())));
     assert_eq!(m.uri.as_deref(), Some("file:///ü"));
 }
@@ -76,17 +88,29 @@ fn decodes_escapes_in_captured_strings_and_keeps_raw_ids() {
 #[test]
 fn classifies_every_kind() {
     let cases = [
-        (r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, Kind::Notification),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            Kind::Notification,
+        ),
         (r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, Kind::Request),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#, Kind::Request),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
+            Kind::Request,
+        ),
         (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, Kind::Result),
         (r#"{"jsonrpc":"2.0","id":1,"result":null}"#, Kind::Result),
-        (r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#, Kind::Error),
+        (
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#,
+            Kind::Error,
+        ),
     ];
     for (body, kind) in cases {
         assert_eq!(single(body).kind, kind, "{body}");
     }
-    assert_eq!(single(r#"{"jsonrpc":"2.0","id":"x","error":{"message":"m","code":-32601}}"#).error_code, Some(-32601));
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","id":"x","error":{"message":"m","code":-32601}}"#).error_code,
+        Some(-32601)
+    );
 }
 
 #[test]
@@ -94,8 +118,14 @@ fn batches() {
     let body = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add"}}]"#;
     match parse_all_splits(body.as_bytes()) {
         Ok(Body::Batch(ms)) => {
-            let methods: Vec<_> = ms.iter().map(|m| m.method.as_deref().unwrap_or("")).collect();
-            assert_eq!(methods, ["tools/list", "notifications/progress", "tools/call"]);
+            let methods: Vec<_> = ms
+                .iter()
+                .map(|m| m.method.as_deref().unwrap_or(""))
+                .collect();
+            assert_eq!(
+                methods,
+                ["tools/list", "notifications/progress", "tools/call"]
+            );
             assert_eq!(ms[2].name.as_deref(), Some("add"));
         }
         other => panic!("{other:?}"),
@@ -132,7 +162,10 @@ fn syntax_errors_are_parse_errors() {
     for body in cases {
         match parse_all_splits(body) {
             Err(e @ RequestError::Parse { .. }) => assert_eq!(e.code(), code::PARSE_ERROR),
-            other => panic!("{}: expected a parse error, got {other:?}", String::from_utf8_lossy(body)),
+            other => panic!(
+                "{}: expected a parse error, got {other:?}",
+                String::from_utf8_lossy(body)
+            ),
         }
     }
 }
@@ -140,7 +173,13 @@ fn syntax_errors_are_parse_errors() {
 #[test]
 fn deep_nesting_is_refused_without_recursion() {
     let body = "[".repeat(100_000);
-    assert!(matches!(parse(&body), Err(RequestError::Parse { reason: "nesting too deep", .. })));
+    assert!(matches!(
+        parse(&body),
+        Err(RequestError::Parse {
+            reason: "nesting too deep",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -151,22 +190,65 @@ fn invalid_requests_name_what_is_wrong() {
         (r#"[]"#, "empty batch", None),
         (r#"[1]"#, "batch element must be an object", None),
         (r#"{}"#, "missing \"jsonrpc\"", None),
-        (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, "must be \"2.0\"", Some("1")),
-        (r#"{"jsonrpc":2,"id":1,"method":"ping"}"#, "\"jsonrpc\" must be a string", Some("1")),
-        (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, "\"method\" must be a string", Some("1")),
-        (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, "\"id\" must be a string or a number", None),
-        (r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, "must not be null", Some("null")),
-        (r#"{"jsonrpc":"2.0","id":1}"#, "no method, result or error", Some("1")),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":1}"#, "must not carry result", Some("1")),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            "must be \"2.0\"",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":2,"id":1,"method":"ping"}"#,
+            "\"jsonrpc\" must be a string",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+            "\"method\" must be a string",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#,
+            "\"id\" must be a string or a number",
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            "must not be null",
+            Some("null"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            "no method, result or error",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":1}"#,
+            "must not carry result",
+            Some("1"),
+        ),
         (r#"{"jsonrpc":"2.0","result":1}"#, "needs an id", None),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/list"}"#, "duplicate key \"method\"", Some("1")),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#, "duplicate key \"params.name\"", Some("1")),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#, "\"params\" must be", Some("1")),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/list"}"#,
+            "duplicate key \"method\"",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            "duplicate key \"params.name\"",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#,
+            "\"params\" must be",
+            Some("1"),
+        ),
     ];
     for (body, want, id) in cases {
         match parse_all_splits(body.as_bytes()) {
             Err(RequestError::Invalid { reason, id: got_id }) => {
-                assert!(reason.contains(want), "{body}: {reason:?} does not contain {want:?}");
+                assert!(
+                    reason.contains(want),
+                    "{body}: {reason:?} does not contain {want:?}"
+                );
                 assert_eq!(got_id.as_ref().map(Id::as_json), id, "{body}");
             }
             other => panic!("{body}: expected invalid request, got {other:?}"),
@@ -177,11 +259,26 @@ fn invalid_requests_name_what_is_wrong() {
 #[test]
 fn missing_or_mistyped_targets_are_invalid_params() {
     let cases = [
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, "params.name"),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#, "params.name"),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}"#, "params.name must be a string"),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":["x"]}"#, "params.name"),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":null}}"#, "params.uri"),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            "params.name",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+            "params.name",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}"#,
+            "params.name must be a string",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":["x"]}"#,
+            "params.name",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":null}}"#,
+            "params.uri",
+        ),
     ];
     for (body, want) in cases {
         match parse_all_splits(body.as_bytes()) {
@@ -199,9 +296,14 @@ fn missing_or_mistyped_targets_are_invalid_params() {
 fn duplicate_keys_anywhere_when_asked() {
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1,"b":{"a":2},"a":3}}}"#;
     assert!(parse_with(Options::default(), body).is_ok());
-    let opts = Options { reject_duplicate_keys: true, stop_when_routable: true };
+    let opts = Options {
+        reject_duplicate_keys: true,
+        stop_when_routable: true,
+    };
     match parse_with(opts, body) {
-        Err(RequestError::Invalid { reason, .. }) => assert!(reason.contains("duplicate key \"a\""), "{reason}"),
+        Err(RequestError::Invalid { reason, .. }) => {
+            assert!(reason.contains("duplicate key \"a\""), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     // Same key in sibling objects is fine.
@@ -212,13 +314,21 @@ fn duplicate_keys_anywhere_when_asked() {
 #[test]
 fn stops_once_routable() {
     let args = format!(r#"{{"blob":"{}"}}"#, "z".repeat(10_000));
-    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#);
-    let opts = Options { reject_duplicate_keys: false, stop_when_routable: true };
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#
+    );
+    let opts = Options {
+        reject_duplicate_keys: false,
+        stop_when_routable: true,
+    };
     let mut p = MessageParser::new(opts);
     assert_eq!(p.feed(body.as_bytes()), Ok(Progress::Routable));
     assert!(p.offset() < 80, "stopped at {}", p.offset());
     let m = p.routable().expect("routable");
-    assert_eq!((m.method.as_deref(), m.name.as_deref()), (Some("tools/call"), Some("echo")));
+    assert_eq!(
+        (m.method.as_deref(), m.name.as_deref()),
+        (Some("tools/call"), Some("echo"))
+    );
 
     // Chunked: routable arrives mid-way through the second chunk.
     let mut p = MessageParser::new(opts);
@@ -227,23 +337,39 @@ fn stops_once_routable() {
     assert_eq!(p.feed(b), Ok(Progress::Routable));
 
     // Needs the id too: an id after the arguments means reading them.
-    let late_id = format!(r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"echo","arguments":{args}}},"id":2}}"#);
+    let late_id = format!(
+        r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"echo","arguments":{args}}},"id":2}}"#
+    );
     let mut p = MessageParser::new(opts);
     assert_eq!(p.feed(late_id.as_bytes()), Ok(Progress::Routable));
     assert_eq!(p.offset() as usize, late_id.len() - 1);
 
     // Batches and duplicate-key checking read everything.
     let batch = format!("[{body}]");
-    assert_eq!(MessageParser::new(opts).feed(batch.as_bytes()), Ok(Progress::Complete));
-    let strict = Options { reject_duplicate_keys: true, stop_when_routable: true };
-    assert_eq!(MessageParser::new(strict).feed(body.as_bytes()), Ok(Progress::Complete));
+    assert_eq!(
+        MessageParser::new(opts).feed(batch.as_bytes()),
+        Ok(Progress::Complete)
+    );
+    let strict = Options {
+        reject_duplicate_keys: true,
+        stop_when_routable: true,
+    };
+    assert_eq!(
+        MessageParser::new(strict).feed(body.as_bytes()),
+        Ok(Progress::Complete)
+    );
 }
 
 #[test]
 fn overlong_captures_are_refused() {
-    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}"}}}}"#, "n".repeat(MAX_CAPTURE + 1));
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}"}}}}"#,
+        "n".repeat(MAX_CAPTURE + 1)
+    );
     match parse(&body) {
-        Err(RequestError::Invalid { reason, .. }) => assert!(reason.contains("params.name is longer"), "{reason}"),
+        Err(RequestError::Invalid { reason, .. }) => {
+            assert!(reason.contains("params.name is longer"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -266,17 +392,38 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         any::<i64>().prop_map(Value::from),
         (-1e6f64..1e6).prop_map(Value::from),
         "\\PC{0,12}".prop_map(Value::String),
-        prop::sample::select(vec!["name", "uri", "method", "_meta", "tools/call", "\u{1F600}\"\\"]).prop_map(Value::from),
+        prop::sample::select(vec![
+            "name",
+            "uri",
+            "method",
+            "_meta",
+            "tools/call",
+            "\u{1F600}\"\\"
+        ])
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(5, 48, 6, |inner| {
         let key = prop_oneof![
             "[a-z_]{0,6}".prop_map(String::from),
-            prop::sample::select(vec!["jsonrpc", "id", "method", "params", "name", "uri", "_meta", "result", "error", "code", "progressToken"])
-                .prop_map(String::from),
+            prop::sample::select(vec![
+                "jsonrpc",
+                "id",
+                "method",
+                "params",
+                "name",
+                "uri",
+                "_meta",
+                "result",
+                "error",
+                "code",
+                "progressToken"
+            ])
+            .prop_map(String::from),
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::btree_map(key, inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(key, inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -284,7 +431,10 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
 fn arb_request() -> impl Strategy<Value = serde_json::Value> {
     (
         prop::sample::select(mcp::METHODS.iter().map(|m| m.name).collect::<Vec<_>>()),
-        prop_oneof![any::<i32>().prop_map(serde_json::Value::from), "\\PC{0,8}".prop_map(serde_json::Value::from)],
+        prop_oneof![
+            any::<i32>().prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from)
+        ],
         "\\PC{1,10}",
         arb_json(),
     )
