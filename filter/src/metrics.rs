@@ -6,50 +6,49 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
 
-/// Stat-name → Envoy metric id, plus the label budget of this worker.
+/// Label values → Envoy metric id, plus the label budget of this worker.
 #[derive(Default)]
 pub struct Metrics {
-    ids: HashMap<(Counter, String, String), u32>,
+    /// Keyed by `counter \0 value \0 value`; looked up through `scratch`, so a hit costs
+    /// no allocation.
+    ids: HashMap<String, u32>,
+    scratch: String,
     budget: LabelBudget,
 }
 
 impl Metrics {
     fn bump(&mut self, counter: Counter, labels: &[(&str, &str)]) {
-        let key = (
-            counter,
-            labels.first().map(|l| l.1.to_string()).unwrap_or_default(),
-            labels.get(1).map(|l| l.1.to_string()).unwrap_or_default(),
-        );
-        let id = match self.ids.get(&key) {
+        self.scratch.clear();
+        self.scratch.push_str(counter.name());
+        for (_, value) in labels {
+            self.scratch.push('\0');
+            self.scratch.push_str(value);
+        }
+        let id = match self.ids.get(self.scratch.as_str()) {
             Some(id) => *id,
-            None => {
-                match hostcalls::define_metric(MetricType::Counter, &stat_name(counter, labels)) {
-                    Ok(id) => {
-                        self.ids.insert(key, id);
-                        id
-                    }
-                    Err(status) => {
-                        log::warn!("mcpgw: cannot define metric {}: {status:?}", counter.name());
-                        return;
-                    }
+            None => match hostcalls::define_metric(MetricType::Counter, &stat_name(counter, labels)) {
+                Ok(id) => {
+                    self.ids.insert(self.scratch.clone(), id);
+                    id
                 }
-            }
+                Err(status) => {
+                    log::warn!("mcpgw: cannot define metric {}: {status:?}", counter.name());
+                    return;
+                }
+            },
         };
         if let Err(status) = hostcalls::increment_metric(id, 1) {
-            log::warn!(
-                "mcpgw: cannot increment metric {}: {status:?}",
-                counter.name()
-            );
+            log::warn!("mcpgw: cannot increment metric {}: {status:?}", counter.name());
         }
     }
 
     fn labelled(&mut self, counter: Counter, method: &str, tool: Option<&str>) {
-        let method = self.budget.method(method).to_string();
+        let method = self.budget.method(method);
         let tool = match tool {
-            Some(t) if method == "tools/call" => self.budget.tool(t).to_string(),
-            _ => String::new(),
+            Some(t) if method == "tools/call" => self.budget.tool(t),
+            _ => "",
         };
-        self.bump(counter, &[("mcp_method", &method), ("mcp_tool", &tool)]);
+        self.bump(counter, &[("mcp_method", method), ("mcp_tool", tool)]);
     }
 
     /// A request or notification was seen.
