@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod policy;
 pub mod snapshot;
 pub mod sse;
+pub mod trace;

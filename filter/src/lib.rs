@@ -29,6 +29,7 @@ use mcpgw_core::jsonrpc::{Kind, Message};
 use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
 use mcpgw_core::snapshot::Snapshot;
 use mcpgw_core::sse::{Event, EventStream};
+use mcpgw_core::trace;
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -175,6 +176,9 @@ impl McpRequest {
                     };
                     self.request = Some((method, tool));
                 }
+                if let [only] = messages {
+                    self.propagate_trace_context(only);
+                }
                 if let Some(cluster) = cluster {
                     let header = self.gate.route_header().to_string();
                     self.set_http_request_header(&header, Some(&cluster));
@@ -189,6 +193,31 @@ impl McpRequest {
                 }
                 Action::Continue
             }
+        }
+    }
+}
+
+impl McpRequest {
+    /// Copies a well-formed `params._meta` trace context to the headers, unless the
+    /// request already carries one.
+    fn propagate_trace_context(&mut self, m: &Message) {
+        let Some(parent) = m
+            .traceparent
+            .as_deref()
+            .filter(|t| trace::is_valid_traceparent(t))
+        else {
+            return;
+        };
+        if self.get_http_request_header("traceparent").is_some() {
+            return;
+        }
+        self.set_http_request_header("traceparent", Some(parent));
+        if let Some(state) = m
+            .tracestate
+            .as_deref()
+            .filter(|t| trace::is_valid_tracestate(t))
+        {
+            self.set_http_request_header("tracestate", Some(state));
         }
     }
 }

@@ -26,19 +26,24 @@ impl Metrics {
         }
         let id = match self.ids.get(self.scratch.as_str()) {
             Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &stat_name(counter, labels)) {
-                Ok(id) => {
-                    self.ids.insert(self.scratch.clone(), id);
-                    id
+            None => {
+                match hostcalls::define_metric(MetricType::Counter, &stat_name(counter, labels)) {
+                    Ok(id) => {
+                        self.ids.insert(self.scratch.clone(), id);
+                        id
+                    }
+                    Err(status) => {
+                        log::warn!("mcpgw: cannot define metric {}: {status:?}", counter.name());
+                        return;
+                    }
                 }
-                Err(status) => {
-                    log::warn!("mcpgw: cannot define metric {}: {status:?}", counter.name());
-                    return;
-                }
-            },
+            }
         };
         if let Err(status) = hostcalls::increment_metric(id, 1) {
-            log::warn!("mcpgw: cannot increment metric {}: {status:?}", counter.name());
+            log::warn!(
+                "mcpgw: cannot increment metric {}: {status:?}",
+                counter.name()
+            );
         }
     }
 
