@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run bench fmt clippy clean
+.PHONY: help deps wasm build test e2e run bench fuzz fmt clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -56,6 +56,19 @@ e2e: wasm
 # A filter config can be passed: make run CONFIG='{"policy":{"denied_tools":["get-env"]}}'
 run: wasm
 	cargo run --locked --quiet -p mcpgw-e2e --bin mcpgw-dev -- '$(or $(CONFIG),{})'
+
+# --- fuzz (not part of make test) ------------------------------------------------------
+# cargo-fuzz instruments with flags only nightly accepts; RUSTC_BOOTSTRAP lets the pinned
+# stable toolchain take them. FUZZ_SECONDS bounds each target's run.
+FUZZ_SECONDS ?= 60
+CARGO_FUZZ := .tools/bin/cargo-fuzz
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --version =0.13.1 --locked --root .tools
+
+fuzz: $(CARGO_FUZZ)
+	cd fuzz && for t in request_parser sse_stream; do \
+	  RUSTC_BOOTSTRAP=1 ../$(CARGO_FUZZ) run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	cargo clean

@@ -17,6 +17,9 @@ use crate::workdir::{Workdir, unique_id};
 /// How long Envoy may take to become ready (compiling the wasm module included).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The listener's `per_connection_buffer_limit_bytes` (16 MiB).
+pub const LISTENER_BUFFER_LIMIT: u32 = 16 * 1024 * 1024;
+
 /// One static upstream cluster.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -119,6 +122,9 @@ impl EnvoyConfig {
                 "listeners": [{
                     "name": "mcp",
                     "address": socket(([127, 0, 0, 1], 0).into()),
+                    // Above any max_body_bytes the tests use, so the filter's own 413 applies
+                    // (docs/filter.md: Envoy answers a plain 413 past this buffer limit).
+                    "per_connection_buffer_limit_bytes": LISTENER_BUFFER_LIMIT,
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": {

@@ -25,28 +25,30 @@ pub fn http() -> reqwest::Client {
 /// Envoy with the filter (configured by `config`) in front of a stateless JSON rmcp server.
 pub struct JsonGateway {
     pub envoy: Envoy,
-    pub upstream: RmcpServer,
+    /// Kept alive for the gateway's lifetime.
+    pub _upstream: RmcpServer,
 }
 
 impl JsonGateway {
     pub async fn start(config: &str) -> anyhow::Result<Self> {
         let upstream = RmcpServer::start("primary", RmcpServerMode::StatelessJson).await?;
         let envoy = Envoy::start(&artifacts(), &EnvoyConfig::with_filter(config, upstream.addr)).await?;
-        Ok(Self { envoy, upstream })
+        Ok(Self { envoy, _upstream: upstream })
     }
 }
 
 /// Envoy with the filter in front of server-everything.
 pub struct EverythingGateway {
     pub envoy: Envoy,
-    pub upstream: ServerEverything,
+    /// Kept alive for the gateway's lifetime.
+    pub _upstream: ServerEverything,
 }
 
 impl EverythingGateway {
     pub async fn start(config: &str) -> anyhow::Result<Self> {
         let upstream = ServerEverything::start(&artifacts()).await?;
         let envoy = Envoy::start(&artifacts(), &EnvoyConfig::with_filter(config, upstream.addr)).await?;
-        Ok(Self { envoy, upstream })
+        Ok(Self { envoy, _upstream: upstream })
     }
 }
 
