@@ -15,7 +15,7 @@ use crate::process::ChildGuard;
 use crate::workdir::{Workdir, unique_id};
 
 /// How long Envoy may take to become ready (compiling the wasm module included).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The listener's `per_connection_buffer_limit_bytes` (16 MiB).
 pub const LISTENER_BUFFER_LIMIT: u32 = 16 * 1024 * 1024;

@@ -10,6 +10,9 @@ use crate::ports::{accepts, free_port, wait_until};
 use crate::process::ChildGuard;
 use crate::workdir::Workdir;
 
+/// How long node may take to start it (generous: CI machines are small and busy).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A running server-everything; killed on drop.
 #[derive(Debug)]
 pub struct ServerEverything {
@@ -35,7 +38,7 @@ impl ServerEverything {
             let up = {
                 let c = &mut child;
                 wait_until(
-                    Duration::from_secs(30),
+                    STARTUP_TIMEOUT,
                     || c.exited().map(|s| format!("exited with {s}")),
                     || async move { accepts(addr).then_some(()) },
                 )

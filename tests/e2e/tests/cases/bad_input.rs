@@ -89,12 +89,25 @@ async fn bad_requests_get_exact_status_and_jsonrpc_code() -> anyhow::Result<()> 
 async fn accept_wildcards_count() -> anyhow::Result<()> {
     let gw = JsonGateway::start("{}").await?;
     let url = gw.envoy.mcp_url();
+    // The filter must pass these on (the upstream may still be stricter and refuse `*/*`
+    // itself, so the filter's own verdict is read from its metrics, not the status).
+    for accept in ["*/*", "application/*, text/*", "text/event-stream, application/json;q=0.9", "*/*;q=0.8, text/event-stream"] {
+        post(&url, tools_call(1, "add", json!({"a": 2, "b": 3})), &[("accept", accept)]).await?;
+    }
+    // Lacking text/event-stream is the filter's own 406.
+    let lacking = post(&url, tools_call(2, "add", json!({"a": 2, "b": 3})), &[("accept", "application/json")]).await?;
+    let samples = super::support::parse_prometheus(&gw.envoy.prometheus().await?)?;
+    let rejected: f64 = samples.iter().filter(|s| s.name == "mcpgw_rejected_total").map(|s| s.value).sum();
+    let passed = super::support::sample(&samples, "mcpgw_requests_total", &[("mcp_method", "tools/call"), ("mcp_tool", "add")]);
     let mut failures = Vec::new();
-    for accept in ["*/*", "application/*, text/*", "application/json", "text/event-stream, application/json;q=0.9"] {
-        let reply = post(&url, tools_call(1, "add", json!({"a": 2, "b": 3})), &[("accept", accept)]).await?;
-        if reply.status != 200 {
-            failures.push(format!("Accept {accept:?}: status {} {}", reply.status, reply.text()));
-        }
+    if let Err(e) = check_rejection(&lacking, &rej(406, -32600, Value::Null)) {
+        failures.push(format!("Accept application/json only: {e}"));
+    }
+    if rejected != 1.0 {
+        failures.push(format!("wildcard Accepts: mcpgw_rejected_total is {rejected}, want 1 (only the application/json-only request)"));
+    }
+    if passed != Some(4.0) {
+        failures.push(format!("wildcard Accepts: mcpgw_requests_total{{tools/call,add}} is {passed:?}, want 4"));
     }
     assert_rows(failures);
     Ok(())

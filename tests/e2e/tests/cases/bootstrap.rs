@@ -6,10 +6,12 @@ use std::process::Command;
 use super::support::artifacts;
 use mcpgw_e2e::EnvoyConfig;
 
+/// How the examples refer to the filter.
+const EXAMPLE_WASM: &str = "target/wasm32-wasip1/release/mcpgw_filter.wasm";
+
 #[test]
 fn example_bootstraps_validate() -> anyhow::Result<()> {
     let a = artifacts();
-    a.wasm()?; // the examples load the filter from target/ (relative to the repo root)
     let mut files: Vec<_> = std::fs::read_dir(a.repo.join("envoy"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -17,8 +19,15 @@ fn example_bootstraps_validate() -> anyhow::Result<()> {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no envoy/*.yaml examples");
+    let dir = mcpgw_e2e::workdir::Workdir::new("examples")?;
     let mut failures = Vec::new();
-    for file in &files {
+    for example in &files {
+        // The examples name the filter relative to the repo root; validate them against the
+        // module under test (MCPGW_WASM), which may live elsewhere.
+        let text = std::fs::read_to_string(example)?;
+        assert!(text.contains(EXAMPLE_WASM), "{} does not load {EXAMPLE_WASM}", example.display());
+        let file = dir.file(&example.file_name().unwrap_or_default().to_string_lossy());
+        std::fs::write(&file, text.replace(EXAMPLE_WASM, &a.wasm()?.display().to_string()))?;
         let out = Command::new(a.envoy()?)
             .current_dir(&a.repo)
             .args(["--mode", "validate", "--base-id"])
@@ -29,7 +38,7 @@ fn example_bootstraps_validate() -> anyhow::Result<()> {
         if !out.status.success() {
             failures.push(format!(
                 "{}: {}\n{}",
-                file.display(),
+                example.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).lines().rev().take(15).collect::<Vec<_>>().join("\n")
             ));
