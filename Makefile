@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test run bench fuzz fmt clippy clean
+.PHONY: help deps wasm build test e2e run bench fuzz fmt clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -46,6 +46,16 @@ build: wasm
 # --- test -----------------------------------------------------------------------------
 test: build
 	cargo test --locked --workspace
+
+# End-to-end tests only: real Envoy + the filter .wasm + real MCP servers and clients.
+e2e: wasm
+	cargo test --locked -p mcpgw-e2e
+
+# --- run ------------------------------------------------------------------------------
+# Envoy with the filter in front of server-everything; prints the MCP URL; Ctrl-C stops.
+# A filter config can be passed: make run CONFIG='{"policy":{"denied_tools":["get-env"]}}'
+run: wasm
+	cargo run --locked --quiet -p mcpgw-e2e --bin mcpgw-dev -- '$(or $(CONFIG),{})'
 
 # --- fuzz (not part of make test) ------------------------------------------------------
 # cargo-fuzz instruments with flags only nightly accepts; RUSTC_BOOTSTRAP lets the pinned

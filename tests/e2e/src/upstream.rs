@@ -1,0 +1,4 @@
+//! Upstream MCP servers the gateway sits in front of.
+
+pub mod everything;
+pub mod rmcp;

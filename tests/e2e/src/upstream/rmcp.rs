@@ -1,0 +1,201 @@
+//! An in-process MCP server written with the official Rust SDK `rmcp`, served over
+//! streamable HTTP on 127.0.0.1 (port 0) at `/mcp`.
+//!
+//! Tools `echo`, `add`, `whoami` (returns the server's label, so tests can tell which
+//! upstream answered); resource `mcpgw://greeting`; prompt `greet`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::Context;
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    ListResourcesResult, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router};
+use tokio_util::sync::CancellationToken;
+
+/// URI of the one resource the server has.
+pub const GREETING_URI: &str = "mcpgw://greeting";
+
+/// How the server answers POSTs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RmcpServerMode {
+    /// Sessions (`Mcp-Session-Id`, `DELETE` ends them); responses are SSE streams.
+    SessionSse,
+    /// No sessions; simple responses are `application/json`.
+    StatelessJson,
+}
+
+/// Arguments of `echo`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct EchoArgs {
+    /// Text to send back.
+    pub message: String,
+}
+
+/// Arguments of `add`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct AddArgs {
+    /// Left operand.
+    pub a: i64,
+    /// Right operand.
+    pub b: i64,
+}
+
+/// Arguments of the `greet` prompt.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct GreetArgs {
+    /// Who to greet.
+    pub name: String,
+}
+
+/// The handler: one instance per session.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    label: String,
+    tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
+}
+
+#[tool_router]
+impl Handler {
+    /// A handler that calls itself `label`.
+    pub fn new(label: &str) -> Self {
+        Self {
+            label: label.to_owned(),
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
+    }
+
+    /// Echoes `message` back.
+    #[tool(description = "Echoes back the input string")]
+    fn echo(&self, Parameters(EchoArgs { message }): Parameters<EchoArgs>) -> String {
+        message
+    }
+
+    /// `a + b`.
+    #[tool(description = "Adds two integers")]
+    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
+        a.saturating_add(b).to_string()
+    }
+
+    /// The server's label.
+    #[tool(description = "Names the upstream that answered")]
+    fn whoami(&self) -> String {
+        self.label.clone()
+    }
+}
+
+#[prompt_router]
+impl Handler {
+    /// A greeting prompt.
+    #[prompt(name = "greet", description = "Greets someone")]
+    async fn greet(&self, Parameters(GreetArgs { name }): Parameters<GreetArgs>) -> Vec<PromptMessage> {
+        vec![PromptMessage::new_text(Role::User, format!("Hello, {name}! ({})", self.label))]
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .build(),
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(GREETING_URI, "greeting").into(),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri != GREETING_URI {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {}", request.uri),
+                None,
+            ));
+        }
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(
+            format!("greetings from {}", self.label),
+            request.uri,
+        )])
+        .into())
+    }
+}
+
+/// A running rmcp server; stopped on drop.
+#[derive(Debug)]
+pub struct RmcpServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its label (what `whoami` returns).
+    pub label: String,
+    cancel: CancellationToken,
+}
+
+impl RmcpServer {
+    /// Binds 127.0.0.1:0 and serves `/mcp` on the current tokio runtime.
+    pub async fn start(label: &str, mode: RmcpServerMode) -> anyhow::Result<Self> {
+        let cancel = CancellationToken::new();
+        let config = match mode {
+            RmcpServerMode::SessionSse => StreamableHttpServerConfig::default(),
+            RmcpServerMode::StatelessJson => StreamableHttpServerConfig::default()
+                .with_legacy_session_mode(false)
+                .with_json_response(true),
+        }
+        .with_sse_keep_alive(None)
+        .disable_allowed_hosts()
+        .with_cancellation_token(cancel.child_token());
+        let owned = label.to_owned();
+        let service: StreamableHttpService<Handler, LocalSessionManager> = StreamableHttpService::new(
+            move || Ok(Handler::new(&owned)),
+            Default::default(),
+            config,
+        );
+        let router = axum::Router::new().nest_service("/mcp", service);
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("rmcp server: bind 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled_owned().await })
+                .await;
+        });
+        Ok(Self { addr, label: label.to_owned(), cancel })
+    }
+
+    /// `http://<addr>/mcp`.
+    pub fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for RmcpServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

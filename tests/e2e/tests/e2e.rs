@@ -1,0 +1,17 @@
+//! End-to-end tests of the mcpgw filter: a real Envoy (`MCPGW_ENVOY`) running the freshly
+//! built filter (`MCPGW_WASM`) in front of real MCP servers, driven by real MCP clients and
+//! raw HTTP. One test binary; the cases live in `cases/`.
+
+mod cases {
+    pub mod support;
+
+    mod bad_input;
+    mod bootstrap;
+    mod clients;
+    mod config;
+    mod hostile;
+    mod metrics;
+    mod policy;
+    mod routing;
+    mod session;
+}
