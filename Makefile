@@ -47,6 +47,15 @@ build: wasm
 test: build
 	cargo test --locked --workspace
 
+# --- bench ----------------------------------------------------------------------------
+# Side by side in one run: plain Envoy, native MCP filter, wasm floor filter, mcpgw filter.
+# Knobs (env): MCPGW_BENCH_ROUNDS, MCPGW_BENCH_SECONDS, MCPGW_BENCH_WARMUP_SECONDS,
+# MCPGW_BENCH_CONNECTIONS, MCPGW_BENCH_VARIANTS, MCPGW_BENCH_PIN, MCPGW_BENCH_OUTPUT.
+bench: wasm
+	cargo build --release --locked -p mcpgw-bench-floor --target $(WASM_TARGET)
+	cargo build --release --locked -p mcpgw-bench
+	MCPGW_BENCH_COMMAND="make bench" ./target/release/mcpgw-bench
+
 clean:
 	cargo clean
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .run
