@@ -235,12 +235,12 @@ impl Envoy {
             if started.elapsed() > START_TIMEOUT {
                 bail!("not ready after {START_TIMEOUT:?}");
             }
-            if let Ok(text) = std::fs::read_to_string(admin_path) {
-                if let Ok(admin) = text.trim().parse::<SocketAddr>() {
-                    self.admin = admin;
-                    if matches!(admin_get(admin, "/ready"), Ok((200, _))) {
-                        break;
-                    }
+            if let Ok(text) = std::fs::read_to_string(admin_path)
+                && let Ok(admin) = text.trim().parse::<SocketAddr>()
+            {
+                self.admin = admin;
+                if matches!(admin_get(admin, "/ready"), Ok((200, _))) {
+                    break;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -375,6 +375,7 @@ pub fn version(envoy: &Path) -> anyhow::Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -121,6 +121,7 @@ fn format_utc(secs: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

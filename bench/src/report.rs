@@ -163,30 +163,26 @@ pub fn section(outcome: &Outcome, settings: &Settings) -> String {
     for (variant, size) in &ctx.wasm_sizes {
         let _ = writeln!(s, "- `{variant}` filter `.wasm`: {size} bytes");
     }
-    if let Some(row) = rows.iter().find(|r| r.variant == Variant::Mcpgw) {
-        if let Some(ratio) = row.ratio {
-            let verdict = if ratio >= MCPGW_TARGET_RATIO {
-                "meets"
-            } else {
-                "misses"
-            };
-            let _ = writeln!(
-                s,
-                "- mcpgw at {ratio:.2}× plain Envoy {verdict} the target of ≥ {MCPGW_TARGET_RATIO:.2}×"
-            );
-        }
+    let find = |v: Variant| rows.iter().find(|r| r.variant == v);
+    if let Some(ratio) = find(Variant::Mcpgw).and_then(|row| row.ratio) {
+        let verdict = if ratio >= MCPGW_TARGET_RATIO {
+            "meets"
+        } else {
+            "misses"
+        };
+        let _ = writeln!(
+            s,
+            "- mcpgw at {ratio:.2}× plain Envoy {verdict} the target of ≥ {MCPGW_TARGET_RATIO:.2}×"
+        );
     }
-    if let (Some(native), Some(mcpgw)) = (
-        rows.iter().find(|r| r.variant == Variant::Native),
-        rows.iter().find(|r| r.variant == Variant::Mcpgw),
-    ) {
-        if native.rate > 0.0 {
-            let _ = writeln!(
-                s,
-                "- mcpgw vs native C++ MCP filter: {:.2}× its requests/s",
-                mcpgw.rate / native.rate
-            );
-        }
+    if let (Some(native), Some(mcpgw)) = (find(Variant::Native), find(Variant::Mcpgw))
+        && native.rate > 0.0
+    {
+        let _ = writeln!(
+            s,
+            "- mcpgw vs native C++ MCP filter: {:.2}× its requests/s",
+            mcpgw.rate / native.rate
+        );
     }
     for r in &outcome.results {
         if let Some(counted) = r.filter_requests {
@@ -227,12 +223,12 @@ pub fn section(outcome: &Outcome, settings: &Settings) -> String {
 
 /// `existing` with this benchmark's section replaced by `section` (appended when absent).
 pub fn replace_section(existing: &str, section: &str) -> String {
-    if let (Some(begin), Some(end)) = (existing.find(SECTION_BEGIN), existing.find(SECTION_END)) {
-        if begin < end {
-            let after = &existing[end + SECTION_END.len()..];
-            let after = after.strip_prefix('\n').unwrap_or(after);
-            return format!("{}{section}{after}", &existing[..begin]);
-        }
+    if let (Some(begin), Some(end)) = (existing.find(SECTION_BEGIN), existing.find(SECTION_END))
+        && begin < end
+    {
+        let after = &existing[end + SECTION_END.len()..];
+        let after = after.strip_prefix('\n').unwrap_or(after);
+        return format!("{}{section}{after}", &existing[..begin]);
     }
     if existing.trim().is_empty() {
         return format!("# mcpgw benchmarks\n\n{section}");
@@ -248,6 +244,7 @@ pub fn replace_section(existing: &str, section: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -174,6 +174,7 @@ fn seconds(value: Option<String>, key: &str, default: f64) -> anyhow::Result<Dur
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
