@@ -1,4 +1,19 @@
 //! Host-independent logic of the mcpgw MCP gateway: everything the Envoy filter decides,
 //! as plain functions that compile natively and to `wasm32-wasip1`.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod jsonrpc;
+pub mod mcp;
+pub mod metrics;
+pub mod policy;
 pub mod snapshot;
+pub mod sse;

@@ -31,7 +31,11 @@ pub struct Snapshot {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot { schema: SCHEMA_VERSION, version: String::new(), policy: Policy::default() }
+        Snapshot {
+            schema: SCHEMA_VERSION,
+            version: String::new(),
+            policy: Policy::default(),
+        }
     }
 }
 
@@ -42,11 +46,19 @@ pub struct Policy {
     /// If set, only these JSON-RPC methods (requests and notifications) are allowed;
     /// anything else is answered with JSON-RPC -32601. `None` allows every method.
     pub allowed_methods: Option<Vec<String>>,
+    /// Whether methods that are not in MCP's method table pass (subject to
+    /// `allowed_methods`); `false` answers them with JSON-RPC -32601.
+    pub allow_unknown_methods: bool,
     /// Largest request body accepted, in bytes; larger bodies get HTTP 413.
     pub max_body_bytes: u64,
     /// Reject JSON objects that repeat a key (ambiguous input different parsers read
     /// differently) with JSON-RPC -32600.
     pub reject_duplicate_keys: bool,
+    /// Stop reading the body once the request is routable (method, id and routing
+    /// parameters seen), so large arguments stream through unbuffered. Only takes effect
+    /// when the policy denies nothing (see `policy::Gate::new`) and the request has a
+    /// `Content-Length`.
+    pub early_terminate: bool,
     /// Tool names `tools/call` may not invoke (answered with HTTP 403 and a JSON-RPC error).
     pub denied_tools: Vec<String>,
     /// Request header the filter sets to the chosen cluster name when a route matches;
@@ -65,8 +77,10 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             allowed_methods: None,
+            allow_unknown_methods: true,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             reject_duplicate_keys: false,
+            early_terminate: true,
             denied_tools: Vec::new(),
             route_header: DEFAULT_ROUTE_HEADER.to_string(),
             tool_routes: BTreeMap::new(),
@@ -105,22 +119,34 @@ impl Snapshot {
     /// Checks semantic constraints that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: &str| {
-            Err(ConfigError::FieldInvalid { field: field.to_string(), reason: reason.to_string() })
+            Err(ConfigError::FieldInvalid {
+                field: field.to_string(),
+                reason: reason.to_string(),
+            })
         };
         if self.schema != SCHEMA_VERSION {
-            return invalid("schema", &format!("unsupported schema {}, expected {SCHEMA_VERSION}", self.schema));
+            return invalid(
+                "schema",
+                &format!(
+                    "unsupported schema {}, expected {SCHEMA_VERSION}",
+                    self.schema
+                ),
+            );
         }
         let p = &self.policy;
         if p.max_body_bytes == 0 {
             return invalid("policy.max_body_bytes", "must be greater than 0");
         }
         if !is_header_name(&p.route_header) {
-            return invalid("policy.route_header", "must be a lowercase HTTP header name");
+            return invalid(
+                "policy.route_header",
+                "must be a lowercase HTTP header name",
+            );
         }
-        if let Some(methods) = &p.allowed_methods {
-            if let Some(i) = methods.iter().position(String::is_empty) {
-                return invalid(&format!("policy.allowed_methods[{i}]"), "must not be empty");
-            }
+        if let Some(methods) = &p.allowed_methods
+            && let Some(i) = methods.iter().position(String::is_empty)
+        {
+            return invalid(&format!("policy.allowed_methods[{i}]"), "must not be empty");
         }
         if let Some(i) = p.denied_tools.iter().position(String::is_empty) {
             return invalid(&format!("policy.denied_tools[{i}]"), "must not be empty");
@@ -130,7 +156,10 @@ impl Snapshot {
                 return invalid("policy.tool_routes", "tool name must not be empty");
             }
             if cluster.is_empty() {
-                return invalid(&format!("policy.tool_routes.{tool}"), "cluster name must not be empty");
+                return invalid(
+                    &format!("policy.tool_routes.{tool}"),
+                    "cluster name must not be empty",
+                );
             }
         }
         Ok(())
@@ -139,7 +168,9 @@ impl Snapshot {
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -156,17 +187,32 @@ mod tests {
     #[test]
     fn unknown_field_is_rejected() {
         let err = Snapshot::from_json(br#"{"policy":{"max_body_byts":5}}"#).unwrap_err();
-        assert!(matches!(&err, ConfigError::Parse(m) if m.contains("max_body_byts")), "{err}");
+        assert!(
+            matches!(&err, ConfigError::Parse(m) if m.contains("max_body_byts")),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_values_name_the_field() {
         let cases = [
             (r#"{"schema":2}"#, "schema"),
-            (r#"{"policy":{"max_body_bytes":0}}"#, "policy.max_body_bytes"),
-            (r#"{"policy":{"route_header":"X Bad"}}"#, "policy.route_header"),
-            (r#"{"policy":{"denied_tools":["ok",""]}}"#, "policy.denied_tools[1]"),
-            (r#"{"policy":{"tool_routes":{"echo":""}}}"#, "policy.tool_routes.echo"),
+            (
+                r#"{"policy":{"max_body_bytes":0}}"#,
+                "policy.max_body_bytes",
+            ),
+            (
+                r#"{"policy":{"route_header":"X Bad"}}"#,
+                "policy.route_header",
+            ),
+            (
+                r#"{"policy":{"denied_tools":["ok",""]}}"#,
+                "policy.denied_tools[1]",
+            ),
+            (
+                r#"{"policy":{"tool_routes":{"echo":""}}}"#,
+                "policy.tool_routes.echo",
+            ),
         ];
         for (doc, want) in cases {
             match Snapshot::from_json(doc.as_bytes()) {
@@ -180,7 +226,9 @@ mod tests {
     fn round_trips() {
         let mut s = Snapshot::default();
         s.version = "v7".into();
-        s.policy.tool_routes.insert("echo".into(), "everything".into());
+        s.policy
+            .tool_routes
+            .insert("echo".into(), "everything".into());
         let json = serde_json::to_vec(&s).unwrap();
         assert_eq!(Snapshot::from_json(&json).unwrap(), s);
     }

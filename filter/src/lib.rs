@@ -1,1 +1,333 @@
 //! The mcpgw proxy-wasm filter: a thin Envoy adapter; every decision is made in `mcpgw-core`.
+//!
+//! One [`Root`] per worker VM parses the configuration once in `on_configure` into a
+//! [`Gate`] and hands each request's [`McpRequest`] an `Rc` to it. A request's life:
+//!
+//! 1. headers: the head is checked (methods, media types, protocol version, length); a POST
+//!    pauses (`allow_on_headers_stop_iteration: true` is required) until the body decides;
+//! 2. body: chunks are fed to the incremental parser until it is routable or complete;
+//!    the verdict sets the route header (and clears the route cache) or answers locally;
+//! 3. response: JSON and SSE bodies are observed chunk by chunk as they stream through,
+//!    counting JSON-RPC results and errors per method and tool.
+//!
+//! Callbacks never panic: every failure becomes a 500 with a JSON-RPC error and a metric.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod metrics;
+
+use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Progress};
+use mcpgw_core::jsonrpc::{Kind, Message};
+use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
+use mcpgw_core::snapshot::Snapshot;
+use mcpgw_core::sse::{Event, EventStream};
+use metrics::Metrics;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Per-VM state: the compiled policy and the metric registry.
+#[derive(Default)]
+struct Root {
+    gate: Option<Rc<Gate>>,
+    metrics: Rc<RefCell<Metrics>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        match Snapshot::from_json(&config) {
+            Ok(snapshot) => {
+                log::info!(
+                    "mcpgw: configured snapshot {:?} (schema {})",
+                    snapshot.version,
+                    snapshot.schema
+                );
+                self.gate = Some(Rc::new(Gate::new(snapshot)));
+                true
+            }
+            Err(err) => {
+                log::error!("mcpgw: rejecting configuration: {err}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let gate = self.gate.clone()?;
+        Some(Box::new(McpRequest::new(gate, self.metrics.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// What the request side is doing.
+enum Phase {
+    /// Reading the body into the parser.
+    Reading {
+        parser: Box<MessageParser>,
+        fed: usize,
+    },
+    /// Decided; the rest passes through.
+    Done,
+}
+
+/// How the response body is observed.
+enum Observer {
+    None,
+    Json(MessageParser),
+    Sse(EventStream),
+}
+
+/// One HTTP request through the filter.
+struct McpRequest {
+    gate: Rc<Gate>,
+    metrics: Rc<RefCell<Metrics>>,
+    phase: Phase,
+    protocol_version: Option<String>,
+    /// (method, tool) of the request, for labelling the response.
+    request: Option<(String, String)>,
+    observer: Observer,
+    /// The filter answered this request itself; its own reply is not observed.
+    local_reply: bool,
+}
+
+impl Context for McpRequest {}
+
+impl McpRequest {
+    fn new(gate: Rc<Gate>, metrics: Rc<RefCell<Metrics>>) -> Self {
+        McpRequest {
+            gate,
+            metrics,
+            phase: Phase::Done,
+            protocol_version: None,
+            request: None,
+            observer: Observer::None,
+            local_reply: false,
+        }
+    }
+
+    fn reject(&mut self, r: &Rejection) -> Action {
+        self.phase = Phase::Done;
+        self.local_reply = true;
+        self.metrics.borrow_mut().rejected(r.reason);
+        let body = r.body();
+        let mut headers = vec![("content-type", "application/json")];
+        if r.status == 405 {
+            headers.push(("allow", ALLOWED_HTTP_METHODS));
+        }
+        self.send_http_response(u32::from(r.status), headers, Some(&body));
+        Action::Pause
+    }
+
+    fn internal_error(&mut self, what: &str) -> Action {
+        log::error!("mcpgw: internal error: {what}");
+        self.metrics.borrow_mut().internal_error();
+        self.reject(&Rejection::internal(what))
+    }
+
+    /// Applies the verdict for `messages`.
+    fn decide(&mut self, messages: &[Message], batch: bool) -> Action {
+        {
+            let mut m = self.metrics.borrow_mut();
+            for msg in messages {
+                if matches!(msg.kind, Kind::Request | Kind::Notification) {
+                    m.request(
+                        msg.method.as_deref().unwrap_or_default(),
+                        msg.name.as_deref(),
+                    );
+                }
+            }
+        }
+        match self
+            .gate
+            .check_messages(messages, batch, self.protocol_version.as_deref())
+        {
+            BodyVerdict::Reject(r) => self.reject(&r),
+            BodyVerdict::Forward { cluster } => {
+                self.phase = Phase::Done;
+                if let [only] = messages
+                    && only.kind == Kind::Request
+                {
+                    let method = only.method.clone().unwrap_or_default();
+                    let tool = if method == "tools/call" {
+                        only.name.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    self.request = Some((method, tool));
+                }
+                if let Some(cluster) = cluster {
+                    let header = self.gate.route_header().to_string();
+                    self.set_http_request_header(&header, Some(&cluster));
+                    // Envoy's wasm host also clears it on header mutation; being explicit
+                    // keeps routing right on hosts that do not.
+                    if self
+                        .call_foreign_function("clear_route_cache", None)
+                        .is_err()
+                    {
+                        log::debug!("mcpgw: clear_route_cache is not available");
+                    }
+                }
+                Action::Continue
+            }
+        }
+    }
+}
+
+impl HttpContext for McpRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let content_type = self.get_http_request_header("content-type");
+        let accept = self.get_http_request_header("accept");
+        self.protocol_version = self.get_http_request_header("mcp-protocol-version");
+        let content_length = self.get_http_request_header("content-length");
+        let head = Head {
+            method: &method,
+            content_type: content_type.as_deref(),
+            accept: accept.as_deref(),
+            protocol_version: self.protocol_version.as_deref(),
+            content_length: content_length.as_deref(),
+        };
+        match self.gate.check_head(&head) {
+            HeadVerdict::Reject(r) => self.reject(&r),
+            HeadVerdict::Pass => Action::Continue,
+            HeadVerdict::InspectBody { early_terminate } => {
+                let mut opts = self.gate.parse_options();
+                opts.stop_when_routable = early_terminate;
+                self.phase = Phase::Reading {
+                    parser: Box::new(MessageParser::new(opts)),
+                    fed: 0,
+                };
+                if end_of_stream {
+                    // A POST without a body.
+                    return self.on_http_request_body(0, true);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::Reading { mut parser, fed } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            return Action::Continue;
+        };
+        if body_size as u64 > self.gate.max_body_bytes() {
+            return self.reject(&Rejection::too_large(self.gate.max_body_bytes()));
+        }
+        // While paused, Envoy buffers and `body_size` is everything so far: read the new part.
+        let progress = if body_size > fed {
+            let Some(chunk) = self.get_http_request_body(fed, body_size - fed) else {
+                return self.internal_error("request body unavailable");
+            };
+            parser.feed(&chunk)
+        } else {
+            Ok(Progress::NeedMore)
+        };
+        match progress {
+            Err(err) => self.reject(&Rejection::from_parse(&err)),
+            Ok(Progress::Routable) => match parser.routable() {
+                Some(msg) => self.decide(&[msg], false),
+                None => self.internal_error("routable request missing"),
+            },
+            Ok(_) if end_of_stream => match parser.finish() {
+                Ok(Body::Single(m)) => self.decide(&[m], false),
+                Ok(Body::Batch(ms)) => self.decide(&ms, true),
+                Err(err) => self.reject(&Rejection::from_parse(&err)),
+            },
+            Ok(_) => {
+                self.phase = Phase::Reading {
+                    parser,
+                    fed: body_size.max(fed),
+                };
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.local_reply {
+            return Action::Continue;
+        }
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        self.observer = match media.as_str() {
+            "application/json" => Observer::Json(MessageParser::new(Default::default())),
+            "text/event-stream" => Observer::Sse(EventStream::new()),
+            _ => Observer::None,
+        };
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if matches!(self.observer, Observer::None) {
+            return Action::Continue;
+        }
+        let chunk = if body_size > 0 {
+            self.get_http_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (method, tool) = self.request.clone().unwrap_or_default();
+        let metrics = self.metrics.clone();
+        let count = |messages: &[Message]| {
+            let mut m = metrics.borrow_mut();
+            for msg in messages {
+                match msg.kind {
+                    Kind::Result => m.response(&method, &tool, false),
+                    Kind::Error => m.response(&method, &tool, true),
+                    // Server-to-client requests and notifications inside a stream.
+                    Kind::Request | Kind::Notification => {}
+                }
+            }
+        };
+        match &mut self.observer {
+            Observer::Json(parser) => {
+                // A malformed upstream body is not ours to fix; stop observing it.
+                if parser.feed(&chunk).is_err() {
+                    self.observer = Observer::None;
+                } else if end_of_stream
+                    && let Observer::Json(parser) =
+                        std::mem::replace(&mut self.observer, Observer::None)
+                    && let Ok(body) = parser.finish()
+                {
+                    count(body.messages());
+                }
+            }
+            Observer::Sse(stream) => stream.feed(&chunk, |event| {
+                if let Event::Messages(ms) = event {
+                    count(&ms);
+                }
+            }),
+            Observer::None => {}
+        }
+        Action::Continue
+    }
+}

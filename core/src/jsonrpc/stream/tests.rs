@@ -1,0 +1,511 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::jsonrpc::code;
+use proptest::prelude::*;
+
+fn parse_with(opts: Options, body: &[u8]) -> Result<Body, RequestError> {
+    let mut p = MessageParser::new(opts);
+    p.feed(body)?;
+    p.finish()
+}
+
+fn parse(body: &str) -> Result<Body, RequestError> {
+    parse_with(Options::default(), body.as_bytes())
+}
+
+/// Feeds `body` split at every position, and byte by byte; all must agree with one chunk.
+fn parse_all_splits(body: &[u8]) -> Result<Body, RequestError> {
+    let whole = parse_with(Options::default(), body);
+    for at in 0..=body.len() {
+        let (a, b) = body.split_at(at);
+        let mut p = MessageParser::new(Options::default());
+        let r = p.feed(a).and_then(|_| p.feed(b)).and_then(|_| p.finish());
+        assert_eq!(
+            norm(&r),
+            norm(&whole),
+            "split at {at} of {}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let mut p = MessageParser::new(Options::default());
+    let mut r = Ok(Progress::NeedMore);
+    for b in body {
+        r = p.feed(std::slice::from_ref(b));
+        if r.is_err() {
+            break;
+        }
+    }
+    let r = r.and_then(|_| p.finish());
+    assert_eq!(norm(&r), norm(&whole), "byte by byte");
+    whole
+}
+
+/// Syntax errors compare by kind only: the offset differs with chunking only in position
+/// reporting of the same byte, which must not differ either, so compare fully.
+fn norm(r: &Result<Body, RequestError>) -> String {
+    format!("{r:?}")
+}
+
+fn single(body: &str) -> Message {
+    match parse_all_splits(body.as_bytes()) {
+        Ok(Body::Single(m)) => m,
+        other => panic!("{body}: expected one message, got {other:?}"),
+    }
+}
+
+#[test]
+fn extracts_the_envelope_of_a_tools_call() {
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"name":"not me","x":[1,{"uri":"no"}]},"name":"echo","_meta":{"progressToken":"p-1","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"a=b"}}}"#,
+    );
+    assert_eq!(m.kind, Kind::Request);
+    assert_eq!(m.method.as_deref(), Some("tools/call"));
+    assert_eq!(m.id, Some(Id::Num("7".into())));
+    assert_eq!(m.name.as_deref(), Some("echo"));
+    assert_eq!(m.uri, None);
+    assert_eq!(m.progress_token.as_deref(), Some("\"p-1\""));
+    assert_eq!(
+        m.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(m.tracestate.as_deref(), Some("a=b"));
+}
+
+#[test]
+fn decodes_escapes_in_captured_strings_and_keeps_raw_ids() {
+    let m = single(
+        r#"{"id":"a\"\u00e9\ud83d\ude00","method":"tools\/call","jsonrpc":"2.0","params":{"name":"t\u00e9st\n"}}"#,
+    );
+    assert_eq!(m.method.as_deref(), Some("tools/call"));
+    assert_eq!(m.name.as_deref(), Some("tést\n"));
+    assert_eq!(m.id, Some(Id::Str(r#""a\"\u00e9\ud83d\ude00""#.into())));
+    let m = single(
+        r#" {"jsonrpc":"2.0","id":-1.5e3,"method":"resources/read","params":{"uri":"file:///ü"}} "#,
+    );
+    assert_eq!(m.id, Some(Id::Num("-1.5e3".into())));
+    assert_eq!(m.uri.as_deref(), Some("file:///ü"));
+}
+
+#[test]
+fn classifies_every_kind() {
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            Kind::Notification,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, Kind::Request),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
+            Kind::Request,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, Kind::Result),
+        (r#"{"jsonrpc":"2.0","id":1,"result":null}"#, Kind::Result),
+        (
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#,
+            Kind::Error,
+        ),
+    ];
+    for (body, kind) in cases {
+        assert_eq!(single(body).kind, kind, "{body}");
+    }
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","id":"x","error":{"message":"m","code":-32601}}"#).error_code,
+        Some(-32601)
+    );
+}
+
+#[test]
+fn batches() {
+    let body = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add"}}]"#;
+    match parse_all_splits(body.as_bytes()) {
+        Ok(Body::Batch(ms)) => {
+            let methods: Vec<_> = ms
+                .iter()
+                .map(|m| m.method.as_deref().unwrap_or(""))
+                .collect();
+            assert_eq!(
+                methods,
+                ["tools/list", "notifications/progress", "tools/call"]
+            );
+            assert_eq!(ms[2].name.as_deref(), Some("add"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn syntax_errors_are_parse_errors() {
+    let cases: &[&[u8]] = &[
+        b"",
+        b"   ",
+        b"{",
+        b"{\"jsonrpc\":\"2.0\",}",
+        b"{\"a\" 1}",
+        b"[1,]",
+        b"{\"a\":01}",
+        b"{\"a\":1.}",
+        b"{\"a\":-}",
+        b"{\"a\":tru}",
+        b"{\"a\":nul",
+        b"{\"a\":\"\x01\"}",
+        b"{\"a\":\"\\x\"}",
+        b"{\"a\":\"\\ud800\"}",
+        b"{\"a\":\"\\udc00\"}",
+        b"{\"a\":\"\xff\"}",
+        b"{\"a\":\"\xc0\xaf\"}",
+        b"{\"a\":\"\xed\xa0\x80\"}",
+        b"{} {}",
+        b"{}x",
+        b"]",
+        b"{\"a\":1]",
+        b"not json",
+    ];
+    for body in cases {
+        match parse_all_splits(body) {
+            Err(e @ RequestError::Parse { .. }) => assert_eq!(e.code(), code::PARSE_ERROR),
+            other => panic!(
+                "{}: expected a parse error, got {other:?}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_without_recursion() {
+    let body = "[".repeat(100_000);
+    assert!(matches!(
+        parse(&body),
+        Err(RequestError::Parse {
+            reason: "nesting too deep",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn invalid_requests_name_what_is_wrong() {
+    let cases = [
+        (r#"42"#, "expected an object or an array", None),
+        (r#""x""#, "expected an object or an array", None),
+        (r#"[]"#, "empty batch", None),
+        (r#"[1]"#, "batch element must be an object", None),
+        (r#"{}"#, "missing \"jsonrpc\"", None),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            "must be \"2.0\"",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":2,"id":1,"method":"ping"}"#,
+            "\"jsonrpc\" must be a string",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+            "\"method\" must be a string",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#,
+            "\"id\" must be a string or a number",
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            "must not be null",
+            Some("null"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            "no method, result or error",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":1}"#,
+            "must not carry result",
+            Some("1"),
+        ),
+        (r#"{"jsonrpc":"2.0","result":1}"#, "needs an id", None),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/list"}"#,
+            "duplicate key \"method\"",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            "duplicate key \"params.name\"",
+            Some("1"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#,
+            "\"params\" must be",
+            Some("1"),
+        ),
+    ];
+    for (body, want, id) in cases {
+        match parse_all_splits(body.as_bytes()) {
+            Err(RequestError::Invalid { reason, id: got_id }) => {
+                assert!(
+                    reason.contains(want),
+                    "{body}: {reason:?} does not contain {want:?}"
+                );
+                assert_eq!(got_id.as_ref().map(Id::as_json), id, "{body}");
+            }
+            other => panic!("{body}: expected invalid request, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn missing_or_mistyped_targets_are_invalid_params() {
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            "params.name",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+            "params.name",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}"#,
+            "params.name must be a string",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":["x"]}"#,
+            "params.name",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":null}}"#,
+            "params.uri",
+        ),
+    ];
+    for (body, want) in cases {
+        match parse_all_splits(body.as_bytes()) {
+            Err(e @ RequestError::InvalidParams { .. }) => {
+                assert_eq!(e.code(), code::INVALID_PARAMS);
+                assert!(e.to_string().contains(want), "{body}: {e}");
+                assert_eq!(e.id(), Some(&Id::Num("1".into())));
+            }
+            other => panic!("{body}: expected invalid params, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn duplicate_keys_anywhere_when_asked() {
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1,"b":{"a":2},"a":3}}}"#;
+    assert!(parse_with(Options::default(), body).is_ok());
+    let opts = Options {
+        reject_duplicate_keys: true,
+        stop_when_routable: true,
+    };
+    match parse_with(opts, body) {
+        Err(RequestError::Invalid { reason, .. }) => {
+            assert!(reason.contains("duplicate key \"a\""), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Same key in sibling objects is fine.
+    let ok = br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":{"k":1},"b":{"k":2}}}"#;
+    assert!(parse_with(opts, ok).is_ok());
+}
+
+#[test]
+fn stops_once_routable() {
+    let args = format!(r#"{{"blob":"{}"}}"#, "z".repeat(10_000));
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#
+    );
+    let opts = Options {
+        reject_duplicate_keys: false,
+        stop_when_routable: true,
+    };
+    let mut p = MessageParser::new(opts);
+    assert_eq!(p.feed(body.as_bytes()), Ok(Progress::Routable));
+    assert!(p.offset() < 80, "stopped at {}", p.offset());
+    let m = p.routable().expect("routable");
+    assert_eq!(
+        (m.method.as_deref(), m.name.as_deref()),
+        (Some("tools/call"), Some("echo"))
+    );
+
+    // Chunked: routable arrives mid-way through the second chunk.
+    let mut p = MessageParser::new(opts);
+    let (a, b) = body.as_bytes().split_at(40);
+    assert_eq!(p.feed(a), Ok(Progress::NeedMore));
+    assert_eq!(p.feed(b), Ok(Progress::Routable));
+
+    // Needs the id too: an id after the arguments means reading them.
+    let late_id = format!(
+        r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"echo","arguments":{args}}},"id":2}}"#
+    );
+    let mut p = MessageParser::new(opts);
+    assert_eq!(p.feed(late_id.as_bytes()), Ok(Progress::Routable));
+    assert_eq!(p.offset() as usize, late_id.len() - 1);
+
+    // Batches and duplicate-key checking read everything.
+    let batch = format!("[{body}]");
+    assert_eq!(
+        MessageParser::new(opts).feed(batch.as_bytes()),
+        Ok(Progress::Complete)
+    );
+    let strict = Options {
+        reject_duplicate_keys: true,
+        stop_when_routable: true,
+    };
+    assert_eq!(
+        MessageParser::new(strict).feed(body.as_bytes()),
+        Ok(Progress::Complete)
+    );
+}
+
+#[test]
+fn overlong_captures_are_refused() {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}"}}}}"#,
+        "n".repeat(MAX_CAPTURE + 1)
+    );
+    match parse(&body) {
+        Err(RequestError::Invalid { reason, .. }) => {
+            assert!(reason.contains("params.name is longer"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn errors_are_sticky() {
+    let mut p = MessageParser::new(Options::default());
+    assert!(p.feed(b"{x").is_err());
+    assert!(p.feed(b"}").is_err());
+    assert!(p.finish().is_err());
+}
+
+// --- properties -------------------------------------------------------------------------
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::String),
+        prop::sample::select(vec![
+            "name",
+            "uri",
+            "method",
+            "_meta",
+            "tools/call",
+            "\u{1F600}\"\\"
+        ])
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 48, 6, |inner| {
+        let key = prop_oneof![
+            "[a-z_]{0,6}".prop_map(String::from),
+            prop::sample::select(vec![
+                "jsonrpc",
+                "id",
+                "method",
+                "params",
+                "name",
+                "uri",
+                "_meta",
+                "result",
+                "error",
+                "code",
+                "progressToken"
+            ])
+            .prop_map(String::from),
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(key, inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn arb_request() -> impl Strategy<Value = serde_json::Value> {
+    (
+        prop::sample::select(mcp::METHODS.iter().map(|m| m.name).collect::<Vec<_>>()),
+        prop_oneof![
+            any::<i32>().prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from)
+        ],
+        "\\PC{1,10}",
+        arb_json(),
+    )
+        .prop_map(|(method, id, name, args)| {
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method,
+                "params": {"arguments": args, "name": name, "uri": name}})
+        })
+}
+
+/// serde_json's syntax verdict. It refuses numbers beyond f64 (`1e309`), which JSON's
+/// grammar allows and which we pass on untouched, so those count as accepted.
+fn serde_accepts(bytes: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(_) => true,
+        Err(e) => e.to_string().contains("number out of range"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any JSON document serde_json writes, we read without a syntax error, in any chunking.
+    #[test]
+    fn reads_what_serde_writes(v in arb_json(), pretty in any::<bool>(), cut in 0usize..4096) {
+        let bytes = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+        let cut = cut.min(bytes.len());
+        let mut p = MessageParser::new(Options::default());
+        let r = p.feed(&bytes[..cut]).and_then(|_| p.feed(&bytes[cut..])).and_then(|_| p.finish());
+        prop_assert!(!matches!(r, Err(RequestError::Parse { .. })), "{r:?} for {}", String::from_utf8_lossy(&bytes));
+    }
+
+    /// The envelope we extract equals what a full parse finds.
+    #[test]
+    fn extraction_matches_a_full_parse(v in arb_request(), early in any::<bool>()) {
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early };
+        let mut p = MessageParser::new(opts);
+        let m = match p.feed(&bytes).unwrap() {
+            Progress::Routable => p.routable().unwrap(),
+            _ => match p.finish().unwrap() { Body::Single(m) => m, b => panic!("{b:?}") },
+        };
+        prop_assert_eq!(m.method.as_deref(), v["method"].as_str());
+        prop_assert_eq!(m.id.as_ref().map(|i| i.as_json().to_string()), Some(serde_json::to_string(&v["id"]).unwrap()));
+        let target = mcp::target_of(v["method"].as_str().unwrap());
+        if target == mcp::Target::Name || !early {
+            prop_assert_eq!(m.name.as_deref(), v["params"]["name"].as_str());
+        }
+        if target == mcp::Target::Uri || !early {
+            prop_assert_eq!(m.uri.as_deref(), v["params"]["uri"].as_str());
+        }
+    }
+
+    /// On arbitrary bytes we never panic, and our syntax verdict agrees with serde_json's.
+    #[test]
+    fn syntax_verdict_matches_serde(bytes in prop::collection::vec(prop::sample::select(b"{}[]:,\"\\ 0123456789.eE+-truefalsnu\xc3\xa9\xff".to_vec()), 0..40)) {
+        let ours = !matches!(parse_with(Options::default(), &bytes), Err(RequestError::Parse { .. }));
+        prop_assert_eq!(ours, serde_accepts(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+    }
+
+    /// Mutating a valid request never panics, in any chunking.
+    #[test]
+    fn mutations_never_panic(v in arb_request(), pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+        let mut bytes = serde_json::to_vec(&v).unwrap();
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        let cut = cut.index(bytes.len() + 1);
+        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false });
+        let r = p.feed(&bytes[..cut]).and_then(|_| p.feed(&bytes[cut..])).and_then(|_| p.finish());
+        let ok_syntax = !matches!(r, Err(RequestError::Parse { .. }));
+        prop_assert_eq!(ok_syntax, serde_accepts(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+    }
+}

@@ -1,0 +1,665 @@
+//! Request policy decisions: what the filter answers for a request's head and body.
+//!
+//! [`Gate`] is the configured policy compiled once (in `on_configure`) into lookup sets;
+//! every per-request decision is a plain function of the request and the gate.
+
+use crate::jsonrpc::stream::Options;
+use crate::jsonrpc::{Id, Kind, Message, RequestError, code, error_response};
+use crate::mcp;
+use crate::snapshot::Snapshot;
+use std::collections::HashSet;
+
+/// The compiled policy.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    snapshot: Snapshot,
+    allowed_methods: Option<HashSet<String>>,
+    denied_tools: HashSet<String>,
+    parse: Options,
+}
+
+/// The parts of a request head the policy looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Head<'a> {
+    /// HTTP method (`:method`).
+    pub method: &'a str,
+    /// `content-type`.
+    pub content_type: Option<&'a str>,
+    /// `accept`.
+    pub accept: Option<&'a str>,
+    /// `mcp-protocol-version`.
+    pub protocol_version: Option<&'a str>,
+    /// `content-length`.
+    pub content_length: Option<&'a str>,
+}
+
+/// What to do with a request after its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// A POST: read the body (until routable) before deciding.
+    InspectBody {
+        /// Whether the parser may stop once the request is routable.
+        early_terminate: bool,
+    },
+    /// Let it through untouched (GET stream, DELETE session end).
+    Pass,
+    /// Answer it locally.
+    Reject(Rejection),
+}
+
+/// What to do with a request after (enough of) its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyVerdict {
+    /// Forward it, setting the route header to `cluster` if there is one.
+    Forward {
+        /// The cluster `policy.tool_routes` chose.
+        cluster: Option<String>,
+    },
+    /// Answer it locally.
+    Reject(Rejection),
+}
+
+/// A local answer: HTTP status plus a JSON-RPC error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// The id of the request, when known.
+    pub id: Option<Id>,
+    /// Human-readable message.
+    pub message: String,
+    /// Low-cardinality reason for metrics.
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    fn new(
+        status: u16,
+        code: i64,
+        id: Option<Id>,
+        message: impl Into<String>,
+        reason: &'static str,
+    ) -> Self {
+        Rejection {
+            status,
+            code,
+            id,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    /// The JSON-RPC error response body.
+    pub fn body(&self) -> Vec<u8> {
+        error_response(self.id.as_ref(), self.code, &self.message)
+    }
+
+    /// The answer to a body that failed to parse.
+    pub fn from_parse(err: &RequestError) -> Self {
+        Rejection::new(
+            400,
+            err.code(),
+            err.id().cloned(),
+            err.to_string(),
+            err.metric_label(),
+        )
+    }
+
+    /// The answer to a body larger than the limit.
+    pub fn too_large(limit: u64) -> Self {
+        Rejection::new(
+            413,
+            code::INVALID_REQUEST,
+            None,
+            format!("request body exceeds {limit} bytes"),
+            "too_large",
+        )
+    }
+
+    /// The answer when the filter itself failed.
+    pub fn internal(what: &str) -> Self {
+        Rejection::new(
+            500,
+            code::INTERNAL_ERROR,
+            None,
+            format!("internal error: {what}"),
+            "internal",
+        )
+    }
+}
+
+/// `Allow` header value for 405 answers.
+pub const ALLOWED_HTTP_METHODS: &str = "GET, POST, DELETE";
+
+impl Gate {
+    /// Compiles a validated snapshot.
+    pub fn new(snapshot: Snapshot) -> Self {
+        let p = &snapshot.policy;
+        let allowed_methods = p
+            .allowed_methods
+            .as_ref()
+            .map(|m| m.iter().cloned().collect());
+        let denied_tools: HashSet<String> = p.denied_tools.iter().cloned().collect();
+        // Early termination leaves the rest of the body unread, so a later duplicate key
+        // (`"params":{"name":"allowed"},"params":{"name":"denied"}`) could smuggle a
+        // different tool past a deny decision to an upstream whose parser keeps the last
+        // key. It is only used when the policy denies nothing.
+        let denies =
+            allowed_methods.is_some() || !denied_tools.is_empty() || !p.allow_unknown_methods;
+        let parse = Options {
+            reject_duplicate_keys: p.reject_duplicate_keys,
+            stop_when_routable: p.early_terminate && !denies,
+        };
+        Gate {
+            snapshot,
+            allowed_methods,
+            denied_tools,
+            parse,
+        }
+    }
+
+    /// The snapshot this gate was built from.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Parser options for request bodies.
+    pub fn parse_options(&self) -> Options {
+        self.parse
+    }
+
+    /// Largest accepted request body.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.snapshot.policy.max_body_bytes
+    }
+
+    /// The route header name.
+    pub fn route_header(&self) -> &str {
+        &self.snapshot.policy.route_header
+    }
+
+    /// Decides on a request head.
+    pub fn check_head(&self, head: &Head<'_>) -> HeadVerdict {
+        let reject = |status, message: &str, reason| {
+            HeadVerdict::Reject(Rejection::new(
+                status,
+                code::INVALID_REQUEST,
+                None,
+                message,
+                reason,
+            ))
+        };
+        if let Some(v) = head.protocol_version
+            && !mcp::is_supported_version(v.trim())
+        {
+            let msg = format!(
+                "unsupported MCP-Protocol-Version {:?}; supported: {}",
+                v,
+                mcp::PROTOCOL_VERSIONS.join(", ")
+            );
+            return reject(400, &msg, "bad_protocol_version");
+        }
+        match head.method {
+            "POST" => {
+                if !head
+                    .content_type
+                    .is_some_and(|ct| media_type_is(ct, "application/json"))
+                {
+                    return reject(
+                        415,
+                        "Content-Type must be application/json",
+                        "unsupported_media_type",
+                    );
+                }
+                let accept = head.accept.unwrap_or_default();
+                if !(accepts(accept, "application/json") && accepts(accept, "text/event-stream")) {
+                    return reject(
+                        406,
+                        "Accept must include application/json and text/event-stream",
+                        "not_acceptable",
+                    );
+                }
+                let mut early_terminate = self.parse.stop_when_routable;
+                match head.content_length.map(|v| v.trim().parse::<u64>()) {
+                    Some(Ok(n)) if n > self.max_body_bytes() => {
+                        return HeadVerdict::Reject(Rejection::too_large(self.max_body_bytes()));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => {
+                        return reject(400, "invalid Content-Length", "bad_content_length");
+                    }
+                    // Without a length the size limit can only be enforced by reading it all.
+                    None => early_terminate = false,
+                }
+                HeadVerdict::InspectBody { early_terminate }
+            }
+            "GET" => {
+                if accepts(head.accept.unwrap_or_default(), "text/event-stream") {
+                    HeadVerdict::Pass
+                } else {
+                    reject(
+                        406,
+                        "Accept must include text/event-stream",
+                        "not_acceptable",
+                    )
+                }
+            }
+            "DELETE" => HeadVerdict::Pass,
+            other => HeadVerdict::Reject(Rejection::new(
+                405,
+                code::INVALID_REQUEST,
+                None,
+                format!("HTTP method {other} is not allowed; use {ALLOWED_HTTP_METHODS}"),
+                "method_not_allowed",
+            )),
+        }
+    }
+
+    /// Decides on the parsed messages of a request body. `batch` says whether they came as
+    /// a JSON-RPC batch; `protocol_version` is the request's `MCP-Protocol-Version`.
+    pub fn check_messages(
+        &self,
+        messages: &[Message],
+        batch: bool,
+        protocol_version: Option<&str>,
+    ) -> BodyVerdict {
+        let version = protocol_version.map_or(mcp::DEFAULT_PROTOCOL_VERSION, str::trim);
+        if batch && !mcp::batches_allowed(version) {
+            return BodyVerdict::Reject(Rejection::new(
+                400,
+                code::INVALID_REQUEST,
+                None,
+                format!("JSON-RPC batches are not supported in MCP {version}"),
+                "batch_not_allowed",
+            ));
+        }
+        let mut cluster: Option<&String> = None;
+        for (i, m) in messages.iter().enumerate() {
+            if let Some(r) = self.check_message(m) {
+                return BodyVerdict::Reject(r);
+            }
+            let here = self.route_of(m);
+            if i > 0 && here != cluster {
+                return BodyVerdict::Reject(Rejection::new(
+                    400,
+                    code::INVALID_REQUEST,
+                    None,
+                    "a batch must target a single upstream",
+                    "batch_spans_upstreams",
+                ));
+            }
+            cluster = here;
+        }
+        BodyVerdict::Forward {
+            cluster: cluster.cloned(),
+        }
+    }
+
+    fn route_of(&self, m: &Message) -> Option<&String> {
+        if m.method.as_deref() != Some("tools/call") {
+            return None;
+        }
+        m.name
+            .as_ref()
+            .and_then(|name| self.snapshot.policy.tool_routes.get(name))
+    }
+
+    fn check_message(&self, m: &Message) -> Option<Rejection> {
+        if matches!(m.kind, Kind::Result | Kind::Error) {
+            // A client's answer to a server request (sampling, elicitation, roots).
+            return None;
+        }
+        let method = m.method.as_deref().unwrap_or_default();
+        let status = if m.kind == Kind::Notification {
+            400
+        } else {
+            200
+        };
+        let allowed = self
+            .allowed_methods
+            .as_ref()
+            .is_none_or(|set| set.contains(method));
+        let known =
+            self.snapshot.policy.allow_unknown_methods || mcp::method_info(method).is_some();
+        if !allowed || !known {
+            return Some(Rejection::new(
+                status,
+                code::METHOD_NOT_FOUND,
+                m.id.clone(),
+                format!("method {method:?} is not allowed"),
+                "method_not_allowed",
+            ));
+        }
+        if method == "tools/call"
+            && let Some(name) = m.name.as_deref().filter(|n| self.denied_tools.contains(*n))
+        {
+            return Some(Rejection::new(
+                403,
+                code::FORBIDDEN,
+                m.id.clone(),
+                format!("tool {name:?} is denied by policy"),
+                "tool_denied",
+            ));
+        }
+        None
+    }
+}
+
+/// Whether a `Content-Type` value is `want` (parameters and case ignored).
+fn media_type_is(value: &str, want: &str) -> bool {
+    value
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
+}
+
+/// Whether an `Accept` value admits `want` (`type/subtype`), wildcards included.
+/// An explicit `q=0` refuses.
+fn accepts(accept: &str, want: &str) -> bool {
+    let (want_type, _) = want.split_once('/').unwrap_or((want, ""));
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        let matches = media.eq_ignore_ascii_case(want)
+            || media == "*/*"
+            || media
+                .strip_suffix("/*")
+                .is_some_and(|t| t.eq_ignore_ascii_case(want_type));
+        matches && !refused
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonrpc::stream::{Body, MessageParser};
+
+    fn gate(policy: &str) -> Gate {
+        Gate::new(Snapshot::from_json(format!(r#"{{"policy":{policy}}}"#).as_bytes()).unwrap())
+    }
+
+    fn post<'a>() -> Head<'a> {
+        Head {
+            method: "POST",
+            content_type: Some("application/json"),
+            accept: Some("application/json, text/event-stream"),
+            protocol_version: Some("2025-06-18"),
+            content_length: Some("100"),
+        }
+    }
+
+    fn status(v: &HeadVerdict) -> u16 {
+        match v {
+            HeadVerdict::Reject(r) => r.status,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn head_checks() {
+        let g = gate("{}");
+        assert_eq!(
+            g.check_head(&post()),
+            HeadVerdict::InspectBody {
+                early_terminate: true
+            }
+        );
+        let cases: [(&str, Head<'_>, u16); 12] = [
+            (
+                "json with charset",
+                Head {
+                    content_type: Some("Application/JSON; charset=utf-8"),
+                    ..post()
+                },
+                0,
+            ),
+            (
+                "no content type",
+                Head {
+                    content_type: None,
+                    ..post()
+                },
+                415,
+            ),
+            (
+                "text/plain",
+                Head {
+                    content_type: Some("text/plain"),
+                    ..post()
+                },
+                415,
+            ),
+            (
+                "accept json only",
+                Head {
+                    accept: Some("application/json"),
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "no accept",
+                Head {
+                    accept: None,
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "accept */*",
+                Head {
+                    accept: Some("*/*"),
+                    ..post()
+                },
+                0,
+            ),
+            (
+                "accept q=0",
+                Head {
+                    accept: Some("application/json, text/event-stream;q=0"),
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "bad version",
+                Head {
+                    protocol_version: Some("2099-01-01"),
+                    ..post()
+                },
+                400,
+            ),
+            (
+                "too large",
+                Head {
+                    content_length: Some("5000000"),
+                    ..post()
+                },
+                413,
+            ),
+            (
+                "bad length",
+                Head {
+                    content_length: Some("x"),
+                    ..post()
+                },
+                400,
+            ),
+            (
+                "GET without sse",
+                Head {
+                    method: "GET",
+                    accept: Some("application/json"),
+                    ..post()
+                },
+                406,
+            ),
+            (
+                "PUT",
+                Head {
+                    method: "PUT",
+                    ..post()
+                },
+                405,
+            ),
+        ];
+        for (name, head, want) in cases {
+            assert_eq!(status(&g.check_head(&head)), want, "{name}");
+        }
+        let get = Head {
+            method: "GET",
+            accept: Some("text/event-stream"),
+            ..post()
+        };
+        assert_eq!(g.check_head(&get), HeadVerdict::Pass);
+        assert_eq!(
+            g.check_head(&Head {
+                method: "DELETE",
+                ..post()
+            }),
+            HeadVerdict::Pass
+        );
+        let chunked = Head {
+            content_length: None,
+            ..post()
+        };
+        assert_eq!(
+            g.check_head(&chunked),
+            HeadVerdict::InspectBody {
+                early_terminate: false
+            }
+        );
+    }
+
+    fn body(json: &str) -> (Vec<Message>, bool) {
+        let mut p = MessageParser::new(Options::default());
+        p.feed(json.as_bytes()).unwrap();
+        match p.finish().unwrap() {
+            Body::Single(m) => (vec![m], false),
+            Body::Batch(ms) => (ms, true),
+        }
+    }
+
+    fn verdict(g: &Gate, json: &str, version: Option<&str>) -> BodyVerdict {
+        let (ms, batch) = body(json);
+        g.check_messages(&ms, batch, version)
+    }
+
+    fn rejected(v: &BodyVerdict) -> (u16, i64) {
+        match v {
+            BodyVerdict::Reject(r) => (r.status, r.code),
+            BodyVerdict::Forward { .. } => (0, 0),
+        }
+    }
+
+    const CALL_ECHO: &str =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+    const CALL_ADD: &str =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add"}}"#;
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
+
+    #[test]
+    fn body_decisions() {
+        let g = gate(
+            r#"{"denied_tools":["add"],"tool_routes":{"echo":"b"},"allowed_methods":["tools/call","tools/list","x/y"]}"#,
+        );
+        assert_eq!(
+            verdict(&g, CALL_ECHO, None),
+            BodyVerdict::Forward {
+                cluster: Some("b".into())
+            }
+        );
+        assert_eq!(
+            verdict(&g, LIST, None),
+            BodyVerdict::Forward { cluster: None }
+        );
+        assert_eq!(
+            rejected(&verdict(&g, CALL_ADD, None)),
+            (403, code::FORBIDDEN)
+        );
+        let ping = r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#;
+        assert_eq!(
+            rejected(&verdict(&g, ping, None)),
+            (200, code::METHOD_NOT_FOUND)
+        );
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        assert_eq!(
+            rejected(&verdict(&g, note, None)),
+            (400, code::METHOD_NOT_FOUND)
+        );
+        let batch = format!("[{CALL_ECHO},{LIST}]");
+        assert_eq!(
+            rejected(&verdict(&g, &batch, None)),
+            (400, code::INVALID_REQUEST),
+            "spans upstreams"
+        );
+        assert_eq!(
+            rejected(&verdict(&g, &batch, Some("2025-06-18"))),
+            (400, code::INVALID_REQUEST)
+        );
+        let batch = format!("[{CALL_ECHO},{CALL_ECHO}]");
+        assert_eq!(
+            verdict(&g, &batch, Some("2025-03-26")),
+            BodyVerdict::Forward {
+                cluster: Some("b".into())
+            }
+        );
+        let batch = format!("[{LIST},{CALL_ADD}]");
+        assert_eq!(rejected(&verdict(&g, &batch, None)), (403, code::FORBIDDEN));
+        // The reject carries the request id.
+        match verdict(&g, CALL_ADD, None) {
+            BodyVerdict::Reject(r) => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+                assert_eq!(v["id"], 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Client responses to server requests pass.
+        let resp = r#"{"jsonrpc":"2.0","id":"s1","result":{}}"#;
+        assert_eq!(
+            verdict(&g, resp, None),
+            BodyVerdict::Forward { cluster: None }
+        );
+    }
+
+    #[test]
+    fn unknown_methods_and_early_termination() {
+        let open = gate("{}");
+        assert!(open.parse_options().stop_when_routable);
+        assert_eq!(
+            verdict(&open, r#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#, None),
+            BodyVerdict::Forward { cluster: None }
+        );
+        let strict = gate(r#"{"allow_unknown_methods":false}"#);
+        assert!(
+            !strict.parse_options().stop_when_routable,
+            "deny decisions need the whole body"
+        );
+        assert_eq!(
+            rejected(&verdict(
+                &strict,
+                r#"{"jsonrpc":"2.0","id":1,"method":"x/y"}"#,
+                None
+            )),
+            (200, code::METHOD_NOT_FOUND)
+        );
+        assert!(
+            !gate(r#"{"denied_tools":["a"]}"#)
+                .parse_options()
+                .stop_when_routable
+        );
+        assert!(
+            !gate(r#"{"early_terminate":false}"#)
+                .parse_options()
+                .stop_when_routable
+        );
+    }
+}
