@@ -63,7 +63,8 @@ fuzz: $(CARGO_FUZZ)
 # --- bench ----------------------------------------------------------------------------
 # Side by side in one run: plain Envoy, native MCP filter, wasm floor filter, mcpgw filter.
 # Knobs (env): MCPGW_BENCH_ROUNDS, MCPGW_BENCH_SECONDS, MCPGW_BENCH_WARMUP_SECONDS,
-# MCPGW_BENCH_CONNECTIONS, MCPGW_BENCH_VARIANTS, MCPGW_BENCH_PIN, MCPGW_BENCH_OUTPUT.
+# MCPGW_BENCH_CONNECTIONS, MCPGW_BENCH_VARIANTS, MCPGW_BENCH_PIN, MCPGW_BENCH_NICE,
+# MCPGW_BENCH_OUTPUT.
 # The driver skips the workspace's fat LTO (meant for the filter): it builds in minutes,
 # not a quarter hour, on a 2-core machine, and is not what is measured.
 bench: wasm

@@ -170,12 +170,14 @@ pub struct Envoy {
 
 impl Envoy {
     /// Starts Envoy with `config` (`--concurrency 1`), pinned to `cpu` with `taskset` if
-    /// given, and waits until it is ready and its listener is bound.
+    /// given and under `nice -n nice` if not 0, and waits until it is ready and its
+    /// listener is bound.
     pub fn start(
         envoy: &Path,
         name: &str,
         config: &str,
         cpu: Option<usize>,
+        nice: i32,
     ) -> anyhow::Result<Envoy> {
         let dir = scratch_dir(name)?;
         let config_path = dir.join("envoy.yaml");
@@ -185,14 +187,17 @@ impl Envoy {
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(envoy);
-                c
-            }
-            None => Command::new(envoy),
-        };
+        // nice and taskset exec what follows, so the pid stays Envoy's.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if nice != 0 {
+            argv.extend(["nice".into(), "-n".into(), nice.to_string().into()]);
+        }
+        if let Some(cpu) = cpu {
+            argv.extend(["taskset".into(), "-c".into(), cpu.to_string().into()]);
+        }
+        argv.push(envoy.into());
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         command
             .arg("-c")
             .arg(&config_path)

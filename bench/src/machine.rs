@@ -96,6 +96,22 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets this process's nice value (threads started later inherit it).
+pub fn renice_self(nice: i32) -> anyhow::Result<()> {
+    let status = Command::new("renice")
+        .args([
+            "-n",
+            &nice.to_string(),
+            "-p",
+            &std::process::id().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running renice")?;
+    anyhow::ensure!(status.success(), "renice -n {nice} failed: {status}");
+    Ok(())
+}
+
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc_now() -> String {
     let secs = SystemTime::now()

@@ -108,6 +108,14 @@ pub fn run(settings: &Settings, mut progress: impl FnMut(&str)) -> anyhow::Resul
         )
     };
 
+    let placement = if settings.nice != 0 {
+        // Also before any thread starts: threads inherit the nice value of their creator.
+        machine::renice_self(settings.nice)?;
+        format!("{placement}; Envoy and driver at nice {}", settings.nice)
+    } else {
+        placement
+    };
+
     let upstream = Upstream::start()?;
     let mut envoys = Vec::new();
     for &variant in &settings.variants {
@@ -117,6 +125,7 @@ pub fn run(settings: &Settings, mut progress: impl FnMut(&str)) -> anyhow::Resul
             variant.name(),
             &config,
             envoy_cpu,
+            settings.nice,
         )?);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()

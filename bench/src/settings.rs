@@ -29,6 +29,10 @@ pub struct Settings {
     pub connections: usize,
     /// Pin Envoy and the driver to separate cores with `taskset` (`MCPGW_BENCH_PIN`, 1).
     pub pin: bool,
+    /// Scheduling priority of Envoy and the driver (`MCPGW_BENCH_NICE`, default 0 =
+    /// unchanged; negative values need root). On a machine shared with builds, a negative
+    /// value keeps them from stealing the measured cores' time.
+    pub nice: i32,
     /// Markdown file whose benchmark section is replaced (`MCPGW_BENCH_OUTPUT`, default
     /// `docs/benchmarks.md`; `-` writes nothing).
     pub output: Option<PathBuf>,
@@ -46,13 +50,14 @@ pub const DEFAULT_ROUNDS: u32 = 5;
 pub const DEFAULT_CONNECTIONS: usize = 32;
 
 /// Variables that change what is measured; the report shows the ones that are set.
-const KNOBS: [&str; 6] = [
+const KNOBS: [&str; 7] = [
     "MCPGW_BENCH_VARIANTS",
     "MCPGW_BENCH_ROUNDS",
     "MCPGW_BENCH_SECONDS",
     "MCPGW_BENCH_WARMUP_SECONDS",
     "MCPGW_BENCH_CONNECTIONS",
     "MCPGW_BENCH_PIN",
+    "MCPGW_BENCH_NICE",
 ];
 
 impl Settings {
@@ -111,6 +116,10 @@ impl Settings {
             Some("0" | "false" | "no") => false,
             Some(other) => bail!("MCPGW_BENCH_PIN: expected 0 or 1, got `{other}`"),
         };
+        let nice: i32 = number(get("MCPGW_BENCH_NICE"), "MCPGW_BENCH_NICE", 0)?;
+        if !(-20..=19).contains(&nice) {
+            bail!("MCPGW_BENCH_NICE must be between -20 and 19, got {nice}");
+        }
         let output = match get("MCPGW_BENCH_OUTPUT") {
             Some(v) if v.trim() == "-" => None,
             Some(v) => Some(PathBuf::from(v)),
@@ -143,6 +152,7 @@ impl Settings {
             warmup,
             connections,
             pin,
+            nice,
             output,
             command,
         })
@@ -224,6 +234,7 @@ mod tests {
             ("MCPGW_BENCH_ROUNDS", "0"),
             ("MCPGW_BENCH_SECONDS", "-1"),
             ("MCPGW_BENCH_PIN", "maybe"),
+            ("MCPGW_BENCH_NICE", "-30"),
         ];
         for (key, value) in cases {
             let err = format!("{:#}", settings(&[(key, value)]).unwrap_err());
