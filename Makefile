@@ -70,6 +70,18 @@ fuzz: $(CARGO_FUZZ)
 	  RUSTC_BOOTSTRAP=1 ../$(CARGO_FUZZ) run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
+# --- bench ----------------------------------------------------------------------------
+# Side by side in one run: plain Envoy, native MCP filter, wasm floor filter, mcpgw filter.
+# Knobs (env): MCPGW_BENCH_ROUNDS, MCPGW_BENCH_SECONDS, MCPGW_BENCH_WARMUP_SECONDS,
+# MCPGW_BENCH_CONNECTIONS, MCPGW_BENCH_VARIANTS, MCPGW_BENCH_PIN, MCPGW_BENCH_NICE,
+# MCPGW_BENCH_OUTPUT.
+# The driver skips the workspace's fat LTO (meant for the filter): it builds in minutes,
+# not a quarter hour, on a 2-core machine, and is not what is measured.
+bench: wasm
+	cargo build --release --locked -p mcpgw-bench-floor --target $(WASM_TARGET)
+	cargo build --release --locked -p mcpgw-bench --config profile.release.lto=false --config profile.release.codegen-units=16
+	MCPGW_BENCH_COMMAND="make bench" ./target/release/mcpgw-bench
+
 clean:
 	cargo clean
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .run

@@ -1,0 +1,157 @@
+//! The closed-loop load generator: a fixed number of keep-alive HTTP/1.1 connections, each
+//! sending the next request as soon as the previous response is read, recording every
+//! latency in an HDR histogram.
+
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Path the client posts to (the MCP streamable HTTP endpoint).
+pub const MCP_PATH: &str = "/mcp";
+/// Largest latency the histogram holds (longer ones are clamped): 60 s in nanoseconds.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+/// A ~1 KB MCP `tools/call`: envelope first (method, id, tool name), then arguments, as
+/// MCP clients serialize it, so filters that stop parsing once routable can do so.
+pub fn tools_call_body() -> Bytes {
+    let head = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"bench-1"},"arguments":{"message":""#;
+    let tail = r#"","repeat":1,"tags":["bench","mcp","tools-call"]}}}"#;
+    let filler_len = 1024 - head.len() - tail.len();
+    let filler: String = "The quick brown fox jumps over the lazy dog. "
+        .chars()
+        .cycle()
+        .take(filler_len)
+        .collect();
+    Bytes::from(format!("{head}{filler}{tail}"))
+}
+
+/// What one load interval measured.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    /// Responses completed within the interval.
+    pub completed: u64,
+    /// Wall time from the first request to the last response.
+    pub elapsed: Duration,
+    /// Latency of every completed request, in nanoseconds.
+    pub latency_ns: Histogram<u64>,
+}
+
+impl Interval {
+    /// Completed requests per second.
+    pub fn rate(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// An empty latency histogram with the bounds every interval uses.
+pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).map_err(|e| anyhow!("latency histogram: {e}"))
+}
+
+/// Drives `connections` closed-loop connections against `addr` for `duration`. Any
+/// response other than `200` with a body is an error: a benchmark of failing requests
+/// measures nothing.
+pub async fn drive(
+    addr: SocketAddr,
+    body: Bytes,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Interval> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..connections {
+        tasks.spawn(connection(addr, body.clone(), deadline));
+    }
+    let mut completed = 0;
+    let mut latency_ns = new_histogram()?;
+    while let Some(joined) = tasks.join_next().await {
+        let (n, h) = joined.context("load connection task")??;
+        completed += n;
+        latency_ns
+            .add(&h)
+            .map_err(|e| anyhow!("merging latency histograms: {e}"))?;
+    }
+    Ok(Interval {
+        completed,
+        elapsed: start.elapsed(),
+        latency_ns,
+    })
+}
+
+async fn connection(
+    addr: SocketAddr,
+    body: Bytes,
+    deadline: Instant,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_nodelay(true).context("set TCP_NODELAY")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    let driver = tokio::spawn(conn);
+    let mut latency_ns = new_histogram()?;
+    let mut completed = 0;
+    while Instant::now() < deadline {
+        let request = Request::post(MCP_PATH)
+            .header(HOST, "mcpgw-bench")
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Full::new(body.clone()))
+            .context("building the request")?;
+        let sent = Instant::now();
+        sender.ready().await.context("connection closed by Envoy")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending the request")?;
+        let status = response.status();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the response body")?
+            .to_bytes();
+        let took = sent.elapsed();
+        if status != hyper::StatusCode::OK || answer.is_empty() {
+            anyhow::bail!(
+                "got HTTP {status} (body: {})",
+                String::from_utf8_lossy(&answer[..answer.len().min(300)])
+            );
+        }
+        latency_ns.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        completed += 1;
+    }
+    drop(sender);
+    driver.abort();
+    Ok((completed, latency_ns))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_is_one_kilobyte_of_json() {
+        let body = tools_call_body();
+        assert_eq!(body.len(), 1024);
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.starts_with(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo""#
+        ));
+        assert!(text.ends_with("}}}"));
+        // Balanced braces and no stray quotes inside the filler.
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+}

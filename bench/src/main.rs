@@ -1,0 +1,39 @@
+//! `mcpgw-bench`: runs the side-by-side Envoy benchmark, prints the table and rewrites the
+//! benchmark's section of `docs/benchmarks.md`. Settings come from `MCPGW_*` variables
+//! (see `settings.rs`); `make bench` builds everything and runs it.
+
+use anyhow::Context;
+use mcpgw_bench::{report, rounds, settings::Settings};
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench crate has no parent directory")?;
+    let settings = Settings::from_lookup(|k| std::env::var(k).ok(), root)?;
+    eprintln!(
+        "mcpgw-bench: {} rounds × {:?} × {:.1} s (+{:.1} s warmup), {} connections",
+        settings.rounds,
+        settings
+            .variants
+            .iter()
+            .map(|v| v.name())
+            .collect::<Vec<_>>(),
+        settings.measure.as_secs_f64(),
+        settings.warmup.as_secs_f64(),
+        settings.connections
+    );
+    let outcome = rounds::run(&settings, |line| eprintln!("{line}"))?;
+    println!("{}", report::table(&outcome));
+    if let Some(path) = &settings.output {
+        let existing = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let updated = report::replace_section(&existing, &report::section(&outcome, &settings));
+        std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

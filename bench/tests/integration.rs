@@ -1,0 +1,142 @@
+//! Smoke tests of the benchmark driver against real peers: the in-crate upstream, real
+//! Envoy (`MCPGW_ENVOY` or `.venv/bin/envoy`), the real mcpgw filter (`MCPGW_WASM`, built by
+//! `make wasm`) and the floor filter (built here when missing). No timing assertions:
+//! they check that every variant serves the benchmark request and that the report is
+//! written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is a failed test
+
+use mcpgw_bench::report::{SECTION_BEGIN, SECTION_END};
+use mcpgw_bench::{load, upstream::Upstream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The floor filter's `.wasm`: the `make bench` build if present, else built here into a
+/// target directory of its own (so this nested cargo never waits on the outer one's lock).
+fn floor_wasm() -> PathBuf {
+    let root = workspace_root();
+    let built = root.join("target/wasm32-wasip1/release/mcpgw_bench_floor.wasm");
+    if built.exists() {
+        return built;
+    }
+    let target_dir = root.join("target/bench-floor");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mcpgw-bench-floor",
+            "--target",
+            "wasm32-wasip1",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .status()
+        .expect("cannot run cargo to build the floor filter");
+    assert!(
+        status.success(),
+        "building the floor filter for wasm32-wasip1 failed: {status}"
+    );
+    target_dir.join("wasm32-wasip1/release/mcpgw_bench_floor.wasm")
+}
+
+#[test]
+fn the_load_generator_drives_the_upstream_directly() {
+    let upstream = Upstream::start().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let interval = runtime
+        .block_on(load::drive(
+            upstream.addr(),
+            load::tools_call_body(),
+            4,
+            Duration::from_millis(300),
+        ))
+        .unwrap();
+    assert!(interval.completed > 0);
+    assert_eq!(
+        upstream.served(),
+        interval.completed,
+        "every completed request reached the upstream once"
+    );
+}
+
+#[test]
+fn one_short_round_of_every_variant_writes_the_report() {
+    let root = workspace_root();
+    let envoy =
+        std::env::var("MCPGW_ENVOY").map_or_else(|_| root.join(".venv/bin/envoy"), PathBuf::from);
+    assert!(
+        envoy.exists(),
+        "Envoy not found at {} (run `make deps`)",
+        envoy.display()
+    );
+    let wasm = std::env::var("MCPGW_WASM").map_or_else(
+        |_| root.join("target/wasm32-wasip1/release/mcpgw_filter.wasm"),
+        PathBuf::from,
+    );
+    assert!(
+        wasm.exists(),
+        "mcpgw filter not found at {} (run `make wasm`)",
+        wasm.display()
+    );
+    let dir = std::env::temp_dir().join(format!("mcpgw-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("benchmarks.md");
+    std::fs::write(&output, "# Benchmarks\n\nKept as is.\n").unwrap();
+
+    let run = Command::new(env!("CARGO_BIN_EXE_mcpgw-bench"))
+        .env("MCPGW_ENVOY", &envoy)
+        .env("MCPGW_WASM", &wasm)
+        .env("MCPGW_BENCH_FLOOR_WASM", floor_wasm())
+        .env("MCPGW_BENCH_ROUNDS", "1")
+        .env("MCPGW_BENCH_SECONDS", "1")
+        .env("MCPGW_BENCH_WARMUP_SECONDS", "0.2")
+        .env("MCPGW_BENCH_CONNECTIONS", "4")
+        .env("MCPGW_BENCH_PIN", "0")
+        .env("MCPGW_BENCH_OUTPUT", &output)
+        .env_remove("MCPGW_BENCH_VARIANTS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "mcpgw-bench failed:\n{stdout}\n{stderr}"
+    );
+
+    for variant in ["plain", "native", "floor", "mcpgw"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(variant)),
+            "no `{variant}` row in:\n{stdout}"
+        );
+    }
+    let doc = std::fs::read_to_string(&output).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(doc.starts_with("# Benchmarks\n\nKept as is.\n"), "{doc}");
+    assert!(
+        doc.contains(SECTION_BEGIN) && doc.contains(SECTION_END),
+        "{doc}"
+    );
+    for needle in [
+        "| plain |",
+        "| native |",
+        "| floor |",
+        "| mcpgw |",
+        "`mcpgw` filter `.wasm`:",
+        "mcpgw_requests_total",
+    ] {
+        assert!(doc.contains(needle), "`{needle}` missing from:\n{doc}");
+    }
+}
