@@ -51,12 +51,18 @@ impl Artifacts {
 
     /// The filter module, or an error telling how to build it.
     pub fn wasm(&self) -> anyhow::Result<&Path> {
-        require(&self.wasm, "the mcpgw filter (run `make wasm`, or set MCPGW_WASM)")
+        require(
+            &self.wasm,
+            "the mcpgw filter (run `make wasm`, or set MCPGW_WASM)",
+        )
     }
 
     /// The virtualenv's Python, or an error telling how to install it.
     pub fn python(&self) -> anyhow::Result<&Path> {
-        require(&self.python, "the test virtualenv (run `make deps`, or set MCPGW_PYTHON)")
+        require(
+            &self.python,
+            "the test virtualenv (run `make deps`, or set MCPGW_PYTHON)",
+        )
     }
 
     /// The entry point of `@modelcontextprotocol/server-everything`.
@@ -64,7 +70,10 @@ impl Artifacts {
         let entry = self
             .node_modules
             .join("@modelcontextprotocol/server-everything/dist/index.js");
-        require(&entry, "server-everything (run `make deps`, or set MCPGW_NODE_MODULES)")?;
+        require(
+            &entry,
+            "server-everything (run `make deps`, or set MCPGW_NODE_MODULES)",
+        )?;
         Ok(entry)
     }
 
@@ -72,7 +81,8 @@ impl Artifacts {
     pub fn repo_file(&self, rel: &str) -> anyhow::Result<PathBuf> {
         let p = self.repo.join(rel);
         require(&p, rel)?;
-        p.canonicalize().with_context(|| format!("canonicalize {}", p.display()))
+        p.canonicalize()
+            .with_context(|| format!("canonicalize {}", p.display()))
     }
 }
 

@@ -58,14 +58,20 @@ impl EnvoyConfig {
     pub fn with_filter(filter_config: &str, upstream: SocketAddr) -> Self {
         Self {
             filter_config: Some(filter_config.to_owned()),
-            clusters: vec![Cluster { name: "upstream".into(), addr: upstream }],
+            clusters: vec![Cluster {
+                name: "upstream".into(),
+                addr: upstream,
+            }],
             routes: Vec::new(),
         }
     }
 
     /// Adds a static cluster.
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
-        self.clusters.push(Cluster { name: name.into(), addr });
+        self.clusters.push(Cluster {
+            name: name.into(),
+            addr,
+        });
         self
     }
 
@@ -98,7 +104,11 @@ impl EnvoyConfig {
             .first()
             .ok_or_else(|| anyhow!("EnvoyConfig needs at least one cluster"))?;
         let mut routes: Vec<Value> = self.routes.iter().map(route_json).collect();
-        if !self.routes.iter().any(|r| r.prefix == "/" && r.header.is_none()) {
+        if !self
+            .routes
+            .iter()
+            .any(|r| r.prefix == "/" && r.header.is_none())
+        {
             routes.push(route_json(&Route {
                 prefix: "/".into(),
                 prefix_rewrite: None,
@@ -244,7 +254,9 @@ impl Envoy {
             .await;
             match found {
                 Ok(a) => a,
-                Err(why) => return Err(child.failure(&format!("admin address never written: {why}"))),
+                Err(why) => {
+                    return Err(child.failure(&format!("admin address never written: {why}")));
+                }
             }
         };
         let ready_url = format!("http://{admin}/ready");
@@ -272,7 +284,13 @@ impl Envoy {
             Ok(a) => a,
             Err(e) => return Err(child.failure(&format!("no listener address: {e:#}"))),
         };
-        Ok(Self { child, listener, admin, http, _dir: dir })
+        Ok(Self {
+            child,
+            listener,
+            admin,
+            http,
+            _dir: dir,
+        })
     }
 
     /// Starts Envoy with a config it is expected to reject; returns its exit status and log.
@@ -314,7 +332,10 @@ impl Envoy {
     }
 
     /// `envoy --mode validate -c <file>`: the exit status and output.
-    pub fn validate(artifacts: &Artifacts, bootstrap: &Path) -> anyhow::Result<(ExitStatus, String)> {
+    pub fn validate(
+        artifacts: &Artifacts,
+        bootstrap: &Path,
+    ) -> anyhow::Result<(ExitStatus, String)> {
         let out = Command::new(artifacts.envoy()?)
             .args(["--mode", "validate", "--base-id"])
             .arg(unique_id().to_string())
@@ -378,7 +399,10 @@ fn spawn(artifacts: &Artifacts, config: &EnvoyConfig) -> anyhow::Result<(ChildGu
     };
     let dir = Workdir::new("envoy")?;
     let bootstrap = dir.file("bootstrap.json");
-    std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config.bootstrap(&wasm)?)?)?;
+    std::fs::write(
+        &bootstrap,
+        serde_json::to_vec_pretty(&config.bootstrap(&wasm)?)?,
+    )?;
     let mut cmd = Command::new(envoy);
     cmd.arg("-c")
         .arg(&bootstrap)
@@ -398,7 +422,11 @@ async fn listener_addr(http: &reqwest::Client, admin: SocketAddr) -> anyhow::Res
         .json()
         .await?;
     let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
-    let ip = sa["address"].as_str().ok_or_else(|| anyhow!("no address in {v}"))?;
-    let port = sa["port_value"].as_u64().ok_or_else(|| anyhow!("no port in {v}"))?;
+    let ip = sa["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no address in {v}"))?;
+    let port = sa["port_value"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no port in {v}"))?;
     Ok(SocketAddr::new(ip.parse()?, u16::try_from(port)?))
 }

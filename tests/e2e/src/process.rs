@@ -25,7 +25,11 @@ impl ChildGuard {
             .stderr(Stdio::from(err))
             .spawn()
             .with_context(|| format!("{name}: cannot spawn {cmd:?}"))?;
-        Ok(Self { name: name.to_owned(), child, log: log.to_owned() })
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
     }
 
     /// The child's pid.

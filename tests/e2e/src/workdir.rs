@@ -15,10 +15,8 @@ impl Workdir {
     /// Creates `<tmp>/mcpgw-e2e-<pid>-<n>-<label>`.
     pub fn new(label: &str) -> std::io::Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "mcpgw-e2e-{}-{n}-{label}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("mcpgw-e2e-{}-{n}-{label}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })
     }

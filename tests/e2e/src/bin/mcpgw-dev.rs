@@ -15,11 +15,18 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting server-everything ...");
     let upstream = ServerEverything::start(&artifacts).await?;
     eprintln!("starting Envoy with {} ...", artifacts.wasm.display());
-    let mut envoy = Envoy::start(&artifacts, &EnvoyConfig::with_filter(&config, upstream.addr)).await?;
+    let mut envoy = Envoy::start(
+        &artifacts,
+        &EnvoyConfig::with_filter(&config, upstream.addr),
+    )
+    .await?;
 
     println!();
     println!("MCP endpoint (streamable HTTP): {}", envoy.mcp_url());
-    println!("Envoy admin:                    http://{}/  (metrics: /stats/prometheus)", envoy.admin);
+    println!(
+        "Envoy admin:                    http://{}/  (metrics: /stats/prometheus)",
+        envoy.admin
+    );
     println!("upstream server-everything:     {}", upstream.mcp_url());
     println!("filter config:                  {config}");
     println!("Ctrl-C stops everything.");
@@ -47,7 +54,9 @@ fn filter_config() -> anyhow::Result<String> {
         .or_else(|| std::env::var("MCPGW_CONFIG").ok().filter(|c| !c.is_empty()))
         .unwrap_or_else(|| "{}".to_owned());
     match raw.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("read filter config {path}")),
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("read filter config {path}"))
+        }
         None => Ok(raw),
     }
 }

@@ -32,8 +32,11 @@ impl ServerEverything {
             let dir = Workdir::new("everything")?;
             let port = free_port()?;
             let mut cmd = Command::new("node");
-            cmd.arg(&entry).arg("streamableHttp").env("PORT", port.to_string());
-            let mut child = ChildGuard::spawn("server-everything (node)", cmd, &dir.file("out.log"))?;
+            cmd.arg(&entry)
+                .arg("streamableHttp")
+                .env("PORT", port.to_string());
+            let mut child =
+                ChildGuard::spawn("server-everything (node)", cmd, &dir.file("out.log"))?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let up = {
                 let c = &mut child;
@@ -45,9 +48,16 @@ impl ServerEverything {
                 .await
             };
             match up {
-                Ok(()) => return Ok(Self { child, addr, _dir: dir }),
+                Ok(()) => {
+                    return Ok(Self {
+                        child,
+                        addr,
+                        _dir: dir,
+                    });
+                }
                 Err(why) => {
-                    let in_use = child.log().contains("EADDRINUSE") || child.log().contains("already in use");
+                    let in_use = child.log().contains("EADDRINUSE")
+                        || child.log().contains("already in use");
                     let err = child.failure(&format!("did not start: {why}"));
                     if !in_use {
                         return Err(err);

@@ -12,13 +12,16 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     ListResourcesResult, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role,
-    ServerCapabilities, ServerConfig,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router};
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router, tool,
+    tool_handler, tool_router,
+};
 use tokio_util::sync::CancellationToken;
 
 /// URI of the one resource the server has.
@@ -98,8 +101,14 @@ impl Handler {
 impl Handler {
     /// A greeting prompt.
     #[prompt(name = "greet", description = "Greets someone")]
-    async fn greet(&self, Parameters(GreetArgs { name }): Parameters<GreetArgs>) -> Vec<PromptMessage> {
-        vec![PromptMessage::new_text(Role::User, format!("Hello, {name}! ({})", self.label))]
+    async fn greet(
+        &self,
+        Parameters(GreetArgs { name }): Parameters<GreetArgs>,
+    ) -> Vec<PromptMessage> {
+        vec![PromptMessage::new_text(
+            Role::User,
+            format!("Hello, {name}! ({})", self.label),
+        )]
     }
 }
 
@@ -169,11 +178,12 @@ impl RmcpServer {
         .disable_allowed_hosts()
         .with_cancellation_token(cancel.child_token());
         let owned = label.to_owned();
-        let service: StreamableHttpService<Handler, LocalSessionManager> = StreamableHttpService::new(
-            move || Ok(Handler::new(&owned)),
-            Default::default(),
-            config,
-        );
+        let service: StreamableHttpService<Handler, LocalSessionManager> =
+            StreamableHttpService::new(
+                move || Ok(Handler::new(&owned)),
+                Default::default(),
+                config,
+            );
         let router = axum::Router::new().nest_service("/mcp", service);
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
@@ -185,7 +195,11 @@ impl RmcpServer {
                 .with_graceful_shutdown(async move { stop.cancelled_owned().await })
                 .await;
         });
-        Ok(Self { addr, label: label.to_owned(), cancel })
+        Ok(Self {
+            addr,
+            label: label.to_owned(),
+            cancel,
+        })
     }
 
     /// `http://<addr>/mcp`.

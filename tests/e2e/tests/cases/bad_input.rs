@@ -3,14 +3,21 @@
 
 use serde_json::{Value, json};
 
-use super::support::{JsonGateway, Rejection, assert_rows, check_rejection, http, post, send, tools_call};
+use super::support::{
+    JsonGateway, Rejection, assert_rows, check_rejection, http, post, send, tools_call,
+};
 
 fn rej(status: u16, code: i64, id: Value) -> Rejection {
     Rejection { status, code, id }
 }
 
 /// POST rows: (name, body, extra headers, expected answer).
-fn post_rows() -> Vec<(&'static str, String, Vec<(&'static str, &'static str)>, Rejection)> {
+fn post_rows() -> Vec<(
+    &'static str,
+    String,
+    Vec<(&'static str, &'static str)>,
+    Rejection,
+)> {
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_owned();
     vec![
         ("POST with Content-Type text/plain", ping.clone(), vec![("content-type", "text/plain")], rej(415, -32600, Value::Null)),
@@ -69,17 +76,35 @@ async fn bad_requests_get_exact_status_and_jsonrpc_code() -> anyhow::Result<()> 
 
     // Other HTTP methods: 405 with Allow.
     for method in [reqwest::Method::PUT, reqwest::Method::PATCH] {
-        let reply = send(http().request(method.clone(), &url).header("content-type", "application/json").body("{}")).await?;
+        let reply = send(
+            http()
+                .request(method.clone(), &url)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await?;
         let allow = reply.header("allow");
         if reply.status != 405 || allow != "GET, POST, DELETE" {
-            failures.push(format!("{method}: status {} allow {allow:?} (want 405, \"GET, POST, DELETE\")", reply.status));
+            failures.push(format!(
+                "{method}: status {} allow {allow:?} (want 405, \"GET, POST, DELETE\")",
+                reply.status
+            ));
         }
     }
 
     // The same gateway still serves a valid call.
-    let ok = post(&url, tools_call(9, "echo", json!({"message": "still here"})), &[]).await?;
+    let ok = post(
+        &url,
+        tools_call(9, "echo", json!({"message": "still here"})),
+        &[],
+    )
+    .await?;
     if ok.status != 200 || super::support::tool_text(&ok.response(&json!(9))?) != "still here" {
-        failures.push(format!("valid call after bad input: {} {}", ok.status, ok.text()));
+        failures.push(format!(
+            "valid call after bad input: {} {}",
+            ok.status,
+            ok.text()
+        ));
     }
     assert_rows(failures);
     Ok(())
@@ -91,14 +116,37 @@ async fn accept_wildcards_count() -> anyhow::Result<()> {
     let url = gw.envoy.mcp_url();
     // The filter must pass these on (the upstream may still be stricter and refuse `*/*`
     // itself, so the filter's own verdict is read from its metrics, not the status).
-    for accept in ["*/*", "application/*, text/*", "text/event-stream, application/json;q=0.9", "*/*;q=0.8, text/event-stream"] {
-        post(&url, tools_call(1, "add", json!({"a": 2, "b": 3})), &[("accept", accept)]).await?;
+    for accept in [
+        "*/*",
+        "application/*, text/*",
+        "text/event-stream, application/json;q=0.9",
+        "*/*;q=0.8, text/event-stream",
+    ] {
+        post(
+            &url,
+            tools_call(1, "add", json!({"a": 2, "b": 3})),
+            &[("accept", accept)],
+        )
+        .await?;
     }
     // Lacking text/event-stream is the filter's own 406.
-    let lacking = post(&url, tools_call(2, "add", json!({"a": 2, "b": 3})), &[("accept", "application/json")]).await?;
+    let lacking = post(
+        &url,
+        tools_call(2, "add", json!({"a": 2, "b": 3})),
+        &[("accept", "application/json")],
+    )
+    .await?;
     let samples = super::support::parse_prometheus(&gw.envoy.prometheus().await?)?;
-    let rejected: f64 = samples.iter().filter(|s| s.name == "mcpgw_rejected_total").map(|s| s.value).sum();
-    let passed = super::support::sample(&samples, "mcpgw_requests_total", &[("mcp_method", "tools/call"), ("mcp_tool", "add")]);
+    let rejected: f64 = samples
+        .iter()
+        .filter(|s| s.name == "mcpgw_rejected_total")
+        .map(|s| s.value)
+        .sum();
+    let passed = super::support::sample(
+        &samples,
+        "mcpgw_requests_total",
+        &[("mcp_method", "tools/call"), ("mcp_tool", "add")],
+    );
     let mut failures = Vec::new();
     if let Err(e) = check_rejection(&lacking, &rej(406, -32600, Value::Null)) {
         failures.push(format!("Accept application/json only: {e}"));
@@ -107,7 +155,9 @@ async fn accept_wildcards_count() -> anyhow::Result<()> {
         failures.push(format!("wildcard Accepts: mcpgw_rejected_total is {rejected}, want 1 (only the application/json-only request)"));
     }
     if passed != Some(4.0) {
-        failures.push(format!("wildcard Accepts: mcpgw_requests_total{{tools/call,add}} is {passed:?}, want 4"));
+        failures.push(format!(
+            "wildcard Accepts: mcpgw_requests_total{{tools/call,add}} is {passed:?}, want 4"
+        ));
     }
     assert_rows(failures);
     Ok(())

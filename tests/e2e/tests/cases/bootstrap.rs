@@ -25,9 +25,16 @@ fn example_bootstraps_validate() -> anyhow::Result<()> {
         // The examples name the filter relative to the repo root; validate them against the
         // module under test (MCPGW_WASM), which may live elsewhere.
         let text = std::fs::read_to_string(example)?;
-        assert!(text.contains(EXAMPLE_WASM), "{} does not load {EXAMPLE_WASM}", example.display());
+        assert!(
+            text.contains(EXAMPLE_WASM),
+            "{} does not load {EXAMPLE_WASM}",
+            example.display()
+        );
         let file = dir.file(&example.file_name().unwrap_or_default().to_string_lossy());
-        std::fs::write(&file, text.replace(EXAMPLE_WASM, &a.wasm()?.display().to_string()))?;
+        std::fs::write(
+            &file,
+            text.replace(EXAMPLE_WASM, &a.wasm()?.display().to_string()),
+        )?;
         let out = Command::new(a.envoy()?)
             .current_dir(&a.repo)
             .args(["--mode", "validate", "--base-id"])
@@ -40,11 +47,20 @@ fn example_bootstraps_validate() -> anyhow::Result<()> {
                 "{}: {}\n{}",
                 example.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr).lines().rev().take(15).collect::<Vec<_>>().join("\n")
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ));
         }
     }
-    assert!(failures.is_empty(), "invalid example bootstraps:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "invalid example bootstraps:\n{}",
+        failures.join("\n")
+    );
     Ok(())
 }
 
@@ -53,11 +69,17 @@ fn generated_bootstrap_validates() -> anyhow::Result<()> {
     let a = artifacts();
     let dir = mcpgw_e2e::workdir::Workdir::new("validate")?;
     let file = dir.file("bootstrap.json");
-    let config = EnvoyConfig::with_filter(r#"{"policy":{"tool_routes":{"x":"second"}}}"#, ([127, 0, 0, 1], 9).into())
-        .cluster("second", ([127, 0, 0, 1], 10).into())
-        .route_on_header("x-mcpgw-cluster", "second", "second")
-        .mount("/other/mcp", "second");
-    std::fs::write(&file, serde_json::to_vec_pretty(&config.bootstrap(a.wasm()?)?)?)?;
+    let config = EnvoyConfig::with_filter(
+        r#"{"policy":{"tool_routes":{"x":"second"}}}"#,
+        ([127, 0, 0, 1], 9).into(),
+    )
+    .cluster("second", ([127, 0, 0, 1], 10).into())
+    .route_on_header("x-mcpgw-cluster", "second", "second")
+    .mount("/other/mcp", "second");
+    std::fs::write(
+        &file,
+        serde_json::to_vec_pretty(&config.bootstrap(a.wasm()?)?)?,
+    )?;
     let (status, out) = mcpgw_e2e::Envoy::validate(&a, &file)?;
     assert!(status.success(), "generated bootstrap invalid:\n{out}");
     Ok(())

@@ -10,11 +10,16 @@ async fn rejected(config: &str, must_mention: &str) -> Result<(), String> {
     let upstream = RmcpServer::start("primary", RmcpServerMode::StatelessJson)
         .await
         .map_err(|e| e.to_string())?;
-    let (status, log) = Envoy::start_rejected(&super::support::artifacts(), &EnvoyConfig::with_filter(config, upstream.addr))
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+    let (status, log) = Envoy::start_rejected(
+        &super::support::artifacts(),
+        &EnvoyConfig::with_filter(config, upstream.addr),
+    )
+    .await
+    .map_err(|e| format!("{e:#}"))?;
     if status.success() {
-        return Err(format!("Envoy exited 0 on an invalid filter config {config}"));
+        return Err(format!(
+            "Envoy exited 0 on an invalid filter config {config}"
+        ));
     }
     if !log.contains(must_mention) {
         let tail: Vec<&str> = log.lines().rev().take(25).collect();
@@ -43,7 +48,11 @@ async fn invalid_configs_are_rejected_naming_the_field() -> anyhow::Result<()> {
         }
     }
     if !failures.is_empty() {
-        panic!("{} invalid config(s) not rejected as documented:\n{}", failures.len(), failures.join("\n---\n"));
+        panic!(
+            "{} invalid config(s) not rejected as documented:\n{}",
+            failures.len(),
+            failures.join("\n---\n")
+        );
     }
     Ok(())
 }
@@ -56,7 +65,10 @@ async fn config_that_is_not_json_is_rejected() -> anyhow::Result<()> {
         &EnvoyConfig::with_filter("{not json", upstream.addr),
     )
     .await?;
-    assert!(!status.success(), "Envoy must refuse a filter whose config is not JSON");
+    assert!(
+        !status.success(),
+        "Envoy must refuse a filter whose config is not JSON"
+    );
     Ok(())
 }
 
@@ -64,12 +76,22 @@ async fn config_that_is_not_json_is_rejected() -> anyhow::Result<()> {
 async fn empty_config_means_defaults() -> anyhow::Result<()> {
     for config in ["", "{}", r#"{"schema":1,"version":"v-empty","policy":{}}"#] {
         let gw = JsonGateway::start(config).await?;
-        let reply = post(&gw.envoy.mcp_url(), tools_call(1, "echo", json!({"message": "defaults"})), &[]).await?;
+        let reply = post(
+            &gw.envoy.mcp_url(),
+            tools_call(1, "echo", json!({"message": "defaults"})),
+            &[],
+        )
+        .await?;
         assert_eq!(reply.status, 200, "config {config:?}: {}", reply.text());
         assert_eq!(tool_text(&reply.response(&json!(1))?), "defaults");
         // Defaults still validate MCP.
         let bad = post(&gw.envoy.mcp_url(), "nope", &[]).await?;
-        assert_eq!(bad.status, 400, "config {config:?} must still validate: {}", bad.text());
+        assert_eq!(
+            bad.status,
+            400,
+            "config {config:?} must still validate: {}",
+            bad.text()
+        );
     }
     Ok(())
 }

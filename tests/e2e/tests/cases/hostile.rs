@@ -7,7 +7,12 @@ use super::support::{JsonGateway, ensure_alive, post, tool_text, tools_call};
 
 async fn still_serves(gw: &mut JsonGateway, after: &str) -> anyhow::Result<()> {
     ensure_alive(&mut gw.envoy)?;
-    let reply = post(&gw.envoy.mcp_url(), tools_call(99, "echo", json!({"message": "alive"})), &[]).await?;
+    let reply = post(
+        &gw.envoy.mcp_url(),
+        tools_call(99, "echo", json!({"message": "alive"})),
+        &[],
+    )
+    .await?;
     anyhow::ensure!(
         reply.status == 200 && tool_text(&reply.response(&json!(99))?) == "alive",
         "after {after}: valid request got {} {}",
@@ -51,12 +56,20 @@ async fn hostile_bodies_never_kill_the_vm() -> anyhow::Result<()> {
         match post(&url, body, &[]).await {
             Ok(reply) => {
                 if let Some((status, code)) = want {
-                    let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&reply.body).unwrap_or_default();
                     if reply.status != status || v["error"]["code"].as_i64() != Some(code) {
-                        failures.push(format!("{name}: got {} {} (want {status}, {code})", reply.status, super::support::truncate(&reply.text(), 200)));
+                        failures.push(format!(
+                            "{name}: got {} {} (want {status}, {code})",
+                            reply.status,
+                            super::support::truncate(&reply.text(), 200)
+                        ));
                     }
                 } else if reply.status == 500 {
-                    failures.push(format!("{name}: 500 (an internal failure) {}", reply.text()));
+                    failures.push(format!(
+                        "{name}: 500 (an internal failure) {}",
+                        reply.text()
+                    ));
                 }
             }
             Err(e) => failures.push(format!("{name}: no answer: {e:#}")),
@@ -66,8 +79,17 @@ async fn hostile_bodies_never_kill_the_vm() -> anyhow::Result<()> {
         }
     }
     let prom = gw.envoy.prometheus().await?;
-    if prom.lines().any(|l| l.starts_with("mcpgw_internal_errors_total") && !l.ends_with(" 0")) {
-        failures.push(format!("internal errors counted: {}", prom.lines().filter(|l| l.starts_with("mcpgw_internal")).collect::<Vec<_>>().join("; ")));
+    if prom
+        .lines()
+        .any(|l| l.starts_with("mcpgw_internal_errors_total") && !l.ends_with(" 0"))
+    {
+        failures.push(format!(
+            "internal errors counted: {}",
+            prom.lines()
+                .filter(|l| l.starts_with("mcpgw_internal"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
     }
     super::support::assert_rows(failures);
     Ok(())

@@ -32,8 +32,15 @@ pub struct JsonGateway {
 impl JsonGateway {
     pub async fn start(config: &str) -> anyhow::Result<Self> {
         let upstream = RmcpServer::start("primary", RmcpServerMode::StatelessJson).await?;
-        let envoy = Envoy::start(&artifacts(), &EnvoyConfig::with_filter(config, upstream.addr)).await?;
-        Ok(Self { envoy, _upstream: upstream })
+        let envoy = Envoy::start(
+            &artifacts(),
+            &EnvoyConfig::with_filter(config, upstream.addr),
+        )
+        .await?;
+        Ok(Self {
+            envoy,
+            _upstream: upstream,
+        })
     }
 }
 
@@ -47,8 +54,15 @@ pub struct EverythingGateway {
 impl EverythingGateway {
     pub async fn start(config: &str) -> anyhow::Result<Self> {
         let upstream = ServerEverything::start(&artifacts()).await?;
-        let envoy = Envoy::start(&artifacts(), &EnvoyConfig::with_filter(config, upstream.addr)).await?;
-        Ok(Self { envoy, _upstream: upstream })
+        let envoy = Envoy::start(
+            &artifacts(),
+            &EnvoyConfig::with_filter(config, upstream.addr),
+        )
+        .await?;
+        Ok(Self {
+            envoy,
+            _upstream: upstream,
+        })
     }
 }
 
@@ -94,7 +108,13 @@ impl Reply {
         self.messages()?
             .into_iter()
             .find(|m| &m["id"] == id && (m.get("result").is_some() || m.get("error").is_some()))
-            .ok_or_else(|| anyhow!("no response with id {id} in {} {}", self.status, self.text()))
+            .ok_or_else(|| {
+                anyhow!(
+                    "no response with id {id} in {} {}",
+                    self.status,
+                    self.text()
+                )
+            })
     }
 }
 
@@ -111,14 +131,20 @@ pub fn sse_messages(text: &str) -> anyhow::Result<Vec<Value>> {
         if data.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&data).with_context(|| format!("SSE data not JSON: {data}"))?);
+        out.push(
+            serde_json::from_str(&data).with_context(|| format!("SSE data not JSON: {data}"))?,
+        );
     }
     Ok(out)
 }
 
 /// POSTs `body` with MCP's headers (`Content-Type: application/json`, `Accept` both);
 /// `extra` adds or, with the same name, replaces headers (an empty value removes one).
-pub async fn post(url: &str, body: impl Into<reqwest::Body>, extra: &[(&str, &str)]) -> anyhow::Result<Reply> {
+pub async fn post(
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
     let mut headers = BTreeMap::from([
         ("content-type".to_owned(), "application/json".to_owned()),
         ("accept".to_owned(), ACCEPT_BOTH.to_owned()),
@@ -141,7 +167,11 @@ pub async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.bytes().await.context("read body")?.to_vec();
-    Ok(Reply { status, headers, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// An `initialize` request body.
@@ -196,12 +226,17 @@ pub fn check_rejection(reply: &Reply, want: &Rejection) -> Result<(), String> {
                 problems.push("no \"jsonrpc\":\"2.0\"".into());
             }
             if v["error"]["code"].as_i64() != Some(want.code) {
-                problems.push(format!("error.code {} (want {})", v["error"]["code"], want.code));
+                problems.push(format!(
+                    "error.code {} (want {})",
+                    v["error"]["code"], want.code
+                ));
             }
             if v.get("id") != Some(&want.id) {
                 problems.push(format!(
                     "id {} (want {})",
-                    v.get("id").map(Value::to_string).unwrap_or_else(|| "absent".into()),
+                    v.get("id")
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "absent".into()),
                     want.id
                 ));
             }
@@ -211,14 +246,22 @@ pub fn check_rejection(reply: &Reply, want: &Rejection) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("{}; body: {}", problems.join(", "), truncate(&reply.text(), 300)))
+        Err(format!(
+            "{}; body: {}",
+            problems.join(", "),
+            truncate(&reply.text(), 300)
+        ))
     }
 }
 
 /// Asserts a table of named outcomes, reporting every failing row at once.
 pub fn assert_rows(failures: Vec<String>) {
     if !failures.is_empty() {
-        panic!("{} row(s) failed:\n  {}", failures.len(), failures.join("\n  "));
+        panic!(
+            "{} row(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
     }
 }
 
@@ -246,7 +289,9 @@ pub fn parse_prometheus(text: &str) -> anyhow::Result<Vec<Sample>> {
         let (series, value) = line
             .rsplit_once(' ')
             .ok_or_else(|| anyhow!("bad prometheus line {line}"))?;
-        let value: f64 = value.parse().with_context(|| format!("bad value in {line}"))?;
+        let value: f64 = value
+            .parse()
+            .with_context(|| format!("bad value in {line}"))?;
         let (name, labels) = match series.split_once('{') {
             None => (series.to_owned(), BTreeMap::new()),
             Some((name, rest)) => {
@@ -256,7 +301,11 @@ pub fn parse_prometheus(text: &str) -> anyhow::Result<Vec<Sample>> {
                 (name.to_owned(), parse_labels(body)?)
             }
         };
-        out.push(Sample { name, labels, value });
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
     }
     Ok(out)
 }
