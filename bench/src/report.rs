@@ -126,6 +126,11 @@ pub fn section(outcome: &Outcome, settings: &Settings) -> String {
     let _ = writeln!(s, "- Placement: {}", ctx.placement);
     let _ = writeln!(
         s,
+        "- Load average (1/5/15 min) at start: {}; at end: {}",
+        ctx.load_average.0, ctx.load_average.1
+    );
+    let _ = writeln!(
+        s,
         "- Load: {} keep-alive HTTP/1.1 connections, closed loop; {} rounds × {} variants × {:.1} s measured \
          (after {:.1} s warmup each), variant order rotated every round",
         settings.connections,
