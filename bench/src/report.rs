@@ -13,6 +13,27 @@ pub const SECTION_END: &str = "<!-- mcpgw-bench:envoy-filters:end -->";
 /// The issue's target for the mcpgw filter, as a ratio to plain Envoy's requests/s.
 pub const MCPGW_TARGET_RATIO: f64 = 0.82;
 
+/// Plain Envoy must use at least this share of its core for the run to compare filter
+/// cost: below it, something else (other processes, scheduler wake-up latency) limited
+/// throughput and the ratios measure that instead.
+pub const MIN_ENVOY_CPU_PCT: f64 = 80.0;
+
+/// Why the run does not measure the filters, if it does not: plain Envoy was not the
+/// bottleneck.
+pub fn invalidity(rows: &[Row], load_average: &str, cpus: usize) -> Option<String> {
+    let plain = rows.iter().find(|r| r.variant == Variant::Plain)?;
+    (plain.envoy_cpu_pct < MIN_ENVOY_CPU_PCT).then(|| {
+        format!(
+            "NOT A VALID MEASUREMENT OF THE FILTERS: plain Envoy used only {:.0}% of its core \
+             (it must be near 100% for the ratios to compare filter cost; threshold \
+             {MIN_ENVOY_CPU_PCT:.0}%), load average {load_average} on {cpus} CPUs: other work \
+             held the CPUs and scheduler wake-up delays, not the filters, set the pace. Rerun \
+             on a quiet machine.",
+            plain.envoy_cpu_pct
+        )
+    })
+}
+
 /// Median of `values` (0 when empty).
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -98,6 +119,10 @@ pub fn table(outcome: &Outcome) -> String {
     for (variant, size) in &outcome.context.wasm_sizes {
         let _ = writeln!(out, "{variant} .wasm: {size} bytes");
     }
+    let ctx = &outcome.context;
+    if let Some(why) = invalidity(&rows(&outcome.results), &ctx.load_average.1, ctx.cpus) {
+        let _ = writeln!(out, "\nWARNING: {why}");
+    }
     out
 }
 
@@ -124,6 +149,11 @@ pub fn section(outcome: &Outcome, settings: &Settings) -> String {
     );
     let _ = writeln!(s, "- Envoy: {} (`--concurrency 1`)", ctx.envoy_version);
     let _ = writeln!(s, "- Placement: {}", ctx.placement);
+    let _ = writeln!(
+        s,
+        "- Load average (1/5/15 min) at start: {}; at end: {}",
+        ctx.load_average.0, ctx.load_average.1
+    );
     let _ = writeln!(
         s,
         "- Load: {} keep-alive HTTP/1.1 connections, closed loop; {} rounds × {} variants × {:.1} s measured \
@@ -164,7 +194,13 @@ pub fn section(outcome: &Outcome, settings: &Settings) -> String {
         let _ = writeln!(s, "- `{variant}` filter `.wasm`: {size} bytes");
     }
     let find = |v: Variant| rows.iter().find(|r| r.variant == v);
-    if let Some(ratio) = find(Variant::Mcpgw).and_then(|row| row.ratio) {
+    let invalid = invalidity(&rows, &ctx.load_average.1, ctx.cpus);
+    if let Some(why) = &invalid {
+        let _ = writeln!(s, "- **{why}**");
+    }
+    if let Some(ratio) = find(Variant::Mcpgw).and_then(|row| row.ratio)
+        && invalid.is_none()
+    {
         let verdict = if ratio >= MCPGW_TARGET_RATIO {
             "meets"
         } else {
@@ -247,6 +283,29 @@ pub fn replace_section(existing: &str, section: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_where_envoy_idles_is_flagged() {
+        let row = |variant, envoy_cpu_pct| Row {
+            variant,
+            rate: 1.0,
+            ratio: Some(1.0),
+            p50_ms: 1.0,
+            p99_ms: 1.0,
+            rss_mib: 1.0,
+            envoy_cpu_pct,
+            driver_cpu_pct: 1.0,
+        };
+        let busy = [row(Variant::Plain, 7.0), row(Variant::Mcpgw, 7.0)];
+        let why = invalidity(&busy, "19.28 17.99 16.27", 2).unwrap();
+        assert!(
+            why.contains("only 7% of its core") && why.contains("19.28"),
+            "{why}"
+        );
+        assert_eq!(invalidity(&[row(Variant::Plain, 97.0)], "1.0", 2), None);
+        // Without plain there is no baseline to judge.
+        assert_eq!(invalidity(&[row(Variant::Mcpgw, 5.0)], "1.0", 2), None);
+    }
 
     #[test]
     fn medians() {

@@ -49,6 +49,9 @@ pub struct RunContext {
     pub placement: String,
     /// Size in bytes of each wasm module measured.
     pub wasm_sizes: Vec<(Variant, u64)>,
+    /// Load averages when the measurement started and when it ended: anything well above
+    /// the two busy cores of the benchmark means other work competed for the CPUs.
+    pub load_average: (String, String),
     /// Requests the upstream answered in total (warmups included).
     pub upstream_served: u64,
 }
@@ -136,6 +139,7 @@ pub fn run(settings: &Settings, mut progress: impl FnMut(&str)) -> anyhow::Resul
     let ticks = machine::ticks_per_second() as f64;
     let me = std::process::id();
 
+    let load_before = machine::load_average();
     let mut results: Vec<VariantResult> = Vec::new();
     for &variant in &settings.variants {
         results.push(VariantResult {
@@ -233,6 +237,7 @@ pub fn run(settings: &Settings, mut progress: impl FnMut(&str)) -> anyhow::Resul
             envoy_version,
             placement,
             wasm_sizes,
+            load_average: (load_before, machine::load_average()),
             upstream_served: upstream.served(),
         },
     })
