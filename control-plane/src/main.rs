@@ -1,1 +1,40 @@
-fn main() {}
+//! `mcpgw`: the control plane binary.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use mcpgw::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Openapi => {
+            print!("{}", mcpgw::api::openapi_json());
+            Ok(())
+        }
+        other => mcpgw::cli::run_client(other).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: mcpgw::config::ServeArgs) -> anyhow::Result<()> {
+    let key = std::env::var("MCPGW_ENCRYPTION_KEY").ok();
+    let settings = args
+        .resolve(key.as_deref())
+        .context("invalid configuration")?;
+    mcpgw::telemetry::init_tracing(settings.log_format, &settings.log_level)?;
+    if settings.dev {
+        tracing::warn!("dev mode: credentials are encrypted with a fixed, public key");
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    mcpgw::serve(settings, listener, mcpgw::shutdown_signal(), |_| {}).await
+}

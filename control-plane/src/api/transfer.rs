@@ -1,0 +1,61 @@
+//! `GET /export`, `POST /import`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use super::problem::{ApiJson, ApiQuery};
+use super::{ApiError, AppState, Problem};
+use crate::transfer::{self, ExportDocument, ExportQuery, ImportError, ImportQuery, ImportReport};
+
+/// Export the registry (or the kinds in `types`) as one JSON document.
+#[utoipa::path(get, path = "/export", tag = "transfer", params(ExportQuery),
+    responses((status = 200, body = ExportDocument),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn export(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Json<ExportDocument>, ApiError> {
+    let types = transfer::parse_types(q.types.as_deref())?;
+    Ok(Json(transfer::export(&s.store, &types).await?))
+}
+
+/// Import an mcpgw export or a ContextForge export file.
+#[utoipa::path(post, path = "/import", tag = "transfer", params(ImportQuery),
+    request_body(content = ExportDocument, description = "An mcpgw export, or a ContextForge export (`entities` object)"),
+    responses((status = 200, body = ImportReport),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn import(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<ImportReport>, ApiError> {
+    let report = match transfer::import(&s.store, &s.secrets, body, &q).await {
+        Ok(r) => r,
+        Err(ImportError::Store(e)) => return Err(e.into()),
+        Err(e @ ImportError::Format(_)) => {
+            return Err(Problem::invalid_field("body", e.to_string()).into());
+        }
+        Err(e @ ImportError::Conflicts(_)) => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "import-conflict",
+                "Import conflicts",
+                e.to_string(),
+            )
+            .into());
+        }
+    };
+    // Imported gateways are discovered in the background; the import does not wait.
+    for id in report.created_gateways.clone() {
+        let f = s.federation.clone();
+        tokio::spawn(async move {
+            if let Err(e) = f.refresh(&id).await {
+                tracing::info!(gateway = %id, error = %e, "imported gateway not discovered yet");
+            }
+        });
+    }
+    Ok(Json(report))
+}

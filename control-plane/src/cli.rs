@@ -1,0 +1,730 @@
+//! The `mcpgw` command line: `serve`, and operator verbs that talk to the admin API
+//! (`gateways`, `servers`, `tools`, `export`, `import`) with table, JSON or YAML output.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::config::ServeArgs;
+
+/// mcpgw control plane.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcpgw",
+    version,
+    about = "mcpgw control plane and operator CLI"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (admin API, store, federation).
+    Serve(ServeArgs),
+    /// Print the OpenAPI document of the admin API.
+    Openapi,
+    /// Manage gateways (upstream MCP servers).
+    Gateways {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: GatewayCmd,
+    },
+    /// Manage virtual servers.
+    Servers {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: ServerCmd,
+    },
+    /// Inspect tools.
+    Tools {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: ToolCmd,
+    },
+    /// Export the registry to stdout or a file.
+    Export {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Kinds to export (comma-separated: gateways,tools,resources,prompts,servers).
+        #[arg(long)]
+        types: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+    },
+    /// Import an mcpgw or ContextForge export file.
+    Import {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The export file.
+        file: PathBuf,
+        /// What to do with existing names.
+        #[arg(long, value_enum, default_value = "update")]
+        conflict_strategy: Strategy,
+        /// Show the plan only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Where the API is and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Admin API base URL.
+    #[arg(
+        long,
+        env = "MCPGW_API_URL",
+        default_value = "http://127.0.0.1:4444",
+        global = true
+    )]
+    pub api_url: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Import conflict strategies.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Strategy {
+    /// Keep existing entries.
+    Skip,
+    /// Overwrite existing entries.
+    Update,
+    /// Import under a new name.
+    Rename,
+    /// Refuse the import on any conflict.
+    Fail,
+}
+
+/// `mcpgw gateways …`
+#[derive(Debug, Subcommand)]
+pub enum GatewayCmd {
+    /// Register a gateway and discover its catalog.
+    Add {
+        /// Unique name (prefixes discovered names).
+        #[arg(long)]
+        name: String,
+        /// MCP endpoint URL.
+        #[arg(long)]
+        url: String,
+        /// streamable_http or sse.
+        #[arg(long, default_value = "streamable_http")]
+        transport: String,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Bearer token for the upstream.
+        #[arg(long, env = "MCPGW_UPSTREAM_TOKEN", conflicts_with_all = ["basic", "header"])]
+        bearer_token: Option<String>,
+        /// Basic credentials `user:password`.
+        #[arg(long, conflicts_with = "header")]
+        basic: Option<String>,
+        /// Custom header `Name: value` (repeatable).
+        #[arg(long)]
+        header: Vec<String>,
+        /// Store only; discover on the next refresh.
+        #[arg(long)]
+        no_discover: bool,
+    },
+    /// List gateways.
+    List {
+        /// Only with any of these tags (comma-separated).
+        #[arg(long)]
+        tags: Option<String>,
+    },
+    /// Show one gateway (id or name).
+    Get {
+        /// Id or name.
+        gateway: String,
+    },
+    /// Delete a gateway (id or name) and its catalog.
+    Rm {
+        /// Id or name.
+        gateway: String,
+    },
+    /// Re-discover a gateway now (id or name).
+    Refresh {
+        /// Id or name.
+        gateway: String,
+    },
+    /// Enable a gateway.
+    Enable {
+        /// Id or name.
+        gateway: String,
+    },
+    /// Disable a gateway.
+    Disable {
+        /// Id or name.
+        gateway: String,
+    },
+}
+
+/// `mcpgw servers …`
+#[derive(Debug, Subcommand)]
+pub enum ServerCmd {
+    /// Create a virtual server.
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Tool id or name (repeatable).
+        #[arg(long = "tool")]
+        tools: Vec<String>,
+        /// Resource id or name (repeatable).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+        /// Prompt id or name (repeatable).
+        #[arg(long = "prompt")]
+        prompts: Vec<String>,
+        /// Tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List virtual servers.
+    List,
+    /// Show one (id or name).
+    Get {
+        /// Id or name.
+        server: String,
+    },
+    /// Delete one (id or name).
+    Rm {
+        /// Id or name.
+        server: String,
+    },
+    /// Enable one.
+    Enable {
+        /// Id or name.
+        server: String,
+    },
+    /// Disable one.
+    Disable {
+        /// Id or name.
+        server: String,
+    },
+}
+
+/// `mcpgw tools …`
+#[derive(Debug, Subcommand)]
+pub enum ToolCmd {
+    /// List tools.
+    List {
+        /// Only tools of this gateway (id or name).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Only with any of these tags.
+        #[arg(long)]
+        tags: Option<String>,
+        /// Only enabled (true) or disabled (false).
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
+}
+
+/// A small client of the admin API.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(api: &ApiArgs) -> anyhow::Result<Self> {
+        crate::federation::init_tls();
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()?,
+            base: api.api_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status.is_success() {
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_slice(&bytes).context("the API answered with invalid JSON");
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(p) => {
+                let mut msg = format!(
+                    "{} ({}): {}",
+                    p["title"].as_str().unwrap_or("error"),
+                    status.as_u16(),
+                    p["detail"].as_str().unwrap_or("")
+                );
+                if let Some(errs) = p["errors"].as_array() {
+                    for e in errs {
+                        msg.push_str(&format!(
+                            "\n  {}: {}",
+                            e["field"].as_str().unwrap_or("?"),
+                            e["reason"].as_str().unwrap_or("?")
+                        ));
+                    }
+                }
+                bail!(msg)
+            }
+            Err(_) => bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// Follows `next_cursor` through every page.
+    async fn all(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = query.to_vec();
+            q.push(("limit", "500".into()));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.clone()));
+            }
+            let page = self
+                .send(self.http.get(format!("{}{path}", self.base)).query(&q))
+                .await?;
+            if let Some(items) = page["items"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Accepts an id or a name.
+    async fn resolve(&self, path: &str, key: &str) -> anyhow::Result<String> {
+        let items = self.all(path, &[]).await?;
+        items
+            .iter()
+            .find(|i| i["id"].as_str() == Some(key))
+            .or_else(|| items.iter().find(|i| i["name"].as_str() == Some(key)))
+            .and_then(|i| i["id"].as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no {} with id or name {key:?}",
+                    path.trim_start_matches('/')
+                )
+            })
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Renders rows as aligned columns.
+pub fn table(rows: &[Value], columns: &[(&str, &str)]) -> String {
+    let mut grid: Vec<Vec<String>> = vec![columns.iter().map(|(h, _)| h.to_string()).collect()];
+    for r in rows {
+        grid.push(
+            columns
+                .iter()
+                .map(|(_, k)| {
+                    let v = &r[*k];
+                    if let Value::Array(a) = v
+                        && k.starts_with("associated_")
+                    {
+                        return a.len().to_string();
+                    }
+                    cell(v)
+                })
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|c| grid.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in grid {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<width$}", width = *w))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print(output: Output, v: &Value, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(v)?),
+        Output::Table => {
+            let rows = match v {
+                Value::Array(a) => a.clone(),
+                other => vec![other.clone()],
+            };
+            print!("{}", table(&rows, columns));
+        }
+    }
+    Ok(())
+}
+
+const GATEWAY_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("URL", "url"),
+    ("TRANSPORT", "transport"),
+    ("ENABLED", "enabled"),
+    ("REACHABLE", "reachable"),
+    ("AUTH", "auth_type"),
+    ("TAGS", "tags"),
+];
+const SERVER_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("ENABLED", "enabled"),
+    ("TOOLS", "associated_tools"),
+    ("RESOURCES", "associated_resources"),
+    ("PROMPTS", "associated_prompts"),
+    ("TAGS", "tags"),
+];
+const TOOL_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("GATEWAY", "gateway_id"),
+    ("ENABLED", "enabled"),
+    ("REACHABLE", "reachable"),
+    ("DESCRIPTION", "description"),
+];
+
+fn sync_summary(v: &Value) -> Value {
+    let mut g = v["gateway"].clone();
+    if let Some(s) = v.get("sync").filter(|s| !s.is_null())
+        && let Value::Object(m) = &mut g
+    {
+        m.insert(
+            "sync".into(),
+            json!(format!(
+                "+{} ~{} -{} ={} collisions:{}",
+                s["added"],
+                s["updated"],
+                s["removed"],
+                s["unchanged"],
+                s["collisions"].as_array().map_or(0, Vec::len)
+            )),
+        );
+    }
+    g
+}
+
+/// Runs an operator verb.
+pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve(_) | Command::Openapi => bail!("not a client command"),
+        Command::Gateways { api, cmd } => {
+            let c = Client::new(&api)?;
+            let mut cols = GATEWAY_COLS.to_vec();
+            match cmd {
+                GatewayCmd::Add {
+                    name,
+                    url,
+                    transport,
+                    description,
+                    tags,
+                    bearer_token,
+                    basic,
+                    header,
+                    no_discover,
+                } => {
+                    let mut body = json!({
+                        "name": name, "url": url, "transport": transport,
+                        "description": description, "tags": tags, "discover": !no_discover,
+                    });
+                    if let Some(t) = bearer_token {
+                        body["auth_type"] = json!("bearer");
+                        body["auth_token"] = json!(t);
+                    } else if let Some(b) = basic {
+                        let (u, p) = b
+                            .split_once(':')
+                            .ok_or_else(|| anyhow::anyhow!("--basic wants user:password"))?;
+                        body["auth_type"] = json!("basic");
+                        body["auth_username"] = json!(u);
+                        body["auth_password"] = json!(p);
+                    } else if !header.is_empty() {
+                        let mut hs = Vec::new();
+                        for h in &header {
+                            let (k, v) = h
+                                .split_once(':')
+                                .ok_or_else(|| anyhow::anyhow!("--header wants 'Name: value'"))?;
+                            hs.push(json!({"key": k.trim(), "value": v.trim()}));
+                        }
+                        body["auth_type"] = json!("headers");
+                        body["auth_headers"] = json!(hs);
+                    }
+                    let v = c.post("/gateways", &body).await?;
+                    cols.push(("SYNC", "sync"));
+                    let shown = if api.output == Output::Table {
+                        sync_summary(&v)
+                    } else {
+                        v
+                    };
+                    print(api.output, &shown, &cols)
+                }
+                GatewayCmd::List { tags } => {
+                    let q: Vec<(&str, String)> = tags.map(|t| ("tags", t)).into_iter().collect();
+                    let items = c.all("/gateways", &q).await?;
+                    print(api.output, &Value::Array(items), &cols)
+                }
+                GatewayCmd::Get { gateway } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    print(api.output, &c.get(&format!("/gateways/{id}")).await?, &cols)
+                }
+                GatewayCmd::Rm { gateway } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    c.delete(&format!("/gateways/{id}")).await?;
+                    println!("deleted gateway {id}");
+                    Ok(())
+                }
+                GatewayCmd::Refresh { gateway } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    let v = c
+                        .post(&format!("/gateways/{id}/refresh"), &json!({}))
+                        .await?;
+                    cols.push(("SYNC", "sync"));
+                    let shown = if api.output == Output::Table {
+                        sync_summary(&v)
+                    } else {
+                        v
+                    };
+                    print(api.output, &shown, &cols)
+                }
+                GatewayCmd::Enable { gateway } => {
+                    set_state("gateways", &c, &api, &gateway, true, &cols).await
+                }
+                GatewayCmd::Disable { gateway } => {
+                    set_state("gateways", &c, &api, &gateway, false, &cols).await
+                }
+            }
+        }
+        Command::Servers { api, cmd } => {
+            let c = Client::new(&api)?;
+            match cmd {
+                ServerCmd::Create {
+                    name,
+                    description,
+                    tools,
+                    resources,
+                    prompts,
+                    tags,
+                } => {
+                    let mut ids = Vec::new();
+                    for (path, keys) in [
+                        ("/tools", tools),
+                        ("/resources", resources),
+                        ("/prompts", prompts),
+                    ] {
+                        let mut out = Vec::new();
+                        for k in keys {
+                            out.push(c.resolve(path, &k).await?);
+                        }
+                        ids.push(out);
+                    }
+                    let body = json!({
+                        "name": name, "description": description, "tags": tags,
+                        "associated_tools": ids[0], "associated_resources": ids[1],
+                        "associated_prompts": ids[2],
+                    });
+                    print(api.output, &c.post("/servers", &body).await?, SERVER_COLS)
+                }
+                ServerCmd::List => {
+                    let items = c.all("/servers", &[]).await?;
+                    print(api.output, &Value::Array(items), SERVER_COLS)
+                }
+                ServerCmd::Get { server } => {
+                    let id = c.resolve("/servers", &server).await?;
+                    print(
+                        api.output,
+                        &c.get(&format!("/servers/{id}")).await?,
+                        SERVER_COLS,
+                    )
+                }
+                ServerCmd::Rm { server } => {
+                    let id = c.resolve("/servers", &server).await?;
+                    c.delete(&format!("/servers/{id}")).await?;
+                    println!("deleted server {id}");
+                    Ok(())
+                }
+                ServerCmd::Enable { server } => {
+                    set_state("servers", &c, &api, &server, true, SERVER_COLS).await
+                }
+                ServerCmd::Disable { server } => {
+                    set_state("servers", &c, &api, &server, false, SERVER_COLS).await
+                }
+            }
+        }
+        Command::Tools { api, cmd } => {
+            let c = Client::new(&api)?;
+            match cmd {
+                ToolCmd::List {
+                    gateway,
+                    tags,
+                    enabled,
+                } => {
+                    let mut q: Vec<(&str, String)> = Vec::new();
+                    if let Some(g) = gateway {
+                        q.push(("gateway_id", c.resolve("/gateways", &g).await?));
+                    }
+                    if let Some(t) = tags {
+                        q.push(("tags", t));
+                    }
+                    if let Some(e) = enabled {
+                        q.push(("enabled", e.to_string()));
+                    }
+                    let items = c.all("/tools", &q).await?;
+                    print(api.output, &Value::Array(items), TOOL_COLS)
+                }
+            }
+        }
+        Command::Export { api, types, file } => {
+            let c = Client::new(&api)?;
+            let path = match types {
+                Some(t) => format!("/export?types={t}"),
+                None => "/export".to_owned(),
+            };
+            let doc = c.get(&path).await?;
+            let text = match api.output {
+                Output::Yaml => serde_yaml_ng::to_string(&doc)?,
+                _ => serde_json::to_string_pretty(&doc)? + "\n",
+            };
+            match file {
+                Some(f) => {
+                    std::fs::write(&f, text).with_context(|| format!("writing {}", f.display()))?;
+                    eprintln!("exported to {}", f.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Import {
+            api,
+            file,
+            conflict_strategy,
+            dry_run,
+        } => {
+            let c = Client::new(&api)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let body: Value = serde_json::from_str(&text)
+                .or_else(|_| serde_yaml_ng::from_str(&text))
+                .with_context(|| format!("{} is neither JSON nor YAML", file.display()))?;
+            let strategy = format!("{conflict_strategy:?}").to_lowercase();
+            let report = c
+                .send(
+                    c.http
+                        .post(format!("{}/import", c.base))
+                        .query(&[
+                            ("conflict_strategy", strategy),
+                            ("dry_run", dry_run.to_string()),
+                        ])
+                        .json(&body),
+                )
+                .await?;
+            match api.output {
+                Output::Table => {
+                    let entries = report["entries"].as_array().cloned().unwrap_or_default();
+                    print!(
+                        "{}",
+                        table(
+                            &entries,
+                            &[
+                                ("KIND", "kind"),
+                                ("NAME", "name"),
+                                ("ACTION", "action"),
+                                ("NEW NAME", "new_name"),
+                                ("DETAIL", "detail")
+                            ]
+                        )
+                    );
+                    println!(
+                        "created {} updated {} renamed {} skipped {} failed {}{}",
+                        report["created"],
+                        report["updated"],
+                        report["renamed"],
+                        report["skipped"],
+                        report["failed"],
+                        if dry_run { " (dry run)" } else { "" }
+                    );
+                    for w in report["warnings"].as_array().into_iter().flatten() {
+                        println!("warning: {}", cell(w));
+                    }
+                    Ok(())
+                }
+                o => print(o, &report, &[]),
+            }
+        }
+    }
+}
+
+/// Shared body of `enable` and `disable`.
+async fn set_state(
+    kind: &str,
+    c: &Client,
+    api: &ApiArgs,
+    key: &str,
+    activate: bool,
+    cols: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let id = c.resolve(&format!("/{kind}"), key).await?;
+    let v = c
+        .post(
+            &format!("/{kind}/{id}/state?activate={activate}"),
+            &json!({}),
+        )
+        .await?;
+    print(api.output, &v, cols)
+}

@@ -1,0 +1,461 @@
+//! Configuration of `mcpgw serve`: flags > environment > optional TOML file > defaults,
+//! validated once at start into [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::crypto::{CryptoError, SecretBox};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags (and their environment variables) of `mcpgw serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Optional TOML file with the same keys as the long flags (snake_case).
+    #[arg(long, env = "MCPGW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Admin API listen address [default: 127.0.0.1:4444].
+    #[arg(long, env = "MCPGW_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory for the default SQLite database; created if missing [default: ./mcpgw-data].
+    #[arg(long, env = "MCPGW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `sqlite:…` or `postgres://…` [default: SQLite in the data directory].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "MCPGW_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, `tracing` env-filter syntax [default: info].
+    #[arg(long, env = "MCPGW_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Development mode: allows starting without MCPGW_ENCRYPTION_KEY (uses a fixed, public key).
+    #[arg(long, env = "MCPGW_DEV")]
+    pub dev: bool,
+    /// Separator between gateway name and item name [default: __].
+    #[arg(long, env = "MCPGW_NAME_SEPARATOR")]
+    pub name_separator: Option<String>,
+    /// Seconds between upstream health checks [default: 60].
+    #[arg(long, env = "MCPGW_HEALTH_INTERVAL")]
+    pub health_interval: Option<u64>,
+    /// Failed health checks in a row before a gateway is marked unreachable [default: 3].
+    #[arg(long, env = "MCPGW_HEALTH_FAILURE_THRESHOLD")]
+    pub health_failure_threshold: Option<u32>,
+    /// Seconds between full catalog resyncs of every gateway; 0 disables [default: 300].
+    #[arg(long, env = "MCPGW_RESYNC_INTERVAL")]
+    pub resync_interval: Option<u64>,
+    /// Timeout in seconds of every upstream call [default: 10].
+    #[arg(long, env = "MCPGW_UPSTREAM_TIMEOUT")]
+    pub upstream_timeout: Option<u64>,
+    /// Allow upstream URLs resolving to loopback addresses (SSRF guard).
+    #[arg(long, env = "MCPGW_ALLOW_LOOPBACK_UPSTREAMS")]
+    pub allow_loopback_upstreams: bool,
+    /// Allow upstream URLs resolving to link-local and cloud metadata addresses (SSRF guard).
+    #[arg(long, env = "MCPGW_ALLOW_LINK_LOCAL_UPSTREAMS")]
+    pub allow_link_local_upstreams: bool,
+}
+
+/// The optional TOML file: same keys as the long flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    dev: Option<bool>,
+    name_separator: Option<String>,
+    health_interval: Option<u64>,
+    health_failure_threshold: Option<u32>,
+    resync_interval: Option<u64>,
+    upstream_timeout: Option<u64>,
+    allow_loopback_upstreams: Option<bool>,
+    allow_link_local_upstreams: Option<bool>,
+}
+
+/// A configuration error naming the offending setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is invalid.
+    #[error("invalid {field}: {reason}")]
+    FieldInvalid {
+        /// Setting name.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No encryption key outside dev mode.
+    #[error(
+        "MCPGW_ENCRYPTION_KEY is not set: upstream credentials are encrypted at rest and need a key \
+         (generate one with `openssl rand -base64 32`), or start with --dev for a throwaway setup"
+    )]
+    MissingKey,
+    /// The key is malformed.
+    #[error(transparent)]
+    Key(#[from] CryptoError),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::FieldInvalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// SSRF policy for upstream URLs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SsrfPolicy {
+    /// Loopback (127.0.0.0/8, ::1) allowed.
+    pub allow_loopback: bool,
+    /// Link-local (169.254.0.0/16, fe80::/10; includes cloud metadata) allowed.
+    pub allow_link_local: bool,
+}
+
+/// Federation settings.
+#[derive(Debug, Clone)]
+pub struct FederationSettings {
+    /// Separator between gateway and item names.
+    pub separator: String,
+    /// Interval between health checks.
+    pub health_interval: Duration,
+    /// Failures in a row before a gateway is unreachable.
+    pub failure_threshold: u32,
+    /// Interval between full resyncs (`None`: disabled).
+    pub resync_interval: Option<Duration>,
+    /// Timeout of every upstream call.
+    pub timeout: Duration,
+    /// SSRF policy.
+    pub ssrf: SsrfPolicy,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        Self {
+            separator: "__".into(),
+            health_interval: Duration::from_secs(60),
+            failure_threshold: 3,
+            resync_interval: Some(Duration::from_secs(300)),
+            timeout: Duration::from_secs(10),
+            ssrf: SsrfPolicy::default(),
+        }
+    }
+}
+
+/// Validated settings of a running control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Admin API address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Data directory to create before opening a SQLite file in it.
+    pub data_dir: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// Development mode.
+    pub dev: bool,
+    /// Credential cipher.
+    pub secrets: SecretBox,
+    /// Federation.
+    pub federation: FederationSettings,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: given database, dev key, defaults elsewhere.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.into(),
+            data_dir: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            dev: true,
+            secrets: SecretBox::dev(),
+            federation: FederationSettings::default(),
+        }
+    }
+}
+
+fn secs(field: &'static str, v: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(
+            field,
+            format!("must be between {min} and {max} seconds"),
+        ));
+    }
+    Ok(Duration::from_secs(v))
+}
+
+impl ServeArgs {
+    /// Merges flags, environment (already folded into the flags by clap), the optional
+    /// file and defaults, and validates. `encryption_key` is `MCPGW_ENCRYPTION_KEY`.
+    pub fn resolve(&self, encryption_key: Option<&str>) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let listen_raw = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:4444".into());
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_raw:?} is not an ip:port address"),
+            )
+        })?;
+        let dev = self.dev || file.dev.unwrap_or(false);
+        let (database_url, data_dir) = match self.database_url.clone().or(file.database_url) {
+            Some(url) => {
+                crate::store::Backend::from_url(&url).map_err(|_| {
+                    invalid(
+                        "database_url",
+                        "must start with sqlite:, postgres:// or postgresql://",
+                    )
+                })?;
+                (url, None)
+            }
+            None => {
+                let dir = self
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| PathBuf::from("mcpgw-data"));
+                let path = dir.join("mcpgw.db");
+                let path = path
+                    .to_str()
+                    .ok_or_else(|| invalid("data_dir", "must be valid UTF-8"))?;
+                (format!("sqlite://{path}?mode=rwc"), Some(dir))
+            }
+        };
+        let log_format = self.log_format.or(file.log_format).unwrap_or_default();
+        let log_level = self
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| invalid("log_level", e.to_string()))?;
+        let separator = self
+            .name_separator
+            .clone()
+            .or(file.name_separator)
+            .unwrap_or_else(|| "__".into());
+        if separator.is_empty()
+            || separator.len() > 8
+            || separator
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "name_separator",
+                "must be 1-8 characters without whitespace",
+            ));
+        }
+        let health_interval = secs(
+            "health_interval",
+            self.health_interval.or(file.health_interval).unwrap_or(60),
+            1,
+            86_400,
+        )?;
+        let failure_threshold = self
+            .health_failure_threshold
+            .or(file.health_failure_threshold)
+            .unwrap_or(3);
+        if !(1..=100).contains(&failure_threshold) {
+            return Err(invalid(
+                "health_failure_threshold",
+                "must be between 1 and 100",
+            ));
+        }
+        let resync = self.resync_interval.or(file.resync_interval).unwrap_or(300);
+        let resync_interval = if resync == 0 {
+            None
+        } else {
+            Some(secs("resync_interval", resync, 1, 604_800)?)
+        };
+        let timeout = secs(
+            "upstream_timeout",
+            self.upstream_timeout
+                .or(file.upstream_timeout)
+                .unwrap_or(10),
+            1,
+            600,
+        )?;
+        let secrets = match encryption_key {
+            Some(k) if !k.trim().is_empty() => SecretBox::from_encoded_key(k)?,
+            _ if dev => SecretBox::dev(),
+            _ => return Err(ConfigError::MissingKey),
+        };
+        Ok(Settings {
+            listen,
+            database_url,
+            data_dir,
+            log_format,
+            log_level,
+            dev,
+            secrets,
+            federation: FederationSettings {
+                separator,
+                health_interval,
+                failure_threshold,
+                resync_interval,
+                timeout,
+                ssrf: SsrfPolicy {
+                    allow_loopback: self.allow_loopback_upstreams
+                        || file.allow_loopback_upstreams.unwrap_or(false),
+                    allow_link_local: self.allow_link_local_upstreams
+                        || file.allow_link_local_upstreams.unwrap_or(false),
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    #[test]
+    fn defaults_are_sqlite_on_localhost_4444() {
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:4444");
+        assert!(s.database_url.starts_with("sqlite://mcpgw-data/mcpgw.db"));
+        assert_eq!(s.federation.separator, "__");
+        assert_eq!(s.federation.health_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn refuses_to_start_without_key_unless_dev() {
+        assert!(matches!(
+            ServeArgs::default().resolve(None),
+            Err(ConfigError::MissingKey)
+        ));
+        let dev = ServeArgs {
+            dev: true,
+            ..Default::default()
+        };
+        assert!(dev.resolve(None).is_ok());
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases: Vec<(&str, ServeArgs, &str)> = vec![
+            (
+                "listen",
+                ServeArgs {
+                    listen: Some("nope".into()),
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (
+                "db",
+                ServeArgs {
+                    database_url: Some("mysql://x".into()),
+                    ..Default::default()
+                },
+                "database_url",
+            ),
+            (
+                "sep",
+                ServeArgs {
+                    name_separator: Some("a b".into()),
+                    ..Default::default()
+                },
+                "name_separator",
+            ),
+            (
+                "interval",
+                ServeArgs {
+                    health_interval: Some(0),
+                    ..Default::default()
+                },
+                "health_interval",
+            ),
+            (
+                "threshold",
+                ServeArgs {
+                    health_failure_threshold: Some(0),
+                    ..Default::default()
+                },
+                "health_failure_threshold",
+            ),
+            (
+                "log",
+                ServeArgs {
+                    log_level: Some("[[[".into()),
+                    ..Default::default()
+                },
+                "log_level",
+            ),
+        ];
+        for (name, args, field) in cases {
+            match args.resolve(Some(KEY)) {
+                Err(ConfigError::FieldInvalid { field: f, .. }) => assert_eq!(f, field, "{name}"),
+                other => panic!("{name}: expected FieldInvalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcpgw.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:5555\"\nname_separator = \"-\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            name_separator: Some("::".into()),
+            ..Default::default()
+        };
+        let s = args.resolve(Some(KEY)).unwrap();
+        assert_eq!(s.listen.port(), 5555);
+        assert_eq!(s.federation.separator, "::");
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(matches!(
+            args.resolve(Some(KEY)),
+            Err(ConfigError::File { .. })
+        ));
+    }
+}

@@ -1,0 +1,652 @@
+//! Federation: connects to upstream MCP servers with the official Rust SDK (`rmcp`),
+//! discovers their tools, resources, resource templates and prompts, keeps one live
+//! session per gateway for `notifications/*/list_changed`, and checks health.
+//!
+//! Every upstream call runs under the configured timeout, and discovery results are
+//! merged into the store in one transaction, so a hanging or broken upstream can delay
+//! only its own refresh and never leaves a half-updated catalog.
+
+mod sse;
+mod ssrf;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use rmcp::model::{ClientRequest, PingRequest, ProtocolVersion, SubscriptionFilterBuilder};
+use rmcp::service::{NotificationContext, RunningService, ServiceError};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+pub use ssrf::{SsrfError, check_upstream_url};
+
+use crate::config::FederationSettings;
+use crate::crypto::{CryptoError, SecretBox};
+use crate::model::{AuthType, Credentials, Gateway, NewGateway, SyncReport, Transport};
+use crate::store::{Discovered, DiscoveredItem, HealthTransition, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Errors of federation, classified for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// The URL is refused by the SSRF guard or cannot be resolved.
+    #[error(transparent)]
+    Ssrf(#[from] SsrfError),
+    /// An upstream step took longer than the timeout.
+    #[error("upstream {step} timed out after {timeout:?}")]
+    Timeout {
+        /// Which step.
+        step: &'static str,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The upstream could not be reached or spoke no valid MCP.
+    #[error("upstream {step} failed: {reason}")]
+    Upstream {
+        /// Which step.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Credentials could not be built.
+    #[error("invalid credentials: {0}")]
+    Credentials(String),
+    /// Stored credentials cannot be decrypted.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FederationError {
+    /// Low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Ssrf(_) => "ssrf",
+            Self::Timeout { .. } => "timeout",
+            Self::Upstream { .. } => "upstream",
+            Self::Credentials(_) => "credentials",
+            Self::Crypto(_) => "crypto",
+            Self::Store(_) => "store",
+        }
+    }
+}
+
+/// Installs the process-wide rustls crypto provider (ring) once; idempotent.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Receives upstream notifications of one live session.
+#[derive(Clone)]
+struct UpstreamHandler {
+    /// Set once the gateway row exists (a registration discovers before inserting).
+    gateway_id: Arc<OnceLock<String>>,
+    changed: mpsc::UnboundedSender<String>,
+}
+
+impl UpstreamHandler {
+    fn notify(&self) {
+        if let Some(id) = self.gateway_id.get() {
+            let _ = self.changed.send(id.clone());
+        }
+    }
+}
+
+impl ClientHandler for UpstreamHandler {
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.notify();
+    }
+
+    async fn on_resource_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.notify();
+    }
+
+    async fn on_prompt_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.notify();
+    }
+}
+
+type Session = RunningService<RoleClient, UpstreamHandler>;
+
+/// The federation service. Share it behind an `Arc`.
+pub struct Federation {
+    store: Store,
+    settings: FederationSettings,
+    secrets: SecretBox,
+    metrics: Arc<Metrics>,
+    sessions: Mutex<HashMap<String, Session>>,
+    refresh_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    changed_tx: mpsc::UnboundedSender<String>,
+    changed_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn headers_for(creds: Option<&Credentials>) -> Result<HeaderMap, FederationError> {
+    let mut h = HeaderMap::new();
+    let bad = |e: &dyn std::fmt::Display| FederationError::Credentials(e.to_string());
+    match creds {
+        None => {}
+        Some(Credentials::Bearer { token }) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| bad(&e))?;
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+        Some(Credentials::Basic { username, password }) => {
+            use base64::Engine as _;
+            let raw =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            let mut v = HeaderValue::from_str(&format!("Basic {raw}")).map_err(|e| bad(&e))?;
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+        Some(Credentials::Headers { headers }) => {
+            for p in headers {
+                let name = HeaderName::from_bytes(p.key.as_bytes()).map_err(|e| bad(&e))?;
+                let mut v = HeaderValue::from_str(&p.value).map_err(|e| bad(&e))?;
+                v.set_sensitive(true);
+                h.insert(name, v);
+            }
+        }
+    }
+    Ok(h)
+}
+
+fn to_object(v: impl serde::Serialize) -> Map<String, Value> {
+    match serde_json::to_value(v) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn str_field(m: &Map<String, Value>, key: &str) -> Option<String> {
+    m.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn copy(m: &Map<String, Value>, from: &str, spec: &mut Map<String, Value>, to: &str) {
+    if let Some(v) = m.get(from).filter(|v| !v.is_null()) {
+        spec.insert(to.to_owned(), v.clone());
+    }
+}
+
+/// Maps MCP list entries (camelCase wire JSON) to stored items (snake_case spec).
+fn tool_item(t: &rmcp::model::Tool) -> Option<DiscoveredItem> {
+    let m = to_object(t);
+    let mut spec = Map::new();
+    copy(&m, "title", &mut spec, "title");
+    copy(&m, "inputSchema", &mut spec, "input_schema");
+    copy(&m, "outputSchema", &mut spec, "output_schema");
+    copy(&m, "annotations", &mut spec, "annotations");
+    copy(&m, "icons", &mut spec, "icons");
+    copy(&m, "_meta", &mut spec, "meta");
+    spec.insert("integration_type".into(), Value::from("MCP"));
+    Some(DiscoveredItem {
+        original_name: str_field(&m, "name")?,
+        uri: None,
+        description: str_field(&m, "description"),
+        spec,
+    })
+}
+
+fn resource_item(m: Map<String, Value>, template: bool) -> Option<DiscoveredItem> {
+    let mut spec = Map::new();
+    copy(&m, "title", &mut spec, "title");
+    copy(&m, "mimeType", &mut spec, "mime_type");
+    copy(&m, "size", &mut spec, "size");
+    copy(&m, "annotations", &mut spec, "annotations");
+    copy(&m, "icons", &mut spec, "icons");
+    copy(&m, "_meta", &mut spec, "meta");
+    spec.insert("is_template".into(), Value::from(template));
+    let uri = str_field(&m, if template { "uriTemplate" } else { "uri" })?;
+    Some(DiscoveredItem {
+        original_name: str_field(&m, "name")?,
+        uri: Some(uri),
+        description: str_field(&m, "description"),
+        spec,
+    })
+}
+
+fn prompt_item(p: &rmcp::model::Prompt) -> Option<DiscoveredItem> {
+    let m = to_object(p);
+    let mut spec = Map::new();
+    copy(&m, "title", &mut spec, "title");
+    copy(&m, "arguments", &mut spec, "arguments");
+    copy(&m, "icons", &mut spec, "icons");
+    copy(&m, "_meta", &mut spec, "meta");
+    Some(DiscoveredItem {
+        original_name: str_field(&m, "name")?,
+        uri: None,
+        description: str_field(&m, "description"),
+        spec,
+    })
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    step: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, FederationError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(FederationError::Timeout { step, timeout }),
+        Ok(Err(e)) => Err(FederationError::Upstream {
+            step,
+            reason: e.to_string(),
+        }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+impl Federation {
+    /// Builds the service; call [`Federation::spawn`] to start health checks and resyncs.
+    pub fn new(
+        store: Store,
+        settings: FederationSettings,
+        secrets: SecretBox,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        init_tls();
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            store,
+            settings,
+            secrets,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            refresh_locks: Mutex::new(HashMap::new()),
+            changed_tx: tx,
+            changed_rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &FederationSettings {
+        &self.settings
+    }
+
+    /// Connects, initializes and lists everything (all pages). Returns the live session.
+    async fn discover(
+        &self,
+        gateway_id: Arc<OnceLock<String>>,
+        url: &str,
+        transport: Transport,
+        creds: Option<&Credentials>,
+    ) -> Result<(Session, Discovered), FederationError> {
+        let t = self.settings.timeout;
+        let target = check_upstream_url(url, self.settings.ssrf, t).await?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(t)
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers_for(creds)?);
+        if let Some((host, addrs)) = &target.pinned {
+            // Pin the addresses the guard checked, so DNS cannot change them afterwards.
+            builder = builder.resolve_to_addrs(host, addrs);
+        }
+        let client = builder.build().map_err(|e| FederationError::Upstream {
+            step: "connect",
+            reason: e.to_string(),
+        })?;
+        let handler = UpstreamHandler {
+            gateway_id,
+            changed: self.changed_tx.clone(),
+        };
+        let session = match transport {
+            Transport::StreamableHttp => {
+                let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+                let transport = StreamableHttpClientTransport::with_client(client, config);
+                timed("initialize", t, handler.serve(transport)).await?
+            }
+            Transport::Sse => {
+                let halves = sse::connect(client, url, t).await?;
+                timed("initialize", t, handler.serve(halves)).await?
+            }
+        };
+        let info = session.peer_info();
+        let caps = info
+            .as_ref()
+            .map(|i| i.capabilities.clone())
+            .unwrap_or_default();
+        let mut d = Discovered {
+            capabilities: info
+                .as_ref()
+                .and_then(|i| serde_json::to_value(&i.capabilities).ok()),
+            server_info: info
+                .as_ref()
+                .and_then(|i| serde_json::to_value(&i.server_info).ok()),
+            protocol_version: info.as_ref().and_then(|i| {
+                serde_json::to_value(&i.protocol_version)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            ..Default::default()
+        };
+        let peer = session.peer().clone();
+        if caps.tools.is_some() {
+            let tools = timed("tools/list", t, peer.list_all_tools()).await?;
+            d.tools = tools.iter().filter_map(tool_item).collect();
+        }
+        if caps.resources.is_some() {
+            let rs = timed("resources/list", t, peer.list_all_resources()).await?;
+            d.resources = rs
+                .iter()
+                .filter_map(|r| resource_item(to_object(r), false))
+                .collect();
+            let ts = timed(
+                "resources/templates/list",
+                t,
+                peer.list_all_resource_templates(),
+            )
+            .await?;
+            d.resources
+                .extend(ts.iter().filter_map(|r| resource_item(to_object(r), true)));
+        }
+        if caps.prompts.is_some() {
+            let ps = timed("prompts/list", t, peer.list_all_prompts()).await?;
+            d.prompts = ps.iter().filter_map(prompt_item).collect();
+        }
+        Ok((session, d))
+    }
+
+    /// On 2026-07-28 connections list_changed notifications arrive only on a
+    /// `subscriptions/listen` stream; earlier versions deliver them to the handler.
+    fn watch_changes(&self, session: &Session, id: Arc<OnceLock<String>>) {
+        let modern = session
+            .peer_info()
+            .is_some_and(|i| i.protocol_version == ProtocolVersion::V_2026_07_28);
+        if !modern {
+            return;
+        }
+        let peer = session.peer().clone();
+        let tx = self.changed_tx.clone();
+        let t = self.settings.timeout;
+        tokio::spawn(async move {
+            let filter = SubscriptionFilterBuilder::default()
+                .tools_list_changed()
+                .resources_list_changed()
+                .prompts_list_changed()
+                .build();
+            let mut sub = match tokio::time::timeout(t, peer.listen(filter)).await {
+                Ok(Ok(sub)) => sub,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "upstream refused subscriptions/listen");
+                    return;
+                }
+                Err(_) => return,
+            };
+            while let Ok(Some(_)) = sub.next().await {
+                if let Some(id) = id.get() {
+                    let _ = tx.send(id.clone());
+                }
+            }
+        });
+    }
+
+    fn credentials(
+        &self,
+        auth: AuthType,
+        sealed: Option<&str>,
+    ) -> Result<Option<Credentials>, FederationError> {
+        match (auth, sealed) {
+            (AuthType::None, _) | (_, None) => Ok(None),
+            (_, Some(s)) => Ok(Some(self.secrets.open_credentials(s)?)),
+        }
+    }
+
+    /// Registers a gateway: with `discover`, connects and stores it together with its
+    /// catalog in one transaction (nothing is stored when the upstream fails).
+    pub async fn register(
+        &self,
+        g: NewGateway,
+        creds: Option<&Credentials>,
+        discover: bool,
+    ) -> Result<(Gateway, Option<SyncReport>), FederationError> {
+        crate::store::validate_gateway_name(&g.name)?;
+        if !discover {
+            check_upstream_url(&g.url, self.settings.ssrf, self.settings.timeout).await?;
+            let (gw, _) = self
+                .store
+                .create_gateway_with_catalog(g, None, &self.settings.separator)
+                .await?;
+            return Ok((gw, None));
+        }
+        // The id is not known before the insert; the handler learns it afterwards.
+        let id_slot = Arc::new(OnceLock::new());
+        let (session, found) = match self
+            .discover(id_slot.clone(), &g.url, g.transport, creds)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.federation_refresh(e.label());
+                return Err(e);
+            }
+        };
+        let (gw, report) = self
+            .store
+            .create_gateway_with_catalog(g, Some(&found), &self.settings.separator)
+            .await?;
+        self.metrics.federation_refresh("ok");
+        let _ = id_slot.set(gw.id.clone());
+        self.watch_changes(&session, id_slot);
+        self.sessions.lock().await.insert(gw.id.clone(), session);
+        Ok((gw, report))
+    }
+
+    async fn refresh_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.refresh_locks.lock().await;
+        locks
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone()
+    }
+
+    /// Re-discovers a gateway and merges the result. A failure counts as a failed health
+    /// check and leaves the catalog as it was.
+    pub async fn refresh(&self, id: &str) -> Result<(Gateway, SyncReport), FederationError> {
+        let lock = self.refresh_lock(id).await;
+        let _held = lock.lock().await;
+        let gw = self.store.get_gateway(id).await?;
+        let (auth, sealed) = self.store.gateway_auth(id).await?;
+        let creds = self.credentials(auth, sealed.as_deref())?;
+        let id_slot = Arc::new(OnceLock::from(id.to_owned()));
+        match self
+            .discover(id_slot.clone(), &gw.url, gw.transport, creds.as_ref())
+            .await
+        {
+            Ok((session, found)) => {
+                let report = self
+                    .store
+                    .sync_gateway_catalog(id, &found, &self.settings.separator)
+                    .await?;
+                if !report.collisions.is_empty() {
+                    tracing::warn!(gateway = %gw.name, collisions = ?report.collisions, "name collisions: items not stored");
+                }
+                self.watch_changes(&session, id_slot);
+                if let Some(old) = self.sessions.lock().await.insert(id.to_owned(), session) {
+                    drop(old);
+                }
+                self.metrics.federation_refresh("ok");
+                if !gw.reachable {
+                    self.note_transition(&gw.name, HealthTransition::BecameReachable);
+                }
+                Ok((self.store.get_gateway(id).await?, report))
+            }
+            Err(e) => {
+                self.metrics.federation_refresh(e.label());
+                self.sessions.lock().await.remove(id);
+                let msg = e.to_string();
+                if let Ok(t) = self
+                    .store
+                    .record_health(id, false, Some(&msg), self.settings.failure_threshold)
+                    .await
+                {
+                    self.note_transition(&gw.name, t);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn note_transition(&self, name: &str, t: HealthTransition) {
+        match t {
+            HealthTransition::BecameUnreachable => {
+                tracing::warn!(gateway = %name, "gateway unreachable");
+                self.metrics.health_transition("unreachable");
+            }
+            HealthTransition::BecameReachable => {
+                tracing::info!(gateway = %name, "gateway reachable again");
+                self.metrics.health_transition("reachable");
+            }
+            HealthTransition::Unchanged => {}
+        }
+    }
+
+    /// Forgets the live session of a deleted gateway.
+    pub async fn forget(&self, id: &str) {
+        self.sessions.lock().await.remove(id);
+        self.refresh_locks.lock().await.remove(id);
+    }
+
+    /// One health check: ping on the live session, or reconnect and resync.
+    pub async fn check_health(&self, gw: &Gateway) -> Result<(), FederationError> {
+        let session_peer = {
+            let sessions = self.sessions.lock().await;
+            sessions
+                .get(&gw.id)
+                .filter(|s| !s.is_closed())
+                .map(|s| s.peer().clone())
+        };
+        let Some(peer) = session_peer else {
+            // No live session: a full refresh reconnects (and records the outcome).
+            return self.refresh(&gw.id).await.map(|_| ());
+        };
+        let ping = tokio::time::timeout(
+            self.settings.timeout,
+            peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
+        )
+        .await;
+        let alive = match ping {
+            Ok(Ok(_)) => true,
+            // The server answered, if only with an error (e.g. no `ping` in 2026-07-28).
+            Ok(Err(ServiceError::McpError(_))) => true,
+            _ => false,
+        };
+        if alive {
+            let t = self
+                .store
+                .record_health(&gw.id, true, None, self.settings.failure_threshold)
+                .await?;
+            self.note_transition(&gw.name, t);
+            if t == HealthTransition::BecameReachable {
+                self.refresh(&gw.id).await?;
+            }
+            Ok(())
+        } else {
+            self.sessions.lock().await.remove(&gw.id);
+            // The session died; try a fresh connection before counting a failure.
+            self.refresh(&gw.id).await.map(|_| ())
+        }
+    }
+
+    /// Checks every enabled gateway once, concurrently.
+    pub async fn check_all(self: &Arc<Self>) {
+        let gateways = match self.store.all_gateways().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "health check: cannot list gateways");
+                return;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for gw in gateways.into_iter().filter(|g| g.enabled) {
+            let me = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = me.check_health(&gw).await {
+                    tracing::debug!(gateway = %gw.name, error = %e, "health check failed");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Refreshes every enabled gateway once, concurrently.
+    pub async fn resync_all(self: &Arc<Self>) {
+        let gateways = match self.store.all_gateways().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "resync: cannot list gateways");
+                return;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for gw in gateways.into_iter().filter(|g| g.enabled) {
+            let me = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = me.refresh(&gw.id).await {
+                    tracing::debug!(gateway = %gw.name, error = %e, "resync failed");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Starts the background loops: health checks, periodic resync and list_changed
+    /// handling. Abort the handle to stop them.
+    pub async fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = self.clone();
+        let rx = self.changed_rx.lock().await.take();
+        tokio::spawn(async move {
+            let mut health = tokio::time::interval(me.settings.health_interval);
+            health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let resync_every = me
+                .settings
+                .resync_interval
+                .unwrap_or(Duration::from_secs(86_400));
+            let mut resync =
+                tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+            resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut rx = match rx {
+                Some(rx) => rx,
+                None => {
+                    tracing::error!("federation loops already started");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = health.tick() => me.check_all().await,
+                    _ = resync.tick(), if me.settings.resync_interval.is_some() => me.resync_all().await,
+                    Some(id) = rx.recv() => {
+                        // Coalesce bursts of notifications into one refresh per gateway.
+                        let mut ids = vec![id];
+                        while let Ok(more) = rx.try_recv() {
+                            if !ids.contains(&more) {
+                                ids.push(more);
+                            }
+                        }
+                        for id in ids {
+                            let me = me.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = me.refresh(&id).await {
+                                    tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,554 @@
+//! The registry store: SQLite (default) or PostgreSQL through sqlx's `Any` driver.
+//!
+//! Every write runs in one transaction that also bumps `registry_meta.version`, so the
+//! registry version a reader sees always matches the rows it sees, and a snapshot builder
+//! can tell cheaply whether anything changed (`registry_version()` or `subscribe()`).
+//!
+//! Queries are written once, with `$N` placeholders (both backends accept them), 0/1
+//! integers for booleans and RFC 3339 text for timestamps; that keeps the `Any` value
+//! mapping trivial. SQLite allows one writer at a time; instead of letting deferred
+//! transactions race for the write lock (and fail with `SQLITE_BUSY` on upgrade) writers
+//! queue on an in-process mutex. PostgreSQL writers run concurrently; lost updates are
+//! caught by the optimistic `version` column and duplicate names by UNIQUE constraints.
+
+mod catalog;
+mod gateways;
+mod servers;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{Mutex, MutexGuard, watch};
+
+pub use catalog::{Discovered, DiscoveredItem};
+pub use gateways::HealthTransition;
+pub use servers::{NewServer, ServerPatch};
+
+use crate::model::{ListQuery, Page};
+
+/// Largest page a list returns.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Page size when the client does not ask for one.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// Errors of the store, classified so the API can pick a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such row.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// Kind label.
+        kind: &'static str,
+        /// Requested id.
+        id: String,
+    },
+    /// A unique name is taken.
+    #[error("a {kind} named {name:?} already exists")]
+    Duplicate {
+        /// Kind label.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The row changed since the caller read it.
+    #[error(
+        "{kind} {id} was modified concurrently (expected version {expected}, current {current})"
+    )]
+    VersionConflict {
+        /// Kind label.
+        kind: &'static str,
+        /// Row id.
+        id: String,
+        /// Version the caller expected.
+        expected: i64,
+        /// Version in the store.
+        current: i64,
+    },
+    /// A field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field name (JSON path).
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// Database failure.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Shorthand for [`StoreError::Invalid`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not_found",
+            Self::Duplicate { .. } => "duplicate",
+            Self::VersionConflict { .. } => "version_conflict",
+            Self::Invalid { .. } => "invalid",
+            Self::Corrupt(_) => "corrupt",
+            Self::Database(_) => "database",
+        }
+    }
+}
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// Picks the backend from a URL scheme.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ))
+        }
+    }
+}
+
+struct Migration {
+    version: i64,
+    description: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+/// Embedded migrations, applied in order on start.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "registry",
+    sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
+    postgres: include_str!("../migrations/postgres/0001_registry.sql"),
+}];
+
+/// Handle to the registry database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    write_lock: Option<Arc<Mutex<()>>>,
+    version_tx: Arc<watch::Sender<i64>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write transaction; `commit` bumps the registry version in the same transaction.
+pub(crate) struct WriteTx<'a> {
+    tx: Transaction<'static, Any>,
+    store: &'a Store,
+    _guard: Option<MutexGuard<'a, ()>>,
+}
+
+impl WriteTx<'_> {
+    /// The transaction's connection.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
+    /// Bumps the registry version and commits; returns the new version.
+    pub(crate) async fn commit(mut self) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE registry_meta SET version = version + 1 WHERE id = 1 RETURNING version",
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let version: i64 = row.try_get("version")?;
+        self.tx.commit().await?;
+        self.store.version_tx.send_replace(version);
+        Ok(version)
+    }
+
+    /// Commits without bumping the version (bookkeeping that no snapshot contains).
+    pub(crate) async fn commit_quiet(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:…` or `postgres://…`) and runs the embedded migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let max = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 10,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let store = Store {
+            pool,
+            backend,
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            version_tx: Arc::new(watch::channel(0).0),
+        };
+        store.migrate().await?;
+        let v = store.registry_version().await?;
+        store.version_tx.send_replace(v);
+        Ok(store)
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::raw_sql("PRAGMA journal_mode = WAL")
+                .execute(&self.pool)
+                .await?;
+        }
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS mcpgw_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for m in MIGRATIONS {
+            let _guard = match &self.write_lock {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
+            let mut tx = self.pool.begin().await?;
+            if self.backend == Backend::Postgres {
+                // Serialize concurrent starters on one database.
+                sqlx::raw_sql("LOCK TABLE mcpgw_migrations IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let done = sqlx::query("SELECT version FROM mcpgw_migrations WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            let sql = match self.backend {
+                Backend::Sqlite => m.sqlite,
+                Backend::Postgres => m.postgres,
+            };
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO mcpgw_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(m.version)
+            .bind(m.description)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!(
+                version = m.version,
+                description = m.description,
+                "applied migration"
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The current registry version.
+    pub async fn registry_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT version FROM registry_meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("version")?)
+    }
+
+    /// A receiver that sees every committed registry version (for the snapshot builder).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.version_tx.subscribe()
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
+        let guard = match &self.write_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx {
+            tx,
+            store: self,
+            _guard: guard,
+        })
+    }
+}
+
+// ---- shared helpers -------------------------------------------------------------------
+
+/// Current time, RFC 3339 with milliseconds.
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// New opaque id (32 hex digits, as ContextForge).
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A value bound to a dynamically built query.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+pub(crate) fn bind_all<'q>(
+    mut q: Query<'q, Any, AnyArguments<'q>>,
+    args: &'q [Arg],
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Text(s) => q.bind(s.as_str()),
+            Arg::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+/// Builds the WHERE/ORDER/LIMIT part of a list query and its arguments.
+pub(crate) struct ListSql {
+    pub(crate) clauses: Vec<String>,
+    pub(crate) args: Vec<Arg>,
+    pub(crate) limit: u32,
+}
+
+impl ListSql {
+    pub(crate) fn new(q: &ListQuery, with_gateway: bool) -> Result<Self, StoreError> {
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if limit == 0 || limit > MAX_PAGE_SIZE {
+            return Err(StoreError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
+        }
+        let mut s = ListSql {
+            clauses: Vec::new(),
+            args: Vec::new(),
+            limit,
+        };
+        if let Some(c) = &q.cursor {
+            let name = decode_cursor(c)?;
+            s.push("name > $", Arg::Text(name));
+        }
+        if let Some(g) = &q.gateway_id {
+            if !with_gateway {
+                return Err(StoreError::invalid(
+                    "gateway_id",
+                    "this list cannot be filtered by gateway",
+                ));
+            }
+            s.push("gateway_id = $", Arg::Text(g.clone()));
+        }
+        let enabled = match (q.enabled, q.include_inactive) {
+            (Some(e), _) => Some(e),
+            (None, Some(false)) => Some(true),
+            _ => None,
+        };
+        if let Some(e) = enabled {
+            s.push("enabled = $", Arg::Int(i64::from(e)));
+        }
+        if let Some(tags) = &q.tags {
+            let tags = normalize_tags(
+                tags.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                "tags",
+            )?;
+            if !tags.is_empty() {
+                let mut ors = Vec::new();
+                for t in tags {
+                    let n = s.args.len() + 1;
+                    ors.push(format!("tags LIKE ${n} ESCAPE '\\'"));
+                    let escaped = t.replace('\\', "\\\\").replace('_', "\\_");
+                    s.args.push(Arg::Text(format!("%\"{escaped}\"%")));
+                }
+                s.clauses.push(format!("({})", ors.join(" OR ")));
+            }
+        }
+        Ok(s)
+    }
+
+    fn push(&mut self, clause_prefix: &str, arg: Arg) {
+        self.args.push(arg);
+        self.clauses
+            .push(format!("{clause_prefix}{}", self.args.len()));
+    }
+
+    /// `WHERE … ORDER BY name LIMIT n+1` (one extra row tells whether a next page exists).
+    pub(crate) fn tail(&self) -> String {
+        let w = if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        };
+        format!("{w} ORDER BY name LIMIT {}", self.limit + 1)
+    }
+
+    /// Cuts the extra row and computes the next cursor.
+    pub(crate) fn page<T>(&self, mut items: Vec<T>, name: impl Fn(&T) -> &str) -> Page<T> {
+        let next_cursor = if items.len() > self.limit as usize {
+            items.truncate(self.limit as usize);
+            items.last().map(|i| encode_cursor(name(i)))
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
+fn encode_cursor(name: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_bytes())
+}
+
+fn decode_cursor(c: &str) -> Result<String, StoreError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| StoreError::invalid("cursor", "not a cursor returned by this API"))
+}
+
+/// Validates and normalizes tags: lowercase, deduplicated, `[a-z0-9_.:/-]{1,64}`, at most 32.
+pub fn normalize_tags(tags: Vec<String>, field: &str) -> Result<Vec<String>, StoreError> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, t) in tags.into_iter().enumerate() {
+        let t = t.trim().to_lowercase();
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'));
+        if !ok {
+            return Err(StoreError::invalid(
+                format!("{field}[{i}]"),
+                "tags are 1-64 characters of letters, digits, _ . : / -",
+            ));
+        }
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if out.len() > 32 {
+        return Err(StoreError::invalid(field, "at most 32 tags"));
+    }
+    Ok(out)
+}
+
+/// Validates an exposed item name (tools, resources, prompts, servers).
+pub fn validate_item_name(name: &str, field: &str) -> Result<(), StoreError> {
+    if name.trim().is_empty() {
+        return Err(StoreError::invalid(field, "must not be empty"));
+    }
+    if name.len() > 255 {
+        return Err(StoreError::invalid(field, "at most 255 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a gateway name: it prefixes every discovered name.
+pub fn validate_gateway_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "name",
+            "gateway names are 1-64 characters of letters, digits, - _ .",
+        ))
+    }
+}
+
+pub(crate) fn tags_json(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(crate) fn parse_tags(row: &AnyRow) -> Result<Vec<String>, StoreError> {
+    let raw: String = row.try_get("tags")?;
+    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))
+}
+
+pub(crate) fn parse_json_opt(
+    row: &AnyRow,
+    col: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let raw: Option<String> = row.try_get(col)?;
+    raw.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    Ok(v != 0)
+}
+
+/// Maps a unique violation to [`StoreError::Duplicate`].
+pub(crate) fn map_unique(
+    kind: &'static str,
+    name: &str,
+) -> impl FnOnce(sqlx::Error) -> StoreError + use<> {
+    let name = name.to_owned();
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate { kind, name },
+        _ => StoreError::Database(e),
+    }
+}

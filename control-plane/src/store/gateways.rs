@@ -1,0 +1,371 @@
+//! Gateways: registered upstream MCP servers, their sealed credentials and health.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{
+    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, new_id, normalize_tags,
+    now, parse_json_opt, parse_tags, tags_json, validate_gateway_name,
+};
+use crate::model::{AuthType, Gateway, GatewayPatch, ListQuery, NewGateway, Page, Transport};
+
+const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
+    capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
+    created_at, updated_at, version";
+
+/// What a health check changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthTransition {
+    /// Reachability did not change.
+    Unchanged,
+    /// The failure threshold was reached: gateway and items marked unreachable.
+    BecameUnreachable,
+    /// A check succeeded after the gateway was unreachable.
+    BecameReachable,
+}
+
+fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
+    let transport: String = row.try_get("transport")?;
+    let auth: String = row.try_get("auth_type")?;
+    Ok(Gateway {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        url: row.try_get("url")?,
+        transport: Transport::parse(&transport)
+            .ok_or_else(|| StoreError::Corrupt(format!("transport {transport:?}")))?,
+        description: row.try_get("description")?,
+        tags: parse_tags(row)?,
+        enabled: get_bool(row, "enabled")?,
+        reachable: get_bool(row, "reachable")?,
+        auth_type: AuthType::parse(&auth)
+            .ok_or_else(|| StoreError::Corrupt(format!("auth_type {auth:?}")))?,
+        capabilities: parse_json_opt(row, "capabilities")?,
+        server_info: parse_json_opt(row, "server_info")?,
+        protocol_version: row.try_get("protocol_version")?,
+        last_seen: row.try_get("last_seen")?,
+        last_error: row.try_get("last_error")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn validate_url(url: &str) -> Result<(), StoreError> {
+    let parsed = url::Url::parse(url).map_err(|e| StoreError::invalid("url", e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(StoreError::invalid("url", "scheme must be http or https"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(StoreError::invalid("url", "must have a host"));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Inserts a gateway in an open write transaction (so discovery results can join it).
+    pub(crate) async fn insert_gateway_tx(
+        &self,
+        tx: &mut WriteTx<'_>,
+        g: NewGateway,
+    ) -> Result<String, StoreError> {
+        validate_gateway_name(&g.name)?;
+        validate_url(&g.url)?;
+        let tags = normalize_tags(g.tags, "tags")?;
+        let id = new_id();
+        let ts = now();
+        sqlx::query(
+            "INSERT INTO gateways (id, name, url, transport, description, tags, enabled, reachable, \
+             auth_type, auth_sealed, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $10, 1)",
+        )
+        .bind(&id)
+        .bind(&g.name)
+        .bind(&g.url)
+        .bind(g.transport.as_str())
+        .bind(g.description)
+        .bind(tags_json(&tags))
+        .bind(i64::from(g.enabled))
+        .bind(g.auth_type.as_str())
+        .bind(g.auth_sealed)
+        .bind(&ts)
+        .execute(tx.conn())
+        .await
+        .map_err(map_unique("gateway", &g.name))?;
+        Ok(id)
+    }
+
+    /// Creates a gateway without discovery.
+    pub async fn create_gateway(&self, g: NewGateway) -> Result<Gateway, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let id = self.insert_gateway_tx(&mut tx, g).await?;
+        tx.commit().await?;
+        self.get_gateway(&id).await
+    }
+
+    /// One gateway.
+    pub async fn get_gateway(&self, id: &str) -> Result<Gateway, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLS} FROM gateways WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        row_to_gateway(&row)
+    }
+
+    /// One gateway by name.
+    pub async fn find_gateway_by_name(&self, name: &str) -> Result<Option<Gateway>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLS} FROM gateways WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(row_to_gateway).transpose()
+    }
+
+    /// Sealed credentials of a gateway: `(auth_type, sealed)`.
+    pub async fn gateway_auth(&self, id: &str) -> Result<(AuthType, Option<String>), StoreError> {
+        let row = sqlx::query("SELECT auth_type, auth_sealed FROM gateways WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        let t: String = row.try_get("auth_type")?;
+        Ok((
+            AuthType::parse(&t).ok_or_else(|| StoreError::Corrupt(format!("auth_type {t:?}")))?,
+            row.try_get("auth_sealed")?,
+        ))
+    }
+
+    /// A page of gateways, ordered by name.
+    pub async fn list_gateways(&self, q: &ListQuery) -> Result<Page<Gateway>, StoreError> {
+        let l = ListSql::new(q, false)?;
+        let sql = format!("SELECT {COLS} FROM gateways{}", l.tail());
+        let rows = bind_all(sqlx::query(&sql), &l.args)
+            .fetch_all(self.pool())
+            .await?;
+        let items = rows
+            .iter()
+            .map(row_to_gateway)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(l.page(items, |g| &g.name))
+    }
+
+    /// Every gateway (for health checks, export).
+    pub async fn all_gateways(&self) -> Result<Vec<Gateway>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLS} FROM gateways ORDER BY name"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(row_to_gateway).collect()
+    }
+
+    /// Applies a partial update with optimistic concurrency. Disabling or enabling a
+    /// gateway does the same to its items (as ContextForge does).
+    pub async fn update_gateway(&self, id: &str, p: GatewayPatch) -> Result<Gateway, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!("SELECT {COLS} FROM gateways WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        let cur = row_to_gateway(&row)?;
+        if let Some(expected) = p.expected_version
+            && expected != cur.version
+        {
+            return Err(StoreError::VersionConflict {
+                kind: "gateway",
+                id: id.to_owned(),
+                expected,
+                current: cur.version,
+            });
+        }
+        let name = p.name.unwrap_or(cur.name);
+        validate_gateway_name(&name)?;
+        let url = p.url.unwrap_or(cur.url);
+        validate_url(&url)?;
+        let tags = match p.tags {
+            Some(t) => normalize_tags(t, "tags")?,
+            None => cur.tags,
+        };
+        let enabled = p.enabled.unwrap_or(cur.enabled);
+        let transport = p.transport.unwrap_or(cur.transport);
+        let description = p.description.or(cur.description);
+        let done = match p.auth {
+            Some((t, sealed)) => {
+                sqlx::query(
+                    "UPDATE gateways SET name = $1, url = $2, transport = $3, description = $4, tags = $5, \
+                     enabled = $6, auth_type = $7, auth_sealed = $8, updated_at = $9, version = version + 1 \
+                     WHERE id = $10 AND version = $11",
+                )
+                .bind(&name)
+                .bind(&url)
+                .bind(transport.as_str())
+                .bind(description)
+                .bind(tags_json(&tags))
+                .bind(i64::from(enabled))
+                .bind(t.as_str())
+                .bind(sealed)
+                .bind(now())
+                .bind(id)
+                .bind(cur.version)
+                .execute(tx.conn())
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE gateways SET name = $1, url = $2, transport = $3, description = $4, tags = $5, \
+                     enabled = $6, updated_at = $7, version = version + 1 WHERE id = $8 AND version = $9",
+                )
+                .bind(&name)
+                .bind(&url)
+                .bind(transport.as_str())
+                .bind(description)
+                .bind(tags_json(&tags))
+                .bind(i64::from(enabled))
+                .bind(now())
+                .bind(id)
+                .bind(cur.version)
+                .execute(tx.conn())
+                .await
+            }
+        }
+        .map_err(map_unique("gateway", &name))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::VersionConflict {
+                kind: "gateway",
+                id: id.to_owned(),
+                expected: cur.version,
+                current: cur.version + 1,
+            });
+        }
+        if enabled != cur.enabled {
+            for kind in crate::model::CatalogKind::ALL {
+                sqlx::query(&format!(
+                    "UPDATE {} SET enabled = $1, updated_at = $2, version = version + 1 WHERE gateway_id = $3",
+                    kind.table()
+                ))
+                .bind(i64::from(enabled))
+                .bind(now())
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.get_gateway(id).await
+    }
+
+    /// Deletes a gateway and (by cascade) everything discovered from it.
+    pub async fn delete_gateway(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM gateways WHERE id = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a health-check result. Crossing `threshold` failures in a row marks the
+    /// gateway and its items unreachable; a success marks them reachable again. Only a
+    /// reachability change bumps the registry version.
+    pub async fn record_health(
+        &self,
+        id: &str,
+        ok: bool,
+        error: Option<&str>,
+        threshold: u32,
+    ) -> Result<HealthTransition, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT reachable, consecutive_failures FROM gateways WHERE id = $1")
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        let reachable = get_bool(&row, "reachable")?;
+        let failures: i64 = row.try_get("consecutive_failures")?;
+        let ts = now();
+        let transition = if ok {
+            sqlx::query(
+                "UPDATE gateways SET consecutive_failures = 0, last_seen = $1, last_error = NULL, reachable = 1 WHERE id = $2",
+            )
+            .bind(&ts)
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+            if reachable {
+                HealthTransition::Unchanged
+            } else {
+                HealthTransition::BecameReachable
+            }
+        } else {
+            let failures = failures + 1;
+            let down = failures >= i64::from(threshold.max(1));
+            sqlx::query(
+                "UPDATE gateways SET consecutive_failures = $1, last_error = $2, reachable = $3 WHERE id = $4",
+            )
+            .bind(failures)
+            .bind(error.map(str::to_owned))
+            .bind(i64::from(reachable && !down))
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+            if reachable && down {
+                HealthTransition::BecameUnreachable
+            } else {
+                HealthTransition::Unchanged
+            }
+        };
+        match transition {
+            HealthTransition::Unchanged => tx.commit_quiet().await?,
+            HealthTransition::BecameReachable | HealthTransition::BecameUnreachable => {
+                let flag = i64::from(transition == HealthTransition::BecameReachable);
+                for kind in crate::model::CatalogKind::ALL {
+                    sqlx::query(&format!(
+                        "UPDATE {} SET reachable = $1 WHERE gateway_id = $2",
+                        kind.table()
+                    ))
+                    .bind(flag)
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                }
+                sqlx::query("UPDATE gateways SET updated_at = $1 WHERE id = $2")
+                    .bind(&ts)
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(transition)
+    }
+
+    /// Records a failed discovery without touching the catalog.
+    pub async fn record_sync_error(&self, id: &str, error: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE gateways SET last_error = $1 WHERE id = $2")
+            .bind(error)
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+        tx.commit_quiet().await
+    }
+}

@@ -1,0 +1,309 @@
+//! Virtual servers and their associations with catalog items.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{
+    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, new_id, normalize_tags,
+    now, parse_tags, tags_json, validate_item_name,
+};
+use crate::model::{CatalogKind, ListQuery, Page, Server};
+
+const COLS: &str = "id, name, description, icon, tags, enabled, created_at, updated_at, version";
+
+/// A new virtual server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewServer {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Icon URL.
+    pub icon: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Operator switch.
+    pub enabled: bool,
+    /// Tool ids.
+    pub tools: Vec<String>,
+    /// Resource ids.
+    pub resources: Vec<String>,
+    /// Prompt ids.
+    pub prompts: Vec<String>,
+}
+
+/// A partial server update; association lists replace the stored ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New icon.
+    pub icon: Option<String>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+    /// New switch.
+    pub enabled: Option<bool>,
+    /// New tool set.
+    pub tools: Option<Vec<String>>,
+    /// New resource set.
+    pub resources: Option<Vec<String>>,
+    /// New prompt set.
+    pub prompts: Option<Vec<String>>,
+    /// Expected current version.
+    pub expected_version: Option<i64>,
+}
+
+fn assoc_field(kind: CatalogKind) -> &'static str {
+    match kind {
+        CatalogKind::Tool => "associated_tools",
+        CatalogKind::Resource => "associated_resources",
+        CatalogKind::Prompt => "associated_prompts",
+    }
+}
+
+async fn set_associations(
+    tx: &mut WriteTx<'_>,
+    server_id: &str,
+    kind: CatalogKind,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "DELETE FROM {} WHERE server_id = $1",
+        kind.server_table()
+    ))
+    .bind(server_id)
+    .execute(tx.conn())
+    .await?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        if !seen.insert(id.as_str()) {
+            continue;
+        }
+        let exists = sqlx::query(&format!("SELECT id FROM {} WHERE id = $1", kind.table()))
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::invalid(
+                format!("{}[{i}]", assoc_field(kind)),
+                format!("no {} with id {id}", kind.label()),
+            ));
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {} (server_id, item_id) VALUES ($1, $2)",
+            kind.server_table()
+        ))
+        .bind(server_id)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    async fn server_from_row(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        row: &AnyRow,
+    ) -> Result<Server, StoreError> {
+        let id: String = row.try_get("id")?;
+        let mut assoc: [Vec<String>; 3] = Default::default();
+        for (slot, kind) in assoc.iter_mut().zip(CatalogKind::ALL) {
+            let rows = sqlx::query(&format!(
+                "SELECT item_id FROM {} WHERE server_id = $1 ORDER BY item_id",
+                kind.server_table()
+            ))
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
+            *slot = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("item_id"))
+                .collect::<Result<_, _>>()?;
+        }
+        let [tools, resources, prompts] = assoc;
+        Ok(Server {
+            id,
+            name: row.try_get("name")?,
+            description: row.try_get("description")?,
+            icon: row.try_get("icon")?,
+            tags: parse_tags(row)?,
+            enabled: get_bool(row, "enabled")?,
+            associated_tools: tools,
+            associated_resources: resources,
+            associated_prompts: prompts,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            version: row.try_get("version")?,
+        })
+    }
+
+    /// Creates a virtual server; every associated id must exist.
+    pub async fn create_server(&self, s: NewServer) -> Result<Server, StoreError> {
+        validate_item_name(&s.name, "name")?;
+        let tags = normalize_tags(s.tags, "tags")?;
+        let mut tx = self.begin_write().await?;
+        let id = new_id();
+        let ts = now();
+        sqlx::query(
+            "INSERT INTO servers (id, name, description, icon, tags, enabled, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1)",
+        )
+        .bind(&id)
+        .bind(&s.name)
+        .bind(s.description)
+        .bind(s.icon)
+        .bind(tags_json(&tags))
+        .bind(i64::from(s.enabled))
+        .bind(&ts)
+        .execute(tx.conn())
+        .await
+        .map_err(map_unique("server", &s.name))?;
+        set_associations(&mut tx, &id, CatalogKind::Tool, &s.tools).await?;
+        set_associations(&mut tx, &id, CatalogKind::Resource, &s.resources).await?;
+        set_associations(&mut tx, &id, CatalogKind::Prompt, &s.prompts).await?;
+        tx.commit().await?;
+        self.get_server(&id).await
+    }
+
+    /// One virtual server.
+    pub async fn get_server(&self, id: &str) -> Result<Server, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let row = sqlx::query(&format!("SELECT {COLS} FROM servers WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "server",
+                id: id.to_owned(),
+            })?;
+        self.server_from_row(&mut conn, &row).await
+    }
+
+    /// A page of virtual servers.
+    pub async fn list_servers(&self, q: &ListQuery) -> Result<Page<Server>, StoreError> {
+        let l = ListSql::new(q, false)?;
+        let sql = format!("SELECT {COLS} FROM servers{}", l.tail());
+        let mut conn = self.pool().acquire().await?;
+        let rows = bind_all(sqlx::query(&sql), &l.args)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            items.push(self.server_from_row(&mut conn, r).await?);
+        }
+        Ok(l.page(items, |s| &s.name))
+    }
+
+    /// Every virtual server.
+    pub async fn all_servers(&self) -> Result<Vec<Server>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let rows = sqlx::query(&format!("SELECT {COLS} FROM servers ORDER BY name"))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            items.push(self.server_from_row(&mut conn, r).await?);
+        }
+        Ok(items)
+    }
+
+    /// Applies a partial update with optimistic concurrency.
+    pub async fn update_server(&self, id: &str, p: ServerPatch) -> Result<Server, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!("SELECT {COLS} FROM servers WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "server",
+                id: id.to_owned(),
+            })?;
+        let version: i64 = row.try_get("version")?;
+        if let Some(expected) = p.expected_version
+            && expected != version
+        {
+            return Err(StoreError::VersionConflict {
+                kind: "server",
+                id: id.to_owned(),
+                expected,
+                current: version,
+            });
+        }
+        let name = match p.name {
+            Some(n) => n,
+            None => row.try_get("name")?,
+        };
+        validate_item_name(&name, "name")?;
+        let tags = match p.tags {
+            Some(t) => normalize_tags(t, "tags")?,
+            None => parse_tags(&row)?,
+        };
+        let description = match p.description {
+            Some(d) => Some(d),
+            None => row.try_get("description")?,
+        };
+        let icon = match p.icon {
+            Some(i) => Some(i),
+            None => row.try_get("icon")?,
+        };
+        let enabled = match p.enabled {
+            Some(e) => e,
+            None => get_bool(&row, "enabled")?,
+        };
+        let done = sqlx::query(
+            "UPDATE servers SET name = $1, description = $2, icon = $3, tags = $4, enabled = $5, \
+             updated_at = $6, version = version + 1 WHERE id = $7 AND version = $8",
+        )
+        .bind(&name)
+        .bind(description)
+        .bind(icon)
+        .bind(tags_json(&tags))
+        .bind(i64::from(enabled))
+        .bind(now())
+        .bind(id)
+        .bind(version)
+        .execute(tx.conn())
+        .await
+        .map_err(map_unique("server", &name))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::VersionConflict {
+                kind: "server",
+                id: id.to_owned(),
+                expected: version,
+                current: version + 1,
+            });
+        }
+        if let Some(ids) = p.tools {
+            set_associations(&mut tx, id, CatalogKind::Tool, &ids).await?;
+        }
+        if let Some(ids) = p.resources {
+            set_associations(&mut tx, id, CatalogKind::Resource, &ids).await?;
+        }
+        if let Some(ids) = p.prompts {
+            set_associations(&mut tx, id, CatalogKind::Prompt, &ids).await?;
+        }
+        tx.commit().await?;
+        self.get_server(id).await
+    }
+
+    /// Deletes a virtual server.
+    pub async fn delete_server(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "server",
+                id: id.to_owned(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! Logs (`tracing`, text or JSON) and Prometheus metrics.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::config::LogFormat;
+
+type Labels = Vec<(String, String)>;
+
+/// The control plane's metrics.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<Labels, Counter>,
+    http_duration: Family<Labels, Histogram>,
+    registry_version: Gauge<i64, AtomicI64>,
+    federation_refreshes: Family<Labels, Counter>,
+    health_transitions: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mcpgw");
+        let http_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Admin API requests by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Admin API request latency by route",
+            http_duration.clone(),
+        );
+        let registry_version = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "registry_version",
+            "Current registry version (bumped by every registry change)",
+            registry_version.clone(),
+        );
+        let federation_refreshes = Family::<Labels, Counter>::default();
+        registry.register(
+            "federation_refreshes",
+            "Upstream discovery runs by outcome",
+            federation_refreshes.clone(),
+        );
+        let health_transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "gateway_health_transitions",
+            "Gateways becoming reachable or unreachable",
+            health_transitions.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            registry_version,
+            federation_refreshes,
+            health_transitions,
+        }
+    }
+
+    /// Counts one API request.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&vec![
+                ("method".into(), method.into()),
+                ("route".into(), route.into()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        self.http_duration
+            .get_or_create(&vec![("route".into(), route.into())])
+            .observe(seconds);
+    }
+
+    /// Counts one discovery run.
+    pub fn federation_refresh(&self, outcome: &str) {
+        self.federation_refreshes
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Counts a health transition (`reachable` or `unreachable`).
+    pub fn health_transition(&self, to: &str) {
+        self.health_transitions
+            .get_or_create(&vec![("to".into(), to.into())])
+            .inc();
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self, registry_version: i64) -> Result<String, std::fmt::Error> {
+        self.registry_version.set(registry_version);
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Installs the global tracing subscriber. Returns an error if one is already set.
+pub fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("tracing init: {e}"))?,
+        LogFormat::Json => builder
+            .json()
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("tracing init: {e}"))?,
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! All integration tests of the control plane, in one binary (one link step).
+//! They need PostgreSQL on 127.0.0.1:5432 (database `test`) and, for the reference
+//! server, `make deps` (node + @modelcontextprotocol/server-everything).
+
+#![allow(clippy::unwrap_used)]
+
+mod integration {
+    pub mod harness;
+    pub mod upstream;
+
+    mod api;
+    mod cli;
+    mod concurrency;
+    mod federation;
+    mod openapi;
+    mod store;
+    mod transfer;
+}

@@ -1,0 +1,390 @@
+//! Admin API over real HTTP.
+
+use serde_json::json;
+use sqlx::Row;
+
+use super::harness::{TestCp, TestDb, settings};
+
+#[tokio::test]
+async fn system_endpoints_and_errors_are_problem_json() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    assert_eq!(cp.get("/health").await, (200, json!({"status": "healthy"})));
+    assert_eq!(cp.get("/ready").await, (200, json!({"status": "ready"})));
+    let (s, v) = cp.get("/version").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["name"], "mcpgw");
+    assert_eq!(v["database"], "sqlite");
+    assert_eq!(v["name_separator"], "__");
+
+    // Errors, each a problem document with a precise type.
+    let cases: Vec<(&str, (u16, serde_json::Value), u16, &str)> = vec![
+        ("unknown route", cp.get("/nope").await, 404, "not-found"),
+        (
+            "unknown id",
+            cp.get("/tools/does-not-exist").await,
+            404,
+            "not-found",
+        ),
+        (
+            "unknown field",
+            cp.post("/prompts", json!({"name": "p", "bogus": 1})).await,
+            422,
+            "validation",
+        ),
+        (
+            "wrong type",
+            cp.post("/prompts", json!({"name": 5})).await,
+            422,
+            "validation",
+        ),
+        (
+            "empty name",
+            cp.post("/prompts", json!({"name": " "})).await,
+            422,
+            "validation",
+        ),
+        (
+            "bad limit",
+            cp.get("/tools?limit=0").await,
+            422,
+            "validation",
+        ),
+        (
+            "bad enabled",
+            cp.get("/tools?enabled=maybe").await,
+            400,
+            "invalid-query",
+        ),
+        (
+            "bad cursor",
+            cp.get("/tools?cursor=%25%25").await,
+            422,
+            "validation",
+        ),
+        (
+            "tool without url",
+            cp.post("/tools", json!({"name": "t"})).await,
+            422,
+            "validation",
+        ),
+        (
+            "bad schema",
+            cp.post(
+                "/tools",
+                json!({"name": "t", "url": "http://x.test/", "input_schema": 3}),
+            )
+            .await,
+            422,
+            "validation",
+        ),
+        (
+            "bearer without token",
+            cp.post(
+                "/gateways",
+                json!({"name": "g", "url": "http://x.test/mcp", "auth_type": "bearer"}),
+            )
+            .await,
+            422,
+            "validation",
+        ),
+        (
+            "bad gateway name",
+            cp.post(
+                "/gateways",
+                json!({"name": "a b", "url": "http://x.test/mcp", "discover": false}),
+            )
+            .await,
+            422,
+            "validation",
+        ),
+        (
+            "ssrf metadata",
+            cp.post(
+                "/gateways",
+                json!({"name": "meta", "url": "http://169.254.169.254/latest", "discover": false}),
+            )
+            .await,
+            422,
+            "validation",
+        ),
+        (
+            "sse upstream down",
+            cp.post(
+                "/gateways",
+                json!({"name": "old", "url": "http://127.0.0.1:9/sse", "transport": "sse"}),
+            )
+            .await,
+            502,
+            "upstream-failed",
+        ),
+        (
+            "bad types",
+            cp.get("/export?types=widgets").await,
+            422,
+            "validation",
+        ),
+    ];
+    for (name, (status, body), want_status, want_type) in cases {
+        assert_eq!(status, want_status, "{name}: {body}");
+        assert_eq!(
+            body["type"],
+            format!("urn:mcpgw:problem:{want_type}"),
+            "{name}: {body}"
+        );
+        assert_eq!(body["status"], want_status, "{name}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
+    }
+    let (_, body) = cp.post("/prompts", json!({"name": "p", "bogus": 1})).await;
+    assert!(body["detail"].as_str().unwrap().contains("bogus"), "{body}");
+    let resp = cp
+        .http
+        .post(cp.url("/prompts"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+
+    let (s, metrics) = cp.get("/metrics").await;
+    assert_eq!(s, 200);
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("mcpgw_http_requests_total{"), "{text}");
+    assert!(text.contains("route=\"/tools/{id}\""), "{text}");
+    assert!(text.contains("mcpgw_registry_version"), "{text}");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn crud_state_pagination_and_filters_over_http() {
+    let db = TestDb::postgres().await;
+    let cp = TestCp::start(settings(&db)).await;
+    let (s, v) = cp.get("/version").await;
+    assert_eq!((s, v["database"].as_str()), (200, Some("postgres")));
+
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let (s, t) = cp
+            .post(
+                "/tools",
+                json!({"name": format!("rest-{i}"), "url": "https://api.example/x", "request_type": "get",
+                       "tags": if i % 2 == 0 { vec!["Even"] } else { vec!["odd"] }}),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        assert_eq!(t["integration_type"], "REST");
+        assert_eq!(t["request_type"], "GET");
+        assert_eq!(t["tags"], json!([if i % 2 == 0 { "even" } else { "odd" }]));
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let (s, dup) = cp
+        .post(
+            "/tools",
+            json!({"name": "rest-0", "url": "https://api.example/x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, dup["type"].as_str()),
+        (409, Some("urn:mcpgw:problem:duplicate-name"))
+    );
+
+    // Walk pages of 3.
+    let mut names = Vec::new();
+    let mut path = "/tools?limit=3".to_owned();
+    loop {
+        let (s, page) = cp.get(&path).await;
+        assert_eq!(s, 200);
+        for t in page["items"].as_array().unwrap() {
+            names.push(t["name"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/tools?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        names,
+        (0..7).map(|i| format!("rest-{i}")).collect::<Vec<_>>()
+    );
+    let (_, even) = cp.get("/tools?tags=even").await;
+    assert_eq!(even["items"].as_array().unwrap().len(), 4);
+
+    // Disable / enable (ContextForge's toggle alias too), filter on enabled.
+    let (s, t) = cp
+        .post(
+            &format!("/tools/{}/state?activate=false", ids[0]),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, &t["enabled"]), (200, &json!(false)));
+    let (_, active) = cp.get("/tools?enabled=true").await;
+    assert_eq!(active["items"].as_array().unwrap().len(), 6);
+    let (_, cf) = cp.get("/tools?include_inactive=false").await;
+    assert_eq!(cf["items"].as_array().unwrap().len(), 6);
+    let (s, t) = cp
+        .post(
+            &format!("/tools/{}/toggle?activate=true", ids[0]),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, &t["enabled"]), (200, &json!(true)));
+    let (s, _) = cp
+        .post(&format!("/tools/{}/state", ids[0]), json!({}))
+        .await;
+    assert_eq!(s, 400, "activate is required");
+
+    // Update with a stale version is a conflict.
+    let (_, t) = cp.get(&format!("/tools/{}", ids[1])).await;
+    let (s, t2) = cp
+        .put(
+            &format!("/tools/{}", ids[1]),
+            json!({"description": "v2", "version": t["version"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(t2["version"], t["version"].as_i64().unwrap() + 1);
+    let (s, c) = cp
+        .put(
+            &format!("/tools/{}", ids[1]),
+            json!({"description": "v3", "version": t["version"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, c["type"].as_str()),
+        (409, Some("urn:mcpgw:problem:version-conflict"))
+    );
+
+    // Resources and prompts.
+    let (s, r) = cp.post("/resources", json!({"name": "readme", "uri": "file:///readme.md", "mime_type": "text/markdown", "content": "# hi"})).await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["is_template"], false);
+    let (s, _) = cp
+        .post("/resources", json!({"name": "bad", "uri": "no-scheme"}))
+        .await;
+    assert_eq!(s, 422);
+    let (s, p) = cp.post("/prompts", json!({"name": "greet", "template": "Hi {{who}}", "arguments": [{"name": "who", "required": true}]})).await;
+    assert_eq!(s, 201, "{p}");
+    let (s, _) = cp
+        .post(
+            "/prompts",
+            json!({"name": "bad", "arguments": [{"description": "no name"}]}),
+        )
+        .await;
+    assert_eq!(s, 422);
+
+    // Virtual servers.
+    let (s, srv) = cp
+        .post("/servers", json!({"name": "dev", "associated_tools": [ids[0], ids[1]],
+                                  "associated_resources": [r["id"]], "associated_prompts": [p["id"]]}))
+        .await;
+    assert_eq!(s, 201, "{srv}");
+    let sid = srv["id"].as_str().unwrap();
+    let (s, bad) = cp
+        .put(
+            &format!("/servers/{sid}"),
+            json!({"associated_tools": ["nope"]}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert_eq!(bad["errors"][0]["field"], "associated_tools[0]");
+    let (_, same) = cp.get(&format!("/servers/{sid}")).await;
+    assert_eq!(
+        same["associated_tools"].as_array().unwrap().len(),
+        2,
+        "failed update changed nothing"
+    );
+    let (s, _) = cp.delete(&format!("/tools/{}", ids[0])).await;
+    assert_eq!(s, 204);
+    let (_, srv) = cp.get(&format!("/servers/{sid}")).await;
+    assert_eq!(srv["associated_tools"], json!([ids[1]]));
+    let (s, _) = cp.delete(&format!("/servers/{sid}")).await;
+    assert_eq!(s, 204);
+    let (s, _) = cp.delete(&format!("/servers/{sid}")).await;
+    assert_eq!(s, 404);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_are_sealed_at_rest_and_never_returned() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let token = "super-secret-token-value";
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "sealed", "url": "http://127.0.0.1:9/mcp", "auth_type": "bearer",
+                   "auth_token": token, "discover": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    assert_eq!(g["gateway"]["auth_type"], "bearer");
+    let id = g["gateway"]["id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/gateways/{id}"),
+        "/gateways".into(),
+        "/export".into(),
+    ] {
+        let (_, v) = cp.get(&path).await;
+        assert!(!v.to_string().contains(token), "{path} leaks the token");
+    }
+    let (s, _) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"auth_type": "headers", "auth_headers": [{"key": "X-Api-Key", "value": "k2"}]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = cp
+        .put(&format!("/gateways/{id}"), json!({"auth_token": "x"}))
+        .await;
+    assert_eq!(s, 422, "credentials without auth_type are refused");
+
+    // The stored value is ciphertext that opens only with the key.
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT auth_sealed FROM gateways WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let sealed: String = row.try_get("auth_sealed").unwrap();
+    assert!(
+        !sealed.contains("k2") && sealed.starts_with("v1:"),
+        "{sealed}"
+    );
+    let creds = mcpgw::crypto::SecretBox::dev()
+        .open_credentials(&sealed)
+        .unwrap();
+    assert_eq!(creds.auth_type(), mcpgw::model::AuthType::Headers);
+    assert!(
+        mcpgw::crypto::SecretBox::from_key([1; 32])
+            .open(&sealed)
+            .is_err()
+    );
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_key_and_creates_its_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested/data");
+    let args = mcpgw::config::ServeArgs {
+        data_dir: Some(data.clone()),
+        listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let err = args.resolve(None).unwrap_err();
+    assert!(err.to_string().contains("MCPGW_ENCRYPTION_KEY"), "{err}");
+    let settings = args
+        .resolve(Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="))
+        .unwrap();
+    let store = mcpgw::open_store(&settings).await.unwrap();
+    assert!(data.join("mcpgw.db").exists());
+    store.close().await;
+}

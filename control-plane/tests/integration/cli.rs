@@ -1,0 +1,206 @@
+//! The `mcpgw` binary: `serve` as a process (start, readiness, graceful stop, refusal
+//! without a key) and the operator verbs against a running API.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::harness::{ChildGuard, TestCp, TestDb, free_port, settings};
+use super::upstream::TestUpstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpgw");
+
+async fn run(api: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("MCPGW_API_URL", api)
+        .output()
+        .await
+        .expect("run mcpgw");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serve_starts_answers_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without a key and without --dev: refuses to start, saying why.
+    let out = tokio::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("MCPGW_ENCRYPTION_KEY")
+        .env_remove("MCPGW_DEV")
+        .env("MCPGW_DATA_DIR", dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MCPGW_ENCRYPTION_KEY"));
+
+    let port = free_port();
+    let data = dir.path().join("data");
+    let child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env("MCPGW_DATA_DIR", &data)
+        .env(
+            "MCPGW_ENCRYPTION_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mcpgw serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        data.join("mcpgw.db").exists(),
+        "SQLite created in the data dir"
+    );
+    let child = guard.0.take().unwrap();
+    let pid = child.id().unwrap();
+    // SIGTERM: graceful shutdown, exit 0.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let first: Value =
+        serde_json::from_str(log.lines().next().unwrap_or("")).expect("JSON log lines");
+    assert!(first.get("level").is_some(), "{first}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_verbs_against_the_api() {
+    let up = TestUpstream::with_tools(&["a", "b", "c"]);
+    let running = up.serve(0).await;
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let api = format!("http://{}", cp.addr);
+
+    let (ok, out, err) = run(
+        &api,
+        &[
+            "gateways",
+            "add",
+            "--name",
+            "cli",
+            "--url",
+            &running.url,
+            "--tag",
+            "demo",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("cli") && out.contains("+8"), "{out}");
+    let (ok, out, _) = run(&api, &["gateways", "list"]).await;
+    assert!(ok);
+    let header = out.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("REACHABLE"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&api, &["gateways", "list", "-o", "json"]).await;
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["name"], "cli");
+    let (ok, out, _) = run(&api, &["tools", "list", "--gateway", "cli", "-o", "yaml"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("name: cli__a") && out.contains("name: cli__c"),
+        "{out}"
+    );
+    let (ok, out, err) = run(
+        &api,
+        &[
+            "servers", "create", "--name", "s1", "--tool", "cli__a", "--tool", "cli__b",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("s1"), "{out}");
+    let (ok, out, _) = run(&api, &["servers", "list", "-o", "json"]).await;
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["associated_tools"].as_array().unwrap().len(), 2);
+    let (ok, out, _) = run(&api, &["servers", "disable", "s1", "-o", "json"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["enabled"],
+        false
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    let (ok, _, err) = run(&api, &["export", "-f", file.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(
+        &api,
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--dry-run",
+            "--conflict-strategy",
+            "skip",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("(dry run)") && out.contains("skipped"),
+        "{out}"
+    );
+
+    let (ok, out, _) = run(&api, &["gateways", "refresh", "cli"]).await;
+    assert!(ok, "{out}");
+    let (ok, _, err) = run(
+        &api,
+        &["gateways", "add", "--name", "cli", "--url", &running.url],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    let (ok, out, _) = run(&api, &["gateways", "rm", "cli"]).await;
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(&api, &["tools", "list", "-o", "json"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        Value::Array(vec![])
+    );
+    cp.stop().await;
+    running.stop().await;
+}

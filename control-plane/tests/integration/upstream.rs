@@ -1,0 +1,309 @@
+//! Real upstream peers: an in-process rmcp streamable-HTTP server whose catalog tests can
+//! change (with list_changed notifications), the reference server-everything (node), and
+//! misbehaving HTTP servers (hang, garbage, close mid-stream).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerConfig,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::harness::{ChildGuard, free_port};
+
+/// Page size of the test server's lists (small, to exercise pagination).
+pub const PAGE: usize = 2;
+
+#[derive(Default)]
+struct Catalog {
+    tools: Vec<String>,
+    peers: Vec<Peer<RoleServer>>,
+}
+
+/// Shared, mutable catalog of the test server.
+#[derive(Clone, Default)]
+pub struct TestUpstream {
+    catalog: Arc<Mutex<Catalog>>,
+}
+
+fn page<T: Clone>(all: &[T], req: &Option<PaginatedRequestParams>) -> (Vec<T>, Option<String>) {
+    let start: usize = req
+        .as_ref()
+        .and_then(|r| r.cursor.as_ref())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let end = (start + PAGE).min(all.len());
+    let next = (end < all.len()).then(|| end.to_string());
+    (all[start.min(end)..end].to_vec(), next)
+}
+
+impl TestUpstream {
+    pub fn with_tools(names: &[&str]) -> Self {
+        let u = TestUpstream::default();
+        u.catalog.lock().unwrap().tools = names.iter().map(|s| s.to_string()).collect();
+        u
+    }
+
+    /// Replaces the tool list and notifies every connected client.
+    pub async fn set_tools(&self, names: &[&str]) {
+        let peers = {
+            let mut c = self.catalog.lock().unwrap();
+            c.tools = names.iter().map(|s| s.to_string()).collect();
+            c.peers.clone()
+        };
+        for p in peers {
+            let _ = p.notify_tool_list_changed().await;
+        }
+    }
+
+    /// Serves on 127.0.0.1:`port` (0 = any) at `/mcp`.
+    pub async fn serve(&self, port: u16) -> Running {
+        let me = self.clone();
+        let config = StreamableHttpServerConfig::default();
+        let sessions = config.cancellation_token.clone();
+        let service = StreamableHttpService::new(
+            move || Ok(me.clone()),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        );
+        let router = axum::Router::new().nest_service("/mcp", service);
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind test upstream");
+        let addr = listener.local_addr().expect("addr");
+        let stop = sessions.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Running {
+            addr,
+            url: format!("http://{addr}/mcp"),
+            stop: Box::new(move || sessions.cancel()),
+            task,
+        }
+    }
+}
+
+/// A running test upstream; stopped (sessions and listener) on `stop` or drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub url: String,
+    stop: Box<dyn Fn() + Send + Sync>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Terminates every session and closes the port.
+    pub async fn stop(mut self) {
+        (self.stop)();
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        (self.stop)();
+        self.task.abort();
+    }
+}
+
+impl ServerHandler for TestUpstream {
+    /// Session-based versions: list_changed reaches clients on their GET stream.
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Owned(vec![
+            ProtocolVersion::V_2025_06_18,
+            ProtocolVersion::V_2025_03_26,
+        ])
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        serde_json::from_value(json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {
+                "tools": {"listChanged": true},
+                "resources": {"listChanged": true},
+                "prompts": {"listChanged": true}
+            },
+            "serverInfo": {"name": "mcpgw-test-upstream", "version": "1.0.0"}
+        }))
+        .expect("server info")
+    }
+
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        self.catalog.lock().unwrap().peers.push(ctx.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        req: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let names = self.catalog.lock().unwrap().tools.clone();
+        let (items, next) = page(&names, &req);
+        let tools: Vec<Value> = items
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n,
+                    "description": format!("the {n} tool"),
+                    "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}
+                })
+            })
+            .collect();
+        Ok(serde_json::from_value(json!({"tools": tools, "nextCursor": next})).expect("tools"))
+    }
+
+    async fn list_resources(
+        &self,
+        req: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let all: Vec<Value> = (0..3)
+            .map(|i| json!({"uri": format!("test://doc/{i}"), "name": format!("doc{i}"), "mimeType": "text/plain"}))
+            .collect();
+        let (items, next) = page(&all, &req);
+        Ok(
+            serde_json::from_value(json!({"resources": items, "nextCursor": next}))
+                .expect("resources"),
+        )
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _req: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(serde_json::from_value(json!({
+            "resourceTemplates": [{"uriTemplate": "test://doc/{id}", "name": "doc-by-id"}]
+        }))
+        .expect("templates"))
+    }
+
+    async fn list_prompts(
+        &self,
+        _req: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(serde_json::from_value(json!({
+            "prompts": [{"name": "greet", "description": "say hi",
+                          "arguments": [{"name": "who", "required": true}]}]
+        }))
+        .expect("prompts"))
+    }
+}
+
+/// The reference server `@modelcontextprotocol/server-everything` over streamable HTTP.
+pub struct Everything {
+    pub url: String,
+    _child: ChildGuard,
+}
+
+fn node_modules() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("MCPGW_NODE_MODULES") {
+        return p.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/node/node_modules")
+}
+
+impl Everything {
+    /// `mode` is `streamableHttp` (serves `/mcp`) or `sse` (serves `/sse`).
+    pub async fn start(mode: &str) -> Everything {
+        let script = node_modules().join("@modelcontextprotocol/server-everything/dist/index.js");
+        assert!(
+            script.exists(),
+            "{} missing: run `make deps` (installs the npm test peers)",
+            script.display()
+        );
+        let port = free_port();
+        let child = tokio::process::Command::new("node")
+            .arg(&script)
+            .arg(mode)
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node must be installed to run server-everything");
+        let guard = ChildGuard(Some(child));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server-everything did not listen on {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Everything {
+            url: format!(
+                "http://127.0.0.1:{port}/{}",
+                if mode == "sse" { "sse" } else { "mcp" }
+            ),
+            _child: guard,
+        }
+    }
+}
+
+/// How a broken upstream misbehaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehavior {
+    /// Accepts and never answers.
+    Hang,
+    /// Answers 200 with a body that is not JSON.
+    Garbage,
+    /// Starts an SSE response and closes the connection mid-event.
+    CloseMidStream,
+}
+
+/// A raw TCP server that misbehaves on every connection.
+pub async fn broken_upstream(kind: Misbehavior) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                match kind {
+                    Misbehavior::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    Misbehavior::Garbage => {
+                        let body = "{\"jsonrpc\": \"2.0\", \"id\": 0, \"result\": <<<garbage";
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = sock.write_all(resp.as_bytes()).await;
+                    }
+                    Misbehavior::CloseMidStream => {
+                        let resp = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n20\r\nevent: message\r\ndata: {\"jsonrpc\":";
+                        let _ = sock.write_all(resp.as_bytes()).await;
+                        let _ = sock.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/mcp"), task)
+}
