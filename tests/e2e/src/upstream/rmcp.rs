@@ -130,9 +130,10 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        Ok(ListResourcesResult::with_all_items(vec![
-            Resource::new(GREETING_URI, "greeting").into(),
-        ]))
+        Ok(ListResourcesResult::with_all_items(vec![Resource::new(
+            GREETING_URI,
+            "greeting",
+        )]))
     }
 
     async fn read_resource(
