@@ -110,8 +110,18 @@ impl Snapshot {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Snapshot::default());
         }
-        let snapshot: Snapshot =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        // Name the field a type error is in: serde_json alone says only "invalid type".
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let snapshot: Snapshot = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." {
+                ConfigError::Parse(inner.to_string())
+            } else {
+                ConfigError::Parse(format!("field `{path}`: {inner}"))
+            }
+        })?;
+        de.end().map_err(|e| ConfigError::Parse(e.to_string()))?;
         snapshot.validate()?;
         Ok(snapshot)
     }
@@ -191,6 +201,37 @@ mod tests {
             matches!(&err, ConfigError::Parse(m) if m.contains("max_body_byts")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"policy":{"max_body_bytes":"lots"}}"#,
+                "policy.max_body_bytes",
+            ),
+            (
+                r#"{"policy":{"denied_tools":"echo"}}"#,
+                "policy.denied_tools",
+            ),
+            (
+                r#"{"policy":{"tool_routes":{"echo":7}}}"#,
+                "policy.tool_routes.echo",
+            ),
+            (
+                r#"{"policy":{"allowed_methods":[1]}}"#,
+                "policy.allowed_methods[0]",
+            ),
+        ];
+        for (doc, field) in cases {
+            match Snapshot::from_json(doc.as_bytes()) {
+                Err(ConfigError::Parse(m)) => {
+                    assert!(m.contains(&format!("field `{field}`")), "{doc}: {m}")
+                }
+                other => panic!("{doc}: {other:?}"),
+            }
+        }
+        assert!(Snapshot::from_json(b"{} x").is_err(), "trailing characters");
     }
 
     #[test]
