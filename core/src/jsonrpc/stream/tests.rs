@@ -446,12 +446,14 @@ fn arb_request() -> impl Strategy<Value = serde_json::Value> {
         })
 }
 
-/// serde_json's syntax verdict. It refuses numbers beyond f64 (`1e309`), which JSON's
-/// grammar allows and which we pass on untouched, so those count as accepted.
-fn serde_accepts(bytes: &[u8]) -> bool {
+/// serde_json's syntax verdict, or `None` where it cannot judge: it stops at numbers
+/// beyond f64 (`1e309`), which JSON's grammar allows and which we pass on untouched, so
+/// the rest of such input is never examined by it.
+fn serde_accepts(bytes: &[u8]) -> Option<bool> {
     match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(_) => true,
-        Err(e) => e.to_string().contains("number out of range"),
+        Ok(_) => Some(true),
+        Err(e) if e.to_string().contains("number out of range") => None,
+        Err(_) => Some(false),
     }
 }
 
@@ -492,8 +494,10 @@ proptest! {
     /// On arbitrary bytes we never panic, and our syntax verdict agrees with serde_json's.
     #[test]
     fn syntax_verdict_matches_serde(bytes in prop::collection::vec(prop::sample::select(b"{}[]:,\"\\ 0123456789.eE+-truefalsnu\xc3\xa9\xff".to_vec()), 0..40)) {
+        let theirs = serde_accepts(&bytes);
+        prop_assume!(theirs.is_some());
         let ours = !matches!(parse_with(Options::default(), &bytes), Err(RequestError::Parse { .. }));
-        prop_assert_eq!(ours, serde_accepts(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+        prop_assert_eq!(Some(ours), theirs, "{:?}", String::from_utf8_lossy(&bytes));
     }
 
     /// Mutating a valid request never panics, in any chunking.
@@ -506,6 +510,8 @@ proptest! {
         let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false });
         let r = p.feed(&bytes[..cut]).and_then(|_| p.feed(&bytes[cut..])).and_then(|_| p.finish());
         let ok_syntax = !matches!(r, Err(RequestError::Parse { .. }));
-        prop_assert_eq!(ok_syntax, serde_accepts(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+        let theirs = serde_accepts(&bytes);
+        prop_assume!(theirs.is_some());
+        prop_assert_eq!(Some(ok_syntax), theirs, "{:?}", String::from_utf8_lossy(&bytes));
     }
 }
