@@ -160,11 +160,6 @@ impl Gate {
         }
     }
 
-    /// The snapshot this gate was built from.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
-    }
-
     /// Parser options for request bodies.
     pub fn parse_options(&self) -> Options {
         self.parse

@@ -158,10 +158,6 @@ impl EventStream {
             Err(_) => on_event(Event::Malformed),
         }
     }
-
-    /// Ends the stream; an event without its terminating blank line is discarded, as
-    /// the SSE specification requires.
-    pub fn finish(self) {}
 }
 
 #[cfg(test)]

@@ -180,8 +180,8 @@ impl McpRequest {
                     self.propagate_trace_context(only);
                 }
                 if let Some(cluster) = cluster {
-                    let header = self.gate.route_header().to_string();
-                    self.set_http_request_header(&header, Some(&cluster));
+                    let gate = Rc::clone(&self.gate);
+                    self.set_http_request_header(gate.route_header(), Some(&cluster));
                     // Envoy's wasm host also clears it on header mutation; being explicit
                     // keeps routing right on hosts that do not.
                     if self
@@ -324,14 +324,17 @@ impl HttpContext for McpRequest {
         } else {
             Vec::new()
         };
-        let (method, tool) = self.request.clone().unwrap_or_default();
-        let metrics = self.metrics.clone();
+        let (method, tool) = self
+            .request
+            .as_ref()
+            .map_or(("", ""), |(m, t)| (m.as_str(), t.as_str()));
+        let metrics = &self.metrics;
         let count = |messages: &[Message]| {
             let mut m = metrics.borrow_mut();
             for msg in messages {
                 match msg.kind {
-                    Kind::Result => m.response(&method, &tool, false),
-                    Kind::Error => m.response(&method, &tool, true),
+                    Kind::Result => m.response(method, tool, false),
+                    Kind::Error => m.response(method, tool, true),
                     // Server-to-client requests and notifications inside a stream.
                     Kind::Request | Kind::Notification => {}
                 }

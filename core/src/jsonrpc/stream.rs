@@ -436,11 +436,6 @@ impl MessageParser {
         self.offset
     }
 
-    /// Whether the body is a batch (known once its first byte is read).
-    pub fn is_batch(&self) -> Option<bool> {
-        self.batch
-    }
-
     /// Feeds the next chunk. After [`Progress::Routable`] the parser has stopped reading
     /// (the rest of the chunk was not examined); call [`MessageParser::routable`].
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, RequestError> {
