@@ -250,9 +250,11 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             if self.backend == Backend::Postgres {
                 // Serialize concurrent starters on one database.
-                sqlx::raw_sql("LOCK TABLE mcpgw_migrations IN EXCLUSIVE MODE")
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::Executor::execute(
+                    &mut *tx,
+                    sqlx::raw_sql("LOCK TABLE mcpgw_migrations IN EXCLUSIVE MODE"),
+                )
+                .await?;
             }
             let done = sqlx::query("SELECT version FROM mcpgw_migrations WHERE version = $1")
                 .bind(m.version)
@@ -265,7 +267,9 @@ impl Store {
                 Backend::Sqlite => m.sqlite,
                 Backend::Postgres => m.postgres,
             };
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            // Through `Executor` directly: `RawSql::execute` is a generic async fn whose
+            // future the compiler cannot prove `Send` for every lifetime (rust#102211).
+            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(sql)).await?;
             sqlx::query(
                 "INSERT INTO mcpgw_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
             )
