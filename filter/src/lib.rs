@@ -6,7 +6,7 @@
 //! 1. headers: the head is checked (methods, media types, protocol version, length); a POST
 //!    pauses (`allow_on_headers_stop_iteration: true` is required) until the body decides;
 //! 2. body: chunks are fed to the incremental parser until it is routable or complete;
-//!    the verdict sets the route header (and clears the route cache) or answers locally;
+//!    the verdict sets the route header (Envoy then picks the route again) or answers locally;
 //! 3. response: JSON and SSE bodies are observed chunk by chunk as they stream through,
 //!    counting JSON-RPC results and errors per method and tool.
 //!
@@ -109,6 +109,59 @@ struct McpRequest {
     observer: Observer,
     /// The filter answered this request itself; its own reply is not observed.
     local_reply: bool,
+    /// The request carried a `traceparent` header (it wins over `_meta`).
+    has_traceparent: bool,
+}
+
+/// The request headers the filter reads, borrowed from the header map.
+#[derive(Default)]
+struct RequestHead<'h> {
+    method: Option<&'h [u8]>,
+    content_type: Option<&'h [u8]>,
+    accept: Vec<&'h [u8]>,
+    protocol_version: Option<&'h [u8]>,
+    content_length: Option<&'h [u8]>,
+    traceparent: bool,
+}
+
+impl<'h> RequestHead<'h> {
+    /// Records `name: value` if it is one the filter reads (names arrive lower-cased).
+    fn take(&mut self, name: &str, value: &'h [u8]) {
+        let slot = match name {
+            ":method" => &mut self.method,
+            "content-type" => &mut self.content_type,
+            "mcp-protocol-version" => &mut self.protocol_version,
+            "content-length" => &mut self.content_length,
+            "accept" => {
+                self.accept.push(value);
+                return;
+            }
+            "traceparent" => {
+                self.traceparent = true;
+                return;
+            }
+            _ => return,
+        };
+        // A repeated singleton header keeps its first value, as Envoy's own lookups do.
+        slot.get_or_insert(value);
+    }
+
+    /// `accept`; repeated headers mean their comma-joined list (RFC 9110, 5.3).
+    fn accept(&self) -> Option<std::borrow::Cow<'h, str>> {
+        match self.accept.as_slice() {
+            [] => None,
+            [one] => Some(lossy(one)),
+            many => Some(std::borrow::Cow::Owned(
+                many.iter().map(|v| lossy(v)).collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+}
+
+/// A header value as text; bytes that are not UTF-8 become U+FFFD, so they can never
+/// match a media type or version and are answered as such.
+fn lossy(value: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(value)
 }
 
 impl Context for McpRequest {}
@@ -123,6 +176,7 @@ impl McpRequest {
             request: None,
             observer: Observer::None,
             local_reply: false,
+            has_traceparent: false,
         }
     }
 
@@ -181,15 +235,11 @@ impl McpRequest {
                 }
                 if let Some(cluster) = cluster {
                     let gate = Rc::clone(&self.gate);
+                    // Envoy's wasm host clears the route cache itself when a filter
+                    // changes a request header, so the route is picked again with this
+                    // one (the e2e routing tests prove it). An explicit `clear_route_cache`
+                    // foreign call on top cost 1-2% of requests/s and changed nothing.
                     self.set_http_request_header(gate.route_header(), Some(&cluster));
-                    // Envoy's wasm host also clears it on header mutation; being explicit
-                    // keeps routing right on hosts that do not.
-                    if self
-                        .call_foreign_function("clear_route_cache", None)
-                        .is_err()
-                    {
-                        log::debug!("mcpgw: clear_route_cache is not available");
-                    }
                 }
                 Action::Continue
             }
@@ -208,7 +258,7 @@ impl McpRequest {
         else {
             return;
         };
-        if self.get_http_request_header("traceparent").is_some() {
+        if self.has_traceparent {
             return;
         }
         self.set_http_request_header("traceparent", Some(parent));
@@ -224,11 +274,21 @@ impl McpRequest {
 
 impl HttpContext for McpRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let content_type = self.get_http_request_header("content-type");
-        let accept = self.get_http_request_header("accept");
-        self.protocol_version = self.get_http_request_header("mcp-protocol-version");
-        let content_length = self.get_http_request_header("content-length");
+        // One host call for the whole map instead of one per header: each call crosses the
+        // VM boundary twice (the value is copied in through the module's allocator). Bytes,
+        // not `String`: the SDK's string getters panic on a non-UTF-8 value (obs-text is
+        // legal HTTP), which would kill the VM for every later request on this worker.
+        let headers = self.get_http_request_headers_bytes();
+        let mut fields = RequestHead::default();
+        for (name, value) in &headers {
+            fields.take(name, value);
+        }
+        self.has_traceparent = fields.traceparent;
+        self.protocol_version = fields.protocol_version.map(|v| lossy(v).into_owned());
+        let method = fields.method.map(lossy).unwrap_or_default();
+        let content_type = fields.content_type.map(lossy);
+        let accept = fields.accept();
+        let content_length = fields.content_length.map(lossy);
         let head = Head {
             method: &method,
             content_type: content_type.as_deref(),
@@ -298,9 +358,9 @@ impl HttpContext for McpRequest {
             return Action::Continue;
         }
         let content_type = self
-            .get_http_response_header("content-type")
+            .get_http_response_header_bytes("content-type")
             .unwrap_or_default();
-        let media = content_type
+        let media = lossy(&content_type)
             .split(';')
             .next()
             .unwrap_or_default()

@@ -94,3 +94,59 @@ async fn hostile_bodies_never_kill_the_vm() -> anyhow::Result<()> {
     super::support::assert_rows(failures);
     Ok(())
 }
+
+/// Header values that are not UTF-8 (obs-text is legal HTTP, and Envoy passes it on) are
+/// answered like any other wrong value; the proxy-wasm SDK's string getters would panic on
+/// them, which is why the filter reads headers as bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_header_values_never_kill_the_vm() -> anyhow::Result<()> {
+    use reqwest::header::HeaderValue;
+    let mut gw = JsonGateway::start("{}").await?;
+    let url = gw.envoy.mcp_url();
+    let body = tools_call(1, "echo", json!({"message": "x"}));
+    let obs = |prefix: &str| -> anyhow::Result<HeaderValue> {
+        Ok(HeaderValue::from_bytes(&[prefix.as_bytes(), &[0xff, 0xfe, 0xe9]].concat())?)
+    };
+    let cases: Vec<(&str, &str, HeaderValue, u16)> = vec![
+        ("content-type", "content-type", obs("application/json")?, 415),
+        ("accept", "accept", obs("application/json, text/event-stream")?, 406),
+        ("protocol version", "mcp-protocol-version", obs("2025-06-18")?, 400),
+        ("traceparent", "traceparent", obs("00-")?, 200),
+        ("unrelated header", "x-anything", obs("")?, 200),
+    ];
+    let mut failures = Vec::new();
+    for (name, header, value, want) in cases {
+        let mut req = super::support::http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.clone());
+        req = req.header(header, value);
+        match super::support::send(req).await {
+            Ok(reply) if reply.status == want => {}
+            Ok(reply) => failures.push(format!(
+                "{name}: got {} {} (want {want})",
+                reply.status,
+                super::support::truncate(&reply.text(), 200)
+            )),
+            Err(e) => failures.push(format!("{name}: no answer: {e:#}")),
+        }
+        if let Err(e) = still_serves(&mut gw, name).await {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    // Repeated `Accept` headers mean their joined list: each half alone is not enough.
+    let req = super::support::http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("accept", "text/event-stream")
+        .body(body.clone());
+    match super::support::send(req).await {
+        Ok(reply) if reply.status == 200 => {}
+        Ok(reply) => failures.push(format!("split Accept: got {} {}", reply.status, reply.text())),
+        Err(e) => failures.push(format!("split Accept: no answer: {e:#}")),
+    }
+    super::support::assert_rows(failures);
+    Ok(())
+}
