@@ -11,6 +11,7 @@
     )
 )]
 
+pub mod catalog;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;

@@ -10,6 +10,7 @@
 //! Every struct rejects unknown fields, so a typo fails `on_configure` (Envoy rejects the
 //! config, which NACKs over xDS) instead of silently running with half a policy.
 
+use crate::catalog::{self, Servers, Upstreams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -27,6 +28,12 @@ pub struct Snapshot {
     pub version: String,
     /// Request policy applied to every MCP request.
     pub policy: Policy,
+    /// Virtual servers by id: each is served at `/servers/{id}/mcp` from this catalog.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: Servers,
+    /// Upstream MCP servers by id, referenced by catalog entries.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: Upstreams,
 }
 
 impl Default for Snapshot {
@@ -35,6 +42,8 @@ impl Default for Snapshot {
             schema: SCHEMA_VERSION,
             version: String::new(),
             policy: Policy::default(),
+            servers: Servers::new(),
+            upstreams: Upstreams::new(),
         }
     }
 }
@@ -172,7 +181,12 @@ impl Snapshot {
                 );
             }
         }
-        Ok(())
+        catalog::validate(&self.servers, &self.upstreams).map_err(|e| {
+            ConfigError::FieldInvalid {
+                field: e.field,
+                reason: e.reason,
+            }
+        })
     }
 }
 
@@ -260,6 +274,61 @@ mod tests {
                 Err(ConfigError::FieldInvalid { field, .. }) => assert_eq!(field, want, "{doc}"),
                 other => panic!("{doc}: expected FieldInvalid({want}), got {other:?}"),
             }
+        }
+    }
+
+    fn catalog_doc(entry: &str) -> String {
+        format!(
+            r#"{{"upstreams":{{"u1":{{"cluster":"c1"}}}},
+                "servers":{{"s1":{{"name":"one","tools":[{entry}]}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn catalog_parses_and_keeps_items_verbatim() {
+        let item = r#"{"name":"u1__echo","inputSchema":{"type":"object"},"description":"é"}"#;
+        let doc = catalog_doc(&format!(
+            r#"{{"name":"u1__echo","upstream":"u1","upstream_name":"echo","item":{item}}}"#
+        ));
+        let s = Snapshot::from_json(doc.as_bytes()).unwrap();
+        let server = &s.servers["s1"];
+        assert_eq!(server.tools[0].item.get(), item);
+        assert_eq!(s.upstreams["u1"].path, "/mcp", "default path");
+        let again = Snapshot::from_json(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn catalog_errors_name_the_field() {
+        let e = |name: &str, up: &str, item: &str| {
+            format!(
+                r#"{{"name":"{name}","upstream":"{up}","upstream_name":"echo","item":{item}}}"#
+            )
+        };
+        let ok = e("t", "u1", "{}");
+        let cases = [
+            (catalog_doc(&e("t", "nope", "{}")), "servers.s1.tools[0].upstream"),
+            (catalog_doc(&e("", "u1", "{}")), "servers.s1.tools[0].name"),
+            (catalog_doc(&e("t", "u1", "[1]")), "servers.s1.tools[0].item"),
+            (catalog_doc(&format!("{ok},{ok}")), "servers.s1.tools[1].name"),
+            (
+                r#"{"servers":{"a/b":{"name":"x"}}}"#.to_owned(),
+                "servers.a/b",
+            ),
+            (
+                r#"{"upstreams":{"u":{"cluster":"c","path":"mcp"}}}"#.to_owned(),
+                "upstreams.u.path",
+            ),
+        ];
+        for (doc, want) in cases {
+            match Snapshot::from_json(doc.as_bytes()) {
+                Err(ConfigError::FieldInvalid { field, .. }) => assert_eq!(field, want, "{doc}"),
+                other => panic!("{doc}: expected FieldInvalid({want}), got {other:?}"),
+            }
+        }
+        match Snapshot::from_json(catalog_doc(&e("t", "u1", "{")).as_bytes()) {
+            Err(ConfigError::Parse(m)) => assert!(m.contains("servers"), "{m}"),
+            other => panic!("truncated item: {other:?}"),
         }
     }
 
