@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto;
 pub mod federation;
 pub mod model;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod transfer;

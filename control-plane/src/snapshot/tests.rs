@@ -1,0 +1,162 @@
+use super::*;
+use crate::model::{AuthType, Transport};
+use serde_json::json;
+
+fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
+    Gateway {
+        id: id.into(),
+        name: id.into(),
+        url: url.into(),
+        transport: Transport::default(),
+        description: None,
+        tags: vec![],
+        enabled,
+        reachable,
+        auth_type: AuthType::None,
+        capabilities: None,
+        server_info: None,
+        protocol_version: None,
+        last_seen: None,
+        last_error: None,
+        consecutive_failures: 0,
+        collisions: vec![],
+        created_at: String::new(),
+        updated_at: String::new(),
+        version: 1,
+    }
+}
+
+fn item(kind: CatalogKind, id: &str, gw: Option<&str>, original: &str, spec: Value) -> CatalogItem {
+    CatalogItem {
+        kind,
+        id: id.into(),
+        name: match gw {
+            Some(g) => format!("{g}__{original}"),
+            None => original.into(),
+        },
+        original_name: original.into(),
+        gateway_id: gw.map(Into::into),
+        uri: None,
+        description: Some(format!("{original} does things")),
+        spec: spec.as_object().cloned().unwrap_or_default(),
+        tags: vec![],
+        enabled: true,
+        reachable: true,
+        created_at: String::new(),
+        updated_at: String::new(),
+        version: 1,
+    }
+}
+
+fn server(id: &str, tools: &[&str], resources: &[&str], prompts: &[&str]) -> Server {
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Server {
+        id: id.into(),
+        name: format!("server {id}"),
+        description: None,
+        icon: None,
+        tags: vec![],
+        enabled: true,
+        associated_tools: ids(tools),
+        associated_resources: ids(resources),
+        associated_prompts: ids(prompts),
+        created_at: String::new(),
+        updated_at: String::new(),
+        version: 1,
+    }
+}
+
+fn view() -> RegistryView {
+    let mut res = item(CatalogKind::Resource, "r1", Some("a"), "readme", json!({"mime_type": "text/plain", "is_template": false}));
+    res.uri = Some("file:///readme".into());
+    let mut tpl = item(CatalogKind::Resource, "r2", Some("a"), "files", json!({"is_template": true}));
+    tpl.uri = Some("file:///{path}".into());
+    let mut dup = item(CatalogKind::Resource, "r3", Some("b"), "readme", json!({}));
+    dup.uri = Some("file:///readme".into());
+    let mut disabled = item(CatalogKind::Tool, "t4", Some("a"), "off", json!({}));
+    disabled.enabled = false;
+    RegistryView {
+        version: 42,
+        gateways: vec![
+            gateway("a", "http://10.0.0.1:8080/mcp", true, true),
+            gateway("b", "https://b.example/v1/mcp?x=1", true, true),
+            gateway("down", "http://10.0.0.3/mcp", true, false),
+        ],
+        tools: vec![
+            item(CatalogKind::Tool, "t1", Some("a"), "echo", json!({"input_schema": {"type": "object", "properties": {"m": {"type": "string"}}}, "title": "Echo", "annotations": {"readOnlyHint": true}})),
+            item(CatalogKind::Tool, "t2", Some("b"), "echo", json!({})),
+            item(CatalogKind::Tool, "t3", Some("down"), "slow", json!({})),
+            disabled,
+            item(CatalogKind::Tool, "t5", None, "by-hand", json!({})),
+        ],
+        resources: vec![res, tpl, dup],
+        prompts: vec![item(CatalogKind::Prompt, "p1", Some("b"), "greet", json!({"arguments": [{"name": "who", "required": true}]}))],
+        servers: vec![
+            server("s1", &["t1", "t2", "t3", "t4", "t5"], &["r1", "r2", "r3"], &["p1"]),
+            server("s2", &["t2"], &[], &[]),
+        ],
+    }
+}
+
+fn names(entries: &[Entry]) -> Vec<&str> {
+    entries.iter().map(|e| e.name.as_str()).collect()
+}
+
+#[test]
+fn servers_expose_only_servable_items_rendered_as_mcp_list_entries() {
+    let snap = assemble(&view(), &Policy::default()).unwrap();
+    assert_eq!(snap.version, "42");
+    let s1 = &snap.servers["s1"];
+    // t3: gateway unreachable; t4: disabled; t5: defined by hand, no upstream to route to.
+    assert_eq!(names(&s1.tools), ["a__echo", "b__echo"]);
+    assert_eq!(s1.tools[0].upstream, "a");
+    assert_eq!(s1.tools[0].upstream_name, "echo");
+    let t: Value = serde_json::from_str(s1.tools[0].item.get()).unwrap();
+    assert_eq!(
+        t,
+        json!({"name": "a__echo", "title": "Echo", "description": "echo does things",
+               "annotations": {"readOnlyHint": true},
+               "inputSchema": {"type": "object", "properties": {"m": {"type": "string"}}}})
+    );
+    let t2: Value = serde_json::from_str(s1.tools[1].item.get()).unwrap();
+    assert_eq!(t2["inputSchema"], json!({"type": "object"}), "MCP requires an input schema");
+    // Resources by URI; the duplicate URI from gateway b is left out; templates apart.
+    assert_eq!(names(&s1.resources), ["file:///readme"]);
+    assert_eq!(s1.resources[0].upstream, "a");
+    let r: Value = serde_json::from_str(s1.resources[0].item.get()).unwrap();
+    assert_eq!(r["uri"], "file:///readme");
+    assert_eq!(r["mimeType"], "text/plain");
+    assert_eq!(names(&s1.resource_templates), ["file:///{path}"]);
+    let tpl: Value = serde_json::from_str(s1.resource_templates[0].item.get()).unwrap();
+    assert_eq!(tpl["uriTemplate"], "file:///{path}");
+    assert!(tpl.get("uri").is_none());
+    let p: Value = serde_json::from_str(s1.prompts[0].item.get()).unwrap();
+    assert_eq!(p["arguments"][0]["name"], "who");
+    assert_eq!(names(&snap.servers["s2"].tools), ["b__echo"]);
+}
+
+#[test]
+fn upstreams_are_the_live_gateways_with_cluster_path_and_authority() {
+    let snap = assemble(&view(), &Policy::default()).unwrap();
+    assert_eq!(snap.upstreams.keys().collect::<Vec<_>>(), ["a", "b"]);
+    let a = &snap.upstreams["a"];
+    assert_eq!(a.cluster, cluster_name("a"));
+    assert_eq!(a.path, "/mcp");
+    assert_eq!(a.authority.as_deref(), Some("10.0.0.1:8080"));
+    assert_eq!(snap.upstreams["b"].path, "/v1/mcp?x=1");
+    assert_eq!(snap.upstreams["b"].authority.as_deref(), Some("b.example"));
+}
+
+#[test]
+fn disabled_servers_are_absent_and_the_result_parses_as_the_filter_reads_it() {
+    let mut v = view();
+    v.servers[1].enabled = false;
+    let mut policy = Policy::default();
+    policy.denied_tools = vec!["a__echo".into()];
+    let snap = assemble(&v, &policy).unwrap();
+    assert!(!snap.servers.contains_key("s2"));
+    let json = serde_json::to_vec(&snap).unwrap();
+    let back = Snapshot::from_json(&json).unwrap();
+    assert_eq!(back, snap);
+    assert_eq!(back.policy.denied_tools, ["a__echo"]);
+}
