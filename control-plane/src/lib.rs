@@ -11,6 +11,7 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod transfer;
+pub mod xds;
 
 use std::future::Future;
 use std::net::SocketAddr;

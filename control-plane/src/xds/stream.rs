@@ -1,0 +1,247 @@
+//! The part both ADS variants share: one task per stream that feeds client requests and
+//! published resource sets to a protocol state machine ([`Protocol`]) and reports what
+//! happens to the node registry and the metrics ([`Tracker`]).
+
+use std::collections::BTreeSet;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::status::{NodeRegistry, StreamKind, XdsMetrics};
+use super::{Resource, ResourceSet, Shared, TypeUrl};
+
+/// How many responses may wait for a slow client before the stream stops reading requests.
+const OUTBOX: usize = 16;
+
+/// An ADS variant: what it does with a request and with a newly published set.
+pub(crate) trait Protocol: Default + Send + 'static {
+    /// The client's message.
+    type Request: Send + 'static;
+    /// The server's message.
+    type Response: Send + 'static;
+    /// For the node registry.
+    const KIND: StreamKind;
+
+    /// The node, which Envoy sends on the first request of a stream.
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// Handles a request (subscription change, ACK or NACK); at most one response.
+    fn on_request(
+        &mut self,
+        request: &Self::Request,
+        set: &ResourceSet,
+        tracker: &Tracker<'_>,
+    ) -> Result<Option<Self::Response>, Status>;
+
+    /// Handles a new resource set: one response per type whose subscribed resources changed,
+    /// clusters before listeners.
+    fn on_publish(&mut self, set: &ResourceSet, tracker: &Tracker<'_>) -> Vec<Self::Response>;
+}
+
+/// Where a stream reports what it sent and what its client accepted or rejected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tracker<'a> {
+    pub(crate) node_id: &'a str,
+    pub(crate) registry: &'a NodeRegistry,
+    pub(crate) metrics: &'a XdsMetrics,
+}
+
+impl Tracker<'_> {
+    pub(crate) fn sent(&self, t: TypeUrl, version: &str, nonce: &str, resources: usize) {
+        tracing::debug!(
+            node = self.node_id,
+            r#type = t.label(),
+            version,
+            nonce,
+            resources,
+            "xDS push"
+        );
+        self.registry.sent(self.node_id, t, version);
+        self.metrics.pushed(t);
+    }
+
+    pub(crate) fn acked(&self, t: TypeUrl, version: &str) {
+        tracing::debug!(node = self.node_id, r#type = t.label(), version, "xDS ACK");
+        self.registry.acked(self.node_id, t, version);
+        self.metrics.acked(t);
+    }
+
+    pub(crate) fn nacked(&self, t: TypeUrl, version: &str, error: &str) {
+        tracing::warn!(
+            node = self.node_id,
+            r#type = t.label(),
+            version,
+            error,
+            "xDS NACK: Envoy rejected the configuration"
+        );
+        self.registry.nacked(self.node_id, t, version, error);
+        self.metrics.nacked(t);
+    }
+}
+
+/// The type of a request, or `None` for a type this server does not serve (ignored:
+/// Envoy then waits for its initial-fetch timeout and goes on without it).
+pub(crate) fn request_type(type_url: &str, node_id: &str) -> Result<Option<TypeUrl>, Status> {
+    if type_url.is_empty() {
+        return Err(Status::invalid_argument(
+            "type_url is empty: every request on an ADS stream must name its resource type",
+        ));
+    }
+    match type_url.parse::<TypeUrl>() {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            tracing::warn!(node = node_id, error = %e, "ignoring a subscription to a type this server does not serve");
+            Ok(None)
+        }
+    }
+}
+
+/// Which resources of one type a stream wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Subscription {
+    /// Every resource of the type.
+    Wildcard,
+    /// These names.
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    /// The resources of `set` this subscription selects, sorted by name.
+    pub(crate) fn select<'s>(&self, t: TypeUrl, set: &'s ResourceSet) -> Vec<&'s Resource> {
+        match self {
+            Subscription::Wildcard => set.resources(t).collect(),
+            Subscription::Names(names) => names.iter().filter_map(|n| set.get(t, n)).collect(),
+        }
+    }
+
+    /// A hash of the selected resources' names and contents.
+    pub(crate) fn hash(selected: &[&Resource]) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for r in selected {
+            r.name().hash(&mut h);
+            r.hash().hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+/// Removes the stream from the registry and the gauge however its task ends.
+struct Connected<'a> {
+    shared: &'a Shared,
+    node_id: String,
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.shared.registry.disconnected(&self.node_id);
+        self.shared.metrics.stream_closed();
+        tracing::info!(node = %self.node_id, "ADS stream closed");
+    }
+}
+
+/// Resolves once the server is shutting down (or gone).
+async fn closing(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, not in the caller.
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Starts the task serving one ADS stream; returns the receiving end of its responses.
+pub(crate) fn spawn<P: Protocol>(
+    shared: Arc<Shared>,
+    requests: Streaming<P::Request>,
+) -> mpsc::Receiver<Result<P::Response, Status>> {
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    tokio::spawn(async move {
+        run::<P>(&shared, requests, &tx).await;
+    });
+    rx
+}
+
+async fn run<P: Protocol>(
+    shared: &Shared,
+    mut requests: Streaming<P::Request>,
+    tx: &mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut sets: watch::Receiver<Arc<ResourceSet>> = shared.sets.clone();
+    let first = tokio::select! {
+        m = requests.message() => m,
+        _ = closing(&mut shutdown) => return,
+    };
+    let first = match first {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(status) => {
+            tracing::debug!(%status, "ADS stream failed before its first request");
+            return;
+        }
+    };
+    let Some(node) = P::node(&first).filter(|n| !n.id.is_empty()) else {
+        let _ = tx
+            .send(Err(Status::invalid_argument(
+                "the first request on an ADS stream must carry node.id",
+            )))
+            .await;
+        return;
+    };
+    let node_id = node.id.clone();
+    shared.registry.connected(&node_id, &node.cluster, P::KIND);
+    shared.metrics.stream_opened();
+    let _connected = Connected {
+        shared,
+        node_id: node_id.clone(),
+    };
+    tracing::info!(node = %node_id, cluster = %node.cluster, kind = ?P::KIND, "ADS stream opened");
+    let tracker = Tracker {
+        node_id: &node_id,
+        registry: &shared.registry,
+        metrics: &shared.metrics,
+    };
+    let mut state = P::default();
+    let mut next = Some(first);
+    loop {
+        let responses = if let Some(request) = next.take() {
+            let set = sets.borrow().clone();
+            match state.on_request(&request, &set, &tracker) {
+                Ok(r) => r.into_iter().collect(),
+                Err(status) => {
+                    tracing::warn!(node = %node_id, %status, "closing an ADS stream on a malformed request");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        } else {
+            tokio::select! {
+                m = requests.message() => match m {
+                    Ok(Some(r)) => { next = Some(r); continue; }
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(node = %node_id, %status, "ADS stream ended by the client");
+                        return;
+                    }
+                },
+                changed = sets.changed() => {
+                    if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("xDS publisher stopped"))).await;
+                        return;
+                    }
+                    let set = sets.borrow_and_update().clone();
+                    state.on_publish(&set, &tracker)
+                }
+                _ = closing(&mut shutdown) => {
+                    let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    return;
+                }
+                _ = tx.closed() => return,
+            }
+        };
+        for r in responses {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
