@@ -73,6 +73,9 @@ pub enum Command {
         /// Show the plan only.
         #[arg(long)]
         dry_run: bool,
+        /// Kinds to import (comma-separated: gateways,tools,resources,prompts,servers).
+        #[arg(long)]
+        types: Option<String>,
     },
 }
 
@@ -655,6 +658,7 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             file,
             conflict_strategy,
             dry_run,
+            types,
         } => {
             let c = Client::new(&api)?;
             let text = std::fs::read_to_string(&file)
@@ -663,14 +667,18 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 .or_else(|_| serde_yaml_ng::from_str(&text))
                 .with_context(|| format!("{} is neither JSON nor YAML", file.display()))?;
             let strategy = format!("{conflict_strategy:?}").to_lowercase();
+            let mut query = vec![
+                ("conflict_strategy", strategy),
+                ("dry_run", dry_run.to_string()),
+            ];
+            if let Some(t) = types {
+                query.push(("types", t));
+            }
             let report = c
                 .send(
                     c.http
                         .post(format!("{}/import", c.base))
-                        .query(&[
-                            ("conflict_strategy", strategy),
-                            ("dry_run", dry_run.to_string()),
-                        ])
+                        .query(&query)
                         .json(&body),
                 )
                 .await?;

@@ -53,6 +53,9 @@ pub enum FederationError {
         /// Why.
         reason: String,
     },
+    /// The gateway is disabled: federation leaves it (and its catalog) alone.
+    #[error("gateway {0} is disabled; enable it before refreshing")]
+    Disabled(String),
     /// Credentials could not be built.
     #[error("invalid credentials: {0}")]
     Credentials(String),
@@ -71,6 +74,7 @@ impl FederationError {
             Self::Ssrf(_) => "ssrf",
             Self::Timeout { .. } => "timeout",
             Self::Upstream { .. } => "upstream",
+            Self::Disabled(_) => "disabled",
             Self::Credentials(_) => "credentials",
             Self::Crypto(_) => "crypto",
             Self::Store(_) => "store",
@@ -286,7 +290,10 @@ impl Federation {
     ) -> Result<(Session, Discovered), FederationError> {
         let t = self.settings.timeout;
         let target = check_upstream_url(url, self.settings.ssrf, t).await?;
+        // No proxy: a proxy from HTTP(S)_PROXY would resolve the host itself and bypass
+        // the address pinning below, which is what makes the SSRF check binding.
         let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .connect_timeout(t)
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers_for(creds)?);
@@ -438,9 +445,11 @@ impl Federation {
             .create_gateway_with_catalog(g, Some(&found), &self.settings.separator)
             .await?;
         self.metrics.federation_refresh("ok");
-        let _ = id_slot.set(gw.id.clone());
-        self.watch_changes(&session, id_slot);
-        self.sessions.lock().await.insert(gw.id.clone(), session);
+        if gw.enabled {
+            let _ = id_slot.set(gw.id.clone());
+            self.watch_changes(&session, id_slot);
+            self.sessions.lock().await.insert(gw.id.clone(), session);
+        }
         Ok((gw, report))
     }
 
@@ -453,11 +462,15 @@ impl Federation {
     }
 
     /// Re-discovers a gateway and merges the result. A failure counts as a failed health
-    /// check and leaves the catalog as it was.
+    /// check and leaves the catalog as it was. A disabled gateway is refused.
     pub async fn refresh(&self, id: &str) -> Result<(Gateway, SyncReport), FederationError> {
         let lock = self.refresh_lock(id).await;
         let _held = lock.lock().await;
         let gw = self.store.get_gateway(id).await?;
+        if !gw.enabled {
+            self.disconnect(id).await;
+            return Err(FederationError::Disabled(gw.name));
+        }
         let (auth, sealed) = self.store.gateway_auth(id).await?;
         let creds = self.credentials(auth, sealed.as_deref())?;
         let id_slot = Arc::new(OnceLock::from(id.to_owned()));
@@ -471,17 +484,20 @@ impl Federation {
                     .sync_gateway_catalog(id, &found, &self.settings.separator)
                     .await?;
                 if !report.collisions.is_empty() {
+                    // Also stored on the gateway (`collisions`), where the API shows them.
                     tracing::warn!(gateway = %gw.name, collisions = ?report.collisions, "name collisions: items not stored");
                 }
-                self.watch_changes(&session, id_slot);
-                if let Some(old) = self.sessions.lock().await.insert(id.to_owned(), session) {
-                    drop(old);
+                let now = self.store.get_gateway(id).await?;
+                // Disabled or repointed while we were discovering: that session is stale.
+                if now.enabled && now.url == gw.url && now.transport == gw.transport {
+                    self.watch_changes(&session, id_slot);
+                    self.sessions.lock().await.insert(id.to_owned(), session);
                 }
                 self.metrics.federation_refresh("ok");
                 if !gw.reachable {
                     self.note_transition(&gw.name, HealthTransition::BecameReachable);
                 }
-                Ok((self.store.get_gateway(id).await?, report))
+                Ok((now, report))
             }
             Err(e) => {
                 self.metrics.federation_refresh(e.label());
@@ -517,6 +533,26 @@ impl Federation {
     pub async fn forget(&self, id: &str) {
         self.sessions.lock().await.remove(id);
         self.refresh_locks.lock().await.remove(id);
+    }
+
+    /// Drops the live session of a gateway (disabled, or its URL or transport changed):
+    /// its notifications must no longer reach the catalog.
+    pub async fn disconnect(&self, id: &str) {
+        if let Some(session) = self.sessions.lock().await.remove(id) {
+            // Cancel rather than drop: the session's task ends now, not when it notices.
+            tokio::spawn(async move {
+                let _ = session.cancel().await;
+            });
+        }
+    }
+
+    /// Whether a live upstream session is held for the gateway.
+    pub async fn has_live_session(&self, id: &str) -> bool {
+        self.sessions
+            .lock()
+            .await
+            .get(id)
+            .is_some_and(|s| !s.is_closed())
     }
 
     /// One health check: ping on the live session, or reconnect and resync.
@@ -603,50 +639,69 @@ impl Federation {
     }
 
     /// Starts the background loops: health checks, periodic resync and list_changed
-    /// handling. Abort the handle to stop them.
+    /// handling, each its own task so that a slow health pass never delays a
+    /// list_changed refresh. A pass runs to completion before the next of its kind starts
+    /// (ticks missed meanwhile are delayed, not stacked). Abort the handle to stop them:
+    /// the tasks live in a `JoinSet` owned by the handle's task and die with it.
     pub async fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
-        let me = self.clone();
         let rx = self.changed_rx.lock().await.take();
+        let me = self.clone();
         tokio::spawn(async move {
-            let mut health = tokio::time::interval(me.settings.health_interval);
-            health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let resync_every = me
-                .settings
-                .resync_interval
-                .unwrap_or(Duration::from_secs(86_400));
-            let mut resync =
-                tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
-            resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut rx = match rx {
-                Some(rx) => rx,
-                None => {
-                    tracing::error!("federation loops already started");
-                    return;
-                }
+            let Some(rx) = rx else {
+                tracing::error!("federation loops already started");
+                return;
             };
-            loop {
-                tokio::select! {
-                    _ = health.tick() => me.check_all().await,
-                    _ = resync.tick(), if me.settings.resync_interval.is_some() => me.resync_all().await,
-                    Some(id) = rx.recv() => {
-                        // Coalesce bursts of notifications into one refresh per gateway.
-                        let mut ids = vec![id];
-                        while let Ok(more) = rx.try_recv() {
-                            if !ids.contains(&more) {
-                                ids.push(more);
-                            }
-                        }
-                        for id in ids {
-                            let me = me.clone();
-                            tokio::spawn(async move {
-                                if let Err(e) = me.refresh(&id).await {
-                                    tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
-                                }
-                            });
-                        }
-                    }
+            let mut loops = tokio::task::JoinSet::new();
+            loops.spawn(me.clone().health_loop());
+            if let Some(every) = me.settings.resync_interval {
+                loops.spawn(me.clone().resync_loop(every));
+            }
+            loops.spawn(me.clone().changes_loop(rx));
+            while let Some(done) = loops.join_next().await {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a federation loop panicked");
                 }
             }
         })
+    }
+
+    async fn health_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check_all().await;
+        }
+    }
+
+    async fn resync_loop(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.resync_all().await;
+        }
+    }
+
+    async fn changes_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+        while let Some(id) = rx.recv().await {
+            // Coalesce bursts of notifications into one refresh per gateway.
+            let mut ids = vec![id];
+            while let Ok(more) = rx.try_recv() {
+                if !ids.contains(&more) {
+                    ids.push(more);
+                }
+            }
+            for id in ids {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.refresh(&id).await {
+                        tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
+                    }
+                });
+            }
+        }
     }
 }

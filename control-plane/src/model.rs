@@ -199,6 +199,9 @@ pub struct Gateway {
     pub last_error: Option<String>,
     /// Failed health checks in a row.
     pub consecutive_failures: i64,
+    /// Discovered items the last discovery run (registration, refresh, resync or
+    /// list_changed) could not store because their exposed name was taken.
+    pub collisions: Vec<Collision>,
     /// Creation time (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
@@ -880,7 +883,9 @@ pub struct Collision {
     pub kind: CatalogKind,
     /// Exposed name that is taken.
     pub name: String,
-    /// Owner of the existing item (gateway id), absent when defined by hand.
+    /// Owner of the existing item (gateway id), absent when defined by hand. The
+    /// gateway's own id when the upstream listed the name twice (e.g. a resource and a
+    /// resource template with the same name): the first one listed is kept.
     pub existing_gateway_id: Option<String>,
 }
 

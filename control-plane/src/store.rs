@@ -24,7 +24,9 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, watch};
 
 pub use catalog::{Discovered, DiscoveredItem};
+pub(crate) use catalog::{insert_item, item_id_by_name, update_item_tx, validate_uri};
 pub use gateways::HealthTransition;
+pub(crate) use gateways::validate_url;
 pub use servers::{NewServer, ServerPatch};
 
 use crate::model::{ListQuery, Page};
@@ -138,12 +140,20 @@ struct Migration {
 }
 
 /// Embedded migrations, applied in order on start.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "registry",
-    sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
-    postgres: include_str!("../migrations/postgres/0001_registry.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "registry",
+        sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
+        postgres: include_str!("../migrations/postgres/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "gateway collisions",
+        sqlite: include_str!("../migrations/sqlite/0002_gateway_collisions.sql"),
+        postgres: include_str!("../migrations/postgres/0002_gateway_collisions.sql"),
+    },
+];
 
 /// Handle to the registry database. Cheap to clone.
 #[derive(Clone)]

@@ -2,8 +2,15 @@
 //! a dry run; import also reads ContextForge export files.
 //!
 //! Entries reference each other by name (gateway of an item, items of a server), so a
-//! document moves between installations. Imports are planned first: `fail` refuses the
-//! whole document when the plan has a conflict, and `dry_run` returns the plan only.
+//! document moves between installations. Credentials are never exported (the API never
+//! returns them): a gateway carries its `auth_type` only, and the operator re-enters
+//! its credentials after importing.
+//!
+//! Imports are planned and validated first, with the same checks as the API (names,
+//! URLs, the SSRF guard, tags, references): `fail` refuses the whole document when the
+//! plan has a conflict, `dry_run` returns the plan (with the entries that would fail),
+//! and an import with any failing entry changes nothing. The plan is then applied in one
+//! write transaction, so a failure while applying also leaves nothing behind.
 
 mod contextforge;
 
@@ -13,11 +20,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::crypto::SecretBox;
+use crate::config::FederationSettings;
+use crate::federation::check_upstream_url;
 use crate::model::{
     AuthType, CatalogKind, GatewayPatch, ItemPatch, NewGateway, NewItem, Transport,
 };
-use crate::store::{NewServer, ServerPatch, Store, StoreError};
+use crate::store::{
+    NewServer, ServerPatch, Store, StoreError, WriteTx, insert_item, item_id_by_name,
+    normalize_tags, update_item_tx, validate_gateway_name, validate_item_name, validate_uri,
+    validate_url,
+};
 
 /// Value of `format` in an mcpgw export.
 pub const FORMAT: &str = "mcpgw-export";
@@ -36,6 +48,10 @@ pub struct ExportDocument {
     /// Registry version it reflects.
     #[serde(default)]
     pub registry_version: i64,
+    /// Things the importing operator must know; in particular that credentials are not
+    /// exported and must be re-entered.
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// Gateways.
     #[serde(default)]
     pub gateways: Vec<ExportGateway>,
@@ -53,7 +69,8 @@ pub struct ExportDocument {
     pub servers: Vec<ExportServer>,
 }
 
-/// An exported gateway. Credentials stay sealed with the exporting installation's key.
+/// An exported gateway. Its credentials are not exported: `auth_type` says which kind
+/// to re-enter (`PUT /gateways/{id}`) after importing.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExportGateway {
     /// Name.
@@ -69,10 +86,8 @@ pub struct ExportGateway {
     pub tags: Vec<String>,
     /// Switch.
     pub enabled: bool,
-    /// Credential kind.
+    /// Credential kind the gateway uses (the credentials themselves are not exported).
     pub auth_type: AuthType,
-    /// Sealed credentials (only readable with the same `MCPGW_ENCRYPTION_KEY`).
-    pub auth_sealed: Option<String>,
 }
 
 /// An exported tool, resource or prompt.
@@ -153,6 +168,10 @@ pub struct ExportQuery {
     pub types: Option<String>,
 }
 
+/// The note every export with gateways carries.
+pub const CREDENTIALS_NOTE: &str = "Credentials are not exported. Gateways keep their auth_type only; \
+after importing, re-enter their credentials with PUT /gateways/{id} (auth_type and auth_* fields).";
+
 /// Builds the export document.
 pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocument, StoreError> {
     let registry_version = store.registry_version().await?;
@@ -169,8 +188,8 @@ pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocume
         ..Default::default()
     };
     if types.contains("gateways") {
+        doc.notes.push(CREDENTIALS_NOTE.to_owned());
         for g in &gateways {
-            let (_, sealed) = store.gateway_auth(&g.id).await?;
             doc.gateways.push(ExportGateway {
                 name: g.name.clone(),
                 url: g.url.clone(),
@@ -179,7 +198,6 @@ pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocume
                 tags: g.tags.clone(),
                 enabled: g.enabled,
                 auth_type: g.auth_type,
-                auth_sealed: sealed,
             });
         }
     }
@@ -304,6 +322,9 @@ pub struct ImportReport {
     /// Ids of gateways created, to refresh.
     #[serde(skip)]
     pub created_gateways: Vec<String>,
+    /// Ids of gateways updated, whose live sessions are stale.
+    #[serde(skip)]
+    pub updated_gateways: Vec<String>,
 }
 
 /// Import errors.
@@ -315,28 +336,67 @@ pub enum ImportError {
     /// `fail` strategy and conflicts exist.
     #[error("import refused: {} conflicting entries ({})", .0.len(), .0.join(", "))]
     Conflicts(Vec<String>),
+    /// Entries are invalid or could not be applied; nothing was imported.
+    #[error("import refused, nothing was imported: {}", describe(.0))]
+    Rejected(Vec<ImportEntry>),
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Reads either format.
-pub fn parse_document(
-    body: Value,
-) -> Result<(ExportDocument, Vec<String>, &'static str), ImportError> {
+fn describe(entries: &[ImportEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e.kind,
+                e.name,
+                e.detail.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A document read from either format.
+#[derive(Debug, Clone)]
+pub struct ParsedDocument {
+    /// The document in mcpgw form.
+    pub document: ExportDocument,
+    /// Conversion warnings.
+    pub warnings: Vec<String>,
+    /// Entries the conversion could not carry over (reported as skipped).
+    pub left_out: Vec<ImportEntry>,
+    /// `mcpgw` or `contextforge`.
+    pub source: &'static str,
+}
+
+/// Reads either format; `separator` names MCP tools mapped from a ContextForge export.
+pub fn parse_document(body: Value, separator: &str) -> Result<ParsedDocument, ImportError> {
     if body.get("format").and_then(Value::as_str) == Some(FORMAT) {
-        let doc: ExportDocument = serde_json::from_value(body)
+        let document: ExportDocument = serde_json::from_value(body)
             .map_err(|e| ImportError::Format(format!("invalid mcpgw export: {e}")))?;
-        if doc.version != 1 {
+        if document.version != 1 {
             return Err(ImportError::Format(format!(
                 "unsupported export version {}",
-                doc.version
+                document.version
             )));
         }
-        Ok((doc, Vec::new(), "mcpgw"))
+        Ok(ParsedDocument {
+            document,
+            warnings: Vec::new(),
+            left_out: Vec::new(),
+            source: "mcpgw",
+        })
     } else if body.get("entities").is_some_and(Value::is_object) {
-        let (doc, warnings) = contextforge::convert(&body)?;
-        Ok((doc, warnings, "contextforge"))
+        let c = contextforge::convert(&body, separator)?;
+        Ok(ParsedDocument {
+            document: c.document,
+            warnings: c.warnings,
+            left_out: c.left_out,
+            source: "contextforge",
+        })
     } else {
         Err(ImportError::Format(
             "not an export document: expected `format: mcpgw-export` or a ContextForge export with `entities`".into(),
@@ -400,26 +460,29 @@ enum Step {
     Skip,
 }
 
-/// Imports a document.
+type Key = (Kind, String);
+
+/// Imports a document: plan, validate, then apply everything in one write transaction.
 pub async fn import(
     store: &Store,
-    secrets: &SecretBox,
+    settings: &FederationSettings,
     body: Value,
     q: &ImportQuery,
 ) -> Result<ImportReport, ImportError> {
-    let (doc, warnings, source) = parse_document(body)?;
+    let parsed = parse_document(body, &settings.separator)?;
+    let doc = parsed.document;
     let types = parse_types(q.types.as_deref())?;
     let strategy = q.conflict_strategy.unwrap_or_default();
     let dry_run = q.dry_run.unwrap_or(false);
     let mut report = ImportReport {
         dry_run,
-        source: source.into(),
-        warnings,
+        source: parsed.source.into(),
+        warnings: parsed.warnings,
         ..Default::default()
     };
 
     // ---- plan ------------------------------------------------------------------------
-    let mut names: Vec<(Kind, String)> = Vec::new();
+    let mut names: Vec<Key> = Vec::new();
     if types.contains("gateways") {
         names.extend(doc.gateways.iter().map(|g| (Kind::Gateway, g.name.clone())));
     }
@@ -435,8 +498,8 @@ pub async fn import(
     if types.contains("servers") {
         names.extend(doc.servers.iter().map(|s| (Kind::Server, s.name.clone())));
     }
-    let mut plan: HashMap<(Kind, String), Step> = HashMap::new();
-    let mut planned_names: HashSet<(Kind, String)> = HashSet::new();
+    let mut plan: HashMap<Key, Step> = HashMap::new();
+    let mut planned_names: HashSet<Key> = HashSet::new();
     let mut conflicts = Vec::new();
     for (kind, name) in &names {
         if plan.contains_key(&(*kind, name.clone())) {
@@ -447,7 +510,6 @@ pub async fn import(
                 new_name: None,
                 detail: Some("listed twice in the document; first one wins".into()),
             });
-            report.skipped += 1;
             continue;
         }
         let existing = exists(store, *kind, name).await?;
@@ -481,77 +543,117 @@ pub async fn import(
     if !conflicts.is_empty() {
         return Err(ImportError::Conflicts(conflicts));
     }
-    if dry_run {
-        for e in &report.entries {
-            match e.action.as_str() {
-                "create" => report.created += 1,
-                "update" => report.updated += 1,
-                "rename" => report.renamed += 1,
-                _ => {}
+    if types.contains("tools") {
+        report.entries.extend(parsed.left_out);
+    }
+
+    // ---- validate: the API's checks, before anything is written -----------------------
+    let errors = validate(store, settings, &doc, &types, &plan).await?;
+    if !errors.is_empty() {
+        let mut rejected = Vec::new();
+        for e in &mut report.entries {
+            let key = (kind_of(&e.kind), e.name.clone());
+            if e.action != "skip"
+                && let Some(why) = errors.get(&key)
+            {
+                e.action = "error".into();
+                e.detail = Some(why.clone());
+                rejected.push(e.clone());
             }
         }
-        report.skipped = report.entries.iter().filter(|e| e.action == "skip").count() as u32;
+        if !dry_run {
+            return Err(ImportError::Rejected(rejected));
+        }
+    }
+    if dry_run || !plan.values().any(|s| !matches!(s, Step::Skip)) {
+        count(&mut report);
         return Ok(report);
     }
 
-    // ---- apply -----------------------------------------------------------------------
-    let mut outcome: HashMap<(Kind, String), Result<(), String>> = HashMap::new();
-    let mut gateway_ids: HashMap<String, String> = HashMap::new();
+    // ---- apply, all or nothing ---------------------------------------------------------
+    let mut tx = store.begin_write().await?;
+    if let Err((key, e)) = apply(store, &mut tx, &doc, &types, &plan, &mut report).await {
+        // Dropping the transaction rolls everything back.
+        drop(tx);
+        return Err(match e {
+            StoreError::Database(_) | StoreError::Corrupt(_) => ImportError::Store(e),
+            e => ImportError::Rejected(vec![ImportEntry {
+                kind: key.0.label().into(),
+                name: key.1,
+                action: "error".into(),
+                new_name: None,
+                detail: Some(e.to_string()),
+            }]),
+        });
+    }
+    tx.commit().await?;
+    count(&mut report);
+    Ok(report)
+}
+
+fn kind_of(label: &str) -> Kind {
+    match label {
+        "gateway" => Kind::Gateway,
+        "server" => Kind::Server,
+        other => CatalogKind::ALL
+            .into_iter()
+            .find(|k| k.label() == other)
+            .map_or(Kind::Server, Kind::Item),
+    }
+}
+
+fn count(report: &mut ImportReport) {
+    let n = |a: &str| report.entries.iter().filter(|e| e.action == a).count() as u32;
+    report.created = n("create");
+    report.updated = n("update");
+    report.renamed = n("rename");
+    report.skipped = n("skip");
+    report.failed = n("error");
+}
+
+/// The checks the API applies to the same fields, per planned entry. Returns the
+/// entries that would fail, with why.
+async fn validate(
+    store: &Store,
+    settings: &FederationSettings,
+    doc: &ExportDocument,
+    types: &HashSet<&str>,
+    plan: &HashMap<Key, Step>,
+) -> Result<HashMap<Key, String>, StoreError> {
+    let mut errors: HashMap<Key, String> = HashMap::new();
+    let mut importable_gateways: HashSet<&str> = HashSet::new();
     if types.contains("gateways") {
         for g in &doc.gateways {
             let key = (Kind::Gateway, g.name.clone());
-            let Some(step) = plan.get(&key) else { continue };
-            let (auth_type, sealed) = match (&g.auth_sealed, g.auth_type) {
-                (Some(s), t) if t != AuthType::None => {
-                    if secrets.open(s).is_ok() {
-                        (t, Some(s.clone()))
-                    } else {
-                        report.warnings.push(format!(
-                            "gateway {}: credentials were sealed with another key; imported without credentials",
-                            g.name
-                        ));
-                        (AuthType::None, None)
-                    }
+            let check = match plan.get(&key) {
+                None => continue,
+                Some(Step::Skip) => Ok(()),
+                Some(Step::Create(name)) => validate_gateway_name(name)
+                    .and_then(|()| validate_url(&g.url))
+                    .and_then(|()| normalize_tags(g.tags.clone(), "tags").map(drop))
+                    .map_err(|e| e.to_string()),
+                Some(Step::Update(_)) => validate_url(&g.url)
+                    .and_then(|()| normalize_tags(g.tags.clone(), "tags").map(drop))
+                    .map_err(|e| e.to_string()),
+            };
+            // The SSRF guard of POST /gateways and PUT /gateways/{id}.
+            let check = match (check, plan.get(&key)) {
+                (Ok(()), Some(Step::Create(_) | Step::Update(_))) => {
+                    check_upstream_url(&g.url, settings.ssrf, settings.timeout)
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("url: {e}"))
                 }
-                _ => (AuthType::None, None),
+                (other, _) => other,
             };
-            let r = match step {
-                Step::Create(name) => store
-                    .create_gateway(NewGateway {
-                        name: name.clone(),
-                        url: g.url.clone(),
-                        transport: g.transport,
-                        description: g.description.clone(),
-                        tags: g.tags.clone(),
-                        enabled: g.enabled,
-                        auth_type,
-                        auth_sealed: sealed,
-                    })
-                    .await
-                    .map(|gw| {
-                        report.created_gateways.push(gw.id.clone());
-                        gateway_ids.insert(g.name.clone(), gw.id);
-                    }),
-                Step::Update(id) => store
-                    .update_gateway(
-                        id,
-                        GatewayPatch {
-                            url: Some(g.url.clone()),
-                            transport: Some(g.transport),
-                            description: g.description.clone(),
-                            tags: Some(g.tags.clone()),
-                            enabled: Some(g.enabled),
-                            auth: Some((auth_type, sealed)),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map(|gw| {
-                        gateway_ids.insert(g.name.clone(), gw.id);
-                    }),
-                Step::Skip => Ok(()),
-            };
-            outcome.insert(key, r.map_err(|e| e.to_string()));
+            match check {
+                Ok(()) => {
+                    importable_gateways.insert(g.name.as_str());
+                }
+                Err(e) => {
+                    errors.insert(key, e);
+                }
+            }
         }
     }
     for (key_name, kind, items) in [
@@ -564,73 +666,198 @@ pub async fn import(
         }
         for i in items {
             let key = (Kind::Item(kind), i.name.clone());
-            let Some(step) = plan.get(&key) else { continue };
-            let gateway_id = match &i.gateway {
-                None => Ok(None),
-                Some(gname) => match gateway_ids.get(gname) {
-                    Some(id) => Ok(Some(id.clone())),
-                    None => store
-                        .find_gateway_by_name(gname)
-                        .await?
-                        .map(|g| Some(g.id))
-                        .ok_or_else(|| {
-                            format!("gateway {gname} is neither imported nor registered")
-                        }),
-                },
-            };
-            let r = match (gateway_id, step) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Step::Skip) => Ok(()),
-                (Ok(gid), Step::Create(name)) => store
-                    .create_item(
-                        kind,
-                        NewItem {
-                            name: name.clone(),
-                            original_name: i.original_name.clone(),
-                            gateway_id: gid,
-                            uri: i.uri.clone(),
-                            description: i.description.clone(),
-                            spec: i.spec.clone(),
-                            tags: i.tags.clone(),
-                            enabled: i.enabled,
-                        },
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                (Ok(_), Step::Update(id)) => {
-                    let mut spec = i.spec.clone();
-                    // Drop stored keys the document does not have.
-                    if let Ok(cur) = store.get_item(kind, id).await {
-                        for k in cur.spec.keys() {
-                            spec.entry(k.clone()).or_insert(Value::Null);
-                        }
-                    }
-                    store
-                        .update_item(
-                            kind,
-                            id,
-                            ItemPatch {
-                                uri: i.uri.clone(),
-                                description: i.description.clone(),
-                                spec,
-                                tags: Some(i.tags.clone()),
-                                enabled: Some(i.enabled),
-                                ..Default::default()
-                            },
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            };
-            outcome.insert(key, r);
+            let mut check = match plan.get(&key) {
+                None | Some(Step::Skip) => continue,
+                Some(Step::Create(name)) => validate_item_name(name, "name"),
+                Some(Step::Update(_)) => Ok(()),
+            }
+            .and_then(|()| validate_uri(kind, &i.uri))
+            .and_then(|()| normalize_tags(i.tags.clone(), "tags").map(drop))
+            .map_err(|e| e.to_string());
+            if check.is_ok()
+                && let Some(gname) = &i.gateway
+                && !importable_gateways.contains(gname.as_str())
+                && store.find_gateway_by_name(gname).await?.is_none()
+            {
+                check = Err(format!(
+                    "gateway: {gname} is neither imported nor registered"
+                ));
+            }
+            if let Err(e) = check {
+                errors.insert(key, e);
+            }
         }
     }
     if types.contains("servers") {
         for s in &doc.servers {
             let key = (Kind::Server, s.name.clone());
-            let Some(step) = plan.get(&key) else { continue };
+            let check = match plan.get(&key) {
+                None | Some(Step::Skip) => continue,
+                Some(Step::Create(name)) => validate_item_name(name, "name"),
+                Some(Step::Update(_)) => Ok(()),
+            }
+            .and_then(|()| normalize_tags(s.tags.clone(), "tags").map(drop));
+            if let Err(e) = check {
+                errors.insert(key, e.to_string());
+            }
+        }
+    }
+    Ok(errors)
+}
+
+/// Applies the plan in `tx`; the first failure names its entry.
+async fn apply(
+    store: &Store,
+    tx: &mut WriteTx<'_>,
+    doc: &ExportDocument,
+    types: &HashSet<&str>,
+    plan: &HashMap<Key, Step>,
+    report: &mut ImportReport,
+) -> Result<(), (Key, StoreError)> {
+    // Document name of a gateway -> its name here (differs when renamed).
+    let mut gateway_names: HashMap<String, String> = HashMap::new();
+    if types.contains("gateways") {
+        for g in &doc.gateways {
+            let key = (Kind::Gateway, g.name.clone());
+            let at = |e| (key.clone(), e);
+            match plan.get(&key) {
+                None | Some(Step::Skip) => {}
+                Some(Step::Create(name)) => {
+                    // Credentials are never in a document: the gateway starts without.
+                    let id = store
+                        .insert_gateway_tx(
+                            tx,
+                            NewGateway {
+                                name: name.clone(),
+                                url: g.url.clone(),
+                                transport: g.transport,
+                                description: g.description.clone(),
+                                tags: g.tags.clone(),
+                                enabled: g.enabled,
+                                auth_type: AuthType::None,
+                                auth_sealed: None,
+                            },
+                        )
+                        .await
+                        .map_err(at)?;
+                    if g.auth_type != AuthType::None {
+                        report.warnings.push(format!(
+                            "gateway {name}: credentials are not exported; re-enter its {} credentials (PUT /gateways/{id})",
+                            g.auth_type.as_str()
+                        ));
+                    }
+                    report.created_gateways.push(id);
+                    gateway_names.insert(g.name.clone(), name.clone());
+                }
+                Some(Step::Update(id)) => {
+                    // No `auth`: the stored credentials stay as they are.
+                    store
+                        .update_gateway_tx(
+                            tx,
+                            id,
+                            GatewayPatch {
+                                url: Some(g.url.clone()),
+                                transport: Some(g.transport),
+                                description: g.description.clone(),
+                                tags: Some(g.tags.clone()),
+                                enabled: Some(g.enabled),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(at)?;
+                    report.updated_gateways.push(id.clone());
+                }
+            }
+        }
+    }
+    for (key_name, kind, items) in [
+        ("tools", CatalogKind::Tool, &doc.tools),
+        ("resources", CatalogKind::Resource, &doc.resources),
+        ("prompts", CatalogKind::Prompt, &doc.prompts),
+    ] {
+        if !types.contains(key_name) {
+            continue;
+        }
+        for i in items {
+            let key = (Kind::Item(kind), i.name.clone());
+            let at = |e| (key.clone(), e);
+            let step = match plan.get(&key) {
+                None | Some(Step::Skip) => continue,
+                Some(s) => s,
+            };
+            // Items of a disabled gateway are disabled, as discovery makes them.
+            let (gateway_id, gateway_enabled) = match &i.gateway {
+                None => (None, true),
+                Some(gname) => {
+                    let here = gateway_names.get(gname).unwrap_or(gname);
+                    let (id, enabled) = store
+                        .gateway_ref_tx(tx, here)
+                        .await
+                        .map_err(at)?
+                        .ok_or_else(|| {
+                            at(StoreError::invalid(
+                                "gateway",
+                                format!("{gname} is neither imported nor registered"),
+                            ))
+                        })?;
+                    (Some(id), enabled)
+                }
+            };
+            match step {
+                Step::Skip => {}
+                Step::Create(name) => {
+                    insert_item(
+                        tx,
+                        kind,
+                        NewItem {
+                            name: name.clone(),
+                            original_name: i.original_name.clone(),
+                            gateway_id,
+                            uri: i.uri.clone(),
+                            description: i.description.clone(),
+                            spec: i.spec.clone(),
+                            tags: i.tags.clone(),
+                            enabled: i.enabled && gateway_enabled,
+                        },
+                    )
+                    .await
+                    .map_err(at)?;
+                }
+                Step::Update(id) => {
+                    let mut spec = i.spec.clone();
+                    // Drop stored keys the document does not have.
+                    let cur = store.get_item(kind, id).await.map_err(at)?;
+                    for k in cur.spec.keys() {
+                        spec.entry(k.clone()).or_insert(Value::Null);
+                    }
+                    update_item_tx(
+                        tx,
+                        kind,
+                        id,
+                        ItemPatch {
+                            uri: i.uri.clone(),
+                            description: i.description.clone(),
+                            spec,
+                            tags: Some(i.tags.clone()),
+                            enabled: Some(i.enabled && gateway_enabled),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(at)?;
+                }
+            }
+        }
+    }
+    if types.contains("servers") {
+        for s in &doc.servers {
+            let key = (Kind::Server, s.name.clone());
+            let at = |e| (key.clone(), e);
+            let step = match plan.get(&key) {
+                None | Some(Step::Skip) => continue,
+                Some(s) => s,
+            };
             let mut ids: [Vec<String>; 3] = Default::default();
             let mut missing = Vec::new();
             for (slot, (kind, names)) in ids.iter_mut().zip([
@@ -644,8 +871,8 @@ pub async fn import(
                         Some(Step::Create(new)) => new.clone(),
                         _ => n.clone(),
                     };
-                    match store.find_item_by_name(kind, &actual).await? {
-                        Some(i) => slot.push(i.id),
+                    match item_id_by_name(tx, kind, &actual).await.map_err(at)? {
+                        Some(id) => slot.push(id),
                         None => missing.push(format!("{} {n}", kind.label())),
                     }
                 }
@@ -658,63 +885,47 @@ pub async fn import(
                 ));
             }
             let [tools, resources, prompts] = ids;
-            let r = match step {
-                Step::Skip => Ok(()),
-                Step::Create(name) => store
-                    .create_server(NewServer {
-                        name: name.clone(),
-                        description: s.description.clone(),
-                        icon: s.icon.clone(),
-                        tags: s.tags.clone(),
-                        enabled: s.enabled,
-                        tools,
-                        resources,
-                        prompts,
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Step::Update(id) => store
-                    .update_server(
-                        id,
-                        ServerPatch {
-                            description: s.description.clone(),
-                            icon: s.icon.clone(),
-                            tags: Some(s.tags.clone()),
-                            enabled: Some(s.enabled),
-                            tools: Some(tools),
-                            resources: Some(resources),
-                            prompts: Some(prompts),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            };
-            outcome.insert(key, r);
+            match step {
+                Step::Skip => {}
+                Step::Create(name) => {
+                    store
+                        .insert_server_tx(
+                            tx,
+                            NewServer {
+                                name: name.clone(),
+                                description: s.description.clone(),
+                                icon: s.icon.clone(),
+                                tags: s.tags.clone(),
+                                enabled: s.enabled,
+                                tools,
+                                resources,
+                                prompts,
+                            },
+                        )
+                        .await
+                        .map_err(at)?;
+                }
+                Step::Update(id) => {
+                    store
+                        .update_server_tx(
+                            tx,
+                            id,
+                            ServerPatch {
+                                description: s.description.clone(),
+                                icon: s.icon.clone(),
+                                tags: Some(s.tags.clone()),
+                                enabled: Some(s.enabled),
+                                tools: Some(tools),
+                                resources: Some(resources),
+                                prompts: Some(prompts),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(at)?;
+                }
+            }
         }
     }
-    // Fold outcomes into the entries.
-    let mut index: HashMap<(String, String), usize> = HashMap::new();
-    for (n, e) in report.entries.iter().enumerate() {
-        index.entry((e.kind.clone(), e.name.clone())).or_insert(n);
-    }
-    for ((kind, name), r) in outcome {
-        if let (Err(e), Some(&n)) = (r, index.get(&(kind.label().to_owned(), name))) {
-            report.entries[n].action = "error".into();
-            report.entries[n].detail = Some(e);
-        }
-    }
-    for e in &report.entries {
-        match e.action.as_str() {
-            "create" => report.created += 1,
-            "update" => report.updated += 1,
-            "rename" => report.renamed += 1,
-            "error" => report.failed += 1,
-            _ => {}
-        }
-    }
-    report.skipped = report.entries.iter().filter(|e| e.action == "skip").count() as u32;
-    Ok(report)
+    Ok(())
 }

@@ -217,6 +217,7 @@ pub async fn update(
         .await
         .map_err(crate::federation::FederationError::from)?;
     }
+    let credentials_changed = auth.is_some();
     let patch = GatewayPatch {
         name: body.name,
         url: body.url,
@@ -227,7 +228,28 @@ pub async fn update(
         auth,
         expected_version: body.version,
     };
-    Ok(Json(s.store.update_gateway(&id, patch).await?))
+    let before = s.store.get_gateway(&id).await?;
+    let after = s.store.update_gateway(&id, patch).await?;
+    drop_stale_session(&s, &before, &after, credentials_changed).await;
+    Ok(Json(after))
+}
+
+/// A live session belongs to one enabled gateway at one URL with one transport (and
+/// credentials): after any of these change, its notifications must not reach the
+/// catalog. The next refresh or health check connects again if the gateway is enabled.
+async fn drop_stale_session(
+    s: &AppState,
+    before: &Gateway,
+    after: &Gateway,
+    credentials_changed: bool,
+) {
+    let stale = !after.enabled
+        || before.url != after.url
+        || before.transport != after.transport
+        || credentials_changed;
+    if stale {
+        s.federation.disconnect(&after.id).await;
+    }
 }
 
 /// Delete a gateway and everything discovered from it.
@@ -257,13 +279,18 @@ pub async fn set_state(
         enabled: Some(q.activate),
         ..Default::default()
     };
-    Ok(Json(s.store.update_gateway(&id, patch).await?))
+    let gateway = s.store.update_gateway(&id, patch).await?;
+    if !gateway.enabled {
+        s.federation.disconnect(&id).await;
+    }
+    Ok(Json(gateway))
 }
 
-/// Re-discover a gateway's catalog now.
+/// Re-discover a gateway's catalog now (409 when the gateway is disabled).
 #[utoipa::path(post, path = "/gateways/{id}/refresh", tag = "gateways", params(("id" = String, Path)),
     responses((status = 200, body = GatewaySync),
               (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
               (status = 502, body = Problem, content_type = "application/problem+json"),
               (status = 504, body = Problem, content_type = "application/problem+json")))]
 pub async fn refresh(

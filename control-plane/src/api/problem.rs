@@ -159,6 +159,12 @@ impl From<ApiError> for Problem {
                     _ => Problem::invalid_field("url", f.to_string()),
                 },
                 FederationError::Credentials(_) => Problem::invalid_field("auth", f.to_string()),
+                FederationError::Disabled(_) => Problem::new(
+                    StatusCode::CONFLICT,
+                    "gateway-disabled",
+                    "Gateway disabled",
+                    f.to_string(),
+                ),
                 FederationError::Timeout { .. } => Problem::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream-timeout",

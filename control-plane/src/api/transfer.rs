@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use super::problem::FieldError;
 use super::problem::{ApiJson, ApiQuery};
 use super::{ApiError, AppState, Problem};
 use crate::transfer::{self, ExportDocument, ExportQuery, ImportError, ImportQuery, ImportReport};
@@ -22,6 +23,9 @@ pub async fn export(
 }
 
 /// Import an mcpgw export or a ContextForge export file.
+///
+/// All or nothing: when any entry is invalid (422, one `errors` item per entry) nothing
+/// is imported. Credentials are never part of a document: re-enter them afterwards.
 #[utoipa::path(post, path = "/import", tag = "transfer", params(ImportQuery),
     request_body(content = ExportDocument, description = "An mcpgw export, or a ContextForge export (`entities` object)"),
     responses((status = 200, body = ImportReport),
@@ -32,9 +36,26 @@ pub async fn import(
     ApiQuery(q): ApiQuery<ImportQuery>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<ImportReport>, ApiError> {
-    let report = match transfer::import(&s.store, &s.secrets, body, &q).await {
+    let report = match transfer::import(&s.store, s.federation.settings(), body, &q).await {
         Ok(r) => r,
         Err(ImportError::Store(e)) => return Err(e.into()),
+        Err(ImportError::Rejected(entries)) => {
+            let detail = ImportError::Rejected(entries.clone()).to_string();
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "import-rejected",
+                "Import rejected",
+                detail,
+            );
+            p.errors = entries
+                .into_iter()
+                .map(|e| FieldError {
+                    field: format!("{} {}", e.kind, e.name),
+                    reason: e.detail.unwrap_or_default(),
+                })
+                .collect();
+            return Err(p.into());
+        }
         Err(e @ ImportError::Format(_)) => {
             return Err(Problem::invalid_field("body", e.to_string()).into());
         }
@@ -48,7 +69,12 @@ pub async fn import(
             .into());
         }
     };
-    // Imported gateways are discovered in the background; the import does not wait.
+    // Updated gateways may point elsewhere now: drop their sessions (the health loop
+    // reconnects). Imported gateways are discovered in the background; the import does
+    // not wait.
+    for id in &report.updated_gateways {
+        s.federation.disconnect(id).await;
+    }
     for id in report.created_gateways.clone() {
         let f = s.federation.clone();
         tokio::spawn(async move {

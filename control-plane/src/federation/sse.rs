@@ -26,60 +26,73 @@ pub(crate) struct Event {
 }
 
 /// Incremental SSE parser (WHATWG event-stream format, `\n`, `\r\n` or `\r` line ends).
+///
+/// It buffers bytes and decodes whole lines: a chunk boundary may fall inside a
+/// multi-byte UTF-8 character, but never inside a line terminator's byte (CR and LF are
+/// ASCII and cannot occur within a multi-byte sequence).
 #[derive(Debug, Default)]
 pub(crate) struct Parser {
-    buf: String,
+    buf: Vec<u8>,
     current: Event,
     has_data: bool,
 }
 
 impl Parser {
     /// Feeds bytes; returns the events completed by them.
-    pub(crate) fn feed(&mut self, chunk: &str) -> Vec<Event> {
-        self.buf.push_str(chunk);
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Vec<Event> {
+        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(pos) = self.buf.find(['\n', '\r']) {
-            let line: String = self.buf[..pos].to_owned();
-            let mut skip = 1;
-            if self.buf[pos..].starts_with("\r\n") {
-                skip = 2;
-            } else if self.buf[pos..].starts_with('\r') && self.buf.len() == pos + 1 {
+        let mut start = 0;
+        while let Some(rel) = self.buf[start..]
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+        {
+            let pos = start + rel;
+            let skip = match (self.buf[pos], self.buf.get(pos + 1)) {
+                (b'\r', Some(b'\n')) => 2,
                 // A lone '\r' at the end may be half of "\r\n": wait for more.
-                break;
-            }
-            self.buf.drain(..pos + skip);
-            if line.is_empty() {
-                if self.has_data {
-                    let mut ev = std::mem::take(&mut self.current);
-                    if ev.event.is_empty() {
-                        ev.event = "message".into();
-                    }
-                    out.push(ev);
-                }
-                self.current = Event::default();
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_str(), ""),
+                (b'\r', None) => break,
+                _ => 1,
             };
-            match field {
-                "event" => self.current.event = value.to_owned(),
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {}
-            }
+            let line = String::from_utf8_lossy(&self.buf[start..pos]).into_owned();
+            start = pos + skip;
+            self.line(&line, &mut out);
         }
+        self.buf.drain(..start);
         out
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<Event>) {
+        if line.is_empty() {
+            if self.has_data {
+                let mut ev = std::mem::take(&mut self.current);
+                if ev.event.is_empty() {
+                    ev.event = "message".into();
+                }
+                out.push(ev);
+            }
+            self.current = Event::default();
+            self.has_data = false;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.current.event = value.to_owned(),
+            "data" => {
+                if self.has_data {
+                    self.current.data.push('\n');
+                }
+                self.current.data.push_str(value);
+                self.has_data = true;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -125,8 +138,7 @@ pub(crate) async fn connect(
                 .await
                 .ok_or_else(|| fail("stream ended before the endpoint event".into()))?
                 .map_err(|e| fail(e.to_string()))?;
-            let text = String::from_utf8_lossy(&chunk);
-            for ev in parser.feed(&text) {
+            for ev in parser.feed(&chunk) {
                 if ev.event == "endpoint" {
                     return base
                         .join(ev.data.trim())
@@ -158,7 +170,7 @@ pub(crate) async fn connect(
             }
         }
         while let Some(Ok(chunk)) = body.next().await {
-            for ev in parser.feed(&String::from_utf8_lossy(&chunk)) {
+            for ev in parser.feed(&chunk) {
                 if ev.event != "message" {
                     continue;
                 }
@@ -199,9 +211,12 @@ pub(crate) async fn connect(
 mod tests {
     use super::*;
 
+    /// Name, chunks fed, `(event, data)` wanted.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+
     #[test]
     fn parser_handles_split_chunks_and_line_endings() {
-        let cases: &[(&str, &[&str], &[(&str, &str)])] = &[
+        let cases: &[Case] = &[
             (
                 "one event",
                 &["event: endpoint\ndata: /m?s=1\n\n"],
@@ -229,7 +244,7 @@ mod tests {
             let mut p = Parser::default();
             let got: Vec<(String, String)> = chunks
                 .iter()
-                .flat_map(|c| p.feed(c))
+                .flat_map(|c| p.feed(c.as_bytes()))
                 .map(|e| (e.event, e.data))
                 .collect();
             let want: Vec<(String, String)> = want
@@ -237,6 +252,26 @@ mod tests {
                 .map(|(e, d)| (e.to_string(), d.to_string()))
                 .collect();
             assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn parser_keeps_multibyte_characters_split_across_chunks() {
+        let whole = "data: {\"city\":\"Orléans\"}\n\n".as_bytes();
+        let at = whole.iter().position(|b| *b == 0xC3).unwrap();
+        let cases: &[(&str, &[&[u8]])] = &[
+            ("whole", &[whole]),
+            ("split inside é", &[&whole[..at + 1], &whole[at + 1..]]),
+            ("byte by byte", &whole.chunks(1).collect::<Vec<_>>()),
+        ];
+        for (name, chunks) in cases {
+            let mut p = Parser::default();
+            let got: Vec<String> = chunks
+                .iter()
+                .flat_map(|c| p.feed(c))
+                .map(|e| e.data)
+                .collect();
+            assert_eq!(got, vec!["{\"city\":\"Orléans\"}".to_owned()], "{name}");
         }
     }
 }

@@ -45,10 +45,33 @@ pub struct CheckedTarget {
     pub pinned: Option<(String, Vec<SocketAddr>)>,
 }
 
-/// Address class and the flag that allows it; `None` when always allowed.
+/// The IPv4 address an IPv6 address carries and that a translator or tunnel would
+/// reach: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (deprecated, but
+/// some stacks still route it), NAT64 `64:ff9b::/96` and `64:ff9b:1::/48` (RFC 6052,
+/// 8215; the address sits in the last 32 bits), 6to4 `2002:AABB:CCDD::/48` and Teredo
+/// `2001:0::/32` (client address in the last 32 bits, inverted).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let seg = v6.segments();
+    let last32 = || Ipv4Addr::from(u128::from(v6) as u32);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match seg {
+        // `::` and `::1` are IPv6's own unspecified and loopback, classified below.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, _, _] => Some(last32()),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => Some(last32()),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
+        [0x2001, 0, ..] => Some(Ipv4Addr::from(!(u128::from(v6) as u32))),
+        _ => None,
+    }
+}
+
+/// Address class and the flag that allows it; `None` when always allowed. An IPv6
+/// address that embeds an IPv4 one is judged by the IPv4 address it would reach.
 fn classify(ip: IpAddr) -> Option<(&'static str, &'static str)> {
     let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
         },
@@ -220,6 +243,57 @@ mod tests {
             ("public literal", "https://93.184.216.34/mcp", deny, true),
             ("private range allowed", "http://10.1.2.3/mcp", deny, true),
             ("bad scheme", "file:///etc/passwd", loopback, false),
+            (
+                "ipv4-compatible loopback",
+                "http://[::127.0.0.1]/mcp",
+                deny,
+                false,
+            ),
+            (
+                "ipv4-compatible metadata",
+                "http://[::a9fe:a9fe]/",
+                deny,
+                false,
+            ),
+            (
+                "nat64 loopback",
+                "http://[64:ff9b::7f00:1]/mcp",
+                deny,
+                false,
+            ),
+            (
+                "nat64 metadata",
+                "http://[64:ff9b::169.254.169.254]/",
+                loopback,
+                false,
+            ),
+            (
+                "local-use nat64 metadata",
+                "http://[64:ff9b:1::a9fe:a9fe]/",
+                deny,
+                false,
+            ),
+            ("6to4 loopback", "http://[2002:7f00:1::]/mcp", deny, false),
+            ("6to4 metadata", "http://[2002:a9fe:a9fe::1]/", deny, false),
+            (
+                "teredo client loopback",
+                "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+                deny,
+                false,
+            ),
+            (
+                "nat64 of a public address",
+                "http://[64:ff9b::5db8:d822]/mcp",
+                deny,
+                true,
+            ),
+            (
+                "6to4 of a public address",
+                "http://[2002:5db8:d822::1]/",
+                deny,
+                true,
+            ),
+            ("global v6", "http://[2606:4700::1111]/mcp", deny, true),
         ];
         for (name, url, policy, ok) in cases {
             let got = check_upstream_url(url, *policy, t).await;

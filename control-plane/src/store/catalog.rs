@@ -85,7 +85,7 @@ fn spec_text(spec: &Map<String, Value>) -> String {
     Value::Object(spec.clone()).to_string()
 }
 
-fn validate_uri(kind: CatalogKind, uri: &Option<String>) -> Result<(), StoreError> {
+pub(crate) fn validate_uri(kind: CatalogKind, uri: &Option<String>) -> Result<(), StoreError> {
     match (kind, uri) {
         (CatalogKind::Resource, None) => Err(StoreError::invalid("uri", "resources need a uri")),
         (CatalogKind::Resource, Some(u)) if u.trim().is_empty() || u.len() > 2048 => {
@@ -198,69 +198,7 @@ impl Store {
         p: ItemPatch,
     ) -> Result<CatalogItem, StoreError> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {COLS} FROM {} WHERE id = $1",
-            kind.table()
-        ))
-        .bind(id)
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: kind.label(),
-            id: id.to_owned(),
-        })?;
-        let cur = row_to_item(kind, &row)?;
-        if let Some(expected) = p.expected_version
-            && expected != cur.version
-        {
-            return Err(StoreError::VersionConflict {
-                kind: kind.label(),
-                id: id.to_owned(),
-                expected,
-                current: cur.version,
-            });
-        }
-        let name = p.name.unwrap_or(cur.name);
-        validate_item_name(&name, "name")?;
-        let uri = p.uri.or(cur.uri);
-        validate_uri(kind, &uri)?;
-        let tags = match p.tags {
-            Some(t) => normalize_tags(t, "tags")?,
-            None => cur.tags,
-        };
-        let mut spec = cur.spec;
-        for (k, v) in p.spec {
-            if v.is_null() {
-                spec.remove(&k);
-            } else {
-                spec.insert(k, v);
-            }
-        }
-        let done = sqlx::query(&format!(
-            "UPDATE {} SET name = $1, uri = $2, description = $3, spec = $4, tags = $5, enabled = $6, \
-             updated_at = $7, version = version + 1 WHERE id = $8 AND version = $9",
-            kind.table()
-        ))
-        .bind(&name)
-        .bind(uri)
-        .bind(p.description.or(cur.description))
-        .bind(spec_text(&spec))
-        .bind(tags_json(&tags))
-        .bind(i64::from(p.enabled.unwrap_or(cur.enabled)))
-        .bind(now())
-        .bind(id)
-        .bind(cur.version)
-        .execute(tx.conn())
-        .await
-        .map_err(map_unique(kind.label(), &name))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::VersionConflict {
-                kind: kind.label(),
-                id: id.to_owned(),
-                expected: cur.version,
-                current: cur.version + 1,
-            });
-        }
+        update_item_tx(&mut tx, kind, id, p).await?;
         tx.commit().await?;
         self.get_item(kind, id).await
     }
@@ -398,6 +336,14 @@ async fn merge_catalog(
     let mut report = SyncReport::default();
     let mut changed = false;
     let ts = now();
+    // New items follow the gateway's switch: a disabled gateway adds nothing enabled.
+    let gateway_enabled = {
+        let row = sqlx::query("SELECT enabled FROM gateways WHERE id = $1")
+            .bind(gateway_id)
+            .fetch_one(tx.conn())
+            .await?;
+        get_bool(&row, "enabled")?
+    };
     for kind in CatalogKind::ALL {
         let rows = sqlx::query(&format!(
             "SELECT id, name, original_name, uri, description, spec, reachable FROM {} WHERE gateway_id = $1",
@@ -422,11 +368,17 @@ async fn merge_catalog(
         }
         let mut seen: HashSet<&str> = HashSet::new();
         for item in d.items(kind) {
+            let name = format!("{gateway_name}{separator}{}", item.original_name);
             if !seen.insert(item.original_name.as_str()) {
-                // The upstream listed the same name twice; the first one wins.
+                // The upstream listed the name twice (for resources, typically a resource
+                // and a template): the first one is kept, the other reported.
+                report.collisions.push(Collision {
+                    kind,
+                    name,
+                    existing_gateway_id: Some(gateway_id.to_owned()),
+                });
                 continue;
             }
-            let name = format!("{gateway_name}{separator}{}", item.original_name);
             let spec = spec_text(&item.spec);
             match existing.get(&item.original_name) {
                 Some(e) => {
@@ -486,7 +438,7 @@ async fn merge_catalog(
                     let done = sqlx::query(&format!(
                         "INSERT INTO {} (id, name, original_name, gateway_id, uri, description, spec, tags, \
                          enabled, reachable, created_at, updated_at, version) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, '[]', 1, 1, $8, $8, 1) ON CONFLICT (name) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, '[]', $8, 1, $9, $9, 1) ON CONFLICT (name) DO NOTHING",
                         kind.table()
                     ))
                     .bind(new_id())
@@ -496,6 +448,7 @@ async fn merge_catalog(
                     .bind(item.uri.clone())
                     .bind(item.description.clone())
                     .bind(&spec)
+                    .bind(i64::from(gateway_enabled))
                     .bind(&ts)
                     .execute(tx.conn())
                     .await?;
@@ -542,14 +495,17 @@ async fn merge_catalog(
     {
         changed = true;
     }
+    let collisions = serde_json::to_string(&report.collisions)
+        .map_err(|e| StoreError::Corrupt(format!("collisions: {e}")))?;
     sqlx::query(
         "UPDATE gateways SET capabilities = $1, server_info = $2, protocol_version = $3, reachable = 1, \
-         consecutive_failures = 0, last_seen = $4, last_error = NULL WHERE id = $5",
+         consecutive_failures = 0, last_seen = $4, last_error = NULL, collisions = $5 WHERE id = $6",
     )
     .bind(caps)
     .bind(info)
     .bind(d.protocol_version.clone())
     .bind(&ts)
+    .bind(collisions)
     .bind(gateway_id)
     .execute(tx.conn())
     .await?;
@@ -566,4 +522,90 @@ async fn name_taken(
         .fetch_optional(tx.conn())
         .await?;
     Ok(row.is_some())
+}
+
+/// [`Store::update_item`] (one attempt) in an open write transaction.
+pub(crate) async fn update_item_tx(
+    tx: &mut WriteTx<'_>,
+    kind: CatalogKind,
+    id: &str,
+    p: ItemPatch,
+) -> Result<(), StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM {} WHERE id = $1",
+        kind.table()
+    ))
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        kind: kind.label(),
+        id: id.to_owned(),
+    })?;
+    let cur = row_to_item(kind, &row)?;
+    if let Some(expected) = p.expected_version
+        && expected != cur.version
+    {
+        return Err(StoreError::VersionConflict {
+            kind: kind.label(),
+            id: id.to_owned(),
+            expected,
+            current: cur.version,
+        });
+    }
+    let name = p.name.unwrap_or(cur.name);
+    validate_item_name(&name, "name")?;
+    let uri = p.uri.or(cur.uri);
+    validate_uri(kind, &uri)?;
+    let tags = match p.tags {
+        Some(t) => normalize_tags(t, "tags")?,
+        None => cur.tags,
+    };
+    let mut spec = cur.spec;
+    for (k, v) in p.spec {
+        if v.is_null() {
+            spec.remove(&k);
+        } else {
+            spec.insert(k, v);
+        }
+    }
+    let done = sqlx::query(&format!(
+        "UPDATE {} SET name = $1, uri = $2, description = $3, spec = $4, tags = $5, enabled = $6, \
+         updated_at = $7, version = version + 1 WHERE id = $8 AND version = $9",
+        kind.table()
+    ))
+    .bind(&name)
+    .bind(uri)
+    .bind(p.description.or(cur.description))
+    .bind(spec_text(&spec))
+    .bind(tags_json(&tags))
+    .bind(i64::from(p.enabled.unwrap_or(cur.enabled)))
+    .bind(now())
+    .bind(id)
+    .bind(cur.version)
+    .execute(tx.conn())
+    .await
+    .map_err(map_unique(kind.label(), &name))?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::VersionConflict {
+            kind: kind.label(),
+            id: id.to_owned(),
+            expected: cur.version,
+            current: cur.version + 1,
+        });
+    }
+    Ok(())
+}
+
+/// Id of the item named `name`, seen from inside a write transaction.
+pub(crate) async fn item_id_by_name(
+    tx: &mut WriteTx<'_>,
+    kind: CatalogKind,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(&format!("SELECT id FROM {} WHERE name = $1", kind.table()))
+        .bind(name)
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map(|r| r.try_get("id")).transpose().map_err(Into::into)
 }

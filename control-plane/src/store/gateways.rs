@@ -11,7 +11,7 @@ use crate::model::{AuthType, Gateway, GatewayPatch, ListQuery, NewGateway, Page,
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
     capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
-    created_at, updated_at, version";
+    collisions, created_at, updated_at, version";
 
 /// What a health check changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,13 +45,18 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
         last_seen: row.try_get("last_seen")?,
         last_error: row.try_get("last_error")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
+        collisions: {
+            let raw: String = row.try_get("collisions")?;
+            serde_json::from_str(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("collisions: {e}")))?
+        },
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
     })
 }
 
-fn validate_url(url: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_url(url: &str) -> Result<(), StoreError> {
     let parsed = url::Url::parse(url).map_err(|e| StoreError::invalid("url", e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(StoreError::invalid("url", "scheme must be http or https"));
@@ -93,6 +98,20 @@ impl Store {
         .await
         .map_err(map_unique("gateway", &g.name))?;
         Ok(id)
+    }
+
+    /// `(id, enabled)` of the gateway named `name`, seen from inside a write transaction.
+    pub(crate) async fn gateway_ref_tx(
+        &self,
+        tx: &mut WriteTx<'_>,
+        name: &str,
+    ) -> Result<Option<(String, bool)>, StoreError> {
+        let row = sqlx::query("SELECT id, enabled FROM gateways WHERE name = $1")
+            .bind(name)
+            .fetch_optional(tx.conn())
+            .await?;
+        row.map(|r| Ok((r.try_get("id")?, get_bool(&r, "enabled")?)))
+            .transpose()
     }
 
     /// Creates a gateway without discovery.
@@ -168,6 +187,18 @@ impl Store {
     /// gateway does the same to its items (as ContextForge does).
     pub async fn update_gateway(&self, id: &str, p: GatewayPatch) -> Result<Gateway, StoreError> {
         let mut tx = self.begin_write().await?;
+        self.update_gateway_tx(&mut tx, id, p).await?;
+        tx.commit().await?;
+        self.get_gateway(id).await
+    }
+
+    /// [`Store::update_gateway`] in an open write transaction.
+    pub(crate) async fn update_gateway_tx(
+        &self,
+        tx: &mut WriteTx<'_>,
+        id: &str,
+        p: GatewayPatch,
+    ) -> Result<(), StoreError> {
         let row = sqlx::query(&format!("SELECT {COLS} FROM gateways WHERE id = $1"))
             .bind(id)
             .fetch_optional(tx.conn())
@@ -259,8 +290,7 @@ impl Store {
                 .await?;
             }
         }
-        tx.commit().await?;
-        self.get_gateway(id).await
+        Ok(())
     }
 
     /// Deletes a gateway and (by cascade) everything discovered from it.

@@ -143,9 +143,20 @@ impl Store {
 
     /// Creates a virtual server; every associated id must exist.
     pub async fn create_server(&self, s: NewServer) -> Result<Server, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let id = self.insert_server_tx(&mut tx, s).await?;
+        tx.commit().await?;
+        self.get_server(&id).await
+    }
+
+    /// [`Store::create_server`] in an open write transaction; returns the new id.
+    pub(crate) async fn insert_server_tx(
+        &self,
+        tx: &mut WriteTx<'_>,
+        s: NewServer,
+    ) -> Result<String, StoreError> {
         validate_item_name(&s.name, "name")?;
         let tags = normalize_tags(s.tags, "tags")?;
-        let mut tx = self.begin_write().await?;
         let id = new_id();
         let ts = now();
         sqlx::query(
@@ -162,11 +173,10 @@ impl Store {
         .execute(tx.conn())
         .await
         .map_err(map_unique("server", &s.name))?;
-        set_associations(&mut tx, &id, CatalogKind::Tool, &s.tools).await?;
-        set_associations(&mut tx, &id, CatalogKind::Resource, &s.resources).await?;
-        set_associations(&mut tx, &id, CatalogKind::Prompt, &s.prompts).await?;
-        tx.commit().await?;
-        self.get_server(&id).await
+        set_associations(tx, &id, CatalogKind::Tool, &s.tools).await?;
+        set_associations(tx, &id, CatalogKind::Resource, &s.resources).await?;
+        set_associations(tx, &id, CatalogKind::Prompt, &s.prompts).await?;
+        Ok(id)
     }
 
     /// One virtual server.
@@ -214,6 +224,18 @@ impl Store {
     /// Applies a partial update with optimistic concurrency.
     pub async fn update_server(&self, id: &str, p: ServerPatch) -> Result<Server, StoreError> {
         let mut tx = self.begin_write().await?;
+        self.update_server_tx(&mut tx, id, p).await?;
+        tx.commit().await?;
+        self.get_server(id).await
+    }
+
+    /// [`Store::update_server`] in an open write transaction.
+    pub(crate) async fn update_server_tx(
+        &self,
+        tx: &mut WriteTx<'_>,
+        id: &str,
+        p: ServerPatch,
+    ) -> Result<(), StoreError> {
         let row = sqlx::query(&format!("SELECT {COLS} FROM servers WHERE id = $1"))
             .bind(id)
             .fetch_optional(tx.conn())
@@ -278,16 +300,15 @@ impl Store {
             });
         }
         if let Some(ids) = p.tools {
-            set_associations(&mut tx, id, CatalogKind::Tool, &ids).await?;
+            set_associations(tx, id, CatalogKind::Tool, &ids).await?;
         }
         if let Some(ids) = p.resources {
-            set_associations(&mut tx, id, CatalogKind::Resource, &ids).await?;
+            set_associations(tx, id, CatalogKind::Resource, &ids).await?;
         }
         if let Some(ids) = p.prompts {
-            set_associations(&mut tx, id, CatalogKind::Prompt, &ids).await?;
+            set_associations(tx, id, CatalogKind::Prompt, &ids).await?;
         }
-        tx.commit().await?;
-        self.get_server(id).await
+        Ok(())
     }
 
     /// Deletes a virtual server.

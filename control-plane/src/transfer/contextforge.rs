@@ -1,11 +1,19 @@
 //! Reads a ContextForge export (`{"version", "exported_at", "entities": {…}}`) into an
-//! mcpgw export document. ContextForge exports only locally defined entities (REST tools,
-//! gateways, servers, prompts, resources); MCP tools come back by discovering the
-//! gateways. Its credentials are sealed with its own key and cannot be carried over.
+//! mcpgw export document. ContextForge exports mostly locally defined entities (REST
+//! tools, gateways, servers, prompts, resources). An MCP tool it does list is kept when
+//! its gateway is in the same export: it becomes that gateway's item under the name
+//! discovery will give it (`{gateway}{separator}{original_name}`), so virtual servers
+//! keep it and the gateway's first discovery updates it in place. Other MCP tools are
+//! reported as left out. Credentials are sealed with ContextForge's key and cannot be
+//! carried over.
+
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
-use super::{ExportDocument, ExportGateway, ExportItem, ExportServer, FORMAT, ImportError};
+use super::{
+    ExportDocument, ExportGateway, ExportItem, ExportServer, FORMAT, ImportEntry, ImportError,
+};
 use crate::model::{AuthType, Transport};
 
 fn s(v: &Value, key: &str) -> Option<String> {
@@ -54,7 +62,10 @@ fn tags(v: &Value) -> Vec<String> {
 
 /// ContextForge gateway names are free text; mcpgw's prefix item names, so slugify.
 fn gateway_name(v: &Value) -> Option<String> {
-    let raw = s(v, "slug").or_else(|| s(v, "name"))?;
+    slugify(&s(v, "slug").or_else(|| s(v, "name"))?)
+}
+
+fn slugify(raw: &str) -> Option<String> {
     let slug: String = raw
         .trim()
         .to_lowercase()
@@ -79,12 +90,42 @@ fn list<'a>(entities: &'a Value, key: &str) -> &'a [Value] {
         .unwrap_or(&[])
 }
 
-/// Converts; returns the document and warnings.
-pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), ImportError> {
+/// A converted ContextForge export.
+pub(super) struct Converted {
+    pub(super) document: ExportDocument,
+    pub(super) warnings: Vec<String>,
+    /// MCP tools that could not be tied to an exported gateway.
+    pub(super) left_out: Vec<ImportEntry>,
+}
+
+/// The upstream name of a ContextForge MCP tool: `original_name`, or its name without
+/// the gateway prefix (ContextForge's separator is configurable, `-` by default).
+fn upstream_name(t: &Value, name: &str, gateway_slug: &str) -> String {
+    if let Some(o) = s(t, "original_name").filter(|o| !o.is_empty()) {
+        return o;
+    }
+    for sep in ["__", "-", "_", "."] {
+        if let Some(rest) = name.strip_prefix(&format!("{gateway_slug}{sep}"))
+            && !rest.is_empty()
+        {
+            return rest.to_owned();
+        }
+    }
+    name.to_owned()
+}
+
+/// Converts; `separator` is mcpgw's, for the names of MCP tools.
+pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, ImportError> {
     let entities = body
         .get("entities")
         .ok_or_else(|| ImportError::Format("ContextForge export without entities".into()))?;
     let mut warnings = Vec::new();
+    let mut left_out = Vec::new();
+    // ContextForge ids and names of tools -> names here, for virtual servers.
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    // Gateways by ContextForge id, and the names they get here.
+    let mut gateway_ids: HashMap<String, String> = HashMap::new();
+    let mut gateway_names: HashSet<String> = HashSet::new();
     let mut doc = ExportDocument {
         format: FORMAT.into(),
         version: 1,
@@ -105,6 +146,10 @@ pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), Imp
                 "gateway {name}: ContextForge credentials are sealed with its key; re-enter them (PUT /gateways/{{id}})"
             ));
         }
+        if let Some(id) = s(g, "id") {
+            gateway_ids.insert(id, name.clone());
+        }
+        gateway_names.insert(name.clone());
         doc.gateways.push(ExportGateway {
             name,
             url,
@@ -113,10 +158,8 @@ pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), Imp
             tags: tags(g),
             enabled: active(g),
             auth_type: AuthType::None,
-            auth_sealed: None,
         });
     }
-    let mut mcp_tools = 0;
     for (i, t) in list(entities, "tools").iter().enumerate() {
         let Some(name) = s(t, "name") else {
             warnings.push(format!("tools[{i}]: no name; left out"));
@@ -124,8 +167,51 @@ pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), Imp
         };
         let integration = s(t, "integration_type").unwrap_or_else(|| "REST".into());
         if integration.eq_ignore_ascii_case("MCP") {
-            mcp_tools += 1;
+            let gateway = s(t, "gateway_id")
+                .and_then(|id| gateway_ids.get(&id).cloned())
+                .or_else(|| {
+                    ["gateway_slug", "gateway_name", "gateway"]
+                        .iter()
+                        .filter_map(|k| s(t, k).as_deref().and_then(slugify))
+                        .find(|g| gateway_names.contains(g))
+                });
+            let Some(gateway) = gateway else {
+                left_out.push(ImportEntry {
+                    kind: "tool".into(),
+                    name,
+                    action: "skip".into(),
+                    new_name: None,
+                    detail: Some(
+                        "MCP tool whose gateway is not in this export: left out (it is discovered when its gateway is registered; virtual servers that use it lose it)".into(),
+                    ),
+                });
+                continue;
+            };
+            let original = upstream_name(t, &name, &gateway);
+            let here = format!("{gateway}{separator}{original}");
+            let mut spec = Map::new();
+            spec.insert("integration_type".into(), json!("MCP"));
+            if let Some(schema) = t.get("input_schema").filter(|v| v.is_object()) {
+                spec.insert("input_schema".into(), schema.clone());
+            }
+            if let Some(id) = s(t, "id") {
+                aliases.insert(id, here.clone());
+            }
+            aliases.insert(name, here.clone());
+            doc.tools.push(ExportItem {
+                name: here,
+                original_name: original,
+                gateway: Some(gateway),
+                uri: None,
+                description: s(t, "description"),
+                spec,
+                tags: tags(t),
+                enabled: active(t),
+            });
             continue;
+        }
+        if let Some(id) = s(t, "id") {
+            aliases.insert(id, name.clone());
         }
         let mut spec = Map::new();
         spec.insert("integration_type".into(), json!("REST"));
@@ -163,11 +249,6 @@ pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), Imp
             tags: tags(t),
             enabled: active(t),
         });
-    }
-    if mcp_tools > 0 {
-        warnings.push(format!(
-            "{mcp_tools} MCP tools left out: they are discovered again from their gateways"
-        ));
     }
     for (i, r) in list(entities, "resources").iter().enumerate() {
         let (Some(name), Some(uri)) = (s(r, "name"), s(r, "uri")) else {
@@ -253,10 +334,14 @@ pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), Imp
                 })
                 .unwrap_or_default()
         };
-        // ContextForge lists its own tool ids (or names); ids unknown here are reported
-        // by the import as left out.
+        // ContextForge lists its own tool ids (or names): mapped to names here where the
+        // export has the tool; the import reports the others as left out.
         let mut tools = names("tool_ids");
         tools.extend(names("associated_tools"));
+        let tools = tools
+            .into_iter()
+            .map(|t| aliases.get(&t).cloned().unwrap_or(t))
+            .collect();
         doc.servers.push(ExportServer {
             name,
             description: s(srv, "description"),
@@ -268,5 +353,9 @@ pub(super) fn convert(body: &Value) -> Result<(ExportDocument, Vec<String>), Imp
             prompts: names("associated_prompts"),
         });
     }
-    Ok((doc, warnings))
+    Ok(Converted {
+        document: doc,
+        warnings,
+        left_out,
+    })
 }

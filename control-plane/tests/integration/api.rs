@@ -1,6 +1,6 @@
 //! Admin API over real HTTP.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::harness::{TestCp, TestDb, settings};
@@ -309,6 +309,30 @@ async fn crud_state_pagination_and_filters_over_http() {
     cp.stop().await;
 }
 
+/// Keys anywhere in `v` that name a credential (sealed or clear): everything `auth_*`
+/// except the kind, and any key mentioning a secret.
+fn credential_keys(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let lower = k.to_lowercase();
+                let credential = (lower.starts_with("auth") && lower != "auth_type")
+                    || ["sealed", "secret", "token", "password", "credential"]
+                        .iter()
+                        .any(|w| lower.contains(w));
+                if credential {
+                    out.push(k.clone());
+                }
+                out.extend(credential_keys(child));
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| out.extend(credential_keys(c))),
+        _ => {}
+    }
+    out
+}
+
 #[tokio::test]
 async fn credentials_are_sealed_at_rest_and_never_returned() {
     let db = TestDb::sqlite();
@@ -331,7 +355,21 @@ async fn credentials_are_sealed_at_rest_and_never_returned() {
     ] {
         let (_, v) = cp.get(&path).await;
         assert!(!v.to_string().contains(token), "{path} leaks the token");
+        assert!(
+            !v.to_string().contains("\"v1:"),
+            "{path} returns ciphertext: {v}"
+        );
+        let leaked = credential_keys(&v);
+        assert!(leaked.is_empty(), "{path} has credential fields {leaked:?}");
     }
+    // The export says why credentials are missing.
+    let (_, doc) = cp.get("/export").await;
+    assert_eq!(doc["gateways"][0]["auth_type"], "bearer");
+    assert!(
+        doc["notes"].to_string().contains("re-enter"),
+        "{}",
+        doc["notes"]
+    );
     let (s, _) = cp
         .put(
             &format!("/gateways/{id}"),

@@ -183,6 +183,29 @@ async fn operator_verbs_against_the_api() {
         out.contains("(dry run)") && out.contains("skipped"),
         "{out}"
     );
+    // --types selects kinds as the API's `types` does.
+    let (ok, out, err) = run(
+        &api,
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--dry-run",
+            "--types",
+            "servers,gateways",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = plan["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["gateway", "server"], "{out}");
 
     let (ok, out, _) = run(&api, &["gateways", "refresh", "cli"]).await;
     assert!(ok, "{out}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::harness::{TestCp, TestDb, eventually, settings};
-use super::upstream::{Everything, Misbehavior, TestUpstream, broken_upstream};
+use super::upstream::{Everything, Misbehavior, TestUpstream, broken_upstream, broken_upstream_at};
 
 fn names(page: &Value) -> Vec<String> {
     page["items"]
@@ -229,7 +229,7 @@ async fn everything_round(mode: &str, transport: &str) {
         )
         .await;
     assert_eq!(st, 201, "{g}");
-    assert_eq!(g["gateway"]["server_info"]["name"].as_str().is_some(), true);
+    assert!(g["gateway"]["server_info"]["name"].as_str().is_some(), "{g}");
     let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
     let all = |kind: &'static str| {
         let cp = &cp;
@@ -265,11 +265,16 @@ async fn everything_round(mode: &str, transport: &str) {
     cp.stop().await;
 }
 
+async fn registry_version(cp: &TestCp) -> i64 {
+    cp.get("/registry").await.1["registry_version"]
+        .as_i64()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_upstreams_leave_the_registry_consistent() {
     let db = TestDb::sqlite();
     let cp = TestCp::start(settings(&db)).await;
-    let v0 = cp.get("/registry").await.1["registry_version"].clone();
     // A stream cut mid-event may be reported as a failure or, while the client waits
     // for a resumption that never comes, as a timeout; either way the API answers.
     for (kind, want) in [
@@ -279,45 +284,302 @@ async fn misbehaving_upstreams_leave_the_registry_consistent() {
     ] {
         let (url, task) = broken_upstream(kind).await;
         let name = format!("{kind:?}").to_lowercase();
-        // While a registration hangs on the upstream, the API keeps answering.
+        let v0 = registry_version(&cp).await;
+        // While a registration hangs on the upstream, the API keeps answering, store
+        // reads included.
         let create = cp.post("/gateways", json!({"name": name, "url": url}));
         let probe = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            cp.get("/health").await
+            cp.get("/gateways").await
         };
-        let ((s, body), (hs, _)) = tokio::join!(create, probe);
-        assert_eq!(hs, 200, "{kind:?}: API blocked");
+        let ((s, body), (ps, listed)) = tokio::join!(create, probe);
+        assert_eq!(ps, 200, "{kind:?}: API blocked: {listed}");
         assert!(want.contains(&s), "{kind:?}: {s} {body}");
         let (_, gws) = cp.get("/gateways").await;
         assert!(
             names(&gws).is_empty(),
             "{kind:?}: nothing stored on failure"
         );
+        assert_eq!(
+            registry_version(&cp).await,
+            v0,
+            "{kind:?}: a failed registration changes no registry version"
+        );
+        task.abort();
 
-        // An existing gateway that turns bad keeps its catalog and records the error.
+        // A discovered gateway whose upstream turns bad keeps its catalog and records
+        // the error.
+        let good = TestUpstream::with_tools(&["keep1", "keep2"]);
+        let running = good.serve(0).await;
+        let port = running.addr.port();
         let (s, g) = cp
-            .post(
-                "/gateways",
-                json!({"name": name, "url": url, "discover": false}),
-            )
+            .post("/gateways", json!({"name": name, "url": running.url}))
             .await;
         assert_eq!(s, 201, "{g}");
         let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
-        let (s, _) = cp
+        let (_, before) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+        assert_eq!(
+            names(&before),
+            vec![format!("{name}__keep1"), format!("{name}__keep2")]
+        );
+        running.stop().await;
+        let (_, task) = broken_upstream_at(port, kind).await;
+        let v1 = registry_version(&cp).await;
+        let (s, r) = cp
             .post(&format!("/gateways/{gid}/refresh"), json!({}))
             .await;
-        assert!(want.contains(&s), "{kind:?}: {s}");
+        assert!(want.contains(&s), "{kind:?}: {s} {r}");
+        let (_, after) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+        assert_eq!(names(&after), names(&before), "{kind:?}: catalog kept");
+        assert!(
+            after["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["reachable"] == true && t["enabled"] == true),
+            "{kind:?}: one failure is below the threshold: {after}"
+        );
         let (_, gw) = cp.get(&format!("/gateways/{gid}")).await;
         assert!(gw["last_error"].as_str().is_some(), "{gw}");
         assert_eq!(gw["consecutive_failures"], 1);
-        cp.delete(&format!("/gateways/{gid}")).await;
+        assert_eq!(gw["reachable"], true);
+        assert_eq!(
+            registry_version(&cp).await,
+            v1,
+            "{kind:?}: a failed refresh below the threshold changes nothing a snapshot contains"
+        );
+        let (s, _) = cp.delete(&format!("/gateways/{gid}")).await;
+        assert_eq!(s, 204);
         task.abort();
     }
     let (_, tools) = cp.get("/tools").await;
     assert!(names(&tools).is_empty());
     assert_eq!(cp.get("/ready").await.0, 200);
-    assert_ne!(cp.get("/registry").await.1["registry_version"], v0);
     cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_gateways_leave_the_catalog_alone() {
+    let up = TestUpstream::with_tools(&["one", "two"]);
+    let running = up.serve(0).await;
+    let other = TestUpstream::with_tools(&["x"]).serve(0).await;
+    let db = TestDb::postgres().await;
+    let cp = TestCp::start(settings(&db)).await;
+    let all_enabled = |page: &Value, want: bool| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["enabled"] == want)
+    };
+
+    // Registered disabled: the discovered catalog is stored disabled, no session kept.
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "off", "url": running.url, "enabled": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let off = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={off}")).await;
+    assert_eq!(names(&tools).len(), 2);
+    assert!(all_enabled(&tools, false), "{tools}");
+    for kind in ["resources", "prompts"] {
+        let (_, items) = cp.get(&format!("/{kind}?gateway_id={off}")).await;
+        assert!(all_enabled(&items, false), "{kind}: {items}");
+    }
+    assert!(!cp.federation.has_live_session(&off).await);
+
+    // A refresh of a disabled gateway is refused, clearly.
+    let (s, p) = cp
+        .post(&format!("/gateways/{off}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 409, "{p}");
+    assert_eq!(p["type"], "urn:mcpgw:problem:gateway-disabled");
+    assert!(p["detail"].as_str().unwrap().contains("disabled"), "{p}");
+
+    // An enabled gateway holds a session; disabling it drops the session, and a
+    // list_changed afterwards changes nothing.
+    let (s, g) = cp
+        .post("/gateways", json!({"name": "on", "url": running.url}))
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let on = g["gateway"]["id"].as_str().unwrap().to_owned();
+    assert!(cp.federation.has_live_session(&on).await);
+    let (s, gw) = cp
+        .post(&format!("/gateways/{on}/state?activate=false"), json!({}))
+        .await;
+    assert_eq!((s, gw["enabled"].as_bool()), (200, Some(false)), "{gw}");
+    assert!(!cp.federation.has_live_session(&on).await);
+    let v = cp.get("/registry").await.1;
+    up.set_tools(&["one", "two", "three"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={on}")).await;
+    assert_eq!(names(&tools), vec!["on__one", "on__two"]);
+    assert!(all_enabled(&tools, false), "{tools}");
+    assert_eq!(cp.get("/registry").await.1, v, "nothing changed");
+
+    // Enabled again, a refresh follows the upstream; then a new URL drops the session.
+    let (s, _) = cp
+        .put(&format!("/gateways/{on}"), json!({"enabled": true}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, r) = cp.post(&format!("/gateways/{on}/refresh"), json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["sync"]["added"], 1, "{r}");
+    assert!(cp.federation.has_live_session(&on).await);
+    let (s, gw) = cp
+        .put(&format!("/gateways/{on}"), json!({"url": other.url}))
+        .await;
+    assert_eq!(s, 200, "{gw}");
+    assert!(
+        !cp.federation.has_live_session(&on).await,
+        "a session to the old URL is dropped"
+    );
+    let (s, _) = cp
+        .put(&format!("/gateways/{on}"), json!({"enabled": false}))
+        .await;
+    assert_eq!(s, 200);
+    cp.stop().await;
+    running.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collisions_from_templates_and_background_resyncs_are_visible() {
+    // The template is named like a resource: both would be `up__doc0`.
+    let up = TestUpstream::with_tools(&["alpha"]).with_template_name("doc0");
+    let running = up.serve(0).await;
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let (s, g) = cp
+        .post("/gateways", json!({"name": "up", "url": running.url}))
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let want = json!([{"kind": "resource", "name": "up__doc0", "existing_gateway_id": gid}]);
+    assert_eq!(g["sync"]["collisions"], want, "{g}");
+    assert_eq!(g["gateway"]["collisions"], want, "{g}");
+    let (_, res) = cp.get(&format!("/resources?gateway_id={gid}")).await;
+    let doc0: Vec<&Value> = res["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "up__doc0")
+        .collect();
+    assert_eq!(doc0.len(), 1);
+    assert_eq!(doc0[0]["is_template"], false, "the first listed is kept");
+
+    // A hand-made tool takes a name the upstream adds later: the list_changed resync
+    // stores the collision on the gateway, where the API shows it.
+    let (s, _) = cp
+        .post(
+            "/tools",
+            json!({"name": "up__zulu", "url": "https://api.example/z"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    up.set_tools(&["alpha", "zulu"]).await;
+    let gw = eventually(
+        "the resync's collision on the gateway",
+        Duration::from_secs(20),
+        || async {
+            let (_, gw) = cp.get(&format!("/gateways/{gid}")).await;
+            let c = gw["collisions"].as_array().cloned().unwrap_or_default();
+            c.iter().any(|c| c["name"] == "up__zulu").then_some(gw)
+        },
+    )
+    .await;
+    let zulu = gw["collisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "up__zulu")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        zulu,
+        json!({"kind": "tool", "name": "up__zulu", "existing_gateway_id": null})
+    );
+    cp.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_health_loop_marks_a_gateway_down_and_up() {
+    let up = TestUpstream::with_tools(&["one"]);
+    let running = up.serve(0).await;
+    let port = running.addr.port();
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    s.federation.health_interval = Duration::from_millis(200);
+    s.federation.failure_threshold = 1;
+    // Long, so that a health pass stuck on a hanging upstream (below) lasts long.
+    s.federation.timeout = Duration::from_secs(20);
+    let cp = TestCp::start(s).await;
+    let (st, g) = cp
+        .post("/gateways", json!({"name": "looped", "url": running.url}))
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let reachable = |want: bool| {
+        let cp = &cp;
+        let gid = gid.clone();
+        move || {
+            let gid = gid.clone();
+            async move {
+                let (_, gw) = cp.get(&format!("/gateways/{gid}")).await;
+                (gw["reachable"] == want).then_some(gw)
+            }
+        }
+    };
+
+    running.stop().await;
+    let gw = eventually(
+        "the health loop to mark the gateway unreachable",
+        Duration::from_secs(15),
+        reachable(false),
+    )
+    .await;
+    assert!(gw["last_error"].as_str().is_some(), "{gw}");
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    assert_eq!(tools["items"][0]["reachable"], false, "{tools}");
+
+    let again = up.serve(port).await;
+    eventually(
+        "the health loop to mark the gateway reachable again",
+        Duration::from_secs(15),
+        reachable(true),
+    )
+    .await;
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    assert_eq!(tools["items"][0]["reachable"], true, "{tools}");
+
+    // A gateway that hangs keeps every health pass busy for the whole timeout; a
+    // list_changed meanwhile is still handled at once, not after the pass.
+    let (stuck_url, stuck) = broken_upstream(Misbehavior::Hang).await;
+    let (st, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "stuck", "url": stuck_url, "discover": false}),
+        )
+        .await;
+    assert_eq!(st, 201, "{g}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    up.set_tools(&["one", "two"]).await;
+    eventually(
+        "list_changed to be handled during a stuck health pass",
+        Duration::from_secs(3),
+        || async {
+            let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+            (names(&tools) == ["looped__one", "looped__two"]).then_some(())
+        },
+    )
+    .await;
+    cp.stop().await;
+    again.stop().await;
+    stuck.abort();
 }
 
 #[tokio::test]

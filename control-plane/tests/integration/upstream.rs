@@ -26,6 +26,7 @@ pub const PAGE: usize = 2;
 #[derive(Default)]
 struct Catalog {
     tools: Vec<String>,
+    template_name: String,
     peers: Vec<Peer<RoleServer>>,
 }
 
@@ -49,8 +50,18 @@ fn page<T: Clone>(all: &[T], req: &Option<PaginatedRequestParams>) -> (Vec<T>, O
 impl TestUpstream {
     pub fn with_tools(names: &[&str]) -> Self {
         let u = TestUpstream::default();
-        u.catalog.lock().unwrap().tools = names.iter().map(|s| s.to_string()).collect();
+        {
+            let mut c = u.catalog.lock().unwrap();
+            c.tools = names.iter().map(|s| s.to_string()).collect();
+            c.template_name = "doc-by-id".into();
+        }
         u
+    }
+
+    /// Names the resource template (`doc0`..`doc2` are the resources' names).
+    pub fn with_template_name(self, name: &str) -> Self {
+        self.catalog.lock().unwrap().template_name = name.into();
+        self
     }
 
     /// Replaces the tool list and notifies every connected client.
@@ -185,8 +196,9 @@ impl ServerHandler for TestUpstream {
         _req: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let name = self.catalog.lock().unwrap().template_name.clone();
         Ok(serde_json::from_value(json!({
-            "resourceTemplates": [{"uriTemplate": "test://doc/{id}", "name": "doc-by-id"}]
+            "resourceTemplates": [{"uriTemplate": "test://doc/{id}", "name": name}]
         }))
         .expect("templates"))
     }
@@ -274,7 +286,15 @@ pub enum Misbehavior {
 
 /// A raw TCP server that misbehaves on every connection.
 pub async fn broken_upstream(kind: Misbehavior) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    broken_upstream_at(0, kind).await
+}
+
+/// [`broken_upstream`] on 127.0.0.1:`port` (e.g. where a good upstream used to be).
+pub async fn broken_upstream_at(
+    port: u16,
+    kind: Misbehavior,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         loop {
