@@ -15,4 +15,5 @@ mod integration {
     mod openapi;
     mod store;
     mod transfer;
+    mod xds;
 }

@@ -1,7 +1,7 @@
 //! Incremental ADS (`DeltaAggregatedResources`): responses carry only resources the
 //! client does not have in their current version, and the names of those that are gone.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -10,12 +10,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tonic::Status;
 
 use super::status::StreamKind;
-use super::stream::{Protocol, Tracker, request_type};
+use super::stream::{Pending, Protocol, Tracker, request_type};
 use super::{ResourceSet, TypeUrl};
-
-/// How many unanswered responses per type are remembered for matching ACKs; older ones
-/// are answered by newer ones anyway.
-const PENDING: usize = 32;
 
 /// What the client holds of one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +28,8 @@ struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
     known: HashMap<String, Known>,
-    /// (nonce, system version) of responses not yet answered, oldest first.
-    pending: VecDeque<(String, String)>,
+    /// Responses not answered yet.
+    pending: Pending,
 }
 
 impl TypeState {
@@ -109,12 +105,7 @@ impl Delta {
         }
         self.nonces += 1;
         let nonce = self.nonces.to_string();
-        if state.pending.len() == PENDING {
-            state.pending.pop_front();
-        }
-        state
-            .pending
-            .push_back((nonce.clone(), set.version().to_owned()));
+        state.pending.push(&nonce, set.version());
         tracker.sent(t, set.version(), &nonce, resources.len());
         Some(DeltaDiscoveryResponse {
             system_version_info: set.version().to_owned(),
@@ -193,18 +184,9 @@ impl Protocol for Delta {
             state.known.retain(|n, _| names.contains(n));
         }
         if !request.response_nonce.is_empty() {
-            match state
-                .pending
-                .iter()
-                .position(|(n, _)| *n == request.response_nonce)
-            {
-                Some(i) => {
-                    let version = state.pending[i].1.clone();
-                    state.pending.drain(..=i);
-                    match &request.error_detail {
-                        Some(e) => tracker.nacked(t, &version, &e.message),
-                        None => tracker.acked(t, &version),
-                    }
+            match state.pending.answer(&request.response_nonce) {
+                Some(answered) => {
+                    tracker.answered(t, &answered.version, request.error_detail.as_ref());
                 }
                 None => {
                     tracing::debug!(node = tracker.node_id, r#type = t.label(), nonce = %request.response_nonce, "unknown nonce ignored");

@@ -8,17 +8,17 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 
 use super::status::StreamKind;
-use super::stream::{Protocol, Subscription, Tracker, request_type};
+use super::stream::{Pending, Protocol, Subscription, Tracker, request_type};
 use super::{ResourceSet, TypeUrl};
 
 /// What one stream was sent, per type.
 #[derive(Debug)]
 struct TypeState {
     subscription: Subscription,
-    /// Nonce of the last response; a request quoting another one is stale.
+    /// Nonce of the last response; a request quoting an older one is stale.
     nonce: String,
-    /// Version of the last response.
-    version: String,
+    /// Responses not answered yet.
+    pending: Pending,
     /// Hash of the resources in the last response.
     sent: u64,
 }
@@ -56,7 +56,7 @@ impl Sotw {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         state.nonce.clone_from(&nonce);
-        state.version = set.version().to_owned();
+        state.pending.push(&nonce, set.version());
         state.sent = Subscription::hash(&selected);
         tracker.sent(t, set.version(), &nonce, selected.len());
         Some(DiscoveryResponse {
@@ -96,22 +96,29 @@ impl Protocol for Sotw {
                 TypeState {
                     subscription: wanted,
                     nonce: String::new(),
-                    version: String::new(),
+                    pending: Pending::default(),
                     sent: 0,
                 },
             );
             return Ok(self.respond(t, set, tracker));
         };
         if !request.response_nonce.is_empty() {
-            if request.response_nonce != state.nonce {
-                // An answer to a response that a newer one has superseded; the client
-                // will answer the newer one too.
-                tracing::debug!(node = tracker.node_id, r#type = t.label(), nonce = %request.response_nonce, "stale nonce ignored");
-                return Ok(None);
+            // Envoy answers every response in order, so an answer to an older one still
+            // says what it applied; but only a request quoting the latest response may
+            // change the subscription (a subscription change quotes the last nonce again,
+            // after its ACK: that is not a second ACK).
+            let latest = request.response_nonce == state.nonce;
+            match state.pending.answer(&request.response_nonce) {
+                Some(answered) => {
+                    tracker.answered(t, &answered.version, request.error_detail.as_ref())
+                }
+                None if latest => {}
+                None => {
+                    tracing::debug!(node = tracker.node_id, r#type = t.label(), nonce = %request.response_nonce, "unknown nonce ignored")
+                }
             }
-            match &request.error_detail {
-                Some(e) => tracker.nacked(t, &state.version, &e.message),
-                None => tracker.acked(t, &request.version_info),
+            if !latest {
+                return Ok(None);
             }
         }
         if request.response_nonce.is_empty() || state.subscription != wanted {

@@ -69,6 +69,19 @@ impl Tracker<'_> {
         self.metrics.acked(t);
     }
 
+    /// Records the client's answer to a response: ACK, or NACK when `error` is set.
+    pub(crate) fn answered(
+        &self,
+        t: TypeUrl,
+        version: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+    ) {
+        match error {
+            Some(e) => self.nacked(t, version, &e.message),
+            None => self.acked(t, version),
+        }
+    }
+
     pub(crate) fn nacked(&self, t: TypeUrl, version: &str, error: &str) {
         tracing::warn!(
             node = self.node_id,
@@ -96,6 +109,45 @@ pub(crate) fn request_type(type_url: &str, node_id: &str) -> Result<Option<TypeU
             tracing::warn!(node = node_id, error = %e, "ignoring a subscription to a type this server does not serve");
             Ok(None)
         }
+    }
+}
+
+/// How many unanswered responses per type are remembered for matching ACKs; a client
+/// answers every response in order, so only a burst of pushes overflows it.
+const PENDING: usize = 32;
+
+/// The responses of one type a client has not answered yet: the one place nonces are
+/// matched to versions, for both ADS variants.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// (nonce, version), oldest first.
+    sent: std::collections::VecDeque<(String, String)>,
+}
+
+/// What a client's answer refers to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Answered {
+    /// The version of the response answered.
+    pub(crate) version: String,
+    /// Whether it was the latest response (else the client has a newer one to answer).
+    pub(crate) latest: bool,
+}
+
+impl Pending {
+    /// Records a response sent.
+    pub(crate) fn push(&mut self, nonce: &str, version: &str) {
+        if self.sent.len() == PENDING {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((nonce.to_owned(), version.to_owned()));
+    }
+
+    /// Matches an answer's nonce; forgets that response and every older one.
+    pub(crate) fn answer(&mut self, nonce: &str) -> Option<Answered> {
+        let i = self.sent.iter().position(|(n, _)| n == nonce)?;
+        let latest = i + 1 == self.sent.len();
+        let (_, version) = self.sent.drain(..=i).next_back()?;
+        Some(Answered { version, latest })
     }
 }
 
