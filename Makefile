@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run bench fuzz fmt clippy clean
+.PHONY: help deps wasm build test e2e run bench bench-envoy bench-registry fuzz fmt clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -77,10 +77,17 @@ fuzz: $(CARGO_FUZZ)
 # MCPGW_BENCH_OUTPUT.
 # The driver skips the workspace's fat LTO (meant for the filter): it builds in minutes,
 # not a quarter hour, on a 2-core machine, and is not what is measured.
-bench: wasm
+bench: bench-envoy bench-registry
+
+bench-envoy: wasm
 	cargo build --release --locked -p mcpgw-bench-floor --target $(WASM_TARGET)
 	cargo build --release --locked -p mcpgw-bench --config profile.release.lto=false --config profile.release.codegen-units=16
 	MCPGW_BENCH_COMMAND="make bench" ./target/release/mcpgw-bench
+
+# The control plane with a 10,000-tool registry on SQLite and PostgreSQL (127.0.0.1:5432).
+bench-registry:
+	cargo build --release --locked -p mcpgw-bench-registry --config profile.release.lto=false --config profile.release.codegen-units=16
+	MCPGW_BENCH_COMMAND="make bench-registry" ./target/release/mcpgw-bench-registry
 
 clean:
 	cargo clean

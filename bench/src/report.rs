@@ -259,10 +259,17 @@ pub fn section(outcome: &Outcome, settings: &Settings) -> String {
 
 /// `existing` with this benchmark's section replaced by `section` (appended when absent).
 pub fn replace_section(existing: &str, section: &str) -> String {
-    if let (Some(begin), Some(end)) = (existing.find(SECTION_BEGIN), existing.find(SECTION_END))
+    replace_marked(existing, SECTION_BEGIN, SECTION_END, section)
+}
+
+/// `existing` with the text from marker `begin` through marker `end` (and the newline
+/// after it) replaced by `section`, which starts and ends with those markers; appended
+/// when the markers are absent. Each benchmark owns one marked section of a document.
+pub fn replace_marked(existing: &str, begin_marker: &str, end_marker: &str, section: &str) -> String {
+    if let (Some(begin), Some(end)) = (existing.find(begin_marker), existing.find(end_marker))
         && begin < end
     {
-        let after = &existing[end + SECTION_END.len()..];
+        let after = &existing[end + end_marker.len()..];
         let after = after.strip_prefix('\n').unwrap_or(after);
         return format!("{}{section}{after}", &existing[..begin]);
     }
