@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, Node, SocketAddress,
-    TypedExtensionConfig, address, config_source, data_source, socket_address,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, ExtensionConfigSource,
+    HeaderValue, HeaderValueOption, Node, SocketAddress, TypedExtensionConfig, address,
+    config_source, data_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -18,6 +20,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, Route, RouteConfiguration, RouteMatch, VirtualHost, route, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation, Mutations,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -611,22 +616,65 @@ fn ads_source() -> Option<ConfigSource> {
     })
 }
 
-/// A listener on an ephemeral port whose routes come over RDS, a route answering
-/// `body` directly, and a static cluster; `timeout_s` ≤ 0 makes the cluster invalid.
-fn edge(version: &str, body: &str, timeout_s: i64) -> ResourceSet {
+/// What the real Envoy is served.
+struct Edge<'a> {
+    /// Body of the direct response (RDS).
+    body: &'a str,
+    /// Value of the `x-ecds` response header (set by a filter configured over ECDS).
+    header: &'a str,
+    /// The cluster's connect timeout: ≤ 0 makes it invalid.
+    timeout_s: i64,
+}
+
+/// A listener on an ephemeral port whose routes come over RDS and whose header filter
+/// comes over ECDS, a route answering directly, and a static cluster.
+fn edge(version: &str, e: &Edge<'_>) -> ResourceSet {
+    let headers = HeaderMutation {
+        mutations: Some(Mutations {
+            response_mutations: vec![rules::HeaderMutation {
+                action: Some(rules::header_mutation::Action::Append(HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "x-ecds".into(),
+                        value: e.header.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let filter_config = TypedExtensionConfig {
+        name: "edge-headers".into(),
+        typed_config: Some(any(&headers)),
+    };
     let hcm = HttpConnectionManager {
         stat_prefix: "edge".into(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: ads_source(),
             route_config_name: "edge-routes".into(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(
-                any(&Router::default()),
-            )),
-            ..Default::default()
-        }],
+        http_filters: vec![
+            HttpFilter {
+                name: "edge-headers".into(),
+                config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+                    ExtensionConfigSource {
+                        config_source: ads_source(),
+                        type_urls: vec![<HeaderMutation as prost::Name>::type_url()],
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(
+                    any(&Router::default()),
+                )),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
     let listener = Listener {
@@ -654,7 +702,7 @@ fn edge(version: &str, body: &str, timeout_s: i64) -> ResourceSet {
                 action: Some(route::Action::DirectResponse(DirectResponseAction {
                     status: 200,
                     body: Some(DataSource {
-                        specifier: Some(data_source::Specifier::InlineString(body.into())),
+                        specifier: Some(data_source::Specifier::InlineString(e.body.into())),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -683,12 +731,13 @@ fn edge(version: &str, body: &str, timeout_s: i64) -> ResourceSet {
             }],
             ..Default::default()
         }),
-        ..cluster("upstream", timeout_s)
+        ..cluster("upstream", e.timeout_s)
     };
     let mut b = ResourceSet::builder(version);
     b.insert("edge", &listener).unwrap();
     b.insert("edge-routes", &routes).unwrap();
     b.insert("upstream", &upstream).unwrap();
+    b.insert("edge-headers", &filter_config).unwrap();
     b.build()
 }
 
@@ -810,35 +859,52 @@ impl Envoy {
         .await
     }
 
-    async fn answers(&mut self, http: &reqwest::Client, addr: SocketAddr, body: &str) {
+    /// Waits until the listener answers with `body` and the ECDS filter's header.
+    async fn answers(
+        &mut self,
+        http: &reqwest::Client,
+        addr: SocketAddr,
+        body: &str,
+        header: &str,
+    ) {
         let url = format!("http://{addr}/anything");
-        self.wait(&format!("the listener to answer {body:?}"), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let r = http.get(&url).send().await.ok()?;
-                (r.text().await.ok()? == body).then_some(())
-            }
-        })
+        self.wait(
+            &format!("the listener to answer {body:?} with x-ecds: {header}"),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let r = http.get(&url).send().await.ok()?;
+                    let h = r.headers().get("x-ecds")?.to_str().ok()?.to_owned();
+                    (h == header && r.text().await.ok()? == body).then_some(())
+                }
+            },
+        )
         .await;
     }
 }
 
 async fn envoy_converges(api_type: &str) {
-    let server = Server::start(edge("1", "hello from xds", 1), Duration::from_millis(20)).await;
+    let mut e = Edge {
+        body: "hello from xds",
+        header: "one",
+        timeout_s: 1,
+    };
+    let server = Server::start(edge("1", &e), Duration::from_millis(20)).await;
     let mut envoy = Envoy::start(server.addr, api_type).await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let addr = envoy.listener(&http, "edge").await;
-    envoy.answers(&http, addr, "hello from xds").await;
+    envoy.answers(&http, addr, e.body, e.header).await;
     let node_id = format!("envoy-{api_type}");
     // Per type, the version of the last push that type got: a type is pushed only when
     // its resources change.
-    let acked = |cds: &'static str, lds: &'static str, rds: &'static str| {
+    let acked = |cds: &'static str, lds: &'static str, rds: &'static str, ecds: &'static str| {
         move |n: &xds::NodeStatus| {
             [
                 (TypeUrl::Cluster, cds),
                 (TypeUrl::Listener, lds),
                 (TypeUrl::RouteConfiguration, rds),
+                (TypeUrl::ExtensionConfig, ecds),
             ]
             .into_iter()
             .all(|(t, v)| {
@@ -850,29 +916,39 @@ async fn envoy_converges(api_type: &str) {
         }
     };
     server
-        .status_until(&node_id, "Envoy acked v1", acked("1", "1", "1"))
+        .status_until(&node_id, "Envoy acked v1", acked("1", "1", "1", "1"))
         .await;
 
     // A live route change: only the route configuration is pushed.
-    server.publish(edge("2", "updated", 1));
-    envoy.answers(&http, addr, "updated").await;
+    e.body = "updated";
+    server.publish(edge("2", &e));
+    envoy.answers(&http, addr, e.body, e.header).await;
     server
-        .status_until(&node_id, "Envoy acked v2", acked("1", "1", "2"))
+        .status_until(&node_id, "Envoy acked v2", acked("1", "1", "2", "1"))
+        .await;
+
+    // A filter configuration change over ECDS: the listener is not touched.
+    e.header = "two";
+    server.publish(edge("3", &e));
+    envoy.answers(&http, addr, e.body, e.header).await;
+    server
+        .status_until(&node_id, "Envoy acked v3", acked("1", "1", "2", "3"))
         .await;
 
     // An invalid cluster (connect_timeout must be > 0): Envoy NACKs and keeps serving.
-    server.publish(edge("3", "updated", -1));
+    e.timeout_s = -1;
+    server.publish(edge("4", &e));
     let st = server
-        .status_until(&node_id, "Envoy NACKed v3", |n| {
+        .status_until(&node_id, "Envoy NACKed v4", |n| {
             cds_status(n).is_some_and(|t| t.last_nack.is_some())
         })
         .await;
     let t = cds_status(&st).unwrap();
     assert_eq!(t.version_acked.as_deref(), Some("1"));
     let n = t.last_nack.as_ref().unwrap();
-    assert_eq!(n.version, "3");
+    assert_eq!(n.version, "4");
     assert!(n.error.contains("duration"), "NACK detail: {}", n.error);
-    envoy.answers(&http, addr, "updated").await;
+    envoy.answers(&http, addr, e.body, e.header).await;
     let dump: serde_json::Value = http
         .get(format!("http://{}/config_dump", envoy.admin))
         .send()
@@ -881,7 +957,8 @@ async fn envoy_converges(api_type: &str) {
         .json()
         .await
         .unwrap();
-    assert!(dump.to_string().contains("edge-routes"));
+    let dump = dump.to_string();
+    assert!(dump.contains("edge-routes") && dump.contains("edge-headers"));
 }
 
 #[tokio::test]
