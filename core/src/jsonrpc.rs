@@ -75,6 +75,13 @@ pub struct Message {
     pub tracestate: Option<String>,
     /// `error.code` of an error response.
     pub error_code: Option<i64>,
+    /// `params.cursor` (list methods).
+    pub cursor: Option<String>,
+    /// `params.protocolVersion` (`initialize`).
+    pub protocol_version: Option<String>,
+    /// Byte range of the `params.name` string literal (quotes included) in the body, so a
+    /// gateway can rewrite the name without re-serializing the message.
+    pub name_span: Option<(u64, u64)>,
 }
 
 /// Why a request body is refused, with the JSON-RPC code to answer it with.

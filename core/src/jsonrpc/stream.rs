@@ -146,6 +146,8 @@ enum Slot {
     Traceparent,
     Tracestate,
     ErrorCode,
+    Cursor,
+    ProtocolVersion,
 }
 
 impl Slot {
@@ -164,6 +166,8 @@ impl Slot {
             Slot::Traceparent => "params._meta.traceparent",
             Slot::Tracestate => "params._meta.tracestate",
             Slot::ErrorCode => "error.code",
+            Slot::Cursor => "params.cursor",
+            Slot::ProtocolVersion => "params.protocolVersion",
             Slot::Skip | Slot::Root | Slot::BatchElement => "",
         }
     }
@@ -180,7 +184,9 @@ impl Slot {
             | Slot::Name
             | Slot::Uri
             | Slot::Traceparent
-            | Slot::Tracestate => Capture::Decoded,
+            | Slot::Tracestate
+            | Slot::Cursor
+            | Slot::ProtocolVersion => Capture::Decoded,
             Slot::Id | Slot::ProgressToken | Slot::ErrorCode => Capture::Raw,
             _ => Capture::None,
         }
@@ -213,6 +219,10 @@ struct Envelope {
     progress_token: Option<String>,
     traceparent: Option<String>,
     tracestate: Option<String>,
+    cursor: Option<String>,
+    protocol_version: Option<String>,
+    name_start: u64,
+    name_span: Option<(u64, u64)>,
     has_params_object: bool,
     has_result: bool,
     has_error: bool,
@@ -334,6 +344,9 @@ impl Envelope {
             traceparent: self.traceparent,
             tracestate: self.tracestate,
             error_code: self.error_code,
+            cursor: self.cursor,
+            protocol_version: self.protocol_version,
+            name_span: self.name_span,
         })
     }
 }
@@ -474,6 +487,9 @@ impl MessageParser {
             traceparent: env.traceparent.clone(),
             tracestate: env.tracestate.clone(),
             error_code: None,
+            cursor: env.cursor.clone(),
+            protocol_version: env.protocol_version.clone(),
+            name_span: env.name_span,
         })
     }
 
@@ -675,6 +691,9 @@ impl MessageParser {
         match b {
             b'{' | b'[' => self.open(b == b'{'),
             b'"' => {
+                if self.slot == Slot::Name {
+                    self.env.name_start = self.offset;
+                }
                 self.begin_scalar();
                 self.begin_string(false);
                 Ok(())
@@ -867,7 +886,14 @@ impl MessageParser {
                 (Slot::Id, Scalar::Str) => self.env.id = Some(Id::Str(self.take_string())),
                 (Slot::Id, Scalar::Num) => self.env.id = Some(Id::Num(self.take_string())),
                 (Slot::Id, Scalar::Null) => self.env.id = Some(Id::Null),
-                (Slot::Name, Scalar::Str) => self.env.name = Some(self.take_string()),
+                (Slot::Name, Scalar::Str) => {
+                    self.env.name = Some(self.take_string());
+                    self.env.name_span = Some((self.env.name_start, self.offset + 1));
+                }
+                (Slot::Cursor, Scalar::Str) => self.env.cursor = Some(self.take_string()),
+                (Slot::ProtocolVersion, Scalar::Str) => {
+                    self.env.protocol_version = Some(self.take_string())
+                }
                 (Slot::Uri, Scalar::Str) => self.env.uri = Some(self.take_string()),
                 (Slot::ProgressToken, Scalar::Str | Scalar::Num) => {
                     self.env.progress_token = Some(self.take_string())
@@ -1105,6 +1131,8 @@ impl MessageParser {
             (Ctx::Params, b"name") => Slot::Name,
             (Ctx::Params, b"uri") => Slot::Uri,
             (Ctx::Params, b"_meta") => Slot::Meta,
+            (Ctx::Params, b"cursor") => Slot::Cursor,
+            (Ctx::Params, b"protocolVersion") => Slot::ProtocolVersion,
             (Ctx::Meta, b"progressToken") => Slot::ProgressToken,
             (Ctx::Meta, b"traceparent") => Slot::Traceparent,
             (Ctx::Meta, b"tracestate") => Slot::Tracestate,

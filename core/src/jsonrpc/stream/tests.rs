@@ -515,3 +515,31 @@ proptest! {
         prop_assert_eq!(Some(ok_syntax), theirs, "{:?}", String::from_utf8_lossy(&bytes));
     }
 }
+
+#[test]
+fn records_the_byte_span_of_params_name_for_rewriting() {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"name":"x"},"name": "gw__\u00e9cho" }}"#;
+    let m = single(body);
+    assert_eq!(m.name.as_deref(), Some("gw__écho"));
+    let (start, end) = m.name_span.unwrap();
+    assert_eq!(&body[start as usize..end as usize], r#""gw__\u00e9cho""#);
+    // Splice in another name: the result is the same message with the new name.
+    let rewritten = format!(r#"{}"echo"{}"#, &body[..start as usize], &body[end as usize..]);
+    let again = single(&rewritten);
+    assert_eq!(again.name.as_deref(), Some("echo"));
+    assert_eq!(again.method, m.method);
+}
+
+#[test]
+fn captures_list_cursors_and_the_requested_protocol_version() {
+    let m = single(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0OjEw"}}"#);
+    assert_eq!(m.cursor.as_deref(), Some("b2Zmc2V0OjEw"));
+    assert_eq!(m.name_span, None);
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+    );
+    assert_eq!(m.protocol_version.as_deref(), Some("2025-06-18"));
+    // Only strings are captured; other types are left for the server to judge.
+    let m = single(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":7}}"#);
+    assert_eq!(m.cursor, None);
+}
