@@ -6,6 +6,8 @@
 //! and publishes them; this module debounces bursts of publications, pushes to each
 //! stream only what changed for it, and keeps the per-node status behind `GET /xds/nodes`.
 
+#![warn(missing_docs)]
+
 mod delta;
 mod resources;
 mod sotw;
@@ -48,6 +50,8 @@ pub struct XdsConfig {
     pub keepalive_interval: Duration,
     /// How long to wait for a keepalive ping's answer.
     pub keepalive_timeout: Duration,
+    /// How long [`serve`] lets connections drain after shutdown before dropping them.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for XdsConfig {
@@ -57,6 +61,7 @@ impl Default for XdsConfig {
             status_retention: Duration::from_secs(600),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -220,8 +225,8 @@ impl AdsServer {
     }
 }
 
-/// Serves ADS on `listener` (HTTP/2 gRPC) until `shutdown` resolves; then closes the
-/// open streams and waits for connections to finish.
+/// Serves ADS on `listener` (HTTP/2 gRPC) until `shutdown` resolves; then ends the open
+/// streams and lets connections drain for at most `shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     server: AdsServer,
@@ -229,20 +234,34 @@ pub async fn serve(
 ) -> Result<(), XdsError> {
     let config = server.shared.config.clone();
     let closer = server.clone();
+    let (draining, drained) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("xDS server shutting down");
         closer.close_streams();
+        let _ = draining.send(());
     };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "xDS server listening");
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(server.service())
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // A client that neither reads nor closes would keep a graceful shutdown waiting
+    // forever: past the grace period, connections are dropped.
+    let deadline = async move {
+        if drained.await.is_ok() {
+            tokio::time::sleep(config.shutdown_grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serving => served?,
+        _ = deadline => tracing::warn!("xDS connections still open after the shutdown grace period; dropping them"),
+    }
     Ok(())
 }

@@ -291,9 +291,58 @@ async fn run<P: Protocol>(
             }
         };
         for r in responses {
-            if tx.send(Ok(r)).await.is_err() {
-                return;
+            // A client that stops reading must not hold up shutdown.
+            tokio::select! {
+                sent = tx.send(Ok(r)) => if sent.is_err() { return },
+                _ = closing(&mut shutdown) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_matches_answers_in_order() {
+        let mut p = Pending::default();
+        p.push("1", "v1");
+        p.push("2", "v2");
+        p.push("3", "v3");
+        let cases = [
+            ("unknown nonce", "9", None),
+            (
+                "an older response",
+                "2",
+                Some(Answered {
+                    version: "v2".into(),
+                    latest: false,
+                }),
+            ),
+            ("older than one answered", "1", None),
+            (
+                "the latest",
+                "3",
+                Some(Answered {
+                    version: "v3".into(),
+                    latest: true,
+                }),
+            ),
+            ("answered twice", "3", None),
+        ];
+        for (case, nonce, want) in cases {
+            assert_eq!(p.answer(nonce), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn pending_forgets_the_oldest_beyond_its_bound() {
+        let mut p = Pending::default();
+        for i in 0..=PENDING {
+            p.push(&i.to_string(), "v");
+        }
+        assert_eq!(p.answer("0"), None);
+        assert!(p.answer("1").is_some());
     }
 }
