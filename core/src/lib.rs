@@ -12,6 +12,7 @@
 )]
 
 pub mod catalog;
+pub mod edge;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;

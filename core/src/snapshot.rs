@@ -75,10 +75,14 @@ pub struct Policy {
     pub route_header: String,
     /// `tools/call` routing: tool name → Envoy cluster name.
     pub tool_routes: BTreeMap<String, String>,
+    /// Entries per page of a virtual server's lists (`tools/list`, …) served at the edge.
+    pub list_page_size: u32,
 }
 
 /// Default for [`Policy::max_body_bytes`]: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// Default for [`Policy::list_page_size`].
+pub const DEFAULT_LIST_PAGE_SIZE: u32 = 100;
 /// Default for [`Policy::route_header`].
 pub const DEFAULT_ROUTE_HEADER: &str = "x-mcpgw-cluster";
 
@@ -93,6 +97,7 @@ impl Default for Policy {
             denied_tools: Vec::new(),
             route_header: DEFAULT_ROUTE_HEADER.to_string(),
             tool_routes: BTreeMap::new(),
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
 }
@@ -155,6 +160,9 @@ impl Snapshot {
         let p = &self.policy;
         if p.max_body_bytes == 0 {
             return invalid("policy.max_body_bytes", "must be greater than 0");
+        }
+        if p.list_page_size == 0 {
+            return invalid("policy.list_page_size", "must be greater than 0");
         }
         if !is_header_name(&p.route_header) {
             return invalid(

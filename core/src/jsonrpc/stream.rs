@@ -46,6 +46,9 @@ pub enum Progress {
 
 /// A parsed body.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One per request body, moved once: boxing the single message would cost an allocation
+// per request to save stack space nobody needs.
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     /// One message.
     Single(Message),

@@ -1,0 +1,297 @@
+//! Virtual servers served at the edge, from the snapshot's catalog.
+//!
+//! A request to `/servers/{id}/mcp` addresses virtual server `id`. The filter answers the
+//! catalog methods itself (`initialize`, `ping`, the four lists with cursor pagination),
+//! acknowledges notifications, and routes `tools/call`, `prompts/get` and
+//! `resources/read|subscribe|unsubscribe` to the upstream that owns the entry, with the
+//! namespaced name rewritten to the upstream's own. Nothing here touches the host: the
+//! filter turns an [`Answer`] into host calls.
+
+use std::collections::HashMap;
+
+use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
+use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
+use crate::mcp;
+use crate::snapshot::Snapshot;
+
+/// Path prefix of virtual server endpoints.
+pub const SERVERS_PREFIX: &str = "/servers/";
+
+/// JSON-RPC code MCP uses for an unknown resource.
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
+
+/// What the filter does with one request to a virtual server.
+#[derive(Debug, PartialEq)]
+pub enum Answer<'a> {
+    /// Reply with this JSON-RPC message (HTTP 200, `application/json`).
+    Reply(Vec<u8>),
+    /// A notification: accept it (HTTP 202, no body).
+    Accepted,
+    /// Send it to an upstream.
+    Route(RouteTo<'a>),
+}
+
+/// Where a routed request goes, and how it is rewritten on the way.
+#[derive(Debug, PartialEq)]
+pub struct RouteTo<'a> {
+    /// The upstream (cluster, path, authority).
+    pub upstream: &'a Upstream,
+    /// Replace this byte range of the body (the `params.name` literal) with this name.
+    pub rename: Option<((u64, u64), &'a str)>,
+}
+
+/// The virtual server a path addresses, and which endpoint of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'p> {
+    /// `/servers/{id}/mcp` (streamable HTTP).
+    Mcp(&'p str),
+    /// Any other path under `/servers/` (the legacy SSE pair is not served yet).
+    Other(&'p str),
+}
+
+/// Parses a request path (`:path`, query allowed) into a virtual server endpoint.
+pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let rest = path.strip_prefix(SERVERS_PREFIX)?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if id.is_empty() {
+        return None;
+    }
+    Some(if tail == "mcp" {
+        Endpoint::Mcp(id)
+    } else {
+        Endpoint::Other(id)
+    })
+}
+
+struct Indexed {
+    server: VirtualServer,
+    tools: HashMap<String, usize>,
+    prompts: HashMap<String, usize>,
+    resources: HashMap<String, usize>,
+}
+
+fn index(entries: &[Entry]) -> HashMap<String, usize> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.clone(), i))
+        .collect()
+}
+
+/// The snapshot's virtual servers, indexed for per-request lookups.
+pub struct Edge {
+    servers: HashMap<String, Indexed>,
+    upstreams: Upstreams,
+    page_size: usize,
+}
+
+impl Edge {
+    /// Indexes `snapshot`'s catalog (once per configuration), moving it out of the
+    /// snapshot: a 10,000-tool catalog is megabytes, and the filter needs it only here.
+    pub fn take(snapshot: &mut Snapshot) -> Edge {
+        let servers = std::mem::take(&mut snapshot.servers)
+            .into_iter()
+            .map(|(id, s)| {
+                (
+                    id,
+                    Indexed {
+                        tools: index(&s.tools),
+                        prompts: index(&s.prompts),
+                        resources: index(&s.resources),
+                        server: s,
+                    },
+                )
+            })
+            .collect();
+        Edge {
+            servers,
+            upstreams: std::mem::take(&mut snapshot.upstreams),
+            page_size: usize::try_from(snapshot.policy.list_page_size)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        }
+    }
+
+    /// Whether the snapshot has a virtual server `id`.
+    pub fn has_server(&self, id: &str) -> bool {
+        self.servers.contains_key(id)
+    }
+
+    /// Decides what to do with `msg`, sent to virtual server `id`. `None` when there is no
+    /// such server (the filter answers 404).
+    pub fn answer(&self, id: &str, msg: &Message) -> Option<Answer<'_>> {
+        let s = self.servers.get(id)?;
+        let method = msg.method.as_deref().unwrap_or_default();
+        if msg.kind == Kind::Notification {
+            return Some(Answer::Accepted);
+        }
+        if msg.kind != Kind::Request {
+            // A response from the client (to a server-initiated request): nothing here
+            // issues requests yet.
+            return Some(Answer::Accepted);
+        }
+        let id = msg.id.as_ref();
+        let reply = |body| Some(Answer::Reply(body));
+        let fail = |code, message: &str| Some(Answer::Reply(error_response(id, code, message)));
+        match method {
+            "initialize" => reply(initialize(id, &s.server, msg.protocol_version.as_deref())),
+            "ping" => reply(result(id, "{}")),
+            "tools/list" => self.page(id, "tools", &s.server.tools, msg),
+            "prompts/list" => self.page(id, "prompts", &s.server.prompts, msg),
+            "resources/list" => self.page(id, "resources", &s.server.resources, msg),
+            "resources/templates/list" => {
+                self.page(id, "resourceTemplates", &s.server.resource_templates, msg)
+            }
+            "tools/call" | "prompts/get" => {
+                let (map, list, what) = if method == "tools/call" {
+                    (&s.tools, &s.server.tools, "tool")
+                } else {
+                    (&s.prompts, &s.server.prompts, "prompt")
+                };
+                let name = msg.name.as_deref().unwrap_or_default();
+                let Some(entry) = map.get(name).and_then(|&i| list.get(i)) else {
+                    return fail(
+                        code::INVALID_PARAMS,
+                        &format!("unknown {what} {name:?} on this server"),
+                    );
+                };
+                self.route(entry, msg.name_span)
+                    .or_else(|| fail(code::INTERNAL_ERROR, "upstream not configured"))
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = msg.uri.as_deref().unwrap_or_default();
+                let entry = s
+                    .resources
+                    .get(uri)
+                    .and_then(|&i| s.server.resources.get(i))
+                    .or_else(|| {
+                        s.server
+                            .resource_templates
+                            .iter()
+                            .find(|t| template_matches(&t.name, uri))
+                    });
+                match entry {
+                    // Resource URIs are not namespaced: nothing to rewrite.
+                    Some(e) => self
+                        .route(e, None)
+                        .or_else(|| fail(code::INTERNAL_ERROR, "upstream not configured")),
+                    None => fail(
+                        RESOURCE_NOT_FOUND,
+                        &format!("resource {uri:?} not found on this server"),
+                    ),
+                }
+            }
+            other => fail(
+                code::METHOD_NOT_FOUND,
+                &format!("method {other:?} is not served by this virtual server"),
+            ),
+        }
+    }
+
+    fn route<'a>(&'a self, e: &'a Entry, span: Option<(u64, u64)>) -> Option<Answer<'a>> {
+        let upstream = self.upstreams.get(&e.upstream)?;
+        let rename = span
+            .filter(|_| e.name != e.upstream_name)
+            .map(|span| (span, e.upstream_name.as_str()));
+        Some(Answer::Route(RouteTo { upstream, rename }))
+    }
+
+    fn page(&self, id: Option<&Id>, key: &str, entries: &[Entry], msg: &Message) -> Option<Answer<'_>> {
+        let start = match msg.cursor.as_deref() {
+            None => 0,
+            Some(c) => match decode_cursor(c) {
+                Some(n) if n <= entries.len() => n,
+                _ => {
+                    return Some(Answer::Reply(error_response(
+                        id,
+                        code::INVALID_PARAMS,
+                        &format!("invalid cursor {c:?}"),
+                    )));
+                }
+            },
+        };
+        let end = start.saturating_add(self.page_size).min(entries.len());
+        let items = entries.get(start..end).unwrap_or_default();
+        let mut body = String::with_capacity(
+            64 + items.iter().map(|e| e.item.get().len() + 1).sum::<usize>(),
+        );
+        body.push_str("{\"");
+        body.push_str(key);
+        body.push_str("\":[");
+        for (i, e) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(e.item.get());
+        }
+        body.push(']');
+        if end < entries.len() {
+            body.push_str(",\"nextCursor\":\"");
+            body.push_str(&encode_cursor(end));
+            body.push('"');
+        }
+        body.push('}');
+        Some(Answer::Reply(result(id, &body)))
+    }
+}
+
+/// `{"jsonrpc":"2.0","id":…,"result":<result_json>}`.
+fn result(id: Option<&Id>, result_json: &str) -> Vec<u8> {
+    let id = id.map_or("null", Id::as_json);
+    let mut out = Vec::with_capacity(40 + id.len() + result_json.len());
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(result_json.as_bytes());
+    out.push(b'}');
+    out
+}
+
+fn initialize(id: Option<&Id>, s: &VirtualServer, requested: Option<&str>) -> Vec<u8> {
+    // Echo a version we speak; otherwise offer our latest (the client may then disconnect).
+    let version = requested
+        .filter(|v| mcp::is_supported_version(v))
+        .or(mcp::PROTOCOL_VERSIONS.last().copied())
+        .unwrap_or(mcp::DEFAULT_PROTOCOL_VERSION);
+    let mut r = Vec::with_capacity(256);
+    r.extend_from_slice(b"{\"protocolVersion\":");
+    write_json_string(&mut r, version);
+    r.extend_from_slice(
+        b",\"capabilities\":{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false}},\"serverInfo\":{\"name\":",
+    );
+    write_json_string(&mut r, &s.name);
+    r.extend_from_slice(b",\"version\":");
+    write_json_string(&mut r, &s.version);
+    r.push(b'}');
+    if let Some(text) = &s.instructions {
+        r.extend_from_slice(b",\"instructions\":");
+        write_json_string(&mut r, text);
+    }
+    r.push(b'}');
+    result(id, &String::from_utf8_lossy(&r))
+}
+
+/// Cursors are opaque to clients; ours is the offset of the next page, tagged so a cursor
+/// from elsewhere is refused instead of misread.
+fn encode_cursor(offset: usize) -> String {
+    format!("mcpgw:{offset}")
+}
+
+fn decode_cursor(c: &str) -> Option<usize> {
+    c.strip_prefix("mcpgw:")?.parse().ok()
+}
+
+/// RFC 6570 templates, matched loosely: the literal text before the first expression and
+/// after the last must frame `uri`, and something must stand for the expressions.
+fn template_matches(template: &str, uri: &str) -> bool {
+    let (Some(open), Some(close)) = (template.find('{'), template.rfind('}')) else {
+        return template == uri;
+    };
+    let prefix = template.get(..open).unwrap_or_default();
+    let suffix = template.get(close + 1..).unwrap_or_default();
+    uri.len() > prefix.len() + suffix.len() && uri.starts_with(prefix) && uri.ends_with(suffix)
+}
+
+#[cfg(test)]
+mod tests;
