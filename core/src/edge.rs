@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
 use crate::mcp;
+use crate::policy::Rejection;
 use crate::snapshot::Snapshot;
 
 /// Path prefix of virtual server endpoints.
@@ -19,6 +20,44 @@ pub const SERVERS_PREFIX: &str = "/servers/";
 
 /// JSON-RPC code MCP uses for an unknown resource.
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
+
+/// `Allow` header value for a virtual server's 405 answers.
+pub const ALLOWED_HTTP_METHODS: &str = "POST";
+
+/// The answer to a path under `/servers/` that names no virtual server (HTTP 404).
+pub fn unknown_server(id: &str) -> Rejection {
+    Rejection {
+        status: 404,
+        code: code::INVALID_REQUEST,
+        id: None,
+        message: format!("no virtual server {id:?} (or no such endpoint on it)"),
+        reason: "unknown_server",
+    }
+}
+
+/// The answer to a GET or DELETE at a virtual server (HTTP 405).
+pub fn method_not_allowed(method: &str) -> Rejection {
+    Rejection {
+        status: 405,
+        code: code::INVALID_REQUEST,
+        id: None,
+        message: format!(
+            "{method} is not supported by virtual servers: they keep no session and send no server-initiated messages; use POST"
+        ),
+        reason: "method_not_allowed",
+    }
+}
+
+/// The answer to a JSON-RPC batch sent to a virtual server (HTTP 400).
+pub fn batch_rejected() -> Rejection {
+    Rejection {
+        status: 400,
+        code: code::INVALID_REQUEST,
+        id: None,
+        message: "virtual servers take one JSON-RPC message per request, not a batch".into(),
+        reason: "batch",
+    }
+}
 
 /// What the filter does with one request to a virtual server.
 #[derive(Debug, PartialEq)]
@@ -111,6 +150,12 @@ impl Edge {
                 .unwrap_or(usize::MAX)
                 .max(1),
         }
+    }
+
+    /// Whether the snapshot defines any virtual server (only then are `/servers/…` paths
+    /// the filter's; otherwise they pass through like any other path).
+    pub fn serves_any(&self) -> bool {
+        !self.servers.is_empty()
     }
 
     /// Whether the snapshot has a virtual server `id`.

@@ -24,8 +24,9 @@
 
 mod metrics;
 
+use mcpgw_core::edge::{self, Answer, Edge, Endpoint, RouteTo};
 use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Progress};
-use mcpgw_core::jsonrpc::{Kind, Message};
+use mcpgw_core::jsonrpc::{Kind, Message, write_json_string};
 use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
 use mcpgw_core::snapshot::Snapshot;
 use mcpgw_core::sse::{Event, EventStream};
@@ -41,10 +42,11 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Per-VM state: the compiled policy and the metric registry.
+/// Per-VM state: the compiled policy, the virtual servers, and the metric registry.
 #[derive(Default)]
 struct Root {
     gate: Option<Rc<Gate>>,
+    edge: Option<Rc<Edge>>,
     metrics: Rc<RefCell<Metrics>>,
 }
 
@@ -54,12 +56,14 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
         match Snapshot::from_json(&config) {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
                 log::info!(
-                    "mcpgw: configured snapshot {:?} (schema {})",
+                    "mcpgw: configured snapshot {:?} (schema {}, {} virtual servers)",
                     snapshot.version,
-                    snapshot.schema
+                    snapshot.schema,
+                    snapshot.servers.len()
                 );
+                self.edge = Some(Rc::new(Edge::take(&mut snapshot)));
                 self.gate = Some(Rc::new(Gate::new(snapshot)));
                 true
             }
@@ -72,7 +76,8 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gate = self.gate.clone()?;
-        Some(Box::new(McpRequest::new(gate, self.metrics.clone())))
+        let edge = self.edge.clone()?;
+        Some(Box::new(McpRequest::new(gate, edge, self.metrics.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -101,6 +106,9 @@ enum Observer {
 /// One HTTP request through the filter.
 struct McpRequest {
     gate: Rc<Gate>,
+    edge: Rc<Edge>,
+    /// The virtual server this request addresses (`/servers/{id}/mcp`), if any.
+    server: Option<String>,
     metrics: Rc<RefCell<Metrics>>,
     phase: Phase,
     protocol_version: Option<String>,
@@ -117,6 +125,7 @@ struct McpRequest {
 #[derive(Default)]
 struct RequestHead<'h> {
     method: Option<&'h [u8]>,
+    path: Option<&'h [u8]>,
     content_type: Option<&'h [u8]>,
     accept: Vec<&'h [u8]>,
     protocol_version: Option<&'h [u8]>,
@@ -129,6 +138,7 @@ impl<'h> RequestHead<'h> {
     fn take(&mut self, name: &str, value: &'h [u8]) {
         let slot = match name {
             ":method" => &mut self.method,
+            ":path" => &mut self.path,
             "content-type" => &mut self.content_type,
             "mcp-protocol-version" => &mut self.protocol_version,
             "content-length" => &mut self.content_length,
@@ -167,9 +177,11 @@ fn lossy(value: &[u8]) -> std::borrow::Cow<'_, str> {
 impl Context for McpRequest {}
 
 impl McpRequest {
-    fn new(gate: Rc<Gate>, metrics: Rc<RefCell<Metrics>>) -> Self {
+    fn new(gate: Rc<Gate>, edge: Rc<Edge>, metrics: Rc<RefCell<Metrics>>) -> Self {
         McpRequest {
             gate,
+            edge,
+            server: None,
             metrics,
             phase: Phase::Done,
             protocol_version: None,
@@ -187,7 +199,12 @@ impl McpRequest {
         let body = r.body();
         let mut headers = vec![("content-type", "application/json")];
         if r.status == 405 {
-            headers.push(("allow", ALLOWED_HTTP_METHODS));
+            let allow = if self.server.is_some() {
+                edge::ALLOWED_HTTP_METHODS
+            } else {
+                ALLOWED_HTTP_METHODS
+            };
+            headers.push(("allow", allow));
         }
         self.send_http_response(u32::from(r.status), headers, Some(&body));
         Action::Pause
@@ -200,7 +217,7 @@ impl McpRequest {
     }
 
     /// Applies the verdict for `messages`.
-    fn decide(&mut self, messages: &[Message], batch: bool) -> Action {
+    fn decide(&mut self, messages: &[Message], batch: bool, body_size: usize) -> Action {
         {
             let mut m = self.metrics.borrow_mut();
             for msg in messages {
@@ -217,6 +234,10 @@ impl McpRequest {
             .check_messages(messages, batch, self.protocol_version.as_deref())
         {
             BodyVerdict::Reject(r) => self.reject(&r),
+            BodyVerdict::Forward { .. } if self.server.is_some() => match messages {
+                [only] if !batch => self.serve_edge(only, body_size),
+                _ => self.reject(&edge::batch_rejected()),
+            },
             BodyVerdict::Forward { cluster } => {
                 self.phase = Phase::Done;
                 if let [only] = messages
@@ -248,6 +269,70 @@ impl McpRequest {
 }
 
 impl McpRequest {
+    /// Answers or routes a request to a virtual server.
+    fn serve_edge(&mut self, msg: &Message, body_size: usize) -> Action {
+        self.phase = Phase::Done;
+        let edge = Rc::clone(&self.edge);
+        let Some(server) = self.server.as_deref() else {
+            return self.internal_error("virtual server missing");
+        };
+        match edge.answer(server, msg) {
+            None => self.reject(&edge::unknown_server(server)),
+            Some(Answer::Reply(body)) => {
+                self.local_reply = true;
+                self.send_http_response(
+                    200,
+                    vec![("content-type", "application/json")],
+                    Some(&body),
+                );
+                Action::Pause
+            }
+            Some(Answer::Accepted) => {
+                self.local_reply = true;
+                self.send_http_response(202, vec![], None);
+                Action::Pause
+            }
+            Some(Answer::Route(to)) => self.route_upstream(msg, &to, body_size),
+        }
+    }
+
+    /// Sends a virtual server's call to the upstream that owns the entry.
+    fn route_upstream(&mut self, msg: &Message, to: &RouteTo<'_>, body_size: usize) -> Action {
+        if let Some(((start, end), name)) = to.rename {
+            let Some(body) = self.get_http_request_body(0, body_size) else {
+                return self.internal_error("request body unavailable");
+            };
+            let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+                return self.internal_error("name span out of range");
+            };
+            let (Some(head), Some(tail)) = (body.get(..start), body.get(end..)) else {
+                return self.internal_error("name span outside the body");
+            };
+            let mut rewritten = Vec::with_capacity(body.len() + name.len());
+            rewritten.extend_from_slice(head);
+            write_json_string(&mut rewritten, name);
+            rewritten.extend_from_slice(tail);
+            self.set_http_request_body(0, body_size, &rewritten);
+            self.set_http_request_header("content-length", Some(&rewritten.len().to_string()));
+        }
+        let method = msg.method.clone().unwrap_or_default();
+        let tool = if method == "tools/call" {
+            msg.name.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        self.request = Some((method, tool));
+        self.propagate_trace_context(msg);
+        let up = to.upstream;
+        self.set_http_request_header(":path", Some(&up.path));
+        if let Some(authority) = &up.authority {
+            self.set_http_request_header(":authority", Some(authority));
+        }
+        let gate = Rc::clone(&self.gate);
+        self.set_http_request_header(gate.route_header(), Some(&up.cluster));
+        Action::Continue
+    }
+
     /// Copies a well-formed `params._meta` trace context to the headers, unless the
     /// request already carries one.
     fn propagate_trace_context(&mut self, m: &Message) {
@@ -296,12 +381,29 @@ impl HttpContext for McpRequest {
             protocol_version: self.protocol_version.as_deref(),
             content_length: content_length.as_deref(),
         };
+        if let Some(path) = fields.path.map(lossy)
+            && let Some(endpoint) = edge::endpoint(&path)
+            && self.edge.serves_any()
+        {
+            match endpoint {
+                Endpoint::Mcp(id) if self.edge.has_server(id) => self.server = Some(id.to_owned()),
+                Endpoint::Mcp(id) | Endpoint::Other(id) => {
+                    return self.reject(&edge::unknown_server(id));
+                }
+            }
+            if method != "POST" {
+                // No sessions or server-initiated messages at the edge yet: the MCP spec
+                // lets a server answer GET and DELETE with 405.
+                return self.reject(&edge::method_not_allowed(&method));
+            }
+        }
         match self.gate.check_head(&head) {
             HeadVerdict::Reject(r) => self.reject(&r),
             HeadVerdict::Pass => Action::Continue,
             HeadVerdict::InspectBody { early_terminate } => {
                 let mut opts = self.gate.parse_options();
-                opts.stop_when_routable = early_terminate;
+                // A virtual server's request is read whole: its name may be rewritten.
+                opts.stop_when_routable = early_terminate && self.server.is_none();
                 self.phase = Phase::Reading {
                     parser: Box::new(MessageParser::new(opts)),
                     fed: 0,
@@ -335,12 +437,12 @@ impl HttpContext for McpRequest {
         match progress {
             Err(err) => self.reject(&Rejection::from_parse(&err)),
             Ok(Progress::Routable) => match parser.routable() {
-                Some(msg) => self.decide(&[msg], false),
+                Some(msg) => self.decide(&[msg], false, body_size),
                 None => self.internal_error("routable request missing"),
             },
             Ok(_) if end_of_stream => match parser.finish() {
-                Ok(Body::Single(m)) => self.decide(&[m], false),
-                Ok(Body::Batch(ms)) => self.decide(&ms, true),
+                Ok(Body::Single(m)) => self.decide(&[m], false, body_size),
+                Ok(Body::Batch(ms)) => self.decide(&ms, true, body_size),
                 Err(err) => self.reject(&Rejection::from_parse(&err)),
             },
             Ok(_) => {

@@ -9,6 +9,7 @@ mod cases {
     mod bootstrap;
     mod clients;
     mod config;
+    mod edge;
     mod hostile;
     mod metrics;
     mod policy;
