@@ -13,6 +13,7 @@ use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
 use crate::mcp;
 use crate::policy::Rejection;
+use crate::session::SessionKey;
 use crate::snapshot::Snapshot;
 
 /// Path prefix of virtual server endpoints.
@@ -42,9 +43,21 @@ pub fn method_not_allowed(method: &str) -> Rejection {
         code: code::INVALID_REQUEST,
         id: None,
         message: format!(
-            "{method} is not supported by virtual servers: they keep no session and send no server-initiated messages; use POST"
+            "{method} is not supported here: virtual servers do not relay server-initiated messages (GET) yet, and DELETE needs a session id"
         ),
         reason: "method_not_allowed",
+    }
+}
+
+/// The answer to a request whose `Mcp-Session-Id` does not verify (HTTP 404, as MCP
+/// prescribes for unknown sessions: the client starts a new one).
+pub fn unknown_session(why: &str) -> Rejection {
+    Rejection {
+        status: 404,
+        code: code::INVALID_REQUEST,
+        id: None,
+        message: format!("session not found: {why}"),
+        reason: "unknown_session",
     }
 }
 
@@ -73,6 +86,8 @@ pub enum Answer<'a> {
 /// Where a routed request goes, and how it is rewritten on the way.
 #[derive(Debug, PartialEq)]
 pub struct RouteTo<'a> {
+    /// Key of the upstream in the snapshot (and in a session's upstream sessions).
+    pub upstream_id: &'a str,
     /// The upstream (cluster, path, authority).
     pub upstream: &'a Upstream,
     /// Replace this byte range of the body (the `params.name` literal) with this name.
@@ -105,6 +120,8 @@ pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
 
 struct Indexed {
     server: VirtualServer,
+    /// Every upstream an entry of this server lives on, once each.
+    upstream_ids: Vec<String>,
     tools: HashMap<String, usize>,
     prompts: HashMap<String, usize>,
     resources: HashMap<String, usize>,
@@ -122,6 +139,7 @@ fn index(entries: &[Entry]) -> HashMap<String, usize> {
 pub struct Edge {
     servers: HashMap<String, Indexed>,
     upstreams: Upstreams,
+    key: Option<SessionKey>,
     page_size: usize,
 }
 
@@ -135,6 +153,7 @@ impl Edge {
                 (
                     id,
                     Indexed {
+                        upstream_ids: upstream_ids(&s),
                         tools: index(&s.tools),
                         prompts: index(&s.prompts),
                         resources: index(&s.resources),
@@ -146,6 +165,11 @@ impl Edge {
         Edge {
             servers,
             upstreams: std::mem::take(&mut snapshot.upstreams),
+            // Validated with the snapshot; a key that does not decode means no sessions.
+            key: snapshot
+                .session
+                .take()
+                .and_then(|s| SessionKey::from_base64(&s.signing_key).ok()),
             page_size: usize::try_from(snapshot.policy.list_page_size)
                 .unwrap_or(usize::MAX)
                 .max(1),
@@ -156,6 +180,21 @@ impl Edge {
     /// the filter's; otherwise they pass through like any other path).
     pub fn serves_any(&self) -> bool {
         !self.servers.is_empty()
+    }
+
+    /// The session signing key, when sessions are configured.
+    pub fn session_key(&self) -> Option<&SessionKey> {
+        self.key.as_ref()
+    }
+
+    /// The upstreams virtual server `id` draws on (each once), for opening sessions.
+    pub fn upstreams_of(&self, id: &str) -> Vec<(&str, &Upstream)> {
+        self.servers.get(id).map_or_else(Vec::new, |s| {
+            s.upstream_ids
+                .iter()
+                .filter_map(|u| self.upstreams.get(u).map(|up| (u.as_str(), up)))
+                .collect()
+        })
     }
 
     /// Whether the snapshot has a virtual server `id`.
@@ -239,10 +278,20 @@ impl Edge {
         let rename = span
             .filter(|_| e.name != e.upstream_name)
             .map(|span| (span, e.upstream_name.as_str()));
-        Some(Answer::Route(RouteTo { upstream, rename }))
+        Some(Answer::Route(RouteTo {
+            upstream_id: &e.upstream,
+            upstream,
+            rename,
+        }))
     }
 
-    fn page(&self, id: Option<&Id>, key: &str, entries: &[Entry], msg: &Message) -> Option<Answer<'_>> {
+    fn page(
+        &self,
+        id: Option<&Id>,
+        key: &str,
+        entries: &[Entry],
+        msg: &Message,
+    ) -> Option<Answer<'_>> {
         let start = match msg.cursor.as_deref() {
             None => 0,
             Some(c) => match decode_cursor(c) {
@@ -258,9 +307,8 @@ impl Edge {
         };
         let end = start.saturating_add(self.page_size).min(entries.len());
         let items = entries.get(start..end).unwrap_or_default();
-        let mut body = String::with_capacity(
-            64 + items.iter().map(|e| e.item.get().len() + 1).sum::<usize>(),
-        );
+        let mut body =
+            String::with_capacity(64 + items.iter().map(|e| e.item.get().len() + 1).sum::<usize>());
         body.push_str("{\"");
         body.push_str(key);
         body.push_str("\":[");
@@ -293,12 +341,28 @@ fn result(id: Option<&Id>, result_json: &str) -> Vec<u8> {
     out
 }
 
-fn initialize(id: Option<&Id>, s: &VirtualServer, requested: Option<&str>) -> Vec<u8> {
-    // Echo a version we speak; otherwise offer our latest (the client may then disconnect).
-    let version = requested
+/// The protocol version answered to a client asking for `requested`: that one if spoken,
+/// otherwise the latest (the client may then disconnect).
+pub fn negotiate(requested: Option<&str>) -> &str {
+    requested
         .filter(|v| mcp::is_supported_version(v))
         .or(mcp::PROTOCOL_VERSIONS.last().copied())
-        .unwrap_or(mcp::DEFAULT_PROTOCOL_VERSION);
+        .unwrap_or(mcp::DEFAULT_PROTOCOL_VERSION)
+}
+
+fn upstream_ids(s: &VirtualServer) -> Vec<String> {
+    let mut ids: Vec<String> = [&s.tools, &s.resources, &s.resource_templates, &s.prompts]
+        .into_iter()
+        .flatten()
+        .map(|e| e.upstream.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn initialize(id: Option<&Id>, s: &VirtualServer, requested: Option<&str>) -> Vec<u8> {
+    let version = negotiate(requested);
     let mut r = Vec::with_capacity(256);
     r.extend_from_slice(b"{\"protocolVersion\":");
     write_json_string(&mut r, version);

@@ -17,6 +17,7 @@ pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
+pub mod session;
 pub mod snapshot;
 pub mod sse;
 pub mod trace;

@@ -34,6 +34,24 @@ pub struct Snapshot {
     /// Upstream MCP servers by id, referenced by catalog entries.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: Upstreams,
+    /// Sessions of virtual servers; without it they are served stateless.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSettings>,
+}
+
+/// How virtual-server sessions are signed.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// HMAC-SHA256 key, standard base64, at least 32 bytes. Every Envoy of a fleet gets the
+    /// same key, so any of them can serve any session.
+    pub signing_key: String,
+}
+
+impl std::fmt::Debug for SessionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSettings { signing_key: .. }")
+    }
 }
 
 impl Default for Snapshot {
@@ -44,6 +62,7 @@ impl Default for Snapshot {
             policy: Policy::default(),
             servers: Servers::new(),
             upstreams: Upstreams::new(),
+            session: None,
         }
     }
 }
@@ -189,11 +208,14 @@ impl Snapshot {
                 );
             }
         }
-        catalog::validate(&self.servers, &self.upstreams).map_err(|e| {
-            ConfigError::FieldInvalid {
-                field: e.field,
-                reason: e.reason,
-            }
+        if let Some(session) = &self.session
+            && let Err(reason) = crate::session::SessionKey::from_base64(&session.signing_key)
+        {
+            return invalid("session.signing_key", &reason);
+        }
+        catalog::validate(&self.servers, &self.upstreams).map_err(|e| ConfigError::FieldInvalid {
+            field: e.field,
+            reason: e.reason,
         })
     }
 }
@@ -309,16 +331,23 @@ mod tests {
     #[test]
     fn catalog_errors_name_the_field() {
         let e = |name: &str, up: &str, item: &str| {
-            format!(
-                r#"{{"name":"{name}","upstream":"{up}","upstream_name":"echo","item":{item}}}"#
-            )
+            format!(r#"{{"name":"{name}","upstream":"{up}","upstream_name":"echo","item":{item}}}"#)
         };
         let ok = e("t", "u1", "{}");
         let cases = [
-            (catalog_doc(&e("t", "nope", "{}")), "servers.s1.tools[0].upstream"),
+            (
+                catalog_doc(&e("t", "nope", "{}")),
+                "servers.s1.tools[0].upstream",
+            ),
             (catalog_doc(&e("", "u1", "{}")), "servers.s1.tools[0].name"),
-            (catalog_doc(&e("t", "u1", "[1]")), "servers.s1.tools[0].item"),
-            (catalog_doc(&format!("{ok},{ok}")), "servers.s1.tools[1].name"),
+            (
+                catalog_doc(&e("t", "u1", "[1]")),
+                "servers.s1.tools[0].item",
+            ),
+            (
+                catalog_doc(&format!("{ok},{ok}")),
+                "servers.s1.tools[1].name",
+            ),
             (
                 r#"{"servers":{"a/b":{"name":"x"}}}"#.to_owned(),
                 "servers.a/b",
@@ -326,6 +355,10 @@ mod tests {
             (
                 r#"{"upstreams":{"u":{"cluster":"c","path":"mcp"}}}"#.to_owned(),
                 "upstreams.u.path",
+            ),
+            (
+                r#"{"session":{"signing_key":"c2hvcnQ="}}"#.to_owned(),
+                "session.signing_key",
             ),
         ];
         for (doc, want) in cases {

@@ -28,6 +28,7 @@ use mcpgw_core::edge::{self, Answer, Edge, Endpoint, RouteTo};
 use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Progress};
 use mcpgw_core::jsonrpc::{Kind, Message, write_json_string};
 use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
+use mcpgw_core::session::Session;
 use mcpgw_core::snapshot::Snapshot;
 use mcpgw_core::sse::{Event, EventStream};
 use mcpgw_core::trace;
@@ -35,7 +36,9 @@ use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -109,6 +112,10 @@ struct McpRequest {
     edge: Rc<Edge>,
     /// The virtual server this request addresses (`/servers/{id}/mcp`), if any.
     server: Option<String>,
+    /// The verified session of a virtual-server request that carried one.
+    session: Option<Session>,
+    /// Upstream calls this request waits for (opening or ending a session).
+    pending: Option<Pending>,
     metrics: Rc<RefCell<Metrics>>,
     phase: Phase,
     protocol_version: Option<String>,
@@ -126,6 +133,7 @@ struct McpRequest {
 struct RequestHead<'h> {
     method: Option<&'h [u8]>,
     path: Option<&'h [u8]>,
+    session_id: Option<&'h [u8]>,
     content_type: Option<&'h [u8]>,
     accept: Vec<&'h [u8]>,
     protocol_version: Option<&'h [u8]>,
@@ -141,6 +149,7 @@ impl<'h> RequestHead<'h> {
             ":path" => &mut self.path,
             "content-type" => &mut self.content_type,
             "mcp-protocol-version" => &mut self.protocol_version,
+            "mcp-session-id" => &mut self.session_id,
             "content-length" => &mut self.content_length,
             "accept" => {
                 self.accept.push(value);
@@ -174,7 +183,99 @@ fn lossy(value: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(value)
 }
 
-impl Context for McpRequest {}
+impl Context for McpRequest {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let Some(mut pending) = self.pending.take() else {
+            return;
+        };
+        let Some((upstream, stage)) = pending.calls.remove(&token) else {
+            self.pending = Some(pending);
+            return;
+        };
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        if !ok {
+            log::warn!(
+                "mcpgw: upstream {upstream}: {} answered {status:?}",
+                stage.label()
+            );
+        }
+        if stage == Stage::Initialize && ok {
+            let sid = self
+                .get_http_call_response_header_bytes("mcp-session-id")
+                .and_then(|v| String::from_utf8(v).ok())
+                .filter(|v| !v.is_empty());
+            // No session id: a stateless upstream, nothing to remember.
+            if let Some(sid) = sid {
+                let notification = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+                if let Some(call) = self.call_upstream(
+                    &upstream,
+                    Some(&sid),
+                    &pending.version,
+                    "POST",
+                    Some(notification),
+                ) {
+                    pending
+                        .calls
+                        .insert(call, (upstream.clone(), Stage::Initialized));
+                }
+                pending.sessions.insert(upstream, sid);
+            }
+        }
+        if pending.calls.is_empty() {
+            self.finish_pending(pending);
+        } else {
+            self.pending = Some(pending);
+        }
+    }
+}
+
+/// Calls to upstreams a virtual server's request waits for.
+struct Pending {
+    /// What completes when every call has answered.
+    kind: PendingKind,
+    /// Protocol version negotiated with the client.
+    version: String,
+    /// Outstanding calls: token → (upstream id, what it is).
+    calls: HashMap<u32, (String, Stage)>,
+    /// Upstream sessions opened so far.
+    sessions: BTreeMap<String, String>,
+}
+
+enum PendingKind {
+    /// `initialize`: reply with this result and the new session's token.
+    Initialize { reply: Vec<u8> },
+    /// `DELETE`: the client's session ends.
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Initialize,
+    Initialized,
+    Delete,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Initialize => "initialize",
+            Stage::Initialized => "notifications/initialized",
+            Stage::Delete => "DELETE",
+        }
+    }
+}
+
+/// How long the filter waits for an upstream while opening or ending a session.
+const UPSTREAM_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl McpRequest {
     fn new(gate: Rc<Gate>, edge: Rc<Edge>, metrics: Rc<RefCell<Metrics>>) -> Self {
@@ -182,6 +283,8 @@ impl McpRequest {
             gate,
             edge,
             server: None,
+            session: None,
+            pending: None,
             metrics,
             phase: Phase::Done,
             protocol_version: None,
@@ -278,6 +381,12 @@ impl McpRequest {
         };
         match edge.answer(server, msg) {
             None => self.reject(&edge::unknown_server(server)),
+            Some(Answer::Reply(body))
+                if msg.method.as_deref() == Some("initialize") && edge.session_key().is_some() =>
+            {
+                let version = edge::negotiate(msg.protocol_version.as_deref()).to_owned();
+                self.open_session(body, version)
+            }
             Some(Answer::Reply(body)) => {
                 self.local_reply = true;
                 self.send_http_response(
@@ -293,6 +402,130 @@ impl McpRequest {
                 Action::Pause
             }
             Some(Answer::Route(to)) => self.route_upstream(msg, &to, body_size),
+        }
+    }
+
+    /// Initializes every upstream of the virtual server, then answers `initialize` with
+    /// `reply` and a token holding the upstream sessions.
+    fn open_session(&mut self, reply: Vec<u8>, version: String) -> Action {
+        self.local_reply = true;
+        let server = self.server.clone().unwrap_or_default();
+        let edge = Rc::clone(&self.edge);
+        let mut pending = Pending {
+            kind: PendingKind::Initialize { reply },
+            version,
+            calls: HashMap::new(),
+            sessions: BTreeMap::new(),
+        };
+        for (id, _) in edge.upstreams_of(&server) {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":"mcpgw-init","method":"initialize","params":{{"protocolVersion":"{}","capabilities":{{}},"clientInfo":{{"name":"mcpgw","version":"{}"}}}}}}"#,
+                pending.version,
+                env!("CARGO_PKG_VERSION")
+            );
+            if let Some(call) =
+                self.call_upstream(id, None, &pending.version, "POST", Some(body.as_bytes()))
+            {
+                pending
+                    .calls
+                    .insert(call, (id.to_owned(), Stage::Initialize));
+            }
+        }
+        if pending.calls.is_empty() {
+            self.finish_pending(pending);
+        } else {
+            self.pending = Some(pending);
+        }
+        Action::Pause
+    }
+
+    /// Ends the client's session at every upstream that holds part of it.
+    fn end_session(&mut self, session: Session) -> Action {
+        self.local_reply = true;
+        let mut pending = Pending {
+            kind: PendingKind::Delete,
+            version: session.protocol_version,
+            calls: HashMap::new(),
+            sessions: BTreeMap::new(),
+        };
+        for (id, sid) in &session.upstreams {
+            if let Some(call) = self.call_upstream(id, Some(sid), &pending.version, "DELETE", None)
+            {
+                pending.calls.insert(call, (id.clone(), Stage::Delete));
+            }
+        }
+        if pending.calls.is_empty() {
+            self.finish_pending(pending);
+        } else {
+            self.pending = Some(pending);
+        }
+        Action::Pause
+    }
+
+    /// Starts a call to upstream `id` (None if it cannot be made; logged).
+    fn call_upstream(
+        &self,
+        id: &str,
+        session: Option<&str>,
+        version: &str,
+        method: &str,
+        body: Option<&[u8]>,
+    ) -> Option<u32> {
+        let edge = Rc::clone(&self.edge);
+        let Some((_, up)) = edge
+            .upstreams_of(self.server.as_deref()?)
+            .into_iter()
+            .find(|(u, _)| *u == id)
+        else {
+            log::warn!("mcpgw: upstream {id} is not in the snapshot");
+            return None;
+        };
+        let mut headers = vec![
+            (":method", method),
+            (":path", up.path.as_str()),
+            (
+                ":authority",
+                up.authority.as_deref().unwrap_or(up.cluster.as_str()),
+            ),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", version),
+        ];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        if let Some(sid) = session {
+            headers.push(("mcp-session-id", sid));
+        }
+        match self.dispatch_http_call(&up.cluster, headers, body, vec![], UPSTREAM_CALL_TIMEOUT) {
+            Ok(token) => Some(token),
+            Err(status) => {
+                log::warn!(
+                    "mcpgw: cannot call upstream {id} (cluster {}): {status:?}",
+                    up.cluster
+                );
+                None
+            }
+        }
+    }
+
+    /// Every upstream call answered: reply to the client.
+    fn finish_pending(&mut self, pending: Pending) {
+        match pending.kind {
+            PendingKind::Initialize { reply } => {
+                let token = self.edge.session_key().map(|key| {
+                    key.seal(&Session {
+                        server: self.server.clone().unwrap_or_default(),
+                        upstreams: pending.sessions,
+                        protocol_version: pending.version,
+                    })
+                });
+                let mut headers = vec![("content-type", "application/json")];
+                if let Some(token) = &token {
+                    headers.push(("mcp-session-id", token.as_str()));
+                }
+                self.send_http_response(200, headers, Some(&reply));
+            }
+            PendingKind::Delete => self.send_http_response(200, vec![], None),
         }
     }
 
@@ -323,6 +556,12 @@ impl McpRequest {
         };
         self.request = Some((method, tool));
         self.propagate_trace_context(msg);
+        // The client's token never reaches an upstream; the upstream's own session does.
+        let upstream_session = self
+            .session
+            .as_ref()
+            .and_then(|s| s.upstreams.get(to.upstream_id).cloned());
+        self.set_http_request_header("mcp-session-id", upstream_session.as_deref());
         let up = to.upstream;
         self.set_http_request_header(":path", Some(&up.path));
         if let Some(authority) = &up.authority {
@@ -391,10 +630,24 @@ impl HttpContext for McpRequest {
                     return self.reject(&edge::unknown_server(id));
                 }
             }
-            if method != "POST" {
-                // No sessions or server-initiated messages at the edge yet: the MCP spec
-                // lets a server answer GET and DELETE with 405.
-                return self.reject(&edge::method_not_allowed(&method));
+            let edge = Rc::clone(&self.edge);
+            if let (Some(key), Some(token), Some(server)) = (
+                edge.session_key(),
+                fields.session_id,
+                self.server.as_deref(),
+            ) {
+                match key.open(&lossy(token), server) {
+                    Ok(session) => self.session = Some(session),
+                    Err(err) => return self.reject(&edge::unknown_session(&err.to_string())),
+                }
+            }
+            match (method.as_ref(), self.session.take()) {
+                ("POST", session) => self.session = session,
+                ("DELETE", Some(session)) => return self.end_session(session),
+                // Server-initiated messages (the GET stream) are not relayed yet, and a
+                // DELETE without a session has nothing to end: the MCP spec lets a server
+                // answer both with 405.
+                _ => return self.reject(&edge::method_not_allowed(&method)),
             }
         }
         match self.gate.check_head(&head) {
@@ -458,6 +711,10 @@ impl HttpContext for McpRequest {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.local_reply {
             return Action::Continue;
+        }
+        if self.server.is_some() {
+            // A virtual server's client holds the gateway's token, not an upstream's session.
+            self.set_http_response_header("mcp-session-id", None);
         }
         let content_type = self
             .get_http_response_header_bytes("content-type")

@@ -4,7 +4,10 @@
 //! own label), so which upstream answered proves the routing and the rewrite.
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, ClientConfig, GetPromptRequestParams, ProtocolVersion, ReadResourceRequestParams};
+use rmcp::model::{
+    CallToolRequestParams, ClientConfig, GetPromptRequestParams, ProtocolVersion,
+    ReadResourceRequestParams,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
@@ -18,9 +21,16 @@ fn tool(up: &str, name: &str) -> Value {
                     "inputSchema": {"type": "object"}}})
 }
 
+/// Session signing key of the tests (32 bytes, base64).
+const KEY: &str = "bWNwZ3ctZTJlLXNlc3Npb24ta2V5LTMyLWJ5dGVzISE=";
+
 /// The snapshot a control plane would send: one virtual server over both upstreams.
 fn snapshot(page_size: u32) -> String {
-    json!({
+    snapshot_with(page_size, None)
+}
+
+fn snapshot_with(page_size: u32, key: Option<&str>) -> String {
+    let mut doc = json!({
         "version": "e2e-1",
         "policy": {"list_page_size": page_size, "denied_tools": ["primary__add"]},
         "upstreams": {
@@ -35,14 +45,24 @@ fn snapshot(page_size: u32) -> String {
             "prompts": [{"name": "second__greet", "upstream": "second", "upstream_name": "greet",
                          "item": {"name": "second__greet", "arguments": [{"name": "name", "required": true}]}}]
         }}
-    })
-    .to_string()
+    });
+    if let Some(key) = key {
+        doc["session"] = json!({"signing_key": key});
+    }
+    doc.to_string()
 }
 
 async fn gateway(page_size: u32) -> anyhow::Result<(Envoy, RmcpServer, RmcpServer)> {
-    let primary = RmcpServer::start("primary", RmcpServerMode::StatelessJson).await?;
+    gateway_with(&snapshot(page_size), RmcpServerMode::StatelessJson).await
+}
+
+async fn gateway_with(
+    config: &str,
+    primary_mode: RmcpServerMode,
+) -> anyhow::Result<(Envoy, RmcpServer, RmcpServer)> {
+    let primary = RmcpServer::start("primary", primary_mode).await?;
     let second = RmcpServer::start("second", RmcpServerMode::StatelessJson).await?;
-    let config = EnvoyConfig::with_filter(&snapshot(page_size), primary.addr)
+    let config = EnvoyConfig::with_filter(config, primary.addr)
         .cluster("second", second.addr)
         .route_on_header("x-mcpgw-cluster", "second", "second");
     let envoy = Envoy::start(&artifacts(), &config).await?;
@@ -58,25 +78,49 @@ async fn a_real_client_uses_a_virtual_server() -> anyhow::Result<()> {
     let mut info = ClientConfig::default();
     info.protocol_version = ProtocolVersion::V_2025_06_18;
     let client = info.serve(transport).await?;
-    let server = client.peer_info().map(|i| serde_json::to_value(i)).transpose()?;
-    assert_eq!(server.as_ref().map(|s| s["serverInfo"]["name"].clone()), Some(json!("Team server")));
+    let server = client
+        .peer_info()
+        .map(|i| serde_json::to_value(i))
+        .transpose()?;
+    assert_eq!(
+        server.as_ref().map(|s| s["serverInfo"]["name"].clone()),
+        Some(json!("Team server"))
+    );
     let tools = client.list_all_tools().await?;
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["primary__whoami", "second__whoami", "second__echo", "primary__add"]);
+    assert_eq!(
+        names,
+        [
+            "primary__whoami",
+            "second__whoami",
+            "second__echo",
+            "primary__add"
+        ]
+    );
     for (name, want) in [("primary__whoami", "primary"), ("second__whoami", "second")] {
         let r = client.call_tool(CallToolRequestParams::new(name)).await?;
-        assert_eq!(serde_json::to_value(&r)?["content"][0]["text"], want, "{name}");
+        assert_eq!(
+            serde_json::to_value(&r)?["content"][0]["text"],
+            want,
+            "{name}"
+        );
     }
     let read = client
         .read_resource(ReadResourceRequestParams::new("mcpgw://greeting"))
         .await?;
-    assert_eq!(serde_json::to_value(&read)?["contents"][0]["text"], "greetings from second");
+    assert_eq!(
+        serde_json::to_value(&read)?["contents"][0]["text"],
+        "greetings from second"
+    );
     let mut args = serde_json::Map::new();
     args.insert("name".into(), json!("edge"));
     let prompt = client
         .get_prompt(GetPromptRequestParams::new("second__greet").with_arguments(args))
         .await?;
-    assert_eq!(serde_json::to_value(&prompt)?["messages"][0]["content"]["text"], "Hello, edge! (second)");
+    assert_eq!(
+        serde_json::to_value(&prompt)?["messages"][0]["content"]["text"],
+        "Hello, edge! (second)"
+    );
     client.cancel().await?;
     Ok(())
 }
@@ -90,7 +134,12 @@ async fn lists_paginate_and_bad_requests_get_precise_answers() -> anyhow::Result
     let mut cursor: Option<String> = None;
     for _ in 0..10 {
         let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
-        let r = post(&url, json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":params}).to_string(), &[]).await?;
+        let r = post(
+            &url,
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":params}).to_string(),
+            &[],
+        )
+        .await?;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.response(&json!(1))?;
         for t in v["result"]["tools"].as_array().cloned().unwrap_or_default() {
@@ -101,33 +150,178 @@ async fn lists_paginate_and_bad_requests_get_precise_answers() -> anyhow::Result
             None => break,
         }
     }
-    assert_eq!(names, ["primary__whoami", "second__whoami", "second__echo", "primary__add"]);
+    assert_eq!(
+        names,
+        [
+            "primary__whoami",
+            "second__whoami",
+            "second__echo",
+            "primary__add"
+        ]
+    );
 
     let unknown = post(&url, tools_call(2, "second__add", json!({})), &[]).await?;
     let v = unknown.response(&json!(2))?;
     assert_eq!(v["error"]["code"], -32602, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("second__add"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("second__add"),
+        "{v}"
+    );
 
     // The policy applies to the names clients see.
-    let denied = post(&url, tools_call(3, "primary__add", json!({"a": 1, "b": 2})), &[]).await?;
+    let denied = post(
+        &url,
+        tools_call(3, "primary__add", json!({"a": 1, "b": 2})),
+        &[],
+    )
+    .await?;
     assert_eq!(denied.status, 403, "{}", denied.text());
 
     // The rewritten call carries the arguments through untouched.
-    let echo = post(&url, tools_call(4, "second__echo", json!({"message": "through the edge é"})), &[]).await?;
+    let echo = post(
+        &url,
+        tools_call(4, "second__echo", json!({"message": "through the edge é"})),
+        &[],
+    )
+    .await?;
     assert_eq!(tool_text(&echo.response(&json!(4))?), "through the edge é");
 
-    let notification = post(&url, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &[]).await?;
+    let notification = post(
+        &url,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &[],
+    )
+    .await?;
     assert_eq!(notification.status, 202);
 
     let get = send(http().get(&url).header("accept", "text/event-stream")).await?;
     assert_eq!((get.status, get.header("allow")), (405, "POST".to_owned()));
-    let nowhere = post(&envoy.url("/servers/other/mcp"), tools_call(5, "x", json!({})), &[]).await?;
+    let nowhere = post(
+        &envoy.url("/servers/other/mcp"),
+        tools_call(5, "x", json!({})),
+        &[],
+    )
+    .await?;
     assert_eq!(nowhere.status, 404, "{}", nowhere.text());
-    let batch = post(&url, r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, &[("mcp-protocol-version", "2025-03-26")]).await?;
+    let batch = post(
+        &url,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+        &[("mcp-protocol-version", "2025-03-26")],
+    )
+    .await?;
     assert_eq!(batch.status, 400, "{}", batch.text());
 
     // Paths outside /servers/ are untouched: the classic endpoint still reaches the upstream.
     let plain = post(&envoy.mcp_url(), tools_call(6, "whoami", json!({})), &[]).await?;
     assert_eq!(tool_text(&plain.response(&json!(6))?), "primary");
+    Ok(())
+}
+
+/// With a signing key, `initialize` opens a session at every upstream (the filter calls
+/// them itself) and hands the client one signed token; each call then carries the owning
+/// upstream's own session. `primary` is stateful (it refuses calls without its session),
+/// `second` stateless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_span_stateful_upstreams_and_refuse_forgeries() -> anyhow::Result<()> {
+    let (envoy, _p, _s) =
+        gateway_with(&snapshot_with(100, Some(KEY)), RmcpServerMode::SessionSse).await?;
+    let url = envoy.url("/servers/team/mcp");
+    let init = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#,
+        &[],
+    )
+    .await?;
+    assert_eq!(init.status, 200, "{}", init.text());
+    let token = init.header("mcp-session-id");
+    assert!(token.starts_with("mcpgw1."), "session token: {token:?}");
+    let with_session = [
+        ("mcp-session-id", token.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+
+    // The stateful upstream answers only inside its session, which the token carries.
+    let who = post(
+        &url,
+        tools_call(2, "primary__whoami", json!({})),
+        &with_session,
+    )
+    .await?;
+    assert_eq!(who.status, 200, "{}", who.text());
+    assert_eq!(tool_text(&who.response(&json!(2))?), "primary");
+    assert!(
+        who.headers.get("mcp-session-id").is_none(),
+        "upstream session ids stay inside"
+    );
+    let second = post(
+        &url,
+        tools_call(3, "second__whoami", json!({})),
+        &with_session,
+    )
+    .await?;
+    assert_eq!(tool_text(&second.response(&json!(3))?), "second");
+    // Without the token, the stateful upstream refuses (its session is unknown).
+    let without = post(
+        &url,
+        tools_call(4, "primary__whoami", json!({})),
+        &[("mcp-protocol-version", "2025-06-18")],
+    )
+    .await?;
+    assert_ne!(
+        without.status,
+        200,
+        "a stateful upstream needs its session: {}",
+        without.text()
+    );
+
+    // Forged and tampered tokens are refused before anything reaches an upstream.
+    let mut tampered = token.clone();
+    let flip = if tampered.ends_with('A') { "B" } else { "A" };
+    tampered.replace_range(tampered.len() - 1.., flip);
+    for bad in [
+        tampered.as_str(),
+        "mcpgw1.e30.AAAA",
+        "a-uuid-from-elsewhere",
+    ] {
+        let r = post(
+            &url,
+            tools_call(5, "primary__whoami", json!({})),
+            &[("mcp-session-id", bad)],
+        )
+        .await?;
+        assert_eq!(r.status, 404, "{bad}: {}", r.text());
+    }
+
+    // DELETE ends the upstream sessions: the stateful upstream forgets its part.
+    let end = send(http().delete(&url).header("mcp-session-id", token.as_str())).await?;
+    assert_eq!(end.status, 200, "{}", end.text());
+    let after = post(
+        &url,
+        tools_call(6, "primary__whoami", json!({})),
+        &with_session,
+    )
+    .await?;
+    assert_ne!(
+        after.status,
+        200,
+        "the upstream session was ended: {}",
+        after.text()
+    );
+
+    // A real client runs a whole session through the edge.
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.clone()),
+    );
+    let mut info = ClientConfig::default();
+    info.protocol_version = ProtocolVersion::V_2025_06_18;
+    let client = info.serve(transport).await?;
+    let r = client
+        .call_tool(CallToolRequestParams::new("primary__whoami"))
+        .await?;
+    assert_eq!(serde_json::to_value(&r)?["content"][0]["text"], "primary");
+    client.cancel().await?;
     Ok(())
 }
