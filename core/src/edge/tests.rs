@@ -52,20 +52,41 @@ fn paths_name_the_virtual_server() {
 #[test]
 fn initialize_and_ping_are_answered_from_the_snapshot() {
     let edge = Edge::take(&mut snapshot(2));
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":"a\"b","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#);
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":"a\"b","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+    );
     assert_eq!(r["id"], "a\"b", "string ids come back as sent");
     assert_eq!(r["result"]["protocolVersion"], "2025-06-18");
-    assert_eq!(r["result"]["serverInfo"], json!({"name": "Team one", "version": "7"}));
+    assert_eq!(
+        r["result"]["serverInfo"],
+        json!({"name": "Team one", "version": "7"})
+    );
     assert_eq!(r["result"]["instructions"], "Use \"t0\" first");
     assert!(r["result"]["capabilities"]["tools"].is_object());
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1999-01-01"}}"#);
-    assert_eq!(r["result"]["protocolVersion"], *mcp::PROTOCOL_VERSIONS.last().unwrap());
-    assert_eq!(reply(&edge, r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#), json!({"jsonrpc":"2.0","id":9,"result":{}}));
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1999-01-01"}}"#,
+    );
     assert_eq!(
-        edge.answer("s1", &msg(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)),
+        r["result"]["protocolVersion"],
+        *mcp::PROTOCOL_VERSIONS.last().unwrap()
+    );
+    assert_eq!(
+        reply(&edge, r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#),
+        json!({"jsonrpc":"2.0","id":9,"result":{}})
+    );
+    assert_eq!(
+        edge.answer(
+            "s1",
+            &msg(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        ),
         Some(Answer::Accepted)
     );
-    assert_eq!(edge.answer("nope", &msg(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#)), None);
+    assert_eq!(
+        edge.answer("nope", &msg(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#)),
+        None
+    );
 }
 
 #[test]
@@ -75,8 +96,13 @@ fn lists_page_through_every_entry_with_cursors() {
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let params = cursor.as_ref().map_or(String::new(), |c| format!(r#","params":{{"cursor":"{c}"}}"#));
-        let r = reply(&edge, &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list"{params}}}"#));
+        let params = cursor.as_ref().map_or(String::new(), |c| {
+            format!(r#","params":{{"cursor":"{c}"}}"#)
+        });
+        let r = reply(
+            &edge,
+            &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list"{params}}}"#),
+        );
         pages += 1;
         for t in r["result"]["tools"].as_array().unwrap() {
             names.push(t["name"].as_str().unwrap().to_owned());
@@ -88,11 +114,23 @@ fn lists_page_through_every_entry_with_cursors() {
     }
     assert_eq!(pages, 3);
     assert_eq!(names, ["a__t0", "a__t1", "a__t2", "a__t3", "a__t4"]);
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":1,"method":"resources/templates/list"}"#);
-    assert_eq!(r["result"]["resourceTemplates"][0]["uriTemplate"], "docs://{path}.md");
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"mcpgw:99"}}"#);
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/templates/list"}"#,
+    );
+    assert_eq!(
+        r["result"]["resourceTemplates"][0]["uriTemplate"],
+        "docs://{path}.md"
+    );
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"mcpgw:99"}}"#,
+    );
     assert_eq!(r["error"]["code"], -32602);
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"somebody else's"}}"#);
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"somebody else's"}}"#,
+    );
     assert_eq!(r["error"]["code"], -32602);
 }
 
@@ -108,10 +146,16 @@ fn calls_route_to_the_owning_upstream_with_the_name_rewritten() {
     let ((start, end), name) = to.rename.unwrap();
     assert_eq!(&body[start as usize..end as usize], "\"a__t3\"");
     assert_eq!(name, "t3");
-    let Some(Answer::Route(to)) = edge.answer("s1", &msg(r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"b__greet"}}"#)) else {
+    let Some(Answer::Route(to)) = edge.answer(
+        "s1",
+        &msg(r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"b__greet"}}"#),
+    ) else {
         panic!("prompt not routed");
     };
-    assert_eq!((to.upstream.cluster.as_str(), to.rename.map(|r| r.1)), ("cb", Some("greet")));
+    assert_eq!(
+        (to.upstream.cluster.as_str(), to.rename.map(|r| r.1)),
+        ("cb", Some("greet"))
+    );
     let Some(Answer::Route(to)) = edge.answer("s1", &msg(r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"docs://guide/intro.md"}}"#)) else {
         panic!("templated resource not routed");
     };
@@ -121,11 +165,23 @@ fn calls_route_to_the_owning_upstream_with_the_name_rewritten() {
 #[test]
 fn unknown_names_and_methods_get_json_rpc_errors_naming_them() {
     let edge = Edge::take(&mut snapshot(100));
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"b__t0"}}"#);
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"b__t0"}}"#,
+    );
     assert_eq!(r["error"]["code"], -32602);
-    assert!(r["error"]["message"].as_str().unwrap().contains("b__t0"), "{r}");
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///nope"}}"#);
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("b__t0"),
+        "{r}"
+    );
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///nope"}}"#,
+    );
     assert_eq!(r["error"]["code"], -32002);
-    let r = reply(&edge, r#"{"jsonrpc":"2.0","id":8,"method":"completion/complete","params":{}}"#);
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":8,"method":"completion/complete","params":{}}"#,
+    );
     assert_eq!(r["error"]["code"], -32601);
 }

@@ -524,7 +524,11 @@ fn records_the_byte_span_of_params_name_for_rewriting() {
     let (start, end) = m.name_span.unwrap();
     assert_eq!(&body[start as usize..end as usize], r#""gw__\u00e9cho""#);
     // Splice in another name: the result is the same message with the new name.
-    let rewritten = format!(r#"{}"echo"{}"#, &body[..start as usize], &body[end as usize..]);
+    let rewritten = format!(
+        r#"{}"echo"{}"#,
+        &body[..start as usize],
+        &body[end as usize..]
+    );
     let again = single(&rewritten);
     assert_eq!(again.name.as_deref(), Some("echo"));
     assert_eq!(again.method, m.method);
@@ -532,7 +536,9 @@ fn records_the_byte_span_of_params_name_for_rewriting() {
 
 #[test]
 fn captures_list_cursors_and_the_requested_protocol_version() {
-    let m = single(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0OjEw"}}"#);
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0OjEw"}}"#,
+    );
     assert_eq!(m.cursor.as_deref(), Some("b2Zmc2V0OjEw"));
     assert_eq!(m.name_span, None);
     let m = single(

@@ -105,12 +105,29 @@ async fn non_utf8_header_values_never_kill_the_vm() -> anyhow::Result<()> {
     let url = gw.envoy.mcp_url();
     let body = tools_call(1, "echo", json!({"message": "x"}));
     let obs = |prefix: &str| -> anyhow::Result<HeaderValue> {
-        Ok(HeaderValue::from_bytes(&[prefix.as_bytes(), &[0xff, 0xfe, 0xe9]].concat())?)
+        Ok(HeaderValue::from_bytes(
+            &[prefix.as_bytes(), &[0xff, 0xfe, 0xe9]].concat(),
+        )?)
     };
     let cases: Vec<(&str, &str, HeaderValue, u16)> = vec![
-        ("content-type", "content-type", obs("application/json")?, 415),
-        ("accept", "accept", obs("application/json, text/event-stream")?, 406),
-        ("protocol version", "mcp-protocol-version", obs("2025-06-18")?, 400),
+        (
+            "content-type",
+            "content-type",
+            obs("application/json")?,
+            415,
+        ),
+        (
+            "accept",
+            "accept",
+            obs("application/json, text/event-stream")?,
+            406,
+        ),
+        (
+            "protocol version",
+            "mcp-protocol-version",
+            obs("2025-06-18")?,
+            400,
+        ),
         ("traceparent", "traceparent", obs("00-")?, 200),
         ("unrelated header", "x-anything", obs("")?, 200),
     ];
@@ -144,7 +161,11 @@ async fn non_utf8_header_values_never_kill_the_vm() -> anyhow::Result<()> {
         .body(body.clone());
     match super::support::send(req).await {
         Ok(reply) if reply.status == 200 => {}
-        Ok(reply) => failures.push(format!("split Accept: got {} {}", reply.status, reply.text())),
+        Ok(reply) => failures.push(format!(
+            "split Accept: got {} {}",
+            reply.status,
+            reply.text()
+        )),
         Err(e) => failures.push(format!("split Accept: no answer: {e:#}")),
     }
     super::support::assert_rows(failures);
