@@ -33,6 +33,8 @@ pub enum CryptoError {
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    /// Key that signs virtual-server sessions at the edge, derived from this one.
+    session_signing_key: String,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -63,7 +65,14 @@ impl SecretBox {
     pub fn from_key(key: [u8; 32]) -> Self {
         Self {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
+            session_signing_key: mcpgw_core::session::derive_signing_key(&key),
         }
+    }
+
+    /// The session signing key every Envoy receives in its snapshot (base64): derived from
+    /// the encryption key, so it is stable across restarts and replicas sharing the key.
+    pub fn session_signing_key(&self) -> &str {
+        &self.session_signing_key
     }
 
     /// The insecure, well-known key used in `--dev` mode.

@@ -16,6 +16,7 @@ use mcpgw_core::catalog::{Entry, RawJson, Upstream, VirtualServer};
 use mcpgw_core::snapshot::{Policy, Snapshot};
 use serde_json::{Map, Value};
 
+use crate::crypto::SecretBox;
 use crate::model::{CatalogItem, CatalogKind, Gateway, Server};
 use crate::store::{Store, StoreError};
 
@@ -70,6 +71,14 @@ impl RegistryView {
             "the registry kept changing while a snapshot was read ({READ_ATTEMPTS} attempts, last version {})",
             last_err.unwrap_or_default()
         )))
+    }
+}
+
+/// The snapshot's session settings: the signing key derived from the encryption key, so
+/// every Envoy (and every control-plane replica sharing the key) signs alike.
+pub fn session_settings(secrets: &SecretBox) -> mcpgw_core::snapshot::SessionSettings {
+    mcpgw_core::snapshot::SessionSettings {
+        signing_key: secrets.session_signing_key().to_owned(),
     }
 }
 

@@ -119,6 +119,15 @@ impl SessionKey {
     }
 }
 
+/// Derives a session signing key (standard base64, 32 bytes) from another secret, so a
+/// control plane can hand every Envoy the same key without storing a second secret.
+pub fn derive_signing_key(master: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master)
+        .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+    mac.update(b"mcpgw/session-signing-key/v1");
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +190,15 @@ mod tests {
                 "{junk:.20}"
             );
         }
+    }
+
+    #[test]
+    fn derived_keys_are_stable_usable_and_distinct() {
+        let a = derive_signing_key(b"master one");
+        assert_eq!(a, derive_signing_key(b"master one"));
+        assert_ne!(a, derive_signing_key(b"master two"));
+        let k = SessionKey::from_base64(&a).unwrap();
+        assert_eq!(k.open(&k.seal(&session()), "team").unwrap(), session());
     }
 
     #[test]
