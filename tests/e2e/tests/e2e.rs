@@ -7,7 +7,7 @@ mod cases {
 
     mod bad_input;
     mod bootstrap;
-    mod clients;
+    pub mod clients;
     mod config;
     mod edge;
     mod hostile;

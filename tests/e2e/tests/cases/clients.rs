@@ -88,7 +88,7 @@ async fn rmcp_flow(
     })
 }
 
-fn python_flow(
+pub(super) fn python_flow(
     url: &str,
     tool: &str,
     args: Value,

@@ -325,3 +325,51 @@ async fn sessions_span_stateful_upstreams_and_refuse_forgeries() -> anyhow::Resu
     client.cancel().await?;
     Ok(())
 }
+
+/// The official Python SDK runs a whole session through a virtual server: initialize (the
+/// filter opens the upstream sessions), list, a call to the stateful upstream, a resource
+/// and a prompt from the stateless one, and the DELETE at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_runs_a_session_through_a_virtual_server() -> anyhow::Result<()> {
+    let (envoy, _p, _s) =
+        gateway_with(&snapshot_with(100, Some(KEY)), RmcpServerMode::SessionSse).await?;
+    let url = envoy.url("/servers/team/mcp");
+    let out = tokio::task::spawn_blocking(move || {
+        super::clients::python_flow(
+            &url,
+            "primary__whoami",
+            json!({}),
+            "mcpgw://greeting",
+            "second__greet",
+            json!({"name": "py"}),
+        )
+    })
+    .await??;
+    assert_eq!(out["server_name"], "Team server", "{out}");
+    assert_eq!(
+        out["tools"],
+        json!([
+            "primary__add",
+            "primary__whoami",
+            "second__echo",
+            "second__whoami"
+        ]),
+        "{out}"
+    );
+    assert_eq!(out["call_text"], json!(["primary"]), "{out}");
+    assert_eq!(
+        out["resource_text"],
+        json!(["greetings from second"]),
+        "{out}"
+    );
+    assert_eq!(out["prompt_text"], json!(["Hello, py! (second)"]), "{out}");
+    let exchanges = out["exchanges"].as_array().cloned().unwrap_or_default();
+    let deleted = exchanges
+        .iter()
+        .any(|e| e["method"] == "DELETE" && e["status"] == 200);
+    assert!(
+        deleted,
+        "the SDK ended the session with DELETE: {exchanges:?}"
+    );
+    Ok(())
+}
