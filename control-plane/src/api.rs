@@ -8,6 +8,7 @@ pub mod problem;
 mod servers;
 mod system;
 mod transfer;
+mod xds;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::crypto::SecretBox;
+use crate::edge_config::Edge;
 use crate::federation::Federation;
 use crate::model;
 use crate::store::Store;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Credential cipher.
     pub secrets: SecretBox,
+    /// What Envoys are served (snapshot, xDS node status).
+    pub edge: Edge,
 }
 
 macro_rules! page_type {
@@ -86,6 +90,7 @@ page_type!(ServerPage, model::Server, "A page of virtual servers.");
         servers::list, servers::create, servers::get, servers::update, servers::delete,
         servers::set_state,
         transfer::export, transfer::import,
+        xds::nodes, xds::snapshot,
     ),
     components(schemas(Problem, problem::FieldError)),
     tags(
@@ -96,6 +101,7 @@ page_type!(ServerPage, model::Server, "A page of virtual servers.");
         (name = "prompts", description = "Prompts"),
         (name = "servers", description = "Virtual servers"),
         (name = "transfer", description = "Export and import of the registry"),
+        (name = "xds", description = "What the Envoys are served: the filter snapshot, and each node's xDS status"),
     )
 )]
 pub struct ApiDoc;
@@ -192,6 +198,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/servers/{id}/state", post(servers::set_state))
         .route("/servers/{id}/toggle", post(servers::set_state))
+        .route("/xds/nodes", get(xds::nodes))
+        .route("/snapshot", get(xds::snapshot))
         .route("/export", get(transfer::export))
         .route(
             "/import",

@@ -9,6 +9,9 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::crypto::{CryptoError, SecretBox};
+use crate::edge_config::{
+    DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE, EdgeSettings,
+};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -66,6 +69,20 @@ pub struct ServeArgs {
     /// Allow upstream URLs resolving to link-local and cloud metadata addresses (SSRF guard).
     #[arg(long, env = "MCPGW_ALLOW_LINK_LOCAL_UPSTREAMS")]
     pub allow_link_local_upstreams: bool,
+    /// xDS (ADS gRPC) listen address for Envoys, or `off` [default: 127.0.0.1:18000].
+    #[arg(long, env = "MCPGW_XDS_LISTEN")]
+    pub xds_listen: Option<String>,
+    /// Address the Envoys' MCP listener binds (sent over xDS) [default: 127.0.0.1:8080].
+    #[arg(long, env = "MCPGW_ENVOY_LISTEN")]
+    pub envoy_listen: Option<String>,
+    /// Path of the filter's .wasm module on the Envoys' hosts (sent over xDS)
+    /// [default: target/wasm32-wasip1/release/mcpgw_filter.wasm].
+    #[arg(long, env = "MCPGW_FILTER_WASM")]
+    pub filter_wasm: Option<String>,
+    /// CA bundle on the Envoys' hosts to verify https upstreams with, or `off` (no
+    /// verification) [default: /etc/ssl/certs/ca-certificates.crt].
+    #[arg(long, env = "MCPGW_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<String>,
 }
 
 /// The optional TOML file: same keys as the long flags.
@@ -85,6 +102,10 @@ pub struct FileConfig {
     upstream_timeout: Option<u64>,
     allow_loopback_upstreams: Option<bool>,
     allow_link_local_upstreams: Option<bool>,
+    xds_listen: Option<String>,
+    envoy_listen: Option<String>,
+    filter_wasm: Option<String>,
+    upstream_ca_file: Option<String>,
 }
 
 /// A configuration error naming the offending setting.
@@ -182,6 +203,10 @@ pub struct Settings {
     pub secrets: SecretBox,
     /// Federation.
     pub federation: FederationSettings,
+    /// xDS listen address (`None`: xDS disabled).
+    pub xds_listen: Option<SocketAddr>,
+    /// What the Envoys are told (listener address, filter module, upstream CA).
+    pub edge: EdgeSettings,
 }
 
 impl Settings {
@@ -196,8 +221,27 @@ impl Settings {
             dev: true,
             secrets: SecretBox::dev(),
             federation: FederationSettings::default(),
+            xds_listen: None,
+            edge: EdgeSettings::default(),
         }
     }
+}
+
+/// Parses an `ip:port` setting.
+fn socket_addr(field: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse()
+        .map_err(|_| invalid(field, format!("{raw:?} is not an ip:port address")))
+}
+
+/// A path Envoy reads: non-empty, one line.
+fn envoy_path(field: &'static str, raw: String) -> Result<String, ConfigError> {
+    if raw.trim().is_empty() || raw.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            "must be a non-empty path without control characters",
+        ));
+    }
+    Ok(raw)
 }
 
 fn secs(field: &'static str, v: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
@@ -316,6 +360,41 @@ impl ServeArgs {
             1,
             600,
         )?;
+        let xds_raw = self
+            .xds_listen
+            .clone()
+            .or(file.xds_listen)
+            .unwrap_or_else(|| "127.0.0.1:18000".into());
+        let xds_listen = if xds_raw.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(socket_addr("xds_listen", &xds_raw)?)
+        };
+        let envoy_listen = socket_addr(
+            "envoy_listen",
+            &self
+                .envoy_listen
+                .clone()
+                .or(file.envoy_listen)
+                .unwrap_or_else(|| DEFAULT_ENVOY_LISTEN.into()),
+        )?;
+        let filter_wasm = envoy_path(
+            "filter_wasm",
+            self.filter_wasm
+                .clone()
+                .or(file.filter_wasm)
+                .unwrap_or_else(|| DEFAULT_FILTER_WASM.into()),
+        )?;
+        let ca_raw = self
+            .upstream_ca_file
+            .clone()
+            .or(file.upstream_ca_file)
+            .unwrap_or_else(|| DEFAULT_UPSTREAM_CA_FILE.into());
+        let upstream_ca_file = if ca_raw.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(envoy_path("upstream_ca_file", ca_raw)?)
+        };
         let secrets = match encryption_key {
             Some(k) if !k.trim().is_empty() => SecretBox::from_encoded_key(k)?,
             _ if dev => SecretBox::dev(),
@@ -342,6 +421,12 @@ impl ServeArgs {
                         || file.allow_link_local_upstreams.unwrap_or(false),
                 },
             },
+            xds_listen,
+            edge: EdgeSettings {
+                envoy_listen,
+                filter_wasm,
+                upstream_ca_file,
+            },
         })
     }
 }
@@ -360,6 +445,24 @@ mod tests {
         assert!(s.database_url.starts_with("sqlite://mcpgw-data/mcpgw.db"));
         assert_eq!(s.federation.separator, "__");
         assert_eq!(s.federation.health_interval, Duration::from_secs(60));
+        assert_eq!(s.xds_listen, Some("127.0.0.1:18000".parse().unwrap()));
+        assert_eq!(s.edge, EdgeSettings::default());
+    }
+
+    #[test]
+    fn xds_settings_apply_and_off_disables() {
+        let args = ServeArgs {
+            xds_listen: Some("off".into()),
+            envoy_listen: Some("0.0.0.0:10000".into()),
+            filter_wasm: Some("/opt/mcpgw/filter.wasm".into()),
+            upstream_ca_file: Some("OFF".into()),
+            ..Default::default()
+        };
+        let s = args.resolve(Some(KEY)).unwrap();
+        assert_eq!(s.xds_listen, None);
+        assert_eq!(s.edge.envoy_listen.to_string(), "0.0.0.0:10000");
+        assert_eq!(s.edge.filter_wasm, "/opt/mcpgw/filter.wasm");
+        assert_eq!(s.edge.upstream_ca_file, None);
     }
 
     #[test]
@@ -425,6 +528,38 @@ mod tests {
                     ..Default::default()
                 },
                 "log_level",
+            ),
+            (
+                "xds",
+                ServeArgs {
+                    xds_listen: Some("18000".into()),
+                    ..Default::default()
+                },
+                "xds_listen",
+            ),
+            (
+                "envoy listen",
+                ServeArgs {
+                    envoy_listen: Some("localhost:8080".into()),
+                    ..Default::default()
+                },
+                "envoy_listen",
+            ),
+            (
+                "wasm",
+                ServeArgs {
+                    filter_wasm: Some(" ".into()),
+                    ..Default::default()
+                },
+                "filter_wasm",
+            ),
+            (
+                "ca",
+                ServeArgs {
+                    upstream_ca_file: Some("a\nb".into()),
+                    ..Default::default()
+                },
+                "upstream_ca_file",
             ),
         ];
         for (name, args, field) in cases {

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod edge_config;
 pub mod federation;
 pub mod model;
 pub mod snapshot;
@@ -22,9 +23,12 @@ use tokio::net::TcpListener;
 
 use crate::api::AppState;
 use crate::config::Settings;
+use crate::edge_config::Publisher;
 use crate::federation::Federation;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::xds::{AdsServer, XdsConfig};
+use mcpgw_core::snapshot::Policy;
 
 /// A running control plane (for embedding and tests).
 #[derive(Debug)]
@@ -35,6 +39,10 @@ pub struct ControlPlane {
     pub store: Store,
     /// The federation service.
     pub federation: Arc<Federation>,
+    /// Address the xDS server listens on (`None`: xDS disabled).
+    pub xds_addr: Option<SocketAddr>,
+    /// The xDS server (`None`: xDS disabled).
+    pub xds: Option<AdsServer>,
 }
 
 /// Opens the store (creating the data directory for SQLite) and runs migrations.
@@ -48,8 +56,9 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         .with_context(|| "opening the registry database".to_owned())
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves, with federation loops
-/// running in the background. `ready` is called once the API accepts connections.
+/// Serves the admin API on `listener` (and xDS on `settings.xds_listen`) until `shutdown`
+/// resolves, with federation loops and the edge configuration publisher running in the
+/// background. `ready` is called once both accept connections.
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
@@ -57,7 +66,29 @@ pub async fn serve(
     ready: impl FnOnce(ControlPlane) + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
-    let metrics = Arc::new(Metrics::new());
+    let xds_listener = match settings.xds_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the xDS listener {addr}"))?,
+        ),
+        None => None,
+    };
+    // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
+    // empty configuration.
+    let publisher = Publisher::new(store.clone(), Policy::default(), settings.edge.clone());
+    let first = publisher.publish().await;
+    let ads = xds_listener
+        .as_ref()
+        .map(|_| AdsServer::new(publisher.sets(), XdsConfig::default()));
+    let mut metrics = Metrics::new();
+    if let Some(ads) = &ads {
+        metrics.register_xds(ads.metrics());
+    }
+    let metrics = Arc::new(metrics);
+    edge_config::record(&first, &metrics);
+    let edge = publisher.edge(ads.clone());
+    let publishing = publisher.spawn(metrics.clone(), first.ok());
     let federation = Federation::new(
         store.clone(),
         settings.federation.clone(),
@@ -70,6 +101,32 @@ pub async fn serve(
         federation: federation.clone(),
         metrics,
         secrets: settings.secrets.clone(),
+        edge,
+    };
+    // One shutdown signal, two servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let xds_addr = match &xds_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let xds_task = match (xds_listener, &ads) {
+        (Some(l), Some(ads)) => {
+            let serving = xds::serve(l, ads.clone(), stopped());
+            Some(tokio::spawn(async move {
+                let r = serving.await;
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "xDS server failed; Envoys keep their last configuration");
+                }
+                r
+            }))
+        }
+        _ => None,
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = ?store.backend(), "admin API listening");
@@ -77,10 +134,26 @@ pub async fn serve(
         addr,
         store: store.clone(),
         federation,
+        xds_addr,
+        xds: ads,
     });
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let result = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            signal.await;
+        })
         .await;
+    if let Some(t) = xds_task {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {} // logged when it happened
+            Err(e) => tracing::error!(error = %e, "xDS server task failed"),
+        }
+    }
+    publishing.abort();
     loops.abort();
     store.close().await;
     tracing::info!("stopped");

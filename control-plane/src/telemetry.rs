@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::LogFormat;
+use crate::xds::XdsMetrics;
 
 type Labels = Vec<(String, String)>;
 
@@ -21,6 +22,7 @@ pub struct Metrics {
     registry_version: Gauge<i64, AtomicI64>,
     federation_refreshes: Family<Labels, Counter>,
     health_transitions: Family<Labels, Counter>,
+    edge_builds: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +73,12 @@ impl Metrics {
             "Gateways becoming reachable or unreachable",
             health_transitions.clone(),
         );
+        let edge_builds = Family::<Labels, Counter>::default();
+        registry.register(
+            "edge_builds",
+            "Rebuilds of the edge configuration (snapshot and xDS resources) by outcome",
+            edge_builds.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -78,7 +86,20 @@ impl Metrics {
             registry_version,
             federation_refreshes,
             health_transitions,
+            edge_builds,
         }
+    }
+
+    /// Adds the xDS server's counters (`mcpgw_xds_*`) to what `/metrics` renders.
+    pub fn register_xds(&mut self, xds: &XdsMetrics) {
+        xds.register(&mut self.registry);
+    }
+
+    /// Counts one rebuild of the edge configuration (`ok` or an error label).
+    pub fn edge_build(&self, outcome: &str) {
+        self.edge_builds
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
     }
 
     /// Counts one API request.
