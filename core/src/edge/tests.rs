@@ -1,3 +1,5 @@
+//! Unit tests of `edge`; compiled only under `#[cfg(test)]` (the parent declares the module).
+
 use super::*;
 use crate::jsonrpc::stream::{Body, MessageParser, Options};
 use serde_json::{Value, json};

@@ -1,3 +1,5 @@
+//! Tests of the streaming parser; compiled only under `#[cfg(test)]` (the parent declares the module).
+
 #![allow(clippy::unwrap_used)]
 
 use super::*;
