@@ -76,7 +76,12 @@ pub async fn serve(
     };
     // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
     // empty configuration.
-    let publisher = Publisher::new(store.clone(), Policy::default(), settings.edge.clone());
+    let publisher = Publisher::new(
+        store.clone(),
+        Policy::default(),
+        Some(snapshot::session_settings(&settings.secrets)),
+        settings.edge.clone(),
+    );
     let first = publisher.publish().await;
     let ads = xds_listener
         .as_ref()

@@ -11,6 +11,7 @@ mod integration {
     mod api;
     mod cli;
     mod concurrency;
+    mod edge_xds;
     mod federation;
     mod openapi;
     mod store;

@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use super::{AppState, Problem};
 use crate::xds::NodeStatus;
 
+/// What `GET /snapshot` shows instead of secrets.
+const REDACTED: &str = "<redacted>";
+
 /// Every Envoy connected over xDS (or disconnected recently): versions sent and acked per
 /// resource type, and the last rejection with Envoy's error.
 #[utoipa::path(get, path = "/xds/nodes", tag = "xds", responses(
@@ -28,7 +31,7 @@ pub async fn nodes(State(s): State<AppState>) -> Result<Json<Vec<NodeStatus>>, P
 
 /// The filter snapshot the Envoys are served now (the wasm filter's plugin configuration):
 /// virtual servers with their catalogs, upstreams, policy. Its `version` is the registry
-/// version it was built from.
+/// version it was built from. The session signing key is redacted.
 #[utoipa::path(get, path = "/snapshot", tag = "xds", responses(
     (status = 200, body = Object, content_type = "application/json",
      description = "The snapshot (schema: `mcpgw_core::snapshot::Snapshot`)"),
@@ -43,13 +46,18 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, Problem> {
             "no snapshot has been built yet; see the control plane's log",
         )
     })?;
-    let body = serde_json::to_vec(&*snapshot).map_err(|e| {
+    let internal = |e: serde_json::Error| {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Internal error",
             e.to_string(),
         )
-    })?;
+    };
+    let mut doc = serde_json::to_value(&*snapshot).map_err(internal)?;
+    if let Some(key) = doc.pointer_mut("/session/signing_key") {
+        *key = serde_json::Value::from(REDACTED);
+    }
+    let body = serde_json::to_vec(&doc).map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

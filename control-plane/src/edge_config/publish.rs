@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcpgw_core::snapshot::{Policy, Snapshot};
+use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -65,6 +65,7 @@ impl Edge {
 pub struct Publisher {
     store: Store,
     policy: Policy,
+    session: Option<SessionSettings>,
     settings: EdgeSettings,
     /// Subscribed at creation, so no change between the first build and [`Publisher::spawn`]
     /// is missed.
@@ -75,12 +76,19 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher with nothing published yet: an empty resource set, no snapshot.
-    pub fn new(store: Store, policy: Policy, settings: EdgeSettings) -> Publisher {
+    /// `session` signs virtual-server sessions (`None`: stateless virtual servers).
+    pub fn new(
+        store: Store,
+        policy: Policy,
+        session: Option<SessionSettings>,
+        settings: EdgeSettings,
+    ) -> Publisher {
         let mut versions = store.subscribe();
         versions.borrow_and_update();
         Publisher {
             store,
             policy,
+            session,
             settings,
             versions,
             sets: watch::Sender::new(Arc::new(ResourceSet::default())),
@@ -104,7 +112,8 @@ impl Publisher {
     /// Reads the registry and translates it (no publishing).
     pub async fn build(&self) -> Result<(Snapshot, ResourceSet), PublishError> {
         let view = RegistryView::read(&self.store).await?;
-        let snapshot = assemble(&view, &self.policy)?;
+        let mut snapshot = assemble(&view, &self.policy)?;
+        snapshot.session.clone_from(&self.session);
         let set = resources(&snapshot, &endpoints(&view.gateways), &self.settings)?;
         Ok((snapshot, set))
     }

@@ -270,9 +270,10 @@ fn filter_config(snapshot_json: String, settings: &EdgeSettings) -> TypedExtensi
             })),
             // Required: the filter pauses headers to read the body (see DESIGN.md).
             allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
+            // The default failure policy, FAIL_CLOSED: a dead VM answers 503, never
+            // lets requests pass unchecked.
             ..Default::default()
         }),
-        ..Default::default()
     };
     TypedExtensionConfig {
         name: FILTER.to_owned(),

@@ -110,6 +110,8 @@ pub fn settings(db: &TestDb) -> Settings {
 /// An in-process control plane serving on 127.0.0.1:0.
 pub struct TestCp {
     pub addr: SocketAddr,
+    /// Where the xDS server listens, if enabled.
+    pub xds_addr: Option<SocketAddr>,
     pub store: Store,
     pub federation: Arc<Federation>,
     pub http: reqwest::Client,
@@ -141,6 +143,7 @@ impl TestCp {
         };
         TestCp {
             addr: cp.addr,
+            xds_addr: cp.xds_addr,
             store: cp.store,
             federation: cp.federation,
             http: reqwest::Client::builder()

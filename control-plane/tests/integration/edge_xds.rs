@@ -1,0 +1,436 @@
+//! The control plane drives a real Envoy: `mcpgw serve` with xDS on port 0, an Envoy
+//! started from the committed ADS-only bootstrap (`envoy/ads-bootstrap.yaml`), the filter
+//! `.wasm` that `make wasm` builds, and an in-process rmcp upstream registered through the
+//! REST API.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::harness::{TestCp, TestDb, settings};
+use super::upstream::TestUpstream;
+
+/// Generous: CI machines are busy, and V8 compiles the module when the filter first loads.
+const WAIT: Duration = Duration::from_secs(30);
+/// The node id in the committed bootstrap.
+const NODE: &str = "mcpgw-envoy-0";
+/// Type URLs whose versions the node status reports.
+const TYPES: [&str; 4] = [
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    "type.googleapis.com/envoy.config.listener.v3.Listener",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+];
+const ECDS: &str = TYPES[3];
+
+fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+fn envoy_binary() -> PathBuf {
+    let path =
+        std::env::var_os("MCPGW_ENVOY").map_or_else(|| repo_path(".venv/bin/envoy"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "Envoy not found at {} (run `make deps`, or set MCPGW_ENVOY)",
+        path.display()
+    );
+    path
+}
+
+fn filter_wasm() -> PathBuf {
+    let path = std::env::var_os("MCPGW_WASM").map_or_else(
+        || repo_path("target/wasm32-wasip1/release/mcpgw_filter.wasm"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "filter module not found at {} (run `make wasm`, or set MCPGW_WASM)",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
+/// The committed bootstrap, pointed at `xds` and with an ephemeral admin port.
+fn bootstrap(xds: SocketAddr) -> String {
+    let text = std::fs::read_to_string(repo_path("envoy/ads-bootstrap.yaml")).unwrap();
+    let (xds_port, admin_port) = ("port_value: 18000 }", "port_value: 9901 }");
+    assert!(
+        text.contains(xds_port) && text.contains(admin_port) && text.contains("address: 127.0.0.1"),
+        "envoy/ads-bootstrap.yaml no longer has the ports this test substitutes"
+    );
+    text.replace(xds_port, &format!("port_value: {} }}", xds.port()))
+        .replace(admin_port, "port_value: 0 }")
+}
+
+/// A running Envoy; killed on drop.
+struct Envoy {
+    child: tokio::process::Child,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Envoy {
+    async fn start(xds: SocketAddr, base_id: u32) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.yaml");
+        std::fs::write(&path, bootstrap(xds)).unwrap();
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let admin_path = dir.path().join("admin.addr");
+        let child = tokio::process::Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&path)
+            .args(["--concurrency", "1", "--log-level", "info", "--base-id"])
+            .arg((50_000 + std::process::id() % 10_000 + base_id).to_string())
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut envoy = Envoy {
+            child,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        envoy.admin = envoy
+            .wait("admin address", || {
+                let p = admin_path.clone();
+                async move { std::fs::read_to_string(p).ok()?.trim().parse().ok() }
+            })
+            .await;
+        envoy
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Polls `probe` until it yields; fails with Envoy's log if it exits or takes too long.
+    async fn wait<T, F, Fut>(&mut self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "Envoy exited ({status}) waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; Envoy log (tail):\n{}",
+                tail(&self.log(), 60)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The address Envoy bound for the listener named `name`.
+    async fn listener(&mut self, name: &str) -> SocketAddr {
+        let url = format!("http://{}/listeners?format=json", self.admin);
+        let http = self.http.clone();
+        self.wait(&format!("listener {name}"), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let l = v["listener_statuses"]
+                    .as_array()?
+                    .iter()
+                    .find(|l| l["name"] == name)?;
+                let sa = &l["local_address"]["socket_address"];
+                let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
+                Some(SocketAddr::new(sa["address"].as_str()?.parse().ok()?, port))
+            }
+        })
+        .await
+    }
+
+    /// Waits until Envoy's config dump does (or does not) mention `needle`.
+    async fn dump_mentions(&mut self, needle: &str, present: bool) {
+        let (http, url) = (
+            self.http.clone(),
+            format!("http://{}/config_dump", self.admin),
+        );
+        self.wait(
+            &format!(
+                "config_dump to {}mention {needle}",
+                if present { "" } else { "stop to " }
+            ),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let dump = http.get(&url).send().await.ok()?.text().await.ok()?;
+                    (dump.contains(needle) == present).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// POSTs one JSON-RPC request to `url`; the status and the parsed body (JSON or the first
+/// non-empty SSE `data:` line).
+async fn rpc(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    session: Option<&str>,
+) -> (u16, Value) {
+    let mut req = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let r = req.json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .find(|d| !d.trim().is_empty())
+        .unwrap_or(&text)
+        .trim()
+        .to_owned();
+    (
+        status,
+        serde_json::from_str(&json).unwrap_or(Value::String(text)),
+    )
+}
+
+fn tool_names(v: &Value) -> Vec<String> {
+    v["result"]["tools"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A control plane with xDS on 127.0.0.1:`xds_port` (0: any) over `db`.
+async fn control_plane(db: &TestDb, xds_port: u16) -> TestCp {
+    let mut s = settings(db);
+    s.xds_listen = Some(SocketAddr::from(([127, 0, 0, 1], xds_port)));
+    s.edge.envoy_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    s.edge.filter_wasm = filter_wasm().display().to_string();
+    s.edge.upstream_ca_file = None;
+    TestCp::start(s).await
+}
+
+async fn registry_version(cp: &TestCp) -> String {
+    cp.get("/registry").await.1["registry_version"]
+        .as_i64()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits until the node has acked every type, ECDS at `ecds_version`, without a NACK.
+async fn node_acked(cp: &TestCp, envoy: &mut Envoy, ecds_version: &str) -> Value {
+    let (http, url) = (cp.http.clone(), cp.url("/xds/nodes"));
+    envoy
+        .wait(
+            &format!("{NODE} to ack ECDS version {ecds_version}"),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let nodes: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                    let node = nodes.as_array()?.iter().find(|n| n["node_id"] == NODE)?;
+                    let types = &node["types"];
+                    let all_acked = TYPES.iter().all(|t| {
+                        types[*t]["version_acked"].is_string() && types[*t]["last_nack"].is_null()
+                    });
+                    (all_acked && types[ECDS]["version_acked"] == ecds_version)
+                        .then(|| node.clone())
+                }
+            },
+        )
+        .await
+}
+
+/// Registers the upstream and a virtual server over its tools; (gateway id, server id).
+async fn register(cp: &TestCp, upstream_url: &str) -> (String, String) {
+    let (s, g) = cp
+        .post("/gateways", json!({"name": "up", "url": upstream_url}))
+        .await;
+    assert_eq!(s, 201, "{g}");
+    assert_eq!(g["gateway"]["reachable"], true, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    let ids: Vec<Value> = tools["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "{tools}");
+    let (s, srv) = cp
+        .post("/servers", json!({"name": "edge", "associated_tools": ids}))
+        .await;
+    assert_eq!(s, 201, "{srv}");
+    (gid, srv["id"].as_str().unwrap().to_owned())
+}
+
+/// The whole round: register → Envoy converges and serves the virtual server (tools/list
+/// from the snapshot, a call routed through the gateway's cluster) → the control plane stops and Envoy keeps its config →
+/// a new control plane on the same database and port resyncs it → deleting the gateway
+/// removes its cluster.
+async fn round(base_id: u32) {
+    let up = TestUpstream::with_tools(&["alpha", "bravo"]);
+    let running = up.serve(0).await;
+    let db = TestDb::sqlite();
+    let cp = control_plane(&db, 0).await;
+    let xds = cp.xds_addr.expect("xDS enabled");
+    let mut envoy = Envoy::start(xds, base_id).await;
+
+    let (gid, sid) = register(&cp, &running.url).await;
+    let cluster = format!("mcpgw-gw-{gid}");
+    let registered = Instant::now();
+    let version = registry_version(&cp).await;
+    let node = node_acked(&cp, &mut envoy, &version).await;
+    eprintln!(
+        "Envoy acked registry version {version} {:?} after the server was created",
+        registered.elapsed()
+    );
+    assert_eq!(node["cluster"], "mcpgw");
+    assert!(node["connected_streams"].as_u64().unwrap() >= 1, "{node}");
+    envoy.dump_mentions(&cluster, true).await;
+    let (s, snapshot) = cp.get("/snapshot").await;
+    assert_eq!(s, 200);
+    assert_eq!(snapshot["version"], version);
+    assert_eq!(snapshot["upstreams"][&gid]["cluster"], cluster.as_str());
+    assert_eq!(snapshot["session"]["signing_key"], "<redacted>");
+    assert!(snapshot["servers"][&sid].is_object(), "{snapshot}");
+    let (_, metrics) = cp.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains("mcpgw_xds_acks_total"), "{metrics}");
+    assert!(
+        metrics.contains("mcpgw_edge_builds_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+
+    let listener = envoy.listener("mcpgw").await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A client cannot pick a cluster itself: the route header is stripped before routing,
+    // so this falls through to the JSON-RPC 404 instead of reaching the upstream.
+    let spoofed = http
+        .get(format!("http://{listener}/mcp"))
+        .header("x-mcpgw-cluster", &cluster)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status().as_u16(), 404);
+    let body: Value = spoofed.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "no upstream serves this request");
+
+    let mcp = format!("http://{listener}/servers/{sid}/mcp");
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let (s, v) = rpc(&http, &mcp, &list, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(tool_names(&v), ["up__alpha", "up__bravo"], "{v}");
+    // A call goes through the gateway's cluster: the filter opens the upstream session
+    // over it on initialize, then routes the call (the test upstream has no tools/call:
+    // its own JSON-RPC error proves the call reached it).
+    let init = json!({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "edge-xds-test", "version": "1"}}});
+    let r = http
+        .post(&mcp)
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let session = r
+        .headers()
+        .get("mcp-session-id")
+        .expect("a signed session id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "up__alpha", "arguments": {"x": "1"}}});
+    let (s, v) = rpc(&http, &mcp, &call, Some(&session)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], 3, "{v}");
+    assert!(
+        v["error"]["code"] == -32601 || v["result"].is_object(),
+        "{v}"
+    );
+
+    // The control plane goes away: Envoy keeps serving what it has.
+    cp.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    envoy.dump_mentions(&cluster, true).await;
+    let (s, v) = rpc(&http, &mcp, &list, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(tool_names(&v), ["up__alpha", "up__bravo"], "{v}");
+
+    // It comes back on the same address: Envoy reconnects and follows it again.
+    let cp = control_plane(&db, xds.port()).await;
+    let (s, _) = cp.delete(&format!("/gateways/{gid}")).await;
+    assert!(s == 200 || s == 204, "delete: {s}");
+    let version = registry_version(&cp).await;
+    node_acked(&cp, &mut envoy, &version).await;
+    envoy.dump_mentions(&cluster, false).await;
+    let (_, v) = rpc(&http, &mcp, &list, None).await;
+    assert!(tool_names(&v).is_empty(), "{v}");
+    cp.stop().await;
+    running.stop().await;
+    drop(envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_serves_the_registry_over_xds_and_keeps_it_without_the_control_plane() {
+    round(0).await;
+}
+
+#[test]
+fn committed_ads_bootstrap_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ads-bootstrap.yaml");
+    std::fs::write(&path, bootstrap("127.0.0.1:18000".parse().unwrap())).unwrap();
+    for file in [repo_path("envoy/ads-bootstrap.yaml"), path] {
+        let out = std::process::Command::new(envoy_binary())
+            .args(["--mode", "validate", "--base-id"])
+            .arg((50_100 + std::process::id() % 10_000).to_string())
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} does not validate:\n{}",
+            file.display(),
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        );
+    }
+}
