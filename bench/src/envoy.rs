@@ -1,6 +1,7 @@
 //! One Envoy per variant: its bootstrap, and the process (started on ephemeral ports,
 //! killed on drop).
 
+use crate::catalog;
 use crate::variant::Variant;
 use anyhow::{Context, anyhow, bail};
 use std::io::{Read, Write};
@@ -39,8 +40,16 @@ pub fn mcpgw_config() -> String {
 /// Every variant that routes by request content gets a catch-all route answering 404, so a
 /// filter that fails to route shows up as errors instead of silently passing.
 pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> String {
+    // The filter sets the route header to the chosen cluster; Envoy routes on it.
+    let header_routed = format!(
+        r#"              - match:
+                  prefix: "/"
+                  headers: [{{ name: x-mcpgw-cluster, present_match: true }}]
+                route: {{ cluster_header: x-mcpgw-cluster }}
+{NOT_ROUTED}"#
+    );
     let (filters, routes) = match variant {
-        Variant::Plain => (
+        Variant::Plain | Variant::PlainList | Variant::PlainCall => (
             String::new(),
             format!(
                 "              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {DEFAULT_CLUSTER} }}\n"
@@ -78,13 +87,13 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> S
         ),
         Variant::Mcpgw => (
             wasm_filter("mcpgw", &modules.mcpgw, &mcpgw_config()),
-            format!(
-                r#"              - match:
-                  prefix: "/"
-                  headers: [{{ name: x-mcpgw-cluster, present_match: true }}]
-                route: {{ cluster_header: x-mcpgw-cluster }}
-{NOT_ROUTED}"#
-            ),
+            header_routed,
+        ),
+        // Calls the virtual server routes go to the tools cluster (a distinct name, as for
+        // `mcpgw`, proves the filter chose it); lists never leave Envoy.
+        Variant::EdgeList | Variant::EdgeCall => (
+            wasm_filter("mcpgw", &modules.mcpgw, &catalog::snapshot(TOOLS_CLUSTER)),
+            header_routed,
         ),
     };
     let (up_host, up_port) = (upstream.ip(), upstream.port());
@@ -145,6 +154,8 @@ fn wasm_filter(name: &str, module: &Path, configuration: &str) -> String {
                   code: {{ local: {{ filename: "{module}" }} }}
 "#,
         module = module.display(),
+        // A YAML single-quoted scalar escapes `'` by doubling it.
+        configuration = configuration.replace('\'', "''"),
     )
 }
 
@@ -406,12 +417,42 @@ mod tests {
             floor: "/f.wasm".into(),
         };
         let up = SocketAddr::from(([127, 0, 0, 1], 9));
-        assert!(!bootstrap(Variant::Plain, up, &modules).contains("not routed"));
-        for v in [Variant::Native, Variant::Floor, Variant::Mcpgw] {
+        for v in [Variant::Plain, Variant::PlainList, Variant::PlainCall] {
+            assert!(!bootstrap(v, up, &modules).contains("not routed"), "{v}");
+            assert!(!bootstrap(v, up, &modules).contains("wasm"), "{v}");
+        }
+        for v in [
+            Variant::Native,
+            Variant::Floor,
+            Variant::Mcpgw,
+            Variant::EdgeList,
+            Variant::EdgeCall,
+        ] {
             let yaml = bootstrap(v, up, &modules);
             assert!(yaml.contains("not routed by the filter"), "{v}");
             assert!(yaml.contains("port_value: 9"), "{v}");
         }
         assert!(bootstrap(Variant::Mcpgw, up, &modules).contains(r#"filename: "/m.wasm""#));
+    }
+
+    #[test]
+    fn edge_variants_load_the_catalog_snapshot() {
+        let modules = Modules {
+            mcpgw: "/m.wasm".into(),
+            floor: "/f.wasm".into(),
+        };
+        let up = SocketAddr::from(([127, 0, 0, 1], 9));
+        for v in [Variant::EdgeList, Variant::EdgeCall] {
+            let yaml = bootstrap(v, up, &modules);
+            assert!(yaml.contains(&catalog::snapshot(TOOLS_CLUSTER)), "{v}");
+            assert!(yaml.contains("cluster_header: x-mcpgw-cluster"), "{v}");
+        }
+        assert!(!bootstrap(Variant::Mcpgw, up, &modules).contains(r#""servers""#));
+    }
+
+    #[test]
+    fn single_quotes_in_a_configuration_are_escaped_for_yaml() {
+        let yaml = wasm_filter("x", Path::new("/x.wasm"), r#"{"a":"it's"}"#);
+        assert!(yaml.contains(r#"value: '{"a":"it''s"}'"#), "{yaml}");
     }
 }

@@ -18,18 +18,51 @@ pub const MCP_PATH: &str = "/mcp";
 /// Largest latency the histogram holds (longer ones are clamped): 60 s in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
-/// A ~1 KB MCP `tools/call`: envelope first (method, id, tool name), then arguments, as
-/// MCP clients serialize it, so filters that stop parsing once routable can do so.
-pub fn tools_call_body() -> Bytes {
-    let head = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"bench-1"},"arguments":{"message":""#;
+/// Size of the `tools/call` body, whatever the tool's name.
+pub const CALL_BODY_BYTES: usize = 1024;
+
+/// A 1 KB MCP `tools/call` of `tool`: envelope first (method, id, tool name), then
+/// arguments, as MCP clients serialize it, so filters that stop parsing once routable can
+/// do so. The filler absorbs the name's length, so every call body is
+/// [`CALL_BODY_BYTES`] long.
+pub fn tools_call_body(tool: &str) -> Bytes {
+    let head = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","_meta":{{"progressToken":"bench-1"}},"arguments":{{"message":""#
+    );
     let tail = r#"","repeat":1,"tags":["bench","mcp","tools-call"]}}}"#;
-    let filler_len = 1024 - head.len() - tail.len();
+    let filler_len = CALL_BODY_BYTES.saturating_sub(head.len() + tail.len());
     let filler: String = "The quick brown fox jumps over the lazy dog. "
         .chars()
         .cycle()
         .take(filler_len)
         .collect();
     Bytes::from(format!("{head}{filler}{tail}"))
+}
+
+/// The request a client repeats: `POST path` with `body`.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Request path.
+    pub path: &'static str,
+    /// JSON-RPC request body.
+    pub body: Bytes,
+}
+
+impl Workload {
+    /// `POST path` with `body`.
+    pub fn new(path: &'static str, body: Bytes) -> Workload {
+        Workload { path, body }
+    }
+
+    fn request(&self) -> anyhow::Result<Request<Full<Bytes>>> {
+        Request::post(self.path)
+            .header(HOST, "mcpgw-bench")
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Full::new(self.body.clone()))
+            .context("building the request")
+    }
 }
 
 /// What one load interval measured.
@@ -55,12 +88,40 @@ pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).map_err(|e| anyhow!("latency histogram: {e}"))
 }
 
-/// Drives `connections` closed-loop connections against `addr` for `duration`. Any
-/// response other than `200` with a body is an error: a benchmark of failing requests
-/// measures nothing.
+/// Sends `workload` once on a new connection: (status, body). The run verifies this
+/// answer before any load, then requires every answer under load to equal it.
+pub async fn probe(addr: SocketAddr, workload: &Workload) -> anyhow::Result<(u16, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    let driver = tokio::spawn(conn);
+    let response = sender
+        .send_request(workload.request()?)
+        .await
+        .context("sending the request")?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the response body")?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
+}
+
+/// Drives `connections` closed-loop connections against `addr` for `duration`, each
+/// repeating `workload`. Any response other than `200` with exactly the body `expected`
+/// is an error: a benchmark of failing (or differently answered) requests measures
+/// nothing. Comparing bytes costs the client a `memcmp` per response, far cheaper than
+/// parsing a 28 KB list page each time.
 pub async fn drive(
     addr: SocketAddr,
-    body: Bytes,
+    workload: &Workload,
+    expected: &Bytes,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Interval> {
@@ -68,7 +129,12 @@ pub async fn drive(
     let deadline = start + duration;
     let mut tasks = JoinSet::new();
     for _ in 0..connections {
-        tasks.spawn(connection(addr, body.clone(), deadline));
+        tasks.spawn(connection(
+            addr,
+            workload.clone(),
+            expected.clone(),
+            deadline,
+        ));
     }
     let mut completed = 0;
     let mut latency_ns = new_histogram()?;
@@ -88,7 +154,8 @@ pub async fn drive(
 
 async fn connection(
     addr: SocketAddr,
-    body: Bytes,
+    workload: Workload,
+    expected: Bytes,
     deadline: Instant,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
     let stream = tokio::net::TcpStream::connect(addr)
@@ -102,13 +169,7 @@ async fn connection(
     let mut latency_ns = new_histogram()?;
     let mut completed = 0;
     while Instant::now() < deadline {
-        let request = Request::post(MCP_PATH)
-            .header(HOST, "mcpgw-bench")
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(Full::new(body.clone()))
-            .context("building the request")?;
+        let request = workload.request()?;
         let sent = Instant::now();
         sender.ready().await.context("connection closed by Envoy")?;
         let response = sender
@@ -123,9 +184,11 @@ async fn connection(
             .context("reading the response body")?
             .to_bytes();
         let took = sent.elapsed();
-        if status != hyper::StatusCode::OK || answer.is_empty() {
+        if status != hyper::StatusCode::OK || answer != expected {
             anyhow::bail!(
-                "got HTTP {status} (body: {})",
+                "got HTTP {status} with a {}-byte body other than the verified {}-byte answer (body: {})",
+                answer.len(),
+                expected.len(),
                 String::from_utf8_lossy(&answer[..answer.len().min(300)])
             );
         }
@@ -144,14 +207,21 @@ mod tests {
 
     #[test]
     fn the_request_is_one_kilobyte_of_json() {
-        let body = tools_call_body();
-        assert_eq!(body.len(), 1024);
-        let text = std::str::from_utf8(&body).unwrap();
-        assert!(text.starts_with(
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo""#
+        for tool in ["echo", "bench__echo"] {
+            let body = tools_call_body(tool);
+            assert_eq!(body.len(), CALL_BODY_BYTES, "{tool}");
+            let text = std::str::from_utf8(&body).unwrap();
+            assert!(text.starts_with(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}""#
+            )));
+            assert!(text.ends_with("}}}"));
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["params"]["name"], tool);
+        }
+        // The existing benchmark's body is unchanged by the parameter.
+        let echo = tools_call_body("echo");
+        assert!(std::str::from_utf8(&echo).unwrap().contains(
+            r#""arguments":{"message":"The quick brown fox jumps over the lazy dog. The"#
         ));
-        assert!(text.ends_with("}}}"));
-        // Balanced braces and no stray quotes inside the filler.
-        assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 }

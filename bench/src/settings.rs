@@ -16,7 +16,8 @@ pub struct Settings {
     /// The floor filter (`MCPGW_BENCH_FLOOR_WASM`, default the release build of
     /// `mcpgw-bench-floor`).
     pub floor_wasm: PathBuf,
-    /// Variants to measure (`MCPGW_BENCH_VARIANTS`, comma-separated; default all).
+    /// Variants to measure (`MCPGW_BENCH_VARIANTS`, comma-separated names from
+    /// [`Variant::ALL`]; default all).
     pub variants: Vec<Variant>,
     /// Measured rounds; each round measures every variant once (`MCPGW_BENCH_ROUNDS`, 5).
     pub rounds: u32,
@@ -125,12 +126,14 @@ impl Settings {
             Some(v) => Some(PathBuf::from(v)),
             None => Some(root.join("docs/benchmarks.md")),
         };
-        let knobs: Vec<String> = KNOBS
-            .iter()
-            .filter_map(|k| get(k).map(|v| format!("{k}={}", v.trim())))
-            .collect();
         let base = get("MCPGW_BENCH_COMMAND")
             .unwrap_or_else(|| "cargo run --release -p mcpgw-bench".into());
+        // Knobs the command already spells out are not repeated.
+        let knobs: Vec<String> = KNOBS
+            .iter()
+            .filter(|k| !base.contains(&format!("{k}=")))
+            .filter_map(|k| get(k).map(|v| format!("{k}={}", v.trim())))
+            .collect();
         let command = if knobs.is_empty() {
             base
         } else {
@@ -224,6 +227,30 @@ mod tests {
             s.command,
             "MCPGW_BENCH_VARIANTS=mcpgw, plain,mcpgw MCPGW_BENCH_SECONDS=0.5 make bench"
         );
+    }
+
+    #[test]
+    fn knobs_the_command_names_are_not_repeated() {
+        let s = settings(&[
+            ("MCPGW_BENCH_ROUNDS", "3"),
+            ("MCPGW_BENCH_SECONDS", "6"),
+            ("MCPGW_BENCH_CONNECTIONS", "16"),
+            (
+                "MCPGW_BENCH_COMMAND",
+                "MCPGW_BENCH_ROUNDS=3 MCPGW_BENCH_SECONDS=6 make bench-envoy",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.command,
+            "MCPGW_BENCH_CONNECTIONS=16 MCPGW_BENCH_ROUNDS=3 MCPGW_BENCH_SECONDS=6 make bench-envoy"
+        );
+    }
+
+    #[test]
+    fn edge_variants_are_selectable() {
+        let s = settings(&[("MCPGW_BENCH_VARIANTS", "plain-list,edge-list")]).unwrap();
+        assert_eq!(s.variants, vec![Variant::PlainList, Variant::EdgeList]);
     }
 
     #[test]

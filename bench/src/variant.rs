@@ -1,12 +1,19 @@
-//! The Envoy configurations under comparison.
+//! The Envoy configurations and requests under comparison.
 
+use crate::catalog;
+use crate::load::{self, Workload};
 use std::fmt;
 use std::str::FromStr;
 
-/// One Envoy setup in front of the same upstream.
+/// One Envoy setup in front of the same upstream, and the request its client repeats.
+///
+/// The first four send the same 1 KB `tools/call` to `/mcp` and compare filters against
+/// plain Envoy. The last four compare a virtual server served by the mcpgw filter with
+/// plain Envoy forwarding the same request to the upstream: `tools/list` answered at the
+/// edge, and a namespaced `tools/call` routed (and renamed) by the filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
-    /// Envoy with only the router: the baseline every ratio is relative to.
+    /// Envoy with only the router: the baseline the filters are compared with.
     Plain,
     /// Envoy's native C++ `envoy.filters.http.mcp` (parsing, early termination, routing on
     /// the tool name through dynamic metadata).
@@ -15,15 +22,28 @@ pub enum Variant {
     Floor,
     /// The mcpgw wasm filter with parsing, a tool route and metrics: the realistic path.
     Mcpgw,
+    /// Plain Envoy forwarding `tools/list` to the upstream, which answers the 100-tool page.
+    PlainList,
+    /// The mcpgw filter answering `tools/list` of a virtual server from its snapshot.
+    EdgeList,
+    /// Plain Envoy forwarding the 1 KB `tools/call` (the `plain` setup, its own Envoy).
+    PlainCall,
+    /// The mcpgw filter routing the 1 KB `tools/call` of a virtual server's namespaced tool
+    /// to the upstream, with `:path` and the tool name rewritten.
+    EdgeCall,
 }
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 8] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
         Variant::Mcpgw,
+        Variant::PlainList,
+        Variant::EdgeList,
+        Variant::PlainCall,
+        Variant::EdgeCall,
     ];
 
     /// Short name used in settings and tables.
@@ -33,6 +53,10 @@ impl Variant {
             Variant::Native => "native",
             Variant::Floor => "floor",
             Variant::Mcpgw => "mcpgw",
+            Variant::PlainList => "plain-list",
+            Variant::EdgeList => "edge-list",
+            Variant::PlainCall => "plain-call",
+            Variant::EdgeCall => "edge-call",
         }
     }
 
@@ -51,6 +75,73 @@ impl Variant {
                 "mcpgw wasm filter: MCP validation + parsing (early termination), `tool_routes` → \
                  `x-mcpgw-cluster` header → `cluster_header` route, metrics on"
             }
+            Variant::PlainList => {
+                "Envoy, router only, forwarding `tools/list` to `/mcp`; the upstream answers the \
+                 100-tool page"
+            }
+            Variant::EdgeList => {
+                "mcpgw wasm filter with a snapshot holding virtual server `bench` (100 tools, page \
+                 size 100): `tools/list` at `/servers/bench/mcp` answered by the filter, no upstream \
+                 request"
+            }
+            Variant::PlainCall => {
+                "Envoy, router only, forwarding the 1 KB `tools/call` of `echo` to `/mcp` (the \
+                 `plain` setup in its own Envoy, measured as edge-call's baseline)"
+            }
+            Variant::EdgeCall => {
+                "mcpgw wasm filter, same snapshot: `tools/call` of `bench__echo` at \
+                 `/servers/bench/mcp`, whole body parsed, name rewritten to `echo`, `:path` to \
+                 `/mcp`, `x-mcpgw-cluster` header → `cluster_header` route, metrics on"
+            }
+        }
+    }
+
+    /// The variant whose requests/s this one's ratio is taken to: plain Envoy sending the
+    /// same request (a baseline is its own).
+    pub fn baseline(self) -> Variant {
+        match self {
+            Variant::Plain | Variant::Native | Variant::Floor | Variant::Mcpgw => Variant::Plain,
+            Variant::PlainList | Variant::EdgeList => Variant::PlainList,
+            Variant::PlainCall | Variant::EdgeCall => Variant::PlainCall,
+        }
+    }
+
+    /// Whether this variant belongs to the edge comparison (a virtual server vs forwarding).
+    pub fn is_edge_comparison(self) -> bool {
+        self.baseline() != Variant::Plain
+    }
+
+    /// Whether Envoy runs the mcpgw filter (and so counts `mcpgw_requests_total`).
+    pub fn runs_mcpgw(self) -> bool {
+        matches!(self, Variant::Mcpgw | Variant::EdgeList | Variant::EdgeCall)
+    }
+
+    /// Whether the client sends `tools/list` (otherwise the 1 KB `tools/call`).
+    pub fn lists(self) -> bool {
+        matches!(self, Variant::PlainList | Variant::EdgeList)
+    }
+
+    /// Whether requests reach the upstream at all: every variant's but `edge-list`'s.
+    pub fn reaches_upstream(self) -> bool {
+        self != Variant::EdgeList
+    }
+
+    /// The request this variant's client repeats.
+    pub fn workload(self) -> Workload {
+        match self {
+            Variant::PlainList => Workload::new(load::MCP_PATH, catalog::tools_list_body()),
+            Variant::EdgeList => Workload::new(catalog::ENDPOINT, catalog::tools_list_body()),
+            Variant::EdgeCall => Workload::new(
+                catalog::ENDPOINT,
+                load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
+            ),
+            Variant::Plain
+            | Variant::Native
+            | Variant::Floor
+            | Variant::Mcpgw
+            | Variant::PlainCall => {
+                Workload::new(load::MCP_PATH, load::tools_call_body(catalog::CALLED_TOOL))
+            }
         }
     }
 }
@@ -67,10 +158,12 @@ pub struct UnknownVariant(pub String);
 
 impl fmt::Display for UnknownVariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
         write!(
             f,
-            "unknown variant `{}` (expected plain, native, floor or mcpgw)",
-            self.0
+            "unknown variant `{}` (expected one of {})",
+            self.0,
+            names.join(", ")
         )
     }
 }
@@ -102,5 +195,40 @@ mod tests {
             "nginx".parse::<Variant>(),
             Err(UnknownVariant("nginx".into()))
         );
+        assert!(UnknownVariant("x".into()).to_string().contains("edge-list"));
+    }
+
+    #[test]
+    fn each_variant_is_compared_with_plain_envoy_sending_the_same_request() {
+        for v in Variant::ALL {
+            let base = v.baseline();
+            assert_eq!(base.baseline(), base, "{v}: a baseline is its own");
+            assert!(!base.runs_mcpgw(), "{v}: the baseline is plain Envoy");
+            assert_eq!(v.lists(), base.lists(), "{v}: same method as its baseline");
+            assert_eq!(
+                v.workload().body.len(),
+                base.workload().body.len(),
+                "{v}: same body size as its baseline"
+            );
+        }
+        assert!(!Variant::Mcpgw.is_edge_comparison());
+        assert!(Variant::EdgeCall.is_edge_comparison());
+    }
+
+    #[test]
+    fn edge_variants_address_the_virtual_server() {
+        for v in Variant::ALL {
+            let path = v.workload().path;
+            let at_edge = matches!(v, Variant::EdgeList | Variant::EdgeCall);
+            assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
+        }
+        let call = Variant::EdgeCall.workload().body;
+        assert!(
+            std::str::from_utf8(&call)
+                .unwrap()
+                .contains(r#""params":{"name":"bench__echo","#)
+        );
+        assert!(!Variant::EdgeList.reaches_upstream());
+        assert!(Variant::PlainList.reaches_upstream());
     }
 }

@@ -1,13 +1,16 @@
 //! Smoke tests of the benchmark driver against real peers: the in-crate upstream, real
 //! Envoy (`MCPGW_ENVOY` or `.venv/bin/envoy`), the real mcpgw filter (`MCPGW_WASM`, built by
 //! `make wasm`) and the floor filter (built here when missing). No timing assertions:
-//! they check that every variant serves the benchmark request and that the report is
-//! written.
+//! they check that every variant serves the benchmark request (the edge ones included:
+//! the list answered by the filter without the upstream, the call renamed on its way
+//! there) and that the report is written.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is a failed test
 
 use mcpgw_bench::report::{SECTION_BEGIN, SECTION_END};
-use mcpgw_bench::{load, upstream::Upstream};
+use mcpgw_bench::upstream::{RESULT_BODY, Served, Upstream};
+use mcpgw_bench::variant::Variant;
+use mcpgw_bench::{catalog, load};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -56,10 +59,12 @@ fn the_load_generator_drives_the_upstream_directly() {
         .enable_all()
         .build()
         .unwrap();
+    let call = Variant::Plain.workload();
     let interval = runtime
         .block_on(load::drive(
             upstream.addr(),
-            load::tools_call_body(),
+            &call,
+            &bytes::Bytes::from_static(RESULT_BODY.as_bytes()),
             4,
             Duration::from_millis(300),
         ))
@@ -67,9 +72,34 @@ fn the_load_generator_drives_the_upstream_directly() {
     assert!(interval.completed > 0);
     assert_eq!(
         upstream.served(),
-        interval.completed,
+        Served {
+            calls: interval.completed,
+            ..Served::default()
+        },
         "every completed request reached the upstream once"
     );
+
+    // The upstream answers a list with the catalog's page, and refuses what the filter
+    // should have rewritten (a namespaced name, the virtual server's path).
+    let list = runtime
+        .block_on(load::probe(upstream.addr(), &Variant::PlainList.workload()))
+        .unwrap();
+    assert_eq!(list, (200, catalog::list_page()));
+    for unrouted in [Variant::EdgeList, Variant::EdgeCall] {
+        let (status, _) = runtime
+            .block_on(load::probe(upstream.addr(), &unrouted.workload()))
+            .unwrap();
+        assert_eq!(status, 400, "{unrouted}");
+    }
+    let namespaced = load::Workload::new(
+        load::MCP_PATH,
+        load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
+    );
+    let (status, _) = runtime
+        .block_on(load::probe(upstream.addr(), &namespaced))
+        .unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(upstream.served().refused, 3);
 }
 
 #[test]
@@ -116,9 +146,11 @@ fn one_short_round_of_every_variant_writes_the_report() {
         "mcpgw-bench failed:\n{stdout}\n{stderr}"
     );
 
-    for variant in ["plain", "native", "floor", "mcpgw"] {
+    for variant in Variant::ALL {
         assert!(
-            stdout.lines().any(|l| l.starts_with(variant)),
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(variant.name())),
             "no `{variant}` row in:\n{stdout}"
         );
     }
@@ -136,6 +168,14 @@ fn one_short_round_of_every_variant_writes_the_report() {
         "| mcpgw |",
         "`mcpgw` filter `.wasm`:",
         "mcpgw_requests_total",
+        "| plain-list |",
+        "| edge-list |",
+        "| plain-call |",
+        "| edge-call |",
+        "edge-list ÷ plain-list:",
+        "edge-call ÷ plain-call:",
+        "- `edge-list`: the upstream answered 0 `tools/list` and 0 `tools/call`",
+        "`mcpgw_requests_total` after the run (`edge-call`)",
     ] {
         assert!(doc.contains(needle), "`{needle}` missing from:\n{doc}");
     }
