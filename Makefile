@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run bench bench-envoy bench-registry fuzz fmt clippy clean
+.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-registry fuzz fmt clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -52,9 +52,16 @@ e2e: wasm
 	cargo test --locked -p mcpgw-e2e
 
 # --- run ------------------------------------------------------------------------------
-# Envoy with the filter in front of server-everything; prints the MCP URL; Ctrl-C stops.
-# A filter config can be passed: make run CONFIG='{"policy":{"denied_tools":["get-env"]}}'
+# Standalone: the control plane (SQLite), Envoy with an ADS-only bootstrap, and the demo
+# upstream registered on start; prints the MCP URL and a client example. Ctrl-C stops.
 run: wasm
+	cargo build --locked --quiet -p mcpgw --bin mcpgw
+	cargo run --locked --quiet -p mcpgw-e2e --bin mcpgw-standalone
+
+# Filter development: Envoy with a static config and the filter (configured by CONFIG) in
+# front of server-everything, no control plane:
+#   make run-static CONFIG='{"policy":{"denied_tools":["get-env"]}}'
+run-static: wasm
 	cargo run --locked --quiet -p mcpgw-e2e --bin mcpgw-dev -- '$(or $(CONFIG),{})'
 
 # --- fuzz (not part of make test) ------------------------------------------------------
