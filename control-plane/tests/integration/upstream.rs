@@ -1,14 +1,24 @@
 //! Real upstream peers: an in-process rmcp streamable-HTTP server whose catalog tests can
 //! change (with list_changed notifications), the reference server-everything (node), and
 //! misbehaving HTTP servers (hang, garbage, close mid-stream).
+//!
+//! The rmcp server answers calls so tests can tell which upstream a request reached: every
+//! tool returns `<label>:<tool>` (`whoami` returns the label alone); `slow` first waits for
+//! [`TestUpstream::release_slow`] (at most `arguments.ms`, default 2000); and a call that
+//! carries a progress token first sends two progress notifications, which makes the
+//! response an SSE stream with notifications in it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ResourceContents, Role, ServerConfig,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -17,6 +27,7 @@ use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::harness::{ChildGuard, free_port};
 
@@ -25,15 +36,32 @@ pub const PAGE: usize = 2;
 
 #[derive(Default)]
 struct Catalog {
+    /// What calls answer with (`whoami`), so tests can tell upstreams apart.
+    label: String,
     tools: Vec<String>,
     template_name: String,
     peers: Vec<Peer<RoleServer>>,
 }
 
 /// Shared, mutable catalog of the test server.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TestUpstream {
     catalog: Arc<Mutex<Catalog>>,
+    /// `slow` calls that have started.
+    slow_started: Arc<AtomicUsize>,
+    /// One permit lets one `slow` call finish (a semaphore: a release before the call
+    /// waits is not lost).
+    slow_gate: Arc<Semaphore>,
+}
+
+impl Default for TestUpstream {
+    fn default() -> Self {
+        TestUpstream {
+            catalog: Arc::default(),
+            slow_started: Arc::default(),
+            slow_gate: Arc::new(Semaphore::new(0)),
+        }
+    }
 }
 
 fn page<T: Clone>(all: &[T], req: &Option<PaginatedRequestParams>) -> (Vec<T>, Option<String>) {
@@ -54,14 +82,31 @@ impl TestUpstream {
             let mut c = u.catalog.lock().unwrap();
             c.tools = names.iter().map(|s| s.to_string()).collect();
             c.template_name = "doc-by-id".into();
+            c.label = "test-upstream".into();
         }
         u
+    }
+
+    /// Names this upstream in call results (`whoami` returns it).
+    pub fn with_label(self, label: &str) -> Self {
+        self.catalog.lock().unwrap().label = label.into();
+        self
     }
 
     /// Names the resource template (`doc0`..`doc2` are the resources' names).
     pub fn with_template_name(self, name: &str) -> Self {
         self.catalog.lock().unwrap().template_name = name.into();
         self
+    }
+
+    /// How many `slow` calls have reached this upstream.
+    pub fn slow_started(&self) -> usize {
+        self.slow_started.load(Ordering::SeqCst)
+    }
+
+    /// Lets one `slow` call (running or future) answer.
+    pub fn release_slow(&self) {
+        self.slow_gate.add_permits(1);
     }
 
     /// Replaces the tool list and notifies every connected client.
@@ -76,10 +121,24 @@ impl TestUpstream {
         }
     }
 
-    /// Serves on 127.0.0.1:`port` (0 = any) at `/mcp`.
+    /// Serves on 127.0.0.1:`port` (0 = any) at `/mcp`, with sessions (`Mcp-Session-Id`)
+    /// and SSE responses.
     pub async fn serve(&self, port: u16) -> Running {
+        self.serve_with(port, StreamableHttpServerConfig::default())
+            .await
+    }
+
+    /// Serves without sessions: every POST stands alone, and a response without
+    /// notifications before it is plain `application/json`.
+    pub async fn serve_stateless(&self, port: u16) -> Running {
+        let config = StreamableHttpServerConfig::default()
+            .with_legacy_session_mode(false)
+            .with_json_response(true);
+        self.serve_with(port, config).await
+    }
+
+    async fn serve_with(&self, port: u16, config: StreamableHttpServerConfig) -> Running {
         let me = self.clone();
-        let config = StreamableHttpServerConfig::default();
         let sessions = config.cancellation_token.clone();
         let service = StreamableHttpService::new(
             move || Ok(me.clone()),
@@ -213,6 +272,94 @@ impl ServerHandler for TestUpstream {
                           "arguments": [{"name": "who", "required": true}]}]
         }))
         .expect("prompts"))
+    }
+
+    async fn call_tool(
+        &self,
+        req: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let (label, known) = {
+            let c = self.catalog.lock().unwrap();
+            (c.label.clone(), c.tools.iter().any(|t| *t == req.name))
+        };
+        if !known {
+            return Err(ErrorData::invalid_params(
+                format!("{label}: no tool {}", req.name),
+                None,
+            ));
+        }
+        let token = ctx
+            .meta
+            .get_progress_token()
+            .or_else(|| req.meta.as_ref().and_then(|m| m.get_progress_token()));
+        if let Some(token) = token {
+            for step in 1..=2u8 {
+                let mut p = ProgressNotificationParam::new(token.clone(), f64::from(step));
+                p.total = Some(2.0);
+                p.message = Some(format!("{label}: step {step} of 2"));
+                let _ = ctx.peer.notify_progress(p).await;
+            }
+        }
+        let text = match req.name.as_ref() {
+            "whoami" => label,
+            "slow" => {
+                let ms = req
+                    .arguments
+                    .as_ref()
+                    .and_then(|a| a.get("ms"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2000);
+                self.slow_started.fetch_add(1, Ordering::SeqCst);
+                let gate =
+                    tokio::time::timeout(Duration::from_millis(ms), self.slow_gate.acquire());
+                if let Ok(Ok(permit)) = gate.await {
+                    permit.forget();
+                }
+                format!("{label}:slow")
+            }
+            other => format!("{label}:{other}"),
+        };
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
+    }
+
+    async fn read_resource(
+        &self,
+        req: ReadResourceRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let label = self.catalog.lock().unwrap().label.clone();
+        let Some(id) = req.uri.strip_prefix("test://doc/") else {
+            return Err(ErrorData::resource_not_found(
+                format!("{label}: no resource {}", req.uri),
+                None,
+            ));
+        };
+        let text = format!("{label}: doc {id}");
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(text, req.uri.clone())]).into())
+    }
+
+    async fn get_prompt(
+        &self,
+        req: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let label = self.catalog.lock().unwrap().label.clone();
+        if req.name != "greet" {
+            return Err(ErrorData::invalid_params(
+                format!("{label}: no prompt {}", req.name),
+                None,
+            ));
+        }
+        let who = req
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("who"))
+            .and_then(Value::as_str)
+            .unwrap_or("nobody")
+            .to_owned();
+        let message = PromptMessage::new_text(Role::User, format!("Hello, {who}! ({label})"));
+        Ok(GetPromptResult::new(vec![message]).into())
     }
 }
 
