@@ -22,6 +22,8 @@ pub struct Artifacts {
 impl Artifacts {
     /// Resolves every path from the environment or its default; does not check existence.
     pub fn from_env() -> Self {
+        // Every test and tool starts here, before any HTTP client exists.
+        crate::init_tls();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../..")
             .canonicalize()

@@ -13,3 +13,10 @@ pub use artifacts::Artifacts;
 pub use envoy::{Envoy, EnvoyConfig};
 pub use upstream::everything::ServerEverything;
 pub use upstream::rmcp::{RmcpServer, RmcpServerMode};
+
+/// Installs rustls' ring provider for this process (idempotent). Needed before building any
+/// HTTP client when the workspace build unifies reqwest with `rustls-no-provider`; a no-op
+/// otherwise.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -16,6 +16,7 @@ pub fn artifacts() -> Artifacts {
 
 /// An HTTP client that never goes through a proxy.
 pub fn http() -> reqwest::Client {
+    mcpgw_e2e::init_tls();
     reqwest::Client::builder()
         .no_proxy()
         .build()
