@@ -91,10 +91,12 @@ bench-envoy: wasm
 	cargo build --release --locked -p mcpgw-bench --config profile.release.lto=false --config profile.release.codegen-units=16
 	MCPGW_BENCH_COMMAND="make bench" ./target/release/mcpgw-bench
 
-# The control plane with a 10,000-tool registry on SQLite and PostgreSQL (127.0.0.1:5432).
+# The control plane with a 10,000-tool registry on SQLite and PostgreSQL (127.0.0.1:5432);
+# then xDS push convergence from that registry to 1, 100 and 1,000 ADS clients.
 bench-registry:
 	cargo build --release --locked -p mcpgw-bench-registry --config profile.release.lto=false --config profile.release.codegen-units=16
 	MCPGW_BENCH_COMMAND="make bench-registry" ./target/release/mcpgw-bench-registry
+	MCPGW_BENCH_COMMAND="make bench-registry" ./target/release/mcpgw-bench-xds
 
 clean:
 	cargo clean

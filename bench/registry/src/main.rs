@@ -15,23 +15,18 @@
 //! `MCPGW_BENCH_REGISTRY_BACKENDS` (`sqlite,postgres`), `MCPGW_TEST_PG_URL`,
 //! `MCPGW_BENCH_OUTPUT` (`docs/benchmarks.md`, `-` for none), `MCPGW_BENCH_COMMAND`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
-use mcpgw::config::Settings;
-use mcpgw::model::{AuthType, CatalogKind, NewGateway, Transport};
 use mcpgw::snapshot::{RegistryView, assemble};
-use mcpgw::store::{Discovered, DiscoveredItem, NewServer, Store};
+use mcpgw_bench_registry::{Backend, Bed, Shape, env_or, memory, setup};
 use mcpgw_core::snapshot::{Policy, Snapshot};
 use serde_json::{Value, json};
 
 const SECTION_BEGIN: &str = "<!-- mcpgw-bench:registry:begin -->";
 const SECTION_END: &str = "<!-- mcpgw-bench:registry:end -->";
-const SEPARATOR: &str = "__";
 
 struct Knobs {
     gateways: usize,
@@ -43,26 +38,20 @@ struct Knobs {
     command: String,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid value")),
-        Err(_) => Ok(default),
-    }
-}
-
 impl Knobs {
     fn from_env() -> anyhow::Result<Knobs> {
         let k = Knobs {
             gateways: env_or("MCPGW_BENCH_REGISTRY_GATEWAYS", 100)?,
             tools: env_or("MCPGW_BENCH_REGISTRY_TOOLS", 100)?,
             rounds: env_or("MCPGW_BENCH_ROUNDS", 5)?,
-            backends: env_or("MCPGW_BENCH_REGISTRY_BACKENDS", "sqlite,postgres".to_owned())?
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            backends: env_or(
+                "MCPGW_BENCH_REGISTRY_BACKENDS",
+                "sqlite,postgres".to_owned(),
+            )?
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
             pg_url: env_or(
                 "MCPGW_TEST_PG_URL",
                 "postgres://postgres@127.0.0.1:5432/test".to_owned(),
@@ -83,19 +72,6 @@ impl Knobs {
         }
         Ok(k)
     }
-}
-
-/// One backend's registry and the control plane serving it.
-struct Bed {
-    backend: String,
-    store: Store,
-    addr: SocketAddr,
-    first_tool: String,
-    populate: Duration,
-    rss_after_setup: u64,
-    _dir: Option<tempfile::TempDir>,
-    pg_schema: Option<String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -127,197 +103,6 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// `VmRSS` and `VmHWM` of this process, in KiB.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn discovered(g: usize, tools: usize) -> Discovered {
-    let tool = |t: usize| DiscoveredItem {
-        original_name: format!("tool_{t:04}"),
-        uri: None,
-        description: Some(format!(
-            "Tool {t} of gateway {g}: looks things up in the upstream system and returns a short summary of what it found."
-        )),
-        spec: json!({
-            "input_schema": {
-                "type": "object",
-                "properties": {
-                    "query": {"type": "string", "description": "What to look for"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 100},
-                    "filters": {"type": "object", "additionalProperties": {"type": "string"}}
-                },
-                "required": ["query"]
-            },
-            "annotations": {"readOnlyHint": true},
-            "integration_type": "MCP"
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default(),
-    };
-    let resource = |r: usize| DiscoveredItem {
-        original_name: format!("doc_{r}"),
-        uri: Some(format!("docs://gw{g}/doc/{r}")),
-        description: Some("A document".into()),
-        spec: json!({"mime_type": "text/markdown", "is_template": false})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    };
-    let prompt = |p: usize| DiscoveredItem {
-        original_name: format!("prompt_{p}"),
-        uri: None,
-        description: Some("A prompt".into()),
-        spec: json!({"arguments": [{"name": "topic", "required": true}]})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    };
-    Discovered {
-        tools: (0..tools).map(tool).collect(),
-        resources: (0..10).map(resource).collect(),
-        prompts: (0..5).map(prompt).collect(),
-        capabilities: Some(json!({"tools": {"listChanged": true}})),
-        server_info: Some(json!({"name": format!("upstream-{g}"), "version": "1.0.0"})),
-        protocol_version: Some("2025-06-18".into()),
-    }
-}
-
-async fn setup(backend: &str, knobs: &Knobs) -> anyhow::Result<Bed> {
-    let (url, dir, pg_schema) = match backend {
-        "sqlite" => {
-            let dir = tempfile::tempdir()?;
-            let url = format!("sqlite://{}/mcpgw.db?mode=rwc", dir.path().display());
-            (url, Some(dir), None)
-        }
-        _ => {
-            sqlx::any::install_default_drivers();
-            let schema = format!("bench_registry_{}", std::process::id());
-            let mut conn =
-                <sqlx::AnyConnection as sqlx::Connection>::connect(&knobs.pg_url)
-                    .await
-                    .with_context(|| format!("PostgreSQL at {}", knobs.pg_url))?;
-            sqlx::Executor::execute(
-                &mut conn,
-                sqlx::raw_sql(&format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-                )),
-            )
-            .await?;
-            let sep = if knobs.pg_url.contains('?') { '&' } else { '?' };
-            let url = format!("{}{sep}options=-c%20search_path%3D{schema}", knobs.pg_url);
-            (url, None, Some(schema))
-        }
-    };
-    let mut settings = Settings::for_database(&url);
-    settings.federation.health_interval = Duration::from_secs(86_400);
-    settings.federation.resync_interval = None;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(mcpgw::serve(
-        settings,
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |cp| {
-            let _ = ready_tx.send(cp);
-        },
-    ));
-    let cp = ready_rx
-        .await
-        .context("the control plane did not start (see its log)")?;
-    let store = cp.store.clone();
-
-    let started = Instant::now();
-    for g in 0..knobs.gateways {
-        let gw = NewGateway {
-            name: format!("gw{g:03}"),
-            url: format!("http://10.1.{}.{}:8080/mcp", g / 250, g % 250 + 1),
-            transport: Transport::default(),
-            description: None,
-            tags: vec![format!("team-{}", g % 10)],
-            enabled: true,
-            auth_type: AuthType::None,
-            auth_sealed: None,
-        };
-        store
-            .create_gateway_with_catalog(gw, Some(&discovered(g, knobs.tools)), SEPARATOR)
-            .await
-            .with_context(|| format!("{backend}: creating gateway {g}"))?;
-    }
-    // Virtual servers: one per ten gateways, plus one with every tool.
-    let by_gateway = |items: Vec<mcpgw::model::CatalogItem>| {
-        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for i in items {
-            m.entry(i.gateway_id.unwrap_or_default()).or_default().push(i.id);
-        }
-        m
-    };
-    let tools = by_gateway(store.all_items(CatalogKind::Tool).await?);
-    let resources = by_gateway(store.all_items(CatalogKind::Resource).await?);
-    let prompts = by_gateway(store.all_items(CatalogKind::Prompt).await?);
-    let gateway_ids: Vec<String> = tools.keys().cloned().collect();
-    let ids = |m: &BTreeMap<String, Vec<String>>, gws: &[String]| -> Vec<String> {
-        gws.iter().flat_map(|g| m.get(g).cloned().unwrap_or_default()).collect()
-    };
-    for (i, chunk) in gateway_ids.chunks(10).enumerate() {
-        store
-            .create_server(NewServer {
-                name: format!("team-{i}"),
-                description: None,
-                icon: None,
-                tags: vec![],
-                enabled: true,
-                tools: ids(&tools, chunk),
-                resources: ids(&resources, chunk),
-                prompts: ids(&prompts, chunk),
-            })
-            .await?;
-    }
-    store
-        .create_server(NewServer {
-            name: "everything".into(),
-            description: None,
-            icon: None,
-            tags: vec![],
-            enabled: true,
-            tools: ids(&tools, &gateway_ids),
-            resources: vec![],
-            prompts: vec![],
-        })
-        .await?;
-    let populate = started.elapsed();
-    let first_tool = store
-        .all_items(CatalogKind::Tool)
-        .await?
-        .into_iter()
-        .next()
-        .map(|t| t.id)
-        .context("no tools were created")?;
-    Ok(Bed {
-        backend: backend.to_owned(),
-        store,
-        addr: cp.addr,
-        first_tool,
-        populate,
-        rss_after_setup: memory().0,
-        _dir: dir,
-        pg_schema,
-        stop: Some(stop_tx),
-    })
-}
-
 async fn measure_snapshot(bed: &Bed, s: &mut Samples) -> anyhow::Result<()> {
     let t = Instant::now();
     let view = RegistryView::read(&bed.store).await?;
@@ -332,7 +117,10 @@ async fn measure_snapshot(bed: &Bed, s: &mut Samples) -> anyhow::Result<()> {
     let parsed = Snapshot::from_json(&json).map_err(|e| anyhow::anyhow!("{e}"))?;
     s.parse.push(ms(t.elapsed()));
     if parsed != snap {
-        bail!("{}: the snapshot does not survive its own JSON", bed.backend);
+        bail!(
+            "{}: the snapshot does not survive its own JSON",
+            bed.backend
+        );
     }
     s.snapshot_bytes = json.len();
     s.tools_in_snapshot = snap
@@ -352,7 +140,12 @@ async fn measure_change(bed: &Bed, http: &reqwest::Client, round: usize) -> anyh
         .send()
         .await?;
     if !r.status().is_success() {
-        bail!("{}: PUT /tools: {} {}", bed.backend, r.status(), r.text().await?);
+        bail!(
+            "{}: PUT /tools: {} {}",
+            bed.backend,
+            r.status(),
+            r.text().await?
+        );
     }
     let view = RegistryView::read(&bed.store).await?;
     let snap = assemble(&view, &Policy::default())?;
@@ -426,8 +219,18 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
         knobs.gateways, knobs.tools, knobs.backends, knobs.rounds
     );
     let mut beds = Vec::new();
+    let shape = Shape {
+        gateways: knobs.gateways,
+        tools: knobs.tools,
+    };
     for b in &knobs.backends {
-        let bed = setup(b, &knobs).await?;
+        let backend = match b.as_str() {
+            "sqlite" => Backend::Sqlite,
+            _ => Backend::Postgres {
+                url: knobs.pg_url.clone(),
+            },
+        };
+        let bed = setup(&backend, shape, false).await?;
         eprintln!(
             "{b}: registry populated in {:.1} s",
             bed.populate.as_secs_f64()
@@ -446,8 +249,10 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
             s.change.push(measure_change(bed, &http, round).await?);
             let mut h50 = s.list_50.take().map_or_else(hist, Ok)?;
             let mut h500 = s.list_500.take().map_or_else(hist, Ok)?;
-            s.walk_50.push(walk(bed, &http, 50, &mut h50, total_tools).await?);
-            s.walk_500.push(walk(bed, &http, 500, &mut h500, total_tools).await?);
+            s.walk_50
+                .push(walk(bed, &http, 50, &mut h50, total_tools).await?);
+            s.walk_500
+                .push(walk(bed, &http, 500, &mut h500, total_tools).await?);
             s.list_50 = Some(h50);
             s.list_500 = Some(h500);
             eprintln!(
@@ -465,19 +270,7 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
     let report = section(&knobs, &beds, &samples, rss_start, rss_end, hwm);
     println!("{report}");
     for bed in &mut beds {
-        if let Some(stop) = bed.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(schema) = &bed.pg_schema
-            && let Ok(mut c) =
-                <sqlx::AnyConnection as sqlx::Connection>::connect(&knobs.pg_url).await
-        {
-            let _ = sqlx::Executor::execute(
-                &mut c,
-                sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")),
-            )
-            .await;
-        }
+        bed.stop().await;
     }
     if knobs.output != "-" {
         let existing = std::fs::read_to_string(&knobs.output).unwrap_or_default();
@@ -501,9 +294,16 @@ fn section(
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut s = String::new();
     let _ = writeln!(s, "{SECTION_BEGIN}");
-    let _ = writeln!(s, "## Control plane: a {}-tool registry", knobs.gateways * knobs.tools);
+    let _ = writeln!(
+        s,
+        "## Control plane: a {}-tool registry",
+        knobs.gateways * knobs.tools
+    );
     let _ = writeln!(s);
-    let _ = writeln!(s, "Generated by `mcpgw-bench-registry` (`bench/registry`); do not edit by hand, rerun it.");
+    let _ = writeln!(
+        s,
+        "Generated by `mcpgw-bench-registry` (`bench/registry`); do not edit by hand, rerun it."
+    );
     let _ = writeln!(s);
     let _ = writeln!(s, "- Command: `{}`", knobs.command);
     let _ = writeln!(
@@ -531,10 +331,14 @@ fn section(
         s,
         "| backend | populate | snapshot: read | assemble | to JSON | parse (as the filter) | JSON size | write → new snapshot | list p50 / p99 (limit 50) | full walk (limit 50) | list p50 / p99 (limit 500) | full walk (limit 500) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (bed, x) in beds.iter().zip(samples) {
         let q = |h: &Option<Histogram<u64>>, p: f64| {
-            h.as_ref().map_or(f64::NAN, |h| h.value_at_quantile(p) as f64 / 1000.0)
+            h.as_ref()
+                .map_or(f64::NAN, |h| h.value_at_quantile(p) as f64 / 1000.0)
         };
         let _ = writeln!(
             s,
@@ -572,7 +376,10 @@ fn section(
         "- Largest virtual server in the snapshot: {} tools",
         samples.first().map_or(0, |x| x.tools_in_snapshot)
     );
-    let _ = writeln!(s, "- Memory of this process, which hosts every backend's control plane (admin API, store pool, federation) and the benchmark client:");
+    let _ = writeln!(
+        s,
+        "- Memory of this process, which hosts every backend's control plane (admin API, store pool, federation) and the benchmark client:"
+    );
     let _ = writeln!(s, "  - RSS at start: {:.1} MiB", mib(rss_start));
     let mut prev = rss_start;
     for bed in beds {
