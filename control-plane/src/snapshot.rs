@@ -111,8 +111,7 @@ pub fn assemble(view: &RegistryView, policy: &Policy) -> Result<Snapshot, StoreE
     let mut servers = BTreeMap::new();
     for s in view.servers.iter().filter(|s| s.enabled) {
         let tools: HashSet<&str> = s.associated_tools.iter().map(String::as_str).collect();
-        let resources: HashSet<&str> =
-            s.associated_resources.iter().map(String::as_str).collect();
+        let resources: HashSet<&str> = s.associated_resources.iter().map(String::as_str).collect();
         let prompts: HashSet<&str> = s.associated_prompts.iter().map(String::as_str).collect();
         let mut server = VirtualServer {
             name: s.name.clone(),

@@ -67,9 +67,21 @@ fn server(id: &str, tools: &[&str], resources: &[&str], prompts: &[&str]) -> Ser
 }
 
 fn view() -> RegistryView {
-    let mut res = item(CatalogKind::Resource, "r1", Some("a"), "readme", json!({"mime_type": "text/plain", "is_template": false}));
+    let mut res = item(
+        CatalogKind::Resource,
+        "r1",
+        Some("a"),
+        "readme",
+        json!({"mime_type": "text/plain", "is_template": false}),
+    );
     res.uri = Some("file:///readme".into());
-    let mut tpl = item(CatalogKind::Resource, "r2", Some("a"), "files", json!({"is_template": true}));
+    let mut tpl = item(
+        CatalogKind::Resource,
+        "r2",
+        Some("a"),
+        "files",
+        json!({"is_template": true}),
+    );
     tpl.uri = Some("file:///{path}".into());
     let mut dup = item(CatalogKind::Resource, "r3", Some("b"), "readme", json!({}));
     dup.uri = Some("file:///readme".into());
@@ -83,16 +95,33 @@ fn view() -> RegistryView {
             gateway("down", "http://10.0.0.3/mcp", true, false),
         ],
         tools: vec![
-            item(CatalogKind::Tool, "t1", Some("a"), "echo", json!({"input_schema": {"type": "object", "properties": {"m": {"type": "string"}}}, "title": "Echo", "annotations": {"readOnlyHint": true}})),
+            item(
+                CatalogKind::Tool,
+                "t1",
+                Some("a"),
+                "echo",
+                json!({"input_schema": {"type": "object", "properties": {"m": {"type": "string"}}}, "title": "Echo", "annotations": {"readOnlyHint": true}}),
+            ),
             item(CatalogKind::Tool, "t2", Some("b"), "echo", json!({})),
             item(CatalogKind::Tool, "t3", Some("down"), "slow", json!({})),
             disabled,
             item(CatalogKind::Tool, "t5", None, "by-hand", json!({})),
         ],
         resources: vec![res, tpl, dup],
-        prompts: vec![item(CatalogKind::Prompt, "p1", Some("b"), "greet", json!({"arguments": [{"name": "who", "required": true}]}))],
+        prompts: vec![item(
+            CatalogKind::Prompt,
+            "p1",
+            Some("b"),
+            "greet",
+            json!({"arguments": [{"name": "who", "required": true}]}),
+        )],
         servers: vec![
-            server("s1", &["t1", "t2", "t3", "t4", "t5"], &["r1", "r2", "r3"], &["p1"]),
+            server(
+                "s1",
+                &["t1", "t2", "t3", "t4", "t5"],
+                &["r1", "r2", "r3"],
+                &["p1"],
+            ),
             server("s2", &["t2"], &[], &[]),
         ],
     }
@@ -119,7 +148,11 @@ fn servers_expose_only_servable_items_rendered_as_mcp_list_entries() {
                "inputSchema": {"type": "object", "properties": {"m": {"type": "string"}}}})
     );
     let t2: Value = serde_json::from_str(s1.tools[1].item.get()).unwrap();
-    assert_eq!(t2["inputSchema"], json!({"type": "object"}), "MCP requires an input schema");
+    assert_eq!(
+        t2["inputSchema"],
+        json!({"type": "object"}),
+        "MCP requires an input schema"
+    );
     // Resources by URI; the duplicate URI from gateway b is left out; templates apart.
     assert_eq!(names(&s1.resources), ["file:///readme"]);
     assert_eq!(s1.resources[0].upstream, "a");

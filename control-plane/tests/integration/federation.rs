@@ -229,7 +229,10 @@ async fn everything_round(mode: &str, transport: &str) {
         )
         .await;
     assert_eq!(st, 201, "{g}");
-    assert!(g["gateway"]["server_info"]["name"].as_str().is_some(), "{g}");
+    assert!(
+        g["gateway"]["server_info"]["name"].as_str().is_some(),
+        "{g}"
+    );
     let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
     let all = |kind: &'static str| {
         let cp = &cp;

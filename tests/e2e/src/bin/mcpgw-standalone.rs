@@ -90,7 +90,10 @@ async fn main() -> anyhow::Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|_| PathBuf::from(".venv/bin/python"));
     println!();
-    println!("MCP endpoint (virtual server `demo`, {} tools): {url}", tools.len());
+    println!(
+        "MCP endpoint (virtual server `demo`, {} tools): {url}",
+        tools.len()
+    );
     println!(
         "try it with the official Python SDK:\n  {} tests/py/mcp_try.py {url} everything__echo '{{\"message\":\"hello\"}}'",
         relative(&python, &root)
@@ -123,13 +126,15 @@ async fn main() -> anyhow::Result<()> {
 
 /// Registers the upstream and creates virtual server `demo` with everything discovered.
 async fn register(http: &reqwest::Client, upstream_url: &str) -> anyhow::Result<String> {
-    let gw = api(
-        http.post(format!("{API}/gateways"))
-            .json(&json!({"name": "everything", "url": upstream_url, "transport": "streamable_http"})),
-    )
+    let gw = api(http
+        .post(format!("{API}/gateways"))
+        .json(&json!({"name": "everything", "url": upstream_url, "transport": "streamable_http"})))
     .await
     .context("POST /gateways")?;
-    let gw_id = gw["gateway"]["id"].as_str().context("gateway id")?.to_owned();
+    let gw_id = gw["gateway"]["id"]
+        .as_str()
+        .context("gateway id")?
+        .to_owned();
     let mut ids = serde_json::Map::new();
     for (kind, field) in [
         ("tools", "associated_tools"),
@@ -145,7 +150,9 @@ async fn register(http: &reqwest::Client, upstream_url: &str) -> anyhow::Result<
                 url.push_str("&cursor=");
                 url.push_str(c);
             }
-            let page = api(http.get(url)).await.with_context(|| format!("GET /{kind}"))?;
+            let page = api(http.get(url))
+                .await
+                .with_context(|| format!("GET /{kind}"))?;
             for item in page["items"].as_array().cloned().unwrap_or_default() {
                 all.push(item["id"].clone());
             }
