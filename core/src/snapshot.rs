@@ -137,7 +137,40 @@ pub enum ConfigError {
     },
 }
 
+/// Prefix of a compressed configuration: `mcpgw-deflate:` + base64(raw DEFLATE of the JSON).
+pub const COMPRESSED_PREFIX: &str = "mcpgw-deflate:";
+/// Largest configuration a compressed one may inflate to.
+pub const MAX_INFLATED_BYTES: usize = 512 * 1024 * 1024;
+
+/// Encodes a configuration document compactly for transport: a 10,000-tool catalog is
+/// megabytes of repetitive JSON, and every Envoy stream receives it on every change.
+pub fn compress(json: &[u8]) -> String {
+    use base64::Engine as _;
+    let deflated = miniz_oxide::deflate::compress_to_vec(json, 6);
+    let mut out = String::with_capacity(COMPRESSED_PREFIX.len() + deflated.len() * 4 / 3 + 4);
+    out.push_str(COMPRESSED_PREFIX);
+    base64::engine::general_purpose::STANDARD.encode_string(&deflated, &mut out);
+    out
+}
+
 impl Snapshot {
+    /// Parses a configuration as Envoy delivers it: JSON, or [`compress`]ed JSON.
+    pub fn from_config(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
+        let Some(encoded) = bytes.strip_prefix(COMPRESSED_PREFIX.as_bytes()) else {
+            return Snapshot::from_json(bytes);
+        };
+        use base64::Engine as _;
+        let deflated = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim_ascii())
+            .map_err(|e| ConfigError::Parse(format!("compressed configuration: {e}")))?;
+        let json =
+            miniz_oxide::inflate::decompress_to_vec_with_limit(&deflated, MAX_INFLATED_BYTES)
+                .map_err(|e| {
+                    ConfigError::Parse(format!("compressed configuration: inflate: {e}"))
+                })?;
+        Snapshot::from_json(&json)
+    }
+
     /// Parses a configuration document. Empty (or all-whitespace) input yields the defaults.
     pub fn from_json(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -370,6 +403,34 @@ mod tests {
         match Snapshot::from_json(catalog_doc(&e("t", "u1", "{")).as_bytes()) {
             Err(ConfigError::Parse(m)) => assert!(m.contains("servers"), "{m}"),
             other => panic!("truncated item: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn compressed_configurations_parse_like_plain_ones() {
+        let mut s = Snapshot::default();
+        s.version = "v9".into();
+        s.policy.denied_tools = (0..1000).map(|i| format!("tool-{i}")).collect();
+        let json = serde_json::to_vec(&s).unwrap();
+        let packed = compress(&json);
+        assert!(
+            packed.len() < json.len() / 3,
+            "{} vs {}",
+            packed.len(),
+            json.len()
+        );
+        assert_eq!(Snapshot::from_config(packed.as_bytes()).unwrap(), s);
+        assert_eq!(
+            Snapshot::from_config(&json).unwrap(),
+            s,
+            "plain JSON still works"
+        );
+        for bad in [
+            format!("{COMPRESSED_PREFIX}!!!"),
+            format!("{COMPRESSED_PREFIX}AAAA"),
+            compress(b"{\"policy\":{\"max_body_bytes\":0}}"),
+        ] {
+            assert!(Snapshot::from_config(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 

@@ -58,7 +58,7 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        match Snapshot::from_json(&config) {
+        match Snapshot::from_config(&config) {
             Ok(mut snapshot) => {
                 log::info!(
                     "mcpgw: configured snapshot {:?} (schema {}, {} virtual servers)",

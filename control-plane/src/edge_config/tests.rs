@@ -244,7 +244,7 @@ fn filter_config_carries_the_snapshot_over_a_fixed_vm() {
         ))
     );
     let json: StringValue = decode(plugin.configuration.as_ref().unwrap());
-    assert_eq!(Snapshot::from_json(json.value.as_bytes()).unwrap(), snap);
+    assert_eq!(Snapshot::from_config(json.value.as_bytes()).unwrap(), snap);
 
     // A new catalog changes only the filter's configuration: same VM, same listener,
     // routes and clusters (so only ECDS is pushed, and the VM is not restarted).
@@ -262,6 +262,40 @@ fn filter_config_carries_the_snapshot_over_a_fixed_vm() {
         .unwrap();
     assert_eq!(plugin2.vm, plugin.vm);
     assert_ne!(plugin2.configuration, plugin.configuration);
+}
+
+#[test]
+fn large_catalogs_travel_compressed_and_small_ones_stay_readable() {
+    let config_of = |snap: &Snapshot| {
+        let set = resources(snap, &two_endpoints(), &settings()).unwrap();
+        let ecds: TypedExtensionConfig = get(&set, TypeUrl::ExtensionConfig, FILTER);
+        let plugin = decode::<Wasm>(ecds.typed_config.as_ref().unwrap())
+            .config
+            .unwrap();
+        decode::<StringValue>(plugin.configuration.as_ref().unwrap()).value
+    };
+    let small = snapshot("1");
+    assert!(
+        config_of(&small).starts_with('{'),
+        "small snapshots stay JSON"
+    );
+
+    let mut large = snapshot("2");
+    large.policy.denied_tools = (0..20_000).map(|i| format!("g1__tool_{i:05}")).collect();
+    let json_len = serde_json::to_string(&large).unwrap().len();
+    assert!(json_len > super::translate::COMPRESS_ABOVE_BYTES);
+    let sent = config_of(&large);
+    assert!(
+        sent.starts_with(mcpgw_core::snapshot::COMPRESSED_PREFIX),
+        "{:.40}",
+        sent
+    );
+    assert!(
+        sent.len() < json_len / 4,
+        "{} bytes sent for {json_len} of JSON",
+        sent.len()
+    );
+    assert_eq!(Snapshot::from_config(sent.as_bytes()).unwrap(), large);
 }
 
 #[test]

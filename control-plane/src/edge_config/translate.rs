@@ -166,6 +166,10 @@ impl UpstreamEndpoint {
 /// Upstream endpoints by gateway id, or why a gateway's URL has none.
 pub type Endpoints = HashMap<String, Result<UpstreamEndpoint, EdgeError>>;
 
+/// Filter configurations larger than this are sent compressed; smaller ones stay readable
+/// JSON in Envoy's config dump.
+pub const COMPRESS_ABOVE_BYTES: usize = 64 * 1024;
+
 /// The endpoints of `gateways`. Only gateways the snapshot serves need one, so a gateway
 /// with an unusable URL fails the translation only if the snapshot uses it.
 pub fn endpoints(gateways: &[Gateway]) -> Endpoints {
@@ -205,7 +209,14 @@ pub fn resources(
         )?;
     }
     let json = serde_json::to_string(snapshot).map_err(|e| EdgeError::Serialize(e.to_string()))?;
-    b.insert(FILTER, &filter_config(json, settings))?;
+    // Large catalogs travel compressed (the filter reads both forms): each Envoy stream
+    // gets its own copy on every push, so bytes here multiply by the fleet's size.
+    let config = if json.len() > COMPRESS_ABOVE_BYTES {
+        mcpgw_core::snapshot::compress(json.as_bytes())
+    } else {
+        json
+    };
+    b.insert(FILTER, &filter_config(config, settings))?;
     b.insert(ROUTES, &route_configuration(route_header))?;
     b.insert(
         LISTENER,

@@ -373,3 +373,42 @@ async fn the_python_sdk_runs_a_session_through_a_virtual_server() -> anyhow::Res
     );
     Ok(())
 }
+
+/// A large catalog arrives compressed (as the control plane sends catalogs over 64 KiB):
+/// the filter inflates it in `on_configure` and serves it like a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_catalog_is_served_like_a_plain_one() -> anyhow::Result<()> {
+    let mut doc: Value = serde_json::from_str(&snapshot(100))?;
+    let filler: Vec<Value> = (0..2000)
+        .map(|i| tool("primary", &format!("tool_{i:04}")))
+        .collect();
+    if let Some(tools) = doc["servers"]["team"]["tools"].as_array_mut() {
+        tools.extend(filler);
+    }
+    let json = doc.to_string();
+    let packed = mcpgw_core::snapshot::compress(json.as_bytes());
+    assert!(
+        packed.len() < json.len() / 4,
+        "{} of {}",
+        packed.len(),
+        json.len()
+    );
+    let (envoy, _p, _s) = gateway_with(&packed, RmcpServerMode::StatelessJson).await?;
+    let url = envoy.url("/servers/team/mcp");
+    let list = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        &[],
+    )
+    .await?;
+    let v = list.response(&json!(1))?;
+    assert_eq!(
+        v["result"]["tools"].as_array().map(Vec::len),
+        Some(100),
+        "first page"
+    );
+    assert!(v["result"]["nextCursor"].is_string());
+    let who = post(&url, tools_call(2, "second__whoami", json!({})), &[]).await?;
+    assert_eq!(tool_text(&who.response(&json!(2))?), "second");
+    Ok(())
+}
