@@ -35,7 +35,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::google::protobuf::{Any, StringValue};
 use mcpgw::xds::{AdsServer, TypeUrl};
 use mcpgw_bench_registry::{Backend, Shape, env_or, memory, memory_of, setup};
 use prost::Message as _;
@@ -630,19 +631,24 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
     let xds_addr = bed.xds_addr.context("xDS has no address")?;
     let version = bed.store.registry_version().await?;
     let set = wait_published(&ads, version, Duration::from_secs(120)).await?;
-    let ecds_bytes = set
+    let ecds = set
         .get(TypeUrl::ExtensionConfig, mcpgw::edge_config::FILTER)
-        .map_or(0, |r| r.body().value.len());
-    // Every tool is listed at least twice (its team server and `everything`), at well
-    // over 100 bytes each: a smaller ECDS payload means the catalog is missing.
-    if ecds_bytes < total_tools * 200 {
-        bail!("the ECDS filter configuration is {ecds_bytes} bytes: the catalog is not in it");
+        .context("no ECDS filter configuration")?;
+    let ecds_bytes = ecds.body().value.len();
+    // The catalog must be in it: decode the filter configuration as the filter does and
+    // count the tools of the server that has every tool.
+    let snapshot = filter_snapshot(ecds.body())?;
+    let largest = snapshot.servers.values().map(|s| s.tools.len()).max().unwrap_or(0);
+    if largest < total_tools {
+        bail!("the ECDS filter configuration lists {largest} tools, expected {total_tools}");
     }
+    let snapshot_json_bytes = serde_json::to_vec(&snapshot)?.len();
     let counts: Vec<(TypeUrl, usize)> = SUBSCRIBED.iter().map(|t| (*t, set.len(*t))).collect();
     eprintln!(
-        "registry populated in {:.1} s; ECDS {:.1} MiB; resources {counts:?}",
+        "registry populated in {:.1} s; ECDS {:.2} MiB (the snapshot's JSON: {:.1} MiB); resources {counts:?}",
         bed.populate.as_secs_f64(),
-        ecds_bytes as f64 / 1048576.0
+        ecds_bytes as f64 / 1048576.0,
+        snapshot_json_bytes as f64 / 1048576.0
     );
     let cp_rss_idle = memory().0;
     let http = reqwest::Client::builder().no_proxy().build()?;
@@ -656,7 +662,13 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let report = section(&knobs, ecds_bytes, &counts, cp_rss_idle, &results);
+    let report = section(
+        &knobs,
+        (ecds_bytes, snapshot_json_bytes),
+        &counts,
+        cp_rss_idle,
+        &results,
+    );
     println!("{report}");
     bed.stop().await;
     if knobs.output != "-" {
@@ -920,7 +932,7 @@ async fn push_round(
 
 fn section(
     knobs: &Knobs,
-    ecds_bytes: usize,
+    (ecds_bytes, snapshot_json_bytes): (usize, usize),
     counts: &[(TypeUrl, usize)],
     cp_rss_idle: u64,
     results: &[VariantResult],
@@ -956,13 +968,14 @@ fn section(
     );
     let _ = writeln!(
         s,
-        "- Resources served: {}; the ECDS filter configuration (the snapshot with the whole catalog) is {:.1} MiB",
+        "- Resources served: {}; the ECDS filter configuration (the snapshot with the whole catalog) is {:.2} MiB on the wire (compressed; its JSON is {:.1} MiB)",
         counts
             .iter()
             .map(|(t, n)| format!("{n} {}", t.label()))
             .collect::<Vec<_>>()
             .join(", "),
-        ecds_bytes as f64 / 1048576.0
+        ecds_bytes as f64 / 1048576.0,
+        snapshot_json_bytes as f64 / 1048576.0
     );
     let _ = writeln!(
         s,
@@ -1101,4 +1114,15 @@ fn section(
     );
     let _ = writeln!(s, "{SECTION_END}");
     s
+}
+
+/// The snapshot inside an ECDS `TypedExtensionConfig`, read as the filter reads it.
+fn filter_snapshot(ecds: &Any) -> anyhow::Result<mcpgw_core::snapshot::Snapshot> {
+    let config =
+        envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig::decode(&ecds.value[..])?;
+    let wasm = Wasm::decode(&config.typed_config.context("no typed_config")?.value[..])?;
+    let plugin = wasm.config.context("no plugin config")?;
+    let text = StringValue::decode(&plugin.configuration.context("no configuration")?.value[..])?;
+    mcpgw_core::snapshot::Snapshot::from_config(text.value.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
