@@ -127,6 +127,22 @@ struct Indexed {
     resources: HashMap<String, usize>,
 }
 
+impl Indexed {
+    /// The resource with `uri`, else the first template `uri` matches (templates also match
+    /// their own text, as completion requests name them).
+    fn resource(&self, uri: &str) -> Option<&Entry> {
+        self.resources
+            .get(uri)
+            .and_then(|&i| self.server.resources.get(i))
+            .or_else(|| {
+                self.server
+                    .resource_templates
+                    .iter()
+                    .find(|t| t.name == uri || template_matches(&t.name, uri))
+            })
+    }
+}
+
 fn index(entries: &[Entry]) -> HashMap<String, usize> {
     entries
         .iter()
@@ -243,19 +259,36 @@ impl Edge {
                 self.route(entry, msg.name_span)
                     .or_else(|| fail(code::INTERNAL_ERROR, "upstream not configured"))
             }
+            // Completions belong to the upstream of the prompt or resource template they
+            // complete an argument of.
+            "completion/complete" => match (&msg.ref_name, &msg.ref_uri) {
+                (Some(name), _) => match s.prompts.get(name).and_then(|&i| s.server.prompts.get(i))
+                {
+                    Some(e) => self
+                        .route(e, msg.ref_name_span)
+                        .or_else(|| fail(code::INTERNAL_ERROR, "upstream not configured")),
+                    None => fail(
+                        code::INVALID_PARAMS,
+                        &format!("unknown prompt {name:?} on this server"),
+                    ),
+                },
+                (None, Some(uri)) => match s.resource(uri) {
+                    Some(e) => self
+                        .route(e, None)
+                        .or_else(|| fail(code::INTERNAL_ERROR, "upstream not configured")),
+                    None => fail(
+                        RESOURCE_NOT_FOUND,
+                        &format!("resource {uri:?} not found on this server"),
+                    ),
+                },
+                (None, None) => fail(
+                    code::INVALID_PARAMS,
+                    "completion/complete needs params.ref with a prompt name or a resource uri",
+                ),
+            },
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = msg.uri.as_deref().unwrap_or_default();
-                let entry = s
-                    .resources
-                    .get(uri)
-                    .and_then(|&i| s.server.resources.get(i))
-                    .or_else(|| {
-                        s.server
-                            .resource_templates
-                            .iter()
-                            .find(|t| template_matches(&t.name, uri))
-                    });
-                match entry {
+                match s.resource(uri) {
                     // Resource URIs are not namespaced: nothing to rewrite.
                     Some(e) => self
                         .route(e, None)
@@ -367,8 +400,13 @@ fn initialize(id: Option<&Id>, s: &VirtualServer, requested: Option<&str>) -> Ve
     r.extend_from_slice(b"{\"protocolVersion\":");
     write_json_string(&mut r, version);
     r.extend_from_slice(
-        b",\"capabilities\":{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false}},\"serverInfo\":{\"name\":",
+        b",\"capabilities\":{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false}",
     );
+    if !s.prompts.is_empty() || !s.resource_templates.is_empty() {
+        // Routed to the upstream that owns the prompt or template.
+        r.extend_from_slice(b",\"completions\":{}");
+    }
+    r.extend_from_slice(b"},\"serverInfo\":{\"name\":");
     write_json_string(&mut r, &s.name);
     r.extend_from_slice(b",\"version\":");
     write_json_string(&mut r, &s.version);

@@ -82,6 +82,12 @@ pub struct Message {
     /// Byte range of the `params.name` string literal (quotes included) in the body, so a
     /// gateway can rewrite the name without re-serializing the message.
     pub name_span: Option<(u64, u64)>,
+    /// `params.ref.name` (`completion/complete` of a prompt argument).
+    pub ref_name: Option<String>,
+    /// `params.ref.uri` (`completion/complete` of a resource template argument).
+    pub ref_uri: Option<String>,
+    /// Byte range of the `params.ref.name` string literal, like [`Message::name_span`].
+    pub ref_name_span: Option<(u64, u64)>,
 }
 
 /// Why a request body is refused, with the JSON-RPC code to answer it with.

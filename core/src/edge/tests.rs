@@ -185,5 +185,41 @@ fn unknown_names_and_methods_get_json_rpc_errors_naming_them() {
         &edge,
         r#"{"jsonrpc":"2.0","id":8,"method":"completion/complete","params":{}}"#,
     );
+    assert_eq!(r["error"]["code"], -32602);
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":9,"method":"logging/setLevel","params":{"level":"info"}}"#,
+    );
     assert_eq!(r["error"]["code"], -32601);
+}
+
+#[test]
+fn completions_route_to_the_owner_of_the_prompt_or_template() {
+    let edge = Edge::take(&mut snapshot(100));
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"b__greet"},"argument":{"name":"who","value":"A"}}}"#;
+    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body)) else {
+        panic!("prompt completion not routed");
+    };
+    assert_eq!(to.upstream.cluster, "cb");
+    let ((start, end), name) = to.rename.unwrap();
+    assert_eq!(&body[start as usize..end as usize], "\"b__greet\"");
+    assert_eq!(name, "greet");
+    let body = r#"{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"docs://{path}.md"},"argument":{"name":"path","value":"g"}}}"#;
+    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body)) else {
+        panic!("template completion not routed");
+    };
+    assert_eq!((to.upstream.cluster.as_str(), to.rename), ("ca", None));
+    let r = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"nope"}}}"#,
+    );
+    assert_eq!(r["error"]["code"], -32602);
+    let init = reply(
+        &edge,
+        r#"{"jsonrpc":"2.0","id":4,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+    );
+    assert!(
+        init["result"]["capabilities"]["completions"].is_object(),
+        "{init}"
+    );
 }

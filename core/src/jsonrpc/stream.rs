@@ -73,6 +73,7 @@ enum Ctx {
     Message,
     Params,
     Meta,
+    Ref,
     ErrorObj,
     Other,
 }
@@ -151,6 +152,9 @@ enum Slot {
     ErrorCode,
     Cursor,
     ProtocolVersion,
+    Ref,
+    RefName,
+    RefUri,
 }
 
 impl Slot {
@@ -171,6 +175,9 @@ impl Slot {
             Slot::ErrorCode => "error.code",
             Slot::Cursor => "params.cursor",
             Slot::ProtocolVersion => "params.protocolVersion",
+            Slot::Ref => "params.ref",
+            Slot::RefName => "params.ref.name",
+            Slot::RefUri => "params.ref.uri",
             Slot::Skip | Slot::Root | Slot::BatchElement => "",
         }
     }
@@ -189,7 +196,9 @@ impl Slot {
             | Slot::Traceparent
             | Slot::Tracestate
             | Slot::Cursor
-            | Slot::ProtocolVersion => Capture::Decoded,
+            | Slot::ProtocolVersion
+            | Slot::RefName
+            | Slot::RefUri => Capture::Decoded,
             Slot::Id | Slot::ProgressToken | Slot::ErrorCode => Capture::Raw,
             _ => Capture::None,
         }
@@ -226,6 +235,9 @@ struct Envelope {
     protocol_version: Option<String>,
     name_start: u64,
     name_span: Option<(u64, u64)>,
+    ref_name: Option<String>,
+    ref_uri: Option<String>,
+    ref_name_span: Option<(u64, u64)>,
     has_params_object: bool,
     has_result: bool,
     has_error: bool,
@@ -350,6 +362,9 @@ impl Envelope {
             cursor: self.cursor,
             protocol_version: self.protocol_version,
             name_span: self.name_span,
+            ref_name: self.ref_name,
+            ref_uri: self.ref_uri,
+            ref_name_span: self.ref_name_span,
         })
     }
 }
@@ -493,6 +508,9 @@ impl MessageParser {
             cursor: env.cursor.clone(),
             protocol_version: env.protocol_version.clone(),
             name_span: env.name_span,
+            ref_name: env.ref_name.clone(),
+            ref_uri: env.ref_uri.clone(),
+            ref_name_span: env.ref_name_span,
         })
     }
 
@@ -694,7 +712,7 @@ impl MessageParser {
         match b {
             b'{' | b'[' => self.open(b == b'{'),
             b'"' => {
-                if self.slot == Slot::Name {
+                if matches!(self.slot, Slot::Name | Slot::RefName) {
                     self.env.name_start = self.offset;
                 }
                 self.begin_scalar();
@@ -776,6 +794,7 @@ impl MessageParser {
                 Ctx::Params
             }
             (Slot::Meta, true) => Ctx::Meta,
+            (Slot::Ref, true) => Ctx::Ref,
             (Slot::Error, true) => {
                 self.env.has_error = true;
                 Ctx::ErrorObj
@@ -784,7 +803,7 @@ impl MessageParser {
                 self.env.has_result = true;
                 Ctx::Other
             }
-            (Slot::Skip | Slot::Params | Slot::Meta, _) => Ctx::Other,
+            (Slot::Skip | Slot::Params | Slot::Meta | Slot::Ref, _) => Ctx::Other,
             (slot, _) => {
                 self.type_error(slot);
                 Ctx::Other
@@ -894,6 +913,11 @@ impl MessageParser {
                     self.env.name_span = Some((self.env.name_start, self.offset + 1));
                 }
                 (Slot::Cursor, Scalar::Str) => self.env.cursor = Some(self.take_string()),
+                (Slot::RefName, Scalar::Str) => {
+                    self.env.ref_name = Some(self.take_string());
+                    self.env.ref_name_span = Some((self.env.name_start, self.offset + 1));
+                }
+                (Slot::RefUri, Scalar::Str) => self.env.ref_uri = Some(self.take_string()),
                 (Slot::ProtocolVersion, Scalar::Str) => {
                     self.env.protocol_version = Some(self.take_string())
                 }
@@ -915,7 +939,7 @@ impl MessageParser {
                 (Slot::Params, _) => self
                     .env
                     .mark_invalid("\"params\" must be an object or an array".into()),
-                (Slot::Meta | Slot::Skip | Slot::ProgressToken, _) => {}
+                (Slot::Meta | Slot::Ref | Slot::Skip | Slot::ProgressToken, _) => {}
                 (slot, _) => self.type_error(slot),
             }
         }
@@ -1136,6 +1160,9 @@ impl MessageParser {
             (Ctx::Params, b"_meta") => Slot::Meta,
             (Ctx::Params, b"cursor") => Slot::Cursor,
             (Ctx::Params, b"protocolVersion") => Slot::ProtocolVersion,
+            (Ctx::Params, b"ref") => Slot::Ref,
+            (Ctx::Ref, b"name") => Slot::RefName,
+            (Ctx::Ref, b"uri") => Slot::RefUri,
             (Ctx::Meta, b"progressToken") => Slot::ProgressToken,
             (Ctx::Meta, b"traceparent") => Slot::Traceparent,
             (Ctx::Meta, b"tracestate") => Slot::Tracestate,

@@ -551,3 +551,17 @@ fn captures_list_cursors_and_the_requested_protocol_version() {
     let m = single(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":7}}"#);
     assert_eq!(m.cursor, None);
 }
+
+#[test]
+fn captures_the_completion_ref_and_its_name_span() {
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{"argument":{"name":"who","value":"A"},"ref":{"type":"ref/prompt","name":"gw__greet"}}}"#;
+    let m = single(body);
+    assert_eq!(m.ref_name.as_deref(), Some("gw__greet"));
+    assert_eq!(m.name, None, "argument.name is not params.name");
+    let (start, end) = m.ref_name_span.unwrap();
+    assert_eq!(&body[start as usize..end as usize], r#""gw__greet""#);
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":4,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"docs://{p}"}}}"#,
+    );
+    assert_eq!(m.ref_uri.as_deref(), Some("docs://{p}"));
+}
