@@ -30,12 +30,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::google::protobuf::{Any, StringValue};
 use mcpgw::xds::{AdsServer, TypeUrl};
 use mcpgw_bench_registry::{Backend, Shape, env_or, memory, memory_of, setup};
@@ -638,7 +638,12 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
     // The catalog must be in it: decode the filter configuration as the filter does and
     // count the tools of the server that has every tool.
     let snapshot = filter_snapshot(ecds.body())?;
-    let largest = snapshot.servers.values().map(|s| s.tools.len()).max().unwrap_or(0);
+    let largest = snapshot
+        .servers
+        .values()
+        .map(|s| s.tools.len())
+        .max()
+        .unwrap_or(0);
     if largest < total_tools {
         bail!("the ECDS filter configuration lists {largest} tools, expected {total_tools}");
     }
