@@ -57,17 +57,24 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        let started = self.get_current_time();
         let config = self.get_plugin_configuration().unwrap_or_default();
         match Snapshot::from_config(&config) {
             Ok(mut snapshot) => {
-                log::info!(
-                    "mcpgw: configured snapshot {:?} (schema {}, {} virtual servers)",
-                    snapshot.version,
-                    snapshot.schema,
-                    snapshot.servers.len()
-                );
+                let (version, schema) = (snapshot.version.clone(), snapshot.schema);
+                let servers = snapshot.servers.len();
+                let tools: usize = snapshot.servers.values().map(|s| s.tools.len()).sum();
                 self.edge = Some(Rc::new(Edge::take(&mut snapshot)));
                 self.gate = Some(Rc::new(Gate::new(snapshot)));
+                let took = self
+                    .get_current_time()
+                    .duration_since(started)
+                    .unwrap_or_default();
+                log::info!(
+                    "mcpgw: configured snapshot {version:?} (schema {schema}, {servers} virtual servers, {tools} catalog tools, {} configuration bytes) in {:.1} ms",
+                    config.len(),
+                    took.as_secs_f64() * 1000.0
+                );
                 true
             }
             Err(err) => {

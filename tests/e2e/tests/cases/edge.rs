@@ -412,3 +412,68 @@ async fn a_compressed_catalog_is_served_like_a_plain_one() -> anyhow::Result<()>
     assert_eq!(tool_text(&who.response(&json!(2))?), "second");
     Ok(())
 }
+
+/// A 10,000-tool catalog (as the control plane's benchmark registry builds it: every tool
+/// in one server) loads in the filter and is served page by page to the end. The filter
+/// logs how long `on_configure` took (inflate, parse, index); this prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_tool_catalog_loads_and_pages_to_the_end() -> anyhow::Result<()> {
+    let mut doc: Value = serde_json::from_str(&snapshot(500))?;
+    let tools: Vec<Value> = (0..10_000)
+        .map(|i| {
+            let name = format!("tool_{i:05}");
+            json!({"name": format!("primary__{name}"), "upstream": "primary", "upstream_name": name,
+                   "item": {"name": format!("primary__{name}"),
+                            "description": format!("Tool {i}: looks things up in the upstream system and returns a short summary of what it found."),
+                            "inputSchema": {"type": "object", "properties": {
+                                "query": {"type": "string", "description": "What to look for"},
+                                "limit": {"type": "integer", "minimum": 1, "maximum": 100}},
+                                "required": ["query"]},
+                            "annotations": {"readOnlyHint": true}}})
+        })
+        .collect();
+    doc["servers"]["team"]["tools"] = Value::Array(tools);
+    let json = doc.to_string();
+    let packed = mcpgw_core::snapshot::compress(json.as_bytes());
+    let (envoy, _p, _s) = gateway_with(&packed, RmcpServerMode::StatelessJson).await?;
+    let url = envoy.url("/servers/team/mcp");
+    let (mut seen, mut pages, mut cursor) = (0usize, 0usize, None::<String>);
+    let mut last = String::new();
+    loop {
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        let r = post(
+            &url,
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":params}).to_string(),
+            &[],
+        )
+        .await?;
+        let v = r.response(&json!(1))?;
+        let page = v["result"]["tools"].as_array().cloned().unwrap_or_default();
+        seen += page.len();
+        pages += 1;
+        if let Some(t) = page.last() {
+            last = t["name"].as_str().unwrap_or_default().to_owned();
+        }
+        match v["result"]["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        (seen, pages, last.as_str()),
+        (10_000, 20, "primary__tool_09999")
+    );
+    let log = envoy.log();
+    let configured = log
+        .lines()
+        .find(|l| l.contains("configured snapshot \"e2e-1\""))
+        .unwrap_or("(no configure line in the Envoy log)");
+    println!(
+        "10,000 tools: {} bytes of JSON, {} compressed; {}",
+        json.len(),
+        packed.len(),
+        configured.rsplit("mcpgw: ").next().unwrap_or(configured)
+    );
+    assert!(configured.contains("10000 catalog tools"), "{configured}");
+    Ok(())
+}
