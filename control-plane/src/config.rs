@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// verification) [default: /etc/ssl/certs/ca-certificates.crt].
     #[arg(long, env = "MCPGW_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<String>,
+    /// JSON file with the request policy every Envoy's filter enforces (the snapshot's
+    /// `policy`: allowed methods, denied tools, body limit, page size, …; docs/filter.md)
+    /// [default: the filter's documented defaults].
+    #[arg(long, env = "MCPGW_EDGE_POLICY")]
+    pub edge_policy: Option<PathBuf>,
 }
 
 /// The optional TOML file: same keys as the long flags.
@@ -106,6 +111,7 @@ pub struct FileConfig {
     envoy_listen: Option<String>,
     filter_wasm: Option<String>,
     upstream_ca_file: Option<String>,
+    edge_policy: Option<PathBuf>,
 }
 
 /// A configuration error naming the offending setting.
@@ -207,6 +213,8 @@ pub struct Settings {
     pub xds_listen: Option<SocketAddr>,
     /// What the Envoys are told (listener address, filter module, upstream CA).
     pub edge: EdgeSettings,
+    /// The request policy in every snapshot.
+    pub edge_policy: mcpgw_core::snapshot::Policy,
 }
 
 impl Settings {
@@ -223,6 +231,7 @@ impl Settings {
             federation: FederationSettings::default(),
             xds_listen: None,
             edge: EdgeSettings::default(),
+            edge_policy: mcpgw_core::snapshot::Policy::default(),
         }
     }
 }
@@ -234,6 +243,19 @@ fn socket_addr(field: &'static str, raw: &str) -> Result<SocketAddr, ConfigError
 }
 
 /// A path Envoy reads: non-empty, one line.
+/// Reads and validates the edge policy file with the filter's own rules, so a policy the
+/// filter would reject never leaves the control plane.
+fn read_edge_policy(path: &std::path::Path) -> Result<mcpgw_core::snapshot::Policy, ConfigError> {
+    let text = std::fs::read(path)
+        .map_err(|e| invalid("edge_policy", format!("{}: {e}", path.display())))?;
+    let mut doc = b"{\"policy\":".to_vec();
+    doc.extend_from_slice(&text);
+    doc.push(b'}');
+    mcpgw_core::snapshot::Snapshot::from_json(&doc)
+        .map(|s| s.policy)
+        .map_err(|e| invalid("edge_policy", format!("{}: {e}", path.display())))
+}
+
 fn envoy_path(field: &'static str, raw: String) -> Result<String, ConfigError> {
     if raw.trim().is_empty() || raw.chars().any(char::is_control) {
         return Err(invalid(
@@ -395,6 +417,10 @@ impl ServeArgs {
         } else {
             Some(envoy_path("upstream_ca_file", ca_raw)?)
         };
+        let edge_policy = match self.edge_policy.clone().or(file.edge_policy) {
+            Some(path) => read_edge_policy(&path)?,
+            None => mcpgw_core::snapshot::Policy::default(),
+        };
         let secrets = match encryption_key {
             Some(k) if !k.trim().is_empty() => SecretBox::from_encoded_key(k)?,
             _ if dev => SecretBox::dev(),
@@ -427,6 +453,7 @@ impl ServeArgs {
                 filter_wasm,
                 upstream_ca_file,
             },
+            edge_policy,
         })
     }
 }
@@ -476,6 +503,46 @@ mod tests {
             ..Default::default()
         };
         assert!(dev.resolve(None).is_ok());
+    }
+
+    #[test]
+    fn the_edge_policy_file_is_validated_with_the_filters_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("policy.json");
+        std::fs::write(&good, r#"{"denied_tools":["gw__rm"],"list_page_size":25}"#).unwrap();
+        let s = ServeArgs {
+            edge_policy: Some(good),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(s.edge_policy.denied_tools, ["gw__rm"]);
+        assert_eq!(s.edge_policy.list_page_size, 25);
+        for (body, names) in [
+            (r#"{"denyed_tools":[]}"#, "denyed_tools"),
+            (r#"{"max_body_bytes":0}"#, "policy.max_body_bytes"),
+            ("not json", "edge_policy"),
+        ] {
+            let bad = dir.path().join("bad.json");
+            std::fs::write(&bad, body).unwrap();
+            let err = ServeArgs {
+                edge_policy: Some(bad),
+                ..Default::default()
+            }
+            .resolve(Some(KEY))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("edge_policy") && err.contains(names),
+                "{body}: {err}"
+            );
+        }
+        let missing = ServeArgs {
+            edge_policy: Some(dir.path().join("absent.json")),
+            ..Default::default()
+        }
+        .resolve(Some(KEY));
+        assert!(missing.is_err());
     }
 
     #[test]

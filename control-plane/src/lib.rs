@@ -78,7 +78,7 @@ pub async fn serve(
     // empty configuration.
     let publisher = Publisher::new(
         store.clone(),
-        Policy::default(),
+        settings.edge_policy.clone(),
         Some(snapshot::session_settings(&settings.secrets)),
         settings.edge.clone(),
     );

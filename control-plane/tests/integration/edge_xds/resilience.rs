@@ -192,3 +192,38 @@ async fn a_call_in_flight_survives_a_configuration_push() {
     other_running.stop().await;
     running.stop().await;
 }
+
+/// The operator's edge policy (`--edge-policy`) is in every snapshot and enforced by every
+/// Envoy: a denied tool is refused at the edge with 403 while its neighbour still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_policy_reaches_every_envoy() {
+    let mut rig = Rig::start_with(17, |s| {
+        s.edge_policy.denied_tools = vec!["up__whoami".into()];
+    })
+    .await;
+    let up = TestUpstream::with_tools(&["whoami", "echo"]).with_label("up");
+    let running = up.serve(0).await;
+    let (_, tools) = add_gateway(&rig.cp, "up", &running.url).await;
+    let sid = add_server(
+        &rig.cp,
+        "policed",
+        json!({"associated_tools": [tools["up__whoami"], tools["up__echo"]]}),
+    )
+    .await;
+    rig.tools_become(&sid, &["up__echo", "up__whoami"]).await;
+    let (s, snap) = rig.cp.get("/snapshot").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        snap["policy"]["denied_tools"],
+        json!(["up__whoami"]),
+        "{snap}"
+    );
+    let session = rig.session(&sid).await;
+    let denied = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "up__whoami", "arguments": {}}});
+    let (status, v) = rpc(&rig.http, &rig.mcp(&sid), &denied, Some(&session)).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], -32003, "{v}");
+    let echo = rig.call(&sid, &session, "up__echo", json!({})).await;
+    assert_eq!(call_text(&echo), "up:echo", "{echo}");
+}
