@@ -28,7 +28,6 @@ use crate::federation::Federation;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::xds::{AdsServer, XdsConfig};
-use mcpgw_core::snapshot::Policy;
 
 /// A running control plane (for embedding and tests).
 #[derive(Debug)]
