@@ -408,8 +408,10 @@ mod tests {
 
     #[test]
     fn compressed_configurations_parse_like_plain_ones() {
-        let mut s = Snapshot::default();
-        s.version = "v9".into();
+        let mut s = Snapshot {
+            version: "v9".into(),
+            ..Snapshot::default()
+        };
         s.policy.denied_tools = (0..1000).map(|i| format!("tool-{i}")).collect();
         let json = serde_json::to_vec(&s).unwrap();
         let packed = compress(&json);
@@ -436,8 +438,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let mut s = Snapshot::default();
-        s.version = "v7".into();
+        let mut s = Snapshot {
+            version: "v7".into(),
+            ..Snapshot::default()
+        };
         s.policy
             .tool_routes
             .insert("echo".into(), "everything".into());

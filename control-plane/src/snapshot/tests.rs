@@ -184,8 +184,10 @@ fn upstreams_are_the_live_gateways_with_cluster_path_and_authority() {
 fn disabled_servers_are_absent_and_the_result_parses_as_the_filter_reads_it() {
     let mut v = view();
     v.servers[1].enabled = false;
-    let mut policy = Policy::default();
-    policy.denied_tools = vec!["a__echo".into()];
+    let policy = Policy {
+        denied_tools: vec!["a__echo".into()],
+        ..Policy::default()
+    };
     let snap = assemble(&v, &policy).unwrap();
     assert!(!snap.servers.contains_key("s2"));
     let json = serde_json::to_vec(&snap).unwrap();

@@ -19,8 +19,8 @@ pub fn pg_base_url() -> String {
 
 /// A database for one test; dropped (schema or directory) afterwards.
 pub enum TestDb {
-    /// SQLite file in a temp dir.
-    Sqlite(tempfile::TempDir, String),
+    /// SQLite file in a temp dir (kept alive with the database, removed on drop).
+    Sqlite(#[allow(dead_code)] tempfile::TempDir, String),
     /// PostgreSQL schema.
     Postgres { schema: String, url: String },
 }

@@ -11,13 +11,16 @@ fn rej(status: u16, code: i64, id: Value) -> Rejection {
     Rejection { status, code, id }
 }
 
-/// POST rows: (name, body, extra headers, expected answer).
-fn post_rows() -> Vec<(
+/// One POST row: (name, body, extra headers, expected answer).
+type PostRow = (
     &'static str,
     String,
     Vec<(&'static str, &'static str)>,
     Rejection,
-)> {
+);
+
+/// POST rows.
+fn post_rows() -> Vec<PostRow> {
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_owned();
     vec![
         ("POST with Content-Type text/plain", ping.clone(), vec![("content-type", "text/plain")], rej(415, -32600, Value::Null)),

@@ -78,10 +78,7 @@ async fn a_real_client_uses_a_virtual_server() -> anyhow::Result<()> {
     let mut info = ClientConfig::default();
     info.protocol_version = ProtocolVersion::V_2025_06_18;
     let client = info.serve(transport).await?;
-    let server = client
-        .peer_info()
-        .map(|i| serde_json::to_value(i))
-        .transpose()?;
+    let server = client.peer_info().map(serde_json::to_value).transpose()?;
     assert_eq!(
         server.as_ref().map(|s| s["serverInfo"]["name"].clone()),
         Some(json!("Team server"))

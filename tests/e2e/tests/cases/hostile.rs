@@ -27,7 +27,9 @@ async fn hostile_bodies_never_kill_the_vm() -> anyhow::Result<()> {
     let mut gw = JsonGateway::start("{}").await?;
     let url = gw.envoy.mcp_url();
     let depth = 100_000;
-    let cases: Vec<(&str, Vec<u8>, Option<(u16, i64)>)> = vec![
+    // (name, body, the expected (HTTP status, JSON-RPC code) when one is fixed)
+    type Case = (&'static str, Vec<u8>, Option<(u16, i64)>);
+    let cases: Vec<Case> = vec![
         ("deep array nesting", format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes(), None),
         ("deep object nesting", "{\"a\":".repeat(depth).into_bytes(), None),
         (
