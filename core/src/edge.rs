@@ -43,7 +43,7 @@ pub fn method_not_allowed(method: &str) -> Rejection {
         code: code::INVALID_REQUEST,
         id: None,
         message: format!(
-            "{method} is not supported here: virtual servers do not relay server-initiated messages (GET) yet, and DELETE needs a session id"
+            "{method} is not supported here: GET relays the server-initiated stream of a session with exactly one stateful upstream, and DELETE needs a session id"
         ),
         reason: "method_not_allowed",
     }

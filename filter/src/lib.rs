@@ -469,6 +469,30 @@ impl McpRequest {
         Action::Pause
     }
 
+    /// Relays the client's GET stream to the one upstream that holds a session for it.
+    fn relay_stream(&mut self, session: &Session) -> Action {
+        let Some((id, sid)) = session.upstreams.iter().next() else {
+            return self.reject(&edge::method_not_allowed("GET"));
+        };
+        let edge = Rc::clone(&self.edge);
+        let server = self.server.clone().unwrap_or_default();
+        let Some((_, up)) = edge
+            .upstreams_of(&server)
+            .into_iter()
+            .find(|(u, _)| *u == id.as_str())
+        else {
+            return self.reject(&edge::method_not_allowed("GET"));
+        };
+        self.set_http_request_header(":path", Some(&up.path));
+        if let Some(authority) = &up.authority {
+            self.set_http_request_header(":authority", Some(authority));
+        }
+        self.set_http_request_header("mcp-session-id", Some(sid));
+        let gate = Rc::clone(&self.gate);
+        self.set_http_request_header(gate.route_header(), Some(&up.cluster));
+        Action::Continue
+    }
+
     /// Starts a call to upstream `id` (None if it cannot be made; logged).
     fn call_upstream(
         &self,
@@ -651,9 +675,14 @@ impl HttpContext for McpRequest {
             match (method.as_ref(), self.session.take()) {
                 ("POST", session) => self.session = session,
                 ("DELETE", Some(session)) => return self.end_session(session),
-                // Server-initiated messages (the GET stream) are not relayed yet, and a
-                // DELETE without a session has nothing to end: the MCP spec lets a server
-                // answer both with 405.
+                // The GET stream carries server-initiated messages. With one stateful
+                // upstream it is that upstream's stream; fanning in several is not done.
+                ("GET", Some(session)) if session.upstreams.len() == 1 => {
+                    return self.relay_stream(&session);
+                }
+                // A DELETE without a session has nothing to end, and a GET without one
+                // (or over several stateful upstreams) has no single stream to relay: the
+                // MCP spec lets a server answer both with 405.
                 _ => return self.reject(&edge::method_not_allowed(&method)),
             }
         }

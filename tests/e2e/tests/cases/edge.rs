@@ -292,6 +292,37 @@ async fn sessions_span_stateful_upstreams_and_refuse_forgeries() -> anyhow::Resu
         assert_eq!(r.status, 404, "{bad}: {}", r.text());
     }
 
+    // The GET stream (server-initiated messages) is the one stateful upstream's stream,
+    // opened inside its session; a forged token gets nothing.
+    let stream = http()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", token.as_str())
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await?;
+    let content_type = stream
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(stream.status(), 200, "GET stream: {content_type}");
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    assert!(stream.headers().get("mcp-session-id").is_none());
+    drop(stream);
+    let forged = send(
+        http()
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", tampered.as_str()),
+    )
+    .await?;
+    assert_eq!(forged.status, 404, "{}", forged.text());
+
     // DELETE ends the upstream sessions: the stateful upstream forgets its part.
     let end = send(http().delete(&url).header("mcp-session-id", token.as_str())).await?;
     assert_eq!(end.status, 200, "{}", end.text());
