@@ -203,6 +203,11 @@ impl Edge {
         self.key.as_ref()
     }
 
+    /// Upstream `id` of the snapshot.
+    pub fn upstream(&self, id: &str) -> Option<&Upstream> {
+        self.upstreams.get(id)
+    }
+
     /// The upstreams virtual server `id` draws on (each once), for opening sessions.
     pub fn upstreams_of(&self, id: &str) -> Vec<(&str, &Upstream)> {
         self.servers.get(id).map_or_else(Vec::new, |s| {

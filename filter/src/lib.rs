@@ -475,22 +475,22 @@ impl McpRequest {
             return self.reject(&edge::method_not_allowed("GET"));
         };
         let edge = Rc::clone(&self.edge);
-        let server = self.server.clone().unwrap_or_default();
-        let Some((_, up)) = edge
-            .upstreams_of(&server)
-            .into_iter()
-            .find(|(u, _)| *u == id.as_str())
-        else {
+        let Some(up) = edge.upstream(id) else {
             return self.reject(&edge::method_not_allowed("GET"));
         };
+        self.set_http_request_header("mcp-session-id", Some(sid));
+        self.point_at(up);
+        Action::Continue
+    }
+
+    /// Sends the request to `up`: its path, its authority, its cluster (the route header).
+    fn point_at(&mut self, up: &mcpgw_core::catalog::Upstream) {
         self.set_http_request_header(":path", Some(&up.path));
         if let Some(authority) = &up.authority {
             self.set_http_request_header(":authority", Some(authority));
         }
-        self.set_http_request_header("mcp-session-id", Some(sid));
         let gate = Rc::clone(&self.gate);
         self.set_http_request_header(gate.route_header(), Some(&up.cluster));
-        Action::Continue
     }
 
     /// Starts a call to upstream `id` (None if it cannot be made; logged).
@@ -503,11 +503,7 @@ impl McpRequest {
         body: Option<&[u8]>,
     ) -> Option<u32> {
         let edge = Rc::clone(&self.edge);
-        let Some((_, up)) = edge
-            .upstreams_of(self.server.as_deref()?)
-            .into_iter()
-            .find(|(u, _)| *u == id)
-        else {
+        let Some(up) = edge.upstream(id) else {
             log::warn!("mcpgw: upstream {id} is not in the snapshot");
             return None;
         };
@@ -593,13 +589,7 @@ impl McpRequest {
             .as_ref()
             .and_then(|s| s.upstreams.get(to.upstream_id).cloned());
         self.set_http_request_header("mcp-session-id", upstream_session.as_deref());
-        let up = to.upstream;
-        self.set_http_request_header(":path", Some(&up.path));
-        if let Some(authority) = &up.authority {
-            self.set_http_request_header(":authority", Some(authority));
-        }
-        let gate = Rc::clone(&self.gate);
-        self.set_http_request_header(gate.route_header(), Some(&up.cluster));
+        self.point_at(to.upstream);
         Action::Continue
     }
 
