@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::crypto::{CryptoError, SecretBox};
 use crate::edge_config::{
     DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE, EdgeSettings,
+    UpstreamEndpoint,
 };
 
 /// Log output format.
@@ -88,6 +89,14 @@ pub struct ServeArgs {
     /// [default: the filter's documented defaults].
     #[arg(long, env = "MCPGW_EDGE_POLICY")]
     pub edge_policy: Option<PathBuf>,
+    /// Listen address of the session relay (the legacy SSE pair `/servers/{id}/sse` +
+    /// `/message`, GET streams over several upstreams), or `off` [default: 127.0.0.1:18001].
+    #[arg(long, env = "MCPGW_RELAY_LISTEN")]
+    pub relay_listen: Option<String>,
+    /// `host:port` at which Envoys reach the relay (sent over xDS) [default: the listen
+    /// address; required when that binds every interface].
+    #[arg(long, env = "MCPGW_RELAY_ADVERTISE")]
+    pub relay_advertise: Option<String>,
 }
 
 /// The optional TOML file: same keys as the long flags.
@@ -112,6 +121,8 @@ pub struct FileConfig {
     filter_wasm: Option<String>,
     upstream_ca_file: Option<String>,
     edge_policy: Option<PathBuf>,
+    relay_listen: Option<String>,
+    relay_advertise: Option<String>,
 }
 
 /// A configuration error naming the offending setting.
@@ -215,6 +226,10 @@ pub struct Settings {
     pub edge: EdgeSettings,
     /// The request policy in every snapshot.
     pub edge_policy: mcpgw_core::snapshot::Policy,
+    /// The session relay's listen address (`None`: no relay).
+    pub relay_listen: Option<SocketAddr>,
+    /// Where Envoys reach the relay (`None`: its bound address).
+    pub relay_advertise: Option<UpstreamEndpoint>,
 }
 
 impl Settings {
@@ -232,9 +247,14 @@ impl Settings {
             xds_listen: None,
             edge: EdgeSettings::default(),
             edge_policy: mcpgw_core::snapshot::Policy::default(),
+            relay_listen: None,
+            relay_advertise: None,
         }
     }
 }
+
+/// Default of the relay's listen address.
+pub const DEFAULT_RELAY_LISTEN: &str = "127.0.0.1:18001";
 
 /// Parses an `ip:port` setting.
 fn socket_addr(field: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
@@ -417,6 +437,38 @@ impl ServeArgs {
         } else {
             Some(envoy_path("upstream_ca_file", ca_raw)?)
         };
+        let relay_raw = self
+            .relay_listen
+            .clone()
+            .or(file.relay_listen)
+            .unwrap_or_else(|| DEFAULT_RELAY_LISTEN.into());
+        let relay_listen = if relay_raw.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(socket_addr("relay_listen", &relay_raw)?)
+        };
+        let relay_advertise = match self.relay_advertise.clone().or(file.relay_advertise) {
+            Some(raw) => Some(
+                UpstreamEndpoint::from_url(&format!("http://{raw}"))
+                    .ok()
+                    .filter(|_| raw.contains(':') && !raw.contains(['/', '@', '?', '#']))
+                    .ok_or_else(|| {
+                        invalid("relay_advertise", format!("{raw:?} is not a host:port"))
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(listen) = relay_listen
+            && listen.ip().is_unspecified()
+            && relay_advertise.is_none()
+        {
+            return Err(invalid(
+                "relay_advertise",
+                format!(
+                    "required when relay_listen binds every interface ({listen}): the address Envoys reach the relay at"
+                ),
+            ));
+        }
         let edge_policy = match self.edge_policy.clone().or(file.edge_policy) {
             Some(path) => read_edge_policy(&path)?,
             None => mcpgw_core::snapshot::Policy::default(),
@@ -452,8 +504,11 @@ impl ServeArgs {
                 envoy_listen,
                 filter_wasm,
                 upstream_ca_file,
+                relay: None,
             },
             edge_policy,
+            relay_listen,
+            relay_advertise,
         })
     }
 }

@@ -6,7 +6,7 @@
 //! merged into the store in one transaction, so a hanging or broken upstream can delay
 //! only its own refresh and never leaves a half-updated catalog.
 
-mod sse;
+pub(crate) mod sse;
 mod ssrf;
 
 use std::collections::HashMap;

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod edge_config;
 pub mod federation;
 pub mod model;
+pub mod relay;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
@@ -42,6 +43,8 @@ pub struct ControlPlane {
     pub xds_addr: Option<SocketAddr>,
     /// The xDS server (`None`: xDS disabled).
     pub xds: Option<AdsServer>,
+    /// Address the session relay listens on (`None`: no relay).
+    pub relay_addr: Option<SocketAddr>,
 }
 
 /// Opens the store (creating the data directory for SQLite) and runs migrations.
@@ -59,7 +62,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 /// resolves, with federation loops and the edge configuration publisher running in the
 /// background. `ready` is called once both accept connections.
 pub async fn serve(
-    settings: Settings,
+    mut settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(ControlPlane) + Send + 'static,
@@ -73,6 +76,27 @@ pub async fn serve(
         ),
         None => None,
     };
+    let relay_listener = match settings.relay_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the relay listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let relay_addr = match &relay_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    // Envoys reach the relay at its advertised address, else where it is bound (the port
+    // is known only now when it was 0).
+    settings.edge.relay = settings.relay_advertise.clone().or_else(|| {
+        relay_addr.map(|a| edge_config::UpstreamEndpoint {
+            host: a.ip().to_string(),
+            port: a.port(),
+            tls: false,
+        })
+    });
     // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
     // empty configuration.
     let publisher = Publisher::new(
@@ -89,6 +113,8 @@ pub async fn serve(
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());
     }
+    let relay = relay::Relay::new();
+    metrics.register_relay(relay.metrics());
     let metrics = Arc::new(metrics);
     edge_config::record(&first, &metrics);
     let edge = publisher.edge(ads.clone());
@@ -132,6 +158,15 @@ pub async fn serve(
         }
         _ => None,
     };
+    let relay_task = relay_listener.map(|l| {
+        tracing::info!(addr = %relay_addr.map(|a| a.to_string()).unwrap_or_default(), "session relay listening");
+        let serving = relay.serve(l, stopped());
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "session relay failed");
+            }
+        })
+    });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = ?store.backend(), "admin API listening");
     ready(ControlPlane {
@@ -140,6 +175,7 @@ pub async fn serve(
         federation,
         xds_addr,
         xds: ads,
+        relay_addr,
     });
     let signal = async move {
         shutdown.await;
@@ -156,6 +192,10 @@ pub async fn serve(
             Ok(Err(_)) => {} // logged when it happened
             Err(e) => tracing::error!(error = %e, "xDS server task failed"),
         }
+    }
+    if let Some(t) = relay_task {
+        // Open SSE streams last as long as their clients: do not wait for them.
+        t.abort();
     }
     publishing.abort();
     loops.abort();

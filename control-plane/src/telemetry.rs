@@ -95,6 +95,11 @@ impl Metrics {
         xds.register(&mut self.registry);
     }
 
+    /// Adds the session relay's metrics.
+    pub fn register_relay(&mut self, relay: &crate::relay::RelayMetrics) {
+        relay.register(&mut self.registry);
+    }
+
     /// Counts one rebuild of the edge configuration (`ok` or an error label).
     pub fn edge_build(&self, outcome: &str) {
         self.edge_builds

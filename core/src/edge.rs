@@ -43,9 +43,41 @@ pub fn method_not_allowed(method: &str) -> Rejection {
         code: code::INVALID_REQUEST,
         id: None,
         message: format!(
-            "{method} is not supported here: GET relays the server-initiated stream of a session with exactly one stateful upstream, and DELETE needs a session id"
+            "{method} is not supported here: GET needs a session with a stateful upstream, and DELETE a session id"
         ),
         reason: "method_not_allowed",
+    }
+}
+
+/// Request header naming one upstream of a session: a GET carrying it relays that
+/// upstream's stream alone (the relay opens one such GET per upstream to fan them in).
+pub const UPSTREAM_HEADER: &str = "mcpgw-upstream";
+/// Request header the filter sets on a GET it hands to the relay: the ids of the session's
+/// stateful upstreams, comma-separated.
+pub const RELAY_UPSTREAMS_HEADER: &str = "mcpgw-relay-upstreams";
+/// Request header the relay route sets: the address of the Envoy listener the client
+/// reached, which the relay sends the session's messages back through.
+pub const EDGE_ADDRESS_HEADER: &str = "mcpgw-edge-address";
+
+/// The answer to a request the relay would serve when none is configured (HTTP 404).
+pub fn no_relay(what: &str) -> Rejection {
+    Rejection {
+        status: 404,
+        code: code::INVALID_REQUEST,
+        id: None,
+        message: format!("{what} needs the session relay, which this gateway does not run"),
+        reason: "no_relay",
+    }
+}
+
+/// The answer to a GET that picks an upstream the session does not hold (HTTP 404).
+pub fn unknown_stream(upstream: &str) -> Rejection {
+    Rejection {
+        status: 404,
+        code: code::INVALID_REQUEST,
+        id: None,
+        message: format!("upstream {upstream:?} holds no part of this session"),
+        reason: "unknown_stream",
     }
 }
 
@@ -99,7 +131,11 @@ pub struct RouteTo<'a> {
 pub enum Endpoint<'p> {
     /// `/servers/{id}/mcp` (streamable HTTP).
     Mcp(&'p str),
-    /// Any other path under `/servers/` (the legacy SSE pair is not served yet).
+    /// `/servers/{id}/sse`: the legacy SSE transport's event stream (served by the relay).
+    Sse(&'p str),
+    /// `/servers/{id}/message`: where legacy SSE clients post (served by the relay).
+    Message(&'p str),
+    /// Any other path under `/servers/`.
     Other(&'p str),
 }
 
@@ -111,10 +147,11 @@ pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
     if id.is_empty() {
         return None;
     }
-    Some(if tail == "mcp" {
-        Endpoint::Mcp(id)
-    } else {
-        Endpoint::Other(id)
+    Some(match tail {
+        "mcp" => Endpoint::Mcp(id),
+        "sse" => Endpoint::Sse(id),
+        "message" => Endpoint::Message(id),
+        _ => Endpoint::Other(id),
     })
 }
 
@@ -157,6 +194,7 @@ pub struct Edge {
     upstreams: Upstreams,
     key: Option<SessionKey>,
     page_size: usize,
+    relay: Option<String>,
 }
 
 impl Edge {
@@ -189,6 +227,7 @@ impl Edge {
             page_size: usize::try_from(snapshot.policy.list_page_size)
                 .unwrap_or(usize::MAX)
                 .max(1),
+            relay: snapshot.relay.take(),
         }
     }
 
@@ -201,6 +240,11 @@ impl Edge {
     /// The session signing key, when sessions are configured.
     pub fn session_key(&self) -> Option<&SessionKey> {
         self.key.as_ref()
+    }
+
+    /// The session relay's cluster, when one is configured.
+    pub fn relay(&self) -> Option<&str> {
+        self.relay.as_deref()
     }
 
     /// Upstream `id` of the snapshot.

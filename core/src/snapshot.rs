@@ -37,6 +37,11 @@ pub struct Snapshot {
     /// Sessions of virtual servers; without it they are served stateless.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionSettings>,
+    /// Envoy cluster of the session relay: it serves what one HTTP exchange cannot (the
+    /// legacy SSE pair `/servers/{id}/sse` + `/servers/{id}/message`, and the GET stream
+    /// of a session over several stateful upstreams). Without it both are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 /// How virtual-server sessions are signed.
@@ -63,6 +68,7 @@ impl Default for Snapshot {
             servers: Servers::new(),
             upstreams: Upstreams::new(),
             session: None,
+            relay: None,
         }
     }
 }
@@ -246,6 +252,9 @@ impl Snapshot {
         {
             return invalid("session.signing_key", &reason);
         }
+        if self.relay.as_deref().is_some_and(str::is_empty) {
+            return invalid("relay", "cluster name must not be empty");
+        }
         catalog::validate(&self.servers, &self.upstreams).map_err(|e| ConfigError::FieldInvalid {
             field: e.field,
             reason: e.reason,
@@ -331,6 +340,7 @@ mod tests {
                 r#"{"policy":{"tool_routes":{"echo":""}}}"#,
                 "policy.tool_routes.echo",
             ),
+            (r#"{"relay":""}"#, "relay"),
         ];
         for (doc, want) in cases {
             match Snapshot::from_json(doc.as_bytes()) {
@@ -440,6 +450,7 @@ mod tests {
     fn round_trips() {
         let mut s = Snapshot {
             version: "v7".into(),
+            relay: Some("mcpgw-relay".into()),
             ..Snapshot::default()
         };
         s.policy

@@ -131,6 +131,9 @@ struct McpRequest {
     observer: Observer,
     /// The filter answered this request itself; its own reply is not observed.
     local_reply: bool,
+    /// Handed to the session relay: its streams repeat messages that were counted on
+    /// their own way through the filter, so they are not observed again.
+    to_relay: bool,
     /// The request carried a `traceparent` header (it wins over `_meta`).
     has_traceparent: bool,
 }
@@ -145,6 +148,8 @@ struct RequestHead<'h> {
     accept: Vec<&'h [u8]>,
     protocol_version: Option<&'h [u8]>,
     content_length: Option<&'h [u8]>,
+    /// `mcpgw-upstream`: the one upstream whose stream a GET asks for.
+    upstream: Option<&'h [u8]>,
     traceparent: bool,
 }
 
@@ -158,6 +163,7 @@ impl<'h> RequestHead<'h> {
             "mcp-protocol-version" => &mut self.protocol_version,
             "mcp-session-id" => &mut self.session_id,
             "content-length" => &mut self.content_length,
+            edge::UPSTREAM_HEADER => &mut self.upstream,
             "accept" => {
                 self.accept.push(value);
                 return;
@@ -298,6 +304,7 @@ impl McpRequest {
             request: None,
             observer: Observer::None,
             local_reply: false,
+            to_relay: false,
             has_traceparent: false,
         }
     }
@@ -469,17 +476,50 @@ impl McpRequest {
         Action::Pause
     }
 
-    /// Relays the client's GET stream to the one upstream that holds a session for it.
-    fn relay_stream(&mut self, session: &Session) -> Action {
-        let Some((id, sid)) = session.upstreams.iter().next() else {
-            return self.reject(&edge::method_not_allowed("GET"));
+    /// The client's GET stream: the stream of the upstream it picks (`mcpgw-upstream`) or
+    /// of its only stateful upstream goes straight there; several are merged by the relay,
+    /// which opens one picked GET per upstream back through this listener.
+    fn server_stream(&mut self, session: &Session, pick: Option<&str>) -> Action {
+        let chosen = match pick {
+            Some(id) => match session.upstreams.get_key_value(id) {
+                Some(found) => found,
+                None => return self.reject(&edge::unknown_stream(id)),
+            },
+            None => match session.upstreams.iter().next() {
+                Some(only) if session.upstreams.len() == 1 => only,
+                _ => {
+                    let ids: Vec<&str> = session.upstreams.keys().map(String::as_str).collect();
+                    self.set_http_request_header(
+                        edge::RELAY_UPSTREAMS_HEADER,
+                        Some(&ids.join(",")),
+                    );
+                    return self
+                        .hand_to_relay("the GET stream of a session over several upstreams");
+                }
+            },
         };
+        let (id, sid) = chosen;
         let edge = Rc::clone(&self.edge);
         let Some(up) = edge.upstream(id) else {
-            return self.reject(&edge::method_not_allowed("GET"));
+            return self.reject(&edge::unknown_stream(id));
         };
+        self.set_http_request_header(edge::UPSTREAM_HEADER, None);
         self.set_http_request_header("mcp-session-id", Some(sid));
         self.point_at(up);
+        Action::Continue
+    }
+
+    /// Sends the request, unread, to the session relay's cluster (`what` names the feature
+    /// for the 404 when no relay is configured).
+    fn hand_to_relay(&mut self, what: &str) -> Action {
+        let edge = Rc::clone(&self.edge);
+        let Some(cluster) = edge.relay() else {
+            return self.reject(&edge::no_relay(what));
+        };
+        self.phase = Phase::Done;
+        self.to_relay = true;
+        let gate = Rc::clone(&self.gate);
+        self.set_http_request_header(gate.route_header(), Some(cluster));
         Action::Continue
     }
 
@@ -647,7 +687,16 @@ impl HttpContext for McpRequest {
         {
             match endpoint {
                 Endpoint::Mcp(id) if self.edge.has_server(id) => self.server = Some(id.to_owned()),
-                Endpoint::Mcp(id) | Endpoint::Other(id) => {
+                // The legacy SSE pair is the relay's: it turns each posted message into a
+                // streamable HTTP request to `/servers/{id}/mcp` through this listener,
+                // where this filter checks it like any other.
+                Endpoint::Sse(id) | Endpoint::Message(id) if self.edge.has_server(id) => {
+                    return self.hand_to_relay("the legacy SSE transport");
+                }
+                Endpoint::Mcp(id)
+                | Endpoint::Sse(id)
+                | Endpoint::Message(id)
+                | Endpoint::Other(id) => {
                     return self.reject(&edge::unknown_server(id));
                 }
             }
@@ -665,14 +714,14 @@ impl HttpContext for McpRequest {
             match (method.as_ref(), self.session.take()) {
                 ("POST", session) => self.session = session,
                 ("DELETE", Some(session)) => return self.end_session(session),
-                // The GET stream carries server-initiated messages. With one stateful
-                // upstream it is that upstream's stream; fanning in several is not done.
-                ("GET", Some(session)) if session.upstreams.len() == 1 => {
-                    return self.relay_stream(&session);
+                // The GET stream carries server-initiated messages.
+                ("GET", Some(session)) if !session.upstreams.is_empty() => {
+                    let pick = fields.upstream.map(lossy);
+                    return self.server_stream(&session, pick.as_deref());
                 }
                 // A DELETE without a session has nothing to end, and a GET without one
-                // (or over several stateful upstreams) has no single stream to relay: the
-                // MCP spec lets a server answer both with 405.
+                // (or with only stateless upstreams) has no stream to relay: the MCP spec
+                // lets a server answer both with 405.
                 _ => return self.reject(&edge::method_not_allowed(&method)),
             }
         }
@@ -735,7 +784,7 @@ impl HttpContext for McpRequest {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.local_reply {
+        if self.local_reply || self.to_relay {
             return Action::Continue;
         }
         if self.server.is_some() {

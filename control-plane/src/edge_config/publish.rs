@@ -114,6 +114,11 @@ impl Publisher {
         let view = RegistryView::read(&self.store).await?;
         let mut snapshot = assemble(&view, &self.policy)?;
         snapshot.session.clone_from(&self.session);
+        snapshot.relay = self
+            .settings
+            .relay
+            .as_ref()
+            .map(|_| super::translate::RELAY_CLUSTER.to_owned());
         let set = resources(&snapshot, &endpoints(&view.gateways), &self.settings)?;
         Ok((snapshot, set))
     }

@@ -48,6 +48,7 @@ fn settings() -> EdgeSettings {
         envoy_listen: "0.0.0.0:10000".parse().unwrap(),
         filter_wasm: "/opt/mcpgw/filter.wasm".into(),
         upstream_ca_file: Some("/etc/ca.pem".into()),
+        relay: None,
     }
 }
 
@@ -345,6 +346,65 @@ fn routes_follow_the_filters_header_else_answer_404() {
         })
         .collect();
     assert_eq!(fallback, vec![("/servers/", 404), ("/", 404)]);
+}
+
+#[test]
+fn a_relay_gets_a_cluster_and_a_route_that_names_the_listener() {
+    let without = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
+    assert!(without.get(TypeUrl::Cluster, RELAY_CLUSTER).is_none());
+    let s = EdgeSettings {
+        relay: Some(UpstreamEndpoint {
+            host: "relay.mcpgw.svc".into(),
+            port: 18001,
+            tls: false,
+        }),
+        ..settings()
+    };
+    let mut snap = snapshot("1");
+    snap.policy.route_header = "x-route".into();
+    let set = resources(&snap, &two_endpoints(), &s).unwrap();
+    let c: Cluster = get(&set, TypeUrl::Cluster, RELAY_CLUSTER);
+    assert_eq!(
+        endpoint_of(&c),
+        ("relay.mcpgw.svc".into(), 18001, "relay.mcpgw.svc".into())
+    );
+    assert!(tls_of(&c).is_none());
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32
+        ))
+    );
+    let rc: RouteConfiguration = get(&set, TypeUrl::RouteConfiguration, ROUTES);
+    let routes = &rc.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 4, "relay, routed, two fallbacks");
+    // First: the filter's hand-over to the relay (an exact match beats "present").
+    let relay = &routes[0];
+    let m = relay.r#match.as_ref().unwrap();
+    assert_eq!(m.headers[0].name, "x-route");
+    let Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) =
+        &m.headers[0].header_match_specifier
+    else {
+        panic!("relay route does not match the header's value");
+    };
+    assert_eq!(
+        sm.match_pattern,
+        Some(string_matcher::MatchPattern::Exact(RELAY_CLUSTER.into()))
+    );
+    let Some(route::Action::Route(action)) = &relay.action else {
+        panic!("relay route does not route");
+    };
+    assert_eq!(
+        action.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(
+            RELAY_CLUSTER.into()
+        ))
+    );
+    assert_eq!(action.timeout.unwrap().seconds, 0);
+    let added = relay.request_headers_to_add[0].header.as_ref().unwrap();
+    assert_eq!(added.key, mcpgw_core::edge::EDGE_ADDRESS_HEADER);
+    assert_eq!(added.value, "%DOWNSTREAM_LOCAL_ADDRESS%");
+    assert_eq!(routes[1].name, "routed");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub const LISTENER: &str = "mcpgw";
 pub const ROUTES: &str = "mcpgw";
 /// Name of the mcpgw filter's configuration (ECDS), also the filter's name in the chain.
 pub const FILTER: &str = "mcpgw.filter";
+/// Name of the session relay's cluster (the snapshot's `relay`).
+pub const RELAY_CLUSTER: &str = "mcpgw-relay";
 /// The wasm VM's id and the plugin's root id: constant, so a reconfiguration reuses the VM.
 const VM_ID: &str = "mcpgw";
 /// How long an upstream connection attempt may take. Long enough for a TLS handshake across
@@ -69,6 +71,9 @@ pub struct EdgeSettings {
     /// CA bundle (on the Envoy's host) that https upstreams' certificates are verified
     /// against; `None` disables verification (encryption without authentication).
     pub upstream_ca_file: Option<String>,
+    /// Where Envoys reach the session relay (`None`: no relay; the legacy SSE pair and
+    /// multi-upstream GET streams are refused).
+    pub relay: Option<UpstreamEndpoint>,
 }
 
 /// Default of [`EdgeSettings::envoy_listen`].
@@ -86,6 +91,7 @@ impl Default for EdgeSettings {
             envoy_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             filter_wasm: DEFAULT_FILTER_WASM.to_owned(),
             upstream_ca_file: Some(DEFAULT_UPSTREAM_CA_FILE.to_owned()),
+            relay: None,
         }
     }
 }
@@ -208,6 +214,12 @@ pub fn resources(
             &upstream_cluster(&upstream.cluster, endpoint, settings),
         )?;
     }
+    if let Some(relay) = &settings.relay {
+        b.insert(
+            RELAY_CLUSTER,
+            &upstream_cluster(RELAY_CLUSTER, relay, settings),
+        )?;
+    }
     let json = serde_json::to_string(snapshot).map_err(|e| EdgeError::Serialize(e.to_string()))?;
     // Large catalogs travel compressed (the filter reads both forms): each Envoy stream
     // gets its own copy on every push, so bytes here multiply by the fleet's size.
@@ -217,7 +229,10 @@ pub fn resources(
         json
     };
     b.insert(FILTER, &filter_config(config, settings))?;
-    b.insert(ROUTES, &route_configuration(route_header))?;
+    b.insert(
+        ROUTES,
+        &route_configuration(route_header, settings.relay.is_some()),
+    )?;
     b.insert(
         LISTENER,
         &listener(settings, route_header, snapshot.policy.max_body_bytes),
@@ -292,8 +307,10 @@ fn filter_config(snapshot_json: String, settings: &EdgeSettings) -> TypedExtensi
     }
 }
 
-/// Routes: the filter's choice, else a JSON-RPC 404.
-fn route_configuration(route_header: &str) -> RouteConfiguration {
+/// Routes: the filter's choice, else a JSON-RPC 404. With a relay, requests the filter hands
+/// to it also carry the address of the listener the client reached: the relay sends the
+/// session's messages back through that Envoy.
+fn route_configuration(route_header: &str, relay: bool) -> RouteConfiguration {
     let not_routed = |name: &str, prefix: &str| Route {
         name: name.to_owned(),
         r#match: Some(RouteMatch {
@@ -345,16 +362,58 @@ fn route_configuration(route_header: &str) -> RouteConfiguration {
         })),
         ..Default::default()
     };
+    let to_relay = Route {
+        name: "relay".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            headers: vec![HeaderMatcher {
+                name: route_header.to_owned(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(
+                            RELAY_CLUSTER.to_owned(),
+                        )),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                RELAY_CLUSTER.to_owned(),
+            )),
+            // The legacy SSE stream lasts as long as the client's session.
+            timeout: secs(0),
+            ..Default::default()
+        })),
+        request_headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: mcpgw_core::edge::EDGE_ADDRESS_HEADER.into(),
+                value: "%DOWNSTREAM_LOCAL_ADDRESS%".into(),
+                ..Default::default()
+            }),
+            append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut routes = Vec::with_capacity(4);
+    if relay {
+        routes.push(to_relay);
+    }
+    routes.extend([
+        routed,
+        not_routed("servers-not-routed", "/servers/"),
+        not_routed("not-routed", "/"),
+    ]);
     RouteConfiguration {
         name: ROUTES.to_owned(),
         virtual_hosts: vec![VirtualHost {
             name: "mcpgw".into(),
             domains: vec!["*".into()],
-            routes: vec![
-                routed,
-                not_routed("servers-not-routed", "/servers/"),
-                not_routed("not-routed", "/"),
-            ],
+            routes,
             ..Default::default()
         }],
         ..Default::default()

@@ -8,6 +8,7 @@
 
 mod catalog;
 mod clients;
+mod relay;
 mod resilience;
 
 use std::collections::BTreeMap;

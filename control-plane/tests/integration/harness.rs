@@ -112,6 +112,7 @@ pub struct TestCp {
     pub addr: SocketAddr,
     /// Where the xDS server listens, if enabled.
     pub xds_addr: Option<SocketAddr>,
+    pub relay_addr: Option<SocketAddr>,
     pub store: Store,
     pub federation: Arc<Federation>,
     pub http: reqwest::Client,
@@ -144,6 +145,7 @@ impl TestCp {
         TestCp {
             addr: cp.addr,
             xds_addr: cp.xds_addr,
+            relay_addr: cp.relay_addr,
             store: cp.store,
             federation: cp.federation,
             http: reqwest::Client::builder()

@@ -18,7 +18,7 @@ use rmcp::model::{
     GetPromptResponse, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
     PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ResourceContents, Role, ServerConfig,
+    ReadResourceResult, ResourceContents, ResourceUpdatedNotificationParam, Role, ServerConfig,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -118,6 +118,20 @@ impl TestUpstream {
         };
         for p in peers {
             let _ = p.notify_tool_list_changed().await;
+        }
+    }
+
+    /// Sends `notifications/resources/updated` for `test://{label}/{what}` to every
+    /// connected client (a server-initiated message: it travels on their GET streams).
+    pub async fn announce(&self, what: &str) {
+        let (uri, peers) = {
+            let c = self.catalog.lock().unwrap();
+            (format!("test://{}/{what}", c.label), c.peers.clone())
+        };
+        for p in peers {
+            let _ = p
+                .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.clone()))
+                .await;
         }
     }
 

@@ -46,7 +46,12 @@ fn reply(edge: &Edge, body: &str) -> Value {
 fn paths_name_the_virtual_server() {
     assert_eq!(endpoint("/servers/s1/mcp"), Some(Endpoint::Mcp("s1")));
     assert_eq!(endpoint("/servers/s1/mcp?x=1"), Some(Endpoint::Mcp("s1")));
-    assert_eq!(endpoint("/servers/s1/sse"), Some(Endpoint::Other("s1")));
+    assert_eq!(endpoint("/servers/s1/sse"), Some(Endpoint::Sse("s1")));
+    assert_eq!(
+        endpoint("/servers/s1/message?session_id=ab"),
+        Some(Endpoint::Message("s1"))
+    );
+    assert_eq!(endpoint("/servers/s1/mcp/x"), Some(Endpoint::Other("s1")));
     assert_eq!(endpoint("/servers//mcp"), None);
     assert_eq!(endpoint("/mcp"), None);
 }

@@ -20,6 +20,12 @@ use super::{Rig, add_gateway, add_server, repo_path};
 /// Upstream `one` (sessions, SSE) and `two` (stateless, JSON) with colliding tool names,
 /// and a virtual server over both: their tools and prompts, and `one`'s resources.
 async fn composed(rig: &mut Rig) -> (String, [Running; 2]) {
+    let (sid, _, running) = composed_upstreams(rig).await;
+    (sid, running)
+}
+
+/// [`composed`], with the upstreams (to make them send server-initiated messages).
+pub(super) async fn composed_upstreams(rig: &mut Rig) -> (String, [TestUpstream; 2], [Running; 2]) {
     let one = TestUpstream::with_tools(&["echo", "whoami"]).with_label("one");
     let two = TestUpstream::with_tools(&["echo", "whoami"]).with_label("two");
     // `TestUpstream::serve`, not rmcp's `ServiceExt::serve` (in scope for the client).
@@ -59,7 +65,7 @@ async fn composed(rig: &mut Rig) -> (String, [Running; 2]) {
     )
     .await;
     rig.synced().await;
-    (sid, running)
+    (sid, [one, two], running)
 }
 
 /// An rmcp client handler that keeps the progress notifications it receives.

@@ -203,6 +203,21 @@ async fn lists_paginate_and_bad_requests_get_precise_answers() -> anyhow::Result
     )
     .await?;
     assert_eq!(nowhere.status, 404, "{}", nowhere.text());
+    // The legacy SSE pair needs the control plane's session relay; this snapshot has none.
+    for path in ["/servers/team/sse", "/servers/team/message?session_id=x"] {
+        let legacy = send(
+            http()
+                .get(envoy.url(path))
+                .header("accept", "text/event-stream"),
+        )
+        .await?;
+        assert_eq!(legacy.status, 404, "{path}: {}", legacy.text());
+        assert!(
+            legacy.text().contains("session relay"),
+            "{path}: {}",
+            legacy.text()
+        );
+    }
     let batch = post(
         &url,
         r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
