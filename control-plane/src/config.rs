@@ -683,6 +683,38 @@ mod tests {
                 },
                 "upstream_ca_file",
             ),
+            (
+                "relay listen",
+                ServeArgs {
+                    relay_listen: Some("relay:18001".into()),
+                    ..Default::default()
+                },
+                "relay_listen",
+            ),
+            (
+                "relay advertise without port",
+                ServeArgs {
+                    relay_advertise: Some("relay.mcpgw.svc".into()),
+                    ..Default::default()
+                },
+                "relay_advertise",
+            ),
+            (
+                "relay advertise with a path",
+                ServeArgs {
+                    relay_advertise: Some("relay:18001/x".into()),
+                    ..Default::default()
+                },
+                "relay_advertise",
+            ),
+            (
+                "relay on every interface, unadvertised",
+                ServeArgs {
+                    relay_listen: Some("0.0.0.0:18001".into()),
+                    ..Default::default()
+                },
+                "relay_advertise",
+            ),
         ];
         for (name, args, field) in cases {
             match args.resolve(Some(KEY)) {
@@ -690,6 +722,35 @@ mod tests {
                 other => panic!("{name}: expected FieldInvalid, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_relay_is_on_by_default_and_can_be_advertised_or_turned_off() {
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.relay_listen, Some(DEFAULT_RELAY_LISTEN.parse().unwrap()));
+        assert_eq!(s.relay_advertise, None);
+        let s = ServeArgs {
+            relay_listen: Some("0.0.0.0:18001".into()),
+            relay_advertise: Some("relay.mcpgw.svc:18001".into()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.relay_advertise,
+            Some(UpstreamEndpoint {
+                host: "relay.mcpgw.svc".into(),
+                port: 18001,
+                tls: false
+            })
+        );
+        let s = ServeArgs {
+            relay_listen: Some("OFF".into()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(s.relay_listen, None);
     }
 
     #[test]

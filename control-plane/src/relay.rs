@@ -150,6 +150,8 @@ impl SseSession {
 impl Relay {
     /// A relay with no sessions.
     pub fn new() -> Relay {
+        // reqwest's builder panics without a process-wide rustls provider.
+        crate::federation::init_tls();
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))

@@ -1,6 +1,9 @@
 """Try an MCP endpoint with the official Python SDK: list its tools, optionally call one.
 
 Usage: mcp_try.py URL [TOOL [ARGS_JSON]]
+
+A URL ending in /sse is spoken to with the legacy HTTP+SSE transport, any other with
+streamable HTTP.
 """
 
 import json
@@ -8,6 +11,7 @@ import sys
 
 import anyio
 from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 
@@ -17,7 +21,8 @@ async def main() -> None:
     url = sys.argv[1]
     tool = sys.argv[2] if len(sys.argv) > 2 else None
     args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    async with streamable_http_client(url) as (read, write):
+    transport = sse_client(url) if url.rstrip("/").endswith("/sse") else streamable_http_client(url)
+    async with transport as (read, write):
         async with ClientSession(read, write) as session:
             init = await session.initialize()
             print(f"server: {init.server_info.name} (protocol {init.protocol_version})")

@@ -49,6 +49,11 @@ async fn serve_starts_answers_and_stops_gracefully() {
             &format!("127.0.0.1:{port}"),
             "--log-format",
             "json",
+            // Any free ports: a developer's `make run` may hold the defaults.
+            "--xds-listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
         ])
         .env("MCPGW_DATA_DIR", &data)
         .env(

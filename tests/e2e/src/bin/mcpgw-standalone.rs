@@ -98,6 +98,10 @@ async fn main() -> anyhow::Result<()> {
         "try it with the official Python SDK:\n  {} tests/py/mcp_try.py {url} everything__echo '{{\"message\":\"hello\"}}'",
         relative(&python, &root)
     );
+    println!(
+        "legacy SSE clients (2024-11-05 transport, through the session relay): {MCP_BASE}/servers/{server_id}/sse\n  {} tests/py/mcp_try.py {MCP_BASE}/servers/{server_id}/sse everything__echo '{{\"message\":\"hello\"}}'",
+        relative(&python, &root)
+    );
     println!("admin API:   {API}  (GET /gateways, /tools, /servers, /xds/nodes, /openapi.json)");
     println!("Envoy admin: {ENVOY_ADMIN}  (/stats/prometheus, /config_dump)");
     println!("logs:        .run/mcpgw.log, .run/envoy.log");
