@@ -46,11 +46,15 @@ use crate::federation::sse::Parser;
 
 /// Largest message a legacy SSE client may post (the filter enforces its own limit on the
 /// way through; this only bounds what the relay holds).
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Frames queued towards one client before the senders wait for it to read.
 const QUEUE: usize = 64;
 /// Comment frames keep an idle stream's connections (client, Envoy) from timing out.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Open legacy SSE sessions per relay; more are refused (503) until some close.
+pub const MAX_SSE_SESSIONS: usize = 10_000;
+/// Messages of one session being relayed at once; more are refused (429).
+pub const MAX_IN_FLIGHT: usize = 32;
 /// How long opening one of the merged upstream streams may take.
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client headers the relay's own requests carry on (credentials and trace context).
@@ -124,6 +128,8 @@ struct SseSession {
     mcp: Mutex<McpState>,
     events: mpsc::Sender<Bytes>,
     server_stream_opened: AtomicBool,
+    /// Permits for messages being relayed ([`MAX_IN_FLIGHT`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -336,6 +342,15 @@ async fn open_sse(
     let Some(edge) = edge_address(&headers) else {
         return not_through_an_edge();
     };
+    let open = inner.sessions.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+    if open >= MAX_SSE_SESSIONS {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            -32603,
+            &format!("the relay holds its maximum of {MAX_SSE_SESSIONS} SSE sessions; retry later"),
+        );
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let endpoint = format!("/servers/{server}/message?session_id={id}");
@@ -348,6 +363,7 @@ async fn open_sse(
         mcp: Mutex::new(McpState::default()),
         events: tx,
         server_stream_opened: AtomicBool::new(false),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     });
     if let Ok(mut m) = inner.sessions.lock() {
         m.insert(id.clone(), session.clone());
@@ -402,8 +418,19 @@ async fn post_message(
     Path(server): Path<String>,
     Query(q): Query<MessageQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return problem(
+                e.status(),
+                None,
+                -32600,
+                &format!("unreadable message body (at most {MAX_MESSAGE_BYTES} bytes): {e}"),
+            );
+        }
+    };
     let Some(sid) = q.session_id.filter(|s| !s.is_empty()) else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -447,7 +474,19 @@ async fn post_message(
             "expected one JSON-RPC message (an object)",
         );
     }
-    tokio::spawn(forward(inner, session, message, body, forwarded(&headers)));
+    let Ok(permit) = session.in_flight.clone().try_acquire_owned() else {
+        inner.metrics.message("too_many");
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            message.get("id"),
+            -32603,
+            &format!("{MAX_IN_FLIGHT} messages of this session are already being relayed"),
+        );
+    };
+    tokio::spawn(async move {
+        forward(inner, session, message, body, forwarded(&headers)).await;
+        drop(permit);
+    });
     (StatusCode::ACCEPTED, "Accepted").into_response()
 }
 

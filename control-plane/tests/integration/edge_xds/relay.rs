@@ -281,6 +281,17 @@ async fn the_legacy_sse_pair_answers_on_the_stream_and_refuses_bad_input() {
     assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32700)), "{v}");
     let (s, v) = post(endpoint.clone(), "[1]").await;
     assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32600)), "{v}");
+    let huge = rig
+        .http
+        .post(format!("{base}{endpoint}"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; mcpgw::relay::MAX_MESSAGE_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let v: Value = huge.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
     let (s, v) = post(format!("/servers/{sid}/message"), "{}").await;
     assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32600)), "{v}");
     assert!(
