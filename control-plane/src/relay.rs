@@ -370,14 +370,25 @@ async fn open_sse(
     }
     inner.metrics.sse_sessions.inc();
     // The keepalive holds a sender, not the session: it ends when the client does.
-    let keepalive = session.events.clone();
+    keep_alive(session.events.clone());
+    drop(session);
+    let closer = Closer { inner, id };
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |b| {
+        let _ = &closer;
+        Ok::<_, Infallible>(b)
+    });
+    sse_response(Body::from_stream(body))
+}
+
+/// Sends a comment frame every [`KEEPALIVE`] until the stream's reader is gone.
+fn keep_alive(out: mpsc::Sender<Bytes>) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(KEEPALIVE) => {}
-                () = keepalive.closed() => return,
+                () = out.closed() => return,
             }
-            if keepalive
+            if out
                 .send(Bytes::from_static(b": keepalive\n\n"))
                 .await
                 .is_err()
@@ -386,13 +397,6 @@ async fn open_sse(
             }
         }
     });
-    drop(session);
-    let closer = Closer { inner, id };
-    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |b| {
-        let _ = &closer;
-        Ok::<_, Infallible>(b)
-    });
-    sse_response(Body::from_stream(body))
 }
 
 fn sse_response(body: Body) -> Response {
@@ -557,22 +561,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
     if is_stream {
-        let mut parser = Parser::default();
-        let mut chunks = response.bytes_stream();
-        loop {
-            let chunk = tokio::select! {
-                c = chunks.next() => c,
-                () = session.events.closed() => return,
-            };
-            let Some(Ok(chunk)) = chunk else { break };
-            for event in parser.feed(&chunk) {
-                if !event.data.is_empty()
-                    && !session.push(frame(Some("message"), &event.data)).await
-                {
-                    return;
-                }
-            }
-        }
+        pump(response, &session.events).await;
     } else {
         let body = response.bytes().await.unwrap_or_default();
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -637,8 +626,8 @@ async fn server_stream(inner: Arc<Inner>, session: Arc<SseSession>) {
     }
 }
 
-/// Copies the events of `response` (an event stream) to `out` until either side ends;
-/// event ids are dropped (ids of merged streams would collide).
+/// Copies the messages of `response` (an event stream) to `out`, as `message` events,
+/// until either side ends. Event ids are dropped (ids of merged streams would collide).
 async fn pump(response: reqwest::Response, out: &mpsc::Sender<Bytes>) {
     let mut parser = Parser::default();
     let mut chunks = response.bytes_stream();
@@ -652,12 +641,7 @@ async fn pump(response: reqwest::Response, out: &mpsc::Sender<Bytes>) {
             if event.data.is_empty() {
                 continue;
             }
-            let name = (!event.event.is_empty()).then_some(event.event.as_str());
-            if out
-                .send(frame(name.or(Some("message")), &event.data))
-                .await
-                .is_err()
-            {
+            if out.send(frame(Some("message"), &event.data)).await.is_err() {
                 return;
             }
         }
@@ -766,22 +750,7 @@ async fn merge_streams(
         let tx = tx.clone();
         tokio::spawn(async move { pump(r, &tx).await });
     }
-    let keepalive = tx;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(KEEPALIVE) => {}
-                () = keepalive.closed() => return,
-            }
-            if keepalive
-                .send(Bytes::from_static(b": keepalive\n\n"))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    keep_alive(tx);
     inner.metrics.merged_streams.inc();
     let guard = MergedGuard(inner.metrics.clone());
     let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |b| {

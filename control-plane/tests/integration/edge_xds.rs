@@ -41,6 +41,18 @@ fn repo_path(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// The project's Python (with the MCP SDK), or `MCPGW_PYTHON`.
+fn python() -> PathBuf {
+    let python = std::env::var_os("MCPGW_PYTHON")
+        .map_or_else(|| repo_path(".venv/bin/python"), PathBuf::from);
+    assert!(
+        python.exists(),
+        "Python not found at {} (run `make deps`, or set MCPGW_PYTHON)",
+        python.display()
+    );
+    python
+}
+
 fn envoy_binary() -> PathBuf {
     let path =
         std::env::var_os("MCPGW_ENVOY").map_or_else(|| repo_path(".venv/bin/envoy"), PathBuf::from);

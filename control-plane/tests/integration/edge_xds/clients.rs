@@ -15,7 +15,7 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
 use super::super::upstream::{Running, TestUpstream};
-use super::{Rig, add_gateway, add_server, repo_path};
+use super::{Rig, add_gateway, add_server, python, repo_path};
 
 /// Upstream `one` (sessions, SSE) and `two` (stateless, JSON) with colliding tool names,
 /// and a virtual server over both: their tools and prompts, and `one`'s resources.
@@ -202,13 +202,7 @@ async fn rmcp_client_session_through_an_xds_configured_envoy() {
 async fn python_sdk_session_through_an_xds_configured_envoy() {
     let mut rig = Rig::start(9).await;
     let (sid, running) = composed(&mut rig).await;
-    let python = std::env::var_os("MCPGW_PYTHON")
-        .map_or_else(|| repo_path(".venv/bin/python"), std::path::PathBuf::from);
-    assert!(
-        python.exists(),
-        "Python not found at {} (run `make deps`, or set MCPGW_PYTHON)",
-        python.display()
-    );
+    let python = python();
     let url = rig.mcp(&sid);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)

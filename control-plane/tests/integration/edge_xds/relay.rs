@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::super::harness::eventually;
 use super::super::upstream::TestUpstream;
 use super::clients::composed_upstreams;
-use super::{Rig, add_gateway, add_server, repo_path};
+use super::{Rig, add_gateway, add_server, python, repo_path};
 
 /// A rig whose control plane runs the relay (on any port).
 async fn relay_rig(base_id: u32) -> Rig {
@@ -121,13 +121,7 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<(String, String)>) -> (Stri
 async fn python_sdk_session_over_the_legacy_sse_pair() {
     let mut rig = relay_rig(10).await;
     let (sid, [one, _two], running) = composed_upstreams(&mut rig).await;
-    let python = std::env::var_os("MCPGW_PYTHON")
-        .map_or_else(|| repo_path(".venv/bin/python"), std::path::PathBuf::from);
-    assert!(
-        python.exists(),
-        "Python not found at {} (run `make deps`, or set MCPGW_PYTHON)",
-        python.display()
-    );
+    let python = python();
     let url = format!("http://{}/servers/{sid}/sse", rig.listener);
     let mut child = tokio::process::Command::new(python)
         .arg(repo_path("tests/py/mcp_sse_flow.py"))
