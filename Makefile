@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-registry fuzz fmt clippy clean
+.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-registry bench-relay fuzz fmt clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -84,7 +84,7 @@ fuzz: $(CARGO_FUZZ)
 # MCPGW_BENCH_OUTPUT.
 # The driver skips the workspace's fat LTO (meant for the filter): it builds in minutes,
 # not a quarter hour, on a 2-core machine, and is not what is measured.
-bench: bench-envoy bench-registry
+bench: bench-envoy bench-registry bench-relay
 
 bench-envoy: wasm
 	cargo build --release --locked -p mcpgw-bench-floor --target $(WASM_TARGET)
@@ -97,6 +97,12 @@ bench-registry:
 	cargo build --release --locked -p mcpgw-bench-registry --config profile.release.lto=false --config profile.release.codegen-units=16
 	MCPGW_BENCH_COMMAND="make bench-registry" ./target/release/mcpgw-bench-registry
 	MCPGW_BENCH_COMMAND="make bench-registry" ./target/release/mcpgw-bench-xds
+
+# Legacy SSE clients through the session relay vs streamable HTTP clients, same call, same
+# Envoy and control plane, alternating rounds.
+bench-relay: wasm
+	cargo build --release --locked -p mcpgw-bench-registry --bin mcpgw-bench-relay --config profile.release.lto=false --config profile.release.codegen-units=16
+	MCPGW_BENCH_COMMAND="make bench-relay" ./target/release/mcpgw-bench-relay
 
 clean:
 	cargo clean
