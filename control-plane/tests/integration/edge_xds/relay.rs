@@ -432,3 +432,68 @@ async fn the_get_stream_of_a_session_over_two_stateful_upstreams_is_merged() {
         r.stop().await;
     }
 }
+
+/// A legacy session may have [`mcpgw::relay::MAX_IN_FLIGHT`] messages being relayed at
+/// once; one more is refused with 429 and a JSON-RPC error, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_session_with_too_many_messages_in_flight_is_told_to_slow_down() {
+    let mut rig = relay_rig(13).await;
+    let slow = TestUpstream::with_tools(&["slow"]).with_label("s");
+    // Stateless: calls need no `initialize` first.
+    let running = slow.serve_stateless(0).await;
+    let (_, tools) = add_gateway(&rig.cp, "s", &running.url).await;
+    let sid = add_server(
+        &rig.cp,
+        "slow",
+        json!({"associated_tools": tools.into_values().collect::<Vec<_>>()}),
+    )
+    .await;
+    rig.tools_become(&sid, &["s__slow"]).await;
+    rig.synced().await;
+    let base = format!("http://{}", rig.listener);
+    let r = stream_client()
+        .get(format!("{base}/servers/{sid}/sse"))
+        .send()
+        .await
+        .unwrap();
+    let mut rx = events(r);
+    let (_, endpoint) = next_event(&mut rx).await;
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"s__slow","arguments":{"ms":30000}}}"#;
+    let limit = mcpgw::relay::MAX_IN_FLIGHT;
+    for _ in 0..limit {
+        let (s, v) = post(&rig.http, format!("{base}{endpoint}"), call).await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // Every permitted call has reached the upstream and is held there.
+    eventually(
+        "the calls to reach the upstream",
+        Duration::from_secs(20),
+        || async { (slow.slow_started() == limit).then_some(()) },
+    )
+    .await;
+    let (s, v) = post(&rig.http, format!("{base}{endpoint}"), call).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["id"], 1, "{v}");
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    // Released, every held call answers on the stream, and the session takes messages again.
+    for _ in 0..limit {
+        slow.release_slow();
+    }
+    for _ in 0..limit {
+        let (_, data) = next_event(&mut rx).await;
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["result"]["content"][0]["text"], "s:slow", "{v}");
+    }
+    let (s, v) = post(
+        &rig.http,
+        format!("{base}{endpoint}"),
+        r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#,
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&next_event(&mut rx).await.1).unwrap()["id"],
+        "p"
+    );
+    running.stop().await;
+}
