@@ -89,13 +89,16 @@ pub async fn serve(
         None => None,
     };
     // Envoys reach the relay at its advertised address, else where it is bound (the port
-    // is known only now when it was 0).
-    settings.edge.relay = settings.relay_advertise.clone().or_else(|| {
-        relay_addr.map(|a| edge_config::UpstreamEndpoint {
-            host: a.ip().to_string(),
-            port: a.port(),
-            tls: false,
-        })
+    // is known only now when it was 0); with the relay off, they are told of none.
+    settings.edge.relay = relay_addr.map(|a| {
+        settings
+            .relay_advertise
+            .clone()
+            .unwrap_or_else(|| edge_config::UpstreamEndpoint {
+                host: a.ip().to_string(),
+                port: a.port(),
+                tls: false,
+            })
     });
     // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
     // empty configuration.

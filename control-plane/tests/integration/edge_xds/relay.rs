@@ -497,3 +497,36 @@ async fn a_legacy_session_with_too_many_messages_in_flight_is_told_to_slow_down(
     );
     running.stop().await;
 }
+
+/// Envoys are told of a relay exactly when this control plane runs one: at its advertised
+/// address, else where it is bound; with the relay off, an advertised address is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_are_told_of_the_relay_only_when_it_runs() {
+    let advertised = mcpgw::edge_config::UpstreamEndpoint {
+        host: "relay.mcpgw.svc".into(),
+        port: 18001,
+        tls: false,
+    };
+    for (listen, advertise, want) in [
+        (true, None, true),
+        (true, Some(advertised.clone()), true),
+        (false, Some(advertised.clone()), false),
+    ] {
+        let db = super::super::harness::TestDb::sqlite();
+        let cp = super::control_plane_with(&db, 0, |s| {
+            s.relay_listen = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            s.relay_advertise = advertise.clone();
+        })
+        .await;
+        assert_eq!(cp.relay_addr.is_some(), listen);
+        let (s, snap) = cp.get("/snapshot").await;
+        assert_eq!(s, 200, "{snap}");
+        let want_relay = want.then_some("mcpgw-relay");
+        assert_eq!(
+            snap["relay"].as_str(),
+            want_relay,
+            "{listen} {advertise:?}: {snap}"
+        );
+        cp.stop().await;
+    }
+}
