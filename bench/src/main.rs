@@ -26,14 +26,7 @@ fn main() -> anyhow::Result<()> {
     let outcome = rounds::run(&settings, |line| eprintln!("{line}"))?;
     println!("{}", report::table(&outcome));
     if let Some(path) = &settings.output {
-        let existing = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let updated = report::replace_section(&existing, &report::section(&outcome, &settings));
-        std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        report::write_section(path, &report::section(&outcome, &settings))?;
     }
     Ok(())
 }

@@ -434,6 +434,32 @@ pub fn replace_section(existing: &str, section: &str) -> String {
     replace_marked(existing, SECTION_BEGIN, SECTION_END, section)
 }
 
+/// Writes this benchmark's `section` into the document at `path`.
+pub fn write_section(path: &std::path::Path, section: &str) -> anyhow::Result<()> {
+    write_marked(path, SECTION_BEGIN, SECTION_END, section)
+}
+
+/// Writes `section` (which starts and ends with the markers) into the document at `path`,
+/// replacing that benchmark's previous section ([`replace_marked`]); a missing document is
+/// created.
+pub fn write_marked(
+    path: &std::path::Path,
+    begin_marker: &str,
+    end_marker: &str,
+    section: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let updated = replace_marked(&existing, begin_marker, end_marker, section);
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// `existing` with the text from marker `begin` through marker `end` (and the newline
 /// after it) replaced by `section`, which starts and ends with those markers; appended
 /// when the markers are absent. Each benchmark owns one marked section of a document.

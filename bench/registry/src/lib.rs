@@ -172,6 +172,30 @@ fn discovered(g: usize, tools: usize) -> Discovered {
     }
 }
 
+/// Runs a control plane in this process (admin API on 127.0.0.1:0) until the returned
+/// sender fires or is dropped.
+pub async fn start_control_plane(
+    settings: Settings,
+) -> anyhow::Result<(mcpgw::ControlPlane, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(mcpgw::serve(
+        settings,
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |cp| {
+            let _ = ready_tx.send(cp);
+        },
+    ));
+    let cp = ready_rx
+        .await
+        .context("the control plane did not start (see its log)")?;
+    Ok((cp, stop_tx))
+}
+
 /// Starts a control plane on `backend` (serving xDS on 127.0.0.1:0 when `xds`) and
 /// populates its registry.
 pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result<Bed> {
@@ -206,22 +230,7 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
     if xds {
         settings.xds_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(mcpgw::serve(
-        settings,
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |cp| {
-            let _ = ready_tx.send(cp);
-        },
-    ));
-    let cp = ready_rx
-        .await
-        .context("the control plane did not start (see its log)")?;
+    let (cp, stop_tx) = start_control_plane(settings).await?;
     let store = cp.store.clone();
 
     let started = Instant::now();

@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use hdrhistogram::Histogram;
 use mcpgw::snapshot::{RegistryView, assemble};
 use mcpgw_bench_registry::{Backend, Bed, Shape, env_or, memory, setup};
@@ -273,12 +273,12 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
         bed.stop().await;
     }
     if knobs.output != "-" {
-        let existing = std::fs::read_to_string(&knobs.output).unwrap_or_default();
-        let updated =
-            mcpgw_bench::report::replace_marked(&existing, SECTION_BEGIN, SECTION_END, &report);
-        std::fs::write(&knobs.output, updated)
-            .with_context(|| format!("writing {}", knobs.output))?;
-        eprintln!("wrote {}", knobs.output);
+        mcpgw_bench::report::write_marked(
+            std::path::Path::new(&knobs.output),
+            SECTION_BEGIN,
+            SECTION_END,
+            &report,
+        )?;
     }
     Ok(())
 }

@@ -122,20 +122,7 @@ async fn main() -> anyhow::Result<()> {
     settings.edge.envoy_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.edge.filter_wasm = wasm.display().to_string();
     settings.edge.upstream_ca_file = None;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(mcpgw::serve(
-        settings,
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |cp| {
-            let _ = ready_tx.send(cp);
-        },
-    ));
-    let cp = ready_rx.await.context("the control plane did not start")?;
+    let (cp, stop_tx) = mcpgw_bench_registry::start_control_plane(settings).await?;
     let xds = cp.xds_addr.context("xDS is off")?;
     let (gateway, _) = cp
         .store
@@ -249,12 +236,12 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     drop(envoy);
     if knobs.output != "-" {
-        let existing = std::fs::read_to_string(&knobs.output).unwrap_or_default();
-        let updated =
-            mcpgw_bench::report::replace_marked(&existing, SECTION_BEGIN, SECTION_END, &report);
-        std::fs::write(&knobs.output, updated)
-            .with_context(|| format!("writing {}", knobs.output))?;
-        eprintln!("wrote {}", knobs.output);
+        mcpgw_bench::report::write_marked(
+            std::path::Path::new(&knobs.output),
+            SECTION_BEGIN,
+            SECTION_END,
+            &report,
+        )?;
     }
     Ok(())
 }

@@ -677,12 +677,12 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
     println!("{report}");
     bed.stop().await;
     if knobs.output != "-" {
-        let existing = std::fs::read_to_string(&knobs.output).unwrap_or_default();
-        let updated =
-            mcpgw_bench::report::replace_marked(&existing, SECTION_BEGIN, SECTION_END, &report);
-        std::fs::write(&knobs.output, updated)
-            .with_context(|| format!("writing {}", knobs.output))?;
-        eprintln!("wrote {}", knobs.output);
+        mcpgw_bench::report::write_marked(
+            std::path::Path::new(&knobs.output),
+            SECTION_BEGIN,
+            SECTION_END,
+            &report,
+        )?;
     }
     Ok(())
 }
