@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod integration {
+    pub mod envoy;
     pub mod harness;
     pub mod upstream;
 

@@ -12,18 +12,16 @@ mod relay;
 mod resilience;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::envoy::{Envoy, WAIT, envoy_binary, repo_path, tail};
 use super::harness::{TestCp, TestDb, settings};
 use super::upstream::TestUpstream;
 
-/// Generous: CI machines are busy, and V8 compiles the module when the filter first loads.
-const WAIT: Duration = Duration::from_secs(30);
 /// The node id in the committed bootstrap.
 const NODE: &str = "mcpgw-envoy-0";
 /// Type URLs whose versions the node status reports.
@@ -35,12 +33,6 @@ const TYPES: [&str; 4] = [
 ];
 const ECDS: &str = TYPES[3];
 
-fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(rel)
-}
-
 /// The project's Python (with the MCP SDK), or `MCPGW_PYTHON`.
 fn python() -> PathBuf {
     let python = std::env::var_os("MCPGW_PYTHON")
@@ -51,17 +43,6 @@ fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-fn envoy_binary() -> PathBuf {
-    let path =
-        std::env::var_os("MCPGW_ENVOY").map_or_else(|| repo_path(".venv/bin/envoy"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "Envoy not found at {} (run `make deps`, or set MCPGW_ENVOY)",
-        path.display()
-    );
-    path
 }
 
 fn filter_wasm() -> PathBuf {
@@ -89,14 +70,7 @@ fn bootstrap(xds: SocketAddr) -> String {
         .replace(admin_port, "port_value: 0 }")
 }
 
-/// A running Envoy; killed on drop.
-struct Envoy {
-    child: tokio::process::Child,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
+/// Envoys following this test's control plane over ADS.
 impl Envoy {
     /// Envoy [`NODE`] over state-of-the-world ADS.
     async fn start(xds: SocketAddr, base_id: u32) -> Envoy {
@@ -106,123 +80,12 @@ impl Envoy {
     /// Envoy `node_id` over ADS of `api_type` (`GRPC`, `DELTA_GRPC`). `base_id` tells
     /// apart the shared-memory regions of Envoys running at the same time.
     async fn start_as(xds: SocketAddr, base_id: u32, node_id: &str, api_type: &str) -> Envoy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bootstrap.yaml");
         let text = bootstrap(xds)
             .replace(&format!("id: {NODE} "), &format!("id: {node_id} "))
             .replace("api_type: GRPC", &format!("api_type: {api_type}"));
         assert!(text.contains(&format!("id: {node_id} ")) && text.contains(api_type));
-        std::fs::write(&path, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-        let admin_path = dir.path().join("admin.addr");
-        let child = tokio::process::Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&path)
-            .args(["--concurrency", "1", "--log-level", "info", "--base-id"])
-            .arg((50_000 + std::process::id() % 10_000 + base_id).to_string())
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut envoy = Envoy {
-            child,
-            admin: "127.0.0.1:0".parse().unwrap(),
-            dir,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        };
-        envoy.admin = envoy
-            .wait("admin address", || {
-                let p = admin_path.clone();
-                async move { std::fs::read_to_string(p).ok()?.trim().parse().ok() }
-            })
-            .await;
-        envoy
+        Envoy::spawn(&text, 50_000 + std::process::id() % 10_000 + base_id).await
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
-    }
-
-    /// Polls `probe` until it yields; fails with Envoy's log if it exits or takes too long.
-    async fn wait<T, F, Fut>(&mut self, what: &str, mut probe: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(v) = probe().await {
-                return v;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "Envoy exited ({status}) waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; Envoy log (tail):\n{}",
-                tail(&self.log(), 60)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The address Envoy bound for the listener named `name`.
-    async fn listener(&mut self, name: &str) -> SocketAddr {
-        let url = format!("http://{}/listeners?format=json", self.admin);
-        let http = self.http.clone();
-        self.wait(&format!("listener {name}"), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                let l = v["listener_statuses"]
-                    .as_array()?
-                    .iter()
-                    .find(|l| l["name"] == name)?;
-                let sa = &l["local_address"]["socket_address"];
-                let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
-                Some(SocketAddr::new(sa["address"].as_str()?.parse().ok()?, port))
-            }
-        })
-        .await
-    }
-
-    /// Waits until Envoy's config dump does (or does not) mention `needle`.
-    async fn dump_mentions(&mut self, needle: &str, present: bool) {
-        let (http, url) = (
-            self.http.clone(),
-            format!("http://{}/config_dump", self.admin),
-        );
-        self.wait(
-            &format!(
-                "config_dump to {}mention {needle}",
-                if present { "" } else { "stop to " }
-            ),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let dump = http.get(&url).send().await.ok()?.text().await.ok()?;
-                    (dump.contains(needle) == present).then_some(())
-                }
-            },
-        )
-        .await;
-    }
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let all: Vec<&str> = s.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// POSTs one JSON-RPC request to `url`; the status and the parsed body (JSON or the first

@@ -1,9 +1,7 @@
 //! The xDS server over real gRPC on 127.0.0.1:0: envoy-types' generated ADS client for
 //! state-of-the-world and delta streams, and a real Envoy with an ADS-only bootstrap.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +39,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
+
+use super::envoy::Envoy;
 
 /// Generous: CI machines are busy.
 const WAIT: Duration = Duration::from_secs(10);
@@ -576,19 +576,6 @@ async fn shutdown_closes_streams_and_stops_the_server() {
 
 // --- a real Envoy --------------------------------------------------------------------
 
-fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("MCPGW_ENVOY").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "Envoy not found at {} (run `make deps`, or set MCPGW_ENVOY)",
-        path.display()
-    );
-    path
-}
-
 fn socket(port: u32) -> Option<Address> {
     Some(Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
@@ -741,16 +728,9 @@ fn edge(version: &str, e: &Edge<'_>) -> ResourceSet {
     b.build()
 }
 
-/// A running Envoy; killed on drop.
-struct Envoy {
-    child: tokio::process::Child,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
+/// Envoys of these tests: minimal ADS bootstraps, no mcpgw filter.
 impl Envoy {
-    async fn start(xds: SocketAddr, api_type: &str) -> Envoy {
-        let dir = tempfile::tempdir().unwrap();
+    async fn with_ads(xds: SocketAddr, api_type: &str) -> Envoy {
         let bootstrap = serde_json::json!({
             "node": {"id": format!("envoy-{api_type}"), "cluster": "xds-test"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -778,85 +758,9 @@ impl Envoy {
                 }}]}]}
             }]}
         });
-        let path = dir.path().join("bootstrap.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap).unwrap()).unwrap();
-        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-        let admin_path = dir.path().join("admin.addr");
         // A base id of our own, so that concurrent Envoys' shared memory does not collide.
         let base_id = 40_000 + std::process::id() % 10_000 + u32::from(api_type == "DELTA_GRPC");
-        let child = tokio::process::Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&path)
-            .args(["--concurrency", "1", "--log-level", "info", "--base-id"])
-            .arg(base_id.to_string())
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut envoy = Envoy {
-            child,
-            admin: "127.0.0.1:0".parse().unwrap(),
-            dir,
-        };
-        envoy.admin = envoy
-            .wait("admin address", || {
-                let p = admin_path.clone();
-                async move { std::fs::read_to_string(p).ok()?.trim().parse().ok() }
-            })
-            .await;
-        envoy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
-    }
-
-    /// Polls `probe` until it yields; fails with Envoy's log if it exits or takes too long.
-    async fn wait<T, F, Fut>(&mut self, what: &str, mut probe: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = probe().await {
-                return v;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "Envoy exited ({status}) waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; Envoy log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The address Envoy bound for the listener named `name`.
-    async fn listener(&mut self, http: &reqwest::Client, name: &str) -> SocketAddr {
-        let url = format!("http://{}/listeners?format=json", self.admin);
-        self.wait("the xDS listener", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                let l = v["listener_statuses"]
-                    .as_array()?
-                    .iter()
-                    .find(|l| l["name"] == name)?;
-                let sa = &l["local_address"]["socket_address"];
-                let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
-                Some(SocketAddr::new(sa["address"].as_str()?.parse().ok()?, port))
-            }
-        })
-        .await
+        Envoy::spawn(&bootstrap.to_string(), base_id).await
     }
 
     /// Waits until the listener answers with `body` and the ECDS filter's header.
@@ -890,10 +794,10 @@ async fn envoy_converges(api_type: &str) {
         timeout_s: 1,
     };
     let server = Server::start(edge("1", &e), Duration::from_millis(20)).await;
-    let mut envoy = Envoy::start(server.addr, api_type).await;
+    let mut envoy = Envoy::with_ads(server.addr, api_type).await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let addr = envoy.listener(&http, "edge").await;
+    let addr = envoy.listener("edge").await;
     envoy.answers(&http, addr, e.body, e.header).await;
     let node_id = format!("envoy-{api_type}");
     // Per type, the version of the last push that type got: a type is pushed only when
