@@ -566,8 +566,12 @@ async fn forward(
         let body = response.bytes().await.unwrap_or_default();
         if body.iter().all(u8::is_ascii_whitespace) {
             // 202 to a notification or a response: nothing comes back.
-        } else if let Ok(reply) = serde_json::from_slice::<Value>(&body) {
+        } else if let Ok(text) = std::str::from_utf8(&body)
+            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        {
+            // Relayed as the edge wrote it; only `initialize`'s answer is read (its version).
             if method == "initialize"
+                && let Ok(reply) = serde_json::from_str::<Value>(text)
                 && let Some(v) = reply
                     .pointer("/result/protocolVersion")
                     .and_then(Value::as_str)
@@ -575,9 +579,7 @@ async fn forward(
             {
                 m.protocol_version = Some(v);
             }
-            session
-                .push(frame(Some("message"), &reply.to_string()))
-                .await;
+            session.push(frame(Some("message"), text)).await;
         } else if id.is_some() {
             let text = error_message(
                 id,
