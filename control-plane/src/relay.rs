@@ -457,32 +457,18 @@ async fn post_message(
             "session not found: open a new stream at /servers/{id}/sse",
         );
     };
-    let message: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            inner.metrics.message("parse_error");
-            return problem(
-                StatusCode::BAD_REQUEST,
-                None,
-                -32700,
-                &format!("parse error: {e}"),
-            );
+    let message = match Envelope::read(&body) {
+        Ok(m) => m,
+        Err((outcome, code, why)) => {
+            inner.metrics.message(outcome);
+            return problem(StatusCode::BAD_REQUEST, None, code, &why);
         }
     };
-    if !message.is_object() {
-        inner.metrics.message("invalid");
-        return problem(
-            StatusCode::BAD_REQUEST,
-            None,
-            -32600,
-            "expected one JSON-RPC message (an object)",
-        );
-    }
     let Ok(permit) = session.in_flight.clone().try_acquire_owned() else {
         inner.metrics.message("too_many");
         return problem(
             StatusCode::TOO_MANY_REQUESTS,
-            message.get("id"),
+            message.id.as_ref(),
             -32603,
             &format!("{MAX_IN_FLIGHT} messages of this session are already being relayed"),
         );
@@ -494,18 +480,58 @@ async fn post_message(
     (StatusCode::ACCEPTED, "Accepted").into_response()
 }
 
+/// What the relay reads of a posted message: the envelope, not the (possibly large) params;
+/// the filter reads the whole message on its way through the edge.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    id: Option<Value>,
+    method: Option<Value>,
+}
+
+impl Envelope {
+    /// The envelope of one JSON-RPC message, or (metric outcome, JSON-RPC code, why).
+    fn read(body: &[u8]) -> Result<Envelope, (&'static str, i64, String)> {
+        let is_object = body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if !is_object {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => (
+                        "invalid",
+                        -32600,
+                        "expected one JSON-RPC message (an object)".into(),
+                    ),
+                    Err(e) => ("parse_error", -32700, format!("parse error: {e}")),
+                },
+            );
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ("parse_error", -32700, format!("parse error: {e}")))
+    }
+
+    /// The method of a request or notification (empty for a response).
+    fn method(&self) -> &str {
+        self.method.as_ref().and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The id of a request (a response's id answers the server, not the client).
+    fn request_id(&self) -> Option<&Value> {
+        self.id.as_ref().filter(|_| self.method.is_some())
+    }
+}
+
 /// Sends one client message to the edge and queues what comes back on the client's stream.
 async fn forward(
     inner: Arc<Inner>,
     session: Arc<SseSession>,
-    message: Value,
+    message: Envelope,
     body: Bytes,
     headers: HeaderMap,
 ) {
-    let id = message
-        .get("id")
-        .filter(|_| message.get("method").is_some());
-    let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+    let id = message.request_id();
+    let method = message.method();
     let state = session.state();
     // The message's own credentials win over the ones the stream was opened with.
     let mut carried = session.headers.clone();
@@ -776,6 +802,30 @@ mod tests {
             frame(Some("endpoint"), "/servers/s/message?session_id=x"),
             Bytes::from_static(b"event: endpoint\ndata: /servers/s/message?session_id=x\n\n")
         );
+    }
+
+    #[test]
+    fn envelopes_are_read_without_the_params_and_bad_bodies_are_classified() {
+        let m = Envelope::read(
+            br#" {"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"a":[1,2]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.method(), m.request_id()),
+            ("tools/call", Some(&json!(7)))
+        );
+        let r = Envelope::read(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#).unwrap();
+        assert_eq!((r.method(), r.request_id()), ("", None));
+        for (body, code) in [
+            (&b"not json"[..], -32700),
+            (b"{\"id\":", -32700),
+            (b"[1]", -32600),
+            (b"\"x\"", -32600),
+            (b"", -32700),
+        ] {
+            let (_, got, _) = Envelope::read(body).unwrap_err();
+            assert_eq!(got, code, "{:?}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
