@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-registry bench-relay fuzz fmt clippy clean
+.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -84,12 +84,21 @@ fuzz: $(CARGO_FUZZ)
 # MCPGW_BENCH_OUTPUT.
 # The driver skips the workspace's fat LTO (meant for the filter): it builds in minutes,
 # not a quarter hour, on a 2-core machine, and is not what is measured.
-bench: bench-envoy bench-registry bench-relay
+bench: bench-envoy bench-instructions bench-registry bench-relay
 
 bench-envoy: wasm
 	cargo build --release --locked -p mcpgw-bench-floor --target $(WASM_TARGET)
 	cargo build --release --locked -p mcpgw-bench --config profile.release.lto=false --config profile.release.codegen-units=16
 	MCPGW_BENCH_COMMAND="make bench" ./target/release/mcpgw-bench
+
+# Instructions Envoy executes per request, each variant under callgrind (valgrind): the
+# same binaries give the same count on a busy machine, so a filter change of a percent shows.
+# Knobs: MCPGW_BENCH_VARIANTS, MCPGW_BENCH_INSTR_WARMUP, MCPGW_BENCH_INSTR_REQUESTS,
+# MCPGW_BENCH_INSTR_REPEATS, MCPGW_BENCH_OUTPUT.
+bench-instructions: wasm
+	cargo build --release --locked -p mcpgw-bench-floor --target $(WASM_TARGET)
+	cargo build --release --locked -p mcpgw-bench --config profile.release.lto=false --config profile.release.codegen-units=16
+	MCPGW_BENCH_COMMAND="make bench-instructions" ./target/release/mcpgw-bench-instructions
 
 # The control plane with a 10,000-tool registry on SQLite and PostgreSQL (127.0.0.1:5432);
 # then xDS push convergence from that registry to 1, 100 and 1,000 ADS clients.

@@ -190,6 +190,29 @@ impl Envoy {
         cpu: Option<usize>,
         nice: i32,
     ) -> anyhow::Result<Envoy> {
+        Envoy::start_under(envoy, name, config, |_| {
+            // nice and taskset exec what follows, so the pid stays Envoy's.
+            let mut argv: Vec<std::ffi::OsString> = Vec::new();
+            if nice != 0 {
+                argv.extend(["nice".into(), "-n".into(), nice.to_string().into()]);
+            }
+            if let Some(cpu) = cpu {
+                argv.extend(["taskset".into(), "-c".into(), cpu.to_string().into()]);
+            }
+            argv
+        })
+    }
+
+    /// Starts Envoy with `config` (`--concurrency 1`) as the last argument of the command
+    /// `launcher` returns for Envoy's scratch directory (empty: Envoy itself), and waits
+    /// until it is ready and its listener is bound. The launcher must exec Envoy, so that
+    /// [`Envoy::pid`] is the process that runs it.
+    pub fn start_under(
+        envoy: &Path,
+        name: &str,
+        config: &str,
+        launcher: impl FnOnce(&Path) -> Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<Envoy> {
         let dir = scratch_dir(name)?;
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
@@ -198,14 +221,7 @@ impl Envoy {
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        // nice and taskset exec what follows, so the pid stays Envoy's.
-        let mut argv: Vec<std::ffi::OsString> = Vec::new();
-        if nice != 0 {
-            argv.extend(["nice".into(), "-n".into(), nice.to_string().into()]);
-        }
-        if let Some(cpu) = cpu {
-            argv.extend(["taskset".into(), "-c".into(), cpu.to_string().into()]);
-        }
+        let mut argv = launcher(&dir);
         argv.push(envoy.into());
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]);
@@ -281,6 +297,11 @@ impl Envoy {
     /// Envoy's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Envoy's scratch directory (its config and log; removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Counter values whose stat name contains `filter`, summed.

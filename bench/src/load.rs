@@ -152,6 +152,55 @@ pub async fn drive(
     })
 }
 
+/// Sends `workload` `n` times, one after another on one keep-alive connection; any answer
+/// other than `200` with exactly the body `expected` is an error. For counting what a
+/// request costs, not for load.
+pub async fn sequential(
+    addr: SocketAddr,
+    workload: &Workload,
+    expected: &Bytes,
+    n: u64,
+) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_nodelay(true).context("set TCP_NODELAY")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    let driver = tokio::spawn(conn);
+    for _ in 0..n {
+        sender.ready().await.context("connection closed by Envoy")?;
+        let response = sender
+            .send_request(workload.request()?)
+            .await
+            .context("sending the request")?;
+        let status = response.status();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the response body")?
+            .to_bytes();
+        check_answer(status, &answer, expected)?;
+    }
+    drop(sender);
+    driver.abort();
+    Ok(())
+}
+
+fn check_answer(status: hyper::StatusCode, answer: &Bytes, expected: &Bytes) -> anyhow::Result<()> {
+    if status != hyper::StatusCode::OK || answer != expected {
+        anyhow::bail!(
+            "got HTTP {status} with a {}-byte body other than the verified {}-byte answer (body: {})",
+            answer.len(),
+            expected.len(),
+            String::from_utf8_lossy(&answer[..answer.len().min(300)])
+        );
+    }
+    Ok(())
+}
+
 async fn connection(
     addr: SocketAddr,
     workload: Workload,
@@ -184,14 +233,7 @@ async fn connection(
             .context("reading the response body")?
             .to_bytes();
         let took = sent.elapsed();
-        if status != hyper::StatusCode::OK || answer != expected {
-            anyhow::bail!(
-                "got HTTP {status} with a {}-byte body other than the verified {}-byte answer (body: {})",
-                answer.len(),
-                expected.len(),
-                String::from_utf8_lossy(&answer[..answer.len().min(300)])
-            );
-        }
+        check_answer(status, &answer, &expected)?;
         latency_ns.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
         completed += 1;
     }

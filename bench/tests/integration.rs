@@ -52,6 +52,32 @@ fn floor_wasm() -> PathBuf {
     target_dir.join("wasm32-wasip1/release/mcpgw_bench_floor.wasm")
 }
 
+/// Envoy: `MCPGW_ENVOY`, else the virtualenv's.
+fn envoy() -> PathBuf {
+    let envoy = std::env::var("MCPGW_ENVOY")
+        .map_or_else(|_| workspace_root().join(".venv/bin/envoy"), PathBuf::from);
+    assert!(
+        envoy.exists(),
+        "Envoy not found at {} (run `make deps`)",
+        envoy.display()
+    );
+    envoy
+}
+
+/// The mcpgw filter: `MCPGW_WASM`, else the `make wasm` build.
+fn mcpgw_wasm() -> PathBuf {
+    let wasm = std::env::var("MCPGW_WASM").map_or_else(
+        |_| workspace_root().join("target/wasm32-wasip1/release/mcpgw_filter.wasm"),
+        PathBuf::from,
+    );
+    assert!(
+        wasm.exists(),
+        "mcpgw filter not found at {} (run `make wasm`)",
+        wasm.display()
+    );
+    wasm
+}
+
 #[test]
 fn the_load_generator_drives_the_upstream_directly() {
     let upstream = Upstream::start().unwrap();
@@ -104,23 +130,7 @@ fn the_load_generator_drives_the_upstream_directly() {
 
 #[test]
 fn one_short_round_of_every_variant_writes_the_report() {
-    let root = workspace_root();
-    let envoy =
-        std::env::var("MCPGW_ENVOY").map_or_else(|_| root.join(".venv/bin/envoy"), PathBuf::from);
-    assert!(
-        envoy.exists(),
-        "Envoy not found at {} (run `make deps`)",
-        envoy.display()
-    );
-    let wasm = std::env::var("MCPGW_WASM").map_or_else(
-        |_| root.join("target/wasm32-wasip1/release/mcpgw_filter.wasm"),
-        PathBuf::from,
-    );
-    assert!(
-        wasm.exists(),
-        "mcpgw filter not found at {} (run `make wasm`)",
-        wasm.display()
-    );
+    let (envoy, wasm) = (envoy(), mcpgw_wasm());
     let dir = std::env::temp_dir().join(format!("mcpgw-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let output = dir.join("benchmarks.md");
@@ -179,4 +189,53 @@ fn one_short_round_of_every_variant_writes_the_report() {
     ] {
         assert!(doc.contains(needle), "`{needle}` missing from:\n{doc}");
     }
+}
+
+/// Instructions per request under callgrind, a few requests per variant: every variant
+/// answers correctly under valgrind, each count is read from callgrind's dump, and the
+/// section is written. Counts are deterministic, so one property holds whatever the
+/// machine: Envoy running a filter executes more instructions per request than Envoy
+/// without one.
+#[test]
+fn instructions_per_request_are_counted_under_callgrind() {
+    let dir = std::env::temp_dir().join(format!("mcpgw-bench-instr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("benchmarks.md");
+    std::fs::write(&output, "# Benchmarks\n").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_mcpgw-bench-instructions"))
+        .env("MCPGW_ENVOY", envoy())
+        .env("MCPGW_WASM", mcpgw_wasm())
+        .env("MCPGW_BENCH_FLOOR_WASM", floor_wasm())
+        .env("MCPGW_BENCH_VARIANTS", "plain,floor,mcpgw")
+        .env("MCPGW_BENCH_INSTR_WARMUP", "20")
+        .env("MCPGW_BENCH_INSTR_REQUESTS", "20")
+        .env("MCPGW_BENCH_INSTR_REPEATS", "2")
+        .env("MCPGW_BENCH_OUTPUT", &output)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "mcpgw-bench-instructions failed:\n{stdout}\n{stderr}"
+    );
+    let doc = std::fs::read_to_string(&output).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        doc.contains(mcpgw_bench::instructions::BEGIN_MARKER)
+            && doc.contains(mcpgw_bench::instructions::END_MARKER),
+        "{doc}"
+    );
+    // `| variant | instructions per request | …`
+    let count = |variant: &str| -> f64 {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| {variant} |")))
+            .unwrap_or_else(|| panic!("no `{variant}` row in:\n{doc}"));
+        row.split('|').nth(2).unwrap().trim().parse().unwrap()
+    };
+    let (plain, floor, mcpgw) = (count("plain"), count("floor"), count("mcpgw"));
+    assert!(plain > 10_000.0, "plain Envoy counted {plain} per request");
+    assert!(floor > plain && mcpgw > plain, "{doc}");
+    assert!(doc.contains("mcpgw over the floor:"), "{doc}");
 }
