@@ -13,11 +13,13 @@
 
 pub mod catalog;
 pub mod edge;
+pub mod header_map;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod session;
+pub mod sniff;
 pub mod snapshot;
 pub mod sse;
 pub mod trace;

@@ -22,14 +22,18 @@
     )
 )]
 
+#[allow(unsafe_code)]
+mod host;
 mod metrics;
 
 use mcpgw_core::edge::{self, Answer, Edge, Endpoint, RouteTo};
+use mcpgw_core::header_map;
 use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Progress};
 use mcpgw_core::jsonrpc::{Kind, Message, write_json_string};
 use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
 use mcpgw_core::session::Session;
 use mcpgw_core::snapshot::Snapshot;
+use mcpgw_core::sniff::{BodyKind, sniff};
 use mcpgw_core::sse::{Event, EventStream};
 use mcpgw_core::trace;
 use metrics::Metrics;
@@ -109,6 +113,8 @@ enum Phase {
 /// How the response body is observed.
 enum Observer {
     None,
+    /// Headers seen, no body byte yet: the body's first bytes decide (see `sniff`).
+    Sniff,
     Json(MessageParser),
     Sse(EventStream),
 }
@@ -155,20 +161,20 @@ struct RequestHead<'h> {
 
 impl<'h> RequestHead<'h> {
     /// Records `name: value` if it is one the filter reads (names arrive lower-cased).
-    fn take(&mut self, name: &str, value: &'h [u8]) {
+    fn take(&mut self, name: &[u8], value: &'h [u8]) {
         let slot = match name {
-            ":method" => &mut self.method,
-            ":path" => &mut self.path,
-            "content-type" => &mut self.content_type,
-            "mcp-protocol-version" => &mut self.protocol_version,
-            "mcp-session-id" => &mut self.session_id,
-            "content-length" => &mut self.content_length,
-            edge::UPSTREAM_HEADER => &mut self.upstream,
-            "accept" => {
+            b":method" => &mut self.method,
+            b":path" => &mut self.path,
+            b"content-type" => &mut self.content_type,
+            b"mcp-protocol-version" => &mut self.protocol_version,
+            b"mcp-session-id" => &mut self.session_id,
+            b"content-length" => &mut self.content_length,
+            name if name == edge::UPSTREAM_HEADER.as_bytes() => &mut self.upstream,
+            b"accept" => {
                 self.accept.push(value);
                 return;
             }
-            "traceparent" => {
+            b"traceparent" => {
                 self.traceparent = true;
                 return;
             }
@@ -660,12 +666,15 @@ impl McpRequest {
 impl HttpContext for McpRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         // One host call for the whole map instead of one per header: each call crosses the
-        // VM boundary twice (the value is copied in through the module's allocator). Bytes,
-        // not `String`: the SDK's string getters panic on a non-UTF-8 value (obs-text is
-        // legal HTTP), which would kill the VM for every later request on this worker.
-        let headers = self.get_http_request_headers_bytes();
+        // VM boundary twice (the value is copied in through the module's allocator). Read
+        // in place, as bytes: the SDK's getters copy every header, and its string getters
+        // panic on a non-UTF-8 value (obs-text is legal HTTP), which would kill the VM for
+        // every later request on this worker.
+        let Ok(headers) = host::request_header_map() else {
+            return self.internal_error("request headers unavailable");
+        };
         let mut fields = RequestHead::default();
-        for (name, value) in &headers {
+        for (name, value) in header_map::pairs(&headers) {
             fields.take(name, value);
         }
         self.has_traceparent = fields.traceparent;
@@ -791,20 +800,9 @@ impl HttpContext for McpRequest {
             // A virtual server's client holds the gateway's token, not an upstream's session.
             self.set_http_response_header("mcp-session-id", None);
         }
-        let content_type = self
-            .get_http_response_header_bytes("content-type")
-            .unwrap_or_default();
-        let media = lossy(&content_type)
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        self.observer = match media.as_str() {
-            "application/json" => Observer::Json(MessageParser::new(Default::default())),
-            "text/event-stream" => Observer::Sse(EventStream::new()),
-            _ => Observer::None,
-        };
+        // The body's first bytes tell JSON from an event stream; reading `content-type`
+        // from the host would cost a host call per response.
+        self.observer = Observer::Sniff;
         Action::Continue
     }
 
@@ -818,6 +816,16 @@ impl HttpContext for McpRequest {
         } else {
             Vec::new()
         };
+        if matches!(self.observer, Observer::Sniff) {
+            self.observer = match sniff(&chunk) {
+                Some(BodyKind::Json) => Observer::Json(MessageParser::new(Default::default())),
+                Some(BodyKind::EventStream) => Observer::Sse(EventStream::new()),
+                Some(BodyKind::Other) => Observer::None,
+                // Only whitespace so far, which neither parser needs.
+                None if end_of_stream => Observer::None,
+                None => Observer::Sniff,
+            };
+        }
         let (method, tool) = self
             .request
             .as_ref()
@@ -852,7 +860,7 @@ impl HttpContext for McpRequest {
                     count(&ms);
                 }
             }),
-            Observer::None => {}
+            Observer::None | Observer::Sniff => {}
         }
         Action::Continue
     }
