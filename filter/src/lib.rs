@@ -142,6 +142,11 @@ struct McpRequest {
     to_relay: bool,
     /// The request carried a `traceparent` header (it wins over `_meta`).
     has_traceparent: bool,
+    /// The request carried an `mcp-session-id` header.
+    has_session_header: bool,
+    /// A virtual server's request body as read for parsing, kept for the rename so it is
+    /// not asked of the host twice.
+    body: Vec<u8>,
 }
 
 /// The request headers the filter reads, borrowed from the header map.
@@ -312,6 +317,8 @@ impl McpRequest {
             local_reply: false,
             to_relay: false,
             has_traceparent: false,
+            has_session_header: false,
+            body: Vec::new(),
         }
     }
 
@@ -605,7 +612,11 @@ impl McpRequest {
     /// Sends a virtual server's call to the upstream that owns the entry.
     fn route_upstream(&mut self, msg: &Message, to: &RouteTo<'_>, body_size: usize) -> Action {
         if let Some(((start, end), name)) = to.rename {
-            let Some(body) = self.get_http_request_body(0, body_size) else {
+            let body = if self.body.len() == body_size {
+                std::mem::take(&mut self.body)
+            } else if let Some(body) = self.get_http_request_body(0, body_size) {
+                body
+            } else {
                 return self.internal_error("request body unavailable");
             };
             let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
@@ -621,6 +632,8 @@ impl McpRequest {
             self.set_http_request_body(0, body_size, &rewritten);
             self.set_http_request_header("content-length", Some(&rewritten.len().to_string()));
         }
+        // Not needed past this point; a streamed response may keep the request alive long.
+        self.body = Vec::new();
         let method = msg.method.clone().unwrap_or_default();
         let tool = if method == "tools/call" {
             msg.name.clone().unwrap_or_default()
@@ -634,7 +647,10 @@ impl McpRequest {
             .session
             .as_ref()
             .and_then(|s| s.upstreams.get(to.upstream_id).cloned());
-        self.set_http_request_header("mcp-session-id", upstream_session.as_deref());
+        // Removing a header the request does not carry would still cost a host call.
+        if upstream_session.is_some() || self.has_session_header {
+            self.set_http_request_header("mcp-session-id", upstream_session.as_deref());
+        }
         self.point_at(to.upstream);
         Action::Continue
     }
@@ -678,6 +694,7 @@ impl HttpContext for McpRequest {
             fields.take(name, value);
         }
         self.has_traceparent = fields.traceparent;
+        self.has_session_header = fields.session_id.is_some();
         self.protocol_version = fields.protocol_version.map(|v| lossy(v).into_owned());
         let method = fields.method.map(lossy).unwrap_or_default();
         let content_type = fields.content_type.map(lossy);
@@ -767,7 +784,15 @@ impl HttpContext for McpRequest {
             let Some(chunk) = self.get_http_request_body(fed, body_size - fed) else {
                 return self.internal_error("request body unavailable");
             };
-            parser.feed(&chunk)
+            let progress = parser.feed(&chunk);
+            if self.server.is_some() {
+                if self.body.is_empty() {
+                    self.body = chunk;
+                } else {
+                    self.body.extend_from_slice(&chunk);
+                }
+            }
+            progress
         } else {
             Ok(Progress::NeedMore)
         };
