@@ -151,6 +151,7 @@ impl Gate {
         let parse = Options {
             reject_duplicate_keys: p.reject_duplicate_keys,
             stop_when_routable: p.early_terminate && !denies,
+            skim: false,
         };
         Gate {
             snapshot,

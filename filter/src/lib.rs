@@ -28,7 +28,7 @@ mod metrics;
 
 use mcpgw_core::edge::{self, Answer, Edge, Endpoint, RouteTo};
 use mcpgw_core::header_map;
-use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Progress};
+use mcpgw_core::jsonrpc::stream::{Body, MessageParser, Options, Progress};
 use mcpgw_core::jsonrpc::{Kind, Message, write_json_string};
 use mcpgw_core::policy::{ALLOWED_HTTP_METHODS, BodyVerdict, Gate, Head, HeadVerdict, Rejection};
 use mcpgw_core::session::Session;
@@ -843,7 +843,12 @@ impl HttpContext for McpRequest {
         };
         if matches!(self.observer, Observer::Sniff) {
             self.observer = match sniff(&chunk) {
-                Some(BodyKind::Json) => Observer::Json(MessageParser::new(Default::default())),
+                Some(BodyKind::Json) => Observer::Json(MessageParser::new(Options {
+                    // Responses are observed, not validated: what the counters need is
+                    // read, the rest skimmed.
+                    skim: true,
+                    ..Options::default()
+                })),
                 Some(BodyKind::EventStream) => Observer::Sse(EventStream::new()),
                 Some(BodyKind::Other) => Observer::None,
                 // Only whitespace so far, which neither parser needs.

@@ -31,6 +31,12 @@ pub struct Options {
     /// Stop reading once a single (non-batch) request is routable. Ignored when
     /// `reject_duplicate_keys` is set, which needs the whole body.
     pub stop_when_routable: bool,
+    /// Skim containers no envelope field lies in (a response's `result`, `error.data`):
+    /// only their strings and brackets are followed, to find where they end; nothing in
+    /// them is validated. For observing responses, which are not the gateway's to
+    /// validate: a large result costs a few instructions per byte instead of a full
+    /// parse. Ignored when `reject_duplicate_keys` is set.
+    pub skim: bool,
 }
 
 /// Where parsing stands after a chunk.
@@ -128,7 +134,16 @@ enum Lex {
     Ws,
     Str,
     Num(Num),
-    Lit { word: &'static [u8], pos: u8 },
+    Lit {
+        word: &'static [u8],
+        pos: u8,
+    },
+    /// Inside a skimmed container ([`Options::skim`]): `depth` brackets open.
+    Skim {
+        depth: u32,
+        in_str: bool,
+        esc: bool,
+    },
 }
 
 /// The envelope field a value fills.
@@ -619,6 +634,53 @@ impl MessageParser {
                         // Re-read `b` as the token after the number.
                     }
                 }
+                Lex::Skim {
+                    mut depth,
+                    mut in_str,
+                    mut esc,
+                } => {
+                    let rest = chunk.get(i..).unwrap_or_default();
+                    let mut k = 0;
+                    // Jump from one byte that matters to the next: in a string, a quote
+                    // or a backslash; outside, a quote or a bracket.
+                    while depth > 0 && k < rest.len() {
+                        if esc {
+                            esc = false;
+                            k += 1;
+                            continue;
+                        }
+                        let tail = rest.get(k..).unwrap_or_default();
+                        let next = if in_str {
+                            tail.iter().position(|&c| c == b'"' || c == b'\\')
+                        } else {
+                            tail.iter()
+                                .position(|&c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))
+                        };
+                        let Some(at) = next else {
+                            k = rest.len();
+                            break;
+                        };
+                        k += at + 1;
+                        match tail.get(at) {
+                            Some(b'\\') => esc = true,
+                            Some(b'"') => in_str = !in_str,
+                            Some(b'{' | b'[') => depth = depth.saturating_add(1),
+                            _ => depth = depth.saturating_sub(1),
+                        }
+                    }
+                    i += k;
+                    self.offset += k as u64;
+                    if depth == 0 {
+                        self.lex = Lex::Ws;
+                        self.after_value();
+                    } else {
+                        self.lex = Lex::Skim {
+                            depth,
+                            in_str,
+                            esc,
+                        };
+                    }
+                }
                 Lex::Lit { word, pos } => {
                     if word.get(usize::from(pos)) != Some(&b) {
                         return Err(self.syntax("invalid literal"));
@@ -809,6 +871,15 @@ impl MessageParser {
                 Ctx::Other
             }
         };
+        if ctx == Ctx::Other && self.opts.skim && !self.opts.reject_duplicate_keys {
+            // Nothing in it is captured: find its end, and read on from there.
+            self.lex = Lex::Skim {
+                depth: 1,
+                in_str: false,
+                esc: false,
+            };
+            return Ok(());
+        }
         self.serial = self.serial.wrapping_add(1);
         self.stack.push(Frame {
             object,

@@ -303,6 +303,7 @@ fn duplicate_keys_anywhere_when_asked() {
     let opts = Options {
         reject_duplicate_keys: true,
         stop_when_routable: true,
+        skim: false,
     };
     match parse_with(opts, body) {
         Err(RequestError::Invalid { reason, .. }) => {
@@ -324,6 +325,7 @@ fn stops_once_routable() {
     let opts = Options {
         reject_duplicate_keys: false,
         stop_when_routable: true,
+        skim: false,
     };
     let mut p = MessageParser::new(opts);
     assert_eq!(p.feed(body.as_bytes()), Ok(Progress::Routable));
@@ -357,6 +359,7 @@ fn stops_once_routable() {
     let strict = Options {
         reject_duplicate_keys: true,
         stop_when_routable: true,
+        skim: false,
     };
     assert_eq!(
         MessageParser::new(strict).feed(body.as_bytes()),
@@ -384,6 +387,62 @@ fn errors_are_sticky() {
     assert!(p.feed(b"{x").is_err());
     assert!(p.feed(b"}").is_err());
     assert!(p.finish().is_err());
+}
+
+const SKIM: Options = Options {
+    reject_duplicate_keys: false,
+    stop_when_routable: false,
+    skim: true,
+};
+
+/// Parses `body` in two chunks split at `cut`.
+fn parse_split(opts: Options, body: &[u8], cut: usize) -> Result<Body, RequestError> {
+    let (a, b) = body.split_at(cut.min(body.len()));
+    let mut p = MessageParser::new(opts);
+    p.feed(a)?;
+    p.feed(b)?;
+    p.finish()
+}
+
+#[test]
+fn skimming_reads_responses_as_a_full_parse_does() {
+    for body in [
+        &br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"a } ] \" [ {"}],"isError":false}}"#[..],
+        br#"{"jsonrpc":"2.0","result":[1,[2,[3]],{"a":{}}],"id":"x"}"#,
+        br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"bad","data":{"why":["\\",{"}":"]"}]}}}"#,
+        br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"error":{"code":1,"message":"m"}}]"#,
+        br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"result":"plain string"}"#,
+    ] {
+        let full = parse_with(Options::default(), body);
+        for cut in 0..=body.len() {
+            assert_eq!(
+                parse_split(SKIM, body, cut),
+                full,
+                "cut at {cut}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
+
+#[test]
+fn skimming_still_finds_the_end_and_what_follows() {
+    // An unterminated result is still an incomplete body.
+    let cut = br#"{"jsonrpc":"2.0","id":1,"result":{"a":[1,2"#;
+    let mut p = MessageParser::new(SKIM);
+    assert_eq!(p.feed(cut), Ok(Progress::NeedMore));
+    assert!(p.finish().is_err());
+    // Trailing garbage after the message is still a syntax error.
+    assert!(matches!(
+        parse_with(SKIM, br#"{"jsonrpc":"2.0","id":1,"result":{}} x"#),
+        Err(RequestError::Parse { .. })
+    ));
+    // What is skimmed is not validated: that is the trade.
+    assert!(parse_with(SKIM, br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#).is_ok());
+    assert!(parse_with(Options::default(), br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#).is_err());
+    // The envelope around a skimmed value is: a result and an error in one message.
+    assert!(parse_with(SKIM, br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}"#).is_err());
 }
 
 // --- properties -------------------------------------------------------------------------
@@ -476,7 +535,7 @@ proptest! {
     #[test]
     fn extraction_matches_a_full_parse(v in arb_request(), early in any::<bool>()) {
         let bytes = serde_json::to_vec(&v).unwrap();
-        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early };
+        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early, skim: false };
         let mut p = MessageParser::new(opts);
         let m = match p.feed(&bytes).unwrap() {
             Progress::Routable => p.routable().unwrap(),
@@ -502,6 +561,27 @@ proptest! {
         prop_assert_eq!(Some(ours), theirs, "{:?}", String::from_utf8_lossy(&bytes));
     }
 
+    /// A response with any result (or error data) reads the same skimmed as fully parsed,
+    /// in any chunking.
+    #[test]
+    fn skimming_matches_a_full_parse(v in arb_json(), error in any::<bool>(), pretty in any::<bool>(), cut in 0usize..4096) {
+        let msg = if error {
+            serde_json::json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -32000, "message": "m", "data": v}})
+        } else {
+            serde_json::json!({"jsonrpc": "2.0", "id": 3, "result": v})
+        };
+        let bytes = if pretty { serde_json::to_vec_pretty(&msg) } else { serde_json::to_vec(&msg) }.unwrap();
+        let full = parse_with(Options::default(), &bytes);
+        prop_assert!(full.is_ok(), "{full:?}");
+        prop_assert_eq!(parse_split(SKIM, &bytes, cut), full);
+    }
+
+    /// Skimming any bytes never panics, in any chunking.
+    #[test]
+    fn skimming_never_panics(bytes in prop::collection::vec(prop::sample::select(b"{}[]:,\"\\ 0123456789truefalsnu\xff".to_vec()), 0..60), cut in 0usize..64) {
+        let _ = parse_split(SKIM, &bytes, cut);
+    }
+
     /// Mutating a valid request never panics, in any chunking.
     #[test]
     fn mutations_never_panic(v in arb_request(), pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
@@ -509,7 +589,7 @@ proptest! {
         let i = pos.index(bytes.len());
         bytes[i] = byte;
         let cut = cut.index(bytes.len() + 1);
-        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false });
+        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false, skim: false });
         let r = p.feed(&bytes[..cut]).and_then(|_| p.feed(&bytes[cut..])).and_then(|_| p.finish());
         let ok_syntax = !matches!(r, Err(RequestError::Parse { .. }));
         let theirs = serde_accepts(&bytes);
