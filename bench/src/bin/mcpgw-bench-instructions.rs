@@ -3,7 +3,7 @@
 //! section of `docs/benchmarks.md`. `make bench-instructions` builds everything and runs it.
 
 use anyhow::Context;
-use mcpgw_bench::instructions::{self, Counting, DEFAULT_VARIANTS};
+use mcpgw_bench::instructions::{self, Counting};
 use mcpgw_bench::{envoy, machine, report, settings::Settings};
 use std::path::Path;
 
@@ -12,10 +12,7 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("bench crate has no parent directory")?;
     let lookup = |k: &str| std::env::var(k).ok();
-    let mut settings = Settings::from_lookup(lookup, root)?;
-    if lookup("MCPGW_BENCH_VARIANTS").is_none_or(|v| v.trim().is_empty()) {
-        settings.variants = DEFAULT_VARIANTS.to_vec();
-    }
+    let settings = Settings::from_lookup(lookup, root)?;
     let counting = Counting::from_lookup(lookup)?;
     let envoy_version = envoy::version(&settings.envoy)
         .with_context(|| format!("Envoy not usable at {}", settings.envoy.display()))?;
