@@ -91,26 +91,58 @@ pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 /// Sends `workload` once on a new connection: (status, body). The run verifies this
 /// answer before any load, then requires every answer under load to equal it.
 pub async fn probe(addr: SocketAddr, workload: &Workload) -> anyhow::Result<(u16, Bytes)> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect to {addr}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP/1.1 handshake")?;
-    let driver = tokio::spawn(conn);
-    let response = sender
-        .send_request(workload.request()?)
-        .await
-        .context("sending the request")?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the response body")?
-        .to_bytes();
-    driver.abort();
-    Ok((status, body))
+    let (status, body) = Connection::open(addr).await?.send(workload).await?;
+    Ok((status.as_u16(), body))
+}
+
+/// One keep-alive HTTP/1.1 connection (`TCP_NODELAY`); its driver task stops on drop.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
+        stream.set_nodelay(true).context("set TCP_NODELAY")?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP/1.1 handshake")?;
+        Ok(Connection {
+            sender,
+            driver: tokio::spawn(conn),
+        })
+    }
+
+    /// Sends `workload` and reads the whole answer.
+    async fn send(&mut self, workload: &Workload) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        let request = workload.request()?;
+        self.sender
+            .ready()
+            .await
+            .context("connection closed by Envoy")?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .context("sending the request")?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the response body")?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// Drives `connections` closed-loop connections against `addr` for `duration`, each
@@ -161,31 +193,11 @@ pub async fn sequential(
     expected: &Bytes,
     n: u64,
 ) -> anyhow::Result<()> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect to {addr}"))?;
-    stream.set_nodelay(true).context("set TCP_NODELAY")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP/1.1 handshake")?;
-    let driver = tokio::spawn(conn);
+    let mut connection = Connection::open(addr).await?;
     for _ in 0..n {
-        sender.ready().await.context("connection closed by Envoy")?;
-        let response = sender
-            .send_request(workload.request()?)
-            .await
-            .context("sending the request")?;
-        let status = response.status();
-        let answer = response
-            .into_body()
-            .collect()
-            .await
-            .context("reading the response body")?
-            .to_bytes();
+        let (status, answer) = connection.send(workload).await?;
         check_answer(status, &answer, expected)?;
     }
-    drop(sender);
-    driver.abort();
     Ok(())
 }
 
@@ -207,38 +219,17 @@ async fn connection(
     expected: Bytes,
     deadline: Instant,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect to {addr}"))?;
-    stream.set_nodelay(true).context("set TCP_NODELAY")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP/1.1 handshake")?;
-    let driver = tokio::spawn(conn);
+    let mut connection = Connection::open(addr).await?;
     let mut latency_ns = new_histogram()?;
     let mut completed = 0;
     while Instant::now() < deadline {
-        let request = workload.request()?;
         let sent = Instant::now();
-        sender.ready().await.context("connection closed by Envoy")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("sending the request")?;
-        let status = response.status();
-        let answer = response
-            .into_body()
-            .collect()
-            .await
-            .context("reading the response body")?
-            .to_bytes();
+        let (status, answer) = connection.send(&workload).await?;
         let took = sent.elapsed();
         check_answer(status, &answer, &expected)?;
         latency_ns.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
         completed += 1;
     }
-    drop(sender);
-    driver.abort();
     Ok((completed, latency_ns))
 }
 

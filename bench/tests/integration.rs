@@ -78,6 +78,20 @@ fn mcpgw_wasm() -> PathBuf {
     wasm
 }
 
+/// Runs a benchmark driver to its end; its stdout. Fails the test, with both outputs, if
+/// the driver fails.
+fn run_ok(mut command: Command) -> String {
+    let run = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{:?} failed:\n{stdout}\n{}",
+        command.get_program(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn the_load_generator_drives_the_upstream_directly() {
     let upstream = Upstream::start().unwrap();
@@ -136,7 +150,8 @@ fn one_short_round_of_every_variant_writes_the_report() {
     let output = dir.join("benchmarks.md");
     std::fs::write(&output, "# Benchmarks\n\nKept as is.\n").unwrap();
 
-    let run = Command::new(env!("CARGO_BIN_EXE_mcpgw-bench"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mcpgw-bench"));
+    command
         .env("MCPGW_ENVOY", &envoy)
         .env("MCPGW_WASM", &wasm)
         .env("MCPGW_BENCH_FLOOR_WASM", floor_wasm())
@@ -146,15 +161,8 @@ fn one_short_round_of_every_variant_writes_the_report() {
         .env("MCPGW_BENCH_CONNECTIONS", "4")
         .env("MCPGW_BENCH_PIN", "0")
         .env("MCPGW_BENCH_OUTPUT", &output)
-        .env_remove("MCPGW_BENCH_VARIANTS")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "mcpgw-bench failed:\n{stdout}\n{stderr}"
-    );
+        .env_remove("MCPGW_BENCH_VARIANTS");
+    let stdout = run_ok(command);
 
     for variant in Variant::ALL {
         assert!(
@@ -202,7 +210,8 @@ fn instructions_per_request_are_counted_under_callgrind() {
     std::fs::create_dir_all(&dir).unwrap();
     let output = dir.join("benchmarks.md");
     std::fs::write(&output, "# Benchmarks\n").unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_mcpgw-bench-instructions"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mcpgw-bench-instructions"));
+    command
         .env("MCPGW_ENVOY", envoy())
         .env("MCPGW_WASM", mcpgw_wasm())
         .env("MCPGW_BENCH_FLOOR_WASM", floor_wasm())
@@ -210,15 +219,8 @@ fn instructions_per_request_are_counted_under_callgrind() {
         .env("MCPGW_BENCH_INSTR_WARMUP", "20")
         .env("MCPGW_BENCH_INSTR_REQUESTS", "20")
         .env("MCPGW_BENCH_INSTR_REPEATS", "2")
-        .env("MCPGW_BENCH_OUTPUT", &output)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "mcpgw-bench-instructions failed:\n{stdout}\n{stderr}"
-    );
+        .env("MCPGW_BENCH_OUTPUT", &output);
+    run_ok(command);
     let doc = std::fs::read_to_string(&output).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
