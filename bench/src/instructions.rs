@@ -430,6 +430,13 @@ pub fn section(
     );
     let _ = writeln!(
         s,
+        "- Large copies count by the byte: glibc's `memcpy` copies them with `rep movsb`, \
+         each of whose iterations callgrind counts as an instruction. A 29 KB answer copied \
+         a few times on its way out (`edge-list`, `plain-list`) therefore weighs more here \
+         than in time"
+    );
+    let _ = writeln!(
+        s,
         "- \"In V8-generated code\" is code outside every mapped file above 4 GiB, where V8 \
          compiles the wasm module and its call wrappers; the host-call machinery in Envoy's \
          binary is counted in the total only"

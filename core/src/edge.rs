@@ -389,36 +389,46 @@ impl Edge {
         };
         let end = start.saturating_add(self.page_size).min(entries.len());
         let items = entries.get(start..end).unwrap_or_default();
-        let mut body =
-            String::with_capacity(64 + items.iter().map(|e| e.item.get().len() + 1).sum::<usize>());
-        body.push_str("{\"");
-        body.push_str(key);
-        body.push_str("\":[");
-        for (i, e) in items.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
+        let size = 64 + items.iter().map(|e| e.item.get().len() + 1).sum::<usize>();
+        // Written straight into the reply: a page can be tens of kilobytes, not worth
+        // building twice.
+        Some(Answer::Reply(result_with(id, size, |out| {
+            out.extend_from_slice(b"{\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":[");
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(e.item.get().as_bytes());
             }
-            body.push_str(e.item.get());
-        }
-        body.push(']');
-        if end < entries.len() {
-            body.push_str(",\"nextCursor\":\"");
-            body.push_str(&encode_cursor(end));
-            body.push('"');
-        }
-        body.push('}');
-        Some(Answer::Reply(result(id, &body)))
+            out.push(b']');
+            if end < entries.len() {
+                out.extend_from_slice(b",\"nextCursor\":\"");
+                out.extend_from_slice(encode_cursor(end).as_bytes());
+                out.push(b'"');
+            }
+            out.push(b'}');
+        })))
     }
 }
 
 /// `{"jsonrpc":"2.0","id":…,"result":<result_json>}`.
 fn result(id: Option<&Id>, result_json: &str) -> Vec<u8> {
+    result_with(id, result_json.len(), |out| {
+        out.extend_from_slice(result_json.as_bytes())
+    })
+}
+
+/// `{"jsonrpc":"2.0","id":…,"result":…}` with the result written by `write`, which writes
+/// about `size` bytes.
+fn result_with(id: Option<&Id>, size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let id = id.map_or("null", Id::as_json);
-    let mut out = Vec::with_capacity(40 + id.len() + result_json.len());
+    let mut out = Vec::with_capacity(40 + id.len() + size);
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b",\"result\":");
-    out.extend_from_slice(result_json.as_bytes());
+    write(&mut out);
     out.push(b'}');
     out
 }
