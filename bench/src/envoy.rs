@@ -89,6 +89,14 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> S
             wasm_filter("mcpgw", &modules.mcpgw, &mcpgw_config()),
             header_routed,
         ),
+        // A list is not a routed tool: it takes the default route, and the filter's part
+        // is reading the page on its way back (its counters prove it saw every request).
+        Variant::McpgwList => (
+            wasm_filter("mcpgw", &modules.mcpgw, &mcpgw_config()),
+            format!(
+                "              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {DEFAULT_CLUSTER} }}\n"
+            ),
+        ),
         // Calls the virtual server routes go to the tools cluster (a distinct name, as for
         // `mcpgw`, proves the filter chose it); lists never leave Envoy.
         Variant::EdgeList | Variant::EdgeCall => (
@@ -469,6 +477,9 @@ mod tests {
             assert!(yaml.contains("cluster_header: x-mcpgw-cluster"), "{v}");
         }
         assert!(!bootstrap(Variant::Mcpgw, up, &modules).contains(r#""servers""#));
+        let list = bootstrap(Variant::McpgwList, up, &modules);
+        assert!(list.contains(&mcpgw_config()), "{list}");
+        assert!(list.contains(&format!("cluster: {DEFAULT_CLUSTER}")), "{list}");
     }
 
     #[test]

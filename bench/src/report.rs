@@ -331,7 +331,8 @@ fn edge_part(s: &mut String, edge_rows: &[&Row], outcome: &Outcome) {
     );
     let _ = writeln!(
         s,
-        "- `tools/list`: `{}` ({} bytes), `POST /mcp` (plain-list) or `POST {}` (edge-list)",
+        "- `tools/list`: `{}` ({} bytes), `POST /mcp` (plain-list, and mcpgw-list: the mcpgw filter as in \
+         `mcpgw`, which reads the page on its way back) or `POST {}` (edge-list)",
         String::from_utf8_lossy(&catalog::tools_list_body()),
         catalog::tools_list_body().len(),
         catalog::ENDPOINT
@@ -395,6 +396,18 @@ fn edge_part(s: &mut String, edge_rows: &[&Row], outcome: &Outcome) {
             s,
             "- edge-list ÷ plain-list: **{ratio:.2}×** requests/s, p50 {:.3} vs {:.3} ms: {verdict}",
             edge.p50_ms, plain.p50_ms
+        );
+    }
+    if let (Some(observed), Some(plain)) = (find(Variant::McpgwList), find(Variant::PlainList))
+        && let Some(ratio) = observed.ratio
+    {
+        let _ = writeln!(
+            s,
+            "- mcpgw-list ÷ plain-list: **{ratio:.2}×** requests/s; Envoy CPU per request {:.1} µs \
+             (the {} B page read by the filter on its way back) vs {:.1} µs (forwarded)",
+            observed.envoy_us_per_request(),
+            observed.response_bytes,
+            plain.envoy_us_per_request()
         );
     }
     if let (Some(edge), Some(plain)) = (find(Variant::EdgeCall), find(Variant::PlainCall))

@@ -354,6 +354,12 @@ mod tests {
                 true,
             ),
             (
+                "the filter forwards lists it does not answer",
+                Variant::McpgwList,
+                served(10, 0),
+                true,
+            ),
+            (
                 "a list went missing",
                 Variant::PlainList,
                 served(9, 0),

@@ -26,6 +26,9 @@ pub enum Variant {
     PlainList,
     /// The mcpgw filter answering `tools/list` of a virtual server from its snapshot.
     EdgeList,
+    /// The mcpgw filter (as in `mcpgw`) in front of the upstream's `tools/list`: the
+    /// 100-tool page is observed on its way back, for the result counter.
+    McpgwList,
     /// Plain Envoy forwarding the 1 KB `tools/call` (the `plain` setup, its own Envoy).
     PlainCall,
     /// The mcpgw filter routing the 1 KB `tools/call` of a virtual server's namespaced tool
@@ -35,13 +38,14 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
         Variant::Mcpgw,
         Variant::PlainList,
         Variant::EdgeList,
+        Variant::McpgwList,
         Variant::PlainCall,
         Variant::EdgeCall,
     ];
@@ -55,6 +59,7 @@ impl Variant {
             Variant::Mcpgw => "mcpgw",
             Variant::PlainList => "plain-list",
             Variant::EdgeList => "edge-list",
+            Variant::McpgwList => "mcpgw-list",
             Variant::PlainCall => "plain-call",
             Variant::EdgeCall => "edge-call",
         }
@@ -84,6 +89,11 @@ impl Variant {
                  size 100): `tools/list` at `/servers/bench/mcp` answered by the filter, no upstream \
                  request"
             }
+            Variant::McpgwList => {
+                "mcpgw wasm filter as in `mcpgw`, forwarding `tools/list` to `/mcp` on the default \
+                 route (not a routed tool) and observing the 100-tool page it answers: the cost of \
+                 reading a large response"
+            }
             Variant::PlainCall => {
                 "Envoy, router only, forwarding the 1 KB `tools/call` of `echo` to `/mcp` (the \
                  `plain` setup in its own Envoy, measured as edge-call's baseline)"
@@ -101,7 +111,7 @@ impl Variant {
     pub fn baseline(self) -> Variant {
         match self {
             Variant::Plain | Variant::Native | Variant::Floor | Variant::Mcpgw => Variant::Plain,
-            Variant::PlainList | Variant::EdgeList => Variant::PlainList,
+            Variant::PlainList | Variant::EdgeList | Variant::McpgwList => Variant::PlainList,
             Variant::PlainCall | Variant::EdgeCall => Variant::PlainCall,
         }
     }
@@ -113,12 +123,18 @@ impl Variant {
 
     /// Whether Envoy runs the mcpgw filter (and so counts `mcpgw_requests_total`).
     pub fn runs_mcpgw(self) -> bool {
-        matches!(self, Variant::Mcpgw | Variant::EdgeList | Variant::EdgeCall)
+        matches!(
+            self,
+            Variant::Mcpgw | Variant::EdgeList | Variant::McpgwList | Variant::EdgeCall
+        )
     }
 
     /// Whether the client sends `tools/list` (otherwise the 1 KB `tools/call`).
     pub fn lists(self) -> bool {
-        matches!(self, Variant::PlainList | Variant::EdgeList)
+        matches!(
+            self,
+            Variant::PlainList | Variant::EdgeList | Variant::McpgwList
+        )
     }
 
     /// Whether requests reach the upstream at all: every variant's but `edge-list`'s.
@@ -129,7 +145,9 @@ impl Variant {
     /// The request this variant's client repeats.
     pub fn workload(self) -> Workload {
         match self {
-            Variant::PlainList => Workload::new(load::MCP_PATH, catalog::tools_list_body()),
+            Variant::PlainList | Variant::McpgwList => {
+                Workload::new(load::MCP_PATH, catalog::tools_list_body())
+            }
             Variant::EdgeList => Workload::new(catalog::ENDPOINT, catalog::tools_list_body()),
             Variant::EdgeCall => Workload::new(
                 catalog::ENDPOINT,

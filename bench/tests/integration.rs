@@ -188,10 +188,13 @@ fn one_short_round_of_every_variant_writes_the_report() {
         "mcpgw_requests_total",
         "| plain-list |",
         "| edge-list |",
+        "| mcpgw-list |",
         "| plain-call |",
         "| edge-call |",
         "edge-list ÷ plain-list:",
         "edge-call ÷ plain-call:",
+        "mcpgw-list ÷ plain-list:",
+        "`mcpgw_requests_total` after the run (`mcpgw-list`)",
         "- `edge-list`: the upstream answered 0 `tools/list` and 0 `tools/call`",
         "`mcpgw_requests_total` after the run (`edge-call`)",
     ] {
