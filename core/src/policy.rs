@@ -152,6 +152,7 @@ impl Gate {
             reject_duplicate_keys: p.reject_duplicate_keys,
             stop_when_routable: p.early_terminate && !denies,
             skim: false,
+            settle: false,
         };
         Gate {
             snapshot,

@@ -115,6 +115,9 @@ enum Observer {
     None,
     /// Headers seen, no body byte yet: the body's first bytes decide (see `sniff`).
     Sniff,
+    /// A single JSON message whose kind is known from its first `result` or `error`
+    /// key: counted when the body ends, the rest not read.
+    Settled(Kind),
     Json(MessageParser),
     Sse(EventStream),
 }
@@ -198,6 +201,17 @@ impl<'h> RequestHead<'h> {
                 many.iter().map(|v| lossy(v)).collect::<Vec<_>>().join(", "),
             )),
         }
+    }
+}
+
+/// Counts a response message of `kind` to `request` (method, tool); server-to-client
+/// requests and notifications inside a stream are not responses.
+fn count_response(metrics: &RefCell<Metrics>, request: Option<&(String, String)>, kind: Kind) {
+    let (method, tool) = request.map_or(("", ""), |(m, t)| (m.as_str(), t.as_str()));
+    match kind {
+        Kind::Result => metrics.borrow_mut().response(method, tool, false),
+        Kind::Error => metrics.borrow_mut().response(method, tool, true),
+        Kind::Request | Kind::Notification => {}
     }
 }
 
@@ -832,8 +846,18 @@ impl HttpContext for McpRequest {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if matches!(self.observer, Observer::None) {
-            return Action::Continue;
+        match self.observer {
+            Observer::None => return Action::Continue,
+            // The kind is known: the rest of the body is not read, only its end awaited (a
+            // response cut short is not counted).
+            Observer::Settled(kind) => {
+                if end_of_stream {
+                    self.observer = Observer::None;
+                    count_response(&self.metrics, self.request.as_ref(), kind);
+                }
+                return Action::Continue;
+            }
+            Observer::Sniff | Observer::Json(_) | Observer::Sse(_) => {}
         }
         let chunk = if body_size > 0 {
             self.get_http_response_body(0, body_size)
@@ -845,8 +869,10 @@ impl HttpContext for McpRequest {
             self.observer = match sniff(&chunk) {
                 Some(BodyKind::Json) => Observer::Json(MessageParser::new(Options {
                     // Responses are observed, not validated: what the counters need is
-                    // read, the rest skimmed.
+                    // read, the rest skimmed, and a single message is read only up to
+                    // its `result` or `error`.
                     skim: true,
+                    settle: true,
                     ..Options::default()
                 })),
                 Some(BodyKind::EventStream) => Observer::Sse(EventStream::new()),
@@ -856,41 +882,37 @@ impl HttpContext for McpRequest {
                 None => Observer::Sniff,
             };
         }
-        let (method, tool) = self
-            .request
-            .as_ref()
-            .map_or(("", ""), |(m, t)| (m.as_str(), t.as_str()));
-        let metrics = &self.metrics;
+        let (metrics, request) = (&self.metrics, self.request.as_ref());
         let count = |messages: &[Message]| {
-            let mut m = metrics.borrow_mut();
             for msg in messages {
-                match msg.kind {
-                    Kind::Result => m.response(method, tool, false),
-                    Kind::Error => m.response(method, tool, true),
-                    // Server-to-client requests and notifications inside a stream.
-                    Kind::Request | Kind::Notification => {}
-                }
+                count_response(metrics, request, msg.kind);
             }
         };
         match &mut self.observer {
-            Observer::Json(parser) => {
+            Observer::Json(parser) => match parser.feed(&chunk) {
                 // A malformed upstream body is not ours to fix; stop observing it.
-                if parser.feed(&chunk).is_err() {
+                Err(_) => self.observer = Observer::None,
+                Ok(Progress::Settled(kind)) if end_of_stream => {
                     self.observer = Observer::None;
-                } else if end_of_stream
-                    && let Observer::Json(parser) =
-                        std::mem::replace(&mut self.observer, Observer::None)
-                    && let Ok(body) = parser.finish()
-                {
-                    count(body.messages());
+                    count_response(metrics, request, kind);
                 }
-            }
+                Ok(Progress::Settled(kind)) => self.observer = Observer::Settled(kind),
+                Ok(_) if end_of_stream => {
+                    if let Observer::Json(parser) =
+                        std::mem::replace(&mut self.observer, Observer::None)
+                        && let Ok(body) = parser.finish()
+                    {
+                        count(body.messages());
+                    }
+                }
+                Ok(_) => {}
+            },
             Observer::Sse(stream) => stream.feed(&chunk, |event| {
                 if let Event::Messages(ms) = event {
                     count(&ms);
                 }
             }),
-            Observer::None | Observer::Sniff => {}
+            Observer::None | Observer::Sniff | Observer::Settled(_) => {}
         }
         Action::Continue
     }

@@ -8,8 +8,8 @@ use mcpgw_core::jsonrpc::stream::{MessageParser, Options};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, body)) = data.split_first() else { return };
-    let opts = Options { reject_duplicate_keys: ctl & 1 != 0, stop_when_routable: ctl & 2 != 0, skim: ctl & 4 != 0 };
-    let cut = usize::from(ctl >> 3) * body.len() / 32;
+    let opts = Options { reject_duplicate_keys: ctl & 1 != 0, stop_when_routable: ctl & 2 != 0, skim: ctl & 4 != 0, settle: ctl & 8 != 0 };
+    let cut = usize::from(ctl >> 4) * body.len() / 16;
     let (a, b) = body.split_at(cut.min(body.len()));
 
     let mut whole = MessageParser::new(opts);

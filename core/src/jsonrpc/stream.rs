@@ -37,6 +37,11 @@ pub struct Options {
     /// validate: a large result costs a few instructions per byte instead of a full
     /// parse. Ignored when `reject_duplicate_keys` is set.
     pub skim: bool,
+    /// Stop reading a single (non-batch) message at its first top-level `result` or
+    /// `error` key: [`Progress::Settled`] says which. What follows, and whether it is
+    /// well-formed, is not read. For counting responses by kind, which is all an
+    /// observer needs of a large one.
+    pub settle: bool,
 }
 
 /// Where parsing stands after a chunk.
@@ -48,6 +53,9 @@ pub enum Progress {
     Routable,
     /// A complete JSON value has been read; only whitespace may follow.
     Complete,
+    /// ([`Options::settle`]) A single message's kind is known from its first `result` or
+    /// `error` key; the parser has stopped reading. Stop feeding.
+    Settled(Kind),
 }
 
 /// A parsed body.
@@ -437,6 +445,7 @@ pub struct MessageParser {
     messages: Vec<Message>,
     invalid: Option<RequestError>,
     routable: bool,
+    settled: Option<Kind>,
     serial: u32,
     keys: HashSet<u64, BuildHasherDefault<PreHashed>>,
 }
@@ -472,6 +481,7 @@ impl MessageParser {
             messages: Vec::new(),
             invalid: None,
             routable: false,
+            settled: None,
             serial: 0,
             keys: HashSet::default(),
         }
@@ -491,8 +501,12 @@ impl MessageParser {
         if self.routable {
             return Ok(Progress::Routable);
         }
+        if let Some(kind) = self.settled {
+            return Ok(Progress::Settled(kind));
+        }
         match self.run(chunk) {
             Ok(()) if self.routable => Ok(Progress::Routable),
+            Ok(()) if let Some(kind) = self.settled => Ok(Progress::Settled(kind)),
             Ok(()) if self.expect == Expect::Trailing && self.lex == Lex::Ws => {
                 Ok(Progress::Complete)
             }
@@ -584,7 +598,7 @@ impl MessageParser {
                     self.token(b)?;
                     i += 1;
                     self.offset += 1;
-                    if self.routable {
+                    if self.stopped() {
                         return Ok(());
                     }
                 }
@@ -610,7 +624,7 @@ impl MessageParser {
                     self.string_byte(b)?;
                     i += 1;
                     self.offset += 1;
-                    if self.routable {
+                    if self.stopped() {
                         return Ok(());
                     }
                 }
@@ -628,7 +642,7 @@ impl MessageParser {
                         }
                         self.lex = Lex::Ws;
                         self.value_done(Scalar::Num)?;
-                        if self.routable {
+                        if self.stopped() {
                             return Ok(());
                         }
                         // Re-read `b` as the token after the number.
@@ -696,7 +710,7 @@ impl MessageParser {
                             Scalar::Bool
                         };
                         self.value_done(kind)?;
-                        if self.routable {
+                        if self.stopped() {
                             return Ok(());
                         }
                     } else {
@@ -706,6 +720,19 @@ impl MessageParser {
             }
         }
         Ok(())
+    }
+
+    /// Reading stops here: the request is routable, or the response settled.
+    fn stopped(&self) -> bool {
+        self.routable || self.settled.is_some()
+    }
+
+    /// A single message's `result` or `error` was reached: with [`Options::settle`], its
+    /// kind is known.
+    fn settle(&mut self, kind: Kind) {
+        if self.opts.settle && self.batch == Some(false) && self.settled.is_none() {
+            self.settled = Some(kind);
+        }
     }
 
     fn capturing_str(&self) -> bool {
@@ -859,10 +886,12 @@ impl MessageParser {
             (Slot::Ref, true) => Ctx::Ref,
             (Slot::Error, true) => {
                 self.env.has_error = true;
+                self.settle(Kind::Error);
                 Ctx::ErrorObj
             }
             (Slot::Result, _) => {
                 self.env.has_result = true;
+                self.settle(Kind::Result);
                 Ctx::Other
             }
             (Slot::Skip | Slot::Params | Slot::Meta | Slot::Ref, _) => Ctx::Other,
@@ -1005,7 +1034,10 @@ impl MessageParser {
                     Some(code) => self.env.error_code = Some(code),
                     None => self.type_error(Slot::ErrorCode),
                 },
-                (Slot::Result, _) => self.env.has_result = true,
+                (Slot::Result, _) => {
+                    self.env.has_result = true;
+                    self.settle(Kind::Result);
+                }
                 (Slot::Params, Scalar::Null) => {}
                 (Slot::Params, _) => self
                     .env

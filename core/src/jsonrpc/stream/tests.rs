@@ -304,6 +304,7 @@ fn duplicate_keys_anywhere_when_asked() {
         reject_duplicate_keys: true,
         stop_when_routable: true,
         skim: false,
+        settle: false,
     };
     match parse_with(opts, body) {
         Err(RequestError::Invalid { reason, .. }) => {
@@ -326,6 +327,7 @@ fn stops_once_routable() {
         reject_duplicate_keys: false,
         stop_when_routable: true,
         skim: false,
+        settle: false,
     };
     let mut p = MessageParser::new(opts);
     assert_eq!(p.feed(body.as_bytes()), Ok(Progress::Routable));
@@ -360,6 +362,7 @@ fn stops_once_routable() {
         reject_duplicate_keys: true,
         stop_when_routable: true,
         skim: false,
+        settle: false,
     };
     assert_eq!(
         MessageParser::new(strict).feed(body.as_bytes()),
@@ -393,6 +396,7 @@ const SKIM: Options = Options {
     reject_duplicate_keys: false,
     stop_when_routable: false,
     skim: true,
+    settle: false,
 };
 
 /// Parses `body` in two chunks split at `cut`.
@@ -443,6 +447,60 @@ fn skimming_still_finds_the_end_and_what_follows() {
     assert!(parse_with(Options::default(), br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#).is_err());
     // The envelope around a skimmed value is: a result and an error in one message.
     assert!(parse_with(SKIM, br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}"#).is_err());
+}
+
+const SETTLE: Options = Options {
+    reject_duplicate_keys: false,
+    stop_when_routable: false,
+    skim: true,
+    settle: true,
+};
+
+#[test]
+fn a_single_response_settles_at_its_result_or_error() {
+    let page = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{}]}}}}"#,
+        vec![r#"{"name":"t"}"#; 500].join(",")
+    );
+    let mut p = MessageParser::new(SETTLE);
+    assert_eq!(p.feed(page.as_bytes()), Ok(Progress::Settled(Kind::Result)));
+    // It stopped at the result's first byte, not at the end of the page.
+    assert!(p.offset() < 40, "read {} bytes", p.offset());
+    // Feeding more changes nothing.
+    assert_eq!(p.feed(b"anything"), Ok(Progress::Settled(Kind::Result)));
+
+    let error = br#"{"id":"a","jsonrpc":"2.0","error":{"code":-32601,"message":"no","data":[1,2,3]}}"#;
+    assert_eq!(
+        MessageParser::new(SETTLE).feed(error),
+        Ok(Progress::Settled(Kind::Error))
+    );
+    let scalar = br#"{"jsonrpc":"2.0","id":1,"result":42}"#;
+    assert_eq!(
+        MessageParser::new(SETTLE).feed(scalar),
+        Ok(Progress::Settled(Kind::Result))
+    );
+    // The key may arrive in a later chunk.
+    let mut p = MessageParser::new(SETTLE);
+    assert_eq!(p.feed(br#"{"jsonrpc":"2.0","id":1,"res"#), Ok(Progress::NeedMore));
+    assert_eq!(p.feed(br#"ult":{"a":1}}"#), Ok(Progress::Settled(Kind::Result)));
+}
+
+#[test]
+fn batches_and_messages_without_a_result_do_not_settle() {
+    let batch = br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"error":{"code":1,"message":"m"}}]"#;
+    let mut p = MessageParser::new(SETTLE);
+    assert_eq!(p.feed(batch), Ok(Progress::Complete));
+    assert_eq!(p.finish().map(|b| b.messages().len()), Ok(2));
+    let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":2}}"#;
+    let mut p = MessageParser::new(SETTLE);
+    assert_eq!(p.feed(note), Ok(Progress::Complete));
+    assert!(p.finish().is_ok());
+    // Without the option, a response is read to its end.
+    let mut p = MessageParser::new(SKIM);
+    assert_eq!(
+        p.feed(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+        Ok(Progress::Complete)
+    );
 }
 
 // --- properties -------------------------------------------------------------------------
@@ -535,7 +593,7 @@ proptest! {
     #[test]
     fn extraction_matches_a_full_parse(v in arb_request(), early in any::<bool>()) {
         let bytes = serde_json::to_vec(&v).unwrap();
-        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early, skim: false };
+        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early, skim: false, settle: false };
         let mut p = MessageParser::new(opts);
         let m = match p.feed(&bytes).unwrap() {
             Progress::Routable => p.routable().unwrap(),
@@ -576,6 +634,28 @@ proptest! {
         prop_assert_eq!(parse_split(SKIM, &bytes, cut), full);
     }
 
+    /// A single response settles on the kind a full parse finds, in any chunking.
+    #[test]
+    fn settling_matches_a_full_parse(v in arb_json(), error in any::<bool>(), cut in 0usize..4096) {
+        let msg = if error {
+            serde_json::json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -32000, "message": "m", "data": v}})
+        } else {
+            serde_json::json!({"jsonrpc": "2.0", "id": 3, "result": v})
+        };
+        let bytes = serde_json::to_vec(&msg).unwrap();
+        let full = match parse_with(Options::default(), &bytes) {
+            Ok(Body::Single(m)) => m.kind,
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = bytes.split_at(cut.min(bytes.len()));
+        let mut p = MessageParser::new(SETTLE);
+        let progress = match p.feed(a).unwrap() {
+            Progress::NeedMore => p.feed(b).unwrap(),
+            settled => settled,
+        };
+        prop_assert_eq!(progress, Progress::Settled(full));
+    }
+
     /// Skimming any bytes never panics, in any chunking.
     #[test]
     fn skimming_never_panics(bytes in prop::collection::vec(prop::sample::select(b"{}[]:,\"\\ 0123456789truefalsnu\xff".to_vec()), 0..60), cut in 0usize..64) {
@@ -589,7 +669,7 @@ proptest! {
         let i = pos.index(bytes.len());
         bytes[i] = byte;
         let cut = cut.index(bytes.len() + 1);
-        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false, skim: false });
+        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false, skim: false, settle: false });
         let r = p.feed(&bytes[..cut]).and_then(|_| p.feed(&bytes[cut..])).and_then(|_| p.finish());
         let ok_syntax = !matches!(r, Err(RequestError::Parse { .. }));
         let theirs = serde_accepts(&bytes);
