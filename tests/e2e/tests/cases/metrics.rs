@@ -20,7 +20,7 @@ async fn prometheus_counts_per_method_and_tool() -> anyhow::Result<()> {
     let envoy = Envoy::start(&artifacts(), &config).await?;
     let (json_url, sse_url) = (envoy.url("/json/mcp"), envoy.url("/sse/mcp"));
 
-    // JSON upstream: 2 × echo, 1 × unknown tool (a JSON-RPC error from upstream).
+    // JSON upstream: 3 × echo, 1 × unknown tool (a JSON-RPC error from upstream).
     for id in [1, 2] {
         let r = post(
             &json_url,
@@ -30,6 +30,24 @@ async fn prometheus_counts_per_method_and_tool() -> anyhow::Result<()> {
         .await?;
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // A large answer reaches the filter in several chunks: it is counted once, from its
+    // `result` key, and passes through whole.
+    let big = "x".repeat(256 * 1024);
+    let r = post(
+        &json_url,
+        tools_call(4, "echo", json!({"message": big})),
+        &[],
+    )
+    .await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.response(&json!(4))?["result"]["content"][0]["text"]
+            .as_str()
+            .map(str::len),
+        Some(big.len()),
+        "{:.300}",
+        r.text()
+    );
     let r = post(&json_url, tools_call(3, "no-such-tool", json!({})), &[]).await?;
     assert!(
         r.response(&json!(3))?.get("error").is_some()
@@ -87,12 +105,12 @@ async fn prometheus_counts_per_method_and_tool() -> anyhow::Result<()> {
     expect(
         "mcpgw_requests_total",
         &[("mcp_method", "tools/call"), ("mcp_tool", "echo")],
-        3.0,
+        4.0,
     );
     expect(
         "mcpgw_responses_total",
         &[("mcp_method", "tools/call"), ("mcp_tool", "echo")],
-        3.0,
+        4.0,
     );
     expect(
         "mcpgw_requests_total",
