@@ -373,10 +373,7 @@ pub fn section(
             .map(|c| c.best().total)
     };
     let plain = best_of(Variant::Plain);
-    let floor = counts
-        .iter()
-        .find(|c| c.variant == Variant::Floor)
-        .map(|c| c.best().total);
+    let floor = best_of(Variant::Floor);
     let _ = writeln!(
         s,
         "| variant | instructions per request | baseline (plain Envoy, same request) | over baseline | baseline ÷ variant | in V8-generated code | spread of counts |"
@@ -413,13 +410,11 @@ pub fn section(
             budget - f
         );
     }
-    if let Some(m) = counts.iter().find(|c| c.variant == Variant::Mcpgw)
-        && let Some(f) = floor
-    {
+    if let (Some(m), Some(f)) = (best_of(Variant::Mcpgw), floor) {
         let _ = writeln!(
             s,
             "- mcpgw over the floor: {:+.0} instructions per request",
-            m.best().total - f
+            m - f
         );
     }
     let _ = writeln!(

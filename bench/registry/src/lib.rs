@@ -48,6 +48,15 @@ pub fn memory() -> (u64, u64) {
     memory_of("self")
 }
 
+/// Writes `report` as the marked section (`begin` … `end`) of the Markdown file `output`,
+/// unless `output` is `-` (print only).
+pub fn write_report(output: &str, begin: &str, end: &str, report: &str) -> anyhow::Result<()> {
+    if output == "-" {
+        return Ok(());
+    }
+    mcpgw_bench::report::write_marked(std::path::Path::new(output), begin, end, report)
+}
+
 /// The head every report section of these benchmarks starts with: `begin` marker, title,
 /// the generator's name, and the command, date and machine of the run.
 pub fn section_head(begin: &str, title: &str, generator: &str, command: &str) -> String {

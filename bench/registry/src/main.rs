@@ -272,14 +272,7 @@ async fn run(knobs: Knobs) -> anyhow::Result<()> {
     for bed in &mut beds {
         bed.stop().await;
     }
-    if knobs.output != "-" {
-        mcpgw_bench::report::write_marked(
-            std::path::Path::new(&knobs.output),
-            SECTION_BEGIN,
-            SECTION_END,
-            &report,
-        )?;
-    }
+    mcpgw_bench_registry::write_report(&knobs.output, SECTION_BEGIN, SECTION_END, &report)?;
     Ok(())
 }
 

@@ -235,14 +235,7 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     let _ = stop_tx.send(());
     drop(envoy);
-    if knobs.output != "-" {
-        mcpgw_bench::report::write_marked(
-            std::path::Path::new(&knobs.output),
-            SECTION_BEGIN,
-            SECTION_END,
-            &report,
-        )?;
-    }
+    mcpgw_bench_registry::write_report(&knobs.output, SECTION_BEGIN, SECTION_END, &report)?;
     Ok(())
 }
 
