@@ -479,7 +479,10 @@ mod tests {
         assert!(!bootstrap(Variant::Mcpgw, up, &modules).contains(r#""servers""#));
         let list = bootstrap(Variant::McpgwList, up, &modules);
         assert!(list.contains(&mcpgw_config()), "{list}");
-        assert!(list.contains(&format!("cluster: {DEFAULT_CLUSTER}")), "{list}");
+        assert!(
+            list.contains(&format!("cluster: {DEFAULT_CLUSTER}")),
+            "{list}"
+        );
     }
 
     #[test]

@@ -137,16 +137,17 @@ pub fn parse_profile(text: &str) -> anyhow::Result<Profile> {
             continue;
         }
         // Name compression: `fn=(12) name` defines id 12, `fn=(12)` refers to it.
-        let named = |value: &str, table: &mut std::collections::HashMap<String, String>| {
-            match value.strip_prefix('(').and_then(|v| v.split_once(')')) {
-                Some((id, name)) if !name.trim().is_empty() => {
-                    let name = name.trim().to_string();
-                    table.insert(id.to_string(), name.clone());
-                    name
-                }
-                Some((id, _)) => table.get(id).cloned().unwrap_or_default(),
-                None => value.trim().to_string(),
+        let named = |value: &str, table: &mut std::collections::HashMap<String, String>| match value
+            .strip_prefix('(')
+            .and_then(|v| v.split_once(')'))
+        {
+            Some((id, name)) if !name.trim().is_empty() => {
+                let name = name.trim().to_string();
+                table.insert(id.to_string(), name.clone());
+                name
             }
+            Some((id, _)) => table.get(id).cloned().unwrap_or_default(),
+            None => value.trim().to_string(),
         };
         if let Some(v) = line.strip_prefix("ob=") {
             object = named(v, &mut objects);
@@ -204,8 +205,7 @@ pub fn envoy_executable(envoy: &Path) -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("{} is not in a virtualenv's bin/", envoy.display()))?;
     let lib = venv.join("lib");
-    let entries =
-        std::fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))?;
+    let entries = std::fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))?;
     for entry in entries.flatten() {
         let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
         if candidate.is_file() {
@@ -334,12 +334,7 @@ fn control(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The Markdown section (between its markers) for `docs/benchmarks.md`.
-pub fn section(
-    counts: &[VariantCounts],
-    counting: Counting,
-    command: &str,
-    head: &str,
-) -> String {
+pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head: &str) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN_MARKER}");
@@ -497,7 +492,10 @@ totals: 7155
         assert_eq!(c.requests, 20);
         let err = Counting::from_lookup(|k| (k == "MCPGW_BENCH_INSTR_REPEATS").then(|| "0".into()))
             .unwrap_err();
-        assert!(err.to_string().contains("MCPGW_BENCH_INSTR_REPEATS"), "{err}");
+        assert!(
+            err.to_string().contains("MCPGW_BENCH_INSTR_REPEATS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::crypto::{CryptoError, SecretBox};
 use crate::edge_config::{
-    DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE, EdgeSettings,
-    UpstreamEndpoint,
+    ControlPlaneTls, DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE,
+    EdgeSettings, UpstreamEndpoint,
 };
 
 /// Log output format.
@@ -97,6 +97,31 @@ pub struct ServeArgs {
     /// address; required when that binds every interface].
     #[arg(long, env = "MCPGW_RELAY_ADVERTISE")]
     pub relay_advertise: Option<String>,
+    /// Certificate chain (PEM) the control plane presents on the listeners Envoys connect to
+    /// (xDS and the relay); with `tls_key` and `tls_client_ca`.
+    #[arg(long, env = "MCPGW_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[arg(long, env = "MCPGW_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that Envoys' client certificates must chain to on xDS and the relay.
+    #[arg(long, env = "MCPGW_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve xDS and the relay without TLS on a non-loopback address. Anyone who reaches
+    /// them then gets every Envoy's configuration (upstream credentials included) and can
+    /// use the relay: only for networks where nothing else can connect.
+    #[arg(long, env = "MCPGW_INSECURE_XDS")]
+    pub insecure_xds: bool,
+    /// CA bundle on the Envoys' hosts that the control plane's certificate is verified
+    /// against (sent over xDS, for the relay cluster); with `envoy_tls_cert` and `envoy_tls_key`.
+    #[arg(long, env = "MCPGW_ENVOY_TLS_CA")]
+    pub envoy_tls_ca: Option<String>,
+    /// Client certificate on the Envoys' hosts that Envoys present to the control plane.
+    #[arg(long, env = "MCPGW_ENVOY_TLS_CERT")]
+    pub envoy_tls_cert: Option<String>,
+    /// Private key on the Envoys' hosts of `envoy_tls_cert`.
+    #[arg(long, env = "MCPGW_ENVOY_TLS_KEY")]
+    pub envoy_tls_key: Option<String>,
 }
 
 /// The optional TOML file: same keys as the long flags.
@@ -123,6 +148,13 @@ pub struct FileConfig {
     edge_policy: Option<PathBuf>,
     relay_listen: Option<String>,
     relay_advertise: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    insecure_xds: Option<bool>,
+    envoy_tls_ca: Option<String>,
+    envoy_tls_cert: Option<String>,
+    envoy_tls_key: Option<String>,
 }
 
 /// A configuration error naming the offending setting.
@@ -201,6 +233,18 @@ impl Default for FederationSettings {
     }
 }
 
+/// TLS of the listeners Envoys connect to (xDS, relay): the control plane's identity and the
+/// CA its Envoys' client certificates chain to. Files are read when the listeners start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle (PEM) for client certificates.
+    pub client_ca: PathBuf,
+}
+
 /// Validated settings of a running control plane.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -230,6 +274,11 @@ pub struct Settings {
     pub relay_listen: Option<SocketAddr>,
     /// Where Envoys reach the relay (`None`: its bound address).
     pub relay_advertise: Option<UpstreamEndpoint>,
+    /// TLS with client certificates on xDS and the relay (`None`: plaintext, allowed only
+    /// on loopback unless `insecure_xds`).
+    pub tls: Option<ServerTls>,
+    /// The operator allowed plaintext xDS and relay listeners off loopback.
+    pub insecure_xds: bool,
 }
 
 impl Settings {
@@ -249,6 +298,8 @@ impl Settings {
             edge_policy: mcpgw_core::snapshot::Policy::default(),
             relay_listen: None,
             relay_advertise: None,
+            tls: None,
+            insecure_xds: false,
         }
     }
 }
@@ -469,6 +520,97 @@ impl ServeArgs {
                 ),
             ));
         }
+        let tls = match (
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+            self.tls_client_ca.clone().or(file.tls_client_ca),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(client_ca)) => {
+                for (field, path) in [
+                    ("tls_cert", &cert),
+                    ("tls_key", &key),
+                    ("tls_client_ca", &client_ca),
+                ] {
+                    std::fs::metadata(path)
+                        .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+                }
+                Some(ServerTls {
+                    cert,
+                    key,
+                    client_ca,
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    "tls_cert",
+                    "tls_cert, tls_key and tls_client_ca are set together or not at all",
+                ));
+            }
+        };
+        let insecure_xds = self.insecure_xds || file.insecure_xds.unwrap_or(false);
+        for (field, addr) in [("xds_listen", xds_listen), ("relay_listen", relay_listen)] {
+            if let Some(addr) = addr
+                && !addr.ip().is_loopback()
+                && tls.is_none()
+                && !insecure_xds
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{addr} is not a loopback address, and without TLS anyone who reaches it \
+                         gets every Envoy's configuration or the relay: set tls_cert, tls_key and \
+                         tls_client_ca, or say --insecure-xds"
+                    ),
+                ));
+            }
+        }
+        let control_plane_tls = match (
+            self.envoy_tls_ca.clone().or(file.envoy_tls_ca),
+            self.envoy_tls_cert.clone().or(file.envoy_tls_cert),
+            self.envoy_tls_key.clone().or(file.envoy_tls_key),
+        ) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(ControlPlaneTls {
+                ca_file: envoy_path("envoy_tls_ca", ca)?,
+                cert_file: envoy_path("envoy_tls_cert", cert)?,
+                key_file: envoy_path("envoy_tls_key", key)?,
+            }),
+            _ => {
+                return Err(invalid(
+                    "envoy_tls_ca",
+                    "envoy_tls_ca, envoy_tls_cert and envoy_tls_key are set together or not at all",
+                ));
+            }
+        };
+        if tls.is_some() && relay_listen.is_some() && control_plane_tls.is_none() {
+            return Err(invalid(
+                "envoy_tls_ca",
+                "required with tls_cert while the relay is on: the certificate files Envoys \
+                 use to reach the relay over TLS",
+            ));
+        }
+        if dev {
+            let listeners = [
+                ("listen", Some(listen)),
+                ("xds_listen", xds_listen),
+                ("relay_listen", relay_listen),
+                ("envoy_listen", Some(envoy_listen)),
+            ];
+            for (field, addr) in listeners {
+                if let Some(addr) = addr
+                    && !addr.ip().is_loopback()
+                {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "{addr} is not a loopback address: --dev uses a public, well-known key \
+                             and is refused unless every listener is on loopback"
+                        ),
+                    ));
+                }
+            }
+        }
         let edge_policy = match self.edge_policy.clone().or(file.edge_policy) {
             Some(path) => read_edge_policy(&path)?,
             None => mcpgw_core::snapshot::Policy::default(),
@@ -505,10 +647,14 @@ impl ServeArgs {
                 filter_wasm,
                 upstream_ca_file,
                 relay: None,
+                relay_auth: None,
+                control_plane_tls,
             },
             edge_policy,
             relay_listen,
             relay_advertise,
+            tls,
+            insecure_xds,
         })
     }
 }
@@ -732,6 +878,7 @@ mod tests {
         let s = ServeArgs {
             relay_listen: Some("0.0.0.0:18001".into()),
             relay_advertise: Some("relay.mcpgw.svc:18001".into()),
+            insecure_xds: true,
             ..Default::default()
         }
         .resolve(Some(KEY))
@@ -751,6 +898,143 @@ mod tests {
         .resolve(Some(KEY))
         .unwrap();
         assert_eq!(s.relay_listen, None);
+    }
+
+    #[test]
+    fn listeners_envoys_reach_off_loopback_need_tls_or_an_explicit_insecure_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "pem").unwrap();
+            p
+        };
+        let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+        let public_xds = || ServeArgs {
+            xds_listen: Some("0.0.0.0:18000".into()),
+            relay_listen: Some("off".into()),
+            ..Default::default()
+        };
+        match public_xds().resolve(Some(KEY)) {
+            Err(ConfigError::FieldInvalid { field, reason }) => {
+                assert_eq!(field, "xds_listen");
+                assert!(reason.contains("--insecure-xds"), "{reason}");
+            }
+            other => panic!("plaintext xDS off loopback: {other:?}"),
+        }
+        let s = ServeArgs {
+            insecure_xds: true,
+            ..public_xds()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert!(s.insecure_xds && s.tls.is_none());
+        let s = ServeArgs {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key.clone()),
+            tls_client_ca: Some(ca.clone()),
+            ..public_xds()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(s.tls.unwrap().client_ca, ca);
+        let public_relay = ServeArgs {
+            relay_listen: Some("10.1.2.3:18001".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            public_relay.resolve(Some(KEY)),
+            Err(ConfigError::FieldInvalid {
+                field: "relay_listen",
+                ..
+            })
+        ));
+        // With TLS on and the relay on, Envoys need the files to reach the relay with.
+        let tls_relay = ServeArgs {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key.clone()),
+            tls_client_ca: Some(ca.clone()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            tls_relay.clone().resolve(Some(KEY)),
+            Err(ConfigError::FieldInvalid {
+                field: "envoy_tls_ca",
+                ..
+            })
+        ));
+        let s = ServeArgs {
+            envoy_tls_ca: Some("/etc/mcpgw/ca.pem".into()),
+            envoy_tls_cert: Some("/etc/mcpgw/envoy.pem".into()),
+            envoy_tls_key: Some("/etc/mcpgw/envoy.key".into()),
+            ..tls_relay
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.edge.control_plane_tls.unwrap().cert_file,
+            "/etc/mcpgw/envoy.pem"
+        );
+        let partial = ServeArgs {
+            tls_cert: Some(cert),
+            ..Default::default()
+        };
+        assert!(matches!(
+            partial.resolve(Some(KEY)),
+            Err(ConfigError::FieldInvalid {
+                field: "tls_cert",
+                ..
+            })
+        ));
+        let missing = ServeArgs {
+            tls_cert: Some(dir.path().join("absent.pem")),
+            tls_key: Some(key),
+            tls_client_ca: Some(ca),
+            ..Default::default()
+        };
+        assert!(matches!(
+            missing.resolve(Some(KEY)),
+            Err(ConfigError::FieldInvalid {
+                field: "tls_cert",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn dev_mode_is_refused_unless_every_listener_is_on_loopback() {
+        let dev = |f: fn(&mut ServeArgs)| {
+            let mut a = ServeArgs {
+                dev: true,
+                ..Default::default()
+            };
+            f(&mut a);
+            a.resolve(None)
+        };
+        assert!(dev(|_| {}).is_ok());
+        let cases: [(&str, fn(&mut ServeArgs)); 4] = [
+            ("listen", |a| a.listen = Some("0.0.0.0:4444".into())),
+            ("xds_listen", |a| {
+                a.xds_listen = Some("10.0.0.1:18000".into());
+                a.insecure_xds = true;
+            }),
+            ("relay_listen", |a| {
+                a.relay_listen = Some("0.0.0.0:18001".into());
+                a.relay_advertise = Some("relay:18001".into());
+                a.insecure_xds = true;
+            }),
+            ("envoy_listen", |a| {
+                a.envoy_listen = Some("0.0.0.0:8080".into())
+            }),
+        ];
+        for (want, f) in cases {
+            match dev(f) {
+                Err(ConfigError::FieldInvalid { field, reason }) => {
+                    assert_eq!(field, want);
+                    assert!(reason.contains("--dev"), "{reason}");
+                }
+                other => panic!("{want}: {other:?}"),
+            }
+        }
     }
 
     #[test]

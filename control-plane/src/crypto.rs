@@ -1,4 +1,9 @@
-//! Encryption at rest of upstream credentials (AES-256-GCM, random 96-bit nonces).
+//! Encryption at rest of upstream credentials (AES-256-GCM, random 96-bit nonces), and the
+//! other keys the control plane derives from its one configured key.
+//!
+//! Every purpose gets its own key, derived with HKDF-SHA256 under a distinct label
+//! ([`SecretBox::derive`]), so a key that leaks from one place (an Envoy's snapshot, a
+//! relay route) opens nothing else.
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -29,9 +34,14 @@ pub enum CryptoError {
     Seal,
 }
 
+/// HKDF label of the secret the relay route adds and the relay checks.
+const RELAY_AUTH_LABEL: &str = "mcpgw/relay-auth/v1";
+
 /// Seals and opens credentials with one key.
 #[derive(Clone)]
 pub struct SecretBox {
+    /// The configured key, kept only to derive purpose keys from.
+    master: [u8; 32],
     cipher: Aes256Gcm,
     /// Key that signs virtual-server sessions at the edge, derived from this one.
     session_signing_key: String,
@@ -64,9 +74,30 @@ impl SecretBox {
     /// Builds from raw key bytes.
     pub fn from_key(key: [u8; 32]) -> Self {
         Self {
+            master: key,
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
             session_signing_key: mcpgw_core::session::derive_signing_key(&key),
         }
+    }
+
+    /// A 32-byte key for one purpose, derived from the configured key with HKDF-SHA256
+    /// (RFC 5869; no salt, `label` as the info). Distinct labels give independent keys.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // HKDF-SHA256 can expand up to 255 * 32 bytes: 32 never fails.
+        let _ =
+            hkdf::Hkdf::<sha2::Sha256>::new(None, &self.master).expand(label.as_bytes(), &mut out);
+        out
+    }
+
+    /// The secret the relay route adds to every request it sends to the relay
+    /// ([`mcpgw_core::edge::RELAY_AUTH_HEADER`]) and the relay checks: hex, so it is a
+    /// valid header value.
+    pub fn relay_auth(&self) -> String {
+        self.derive(RELAY_AUTH_LABEL)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The session signing key every Envoy receives in its snapshot (base64): derived from
@@ -152,6 +183,20 @@ mod tests {
         let last = raw.len() - 2;
         raw[last] = if raw[last] == b'A' { b'B' } else { b'A' };
         assert!(b.open(&String::from_utf8(raw).unwrap()).is_err());
+    }
+
+    #[test]
+    fn derived_keys_are_stable_and_distinct_per_label_and_master() {
+        let a = SecretBox::from_key([1; 32]);
+        let b = SecretBox::from_key([2; 32]);
+        assert_eq!(a.derive("x"), a.derive("x"));
+        assert_ne!(a.derive("x"), a.derive("y"));
+        assert_ne!(a.derive("x"), b.derive("x"));
+        assert_ne!(a.derive("x"), [1; 32], "not the master key itself");
+        let auth = a.relay_auth();
+        assert_eq!(auth.len(), 64);
+        assert!(auth.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(auth, b.relay_auth());
     }
 
     #[test]

@@ -27,8 +27,9 @@ mod translate;
 
 pub use publish::{Edge, PublishError, Publisher, record};
 pub use translate::{
-    DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE, EdgeError, EdgeSettings,
-    Endpoints, FILTER, LISTENER, RELAY_CLUSTER, ROUTES, UpstreamEndpoint, endpoints, resources,
+    ControlPlaneTls, DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE,
+    EdgeError, EdgeSettings, Endpoints, FILTER, LISTENER, RELAY_CLUSTER, ROUTES, UpstreamEndpoint,
+    endpoints, resources,
 };
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ pub async fn serve(
                 tls: false,
             })
     });
+    settings.edge.relay_auth = relay_addr.map(|_| settings.secrets.relay_auth());
     // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
     // empty configuration.
     let publisher = Publisher::new(

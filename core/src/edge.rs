@@ -59,6 +59,13 @@ pub const RELAY_UPSTREAMS_HEADER: &str = "mcpgw-relay-upstreams";
 /// reached, which the relay sends the session's messages back through.
 pub const EDGE_ADDRESS_HEADER: &str = "mcpgw-edge-address";
 
+/// Request header the relay route sets to a secret only this control plane's Envoys know
+/// (derived from the control plane's key): the relay serves no request without it.
+pub const RELAY_AUTH_HEADER: &str = "mcpgw-relay-auth";
+/// Request header the relay route sets: the address of the client that reached the Envoy
+/// listener, for the relay's per-client limits.
+pub const CLIENT_ADDRESS_HEADER: &str = "mcpgw-client-address";
+
 /// The answer to a request the relay would serve when none is configured (HTTP 404).
 pub fn no_relay(what: &str) -> Rejection {
     Rejection {

@@ -19,7 +19,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod session;
-pub mod sniff;
 pub mod snapshot;
+pub mod sniff;
 pub mod sse;
 pub mod trace;

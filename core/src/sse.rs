@@ -124,14 +124,12 @@ impl EventStream {
     }
 
     fn start_data_line(&mut self) {
-        let parser = self
-            .parser
-            .get_or_insert_with(|| {
-                MessageParser::new(Options {
-                    skim: true,
-                    ..Options::default()
-                })
-            });
+        let parser = self.parser.get_or_insert_with(|| {
+            MessageParser::new(Options {
+                skim: true,
+                ..Options::default()
+            })
+        });
         if self.data_lines > 0 {
             let _ = parser.feed(b"\n");
         }

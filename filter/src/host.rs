@@ -23,9 +23,8 @@ pub fn request_header_map() -> Result<Vec<u8>, Status> {
     let mut size: usize = 0;
     // SAFETY: the host writes a pointer and a length to the two locations, which live for
     // the call.
-    let status = unsafe {
-        proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
-    };
+    let status =
+        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
     match status {
         Status::Ok if data.is_null() => Ok(Vec::new()),
         // SAFETY: the host allocated `size` bytes at `data` through this module's

@@ -23,7 +23,11 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     eprintln!(
         "mcpgw-bench-instructions: {:?}, {} warmup + {} × {} counted requests each",
-        settings.variants.iter().map(|v| v.name()).collect::<Vec<_>>(),
+        settings
+            .variants
+            .iter()
+            .map(|v| v.name())
+            .collect::<Vec<_>>(),
         counting.warmup,
         counting.repeats,
         counting.requests

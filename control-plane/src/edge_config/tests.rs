@@ -49,6 +49,8 @@ fn settings() -> EdgeSettings {
         filter_wasm: "/opt/mcpgw/filter.wasm".into(),
         upstream_ca_file: Some("/etc/ca.pem".into()),
         relay: None,
+        relay_auth: None,
+        control_plane_tls: None,
     }
 }
 

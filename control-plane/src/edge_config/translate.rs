@@ -74,6 +74,23 @@ pub struct EdgeSettings {
     /// Where Envoys reach the session relay (`None`: no relay; the legacy SSE pair and
     /// multi-upstream GET streams are refused).
     pub relay: Option<UpstreamEndpoint>,
+    /// The secret the relay route adds to every request it sends to the relay
+    /// ([`mcpgw_core::edge::RELAY_AUTH_HEADER`]), which the relay checks.
+    pub relay_auth: Option<String>,
+    /// Files on the Envoys' hosts for TLS towards the control plane (the relay cluster):
+    /// `None` means plaintext.
+    pub control_plane_tls: Option<ControlPlaneTls>,
+}
+
+/// Files on an Envoy's host for TLS with a client certificate towards the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneTls {
+    /// CA bundle the control plane's certificate is verified against.
+    pub ca_file: String,
+    /// Client certificate chain Envoy presents.
+    pub cert_file: String,
+    /// Its private key.
+    pub key_file: String,
 }
 
 /// Default of [`EdgeSettings::envoy_listen`].
@@ -92,6 +109,8 @@ impl Default for EdgeSettings {
             filter_wasm: DEFAULT_FILTER_WASM.to_owned(),
             upstream_ca_file: Some(DEFAULT_UPSTREAM_CA_FILE.to_owned()),
             relay: None,
+            relay_auth: None,
+            control_plane_tls: None,
         }
     }
 }

@@ -688,11 +688,7 @@ impl MessageParser {
                         self.lex = Lex::Ws;
                         self.after_value();
                     } else {
-                        self.lex = Lex::Skim {
-                            depth,
-                            in_str,
-                            esc,
-                        };
+                        self.lex = Lex::Skim { depth, in_str, esc };
                     }
                 }
                 Lex::Lit { word, pos } => {

@@ -444,9 +444,21 @@ fn skimming_still_finds_the_end_and_what_follows() {
     ));
     // What is skimmed is not validated: that is the trade.
     assert!(parse_with(SKIM, br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#).is_ok());
-    assert!(parse_with(Options::default(), br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#).is_err());
+    assert!(
+        parse_with(
+            Options::default(),
+            br#"{"jsonrpc":"2.0","id":1,"result":{"a":tru}}"#
+        )
+        .is_err()
+    );
     // The envelope around a skimmed value is: a result and an error in one message.
-    assert!(parse_with(SKIM, br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}"#).is_err());
+    assert!(
+        parse_with(
+            SKIM,
+            br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}"#
+        )
+        .is_err()
+    );
 }
 
 const SETTLE: Options = Options {
@@ -469,7 +481,8 @@ fn a_single_response_settles_at_its_result_or_error() {
     // Feeding more changes nothing.
     assert_eq!(p.feed(b"anything"), Ok(Progress::Settled(Kind::Result)));
 
-    let error = br#"{"id":"a","jsonrpc":"2.0","error":{"code":-32601,"message":"no","data":[1,2,3]}}"#;
+    let error =
+        br#"{"id":"a","jsonrpc":"2.0","error":{"code":-32601,"message":"no","data":[1,2,3]}}"#;
     assert_eq!(
         MessageParser::new(SETTLE).feed(error),
         Ok(Progress::Settled(Kind::Error))
@@ -481,8 +494,14 @@ fn a_single_response_settles_at_its_result_or_error() {
     );
     // The key may arrive in a later chunk.
     let mut p = MessageParser::new(SETTLE);
-    assert_eq!(p.feed(br#"{"jsonrpc":"2.0","id":1,"res"#), Ok(Progress::NeedMore));
-    assert_eq!(p.feed(br#"ult":{"a":1}}"#), Ok(Progress::Settled(Kind::Result)));
+    assert_eq!(
+        p.feed(br#"{"jsonrpc":"2.0","id":1,"res"#),
+        Ok(Progress::NeedMore)
+    );
+    assert_eq!(
+        p.feed(br#"ult":{"a":1}}"#),
+        Ok(Progress::Settled(Kind::Result))
+    );
 }
 
 #[test]
