@@ -1011,7 +1011,8 @@ mod tests {
             a.resolve(None)
         };
         assert!(dev(|_| {}).is_ok());
-        let cases: [(&str, fn(&mut ServeArgs)); 4] = [
+        type Edit = fn(&mut ServeArgs);
+        let cases: [(&str, Edit); 4] = [
             ("listen", |a| a.listen = Some("0.0.0.0:4444".into())),
             ("xds_listen", |a| {
                 a.xds_listen = Some("10.0.0.1:18000".into());

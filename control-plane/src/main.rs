@@ -8,7 +8,7 @@ use mcpgw::cli::{Cli, Command};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Openapi => {
             print!("{}", mcpgw::api::openapi_json());
             Ok(())
