@@ -188,7 +188,9 @@ pub fn validate(servers: &Servers, upstreams: &Upstreams) -> Result<(), CatalogE
     Ok(())
 }
 
-fn is_path_segment(s: &str) -> bool {
+/// Whether `s` is an id that can stand as one URL path segment as it is (virtual server and
+/// upstream ids): non-empty, not `.` or `..`, only letters, digits, `-`, `_` and `.`.
+pub fn is_path_segment(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
