@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
-use crate::mcp;
-use crate::policy::Rejection;
+use crate::mcp::{self, Method};
+use crate::reason::{Reason, Rejection};
 use crate::session::SessionKey;
 use crate::snapshot::Snapshot;
 
@@ -22,31 +22,24 @@ pub const SERVERS_PREFIX: &str = "/servers/";
 /// JSON-RPC code MCP uses for an unknown resource.
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
 
-/// `Allow` header value for a virtual server's 405 answers.
-pub const ALLOWED_HTTP_METHODS: &str = "POST";
-
 /// The answer to a path under `/servers/` that names no virtual server (HTTP 404).
 pub fn unknown_server(id: &str) -> Rejection {
-    Rejection {
-        status: 404,
-        code: code::INVALID_REQUEST,
-        id: None,
-        message: format!("no virtual server {id:?} (or no such endpoint on it)"),
-        reason: "unknown_server",
-    }
+    Rejection::new(
+        Reason::UnknownServer,
+        None,
+        format!("no virtual server {id:?} (or no such endpoint on it)"),
+    )
 }
 
 /// The answer to a GET or DELETE at a virtual server (HTTP 405).
 pub fn method_not_allowed(method: &str) -> Rejection {
-    Rejection {
-        status: 405,
-        code: code::INVALID_REQUEST,
-        id: None,
-        message: format!(
+    Rejection::new(
+        Reason::NoStream,
+        None,
+        format!(
             "{method} is not supported here: GET needs a session with a stateful upstream, and DELETE a session id"
         ),
-        reason: "method_not_allowed",
-    }
+    )
 }
 
 /// Request header naming one upstream of a session: a GET carrying it relays that
@@ -68,47 +61,39 @@ pub const CLIENT_ADDRESS_HEADER: &str = "mcpgw-client-address";
 
 /// The answer to a request the relay would serve when none is configured (HTTP 404).
 pub fn no_relay(what: &str) -> Rejection {
-    Rejection {
-        status: 404,
-        code: code::INVALID_REQUEST,
-        id: None,
-        message: format!("{what} needs the session relay, which this gateway does not run"),
-        reason: "no_relay",
-    }
+    Rejection::new(
+        Reason::NoRelay,
+        None,
+        format!("{what} needs the session relay, which this gateway does not run"),
+    )
 }
 
 /// The answer to a GET that picks an upstream the session does not hold (HTTP 404).
 pub fn unknown_stream(upstream: &str) -> Rejection {
-    Rejection {
-        status: 404,
-        code: code::INVALID_REQUEST,
-        id: None,
-        message: format!("upstream {upstream:?} holds no part of this session"),
-        reason: "unknown_stream",
-    }
+    Rejection::new(
+        Reason::UnknownStream,
+        None,
+        format!("upstream {upstream:?} holds no part of this session"),
+    )
 }
 
 /// The answer to a request whose `Mcp-Session-Id` does not verify (HTTP 404, as MCP
 /// prescribes for unknown sessions: the client starts a new one).
 pub fn unknown_session(why: &str) -> Rejection {
-    Rejection {
-        status: 404,
-        code: code::INVALID_REQUEST,
-        id: None,
-        message: format!("session not found: {why}"),
-        reason: "unknown_session",
-    }
+    Rejection::new(
+        Reason::UnknownSession,
+        None,
+        format!("session not found: {why}"),
+    )
 }
 
 /// The answer to a JSON-RPC batch sent to a virtual server (HTTP 400).
 pub fn batch_rejected() -> Rejection {
-    Rejection {
-        status: 400,
-        code: code::INVALID_REQUEST,
-        id: None,
-        message: "virtual servers take one JSON-RPC message per request, not a batch".into(),
-        reason: "batch",
-    }
+    Rejection::new(
+        Reason::VirtualServerBatch,
+        None,
+        "virtual servers take one JSON-RPC message per request, not a batch",
+    )
 }
 
 /// What the filter does with one request to a virtual server.
@@ -238,6 +223,16 @@ impl Edge {
         }
     }
 
+    /// Number of virtual servers.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Number of tools over all virtual servers.
+    pub fn tool_count(&self) -> usize {
+        self.servers.values().map(|s| s.server.tools.len()).sum()
+    }
+
     /// Whether the snapshot defines any virtual server (only then are `/servers/…` paths
     /// the filter's; otherwise they pass through like any other path).
     pub fn serves_any(&self) -> bool {
@@ -278,7 +273,6 @@ impl Edge {
     /// such server (the filter answers 404).
     pub fn answer(&self, id: &str, msg: &Message) -> Option<Answer<'_>> {
         let s = self.servers.get(id)?;
-        let method = msg.method.as_deref().unwrap_or_default();
         if msg.kind == Kind::Notification {
             return Some(Answer::Accepted);
         }
@@ -290,17 +284,20 @@ impl Edge {
         let id = msg.id.as_ref();
         let reply = |body| Some(Answer::Reply(body));
         let fail = |code, message: &str| Some(Answer::Reply(error_response(id, code, message)));
+        let Some(method) = msg.method.as_ref() else {
+            return fail(code::INVALID_REQUEST, "a request needs a method");
+        };
         match method {
-            "initialize" => reply(initialize(id, &s.server, msg.protocol_version.as_deref())),
-            "ping" => reply(result(id, "{}")),
-            "tools/list" => self.page(id, "tools", &s.server.tools, msg),
-            "prompts/list" => self.page(id, "prompts", &s.server.prompts, msg),
-            "resources/list" => self.page(id, "resources", &s.server.resources, msg),
-            "resources/templates/list" => {
+            Method::Initialize => reply(initialize(id, &s.server, msg.protocol_version.as_deref())),
+            Method::Ping => reply(result(id, "{}")),
+            Method::ToolsList => self.page(id, "tools", &s.server.tools, msg),
+            Method::PromptsList => self.page(id, "prompts", &s.server.prompts, msg),
+            Method::ResourcesList => self.page(id, "resources", &s.server.resources, msg),
+            Method::ResourcesTemplatesList => {
                 self.page(id, "resourceTemplates", &s.server.resource_templates, msg)
             }
-            "tools/call" | "prompts/get" => {
-                let (map, list, what) = if method == "tools/call" {
+            Method::ToolsCall | Method::PromptsGet => {
+                let (map, list, what) = if *method == Method::ToolsCall {
                     (&s.tools, &s.server.tools, "tool")
                 } else {
                     (&s.prompts, &s.server.prompts, "prompt")
@@ -317,7 +314,7 @@ impl Edge {
             }
             // Completions belong to the upstream of the prompt or resource template they
             // complete an argument of.
-            "completion/complete" => match (&msg.ref_name, &msg.ref_uri) {
+            Method::CompletionComplete => match (&msg.ref_name, &msg.ref_uri) {
                 (Some(name), _) => match s.prompts.get(name).and_then(|&i| s.server.prompts.get(i))
                 {
                     Some(e) => self
@@ -342,7 +339,7 @@ impl Edge {
                     "completion/complete needs params.ref with a prompt name or a resource uri",
                 ),
             },
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
                 let uri = msg.uri.as_deref().unwrap_or_default();
                 match s.resource(uri) {
                     // Resource URIs are not namespaced: nothing to rewrite.
@@ -357,7 +354,10 @@ impl Edge {
             }
             other => fail(
                 code::METHOD_NOT_FOUND,
-                &format!("method {other:?} is not served by this virtual server"),
+                &format!(
+                    "method {:?} is not served by this virtual server",
+                    other.as_str()
+                ),
             ),
         }
     }

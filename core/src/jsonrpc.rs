@@ -60,7 +60,7 @@ pub struct Message {
     /// What the message is.
     pub kind: Kind,
     /// `method` (requests and notifications).
-    pub method: Option<String>,
+    pub method: Option<crate::mcp::Method>,
     /// `id` (requests and responses).
     pub id: Option<Id>,
     /// `params.name` (tools/call, prompts/get).

@@ -12,12 +12,15 @@
 )]
 
 pub mod catalog;
+pub mod config;
 pub mod edge;
+pub mod exchange;
 pub mod header_map;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
+pub mod reason;
 pub mod session;
 pub mod snapshot;
 pub mod sniff;

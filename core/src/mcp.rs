@@ -40,8 +40,10 @@ pub enum Direction {
 }
 
 /// One entry of the MCP method table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodInfo {
+    /// The method.
+    pub method: Method,
     /// The method name on the wire.
     pub name: &'static str,
     /// Whether it is a notification (no response expected).
@@ -52,8 +54,14 @@ pub struct MethodInfo {
     pub target: Target,
 }
 
-const fn req(name: &'static str, direction: Direction, target: Target) -> MethodInfo {
+const fn req(
+    method: Method,
+    name: &'static str,
+    direction: Direction,
+    target: Target,
+) -> MethodInfo {
     MethodInfo {
+        method,
         name,
         notification: false,
         direction,
@@ -61,8 +69,9 @@ const fn req(name: &'static str, direction: Direction, target: Target) -> Method
     }
 }
 
-const fn note(name: &'static str, direction: Direction) -> MethodInfo {
+const fn note(method: Method, name: &'static str, direction: Direction) -> MethodInfo {
     MethodInfo {
+        method,
         name,
         notification: true,
         direction,
@@ -72,42 +81,199 @@ const fn note(name: &'static str, direction: Direction) -> MethodInfo {
 
 use Direction::{Both, ClientToServer as C2S, ServerToClient as S2C};
 
+/// A JSON-RPC method, as the parser reads it: MCP's methods by name, anything else kept as
+/// text. Decisions match on this instead of comparing strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // each variant is the method of the same name on the wire
+pub enum Method {
+    Initialize,
+    Ping,
+    ToolsList,
+    ToolsCall,
+    ResourcesList,
+    ResourcesTemplatesList,
+    ResourcesRead,
+    ResourcesSubscribe,
+    ResourcesUnsubscribe,
+    PromptsList,
+    PromptsGet,
+    CompletionComplete,
+    LoggingSetLevel,
+    TasksGet,
+    TasksResult,
+    TasksList,
+    TasksCancel,
+    SamplingCreateMessage,
+    ElicitationCreate,
+    RootsList,
+    NotificationsInitialized,
+    NotificationsCancelled,
+    NotificationsProgress,
+    NotificationsMessage,
+    NotificationsResourcesUpdated,
+    NotificationsResourcesListChanged,
+    NotificationsToolsListChanged,
+    NotificationsPromptsListChanged,
+    NotificationsRootsListChanged,
+    NotificationsTasksStatus,
+    NotificationsElicitationComplete,
+    /// A method MCP does not define.
+    Other(Box<str>),
+}
+
 /// Every method of MCP 2025-03-26, 2025-06-18 and 2025-11-25.
 pub const METHODS: &[MethodInfo] = &[
-    req("initialize", C2S, Target::None),
-    req("ping", Both, Target::None),
-    req("tools/list", C2S, Target::None),
-    req("tools/call", C2S, Target::Name),
-    req("resources/list", C2S, Target::None),
-    req("resources/templates/list", C2S, Target::None),
-    req("resources/read", C2S, Target::Uri),
-    req("resources/subscribe", C2S, Target::Uri),
-    req("resources/unsubscribe", C2S, Target::Uri),
-    req("prompts/list", C2S, Target::None),
-    req("prompts/get", C2S, Target::Name),
-    req("completion/complete", C2S, Target::None),
-    req("logging/setLevel", C2S, Target::None),
-    req("tasks/get", Both, Target::None),
-    req("tasks/result", Both, Target::None),
-    req("tasks/list", Both, Target::None),
-    req("tasks/cancel", Both, Target::None),
-    req("sampling/createMessage", S2C, Target::None),
-    req("elicitation/create", S2C, Target::None),
-    req("roots/list", S2C, Target::None),
-    note("notifications/initialized", C2S),
-    note("notifications/cancelled", Both),
-    note("notifications/progress", Both),
-    note("notifications/message", S2C),
-    note("notifications/resources/updated", S2C),
-    note("notifications/resources/list_changed", S2C),
-    note("notifications/tools/list_changed", S2C),
-    note("notifications/prompts/list_changed", S2C),
-    note("notifications/roots/list_changed", C2S),
-    note("notifications/tasks/status", Both),
-    note("notifications/elicitation/complete", S2C),
+    req(Method::Initialize, "initialize", C2S, Target::None),
+    req(Method::Ping, "ping", Both, Target::None),
+    req(Method::ToolsList, "tools/list", C2S, Target::None),
+    req(Method::ToolsCall, "tools/call", C2S, Target::Name),
+    req(Method::ResourcesList, "resources/list", C2S, Target::None),
+    req(
+        Method::ResourcesTemplatesList,
+        "resources/templates/list",
+        C2S,
+        Target::None,
+    ),
+    req(Method::ResourcesRead, "resources/read", C2S, Target::Uri),
+    req(
+        Method::ResourcesSubscribe,
+        "resources/subscribe",
+        C2S,
+        Target::Uri,
+    ),
+    req(
+        Method::ResourcesUnsubscribe,
+        "resources/unsubscribe",
+        C2S,
+        Target::Uri,
+    ),
+    req(Method::PromptsList, "prompts/list", C2S, Target::None),
+    req(Method::PromptsGet, "prompts/get", C2S, Target::Name),
+    req(
+        Method::CompletionComplete,
+        "completion/complete",
+        C2S,
+        Target::None,
+    ),
+    req(
+        Method::LoggingSetLevel,
+        "logging/setLevel",
+        C2S,
+        Target::None,
+    ),
+    req(Method::TasksGet, "tasks/get", Both, Target::None),
+    req(Method::TasksResult, "tasks/result", Both, Target::None),
+    req(Method::TasksList, "tasks/list", Both, Target::None),
+    req(Method::TasksCancel, "tasks/cancel", Both, Target::None),
+    req(
+        Method::SamplingCreateMessage,
+        "sampling/createMessage",
+        S2C,
+        Target::None,
+    ),
+    req(
+        Method::ElicitationCreate,
+        "elicitation/create",
+        S2C,
+        Target::None,
+    ),
+    req(Method::RootsList, "roots/list", S2C, Target::None),
+    note(
+        Method::NotificationsInitialized,
+        "notifications/initialized",
+        C2S,
+    ),
+    note(
+        Method::NotificationsCancelled,
+        "notifications/cancelled",
+        Both,
+    ),
+    note(
+        Method::NotificationsProgress,
+        "notifications/progress",
+        Both,
+    ),
+    note(Method::NotificationsMessage, "notifications/message", S2C),
+    note(
+        Method::NotificationsResourcesUpdated,
+        "notifications/resources/updated",
+        S2C,
+    ),
+    note(
+        Method::NotificationsResourcesListChanged,
+        "notifications/resources/list_changed",
+        S2C,
+    ),
+    note(
+        Method::NotificationsToolsListChanged,
+        "notifications/tools/list_changed",
+        S2C,
+    ),
+    note(
+        Method::NotificationsPromptsListChanged,
+        "notifications/prompts/list_changed",
+        S2C,
+    ),
+    note(
+        Method::NotificationsRootsListChanged,
+        "notifications/roots/list_changed",
+        C2S,
+    ),
+    note(
+        Method::NotificationsTasksStatus,
+        "notifications/tasks/status",
+        Both,
+    ),
+    note(
+        Method::NotificationsElicitationComplete,
+        "notifications/elicitation/complete",
+        S2C,
+    ),
 ];
 
-/// Looks a method up in the MCP method table.
+impl Method {
+    /// The method named `name` on the wire.
+    pub fn parse(name: &str) -> Method {
+        match METHODS.iter().find(|m| m.name == name) {
+            Some(m) => m.method.clone(),
+            None => Method::Other(name.into()),
+        }
+    }
+
+    /// Its entry in MCP's method table (`None` for [`Method::Other`]).
+    pub fn info(&self) -> Option<&'static MethodInfo> {
+        match self {
+            Method::Other(_) => None,
+            known => METHODS.iter().find(|m| m.method == *known),
+        }
+    }
+
+    /// The name on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Other(name) => name,
+            known => known.info().map_or("", |m| m.name),
+        }
+    }
+
+    /// Which parameter names the method's target (and routes it).
+    pub fn target(&self) -> Target {
+        self.info().map_or(Target::None, |m| m.target)
+    }
+
+    /// Whether MCP defines the method.
+    pub fn is_known(&self) -> bool {
+        !matches!(self, Method::Other(_))
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Looks a method up in the MCP method table by its wire name.
 pub fn method_info(name: &str) -> Option<&'static MethodInfo> {
     METHODS.iter().find(|m| m.name == name)
 }
@@ -139,6 +305,23 @@ mod tests {
         assert_eq!(target_of("tools/list"), Target::None);
         assert_eq!(target_of("no/such"), Target::None);
         assert!(method_info("notifications/initialized").is_some_and(|m| m.notification));
+    }
+
+    #[test]
+    fn methods_parse_and_print_as_on_the_wire() {
+        for m in METHODS {
+            assert_eq!(Method::parse(m.name), m.method);
+            assert_eq!(m.method.as_str(), m.name);
+            assert_eq!(m.method.info(), Some(m));
+        }
+        assert_eq!(Method::parse("x/y"), Method::Other("x/y".into()));
+        assert_eq!(Method::parse("x/y").as_str(), "x/y");
+        assert_eq!(Method::parse("x/y").target(), Target::None);
+        assert_eq!(Method::ToolsCall.target(), Target::Name);
+        assert!(
+            !Method::parse("Tools/Call").is_known(),
+            "names are case-sensitive"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! every per-request decision is a plain function of the request and the gate.
 
 use crate::jsonrpc::stream::Options;
-use crate::jsonrpc::{Id, Kind, Message, RequestError, code, error_response};
-use crate::mcp;
+use crate::jsonrpc::{Kind, Message};
+use crate::mcp::{self, Method};
+pub use crate::reason::{Reason, Rejection};
 use crate::snapshot::Snapshot;
 use std::collections::HashSet;
 
@@ -59,80 +60,6 @@ pub enum BodyVerdict {
     Reject(Rejection),
 }
 
-/// A local answer: HTTP status plus a JSON-RPC error body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON-RPC error code.
-    pub code: i64,
-    /// The id of the request, when known.
-    pub id: Option<Id>,
-    /// Human-readable message.
-    pub message: String,
-    /// Low-cardinality reason for metrics.
-    pub reason: &'static str,
-}
-
-impl Rejection {
-    fn new(
-        status: u16,
-        code: i64,
-        id: Option<Id>,
-        message: impl Into<String>,
-        reason: &'static str,
-    ) -> Self {
-        Rejection {
-            status,
-            code,
-            id,
-            message: message.into(),
-            reason,
-        }
-    }
-
-    /// The JSON-RPC error response body.
-    pub fn body(&self) -> Vec<u8> {
-        error_response(self.id.as_ref(), self.code, &self.message)
-    }
-
-    /// The answer to a body that failed to parse.
-    pub fn from_parse(err: &RequestError) -> Self {
-        Rejection::new(
-            400,
-            err.code(),
-            err.id().cloned(),
-            err.to_string(),
-            err.metric_label(),
-        )
-    }
-
-    /// The answer to a body larger than the limit.
-    pub fn too_large(limit: u64) -> Self {
-        Rejection::new(
-            413,
-            code::INVALID_REQUEST,
-            None,
-            format!("request body exceeds {limit} bytes"),
-            "too_large",
-        )
-    }
-
-    /// The answer when the filter itself failed.
-    pub fn internal(what: &str) -> Self {
-        Rejection::new(
-            500,
-            code::INTERNAL_ERROR,
-            None,
-            format!("internal error: {what}"),
-            "internal",
-        )
-    }
-}
-
-/// `Allow` header value for 405 answers.
-pub const ALLOWED_HTTP_METHODS: &str = "GET, POST, DELETE";
-
 impl Gate {
     /// Compiles a validated snapshot.
     pub fn new(snapshot: Snapshot) -> Self {
@@ -179,15 +106,8 @@ impl Gate {
 
     /// Decides on a request head.
     pub fn check_head(&self, head: &Head<'_>) -> HeadVerdict {
-        let reject = |status, message: &str, reason| {
-            HeadVerdict::Reject(Rejection::new(
-                status,
-                code::INVALID_REQUEST,
-                None,
-                message,
-                reason,
-            ))
-        };
+        let reject =
+            |reason, message: &str| HeadVerdict::Reject(Rejection::new(reason, None, message));
         if let Some(v) = head.protocol_version
             && !mcp::is_supported_version(v.trim())
         {
@@ -196,7 +116,7 @@ impl Gate {
                 v,
                 mcp::PROTOCOL_VERSIONS.join(", ")
             );
-            return reject(400, &msg, "bad_protocol_version");
+            return reject(Reason::BadProtocolVersion, &msg);
         }
         match head.method {
             "POST" => {
@@ -205,17 +125,15 @@ impl Gate {
                     .is_some_and(|ct| media_type_is(ct, "application/json"))
                 {
                     return reject(
-                        415,
+                        Reason::UnsupportedMediaType,
                         "Content-Type must be application/json",
-                        "unsupported_media_type",
                     );
                 }
                 let accept = head.accept.unwrap_or_default();
                 if !(accepts(accept, "application/json") && accepts(accept, "text/event-stream")) {
                     return reject(
-                        406,
+                        Reason::NotAcceptable,
                         "Accept must include application/json and text/event-stream",
-                        "not_acceptable",
                     );
                 }
                 let mut early_terminate = self.parse.stop_when_routable;
@@ -225,7 +143,7 @@ impl Gate {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) => {
-                        return reject(400, "invalid Content-Length", "bad_content_length");
+                        return reject(Reason::BadContentLength, "invalid Content-Length");
                     }
                     // Without a length the size limit can only be enforced by reading it all.
                     None => early_terminate = false,
@@ -237,19 +155,19 @@ impl Gate {
                     HeadVerdict::Pass
                 } else {
                     reject(
-                        406,
+                        Reason::NotAcceptable,
                         "Accept must include text/event-stream",
-                        "not_acceptable",
                     )
                 }
             }
             "DELETE" => HeadVerdict::Pass,
             other => HeadVerdict::Reject(Rejection::new(
-                405,
-                code::INVALID_REQUEST,
+                Reason::HttpMethodNotAllowed,
                 None,
-                format!("HTTP method {other} is not allowed; use {ALLOWED_HTTP_METHODS}"),
-                "method_not_allowed",
+                format!(
+                    "HTTP method {other} is not allowed; use {}",
+                    Reason::HttpMethodNotAllowed.allow().unwrap_or_default()
+                ),
             )),
         }
     }
@@ -265,11 +183,9 @@ impl Gate {
         let version = protocol_version.map_or(mcp::DEFAULT_PROTOCOL_VERSION, str::trim);
         if batch && !mcp::batches_allowed(version) {
             return BodyVerdict::Reject(Rejection::new(
-                400,
-                code::INVALID_REQUEST,
+                Reason::BatchNotAllowed,
                 None,
                 format!("JSON-RPC batches are not supported in MCP {version}"),
-                "batch_not_allowed",
             ));
         }
         let mut cluster: Option<&String> = None;
@@ -280,11 +196,9 @@ impl Gate {
             let here = self.route_of(m);
             if i > 0 && here != cluster {
                 return BodyVerdict::Reject(Rejection::new(
-                    400,
-                    code::INVALID_REQUEST,
+                    Reason::BatchSpansUpstreams,
                     None,
                     "a batch must target a single upstream",
-                    "batch_spans_upstreams",
                 ));
             }
             cluster = here;
@@ -295,7 +209,7 @@ impl Gate {
     }
 
     fn route_of(&self, m: &Message) -> Option<&String> {
-        if m.method.as_deref() != Some("tools/call") {
+        if m.method != Some(Method::ToolsCall) {
             return None;
         }
         m.name
@@ -308,36 +222,29 @@ impl Gate {
             // A client's answer to a server request (sampling, elicitation, roots).
             return None;
         }
-        let method = m.method.as_deref().unwrap_or_default();
-        let status = if m.kind == Kind::Notification {
-            400
-        } else {
-            200
-        };
+        let method = m.method.as_ref().map_or("", Method::as_str);
         let allowed = self
             .allowed_methods
             .as_ref()
             .is_none_or(|set| set.contains(method));
-        let known =
-            self.snapshot.policy.allow_unknown_methods || mcp::method_info(method).is_some();
+        let known = self.snapshot.policy.allow_unknown_methods
+            || m.method.as_ref().is_some_and(Method::is_known);
         if !allowed || !known {
             return Some(Rejection::new(
-                status,
-                code::METHOD_NOT_FOUND,
+                Reason::MethodDenied {
+                    notification: m.kind == Kind::Notification,
+                },
                 m.id.clone(),
                 format!("method {method:?} is not allowed"),
-                "method_not_allowed",
             ));
         }
-        if method == "tools/call"
+        if m.method == Some(Method::ToolsCall)
             && let Some(name) = m.name.as_deref().filter(|n| self.denied_tools.contains(*n))
         {
             return Some(Rejection::new(
-                403,
-                code::FORBIDDEN,
+                Reason::ToolDenied,
                 m.id.clone(),
                 format!("tool {name:?} is denied by policy"),
-                "tool_denied",
             ));
         }
         None
@@ -377,6 +284,7 @@ fn accepts(accept: &str, want: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jsonrpc::code;
     use crate::jsonrpc::stream::{Body, MessageParser};
 
     fn gate(policy: &str) -> Gate {
@@ -395,7 +303,7 @@ mod tests {
 
     fn status(v: &HeadVerdict) -> u16 {
         match v {
-            HeadVerdict::Reject(r) => r.status,
+            HeadVerdict::Reject(r) => r.status(),
             _ => 0,
         }
     }
@@ -552,7 +460,7 @@ mod tests {
 
     fn rejected(v: &BodyVerdict) -> (u16, i64) {
         match v {
-            BodyVerdict::Reject(r) => (r.status, r.code),
+            BodyVerdict::Reject(r) => (r.status(), r.reason.code()),
             BodyVerdict::Forward { .. } => (0, 0),
         }
     }

@@ -14,7 +14,7 @@
 //! [`Options::reject_duplicate_keys`] every object in the body is checked.
 
 use super::{Id, Kind, Message, RequestError};
-use crate::mcp::{self, Target};
+use crate::mcp::{Method, Target};
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -247,7 +247,7 @@ enum Scalar {
 #[derive(Debug, Default)]
 struct Envelope {
     jsonrpc_ok: Option<bool>,
-    method: Option<String>,
+    method: Option<Method>,
     id: Option<Id>,
     name: Option<String>,
     uri: Option<String>,
@@ -287,7 +287,7 @@ impl Envelope {
         if *id == Id::Null {
             return false;
         }
-        match mcp::target_of(method) {
+        match method.target() {
             Target::None => true,
             Target::Name => self.name.is_some(),
             Target::Uri => self.uri.is_some(),
@@ -354,8 +354,8 @@ impl Envelope {
             if let Some(reason) = self.invalid_params {
                 return Err(RequestError::InvalidParams { id, reason });
             }
-            let method = self.method.as_deref().unwrap_or_default();
-            let missing = match mcp::target_of(method) {
+            let method = self.method.as_ref().map_or("", Method::as_str);
+            let missing = match self.method.as_ref().map_or(Target::None, Method::target) {
                 Target::Name if self.name.is_none() => Some("params.name"),
                 Target::Uri if self.uri.is_none() => Some("params.uri"),
                 _ => None,
@@ -1000,7 +1000,9 @@ impl MessageParser {
                     self.note_invalid(None, "a batch element must be an object".into())
                 }
                 (Slot::Jsonrpc, Scalar::Str) => self.env.jsonrpc_ok = Some(self.cap == b"2.0"),
-                (Slot::Method, Scalar::Str) => self.env.method = Some(self.take_string()),
+                (Slot::Method, Scalar::Str) => {
+                    self.env.method = Some(Method::parse(&self.take_string()));
+                }
                 (Slot::Id, Scalar::Str) => self.env.id = Some(Id::Str(self.take_string())),
                 (Slot::Id, Scalar::Num) => self.env.id = Some(Id::Num(self.take_string())),
                 (Slot::Id, Scalar::Null) => self.env.id = Some(Id::Null),

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::jsonrpc::code;
+use crate::mcp;
 use proptest::prelude::*;
 
 fn parse_with(opts: Options, body: &[u8]) -> Result<Body, RequestError> {
@@ -62,7 +63,10 @@ fn extracts_the_envelope_of_a_tools_call() {
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"name":"not me","x":[1,{"uri":"no"}]},"name":"echo","_meta":{"progressToken":"p-1","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"a=b"}}}"#,
     );
     assert_eq!(m.kind, Kind::Request);
-    assert_eq!(m.method.as_deref(), Some("tools/call"));
+    assert_eq!(
+        m.method.as_ref().map(crate::mcp::Method::as_str),
+        Some("tools/call")
+    );
     assert_eq!(m.id, Some(Id::Num("7".into())));
     assert_eq!(m.name.as_deref(), Some("echo"));
     assert_eq!(m.uri, None);
@@ -79,7 +83,10 @@ fn decodes_escapes_in_captured_strings_and_keeps_raw_ids() {
     let m = single(
         r#"{"id":"a\"\u00e9\ud83d\ude00","method":"tools\/call","jsonrpc":"2.0","params":{"name":"t\u00e9st\n"}}"#,
     );
-    assert_eq!(m.method.as_deref(), Some("tools/call"));
+    assert_eq!(
+        m.method.as_ref().map(crate::mcp::Method::as_str),
+        Some("tools/call")
+    );
     assert_eq!(m.name.as_deref(), Some("tést\n"));
     assert_eq!(m.id, Some(Id::Str(r#""a\"\u00e9\ud83d\ude00""#.into())));
     let m = single(
@@ -124,7 +131,12 @@ fn batches() {
         Ok(Body::Batch(ms)) => {
             let methods: Vec<_> = ms
                 .iter()
-                .map(|m| m.method.as_deref().unwrap_or(""))
+                .map(|m| {
+                    m.method
+                        .as_ref()
+                        .map(crate::mcp::Method::as_str)
+                        .unwrap_or("")
+                })
                 .collect();
             assert_eq!(
                 methods,
@@ -334,7 +346,10 @@ fn stops_once_routable() {
     assert!(p.offset() < 80, "stopped at {}", p.offset());
     let m = p.routable().expect("routable");
     assert_eq!(
-        (m.method.as_deref(), m.name.as_deref()),
+        (
+            m.method.as_ref().map(crate::mcp::Method::as_str),
+            m.name.as_deref()
+        ),
         (Some("tools/call"), Some("echo"))
     );
 
@@ -618,7 +633,7 @@ proptest! {
             Progress::Routable => p.routable().unwrap(),
             _ => match p.finish().unwrap() { Body::Single(m) => m, b => panic!("{b:?}") },
         };
-        prop_assert_eq!(m.method.as_deref(), v["method"].as_str());
+        prop_assert_eq!(m.method.as_ref().map(crate::mcp::Method::as_str), v["method"].as_str());
         prop_assert_eq!(m.id.as_ref().map(|i| i.as_json().to_string()), Some(serde_json::to_string(&v["id"]).unwrap()));
         let target = mcp::target_of(v["method"].as_str().unwrap());
         if target == mcp::Target::Name || !early {

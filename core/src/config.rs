@@ -1,0 +1,87 @@
+//! The filter's configuration compiled once, in `on_configure`: the [`Snapshot`] validated,
+//! its policy turned into lookup sets ([`Gate`]) and its catalog indexed ([`Edge`]), with the
+//! session key decoded. Every request reads this; nothing in it is parsed per request.
+
+use crate::edge::Edge;
+use crate::policy::Gate;
+use crate::snapshot::{ConfigError, Snapshot};
+
+/// The compiled configuration every request of a worker shares.
+pub struct Config {
+    /// The snapshot's version label (logged, so an operator can tell which one runs).
+    pub version: String,
+    /// Schema version of the snapshot it was compiled from.
+    pub schema: u32,
+    /// The request policy.
+    pub gate: Gate,
+    /// The virtual servers, their upstreams, the session key and the relay.
+    pub edge: Edge,
+}
+
+impl Config {
+    /// Parses and compiles a configuration as Envoy delivers it (JSON or compressed JSON;
+    /// empty means the documented defaults).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        // `from_config` validates; compiling does not need to again.
+        Snapshot::from_config(bytes).map(Config::compile)
+    }
+
+    fn compile(mut snapshot: Snapshot) -> Config {
+        let edge = Edge::take(&mut snapshot);
+        Config {
+            version: snapshot.version.clone(),
+            schema: snapshot.schema,
+            gate: Gate::new(snapshot),
+            edge,
+        }
+    }
+
+    /// Number of virtual servers.
+    pub fn servers(&self) -> usize {
+        self.edge.server_count()
+    }
+
+    /// Number of catalog tools over all virtual servers.
+    pub fn tools(&self) -> usize {
+        self.edge.tool_count()
+    }
+}
+
+impl TryFrom<Snapshot> for Config {
+    type Error = ConfigError;
+
+    fn try_from(snapshot: Snapshot) -> Result<Config, ConfigError> {
+        snapshot.validate()?;
+        Ok(Config::compile(snapshot))
+    }
+}
+
+impl Default for Config {
+    /// The documented defaults: what an empty configuration means.
+    fn default() -> Config {
+        Config::compile(Snapshot::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_compile_and_invalid_snapshots_do_not() {
+        let c = Config::default();
+        assert_eq!((c.servers(), c.tools()), (0, 0));
+        assert_eq!(
+            c.gate.max_body_bytes(),
+            crate::snapshot::DEFAULT_MAX_BODY_BYTES
+        );
+        assert!(Config::from_bytes(b"").is_ok());
+        assert!(matches!(
+            Config::from_bytes(br#"{"policy":{"max_body_bytes":0}}"#),
+            Err(ConfigError::FieldInvalid { field, .. }) if field == "policy.max_body_bytes"
+        ));
+        let mut bad = Snapshot::default();
+        bad.policy.list_page_size = 0;
+        assert!(Config::try_from(bad).is_err(), "TryFrom validates");
+    }
+}

@@ -1,0 +1,907 @@
+//! One HTTP request through the filter, as a pure state machine.
+//!
+//! The filter is its executor: it hands the [`Exchange`] what the host delivers (the request
+//! head, body chunks, the answers of calls it made, the response) and carries out the
+//! [`Step`] it gets back (answer locally, rewrite and forward, call upstreams, read more).
+//! Every decision the filter used to make lives here, where it is tested natively
+//! (`exchange/tests.rs`); what has no effect on the request's course (metrics, logs) goes
+//! through the small [`Host`] trait.
+//!
+//! A request's life:
+//! 1. head ([`Exchange::on_request_head`]): virtual-server endpoints are resolved (an
+//!    unknown one is refused, the legacy SSE pair handed to the relay), a session token is
+//!    verified, `GET`/`DELETE` of a session are served, and the head is checked (methods,
+//!    media types, protocol version, length); a `POST` then reads its body;
+//! 2. body ([`Exchange::on_request_body`]): chunks go into the incremental parser until the
+//!    request is routable or complete; then the policy decides, and a virtual server's
+//!    request is answered from the catalog, routed to the upstream that owns it (name
+//!    rewritten), or answered after upstream calls (`initialize` opening sessions);
+//! 3. calls ([`Exchange::on_call_answer`]): the upstream calls of a session's opening or
+//!    end are gathered, then the client is answered;
+//! 4. response ([`Exchange::on_response_head`], [`Exchange::on_response_body`]): JSON and
+//!    SSE bodies are observed as they stream through and counted per method and tool.
+
+mod head;
+mod observe;
+
+pub use head::RequestHead;
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::edge::{self, Answer, Endpoint, RouteTo};
+use crate::jsonrpc::stream::{Body, MessageParser, Progress};
+use crate::jsonrpc::{Kind, Message, write_json_string};
+use crate::mcp::Method;
+use crate::policy::{BodyVerdict, HeadVerdict};
+use crate::reason::{Reason, Rejection};
+use crate::session::Session;
+use crate::trace;
+use observe::Observer;
+
+/// What the exchange needs of its host besides the request itself: counters and logs.
+pub trait Host {
+    /// A request or notification of `method` (and `tool`, for `tools/call`) was seen.
+    fn count_request(&mut self, method: &str, tool: Option<&str>);
+    /// A response message to a request of `method` (and `tool`) was seen.
+    fn count_response(&mut self, method: &str, tool: &str, error: bool);
+    /// The filter answered a request itself with an error.
+    fn count_rejected(&mut self, reason: Reason);
+    /// The filter failed internally.
+    fn count_internal_error(&mut self);
+    /// Logs a warning.
+    fn warn(&mut self, message: &str);
+}
+
+/// A request header the exchange sets or removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    /// The policy's route header (`policy.route_header`): the cluster Envoy's route picks.
+    Route,
+    /// Any other header, by its (lowercase) name.
+    Named(&'static str),
+}
+
+/// Rewrites of a request that goes on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forward {
+    /// Headers to set (`Some`) or remove (`None`), in order.
+    pub headers: Vec<(Header, Option<String>)>,
+    /// A new body, replacing the one received whole (`content-length` is among `headers`).
+    pub body: Option<Vec<u8>>,
+}
+
+/// A local answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Response body (none for 202).
+    pub body: Option<Vec<u8>>,
+}
+
+/// An HTTP call the filter makes to an upstream on the request's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Names the call in [`Exchange::on_call_answer`].
+    pub tag: u32,
+    /// The Envoy cluster to call.
+    pub cluster: String,
+    /// Request headers, pseudo-headers included.
+    pub headers: Vec<(&'static str, String)>,
+    /// Request body.
+    pub body: Option<Vec<u8>>,
+    /// How long the call may take.
+    pub timeout_ms: u64,
+}
+
+/// What came back from a [`Call`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallAnswer {
+    /// HTTP status; `None` when the call failed (could not be made, timed out, reset).
+    pub status: Option<u16>,
+    /// The `Mcp-Session-Id` response header.
+    pub session_id: Option<String>,
+}
+
+/// What the filter does next with the request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Let the request go on unchanged.
+    Continue,
+    /// Hold the request and deliver more of its body.
+    ReadBody,
+    /// Answer the client with this; the request goes no further.
+    Reply(Reply),
+    /// Rewrite the request and let it go on.
+    Forward(Forward),
+    /// Make these calls and hold the request; each answer goes to
+    /// [`Exchange::on_call_answer`] (a call that cannot be made is answered with
+    /// [`CallAnswer::default`]).
+    Call(Vec<Call>),
+    /// Calls are in flight: keep holding the request.
+    Wait,
+}
+
+/// What the filter does with the response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Remove the upstream's `Mcp-Session-Id`: the client holds the gateway's token.
+    pub remove_session_id: bool,
+}
+
+/// How much of the response body the exchange needs to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyNeed {
+    /// Nothing: don't call [`Exchange::on_response_body`].
+    Nothing,
+    /// Only the end (call with an empty chunk; the bytes are not read).
+    End,
+    /// Every chunk's bytes.
+    Bytes,
+}
+
+/// How long the filter waits for an upstream while opening or ending a session.
+pub const UPSTREAM_CALL_TIMEOUT_MS: u64 = 5_000;
+
+/// Where the request stands.
+enum Phase {
+    /// Before the head.
+    Head,
+    /// Reading the body into the parser; `fed` bytes so far.
+    Reading {
+        parser: Box<MessageParser>,
+        fed: usize,
+    },
+    /// Waiting for upstream calls.
+    Calling(Pending),
+    /// Decided and forwarded: the response is the upstream's.
+    Forwarded,
+    /// Handed to the session relay, whose streams repeat messages counted on their own way
+    /// through the filter: the response is not observed.
+    Relayed,
+    /// Answered locally: the filter's own reply is not observed.
+    Replied,
+}
+
+/// Calls to upstreams a virtual server's request waits for.
+struct Pending {
+    /// What completes when every call has answered.
+    kind: PendingKind,
+    /// Protocol version negotiated with the client.
+    version: String,
+    /// Outstanding calls: tag → (upstream id, what it is).
+    calls: HashMap<u32, (String, Stage)>,
+    /// Upstream sessions opened so far.
+    sessions: BTreeMap<String, String>,
+}
+
+enum PendingKind {
+    /// `initialize`: reply with this result and the new session's token.
+    Initialize { reply: Vec<u8> },
+    /// `DELETE`: the client's session ends.
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Initialize,
+    Initialized,
+    Delete,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Initialize => "initialize",
+            Stage::Initialized => "notifications/initialized",
+            Stage::Delete => "DELETE",
+        }
+    }
+}
+
+/// One request through the filter. See the module docs.
+pub struct Exchange {
+    config: Rc<Config>,
+    phase: Phase,
+    /// The virtual server this request addresses (`/servers/{id}/mcp`), if any.
+    server: Option<String>,
+    /// The verified session of a virtual-server request that carried one.
+    session: Option<Session>,
+    /// `MCP-Protocol-Version` of the request.
+    protocol_version: Option<String>,
+    /// The request carried a `traceparent` header (it wins over `_meta`).
+    has_traceparent: bool,
+    /// The request carried an `mcp-session-id` header.
+    has_session_header: bool,
+    /// A virtual server's request body as read for parsing, kept for the rename.
+    body: Vec<u8>,
+    /// (method, tool) of the request, for labelling its response.
+    labels: Option<(Method, Option<String>)>,
+    observer: Observer,
+    next_tag: u32,
+}
+
+impl Exchange {
+    /// A new request under `config`.
+    pub fn new(config: Rc<Config>) -> Exchange {
+        Exchange {
+            config,
+            phase: Phase::Head,
+            server: None,
+            session: None,
+            protocol_version: None,
+            has_traceparent: false,
+            has_session_header: false,
+            body: Vec::new(),
+            labels: None,
+            observer: Observer::None,
+            next_tag: 0,
+        }
+    }
+
+    /// The configuration this request runs under.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the request is waiting for body chunks.
+    pub fn reads_body(&self) -> bool {
+        matches!(self.phase, Phase::Reading { .. })
+    }
+
+    /// Bytes of the body already read: the next chunk starts here.
+    pub fn body_read(&self) -> usize {
+        match &self.phase {
+            Phase::Reading { fed, .. } => *fed,
+            _ => 0,
+        }
+    }
+
+    fn reject(&mut self, r: &Rejection, host: &mut impl Host) -> Step {
+        self.phase = Phase::Replied;
+        host.count_rejected(r.reason);
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        if let Some(allow) = r.reason.allow() {
+            headers.push(("allow", allow.to_owned()));
+        }
+        Step::Reply(Reply {
+            status: r.status(),
+            headers,
+            body: Some(r.body()),
+        })
+    }
+
+    /// The answer when the filter itself fails (logged and counted).
+    pub fn internal_error(&mut self, what: &str, host: &mut impl Host) -> Step {
+        host.warn(&format!("mcpgw: internal error: {what}"));
+        host.count_internal_error();
+        self.reject(&Rejection::internal(what), host)
+    }
+
+    fn reply(&mut self, status: u16, body: Option<Vec<u8>>) -> Step {
+        self.phase = Phase::Replied;
+        let headers = if body.is_some() {
+            vec![("content-type", "application/json".to_owned())]
+        } else {
+            Vec::new()
+        };
+        Step::Reply(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The request head arrived: `map` is the host's serialized header map
+    /// ([`crate::header_map`]); `end_of_stream` says there is no body.
+    pub fn on_request_head(
+        &mut self,
+        map: &[u8],
+        end_of_stream: bool,
+        host: &mut impl Host,
+    ) -> Step {
+        let fields = RequestHead::read(map);
+        self.has_traceparent = fields.traceparent;
+        self.has_session_header = fields.session_id.is_some();
+        self.protocol_version = fields.protocol_version.map(|v| head::lossy(v).into_owned());
+        let method = fields.method.map(head::lossy).unwrap_or_default();
+        if let Some(step) = self.serve_endpoint(&fields, &method, host) {
+            return step;
+        }
+        let content_type = fields.content_type.map(head::lossy);
+        let accept = fields.accept();
+        let content_length = fields.content_length.map(head::lossy);
+        let verdict = self.config.gate.check_head(&crate::policy::Head {
+            method: &method,
+            content_type: content_type.as_deref(),
+            accept: accept.as_deref(),
+            protocol_version: self.protocol_version.as_deref(),
+            content_length: content_length.as_deref(),
+        });
+        match verdict {
+            HeadVerdict::Reject(r) => self.reject(&r, host),
+            HeadVerdict::Pass => {
+                self.phase = Phase::Forwarded;
+                Step::Continue
+            }
+            HeadVerdict::InspectBody { early_terminate } => {
+                let mut opts = self.config.gate.parse_options();
+                // A virtual server's request is read whole: its name may be rewritten.
+                opts.stop_when_routable = early_terminate && self.server.is_none();
+                self.phase = Phase::Reading {
+                    parser: Box::new(MessageParser::new(opts)),
+                    fed: 0,
+                };
+                if end_of_stream {
+                    // A POST without a body.
+                    return self.on_request_body(0, true, |_, _| None, host);
+                }
+                Step::ReadBody
+            }
+        }
+    }
+
+    /// Resolves a `/servers/…` path: `None` when the head checks come next.
+    fn serve_endpoint(
+        &mut self,
+        fields: &RequestHead<'_>,
+        method: &str,
+        host: &mut impl Host,
+    ) -> Option<Step> {
+        let config = Rc::clone(&self.config);
+        let edge = &config.edge;
+        if !edge.serves_any() {
+            return None;
+        }
+        let path = fields.path.map(head::lossy)?;
+        let endpoint = edge::endpoint(&path)?;
+        match endpoint {
+            Endpoint::Mcp(id) if edge.has_server(id) => self.server = Some(id.to_owned()),
+            // The legacy SSE pair is the relay's: it turns each posted message into a
+            // streamable HTTP request to `/servers/{id}/mcp` through this listener, where
+            // this filter checks it like any other.
+            Endpoint::Sse(id) | Endpoint::Message(id) if edge.has_server(id) => {
+                return Some(self.hand_to_relay("the legacy SSE transport", Vec::new(), host));
+            }
+            Endpoint::Mcp(id) | Endpoint::Sse(id) | Endpoint::Message(id) | Endpoint::Other(id) => {
+                return Some(self.reject(&edge::unknown_server(id), host));
+            }
+        }
+        if let (Some(key), Some(token), Some(server)) = (
+            edge.session_key(),
+            fields.session_id,
+            self.server.as_deref(),
+        ) {
+            match key.open(&head::lossy(token), server) {
+                Ok(session) => self.session = Some(session),
+                Err(err) => {
+                    return Some(self.reject(&edge::unknown_session(&err.to_string()), host));
+                }
+            }
+        }
+        match (method, self.session.take()) {
+            ("POST", session) => {
+                self.session = session;
+                None
+            }
+            ("DELETE", Some(session)) => Some(self.end_session(session, host)),
+            // The GET stream carries server-initiated messages.
+            ("GET", Some(session)) if !session.upstreams.is_empty() => {
+                let pick = fields.upstream.map(head::lossy);
+                Some(self.server_stream(&session, pick.as_deref(), host))
+            }
+            // A DELETE without a session has nothing to end, and a GET without one (or with
+            // only stateless upstreams) has no stream to relay: the MCP spec lets a server
+            // answer both with 405.
+            _ => Some(self.reject(&edge::method_not_allowed(method), host)),
+        }
+    }
+
+    /// Body bytes arrived: `total` bytes so far, `end_of_stream` whether that is all.
+    /// `read(start, len)` fetches bytes of the body from the host; the exchange asks only
+    /// for what it has not read yet, and nothing of a body over the limit.
+    pub fn on_request_body(
+        &mut self,
+        total: usize,
+        end_of_stream: bool,
+        read: impl FnOnce(usize, usize) -> Option<Vec<u8>>,
+        host: &mut impl Host,
+    ) -> Step {
+        let Phase::Reading { mut parser, fed } =
+            std::mem::replace(&mut self.phase, Phase::Forwarded)
+        else {
+            return Step::Continue;
+        };
+        let limit = self.config.gate.max_body_bytes();
+        if total as u64 > limit {
+            return self.reject(&Rejection::too_large(limit), host);
+        }
+        let progress = if total > fed {
+            let Some(chunk) = read(fed, total - fed) else {
+                return self.internal_error("request body unavailable", host);
+            };
+            let progress = parser.feed(&chunk);
+            if self.server.is_some() {
+                if self.body.is_empty() {
+                    self.body = chunk;
+                } else {
+                    self.body.extend_from_slice(&chunk);
+                }
+            }
+            progress
+        } else {
+            Ok(Progress::NeedMore)
+        };
+        match progress {
+            Err(err) => self.reject(&Rejection::from_parse(&err), host),
+            Ok(Progress::Routable) => match parser.routable() {
+                Some(msg) => self.decide(&[msg], false, host),
+                None => self.internal_error("routable request missing", host),
+            },
+            Ok(_) if end_of_stream => match parser.finish() {
+                Ok(Body::Single(m)) => self.decide(&[m], false, host),
+                Ok(Body::Batch(ms)) => self.decide(&ms, true, host),
+                Err(err) => self.reject(&Rejection::from_parse(&err), host),
+            },
+            Ok(_) => {
+                self.phase = Phase::Reading {
+                    parser,
+                    fed: total.max(fed),
+                };
+                Step::ReadBody
+            }
+        }
+    }
+
+    /// Applies the policy to the parsed `messages` and decides.
+    fn decide(&mut self, messages: &[Message], batch: bool, host: &mut impl Host) -> Step {
+        for msg in messages {
+            if matches!(msg.kind, Kind::Request | Kind::Notification) {
+                host.count_request(
+                    msg.method.as_ref().map_or("", Method::as_str),
+                    msg.name.as_deref(),
+                );
+            }
+        }
+        let config = Rc::clone(&self.config);
+        match config
+            .gate
+            .check_messages(messages, batch, self.protocol_version.as_deref())
+        {
+            BodyVerdict::Reject(r) => self.reject(&r, host),
+            BodyVerdict::Forward { .. } if self.server.is_some() => match messages {
+                [only] if !batch => self.serve_edge(only, host),
+                _ => self.reject(&edge::batch_rejected(), host),
+            },
+            BodyVerdict::Forward { cluster } => {
+                self.phase = Phase::Forwarded;
+                if let [only] = messages
+                    && only.kind == Kind::Request
+                {
+                    self.label(only);
+                }
+                let mut forward = Forward::default();
+                if let [only] = messages {
+                    self.propagate_trace_context(only, &mut forward);
+                }
+                if let Some(cluster) = cluster {
+                    // Envoy's wasm host clears the route cache itself when a filter changes
+                    // a request header, so the route is picked again with this one (the e2e
+                    // routing tests prove it). An explicit `clear_route_cache` foreign call
+                    // on top cost 1-2% of requests/s and changed nothing.
+                    forward.headers.push((Header::Route, Some(cluster)));
+                }
+                forward.into_step()
+            }
+        }
+    }
+
+    /// Remembers what to label the response with.
+    fn label(&mut self, msg: &Message) {
+        let method = msg.method.clone().unwrap_or(Method::Other("".into()));
+        let tool = if method == Method::ToolsCall {
+            msg.name.clone()
+        } else {
+            None
+        };
+        self.labels = Some((method, tool));
+    }
+
+    /// Answers or routes a request to a virtual server.
+    fn serve_edge(&mut self, msg: &Message, host: &mut impl Host) -> Step {
+        let config = Rc::clone(&self.config);
+        let edge = &config.edge;
+        let Some(server) = self.server.clone() else {
+            return self.internal_error("virtual server missing", host);
+        };
+        match edge.answer(&server, msg) {
+            None => self.reject(&edge::unknown_server(&server), host),
+            Some(Answer::Reply(body))
+                if msg.method == Some(Method::Initialize) && edge.session_key().is_some() =>
+            {
+                let version = edge::negotiate(msg.protocol_version.as_deref()).to_owned();
+                self.open_session(&server, body, version, host)
+            }
+            Some(Answer::Reply(body)) => self.reply(200, Some(body)),
+            Some(Answer::Accepted) => self.reply(202, None),
+            Some(Answer::Route(to)) => self.route_upstream(msg, &to, host),
+        }
+    }
+
+    /// Sends a virtual server's call to the upstream that owns the entry.
+    fn route_upstream(&mut self, msg: &Message, to: &RouteTo<'_>, host: &mut impl Host) -> Step {
+        let mut forward = Forward::default();
+        // Not needed past this point; a streamed response may keep the request alive long.
+        let body = std::mem::take(&mut self.body);
+        if let Some(((start, end), name)) = to.rename {
+            let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+                return self.internal_error("name span out of range", host);
+            };
+            let (Some(head), Some(tail)) = (body.get(..start), body.get(end..)) else {
+                return self.internal_error("name span outside the body", host);
+            };
+            let mut rewritten = Vec::with_capacity(body.len() + name.len());
+            rewritten.extend_from_slice(head);
+            write_json_string(&mut rewritten, name);
+            rewritten.extend_from_slice(tail);
+            forward.headers.push((
+                Header::Named("content-length"),
+                Some(rewritten.len().to_string()),
+            ));
+            forward.body = Some(rewritten);
+        }
+        self.phase = Phase::Forwarded;
+        self.label(msg);
+        self.propagate_trace_context(msg, &mut forward);
+        // The client's token never reaches an upstream; the upstream's own session does.
+        let upstream_session = self
+            .session
+            .as_ref()
+            .and_then(|s| s.upstreams.get(to.upstream_id).cloned());
+        // Removing a header the request does not carry would still cost a host call.
+        if upstream_session.is_some() || self.has_session_header {
+            forward
+                .headers
+                .push((Header::Named("mcp-session-id"), upstream_session));
+        }
+        point_at(to.upstream, &mut forward);
+        Step::Forward(forward)
+    }
+
+    /// Copies a well-formed `params._meta` trace context to the headers, unless the
+    /// request already carries one.
+    fn propagate_trace_context(&self, m: &Message, forward: &mut Forward) {
+        if self.has_traceparent {
+            return;
+        }
+        let Some(parent) = m
+            .traceparent
+            .as_deref()
+            .filter(|t| trace::is_valid_traceparent(t))
+        else {
+            return;
+        };
+        forward
+            .headers
+            .push((Header::Named("traceparent"), Some(parent.to_owned())));
+        if let Some(state) = m
+            .tracestate
+            .as_deref()
+            .filter(|t| trace::is_valid_tracestate(t))
+        {
+            forward
+                .headers
+                .push((Header::Named("tracestate"), Some(state.to_owned())));
+        }
+    }
+
+    /// Sends the request, unread, to the session relay's cluster (`what` names the feature
+    /// for the 404 when no relay is configured), with `headers` set.
+    fn hand_to_relay(
+        &mut self,
+        what: &str,
+        mut headers: Vec<(Header, Option<String>)>,
+        host: &mut impl Host,
+    ) -> Step {
+        let Some(cluster) = self.config.edge.relay().map(str::to_owned) else {
+            return self.reject(&edge::no_relay(what), host);
+        };
+        self.phase = Phase::Relayed;
+        headers.push((Header::Route, Some(cluster)));
+        Step::Forward(Forward {
+            headers,
+            body: None,
+        })
+    }
+
+    /// The client's GET stream: the stream of the upstream it picks (`mcpgw-upstream`) or
+    /// of its only stateful upstream goes straight there; several are merged by the relay,
+    /// which opens one picked GET per upstream back through this listener.
+    fn server_stream(
+        &mut self,
+        session: &Session,
+        pick: Option<&str>,
+        host: &mut impl Host,
+    ) -> Step {
+        let chosen = match pick {
+            Some(id) => match session.upstreams.get_key_value(id) {
+                Some(found) => found,
+                None => return self.reject(&edge::unknown_stream(id), host),
+            },
+            None => match session.upstreams.iter().next() {
+                Some(only) if session.upstreams.len() == 1 => only,
+                _ => {
+                    let ids: Vec<&str> = session.upstreams.keys().map(String::as_str).collect();
+                    let headers = vec![(
+                        Header::Named(edge::RELAY_UPSTREAMS_HEADER),
+                        Some(ids.join(",")),
+                    )];
+                    return self.hand_to_relay(
+                        "the GET stream of a session over several upstreams",
+                        headers,
+                        host,
+                    );
+                }
+            },
+        };
+        let (id, sid) = chosen;
+        let config = Rc::clone(&self.config);
+        let Some(up) = config.edge.upstream(id) else {
+            return self.reject(&edge::unknown_stream(id), host);
+        };
+        self.phase = Phase::Forwarded;
+        let mut forward = Forward {
+            headers: vec![
+                (Header::Named(edge::UPSTREAM_HEADER), None),
+                (Header::Named("mcp-session-id"), Some(sid.clone())),
+            ],
+            body: None,
+        };
+        point_at(up, &mut forward);
+        Step::Forward(forward)
+    }
+
+    /// Initializes every upstream of virtual server `server`, then answers `initialize`
+    /// with `reply` and a token holding the upstream sessions.
+    fn open_session(
+        &mut self,
+        server: &str,
+        reply: Vec<u8>,
+        version: String,
+        host: &mut impl Host,
+    ) -> Step {
+        let config = Rc::clone(&self.config);
+        let mut pending = Pending {
+            kind: PendingKind::Initialize { reply },
+            version,
+            calls: HashMap::new(),
+            sessions: BTreeMap::new(),
+        };
+        let mut calls = Vec::new();
+        for (id, _) in config.edge.upstreams_of(server) {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":"mcpgw-init","method":"initialize","params":{{"protocolVersion":"{}","capabilities":{{}},"clientInfo":{{"name":"mcpgw","version":"{}"}}}}}}"#,
+                pending.version,
+                env!("CARGO_PKG_VERSION")
+            );
+            if let Some(call) = self.call(
+                id,
+                None,
+                &pending.version,
+                "POST",
+                Some(body.into_bytes()),
+                host,
+            ) {
+                pending
+                    .calls
+                    .insert(call.tag, (id.to_owned(), Stage::Initialize));
+                calls.push(call);
+            }
+        }
+        self.await_calls(pending, calls)
+    }
+
+    /// Ends the client's session at every upstream that holds part of it.
+    fn end_session(&mut self, session: Session, host: &mut impl Host) -> Step {
+        let mut pending = Pending {
+            kind: PendingKind::Delete,
+            version: session.protocol_version,
+            calls: HashMap::new(),
+            sessions: BTreeMap::new(),
+        };
+        let mut calls = Vec::new();
+        for (id, sid) in &session.upstreams {
+            if let Some(call) = self.call(id, Some(sid), &pending.version, "DELETE", None, host) {
+                pending.calls.insert(call.tag, (id.clone(), Stage::Delete));
+                calls.push(call);
+            }
+        }
+        self.await_calls(pending, calls)
+    }
+
+    fn await_calls(&mut self, pending: Pending, calls: Vec<Call>) -> Step {
+        if calls.is_empty() {
+            return self.finish_pending(pending);
+        }
+        self.phase = Phase::Calling(pending);
+        Step::Call(calls)
+    }
+
+    /// A call to upstream `id` (`None`, with a warning, if the snapshot has no such upstream).
+    fn call(
+        &mut self,
+        id: &str,
+        session: Option<&str>,
+        version: &str,
+        method: &'static str,
+        body: Option<Vec<u8>>,
+        host: &mut impl Host,
+    ) -> Option<Call> {
+        let Some(up) = self.config.edge.upstream(id) else {
+            host.warn(&format!("mcpgw: upstream {id} is not in the snapshot"));
+            return None;
+        };
+        let mut headers = vec![
+            (":method", method.to_owned()),
+            (":path", up.path.clone()),
+            (
+                ":authority",
+                up.authority.clone().unwrap_or_else(|| up.cluster.clone()),
+            ),
+            ("accept", "application/json, text/event-stream".to_owned()),
+            ("mcp-protocol-version", version.to_owned()),
+        ];
+        if body.is_some() {
+            headers.push(("content-type", "application/json".to_owned()));
+        }
+        if let Some(sid) = session {
+            headers.push(("mcp-session-id", sid.to_owned()));
+        }
+        self.next_tag += 1;
+        Some(Call {
+            tag: self.next_tag,
+            cluster: up.cluster.clone(),
+            headers,
+            body,
+            timeout_ms: UPSTREAM_CALL_TIMEOUT_MS,
+        })
+    }
+
+    /// A call this exchange asked for has answered (or failed).
+    pub fn on_call_answer(&mut self, tag: u32, answer: CallAnswer, host: &mut impl Host) -> Step {
+        let Phase::Calling(mut pending) = std::mem::replace(&mut self.phase, Phase::Replied) else {
+            return Step::Wait;
+        };
+        let Some((upstream, stage)) = pending.calls.remove(&tag) else {
+            self.phase = Phase::Calling(pending);
+            return Step::Wait;
+        };
+        let ok = answer.status.is_some_and(|s| (200..300).contains(&s));
+        if !ok {
+            host.warn(&format!(
+                "mcpgw: upstream {upstream}: {} answered {:?}",
+                stage.label(),
+                answer.status
+            ));
+        }
+        let mut more = Vec::new();
+        if stage == Stage::Initialize && ok {
+            // No session id: a stateless upstream, nothing to remember.
+            if let Some(sid) = answer.session_id.filter(|v| !v.is_empty()) {
+                let notification =
+                    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec();
+                if let Some(call) = self.call(
+                    &upstream,
+                    Some(&sid),
+                    &pending.version,
+                    "POST",
+                    Some(notification),
+                    host,
+                ) {
+                    pending
+                        .calls
+                        .insert(call.tag, (upstream.clone(), Stage::Initialized));
+                    more.push(call);
+                }
+                pending.sessions.insert(upstream, sid);
+            }
+        }
+        if pending.calls.is_empty() {
+            return self.finish_pending(pending);
+        }
+        self.phase = Phase::Calling(pending);
+        if more.is_empty() {
+            Step::Wait
+        } else {
+            Step::Call(more)
+        }
+    }
+
+    /// Every upstream call answered: reply to the client.
+    fn finish_pending(&mut self, pending: Pending) -> Step {
+        match pending.kind {
+            PendingKind::Initialize { reply } => {
+                let token = self.config.edge.session_key().map(|key| {
+                    key.seal(&Session {
+                        server: self.server.clone().unwrap_or_default(),
+                        upstreams: pending.sessions,
+                        protocol_version: pending.version,
+                    })
+                });
+                let mut step = self.reply(200, Some(reply));
+                if let (Step::Reply(r), Some(token)) = (&mut step, token) {
+                    r.headers.push(("mcp-session-id", token));
+                }
+                step
+            }
+            PendingKind::Delete => self.reply(200, None),
+        }
+    }
+
+    /// The response head arrived.
+    pub fn on_response_head(&mut self) -> ResponseHead {
+        if !matches!(self.phase, Phase::Forwarded) {
+            return ResponseHead {
+                remove_session_id: false,
+            };
+        }
+        // The body's first bytes tell JSON from an event stream; reading `content-type`
+        // from the host would cost a host call per response.
+        self.observer = Observer::Sniff;
+        ResponseHead {
+            // A virtual server's client holds the gateway's token, not an upstream's session.
+            remove_session_id: self.server.is_some(),
+        }
+    }
+
+    /// How much of the response body the exchange needs.
+    pub fn response_body_need(&self) -> BodyNeed {
+        self.observer.need()
+    }
+
+    /// A response body chunk (empty when [`BodyNeed::End`]).
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool, host: &mut impl Host) {
+        let (method, tool) = match &self.labels {
+            Some((m, t)) => (m.as_str(), t.as_deref().unwrap_or_default()),
+            None => ("", ""),
+        };
+        self.observer
+            .feed(chunk, end_of_stream, &mut |kind| match kind {
+                Kind::Result => host.count_response(method, tool, false),
+                Kind::Error => host.count_response(method, tool, true),
+                Kind::Request | Kind::Notification => {}
+            });
+    }
+}
+
+impl Forward {
+    fn into_step(self) -> Step {
+        if self.headers.is_empty() && self.body.is_none() {
+            Step::Continue
+        } else {
+            Step::Forward(self)
+        }
+    }
+}
+
+/// Points the request at `up`: its path, its authority, its cluster (the route header).
+fn point_at(up: &crate::catalog::Upstream, forward: &mut Forward) {
+    forward
+        .headers
+        .push((Header::Named(":path"), Some(up.path.clone())));
+    if let Some(authority) = &up.authority {
+        forward
+            .headers
+            .push((Header::Named(":authority"), Some(authority.clone())));
+    }
+    forward
+        .headers
+        .push((Header::Route, Some(up.cluster.clone())));
+}
+
+#[cfg(test)]
+mod tests;

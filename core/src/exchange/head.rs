@@ -1,0 +1,83 @@
+//! The request headers the exchange reads, borrowed from the host's serialized map.
+
+use std::borrow::Cow;
+
+use crate::edge;
+use crate::header_map;
+
+/// The request headers the exchange reads, borrowed from the header map.
+#[derive(Debug, Default)]
+pub struct RequestHead<'h> {
+    /// `:method`.
+    pub method: Option<&'h [u8]>,
+    /// `:path`.
+    pub path: Option<&'h [u8]>,
+    /// `mcp-session-id`.
+    pub session_id: Option<&'h [u8]>,
+    /// `content-type`.
+    pub content_type: Option<&'h [u8]>,
+    /// Every `accept` value.
+    pub accept: Vec<&'h [u8]>,
+    /// `mcp-protocol-version`.
+    pub protocol_version: Option<&'h [u8]>,
+    /// `content-length`.
+    pub content_length: Option<&'h [u8]>,
+    /// `mcpgw-upstream`: the one upstream whose stream a GET asks for.
+    pub upstream: Option<&'h [u8]>,
+    /// Whether a `traceparent` header is present.
+    pub traceparent: bool,
+}
+
+impl<'h> RequestHead<'h> {
+    /// Reads the headers the exchange needs from the host's serialized map (one pass; names
+    /// arrive lower-cased). Read in place, as bytes: a copy per header would cost a host
+    /// allocation each, and a non-UTF-8 value (obs-text is legal HTTP) is no error.
+    pub fn read(map: &'h [u8]) -> RequestHead<'h> {
+        let mut head = RequestHead::default();
+        for (name, value) in header_map::pairs(map) {
+            head.take(name, value);
+        }
+        head
+    }
+
+    /// Records `name: value` if it is one the exchange reads.
+    fn take(&mut self, name: &[u8], value: &'h [u8]) {
+        let slot = match name {
+            b":method" => &mut self.method,
+            b":path" => &mut self.path,
+            b"content-type" => &mut self.content_type,
+            b"mcp-protocol-version" => &mut self.protocol_version,
+            b"mcp-session-id" => &mut self.session_id,
+            b"content-length" => &mut self.content_length,
+            name if name == edge::UPSTREAM_HEADER.as_bytes() => &mut self.upstream,
+            b"accept" => {
+                self.accept.push(value);
+                return;
+            }
+            b"traceparent" => {
+                self.traceparent = true;
+                return;
+            }
+            _ => return,
+        };
+        // A repeated singleton header keeps its first value, as Envoy's own lookups do.
+        slot.get_or_insert(value);
+    }
+
+    /// `accept`; repeated headers mean their comma-joined list (RFC 9110, 5.3).
+    pub fn accept(&self) -> Option<Cow<'h, str>> {
+        match self.accept.as_slice() {
+            [] => None,
+            [one] => Some(lossy(one)),
+            many => Some(Cow::Owned(
+                many.iter().map(|v| lossy(v)).collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+}
+
+/// A header value as text; bytes that are not UTF-8 become U+FFFD, so they can never match
+/// a media type or version and are answered as such.
+pub fn lossy(value: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(value)
+}

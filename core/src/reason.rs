@@ -1,0 +1,241 @@
+//! Every way the filter refuses a request: one [`Reason`] each, which fixes the HTTP
+//! status, the JSON-RPC error code and the metric label, so the three never disagree.
+
+use crate::jsonrpc::{Id, RequestError, code, error_response};
+
+/// Why the filter answered a request itself with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `POST` without `Content-Type: application/json` (415).
+    UnsupportedMediaType,
+    /// `Accept` refuses what the answer may be (406).
+    NotAcceptable,
+    /// `MCP-Protocol-Version` names no version the gateway speaks (400).
+    BadProtocolVersion,
+    /// `Content-Length` is not a number (400).
+    BadContentLength,
+    /// The body exceeds `policy.max_body_bytes` (413).
+    TooLarge,
+    /// An HTTP method MCP's transport does not use (405, `Allow: GET, POST, DELETE`).
+    HttpMethodNotAllowed,
+    /// The body is not JSON (400, -32700).
+    ParseError,
+    /// JSON, but not a JSON-RPC message (400, -32600).
+    InvalidRequest,
+    /// A JSON-RPC request whose MCP parameters are unusable (400, -32602).
+    InvalidParams,
+    /// A batch under a protocol version that has none (400).
+    BatchNotAllowed,
+    /// A batch whose calls route to different clusters (400).
+    BatchSpansUpstreams,
+    /// A method the policy does not allow: a request is answered 200 with the error, a
+    /// notification 400 (-32601).
+    MethodDenied {
+        /// Whether the refused message was a notification.
+        notification: bool,
+    },
+    /// A tool the policy denies (403, -32003).
+    ToolDenied,
+    /// A path under `/servers/` that names no virtual server or endpoint (404).
+    UnknownServer,
+    /// `GET` or `DELETE` at a virtual server with nothing to stream or end (405, `Allow: POST`).
+    NoStream,
+    /// The relay would serve this, and none is configured (404).
+    NoRelay,
+    /// A `GET` picking an upstream the session holds no part of (404).
+    UnknownStream,
+    /// An `Mcp-Session-Id` that does not verify (404: MCP's answer to an unknown session).
+    UnknownSession,
+    /// A batch sent to a virtual server (400).
+    VirtualServerBatch,
+    /// The filter failed (500, -32603).
+    Internal,
+}
+
+impl Reason {
+    /// The HTTP status of the answer.
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::UnsupportedMediaType => 415,
+            Reason::NotAcceptable => 406,
+            Reason::TooLarge => 413,
+            Reason::HttpMethodNotAllowed | Reason::NoStream => 405,
+            Reason::MethodDenied {
+                notification: false,
+            } => 200,
+            Reason::ToolDenied => 403,
+            Reason::UnknownServer | Reason::NoRelay | Reason::UnknownStream => 404,
+            Reason::UnknownSession => 404,
+            Reason::Internal => 500,
+            Reason::BadProtocolVersion
+            | Reason::BadContentLength
+            | Reason::ParseError
+            | Reason::InvalidRequest
+            | Reason::InvalidParams
+            | Reason::BatchNotAllowed
+            | Reason::BatchSpansUpstreams
+            | Reason::MethodDenied { notification: true }
+            | Reason::VirtualServerBatch => 400,
+        }
+    }
+
+    /// The JSON-RPC error code of the answer.
+    pub fn code(self) -> i64 {
+        match self {
+            Reason::ParseError => code::PARSE_ERROR,
+            Reason::InvalidParams => code::INVALID_PARAMS,
+            Reason::MethodDenied { .. } => code::METHOD_NOT_FOUND,
+            Reason::ToolDenied => code::FORBIDDEN,
+            Reason::Internal => code::INTERNAL_ERROR,
+            _ => code::INVALID_REQUEST,
+        }
+    }
+
+    /// A low-cardinality label for the `mcpgw_rejected_total` counter.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::UnsupportedMediaType => "unsupported_media_type",
+            Reason::NotAcceptable => "not_acceptable",
+            Reason::BadProtocolVersion => "bad_protocol_version",
+            Reason::BadContentLength => "bad_content_length",
+            Reason::TooLarge => "too_large",
+            Reason::HttpMethodNotAllowed | Reason::MethodDenied { .. } | Reason::NoStream => {
+                "method_not_allowed"
+            }
+            Reason::ParseError => "parse_error",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::InvalidParams => "invalid_params",
+            Reason::BatchNotAllowed => "batch_not_allowed",
+            Reason::BatchSpansUpstreams => "batch_spans_upstreams",
+            Reason::ToolDenied => "tool_denied",
+            Reason::UnknownServer => "unknown_server",
+            Reason::NoRelay => "no_relay",
+            Reason::UnknownStream => "unknown_stream",
+            Reason::UnknownSession => "unknown_session",
+            Reason::VirtualServerBatch => "batch",
+            Reason::Internal => "internal",
+        }
+    }
+
+    /// The `Allow` header of a 405 answer.
+    pub fn allow(self) -> Option<&'static str> {
+        match self {
+            Reason::HttpMethodNotAllowed => Some("GET, POST, DELETE"),
+            Reason::NoStream => Some("POST"),
+            _ => None,
+        }
+    }
+}
+
+/// A local error answer: why, and the JSON-RPC error it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reason,
+    /// The id of the request, when known.
+    pub id: Option<Id>,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason` with `message`, answering request `id` (or `null`).
+    pub fn new(reason: Reason, id: Option<Id>, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            id,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.reason.status()
+    }
+
+    /// The JSON-RPC error response body.
+    pub fn body(&self) -> Vec<u8> {
+        error_response(self.id.as_ref(), self.reason.code(), &self.message)
+    }
+
+    /// The answer to a body that failed to parse.
+    pub fn from_parse(err: &RequestError) -> Self {
+        let reason = match err {
+            RequestError::Parse { .. } => Reason::ParseError,
+            RequestError::Invalid { .. } => Reason::InvalidRequest,
+            RequestError::InvalidParams { .. } => Reason::InvalidParams,
+        };
+        Rejection::new(reason, err.id().cloned(), err.to_string())
+    }
+
+    /// The answer to a body larger than `limit`.
+    pub fn too_large(limit: u64) -> Self {
+        Rejection::new(
+            Reason::TooLarge,
+            None,
+            format!("request body exceeds {limit} bytes"),
+        )
+    }
+
+    /// The answer when the filter itself failed.
+    pub fn internal(what: &str) -> Self {
+        Rejection::new(Reason::Internal, None, format!("internal error: {what}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_keep_their_code_label_and_id() {
+        let cases = [
+            (
+                RequestError::Parse {
+                    offset: 3,
+                    reason: "x",
+                },
+                (400, -32700, "parse_error"),
+            ),
+            (
+                RequestError::Invalid {
+                    id: Some(Id::Num("7".into())),
+                    reason: "y".into(),
+                },
+                (400, -32600, "invalid_request"),
+            ),
+            (
+                RequestError::InvalidParams {
+                    id: None,
+                    reason: "z".into(),
+                },
+                (400, -32602, "invalid_params"),
+            ),
+        ];
+        for (err, (status, code, label)) in cases {
+            let r = Rejection::from_parse(&err);
+            assert_eq!(
+                (r.status(), r.reason.code(), r.reason.label()),
+                (status, code, label)
+            );
+            assert_eq!(r.id.as_ref(), err.id());
+            assert_eq!(err.code(), code, "the parser's code agrees");
+        }
+    }
+
+    #[test]
+    fn method_denials_answer_requests_200_and_notifications_400() {
+        let req = Reason::MethodDenied {
+            notification: false,
+        };
+        let note = Reason::MethodDenied { notification: true };
+        assert_eq!((req.status(), note.status()), (200, 400));
+        assert_eq!(req.code(), -32601);
+        assert_eq!(Reason::NoStream.allow(), Some("POST"));
+        assert_eq!(
+            Reason::HttpMethodNotAllowed.allow(),
+            Some("GET, POST, DELETE")
+        );
+        assert_eq!(Reason::TooLarge.allow(), None);
+    }
+}
