@@ -55,6 +55,24 @@ impl<'a> Iterator for Pairs<'a> {
     }
 }
 
+/// Serializes `pairs` as a host does (for tests and tools that drive the exchange without
+/// a host). Lengths beyond `u32::MAX` are truncated, which only a test could produce.
+pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = len(pairs.len()).to_vec();
+    for (n, v) in pairs {
+        out.extend(len(n.len()));
+        out.extend(len(v.len()));
+    }
+    for (n, v) in pairs {
+        out.extend(n.as_bytes());
+        out.push(0);
+        out.extend(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 fn read_u32(map: &[u8], at: usize) -> Option<usize> {
     let bytes: [u8; 4] = map.get(at..at.checked_add(4)?)?.try_into().ok()?;
     usize::try_from(u32::from_le_bytes(bytes)).ok()
@@ -69,21 +87,6 @@ mod tests {
     use super::*;
 
     /// Serializes `pairs` as a host does.
-    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (n, v) in pairs {
-            out.extend((n.len() as u32).to_le_bytes());
-            out.extend((v.len() as u32).to_le_bytes());
-        }
-        for (n, v) in pairs {
-            out.extend(n.as_bytes());
-            out.push(0);
-            out.extend(v.as_bytes());
-            out.push(0);
-        }
-        out
-    }
-
     fn collect(map: &[u8]) -> Vec<(String, String)> {
         pairs(map)
             .map(|(n, v)| {
