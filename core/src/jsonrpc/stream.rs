@@ -16,7 +16,8 @@
 use super::{Id, Kind, Message, RequestError};
 use crate::mcp::{Method, Target};
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// Deepest nesting of arrays and objects accepted.
 pub const MAX_DEPTH: usize = 128;
@@ -392,7 +393,8 @@ impl Envelope {
     }
 }
 
-/// Identity hasher for keys that are already hashes.
+/// Identity hasher for keys that are already hashes: safe because those hashes are keyed
+/// (SipHash under a per-process random key), so a client cannot choose colliding keys.
 #[derive(Default)]
 struct PreHashed(u64);
 
@@ -409,9 +411,6 @@ impl Hasher for PreHashed {
         self.0 = n;
     }
 }
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 /// The incremental parser. See the module docs.
 #[derive(Debug)]
@@ -433,7 +432,11 @@ pub struct MessageParser {
     key_buf: [u8; 16],
     key_len: usize,
     key_long: bool,
-    key_hash: u64,
+    /// With `reject_duplicate_keys`: the random key of the key hashes, and the hash of the
+    /// key being read. Keyed, so a body cannot be built to collide two distinct keys (a
+    /// false duplicate) or to flood one hash-set bucket.
+    key_state: Option<RandomState>,
+    key_hash: Option<DefaultHasher>,
     // Value being read.
     slot: Slot,
     capture: Capture,
@@ -471,7 +474,8 @@ impl MessageParser {
             key_buf: [0; 16],
             key_len: 0,
             key_long: false,
-            key_hash: FNV_OFFSET,
+            key_state: opts.reject_duplicate_keys.then(RandomState::new),
+            key_hash: None,
             slot: Slot::Root,
             capture: Capture::None,
             cap: Vec::new(),
@@ -846,7 +850,7 @@ impl MessageParser {
         if key {
             self.key_len = 0;
             self.key_long = false;
-            self.key_hash = FNV_OFFSET;
+            self.key_hash = self.key_state.as_ref().map(RandomState::build_hasher);
         } else if self.capture == Capture::Raw {
             self.cap_push(b'"');
         }
@@ -1081,8 +1085,8 @@ impl MessageParser {
         } else {
             self.key_long = true;
         }
-        if self.opts.reject_duplicate_keys {
-            self.key_hash = (self.key_hash ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        if let Some(h) = self.key_hash.as_mut() {
+            h.write_u8(b);
         }
     }
 
@@ -1236,9 +1240,10 @@ impl MessageParser {
         let Some(frame) = self.stack.last().copied() else {
             return Err(self.syntax("key outside an object"));
         };
-        if self.opts.reject_duplicate_keys {
-            let h = self.key_hash ^ u64::from(frame.serial).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            if !self.keys.insert(h) {
+        if let Some(mut h) = self.key_hash.take() {
+            // The object's serial number makes equal keys of different objects distinct.
+            h.write_u32(frame.serial);
+            if !self.keys.insert(h.finish()) {
                 let reason = format!("duplicate key \"{}\"", self.key_text());
                 // Objects outside a message make the body invalid anyway.
                 self.env.mark_invalid(reason);

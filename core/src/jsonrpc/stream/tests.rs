@@ -330,6 +330,28 @@ fn duplicate_keys_anywhere_when_asked() {
 }
 
 #[test]
+fn duplicate_key_hashes_are_keyed_per_parser() {
+    // A client who could compute the hashes could send two distinct keys with one hash
+    // (a false "duplicate") or flood one bucket of the set: the hashes must depend on a
+    // key the client does not know, so two parsers hash the same body differently.
+    let opts = Options {
+        reject_duplicate_keys: true,
+        ..Options::default()
+    };
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":1,"b":2}}"#;
+    let hashes = || {
+        let mut p = MessageParser::new(opts);
+        p.feed(body).unwrap();
+        let mut h: Vec<u64> = p.keys.iter().copied().collect();
+        h.sort_unstable();
+        h
+    };
+    let (one, two) = (hashes(), hashes());
+    assert_eq!(one.len(), 6, "every key of every object was hashed");
+    assert_ne!(one, two);
+}
+
+#[test]
 fn stops_once_routable() {
     let args = format!(r#"{{"blob":"{}"}}"#, "z".repeat(10_000));
     let body = format!(
