@@ -36,6 +36,16 @@ pub enum CryptoError {
 
 /// HKDF label of the secret the relay route adds and the relay checks.
 const RELAY_AUTH_LABEL: &str = "mcpgw/relay-auth/v1";
+/// HKDF label of the key that seals virtual-server session tokens at the edge.
+const SESSION_KEY_LABEL: &str = "mcpgw/session-key/v2";
+
+/// HKDF-SHA256 of `master` with `label` as the info, 32 bytes.
+fn derive(master: &[u8; 32], label: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // HKDF-SHA256 can expand up to 255 * 32 bytes: 32 never fails.
+    let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, master).expand(label.as_bytes(), &mut out);
+    out
+}
 
 /// Seals and opens credentials with one key.
 #[derive(Clone)]
@@ -43,8 +53,8 @@ pub struct SecretBox {
     /// The configured key, kept only to derive purpose keys from.
     master: [u8; 32],
     cipher: Aes256Gcm,
-    /// Key that signs virtual-server sessions at the edge, derived from this one.
-    session_signing_key: String,
+    /// Key that seals virtual-server sessions at the edge, derived from this one.
+    session_key: String,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -76,18 +86,15 @@ impl SecretBox {
         Self {
             master: key,
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
-            session_signing_key: mcpgw_core::session::derive_signing_key(&key),
+            session_key: base64::engine::general_purpose::STANDARD
+                .encode(derive(&key, SESSION_KEY_LABEL)),
         }
     }
 
     /// A 32-byte key for one purpose, derived from the configured key with HKDF-SHA256
     /// (RFC 5869; no salt, `label` as the info). Distinct labels give independent keys.
     pub fn derive(&self, label: &str) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        // HKDF-SHA256 can expand up to 255 * 32 bytes: 32 never fails.
-        let _ =
-            hkdf::Hkdf::<sha2::Sha256>::new(None, &self.master).expand(label.as_bytes(), &mut out);
-        out
+        derive(&self.master, label)
     }
 
     /// The secret the relay route adds to every request it sends to the relay
@@ -100,10 +107,11 @@ impl SecretBox {
             .collect()
     }
 
-    /// The session signing key every Envoy receives in its snapshot (base64): derived from
-    /// the encryption key, so it is stable across restarts and replicas sharing the key.
-    pub fn session_signing_key(&self) -> &str {
-        &self.session_signing_key
+    /// The session key every Envoy receives in its snapshot (base64): derived from the
+    /// encryption key under its own label, so it is stable across restarts and replicas
+    /// sharing the key, and opens nothing else.
+    pub fn session_key(&self) -> &str {
+        &self.session_key
     }
 
     /// The insecure, well-known key used in `--dev` mode.

@@ -74,12 +74,10 @@ impl RegistryView {
     }
 }
 
-/// The snapshot's session settings: the signing key derived from the encryption key, so
-/// every Envoy (and every control-plane replica sharing the key) signs alike.
+/// The snapshot's session settings: the sealing key derived from the encryption key, so
+/// every Envoy (and every control-plane replica sharing the key) seals alike.
 pub fn session_settings(secrets: &SecretBox) -> mcpgw_core::snapshot::SessionSettings {
-    mcpgw_core::snapshot::SessionSettings {
-        signing_key: secrets.session_signing_key().to_owned(),
-    }
+    mcpgw_core::snapshot::SessionSettings::with_keys(vec![secrets.session_key().to_owned()])
 }
 
 /// Reads the registry and assembles its snapshot under `policy`.

@@ -13,7 +13,7 @@ use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
 use crate::mcp::{self, Method};
 use crate::reason::{Reason, Rejection};
-use crate::session::SessionKey;
+use crate::session::SessionKeys;
 use crate::snapshot::Snapshot;
 
 /// Path prefix of virtual server endpoints.
@@ -180,11 +180,22 @@ fn index(entries: &[Entry]) -> HashMap<String, usize> {
         .collect()
 }
 
+/// Sessions of virtual servers, from the snapshot's `session`.
+#[derive(Debug)]
+pub struct Sessions {
+    /// The keys that seal and open tokens.
+    pub keys: SessionKeys,
+    /// Token lifetime, seconds.
+    pub ttl_seconds: u64,
+    /// How long an upstream session may go unused, seconds.
+    pub idle_seconds: u64,
+}
+
 /// The snapshot's virtual servers, indexed for per-request lookups.
 pub struct Edge {
     servers: HashMap<String, Indexed>,
     upstreams: Upstreams,
-    key: Option<SessionKey>,
+    sessions: Option<Sessions>,
     page_size: usize,
     relay: Option<String>,
 }
@@ -211,11 +222,14 @@ impl Edge {
         Edge {
             servers,
             upstreams: std::mem::take(&mut snapshot.upstreams),
-            // Validated with the snapshot; a key that does not decode means no sessions.
-            key: snapshot
-                .session
-                .take()
-                .and_then(|s| SessionKey::from_base64(&s.signing_key).ok()),
+            // Validated with the snapshot; keys that do not decode mean no sessions.
+            sessions: snapshot.session.take().and_then(|s| {
+                Some(Sessions {
+                    keys: SessionKeys::from_base64(&s.keys).ok()?,
+                    ttl_seconds: s.ttl_seconds,
+                    idle_seconds: s.idle_seconds,
+                })
+            }),
             page_size: usize::try_from(snapshot.policy.list_page_size)
                 .unwrap_or(usize::MAX)
                 .max(1),
@@ -239,9 +253,9 @@ impl Edge {
         !self.servers.is_empty()
     }
 
-    /// The session signing key, when sessions are configured.
-    pub fn session_key(&self) -> Option<&SessionKey> {
-        self.key.as_ref()
+    /// Session settings, when sessions are configured.
+    pub fn sessions(&self) -> Option<&Sessions> {
+        self.sessions.as_ref()
     }
 
     /// The session relay's cluster, when one is configured.
@@ -262,6 +276,13 @@ impl Edge {
                 .filter_map(|u| self.upstreams.get(u).map(|up| (u.as_str(), up)))
                 .collect()
         })
+    }
+
+    /// Whether virtual server `id` has a tool named `name`.
+    pub fn has_tool(&self, id: &str, name: &str) -> bool {
+        self.servers
+            .get(id)
+            .is_some_and(|s| s.tools.contains_key(name))
     }
 
     /// Whether the snapshot has a virtual server `id`.

@@ -16,17 +16,19 @@
 //!    request is routable or complete; then the policy decides, and a virtual server's
 //!    request is answered from the catalog, routed to the upstream that owns it (name
 //!    rewritten), or answered after upstream calls (`initialize` opening sessions);
-//! 3. calls ([`Exchange::on_call_answer`]): the upstream calls of a session's opening or
-//!    end are gathered, then the client is answered;
+//! 3. calls ([`Exchange::on_call_answer`]): upstream sessions are opened lazily, on the
+//!    first request that needs them (`exchange/sessions.rs`), and ended with the client's
+//!    session; the request goes on, or is answered, once they have answered;
 //! 4. response ([`Exchange::on_response_head`], [`Exchange::on_response_body`]): JSON and
 //!    SSE bodies are observed as they stream through and counted per method and tool.
 
 mod head;
 mod observe;
+mod sessions;
 
 pub use head::RequestHead;
+pub use sessions::sweep;
 
-use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use crate::config::Config;
@@ -34,24 +36,37 @@ use crate::edge::{self, Answer, Endpoint, RouteTo};
 use crate::jsonrpc::stream::{Body, MessageParser, Progress};
 use crate::jsonrpc::{Kind, Message, write_json_string};
 use crate::mcp::Method;
+use crate::metrics::ToolLabel;
 use crate::policy::{BodyVerdict, HeadVerdict};
 use crate::reason::{Reason, Rejection};
-use crate::session::Session;
+use crate::session::Claims;
+use crate::session::table::Record;
 use crate::trace;
 use observe::Observer;
+use sessions::Pending;
 
-/// What the exchange needs of its host besides the request itself: counters and logs.
+/// What the exchange needs of its host besides the request itself: counters, logs, the
+/// clock, randomness and the per-Envoy shared data the session table lives in.
 pub trait Host {
-    /// A request or notification of `method` (and `tool`, for `tools/call`) was seen.
-    fn count_request(&mut self, method: &str, tool: Option<&str>);
-    /// A response message to a request of `method` (and `tool`) was seen.
-    fn count_response(&mut self, method: &str, tool: &str, error: bool);
+    /// A request or notification of `method` (and its tool, for `tools/call`) was seen.
+    fn count_request(&mut self, method: &str, tool: ToolLabel<'_>);
+    /// A response message to a request of `method` (and its tool) was seen.
+    fn count_response(&mut self, method: &str, tool: ToolLabel<'_>, error: bool);
     /// The filter answered a request itself with an error.
     fn count_rejected(&mut self, reason: Reason);
     /// The filter failed internally.
     fn count_internal_error(&mut self);
     /// Logs a warning.
     fn warn(&mut self, message: &str);
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> u64;
+    /// Fills `out` from a cryptographically secure random source; `false` if it cannot.
+    fn random(&mut self, out: &mut [u8]) -> bool;
+    /// A shared-data value and its compare-and-swap token.
+    fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores a shared-data value unless another writer changed it since `cas` was read;
+    /// `false` when one did (read again and retry).
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
 /// A request header the exchange sets or removes.
@@ -167,38 +182,30 @@ enum Phase {
     Replied,
 }
 
-/// Calls to upstreams a virtual server's request waits for.
-struct Pending {
-    /// What completes when every call has answered.
-    kind: PendingKind,
-    /// Protocol version negotiated with the client.
-    version: String,
-    /// Outstanding calls: tag → (upstream id, what it is).
-    calls: HashMap<u32, (String, Stage)>,
-    /// Upstream sessions opened so far.
-    sessions: BTreeMap<String, String>,
+/// Credentials the client sent, which never travel upstream unless the policy says so.
+#[derive(Debug, Clone, Copy, Default)]
+struct Credentials {
+    authorization: bool,
+    proxy_authorization: bool,
+    cookie: bool,
 }
 
-enum PendingKind {
-    /// `initialize`: reply with this result and the new session's token.
-    Initialize { reply: Vec<u8> },
-    /// `DELETE`: the client's session ends.
-    Delete,
+/// The tool a request names, kept for labelling its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tool {
+    None,
+    Known(String),
+    Unvetted(String),
+    Unknown,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Initialize,
-    Initialized,
-    Delete,
-}
-
-impl Stage {
-    fn label(self) -> &'static str {
+impl Tool {
+    fn label(&self) -> ToolLabel<'_> {
         match self {
-            Stage::Initialize => "initialize",
-            Stage::Initialized => "notifications/initialized",
-            Stage::Delete => "DELETE",
+            Tool::None => ToolLabel::None,
+            Tool::Known(n) => ToolLabel::Known(n),
+            Tool::Unvetted(n) => ToolLabel::Unvetted(n),
+            Tool::Unknown => ToolLabel::Unknown,
         }
     }
 }
@@ -210,17 +217,20 @@ pub struct Exchange {
     /// The virtual server this request addresses (`/servers/{id}/mcp`), if any.
     server: Option<String>,
     /// The verified session of a virtual-server request that carried one.
-    session: Option<Session>,
+    session: Option<Claims>,
+    /// The session's record in the session table, as last read or written.
+    record: Option<Record>,
     /// `MCP-Protocol-Version` of the request.
     protocol_version: Option<String>,
     /// The request carried a `traceparent` header (it wins over `_meta`).
     has_traceparent: bool,
     /// The request carried an `mcp-session-id` header.
     has_session_header: bool,
+    credentials: Credentials,
     /// A virtual server's request body as read for parsing, kept for the rename.
     body: Vec<u8>,
     /// (method, tool) of the request, for labelling its response.
-    labels: Option<(Method, Option<String>)>,
+    labels: Option<(Method, Tool)>,
     observer: Observer,
     next_tag: u32,
 }
@@ -233,9 +243,11 @@ impl Exchange {
             phase: Phase::Head,
             server: None,
             session: None,
+            record: None,
             protocol_version: None,
             has_traceparent: false,
             has_session_header: false,
+            credentials: Credentials::default(),
             body: Vec::new(),
             labels: None,
             observer: Observer::None,
@@ -307,6 +319,11 @@ impl Exchange {
         let fields = RequestHead::read(map);
         self.has_traceparent = fields.traceparent;
         self.has_session_header = fields.session_id.is_some();
+        self.credentials = Credentials {
+            authorization: fields.authorization,
+            proxy_authorization: fields.proxy_authorization,
+            cookie: fields.cookie,
+        };
         self.protocol_version = fields.protocol_version.map(|v| head::lossy(v).into_owned());
         let method = fields.method.map(head::lossy).unwrap_or_default();
         if let Some(step) = self.serve_endpoint(&fields, &method, host) {
@@ -326,7 +343,9 @@ impl Exchange {
             HeadVerdict::Reject(r) => self.reject(&r, host),
             HeadVerdict::Pass => {
                 self.phase = Phase::Forwarded;
-                Step::Continue
+                let mut forward = Forward::default();
+                self.strip_credentials(&mut forward);
+                forward.into_step()
             }
             HeadVerdict::InspectBody { early_terminate } => {
                 let mut opts = self.config.gate.parse_options();
@@ -371,32 +390,21 @@ impl Exchange {
                 return Some(self.reject(&edge::unknown_server(id), host));
             }
         }
-        if let (Some(key), Some(token), Some(server)) = (
-            edge.session_key(),
-            fields.session_id,
-            self.server.as_deref(),
-        ) {
-            match key.open(&head::lossy(token), server) {
-                Ok(session) => self.session = Some(session),
-                Err(err) => {
-                    return Some(self.reject(&edge::unknown_session(&err.to_string()), host));
-                }
-            }
+        if let (Some(token), Some(server)) = (fields.session_id, self.server.clone())
+            && let Err(why) = self.resume_session(&head::lossy(token), &server, host)
+        {
+            return Some(self.reject(&edge::unknown_session(&why.to_string()), host));
         }
-        match (method, self.session.take()) {
-            ("POST", session) => {
-                self.session = session;
-                None
-            }
-            ("DELETE", Some(session)) => Some(self.end_session(session, host)),
+        match method {
+            "POST" => None,
+            "DELETE" if self.session.is_some() => Some(self.end_session(host)),
             // The GET stream carries server-initiated messages.
-            ("GET", Some(session)) if !session.upstreams.is_empty() => {
-                let pick = fields.upstream.map(head::lossy);
-                Some(self.server_stream(&session, pick.as_deref(), host))
+            "GET" if self.session.is_some() => {
+                let pick = fields.upstream.map(|p| head::lossy(p).into_owned());
+                Some(self.open_stream(pick, host))
             }
-            // A DELETE without a session has nothing to end, and a GET without one (or with
-            // only stateless upstreams) has no stream to relay: the MCP spec lets a server
-            // answer both with 405.
+            // A DELETE without a session has nothing to end, and a GET without one has no
+            // stream to relay: the MCP spec lets a server answer both with 405.
             _ => Some(self.reject(&edge::method_not_allowed(method), host)),
         }
     }
@@ -457,14 +465,31 @@ impl Exchange {
         }
     }
 
+    /// The label of the tool `msg` names: a virtual server counts only names from its
+    /// catalog (a client's made-up names would spend the label budget), the passthrough
+    /// path names the policy knows as they are and others against the budget.
+    fn tool_of(&self, msg: &Message) -> Tool {
+        let Some(name) = msg
+            .name
+            .as_deref()
+            .filter(|_| msg.method == Some(Method::ToolsCall))
+        else {
+            return Tool::None;
+        };
+        match &self.server {
+            Some(server) if self.config.edge.has_tool(server, name) => Tool::Known(name.into()),
+            Some(_) => Tool::Unknown,
+            None if self.config.gate.knows_tool(name) => Tool::Known(name.into()),
+            None => Tool::Unvetted(name.into()),
+        }
+    }
+
     /// Applies the policy to the parsed `messages` and decides.
     fn decide(&mut self, messages: &[Message], batch: bool, host: &mut impl Host) -> Step {
         for msg in messages {
             if matches!(msg.kind, Kind::Request | Kind::Notification) {
-                host.count_request(
-                    msg.method.as_ref().map_or("", Method::as_str),
-                    msg.name.as_deref(),
-                );
+                let tool = self.tool_of(msg);
+                host.count_request(msg.method.as_ref().map_or("", Method::as_str), tool.label());
             }
         }
         let config = Rc::clone(&self.config);
@@ -495,6 +520,7 @@ impl Exchange {
                     // on top cost 1-2% of requests/s and changed nothing.
                     forward.headers.push((Header::Route, Some(cluster)));
                 }
+                self.strip_credentials(&mut forward);
                 forward.into_step()
             }
         }
@@ -503,12 +529,25 @@ impl Exchange {
     /// Remembers what to label the response with.
     fn label(&mut self, msg: &Message) {
         let method = msg.method.clone().unwrap_or(Method::Other("".into()));
-        let tool = if method == Method::ToolsCall {
-            msg.name.clone()
-        } else {
-            None
-        };
-        self.labels = Some((method, tool));
+        self.labels = Some((method, self.tool_of(msg)));
+    }
+
+    /// Removes the client's credentials from a request that goes upstream.
+    fn strip_credentials(&self, forward: &mut Forward) {
+        if self.config.gate.forwards_client_credentials() {
+            return;
+        }
+        // Removing a header the request does not carry would still cost a host call.
+        let c = self.credentials;
+        for (present, name) in [
+            (c.authorization, "authorization"),
+            (c.proxy_authorization, "proxy-authorization"),
+            (c.cookie, "cookie"),
+        ] {
+            if present {
+                forward.headers.push((Header::Named(name), None));
+            }
+        }
     }
 
     /// Answers or routes a request to a virtual server.
@@ -520,11 +559,16 @@ impl Exchange {
         };
         match edge.answer(&server, msg) {
             None => self.reject(&edge::unknown_server(&server), host),
-            Some(Answer::Reply(body))
-                if msg.method == Some(Method::Initialize) && edge.session_key().is_some() =>
-            {
-                let version = edge::negotiate(msg.protocol_version.as_deref()).to_owned();
-                self.open_session(&server, body, version, host)
+            Some(Answer::Reply(body)) if msg.method == Some(Method::Initialize) => {
+                let token = match self.new_session(&server, msg, host) {
+                    Ok(token) => token,
+                    Err(what) => return self.internal_error(what, host),
+                };
+                let mut step = self.reply(200, Some(body));
+                if let (Step::Reply(r), Some(token)) = (&mut step, token) {
+                    r.headers.push(("mcp-session-id", token));
+                }
+                step
             }
             Some(Answer::Reply(body)) => self.reply(200, Some(body)),
             Some(Answer::Accepted) => self.reply(202, None),
@@ -532,7 +576,8 @@ impl Exchange {
         }
     }
 
-    /// Sends a virtual server's call to the upstream that owns the entry.
+    /// Sends a virtual server's call to the upstream that owns the entry, opening the
+    /// session's upstream session first if it has none there yet.
     fn route_upstream(&mut self, msg: &Message, to: &RouteTo<'_>, host: &mut impl Host) -> Step {
         let mut forward = Forward::default();
         // Not needed past this point; a streamed response may keep the request alive long.
@@ -557,18 +602,18 @@ impl Exchange {
         self.phase = Phase::Forwarded;
         self.label(msg);
         self.propagate_trace_context(msg, &mut forward);
-        // The client's token never reaches an upstream; the upstream's own session does.
-        let upstream_session = self
-            .session
-            .as_ref()
-            .and_then(|s| s.upstreams.get(to.upstream_id).cloned());
-        // Removing a header the request does not carry would still cost a host call.
-        if upstream_session.is_some() || self.has_session_header {
+        self.strip_credentials(&mut forward);
+        point_at(to.upstream, &mut forward);
+        let upstream = to.upstream_id.to_owned();
+        if self.session.is_some() {
+            return self.route_in_session(forward, upstream, host);
+        }
+        // The client's header never reaches an upstream.
+        if self.has_session_header {
             forward
                 .headers
-                .push((Header::Named("mcp-session-id"), upstream_session));
+                .push((Header::Named("mcp-session-id"), None));
         }
-        point_at(to.upstream, &mut forward);
         Step::Forward(forward)
     }
 
@@ -600,7 +645,9 @@ impl Exchange {
     }
 
     /// Sends the request, unread, to the session relay's cluster (`what` names the feature
-    /// for the 404 when no relay is configured), with `headers` set.
+    /// for the 404 when no relay is configured), with `headers` set. The relay is the
+    /// gateway's own: the client's credentials go with it, since the relay's requests come
+    /// back through this listener, where they are checked and stripped like any other.
     fn hand_to_relay(
         &mut self,
         what: &str,
@@ -618,114 +665,10 @@ impl Exchange {
         })
     }
 
-    /// The client's GET stream: the stream of the upstream it picks (`mcpgw-upstream`) or
-    /// of its only stateful upstream goes straight there; several are merged by the relay,
-    /// which opens one picked GET per upstream back through this listener.
-    fn server_stream(
-        &mut self,
-        session: &Session,
-        pick: Option<&str>,
-        host: &mut impl Host,
-    ) -> Step {
-        let chosen = match pick {
-            Some(id) => match session.upstreams.get_key_value(id) {
-                Some(found) => found,
-                None => return self.reject(&edge::unknown_stream(id), host),
-            },
-            None => match session.upstreams.iter().next() {
-                Some(only) if session.upstreams.len() == 1 => only,
-                _ => {
-                    let ids: Vec<&str> = session.upstreams.keys().map(String::as_str).collect();
-                    let headers = vec![(
-                        Header::Named(edge::RELAY_UPSTREAMS_HEADER),
-                        Some(ids.join(",")),
-                    )];
-                    return self.hand_to_relay(
-                        "the GET stream of a session over several upstreams",
-                        headers,
-                        host,
-                    );
-                }
-            },
-        };
-        let (id, sid) = chosen;
-        let config = Rc::clone(&self.config);
-        let Some(up) = config.edge.upstream(id) else {
-            return self.reject(&edge::unknown_stream(id), host);
-        };
-        self.phase = Phase::Forwarded;
-        let mut forward = Forward {
-            headers: vec![
-                (Header::Named(edge::UPSTREAM_HEADER), None),
-                (Header::Named("mcp-session-id"), Some(sid.clone())),
-            ],
-            body: None,
-        };
-        point_at(up, &mut forward);
-        Step::Forward(forward)
-    }
-
-    /// Initializes every upstream of virtual server `server`, then answers `initialize`
-    /// with `reply` and a token holding the upstream sessions.
-    fn open_session(
-        &mut self,
-        server: &str,
-        reply: Vec<u8>,
-        version: String,
-        host: &mut impl Host,
-    ) -> Step {
-        let config = Rc::clone(&self.config);
-        let mut pending = Pending {
-            kind: PendingKind::Initialize { reply },
-            version,
-            calls: HashMap::new(),
-            sessions: BTreeMap::new(),
-        };
-        let mut calls = Vec::new();
-        for (id, _) in config.edge.upstreams_of(server) {
-            let body = format!(
-                r#"{{"jsonrpc":"2.0","id":"mcpgw-init","method":"initialize","params":{{"protocolVersion":"{}","capabilities":{{}},"clientInfo":{{"name":"mcpgw","version":"{}"}}}}}}"#,
-                pending.version,
-                env!("CARGO_PKG_VERSION")
-            );
-            if let Some(call) = self.call(
-                id,
-                None,
-                &pending.version,
-                "POST",
-                Some(body.into_bytes()),
-                host,
-            ) {
-                pending
-                    .calls
-                    .insert(call.tag, (id.to_owned(), Stage::Initialize));
-                calls.push(call);
-            }
-        }
-        self.await_calls(pending, calls)
-    }
-
-    /// Ends the client's session at every upstream that holds part of it.
-    fn end_session(&mut self, session: Session, host: &mut impl Host) -> Step {
-        let mut pending = Pending {
-            kind: PendingKind::Delete,
-            version: session.protocol_version,
-            calls: HashMap::new(),
-            sessions: BTreeMap::new(),
-        };
-        let mut calls = Vec::new();
-        for (id, sid) in &session.upstreams {
-            if let Some(call) = self.call(id, Some(sid), &pending.version, "DELETE", None, host) {
-                pending.calls.insert(call.tag, (id.clone(), Stage::Delete));
-                calls.push(call);
-            }
-        }
-        self.await_calls(pending, calls)
-    }
-
-    fn await_calls(&mut self, pending: Pending, calls: Vec<Call>) -> Step {
+    /// Starts `calls` and waits for them with `pending`, or decides at once without any.
+    fn await_calls(&mut self, pending: Pending, calls: Vec<Call>, host: &mut impl Host) -> Step {
         if calls.is_empty() {
-            return self.finish_pending(pending);
+            return self.finish_pending(pending, host);
         }
         self.phase = Phase::Calling(pending);
         Step::Call(calls)
@@ -741,34 +684,20 @@ impl Exchange {
         body: Option<Vec<u8>>,
         host: &mut impl Host,
     ) -> Option<Call> {
-        let Some(up) = self.config.edge.upstream(id) else {
-            host.warn(&format!("mcpgw: upstream {id} is not in the snapshot"));
-            return None;
-        };
-        let mut headers = vec![
-            (":method", method.to_owned()),
-            (":path", up.path.clone()),
-            (
-                ":authority",
-                up.authority.clone().unwrap_or_else(|| up.cluster.clone()),
-            ),
-            ("accept", "application/json, text/event-stream".to_owned()),
-            ("mcp-protocol-version", version.to_owned()),
-        ];
-        if body.is_some() {
-            headers.push(("content-type", "application/json".to_owned()));
-        }
-        if let Some(sid) = session {
-            headers.push(("mcp-session-id", sid.to_owned()));
-        }
         self.next_tag += 1;
-        Some(Call {
-            tag: self.next_tag,
-            cluster: up.cluster.clone(),
-            headers,
+        let call = upstream_call(
+            &self.config,
+            self.next_tag,
+            id,
+            session,
+            version,
+            method,
             body,
-            timeout_ms: UPSTREAM_CALL_TIMEOUT_MS,
-        })
+        );
+        if call.is_none() {
+            host.warn(&format!("mcpgw: upstream {id} is not in the snapshot"));
+        }
+        call
     }
 
     /// A call this exchange asked for has answered (or failed).
@@ -780,65 +709,15 @@ impl Exchange {
             self.phase = Phase::Calling(pending);
             return Step::Wait;
         };
-        let ok = answer.status.is_some_and(|s| (200..300).contains(&s));
-        if !ok {
-            host.warn(&format!(
-                "mcpgw: upstream {upstream}: {} answered {:?}",
-                stage.label(),
-                answer.status
-            ));
-        }
-        let mut more = Vec::new();
-        if stage == Stage::Initialize && ok {
-            // No session id: a stateless upstream, nothing to remember.
-            if let Some(sid) = answer.session_id.filter(|v| !v.is_empty()) {
-                let notification =
-                    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec();
-                if let Some(call) = self.call(
-                    &upstream,
-                    Some(&sid),
-                    &pending.version,
-                    "POST",
-                    Some(notification),
-                    host,
-                ) {
-                    pending
-                        .calls
-                        .insert(call.tag, (upstream.clone(), Stage::Initialized));
-                    more.push(call);
-                }
-                pending.sessions.insert(upstream, sid);
-            }
-        }
+        let more = self.answered(&mut pending, upstream, stage, answer, host);
         if pending.calls.is_empty() {
-            return self.finish_pending(pending);
+            return self.finish_pending(pending, host);
         }
         self.phase = Phase::Calling(pending);
         if more.is_empty() {
             Step::Wait
         } else {
             Step::Call(more)
-        }
-    }
-
-    /// Every upstream call answered: reply to the client.
-    fn finish_pending(&mut self, pending: Pending) -> Step {
-        match pending.kind {
-            PendingKind::Initialize { reply } => {
-                let token = self.config.edge.session_key().map(|key| {
-                    key.seal(&Session {
-                        server: self.server.clone().unwrap_or_default(),
-                        upstreams: pending.sessions,
-                        protocol_version: pending.version,
-                    })
-                });
-                let mut step = self.reply(200, Some(reply));
-                if let (Step::Reply(r), Some(token)) = (&mut step, token) {
-                    r.headers.push(("mcp-session-id", token));
-                }
-                step
-            }
-            PendingKind::Delete => self.reply(200, None),
         }
     }
 
@@ -866,8 +745,8 @@ impl Exchange {
     /// A response body chunk (empty when [`BodyNeed::End`]).
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool, host: &mut impl Host) {
         let (method, tool) = match &self.labels {
-            Some((m, t)) => (m.as_str(), t.as_deref().unwrap_or_default()),
-            None => ("", ""),
+            Some((m, t)) => (m.as_str(), t.label()),
+            None => ("", ToolLabel::None),
         };
         self.observer
             .feed(chunk, end_of_stream, &mut |kind| match kind {
@@ -901,6 +780,43 @@ fn point_at(up: &crate::catalog::Upstream, forward: &mut Forward) {
     forward
         .headers
         .push((Header::Route, Some(up.cluster.clone())));
+}
+
+/// A call to upstream `id` of `config` (`None` if the snapshot has no such upstream):
+/// `method` with `body`, inside upstream session `session`, under protocol `version`.
+fn upstream_call(
+    config: &Config,
+    tag: u32,
+    id: &str,
+    session: Option<&str>,
+    version: &str,
+    method: &'static str,
+    body: Option<Vec<u8>>,
+) -> Option<Call> {
+    let up = config.edge.upstream(id)?;
+    let mut headers = vec![
+        (":method", method.to_owned()),
+        (":path", up.path.clone()),
+        (
+            ":authority",
+            up.authority.clone().unwrap_or_else(|| up.cluster.clone()),
+        ),
+        ("accept", "application/json, text/event-stream".to_owned()),
+        ("mcp-protocol-version", version.to_owned()),
+    ];
+    if body.is_some() {
+        headers.push(("content-type", "application/json".to_owned()));
+    }
+    if let Some(sid) = session {
+        headers.push(("mcp-session-id", sid.to_owned()));
+    }
+    Some(Call {
+        tag,
+        cluster: up.cluster.clone(),
+        headers,
+        body,
+        timeout_ms: UPSTREAM_CALL_TIMEOUT_MS,
+    })
 }
 
 #[cfg(test)]

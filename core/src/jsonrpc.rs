@@ -88,6 +88,10 @@ pub struct Message {
     pub ref_uri: Option<String>,
     /// Byte range of the `params.ref.name` string literal, like [`Message::name_span`].
     pub ref_name_span: Option<(u64, u64)>,
+    /// Byte range of the `params.capabilities` object (`initialize`).
+    pub capabilities_span: Option<(u64, u64)>,
+    /// Byte range of the `params.clientInfo` object (`initialize`).
+    pub client_info_span: Option<(u64, u64)>,
 }
 
 /// Why a request body is refused, with the JSON-RPC code to answer it with.

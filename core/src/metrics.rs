@@ -56,6 +56,20 @@ pub fn stat_name(counter: Counter, labels: &[(&str, &str)]) -> String {
     name
 }
 
+/// The tool a counted message names, and whether the name is vetted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolLabel<'a> {
+    /// No tool (not `tools/call`).
+    None,
+    /// A name from the configuration (a virtual server's catalog, `tool_routes`,
+    /// `denied_tools`): always its own label, and no budget spent.
+    Known(&'a str),
+    /// A name only the client vouches for: labelled while the budget lasts.
+    Unvetted(&'a str),
+    /// A name a virtual server's catalog does not have: never its own label.
+    Unknown,
+}
+
 /// Bounds the set of label values one worker emits.
 #[derive(Debug, Default)]
 pub struct LabelBudget {
@@ -69,6 +83,17 @@ impl LabelBudget {
             method
         } else {
             OTHER
+        }
+    }
+
+    /// The label for `tool`: known names as they are, unvetted ones while the budget lasts,
+    /// anything else [`OTHER`].
+    pub fn label<'a>(&mut self, tool: ToolLabel<'a>) -> &'a str {
+        match tool {
+            ToolLabel::None => "",
+            ToolLabel::Known(name) => name,
+            ToolLabel::Unvetted(name) => self.tool(name),
+            ToolLabel::Unknown => OTHER,
         }
     }
 
@@ -116,6 +141,14 @@ mod tests {
         );
         assert_eq!(labels[MAX_TOOL_LABELS], OTHER);
         assert_eq!(b.tool("t3"), "t3", "known names keep their label");
+        assert_eq!(
+            b.label(ToolLabel::Known("catalog-tool")),
+            "catalog-tool",
+            "no budget needed"
+        );
+        assert_eq!(b.label(ToolLabel::Unvetted("t999")), OTHER);
+        assert_eq!(b.label(ToolLabel::Unknown), OTHER);
+        assert_eq!(b.label(ToolLabel::None), "");
         assert_eq!(b.method("tools/call"), "tools/call");
         assert_eq!(b.method("evil/123"), OTHER);
     }

@@ -80,6 +80,7 @@ impl Gate {
             stop_when_routable: p.early_terminate && !denies,
             skim: false,
             settle: false,
+            max_batch_messages: p.max_batch_messages,
         };
         Gate {
             snapshot,
@@ -97,6 +98,17 @@ impl Gate {
     /// Largest accepted request body.
     pub fn max_body_bytes(&self) -> u64 {
         self.snapshot.policy.max_body_bytes
+    }
+
+    /// Whether `tools/call` of `name` is something the policy names (a route or a denial):
+    /// such names are labelled in metrics as they are.
+    pub fn knows_tool(&self, name: &str) -> bool {
+        self.snapshot.policy.tool_routes.contains_key(name) || self.denied_tools.contains(name)
+    }
+
+    /// Whether the client's credentials go upstream (`policy.forward_client_credentials`).
+    pub fn forwards_client_credentials(&self) -> bool {
+        self.snapshot.policy.forward_client_credentials
     }
 
     /// The route header name.
@@ -180,6 +192,13 @@ impl Gate {
         batch: bool,
         protocol_version: Option<&str>,
     ) -> BodyVerdict {
+        if batch && protocol_version.is_none() && !self.snapshot.policy.unversioned_batches {
+            return BodyVerdict::Reject(Rejection::new(
+                Reason::BatchNotAllowed,
+                None,
+                "a JSON-RPC batch needs MCP-Protocol-Version: 2025-03-26 (the only version with batches)",
+            ));
+        }
         let version = protocol_version.map_or(mcp::DEFAULT_PROTOCOL_VERSION, str::trim);
         if batch && !mcp::batches_allowed(version) {
             return BodyVerdict::Reject(Rejection::new(
@@ -502,7 +521,7 @@ mod tests {
         );
         let batch = format!("[{CALL_ECHO},{LIST}]");
         assert_eq!(
-            rejected(&verdict(&g, &batch, None)),
+            rejected(&verdict(&g, &batch, Some("2025-03-26"))),
             (400, code::INVALID_REQUEST),
             "spans upstreams"
         );
@@ -518,7 +537,23 @@ mod tests {
             }
         );
         let batch = format!("[{LIST},{CALL_ADD}]");
-        assert_eq!(rejected(&verdict(&g, &batch, None)), (403, code::FORBIDDEN));
+        assert_eq!(
+            rejected(&verdict(&g, &batch, Some("2025-03-26"))),
+            (403, code::FORBIDDEN)
+        );
+        // A batch must say its version, unless the policy takes unversioned ones.
+        let batch = format!("[{CALL_ECHO},{CALL_ECHO}]");
+        match verdict(&g, &batch, None) {
+            BodyVerdict::Reject(r) => assert_eq!(r.reason, Reason::BatchNotAllowed),
+            other => panic!("{other:?}"),
+        }
+        let lenient = gate(r#"{"unversioned_batches":true,"tool_routes":{"echo":"b"}}"#);
+        assert_eq!(
+            verdict(&lenient, &batch, None),
+            BodyVerdict::Forward {
+                cluster: Some("b".into())
+            }
+        );
         // The reject carries the request id.
         match verdict(&g, CALL_ADD, None) {
             BodyVerdict::Reject(r) => {
@@ -532,6 +567,35 @@ mod tests {
         assert_eq!(
             verdict(&g, resp, None),
             BodyVerdict::Forward { cluster: None }
+        );
+    }
+
+    #[test]
+    fn batches_longer_than_the_cap_are_refused_while_parsing() {
+        let g = gate(r#"{"max_batch_messages":3}"#);
+        let batch = |n: usize| {
+            let items: Vec<&str> = std::iter::repeat_n(LIST, n).collect();
+            format!("[{}]", items.join(","))
+        };
+        let mut p = MessageParser::new(g.parse_options());
+        assert!(p.feed(batch(3).as_bytes()).is_ok());
+        assert!(p.finish().is_ok());
+        let mut p = MessageParser::new(g.parse_options());
+        match p.feed(batch(4).as_bytes()) {
+            Err(e) => {
+                assert_eq!(e.code(), code::INVALID_REQUEST);
+                assert!(e.to_string().contains("at most 3"), "{e}");
+            }
+            Ok(progress) => panic!("a batch of 4 parsed: {progress:?}"),
+        }
+        // Non-object elements count too.
+        let mut p = MessageParser::new(g.parse_options());
+        assert!(p.feed(b"[1,2,3,4]").is_err());
+        assert_eq!(
+            Gate::new(Snapshot::default())
+                .parse_options()
+                .max_batch_messages,
+            32
         );
     }
 

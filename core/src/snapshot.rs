@@ -44,18 +44,58 @@ pub struct Snapshot {
     pub relay: Option<String>,
 }
 
-/// How virtual-server sessions are signed.
+/// How virtual-server sessions are sealed and how long they live.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSettings {
-    /// HMAC-SHA256 key, standard base64, at least 32 bytes. Every Envoy of a fleet gets the
-    /// same key, so any of them can serve any session.
-    pub signing_key: String,
+    /// Keys that seal session tokens (ChaCha20-Poly1305), standard base64, 32 bytes each.
+    /// The first seals new tokens; every one opens, so a key is rotated by putting the new
+    /// one first and keeping the old one until its tokens have expired. Every Envoy of a
+    /// fleet gets the same keys, so any of them can serve any session.
+    pub keys: Vec<String>,
+    /// Seconds a session token is valid after `initialize`; the client then gets 404 and
+    /// starts a new session.
+    #[serde(default = "default_session_ttl")]
+    pub ttl_seconds: u64,
+    /// Seconds an upstream session may go unused before the gateway ends it (`DELETE`);
+    /// the next call that needs the upstream opens a new one.
+    #[serde(default = "default_session_idle")]
+    pub idle_seconds: u64,
+}
+
+/// Default of [`SessionSettings::ttl_seconds`]: one day.
+pub const DEFAULT_SESSION_TTL_SECONDS: u64 = 24 * 60 * 60;
+/// Default of [`SessionSettings::idle_seconds`]: 30 minutes.
+pub const DEFAULT_SESSION_IDLE_SECONDS: u64 = 30 * 60;
+
+fn default_session_ttl() -> u64 {
+    DEFAULT_SESSION_TTL_SECONDS
+}
+
+fn default_session_idle() -> u64 {
+    DEFAULT_SESSION_IDLE_SECONDS
+}
+
+impl SessionSettings {
+    /// Settings with `keys` and the default lifetimes.
+    pub fn with_keys(keys: Vec<String>) -> SessionSettings {
+        SessionSettings {
+            keys,
+            ttl_seconds: DEFAULT_SESSION_TTL_SECONDS,
+            idle_seconds: DEFAULT_SESSION_IDLE_SECONDS,
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionSettings { signing_key: .. }")
+        write!(
+            f,
+            "SessionSettings {{ keys: [{} redacted], ttl_seconds: {}, idle_seconds: {} }}",
+            self.keys.len(),
+            self.ttl_seconds,
+            self.idle_seconds
+        )
     }
 }
 
@@ -102,12 +142,25 @@ pub struct Policy {
     pub tool_routes: BTreeMap<String, String>,
     /// Entries per page of a virtual server's lists (`tools/list`, …) served at the edge.
     pub list_page_size: u32,
+    /// Pass the client's `Authorization`, `Proxy-Authorization` and `Cookie` on to
+    /// upstreams. Off: MCP forbids token passthrough, and an upstream's own credentials are
+    /// added by its Envoy cluster. Turn on only where the upstream is the audience of the
+    /// client's token (a mesh in which the filter guards the server that issued it).
+    pub forward_client_credentials: bool,
+    /// Most messages one JSON-RPC batch may hold (batches exist in MCP 2025-03-26 only);
+    /// longer batches get HTTP 400 before anything of them is forwarded.
+    pub max_batch_messages: u32,
+    /// Accept batches from requests without `MCP-Protocol-Version` (which the transport
+    /// reads as 2025-03-26). Off: a batch must say its version.
+    pub unversioned_batches: bool,
 }
 
 /// Default for [`Policy::max_body_bytes`]: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
 /// Default for [`Policy::list_page_size`].
 pub const DEFAULT_LIST_PAGE_SIZE: u32 = 100;
+/// Default for [`Policy::max_batch_messages`].
+pub const DEFAULT_MAX_BATCH_MESSAGES: u32 = 32;
 /// Default for [`Policy::route_header`].
 pub const DEFAULT_ROUTE_HEADER: &str = "x-mcpgw-cluster";
 
@@ -123,6 +176,9 @@ impl Default for Policy {
             route_header: DEFAULT_ROUTE_HEADER.to_string(),
             tool_routes: BTreeMap::new(),
             list_page_size: DEFAULT_LIST_PAGE_SIZE,
+            forward_client_credentials: false,
+            max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
+            unversioned_batches: false,
         }
     }
 }
@@ -222,6 +278,9 @@ impl Snapshot {
         if p.list_page_size == 0 {
             return invalid("policy.list_page_size", "must be greater than 0");
         }
+        if p.max_batch_messages == 0 {
+            return invalid("policy.max_batch_messages", "must be greater than 0");
+        }
         if !is_header_name(&p.route_header) {
             return invalid(
                 "policy.route_header",
@@ -247,10 +306,24 @@ impl Snapshot {
                 );
             }
         }
-        if let Some(session) = &self.session
-            && let Err(reason) = crate::session::SessionKey::from_base64(&session.signing_key)
-        {
-            return invalid("session.signing_key", &reason);
+        if let Some(session) = &self.session {
+            if session.keys.is_empty() {
+                return invalid("session.keys", "at least one key is required");
+            }
+            for (i, key) in session.keys.iter().enumerate() {
+                if let Err(reason) = crate::session::decode_key(key) {
+                    return invalid(&format!("session.keys[{i}]"), &reason);
+                }
+            }
+            if !(60..=30 * 24 * 60 * 60).contains(&session.ttl_seconds) {
+                return invalid(
+                    "session.ttl_seconds",
+                    "must be between 60 seconds and 30 days",
+                );
+            }
+            if session.idle_seconds < 60 {
+                return invalid("session.idle_seconds", "must be at least 60 seconds");
+            }
         }
         if self.relay.as_deref().is_some_and(str::is_empty) {
             return invalid("relay", "cluster name must not be empty");
@@ -400,8 +473,16 @@ mod tests {
                 "upstreams.u.path",
             ),
             (
-                r#"{"session":{"signing_key":"c2hvcnQ="}}"#.to_owned(),
-                "session.signing_key",
+                r#"{"session":{"keys":["c2hvcnQ="]}}"#.to_owned(),
+                "session.keys[0]",
+            ),
+            (r#"{"session":{"keys":[]}}"#.to_owned(), "session.keys"),
+            (
+                format!(
+                    r#"{{"session":{{"keys":["{}"],"ttl_seconds":5}}}}"#,
+                    "A".repeat(43) + "="
+                ),
+                "session.ttl_seconds",
             ),
         ];
         for (doc, want) in cases {

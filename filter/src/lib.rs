@@ -23,27 +23,42 @@ mod host;
 mod metrics;
 
 use mcpgw_core::config::Config;
-use mcpgw_core::exchange::{BodyNeed, CallAnswer, Exchange, Header, Host, Step};
+use mcpgw_core::exchange::{self, BodyNeed, CallAnswer, Exchange, Header, Host, Step};
+use mcpgw_core::metrics::ToolLabel;
 use mcpgw_core::reason::Reason;
+use mcpgw_core::session::table::KEY_PREFIX;
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// How often a worker sweeps the session-table slots it wrote (idle upstream sessions are
+/// ended, expired records removed).
+const SWEEP_PERIOD: Duration = Duration::from_secs(30);
+
+/// What a worker's requests share: its counters and the session-table slots it wrote
+/// (which its root sweeps).
+#[derive(Default)]
+struct Shared {
+    metrics: RefCell<Metrics>,
+    slots: RefCell<BTreeSet<String>>,
+}
+
 /// Per-VM state: the compiled configuration (the documented defaults until the first
-/// `on_configure` succeeds) and the metric registry.
+/// `on_configure` succeeds), and what its requests share.
 #[derive(Default)]
 struct Root {
     config: Rc<Config>,
-    metrics: Rc<RefCell<Metrics>>,
+    shared: Rc<Shared>,
+    sweep_tags: u32,
 }
 
 impl Context for Root {}
@@ -67,7 +82,16 @@ impl RootContext for Root {
                     bytes.len(),
                     took.as_secs_f64() * 1000.0
                 );
+                let sessions = config.edge.sessions().is_some();
                 self.config = Rc::new(config);
+                let period = if sessions {
+                    SWEEP_PERIOD
+                } else {
+                    Duration::ZERO
+                };
+                if let Err(status) = proxy_wasm::hostcalls::set_tick_period(period) {
+                    log::warn!("mcpgw: cannot schedule the session sweep: {status:?}");
+                }
                 true
             }
             Err(err) => {
@@ -80,10 +104,49 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
             exchange: Exchange::new(Rc::clone(&self.config)),
-            metrics: Rc::clone(&self.metrics),
+            shared: Rc::clone(&self.shared),
             calls: HashMap::new(),
             body_size: 0,
         }))
+    }
+
+    /// Sweeps the session-table slots this worker wrote: idle upstream sessions are ended
+    /// (`DELETE`, answers ignored), expired records removed.
+    fn on_tick(&mut self) {
+        let now = now_secs();
+        let slots: Vec<String> = self.shared.slots.borrow().iter().cloned().collect();
+        for key in slots {
+            let (value, cas) = host::shared_get(&key);
+            let sweep = exchange::sweep(&self.config, value.as_deref(), now, self.sweep_tags);
+            let Some(new_value) = sweep.value else {
+                continue;
+            };
+            // Lost to a writer: the next tick sweeps again.
+            if !host::shared_set(&key, &new_value, cas) {
+                continue;
+            }
+            if sweep.empty {
+                // Nothing left in it: no longer this worker's to sweep.
+                self.shared.slots.borrow_mut().remove(&key);
+            }
+            for call in sweep.calls {
+                self.sweep_tags = self.sweep_tags.max(call.tag);
+                let headers: Vec<(&str, &str)> =
+                    call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                if let Err(status) = self.dispatch_http_call(
+                    &call.cluster,
+                    headers,
+                    None,
+                    vec![],
+                    Duration::from_millis(call.timeout_ms),
+                ) {
+                    log::warn!(
+                        "mcpgw: cannot end an idle upstream session on {}: {status:?}",
+                        call.cluster
+                    );
+                }
+            }
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -91,35 +154,64 @@ impl RootContext for Root {
     }
 }
 
-/// The host as the exchange sees it: this worker's counters and Envoy's log.
-struct FilterHost<'m>(&'m RefCell<Metrics>);
+/// Seconds since the Unix epoch, by Envoy's clock.
+fn now_secs() -> u64 {
+    proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The host as the exchange sees it: this worker's counters and session slots, Envoy's
+/// log, clock, randomness and shared data.
+struct FilterHost<'s>(&'s Shared);
 
 impl Host for FilterHost<'_> {
-    fn count_request(&mut self, method: &str, tool: Option<&str>) {
-        self.0.borrow_mut().request(method, tool);
+    fn count_request(&mut self, method: &str, tool: ToolLabel<'_>) {
+        self.0.metrics.borrow_mut().request(method, tool);
     }
 
-    fn count_response(&mut self, method: &str, tool: &str, error: bool) {
-        self.0.borrow_mut().response(method, tool, error);
+    fn count_response(&mut self, method: &str, tool: ToolLabel<'_>, error: bool) {
+        self.0.metrics.borrow_mut().response(method, tool, error);
     }
 
     fn count_rejected(&mut self, reason: Reason) {
-        self.0.borrow_mut().rejected(reason.label());
+        self.0.metrics.borrow_mut().rejected(reason.label());
     }
 
     fn count_internal_error(&mut self) {
-        self.0.borrow_mut().internal_error();
+        self.0.metrics.borrow_mut().internal_error();
     }
 
     fn warn(&mut self, message: &str) {
         log::warn!("{message}");
+    }
+
+    fn now(&self) -> u64 {
+        now_secs()
+    }
+
+    fn random(&mut self, out: &mut [u8]) -> bool {
+        host::random(out)
+    }
+
+    fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        host::shared_get(key)
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let stored = host::shared_set(key, value, cas);
+        if stored && key.starts_with(KEY_PREFIX) && !self.0.slots.borrow().contains(key) {
+            self.0.slots.borrow_mut().insert(key.to_owned());
+        }
+        stored
     }
 }
 
 /// One HTTP request through the filter.
 struct Request {
     exchange: Exchange,
-    metrics: Rc<RefCell<Metrics>>,
+    shared: Rc<Shared>,
     /// Calls in flight: host token → the exchange's tag.
     calls: HashMap<u32, u32>,
     /// Request body bytes Envoy has buffered (what a new body replaces).
@@ -173,11 +265,11 @@ impl Request {
                         }
                         Err(status) => {
                             log::warn!("mcpgw: cannot call cluster {}: {status:?}", call.cluster);
-                            let metrics = Rc::clone(&self.metrics);
+                            let shared = Rc::clone(&self.shared);
                             next = self.exchange.on_call_answer(
                                 call.tag,
                                 CallAnswer::default(),
-                                &mut FilterHost(&metrics),
+                                &mut FilterHost(&shared),
                             );
                         }
                     }
@@ -216,11 +308,11 @@ impl Context for Request {
         let session_id = self
             .get_http_call_response_header_bytes("mcp-session-id")
             .and_then(|v| String::from_utf8(v).ok());
-        let metrics = Rc::clone(&self.metrics);
+        let shared = Rc::clone(&self.shared);
         let step = self.exchange.on_call_answer(
             tag,
             CallAnswer { status, session_id },
-            &mut FilterHost(&metrics),
+            &mut FilterHost(&shared),
         );
         self.execute(step, true);
     }
@@ -228,8 +320,8 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let metrics = Rc::clone(&self.metrics);
-        let mut host = FilterHost(&metrics);
+        let shared = Rc::clone(&self.shared);
+        let mut host = FilterHost(&shared);
         // One host call for the whole map instead of one per header, read in place (see
         // `host`): each call crosses the VM boundary twice.
         let step = match host::request_header_map() {
@@ -248,8 +340,8 @@ impl HttpContext for Request {
             return Action::Continue;
         }
         self.body_size = body_size;
-        let metrics = Rc::clone(&self.metrics);
-        let mut host = FilterHost(&metrics);
+        let shared = Rc::clone(&self.shared);
+        let mut host = FilterHost(&shared);
         // While paused, Envoy buffers and `body_size` is everything so far: the exchange
         // reads only the new part, and only if it wants it.
         let step = self.exchange.on_request_body(
@@ -282,9 +374,9 @@ impl HttpContext for Request {
                 .unwrap_or_default(),
             BodyNeed::Bytes => Vec::new(),
         };
-        let metrics = Rc::clone(&self.metrics);
+        let shared = Rc::clone(&self.shared);
         self.exchange
-            .on_response_body(&chunk, end_of_stream, &mut FilterHost(&metrics));
+            .on_response_body(&chunk, end_of_stream, &mut FilterHost(&shared));
         Action::Continue
     }
 }

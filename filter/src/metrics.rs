@@ -1,7 +1,7 @@
 //! The filter's counters, defined lazily in Envoy and cached by stat name, so a request
 //! costs one host call per counter increment.
 
-use mcpgw_core::metrics::{Counter, LabelBudget, stat_name};
+use mcpgw_core::metrics::{Counter, LabelBudget, ToolLabel, stat_name};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -47,28 +47,29 @@ impl Metrics {
         }
     }
 
-    fn labelled(&mut self, counter: Counter, method: &str, tool: Option<&str>) {
+    fn labelled(&mut self, counter: Counter, method: &str, tool: ToolLabel<'_>) {
         let method = self.budget.method(method);
-        let tool = match tool {
-            Some(t) if method == "tools/call" => self.budget.tool(t),
-            _ => "",
+        let tool = if method == "tools/call" {
+            self.budget.label(tool)
+        } else {
+            ""
         };
         self.bump(counter, &[("mcp_method", method), ("mcp_tool", tool)]);
     }
 
     /// A request or notification was seen.
-    pub fn request(&mut self, method: &str, tool: Option<&str>) {
+    pub fn request(&mut self, method: &str, tool: ToolLabel<'_>) {
         self.labelled(Counter::Requests, method, tool);
     }
 
     /// A response message to a request of `method` (and `tool`) was seen.
-    pub fn response(&mut self, method: &str, tool: &str, error: bool) {
+    pub fn response(&mut self, method: &str, tool: ToolLabel<'_>, error: bool) {
         let counter = if error {
             Counter::ResponseErrors
         } else {
             Counter::Responses
         };
-        self.labelled(counter, method, Some(tool));
+        self.labelled(counter, method, tool);
     }
 
     /// The filter answered a request itself.

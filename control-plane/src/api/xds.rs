@@ -55,8 +55,10 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, Problem> {
         )
     };
     let mut doc = serde_json::to_value(&*snapshot).map_err(internal)?;
-    if let Some(key) = doc.pointer_mut("/session/signing_key") {
-        *key = serde_json::Value::from(REDACTED);
+    if let Some(serde_json::Value::Array(keys)) = doc.pointer_mut("/session/keys") {
+        for key in keys {
+            *key = serde_json::Value::from(REDACTED);
+        }
     }
     let body = serde_json::to_vec(&doc).map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

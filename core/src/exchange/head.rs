@@ -26,6 +26,12 @@ pub struct RequestHead<'h> {
     pub upstream: Option<&'h [u8]>,
     /// Whether a `traceparent` header is present.
     pub traceparent: bool,
+    /// Whether an `authorization` header is present.
+    pub authorization: bool,
+    /// Whether a `proxy-authorization` header is present.
+    pub proxy_authorization: bool,
+    /// Whether a `cookie` header is present.
+    pub cookie: bool,
 }
 
 impl<'h> RequestHead<'h> {
@@ -56,6 +62,18 @@ impl<'h> RequestHead<'h> {
             }
             b"traceparent" => {
                 self.traceparent = true;
+                return;
+            }
+            b"authorization" => {
+                self.authorization = true;
+                return;
+            }
+            b"proxy-authorization" => {
+                self.proxy_authorization = true;
+                return;
+            }
+            b"cookie" => {
+                self.cookie = true;
                 return;
             }
             _ => return,

@@ -5,11 +5,17 @@
 
 use super::*;
 use crate::header_map::serialize;
-use crate::session::SessionKey;
+use crate::session::SessionKeys;
+use crate::session::table::{Slot, slot_key};
 use base64::Engine as _;
 use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::collections::HashMap;
 
-/// What the exchange told its host.
+/// The shared data of one Envoy: value and compare-and-swap token per key.
+type Table = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
+
+/// What the exchange told its host; its clock, randomness and shared data.
 #[derive(Default, Debug)]
 struct Recorder {
     requests: Vec<(String, Option<String>)>,
@@ -17,16 +23,64 @@ struct Recorder {
     rejected: Vec<&'static str>,
     internal: u32,
     warnings: Vec<String>,
+    now: u64,
+    table: Table,
+}
+
+const NOW: u64 = 1_000_000;
+
+impl Recorder {
+    fn on(table: &Table) -> Recorder {
+        Recorder {
+            now: NOW,
+            table: Rc::clone(table),
+            ..Recorder::default()
+        }
+    }
+}
+
+fn label(tool: ToolLabel<'_>) -> Option<String> {
+    match tool {
+        ToolLabel::None => None,
+        ToolLabel::Known(n) | ToolLabel::Unvetted(n) => Some(n.to_owned()),
+        ToolLabel::Unknown => Some(crate::metrics::OTHER.to_owned()),
+    }
 }
 
 impl Host for Recorder {
-    fn count_request(&mut self, method: &str, tool: Option<&str>) {
-        self.requests
-            .push((method.to_owned(), tool.map(str::to_owned)));
+    fn count_request(&mut self, method: &str, tool: ToolLabel<'_>) {
+        self.requests.push((method.to_owned(), label(tool)));
     }
-    fn count_response(&mut self, method: &str, tool: &str, error: bool) {
+    fn count_response(&mut self, method: &str, tool: ToolLabel<'_>, error: bool) {
         self.responses
-            .push((method.to_owned(), tool.to_owned(), error));
+            .push((method.to_owned(), label(tool).unwrap_or_default(), error));
+    }
+    fn now(&self) -> u64 {
+        if self.now == 0 { NOW } else { self.now }
+    }
+    fn random(&mut self, out: &mut [u8]) -> bool {
+        // Distinct across hosts of one test run, as a real source would be.
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        for b in out.iter_mut() {
+            *b = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        true
+    }
+    fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.table.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut t = self.table.borrow_mut();
+        let current = t.get(key).map(|(_, c)| *c);
+        if cas.is_some() && cas != current {
+            return false;
+        }
+        let next = current.unwrap_or(0) + 1;
+        t.insert(key.to_owned(), (value.to_vec(), next));
+        true
     }
     fn count_rejected(&mut self, reason: Reason) {
         self.rejected.push(reason.label());
@@ -72,7 +126,7 @@ fn config(extra: Value) -> Rc<Config> {
 }
 
 fn with_sessions() -> Rc<Config> {
-    config(json!({"session": {"signing_key": key_b64()}, "relay": "relay-cluster"}))
+    config(json!({"session": {"keys": [key_b64()], "idle_seconds": 600}, "relay": "relay-cluster"}))
 }
 
 const POST_HEADERS: [(&str, &str); 3] = [
@@ -100,7 +154,18 @@ fn post(
     extra: &[(&str, &str)],
     body: &str,
 ) -> (Exchange, Step, Recorder) {
-    let mut host = Recorder::default();
+    post_on(&Table::default(), config, path, extra, body)
+}
+
+/// Like [`post`], on the Envoy whose shared data is `table`.
+fn post_on(
+    table: &Table,
+    config: &Rc<Config>,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> (Exchange, Step, Recorder) {
+    let mut host = Recorder::on(table);
     let mut x = Exchange::new(Rc::clone(config));
     let step = x.on_request_head(&post_head(path, extra), false, &mut host);
     assert_eq!(step, Step::ReadBody, "{path}: {body}");
@@ -576,195 +641,286 @@ fn a_virtual_servers_call_is_renamed_and_pointed_at_its_upstream() {
     assert_eq!(body["params"]["name"], "greet");
 }
 
-/// Opens a session on `with_sessions()`: the initialize calls, answered as `answers` says
-/// (upstream id → session id, `None` for stateless), then the initialized notifications.
-fn open(answers: &[(&str, Option<&str>)]) -> (String, Recorder) {
-    let cfg = with_sessions();
-    let (mut x, step, mut host) = post(
-        &cfg,
-        "/servers/s1/mcp",
-        &[],
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
-    );
-    let Step::Call(calls) = step else {
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{},"roots":{"listChanged":true}},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+fn keys() -> SessionKeys {
+    SessionKeys::from_base64(&[key_b64()]).unwrap()
+}
+
+/// `initialize` on the Envoy whose shared data is `table`: the session token.
+fn initialize(table: &Table) -> String {
+    let (_, step, _) = post_on(table, &with_sessions(), "/servers/s1/mcp", &[], INIT);
+    let Step::Reply(r) = &step else {
         panic!("{step:?}")
-    };
-    let clusters: Vec<&str> = calls.iter().map(|c| c.cluster.as_str()).collect();
-    assert_eq!(clusters, ["ca", "cb"], "every upstream of the server, once");
-    for c in &calls {
-        let body: Value = serde_json::from_slice(c.body.as_ref().unwrap()).unwrap();
-        assert_eq!(body["method"], "initialize");
-        assert_eq!(
-            c.headers.iter().find(|(n, _)| *n == ":method").unwrap().1,
-            "POST"
-        );
-    }
-    let mut notifications = Vec::new();
-    let mut last = Step::Wait;
-    for (c, (up, sid)) in calls.iter().zip(answers) {
-        let step = x.on_call_answer(
-            c.tag,
-            CallAnswer {
-                status: Some(200),
-                session_id: sid.map(str::to_owned),
-            },
-            &mut host,
-        );
-        match step {
-            Step::Call(more) => {
-                assert_eq!(more.len(), 1, "{up}");
-                let n = &more[0];
-                assert_eq!(
-                    n.headers
-                        .iter()
-                        .find(|(h, _)| *h == "mcp-session-id")
-                        .unwrap()
-                        .1,
-                    sid.unwrap()
-                );
-                notifications.push(n.tag);
-            }
-            other => last = other,
-        }
-    }
-    for tag in notifications {
-        last = x.on_call_answer(
-            tag,
-            CallAnswer {
-                status: Some(202),
-                session_id: None,
-            },
-            &mut host,
-        );
-    }
-    let Step::Reply(r) = last else {
-        panic!("{last:?}")
     };
     assert_eq!(r.status, 200);
-    (header(&r, "mcp-session-id").unwrap().to_owned(), host)
+    header(r, "mcp-session-id").unwrap().to_owned()
+}
+
+fn call_header<'a>(c: &'a Call, name: &str) -> Option<&'a str> {
+    c.headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Answers every call the exchange makes until it decides: `initialize` with the session
+/// id `sids` gives the call's cluster (`None`: stateless; absent: HTTP 500), the rest 200.
+fn drive(
+    x: &mut Exchange,
+    host: &mut Recorder,
+    first: Step,
+    sids: &[(&str, Option<&str>)],
+) -> (Step, Vec<Call>) {
+    let mut queue = std::collections::VecDeque::new();
+    let mut made = Vec::new();
+    let mut last = first;
+    loop {
+        match last {
+            Step::Call(calls) => queue.extend(calls),
+            Step::Wait => {}
+            done => {
+                assert!(queue.is_empty(), "decided with calls in flight");
+                return (done, made);
+            }
+        }
+        let call = queue.pop_front().expect("waiting without calls in flight");
+        let body: Value = call
+            .body
+            .as_ref()
+            .map_or(Value::Null, |b| serde_json::from_slice(b).unwrap());
+        let answer = if body["method"] == "initialize" {
+            match sids.iter().find(|(c, _)| *c == call.cluster) {
+                Some((_, sid)) => CallAnswer {
+                    status: Some(200),
+                    session_id: sid.map(str::to_owned),
+                },
+                None => CallAnswer {
+                    status: Some(500),
+                    session_id: None,
+                },
+            }
+        } else {
+            CallAnswer {
+                status: Some(200),
+                session_id: None,
+            }
+        };
+        last = x.on_call_answer(call.tag, answer, host);
+        made.push(call);
+    }
+}
+
+/// A POST in session `token` on `table`'s Envoy, driven to its decision.
+fn in_session(
+    table: &Table,
+    token: &str,
+    body: &str,
+    sids: &[(&str, Option<&str>)],
+) -> (Step, Vec<Call>, Recorder) {
+    let (mut x, step, mut host) = post_on(
+        table,
+        &with_sessions(),
+        "/servers/s1/mcp",
+        &[("mcp-session-id", token)],
+        body,
+    );
+    let (step, calls) = drive(&mut x, &mut host, step, sids);
+    (step, calls, host)
+}
+
+fn record(table: &Table, token: &str) -> Option<crate::session::table::Record> {
+    let claims = keys().open(token, "s1", NOW).unwrap();
+    let t = table.borrow();
+    Slot::parse(t.get(&slot_key(&claims.id)).map(|(v, _)| v.as_slice()))
+        .get(&claims.id)
+        .cloned()
 }
 
 #[test]
-fn initialize_opens_a_session_on_every_upstream_and_seals_it() {
-    let (token, _) = open(&[("a", Some("sid-a")), ("b", None)]);
-    let session = SessionKey::from_base64(&key_b64())
-        .unwrap()
-        .open(&token, "s1")
-        .unwrap();
+fn initialize_issues_a_sealed_token_and_opens_nothing_yet() {
+    let table = Table::default();
+    let token = initialize(&table);
+    assert!(token.starts_with("mcpgw2."), "{token}");
+    let claims = keys().open(&token, "s1", NOW).unwrap();
+    assert_eq!(claims.protocol_version, "2025-06-18");
     assert_eq!(
-        session.upstreams.get("a").map(String::as_str),
-        Some("sid-a")
+        (claims.issued_at, claims.expires_at),
+        (NOW, NOW + crate::snapshot::DEFAULT_SESSION_TTL_SECONDS)
+    );
+    assert_eq!(
+        claims.capabilities.as_ref().map(|c| c.get()),
+        Some(r#"{"sampling":{},"roots":{"listChanged":true}}"#),
+        "the client's capabilities, byte for byte"
+    );
+    assert_eq!(
+        claims.client_info.as_ref().map(|c| c.get()),
+        Some(r#"{"name":"t","version":"1"}"#)
     );
     assert!(
-        !session.upstreams.contains_key("b"),
-        "stateless upstreams hold nothing"
+        table.borrow().is_empty(),
+        "no upstream session is opened at initialize"
     );
-    assert_eq!(session.protocol_version, "2025-06-18");
+    assert_ne!(
+        initialize(&table),
+        token,
+        "every session its own id and nonce"
+    );
 }
 
 #[test]
-fn calls_that_fail_or_go_unanswered_leave_their_upstream_out() {
-    let cfg = with_sessions();
-    let (mut x, step, mut host) = post(
-        &cfg,
-        "/servers/s1/mcp",
-        &[],
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
-    );
-    let Step::Call(calls) = step else {
-        panic!("{step:?}")
-    };
+fn a_call_opens_its_upstreams_session_once_with_the_clients_declarations() {
+    let table = Table::default();
+    let token = initialize(&table);
+    let (step, calls, _) = in_session(&table, &token, &call(2, "a__t0"), &[("ca", Some("sid-a"))]);
+    assert_eq!(calls.len(), 2, "initialize, then notifications/initialized");
+    let init: Value = serde_json::from_slice(calls[0].body.as_ref().unwrap()).unwrap();
+    assert_eq!(init["method"], "initialize");
+    assert_eq!(init["params"]["protocolVersion"], "2025-06-18");
     assert_eq!(
-        x.on_call_answer(calls[0].tag, CallAnswer::default(), &mut host),
-        Step::Wait
+        init["params"]["capabilities"],
+        json!({"sampling": {}, "roots": {"listChanged": true}})
     );
     assert_eq!(
-        x.on_call_answer(999, CallAnswer::default(), &mut host),
-        Step::Wait,
-        "unknown tags are ignored"
+        init["params"]["clientInfo"],
+        json!({"name": "t", "version": "1"})
     );
-    let last = x.on_call_answer(
-        calls[1].tag,
-        CallAnswer {
-            status: Some(500),
-            session_id: Some("x".into()),
-        },
-        &mut host,
-    );
-    let Step::Reply(r) = last else {
-        panic!("{last:?}")
-    };
-    let token = header(&r, "mcp-session-id").unwrap();
-    let session = SessionKey::from_base64(&key_b64())
-        .unwrap()
-        .open(token, "s1")
-        .unwrap();
-    assert!(session.upstreams.is_empty());
-    assert_eq!(host.warnings.len(), 2, "{:?}", host.warnings);
-}
-
-#[test]
-fn a_sessions_calls_carry_the_upstreams_own_session() {
-    let (token, _) = open(&[("a", Some("sid-a")), ("b", Some("sid-b"))]);
-    let cfg = with_sessions();
-    let f = forward_of(
-        post(
-            &cfg,
-            "/servers/s1/mcp",
-            &[("mcp-session-id", &token)],
-            &call(2, "a__t0"),
-        )
-        .1,
-    );
+    assert_eq!(calls[0].cluster, "ca");
+    assert_eq!(call_header(&calls[1], "mcp-session-id"), Some("sid-a"));
+    let f = forward_of(step);
     assert_eq!(
         set(&f, Header::Named("mcp-session-id")),
         Some(Some("sid-a"))
     );
-    let f = forward_of(
-        post(
-            &cfg,
-            "/servers/s1/mcp",
-            &[("mcp-session-id", &token)],
-            &call(3, "b__same"),
-        )
-        .1,
-    );
+    assert_eq!(set(&f, Header::Route), Some(Some("ca")));
+    let body: Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    assert_eq!(body["params"]["name"], "t0");
+
+    // The next call finds it in the table: no calls.
+    let (step, calls, _) = in_session(&table, &token, &call(3, "a__t0"), &[]);
+    assert!(calls.is_empty());
     assert_eq!(
-        set(&f, Header::Named("mcp-session-id")),
-        Some(Some("sid-b"))
+        set(&forward_of(step), Header::Named("mcp-session-id")),
+        Some(Some("sid-a"))
     );
-    // Forged, tampered or foreign tokens: 404, before anything is read.
+    // Another Envoy has its own table: it opens its own upstream session.
+    let other = Table::default();
+    let (step, calls, _) = in_session(&other, &token, &call(4, "a__t0"), &[("ca", Some("sid-a2"))]);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        set(&forward_of(step), Header::Named("mcp-session-id")),
+        Some(Some("sid-a2"))
+    );
+
+    // A stateless upstream is initialized once too; its calls carry no session, and the
+    // client's token header never reaches it.
+    let (step, calls, _) = in_session(&table, &token, &call(5, "b__same"), &[("cb", None)]);
+    assert_eq!(calls.len(), 1, "no notification without a session");
+    assert_eq!(
+        set(&forward_of(step), Header::Named("mcp-session-id")),
+        Some(None)
+    );
+    let (step, calls, _) = in_session(&table, &token, &call(6, "b__same"), &[]);
+    assert!(calls.is_empty());
+    assert_eq!(
+        set(&forward_of(step), Header::Named("mcp-session-id")),
+        Some(None)
+    );
+    let r = record(&table, &token).unwrap();
+    assert_eq!(r.upstreams["a"].session_id.as_deref(), Some("sid-a"));
+    assert_eq!(r.upstreams["b"].session_id, None);
+}
+
+#[test]
+fn an_upstream_that_fails_to_open_is_called_without_and_tried_again() {
+    let table = Table::default();
+    let token = initialize(&table);
+    let (step, calls, host) = in_session(&table, &token, &call(2, "a__t0"), &[]);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        set(&forward_of(step), Header::Named("mcp-session-id")),
+        Some(None)
+    );
+    assert_eq!(host.warnings.len(), 1, "{:?}", host.warnings);
+    assert!(record(&table, &token).is_none(), "nothing recorded");
+    let (_, calls, _) = in_session(&table, &token, &call(3, "a__t0"), &[("ca", Some("sid-a"))]);
+    assert_eq!(calls.len(), 2, "tried again");
+}
+
+#[test]
+fn bad_expired_and_foreign_tokens_get_404_before_anything_is_read() {
+    let table = Table::default();
+    let token = initialize(&table);
     let mut tampered = token.clone();
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
-    for bad in [tampered.as_str(), "mcpgw1.e30.AAAA", "uuid"] {
-        let mut host = Recorder::default();
-        let mut x = Exchange::new(Rc::clone(&cfg));
+    let other_key =
+        SessionKeys::from_base64(&[base64::engine::general_purpose::STANDARD.encode([8u8; 32])])
+            .unwrap();
+    let claims = keys().open(&token, "s1", NOW).unwrap();
+    let foreign = other_key.seal(&claims, [1; 12]).unwrap();
+    let cases: [(&str, String, u64); 5] = [
+        ("tampered", tampered, NOW),
+        ("sealed with another key", foreign, NOW),
+        ("the old format", "mcpgw1.e30.AAAA".into(), NOW),
+        ("made up", "uuid".into(), NOW),
+        (
+            "expired",
+            token.clone(),
+            NOW + crate::snapshot::DEFAULT_SESSION_TTL_SECONDS,
+        ),
+    ];
+    for (name, bad, now) in cases {
+        let mut host = Recorder::on(&table);
+        host.now = now;
+        let mut x = Exchange::new(with_sessions());
         let step = x.on_request_head(
-            &post_head("/servers/s1/mcp", &[("mcp-session-id", bad)]),
+            &post_head("/servers/s1/mcp", &[("mcp-session-id", &bad)]),
             false,
             &mut host,
         );
-        assert_eq!(reply_of(&step).0, 404, "{bad}");
-        assert_eq!(host.rejected, ["unknown_session"]);
+        assert_eq!(reply_of(&step).0, 404, "{name}");
+        assert_eq!(host.rejected, ["unknown_session"], "{name}");
     }
 }
 
-fn get(cfg: &Rc<Config>, extra: &[(&str, &str)]) -> Step {
+fn get_on(
+    table: &Table,
+    extra: &[(&str, &str)],
+    sids: &[(&str, Option<&str>)],
+) -> (Step, Vec<Call>) {
     let mut h = vec![
         (":method", "GET"),
         (":path", "/servers/s1/mcp"),
         ("accept", "text/event-stream"),
     ];
     h.extend(extra);
-    Exchange::new(Rc::clone(cfg)).on_request_head(&serialize(&h), true, &mut Recorder::default())
+    let mut host = Recorder::on(table);
+    let mut x = Exchange::new(with_sessions());
+    let step = x.on_request_head(&serialize(&h), true, &mut host);
+    drive(&mut x, &mut host, step, sids)
 }
 
 #[test]
-fn the_get_stream_goes_to_the_one_stateful_upstream_or_the_relay() {
-    let cfg = with_sessions();
-    let (one, _) = open(&[("a", Some("sid-a")), ("b", None)]);
-    let f = forward_of(get(&cfg, &[("mcp-session-id", &one)]));
+fn the_get_stream_opens_what_it_needs_then_goes_to_one_upstream_or_the_relay() {
+    let table = Table::default();
+    let token = initialize(&table);
+    let (step, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token)],
+        &[("ca", Some("sid-a")), ("cb", None)],
+    );
+    let inits: Vec<&str> = calls
+        .iter()
+        .filter(|c| call_header(c, "mcp-session-id").is_none())
+        .map(|c| c.cluster.as_str())
+        .collect();
+    assert_eq!(
+        inits,
+        ["ca", "cb"],
+        "every upstream of the server is opened"
+    );
+    let f = forward_of(step);
     assert_eq!(
         set(&f, Header::Named("mcp-session-id")),
         Some(Some("sid-a"))
@@ -776,33 +932,49 @@ fn the_get_stream_goes_to_the_one_stateful_upstream_or_the_relay() {
         Some(None),
         "the pick is not forwarded"
     );
+    let (again, calls) = get_on(&table, &[("mcp-session-id", &token)], &[]);
+    assert!(calls.is_empty(), "all open now");
+    assert_eq!(
+        set(&forward_of(again), Header::Named("mcp-session-id")),
+        Some(Some("sid-a"))
+    );
 
-    let (two, _) = open(&[("a", Some("sid-a")), ("b", Some("sid-b"))]);
-    let f = forward_of(get(&cfg, &[("mcp-session-id", &two)]));
+    let two = Table::default();
+    let token2 = initialize(&two);
+    let (step, _) = get_on(
+        &two,
+        &[("mcp-session-id", &token2)],
+        &[("ca", Some("sid-a")), ("cb", Some("sid-b"))],
+    );
+    let f = forward_of(step);
     assert_eq!(
         set(&f, Header::Named(edge::RELAY_UPSTREAMS_HEADER)),
         Some(Some("a,b"))
     );
     assert_eq!(set(&f, Header::Route), Some(Some("relay-cluster")));
-    let f = forward_of(get(
-        &cfg,
-        &[("mcp-session-id", &two), (edge::UPSTREAM_HEADER, "b")],
-    ));
+    let (step, _) = get_on(
+        &two,
+        &[("mcp-session-id", &token2), (edge::UPSTREAM_HEADER, "b")],
+        &[],
+    );
     assert_eq!(
-        set(&f, Header::Named("mcp-session-id")),
+        set(&forward_of(step), Header::Named("mcp-session-id")),
         Some(Some("sid-b"))
     );
-    assert_eq!(
-        reply_of(&get(
-            &cfg,
-            &[("mcp-session-id", &two), (edge::UPSTREAM_HEADER, "z")]
-        ))
-        .0,
-        404
+    let (step, _) = get_on(
+        &two,
+        &[("mcp-session-id", &token2), (edge::UPSTREAM_HEADER, "z")],
+        &[],
     );
+    assert_eq!(reply_of(&step).0, 404);
 
-    let (none, _) = open(&[("a", None), ("b", None)]);
-    let step = get(&cfg, &[("mcp-session-id", &none)]);
+    let none = Table::default();
+    let token3 = initialize(&none);
+    let (step, _) = get_on(
+        &none,
+        &[("mcp-session-id", &token3)],
+        &[("ca", None), ("cb", None)],
+    );
     let Step::Reply(r) = &step else {
         panic!("{step:?}")
     };
@@ -811,63 +983,107 @@ fn the_get_stream_goes_to_the_one_stateful_upstream_or_the_relay() {
         (405, Some("POST")),
         "nothing to stream"
     );
-    assert_eq!(reply_of(&get(&cfg, &[])).0, 405, "no session");
+    assert_eq!(reply_of(&get_on(&none, &[], &[]).0).0, 405, "no session");
 }
 
 #[test]
-fn delete_ends_every_upstream_session() {
-    let cfg = with_sessions();
-    let (token, _) = open(&[("a", Some("sid-a")), ("b", Some("sid-b"))]);
-    let mut host = Recorder::default();
-    let mut x = Exchange::new(Rc::clone(&cfg));
+fn delete_ends_the_session_and_every_upstream_session_it_opened() {
+    let table = Table::default();
+    let token = initialize(&table);
+    in_session(&table, &token, &call(2, "a__t0"), &[("ca", Some("sid-a"))]);
+    in_session(&table, &token, &call(3, "b__same"), &[("cb", None)]);
+    let mut host = Recorder::on(&table);
+    let mut x = Exchange::new(with_sessions());
     let head = serialize(&[
         (":method", "DELETE"),
         (":path", "/servers/s1/mcp"),
         ("mcp-session-id", &token),
     ]);
-    let Step::Call(calls) = x.on_request_head(&head, true, &mut host) else {
-        panic!()
-    };
-    let sids: Vec<&str> = calls
-        .iter()
-        .map(|c| {
-            assert_eq!(
-                c.headers.iter().find(|(n, _)| *n == ":method").unwrap().1,
-                "DELETE"
-            );
-            c.headers
-                .iter()
-                .find(|(n, _)| *n == "mcp-session-id")
-                .unwrap()
-                .1
-                .as_str()
-        })
-        .collect();
-    assert_eq!(sids, ["sid-a", "sid-b"]);
+    let step = x.on_request_head(&head, true, &mut host);
+    let (step, calls) = drive(&mut x, &mut host, step, &[]);
+    assert_eq!(reply_of(&step), (200, Value::Null));
     assert_eq!(
-        x.on_call_answer(
-            calls[0].tag,
-            CallAnswer {
-                status: Some(200),
-                session_id: None
-            },
-            &mut host
-        ),
-        Step::Wait
+        calls.len(),
+        1,
+        "only the stateful upstream has a session to end"
     );
-    let last = x.on_call_answer(
-        calls[1].tag,
-        CallAnswer {
-            status: Some(404),
-            session_id: None,
-        },
+    assert_eq!(call_header(&calls[0], ":method"), Some("DELETE"));
+    assert_eq!(call_header(&calls[0], "mcp-session-id"), Some("sid-a"));
+    assert!(record(&table, &token).unwrap().ended);
+    // The token is refused from now on, on this Envoy, before the body is read.
+    let mut host = Recorder::on(&table);
+    let step = Exchange::new(with_sessions()).on_request_head(
+        &post_head("/servers/s1/mcp", &[("mcp-session-id", &token)]),
+        false,
         &mut host,
     );
-    assert_eq!(reply_of(&last), (200, Value::Null));
+    assert_eq!(reply_of(&step).0, 404);
+    assert_eq!(host.rejected, ["unknown_session"]);
     // Without a session there is nothing to end.
     let head = serialize(&[(":method", "DELETE"), (":path", "/servers/s1/mcp")]);
-    let step = Exchange::new(cfg).on_request_head(&head, true, &mut host);
+    let step =
+        Exchange::new(with_sessions()).on_request_head(&head, true, &mut Recorder::on(&table));
     assert_eq!(reply_of(&step).0, 405);
+}
+
+#[test]
+fn the_sweep_ends_idle_upstream_sessions_and_forgets_expired_sessions() {
+    let table = Table::default();
+    let token = initialize(&table);
+    in_session(&table, &token, &call(2, "a__t0"), &[("ca", Some("sid-a"))]);
+    let claims = keys().open(&token, "s1", NOW).unwrap();
+    let key = slot_key(&claims.id);
+    let value = || table.borrow().get(&key).map(|(v, _)| v.clone());
+    let cfg = with_sessions();
+    assert_eq!(
+        sweep(&cfg, value().as_deref(), NOW + 599, 0),
+        sessions::Sweep::default(),
+        "not idle yet"
+    );
+    let s = sweep(&cfg, value().as_deref(), NOW + 600, 41);
+    assert_eq!(s.calls.len(), 1);
+    assert_eq!(s.calls[0].tag, 42);
+    assert_eq!(s.calls[0].cluster, "ca");
+    assert_eq!(call_header(&s.calls[0], ":method"), Some("DELETE"));
+    assert_eq!(call_header(&s.calls[0], "mcp-session-id"), Some("sid-a"));
+    assert!(!s.empty, "the session itself lives on");
+    let after = Slot::parse(s.value.as_deref());
+    assert!(after.get(&claims.id).unwrap().upstreams.is_empty());
+    let gone = sweep(&cfg, s.value.as_deref(), claims.expires_at, 0);
+    assert!(gone.empty && gone.calls.is_empty());
+    assert_eq!(
+        sweep(&config(json!({})), value().as_deref(), NOW + 600, 0),
+        sessions::Sweep::default(),
+        "no sessions, no sweep"
+    );
+}
+
+#[test]
+fn a_call_after_a_while_stamps_its_upstream_session_as_used() {
+    let table = Table::default();
+    let token = initialize(&table);
+    in_session(&table, &token, &call(2, "a__t0"), &[("ca", Some("sid-a"))]);
+    let (mut x, _, _) = (Exchange::new(with_sessions()), (), ());
+    let mut host = Recorder::on(&table);
+    host.now = NOW + 120;
+    let step = x.on_request_head(
+        &post_head("/servers/s1/mcp", &[("mcp-session-id", &token)]),
+        false,
+        &mut host,
+    );
+    assert_eq!(step, Step::ReadBody);
+    let body = call(3, "a__t0").into_bytes();
+    let step = x.on_request_body(
+        body.len(),
+        true,
+        |s, l| body.get(s..s + l).map(<[u8]>::to_vec),
+        &mut host,
+    );
+    assert!(matches!(step, Step::Forward(_)));
+    assert_eq!(
+        record(&table, &token).unwrap().upstreams["a"].last_used,
+        NOW + 120
+    );
 }
 
 #[test]

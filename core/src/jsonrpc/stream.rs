@@ -43,6 +43,9 @@ pub struct Options {
     /// well-formed, is not read. For counting responses by kind, which is all an
     /// observer needs of a large one.
     pub settle: bool,
+    /// Most elements a batch may have (0: no limit). The parser stops at the first one
+    /// over, before holding it: a body of a million tiny messages costs nothing.
+    pub max_batch_messages: u32,
 }
 
 /// Where parsing stands after a chunk.
@@ -90,6 +93,10 @@ enum Ctx {
     Meta,
     Ref,
     ErrorObj,
+    /// `params.capabilities`: its span is recorded.
+    Capabilities,
+    /// `params.clientInfo`: its span is recorded.
+    ClientInfo,
     Other,
 }
 
@@ -179,6 +186,8 @@ enum Slot {
     Ref,
     RefName,
     RefUri,
+    Capabilities,
+    ClientInfo,
 }
 
 impl Slot {
@@ -202,6 +211,8 @@ impl Slot {
             Slot::Ref => "params.ref",
             Slot::RefName => "params.ref.name",
             Slot::RefUri => "params.ref.uri",
+            Slot::Capabilities => "params.capabilities",
+            Slot::ClientInfo => "params.clientInfo",
             Slot::Skip | Slot::Root | Slot::BatchElement => "",
         }
     }
@@ -262,6 +273,9 @@ struct Envelope {
     ref_name: Option<String>,
     ref_uri: Option<String>,
     ref_name_span: Option<(u64, u64)>,
+    span_start: u64,
+    capabilities_span: Option<(u64, u64)>,
+    client_info_span: Option<(u64, u64)>,
     has_params_object: bool,
     has_result: bool,
     has_error: bool,
@@ -389,6 +403,8 @@ impl Envelope {
             ref_name: self.ref_name,
             ref_uri: self.ref_uri,
             ref_name_span: self.ref_name_span,
+            capabilities_span: self.capabilities_span,
+            client_info_span: self.client_info_span,
         })
     }
 }
@@ -450,6 +466,7 @@ pub struct MessageParser {
     routable: bool,
     settled: Option<Kind>,
     serial: u32,
+    batch_len: u32,
     keys: HashSet<u64, BuildHasherDefault<PreHashed>>,
 }
 
@@ -487,6 +504,7 @@ impl MessageParser {
             routable: false,
             settled: None,
             serial: 0,
+            batch_len: 0,
             keys: HashSet::default(),
         }
     }
@@ -544,6 +562,8 @@ impl MessageParser {
             ref_name: env.ref_name.clone(),
             ref_uri: env.ref_uri.clone(),
             ref_name_span: env.ref_name_span,
+            capabilities_span: env.capabilities_span,
+            client_info_span: env.client_info_span,
         })
     }
 
@@ -798,6 +818,9 @@ impl MessageParser {
     }
 
     fn begin_value(&mut self, b: u8) -> Step {
+        if self.slot == Slot::BatchElement {
+            self.count_batch_element()?;
+        }
         match b {
             b'{' | b'[' => self.open(b == b'{'),
             b'"' => {
@@ -884,6 +907,14 @@ impl MessageParser {
             }
             (Slot::Meta, true) => Ctx::Meta,
             (Slot::Ref, true) => Ctx::Ref,
+            (Slot::Capabilities, true) => {
+                self.env.span_start = self.offset;
+                Ctx::Capabilities
+            }
+            (Slot::ClientInfo, true) => {
+                self.env.span_start = self.offset;
+                Ctx::ClientInfo
+            }
             (Slot::Error, true) => {
                 self.env.has_error = true;
                 self.settle(Kind::Error);
@@ -894,7 +925,15 @@ impl MessageParser {
                 self.settle(Kind::Result);
                 Ctx::Other
             }
-            (Slot::Skip | Slot::Params | Slot::Meta | Slot::Ref, _) => Ctx::Other,
+            (
+                Slot::Skip
+                | Slot::Params
+                | Slot::Meta
+                | Slot::Ref
+                | Slot::Capabilities
+                | Slot::ClientInfo,
+                _,
+            ) => Ctx::Other,
             (slot, _) => {
                 self.type_error(slot);
                 Ctx::Other
@@ -928,12 +967,33 @@ impl MessageParser {
         Ok(())
     }
 
+    fn count_batch_element(&mut self) -> Step {
+        self.batch_len = self.batch_len.saturating_add(1);
+        let max = self.opts.max_batch_messages;
+        if max > 0 && self.batch_len > max {
+            return Err(RequestError::Invalid {
+                id: None,
+                reason: format!("a batch may hold at most {max} messages"),
+            });
+        }
+        Ok(())
+    }
+
     fn close(&mut self, object: bool) -> Step {
         let Some(frame) = self.stack.pop() else {
             return Err(self.syntax("unbalanced container"));
         };
         if frame.object != object {
             return Err(self.syntax("mismatched container end"));
+        }
+        match frame.ctx {
+            Ctx::Capabilities => {
+                self.env.capabilities_span = Some((self.env.span_start, self.offset + 1));
+            }
+            Ctx::ClientInfo => {
+                self.env.client_info_span = Some((self.env.span_start, self.offset + 1));
+            }
+            _ => {}
         }
         if frame.ctx == Ctx::Message {
             let env = std::mem::take(&mut self.env);
@@ -1267,6 +1327,8 @@ impl MessageParser {
             (Ctx::Params, b"cursor") => Slot::Cursor,
             (Ctx::Params, b"protocolVersion") => Slot::ProtocolVersion,
             (Ctx::Params, b"ref") => Slot::Ref,
+            (Ctx::Params, b"capabilities") => Slot::Capabilities,
+            (Ctx::Params, b"clientInfo") => Slot::ClientInfo,
             (Ctx::Ref, b"name") => Slot::RefName,
             (Ctx::Ref, b"uri") => Slot::RefUri,
             (Ctx::Meta, b"progressToken") => Slot::ProgressToken,

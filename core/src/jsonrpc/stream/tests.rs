@@ -317,6 +317,7 @@ fn duplicate_keys_anywhere_when_asked() {
         stop_when_routable: true,
         skim: false,
         settle: false,
+        max_batch_messages: 0,
     };
     match parse_with(opts, body) {
         Err(RequestError::Invalid { reason, .. }) => {
@@ -362,6 +363,7 @@ fn stops_once_routable() {
         stop_when_routable: true,
         skim: false,
         settle: false,
+        max_batch_messages: 0,
     };
     let mut p = MessageParser::new(opts);
     assert_eq!(p.feed(body.as_bytes()), Ok(Progress::Routable));
@@ -400,6 +402,7 @@ fn stops_once_routable() {
         stop_when_routable: true,
         skim: false,
         settle: false,
+        max_batch_messages: 0,
     };
     assert_eq!(
         MessageParser::new(strict).feed(body.as_bytes()),
@@ -434,6 +437,7 @@ const SKIM: Options = Options {
     stop_when_routable: false,
     skim: true,
     settle: false,
+    max_batch_messages: 0,
 };
 
 /// Parses `body` in two chunks split at `cut`.
@@ -503,6 +507,7 @@ const SETTLE: Options = Options {
     stop_when_routable: false,
     skim: true,
     settle: true,
+    max_batch_messages: 0,
 };
 
 #[test]
@@ -649,7 +654,7 @@ proptest! {
     #[test]
     fn extraction_matches_a_full_parse(v in arb_request(), early in any::<bool>()) {
         let bytes = serde_json::to_vec(&v).unwrap();
-        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early, skim: false, settle: false };
+        let opts = Options { reject_duplicate_keys: false, stop_when_routable: early, skim: false, settle: false, max_batch_messages: 0 };
         let mut p = MessageParser::new(opts);
         let m = match p.feed(&bytes).unwrap() {
             Progress::Routable => p.routable().unwrap(),
@@ -725,7 +730,7 @@ proptest! {
         let i = pos.index(bytes.len());
         bytes[i] = byte;
         let cut = cut.index(bytes.len() + 1);
-        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false, skim: false, settle: false });
+        let mut p = MessageParser::new(Options { reject_duplicate_keys: true, stop_when_routable: false, skim: false, settle: false, max_batch_messages: 0 });
         let r = p.feed(&bytes[..cut]).and_then(|_| p.feed(&bytes[cut..])).and_then(|_| p.finish());
         let ok_syntax = !matches!(r, Err(RequestError::Parse { .. }));
         let theirs = serde_accepts(&bytes);

@@ -47,7 +47,7 @@ fn snapshot_with(page_size: u32, key: Option<&str>) -> String {
         }}
     });
     if let Some(key) = key {
-        doc["session"] = json!({"signing_key": key});
+        doc["session"] = json!({"keys": [key]});
     }
     doc.to_string()
 }
@@ -249,7 +249,7 @@ async fn sessions_span_stateful_upstreams_and_refuse_forgeries() -> anyhow::Resu
     .await?;
     assert_eq!(init.status, 200, "{}", init.text());
     let token = init.header("mcp-session-id");
-    assert!(token.starts_with("mcpgw1."), "session token: {token:?}");
+    assert!(token.starts_with("mcpgw2."), "session token: {token:?}");
     let with_session = [
         ("mcp-session-id", token.as_str()),
         ("mcp-protocol-version", "2025-06-18"),

@@ -1,0 +1,533 @@
+//! Client sessions of virtual servers at the edge: issuing tokens, opening upstream sessions
+//! lazily (on the first request that needs one), ending sessions, and the periodic sweep
+//! that ends upstream sessions nobody uses.
+//!
+//! Which upstream sessions a client session holds is kept in the session table
+//! ([`crate::session::table`]) in shared data; every change to it is a compare-and-swap on
+//! the session's slot, retried a few times when another worker wrote first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use serde_json::value::RawValue;
+
+use super::{Call, Exchange, Forward, Header, Host, Phase, Step, point_at, upstream_call};
+use crate::config::Config;
+use crate::edge;
+use crate::jsonrpc::{Message, write_json_string};
+use crate::session::table::{Record, Slot, TOUCH_AFTER_SECS, UpstreamSession, slot_key};
+use crate::session::{Claims, MAX_CLIENT_BYTES, SessionError, session_id};
+
+/// Compare-and-swap attempts on a slot before giving up (each lost attempt means another
+/// worker wrote the same slot at the same moment).
+const CAS_ATTEMPTS: usize = 8;
+
+/// Calls to upstreams a request waits for.
+pub(crate) struct Pending {
+    /// What happens when every call has answered.
+    kind: PendingKind,
+    /// Protocol version of the calls.
+    version: String,
+    /// Outstanding calls: tag → (upstream id, what it is).
+    pub(super) calls: HashMap<u32, (String, Stage)>,
+    /// Upstream sessions opened so far: upstream id → its session id (`None`: stateless).
+    opened: BTreeMap<String, Option<String>>,
+}
+
+enum PendingKind {
+    /// Opening `upstream`'s session for a call, which then goes on as `forward`.
+    Route { forward: Forward, upstream: String },
+    /// Opening the upstream sessions of a GET stream, which then picks `pick` (or chooses).
+    Stream { pick: Option<String> },
+    /// Ending the session's upstream sessions (`DELETE`).
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    Initialize,
+    Initialized,
+    Delete,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Initialize => "initialize",
+            Stage::Initialized => "notifications/initialized",
+            Stage::Delete => "DELETE",
+        }
+    }
+}
+
+impl Pending {
+    fn new(kind: PendingKind, version: String) -> Pending {
+        Pending {
+            kind,
+            version,
+            calls: HashMap::new(),
+            opened: BTreeMap::new(),
+        }
+    }
+}
+
+/// The client's `capabilities` and `clientInfo` from an `initialize` body, kept in its
+/// session token so upstream sessions open with them; dropped when larger than
+/// [`MAX_CLIENT_BYTES`] together (a token travels on every request).
+fn client_declarations(
+    body: &[u8],
+    msg: &Message,
+) -> (Option<Box<RawValue>>, Option<Box<RawValue>>) {
+    let raw = |span: Option<(u64, u64)>| {
+        let (start, end) = span?;
+        let bytes = body.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
+        Some(std::str::from_utf8(bytes).ok()?.to_owned())
+    };
+    let (caps, info) = (raw(msg.capabilities_span), raw(msg.client_info_span));
+    let size = caps.as_ref().map_or(0, String::len) + info.as_ref().map_or(0, String::len);
+    if size > MAX_CLIENT_BYTES {
+        return (None, None);
+    }
+    let value = |text: Option<String>| text.and_then(|t| RawValue::from_string(t).ok());
+    (value(caps), value(info))
+}
+
+impl Exchange {
+    /// Opens the session token a virtual-server request carries and reads its record.
+    /// Without session keys in the configuration, tokens are ignored.
+    pub(super) fn resume_session(
+        &mut self,
+        token: &str,
+        server: &str,
+        host: &mut impl Host,
+    ) -> Result<(), SessionError> {
+        let config = Rc::clone(&self.config);
+        let Some(sessions) = config.edge.sessions() else {
+            return Ok(());
+        };
+        let claims = sessions.keys.open(token, server, host.now())?;
+        let (value, _) = host.shared_get(&slot_key(&claims.id));
+        let record = Slot::parse(value.as_deref()).get(&claims.id).cloned();
+        if record.as_ref().is_some_and(|r| r.ended) {
+            return Err(SessionError::Ended);
+        }
+        self.session = Some(claims);
+        self.record = record;
+        Ok(())
+    }
+
+    /// A new session's token for `initialize` `msg` to `server` (`None` without session
+    /// keys: the virtual server is served stateless).
+    pub(super) fn new_session(
+        &mut self,
+        server: &str,
+        msg: &Message,
+        host: &mut impl Host,
+    ) -> Result<Option<String>, &'static str> {
+        let Some(sessions) = self.config.edge.sessions() else {
+            return Ok(None);
+        };
+        let mut id = [0u8; 16];
+        let mut nonce = [0u8; 12];
+        // A predictable id or a repeated nonce would let tokens be guessed or opened.
+        if !(host.random(&mut id) && host.random(&mut nonce)) {
+            return Err("no randomness for a session id");
+        }
+        let now = host.now();
+        let (capabilities, client_info) = client_declarations(&self.body, msg);
+        let claims = Claims {
+            id: session_id(id),
+            server: server.to_owned(),
+            protocol_version: edge::negotiate(msg.protocol_version.as_deref()).to_owned(),
+            issued_at: now,
+            expires_at: now.saturating_add(sessions.ttl_seconds),
+            capabilities,
+            client_info,
+        };
+        sessions
+            .keys
+            .seal(&claims, nonce)
+            .map(Some)
+            .ok_or("a session token could not be sealed")
+    }
+
+    /// Sets the upstream's session on a forwarded request (or removes the client's).
+    fn set_session_header(&self, forward: &mut Forward, session: Option<String>) {
+        if session.is_some() || self.has_session_header {
+            forward
+                .headers
+                .push((Header::Named("mcp-session-id"), session));
+        }
+    }
+
+    /// Routes a call of the session to `upstream`, inside its upstream session: the one
+    /// the table has, or a new one opened first.
+    pub(super) fn route_in_session(
+        &mut self,
+        mut forward: Forward,
+        upstream: String,
+        host: &mut impl Host,
+    ) -> Step {
+        let known = self
+            .record
+            .as_ref()
+            .and_then(|r| r.upstreams.get(&upstream))
+            .cloned();
+        if let Some(us) = known {
+            if host.now().saturating_sub(us.last_used) >= TOUCH_AFTER_SECS {
+                self.touch(&upstream, host);
+            }
+            self.set_session_header(&mut forward, us.session_id);
+            return Step::Forward(forward);
+        }
+        let version = self.session_version();
+        let mut pending = Pending::new(
+            PendingKind::Route {
+                forward,
+                upstream: upstream.clone(),
+            },
+            version,
+        );
+        let calls = self.initialize_calls(&mut pending, &[upstream], host);
+        self.await_calls(pending, calls, host)
+    }
+
+    fn session_version(&self) -> String {
+        self.session
+            .as_ref()
+            .map(|c| c.protocol_version.clone())
+            .unwrap_or_default()
+    }
+
+    /// `initialize` calls to `upstreams`, on the client's behalf: its protocol version,
+    /// capabilities and client info.
+    fn initialize_calls(
+        &mut self,
+        pending: &mut Pending,
+        upstreams: &[String],
+        host: &mut impl Host,
+    ) -> Vec<Call> {
+        let mut calls = Vec::new();
+        for id in upstreams {
+            let body = self.initialize_body(&pending.version);
+            if let Some(call) = self.call(id, None, &pending.version, "POST", Some(body), host) {
+                pending
+                    .calls
+                    .insert(call.tag, (id.clone(), Stage::Initialize));
+                calls.push(call);
+            }
+        }
+        calls
+    }
+
+    fn initialize_body(&self, version: &str) -> Vec<u8> {
+        let claims = self.session.as_ref();
+        let mut b = Vec::with_capacity(256);
+        b.extend_from_slice(
+            br#"{"jsonrpc":"2.0","id":"mcpgw-init","method":"initialize","params":{"protocolVersion":"#,
+        );
+        write_json_string(&mut b, version);
+        b.extend_from_slice(br#","capabilities":"#);
+        match claims.and_then(|c| c.capabilities.as_ref()) {
+            Some(caps) => b.extend_from_slice(caps.get().as_bytes()),
+            None => b.extend_from_slice(b"{}"),
+        }
+        b.extend_from_slice(br#","clientInfo":"#);
+        match claims.and_then(|c| c.client_info.as_ref()) {
+            Some(info) => b.extend_from_slice(info.get().as_bytes()),
+            None => {
+                b.extend_from_slice(br#"{"name":"mcpgw","version":"#);
+                write_json_string(&mut b, env!("CARGO_PKG_VERSION"));
+                b.push(b'}');
+            }
+        }
+        b.extend_from_slice(b"}}");
+        b
+    }
+
+    /// Ends the client's session: marks it ended in the table (its token is refused from
+    /// now on), then ends every upstream session it held.
+    pub(super) fn end_session(&mut self, host: &mut impl Host) -> Step {
+        let version = self.session_version();
+        let held = self.mark_ended(host);
+        let mut pending = Pending::new(PendingKind::Delete, version);
+        let mut calls = Vec::new();
+        for (up, us) in held {
+            let Some(sid) = us.session_id else { continue };
+            if let Some(call) =
+                self.call(&up, Some(&sid), &us.protocol_version, "DELETE", None, host)
+            {
+                pending.calls.insert(call.tag, (up, Stage::Delete));
+                calls.push(call);
+            }
+        }
+        self.await_calls(pending, calls, host)
+    }
+
+    /// The client's GET stream: the upstream sessions it needs are opened first (every
+    /// upstream of the server that the session has none at), then it goes to the picked
+    /// upstream (`mcpgw-upstream`), the only stateful one, or the relay for several.
+    pub(super) fn open_stream(&mut self, pick: Option<String>, host: &mut impl Host) -> Step {
+        let config = Rc::clone(&self.config);
+        let server = self.server.clone().unwrap_or_default();
+        let missing: Vec<String> = if pick.is_some() {
+            Vec::new()
+        } else {
+            config
+                .edge
+                .upstreams_of(&server)
+                .into_iter()
+                .map(|(id, _)| id.to_owned())
+                .filter(|id| {
+                    !self
+                        .record
+                        .as_ref()
+                        .is_some_and(|r| r.upstreams.contains_key(id))
+                })
+                .collect()
+        };
+        if missing.is_empty() {
+            return self.choose_stream(pick, host);
+        }
+        let mut pending = Pending::new(PendingKind::Stream { pick }, self.session_version());
+        let calls = self.initialize_calls(&mut pending, &missing, host);
+        self.await_calls(pending, calls, host)
+    }
+
+    fn choose_stream(&mut self, pick: Option<String>, host: &mut impl Host) -> Step {
+        let stateful: Vec<(String, String)> = self
+            .record
+            .as_ref()
+            .map(|r| {
+                r.upstreams
+                    .iter()
+                    .filter_map(|(id, us)| Some((id.clone(), us.session_id.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chosen = match (&pick, stateful.as_slice()) {
+            (Some(id), _) => match stateful.iter().find(|(u, _)| u == id) {
+                Some(found) => found.clone(),
+                None => return self.reject(&edge::unknown_stream(id), host),
+            },
+            (None, [only]) => only.clone(),
+            // No stateful upstream: nothing is ever server-initiated (the spec allows 405).
+            (None, []) => return self.reject(&edge::method_not_allowed("GET"), host),
+            (None, several) => {
+                let ids: Vec<&str> = several.iter().map(|(u, _)| u.as_str()).collect();
+                let headers = vec![(
+                    Header::Named(edge::RELAY_UPSTREAMS_HEADER),
+                    Some(ids.join(",")),
+                )];
+                return self.hand_to_relay(
+                    "the GET stream of a session over several upstreams",
+                    headers,
+                    host,
+                );
+            }
+        };
+        let (id, sid) = chosen;
+        let config = Rc::clone(&self.config);
+        let Some(up) = config.edge.upstream(&id) else {
+            return self.reject(&edge::unknown_stream(&id), host);
+        };
+        self.phase = Phase::Forwarded;
+        let mut forward = Forward {
+            headers: vec![
+                (Header::Named(edge::UPSTREAM_HEADER), None),
+                (Header::Named("mcp-session-id"), Some(sid)),
+            ],
+            body: None,
+        };
+        self.strip_credentials(&mut forward);
+        point_at(up, &mut forward);
+        Step::Forward(forward)
+    }
+
+    /// Takes in one call's answer; returns the calls it leads to.
+    pub(super) fn answered(
+        &mut self,
+        pending: &mut Pending,
+        upstream: String,
+        stage: Stage,
+        answer: super::CallAnswer,
+        host: &mut impl Host,
+    ) -> Vec<Call> {
+        let ok = answer.status.is_some_and(|s| (200..300).contains(&s));
+        if !ok {
+            host.warn(&format!(
+                "mcpgw: upstream {upstream}: {} answered {:?}",
+                stage.label(),
+                answer.status
+            ));
+        }
+        let mut more = Vec::new();
+        if stage == Stage::Initialize && ok {
+            // No session id: a stateless upstream, initialized with nothing to carry.
+            let sid = answer.session_id.filter(|v| !v.is_empty());
+            if let Some(sid) = &sid {
+                let notification =
+                    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec();
+                let version = pending.version.clone();
+                if let Some(call) = self.call(
+                    &upstream,
+                    Some(sid),
+                    &version,
+                    "POST",
+                    Some(notification),
+                    host,
+                ) {
+                    pending
+                        .calls
+                        .insert(call.tag, (upstream.clone(), Stage::Initialized));
+                    more.push(call);
+                }
+            }
+            pending.opened.insert(upstream, sid);
+        }
+        more
+    }
+
+    /// Every call answered: record what was opened, then go on.
+    pub(super) fn finish_pending(&mut self, pending: Pending, host: &mut impl Host) -> Step {
+        if !pending.opened.is_empty() {
+            self.store_opened(&pending.opened, &pending.version, host);
+        }
+        match pending.kind {
+            PendingKind::Route {
+                mut forward,
+                upstream,
+            } => {
+                // This call uses the session it opened (another worker may have stored its
+                // own first; both are valid). One that failed to open: the call goes
+                // without, and the upstream answers it as it answers sessionless calls.
+                let sid = pending.opened.get(&upstream).cloned().flatten();
+                self.set_session_header(&mut forward, sid);
+                self.phase = Phase::Forwarded;
+                Step::Forward(forward)
+            }
+            PendingKind::Stream { pick } => self.choose_stream(pick, host),
+            PendingKind::Delete => self.reply(200, None),
+        }
+    }
+
+    /// Updates this session's record with `change`, by compare-and-swap; returns what
+    /// `change` returned, or `None` when every attempt lost to another writer.
+    fn update_record<T>(
+        &mut self,
+        host: &mut impl Host,
+        mut change: impl FnMut(&mut Record, u64) -> T,
+    ) -> Option<T> {
+        let claims = self.session.as_ref()?;
+        let (id, expires_at) = (claims.id.clone(), claims.expires_at);
+        let key = slot_key(&id);
+        for _ in 0..CAS_ATTEMPTS {
+            let (value, cas) = host.shared_get(&key);
+            let mut slot = Slot::parse(value.as_deref());
+            let now = host.now();
+            let record = slot.entry(&id, expires_at);
+            let out = change(record, now);
+            let written = record.clone();
+            if host.shared_set(&key, &slot.to_bytes(), cas) {
+                self.record = Some(written);
+                return Some(out);
+            }
+        }
+        host.warn(&format!(
+            "mcpgw: session table slot {key} kept changing; gave up updating session {id}"
+        ));
+        None
+    }
+
+    fn store_opened(
+        &mut self,
+        opened: &BTreeMap<String, Option<String>>,
+        version: &str,
+        host: &mut impl Host,
+    ) {
+        self.update_record(host, |record, now| {
+            for (up, sid) in opened {
+                record
+                    .upstreams
+                    .entry(up.clone())
+                    .or_insert_with(|| UpstreamSession {
+                        session_id: sid.clone(),
+                        protocol_version: version.to_owned(),
+                        last_used: now,
+                    });
+            }
+        });
+    }
+
+    /// Stamps `upstream`'s session of this session as used now (one attempt: a lost race
+    /// only means someone else stamped it).
+    fn touch(&mut self, upstream: &str, host: &mut impl Host) {
+        let Some(claims) = self.session.as_ref() else {
+            return;
+        };
+        let key = slot_key(&claims.id);
+        let (value, cas) = host.shared_get(&key);
+        let mut slot = Slot::parse(value.as_deref());
+        let now = host.now();
+        let record = slot.entry(&claims.id, claims.expires_at);
+        if let Some(us) = record.upstreams.get_mut(upstream) {
+            us.last_used = now;
+            host.shared_set(&key, &slot.to_bytes(), cas);
+        }
+    }
+
+    /// Marks this session ended and takes the upstream sessions it held.
+    fn mark_ended(&mut self, host: &mut impl Host) -> BTreeMap<String, UpstreamSession> {
+        self.update_record(host, |record, _| {
+            record.ended = true;
+            std::mem::take(&mut record.upstreams)
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// What one sweep of a session-table slot does: the value to store (when anything
+/// changed) and the `DELETE`s that end idle or expired upstream sessions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// The slot's new value; `None` when nothing changed.
+    pub value: Option<Vec<u8>>,
+    /// The slot holds no record any more.
+    pub empty: bool,
+    /// Calls ending upstream sessions; their answers need no handling.
+    pub calls: Vec<Call>,
+}
+
+/// Sweeps one slot of the session table at `now` under `config` (nothing without sessions).
+/// Call tags start after `first_tag`.
+pub fn sweep(config: &Config, value: Option<&[u8]>, now: u64, first_tag: u32) -> Sweep {
+    let Some(sessions) = config.edge.sessions() else {
+        return Sweep::default();
+    };
+    let mut slot = Slot::parse(value);
+    let before = slot.records.len();
+    let ended = slot.sweep(now, sessions.idle_seconds);
+    if ended.is_empty() && slot.records.len() == before {
+        return Sweep::default();
+    }
+    let calls = ended
+        .iter()
+        .zip(first_tag.saturating_add(1)..)
+        .filter_map(|(e, tag)| {
+            upstream_call(
+                config,
+                tag,
+                &e.upstream,
+                Some(&e.session_id),
+                &e.protocol_version,
+                "DELETE",
+                None,
+            )
+        })
+        .collect();
+    Sweep {
+        value: Some(slot.to_bytes()),
+        empty: slot.records.is_empty(),
+        calls,
+    }
+}
