@@ -12,7 +12,7 @@ pub mod workdir;
 pub use artifacts::Artifacts;
 pub use envoy::{Envoy, EnvoyConfig};
 pub use upstream::everything::ServerEverything;
-pub use upstream::rmcp::{RmcpServer, RmcpServerMode};
+pub use upstream::rmcp::{RmcpServer, RmcpServerMode, Seen};
 
 /// Installs rustls' ring provider for this process (idempotent). Needed before building any
 /// HTTP client when the workspace build unifies reqwest with `rustls-no-provider`; a no-op

@@ -10,6 +10,7 @@ mod cases {
     pub mod clients;
     mod config;
     mod edge;
+    mod hardening;
     mod hostile;
     mod metrics;
     mod policy;

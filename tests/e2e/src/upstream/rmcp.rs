@@ -2,9 +2,12 @@
 //! streamable HTTP on 127.0.0.1 (port 0) at `/mcp`.
 //!
 //! Tools `echo`, `add`, `whoami` (returns the server's label, so tests can tell which
-//! upstream answered); resource `mcpgw://greeting`; prompt `greet`.
+//! upstream answered); resource `mcpgw://greeting`; prompt `greet`. Every request it
+//! receives is recorded ([`RmcpServer::seen`]): method, headers and JSON-RPC method, so
+//! tests can assert what reached the upstream and what did not.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use rmcp::handler::server::router::prompt::PromptRouter;
@@ -155,6 +158,17 @@ impl ServerHandler for Handler {
     }
 }
 
+/// One request an upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// HTTP method.
+    pub method: String,
+    /// Request headers.
+    pub headers: axum::http::HeaderMap,
+    /// The JSON-RPC `method` of the body (a POST), if any.
+    pub rpc_method: Option<String>,
+}
+
 /// A running rmcp server; stopped on drop.
 #[derive(Debug)]
 pub struct RmcpServer {
@@ -162,7 +176,35 @@ pub struct RmcpServer {
     pub addr: SocketAddr,
     /// Its label (what `whoami` returns).
     pub label: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
     cancel: CancellationToken,
+}
+
+/// Records each request, then hands it on unchanged.
+async fn record(
+    axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<Seen>>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let rpc_method = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("method")?.as_str().map(str::to_owned));
+    if let Ok(mut s) = seen.lock() {
+        s.push(Seen {
+            method: parts.method.to_string(),
+            headers: parts.headers.clone(),
+            rpc_method,
+        });
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 impl RmcpServer {
@@ -185,7 +227,10 @@ impl RmcpServer {
                 Default::default(),
                 config,
             );
-        let router = axum::Router::new().nest_service("/mcp", service);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let router = axum::Router::new()
+            .nest_service("/mcp", service)
+            .layer(axum::middleware::from_fn_with_state(seen.clone(), record));
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("rmcp server: bind 127.0.0.1:0")?;
@@ -199,8 +244,14 @@ impl RmcpServer {
         Ok(Self {
             addr,
             label: label.to_owned(),
+            seen,
             cancel,
         })
+    }
+
+    /// Every request received so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// `http://<addr>/mcp`.
