@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
 pub const SLOTS: u32 = 4096;
 /// Prefix of a slot's shared-data key.
 pub const KEY_PREFIX: &str = "mcpgw.sessions.";
+/// Most records one slot holds (so at most `SLOTS × MAX_RECORDS` sessions with upstream
+/// state per Envoy, and a slot read stays small). A new session in a full slot evicts the
+/// live one used least recently (its upstream sessions are left to the upstream's own
+/// expiry, and its next call opens new ones); ended sessions are evicted only when the slot
+/// holds nothing else.
+pub const MAX_RECORDS: usize = 32;
 /// An upstream session used within this many seconds is not re-stamped (a shared-data
 /// write per call would cost more than the precision is worth).
 pub const TOUCH_AFTER_SECS: u64 = 60;
@@ -63,6 +69,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// When any of its upstream sessions was last used (0 for none).
+    pub fn last_used(&self) -> u64 {
+        self.upstreams.values().map(|u| u.last_used).max().unwrap_or(0)
+    }
+
     /// A record with no upstream sessions.
     pub fn new(id: &str, expires_at: u64) -> Record {
         Record {
@@ -113,11 +124,22 @@ impl Slot {
         self.records.iter().find(|r| r.id == id)
     }
 
-    /// Session `id`'s record, created (expiring at `expires_at`) if absent.
+    /// Session `id`'s record, created (expiring at `expires_at`) if absent; a full slot
+    /// makes room by evicting the record used least recently.
     pub fn entry(&mut self, id: &str, expires_at: u64) -> &mut Record {
         let at = match self.records.iter().position(|r| r.id == id) {
             Some(at) => at,
             None => {
+                if self.records.len() >= MAX_RECORDS
+                    && let Some(oldest) = (0..self.records.len()).min_by_key(|&i| {
+                        // Ended sessions go last: evicting one would accept its token again.
+                        self.records
+                            .get(i)
+                            .map_or((false, 0), |r| (r.ended, r.last_used()))
+                    })
+                {
+                    self.records.remove(oldest);
+                }
                 self.records.push(Record::new(id, expires_at));
                 self.records.len() - 1
             }
@@ -208,6 +230,24 @@ mod tests {
         assert_eq!(Slot::parse(None), Slot::default());
         assert_eq!(Slot::parse(Some(b"")), Slot::default());
         assert_eq!(Slot::parse(Some(b"{\"x\":")), Slot::default());
+    }
+
+    #[test]
+    fn a_full_slot_evicts_the_session_used_least_recently() {
+        let mut slot = Slot::default();
+        for i in 0..MAX_RECORDS {
+            let used = 100 + i as u64;
+            slot.entry(&format!("s{i}"), 1_000)
+                .upstreams
+                .insert("u".into(), up(Some("x"), if i == 7 { 1 } else { used }));
+        }
+        slot.entry("s3", 1_000).ended = true;
+        slot.entry("s3", 1_000).upstreams.clear();
+        slot.entry("new", 1_000);
+        assert_eq!(slot.records.len(), MAX_RECORDS);
+        assert!(slot.get("s7").is_none(), "the least recently used went");
+        assert!(slot.get("s3").is_some(), "an ended session outlives live ones");
+        assert!(slot.get("new").is_some() && slot.get("s0").is_some());
     }
 
     #[test]
