@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt clippy clean
+.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt format clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -44,8 +44,21 @@ build: wasm
 	cargo build --locked --workspace --all-targets
 
 # --- test -----------------------------------------------------------------------------
-test: build
+# Format and lints first: they fail in seconds where the tests take minutes.
+test: fmt clippy build
 	cargo test --locked --workspace
+
+# Fails when a file is not formatted (`make format` formats them).
+fmt:
+	cargo fmt --all --check
+
+format:
+	cargo fmt --all
+
+# Every target of the workspace, natively, and the filter as it ships (wasm32-wasip1, release).
+clippy: deps
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked -p mcpgw-filter --target $(WASM_TARGET) --release -- -D warnings
 
 # End-to-end tests only: real Envoy + the filter .wasm + real MCP servers and clients.
 e2e: wasm

@@ -71,7 +71,11 @@ pub struct Record {
 impl Record {
     /// When any of its upstream sessions was last used (0 for none).
     pub fn last_used(&self) -> u64 {
-        self.upstreams.values().map(|u| u.last_used).max().unwrap_or(0)
+        self.upstreams
+            .values()
+            .map(|u| u.last_used)
+            .max()
+            .unwrap_or(0)
     }
 
     /// A record with no upstream sessions.
@@ -246,7 +250,10 @@ mod tests {
         slot.entry("new", 1_000);
         assert_eq!(slot.records.len(), MAX_RECORDS);
         assert!(slot.get("s7").is_none(), "the least recently used went");
-        assert!(slot.get("s3").is_some(), "an ended session outlives live ones");
+        assert!(
+            slot.get("s3").is_some(),
+            "an ended session outlives live ones"
+        );
         assert!(slot.get("new").is_some() && slot.get("s0").is_some());
     }
 
