@@ -92,6 +92,33 @@ pub struct Message {
     pub capabilities_span: Option<(u64, u64)>,
     /// Byte range of the `params.clientInfo` object (`initialize`).
     pub client_info_span: Option<(u64, u64)>,
+    /// The 2026-07-28 per-request envelope in `params._meta`.
+    pub meta: Meta,
+    /// Byte range of the `params.arguments` object (`tools/call`).
+    pub arguments_span: Option<(u64, u64)>,
+    /// Byte range of the `id` value (string with quotes, or number).
+    pub id_span: Option<(u64, u64)>,
+    /// Offset of the `{` that opens `result` (a response).
+    pub result_open: Option<u64>,
+    /// Offset of the `{` that opens `params`.
+    pub params_open: Option<u64>,
+}
+
+/// The per-request protocol fields MCP 2026-07-28 puts in `params._meta`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// `io.modelcontextprotocol/protocolVersion`: its presence marks a 2026-era request.
+    pub protocol_version: Option<String>,
+    /// `io.modelcontextprotocol/logLevel`.
+    pub log_level: Option<String>,
+    /// Whether `params._meta` is an object.
+    pub object: bool,
+    /// Byte range of `io.modelcontextprotocol/clientCapabilities` (an object).
+    pub capabilities_span: Option<(u64, u64)>,
+    /// Byte range of `io.modelcontextprotocol/clientInfo` (an object).
+    pub client_info_span: Option<(u64, u64)>,
+    /// Offset of the `{` that opens `params._meta`.
+    pub open: Option<u64>,
 }
 
 /// Why a request body is refused, with the JSON-RPC code to answer it with.

@@ -13,7 +13,7 @@
 //! because different parsers resolve `{"method":"a","method":"b"}` differently; with
 //! [`Options::reject_duplicate_keys`] every object in the body is checked.
 
-use super::{Id, Kind, Message, RequestError};
+use super::{Id, Kind, Message, Meta, RequestError};
 use crate::mcp::{Method, Target};
 use std::collections::HashSet;
 use std::collections::hash_map::{DefaultHasher, RandomState};
@@ -93,11 +93,24 @@ enum Ctx {
     Meta,
     Ref,
     ErrorObj,
-    /// `params.capabilities`: its span is recorded.
-    Capabilities,
-    /// `params.clientInfo`: its span is recorded.
-    ClientInfo,
+    /// An object whose byte span is recorded.
+    Spanned(Span),
     Other,
+}
+
+/// The objects whose byte span the parser records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    /// `params.capabilities` (`initialize`).
+    Capabilities,
+    /// `params.clientInfo` (`initialize`).
+    ClientInfo,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` (2026-07-28).
+    MetaCapabilities,
+    /// `params._meta["io.modelcontextprotocol/clientInfo"]` (2026-07-28).
+    MetaClientInfo,
+    /// `params.arguments` (`tools/call`).
+    Arguments,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +201,11 @@ enum Slot {
     RefUri,
     Capabilities,
     ClientInfo,
+    MetaVersion,
+    MetaCapabilities,
+    MetaClientInfo,
+    MetaLogLevel,
+    Arguments,
 }
 
 impl Slot {
@@ -213,6 +231,11 @@ impl Slot {
             Slot::RefUri => "params.ref.uri",
             Slot::Capabilities => "params.capabilities",
             Slot::ClientInfo => "params.clientInfo",
+            Slot::MetaVersion => "params._meta.io.modelcontextprotocol/protocolVersion",
+            Slot::MetaCapabilities => "params._meta.io.modelcontextprotocol/clientCapabilities",
+            Slot::MetaClientInfo => "params._meta.io.modelcontextprotocol/clientInfo",
+            Slot::MetaLogLevel => "params._meta.io.modelcontextprotocol/logLevel",
+            Slot::Arguments => "params.arguments",
             Slot::Skip | Slot::Root | Slot::BatchElement => "",
         }
     }
@@ -233,7 +256,9 @@ impl Slot {
             | Slot::Cursor
             | Slot::ProtocolVersion
             | Slot::RefName
-            | Slot::RefUri => Capture::Decoded,
+            | Slot::RefUri
+            | Slot::MetaVersion
+            | Slot::MetaLogLevel => Capture::Decoded,
             Slot::Id | Slot::ProgressToken | Slot::ErrorCode => Capture::Raw,
             _ => Capture::None,
         }
@@ -274,8 +299,16 @@ struct Envelope {
     ref_uri: Option<String>,
     ref_name_span: Option<(u64, u64)>,
     span_start: u64,
-    capabilities_span: Option<(u64, u64)>,
-    client_info_span: Option<(u64, u64)>,
+    /// Spans of the objects in [`Span`] order.
+    spans: [Option<(u64, u64)>; 5],
+    meta_version: Option<String>,
+    meta_log_level: Option<String>,
+    meta_object: bool,
+    id_start: u64,
+    id_span: Option<(u64, u64)>,
+    result_open: Option<u64>,
+    params_open: Option<u64>,
+    meta_open: Option<u64>,
     has_params_object: bool,
     has_result: bool,
     has_error: bool,
@@ -286,6 +319,10 @@ struct Envelope {
 }
 
 impl Envelope {
+    fn span(&self, which: Span) -> Option<(u64, u64)> {
+        self.spans.get(which as usize).copied().flatten()
+    }
+
     fn mark_invalid(&mut self, reason: String) {
         self.invalid.get_or_insert(reason);
     }
@@ -310,6 +347,15 @@ impl Envelope {
     }
 
     fn into_message(self) -> Result<Message, RequestError> {
+        // Array of five, indexed by constants: in bounds.
+        #[allow(clippy::indexing_slicing)]
+        let spans = [
+            self.span(Span::Capabilities),
+            self.span(Span::ClientInfo),
+            self.span(Span::MetaCapabilities),
+            self.span(Span::MetaClientInfo),
+            self.span(Span::Arguments),
+        ];
         let id = self.id;
         if let Some(reason) = self.invalid {
             return Err(RequestError::Invalid { id, reason });
@@ -403,8 +449,20 @@ impl Envelope {
             ref_name: self.ref_name,
             ref_uri: self.ref_uri,
             ref_name_span: self.ref_name_span,
-            capabilities_span: self.capabilities_span,
-            client_info_span: self.client_info_span,
+            capabilities_span: spans[0],
+            client_info_span: spans[1],
+            meta: Meta {
+                protocol_version: self.meta_version,
+                log_level: self.meta_log_level,
+                object: self.meta_object,
+                capabilities_span: spans[2],
+                client_info_span: spans[3],
+                open: self.meta_open,
+            },
+            arguments_span: spans[4],
+            id_span: self.id_span,
+            result_open: self.result_open,
+            params_open: self.params_open,
         })
     }
 }
@@ -445,7 +503,7 @@ pub struct MessageParser {
     high_surrogate: u16,
     str_is_key: bool,
     // Key being read.
-    key_buf: [u8; 16],
+    key_buf: [u8; 48],
     key_len: usize,
     key_long: bool,
     /// With `reject_duplicate_keys`: the random key of the key hashes, and the hash of the
@@ -488,7 +546,7 @@ impl MessageParser {
             utf8_hi: 0,
             high_surrogate: 0,
             str_is_key: false,
-            key_buf: [0; 16],
+            key_buf: [0; 48],
             key_len: 0,
             key_long: false,
             key_state: opts.reject_duplicate_keys.then(RandomState::new),
@@ -562,8 +620,20 @@ impl MessageParser {
             ref_name: env.ref_name.clone(),
             ref_uri: env.ref_uri.clone(),
             ref_name_span: env.ref_name_span,
-            capabilities_span: env.capabilities_span,
-            client_info_span: env.client_info_span,
+            capabilities_span: env.span(Span::Capabilities),
+            client_info_span: env.span(Span::ClientInfo),
+            meta: Meta {
+                protocol_version: env.meta_version.clone(),
+                log_level: env.meta_log_level.clone(),
+                object: env.meta_object,
+                capabilities_span: env.span(Span::MetaCapabilities),
+                client_info_span: env.span(Span::MetaClientInfo),
+                open: env.meta_open,
+            },
+            arguments_span: env.span(Span::Arguments),
+            id_span: env.id_span,
+            result_open: env.result_open,
+            params_open: env.params_open,
         })
     }
 
@@ -821,6 +891,9 @@ impl MessageParser {
         if self.slot == Slot::BatchElement {
             self.count_batch_element()?;
         }
+        if self.slot == Slot::Id {
+            self.env.id_start = self.offset;
+        }
         match b {
             b'{' | b'[' => self.open(b == b'{'),
             b'"' => {
@@ -903,17 +976,31 @@ impl MessageParser {
             }
             (Slot::Params, true) => {
                 self.env.has_params_object = true;
+                self.env.params_open = Some(self.offset);
                 Ctx::Params
             }
-            (Slot::Meta, true) => Ctx::Meta,
-            (Slot::Ref, true) => Ctx::Ref,
-            (Slot::Capabilities, true) => {
-                self.env.span_start = self.offset;
-                Ctx::Capabilities
+            (Slot::Meta, true) => {
+                self.env.meta_object = true;
+                self.env.meta_open = Some(self.offset);
+                Ctx::Meta
             }
-            (Slot::ClientInfo, true) => {
+            (Slot::Ref, true) => Ctx::Ref,
+            (
+                slot @ (Slot::Capabilities
+                | Slot::ClientInfo
+                | Slot::MetaCapabilities
+                | Slot::MetaClientInfo
+                | Slot::Arguments),
+                true,
+            ) => {
                 self.env.span_start = self.offset;
-                Ctx::ClientInfo
+                Ctx::Spanned(match slot {
+                    Slot::Capabilities => Span::Capabilities,
+                    Slot::ClientInfo => Span::ClientInfo,
+                    Slot::MetaCapabilities => Span::MetaCapabilities,
+                    Slot::MetaClientInfo => Span::MetaClientInfo,
+                    _ => Span::Arguments,
+                })
             }
             (Slot::Error, true) => {
                 self.env.has_error = true;
@@ -922,6 +1009,9 @@ impl MessageParser {
             }
             (Slot::Result, _) => {
                 self.env.has_result = true;
+                if object {
+                    self.env.result_open = Some(self.offset);
+                }
                 self.settle(Kind::Result);
                 Ctx::Other
             }
@@ -931,7 +1021,10 @@ impl MessageParser {
                 | Slot::Meta
                 | Slot::Ref
                 | Slot::Capabilities
-                | Slot::ClientInfo,
+                | Slot::ClientInfo
+                | Slot::MetaCapabilities
+                | Slot::MetaClientInfo
+                | Slot::Arguments,
                 _,
             ) => Ctx::Other,
             (slot, _) => {
@@ -986,14 +1079,10 @@ impl MessageParser {
         if frame.object != object {
             return Err(self.syntax("mismatched container end"));
         }
-        match frame.ctx {
-            Ctx::Capabilities => {
-                self.env.capabilities_span = Some((self.env.span_start, self.offset + 1));
-            }
-            Ctx::ClientInfo => {
-                self.env.client_info_span = Some((self.env.span_start, self.offset + 1));
-            }
-            _ => {}
+        if let Ctx::Spanned(span) = frame.ctx
+            && let Some(slot) = self.env.spans.get_mut(span as usize)
+        {
+            *slot = Some((self.env.span_start, self.offset + 1));
         }
         if frame.ctx == Ctx::Message {
             let env = std::mem::take(&mut self.env);
@@ -1067,8 +1156,15 @@ impl MessageParser {
                 (Slot::Method, Scalar::Str) => {
                     self.env.method = Some(Method::parse(&self.take_string()));
                 }
-                (Slot::Id, Scalar::Str) => self.env.id = Some(Id::Str(self.take_string())),
-                (Slot::Id, Scalar::Num) => self.env.id = Some(Id::Num(self.take_string())),
+                (Slot::Id, Scalar::Str) => {
+                    self.env.id = Some(Id::Str(self.take_string()));
+                    self.env.id_span = Some((self.env.id_start, self.offset + 1));
+                }
+                (Slot::Id, Scalar::Num) => {
+                    self.env.id = Some(Id::Num(self.take_string()));
+                    // A number ends at the byte after it.
+                    self.env.id_span = Some((self.env.id_start, self.offset));
+                }
                 (Slot::Id, Scalar::Null) => self.env.id = Some(Id::Null),
                 (Slot::Name, Scalar::Str) => {
                     self.env.name = Some(self.take_string());
@@ -1088,6 +1184,23 @@ impl MessageParser {
                     self.env.progress_token = Some(self.take_string())
                 }
                 (Slot::Traceparent, Scalar::Str) => self.env.traceparent = Some(self.take_string()),
+                (Slot::MetaVersion, Scalar::Str) => {
+                    self.env.meta_version = Some(self.take_string());
+                }
+                (Slot::MetaLogLevel, Scalar::Str) => {
+                    self.env.meta_log_level = Some(self.take_string());
+                }
+                // Of the wrong type: absent, as far as the envelope is concerned.
+                (
+                    Slot::MetaVersion
+                    | Slot::MetaLogLevel
+                    | Slot::MetaCapabilities
+                    | Slot::MetaClientInfo
+                    | Slot::Arguments
+                    | Slot::Capabilities
+                    | Slot::ClientInfo,
+                    _,
+                ) => {}
                 (Slot::Tracestate, Scalar::Str) => self.env.tracestate = Some(self.take_string()),
                 (Slot::ErrorCode, Scalar::Num) => match std::str::from_utf8(&self.cap)
                     .ok()
@@ -1329,6 +1442,11 @@ impl MessageParser {
             (Ctx::Params, b"ref") => Slot::Ref,
             (Ctx::Params, b"capabilities") => Slot::Capabilities,
             (Ctx::Params, b"clientInfo") => Slot::ClientInfo,
+            (Ctx::Params, b"arguments") => Slot::Arguments,
+            (Ctx::Meta, b"io.modelcontextprotocol/protocolVersion") => Slot::MetaVersion,
+            (Ctx::Meta, b"io.modelcontextprotocol/clientCapabilities") => Slot::MetaCapabilities,
+            (Ctx::Meta, b"io.modelcontextprotocol/clientInfo") => Slot::MetaClientInfo,
+            (Ctx::Meta, b"io.modelcontextprotocol/logLevel") => Slot::MetaLogLevel,
             (Ctx::Ref, b"name") => Slot::RefName,
             (Ctx::Ref, b"uri") => Slot::RefUri,
             (Ctx::Meta, b"progressToken") => Slot::ProgressToken,

@@ -786,3 +786,62 @@ fn captures_the_completion_ref_and_its_name_span() {
     );
     assert_eq!(m.ref_uri.as_deref(), Some("docs://{p}"));
 }
+
+#[test]
+fn the_2026_envelope_and_the_spans_a_gateway_rewrites_are_captured() {
+    let body = br#"{"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":"t","arguments":{"x":[1,{"y":2}]},"_meta":{"progressToken":1,"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"sampling":{}},"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"io.modelcontextprotocol/logLevel":"info"}}}"#;
+    let m = match parse_with(Options::default(), body).unwrap() {
+        Body::Single(m) => m,
+        other => panic!("{other:?}"),
+    };
+    let text = |span: Option<(u64, u64)>| {
+        let (a, b) = span.unwrap();
+        std::str::from_utf8(&body[a as usize..b as usize])
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(m.meta.protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(m.meta.log_level.as_deref(), Some("info"));
+    assert!(m.meta.object);
+    assert_eq!(text(m.meta.capabilities_span), r#"{"sampling":{}}"#);
+    assert_eq!(
+        text(m.meta.client_info_span),
+        r#"{"name":"c","version":"1"}"#
+    );
+    assert_eq!(text(m.arguments_span), r#"{"x":[1,{"y":2}]}"#);
+    assert_eq!(text(m.id_span), r#""r-1""#);
+    assert_eq!(body[m.params_open.unwrap() as usize], b'{');
+    assert_eq!(body[m.meta.open.unwrap() as usize], b'{');
+    assert!(body[m.meta.open.unwrap() as usize..].starts_with(br#"{"progressToken""#));
+
+    // A number id, a response's result, and a legacy request with no 2026 envelope.
+    let r = br#"{"jsonrpc":"2.0","id":42 ,"result":{"a":1}}"#;
+    let m = match parse_with(Options::default(), r).unwrap() {
+        Body::Single(m) => m,
+        other => panic!("{other:?}"),
+    };
+    let (a, b) = m.id_span.unwrap();
+    assert_eq!(&r[a as usize..b as usize], b"42");
+    assert!(r[m.result_open.unwrap() as usize..].starts_with(br#"{"a":1}"#));
+    let legacy =
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"progressToken":"p"}}}"#;
+    let m = match parse_with(Options::default(), legacy).unwrap() {
+        Body::Single(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        m.meta.protocol_version, None,
+        "a bare _meta is no 2026 evidence"
+    );
+    assert!(m.meta.object);
+    // The envelope keys of the wrong type read as absent.
+    let wrong = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":7,"io.modelcontextprotocol/clientCapabilities":"x"}}}"#;
+    let m = match parse_with(Options::default(), wrong).unwrap() {
+        Body::Single(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (m.meta.protocol_version, m.meta.capabilities_span),
+        (None, None)
+    );
+}
