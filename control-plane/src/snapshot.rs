@@ -119,6 +119,7 @@ pub fn assemble(view: &RegistryView, policy: &Policy) -> Result<Snapshot, StoreE
             resources: Vec::new(),
             resource_templates: Vec::new(),
             prompts: Vec::new(),
+            allowed_origins: Vec::new(),
         };
         for item in view.tools.iter().filter(|i| tools.contains(i.id.as_str())) {
             if servable(item) {
@@ -196,6 +197,7 @@ fn upstream_of(g: &Gateway) -> Result<Upstream, StoreError> {
         cluster: cluster_name(&g.id),
         path,
         authority,
+        protocol_version: None,
     })
 }
 

@@ -79,6 +79,9 @@ pub struct VirtualServer {
     /// Prompts, in list order; names unique within the server.
     #[serde(default)]
     pub prompts: Vec<Entry>,
+    /// `Origin`s allowed on this server besides the policy's (`policy.allowed_origins`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// One tool, resource, resource template or prompt of a virtual server.
@@ -108,6 +111,10 @@ pub struct Upstream {
     /// `:authority` to send (defaults to what the cluster's host is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// The newest protocol version the upstream speaks (from discovery). A 2026-07-28
+    /// upstream is called statelessly; anything else (or nothing) with sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
 }
 
 fn default_path() -> String {
@@ -148,6 +155,11 @@ pub fn validate(servers: &Servers, upstreams: &Upstreams) -> Result<(), CatalogE
         }
     }
     for (id, server) in servers {
+        for (i, o) in server.allowed_origins.iter().enumerate() {
+            if let Err(reason) = crate::origin::check_origin_pattern(o) {
+                return err(format!("servers.{id}.allowed_origins[{i}]"), &reason);
+            }
+        }
         if !is_path_segment(id) {
             return err(
                 format!("servers.{id}"),

@@ -18,6 +18,12 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// The gateway's policy forbids the request (server-defined range).
     pub const FORBIDDEN: i64 = -32003;
+    /// MCP 2026-07-28: a request header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP 2026-07-28: the request needs a client capability it did not declare.
+    pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
+    /// MCP 2026-07-28: a protocol version the server does not speak.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 }
 
 /// A JSON-RPC id, kept as its JSON text (so it is echoed back byte for byte).
@@ -182,14 +188,29 @@ impl RequestError {
 
 /// Serializes a JSON-RPC error response: `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…}}`.
 pub fn error_response(id: Option<&Id>, code: i64, message: &str) -> Vec<u8> {
+    error_response_with(id, code, message, None)
+}
+
+/// [`error_response`] with the error's `data` (JSON text, written as is).
+pub fn error_response_with(
+    id: Option<&Id>,
+    code: i64,
+    message: &str,
+    data: Option<&str>,
+) -> Vec<u8> {
     let id = id.map_or("null", Id::as_json);
-    let mut out = Vec::with_capacity(64 + id.len() + message.len());
+    let extra = data.map_or(0, |d| d.len() + 8);
+    let mut out = Vec::with_capacity(64 + id.len() + message.len() + extra);
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b",\"error\":{\"code\":");
     out.extend_from_slice(code.to_string().as_bytes());
     out.extend_from_slice(b",\"message\":");
     write_json_string(&mut out, message);
+    if let Some(data) = data {
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data.as_bytes());
+    }
     out.extend_from_slice(b"}}");
     out
 }

@@ -19,6 +19,8 @@ pub mod header_map;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;
+pub mod mirror;
+pub mod origin;
 pub mod policy;
 pub mod reason;
 pub mod session;

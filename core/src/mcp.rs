@@ -1,7 +1,29 @@
 //! MCP's vocabulary: protocol versions and the method table.
 
-/// Protocol versions the gateway speaks, oldest first.
+/// Protocol versions of the session era, negotiated with `initialize`, oldest first.
 pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// Protocol versions of the stateless era: no `initialize`, no sessions; every request
+/// carries its version in `params._meta` and in `MCP-Protocol-Version`.
+pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
+
+/// Every version the gateway serves, newest first (what `server/discover` and a -32022
+/// answer list).
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// `_meta` key of a 2026-era request's protocol version.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// `_meta` key of a 2026-era request's client capabilities.
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// `_meta` key of a 2026-era request's client info.
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// `_meta` key of a 2026-era result's server info.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Whether `version` belongs to the stateless era.
+pub fn is_modern(version: &str) -> bool {
+    MODERN_VERSIONS.contains(&version)
+}
 
 /// The version a server must assume when a request carries no `MCP-Protocol-Version`
 /// header (streamable HTTP transport, 2025-06-18 and later).
@@ -9,7 +31,7 @@ pub const DEFAULT_PROTOCOL_VERSION: &str = "2025-03-26";
 
 /// Whether `version` is one the gateway accepts in `MCP-Protocol-Version`.
 pub fn is_supported_version(version: &str) -> bool {
-    PROTOCOL_VERSIONS.contains(&version)
+    PROTOCOL_VERSIONS.contains(&version) || is_modern(version)
 }
 
 /// Whether JSON-RPC batches are allowed under `version` (they were removed in 2025-06-18).
@@ -117,11 +139,14 @@ pub enum Method {
     NotificationsRootsListChanged,
     NotificationsTasksStatus,
     NotificationsElicitationComplete,
+    ServerDiscover,
+    SubscriptionsListen,
+    NotificationsSubscriptionsAcknowledged,
     /// A method MCP does not define.
     Other(Box<str>),
 }
 
-/// Every method of MCP 2025-03-26, 2025-06-18 and 2025-11-25.
+/// Every method of MCP 2025-03-26, 2025-06-18, 2025-11-25 and 2026-07-28.
 pub const METHODS: &[MethodInfo] = &[
     req(Method::Initialize, "initialize", C2S, Target::None),
     req(Method::Ping, "ping", Both, Target::None),
@@ -232,6 +257,31 @@ pub const METHODS: &[MethodInfo] = &[
 ];
 
 impl Method {
+    /// Whether a 2026-era request of this method must carry `Mcp-Name` (the tool or
+    /// prompt name, or the resource URI).
+    pub fn names_its_target(&self) -> bool {
+        matches!(
+            self,
+            Method::ToolsCall | Method::PromptsGet | Method::ResourcesRead
+        )
+    }
+
+    /// Whether the stateless era dropped this method (a 2026-era request of it gets -32601).
+    pub fn gone_in_modern_era(&self) -> bool {
+        matches!(
+            self,
+            Method::Initialize
+                | Method::Ping
+                | Method::LoggingSetLevel
+                | Method::ResourcesSubscribe
+                | Method::ResourcesUnsubscribe
+                | Method::TasksGet
+                | Method::TasksResult
+                | Method::TasksList
+                | Method::TasksCancel
+        )
+    }
+
     /// The method named `name` on the wire.
     pub fn parse(name: &str) -> Method {
         match METHODS.iter().find(|m| m.name == name) {

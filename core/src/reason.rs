@@ -1,7 +1,7 @@
 //! Every way the filter refuses a request: one [`Reason`] each, which fixes the HTTP
 //! status, the JSON-RPC error code and the metric label, so the three never disagree.
 
-use crate::jsonrpc::{Id, RequestError, code, error_response};
+use crate::jsonrpc::{Id, RequestError, code, error_response_with, write_json_string};
 
 /// Why the filter answered a request itself with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,24 @@ pub enum Reason {
     VirtualServerBatch,
     /// The filter failed (500, -32603).
     Internal,
+    /// A 2026-era request whose `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` or
+    /// `Mcp-Param-*` header is missing, repeated or disagrees with the body (400, -32020).
+    HeaderMismatch,
+    /// A 2026-era request without the required `params._meta` envelope (400, -32602).
+    MissingEnvelope,
+    /// A protocol version the gateway does not speak (400, -32022, naming the supported).
+    UnsupportedVersion,
+    /// A method the 2026-07-28 revision does not have, asked in that era (404, -32601).
+    GoneInModernEra,
+    /// `GET` or `DELETE` in the 2026 era, which has no streams or sessions to reach with
+    /// them (405, `Allow: POST`).
+    ModernGetOrDelete,
+    /// A 2026-era body that is not one request or notification (400, -32600).
+    NotOneMessage,
+    /// An `Origin` the listener or virtual server does not allow (403).
+    ForbiddenOrigin,
+    /// A `Host` the listener or virtual server does not serve (421).
+    ForbiddenHost,
 }
 
 impl Reason {
@@ -65,8 +83,15 @@ impl Reason {
             } => 200,
             Reason::ToolDenied => 403,
             Reason::UnknownServer | Reason::NoRelay | Reason::UnknownStream => 404,
-            Reason::UnknownSession => 404,
+            Reason::UnknownSession | Reason::GoneInModernEra => 404,
+            Reason::ModernGetOrDelete => 405,
+            Reason::ForbiddenOrigin => 403,
+            Reason::ForbiddenHost => 421,
             Reason::Internal => 500,
+            Reason::HeaderMismatch
+            | Reason::MissingEnvelope
+            | Reason::UnsupportedVersion
+            | Reason::NotOneMessage => 400,
             Reason::BadProtocolVersion
             | Reason::BadContentLength
             | Reason::ParseError
@@ -83,8 +108,10 @@ impl Reason {
     pub fn code(self) -> i64 {
         match self {
             Reason::ParseError => code::PARSE_ERROR,
-            Reason::InvalidParams => code::INVALID_PARAMS,
-            Reason::MethodDenied { .. } => code::METHOD_NOT_FOUND,
+            Reason::InvalidParams | Reason::MissingEnvelope => code::INVALID_PARAMS,
+            Reason::MethodDenied { .. } | Reason::GoneInModernEra => code::METHOD_NOT_FOUND,
+            Reason::HeaderMismatch => code::HEADER_MISMATCH,
+            Reason::UnsupportedVersion => code::UNSUPPORTED_PROTOCOL_VERSION,
             Reason::ToolDenied => code::FORBIDDEN,
             Reason::Internal => code::INTERNAL_ERROR,
             _ => code::INVALID_REQUEST,
@@ -114,6 +141,14 @@ impl Reason {
             Reason::UnknownSession => "unknown_session",
             Reason::VirtualServerBatch => "batch",
             Reason::Internal => "internal",
+            Reason::HeaderMismatch => "header_mismatch",
+            Reason::MissingEnvelope => "missing_envelope",
+            Reason::UnsupportedVersion => "unsupported_protocol_version",
+            Reason::GoneInModernEra => "method_not_found",
+            Reason::ModernGetOrDelete => "method_not_allowed",
+            Reason::NotOneMessage => "invalid_request",
+            Reason::ForbiddenOrigin => "forbidden_origin",
+            Reason::ForbiddenHost => "forbidden_host",
         }
     }
 
@@ -121,7 +156,7 @@ impl Reason {
     pub fn allow(self) -> Option<&'static str> {
         match self {
             Reason::HttpMethodNotAllowed => Some("GET, POST, DELETE"),
-            Reason::NoStream => Some("POST"),
+            Reason::NoStream | Reason::ModernGetOrDelete => Some("POST"),
             _ => None,
         }
     }
@@ -136,6 +171,8 @@ pub struct Rejection {
     pub id: Option<Id>,
     /// Human-readable message.
     pub message: String,
+    /// The error's `data` (JSON text), if any.
+    pub data: Option<String>,
 }
 
 impl Rejection {
@@ -145,6 +182,7 @@ impl Rejection {
             reason,
             id,
             message: message.into(),
+            data: None,
         }
     }
 
@@ -155,7 +193,34 @@ impl Rejection {
 
     /// The JSON-RPC error response body.
     pub fn body(&self) -> Vec<u8> {
-        error_response(self.id.as_ref(), self.reason.code(), &self.message)
+        error_response_with(
+            self.id.as_ref(),
+            self.reason.code(),
+            &self.message,
+            self.data.as_deref(),
+        )
+    }
+
+    /// The answer to a protocol version the gateway does not speak: -32022 with
+    /// `data: {"supported": [...], "requested": "..."}`.
+    pub fn unsupported_version(id: Option<Id>, requested: &str) -> Self {
+        let mut data = Vec::with_capacity(96);
+        data.extend_from_slice(b"{\"supported\":[");
+        for (i, v) in crate::mcp::SUPPORTED_VERSIONS.iter().enumerate() {
+            if i > 0 {
+                data.push(b',');
+            }
+            write_json_string(&mut data, v);
+        }
+        data.extend_from_slice(b"],\"requested\":");
+        write_json_string(&mut data, requested);
+        data.push(b'}');
+        Rejection {
+            reason: Reason::UnsupportedVersion,
+            id,
+            message: "Unsupported protocol version".into(),
+            data: String::from_utf8(data).ok(),
+        }
     }
 
     /// The answer to a body that failed to parse.

@@ -153,6 +153,17 @@ pub struct Policy {
     /// Accept batches from requests without `MCP-Protocol-Version` (which the transport
     /// reads as 2025-03-26). Off: a batch must say its version.
     pub unversioned_batches: bool,
+    /// `Origin`s allowed on every endpoint (`scheme://host[:port]`, `:*` for any port, or
+    /// `*`). A request without `Origin` (not a browser) passes; one with an `Origin` not
+    /// listed (here or in its virtual server's list) gets 403.
+    pub allowed_origins: Vec<String>,
+    /// `Host`s (`:authority`) the listener answers to (`host`, `host:port`, `host:*`,
+    /// `*.domain`); empty means any. Another `Host` gets 421: a name an attacker rebound
+    /// to this address (DNS rebinding) is not one of them.
+    pub allowed_hosts: Vec<String>,
+    /// `ttlMs` of the lists and `server/discover` a virtual server answers at the edge to
+    /// 2026-era clients: how long they may reuse them (0: revalidate every time).
+    pub list_ttl_ms: u64,
 }
 
 /// Default for [`Policy::max_body_bytes`]: 4 MiB.
@@ -179,6 +190,9 @@ impl Default for Policy {
             forward_client_credentials: false,
             max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
             unversioned_batches: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            list_ttl_ms: 0,
         }
     }
 }
@@ -280,6 +294,16 @@ impl Snapshot {
         }
         if p.max_batch_messages == 0 {
             return invalid("policy.max_batch_messages", "must be greater than 0");
+        }
+        for (i, o) in p.allowed_origins.iter().enumerate() {
+            if let Err(reason) = crate::origin::check_origin_pattern(o) {
+                return invalid(&format!("policy.allowed_origins[{i}]"), &reason);
+            }
+        }
+        for (i, h) in p.allowed_hosts.iter().enumerate() {
+            if let Err(reason) = crate::origin::check_host_pattern(h) {
+                return invalid(&format!("policy.allowed_hosts[{i}]"), &reason);
+            }
         }
         if !is_header_name(&p.route_header) {
             return invalid(

@@ -32,7 +32,22 @@ pub struct RequestHead<'h> {
     pub proxy_authorization: bool,
     /// Whether a `cookie` header is present.
     pub cookie: bool,
+    /// `mcp-method` (2026-07-28).
+    pub mcp_method: Option<&'h [u8]>,
+    /// `mcp-name` (2026-07-28).
+    pub mcp_name: Option<&'h [u8]>,
+    /// Every `mcp-param-{name}`: (name after the prefix, value).
+    pub mcp_params: Vec<(&'h [u8], &'h [u8])>,
+    /// Names of the mirrored singleton headers that appear more than once.
+    pub repeated: Vec<&'static str>,
+    /// `origin`.
+    pub origin: Option<&'h [u8]>,
+    /// `:authority` (the `Host`).
+    pub authority: Option<&'h [u8]>,
 }
+
+/// Prefix of a mirrored tool parameter's header.
+const PARAM_PREFIX: &[u8] = b"mcp-param-";
 
 impl<'h> RequestHead<'h> {
     /// Reads the headers the exchange needs from the host's serialized map (one pass; names
@@ -47,13 +62,40 @@ impl<'h> RequestHead<'h> {
     }
 
     /// Records `name: value` if it is one the exchange reads.
-    fn take(&mut self, name: &[u8], value: &'h [u8]) {
+    fn take(&mut self, name: &'h [u8], value: &'h [u8]) {
+        // Headers the 2026 era mirrors from the body must appear once: with two, an
+        // intermediary and the server could each believe another.
+        let (slot, mirrored) = match name {
+            b"mcp-protocol-version" => (&mut self.protocol_version, "MCP-Protocol-Version"),
+            b"mcp-method" => (&mut self.mcp_method, "Mcp-Method"),
+            b"mcp-name" => (&mut self.mcp_name, "Mcp-Name"),
+            name if name.len() > PARAM_PREFIX.len()
+                && name
+                    .get(..PARAM_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(PARAM_PREFIX)) =>
+            {
+                if let Some(suffix) = name.get(PARAM_PREFIX.len()..) {
+                    self.mcp_params.push((suffix, value));
+                }
+                return;
+            }
+            _ => return self.take_plain(name, value),
+        };
+        if slot.is_some() {
+            self.repeated.push(mirrored);
+        } else {
+            *slot = Some(value);
+        }
+    }
+
+    fn take_plain(&mut self, name: &[u8], value: &'h [u8]) {
         let slot = match name {
             b":method" => &mut self.method,
             b":path" => &mut self.path,
             b"content-type" => &mut self.content_type,
-            b"mcp-protocol-version" => &mut self.protocol_version,
             b"mcp-session-id" => &mut self.session_id,
+            b"origin" => &mut self.origin,
+            b":authority" => &mut self.authority,
             b"content-length" => &mut self.content_length,
             name if name == edge::UPSTREAM_HEADER.as_bytes() => &mut self.upstream,
             b"accept" => {
