@@ -105,7 +105,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(how.timeouts.header_read);
-    let builder = builder.http1_only().clone();
+    let builder = builder.http1_only();
     let acceptor = how.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     // Shutdown as axum::serve does it: one channel tells every connection to finish its
     // current request and close; the other is held by every connection task, so the
