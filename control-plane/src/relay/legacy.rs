@@ -189,17 +189,24 @@ fn open_session(
 }
 
 /// Ends the session's stream once it has been idle for the relay's limit (or returns when
-/// the client is gone first).
+/// the client is gone first). A message still being relayed (a long tool call without
+/// progress) keeps the session open: the client is waiting for its answer.
 fn watch_idle(inner: Arc<Inner>, session: Arc<SseSession>) {
     let idle = inner.limits.sse_idle_timeout;
     tokio::spawn(async move {
-        tokio::select! {
-            () = session.activity.idle_for(idle) => {
-                tracing::debug!(server = %session.server.as_str(), "relay: closing an idle legacy SSE session");
-                inner.metrics.closed("idle");
-                session.close.notify_one();
+        loop {
+            tokio::select! {
+                () = session.activity.idle_for(idle) => {}
+                () = session.events.closed() => return,
             }
-            () = session.events.closed() => {}
+            if session.in_flight.available_permits() < MAX_IN_FLIGHT {
+                session.activity.touch();
+                continue;
+            }
+            tracing::debug!(server = %session.server.as_str(), "relay: closing an idle legacy SSE session");
+            inner.metrics.closed("idle");
+            session.close.notify_one();
+            return;
         }
     });
 }
@@ -492,9 +499,45 @@ async fn server_stream(inner: Arc<Inner>, session: Arc<SseSession>) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::json;
 
     use super::*;
+    use crate::relay::{Limits, Relay};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_is_closed_unless_a_message_is_in_flight() {
+        let idle = Duration::from_secs(60);
+        let relay = Relay::new(
+            "secret",
+            Limits {
+                sse_idle_timeout: idle,
+                ..Limits::default()
+            },
+        );
+        let server = Id::parse("id", "s").unwrap();
+        let (events, _client) = mpsc::channel(QUEUE);
+        let session = Arc::new(SseSession {
+            edge: Edge::new("127.0.0.1:9".parse().unwrap(), &server, &HeaderMap::new()).unwrap(),
+            server,
+            mcp: Mutex::new(McpState::default()),
+            events,
+            server_stream_opened: AtomicBool::new(false),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            activity: Activity::new(),
+            close: Notify::new(),
+        });
+        let relaying = session.in_flight.clone().try_acquire_owned().unwrap();
+        watch_idle(relay.inner.clone(), session.clone());
+        // Five idle periods while a message waits for its answer: the session stays.
+        let closed = tokio::time::timeout(idle * 5, session.close.notified()).await;
+        assert!(closed.is_err(), "closed while a message was being relayed");
+        // Answered: idle from then on, the session is closed.
+        drop(relaying);
+        let closed = tokio::time::timeout(idle * 3, session.close.notified()).await;
+        assert!(closed.is_ok(), "an idle session stays open");
+    }
 
     #[test]
     fn envelopes_are_read_without_the_params_and_bad_bodies_are_classified() {

@@ -46,7 +46,7 @@ pub struct Limits {
     /// Open merged GET streams of one client; more are refused (429).
     pub max_merged_streams_per_client: usize,
     /// A legacy SSE session that received no message and sent nothing (keepalive comments
-    /// aside) for this long is closed.
+    /// aside) for this long, and has no message being relayed, is closed.
     pub sse_idle_timeout: Duration,
     /// A merged stream that relayed no event for this long is closed (the client opens a
     /// new GET stream, as after any end of stream).
