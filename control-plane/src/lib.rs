@@ -122,9 +122,10 @@ pub async fn serve(
     }
     let relay = relay::Relay::new(settings.secrets.relay_auth(), settings.relay_limits.clone());
     let relay_tls = match (&settings.tls, &relay_listener) {
-        (Some(tls), Some(_)) => {
-            Some(tls::server_config(tls, &["http/1.1"]).context("the relay listener's TLS")?)
-        }
+        (Some(tls), Some(_)) => Some(
+            tls::server_config(&tls.cert, &tls.key, &tls.client_ca, &["http/1.1"])
+                .context("the relay listener's TLS")?,
+        ),
         _ => None,
     };
     metrics.register_relay(relay.metrics());

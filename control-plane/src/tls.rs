@@ -9,8 +9,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::config::ServerTls;
-
 /// Installs the process-wide rustls crypto provider (ring) once; idempotent. reqwest's and
 /// rmcp's client builders panic without one.
 pub fn install_crypto_provider() {
@@ -64,29 +62,33 @@ fn certificates(
     Ok(certs)
 }
 
-/// The server configuration of a listener Envoys connect to: `tls.cert`/`tls.key` as its
-/// identity, and a client certificate chaining to `tls.client_ca` required of every
-/// client (a client without one, or with one from another CA, fails the handshake).
-/// `alpn` lists the application protocols offered (`http/1.1` for the relay).
+/// The server configuration of a listener Envoys connect to (the files of
+/// `crate::config::ServerTls`): `cert` (a PEM chain) and `key` as its identity, and a
+/// client certificate chaining to `client_ca` required of every client (a client without
+/// one, or with one from another CA, fails the handshake). `alpn` lists the application
+/// protocols offered (`http/1.1` for the relay).
+///
+/// Paths rather than the settings type, so this module depends on nothing of the crate.
 pub fn server_config(
-    tls: &ServerTls,
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
     alpn: &[&str],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = certificates("tls_cert", &tls.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| invalid("tls_key", &tls.key, e))?;
+    let chain = certificates("tls_cert", cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid("tls_key", key, e))?;
     let mut roots = rustls::RootCertStore::empty();
-    for ca in certificates("tls_client_ca", &tls.client_ca)? {
+    for ca in certificates("tls_client_ca", client_ca)? {
         roots
             .add(ca)
-            .map_err(|e| invalid("tls_client_ca", &tls.client_ca, e))?;
+            .map_err(|e| invalid("tls_client_ca", client_ca, e))?;
     }
     // The provider is named here rather than taken from the process default, so building
     // a server configuration does not depend on who installed what first.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| invalid("tls_client_ca", &tls.client_ca, e))?;
+        .map_err(|e| invalid("tls_client_ca", client_ca, e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -106,16 +108,11 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
         let missing = dir.path().join("missing.pem");
-        let tls = |cert: &Path, key: &Path, ca: &Path| ServerTls {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            client_ca: ca.to_owned(),
-        };
-        for (name, settings, field) in [
-            ("missing cert", tls(&missing, &empty, &empty), "tls_cert"),
-            ("empty cert", tls(&empty, &empty, &empty), "tls_cert"),
+        for (name, cert, field) in [
+            ("missing cert", &missing, "tls_cert"),
+            ("empty cert", &empty, "tls_cert"),
         ] {
-            match server_config(&settings, &["http/1.1"]) {
+            match server_config(cert, &empty, &empty, &["http/1.1"]) {
                 Err(TlsError::FieldInvalid { field: f, reason }) => {
                     assert_eq!(f, field, "{name}: {reason}");
                     assert!(reason.contains(".pem"), "{name}: {reason}");
