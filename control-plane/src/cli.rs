@@ -258,7 +258,7 @@ struct Client {
 
 impl Client {
     fn new(api: &ApiArgs) -> anyhow::Result<Self> {
-        crate::federation::init_tls();
+        crate::tls::install_crypto_provider();
         Ok(Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(120))

@@ -279,6 +279,12 @@ pub struct Settings {
     pub tls: Option<ServerTls>,
     /// The operator allowed plaintext xDS and relay listeners off loopback.
     pub insecure_xds: bool,
+    /// The session relay's caps, idle timeouts, read limits and HTTP timeouts (defaults:
+    /// the `crate::relay::DEFAULT_*` constants; not flags).
+    pub relay_limits: crate::relay::Limits,
+    /// Header-read and request-body timeouts of the admin API (defaults:
+    /// `crate::serving::DEFAULT_*`; not flags).
+    pub api_timeouts: crate::serving::Timeouts,
 }
 
 impl Settings {
@@ -300,6 +306,8 @@ impl Settings {
             relay_advertise: None,
             tls: None,
             insecure_xds: false,
+            relay_limits: crate::relay::Limits::default(),
+            api_timeouts: crate::serving::Timeouts::default(),
         }
     }
 }
@@ -655,6 +663,8 @@ impl ServeArgs {
             relay_advertise,
             tls,
             insecure_xds,
+            relay_limits: crate::relay::Limits::default(),
+            api_timeouts: crate::serving::Timeouts::default(),
         })
     }
 }

@@ -82,11 +82,6 @@ impl FederationError {
     }
 }
 
-/// Installs the process-wide rustls crypto provider (ring) once; idempotent.
-pub fn init_tls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Receives upstream notifications of one live session.
 #[derive(Clone)]
 struct UpstreamHandler {
@@ -261,7 +256,7 @@ impl Federation {
         secrets: SecretBox,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        init_tls();
+        crate::tls::install_crypto_provider();
         let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             store,

@@ -9,9 +9,12 @@ pub mod edge_config;
 pub mod federation;
 pub mod model;
 pub mod relay;
+pub mod serving;
 pub mod snapshot;
+pub mod sse;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transfer;
 pub mod xds;
 
@@ -117,7 +120,14 @@ pub async fn serve(
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());
     }
-    let relay = relay::Relay::new();
+    let relay = relay::Relay::new(settings.secrets.relay_auth(), settings.relay_limits.clone());
+    let relay_tls = match (&settings.tls, &relay_listener) {
+        (Some(tls), Some(_)) => Some(
+            tls::server_config(&tls.cert, &tls.key, &tls.client_ca, &["http/1.1"])
+                .context("the relay listener's TLS")?,
+        ),
+        _ => None,
+    };
     metrics.register_relay(relay.metrics());
     let metrics = Arc::new(metrics);
     edge_config::record(&first, &metrics);
@@ -164,7 +174,7 @@ pub async fn serve(
     };
     let relay_task = relay_listener.map(|l| {
         tracing::info!(addr = %relay_addr.map(|a| a.to_string()).unwrap_or_default(), "session relay listening");
-        let serving = relay.serve(l, stopped());
+        let serving = relay.serve(l, relay_tls, stopped());
         tokio::spawn(async move {
             if let Err(e) = serving.await {
                 tracing::error!(error = %e, "session relay failed");
@@ -185,11 +195,27 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let result = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            signal.await;
-        })
-        .await;
+    let result = serving::serve(
+        listener,
+        api::router(state),
+        serving::Listener {
+            timeouts: settings.api_timeouts,
+            tls: None,
+            timed_out: |limit| {
+                axum::response::IntoResponse::into_response(api::problem::Problem::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    "Request timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        limit.as_secs()
+                    ),
+                ))
+            },
+        },
+        signal,
+    )
+    .await;
     if let Some(t) = xds_task {
         match t.await {
             Ok(Ok(())) => {}

@@ -15,6 +15,7 @@ mod integration {
     mod edge_xds;
     mod federation;
     mod openapi;
+    mod serving;
     mod store;
     mod transfer;
     mod xds;

@@ -250,7 +250,11 @@ pub fn resources(
     b.insert(FILTER, &filter_config(config, settings))?;
     b.insert(
         ROUTES,
-        &route_configuration(route_header, settings.relay.is_some()),
+        &route_configuration(
+            route_header,
+            settings.relay.is_some(),
+            settings.relay_auth.as_deref(),
+        ),
     )?;
     b.insert(
         LISTENER,
@@ -329,7 +333,11 @@ fn filter_config(snapshot_json: String, settings: &EdgeSettings) -> TypedExtensi
 /// Routes: the filter's choice, else a JSON-RPC 404. With a relay, requests the filter hands
 /// to it also carry the address of the listener the client reached: the relay sends the
 /// session's messages back through that Envoy.
-fn route_configuration(route_header: &str, relay: bool) -> RouteConfiguration {
+fn route_configuration(
+    route_header: &str,
+    relay: bool,
+    relay_auth: Option<&str>,
+) -> RouteConfiguration {
     let not_routed = |name: &str, prefix: &str| Route {
         name: name.to_owned(),
         r#match: Some(RouteMatch {
@@ -407,15 +415,22 @@ fn route_configuration(route_header: &str, relay: bool) -> RouteConfiguration {
             timeout: secs(0),
             ..Default::default()
         })),
-        request_headers_to_add: vec![HeaderValueOption {
+        request_headers_to_add: std::iter::once((
+            mcpgw_core::edge::EDGE_ADDRESS_HEADER,
+            "%DOWNSTREAM_LOCAL_ADDRESS%",
+        ))
+        // The secret the relay checks (relay branch; cpedge owns the final form).
+        .chain(relay_auth.map(|a| (mcpgw_core::edge::RELAY_AUTH_HEADER, a)))
+        .map(|(key, value)| HeaderValueOption {
             header: Some(HeaderValue {
-                key: mcpgw_core::edge::EDGE_ADDRESS_HEADER.into(),
-                value: "%DOWNSTREAM_LOCAL_ADDRESS%".into(),
+                key: key.into(),
+                value: value.into(),
                 ..Default::default()
             }),
             append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
             ..Default::default()
-        }],
+        })
+        .collect(),
         ..Default::default()
     };
     let mut routes = Vec::with_capacity(4);

@@ -122,7 +122,7 @@ pub struct TestCp {
 
 impl TestCp {
     pub async fn start(settings: Settings) -> TestCp {
-        mcpgw::federation::init_tls();
+        mcpgw::tls::install_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");

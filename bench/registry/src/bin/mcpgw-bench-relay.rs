@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
             knobs.wasm.display()
         )
     })?;
-    mcpgw::federation::init_tls();
+    mcpgw::tls::install_crypto_provider();
 
     let upstream = mcpgw_bench::upstream::Upstream::start()?;
     let dir = tempfile::tempdir()?;

@@ -615,7 +615,7 @@ async fn wait_published(
 }
 
 async fn run(knobs: Knobs) -> anyhow::Result<()> {
-    mcpgw::federation::init_tls();
+    mcpgw::tls::install_crypto_provider();
     let total_tools = knobs.shape.gateways * knobs.shape.tools;
     eprintln!(
         "mcpgw-bench-xds: {total_tools} tools, variants {:?}, {} rounds",
