@@ -257,7 +257,8 @@ mod tests {
         let ok: [(&[u8], &[u8]); 3] =
             [(b"region", b"eu-west-1"), (b"N", b"42"), (b"dry", b"false")];
         assert_eq!(check_params(&params, Some(&args), &ok), Ok(()));
-        let cases: [(&str, Vec<(&[u8], &[u8])>, serde_json::Value); 5] = [
+        type Case<'a> = (&'a str, Vec<(&'a [u8], &'a [u8])>, serde_json::Value);
+        let cases: [Case<'_>; 5] = [
             (
                 "mismatch",
                 vec![(b"region", b"eu-west1"), (b"n", b"42"), (b"dry", b"false")],
