@@ -18,9 +18,11 @@ is stripped from every name in the output, so the document compares equal to one
 directly against the server. Lists are sorted; session ids, request ids and the server's
 own name never appear in the output.
 
-Output: {"era", "scenarios": {NAME: {"ok": true, "result": ...} | {"ok": false,
-"error": {"code", "message", "type"}}}}. A failing scenario (a JSON-RPC error, an `isError`
-tool result, a timeout, a broken connection) is reported, never fatal.
+Output: {"era", "scenarios": {NAME: {"ok": true, "result": ..., "inputRequiredRetries": N} |
+{"ok": false, "error": {"code", "message", "type"}, "observed": {...}}}}. A failing scenario
+(a JSON-RPC error, an `isError` tool result, a timeout, a broken connection) is reported with
+what the callbacks had seen so far, never fatal. `inputRequiredRetries` counts the requests
+that answered an `input_required` result (the 2026 era's server-to-client requests).
 
 `--dump-catalog` prints the four lists as the server sent them instead (raw items, no
 normalization), for building a gateway catalog from them.
@@ -371,7 +373,12 @@ async def run_scenario(args: argparse.Namespace, name: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - every failure is a reported outcome
         if args.verbose:
             traceback.print_exc(file=sys.stderr)
-        return {"ok": False, "error": describe(exc)}
+        failed: dict[str, Any] = {"ok": False, "error": describe(exc)}
+        # What got through before the failure, to tell a dropped answer from a request that
+        # never arrived.
+        seen = {"requests": rec.requests, "messages": rec.logs, "progress": rec.progress}
+        failed["observed"] = {k: v for k, v in seen.items() if v}
+        return failed
 
 
 async def dump_catalog(args: argparse.Namespace) -> dict[str, Any]:

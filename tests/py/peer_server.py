@@ -29,7 +29,8 @@ hand (`ctx.elicit_url` in the 2025 era, an `InputRequiredResult` in 2026-07-28).
 import argparse
 import socket
 import sys
-from typing import Annotated, Any
+import warnings
+from typing import Annotated, Any, get_args
 
 import anyio
 import mcp_types as types
@@ -46,23 +47,15 @@ from mcp.server.mcpserver import (
     Resolve,
     Sample,
 )
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 ITEMS = ["apple", "apricot", "banana", "blueberry", "cherry"]
 NAMES = ["Ada", "Alan", "Barbara", "Grace"]
 LEVELS: list[types.LoggingLevel] = ["debug", "info", "warning", "error"]
-ALL_LEVELS: list[types.LoggingLevel] = [
-    "debug",
-    "info",
-    "notice",
-    "warning",
-    "error",
-    "critical",
-    "alert",
-    "emergency",
-]
+# Severity-ascending, as the `LoggingLevel` literal declares them.
+ALL_LEVELS: tuple[types.LoggingLevel, ...] = get_args(types.LoggingLevel)
 URL_TO_OPEN = "https://peer.example/authorize?step=1"
 URL_ELICITATION_ID = "peer-url-1"
 
@@ -80,16 +73,19 @@ def is_modern(ctx: Context) -> bool:
 
 def build(name: str) -> MCPServer:
     mcp = MCPServer(name, version="1.0.0", instructions="The mcpgw test matrix peer.")
-    # The 2025 era's logging/setLevel, per session (MCPServer registers no handler for it,
-    # so without this the server would not advertise logging and would answer -32601).
+    # The 2025 era's logging/setLevel, remembered per session (without one, as in stateless
+    # mode, it has nothing to last in). MCPServer registers no handler for it, so without
+    # this the server would neither advertise logging nor serve setLevel (-32601); the
+    # low-level server is the only place to add one.
     session_levels: dict[str, types.LoggingLevel] = {}
 
-    def session_key(ctx: ServerRequestContext[Any, Any]) -> str:
+    def session_key(ctx: ServerRequestContext[Any, Any]) -> str | None:
         headers = getattr(ctx.request, "headers", None)
-        return (headers.get("mcp-session-id") if headers is not None else None) or ""
+        return headers.get("mcp-session-id") if headers is not None else None
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
-        session_levels[session_key(ctx)] = params.level
+        if (key := session_key(ctx)) is not None:
+            session_levels[key] = params.level
         return types.EmptyResult()
 
     mcp._lowlevel_server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
@@ -112,7 +108,7 @@ def build(name: str) -> MCPServer:
             allowed = allowed_log_levels(ctx.request_context.protocol_version, ctx.request_context.meta)
             sent = [lvl for lvl in LEVELS if lvl in allowed]
         else:
-            floor = session_levels.get(session_key(ctx.request_context), "debug")
+            floor = session_levels.get(session_key(ctx.request_context) or "", "debug")
             sent = [lvl for lvl in LEVELS if ALL_LEVELS.index(lvl) >= ALL_LEVELS.index(floor)]
         for lvl in sent:
             await ctx.log(lvl, f"{lvl} message from the peer", logger_name="peer")
@@ -241,6 +237,8 @@ def main() -> None:
     parser.add_argument("--json-response", action="store_true", help="answer JSON instead of SSE")
     parser.add_argument("--name", default="mcpgw-peer", help="server name (serverInfo)")
     args = parser.parse_args()
+    # Logging, sampling and roots are deprecated in 2026-07-28; the peer serves them on purpose.
+    warnings.simplefilter("ignore", MCPDeprecationWarning)
     try:
         anyio.run(serve, args)
     except KeyboardInterrupt:
