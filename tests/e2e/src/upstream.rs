@@ -1,4 +1,5 @@
 //! Upstream MCP servers the gateway sits in front of.
 
 pub mod everything;
+pub mod python;
 pub mod rmcp;

@@ -12,6 +12,7 @@ mod cases {
     mod edge;
     mod hardening;
     mod hostile;
+    mod matrix;
     mod metrics;
     mod policy;
     mod routing;
