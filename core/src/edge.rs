@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
-use crate::mcp::{self, Method};
+use crate::mcp::{self, Era, Method};
+use crate::mirror::{self, ParamHeader};
 use crate::reason::{Reason, Rejection};
 use crate::session::SessionKeys;
 use crate::snapshot::Snapshot;
@@ -131,6 +132,17 @@ pub enum Endpoint<'p> {
     Other(&'p str),
 }
 
+impl<'p> Endpoint<'p> {
+    /// The virtual server the path names.
+    pub fn server(self) -> &'p str {
+        match self {
+            Endpoint::Mcp(id) | Endpoint::Sse(id) | Endpoint::Message(id) | Endpoint::Other(id) => {
+                id
+            }
+        }
+    }
+}
+
 /// Parses a request path (`:path`, query allowed) into a virtual server endpoint.
 pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
@@ -149,6 +161,8 @@ pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
 
 struct Indexed {
     server: VirtualServer,
+    /// Tools whose input schema mirrors arguments into `Mcp-Param-*` headers.
+    param_headers: HashMap<String, Vec<ParamHeader>>,
     /// Every upstream an entry of this server lives on, once each.
     upstream_ids: Vec<String>,
     tools: HashMap<String, usize>,
@@ -197,7 +211,22 @@ pub struct Edge {
     upstreams: Upstreams,
     sessions: Option<Sessions>,
     page_size: usize,
+    list_ttl_ms: u64,
     relay: Option<String>,
+}
+
+/// The `x-mcp-header` arguments of each tool that has any (parsed once, at configure time;
+/// only items that mention the annotation are parsed at all).
+fn param_headers_of(tools: &[Entry]) -> HashMap<String, Vec<ParamHeader>> {
+    tools
+        .iter()
+        .filter(|t| t.item.get().contains("x-mcp-header"))
+        .filter_map(|t| {
+            let item: serde_json::Value = serde_json::from_str(t.item.get()).ok()?;
+            let params = mirror::param_headers(item.get("inputSchema")?);
+            (!params.is_empty()).then(|| (t.name.clone(), params))
+        })
+        .collect()
 }
 
 impl Edge {
@@ -210,6 +239,7 @@ impl Edge {
                 (
                     id,
                     Indexed {
+                        param_headers: param_headers_of(&s.tools),
                         upstream_ids: upstream_ids(&s),
                         tools: index(&s.tools),
                         prompts: index(&s.prompts),
@@ -233,6 +263,7 @@ impl Edge {
             page_size: usize::try_from(snapshot.policy.list_page_size)
                 .unwrap_or(usize::MAX)
                 .max(1),
+            list_ttl_ms: snapshot.policy.list_ttl_ms,
             relay: snapshot.relay.take(),
         }
     }
@@ -285,14 +316,29 @@ impl Edge {
             .is_some_and(|s| s.tools.contains_key(name))
     }
 
+    /// The arguments tool `name` of server `id` mirrors into `Mcp-Param-*` headers.
+    pub fn param_headers(&self, id: &str, name: &str) -> &[ParamHeader] {
+        self.servers
+            .get(id)
+            .and_then(|s| s.param_headers.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The `Origin`s virtual server `id` allows besides the policy's.
+    pub fn allowed_origins(&self, id: &str) -> &[String] {
+        self.servers
+            .get(id)
+            .map_or(&[], |s| s.server.allowed_origins.as_slice())
+    }
+
     /// Whether the snapshot has a virtual server `id`.
     pub fn has_server(&self, id: &str) -> bool {
         self.servers.contains_key(id)
     }
 
-    /// Decides what to do with `msg`, sent to virtual server `id`. `None` when there is no
-    /// such server (the filter answers 404).
-    pub fn answer(&self, id: &str, msg: &Message) -> Option<Answer<'_>> {
+    /// Decides what to do with `msg`, sent to virtual server `id` in `era`. `None` when
+    /// there is no such server (the filter answers 404).
+    pub fn answer(&self, id: &str, msg: &Message, era: Era) -> Option<Answer<'_>> {
         let s = self.servers.get(id)?;
         if msg.kind == Kind::Notification {
             return Some(Answer::Accepted);
@@ -308,15 +354,26 @@ impl Edge {
         let Some(method) = msg.method.as_ref() else {
             return fail(code::INVALID_REQUEST, "a request needs a method");
         };
+        let cacheable = match era {
+            Era::Legacy => None,
+            Era::Modern => Some(&s.server),
+        };
         match method {
             Method::Initialize => reply(initialize(id, &s.server, msg.protocol_version.as_deref())),
             Method::Ping => reply(result(id, "{}")),
-            Method::ToolsList => self.page(id, "tools", &s.server.tools, msg),
-            Method::PromptsList => self.page(id, "prompts", &s.server.prompts, msg),
-            Method::ResourcesList => self.page(id, "resources", &s.server.resources, msg),
-            Method::ResourcesTemplatesList => {
-                self.page(id, "resourceTemplates", &s.server.resource_templates, msg)
+            Method::ServerDiscover => reply(discover(id, &s.server, self.list_ttl_ms)),
+            Method::ToolsList => self.page(id, "tools", &s.server.tools, msg, cacheable),
+            Method::PromptsList => self.page(id, "prompts", &s.server.prompts, msg, cacheable),
+            Method::ResourcesList => {
+                self.page(id, "resources", &s.server.resources, msg, cacheable)
             }
+            Method::ResourcesTemplatesList => self.page(
+                id,
+                "resourceTemplates",
+                &s.server.resource_templates,
+                msg,
+                cacheable,
+            ),
             Method::ToolsCall | Method::PromptsGet => {
                 let (map, list, what) = if *method == Method::ToolsCall {
                     (&s.tools, &s.server.tools, "tool")
@@ -395,12 +452,15 @@ impl Edge {
         }))
     }
 
+    /// One page of a list; for a 2026-era client (`modern`: the server it is of) with the
+    /// fields that era requires (`resultType`, `ttlMs`, `cacheScope`, the server's identity).
     fn page(
         &self,
         id: Option<&Id>,
         key: &str,
         entries: &[Entry],
         msg: &Message,
+        modern: Option<&VirtualServer>,
     ) -> Option<Answer<'_>> {
         let start = match msg.cursor.as_deref() {
             None => 0,
@@ -435,6 +495,9 @@ impl Edge {
                 out.extend_from_slice(b",\"nextCursor\":\"");
                 out.extend_from_slice(encode_cursor(end).as_bytes());
                 out.push(b'"');
+            }
+            if let Some(server) = modern {
+                modern_fields(out, server, self.list_ttl_ms);
             }
             out.push(b'}');
         })))
@@ -481,23 +544,68 @@ fn upstream_ids(s: &VirtualServer) -> Vec<String> {
     ids
 }
 
-fn initialize(id: Option<&Id>, s: &VirtualServer, requested: Option<&str>) -> Vec<u8> {
-    let version = negotiate(requested);
-    let mut r = Vec::with_capacity(256);
-    r.extend_from_slice(b"{\"protocolVersion\":");
-    write_json_string(&mut r, version);
+/// The fields a 2026-era result the edge answers carries after its own: `resultType`, the
+/// cache hints (`public`: nothing in these answers depends on who asks), and the server's
+/// identity in `_meta`.
+fn modern_fields(out: &mut Vec<u8>, s: &VirtualServer, ttl_ms: u64) {
+    out.extend_from_slice(b",\"resultType\":\"complete\",\"ttlMs\":");
+    out.extend_from_slice(ttl_ms.to_string().as_bytes());
+    out.extend_from_slice(b",\"cacheScope\":\"public\",\"_meta\":{\"");
+    out.extend_from_slice(mcp::META_SERVER_INFO.as_bytes());
+    out.extend_from_slice(b"\":");
+    server_info(out, s);
+    out.push(b'}');
+}
+
+fn server_info(out: &mut Vec<u8>, s: &VirtualServer) {
+    out.extend_from_slice(b"{\"name\":");
+    write_json_string(out, &s.name);
+    out.extend_from_slice(b",\"version\":");
+    write_json_string(out, &s.version);
+    out.push(b'}');
+}
+
+fn capabilities(r: &mut Vec<u8>, s: &VirtualServer) {
     r.extend_from_slice(
-        b",\"capabilities\":{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false}",
+        b"{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false}",
     );
     if !s.prompts.is_empty() || !s.resource_templates.is_empty() {
         // Routed to the upstream that owns the prompt or template.
         r.extend_from_slice(b",\"completions\":{}");
     }
-    r.extend_from_slice(b"},\"serverInfo\":{\"name\":");
-    write_json_string(&mut r, &s.name);
-    r.extend_from_slice(b",\"version\":");
-    write_json_string(&mut r, &s.version);
     r.push(b'}');
+}
+
+/// `server/discover` (2026-07-28): the versions served, the capabilities, instructions.
+fn discover(id: Option<&Id>, s: &VirtualServer, ttl_ms: u64) -> Vec<u8> {
+    result_with(id, 512, |r| {
+        r.extend_from_slice(b"{\"supportedVersions\":[");
+        for (i, v) in mcp::SUPPORTED_VERSIONS.iter().enumerate() {
+            if i > 0 {
+                r.push(b',');
+            }
+            write_json_string(r, v);
+        }
+        r.extend_from_slice(b"],\"capabilities\":");
+        capabilities(r, s);
+        if let Some(text) = &s.instructions {
+            r.extend_from_slice(b",\"instructions\":");
+            write_json_string(r, text);
+        }
+        modern_fields(r, s, ttl_ms);
+        r.push(b'}');
+    })
+}
+
+fn initialize(id: Option<&Id>, s: &VirtualServer, requested: Option<&str>) -> Vec<u8> {
+    let version = negotiate(requested);
+    let mut r = Vec::with_capacity(256);
+    r.extend_from_slice(b"{\"protocolVersion\":");
+    write_json_string(&mut r, version);
+    r.extend_from_slice(b",\"capabilities\":");
+    capabilities(&mut r, s);
+    r.extend_from_slice(b",\"serverInfo\":");
+    server_info(&mut r, s);
     if let Some(text) = &s.instructions {
         r.extend_from_slice(b",\"instructions\":");
         write_json_string(&mut r, text);

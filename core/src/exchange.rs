@@ -22,6 +22,8 @@
 //! 4. response ([`Exchange::on_response_head`], [`Exchange::on_response_body`]): JSON and
 //!    SSE bodies are observed as they stream through and counted per method and tool.
 
+mod bridge;
+mod era;
 mod head;
 mod observe;
 mod sessions;
@@ -35,8 +37,9 @@ use crate::config::Config;
 use crate::edge::{self, Answer, Endpoint, RouteTo};
 use crate::jsonrpc::stream::{Body, MessageParser, Progress};
 use crate::jsonrpc::{Kind, Message, write_json_string};
-use crate::mcp::Method;
+use crate::mcp::{self, Era, Method};
 use crate::metrics::ToolLabel;
+use crate::mirror;
 use crate::policy::{BodyVerdict, HeadVerdict};
 use crate::reason::{Reason, Rejection};
 use crate::session::Claims;
@@ -233,6 +236,13 @@ pub struct Exchange {
     labels: Option<(Method, Tool)>,
     observer: Observer,
     next_tag: u32,
+    /// The headers a 2026-era request mirrors from its body.
+    mirrored: era::Mirrored,
+    /// The request's era, once its body is read.
+    era: Era,
+    /// A 2026-era client's call went to a 2025-era upstream: results need the fields the
+    /// client's era requires.
+    bridging: bool,
 }
 
 impl Exchange {
@@ -252,6 +262,9 @@ impl Exchange {
             labels: None,
             observer: Observer::None,
             next_tag: 0,
+            mirrored: era::Mirrored::default(),
+            era: Era::Legacy,
+            bridging: false,
         }
     }
 
@@ -316,7 +329,7 @@ impl Exchange {
         end_of_stream: bool,
         host: &mut impl Host,
     ) -> Step {
-        let fields = RequestHead::read(map);
+        let mut fields = RequestHead::read(map);
         self.has_traceparent = fields.traceparent;
         self.has_session_header = fields.session_id.is_some();
         self.credentials = Credentials {
@@ -325,8 +338,33 @@ impl Exchange {
             cookie: fields.cookie,
         };
         self.protocol_version = fields.protocol_version.map(|v| head::lossy(v).into_owned());
+        self.mirrored = era::Mirrored {
+            method: fields.mcp_method.map(<[u8]>::to_vec),
+            name: fields.mcp_name.map(<[u8]>::to_vec),
+            params: fields
+                .mcp_params
+                .iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect(),
+            repeated: std::mem::take(&mut fields.repeated),
+        };
         let method = fields.method.map(head::lossy).unwrap_or_default();
-        if let Some(step) = self.serve_endpoint(&fields, &method, host) {
+        if let Some(step) = self.check_host(&fields, host) {
+            return step;
+        }
+        let modern = self.protocol_version.as_deref().is_some_and(mcp::is_modern);
+        if modern && matches!(method.as_ref(), "GET" | "DELETE") {
+            // The stateless era has no stream to open with GET and no session to end.
+            return self.reject(
+                &Rejection::new(
+                    Reason::ModernGetOrDelete,
+                    None,
+                    format!("{method} is not used in MCP 2026-07-28: requests are POSTs"),
+                ),
+                host,
+            );
+        }
+        if let Some(step) = self.serve_endpoint(&fields, &method, modern, host) {
             return step;
         }
         let content_type = fields.content_type.map(head::lossy);
@@ -364,18 +402,67 @@ impl Exchange {
         }
     }
 
+    /// Checks `Host` against the listener's allow-list and `Origin` against the listener's
+    /// and the virtual server's (`None`: both pass).
+    fn check_host(&mut self, fields: &RequestHead<'_>, host: &mut impl Host) -> Option<Step> {
+        let policy = self.config.gate.policy();
+        if let Some(authority) = fields.authority.map(head::lossy)
+            && !crate::origin::host_allowed(&policy.allowed_hosts, &authority)
+        {
+            let r = Rejection::new(
+                Reason::ForbiddenHost,
+                None,
+                format!("this gateway does not answer for Host {authority:?}"),
+            );
+            return Some(self.reject(&r, host));
+        }
+        None
+    }
+
+    /// Checks a browser's `Origin` against the policy's and `server`'s allow-lists.
+    fn check_origin(
+        &mut self,
+        origin: Option<&[u8]>,
+        server: Option<&str>,
+        host: &mut impl Host,
+    ) -> Option<Step> {
+        let origin = head::lossy(origin?);
+        let config = Rc::clone(&self.config);
+        let policy = config.gate.policy();
+        let own = server.map_or(&[][..], |id| config.edge.allowed_origins(id));
+        if crate::origin::origin_allowed(&[&policy.allowed_origins, own], &origin) {
+            return None;
+        }
+        let r = Rejection::new(
+            Reason::ForbiddenOrigin,
+            None,
+            format!("Origin {origin:?} is not allowed to use this endpoint"),
+        );
+        Some(self.reject(&r, host))
+    }
+
     /// Resolves a `/servers/…` path: `None` when the head checks come next.
     fn serve_endpoint(
         &mut self,
         fields: &RequestHead<'_>,
         method: &str,
+        modern: bool,
         host: &mut impl Host,
     ) -> Option<Step> {
         let config = Rc::clone(&self.config);
         let edge = &config.edge;
-        if !edge.serves_any() {
-            return None;
+        let endpoint = if edge.serves_any() {
+            fields
+                .path
+                .map(head::lossy)
+                .and_then(|p| edge::endpoint(&p).map(|e| e.server().to_owned()))
+        } else {
+            None
+        };
+        if let Some(step) = self.check_origin(fields.origin, endpoint.as_deref(), host) {
+            return Some(step);
         }
+        endpoint.as_ref()?;
         let path = fields.path.map(head::lossy)?;
         let endpoint = edge::endpoint(&path)?;
         match endpoint {
@@ -390,7 +477,8 @@ impl Exchange {
                 return Some(self.reject(&edge::unknown_server(id), host));
             }
         }
-        if let (Some(token), Some(server)) = (fields.session_id, self.server.clone())
+        // A 2026-era request has no session: its `Mcp-Session-Id`, if any, is ignored.
+        if let (Some(token), Some(server), false) = (fields.session_id, self.server.clone(), modern)
             && let Err(why) = self.resume_session(&head::lossy(token), &server, host)
         {
             return Some(self.reject(&edge::unknown_session(&why.to_string()), host));
@@ -493,10 +581,35 @@ impl Exchange {
             }
         }
         let config = Rc::clone(&self.config);
-        match config
-            .gate
-            .check_messages(messages, batch, self.protocol_version.as_deref())
-        {
+        let params = match (&self.server, messages) {
+            (Some(server), [m]) if m.method == Some(Method::ToolsCall) => config
+                .edge
+                .param_headers(server, m.name.as_deref().unwrap_or_default()),
+            _ => &[],
+        };
+        let body = &self.body;
+        let arguments = || {
+            let (start, end) = messages.first()?.arguments_span?;
+            let bytes = body.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
+            serde_json::from_slice(bytes).ok()
+        };
+        match era::classify(
+            messages,
+            batch,
+            self.protocol_version.as_deref(),
+            &self.mirrored,
+            params,
+            arguments,
+        ) {
+            Ok(era) => self.era = era,
+            Err(r) => return self.reject(&r, host),
+        }
+        // The policy's version rules are the 2025 era's (batches).
+        let version = match self.era {
+            Era::Legacy => self.protocol_version.as_deref(),
+            Era::Modern => None,
+        };
+        match config.gate.check_messages(messages, batch, version) {
             BodyVerdict::Reject(r) => self.reject(&r, host),
             BodyVerdict::Forward { .. } if self.server.is_some() => match messages {
                 [only] if !batch => self.serve_edge(only, host),
@@ -557,7 +670,21 @@ impl Exchange {
         let Some(server) = self.server.clone() else {
             return self.internal_error("virtual server missing", host);
         };
-        match edge.answer(&server, msg) {
+        if self.era == Era::Modern
+            && msg.kind == Kind::Request
+            && let Some(method) = msg.method.as_ref().filter(|m| m.gone_in_modern_era())
+        {
+            let r = Rejection::new(
+                Reason::GoneInModernEra,
+                msg.id.clone(),
+                format!(
+                    "method {:?} does not exist in MCP 2026-07-28",
+                    method.as_str()
+                ),
+            );
+            return self.reject(&r, host);
+        }
+        match edge.answer(&server, msg, self.era) {
             None => self.reject(&edge::unknown_server(&server), host),
             Some(Answer::Reply(body)) if msg.method == Some(Method::Initialize) => {
                 let token = match self.new_session(&server, msg, host) {
@@ -582,17 +709,27 @@ impl Exchange {
         let mut forward = Forward::default();
         // Not needed past this point; a streamed response may keep the request alive long.
         let body = std::mem::take(&mut self.body);
+        let upstream_modern = to
+            .upstream
+            .protocol_version
+            .as_deref()
+            .is_some_and(mcp::is_modern);
+        let mut splices = Vec::new();
         if let Some(((start, end), name)) = to.rename {
-            let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
-                return self.internal_error("name span out of range", host);
+            let mut literal = Vec::with_capacity(name.len() + 2);
+            write_json_string(&mut literal, name);
+            splices.push((start, end, literal));
+        }
+        // A 2025-era client's call to a 2026-era upstream carries the envelope that era
+        // requires in every request.
+        if self.era == Era::Legacy && upstream_modern {
+            let envelope = bridge::envelope(self.session.as_ref());
+            splices.push(bridge::insert_envelope(&body, msg, &envelope));
+        }
+        if !splices.is_empty() {
+            let Some(rewritten) = bridge::splice(&body, splices) else {
+                return self.internal_error("a rewrite span lies outside the body", host);
             };
-            let (Some(head), Some(tail)) = (body.get(..start), body.get(end..)) else {
-                return self.internal_error("name span outside the body", host);
-            };
-            let mut rewritten = Vec::with_capacity(body.len() + name.len());
-            rewritten.extend_from_slice(head);
-            write_json_string(&mut rewritten, name);
-            rewritten.extend_from_slice(tail);
             forward.headers.push((
                 Header::Named("content-length"),
                 Some(rewritten.len().to_string()),
@@ -605,16 +742,66 @@ impl Exchange {
         self.strip_credentials(&mut forward);
         point_at(to.upstream, &mut forward);
         let upstream = to.upstream_id.to_owned();
-        if self.session.is_some() {
-            return self.route_in_session(forward, upstream, host);
+        match (self.era, upstream_modern) {
+            // Stateless on both sides: the headers must say what the (renamed) body says.
+            (Era::Modern, true) => {
+                if let Some((_, name)) = to.rename
+                    && msg.method.as_ref().is_some_and(Method::names_its_target)
+                {
+                    forward
+                        .headers
+                        .push((Header::Named("mcp-name"), Some(mirror::encode(name))));
+                }
+                self.drop_session_header(&mut forward);
+                Step::Forward(forward)
+            }
+            (Era::Legacy, true) => {
+                bridge::mirror_headers(msg, to.rename.map(|(_, n)| n), &mut forward);
+                self.drop_session_header(&mut forward);
+                Step::Forward(forward)
+            }
+            // A 2026-era client's call to a 2025-era upstream goes inside a session the
+            // gateway keeps for such clients, and under that era's version.
+            (Era::Modern, false) => {
+                let Some(server) = self.server.clone() else {
+                    return self.internal_error("virtual server missing", host);
+                };
+                self.session = Some(bridge::stateless_client_session(
+                    &self.config,
+                    &server,
+                    &upstream,
+                    &body,
+                    msg,
+                    host.now(),
+                ));
+                self.record = self.read_record(host);
+                forward.headers.push((
+                    Header::Named("mcp-protocol-version"),
+                    Some(bridge::LEGACY_VERSION.to_owned()),
+                ));
+                for name in ["mcp-method", "mcp-name"] {
+                    forward.headers.push((Header::Named(name), None));
+                }
+                self.bridging = true;
+                self.route_in_session(forward, upstream, host)
+            }
+            (Era::Legacy, false) if self.session.is_some() => {
+                self.route_in_session(forward, upstream, host)
+            }
+            (Era::Legacy, false) => {
+                self.drop_session_header(&mut forward);
+                Step::Forward(forward)
+            }
         }
-        // The client's header never reaches an upstream.
+    }
+
+    /// The client's `Mcp-Session-Id` never reaches an upstream.
+    fn drop_session_header(&self, forward: &mut Forward) {
         if self.has_session_header {
             forward
                 .headers
                 .push((Header::Named("mcp-session-id"), None));
         }
-        Step::Forward(forward)
     }
 
     /// Copies a well-formed `params._meta` trace context to the headers, unless the

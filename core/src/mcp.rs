@@ -20,6 +20,16 @@ pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 /// `_meta` key of a 2026-era result's server info.
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 
+/// Which era of the protocol a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// 2025-03-26 to 2025-11-25: `initialize`, sessions, server-to-client requests.
+    Legacy,
+    /// 2026-07-28: stateless; every request carries its version and the client's
+    /// declarations in `_meta`, and mirrors its method and target in headers.
+    Modern,
+}
+
 /// Whether `version` belongs to the stateless era.
 pub fn is_modern(version: &str) -> bool {
     MODERN_VERSIONS.contains(&version)
@@ -252,6 +262,18 @@ pub const METHODS: &[MethodInfo] = &[
     note(
         Method::NotificationsElicitationComplete,
         "notifications/elicitation/complete",
+        S2C,
+    ),
+    req(Method::ServerDiscover, "server/discover", C2S, Target::None),
+    req(
+        Method::SubscriptionsListen,
+        "subscriptions/listen",
+        C2S,
+        Target::None,
+    ),
+    note(
+        Method::NotificationsSubscriptionsAcknowledged,
+        "notifications/subscriptions/acknowledged",
         S2C,
     ),
 ];

@@ -106,6 +106,11 @@ impl Gate {
         self.snapshot.policy.tool_routes.contains_key(name) || self.denied_tools.contains(name)
     }
 
+    /// The policy as configured.
+    pub fn policy(&self) -> &crate::snapshot::Policy {
+        &self.snapshot.policy
+    }
+
     /// Whether the client's credentials go upstream (`policy.forward_client_credentials`).
     pub fn forwards_client_credentials(&self) -> bool {
         self.snapshot.policy.forward_client_credentials
@@ -120,8 +125,11 @@ impl Gate {
     pub fn check_head(&self, head: &Head<'_>) -> HeadVerdict {
         let reject =
             |reason, message: &str| HeadVerdict::Reject(Rejection::new(reason, None, message));
+        // A POST's version is judged with its body: a 2026-era request's version error
+        // (-32020, -32022) depends on what the body says.
         if let Some(v) = head.protocol_version
             && !mcp::is_supported_version(v.trim())
+            && head.method != "POST"
         {
             let msg = format!(
                 "unsupported MCP-Protocol-Version {:?}; supported: {}",
@@ -394,8 +402,10 @@ mod tests {
                 406,
             ),
             (
-                "bad version",
+                "bad version on a GET (a POST's is judged with its body)",
                 Head {
+                    method: "GET",
+                    accept: Some("text/event-stream"),
                     protocol_version: Some("2099-01-01"),
                     ..post()
                 },

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::jsonrpc::stream::{Body, MessageParser, Options};
+use crate::mcp::Era;
 use serde_json::{Value, json};
 
 fn snapshot(page: u32) -> Snapshot {
@@ -36,7 +37,7 @@ fn msg(body: &str) -> Message {
 }
 
 fn reply(edge: &Edge, body: &str) -> Value {
-    match edge.answer("s1", &msg(body)) {
+    match edge.answer("s1", &msg(body), Era::Legacy) {
         Some(Answer::Reply(bytes)) => serde_json::from_slice(&bytes).unwrap(),
         other => panic!("{body}: expected a reply, got {other:?}"),
     }
@@ -86,12 +87,17 @@ fn initialize_and_ping_are_answered_from_the_snapshot() {
     assert_eq!(
         edge.answer(
             "s1",
-            &msg(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            &msg(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Era::Legacy
         ),
         Some(Answer::Accepted)
     );
     assert_eq!(
-        edge.answer("nope", &msg(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#)),
+        edge.answer(
+            "nope",
+            &msg(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#),
+            Era::Legacy
+        ),
         None
     );
 }
@@ -145,7 +151,7 @@ fn lists_page_through_every_entry_with_cursors() {
 fn calls_route_to_the_owning_upstream_with_the_name_rewritten() {
     let edge = Edge::take(&mut snapshot(100));
     let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a__t3","arguments":{}}}"#;
-    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body)) else {
+    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body), Era::Legacy) else {
         panic!("not routed");
     };
     assert_eq!(to.upstream.cluster, "ca");
@@ -156,6 +162,7 @@ fn calls_route_to_the_owning_upstream_with_the_name_rewritten() {
     let Some(Answer::Route(to)) = edge.answer(
         "s1",
         &msg(r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"b__greet"}}"#),
+        Era::Legacy,
     ) else {
         panic!("prompt not routed");
     };
@@ -163,7 +170,7 @@ fn calls_route_to_the_owning_upstream_with_the_name_rewritten() {
         (to.upstream.cluster.as_str(), to.rename.map(|r| r.1)),
         ("cb", Some("greet"))
     );
-    let Some(Answer::Route(to)) = edge.answer("s1", &msg(r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"docs://guide/intro.md"}}"#)) else {
+    let Some(Answer::Route(to)) = edge.answer("s1", &msg(r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"docs://guide/intro.md"}}"#), Era::Legacy) else {
         panic!("templated resource not routed");
     };
     assert_eq!((to.upstream.cluster.as_str(), to.rename), ("ca", None));
@@ -202,7 +209,7 @@ fn unknown_names_and_methods_get_json_rpc_errors_naming_them() {
 fn completions_route_to_the_owner_of_the_prompt_or_template() {
     let edge = Edge::take(&mut snapshot(100));
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"b__greet"},"argument":{"name":"who","value":"A"}}}"#;
-    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body)) else {
+    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body), Era::Legacy) else {
         panic!("prompt completion not routed");
     };
     assert_eq!(to.upstream.cluster, "cb");
@@ -210,7 +217,7 @@ fn completions_route_to_the_owner_of_the_prompt_or_template() {
     assert_eq!(&body[start as usize..end as usize], "\"b__greet\"");
     assert_eq!(name, "greet");
     let body = r#"{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"docs://{path}.md"},"argument":{"name":"path","value":"g"}}}"#;
-    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body)) else {
+    let Some(Answer::Route(to)) = edge.answer("s1", &msg(body), Era::Legacy) else {
         panic!("template completion not routed");
     };
     assert_eq!((to.upstream.cluster.as_str(), to.rename), ("ca", None));

@@ -106,14 +106,19 @@ impl Exchange {
             return Ok(());
         };
         let claims = sessions.keys.open(token, server, host.now())?;
-        let (value, _) = host.shared_get(&slot_key(&claims.id));
-        let record = Slot::parse(value.as_deref()).get(&claims.id).cloned();
-        if record.as_ref().is_some_and(|r| r.ended) {
+        self.session = Some(claims);
+        self.record = self.read_record(host);
+        if self.record.as_ref().is_some_and(|r| r.ended) {
             return Err(SessionError::Ended);
         }
-        self.session = Some(claims);
-        self.record = record;
         Ok(())
+    }
+
+    /// This session's record in the session table, if it has one.
+    pub(super) fn read_record(&self, host: &mut impl Host) -> Option<Record> {
+        let claims = self.session.as_ref()?;
+        let (value, _) = host.shared_get(&slot_key(&claims.id));
+        Slot::parse(value.as_deref()).get(&claims.id).cloned()
     }
 
     /// A new session's token for `initialize` `msg` to `server` (`None` without session

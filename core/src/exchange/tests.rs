@@ -1,10 +1,16 @@
 //! Table tests of the exchange: every decision the filter used to make, driven natively
 //! through the same calls the filter makes.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 use super::*;
 use crate::header_map::serialize;
+use crate::mirror;
 use crate::session::SessionKeys;
 use crate::session::table::{Slot, slot_key};
 use base64::Engine as _;
@@ -243,8 +249,12 @@ fn head_rejections_have_their_status_code_and_allow_header() {
             "not_acceptable",
         ),
         (
-            "unknown version",
-            vec![(":method", "POST"), ("mcp-protocol-version", "2099-01-01")],
+            "unknown version on a GET",
+            vec![
+                (":method", "GET"),
+                ("accept", "text/event-stream"),
+                ("mcp-protocol-version", "2099-01-01"),
+            ],
             400,
             "bad_protocol_version",
         ),
@@ -1138,4 +1148,512 @@ fn responses_are_counted_per_message_in_json_and_sse() {
         observe(&[b"<html>"]).is_empty(),
         "not JSON-RPC: not counted"
     );
+}
+
+/// A snapshot with a 2026-era upstream `m` beside the 2025-era `a` and `b`, and a tool
+/// that mirrors its `region` argument into a header.
+fn modern_config(extra: Value) -> Rc<Config> {
+    let mut doc = json!({
+        "policy": {"list_ttl_ms": 5000, "allowed_origins": ["https://app.example"], "allowed_hosts": ["gw.example:*", "localhost:*"]},
+        "upstreams": {
+            "a": {"cluster": "ca", "path": "/a/mcp"},
+            "m": {"cluster": "cm", "path": "/mcp", "protocol_version": "2026-07-28"}
+        },
+        "servers": {"s1": {
+            "name": "one", "version": "7",
+            "allowed_origins": ["https://s1.example"],
+            "tools": [
+                {"name": "a__t0", "upstream": "a", "upstream_name": "t0", "item": {"name": "a__t0"}},
+                {"name": "m__echo", "upstream": "m", "upstream_name": "echo", "item": {"name": "m__echo"}},
+                {"name": "m__deploy", "upstream": "m", "upstream_name": "deploy", "item": {"name": "m__deploy",
+                  "inputSchema": {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}}}
+            ]
+        }}
+    });
+    if let (Value::Object(d), Value::Object(e)) = (&mut doc, extra) {
+        for (k, v) in e {
+            d.insert(k, v);
+        }
+    }
+    Rc::new(Config::from_bytes(doc.to_string().as_bytes()).unwrap())
+}
+
+const MODERN: &str = "2026-07-28";
+
+/// A 2026-era request body: `method` with `params` and the required envelope.
+fn modern_body(id: u32, method: &str, mut params: Value) -> String {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}, "experimental": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "modern", "version": "1"}
+    });
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+}
+
+/// The headers a 2026-era client sends with `method` (and `name`).
+fn modern_headers<'a>(method: &'a str, name: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![("mcp-protocol-version", MODERN), ("mcp-method", method)];
+    if let Some(n) = name {
+        h.push(("mcp-name", n));
+    }
+    h
+}
+
+fn modern_call(cfg: &Rc<Config>, extra: &[(&str, &str)], body: &str) -> (Step, Recorder) {
+    let (_, step, host) = post(cfg, "/servers/s1/mcp", extra, body);
+    (step, host)
+}
+
+#[test]
+fn a_2026_request_whose_headers_disagree_with_its_body_is_refused() {
+    let cfg = modern_config(json!({}));
+    let body = modern_body(1, "tools/call", json!({"name": "a__t0", "arguments": {}}));
+    let good = modern_headers("tools/call", Some("a__t0"));
+    let with = |f: &dyn Fn(&mut Vec<(&str, &str)>)| {
+        let mut h = good.clone();
+        f(&mut h);
+        h
+    };
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str, u16, i64)> = vec![
+        (
+            "no version header",
+            with(&|h| h.retain(|(n, _)| *n != "mcp-protocol-version")),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "version differs",
+            with(&|h| h[0] = ("mcp-protocol-version", "2099-01-01")),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "no Mcp-Method",
+            with(&|h| h.retain(|(n, _)| *n != "mcp-method")),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Method differs",
+            with(&|h| h[1] = ("mcp-method", "TOOLS/CALL")),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "no Mcp-Name",
+            with(&|h| h.retain(|(n, _)| *n != "mcp-name")),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name differs",
+            with(&|h| h[2] = ("mcp-name", "m__echo")),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name twice",
+            with(&|h| h.push(("mcp-name", "a__t0"))),
+            &body,
+            400,
+            -32020,
+        ),
+        (
+            "version twice",
+            with(&|h| h.push(("mcp-protocol-version", MODERN))),
+            &body,
+            400,
+            -32020,
+        ),
+    ];
+    for (name, headers, body, status, code) in cases {
+        let (step, host) = modern_call(&cfg, &headers, body);
+        let (got, reply) = reply_of(&step);
+        assert_eq!(
+            (got, reply["error"]["code"].as_i64()),
+            (status, Some(code)),
+            "{name}: {reply}"
+        );
+        assert_eq!(host.rejected, ["header_mismatch"], "{name}");
+        assert_eq!(reply["id"], 1, "{name}");
+    }
+    // An encoded Mcp-Name that decodes to the body's name is the same name.
+    let encoded = mirror::encode("a__t0 ");
+    let body = modern_body(2, "tools/call", json!({"name": "a__t0 ", "arguments": {}}));
+    let (step, _) = modern_call(&cfg, &modern_headers("tools/call", Some(&encoded)), &body);
+    assert_eq!(
+        reply_of(&step).1["error"]["code"],
+        -32602,
+        "passes the headers, then the catalog says unknown"
+    );
+}
+
+#[test]
+fn the_2026_envelope_and_version_are_checked_in_the_sdks_order() {
+    let cfg = modern_config(json!({}));
+    let bare = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}}).to_string();
+    let (step, host) = modern_call(&cfg, &modern_headers("tools/list", None), &bare);
+    let (status, reply) = reply_of(&step);
+    assert_eq!(
+        (status, reply["error"]["code"].as_i64()),
+        (400, Some(-32602))
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("clientCapabilities"),
+        "{reply}"
+    );
+    assert_eq!(host.rejected, ["missing_envelope"]);
+
+    let future = modern_body(4, "tools/list", json!({})).replace(MODERN, "2099-01-01");
+    let (step, host) = modern_call(
+        &cfg,
+        &[
+            ("mcp-protocol-version", "2099-01-01"),
+            ("mcp-method", "tools/list"),
+        ],
+        &future,
+    );
+    let (status, reply) = reply_of(&step);
+    assert_eq!(
+        (status, reply["error"]["code"].as_i64()),
+        (400, Some(-32022))
+    );
+    assert_eq!(reply["error"]["data"]["requested"], "2099-01-01");
+    assert_eq!(reply["error"]["data"]["supported"][0], MODERN);
+    assert_eq!(host.rejected, ["unsupported_protocol_version"]);
+    // Header and body disagree: the mismatch comes first.
+    let (step, _) = modern_call(
+        &cfg,
+        &[
+            ("mcp-protocol-version", "2099-01-01"),
+            ("mcp-method", "tools/list"),
+        ],
+        &modern_body(5, "tools/list", json!({})),
+    );
+    assert_eq!(reply_of(&step).1["error"]["code"], -32020);
+    // A 2025-era body under an unknown version stays the 2025 answer (400, -32600).
+    let (_, step, _) = post(
+        &cfg,
+        "/mcp",
+        &[("mcp-protocol-version", "1999-01-01")],
+        r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#,
+    );
+    let (status, reply) = reply_of(&step);
+    assert_eq!(
+        (status, reply["error"]["code"].as_i64(), reply["id"].clone()),
+        (400, Some(-32600), Value::Null)
+    );
+    // Not one message.
+    let batch = format!("[{}]", modern_body(7, "tools/list", json!({})));
+    let (step, _) = modern_call(&cfg, &modern_headers("tools/list", None), &batch);
+    assert_eq!(
+        reply_of(&step),
+        (
+            400,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "a 2026-07-28 request body must be a single JSON-RPC request or notification object"}})
+        )
+    );
+}
+
+#[test]
+fn a_virtual_server_answers_2026_clients_from_its_catalog() {
+    let cfg = modern_config(json!({}));
+    let (step, _) = modern_call(
+        &cfg,
+        &modern_headers("server/discover", None),
+        &modern_body(1, "server/discover", json!({})),
+    );
+    let (status, r) = reply_of(&step);
+    assert_eq!(status, 200, "{r}");
+    let result = &r["result"];
+    assert_eq!(
+        result["supportedVersions"],
+        json!(["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]),
+        "{r}"
+    );
+    assert!(result["capabilities"]["tools"].is_object());
+    assert_eq!(
+        (
+            result["resultType"].as_str(),
+            result["ttlMs"].as_u64(),
+            result["cacheScope"].as_str()
+        ),
+        (Some("complete"), Some(5000), Some("public"))
+    );
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/serverInfo"],
+        json!({"name": "one", "version": "7"})
+    );
+    assert!(
+        result.get("serverInfo").is_none(),
+        "the identity lives in _meta in this era"
+    );
+
+    let (step, _) = modern_call(
+        &cfg,
+        &modern_headers("tools/list", None),
+        &modern_body(2, "tools/list", json!({})),
+    );
+    let result = reply_of(&step).1["result"].clone();
+    assert_eq!(result["tools"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        (
+            result["resultType"].as_str(),
+            result["ttlMs"].as_u64(),
+            result["cacheScope"].as_str()
+        ),
+        (Some("complete"), Some(5000), Some("public"))
+    );
+    // A 2025 client's list has none of that.
+    let (_, step, _) = post(
+        &cfg,
+        "/servers/s1/mcp",
+        &[],
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+    );
+    assert!(reply_of(&step).1["result"].get("resultType").is_none());
+
+    for gone in [
+        "ping",
+        "initialize",
+        "logging/setLevel",
+        "resources/subscribe",
+    ] {
+        let (step, host) = modern_call(
+            &cfg,
+            &modern_headers(gone, None),
+            &modern_body(4, gone, json!({"uri": "x", "level": "info"})),
+        );
+        let (status, r) = reply_of(&step);
+        assert_eq!(
+            (status, r["error"]["code"].as_i64()),
+            (404, Some(-32601)),
+            "{gone}: {r}"
+        );
+        assert_eq!(host.rejected, ["method_not_found"], "{gone}");
+    }
+    // Notifications are accepted; session ids are not this era's (a junk one is ignored).
+    let note =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
+            .to_string();
+    let (step, _) = modern_call(&cfg, &[("mcp-protocol-version", MODERN)], &note);
+    assert_eq!(reply_of(&step), (202, Value::Null));
+    let mut h = modern_headers("tools/list", None);
+    h.push(("mcp-session-id", "not-a-token"));
+    let (step, _) = modern_call(&cfg, &h, &modern_body(5, "tools/list", json!({})));
+    assert_eq!(reply_of(&step).0, 200);
+    // GET and DELETE are not this era's.
+    for method in ["GET", "DELETE"] {
+        let head = serialize(&[
+            (":method", method),
+            (":path", "/servers/s1/mcp"),
+            ("accept", "text/event-stream"),
+            ("mcp-protocol-version", MODERN),
+        ]);
+        let step =
+            Exchange::new(Rc::clone(&cfg)).on_request_head(&head, true, &mut Recorder::default());
+        let Step::Reply(r) = &step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            (r.status, header(r, "allow")),
+            (405, Some("POST")),
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn mirrored_tool_parameters_must_match_the_arguments() {
+    let cfg = modern_config(json!({}));
+    let body = modern_body(
+        1,
+        "tools/call",
+        json!({"name": "m__deploy", "arguments": {"region": "eu-west-1"}}),
+    );
+    let mut h = modern_headers("tools/call", Some("m__deploy"));
+    let (step, _) = modern_call(&cfg, &h, &body);
+    assert_eq!(
+        reply_of(&step).1["error"]["code"],
+        -32020,
+        "missing Mcp-Param-Region"
+    );
+    h.push(("mcp-param-region", "us-east-1"));
+    let (step, _) = modern_call(&cfg, &h, &body);
+    assert_eq!(
+        reply_of(&step).1["error"]["code"],
+        -32020,
+        "a different region"
+    );
+    h.pop();
+    h.push(("Mcp-Param-Region", "eu-west-1"));
+    h.push(("mcp-param-unknown", "kept"));
+    let (step, _) = modern_call(&cfg, &h, &body);
+    let f = forward_of(step);
+    assert_eq!(
+        set(&f, Header::Named("mcp-name")),
+        Some(Some("deploy")),
+        "renamed, and the header with it"
+    );
+    assert_eq!(set(&f, Header::Route), Some(Some("cm")));
+}
+
+#[test]
+fn calls_cross_the_eras_in_both_directions() {
+    let table = Table::default();
+    let cfg = modern_config(json!({"session": {"keys": [key_b64()]}}));
+    // 2026 client → 2026 upstream: stateless, no upstream initialize.
+    let (_, step, _) = post_on(
+        &table,
+        &cfg,
+        "/servers/s1/mcp",
+        &modern_headers("tools/call", Some("m__echo")),
+        &modern_body(1, "tools/call", json!({"name": "m__echo", "arguments": {}})),
+    );
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Named("mcp-name")), Some(Some("echo")));
+    assert_eq!(set(&f, Header::Named("mcp-session-id")), None);
+
+    // 2026 client → 2025 upstream: a session the gateway keeps for such clients, opened
+    // with what can be bridged (not sampling), under the 2025 version.
+    let body = modern_body(2, "tools/call", json!({"name": "a__t0", "arguments": {}}));
+    let (mut x, step, mut host) = post_on(
+        &table,
+        &cfg,
+        "/servers/s1/mcp",
+        &modern_headers("tools/call", Some("a__t0")),
+        &body,
+    );
+    let (step, calls) = drive(&mut x, &mut host, step, &[("ca", Some("sid-bridge"))]);
+    let init: Value = serde_json::from_slice(calls[0].body.as_ref().unwrap()).unwrap();
+    assert_eq!(init["params"]["protocolVersion"], "2025-11-25");
+    assert_eq!(
+        init["params"]["capabilities"],
+        json!({"experimental": {}}),
+        "sampling cannot be bridged"
+    );
+    assert_eq!(init["params"]["clientInfo"]["name"], "modern");
+    let f = forward_of(step);
+    assert_eq!(
+        set(&f, Header::Named("mcp-session-id")),
+        Some(Some("sid-bridge"))
+    );
+    assert_eq!(
+        set(&f, Header::Named("mcp-protocol-version")),
+        Some(Some("2025-11-25"))
+    );
+    // Another 2026 client declaring the same reuses that upstream session.
+    let (_, step, _) = post_on(
+        &table,
+        &cfg,
+        "/servers/s1/mcp",
+        &modern_headers("tools/call", Some("a__t0")),
+        &body,
+    );
+    assert_eq!(
+        set(&forward_of(step), Header::Named("mcp-session-id")),
+        Some(Some("sid-bridge"))
+    );
+
+    // 2025 client (in a session) → 2026 upstream: the envelope goes into the body, the
+    // mirrored headers onto the request, and nothing is initialized upstream.
+    let token = {
+        let (_, step, _) = post_on(&table, &cfg, "/servers/s1/mcp", &[], INIT);
+        let Step::Reply(r) = &step else { panic!() };
+        header(r, "mcp-session-id").unwrap().to_owned()
+    };
+    let legacy = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "m__echo", "arguments": {"x": 1}}}).to_string();
+    let (mut x, step, mut host) = post_on(
+        &table,
+        &cfg,
+        "/servers/s1/mcp",
+        &[("mcp-session-id", &token)],
+        &legacy,
+    );
+    let (step, calls) = drive(&mut x, &mut host, step, &[]);
+    assert!(calls.is_empty(), "no initialize for a stateless upstream");
+    let f = forward_of(step);
+    let sent: Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    assert_eq!(sent["params"]["name"], "echo");
+    assert_eq!(sent["params"]["arguments"], json!({"x": 1}));
+    let meta = &sent["params"]["_meta"];
+    assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], MODERN);
+    assert_eq!(
+        meta["io.modelcontextprotocol/clientCapabilities"],
+        json!({}),
+        "sampling and roots stay behind"
+    );
+    assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], "t");
+    for (name, want) in [
+        ("mcp-protocol-version", MODERN),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ] {
+        assert_eq!(set(&f, Header::Named(name)), Some(Some(want)), "{name}");
+    }
+    assert_eq!(
+        set(&f, Header::Named("mcp-session-id")),
+        Some(None),
+        "the token stays here"
+    );
+}
+
+#[test]
+fn browsers_from_other_sites_and_rebound_hosts_are_refused() {
+    let cfg = modern_config(json!({}));
+    let cases: [(&str, Vec<(&str, &str)>, Option<u16>); 7] = [
+        ("no Origin: not a browser", vec![], None),
+        (
+            "listed for every endpoint",
+            vec![("origin", "https://app.example")],
+            None,
+        ),
+        (
+            "listed for this server",
+            vec![("origin", "https://s1.example")],
+            None,
+        ),
+        (
+            "foreign",
+            vec![("origin", "https://evil.example")],
+            Some(403),
+        ),
+        ("null", vec![("origin", "null")], Some(403)),
+        (
+            "rebound host",
+            vec![(":authority", "evil.example:8080")],
+            Some(421),
+        ),
+        ("allowed host", vec![(":authority", "gw.example:443")], None),
+    ];
+    for (name, extra, status) in cases {
+        let mut host = Recorder::default();
+        let mut x = Exchange::new(Rc::clone(&cfg));
+        let step = x.on_request_head(&post_head("/servers/s1/mcp", &extra), false, &mut host);
+        match status {
+            None => assert_eq!(step, Step::ReadBody, "{name}"),
+            Some(s) => {
+                let (got, r) = reply_of(&step);
+                assert_eq!(got, s, "{name}");
+                assert_eq!(r["error"]["code"], -32600, "{name}");
+            }
+        }
+    }
+    // The server's own list applies to its own endpoint only.
+    let mut x = Exchange::new(Rc::clone(&cfg));
+    let step = x.on_request_head(
+        &post_head("/mcp", &[("origin", "https://s1.example")]),
+        false,
+        &mut Recorder::default(),
+    );
+    assert_eq!(reply_of(&step).0, 403);
 }
