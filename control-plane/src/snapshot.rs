@@ -197,7 +197,7 @@ fn upstream_of(g: &Gateway) -> Result<Upstream, StoreError> {
         cluster: cluster_name(&g.id),
         path,
         authority,
-        protocol_version: None,
+        protocol_versions: Vec::new(),
     })
 }
 

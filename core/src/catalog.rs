@@ -111,10 +111,29 @@ pub struct Upstream {
     /// `:authority` to send (defaults to what the cluster's host is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
-    /// The newest protocol version the upstream speaks (from discovery). A 2026-07-28
-    /// upstream is called statelessly; anything else (or nothing) with sessions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
+    /// The protocol versions the upstream speaks (from discovery); empty means the
+    /// session era's only, as before discovery knew more. A call goes in the client's era
+    /// when the upstream speaks it, and is bridged to the other era when it does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocol_versions: Vec<String>,
+}
+
+impl Upstream {
+    /// Whether the upstream speaks the stateless (2026-07-28) era.
+    pub fn speaks_modern(&self) -> bool {
+        self.protocol_versions
+            .iter()
+            .any(|v| crate::mcp::is_modern(v))
+    }
+
+    /// Whether the upstream speaks the session (2025) era.
+    pub fn speaks_legacy(&self) -> bool {
+        self.protocol_versions.is_empty()
+            || self
+                .protocol_versions
+                .iter()
+                .any(|v| !crate::mcp::is_modern(v))
+    }
 }
 
 fn default_path() -> String {

@@ -567,7 +567,7 @@ fn server_info(out: &mut Vec<u8>, s: &VirtualServer) {
 
 fn capabilities(r: &mut Vec<u8>, s: &VirtualServer) {
     r.extend_from_slice(
-        b"{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false}",
+        b"{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false},\"prompts\":{\"listChanged\":false},\"logging\":{}",
     );
     if !s.prompts.is_empty() || !s.resource_templates.is_empty() {
         // Routed to the upstream that owns the prompt or template.

@@ -26,6 +26,7 @@ mod bridge;
 mod era;
 mod head;
 mod observe;
+mod rewrite;
 mod sessions;
 
 pub use head::RequestHead;
@@ -149,6 +150,8 @@ pub enum Step {
 pub struct ResponseHead {
     /// Remove the upstream's `Mcp-Session-Id`: the client holds the gateway's token.
     pub remove_session_id: bool,
+    /// Remove `Content-Length`: the body will be rewritten to another length.
+    pub remove_content_length: bool,
 }
 
 /// How much of the response body the exchange needs to see.
@@ -243,6 +246,10 @@ pub struct Exchange {
     /// A 2026-era client's call went to a 2025-era upstream: results need the fields the
     /// client's era requires.
     bridging: bool,
+    /// The upstream a virtual server's request was sent to, inside the client's session.
+    routed_upstream: Option<String>,
+    /// Rewrites the response, when something in it must change.
+    rewriter: Option<rewrite::Rewriter>,
 }
 
 impl Exchange {
@@ -265,6 +272,8 @@ impl Exchange {
             mirrored: era::Mirrored::default(),
             era: Era::Legacy,
             bridging: false,
+            routed_upstream: None,
+            rewriter: None,
         }
     }
 
@@ -684,6 +693,9 @@ impl Exchange {
             );
             return self.reject(&r, host);
         }
+        if self.era == Era::Legacy && msg.method == Some(Method::LoggingSetLevel) {
+            return self.set_level(msg, host);
+        }
         match edge.answer(&server, msg, self.era) {
             None => self.reject(&edge::unknown_server(&server), host),
             Some(Answer::Reply(body)) if msg.method == Some(Method::Initialize) => {
@@ -698,7 +710,10 @@ impl Exchange {
                 step
             }
             Some(Answer::Reply(body)) => self.reply(200, Some(body)),
-            Some(Answer::Accepted) => self.reply(202, None),
+            Some(Answer::Accepted) if msg.kind == Kind::Notification => {
+                self.pass_notification(msg, host)
+            }
+            Some(Answer::Accepted) => self.route_response(msg, host),
             Some(Answer::Route(to)) => self.route_upstream(msg, &to, host),
         }
     }
@@ -709,11 +724,11 @@ impl Exchange {
         let mut forward = Forward::default();
         // Not needed past this point; a streamed response may keep the request alive long.
         let body = std::mem::take(&mut self.body);
-        let upstream_modern = to
-            .upstream
-            .protocol_version
-            .as_deref()
-            .is_some_and(mcp::is_modern);
+        // The call goes in the client's era when the upstream speaks it, else bridged.
+        let upstream_modern = match self.era {
+            Era::Modern => to.upstream.speaks_modern(),
+            Era::Legacy => !to.upstream.speaks_legacy(),
+        };
         let mut splices = Vec::new();
         if let Some(((start, end), name)) = to.rename {
             let mut literal = Vec::with_capacity(name.len() + 2);
@@ -913,34 +928,94 @@ impl Exchange {
         if !matches!(self.phase, Phase::Forwarded) {
             return ResponseHead {
                 remove_session_id: false,
+                remove_content_length: false,
             };
         }
         // The body's first bytes tell JSON from an event stream; reading `content-type`
         // from the host would cost a host call per response.
         self.observer = Observer::Sniff;
+        self.rewriter = self.response_changes().map(rewrite::Rewriter::new);
         ResponseHead {
             // A virtual server's client holds the gateway's token, not an upstream's session.
             remove_session_id: self.server.is_some(),
+            remove_content_length: self.bridging,
         }
+    }
+
+    /// What a virtual server's response must have changed, if anything: the 2026-era
+    /// fields on a bridged call's results, and the ids of an upstream's requests to its
+    /// client (a session's, from a 2025-era upstream) so the client's answers find it.
+    fn response_changes(&self) -> Option<rewrite::Changes> {
+        let result_fields = self.bridging.then(|| {
+            let cacheable = self.labels.as_ref().is_some_and(|(m, _)| {
+                matches!(
+                    m,
+                    Method::ToolsList
+                        | Method::PromptsList
+                        | Method::ResourcesList
+                        | Method::ResourcesTemplatesList
+                        | Method::ResourcesRead
+                )
+            });
+            let mut f = br#""resultType":"complete""#.to_vec();
+            if cacheable {
+                // Nothing says the upstream's answer is the same for everyone.
+                f.extend_from_slice(br#","ttlMs":0,"cacheScope":"private""#);
+            }
+            f
+        });
+        let request_id = match (&self.routed_upstream, &self.session, self.era) {
+            (Some(upstream), Some(session), Era::Legacy) if !self.bridging => {
+                let config = Rc::clone(&self.config);
+                let (upstream, session) = (upstream.clone(), session.id.clone());
+                let rename: rewrite::RequestIdRewrite = Box::new(move |id| {
+                    let keys = &config.edge.sessions()?.keys;
+                    Some(sessions::server_request_id(keys, &session, &upstream, id))
+                });
+                Some(rename)
+            }
+            _ => None,
+        };
+        (result_fields.is_some() || request_id.is_some()).then(|| rewrite::Changes {
+            result_fields,
+            request_id,
+        })
     }
 
     /// How much of the response body the exchange needs.
     pub fn response_body_need(&self) -> BodyNeed {
+        if self.rewriter.is_some() {
+            return BodyNeed::Bytes;
+        }
         self.observer.need()
     }
 
-    /// A response body chunk (empty when [`BodyNeed::End`]).
-    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool, host: &mut impl Host) {
+    /// A response body chunk (empty when [`BodyNeed::End`]); returns what to send in its
+    /// place when the response is rewritten.
+    pub fn on_response_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        host: &mut impl Host,
+    ) -> Option<Vec<u8>> {
         let (method, tool) = match &self.labels {
             Some((m, t)) => (m.as_str(), t.label()),
             None => ("", ToolLabel::None),
         };
-        self.observer
-            .feed(chunk, end_of_stream, &mut |kind| match kind {
-                Kind::Result => host.count_response(method, tool, false),
-                Kind::Error => host.count_response(method, tool, true),
-                Kind::Request | Kind::Notification => {}
-            });
+        if self.observer.need() != BodyNeed::Nothing {
+            let observed: &[u8] = if self.observer.need() == BodyNeed::End {
+                &[]
+            } else {
+                chunk
+            };
+            self.observer
+                .feed(observed, end_of_stream, &mut |kind| match kind {
+                    Kind::Result => host.count_response(method, tool, false),
+                    Kind::Error => host.count_response(method, tool, true),
+                    Kind::Request | Kind::Notification => {}
+                });
+        }
+        self.rewriter.as_mut().map(|r| r.feed(chunk, end_of_stream))
     }
 }
 
@@ -952,6 +1027,12 @@ impl Forward {
             Step::Forward(self)
         }
     }
+}
+
+/// `{"jsonrpc":"2.0","id":…,"result":<result_json>}`.
+fn edge_result(id: Option<&crate::jsonrpc::Id>, result_json: &str) -> Vec<u8> {
+    let id = id.map_or("null", crate::jsonrpc::Id::as_json);
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result_json}}}"#).into_bytes()
 }
 
 /// Points the request at `up`: its path, its authority, its cluster (the route header).

@@ -68,6 +68,8 @@ pub enum Reason {
     ForbiddenOrigin,
     /// A `Host` the listener or virtual server does not serve (421).
     ForbiddenHost,
+    /// A client's response to a request no upstream of its session made (400).
+    UnknownResponse,
 }
 
 impl Reason {
@@ -91,7 +93,8 @@ impl Reason {
             Reason::HeaderMismatch
             | Reason::MissingEnvelope
             | Reason::UnsupportedVersion
-            | Reason::NotOneMessage => 400,
+            | Reason::NotOneMessage
+            | Reason::UnknownResponse => 400,
             Reason::BadProtocolVersion
             | Reason::BadContentLength
             | Reason::ParseError
@@ -149,6 +152,7 @@ impl Reason {
             Reason::NotOneMessage => "invalid_request",
             Reason::ForbiddenOrigin => "forbidden_origin",
             Reason::ForbiddenHost => "forbidden_host",
+            Reason::UnknownResponse => "unknown_response",
         }
     }
 

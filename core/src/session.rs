@@ -106,6 +106,9 @@ struct SealKey {
 pub struct SessionKeys {
     /// The first seals; all open.
     keys: Vec<SealKey>,
+    /// Tags the ids the gateway gives upstreams' requests to clients (derived from the
+    /// sealing key, under its own label).
+    tag_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -146,17 +149,22 @@ impl SessionKeys {
         if keys.is_empty() {
             return Err("at least one key is required".into());
         }
+        let mut tag_key = [0u8; 32];
         let keys = keys
             .iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(i, k)| {
                 let key = decode_key(k.as_ref())?;
+                if i == 0 {
+                    tag_key = hmac(&key, b"mcpgw/server-request-id");
+                }
                 Ok(SealKey {
                     id: key_id(&key),
                     cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(SessionKeys { keys })
+        Ok(SessionKeys { keys, tag_key })
     }
 
     /// Seals `claims` into a token, with `nonce` (12 random bytes, never reused).
@@ -224,6 +232,26 @@ impl SessionKeys {
         }
         Ok(claims)
     }
+}
+
+impl SessionKeys {
+    /// A tag binding `parts` to this gateway's key: 12 characters of base64url.
+    pub fn tag(&self, parts: &[&str]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.tag_key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        for p in parts {
+            mac.update(p.as_bytes());
+            mac.update(&[0]);
+        }
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes().get(..9).unwrap_or_default())
+    }
+}
+
+fn hmac(key: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+    mac.update(label);
+    mac.finalize().into_bytes().into()
 }
 
 /// Associated data: binds a ciphertext to the token format and the key id it names.

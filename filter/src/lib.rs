@@ -358,8 +358,12 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.exchange.on_response_head().remove_session_id {
+        let head = self.exchange.on_response_head();
+        if head.remove_session_id {
             self.set_http_response_header("mcp-session-id", None);
+        }
+        if head.remove_content_length {
+            self.set_http_response_header("content-length", None);
         }
         Action::Continue
     }
@@ -375,8 +379,12 @@ impl HttpContext for Request {
             BodyNeed::Bytes => Vec::new(),
         };
         let shared = Rc::clone(&self.shared);
-        self.exchange
-            .on_response_body(&chunk, end_of_stream, &mut FilterHost(&shared));
+        if let Some(rewritten) =
+            self.exchange
+                .on_response_body(&chunk, end_of_stream, &mut FilterHost(&shared))
+        {
+            self.set_http_response_body(0, body_size, &rewritten);
+        }
         Action::Continue
     }
 }

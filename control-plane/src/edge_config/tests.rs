@@ -66,7 +66,7 @@ fn snapshot(version: &str) -> Snapshot {
                 cluster: crate::snapshot::cluster_name(id),
                 path: path.into(),
                 authority: None,
-                protocol_version: None,
+                protocol_versions: Vec::new(),
             },
         );
     }

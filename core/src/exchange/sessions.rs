@@ -15,6 +15,8 @@ use super::{Call, Exchange, Forward, Header, Host, Phase, Step, point_at, upstre
 use crate::config::Config;
 use crate::edge;
 use crate::jsonrpc::{Message, write_json_string};
+use crate::mcp::{Era, Method};
+use crate::reason::{Reason, Rejection};
 use crate::session::table::{Record, Slot, TOUCH_AFTER_SECS, UpstreamSession, slot_key};
 use crate::session::{Claims, MAX_CLIENT_BYTES, SessionError, session_id};
 
@@ -37,6 +39,9 @@ pub(crate) struct Pending {
 enum PendingKind {
     /// Opening `upstream`'s session for a call, which then goes on as `forward`.
     Route { forward: Forward, upstream: String },
+    /// Passing a client's notification or `logging/setLevel` to the session's upstreams,
+    /// then answering the client with `reply` (status, body).
+    Broadcast { reply: (u16, Option<Vec<u8>>) },
     /// Opening the upstream sessions of a GET stream, which then picks `pick` (or chooses).
     Stream { pick: Option<String> },
     /// Ending the session's upstream sessions (`DELETE`).
@@ -47,7 +52,9 @@ enum PendingKind {
 pub(super) enum Stage {
     Initialize,
     Initialized,
+    SetLevel,
     Delete,
+    Broadcast,
 }
 
 impl Stage {
@@ -55,7 +62,9 @@ impl Stage {
         match self {
             Stage::Initialize => "initialize",
             Stage::Initialized => "notifications/initialized",
+            Stage::SetLevel => "logging/setLevel",
             Stage::Delete => "DELETE",
+            Stage::Broadcast => "a client's message",
         }
     }
 }
@@ -181,6 +190,9 @@ impl Exchange {
         if let Some(us) = known {
             if host.now().saturating_sub(us.last_used) >= TOUCH_AFTER_SECS {
                 self.touch(&upstream, host);
+            }
+            if us.session_id.is_some() {
+                self.routed_upstream = Some(upstream);
             }
             self.set_session_header(&mut forward, us.session_id);
             return Step::Forward(forward);
@@ -337,6 +349,7 @@ impl Exchange {
             return self.reject(&edge::unknown_stream(&id), host);
         };
         self.phase = Phase::Forwarded;
+        self.routed_upstream = Some(id.clone());
         let mut forward = Forward {
             headers: vec![
                 (Header::Named(edge::UPSTREAM_HEADER), None),
@@ -387,6 +400,22 @@ impl Exchange {
                         .insert(call.tag, (upstream.clone(), Stage::Initialized));
                     more.push(call);
                 }
+                // The client set a log level before this upstream's session opened.
+                if let Some(level) = self.record.as_ref().and_then(|r| r.log_level.clone()) {
+                    let mut body =
+                        br#"{"jsonrpc":"2.0","id":"mcpgw-level","method":"logging/setLevel","params":{"level":"#
+                            .to_vec();
+                    write_json_string(&mut body, &level);
+                    body.extend_from_slice(b"}}");
+                    if let Some(call) =
+                        self.call(&upstream, Some(sid), &version, "POST", Some(body), host)
+                    {
+                        pending
+                            .calls
+                            .insert(call.tag, (upstream.clone(), Stage::SetLevel));
+                        more.push(call);
+                    }
+                }
             }
             pending.opened.insert(upstream, sid);
         }
@@ -407,10 +436,16 @@ impl Exchange {
                 // own first; both are valid). One that failed to open: the call goes
                 // without, and the upstream answers it as it answers sessionless calls.
                 let sid = pending.opened.get(&upstream).cloned().flatten();
+                if sid.is_some() {
+                    self.routed_upstream = Some(upstream);
+                }
                 self.set_session_header(&mut forward, sid);
                 self.phase = Phase::Forwarded;
                 Step::Forward(forward)
             }
+            PendingKind::Broadcast {
+                reply: (status, body),
+            } => self.reply(status, body),
             PendingKind::Stream { pick } => self.choose_stream(pick, host),
             PendingKind::Delete => self.reply(200, None),
         }
@@ -489,6 +524,178 @@ impl Exchange {
         })
         .unwrap_or_default()
     }
+}
+
+impl Exchange {
+    /// The session's open upstream sessions: (upstream id, session id, version).
+    fn open_upstreams(&self) -> Vec<(String, String, String)> {
+        self.record.as_ref().map_or_else(Vec::new, |r| {
+            r.upstreams
+                .iter()
+                .filter_map(|(u, s)| {
+                    Some((u.clone(), s.session_id.clone()?, s.protocol_version.clone()))
+                })
+                .collect()
+        })
+    }
+
+    /// Sends `body` to every open upstream session of the client's session, then answers
+    /// the client with `reply`.
+    fn broadcast(
+        &mut self,
+        body: &[u8],
+        reply: (u16, Option<Vec<u8>>),
+        host: &mut impl Host,
+    ) -> Step {
+        let mut pending = Pending::new(PendingKind::Broadcast { reply }, self.session_version());
+        let mut calls = Vec::new();
+        for (up, sid, version) in self.open_upstreams() {
+            if let Some(call) =
+                self.call(&up, Some(&sid), &version, "POST", Some(body.to_vec()), host)
+            {
+                pending.calls.insert(call.tag, (up, Stage::Broadcast));
+                calls.push(call);
+            }
+        }
+        self.await_calls(pending, calls, host)
+    }
+
+    /// A client notification to a virtual server: the ones an upstream acts on (a
+    /// cancellation, progress, changed roots) go to every upstream session of the client's
+    /// session, which ignores what it did not ask about; the rest are acknowledged.
+    pub(super) fn pass_notification(&mut self, msg: &Message, host: &mut impl Host) -> Step {
+        let passed = matches!(
+            msg.method,
+            Some(
+                Method::NotificationsCancelled
+                    | Method::NotificationsProgress
+                    | Method::NotificationsRootsListChanged
+            )
+        );
+        if !passed || self.session.is_none() || self.era == Era::Modern {
+            return self.reply(202, None);
+        }
+        let body = std::mem::take(&mut self.body);
+        self.broadcast(&body, (202, None), host)
+    }
+
+    /// `logging/setLevel`: told to every open upstream session, remembered for those that
+    /// open later, answered with an empty result.
+    pub(super) fn set_level(&mut self, msg: &Message, host: &mut impl Host) -> Step {
+        let reply = super::edge_result(msg.id.as_ref(), "{}");
+        if self.session.is_none() {
+            return self.reply(200, Some(reply));
+        }
+        let level = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.pointer("/params/level")?.as_str().map(str::to_owned));
+        if let Some(level) = level {
+            self.update_record(host, |record, _| record.log_level = Some(level.clone()));
+        }
+        let body = std::mem::take(&mut self.body);
+        self.broadcast(&body, (200, Some(reply)), host)
+    }
+
+    /// A client's answer to a request an upstream sent it: back to that upstream's session
+    /// with the id the upstream gave it.
+    pub(super) fn route_response(&mut self, msg: &Message, host: &mut impl Host) -> Step {
+        let refuse = |why: &str| {
+            Rejection::new(
+                Reason::UnknownResponse,
+                None,
+                format!("a response to a request no upstream of this session made: {why}"),
+            )
+        };
+        let config = Rc::clone(&self.config);
+        let (Some(keys), Some(session)) = (config.edge.sessions().map(|s| &s.keys), &self.session)
+        else {
+            return self.reject(&refuse("the client has no session"), host);
+        };
+        let id = msg.id.as_ref().map_or("", |i| i.as_json());
+        let Some((upstream, original)) = open_server_request_id(keys, &session.id, id) else {
+            return self.reject(&refuse("its id is not one the gateway gave"), host);
+        };
+        let Some((_, sid, _)) = self
+            .open_upstreams()
+            .into_iter()
+            .find(|(u, _, _)| *u == upstream)
+        else {
+            return self.reject(&refuse("that upstream's session is gone"), host);
+        };
+        let Some(up) = config.edge.upstream(&upstream) else {
+            return self.reject(&refuse("that upstream is gone"), host);
+        };
+        let body = std::mem::take(&mut self.body);
+        let Some((start, end)) = msg.id_span else {
+            return self.internal_error("response id span missing", host);
+        };
+        let Some(rewritten) =
+            super::bridge::splice(&body, vec![(start, end, original.into_bytes())])
+        else {
+            return self.internal_error("response id span outside the body", host);
+        };
+        self.phase = Phase::Forwarded;
+        let mut forward = Forward {
+            headers: vec![
+                (
+                    Header::Named("content-length"),
+                    Some(rewritten.len().to_string()),
+                ),
+                (Header::Named("mcp-session-id"), Some(sid)),
+            ],
+            body: Some(rewritten),
+        };
+        self.strip_credentials(&mut forward);
+        point_at(up, &mut forward);
+        Step::Forward(forward)
+    }
+}
+
+/// Prefix of the ids the gateway gives upstreams' requests to clients.
+const SERVER_REQUEST_PREFIX: &str = "mcpgw:";
+
+/// The id a client sees on a request `upstream` sent it in `session` (`original`: the
+/// upstream's id, as JSON text): a string naming the upstream and carrying the original,
+/// tagged with the gateway's key so a client can neither forge one nor reuse it in another
+/// session. Two upstreams that pick the same id never collide.
+pub(super) fn server_request_id(
+    keys: &crate::session::SessionKeys,
+    session: &str,
+    upstream: &str,
+    original: &str,
+) -> String {
+    use base64::Engine as _;
+    let packed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(original);
+    let tag = keys.tag(&[session, upstream, original]);
+    format!("\"{SERVER_REQUEST_PREFIX}{upstream}:{packed}:{tag}\"")
+}
+
+/// The upstream and original id behind an id from [`server_request_id`] (`id`: JSON text).
+fn open_server_request_id(
+    keys: &crate::session::SessionKeys,
+    session: &str,
+    id: &str,
+) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let inner = id.strip_prefix('"')?.strip_suffix('"')?;
+    let mut parts = inner.strip_prefix(SERVER_REQUEST_PREFIX)?.split(':');
+    let (upstream, packed, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let original = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(packed)
+        .ok()?;
+    let original = String::from_utf8(original).ok()?;
+    let expected = keys.tag(&[session, upstream, &original]);
+    // Compared in constant time: a tag is a secret-derived value.
+    let agrees = expected.len() == tag.len()
+        && expected
+            .bytes()
+            .zip(tag.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    agrees.then(|| (upstream.to_owned(), original))
 }
 
 /// What one sweep of a session-table slot does: the value to store (when anything

@@ -1157,7 +1157,7 @@ fn modern_config(extra: Value) -> Rc<Config> {
         "policy": {"list_ttl_ms": 5000, "allowed_origins": ["https://app.example"], "allowed_hosts": ["gw.example:*", "localhost:*"]},
         "upstreams": {
             "a": {"cluster": "ca", "path": "/a/mcp"},
-            "m": {"cluster": "cm", "path": "/mcp", "protocol_version": "2026-07-28"}
+            "m": {"cluster": "cm", "path": "/mcp", "protocol_versions": ["2026-07-28"]}
         },
         "servers": {"s1": {
             "name": "one", "version": "7",

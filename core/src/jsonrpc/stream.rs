@@ -598,6 +598,12 @@ impl MessageParser {
         }
     }
 
+    /// Offset of the `{` that opens the `result` of the message being read (after
+    /// [`Progress::Settled`] with [`Kind::Result`]: where a gateway may insert members).
+    pub fn result_open(&self) -> Option<u64> {
+        self.env.result_open
+    }
+
     /// The routable request after [`Progress::Routable`].
     pub fn routable(&self) -> Option<Message> {
         if !self.routable {

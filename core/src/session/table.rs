@@ -66,6 +66,10 @@ pub struct Record {
     /// Upstream id → its session.
     #[serde(rename = "u", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, UpstreamSession>,
+    /// The log level the client set (`logging/setLevel`): upstream sessions opened later
+    /// are told it too.
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
 }
 
 impl Record {
@@ -85,6 +89,7 @@ impl Record {
             expires_at,
             ended: false,
             upstreams: BTreeMap::new(),
+            log_level: None,
         }
     }
 }

@@ -52,17 +52,6 @@ const INTERACTIVE: [&str; 4] = ["sampling", "elicitation-form", "elicitation-url
 /// a different document); an entry that starts passing fails the test until it is removed
 /// here. Every scenario not listed must give the identical document through the gateway.
 const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    // 2025-11-25: the catalog, calls, progress, resources, prompts and completion pass.
-    (
-        "2025-11-25",
-        "connect",
-        "initialize does not advertise `logging`, which the upstream offers",
-    ),
-    (
-        "2025-11-25",
-        "logging",
-        "logging/setLevel is answered -32601 (not served by this virtual server) instead of reaching the upstream session",
-    ),
     (
         "2025-11-25",
         "sampling",
@@ -82,68 +71,6 @@ const KNOWN_GAPS: &[(&str, &str, &str)] = &[
         "2025-11-25",
         "roots",
         "the upstream's roots/list reaches the client, but the answer it POSTs to the virtual server is not routed back to the upstream session: the call hangs until the client gives up",
-    ),
-    // 2026-07-28: every request is refused at the edge (HTTP 400, -32600 "unsupported
-    // MCP-Protocol-Version"); each line names what the scenario needs beyond that.
-    (
-        "2026-07-28",
-        "connect",
-        "version refused; server/discover must be answered from the snapshot",
-    ),
-    (
-        "2026-07-28",
-        "catalog",
-        "version refused; the four lists answered at the edge (with resultType, ttlMs, cacheScope)",
-    ),
-    (
-        "2026-07-28",
-        "tools",
-        "version refused; tools/call routed with Mcp-Method/Mcp-Name validated and renamed",
-    ),
-    (
-        "2026-07-28",
-        "logging",
-        "version refused; the `_meta` log-level opt-in forwarded and notifications/message streamed back",
-    ),
-    (
-        "2026-07-28",
-        "sampling",
-        "version refused; input_required results passed through and the retry (inputResponses, requestState) routed to the same upstream",
-    ),
-    (
-        "2026-07-28",
-        "elicitation-form",
-        "version refused; input_required results passed through and the retry (inputResponses, requestState) routed to the same upstream",
-    ),
-    (
-        "2026-07-28",
-        "elicitation-url",
-        "version refused; input_required results passed through and the retry (inputResponses, requestState) routed to the same upstream",
-    ),
-    (
-        "2026-07-28",
-        "roots",
-        "version refused; input_required results passed through and the retry (inputResponses, requestState) routed to the same upstream",
-    ),
-    (
-        "2026-07-28",
-        "progress",
-        "version refused; notifications/progress streamed back on the call's response",
-    ),
-    (
-        "2026-07-28",
-        "resources",
-        "version refused; resources/read routed (Mcp-Name is the URI)",
-    ),
-    (
-        "2026-07-28",
-        "prompts",
-        "version refused; prompts/get routed and renamed",
-    ),
-    (
-        "2026-07-28",
-        "completion",
-        "version refused; completion/complete routed by its ref",
     ),
 ];
 
@@ -348,7 +275,9 @@ fn snapshot(catalog: &Value, peer: SocketAddr) -> anyhow::Result<String> {
         "policy": {"list_page_size": 3},
         // The peer checks `Host` (DNS-rebinding protection on loopback): the filter's own
         // calls must name it, not the cluster.
-        "upstreams": {"peer": {"cluster": "upstream", "path": "/mcp", "authority": peer.to_string()}},
+        // The peer speaks both eras (what discovery would find): each client is served in its own.
+        "upstreams": {"peer": {"cluster": "upstream", "path": "/mcp", "authority": peer.to_string(),
+                               "protocol_versions": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]}},
         "servers": {"matrix": {
             "name": "Matrix", "version": "1",
             "tools": renamed("tools")?,

@@ -1,0 +1,363 @@
+//! Rewriting a response on its way to the client, for what a virtual server must change in
+//! it: the fields a 2026-era client requires on a result from a 2025-era upstream
+//! (`resultType`, and the cache hints on lists and reads), and the ids of the requests an
+//! upstream sends its client inside an event stream (sampling, elicitation, roots), so that
+//! the client's answer can be routed back to the upstream that asked.
+//!
+//! A single JSON response is rewritten as it streams: only the bytes up to the `{` of its
+//! `result` are looked at, and the fields are inserted there. An event stream is rewritten
+//! event by event: each event is held until its blank line, parsed, changed if it must be,
+//! and let go; events larger than [`MAX_EVENT_BYTES`] are let go unchanged.
+
+use crate::jsonrpc::stream::{Body, MessageParser, Options, Progress};
+use crate::jsonrpc::{Kind, Message};
+use crate::sniff::{BodyKind, sniff};
+
+/// Largest event held for rewriting; a larger one passes unchanged.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Gives the new id (JSON text) of a request an upstream sends its client.
+pub(crate) type RequestIdRewrite = Box<dyn Fn(&str) -> Option<String>>;
+
+/// What to change in the messages of a response.
+pub(crate) struct Changes {
+    /// Inserted first into a result object (`"key":value` members, no trailing comma).
+    pub(crate) result_fields: Option<Vec<u8>>,
+    /// Rewrites the id of a request the upstream sends the client: the new id's JSON text.
+    pub(crate) request_id: Option<RequestIdRewrite>,
+}
+
+enum State {
+    /// No body byte seen yet.
+    Sniff,
+    /// A single JSON message: reading until its `result` opens.
+    Json {
+        parser: Box<MessageParser>,
+        /// Bytes fed so far.
+        fed: u64,
+    },
+    /// The `{` of `result` was the last byte let go: the members go before whatever comes
+    /// next, with a comma unless that is `}`.
+    JsonPending,
+    /// An event stream.
+    Sse {
+        /// The current event's raw bytes, held.
+        event: Vec<u8>,
+        /// Whether the last byte held was a CR (a following LF belongs to it).
+        after_cr: bool,
+        /// The current line is empty so far.
+        line_empty: bool,
+    },
+    /// Nothing more to change: bytes pass as they come.
+    Through,
+}
+
+/// A response being rewritten.
+pub(crate) struct Rewriter {
+    changes: Changes,
+    state: State,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+impl Rewriter {
+    pub(crate) fn new(changes: Changes) -> Rewriter {
+        Rewriter {
+            changes,
+            state: State::Sniff,
+        }
+    }
+
+    /// Takes the next chunk; returns the bytes to send in its place (possibly fewer: an
+    /// event stream's partial event is held until it ends, or until `end_of_stream`).
+    pub(crate) fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        if matches!(self.state, State::Sniff) {
+            self.state = match sniff(chunk) {
+                Some(BodyKind::Json) if self.changes.result_fields.is_some() => State::Json {
+                    parser: Box::new(MessageParser::new(Options {
+                        skim: true,
+                        settle: true,
+                        ..Options::default()
+                    })),
+                    fed: 0,
+                },
+                Some(BodyKind::EventStream) => State::Sse {
+                    event: Vec::new(),
+                    after_cr: false,
+                    line_empty: true,
+                },
+                Some(_) => State::Through,
+                None if end_of_stream => State::Through,
+                None => return chunk.to_vec(),
+            };
+        }
+        match &mut self.state {
+            State::Sniff | State::Through => chunk.to_vec(),
+            State::JsonPending => {
+                let out = self.insert_at(chunk, 0);
+                self.state = State::Through;
+                out
+            }
+            State::Json { parser, fed } => {
+                let progress = parser.feed(chunk);
+                let before = *fed;
+                *fed += chunk.len() as u64;
+                let open = parser.result_open();
+                match (progress, open) {
+                    (Ok(Progress::Settled(Kind::Result)), Some(open)) if open >= before => {
+                        let at = usize::try_from(open - before).unwrap_or(usize::MAX);
+                        self.state = State::Through;
+                        self.insert_after(chunk, at)
+                    }
+                    (Ok(Progress::NeedMore), _) if !end_of_stream => chunk.to_vec(),
+                    _ => {
+                        self.state = State::Through;
+                        chunk.to_vec()
+                    }
+                }
+            }
+            State::Sse { .. } => self.feed_sse(chunk, end_of_stream),
+        }
+    }
+
+    /// `chunk` with the result members inserted after its byte `at` (the `{`).
+    fn insert_after(&mut self, chunk: &[u8], at: usize) -> Vec<u8> {
+        let Some((head, tail)) = chunk.split_at_checked(at.saturating_add(1)) else {
+            return chunk.to_vec();
+        };
+        if tail.iter().all(|b| is_ws(*b)) {
+            // What follows the `{` decides the comma: wait for it.
+            self.state = State::JsonPending;
+            return chunk.to_vec();
+        }
+        let mut out = head.to_vec();
+        out.extend(self.insert_at(tail, 0));
+        out
+    }
+
+    /// `rest` with the members inserted before its first byte.
+    fn insert_at(&self, rest: &[u8], _at: usize) -> Vec<u8> {
+        let Some(fields) = &self.changes.result_fields else {
+            return rest.to_vec();
+        };
+        let mut out = Vec::with_capacity(rest.len() + fields.len() + 1);
+        out.extend_from_slice(fields);
+        if rest.iter().find(|b| !is_ws(**b)) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+
+    fn feed_sse(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len());
+        for &b in chunk {
+            let State::Sse {
+                event,
+                after_cr,
+                line_empty,
+            } = &mut self.state
+            else {
+                break;
+            };
+            event.push(b);
+            if *after_cr && b == b'\n' {
+                // The LF of a CRLF: the line already ended.
+                *after_cr = false;
+                continue;
+            }
+            *after_cr = b == b'\r';
+            if b == b'\n' || b == b'\r' {
+                if *line_empty {
+                    let whole = std::mem::take(event);
+                    out.extend(self.rewrite_event(whole));
+                } else if let State::Sse { line_empty, .. } = &mut self.state {
+                    *line_empty = true;
+                }
+                continue;
+            }
+            *line_empty = false;
+            if event.len() > MAX_EVENT_BYTES {
+                // Too large to hold: it and the rest of the stream pass unchanged.
+                out.extend(std::mem::take(event));
+                self.state = State::Through;
+            }
+        }
+        if end_of_stream && let State::Sse { event, .. } = &mut self.state {
+            out.extend(std::mem::take(event));
+        }
+        out
+    }
+
+    /// One whole event (blank line included): rewritten if one of its messages must change.
+    fn rewrite_event(&self, raw: Vec<u8>) -> Vec<u8> {
+        let mut data = Vec::new();
+        let mut others: Vec<&[u8]> = Vec::new();
+        let mut has_data = false;
+        for line in raw.split(|b| *b == b'\n' || *b == b'\r') {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                if has_data {
+                    data.push(b'\n');
+                }
+                has_data = true;
+                data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+            } else {
+                others.push(line);
+            }
+        }
+        if !has_data {
+            return raw;
+        }
+        let mut parser = MessageParser::new(Options::default());
+        let parsed = parser.feed(&data).and_then(|_| parser.finish());
+        let Ok(Body::Single(msg)) = parsed else {
+            return raw;
+        };
+        let Some(new_data) = self.rewrite_message(&data, &msg) else {
+            return raw;
+        };
+        let mut out = Vec::with_capacity(new_data.len() + 64);
+        for line in others {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        for line in new_data.split(|b| *b == b'\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        out
+    }
+
+    /// `data` (one message) changed, or `None` when nothing in it must change.
+    fn rewrite_message(&self, data: &[u8], msg: &Message) -> Option<Vec<u8>> {
+        let at = |o: u64| usize::try_from(o).ok();
+        match msg.kind {
+            Kind::Request => {
+                let (start, end) = msg.id_span?;
+                let (start, end) = (at(start)?, at(end)?);
+                let id = std::str::from_utf8(data.get(start..end)?).ok()?;
+                let new_id = (self.changes.request_id.as_ref()?)(id)?;
+                let mut out = data.get(..start)?.to_vec();
+                out.extend_from_slice(new_id.as_bytes());
+                out.extend_from_slice(data.get(end..)?);
+                Some(out)
+            }
+            Kind::Result => {
+                let fields = self.changes.result_fields.as_ref()?;
+                let open = at(msg.result_open?)?;
+                let (head, tail) = data.split_at_checked(open + 1)?;
+                let mut out = head.to_vec();
+                out.extend_from_slice(fields);
+                if tail.iter().find(|b| !is_ws(**b)) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(tail);
+                Some(out)
+            }
+            Kind::Notification | Kind::Error => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn fields() -> Changes {
+        Changes {
+            result_fields: Some(br#""resultType":"complete""#.to_vec()),
+            request_id: Some(Box::new(|id: &str| {
+                Some(format!("\"gw:{}\"", id.trim_matches('"')))
+            })),
+        }
+    }
+
+    /// Feeds `chunks` in order; the concatenated output.
+    fn run(changes: Changes, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut r = Rewriter::new(changes);
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend(r.feed(c, i + 1 == chunks.len()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_json_result_gets_its_fields_wherever_the_chunks_split() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"x"}]}}"#;
+        for split in 1..body.len() {
+            let (a, b) = body.split_at(split);
+            let out = run(fields(), &[a, b]);
+            let v: Value = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{split}: {e} {}", String::from_utf8_lossy(&out)));
+            assert_eq!(v["result"]["resultType"], "complete", "{split}");
+            assert_eq!(v["result"]["content"][0]["text"], "x");
+        }
+        let empty = run(
+            fields(),
+            &[br#"{"jsonrpc":"2.0","id":1,"result":{"#, b" }}"],
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&empty).unwrap()["result"],
+            json!({"resultType": "complete"})
+        );
+        let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m"}}"#;
+        assert_eq!(
+            run(fields(), &[error]),
+            error.to_vec(),
+            "errors pass unchanged"
+        );
+    }
+
+    #[test]
+    fn event_streams_are_rewritten_event_by_event() {
+        let stream = concat!(
+            "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\r\n\r\n",
+            ": comment\n\n",
+            "id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\",\"params\":{}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\n",
+            "data: \"id\":1,\"result\":{}}\n\n"
+        );
+        for split in 1..stream.len() {
+            let (a, b) = stream.as_bytes().split_at(split);
+            let out = String::from_utf8(run(fields(), &[a, b])).unwrap();
+            assert!(out.starts_with("event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\""), "{out}");
+            assert!(out.contains(": comment\n\n"), "{out}");
+            assert!(out.contains("id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"gw:3\",\"method\":\"sampling/createMessage\""), "{out}");
+            assert!(out.contains("data: {\"jsonrpc\":\"2.0\",\ndata: \"id\":1,\"result\":{\"resultType\":\"complete\"}}\n\n"), "{split}: {out}");
+        }
+        // A partial event is held until it ends.
+        let mut r = Rewriter::new(fields());
+        assert!(
+            r.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":1,", false)
+                .is_empty()
+        );
+        assert!(!r.feed(b"\"result\":{}}\n\n", false).is_empty());
+    }
+
+    #[test]
+    fn nothing_to_change_passes_unchanged() {
+        let none = || Changes {
+            result_fields: None,
+            request_id: None,
+        };
+        let stream = b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"roots/list\"}\n\n";
+        assert_eq!(run(none(), &[stream]), stream.to_vec());
+        let json = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        assert_eq!(run(none(), &[json]), json.to_vec());
+        assert_eq!(
+            run(fields(), &[b"<html>oops</html>"]),
+            b"<html>oops</html>".to_vec()
+        );
+        let bad = b"data: {not json\n\n";
+        assert_eq!(run(fields(), &[bad]), bad.to_vec());
+    }
+}
