@@ -579,8 +579,10 @@ fn capabilities(r: &mut Vec<u8>, s: &VirtualServer) {
 /// `server/discover` (2026-07-28): the versions served, the capabilities, instructions.
 fn discover(id: Option<&Id>, s: &VirtualServer, ttl_ms: u64) -> Vec<u8> {
     result_with(id, 512, |r| {
+        // The stateless era's versions, as the reference SDK answers: a client that asks
+        // speaks that era, and one that does not falls back to `initialize` anyway.
         r.extend_from_slice(b"{\"supportedVersions\":[");
-        for (i, v) in mcp::SUPPORTED_VERSIONS.iter().enumerate() {
+        for (i, v) in mcp::MODERN_VERSIONS.iter().enumerate() {
             if i > 0 {
                 r.push(b',');
             }

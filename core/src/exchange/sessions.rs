@@ -400,22 +400,6 @@ impl Exchange {
                         .insert(call.tag, (upstream.clone(), Stage::Initialized));
                     more.push(call);
                 }
-                // The client set a log level before this upstream's session opened.
-                if let Some(level) = self.record.as_ref().and_then(|r| r.log_level.clone()) {
-                    let mut body =
-                        br#"{"jsonrpc":"2.0","id":"mcpgw-level","method":"logging/setLevel","params":{"level":"#
-                            .to_vec();
-                    write_json_string(&mut body, &level);
-                    body.extend_from_slice(b"}}");
-                    if let Some(call) =
-                        self.call(&upstream, Some(sid), &version, "POST", Some(body), host)
-                    {
-                        pending
-                            .calls
-                            .insert(call.tag, (upstream.clone(), Stage::SetLevel));
-                        more.push(call);
-                    }
-                }
             }
             pending.opened.insert(upstream, sid);
         }
@@ -426,16 +410,78 @@ impl Exchange {
     pub(super) fn finish_pending(&mut self, pending: Pending, host: &mut impl Host) -> Step {
         if !pending.opened.is_empty() {
             self.store_opened(&pending.opened, &pending.version, host);
+            // Another request of the session (a GET stream opening beside a call, or
+            // another worker) may have stored its own upstream session first: the session
+            // keeps one per upstream, so ours is ended and the stored one used, or an
+            // upstream's request to the client and the client's answer would reach two
+            // different upstream sessions.
+            let stored = |up: &str| {
+                self.record
+                    .as_ref()
+                    .and_then(|r| r.upstreams.get(up))
+                    .and_then(|u| u.session_id.clone())
+            };
+            let losers: Vec<(String, String)> = pending
+                .opened
+                .iter()
+                .filter_map(|(up, sid)| {
+                    let sid = sid.clone()?;
+                    (stored(up).as_ref() != Some(&sid)).then(|| (up.clone(), sid))
+                })
+                .collect();
+            // The client set a log level (perhaps while these opened): tell the new ones.
+            // The record was just written by compare-and-swap, so either the level was
+            // already in it, or the `logging/setLevel` that stored it saw these sessions.
+            let level = self.record.as_ref().and_then(|r| r.log_level.clone());
+            let told: Vec<(String, String)> = match level {
+                Some(_) => pending
+                    .opened
+                    .iter()
+                    .filter_map(|(up, sid)| {
+                        let sid = sid.clone()?;
+                        (stored(up).as_ref() == Some(&sid)).then(|| (up.clone(), sid))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !losers.is_empty() || !told.is_empty() {
+                let version = pending.version.clone();
+                let mut next = Pending::new(pending.kind, version.clone());
+                let mut calls = Vec::new();
+                for (up, sid) in told {
+                    let mut body = br#"{"jsonrpc":"2.0","id":"mcpgw-level","method":"logging/setLevel","params":{"level":"#
+                        .to_vec();
+                    write_json_string(&mut body, level.as_deref().unwrap_or_default());
+                    body.extend_from_slice(b"}}");
+                    if let Some(call) =
+                        self.call(&up, Some(&sid), &version, "POST", Some(body), host)
+                    {
+                        next.calls.insert(call.tag, (up, Stage::SetLevel));
+                        calls.push(call);
+                    }
+                }
+                for (up, sid) in losers {
+                    if let Some(call) = self.call(&up, Some(&sid), &version, "DELETE", None, host) {
+                        next.calls.insert(call.tag, (up, Stage::Delete));
+                        calls.push(call);
+                    }
+                }
+                return self.await_calls(next, calls, host);
+            }
         }
         match pending.kind {
             PendingKind::Route {
                 mut forward,
                 upstream,
             } => {
-                // This call uses the session it opened (another worker may have stored its
-                // own first; both are valid). One that failed to open: the call goes
-                // without, and the upstream answers it as it answers sessionless calls.
-                let sid = pending.opened.get(&upstream).cloned().flatten();
+                // The session's upstream session, as the table holds it. One that failed
+                // to open: the call goes without, and the upstream answers it as it answers
+                // sessionless calls.
+                let sid = self
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.upstreams.get(&upstream))
+                    .and_then(|u| u.session_id.clone());
                 if sid.is_some() {
                     self.routed_upstream = Some(upstream);
                 }

@@ -1375,11 +1375,7 @@ fn a_virtual_server_answers_2026_clients_from_its_catalog() {
     let (status, r) = reply_of(&step);
     assert_eq!(status, 200, "{r}");
     let result = &r["result"];
-    assert_eq!(
-        result["supportedVersions"],
-        json!(["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]),
-        "{r}"
-    );
+    assert_eq!(result["supportedVersions"], json!(["2026-07-28"]), "{r}");
     assert!(result["capabilities"]["tools"].is_object());
     assert_eq!(
         (
@@ -1656,4 +1652,81 @@ fn browsers_from_other_sites_and_rebound_hosts_are_refused() {
         &mut Recorder::default(),
     );
     assert_eq!(reply_of(&step).0, 403);
+}
+
+#[test]
+fn two_requests_opening_one_upstream_at_once_end_up_in_one_session() {
+    let table = Table::default();
+    let token = initialize(&table);
+    // Both find no upstream session and open one each, interleaved.
+    let (mut first, step1, mut host1) = post_on(
+        &table,
+        &with_sessions(),
+        "/servers/s1/mcp",
+        &[("mcp-session-id", &token)],
+        &call(2, "a__t0"),
+    );
+    let (mut second, step2, mut host2) = post_on(
+        &table,
+        &with_sessions(),
+        "/servers/s1/mcp",
+        &[("mcp-session-id", &token)],
+        &call(3, "a__t0"),
+    );
+    let (step1, _) = drive(&mut first, &mut host1, step1, &[("ca", Some("sid-first"))]);
+    assert_eq!(
+        set(&forward_of(step1), Header::Named("mcp-session-id")),
+        Some(Some("sid-first"))
+    );
+    let (step2, calls) = drive(
+        &mut second,
+        &mut host2,
+        step2,
+        &[("ca", Some("sid-second"))],
+    );
+    let deleted: Vec<_> = calls
+        .iter()
+        .filter(|c| call_header(c, ":method") == Some("DELETE"))
+        .map(|c| call_header(c, "mcp-session-id"))
+        .collect();
+    assert_eq!(
+        deleted,
+        [Some("sid-second")],
+        "the loser's own session is ended"
+    );
+    assert_eq!(
+        set(&forward_of(step2), Header::Named("mcp-session-id")),
+        Some(Some("sid-first")),
+        "and the call joins the stored one"
+    );
+}
+
+#[test]
+fn a_log_level_set_before_an_upstream_opens_reaches_it_when_it_does() {
+    let table = Table::default();
+    let token = initialize(&table);
+    let set_level =
+        r#"{"jsonrpc":"2.0","id":5,"method":"logging/setLevel","params":{"level":"warning"}}"#;
+    let (step, calls, _) = in_session(&table, &token, set_level, &[]);
+    assert!(calls.is_empty(), "no upstream session open yet");
+    assert_eq!(
+        reply_of(&step),
+        (200, json!({"jsonrpc": "2.0", "id": 5, "result": {}}))
+    );
+    assert_eq!(
+        record(&table, &token).unwrap().log_level.as_deref(),
+        Some("warning")
+    );
+    let (_, calls, _) = in_session(&table, &token, &call(6, "a__t0"), &[("ca", Some("sid-a"))]);
+    let levels: Vec<Value> = calls
+        .iter()
+        .filter_map(|c| serde_json::from_slice::<Value>(c.body.as_ref()?).ok())
+        .filter(|b| b["method"] == "logging/setLevel")
+        .collect();
+    assert_eq!(levels.len(), 1, "{calls:?}");
+    assert_eq!(levels[0]["params"]["level"], "warning");
+    // Set again with the session open: it reaches the open upstream session now.
+    let (_, calls, _) = in_session(&table, &token, set_level, &[]);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(call_header(&calls[0], "mcp-session-id"), Some("sid-a"));
 }

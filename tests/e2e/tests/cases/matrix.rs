@@ -51,28 +51,7 @@ const INTERACTIVE: [&str; 4] = ["sampling", "elicitation-form", "elicitation-url
 /// issue 12. Every entry is asserted to still differ from the direct result (a failure or
 /// a different document); an entry that starts passing fails the test until it is removed
 /// here. Every scenario not listed must give the identical document through the gateway.
-const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    (
-        "2025-11-25",
-        "sampling",
-        "the upstream's sampling/createMessage reaches the client, but the answer it POSTs to the virtual server is not routed back to the upstream session: the call hangs until the client gives up",
-    ),
-    (
-        "2025-11-25",
-        "elicitation-form",
-        "the upstream's elicitation/create (form) reaches the client, but the answer it POSTs to the virtual server is not routed back to the upstream session: the call hangs until the client gives up",
-    ),
-    (
-        "2025-11-25",
-        "elicitation-url",
-        "the upstream's elicitation/create (url) reaches the client, but the answer it POSTs to the virtual server is not routed back to the upstream session: the call hangs until the client gives up",
-    ),
-    (
-        "2025-11-25",
-        "roots",
-        "the upstream's roots/list reaches the client, but the answer it POSTs to the virtual server is not routed back to the upstream session: the call hangs until the client gives up",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str, &str)] = &[];
 
 /// The prefix the virtual server's catalog gives the peer's tools and prompts.
 const PREFIX: &str = "peer__";
