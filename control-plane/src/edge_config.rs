@@ -32,5 +32,19 @@ pub use translate::{
     endpoints, resources,
 };
 
+/// The xDS listener's TLS, read from the files of `tls` (PEM): the control plane's
+/// certificate and key, and the CA that Envoys' client certificates must chain to.
+pub fn xds_tls(tls: &crate::config::ServerTls) -> anyhow::Result<crate::xds::XdsTls> {
+    use anyhow::Context as _;
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    Ok(crate::xds::XdsTls {
+        cert_pem: read("TLS certificate (tls_cert)", &tls.cert)?,
+        key_pem: read("TLS key (tls_key)", &tls.key)?,
+        client_ca_pem: read("client CA bundle (tls_client_ca)", &tls.client_ca)?,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,8 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod transfer;
-pub mod xds;
+/// The xDS server, its own crate (`mcpgw-xds`): re-exported so `mcpgw::xds` keeps naming it.
+pub use mcpgw_xds as xds;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,9 +111,16 @@ pub async fn serve(
         settings.edge.clone(),
     );
     let first = publisher.publish().await;
+    let xds_config = XdsConfig {
+        tls: match &settings.tls {
+            Some(tls) => Some(edge_config::xds_tls(tls)?),
+            None => None,
+        },
+        ..XdsConfig::default()
+    };
     let ads = xds_listener
         .as_ref()
-        .map(|_| AdsServer::new(publisher.sets(), XdsConfig::default()));
+        .map(|_| AdsServer::new(publisher.sets(), xds_config));
     let mut metrics = Metrics::new();
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());

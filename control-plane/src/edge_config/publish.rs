@@ -11,7 +11,7 @@ use super::translate::{EdgeError, EdgeSettings, endpoints, resources};
 use crate::snapshot::{RegistryView, assemble};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::xds::{AdsServer, ResourceSet};
+use crate::xds::{AdsServer, Published, ResourceSet};
 
 /// How long registry changes are gathered before one rebuild.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -70,12 +70,13 @@ pub struct Publisher {
     /// Subscribed at creation, so no change between the first build and [`Publisher::spawn`]
     /// is missed.
     versions: watch::Receiver<i64>,
-    sets: watch::Sender<Arc<ResourceSet>>,
+    sets: watch::Sender<Published>,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
 }
 
 impl Publisher {
-    /// A publisher with nothing published yet: an empty resource set, no snapshot.
+    /// A publisher with nothing published yet: no resource set (xDS answers nothing until
+    /// the first good build), no snapshot.
     /// `session` signs virtual-server sessions (`None`: stateless virtual servers).
     pub fn new(
         store: Store,
@@ -91,13 +92,13 @@ impl Publisher {
             session,
             settings,
             versions,
-            sets: watch::Sender::new(Arc::new(ResourceSet::default())),
+            sets: watch::Sender::new(None),
             snapshots: watch::Sender::new(None),
         }
     }
 
     /// The published resource sets (the xDS server's input).
-    pub fn sets(&self) -> watch::Receiver<Arc<ResourceSet>> {
+    pub fn sets(&self) -> watch::Receiver<Published> {
         self.sets.subscribe()
     }
 
@@ -137,7 +138,7 @@ impl Publisher {
             "edge configuration built"
         );
         self.snapshots.send_replace(Some(Arc::new(snapshot)));
-        self.sets.send_replace(Arc::new(set));
+        self.sets.send_replace(Some(Arc::new(set)));
         Ok(version)
     }
 
