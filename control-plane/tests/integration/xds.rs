@@ -404,3 +404,56 @@ async fn real_envoy_converges_over_sotw_ads() {
 async fn real_envoy_converges_over_delta_ads() {
     envoy_converges("DELTA_GRPC").await;
 }
+
+/// The one debounce on the publish path is the publisher's, before its build: a burst of
+/// registry writes is folded into a few builds (each one registry read), and the last
+/// write is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_registry_changes_are_folded_into_few_builds() {
+    use super::harness::{TestCp, TestDb, settings};
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    s.xds_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let cp = TestCp::start(s).await;
+    let builds = |text: &serde_json::Value| -> u64 {
+        text.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("mcpgw_edge_builds_total{outcome=\"ok\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = builds(&cp.get("/metrics").await.1);
+    let writes = (0..20).map(|i| {
+        let cp = &cp;
+        async move {
+            let (s, v) = cp
+                .post(
+                    "/servers",
+                    serde_json::json!({"name": format!("burst-{i}")}),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+        }
+    });
+    futures::future::join_all(writes).await;
+    let version = cp.get("/registry").await.1["registry_version"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, snap) = cp.get("/snapshot").await;
+        if snap["version"] == version.as_str() {
+            assert_eq!(snap["servers"].as_object().map(|s| s.len()), Some(20));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version {version} never published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = builds(&cp.get("/metrics").await.1) - before;
+    assert!((1..20).contains(&n), "{n} builds for 20 writes");
+}
