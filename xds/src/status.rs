@@ -61,8 +61,8 @@ pub struct TypeStatus {
 pub struct NackStatus {
     /// Version that was rejected.
     pub version: String,
-    /// Envoy's error detail (`error_detail.message`), cut at [`MAX_NACK_DETAIL_BYTES`]
-    /// with a `… [truncated: N bytes in all]` marker.
+    /// Envoy's error detail (`error_detail.message`), at most 4 KiB: a longer one ends with
+    /// `… [truncated: N bytes in all]`.
     pub error: String,
     /// When the NACK arrived (RFC 3339).
     pub at: String,
