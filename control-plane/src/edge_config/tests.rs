@@ -135,7 +135,7 @@ fn endpoints_in(c: &Cluster) -> Vec<(String, u32, String)> {
     la.endpoints[0]
         .lb_endpoints
         .iter()
-        .map(|lb| endpoint_parts(lb))
+        .map(endpoint_parts)
         .collect()
 }
 
@@ -869,7 +869,12 @@ fn credentials_become_headers_or_a_precise_error() {
         key: k.into(),
         value: v.into(),
     };
-    let cases: Vec<(&str, Result<Vec<String>, &str>, Result<Vec<&str>, &str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Result<Vec<String>, &'a str>,
+        Result<Vec<&'a str>, &'a str>,
+    );
+    let cases: Vec<Case<'_>> = vec![
         ("none", headers(AuthType::None, None), Ok(vec![])),
         (
             "bearer",
@@ -941,6 +946,7 @@ fn credentials_become_headers_or_a_precise_error() {
 
 #[test]
 fn clusters_have_explicit_circuit_breakers() {
+    const { assert!(CLUSTER_MAX_REQUESTS > 1024, "above Envoy's default") };
     let set = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
     for name in ["mcpgw-gw-g1", "mcpgw-gw-g2"] {
         let c: Cluster = get(&set, TypeUrl::Cluster, name);
@@ -954,7 +960,6 @@ fn clusters_have_explicit_circuit_breakers() {
             "{name}"
         );
         assert_eq!(v(t.max_retries), CLUSTER_MAX_RETRIES, "{name}");
-        assert!(CLUSTER_MAX_REQUESTS > 1024, "above Envoy's default");
     }
 }
 
