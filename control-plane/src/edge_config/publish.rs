@@ -274,7 +274,7 @@ impl Publisher {
     pub async fn build(&self) -> Result<(Snapshot, ResourceSet, Built), PublishError> {
         let view = RegistryView::read(&self.store).await?;
         let access = self.read_access(&view).await?;
-        let previous = std::mem::take(&mut self.edges().addresses);
+        let previous = self.edges().addresses.clone();
         let addresses = self.resolve(&access, &previous).await;
         let edges = Edges {
             view: Some(Arc::new(view)),
@@ -284,8 +284,6 @@ impl Publisher {
         let built = self.assemble(&edges);
         if built.is_ok() {
             *self.edges() = edges;
-        } else {
-            self.edges().addresses = previous;
         }
         built
     }

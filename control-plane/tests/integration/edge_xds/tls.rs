@@ -1,5 +1,5 @@
 //! Mutual TLS between Envoy and the control plane's xDS: the committed TLS bootstrap
-//! (`envoy/ads-bootstrap-tls.yaml`) with certificates made here by the `openssl` CLI. (A
+//! (`envoy/tls/ads-bootstrap.yaml`) with certificates made here by the `openssl` CLI. (A
 //! client without a certificate, or with one from another CA, is refused: tested in
 //! `mcpgw-xds`, `xds/tests/ads.rs`.)
 
@@ -110,7 +110,7 @@ impl Pki {
     /// The committed TLS bootstrap, pointed at `xds`, these files and an ephemeral admin
     /// port.
     pub fn bootstrap(&self, xds: SocketAddr) -> String {
-        let text = std::fs::read_to_string(repo_path("envoy/ads-bootstrap-tls.yaml")).unwrap();
+        let text = std::fs::read_to_string(repo_path("envoy/tls/ads-bootstrap.yaml")).unwrap();
         let (xds_port, admin_port, files) = (
             "port_value: 18000 }",
             "port_value: 9901 }",
@@ -118,7 +118,7 @@ impl Pki {
         );
         assert!(
             text.contains(xds_port) && text.contains(admin_port) && text.contains(files),
-            "envoy/ads-bootstrap-tls.yaml no longer has what this test substitutes"
+            "envoy/tls/ads-bootstrap.yaml no longer has what this test substitutes"
         );
         text.replace(xds_port, &format!("port_value: {} }}", xds.port()))
             .replace(admin_port, "port_value: 0 }")
