@@ -657,6 +657,7 @@ impl ServeArgs {
                 relay: None,
                 relay_auth: None,
                 control_plane_tls,
+                ..EdgeSettings::default()
             },
             edge_policy,
             relay_listen,

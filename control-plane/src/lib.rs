@@ -16,7 +16,8 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod transfer;
-pub mod xds;
+/// The xDS server, its own crate (`mcpgw-xds`): re-exported so `mcpgw::xds` keeps naming it.
+pub use mcpgw_xds as xds;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,17 +106,27 @@ pub async fn serve(
     });
     settings.edge.relay_auth = relay_addr.map(|_| settings.secrets.relay_auth());
     // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
-    // empty configuration.
+    // empty configuration (and if this build fails, xDS answers nothing until one works).
     let publisher = Publisher::new(
         store.clone(),
-        settings.edge_policy.clone(),
-        Some(snapshot::session_settings(&settings.secrets)),
-        settings.edge.clone(),
+        edge_config::EdgeInputs {
+            policy: settings.edge_policy.clone(),
+            session: Some(snapshot::session_settings(&settings.secrets)),
+            settings: settings.edge.clone(),
+            secrets: settings.secrets.clone(),
+            ssrf: settings.federation.ssrf,
+        },
     );
-    let first = publisher.publish().await;
+    let xds_config = XdsConfig {
+        tls: match &settings.tls {
+            Some(tls) => Some(edge_config::xds_tls(tls)?),
+            None => None,
+        },
+        ..XdsConfig::default()
+    };
     let ads = xds_listener
         .as_ref()
-        .map(|_| AdsServer::new(publisher.sets(), XdsConfig::default()));
+        .map(|_| AdsServer::new(publisher.sets(), xds_config));
     let mut metrics = Metrics::new();
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());
@@ -130,9 +141,9 @@ pub async fn serve(
     };
     metrics.register_relay(relay.metrics());
     let metrics = Arc::new(metrics);
-    edge_config::record(&first, &metrics);
+    let first = publisher.publish_counted(&metrics).await;
     let edge = publisher.edge(ads.clone());
-    let publishing = publisher.spawn(metrics.clone(), first.ok());
+    let publishing = publisher.spawn(metrics.clone(), first);
     let federation = Federation::new(
         store.clone(),
         settings.federation.clone(),

@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use mcpgw_core::catalog::{Entry, RawJson, Upstream, VirtualServer};
-use mcpgw_core::snapshot::{Policy, Snapshot};
+use mcpgw_core::catalog::{Entry, RawJson, Upstream, Upstreams, VirtualServer};
+use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use serde_json::{Map, Value};
 
 use crate::crypto::SecretBox;
@@ -80,24 +80,51 @@ pub fn session_settings(secrets: &SecretBox) -> mcpgw_core::snapshot::SessionSet
     mcpgw_core::snapshot::SessionSettings::with_keys(vec![secrets.session_key().to_owned()])
 }
 
-/// Reads the registry and assembles its snapshot under `policy`.
-pub async fn build(store: &Store, policy: &Policy) -> Result<Snapshot, StoreError> {
-    let view = RegistryView::read(store).await?;
-    assemble(&view, policy)
+/// What a snapshot is made of besides the registry: the operator's policy and what the
+/// edge decided. All of it goes into [`assemble`], the one place a snapshot is put
+/// together and validated.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotInputs {
+    /// The request policy every filter enforces.
+    pub policy: Policy,
+    /// Signs virtual-server sessions (`None`: stateless virtual servers).
+    pub session: Option<SessionSettings>,
+    /// The relay's cluster (`None`: no relay).
+    pub relay: Option<String>,
+    /// How the filter reaches each gateway the edge can serve, by gateway id: a gateway
+    /// without an entry (bad URL, credentials that do not open, no permitted address) is
+    /// left out, with what it serves.
+    pub upstreams: Upstreams,
 }
 
-/// Builds the snapshot of `view` (pure; no I/O).
-pub fn assemble(view: &RegistryView, policy: &Policy) -> Result<Snapshot, StoreError> {
-    let live: BTreeMap<&str, &Gateway> = view
+impl SnapshotInputs {
+    /// Inputs with `policy` and nothing else.
+    pub fn new(policy: Policy) -> SnapshotInputs {
+        SnapshotInputs {
+            policy,
+            ..SnapshotInputs::default()
+        }
+    }
+}
+
+/// Builds the snapshot of `view` under `inputs` (pure; no I/O), and validates it with the
+/// filter's own rules.
+pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot, StoreError> {
+    let live: BTreeMap<&str, (&Gateway, &Upstream)> = view
         .gateways
         .iter()
         .filter(|g| g.enabled && g.reachable)
-        .map(|g| (g.id.as_str(), g))
+        .filter_map(|g| Some((g.id.as_str(), (g, inputs.upstreams.get(&g.id)?))))
         .collect();
-    let mut upstreams = BTreeMap::new();
-    for g in live.values() {
-        upstreams.insert(g.id.clone(), upstream_of(g)?);
-    }
+    let upstreams: Upstreams = live
+        .iter()
+        .map(|(id, (g, u))| {
+            let mut u = (*u).clone();
+            // What discovery negotiated: the filter calls it in that era (or bridges).
+            u.protocol_versions = g.protocol_version.iter().cloned().collect();
+            ((*id).to_owned(), u)
+        })
+        .collect();
     let servable = |item: &CatalogItem| {
         item.enabled
             && item.reachable
@@ -170,35 +197,17 @@ pub fn assemble(view: &RegistryView, policy: &Policy) -> Result<Snapshot, StoreE
     }
     let snapshot = Snapshot {
         version: view.version.to_string(),
-        policy: policy.clone(),
+        policy: inputs.policy.clone(),
         servers,
         upstreams,
+        session: inputs.session.clone(),
+        relay: inputs.relay.clone(),
         ..Snapshot::default()
     };
     snapshot
         .validate()
         .map_err(|e| StoreError::Corrupt(format!("assembled snapshot is invalid: {e}")))?;
     Ok(snapshot)
-}
-
-fn upstream_of(g: &Gateway) -> Result<Upstream, StoreError> {
-    let url = url::Url::parse(&g.url)
-        .map_err(|e| StoreError::Corrupt(format!("gateway {} url {:?}: {e}", g.id, g.url)))?;
-    let mut path = url.path().to_owned();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    let authority = url.host_str().map(|h| match url.port() {
-        Some(p) => format!("{h}:{p}"),
-        None => h.to_owned(),
-    });
-    Ok(Upstream {
-        cluster: cluster_name(&g.id),
-        path,
-        authority,
-        protocol_versions: Vec::new(),
-    })
 }
 
 fn entry(item: &CatalogItem, rendered: Map<String, Value>) -> Result<Entry, StoreError> {

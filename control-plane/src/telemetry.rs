@@ -23,6 +23,7 @@ pub struct Metrics {
     federation_refreshes: Family<Labels, Counter>,
     health_transitions: Family<Labels, Counter>,
     edge_builds: Family<Labels, Counter>,
+    edge_left_out: Family<Labels, Gauge<i64, AtomicI64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +80,12 @@ impl Metrics {
             "Rebuilds of the edge configuration (snapshot and xDS resources) by outcome",
             edge_builds.clone(),
         );
+        let edge_left_out = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "edge_upstreams_left_out",
+            "Gateways the last edge build left out, by reason (bad_url, credentials, forbidden_address, unresolvable)",
+            edge_left_out.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -87,6 +94,7 @@ impl Metrics {
             federation_refreshes,
             health_transitions,
             edge_builds,
+            edge_left_out,
         }
     }
 
@@ -105,6 +113,21 @@ impl Metrics {
         self.edge_builds
             .get_or_create(&vec![("outcome".into(), outcome.into())])
             .inc();
+    }
+
+    /// Sets the gateways the last edge build left out: one reason label per gateway.
+    pub fn edge_left_out(&self, reasons: &[&'static str]) {
+        for known in [
+            "bad_url",
+            "credentials",
+            "forbidden_address",
+            "unresolvable",
+        ] {
+            let n = reasons.iter().filter(|r| **r == known).count();
+            self.edge_left_out
+                .get_or_create(&vec![("reason".into(), known.into())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts one API request.

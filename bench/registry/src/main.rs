@@ -108,7 +108,7 @@ async fn measure_snapshot(bed: &Bed, s: &mut Samples) -> anyhow::Result<()> {
     let view = RegistryView::read(&bed.store).await?;
     s.read.push(ms(t.elapsed()));
     let t = Instant::now();
-    let snap = assemble(&view, &Policy::default())?;
+    let snap = assemble(&view, &inputs(&view))?;
     s.assemble.push(ms(t.elapsed()));
     let t = Instant::now();
     let json = serde_json::to_vec(&snap)?;
@@ -148,7 +148,7 @@ async fn measure_change(bed: &Bed, http: &reqwest::Client, round: usize) -> anyh
         );
     }
     let view = RegistryView::read(&bed.store).await?;
-    let snap = assemble(&view, &Policy::default())?;
+    let snap = assemble(&view, &inputs(&view))?;
     let elapsed = ms(t.elapsed());
     let changed = snap.servers.values().any(|v| {
         v.tools
@@ -385,4 +385,22 @@ fn section(
     );
     let _ = writeln!(s, "{SECTION_END}");
     s
+}
+
+/// The snapshot inputs of `view`: the default policy, and every gateway the edge can use.
+fn inputs(view: &RegistryView) -> mcpgw::snapshot::SnapshotInputs {
+    mcpgw::snapshot::SnapshotInputs {
+        upstreams: view
+            .gateways
+            .iter()
+            .filter_map(|g| {
+                let t = mcpgw::edge_config::UpstreamTarget::parse(g).ok()?;
+                Some((
+                    g.id.clone(),
+                    t.snapshot_entry(mcpgw::snapshot::cluster_name(&g.id)),
+                ))
+            })
+            .collect(),
+        ..mcpgw::snapshot::SnapshotInputs::new(Policy::default())
+    }
 }

@@ -1,20 +1,43 @@
-//! Keeps the published edge configuration current with the registry.
+//! Keeps the published edge configuration current with the registry and with the
+//! addresses upstream names resolve to.
+//!
+//! One build: read the registry ([`RegistryView::read`]), read each live gateway's access
+//! ([`upstream_access`]: URL and credentials), resolve and check its addresses, assemble
+//! the snapshot from all of it ([`assemble`]: the one place it is put together and
+//! validated), translate it ([`resources`]) and publish both. A gateway that cannot be
+//! served (bad URL, credentials that do not open, no permitted address) is left out with
+//! a warning and a metric; the rest is published.
+//!
+//! One debounce: registry changes are gathered for [`DEBOUNCE`] before a build (the read
+//! is what a burst costs); the xDS server pushes what it is given.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::translate::{EdgeError, EdgeSettings, endpoints, resources};
-use crate::snapshot::{RegistryView, assemble};
+use super::resolve::{AddressError, checked_addresses};
+use super::translate::{
+    EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RELAY_CLUSTER, resources,
+};
+use super::upstream::{UpstreamAccess, upstream_access};
+use crate::config::SsrfPolicy;
+use crate::crypto::SecretBox;
+use crate::model::AuthType;
+use crate::snapshot::{RegistryView, SnapshotInputs, assemble, cluster_name};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::xds::{AdsServer, ResourceSet};
+use crate::xds::{AdsServer, Published, ResourceSet};
 
-/// How long registry changes are gathered before one rebuild.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long registry changes are gathered before one rebuild: the first change after a
+/// quiet period starts the timer, every change until it fires is folded into one build.
+/// A leading timer rather than a trailing one that restarts on every change: a registry
+/// that never stops changing still gets a build every `DEBOUNCE`, instead of never.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How often the registry version is polled besides the in-process change notifications:
 /// catches writes by other control-plane replicas sharing a PostgreSQL database, and
 /// retries a failed build.
@@ -41,6 +64,39 @@ impl PublishError {
     }
 }
 
+/// What the operator decides about every snapshot, and the key that opens credentials.
+#[derive(Debug, Clone)]
+pub struct EdgeInputs {
+    /// The request policy every filter enforces.
+    pub policy: Policy,
+    /// Signs virtual-server sessions (`None`: stateless virtual servers).
+    pub session: Option<SessionSettings>,
+    /// What the Envoys are told besides the snapshot.
+    pub settings: EdgeSettings,
+    /// Opens the gateways' sealed credentials.
+    pub secrets: SecretBox,
+    /// Which upstream addresses Envoys may connect to.
+    pub ssrf: SsrfPolicy,
+}
+
+/// One successful build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// The registry version it was built from.
+    pub version: i64,
+    /// Gateways left out, with why (`EdgeError::label`).
+    pub left_out: Vec<(String, &'static str)>,
+}
+
+/// What the edge has for the gateways of one registry read: their access, and the last
+/// addresses resolved for each.
+#[derive(Debug, Default)]
+struct Edges {
+    view: Option<Arc<RegistryView>>,
+    access: BTreeMap<String, Result<UpstreamAccess, EdgeError>>,
+    addresses: BTreeMap<String, Result<Vec<IpAddr>, AddressError>>,
+}
+
 /// What the control plane currently serves to Envoys, as the admin API sees it.
 #[derive(Debug, Clone)]
 pub struct Edge {
@@ -60,44 +116,39 @@ impl Edge {
     }
 }
 
-/// Rebuilds the snapshot and its xDS resources after registry changes and publishes them.
+/// Rebuilds the snapshot and its xDS resources after registry changes (and upstream
+/// address changes) and publishes them.
 #[derive(Debug)]
 pub struct Publisher {
     store: Store,
-    policy: Policy,
-    session: Option<SessionSettings>,
-    settings: EdgeSettings,
+    inputs: EdgeInputs,
     /// Subscribed at creation, so no change between the first build and [`Publisher::spawn`]
     /// is missed.
     versions: watch::Receiver<i64>,
-    sets: watch::Sender<Arc<ResourceSet>>,
+    sets: watch::Sender<Published>,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    /// What the last build read. A `std` mutex: never held across an `.await`.
+    edges: Mutex<Edges>,
 }
 
 impl Publisher {
-    /// A publisher with nothing published yet: an empty resource set, no snapshot.
-    /// `session` signs virtual-server sessions (`None`: stateless virtual servers).
-    pub fn new(
-        store: Store,
-        policy: Policy,
-        session: Option<SessionSettings>,
-        settings: EdgeSettings,
-    ) -> Publisher {
+    /// A publisher with nothing published yet: no resource set (xDS answers nothing until
+    /// the first good build), no snapshot.
+    pub fn new(store: Store, inputs: EdgeInputs) -> Publisher {
         let mut versions = store.subscribe();
         versions.borrow_and_update();
         Publisher {
             store,
-            policy,
-            session,
-            settings,
+            inputs,
             versions,
-            sets: watch::Sender::new(Arc::new(ResourceSet::default())),
+            sets: watch::Sender::new(None),
             snapshots: watch::Sender::new(None),
+            edges: Mutex::new(Edges::default()),
         }
     }
 
     /// The published resource sets (the xDS server's input).
-    pub fn sets(&self) -> watch::Receiver<Arc<ResourceSet>> {
+    pub fn sets(&self) -> watch::Receiver<Published> {
         self.sets.subscribe()
     }
 
@@ -109,52 +160,202 @@ impl Publisher {
         }
     }
 
-    /// Reads the registry and translates it (no publishing).
-    pub async fn build(&self) -> Result<(Snapshot, ResourceSet), PublishError> {
-        let view = RegistryView::read(&self.store).await?;
-        let mut snapshot = assemble(&view, &self.policy)?;
-        snapshot.session.clone_from(&self.session);
-        snapshot.relay = self
-            .settings
-            .relay
-            .as_ref()
-            .map(|_| super::translate::RELAY_CLUSTER.to_owned());
-        let set = resources(&snapshot, &endpoints(&view.gateways), &self.settings)?;
-        Ok((snapshot, set))
+    /// Reads each live gateway's access: its URL, and its credentials where it has some.
+    async fn read_access(
+        &self,
+        view: &RegistryView,
+    ) -> Result<BTreeMap<String, Result<UpstreamAccess, EdgeError>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for g in view.gateways.iter().filter(|g| g.enabled && g.reachable) {
+            let sealed = if g.auth_type == AuthType::None {
+                None
+            } else {
+                self.store.gateway_auth(&g.id).await?.1
+            };
+            out.insert(
+                g.id.clone(),
+                upstream_access(g, sealed.as_deref(), &self.inputs.secrets),
+            );
+        }
+        Ok(out)
     }
 
-    /// Builds and publishes once; returns the registry version published. On failure
-    /// nothing is published: the last good set stays.
-    pub async fn publish(&self) -> Result<i64, PublishError> {
+    /// Resolves and checks the addresses of every upstream in `access`. A name that does
+    /// not resolve now keeps its previous addresses, if any (a DNS hiccup must not withdraw
+    /// an upstream); a forbidden address withdraws it at once.
+    async fn resolve(
+        &self,
+        access: &BTreeMap<String, Result<UpstreamAccess, EdgeError>>,
+        previous: &BTreeMap<String, Result<Vec<IpAddr>, AddressError>>,
+    ) -> BTreeMap<String, Result<Vec<IpAddr>, AddressError>> {
+        let resolver = self.inputs.settings.resolver.0.clone();
+        let ssrf = self.inputs.ssrf;
+        let lookups = access.iter().filter_map(|(id, a)| {
+            let e = a.as_ref().ok()?.target.endpoint.clone();
+            let resolver = resolver.clone();
+            Some(async move {
+                let got = checked_addresses(&*resolver, &e.host, e.port, ssrf).await;
+                (id.clone(), got)
+            })
+        });
+        let mut out = BTreeMap::new();
+        for (id, got) in futures::future::join_all(lookups).await {
+            let got = match (got, previous.get(&id)) {
+                (Err(e @ AddressError::Unresolvable { .. }), Some(Ok(last))) => {
+                    tracing::warn!(gateway = %id, error = %e, "keeping the upstream's last checked addresses");
+                    Ok(last.clone())
+                }
+                (got, _) => got,
+            };
+            out.insert(id, got);
+        }
+        out
+    }
+
+    /// Assembles and translates what `edges` holds (no I/O).
+    fn assemble(&self, edges: &Edges) -> Result<(Snapshot, ResourceSet, Built), PublishError> {
+        let Some(view) = &edges.view else {
+            return Err(StoreError::Corrupt("nothing read yet".into()).into());
+        };
+        let mut left_out = Vec::new();
+        let mut upstreams = EdgeUpstreams::new();
+        for (id, access) in &edges.access {
+            let usable = access
+                .clone()
+                .and_then(|access| match edges.addresses.get(id) {
+                    Some(Ok(addresses)) => Ok(EdgeUpstream {
+                        access,
+                        addresses: addresses.clone(),
+                    }),
+                    Some(Err(e)) => Err(EdgeError::Address {
+                        gateway: id.clone(),
+                        source: e.clone(),
+                    }),
+                    None => Err(EdgeError::MissingEndpoint(id.clone())),
+                });
+            match usable {
+                Ok(u) => {
+                    upstreams.insert(id.clone(), u);
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %id, error = %e, "gateway left out of the edge configuration");
+                    left_out.push((id.clone(), e.label()));
+                }
+            }
+        }
+        let inputs = SnapshotInputs {
+            policy: self.inputs.policy.clone(),
+            session: self.inputs.session.clone(),
+            relay: self
+                .inputs
+                .settings
+                .relay
+                .as_ref()
+                .map(|_| RELAY_CLUSTER.to_owned()),
+            upstreams: upstreams
+                .iter()
+                .map(|(id, u)| (id.clone(), u.access.target.snapshot_entry(cluster_name(id))))
+                .collect(),
+        };
+        let snapshot = assemble(view, &inputs)?;
+        let set = resources(&snapshot, &upstreams, &self.inputs.settings)?;
+        let built = Built {
+            version: view.version,
+            left_out,
+        };
+        Ok((snapshot, set, built))
+    }
+
+    fn edges(&self) -> std::sync::MutexGuard<'_, Edges> {
+        self.edges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the registry, resolves the upstreams and translates (no publishing).
+    pub async fn build(&self) -> Result<(Snapshot, ResourceSet, Built), PublishError> {
+        let view = RegistryView::read(&self.store).await?;
+        let access = self.read_access(&view).await?;
+        let previous = self.edges().addresses.clone();
+        let addresses = self.resolve(&access, &previous).await;
+        let edges = Edges {
+            view: Some(Arc::new(view)),
+            access,
+            addresses,
+        };
+        let built = self.assemble(&edges);
+        if built.is_ok() {
+            *self.edges() = edges;
+        }
+        built
+    }
+
+    fn publish_built(&self, snapshot: Snapshot, set: ResourceSet) {
+        self.snapshots.send_replace(Some(Arc::new(snapshot)));
+        self.sets.send_replace(Some(Arc::new(set)));
+    }
+
+    /// Builds and publishes once. On failure nothing is published: the last good set
+    /// stays (and before the first good one, xDS answers nothing).
+    pub async fn publish(&self) -> Result<Built, PublishError> {
         let started = std::time::Instant::now();
-        let (snapshot, set) = self.build().await?;
-        let version = snapshot.version.parse::<i64>().unwrap_or_default();
+        let (snapshot, set, built) = self.build().await?;
         tracing::debug!(
-            version,
+            version = built.version,
             servers = snapshot.servers.len(),
             upstreams = snapshot.upstreams.len(),
+            left_out = built.left_out.len(),
             ms = started.elapsed().as_millis(),
             "edge configuration built"
         );
-        self.snapshots.send_replace(Some(Arc::new(snapshot)));
-        self.sets.send_replace(Arc::new(set));
-        Ok(version)
+        self.publish_built(snapshot, set);
+        Ok(built)
+    }
+
+    /// Resolves the upstreams of the last build again; publishes a new configuration if an
+    /// upstream's addresses (or whether it has permitted ones) changed. `None`: nothing
+    /// changed, or nothing was built yet.
+    pub async fn refresh_addresses(&self) -> Option<Result<Built, PublishError>> {
+        let (access, previous) = {
+            let edges = self.edges();
+            edges.view.as_ref()?;
+            (edges.access.clone(), edges.addresses.clone())
+        };
+        let addresses = self.resolve(&access, &previous).await;
+        if addresses == previous {
+            return None;
+        }
+        let outcome = {
+            let mut edges = self.edges();
+            edges.addresses = addresses;
+            self.assemble(&edges)
+        };
+        Some(outcome.map(|(snapshot, set, built)| {
+            tracing::info!(
+                version = built.version,
+                "upstream addresses changed: edge configuration republished"
+            );
+            self.publish_built(snapshot, set);
+            built
+        }))
     }
 
     /// [`Publisher::publish`], logging and counting the outcome.
     pub async fn publish_counted(&self, metrics: &Metrics) -> Option<i64> {
         let outcome = self.publish().await;
         record(&outcome, metrics);
-        outcome.ok()
+        outcome.ok().map(|b| b.version)
     }
 
-    /// Publishes after every registry change (debounced) until aborted. `built` is the
-    /// version already published, if any.
+    /// Publishes after every registry change (debounced), and re-resolves upstream names
+    /// every [`EdgeSettings::resolve_interval`], until aborted. `built` is the version
+    /// already published, if any.
     pub fn spawn(mut self, metrics: Arc<Metrics>, mut built: Option<i64>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut poll = tokio::time::interval(POLL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             poll.tick().await;
+            let mut resolve = tokio::time::interval(self.inputs.settings.resolve_interval);
+            resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            resolve.tick().await;
             loop {
                 tokio::select! {
                     changed = self.versions.changed() => {
@@ -174,6 +375,12 @@ impl Publisher {
                             }
                         }
                     }
+                    _ = resolve.tick() => {
+                        if let Some(outcome) = self.refresh_addresses().await {
+                            record(&outcome, &metrics);
+                        }
+                        continue;
+                    }
                 }
                 if let Some(v) = self.publish_counted(&metrics).await {
                     built = Some(v);
@@ -183,10 +390,14 @@ impl Publisher {
     }
 }
 
-/// Logs and counts the outcome of one build.
-pub fn record(outcome: &Result<i64, PublishError>, metrics: &Metrics) {
+/// Logs and counts the outcome of one build, and the gateways it left out.
+pub fn record(outcome: &Result<Built, PublishError>, metrics: &Metrics) {
     match outcome {
-        Ok(_) => metrics.edge_build("ok"),
+        Ok(built) => {
+            metrics.edge_build("ok");
+            let reasons: Vec<&'static str> = built.left_out.iter().map(|(_, r)| *r).collect();
+            metrics.edge_left_out(&reasons);
+        }
         Err(e) => {
             tracing::error!(
                 error = %e,

@@ -28,7 +28,15 @@ use mcpgw_core::catalog::Upstream;
 use mcpgw_core::snapshot::Snapshot;
 use prost::Message;
 
+use envoy_types::pb::envoy::config::core::v3::header_value_option;
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation as UpstreamHeaderMutation, Mutations,
+};
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+
 use super::*;
+use crate::crypto::SecretBox;
+use crate::model::{AuthType, Credentials, Gateway};
 use crate::xds::{ResourceSet, TypeUrl};
 
 fn decode<M: Message + Default + prost::Name>(any: &Any) -> M {
@@ -48,10 +56,44 @@ fn settings() -> EdgeSettings {
         envoy_listen: "0.0.0.0:10000".parse().unwrap(),
         filter_wasm: "/opt/mcpgw/filter.wasm".into(),
         upstream_ca_file: Some("/etc/ca.pem".into()),
-        relay: None,
-        relay_auth: None,
-        control_plane_tls: None,
+        ..EdgeSettings::default()
     }
+}
+
+fn gateway(id: &str, url: &str, auth_type: AuthType) -> Gateway {
+    Gateway {
+        id: id.into(),
+        name: id.into(),
+        url: url.into(),
+        transport: crate::model::Transport::default(),
+        description: None,
+        tags: vec![],
+        enabled: true,
+        reachable: true,
+        auth_type,
+        capabilities: None,
+        server_info: None,
+        protocol_version: None,
+        last_seen: None,
+        last_error: None,
+        consecutive_failures: 0,
+        collisions: vec![],
+        created_at: String::new(),
+        updated_at: String::new(),
+        version: 1,
+    }
+}
+
+/// The edge's view of gateways `(id, url, addresses)`, without credentials.
+fn endpoints_of(list: &[(&str, &str, &[&str])]) -> EdgeUpstreams {
+    list.iter()
+        .map(|(id, url, addrs)| {
+            let g = gateway(id, url, AuthType::None);
+            let access = upstream_access(&g, None, &SecretBox::dev()).unwrap();
+            let addresses = addrs.iter().map(|a| a.parse().unwrap()).collect();
+            ((*id).to_owned(), EdgeUpstream { access, addresses })
+        })
+        .collect()
 }
 
 fn snapshot(version: &str) -> Snapshot {
@@ -73,34 +115,35 @@ fn snapshot(version: &str) -> Snapshot {
     s
 }
 
-fn endpoints_of(list: &[(&str, &str)]) -> Endpoints {
-    list.iter()
-        .map(|(id, url)| {
-            (
-                (*id).to_owned(),
-                UpstreamEndpoint::from_url(url).map_err(|reason| EdgeError::BadUrl {
-                    gateway: (*id).into(),
-                    url: (*url).into(),
-                    reason,
-                }),
-            )
-        })
-        .collect()
-}
-
-fn two_endpoints() -> Endpoints {
+fn two_endpoints() -> EdgeUpstreams {
     endpoints_of(&[
-        ("g1", "http://127.0.0.1:9000/mcp"),
-        ("g2", "https://mcp.example.com/v1/mcp"),
-        ("unused", "ftp://nowhere"),
+        ("g1", "http://127.0.0.1:9000/mcp", &["127.0.0.1"]),
+        (
+            "g2",
+            "https://mcp.example.com/v1/mcp",
+            &["93.184.216.34", "93.184.216.35"],
+        ),
     ])
 }
 
 fn endpoint_of(c: &Cluster) -> (String, u32, String) {
+    endpoints_in(c).swap_remove(0)
+}
+
+/// Every endpoint of a cluster: (address, port, hostname).
+fn endpoints_in(c: &Cluster) -> Vec<(String, u32, String)> {
     let la = c.load_assignment.as_ref().unwrap();
-    let Some(lb_endpoint::HostIdentifier::Endpoint(e)) =
-        &la.endpoints[0].lb_endpoints[0].host_identifier
-    else {
+    la.endpoints[0]
+        .lb_endpoints
+        .iter()
+        .map(endpoint_parts)
+        .collect()
+}
+
+fn endpoint_parts(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> (String, u32, String) {
+    let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
         panic!("no endpoint");
     };
     let Some(address::Address::SocketAddress(sa)) = &e.address.as_ref().unwrap().address else {
@@ -161,16 +204,22 @@ fn clusters_one_per_upstream_plain_and_tls() {
             .is_some()
     );
 
+    // A name: static endpoints on the addresses the control plane checked (Envoy never
+    // resolves it itself, so it cannot be rebound past the SSRF guard); TLS stays on the
+    // name.
     let secure: Cluster = get(&set, TypeUrl::Cluster, "mcpgw-gw-g2");
     assert_eq!(
         secure.cluster_discovery_type,
         Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::StrictDns as i32
+            cluster::DiscoveryType::Static as i32
         ))
     );
     assert_eq!(
-        endpoint_of(&secure),
-        ("mcp.example.com".into(), 443, "mcp.example.com".into())
+        endpoints_in(&secure),
+        [
+            ("93.184.216.34".into(), 443, "mcp.example.com".into()),
+            ("93.184.216.35".into(), 443, "mcp.example.com".into())
+        ]
     );
     let tls = tls_of(&secure).unwrap();
     assert_eq!(tls.sni, "mcp.example.com");
@@ -201,8 +250,8 @@ fn tls_to_an_ip_sends_no_sni_and_may_skip_verification() {
         ..settings()
     };
     let ends = endpoints_of(&[
-        ("g1", "https://10.0.0.1:8443/mcp"),
-        ("g2", "https://[::1]/mcp"),
+        ("g1", "https://10.0.0.1:8443/mcp", &["10.0.0.1"]),
+        ("g2", "https://[::1]/mcp", &["::1"]),
     ]);
     let set = resources(&snapshot("1"), &ends, &s).unwrap();
     let c: Cluster = get(&set, TypeUrl::Cluster, "mcpgw-gw-g1");
@@ -310,24 +359,40 @@ fn routes_follow_the_filters_header_else_answer_404() {
     let rc: RouteConfiguration = get(&set, TypeUrl::RouteConfiguration, ROUTES);
     let vh = &rc.virtual_hosts[0];
     assert_eq!(vh.domains, vec!["*"]);
-    let routed = &vh.routes[0];
-    let m = routed.r#match.as_ref().unwrap();
-    assert_eq!(m.headers[0].name, "x-route");
-    assert_eq!(
-        m.headers[0].header_match_specifier,
-        Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
-    );
-    let Some(route::Action::Route(action)) = &routed.action else {
-        panic!("first route does not route");
-    };
-    assert_eq!(
-        action.cluster_specifier,
-        Some(route_action::ClusterSpecifier::ClusterHeader(
-            "x-route".into()
-        ))
-    );
-    assert_eq!(action.timeout.unwrap().seconds, 0);
-    let fallback: Vec<_> = vh.routes[1..]
+    // GET streams: no deadline, an idle limit; everything else: a deadline.
+    for (i, name, get, timeout, idle) in [
+        (
+            0,
+            "routed-stream",
+            true,
+            0,
+            Some(STREAM_ROUTE_IDLE_TIMEOUT_S),
+        ),
+        (1, "routed", false, ROUTE_TIMEOUT_S, None),
+    ] {
+        let routed = &vh.routes[i];
+        assert_eq!(routed.name, name);
+        let m = routed.r#match.as_ref().unwrap();
+        assert_eq!(m.headers[0].name, "x-route");
+        assert_eq!(
+            m.headers[0].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
+        );
+        assert_eq!(m.headers[1].name, ":method");
+        assert_eq!(m.headers[1].invert_match, !get, "{name}");
+        let Some(route::Action::Route(action)) = &routed.action else {
+            panic!("{name} does not route");
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::ClusterHeader(
+                "x-route".into()
+            ))
+        );
+        assert_eq!(action.timeout.unwrap().seconds, timeout, "{name}");
+        assert_eq!(action.idle_timeout.map(|d| d.seconds), idle, "{name}");
+    }
+    let fallback: Vec<_> = vh.routes[2..]
         .iter()
         .map(|r| {
             let Some(route_match::PathSpecifier::Prefix(p)) =
@@ -361,6 +426,7 @@ fn a_relay_gets_a_cluster_and_a_route_that_names_the_listener() {
             port: 18001,
             tls: false,
         }),
+        relay_auth: Some("relay-secret".into()),
         ..settings()
     };
     let mut snap = snapshot("1");
@@ -380,34 +446,122 @@ fn a_relay_gets_a_cluster_and_a_route_that_names_the_listener() {
     );
     let rc: RouteConfiguration = get(&set, TypeUrl::RouteConfiguration, ROUTES);
     let routes = &rc.virtual_hosts[0].routes;
-    assert_eq!(routes.len(), 4, "relay, routed, two fallbacks");
-    // First: the filter's hand-over to the relay (an exact match beats "present").
-    let relay = &routes[0];
-    let m = relay.r#match.as_ref().unwrap();
-    assert_eq!(m.headers[0].name, "x-route");
-    let Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) =
-        &m.headers[0].header_match_specifier
-    else {
-        panic!("relay route does not match the header's value");
-    };
     assert_eq!(
-        sm.match_pattern,
-        Some(string_matcher::MatchPattern::Exact(RELAY_CLUSTER.into()))
+        routes.len(),
+        6,
+        "relay (GET, other), routed (GET, other), two fallbacks"
     );
-    let Some(route::Action::Route(action)) = &relay.action else {
-        panic!("relay route does not route");
+    // First: the filter's hand-over to the relay (an exact match beats "present").
+    for (relay, timeout) in [(&routes[0], 0), (&routes[1], ROUTE_TIMEOUT_S)] {
+        let m = relay.r#match.as_ref().unwrap();
+        assert_eq!(m.headers[0].name, "x-route");
+        let Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) =
+            &m.headers[0].header_match_specifier
+        else {
+            panic!("relay route does not match the header's value");
+        };
+        assert_eq!(
+            sm.match_pattern,
+            Some(string_matcher::MatchPattern::Exact(RELAY_CLUSTER.into()))
+        );
+        let Some(route::Action::Route(action)) = &relay.action else {
+            panic!("relay route does not route");
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                RELAY_CLUSTER.into()
+            ))
+        );
+        assert_eq!(action.timeout.unwrap().seconds, timeout);
+        // What the relay is told, overwriting whatever a client sent.
+        let added: Vec<(&str, &str, i32)> = relay
+            .request_headers_to_add
+            .iter()
+            .map(|h| {
+                let hv = h.header.as_ref().unwrap();
+                (hv.key.as_str(), hv.value.as_str(), h.append_action)
+            })
+            .collect();
+        let overwrite = header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        assert_eq!(
+            added,
+            [
+                (
+                    mcpgw_core::edge::EDGE_ADDRESS_HEADER,
+                    "%DOWNSTREAM_LOCAL_ADDRESS%",
+                    overwrite
+                ),
+                (
+                    mcpgw_core::edge::CLIENT_ADDRESS_HEADER,
+                    "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                    overwrite
+                ),
+                (
+                    mcpgw_core::edge::RELAY_AUTH_HEADER,
+                    "relay-secret",
+                    overwrite
+                ),
+            ]
+        );
+    }
+    assert_eq!(routes[2].name, "routed-stream");
+    // The relay's secret is in the routes only: not in the filter's configuration.
+    let ecds = set.get(TypeUrl::ExtensionConfig, FILTER).unwrap();
+    assert!(!contains(&ecds.body().value, b"relay-secret"));
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_relay_cluster_presents_the_envoys_client_certificate_when_configured() {
+    let s = EdgeSettings {
+        relay: Some(UpstreamEndpoint {
+            host: "10.1.2.3".into(),
+            port: 18001,
+            tls: false,
+        }),
+        control_plane_tls: Some(ControlPlaneTls {
+            ca_file: "/etc/mcpgw/ca.pem".into(),
+            cert_file: "/etc/mcpgw/envoy.pem".into(),
+            key_file: "/etc/mcpgw/envoy.key".into(),
+        }),
+        ..settings()
     };
+    let set = resources(&snapshot("1"), &two_endpoints(), &s).unwrap();
+    let c: Cluster = get(&set, TypeUrl::Cluster, RELAY_CLUSTER);
+    let tls = tls_of(&c).expect("TLS towards the relay");
+    assert_eq!(tls.sni, "", "an IP gets no SNI");
+    let ctx = tls.common_tls_context.unwrap();
+    let cert = &ctx.tls_certificates[0];
     assert_eq!(
-        action.cluster_specifier,
-        Some(route_action::ClusterSpecifier::Cluster(
-            RELAY_CLUSTER.into()
+        cert.certificate_chain.as_ref().unwrap().specifier,
+        Some(data_source::Specifier::Filename(
+            "/etc/mcpgw/envoy.pem".into()
         ))
     );
-    assert_eq!(action.timeout.unwrap().seconds, 0);
-    let added = relay.request_headers_to_add[0].header.as_ref().unwrap();
-    assert_eq!(added.key, mcpgw_core::edge::EDGE_ADDRESS_HEADER);
-    assert_eq!(added.value, "%DOWNSTREAM_LOCAL_ADDRESS%");
-    assert_eq!(routes[1].name, "routed");
+    assert_eq!(
+        cert.private_key.as_ref().unwrap().specifier,
+        Some(data_source::Specifier::Filename(
+            "/etc/mcpgw/envoy.key".into()
+        ))
+    );
+    let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+        ctx.validation_context_type
+    else {
+        panic!("the relay's certificate is not checked");
+    };
+    assert_eq!(
+        v.trusted_ca.unwrap().specifier,
+        Some(data_source::Specifier::Filename("/etc/mcpgw/ca.pem".into()))
+    );
+    let san = &v.match_typed_subject_alt_names[0];
+    assert_eq!(
+        san.san_type,
+        subject_alt_name_matcher::SanType::IpAddress as i32
+    );
 }
 
 #[test]
@@ -424,11 +578,39 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
         Some(socket_address::PortSpecifier::PortValue(10000))
     );
     assert!(l.per_connection_buffer_limit_bytes.unwrap().value >= 4 * 1024 * 1024);
-    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
-    else {
+    let filters = &l.filter_chains[0].filters;
+    assert_eq!(filters[0].name, "envoy.filters.network.connection_limit");
+    let Some(filter::ConfigType::TypedConfig(any)) = &filters[0].config_type else {
+        panic!("no connection limit");
+    };
+    let limit: ConnectionLimit = decode(any);
+    assert_eq!(
+        limit.max_connections.unwrap().value,
+        MAX_DOWNSTREAM_CONNECTIONS
+    );
+    let Some(filter::ConfigType::TypedConfig(any)) = &filters[1].config_type else {
         panic!("no HCM");
     };
     let hcm: HttpConnectionManager = decode(any);
+    let secs = |d: Option<envoy_types::pb::google::protobuf::Duration>| d.map(|d| d.seconds);
+    assert_eq!(
+        secs(hcm.request_headers_timeout),
+        Some(REQUEST_HEADERS_TIMEOUT_S)
+    );
+    assert_eq!(secs(hcm.request_timeout), Some(REQUEST_TIMEOUT_S));
+    assert_eq!(secs(hcm.stream_idle_timeout), Some(STREAM_IDLE_TIMEOUT_S));
+    assert_eq!(
+        secs(hcm.common_http_protocol_options.unwrap().idle_timeout),
+        Some(DOWNSTREAM_IDLE_TIMEOUT_S)
+    );
+    assert_eq!(
+        hcm.http2_protocol_options
+            .unwrap()
+            .max_concurrent_streams
+            .unwrap()
+            .value,
+        MAX_CONCURRENT_STREAMS
+    );
     let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
         panic!("routes not over RDS");
     };
@@ -447,10 +629,25 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
             .as_ref()
             .unwrap(),
     );
+    let removed: Vec<_> = strip
+        .mutations
+        .iter()
+        .map(|m| match &m.action {
+            Some(header_mutation::Action::Remove(h)) => h.as_str(),
+            other => panic!("not a removal: {other:?}"),
+        })
+        .collect();
     assert_eq!(
-        strip.mutations[0].action,
-        Some(header_mutation::Action::Remove("x-mcpgw-cluster".into()))
+        removed,
+        [
+            "x-mcpgw-cluster",
+            "mcpgw-relay-auth",
+            "mcpgw-edge-address",
+            "mcpgw-client-address",
+            "mcpgw-relay-upstreams"
+        ]
     );
+    assert!(!removed.contains(&mcpgw_core::edge::UPSTREAM_HEADER));
 }
 
 #[test]
@@ -486,23 +683,358 @@ fn endpoints_come_from_gateway_urls() {
 
 #[test]
 fn an_upstream_without_a_usable_endpoint_fails_naming_the_gateway() {
-    let cases = [
+    // A URL the edge cannot use: the gateway is refused by itself (the publisher leaves it
+    // out), its URL not repeated (its query may hold a token).
+    let e = upstream_access(
+        &gateway("g1", "ftp://x?token=hush", AuthType::None),
+        None,
+        &SecretBox::dev(),
+    )
+    .unwrap_err();
+    assert_eq!(e.label(), "bad_url");
+    assert!(
+        e.to_string().contains("g1") && !e.to_string().contains("hush"),
+        "{e}"
+    );
+    // An upstream of the snapshot the edge has no access for: the translation fails.
+    let ends = endpoints_of(&[("g1", "http://127.0.0.1:1", &["127.0.0.1"])]);
+    let e = resources(&snapshot("1"), &ends, &settings()).unwrap_err();
+    assert_eq!(e.label(), "missing_endpoint");
+    assert!(e.to_string().contains("g2"), "{e}");
+}
+
+/// The upstream filters of one gateway's cluster.
+fn upstream_filters(
+    c: &Cluster,
+) -> Vec<
+    envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter,
+> {
+    let http: HttpProtocolOptions = decode(
+        &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+    );
+    http.http_filters
+}
+
+fn mutations_of(c: &Cluster) -> Mutations {
+    let filters = upstream_filters(c);
+    let names: Vec<_> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.header_mutation",
+            "envoy.filters.http.upstream_codec"
+        ]
+    );
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &filters[0].config_type else {
+        panic!("no header mutation config");
+    };
+    decode::<UpstreamHeaderMutation>(any).mutations.unwrap()
+}
+
+/// Each gateway's cluster replaces the client's credentials with the gateway's own, and
+/// adds its URL's query parameters; the secrets are in that cluster and nowhere else.
+#[test]
+fn clusters_replace_client_credentials_with_the_gateways_own() {
+    let secrets = SecretBox::dev();
+    let sealed = secrets
+        .seal_credentials(&Credentials::Bearer {
+            token: "up-secret".into(),
+        })
+        .unwrap();
+    let with_token = gateway("g1", "http://127.0.0.1:9000/mcp", AuthType::Bearer);
+    let with_query = gateway(
+        "g2",
+        "https://mcp.example.com/v1/mcp?api_key=q-secret&team=a",
+        AuthType::None,
+    );
+    let mut ends = EdgeUpstreams::new();
+    for (g, sealed, addr) in [
+        (&with_token, Some(sealed.as_str()), "127.0.0.1"),
+        (&with_query, None, "93.184.216.34"),
+    ] {
+        let access = upstream_access(g, sealed, &secrets).unwrap();
+        assert!(
+            !format!("{access:?}").contains("secret"),
+            "Debug shows a secret: {access:?}"
+        );
+        ends.insert(
+            g.id.clone(),
+            EdgeUpstream {
+                access,
+                addresses: vec![addr.parse().unwrap()],
+            },
+        );
+    }
+    let mut snap = snapshot("1");
+    for (id, a) in &ends {
+        snap.upstreams.insert(
+            id.clone(),
+            a.access
+                .target
+                .snapshot_entry(crate::snapshot::cluster_name(id)),
+        );
+    }
+    assert_eq!(
+        snap.upstreams["g2"].path, "/v1/mcp",
+        "no query in the snapshot"
+    );
+    let set = resources(&snap, &ends, &settings()).unwrap();
+
+    let removed_then_added = |m: &Mutations| -> Vec<String> {
+        m.request_mutations
+            .iter()
+            .map(|m| match &m.action {
+                Some(header_mutation::Action::Remove(h)) => format!("-{h}"),
+                Some(header_mutation::Action::Append(h)) => {
+                    assert_eq!(
+                        h.append_action,
+                        header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                    );
+                    let hv = h.header.as_ref().unwrap();
+                    format!("+{}: {}", hv.key, hv.value)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let g1 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g1"));
+    assert_eq!(
+        removed_then_added(&g1),
+        [
+            "-authorization",
+            "-proxy-authorization",
+            "-cookie",
+            "+authorization: Bearer up-secret"
+        ]
+    );
+    assert!(g1.query_parameter_mutations.is_empty());
+    let g2 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g2"));
+    assert_eq!(
+        removed_then_added(&g2),
+        ["-authorization", "-proxy-authorization", "-cookie"]
+    );
+    let query: Vec<(String, String)> = g2
+        .query_parameter_mutations
+        .iter()
+        .map(|q| {
+            let r = q.append.as_ref().unwrap().record.as_ref().unwrap();
+            let Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(v)) =
+                &r.value.as_ref().unwrap().kind
+            else {
+                panic!("not a string");
+            };
+            (r.key.clone(), v.clone())
+        })
+        .collect();
+    assert_eq!(
+        query,
+        [
+            ("api_key".to_owned(), "q-secret".to_owned()),
+            ("team".to_owned(), "a".to_owned())
+        ]
+    );
+
+    // The secrets travel in their clusters only.
+    for t in TypeUrl::ALL {
+        for r in set.resources(t) {
+            let body = &r.body().value;
+            let own =
+                |id: &str| t == TypeUrl::Cluster && r.name() == crate::snapshot::cluster_name(id);
+            assert_eq!(contains(body, b"up-secret"), own("g1"), "{t} {}", r.name());
+            assert_eq!(contains(body, b"q-secret"), own("g2"), "{t} {}", r.name());
+        }
+    }
+    let json = serde_json::to_string(&snap).unwrap();
+    assert!(!json.contains("secret"), "{json}");
+}
+
+#[test]
+fn credentials_become_headers_or_a_precise_error() {
+    let secrets = SecretBox::dev();
+    let seal = |c: Credentials| secrets.seal_credentials(&c).unwrap();
+    let headers = |auth: AuthType, sealed: Option<String>| {
+        upstream_access(
+            &gateway("g", "http://127.0.0.1:1/mcp", auth),
+            sealed.as_deref(),
+            &secrets,
+        )
+        .map(|a| {
+            a.headers
+                .iter()
+                .map(|h| format!("{}: {}", h.name, h.value.expose()))
+                .collect::<Vec<_>>()
+        })
+        .map_err(|e| e.label())
+    };
+    let pair = |k: &str, v: &str| crate::model::HeaderPair {
+        key: k.into(),
+        value: v.into(),
+    };
+    type Case<'a> = (
+        &'a str,
+        Result<Vec<String>, &'a str>,
+        Result<Vec<&'a str>, &'a str>,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        ("none", headers(AuthType::None, None), Ok(vec![])),
         (
-            "bad url",
-            endpoints_of(&[("g1", "ftp://x"), ("g2", "http://127.0.0.1:1")]),
-            "bad_url",
-            "g1",
+            "bearer",
+            headers(
+                AuthType::Bearer,
+                Some(seal(Credentials::Bearer { token: "t".into() })),
+            ),
+            Ok(vec!["authorization: Bearer t"]),
         ),
         (
-            "missing",
-            endpoints_of(&[("g1", "http://127.0.0.1:1")]),
-            "missing_endpoint",
-            "g2",
+            "basic",
+            headers(
+                AuthType::Basic,
+                Some(seal(Credentials::Basic {
+                    username: "u".into(),
+                    password: "p".into(),
+                })),
+            ),
+            Ok(vec!["authorization: Basic dTpw"]),
+        ),
+        (
+            "headers",
+            headers(
+                AuthType::Headers,
+                Some(seal(Credentials::Headers {
+                    headers: vec![pair("X-Api-Key", "k"), pair("x-team", "a")],
+                })),
+            ),
+            Ok(vec!["x-api-key: k", "x-team: a"]),
+        ),
+        (
+            "a header Envoy owns",
+            headers(
+                AuthType::Headers,
+                Some(seal(Credentials::Headers {
+                    headers: vec![pair("Host", "evil")],
+                })),
+            ),
+            Err("credentials"),
+        ),
+        (
+            "a value with a newline",
+            headers(
+                AuthType::Headers,
+                Some(seal(Credentials::Headers {
+                    headers: vec![pair("x-k", "a\r\nb")],
+                })),
+            ),
+            Err("credentials"),
+        ),
+        (
+            "sealed under another key",
+            headers(
+                AuthType::Bearer,
+                Some(
+                    SecretBox::from_key([9; 32])
+                        .seal_credentials(&Credentials::Bearer { token: "t".into() })
+                        .unwrap(),
+                ),
+            ),
+            Err("credentials"),
         ),
     ];
-    for (case, ends, label, gateway) in cases {
-        let e = resources(&snapshot("1"), &ends, &settings()).unwrap_err();
-        assert_eq!(e.label(), label, "{case}");
-        assert!(e.to_string().contains(gateway), "{case}: {e}");
+    for (case, got, want) in cases {
+        let want = want.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
+        assert_eq!(got, want, "{case}");
+    }
+}
+
+#[test]
+fn clusters_have_explicit_circuit_breakers() {
+    const { assert!(CLUSTER_MAX_REQUESTS > 1024, "above Envoy's default") };
+    let set = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
+    for name in ["mcpgw-gw-g1", "mcpgw-gw-g2"] {
+        let c: Cluster = get(&set, TypeUrl::Cluster, name);
+        let t = &c.circuit_breakers.unwrap().thresholds[0];
+        let v = |x: Option<envoy_types::pb::google::protobuf::UInt32Value>| x.unwrap().value;
+        assert_eq!(v(t.max_requests), CLUSTER_MAX_REQUESTS, "{name}");
+        assert_eq!(v(t.max_connections), CLUSTER_MAX_REQUESTS, "{name}");
+        assert_eq!(
+            v(t.max_pending_requests),
+            CLUSTER_MAX_PENDING_REQUESTS,
+            "{name}"
+        );
+        assert_eq!(v(t.max_retries), CLUSTER_MAX_RETRIES, "{name}");
+    }
+}
+
+/// A resolver whose answers a test sets per name.
+#[derive(Default)]
+struct Answers(std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>);
+
+impl Resolver for Answers {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<std::net::IpAddr>>> {
+        let got = self.0.lock().unwrap().get(host).cloned();
+        Box::pin(async move {
+            got.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such name"))
+        })
+    }
+}
+
+#[tokio::test]
+async fn addresses_are_checked_with_the_ssrf_policy() {
+    let answers = Answers::default();
+    let set = |host: &str, addrs: &[&str]| {
+        answers.0.lock().unwrap().insert(
+            host.into(),
+            addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        );
+    };
+    set(
+        "public.test",
+        &["93.184.216.34", "93.184.216.34", "2606:4700::1111"],
+    );
+    set("rebound.test", &["169.254.169.254"]);
+    set("mixed.test", &["93.184.216.34", "127.0.0.1"]);
+    set("empty.test", &[]);
+    let deny = crate::config::SsrfPolicy::default();
+    let loopback = crate::config::SsrfPolicy {
+        allow_loopback: true,
+        allow_link_local: false,
+    };
+    let label = |r: Result<Vec<std::net::IpAddr>, AddressError>| match r {
+        Ok(a) => Ok(a.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        Err(AddressError::Forbidden(_)) => Err("forbidden"),
+        Err(AddressError::Unresolvable { .. }) => Err("unresolvable"),
+    };
+    let cases = [
+        (
+            "public",
+            "public.test",
+            deny,
+            Ok(vec!["93.184.216.34", "2606:4700::1111"]),
+        ),
+        ("metadata", "rebound.test", loopback, Err("forbidden")),
+        ("one bad address", "mixed.test", deny, Err("forbidden")),
+        (
+            "loopback allowed",
+            "mixed.test",
+            loopback,
+            Ok(vec!["93.184.216.34", "127.0.0.1"]),
+        ),
+        ("no answer", "absent.test", deny, Err("unresolvable")),
+        ("empty answer", "empty.test", deny, Err("unresolvable")),
+        ("literal loopback", "127.0.0.1", deny, Err("forbidden")),
+        (
+            "literal public",
+            "93.184.216.34",
+            deny,
+            Ok(vec!["93.184.216.34"]),
+        ),
+    ];
+    for (case, host, policy, want) in cases {
+        let got = label(checked_addresses(&answers, host, 443, policy).await);
+        let want = want.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
+        assert_eq!(got, want, "{case}");
     }
 }

@@ -1,16 +1,23 @@
 //! Snapshot → xDS resources (pure).
+//!
+//! Every timeout and limit the generated configuration sets is a named constant below,
+//! with the reason for its value; `docs/control-plane.md` lists them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration as StdDuration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, circuit_breakers, cluster,
+};
 use envoy_types::pb::envoy::config::common::mutation_rules::v3 as mutation_rules;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
     ExtensionConfigSource, HeaderValue, HeaderValueOption, Http1ProtocolOptions,
-    HttpProtocolOptions as CommonHttpProtocolOptions, SocketAddress, TransportSocket,
-    TypedExtensionConfig, address, async_data_source, config_source, data_source,
-    header_value_option, socket_address, transport_socket,
+    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions, KeyValueAppend,
+    KeyValueMutation, KeyValuePair, SocketAddress, TransportSocket, TypedExtensionConfig, address,
+    async_data_source, config_source, data_source, header_value_option, key_value_append,
+    socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -20,25 +27,36 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost, header_matcher, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation as UpstreamHeaderMutation, Mutations,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation as EarlyHeaderMutation;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
-    common_tls_context, subject_alt_name_matcher,
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig, plugin_config};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{
+    Any, BoolValue, Duration, StringValue, UInt32Value, UInt64Value,
+};
+use mcpgw_core::edge::{
+    CLIENT_ADDRESS_HEADER, EDGE_ADDRESS_HEADER, RELAY_AUTH_HEADER, RELAY_UPSTREAMS_HEADER,
+};
 use mcpgw_core::snapshot::Snapshot;
 
-use crate::model::Gateway;
+use super::resolve::{AddressError, EdgeResolver};
+use super::upstream::UpstreamAccess;
 use crate::xds::{ResourceSet, ResourceSetError};
 
 /// Name of the MCP listener (LDS).
@@ -53,11 +71,67 @@ pub const RELAY_CLUSTER: &str = "mcpgw-relay";
 const VM_ID: &str = "mcpgw";
 /// How long an upstream connection attempt may take. Long enough for a TLS handshake across
 /// regions, short enough that a dead upstream fails the call before a client gives up.
-const CONNECT_TIMEOUT_S: i64 = 5;
+pub const CONNECT_TIMEOUT_S: i64 = 5;
 /// How long an idle upstream connection is kept: below the keep-alive timeouts common MCP
 /// servers (uvicorn: 5 s is the default, but most deployments raise it) and proxies (60 s)
 /// use, so Envoy closes first instead of racing a request into a closing socket.
-const UPSTREAM_IDLE_TIMEOUT_S: i64 = 50;
+pub const UPSTREAM_IDLE_TIMEOUT_S: i64 = 50;
+/// How long a client may take to send its request headers: a client that trickles them
+/// (slowloris) holds a connection and a buffer; every real client sends them at once.
+pub const REQUEST_HEADERS_TIMEOUT_S: i64 = 10;
+/// How long a client may take to send its whole request (headers and a body up to the
+/// policy's limit; the filter's upstream `initialize` runs inside it as well).
+pub const REQUEST_TIMEOUT_S: i64 = 60;
+/// How long a stream may pass no bytes either way before Envoy resets it (Envoy's own
+/// default, made explicit: it was disabled). A `tools/call` whose SSE response stays
+/// silent this long while the tool runs is cut: tools that run longer should send
+/// progress notifications, which MCP provides for exactly this.
+pub const STREAM_IDLE_TIMEOUT_S: i64 = 300;
+/// The whole of one POST or DELETE exchange, response included (an SSE response too):
+/// generous for slow tools (ContextForge's default tool timeout is 60 s), bounded so a
+/// hung upstream cannot hold a stream forever.
+pub const ROUTE_TIMEOUT_S: i64 = 300;
+/// Idle limit of a GET stream (the server-to-client SSE stream, and the legacy SSE
+/// session through the relay): no overall deadline, since such a stream lasts as long as
+/// the session, but one that passes nothing for an hour is dropped (clients reconnect,
+/// resuming with `Last-Event-ID`).
+pub const STREAM_ROUTE_IDLE_TIMEOUT_S: i64 = 3600;
+/// How long a client connection without any stream is kept open.
+pub const DOWNSTREAM_IDLE_TIMEOUT_S: i64 = 300;
+/// Concurrent streams per HTTP/2 client connection (Envoy's default is 2^31 - 1): one
+/// connection must not be able to open unbounded work.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Client connections the MCP listener accepts at once, per Envoy (beyond it new ones are
+/// closed). Each holds buffers up to the body limit; the bootstraps' overload manager caps
+/// all listeners together and sheds load on memory pressure.
+pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 10_000;
+/// Circuit breakers of each upstream cluster, per Envoy. Envoy's defaults (1,024 each)
+/// would cap an upstream at 1,024 concurrent requests, and every open SSE stream (a GET
+/// stream, a streaming tool call) is one: 8,192 concurrent requests and connections
+/// (HTTP/1.1: one request per connection), far below file-descriptor limits.
+pub const CLUSTER_MAX_REQUESTS: u32 = 8192;
+/// Requests waiting for a connection to an upstream (Envoy's default, made explicit): a
+/// queue longer than this means the upstream is not keeping up, and waiting longer helps
+/// nobody.
+pub const CLUSTER_MAX_PENDING_REQUESTS: u32 = 1024;
+/// Concurrent retries per upstream (Envoy's default; routes configure no retries).
+pub const CLUSTER_MAX_RETRIES: u32 = 3;
+/// Client headers removed before a request reaches any upstream: the client's credentials
+/// are for the gateway, never for the servers behind it (MCP forbids token passthrough).
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+/// Headers only Envoy's routes and the relay may set: removed from every client request
+/// before any filter sees it. (`mcpgw-upstream` is not among them: the relay legitimately
+/// sends it back through the listener, and the filter checks it against the session.)
+pub const INTERNAL_HEADERS: [&str; 4] = [
+    RELAY_AUTH_HEADER,
+    EDGE_ADDRESS_HEADER,
+    CLIENT_ADDRESS_HEADER,
+    RELAY_UPSTREAMS_HEADER,
+];
+/// Default of [`EdgeSettings::resolve_interval`]: how stale an upstream's addresses may be.
+/// Short enough to follow a planned address change within a minute, long enough that a
+/// thousand upstreams cost a few lookups a second.
+pub const DEFAULT_RESOLVE_INTERVAL: StdDuration = StdDuration::from_secs(30);
 /// JSON-RPC body of the fallback route (the filter let a request through without routing it).
 const NOT_ROUTED_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"no upstream serves this request"}}"#;
 
@@ -80,6 +154,10 @@ pub struct EdgeSettings {
     /// Files on the Envoys' hosts for TLS towards the control plane (the relay cluster):
     /// `None` means plaintext.
     pub control_plane_tls: Option<ControlPlaneTls>,
+    /// Resolves upstream names for the static endpoints Envoys get.
+    pub resolver: EdgeResolver,
+    /// How often upstream names are resolved and checked again.
+    pub resolve_interval: StdDuration,
 }
 
 /// Files on an Envoy's host for TLS with a client certificate towards the control plane.
@@ -111,22 +189,39 @@ impl Default for EdgeSettings {
             relay: None,
             relay_auth: None,
             control_plane_tls: None,
+            resolver: EdgeResolver::default(),
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
         }
     }
 }
 
-/// Why a snapshot cannot be translated.
+/// Why a snapshot cannot be translated, or one gateway cannot be served at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EdgeError {
-    /// A gateway's URL names no reachable endpoint.
-    #[error("gateway {gateway}: url {url:?}: {reason}")]
+    /// A gateway's URL names no reachable endpoint. (The URL itself is not repeated: its
+    /// query may hold a token.)
+    #[error("gateway {gateway}: url: {reason}")]
     BadUrl {
         /// Gateway id.
         gateway: String,
-        /// The URL.
-        url: String,
         /// Why.
         reason: String,
+    },
+    /// A gateway's stored credentials cannot be opened or sent.
+    #[error("gateway {gateway}: credentials: {reason}")]
+    Credentials {
+        /// Gateway id.
+        gateway: String,
+        /// Why.
+        reason: String,
+    },
+    /// A gateway has no address Envoy may connect to.
+    #[error("gateway {gateway}: {source}")]
+    Address {
+        /// Gateway id.
+        gateway: String,
+        /// Why.
+        source: AddressError,
     },
     /// The snapshot has an upstream whose endpoint is unknown.
     #[error("upstream {0} has no endpoint")]
@@ -144,6 +239,15 @@ impl EdgeError {
     pub fn label(&self) -> &'static str {
         match self {
             EdgeError::BadUrl { .. } => "bad_url",
+            EdgeError::Credentials { .. } => "credentials",
+            EdgeError::Address {
+                source: AddressError::Forbidden(_),
+                ..
+            } => "forbidden_address",
+            EdgeError::Address {
+                source: AddressError::Unresolvable { .. },
+                ..
+            } => "unresolvable",
             EdgeError::MissingEndpoint(_) => "missing_endpoint",
             EdgeError::Serialize(_) => "serialize",
             EdgeError::Resource(_) => "resource",
@@ -183,39 +287,34 @@ impl UpstreamEndpoint {
         Ok(UpstreamEndpoint { host, port, tls })
     }
 
-    fn ip(&self) -> Option<IpAddr> {
+    /// The host as an IP address, when it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
 }
 
-/// Upstream endpoints by gateway id, or why a gateway's URL has none.
-pub type Endpoints = HashMap<String, Result<UpstreamEndpoint, EdgeError>>;
+/// One upstream as the edge reaches it: its access (where, as whom) and the checked
+/// addresses Envoy connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeUpstream {
+    /// Endpoint, path, credentials.
+    pub access: UpstreamAccess,
+    /// Addresses that passed the SSRF policy (at least one).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Upstreams the edge can serve, by gateway id.
+pub type EdgeUpstreams = BTreeMap<String, EdgeUpstream>;
 
 /// Filter configurations larger than this are sent compressed; smaller ones stay readable
 /// JSON in Envoy's config dump.
 pub const COMPRESS_ABOVE_BYTES: usize = 64 * 1024;
 
-/// The endpoints of `gateways`. Only gateways the snapshot serves need one, so a gateway
-/// with an unusable URL fails the translation only if the snapshot uses it.
-pub fn endpoints(gateways: &[Gateway]) -> Endpoints {
-    gateways
-        .iter()
-        .map(|g| {
-            let e = UpstreamEndpoint::from_url(&g.url).map_err(|reason| EdgeError::BadUrl {
-                gateway: g.id.clone(),
-                url: g.url.clone(),
-                reason,
-            });
-            (g.id.clone(), e)
-        })
-        .collect()
-}
-
 /// Translates `snapshot` into the resources every Envoy is served; the set's version is
-/// the snapshot's.
+/// the snapshot's. Every upstream of the snapshot must be in `upstreams`.
 pub fn resources(
     snapshot: &Snapshot,
-    endpoints: &Endpoints,
+    upstreams: &EdgeUpstreams,
     settings: &EdgeSettings,
 ) -> Result<ResourceSet, EdgeError> {
     let route_header = snapshot.policy.route_header.as_str();
@@ -223,21 +322,16 @@ pub fn resources(
     // Upstreams are keyed by gateway id; walk them sorted so output is deterministic.
     let sorted: BTreeMap<_, _> = snapshot.upstreams.iter().collect();
     for (gateway, upstream) in sorted {
-        let endpoint = match endpoints.get(gateway.as_str()) {
-            Some(Ok(e)) => e,
-            Some(Err(e)) => return Err(e.clone()),
-            None => return Err(EdgeError::MissingEndpoint(gateway.clone())),
-        };
+        let edge = upstreams
+            .get(gateway.as_str())
+            .ok_or_else(|| EdgeError::MissingEndpoint(gateway.clone()))?;
         b.insert(
             upstream.cluster.clone(),
-            &upstream_cluster(&upstream.cluster, endpoint, settings),
+            &upstream_cluster(&upstream.cluster, edge, settings),
         )?;
     }
     if let Some(relay) = &settings.relay {
-        b.insert(
-            RELAY_CLUSTER,
-            &upstream_cluster(RELAY_CLUSTER, relay, settings),
-        )?;
+        b.insert(RELAY_CLUSTER, &relay_cluster(relay, settings))?;
     }
     let json = serde_json::to_string(snapshot).map_err(|e| EdgeError::Serialize(e.to_string()))?;
     // Large catalogs travel compressed (the filter reads both forms): each Envoy stream
@@ -248,14 +342,7 @@ pub fn resources(
         json
     };
     b.insert(FILTER, &filter_config(config, settings))?;
-    b.insert(
-        ROUTES,
-        &route_configuration(
-            route_header,
-            settings.relay.is_some(),
-            settings.relay_auth.as_deref(),
-        ),
-    )?;
+    b.insert(ROUTES, &route_configuration(route_header, settings))?;
     b.insert(
         LISTENER,
         &listener(settings, route_header, snapshot.policy.max_body_bytes),
@@ -330,14 +417,76 @@ fn filter_config(snapshot_json: String, settings: &EdgeSettings) -> TypedExtensi
     }
 }
 
-/// Routes: the filter's choice, else a JSON-RPC 404. With a relay, requests the filter hands
-/// to it also carry the address of the listener the client reached: the relay sends the
-/// session's messages back through that Envoy.
-fn route_configuration(
-    route_header: &str,
-    relay: bool,
-    relay_auth: Option<&str>,
-) -> RouteConfiguration {
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn u32_value(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// Matches requests whose route header names `cluster` (`None`: any value), and GET
+/// requests only, or every method but GET.
+fn route_match(route_header: &str, cluster: Option<&str>, get: bool) -> RouteMatch {
+    let by_cluster = HeaderMatcher {
+        name: route_header.to_owned(),
+        header_match_specifier: Some(match cluster {
+            None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+            Some(c) => header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(c.to_owned())),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let method = HeaderMatcher {
+        name: ":method".into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact("GET".into())),
+                ..Default::default()
+            },
+        )),
+        invert_match: !get,
+        ..Default::default()
+    };
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+        headers: vec![by_cluster, method],
+        ..Default::default()
+    }
+}
+
+/// What a route does with the requests it matches: to `cluster`, with the limits of a
+/// stream (GET) or of an exchange (everything else).
+fn route_action(cluster: route_action::ClusterSpecifier, get: bool) -> route::Action {
+    let (timeout, idle_timeout) = if get {
+        // A stream lasts as long as the session: no deadline, only an idle limit.
+        (secs(0), secs(STREAM_ROUTE_IDLE_TIMEOUT_S))
+    } else {
+        (secs(ROUTE_TIMEOUT_S), None)
+    };
+    route::Action::Route(RouteAction {
+        cluster_specifier: Some(cluster),
+        timeout,
+        idle_timeout,
+        ..Default::default()
+    })
+}
+
+/// Routes: the filter's choice, else a JSON-RPC 404. With a relay, requests the filter
+/// hands to it also carry the address of the listener the client reached (the relay sends
+/// the session's messages back through that Envoy), the client's address, and the secret
+/// that tells the relay the request came through an Envoy of this control plane.
+fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConfiguration {
     let not_routed = |name: &str, prefix: &str| Route {
         name: name.to_owned(),
         r#match: Some(RouteMatch {
@@ -354,91 +503,46 @@ fn route_configuration(
             }),
             ..Default::default()
         })),
-        response_headers_to_add: vec![HeaderValueOption {
-            header: Some(HeaderValue {
-                key: "content-type".into(),
-                value: "application/json".into(),
-                ..Default::default()
-            }),
-            append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..Default::default()
-        }],
+        response_headers_to_add: vec![header("content-type", "application/json")],
         ..Default::default()
     };
-    let routed = Route {
-        name: "routed".into(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-            headers: vec![HeaderMatcher {
-                name: route_header.to_owned(),
-                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(
-                    true,
+    let mut routes = Vec::with_capacity(6);
+    if settings.relay.is_some() {
+        let mut to_relay = vec![
+            header(EDGE_ADDRESS_HEADER, "%DOWNSTREAM_LOCAL_ADDRESS%"),
+            header(
+                CLIENT_ADDRESS_HEADER,
+                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            ),
+        ];
+        if let Some(auth) = &settings.relay_auth {
+            to_relay.push(header(RELAY_AUTH_HEADER, auth));
+        }
+        for (name, get) in [("relay-stream", true), ("relay", false)] {
+            routes.push(Route {
+                name: name.into(),
+                r#match: Some(route_match(route_header, Some(RELAY_CLUSTER), get)),
+                action: Some(route_action(
+                    route_action::ClusterSpecifier::Cluster(RELAY_CLUSTER.to_owned()),
+                    get,
                 )),
+                request_headers_to_add: to_relay.clone(),
                 ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::ClusterHeader(
-                route_header.to_owned(),
+            });
+        }
+    }
+    for (name, get) in [("routed-stream", true), ("routed", false)] {
+        routes.push(Route {
+            name: name.into(),
+            r#match: Some(route_match(route_header, None, get)),
+            action: Some(route_action(
+                route_action::ClusterSpecifier::ClusterHeader(route_header.to_owned()),
+                get,
             )),
-            // No overall deadline: responses may be SSE streams that last as long as the
-            // tool runs. Dead connections are caught by the idle timeouts instead.
-            timeout: secs(0),
             ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let to_relay = Route {
-        name: "relay".into(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-            headers: vec![HeaderMatcher {
-                name: route_header.to_owned(),
-                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-                    StringMatcher {
-                        match_pattern: Some(string_matcher::MatchPattern::Exact(
-                            RELAY_CLUSTER.to_owned(),
-                        )),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                RELAY_CLUSTER.to_owned(),
-            )),
-            // The legacy SSE stream lasts as long as the client's session.
-            timeout: secs(0),
-            ..Default::default()
-        })),
-        request_headers_to_add: std::iter::once((
-            mcpgw_core::edge::EDGE_ADDRESS_HEADER,
-            "%DOWNSTREAM_LOCAL_ADDRESS%",
-        ))
-        // The secret the relay checks (relay branch; cpedge owns the final form).
-        .chain(relay_auth.map(|a| (mcpgw_core::edge::RELAY_AUTH_HEADER, a)))
-        .map(|(key, value)| HeaderValueOption {
-            header: Some(HeaderValue {
-                key: key.into(),
-                value: value.into(),
-                ..Default::default()
-            }),
-            append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..Default::default()
-        })
-        .collect(),
-        ..Default::default()
-    };
-    let mut routes = Vec::with_capacity(4);
-    if relay {
-        routes.push(to_relay);
+        });
     }
     routes.extend([
-        routed,
         not_routed("servers-not-routed", "/servers/"),
         not_routed("not-routed", "/"),
     ]);
@@ -454,17 +558,22 @@ fn route_configuration(
     }
 }
 
-/// The MCP listener: strip the route header, mcpgw filter (ECDS), router; routes over RDS.
+/// The MCP listener: strip the route header and the internal headers, mcpgw filter (ECDS),
+/// router; routes over RDS; timeouts and connection limits.
 fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) -> Listener {
     // A client-supplied route header would pick a cluster without the filter's say, and a
-    // route computed before the filter runs would be cached with it: remove it before any
-    // filter or route lookup sees the request.
+    // route computed before the filter runs would be cached with it; a client-supplied
+    // relay header would speak for the edge. Remove them before any filter or route
+    // lookup sees the request.
     let strip = EarlyHeaderMutation {
-        mutations: vec![mutation_rules::HeaderMutation {
-            action: Some(mutation_rules::header_mutation::Action::Remove(
-                route_header.to_owned(),
-            )),
-        }],
+        mutations: std::iter::once(route_header)
+            .chain(INTERNAL_HEADERS)
+            .map(|h| mutation_rules::HeaderMutation {
+                action: Some(mutation_rules::header_mutation::Action::Remove(
+                    h.to_owned(),
+                )),
+            })
+            .collect(),
     };
     let hcm = HttpConnectionManager {
         stat_prefix: "mcpgw".into(),
@@ -476,8 +585,18 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
             name: "envoy.http.early_header_mutation.header_mutation".into(),
             typed_config: Some(any(&strip)),
         }],
-        // SSE streams may stay quiet for long: no stream idle timeout.
-        stream_idle_timeout: secs(0),
+        request_headers_timeout: secs(REQUEST_HEADERS_TIMEOUT_S),
+        request_timeout: secs(REQUEST_TIMEOUT_S),
+        // GET streams override it per route (STREAM_ROUTE_IDLE_TIMEOUT_S).
+        stream_idle_timeout: secs(STREAM_IDLE_TIMEOUT_S),
+        common_http_protocol_options: Some(CommonHttpProtocolOptions {
+            idle_timeout: secs(DOWNSTREAM_IDLE_TIMEOUT_S),
+            ..Default::default()
+        }),
+        http2_protocol_options: Some(Http2ProtocolOptions {
+            max_concurrent_streams: u32_value(MAX_CONCURRENT_STREAMS),
+            ..Default::default()
+        }),
         http_filters: vec![
             HttpFilter {
                 name: FILTER.to_owned(),
@@ -500,6 +619,13 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
         ],
         ..Default::default()
     };
+    let limit = ConnectionLimit {
+        stat_prefix: "mcpgw".into(),
+        max_connections: Some(UInt64Value {
+            value: MAX_DOWNSTREAM_CONNECTIONS,
+        }),
+        ..Default::default()
+    };
     // The filter buffers whole request bodies up to the policy's limit; the connection
     // buffer must hold one (and the headers) or Envoy answers 413 before the filter can.
     let buffer = max_body_bytes
@@ -515,25 +641,91 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
             value: u32::try_from(buffer).unwrap_or(u32::MAX),
         }),
         filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-            }],
+            filters: vec![
+                Filter {
+                    name: "envoy.filters.network.connection_limit".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(&limit))),
+                },
+                Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+                },
+            ],
             ..Default::default()
         }],
         ..Default::default()
     }
 }
 
-/// One upstream gateway's cluster: HTTP/1.1, one endpoint, TLS with SNI for https.
-fn upstream_cluster(name: &str, e: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
-    let is_ip = e.ip().is_some();
-    let discovery = if is_ip {
-        cluster::DiscoveryType::Static
-    } else {
-        cluster::DiscoveryType::StrictDns
+/// The upstream HTTP filters of a gateway's cluster: the client's credentials out, the
+/// gateway's own in (and its URL's secret query parameters), then the codec. They run on
+/// every request the cluster carries: routed calls and the filter's own
+/// `dispatch_http_call`s (its upstream `initialize` and `DELETE`).
+fn credential_filters(access: &UpstreamAccess) -> Vec<HttpFilter> {
+    let remove = CLIENT_CREDENTIAL_HEADERS
+        .iter()
+        .map(|h| mutation_rules::HeaderMutation {
+            action: Some(mutation_rules::header_mutation::Action::Remove(
+                (*h).to_owned(),
+            )),
+        });
+    let add = access
+        .headers
+        .iter()
+        .map(|h| mutation_rules::HeaderMutation {
+            action: Some(mutation_rules::header_mutation::Action::Append(header(
+                &h.name,
+                h.value.expose(),
+            ))),
+        });
+    let query = access
+        .target
+        .query
+        .iter()
+        .map(|q| KeyValueMutation {
+            append: Some(KeyValueAppend {
+                record: Some(KeyValuePair {
+                    key: q.name.clone(),
+                    value: Some(envoy_types::pb::google::protobuf::Value {
+                        kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                            q.value.expose().to_owned(),
+                        )),
+                    }),
+                }),
+                action: key_value_append::KeyValueAppendAction::OverwriteIfExistsOrAdd as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let mutation = UpstreamHeaderMutation {
+        mutations: Some(Mutations {
+            request_mutations: remove.chain(add).collect(),
+            query_parameter_mutations: query,
+            ..Default::default()
+        }),
+        ..Default::default()
     };
-    let protocol = HttpProtocolOptions {
+    vec![
+        HttpFilter {
+            name: "envoy.filters.http.header_mutation".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&mutation))),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: "envoy.filters.http.upstream_codec".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                &UpstreamCodec::default(),
+            ))),
+            ..Default::default()
+        },
+    ]
+}
+
+/// HTTP/1.1 to an upstream, with `filters` as its upstream HTTP filters (none: Envoy's
+/// default codec only).
+fn http1_options(filters: Vec<HttpFilter>) -> HttpProtocolOptions {
+    HttpProtocolOptions {
         common_http_protocol_options: Some(CommonHttpProtocolOptions {
             idle_timeout: secs(UPSTREAM_IDLE_TIMEOUT_S),
             ..Default::default()
@@ -549,49 +741,138 @@ fn upstream_cluster(name: &str, e: &UpstreamEndpoint, settings: &EdgeSettings) -
                 },
             ),
         ),
-        ..Default::default()
-    };
-    let transport_socket = e.tls.then(|| TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
-            &upstream_tls(e, settings),
-        ))),
-    });
-    Cluster {
-        name: name.to_owned(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
-        connect_timeout: secs(CONNECT_TIMEOUT_S),
-        typed_extension_protocol_options: [(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            any(&protocol),
-        )]
-        .into_iter()
-        .collect(),
-        transport_socket,
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: name.to_owned(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: socket(&e.host, e.port),
-                        // What active health checks (if an operator adds them) send as Host.
-                        hostname: e.host.clone(),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
+        http_filters: filters,
         ..Default::default()
     }
 }
 
-/// TLS towards an https upstream: SNI = its host; certificate checked against the CA
-/// bundle and the host (DNS or IP SAN) when a bundle is configured.
-fn upstream_tls(e: &UpstreamEndpoint, settings: &EdgeSettings) -> UpstreamTlsContext {
-    let validation = settings.upstream_ca_file.as_ref().map(|ca| {
+fn circuit_breakers() -> Option<CircuitBreakers> {
+    Some(CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: u32_value(CLUSTER_MAX_REQUESTS),
+            max_pending_requests: u32_value(CLUSTER_MAX_PENDING_REQUESTS),
+            max_requests: u32_value(CLUSTER_MAX_REQUESTS),
+            max_retries: u32_value(CLUSTER_MAX_RETRIES),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+fn tls_socket(tls: &UpstreamTlsContext) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(tls))),
+    }
+}
+
+fn load_assignment(
+    name: &str,
+    hosts: &[String],
+    port: u16,
+    hostname: &str,
+) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: hosts
+                .iter()
+                .map(|host| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: socket(host, port),
+                        // What active health checks (if an operator adds them) send as Host.
+                        hostname: hostname.to_owned(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// One upstream gateway's cluster: HTTP/1.1 to the checked addresses (static endpoints:
+/// Envoy never resolves the name itself), TLS with SNI and certificate checks on the name
+/// for https, the gateway's credentials in its upstream filters, explicit limits.
+fn upstream_cluster(name: &str, edge: &EdgeUpstream, settings: &EdgeSettings) -> Cluster {
+    let e = &edge.access.target.endpoint;
+    let hosts: Vec<String> = edge.addresses.iter().map(IpAddr::to_string).collect();
+    let transport_socket = e
+        .tls
+        .then(|| tls_socket(&upstream_tls(e, settings.upstream_ca_file.as_deref(), None)));
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: secs(CONNECT_TIMEOUT_S),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&http1_options(credential_filters(&edge.access))),
+        )]
+        .into_iter()
+        .collect(),
+        transport_socket,
+        circuit_breakers: circuit_breakers(),
+        load_assignment: Some(load_assignment(name, &hosts, e.port, &e.host)),
+        ..Default::default()
+    }
+}
+
+/// The session relay's cluster: the control plane itself, so its name (if it is one) is
+/// resolved by Envoy; TLS with Envoy's client certificate when configured.
+fn relay_cluster(relay: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
+    let discovery = if relay.ip().is_some() {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    let transport_socket = match &settings.control_plane_tls {
+        Some(files) => Some(tls_socket(&upstream_tls(
+            relay,
+            Some(&files.ca_file),
+            Some(files),
+        ))),
+        None => relay.tls.then(|| {
+            tls_socket(&upstream_tls(
+                relay,
+                settings.upstream_ca_file.as_deref(),
+                None,
+            ))
+        }),
+    };
+    Cluster {
+        name: RELAY_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: secs(CONNECT_TIMEOUT_S),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&http1_options(Vec::new())),
+        )]
+        .into_iter()
+        .collect(),
+        transport_socket,
+        circuit_breakers: circuit_breakers(),
+        load_assignment: Some(load_assignment(
+            RELAY_CLUSTER,
+            std::slice::from_ref(&relay.host),
+            relay.port,
+            &relay.host,
+        )),
+        ..Default::default()
+    }
+}
+
+/// TLS towards `e`: SNI = its host name; the certificate checked against the CA bundle
+/// `ca` and the host (DNS or IP SAN) when one is given; `client` presents a certificate.
+fn upstream_tls(
+    e: &UpstreamEndpoint,
+    ca: Option<&str>,
+    client: Option<&ControlPlaneTls>,
+) -> UpstreamTlsContext {
+    let validation = ca.map(|ca| {
         let san_type = if e.ip().is_some() {
             subject_alt_name_matcher::SanType::IpAddress
         } else {
@@ -599,7 +880,7 @@ fn upstream_tls(e: &UpstreamEndpoint, settings: &EdgeSettings) -> UpstreamTlsCon
         };
         common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
             trusted_ca: Some(DataSource {
-                specifier: Some(data_source::Specifier::Filename(ca.clone())),
+                specifier: Some(data_source::Specifier::Filename(ca.to_owned())),
                 ..Default::default()
             }),
             match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
@@ -613,6 +894,12 @@ fn upstream_tls(e: &UpstreamEndpoint, settings: &EdgeSettings) -> UpstreamTlsCon
             ..Default::default()
         })
     });
+    let file = |path: &str| {
+        Some(DataSource {
+            specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+            ..Default::default()
+        })
+    };
     UpstreamTlsContext {
         // SNI must be a host name: none for an IP (RFC 6066).
         sni: if e.ip().is_some() {
@@ -622,6 +909,14 @@ fn upstream_tls(e: &UpstreamEndpoint, settings: &EdgeSettings) -> UpstreamTlsCon
         },
         common_tls_context: Some(CommonTlsContext {
             alpn_protocols: vec!["http/1.1".into()],
+            tls_certificates: client
+                .map(|c| TlsCertificate {
+                    certificate_chain: file(&c.cert_file),
+                    private_key: file(&c.key_file),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
             validation_context_type: validation,
             ..Default::default()
         }),

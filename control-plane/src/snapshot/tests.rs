@@ -127,13 +127,28 @@ fn view() -> RegistryView {
     }
 }
 
+/// Inputs with `policy` and an upstream entry for every gateway whose URL the edge can use.
+fn inputs(view: &RegistryView, policy: Policy) -> SnapshotInputs {
+    SnapshotInputs {
+        upstreams: view
+            .gateways
+            .iter()
+            .filter_map(|g| {
+                let t = crate::edge_config::UpstreamTarget::parse(g).ok()?;
+                Some((g.id.clone(), t.snapshot_entry(cluster_name(&g.id))))
+            })
+            .collect(),
+        ..SnapshotInputs::new(policy)
+    }
+}
+
 fn names(entries: &[Entry]) -> Vec<&str> {
     entries.iter().map(|e| e.name.as_str()).collect()
 }
 
 #[test]
 fn servers_expose_only_servable_items_rendered_as_mcp_list_entries() {
-    let snap = assemble(&view(), &Policy::default()).unwrap();
+    let snap = assemble(&view(), &inputs(&view(), Policy::default())).unwrap();
     assert_eq!(snap.version, "42");
     let s1 = &snap.servers["s1"];
     // t3: gateway unreachable; t4: disabled; t5: defined by hand, no upstream to route to.
@@ -170,13 +185,15 @@ fn servers_expose_only_servable_items_rendered_as_mcp_list_entries() {
 
 #[test]
 fn upstreams_are_the_live_gateways_with_cluster_path_and_authority() {
-    let snap = assemble(&view(), &Policy::default()).unwrap();
+    let snap = assemble(&view(), &inputs(&view(), Policy::default())).unwrap();
     assert_eq!(snap.upstreams.keys().collect::<Vec<_>>(), ["a", "b"]);
     let a = &snap.upstreams["a"];
     assert_eq!(a.cluster, cluster_name("a"));
     assert_eq!(a.path, "/mcp");
     assert_eq!(a.authority.as_deref(), Some("10.0.0.1:8080"));
-    assert_eq!(snap.upstreams["b"].path, "/v1/mcp?x=1");
+    // The query may hold a token: it is added by the cluster, never in the snapshot.
+    assert_eq!(snap.upstreams["b"].path, "/v1/mcp");
+    assert!(!serde_json::to_string(&snap).unwrap().contains("x=1"));
     assert_eq!(snap.upstreams["b"].authority.as_deref(), Some("b.example"));
 }
 
@@ -188,10 +205,36 @@ fn disabled_servers_are_absent_and_the_result_parses_as_the_filter_reads_it() {
         denied_tools: vec!["a__echo".into()],
         ..Policy::default()
     };
-    let snap = assemble(&v, &policy).unwrap();
+    let snap = assemble(&v, &inputs(&v, policy)).unwrap();
     assert!(!snap.servers.contains_key("s2"));
     let json = serde_json::to_vec(&snap).unwrap();
     let back = Snapshot::from_json(&json).unwrap();
     assert_eq!(back, snap);
     assert_eq!(back.policy.denied_tools, ["a__echo"]);
+}
+
+#[test]
+fn a_gateway_the_edge_cannot_reach_is_left_out_with_what_it_serves() {
+    let v = view();
+    let mut i = inputs(&v, Policy::default());
+    i.upstreams.remove("a");
+    let snap = assemble(&v, &i).unwrap();
+    assert_eq!(snap.upstreams.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(names(&snap.servers["s1"].tools), ["b__echo"]);
+}
+
+#[test]
+fn session_and_relay_are_inputs_of_the_one_assembly() {
+    let v = view();
+    let i = SnapshotInputs {
+        session: Some(session_settings(&SecretBox::dev())),
+        relay: Some("mcpgw-relay".into()),
+        ..inputs(&v, Policy::default())
+    };
+    let snap = assemble(&v, &i).unwrap();
+    assert_eq!(snap.relay.as_deref(), Some("mcpgw-relay"));
+    assert_eq!(
+        snap.session.unwrap().keys,
+        [SecretBox::dev().session_key().to_owned()]
+    );
 }

@@ -601,13 +601,15 @@ async fn wait_published(
     let deadline = Instant::now() + timeout;
     loop {
         let set = ads.current();
-        if set.version().parse::<i64>().unwrap_or(-1) >= at_least {
-            return Ok(set);
+        if let Some(set) = &set
+            && set.version().parse::<i64>().unwrap_or(-1) >= at_least
+        {
+            return Ok(set.clone());
         }
         if Instant::now() > deadline {
             bail!(
                 "the xDS server still serves version {:?}, not {at_least}",
-                set.version()
+                set.as_deref().map(mcpgw::xds::ResourceSet::version)
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -817,7 +819,7 @@ async fn push_round(
     n: usize,
     round: usize,
 ) -> anyhow::Result<Result<Round, String>> {
-    let old = ads.current();
+    let old = ads.current().unwrap_or_default();
     let old_version: i64 = old.version().parse().unwrap_or(0);
     let cp_rss_before_kib = memory().0;
     reset_peak();
@@ -845,7 +847,9 @@ async fn push_round(
         tokio::select! {
             _ = poll.tick() => {
                 let cur = ads.current();
-                if cur.version().parse::<i64>().unwrap_or(0) > old_version {
+                if let Some(cur) = cur
+                    && cur.version().parse::<i64>().unwrap_or(0) > old_version
+                {
                     publish_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
                     new = Some(cur);
                 } else if Instant::now() > deadline {
@@ -947,7 +951,7 @@ fn section(
     );
     let _ = writeln!(
         s,
-        "- Control plane: `mcpgw::serve` in this process on SQLite, xDS on 127.0.0.1 (debounce 100 ms in the publisher and 100 ms in the ADS server); registry as in the section above ({} gateways × {} tools, ten team servers and one with every tool)",
+        "- Control plane: `mcpgw::serve` in this process on SQLite, xDS on 127.0.0.1 (one debounce of 100 ms, in the publisher); registry as in the section above ({} gateways × {} tools, ten team servers and one with every tool)",
         knobs.shape.gateways, knobs.shape.tools
     );
     let _ = writeln!(
@@ -1094,7 +1098,7 @@ fn section(
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "How to read it: `write → set at xDS server` is the API write, the publisher's debounce and rebuild (registry read, assemble, translate: see the registry section) and the ADS server's debounce — the same for any number of clients. What follows is the push: every stream sends its client the whole ECDS resource again, so bytes pushed per update grow with clients × catalog size. CPU is process CPU time (`/proc/<pid>/stat` utime + stime) from the write to the last ACK; peak RSS is `VmHWM`, reset (`/proc/self/clear_refs`) before each write."
+        "How to read it: `write → set at xDS server` is the API write, the publisher's debounce and rebuild (registry read, assemble, translate: see the registry section) — the same for any number of clients. What follows is the push: every stream sends its client the whole ECDS resource again, so bytes pushed per update grow with clients × catalog size. CPU is process CPU time (`/proc/<pid>/stat` utime + stime) from the write to the last ACK; peak RSS is `VmHWM`, reset (`/proc/self/clear_refs`) before each write."
     );
     let _ = writeln!(s, "{SECTION_END}");
     s

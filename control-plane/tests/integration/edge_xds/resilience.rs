@@ -227,3 +227,91 @@ async fn the_edge_policy_reaches_every_envoy() {
     let echo = rig.call(&sid, &session, "up__echo", json!({})).await;
     assert_eq!(call_text(&echo), "up:echo", "{echo}");
 }
+
+/// A control plane whose first build fails (here: a registry table it cannot read) serves
+/// nothing rather than an empty configuration: the Envoy that reconnects to it keeps its
+/// listener and clusters and goes on serving, and gets the registry once a build works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_build_serves_nothing_and_envoy_keeps_its_configuration() {
+    let db = super::super::harness::TestDb::sqlite();
+    let cp = super::control_plane(&db, 0).await;
+    let xds = cp.xds_addr.expect("xDS enabled");
+    let mut envoy = Envoy::start_as(xds, 32, NODE, "GRPC").await;
+    let up = TestUpstream::with_tools(&["whoami"]).with_label("kept");
+    let running = up.serve(0).await;
+    let (_, tools) = add_gateway(&cp, "up", &running.url).await;
+    let sid = add_server(
+        &cp,
+        "kept",
+        json!({"associated_tools": [tools["up__whoami"]]}),
+    )
+    .await;
+    let version = registry_version(&cp).await;
+    super::node_acked(&cp, &mut envoy, &version).await;
+    let listener = envoy.listener(mcpgw::edge_config::LISTENER).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mcp = super::mcp_url(listener, &sid);
+    assert_eq!(
+        edge_tools(&http, &mcp).await,
+        Some(vec!["up__whoami".to_owned()])
+    );
+    cp.stop().await;
+
+    // The registry cannot be read: every build fails until the table is back.
+    let rename = |from: &'static str, to: &'static str| {
+        let url = db.url().to_owned();
+        async move {
+            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(&format!("ALTER TABLE {from} RENAME TO {to}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    };
+    rename("prompts", "prompts_held").await;
+    let cp = super::control_plane(&db, xds.port()).await;
+    let (_, metrics) = cp.get("/metrics").await;
+    assert!(
+        !metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("mcpgw_edge_builds_total{outcome=\"ok\"}"),
+        "the first build was meant to fail: {metrics}"
+    );
+    // Envoy reconnects and subscribes; it is sent nothing.
+    let node = node_until(&cp, &mut envoy, "Envoy to reconnect", |n| {
+        n["connected_streams"].as_u64().is_some_and(|c| c >= 1) && n["types"].is_object()
+    })
+    .await;
+    assert!(
+        node["types"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|t| t["version_sent"].is_null()),
+        "a response was sent before any good build: {node}"
+    );
+    // ... and keeps serving what it had.
+    assert_eq!(
+        edge_tools(&http, &mcp).await,
+        Some(vec!["up__whoami".to_owned()])
+    );
+    let session = super::session(&http, &mcp).await;
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "up__whoami", "arguments": {}}});
+    let (s, v) = rpc(&http, &mcp, &call, Some(&session)).await;
+    assert_eq!((s, call_text(&v)), (200, "kept"), "{v}");
+
+    // The table is back: the next build (the publisher retries on its poll) is served.
+    rename("prompts_held", "prompts").await;
+    let version = registry_version(&cp).await;
+    super::node_acked(&cp, &mut envoy, &version).await;
+    assert_eq!(
+        edge_tools(&http, &mcp).await,
+        Some(vec!["up__whoami".to_owned()])
+    );
+    cp.stop().await;
+    running.stop().await;
+}

@@ -61,7 +61,8 @@ pub struct TypeStatus {
 pub struct NackStatus {
     /// Version that was rejected.
     pub version: String,
-    /// Envoy's error detail (`error_detail.message`).
+    /// Envoy's error detail (`error_detail.message`), at most 4 KiB: a longer one ends with
+    /// `… [truncated: N bytes in all]`.
     pub error: String,
     /// When the NACK arrived (RFC 3339).
     pub at: String,
@@ -89,14 +90,70 @@ struct NodeEntry {
 pub struct NodeRegistry {
     nodes: Mutex<HashMap<String, NodeEntry>>,
     retention: Duration,
+    max_nodes: usize,
+}
+
+/// Longest node id accepted (bytes). Envoy's ids are host or pod names with a few
+/// decorations (Istio's `sidecar~ip~pod.ns~ns.svc.cluster.local` is about 100).
+pub const MAX_NODE_ID_BYTES: usize = 512;
+
+/// Longest NACK detail kept per node and type (bytes). Envoy's messages name the resource
+/// and the field; a few KB hold any real one, while a client could send megabytes.
+pub const MAX_NACK_DETAIL_BYTES: usize = 4096;
+
+/// Longest `node.cluster` kept (bytes); longer ones are truncated.
+const MAX_NODE_CLUSTER_BYTES: usize = 256;
+
+/// Why a stream's node was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeRefused {
+    /// The node id is longer than [`MAX_NODE_ID_BYTES`].
+    #[error("node.id is {len} bytes; at most {MAX_NODE_ID_BYTES} are accepted")]
+    IdTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The registry holds its maximum of nodes and this one is new.
+    #[error(
+        "this control plane already tracks {max} xDS nodes (connected or recently disconnected); a new node id is refused until one expires"
+    )]
+    Full {
+        /// The cap.
+        max: usize,
+    },
+}
+
+impl NodeRefused {
+    /// A low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeRefused::IdTooLong { .. } => "node_id_too_long",
+            NodeRefused::Full { .. } => "node_cap",
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), with a marker saying it
+/// was cut and how long it was.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated: {} bytes in all]", &text[..end], text.len())
 }
 
 impl NodeRegistry {
-    /// A registry that forgets disconnected nodes after `retention`.
-    pub fn new(retention: Duration) -> Self {
+    /// A registry that forgets disconnected nodes after `retention` and holds at most
+    /// `max_nodes`.
+    pub fn new(retention: Duration, max_nodes: usize) -> Self {
         NodeRegistry {
             nodes: Mutex::new(HashMap::new()),
             retention,
+            max_nodes,
         }
     }
 
@@ -142,14 +199,30 @@ impl NodeRegistry {
         self.nodes().into_iter().find(|n| n.node_id == node_id)
     }
 
-    pub(crate) fn connected(&self, node_id: &str, cluster: &str, kind: StreamKind) {
+    /// Records a stream of `node_id`; refuses an overlong id, and a new node once the
+    /// registry is full (a node it knows may always reconnect).
+    pub(crate) fn connected(
+        &self,
+        node_id: &str,
+        cluster: &str,
+        kind: StreamKind,
+    ) -> Result<(), NodeRefused> {
+        if node_id.len() > MAX_NODE_ID_BYTES {
+            return Err(NodeRefused::IdTooLong { len: node_id.len() });
+        }
+        let cluster = truncated(cluster, MAX_NODE_CLUSTER_BYTES);
         let now = SystemTime::now();
         let mut nodes = self.lock();
         self.prune(&mut nodes, now);
+        if !nodes.contains_key(node_id) && nodes.len() >= self.max_nodes {
+            return Err(NodeRefused::Full {
+                max: self.max_nodes,
+            });
+        }
         let n = nodes
             .entry(node_id.to_owned())
             .or_insert_with(|| NodeEntry {
-                cluster: cluster.to_owned(),
+                cluster: cluster.clone(),
                 streams: 0,
                 kind,
                 since: now,
@@ -160,7 +233,8 @@ impl NodeRegistry {
         }
         n.streams += 1;
         n.kind = kind;
-        n.cluster = cluster.to_owned();
+        n.cluster = cluster;
+        Ok(())
     }
 
     pub(crate) fn disconnected(&self, node_id: &str) {
@@ -193,12 +267,14 @@ impl NodeRegistry {
         });
     }
 
+    /// Records a NACK; `error` is kept up to [`MAX_NACK_DETAIL_BYTES`], marked when cut.
     pub(crate) fn nacked(&self, node_id: &str, type_url: TypeUrl, version: &str, error: &str) {
         let at = rfc3339(SystemTime::now());
+        let error = truncated(error, MAX_NACK_DETAIL_BYTES);
         self.update(node_id, type_url, |s| {
             s.last_nack = Some(NackStatus {
                 version: version.to_owned(),
-                error: error.to_owned(),
+                error,
                 at,
             });
         });
@@ -216,7 +292,7 @@ pub struct XdsCounts {
     pub acks: u64,
     /// NACKs received.
     pub nacks: u64,
-    /// Resource sets published to streams (after debouncing).
+    /// Resource sets published to streams (identical consecutive sets not counted).
     pub publishes: u64,
 }
 
@@ -230,13 +306,14 @@ pub struct XdsMetrics {
     acks: Family<Labels, Counter>,
     nacks: Family<Labels, Counter>,
     streams: Gauge<i64, AtomicI64>,
+    refused: Family<Labels, Counter>,
     publishes: Counter,
     totals: [AtomicU64; 3],
 }
 
 impl XdsMetrics {
     /// Registers the families under `registry` (`xds_pushes`, `xds_acks`, `xds_nacks`,
-    /// `xds_streams`, `xds_publishes`).
+    /// `xds_streams`, `xds_streams_refused`, `xds_publishes`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "xds_pushes",
@@ -251,8 +328,13 @@ impl XdsMetrics {
         );
         registry.register("xds_streams", "Open ADS streams", self.streams.clone());
         registry.register(
+            "xds_streams_refused",
+            "ADS streams refused for their node (reason: node_cap, node_id_too_long)",
+            self.refused.clone(),
+        );
+        registry.register(
             "xds_publishes",
-            "Resource sets published to ADS streams (after debouncing)",
+            "Resource sets published to ADS streams (identical consecutive sets not counted)",
             self.publishes.clone(),
         );
     }
@@ -286,6 +368,12 @@ impl XdsMetrics {
         self.totals[2].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn refused(&self, reason: &NodeRefused) {
+        self.refused
+            .get_or_create(&vec![("reason".to_owned(), reason.label().to_owned())])
+            .inc();
+    }
+
     pub(crate) fn published(&self) {
         self.publishes.inc();
     }
@@ -305,8 +393,8 @@ mod tests {
 
     #[test]
     fn ack_clears_nack_and_disconnected_nodes_expire() {
-        let r = NodeRegistry::new(Duration::ZERO);
-        r.connected("n1", "c", StreamKind::Delta);
+        let r = NodeRegistry::new(Duration::ZERO, 8);
+        r.connected("n1", "c", StreamKind::Delta).unwrap();
         r.sent("n1", TypeUrl::Cluster, "1");
         r.nacked("n1", TypeUrl::Cluster, "1", "bad cluster");
         let s = &r.node("n1").unwrap().types[TypeUrl::Cluster.as_str()];
@@ -318,5 +406,53 @@ mod tests {
         assert_eq!(s.last_nack, None);
         r.disconnected("n1");
         assert!(r.nodes().is_empty(), "zero retention forgets at once");
+    }
+
+    #[test]
+    fn new_nodes_past_the_cap_are_refused_and_known_ones_reconnect() {
+        let r = NodeRegistry::new(Duration::from_secs(60), 2);
+        r.connected("a", "c", StreamKind::Delta).unwrap();
+        r.connected("b", "c", StreamKind::Delta).unwrap();
+        assert_eq!(
+            r.connected("c", "c", StreamKind::Delta),
+            Err(NodeRefused::Full { max: 2 })
+        );
+        // Disconnected but retained: still counted, and may come back.
+        r.disconnected("a");
+        assert!(r.connected("c", "c", StreamKind::Delta).is_err());
+        r.connected("a", "c", StreamKind::StateOfTheWorld).unwrap();
+        assert_eq!(r.nodes().len(), 2);
+        let long = "x".repeat(MAX_NODE_ID_BYTES + 1);
+        assert_eq!(
+            NodeRegistry::new(Duration::ZERO, 8).connected(&long, "c", StreamKind::Delta),
+            Err(NodeRefused::IdTooLong {
+                len: MAX_NODE_ID_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn nack_detail_is_cut_and_marked() {
+        let r = NodeRegistry::new(Duration::from_secs(60), 8);
+        r.connected("n", "c", StreamKind::Delta).unwrap();
+        // Multi-byte characters across the cut: the cut stays on a character boundary.
+        let long = "é".repeat(MAX_NACK_DETAIL_BYTES);
+        r.nacked("n", TypeUrl::Cluster, "1", &long);
+        let error = r.node("n").unwrap().types[TypeUrl::Cluster.as_str()]
+            .last_nack
+            .clone()
+            .unwrap()
+            .error;
+        let marker = format!("… [truncated: {} bytes in all]", long.len());
+        assert!(error.ends_with(&marker), "{error}");
+        assert!(error.len() <= MAX_NACK_DETAIL_BYTES + marker.len());
+        assert!(error.starts_with("éé"));
+        r.nacked("n", TypeUrl::Cluster, "2", "short");
+        let kept = r.node("n").unwrap().types[TypeUrl::Cluster.as_str()]
+            .last_nack
+            .clone()
+            .unwrap()
+            .error;
+        assert_eq!(kept, "short");
     }
 }

@@ -1,10 +1,14 @@
-//! The xDS server: an Aggregated Discovery Service (state of the world and delta) that
-//! serves whatever [`ResourceSet`] is published on a `watch` channel to every connected
-//! Envoy, and tracks what each node was sent, acknowledged and rejected.
+//! The mcpgw xDS server: an Aggregated Discovery Service (state of the world and delta)
+//! that serves whatever [`ResourceSet`] is published on a `watch` channel to every
+//! connected Envoy, and tracks what each node was sent, acknowledged and rejected.
 //!
 //! It knows nothing of the registry: someone else turns the registry into resource sets
-//! and publishes them; this module debounces bursts of publications, pushes to each
-//! stream only what changed for it, and keeps the per-node status behind `GET /xds/nodes`.
+//! and publishes them (debouncing bursts of changes before it builds, which is where a
+//! burst costs: one registry read per build); this crate pushes to each stream only what
+//! changed for it, and keeps the per-node status behind `GET /xds/nodes`.
+//!
+//! Until a first set is published the server answers nothing: a reconnecting Envoy keeps
+//! what it has instead of being told that the configuration is empty.
 
 #![warn(missing_docs)]
 
@@ -28,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use resources::{
@@ -35,41 +40,77 @@ pub use resources::{
     UnknownTypeUrl,
 };
 pub use status::{
-    NackStatus, NodeRegistry, NodeStatus, StreamKind, TypeStatus, XdsCounts, XdsMetrics,
+    MAX_NACK_DETAIL_BYTES, MAX_NODE_ID_BYTES, NackStatus, NodeRefused, NodeRegistry, NodeStatus,
+    StreamKind, TypeStatus, XdsCounts, XdsMetrics,
 };
+
+/// What the server is given to serve: `None` until the first good build, so that an
+/// Envoy connecting before it is told nothing (rather than an empty configuration).
+pub type Published = Option<Arc<ResourceSet>>;
 
 /// Tunables of the xDS server.
 #[derive(Debug, Clone)]
 pub struct XdsConfig {
-    /// How long to gather publications before pushing: the first change after a quiet
-    /// period starts the timer, every change until it fires is folded into one push.
-    pub debounce: Duration,
     /// How long a disconnected node stays in [`AdsServer::nodes`].
     pub status_retention: Duration,
+    /// How many nodes (connected, or disconnected within the retention) the registry
+    /// holds; a stream from a new node past it is refused with `RESOURCE_EXHAUSTED`.
+    /// Node ids are chosen by clients: without a cap, each new id costs memory forever
+    /// (well, for `status_retention`).
+    pub max_nodes: usize,
     /// HTTP/2 keepalive ping interval (dead Envoys are noticed after interval + timeout).
     pub keepalive_interval: Duration,
     /// How long to wait for a keepalive ping's answer.
     pub keepalive_timeout: Duration,
     /// How long [`serve`] lets connections drain after shutdown before dropping them.
     pub shutdown_grace: Duration,
+    /// TLS with client-certificate verification (`None`: plaintext).
+    pub tls: Option<XdsTls>,
 }
+
+/// Default of [`XdsConfig::max_nodes`]: far above any one control plane's fleet (every
+/// Envoy is one node), low enough that the registry stays a few MB when ids are junk.
+pub const DEFAULT_MAX_NODES: usize = 4096;
 
 impl Default for XdsConfig {
     fn default() -> Self {
         XdsConfig {
-            debounce: Duration::from_millis(100),
             status_retention: Duration::from_secs(600),
+            max_nodes: DEFAULT_MAX_NODES,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
 
+/// The ADS listener's TLS: the server's identity and the CA every client certificate must
+/// chain to (a client without one is refused in the handshake). PEM contents, not paths:
+/// the caller reads its files.
+#[derive(Clone)]
+pub struct XdsTls {
+    /// Certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// Private key (PEM).
+    pub key_pem: Vec<u8>,
+    /// CA bundle (PEM) client certificates are verified against.
+    pub client_ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for XdsTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("XdsTls { .. }")
+    }
+}
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why the xDS server stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    /// The gRPC transport failed.
+    /// The gRPC transport failed (or its TLS configuration was refused).
     #[error("xDS gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -77,8 +118,8 @@ pub enum XdsError {
 /// State every stream shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// The debounced resource sets.
-    sets: watch::Receiver<Arc<ResourceSet>>,
+    /// The published resource sets (`None` until the first).
+    sets: watch::Receiver<Published>,
     registry: NodeRegistry,
     metrics: XdsMetrics,
     /// `true` once streams must end (graceful shutdown).
@@ -94,21 +135,22 @@ pub struct AdsServer {
 }
 
 impl AdsServer {
-    /// Serves the sets published on `input`, debounced by `config.debounce`.
+    /// Serves the sets published on `input`.
     ///
-    /// Spawns the debouncing task, so it must be called inside a Tokio runtime; the task
-    /// ends when `input`'s sender is dropped or every clone of this server is.
-    pub fn new(input: watch::Receiver<Arc<ResourceSet>>, config: XdsConfig) -> Self {
+    /// Spawns the task that forwards publications (skipping sets identical to the last
+    /// one), so it must be called inside a Tokio runtime; the task ends when `input`'s
+    /// sender is dropped or every clone of this server is.
+    pub fn new(input: watch::Receiver<Published>, config: XdsConfig) -> Self {
         let initial = input.borrow().clone();
         let (tx, rx) = watch::channel(initial);
         let shared = Arc::new(Shared {
             sets: rx,
-            registry: NodeRegistry::new(config.status_retention),
+            registry: NodeRegistry::new(config.status_retention, config.max_nodes),
             metrics: XdsMetrics::default(),
             shutdown: watch::Sender::new(false),
             config,
         });
-        tokio::spawn(debounce(input, tx, Arc::downgrade(&shared)));
+        tokio::spawn(forward(input, tx, Arc::downgrade(&shared)));
         AdsServer { shared }
     }
 
@@ -127,8 +169,8 @@ impl AdsServer {
         &self.shared.metrics
     }
 
-    /// The resource set streams are being served now (the last one through the debouncer).
-    pub fn current(&self) -> Arc<ResourceSet> {
+    /// The resource set streams are being served now (`None` before the first).
+    pub fn current(&self) -> Published {
         self.shared.sets.borrow().clone()
     }
 
@@ -144,14 +186,12 @@ impl AdsServer {
     }
 }
 
-/// Forwards `input` to `out`, folding bursts: after a change, wait `debounce`, then
-/// publish the latest set if its content differs from the last one published.
+/// Forwards `input` to `out`, skipping sets whose content equals the last one forwarded.
 ///
-/// A leading timer rather than a trailing one that restarts on every change: a registry
-/// that never stops changing still gets a push every `debounce`, instead of never.
-async fn debounce(
-    mut input: watch::Receiver<Arc<ResourceSet>>,
-    out: watch::Sender<Arc<ResourceSet>>,
+/// No delay here: bursts are folded where they cost, before the publisher's build.
+async fn forward(
+    mut input: watch::Receiver<Published>,
+    out: watch::Sender<Published>,
     shared: std::sync::Weak<Shared>,
 ) {
     loop {
@@ -159,35 +199,35 @@ async fn debounce(
             changed = input.changed() => if changed.is_err() { return },
             _ = out.closed() => return,
         }
-        let Some(delay) = shared.upgrade().map(|s| s.config.debounce) else {
-            return;
-        };
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = out.closed() => return,
-            }
-        }
-        let next = input.borrow_and_update().clone();
-        let previous = out.borrow().clone();
-        let diff = next.diff(&previous);
-        if diff.is_empty() {
-            tracing::debug!(
-                version = next.version(),
-                "resource set unchanged; nothing to push"
-            );
+        let Some(next) = input.borrow_and_update().clone() else {
             continue;
+        };
+        if let Some(previous) = out.borrow().clone() {
+            let diff = next.diff(&previous);
+            if diff.is_empty() {
+                tracing::debug!(
+                    version = next.version(),
+                    "resource set unchanged; nothing to push"
+                );
+                continue;
+            }
+            tracing::info!(
+                version = next.version(),
+                added = diff.added.len(),
+                changed = diff.changed.len(),
+                removed = diff.removed.len(),
+                "publishing resource set to xDS streams"
+            );
+        } else {
+            tracing::info!(
+                version = next.version(),
+                "first resource set: answering the streams that were waiting for it"
+            );
         }
-        tracing::info!(
-            version = next.version(),
-            added = diff.added.len(),
-            changed = diff.changed.len(),
-            removed = diff.removed.len(),
-            "publishing resource set to xDS streams"
-        );
-        out.send_replace(next);
-        if let Some(s) = shared.upgrade() {
-            s.metrics.published();
+        out.send_replace(Some(next));
+        match shared.upgrade() {
+            Some(s) => s.metrics.published(),
+            None => return,
         }
     }
 }
@@ -225,8 +265,9 @@ impl AdsServer {
     }
 }
 
-/// Serves ADS on `listener` (HTTP/2 gRPC) until `shutdown` resolves; then ends the open
-/// streams and lets connections drain for at most `shutdown_grace`.
+/// Serves ADS on `listener` (HTTP/2 gRPC, over TLS with client certificates when
+/// [`XdsConfig::tls`] is set) until `shutdown` resolves; then ends the open streams and
+/// lets connections drain for at most `shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     server: AdsServer,
@@ -242,10 +283,21 @@ pub async fn serve(
         let _ = draining.send(());
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "xDS server listening");
+        tracing::info!(%addr, tls = config.tls.is_some(), "xDS server listening");
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        // Client certificates are required (tonic's default once a client CA is set):
+        // xDS hands out every Envoy's configuration, upstream credentials included.
+        builder = builder.tls_config(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
+                .timeout(TLS_HANDSHAKE_TIMEOUT),
+        )?;
+    }
+    let serving = builder
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(server.service())

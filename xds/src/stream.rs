@@ -10,11 +10,14 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::status::{NodeRegistry, StreamKind, XdsMetrics};
-use super::{Resource, ResourceSet, Shared, TypeUrl};
+use super::status::{MAX_NACK_DETAIL_BYTES, NodeRegistry, StreamKind, XdsMetrics};
+use super::{Published, Resource, ResourceSet, Shared, TypeUrl};
 
 /// How many responses may wait for a slow client before the stream stops reading requests.
 const OUTBOX: usize = 16;
+/// How many requests a stream holds while nothing has been published yet. Envoy sends one
+/// per resource type and then waits; a client that keeps sending is cut off.
+const HELD: usize = 64;
 
 /// An ADS variant: what it does with a request and with a newly published set.
 pub(crate) trait Protocol: Default + Send + 'static {
@@ -83,11 +86,14 @@ impl Tracker<'_> {
     }
 
     pub(crate) fn nacked(&self, t: TypeUrl, version: &str, error: &str) {
+        // The client's text, bounded like what the registry keeps.
+        let shown = error.get(..MAX_NACK_DETAIL_BYTES).unwrap_or(error);
         tracing::warn!(
             node = self.node_id,
             r#type = t.label(),
             version,
-            error,
+            error = shown,
+            error_bytes = error.len(),
             "xDS NACK: Envoy rejected the configuration"
         );
         self.registry.nacked(self.node_id, t, version, error);
@@ -218,7 +224,7 @@ async fn run<P: Protocol>(
     tx: &mpsc::Sender<Result<P::Response, Status>>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    let mut sets: watch::Receiver<Arc<ResourceSet>> = shared.sets.clone();
+    let mut sets: watch::Receiver<Published> = shared.sets.clone();
     let first = tokio::select! {
         m = requests.message() => m,
         _ = closing(&mut shutdown) => return,
@@ -239,8 +245,18 @@ async fn run<P: Protocol>(
             .await;
         return;
     };
+    if let Err(refused) = shared.registry.connected(&node.id, &node.cluster, P::KIND) {
+        let shown: String = node.id.chars().take(64).collect();
+        tracing::warn!(node = %shown, reason = refused.label(), "ADS stream refused: {refused}");
+        shared.metrics.refused(&refused);
+        let status = match refused {
+            super::NodeRefused::IdTooLong { .. } => Status::invalid_argument(refused.to_string()),
+            super::NodeRefused::Full { .. } => Status::resource_exhausted(refused.to_string()),
+        };
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     let node_id = node.id.clone();
-    shared.registry.connected(&node_id, &node.cluster, P::KIND);
     shared.metrics.stream_opened();
     let _connected = Connected {
         shared,
@@ -254,9 +270,28 @@ async fn run<P: Protocol>(
     };
     let mut state = P::default();
     let mut next = Some(first);
+    // Requests that arrived before anything was published: answered once the first set
+    // is, so that a reconnecting Envoy keeps its configuration instead of being told that
+    // it is empty.
+    let mut held: Vec<P::Request> = Vec::new();
     loop {
         let responses = if let Some(request) = next.take() {
-            let set = sets.borrow().clone();
+            let current = sets.borrow().clone();
+            let Some(set) = current else {
+                if held.len() == HELD {
+                    let _ = tx
+                        .send(Err(Status::resource_exhausted(
+                            "too many requests before the control plane has a configuration to serve",
+                        )))
+                        .await;
+                    return;
+                }
+                if held.is_empty() {
+                    tracing::info!(node = %node_id, "no configuration built yet: holding the stream's requests");
+                }
+                held.push(request);
+                continue;
+            };
             match state.on_request(&request, &set, &tracker) {
                 Ok(r) => r.into_iter().collect(),
                 Err(status) => {
@@ -280,8 +315,22 @@ async fn run<P: Protocol>(
                         let _ = tx.send(Err(Status::unavailable("xDS publisher stopped"))).await;
                         return;
                     }
-                    let set = sets.borrow_and_update().clone();
-                    state.on_publish(&set, &tracker)
+                    let Some(set) = sets.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let mut out = Vec::new();
+                    for request in held.drain(..) {
+                        match state.on_request(&request, &set, &tracker) {
+                            Ok(r) => out.extend(r),
+                            Err(status) => {
+                                tracing::warn!(node = %node_id, %status, "closing an ADS stream on a malformed request");
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        }
+                    }
+                    out.extend(state.on_publish(&set, &tracker));
+                    out
                 }
                 _ = closing(&mut shutdown) => {
                     let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;

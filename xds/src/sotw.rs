@@ -152,7 +152,7 @@ mod tests {
     use envoy_types::pb::google::rpc;
 
     use super::*;
-    use crate::xds::status::{NodeRegistry, XdsMetrics};
+    use crate::status::{NodeRegistry, XdsMetrics};
 
     fn set(version: &str, clusters: &[(&str, i64)]) -> ResourceSet {
         let mut b = ResourceSet::builder(version);
@@ -187,8 +187,10 @@ mod tests {
 
     #[test]
     fn ack_nack_stale_and_unchanged() {
-        let registry = NodeRegistry::new(Duration::from_secs(60));
-        registry.connected("n", "c", StreamKind::StateOfTheWorld);
+        let registry = NodeRegistry::new(Duration::from_secs(60), 8);
+        registry
+            .connected("n", "c", StreamKind::StateOfTheWorld)
+            .unwrap();
         let metrics = XdsMetrics::default();
         let tr = Tracker {
             node_id: "n",
@@ -240,7 +242,7 @@ mod tests {
 
     #[test]
     fn named_subscriptions_and_errors() {
-        let registry = NodeRegistry::new(Duration::from_secs(60));
+        let registry = NodeRegistry::new(Duration::from_secs(60), 8);
         let metrics = XdsMetrics::default();
         let tr = Tracker {
             node_id: "n",

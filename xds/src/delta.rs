@@ -217,7 +217,7 @@ mod tests {
     use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 
     use super::*;
-    use crate::xds::status::{NodeRegistry, XdsMetrics};
+    use crate::status::{NodeRegistry, XdsMetrics};
 
     fn set(version: &str, configs: &[(&str, &str)]) -> ResourceSet {
         let mut b = ResourceSet::builder(version);
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn named_subscription_lifecycle() {
-        let registry = NodeRegistry::new(Duration::from_secs(60));
+        let registry = NodeRegistry::new(Duration::from_secs(60), 8);
         let metrics = XdsMetrics::default();
         let tr = Tracker {
             node_id: "n",
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn reconnect_with_initial_versions_skips_what_the_client_has() {
-        let registry = NodeRegistry::new(Duration::from_secs(60));
+        let registry = NodeRegistry::new(Duration::from_secs(60), 8);
         let metrics = XdsMetrics::default();
         let tr = Tracker {
             node_id: "n",
