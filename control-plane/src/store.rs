@@ -132,26 +132,29 @@ impl Backend {
     }
 }
 
+/// One schema change. Both backends run the same file: the schema sticks to what SQLite and
+/// PostgreSQL spell alike (TEXT, BIGINT, `ALTER TABLE … ADD COLUMN … DEFAULT`), and the
+/// queries bind `$N` placeholders through sqlx's `Any` driver. Should a statement ever need
+/// two spellings, that migration would get an optional `postgres: Option<&str>` override
+/// beside `sql`, picked in `Store::migrate` by backend: one file per change either way, not a
+/// second directory of copies that drift apart.
 struct Migration {
     version: i64,
     description: &'static str,
-    sqlite: &'static str,
-    postgres: &'static str,
+    sql: &'static str,
 }
 
-/// Embedded migrations, applied in order on start.
+/// Embedded migrations (`control-plane/migrations/`), applied in order on start.
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "registry",
-        sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
-        postgres: include_str!("../migrations/postgres/0001_registry.sql"),
+        sql: include_str!("../migrations/0001_registry.sql"),
     },
     Migration {
         version: 2,
         description: "gateway collisions",
-        sqlite: include_str!("../migrations/sqlite/0002_gateway_collisions.sql"),
-        postgres: include_str!("../migrations/postgres/0002_gateway_collisions.sql"),
+        sql: include_str!("../migrations/0002_gateway_collisions.sql"),
     },
 ];
 
@@ -273,13 +276,9 @@ impl Store {
             if done.is_some() {
                 continue;
             }
-            let sql = match self.backend {
-                Backend::Sqlite => m.sqlite,
-                Backend::Postgres => m.postgres,
-            };
             // Through `Executor` directly: `RawSql::execute` is a generic async fn whose
             // future the compiler cannot prove `Send` for every lifetime (rust#102211).
-            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(sql)).await?;
+            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(m.sql)).await?;
             sqlx::query(
                 "INSERT INTO mcpgw_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
             )
