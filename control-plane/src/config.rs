@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Allow upstream URLs resolving to link-local and cloud metadata addresses (SSRF guard).
     #[arg(long, env = "MCPGW_ALLOW_LINK_LOCAL_UPSTREAMS")]
     pub allow_link_local_upstreams: bool,
+    /// Refuse upstream URLs resolving to private addresses (RFC 1918, fc00::/7, fec0::/10,
+    /// 100.64.0.0/10), allowed by default (SSRF guard).
+    #[arg(long, env = "MCPGW_DENY_PRIVATE_UPSTREAMS")]
+    pub deny_private_upstreams: bool,
     /// xDS (ADS gRPC) listen address for Envoys, or `off` [default: 127.0.0.1:18000].
     #[arg(long, env = "MCPGW_XDS_LISTEN")]
     pub xds_listen: Option<String>,
@@ -141,6 +145,7 @@ pub struct FileConfig {
     upstream_timeout: Option<u64>,
     allow_loopback_upstreams: Option<bool>,
     allow_link_local_upstreams: Option<bool>,
+    deny_private_upstreams: Option<bool>,
     xds_listen: Option<String>,
     envoy_listen: Option<String>,
     filter_wasm: Option<String>,
@@ -201,6 +206,9 @@ pub struct SsrfPolicy {
     pub allow_loopback: bool,
     /// Link-local (169.254.0.0/16, fe80::/10; includes cloud metadata) allowed.
     pub allow_link_local: bool,
+    /// Private networks (RFC 1918, fc00::/7, fec0::/10, 100.64.0.0/10) refused; by default
+    /// they are allowed, as self-hosted upstreams live there.
+    pub deny_private: bool,
 }
 
 /// Federation settings.
@@ -639,6 +647,8 @@ impl ServeArgs {
                         || file.allow_loopback_upstreams.unwrap_or(false),
                     allow_link_local: self.allow_link_local_upstreams
                         || file.allow_link_local_upstreams.unwrap_or(false),
+                    deny_private: self.deny_private_upstreams
+                        || file.deny_private_upstreams.unwrap_or(false),
                 },
             },
             xds_listen,

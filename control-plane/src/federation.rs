@@ -238,17 +238,128 @@ fn prompt_item(p: &rmcp::model::Prompt) -> Option<DiscoveredItem> {
     })
 }
 
-async fn timed<T, E: std::fmt::Display>(
+/// What went wrong at an upstream, as the API caller and `last_error` see it: one of a few
+/// fixed phrases. The error chain itself (OS errors, addresses, the URL with its query) goes
+/// to the log only, URLs redacted: the API does not tell a refused port from an unreachable
+/// host (no port scanning through `POST /gateways`), and it never echoes a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection: refused, unreachable, reset, or the TLS handshake failed.
+    Connect,
+    /// An HTTP error status.
+    Status(u16),
+    /// A JSON-RPC error answer.
+    JsonRpc(i32),
+    /// Anything else: not MCP as expected (content type, JSON, a stream cut short).
+    Protocol,
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect => f.write_str("no connection to the upstream"),
+            Self::Status(s) => write!(f, "the upstream answered HTTP {s}"),
+            Self::JsonRpc(c) => write!(f, "the upstream answered JSON-RPC error {c}"),
+            Self::Protocol => f.write_str("the upstream did not answer as an MCP server"),
+        }
+    }
+}
+
+impl UpstreamFailure {
+    /// Classifies an error chain.
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> Self {
+        use rmcp::service::ClientInitializeError;
+        use rmcp::transport::streamable_http_client::StreamableHttpError;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+                return Self::of_reqwest(r);
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Self::of_io(io);
+            }
+            if let Some(h) = e.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+                return match h {
+                    StreamableHttpError::Client(r) => Self::of_reqwest(r),
+                    StreamableHttpError::Io(io) => Self::of_io(io),
+                    StreamableHttpError::HttpStatus(s) => Self::Status(s.status),
+                    StreamableHttpError::AuthRequired(_) => Self::Status(401),
+                    StreamableHttpError::InsufficientScope(_) => Self::Status(403),
+                    StreamableHttpError::SessionExpired => Self::Status(404),
+                    _ => Self::Protocol,
+                };
+            }
+            match e.downcast_ref::<ClientInitializeError>() {
+                Some(ClientInitializeError::JsonRpcError(d)) => return Self::JsonRpc(d.code.0),
+                // Its transport error is a field, not a `source`.
+                Some(ClientInitializeError::TransportError { error, .. }) => {
+                    return Self::of(error.error.as_ref());
+                }
+                _ => {}
+            }
+            if let Some(ServiceError::McpError(d)) = e.downcast_ref::<ServiceError>() {
+                return Self::JsonRpc(d.code.0);
+            }
+            cur = e.source();
+        }
+        Self::Protocol
+    }
+
+    fn of_reqwest(r: &reqwest::Error) -> Self {
+        match r.status() {
+            Some(s) => Self::Status(s.as_u16()),
+            None if r.is_connect() => Self::Connect,
+            None => match std::error::Error::source(r) {
+                Some(inner) => Self::of(inner),
+                None => Self::Protocol,
+            },
+        }
+    }
+
+    fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+            | K::AddrNotAvailable
+            | K::BrokenPipe => Self::Connect,
+            _ => Self::Protocol,
+        }
+    }
+}
+
+/// The error chain of `err` on one line, every URL in it redacted (for the log).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    crate::model::redact_urls(&out)
+}
+
+async fn timed<T, E: std::error::Error + 'static>(
     step: &'static str,
     timeout: Duration,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, FederationError> {
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(FederationError::Timeout { step, timeout }),
-        Ok(Err(e)) => Err(FederationError::Upstream {
-            step,
-            reason: e.to_string(),
-        }),
+        Ok(Err(e)) => {
+            let failure = UpstreamFailure::of(&e);
+            tracing::info!(step, %failure, error = %chain(&e), "upstream step failed");
+            Err(FederationError::Upstream {
+                step,
+                reason: failure.to_string(),
+            })
+        }
         Ok(Ok(v)) => Ok(v),
     }
 }
@@ -502,7 +613,7 @@ impl Federation {
             Err(e) => {
                 self.metrics.federation_refresh(e.label());
                 self.sessions.lock().await.remove(id);
-                let msg = e.to_string();
+                let msg = crate::model::redact_urls(&e.to_string());
                 if let Ok(t) = self
                     .store
                     .record_health(id, false, Some(&msg), self.settings.failure_threshold)
@@ -703,5 +814,89 @@ impl Federation {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An error whose cause is `source`, as transports wrap socket errors.
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport failed for url http://h/mcp?token=s3cret")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[tokio::test]
+    async fn connection_failures_read_alike() {
+        init_tls();
+        // A real refused connection, as reqwest reports it.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let refused = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/mcp"))
+            .send()
+            .await
+            .unwrap_err();
+        use std::io::ErrorKind as K;
+        let io = |k: K| Wrapped(std::io::Error::from(k));
+        let cases: Vec<(&str, Box<dyn std::error::Error + 'static>, UpstreamFailure)> = vec![
+            (
+                "refused (reqwest)",
+                Box::new(refused),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "refused",
+                Box::new(io(K::ConnectionRefused)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "host unreachable",
+                Box::new(io(K::HostUnreachable)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "network unreachable",
+                Box::new(io(K::NetworkUnreachable)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "reset",
+                Box::new(io(K::ConnectionReset)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "bad data",
+                Box::new(io(K::InvalidData)),
+                UpstreamFailure::Protocol,
+            ),
+            (
+                "json-rpc error",
+                Box::new(ServiceError::McpError(
+                    rmcp::model::ErrorData::method_not_found::<rmcp::model::ListToolsRequestMethod>(
+                    ),
+                )),
+                UpstreamFailure::JsonRpc(-32601),
+            ),
+        ];
+        for (name, e, want) in &cases {
+            assert_eq!(UpstreamFailure::of(e.as_ref()), *want, "{name}");
+        }
+        // What the API shows for each connection failure is one and the same text.
+        let texts: std::collections::HashSet<String> = cases
+            .iter()
+            .filter(|(_, _, w)| *w == UpstreamFailure::Connect)
+            .map(|(_, e, _)| UpstreamFailure::of(e.as_ref()).to_string())
+            .collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        // The log line keeps the detail, with the URL's secrets redacted.
+        let logged = chain(&io(K::ConnectionRefused));
+        assert!(
+            logged.contains("token=***") && !logged.contains("s3cret"),
+            "{logged}"
+        );
     }
 }

@@ -4,9 +4,44 @@
 //! kind has, plus a kind-specific `spec` JSON object. The API presents each kind with its own
 //! fields ([`Tool`], [`Resource`], [`Prompt`]); the conversions live here, in one place.
 
+mod upstream;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
+
+pub use upstream::{MAX_URL_BYTES, REDACTED, UpstreamUrl, redact_urls};
+
+/// A value that does not parse: which field, and why (the API answers 422 naming it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldInvalid {
+    /// Field name (JSON path).
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl FieldInvalid {
+    /// A field error.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error under a parent path (`tags[2]` in `tools[0]` → `tools[0].tags[2]`).
+    pub fn at(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        "invalid"
+    }
+}
 
 /// The three catalog kinds a gateway federates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -171,11 +171,13 @@ impl From<ApiError> for Problem {
                     "Upstream timed out",
                     f.to_string(),
                 ),
+                // The legacy SSE client still words its own failures; whatever it quotes,
+                // no URL reaches the answer with its query secrets.
                 FederationError::Upstream { .. } => Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream-failed",
                     "Upstream failed",
-                    f.to_string(),
+                    crate::model::redact_urls(&f.to_string()),
                 ),
                 FederationError::Crypto(_) => {
                     tracing::error!(error = %f, "credential decryption failed");

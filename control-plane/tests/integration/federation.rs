@@ -606,3 +606,48 @@ async fn ssrf_guard_refuses_loopback_unless_allowed() {
     }
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn connection_failures_do_not_tell_refused_from_unreachable() {
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    // Longer than a failed neighbour discovery takes to report "no route".
+    s.federation.timeout = Duration::from_secs(10);
+    let cp = TestCp::start(s).await;
+    let closed = super::harness::free_port();
+    let refused = format!("http://127.0.0.1:{closed}/mcp?token=s3cret");
+    let (s, body) = cp
+        .post("/gateways", json!({"name": "refused", "url": refused}))
+        .await;
+    assert_eq!(s, 502, "{body}");
+    let detail = body["detail"].as_str().unwrap().to_owned();
+    assert_eq!(
+        detail, "upstream initialize failed: no connection to the upstream",
+        "no OS error, address or port in the answer"
+    );
+    // A host without a route fails alike (where this machine has no route to the
+    // documentation prefix, which it reports at once; elsewhere it would time out).
+    let unreachable = "http://[2001:db8::1]:9/mcp";
+    let fast = std::net::TcpStream::connect_timeout(
+        &"[2001:db8::1]:9".parse().unwrap(),
+        Duration::from_secs(8),
+    )
+    .map_err(|e| e.kind());
+    if matches!(
+        fast,
+        Err(std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable)
+    ) {
+        let (s, body) = cp
+            .post(
+                "/gateways",
+                json!({"name": "unroutable", "url": unreachable}),
+            )
+            .await;
+        assert_eq!(
+            (s, body["detail"].as_str()),
+            (502, Some(detail.as_str())),
+            "{body}"
+        );
+    }
+    cp.stop().await;
+}
