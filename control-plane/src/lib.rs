@@ -47,10 +47,10 @@ pub struct ControlPlane {
     pub relay_addr: Option<SocketAddr>,
 }
 
-/// Opens the store (creating the data directory for SQLite) and runs migrations.
+/// Opens the store (creating the data directory for SQLite, 0700) and runs migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     if let Some(dir) = &settings.data_dir {
-        std::fs::create_dir_all(dir)
+        store::prepare_data_dir(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
     Store::connect(&settings.database_url)

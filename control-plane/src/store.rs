@@ -208,11 +208,103 @@ impl WriteTx<'_> {
     }
 }
 
+/// Creates the SQLite data directory readable by this user only (0700), and tightens an
+/// existing one that group or others can read: it holds the registry, whose sealed
+/// credentials are only as safe as the key, and the key is not the only thing to protect.
+pub fn prepare_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        tighten(dir, 0o700)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// Sets `path`'s mode to `mode` if group or others have any access, with a warning.
+#[cfg(unix)]
+fn tighten(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & 0o077 != 0 {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                was = format!("{current:o}"),
+                now = format!("{mode:o}"),
+                "tightened the permissions of the registry's files"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                mode = format!("{current:o}"),
+                error = %e,
+                "the registry's files are readable by others and cannot be tightened"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Creates a SQLite database file 0600 before SQLite does (it would use the umask), and
+/// tightens an existing one and its WAL and shared-memory files (SQLite creates those with
+/// the database file's mode).
+fn secure_sqlite_file(url: &str) -> Result<(), StoreError> {
+    use std::str::FromStr as _;
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(());
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = opts.get_filename().to_path_buf();
+    let io = |e: std::io::Error| {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )))
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if !path.exists() && url.contains("mode=rwc") {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map(drop)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(io)?;
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                tighten(&p, 0o600).map_err(io)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, io);
+    Ok(())
+}
+
 impl Store {
     /// Connects to `url` (`sqlite:…` or `postgres://…`) and runs the embedded migrations.
+    /// A SQLite file is created (and kept) readable by this user only.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
+        if backend == Backend::Sqlite {
+            secure_sqlite_file(url)?;
+        }
         let max = match backend {
             Backend::Sqlite => 4,
             Backend::Postgres => 10,

@@ -463,3 +463,58 @@ async fn registry_version_is_observable_and_migrations_are_idempotent() {
         again.close().await;
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_data_dir_and_files_are_private_to_this_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let dir = tempfile::tempdir().unwrap();
+
+    // Fresh: created private, whatever the umask.
+    let data = dir.path().join("fresh/data");
+    let settings = mcpgw::config::ServeArgs {
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    }
+    .resolve(Some(key))
+    .unwrap();
+    let store = mcpgw::open_store(&settings).await.unwrap();
+    store.create_gateway(gateway("g")).await.unwrap();
+    assert_eq!(mode(&data), 0o700, "data dir");
+    assert_eq!(mode(&data.join("mcpgw.db")), 0o600, "database file");
+    assert_eq!(mode(&data.join("mcpgw.db-wal")), 0o600, "WAL file");
+    store.close().await;
+
+    // Existing and loose (an older version, or a permissive umask): tightened on start.
+    let loose = dir.path().join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(data.join("mcpgw.db"), loose.join("mcpgw.db")).unwrap();
+    std::fs::set_permissions(
+        loose.join("mcpgw.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let settings = mcpgw::config::ServeArgs {
+        data_dir: Some(loose.clone()),
+        ..Default::default()
+    }
+    .resolve(Some(key))
+    .unwrap();
+    let store = mcpgw::open_store(&settings).await.unwrap();
+    assert_eq!(mode(&loose), 0o700, "data dir tightened");
+    assert_eq!(
+        mode(&loose.join("mcpgw.db")),
+        0o600,
+        "database file tightened"
+    );
+    store.close().await;
+
+    // An explicit database URL gets the same file mode.
+    let url = format!("sqlite://{}/explicit.db?mode=rwc", dir.path().display());
+    let store = mcpgw::store::Store::connect(&url).await.unwrap();
+    assert_eq!(mode(&dir.path().join("explicit.db")), 0o600);
+    store.close().await;
+}
