@@ -123,51 +123,7 @@ pub enum Strategy {
 #[derive(Debug, Subcommand)]
 pub enum GatewayCmd {
     /// Register a gateway and discover its catalog.
-    Add {
-        /// Unique name (prefixes discovered names).
-        #[arg(long)]
-        name: String,
-        /// MCP endpoint URL.
-        #[arg(long)]
-        url: String,
-        /// streamable_http or sse.
-        #[arg(long, default_value = "streamable_http")]
-        transport: String,
-        /// Description.
-        #[arg(long)]
-        description: Option<String>,
-        /// Tag (repeatable).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// Bearer token for the upstream. Visible in the process list: prefer
-        /// `--auth-token-file` or the `MCPGW_AUTH_TOKEN` environment variable.
-        #[arg(long, env = "MCPGW_UPSTREAM_TOKEN", hide_env_values = true)]
-        bearer_token: Option<String>,
-        /// File holding the upstream's bearer token (one line; readable by its owner only).
-        #[arg(long, value_name = "PATH")]
-        auth_token_file: Option<PathBuf>,
-        /// Basic credentials `user:password`. Visible in the process list: prefer
-        /// `--auth-username` with `--auth-password-file` or `MCPGW_AUTH_PASSWORD`.
-        #[arg(long)]
-        basic: Option<String>,
-        /// User name for basic credentials; the password comes from `--auth-password-file`
-        /// or the `MCPGW_AUTH_PASSWORD` environment variable.
-        #[arg(long, value_name = "USER")]
-        auth_username: Option<String>,
-        /// File holding the basic password (one line; readable by its owner only).
-        #[arg(long, value_name = "PATH", requires = "auth_username")]
-        auth_password_file: Option<PathBuf>,
-        /// Custom header `Name: value` (repeatable). Visible in the process list: prefer
-        /// `--header-file`.
-        #[arg(long)]
-        header: Vec<String>,
-        /// Custom header whose value is read from a file: `Name=PATH` (repeatable).
-        #[arg(long, value_name = "NAME=PATH")]
-        header_file: Vec<String>,
-        /// Store only; discover on the next refresh.
-        #[arg(long)]
-        no_discover: bool,
-    },
+    Add(Box<GatewayAdd>),
     /// List gateways.
     List {
         /// Only with any of these tags (comma-separated).
@@ -199,6 +155,61 @@ pub enum GatewayCmd {
         /// Id or name.
         gateway: String,
     },
+}
+
+/// `mcpgw gateways add`.
+#[derive(Debug, Args)]
+pub struct GatewayAdd {
+    /// Unique name (prefixes discovered names).
+    #[arg(long)]
+    pub name: String,
+    /// MCP endpoint URL.
+    #[arg(long)]
+    pub url: String,
+    /// streamable_http or sse.
+    #[arg(long, default_value = "streamable_http")]
+    pub transport: String,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub auth: UpstreamAuthArgs,
+    /// Store only; discover on the next refresh.
+    #[arg(long)]
+    pub no_discover: bool,
+}
+
+/// Credentials of an upstream, from flags, owner-only files or the environment.
+#[derive(Debug, Args)]
+pub struct UpstreamAuthArgs {
+    /// Bearer token for the upstream. Visible in the process list: prefer
+    /// `--auth-token-file` or the `MCPGW_AUTH_TOKEN` environment variable.
+    #[arg(long, env = "MCPGW_UPSTREAM_TOKEN", hide_env_values = true)]
+    pub bearer_token: Option<String>,
+    /// File holding the upstream's bearer token (one line; readable by its owner only).
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Basic credentials `user:password`. Visible in the process list: prefer
+    /// `--auth-username` with `--auth-password-file` or `MCPGW_AUTH_PASSWORD`.
+    #[arg(long)]
+    pub basic: Option<String>,
+    /// User name for basic credentials; the password comes from `--auth-password-file`
+    /// or the `MCPGW_AUTH_PASSWORD` environment variable.
+    #[arg(long, value_name = "USER")]
+    pub auth_username: Option<String>,
+    /// File holding the basic password (one line; readable by its owner only).
+    #[arg(long, value_name = "PATH", requires = "auth_username")]
+    pub auth_password_file: Option<PathBuf>,
+    /// Custom header `Name: value` (repeatable). Visible in the process list: prefer
+    /// `--header-file`.
+    #[arg(long)]
+    pub header: Vec<String>,
+    /// Custom header whose value is read from a file: `Name=PATH` (repeatable).
+    #[arg(long, value_name = "NAME=PATH")]
+    pub header_file: Vec<String>,
 }
 
 /// `mcpgw servers …`
@@ -264,17 +275,6 @@ pub enum ToolCmd {
         #[arg(long)]
         enabled: Option<bool>,
     },
-}
-
-/// The credential flags of `gateways add`, before they are read.
-struct UpstreamAuthArgs {
-    bearer_token: Option<String>,
-    auth_token_file: Option<PathBuf>,
-    basic: Option<String>,
-    auth_username: Option<String>,
-    auth_password_file: Option<PathBuf>,
-    header: Vec<String>,
-    header_file: Vec<String>,
 }
 
 /// Largest secret file read.
@@ -610,37 +610,21 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             let c = Client::new(&api)?;
             let mut cols = GATEWAY_COLS.to_vec();
             match cmd {
-                GatewayCmd::Add {
-                    name,
-                    url,
-                    transport,
-                    description,
-                    tags,
-                    bearer_token,
-                    auth_token_file,
-                    basic,
-                    auth_username,
-                    auth_password_file,
-                    header,
-                    header_file,
-                    no_discover,
-                } => {
+                GatewayCmd::Add(add) => {
+                    let GatewayAdd {
+                        name,
+                        url,
+                        transport,
+                        description,
+                        tags,
+                        auth,
+                        no_discover,
+                    } = *add;
                     let mut body = json!({
                         "name": name, "url": url, "transport": transport,
                         "description": description, "tags": tags, "discover": !no_discover,
                     });
-                    let auth = upstream_auth(
-                        UpstreamAuthArgs {
-                            bearer_token,
-                            auth_token_file,
-                            basic,
-                            auth_username,
-                            auth_password_file,
-                            header,
-                            header_file,
-                        },
-                        &|name| std::env::var(name).ok(),
-                    )?;
+                    let auth = upstream_auth(auth, &|name| std::env::var(name).ok())?;
                     if let (Value::Object(b), Value::Object(a)) = (&mut body, auth) {
                         b.extend(a);
                     }
