@@ -3,6 +3,7 @@
 //! cursor pagination and filters; RFC 9457 errors; OpenAPI 3.1 at `/openapi.json`.
 
 mod catalog;
+pub mod cross_site;
 mod gateways;
 pub mod problem;
 mod servers;
@@ -76,7 +77,7 @@ page_type!(ServerPage, model::Server, "A page of virtual servers.");
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers."),
+    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers.\n\nEvery POST, PUT and DELETE must carry `Content-Type: application/json` with a JSON body, or the header `X-Mcpgw-Request: 1` (body-less calls); requests a browser marks as cross-site (`Sec-Fetch-Site`, or a foreign `Origin`) are refused with 403 `cross-site-request`."),
     paths(
         system::health, system::ready, system::version, system::metrics, system::registry,
         gateways::list, gateways::create, gateways::get, gateways::update, gateways::delete,
@@ -205,6 +206,7 @@ pub fn router(state: AppState) -> Router {
             "/import",
             post(transfer::import).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
         )
+        .route_layer(axum::middleware::from_fn(cross_site::refuse_cross_site))
         // After routing, so the metrics see the matched route template.
         .route_layer(axum::middleware::from_fn_with_state(metrics, track))
         .fallback(|| async { Problem::no_route() })

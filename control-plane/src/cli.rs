@@ -399,6 +399,13 @@ impl Client {
         Ok(Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(120))
+                // Every call says it comes from a program (`api::cross_site`).
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::HeaderName::from_static(
+                        crate::api::cross_site::REQUEST_HEADER,
+                    ),
+                    reqwest::header::HeaderValue::from_static("1"),
+                )]))
                 .build()?,
             base: api.api_url.trim_end_matches('/').to_owned(),
         })

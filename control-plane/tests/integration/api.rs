@@ -426,3 +426,106 @@ async fn serve_refuses_to_start_without_a_key_and_creates_its_data_dir() {
     assert!(data.join("mcpgw.db").exists());
     store.close().await;
 }
+
+/// Every state-changing endpoint (from the OpenAPI document, plus the `/toggle` aliases):
+/// a form-like request, a request the browser marks cross-site and one from a foreign
+/// origin are refused; a program's body-less request passes.
+#[tokio::test]
+async fn state_changes_cannot_be_forged_cross_site() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let doc: Value = serde_json::from_str(&mcpgw::api::openapi_json()).unwrap();
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                let concrete = path.replace("{id}", "no-such-id");
+                endpoints.push((method.to_uppercase(), concrete.clone()));
+                if concrete.ends_with("/state") {
+                    endpoints.push((method.to_uppercase(), concrete.replace("/state", "/toggle")));
+                }
+            }
+        }
+    }
+    assert_eq!(endpoints.len(), 27, "{endpoints:?}");
+    for p in [
+        "/gateways/no-such-id/refresh",
+        "/tools/no-such-id/state",
+        "/import",
+    ] {
+        assert!(endpoints.iter().any(|(_, e)| e == p), "{p} covered");
+    }
+    let v0 = cp.get("/registry").await.1;
+    let send = |method: &str, path: &str| {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let q = if path.ends_with("/state") || path.ends_with("/toggle") {
+            "?activate=false"
+        } else {
+            ""
+        };
+        cp.http.request(m, cp.url(&format!("{path}{q}")))
+    };
+    for (method, path) in &endpoints {
+        let forged: Vec<(&str, reqwest::RequestBuilder)> = vec![
+            (
+                "form-like body",
+                send(method, path)
+                    .header("content-type", "text/plain")
+                    .body("{}"),
+            ),
+            ("no body, no header", send(method, path)),
+            (
+                "cross-site fetch",
+                send(method, path)
+                    .header("sec-fetch-site", "cross-site")
+                    .json(&json!({})),
+            ),
+            (
+                "same-site fetch",
+                send(method, path)
+                    .header("sec-fetch-site", "same-site")
+                    .header("x-mcpgw-request", "1"),
+            ),
+            (
+                "foreign origin",
+                send(method, path)
+                    .header("origin", "http://evil.example")
+                    .json(&json!({})),
+            ),
+            (
+                "empty JSON",
+                send(method, path).header("content-type", "application/json"),
+            ),
+        ];
+        for (what, req) in forged {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 403, "{method} {path} {what}: {body}");
+            assert_eq!(
+                body["type"], "urn:mcpgw:problem:cross-site-request",
+                "{body}"
+            );
+        }
+        // A program passes the guard (and then meets the handler: unknown id, bad body…).
+        let ok = send(method, path)
+            .header("x-mcpgw-request", "1")
+            .header("sec-fetch-site", "same-origin")
+            .header("origin", format!("http://{}", cp.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(ok.status().as_u16(), 403, "{method} {path}");
+    }
+    assert_eq!(cp.get("/registry").await.1, v0, "nothing changed");
+    // Reading stays open to anything (GET has no side effects).
+    let resp = cp
+        .http
+        .get(cp.url("/gateways"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    cp.stop().await;
+}
