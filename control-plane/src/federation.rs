@@ -19,7 +19,7 @@ use rmcp::service::{NotificationContext, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
@@ -27,8 +27,11 @@ pub use ssrf::{SsrfError, check_upstream_url};
 
 use crate::config::FederationSettings;
 use crate::crypto::{CryptoError, SecretBox};
-use crate::model::{AuthType, Credentials, Gateway, NewGateway, SyncReport, Transport};
-use crate::store::{Discovered, DiscoveredItem, HealthTransition, Store, StoreError};
+use crate::model::{
+    AuthType, Credentials, Discovered, DiscoveredItem, Gateway, IntegrationType, NewGateway,
+    PromptArgument, PromptSpec, ResourceSpec, SyncReport, ToolSpec, Transport, UpstreamUrl,
+};
+use crate::store::{HealthTransition, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Errors of federation, classified for the API.
@@ -169,73 +172,94 @@ fn headers_for(creds: Option<&Credentials>) -> Result<HeaderMap, FederationError
     Ok(h)
 }
 
-fn to_object(v: impl serde::Serialize) -> Map<String, Value> {
-    match serde_json::to_value(v) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
+/// An MCP sub-object (annotations, icons, `_meta`) as stored: passed through untouched.
+fn json<T: serde::Serialize>(v: &Option<T>) -> Option<Value> {
+    v.as_ref()
+        .and_then(|x| serde_json::to_value(x).ok())
+        .filter(|v| !v.is_null())
+}
+
+/// A listed tool as stored.
+fn tool_item(t: &rmcp::model::Tool) -> DiscoveredItem<ToolSpec> {
+    DiscoveredItem {
+        original_name: t.name.to_string(),
+        uri: None,
+        description: t.description.as_deref().map(str::to_owned),
+        spec: ToolSpec {
+            title: t.title.clone(),
+            input_schema: (*t.input_schema).clone(),
+            output_schema: t.output_schema.as_deref().cloned(),
+            annotations: json(&t.annotations),
+            icons: json(&t.icons),
+            meta: json(&t.meta),
+            integration_type: IntegrationType::Mcp,
+            url: None,
+            request_type: None,
+        },
     }
 }
 
-fn str_field(m: &Map<String, Value>, key: &str) -> Option<String> {
-    m.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn copy(m: &Map<String, Value>, from: &str, spec: &mut Map<String, Value>, to: &str) {
-    if let Some(v) = m.get(from).filter(|v| !v.is_null()) {
-        spec.insert(to.to_owned(), v.clone());
+/// A listed resource as stored.
+fn resource_item(r: &rmcp::model::Resource) -> DiscoveredItem<ResourceSpec> {
+    DiscoveredItem {
+        original_name: r.name.clone(),
+        uri: Some(r.uri.clone()),
+        description: r.description.clone(),
+        spec: ResourceSpec {
+            is_template: false,
+            title: r.title.clone(),
+            mime_type: r.mime_type.clone(),
+            size: r.size.and_then(|s| i64::try_from(s).ok()),
+            content: None,
+            annotations: json(&r.annotations),
+            icons: json(&r.icons),
+            meta: json(&r.meta),
+        },
     }
 }
 
-/// Maps MCP list entries (camelCase wire JSON) to stored items (snake_case spec).
-fn tool_item(t: &rmcp::model::Tool) -> Option<DiscoveredItem> {
-    let m = to_object(t);
-    let mut spec = Map::new();
-    copy(&m, "title", &mut spec, "title");
-    copy(&m, "inputSchema", &mut spec, "input_schema");
-    copy(&m, "outputSchema", &mut spec, "output_schema");
-    copy(&m, "annotations", &mut spec, "annotations");
-    copy(&m, "icons", &mut spec, "icons");
-    copy(&m, "_meta", &mut spec, "meta");
-    spec.insert("integration_type".into(), Value::from("MCP"));
-    Some(DiscoveredItem {
-        original_name: str_field(&m, "name")?,
-        uri: None,
-        description: str_field(&m, "description"),
-        spec,
-    })
+/// A listed resource template as stored.
+fn template_item(t: &rmcp::model::ResourceTemplate) -> DiscoveredItem<ResourceSpec> {
+    DiscoveredItem {
+        original_name: t.name.clone(),
+        uri: Some(t.uri_template.clone()),
+        description: t.description.clone(),
+        spec: ResourceSpec {
+            is_template: true,
+            title: t.title.clone(),
+            mime_type: t.mime_type.clone(),
+            size: None,
+            content: None,
+            annotations: json(&t.annotations),
+            icons: json(&t.icons),
+            meta: json(&t.meta),
+        },
+    }
 }
 
-fn resource_item(m: Map<String, Value>, template: bool) -> Option<DiscoveredItem> {
-    let mut spec = Map::new();
-    copy(&m, "title", &mut spec, "title");
-    copy(&m, "mimeType", &mut spec, "mime_type");
-    copy(&m, "size", &mut spec, "size");
-    copy(&m, "annotations", &mut spec, "annotations");
-    copy(&m, "icons", &mut spec, "icons");
-    copy(&m, "_meta", &mut spec, "meta");
-    spec.insert("is_template".into(), Value::from(template));
-    let uri = str_field(&m, if template { "uriTemplate" } else { "uri" })?;
-    Some(DiscoveredItem {
-        original_name: str_field(&m, "name")?,
-        uri: Some(uri),
-        description: str_field(&m, "description"),
-        spec,
-    })
-}
-
-fn prompt_item(p: &rmcp::model::Prompt) -> Option<DiscoveredItem> {
-    let m = to_object(p);
-    let mut spec = Map::new();
-    copy(&m, "title", &mut spec, "title");
-    copy(&m, "arguments", &mut spec, "arguments");
-    copy(&m, "icons", &mut spec, "icons");
-    copy(&m, "_meta", &mut spec, "meta");
-    Some(DiscoveredItem {
-        original_name: str_field(&m, "name")?,
+/// A listed prompt as stored.
+fn prompt_item(p: &rmcp::model::Prompt) -> DiscoveredItem<PromptSpec> {
+    DiscoveredItem {
+        original_name: p.name.clone(),
         uri: None,
-        description: str_field(&m, "description"),
-        spec,
-    })
+        description: p.description.clone(),
+        spec: PromptSpec {
+            title: p.title.clone(),
+            template: None,
+            arguments: p.arguments.as_ref().map(|args| {
+                args.iter()
+                    .map(|a| PromptArgument {
+                        name: a.name.clone(),
+                        title: a.title.clone(),
+                        description: a.description.clone(),
+                        required: a.required,
+                    })
+                    .collect()
+            }),
+            icons: json(&p.icons),
+            meta: json(&p.meta),
+        },
+    }
 }
 
 /// What went wrong at an upstream, as the API caller and `last_error` see it: one of a few
@@ -395,12 +419,12 @@ impl Federation {
     async fn discover(
         &self,
         gateway_id: Arc<OnceLock<String>>,
-        url: &str,
+        url: &UpstreamUrl,
         transport: Transport,
         creds: Option<&Credentials>,
     ) -> Result<(Session, Discovered), FederationError> {
         let t = self.settings.timeout;
-        let target = check_upstream_url(url, self.settings.ssrf, t).await?;
+        let target = check_upstream_url(url.as_str(), self.settings.ssrf, t).await?;
         // No proxy: a proxy from HTTP(S)_PROXY would resolve the host itself and bypass
         // the address pinning below, which is what makes the SSRF check binding.
         let mut builder = reqwest::Client::builder()
@@ -422,12 +446,12 @@ impl Federation {
         };
         let session = match transport {
             Transport::StreamableHttp => {
-                let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 let transport = StreamableHttpClientTransport::with_client(client, config);
                 timed("initialize", t, handler.serve(transport)).await?
             }
             Transport::Sse => {
-                let halves = sse::connect(client, url, t).await?;
+                let halves = sse::connect(client, url.as_str(), t).await?;
                 timed("initialize", t, handler.serve(halves)).await?
             }
         };
@@ -453,26 +477,22 @@ impl Federation {
         let peer = session.peer().clone();
         if caps.tools.is_some() {
             let tools = timed("tools/list", t, peer.list_all_tools()).await?;
-            d.tools = tools.iter().filter_map(tool_item).collect();
+            d.tools = tools.iter().map(tool_item).collect();
         }
         if caps.resources.is_some() {
             let rs = timed("resources/list", t, peer.list_all_resources()).await?;
-            d.resources = rs
-                .iter()
-                .filter_map(|r| resource_item(to_object(r), false))
-                .collect();
+            d.resources = rs.iter().map(resource_item).collect();
             let ts = timed(
                 "resources/templates/list",
                 t,
                 peer.list_all_resource_templates(),
             )
             .await?;
-            d.resources
-                .extend(ts.iter().filter_map(|r| resource_item(to_object(r), true)));
+            d.resources.extend(ts.iter().map(template_item));
         }
         if caps.prompts.is_some() {
             let ps = timed("prompts/list", t, peer.list_all_prompts()).await?;
-            d.prompts = ps.iter().filter_map(prompt_item).collect();
+            d.prompts = ps.iter().map(prompt_item).collect();
         }
         Ok((session, d))
     }
@@ -530,9 +550,8 @@ impl Federation {
         creds: Option<&Credentials>,
         discover: bool,
     ) -> Result<(Gateway, Option<SyncReport>), FederationError> {
-        crate::store::validate_gateway_name(&g.name)?;
         if !discover {
-            check_upstream_url(&g.url, self.settings.ssrf, self.settings.timeout).await?;
+            check_upstream_url(g.url.as_str(), self.settings.ssrf, self.settings.timeout).await?;
             let (gw, _) = self
                 .store
                 .create_gateway_with_catalog(g, None, &self.settings.separator)
@@ -580,7 +599,7 @@ impl Federation {
         let gw = self.store.get_gateway(id).await?;
         if !gw.enabled {
             self.disconnect(id).await;
-            return Err(FederationError::Disabled(gw.name));
+            return Err(FederationError::Disabled(gw.name.to_string()));
         }
         let (auth, sealed) = self.store.gateway_auth(id).await?;
         let creds = self.credentials(auth, sealed.as_deref())?;
@@ -606,7 +625,7 @@ impl Federation {
                 }
                 self.metrics.federation_refresh("ok");
                 if !gw.reachable {
-                    self.note_transition(&gw.name, HealthTransition::BecameReachable);
+                    self.note_transition(gw.name.as_str(), HealthTransition::BecameReachable);
                 }
                 Ok((now, report))
             }
@@ -619,7 +638,7 @@ impl Federation {
                     .record_health(id, false, Some(&msg), self.settings.failure_threshold)
                     .await
                 {
-                    self.note_transition(&gw.name, t);
+                    self.note_transition(gw.name.as_str(), t);
                 }
                 Err(e)
             }
@@ -695,7 +714,7 @@ impl Federation {
                 .store
                 .record_health(&gw.id, true, None, self.settings.failure_threshold)
                 .await?;
-            self.note_transition(&gw.name, t);
+            self.note_transition(gw.name.as_str(), t);
             if t == HealthTransition::BecameReachable {
                 self.refresh(&gw.id).await?;
             }

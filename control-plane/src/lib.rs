@@ -114,6 +114,7 @@ pub async fn serve(
         .as_ref()
         .map(|_| AdsServer::new(publisher.sets(), XdsConfig::default()));
     let mut metrics = Metrics::new();
+    metrics.register_store(store.metrics());
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());
     }

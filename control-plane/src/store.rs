@@ -10,6 +10,11 @@
 //! transactions race for the write lock (and fail with `SQLITE_BUSY` on upgrade) writers
 //! queue on an in-process mutex. PostgreSQL writers run concurrently; lost updates are
 //! caught by the optimistic `version` column and duplicate names by UNIQUE constraints.
+//!
+//! Rows are parsed into the domain types (`crate::model`) here, once. A row that does not
+//! parse (written by hand, by an older version with looser rules, or damaged) is skipped by
+//! every list with a warning and the `mcpgw_store_rows_skipped_total` metric: one bad row
+//! degrades one entry, never a whole list or a snapshot build.
 
 mod catalog;
 mod gateways;
@@ -18,18 +23,18 @@ mod servers;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, watch};
 
-pub use catalog::{Discovered, DiscoveredItem};
 pub(crate) use catalog::{insert_item, item_id_by_name, update_item_tx, validate_uri};
 pub use gateways::HealthTransition;
-pub(crate) use gateways::validate_url;
-pub use servers::{NewServer, ServerPatch};
 
-use crate::model::{ListQuery, Page};
+pub use crate::model::{Discovered, DiscoveredItem, NewServer, ServerPatch};
+use crate::model::{FieldInvalid, ListFilter, Page, Tags};
 
 /// Largest page a list returns.
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -83,6 +88,15 @@ pub enum StoreError {
     /// Database failure.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<FieldInvalid> for StoreError {
+    fn from(e: FieldInvalid) -> Self {
+        StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
 }
 
 impl StoreError {
@@ -158,6 +172,30 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// The store's metrics (`mcpgw_store_*`).
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    rows_skipped: Family<Vec<(String, String)>, Counter>,
+}
+
+impl StoreMetrics {
+    /// Registers the store's metrics.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "store_rows_skipped",
+            "Stored rows that did not parse and were left out of a read, by table",
+            self.rows_skipped.clone(),
+        );
+    }
+
+    /// Rows of `table` skipped so far (tests, diagnostics).
+    pub fn rows_skipped(&self, table: &str) -> u64 {
+        self.rows_skipped
+            .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+            .get()
+    }
+}
+
 /// Handle to the registry database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -165,6 +203,7 @@ pub struct Store {
     backend: Backend,
     write_lock: Option<Arc<Mutex<()>>>,
     version_tx: Arc<watch::Sender<i64>>,
+    metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for Store {
@@ -319,6 +358,7 @@ impl Store {
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             version_tx: Arc::new(watch::channel(0).0),
+            metrics: StoreMetrics::default(),
         };
         store.migrate().await?;
         let v = store.registry_version().await?;
@@ -329,6 +369,32 @@ impl Store {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The store's metrics.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// `parsed`, or `None` with a warning and a count when the row did not parse.
+    pub(crate) fn keep_parsed<T>(
+        &self,
+        table: &str,
+        row: &AnyRow,
+        parsed: Result<T, StoreError>,
+    ) -> Option<T> {
+        match parsed {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let id: String = row.try_get("id").unwrap_or_default();
+                tracing::warn!(table, %id, error = %e, "stored row does not parse; left out");
+                self.metrics
+                    .rows_skipped
+                    .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+                    .inc();
+                None
+            }
+        }
     }
 
     /// Closes the pool.
@@ -434,7 +500,7 @@ pub(crate) fn now() -> String {
 }
 
 /// New opaque id (32 hex digits, as ContextForge).
-pub(crate) fn new_id() -> String {
+pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -466,7 +532,7 @@ pub(crate) struct ListSql {
 }
 
 impl ListSql {
-    pub(crate) fn new(q: &ListQuery, with_gateway: bool) -> Result<Self, StoreError> {
+    pub(crate) fn new(q: &ListFilter, with_gateway: bool) -> Result<Self, StoreError> {
         let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE);
         if limit == 0 || limit > MAX_PAGE_SIZE {
             return Err(StoreError::invalid(
@@ -492,33 +558,18 @@ impl ListSql {
             }
             s.push("gateway_id = $", Arg::Text(g.clone()));
         }
-        let enabled = match (q.enabled, q.include_inactive) {
-            (Some(e), _) => Some(e),
-            (None, Some(false)) => Some(true),
-            _ => None,
-        };
-        if let Some(e) = enabled {
+        if let Some(e) = q.enabled {
             s.push("enabled = $", Arg::Int(i64::from(e)));
         }
-        if let Some(tags) = &q.tags {
-            let tags = normalize_tags(
-                tags.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                "tags",
-            )?;
-            if !tags.is_empty() {
-                let mut ors = Vec::new();
-                for t in tags {
-                    let n = s.args.len() + 1;
-                    ors.push(format!("tags LIKE ${n} ESCAPE '\\'"));
-                    let escaped = t.replace('\\', "\\\\").replace('_', "\\_");
-                    s.args.push(Arg::Text(format!("%\"{escaped}\"%")));
-                }
-                s.clauses.push(format!("({})", ors.join(" OR ")));
+        if !q.tags.is_empty() {
+            let mut ors = Vec::new();
+            for t in q.tags.iter() {
+                let n = s.args.len() + 1;
+                ors.push(format!("tags LIKE ${n} ESCAPE '\\'"));
+                let escaped = t.as_str().replace('\\', "\\\\").replace('_', "\\_");
+                s.args.push(Arg::Text(format!("%\"{escaped}\"%")));
             }
+            s.clauses.push(format!("({})", ors.join(" OR ")));
         }
         Ok(s)
     }
@@ -539,15 +590,24 @@ impl ListSql {
         format!("{w} ORDER BY name LIMIT {}", self.limit + 1)
     }
 
-    /// Cuts the extra row and computes the next cursor.
-    pub(crate) fn page<T>(&self, mut items: Vec<T>, name: impl Fn(&T) -> &str) -> Page<T> {
-        let next_cursor = if items.len() > self.limit as usize {
-            items.truncate(self.limit as usize);
-            items.last().map(|i| encode_cursor(name(i)))
+    /// Cuts the extra row, parses the rest (skipping rows that do not parse) and computes
+    /// the next cursor from the last row, parsed or not, so a skipped row never ends paging.
+    pub(crate) fn page<T>(
+        &self,
+        mut rows: Vec<AnyRow>,
+        mut parse: impl FnMut(&AnyRow) -> Option<T>,
+    ) -> Result<Page<T>, StoreError> {
+        let next_cursor = if rows.len() > self.limit as usize {
+            rows.truncate(self.limit as usize);
+            match rows.last() {
+                Some(r) => Some(encode_cursor(&r.try_get::<String, _>("name")?)),
+                None => None,
+            }
         } else {
             None
         };
-        Page { items, next_cursor }
+        let items = rows.iter().filter_map(&mut parse).collect();
+        Ok(Page { items, next_cursor })
     }
 }
 
@@ -563,72 +623,12 @@ fn decode_cursor(c: &str) -> Result<String, StoreError> {
         .ok_or_else(|| StoreError::invalid("cursor", "not a cursor returned by this API"))
 }
 
-/// Validates and normalizes tags: lowercase, deduplicated, `[a-z0-9_.:/-]{1,64}`, at most 32.
-pub fn normalize_tags(tags: Vec<String>, field: &str) -> Result<Vec<String>, StoreError> {
-    let mut out: Vec<String> = Vec::new();
-    for (i, t) in tags.into_iter().enumerate() {
-        let t = t.trim().to_lowercase();
-        let ok = !t.is_empty()
-            && t.len() <= 64
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'));
-        if !ok {
-            return Err(StoreError::invalid(
-                format!("{field}[{i}]"),
-                "tags are 1-64 characters of letters, digits, _ . : / -",
-            ));
-        }
-        if !out.contains(&t) {
-            out.push(t);
-        }
-    }
-    if out.len() > 32 {
-        return Err(StoreError::invalid(field, "at most 32 tags"));
-    }
-    Ok(out)
-}
-
-/// Validates an exposed item name (tools, resources, prompts, servers).
-pub fn validate_item_name(name: &str, field: &str) -> Result<(), StoreError> {
-    if name.trim().is_empty() {
-        return Err(StoreError::invalid(field, "must not be empty"));
-    }
-    if name.len() > 255 {
-        return Err(StoreError::invalid(field, "at most 255 bytes"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(StoreError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// Validates a gateway name: it prefixes every discovered name.
-pub fn validate_gateway_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::invalid(
-            "name",
-            "gateway names are 1-64 characters of letters, digits, - _ .",
-        ))
-    }
-}
-
-pub(crate) fn tags_json(tags: &[String]) -> String {
-    serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_owned())
-}
-
-pub(crate) fn parse_tags(row: &AnyRow) -> Result<Vec<String>, StoreError> {
+/// The tags of a row (a JSON array of tags).
+pub(crate) fn parse_tags(row: &AnyRow) -> Result<Tags, StoreError> {
     let raw: String = row.try_get("tags")?;
-    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))
+    let list: Vec<String> =
+        serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?;
+    Tags::parse(&list).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 pub(crate) fn parse_json_opt(

@@ -95,6 +95,11 @@ impl Metrics {
         xds.register(&mut self.registry);
     }
 
+    /// Adds the store's metrics (`mcpgw_store_*`).
+    pub fn register_store(&mut self, store: &crate::store::StoreMetrics) {
+        store.register(&mut self.registry);
+    }
+
     /// Adds the session relay's metrics.
     pub fn register_relay(&mut self, relay: &crate::relay::RelayMetrics) {
         relay.register(&mut self.registry);

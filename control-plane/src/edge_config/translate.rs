@@ -201,11 +201,12 @@ pub fn endpoints(gateways: &[Gateway]) -> Endpoints {
     gateways
         .iter()
         .map(|g| {
-            let e = UpstreamEndpoint::from_url(&g.url).map_err(|reason| EdgeError::BadUrl {
-                gateway: g.id.clone(),
-                url: g.url.clone(),
-                reason,
-            });
+            let e =
+                UpstreamEndpoint::from_url(g.url.as_str()).map_err(|reason| EdgeError::BadUrl {
+                    gateway: g.id.clone(),
+                    url: g.url.redacted(),
+                    reason,
+                });
             (g.id.clone(), e)
         })
         .collect()

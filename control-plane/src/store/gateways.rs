@@ -4,10 +4,13 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{
-    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, new_id, normalize_tags,
-    now, parse_json_opt, parse_tags, tags_json, validate_gateway_name,
+    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, now, parse_json_opt,
+    parse_tags,
 };
-use crate::model::{AuthType, Gateway, GatewayPatch, ListQuery, NewGateway, Page, Transport};
+use crate::model::{
+    AuthType, Gateway, GatewayName, GatewayPatch, ListFilter, NewGateway, Page, Transport,
+    UpstreamUrl,
+};
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
     capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
@@ -25,12 +28,15 @@ pub enum HealthTransition {
 }
 
 fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
+    let corrupt = |e: crate::model::FieldInvalid| StoreError::Corrupt(e.to_string());
     let transport: String = row.try_get("transport")?;
     let auth: String = row.try_get("auth_type")?;
+    let name: String = row.try_get("name")?;
+    let url: String = row.try_get("url")?;
     Ok(Gateway {
         id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        url: row.try_get("url")?,
+        name: GatewayName::parse(&name).map_err(corrupt)?,
+        url: UpstreamUrl::from_stored(&url).map_err(corrupt)?,
         transport: Transport::parse(&transport)
             .ok_or_else(|| StoreError::Corrupt(format!("transport {transport:?}")))?,
         description: row.try_get("description")?,
@@ -56,17 +62,6 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
     })
 }
 
-pub(crate) fn validate_url(url: &str) -> Result<(), StoreError> {
-    let parsed = url::Url::parse(url).map_err(|e| StoreError::invalid("url", e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(StoreError::invalid("url", "scheme must be http or https"));
-    }
-    if parsed.host_str().is_none() {
-        return Err(StoreError::invalid("url", "must have a host"));
-    }
-    Ok(())
-}
-
 impl Store {
     /// Inserts a gateway in an open write transaction (so discovery results can join it).
     pub(crate) async fn insert_gateway_tx(
@@ -74,10 +69,7 @@ impl Store {
         tx: &mut WriteTx<'_>,
         g: NewGateway,
     ) -> Result<String, StoreError> {
-        validate_gateway_name(&g.name)?;
-        validate_url(&g.url)?;
-        let tags = normalize_tags(g.tags, "tags")?;
-        let id = new_id();
+        let id = g.id;
         let ts = now();
         sqlx::query(
             "INSERT INTO gateways (id, name, url, transport, description, tags, enabled, reachable, \
@@ -85,18 +77,18 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $10, 1)",
         )
         .bind(&id)
-        .bind(&g.name)
-        .bind(&g.url)
+        .bind(g.name.as_str())
+        .bind(g.url.as_str())
         .bind(g.transport.as_str())
         .bind(g.description)
-        .bind(tags_json(&tags))
+        .bind(g.tags.to_json())
         .bind(i64::from(g.enabled))
         .bind(g.auth_type.as_str())
         .bind(g.auth_sealed)
         .bind(&ts)
         .execute(tx.conn())
         .await
-        .map_err(map_unique("gateway", &g.name))?;
+        .map_err(map_unique("gateway", g.name.as_str()))?;
         Ok(id)
     }
 
@@ -161,26 +153,26 @@ impl Store {
         ))
     }
 
-    /// A page of gateways, ordered by name.
-    pub async fn list_gateways(&self, q: &ListQuery) -> Result<Page<Gateway>, StoreError> {
+    /// A page of gateways, ordered by name (rows that do not parse left out).
+    pub async fn list_gateways(&self, q: &ListFilter) -> Result<Page<Gateway>, StoreError> {
         let l = ListSql::new(q, false)?;
         let sql = format!("SELECT {COLS} FROM gateways{}", l.tail());
         let rows = bind_all(sqlx::query(&sql), &l.args)
             .fetch_all(self.pool())
             .await?;
-        let items = rows
-            .iter()
-            .map(row_to_gateway)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(l.page(items, |g| &g.name))
+        l.page(rows, |r| self.keep_parsed("gateways", r, row_to_gateway(r)))
     }
 
-    /// Every gateway (for health checks, export).
+    /// Every gateway (for health checks, export, snapshots); rows that do not parse are
+    /// left out.
     pub async fn all_gateways(&self) -> Result<Vec<Gateway>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {COLS} FROM gateways ORDER BY name"))
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(row_to_gateway).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|r| self.keep_parsed("gateways", r, row_to_gateway(r)))
+            .collect())
     }
 
     /// Applies a partial update with optimistic concurrency. Disabling or enabling a
@@ -219,13 +211,8 @@ impl Store {
             });
         }
         let name = p.name.unwrap_or(cur.name);
-        validate_gateway_name(&name)?;
         let url = p.url.unwrap_or(cur.url);
-        validate_url(&url)?;
-        let tags = match p.tags {
-            Some(t) => normalize_tags(t, "tags")?,
-            None => cur.tags,
-        };
+        let tags = p.tags.unwrap_or(cur.tags);
         let enabled = p.enabled.unwrap_or(cur.enabled);
         let transport = p.transport.unwrap_or(cur.transport);
         let description = p.description.or(cur.description);
@@ -236,11 +223,11 @@ impl Store {
                      enabled = $6, auth_type = $7, auth_sealed = $8, updated_at = $9, version = version + 1 \
                      WHERE id = $10 AND version = $11",
                 )
-                .bind(&name)
-                .bind(&url)
+                .bind(name.as_str())
+                .bind(url.as_str())
                 .bind(transport.as_str())
                 .bind(description)
-                .bind(tags_json(&tags))
+                .bind(tags.to_json())
                 .bind(i64::from(enabled))
                 .bind(t.as_str())
                 .bind(sealed)
@@ -255,11 +242,11 @@ impl Store {
                     "UPDATE gateways SET name = $1, url = $2, transport = $3, description = $4, tags = $5, \
                      enabled = $6, updated_at = $7, version = version + 1 WHERE id = $8 AND version = $9",
                 )
-                .bind(&name)
-                .bind(&url)
+                .bind(name.as_str())
+                .bind(url.as_str())
                 .bind(transport.as_str())
                 .bind(description)
-                .bind(tags_json(&tags))
+                .bind(tags.to_json())
                 .bind(i64::from(enabled))
                 .bind(now())
                 .bind(id)
@@ -268,7 +255,7 @@ impl Store {
                 .await
             }
         }
-        .map_err(map_unique("gateway", &name))?;
+        .map_err(map_unique("gateway", name.as_str()))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::VersionConflict {
                 kind: "gateway",
