@@ -76,7 +76,7 @@ pub struct ExportDocument {
 pub struct ExportGateway {
     /// Name.
     pub name: String,
-    /// URL.
+    /// URL, its query values exported as `***` (as the API shows it).
     pub url: String,
     /// Transport.
     pub transport: Transport,

@@ -89,7 +89,17 @@ impl Face for Gateways {
     }
 
     async fn update(s: &AppState, id: &str, body: GatewayUpdate) -> Result<Gateway, ApiError> {
-        let change = GatewayChange::try_from(body)?;
+        let mut change = GatewayChange::try_from(body)?;
+        let before = s.store.get_gateway(id).await?;
+        // A client that read the gateway and writes it back sends the redacted URL: that
+        // is no change, and must not overwrite the stored query secrets with `***`.
+        if change
+            .url
+            .as_ref()
+            .is_some_and(|u| before.url.is_redacted_form(u.as_str()))
+        {
+            change.url = None;
+        }
         let auth = match change.auth {
             Some((t, creds)) => Some((t, seal(&s.secrets, creds.as_ref())?)),
             None => None,
@@ -114,7 +124,6 @@ impl Face for Gateways {
             auth,
             expected_version: change.version,
         };
-        let before = s.store.get_gateway(id).await?;
         let after = s.store.update_gateway(id, patch).await?;
         drop_stale_session(s, &before, &after, credentials_changed).await;
         Ok(after.into())

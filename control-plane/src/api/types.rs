@@ -123,7 +123,8 @@ pub struct Gateway {
     pub id: String,
     /// Unique name; prefixes the names of everything discovered from it.
     pub name: String,
-    /// MCP endpoint URL.
+    /// MCP endpoint URL, its query values shown as `***` (the stored URL keeps them; send
+    /// this form back unchanged and the stored URL stays).
     pub url: String,
     /// Upstream transport.
     pub transport: Transport,
@@ -186,7 +187,7 @@ impl From<model::Gateway> for Gateway {
         Gateway {
             id,
             name: name.to_string(),
-            url: url.as_str().to_owned(),
+            url: url.redacted(),
             transport,
             description,
             tags: tags.to_strings(),
@@ -284,7 +285,8 @@ pub struct GatewaySync {
 pub struct GatewayCreate {
     /// Unique name: letters, digits, `-`, `_`, `.` (1..=64).
     pub name: String,
-    /// MCP endpoint URL (http or https).
+    /// MCP endpoint URL (http or https), without credentials (`user:password@` is refused:
+    /// use `auth_type`). Its query is stored as given and shown with values as `***`.
     pub url: String,
     /// Upstream transport (default streamable_http).
     #[serde(default)]
@@ -318,7 +320,9 @@ pub struct GatewayCreate {
 pub struct GatewayUpdate {
     /// New name (discovered items are renamed on the next refresh).
     pub name: Option<String>,
-    /// New URL.
+    /// New URL. The redacted form answers show leaves the stored URL as it is. When the
+    /// origin (scheme, host, port) changes, stored credentials must be given again (or
+    /// `auth_type` `none`): they are bound to the origin they were given for.
     pub url: Option<String>,
     /// New transport.
     pub transport: Option<Transport>,

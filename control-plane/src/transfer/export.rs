@@ -8,7 +8,8 @@ use super::{
 use crate::model::{CatalogKind, PromptSpec, ResourceSpec, ToolSpec};
 use crate::store::{Store, StoreError};
 
-/// Builds the export document of the kinds in `types`.
+/// Builds the export document of the kinds in `types`. Gateway URLs are exported redacted,
+/// as the API shows them: a query secret does not leave the installation either way.
 pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocument, StoreError> {
     let registry_version = store.registry_version().await?;
     let gateways = store.all_gateways().await?;
@@ -28,7 +29,7 @@ pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocume
         for g in &gateways {
             doc.gateways.push(ExportGateway {
                 name: g.name.to_string(),
-                url: g.url.as_str().to_owned(),
+                url: g.url.redacted(),
                 transport: g.transport,
                 description: g.description.clone(),
                 tags: g.tags.to_strings(),

@@ -462,6 +462,7 @@ async fn apply(
             };
             match (step, p.name) {
                 (Step::Create(_), Some(name)) => {
+                    let came_redacted = p.url.as_str().contains(crate::model::REDACTED);
                     // Credentials are never in a document: the gateway starts without.
                     let id = store
                         .insert_gateway_tx(
@@ -480,6 +481,11 @@ async fn apply(
                         )
                         .await
                         .map_err(at)?;
+                    if came_redacted {
+                        report.warnings.push(format!(
+                            "gateway {name}: its URL came with redacted (***) values; give the real one (PUT /gateways/{id} with url)"
+                        ));
+                    }
                     if p.auth_type != AuthType::None {
                         report.warnings.push(format!(
                             "gateway {name}: credentials are not exported; re-enter its {} credentials (PUT /gateways/{id})",
@@ -490,13 +496,17 @@ async fn apply(
                     gateway_names.insert(g.name.clone(), name.to_string());
                 }
                 (Step::Update(id), _) => {
+                    // An export shows the URL redacted: importing it back keeps the
+                    // stored one (and its query secrets).
+                    let current = store.get_gateway(id).await.map_err(at)?;
+                    let url = (!current.url.is_redacted_form(p.url.as_str())).then_some(p.url);
                     // No `auth`: the stored credentials stay as they are.
                     store
                         .update_gateway_tx(
                             tx,
                             id,
                             GatewayPatch {
-                                url: Some(p.url),
+                                url,
                                 transport: Some(p.transport),
                                 description: p.description,
                                 tags: Some(p.tags),

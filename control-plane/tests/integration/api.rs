@@ -529,3 +529,153 @@ async fn state_changes_cannot_be_forged_cross_site() {
     assert_eq!(resp.status().as_u16(), 200);
     cp.stop().await;
 }
+
+/// Credentials in a URL's userinfo are refused, pointing at `auth_type`; a query's values
+/// are kept where they are needed (the stored URL, the connection) and shown as `***`
+/// everywhere else: answers, lists, export, errors, `last_error`.
+#[tokio::test]
+async fn secrets_in_gateway_urls_are_refused_or_redacted() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let secret = "s3cret-in-the-query";
+
+    // Userinfo: refused, nothing stored, the answer does not repeat the password.
+    for url in [
+        "http://admin:hunter2@127.0.0.1:9/mcp",
+        "http://hunter2@127.0.0.1:9/mcp",
+    ] {
+        let (s, p) = cp
+            .post(
+                "/gateways",
+                json!({"name": "ui", "url": url, "discover": false}),
+            )
+            .await;
+        assert_eq!(s, 422, "{p}");
+        assert_eq!(p["errors"][0]["field"], "url", "{p}");
+        let reason = p["errors"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("auth_type") && reason.contains("auth_headers"),
+            "{reason}"
+        );
+        assert!(!p.to_string().contains("hunter2"), "{p}");
+    }
+    assert!(
+        cp.get("/gateways").await.1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A query: stored whole, shown redacted.
+    let url = format!("http://127.0.0.1:9/mcp?token={secret}&team=a");
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "q", "url": url, "discover": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let shown = "http://127.0.0.1:9/mcp?token=***&team=***";
+    assert_eq!(g["gateway"]["url"], shown);
+    let id = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let stored = || async {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        let row = sqlx::query("SELECT url FROM gateways WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        row.try_get::<String, _>("url").unwrap()
+    };
+    assert_eq!(stored().await, url, "the stored URL keeps its query");
+    // A failed refresh records its error without the secret either, whichever client
+    // words it (the legacy SSE client quotes the URL it called).
+    let (s, _) = cp.post(&format!("/gateways/{id}/refresh"), json!({})).await;
+    assert_eq!(s, 502);
+    let (s, _) = cp
+        .put(&format!("/gateways/{id}"), json!({"transport": "sse"}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, p) = cp.post(&format!("/gateways/{id}/refresh"), json!({})).await;
+    assert_eq!(s, 502, "{p}");
+    assert!(!p.to_string().contains(secret), "{p}");
+    for path in [
+        format!("/gateways/{id}"),
+        "/gateways".into(),
+        "/export".into(),
+        "/metrics".into(),
+    ] {
+        let (_, v) = cp.get(&path).await;
+        assert!(
+            !v.to_string().contains(secret),
+            "{path} leaks the query: {v}"
+        );
+    }
+    let (_, gw) = cp.get(&format!("/gateways/{id}")).await;
+    assert!(gw["last_error"].is_string(), "{gw}");
+    assert_eq!(cp.get("/export").await.1["gateways"][0]["url"], shown);
+
+    // Writing back what was read changes nothing; a new query replaces the old one.
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"url": shown, "description": "read, then written back"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        stored().await,
+        url,
+        "the redacted form did not overwrite the secret"
+    );
+    // So does importing the export back.
+    let (_, doc) = cp.get("/export").await;
+    let (s, rep) = cp
+        .post("/import?conflict_strategy=update", doc.clone())
+        .await;
+    assert_eq!(s, 200, "{rep}");
+    assert_eq!(
+        stored().await,
+        url,
+        "re-importing the export kept the secret"
+    );
+    // Imported elsewhere, the redacted URL is flagged.
+    let other_db = TestDb::sqlite();
+    let other = TestCp::start(settings(&other_db)).await;
+    let (s, rep) = other.post("/import", doc).await;
+    assert_eq!(s, 200, "{rep}");
+    assert!(rep["warnings"].to_string().contains("redacted"), "{rep}");
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"url": "http://127.0.0.1:9/mcp?token=new"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(stored().await, "http://127.0.0.1:9/mcp?token=new");
+    // Userinfo is refused on update and in imports too.
+    let (s, p) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"url": "http://u:p@127.0.0.1:9/mcp"}),
+        )
+        .await;
+    assert_eq!(
+        (s, p["errors"][0]["field"].as_str()),
+        (422, Some("url")),
+        "{p}"
+    );
+    let bad_doc = json!({"format": "mcpgw-export", "version": 1, "gateways": [
+        {"name": "ui", "url": "http://u:p@127.0.0.1:9/mcp", "transport": "streamable_http",
+         "enabled": true, "auth_type": "none", "description": null}]});
+    let (s, p) = cp.post("/import", bad_doc).await;
+    assert_eq!(
+        (s, p["errors"][0]["field"].as_str()),
+        (422, Some("gateway ui")),
+        "{p}"
+    );
+    other.stop().await;
+    cp.stop().await;
+}
