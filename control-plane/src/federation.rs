@@ -676,6 +676,23 @@ impl Federation {
         }
     }
 
+    /// Stored gateway names that contain the name separator (accepted before it was
+    /// refused, or the separator changed since): each may collide with another gateway's
+    /// exposed names. Warned about at start.
+    pub async fn names_with_separator(&self) -> Vec<String> {
+        match self.store.all_gateways().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|g| g.name.check_separator(&self.settings.separator).is_err())
+                .map(|g| g.name.to_string())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check gateway names for the separator");
+                Vec::new()
+            }
+        }
+    }
+
     /// Whether a live upstream session is held for the gateway.
     pub async fn has_live_session(&self, id: &str) -> bool {
         self.sessions
@@ -774,6 +791,14 @@ impl Federation {
     /// (ticks missed meanwhile are delayed, not stacked). Abort the handle to stop them:
     /// the tasks live in a `JoinSet` owned by the handle's task and die with it.
     pub async fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
+        for name in self.names_with_separator().await {
+            tracing::warn!(
+                gateway = %name,
+                separator = %self.settings.separator,
+                "gateway name contains the name separator: what it serves may collide with \
+                 another gateway's names; rename it (PUT /gateways/{{id}})"
+            );
+        }
         let rx = self.changed_rx.lock().await.take();
         let me = self.clone();
         tokio::spawn(async move {

@@ -48,6 +48,9 @@ impl Face for Gateways {
     /// `discover` is false), storing gateway and catalog atomically.
     async fn create(s: &AppState, body: GatewayCreate) -> Result<GatewaySync, ApiError> {
         let draft = GatewayDraft::try_from(body)?;
+        draft
+            .name
+            .check_separator(&s.federation.settings().separator)?;
         let sealed = seal(&s.secrets, draft.credentials.as_ref())?;
         if s.store
             .find_gateway_by_name(draft.name.as_str())
@@ -90,6 +93,9 @@ impl Face for Gateways {
 
     async fn update(s: &AppState, id: &str, body: GatewayUpdate) -> Result<Gateway, ApiError> {
         let mut change = GatewayChange::try_from(body)?;
+        if let Some(name) = &change.name {
+            name.check_separator(&s.federation.settings().separator)?;
+        }
         let before = s.store.get_gateway(id).await?;
         // A client that read the gateway and writes it back sends the redacted URL: that
         // is no change, and must not overwrite the stored query secrets with `***`.

@@ -679,3 +679,58 @@ async fn secrets_in_gateway_urls_are_refused_or_redacted() {
     other.stop().await;
     cp.stop().await;
 }
+
+/// `a` serving `b__c` and `a__b` serving `c` would both expose `a__b__c`: gateway names may
+/// not contain the configured separator, on create, rename and import; stored ones from
+/// before are reported at start.
+#[tokio::test]
+async fn gateway_names_cannot_contain_the_separator() {
+    for (sep, bad, fine) in [("__", "a__b", "a-b"), ("-", "a-b", "a__b")] {
+        let db = TestDb::sqlite();
+        let mut s = settings(&db);
+        s.federation.separator = sep.into();
+        let cp = TestCp::start(s).await;
+        let create =
+            |name: &str| json!({"name": name, "url": "http://127.0.0.1:9/mcp", "discover": false});
+        let (s, p) = cp.post("/gateways", create(bad)).await;
+        assert_eq!(s, 422, "{sep}: {p}");
+        assert_eq!(p["errors"][0]["field"], "name");
+        assert!(p["detail"].as_str().unwrap().contains("separator"), "{p}");
+        let (s, g) = cp.post("/gateways", create(fine)).await;
+        assert_eq!(s, 201, "{sep}: {g}");
+        let id = g["gateway"]["id"].as_str().unwrap();
+        let (s, p) = cp
+            .put(&format!("/gateways/{id}"), json!({"name": bad}))
+            .await;
+        assert_eq!(
+            (s, p["errors"][0]["field"].as_str()),
+            (422, Some("name")),
+            "{p}"
+        );
+        let doc = json!({"format": "mcpgw-export", "version": 1, "gateways": [
+            {"name": bad, "url": "http://127.0.0.1:9/mcp", "transport": "streamable_http",
+             "enabled": true, "auth_type": "none", "description": null}]});
+        let (s, p) = cp.post("/import", doc).await;
+        assert_eq!(s, 422, "{p}");
+        assert_eq!(p["errors"][0]["field"], format!("gateway {bad}"), "{p}");
+        assert!(cp.federation.names_with_separator().await.is_empty());
+        cp.stop().await;
+        // A stored name from before the rule: the control plane starts, serves it, and
+        // reports it.
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE gateways SET name = $1")
+            .bind(bad)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let mut s = settings(&db);
+        s.federation.separator = sep.into();
+        let cp = TestCp::start(s).await;
+        assert_eq!(cp.federation.names_with_separator().await, [bad]);
+        assert_eq!(cp.get("/gateways").await.1["items"][0]["name"], bad);
+        cp.stop().await;
+    }
+}
