@@ -28,8 +28,8 @@ pub use ssrf::{SsrfError, check_upstream_url};
 use crate::config::FederationSettings;
 use crate::crypto::{CryptoError, SecretBox};
 use crate::model::{
-    AuthType, Credentials, Discovered, DiscoveredItem, Gateway, IntegrationType, NewGateway,
-    PromptArgument, PromptSpec, ResourceSpec, SyncReport, ToolSpec, Transport, UpstreamUrl,
+    Credentials, Discovered, DiscoveredItem, Gateway, IntegrationType, NewGateway, PromptArgument,
+    PromptSpec, ResourceSpec, SyncReport, ToolSpec, Transport, UpstreamUrl,
 };
 use crate::store::{HealthTransition, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -531,17 +531,6 @@ impl Federation {
         });
     }
 
-    fn credentials(
-        &self,
-        auth: AuthType,
-        sealed: Option<&str>,
-    ) -> Result<Option<Credentials>, FederationError> {
-        match (auth, sealed) {
-            (AuthType::None, _) | (_, None) => Ok(None),
-            (_, Some(s)) => Ok(Some(self.secrets.open_credentials(s)?)),
-        }
-    }
-
     /// Registers a gateway: with `discover`, connects and stores it together with its
     /// catalog in one transaction (nothing is stored when the upstream fails).
     pub async fn register(
@@ -601,8 +590,7 @@ impl Federation {
             self.disconnect(id).await;
             return Err(FederationError::Disabled(gw.name.to_string()));
         }
-        let (auth, sealed) = self.store.gateway_auth(id).await?;
-        let creds = self.credentials(auth, sealed.as_deref())?;
+        let creds = self.store.gateway_credentials(id, &self.secrets).await?;
         let id_slot = Arc::new(OnceLock::from(id.to_owned()));
         match self
             .discover(id_slot.clone(), &gw.url, gw.transport, creds.as_ref())

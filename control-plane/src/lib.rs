@@ -53,9 +53,15 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         store::prepare_data_dir(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
-    Store::connect(&settings.database_url)
+    let store = Store::connect(&settings.database_url)
         .await
-        .with_context(|| "opening the registry database".to_owned())
+        .with_context(|| "opening the registry database".to_owned())?;
+    // Credentials sealed by versions before the binding to gateway and origin.
+    store
+        .reseal_legacy_credentials(&settings.secrets)
+        .await
+        .with_context(|| "re-sealing stored credentials".to_owned())?;
+    Ok(store)
 }
 
 /// Serves the admin API on `listener` (and xDS on `settings.xds_listen`) until `shutdown`

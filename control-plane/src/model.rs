@@ -276,6 +276,28 @@ pub struct Gateway {
     pub version: i64,
 }
 
+impl Gateway {
+    /// Whether this gateway may move to `url` as it is: its stored credentials are bound to
+    /// the origin (scheme, host, port) they were given for, and are never carried to another
+    /// one. A move to another origin must bring credentials again, or drop them (field
+    /// `auth_type`).
+    pub fn check_move(&self, url: &UpstreamUrl) -> Result<(), FieldInvalid> {
+        let (from, to) = (self.url.origin(), url.origin());
+        if self.auth_type == AuthType::None || from == to {
+            return Ok(());
+        }
+        Err(FieldInvalid::new(
+            "auth_type",
+            format!(
+                "the URL moves from {from} to {to}: the stored {} credentials were given for {from} \
+                 and are not sent anywhere else; give them again (auth_type with its auth_* \
+                 fields), or auth_type none to drop them",
+                self.auth_type.as_str()
+            ),
+        ))
+    }
+}
+
 /// A new gateway as the store inserts it. The id is chosen before the insert, because
 /// credentials are sealed to it.
 #[derive(Debug, Clone, PartialEq)]

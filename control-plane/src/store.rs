@@ -85,6 +85,9 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// Stored credentials do not open for their gateway and origin.
+    #[error(transparent)]
+    Sealed(#[from] crate::crypto::CryptoError),
     /// Database failure.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -116,6 +119,7 @@ impl StoreError {
             Self::VersionConflict { .. } => "version_conflict",
             Self::Invalid { .. } => "invalid",
             Self::Corrupt(_) => "corrupt",
+            Self::Sealed(_) => "sealed",
             Self::Database(_) => "database",
         }
     }

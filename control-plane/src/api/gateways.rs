@@ -10,15 +10,23 @@ use super::types::{
     ListQuery,
 };
 use super::{ApiError, AppState, Problem};
-use crate::crypto::SecretBox;
-use crate::model::{self, Credentials, GatewayPatch, ListFilter, NewGateway, Page};
+use crate::crypto::{CredentialBinding, SecretBox};
+use crate::model::{self, Credentials, GatewayPatch, ListFilter, NewGateway, Page, UpstreamUrl};
 
+/// Seals credentials bound to the gateway and its URL's origin.
 pub(crate) fn seal(
     secrets: &SecretBox,
     creds: Option<&Credentials>,
+    gateway_id: &str,
+    url: &UpstreamUrl,
 ) -> Result<Option<String>, Problem> {
+    let origin = url.origin();
+    let binding = CredentialBinding {
+        gateway_id,
+        origin: &origin,
+    };
     creds
-        .map(|c| secrets.seal_credentials(c))
+        .map(|c| secrets.seal_credentials(c, binding))
         .transpose()
         .map_err(|e| {
             Problem::new(
@@ -51,7 +59,8 @@ impl Face for Gateways {
         draft
             .name
             .check_separator(&s.federation.settings().separator)?;
-        let sealed = seal(&s.secrets, draft.credentials.as_ref())?;
+        let id = crate::store::new_id();
+        let sealed = seal(&s.secrets, draft.credentials.as_ref(), &id, &draft.url)?;
         if s.store
             .find_gateway_by_name(draft.name.as_str())
             .await?
@@ -64,7 +73,7 @@ impl Face for Gateways {
             .into());
         }
         let g = NewGateway {
-            id: crate::store::new_id(),
+            id,
             name: draft.name,
             url: draft.url,
             transport: draft.transport,
@@ -106,9 +115,15 @@ impl Face for Gateways {
         {
             change.url = None;
         }
+        // Credentials are sealed to the origin they will be used with; moving to another
+        // origin without giving them again is refused (and re-checked by the store).
+        let target = change.url.as_ref().unwrap_or(&before.url);
         let auth = match change.auth {
-            Some((t, creds)) => Some((t, seal(&s.secrets, creds.as_ref())?)),
-            None => None,
+            Some((t, creds)) => Some((t, seal(&s.secrets, creds.as_ref(), id, target)?)),
+            None => {
+                before.check_move(target)?;
+                None
+            }
         };
         if let Some(url) = &change.url {
             crate::federation::check_upstream_url(

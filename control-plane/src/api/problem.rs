@@ -130,6 +130,15 @@ fn store_problem(e: StoreError) -> Problem {
             e.to_string(),
         ),
         StoreError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        StoreError::Sealed(_) => {
+            tracing::error!(error = %e, "stored credentials do not open");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "credentials-unreadable",
+                "Stored credentials unreadable",
+                e.to_string(),
+            )
+        }
         StoreError::Corrupt(_) | StoreError::Database(_) => {
             tracing::error!(error = %e, "store failure");
             Problem::new(

@@ -7,9 +7,10 @@ use super::{
     ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, now, parse_json_opt,
     parse_tags,
 };
+use crate::crypto::{CredentialBinding, SecretBox};
 use crate::model::{
-    AuthType, Gateway, GatewayName, GatewayPatch, ListFilter, NewGateway, Page, Transport,
-    UpstreamUrl,
+    AuthType, Credentials, Gateway, GatewayName, GatewayPatch, ListFilter, NewGateway, Page,
+    Transport, UpstreamUrl,
 };
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
@@ -136,6 +137,122 @@ impl Store {
         row.as_ref().map(row_to_gateway).transpose()
     }
 
+    /// The one way to read a gateway's credentials in clear: opens them for this gateway
+    /// and its URL's origin, or fails ([`StoreError::Sealed`]) when they were sealed for
+    /// another gateway or origin (a copied row, a URL changed behind the API's back) or with
+    /// another key. A value of the first, unbound format is opened once with the legacy
+    /// scheme and re-sealed bound, in one transaction that only writes if the row still holds
+    /// that value (an older replica may have written it after this one started).
+    pub async fn gateway_credentials(
+        &self,
+        id: &str,
+        secrets: &SecretBox,
+    ) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query("SELECT url, auth_type, auth_sealed FROM gateways WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        let auth: String = row.try_get("auth_type")?;
+        let sealed: Option<String> = row.try_get("auth_sealed")?;
+        let (AuthType::Bearer | AuthType::Basic | AuthType::Headers, Some(sealed)) = (
+            AuthType::parse(&auth)
+                .ok_or_else(|| StoreError::Corrupt(format!("auth_type {auth:?}")))?,
+            sealed,
+        ) else {
+            return Ok(None);
+        };
+        let url: String = row.try_get("url")?;
+        let origin = UpstreamUrl::from_stored(&url)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .origin();
+        let binding = CredentialBinding {
+            gateway_id: id,
+            origin: &origin,
+        };
+        if SecretBox::is_legacy(&sealed) {
+            let creds = secrets.open_legacy_credentials(&sealed)?;
+            self.reseal(id, &sealed, &secrets.seal_credentials(&creds, binding)?)
+                .await?;
+            return Ok(Some(creds));
+        }
+        Ok(Some(secrets.open_credentials(&sealed, binding)?))
+    }
+
+    /// Replaces `old` with `new` if the row still holds `old` (bookkeeping: the registry
+    /// version does not move, nothing a snapshot holds changed).
+    async fn reseal(&self, id: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done =
+            sqlx::query("UPDATE gateways SET auth_sealed = $1 WHERE id = $2 AND auth_sealed = $3")
+                .bind(new)
+                .bind(id)
+                .bind(old)
+                .execute(tx.conn())
+                .await?;
+        tx.commit_quiet().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Re-seals every first-format (`v1:`) credential bound to its gateway and origin, in
+    /// one transaction (at start). A value that does not open with this key is left as it
+    /// is and reported: the gateway's refreshes fail until its credentials are given again.
+    /// Returns how many were re-sealed.
+    pub async fn reseal_legacy_credentials(&self, secrets: &SecretBox) -> Result<u32, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let rows =
+            sqlx::query("SELECT id, url, auth_sealed FROM gateways WHERE auth_sealed LIKE 'v1:%'")
+                .fetch_all(tx.conn())
+                .await?;
+        let mut done = 0;
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let sealed: String = r.try_get("auth_sealed")?;
+            let url: String = r.try_get("url")?;
+            let resealed = UpstreamUrl::from_stored(&url)
+                .map_err(|e| e.to_string())
+                .and_then(|u| {
+                    let creds = secrets
+                        .open_legacy_credentials(&sealed)
+                        .map_err(|e| e.to_string())?;
+                    let origin = u.origin();
+                    secrets
+                        .seal_credentials(
+                            &creds,
+                            CredentialBinding {
+                                gateway_id: &id,
+                                origin: &origin,
+                            },
+                        )
+                        .map_err(|e| e.to_string())
+                });
+            match resealed {
+                Ok(new) => {
+                    sqlx::query("UPDATE gateways SET auth_sealed = $1 WHERE id = $2")
+                        .bind(new)
+                        .bind(&id)
+                        .execute(tx.conn())
+                        .await?;
+                    done += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %id, error = %e, "first-format credentials not re-sealed")
+                }
+            }
+        }
+        tx.commit_quiet().await?;
+        if done > 0 {
+            tracing::info!(
+                count = done,
+                "re-sealed first-format credentials bound to their gateway and origin"
+            );
+        }
+        Ok(done)
+    }
+
     /// Sealed credentials of a gateway: `(auth_type, sealed)`.
     pub async fn gateway_auth(&self, id: &str) -> Result<(AuthType, Option<String>), StoreError> {
         let row = sqlx::query("SELECT auth_type, auth_sealed FROM gateways WHERE id = $1")
@@ -209,6 +326,11 @@ impl Store {
                 expected,
                 current: cur.version,
             });
+        }
+        if let Some(url) = &p.url
+            && p.auth.is_none()
+        {
+            cur.check_move(url)?;
         }
         let name = p.name.unwrap_or(cur.name);
         let url = p.url.unwrap_or(cur.url);

@@ -271,7 +271,9 @@ pub async fn import(
         // Dropping the transaction rolls everything back.
         drop(tx);
         return Err(match e {
-            StoreError::Database(_) | StoreError::Corrupt(_) => ImportError::Store(e),
+            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Sealed(_) => {
+                ImportError::Store(e)
+            }
             e => ImportError::Rejected(vec![ImportEntry {
                 kind: key.0.label().into(),
                 name: key.1,
@@ -309,10 +311,10 @@ async fn parse(
     if types.contains("gateways") {
         for g in &doc.gateways {
             let key = (Kind::Gateway, g.name.clone());
-            let name = match plan.get(&key) {
+            let (name, current) = match plan.get(&key) {
                 None | Some(Step::Skip) => continue,
-                Some(Step::Create(name)) => Some(name.as_str()),
-                Some(Step::Update(_)) => None,
+                Some(Step::Create(name)) => (Some(name.as_str()), None),
+                Some(Step::Update(id)) => (None, Some(store.get_gateway(id).await?)),
             };
             let entry = async {
                 let out = ParsedGateway {
@@ -326,6 +328,13 @@ async fn parse(
                     enabled: g.enabled,
                     auth_type: g.auth_type,
                 };
+                // An update carries no credentials: the stored ones may not move to
+                // another origin (the redacted URL of an export is no move).
+                if let Some(cur) = &current
+                    && !cur.url.is_redacted_form(out.url.as_str())
+                {
+                    cur.check_move(&out.url)?;
+                }
                 // The SSRF guard of POST /gateways and PUT /gateways/{id}.
                 check_upstream_url(out.url.as_str(), settings.ssrf, settings.timeout)
                     .await

@@ -382,7 +382,8 @@ async fn credentials_are_sealed_at_rest_and_never_returned() {
         .await;
     assert_eq!(s, 422, "credentials without auth_type are refused");
 
-    // The stored value is ciphertext that opens only with the key.
+    // The stored value is ciphertext that opens only with the key, for this gateway and
+    // its URL's origin.
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
         .await
         .unwrap();
@@ -393,16 +394,20 @@ async fn credentials_are_sealed_at_rest_and_never_returned() {
         .unwrap();
     let sealed: String = row.try_get("auth_sealed").unwrap();
     assert!(
-        !sealed.contains("k2") && sealed.starts_with("v1:"),
+        !sealed.contains("k2") && sealed.starts_with("v2:"),
         "{sealed}"
     );
+    let binding = mcpgw::crypto::CredentialBinding {
+        gateway_id: &id,
+        origin: "http://127.0.0.1:9",
+    };
     let creds = mcpgw::crypto::SecretBox::dev()
-        .open_credentials(&sealed)
+        .open_credentials(&sealed, binding)
         .unwrap();
     assert_eq!(creds.auth_type(), mcpgw::model::AuthType::Headers);
     assert!(
         mcpgw::crypto::SecretBox::from_key([1; 32])
-            .open(&sealed)
+            .open_credentials(&sealed, binding)
             .is_err()
     );
     cp.stop().await;

@@ -651,3 +651,246 @@ async fn connection_failures_do_not_tell_refused_from_unreachable() {
     }
     cp.stop().await;
 }
+
+const V1_SEALED_BY_THE_OLD_CODE: &str = "v1:UrV8+ImSMdqmXIu1Dd05sTSEqXYRX0ym7qd4Fz9DS/gOXqzv1fNFtFRsCZrJ0jfc8SEJ1mvg9tHTd6krRX5J8PVr81RC9z0=";
+
+async fn sql(db: &TestDb, statement: &str, binds: &[&str]) {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    let mut q = sqlx::query(statement);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q.execute(&mut conn).await.unwrap();
+}
+
+async fn sealed_of(db: &TestDb, id: &str) -> String {
+    use sqlx::Row as _;
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    sqlx::query("SELECT auth_sealed FROM gateways WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .try_get("auth_sealed")
+        .unwrap()
+}
+
+/// Stored credentials reach only the origin they were given for: a new URL on another
+/// origin must bring them again (or drop them), through the API and through imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_credentials_do_not_follow_a_url_to_another_origin() {
+    let token = "Bearer only-for-a";
+    let a = TestUpstream::with_tools(&["one"]).with_required_auth(token);
+    let a_up = a.serve(0).await;
+    let b = TestUpstream::with_tools(&["one"]);
+    let b_up = b.serve(0).await;
+    let db = TestDb::postgres().await;
+    let cp = TestCp::start(settings(&db)).await;
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "a", "url": a_up.url, "auth_type": "bearer", "auth_token": "only-for-a"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+
+    // Another origin without credentials: refused, saying why; nothing changes.
+    let (s, p) = cp
+        .put(&format!("/gateways/{gid}"), json!({"url": b_up.url}))
+        .await;
+    assert_eq!(s, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "auth_type", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("give them again"),
+        "{p}"
+    );
+    assert_eq!(cp.get(&format!("/gateways/{gid}")).await.1["url"], a_up.url);
+    // The same origin (another path or query): the credentials stay and keep working.
+    let same_origin = format!("{}?tenant=x", a_up.url);
+    let (s, v) = cp
+        .put(&format!("/gateways/{gid}"), json!({"url": same_origin}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    // An import moving it elsewhere is refused for that entry, dry run included.
+    let doc = json!({"format": "mcpgw-export", "version": 1, "gateways": [
+        {"name": "a", "url": b_up.url, "transport": "streamable_http",
+         "enabled": true, "auth_type": "bearer", "description": null}]});
+    let (s, plan) = cp
+        .post("/import?dry_run=true&conflict_strategy=update", doc.clone())
+        .await;
+    assert_eq!((s, plan["failed"].as_u64()), (200, Some(1)), "{plan}");
+    let (s, p) = cp.post("/import?conflict_strategy=update", doc).await;
+    assert_eq!(s, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "gateway a", "{p}");
+    assert!(
+        p["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("auth_type"),
+        "{p}"
+    );
+    // Dropping them moves it; giving new ones for the new origin does too.
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{gid}"),
+            json!({"url": b_up.url, "auth_type": "none"}),
+        )
+        .await;
+    assert_eq!((s, v["auth_type"].as_str()), (200, Some("none")), "{v}");
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{gid}"),
+            json!({"url": a_up.url, "auth_type": "bearer", "auth_token": "only-for-a"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    // B never saw the token.
+    assert!(
+        !b.auth_seen().iter().any(|h| h.contains("only-for-a")),
+        "{:?}",
+        b.auth_seen()
+    );
+    cp.stop().await;
+    a_up.stop().await;
+    b_up.stop().await;
+}
+
+/// A sealed value is bound to its gateway and origin: copied to another row, or left in
+/// place while the URL is changed behind the API's back, it does not open, and no
+/// upstream receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_credentials_do_not_open_for_another_gateway_or_origin() {
+    for (backend, db) in super::harness::both_backends().await {
+        let a = TestUpstream::with_tools(&["one"]).with_required_auth("Bearer secret-of-a");
+        let a_up = a.serve(0).await;
+        let b = TestUpstream::with_tools(&["one"]);
+        let b_up = b.serve(0).await;
+        let cp = TestCp::start(settings(&db)).await;
+        let mut ids = Vec::new();
+        for (name, url, token) in [("a", &a_up.url, "secret-of-a"), ("b", &b_up.url, "for-b")] {
+            let (s, g) = cp
+                .post(
+                    "/gateways",
+                    json!({"name": name, "url": url, "auth_type": "bearer", "auth_token": token}),
+                )
+                .await;
+            assert_eq!(s, 201, "{backend}: {g}");
+            ids.push(g["gateway"]["id"].as_str().unwrap().to_owned());
+        }
+        let (ga, gb) = (&ids[0], &ids[1]);
+        // A's sealed credentials copied into B's row.
+        let stolen = sealed_of(&db, ga).await;
+        sql(
+            &db,
+            "UPDATE gateways SET auth_sealed = $1 WHERE id = $2",
+            &[&stolen, gb],
+        )
+        .await;
+        let (s, p) = cp.post(&format!("/gateways/{gb}/refresh"), json!({})).await;
+        assert_eq!(s, 500, "{backend}: {p}");
+        assert_eq!(p["type"], "urn:mcpgw:problem:credentials-unreadable", "{p}");
+        assert!(
+            cp.store
+                .gateway_credentials(gb, &mcpgw::crypto::SecretBox::dev())
+                .await
+                .is_err(),
+            "{backend}"
+        );
+        // A's URL changed in the database to B's origin: A's credentials stay closed.
+        sql(
+            &db,
+            "UPDATE gateways SET url = $1 WHERE id = $2",
+            &[&b_up.url, ga],
+        )
+        .await;
+        let (s, p) = cp.post(&format!("/gateways/{ga}/refresh"), json!({})).await;
+        assert_eq!(s, 500, "{backend}: {p}");
+        assert!(
+            !b.auth_seen().iter().any(|h| h.contains("secret-of-a")),
+            "{backend}: {:?}",
+            b.auth_seen()
+        );
+        cp.stop().await;
+        a_up.stop().await;
+        b_up.stop().await;
+    }
+}
+
+/// A credential sealed by the first format (the code of that time, under the dev key) is
+/// re-sealed bound at start, and one written later (an older replica) on first read; both
+/// keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_credential_written_by_the_old_code_still_works_after_the_upgrade() {
+    for (backend, db) in super::harness::both_backends().await {
+        let up = TestUpstream::with_tools(&["one"]).with_required_auth("Bearer legacy-v1-token");
+        let running = up.serve(0).await;
+        let cp = TestCp::start(settings(&db)).await;
+        let (s, g) = cp
+            .post(
+                "/gateways",
+                json!({"name": "old", "url": running.url, "discover": false}),
+            )
+            .await;
+        assert_eq!(s, 201, "{backend}: {g}");
+        let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+        cp.stop().await;
+        // As the old code left it.
+        sql(
+            &db,
+            "UPDATE gateways SET auth_type = 'bearer', auth_sealed = $1 WHERE id = $2",
+            &[V1_SEALED_BY_THE_OLD_CODE, &gid],
+        )
+        .await;
+
+        // Upgrade: the new code starts on that database.
+        let cp = TestCp::start(settings(&db)).await;
+        let sealed = sealed_of(&db, &gid).await;
+        assert!(
+            sealed.starts_with("v2:"),
+            "{backend}: re-sealed at start: {sealed}"
+        );
+        let (s, r) = cp
+            .post(&format!("/gateways/{gid}/refresh"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{backend}: {r}");
+        // (The health loop's first pass may have discovered it already.)
+        let sync = &r["sync"];
+        assert_eq!(
+            sync["added"].as_u64().unwrap() + sync["unchanged"].as_u64().unwrap(),
+            6,
+            "{backend}: {r}"
+        );
+
+        // An older replica writes the first format again: the first read re-seals it.
+        sql(
+            &db,
+            "UPDATE gateways SET auth_sealed = $1 WHERE id = $2",
+            &[V1_SEALED_BY_THE_OLD_CODE, &gid],
+        )
+        .await;
+        let (s, r) = cp
+            .post(&format!("/gateways/{gid}/refresh"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{backend}: {r}");
+        assert!(sealed_of(&db, &gid).await.starts_with("v2:"), "{backend}");
+        cp.stop().await;
+        running.stop().await;
+    }
+}
