@@ -6,6 +6,7 @@
 //! merged into the store in one transaction, so a hanging or broken upstream can delay
 //! only its own refresh and never leaves a half-updated catalog.
 
+mod changes;
 pub(crate) mod sse;
 mod ssrf;
 
@@ -20,16 +21,20 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::Value;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+pub use changes::{Changes, Noted};
 pub use ssrf::{SsrfError, check_upstream_url};
 
 use crate::config::FederationSettings;
 use crate::crypto::{CryptoError, SecretBox};
+use rmcp::model::PaginatedRequestParams;
+
 use crate::model::{
-    Credentials, Discovered, DiscoveredItem, Gateway, IntegrationType, NewGateway, PromptArgument,
-    PromptSpec, ResourceSpec, SyncReport, ToolSpec, Transport, UpstreamUrl,
+    CatalogKind, Credentials, Discovered, DiscoveredItem, Gateway, GatewayName, IntegrationType,
+    ItemName, NewGateway, PromptArgument, PromptSpec, ResourceSpec, SkippedItem, SyncReport,
+    ToolSpec, Transport, UpstreamUrl,
 };
 use crate::store::{HealthTransition, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -56,6 +61,14 @@ pub enum FederationError {
         /// Why.
         reason: String,
     },
+    /// The upstream listed more than a discovery may bring (items, bytes or pages).
+    #[error("upstream {step}: {what}; discovery stopped, the catalog is kept as it was")]
+    Limit {
+        /// Which step.
+        step: &'static str,
+        /// Which limit, with its value.
+        what: String,
+    },
     /// The gateway is disabled: federation leaves it (and its catalog) alone.
     #[error("gateway {0} is disabled; enable it before refreshing")]
     Disabled(String),
@@ -77,6 +90,7 @@ impl FederationError {
             Self::Ssrf(_) => "ssrf",
             Self::Timeout { .. } => "timeout",
             Self::Upstream { .. } => "upstream",
+            Self::Limit { .. } => "limit",
             Self::Disabled(_) => "disabled",
             Self::Credentials(_) => "credentials",
             Self::Crypto(_) => "crypto",
@@ -95,13 +109,14 @@ pub fn init_tls() {
 struct UpstreamHandler {
     /// Set once the gateway row exists (a registration discovers before inserting).
     gateway_id: Arc<OnceLock<String>>,
-    changed: mpsc::UnboundedSender<String>,
+    changes: Arc<Changes>,
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamHandler {
     fn notify(&self) {
         if let Some(id) = self.gateway_id.get() {
-            let _ = self.changed.send(id.clone());
+            self.metrics.list_changed(self.changes.notify(id).label());
         }
     }
 }
@@ -130,8 +145,9 @@ pub struct Federation {
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Session>>,
     refresh_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    changed_tx: mpsc::UnboundedSender<String>,
-    changed_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    changes: Arc<Changes>,
+    /// Set when the loops start (they run once).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Federation {
@@ -388,6 +404,165 @@ async fn timed<T, E: std::error::Error + 'static>(
     }
 }
 
+/// Most skipped items kept in a report (and on the gateway): the first ones, then a count.
+const MAX_SKIPPED_REPORTED: usize = 100;
+
+/// What one discovery run may still bring, and what it left out.
+struct Budget<'a> {
+    limits: crate::config::DiscoveryLimits,
+    gateway: &'a GatewayName,
+    items: usize,
+    bytes: usize,
+    /// Items left out, with the metric label of why.
+    skipped: Vec<(SkippedItem, &'static str)>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(limits: crate::config::DiscoveryLimits, gateway: &'a GatewayName) -> Self {
+        Budget {
+            limits,
+            gateway,
+            items: 0,
+            bytes: 0,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Counts one listed item against the gateway's caps (an error ends the discovery);
+    /// `Ok(false)` leaves it out: a name the API would refuse, or a definition too large.
+    fn admit<T: serde::Serialize>(
+        &mut self,
+        kind: CatalogKind,
+        name: &str,
+        item: &T,
+    ) -> Result<bool, FederationError> {
+        self.items += 1;
+        if self.items > self.limits.max_items {
+            return Err(FederationError::Limit {
+                step: "discovery",
+                what: format!(
+                    "more than {} items listed (--max-discovered-items)",
+                    self.limits.max_items
+                ),
+            });
+        }
+        let size = serde_json::to_vec(item).map_or(usize::MAX, |v| v.len());
+        if size > self.limits.max_item_bytes {
+            self.skip(
+                kind,
+                name,
+                format!(
+                    "its definition is {size} bytes, more than {} (--max-discovered-item-bytes)",
+                    self.limits.max_item_bytes
+                ),
+                "too_large",
+            );
+            return Ok(false);
+        }
+        if let Err(e) = ItemName::parse(name) {
+            self.skip(kind, name, format!("name {}", e.reason), "invalid_name");
+            return Ok(false);
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(FederationError::Limit {
+                step: "discovery",
+                what: format!(
+                    "more than {} bytes of definitions listed (--max-discovered-bytes)",
+                    self.limits.max_total_bytes
+                ),
+            });
+        }
+        Ok(true)
+    }
+
+    fn skip(&mut self, kind: CatalogKind, name: &str, reason: String, label: &'static str) {
+        tracing::info!(gateway = %self.gateway, kind = kind.label(), name = %name.escape_debug(), %reason, "discovered item left out");
+        self.skipped
+            .push((SkippedItem::new(kind, name, reason), label));
+    }
+
+    /// The report: the first items left out, then how many more.
+    fn into_skipped(self) -> Vec<SkippedItem> {
+        let total = self.skipped.len();
+        let mut out: Vec<SkippedItem> = self
+            .skipped
+            .into_iter()
+            .take(MAX_SKIPPED_REPORTED)
+            .map(|(s, _)| s)
+            .collect();
+        if total > MAX_SKIPPED_REPORTED {
+            let kind = out.last().map_or(CatalogKind::Tool, |s| s.kind);
+            out.push(SkippedItem::new(
+                kind,
+                "…",
+                format!("and {} more left out", total - MAX_SKIPPED_REPORTED),
+            ));
+        }
+        out
+    }
+}
+
+/// Lists every page of one kind (each within the upstream timeout, all of them within
+/// it too), admitting each item through `admit`: a repeated cursor or more pages than the
+/// item cap ends the discovery instead of looping.
+async fn list_pages<T, U, Fut>(
+    timeout: Duration,
+    step: &'static str,
+    budget: &mut Budget<'_>,
+    page: impl Fn(Option<String>) -> Fut,
+    mut admit: impl FnMut(&mut Budget<'_>, T) -> Result<Option<U>, FederationError>,
+) -> Result<Vec<U>, FederationError>
+where
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), ServiceError>>,
+{
+    let run = async {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        let mut pages = 0usize;
+        loop {
+            pages += 1;
+            if pages > budget.limits.max_items.saturating_add(1) {
+                return Err(FederationError::Limit {
+                    step,
+                    what: format!("more than {} pages", budget.limits.max_items),
+                });
+            }
+            let (items, next) = match page(cursor.take()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let failure = UpstreamFailure::of(&e);
+                    tracing::info!(step, %failure, error = %chain(&e), "upstream step failed");
+                    return Err(FederationError::Upstream {
+                        step,
+                        reason: failure.to_string(),
+                    });
+                }
+            };
+            for item in items {
+                if let Some(u) = admit(budget, item)? {
+                    out.push(u);
+                }
+            }
+            match next {
+                None => return Ok(out),
+                Some(c) if !seen.insert(c.clone()) => {
+                    return Err(FederationError::Upstream {
+                        step,
+                        reason: "the upstream's pagination repeats a cursor".into(),
+                    });
+                }
+                Some(c) => cursor = Some(c),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Err(FederationError::Timeout { step, timeout }),
+        Ok(r) => r,
+    }
+}
+
 impl Federation {
     /// Builds the service; call [`Federation::spawn`] to start health checks and resyncs.
     pub fn new(
@@ -397,7 +572,7 @@ impl Federation {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         init_tls();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let changes = Arc::new(Changes::new(settings.list_changed_interval));
         Arc::new(Self {
             store,
             settings,
@@ -405,8 +580,8 @@ impl Federation {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             refresh_locks: Mutex::new(HashMap::new()),
-            changed_tx: tx,
-            changed_rx: Mutex::new(Some(rx)),
+            changes,
+            started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -419,6 +594,7 @@ impl Federation {
     async fn discover(
         &self,
         gateway_id: Arc<OnceLock<String>>,
+        gateway_name: &GatewayName,
         url: &UpstreamUrl,
         transport: Transport,
         creds: Option<&Credentials>,
@@ -442,11 +618,16 @@ impl Federation {
         })?;
         let handler = UpstreamHandler {
             gateway_id,
-            changed: self.changed_tx.clone(),
+            changes: self.changes.clone(),
+            metrics: self.metrics.clone(),
         };
+        let limits = self.settings.limits;
         let session = match transport {
             Transport::StreamableHttp => {
-                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                // No single answer may be larger than a whole catalog is allowed to be.
+                config.max_json_response_size = limits.max_total_bytes;
+                config.max_sse_event_size = limits.max_total_bytes;
                 let transport = StreamableHttpClientTransport::with_client(client, config);
                 timed("initialize", t, handler.serve(transport)).await?
             }
@@ -475,25 +656,96 @@ impl Federation {
             ..Default::default()
         };
         let peer = session.peer().clone();
+        let mut budget = Budget::new(limits, gateway_name);
         if caps.tools.is_some() {
-            let tools = timed("tools/list", t, peer.list_all_tools()).await?;
-            d.tools = tools.iter().map(tool_item).collect();
-        }
-        if caps.resources.is_some() {
-            let rs = timed("resources/list", t, peer.list_all_resources()).await?;
-            d.resources = rs.iter().map(resource_item).collect();
-            let ts = timed(
-                "resources/templates/list",
+            d.tools = list_pages(
                 t,
-                peer.list_all_resource_templates(),
+                "tools/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_tools(Some(PaginatedRequestParams::default().with_cursor(c)))
+                            .await?;
+                        Ok((r.tools, r.next_cursor))
+                    }
+                },
+                |b, tool: rmcp::model::Tool| {
+                    b.admit(CatalogKind::Tool, &tool.name, &tool)
+                        .map(|ok| ok.then(|| tool_item(&tool)))
+                },
             )
             .await?;
-            d.resources.extend(ts.iter().map(template_item));
+        }
+        if caps.resources.is_some() {
+            d.resources = list_pages(
+                t,
+                "resources/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_resources(Some(PaginatedRequestParams::default().with_cursor(c)))
+                            .await?;
+                        Ok((r.resources, r.next_cursor))
+                    }
+                },
+                |b, r: rmcp::model::Resource| {
+                    b.admit(CatalogKind::Resource, &r.name, &r)
+                        .map(|ok| ok.then(|| resource_item(&r)))
+                },
+            )
+            .await?;
+            let templates = list_pages(
+                t,
+                "resources/templates/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_resource_templates(Some(
+                                PaginatedRequestParams::default().with_cursor(c),
+                            ))
+                            .await?;
+                        Ok((r.resource_templates, r.next_cursor))
+                    }
+                },
+                |b, r: rmcp::model::ResourceTemplate| {
+                    b.admit(CatalogKind::Resource, &r.name, &r)
+                        .map(|ok| ok.then(|| template_item(&r)))
+                },
+            )
+            .await?;
+            d.resources.extend(templates);
         }
         if caps.prompts.is_some() {
-            let ps = timed("prompts/list", t, peer.list_all_prompts()).await?;
-            d.prompts = ps.iter().map(prompt_item).collect();
+            d.prompts = list_pages(
+                t,
+                "prompts/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_prompts(Some(PaginatedRequestParams::default().with_cursor(c)))
+                            .await?;
+                        Ok((r.prompts, r.next_cursor))
+                    }
+                },
+                |b, p: rmcp::model::Prompt| {
+                    b.admit(CatalogKind::Prompt, &p.name, &p)
+                        .map(|ok| ok.then(|| prompt_item(&p)))
+                },
+            )
+            .await?;
         }
+        for s in &budget.skipped {
+            self.metrics.discovery_skipped(s.1);
+        }
+        d.skipped = budget.into_skipped();
         Ok((session, d))
     }
 
@@ -507,7 +759,8 @@ impl Federation {
             return;
         }
         let peer = session.peer().clone();
-        let tx = self.changed_tx.clone();
+        let changes = self.changes.clone();
+        let metrics = self.metrics.clone();
         let t = self.settings.timeout;
         tokio::spawn(async move {
             let filter = SubscriptionFilterBuilder::default()
@@ -525,7 +778,7 @@ impl Federation {
             };
             while let Ok(Some(_)) = sub.next().await {
                 if let Some(id) = id.get() {
-                    let _ = tx.send(id.clone());
+                    metrics.list_changed(changes.notify(id).label());
                 }
             }
         });
@@ -550,7 +803,7 @@ impl Federation {
         // The id is not known before the insert; the handler learns it afterwards.
         let id_slot = Arc::new(OnceLock::new());
         let (session, found) = match self
-            .discover(id_slot.clone(), &g.url, g.transport, creds)
+            .discover(id_slot.clone(), &g.name, &g.url, g.transport, creds)
             .await
         {
             Ok(v) => v,
@@ -593,7 +846,13 @@ impl Federation {
         let creds = self.store.gateway_credentials(id, &self.secrets).await?;
         let id_slot = Arc::new(OnceLock::from(id.to_owned()));
         match self
-            .discover(id_slot.clone(), &gw.url, gw.transport, creds.as_ref())
+            .discover(
+                id_slot.clone(),
+                &gw.name,
+                &gw.url,
+                gw.transport,
+                creds.as_ref(),
+            )
             .await
         {
             Ok((session, found)) => {
@@ -649,6 +908,7 @@ impl Federation {
 
     /// Forgets the live session of a deleted gateway.
     pub async fn forget(&self, id: &str) {
+        self.changes.forget(id);
         self.sessions.lock().await.remove(id);
         self.refresh_locks.lock().await.remove(id);
     }
@@ -787,19 +1047,27 @@ impl Federation {
                  another gateway's names; rename it (PUT /gateways/{{id}})"
             );
         }
-        let rx = self.changed_rx.lock().await.take();
+        let first = !self.started.swap(true, std::sync::atomic::Ordering::SeqCst);
         let me = self.clone();
         tokio::spawn(async move {
-            let Some(rx) = rx else {
+            if !first {
                 tracing::error!("federation loops already started");
                 return;
-            };
+            }
             let mut loops = tokio::task::JoinSet::new();
             loops.spawn(me.clone().health_loop());
             if let Some(every) = me.settings.resync_interval {
                 loops.spawn(me.clone().resync_loop(every));
             }
-            loops.spawn(me.clone().changes_loop(rx));
+            let refresher = me.clone();
+            loops.spawn(me.changes.clone().run(move |id: String| {
+                let me = refresher.clone();
+                async move {
+                    if let Err(e) = me.refresh(&id).await {
+                        tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
+                    }
+                }
+            }));
             while let Some(done) = loops.join_next().await {
                 if let Err(e) = done
                     && e.is_panic()
@@ -828,24 +1096,9 @@ impl Federation {
         }
     }
 
-    async fn changes_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
-        while let Some(id) = rx.recv().await {
-            // Coalesce bursts of notifications into one refresh per gateway.
-            let mut ids = vec![id];
-            while let Ok(more) = rx.try_recv() {
-                if !ids.contains(&more) {
-                    ids.push(more);
-                }
-            }
-            for id in ids {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = me.refresh(&id).await {
-                        tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
-                    }
-                });
-            }
-        }
+    /// Whether a list_changed rediscovery of the gateway is pending or running.
+    pub fn change_pending(&self, id: &str) -> bool {
+        self.changes.pending(id)
     }
 }
 

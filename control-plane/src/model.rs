@@ -268,6 +268,8 @@ pub struct Gateway {
     /// Discovered items the last discovery run could not store because their exposed name
     /// was taken.
     pub collisions: Vec<Collision>,
+    /// Discovered items the last discovery run left out (invalid name, too large).
+    pub skipped: Vec<SkippedItem>,
     /// Creation time (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
@@ -576,6 +578,37 @@ pub struct SyncReport {
     pub unchanged: u32,
     /// Items not stored because their exposed name is taken by another owner.
     pub collisions: Vec<Collision>,
+    /// Items left out: a name the API would refuse, or a definition over the size limit.
+    pub skipped: Vec<SkippedItem>,
+}
+
+/// A discovered item left out of the catalog, and why (stored on the gateway as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedItem {
+    /// Kind of the item.
+    pub kind: CatalogKind,
+    /// Its name at the upstream, made printable (control characters escaped, at most 128
+    /// characters): it is whatever the upstream sent.
+    pub name: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+impl SkippedItem {
+    /// An item left out; `raw_name` is made printable.
+    pub fn new(kind: CatalogKind, raw_name: &str, reason: impl Into<String>) -> Self {
+        let escaped: String = raw_name.escape_debug().collect();
+        let name = if escaped.chars().count() > 128 {
+            format!("{}…", escaped.chars().take(127).collect::<String>())
+        } else {
+            escaped
+        };
+        SkippedItem {
+            kind,
+            name,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A discovered item whose exposed name is already taken (stored on the gateway as JSON).
@@ -618,6 +651,8 @@ pub struct Discovered {
     pub server_info: Option<Value>,
     /// Negotiated protocol version.
     pub protocol_version: Option<String>,
+    /// Items listed but left out before the merge (invalid upstream name, too large).
+    pub skipped: Vec<SkippedItem>,
 }
 
 /// The discovered items of one kind.

@@ -174,6 +174,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "gateway collisions",
         sql: include_str!("../migrations/0002_gateway_collisions.sql"),
     },
+    Migration {
+        version: 3,
+        description: "gateway skipped items",
+        sql: include_str!("../migrations/0003_gateway_skipped.sql"),
+    },
 ];
 
 /// The store's metrics (`mcpgw_store_*`).

@@ -23,6 +23,8 @@ pub struct Metrics {
     federation_refreshes: Family<Labels, Counter>,
     health_transitions: Family<Labels, Counter>,
     edge_builds: Family<Labels, Counter>,
+    list_changed: Family<Labels, Counter>,
+    discovery_skipped: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +81,18 @@ impl Metrics {
             "Rebuilds of the edge configuration (snapshot and xDS resources) by outcome",
             edge_builds.clone(),
         );
+        let list_changed = Family::<Labels, Counter>::default();
+        registry.register(
+            "federation_list_changed",
+            "Upstream list_changed notifications by what became of them (scheduled: a rediscovery; coalesced: folded into a pending one)",
+            list_changed.clone(),
+        );
+        let discovery_skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "federation_skipped_items",
+            "Discovered items left out of the catalog, by reason (invalid_name, too_large)",
+            discovery_skipped.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -87,6 +101,8 @@ impl Metrics {
             federation_refreshes,
             health_transitions,
             edge_builds,
+            list_changed,
+            discovery_skipped,
         }
     }
 
@@ -130,6 +146,20 @@ impl Metrics {
     pub fn federation_refresh(&self, outcome: &str) {
         self.federation_refreshes
             .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Counts one list_changed notification (`scheduled` or `coalesced`).
+    pub fn list_changed(&self, outcome: &str) {
+        self.list_changed
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Counts one discovered item left out (`invalid_name`, `too_large`).
+    pub fn discovery_skipped(&self, reason: &str) {
+        self.discovery_skipped
+            .get_or_create(&vec![("reason".into(), reason.into())])
             .inc();
     }
 

@@ -188,6 +188,7 @@ fn discovered(g: usize, tools: usize) -> Discovered {
         capabilities: Some(json!({"tools": {"listChanged": true}})),
         server_info: Some(json!({"name": format!("upstream-{g}"), "version": "1.0.0"})),
         protocol_version: Some("2025-06-18".into()),
+        skipped: vec![],
     }
 }
 

@@ -168,6 +168,12 @@ impl From<ApiError> for Problem {
                     _ => Problem::invalid_field("url", f.to_string()),
                 },
                 FederationError::Credentials(_) => Problem::invalid_field("auth", f.to_string()),
+                FederationError::Limit { .. } => Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-limit",
+                    "Upstream exceeds a discovery limit",
+                    f.to_string(),
+                ),
                 FederationError::Disabled(_) => Problem::new(
                     StatusCode::CONFLICT,
                     "gateway-disabled",

@@ -153,6 +153,9 @@ pub struct Gateway {
     /// Discovered items the last discovery run (registration, refresh, resync or
     /// list_changed) could not store because their exposed name was taken.
     pub collisions: Vec<Collision>,
+    /// Discovered items the last discovery run left out: a name the API would refuse, or a
+    /// definition larger than the configured limit.
+    pub skipped: Vec<SkippedItem>,
     /// Creation time (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
@@ -180,6 +183,7 @@ impl From<model::Gateway> for Gateway {
             last_error,
             consecutive_failures,
             collisions,
+            skipped,
             created_at,
             updated_at,
             version,
@@ -201,10 +205,30 @@ impl From<model::Gateway> for Gateway {
             last_error,
             consecutive_failures,
             collisions: collisions.into_iter().map(Collision::from).collect(),
+            skipped: skipped.into_iter().map(SkippedItem::from).collect(),
             created_at,
             updated_at,
             version,
         }
+    }
+}
+
+/// A discovered item left out of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SkippedItem {
+    /// Kind of the item.
+    pub kind: CatalogKind,
+    /// Its name at the upstream, made printable (control characters escaped, cut at 128
+    /// characters).
+    pub name: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+impl From<model::SkippedItem> for SkippedItem {
+    fn from(s: model::SkippedItem) -> Self {
+        let model::SkippedItem { kind, name, reason } = s;
+        SkippedItem { kind, name, reason }
     }
 }
 
@@ -249,6 +273,8 @@ pub struct SyncReport {
     pub unchanged: u32,
     /// Items not stored because their exposed name is taken by another owner.
     pub collisions: Vec<Collision>,
+    /// Items left out: a name the API would refuse, or a definition over the size limit.
+    pub skipped: Vec<SkippedItem>,
 }
 
 impl From<model::SyncReport> for SyncReport {
@@ -259,6 +285,7 @@ impl From<model::SyncReport> for SyncReport {
             removed,
             unchanged,
             collisions,
+            skipped,
         } = r;
         SyncReport {
             added,
@@ -266,6 +293,7 @@ impl From<model::SyncReport> for SyncReport {
             removed,
             unchanged,
             collisions: collisions.into_iter().map(Collision::from).collect(),
+            skipped: skipped.into_iter().map(SkippedItem::from).collect(),
         }
     }
 }

@@ -20,6 +20,7 @@ fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
         last_error: None,
         consecutive_failures: 0,
         collisions: vec![],
+        skipped: vec![],
         created_at: String::new(),
         updated_at: String::new(),
         version: 1,

@@ -13,7 +13,7 @@ use super::{
 use crate::model::{
     CatalogItem, CatalogKind, CatalogSpec, Collision, Discovered, DiscoveredKind, Gateway,
     GatewayName, ItemName, ItemPatch, JsonObject, ListFilter, NewGateway, NewItem, Page,
-    PromptSpec, ResourceSpec, SpecChange, SyncReport, ToolSpec,
+    PromptSpec, ResourceSpec, SkippedItem, SpecChange, SyncReport, ToolSpec,
 };
 
 const COLS: &str = "id, name, original_name, gateway_id, uri, description, spec, tags, enabled, \
@@ -304,7 +304,10 @@ async fn merge_catalog(
     separator: &str,
     d: &Discovered,
 ) -> Result<(SyncReport, bool), StoreError> {
-    let mut report = SyncReport::default();
+    let mut report = SyncReport {
+        skipped: d.skipped.clone(),
+        ..SyncReport::default()
+    };
     // New items follow the gateway's switch: a disabled gateway adds nothing enabled.
     let gateway_enabled = {
         let row = sqlx::query("SELECT enabled FROM gateways WHERE id = $1")
@@ -344,15 +347,19 @@ async fn merge_catalog(
     }
     let collisions = serde_json::to_string(&report.collisions)
         .map_err(|e| StoreError::Corrupt(format!("collisions: {e}")))?;
+    let skipped = serde_json::to_string(&report.skipped)
+        .map_err(|e| StoreError::Corrupt(format!("skipped: {e}")))?;
     sqlx::query(
         "UPDATE gateways SET capabilities = $1, server_info = $2, protocol_version = $3, reachable = 1, \
-         consecutive_failures = 0, last_seen = $4, last_error = NULL, collisions = $5 WHERE id = $6",
+         consecutive_failures = 0, last_seen = $4, last_error = NULL, collisions = $5, skipped = $6 \
+         WHERE id = $7",
     )
     .bind(caps)
     .bind(info)
     .bind(d.protocol_version.clone())
     .bind(&ts)
     .bind(collisions)
+    .bind(skipped)
     .bind(gateway_id)
     .execute(tx.conn())
     .await?;
@@ -462,12 +469,13 @@ async fn merge_kind<S: DiscoveredKind>(
                 }
             }
             None => {
-                if ItemName::parse(&name).is_err() {
-                    report.collisions.push(Collision {
+                // As the API would refuse it (a renamed gateway can make a name too long).
+                if let Err(e) = ItemName::parse(&name) {
+                    report.skipped.push(SkippedItem::new(
                         kind,
-                        name,
-                        existing_gateway_id: None,
-                    });
+                        &item.original_name,
+                        format!("its exposed name {}", e.reason),
+                    ));
                     continue;
                 }
                 let done = sqlx::query(&format!(

@@ -15,7 +15,7 @@ use crate::model::{
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
     capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
-    collisions, created_at, updated_at, version";
+    collisions, skipped, created_at, updated_at, version";
 
 /// What a health check changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,10 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
             let raw: String = row.try_get("collisions")?;
             serde_json::from_str(&raw)
                 .map_err(|e| StoreError::Corrupt(format!("collisions: {e}")))?
+        },
+        skipped: {
+            let raw: String = row.try_get("skipped")?;
+            serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("skipped: {e}")))?
         },
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

@@ -894,3 +894,205 @@ async fn a_v1_credential_written_by_the_old_code_still_works_after_the_upgrade()
         running.stop().await;
     }
 }
+
+fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An upstream that floods list_changed costs one rediscovery per interval, not one per
+/// notification: here the interval is an hour, so after the first, every notification of
+/// the flood folds into one pending run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_changed_flood_costs_one_rediscovery_per_interval() {
+    let up = TestUpstream::with_tools(&["one"]);
+    let running = up.serve(0).await;
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    s.federation.list_changed_interval = Duration::from_secs(3600);
+    let cp = TestCp::start(s).await;
+    let (st, g) = cp
+        .post("/gateways", json!({"name": "noisy", "url": running.url}))
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let listed_at_registration = up.tool_lists();
+
+    const FLOOD: u64 = 300;
+    up.set_tools(&["one", "two"]).await;
+    up.flood_list_changed(FLOOD as usize - 1).await;
+    // Every notification reached the control plane…
+    let m = eventually(
+        "every notification of the flood to be counted",
+        Duration::from_secs(20),
+        || async {
+            let (_, m) = cp.get("/metrics").await;
+            let m = m.as_str().unwrap_or_default().to_owned();
+            let total = metric(
+                &m,
+                "mcpgw_federation_list_changed_total{outcome=\"scheduled\"}",
+            ) + metric(
+                &m,
+                "mcpgw_federation_list_changed_total{outcome=\"coalesced\"}",
+            );
+            (total == FLOOD).then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        metric(
+            &m,
+            "mcpgw_federation_list_changed_total{outcome=\"coalesced\"}"
+        ) >= FLOOD - 2,
+        "{m}"
+    );
+    // …the first one rediscovered the catalog…
+    eventually("the first rediscovery", Duration::from_secs(20), || async {
+        let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+        (names(&tools) == ["noisy__one", "noisy__two"]).then_some(())
+    })
+    .await;
+    // …and the rest wait, folded into one run an interval later.
+    assert!(cp.federation.change_pending(&gid));
+    assert_eq!(
+        up.tool_lists(),
+        listed_at_registration + 1,
+        "one tools/list per rediscovery (one page each)"
+    );
+    cp.stop().await;
+    running.stop().await;
+}
+
+/// What an upstream lists is held to the rules hand-made entries follow, and to size
+/// caps: a name the API would refuse or a definition over the item limit is left out and
+/// reported; a catalog over the count limit fails the discovery, clearly, and keeps what
+/// was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_items_are_validated_and_capped() {
+    let big_schema = json!({"type": "object", "description": "x".repeat(20_000)});
+    let raw = vec![
+        json!({"name": "fine", "inputSchema": {"type": "object"}}),
+        json!({"name": "", "inputSchema": {"type": "object"}}),
+        json!({"name": "bell\u{7}name", "inputSchema": {"type": "object"}}),
+        json!({"name": "x".repeat(300), "inputSchema": {"type": "object"}}),
+        json!({"name": "huge", "inputSchema": big_schema}),
+    ];
+    let up = TestUpstream::with_tools(&[]).with_raw_tools(raw);
+    let running = up.serve(0).await;
+    let db = TestDb::postgres().await;
+    let mut s = settings(&db);
+    s.federation.limits.max_item_bytes = 16 * 1024;
+    s.federation.limits.max_items = 12;
+    let cp = TestCp::start(s).await;
+    let (st, g) = cp
+        .post("/gateways", json!({"name": "raw", "url": running.url}))
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    assert_eq!(names(&tools), ["raw__fine"]);
+    let skipped = g["sync"]["skipped"].as_array().unwrap();
+    let reasons: Vec<(&str, &str)> = skipped
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| n.is_empty() && r.contains("empty")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| *n == "bell\\u{7}name" && r.contains("control")),
+        "printable in the report: {reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| n.ends_with('…') && r.contains("255")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| *n == "huge" && r.contains("16384")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        g["gateway"]["skipped"], g["sync"]["skipped"],
+        "kept on the gateway"
+    );
+    let (_, m) = cp.get("/metrics").await;
+    let m = m.as_str().unwrap();
+    assert_eq!(
+        metric(
+            m,
+            "mcpgw_federation_skipped_items_total{reason=\"invalid_name\"}"
+        ),
+        3,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            m,
+            "mcpgw_federation_skipped_items_total{reason=\"too_large\"}"
+        ),
+        1,
+        "{m}"
+    );
+
+    // Over the count cap (12 items, 3 resources and a template included): the refresh fails
+    // with a clear error, recorded on the gateway, and the catalog stays.
+    let many: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("t{i}"), "inputSchema": {"type": "object"}}))
+        .collect();
+    let flooding = TestUpstream::with_tools(&[]).with_raw_tools(many);
+    let (s, p) = {
+        running.stop().await;
+        let again = flooding.serve(0).await;
+        let (s, v) = cp
+            .put(&format!("/gateways/{gid}"), json!({"url": again.url}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let r = cp
+            .post(&format!("/gateways/{gid}/refresh"), json!({}))
+            .await;
+        again.stop().await;
+        r
+    };
+    assert_eq!(s, 502, "{p}");
+    assert_eq!(p["type"], "urn:mcpgw:problem:upstream-limit", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("more than 12 items"),
+        "{p}"
+    );
+    let (_, gw) = cp.get(&format!("/gateways/{gid}")).await;
+    assert!(
+        gw["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 12 items"),
+        "{gw}"
+    );
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    assert_eq!(names(&tools), ["raw__fine"], "catalog kept");
+    // A registration over the cap stores nothing.
+    let flood_up = flooding.serve(0).await;
+    let (s, p) = cp
+        .post("/gateways", json!({"name": "many", "url": flood_up.url}))
+        .await;
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (502, Some("urn:mcpgw:problem:upstream-limit")),
+        "{p}"
+    );
+    assert!(cp.get("/gateways").await.1.to_string().contains("\"raw\""));
+    assert!(!cp.get("/gateways").await.1.to_string().contains("\"many\""));
+    cp.stop().await;
+    flood_up.stop().await;
+}

@@ -40,6 +40,10 @@ struct Catalog {
     /// What calls answer with (`whoami`), so tests can tell upstreams apart.
     label: String,
     tools: Vec<String>,
+    /// Tool definitions listed as they are, instead of those built from `tools`.
+    raw_tools: Option<Vec<Value>>,
+    /// `tools/list` requests answered.
+    tool_lists: usize,
     template_name: String,
     peers: Vec<Peer<RoleServer>>,
 }
@@ -115,6 +119,28 @@ impl TestUpstream {
     /// Every `Authorization` header value this upstream received (`""` when absent).
     pub fn auth_seen(&self) -> Vec<String> {
         self.auth_seen.lock().unwrap().clone()
+    }
+
+    /// Lists these tool definitions as they are (names and sizes an API would refuse
+    /// included).
+    pub fn with_raw_tools(self, tools: Vec<Value>) -> Self {
+        self.catalog.lock().unwrap().raw_tools = Some(tools);
+        self
+    }
+
+    /// How many `tools/list` requests (pages) this upstream answered.
+    pub fn tool_lists(&self) -> usize {
+        self.catalog.lock().unwrap().tool_lists
+    }
+
+    /// Sends `n` `notifications/tools/list_changed` to every connected client.
+    pub async fn flood_list_changed(&self, n: usize) {
+        let peers = self.catalog.lock().unwrap().peers.clone();
+        for p in peers {
+            for _ in 0..n {
+                let _ = p.notify_tool_list_changed().await;
+            }
+        }
     }
 
     /// How many `slow` calls have reached this upstream.
@@ -276,18 +302,25 @@ impl ServerHandler for TestUpstream {
         req: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let names = self.catalog.lock().unwrap().tools.clone();
-        let (items, next) = page(&names, &req);
-        let tools: Vec<Value> = items
-            .iter()
-            .map(|n| {
-                json!({
-                    "name": n,
-                    "description": format!("the {n} tool"),
-                    "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}
+        let (names, raw) = {
+            let mut c = self.catalog.lock().unwrap();
+            c.tool_lists += 1;
+            (c.tools.clone(), c.raw_tools.clone())
+        };
+        let all: Vec<Value> = match raw {
+            Some(raw) => raw,
+            None => names
+                .iter()
+                .map(|n| {
+                    json!({
+                        "name": n,
+                        "description": format!("the {n} tool"),
+                        "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
+        let (tools, next) = page(&all, &req);
         Ok(serde_json::from_value(json!({"tools": tools, "nextCursor": next})).expect("tools"))
     }
 

@@ -152,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
                 capabilities: Some(serde_json::json!({"tools": {}})),
                 server_info: Some(serde_json::json!({"name": "bench-upstream", "version": "1"})),
                 protocol_version: Some(PROTOCOL.into()),
+                skipped: vec![],
             }),
             "__",
         )
