@@ -600,7 +600,7 @@ impl Federation {
         creds: Option<&Credentials>,
     ) -> Result<(Session, Discovered), FederationError> {
         let t = self.settings.timeout;
-        let target = check_upstream_url(url.as_str(), self.settings.ssrf, t).await?;
+        let target = check_upstream_url(url, self.settings.ssrf, t).await?;
         // No proxy: a proxy from HTTP(S)_PROXY would resolve the host itself and bypass
         // the address pinning below, which is what makes the SSRF check binding.
         let mut builder = reqwest::Client::builder()
@@ -793,7 +793,7 @@ impl Federation {
         discover: bool,
     ) -> Result<(Gateway, Option<SyncReport>), FederationError> {
         if !discover {
-            check_upstream_url(g.url.as_str(), self.settings.ssrf, self.settings.timeout).await?;
+            check_upstream_url(&g.url, self.settings.ssrf, self.settings.timeout).await?;
             let (gw, _) = self
                 .store
                 .create_gateway_with_catalog(g, None, &self.settings.separator)

@@ -127,7 +127,7 @@ impl Face for Gateways {
         };
         if let Some(url) = &change.url {
             crate::federation::check_upstream_url(
-                url.as_str(),
+                url,
                 s.federation.settings().ssrf,
                 s.federation.settings().timeout,
             )

@@ -22,13 +22,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::SsrfPolicy;
+use crate::model::UpstreamUrl;
 
 /// Why an upstream URL is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SsrfError {
-    /// Not a usable http(s) URL.
-    #[error("invalid upstream url: {0}")]
-    BadUrl(String),
     /// The host does not resolve (the resolver's own words go to the log only).
     #[error("cannot resolve {host}")]
     Resolve {
@@ -62,7 +60,6 @@ impl SsrfError {
     /// Low-cardinality label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::BadUrl(_) => "bad_url",
             Self::Resolve { .. } => "resolve",
             Self::Forbidden { .. } => "forbidden",
         }
@@ -308,30 +305,23 @@ fn check_ip(host: &str, ip: IpAddr, policy: SsrfPolicy) -> Result<(), SsrfError>
     })
 }
 
-/// Parses, resolves (under `timeout`) and checks an upstream URL.
+/// Resolves (under `timeout`) and checks an upstream URL, parsed once already.
 pub async fn check_upstream_url(
-    url: &str,
+    url: &UpstreamUrl,
     policy: SsrfPolicy,
     timeout: Duration,
 ) -> Result<CheckedTarget, SsrfError> {
-    let parsed = url::Url::parse(url).map_err(|e| SsrfError::BadUrl(e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(SsrfError::BadUrl("scheme must be http or https".into()));
-    }
-    let port = parsed
-        .port_or_known_default()
-        .ok_or_else(|| SsrfError::BadUrl("no port".into()))?;
-    match parsed.host() {
-        None => Err(SsrfError::BadUrl("no host".into())),
-        Some(url::Host::Ipv4(ip)) => {
+    let port = url.port();
+    match url.host() {
+        url::Host::Ipv4(ip) => {
             check_ip(&ip.to_string(), IpAddr::V4(ip), policy)?;
             Ok(CheckedTarget { pinned: None })
         }
-        Some(url::Host::Ipv6(ip)) => {
+        url::Host::Ipv6(ip) => {
             check_ip(&ip.to_string(), IpAddr::V6(ip), policy)?;
             Ok(CheckedTarget { pinned: None })
         }
-        Some(url::Host::Domain(host)) => {
+        url::Host::Domain(host) => {
             let lower = host.to_ascii_lowercase();
             if (lower == "metadata.google.internal" || lower == "metadata")
                 && !policy.allow_link_local
@@ -593,7 +583,14 @@ mod tests {
             ),
         ];
         for (name, url, policy, ok) in cases {
-            let got = check_upstream_url(url, *policy, t).await;
+            // What does not parse as an upstream URL never reaches the guard.
+            let got = match UpstreamUrl::parse(url) {
+                Ok(u) => check_upstream_url(&u, *policy, t)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             assert_eq!(got.is_ok(), *ok, "{name}: {got:?}");
         }
     }
@@ -601,7 +598,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_name_does_not_tell_where_it_resolves() {
         let e = check_upstream_url(
-            "http://localhost:1/mcp",
+            &UpstreamUrl::parse("http://localhost:1/mcp").unwrap(),
             SsrfPolicy::default(),
             Duration::from_secs(5),
         )
@@ -617,7 +614,7 @@ mod tests {
             "the resolved address stays in the log: {text}"
         );
         let e = check_upstream_url(
-            "http://no-such-host.invalid/mcp",
+            &UpstreamUrl::parse("http://no-such-host.invalid/mcp").unwrap(),
             SsrfPolicy::default(),
             Duration::from_secs(5),
         )

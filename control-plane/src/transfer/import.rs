@@ -336,7 +336,7 @@ async fn parse(
                     cur.check_move(&out.url)?;
                 }
                 // The SSRF guard of POST /gateways and PUT /gateways/{id}.
-                check_upstream_url(out.url.as_str(), settings.ssrf, settings.timeout)
+                check_upstream_url(&out.url, settings.ssrf, settings.timeout)
                     .await
                     .map_err(|e| FieldInvalid::new("url", e.to_string()))?;
                 Ok::<_, FieldInvalid>(out)
