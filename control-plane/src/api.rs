@@ -1,13 +1,20 @@
 //! The admin REST API (axum), shaped after ContextForge's: `/gateways`, `/tools`,
 //! `/resources`, `/prompts`, `/servers` with CRUD, `POST /{kind}/{id}/state?activate=`,
 //! cursor pagination and filters; RFC 9457 errors; OpenAPI 3.1 at `/openapi.json`.
+//!
+//! Each registry kind is one [`face::Face`] implementation plus one `registry_face!` line
+//! (handlers, OpenAPI fragment and routes); the REST types and their conversions to the
+//! domain live in [`types`].
 
 mod catalog;
+pub mod cross_site;
+pub mod face;
 mod gateways;
 pub mod problem;
 mod servers;
 mod system;
 mod transfer;
+pub mod types;
 mod xds;
 
 use std::sync::Arc;
@@ -18,17 +25,22 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
 use crate::crypto::SecretBox;
 use crate::edge_config::Edge;
 use crate::federation::Federation;
-use crate::model;
+use crate::model::FieldInvalid;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
 pub use problem::{ApiError, Problem};
+
+impl From<FieldInvalid> for ApiError {
+    fn from(e: FieldInvalid) -> Self {
+        ApiError::Problem(Problem::invalid_field(e.field, e.reason))
+    }
+}
 
 /// Shared state of every handler.
 #[derive(Clone, Debug)]
@@ -45,50 +57,13 @@ pub struct AppState {
     pub edge: Edge,
 }
 
-macro_rules! page_type {
-    ($name:ident, $item:ty, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-        pub struct $name {
-            /// Items of this page, ordered by name.
-            pub items: Vec<$item>,
-            /// Cursor of the next page; absent on the last one.
-            pub next_cursor: Option<String>,
-        }
-
-        impl<T: Into<$item>> From<model::Page<T>> for $name {
-            fn from(p: model::Page<T>) -> Self {
-                $name {
-                    items: p.items.into_iter().map(Into::into).collect(),
-                    next_cursor: p.next_cursor,
-                }
-            }
-        }
-    };
-}
-
-page_type!(GatewayPage, model::Gateway, "A page of gateways.");
-page_type!(ToolPage, model::Tool, "A page of tools.");
-page_type!(ResourcePage, model::Resource, "A page of resources.");
-page_type!(PromptPage, model::Prompt, "A page of prompts.");
-page_type!(ServerPage, model::Server, "A page of virtual servers.");
-
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers."),
+    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers.\n\nEvery POST, PUT and DELETE must carry `Content-Type: application/json` with a JSON body, or the header `X-Mcpgw-Request: 1` (body-less calls); requests a browser marks as cross-site (`Sec-Fetch-Site`, or a foreign `Origin`) are refused with 403 `cross-site-request`."),
     paths(
         system::health, system::ready, system::version, system::metrics, system::registry,
-        gateways::list, gateways::create, gateways::get, gateways::update, gateways::delete,
-        gateways::set_state, gateways::refresh,
-        catalog::list_tools, catalog::create_tool, catalog::get_tool, catalog::update_tool,
-        catalog::delete_tool, catalog::set_tool_state,
-        catalog::list_resources, catalog::create_resource, catalog::get_resource,
-        catalog::update_resource, catalog::delete_resource, catalog::set_resource_state,
-        catalog::list_prompts, catalog::create_prompt, catalog::get_prompt, catalog::update_prompt,
-        catalog::delete_prompt, catalog::set_prompt_state,
-        servers::list, servers::create, servers::get, servers::update, servers::delete,
-        servers::set_state,
+        gateways::refresh,
         transfer::export, transfer::import,
         xds::nodes, xds::snapshot,
     ),
@@ -106,9 +81,34 @@ page_type!(ServerPage, model::Server, "A page of virtual servers.");
 )]
 pub struct ApiDoc;
 
+/// The registry kinds' handlers, OpenAPI fragments and routes, in one list: adding a kind
+/// is one line here (and its `registry_face!` invocation).
+macro_rules! kinds {
+    ($($($face:ident)::+),* $(,)?) => {
+        /// The whole OpenAPI document: the fixed endpoints and every kind's fragment.
+        pub fn openapi() -> utoipa::openapi::OpenApi {
+            let mut doc = ApiDoc::openapi();
+            $(doc.merge($($face)::+::openapi());)*
+            doc
+        }
+
+        fn kind_routes() -> Router<AppState> {
+            Router::new()$(.merge($($face)::+::routes()))*
+        }
+    };
+}
+
+kinds!(
+    gateways::handlers,
+    catalog::tools,
+    catalog::resources,
+    catalog::prompts,
+    servers::handlers,
+);
+
 /// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
-    let mut s = ApiDoc::openapi()
+    let mut s = openapi()
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
@@ -143,61 +143,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/registry", get(system::registry))
         .route("/openapi.json", get(system::openapi))
-        .route("/gateways", get(gateways::list).post(gateways::create))
-        .route(
-            "/gateways/{id}",
-            get(gateways::get)
-                .put(gateways::update)
-                .delete(gateways::delete),
-        )
-        .route("/gateways/{id}/state", post(gateways::set_state))
-        .route("/gateways/{id}/toggle", post(gateways::set_state))
+        .merge(kind_routes())
         .route("/gateways/{id}/refresh", post(gateways::refresh))
-        .route(
-            "/tools",
-            get(catalog::list_tools).post(catalog::create_tool),
-        )
-        .route(
-            "/tools/{id}",
-            get(catalog::get_tool)
-                .put(catalog::update_tool)
-                .delete(catalog::delete_tool),
-        )
-        .route("/tools/{id}/state", post(catalog::set_tool_state))
-        .route("/tools/{id}/toggle", post(catalog::set_tool_state))
-        .route(
-            "/resources",
-            get(catalog::list_resources).post(catalog::create_resource),
-        )
-        .route(
-            "/resources/{id}",
-            get(catalog::get_resource)
-                .put(catalog::update_resource)
-                .delete(catalog::delete_resource),
-        )
-        .route("/resources/{id}/state", post(catalog::set_resource_state))
-        .route("/resources/{id}/toggle", post(catalog::set_resource_state))
-        .route(
-            "/prompts",
-            get(catalog::list_prompts).post(catalog::create_prompt),
-        )
-        .route(
-            "/prompts/{id}",
-            get(catalog::get_prompt)
-                .put(catalog::update_prompt)
-                .delete(catalog::delete_prompt),
-        )
-        .route("/prompts/{id}/state", post(catalog::set_prompt_state))
-        .route("/prompts/{id}/toggle", post(catalog::set_prompt_state))
-        .route("/servers", get(servers::list).post(servers::create))
-        .route(
-            "/servers/{id}",
-            get(servers::get)
-                .put(servers::update)
-                .delete(servers::delete),
-        )
-        .route("/servers/{id}/state", post(servers::set_state))
-        .route("/servers/{id}/toggle", post(servers::set_state))
         .route("/xds/nodes", get(xds::nodes))
         .route("/snapshot", get(xds::snapshot))
         .route("/export", get(transfer::export))
@@ -205,6 +152,7 @@ pub fn router(state: AppState) -> Router {
             "/import",
             post(transfer::import).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
         )
+        .route_layer(axum::middleware::from_fn(cross_site::refuse_cross_site))
         // After routing, so the metrics see the matched route template.
         .route_layer(axum::middleware::from_fn_with_state(metrics, track))
         .fallback(|| async { Problem::no_route() })

@@ -123,35 +123,7 @@ pub enum Strategy {
 #[derive(Debug, Subcommand)]
 pub enum GatewayCmd {
     /// Register a gateway and discover its catalog.
-    Add {
-        /// Unique name (prefixes discovered names).
-        #[arg(long)]
-        name: String,
-        /// MCP endpoint URL.
-        #[arg(long)]
-        url: String,
-        /// streamable_http or sse.
-        #[arg(long, default_value = "streamable_http")]
-        transport: String,
-        /// Description.
-        #[arg(long)]
-        description: Option<String>,
-        /// Tag (repeatable).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// Bearer token for the upstream.
-        #[arg(long, env = "MCPGW_UPSTREAM_TOKEN", conflicts_with_all = ["basic", "header"])]
-        bearer_token: Option<String>,
-        /// Basic credentials `user:password`.
-        #[arg(long, conflicts_with = "header")]
-        basic: Option<String>,
-        /// Custom header `Name: value` (repeatable).
-        #[arg(long)]
-        header: Vec<String>,
-        /// Store only; discover on the next refresh.
-        #[arg(long)]
-        no_discover: bool,
-    },
+    Add(Box<GatewayAdd>),
     /// List gateways.
     List {
         /// Only with any of these tags (comma-separated).
@@ -183,6 +155,61 @@ pub enum GatewayCmd {
         /// Id or name.
         gateway: String,
     },
+}
+
+/// `mcpgw gateways add`.
+#[derive(Debug, Args)]
+pub struct GatewayAdd {
+    /// Unique name (prefixes discovered names).
+    #[arg(long)]
+    pub name: String,
+    /// MCP endpoint URL.
+    #[arg(long)]
+    pub url: String,
+    /// streamable_http or sse.
+    #[arg(long, default_value = "streamable_http")]
+    pub transport: String,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub auth: UpstreamAuthArgs,
+    /// Store only; discover on the next refresh.
+    #[arg(long)]
+    pub no_discover: bool,
+}
+
+/// Credentials of an upstream, from flags, owner-only files or the environment.
+#[derive(Debug, Args)]
+pub struct UpstreamAuthArgs {
+    /// Bearer token for the upstream. Visible in the process list: prefer
+    /// `--auth-token-file` or the `MCPGW_AUTH_TOKEN` environment variable.
+    #[arg(long, env = "MCPGW_UPSTREAM_TOKEN", hide_env_values = true)]
+    pub bearer_token: Option<String>,
+    /// File holding the upstream's bearer token (one line; readable by its owner only).
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Basic credentials `user:password`. Visible in the process list: prefer
+    /// `--auth-username` with `--auth-password-file` or `MCPGW_AUTH_PASSWORD`.
+    #[arg(long)]
+    pub basic: Option<String>,
+    /// User name for basic credentials; the password comes from `--auth-password-file`
+    /// or the `MCPGW_AUTH_PASSWORD` environment variable.
+    #[arg(long, value_name = "USER")]
+    pub auth_username: Option<String>,
+    /// File holding the basic password (one line; readable by its owner only).
+    #[arg(long, value_name = "PATH", requires = "auth_username")]
+    pub auth_password_file: Option<PathBuf>,
+    /// Custom header `Name: value` (repeatable). Visible in the process list: prefer
+    /// `--header-file`.
+    #[arg(long)]
+    pub header: Vec<String>,
+    /// Custom header whose value is read from a file: `Name=PATH` (repeatable).
+    #[arg(long, value_name = "NAME=PATH")]
+    pub header_file: Vec<String>,
 }
 
 /// `mcpgw servers …`
@@ -250,6 +277,116 @@ pub enum ToolCmd {
     },
 }
 
+/// Largest secret file read.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret from a file: one value, a trailing newline dropped. Refuses a file that
+/// group or others may read or write (as ssh does with keys): a secret kept there is already
+/// exposed, and saying so is better than using it quietly. Errors never quote the content.
+pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is accessible by group or others (mode {mode:03o}); a secret file must be \
+                 readable by its owner only: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        bail!(
+            "{} is larger than {MAX_SECRET_FILE_BYTES} bytes",
+            path.display()
+        );
+    }
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(raw)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+    let value = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if value.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    if value.contains(['\n', '\r']) {
+        bail!("{} holds more than one line", path.display());
+    }
+    Ok(value.to_owned())
+}
+
+/// The `auth_*` fields of a gateway body from the credential flags, files and the
+/// `MCPGW_AUTH_TOKEN` / `MCPGW_AUTH_PASSWORD` environment variables (read through `env`).
+/// At most one kind of credentials may be given.
+fn upstream_auth(
+    a: UpstreamAuthArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Value> {
+    let token = match (a.bearer_token, a.auth_token_file) {
+        (Some(_), Some(_)) => bail!("give --bearer-token or --auth-token-file, not both"),
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => Some(read_secret_file(&f)?),
+        (None, None) => None,
+    };
+    let basic = match (a.basic, a.auth_username) {
+        (Some(_), Some(_)) => bail!("give --basic or --auth-username, not both"),
+        (Some(b), None) => {
+            let (u, p) = b
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--basic wants user:password"))?;
+            Some((u.to_owned(), p.to_owned()))
+        }
+        (None, Some(u)) => {
+            let password = match a.auth_password_file {
+                Some(f) => read_secret_file(&f)?,
+                None => env("MCPGW_AUTH_PASSWORD").ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--auth-username needs --auth-password-file or MCPGW_AUTH_PASSWORD"
+                    )
+                })?,
+            };
+            Some((u, password))
+        }
+        (None, None) => None,
+    };
+    let mut headers = Vec::new();
+    for h in &a.header {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header wants 'Name: value'"))?;
+        headers.push(json!({"key": k.trim(), "value": v.trim()}));
+    }
+    for h in &a.header_file {
+        let (k, path) = h
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--header-file wants NAME=PATH"))?;
+        let value = read_secret_file(std::path::Path::new(path))?;
+        headers.push(json!({"key": k.trim(), "value": value}));
+    }
+    // The environment counts only when no flag gave credentials.
+    let token = match (&token, &basic, headers.is_empty()) {
+        (None, None, true) => env("MCPGW_AUTH_TOKEN").filter(|t| !t.is_empty()),
+        _ => token,
+    };
+    match (token, basic, headers.is_empty()) {
+        (None, None, true) => Ok(json!({})),
+        (Some(t), None, true) => Ok(json!({"auth_type": "bearer", "auth_token": t})),
+        (None, Some((u, p)), true) => Ok(json!({
+            "auth_type": "basic", "auth_username": u, "auth_password": p,
+        })),
+        (None, None, false) => Ok(json!({"auth_type": "headers", "auth_headers": headers})),
+        _ => bail!("give one kind of upstream credentials: a bearer token, basic, or headers"),
+    }
+}
+
 /// A small client of the admin API.
 struct Client {
     http: reqwest::Client,
@@ -262,6 +399,13 @@ impl Client {
         Ok(Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(120))
+                // Every call says it comes from a program (`api::cross_site`).
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::HeaderName::from_static(
+                        crate::api::cross_site::REQUEST_HEADER,
+                    ),
+                    reqwest::header::HeaderValue::from_static("1"),
+                )]))
                 .build()?,
             base: api.api_url.trim_end_matches('/').to_owned(),
         })
@@ -473,41 +617,23 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             let c = Client::new(&api)?;
             let mut cols = GATEWAY_COLS.to_vec();
             match cmd {
-                GatewayCmd::Add {
-                    name,
-                    url,
-                    transport,
-                    description,
-                    tags,
-                    bearer_token,
-                    basic,
-                    header,
-                    no_discover,
-                } => {
+                GatewayCmd::Add(add) => {
+                    let GatewayAdd {
+                        name,
+                        url,
+                        transport,
+                        description,
+                        tags,
+                        auth,
+                        no_discover,
+                    } = *add;
                     let mut body = json!({
                         "name": name, "url": url, "transport": transport,
                         "description": description, "tags": tags, "discover": !no_discover,
                     });
-                    if let Some(t) = bearer_token {
-                        body["auth_type"] = json!("bearer");
-                        body["auth_token"] = json!(t);
-                    } else if let Some(b) = basic {
-                        let (u, p) = b
-                            .split_once(':')
-                            .ok_or_else(|| anyhow::anyhow!("--basic wants user:password"))?;
-                        body["auth_type"] = json!("basic");
-                        body["auth_username"] = json!(u);
-                        body["auth_password"] = json!(p);
-                    } else if !header.is_empty() {
-                        let mut hs = Vec::new();
-                        for h in &header {
-                            let (k, v) = h
-                                .split_once(':')
-                                .ok_or_else(|| anyhow::anyhow!("--header wants 'Name: value'"))?;
-                            hs.push(json!({"key": k.trim(), "value": v.trim()}));
-                        }
-                        body["auth_type"] = json!("headers");
-                        body["auth_headers"] = json!(hs);
+                    let auth = upstream_auth(auth, &|name| std::env::var(name).ok())?;
+                    if let (Value::Object(b), Value::Object(a)) = (&mut body, auth) {
+                        b.extend(a);
                     }
                     let v = c.post("/gateways", &body).await?;
                     cols.push(("SYNC", "sync"));

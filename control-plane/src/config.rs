@@ -64,12 +64,32 @@ pub struct ServeArgs {
     /// Timeout in seconds of every upstream call [default: 10].
     #[arg(long, env = "MCPGW_UPSTREAM_TIMEOUT")]
     pub upstream_timeout: Option<u64>,
+    /// Most items (tools, resources, templates, prompts together) one gateway may list; a
+    /// discovery that finds more fails and keeps the catalog [default: 5000].
+    #[arg(long, env = "MCPGW_MAX_DISCOVERED_ITEMS")]
+    pub max_discovered_items: Option<usize>,
+    /// Largest definition of one discovered item, in bytes of JSON; larger ones are skipped
+    /// and reported [default: 65536].
+    #[arg(long, env = "MCPGW_MAX_DISCOVERED_ITEM_BYTES")]
+    pub max_discovered_item_bytes: Option<usize>,
+    /// Most bytes (JSON) one gateway's discovered catalog may hold, and one list answer may
+    /// have; a discovery past it fails and keeps the catalog [default: 8388608].
+    #[arg(long, env = "MCPGW_MAX_DISCOVERED_BYTES")]
+    pub max_discovered_bytes: Option<usize>,
+    /// Least seconds between two rediscoveries a gateway's list_changed notifications
+    /// trigger; notifications meanwhile fold into the next one [default: 2].
+    #[arg(long, env = "MCPGW_LIST_CHANGED_INTERVAL")]
+    pub list_changed_interval: Option<u64>,
     /// Allow upstream URLs resolving to loopback addresses (SSRF guard).
     #[arg(long, env = "MCPGW_ALLOW_LOOPBACK_UPSTREAMS")]
     pub allow_loopback_upstreams: bool,
     /// Allow upstream URLs resolving to link-local and cloud metadata addresses (SSRF guard).
     #[arg(long, env = "MCPGW_ALLOW_LINK_LOCAL_UPSTREAMS")]
     pub allow_link_local_upstreams: bool,
+    /// Refuse upstream URLs resolving to private addresses (RFC 1918, fc00::/7, fec0::/10,
+    /// 100.64.0.0/10), allowed by default (SSRF guard).
+    #[arg(long, env = "MCPGW_DENY_PRIVATE_UPSTREAMS")]
+    pub deny_private_upstreams: bool,
     /// xDS (ADS gRPC) listen address for Envoys, or `off` [default: 127.0.0.1:18000].
     #[arg(long, env = "MCPGW_XDS_LISTEN")]
     pub xds_listen: Option<String>,
@@ -139,8 +159,13 @@ pub struct FileConfig {
     health_failure_threshold: Option<u32>,
     resync_interval: Option<u64>,
     upstream_timeout: Option<u64>,
+    max_discovered_items: Option<usize>,
+    max_discovered_item_bytes: Option<usize>,
+    max_discovered_bytes: Option<usize>,
+    list_changed_interval: Option<u64>,
     allow_loopback_upstreams: Option<bool>,
     allow_link_local_upstreams: Option<bool>,
+    deny_private_upstreams: Option<bool>,
     xds_listen: Option<String>,
     envoy_listen: Option<String>,
     filter_wasm: Option<String>,
@@ -201,6 +226,32 @@ pub struct SsrfPolicy {
     pub allow_loopback: bool,
     /// Link-local (169.254.0.0/16, fe80::/10; includes cloud metadata) allowed.
     pub allow_link_local: bool,
+    /// Private networks (RFC 1918, fc00::/7, fec0::/10, 100.64.0.0/10) refused; by default
+    /// they are allowed, as self-hosted upstreams live there.
+    pub deny_private: bool,
+}
+
+/// How much one gateway's discovery may bring: an upstream that lists without end, or
+/// lists huge definitions, costs a bounded amount of memory and storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoveryLimits {
+    /// Most items (all kinds together) per gateway; past it the discovery fails.
+    pub max_items: usize,
+    /// Largest definition of one item (JSON bytes); larger items are skipped and reported.
+    pub max_item_bytes: usize,
+    /// Most JSON bytes of one gateway's catalog, and of one list answer; past it the
+    /// discovery fails.
+    pub max_total_bytes: usize,
+}
+
+impl Default for DiscoveryLimits {
+    fn default() -> Self {
+        DiscoveryLimits {
+            max_items: 5000,
+            max_item_bytes: 64 * 1024,
+            max_total_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 /// Federation settings.
@@ -218,6 +269,10 @@ pub struct FederationSettings {
     pub timeout: Duration,
     /// SSRF policy.
     pub ssrf: SsrfPolicy,
+    /// Caps on what one discovery may bring.
+    pub limits: DiscoveryLimits,
+    /// Least time between two rediscoveries of one gateway triggered by list_changed.
+    pub list_changed_interval: Duration,
 }
 
 impl Default for FederationSettings {
@@ -229,6 +284,8 @@ impl Default for FederationSettings {
             resync_interval: Some(Duration::from_secs(300)),
             timeout: Duration::from_secs(10),
             ssrf: SsrfPolicy::default(),
+            limits: DiscoveryLimits::default(),
+            list_changed_interval: Duration::from_secs(2),
         }
     }
 }
@@ -461,6 +518,41 @@ impl ServeArgs {
             1,
             600,
         )?;
+        let defaults = DiscoveryLimits::default();
+        let count = |field: &'static str, v: Option<usize>, default: usize, min: usize| match v {
+            None => Ok(default),
+            Some(n) if n >= min => Ok(n),
+            Some(_) => Err(invalid(field, format!("must be at least {min}"))),
+        };
+        let limits = DiscoveryLimits {
+            max_items: count(
+                "max_discovered_items",
+                self.max_discovered_items.or(file.max_discovered_items),
+                defaults.max_items,
+                1,
+            )?,
+            max_item_bytes: count(
+                "max_discovered_item_bytes",
+                self.max_discovered_item_bytes
+                    .or(file.max_discovered_item_bytes),
+                defaults.max_item_bytes,
+                1024,
+            )?,
+            max_total_bytes: count(
+                "max_discovered_bytes",
+                self.max_discovered_bytes.or(file.max_discovered_bytes),
+                defaults.max_total_bytes,
+                64 * 1024,
+            )?,
+        };
+        let list_changed_interval = secs(
+            "list_changed_interval",
+            self.list_changed_interval
+                .or(file.list_changed_interval)
+                .unwrap_or(2),
+            0,
+            3600,
+        )?;
         let xds_raw = self
             .xds_listen
             .clone()
@@ -647,7 +739,11 @@ impl ServeArgs {
                         || file.allow_loopback_upstreams.unwrap_or(false),
                     allow_link_local: self.allow_link_local_upstreams
                         || file.allow_link_local_upstreams.unwrap_or(false),
+                    deny_private: self.deny_private_upstreams
+                        || file.deny_private_upstreams.unwrap_or(false),
                 },
+                limits,
+                list_changed_interval,
             },
             xds_listen,
             edge: EdgeSettings {

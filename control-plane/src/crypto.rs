@@ -4,6 +4,15 @@
 //! Every purpose gets its own key, derived with HKDF-SHA256 under a distinct label
 //! ([`SecretBox::derive`]), so a key that leaks from one place (an Envoy's snapshot, a
 //! relay route) opens nothing else.
+//!
+//! Sealed credentials (`v2:`) are bound to what they were given for: the AEAD's associated
+//! data is the purpose label, the gateway's id and the origin (scheme, host, port) of its
+//! URL ([`CredentialBinding`]). A value copied to another gateway's row, or left in place
+//! when the URL moves to another origin, does not open: credentials reach only the server
+//! they were entered for. Values of the first format (`v1:`, sealed with the configured key
+//! itself and a fixed associated data) still open, through
+//! [`SecretBox::open_legacy_credentials`]: the store re-seals them as `v2:` at start and on
+//! first read (`store::Store::gateway_credentials`).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -11,10 +20,14 @@ use base64::Engine as _;
 
 use crate::model::Credentials;
 
-/// Associated data binding ciphertexts to their purpose (and format version).
-const AAD: &[u8] = b"mcpgw/gateway-credentials/v1";
-/// Prefix of sealed values, so a future format can coexist.
-const PREFIX: &str = "v1:";
+/// Associated data of the first format: purpose and version only, no binding.
+const LEGACY_AAD: &[u8] = b"mcpgw/gateway-credentials/v1";
+/// Prefix of first-format values.
+const LEGACY_PREFIX: &str = "v1:";
+/// HKDF label of the credential key, and the first part of every binding's associated data.
+const CREDENTIALS_LABEL: &str = "mcpgw/gateway-credentials/v2";
+/// Prefix of sealed values.
+const PREFIX: &str = "v2:";
 /// The fixed key of `--dev` mode. Never secret: dev mode is for laptops and tests only.
 const DEV_KEY: [u8; 32] = *b"mcpgw-dev-mode-insecure-key-0001";
 
@@ -26,8 +39,11 @@ pub enum CryptoError {
         "MCPGW_ENCRYPTION_KEY must be 32 bytes, base64 or hex encoded (e.g. `openssl rand -base64 32`)"
     )]
     BadKey,
-    /// A sealed value could not be opened (wrong key or tampered data).
-    #[error("stored credentials cannot be decrypted with the configured key")]
+    /// A sealed value could not be opened: another key, tampered data, or bound to another
+    /// gateway or origin.
+    #[error(
+        "stored credentials cannot be opened: sealed with another key, altered, or bound to another gateway or URL origin"
+    )]
     Open,
     /// Encryption failed.
     #[error("encryption failed")]
@@ -47,11 +63,37 @@ fn derive(master: &[u8; 32], label: &str) -> [u8; 32] {
     out
 }
 
-/// Seals and opens credentials with one key.
+/// What sealed credentials are bound to: the gateway they belong to and the origin of its
+/// URL (`UpstreamUrl::origin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialBinding<'a> {
+    /// The gateway's id.
+    pub gateway_id: &'a str,
+    /// `scheme://host:port` of its URL.
+    pub origin: &'a str,
+}
+
+impl CredentialBinding<'_> {
+    /// The associated data: label, id and origin, each length-prefixed so no two bindings
+    /// encode alike.
+    fn aad(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in [CREDENTIALS_LABEL, self.gateway_id, self.origin] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+}
+
+/// Seals and opens credentials; derives the other purpose keys.
 #[derive(Clone)]
 pub struct SecretBox {
     /// The configured key, kept only to derive purpose keys from.
     master: [u8; 32],
+    /// The first format's cipher (the configured key itself): opens `v1:` values only.
+    legacy: Aes256Gcm,
+    /// The credential cipher, keyed by `derive(CREDENTIALS_LABEL)`.
     cipher: Aes256Gcm,
     /// Key that seals virtual-server sessions at the edge, derived from this one.
     session_key: String,
@@ -83,12 +125,16 @@ impl SecretBox {
 
     /// Builds from raw key bytes.
     pub fn from_key(key: [u8; 32]) -> Self {
-        Self {
+        let mut b = Self {
             master: key,
+            legacy: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
             session_key: base64::engine::general_purpose::STANDARD
                 .encode(derive(&key, SESSION_KEY_LABEL)),
-        }
+        };
+        let credentials_key = b.derive(CREDENTIALS_LABEL);
+        b.cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&credentials_key));
+        b
     }
 
     /// A 32-byte key for one purpose, derived from the configured key with HKDF-SHA256
@@ -119,16 +165,22 @@ impl SecretBox {
         Self::from_key(DEV_KEY)
     }
 
-    /// Encrypts `plaintext` into `v1:<base64(nonce || ciphertext)>`.
-    pub fn seal(&self, plaintext: &[u8]) -> Result<String, CryptoError> {
+    /// Seals credentials for `binding`: `v2:<base64(nonce || ciphertext)>`.
+    pub fn seal_credentials(
+        &self,
+        c: &Credentials,
+        binding: CredentialBinding<'_>,
+    ) -> Result<String, CryptoError> {
+        let json = serde_json::to_vec(c).map_err(|_| CryptoError::Seal)?;
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let aad = binding.aad();
         let ct = self
             .cipher
             .encrypt(
                 &nonce,
                 Payload {
-                    msg: plaintext,
-                    aad: AAD,
+                    msg: &json,
+                    aad: &aad,
                 },
             )
             .map_err(|_| CryptoError::Seal)?;
@@ -140,32 +192,45 @@ impl SecretBox {
         ))
     }
 
-    /// Decrypts a value produced by [`SecretBox::seal`].
-    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, CryptoError> {
+    /// Opens credentials sealed for `binding`; anything else (another gateway, another
+    /// origin, another key, a `v1:` value) is [`CryptoError::Open`].
+    pub fn open_credentials(
+        &self,
+        sealed: &str,
+        binding: CredentialBinding<'_>,
+    ) -> Result<Credentials, CryptoError> {
         let raw = sealed.strip_prefix(PREFIX).ok_or(CryptoError::Open)?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .map_err(|_| CryptoError::Open)?;
-        if bytes.len() < 12 + 16 {
-            return Err(CryptoError::Open);
-        }
-        let (nonce, ct) = bytes.split_at(12);
-        self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
-            .map_err(|_| CryptoError::Open)
+        let plain = open_with(&self.cipher, raw, &binding.aad())?;
+        serde_json::from_slice(&plain).map_err(|_| CryptoError::Open)
     }
 
-    /// Seals credentials.
-    pub fn seal_credentials(&self, c: &Credentials) -> Result<String, CryptoError> {
-        let json = serde_json::to_vec(c).map_err(|_| CryptoError::Seal)?;
-        self.seal(&json)
+    /// Whether `sealed` is of the first, unbound format (to re-seal).
+    pub fn is_legacy(sealed: &str) -> bool {
+        sealed.starts_with(LEGACY_PREFIX)
     }
 
-    /// Opens sealed credentials.
-    pub fn open_credentials(&self, sealed: &str) -> Result<Credentials, CryptoError> {
-        let bytes = self.open(sealed)?;
-        serde_json::from_slice(&bytes).map_err(|_| CryptoError::Open)
+    /// Opens a first-format (`v1:`) value: only to re-seal it bound (the store does, at
+    /// start and on first read). It is not bound to anything, so it must not be used as is.
+    pub fn open_legacy_credentials(&self, sealed: &str) -> Result<Credentials, CryptoError> {
+        let raw = sealed
+            .strip_prefix(LEGACY_PREFIX)
+            .ok_or(CryptoError::Open)?;
+        let plain = open_with(&self.legacy, raw, LEGACY_AAD)?;
+        serde_json::from_slice(&plain).map_err(|_| CryptoError::Open)
     }
+}
+
+fn open_with(cipher: &Aes256Gcm, raw: &str, aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| CryptoError::Open)?;
+    if bytes.len() < 12 + 16 {
+        return Err(CryptoError::Open);
+    }
+    let (nonce, ct) = bytes.split_at(12);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| CryptoError::Open)
 }
 
 #[cfg(test)]
@@ -173,24 +238,112 @@ impl SecretBox {
 mod tests {
     use super::*;
 
+    const AT: CredentialBinding<'static> = CredentialBinding {
+        gateway_id: "g1",
+        origin: "https://up.example:443",
+    };
+
     #[test]
     fn seal_open_round_trip_and_tamper_detection() {
         let b = SecretBox::from_key([7; 32]);
         let c = Credentials::Bearer {
             token: "s3cret".into(),
         };
-        let sealed = b.seal_credentials(&c).unwrap();
-        assert!(!sealed.contains("s3cret"));
-        assert_eq!(b.open_credentials(&sealed).unwrap(), c);
+        let sealed = b.seal_credentials(&c, AT).unwrap();
+        assert!(sealed.starts_with("v2:") && !sealed.contains("s3cret"));
+        assert_eq!(b.open_credentials(&sealed, AT).unwrap(), c);
         // Two seals of the same value differ (random nonce).
-        assert_ne!(sealed, b.seal_credentials(&c).unwrap());
+        assert_ne!(sealed, b.seal_credentials(&c, AT).unwrap());
         // Another key cannot open it.
-        assert!(SecretBox::from_key([8; 32]).open(&sealed).is_err());
+        assert!(
+            SecretBox::from_key([8; 32])
+                .open_credentials(&sealed, AT)
+                .is_err()
+        );
         // A flipped bit is detected.
         let mut raw = sealed.clone().into_bytes();
         let last = raw.len() - 2;
         raw[last] = if raw[last] == b'A' { b'B' } else { b'A' };
-        assert!(b.open(&String::from_utf8(raw).unwrap()).is_err());
+        assert!(
+            b.open_credentials(&String::from_utf8(raw).unwrap(), AT)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn sealed_credentials_open_only_where_they_were_given() {
+        let b = SecretBox::from_key([7; 32]);
+        let c = Credentials::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let sealed = b.seal_credentials(&c, AT).unwrap();
+        let elsewhere: &[(&str, CredentialBinding<'_>)] = &[
+            (
+                "copied to another gateway",
+                CredentialBinding {
+                    gateway_id: "g2",
+                    ..AT
+                },
+            ),
+            (
+                "other host",
+                CredentialBinding {
+                    origin: "https://evil.example:443",
+                    ..AT
+                },
+            ),
+            (
+                "other port",
+                CredentialBinding {
+                    origin: "https://up.example:8443",
+                    ..AT
+                },
+            ),
+            (
+                "other scheme",
+                CredentialBinding {
+                    origin: "http://up.example:443",
+                    ..AT
+                },
+            ),
+            (
+                "boundary moved",
+                CredentialBinding {
+                    gateway_id: "g1https://up.example",
+                    origin: ":443",
+                },
+            ),
+        ];
+        for (name, binding) in elsewhere {
+            assert!(b.open_credentials(&sealed, *binding).is_err(), "{name}");
+        }
+    }
+
+    /// A value the first format wrote (`v1:`, this one by the code of that time under the
+    /// dev key) opens only through the legacy path, and never as a bound value.
+    #[test]
+    fn first_format_values_open_only_through_the_legacy_path() {
+        let v1 = "v1:UrV8+ImSMdqmXIu1Dd05sTSEqXYRX0ym7qd4Fz9DS/gOXqzv1fNFtFRsCZrJ0jfc8SEJ1mvg9tHTd6krRX5J8PVr81RC9z0=";
+        let b = SecretBox::dev();
+        assert!(SecretBox::is_legacy(v1));
+        assert_eq!(
+            b.open_legacy_credentials(v1).unwrap(),
+            Credentials::Bearer {
+                token: "legacy-v1-token".into()
+            }
+        );
+        assert!(b.open_credentials(v1, AT).is_err());
+        assert!(
+            SecretBox::from_key([3; 32])
+                .open_legacy_credentials(v1)
+                .is_err()
+        );
+        // The credential key is derived, not the configured key itself.
+        let resealed = b
+            .seal_credentials(&b.open_legacy_credentials(v1).unwrap(), AT)
+            .unwrap();
+        assert!(b.open_legacy_credentials(&resealed).is_err());
     }
 
     #[test]

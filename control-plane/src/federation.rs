@@ -6,6 +6,7 @@
 //! merged into the store in one transaction, so a hanging or broken upstream can delay
 //! only its own refresh and never leaves a half-updated catalog.
 
+mod changes;
 pub(crate) mod sse;
 mod ssrf;
 
@@ -19,16 +20,23 @@ use rmcp::service::{NotificationContext, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
-use serde_json::{Map, Value};
-use tokio::sync::{Mutex, mpsc};
+use serde_json::Value;
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+pub use changes::{Changes, Noted};
 pub use ssrf::{SsrfError, check_upstream_url};
 
 use crate::config::FederationSettings;
 use crate::crypto::{CryptoError, SecretBox};
-use crate::model::{AuthType, Credentials, Gateway, NewGateway, SyncReport, Transport};
-use crate::store::{Discovered, DiscoveredItem, HealthTransition, Store, StoreError};
+use rmcp::model::PaginatedRequestParams;
+
+use crate::model::{
+    CatalogKind, Credentials, Discovered, DiscoveredItem, Gateway, GatewayName, IntegrationType,
+    ItemName, NewGateway, PromptArgument, PromptSpec, ResourceSpec, SkippedItem, SyncReport,
+    ToolSpec, Transport, UpstreamUrl,
+};
+use crate::store::{HealthTransition, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Errors of federation, classified for the API.
@@ -53,6 +61,14 @@ pub enum FederationError {
         /// Why.
         reason: String,
     },
+    /// The upstream listed more than a discovery may bring (items, bytes or pages).
+    #[error("upstream {step}: {what}; discovery stopped, the catalog is kept as it was")]
+    Limit {
+        /// Which step.
+        step: &'static str,
+        /// Which limit, with its value.
+        what: String,
+    },
     /// The gateway is disabled: federation leaves it (and its catalog) alone.
     #[error("gateway {0} is disabled; enable it before refreshing")]
     Disabled(String),
@@ -74,6 +90,7 @@ impl FederationError {
             Self::Ssrf(_) => "ssrf",
             Self::Timeout { .. } => "timeout",
             Self::Upstream { .. } => "upstream",
+            Self::Limit { .. } => "limit",
             Self::Disabled(_) => "disabled",
             Self::Credentials(_) => "credentials",
             Self::Crypto(_) => "crypto",
@@ -87,13 +104,14 @@ impl FederationError {
 struct UpstreamHandler {
     /// Set once the gateway row exists (a registration discovers before inserting).
     gateway_id: Arc<OnceLock<String>>,
-    changed: mpsc::UnboundedSender<String>,
+    changes: Arc<Changes>,
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamHandler {
     fn notify(&self) {
         if let Some(id) = self.gateway_id.get() {
-            let _ = self.changed.send(id.clone());
+            self.metrics.list_changed(self.changes.notify(id).label());
         }
     }
 }
@@ -122,8 +140,9 @@ pub struct Federation {
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Session>>,
     refresh_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    changed_tx: mpsc::UnboundedSender<String>,
-    changed_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    changes: Arc<Changes>,
+    /// Set when the loops start (they run once).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Federation {
@@ -164,87 +183,378 @@ fn headers_for(creds: Option<&Credentials>) -> Result<HeaderMap, FederationError
     Ok(h)
 }
 
-fn to_object(v: impl serde::Serialize) -> Map<String, Value> {
-    match serde_json::to_value(v) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
+/// An MCP sub-object (annotations, icons, `_meta`) as stored: passed through untouched.
+fn json<T: serde::Serialize>(v: &Option<T>) -> Option<Value> {
+    v.as_ref()
+        .and_then(|x| serde_json::to_value(x).ok())
+        .filter(|v| !v.is_null())
+}
+
+/// A listed tool as stored.
+fn tool_item(t: &rmcp::model::Tool) -> DiscoveredItem<ToolSpec> {
+    DiscoveredItem {
+        original_name: t.name.to_string(),
+        uri: None,
+        description: t.description.as_deref().map(str::to_owned),
+        spec: ToolSpec {
+            title: t.title.clone(),
+            input_schema: (*t.input_schema).clone(),
+            output_schema: t.output_schema.as_deref().cloned(),
+            annotations: json(&t.annotations),
+            icons: json(&t.icons),
+            meta: json(&t.meta),
+            integration_type: IntegrationType::Mcp,
+            url: None,
+            request_type: None,
+        },
     }
 }
 
-fn str_field(m: &Map<String, Value>, key: &str) -> Option<String> {
-    m.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn copy(m: &Map<String, Value>, from: &str, spec: &mut Map<String, Value>, to: &str) {
-    if let Some(v) = m.get(from).filter(|v| !v.is_null()) {
-        spec.insert(to.to_owned(), v.clone());
+/// A listed resource as stored.
+fn resource_item(r: &rmcp::model::Resource) -> DiscoveredItem<ResourceSpec> {
+    DiscoveredItem {
+        original_name: r.name.clone(),
+        uri: Some(r.uri.clone()),
+        description: r.description.clone(),
+        spec: ResourceSpec {
+            is_template: false,
+            title: r.title.clone(),
+            mime_type: r.mime_type.clone(),
+            size: r.size.and_then(|s| i64::try_from(s).ok()),
+            content: None,
+            annotations: json(&r.annotations),
+            icons: json(&r.icons),
+            meta: json(&r.meta),
+        },
     }
 }
 
-/// Maps MCP list entries (camelCase wire JSON) to stored items (snake_case spec).
-fn tool_item(t: &rmcp::model::Tool) -> Option<DiscoveredItem> {
-    let m = to_object(t);
-    let mut spec = Map::new();
-    copy(&m, "title", &mut spec, "title");
-    copy(&m, "inputSchema", &mut spec, "input_schema");
-    copy(&m, "outputSchema", &mut spec, "output_schema");
-    copy(&m, "annotations", &mut spec, "annotations");
-    copy(&m, "icons", &mut spec, "icons");
-    copy(&m, "_meta", &mut spec, "meta");
-    spec.insert("integration_type".into(), Value::from("MCP"));
-    Some(DiscoveredItem {
-        original_name: str_field(&m, "name")?,
+/// A listed resource template as stored.
+fn template_item(t: &rmcp::model::ResourceTemplate) -> DiscoveredItem<ResourceSpec> {
+    DiscoveredItem {
+        original_name: t.name.clone(),
+        uri: Some(t.uri_template.clone()),
+        description: t.description.clone(),
+        spec: ResourceSpec {
+            is_template: true,
+            title: t.title.clone(),
+            mime_type: t.mime_type.clone(),
+            size: None,
+            content: None,
+            annotations: json(&t.annotations),
+            icons: json(&t.icons),
+            meta: json(&t.meta),
+        },
+    }
+}
+
+/// A listed prompt as stored.
+fn prompt_item(p: &rmcp::model::Prompt) -> DiscoveredItem<PromptSpec> {
+    DiscoveredItem {
+        original_name: p.name.clone(),
         uri: None,
-        description: str_field(&m, "description"),
-        spec,
-    })
+        description: p.description.clone(),
+        spec: PromptSpec {
+            title: p.title.clone(),
+            template: None,
+            arguments: p.arguments.as_ref().map(|args| {
+                args.iter()
+                    .map(|a| PromptArgument {
+                        name: a.name.clone(),
+                        title: a.title.clone(),
+                        description: a.description.clone(),
+                        required: a.required,
+                    })
+                    .collect()
+            }),
+            icons: json(&p.icons),
+            meta: json(&p.meta),
+        },
+    }
 }
 
-fn resource_item(m: Map<String, Value>, template: bool) -> Option<DiscoveredItem> {
-    let mut spec = Map::new();
-    copy(&m, "title", &mut spec, "title");
-    copy(&m, "mimeType", &mut spec, "mime_type");
-    copy(&m, "size", &mut spec, "size");
-    copy(&m, "annotations", &mut spec, "annotations");
-    copy(&m, "icons", &mut spec, "icons");
-    copy(&m, "_meta", &mut spec, "meta");
-    spec.insert("is_template".into(), Value::from(template));
-    let uri = str_field(&m, if template { "uriTemplate" } else { "uri" })?;
-    Some(DiscoveredItem {
-        original_name: str_field(&m, "name")?,
-        uri: Some(uri),
-        description: str_field(&m, "description"),
-        spec,
-    })
+/// What went wrong at an upstream, as the API caller and `last_error` see it: one of a few
+/// fixed phrases. The error chain itself (OS errors, addresses, the URL with its query) goes
+/// to the log only, URLs redacted: the API does not tell a refused port from an unreachable
+/// host (no port scanning through `POST /gateways`), and it never echoes a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection: refused, unreachable, reset, or the TLS handshake failed.
+    Connect,
+    /// An HTTP error status.
+    Status(u16),
+    /// A JSON-RPC error answer.
+    JsonRpc(i32),
+    /// Anything else: not MCP as expected (content type, JSON, a stream cut short).
+    Protocol,
 }
 
-fn prompt_item(p: &rmcp::model::Prompt) -> Option<DiscoveredItem> {
-    let m = to_object(p);
-    let mut spec = Map::new();
-    copy(&m, "title", &mut spec, "title");
-    copy(&m, "arguments", &mut spec, "arguments");
-    copy(&m, "icons", &mut spec, "icons");
-    copy(&m, "_meta", &mut spec, "meta");
-    Some(DiscoveredItem {
-        original_name: str_field(&m, "name")?,
-        uri: None,
-        description: str_field(&m, "description"),
-        spec,
-    })
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect => f.write_str("no connection to the upstream"),
+            Self::Status(s) => write!(f, "the upstream answered HTTP {s}"),
+            Self::JsonRpc(c) => write!(f, "the upstream answered JSON-RPC error {c}"),
+            Self::Protocol => f.write_str("the upstream did not answer as an MCP server"),
+        }
+    }
 }
 
-async fn timed<T, E: std::fmt::Display>(
+impl UpstreamFailure {
+    /// Classifies an error chain.
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> Self {
+        use rmcp::service::ClientInitializeError;
+        use rmcp::transport::streamable_http_client::StreamableHttpError;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+                return Self::of_reqwest(r);
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Self::of_io(io);
+            }
+            if let Some(h) = e.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+                return match h {
+                    StreamableHttpError::Client(r) => Self::of_reqwest(r),
+                    StreamableHttpError::Io(io) => Self::of_io(io),
+                    StreamableHttpError::HttpStatus(s) => Self::Status(s.status),
+                    StreamableHttpError::AuthRequired(_) => Self::Status(401),
+                    StreamableHttpError::InsufficientScope(_) => Self::Status(403),
+                    StreamableHttpError::SessionExpired => Self::Status(404),
+                    _ => Self::Protocol,
+                };
+            }
+            match e.downcast_ref::<ClientInitializeError>() {
+                Some(ClientInitializeError::JsonRpcError(d)) => return Self::JsonRpc(d.code.0),
+                // Its transport error is a field, not a `source`.
+                Some(ClientInitializeError::TransportError { error, .. }) => {
+                    return Self::of(error.error.as_ref());
+                }
+                _ => {}
+            }
+            if let Some(ServiceError::McpError(d)) = e.downcast_ref::<ServiceError>() {
+                return Self::JsonRpc(d.code.0);
+            }
+            cur = e.source();
+        }
+        Self::Protocol
+    }
+
+    fn of_reqwest(r: &reqwest::Error) -> Self {
+        match r.status() {
+            Some(s) => Self::Status(s.as_u16()),
+            None if r.is_connect() => Self::Connect,
+            None => match std::error::Error::source(r) {
+                Some(inner) => Self::of(inner),
+                None => Self::Protocol,
+            },
+        }
+    }
+
+    fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+            | K::AddrNotAvailable
+            | K::BrokenPipe => Self::Connect,
+            _ => Self::Protocol,
+        }
+    }
+}
+
+/// The error chain of `err` on one line, every URL in it redacted (for the log).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    crate::model::redact_urls(&out)
+}
+
+async fn timed<T, E: std::error::Error + 'static>(
     step: &'static str,
     timeout: Duration,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, FederationError> {
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(FederationError::Timeout { step, timeout }),
-        Ok(Err(e)) => Err(FederationError::Upstream {
-            step,
-            reason: e.to_string(),
-        }),
+        Ok(Err(e)) => {
+            let failure = UpstreamFailure::of(&e);
+            tracing::info!(step, %failure, error = %chain(&e), "upstream step failed");
+            Err(FederationError::Upstream {
+                step,
+                reason: failure.to_string(),
+            })
+        }
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// Most skipped items kept in a report (and on the gateway): the first ones, then a count.
+const MAX_SKIPPED_REPORTED: usize = 100;
+
+/// What one discovery run may still bring, and what it left out.
+struct Budget<'a> {
+    limits: crate::config::DiscoveryLimits,
+    gateway: &'a GatewayName,
+    items: usize,
+    bytes: usize,
+    /// Items left out, with the metric label of why.
+    skipped: Vec<(SkippedItem, &'static str)>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(limits: crate::config::DiscoveryLimits, gateway: &'a GatewayName) -> Self {
+        Budget {
+            limits,
+            gateway,
+            items: 0,
+            bytes: 0,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Counts one listed item against the gateway's caps (an error ends the discovery);
+    /// `Ok(false)` leaves it out: a name the API would refuse, or a definition too large.
+    fn admit<T: serde::Serialize>(
+        &mut self,
+        kind: CatalogKind,
+        name: &str,
+        item: &T,
+    ) -> Result<bool, FederationError> {
+        self.items += 1;
+        if self.items > self.limits.max_items {
+            return Err(FederationError::Limit {
+                step: "discovery",
+                what: format!(
+                    "more than {} items listed (--max-discovered-items)",
+                    self.limits.max_items
+                ),
+            });
+        }
+        let size = serde_json::to_vec(item).map_or(usize::MAX, |v| v.len());
+        if size > self.limits.max_item_bytes {
+            self.skip(
+                kind,
+                name,
+                format!(
+                    "its definition is {size} bytes, more than {} (--max-discovered-item-bytes)",
+                    self.limits.max_item_bytes
+                ),
+                "too_large",
+            );
+            return Ok(false);
+        }
+        if let Err(e) = ItemName::parse(name) {
+            self.skip(kind, name, format!("name {}", e.reason), "invalid_name");
+            return Ok(false);
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(FederationError::Limit {
+                step: "discovery",
+                what: format!(
+                    "more than {} bytes of definitions listed (--max-discovered-bytes)",
+                    self.limits.max_total_bytes
+                ),
+            });
+        }
+        Ok(true)
+    }
+
+    fn skip(&mut self, kind: CatalogKind, name: &str, reason: String, label: &'static str) {
+        tracing::info!(gateway = %self.gateway, kind = kind.label(), name = %name.escape_debug(), %reason, "discovered item left out");
+        self.skipped
+            .push((SkippedItem::new(kind, name, reason), label));
+    }
+
+    /// The report: the first items left out, then how many more.
+    fn into_skipped(self) -> Vec<SkippedItem> {
+        let total = self.skipped.len();
+        let mut out: Vec<SkippedItem> = self
+            .skipped
+            .into_iter()
+            .take(MAX_SKIPPED_REPORTED)
+            .map(|(s, _)| s)
+            .collect();
+        if total > MAX_SKIPPED_REPORTED {
+            let kind = out.last().map_or(CatalogKind::Tool, |s| s.kind);
+            out.push(SkippedItem::new(
+                kind,
+                "…",
+                format!("and {} more left out", total - MAX_SKIPPED_REPORTED),
+            ));
+        }
+        out
+    }
+}
+
+/// Lists every page of one kind (each within the upstream timeout, all of them within
+/// it too), admitting each item through `admit`: a repeated cursor or more pages than the
+/// item cap ends the discovery instead of looping.
+async fn list_pages<T, U, Fut>(
+    timeout: Duration,
+    step: &'static str,
+    budget: &mut Budget<'_>,
+    page: impl Fn(Option<String>) -> Fut,
+    mut admit: impl FnMut(&mut Budget<'_>, T) -> Result<Option<U>, FederationError>,
+) -> Result<Vec<U>, FederationError>
+where
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), ServiceError>>,
+{
+    let run = async {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        let mut pages = 0usize;
+        loop {
+            pages += 1;
+            if pages > budget.limits.max_items.saturating_add(1) {
+                return Err(FederationError::Limit {
+                    step,
+                    what: format!("more than {} pages", budget.limits.max_items),
+                });
+            }
+            let (items, next) = match page(cursor.take()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let failure = UpstreamFailure::of(&e);
+                    tracing::info!(step, %failure, error = %chain(&e), "upstream step failed");
+                    return Err(FederationError::Upstream {
+                        step,
+                        reason: failure.to_string(),
+                    });
+                }
+            };
+            for item in items {
+                if let Some(u) = admit(budget, item)? {
+                    out.push(u);
+                }
+            }
+            match next {
+                None => return Ok(out),
+                Some(c) if !seen.insert(c.clone()) => {
+                    return Err(FederationError::Upstream {
+                        step,
+                        reason: "the upstream's pagination repeats a cursor".into(),
+                    });
+                }
+                Some(c) => cursor = Some(c),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Err(FederationError::Timeout { step, timeout }),
+        Ok(r) => r,
     }
 }
 
@@ -257,7 +567,7 @@ impl Federation {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         crate::tls::install_crypto_provider();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let changes = Arc::new(Changes::new(settings.list_changed_interval));
         Arc::new(Self {
             store,
             settings,
@@ -265,8 +575,8 @@ impl Federation {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             refresh_locks: Mutex::new(HashMap::new()),
-            changed_tx: tx,
-            changed_rx: Mutex::new(Some(rx)),
+            changes,
+            started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -279,7 +589,8 @@ impl Federation {
     async fn discover(
         &self,
         gateway_id: Arc<OnceLock<String>>,
-        url: &str,
+        gateway_name: &GatewayName,
+        url: &UpstreamUrl,
         transport: Transport,
         creds: Option<&Credentials>,
     ) -> Result<(Session, Discovered), FederationError> {
@@ -302,16 +613,21 @@ impl Federation {
         })?;
         let handler = UpstreamHandler {
             gateway_id,
-            changed: self.changed_tx.clone(),
+            changes: self.changes.clone(),
+            metrics: self.metrics.clone(),
         };
+        let limits = self.settings.limits;
         let session = match transport {
             Transport::StreamableHttp => {
-                let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                // No single answer may be larger than a whole catalog is allowed to be.
+                config.max_json_response_size = limits.max_total_bytes;
+                config.max_sse_event_size = limits.max_total_bytes;
                 let transport = StreamableHttpClientTransport::with_client(client, config);
                 timed("initialize", t, handler.serve(transport)).await?
             }
             Transport::Sse => {
-                let halves = sse::connect(client, url, t).await?;
+                let halves = sse::connect(client, url.as_str(), t).await?;
                 timed("initialize", t, handler.serve(halves)).await?
             }
         };
@@ -335,29 +651,96 @@ impl Federation {
             ..Default::default()
         };
         let peer = session.peer().clone();
+        let mut budget = Budget::new(limits, gateway_name);
         if caps.tools.is_some() {
-            let tools = timed("tools/list", t, peer.list_all_tools()).await?;
-            d.tools = tools.iter().filter_map(tool_item).collect();
-        }
-        if caps.resources.is_some() {
-            let rs = timed("resources/list", t, peer.list_all_resources()).await?;
-            d.resources = rs
-                .iter()
-                .filter_map(|r| resource_item(to_object(r), false))
-                .collect();
-            let ts = timed(
-                "resources/templates/list",
+            d.tools = list_pages(
                 t,
-                peer.list_all_resource_templates(),
+                "tools/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_tools(Some(PaginatedRequestParams::default().with_cursor(c)))
+                            .await?;
+                        Ok((r.tools, r.next_cursor))
+                    }
+                },
+                |b, tool: rmcp::model::Tool| {
+                    b.admit(CatalogKind::Tool, &tool.name, &tool)
+                        .map(|ok| ok.then(|| tool_item(&tool)))
+                },
             )
             .await?;
-            d.resources
-                .extend(ts.iter().filter_map(|r| resource_item(to_object(r), true)));
+        }
+        if caps.resources.is_some() {
+            d.resources = list_pages(
+                t,
+                "resources/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_resources(Some(PaginatedRequestParams::default().with_cursor(c)))
+                            .await?;
+                        Ok((r.resources, r.next_cursor))
+                    }
+                },
+                |b, r: rmcp::model::Resource| {
+                    b.admit(CatalogKind::Resource, &r.name, &r)
+                        .map(|ok| ok.then(|| resource_item(&r)))
+                },
+            )
+            .await?;
+            let templates = list_pages(
+                t,
+                "resources/templates/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_resource_templates(Some(
+                                PaginatedRequestParams::default().with_cursor(c),
+                            ))
+                            .await?;
+                        Ok((r.resource_templates, r.next_cursor))
+                    }
+                },
+                |b, r: rmcp::model::ResourceTemplate| {
+                    b.admit(CatalogKind::Resource, &r.name, &r)
+                        .map(|ok| ok.then(|| template_item(&r)))
+                },
+            )
+            .await?;
+            d.resources.extend(templates);
         }
         if caps.prompts.is_some() {
-            let ps = timed("prompts/list", t, peer.list_all_prompts()).await?;
-            d.prompts = ps.iter().filter_map(prompt_item).collect();
+            d.prompts = list_pages(
+                t,
+                "prompts/list",
+                &mut budget,
+                |c| {
+                    let peer = peer.clone();
+                    async move {
+                        let r = peer
+                            .list_prompts(Some(PaginatedRequestParams::default().with_cursor(c)))
+                            .await?;
+                        Ok((r.prompts, r.next_cursor))
+                    }
+                },
+                |b, p: rmcp::model::Prompt| {
+                    b.admit(CatalogKind::Prompt, &p.name, &p)
+                        .map(|ok| ok.then(|| prompt_item(&p)))
+                },
+            )
+            .await?;
         }
+        for s in &budget.skipped {
+            self.metrics.discovery_skipped(s.1);
+        }
+        d.skipped = budget.into_skipped();
         Ok((session, d))
     }
 
@@ -371,7 +754,8 @@ impl Federation {
             return;
         }
         let peer = session.peer().clone();
-        let tx = self.changed_tx.clone();
+        let changes = self.changes.clone();
+        let metrics = self.metrics.clone();
         let t = self.settings.timeout;
         tokio::spawn(async move {
             let filter = SubscriptionFilterBuilder::default()
@@ -389,21 +773,10 @@ impl Federation {
             };
             while let Ok(Some(_)) = sub.next().await {
                 if let Some(id) = id.get() {
-                    let _ = tx.send(id.clone());
+                    metrics.list_changed(changes.notify(id).label());
                 }
             }
         });
-    }
-
-    fn credentials(
-        &self,
-        auth: AuthType,
-        sealed: Option<&str>,
-    ) -> Result<Option<Credentials>, FederationError> {
-        match (auth, sealed) {
-            (AuthType::None, _) | (_, None) => Ok(None),
-            (_, Some(s)) => Ok(Some(self.secrets.open_credentials(s)?)),
-        }
     }
 
     /// Registers a gateway: with `discover`, connects and stores it together with its
@@ -414,7 +787,6 @@ impl Federation {
         creds: Option<&Credentials>,
         discover: bool,
     ) -> Result<(Gateway, Option<SyncReport>), FederationError> {
-        crate::store::validate_gateway_name(&g.name)?;
         if !discover {
             check_upstream_url(&g.url, self.settings.ssrf, self.settings.timeout).await?;
             let (gw, _) = self
@@ -426,7 +798,7 @@ impl Federation {
         // The id is not known before the insert; the handler learns it afterwards.
         let id_slot = Arc::new(OnceLock::new());
         let (session, found) = match self
-            .discover(id_slot.clone(), &g.url, g.transport, creds)
+            .discover(id_slot.clone(), &g.name, &g.url, g.transport, creds)
             .await
         {
             Ok(v) => v,
@@ -464,13 +836,18 @@ impl Federation {
         let gw = self.store.get_gateway(id).await?;
         if !gw.enabled {
             self.disconnect(id).await;
-            return Err(FederationError::Disabled(gw.name));
+            return Err(FederationError::Disabled(gw.name.to_string()));
         }
-        let (auth, sealed) = self.store.gateway_auth(id).await?;
-        let creds = self.credentials(auth, sealed.as_deref())?;
+        let creds = self.store.gateway_credentials(id, &self.secrets).await?;
         let id_slot = Arc::new(OnceLock::from(id.to_owned()));
         match self
-            .discover(id_slot.clone(), &gw.url, gw.transport, creds.as_ref())
+            .discover(
+                id_slot.clone(),
+                &gw.name,
+                &gw.url,
+                gw.transport,
+                creds.as_ref(),
+            )
             .await
         {
             Ok((session, found)) => {
@@ -490,20 +867,20 @@ impl Federation {
                 }
                 self.metrics.federation_refresh("ok");
                 if !gw.reachable {
-                    self.note_transition(&gw.name, HealthTransition::BecameReachable);
+                    self.note_transition(gw.name.as_str(), HealthTransition::BecameReachable);
                 }
                 Ok((now, report))
             }
             Err(e) => {
                 self.metrics.federation_refresh(e.label());
                 self.sessions.lock().await.remove(id);
-                let msg = e.to_string();
+                let msg = crate::model::redact_urls(&e.to_string());
                 if let Ok(t) = self
                     .store
                     .record_health(id, false, Some(&msg), self.settings.failure_threshold)
                     .await
                 {
-                    self.note_transition(&gw.name, t);
+                    self.note_transition(gw.name.as_str(), t);
                 }
                 Err(e)
             }
@@ -526,6 +903,7 @@ impl Federation {
 
     /// Forgets the live session of a deleted gateway.
     pub async fn forget(&self, id: &str) {
+        self.changes.forget(id);
         self.sessions.lock().await.remove(id);
         self.refresh_locks.lock().await.remove(id);
     }
@@ -538,6 +916,23 @@ impl Federation {
             tokio::spawn(async move {
                 let _ = session.cancel().await;
             });
+        }
+    }
+
+    /// Stored gateway names that contain the name separator (accepted before it was
+    /// refused, or the separator changed since): each may collide with another gateway's
+    /// exposed names. Warned about at start.
+    pub async fn names_with_separator(&self) -> Vec<String> {
+        match self.store.all_gateways().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|g| g.name.check_separator(&self.settings.separator).is_err())
+                .map(|g| g.name.to_string())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check gateway names for the separator");
+                Vec::new()
+            }
         }
     }
 
@@ -579,7 +974,7 @@ impl Federation {
                 .store
                 .record_health(&gw.id, true, None, self.settings.failure_threshold)
                 .await?;
-            self.note_transition(&gw.name, t);
+            self.note_transition(gw.name.as_str(), t);
             if t == HealthTransition::BecameReachable {
                 self.refresh(&gw.id).await?;
             }
@@ -639,19 +1034,35 @@ impl Federation {
     /// (ticks missed meanwhile are delayed, not stacked). Abort the handle to stop them:
     /// the tasks live in a `JoinSet` owned by the handle's task and die with it.
     pub async fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
-        let rx = self.changed_rx.lock().await.take();
+        for name in self.names_with_separator().await {
+            tracing::warn!(
+                gateway = %name,
+                separator = %self.settings.separator,
+                "gateway name contains the name separator: what it serves may collide with \
+                 another gateway's names; rename it (PUT /gateways/{{id}})"
+            );
+        }
+        let first = !self.started.swap(true, std::sync::atomic::Ordering::SeqCst);
         let me = self.clone();
         tokio::spawn(async move {
-            let Some(rx) = rx else {
+            if !first {
                 tracing::error!("federation loops already started");
                 return;
-            };
+            }
             let mut loops = tokio::task::JoinSet::new();
             loops.spawn(me.clone().health_loop());
             if let Some(every) = me.settings.resync_interval {
                 loops.spawn(me.clone().resync_loop(every));
             }
-            loops.spawn(me.clone().changes_loop(rx));
+            let refresher = me.clone();
+            loops.spawn(me.changes.clone().run(move |id: String| {
+                let me = refresher.clone();
+                async move {
+                    if let Err(e) = me.refresh(&id).await {
+                        tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
+                    }
+                }
+            }));
             while let Some(done) = loops.join_next().await {
                 if let Err(e) = done
                     && e.is_panic()
@@ -680,23 +1091,92 @@ impl Federation {
         }
     }
 
-    async fn changes_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
-        while let Some(id) = rx.recv().await {
-            // Coalesce bursts of notifications into one refresh per gateway.
-            let mut ids = vec![id];
-            while let Ok(more) = rx.try_recv() {
-                if !ids.contains(&more) {
-                    ids.push(more);
-                }
-            }
-            for id in ids {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = me.refresh(&id).await {
-                        tracing::debug!(gateway = %id, error = %e, "list_changed refresh failed");
-                    }
-                });
-            }
+    /// Whether a list_changed rediscovery of the gateway is pending or running.
+    pub fn change_pending(&self, id: &str) -> bool {
+        self.changes.pending(id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An error whose cause is `source`, as transports wrap socket errors.
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport failed for url http://h/mcp?token=s3cret")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[tokio::test]
+    async fn connection_failures_read_alike() {
+        crate::tls::install_crypto_provider();
+        // A real refused connection, as reqwest reports it.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let refused = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/mcp"))
+            .send()
+            .await
+            .unwrap_err();
+        use std::io::ErrorKind as K;
+        let io = |k: K| Wrapped(std::io::Error::from(k));
+        let cases: Vec<(&str, Box<dyn std::error::Error + 'static>, UpstreamFailure)> = vec![
+            (
+                "refused (reqwest)",
+                Box::new(refused),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "refused",
+                Box::new(io(K::ConnectionRefused)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "host unreachable",
+                Box::new(io(K::HostUnreachable)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "network unreachable",
+                Box::new(io(K::NetworkUnreachable)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "reset",
+                Box::new(io(K::ConnectionReset)),
+                UpstreamFailure::Connect,
+            ),
+            (
+                "bad data",
+                Box::new(io(K::InvalidData)),
+                UpstreamFailure::Protocol,
+            ),
+            (
+                "json-rpc error",
+                Box::new(ServiceError::McpError(
+                    rmcp::model::ErrorData::method_not_found::<rmcp::model::ListToolsRequestMethod>(
+                    ),
+                )),
+                UpstreamFailure::JsonRpc(-32601),
+            ),
+        ];
+        for (name, e, want) in &cases {
+            assert_eq!(UpstreamFailure::of(e.as_ref()), *want, "{name}");
         }
+        // What the API shows for each connection failure is one and the same text.
+        let texts: std::collections::HashSet<String> = cases
+            .iter()
+            .filter(|(_, _, w)| *w == UpstreamFailure::Connect)
+            .map(|(_, e, _)| UpstreamFailure::of(e.as_ref()).to_string())
+            .collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        // The log line keeps the detail, with the URL's secrets redacted.
+        let logged = chain(&io(K::ConnectionRefused));
+        assert!(
+            logged.contains("token=***") && !logged.contains("s3cret"),
+            "{logged}"
+        );
     }
 }

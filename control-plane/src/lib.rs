@@ -51,15 +51,21 @@ pub struct ControlPlane {
     pub relay_addr: Option<SocketAddr>,
 }
 
-/// Opens the store (creating the data directory for SQLite) and runs migrations.
+/// Opens the store (creating the data directory for SQLite, 0700) and runs migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     if let Some(dir) = &settings.data_dir {
-        std::fs::create_dir_all(dir)
+        store::prepare_data_dir(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
-    Store::connect(&settings.database_url)
+    let store = Store::connect(&settings.database_url)
         .await
-        .with_context(|| "opening the registry database".to_owned())
+        .with_context(|| "opening the registry database".to_owned())?;
+    // Credentials sealed by versions before the binding to gateway and origin.
+    store
+        .reseal_legacy_credentials(&settings.secrets)
+        .await
+        .with_context(|| "re-sealing stored credentials".to_owned())?;
+    Ok(store)
 }
 
 /// Serves the admin API on `listener` (and xDS on `settings.xds_listen`) until `shutdown`
@@ -128,6 +134,7 @@ pub async fn serve(
         .as_ref()
         .map(|_| AdsServer::new(publisher.sets(), xds_config));
     let mut metrics = Metrics::new();
+    metrics.register_store(store.metrics());
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());
     }

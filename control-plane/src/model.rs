@@ -1,12 +1,57 @@
-//! The registry's domain types and the REST bodies built from them (snake_case JSON).
+//! The registry's domain: what the store keeps and every other module works with.
 //!
-//! Tools, resources and prompts share one stored shape, [`CatalogItem`]: the columns every
-//! kind has, plus a kind-specific `spec` JSON object. The API presents each kind with its own
-//! fields ([`Tool`], [`Resource`], [`Prompt`]); the conversions live here, in one place.
+//! Values enter through one parse each (newtypes in [`names`], [`UpstreamUrl`], the typed
+//! specs in [`spec`]), so a `Gateway` or a `CatalogItem` cannot hold an invalid name, tag or
+//! URL. The REST bodies and views are another layer (`api::types`), converted to and from
+//! these types in one place each; the database rows a third (`store`).
+
+mod names;
+mod spec;
+mod upstream;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use utoipa::{IntoParams, ToSchema};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+pub use names::{
+    GatewayName, ItemName, MAX_GATEWAY_NAME, MAX_ITEM_NAME_BYTES, MAX_TAG, MAX_TAGS, Tag, Tags,
+};
+pub use spec::{
+    CatalogSpec, HttpMethod, IntegrationType, JsonObject, PromptArgument, PromptPatch, PromptSpec,
+    ResourcePatch, ResourceSpec, ToolPatch, ToolSpec,
+};
+pub use upstream::{MAX_URL_BYTES, REDACTED, UpstreamUrl, redact_urls};
+
+/// A value that does not parse: which field, and why (the API answers 422 naming it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldInvalid {
+    /// Field name (JSON path).
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl FieldInvalid {
+    /// A field error.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error under a parent path (`tags[2]` in `tools[0]` → `tools[0].tags[2]`).
+    pub fn at(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        "invalid"
+    }
+}
 
 /// The three catalog kinds a gateway federates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -48,6 +93,20 @@ impl CatalogKind {
             Self::Tool => "tool",
             Self::Resource => "resource",
             Self::Prompt => "prompt",
+        }
+    }
+
+    /// Plural: the API path segment and the export document's key.
+    pub fn plural(self) -> &'static str {
+        self.table()
+    }
+
+    /// The field of a virtual server that lists items of this kind.
+    pub fn server_field(self) -> &'static str {
+        match self {
+            Self::Tool => "associated_tools",
+            Self::Resource => "associated_resources",
+            Self::Prompt => "associated_prompts",
         }
     }
 }
@@ -133,7 +192,7 @@ pub struct HeaderPair {
 }
 
 /// Upstream credentials in clear; only ever held in memory and stored sealed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Credentials {
     /// Bearer token.
@@ -155,6 +214,12 @@ pub enum Credentials {
     },
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials::{:?}(..)", self.auth_type())
+    }
+}
+
 impl Credentials {
     /// The auth type these credentials are for.
     pub fn auth_type(&self) -> AuthType {
@@ -166,26 +231,27 @@ impl Credentials {
     }
 }
 
-/// A registered upstream MCP server (or peer gateway). Credentials are never included.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// A registered upstream MCP server (or peer gateway). Its credentials are not part of it:
+/// they are read, sealed, through `Store::gateway_credentials` only.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     /// Opaque id.
     pub id: String,
     /// Unique name; prefixes the names of everything discovered from it.
-    pub name: String,
-    /// MCP endpoint URL.
-    pub url: String,
+    pub name: GatewayName,
+    /// MCP endpoint.
+    pub url: UpstreamUrl,
     /// Upstream transport.
     pub transport: Transport,
     /// Free text.
     pub description: Option<String>,
-    /// Tags for filtering.
-    pub tags: Vec<String>,
+    /// Tags.
+    pub tags: Tags,
     /// Operator switch.
     pub enabled: bool,
     /// Health: false after `health_failure_threshold` failed checks in a row.
     pub reachable: bool,
-    /// Kind of stored credentials (the credentials themselves are write-only).
+    /// Kind of stored credentials.
     pub auth_type: AuthType,
     /// Capabilities the upstream announced in `initialize`.
     pub capabilities: Option<Value>,
@@ -199,26 +265,93 @@ pub struct Gateway {
     pub last_error: Option<String>,
     /// Failed health checks in a row.
     pub consecutive_failures: i64,
-    /// Discovered items the last discovery run (registration, refresh, resync or
-    /// list_changed) could not store because their exposed name was taken.
+    /// Discovered items the last discovery run could not store because their exposed name
+    /// was taken.
     pub collisions: Vec<Collision>,
+    /// Discovered items the last discovery run left out (invalid name, too large).
+    pub skipped: Vec<SkippedItem>,
     /// Creation time (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
     pub updated_at: String,
-    /// Optimistic-concurrency version; pass it back on update to detect lost updates.
+    /// Optimistic-concurrency version.
     pub version: i64,
 }
 
-/// A stored tool, resource or prompt.
+impl Gateway {
+    /// Whether this gateway may move to `url` as it is: its stored credentials are bound to
+    /// the origin (scheme, host, port) they were given for, and are never carried to another
+    /// one. A move to another origin must bring credentials again, or drop them (field
+    /// `auth_type`).
+    pub fn check_move(&self, url: &UpstreamUrl) -> Result<(), FieldInvalid> {
+        let (from, to) = (self.url.origin(), url.origin());
+        if self.auth_type == AuthType::None || from == to {
+            return Ok(());
+        }
+        Err(FieldInvalid::new(
+            "auth_type",
+            format!(
+                "the URL moves from {from} to {to}: the stored {} credentials were given for {from} \
+                 and are not sent anywhere else; give them again (auth_type with its auth_* \
+                 fields), or auth_type none to drop them",
+                self.auth_type.as_str()
+            ),
+        ))
+    }
+}
+
+/// A new gateway as the store inserts it. The id is chosen before the insert, because
+/// credentials are sealed to it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CatalogItem {
-    /// Which kind.
-    pub kind: CatalogKind,
+pub struct NewGateway {
+    /// Id (`store::new_id`).
+    pub id: String,
+    /// Name.
+    pub name: GatewayName,
+    /// URL.
+    pub url: UpstreamUrl,
+    /// Transport.
+    pub transport: Transport,
+    /// Free text.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Tags,
+    /// Operator switch.
+    pub enabled: bool,
+    /// Credential kind.
+    pub auth_type: AuthType,
+    /// Sealed credentials.
+    pub auth_sealed: Option<String>,
+}
+
+/// A partial gateway update, as the store applies it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayPatch {
+    /// New name.
+    pub name: Option<GatewayName>,
+    /// New URL.
+    pub url: Option<UpstreamUrl>,
+    /// New transport.
+    pub transport: Option<Transport>,
+    /// New description.
+    pub description: Option<String>,
+    /// New tags.
+    pub tags: Option<Tags>,
+    /// New operator switch.
+    pub enabled: Option<bool>,
+    /// New credentials: `Some((type, sealed))`.
+    pub auth: Option<(AuthType, Option<String>)>,
+    /// Expected current version.
+    pub expected_version: Option<i64>,
+}
+
+/// A stored tool, resource or prompt; `S` is its kind's spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogItem<S> {
     /// Opaque id.
     pub id: String,
     /// Unique (per kind) exposed name: `{gateway}{sep}{original_name}` for discovered items.
-    pub name: String,
+    pub name: ItemName,
     /// Name at the upstream.
     pub original_name: String,
     /// Owning gateway; `None` for items defined by hand.
@@ -227,10 +360,10 @@ pub struct CatalogItem {
     pub uri: Option<String>,
     /// Free text.
     pub description: Option<String>,
-    /// Kind-specific fields (JSON object).
-    pub spec: Map<String, Value>,
+    /// Kind-specific fields.
+    pub spec: S,
     /// Tags.
-    pub tags: Vec<String>,
+    pub tags: Tags,
     /// Operator switch.
     pub enabled: bool,
     /// Health of the owning gateway.
@@ -245,9 +378,9 @@ pub struct CatalogItem {
 
 /// A new catalog item, before it gets an id.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NewItem {
+pub struct NewItem<S> {
     /// Exposed name.
-    pub name: String,
+    pub name: ItemName,
     /// Upstream name (equal to `name` for items defined by hand).
     pub original_name: String,
     /// Owning gateway.
@@ -257,45 +390,87 @@ pub struct NewItem {
     /// Free text.
     pub description: Option<String>,
     /// Kind-specific fields.
-    pub spec: Map<String, Value>,
+    pub spec: S,
     /// Tags.
-    pub tags: Vec<String>,
+    pub tags: Tags,
     /// Operator switch.
     pub enabled: bool,
 }
 
-/// A partial update of a catalog item; `None` leaves a field unchanged.
+/// How an update changes an item's spec.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ItemPatch {
+pub enum SpecChange<S: CatalogSpec> {
+    /// Leave it.
+    #[default]
+    Keep,
+    /// Apply a partial change (to the row as it is when the update runs).
+    Merge(S::Patch),
+    /// Replace it whole (an import).
+    Replace(S),
+}
+
+impl<S: CatalogSpec> SpecChange<S> {
+    /// `Merge(patch)`, or `Keep` when the patch changes nothing.
+    pub fn merge(patch: S::Patch) -> Self {
+        if S::patch_is_empty(&patch) {
+            Self::Keep
+        } else {
+            Self::Merge(patch)
+        }
+    }
+
+    /// Whether the spec stays as it is.
+    pub fn is_keep(&self) -> bool {
+        matches!(self, Self::Keep)
+    }
+}
+
+/// A partial update of a catalog item; `None` leaves a field unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemPatch<S: CatalogSpec> {
     /// New exposed name.
-    pub name: Option<String>,
+    pub name: Option<ItemName>,
     /// New URI (resources).
     pub uri: Option<String>,
     /// New description.
     pub description: Option<String>,
-    /// Fields merged into `spec` (a `null` value removes the field).
-    pub spec: Map<String, Value>,
+    /// The spec's change.
+    pub spec: SpecChange<S>,
     /// New tags.
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<Tags>,
     /// New operator switch.
     pub enabled: Option<bool>,
     /// Fail with a conflict unless the stored version equals this.
     pub expected_version: Option<i64>,
 }
 
+impl<S: CatalogSpec> Default for ItemPatch<S> {
+    fn default() -> Self {
+        ItemPatch {
+            name: None,
+            uri: None,
+            description: None,
+            spec: SpecChange::Keep,
+            tags: None,
+            enabled: None,
+            expected_version: None,
+        }
+    }
+}
+
 /// A virtual server: chosen tools, resources and prompts exposed as one MCP endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     /// Opaque id (the `{id}` in `/servers/{id}/mcp`).
     pub id: String,
     /// Unique name.
-    pub name: String,
+    pub name: ItemName,
     /// Free text.
     pub description: Option<String>,
     /// Icon URL.
     pub icon: Option<String>,
     /// Tags.
-    pub tags: Vec<String>,
+    pub tags: Tags,
     /// Operator switch.
     pub enabled: bool,
     /// Tool ids.
@@ -312,8 +487,67 @@ pub struct Server {
     pub version: i64,
 }
 
-/// One page of a list (the API documents one concrete page type per kind).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A new virtual server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewServer {
+    /// Unique name.
+    pub name: ItemName,
+    /// Free text.
+    pub description: Option<String>,
+    /// Icon URL.
+    pub icon: Option<String>,
+    /// Tags.
+    pub tags: Tags,
+    /// Operator switch.
+    pub enabled: bool,
+    /// Tool ids.
+    pub tools: Vec<String>,
+    /// Resource ids.
+    pub resources: Vec<String>,
+    /// Prompt ids.
+    pub prompts: Vec<String>,
+}
+
+/// A partial server update; association lists replace the stored ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerPatch {
+    /// New name.
+    pub name: Option<ItemName>,
+    /// New description.
+    pub description: Option<String>,
+    /// New icon.
+    pub icon: Option<String>,
+    /// New tags.
+    pub tags: Option<Tags>,
+    /// New switch.
+    pub enabled: Option<bool>,
+    /// New tool set.
+    pub tools: Option<Vec<String>>,
+    /// New resource set.
+    pub resources: Option<Vec<String>>,
+    /// New prompt set.
+    pub prompts: Option<Vec<String>>,
+    /// Expected current version.
+    pub expected_version: Option<i64>,
+}
+
+/// Filters and paging of a list, as the store runs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size (1..=500, default 50).
+    pub limit: Option<u32>,
+    /// Entries with any of these tags (none: all).
+    pub tags: Tags,
+    /// Only items of this gateway (catalog kinds only).
+    pub gateway_id: Option<String>,
+    /// Only enabled (`true`) or disabled (`false`) entries.
+    pub enabled: Option<bool>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     /// The items of this page, ordered by name.
     pub items: Vec<T>,
@@ -321,548 +555,18 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Filters and paging shared by every list endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Opaque cursor from a previous page's `next_cursor`.
-    pub cursor: Option<String>,
-    /// Page size (1..=500, default 50).
-    pub limit: Option<u32>,
-    /// Comma-separated tags; an item matches when it has any of them.
-    pub tags: Option<String>,
-    /// Only items of this gateway (catalog kinds only).
-    pub gateway_id: Option<String>,
-    /// Only enabled (`true`) or disabled (`false`) entries.
-    pub enabled: Option<bool>,
-    /// ContextForge compatibility: when `false`, same as `enabled=true`.
-    pub include_inactive: Option<bool>,
-}
-
-// ---- REST bodies --------------------------------------------------------------------
-
-/// Body of `POST /gateways`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayCreate {
-    /// Unique name: letters, digits, `-`, `_`, `.` (1..=64).
-    pub name: String,
-    /// MCP endpoint URL (http or https).
-    pub url: String,
-    /// Upstream transport (default streamable_http).
-    #[serde(default)]
-    pub transport: Transport,
-    /// Free text.
-    pub description: Option<String>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Operator switch (default true).
-    pub enabled: Option<bool>,
-    /// Credential kind (default none).
-    #[serde(default)]
-    pub auth_type: AuthType,
-    /// Bearer token (auth_type bearer).
-    pub auth_token: Option<String>,
-    /// User name (auth_type basic).
-    pub auth_username: Option<String>,
-    /// Password (auth_type basic).
-    pub auth_password: Option<String>,
-    /// Headers (auth_type headers).
-    pub auth_headers: Option<Vec<HeaderPair>>,
-    /// Connect and discover now (default true). When false the gateway is stored as is
-    /// and discovered by the next refresh.
-    pub discover: Option<bool>,
-}
-
-/// Body of `PUT /gateways/{id}`: every field optional.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayUpdate {
-    /// New name (discovered items are renamed on the next refresh).
-    pub name: Option<String>,
-    /// New URL.
-    pub url: Option<String>,
-    /// New transport.
-    pub transport: Option<Transport>,
-    /// New description.
-    pub description: Option<String>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New operator switch.
-    pub enabled: Option<bool>,
-    /// New credential kind; with it the matching credential fields.
-    pub auth_type: Option<AuthType>,
-    /// Bearer token.
-    pub auth_token: Option<String>,
-    /// User name.
-    pub auth_username: Option<String>,
-    /// Password.
-    pub auth_password: Option<String>,
-    /// Headers.
-    pub auth_headers: Option<Vec<HeaderPair>>,
-    /// Expected current version (optimistic concurrency).
-    pub version: Option<i64>,
-}
-
-/// A partial gateway update, as the store applies it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GatewayPatch {
-    /// New name.
-    pub name: Option<String>,
-    /// New URL.
-    pub url: Option<String>,
-    /// New transport.
-    pub transport: Option<Transport>,
-    /// New description.
-    pub description: Option<String>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New operator switch.
-    pub enabled: Option<bool>,
-    /// New credentials: `Some((type, sealed))`.
-    pub auth: Option<(AuthType, Option<String>)>,
-    /// Expected current version.
-    pub expected_version: Option<i64>,
-}
-
-/// A new gateway as the store inserts it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewGateway {
-    /// Name.
-    pub name: String,
-    /// URL.
-    pub url: String,
-    /// Transport.
-    pub transport: Transport,
-    /// Free text.
-    pub description: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Operator switch.
-    pub enabled: bool,
-    /// Credential kind.
-    pub auth_type: AuthType,
-    /// Sealed credentials.
-    pub auth_sealed: Option<String>,
-}
-
-/// A tool as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Tool {
-    /// Opaque id.
-    pub id: String,
-    /// Unique exposed name.
-    pub name: String,
-    /// Name at the upstream.
-    pub original_name: String,
-    /// Owning gateway (absent for tools defined by hand).
-    pub gateway_id: Option<String>,
-    /// Free text.
-    pub description: Option<String>,
-    /// Human title.
-    pub title: Option<String>,
-    /// JSON Schema of the arguments.
-    pub input_schema: Value,
-    /// JSON Schema of structured results.
-    pub output_schema: Option<Value>,
-    /// MCP tool annotations.
-    pub annotations: Option<Value>,
-    /// `MCP` for discovered tools, `REST` for tools defined by hand over a REST endpoint.
-    pub integration_type: String,
-    /// REST endpoint (integration_type REST).
-    pub url: Option<String>,
-    /// HTTP method (integration_type REST).
-    pub request_type: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Operator switch.
-    pub enabled: bool,
-    /// Health of the owning gateway.
-    pub reachable: bool,
-    /// Creation time.
-    pub created_at: String,
-    /// Last change.
-    pub updated_at: String,
-    /// Optimistic-concurrency version.
-    pub version: i64,
-}
-
-/// A resource or resource template as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Resource {
-    /// Opaque id.
-    pub id: String,
-    /// Unique exposed name.
-    pub name: String,
-    /// Name at the upstream.
-    pub original_name: String,
-    /// Owning gateway.
-    pub gateway_id: Option<String>,
-    /// URI, or URI template when `is_template`.
-    pub uri: String,
-    /// True for resource templates (RFC 6570 URI).
-    pub is_template: bool,
-    /// Free text.
-    pub description: Option<String>,
-    /// Human title.
-    pub title: Option<String>,
-    /// MIME type.
-    pub mime_type: Option<String>,
-    /// Size in bytes, if the upstream said.
-    pub size: Option<i64>,
-    /// Literal content for resources defined by hand.
-    pub content: Option<String>,
-    /// MCP annotations.
-    pub annotations: Option<Value>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Operator switch.
-    pub enabled: bool,
-    /// Health of the owning gateway.
-    pub reachable: bool,
-    /// Creation time.
-    pub created_at: String,
-    /// Last change.
-    pub updated_at: String,
-    /// Optimistic-concurrency version.
-    pub version: i64,
-}
-
-/// A prompt as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Prompt {
-    /// Opaque id.
-    pub id: String,
-    /// Unique exposed name.
-    pub name: String,
-    /// Name at the upstream.
-    pub original_name: String,
-    /// Owning gateway.
-    pub gateway_id: Option<String>,
-    /// Free text.
-    pub description: Option<String>,
-    /// Human title.
-    pub title: Option<String>,
-    /// Prompt arguments (MCP `PromptArgument` objects).
-    pub arguments: Vec<Value>,
-    /// Template text for prompts defined by hand.
-    pub template: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Operator switch.
-    pub enabled: bool,
-    /// Health of the owning gateway.
-    pub reachable: bool,
-    /// Creation time.
-    pub created_at: String,
-    /// Last change.
-    pub updated_at: String,
-    /// Optimistic-concurrency version.
-    pub version: i64,
-}
-
-fn spec_str(spec: &Map<String, Value>, key: &str) -> Option<String> {
-    spec.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn spec_value(spec: &Map<String, Value>, key: &str) -> Option<Value> {
-    spec.get(key).filter(|v| !v.is_null()).cloned()
-}
-
-impl From<CatalogItem> for Tool {
-    fn from(i: CatalogItem) -> Self {
-        Tool {
-            title: spec_str(&i.spec, "title"),
-            input_schema: spec_value(&i.spec, "input_schema")
-                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
-            output_schema: spec_value(&i.spec, "output_schema"),
-            annotations: spec_value(&i.spec, "annotations"),
-            integration_type: spec_str(&i.spec, "integration_type")
-                .unwrap_or_else(|| "MCP".to_owned()),
-            url: spec_str(&i.spec, "url"),
-            request_type: spec_str(&i.spec, "request_type"),
-            id: i.id,
-            name: i.name,
-            original_name: i.original_name,
-            gateway_id: i.gateway_id,
-            description: i.description,
-            tags: i.tags,
-            enabled: i.enabled,
-            reachable: i.reachable,
-            created_at: i.created_at,
-            updated_at: i.updated_at,
-            version: i.version,
+impl<T> Page<T> {
+    /// The same page with its items converted.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
         }
     }
-}
-
-impl From<CatalogItem> for Resource {
-    fn from(i: CatalogItem) -> Self {
-        Resource {
-            is_template: i
-                .spec
-                .get("is_template")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            title: spec_str(&i.spec, "title"),
-            mime_type: spec_str(&i.spec, "mime_type"),
-            size: i.spec.get("size").and_then(Value::as_i64),
-            content: spec_str(&i.spec, "content"),
-            annotations: spec_value(&i.spec, "annotations"),
-            uri: i.uri.unwrap_or_default(),
-            id: i.id,
-            name: i.name,
-            original_name: i.original_name,
-            gateway_id: i.gateway_id,
-            description: i.description,
-            tags: i.tags,
-            enabled: i.enabled,
-            reachable: i.reachable,
-            created_at: i.created_at,
-            updated_at: i.updated_at,
-            version: i.version,
-        }
-    }
-}
-
-impl From<CatalogItem> for Prompt {
-    fn from(i: CatalogItem) -> Self {
-        Prompt {
-            title: spec_str(&i.spec, "title"),
-            arguments: i
-                .spec
-                .get("arguments")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            template: spec_str(&i.spec, "template"),
-            id: i.id,
-            name: i.name,
-            original_name: i.original_name,
-            gateway_id: i.gateway_id,
-            description: i.description,
-            tags: i.tags,
-            enabled: i.enabled,
-            reachable: i.reachable,
-            created_at: i.created_at,
-            updated_at: i.updated_at,
-            version: i.version,
-        }
-    }
-}
-
-/// Body of `POST /tools` (a tool defined by hand).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ToolCreate {
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Human title.
-    pub title: Option<String>,
-    /// JSON Schema of the arguments (default `{"type":"object"}`).
-    pub input_schema: Option<Value>,
-    /// JSON Schema of structured results.
-    pub output_schema: Option<Value>,
-    /// MCP annotations.
-    pub annotations: Option<Value>,
-    /// `REST` (default) or `MCP`.
-    pub integration_type: Option<String>,
-    /// REST endpoint.
-    pub url: Option<String>,
-    /// HTTP method for REST tools (default POST).
-    pub request_type: Option<String>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Operator switch (default true).
-    pub enabled: Option<bool>,
-}
-
-/// Body of `PUT /tools/{id}`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ToolUpdate {
-    /// New name.
-    pub name: Option<String>,
-    /// New description.
-    pub description: Option<String>,
-    /// New title.
-    pub title: Option<String>,
-    /// New input schema.
-    pub input_schema: Option<Value>,
-    /// New output schema.
-    pub output_schema: Option<Value>,
-    /// New annotations.
-    pub annotations: Option<Value>,
-    /// New REST endpoint.
-    pub url: Option<String>,
-    /// New HTTP method.
-    pub request_type: Option<String>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New operator switch.
-    pub enabled: Option<bool>,
-    /// Expected current version.
-    pub version: Option<i64>,
-}
-
-/// Body of `POST /resources`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceCreate {
-    /// Unique name.
-    pub name: String,
-    /// URI (or template when `is_template`).
-    pub uri: String,
-    /// Template flag.
-    #[serde(default)]
-    pub is_template: bool,
-    /// Free text.
-    pub description: Option<String>,
-    /// Human title.
-    pub title: Option<String>,
-    /// MIME type.
-    pub mime_type: Option<String>,
-    /// Literal content served for this resource.
-    pub content: Option<String>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Operator switch (default true).
-    pub enabled: Option<bool>,
-}
-
-/// Body of `PUT /resources/{id}`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceUpdate {
-    /// New name.
-    pub name: Option<String>,
-    /// New URI.
-    pub uri: Option<String>,
-    /// New description.
-    pub description: Option<String>,
-    /// New title.
-    pub title: Option<String>,
-    /// New MIME type.
-    pub mime_type: Option<String>,
-    /// New content.
-    pub content: Option<String>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New operator switch.
-    pub enabled: Option<bool>,
-    /// Expected current version.
-    pub version: Option<i64>,
-}
-
-/// Body of `POST /prompts`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PromptCreate {
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Human title.
-    pub title: Option<String>,
-    /// Template text.
-    pub template: Option<String>,
-    /// Arguments (`{name, description, required}` objects).
-    #[serde(default)]
-    pub arguments: Vec<Value>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Operator switch (default true).
-    pub enabled: Option<bool>,
-}
-
-/// Body of `PUT /prompts/{id}`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PromptUpdate {
-    /// New name.
-    pub name: Option<String>,
-    /// New description.
-    pub description: Option<String>,
-    /// New title.
-    pub title: Option<String>,
-    /// New template.
-    pub template: Option<String>,
-    /// New arguments.
-    pub arguments: Option<Vec<Value>>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New operator switch.
-    pub enabled: Option<bool>,
-    /// Expected current version.
-    pub version: Option<i64>,
-}
-
-/// Body of `POST /servers`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ServerCreate {
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Icon URL.
-    pub icon: Option<String>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Operator switch (default true).
-    pub enabled: Option<bool>,
-    /// Tool ids.
-    #[serde(default)]
-    pub associated_tools: Vec<String>,
-    /// Resource ids.
-    #[serde(default)]
-    pub associated_resources: Vec<String>,
-    /// Prompt ids.
-    #[serde(default)]
-    pub associated_prompts: Vec<String>,
-}
-
-/// Body of `PUT /servers/{id}`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ServerUpdate {
-    /// New name.
-    pub name: Option<String>,
-    /// New description.
-    pub description: Option<String>,
-    /// New icon.
-    pub icon: Option<String>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New operator switch.
-    pub enabled: Option<bool>,
-    /// Replaces the tool set.
-    pub associated_tools: Option<Vec<String>>,
-    /// Replaces the resource set.
-    pub associated_resources: Option<Vec<String>>,
-    /// Replaces the prompt set.
-    pub associated_prompts: Option<Vec<String>>,
-    /// Expected current version.
-    pub version: Option<i64>,
-}
-
-/// `?activate=` of the state endpoints (ContextForge's toggle).
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StateQuery {
-    /// true enables, false disables.
-    pub activate: bool,
 }
 
 /// What a discovery run changed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SyncReport {
     /// Items inserted.
     pub added: u32,
@@ -874,33 +578,103 @@ pub struct SyncReport {
     pub unchanged: u32,
     /// Items not stored because their exposed name is taken by another owner.
     pub collisions: Vec<Collision>,
+    /// Items left out: a name the API would refuse, or a definition over the size limit.
+    pub skipped: Vec<SkippedItem>,
 }
 
-/// A discovered item whose exposed name is already taken.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A discovered item left out of the catalog, and why (stored on the gateway as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedItem {
+    /// Kind of the item.
+    pub kind: CatalogKind,
+    /// Its name at the upstream, made printable (control characters escaped, at most 128
+    /// characters): it is whatever the upstream sent.
+    pub name: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+impl SkippedItem {
+    /// An item left out; `raw_name` is made printable.
+    pub fn new(kind: CatalogKind, raw_name: &str, reason: impl Into<String>) -> Self {
+        let escaped: String = raw_name.escape_debug().collect();
+        let name = if escaped.chars().count() > 128 {
+            format!("{}…", escaped.chars().take(127).collect::<String>())
+        } else {
+            escaped
+        };
+        SkippedItem {
+            kind,
+            name,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A discovered item whose exposed name is already taken (stored on the gateway as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Collision {
     /// Kind of the item.
     pub kind: CatalogKind,
     /// Exposed name that is taken.
     pub name: String,
-    /// Owner of the existing item (gateway id), absent when defined by hand. The
-    /// gateway's own id when the upstream listed the name twice (e.g. a resource and a
-    /// resource template with the same name): the first one listed is kept.
+    /// Owner of the existing item (gateway id), `None` when defined by hand; the gateway's
+    /// own id when the upstream listed the name twice.
     pub existing_gateway_id: Option<String>,
 }
 
-/// Answer of `POST /gateways` and `POST /gateways/{id}/refresh`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct GatewaySync {
-    /// The gateway after the run.
-    pub gateway: Gateway,
-    /// What changed (absent when discovery was skipped).
-    pub sync: Option<SyncReport>,
+/// One item as an upstream listed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveredItem<S> {
+    /// Name at the upstream.
+    pub original_name: String,
+    /// Resource URI or template.
+    pub uri: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Kind-specific fields.
+    pub spec: S,
 }
 
-/// Current registry version.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RegistryVersion {
-    /// Monotonic counter bumped in the transaction of every registry change.
-    pub registry_version: i64,
+/// Everything one discovery run found at an upstream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Discovered {
+    /// Tools.
+    pub tools: Vec<DiscoveredItem<ToolSpec>>,
+    /// Resources and resource templates.
+    pub resources: Vec<DiscoveredItem<ResourceSpec>>,
+    /// Prompts.
+    pub prompts: Vec<DiscoveredItem<PromptSpec>>,
+    /// `capabilities` from `initialize`.
+    pub capabilities: Option<Value>,
+    /// `serverInfo` from `initialize`.
+    pub server_info: Option<Value>,
+    /// Negotiated protocol version.
+    pub protocol_version: Option<String>,
+    /// Items listed but left out before the merge (invalid upstream name, too large).
+    pub skipped: Vec<SkippedItem>,
+}
+
+/// The discovered items of one kind.
+pub trait DiscoveredKind: CatalogSpec {
+    /// This kind's items in a discovery run.
+    fn of(d: &Discovered) -> &[DiscoveredItem<Self>];
+}
+
+impl DiscoveredKind for ToolSpec {
+    fn of(d: &Discovered) -> &[DiscoveredItem<Self>] {
+        &d.tools
+    }
+}
+
+impl DiscoveredKind for ResourceSpec {
+    fn of(d: &Discovered) -> &[DiscoveredItem<Self>] {
+        &d.resources
+    }
+}
+
+impl DiscoveredKind for PromptSpec {
+    fn of(d: &Discovered) -> &[DiscoveredItem<Self>] {
+        &d.prompts
+    }
 }

@@ -17,7 +17,7 @@ use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use serde_json::{Map, Value};
 
 use crate::crypto::SecretBox;
-use crate::model::{CatalogItem, CatalogKind, Gateway, Server};
+use crate::model::{CatalogItem, CatalogSpec, Gateway, PromptSpec, ResourceSpec, Server, ToolSpec};
 use crate::store::{Store, StoreError};
 
 /// How often [`RegistryView::read`] retries when writes land while it reads.
@@ -36,11 +36,11 @@ pub struct RegistryView {
     /// All gateways.
     pub gateways: Vec<Gateway>,
     /// All tools, ordered by name.
-    pub tools: Vec<CatalogItem>,
+    pub tools: Vec<CatalogItem<ToolSpec>>,
     /// All resources and resource templates, ordered by name.
-    pub resources: Vec<CatalogItem>,
+    pub resources: Vec<CatalogItem<ResourceSpec>>,
     /// All prompts, ordered by name.
-    pub prompts: Vec<CatalogItem>,
+    pub prompts: Vec<CatalogItem<PromptSpec>>,
     /// All virtual servers.
     pub servers: Vec<Server>,
 }
@@ -56,9 +56,9 @@ impl RegistryView {
             let view = RegistryView {
                 version: before,
                 gateways: store.all_gateways().await?,
-                tools: store.all_items(CatalogKind::Tool).await?,
-                resources: store.all_items(CatalogKind::Resource).await?,
-                prompts: store.all_items(CatalogKind::Prompt).await?,
+                tools: store.all_items().await?,
+                resources: store.all_items().await?,
+                prompts: store.all_items().await?,
                 servers: store.all_servers().await?,
             };
             let after = store.registry_version().await?;
@@ -125,11 +125,10 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             ((*id).to_owned(), u)
         })
         .collect();
-    let servable = |item: &CatalogItem| {
-        item.enabled
-            && item.reachable
-            && item
-                .gateway_id
+    let servable = |enabled: bool, reachable: bool, gateway_id: &Option<String>| {
+        enabled
+            && reachable
+            && gateway_id
                 .as_deref()
                 .is_some_and(|id| live.contains_key(id))
     };
@@ -139,7 +138,7 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
         let resources: HashSet<&str> = s.associated_resources.iter().map(String::as_str).collect();
         let prompts: HashSet<&str> = s.associated_prompts.iter().map(String::as_str).collect();
         let mut server = VirtualServer {
-            name: s.name.clone(),
+            name: s.name.to_string(),
             version: view.version.to_string(),
             instructions: s.description.clone(),
             tools: Vec::new(),
@@ -149,7 +148,7 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             allowed_origins: Vec::new(),
         };
         for item in view.tools.iter().filter(|i| tools.contains(i.id.as_str())) {
-            if servable(item) {
+            if servable(item.enabled, item.reachable, &item.gateway_id) {
                 server.tools.push(entry(item, render_tool(item))?);
             }
         }
@@ -160,7 +159,7 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             .iter()
             .filter(|i| resources.contains(i.id.as_str()))
         {
-            if !servable(item) {
+            if !servable(item.enabled, item.reachable, &item.gateway_id) {
                 continue;
             }
             let Some(uri) = item.uri.clone() else {
@@ -178,7 +177,7 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             let mut e = entry(item, render_resource(item, &uri))?;
             e.name.clone_from(&uri);
             e.upstream_name = uri;
-            if is_template(item) {
+            if item.spec.is_template {
                 server.resource_templates.push(e);
             } else {
                 server.resources.push(e);
@@ -189,7 +188,7 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             .iter()
             .filter(|i| prompts.contains(i.id.as_str()))
         {
-            if servable(item) {
+            if servable(item.enabled, item.reachable, &item.gateway_id) {
                 server.prompts.push(entry(item, render_prompt(item))?);
             }
         }
@@ -210,11 +209,14 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
     Ok(snapshot)
 }
 
-fn entry(item: &CatalogItem, rendered: Map<String, Value>) -> Result<Entry, StoreError> {
+fn entry<S: CatalogSpec>(
+    item: &CatalogItem<S>,
+    rendered: Map<String, Value>,
+) -> Result<Entry, StoreError> {
     let item_json = RawJson::to_raw(&rendered)
-        .map_err(|e| StoreError::Corrupt(format!("{} {}: {e}", item.kind.label(), item.id)))?;
+        .map_err(|e| StoreError::Corrupt(format!("{} {}: {e}", S::KIND.label(), item.id)))?;
     Ok(Entry {
-        name: item.name.clone(),
+        name: item.name.to_string(),
         // `servable` admitted only items with a gateway.
         upstream: item.gateway_id.clone().unwrap_or_default(),
         upstream_name: item.original_name.clone(),
@@ -222,70 +224,93 @@ fn entry(item: &CatalogItem, rendered: Map<String, Value>) -> Result<Entry, Stor
     })
 }
 
-fn is_template(item: &CatalogItem) -> bool {
-    item.spec
-        .get("is_template")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
-/// Copies `spec[from]` (snake_case, as stored) to `out[to]` (MCP's camelCase).
-fn copy(spec: &Map<String, Value>, from: &str, out: &mut Map<String, Value>, to: &str) {
-    if let Some(v) = spec.get(from).filter(|v| !v.is_null()) {
-        out.insert(to.to_owned(), v.clone());
+/// Inserts `v` under `key` when present (MCP's camelCase keys).
+fn put(out: &mut Map<String, Value>, key: &str, v: Option<Value>) {
+    if let Some(v) = v.filter(|v| !v.is_null()) {
+        out.insert(key.to_owned(), v);
     }
 }
 
-fn common(item: &CatalogItem, out: &mut Map<String, Value>) {
-    copy(&item.spec, "title", out, "title");
-    if let Some(d) = &item.description {
-        out.insert("description".into(), Value::from(d.as_str()));
-    }
-    copy(&item.spec, "annotations", out, "annotations");
-    copy(&item.spec, "icons", out, "icons");
-    copy(&item.spec, "meta", out, "_meta");
+/// The fields every kind's list entry shares.
+fn common(
+    out: &mut Map<String, Value>,
+    title: &Option<String>,
+    description: &Option<String>,
+    annotations: &Option<Value>,
+    icons: &Option<Value>,
+    meta: &Option<Value>,
+) {
+    put(out, "title", title.clone().map(Value::from));
+    put(out, "description", description.clone().map(Value::from));
+    put(out, "annotations", annotations.clone());
+    put(out, "icons", icons.clone());
+    put(out, "_meta", meta.clone());
 }
 
 /// A `tools/list` entry.
-fn render_tool(item: &CatalogItem) -> Map<String, Value> {
+fn render_tool(item: &CatalogItem<ToolSpec>) -> Map<String, Value> {
+    let s = &item.spec;
     let mut out = Map::new();
     out.insert("name".into(), Value::from(item.name.as_str()));
-    common(item, &mut out);
-    let schema = item
-        .spec
-        .get("input_schema")
-        .filter(|v| v.is_object())
-        .cloned()
-        .unwrap_or_else(|| serde_json::json!({"type": "object"}));
-    out.insert("inputSchema".into(), schema);
-    copy(&item.spec, "output_schema", &mut out, "outputSchema");
+    common(
+        &mut out,
+        &s.title,
+        &item.description,
+        &s.annotations,
+        &s.icons,
+        &s.meta,
+    );
+    out.insert("inputSchema".into(), Value::Object(s.input_schema.clone()));
+    put(
+        &mut out,
+        "outputSchema",
+        s.output_schema.clone().map(Value::Object),
+    );
     out
 }
 
 /// A `resources/list` or `resources/templates/list` entry.
-fn render_resource(item: &CatalogItem, uri: &str) -> Map<String, Value> {
+fn render_resource(item: &CatalogItem<ResourceSpec>, uri: &str) -> Map<String, Value> {
+    let s = &item.spec;
     let mut out = Map::new();
-    let key = if is_template(item) {
-        "uriTemplate"
-    } else {
-        "uri"
-    };
+    let key = if s.is_template { "uriTemplate" } else { "uri" };
     out.insert(key.into(), Value::from(uri));
     out.insert("name".into(), Value::from(item.name.as_str()));
-    common(item, &mut out);
-    copy(&item.spec, "mime_type", &mut out, "mimeType");
-    if !is_template(item) {
-        copy(&item.spec, "size", &mut out, "size");
+    common(
+        &mut out,
+        &s.title,
+        &item.description,
+        &s.annotations,
+        &s.icons,
+        &s.meta,
+    );
+    put(&mut out, "mimeType", s.mime_type.clone().map(Value::from));
+    if !s.is_template {
+        put(&mut out, "size", s.size.map(Value::from));
     }
     out
 }
 
 /// A `prompts/list` entry.
-fn render_prompt(item: &CatalogItem) -> Map<String, Value> {
+fn render_prompt(item: &CatalogItem<PromptSpec>) -> Map<String, Value> {
+    let s = &item.spec;
     let mut out = Map::new();
     out.insert("name".into(), Value::from(item.name.as_str()));
-    common(item, &mut out);
-    copy(&item.spec, "arguments", &mut out, "arguments");
+    common(
+        &mut out,
+        &s.title,
+        &item.description,
+        &None,
+        &s.icons,
+        &s.meta,
+    );
+    put(
+        &mut out,
+        "arguments",
+        s.arguments
+            .as_ref()
+            .and_then(|a| serde_json::to_value(a).ok()),
+    );
     out
 }
 

@@ -10,6 +10,11 @@
 //! transactions race for the write lock (and fail with `SQLITE_BUSY` on upgrade) writers
 //! queue on an in-process mutex. PostgreSQL writers run concurrently; lost updates are
 //! caught by the optimistic `version` column and duplicate names by UNIQUE constraints.
+//!
+//! Rows are parsed into the domain types (`crate::model`) here, once. A row that does not
+//! parse (written by hand, by an older version with looser rules, or damaged) is skipped by
+//! every list with a warning and the `mcpgw_store_rows_skipped_total` metric: one bad row
+//! degrades one entry, never a whole list or a snapshot build.
 
 mod catalog;
 mod gateways;
@@ -18,18 +23,18 @@ mod servers;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, watch};
 
-pub use catalog::{Discovered, DiscoveredItem};
 pub(crate) use catalog::{insert_item, item_id_by_name, update_item_tx, validate_uri};
 pub use gateways::HealthTransition;
-pub(crate) use gateways::validate_url;
-pub use servers::{NewServer, ServerPatch};
 
-use crate::model::{ListQuery, Page};
+pub use crate::model::{Discovered, DiscoveredItem, NewServer, ServerPatch};
+use crate::model::{FieldInvalid, ListFilter, Page, Tags};
 
 /// Largest page a list returns.
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -80,9 +85,21 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// Stored credentials do not open for their gateway and origin.
+    #[error(transparent)]
+    Sealed(#[from] crate::crypto::CryptoError),
     /// Database failure.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<FieldInvalid> for StoreError {
+    fn from(e: FieldInvalid) -> Self {
+        StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
 }
 
 impl StoreError {
@@ -102,6 +119,7 @@ impl StoreError {
             Self::VersionConflict { .. } => "version_conflict",
             Self::Invalid { .. } => "invalid",
             Self::Corrupt(_) => "corrupt",
+            Self::Sealed(_) => "sealed",
             Self::Database(_) => "database",
         }
     }
@@ -132,28 +150,60 @@ impl Backend {
     }
 }
 
+/// One schema change. Both backends run the same file: the schema sticks to what SQLite and
+/// PostgreSQL spell alike (TEXT, BIGINT, `ALTER TABLE … ADD COLUMN … DEFAULT`), and the
+/// queries bind `$N` placeholders through sqlx's `Any` driver. Should a statement ever need
+/// two spellings, that migration would get an optional `postgres: Option<&str>` override
+/// beside `sql`, picked in `Store::migrate` by backend: one file per change either way, not a
+/// second directory of copies that drift apart.
 struct Migration {
     version: i64,
     description: &'static str,
-    sqlite: &'static str,
-    postgres: &'static str,
+    sql: &'static str,
 }
 
-/// Embedded migrations, applied in order on start.
+/// Embedded migrations (`control-plane/migrations/`), applied in order on start.
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "registry",
-        sqlite: include_str!("../migrations/sqlite/0001_registry.sql"),
-        postgres: include_str!("../migrations/postgres/0001_registry.sql"),
+        sql: include_str!("../migrations/0001_registry.sql"),
     },
     Migration {
         version: 2,
         description: "gateway collisions",
-        sqlite: include_str!("../migrations/sqlite/0002_gateway_collisions.sql"),
-        postgres: include_str!("../migrations/postgres/0002_gateway_collisions.sql"),
+        sql: include_str!("../migrations/0002_gateway_collisions.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "gateway skipped items",
+        sql: include_str!("../migrations/0003_gateway_skipped.sql"),
     },
 ];
+
+/// The store's metrics (`mcpgw_store_*`).
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    rows_skipped: Family<Vec<(String, String)>, Counter>,
+}
+
+impl StoreMetrics {
+    /// Registers the store's metrics.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "store_rows_skipped",
+            "Stored rows that did not parse and were left out of a read, by table",
+            self.rows_skipped.clone(),
+        );
+    }
+
+    /// Rows of `table` skipped so far (tests, diagnostics).
+    pub fn rows_skipped(&self, table: &str) -> u64 {
+        self.rows_skipped
+            .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+            .get()
+    }
+}
 
 /// Handle to the registry database. Cheap to clone.
 #[derive(Clone)]
@@ -162,6 +212,7 @@ pub struct Store {
     backend: Backend,
     write_lock: Option<Arc<Mutex<()>>>,
     version_tx: Arc<watch::Sender<i64>>,
+    metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for Store {
@@ -205,11 +256,103 @@ impl WriteTx<'_> {
     }
 }
 
+/// Creates the SQLite data directory readable by this user only (0700), and tightens an
+/// existing one that group or others can read: it holds the registry, whose sealed
+/// credentials are only as safe as the key, and the key is not the only thing to protect.
+pub fn prepare_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        tighten(dir, 0o700)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// Sets `path`'s mode to `mode` if group or others have any access, with a warning.
+#[cfg(unix)]
+fn tighten(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & 0o077 != 0 {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                was = format!("{current:o}"),
+                now = format!("{mode:o}"),
+                "tightened the permissions of the registry's files"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                mode = format!("{current:o}"),
+                error = %e,
+                "the registry's files are readable by others and cannot be tightened"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Creates a SQLite database file 0600 before SQLite does (it would use the umask), and
+/// tightens an existing one and its WAL and shared-memory files (SQLite creates those with
+/// the database file's mode).
+fn secure_sqlite_file(url: &str) -> Result<(), StoreError> {
+    use std::str::FromStr as _;
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(());
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = opts.get_filename().to_path_buf();
+    let io = |e: std::io::Error| {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )))
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if !path.exists() && url.contains("mode=rwc") {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map(drop)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(io)?;
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                tighten(&p, 0o600).map_err(io)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, io);
+    Ok(())
+}
+
 impl Store {
     /// Connects to `url` (`sqlite:…` or `postgres://…`) and runs the embedded migrations.
+    /// A SQLite file is created (and kept) readable by this user only.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
+        if backend == Backend::Sqlite {
+            secure_sqlite_file(url)?;
+        }
         let max = match backend {
             Backend::Sqlite => 4,
             Backend::Postgres => 10,
@@ -224,6 +367,7 @@ impl Store {
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             version_tx: Arc::new(watch::channel(0).0),
+            metrics: StoreMetrics::default(),
         };
         store.migrate().await?;
         let v = store.registry_version().await?;
@@ -234,6 +378,32 @@ impl Store {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The store's metrics.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// `parsed`, or `None` with a warning and a count when the row did not parse.
+    pub(crate) fn keep_parsed<T>(
+        &self,
+        table: &str,
+        row: &AnyRow,
+        parsed: Result<T, StoreError>,
+    ) -> Option<T> {
+        match parsed {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let id: String = row.try_get("id").unwrap_or_default();
+                tracing::warn!(table, %id, error = %e, "stored row does not parse; left out");
+                self.metrics
+                    .rows_skipped
+                    .get_or_create(&vec![("table".to_owned(), table.to_owned())])
+                    .inc();
+                None
+            }
+        }
     }
 
     /// Closes the pool.
@@ -273,13 +443,9 @@ impl Store {
             if done.is_some() {
                 continue;
             }
-            let sql = match self.backend {
-                Backend::Sqlite => m.sqlite,
-                Backend::Postgres => m.postgres,
-            };
             // Through `Executor` directly: `RawSql::execute` is a generic async fn whose
             // future the compiler cannot prove `Send` for every lifetime (rust#102211).
-            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(sql)).await?;
+            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(m.sql)).await?;
             sqlx::query(
                 "INSERT INTO mcpgw_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
             )
@@ -343,7 +509,7 @@ pub(crate) fn now() -> String {
 }
 
 /// New opaque id (32 hex digits, as ContextForge).
-pub(crate) fn new_id() -> String {
+pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -375,7 +541,7 @@ pub(crate) struct ListSql {
 }
 
 impl ListSql {
-    pub(crate) fn new(q: &ListQuery, with_gateway: bool) -> Result<Self, StoreError> {
+    pub(crate) fn new(q: &ListFilter, with_gateway: bool) -> Result<Self, StoreError> {
         let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE);
         if limit == 0 || limit > MAX_PAGE_SIZE {
             return Err(StoreError::invalid(
@@ -401,33 +567,18 @@ impl ListSql {
             }
             s.push("gateway_id = $", Arg::Text(g.clone()));
         }
-        let enabled = match (q.enabled, q.include_inactive) {
-            (Some(e), _) => Some(e),
-            (None, Some(false)) => Some(true),
-            _ => None,
-        };
-        if let Some(e) = enabled {
+        if let Some(e) = q.enabled {
             s.push("enabled = $", Arg::Int(i64::from(e)));
         }
-        if let Some(tags) = &q.tags {
-            let tags = normalize_tags(
-                tags.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                "tags",
-            )?;
-            if !tags.is_empty() {
-                let mut ors = Vec::new();
-                for t in tags {
-                    let n = s.args.len() + 1;
-                    ors.push(format!("tags LIKE ${n} ESCAPE '\\'"));
-                    let escaped = t.replace('\\', "\\\\").replace('_', "\\_");
-                    s.args.push(Arg::Text(format!("%\"{escaped}\"%")));
-                }
-                s.clauses.push(format!("({})", ors.join(" OR ")));
+        if !q.tags.is_empty() {
+            let mut ors = Vec::new();
+            for t in q.tags.iter() {
+                let n = s.args.len() + 1;
+                ors.push(format!("tags LIKE ${n} ESCAPE '\\'"));
+                let escaped = t.as_str().replace('\\', "\\\\").replace('_', "\\_");
+                s.args.push(Arg::Text(format!("%\"{escaped}\"%")));
             }
+            s.clauses.push(format!("({})", ors.join(" OR ")));
         }
         Ok(s)
     }
@@ -448,15 +599,24 @@ impl ListSql {
         format!("{w} ORDER BY name LIMIT {}", self.limit + 1)
     }
 
-    /// Cuts the extra row and computes the next cursor.
-    pub(crate) fn page<T>(&self, mut items: Vec<T>, name: impl Fn(&T) -> &str) -> Page<T> {
-        let next_cursor = if items.len() > self.limit as usize {
-            items.truncate(self.limit as usize);
-            items.last().map(|i| encode_cursor(name(i)))
+    /// Cuts the extra row, parses the rest (skipping rows that do not parse) and computes
+    /// the next cursor from the last row, parsed or not, so a skipped row never ends paging.
+    pub(crate) fn page<T>(
+        &self,
+        mut rows: Vec<AnyRow>,
+        mut parse: impl FnMut(&AnyRow) -> Option<T>,
+    ) -> Result<Page<T>, StoreError> {
+        let next_cursor = if rows.len() > self.limit as usize {
+            rows.truncate(self.limit as usize);
+            match rows.last() {
+                Some(r) => Some(encode_cursor(&r.try_get::<String, _>("name")?)),
+                None => None,
+            }
         } else {
             None
         };
-        Page { items, next_cursor }
+        let items = rows.iter().filter_map(&mut parse).collect();
+        Ok(Page { items, next_cursor })
     }
 }
 
@@ -472,72 +632,12 @@ fn decode_cursor(c: &str) -> Result<String, StoreError> {
         .ok_or_else(|| StoreError::invalid("cursor", "not a cursor returned by this API"))
 }
 
-/// Validates and normalizes tags: lowercase, deduplicated, `[a-z0-9_.:/-]{1,64}`, at most 32.
-pub fn normalize_tags(tags: Vec<String>, field: &str) -> Result<Vec<String>, StoreError> {
-    let mut out: Vec<String> = Vec::new();
-    for (i, t) in tags.into_iter().enumerate() {
-        let t = t.trim().to_lowercase();
-        let ok = !t.is_empty()
-            && t.len() <= 64
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'));
-        if !ok {
-            return Err(StoreError::invalid(
-                format!("{field}[{i}]"),
-                "tags are 1-64 characters of letters, digits, _ . : / -",
-            ));
-        }
-        if !out.contains(&t) {
-            out.push(t);
-        }
-    }
-    if out.len() > 32 {
-        return Err(StoreError::invalid(field, "at most 32 tags"));
-    }
-    Ok(out)
-}
-
-/// Validates an exposed item name (tools, resources, prompts, servers).
-pub fn validate_item_name(name: &str, field: &str) -> Result<(), StoreError> {
-    if name.trim().is_empty() {
-        return Err(StoreError::invalid(field, "must not be empty"));
-    }
-    if name.len() > 255 {
-        return Err(StoreError::invalid(field, "at most 255 bytes"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(StoreError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// Validates a gateway name: it prefixes every discovered name.
-pub fn validate_gateway_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::invalid(
-            "name",
-            "gateway names are 1-64 characters of letters, digits, - _ .",
-        ))
-    }
-}
-
-pub(crate) fn tags_json(tags: &[String]) -> String {
-    serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_owned())
-}
-
-pub(crate) fn parse_tags(row: &AnyRow) -> Result<Vec<String>, StoreError> {
+/// The tags of a row (a JSON array of tags).
+pub(crate) fn parse_tags(row: &AnyRow) -> Result<Tags, StoreError> {
     let raw: String = row.try_get("tags")?;
-    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))
+    let list: Vec<String> =
+        serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?;
+    Tags::parse(&list).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 pub(crate) fn parse_json_opt(

@@ -24,6 +24,8 @@ pub struct Metrics {
     health_transitions: Family<Labels, Counter>,
     edge_builds: Family<Labels, Counter>,
     edge_left_out: Family<Labels, Gauge<i64, AtomicI64>>,
+    list_changed: Family<Labels, Counter>,
+    discovery_skipped: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +88,18 @@ impl Metrics {
             "Gateways the last edge build left out, by reason (bad_url, credentials, forbidden_address, unresolvable)",
             edge_left_out.clone(),
         );
+        let list_changed = Family::<Labels, Counter>::default();
+        registry.register(
+            "federation_list_changed",
+            "Upstream list_changed notifications by what became of them (scheduled: a rediscovery; coalesced: folded into a pending one)",
+            list_changed.clone(),
+        );
+        let discovery_skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "federation_skipped_items",
+            "Discovered items left out of the catalog, by reason (invalid_name, too_large)",
+            discovery_skipped.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -95,12 +109,19 @@ impl Metrics {
             health_transitions,
             edge_builds,
             edge_left_out,
+            list_changed,
+            discovery_skipped,
         }
     }
 
     /// Adds the xDS server's counters (`mcpgw_xds_*`) to what `/metrics` renders.
     pub fn register_xds(&mut self, xds: &XdsMetrics) {
         xds.register(&mut self.registry);
+    }
+
+    /// Adds the store's metrics (`mcpgw_store_*`).
+    pub fn register_store(&mut self, store: &crate::store::StoreMetrics) {
+        store.register(&mut self.registry);
     }
 
     /// Adds the session relay's metrics.
@@ -148,6 +169,20 @@ impl Metrics {
     pub fn federation_refresh(&self, outcome: &str) {
         self.federation_refreshes
             .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Counts one list_changed notification (`scheduled` or `coalesced`).
+    pub fn list_changed(&self, outcome: &str) {
+        self.list_changed
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Counts one discovered item left out (`invalid_name`, `too_large`).
+    pub fn discovery_skipped(&self, reason: &str) {
+        self.discovery_skipped
+            .get_or_create(&vec![("reason".into(), reason.into())])
             .inc();
     }
 

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mcpgw::config::Settings;
-use mcpgw::model::{AuthType, CatalogKind, NewGateway, Transport};
+use mcpgw::model::{
+    AuthType, GatewayName, ItemName, NewGateway, PromptSpec, ResourceSpec, Tags, ToolSpec,
+    Transport, UpstreamUrl,
+};
 use mcpgw::store::{Discovered, DiscoveredItem, NewServer, Store};
 use mcpgw::xds::AdsServer;
 use serde_json::json;
@@ -149,7 +152,7 @@ fn discovered(g: usize, tools: usize) -> Discovered {
         description: Some(format!(
             "Tool {t} of gateway {g}: looks things up in the upstream system and returns a short summary of what it found."
         )),
-        spec: json!({
+        spec: serde_json::from_value(json!({
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -161,27 +164,21 @@ fn discovered(g: usize, tools: usize) -> Discovered {
             },
             "annotations": {"readOnlyHint": true},
             "integration_type": "MCP"
-        })
-        .as_object()
-        .cloned()
+        }))
         .unwrap_or_default(),
     };
     let resource = |r: usize| DiscoveredItem {
         original_name: format!("doc_{r}"),
         uri: Some(format!("docs://gw{g}/doc/{r}")),
         description: Some("A document".into()),
-        spec: json!({"mime_type": "text/markdown", "is_template": false})
-            .as_object()
-            .cloned()
+        spec: serde_json::from_value(json!({"mime_type": "text/markdown", "is_template": false}))
             .unwrap_or_default(),
     };
     let prompt = |p: usize| DiscoveredItem {
         original_name: format!("prompt_{p}"),
         uri: None,
         description: Some("A prompt".into()),
-        spec: json!({"arguments": [{"name": "topic", "required": true}]})
-            .as_object()
-            .cloned()
+        spec: serde_json::from_value(json!({"arguments": [{"name": "topic", "required": true}]}))
             .unwrap_or_default(),
     };
     Discovered {
@@ -191,6 +188,7 @@ fn discovered(g: usize, tools: usize) -> Discovered {
         capabilities: Some(json!({"tools": {"listChanged": true}})),
         server_info: Some(json!({"name": format!("upstream-{g}"), "version": "1.0.0"})),
         protocol_version: Some("2025-06-18".into()),
+        skipped: vec![],
     }
 }
 
@@ -258,11 +256,12 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
     let started = Instant::now();
     for g in 0..shape.gateways {
         let gw = NewGateway {
-            name: format!("gw{g:03}"),
-            url: format!("http://10.1.{}.{}:8080/mcp", g / 250, g % 250 + 1),
+            id: mcpgw::store::new_id(),
+            name: GatewayName::parse(&format!("gw{g:03}"))?,
+            url: UpstreamUrl::parse(&format!("http://10.1.{}.{}:8080/mcp", g / 250, g % 250 + 1))?,
             transport: Transport::default(),
             description: None,
-            tags: vec![format!("team-{}", g % 10)],
+            tags: Tags::parse(&[format!("team-{}", g % 10)])?,
             enabled: true,
             auth_type: AuthType::None,
             auth_sealed: None,
@@ -273,18 +272,37 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
             .with_context(|| format!("{label}: creating gateway {g}"))?;
     }
     // Virtual servers: one per ten gateways, plus one with every tool.
-    let by_gateway = |items: Vec<mcpgw::model::CatalogItem>| {
+    let by_gateway = |items: Vec<(Option<String>, String)>| {
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for i in items {
-            m.entry(i.gateway_id.unwrap_or_default())
-                .or_default()
-                .push(i.id);
+        for (gateway, id) in items {
+            m.entry(gateway.unwrap_or_default()).or_default().push(id);
         }
         m
     };
-    let tools = by_gateway(store.all_items(CatalogKind::Tool).await?);
-    let resources = by_gateway(store.all_items(CatalogKind::Resource).await?);
-    let prompts = by_gateway(store.all_items(CatalogKind::Prompt).await?);
+    let tools = by_gateway(
+        store
+            .all_items::<ToolSpec>()
+            .await?
+            .into_iter()
+            .map(|i| (i.gateway_id, i.id))
+            .collect(),
+    );
+    let resources = by_gateway(
+        store
+            .all_items::<ResourceSpec>()
+            .await?
+            .into_iter()
+            .map(|i| (i.gateway_id, i.id))
+            .collect(),
+    );
+    let prompts = by_gateway(
+        store
+            .all_items::<PromptSpec>()
+            .await?
+            .into_iter()
+            .map(|i| (i.gateway_id, i.id))
+            .collect(),
+    );
     let gateway_ids: Vec<String> = tools.keys().cloned().collect();
     let ids = |m: &BTreeMap<String, Vec<String>>, gws: &[String]| -> Vec<String> {
         gws.iter()
@@ -294,10 +312,10 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
     for (i, chunk) in gateway_ids.chunks(10).enumerate() {
         store
             .create_server(NewServer {
-                name: format!("team-{i}"),
+                name: ItemName::parse(&format!("team-{i}"))?,
                 description: None,
                 icon: None,
-                tags: vec![],
+                tags: Tags::default(),
                 enabled: true,
                 tools: ids(&tools, chunk),
                 resources: ids(&resources, chunk),
@@ -307,10 +325,10 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
     }
     store
         .create_server(NewServer {
-            name: "everything".into(),
+            name: ItemName::parse("everything")?,
             description: None,
             icon: None,
-            tags: vec![],
+            tags: Tags::default(),
             enabled: true,
             tools: ids(&tools, &gateway_ids),
             resources: vec![],
@@ -319,7 +337,7 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
         .await?;
     let populate = started.elapsed();
     let first_tool = store
-        .all_items(CatalogKind::Tool)
+        .all_items::<ToolSpec>()
         .await?
         .into_iter()
         .next()

@@ -4,94 +4,29 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use super::problem::{ApiJson, ApiQuery};
-use super::{ApiError, AppState, GatewayPage, Problem};
-use crate::crypto::SecretBox;
-use crate::model::{
-    AuthType, Credentials, Gateway, GatewayCreate, GatewayPatch, GatewaySync, GatewayUpdate,
-    HeaderPair, ListQuery, NewGateway, StateQuery,
+use super::face::{Face, registry_face};
+use super::types::{
+    Gateway, GatewayChange, GatewayCreate, GatewayDraft, GatewayPage, GatewaySync, GatewayUpdate,
+    ListQuery,
 };
+use super::{ApiError, AppState, Problem};
+use crate::crypto::{CredentialBinding, SecretBox};
+use crate::model::{self, Credentials, GatewayPatch, ListFilter, NewGateway, Page, UpstreamUrl};
 
-/// Credential fields of a create or update body.
-pub(crate) struct AuthFields {
-    pub auth_type: AuthType,
-    pub token: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub headers: Option<Vec<HeaderPair>>,
-}
-
-/// Validates credential fields against `auth_type` and builds the credentials.
-pub(crate) fn credentials(a: AuthFields) -> Result<Option<Credentials>, Problem> {
-    let stray = |field: &str| {
-        Problem::invalid_field(
-            field,
-            format!("not used with auth_type {}", a.auth_type.as_str()),
-        )
-    };
-    match a.auth_type {
-        AuthType::None => {
-            for (f, given) in [
-                ("auth_token", a.token.is_some()),
-                ("auth_username", a.username.is_some()),
-                ("auth_password", a.password.is_some()),
-                ("auth_headers", a.headers.is_some()),
-            ] {
-                if given {
-                    return Err(stray(f));
-                }
-            }
-            Ok(None)
-        }
-        AuthType::Bearer => {
-            let token = a
-                .token
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| Problem::invalid_field("auth_token", "required for bearer"))?;
-            Ok(Some(Credentials::Bearer { token }))
-        }
-        AuthType::Basic => {
-            let username = a
-                .username
-                .filter(|u| !u.is_empty() && !u.contains(':'))
-                .ok_or_else(|| {
-                    Problem::invalid_field("auth_username", "required for basic, without ':'")
-                })?;
-            let password = a
-                .password
-                .ok_or_else(|| Problem::invalid_field("auth_password", "required for basic"))?;
-            Ok(Some(Credentials::Basic { username, password }))
-        }
-        AuthType::Headers => {
-            let headers = a
-                .headers
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| Problem::invalid_field("auth_headers", "required for headers"))?;
-            for (i, h) in headers.iter().enumerate() {
-                if reqwest::header::HeaderName::from_bytes(h.key.as_bytes()).is_err() {
-                    return Err(Problem::invalid_field(
-                        format!("auth_headers[{i}].key"),
-                        "not a valid header name",
-                    ));
-                }
-                if reqwest::header::HeaderValue::from_str(&h.value).is_err() {
-                    return Err(Problem::invalid_field(
-                        format!("auth_headers[{i}].value"),
-                        "not a valid header value",
-                    ));
-                }
-            }
-            Ok(Some(Credentials::Headers { headers }))
-        }
-    }
-}
-
+/// Seals credentials bound to the gateway and its URL's origin.
 pub(crate) fn seal(
     secrets: &SecretBox,
     creds: Option<&Credentials>,
+    gateway_id: &str,
+    url: &UpstreamUrl,
 ) -> Result<Option<String>, Problem> {
+    let origin = url.origin();
+    let binding = CredentialBinding {
+        gateway_id,
+        origin: &origin,
+    };
     creds
-        .map(|c| secrets.seal_credentials(c))
+        .map(|c| secrets.seal_credentials(c, binding))
         .transpose()
         .map_err(|e| {
             Problem::new(
@@ -103,135 +38,135 @@ pub(crate) fn seal(
         })
 }
 
-/// List gateways.
-#[utoipa::path(get, path = "/gateways", tag = "gateways", params(ListQuery),
-    responses((status = 200, body = GatewayPage),
-              (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn list(
-    State(s): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<GatewayPage>, ApiError> {
-    Ok(Json(s.store.list_gateways(&q).await?.into()))
-}
+/// The face of gateways.
+pub struct Gateways;
 
-/// Register a gateway: connects, initializes and discovers its catalog (unless
-/// `discover` is false), storing gateway and catalog atomically.
-#[utoipa::path(post, path = "/gateways", tag = "gateways", request_body = GatewayCreate,
-    responses((status = 201, body = GatewaySync),
-              (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"),
-              (status = 502, body = Problem, content_type = "application/problem+json"),
-              (status = 504, body = Problem, content_type = "application/problem+json")))]
-pub async fn create(
-    State(s): State<AppState>,
-    ApiJson(body): ApiJson<GatewayCreate>,
-) -> Result<(StatusCode, Json<GatewaySync>), ApiError> {
-    let creds = credentials(AuthFields {
-        auth_type: body.auth_type,
-        token: body.auth_token,
-        username: body.auth_username,
-        password: body.auth_password,
-        headers: body.auth_headers,
-    })?;
-    let sealed = seal(&s.secrets, creds.as_ref())?;
-    if s.store.find_gateway_by_name(&body.name).await?.is_some() {
-        return Err(crate::store::StoreError::Duplicate {
-            kind: "gateway",
-            name: body.name,
-        }
-        .into());
+impl Face for Gateways {
+    type View = Gateway;
+    type Create = GatewayCreate;
+    type Created = GatewaySync;
+    type Update = GatewayUpdate;
+
+    async fn list(s: &AppState, q: ListQuery) -> Result<Page<Gateway>, ApiError> {
+        let filter = ListFilter::try_from(q)?;
+        Ok(s.store.list_gateways(&filter).await?.map(Gateway::from))
     }
-    let g = NewGateway {
-        name: body.name,
-        url: body.url,
-        transport: body.transport,
-        description: body.description,
-        tags: body.tags,
-        enabled: body.enabled.unwrap_or(true),
-        auth_type: body.auth_type,
-        auth_sealed: sealed,
-    };
-    let (gateway, sync) = s
-        .federation
-        .register(g, creds.as_ref(), body.discover.unwrap_or(true))
-        .await?;
-    Ok((StatusCode::CREATED, Json(GatewaySync { gateway, sync })))
-}
 
-/// Get a gateway.
-#[utoipa::path(get, path = "/gateways/{id}", tag = "gateways", params(("id" = String, Path)),
-    responses((status = 200, body = Gateway),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn get(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Gateway>, ApiError> {
-    Ok(Json(s.store.get_gateway(&id).await?))
-}
-
-/// Update a gateway (partial). Pass `version` to detect concurrent changes.
-#[utoipa::path(put, path = "/gateways/{id}", tag = "gateways", params(("id" = String, Path)),
-    request_body = GatewayUpdate,
-    responses((status = 200, body = Gateway),
-              (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn update(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<GatewayUpdate>,
-) -> Result<Json<Gateway>, ApiError> {
-    let auth = match body.auth_type {
-        Some(t) => {
-            let creds = credentials(AuthFields {
-                auth_type: t,
-                token: body.auth_token,
-                username: body.auth_username,
-                password: body.auth_password,
-                headers: body.auth_headers,
-            })?;
-            Some((t, seal(&s.secrets, creds.as_ref())?))
-        }
-        None => {
-            if body.auth_token.is_some()
-                || body.auth_username.is_some()
-                || body.auth_password.is_some()
-                || body.auth_headers.is_some()
-            {
-                return Err(Problem::invalid_field(
-                    "auth_type",
-                    "required when changing credentials",
-                )
-                .into());
+    /// Registers a gateway: connects, initializes and discovers its catalog (unless
+    /// `discover` is false), storing gateway and catalog atomically.
+    async fn create(s: &AppState, body: GatewayCreate) -> Result<GatewaySync, ApiError> {
+        let draft = GatewayDraft::try_from(body)?;
+        draft
+            .name
+            .check_separator(&s.federation.settings().separator)?;
+        let id = crate::store::new_id();
+        let sealed = seal(&s.secrets, draft.credentials.as_ref(), &id, &draft.url)?;
+        if s.store
+            .find_gateway_by_name(draft.name.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(crate::store::StoreError::Duplicate {
+                kind: "gateway",
+                name: draft.name.to_string(),
             }
-            None
+            .into());
         }
-    };
-    if let Some(url) = &body.url {
-        crate::federation::check_upstream_url(
-            url,
-            s.federation.settings().ssrf,
-            s.federation.settings().timeout,
-        )
-        .await
-        .map_err(crate::federation::FederationError::from)?;
+        let g = NewGateway {
+            id,
+            name: draft.name,
+            url: draft.url,
+            transport: draft.transport,
+            description: draft.description,
+            tags: draft.tags,
+            enabled: draft.enabled,
+            auth_type: draft
+                .credentials
+                .as_ref()
+                .map_or(model::AuthType::None, Credentials::auth_type),
+            auth_sealed: sealed,
+        };
+        let (gateway, sync) = s
+            .federation
+            .register(g, draft.credentials.as_ref(), draft.discover)
+            .await?;
+        Ok(GatewaySync {
+            gateway: gateway.into(),
+            sync: sync.map(Into::into),
+        })
     }
-    let credentials_changed = auth.is_some();
-    let patch = GatewayPatch {
-        name: body.name,
-        url: body.url,
-        transport: body.transport,
-        description: body.description,
-        tags: body.tags,
-        enabled: body.enabled,
-        auth,
-        expected_version: body.version,
-    };
-    let before = s.store.get_gateway(&id).await?;
-    let after = s.store.update_gateway(&id, patch).await?;
-    drop_stale_session(&s, &before, &after, credentials_changed).await;
-    Ok(Json(after))
+
+    async fn get(s: &AppState, id: &str) -> Result<Gateway, ApiError> {
+        Ok(s.store.get_gateway(id).await?.into())
+    }
+
+    async fn update(s: &AppState, id: &str, body: GatewayUpdate) -> Result<Gateway, ApiError> {
+        let mut change = GatewayChange::try_from(body)?;
+        if let Some(name) = &change.name {
+            name.check_separator(&s.federation.settings().separator)?;
+        }
+        let before = s.store.get_gateway(id).await?;
+        // A client that read the gateway and writes it back sends the redacted URL: that
+        // is no change, and must not overwrite the stored query secrets with `***`.
+        if change
+            .url
+            .as_ref()
+            .is_some_and(|u| before.url.is_redacted_form(u.as_str()))
+        {
+            change.url = None;
+        }
+        // Credentials are sealed to the origin they will be used with; moving to another
+        // origin without giving them again is refused (and re-checked by the store).
+        let target = change.url.as_ref().unwrap_or(&before.url);
+        let auth = match change.auth {
+            Some((t, creds)) => Some((t, seal(&s.secrets, creds.as_ref(), id, target)?)),
+            None => {
+                before.check_move(target)?;
+                None
+            }
+        };
+        if let Some(url) = &change.url {
+            crate::federation::check_upstream_url(
+                url,
+                s.federation.settings().ssrf,
+                s.federation.settings().timeout,
+            )
+            .await
+            .map_err(crate::federation::FederationError::from)?;
+        }
+        let credentials_changed = auth.is_some();
+        let patch = GatewayPatch {
+            name: change.name,
+            url: change.url,
+            transport: change.transport,
+            description: change.description,
+            tags: change.tags,
+            enabled: change.enabled,
+            auth,
+            expected_version: change.version,
+        };
+        let after = s.store.update_gateway(id, patch).await?;
+        drop_stale_session(s, &before, &after, credentials_changed).await;
+        Ok(after.into())
+    }
+
+    async fn delete(s: &AppState, id: &str) -> Result<(), ApiError> {
+        s.store.delete_gateway(id).await?;
+        s.federation.forget(id).await;
+        Ok(())
+    }
+
+    async fn set_state(s: &AppState, id: &str, activate: bool) -> Result<Gateway, ApiError> {
+        let patch = GatewayPatch {
+            enabled: Some(activate),
+            ..Default::default()
+        };
+        let gateway = s.store.update_gateway(id, patch).await?;
+        if !gateway.enabled {
+            s.federation.disconnect(id).await;
+        }
+        Ok(gateway.into())
+    }
 }
 
 /// A live session belongs to one enabled gateway at one URL with one transport (and
@@ -239,8 +174,8 @@ pub async fn update(
 /// catalog. The next refresh or health check connects again if the gateway is enabled.
 async fn drop_stale_session(
     s: &AppState,
-    before: &Gateway,
-    after: &Gateway,
+    before: &model::Gateway,
+    after: &model::Gateway,
     credentials_changed: bool,
 ) {
     let stale = !after.enabled
@@ -252,38 +187,20 @@ async fn drop_stale_session(
     }
 }
 
-/// Delete a gateway and everything discovered from it.
-#[utoipa::path(delete, path = "/gateways/{id}", tag = "gateways", params(("id" = String, Path)),
-    responses((status = 204),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn delete(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    s.store.delete_gateway(&id).await?;
-    s.federation.forget(&id).await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Enable or disable a gateway (and its items). `/gateways/{id}/toggle` is an alias.
-#[utoipa::path(post, path = "/gateways/{id}/state", tag = "gateways",
-    params(("id" = String, Path), StateQuery),
-    responses((status = 200, body = Gateway),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn set_state(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<StateQuery>,
-) -> Result<Json<Gateway>, ApiError> {
-    let patch = GatewayPatch {
-        enabled: Some(q.activate),
-        ..Default::default()
-    };
-    let gateway = s.store.update_gateway(&id, patch).await?;
-    if !gateway.enabled {
-        s.federation.disconnect(&id).await;
+registry_face! {
+    pub mod handlers: Gateways {
+        path: "/gateways", tag: "gateways",
+        view: Gateway, page: GatewayPage, create: GatewayCreate, created: GatewaySync, update: GatewayUpdate,
+        list: (list, "List gateways.", [(status = 400, body = Problem, content_type = "application/problem+json"),]),
+        create: (create, "Register a gateway: connects, initializes and discovers its catalog (unless\n`discover` is false), storing gateway and catalog atomically.", [
+            (status = 502, body = Problem, content_type = "application/problem+json"),
+            (status = 504, body = Problem, content_type = "application/problem+json"),
+        ]),
+        get: (get, "Get a gateway.", []),
+        update: (update, "Update a gateway (partial). Pass `version` to detect concurrent changes.", []),
+        delete: (delete, "Delete a gateway and everything discovered from it.", []),
+        state: (set_state, "Enable or disable a gateway (and its items). `/gateways/{id}/toggle` is an alias.", []),
     }
-    Ok(Json(gateway))
 }
 
 /// Re-discover a gateway's catalog now (409 when the gateway is disabled).
@@ -299,7 +216,7 @@ pub async fn refresh(
 ) -> Result<Json<GatewaySync>, ApiError> {
     let (gateway, report) = s.federation.refresh(&id).await?;
     Ok(Json(GatewaySync {
-        gateway,
-        sync: Some(report),
+        gateway: gateway.into(),
+        sync: Some(report.into()),
     }))
 }

@@ -130,6 +130,15 @@ fn store_problem(e: StoreError) -> Problem {
             e.to_string(),
         ),
         StoreError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        StoreError::Sealed(_) => {
+            tracing::error!(error = %e, "stored credentials do not open");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "credentials-unreadable",
+                "Stored credentials unreadable",
+                e.to_string(),
+            )
+        }
         StoreError::Corrupt(_) | StoreError::Database(_) => {
             tracing::error!(error = %e, "store failure");
             Problem::new(
@@ -159,6 +168,12 @@ impl From<ApiError> for Problem {
                     _ => Problem::invalid_field("url", f.to_string()),
                 },
                 FederationError::Credentials(_) => Problem::invalid_field("auth", f.to_string()),
+                FederationError::Limit { .. } => Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-limit",
+                    "Upstream exceeds a discovery limit",
+                    f.to_string(),
+                ),
                 FederationError::Disabled(_) => Problem::new(
                     StatusCode::CONFLICT,
                     "gateway-disabled",
@@ -171,11 +186,13 @@ impl From<ApiError> for Problem {
                     "Upstream timed out",
                     f.to_string(),
                 ),
+                // The legacy SSE client still words its own failures; whatever it quotes,
+                // no URL reaches the answer with its query secrets.
                 FederationError::Upstream { .. } => Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream-failed",
                     "Upstream failed",
-                    f.to_string(),
+                    crate::model::redact_urls(&f.to_string()),
                 ),
                 FederationError::Crypto(_) => {
                     tracing::error!(error = %f, "credential decryption failed");

@@ -1,112 +1,61 @@
 //! `/servers`: virtual servers.
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use super::face::{Face, registry_face};
+use super::types::{ListQuery, Server, ServerCreate, ServerPage, ServerUpdate};
+use super::{ApiError, AppState};
+use crate::model::{ListFilter, NewServer, Page, ServerPatch};
 
-use super::problem::{ApiJson, ApiQuery};
-use super::{ApiError, AppState, Problem, ServerPage};
-use crate::model::{ListQuery, Server, ServerCreate, ServerUpdate, StateQuery};
-use crate::store::{NewServer, ServerPatch};
+/// The face of virtual servers.
+pub struct Servers;
 
-/// List virtual servers.
-#[utoipa::path(get, path = "/servers", tag = "servers", params(ListQuery),
-    responses((status = 200, body = ServerPage),
-              (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn list(
-    State(s): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<ServerPage>, ApiError> {
-    Ok(Json(s.store.list_servers(&q).await?.into()))
+impl Face for Servers {
+    type View = Server;
+    type Create = ServerCreate;
+    type Created = Server;
+    type Update = ServerUpdate;
+
+    async fn list(s: &AppState, q: ListQuery) -> Result<Page<Server>, ApiError> {
+        let filter = ListFilter::try_from(q)?;
+        Ok(s.store.list_servers(&filter).await?.map(Server::from))
+    }
+
+    async fn create(s: &AppState, b: ServerCreate) -> Result<Server, ApiError> {
+        Ok(s.store.create_server(NewServer::try_from(b)?).await?.into())
+    }
+
+    async fn get(s: &AppState, id: &str) -> Result<Server, ApiError> {
+        Ok(s.store.get_server(id).await?.into())
+    }
+
+    async fn update(s: &AppState, id: &str, b: ServerUpdate) -> Result<Server, ApiError> {
+        Ok(s.store
+            .update_server(id, ServerPatch::try_from(b)?)
+            .await?
+            .into())
+    }
+
+    async fn delete(s: &AppState, id: &str) -> Result<(), ApiError> {
+        Ok(s.store.delete_server(id).await?)
+    }
+
+    async fn set_state(s: &AppState, id: &str, activate: bool) -> Result<Server, ApiError> {
+        let p = ServerPatch {
+            enabled: Some(activate),
+            ..Default::default()
+        };
+        Ok(s.store.update_server(id, p).await?.into())
+    }
 }
 
-/// Create a virtual server from chosen tools, resources and prompts.
-#[utoipa::path(post, path = "/servers", tag = "servers", request_body = ServerCreate,
-    responses((status = 201, body = Server),
-              (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn create(
-    State(s): State<AppState>,
-    ApiJson(b): ApiJson<ServerCreate>,
-) -> Result<(StatusCode, Json<Server>), ApiError> {
-    let created = s
-        .store
-        .create_server(NewServer {
-            name: b.name,
-            description: b.description,
-            icon: b.icon,
-            tags: b.tags,
-            enabled: b.enabled.unwrap_or(true),
-            tools: b.associated_tools,
-            resources: b.associated_resources,
-            prompts: b.associated_prompts,
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// Get a virtual server.
-#[utoipa::path(get, path = "/servers/{id}", tag = "servers", params(("id" = String, Path)),
-    responses((status = 200, body = Server),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn get(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Server>, ApiError> {
-    Ok(Json(s.store.get_server(&id).await?))
-}
-
-/// Update a virtual server (partial; association lists replace the stored ones).
-#[utoipa::path(put, path = "/servers/{id}", tag = "servers", params(("id" = String, Path)),
-    request_body = ServerUpdate,
-    responses((status = 200, body = Server),
-              (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn update(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    ApiJson(b): ApiJson<ServerUpdate>,
-) -> Result<Json<Server>, ApiError> {
-    let p = ServerPatch {
-        name: b.name,
-        description: b.description,
-        icon: b.icon,
-        tags: b.tags,
-        enabled: b.enabled,
-        tools: b.associated_tools,
-        resources: b.associated_resources,
-        prompts: b.associated_prompts,
-        expected_version: b.version,
-    };
-    Ok(Json(s.store.update_server(&id, p).await?))
-}
-
-/// Delete a virtual server.
-#[utoipa::path(delete, path = "/servers/{id}", tag = "servers", params(("id" = String, Path)),
-    responses((status = 204),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn delete(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    s.store.delete_server(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Enable or disable a virtual server. `/servers/{id}/toggle` is an alias.
-#[utoipa::path(post, path = "/servers/{id}/state", tag = "servers",
-    params(("id" = String, Path), StateQuery),
-    responses((status = 200, body = Server),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn set_state(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<StateQuery>,
-) -> Result<Json<Server>, ApiError> {
-    let p = ServerPatch {
-        enabled: Some(q.activate),
-        ..Default::default()
-    };
-    Ok(Json(s.store.update_server(&id, p).await?))
+registry_face! {
+    pub mod handlers: Servers {
+        path: "/servers", tag: "servers",
+        view: Server, page: ServerPage, create: ServerCreate, created: Server, update: ServerUpdate,
+        list: (list, "List virtual servers.", []),
+        create: (create, "Create a virtual server from chosen tools, resources and prompts.", []),
+        get: (get, "Get a virtual server.", []),
+        update: (update, "Update a virtual server (partial; association lists replace the stored ones).", []),
+        delete: (delete, "Delete a virtual server.", []),
+        state: (set_state, "Enable or disable a virtual server. `/servers/{id}/toggle` is an alias.", []),
+    }
 }

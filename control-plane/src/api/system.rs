@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::types::RegistryVersion;
 use super::{ApiError, AppState, Problem};
-use crate::model::RegistryVersion;
 
 /// Liveness / readiness answer.
 #[derive(Debug, Serialize, ToSchema)]

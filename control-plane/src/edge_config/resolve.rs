@@ -108,6 +108,8 @@ pub async fn check_address(ip: IpAddr, policy: SsrfPolicy) -> Result<(), Address
         IpAddr::V4(v4) => format!("http://{v4}/"),
         IpAddr::V6(v6) => format!("http://[{v6}]/"),
     };
+    let url = crate::model::UpstreamUrl::parse(&url)
+        .map_err(|e| AddressError::Forbidden(e.to_string()))?;
     crate::federation::check_upstream_url(&url, policy, RESOLVE_TIMEOUT)
         .await
         .map(|_| ())

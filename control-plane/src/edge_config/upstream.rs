@@ -69,8 +69,8 @@ impl UpstreamTarget {
             gateway: gateway.id.clone(),
             reason,
         };
-        let endpoint = UpstreamEndpoint::from_url(&gateway.url).map_err(bad)?;
-        let url = url::Url::parse(&gateway.url).map_err(|e| bad(e.to_string()))?;
+        let endpoint = UpstreamEndpoint::from_url(gateway.url.as_str()).map_err(bad)?;
+        let url = url::Url::parse(gateway.url.as_str()).map_err(|e| bad(e.to_string()))?;
         if !url.username().is_empty() || url.password().is_some() {
             // The registry refuses these; a stored one must not travel in a Host header.
             return Err(bad(
@@ -136,7 +136,13 @@ pub fn upstream_access(
     let credentials = match sealed {
         Some(s) if gateway.auth_type != crate::model::AuthType::None => Some(
             secrets
-                .open_credentials(s)
+                .open_credentials(
+                    s,
+                    crate::crypto::CredentialBinding {
+                        gateway_id: &gateway.id,
+                        origin: &gateway.url.origin(),
+                    },
+                )
                 .map_err(|e| EdgeError::Credentials {
                     gateway: gateway.id.clone(),
                     reason: e.to_string(),

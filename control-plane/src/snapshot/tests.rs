@@ -1,15 +1,15 @@
 use super::*;
-use crate::model::{AuthType, Transport};
+use crate::model::{AuthType, GatewayName, ItemName, Tags, Transport, UpstreamUrl};
 use serde_json::json;
 
 fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
     Gateway {
         id: id.into(),
-        name: id.into(),
-        url: url.into(),
+        name: GatewayName::parse(id).unwrap(),
+        url: UpstreamUrl::parse(url).unwrap(),
         transport: Transport::default(),
         description: None,
-        tags: vec![],
+        tags: Tags::default(),
         enabled,
         reachable,
         auth_type: AuthType::None,
@@ -20,26 +20,27 @@ fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
         last_error: None,
         consecutive_failures: 0,
         collisions: vec![],
+        skipped: vec![],
         created_at: String::new(),
         updated_at: String::new(),
         version: 1,
     }
 }
 
-fn item(kind: CatalogKind, id: &str, gw: Option<&str>, original: &str, spec: Value) -> CatalogItem {
+fn item<S: CatalogSpec>(id: &str, gw: Option<&str>, original: &str, spec: Value) -> CatalogItem<S> {
     CatalogItem {
-        kind,
         id: id.into(),
-        name: match gw {
+        name: ItemName::parse(&match gw {
             Some(g) => format!("{g}__{original}"),
             None => original.into(),
-        },
+        })
+        .unwrap(),
         original_name: original.into(),
         gateway_id: gw.map(Into::into),
         uri: None,
         description: Some(format!("{original} does things")),
-        spec: spec.as_object().cloned().unwrap_or_default(),
-        tags: vec![],
+        spec: S::from_json(spec.as_object().cloned().unwrap_or_default()).unwrap(),
+        tags: Tags::default(),
         enabled: true,
         reachable: true,
         created_at: String::new(),
@@ -52,10 +53,10 @@ fn server(id: &str, tools: &[&str], resources: &[&str], prompts: &[&str]) -> Ser
     let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
     Server {
         id: id.into(),
-        name: format!("server {id}"),
+        name: ItemName::parse(&format!("server {id}")).unwrap(),
         description: None,
         icon: None,
-        tags: vec![],
+        tags: Tags::default(),
         enabled: true,
         associated_tools: ids(tools),
         associated_resources: ids(resources),
@@ -67,25 +68,18 @@ fn server(id: &str, tools: &[&str], resources: &[&str], prompts: &[&str]) -> Ser
 }
 
 fn view() -> RegistryView {
-    let mut res = item(
-        CatalogKind::Resource,
+    let mut res = item::<ResourceSpec>(
         "r1",
         Some("a"),
         "readme",
         json!({"mime_type": "text/plain", "is_template": false}),
     );
     res.uri = Some("file:///readme".into());
-    let mut tpl = item(
-        CatalogKind::Resource,
-        "r2",
-        Some("a"),
-        "files",
-        json!({"is_template": true}),
-    );
+    let mut tpl = item::<ResourceSpec>("r2", Some("a"), "files", json!({"is_template": true}));
     tpl.uri = Some("file:///{path}".into());
-    let mut dup = item(CatalogKind::Resource, "r3", Some("b"), "readme", json!({}));
+    let mut dup = item::<ResourceSpec>("r3", Some("b"), "readme", json!({}));
     dup.uri = Some("file:///readme".into());
-    let mut disabled = item(CatalogKind::Tool, "t4", Some("a"), "off", json!({}));
+    let mut disabled = item::<ToolSpec>("t4", Some("a"), "off", json!({}));
     disabled.enabled = false;
     RegistryView {
         version: 42,
@@ -95,21 +89,19 @@ fn view() -> RegistryView {
             gateway("down", "http://10.0.0.3/mcp", true, false),
         ],
         tools: vec![
-            item(
-                CatalogKind::Tool,
+            item::<ToolSpec>(
                 "t1",
                 Some("a"),
                 "echo",
                 json!({"input_schema": {"type": "object", "properties": {"m": {"type": "string"}}}, "title": "Echo", "annotations": {"readOnlyHint": true}}),
             ),
-            item(CatalogKind::Tool, "t2", Some("b"), "echo", json!({})),
-            item(CatalogKind::Tool, "t3", Some("down"), "slow", json!({})),
+            item::<ToolSpec>("t2", Some("b"), "echo", json!({})),
+            item::<ToolSpec>("t3", Some("down"), "slow", json!({})),
             disabled,
-            item(CatalogKind::Tool, "t5", None, "by-hand", json!({})),
+            item::<ToolSpec>("t5", None, "by-hand", json!({})),
         ],
         resources: vec![res, tpl, dup],
-        prompts: vec![item(
-            CatalogKind::Prompt,
+        prompts: vec![item::<PromptSpec>(
             "p1",
             Some("b"),
             "greet",

@@ -4,14 +4,18 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{
-    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, new_id, normalize_tags,
-    now, parse_json_opt, parse_tags, tags_json, validate_gateway_name,
+    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, now, parse_json_opt,
+    parse_tags,
 };
-use crate::model::{AuthType, Gateway, GatewayPatch, ListQuery, NewGateway, Page, Transport};
+use crate::crypto::{CredentialBinding, SecretBox};
+use crate::model::{
+    AuthType, Credentials, Gateway, GatewayName, GatewayPatch, ListFilter, NewGateway, Page,
+    Transport, UpstreamUrl,
+};
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
     capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
-    collisions, created_at, updated_at, version";
+    collisions, skipped, created_at, updated_at, version";
 
 /// What a health check changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,12 +29,15 @@ pub enum HealthTransition {
 }
 
 fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
+    let corrupt = |e: crate::model::FieldInvalid| StoreError::Corrupt(e.to_string());
     let transport: String = row.try_get("transport")?;
     let auth: String = row.try_get("auth_type")?;
+    let name: String = row.try_get("name")?;
+    let url: String = row.try_get("url")?;
     Ok(Gateway {
         id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        url: row.try_get("url")?,
+        name: GatewayName::parse(&name).map_err(corrupt)?,
+        url: UpstreamUrl::from_stored(&url).map_err(corrupt)?,
         transport: Transport::parse(&transport)
             .ok_or_else(|| StoreError::Corrupt(format!("transport {transport:?}")))?,
         description: row.try_get("description")?,
@@ -50,21 +57,14 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
             serde_json::from_str(&raw)
                 .map_err(|e| StoreError::Corrupt(format!("collisions: {e}")))?
         },
+        skipped: {
+            let raw: String = row.try_get("skipped")?;
+            serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("skipped: {e}")))?
+        },
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
     })
-}
-
-pub(crate) fn validate_url(url: &str) -> Result<(), StoreError> {
-    let parsed = url::Url::parse(url).map_err(|e| StoreError::invalid("url", e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(StoreError::invalid("url", "scheme must be http or https"));
-    }
-    if parsed.host_str().is_none() {
-        return Err(StoreError::invalid("url", "must have a host"));
-    }
-    Ok(())
 }
 
 impl Store {
@@ -74,10 +74,7 @@ impl Store {
         tx: &mut WriteTx<'_>,
         g: NewGateway,
     ) -> Result<String, StoreError> {
-        validate_gateway_name(&g.name)?;
-        validate_url(&g.url)?;
-        let tags = normalize_tags(g.tags, "tags")?;
-        let id = new_id();
+        let id = g.id;
         let ts = now();
         sqlx::query(
             "INSERT INTO gateways (id, name, url, transport, description, tags, enabled, reachable, \
@@ -85,18 +82,18 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $10, 1)",
         )
         .bind(&id)
-        .bind(&g.name)
-        .bind(&g.url)
+        .bind(g.name.as_str())
+        .bind(g.url.as_str())
         .bind(g.transport.as_str())
         .bind(g.description)
-        .bind(tags_json(&tags))
+        .bind(g.tags.to_json())
         .bind(i64::from(g.enabled))
         .bind(g.auth_type.as_str())
         .bind(g.auth_sealed)
         .bind(&ts)
         .execute(tx.conn())
         .await
-        .map_err(map_unique("gateway", &g.name))?;
+        .map_err(map_unique("gateway", g.name.as_str()))?;
         Ok(id)
     }
 
@@ -144,6 +141,122 @@ impl Store {
         row.as_ref().map(row_to_gateway).transpose()
     }
 
+    /// The one way to read a gateway's credentials in clear: opens them for this gateway
+    /// and its URL's origin, or fails ([`StoreError::Sealed`]) when they were sealed for
+    /// another gateway or origin (a copied row, a URL changed behind the API's back) or with
+    /// another key. A value of the first, unbound format is opened once with the legacy
+    /// scheme and re-sealed bound, in one transaction that only writes if the row still holds
+    /// that value (an older replica may have written it after this one started).
+    pub async fn gateway_credentials(
+        &self,
+        id: &str,
+        secrets: &SecretBox,
+    ) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query("SELECT url, auth_type, auth_sealed FROM gateways WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        let auth: String = row.try_get("auth_type")?;
+        let sealed: Option<String> = row.try_get("auth_sealed")?;
+        let (AuthType::Bearer | AuthType::Basic | AuthType::Headers, Some(sealed)) = (
+            AuthType::parse(&auth)
+                .ok_or_else(|| StoreError::Corrupt(format!("auth_type {auth:?}")))?,
+            sealed,
+        ) else {
+            return Ok(None);
+        };
+        let url: String = row.try_get("url")?;
+        let origin = UpstreamUrl::from_stored(&url)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .origin();
+        let binding = CredentialBinding {
+            gateway_id: id,
+            origin: &origin,
+        };
+        if SecretBox::is_legacy(&sealed) {
+            let creds = secrets.open_legacy_credentials(&sealed)?;
+            self.reseal(id, &sealed, &secrets.seal_credentials(&creds, binding)?)
+                .await?;
+            return Ok(Some(creds));
+        }
+        Ok(Some(secrets.open_credentials(&sealed, binding)?))
+    }
+
+    /// Replaces `old` with `new` if the row still holds `old` (bookkeeping: the registry
+    /// version does not move, nothing a snapshot holds changed).
+    async fn reseal(&self, id: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done =
+            sqlx::query("UPDATE gateways SET auth_sealed = $1 WHERE id = $2 AND auth_sealed = $3")
+                .bind(new)
+                .bind(id)
+                .bind(old)
+                .execute(tx.conn())
+                .await?;
+        tx.commit_quiet().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Re-seals every first-format (`v1:`) credential bound to its gateway and origin, in
+    /// one transaction (at start). A value that does not open with this key is left as it
+    /// is and reported: the gateway's refreshes fail until its credentials are given again.
+    /// Returns how many were re-sealed.
+    pub async fn reseal_legacy_credentials(&self, secrets: &SecretBox) -> Result<u32, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let rows =
+            sqlx::query("SELECT id, url, auth_sealed FROM gateways WHERE auth_sealed LIKE 'v1:%'")
+                .fetch_all(tx.conn())
+                .await?;
+        let mut done = 0;
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let sealed: String = r.try_get("auth_sealed")?;
+            let url: String = r.try_get("url")?;
+            let resealed = UpstreamUrl::from_stored(&url)
+                .map_err(|e| e.to_string())
+                .and_then(|u| {
+                    let creds = secrets
+                        .open_legacy_credentials(&sealed)
+                        .map_err(|e| e.to_string())?;
+                    let origin = u.origin();
+                    secrets
+                        .seal_credentials(
+                            &creds,
+                            CredentialBinding {
+                                gateway_id: &id,
+                                origin: &origin,
+                            },
+                        )
+                        .map_err(|e| e.to_string())
+                });
+            match resealed {
+                Ok(new) => {
+                    sqlx::query("UPDATE gateways SET auth_sealed = $1 WHERE id = $2")
+                        .bind(new)
+                        .bind(&id)
+                        .execute(tx.conn())
+                        .await?;
+                    done += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %id, error = %e, "first-format credentials not re-sealed")
+                }
+            }
+        }
+        tx.commit_quiet().await?;
+        if done > 0 {
+            tracing::info!(
+                count = done,
+                "re-sealed first-format credentials bound to their gateway and origin"
+            );
+        }
+        Ok(done)
+    }
+
     /// Sealed credentials of a gateway: `(auth_type, sealed)`.
     pub async fn gateway_auth(&self, id: &str) -> Result<(AuthType, Option<String>), StoreError> {
         let row = sqlx::query("SELECT auth_type, auth_sealed FROM gateways WHERE id = $1")
@@ -161,26 +274,26 @@ impl Store {
         ))
     }
 
-    /// A page of gateways, ordered by name.
-    pub async fn list_gateways(&self, q: &ListQuery) -> Result<Page<Gateway>, StoreError> {
+    /// A page of gateways, ordered by name (rows that do not parse left out).
+    pub async fn list_gateways(&self, q: &ListFilter) -> Result<Page<Gateway>, StoreError> {
         let l = ListSql::new(q, false)?;
         let sql = format!("SELECT {COLS} FROM gateways{}", l.tail());
         let rows = bind_all(sqlx::query(&sql), &l.args)
             .fetch_all(self.pool())
             .await?;
-        let items = rows
-            .iter()
-            .map(row_to_gateway)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(l.page(items, |g| &g.name))
+        l.page(rows, |r| self.keep_parsed("gateways", r, row_to_gateway(r)))
     }
 
-    /// Every gateway (for health checks, export).
+    /// Every gateway (for health checks, export, snapshots); rows that do not parse are
+    /// left out.
     pub async fn all_gateways(&self) -> Result<Vec<Gateway>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {COLS} FROM gateways ORDER BY name"))
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(row_to_gateway).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|r| self.keep_parsed("gateways", r, row_to_gateway(r)))
+            .collect())
     }
 
     /// Applies a partial update with optimistic concurrency. Disabling or enabling a
@@ -218,14 +331,14 @@ impl Store {
                 current: cur.version,
             });
         }
+        if let Some(url) = &p.url
+            && p.auth.is_none()
+        {
+            cur.check_move(url)?;
+        }
         let name = p.name.unwrap_or(cur.name);
-        validate_gateway_name(&name)?;
         let url = p.url.unwrap_or(cur.url);
-        validate_url(&url)?;
-        let tags = match p.tags {
-            Some(t) => normalize_tags(t, "tags")?,
-            None => cur.tags,
-        };
+        let tags = p.tags.unwrap_or(cur.tags);
         let enabled = p.enabled.unwrap_or(cur.enabled);
         let transport = p.transport.unwrap_or(cur.transport);
         let description = p.description.or(cur.description);
@@ -236,11 +349,11 @@ impl Store {
                      enabled = $6, auth_type = $7, auth_sealed = $8, updated_at = $9, version = version + 1 \
                      WHERE id = $10 AND version = $11",
                 )
-                .bind(&name)
-                .bind(&url)
+                .bind(name.as_str())
+                .bind(url.as_str())
                 .bind(transport.as_str())
                 .bind(description)
-                .bind(tags_json(&tags))
+                .bind(tags.to_json())
                 .bind(i64::from(enabled))
                 .bind(t.as_str())
                 .bind(sealed)
@@ -255,11 +368,11 @@ impl Store {
                     "UPDATE gateways SET name = $1, url = $2, transport = $3, description = $4, tags = $5, \
                      enabled = $6, updated_at = $7, version = version + 1 WHERE id = $8 AND version = $9",
                 )
-                .bind(&name)
-                .bind(&url)
+                .bind(name.as_str())
+                .bind(url.as_str())
                 .bind(transport.as_str())
                 .bind(description)
-                .bind(tags_json(&tags))
+                .bind(tags.to_json())
                 .bind(i64::from(enabled))
                 .bind(now())
                 .bind(id)
@@ -268,7 +381,7 @@ impl Store {
                 .await
             }
         }
-        .map_err(map_unique("gateway", &name))?;
+        .map_err(map_unique("gateway", name.as_str()))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::VersionConflict {
                 kind: "gateway",

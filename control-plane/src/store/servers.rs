@@ -4,64 +4,11 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{
-    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, new_id, normalize_tags,
-    now, parse_tags, tags_json, validate_item_name,
+    ListSql, Store, StoreError, WriteTx, bind_all, get_bool, map_unique, new_id, now, parse_tags,
 };
-use crate::model::{CatalogKind, ListQuery, Page, Server};
+use crate::model::{CatalogKind, ItemName, ListFilter, NewServer, Page, Server, ServerPatch};
 
 const COLS: &str = "id, name, description, icon, tags, enabled, created_at, updated_at, version";
-
-/// A new virtual server.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NewServer {
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Icon URL.
-    pub icon: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Operator switch.
-    pub enabled: bool,
-    /// Tool ids.
-    pub tools: Vec<String>,
-    /// Resource ids.
-    pub resources: Vec<String>,
-    /// Prompt ids.
-    pub prompts: Vec<String>,
-}
-
-/// A partial server update; association lists replace the stored ones.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServerPatch {
-    /// New name.
-    pub name: Option<String>,
-    /// New description.
-    pub description: Option<String>,
-    /// New icon.
-    pub icon: Option<String>,
-    /// New tags.
-    pub tags: Option<Vec<String>>,
-    /// New switch.
-    pub enabled: Option<bool>,
-    /// New tool set.
-    pub tools: Option<Vec<String>>,
-    /// New resource set.
-    pub resources: Option<Vec<String>>,
-    /// New prompt set.
-    pub prompts: Option<Vec<String>>,
-    /// Expected current version.
-    pub expected_version: Option<i64>,
-}
-
-fn assoc_field(kind: CatalogKind) -> &'static str {
-    match kind {
-        CatalogKind::Tool => "associated_tools",
-        CatalogKind::Resource => "associated_resources",
-        CatalogKind::Prompt => "associated_prompts",
-    }
-}
 
 async fn set_associations(
     tx: &mut WriteTx<'_>,
@@ -87,7 +34,7 @@ async fn set_associations(
             .await?;
         if exists.is_none() {
             return Err(StoreError::invalid(
-                format!("{}[{i}]", assoc_field(kind)),
+                format!("{}[{i}]", kind.server_field()),
                 format!("no {} with id {id}", kind.label()),
             ));
         }
@@ -125,9 +72,10 @@ impl Store {
                 .collect::<Result<_, _>>()?;
         }
         let [tools, resources, prompts] = assoc;
+        let name: String = row.try_get("name")?;
         Ok(Server {
             id,
-            name: row.try_get("name")?,
+            name: ItemName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             description: row.try_get("description")?,
             icon: row.try_get("icon")?,
             tags: parse_tags(row)?,
@@ -155,8 +103,6 @@ impl Store {
         tx: &mut WriteTx<'_>,
         s: NewServer,
     ) -> Result<String, StoreError> {
-        validate_item_name(&s.name, "name")?;
-        let tags = normalize_tags(s.tags, "tags")?;
         let id = new_id();
         let ts = now();
         sqlx::query(
@@ -164,15 +110,15 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1)",
         )
         .bind(&id)
-        .bind(&s.name)
+        .bind(s.name.as_str())
         .bind(s.description)
         .bind(s.icon)
-        .bind(tags_json(&tags))
+        .bind(s.tags.to_json())
         .bind(i64::from(s.enabled))
         .bind(&ts)
         .execute(tx.conn())
         .await
-        .map_err(map_unique("server", &s.name))?;
+        .map_err(map_unique("server", s.name.as_str()))?;
         set_associations(tx, &id, CatalogKind::Tool, &s.tools).await?;
         set_associations(tx, &id, CatalogKind::Resource, &s.resources).await?;
         set_associations(tx, &id, CatalogKind::Prompt, &s.prompts).await?;
@@ -193,22 +139,27 @@ impl Store {
         self.server_from_row(&mut conn, &row).await
     }
 
-    /// A page of virtual servers.
-    pub async fn list_servers(&self, q: &ListQuery) -> Result<Page<Server>, StoreError> {
+    /// A page of virtual servers (rows that do not parse left out).
+    pub async fn list_servers(&self, q: &ListFilter) -> Result<Page<Server>, StoreError> {
         let l = ListSql::new(q, false)?;
         let sql = format!("SELECT {COLS} FROM servers{}", l.tail());
         let mut conn = self.pool().acquire().await?;
         let rows = bind_all(sqlx::query(&sql), &l.args)
             .fetch_all(&mut *conn)
             .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for r in &rows {
-            items.push(self.server_from_row(&mut conn, r).await?);
+        let mut parsed = Vec::with_capacity(rows.len());
+        for r in rows.iter().take(l.limit as usize) {
+            parsed.push(self.server_from_row(&mut conn, r).await);
         }
-        Ok(l.page(items, |s| &s.name))
+        let mut parsed = parsed.into_iter();
+        l.page(rows, |r| {
+            parsed
+                .next()
+                .and_then(|p| self.keep_parsed("servers", r, p))
+        })
     }
 
-    /// Every virtual server.
+    /// Every virtual server (rows that do not parse left out).
     pub async fn all_servers(&self) -> Result<Vec<Server>, StoreError> {
         let mut conn = self.pool().acquire().await?;
         let rows = sqlx::query(&format!("SELECT {COLS} FROM servers ORDER BY name"))
@@ -216,7 +167,10 @@ impl Store {
             .await?;
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
-            items.push(self.server_from_row(&mut conn, r).await?);
+            let parsed = self.server_from_row(&mut conn, r).await;
+            if let Some(s) = self.keep_parsed("servers", r, parsed) {
+                items.push(s);
+            }
         }
         Ok(items)
     }
@@ -255,13 +209,12 @@ impl Store {
                 current: version,
             });
         }
-        let name = match p.name {
-            Some(n) => n,
+        let name: String = match p.name {
+            Some(n) => n.as_str().to_owned(),
             None => row.try_get("name")?,
         };
-        validate_item_name(&name, "name")?;
         let tags = match p.tags {
-            Some(t) => normalize_tags(t, "tags")?,
+            Some(t) => t,
             None => parse_tags(&row)?,
         };
         let description = match p.description {
@@ -283,7 +236,7 @@ impl Store {
         .bind(&name)
         .bind(description)
         .bind(icon)
-        .bind(tags_json(&tags))
+        .bind(tags.to_json())
         .bind(i64::from(enabled))
         .bind(now())
         .bind(id)

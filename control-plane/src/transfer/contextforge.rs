@@ -9,12 +9,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::{
     ExportDocument, ExportGateway, ExportItem, ExportServer, FORMAT, ImportEntry, ImportError,
 };
-use crate::model::{AuthType, Transport};
+use crate::model::{
+    AuthType, CatalogSpec, HttpMethod, IntegrationType, PromptArgument, PromptSpec, ResourceSpec,
+    ToolSpec, Transport,
+};
 
 fn s(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
@@ -189,10 +192,9 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
             };
             let original = upstream_name(t, &name, &gateway);
             let here = format!("{gateway}{separator}{original}");
-            let mut spec = Map::new();
-            spec.insert("integration_type".into(), json!("MCP"));
-            if let Some(schema) = t.get("input_schema").filter(|v| v.is_object()) {
-                spec.insert("input_schema".into(), schema.clone());
+            let mut spec = ToolSpec::default();
+            if let Some(schema) = t.get("input_schema").and_then(Value::as_object) {
+                spec.input_schema = schema.clone();
             }
             if let Some(id) = s(t, "id") {
                 aliases.insert(id, here.clone());
@@ -204,7 +206,7 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
                 gateway: Some(gateway),
                 uri: None,
                 description: s(t, "description"),
-                spec,
+                spec: spec.to_json(),
                 tags: tags(t),
                 enabled: active(t),
             });
@@ -213,39 +215,35 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
         if let Some(id) = s(t, "id") {
             aliases.insert(id, name.clone());
         }
-        let mut spec = Map::new();
-        spec.insert("integration_type".into(), json!("REST"));
-        spec.insert(
-            "input_schema".into(),
-            t.get("input_schema")
-                .filter(|v| v.is_object())
+        let method = s(t, "request_type").unwrap_or_else(|| "POST".into());
+        let Ok(method) = HttpMethod::parse(&method) else {
+            warnings.push(format!(
+                "tool {name}: request_type {method:?} is not GET, POST, PUT, PATCH or DELETE; left out"
+            ));
+            continue;
+        };
+        let spec = ToolSpec {
+            integration_type: IntegrationType::Rest,
+            input_schema: t
+                .get("input_schema")
+                .and_then(Value::as_object)
                 .cloned()
-                .unwrap_or_else(|| json!({"type": "object"})),
-        );
-        if let Some(a) = t
-            .get("annotations")
-            .filter(|a| a.as_object().is_some_and(|o| !o.is_empty()))
-        {
-            spec.insert("annotations".into(), a.clone());
-        }
-        if let Some(u) = s(t, "url") {
-            spec.insert("url".into(), json!(u));
-        }
-        spec.insert(
-            "request_type".into(),
-            json!(
-                s(t, "request_type")
-                    .unwrap_or_else(|| "POST".into())
-                    .to_uppercase()
-            ),
-        );
+                .unwrap_or_else(|| ToolSpec::default().input_schema),
+            annotations: t
+                .get("annotations")
+                .filter(|a| a.as_object().is_some_and(|o| !o.is_empty()))
+                .cloned(),
+            url: s(t, "url"),
+            request_type: Some(method),
+            ..ToolSpec::default()
+        };
         doc.tools.push(ExportItem {
             original_name: name.clone(),
             name,
             gateway: None,
             uri: None,
             description: s(t, "description"),
-            spec,
+            spec: spec.to_json(),
             tags: tags(t),
             enabled: active(t),
         });
@@ -255,21 +253,19 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
             warnings.push(format!("resources[{i}]: no name or uri; left out"));
             continue;
         };
-        let mut spec = Map::new();
-        spec.insert("is_template".into(), json!(uri.contains('{')));
-        if let Some(m) = s(r, "mime_type") {
-            spec.insert("mime_type".into(), json!(m));
-        }
-        if let Some(c) = s(r, "content").or_else(|| s(r, "text_content")) {
-            spec.insert("content".into(), json!(c));
-        }
+        let spec = ResourceSpec {
+            is_template: uri.contains('{'),
+            mime_type: s(r, "mime_type"),
+            content: s(r, "content").or_else(|| s(r, "text_content")),
+            ..ResourceSpec::default()
+        };
         doc.resources.push(ExportItem {
             original_name: name.clone(),
             name,
             gateway: None,
             uri: Some(uri),
             description: s(r, "description"),
-            spec,
+            spec: spec.to_json(),
             tags: tags(r),
             enabled: active(r),
         });
@@ -289,31 +285,30 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
         let mut args = Vec::new();
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {
             for (arg, def) in props {
-                let mut a = Map::new();
-                a.insert("name".into(), json!(arg));
-                if let Some(d) = def
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .filter(|d| !d.is_empty())
-                {
-                    a.insert("description".into(), json!(d));
-                }
-                a.insert("required".into(), json!(required.contains(&arg.as_str())));
-                args.push(Value::Object(a));
+                args.push(PromptArgument {
+                    name: arg.clone(),
+                    title: None,
+                    description: def
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_owned),
+                    required: Some(required.contains(&arg.as_str())),
+                });
             }
         }
-        let mut spec = Map::new();
-        if let Some(t) = s(p, "template") {
-            spec.insert("template".into(), json!(t));
-        }
-        spec.insert("arguments".into(), Value::Array(args));
+        let spec = PromptSpec {
+            template: s(p, "template"),
+            arguments: Some(args),
+            ..PromptSpec::default()
+        };
         doc.prompts.push(ExportItem {
             original_name: name.clone(),
             name,
             gateway: None,
             uri: None,
             description: s(p, "description"),
-            spec,
+            spec: spec.to_json(),
             tags: tags(p),
             enabled: active(p),
         });

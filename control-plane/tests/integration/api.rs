@@ -382,7 +382,8 @@ async fn credentials_are_sealed_at_rest_and_never_returned() {
         .await;
     assert_eq!(s, 422, "credentials without auth_type are refused");
 
-    // The stored value is ciphertext that opens only with the key.
+    // The stored value is ciphertext that opens only with the key, for this gateway and
+    // its URL's origin.
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
         .await
         .unwrap();
@@ -393,16 +394,20 @@ async fn credentials_are_sealed_at_rest_and_never_returned() {
         .unwrap();
     let sealed: String = row.try_get("auth_sealed").unwrap();
     assert!(
-        !sealed.contains("k2") && sealed.starts_with("v1:"),
+        !sealed.contains("k2") && sealed.starts_with("v2:"),
         "{sealed}"
     );
+    let binding = mcpgw::crypto::CredentialBinding {
+        gateway_id: &id,
+        origin: "http://127.0.0.1:9",
+    };
     let creds = mcpgw::crypto::SecretBox::dev()
-        .open_credentials(&sealed)
+        .open_credentials(&sealed, binding)
         .unwrap();
     assert_eq!(creds.auth_type(), mcpgw::model::AuthType::Headers);
     assert!(
         mcpgw::crypto::SecretBox::from_key([1; 32])
-            .open(&sealed)
+            .open_credentials(&sealed, binding)
             .is_err()
     );
     cp.stop().await;
@@ -425,4 +430,312 @@ async fn serve_refuses_to_start_without_a_key_and_creates_its_data_dir() {
     let store = mcpgw::open_store(&settings).await.unwrap();
     assert!(data.join("mcpgw.db").exists());
     store.close().await;
+}
+
+/// Every state-changing endpoint (from the OpenAPI document, plus the `/toggle` aliases):
+/// a form-like request, a request the browser marks cross-site and one from a foreign
+/// origin are refused; a program's body-less request passes.
+#[tokio::test]
+async fn state_changes_cannot_be_forged_cross_site() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let doc: Value = serde_json::from_str(&mcpgw::api::openapi_json()).unwrap();
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                let concrete = path.replace("{id}", "no-such-id");
+                endpoints.push((method.to_uppercase(), concrete.clone()));
+                if concrete.ends_with("/state") {
+                    endpoints.push((method.to_uppercase(), concrete.replace("/state", "/toggle")));
+                }
+            }
+        }
+    }
+    assert_eq!(endpoints.len(), 27, "{endpoints:?}");
+    for p in [
+        "/gateways/no-such-id/refresh",
+        "/tools/no-such-id/state",
+        "/import",
+    ] {
+        assert!(endpoints.iter().any(|(_, e)| e == p), "{p} covered");
+    }
+    let v0 = cp.get("/registry").await.1;
+    let send = |method: &str, path: &str| {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let q = if path.ends_with("/state") || path.ends_with("/toggle") {
+            "?activate=false"
+        } else {
+            ""
+        };
+        cp.http.request(m, cp.url(&format!("{path}{q}")))
+    };
+    for (method, path) in &endpoints {
+        let forged: Vec<(&str, reqwest::RequestBuilder)> = vec![
+            (
+                "form-like body",
+                send(method, path)
+                    .header("content-type", "text/plain")
+                    .body("{}"),
+            ),
+            ("no body, no header", send(method, path)),
+            (
+                "cross-site fetch",
+                send(method, path)
+                    .header("sec-fetch-site", "cross-site")
+                    .json(&json!({})),
+            ),
+            (
+                "same-site fetch",
+                send(method, path)
+                    .header("sec-fetch-site", "same-site")
+                    .header("x-mcpgw-request", "1"),
+            ),
+            (
+                "foreign origin",
+                send(method, path)
+                    .header("origin", "http://evil.example")
+                    .json(&json!({})),
+            ),
+            (
+                "empty JSON",
+                send(method, path).header("content-type", "application/json"),
+            ),
+        ];
+        for (what, req) in forged {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 403, "{method} {path} {what}: {body}");
+            assert_eq!(
+                body["type"], "urn:mcpgw:problem:cross-site-request",
+                "{body}"
+            );
+        }
+        // A program passes the guard (and then meets the handler: unknown id, bad body…).
+        let ok = send(method, path)
+            .header("x-mcpgw-request", "1")
+            .header("sec-fetch-site", "same-origin")
+            .header("origin", format!("http://{}", cp.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(ok.status().as_u16(), 403, "{method} {path}");
+    }
+    assert_eq!(cp.get("/registry").await.1, v0, "nothing changed");
+    // Reading stays open to anything (GET has no side effects).
+    let resp = cp
+        .http
+        .get(cp.url("/gateways"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    cp.stop().await;
+}
+
+/// Credentials in a URL's userinfo are refused, pointing at `auth_type`; a query's values
+/// are kept where they are needed (the stored URL, the connection) and shown as `***`
+/// everywhere else: answers, lists, export, errors, `last_error`.
+#[tokio::test]
+async fn secrets_in_gateway_urls_are_refused_or_redacted() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let secret = "s3cret-in-the-query";
+
+    // Userinfo: refused, nothing stored, the answer does not repeat the password.
+    for url in [
+        "http://admin:hunter2@127.0.0.1:9/mcp",
+        "http://hunter2@127.0.0.1:9/mcp",
+    ] {
+        let (s, p) = cp
+            .post(
+                "/gateways",
+                json!({"name": "ui", "url": url, "discover": false}),
+            )
+            .await;
+        assert_eq!(s, 422, "{p}");
+        assert_eq!(p["errors"][0]["field"], "url", "{p}");
+        let reason = p["errors"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("auth_type") && reason.contains("auth_headers"),
+            "{reason}"
+        );
+        assert!(!p.to_string().contains("hunter2"), "{p}");
+    }
+    assert!(
+        cp.get("/gateways").await.1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A query: stored whole, shown redacted.
+    let url = format!("http://127.0.0.1:9/mcp?token={secret}&team=a");
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "q", "url": url, "discover": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let shown = "http://127.0.0.1:9/mcp?token=***&team=***";
+    assert_eq!(g["gateway"]["url"], shown);
+    let id = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let stored = || async {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        let row = sqlx::query("SELECT url FROM gateways WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        row.try_get::<String, _>("url").unwrap()
+    };
+    assert_eq!(stored().await, url, "the stored URL keeps its query");
+    // A failed refresh records its error without the secret either, whichever client
+    // words it (the legacy SSE client quotes the URL it called).
+    let (s, _) = cp.post(&format!("/gateways/{id}/refresh"), json!({})).await;
+    assert_eq!(s, 502);
+    let (s, _) = cp
+        .put(&format!("/gateways/{id}"), json!({"transport": "sse"}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, p) = cp.post(&format!("/gateways/{id}/refresh"), json!({})).await;
+    assert_eq!(s, 502, "{p}");
+    assert!(!p.to_string().contains(secret), "{p}");
+    for path in [
+        format!("/gateways/{id}"),
+        "/gateways".into(),
+        "/export".into(),
+        "/metrics".into(),
+    ] {
+        let (_, v) = cp.get(&path).await;
+        assert!(
+            !v.to_string().contains(secret),
+            "{path} leaks the query: {v}"
+        );
+    }
+    let (_, gw) = cp.get(&format!("/gateways/{id}")).await;
+    assert!(gw["last_error"].is_string(), "{gw}");
+    assert_eq!(cp.get("/export").await.1["gateways"][0]["url"], shown);
+
+    // Writing back what was read changes nothing; a new query replaces the old one.
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"url": shown, "description": "read, then written back"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        stored().await,
+        url,
+        "the redacted form did not overwrite the secret"
+    );
+    // So does importing the export back.
+    let (_, doc) = cp.get("/export").await;
+    let (s, rep) = cp
+        .post("/import?conflict_strategy=update", doc.clone())
+        .await;
+    assert_eq!(s, 200, "{rep}");
+    assert_eq!(
+        stored().await,
+        url,
+        "re-importing the export kept the secret"
+    );
+    // Imported elsewhere, the redacted URL is flagged.
+    let other_db = TestDb::sqlite();
+    let other = TestCp::start(settings(&other_db)).await;
+    let (s, rep) = other.post("/import", doc).await;
+    assert_eq!(s, 200, "{rep}");
+    assert!(rep["warnings"].to_string().contains("redacted"), "{rep}");
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"url": "http://127.0.0.1:9/mcp?token=new"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(stored().await, "http://127.0.0.1:9/mcp?token=new");
+    // Userinfo is refused on update and in imports too.
+    let (s, p) = cp
+        .put(
+            &format!("/gateways/{id}"),
+            json!({"url": "http://u:p@127.0.0.1:9/mcp"}),
+        )
+        .await;
+    assert_eq!(
+        (s, p["errors"][0]["field"].as_str()),
+        (422, Some("url")),
+        "{p}"
+    );
+    let bad_doc = json!({"format": "mcpgw-export", "version": 1, "gateways": [
+        {"name": "ui", "url": "http://u:p@127.0.0.1:9/mcp", "transport": "streamable_http",
+         "enabled": true, "auth_type": "none", "description": null}]});
+    let (s, p) = cp.post("/import", bad_doc).await;
+    assert_eq!(
+        (s, p["errors"][0]["field"].as_str()),
+        (422, Some("gateway ui")),
+        "{p}"
+    );
+    other.stop().await;
+    cp.stop().await;
+}
+
+/// `a` serving `b__c` and `a__b` serving `c` would both expose `a__b__c`: gateway names may
+/// not contain the configured separator, on create, rename and import; stored ones from
+/// before are reported at start.
+#[tokio::test]
+async fn gateway_names_cannot_contain_the_separator() {
+    for (sep, bad, fine) in [("__", "a__b", "a-b"), ("-", "a-b", "a__b")] {
+        let db = TestDb::sqlite();
+        let mut s = settings(&db);
+        s.federation.separator = sep.into();
+        let cp = TestCp::start(s).await;
+        let create =
+            |name: &str| json!({"name": name, "url": "http://127.0.0.1:9/mcp", "discover": false});
+        let (s, p) = cp.post("/gateways", create(bad)).await;
+        assert_eq!(s, 422, "{sep}: {p}");
+        assert_eq!(p["errors"][0]["field"], "name");
+        assert!(p["detail"].as_str().unwrap().contains("separator"), "{p}");
+        let (s, g) = cp.post("/gateways", create(fine)).await;
+        assert_eq!(s, 201, "{sep}: {g}");
+        let id = g["gateway"]["id"].as_str().unwrap();
+        let (s, p) = cp
+            .put(&format!("/gateways/{id}"), json!({"name": bad}))
+            .await;
+        assert_eq!(
+            (s, p["errors"][0]["field"].as_str()),
+            (422, Some("name")),
+            "{p}"
+        );
+        let doc = json!({"format": "mcpgw-export", "version": 1, "gateways": [
+            {"name": bad, "url": "http://127.0.0.1:9/mcp", "transport": "streamable_http",
+             "enabled": true, "auth_type": "none", "description": null}]});
+        let (s, p) = cp.post("/import", doc).await;
+        assert_eq!(s, 422, "{p}");
+        assert_eq!(p["errors"][0]["field"], format!("gateway {bad}"), "{p}");
+        assert!(cp.federation.names_with_separator().await.is_empty());
+        cp.stop().await;
+        // A stored name from before the rule: the control plane starts, serves it, and
+        // reports it.
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE gateways SET name = $1")
+            .bind(bad)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let mut s = settings(&db);
+        s.federation.separator = sep.into();
+        let cp = TestCp::start(s).await;
+        assert_eq!(cp.federation.names_with_separator().await, [bad]);
+        assert_eq!(cp.get("/gateways").await.1["items"][0]["name"], bad);
+        cp.stop().await;
+    }
 }

@@ -232,3 +232,155 @@ async fn operator_verbs_against_the_api() {
     cp.stop().await;
     running.stop().await;
 }
+
+async fn run_env(api: &str, args: Vec<String>, env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("MCPGW_API_URL", api)
+        .env_remove("MCPGW_AUTH_TOKEN")
+        .env_remove("MCPGW_AUTH_PASSWORD")
+        .env_remove("MCPGW_UPSTREAM_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run mcpgw");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn secret_file(dir: &std::path::Path, name: &str, content: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_credentials_from_files_and_the_environment() {
+    let token = "tok-from-a-file";
+    let bearer = TestUpstream::with_tools(&["a"]).with_required_auth(&format!("Bearer {token}"));
+    let bearer_up = bearer.serve(0).await;
+    use base64::Engine as _;
+    let basic_value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ops:pass-from-a-file")
+    );
+    let basic = TestUpstream::with_tools(&["b"]).with_required_auth(&basic_value);
+    let basic_up = basic.serve(0).await;
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let api = format!("http://{}", cp.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let add = |name: &str, url: &str, extra: &[&str]| -> Vec<String> {
+        ["gateways", "add", "--name", name, "--url", url]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+
+    // A file readable by others is refused, and the error does not echo it.
+    let loose = secret_file(dir.path(), "loose", &format!("{token}\n"), 0o644);
+    let (ok, out, err) = run_env(
+        &api,
+        add("loose", &bearer_up.url, &["--auth-token-file", &loose]),
+        &[],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(token) && !out.contains(token), "{err}");
+
+    // The token from an owner-only file (its newline dropped) reaches the upstream.
+    let file = secret_file(dir.path(), "token", &format!("{token}\n"), 0o600);
+    let (ok, out, err) = run_env(
+        &api,
+        add("filed", &bearer_up.url, &["--auth-token-file", &file]),
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("filed") && out.contains("+6"), "{out}");
+
+    // The same from the environment.
+    let (ok, out, err) = run_env(
+        &api,
+        add("from-env", &bearer_up.url, &[]),
+        &[("MCPGW_AUTH_TOKEN", token)],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("+6"), "{out}");
+
+    // Basic: the user name on the command line, the password from a file or the environment.
+    let pw = secret_file(dir.path(), "pw", "pass-from-a-file", 0o400);
+    let (ok, out, err) = run_env(
+        &api,
+        add(
+            "basic-file",
+            &basic_up.url,
+            &["--auth-username", "ops", "--auth-password-file", &pw],
+        ),
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("+6"), "{out}");
+    let (ok, _, err) = run_env(
+        &api,
+        add("basic-env", &basic_up.url, &["--auth-username", "ops"]),
+        &[("MCPGW_AUTH_PASSWORD", "pass-from-a-file")],
+    )
+    .await;
+    assert!(ok, "{err}");
+
+    // Two kinds at once are refused before anything is sent.
+    let (ok, _, err) = run_env(
+        &api,
+        add(
+            "both",
+            &bearer_up.url,
+            &["--auth-token-file", &file, "--auth-username", "ops"],
+        ),
+        &[("MCPGW_AUTH_PASSWORD", "x")],
+    )
+    .await;
+    assert!(!ok && err.contains("one kind"), "{err}");
+    let (_, gws) = cp.get("/gateways").await;
+    let kinds: Vec<(String, String)> = gws["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().to_owned(),
+                g["auth_type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("basic-env", "basic"),
+            ("basic-file", "basic"),
+            ("filed", "bearer"),
+            ("from-env", "bearer"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert!(
+        bearer
+            .auth_seen()
+            .iter()
+            .all(|a| a.is_empty() || a == &format!("Bearer {token}")),
+        "{:?}",
+        bearer.auth_seen()
+    );
+    cp.stop().await;
+    bearer_up.stop().await;
+    basic_up.stop().await;
+}

@@ -606,3 +606,493 @@ async fn ssrf_guard_refuses_loopback_unless_allowed() {
     }
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn connection_failures_do_not_tell_refused_from_unreachable() {
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    // Longer than a failed neighbour discovery takes to report "no route".
+    s.federation.timeout = Duration::from_secs(10);
+    let cp = TestCp::start(s).await;
+    let closed = super::harness::free_port();
+    let refused = format!("http://127.0.0.1:{closed}/mcp?token=s3cret");
+    let (s, body) = cp
+        .post("/gateways", json!({"name": "refused", "url": refused}))
+        .await;
+    assert_eq!(s, 502, "{body}");
+    let detail = body["detail"].as_str().unwrap().to_owned();
+    assert_eq!(
+        detail, "upstream initialize failed: no connection to the upstream",
+        "no OS error, address or port in the answer"
+    );
+    // A host without a route fails alike (where this machine has no route to the
+    // documentation prefix, which it reports at once; elsewhere it would time out).
+    let unreachable = "http://[2001:db8::1]:9/mcp";
+    let fast = std::net::TcpStream::connect_timeout(
+        &"[2001:db8::1]:9".parse().unwrap(),
+        Duration::from_secs(8),
+    )
+    .map_err(|e| e.kind());
+    if matches!(
+        fast,
+        Err(std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable)
+    ) {
+        let (s, body) = cp
+            .post(
+                "/gateways",
+                json!({"name": "unroutable", "url": unreachable}),
+            )
+            .await;
+        assert_eq!(
+            (s, body["detail"].as_str()),
+            (502, Some(detail.as_str())),
+            "{body}"
+        );
+    }
+    cp.stop().await;
+}
+
+const V1_SEALED_BY_THE_OLD_CODE: &str = "v1:UrV8+ImSMdqmXIu1Dd05sTSEqXYRX0ym7qd4Fz9DS/gOXqzv1fNFtFRsCZrJ0jfc8SEJ1mvg9tHTd6krRX5J8PVr81RC9z0=";
+
+async fn sql(db: &TestDb, statement: &str, binds: &[&str]) {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    let mut q = sqlx::query(statement);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q.execute(&mut conn).await.unwrap();
+}
+
+async fn sealed_of(db: &TestDb, id: &str) -> String {
+    use sqlx::Row as _;
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    sqlx::query("SELECT auth_sealed FROM gateways WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .try_get("auth_sealed")
+        .unwrap()
+}
+
+/// Stored credentials reach only the origin they were given for: a new URL on another
+/// origin must bring them again (or drop them), through the API and through imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_credentials_do_not_follow_a_url_to_another_origin() {
+    let token = "Bearer only-for-a";
+    let a = TestUpstream::with_tools(&["one"]).with_required_auth(token);
+    let a_up = a.serve(0).await;
+    let b = TestUpstream::with_tools(&["one"]);
+    let b_up = b.serve(0).await;
+    let db = TestDb::postgres().await;
+    let cp = TestCp::start(settings(&db)).await;
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "a", "url": a_up.url, "auth_type": "bearer", "auth_token": "only-for-a"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+
+    // Another origin without credentials: refused, saying why; nothing changes.
+    let (s, p) = cp
+        .put(&format!("/gateways/{gid}"), json!({"url": b_up.url}))
+        .await;
+    assert_eq!(s, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "auth_type", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("give them again"),
+        "{p}"
+    );
+    assert_eq!(cp.get(&format!("/gateways/{gid}")).await.1["url"], a_up.url);
+    // The same origin (another path or query): the credentials stay and keep working.
+    let same_origin = format!("{}?tenant=x", a_up.url);
+    let (s, v) = cp
+        .put(&format!("/gateways/{gid}"), json!({"url": same_origin}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    // An import moving it elsewhere is refused for that entry, dry run included.
+    let doc = json!({"format": "mcpgw-export", "version": 1, "gateways": [
+        {"name": "a", "url": b_up.url, "transport": "streamable_http",
+         "enabled": true, "auth_type": "bearer", "description": null}]});
+    let (s, plan) = cp
+        .post("/import?dry_run=true&conflict_strategy=update", doc.clone())
+        .await;
+    assert_eq!((s, plan["failed"].as_u64()), (200, Some(1)), "{plan}");
+    let (s, p) = cp.post("/import?conflict_strategy=update", doc).await;
+    assert_eq!(s, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "gateway a", "{p}");
+    assert!(
+        p["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("auth_type"),
+        "{p}"
+    );
+    // Dropping them moves it; giving new ones for the new origin does too.
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{gid}"),
+            json!({"url": b_up.url, "auth_type": "none"}),
+        )
+        .await;
+    assert_eq!((s, v["auth_type"].as_str()), (200, Some("none")), "{v}");
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, v) = cp
+        .put(
+            &format!("/gateways/{gid}"),
+            json!({"url": a_up.url, "auth_type": "bearer", "auth_token": "only-for-a"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    // B never saw the token.
+    assert!(
+        !b.auth_seen().iter().any(|h| h.contains("only-for-a")),
+        "{:?}",
+        b.auth_seen()
+    );
+    cp.stop().await;
+    a_up.stop().await;
+    b_up.stop().await;
+}
+
+/// A sealed value is bound to its gateway and origin: copied to another row, or left in
+/// place while the URL is changed behind the API's back, it does not open, and no
+/// upstream receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_credentials_do_not_open_for_another_gateway_or_origin() {
+    for (backend, db) in super::harness::both_backends().await {
+        let a = TestUpstream::with_tools(&["one"]).with_required_auth("Bearer secret-of-a");
+        let a_up = a.serve(0).await;
+        let b = TestUpstream::with_tools(&["one"]);
+        let b_up = b.serve(0).await;
+        let cp = TestCp::start(settings(&db)).await;
+        let mut ids = Vec::new();
+        for (name, url, token) in [("a", &a_up.url, "secret-of-a"), ("b", &b_up.url, "for-b")] {
+            let (s, g) = cp
+                .post(
+                    "/gateways",
+                    json!({"name": name, "url": url, "auth_type": "bearer", "auth_token": token}),
+                )
+                .await;
+            assert_eq!(s, 201, "{backend}: {g}");
+            ids.push(g["gateway"]["id"].as_str().unwrap().to_owned());
+        }
+        let (ga, gb) = (&ids[0], &ids[1]);
+        // A's sealed credentials copied into B's row.
+        let stolen = sealed_of(&db, ga).await;
+        sql(
+            &db,
+            "UPDATE gateways SET auth_sealed = $1 WHERE id = $2",
+            &[&stolen, gb],
+        )
+        .await;
+        let (s, p) = cp.post(&format!("/gateways/{gb}/refresh"), json!({})).await;
+        assert_eq!(s, 500, "{backend}: {p}");
+        assert_eq!(p["type"], "urn:mcpgw:problem:credentials-unreadable", "{p}");
+        assert!(
+            cp.store
+                .gateway_credentials(gb, &mcpgw::crypto::SecretBox::dev())
+                .await
+                .is_err(),
+            "{backend}"
+        );
+        // A's URL changed in the database to B's origin: A's credentials stay closed.
+        sql(
+            &db,
+            "UPDATE gateways SET url = $1 WHERE id = $2",
+            &[&b_up.url, ga],
+        )
+        .await;
+        let (s, p) = cp.post(&format!("/gateways/{ga}/refresh"), json!({})).await;
+        assert_eq!(s, 500, "{backend}: {p}");
+        assert!(
+            !b.auth_seen().iter().any(|h| h.contains("secret-of-a")),
+            "{backend}: {:?}",
+            b.auth_seen()
+        );
+        cp.stop().await;
+        a_up.stop().await;
+        b_up.stop().await;
+    }
+}
+
+/// A credential sealed by the first format (the code of that time, under the dev key) is
+/// re-sealed bound at start, and one written later (an older replica) on first read; both
+/// keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_credential_written_by_the_old_code_still_works_after_the_upgrade() {
+    for (backend, db) in super::harness::both_backends().await {
+        let up = TestUpstream::with_tools(&["one"]).with_required_auth("Bearer legacy-v1-token");
+        let running = up.serve(0).await;
+        let cp = TestCp::start(settings(&db)).await;
+        let (s, g) = cp
+            .post(
+                "/gateways",
+                json!({"name": "old", "url": running.url, "discover": false}),
+            )
+            .await;
+        assert_eq!(s, 201, "{backend}: {g}");
+        let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+        cp.stop().await;
+        // As the old code left it.
+        sql(
+            &db,
+            "UPDATE gateways SET auth_type = 'bearer', auth_sealed = $1 WHERE id = $2",
+            &[V1_SEALED_BY_THE_OLD_CODE, &gid],
+        )
+        .await;
+
+        // Upgrade: the new code starts on that database.
+        let cp = TestCp::start(settings(&db)).await;
+        let sealed = sealed_of(&db, &gid).await;
+        assert!(
+            sealed.starts_with("v2:"),
+            "{backend}: re-sealed at start: {sealed}"
+        );
+        let (s, r) = cp
+            .post(&format!("/gateways/{gid}/refresh"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{backend}: {r}");
+        // (The health loop's first pass may have discovered it already.)
+        let sync = &r["sync"];
+        assert_eq!(
+            sync["added"].as_u64().unwrap() + sync["unchanged"].as_u64().unwrap(),
+            6,
+            "{backend}: {r}"
+        );
+
+        // An older replica writes the first format again: the first read re-seals it.
+        sql(
+            &db,
+            "UPDATE gateways SET auth_sealed = $1 WHERE id = $2",
+            &[V1_SEALED_BY_THE_OLD_CODE, &gid],
+        )
+        .await;
+        let (s, r) = cp
+            .post(&format!("/gateways/{gid}/refresh"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{backend}: {r}");
+        assert!(sealed_of(&db, &gid).await.starts_with("v2:"), "{backend}");
+        cp.stop().await;
+        running.stop().await;
+    }
+}
+
+fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An upstream that floods list_changed costs one rediscovery per interval, not one per
+/// notification: here the interval is an hour, so after the first, every notification of
+/// the flood folds into one pending run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_changed_flood_costs_one_rediscovery_per_interval() {
+    let up = TestUpstream::with_tools(&["one"]);
+    let running = up.serve(0).await;
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    s.federation.list_changed_interval = Duration::from_secs(3600);
+    let cp = TestCp::start(s).await;
+    let (st, g) = cp
+        .post("/gateways", json!({"name": "noisy", "url": running.url}))
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let listed_at_registration = up.tool_lists();
+
+    const FLOOD: u64 = 300;
+    up.set_tools(&["one", "two"]).await;
+    up.flood_list_changed(FLOOD as usize - 1).await;
+    // Every notification reached the control plane…
+    let m = eventually(
+        "every notification of the flood to be counted",
+        Duration::from_secs(20),
+        || async {
+            let (_, m) = cp.get("/metrics").await;
+            let m = m.as_str().unwrap_or_default().to_owned();
+            let total = metric(
+                &m,
+                "mcpgw_federation_list_changed_total{outcome=\"scheduled\"}",
+            ) + metric(
+                &m,
+                "mcpgw_federation_list_changed_total{outcome=\"coalesced\"}",
+            );
+            (total == FLOOD).then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        metric(
+            &m,
+            "mcpgw_federation_list_changed_total{outcome=\"coalesced\"}"
+        ) >= FLOOD - 2,
+        "{m}"
+    );
+    // …the first one rediscovered the catalog…
+    eventually("the first rediscovery", Duration::from_secs(20), || async {
+        let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+        (names(&tools) == ["noisy__one", "noisy__two"]).then_some(())
+    })
+    .await;
+    // …and the rest wait, folded into one run an interval later.
+    assert!(cp.federation.change_pending(&gid));
+    assert_eq!(
+        up.tool_lists(),
+        listed_at_registration + 1,
+        "one tools/list per rediscovery (one page each)"
+    );
+    cp.stop().await;
+    running.stop().await;
+}
+
+/// What an upstream lists is held to the rules hand-made entries follow, and to size
+/// caps: a name the API would refuse or a definition over the item limit is left out and
+/// reported; a catalog over the count limit fails the discovery, clearly, and keeps what
+/// was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_items_are_validated_and_capped() {
+    let big_schema = json!({"type": "object", "description": "x".repeat(20_000)});
+    let raw = vec![
+        json!({"name": "fine", "inputSchema": {"type": "object"}}),
+        json!({"name": "", "inputSchema": {"type": "object"}}),
+        json!({"name": "bell\u{7}name", "inputSchema": {"type": "object"}}),
+        json!({"name": "x".repeat(300), "inputSchema": {"type": "object"}}),
+        json!({"name": "huge", "inputSchema": big_schema}),
+    ];
+    let up = TestUpstream::with_tools(&[]).with_raw_tools(raw);
+    let running = up.serve(0).await;
+    let db = TestDb::postgres().await;
+    let mut s = settings(&db);
+    s.federation.limits.max_item_bytes = 16 * 1024;
+    s.federation.limits.max_items = 12;
+    let cp = TestCp::start(s).await;
+    let (st, g) = cp
+        .post("/gateways", json!({"name": "raw", "url": running.url}))
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    assert_eq!(names(&tools), ["raw__fine"]);
+    let skipped = g["sync"]["skipped"].as_array().unwrap();
+    let reasons: Vec<(&str, &str)> = skipped
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| n.is_empty() && r.contains("empty")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| *n == "bell\\u{7}name" && r.contains("control")),
+        "printable in the report: {reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| n.ends_with('…') && r.contains("255")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(n, r)| *n == "huge" && r.contains("16384")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        g["gateway"]["skipped"], g["sync"]["skipped"],
+        "kept on the gateway"
+    );
+    let (_, m) = cp.get("/metrics").await;
+    let m = m.as_str().unwrap();
+    assert_eq!(
+        metric(
+            m,
+            "mcpgw_federation_skipped_items_total{reason=\"invalid_name\"}"
+        ),
+        3,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            m,
+            "mcpgw_federation_skipped_items_total{reason=\"too_large\"}"
+        ),
+        1,
+        "{m}"
+    );
+
+    // Over the count cap (12 items, 3 resources and a template included): the refresh fails
+    // with a clear error, recorded on the gateway, and the catalog stays.
+    let many: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("t{i}"), "inputSchema": {"type": "object"}}))
+        .collect();
+    let flooding = TestUpstream::with_tools(&[]).with_raw_tools(many);
+    let (s, p) = {
+        running.stop().await;
+        let again = flooding.serve(0).await;
+        let (s, v) = cp
+            .put(&format!("/gateways/{gid}"), json!({"url": again.url}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let r = cp
+            .post(&format!("/gateways/{gid}/refresh"), json!({}))
+            .await;
+        again.stop().await;
+        r
+    };
+    assert_eq!(s, 502, "{p}");
+    assert_eq!(p["type"], "urn:mcpgw:problem:upstream-limit", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("more than 12 items"),
+        "{p}"
+    );
+    let (_, gw) = cp.get(&format!("/gateways/{gid}")).await;
+    assert!(
+        gw["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 12 items"),
+        "{gw}"
+    );
+    let (_, tools) = cp.get(&format!("/tools?gateway_id={gid}")).await;
+    assert_eq!(names(&tools), ["raw__fine"], "catalog kept");
+    // A registration over the cap stores nothing.
+    let flood_up = flooding.serve(0).await;
+    let (s, p) = cp
+        .post("/gateways", json!({"name": "many", "url": flood_up.url}))
+        .await;
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (502, Some("urn:mcpgw:problem:upstream-limit")),
+        "{p}"
+    );
+    assert!(cp.get("/gateways").await.1.to_string().contains("\"raw\""));
+    assert!(!cp.get("/gateways").await.1.to_string().contains("\"many\""));
+    cp.stop().await;
+    flood_up.stop().await;
+}

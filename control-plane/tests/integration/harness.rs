@@ -202,7 +202,13 @@ impl TestCp {
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        self.call(self.http.delete(self.url(path))).await
+        // Body-less state changes say they come from a program (see `api::cross_site`).
+        self.call(
+            self.http
+                .delete(self.url(path))
+                .header(mcpgw::api::cross_site::REQUEST_HEADER, "1"),
+        )
+        .await
     }
 
     /// Stops the server and waits for it.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::response::IntoResponse as _;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
     GetPromptResponse, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
@@ -39,6 +40,10 @@ struct Catalog {
     /// What calls answer with (`whoami`), so tests can tell upstreams apart.
     label: String,
     tools: Vec<String>,
+    /// Tool definitions listed as they are, instead of those built from `tools`.
+    raw_tools: Option<Vec<Value>>,
+    /// `tools/list` requests answered.
+    tool_lists: usize,
     template_name: String,
     peers: Vec<Peer<RoleServer>>,
 }
@@ -47,6 +52,10 @@ struct Catalog {
 #[derive(Clone)]
 pub struct TestUpstream {
     catalog: Arc<Mutex<Catalog>>,
+    /// `Authorization` value every request must carry (`None`: no check); others get 401.
+    required_auth: Arc<Mutex<Option<String>>>,
+    /// Every `Authorization` value received (absent ones as `""`), in order.
+    auth_seen: Arc<Mutex<Vec<String>>>,
     /// `slow` calls that have started.
     slow_started: Arc<AtomicUsize>,
     /// One permit lets one `slow` call finish (a semaphore: a release before the call
@@ -58,6 +67,8 @@ impl Default for TestUpstream {
     fn default() -> Self {
         TestUpstream {
             catalog: Arc::default(),
+            required_auth: Arc::default(),
+            auth_seen: Arc::default(),
             slow_started: Arc::default(),
             slow_gate: Arc::new(Semaphore::new(0)),
         }
@@ -97,6 +108,39 @@ impl TestUpstream {
     pub fn with_template_name(self, name: &str) -> Self {
         self.catalog.lock().unwrap().template_name = name.into();
         self
+    }
+
+    /// Refuses (401) every request whose `Authorization` is not `value`.
+    pub fn with_required_auth(self, value: &str) -> Self {
+        *self.required_auth.lock().unwrap() = Some(value.to_owned());
+        self
+    }
+
+    /// Every `Authorization` header value this upstream received (`""` when absent).
+    pub fn auth_seen(&self) -> Vec<String> {
+        self.auth_seen.lock().unwrap().clone()
+    }
+
+    /// Lists these tool definitions as they are (names and sizes an API would refuse
+    /// included).
+    pub fn with_raw_tools(self, tools: Vec<Value>) -> Self {
+        self.catalog.lock().unwrap().raw_tools = Some(tools);
+        self
+    }
+
+    /// How many `tools/list` requests (pages) this upstream answered.
+    pub fn tool_lists(&self) -> usize {
+        self.catalog.lock().unwrap().tool_lists
+    }
+
+    /// Sends `n` `notifications/tools/list_changed` to every connected client.
+    pub async fn flood_list_changed(&self, n: usize) {
+        let peers = self.catalog.lock().unwrap().peers.clone();
+        for p in peers {
+            for _ in 0..n {
+                let _ = p.notify_tool_list_changed().await;
+            }
+        }
     }
 
     /// How many `slow` calls have reached this upstream.
@@ -159,7 +203,31 @@ impl TestUpstream {
             Arc::new(LocalSessionManager::default()),
             config,
         );
-        let router = axum::Router::new().nest_service("/mcp", service);
+        let required = self.required_auth.clone();
+        let seen = self.auth_seen.clone();
+        let router =
+            axum::Router::new()
+                .nest_service("/mcp", service)
+                .layer(axum::middleware::from_fn(
+                    move |req: axum::extract::Request, next: axum::middleware::Next| {
+                        let required = required.lock().unwrap().clone();
+                        let got = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        seen.lock().unwrap().push(got.clone());
+                        async move {
+                            match required {
+                                Some(want) if want != got => {
+                                    axum::http::StatusCode::UNAUTHORIZED.into_response()
+                                }
+                                _ => next.run(req).await,
+                            }
+                        }
+                    },
+                ));
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind test upstream");
@@ -234,18 +302,25 @@ impl ServerHandler for TestUpstream {
         req: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let names = self.catalog.lock().unwrap().tools.clone();
-        let (items, next) = page(&names, &req);
-        let tools: Vec<Value> = items
-            .iter()
-            .map(|n| {
-                json!({
-                    "name": n,
-                    "description": format!("the {n} tool"),
-                    "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}
+        let (names, raw) = {
+            let mut c = self.catalog.lock().unwrap();
+            c.tool_lists += 1;
+            (c.tools.clone(), c.raw_tools.clone())
+        };
+        let all: Vec<Value> = match raw {
+            Some(raw) => raw,
+            None => names
+                .iter()
+                .map(|n| {
+                    json!({
+                        "name": n,
+                        "description": format!("the {n} tool"),
+                        "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
+        let (tools, next) = page(&all, &req);
         Ok(serde_json::from_value(json!({"tools": tools, "nextCursor": next})).expect("tools"))
     }
 

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
-use mcpgw::model::{AuthType, NewGateway, Transport};
+use mcpgw::model::{
+    AuthType, GatewayName, ItemName, NewGateway, Tags, ToolSpec, Transport, UpstreamUrl,
+};
 use mcpgw::store::{Discovered, DiscoveredItem, NewServer};
 use mcpgw_bench::envoy::Envoy;
 use mcpgw_bench::machine;
@@ -128,11 +130,12 @@ async fn main() -> anyhow::Result<()> {
         .store
         .create_gateway_with_catalog(
             NewGateway {
-                name: "bench".into(),
-                url: format!("http://{}/mcp", upstream.addr()),
+                id: mcpgw::store::new_id(),
+                name: GatewayName::parse("bench")?,
+                url: UpstreamUrl::parse(&format!("http://{}/mcp", upstream.addr()))?,
                 transport: Transport::default(),
                 description: None,
-                tags: vec![],
+                tags: Tags::default(),
                 enabled: true,
                 auth_type: AuthType::None,
                 auth_sealed: None,
@@ -142,20 +145,21 @@ async fn main() -> anyhow::Result<()> {
                     original_name: mcpgw_bench::catalog::CALLED_TOOL.into(),
                     uri: None,
                     description: Some("Echoes".into()),
-                    spec: serde_json::Map::new(),
+                    spec: ToolSpec::default(),
                 }],
                 resources: vec![],
                 prompts: vec![],
                 capabilities: Some(serde_json::json!({"tools": {}})),
                 server_info: Some(serde_json::json!({"name": "bench-upstream", "version": "1"})),
                 protocol_version: Some(PROTOCOL.into()),
+                skipped: vec![],
             }),
             "__",
         )
         .await?;
     let tools = cp
         .store
-        .all_items(mcpgw::model::CatalogKind::Tool)
+        .all_items::<ToolSpec>()
         .await?
         .into_iter()
         .filter(|t| t.gateway_id.as_deref() == Some(gateway.id.as_str()))
@@ -164,10 +168,10 @@ async fn main() -> anyhow::Result<()> {
     let server = cp
         .store
         .create_server(NewServer {
-            name: "relay-bench".into(),
+            name: ItemName::parse("relay-bench")?,
             description: None,
             icon: None,
-            tags: vec![],
+            tags: Tags::default(),
             enabled: true,
             tools,
             resources: vec![],

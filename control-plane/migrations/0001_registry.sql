@@ -1,4 +1,4 @@
--- mcpgw registry, schema 1 (PostgreSQL). Booleans are 0/1 BIGINTs and timestamps RFC 3339
+-- mcpgw registry, schema 1 (SQLite and PostgreSQL alike). Booleans are 0/1 BIGINTs and timestamps RFC 3339
 -- text so that the same queries run unchanged on both backends through sqlx's Any driver.
 CREATE TABLE registry_meta (
     id BIGINT PRIMARY KEY,
