@@ -473,7 +473,11 @@ async fn sqlite_data_dir_and_files_are_private_to_this_user() {
     let loose = dir.path().join("loose");
     std::fs::create_dir_all(&loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The database and its write-ahead log: a closed store may leave pages in the log.
     std::fs::copy(data.join("mcpgw.db"), loose.join("mcpgw.db")).unwrap();
+    if data.join("mcpgw.db-wal").exists() {
+        std::fs::copy(data.join("mcpgw.db-wal"), loose.join("mcpgw.db-wal")).unwrap();
+    }
     std::fs::set_permissions(
         loose.join("mcpgw.db"),
         std::fs::Permissions::from_mode(0o644),
@@ -510,9 +514,12 @@ async fn a_row_that_does_not_parse_is_left_out_and_never_fails_the_snapshot() {
     use std::time::Duration;
     for (backend, db) in both_backends().await {
         let cp = TestCp::start(settings(&db)).await;
+        // An address the edge can use as it is (a name would have to resolve).
+        let mut good_gateway = gateway("good");
+        good_gateway.url = UpstreamUrl::parse("http://127.0.0.1:9/mcp").unwrap();
         let (good, _) = cp
             .store
-            .create_gateway_with_catalog(gateway("good"), Some(&found(&["ok"])), "__")
+            .create_gateway_with_catalog(good_gateway, Some(&found(&["ok"])), "__")
             .await
             .unwrap();
         let ok = cp
