@@ -49,6 +49,11 @@ pub const UPSTREAM_HEADER: &str = "mcpgw-upstream";
 /// Request header the filter sets on a GET it hands to the relay: the ids of the session's
 /// stateful upstreams, comma-separated.
 pub const RELAY_UPSTREAMS_HEADER: &str = "mcpgw-relay-upstreams";
+/// Request header the filter sets on a `subscriptions/listen` it hands to the relay: for
+/// each upstream of [`RELAY_UPSTREAMS_HEADER`], in order, `modern` if it speaks MCP
+/// 2026-07-28 (the relay listens to it) or `legacy` (the relay opens a session's GET
+/// stream there).
+pub const RELAY_ERAS_HEADER: &str = "mcpgw-relay-eras";
 /// Request header the relay route sets: the address of the Envoy listener the client
 /// reached, which the relay sends the session's messages back through.
 pub const EDGE_ADDRESS_HEADER: &str = "mcpgw-edge-address";
@@ -75,6 +80,16 @@ pub fn unknown_stream(upstream: &str) -> Rejection {
         Reason::UnknownStream,
         None,
         format!("upstream {upstream:?} holds no part of this session"),
+    )
+}
+
+/// The answer to a `subscriptions/listen` that picks an upstream which cannot answer one
+/// (HTTP 404): not of the server, or of the 2025 era only.
+pub fn unlistenable(upstream: &str, why: &str) -> Rejection {
+    Rejection::new(
+        Reason::UnknownStream,
+        None,
+        format!("upstream {upstream:?} cannot be listened to here: {why}"),
     )
 }
 
@@ -106,6 +121,8 @@ pub enum Answer<'a> {
     Accepted,
     /// Send it to an upstream.
     Route(RouteTo<'a>),
+    /// A 2026-era `subscriptions/listen`: a stream fed by the server's upstreams.
+    Listen,
 }
 
 /// Where a routed request goes, and how it is rewritten on the way.
@@ -417,6 +434,7 @@ impl Edge {
                     "completion/complete needs params.ref with a prompt name or a resource uri",
                 ),
             },
+            Method::SubscriptionsListen if era == Era::Modern => Some(Answer::Listen),
             Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
                 let uri = msg.uri.as_deref().unwrap_or_default();
                 match s.resource(uri) {

@@ -25,6 +25,7 @@
 mod bridge;
 mod era;
 mod head;
+mod listen;
 mod observe;
 mod rewrite;
 mod sessions;
@@ -246,10 +247,15 @@ pub struct Exchange {
     /// A 2026-era client's call went to a 2025-era upstream: results need the fields the
     /// client's era requires.
     bridging: bool,
+    /// Rank of the least severe log message a bridged call's client asked for (`None`:
+    /// it asked for none).
+    bridged_log_floor: Option<u8>,
     /// The upstream a virtual server's request was sent to, inside the client's session.
     routed_upstream: Option<String>,
     /// Rewrites the response, when something in it must change.
     rewriter: Option<rewrite::Rewriter>,
+    /// The upstream a stream request picks (`mcpgw-upstream`): the relay's, fanning in.
+    pick: Option<String>,
 }
 
 impl Exchange {
@@ -272,8 +278,10 @@ impl Exchange {
             mirrored: era::Mirrored::default(),
             era: Era::Legacy,
             bridging: false,
+            bridged_log_floor: None,
             routed_upstream: None,
             rewriter: None,
+            pick: None,
         }
     }
 
@@ -347,6 +355,7 @@ impl Exchange {
             cookie: fields.cookie,
         };
         self.protocol_version = fields.protocol_version.map(|v| head::lossy(v).into_owned());
+        self.pick = fields.upstream.map(|p| head::lossy(p).into_owned());
         self.mirrored = era::Mirrored {
             method: fields.mcp_method.map(<[u8]>::to_vec),
             name: fields.mcp_name.map(<[u8]>::to_vec),
@@ -497,7 +506,7 @@ impl Exchange {
             "DELETE" if self.session.is_some() => Some(self.end_session(host)),
             // The GET stream carries server-initiated messages.
             "GET" if self.session.is_some() => {
-                let pick = fields.upstream.map(|p| head::lossy(p).into_owned());
+                let pick = self.pick.take();
                 Some(self.open_stream(pick, host))
             }
             // A DELETE without a session has nothing to end, and a GET without one has no
@@ -715,6 +724,7 @@ impl Exchange {
             }
             Some(Answer::Accepted) => self.route_response(msg, host),
             Some(Answer::Route(to)) => self.route_upstream(msg, &to, host),
+            Some(Answer::Listen) => self.listen(msg, host),
         }
     }
 
@@ -738,7 +748,8 @@ impl Exchange {
         // A 2025-era client's call to a 2026-era upstream carries the envelope that era
         // requires in every request.
         if self.era == Era::Legacy && upstream_modern {
-            let envelope = bridge::envelope(self.session.as_ref());
+            let level = self.record.as_ref().and_then(|r| r.log_level.as_deref());
+            let envelope = bridge::envelope(self.session.as_ref(), level);
             splices.push(bridge::insert_envelope(&body, msg, &envelope));
         }
         if !splices.is_empty() {
@@ -790,6 +801,16 @@ impl Exchange {
                     host.now(),
                 ));
                 self.record = self.read_record(host);
+                // The level is part of the shared session's identity: it is the session's
+                // own, told to the upstream when the session opens there.
+                let level = bridge::log_level(msg);
+                if level.is_some()
+                    && self.record.as_ref().and_then(|r| r.log_level.as_deref()) != level
+                {
+                    let level = level.map(str::to_owned);
+                    self.update_record(host, |record, _| record.log_level = level.clone());
+                }
+                self.bridged_log_floor = level.and_then(mcp::log_level_rank);
                 forward.headers.push((
                     Header::Named("mcp-protocol-version"),
                     Some(bridge::LEGACY_VERSION.to_owned()),
@@ -976,9 +997,13 @@ impl Exchange {
             }
             _ => None,
         };
+        let notifications = self.bridging.then_some(rewrite::Notifications {
+            log_floor: self.bridged_log_floor,
+        });
         (result_fields.is_some() || request_id.is_some()).then(|| rewrite::Changes {
             result_fields,
             request_id,
+            notifications,
         })
     }
 

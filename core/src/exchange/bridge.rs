@@ -41,8 +41,9 @@ fn bridgeable(capabilities: Option<&str>) -> String {
 }
 
 /// The 2026-era envelope's members for a 2025-era client's call (`session`: its session,
-/// whose token holds what it declared in `initialize`).
-pub(crate) fn envelope(session: Option<&Claims>) -> Vec<u8> {
+/// whose token holds what it declared in `initialize`; `log_level`: what it last set with
+/// `logging/setLevel`, which a 2026-era upstream takes per request).
+pub(crate) fn envelope(session: Option<&Claims>, log_level: Option<&str>) -> Vec<u8> {
     let caps = bridgeable(
         session
             .and_then(|c| c.capabilities.as_ref())
@@ -62,6 +63,12 @@ pub(crate) fn envelope(session: Option<&Claims>) -> Vec<u8> {
         out.extend_from_slice(mcp::META_CLIENT_INFO.as_bytes());
         out.extend_from_slice(b"\":");
         out.extend_from_slice(info.get().as_bytes());
+    }
+    if let Some(level) = log_level.filter(|l| mcp::log_level_rank(l).is_some()) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(mcp::META_LOG_LEVEL.as_bytes());
+        out.extend_from_slice(b"\":");
+        write_json_string(&mut out, level);
     }
     out
 }
@@ -154,8 +161,10 @@ pub(crate) fn mirror_headers(msg: &Message, renamed: Option<&str>, forward: &mut
 }
 
 /// The session a 2026-era client's calls to 2025-era upstream `upstream` of `server` run
-/// in: one per (server, upstream, what the client declares), shared by every such client
-/// of this Envoy, since the era has no sessions of its own to tell them apart.
+/// in: one per (server, upstream, what the client declares, the log level it asks for),
+/// shared by every such client of this Envoy, since the era has no sessions of its own to
+/// tell them apart. The level is the session's (`logging/setLevel` when it opens), so
+/// clients asking for different levels never share one.
 pub(crate) fn stateless_client_session(
     config: &Config,
     server: &str,
@@ -171,8 +180,15 @@ pub(crate) fn stateless_client_session(
     };
     let caps = bridgeable(raw(msg.meta.capabilities_span).as_deref());
     let info = raw(msg.meta.client_info_span).filter(|i| i.len() <= 1024);
+    let level = log_level(msg).unwrap_or_default();
     let mut digest = Sha256::new();
-    for part in [server, upstream, &caps, info.as_deref().unwrap_or_default()] {
+    for part in [
+        server,
+        upstream,
+        &caps,
+        info.as_deref().unwrap_or_default(),
+        level,
+    ] {
         digest.update(part.as_bytes());
         digest.update([0]);
     }
@@ -195,6 +211,14 @@ pub(crate) fn stateless_client_session(
         capabilities: RawValue::from_string(caps).ok(),
         client_info: info.and_then(|i| RawValue::from_string(i).ok()),
     }
+}
+
+/// The log level a 2026-era request asks for, if it names a known one.
+pub(crate) fn log_level(msg: &Message) -> Option<&str> {
+    msg.meta
+        .log_level
+        .as_deref()
+        .filter(|l| mcp::log_level_rank(l).is_some())
 }
 
 #[cfg(test)]
@@ -274,7 +298,7 @@ mod tests {
         };
         let text = format!(
             "{{{}}}",
-            String::from_utf8(envelope(Some(&claims))).unwrap()
+            String::from_utf8(envelope(Some(&claims), Some("warning"))).unwrap()
         );
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v[mcp::META_PROTOCOL_VERSION], "2026-07-28");
@@ -283,25 +307,41 @@ mod tests {
             serde_json::json!({"experimental": {"x": 1}})
         );
         assert_eq!(v[mcp::META_CLIENT_INFO]["name"], "c");
+        assert_eq!(v[mcp::META_LOG_LEVEL], "warning");
         let bare: Value = serde_json::from_str(&format!(
             "{{{}}}",
-            String::from_utf8(envelope(None)).unwrap()
+            String::from_utf8(envelope(None, Some("loud\""))).unwrap()
         ))
         .unwrap();
         assert_eq!(bare[mcp::META_CLIENT_CAPABILITIES], serde_json::json!({}));
+        assert_eq!(
+            bare.get(mcp::META_LOG_LEVEL),
+            None,
+            "unknown levels stay out"
+        );
     }
 
     #[test]
     fn clients_declaring_alike_share_one_upstream_session() {
         let config = Config::default();
-        let call = |caps: &str| {
+        let call_at = |caps: &str, level: &str| {
             let body = format!(
-                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{caps}}}}}}}"#
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{caps}{level}}}}}}}"#
             );
             let msg = parse(&body);
             stateless_client_session(&config, "s", "u", body.as_bytes(), &msg, 100)
         };
+        let call = |caps: &str| call_at(caps, "");
         let a = call(r#"{"sampling":{}}"#);
+        let info = r#","io.modelcontextprotocol/logLevel":"info""#;
+        assert_ne!(
+            a.id,
+            call_at("{}", info).id,
+            "another level, another session"
+        );
+        assert_eq!(call_at("{}", info).id, call_at(r#"{"roots":{}}"#, info).id);
+        let bogus = r#","io.modelcontextprotocol/logLevel":"loud""#;
+        assert_eq!(a.id, call_at("{}", bogus).id, "unknown levels do not count");
         assert_eq!(a.id, call("{}").id, "what cannot be bridged does not count");
         assert_ne!(a.id, call(r#"{"experimental":{}}"#).id);
         assert_eq!(a.protocol_version, LEGACY_VERSION);

@@ -2,7 +2,9 @@
 //! it: the fields a 2026-era client requires on a result from a 2025-era upstream
 //! (`resultType`, and the cache hints on lists and reads), and the ids of the requests an
 //! upstream sends its client inside an event stream (sampling, elicitation, roots), so that
-//! the client's answer can be routed back to the upstream that asked.
+//! the client's answer can be routed back to the upstream that asked; and, on a bridged
+//! call's stream, the notifications a 2026-era client must not get there (see
+//! [`Notifications`]).
 //!
 //! A single JSON response is rewritten as it streams: only the bytes up to the `{` of its
 //! `result` are looked at, and the fields are inserted there. An event stream is rewritten
@@ -11,6 +13,7 @@
 
 use crate::jsonrpc::stream::{Body, MessageParser, Options, Progress};
 use crate::jsonrpc::{Kind, Message};
+use crate::mcp::{self, Method};
 use crate::sniff::{BodyKind, sniff};
 
 /// Largest event held for rewriting; a larger one passes unchanged.
@@ -25,6 +28,45 @@ pub(crate) struct Changes {
     pub(crate) result_fields: Option<Vec<u8>>,
     /// Rewrites the id of a request the upstream sends the client: the new id's JSON text.
     pub(crate) request_id: Option<RequestIdRewrite>,
+    /// Drops the notifications the client must not get on this stream.
+    pub(crate) notifications: Option<Notifications>,
+}
+
+/// Which notifications of a 2025-era upstream's stream reach a 2026-era client. That era
+/// sends `notifications/message` only at or above the level the request asked for (none
+/// without one), and `list_changed`/`resources/updated` only on `subscriptions/listen`
+/// streams; URL elicitation has no completion notice in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Notifications {
+    /// Rank ([`mcp::log_level_rank`]) of the least severe message that passes; `None`:
+    /// the request asked for no messages.
+    pub(crate) log_floor: Option<u8>,
+}
+
+impl Notifications {
+    /// Whether `msg` (a notification, `data` its JSON) passes.
+    fn pass(self, data: &[u8], msg: &Message) -> bool {
+        match msg.method {
+            Some(
+                Method::NotificationsToolsListChanged
+                | Method::NotificationsPromptsListChanged
+                | Method::NotificationsResourcesListChanged
+                | Method::NotificationsResourcesUpdated
+                | Method::NotificationsElicitationComplete,
+            ) => false,
+            Some(Method::NotificationsMessage) => {
+                let Some(floor) = self.log_floor else {
+                    return false;
+                };
+                // Messages are rare and small: reading one whole is fine.
+                serde_json::from_slice::<serde_json::Value>(data)
+                    .ok()
+                    .and_then(|v| mcp::log_level_rank(v.pointer("/params/level")?.as_str()?))
+                    .is_some_and(|rank| rank >= floor)
+            }
+            _ => true,
+        }
+    }
 }
 
 enum State {
@@ -218,6 +260,12 @@ impl Rewriter {
         let Ok(Body::Single(msg)) = parsed else {
             return raw;
         };
+        if msg.kind == Kind::Notification
+            && let Some(n) = self.changes.notifications
+            && !n.pass(&data, &msg)
+        {
+            return Vec::new();
+        }
         let Some(new_data) = self.rewrite_message(&data, &msg) else {
             return raw;
         };
@@ -277,6 +325,7 @@ mod tests {
             request_id: Some(Box::new(|id: &str| {
                 Some(format!("\"gw:{}\"", id.trim_matches('"')))
             })),
+            notifications: None,
         }
     }
 
@@ -348,6 +397,7 @@ mod tests {
         let none = || Changes {
             result_fields: None,
             request_id: None,
+            notifications: None,
         };
         let stream = b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"roots/list\"}\n\n";
         assert_eq!(run(none(), &[stream]), stream.to_vec());
@@ -359,5 +409,58 @@ mod tests {
         );
         let bad = b"data: {not json\n\n";
         assert_eq!(run(fields(), &[bad]), bad.to_vec());
+    }
+
+    #[test]
+    fn a_bridged_stream_keeps_only_what_the_2026_client_asked_for() {
+        let event = |method: &str, params: &str| {
+            format!("data: {{\"jsonrpc\":\"2.0\",\"method\":\"{method}\",\"params\":{params}}}\n\n")
+        };
+        let log = |level: &str| {
+            event(
+                "notifications/message",
+                &format!("{{\"level\":\"{level}\",\"data\":\"x\"}}"),
+            )
+        };
+        let stream: String = [
+            log("debug"),
+            log("warning"),
+            event("notifications/progress", r#"{"progress":1}"#),
+            event("notifications/tools/list_changed", "{}"),
+            event("notifications/resources/updated", r#"{"uri":"a"}"#),
+            event(
+                "notifications/elicitation/complete",
+                r#"{"elicitationId":"e"}"#,
+            ),
+            log("emergency"),
+            "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n".to_owned(),
+        ]
+        .concat();
+        let with_floor = |floor: Option<&str>| {
+            let changes = Changes {
+                notifications: Some(Notifications {
+                    log_floor: floor.and_then(mcp::log_level_rank),
+                }),
+                ..fields()
+            };
+            String::from_utf8(run(changes, &[stream.as_bytes()])).unwrap()
+        };
+        let warning = with_floor(Some("warning"));
+        assert!(!warning.contains("debug"), "{warning}");
+        assert!(
+            warning.contains("\"warning\"") && warning.contains("emergency"),
+            "{warning}"
+        );
+        assert!(warning.contains("notifications/progress"), "{warning}");
+        for listen_only in ["list_changed", "resources/updated", "elicitation/complete"] {
+            assert!(!warning.contains(listen_only), "{listen_only}: {warning}");
+        }
+        assert!(
+            warning.ends_with("\"result\":{\"resultType\":\"complete\"}}\n\n"),
+            "{warning}"
+        );
+        let silent = with_floor(None);
+        assert!(!silent.contains("notifications/message"), "{silent}");
+        assert!(silent.contains("notifications/progress"), "{silent}");
     }
 }

@@ -499,7 +499,7 @@ impl Exchange {
 
     /// Updates this session's record with `change`, by compare-and-swap; returns what
     /// `change` returned, or `None` when every attempt lost to another writer.
-    fn update_record<T>(
+    pub(super) fn update_record<T>(
         &mut self,
         host: &mut impl Host,
         mut change: impl FnMut(&mut Record, u64) -> T,

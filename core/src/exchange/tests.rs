@@ -1730,3 +1730,77 @@ fn a_log_level_set_before_an_upstream_opens_reaches_it_when_it_does() {
     assert_eq!(calls.len(), 1);
     assert_eq!(call_header(&calls[0], "mcp-session-id"), Some("sid-a"));
 }
+
+#[test]
+fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
+    let listen = modern_body(
+        3,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+    );
+    let headers = modern_headers("subscriptions/listen", None);
+    let with_pick = |pick: &'static str| {
+        let mut h = headers.clone();
+        h.push((edge::UPSTREAM_HEADER, pick));
+        h
+    };
+
+    // With a relay: handed over, naming every upstream and its era.
+    let cfg = modern_config(json!({"relay": "relay-cluster"}));
+    let (step, _) = modern_call(&cfg, &headers, &listen);
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("relay-cluster")));
+    assert_eq!(
+        set(&f, Header::Named(edge::RELAY_UPSTREAMS_HEADER)),
+        Some(Some("a,m"))
+    );
+    assert_eq!(
+        set(&f, Header::Named(edge::RELAY_ERAS_HEADER)),
+        Some(Some("legacy,modern"))
+    );
+    assert_eq!(f.body, None, "the listen goes on as the client sent it");
+
+    // The relay's own listen, picked at the 2026-era upstream: straight there.
+    let (step, _) = modern_call(&cfg, &with_pick("m"), &listen);
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("cm")));
+    assert_eq!(set(&f, Header::Named(":path")), Some(Some("/mcp")));
+    assert_eq!(
+        set(&f, Header::Named(edge::UPSTREAM_HEADER)),
+        Some(None),
+        "the pick is not forwarded"
+    );
+    // A pick that cannot answer a listen: a 2025-era upstream, or none of the server's.
+    for pick in ["a", "zz"] {
+        let (step, host) = modern_call(&cfg, &with_pick(pick), &listen);
+        let (status, body) = reply_of(&step);
+        assert_eq!(status, 404, "{pick}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(pick)),
+            "{body}"
+        );
+        assert_eq!(host.rejected, ["unknown_stream"]);
+    }
+
+    // Without a relay: a server over one 2026-era upstream is listened to directly …
+    let lone = modern_config(json!({"servers": {"s1": {"name": "one", "tools": [
+        {"name": "m__echo", "upstream": "m", "upstream_name": "echo", "item": {"name": "m__echo"}}
+    ]}}}));
+    let (step, _) = modern_call(&lone, &headers, &listen);
+    assert_eq!(set(&forward_of(step), Header::Route), Some(Some("cm")));
+    // … and one over several, or a 2025-era one, needs the relay.
+    let (step, host) = modern_call(&modern_config(json!({})), &headers, &listen);
+    let (status, body) = reply_of(&step);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(host.rejected, ["no_relay"]);
+
+    // A listen answers a stream: a client that cannot read one is refused first.
+    let mut json_only = headers.clone();
+    json_only.push(("accept", "application/json"));
+    let mut host = Recorder::on(&Table::default());
+    let mut x = Exchange::new(Rc::clone(&cfg));
+    let step = x.on_request_head(&post_head("/servers/s1/mcp", &json_only), false, &mut host);
+    assert_eq!(reply_of(&step).0, 406);
+}

@@ -53,6 +53,9 @@ const INTERACTIVE: [&str; 4] = ["sampling", "elicitation-form", "elicitation-url
 /// here. Every scenario not listed must give the identical document through the gateway.
 const KNOWN_GAPS: &[(&str, &str, &str)] = &[];
 
+/// Every version the peer speaks, as discovery lists them.
+const BOTH_ERAS: [&str; 4] = ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
+
 /// The prefix the virtual server's catalog gives the peer's tools and prompts.
 const PREFIX: &str = "peer__";
 
@@ -216,7 +219,7 @@ async fn the_python_peers_pass_every_scenario_directly_in_both_eras() -> anyhow:
 /// and prompts renamed `peer__{name}` (resources and templates keep their URIs), as the
 /// control plane federates an upstream; sessions on, so the filter opens an upstream session
 /// per client session; a page size of 3, so the SDK client follows cursors.
-fn snapshot(catalog: &Value, peer: SocketAddr) -> anyhow::Result<String> {
+fn snapshot(catalog: &Value, peer: SocketAddr, versions: &[&str]) -> anyhow::Result<String> {
     let items = |key: &str| -> anyhow::Result<Vec<Value>> {
         catalog[key]
             .as_array()
@@ -254,9 +257,8 @@ fn snapshot(catalog: &Value, peer: SocketAddr) -> anyhow::Result<String> {
         "policy": {"list_page_size": 3},
         // The peer checks `Host` (DNS-rebinding protection on loopback): the filter's own
         // calls must name it, not the cluster.
-        // The peer speaks both eras (what discovery would find): each client is served in its own.
         "upstreams": {"peer": {"cluster": "upstream", "path": "/mcp", "authority": peer.to_string(),
-                               "protocol_versions": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]}},
+                               "protocol_versions": versions}},
         "servers": {"matrix": {
             "name": "Matrix", "version": "1",
             "tools": renamed("tools")?,
@@ -315,7 +317,8 @@ async fn a_virtual_server_gives_what_its_upstream_gives_scenario_by_scenario() -
     let a = artifacts();
     let peer = PythonPeer::start(&a, PythonPeerMode::Stateful).await?;
     let catalog = run_peer_client(&a, &peer.mcp_url(), ERAS[0], &["--dump-catalog"]).await?;
-    let config = snapshot(&catalog, peer.addr)?;
+    // The peer speaks both eras (what discovery finds): each client is served in its own.
+    let config = snapshot(&catalog, peer.addr, &BOTH_ERAS)?;
     let envoy = Envoy::start(&a, &EnvoyConfig::with_filter(&config, peer.addr)).await?;
     let through = envoy.url("/servers/matrix/mcp");
     let mut failures = Vec::new();
@@ -366,4 +369,236 @@ fn known_gaps_name_real_cells_once_with_a_reason() {
         }
     }
     assert_rows(failures);
+}
+
+/// Scenarios a virtual server carries across the eras unchanged: a client of one era in
+/// front of an upstream the gateway must speak the other era to.
+const BRIDGED: [&str; 8] = [
+    "connect",
+    "catalog",
+    "tools",
+    "logging",
+    "progress",
+    "resources",
+    "prompts",
+    "completion",
+];
+
+/// MCP's error for a request that needs a client capability the request did not declare.
+const MISSING_CLIENT_CAPABILITY: i64 = -32021;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_one_era_in_front_of_an_upstream_of_the_other_is_bridged() -> anyhow::Result<()>
+{
+    let a = artifacts();
+    let peer = PythonPeer::start(&a, PythonPeerMode::Stateful).await?;
+    let catalog = run_peer_client(&a, &peer.mcp_url(), ERAS[0], &["--dump-catalog"]).await?;
+    let mut failures = Vec::new();
+    let mut table = vec![format!(
+        "{:<12} {:<18} {}",
+        "client era", "scenario", "gateway"
+    )];
+    // The peer speaks both eras; the snapshot says it speaks only the other one, so the
+    // gateway must bridge (as it does for an upstream discovery found to speak only that).
+    for (era, upstream) in [(ERAS[1], ERAS[0]), (ERAS[0], ERAS[1])] {
+        let config = snapshot(&catalog, peer.addr, &[upstream])?;
+        let envoy = Envoy::start(&a, &EnvoyConfig::with_filter(&config, peer.addr)).await?;
+        let direct = run(&a, &peer.mcp_url(), era, None).await?;
+        let gateway = run(&a, &envoy.url("/servers/matrix/mcp"), era, Some(PREFIX)).await?;
+        for name in SCENARIOS {
+            let (d, g) = (scenario(&direct, name), scenario(&gateway, name));
+            let outcome = cell(d, g);
+            table.push(format!(
+                "{era:<12} {name:<18} {outcome}{}",
+                failure_summary(g)
+            ));
+            if BRIDGED.contains(&name) && outcome != "same" {
+                failures.push(format!(
+                    "{era} client, {upstream} upstream: {name} {outcome}:\n    direct:  {}\n    gateway: {}",
+                    truncate(&d.to_string(), 1500),
+                    truncate(&g.to_string(), 1500)
+                ));
+            }
+            // What needs the client mid-call is not declared upstream on a bridged call:
+            // the upstream answers the defined error for a missing client capability.
+            if !BRIDGED.contains(&name) && g["error"]["code"] != MISSING_CLIENT_CAPABILITY {
+                failures.push(format!(
+                    "{era} client, {upstream} upstream: {name} should fail with {MISSING_CLIENT_CAPABILITY}: {}",
+                    truncate(&g.to_string(), 1500)
+                ));
+            }
+        }
+    }
+    println!("{}", table.join("\n"));
+    assert_rows(failures);
+    Ok(())
+}
+
+/// A 2026-07-28 `tools/call` of `name` with the envelope (declaring URL elicitation) and the
+/// headers that era requires; `params` adds to the call's params.
+async fn modern_call(
+    url: &str,
+    id: i64,
+    name: &str,
+    params: Value,
+) -> anyhow::Result<(u16, Value)> {
+    let mut p = json!({"name": name, "arguments": {}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}
+    }});
+    if let (Some(p), Value::Object(more)) = (p.as_object_mut(), params) {
+        p.extend(more);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": p});
+    let reply = super::support::post(
+        url,
+        body.to_string(),
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", name),
+        ],
+    )
+    .await?;
+    Ok((reply.status, reply.response(&json!(id))?))
+}
+
+/// The input-required round trip by hand: the upstream's `requestState` reaches the client
+/// unchanged, a retry carrying it intact completes, and one whose state was tampered with
+/// is refused exactly as the upstream refuses it directly.
+async fn request_state_rounds(url: &str, name: &str) -> anyhow::Result<Value> {
+    let (status, first) = modern_call(url, 1, name, json!({})).await?;
+    let result = &first["result"];
+    let state = result["requestState"]
+        .as_str()
+        .with_context(|| format!("no requestState in {status} {first}"))?
+        .to_owned();
+    let answers = json!({"open_url": {"action": "accept"}});
+    let mut tampered = state.clone().into_bytes();
+    if let Some(last) = tampered.last_mut() {
+        *last = if *last == b'A' { b'B' } else { b'A' };
+    }
+    let tampered = String::from_utf8(tampered)?;
+    let (bad_status, bad) = modern_call(
+        url,
+        2,
+        name,
+        json!({"inputResponses": answers, "requestState": tampered}),
+    )
+    .await?;
+    let (good_status, good) = modern_call(
+        url,
+        3,
+        name,
+        json!({"inputResponses": answers, "requestState": state}),
+    )
+    .await?;
+    Ok(json!({
+        "first": [status, result["resultType"], result["inputRequests"]],
+        "tampered": [bad_status, bad["error"]],
+        "retried": [good_status, good["result"]["content"]],
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_request_state_is_refused_through_a_virtual_server_as_directly()
+-> anyhow::Result<()> {
+    let a = artifacts();
+    let peer = PythonPeer::start(&a, PythonPeerMode::Stateful).await?;
+    let catalog = run_peer_client(&a, &peer.mcp_url(), ERAS[0], &["--dump-catalog"]).await?;
+    let config = snapshot(&catalog, peer.addr, &BOTH_ERAS)?;
+    let envoy = Envoy::start(&a, &EnvoyConfig::with_filter(&config, peer.addr)).await?;
+    let direct = request_state_rounds(&peer.mcp_url(), "open_url").await?;
+    let through = request_state_rounds(
+        &envoy.url("/servers/matrix/mcp"),
+        &format!("{PREFIX}open_url"),
+    )
+    .await?;
+    assert_eq!(direct["first"][1], "input_required", "{direct}");
+    assert_eq!(direct["tampered"][0], 400, "{direct}");
+    assert_eq!(direct["tampered"][1]["code"], -32602, "{direct}");
+    assert_eq!(
+        direct["tampered"][1]["data"]["reason"], "invalid_request_state",
+        "{direct}"
+    );
+    assert_eq!(direct["retried"][0], 200, "{direct}");
+    assert_eq!(
+        direct["retried"][1][0]["text"], "url elicitation accept",
+        "{direct}"
+    );
+    assert_eq!(
+        through, direct,
+        "the same rounds through the virtual server"
+    );
+    Ok(())
+}
+
+/// Reads `response`'s event stream until its first JSON-RPC message.
+async fn first_event(mut response: reqwest::Response) -> anyhow::Result<Value> {
+    let mut text = String::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await? {
+            // SSE lines may end in CRLF (the Python SDK's do).
+            text.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+            if let Some(first) = super::support::sse_messages(
+                text.rsplit_once("\n\n").map_or("", |(whole, _)| whole),
+            )?
+            .into_iter()
+            .next()
+            {
+                return Ok(first);
+            }
+        }
+        anyhow::bail!("the stream ended before any message: {text:?}")
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .context("no message on the stream within 10 s")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_listen_reaches_a_lone_2026_upstream_without_a_relay() -> anyhow::Result<()> {
+    let a = artifacts();
+    let peer = PythonPeer::start(&a, PythonPeerMode::Stateful).await?;
+    let catalog = run_peer_client(&a, &peer.mcp_url(), ERAS[0], &["--dump-catalog"]).await?;
+    let config = snapshot(&catalog, peer.addr, &[ERAS[1]])?;
+    let envoy = Envoy::start(&a, &EnvoyConfig::with_filter(&config, peer.addr)).await?;
+    let listen = |url: String| {
+        let body = json!({"jsonrpc": "2.0", "id": "sub-7", "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": true, "resourceSubscriptions": ["peer://greeting"]},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}
+        }}});
+        super::support::http()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .body(body.to_string())
+            .send()
+    };
+    let mut acks = Vec::new();
+    for url in [peer.mcp_url(), envoy.url("/servers/matrix/mcp")] {
+        let response = listen(url.clone()).await?;
+        anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
+        acks.push(first_event(response).await.with_context(|| url.clone())?);
+    }
+    assert_eq!(
+        acks[0]["method"], "notifications/subscriptions/acknowledged",
+        "{}",
+        acks[0]
+    );
+    assert_eq!(
+        acks[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "sub-7"
+    );
+    assert_eq!(
+        acks[1], acks[0],
+        "the upstream's acknowledgement, unchanged"
+    );
+    Ok(())
 }
