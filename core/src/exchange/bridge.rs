@@ -113,6 +113,36 @@ pub(crate) fn insert_envelope(body: &[u8], msg: &Message, members: &[u8]) -> (u6
     insert(start, text)
 }
 
+/// `body` with the name at `rename`'s span replaced by its JSON string and `insert` (an
+/// edit from [`insert_envelope`]) applied; `None` when a span lies outside the body. The
+/// common case, a rename alone, is one copy into one buffer: it runs on every routed call.
+pub(crate) fn rewrite(
+    body: &[u8],
+    rename: Option<((u64, u64), &str)>,
+    insert: Option<(u64, u64, Vec<u8>)>,
+) -> Option<Vec<u8>> {
+    match (rename, insert) {
+        (Some(((start, end), name)), None) => {
+            let (start, end) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+            let (head, tail) = (body.get(..start)?, body.get(end..)?);
+            let mut out = Vec::with_capacity(body.len() + name.len() + 8);
+            out.extend_from_slice(head);
+            write_json_string(&mut out, name);
+            out.extend_from_slice(tail);
+            Some(out)
+        }
+        (rename, insert) => {
+            let mut edits: Vec<(u64, u64, Vec<u8>)> = insert.into_iter().collect();
+            if let Some(((start, end), name)) = rename {
+                let mut literal = Vec::with_capacity(name.len() + 2);
+                write_json_string(&mut literal, name);
+                edits.push((start, end, literal));
+            }
+            splice(body, edits)
+        }
+    }
+}
+
 /// Applies byte-range replacements (start, end, with) to `body`; `None` when one lies
 /// outside it or they overlap.
 pub(crate) fn splice(body: &[u8], mut edits: Vec<(u64, u64, Vec<u8>)>) -> Option<Vec<u8>> {
