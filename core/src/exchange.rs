@@ -758,6 +758,21 @@ impl Exchange {
             ));
             forward.body = Some(rewritten);
         }
+        // A 2026-era client's call to a 2025-era upstream loses the envelope that era lacks.
+        if self.era == Era::Modern && !upstream_modern {
+            let Some(stripped) = bridge::strip_envelope(forward.body.as_deref().unwrap_or(&body))
+            else {
+                return self.internal_error("a bridged body is not a JSON object", host);
+            };
+            forward
+                .headers
+                .retain(|(h, _)| *h != Header::Named("content-length"));
+            forward.headers.push((
+                Header::Named("content-length"),
+                Some(stripped.len().to_string()),
+            ));
+            forward.body = Some(stripped);
+        }
         self.phase = Phase::Forwarded;
         self.label(msg);
         self.propagate_trace_context(msg, &mut forward);
