@@ -13,6 +13,7 @@ mod integration {
     mod cli;
     mod concurrency;
     mod edge_xds;
+    mod eras;
     mod federation;
     mod openapi;
     mod serving;
