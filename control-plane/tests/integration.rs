@@ -14,6 +14,7 @@ mod integration {
     mod concurrency;
     mod edge_xds;
     mod eras;
+    mod exposure;
     mod federation;
     mod openapi;
     mod serving;

@@ -107,8 +107,7 @@ async fn discovery_records_every_era_and_federates_an_upstream_of_the_stateless_
     assert!(cp.federation.has_live_session(&id(&gw_modern)).await);
 
     // The filter is told what each upstream speaks.
-    let (s, snap) = cp.get("/snapshot").await;
-    assert_eq!(s, 200, "{snap}");
+    let snap = cp.current_snapshot().await;
     let versions = |g: &Value| snap["upstreams"][id(g)]["protocol_versions"].clone();
     assert_eq!(versions(&gw_both), json!(["2026-07-28", "2025-11-25"]));
     assert_eq!(versions(&gw_legacy), json!(["2025-11-25"]));
