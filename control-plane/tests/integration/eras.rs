@@ -105,6 +105,13 @@ async fn discovery_records_every_era_and_federates_an_upstream_of_the_stateless_
     assert_eq!(r["sync"]["removed"], 0, "{r}");
     assert_eq!(r["gateway"]["protocol_versions"], json!(["2026-07-28"]));
     assert!(cp.federation.has_live_session(&id(&gw_modern)).await);
+    // Health checks keep it up (2026-07-28 has no ping: its error is an answer).
+    cp.federation.check_all().await;
+    let (_, after) = cp.get(&format!("/gateways/{}", id(&gw_modern))).await;
+    assert_eq!(after["reachable"], true, "{after}");
+    assert_eq!(after["consecutive_failures"], 0, "{after}");
+    assert!(after["last_error"].is_null(), "{after}");
+    assert!(cp.federation.has_live_session(&id(&gw_modern)).await);
 
     // The filter is told what each upstream speaks.
     let snap = cp.current_snapshot().await;
