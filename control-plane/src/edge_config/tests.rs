@@ -84,6 +84,7 @@ fn gateway(id: &str, url: &str, auth_type: AuthType) -> Gateway {
         capabilities: None,
         server_info: None,
         protocol_version: None,
+        protocol_versions: vec![],
         last_seen: None,
         last_error: None,
         consecutive_failures: 0,

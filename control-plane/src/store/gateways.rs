@@ -14,7 +14,8 @@ use crate::model::{
 };
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
-    capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
+    capabilities, server_info, protocol_version, protocol_versions, last_seen, last_error, \
+    consecutive_failures, \
     collisions, skipped, created_at, updated_at, version";
 
 /// What a health check changed.
@@ -49,6 +50,11 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
         capabilities: parse_json_opt(row, "capabilities")?,
         server_info: parse_json_opt(row, "server_info")?,
         protocol_version: row.try_get("protocol_version")?,
+        protocol_versions: {
+            let raw: String = row.try_get("protocol_versions")?;
+            serde_json::from_str(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("protocol_versions: {e}")))?
+        },
         last_seen: row.try_get("last_seen")?,
         last_error: row.try_get("last_error")?,
         consecutive_failures: row.try_get("consecutive_failures")?,

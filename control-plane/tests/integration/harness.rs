@@ -211,6 +211,22 @@ impl TestCp {
         .await
     }
 
+    /// `GET /snapshot` once it is built from the current registry version (the publisher
+    /// rebuilds shortly after each change).
+    pub async fn current_snapshot(&self) -> Value {
+        eventually(
+            "the snapshot of the current registry",
+            Duration::from_secs(30),
+            || async {
+                let (_, registry) = self.get("/registry").await;
+                let (s, snap) = self.get("/snapshot").await;
+                let want = registry["registry_version"].as_i64()?.to_string();
+                (s == 200 && snap["version"].as_str() == Some(want.as_str())).then_some(snap)
+            },
+        )
+        .await
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
