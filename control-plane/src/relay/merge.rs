@@ -52,7 +52,7 @@ pub(super) async fn open(
 }
 
 /// The upstream ids the filter named.
-fn upstreams(headers: &HeaderMap) -> Result<Vec<Id>, RelayError> {
+pub(super) fn upstreams(headers: &HeaderMap) -> Result<Vec<Id>, RelayError> {
     let field = RELAY_UPSTREAMS_HEADER;
     let raw = headers
         .get(field)
