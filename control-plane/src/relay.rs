@@ -89,11 +89,13 @@ pub struct RelayMetrics {
     messages: Family<Vec<(String, String)>, Counter>,
     refused: Family<Vec<(String, String)>, Counter>,
     closed: Family<Vec<(String, String)>, Counter>,
+    catalog_changes: Counter,
 }
 
 impl RelayMetrics {
     /// Registers `relay_sse_sessions`, `relay_merged_streams`, `relay_listen_streams`,
-    /// `relay_messages`, `relay_refused` and `relay_streams_closed`.
+    /// `relay_messages`, `relay_refused`, `relay_streams_closed` and
+    /// `relay_catalog_changes`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "relay_sse_sessions",
@@ -124,6 +126,11 @@ impl RelayMetrics {
             "relay_streams_closed",
             "Streams the relay ended itself, by reason (idle, sse_line_too_long, …)",
             self.closed.clone(),
+        );
+        registry.register(
+            "relay_catalog_changes",
+            "Virtual-server catalog changes announced to listen streams",
+            self.catalog_changes.clone(),
         );
     }
 
@@ -240,7 +247,12 @@ impl Relay {
         if self.inner.snapshots.set(snapshots.clone()).is_err() {
             return;
         }
-        tokio::spawn(catalog::follow(snapshots, ads, self.inner.catalogs.clone()));
+        tokio::spawn(catalog::follow(
+            snapshots,
+            ads,
+            self.inner.catalogs.clone(),
+            self.inner.metrics.catalog_changes.clone(),
+        ));
     }
 
     /// The relay's HTTP routes, behind the authentication of every request.

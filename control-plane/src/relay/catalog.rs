@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use mcpgw_core::catalog::{Entry, VirtualServer};
 use mcpgw_core::snapshot::Snapshot;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{broadcast, watch};
 
 use super::listen::Kind;
@@ -115,6 +116,7 @@ pub(super) async fn follow(
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     ads: Option<AdsServer>,
     out: broadcast::Sender<Arc<CatalogChange>>,
+    announced: Counter,
 ) {
     let mut last = snapshots.borrow_and_update().clone();
     while snapshots.changed().await.is_ok() {
@@ -132,6 +134,7 @@ pub(super) async fn follow(
         }
         until_applied(ads.as_ref(), &next.version).await;
         for change in found {
+            announced.inc();
             // No receiver: no listen stream open, nobody to tell.
             let _ = out.send(Arc::new(change));
         }
@@ -243,7 +246,8 @@ mod tests {
             "s1",
             server(&["a"], &[], &[]),
         )]))));
-        let following = tokio::spawn(follow(rx, None, out));
+        let announced = Counter::default();
+        let following = tokio::spawn(follow(rx, None, out, announced.clone()));
         tokio::task::yield_now().await;
         tx.send_replace(Some(Arc::new(snapshot(&[(
             "s1",
@@ -265,6 +269,7 @@ mod tests {
         )]))));
         drop(tx);
         following.await.unwrap();
+        assert_eq!(announced.get(), 1);
         assert!(matches!(
             heard.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)

@@ -10,6 +10,7 @@ mod catalog;
 mod clients;
 mod credentials;
 mod dns;
+mod listen;
 mod relay;
 mod resilience;
 mod tls;
