@@ -11,8 +11,10 @@ once it accepts connections. Besides the matrix peer's catalog it serves:
   change is published on the SDK's subscription bus (every open 2026-07-28
   `subscriptions/listen` stream gets what it opted into, stamped by the SDK) and sent on the
   GET stream of every 2025-era session that has initialized (`resources/updated` only to the
-  sessions subscribed to that URI). Answers `{"sessions": N, "subscribed": {uri: N}}`, what
-  it reached, so a test can wait until a gateway's session is there before announcing.
+  sessions subscribed to that URI). Answers what it reached:
+  `{"sessions": N, "subscribed": {uri: N}, "listeners": N}` (2025 sessions initialized and
+  not ended by a `DELETE`, those subscribed to each URI, open listen streams), so a test
+  can tell that a gateway's session or listen is there, and gone once it is ended.
 
 `--legacy` makes it a server that predates 2026-07-28: a request in that era (its
 `MCP-Protocol-Version`, or `server/discover`) is answered `-32601 Method not found`, as a
@@ -126,7 +128,9 @@ async def announce(mcp: Any, sessions: Sessions, request: Request) -> Response:
         subscribed[uri] = len(targets)
         for k, s in targets:
             await deliver(sessions, k, s.send_resource_updated(uri))
-    return JSONResponse({"sessions": len(reached), "subscribed": subscribed})
+    # The SDK's in-process bus keeps one listener per open listen stream.
+    listeners = len(getattr(bus, "_listeners", {}))
+    return JSONResponse({"sessions": len(reached), "subscribed": subscribed, "listeners": listeners})
 
 
 async def deliver(sessions: Sessions, key: str, sending: Any) -> None:
@@ -135,6 +139,19 @@ async def deliver(sessions: Sessions, key: str, sending: Any) -> None:
         await sending
     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
         sessions.drop(key)
+
+
+def forget_deleted(app: Any, sessions: Sessions) -> Any:
+    """`app`, forgetting a 2025 session its client ends with `DELETE`."""
+
+    async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "DELETE" and scope["path"] == "/mcp":
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            if (key := headers.get("mcp-session-id")) is not None:
+                sessions.drop(key)
+        await app(scope, receive, send)
+
+    return tracked
 
 
 def legacy_only(app: Any) -> Any:
@@ -184,7 +201,7 @@ async def serve(args: argparse.Namespace) -> None:
         return await announce(mcp, sessions, request)
 
     app.router.routes.append(Route("/announce", on_announce, methods=["POST"]))
-    served = legacy_only(app) if args.legacy else app
+    served = forget_deleted(legacy_only(app) if args.legacy else app, sessions)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))

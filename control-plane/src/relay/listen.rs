@@ -86,15 +86,17 @@ enum Era {
 
 /// The eras of `count` upstreams, from [`RELAY_ERAS_HEADER`].
 fn eras(headers: &HeaderMap, count: usize) -> Result<Vec<Era>, RelayError> {
-    let raw = headers
-        .get(RELAY_ERAS_HEADER)
-        .ok_or_else(|| RelayError::Eras {
+    let Some(raw) = headers.get(RELAY_ERAS_HEADER) else {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        return Err(RelayError::Eras {
             reason: "missing: the filter names each upstream's era".into(),
-        })?
-        .to_str()
-        .map_err(|_| RelayError::Eras {
-            reason: "not ASCII".into(),
-        })?;
+        });
+    };
+    let raw = raw.to_str().map_err(|_| RelayError::Eras {
+        reason: "not ASCII".into(),
+    })?;
     let eras = raw
         .split(',')
         .map(str::trim)
@@ -184,11 +186,60 @@ impl Failure {
     }
 }
 
+/// The JSON-RPC messages of an upstream's event stream, read as they come.
+struct Reader {
+    chunks: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    parser: Parser,
+    /// Messages parsed and not yet taken.
+    queued: std::collections::VecDeque<Value>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("queued", &self.queued.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Reads `response`'s events with the limits of a listen's events.
+    fn new(response: reqwest::Response, limits: crate::sse::Limits) -> Reader {
+        Reader {
+            chunks: response.bytes_stream().boxed(),
+            parser: Parser::new(limits),
+            queued: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next message (events that are no JSON are skipped); `Ok(None)` at the end of
+    /// the stream, `Err` with a metric label when it breaks a limit or the connection
+    /// fails. Cancel-safe: a message is only taken when returned.
+    async fn next(&mut self) -> Result<Option<Value>, &'static str> {
+        loop {
+            if let Some(m) = self.queued.pop_front() {
+                return Ok(Some(m));
+            }
+            let chunk = match self.chunks.next().await {
+                None => return Ok(None),
+                Some(Err(_)) => return Err("edge_read_failed"),
+                Some(Ok(chunk)) => chunk,
+            };
+            let events = self.parser.feed(&chunk).map_err(|e| e.label())?;
+            self.queued.extend(
+                events
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok()),
+            );
+        }
+    }
+}
+
 /// One upstream's stream, once opened.
 #[derive(Debug)]
 enum Opened {
-    /// Its events.
-    Stream(reqwest::Response),
+    /// Its messages.
+    Stream(Reader),
     /// It has none (a 2025-era upstream the session holds no stream at).
     Silent,
 }
@@ -280,6 +331,8 @@ struct Opening<'a> {
     body: &'a Bytes,
     /// The client's `MCP-Protocol-Version`.
     version: HeaderValue,
+    /// Limits of the upstreams' event streams.
+    limits: crate::sse::Limits,
 }
 
 impl Opening<'_> {
@@ -296,13 +349,40 @@ impl Opening<'_> {
             .body(self.body.clone());
         match tokio::time::timeout(STREAM_OPEN_TIMEOUT, req.send()).await {
             Ok(Ok(r)) if r.status() == StatusCode::OK && is_event_stream(&r) => {
-                Ok(Opened::Stream(r))
+                self.acknowledged(Reader::new(r, self.limits)).await
             }
             // A JSON answer is the upstream's (or the edge's) refusal of the listen.
             Ok(Ok(r)) => Err(Failure::of(r).await),
             Ok(Err(e)) => Err(Failure::Failed(e.to_string())),
             Err(_) => Err(Failure::Failed("timed out".into())),
         }
+    }
+
+    /// An upstream's listen stream once its first message came: its acknowledgement, or
+    /// the JSON-RPC error refusing the listen (passed on as the upstream wrote it).
+    async fn acknowledged(&self, mut reader: Reader) -> Result<Opened, Failure> {
+        let first = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, reader.next()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => {
+                return Err(Failure::Failed(
+                    "the listen ended before its acknowledgement".into(),
+                ));
+            }
+            Ok(Err(why)) => return Err(Failure::Failed(why.into())),
+            Err(_) => return Err(Failure::Failed("no acknowledgement in time".into())),
+        };
+        if first.get("error").is_some() && first.get("method").is_none() {
+            return Err(Failure::Refused(Refusal {
+                status: StatusCode::OK,
+                content_type: Some(HeaderValue::from_static("application/json")),
+                body: Bytes::from(first.to_string()),
+            }));
+        }
+        if first.get("method").and_then(Value::as_str) != Some(subscription::ACKNOWLEDGED) {
+            // Not the acknowledgement MCP puts first: relayed like any other message.
+            reader.queued.push_front(first);
+        }
+        Ok(Opened::Stream(reader))
     }
 
     /// A 2025-era session at the edge for the `legacy` upstreams, subscribed to the
@@ -421,7 +501,9 @@ impl Opening<'_> {
             .header(header::ACCEPT, "text/event-stream")
             .header(UPSTREAM_HEADER, upstream.as_str());
         match tokio::time::timeout(STREAM_OPEN_TIMEOUT, req.send()).await {
-            Ok(Ok(r)) if r.status() == StatusCode::OK => Ok(Opened::Stream(r)),
+            Ok(Ok(r)) if r.status() == StatusCode::OK => {
+                Ok(Opened::Stream(Reader::new(r, self.limits)))
+            }
             // No stream there: a stateless upstream (404, no upstream session to pick) or
             // one without a GET stream (405). It never notifies anyone.
             Ok(Ok(r))
@@ -494,7 +576,8 @@ async fn listen(
     let edge_addr = caller.edge()?;
     let server = Id::parse("id", server)?;
     let headers = request.headers().clone();
-    let upstreams = merge::upstreams(&headers)?;
+    // None: a server without upstreams, whose listen hears only its catalog.
+    let upstreams = merge::upstream_ids(&headers)?;
     let eras = eras(&headers, upstreams.len())?;
     super::legacy::require_json(&headers)?;
     let body = Bytes::from_request(request, &())
@@ -512,6 +595,10 @@ async fn listen(
         });
     }
     let sub = Arc::new(Subscription::parse(&body)?);
+    let limits = crate::sse::Limits {
+        max_line_bytes: MAX_LISTEN_EVENT_BYTES.min(inner.limits.max_answer_bytes),
+        max_event_bytes: MAX_LISTEN_EVENT_BYTES.min(inner.limits.max_answer_bytes),
+    };
     let edge = Edge::new(edge_addr, &server, &headers)?;
     // Counted before anything is opened: a client over its cap costs the edge nothing.
     let permit = inner.listen_caps.acquire(caller.client)?;
@@ -527,6 +614,7 @@ async fn listen(
             .get(PROTOCOL_VERSION)
             .cloned()
             .unwrap_or(HeaderValue::from_static(MODERN_VERSION)),
+        limits,
     };
     let modern: Vec<Id> = upstreams
         .iter()
@@ -579,7 +667,7 @@ async fn listen(
             }
         }
     }
-    if !any_open {
+    if !any_open && !upstreams.is_empty() {
         inner.metrics.refused("listen_not_opened");
         return Ok(match first_refusal {
             // The edge's own answer (e.g. 401 for a client it does not admit).
@@ -593,11 +681,7 @@ async fn listen(
     let activity = Arc::new(Activity::new());
     let end = Arc::new(Notify::new());
     let mut tasks = Vec::new();
-    let sse_limits = crate::sse::Limits {
-        max_line_bytes: MAX_LISTEN_EVENT_BYTES.min(inner.limits.max_answer_bytes),
-        max_event_bytes: MAX_LISTEN_EVENT_BYTES.min(inner.limits.max_answer_bytes),
-    };
-    for (upstream, era, response) in streams {
+    for (upstream, era, reader) in streams {
         let feed = Feed {
             inner: inner.clone(),
             upstream,
@@ -610,7 +694,7 @@ async fn listen(
         let end = end.clone();
         tasks.push(
             tokio::spawn(async move {
-                let why = feed.run(response, sse_limits).await;
+                let why = feed.run(reader).await;
                 if !feed.out.is_closed() {
                     tracing::debug!(upstream = %feed.upstream.as_str(), %why, "relay: an upstream's stream ended: the listen is lost");
                     feed.inner.metrics.closed(why);
@@ -704,29 +788,20 @@ struct Feed {
 impl Feed {
     /// Relays the upstream's notifications until its stream ends or the client goes;
     /// returns why it stopped (a metric label).
-    async fn run(&self, response: reqwest::Response, limits: crate::sse::Limits) -> &'static str {
-        let mut parser = Parser::new(limits);
-        let mut chunks = response.bytes_stream();
+    async fn run(&self, mut reader: Reader) -> &'static str {
         loop {
-            let chunk = tokio::select! {
-                c = chunks.next() => c,
+            let message = tokio::select! {
+                m = reader.next() => m,
                 () = self.out.closed() => return "client_gone",
             };
-            let events = match chunk {
-                None => return "upstream_ended",
-                Some(Err(_)) => return "edge_read_failed",
-                Some(Ok(chunk)) => match parser.feed(&chunk) {
-                    Ok(events) => events,
-                    Err(e) => return e.label(),
-                },
-            };
-            for e in events {
-                let Ok(message) = serde_json::from_str::<Value>(&e.data) else {
-                    continue;
-                };
-                if let Some(stop) = self.take(&message).await {
-                    return stop;
+            match message {
+                Ok(Some(m)) => {
+                    if let Some(stop) = self.take(&m).await {
+                        return stop;
+                    }
                 }
+                Ok(None) => return "upstream_ended",
+                Err(why) => return why,
             }
         }
     }
@@ -851,6 +926,8 @@ mod tests {
             eras(&with("modern, legacy"), 2).unwrap(),
             [Era::Modern, Era::Legacy]
         );
+        assert_eq!(eras(&HeaderMap::new(), 0).unwrap(), []);
+        assert_eq!(eras(&with(""), 0).unwrap(), []);
         for (name, headers, count) in [
             ("missing", HeaderMap::new(), 1),
             ("fewer", with("modern"), 2),
@@ -869,6 +946,149 @@ mod tests {
         assert_eq!(first_message(json).unwrap()["id"], 0);
         assert_eq!(first_message(sse).unwrap()["result"], json!({}));
         assert!(first_message(b"nothing").is_none());
+    }
+
+    fn sse(text: &str) -> reqwest::Response {
+        reqwest::Response::from(
+            axum::http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(text.to_owned())
+                .unwrap(),
+        )
+    }
+
+    const LIMITS: crate::sse::Limits = crate::sse::Limits {
+        max_line_bytes: 256,
+        max_event_bytes: 256,
+    };
+
+    #[tokio::test]
+    async fn a_reader_yields_each_message_then_the_end_or_why_it_broke() {
+        let mut r = Reader::new(
+            sse(
+                "data: {\"a\":1}\n\n: comment\n\ndata: not json\n\nevent: message\r\ndata: {\"b\":\r\ndata: 2}\r\n\r\n",
+            ),
+            LIMITS,
+        );
+        assert_eq!(r.next().await, Ok(Some(json!({"a": 1}))));
+        assert_eq!(r.next().await, Ok(Some(json!({"b": 2}))));
+        assert_eq!(r.next().await, Ok(None));
+        let mut big = Reader::new(sse(&format!("data: \"{}\"\n\n", "x".repeat(300))), LIMITS);
+        assert_eq!(big.next().await, Err("sse_line_too_long"));
+    }
+
+    #[tokio::test]
+    async fn an_upstream_listen_opens_on_its_acknowledgement_and_is_refused_by_its_error() {
+        let relay = super::super::Relay::new("s", super::super::Limits::default());
+        let server = Id::parse("id", "s").unwrap();
+        let edge = Edge::new("127.0.0.1:9".parse().unwrap(), &server, &HeaderMap::new()).unwrap();
+        let body = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"l","method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true}}}"#,
+        );
+        let sub = Subscription::parse(&body).unwrap();
+        let opening = Opening {
+            inner: &relay.inner,
+            edge: &edge,
+            server: &server,
+            sub: &sub,
+            body: &body,
+            version: HeaderValue::from_static(MODERN_VERSION),
+            limits: LIMITS,
+        };
+        let ack = r#"data: {"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{"notifications":{}}}"#;
+        let change = r#"data: {"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#;
+        // The acknowledgement is the upstream's, not the client's: taken, not relayed.
+        let Ok(Opened::Stream(mut r)) = opening
+            .acknowledged(Reader::new(sse(&format!("{ack}\n\n{change}\n\n")), LIMITS))
+            .await
+        else {
+            panic!("not opened");
+        };
+        assert_eq!(
+            r.next().await.unwrap().unwrap()["method"],
+            "notifications/tools/list_changed"
+        );
+        // No acknowledgement first: nothing is lost.
+        let Ok(Opened::Stream(mut r)) = opening
+            .acknowledged(Reader::new(sse(&format!("{change}\n\n")), LIMITS))
+            .await
+        else {
+            panic!("not opened");
+        };
+        assert_eq!(
+            r.next().await.unwrap().unwrap()["method"],
+            "notifications/tools/list_changed"
+        );
+        // The upstream refuses the listen: its error, as it wrote it, is the refusal.
+        let error = r#"{"jsonrpc":"2.0","id":"l","error":{"code":-32603,"message":"Subscription limit reached"}}"#;
+        let Err(Failure::Refused(refusal)) = opening
+            .acknowledged(Reader::new(sse(&format!("data: {error}\n\n")), LIMITS))
+            .await
+        else {
+            panic!("not refused");
+        };
+        assert_eq!(refusal.status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&refusal.body).unwrap(),
+            serde_json::from_str::<Value>(error).unwrap()
+        );
+        // Over before anything came.
+        assert!(matches!(
+            opening.acknowledged(Reader::new(sse(""), LIMITS)).await,
+            Err(Failure::Failed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_feed_relays_admitted_notifications_and_stops_at_the_upstream_s_result() {
+        let relay = super::super::Relay::new("s", super::super::Limits::default());
+        let sub = Arc::new(
+            Subscription::parse(
+                br#"{"jsonrpc":"2.0","id":9,"method":"subscriptions/listen","params":{"notifications":{"promptsListChanged":true}}}"#,
+            )
+            .unwrap(),
+        );
+        let (out, mut rx) = mpsc::channel(8);
+        let feed = |era| Feed {
+            inner: relay.inner.clone(),
+            upstream: Id::parse("id", "u").unwrap(),
+            era,
+            sub: sub.clone(),
+            out: out.clone(),
+            activity: Arc::new(Activity::new()),
+            session: None,
+        };
+        let stream = [
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}"#,
+        ]
+        .map(|m| format!("data: {m}\n\n"))
+        .concat();
+        let why = feed(Era::Modern)
+            .run(Reader::new(sse(&stream), LIMITS))
+            .await;
+        assert_eq!(why, "upstream_closed");
+        let Some(Frame::Event(b)) = rx.recv().await else {
+            panic!("no frame")
+        };
+        assert!(
+            String::from_utf8_lossy(&b).contains(
+                r#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":9}}}"#
+            ),
+            "{b:?}"
+        );
+        assert!(rx.try_recv().is_err(), "one frame only");
+        // A 2025-era GET stream has no result: it runs to its end, its requests answered
+        // (here, with no session, dropped), its notifications relayed.
+        let why = feed(Era::Legacy)
+            .run(Reader::new(sse(&stream), LIMITS))
+            .await;
+        assert_eq!(why, "upstream_ended");
+        let frames = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(frames, 2);
     }
 
     #[tokio::test]

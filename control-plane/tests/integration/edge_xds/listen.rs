@@ -326,7 +326,10 @@ async fn a_listen_hears_a_2026_and_a_2025_upstream_and_the_catalog_through_a_vir
     let reached = modern
         .announce(json!({"tools": true, "resources": true, "updated": ["peer://items/modern"]}))
         .await;
-    assert!(reached["sessions"].is_number(), "{reached}");
+    assert_eq!(
+        reached["listeners"], 1,
+        "the relay listens to the 2026 peer: {reached}"
+    );
     let reached = legacy
         .announce(json!({"prompts": true, "resources": true,
             "updated": ["peer://greeting", "peer://items/other"]}))
@@ -335,6 +338,7 @@ async fn a_listen_hears_a_2026_and_a_2025_upstream_and_the_catalog_through_a_vir
         reached["subscribed"]["peer://greeting"], 1,
         "the relay's session subscribed to the client's URI at the 2025 peer: {reached}"
     );
+    let legacy_sessions = reached["sessions"].as_u64().unwrap();
     let wanted = [
         tools_changed.clone(),
         stamped("notifications/prompts/list_changed", "sub-7", json!({})),
@@ -362,12 +366,28 @@ async fn a_listen_hears_a_2026_and_a_2025_upstream_and_the_catalog_through_a_vir
         );
     }
 
-    // The client goes away: the relay ends its upstream streams and forgets the listen.
+    // The client goes away: the relay forgets the listen, ends its listen at the 2026
+    // peer and its session at the edge, which ends the 2025 peer's session.
     drop(rx);
     eventually(
         "the relay to drop the closed listen",
         Duration::from_secs(20),
         || async { (metric(&rig, "mcpgw_relay_listen_streams").await == 0.0).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the 2026 peer's listen stream to end",
+        Duration::from_secs(20),
+        || async { (modern.announce(json!({})).await["listeners"] == 0).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the 2025 peer's session to end",
+        Duration::from_secs(20),
+        || async {
+            let sessions = legacy.announce(json!({})).await["sessions"].as_u64();
+            (sessions == Some(legacy_sessions - 1)).then_some(())
+        },
     )
     .await;
 
