@@ -398,4 +398,27 @@ async fn a_listen_hears_a_2026_and_a_2025_upstream_and_the_catalog_through_a_vir
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["id"], "sub-8", "{body}");
     assert_eq!(body["error"]["code"], -32602, "{body}");
+
+    // A server with nothing in it yet is listened to for its catalog alone.
+    let empty = add_server(&rig.cp, "empty", json!({})).await;
+    rig.synced().await;
+    let response = listen(&rig.mcp(&empty), "sub-9", json!({"toolsListChanged": true})).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let mut rx = messages(response);
+    let ack = until(&mut rx, "the acknowledgement", |s| !s.is_empty()).await;
+    assert_eq!(
+        ack[0]["method"], "notifications/subscriptions/acknowledged",
+        "{ack:?}"
+    );
+    let (s, v) = rig
+        .cp
+        .put(
+            &format!("/servers/{empty}"),
+            json!({"associated_tools": [tools[0].1]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let changed = stamped("notifications/tools/list_changed", "sub-9", json!({}));
+    let seen = until(&mut rx, "tools/list_changed", |s| s.contains(&changed)).await;
+    assert_eq!(seen, [changed]);
 }
