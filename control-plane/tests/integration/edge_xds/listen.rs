@@ -315,7 +315,7 @@ async fn a_listen_hears_a_2026_and_a_2025_upstream_and_the_catalog_through_a_vir
     .await;
     assert_eq!(
         seen,
-        [tools_changed.clone()],
+        std::slice::from_ref(&tools_changed),
         "nothing but the catalog's change"
     );
     let every: Vec<&str> = tools.iter().map(|(n, _)| n.as_str()).collect();
