@@ -391,6 +391,22 @@ async fn a_listen_hears_a_2026_and_a_2025_upstream_and_the_catalog_through_a_vir
     )
     .await;
 
+    // With no URI to subscribe to, the 2025 peer's session is opened by its GET stream.
+    let response = listen(
+        &rig.mcp(&sid),
+        "sub-10",
+        json!({"promptsListChanged": true}),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 200);
+    let mut rx = messages(response);
+    until(&mut rx, "the acknowledgement", |s| !s.is_empty()).await;
+    let reached = legacy.announce(json!({"prompts": true})).await;
+    assert_eq!(reached["sessions"], legacy_sessions, "{reached}");
+    let changed = stamped("notifications/prompts/list_changed", "sub-10", json!({}));
+    until(&mut rx, "prompts/list_changed", |s| s.contains(&changed)).await;
+    drop(rx);
+
     // Bad input through the same path gets a JSON-RPC error naming the request.
     let r = listen(&rig.mcp(&sid), "sub-8", json!({"toolsListChanged": "yes"})).await;
     let status = r.status().as_u16();
