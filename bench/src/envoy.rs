@@ -49,7 +49,7 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> S
 {NOT_ROUTED}"#
     );
     let (filters, routes) = match variant {
-        Variant::Plain | Variant::PlainList | Variant::PlainCall => (
+        Variant::Plain | Variant::PlainList | Variant::PlainCall | Variant::PlainCallModern => (
             String::new(),
             format!(
                 "              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {DEFAULT_CLUSTER} }}\n"
@@ -101,6 +101,16 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> S
         // `mcpgw`, proves the filter chose it); lists never leave Envoy.
         Variant::EdgeList | Variant::EdgeCall => (
             wasm_filter("mcpgw", &modules.mcpgw, &catalog::snapshot(TOOLS_CLUSTER)),
+            header_routed,
+        ),
+        // The same catalog, its upstream speaking 2026-07-28: a call of that era goes to it
+        // stateless (a snapshot of its own, so older filters still load the others').
+        Variant::EdgeCallModern => (
+            wasm_filter(
+                "mcpgw",
+                &modules.mcpgw,
+                &catalog::modern_snapshot(TOOLS_CLUSTER),
+            ),
             header_routed,
         ),
     };

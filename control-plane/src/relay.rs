@@ -231,6 +231,16 @@ impl Relay {
         }
     }
 
+    /// Also admits `secrets` (those of previous keys during a key rotation, so routes of
+    /// replicas that have not rotated yet keep working). Takes effect on a relay not yet
+    /// shared, as one just built is.
+    pub fn also_admitting(mut self, secrets: Vec<String>) -> Relay {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.secret.also(secrets);
+        }
+        self
+    }
+
     /// The relay's metrics (to register with the control plane's).
     pub fn metrics(&self) -> &RelayMetrics {
         &self.inner.metrics

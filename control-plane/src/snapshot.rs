@@ -77,7 +77,7 @@ impl RegistryView {
 /// The snapshot's session settings: the sealing key derived from the encryption key, so
 /// every Envoy (and every control-plane replica sharing the key) seals alike.
 pub fn session_settings(secrets: &SecretBox) -> mcpgw_core::snapshot::SessionSettings {
-    mcpgw_core::snapshot::SessionSettings::with_keys(vec![secrets.session_key().to_owned()])
+    mcpgw_core::snapshot::SessionSettings::with_keys(secrets.session_keys())
 }
 
 /// What a snapshot is made of besides the registry: the operator's policy and what the

@@ -7,9 +7,8 @@
 //! namespaced name rewritten to the upstream's own. Nothing here touches the host: the
 //! filter turns an [`Answer`] into host calls.
 
-use std::collections::HashMap;
-
 use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
+use crate::fasthash::NameMap;
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
 use crate::mcp::{self, Era, Method};
 use crate::mirror::{self, ParamHeader};
@@ -179,12 +178,12 @@ pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
 struct Indexed {
     server: VirtualServer,
     /// Tools whose input schema mirrors arguments into `Mcp-Param-*` headers.
-    param_headers: HashMap<String, Vec<ParamHeader>>,
+    param_headers: NameMap<Vec<ParamHeader>>,
     /// Every upstream an entry of this server lives on, once each.
     upstream_ids: Vec<String>,
-    tools: HashMap<String, usize>,
-    prompts: HashMap<String, usize>,
-    resources: HashMap<String, usize>,
+    tools: NameMap<usize>,
+    prompts: NameMap<usize>,
+    resources: NameMap<usize>,
 }
 
 impl Indexed {
@@ -203,7 +202,7 @@ impl Indexed {
     }
 }
 
-fn index(entries: &[Entry]) -> HashMap<String, usize> {
+fn index(entries: &[Entry]) -> NameMap<usize> {
     entries
         .iter()
         .enumerate()
@@ -224,7 +223,7 @@ pub struct Sessions {
 
 /// The snapshot's virtual servers, indexed for per-request lookups.
 pub struct Edge {
-    servers: HashMap<String, Indexed>,
+    servers: NameMap<Indexed>,
     upstreams: Upstreams,
     sessions: Option<Sessions>,
     page_size: usize,
@@ -234,7 +233,7 @@ pub struct Edge {
 
 /// The `x-mcp-header` arguments of each tool that has any (parsed once, at configure time;
 /// only items that mention the annotation are parsed at all).
-fn param_headers_of(tools: &[Entry]) -> HashMap<String, Vec<ParamHeader>> {
+fn param_headers_of(tools: &[Entry]) -> NameMap<Vec<ParamHeader>> {
     tools
         .iter()
         .filter(|t| t.item.get().contains("x-mcp-header"))
@@ -337,6 +336,7 @@ impl Edge {
     pub fn param_headers(&self, id: &str, name: &str) -> &[ParamHeader] {
         self.servers
             .get(id)
+            .filter(|s| !s.param_headers.is_empty())
             .and_then(|s| s.param_headers.get(name))
             .map_or(&[], Vec::as_slice)
     }

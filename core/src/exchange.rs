@@ -38,7 +38,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::edge::{self, Answer, Endpoint, RouteTo};
 use crate::jsonrpc::stream::{Body, MessageParser, Progress};
-use crate::jsonrpc::{Kind, Message, write_json_string};
+use crate::jsonrpc::{Kind, Message};
 use crate::mcp::{self, Era, Method};
 use crate::metrics::ToolLabel;
 use crate::mirror;
@@ -256,6 +256,8 @@ pub struct Exchange {
     rewriter: Option<rewrite::Rewriter>,
     /// The upstream a stream request picks (`mcpgw-upstream`): the relay's, fanning in.
     pick: Option<String>,
+    /// The tool of the request (a single message), as counted.
+    counted_tool: Option<Tool>,
 }
 
 impl Exchange {
@@ -282,6 +284,7 @@ impl Exchange {
             routed_upstream: None,
             rewriter: None,
             pick: None,
+            counted_tool: None,
         }
     }
 
@@ -424,7 +427,8 @@ impl Exchange {
     /// and the virtual server's (`None`: both pass).
     fn check_host(&mut self, fields: &RequestHead<'_>, host: &mut impl Host) -> Option<Step> {
         let policy = self.config.gate.policy();
-        if let Some(authority) = fields.authority.map(head::lossy)
+        if !policy.allowed_hosts.is_empty()
+            && let Some(authority) = fields.authority.map(head::lossy)
             && !crate::origin::host_allowed(&policy.allowed_hosts, &authority)
         {
             let r = Rejection::new(
@@ -469,21 +473,12 @@ impl Exchange {
     ) -> Option<Step> {
         let config = Rc::clone(&self.config);
         let edge = &config.edge;
-        let endpoint = if edge.serves_any() {
-            fields
-                .path
-                .map(head::lossy)
-                .and_then(|p| edge::endpoint(&p).map(|e| e.server().to_owned()))
-        } else {
-            None
-        };
-        if let Some(step) = self.check_origin(fields.origin, endpoint.as_deref(), host) {
+        let path = fields.path.filter(|_| edge.serves_any()).map(head::lossy);
+        let endpoint = path.as_deref().and_then(edge::endpoint);
+        if let Some(step) = self.check_origin(fields.origin, endpoint.map(|e| e.server()), host) {
             return Some(step);
         }
-        endpoint.as_ref()?;
-        let path = fields.path.map(head::lossy)?;
-        let endpoint = edge::endpoint(&path)?;
-        match endpoint {
+        match endpoint? {
             Endpoint::Mcp(id) if edge.has_server(id) => self.server = Some(id.to_owned()),
             // The legacy SSE pair is the relay's: it turns each posted message into a
             // streamable HTTP request to `/servers/{id}/mcp` through this listener, where
@@ -596,6 +591,10 @@ impl Exchange {
             if matches!(msg.kind, Kind::Request | Kind::Notification) {
                 let tool = self.tool_of(msg);
                 host.count_request(msg.method.as_ref().map_or("", Method::as_str), tool.label());
+                if !batch {
+                    // Labelling the response needs it again: looked up once.
+                    self.counted_tool = Some(tool);
+                }
             }
         }
         let config = Rc::clone(&self.config);
@@ -660,7 +659,11 @@ impl Exchange {
     /// Remembers what to label the response with.
     fn label(&mut self, msg: &Message) {
         let method = msg.method.clone().unwrap_or(Method::Other("".into()));
-        self.labels = Some((method, self.tool_of(msg)));
+        let tool = match self.counted_tool.take() {
+            Some(tool) => tool,
+            None => self.tool_of(msg),
+        };
+        self.labels = Some((method, tool));
     }
 
     /// Removes the client's credentials from a request that goes upstream.
@@ -739,21 +742,14 @@ impl Exchange {
             Era::Modern => to.upstream.speaks_modern(),
             Era::Legacy => !to.upstream.speaks_legacy(),
         };
-        let mut splices = Vec::new();
-        if let Some(((start, end), name)) = to.rename {
-            let mut literal = Vec::with_capacity(name.len() + 2);
-            write_json_string(&mut literal, name);
-            splices.push((start, end, literal));
-        }
         // A 2025-era client's call to a 2026-era upstream carries the envelope that era
         // requires in every request.
-        if self.era == Era::Legacy && upstream_modern {
+        let envelope = (self.era == Era::Legacy && upstream_modern).then(|| {
             let level = self.record.as_ref().and_then(|r| r.log_level.as_deref());
-            let envelope = bridge::envelope(self.session.as_ref(), level);
-            splices.push(bridge::insert_envelope(&body, msg, &envelope));
-        }
-        if !splices.is_empty() {
-            let Some(rewritten) = bridge::splice(&body, splices) else {
+            bridge::insert_envelope(&body, msg, &bridge::envelope(self.session.as_ref(), level))
+        });
+        if to.rename.is_some() || envelope.is_some() {
+            let Some(rewritten) = bridge::rewrite(&body, to.rename, envelope) else {
                 return self.internal_error("a rewrite span lies outside the body", host);
             };
             forward.headers.push((
@@ -761,6 +757,21 @@ impl Exchange {
                 Some(rewritten.len().to_string()),
             ));
             forward.body = Some(rewritten);
+        }
+        // A 2026-era client's call to a 2025-era upstream loses the envelope that era lacks.
+        if self.era == Era::Modern && !upstream_modern {
+            let Some(stripped) = bridge::strip_envelope(forward.body.as_deref().unwrap_or(&body))
+            else {
+                return self.internal_error("a bridged body is not a JSON object", host);
+            };
+            forward
+                .headers
+                .retain(|(h, _)| *h != Header::Named("content-length"));
+            forward.headers.push((
+                Header::Named("content-length"),
+                Some(stripped.len().to_string()),
+            ));
+            forward.body = Some(stripped);
         }
         self.phase = Phase::Forwarded;
         self.label(msg);

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod config;
 pub mod edge;
 pub mod exchange;
+pub mod fasthash;
 pub mod header_map;
 pub mod jsonrpc;
 pub mod mcp;

@@ -10,6 +10,7 @@ mod cases {
     pub mod clients;
     mod config;
     mod edge;
+    mod era_bad_input;
     mod hardening;
     mod hostile;
     mod matrix;
