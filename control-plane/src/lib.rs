@@ -149,6 +149,7 @@ pub async fn serve(
         _ => None,
     };
     metrics.register_relay(relay.metrics());
+    relay.follow_catalogs(publisher.snapshots(), ads.clone());
     let metrics = Arc::new(metrics);
     let first = publisher.publish_counted(&metrics).await;
     let edge = publisher.edge(ads.clone());

@@ -154,6 +154,11 @@ impl Publisher {
         self.sets.subscribe()
     }
 
+    /// The published snapshots (the session relay follows the catalogs in them).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.snapshots.subscribe()
+    }
+
     /// The admin API's view, serving through `ads` if xDS is enabled.
     pub fn edge(&self, ads: Option<AdsServer>) -> Edge {
         Edge {

@@ -11,6 +11,7 @@ mod clients;
 mod credentials;
 mod dns;
 mod exposure;
+mod listen;
 mod relay;
 mod resilience;
 mod tls;

@@ -89,6 +89,8 @@ enum State {
         after_cr: bool,
         /// The current line is empty so far.
         line_empty: bool,
+        /// The last event went out ending in a CR whose LF, if one follows, goes out too.
+        lf_goes_out: bool,
     },
     /// Nothing more to change: bytes pass as they come.
     Through,
@@ -129,6 +131,7 @@ impl Rewriter {
                     event: Vec::new(),
                     after_cr: false,
                     line_empty: true,
+                    lf_goes_out: false,
                 },
                 Some(_) => State::Through,
                 None if end_of_stream => State::Through,
@@ -200,22 +203,37 @@ impl Rewriter {
                 event,
                 after_cr,
                 line_empty,
+                lf_goes_out,
             } = &mut self.state
             else {
                 break;
             };
-            event.push(b);
             if *after_cr && b == b'\n' {
-                // The LF of a CRLF: the line already ended.
+                // The LF of a CRLF: the line already ended. If it ended the event, the
+                // event went out at its CR, and the LF goes out right behind it (dropped
+                // when the event was rewritten: its lines then end in LF already), not
+                // with the next event: a client whose parser waits for the LF after a
+                // CR would see each event only when the next one comes.
                 *after_cr = false;
+                if !event.is_empty() {
+                    event.push(b);
+                } else if std::mem::take(lf_goes_out) {
+                    out.push(b);
+                }
                 continue;
             }
+            event.push(b);
             *after_cr = b == b'\r';
             if b == b'\n' || b == b'\r' {
                 if *line_empty {
                     let whole = std::mem::take(event);
-                    out.extend(self.rewrite_event(whole));
-                } else if let State::Sse { line_empty, .. } = &mut self.state {
+                    let flushed = self.rewrite_event(whole);
+                    let ends_in_cr = flushed.last() == Some(&b'\r');
+                    out.extend(flushed);
+                    if let State::Sse { lf_goes_out, .. } = &mut self.state {
+                        *lf_goes_out = ends_in_cr;
+                    }
+                } else {
                     *line_empty = true;
                 }
                 continue;
@@ -382,6 +400,29 @@ mod tests {
             assert!(out.contains(": comment\n\n"), "{out}");
             assert!(out.contains("id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"gw:3\",\"method\":\"sampling/createMessage\""), "{out}");
             assert!(out.contains("data: {\"jsonrpc\":\"2.0\",\ndata: \"id\":1,\"result\":{\"resultType\":\"complete\"}}\n\n"), "{split}: {out}");
+        }
+        // An event that ends in CRLF goes out whole with the chunk that ends it, whether
+        // it is rewritten (its lines then end in LF) or passes unchanged, and whether the
+        // chunk ends between the CR and the LF or not.
+        let rewritten =
+            b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\n\r\n";
+        let unchanged =
+            b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\r\n\r\n";
+        let ping = b": ping\r\n\r\n";
+        for (event, ends) in [
+            (&rewritten[..], &b"{\"resultType\":\"complete\"}}\n\n"[..]),
+            (&unchanged[..], &b"}\r\n\r\n"[..]),
+        ] {
+            let mut r = Rewriter::new(fields());
+            let out = r.feed(event, false);
+            assert!(out.ends_with(ends), "{}", String::from_utf8_lossy(&out));
+            assert_eq!(r.feed(ping, false), ping);
+            let (head, lf) = event.split_at(event.len() - 1);
+            let mut r = Rewriter::new(fields());
+            let mut out = r.feed(head, false);
+            out.extend(r.feed(lf, false));
+            assert!(out.ends_with(ends), "{}", String::from_utf8_lossy(&out));
+            assert_eq!(r.feed(ping, false), ping);
         }
         // A partial event is held until it ends.
         let mut r = Rewriter::new(fields());

@@ -997,6 +997,54 @@ fn the_get_stream_opens_what_it_needs_then_goes_to_one_upstream_or_the_relay() {
 }
 
 #[test]
+fn a_picked_stream_opens_only_the_picked_upstream() {
+    let table = Table::default();
+    let token = initialize(&table);
+    // The relay's listen over a 2025-era upstream: a fresh session, one upstream picked.
+    let (step, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "b")],
+        &[("ca", Some("sid-a")), ("cb", Some("sid-b"))],
+    );
+    let inits: Vec<&str> = calls
+        .iter()
+        .filter(|c| call_header(c, "mcp-session-id").is_none())
+        .map(|c| c.cluster.as_str())
+        .collect();
+    assert_eq!(inits, ["cb"], "only the picked upstream is opened");
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("cb")));
+    assert_eq!(
+        set(&f, Header::Named("mcp-session-id")),
+        Some(Some("sid-b"))
+    );
+    // Opened now: the same pick opens nothing more; a pick that is no upstream is 404.
+    let (again, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "b")],
+        &[],
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(set(&forward_of(again), Header::Route), Some(Some("cb")));
+    let (step, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "z")],
+        &[],
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(reply_of(&step).0, 404);
+    // A picked upstream without a session (stateless) has no stream: 404 as before.
+    let other = Table::default();
+    let token = initialize(&other);
+    let (step, _) = get_on(
+        &other,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "a")],
+        &[("ca", None)],
+    );
+    assert_eq!(reply_of(&step).0, 404);
+}
+
+#[test]
 fn delete_ends_the_session_and_every_upstream_session_it_opened() {
     let table = Table::default();
     let token = initialize(&table);
