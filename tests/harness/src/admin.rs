@@ -32,23 +32,30 @@ pub async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
     response(&raw).with_context(|| format!("admin {path}"))
 }
 
-/// The address listener `name` is bound to, as `/listeners` reports it now; `None` while
-/// Envoy does not have that listener (yet) or has not bound it.
-pub async fn listener(admin: SocketAddr, name: &str) -> anyhow::Result<Option<SocketAddr>> {
+/// The listeners Envoy has bound, by name, in the order `/listeners` reports them.
+pub async fn listeners(admin: SocketAddr) -> anyhow::Result<Vec<(String, SocketAddr)>> {
     let (_, text) = get(admin, "/listeners?format=json").await?;
     let doc: Value = serde_json::from_str(&text).context("parsing /listeners")?;
     let bound = doc["listener_statuses"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|l| l["name"] == name)
-        .and_then(|l| {
+        .filter_map(|l| {
             let sa = &l["local_address"]["socket_address"];
             let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
             let ip = sa["address"].as_str()?.parse().ok()?;
-            (port != 0).then(|| SocketAddr::new(ip, port))
-        });
+            let name = l["name"].as_str()?.to_owned();
+            (port != 0).then(|| (name, SocketAddr::new(ip, port)))
+        })
+        .collect();
     Ok(bound)
+}
+
+/// The address listener `name` is bound to, as `/listeners` reports it now; `None` while
+/// Envoy does not have that listener (yet) or has not bound it.
+pub async fn listener(admin: SocketAddr, name: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let bound = listeners(admin).await?;
+    Ok(bound.into_iter().find(|(n, _)| n == name).map(|(_, a)| a))
 }
 
 /// Splits a raw HTTP/1.1 response into its status and (de-chunked) body.

@@ -235,6 +235,11 @@ impl Envoy {
         .await
     }
 
+    /// The listeners it has bound now, by name, in the order admin reports them.
+    pub async fn listeners(&self) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+        admin::listeners(self.admin).await
+    }
+
     /// GET an admin path: the body, whatever the status.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
         Ok(admin::get(self.admin, path).await?.1)
