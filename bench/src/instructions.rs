@@ -245,18 +245,23 @@ pub fn run(
     let mut all = Vec::new();
     for &variant in &settings.variants {
         progress(&format!("{variant}: starting Envoy under callgrind"));
-        let config = envoy::bootstrap(variant, upstream.addr(), &modules);
-        let envoy = Envoy::start_under(&executable, variant.name(), &config, |dir| {
-            let out = dir.join("callgrind.out.%p");
-            let mut file = OsString::from("--callgrind-out-file=");
-            file.push(out.as_os_str());
-            vec![
-                "valgrind".into(),
-                "--tool=callgrind".into(),
-                "--instr-atstart=no".into(),
-                file,
-            ]
-        })?;
+        let config = envoy::bootstrap(variant, upstream.addr(), &modules).to_string();
+        let envoy = runtime.block_on(Envoy::start_under(
+            &executable,
+            variant.name(),
+            &config,
+            |dir| {
+                let out = dir.join("callgrind.out.%p");
+                let mut file = OsString::from("--callgrind-out-file=");
+                file.push(out.as_os_str());
+                vec![
+                    "valgrind".into(),
+                    "--tool=callgrind".into(),
+                    "--instr-atstart=no".into(),
+                    file,
+                ]
+            },
+        ))?;
         let counts = count(&runtime, &envoy, variant, counting, &mut progress)
             .map_err(|e| anyhow!("{e:#}\nEnvoy log ({variant}):\n{}", envoy.log_tail()))?;
         all.push(VariantCounts { variant, counts });
