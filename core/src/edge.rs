@@ -42,6 +42,11 @@ pub fn method_not_allowed(method: &str) -> Rejection {
     )
 }
 
+/// Request header the filter sets on a request whose response is a long-lived stream
+/// though it is a POST (a 2026-era `subscriptions/listen`): the generated routes give such
+/// requests a stream's limits (no deadline, an idle limit) instead of an exchange's. Removed
+/// from client requests at the listener and from forwarded ones by the route.
+pub const STREAM_HEADER: &str = "mcpgw-stream";
 /// Request header naming one upstream of a session: a GET carrying it relays that
 /// upstream's stream alone (the relay opens one such GET per upstream to fan them in).
 pub const UPSTREAM_HEADER: &str = "mcpgw-upstream";

@@ -1807,11 +1807,18 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
         Some(Some("legacy,modern"))
     );
     assert_eq!(f.body, None, "the listen goes on as the client sent it");
+    let stream = Header::Named(edge::STREAM_HEADER);
+    assert_eq!(
+        set(&f, stream),
+        Some(Some("listen")),
+        "a stream's route limits"
+    );
 
     // The relay's own listen, picked at the 2026-era upstream: straight there.
     let (step, _) = modern_call(&cfg, &with_pick("m"), &listen);
     let f = forward_of(step);
     assert_eq!(set(&f, Header::Route), Some(Some("cm")));
+    assert_eq!(set(&f, stream), Some(Some("listen")));
     assert_eq!(set(&f, Header::Named(":path")), Some(Some("/mcp")));
     assert_eq!(
         set(&f, Header::Named(edge::UPSTREAM_HEADER)),
@@ -1837,7 +1844,9 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
         {"name": "m__echo", "upstream": "m", "upstream_name": "echo", "item": {"name": "m__echo"}}
     ]}}}));
     let (step, _) = modern_call(&lone, &headers, &listen);
-    assert_eq!(set(&forward_of(step), Header::Route), Some(Some("cm")));
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("cm")));
+    assert_eq!(set(&f, stream), Some(Some("listen")));
     // … and one over several, or a 2025-era one, needs the relay.
     let (step, host) = modern_call(&modern_config(json!({})), &headers, &listen);
     let (status, body) = reply_of(&step);
