@@ -129,14 +129,14 @@ const ENVELOPE_MEMBERS: [&str; 4] = [
 /// is not a JSON object.
 pub(crate) fn strip_envelope(body: &[u8]) -> Option<Vec<u8>> {
     let mut doc: Value = serde_json::from_slice(body).ok()?;
-    if let Some(params) = doc.get_mut("params").and_then(Value::as_object_mut) {
-        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
-            for member in ENVELOPE_MEMBERS {
-                meta.remove(member);
-            }
-            if meta.is_empty() {
-                params.remove("_meta");
-            }
+    if let Some(params) = doc.get_mut("params").and_then(Value::as_object_mut)
+        && let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut)
+    {
+        for member in ENVELOPE_MEMBERS {
+            meta.remove(member);
+        }
+        if meta.is_empty() {
+            params.remove("_meta");
         }
     }
     doc.is_object()
