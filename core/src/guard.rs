@@ -577,6 +577,19 @@ impl Guard {
         r
     }
 
+    /// Whether a plugin would see request `msg` or its response.
+    pub fn inspects(&self, call: &Call<'_>, msg: &Message) -> bool {
+        msg.kind == MessageKind::Request
+            && Guard::hooks_of(msg.method.as_ref()).is_some_and(|(pre, post)| {
+                [pre, post].into_iter().any(|hook| {
+                    self.hooks.contains(hook)
+                        && !self
+                            .applicable(hook, call, Guard::target(hook, msg))
+                            .is_empty()
+                })
+            })
+    }
+
     /// Which plugins will see the response to request `msg`; `None` when none will.
     pub fn post_plan(&self, call: &Call<'_>, msg: &Message) -> Option<PostPlan> {
         if msg.kind != MessageKind::Request {
@@ -603,6 +616,7 @@ impl Guard {
 
     /// Runs the post hooks of `plan` on a complete JSON response body.
     pub fn post_body(&self, plan: &PostPlan, body: &[u8], findings: &mut Vec<Finding>) -> Post {
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
         if body.iter().all(u8::is_ascii_whitespace) {
             return Post::Pass;
         }
@@ -613,6 +627,22 @@ impl Guard {
     /// joined).
     pub fn post_event(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
         self.post_message(plan, data, findings)
+    }
+
+    /// The error that replaces a response too large to inspect (more than `limit` bytes
+    /// held), when a plugin of `plan` enforces; `None` when none does (it then passes).
+    pub fn too_large(&self, plan: &PostPlan, limit: usize) -> Option<Vec<u8>> {
+        let &first = plan.plugins.iter().find(|i| self.enforces(**i))?;
+        let message = format!(
+            "result blocked by plugin {:?}: larger than {limit} bytes, it could not be inspected",
+            self.plugin_name(first)
+        );
+        Some(error_response_with(
+            plan.id.as_ref(),
+            code::FORBIDDEN,
+            &message,
+            Some(&error_data(self.plugin_name(first), plan.hook, "too_large")),
+        ))
     }
 
     /// The answer to a response that cannot be inspected: refused when a plugin enforces.
