@@ -626,6 +626,10 @@ impl Guard {
     /// Runs the post hooks of `plan` on the data of one SSE event (its `data` lines
     /// joined).
     pub fn post_event(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
+        // An event without data (a stream's priming event, a keep-alive) carries nothing.
+        if data.iter().all(u8::is_ascii_whitespace) {
+            return Post::Pass;
+        }
         self.post_message(plan, data, findings)
     }
 

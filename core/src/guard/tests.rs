@@ -491,4 +491,9 @@ fn plans_exist_only_where_plugins_apply() {
         g.post_event(&plan, event, &mut findings),
         Post::Masked(_)
     ));
+    assert_eq!(
+        g.post_event(&plan, b"", &mut findings),
+        Post::Pass,
+        "a priming event"
+    );
 }

@@ -284,6 +284,9 @@ fn sse_events_are_released_only_after_the_hooks() {
     let (mut x, _, _) = post(&cfg, "/servers/s1/mcp", &[], &call(3, "a__t0"));
     assert!(x.on_response_head().remove_content_length);
     let mut host = Recorder::default();
+    let priming = b"id: 0\ndata: \n\n";
+    let out = x.on_response_body(priming, false, &mut host).unwrap();
+    assert_eq!(out, priming, "a priming event passes");
     let progress = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1,\"message\":\"mailing ops@corp.example\"}}\n\n";
     let first = x
         .on_response_body(progress.as_bytes(), false, &mut host)
