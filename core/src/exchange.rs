@@ -21,9 +21,15 @@
 //!    session; the request goes on, or is answered, once they have answered;
 //! 4. response ([`Exchange::on_response_head`], [`Exchange::on_response_body`]): JSON and
 //!    SSE bodies are observed as they stream through and counted per method and tool.
+//!
+//! Guardrail plugins ([`crate::guard`]) are a stage of 2: their pre hooks run on a single
+//! request once the policy lets it through and before it is routed (a block answers it, a
+//! mask rewrites its arguments), and decide which post hooks its response goes through in
+//! 4 (`exchange/guard.rs`, `exchange/rewrite.rs`).
 
 mod bridge;
 mod era;
+mod guard;
 mod head;
 mod listen;
 mod observe;
@@ -67,6 +73,11 @@ pub trait Host {
     fn now(&self) -> u64;
     /// Fills `out` from a cryptographically secure random source; `false` if it cannot.
     fn random(&mut self, out: &mut [u8]) -> bool;
+    /// Guardrail plugin `plugin` did `effect` (`blocked`, `masked`, `would_block`,
+    /// `would_mask`) at `hook`.
+    fn count_plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
+        let _ = (plugin, hook, effect);
+    }
     /// A shared-data value and its compare-and-swap token.
     fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Stores a shared-data value unless another writer changed it since `cas` was read;
@@ -258,6 +269,10 @@ pub struct Exchange {
     pick: Option<String>,
     /// The tool of the request (a single message), as counted.
     counted_tool: Option<Tool>,
+    /// The body is kept as it is read (a virtual server's, or when plugins read requests).
+    keep_body: bool,
+    /// The guardrail post hooks the response goes through.
+    post_plan: Option<crate::guard::PostPlan>,
 }
 
 impl Exchange {
@@ -285,6 +300,8 @@ impl Exchange {
             rewriter: None,
             pick: None,
             counted_tool: None,
+            keep_body: false,
+            post_plan: None,
         }
     }
 
@@ -408,8 +425,11 @@ impl Exchange {
             }
             HeadVerdict::InspectBody { early_terminate } => {
                 let mut opts = self.config.gate.parse_options();
-                // A virtual server's request is read whole: its name may be rewritten.
-                opts.stop_when_routable = early_terminate && self.server.is_none();
+                // A virtual server's request is read whole: its name may be rewritten; and
+                // so is any request when plugins read requests.
+                let guarded = self.config.guard.has_pre_hooks();
+                opts.stop_when_routable = early_terminate && self.server.is_none() && !guarded;
+                self.keep_body = self.server.is_some() || guarded;
                 self.phase = Phase::Reading {
                     parser: Box::new(MessageParser::new(opts)),
                     fed: 0,
@@ -534,7 +554,7 @@ impl Exchange {
                 return self.internal_error("request body unavailable", host);
             };
             let progress = parser.feed(&chunk);
-            if self.server.is_some() {
+            if self.keep_body {
                 if self.body.is_empty() {
                     self.body = chunk;
                 } else {
@@ -626,20 +646,46 @@ impl Exchange {
             Era::Legacy => self.protocol_version.as_deref(),
             Era::Modern => None,
         };
-        match config.gate.check_messages(messages, batch, version) {
+        let verdict = config.gate.check_messages(messages, batch, version);
+        if batch
+            && matches!(verdict, BodyVerdict::Forward { .. })
+            && let Some(step) = self.guard_batch(messages, host)
+        {
+            return step;
+        }
+        match verdict {
             BodyVerdict::Reject(r) => self.reject(&r, host),
             BodyVerdict::Forward { .. } if self.server.is_some() => match messages {
                 [only] if !batch => self.serve_edge(only, host),
                 _ => self.reject(&edge::batch_rejected(), host),
             },
             BodyVerdict::Forward { cluster } => {
+                let mut forward = Forward::default();
+                if let [only] = messages
+                    && only.kind == Kind::Request
+                {
+                    match self.guard_request(only, host) {
+                        Err(step) => return step,
+                        Ok(None) => {}
+                        Ok(Some(edit)) => {
+                            let Some(body) = bridge::splice(&self.body, vec![edit]) else {
+                                return self
+                                    .internal_error("a plugin's edit lies outside the body", host);
+                            };
+                            forward.headers.push((
+                                Header::Named("content-length"),
+                                Some(body.len().to_string()),
+                            ));
+                            forward.body = Some(body);
+                        }
+                    }
+                }
                 self.phase = Phase::Forwarded;
                 if let [only] = messages
                     && only.kind == Kind::Request
                 {
                     self.label(only);
                 }
-                let mut forward = Forward::default();
                 if let [only] = messages {
                     self.propagate_trace_context(only, &mut forward);
                 }
@@ -726,14 +772,23 @@ impl Exchange {
                 self.pass_notification(msg, host)
             }
             Some(Answer::Accepted) => self.route_response(msg, host),
-            Some(Answer::Route(to)) => self.route_upstream(msg, &to, host),
+            Some(Answer::Route(to)) => match self.guard_request(msg, host) {
+                Ok(edit) => self.route_upstream(msg, &to, edit, host),
+                Err(step) => step,
+            },
             Some(Answer::Listen) => self.listen(msg, host),
         }
     }
 
     /// Sends a virtual server's call to the upstream that owns the entry, opening the
     /// session's upstream session first if it has none there yet.
-    fn route_upstream(&mut self, msg: &Message, to: &RouteTo<'_>, host: &mut impl Host) -> Step {
+    fn route_upstream(
+        &mut self,
+        msg: &Message,
+        to: &RouteTo<'_>,
+        edit: Option<guard::Edit>,
+        host: &mut impl Host,
+    ) -> Step {
         let mut forward = Forward::default();
         // Not needed past this point; a streamed response may keep the request alive long.
         let body = std::mem::take(&mut self.body);
@@ -748,8 +803,23 @@ impl Exchange {
             let level = self.record.as_ref().and_then(|r| r.log_level.as_deref());
             bridge::insert_envelope(&body, msg, &bridge::envelope(self.session.as_ref(), level))
         });
-        if to.rename.is_some() || envelope.is_some() {
-            let Some(rewritten) = bridge::rewrite(&body, to.rename, envelope) else {
+        let rewritten = match edit {
+            None if to.rename.is_none() && envelope.is_none() => None,
+            None => Some(bridge::rewrite(&body, to.rename, envelope)),
+            // A plugin's mask of the arguments, with the other edits.
+            Some(edit) => {
+                let mut edits: Vec<guard::Edit> = envelope.into_iter().collect();
+                edits.push(edit);
+                if let Some(((start, end), name)) = to.rename {
+                    let mut literal = Vec::with_capacity(name.len() + 2);
+                    crate::jsonrpc::write_json_string(&mut literal, name);
+                    edits.push((start, end, literal));
+                }
+                Some(bridge::splice(&body, edits))
+            }
+        };
+        if let Some(rewritten) = rewritten {
+            let Some(rewritten) = rewritten else {
                 return self.internal_error("a rewrite span lies outside the body", host);
             };
             forward.headers.push((
@@ -970,7 +1040,8 @@ impl Exchange {
         ResponseHead {
             // A virtual server's client holds the gateway's token, not an upstream's session.
             remove_session_id: self.server.is_some(),
-            remove_content_length: self.bridging,
+            // Bridged results gain fields; guarded ones may be masked.
+            remove_content_length: self.bridging || self.post_plan.is_some(),
         }
     }
 
@@ -1011,10 +1082,17 @@ impl Exchange {
         let notifications = self.bridging.then_some(rewrite::Notifications {
             log_floor: self.bridged_log_floor,
         });
-        (result_fields.is_some() || request_id.is_some()).then(|| rewrite::Changes {
-            result_fields,
-            request_id,
-            notifications,
+        let guard = self.post_plan.clone().map(|plan| rewrite::Guarded {
+            config: Rc::clone(&self.config),
+            plan,
+        });
+        (result_fields.is_some() || request_id.is_some() || guard.is_some()).then(|| {
+            rewrite::Changes {
+                result_fields,
+                request_id,
+                notifications,
+                guard,
+            }
         })
     }
 
@@ -1051,7 +1129,11 @@ impl Exchange {
                     Kind::Request | Kind::Notification => {}
                 });
         }
-        self.rewriter.as_mut().map(|r| r.feed(chunk, end_of_stream))
+        let rewriter = self.rewriter.as_mut()?;
+        let out = rewriter.feed(chunk, end_of_stream);
+        let findings = rewriter.take_findings();
+        self.report(&findings, host);
+        Some(out)
     }
 }
 

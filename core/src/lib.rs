@@ -16,6 +16,7 @@ pub mod config;
 pub mod edge;
 pub mod exchange;
 pub mod fasthash;
+pub mod guard;
 pub mod header_map;
 pub mod jsonrpc;
 pub mod mcp;

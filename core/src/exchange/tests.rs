@@ -24,6 +24,8 @@ type Table = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
 /// What the exchange told its host; its clock, randomness and shared data.
 #[derive(Default, Debug)]
 struct Recorder {
+    /// (plugin, hook, effect) of every guardrail finding.
+    plugins: Vec<(String, String, String)>,
     requests: Vec<(String, Option<String>)>,
     responses: Vec<(String, String, bool)>,
     rejected: Vec<&'static str>,
@@ -96,6 +98,10 @@ impl Host for Recorder {
     }
     fn warn(&mut self, message: &str) {
         self.warnings.push(message.to_owned());
+    }
+    fn count_plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
+        self.plugins
+            .push((plugin.to_owned(), hook.to_owned(), effect.to_owned()));
     }
 }
 
@@ -1861,3 +1867,5 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
     let step = x.on_request_head(&post_head("/servers/s1/mcp", &json_only), false, &mut host);
     assert_eq!(reply_of(&step).0, 406);
 }
+
+mod guard;

@@ -11,6 +11,7 @@ mod cases {
     mod config;
     mod edge;
     mod era_bad_input;
+    mod guard;
     mod hardening;
     mod hostile;
     mod matrix;

@@ -74,7 +74,10 @@ pub fn stats_tags() -> Value {
     json!([
         {"tag_name": "mcp_method", "regex": "(_mcp_method=\\.=(.*?);\\.;)"},
         {"tag_name": "mcp_tool", "regex": "(_mcp_tool=\\.=(.*?);\\.;)"},
-        {"tag_name": "mcp_reason", "regex": "(_mcp_reason=\\.=(.*?);\\.;)"}
+        {"tag_name": "mcp_reason", "regex": "(_mcp_reason=\\.=(.*?);\\.;)"},
+        {"tag_name": "mcp_plugin", "regex": "(_mcp_plugin=\\.=(.*?);\\.;)"},
+        {"tag_name": "mcp_hook", "regex": "(_mcp_hook=\\.=(.*?);\\.;)"},
+        {"tag_name": "mcp_effect", "regex": "(_mcp_effect=\\.=(.*?);\\.;)"}
     ])
 }
 
