@@ -154,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                 capabilities: Some(serde_json::json!({"tools": {}})),
                 server_info: Some(serde_json::json!({"name": "bench-upstream", "version": "1"})),
                 protocol_version: Some(PROTOCOL.into()),
+                protocol_versions: vec![PROTOCOL.into()],
                 skipped: vec![],
             }),
             "__",
@@ -178,6 +179,8 @@ async fn main() -> anyhow::Result<()> {
             tools,
             resources: vec![],
             prompts: vec![],
+            naming: Default::default(),
+            allowed_origins: Default::default(),
         })
         .await?;
 
