@@ -2,6 +2,7 @@
 //! PostgreSQL), admin REST API, federation of upstream MCP servers, operator CLI.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -49,6 +50,8 @@ pub struct ControlPlane {
     pub xds: Option<AdsServer>,
     /// Address the session relay listens on (`None`: no relay).
     pub relay_addr: Option<SocketAddr>,
+    /// In `--dev` mode: a platform-admin API token minted at start.
+    pub dev_token: Option<String>,
 }
 
 /// Opens the store (creating the data directory for SQLite, 0700) and runs migrations.
@@ -158,12 +161,21 @@ pub async fn serve(
         metrics.clone(),
     );
     let loops = federation.spawn().await;
+    let (auth, dev_token) = auth::Auth::start(
+        store.clone(),
+        settings.secrets.clone(),
+        settings.auth.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("starting authentication")?;
     let state = AppState {
         store: store.clone(),
         federation: federation.clone(),
         metrics,
         secrets: settings.secrets.clone(),
         edge,
+        auth,
     };
     // One shutdown signal, two servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -208,6 +220,7 @@ pub async fn serve(
         xds_addr,
         xds: ads,
         relay_addr,
+        dev_token,
     });
     let signal = async move {
         shutdown.await;

@@ -18,6 +18,7 @@
 
 mod catalog;
 mod gateways;
+pub mod identity;
 mod servers;
 
 use std::sync::Arc;
@@ -178,6 +179,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "gateway skipped items",
         sql: include_str!("../migrations/0003_gateway_skipped.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "identity and access",
+        sql: include_str!("../migrations/0004_identity.sql"),
     },
 ];
 
@@ -569,6 +575,11 @@ impl ListSql {
         }
         if let Some(e) = q.enabled {
             s.push("enabled = $", Arg::Int(i64::from(e)));
+        }
+        if let Some(scope) = &q.visible_to
+            && let Some(clause) = identity::visible_clause(with_gateway, scope, &mut s.args)
+        {
+            s.clauses.push(clause);
         }
         if !q.tags.is_empty() {
             let mut ors = Vec::new();
