@@ -153,6 +153,9 @@ pub enum AuthError {
     /// A key could not be made or used.
     #[error("signing keys: {0}")]
     Keys(String),
+    /// The request conflicts with the configuration.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<crate::model::FieldInvalid> for AuthError {
@@ -655,6 +658,11 @@ impl Auth {
 
     /// Makes a new signing key current; the previous one verifies for the grace period.
     pub async fn rotate_keys(&self) -> Result<String, AuthError> {
+        if self.settings.jwt.algorithm == Algorithm::Rs256 {
+            return Err(AuthError::Conflict(
+                "the RS256 key comes from jwt_rsa_key_file: rotate it by replacing the file and restarting (the previous key keeps verifying for the grace period)".into(),
+            ));
+        }
         let ring = load_keyring(&self.store, &self.secrets, &self.settings.jwt, true).await?;
         let kid = ring.current.kid.clone();
         *self.keys.write().await = ring;

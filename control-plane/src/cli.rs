@@ -138,10 +138,10 @@ pub struct LoginArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// Data directory of the default SQLite database [default: ./mcpgw-data].
-    #[arg(long, env = "MCPGW_DATA_DIR")]
+    #[arg(long, env = "MCPGW_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Database URL: `sqlite:…` or `postgres://…` [default: SQLite in the data directory].
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 }
 

@@ -14,6 +14,7 @@ mod integration {
     mod concurrency;
     mod edge_xds;
     mod federation;
+    mod identity;
     mod openapi;
     mod serving;
     mod store;

@@ -234,6 +234,9 @@ pub fn auth_error(e: AuthError) -> Response {
         )
         .into_response(),
         AuthError::Field(f) => Problem::invalid_field(f.field, f.reason).into_response(),
+        AuthError::Conflict(why) => {
+            Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", why).into_response()
+        }
         AuthError::Store(s) => super::ApiError::Store(s).into_response(),
         AuthError::Keys(k) => {
             tracing::error!(error = %k, "signing keys failed");

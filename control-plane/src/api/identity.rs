@@ -567,15 +567,21 @@ pub async fn create_token(
     }
     if let crate::auth::rbac::ScopeSet::Only(teams) = &scope.teams {
         for t in teams {
-            if !p
-                .grants
-                .iter()
-                .any(|g| g.team.as_deref() == Some(t.as_str()))
-                && !p.holds_globally(Permission::TeamsRead)
+            let exists = match s.store.get_team(t).await {
+                Ok(_) => true,
+                Err(crate::store::StoreError::NotFound { .. }) => false,
+                Err(e) => return Err(api(e)),
+            };
+            if !exists
+                || !p
+                    .grants
+                    .iter()
+                    .any(|g| g.team.as_deref() == Some(t.as_str()))
+                    && !p.holds_globally(Permission::TeamsRead)
             {
                 return Err(field(FieldInvalid::new(
                     "scopes.teams",
-                    format!("you are not a member of team {t}"),
+                    format!("no team {t} that you are a member of"),
                 )));
             }
         }

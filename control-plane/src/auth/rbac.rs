@@ -424,28 +424,32 @@ impl Principal {
                 .any(|g| g.team.is_none() && g.role.grants(p))
     }
 
-    /// Whether the principal holds `p` for `team` (globally, or by a role in the team).
+    /// Whether the principal holds `p` for `team`: by a global role or a role in the team,
+    /// and its token (if any) reaching that team.
     pub fn holds_in(&self, p: Permission, team: &str) -> bool {
-        self.holds_globally(p)
-            || self.token_allows_permission(p)
-                && self.token_allows_team(team)
-                && self
-                    .grants
-                    .iter()
-                    .any(|g| g.team.as_deref() == Some(team) && g.role.grants(p))
+        self.token_allows_permission(p)
+            && self.token_allows_team(team)
+            && self
+                .grants
+                .iter()
+                .any(|g| g.team.as_deref().is_none_or(|t| t == team) && g.role.grants(p))
+    }
+
+    /// The teams a token lists (empty without a token, or for `"*"`).
+    fn token_teams(&self) -> Vec<String> {
+        match self.token.as_ref().map(|t| &t.teams) {
+            Some(ScopeSet::Only(set)) => set.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the principal holds `p` in some scope its token reaches.
     pub fn holds_anywhere(&self, p: Permission) -> bool {
-        self.holds_globally(p)
-            || self.grants.iter().any(|g| match &g.team {
-                Some(team) => self.holds_in(p, team),
-                None => false,
-            })
+        self.teams_holding(p).is_none_or(|teams| !teams.is_empty())
     }
 
     /// The teams in which the principal holds `p` (its token permitting); `None`: every
-    /// team (a global grant).
+    /// team (a global grant, with a token that does not narrow it).
     pub fn teams_holding(&self, p: Permission) -> Option<Vec<String>> {
         if self.holds_globally(p) {
             return None;
@@ -454,6 +458,7 @@ impl Principal {
             .grants
             .iter()
             .filter_map(|g| g.team.clone())
+            .chain(self.token_teams())
             .filter(|t| self.holds_in(p, t))
             .collect();
         teams.sort();
