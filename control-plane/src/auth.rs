@@ -410,6 +410,15 @@ impl Auth {
         if !user.active {
             return Err(AuthError::Invalid("user disabled".into()));
         }
+        // A password change ends the sessions signed before it.
+        if let Credential::Session { iat, .. } = &credential
+            && let Some(changed) = user.password_changed_at.as_deref().and_then(parse_time)
+            && *iat < changed.timestamp()
+        {
+            return Err(AuthError::Invalid(
+                "session older than the last password change".into(),
+            ));
+        }
         Ok(Principal {
             grants: self.store.grants(&user.id).await?,
             user_id: user.id,
@@ -519,6 +528,7 @@ impl Auth {
             None,
             Credential::Session {
                 jti: claims.jti,
+                iat: claims.iat,
                 exp: claims.exp,
             },
         )

@@ -184,7 +184,8 @@ pub struct ServeArgs {
     #[arg(skip)]
     pub admin_password: Option<String>,
     /// `--dev` only: where to write the platform-admin API token minted at start (0600)
-    /// [default: admin.token in the data directory].
+    /// [default: admin.token in the data directory, or ./mcpgw-admin.token with a
+    /// database URL].
     #[arg(long, env = "MCPGW_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 }
@@ -995,7 +996,10 @@ impl ServeArgs {
             .or(file.admin_token_file.clone());
         let dev_token = match (dev, token_file) {
             (true, Some(f)) => Some(Some(f)),
-            (true, None) => Some(data_dir.map(|d| d.join("admin.token"))),
+            (true, None) => Some(Some(match data_dir {
+                Some(d) => d.join("admin.token"),
+                None => PathBuf::from("mcpgw-admin.token"),
+            })),
             (false, Some(_)) => {
                 return Err(invalid(
                     "admin_token_file",

@@ -81,6 +81,15 @@ pub async fn serve(
     ready: impl FnOnce(ControlPlane) + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
+    // Keys, bootstrap admin and dev token before anything listens.
+    let (auth, dev_token) = auth::Auth::start(
+        store.clone(),
+        settings.secrets.clone(),
+        settings.auth.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("starting authentication")?;
     let xds_listener = match settings.xds_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -161,14 +170,6 @@ pub async fn serve(
         metrics.clone(),
     );
     let loops = federation.spawn().await;
-    let (auth, dev_token) = auth::Auth::start(
-        store.clone(),
-        settings.secrets.clone(),
-        settings.auth.clone(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))
-    .context("starting authentication")?;
     let state = AppState {
         store: store.clone(),
         federation: federation.clone(),

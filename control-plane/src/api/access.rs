@@ -331,9 +331,13 @@ async fn check(
         ),
         Rule::Anywhere(perm) => allow(p.may(perm, Target::Anywhere), perm, "in some team"),
         Rule::Global(perm) => allow(p.may(perm, Target::Global), perm, "at global scope"),
-        Rule::List(_, perm) => {
+        Rule::List(kind, perm) => {
             allow(p.may(perm, Target::Anywhere), perm, "in some team")?;
-            req.extensions_mut().insert(p.list_scope(perm));
+            let mut scope = p.list_scope(perm);
+            if kind == OwnedKind::Server {
+                scope.ids = p.server_ids();
+            }
+            req.extensions_mut().insert(scope);
             Ok(())
         }
         Rule::Create(_, perm) => {

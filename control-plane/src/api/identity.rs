@@ -459,7 +459,7 @@ pub async fn logout(
     Extension(p): Extension<Principal>,
 ) -> Answer<StatusCode> {
     match &p.credential {
-        Credential::Session { jti, exp } => {
+        Credential::Session { jti, exp, .. } => {
             s.auth.logout(jti, *exp).await.map_err(auth)?;
             Ok(StatusCode::NO_CONTENT)
         }
@@ -502,21 +502,29 @@ pub async fn me(State(s): State<AppState>, Extension(p): Extension<Principal>) -
     }))
 }
 
-/// Changes the caller's password (the current one is checked).
+/// Changes the caller's password (the current one is checked). Every session signed
+/// before ends; the answer is a new one.
 #[utoipa::path(post, path = "/auth/password", tag = "auth", request_body = PasswordChange,
-    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = LoginResponse), (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn change_password(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     ApiJson(b): ApiJson<PasswordChange>,
-) -> Answer<StatusCode> {
+) -> Answer<Json<LoginResponse>> {
     let user = s.store.get_user(&p.user_id).await.map_err(api)?;
     s.auth
         .change_password(&user, &b.current_password, &b.new_password)
         .await
         .map_err(auth)?;
-    Ok(StatusCode::NO_CONTENT)
+    // Signed in the second of the change or later: it outlives the cut (whole seconds).
+    let session = s.auth.issue_session(&user).await.map_err(auth)?;
+    Ok(Json(LoginResponse {
+        access_token: session.token,
+        token_type: "Bearer".into(),
+        expires_in: session.expires_at - chrono::Utc::now().timestamp(),
+        user: session.user.into(),
+    }))
 }
 
 /// The public keys that verify the control plane's session tokens (RFC 7517).

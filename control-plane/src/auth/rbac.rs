@@ -362,6 +362,8 @@ pub enum Credential {
     Session {
         /// Its id.
         jti: String,
+        /// When it was signed (seconds since the epoch).
+        iat: i64,
         /// Its expiry (seconds since the epoch).
         exp: i64,
     },
@@ -506,39 +508,50 @@ impl Principal {
 
     /// What a list may show: the SQL-side form of [`Principal::may`] for `read`.
     pub fn list_scope(&self, read: Permission) -> ListScope {
-        match self.teams_holding(read) {
-            None => ListScope::Everything,
-            Some(teams) => ListScope::Some {
-                teams: teams.clone(),
-                admin_teams: teams
-                    .iter()
-                    .filter(|t| self.admins_team(t))
-                    .cloned()
-                    .collect(),
-                user: self.user_id.clone(),
-                public: self.holds_anywhere(read),
-            },
+        let owners = self.teams_holding(read).map(|teams| OwnerScope {
+            admin_teams: teams
+                .iter()
+                .filter(|t| self.admins_team(t))
+                .cloned()
+                .collect(),
+            teams,
+            user: self.user_id.clone(),
+            public: self.holds_anywhere(read),
+        });
+        ListScope { owners, ids: None }
+    }
+
+    /// The virtual servers a token is limited to (`None`: not limited).
+    pub fn server_ids(&self) -> Option<Vec<String>> {
+        match self.token.as_ref().map(|t| &t.servers) {
+            Some(ScopeSet::Only(set)) => Some(set.iter().cloned().collect()),
+            _ => None,
         }
     }
 }
 
 /// Which rows of a list a principal may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListScope {
-    /// All of them.
-    Everything,
-    /// Public ones (if `public`), those of `teams` that are not private, private ones the
-    /// user created in those teams, and every one of `admin_teams`.
-    Some {
-        /// Teams where the principal reads.
-        teams: Vec<String>,
-        /// Teams the principal administers.
-        admin_teams: Vec<String>,
-        /// The user.
-        user: String,
-        /// Public items of any team.
-        public: bool,
-    },
+pub struct ListScope {
+    /// By owner (`None`: every owner).
+    pub owners: Option<OwnerScope>,
+    /// Only these ids (`None`: any; a token's `servers` for the list of virtual servers).
+    pub ids: Option<Vec<String>>,
+}
+
+/// The rows a principal sees by their owner: public ones (if `public`), those of `teams`
+/// that are not private, private ones the user created in those teams, and every one of
+/// `admin_teams`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerScope {
+    /// Teams where the principal reads.
+    pub teams: Vec<String>,
+    /// Teams the principal administers.
+    pub admin_teams: Vec<String>,
+    /// The user.
+    pub user: String,
+    /// Public items of any team.
+    pub public: bool,
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub struct User {
     pub global_roles: Vec<Role>,
     /// The personal team's id.
     pub personal_team: Option<String>,
+    /// When the password was last set (sessions signed before are refused).
+    pub password_changed_at: Option<String>,
     /// Created.
     pub created_at: String,
 }
@@ -185,7 +187,8 @@ fn ownership(row: &AnyRow) -> Result<Ownership, StoreError> {
     })
 }
 
-const USER_COLS: &str = "id, email, full_name, password_hash, active, created_at";
+const USER_COLS: &str =
+    "id, email, full_name, password_hash, active, password_changed_at, created_at";
 
 impl Store {
     async fn user_from_row(&self, row: &AnyRow) -> Result<UserLogin, StoreError> {
@@ -213,6 +216,7 @@ impl Store {
                     .map(|r| role(r, "role"))
                     .collect::<Result<_, _>>()?,
                 personal_team: personal.map(|r| r.try_get("id")).transpose()?,
+                password_changed_at: row.try_get("password_changed_at")?,
                 created_at: row.try_get("created_at")?,
                 id,
             },
@@ -1286,44 +1290,31 @@ async fn last_admin_check(conn: &mut sqlx::AnyConnection, team: &str) -> Result<
     Ok(())
 }
 
-/// The SQL condition (and its arguments, numbered from `first`) that keeps the rows of
-/// `kind` a [`crate::auth::rbac::ListScope`] may see.
+/// The SQL condition (and its arguments, numbered after `args`) that keeps the rows a
+/// [`crate::auth::rbac::ListScope`] may see.
 pub(crate) fn visible_clause(
     kind_follows_gateway: bool,
     scope: &crate::auth::rbac::ListScope,
     args: &mut Vec<super::Arg>,
 ) -> Option<String> {
-    use crate::auth::rbac::ListScope;
-    let ListScope::Some {
-        teams,
-        admin_teams,
-        user,
-        public,
-    } = scope
-    else {
-        return None;
-    };
-    let mut param = |v: &str, args: &mut Vec<super::Arg>| {
+    fn param(v: &str, args: &mut Vec<super::Arg>) -> String {
         args.push(super::Arg::Text(v.to_owned()));
         format!("${}", args.len())
-    };
-    let list = |ts: &[String],
-                args: &mut Vec<super::Arg>,
-                param: &mut dyn FnMut(&str, &mut Vec<super::Arg>) -> String| {
+    }
+    fn list(ts: &[String], args: &mut Vec<super::Arg>) -> String {
         if ts.is_empty() {
+            // Matches nothing (a comparison with NULL is never true).
             "(NULL)".to_owned()
         } else {
             let ps: Vec<String> = ts.iter().map(|t| param(t, args)).collect();
             format!("({})", ps.join(", "))
         }
-    };
-    let cond = |p: &str,
-                args: &mut Vec<super::Arg>,
-                param: &mut dyn FnMut(&str, &mut Vec<super::Arg>) -> String| {
-        let teams_in = list(teams, args, param);
-        let admins_in = list(admin_teams, args, param);
-        let me = param(user, args);
-        let public = if *public {
+    }
+    fn cond(p: &str, o: &crate::auth::rbac::OwnerScope, args: &mut Vec<super::Arg>) -> String {
+        let teams_in = list(&o.teams, args);
+        let admins_in = list(&o.admin_teams, args);
+        let me = param(&o.user, args);
+        let public = if o.public {
             format!("{p}visibility = 'public' OR ")
         } else {
             String::new()
@@ -1331,14 +1322,21 @@ pub(crate) fn visible_clause(
         format!(
             "({public}({p}owner_team IN {teams_in} AND ({p}visibility <> 'private' OR {p}owner_user = {me} OR {p}owner_team IN {admins_in})))"
         )
-    };
-    if kind_follows_gateway {
-        let own = cond("", args, &mut param);
-        let via = cond("g.", args, &mut param);
-        Some(format!(
-            "((gateway_id IS NULL AND {own}) OR EXISTS (SELECT 1 FROM gateways g WHERE g.id = gateway_id AND {via}))"
-        ))
-    } else {
-        Some(cond("", args, &mut param))
     }
+    let mut clauses = Vec::new();
+    if let Some(o) = &scope.owners {
+        clauses.push(if kind_follows_gateway {
+            let own = cond("", o, args);
+            let via = cond("g.", o, args);
+            format!(
+                "((gateway_id IS NULL AND {own}) OR EXISTS (SELECT 1 FROM gateways g WHERE g.id = gateway_id AND {via}))"
+            )
+        } else {
+            cond("", o, args)
+        });
+    }
+    if let Some(ids) = &scope.ids {
+        clauses.push(format!("id IN {}", list(ids, args)));
+    }
+    (!clauses.is_empty()).then(|| clauses.join(" AND "))
 }
