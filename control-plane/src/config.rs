@@ -1407,6 +1407,96 @@ mod tests {
     }
 
     #[test]
+    fn authentication_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "a long enough password\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Defaults: ES256, 8 h sessions, closed /metrics, no bootstrap, no dev token.
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.auth.jwt.algorithm, crate::auth::jwt::Algorithm::Es256);
+        assert!(!s.auth.metrics_open && s.auth.bootstrap.is_none() && s.auth.dev_token.is_none());
+        let s = ServeArgs {
+            admin_email: Some("ops@example.com".into()),
+            admin_password_file: Some(pw.clone()),
+            jwt_algorithm: Some("HS256".into()),
+            metrics_open: true,
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.auth.bootstrap.as_ref().unwrap().password,
+            "a long enough password"
+        );
+        assert!(!format!("{:?}", s.auth).contains("a long enough password"));
+        assert_eq!(s.auth.jwt.algorithm, crate::auth::jwt::Algorithm::Hs256);
+        // Dev mode mints a token, written to the data directory.
+        let s = ServeArgs {
+            dev: true,
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(
+            s.auth.dev_token,
+            Some(Some(dir.path().join("data").join("admin.token")))
+        );
+        type Edit = fn(&mut ServeArgs);
+        let cases: [(&str, Edit); 9] = [
+            ("admin_password_file", |a| {
+                a.admin_email = Some("ops@example.com".into())
+            }),
+            ("admin_email", |a| {
+                a.admin_password = Some("a long enough password".into())
+            }),
+            ("admin_email", |a| {
+                a.admin_email = Some("not an email".into());
+                a.admin_password = Some("a long enough password".into());
+            }),
+            ("admin_password", |a| {
+                a.admin_email = Some("ops@example.com".into());
+                a.admin_password = Some("short".into());
+            }),
+            ("admin_token_file", |a| {
+                a.admin_token_file = Some("t".into())
+            }),
+            ("jwt_algorithm", |a| a.jwt_algorithm = Some("none".into())),
+            ("jwt_rsa_key_file", |a| {
+                a.jwt_algorithm = Some("rs256".into())
+            }),
+            ("jwt_key_grace", |a| {
+                a.session_ttl = Some(7200);
+                a.jwt_key_grace = Some(3600);
+            }),
+            ("token_empty_scopes", |a| {
+                a.token_empty_scopes = Some("allow".into())
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut a = ServeArgs::default();
+            edit(&mut a);
+            match a.resolve(Some(KEY)) {
+                Err(ConfigError::FieldInvalid { field, .. }) => assert_eq!(field, want),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        // A password file others can read is refused.
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ServeArgs {
+            admin_email: Some("ops@example.com".into()),
+            admin_password_file: Some(pw),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
     fn file_values_apply_and_flags_override_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mcpgw.toml");

@@ -1340,3 +1340,368 @@ async fn cli_admin_create_login_and_stored_token() {
     assert!(!ok && err.contains("chmod 600"), "{err}");
     cp.stop().await;
 }
+
+/// Teams: a personal team per user, members with roles, invitations accepted only by the
+/// invited email, the last team admin kept, a team that owns items kept; a token limited
+/// to virtual servers sees only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_members_invitations_and_server_scoped_tokens() {
+    for (backend, db) in both_backends().await {
+        let cp = TestCp::start(closed(&db)).await;
+        let admin = session(&cp, ADMIN, ADMIN_PW).await;
+        let pw = "a long enough password";
+        let mut ids = std::collections::BTreeMap::new();
+        for name in ["lead", "joiner", "stranger"] {
+            let u = call(
+                &cp,
+                "POST",
+                "/users",
+                Some(&admin),
+                Some(json!({"email": format!("{name}@example.com"), "password": pw})),
+            )
+            .await;
+            assert_eq!(u.status, 201, "{backend}: {}", u.body);
+            // Everyone has a personal team of their own.
+            assert!(u.body["personal_team"].is_string(), "{}", u.body);
+            ids.insert(name, u.body["id"].as_str().unwrap().to_owned());
+        }
+        let dup = call(
+            &cp,
+            "POST",
+            "/users",
+            Some(&admin),
+            Some(json!({"email": "LEAD@example.com"})),
+        )
+        .await;
+        assert_eq!(
+            dup.status, 409,
+            "emails compare in lower case: {}",
+            dup.body
+        );
+        let lead = session(&cp, "lead@example.com", pw).await;
+        let joiner = session(&cp, "joiner@example.com", pw).await;
+        let stranger = session(&cp, "stranger@example.com", pw).await;
+
+        // Any user creates a team and is its admin.
+        let t = call(
+            &cp,
+            "POST",
+            "/teams",
+            Some(&lead),
+            Some(json!({"name": "platform"})),
+        )
+        .await;
+        assert_eq!(t.status, 201, "{}", t.body);
+        let team = t.body["id"].as_str().unwrap().to_owned();
+        let bad = call(
+            &cp,
+            "POST",
+            "/teams",
+            Some(&lead),
+            Some(json!({"name": "personal:x"})),
+        )
+        .await;
+        assert_eq!(bad.status, 422);
+        let members = call(
+            &cp,
+            "GET",
+            &format!("/teams/{team}/members"),
+            Some(&lead),
+            None,
+        )
+        .await;
+        assert_eq!(members.body["items"][0]["role"], "team_admin");
+
+        // An invitation: only the invited email sees and accepts it.
+        let inv = call(
+            &cp,
+            "POST",
+            &format!("/teams/{team}/invitations"),
+            Some(&lead),
+            Some(json!({"email": "Joiner@Example.com", "role": "developer"})),
+        )
+        .await;
+        assert_eq!(inv.status, 201, "{}", inv.body);
+        let inv_id = inv.body["id"].as_str().unwrap().to_owned();
+        for (body, field) in [
+            (json!({"email": "nope", "role": "viewer"}), "email"),
+            (json!({"email": "a@b.c", "role": "platform_admin"}), "role"),
+            (
+                json!({"email": "a@b.c", "role": "viewer", "expires_in_days": 0}),
+                "expires_in_days",
+            ),
+            (json!({"email": "a@b.c", "role": "owner"}), "role"),
+        ] {
+            let a = call(
+                &cp,
+                "POST",
+                &format!("/teams/{team}/invitations"),
+                Some(&lead),
+                Some(body.clone()),
+            )
+            .await;
+            assert_eq!(a.status, 422, "{body}: {}", a.body);
+            assert!(
+                a.body["errors"][0]["field"]
+                    .as_str()
+                    .unwrap()
+                    .contains(field),
+                "{body}: {}",
+                a.body
+            );
+        }
+        let mine = call(&cp, "GET", "/invitations", Some(&joiner), None).await;
+        assert_eq!(mine.body["items"][0]["id"], inv_id.as_str());
+        assert_eq!(
+            call(&cp, "GET", "/invitations", Some(&stranger), None)
+                .await
+                .body["items"],
+            json!([])
+        );
+        let a = call(
+            &cp,
+            "POST",
+            &format!("/invitations/{inv_id}/accept"),
+            Some(&stranger),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, 404, "{}", a.body);
+        // Invitations are the team admins' business.
+        let a = call(
+            &cp,
+            "GET",
+            &format!("/teams/{team}/invitations"),
+            Some(&stranger),
+            None,
+        )
+        .await;
+        assert_eq!(
+            a.status, 404,
+            "a stranger does not see the team: {}",
+            a.body
+        );
+        let a = call(
+            &cp,
+            "POST",
+            &format!("/invitations/{inv_id}/accept"),
+            Some(&joiner),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, 204, "{}", a.body);
+        let me = call(&cp, "GET", "/auth/me", Some(&joiner), None).await;
+        assert!(
+            me.body["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["team_id"] == team.as_str()
+                    && r["role"] == "developer"
+                    && r["scope"] == "team"),
+            "{}",
+            me.body
+        );
+        let teams = call(&cp, "GET", "/teams", Some(&joiner), None).await;
+        let names: Vec<&str> = teams.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"platform") && names.contains(&"personal:joiner@example.com"),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.contains("stranger")), "{names:?}");
+
+        // The last team admin stays; a developer cannot manage members.
+        let a = call(
+            &cp,
+            "DELETE",
+            &format!("/teams/{team}/members/{}", ids["lead"]),
+            Some(&lead),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, 422, "{}", a.body);
+        let a = call(
+            &cp,
+            "PUT",
+            &format!("/teams/{team}/members/{}", ids["stranger"]),
+            Some(&joiner),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+        assert_eq!(a.status, 403, "{}", a.body);
+
+        // A team that owns items is kept; an empty one goes.
+        let g = call(
+            &cp,
+            "POST",
+            &format!("/gateways?team_id={team}"),
+            Some(&joiner),
+            Some(json!({"name": "team-gw", "url": "http://127.0.0.1:9/mcp", "discover": false})),
+        )
+        .await;
+        assert_eq!(g.status, 201, "{}", g.body);
+        let a = call(&cp, "DELETE", &format!("/teams/{team}"), Some(&lead), None).await;
+        assert_eq!(a.status, 422, "{}", a.body);
+        let gid = g.body["gateway"]["id"].as_str().unwrap();
+        assert_eq!(
+            call(
+                &cp,
+                "DELETE",
+                &format!("/gateways/{gid}"),
+                Some(&lead),
+                None
+            )
+            .await
+            .status,
+            204
+        );
+        assert_eq!(
+            call(&cp, "DELETE", &format!("/teams/{team}"), Some(&lead), None)
+                .await
+                .status,
+            204
+        );
+        // Creating in a team one is not in is refused; in an unknown one, a 422.
+        let a = call(
+            &cp,
+            "POST",
+            &format!("/gateways?team_id={team}"),
+            Some(&stranger),
+            Some(json!({"name": "x", "url": "http://127.0.0.1:9/mcp", "discover": false})),
+        )
+        .await;
+        assert_eq!(a.status, 422, "the team is gone: {}", a.body);
+        let a = call(
+            &cp,
+            "POST",
+            "/gateways?visibility=everyone",
+            Some(&stranger),
+            Some(json!({"name": "x", "url": "http://127.0.0.1:9/mcp", "discover": false})),
+        )
+        .await;
+        assert_eq!(
+            (a.status, a.body["errors"][0]["field"].as_str()),
+            (422, Some("visibility"))
+        );
+        // Without team_id an item goes to the creator's personal team.
+        let a = call(
+            &cp,
+            "POST",
+            "/servers",
+            Some(&stranger),
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let sid = a.body["id"].as_str().unwrap().to_owned();
+        let o = call(
+            &cp,
+            "GET",
+            &format!("/servers/{sid}/owner"),
+            Some(&stranger),
+            None,
+        )
+        .await;
+        let me = call(&cp, "GET", "/auth/me", Some(&stranger), None).await;
+        assert_eq!(o.body["team_id"], me.body["user"]["personal_team"]);
+        assert_eq!(
+            call(&cp, "GET", &format!("/servers/{sid}"), Some(&lead), None)
+                .await
+                .status,
+            404
+        );
+
+        // A token limited to one virtual server lists and reaches only that one.
+        let other = call(
+            &cp,
+            "POST",
+            "/servers",
+            Some(&stranger),
+            Some(json!({"name": "other"})),
+        )
+        .await;
+        let other = other.body["id"].as_str().unwrap().to_owned();
+        let t = create_token(
+            &cp,
+            &stranger,
+            json!({"name": "one-server", "scopes": {"permissions": ["servers.read"], "teams": ["*"], "servers": [sid]}}),
+        )
+        .await;
+        assert_eq!(t.status, 201, "{}", t.body);
+        let t = t.body["token"].as_str().unwrap().to_owned();
+        let list = call(&cp, "GET", "/servers", Some(&t), None).await;
+        let names: Vec<&str> = list.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["mine"], "{backend}");
+        assert_eq!(
+            call(&cp, "GET", &format!("/servers/{sid}"), Some(&t), None)
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            call(&cp, "GET", &format!("/servers/{other}"), Some(&t), None)
+                .await
+                .status,
+            404
+        );
+        // A token may not hold what its user does not.
+        let a = create_token(
+            &cp,
+            &stranger,
+            json!({"name": "greedy", "scopes": {"permissions": ["admin.users"], "teams": ["*"]}}),
+        )
+        .await;
+        assert_eq!(
+            (a.status, a.body["errors"][0]["field"].as_str()),
+            (422, Some("scopes.permissions"))
+        );
+        // Users are the platform admins' business; the last one stays.
+        assert_eq!(
+            call(&cp, "GET", "/users", Some(&lead), None).await.status,
+            403
+        );
+        let root = call(&cp, "GET", "/auth/me", Some(&admin), None).await;
+        let root_id = root.body["user"]["id"].as_str().unwrap();
+        let a = call(
+            &cp,
+            "PUT",
+            &format!("/users/{root_id}"),
+            Some(&admin),
+            Some(json!({"global_roles": []})),
+        )
+        .await;
+        assert_eq!(a.status, 422, "{}", a.body);
+        // A disabled user's sessions and tokens stop working.
+        let a = call(
+            &cp,
+            "PUT",
+            &format!("/users/{}", ids["stranger"]),
+            Some(&admin),
+            Some(json!({"active": false})),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(
+            call(&cp, "GET", "/auth/me", Some(&stranger), None)
+                .await
+                .status,
+            401
+        );
+        assert_eq!(
+            call(&cp, "GET", "/servers", Some(&t), None).await.status,
+            401
+        );
+        assert_eq!(login(&cp, "stranger@example.com", pw).await.status, 401);
+        cp.stop().await;
+    }
+}
