@@ -171,7 +171,7 @@ pub fn hmac_key(secret: &[u8]) -> ring::hmac::Key {
 
 /// Splits a DER `RSAPublicKey` (SEQUENCE { INTEGER n, INTEGER e }) into n and e.
 fn rsa_public_parts(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>), JwtError> {
-    fn read<'a>(input: &'a [u8], tag: u8) -> Option<(&'a [u8], &'a [u8])> {
+    fn read(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         let (&t, rest) = input.split_first()?;
         if t != tag {
             return None;

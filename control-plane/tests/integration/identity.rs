@@ -958,7 +958,9 @@ async fn role_route_owner_matrix() {
         }
         let y = true;
         let n = false;
-        let cases: Vec<(&str, String, Option<Value>, Fresh, [bool; 6])> = vec![
+        /// Method, path, body, what to make first, allowed per role.
+        type Case<'a> = (&'a str, String, Option<Value>, Fresh, [bool; 6]);
+        let cases: Vec<Case<'_>> = vec![
             (
                 "GET",
                 format!("/gateways/{g_a}"),
