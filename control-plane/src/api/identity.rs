@@ -562,6 +562,10 @@ pub async fn create_token(
         .scopes
         .parse(s.auth.settings().empty_scopes)
         .map_err(field)?;
+    // A token made with a token stays within it: no wider than the one that made it.
+    if let Some(caller) = &p.token {
+        narrower(caller, &scope).map_err(field)?;
+    }
     // A token never holds more than its creator: what it lists must be the creator's.
     if let crate::auth::rbac::PermissionSet::Only(perms) = &scope.permissions {
         for perm in perms {
@@ -580,13 +584,12 @@ pub async fn create_token(
                 Err(crate::store::StoreError::NotFound { .. }) => false,
                 Err(e) => return Err(api(e)),
             };
-            if !exists
-                || !p
-                    .grants
-                    .iter()
-                    .any(|g| g.team.as_deref() == Some(t.as_str()))
-                    && !p.holds_globally(Permission::TeamsRead)
-            {
+            // The user is in the team, or holds a role over every team.
+            let reaches = p
+                .grants
+                .iter()
+                .any(|g| g.team.as_deref().is_none_or(|gt| gt == t));
+            if !exists || !reaches {
                 return Err(field(FieldInvalid::new(
                     "scopes.teams",
                     format!("no team {t} that you are a member of"),
@@ -627,6 +630,50 @@ pub async fn create_token(
             record: record.into(),
         }),
     ))
+}
+
+/// Checks that `new` reaches no more than `caller`: permissions, teams and servers are
+/// subsets, and its IP ranges lie within the caller's.
+fn narrower(
+    caller: &crate::auth::rbac::TokenScope,
+    new: &crate::auth::rbac::TokenScope,
+) -> Result<(), FieldInvalid> {
+    use crate::auth::rbac::{PermissionSet, ScopeSet};
+    let wider = |field: &str| {
+        FieldInvalid::new(
+            format!("scopes.{field}"),
+            "reaches more than the API token this request came with",
+        )
+    };
+    match (&caller.permissions, &new.permissions) {
+        (PermissionSet::All, _) => {}
+        (PermissionSet::Only(_), PermissionSet::All) => return Err(wider("permissions")),
+        (PermissionSet::Only(c), PermissionSet::Only(n)) if !n.is_subset(c) => {
+            return Err(wider("permissions"));
+        }
+        _ => {}
+    }
+    for (field, c, n) in [
+        ("teams", &caller.teams, &new.teams),
+        ("servers", &caller.servers, &new.servers),
+    ] {
+        match (c, n) {
+            (ScopeSet::All, _) => {}
+            (ScopeSet::Only(_), ScopeSet::All) => return Err(wider(field)),
+            (ScopeSet::Only(c), ScopeSet::Only(n)) if !n.is_subset(c) => return Err(wider(field)),
+            _ => {}
+        }
+    }
+    if !caller.ip_ranges.is_empty()
+        && (new.ip_ranges.is_empty()
+            || !new
+                .ip_ranges
+                .iter()
+                .all(|n| caller.ip_ranges.iter().any(|c| c.contains(n))))
+    {
+        return Err(wider("ip_ranges"));
+    }
+    Ok(())
 }
 
 /// The caller's API tokens (`?all=true`: everyone's, for `admin.users` holders).

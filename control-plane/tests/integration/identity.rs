@@ -753,6 +753,48 @@ async fn api_tokens_are_scoped_hashed_expiring_and_revocable() {
                 a.body
             );
         }
+        // A token that may create tokens makes none wider than itself.
+        let maker = create_token(
+            &cp,
+            &admin,
+            json!({"name": "maker", "scopes": {"permissions": ["tokens.create", "gateways.read"],
+                   "teams": ["global"], "ip_ranges": ["127.0.0.0/8"]}}),
+        )
+        .await;
+        let maker = maker.body["token"].as_str().unwrap().to_owned();
+        for (scopes, field) in [
+            (
+                json!({"permissions": ["*"], "teams": ["global"], "ip_ranges": ["127.0.0.1"]}),
+                "scopes.permissions",
+            ),
+            (
+                json!({"permissions": ["gateways.update"], "teams": ["global"], "ip_ranges": ["127.0.0.1"]}),
+                "scopes.permissions",
+            ),
+            (
+                json!({"permissions": ["gateways.read"], "teams": ["*"], "ip_ranges": ["127.0.0.1"]}),
+                "scopes.teams",
+            ),
+            (
+                json!({"permissions": ["gateways.read"], "teams": ["global"]}),
+                "scopes.ip_ranges",
+            ),
+            (
+                json!({"permissions": ["gateways.read"], "teams": ["global"], "ip_ranges": ["10.0.0.0/8"]}),
+                "scopes.ip_ranges",
+            ),
+        ] {
+            let a = create_token(&cp, &maker, json!({"name": "wider", "scopes": scopes})).await;
+            assert_eq!(a.status, 422, "{scopes}: {}", a.body);
+            assert_eq!(a.body["errors"][0]["field"], field, "{scopes}: {}", a.body);
+        }
+        let a = create_token(
+            &cp,
+            &maker,
+            json!({"name": "narrower", "scopes": {"permissions": ["gateways.read"], "teams": ["global"], "ip_ranges": ["127.0.0.1"]}}),
+        )
+        .await;
+        assert_eq!(a.status, 201, "{}", a.body);
         let dup = create_token(&cp, &admin, json!({"name": "reader"})).await;
         assert_eq!(dup.status, 409, "{}", dup.body);
 
