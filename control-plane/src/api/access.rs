@@ -438,6 +438,7 @@ fn serde_urlencoded_query(q: &str) -> Result<OwnerQuery, Problem> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -461,6 +462,21 @@ mod tests {
                 );
             }
         }
+        // Every documented operation has a rule (the middleware refuses the rest).
+        let doc = serde_json::to_value(crate::api::openapi()).unwrap_or_default();
+        let mut n = 0;
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, _) in item.as_object().into_iter().flatten() {
+                let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                assert!(rule(&m, path).is_some(), "{m} {path} has no rule");
+                n += 1;
+            }
+        }
+        assert!(n > 70, "{n} operations");
+        assert_eq!(
+            rule(&Method::GET, "/openapi.json"),
+            Some(Rule::Authenticated)
+        );
         assert_eq!(rule(&Method::GET, "/nope"), None);
         assert_eq!(rule(&Method::PATCH, "/gateways/{id}"), None);
         assert_eq!(rule(&Method::GET, "/health"), Some(Rule::Open));
