@@ -15,7 +15,6 @@ use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use super::{AppState, Problem};
 use crate::auth::AuthError;
@@ -140,7 +139,7 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
 #[derive(Debug, Clone)]
 pub struct NewOwner(pub Ownership);
 
-#[derive(Deserialize)]
+/// `?team_id=&visibility=` of a create (other parameters are the handler's).
 struct OwnerQuery {
     team_id: Option<String>,
     visibility: Option<String>,
@@ -341,8 +340,7 @@ async fn check(
             Ok(())
         }
         Rule::Create(_, perm) => {
-            let q: OwnerQuery = serde_urlencoded_query(req.uri().query().unwrap_or(""))
-                .map_err(IntoResponse::into_response)?;
+            let q = owner_query(req.uri().query().unwrap_or(""));
             let team = q
                 .team_id
                 .or_else(|| p.personal_team.clone())
@@ -422,7 +420,7 @@ fn allow(ok: bool, p: Permission, what: &str) -> Result<(), Response> {
     if ok { Ok(()) } else { Err(forbidden(p, what)) }
 }
 
-fn serde_urlencoded_query(q: &str) -> Result<OwnerQuery, Problem> {
+fn owner_query(q: &str) -> OwnerQuery {
     let mut out = OwnerQuery {
         team_id: None,
         visibility: None,
@@ -434,7 +432,7 @@ fn serde_urlencoded_query(q: &str) -> Result<OwnerQuery, Problem> {
             _ => {}
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
