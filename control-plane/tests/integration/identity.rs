@@ -1749,3 +1749,156 @@ async fn teams_members_invitations_and_server_scoped_tokens() {
         cp.stop().await;
     }
 }
+
+/// Discovered catalog items follow their gateway's owner and visibility: a team's viewers
+/// see them, others do not until the gateway is made public; their own owner cannot be
+/// set apart from the gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_items_follow_their_gateway() {
+    let up = super::upstream::TestUpstream::with_tools(&["a", "b"]);
+    let running = up.serve(0).await;
+    for (backend, db) in both_backends().await {
+        let cp = TestCp::start(closed(&db)).await;
+        let admin = session(&cp, ADMIN, ADMIN_PW).await;
+        let team = call(
+            &cp,
+            "POST",
+            "/teams",
+            Some(&admin),
+            Some(json!({"name": "owners"})),
+        )
+        .await;
+        let team = team.body["id"].as_str().unwrap().to_owned();
+        let pw = "a long enough password";
+        let mut tokens = std::collections::BTreeMap::new();
+        for name in ["member", "outsider"] {
+            let u = call(
+                &cp,
+                "POST",
+                "/users",
+                Some(&admin),
+                Some(json!({"email": format!("{name}@example.com"), "password": pw})),
+            )
+            .await;
+            assert_eq!(u.status, 201, "{}", u.body);
+            if name == "member" {
+                let id = u.body["id"].as_str().unwrap();
+                let a = call(
+                    &cp,
+                    "PUT",
+                    &format!("/teams/{team}/members/{id}"),
+                    Some(&admin),
+                    Some(json!({"role": "viewer"})),
+                )
+                .await;
+                assert_eq!(a.status, 204);
+            }
+            tokens.insert(name, session(&cp, &format!("{name}@example.com"), pw).await);
+        }
+        let g = call(
+            &cp,
+            "POST",
+            &format!("/gateways?team_id={team}"),
+            Some(&admin),
+            Some(json!({"name": "up", "url": running.url})),
+        )
+        .await;
+        assert_eq!(g.status, 201, "{backend}: {}", g.body);
+        let gid = g.body["gateway"]["id"].as_str().unwrap().to_owned();
+        let tools = |who: &'static str| {
+            let cp = &cp;
+            let token = tokens[who].clone();
+            async move {
+                let a = call(cp, "GET", "/tools", Some(&token), None).await;
+                assert_eq!(a.status, 200, "{}", a.body);
+                let mut names: Vec<String> = a.body["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["name"].as_str().unwrap().to_owned())
+                    .collect();
+                names.sort();
+                names
+            }
+        };
+        assert_eq!(tools("member").await, ["up__a", "up__b"], "{backend}");
+        assert_eq!(tools("outsider").await, Vec::<String>::new(), "{backend}");
+        let all = call(&cp, "GET", "/tools", Some(&admin), None).await;
+        let tid = all.body["items"][0]["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            call(
+                &cp,
+                "GET",
+                &format!("/tools/{tid}"),
+                Some(&tokens["outsider"]),
+                None
+            )
+            .await
+            .status,
+            404
+        );
+        let o = call(
+            &cp,
+            "GET",
+            &format!("/tools/{tid}/owner"),
+            Some(&tokens["member"]),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (
+                o.body["team_id"].as_str(),
+                o.body["follows_gateway"].as_bool()
+            ),
+            (Some(team.as_str()), Some(true))
+        );
+        let a = call(
+            &cp,
+            "PUT",
+            &format!("/tools/{tid}/owner"),
+            Some(&admin),
+            Some(json!({"team_id": team, "visibility": "public"})),
+        )
+        .await;
+        assert_eq!(
+            (a.status, problem_type(&a).as_str()),
+            (409, "owned-by-gateway"),
+            "{}",
+            a.body
+        );
+        // The gateway made public: its tools are readable by everyone who reads tools.
+        let a = call(
+            &cp,
+            "PUT",
+            &format!("/gateways/{gid}/owner"),
+            Some(&admin),
+            Some(json!({"team_id": team, "visibility": "public"})),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(tools("outsider").await, ["up__a", "up__b"], "{backend}");
+        assert_eq!(
+            call(
+                &cp,
+                "GET",
+                &format!("/tools/{tid}"),
+                Some(&tokens["outsider"]),
+                None
+            )
+            .await
+            .status,
+            200
+        );
+        // Reading is all: the outsider cannot change them.
+        let a = call(
+            &cp,
+            "POST",
+            &format!("/tools/{tid}/state?activate=false"),
+            Some(&tokens["outsider"]),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, 403, "{}", a.body);
+        cp.stop().await;
+    }
+}
