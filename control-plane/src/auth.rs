@@ -178,7 +178,13 @@ pub struct Session {
 struct Keyring {
     current: Arc<jwt::Key>,
     accepted: HashMap<String, Arc<jwt::Key>>,
+    /// When it was read from the store.
+    loaded: std::time::Instant,
 }
+
+/// How old the keyring may be when a session is signed: another replica may have rotated,
+/// and signing with a retired key would cut the session short.
+const KEYRING_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// The authentication service: keys, password hasher, lockout, token checks.
 pub struct Auth {
@@ -557,6 +563,12 @@ impl Auth {
             email: user.email.clone(),
             teams,
         };
+        if self.keys.read().await.loaded.elapsed() > KEYRING_MAX_AGE {
+            match load_keyring(&self.store, &self.secrets, &self.settings.jwt, false).await {
+                Ok(ring) => *self.keys.write().await = ring,
+                Err(e) => tracing::warn!(error = %e, "reloading the signing keys failed"),
+            }
+        }
         let key = self.keys.read().await.current.clone();
         let token = jwt::sign(&key, &claims).map_err(|e| AuthError::Keys(e.to_string()))?;
         Ok(Session {
@@ -943,5 +955,9 @@ async fn load_keyring(
     let current = current_key.ok_or_else(|| {
         AuthError::Keys("no usable signing key (sealed with another encryption key?)".into())
     })?;
-    Ok(Keyring { current, accepted })
+    Ok(Keyring {
+        current,
+        accepted,
+        loaded: std::time::Instant::now(),
+    })
 }
