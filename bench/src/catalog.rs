@@ -61,6 +61,19 @@ pub fn items() -> Vec<String> {
 /// [`UPSTREAM_PATH`]. Written as text rather than built as a `serde_json::Value` so each
 /// item keeps the exact bytes the upstream serves.
 pub fn snapshot(cluster: &str) -> String {
+    snapshot_with(cluster, "")
+}
+
+/// [`snapshot`] with its upstream speaking MCP 2026-07-28 (and 2025-06-18).
+pub fn modern_snapshot(cluster: &str) -> String {
+    snapshot_with(
+        cluster,
+        r#","protocol_versions":["2026-07-28","2025-06-18"]"#,
+    )
+}
+
+/// The snapshot, `upstream_extra` added to the upstream's members.
+fn snapshot_with(cluster: &str, upstream_extra: &str) -> String {
     let tools: Vec<String> = upstream_names()
         .iter()
         .zip(items())
@@ -72,7 +85,7 @@ pub fn snapshot(cluster: &str) -> String {
         })
         .collect();
     format!(
-        r#"{{"schema":1,"version":"bench","policy":{{"list_page_size":{PAGE_SIZE}}},"upstreams":{{"{SERVER_ID}":{{"cluster":"{cluster}","path":"{UPSTREAM_PATH}"}}}},"servers":{{"{SERVER_ID}":{{"name":"Benchmark server","version":"1","tools":[{}]}}}}}}"#,
+        r#"{{"schema":1,"version":"bench","policy":{{"list_page_size":{PAGE_SIZE}}},"upstreams":{{"{SERVER_ID}":{{"cluster":"{cluster}","path":"{UPSTREAM_PATH}"{upstream_extra}}}}},"servers":{{"{SERVER_ID}":{{"name":"Benchmark server","version":"1","tools":[{}]}}}}}}"#,
         tools.join(",")
     )
 }

@@ -245,18 +245,23 @@ pub fn run(
     let mut all = Vec::new();
     for &variant in &settings.variants {
         progress(&format!("{variant}: starting Envoy under callgrind"));
-        let config = envoy::bootstrap(variant, upstream.addr(), &modules);
-        let envoy = Envoy::start_under(&executable, variant.name(), &config, |dir| {
-            let out = dir.join("callgrind.out.%p");
-            let mut file = OsString::from("--callgrind-out-file=");
-            file.push(out.as_os_str());
-            vec![
-                "valgrind".into(),
-                "--tool=callgrind".into(),
-                "--instr-atstart=no".into(),
-                file,
-            ]
-        })?;
+        let config = envoy::bootstrap(variant, upstream.addr(), &modules).to_string();
+        let envoy = runtime.block_on(Envoy::start_under(
+            &executable,
+            variant.name(),
+            &config,
+            |dir| {
+                let out = dir.join("callgrind.out.%p");
+                let mut file = OsString::from("--callgrind-out-file=");
+                file.push(out.as_os_str());
+                vec![
+                    "valgrind".into(),
+                    "--tool=callgrind".into(),
+                    "--instr-atstart=no".into(),
+                    file,
+                ]
+            },
+        ))?;
         let counts = count(&runtime, &envoy, variant, counting, &mut progress)
             .map_err(|e| anyhow!("{e:#}\nEnvoy log ({variant}):\n{}", envoy.log_tail()))?;
         all.push(VariantCounts { variant, counts });
@@ -410,6 +415,25 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             s,
             "- mcpgw over the floor: {:+.0} instructions per request",
             m - f
+        );
+    }
+    if let (Some(e26), Some(p26), Some(e25), Some(p25)) = (
+        best_of(Variant::EdgeCallModern),
+        best_of(Variant::PlainCallModern),
+        best_of(Variant::EdgeCall),
+        best_of(Variant::PlainCall),
+    ) && e26 > 0.0
+    {
+        // Both calls are routed alike; what the 2026 one adds in the filter is reading its
+        // envelope, checking its headers against the body and rewriting `Mcp-Name`.
+        let extra = (e26 - p26) - (e25 - p25);
+        let _ = writeln!(
+            s,
+            "- The 2026-07-28 call's filter work over the 2025 call's (edge-call-2026 − \
+             plain-call-2026 against edge-call − plain-call: its envelope, the header checks, \
+             the `Mcp-Name` rewrite): {extra:+.0} instructions per request, {:.2}% of the \
+             2026 request through the filter",
+            extra / e26 * 100.0
         );
     }
     let _ = writeln!(

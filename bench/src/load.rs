@@ -39,6 +39,26 @@ pub fn tools_call_body(tool: &str) -> Bytes {
     Bytes::from(format!("{head}{filler}{tail}"))
 }
 
+/// The 2026-07-28 version of MCP (stateless: every request carries its envelope).
+pub const MODERN_VERSION: &str = "2026-07-28";
+
+/// A 1 KB MCP 2026-07-28 `tools/call` of `tool`: as [`tools_call_body`], with the envelope
+/// that era requires in `_meta` (protocol version, client capabilities, client info), the
+/// same [`CALL_BODY_BYTES`] long.
+pub fn modern_tools_call_body(tool: &str) -> Bytes {
+    let head = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","_meta":{{"progressToken":"bench-1","io.modelcontextprotocol/protocolVersion":"{MODERN_VERSION}","io.modelcontextprotocol/clientCapabilities":{{}},"io.modelcontextprotocol/clientInfo":{{"name":"mcpgw-bench","version":"1"}}}},"arguments":{{"message":""#
+    );
+    let tail = r#"","repeat":1,"tags":["bench","mcp","tools-call"]}}}"#;
+    let filler_len = CALL_BODY_BYTES.saturating_sub(head.len() + tail.len());
+    let filler: String = "The quick brown fox jumps over the lazy dog. "
+        .chars()
+        .cycle()
+        .take(filler_len)
+        .collect();
+    Bytes::from(format!("{head}{filler}{tail}"))
+}
+
 /// The request a client repeats: `POST path` with `body`.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -46,20 +66,44 @@ pub struct Workload {
     pub path: &'static str,
     /// JSON-RPC request body.
     pub body: Bytes,
+    /// For a 2026-07-28 `tools/call`, the tool it names: the request then carries that
+    /// era's headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`), which the filter
+    /// checks against the body.
+    pub modern_call_of: Option<&'static str>,
 }
 
 impl Workload {
-    /// `POST path` with `body`.
+    /// `POST path` with `body`, as a 2025-06-18 client sends it.
     pub fn new(path: &'static str, body: Bytes) -> Workload {
-        Workload { path, body }
+        Workload {
+            path,
+            body,
+            modern_call_of: None,
+        }
+    }
+
+    /// `POST path` of a 2026-07-28 `tools/call` of `tool` (`body`), with that era's headers.
+    pub fn modern_call(path: &'static str, tool: &'static str, body: Bytes) -> Workload {
+        Workload {
+            path,
+            body,
+            modern_call_of: Some(tool),
+        }
     }
 
     fn request(&self) -> anyhow::Result<Request<Full<Bytes>>> {
-        Request::post(self.path)
+        let mut request = Request::post(self.path)
             .header(HOST, "mcpgw-bench")
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
+            .header(ACCEPT, "application/json, text/event-stream");
+        request = match self.modern_call_of {
+            None => request.header("mcp-protocol-version", "2025-06-18"),
+            Some(tool) => request
+                .header("mcp-protocol-version", MODERN_VERSION)
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", tool),
+        };
+        request
             .body(Full::new(self.body.clone()))
             .context("building the request")
     }

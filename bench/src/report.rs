@@ -349,6 +349,14 @@ fn edge_part(s: &mut String, edge_rows: &[&Row], outcome: &Outcome) {
     );
     let _ = writeln!(
         s,
+        "- MCP 2026-07-28 `tools/call` (plain-call-2026, edge-call-2026): the same call with that era's \
+         envelope in `_meta` (still {} bytes) and headers `MCP-Protocol-Version: {}`, `Mcp-Method`, \
+         `Mcp-Name`; the filter checks the headers against the body and rewrites the name in both\n",
+        crate::load::CALL_BODY_BYTES,
+        crate::load::MODERN_VERSION,
+    );
+    let _ = writeln!(
+        s,
         "| variant | req/s (median of rounds) | ratio to plain, same request | p50 | p99 | response | upstream requests per request | Envoy CPU per request | Envoy RSS after warmup | Envoy CPU | driver CPU |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -417,6 +425,22 @@ fn edge_part(s: &mut String, edge_rows: &[&Row], outcome: &Outcome) {
             s,
             "- edge-call ÷ plain-call: **{ratio:.2}×** requests/s, p50 {:.3} vs {:.3} ms; Envoy CPU per \
              request {:.1} µs (routed by the filter) vs {:.1} µs (forwarded)",
+            edge.p50_ms,
+            plain.p50_ms,
+            edge.envoy_us_per_request(),
+            plain.envoy_us_per_request()
+        );
+    }
+    if let (Some(edge), Some(plain)) = (
+        find(Variant::EdgeCallModern),
+        find(Variant::PlainCallModern),
+    ) && let Some(ratio) = edge.ratio
+    {
+        let _ = writeln!(
+            s,
+            "- edge-call-2026 ÷ plain-call-2026: **{ratio:.2}×** requests/s, p50 {:.3} vs {:.3} ms; \
+             Envoy CPU per request {:.1} µs (headers checked, routed by the filter) vs {:.1} µs \
+             (forwarded)",
             edge.p50_ms,
             plain.p50_ms,
             edge.envoy_us_per_request(),

@@ -134,21 +134,21 @@ pub fn run(settings: &Settings, mut progress: impl FnMut(&str)) -> anyhow::Resul
     };
 
     let upstream = Upstream::start()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("client runtime")?;
     let mut envoys = Vec::new();
     for &variant in &settings.variants {
-        let config = envoy::bootstrap(variant, upstream.addr(), &modules);
-        envoys.push(Envoy::start(
+        let config = envoy::bootstrap(variant, upstream.addr(), &modules).to_string();
+        envoys.push(runtime.block_on(Envoy::start(
             &settings.envoy,
             variant.name(),
             &config,
             envoy_cpu,
             settings.nice,
-        )?);
+        ))?);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("client runtime")?;
     // One verified answer per variant before any load; under load every answer must equal it.
     let mut workloads = Vec::new();
     for (envoy, &variant) in envoys.iter().zip(&settings.variants) {
@@ -255,7 +255,7 @@ pub fn run(settings: &Settings, mut progress: impl FnMut(&str)) -> anyhow::Resul
     }
     for (envoy, result) in envoys.iter().zip(results.iter_mut()) {
         if result.variant.runs_mcpgw() {
-            let counted = envoy.counter_sum("mcpgw_requests_total")?;
+            let counted = runtime.block_on(envoy.counter_sum("mcpgw_requests_total"))?;
             if counted < result.measured_requests {
                 bail!(
                     "the mcpgw filter of `{}` counted {counted} requests in mcpgw_requests_total, fewer than the {} measured: \

@@ -34,11 +34,17 @@ pub enum Variant {
     /// The mcpgw filter routing the 1 KB `tools/call` of a virtual server's namespaced tool
     /// to the upstream, with `:path` and the tool name rewritten.
     EdgeCall,
+    /// Plain Envoy forwarding the 1 KB `tools/call` of MCP 2026-07-28 (envelope in `_meta`,
+    /// `Mcp-Method`/`Mcp-Name` headers).
+    PlainCallModern,
+    /// The mcpgw filter routing that 2026-07-28 call of the virtual server's namespaced tool
+    /// to a 2026-era upstream: headers checked against the body, name rewritten in both.
+    EdgeCallModern,
 }
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 11] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -48,6 +54,8 @@ impl Variant {
         Variant::McpgwList,
         Variant::PlainCall,
         Variant::EdgeCall,
+        Variant::PlainCallModern,
+        Variant::EdgeCallModern,
     ];
 
     /// Short name used in settings and tables.
@@ -62,6 +70,8 @@ impl Variant {
             Variant::McpgwList => "mcpgw-list",
             Variant::PlainCall => "plain-call",
             Variant::EdgeCall => "edge-call",
+            Variant::PlainCallModern => "plain-call-2026",
+            Variant::EdgeCallModern => "edge-call-2026",
         }
     }
 
@@ -103,6 +113,16 @@ impl Variant {
                  `/servers/bench/mcp`, whole body parsed, name rewritten to `echo`, `:path` to \
                  `/mcp`, `x-mcpgw-cluster` header → `cluster_header` route, metrics on"
             }
+            Variant::PlainCallModern => {
+                "Envoy, router only, forwarding the 1 KB MCP 2026-07-28 `tools/call` of `echo` \
+                 (envelope in `_meta`, `Mcp-Method`/`Mcp-Name` headers) to `/mcp`"
+            }
+            Variant::EdgeCallModern => {
+                "mcpgw wasm filter, the snapshot's upstream speaking 2026-07-28: that era's \
+                 `tools/call` of `bench__echo` at `/servers/bench/mcp`, envelope read, \
+                 `MCP-Protocol-Version`/`Mcp-Method`/`Mcp-Name` checked against the body, name \
+                 rewritten to `echo` in the body and `Mcp-Name`, routed as `edge-call`"
+            }
         }
     }
 
@@ -113,6 +133,7 @@ impl Variant {
             Variant::Plain | Variant::Native | Variant::Floor | Variant::Mcpgw => Variant::Plain,
             Variant::PlainList | Variant::EdgeList | Variant::McpgwList => Variant::PlainList,
             Variant::PlainCall | Variant::EdgeCall => Variant::PlainCall,
+            Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
         }
     }
 
@@ -125,7 +146,11 @@ impl Variant {
     pub fn runs_mcpgw(self) -> bool {
         matches!(
             self,
-            Variant::Mcpgw | Variant::EdgeList | Variant::McpgwList | Variant::EdgeCall
+            Variant::Mcpgw
+                | Variant::EdgeList
+                | Variant::McpgwList
+                | Variant::EdgeCall
+                | Variant::EdgeCallModern
         )
     }
 
@@ -152,6 +177,16 @@ impl Variant {
             Variant::EdgeCall => Workload::new(
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
+            ),
+            Variant::PlainCallModern => Workload::modern_call(
+                load::MCP_PATH,
+                catalog::CALLED_TOOL,
+                load::modern_tools_call_body(catalog::CALLED_TOOL),
+            ),
+            Variant::EdgeCallModern => Workload::modern_call(
+                catalog::ENDPOINT,
+                catalog::NAMESPACED_CALLED_TOOL,
+                load::modern_tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             ),
             Variant::Plain
             | Variant::Native
@@ -237,7 +272,10 @@ mod tests {
     fn edge_variants_address_the_virtual_server() {
         for v in Variant::ALL {
             let path = v.workload().path;
-            let at_edge = matches!(v, Variant::EdgeList | Variant::EdgeCall);
+            let at_edge = matches!(
+                v,
+                Variant::EdgeList | Variant::EdgeCall | Variant::EdgeCallModern
+            );
             assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
         }
         let call = Variant::EdgeCall.workload().body;

@@ -11,6 +11,7 @@ use mcpgw_bench::report::{SECTION_BEGIN, SECTION_END};
 use mcpgw_bench::upstream::{RESULT_BODY, Served, Upstream};
 use mcpgw_bench::variant::Variant;
 use mcpgw_bench::{catalog, load};
+use mcpgw_harness::Artifacts;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -54,28 +55,12 @@ fn floor_wasm() -> PathBuf {
 
 /// Envoy: `MCPGW_ENVOY`, else the virtualenv's.
 fn envoy() -> PathBuf {
-    let envoy = std::env::var("MCPGW_ENVOY")
-        .map_or_else(|_| workspace_root().join(".venv/bin/envoy"), PathBuf::from);
-    assert!(
-        envoy.exists(),
-        "Envoy not found at {} (run `make deps`)",
-        envoy.display()
-    );
-    envoy
+    Artifacts::from_env().envoy().unwrap().to_owned()
 }
 
 /// The mcpgw filter: `MCPGW_WASM`, else the `make wasm` build.
 fn mcpgw_wasm() -> PathBuf {
-    let wasm = std::env::var("MCPGW_WASM").map_or_else(
-        |_| workspace_root().join("target/wasm32-wasip1/release/mcpgw_filter.wasm"),
-        PathBuf::from,
-    );
-    assert!(
-        wasm.exists(),
-        "mcpgw filter not found at {} (run `make wasm`)",
-        wasm.display()
-    );
-    wasm
+    Artifacts::from_env().wasm().unwrap().to_owned()
 }
 
 /// Runs a benchmark driver to its end; its stdout. Fails the test, with both outputs, if

@@ -846,7 +846,9 @@ fn key_from_record(
                 .sealed_key
                 .as_deref()
                 .ok_or_else(|| AuthError::Keys(format!("key {}: no private key", r.kid)))?;
-            let pkcs8 = secrets
+            // A key sealed with a previous encryption key still verifies; `load_keyring`
+            // has already replaced it as the signing key.
+            let (pkcs8, _previous) = secrets
                 .open_for(SIGNING_KEYS_LABEL, r.kid.as_bytes(), sealed)
                 .map_err(|e| AuthError::Keys(format!("key {}: {e}", r.kid)))?;
             let (signer, verifier) = jwt::ec_signer(&pkcs8).map_err(keys)?;
@@ -904,6 +906,16 @@ async fn load_keyring(
     };
     let current = records.iter().find(|r| {
         r.retired_at.is_none() && r.alg == wanted && file_kid.as_ref().is_none_or(|k| *k == r.kid)
+    });
+    // A current key that no longer opens with the current encryption key (sealed before a
+    // rotation of MCPGW_ENCRYPTION_KEY) is replaced; it still verifies while a previous key
+    // opens it.
+    let current = current.filter(|r| match &r.sealed_key {
+        Some(sealed) => matches!(
+            secrets.open_for(SIGNING_KEYS_LABEL, r.kid.as_bytes(), sealed),
+            Ok((_, false))
+        ),
+        None => true,
     });
     let fresh = match (current, rotate) {
         (Some(_), false) => None,

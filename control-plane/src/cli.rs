@@ -341,6 +341,14 @@ pub enum ServerCmd {
         /// Tag (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// How tools and prompts are named: `prefixed` (`{gateway}{sep}{name}`) or
+        /// `upstream` (each upstream's own names; colliding members are refused)
+        /// [default: prefixed].
+        #[arg(long, value_parser = ["prefixed", "upstream"])]
+        naming: Option<String>,
+        /// Browser origin admitted on the server, `scheme://host[:port]` (repeatable).
+        #[arg(long = "allowed-origin")]
+        allowed_origins: Vec<String>,
     },
     /// List virtual servers.
     List,
@@ -693,6 +701,7 @@ const SERVER_COLS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("NAME", "name"),
     ("ENABLED", "enabled"),
+    ("NAMING", "naming"),
     ("TOOLS", "associated_tools"),
     ("RESOURCES", "associated_resources"),
     ("PROMPTS", "associated_prompts"),
@@ -1138,6 +1147,8 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     resources,
                     prompts,
                     tags,
+                    naming,
+                    allowed_origins,
                 } => {
                     let mut ids = Vec::new();
                     for (path, keys) in [
@@ -1153,6 +1164,7 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     }
                     let body = json!({
                         "name": name, "description": description, "tags": tags,
+                        "naming": naming, "allowed_origins": allowed_origins,
                         "associated_tools": ids[0], "associated_resources": ids[1],
                         "associated_prompts": ids[2],
                     });

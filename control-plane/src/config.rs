@@ -104,6 +104,19 @@ pub struct ServeArgs {
     /// verification) [default: /etc/ssl/certs/ca-certificates.crt].
     #[arg(long, env = "MCPGW_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<String>,
+    /// `Host`s the Envoys' MCP listener answers to, comma-separated: `host`, `host:port`,
+    /// `host:*` or `*.domain` (any subdomain and port); `*` for any. Another `Host` gets 421
+    /// (DNS rebinding) [default: the listener's loopback names at its port when
+    /// envoy_listen is a loopback address, else any].
+    #[arg(long, env = "MCPGW_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s every virtual server admits, comma-separated:
+    /// `scheme://host[:port]`, `:*` for any port, `*` for any origin, or `none`. A request
+    /// with another `Origin` gets 403; one without (not a browser) passes. Virtual servers
+    /// add their own (`allowed_origins`) [default: http://127.0.0.1:*, http://localhost:*
+    /// and http://[::1]:* when envoy_listen is a loopback address, else none].
+    #[arg(long, env = "MCPGW_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// JSON file with the request policy every Envoy's filter enforces (the snapshot's
     /// `policy`: allowed methods, denied tools, body limit, page size, …; docs/filter.md)
     /// [default: the filter's documented defaults].
@@ -216,6 +229,8 @@ pub struct FileConfig {
     envoy_listen: Option<String>,
     filter_wasm: Option<String>,
     upstream_ca_file: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     edge_policy: Option<PathBuf>,
     relay_listen: Option<String>,
     relay_advertise: Option<String>,
@@ -455,6 +470,100 @@ fn read_edge_policy(path: &std::path::Path) -> Result<mcpgw_core::snapshot::Poli
     mcpgw_core::snapshot::Snapshot::from_json(&doc)
         .map(|s| s.policy)
         .map_err(|e| invalid("edge_policy", format!("{}: {e}", path.display())))
+}
+
+/// The listener's `Host` allow-list: `raw` as given (`*` alone: any), else what the edge
+/// policy file says, else the loopback names at the listener's port when it is on loopback
+/// (also without a port on port 80, which clients leave out), else any.
+fn allowed_hosts(
+    raw: Option<Vec<String>>,
+    from_policy: Vec<String>,
+    listen: SocketAddr,
+) -> Result<Vec<String>, ConfigError> {
+    if let Some(list) = raw {
+        let list: Vec<String> = list.into_iter().map(|h| h.trim().to_owned()).collect();
+        if list.iter().any(|h| h == "*") {
+            if list.len() > 1 {
+                return Err(invalid(
+                    "allowed_hosts",
+                    "* (any host) stands alone, not in a list",
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        for h in &list {
+            mcpgw_core::origin::check_host_pattern(h).map_err(|reason| {
+                invalid(
+                    "allowed_hosts",
+                    format!("{reason}, e.g. mcp.example.com, mcp.example.com:8443, *.example.com"),
+                )
+            })?;
+        }
+        return Ok(list);
+    }
+    if !from_policy.is_empty() || !listen.ip().is_loopback() {
+        return Ok(from_policy);
+    }
+    let port = match listen.port() {
+        0 => "*".to_owned(),
+        p => p.to_string(),
+    };
+    let mut names = vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        "[::1]".to_owned(),
+    ];
+    let own = match listen.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    if !names.contains(&own) {
+        names.push(own);
+    }
+    let mut out: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+    if listen.port() == 80 {
+        out.extend(names);
+    }
+    Ok(out)
+}
+
+/// The origins every virtual server admits: `raw` as given (`none` alone: none), else what
+/// the edge policy file says, else a browser on this machine (any port) when the listener
+/// is on loopback (what the MCP Python SDK admits on loopback), else none.
+fn allowed_origins(
+    raw: Option<Vec<String>>,
+    from_policy: Vec<String>,
+    listen: SocketAddr,
+) -> Result<Vec<String>, ConfigError> {
+    if let Some(list) = raw {
+        let list: Vec<String> = list.into_iter().map(|o| o.trim().to_owned()).collect();
+        if list.iter().any(|o| o.eq_ignore_ascii_case("none")) {
+            if list.len() > 1 {
+                return Err(invalid(
+                    "allowed_origins",
+                    "none (no browser origin) stands alone, not in a list",
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        for o in &list {
+            mcpgw_core::origin::check_origin_pattern(o).map_err(|reason| {
+                invalid(
+                    "allowed_origins",
+                    format!("{reason}, e.g. https://app.example.com or http://localhost:*"),
+                )
+            })?;
+        }
+        return Ok(list);
+    }
+    if !from_policy.is_empty() || !listen.ip().is_loopback() {
+        return Ok(from_policy);
+    }
+    Ok(
+        ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+            .map(str::to_owned)
+            .to_vec(),
+    )
 }
 
 fn envoy_path(field: &'static str, raw: String) -> Result<String, ConfigError> {
@@ -789,10 +898,27 @@ impl ServeArgs {
                 }
             }
         }
-        let edge_policy = match self.edge_policy.clone().or(file.edge_policy) {
+        let mut edge_policy = match self.edge_policy.clone().or(file.edge_policy) {
             Some(path) => read_edge_policy(&path)?,
             None => mcpgw_core::snapshot::Policy::default(),
         };
+        let given = |flag: &Vec<String>, file: Option<Vec<String>>| {
+            if flag.is_empty() {
+                file
+            } else {
+                Some(flag.clone())
+            }
+        };
+        edge_policy.allowed_hosts = allowed_hosts(
+            given(&self.allowed_hosts, file.allowed_hosts),
+            std::mem::take(&mut edge_policy.allowed_hosts),
+            envoy_listen,
+        )?;
+        edge_policy.allowed_origins = allowed_origins(
+            given(&self.allowed_origins, file.allowed_origins),
+            std::mem::take(&mut edge_policy.allowed_origins),
+            envoy_listen,
+        )?;
         let secrets = match encryption_key {
             Some(k) if !k.trim().is_empty() => SecretBox::from_encoded_key(k)?,
             _ if dev => SecretBox::dev(),
@@ -1222,6 +1348,46 @@ mod tests {
                 "relay_advertise",
             ),
             (
+                "a host with a path",
+                ServeArgs {
+                    allowed_hosts: vec!["mcp.example.com/mcp".into()],
+                    ..Default::default()
+                },
+                "allowed_hosts",
+            ),
+            (
+                "any host in a list",
+                ServeArgs {
+                    allowed_hosts: vec!["a.example".into(), "*".into()],
+                    ..Default::default()
+                },
+                "allowed_hosts",
+            ),
+            (
+                "an origin without a scheme",
+                ServeArgs {
+                    allowed_origins: vec!["app.example.com".into()],
+                    ..Default::default()
+                },
+                "allowed_origins",
+            ),
+            (
+                "an origin with a path",
+                ServeArgs {
+                    allowed_origins: vec!["https://app.example.com/".into()],
+                    ..Default::default()
+                },
+                "allowed_origins",
+            ),
+            (
+                "none in a list",
+                ServeArgs {
+                    allowed_origins: vec!["none".into(), "https://a.example".into()],
+                    ..Default::default()
+                },
+                "allowed_origins",
+            ),
+            (
                 "relay on every interface, unadvertised",
                 ServeArgs {
                     relay_listen: Some("0.0.0.0:18001".into()),
@@ -1494,6 +1660,146 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_loopback_listener_answers_its_loopback_names_and_browsers_on_this_machine() {
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(
+            s.edge_policy.allowed_hosts,
+            ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"]
+        );
+        assert_eq!(
+            s.edge_policy.allowed_origins,
+            ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+        );
+        let hosts = |listen: &str| {
+            ServeArgs {
+                envoy_listen: Some(listen.into()),
+                insecure_xds: true,
+                ..Default::default()
+            }
+            .resolve(Some(KEY))
+            .unwrap()
+            .edge_policy
+        };
+        assert_eq!(
+            hosts("127.0.0.2:9000").allowed_hosts,
+            [
+                "127.0.0.1:9000",
+                "localhost:9000",
+                "[::1]:9000",
+                "127.0.0.2:9000"
+            ]
+        );
+        assert_eq!(
+            hosts("[::1]:80").allowed_hosts,
+            [
+                "127.0.0.1:80",
+                "localhost:80",
+                "[::1]:80",
+                "127.0.0.1",
+                "localhost",
+                "[::1]"
+            ],
+            "port 80 is left out of Host by clients"
+        );
+        assert_eq!(
+            hosts("127.0.0.1:0").allowed_hosts,
+            ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+        );
+        // Off loopback the names are unknown: any Host, no browser origin.
+        let public = hosts("0.0.0.0:8080");
+        assert!(public.allowed_hosts.is_empty());
+        assert!(public.allowed_origins.is_empty());
+        // What the defaults admit, with the filter's matcher.
+        let p = hosts("127.0.0.1:8080");
+        for (host, ok) in [
+            ("127.0.0.1:8080", true),
+            ("localhost:8080", true),
+            ("[::1]:8080", true),
+            ("localhost:8081", false),
+            ("attacker.example:8080", false),
+        ] {
+            assert_eq!(
+                mcpgw_core::origin::host_allowed(&p.allowed_hosts, host),
+                ok,
+                "{host}"
+            );
+        }
+        for (origin, ok) in [
+            ("http://localhost:6274", true),
+            ("http://127.0.0.1:3000", true),
+            ("https://attacker.example", false),
+            ("http://localhost.attacker.example", false),
+        ] {
+            assert_eq!(
+                mcpgw_core::origin::origin_allowed(&[&p.allowed_origins], origin),
+                ok,
+                "{origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_and_origins_come_from_flags_file_or_policy_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.json");
+        std::fs::write(
+            &policy,
+            r#"{"allowed_hosts":["from-policy.example"],"allowed_origins":["https://policy.example"]}"#,
+        )
+        .unwrap();
+        let config = dir.path().join("mcpgw.toml");
+        std::fs::write(
+            &config,
+            "allowed_hosts = [\"from-file.example:443\", \"*.corp.example\"]\n",
+        )
+        .unwrap();
+        let s = ServeArgs {
+            edge_policy: Some(policy.clone()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(s.edge_policy.allowed_hosts, ["from-policy.example"]);
+        assert_eq!(s.edge_policy.allowed_origins, ["https://policy.example"]);
+        let s = ServeArgs {
+            edge_policy: Some(policy.clone()),
+            config: Some(config.clone()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.edge_policy.allowed_hosts,
+            ["from-file.example:443", "*.corp.example"]
+        );
+        assert_eq!(s.edge_policy.allowed_origins, ["https://policy.example"]);
+        let s = ServeArgs {
+            edge_policy: Some(policy),
+            config: Some(config),
+            allowed_hosts: vec!["*".into()],
+            allowed_origins: vec!["none".into()],
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert!(s.edge_policy.allowed_hosts.is_empty(), "* is any host");
+        assert!(
+            s.edge_policy.allowed_origins.is_empty(),
+            "none is no origin"
+        );
+        let s = ServeArgs {
+            allowed_origins: vec![" https://app.example.com".into(), "http://[::1]:*".into()],
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.edge_policy.allowed_origins,
+            ["https://app.example.com", "http://[::1]:*"]
+        );
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! itself and a fixed associated data) still open, through
 //! [`SecretBox::open_legacy_credentials`]: the store re-seals them as `v2:` at start and on
 //! first read (`store::Store::gateway_credentials`).
+//!
+//! Rotation: the keys an operator retires are given as previous keys
+//! (`MCPGW_PREVIOUS_ENCRYPTION_KEYS`, [`SecretBox::with_previous`]). Credentials sealed
+//! with one still open and are re-sealed with the current key (at start, and on first
+//! read); sessions signed with one's session key still open at the edge until they expire;
+//! the relay admits requests carrying one's relay secret. New values use the current key
+//! only. Once every stored value is re-sealed and the session lifetime has passed, the
+//! previous key can be dropped (`docs/security.md`).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -97,6 +105,8 @@ pub struct SecretBox {
     cipher: Aes256Gcm,
     /// Key that seals virtual-server sessions at the edge, derived from this one.
     session_key: String,
+    /// Retired keys, newest first: they open what they sealed, and seal nothing.
+    previous: Vec<SecretBox>,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -108,21 +118,55 @@ impl std::fmt::Debug for SecretBox {
 impl SecretBox {
     /// Builds from an encoded 32-byte key: standard base64 or 64 hex digits.
     pub fn from_encoded_key(encoded: &str) -> Result<Self, CryptoError> {
-        let encoded = encoded.trim();
-        let bytes = if encoded.len() == 64 && encoded.chars().all(|c| c.is_ascii_hexdigit()) {
-            (0..32)
-                .map(|i| u8::from_str_radix(&encoded[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| CryptoError::BadKey)?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|_| CryptoError::BadKey)?
-        };
-        let key: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
-        Ok(Self::from_key(key))
+        Ok(Self::from_key(decode_key(encoded)?))
     }
 
+    /// Adds retired keys (comma-separated, each encoded as for
+    /// [`from_encoded_key`](Self::from_encoded_key), newest first): what they sealed still
+    /// opens, and is re-sealed with the current key by the store. Blank items are ignored;
+    /// a malformed one fails, naming its position.
+    pub fn with_previous(mut self, encoded: &str) -> Result<Self, PreviousKeyError> {
+        for (i, item) in encoded.split(',').map(str::trim).enumerate() {
+            if item.is_empty() {
+                continue;
+            }
+            let key = decode_key(item).map_err(|_| PreviousKeyError(i + 1))?;
+            if key != self.master {
+                self.previous.push(Self::from_key(key));
+            }
+        }
+        Ok(self)
+    }
+
+    /// How many retired keys this box still opens with.
+    pub fn previous_keys(&self) -> usize {
+        self.previous.len()
+    }
+}
+
+/// A malformed item of `MCPGW_PREVIOUS_ENCRYPTION_KEYS` (1-based position; the value is
+/// never printed).
+#[derive(Debug, thiserror::Error)]
+#[error("MCPGW_PREVIOUS_ENCRYPTION_KEYS item {0} is not a 32-byte key, base64 or hex encoded")]
+pub struct PreviousKeyError(pub usize);
+
+/// Decodes a 32-byte key: standard base64 or 64 hex digits.
+fn decode_key(encoded: &str) -> Result<[u8; 32], CryptoError> {
+    let encoded = encoded.trim();
+    let bytes = if encoded.len() == 64 && encoded.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&encoded[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| CryptoError::BadKey)?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| CryptoError::BadKey)?
+    };
+    bytes.try_into().map_err(|_| CryptoError::BadKey)
+}
+
+impl SecretBox {
     /// Builds from raw key bytes.
     pub fn from_key(key: [u8; 32]) -> Self {
         let mut b = Self {
@@ -131,6 +175,7 @@ impl SecretBox {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
             session_key: base64::engine::general_purpose::STANDARD
                 .encode(derive(&key, SESSION_KEY_LABEL)),
+            previous: Vec::new(),
         };
         let credentials_key = b.derive(CREDENTIALS_LABEL);
         b.cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&credentials_key));
@@ -158,6 +203,24 @@ impl SecretBox {
     /// sharing the key, and opens nothing else.
     pub fn session_key(&self) -> &str {
         &self.session_key
+    }
+
+    /// The session keys every Envoy receives: the current one (which seals) first, then
+    /// the previous keys' (which still open sessions issued before a rotation).
+    pub fn session_keys(&self) -> Vec<String> {
+        std::iter::once(self)
+            .chain(&self.previous)
+            .map(|b| b.session_key.clone())
+            .collect()
+    }
+
+    /// The relay secrets the relay admits: the current one (which the routes add) and the
+    /// previous keys' (routes of replicas that have not rotated yet).
+    pub fn relay_auths(&self) -> Vec<String> {
+        std::iter::once(self)
+            .chain(&self.previous)
+            .map(SecretBox::relay_auth)
+            .collect()
     }
 
     /// The insecure, well-known key used in `--dev` mode.
@@ -192,16 +255,40 @@ impl SecretBox {
         ))
     }
 
-    /// Opens credentials sealed for `binding`; anything else (another gateway, another
-    /// origin, another key, a `v1:` value) is [`CryptoError::Open`].
+    /// Opens credentials sealed for `binding` with the current key or a previous one;
+    /// anything else (another gateway, another origin, an unknown key, a `v1:` value) is
+    /// [`CryptoError::Open`].
     pub fn open_credentials(
         &self,
         sealed: &str,
         binding: CredentialBinding<'_>,
     ) -> Result<Credentials, CryptoError> {
+        self.open_current_or_previous(sealed, binding)
+            .map(|(creds, _)| creds)
+    }
+
+    /// As [`open_credentials`](Self::open_credentials), and whether a previous key opened
+    /// them (they are then to be re-sealed with the current one).
+    pub fn open_current_or_previous(
+        &self,
+        sealed: &str,
+        binding: CredentialBinding<'_>,
+    ) -> Result<(Credentials, bool), CryptoError> {
         let raw = sealed.strip_prefix(PREFIX).ok_or(CryptoError::Open)?;
-        let plain = open_with(&self.cipher, raw, &binding.aad())?;
-        serde_json::from_slice(&plain).map_err(|_| CryptoError::Open)
+        let aad = binding.aad();
+        std::iter::once(self)
+            .chain(&self.previous)
+            .enumerate()
+            .find_map(|(i, b)| {
+                open_with(&b.cipher, raw, &aad)
+                    .ok()
+                    .map(|plain| (plain, i > 0))
+            })
+            .ok_or(CryptoError::Open)
+            .and_then(|(plain, stale)| {
+                let creds = serde_json::from_slice(&plain).map_err(|_| CryptoError::Open)?;
+                Ok((creds, stale))
+            })
     }
 
     /// Seals `plain` under the key derived for `label`, bound to `aad` (another label or
@@ -219,11 +306,26 @@ impl SecretBox {
         Ok(base64::engine::general_purpose::STANDARD.encode(out))
     }
 
-    /// Opens what [`SecretBox::seal_for`] sealed with the same `label` and `aad`.
-    pub fn open_for(&self, label: &str, aad: &[u8], sealed: &str) -> Result<Vec<u8>, CryptoError> {
-        let key = self.derive(label);
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
-        open_with(&cipher, sealed, aad)
+    /// Opens what [`SecretBox::seal_for`] sealed with the same `label` and `aad`, with the
+    /// current key or a previous one; also says whether a previous one opened it (the
+    /// caller then seals it again, or replaces it, before that key is dropped).
+    pub fn open_for(
+        &self,
+        label: &str,
+        aad: &[u8],
+        sealed: &str,
+    ) -> Result<(Vec<u8>, bool), CryptoError> {
+        std::iter::once(self)
+            .chain(&self.previous)
+            .enumerate()
+            .find_map(|(i, b)| {
+                let key = b.derive(label);
+                let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
+                open_with(&cipher, sealed, aad)
+                    .ok()
+                    .map(|plain| (plain, i > 0))
+            })
+            .ok_or(CryptoError::Open)
     }
 
     /// Whether `sealed` is of the first, unbound format (to re-seal).
@@ -237,7 +339,10 @@ impl SecretBox {
         let raw = sealed
             .strip_prefix(LEGACY_PREFIX)
             .ok_or(CryptoError::Open)?;
-        let plain = open_with(&self.legacy, raw, LEGACY_AAD)?;
+        let plain = std::iter::once(self)
+            .chain(&self.previous)
+            .find_map(|b| open_with(&b.legacy, raw, LEGACY_AAD).ok())
+            .ok_or(CryptoError::Open)?;
         serde_json::from_slice(&plain).map_err(|_| CryptoError::Open)
     }
 }
@@ -290,6 +395,55 @@ mod tests {
             b.open_credentials(&String::from_utf8(raw).unwrap(), AT)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn previous_keys_open_what_they_sealed_and_seal_nothing() {
+        let hex = |k: [u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let old = SecretBox::from_key([1; 32]);
+        let c = Credentials::Bearer { token: "t".into() };
+        let sealed_by_old = old.seal_credentials(&c, AT).unwrap();
+        let rotated = SecretBox::from_key([2; 32])
+            .with_previous(&format!(" {} ,, {}", hex([1; 32]), hex([2; 32])))
+            .unwrap();
+        // The current key given again as a previous one is not counted twice.
+        assert_eq!(rotated.previous_keys(), 1);
+        assert_eq!(
+            rotated
+                .open_current_or_previous(&sealed_by_old, AT)
+                .unwrap(),
+            (c.clone(), true)
+        );
+        // A previous key still checks the binding.
+        let other = CredentialBinding {
+            gateway_id: "g2",
+            ..AT
+        };
+        assert!(rotated.open_credentials(&sealed_by_old, other).is_err());
+        // New values are sealed with the current key: the old key alone cannot open them.
+        let sealed_now = rotated.seal_credentials(&c, AT).unwrap();
+        assert_eq!(
+            rotated.open_current_or_previous(&sealed_now, AT).unwrap(),
+            (c.clone(), false)
+        );
+        assert!(old.open_credentials(&sealed_now, AT).is_err());
+        // Sessions: the current key signs (first), the old one still opens; the relay
+        // admits both secrets.
+        assert_eq!(
+            rotated.session_keys(),
+            vec![
+                SecretBox::from_key([2; 32]).session_key().to_owned(),
+                old.session_key().to_owned()
+            ]
+        );
+        assert_eq!(rotated.relay_auths()[1], old.relay_auth());
+        // A malformed item is named by position, without its value.
+        let e = SecretBox::from_key([2; 32])
+            .with_previous(&format!("{},not-a-key", hex([1; 32])))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("item 2") && !e.contains("not-a-key"), "{e}");
     }
 
     #[test]

@@ -15,11 +15,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
-use rmcp::model::{ClientRequest, PingRequest, ProtocolVersion, SubscriptionFilterBuilder};
+use rmcp::model::{
+    ClientConfig, ClientRequest, PingRequest, ProtocolVersion, RequestMetaObject,
+    SubscriptionFilterBuilder,
+};
 use rmcp::service::{NotificationContext, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -117,6 +120,12 @@ impl UpstreamHandler {
 }
 
 impl ClientHandler for UpstreamHandler {
+    /// `initialize` asks for the newest version that has it: it is how discovery finds
+    /// the session era's version (`server/discover` finds the stateless era's).
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::default().with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+
     async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
         self.notify();
     }
@@ -131,6 +140,78 @@ impl ClientHandler for UpstreamHandler {
 }
 
 type Session = RunningService<RoleClient, UpstreamHandler>;
+
+/// Most protocol versions kept from one upstream's `server/discover`.
+const MAX_PROTOCOL_VERSIONS: usize = 16;
+
+/// Whether `v` looks like an MCP protocol version (`YYYY-MM-DD`): what an upstream lists is
+/// kept only if it does.
+fn is_version(v: &str) -> bool {
+    v.len() == 10
+        && v.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+}
+
+/// Every version found, well-formed ones only, without duplicates, newest first.
+fn protocol_versions<'a>(found: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = found
+        .into_iter()
+        .filter(|v| is_version(v))
+        .map(str::to_owned)
+        .collect();
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    out.dedup();
+    out.truncate(MAX_PROTOCOL_VERSIONS);
+    out
+}
+
+/// Opens a stateless-era (2026-07-28) session with `server/discover`, and asks for every
+/// version the upstream lists there. `None` when the upstream does not speak that era (or
+/// does not answer within `timeout`): a session-era server answers the probe with an error.
+async fn discover_modern(
+    handler: UpstreamHandler,
+    transport: StreamableHttpClientTransport<reqwest::Client>,
+    timeout: Duration,
+) -> Option<(Session, Vec<String>)> {
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let info = handler.get_info();
+    let session =
+        match tokio::time::timeout(timeout, handler.serve_with_lifecycle(transport, lifecycle))
+            .await
+        {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %chain(&e), "upstream does not speak the stateless era");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("upstream did not answer server/discover in time");
+                return None;
+            }
+        };
+    let chosen = session.peer_info()?.protocol_version.clone();
+    // Discovery keeps only the version it chose; the list comes with the result.
+    let meta =
+        RequestMetaObject::with_client_context(chosen.clone(), info.client_info, info.capabilities);
+    let listed = match tokio::time::timeout(timeout, session.peer().discover(meta)).await {
+        Ok(Ok(r)) => r.supported_versions,
+        _ => vec![chosen.clone()],
+    };
+    let versions = protocol_versions(
+        listed
+            .iter()
+            .map(ProtocolVersion::as_str)
+            .chain([chosen.as_str()]),
+    );
+    Some((session, versions))
+}
 
 /// The federation service. Share it behind an `Arc`.
 pub struct Federation {
@@ -617,18 +698,41 @@ impl Federation {
             metrics: self.metrics.clone(),
         };
         let limits = self.settings.limits;
-        let session = match transport {
+        let (session, modern_versions) = match transport {
             Transport::StreamableHttp => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 // No single answer may be larger than a whole catalog is allowed to be.
                 config.max_json_response_size = limits.max_total_bytes;
                 config.max_sse_event_size = limits.max_total_bytes;
-                let transport = StreamableHttpClientTransport::with_client(client, config);
-                timed("initialize", t, handler.serve(transport)).await?
+                let transport =
+                    || StreamableHttpClientTransport::with_client(client.clone(), config.clone());
+                // Both eras at once, each on its own connection: `initialize` finds the
+                // session era's version, `server/discover` the stateless era's.
+                let (legacy, modern) = tokio::join!(
+                    timed("initialize", t, handler.clone().serve(transport())),
+                    discover_modern(handler.clone(), transport(), t),
+                );
+                match (legacy, modern) {
+                    // The session era's session stays the live one, as before the
+                    // stateless era: its notifications arrive on its GET stream.
+                    (Ok(session), Some((probe, versions))) => {
+                        tokio::spawn(async move {
+                            let _ = probe.cancel().await;
+                        });
+                        (session, versions)
+                    }
+                    (Ok(session), None) => (session, Vec::new()),
+                    // An upstream of the stateless era only: listed with its requests.
+                    (Err(_), Some((session, versions))) => (session, versions),
+                    (Err(e), None) => return Err(e),
+                }
             }
             Transport::Sse => {
                 let halves = sse::connect(client, url.as_str(), t).await?;
-                timed("initialize", t, handler.serve(halves)).await?
+                (
+                    timed("initialize", t, handler.serve(halves)).await?,
+                    Vec::new(),
+                )
             }
         };
         let info = session.peer_info();
@@ -636,6 +740,11 @@ impl Federation {
             .as_ref()
             .map(|i| i.capabilities.clone())
             .unwrap_or_default();
+        let protocol_version = info.as_ref().and_then(|i| {
+            serde_json::to_value(&i.protocol_version)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+        });
         let mut d = Discovered {
             capabilities: info
                 .as_ref()
@@ -643,11 +752,13 @@ impl Federation {
             server_info: info
                 .as_ref()
                 .and_then(|i| serde_json::to_value(&i.server_info).ok()),
-            protocol_version: info.as_ref().and_then(|i| {
-                serde_json::to_value(&i.protocol_version)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            }),
+            protocol_versions: protocol_versions(
+                protocol_version
+                    .as_deref()
+                    .into_iter()
+                    .chain(modern_versions.iter().map(String::as_str)),
+            ),
+            protocol_version,
             ..Default::default()
         };
         let peer = session.peer().clone();
@@ -1101,6 +1212,27 @@ impl Federation {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_versions_are_well_formed_unique_and_newest_first() {
+        assert_eq!(
+            protocol_versions([
+                "2025-11-25",
+                "2026-07-28",
+                "2025-11-25",
+                "draft",
+                "2026-7-28",
+                "2026-07-28\n",
+                "",
+            ]),
+            ["2026-07-28", "2025-11-25"]
+        );
+        let many: Vec<String> = (1..=40).map(|d| format!("2025-01-{d:02}")).collect();
+        let kept = protocol_versions(many.iter().map(String::as_str));
+        assert_eq!(kept.len(), MAX_PROTOCOL_VERSIONS);
+        assert_eq!(kept[0], "2025-01-40");
+        assert!(protocol_versions([]).is_empty());
+    }
 
     /// An error whose cause is `source`, as transports wrap socket errors.
     #[derive(Debug, thiserror::Error)]

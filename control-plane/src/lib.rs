@@ -63,9 +63,10 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url)
         .await
         .with_context(|| "opening the registry database".to_owned())?;
-    // Credentials sealed by versions before the binding to gateway and origin.
+    // Credentials sealed by versions before the binding to gateway and origin, or with a
+    // key since rotated.
     store
-        .reseal_legacy_credentials(&settings.secrets)
+        .reseal_credentials(&settings.secrets)
         .await
         .with_context(|| "re-sealing stored credentials".to_owned())?;
     Ok(store)
@@ -150,7 +151,8 @@ pub async fn serve(
     if let Some(ads) = &ads {
         metrics.register_xds(ads.metrics());
     }
-    let relay = relay::Relay::new(settings.secrets.relay_auth(), settings.relay_limits.clone());
+    let relay = relay::Relay::new(settings.secrets.relay_auth(), settings.relay_limits.clone())
+        .also_admitting(settings.secrets.relay_auths());
     let relay_tls = match (&settings.tls, &relay_listener) {
         (Some(tls), Some(_)) => Some(
             tls::server_config(&tls.cert, &tls.key, &tls.client_ca, &["http/1.1"])
@@ -159,6 +161,7 @@ pub async fn serve(
         _ => None,
     };
     metrics.register_relay(relay.metrics());
+    relay.follow_catalogs(publisher.snapshots(), ads.clone());
     let metrics = Arc::new(metrics);
     let first = publisher.publish_counted(&metrics).await;
     let edge = publisher.edge(ads.clone());

@@ -5,6 +5,7 @@
 //! URL. The REST bodies and views are another layer (`api::types`), converted to and from
 //! these types in one place each; the database rows a third (`store`).
 
+mod exposure;
 mod names;
 mod spec;
 mod upstream;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+pub use exposure::{AllowedOrigins, MAX_ALLOWED_ORIGINS, Naming};
 pub use names::{
     GatewayName, ItemName, MAX_GATEWAY_NAME, MAX_ITEM_NAME_BYTES, MAX_TAG, MAX_TAGS, Tag, Tags,
 };
@@ -257,8 +259,13 @@ pub struct Gateway {
     pub capabilities: Option<Value>,
     /// `serverInfo` the upstream announced in `initialize`.
     pub server_info: Option<Value>,
-    /// Negotiated MCP protocol version.
+    /// Negotiated MCP protocol version (the session era's from `initialize`; for an
+    /// upstream that speaks only the stateless era, the version `server/discover` chose).
     pub protocol_version: Option<String>,
+    /// Every protocol version discovery found the upstream to speak, newest first: the
+    /// session era's negotiated in `initialize`, and the stateless era's listed by
+    /// `server/discover` (empty: not discovered since this was recorded).
+    pub protocol_versions: Vec<String>,
     /// Last successful contact (RFC 3339).
     pub last_seen: Option<String>,
     /// Last federation or health-check error.
@@ -473,6 +480,10 @@ pub struct Server {
     pub tags: Tags,
     /// Operator switch.
     pub enabled: bool,
+    /// How tools and prompts are named.
+    pub naming: Naming,
+    /// Browser origins admitted besides the listener's.
+    pub allowed_origins: AllowedOrigins,
     /// Tool ids.
     pub associated_tools: Vec<String>,
     /// Resource ids.
@@ -500,6 +511,10 @@ pub struct NewServer {
     pub tags: Tags,
     /// Operator switch.
     pub enabled: bool,
+    /// How tools and prompts are named.
+    pub naming: Naming,
+    /// Browser origins admitted besides the listener's.
+    pub allowed_origins: AllowedOrigins,
     /// Tool ids.
     pub tools: Vec<String>,
     /// Resource ids.
@@ -521,6 +536,10 @@ pub struct ServerPatch {
     pub tags: Option<Tags>,
     /// New switch.
     pub enabled: Option<bool>,
+    /// New naming mode.
+    pub naming: Option<Naming>,
+    /// New origin list.
+    pub allowed_origins: Option<AllowedOrigins>,
     /// New tool set.
     pub tools: Option<Vec<String>>,
     /// New resource set.
@@ -653,6 +672,8 @@ pub struct Discovered {
     pub server_info: Option<Value>,
     /// Negotiated protocol version.
     pub protocol_version: Option<String>,
+    /// Every protocol version the upstream was found to speak, newest first.
+    pub protocol_versions: Vec<String>,
     /// Items listed but left out before the merge (invalid upstream name, too large).
     pub skipped: Vec<SkippedItem>,
 }

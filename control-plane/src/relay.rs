@@ -7,6 +7,9 @@
 //!   202) and reads every response and server-initiated message from the stream.
 //! - **The GET stream of a session over several stateful upstreams** ([`merge`]): the
 //!   filter relays a single upstream's stream itself; several must be merged into one.
+//! - **`subscriptions/listen` (MCP 2026-07-28) over several upstreams or a 2025-era one**
+//!   ([`listen`]): one client stream fed by every upstream's listen (or 2025 GET stream)
+//!   and by the catalog's changes ([`catalog`], fed by [`Relay::follow_catalogs`]).
 //!
 //! The relay never talks to an upstream. Each message goes back, as a streamable HTTP
 //! request, through the Envoy listener the client reached (its address arrives in
@@ -27,15 +30,17 @@
 //! relay needs session affinity (one relay per Envoy fleet is the tested setup).
 
 mod auth;
+mod catalog;
 mod edge;
 mod error;
 mod legacy;
 mod limits;
+mod listen;
 mod merge;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -43,17 +48,21 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use mcpgw_core::snapshot::Snapshot;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
 
 pub use error::RelayError;
 pub use limits::{
-    DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_MERGED_STREAMS, DEFAULT_MAX_MERGED_STREAMS_PER_CLIENT,
-    DEFAULT_MAX_SSE_SESSIONS, DEFAULT_MAX_SSE_SESSIONS_PER_CLIENT, DEFAULT_MERGED_IDLE_TIMEOUT,
-    DEFAULT_SSE_IDLE_TIMEOUT, Limits,
+    DEFAULT_LISTEN_IDLE_TIMEOUT, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_LISTEN_STREAMS,
+    DEFAULT_MAX_LISTEN_STREAMS_PER_CLIENT, DEFAULT_MAX_MERGED_STREAMS,
+    DEFAULT_MAX_MERGED_STREAMS_PER_CLIENT, DEFAULT_MAX_SSE_SESSIONS,
+    DEFAULT_MAX_SSE_SESSIONS_PER_CLIENT, DEFAULT_MERGED_IDLE_TIMEOUT, DEFAULT_SSE_IDLE_TIMEOUT,
+    Limits,
 };
 
 /// Largest message a legacy SSE client may post (the filter enforces its own limit on the
@@ -76,14 +85,17 @@ const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RelayMetrics {
     sse_sessions: Gauge<i64, AtomicI64>,
     merged_streams: Gauge<i64, AtomicI64>,
+    listen_streams: Gauge<i64, AtomicI64>,
     messages: Family<Vec<(String, String)>, Counter>,
     refused: Family<Vec<(String, String)>, Counter>,
     closed: Family<Vec<(String, String)>, Counter>,
+    catalog_changes: Counter,
 }
 
 impl RelayMetrics {
-    /// Registers `relay_sse_sessions`, `relay_merged_streams`, `relay_messages`,
-    /// `relay_refused` and `relay_streams_closed`.
+    /// Registers `relay_sse_sessions`, `relay_merged_streams`, `relay_listen_streams`,
+    /// `relay_messages`, `relay_refused`, `relay_streams_closed` and
+    /// `relay_catalog_changes`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "relay_sse_sessions",
@@ -94,6 +106,11 @@ impl RelayMetrics {
             "relay_merged_streams",
             "Open GET streams merged from several upstreams",
             self.merged_streams.clone(),
+        );
+        registry.register(
+            "relay_listen_streams",
+            "Open subscriptions/listen streams",
+            self.listen_streams.clone(),
         );
         registry.register(
             "relay_messages",
@@ -110,11 +127,22 @@ impl RelayMetrics {
             "Streams the relay ended itself, by reason (idle, sse_line_too_long, …)",
             self.closed.clone(),
         );
+        registry.register(
+            "relay_catalog_changes",
+            "Virtual-server catalog changes announced to listen streams",
+            self.catalog_changes.clone(),
+        );
     }
 
     fn message(&self, outcome: &str) {
         self.messages
             .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+    }
+
+    fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc();
     }
 
@@ -138,18 +166,25 @@ struct Inner {
     sessions: Mutex<HashMap<String, Arc<legacy::SseSession>>>,
     sse_caps: Arc<limits::Caps>,
     merged_caps: Arc<limits::Caps>,
+    listen_caps: Arc<limits::Caps>,
     http: reqwest::Client,
     metrics: RelayMetrics,
+    /// Catalog changes, for listen streams ([`catalog::follow`]).
+    catalogs: broadcast::Sender<Arc<catalog::CatalogChange>>,
+    /// The published snapshots, once [`Relay::follow_catalogs`] was called.
+    snapshots: OnceLock<watch::Receiver<Option<Arc<Snapshot>>>>,
 }
 
 impl Inner {
     /// Counts a refusal and answers it.
     fn refuse(&self, e: RelayError) -> Response {
-        self.metrics
-            .refused
-            .get_or_create(&vec![("reason".to_owned(), e.label().to_owned())])
-            .inc();
+        self.metrics.refused(e.label());
         e.into_response()
+    }
+
+    /// The last snapshot published (`None` before the first, or without a publisher).
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshots.get().and_then(|s| s.borrow().clone())
     }
 }
 
@@ -181,17 +216,53 @@ impl Relay {
                     limits.max_merged_streams,
                     limits.max_merged_streams_per_client,
                 )),
+                listen_caps: Arc::new(limits::Caps::new(
+                    error::Held::ListenStreams,
+                    limits.max_listen_streams,
+                    limits.max_listen_streams_per_client,
+                )),
                 limits,
                 sessions: Mutex::new(HashMap::new()),
                 http,
                 metrics: RelayMetrics::default(),
+                catalogs: broadcast::Sender::new(catalog::CHANGES),
+                snapshots: OnceLock::new(),
             }),
         }
+    }
+
+    /// Also admits `secrets` (those of previous keys during a key rotation, so routes of
+    /// replicas that have not rotated yet keep working). Takes effect on a relay not yet
+    /// shared, as one just built is.
+    pub fn also_admitting(mut self, secrets: Vec<String>) -> Relay {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.secret.also(secrets);
+        }
+        self
     }
 
     /// The relay's metrics (to register with the control plane's).
     pub fn metrics(&self) -> &RelayMetrics {
         &self.inner.metrics
+    }
+
+    /// Follows the snapshots published on `snapshots`: listen streams hear of their
+    /// server's catalog changes once every Envoy connected to `ads` serves them (at once
+    /// without xDS). Call once, inside a Tokio runtime; later calls do nothing.
+    pub fn follow_catalogs(
+        &self,
+        snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+        ads: Option<crate::xds::AdsServer>,
+    ) {
+        if self.inner.snapshots.set(snapshots.clone()).is_err() {
+            return;
+        }
+        tokio::spawn(catalog::follow(
+            snapshots,
+            ads,
+            self.inner.catalogs.clone(),
+            self.inner.metrics.catalog_changes.clone(),
+        ));
     }
 
     /// The relay's HTTP routes, behind the authentication of every request.
@@ -207,7 +278,9 @@ impl Relay {
             )
             .route(
                 "/servers/{id}/mcp",
-                get(merge::open).fallback(wrong_method("GET")),
+                get(merge::open)
+                    .post(listen::open)
+                    .fallback(wrong_method("GET, POST")),
             )
             .fallback(|| async { RelayError::NoSuchRoute.into_response() })
             .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))

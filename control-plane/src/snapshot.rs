@@ -8,16 +8,21 @@
 //!
 //! What a virtual server exposes: its associated tools, resources and prompts that are
 //! enabled, federated from an enabled and reachable gateway. Items defined by hand (no
-//! gateway) have no upstream the filter could route to and are left out.
+//! gateway) have no upstream the filter could route to and are left out. Tools and prompts
+//! are named `{gateway}{sep}{name}` (`prefixed` naming) or by the upstream's own name
+//! (`upstream` naming); resources and templates by their URI. A name two members expose is
+//! kept by the one registered first ([`assemble_reporting`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mcpgw_core::catalog::{Entry, RawJson, Upstream, Upstreams, VirtualServer};
 use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use serde_json::{Map, Value};
 
 use crate::crypto::SecretBox;
-use crate::model::{CatalogItem, CatalogSpec, Gateway, PromptSpec, ResourceSpec, Server, ToolSpec};
+use crate::model::{
+    CatalogItem, CatalogSpec, Gateway, Naming, PromptSpec, ResourceSpec, Server, ToolSpec,
+};
 use crate::store::{Store, StoreError};
 
 /// How often [`RegistryView::read`] retries when writes land while it reads.
@@ -77,7 +82,7 @@ impl RegistryView {
 /// The snapshot's session settings: the sealing key derived from the encryption key, so
 /// every Envoy (and every control-plane replica sharing the key) seals alike.
 pub fn session_settings(secrets: &SecretBox) -> mcpgw_core::snapshot::SessionSettings {
-    mcpgw_core::snapshot::SessionSettings::with_keys(vec![secrets.session_key().to_owned()])
+    mcpgw_core::snapshot::SessionSettings::with_keys(secrets.session_keys())
 }
 
 /// What a snapshot is made of besides the registry: the operator's policy and what the
@@ -107,9 +112,41 @@ impl SnapshotInputs {
     }
 }
 
+/// A catalog entry a virtual server left out because another of its members exposes the
+/// same name (resource URIs collide in either naming mode; tool and prompt names under
+/// `upstream` naming, when a collision arose after the server was accepted: a resource's
+/// URI changed at rediscovery, or an item was edited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadowed {
+    /// The virtual server.
+    pub server: String,
+    /// Its list: `tools`, `resources`, `resource_templates` or `prompts`.
+    pub list: &'static str,
+    /// The name (or URI) both expose.
+    pub name: String,
+    /// The item left out.
+    pub item: String,
+    /// The item that keeps the name: the one registered first.
+    pub kept: String,
+}
+
 /// Builds the snapshot of `view` under `inputs` (pure; no I/O), and validates it with the
 /// filter's own rules.
 pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot, StoreError> {
+    assemble_reporting(view, inputs).map(|(snapshot, _)| snapshot)
+}
+
+/// [`assemble`], also returning the entries left out because their name was taken.
+///
+/// Within one virtual server every name is unique per list. Where two members expose the
+/// same one, the member registered first (`created_at`, then id) keeps it and the other is
+/// left out of that server's lists, so a publish never fails and an upstream's change never
+/// takes a name away from what already served it. The membership itself is untouched: the
+/// item comes back once the collision is gone.
+pub fn assemble_reporting(
+    view: &RegistryView,
+    inputs: &SnapshotInputs,
+) -> Result<(Snapshot, Vec<Shadowed>), StoreError> {
     let live: BTreeMap<&str, (&Gateway, &Upstream)> = view
         .gateways
         .iter()
@@ -120,8 +157,14 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
         .iter()
         .map(|(id, (g, u))| {
             let mut u = (*u).clone();
-            // What discovery negotiated: the filter calls it in that era (or bridges).
-            u.protocol_versions = g.protocol_version.iter().cloned().collect();
+            // What discovery found: the filter calls it in a client's era when it speaks
+            // it, and bridges otherwise. A gateway not rediscovered since versions were
+            // recorded has only its negotiated one.
+            u.protocol_versions = if g.protocol_versions.is_empty() {
+                g.protocol_version.iter().cloned().collect()
+            } else {
+                g.protocol_versions.clone()
+            };
             ((*id).to_owned(), u)
         })
         .collect();
@@ -133,27 +176,18 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
                 .is_some_and(|id| live.contains_key(id))
     };
     let mut servers = BTreeMap::new();
+    let mut shadowed = Vec::new();
     for s in view.servers.iter().filter(|s| s.enabled) {
         let tools: HashSet<&str> = s.associated_tools.iter().map(String::as_str).collect();
         let resources: HashSet<&str> = s.associated_resources.iter().map(String::as_str).collect();
         let prompts: HashSet<&str> = s.associated_prompts.iter().map(String::as_str).collect();
-        let mut server = VirtualServer {
-            name: s.name.to_string(),
-            version: view.version.to_string(),
-            instructions: s.description.clone(),
-            tools: Vec::new(),
-            resources: Vec::new(),
-            resource_templates: Vec::new(),
-            prompts: Vec::new(),
-            allowed_origins: Vec::new(),
-        };
+        let mut lists = Lists::default();
         for item in view.tools.iter().filter(|i| tools.contains(i.id.as_str())) {
             if servable(item.enabled, item.reachable, &item.gateway_id) {
-                server.tools.push(entry(item, render_tool(item))?);
+                let e = entry(item, s.naming, |name| render_tool(item, name))?;
+                lists.tools.push(Candidate::of(item, e));
             }
         }
-        // Resource URIs are not unique across gateways; the first (by name) wins.
-        let mut uris = HashSet::new();
         for item in view
             .resources
             .iter()
@@ -165,22 +199,14 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             let Some(uri) = item.uri.clone() else {
                 continue;
             };
-            if !uris.insert(uri.clone()) {
-                tracing::warn!(
-                    server = %s.id,
-                    resource = %item.name,
-                    %uri,
-                    "resource left out of the server's catalog: another resource has the same uri"
-                );
-                continue;
-            }
-            let mut e = entry(item, render_resource(item, &uri))?;
+            // Resources are named by their URI in every naming mode.
+            let mut e = entry(item, s.naming, |name| render_resource(item, name, &uri))?;
             e.name.clone_from(&uri);
             e.upstream_name = uri;
             if item.spec.is_template {
-                server.resource_templates.push(e);
+                lists.resource_templates.push(Candidate::of(item, e));
             } else {
-                server.resources.push(e);
+                lists.resources.push(Candidate::of(item, e));
             }
         }
         for item in view
@@ -189,9 +215,25 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
             .filter(|i| prompts.contains(i.id.as_str()))
         {
             if servable(item.enabled, item.reachable, &item.gateway_id) {
-                server.prompts.push(entry(item, render_prompt(item))?);
+                let e = entry(item, s.naming, |name| render_prompt(item, name))?;
+                lists.prompts.push(Candidate::of(item, e));
             }
         }
+        let server = VirtualServer {
+            name: s.name.to_string(),
+            version: view.version.to_string(),
+            instructions: s.description.clone(),
+            tools: claim(&s.id, "tools", lists.tools, &mut shadowed),
+            resources: claim(&s.id, "resources", lists.resources, &mut shadowed),
+            resource_templates: claim(
+                &s.id,
+                "resource_templates",
+                lists.resource_templates,
+                &mut shadowed,
+            ),
+            prompts: claim(&s.id, "prompts", lists.prompts, &mut shadowed),
+            allowed_origins: s.allowed_origins.to_vec(),
+        };
         servers.insert(s.id.clone(), server);
     }
     let snapshot = Snapshot {
@@ -206,17 +248,91 @@ pub fn assemble(view: &RegistryView, inputs: &SnapshotInputs) -> Result<Snapshot
     snapshot
         .validate()
         .map_err(|e| StoreError::Corrupt(format!("assembled snapshot is invalid: {e}")))?;
-    Ok(snapshot)
+    Ok((snapshot, shadowed))
 }
 
+/// An entry a server may list, with what decides who keeps a name two of them expose.
+struct Candidate<'a> {
+    created_at: &'a str,
+    id: &'a str,
+    entry: Entry,
+}
+
+impl<'a> Candidate<'a> {
+    fn of<S>(item: &'a CatalogItem<S>, entry: Entry) -> Self {
+        Candidate {
+            created_at: &item.created_at,
+            id: &item.id,
+            entry,
+        }
+    }
+}
+
+/// One server's candidate entries, list by list, in view order (by registry name).
+#[derive(Default)]
+struct Lists<'a> {
+    tools: Vec<Candidate<'a>>,
+    resources: Vec<Candidate<'a>>,
+    resource_templates: Vec<Candidate<'a>>,
+    prompts: Vec<Candidate<'a>>,
+}
+
+/// The entries of one list that keep their name: of those exposing the same one, the
+/// member registered first (timestamps are RFC 3339 UTC, so they order as text); the others
+/// go to `shadowed`. The list keeps the view's order.
+fn claim(
+    server: &str,
+    list: &'static str,
+    candidates: Vec<Candidate<'_>>,
+    shadowed: &mut Vec<Shadowed>,
+) -> Vec<Entry> {
+    let mut by_age: Vec<usize> = (0..candidates.len()).collect();
+    by_age.sort_by_key(|&i| (candidates[i].created_at, candidates[i].id));
+    let mut owner: HashMap<&str, usize> = HashMap::with_capacity(candidates.len());
+    let mut keep = vec![false; candidates.len()];
+    for i in by_age {
+        let c = &candidates[i];
+        match owner.get(c.entry.name.as_str()) {
+            Some(&first) => shadowed.push(Shadowed {
+                server: server.to_owned(),
+                list,
+                name: c.entry.name.clone(),
+                item: c.id.to_owned(),
+                kept: candidates[first].id.to_owned(),
+            }),
+            None => {
+                owner.insert(c.entry.name.as_str(), i);
+                keep[i] = true;
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(c, keep)| keep.then_some(c.entry))
+        .collect()
+}
+
+/// The name a server in `naming` exposes `item` under.
+fn exposed_name<S>(item: &CatalogItem<S>, naming: Naming) -> &str {
+    match naming {
+        Naming::Prefixed => item.name.as_str(),
+        Naming::Upstream => &item.original_name,
+    }
+}
+
+/// `item`'s entry in a server that names it per `naming`; `render` builds its list item
+/// under that name.
 fn entry<S: CatalogSpec>(
     item: &CatalogItem<S>,
-    rendered: Map<String, Value>,
+    naming: Naming,
+    render: impl FnOnce(&str) -> Map<String, Value>,
 ) -> Result<Entry, StoreError> {
-    let item_json = RawJson::to_raw(&rendered)
+    let name = exposed_name(item, naming);
+    let item_json = RawJson::to_raw(&render(name))
         .map_err(|e| StoreError::Corrupt(format!("{} {}: {e}", S::KIND.label(), item.id)))?;
     Ok(Entry {
-        name: item.name.to_string(),
+        name: name.to_owned(),
         // `servable` admitted only items with a gateway.
         upstream: item.gateway_id.clone().unwrap_or_default(),
         upstream_name: item.original_name.clone(),
@@ -247,11 +363,11 @@ fn common(
     put(out, "_meta", meta.clone());
 }
 
-/// A `tools/list` entry.
-fn render_tool(item: &CatalogItem<ToolSpec>) -> Map<String, Value> {
+/// A `tools/list` entry, named `name`.
+fn render_tool(item: &CatalogItem<ToolSpec>, name: &str) -> Map<String, Value> {
     let s = &item.spec;
     let mut out = Map::new();
-    out.insert("name".into(), Value::from(item.name.as_str()));
+    out.insert("name".into(), Value::from(name));
     common(
         &mut out,
         &s.title,
@@ -269,13 +385,13 @@ fn render_tool(item: &CatalogItem<ToolSpec>) -> Map<String, Value> {
     out
 }
 
-/// A `resources/list` or `resources/templates/list` entry.
-fn render_resource(item: &CatalogItem<ResourceSpec>, uri: &str) -> Map<String, Value> {
+/// A `resources/list` or `resources/templates/list` entry, named `name`.
+fn render_resource(item: &CatalogItem<ResourceSpec>, name: &str, uri: &str) -> Map<String, Value> {
     let s = &item.spec;
     let mut out = Map::new();
     let key = if s.is_template { "uriTemplate" } else { "uri" };
     out.insert(key.into(), Value::from(uri));
-    out.insert("name".into(), Value::from(item.name.as_str()));
+    out.insert("name".into(), Value::from(name));
     common(
         &mut out,
         &s.title,
@@ -291,11 +407,11 @@ fn render_resource(item: &CatalogItem<ResourceSpec>, uri: &str) -> Map<String, V
     out
 }
 
-/// A `prompts/list` entry.
-fn render_prompt(item: &CatalogItem<PromptSpec>) -> Map<String, Value> {
+/// A `prompts/list` entry, named `name`.
+fn render_prompt(item: &CatalogItem<PromptSpec>, name: &str) -> Map<String, Value> {
     let s = &item.spec;
     let mut out = Map::new();
-    out.insert("name".into(), Value::from(item.name.as_str()));
+    out.insert("name".into(), Value::from(name));
     common(
         &mut out,
         &s.title,

@@ -75,8 +75,10 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Parser {
     limits: Limits,
-    /// Bytes of a line not yet terminated (and at most one terminator byte, CR).
+    /// Bytes of a line not yet terminated.
     buf: Vec<u8>,
+    /// The last byte fed was a CR that ended a line: an LF that comes next is its pair.
+    skip_lf: bool,
     /// How much of `buf` is known to hold no line end.
     searched: usize,
     current: Event,
@@ -116,6 +118,11 @@ impl Parser {
     }
 
     fn parse(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
+        let mut chunk = chunk;
+        if self.skip_lf && !chunk.is_empty() {
+            self.skip_lf = false;
+            chunk = chunk.strip_prefix(b"\n").unwrap_or(chunk);
+        }
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         // Start of the current line, and where the search for its end resumes.
@@ -132,11 +139,12 @@ impl Parser {
             let pos = from + rel;
             let skip = match (self.buf.get(pos), self.buf.get(pos + 1)) {
                 (Some(b'\r'), Some(b'\n')) => 2,
-                // A lone '\r' at the end may be half of "\r\n": look at it again with the
-                // next chunk (one byte searched twice).
+                // A '\r' at the end ends its line now (an event it completes is not held
+                // until more bytes come: a stream may pause there for long); if the next
+                // chunk starts with '\n', that is the rest of a "\r\n".
                 (Some(b'\r'), None) => {
-                    from = pos;
-                    break;
+                    self.skip_lf = true;
+                    1
                 }
                 _ => 1,
             };
@@ -252,6 +260,16 @@ mod tests {
             ),
             ("lone cr", &["data: z\r\r", ":"], &[("message", "z")]),
             (
+                "crlf split after the blank line's cr",
+                &["data: w\r\n\r", "\ndata: v\r\n\r\n"],
+                &[("message", "w"), ("message", "v")],
+            ),
+            (
+                "a crlf split by an empty chunk",
+                &["data: u\r", "", "\n", "\n"],
+                &[("message", "u")],
+            ),
+            (
                 "comment and multi-line data",
                 &[": ping\ndata: a\ndata: b\n\n"],
                 &[("message", "a\nb")],
@@ -276,6 +294,19 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn an_event_ending_in_crlf_is_complete_without_the_next_chunk() {
+        let mut p = Parser::default();
+        // As a proxy may pass it: the blank line's LF comes with the next event.
+        let first = p.feed(b"data: a\r\n\r").unwrap();
+        assert_eq!(first.len(), 1, "the event is not held for its last LF");
+        let next = p.feed(b"\ndata: b\r\n\r").unwrap();
+        assert_eq!(
+            next.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
     }
 
     #[test]

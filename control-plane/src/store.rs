@@ -83,6 +83,10 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Members of a virtual server that names them as their upstreams do expose the same
+    /// name: one entry per colliding item, naming both.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NameCollisions(Vec<FieldInvalid>),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -119,6 +123,7 @@ impl StoreError {
             Self::Duplicate { .. } => "duplicate",
             Self::VersionConflict { .. } => "version_conflict",
             Self::Invalid { .. } => "invalid",
+            Self::NameCollisions(_) => "name_collision",
             Self::Corrupt(_) => "corrupt",
             Self::Sealed(_) => "sealed",
             Self::Database(_) => "database",
@@ -182,8 +187,13 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        description: "server naming and origins, gateway protocol versions",
+        sql: include_str!("../migrations/0004_server_exposure.sql"),
+    },
+    Migration {
+        version: 5,
         description: "identity and access",
-        sql: include_str!("../migrations/0004_identity.sql"),
+        sql: include_str!("../migrations/0005_identity.sql"),
     },
 ];
 

@@ -24,6 +24,7 @@ pub struct Metrics {
     health_transitions: Family<Labels, Counter>,
     edge_builds: Family<Labels, Counter>,
     edge_left_out: Family<Labels, Gauge<i64, AtomicI64>>,
+    edge_shadowed: Family<Labels, Gauge<i64, AtomicI64>>,
     list_changed: Family<Labels, Counter>,
     discovery_skipped: Family<Labels, Counter>,
 }
@@ -88,6 +89,12 @@ impl Metrics {
             "Gateways the last edge build left out, by reason (bad_url, credentials, forbidden_address, unresolvable)",
             edge_left_out.clone(),
         );
+        let edge_shadowed = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "edge_entries_shadowed",
+            "Entries the last edge build left out of virtual servers because another member, registered first, exposes the same name, by list (tools, resources, resource_templates, prompts)",
+            edge_shadowed.clone(),
+        );
         let list_changed = Family::<Labels, Counter>::default();
         registry.register(
             "federation_list_changed",
@@ -109,6 +116,7 @@ impl Metrics {
             health_transitions,
             edge_builds,
             edge_left_out,
+            edge_shadowed,
             list_changed,
             discovery_skipped,
         }
@@ -147,6 +155,17 @@ impl Metrics {
             let n = reasons.iter().filter(|r| **r == known).count();
             self.edge_left_out
                 .get_or_create(&vec![("reason".into(), known.into())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the entries the last edge build left out of virtual servers for a name another
+    /// member exposes: one list label per entry.
+    pub fn edge_shadowed(&self, lists: &[&'static str]) {
+        for known in ["tools", "resources", "resource_templates", "prompts"] {
+            let n = lists.iter().filter(|l| **l == known).count();
+            self.edge_shadowed
+                .get_or_create(&vec![("list".into(), known.into())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

@@ -129,6 +129,12 @@ pub struct ExportServer {
     pub tags: Vec<String>,
     /// Switch.
     pub enabled: bool,
+    /// How tools and prompts are named (`prefixed` when absent).
+    #[serde(default)]
+    pub naming: crate::model::Naming,
+    /// Browser origins admitted besides the listener's.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Tool names.
     #[serde(default)]
     pub tools: Vec<String>,

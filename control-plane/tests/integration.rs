@@ -13,6 +13,8 @@ mod integration {
     mod cli;
     mod concurrency;
     mod edge_xds;
+    mod eras;
+    mod exposure;
     mod federation;
     mod identity;
     mod openapi;

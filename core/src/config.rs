@@ -1,8 +1,10 @@
 //! The filter's configuration compiled once, in `on_configure`: the [`Snapshot`] validated,
-//! its policy turned into lookup sets ([`Gate`]) and its catalog indexed ([`Edge`]), with the
-//! session key decoded. Every request reads this; nothing in it is parsed per request.
+//! its policy turned into lookup sets ([`Gate`]), its catalog indexed ([`Edge`]), with the
+//! session key decoded, and its guardrail plugins compiled ([`Guard`]). Every request reads
+//! this; nothing in it is parsed per request.
 
 use crate::edge::Edge;
+use crate::guard::Guard;
 use crate::policy::Gate;
 use crate::snapshot::{ConfigError, Snapshot};
 
@@ -16,6 +18,8 @@ pub struct Config {
     pub gate: Gate,
     /// The virtual servers, their upstreams, the session key and the relay.
     pub edge: Edge,
+    /// The guardrail plugins.
+    pub guard: Guard,
 }
 
 impl Config {
@@ -23,16 +27,25 @@ impl Config {
     /// empty means the documented defaults).
     pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
         // `from_config` validates; compiling does not need to again.
-        Snapshot::from_config(bytes).map(Config::compile)
+        Snapshot::from_config(bytes).and_then(Config::compile)
     }
 
-    fn compile(mut snapshot: Snapshot) -> Config {
+    /// Compiles a validated snapshot: the plugins (with the catalog's tool schemas, before
+    /// the catalog moves into the [`Edge`]), then the rest.
+    fn compile(mut snapshot: Snapshot) -> Result<Config, ConfigError> {
+        let guard = Guard::try_from(&snapshot)?;
+        snapshot.plugins = Vec::new();
+        Ok(Config::assemble(snapshot, guard))
+    }
+
+    fn assemble(mut snapshot: Snapshot, guard: Guard) -> Config {
         let edge = Edge::take(&mut snapshot);
         Config {
             version: snapshot.version.clone(),
             schema: snapshot.schema,
             gate: Gate::new(snapshot),
             edge,
+            guard,
         }
     }
 
@@ -52,14 +65,14 @@ impl TryFrom<Snapshot> for Config {
 
     fn try_from(snapshot: Snapshot) -> Result<Config, ConfigError> {
         snapshot.validate()?;
-        Ok(Config::compile(snapshot))
+        Config::compile(snapshot)
     }
 }
 
 impl Default for Config {
     /// The documented defaults: what an empty configuration means.
     fn default() -> Config {
-        Config::compile(Snapshot::default())
+        Config::assemble(Snapshot::default(), Guard::default())
     }
 }
 

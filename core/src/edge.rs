@@ -7,9 +7,8 @@
 //! namespaced name rewritten to the upstream's own. Nothing here touches the host: the
 //! filter turns an [`Answer`] into host calls.
 
-use std::collections::HashMap;
-
 use crate::catalog::{Entry, Upstream, Upstreams, VirtualServer};
+use crate::fasthash::NameMap;
 use crate::jsonrpc::{Id, Kind, Message, code, error_response, write_json_string};
 use crate::mcp::{self, Era, Method};
 use crate::mirror::{self, ParamHeader};
@@ -43,6 +42,11 @@ pub fn method_not_allowed(method: &str) -> Rejection {
     )
 }
 
+/// Request header the filter sets on a request whose response is a long-lived stream
+/// though it is a POST (a 2026-era `subscriptions/listen`): the generated routes give such
+/// requests a stream's limits (no deadline, an idle limit) instead of an exchange's. Removed
+/// from client requests at the listener and from forwarded ones by the route.
+pub const STREAM_HEADER: &str = "mcpgw-stream";
 /// Request header naming one upstream of a session: a GET carrying it relays that
 /// upstream's stream alone (the relay opens one such GET per upstream to fan them in).
 pub const UPSTREAM_HEADER: &str = "mcpgw-upstream";
@@ -179,12 +183,12 @@ pub fn endpoint(path: &str) -> Option<Endpoint<'_>> {
 struct Indexed {
     server: VirtualServer,
     /// Tools whose input schema mirrors arguments into `Mcp-Param-*` headers.
-    param_headers: HashMap<String, Vec<ParamHeader>>,
+    param_headers: NameMap<Vec<ParamHeader>>,
     /// Every upstream an entry of this server lives on, once each.
     upstream_ids: Vec<String>,
-    tools: HashMap<String, usize>,
-    prompts: HashMap<String, usize>,
-    resources: HashMap<String, usize>,
+    tools: NameMap<usize>,
+    prompts: NameMap<usize>,
+    resources: NameMap<usize>,
 }
 
 impl Indexed {
@@ -203,7 +207,7 @@ impl Indexed {
     }
 }
 
-fn index(entries: &[Entry]) -> HashMap<String, usize> {
+fn index(entries: &[Entry]) -> NameMap<usize> {
     entries
         .iter()
         .enumerate()
@@ -224,7 +228,7 @@ pub struct Sessions {
 
 /// The snapshot's virtual servers, indexed for per-request lookups.
 pub struct Edge {
-    servers: HashMap<String, Indexed>,
+    servers: NameMap<Indexed>,
     upstreams: Upstreams,
     sessions: Option<Sessions>,
     page_size: usize,
@@ -234,7 +238,7 @@ pub struct Edge {
 
 /// The `x-mcp-header` arguments of each tool that has any (parsed once, at configure time;
 /// only items that mention the annotation are parsed at all).
-fn param_headers_of(tools: &[Entry]) -> HashMap<String, Vec<ParamHeader>> {
+fn param_headers_of(tools: &[Entry]) -> NameMap<Vec<ParamHeader>> {
     tools
         .iter()
         .filter(|t| t.item.get().contains("x-mcp-header"))
@@ -337,6 +341,7 @@ impl Edge {
     pub fn param_headers(&self, id: &str, name: &str) -> &[ParamHeader] {
         self.servers
             .get(id)
+            .filter(|s| !s.param_headers.is_empty())
             .and_then(|s| s.param_headers.get(name))
             .map_or(&[], Vec::as_slice)
     }

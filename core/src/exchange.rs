@@ -21,9 +21,15 @@
 //!    session; the request goes on, or is answered, once they have answered;
 //! 4. response ([`Exchange::on_response_head`], [`Exchange::on_response_body`]): JSON and
 //!    SSE bodies are observed as they stream through and counted per method and tool.
+//!
+//! Guardrail plugins ([`crate::guard`]) are a stage of 2: their pre hooks run on a single
+//! request once the policy lets it through and before it is routed (a block answers it, a
+//! mask rewrites its arguments), and decide which post hooks its response goes through in
+//! 4 (`exchange/guard.rs`, `exchange/rewrite.rs`).
 
 mod bridge;
 mod era;
+mod guard;
 mod head;
 mod listen;
 mod observe;
@@ -38,7 +44,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::edge::{self, Answer, Endpoint, RouteTo};
 use crate::jsonrpc::stream::{Body, MessageParser, Progress};
-use crate::jsonrpc::{Kind, Message, write_json_string};
+use crate::jsonrpc::{Kind, Message};
 use crate::mcp::{self, Era, Method};
 use crate::metrics::ToolLabel;
 use crate::mirror;
@@ -67,6 +73,11 @@ pub trait Host {
     fn now(&self) -> u64;
     /// Fills `out` from a cryptographically secure random source; `false` if it cannot.
     fn random(&mut self, out: &mut [u8]) -> bool;
+    /// Guardrail plugin `plugin` did `effect` (`blocked`, `masked`, `would_block`,
+    /// `would_mask`) at `hook`.
+    fn count_plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
+        let _ = (plugin, hook, effect);
+    }
     /// A shared-data value and its compare-and-swap token.
     fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Stores a shared-data value unless another writer changed it since `cas` was read;
@@ -256,6 +267,12 @@ pub struct Exchange {
     rewriter: Option<rewrite::Rewriter>,
     /// The upstream a stream request picks (`mcpgw-upstream`): the relay's, fanning in.
     pick: Option<String>,
+    /// The tool of the request (a single message), as counted.
+    counted_tool: Option<Tool>,
+    /// The body is kept as it is read (a virtual server's, or when plugins read requests).
+    keep_body: bool,
+    /// The guardrail post hooks the response goes through.
+    post_plan: Option<crate::guard::PostPlan>,
 }
 
 impl Exchange {
@@ -282,6 +299,9 @@ impl Exchange {
             routed_upstream: None,
             rewriter: None,
             pick: None,
+            counted_tool: None,
+            keep_body: false,
+            post_plan: None,
         }
     }
 
@@ -405,8 +425,11 @@ impl Exchange {
             }
             HeadVerdict::InspectBody { early_terminate } => {
                 let mut opts = self.config.gate.parse_options();
-                // A virtual server's request is read whole: its name may be rewritten.
-                opts.stop_when_routable = early_terminate && self.server.is_none();
+                // A virtual server's request is read whole: its name may be rewritten; and
+                // so is any request when plugins read requests.
+                let guarded = self.config.guard.has_pre_hooks();
+                opts.stop_when_routable = early_terminate && self.server.is_none() && !guarded;
+                self.keep_body = self.server.is_some() || guarded;
                 self.phase = Phase::Reading {
                     parser: Box::new(MessageParser::new(opts)),
                     fed: 0,
@@ -424,7 +447,8 @@ impl Exchange {
     /// and the virtual server's (`None`: both pass).
     fn check_host(&mut self, fields: &RequestHead<'_>, host: &mut impl Host) -> Option<Step> {
         let policy = self.config.gate.policy();
-        if let Some(authority) = fields.authority.map(head::lossy)
+        if !policy.allowed_hosts.is_empty()
+            && let Some(authority) = fields.authority.map(head::lossy)
             && !crate::origin::host_allowed(&policy.allowed_hosts, &authority)
         {
             let r = Rejection::new(
@@ -469,21 +493,12 @@ impl Exchange {
     ) -> Option<Step> {
         let config = Rc::clone(&self.config);
         let edge = &config.edge;
-        let endpoint = if edge.serves_any() {
-            fields
-                .path
-                .map(head::lossy)
-                .and_then(|p| edge::endpoint(&p).map(|e| e.server().to_owned()))
-        } else {
-            None
-        };
-        if let Some(step) = self.check_origin(fields.origin, endpoint.as_deref(), host) {
+        let path = fields.path.filter(|_| edge.serves_any()).map(head::lossy);
+        let endpoint = path.as_deref().and_then(edge::endpoint);
+        if let Some(step) = self.check_origin(fields.origin, endpoint.map(|e| e.server()), host) {
             return Some(step);
         }
-        endpoint.as_ref()?;
-        let path = fields.path.map(head::lossy)?;
-        let endpoint = edge::endpoint(&path)?;
-        match endpoint {
+        match endpoint? {
             Endpoint::Mcp(id) if edge.has_server(id) => self.server = Some(id.to_owned()),
             // The legacy SSE pair is the relay's: it turns each posted message into a
             // streamable HTTP request to `/servers/{id}/mcp` through this listener, where
@@ -539,7 +554,7 @@ impl Exchange {
                 return self.internal_error("request body unavailable", host);
             };
             let progress = parser.feed(&chunk);
-            if self.server.is_some() {
+            if self.keep_body {
                 if self.body.is_empty() {
                     self.body = chunk;
                 } else {
@@ -596,6 +611,10 @@ impl Exchange {
             if matches!(msg.kind, Kind::Request | Kind::Notification) {
                 let tool = self.tool_of(msg);
                 host.count_request(msg.method.as_ref().map_or("", Method::as_str), tool.label());
+                if !batch {
+                    // Labelling the response needs it again: looked up once.
+                    self.counted_tool = Some(tool);
+                }
             }
         }
         let config = Rc::clone(&self.config);
@@ -627,20 +646,46 @@ impl Exchange {
             Era::Legacy => self.protocol_version.as_deref(),
             Era::Modern => None,
         };
-        match config.gate.check_messages(messages, batch, version) {
+        let verdict = config.gate.check_messages(messages, batch, version);
+        if batch
+            && matches!(verdict, BodyVerdict::Forward { .. })
+            && let Some(step) = self.guard_batch(messages, host)
+        {
+            return step;
+        }
+        match verdict {
             BodyVerdict::Reject(r) => self.reject(&r, host),
             BodyVerdict::Forward { .. } if self.server.is_some() => match messages {
                 [only] if !batch => self.serve_edge(only, host),
                 _ => self.reject(&edge::batch_rejected(), host),
             },
             BodyVerdict::Forward { cluster } => {
+                let mut forward = Forward::default();
+                if let [only] = messages
+                    && only.kind == Kind::Request
+                {
+                    match self.guard_request(only, host) {
+                        Err(step) => return step,
+                        Ok(None) => {}
+                        Ok(Some(edit)) => {
+                            let Some(body) = bridge::splice(&self.body, vec![edit]) else {
+                                return self
+                                    .internal_error("a plugin's edit lies outside the body", host);
+                            };
+                            forward.headers.push((
+                                Header::Named("content-length"),
+                                Some(body.len().to_string()),
+                            ));
+                            forward.body = Some(body);
+                        }
+                    }
+                }
                 self.phase = Phase::Forwarded;
                 if let [only] = messages
                     && only.kind == Kind::Request
                 {
                     self.label(only);
                 }
-                let mut forward = Forward::default();
                 if let [only] = messages {
                     self.propagate_trace_context(only, &mut forward);
                 }
@@ -660,7 +705,11 @@ impl Exchange {
     /// Remembers what to label the response with.
     fn label(&mut self, msg: &Message) {
         let method = msg.method.clone().unwrap_or(Method::Other("".into()));
-        self.labels = Some((method, self.tool_of(msg)));
+        let tool = match self.counted_tool.take() {
+            Some(tool) => tool,
+            None => self.tool_of(msg),
+        };
+        self.labels = Some((method, tool));
     }
 
     /// Removes the client's credentials from a request that goes upstream.
@@ -723,14 +772,23 @@ impl Exchange {
                 self.pass_notification(msg, host)
             }
             Some(Answer::Accepted) => self.route_response(msg, host),
-            Some(Answer::Route(to)) => self.route_upstream(msg, &to, host),
+            Some(Answer::Route(to)) => match self.guard_request(msg, host) {
+                Ok(edit) => self.route_upstream(msg, &to, edit, host),
+                Err(step) => step,
+            },
             Some(Answer::Listen) => self.listen(msg, host),
         }
     }
 
     /// Sends a virtual server's call to the upstream that owns the entry, opening the
     /// session's upstream session first if it has none there yet.
-    fn route_upstream(&mut self, msg: &Message, to: &RouteTo<'_>, host: &mut impl Host) -> Step {
+    fn route_upstream(
+        &mut self,
+        msg: &Message,
+        to: &RouteTo<'_>,
+        edit: Option<guard::Edit>,
+        host: &mut impl Host,
+    ) -> Step {
         let mut forward = Forward::default();
         // Not needed past this point; a streamed response may keep the request alive long.
         let body = std::mem::take(&mut self.body);
@@ -739,21 +797,29 @@ impl Exchange {
             Era::Modern => to.upstream.speaks_modern(),
             Era::Legacy => !to.upstream.speaks_legacy(),
         };
-        let mut splices = Vec::new();
-        if let Some(((start, end), name)) = to.rename {
-            let mut literal = Vec::with_capacity(name.len() + 2);
-            write_json_string(&mut literal, name);
-            splices.push((start, end, literal));
-        }
         // A 2025-era client's call to a 2026-era upstream carries the envelope that era
         // requires in every request.
-        if self.era == Era::Legacy && upstream_modern {
+        let envelope = (self.era == Era::Legacy && upstream_modern).then(|| {
             let level = self.record.as_ref().and_then(|r| r.log_level.as_deref());
-            let envelope = bridge::envelope(self.session.as_ref(), level);
-            splices.push(bridge::insert_envelope(&body, msg, &envelope));
-        }
-        if !splices.is_empty() {
-            let Some(rewritten) = bridge::splice(&body, splices) else {
+            bridge::insert_envelope(&body, msg, &bridge::envelope(self.session.as_ref(), level))
+        });
+        let rewritten = match edit {
+            None if to.rename.is_none() && envelope.is_none() => None,
+            None => Some(bridge::rewrite(&body, to.rename, envelope)),
+            // A plugin's mask of the arguments, with the other edits.
+            Some(edit) => {
+                let mut edits: Vec<guard::Edit> = envelope.into_iter().collect();
+                edits.push(edit);
+                if let Some(((start, end), name)) = to.rename {
+                    let mut literal = Vec::with_capacity(name.len() + 2);
+                    crate::jsonrpc::write_json_string(&mut literal, name);
+                    edits.push((start, end, literal));
+                }
+                Some(bridge::splice(&body, edits))
+            }
+        };
+        if let Some(rewritten) = rewritten {
+            let Some(rewritten) = rewritten else {
                 return self.internal_error("a rewrite span lies outside the body", host);
             };
             forward.headers.push((
@@ -761,6 +827,21 @@ impl Exchange {
                 Some(rewritten.len().to_string()),
             ));
             forward.body = Some(rewritten);
+        }
+        // A 2026-era client's call to a 2025-era upstream loses the envelope that era lacks.
+        if self.era == Era::Modern && !upstream_modern {
+            let Some(stripped) = bridge::strip_envelope(forward.body.as_deref().unwrap_or(&body))
+            else {
+                return self.internal_error("a bridged body is not a JSON object", host);
+            };
+            forward
+                .headers
+                .retain(|(h, _)| *h != Header::Named("content-length"));
+            forward.headers.push((
+                Header::Named("content-length"),
+                Some(stripped.len().to_string()),
+            ));
+            forward.body = Some(stripped);
         }
         self.phase = Phase::Forwarded;
         self.label(msg);
@@ -959,7 +1040,8 @@ impl Exchange {
         ResponseHead {
             // A virtual server's client holds the gateway's token, not an upstream's session.
             remove_session_id: self.server.is_some(),
-            remove_content_length: self.bridging,
+            // Bridged results gain fields; guarded ones may be masked.
+            remove_content_length: self.bridging || self.post_plan.is_some(),
         }
     }
 
@@ -1000,10 +1082,17 @@ impl Exchange {
         let notifications = self.bridging.then_some(rewrite::Notifications {
             log_floor: self.bridged_log_floor,
         });
-        (result_fields.is_some() || request_id.is_some()).then(|| rewrite::Changes {
-            result_fields,
-            request_id,
-            notifications,
+        let guard = self.post_plan.clone().map(|plan| rewrite::Guarded {
+            config: Rc::clone(&self.config),
+            plan,
+        });
+        (result_fields.is_some() || request_id.is_some() || guard.is_some()).then(|| {
+            rewrite::Changes {
+                result_fields,
+                request_id,
+                notifications,
+                guard,
+            }
         })
     }
 
@@ -1040,7 +1129,11 @@ impl Exchange {
                     Kind::Request | Kind::Notification => {}
                 });
         }
-        self.rewriter.as_mut().map(|r| r.feed(chunk, end_of_stream))
+        let rewriter = self.rewriter.as_mut()?;
+        let out = rewriter.feed(chunk, end_of_stream);
+        let findings = rewriter.take_findings();
+        self.report(&findings, host);
+        Some(out)
     }
 }
 

@@ -15,6 +15,8 @@ pub mod catalog;
 pub mod config;
 pub mod edge;
 pub mod exchange;
+pub mod fasthash;
+pub mod guard;
 pub mod header_map;
 pub mod jsonrpc;
 pub mod mcp;

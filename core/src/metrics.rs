@@ -20,6 +20,10 @@ pub enum Counter {
     ResponseErrors,
     /// Requests the filter answered itself with an error.
     Rejected,
+    /// Guardrail plugin findings, by plugin, hook and effect (`blocked`, `masked`,
+    /// `would_block`, `would_mask`). Plugin names come from the configuration, so the
+    /// label set is the operator's.
+    PluginActions,
     /// Internal failures.
     InternalErrors,
 }
@@ -32,6 +36,7 @@ impl Counter {
             Counter::Responses => "mcpgw_responses_total",
             Counter::ResponseErrors => "mcpgw_response_errors_total",
             Counter::Rejected => "mcpgw_rejected_total",
+            Counter::PluginActions => "mcpgw_plugin_actions_total",
             Counter::InternalErrors => "mcpgw_internal_errors_total",
         }
     }
@@ -126,6 +131,17 @@ mod tests {
         assert_eq!(
             stat_name(Counter::InternalErrors, &[]),
             "mcpgw_internal_errors_total"
+        );
+        assert_eq!(
+            stat_name(
+                Counter::PluginActions,
+                &[
+                    ("mcp_plugin", "mask-pii.v2"),
+                    ("mcp_hook", "tool_post_invoke"),
+                    ("mcp_effect", "masked")
+                ]
+            ),
+            "mcpgw_plugin_actions_total_mcp_plugin=.=mask-pii.v2;.;_mcp_hook=.=tool_post_invoke;.;_mcp_effect=.=masked;.;"
         );
     }
 

@@ -70,6 +70,11 @@ pub enum Reason {
     ForbiddenHost,
     /// A client's response to a request no upstream of its session made (400).
     UnknownResponse,
+    /// A guardrail plugin blocked the request (403, -32003, `data` naming the plugin).
+    PluginBlocked,
+    /// A tool's arguments do not match its `inputSchema` (400, -32602, `data` naming the
+    /// plugin).
+    PluginInvalidArguments,
 }
 
 impl Reason {
@@ -83,7 +88,7 @@ impl Reason {
             Reason::MethodDenied {
                 notification: false,
             } => 200,
-            Reason::ToolDenied => 403,
+            Reason::ToolDenied | Reason::PluginBlocked => 403,
             Reason::UnknownServer | Reason::NoRelay | Reason::UnknownStream => 404,
             Reason::UnknownSession | Reason::GoneInModernEra => 404,
             Reason::ModernGetOrDelete => 405,
@@ -94,7 +99,8 @@ impl Reason {
             | Reason::MissingEnvelope
             | Reason::UnsupportedVersion
             | Reason::NotOneMessage
-            | Reason::UnknownResponse => 400,
+            | Reason::UnknownResponse
+            | Reason::PluginInvalidArguments => 400,
             Reason::BadProtocolVersion
             | Reason::BadContentLength
             | Reason::ParseError
@@ -111,11 +117,13 @@ impl Reason {
     pub fn code(self) -> i64 {
         match self {
             Reason::ParseError => code::PARSE_ERROR,
-            Reason::InvalidParams | Reason::MissingEnvelope => code::INVALID_PARAMS,
+            Reason::InvalidParams | Reason::MissingEnvelope | Reason::PluginInvalidArguments => {
+                code::INVALID_PARAMS
+            }
             Reason::MethodDenied { .. } | Reason::GoneInModernEra => code::METHOD_NOT_FOUND,
             Reason::HeaderMismatch => code::HEADER_MISMATCH,
             Reason::UnsupportedVersion => code::UNSUPPORTED_PROTOCOL_VERSION,
-            Reason::ToolDenied => code::FORBIDDEN,
+            Reason::ToolDenied | Reason::PluginBlocked => code::FORBIDDEN,
             Reason::Internal => code::INTERNAL_ERROR,
             _ => code::INVALID_REQUEST,
         }
@@ -153,6 +161,8 @@ impl Reason {
             Reason::ForbiddenOrigin => "forbidden_origin",
             Reason::ForbiddenHost => "forbidden_host",
             Reason::UnknownResponse => "unknown_response",
+            Reason::PluginBlocked => "plugin_blocked",
+            Reason::PluginInvalidArguments => "plugin_invalid_arguments",
         }
     }
 

@@ -10,6 +10,8 @@
 //! Every struct rejects unknown fields, so a typo fails `on_configure` (Envoy rejects the
 //! config, which NACKs over xDS) instead of silently running with half a policy.
 
+pub mod plugins;
+
 use crate::catalog::{self, Servers, Upstreams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +44,10 @@ pub struct Snapshot {
     /// of a session over several stateful upstreams). Without it both are refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// Guardrail plugins (see [`plugins`]): run on the arguments and results of tool calls,
+    /// prompt gets and resource reads, here and at virtual servers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<plugins::Plugin>,
 }
 
 /// How virtual-server sessions are sealed and how long they live.
@@ -109,6 +115,7 @@ impl Default for Snapshot {
             upstreams: Upstreams::new(),
             session: None,
             relay: None,
+            plugins: Vec::new(),
         }
     }
 }
@@ -352,10 +359,13 @@ impl Snapshot {
         if self.relay.as_deref().is_some_and(str::is_empty) {
             return invalid("relay", "cluster name must not be empty");
         }
-        catalog::validate(&self.servers, &self.upstreams).map_err(|e| ConfigError::FieldInvalid {
-            field: e.field,
-            reason: e.reason,
-        })
+        catalog::validate(&self.servers, &self.upstreams).map_err(|e| {
+            ConfigError::FieldInvalid {
+                field: e.field,
+                reason: e.reason,
+            }
+        })?;
+        crate::guard::Guard::check(&self.plugins)
     }
 }
 

@@ -183,6 +183,10 @@ impl Host for FilterHost<'_> {
         self.0.metrics.borrow_mut().internal_error();
     }
 
+    fn count_plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
+        self.0.metrics.borrow_mut().plugin(plugin, hook, effect);
+    }
+
     fn warn(&mut self, message: &str) {
         log::warn!("{message}");
     }

@@ -77,6 +77,18 @@ impl Metrics {
         self.bump(Counter::Rejected, &[("mcp_reason", reason)]);
     }
 
+    /// A guardrail plugin blocked or masked (or, permissive, would have).
+    pub fn plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
+        self.bump(
+            Counter::PluginActions,
+            &[
+                ("mcp_plugin", plugin),
+                ("mcp_hook", hook),
+                ("mcp_effect", effect),
+            ],
+        );
+    }
+
     /// The filter failed internally.
     pub fn internal_error(&mut self) {
         self.bump(Counter::InternalErrors, &[]);

@@ -1,6 +1,6 @@
 """An MCP server for the test matrix, written with the official Python SDK (mcp 2.x).
 
-Usage: peer_server.py PORT [--stateless] [--json-response] [--name NAME]
+Usage: peer_server.py PORT [--stateless] [--json-response] [--name NAME] [--era both|legacy|modern]
 
 Serves streamable HTTP at http://127.0.0.1:PORT/mcp (PORT 0 picks a free port) and prints
 that URL on stdout, alone on a line, once it accepts connections. One endpoint speaks both
@@ -8,6 +8,12 @@ protocol eras: the SDK routes a request whose `MCP-Protocol-Version` names 2026-
 stateless per-request entry, and everything else to the session-era transport (stateful,
 with `Mcp-Session-Id`, unless `--stateless`; server-to-client requests need a session there,
 so the sampling, elicitation and roots tools need the default mode in the 2025 era).
+`--era legacy` or `--era modern` makes it a server of one era only, refusing the other as
+such a server does: a session-era server answers a request naming 2026-07-28 in
+`MCP-Protocol-Version` with HTTP 400 (an unsupported version, as the 2025 SDKs' transports
+do); a stateless-era server answers any POST without a 2026-07-28 `MCP-Protocol-Version`
+(`initialize` included) with HTTP 400 and -32022 naming the versions it speaks, and GET and
+DELETE with 405.
 
 What it serves, the same in both eras (peer_client.py's scenarios use all of it):
 - tools `echo`, `add`; `log_levels` (sends `notifications/message` at debug, info, warning
@@ -27,6 +33,7 @@ hand (`ctx.elicit_url` in the 2025 era, an `InputRequiredResult` in 2026-07-28).
 """
 
 import argparse
+import json
 import socket
 import sys
 import warnings
@@ -213,9 +220,52 @@ def build(name: str) -> MCPServer:
     return mcp
 
 
+def one_era(app: Any, era: str) -> Any:
+    """`app` as a server of `era` only (`legacy` or `modern`); see the module docstring."""
+
+    async def gated(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        version = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"mcp-protocol-version"),
+            None,
+        )
+        modern = version in MODERN_PROTOCOL_VERSIONS
+        if era == "legacy" and modern:
+            status, error = 400, {
+                "code": -32600,
+                "message": f"Bad Request: Unsupported protocol version: {version}",
+            }
+        elif era == "modern" and not modern and scope["method"] != "POST":
+            status, error = 405, {"code": -32600, "message": "Method Not Allowed"}
+        elif era == "modern" and not modern:
+            status, error = 400, {
+                "code": -32022,
+                "message": "Unsupported protocol version",
+                "data": {"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": version},
+            }
+        else:
+            await app(scope, receive, send)
+            return
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return gated
+
+
 async def serve(args: argparse.Namespace) -> None:
     mcp = build(args.name)
     app = mcp.streamable_http_app(stateless_http=args.stateless, json_response=args.json_response)
+    if args.era != "both":
+        app = one_era(app, args.era)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
@@ -236,6 +286,12 @@ def main() -> None:
     parser.add_argument("--stateless", action="store_true", help="no sessions in the 2025 era")
     parser.add_argument("--json-response", action="store_true", help="answer JSON instead of SSE")
     parser.add_argument("--name", default="mcpgw-peer", help="server name (serverInfo)")
+    parser.add_argument(
+        "--era",
+        choices=["both", "legacy", "modern"],
+        default="both",
+        help="the protocol eras it speaks (legacy: 2025 only; modern: 2026-07-28 only)",
+    )
     args = parser.parse_args()
     # Logging, sampling and roots are deprecated in 2026-07-28; the peer serves them on purpose.
     warnings.simplefilter("ignore", MCPDeprecationWarning)

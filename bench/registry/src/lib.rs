@@ -190,6 +190,7 @@ fn discovered(g: usize, tools: usize) -> Discovered {
         capabilities: Some(json!({"tools": {"listChanged": true}})),
         server_info: Some(json!({"name": format!("upstream-{g}"), "version": "1.0.0"})),
         protocol_version: Some("2025-06-18".into()),
+        protocol_versions: vec!["2025-06-18".into()],
         skipped: vec![],
     }
 }
@@ -322,6 +323,8 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
                 tools: ids(&tools, chunk),
                 resources: ids(&resources, chunk),
                 prompts: ids(&prompts, chunk),
+                naming: Default::default(),
+                allowed_origins: Default::default(),
             })
             .await?;
     }
@@ -335,6 +338,8 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
             tools: ids(&tools, &gateway_ids),
             resources: vec![],
             prompts: vec![],
+            naming: Default::default(),
+            allowed_origins: Default::default(),
         })
         .await?;
     let populate = started.elapsed();

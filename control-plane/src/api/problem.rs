@@ -130,6 +130,26 @@ fn store_problem(e: StoreError) -> Problem {
             e.to_string(),
         ),
         StoreError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        StoreError::NameCollisions(collisions) => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "name-collision",
+                "Names collide",
+                collisions
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            p.errors = collisions
+                .into_iter()
+                .map(|c| FieldError {
+                    field: c.field,
+                    reason: c.reason,
+                })
+                .collect();
+            p
+        }
         StoreError::Sealed(_) => {
             tracing::error!(error = %e, "stored credentials do not open");
             Problem::new(

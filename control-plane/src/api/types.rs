@@ -11,10 +11,10 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::model::{
-    self, AuthType, CatalogItem, CatalogKind, Credentials, FieldInvalid, GatewayName, HeaderPair,
-    HttpMethod, IntegrationType, ItemName, ItemPatch, JsonObject, ListFilter, NewItem, NewServer,
-    PromptArgument, PromptPatch, PromptSpec, ResourcePatch, ResourceSpec, ServerPatch, SpecChange,
-    Tags, ToolPatch, ToolSpec, Transport, UpstreamUrl,
+    self, AllowedOrigins, AuthType, CatalogItem, CatalogKind, Credentials, FieldInvalid,
+    GatewayName, HeaderPair, HttpMethod, IntegrationType, ItemName, ItemPatch, JsonObject,
+    ListFilter, Naming, NewItem, NewServer, PromptArgument, PromptPatch, PromptSpec, ResourcePatch,
+    ResourceSpec, ServerPatch, SpecChange, Tags, ToolPatch, ToolSpec, Transport, UpstreamUrl,
 };
 
 // ---- lists -------------------------------------------------------------------------------
@@ -160,8 +160,13 @@ pub struct Gateway {
     pub capabilities: Option<Value>,
     /// `serverInfo` the upstream announced in `initialize`.
     pub server_info: Option<Value>,
-    /// Negotiated MCP protocol version.
+    /// Negotiated MCP protocol version (`initialize`; for an upstream that speaks only the
+    /// stateless era, the version `server/discover` chose).
     pub protocol_version: Option<String>,
+    /// Every protocol version the upstream was found to speak, newest first: the session
+    /// era's from `initialize`, the stateless era's (2026-07-28) from `server/discover`.
+    /// The Envoys call it in a client's era when it speaks it, and bridge otherwise.
+    pub protocol_versions: Vec<String>,
     /// Last successful contact (RFC 3339).
     pub last_seen: Option<String>,
     /// Last federation or health-check error.
@@ -197,6 +202,7 @@ impl From<model::Gateway> for Gateway {
             capabilities,
             server_info,
             protocol_version,
+            protocol_versions,
             last_seen,
             last_error,
             consecutive_failures,
@@ -219,6 +225,7 @@ impl From<model::Gateway> for Gateway {
             capabilities,
             server_info,
             protocol_version,
+            protocol_versions,
             last_seen,
             last_error,
             consecutive_failures,
@@ -1236,6 +1243,12 @@ pub struct Server {
     pub tags: Vec<String>,
     /// Operator switch.
     pub enabled: bool,
+    /// How tools and prompts are named: `prefixed` (`{gateway}{sep}{name}`) or `upstream`
+    /// (each upstream's own names; members may not collide).
+    pub naming: Naming,
+    /// Browser origins (`scheme://host[:port]`, `:*` for any port, or `*`) admitted on this
+    /// server besides the listener's.
+    pub allowed_origins: Vec<String>,
     /// Tool ids.
     pub associated_tools: Vec<String>,
     /// Resource ids.
@@ -1259,6 +1272,8 @@ impl From<model::Server> for Server {
             icon,
             tags,
             enabled,
+            naming,
+            allowed_origins,
             associated_tools,
             associated_resources,
             associated_prompts,
@@ -1273,6 +1288,8 @@ impl From<model::Server> for Server {
             icon,
             tags: tags.to_strings(),
             enabled,
+            naming,
+            allowed_origins: allowed_origins.to_vec(),
             associated_tools,
             associated_resources,
             associated_prompts,
@@ -1298,6 +1315,14 @@ pub struct ServerCreate {
     pub tags: Vec<String>,
     /// Operator switch (default true).
     pub enabled: Option<bool>,
+    /// `prefixed` (default: `{gateway}{sep}{name}`) or `upstream` (each upstream's own
+    /// names, so a server over one upstream is a transparent front; members whose names
+    /// collide are refused with 422 `name-collision`).
+    pub naming: Option<Naming>,
+    /// Browser origins admitted besides the listener's (`scheme://host[:port]`, `:*` for
+    /// any port, or `*`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Tool ids.
     #[serde(default)]
     pub associated_tools: Vec<String>,
@@ -1319,6 +1344,8 @@ impl TryFrom<ServerCreate> for NewServer {
             icon,
             tags: raw_tags,
             enabled,
+            naming,
+            allowed_origins,
             associated_tools,
             associated_resources,
             associated_prompts,
@@ -1329,6 +1356,8 @@ impl TryFrom<ServerCreate> for NewServer {
             icon,
             tags: tags(raw_tags)?,
             enabled: enabled.unwrap_or(true),
+            naming: naming.unwrap_or_default(),
+            allowed_origins: AllowedOrigins::parse(&allowed_origins)?,
             tools: associated_tools,
             resources: associated_resources,
             prompts: associated_prompts,
@@ -1350,6 +1379,10 @@ pub struct ServerUpdate {
     pub tags: Option<Vec<String>>,
     /// New operator switch.
     pub enabled: Option<bool>,
+    /// New naming mode (`prefixed` or `upstream`).
+    pub naming: Option<Naming>,
+    /// Replaces the admitted browser origins.
+    pub allowed_origins: Option<Vec<String>>,
     /// Replaces the tool set.
     pub associated_tools: Option<Vec<String>>,
     /// Replaces the resource set.
@@ -1370,6 +1403,8 @@ impl TryFrom<ServerUpdate> for ServerPatch {
             icon,
             tags: raw_tags,
             enabled,
+            naming,
+            allowed_origins,
             associated_tools,
             associated_resources,
             associated_prompts,
@@ -1381,6 +1416,11 @@ impl TryFrom<ServerUpdate> for ServerPatch {
             icon,
             tags: opt_tags(raw_tags)?,
             enabled,
+            naming,
+            allowed_origins: allowed_origins
+                .as_deref()
+                .map(AllowedOrigins::parse)
+                .transpose()?,
             tools: associated_tools,
             resources: associated_resources,
             prompts: associated_prompts,

@@ -28,7 +28,7 @@ use super::upstream::{UpstreamAccess, upstream_access};
 use crate::config::SsrfPolicy;
 use crate::crypto::SecretBox;
 use crate::model::AuthType;
-use crate::snapshot::{RegistryView, SnapshotInputs, assemble, cluster_name};
+use crate::snapshot::{RegistryView, Shadowed, SnapshotInputs, assemble_reporting, cluster_name};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::xds::{AdsServer, Published, ResourceSet};
@@ -86,6 +86,8 @@ pub struct Built {
     pub version: i64,
     /// Gateways left out, with why (`EdgeError::label`).
     pub left_out: Vec<(String, &'static str)>,
+    /// Entries virtual servers left out because another member exposes the same name.
+    pub shadowed: Vec<Shadowed>,
 }
 
 /// What the edge has for the gateways of one registry read: their access, and the last
@@ -150,6 +152,11 @@ impl Publisher {
     /// The published resource sets (the xDS server's input).
     pub fn sets(&self) -> watch::Receiver<Published> {
         self.sets.subscribe()
+    }
+
+    /// The published snapshots (the session relay follows the catalogs in them).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.snapshots.subscribe()
     }
 
     /// The admin API's view, serving through `ads` if xDS is enabled.
@@ -257,11 +264,22 @@ impl Publisher {
                 .map(|(id, u)| (id.clone(), u.access.target.snapshot_entry(cluster_name(id))))
                 .collect(),
         };
-        let snapshot = assemble(view, &inputs)?;
+        let (snapshot, shadowed) = assemble_reporting(view, &inputs)?;
+        for s in &shadowed {
+            tracing::warn!(
+                server = %s.server,
+                list = s.list,
+                name = %s.name,
+                item = %s.item,
+                kept = %s.kept,
+                "entry left out of a virtual server: another member, registered first, exposes the same name"
+            );
+        }
         let set = resources(&snapshot, &upstreams, &self.inputs.settings)?;
         let built = Built {
             version: view.version,
             left_out,
+            shadowed,
         };
         Ok((snapshot, set, built))
     }
@@ -397,6 +415,8 @@ pub fn record(outcome: &Result<Built, PublishError>, metrics: &Metrics) {
             metrics.edge_build("ok");
             let reasons: Vec<&'static str> = built.left_out.iter().map(|(_, r)| *r).collect();
             metrics.edge_left_out(&reasons);
+            let lists: Vec<&'static str> = built.shadowed.iter().map(|s| s.list).collect();
+            metrics.edge_shadowed(&lists);
         }
         Err(e) => {
             tracing::error!(

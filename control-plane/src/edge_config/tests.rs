@@ -84,6 +84,7 @@ fn gateway(id: &str, url: &str, auth_type: AuthType) -> Gateway {
         capabilities: None,
         server_info: None,
         protocol_version: None,
+        protocol_versions: vec![],
         last_seen: None,
         last_error: None,
         consecutive_failures: 0,
@@ -370,16 +371,24 @@ fn routes_follow_the_filters_header_else_answer_404() {
     let rc: RouteConfiguration = get(&set, TypeUrl::RouteConfiguration, ROUTES);
     let vh = &rc.virtual_hosts[0];
     assert_eq!(vh.domains, vec!["*"]);
-    // GET streams: no deadline, an idle limit; everything else: a deadline.
-    for (i, name, get, timeout, idle) in [
+    // GET streams and POSTs the filter marks as streams (a listen): no deadline, an idle
+    // limit; everything else: a deadline.
+    for (i, name, kind, timeout, idle) in [
         (
             0,
             "routed-stream",
-            true,
+            "get",
             0,
             Some(STREAM_ROUTE_IDLE_TIMEOUT_S),
         ),
-        (1, "routed", false, ROUTE_TIMEOUT_S, None),
+        (
+            1,
+            "routed-listen",
+            "marked",
+            0,
+            Some(STREAM_ROUTE_IDLE_TIMEOUT_S),
+        ),
+        (2, "routed", "other", ROUTE_TIMEOUT_S, None),
     ] {
         let routed = &vh.routes[i];
         assert_eq!(routed.name, name);
@@ -389,8 +398,18 @@ fn routes_follow_the_filters_header_else_answer_404() {
             m.headers[0].header_match_specifier,
             Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
         );
-        assert_eq!(m.headers[1].name, ":method");
-        assert_eq!(m.headers[1].invert_match, !get, "{name}");
+        if kind == "marked" {
+            assert_eq!(m.headers[1].name, mcpgw_core::edge::STREAM_HEADER);
+            assert!(!m.headers[1].invert_match);
+        } else {
+            assert_eq!(m.headers[1].name, ":method");
+            assert_eq!(m.headers[1].invert_match, kind == "other", "{name}");
+        }
+        // The marker never reaches an upstream.
+        assert_eq!(
+            routed.request_headers_to_remove,
+            vec![mcpgw_core::edge::STREAM_HEADER.to_owned()]
+        );
         let Some(route::Action::Route(action)) = &routed.action else {
             panic!("{name} does not route");
         };
@@ -403,7 +422,7 @@ fn routes_follow_the_filters_header_else_answer_404() {
         assert_eq!(action.timeout.unwrap().seconds, timeout, "{name}");
         assert_eq!(action.idle_timeout.map(|d| d.seconds), idle, "{name}");
     }
-    let fallback: Vec<_> = vh.routes[2..]
+    let fallback: Vec<_> = vh.routes[3..]
         .iter()
         .map(|r| {
             let Some(route_match::PathSpecifier::Prefix(p)) =
@@ -459,11 +478,15 @@ fn a_relay_gets_a_cluster_and_a_route_that_names_the_listener() {
     let routes = &rc.virtual_hosts[0].routes;
     assert_eq!(
         routes.len(),
-        6,
-        "relay (GET, other), routed (GET, other), two fallbacks"
+        8,
+        "relay (GET, listen, other), routed (GET, listen, other), two fallbacks"
     );
     // First: the filter's hand-over to the relay (an exact match beats "present").
-    for (relay, timeout) in [(&routes[0], 0), (&routes[1], ROUTE_TIMEOUT_S)] {
+    for (relay, timeout) in [
+        (&routes[0], 0),
+        (&routes[1], 0),
+        (&routes[2], ROUTE_TIMEOUT_S),
+    ] {
         let m = relay.r#match.as_ref().unwrap();
         assert_eq!(m.headers[0].name, "x-route");
         let Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) =
@@ -516,7 +539,7 @@ fn a_relay_gets_a_cluster_and_a_route_that_names_the_listener() {
             ]
         );
     }
-    assert_eq!(routes[2].name, "routed-stream");
+    assert_eq!(routes[3].name, "routed-stream");
     // The relay's secret is in the routes only: not in the filter's configuration.
     let ecds = set.get(TypeUrl::ExtensionConfig, FILTER).unwrap();
     assert!(!contains(&ecds.body().value, b"relay-secret"));
@@ -655,7 +678,9 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
             "mcpgw-relay-auth",
             "mcpgw-edge-address",
             "mcpgw-client-address",
-            "mcpgw-relay-upstreams"
+            "mcpgw-relay-upstreams",
+            "mcpgw-relay-eras",
+            "mcpgw-stream"
         ]
     );
     assert!(!removed.contains(&mcpgw_core::edge::UPSTREAM_HEADER));

@@ -51,7 +51,8 @@ use envoy_types::pb::google::protobuf::{
     Any, BoolValue, Duration, StringValue, UInt32Value, UInt64Value,
 };
 use mcpgw_core::edge::{
-    CLIENT_ADDRESS_HEADER, EDGE_ADDRESS_HEADER, RELAY_AUTH_HEADER, RELAY_UPSTREAMS_HEADER,
+    CLIENT_ADDRESS_HEADER, EDGE_ADDRESS_HEADER, RELAY_AUTH_HEADER, RELAY_ERAS_HEADER,
+    RELAY_UPSTREAMS_HEADER, STREAM_HEADER,
 };
 use mcpgw_core::snapshot::Snapshot;
 
@@ -122,11 +123,13 @@ pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-author
 /// Headers only Envoy's routes and the relay may set: removed from every client request
 /// before any filter sees it. (`mcpgw-upstream` is not among them: the relay legitimately
 /// sends it back through the listener, and the filter checks it against the session.)
-pub const INTERNAL_HEADERS: [&str; 4] = [
+pub const INTERNAL_HEADERS: [&str; 6] = [
     RELAY_AUTH_HEADER,
     EDGE_ADDRESS_HEADER,
     CLIENT_ADDRESS_HEADER,
     RELAY_UPSTREAMS_HEADER,
+    RELAY_ERAS_HEADER,
+    STREAM_HEADER,
 ];
 /// Default of [`EdgeSettings::resolve_interval`]: how stale an upstream's addresses may be.
 /// Short enough to follow a planned address change within a minute, long enough that a
@@ -433,9 +436,26 @@ fn u32_value(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
-/// Matches requests whose route header names `cluster` (`None`: any value), and GET
-/// requests only, or every method but GET.
-fn route_match(route_header: &str, cluster: Option<&str>, get: bool) -> RouteMatch {
+/// What a route matches besides its route header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// GET: a session's stream.
+    Get,
+    /// A POST the filter marked as answered by a stream ([`STREAM_HEADER`]: a listen).
+    MarkedStream,
+    /// Everything else: an exchange.
+    Exchange,
+}
+
+impl Kind {
+    /// Whether the response is a long-lived stream (no deadline, an idle limit).
+    fn streams(self) -> bool {
+        self != Kind::Exchange
+    }
+}
+
+/// Matches requests whose route header names `cluster` (`None`: any value), and of `kind`.
+fn route_match(route_header: &str, cluster: Option<&str>, kind: Kind) -> RouteMatch {
     let by_cluster = HeaderMatcher {
         name: route_header.to_owned(),
         header_match_specifier: Some(match cluster {
@@ -447,29 +467,37 @@ fn route_match(route_header: &str, cluster: Option<&str>, get: bool) -> RouteMat
         }),
         ..Default::default()
     };
-    let method = HeaderMatcher {
-        name: ":method".into(),
-        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-            StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::Exact("GET".into())),
-                ..Default::default()
-            },
-        )),
-        invert_match: !get,
-        ..Default::default()
+    let by_kind = match kind {
+        Kind::Get | Kind::Exchange => HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact("GET".into())),
+                    ..Default::default()
+                },
+            )),
+            invert_match: kind == Kind::Exchange,
+            ..Default::default()
+        },
+        Kind::MarkedStream => HeaderMatcher {
+            name: STREAM_HEADER.into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+            ..Default::default()
+        },
     };
     RouteMatch {
         path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-        headers: vec![by_cluster, method],
+        headers: vec![by_cluster, by_kind],
         ..Default::default()
     }
 }
 
 /// What a route does with the requests it matches: to `cluster`, with the limits of a
-/// stream (GET) or of an exchange (everything else).
-fn route_action(cluster: route_action::ClusterSpecifier, get: bool) -> route::Action {
-    let (timeout, idle_timeout) = if get {
-        // A stream lasts as long as the session: no deadline, only an idle limit.
+/// stream or of an exchange.
+fn route_action(cluster: route_action::ClusterSpecifier, kind: Kind) -> route::Action {
+    let (timeout, idle_timeout) = if kind.streams() {
+        // A stream lasts as long as the session (or the listen): no deadline, only an idle
+        // limit.
         (secs(0), secs(STREAM_ROUTE_IDLE_TIMEOUT_S))
     } else {
         (secs(ROUTE_TIMEOUT_S), None)
@@ -506,7 +534,7 @@ fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConf
         response_headers_to_add: vec![header("content-type", "application/json")],
         ..Default::default()
     };
-    let mut routes = Vec::with_capacity(6);
+    let mut routes = Vec::with_capacity(8);
     if settings.relay.is_some() {
         let mut to_relay = vec![
             header(EDGE_ADDRESS_HEADER, "%DOWNSTREAM_LOCAL_ADDRESS%"),
@@ -518,27 +546,37 @@ fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConf
         if let Some(auth) = &settings.relay_auth {
             to_relay.push(header(RELAY_AUTH_HEADER, auth));
         }
-        for (name, get) in [("relay-stream", true), ("relay", false)] {
+        for (name, kind) in [
+            ("relay-stream", Kind::Get),
+            ("relay-listen", Kind::MarkedStream),
+            ("relay", Kind::Exchange),
+        ] {
             routes.push(Route {
                 name: name.into(),
-                r#match: Some(route_match(route_header, Some(RELAY_CLUSTER), get)),
+                r#match: Some(route_match(route_header, Some(RELAY_CLUSTER), kind)),
                 action: Some(route_action(
                     route_action::ClusterSpecifier::Cluster(RELAY_CLUSTER.to_owned()),
-                    get,
+                    kind,
                 )),
                 request_headers_to_add: to_relay.clone(),
+                request_headers_to_remove: vec![STREAM_HEADER.to_owned()],
                 ..Default::default()
             });
         }
     }
-    for (name, get) in [("routed-stream", true), ("routed", false)] {
+    for (name, kind) in [
+        ("routed-stream", Kind::Get),
+        ("routed-listen", Kind::MarkedStream),
+        ("routed", Kind::Exchange),
+    ] {
         routes.push(Route {
             name: name.into(),
-            r#match: Some(route_match(route_header, None, get)),
+            r#match: Some(route_match(route_header, None, kind)),
             action: Some(route_action(
                 route_action::ClusterSpecifier::ClusterHeader(route_header.to_owned()),
-                get,
+                kind,
             )),
+            request_headers_to_remove: vec![STREAM_HEADER.to_owned()],
             ..Default::default()
         });
     }

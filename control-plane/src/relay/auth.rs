@@ -16,8 +16,8 @@ use super::Inner;
 use super::error::RelayError;
 use super::limits::ClientKey;
 
-/// The relay secret (never printed).
-pub(super) struct Secret(Vec<u8>);
+/// The relay secrets (never printed): the current one first, then those of previous keys.
+pub(super) struct Secret(Vec<Vec<u8>>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -27,7 +27,17 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     pub(super) fn new(secret: String) -> Secret {
-        Secret(secret.into_bytes())
+        Secret(vec![secret.into_bytes()])
+    }
+
+    /// Also admits `others` (secrets of previous keys, during a rotation).
+    pub(super) fn also(&mut self, others: Vec<String>) {
+        for other in others {
+            let other = other.into_bytes();
+            if !self.0.contains(&other) {
+                self.0.push(other);
+            }
+        }
     }
 
     /// Whether `headers` carry exactly one copy of the secret. The comparison takes the
@@ -37,7 +47,12 @@ impl Secret {
         let (Some(value), None) = (values.next(), values.next()) else {
             return false;
         };
-        !self.0.is_empty() && bool::from(self.0.as_slice().ct_eq(value.as_bytes()))
+        self.0
+            .iter()
+            .filter(|s| !s.is_empty())
+            .fold(false, |hit, s| {
+                hit | bool::from(s.as_slice().ct_eq(value.as_bytes()))
+            })
     }
 }
 
@@ -92,6 +107,22 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn a_previous_key_s_secret_admits_too() {
+        let mut secret = Secret::new("current".into());
+        secret.also(vec!["current".into(), "previous".into(), String::new()]);
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(RELAY_AUTH_HEADER, HeaderValue::from_static(v));
+            h
+        };
+        assert!(secret.admits(&with("current")));
+        assert!(secret.admits(&with("previous")));
+        assert!(!secret.admits(&with("other")));
+        assert!(!secret.admits(&with("")));
+        assert!(!secret.admits(&HeaderMap::new()));
+    }
 
     #[test]
     fn only_one_exact_copy_of_a_non_empty_secret_admits() {

@@ -21,11 +21,14 @@ use super::error::RelayError;
 use super::limits::Activity;
 use crate::sse::{Parser, SseError, frame};
 
-/// Client headers the relay's own requests to the edge carry on (credentials and trace
-/// context). The relay secret is never among them.
-const FORWARDED: [&str; 5] = [
+/// Client headers the relay's own requests to the edge carry on (credentials, trace
+/// context, and the `Host` the client reached the listener by, which passed its allow-list
+/// there: the listener's own address may not be on it behind a load balancer). The relay
+/// secret is never among them.
+const FORWARDED: [&str; 6] = [
     "authorization",
     "cookie",
+    "host",
     "traceparent",
     "tracestate",
     "user-agent",
@@ -260,9 +263,11 @@ mod tests {
         h.insert("x-mcpgw-cluster", HeaderValue::from_static("evil"));
         h.insert("mcp-session-id", HeaderValue::from_static("s"));
         h.insert("mcpgw-relay-auth", HeaderValue::from_static("secret"));
+        h.insert("host", HeaderValue::from_static("mcp.example.com"));
         let f = forwarded(&h);
-        assert_eq!(f.len(), 1);
+        assert_eq!(f.len(), 2);
         assert_eq!(f["authorization"], "Bearer t");
+        assert_eq!(f["host"], "mcp.example.com");
 
         let server = Id::parse("id", "s").unwrap();
         let edge = Edge::new("127.0.0.1:1".parse().unwrap(), &server, &h).unwrap();
@@ -276,6 +281,11 @@ mod tests {
             .unwrap();
         let auth: Vec<_> = req.headers().get_all("authorization").iter().collect();
         assert_eq!(auth, ["Bearer u"]);
+        assert_eq!(
+            req.headers()["host"],
+            "mcp.example.com",
+            "the client's Host"
+        );
         assert!(req.headers().get("mcpgw-relay-auth").is_none());
         assert!(req.headers().get("x-mcpgw-cluster").is_none());
     }

@@ -3,7 +3,9 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mcpgw_core::edge::{EDGE_ADDRESS_HEADER, RELAY_AUTH_HEADER, RELAY_UPSTREAMS_HEADER};
+use mcpgw_core::edge::{
+    EDGE_ADDRESS_HEADER, RELAY_AUTH_HEADER, RELAY_ERAS_HEADER, RELAY_UPSTREAMS_HEADER,
+};
 use serde_json::{Value, json};
 
 use super::MAX_IN_FLIGHT;
@@ -14,6 +16,8 @@ const INVALID_REQUEST: i64 = -32600;
 const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC "internal error" (also used for capacity refusals, as before).
 const INTERNAL_ERROR: i64 = -32603;
+/// JSON-RPC "invalid params".
+const INVALID_PARAMS: i64 = -32602;
 
 /// What a refusal is about (for limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,8 @@ pub enum Held {
     SseSessions,
     /// Merged GET streams.
     MergedStreams,
+    /// `subscriptions/listen` streams.
+    ListenStreams,
 }
 
 impl std::fmt::Display for Held {
@@ -29,6 +35,7 @@ impl std::fmt::Display for Held {
         f.write_str(match self {
             Held::SseSessions => "SSE sessions",
             Held::MergedStreams => "merged streams",
+            Held::ListenStreams => "listen streams",
         })
     }
 }
@@ -119,9 +126,29 @@ pub enum RelayError {
     /// None of the streams to merge could be opened.
     #[error("no upstream stream of this session could be opened")]
     NoStreamOpened,
+    /// A body handed over as a `subscriptions/listen` that is not one (with an id).
+    #[error("expected a subscriptions/listen request with an id")]
+    NotAListen {
+        /// The request's id, if it has a usable one.
+        id: Option<Value>,
+    },
+    /// A `subscriptions/listen` whose filter is malformed or too large.
+    #[error("invalid subscriptions/listen params: {reason}")]
+    ListenParams {
+        /// The listen request's id.
+        id: Option<Value>,
+        /// Why.
+        reason: String,
+    },
+    /// A `mcpgw-relay-eras` header that does not match the upstreams.
+    #[error("{RELAY_ERAS_HEADER}: {reason}")]
+    Eras {
+        /// Why.
+        reason: String,
+    },
     /// A path the relay does not serve.
     #[error(
-        "the relay serves /servers/{{id}}/sse, /servers/{{id}}/message and merged GET streams of /servers/{{id}}/mcp"
+        "the relay serves /servers/{{id}}/sse, /servers/{{id}}/message, and merged GET streams and subscriptions/listen of /servers/{{id}}/mcp"
     )]
     NoSuchRoute,
     /// A method the path does not serve.
@@ -152,6 +179,9 @@ impl RelayError {
             RelayError::MissingMcpSession => "missing_mcp_session",
             RelayError::NoUpstreams => "no_upstreams",
             RelayError::NoStreamOpened => "no_stream_opened",
+            RelayError::NotAListen { .. } => "not_a_listen",
+            RelayError::ListenParams { .. } => "listen_params",
+            RelayError::Eras { .. } => "eras",
             RelayError::NoSuchRoute => "no_such_route",
             RelayError::WrongMethod { .. } => "wrong_method",
         }
@@ -179,7 +209,20 @@ impl RelayError {
             | RelayError::Parse(_)
             | RelayError::NotOneMessage
             | RelayError::MissingMcpSession
-            | RelayError::NoUpstreams => StatusCode::BAD_REQUEST,
+            | RelayError::NoUpstreams
+            | RelayError::NotAListen { .. }
+            | RelayError::ListenParams { .. }
+            | RelayError::Eras { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The id of the request refused, when the refusal answers one.
+    pub fn request_id(&self) -> Option<&Value> {
+        match self {
+            RelayError::InFlight { id }
+            | RelayError::NotAListen { id }
+            | RelayError::ListenParams { id, .. } => id.as_ref(),
+            _ => None,
         }
     }
 
@@ -187,6 +230,7 @@ impl RelayError {
     pub fn code(&self) -> i64 {
         match self {
             RelayError::Parse(_) => PARSE_ERROR,
+            RelayError::ListenParams { .. } => INVALID_PARAMS,
             RelayError::ClientLimit { .. }
             | RelayError::Full { .. }
             | RelayError::InFlight { .. }
@@ -198,11 +242,7 @@ impl RelayError {
 
 impl IntoResponse for RelayError {
     fn into_response(self) -> Response {
-        let id = match &self {
-            RelayError::InFlight { id } => id.as_ref(),
-            _ => None,
-        };
-        let body = error_message(id, self.code(), &self.to_string());
+        let body = error_message(self.request_id(), self.code(), &self.to_string());
         (
             self.status(),
             [(header::CONTENT_TYPE, "application/json")],

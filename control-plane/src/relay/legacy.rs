@@ -232,7 +232,7 @@ pub(super) struct MessageQuery {
 }
 
 /// Whether `headers` declare `application/json` (parameters such as `charset` allowed).
-fn require_json(headers: &HeaderMap) -> Result<(), RelayError> {
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), RelayError> {
     let got = headers
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

@@ -20,6 +20,12 @@ pub const DEFAULT_MAX_SSE_SESSIONS_PER_CLIENT: usize = 64;
 pub const DEFAULT_MAX_MERGED_STREAMS: usize = 1_000;
 /// Default of [`Limits::max_merged_streams_per_client`].
 pub const DEFAULT_MAX_MERGED_STREAMS_PER_CLIENT: usize = 16;
+/// Default of [`Limits::max_listen_streams`].
+pub const DEFAULT_MAX_LISTEN_STREAMS: usize = 1_000;
+/// Default of [`Limits::max_listen_streams_per_client`].
+pub const DEFAULT_MAX_LISTEN_STREAMS_PER_CLIENT: usize = 16;
+/// Default of [`Limits::listen_idle_timeout`]: 30 minutes.
+pub const DEFAULT_LISTEN_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Default of [`Limits::sse_idle_timeout`]: 30 minutes.
 pub const DEFAULT_SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Default of [`Limits::merged_idle_timeout`]: 30 minutes.
@@ -45,6 +51,13 @@ pub struct Limits {
     pub max_merged_streams: usize,
     /// Open merged GET streams of one client; more are refused (429).
     pub max_merged_streams_per_client: usize,
+    /// Open `subscriptions/listen` streams, in total; more are refused (503).
+    pub max_listen_streams: usize,
+    /// Open `subscriptions/listen` streams of one client; more are refused (429).
+    pub max_listen_streams_per_client: usize,
+    /// A listen stream that relayed no notification for this long is closed gracefully
+    /// (its result as the last frame; the client listens again if it still cares).
+    pub listen_idle_timeout: Duration,
     /// A legacy SSE session that received no message and sent nothing (keepalive comments
     /// aside) for this long, and has no message being relayed, is closed.
     pub sse_idle_timeout: Duration,
@@ -65,6 +78,9 @@ impl Default for Limits {
             max_sse_sessions_per_client: DEFAULT_MAX_SSE_SESSIONS_PER_CLIENT,
             max_merged_streams: DEFAULT_MAX_MERGED_STREAMS,
             max_merged_streams_per_client: DEFAULT_MAX_MERGED_STREAMS_PER_CLIENT,
+            max_listen_streams: DEFAULT_MAX_LISTEN_STREAMS,
+            max_listen_streams_per_client: DEFAULT_MAX_LISTEN_STREAMS_PER_CLIENT,
+            listen_idle_timeout: DEFAULT_LISTEN_IDLE_TIMEOUT,
             sse_idle_timeout: DEFAULT_SSE_IDLE_TIMEOUT,
             merged_idle_timeout: DEFAULT_MERGED_IDLE_TIMEOUT,
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,

@@ -51,8 +51,17 @@ pub(super) async fn open(
     }
 }
 
-/// The upstream ids the filter named.
-fn upstreams(headers: &HeaderMap) -> Result<Vec<Id>, RelayError> {
+/// The upstream ids the filter named: at least one.
+pub(super) fn upstreams(headers: &HeaderMap) -> Result<Vec<Id>, RelayError> {
+    let ids = upstream_ids(headers)?;
+    if ids.is_empty() {
+        return Err(RelayError::NoUpstreams);
+    }
+    Ok(ids)
+}
+
+/// The upstream ids the filter named (none when it named none).
+pub(super) fn upstream_ids(headers: &HeaderMap) -> Result<Vec<Id>, RelayError> {
     let field = RELAY_UPSTREAMS_HEADER;
     let raw = headers
         .get(field)
@@ -70,9 +79,6 @@ fn upstreams(headers: &HeaderMap) -> Result<Vec<Id>, RelayError> {
         .filter(|s| !s.is_empty())
         .map(|s| Id::parse(field, s))
         .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
-        return Err(RelayError::NoUpstreams);
-    }
     if ids.len() > MAX_MERGED_UPSTREAMS {
         return Err(RelayError::FieldInvalid {
             field,

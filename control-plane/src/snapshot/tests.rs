@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{AuthType, GatewayName, ItemName, Tags, Transport, UpstreamUrl};
+use crate::model::{AllowedOrigins, AuthType, GatewayName, ItemName, Tags, Transport, UpstreamUrl};
 use serde_json::json;
 
 fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
@@ -16,6 +16,7 @@ fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
         capabilities: None,
         server_info: None,
         protocol_version: None,
+        protocol_versions: vec![],
         last_seen: None,
         last_error: None,
         consecutive_failures: 0,
@@ -58,6 +59,8 @@ fn server(id: &str, tools: &[&str], resources: &[&str], prompts: &[&str]) -> Ser
         icon: None,
         tags: Tags::default(),
         enabled: true,
+        naming: Naming::Prefixed,
+        allowed_origins: AllowedOrigins::default(),
         associated_tools: ids(tools),
         associated_resources: ids(resources),
         associated_prompts: ids(prompts),
@@ -229,4 +232,94 @@ fn session_and_relay_are_inputs_of_the_one_assembly() {
         snap.session.unwrap().keys,
         [SecretBox::dev().session_key().to_owned()]
     );
+}
+
+#[test]
+fn upstream_naming_exposes_the_upstreams_own_names_and_routes_them_unrenamed() {
+    let mut v = view();
+    v.servers[0].naming = Naming::Upstream;
+    // One tool per name: t2 (b's echo) would collide with t1 (a's echo); leave it out.
+    v.servers[0].associated_tools = vec!["t1".into()];
+    v.servers[0].allowed_origins =
+        AllowedOrigins::parse(&["https://app.example.com", "http://localhost:*"]).unwrap();
+    let snap = assemble(&v, &inputs(&v, Policy::default())).unwrap();
+    let s1 = &snap.servers["s1"];
+    assert_eq!(names(&s1.tools), ["echo"]);
+    assert_eq!(s1.tools[0].upstream_name, "echo", "no rename on the way up");
+    let t: Value = serde_json::from_str(s1.tools[0].item.get()).unwrap();
+    assert_eq!(t["name"], "echo", "the list item carries the exposed name");
+    assert_eq!(names(&s1.prompts), ["greet"]);
+    let p: Value = serde_json::from_str(s1.prompts[0].item.get()).unwrap();
+    assert_eq!(p["name"], "greet");
+    // Resources keep their URI as the key; their display name is the upstream's.
+    assert_eq!(names(&s1.resources), ["file:///readme"]);
+    let r: Value = serde_json::from_str(s1.resources[0].item.get()).unwrap();
+    assert_eq!(r["name"], "readme");
+    assert_eq!(
+        s1.allowed_origins,
+        ["https://app.example.com", "http://localhost:*"]
+    );
+    // The other server is untouched: prefixed names.
+    assert_eq!(names(&snap.servers["s2"].tools), ["b__echo"]);
+    assert!(snap.servers["s2"].allowed_origins.is_empty());
+}
+
+#[test]
+fn a_name_two_members_expose_stays_with_the_one_registered_first() {
+    let mut v = view();
+    v.servers[0].naming = Naming::Upstream;
+    // a's and b's echo collide under upstream naming (as after a rediscovery or a
+    // hand-edited row: the API refuses such a server). b's is older: it keeps the name.
+    v.tools[0].created_at = "2026-01-02T00:00:00.000Z".into();
+    v.tools[1].created_at = "2026-01-01T00:00:00.000Z".into();
+    // The duplicate resource URI: r3 (b) is older than r1 (a) too.
+    v.resources[0].created_at = "2026-01-02T00:00:00.000Z".into();
+    v.resources[2].created_at = "2026-01-01T00:00:00.000Z".into();
+    let (snap, shadowed) = assemble_reporting(&v, &inputs(&v, Policy::default())).unwrap();
+    let s1 = &snap.servers["s1"];
+    assert_eq!(names(&s1.tools), ["echo"]);
+    assert_eq!(s1.tools[0].upstream, "b");
+    assert_eq!(s1.resources[0].upstream, "b");
+    assert_eq!(
+        shadowed,
+        [
+            Shadowed {
+                server: "s1".into(),
+                list: "tools",
+                name: "echo".into(),
+                item: "t1".into(),
+                kept: "t2".into(),
+            },
+            Shadowed {
+                server: "s1".into(),
+                list: "resources",
+                name: "file:///readme".into(),
+                item: "r1".into(),
+                kept: "r3".into(),
+            },
+        ]
+    );
+    // Prefixed naming: only the URI collides.
+    v.servers[0].naming = Naming::Prefixed;
+    let (snap, shadowed) = assemble_reporting(&v, &inputs(&v, Policy::default())).unwrap();
+    assert_eq!(names(&snap.servers["s1"].tools), ["a__echo", "b__echo"]);
+    assert_eq!(shadowed.len(), 1);
+    assert_eq!(shadowed[0].list, "resources");
+}
+
+#[test]
+fn upstreams_carry_every_protocol_version_discovery_found() {
+    let mut v = view();
+    v.gateways[0].protocol_version = Some("2025-11-25".into());
+    v.gateways[0].protocol_versions = vec!["2026-07-28".into(), "2025-11-25".into()];
+    // Not rediscovered since versions were recorded: its negotiated one.
+    v.gateways[1].protocol_version = Some("2025-06-18".into());
+    let snap = assemble(&v, &inputs(&v, Policy::default())).unwrap();
+    assert_eq!(
+        snap.upstreams["a"].protocol_versions,
+        ["2026-07-28", "2025-11-25"]
+    );
+    assert!(snap.upstreams["a"].speaks_modern() && snap.upstreams["a"].speaks_legacy());
+    assert_eq!(snap.upstreams["b"].protocol_versions, ["2025-06-18"]);
+    assert!(!snap.upstreams["b"].speaks_modern());
 }

@@ -19,7 +19,7 @@ use crate::model::{
 const COLS: &str = "id, name, original_name, gateway_id, uri, description, spec, tags, enabled, \
     reachable, created_at, updated_at, version";
 
-fn parse_spec<S: CatalogSpec>(raw: &str) -> Result<S, StoreError> {
+pub(super) fn parse_spec<S: CatalogSpec>(raw: &str) -> Result<S, StoreError> {
     let object: JsonObject =
         serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
     S::from_json(object).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -328,7 +328,8 @@ async fn merge_catalog(
     changed |= merge_kind::<ResourceSpec>(tx, &target, d, &mut report).await?;
     changed |= merge_kind::<PromptSpec>(tx, &target, d, &mut report).await?;
     let row = sqlx::query(
-        "SELECT reachable, capabilities, server_info, protocol_version FROM gateways WHERE id = $1",
+        "SELECT reachable, capabilities, server_info, protocol_version, protocol_versions \
+         FROM gateways WHERE id = $1",
     )
     .bind(gateway_id)
     .fetch_one(tx.conn())
@@ -338,10 +339,14 @@ async fn merge_catalog(
     let old_caps: Option<String> = row.try_get("capabilities")?;
     let old_info: Option<String> = row.try_get("server_info")?;
     let old_proto: Option<String> = row.try_get("protocol_version")?;
+    let old_versions: String = row.try_get("protocol_versions")?;
+    let versions = serde_json::to_string(&d.protocol_versions)
+        .map_err(|e| StoreError::Corrupt(format!("protocol_versions: {e}")))?;
     if !get_bool(&row, "reachable")?
         || old_caps != caps
         || old_info != info
         || old_proto != d.protocol_version
+        || old_versions != versions
     {
         changed = true;
     }
@@ -351,8 +356,8 @@ async fn merge_catalog(
         .map_err(|e| StoreError::Corrupt(format!("skipped: {e}")))?;
     sqlx::query(
         "UPDATE gateways SET capabilities = $1, server_info = $2, protocol_version = $3, reachable = 1, \
-         consecutive_failures = 0, last_seen = $4, last_error = NULL, collisions = $5, skipped = $6 \
-         WHERE id = $7",
+         consecutive_failures = 0, last_seen = $4, last_error = NULL, collisions = $5, skipped = $6, \
+         protocol_versions = $7 WHERE id = $8",
     )
     .bind(caps)
     .bind(info)
@@ -360,6 +365,7 @@ async fn merge_catalog(
     .bind(&ts)
     .bind(collisions)
     .bind(skipped)
+    .bind(versions)
     .bind(gateway_id)
     .execute(tx.conn())
     .await?;

@@ -14,7 +14,8 @@ use crate::model::{
 };
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
-    capabilities, server_info, protocol_version, last_seen, last_error, consecutive_failures, \
+    capabilities, server_info, protocol_version, protocol_versions, last_seen, last_error, \
+    consecutive_failures, \
     collisions, skipped, created_at, updated_at, version";
 
 /// What a health check changed.
@@ -49,6 +50,11 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
         capabilities: parse_json_opt(row, "capabilities")?,
         server_info: parse_json_opt(row, "server_info")?,
         protocol_version: row.try_get("protocol_version")?,
+        protocol_versions: {
+            let raw: String = row.try_get("protocol_versions")?;
+            serde_json::from_str(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("protocol_versions: {e}")))?
+        },
         last_seen: row.try_get("last_seen")?,
         last_error: row.try_get("last_error")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
@@ -183,7 +189,12 @@ impl Store {
                 .await?;
             return Ok(Some(creds));
         }
-        Ok(Some(secrets.open_credentials(&sealed, binding)?))
+        let (creds, stale) = secrets.open_current_or_previous(&sealed, binding)?;
+        if stale {
+            self.reseal(id, &sealed, &secrets.seal_credentials(&creds, binding)?)
+                .await?;
+        }
+        Ok(Some(creds))
     }
 
     /// Replaces `old` with `new` if the row still holds `old` (bookkeeping: the registry
@@ -201,14 +212,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Re-seals every first-format (`v1:`) credential bound to its gateway and origin, in
-    /// one transaction (at start). A value that does not open with this key is left as it
-    /// is and reported: the gateway's refreshes fail until its credentials are given again.
-    /// Returns how many were re-sealed.
-    pub async fn reseal_legacy_credentials(&self, secrets: &SecretBox) -> Result<u32, StoreError> {
+    /// Re-seals, in one transaction (at start), every credential not sealed with the current
+    /// key as it should be: first-format (`v1:`) values, bound to their gateway and origin,
+    /// and values sealed with a previous key (a rotation), with the current one. A value
+    /// that opens with no known key is left as it is and reported: the gateway's refreshes
+    /// fail until its credentials are given again. Returns how many were re-sealed.
+    pub async fn reseal_credentials(&self, secrets: &SecretBox) -> Result<u32, StoreError> {
         let mut tx = self.begin_write().await?;
         let rows =
-            sqlx::query("SELECT id, url, auth_sealed FROM gateways WHERE auth_sealed LIKE 'v1:%'")
+            sqlx::query("SELECT id, url, auth_sealed FROM gateways WHERE auth_sealed IS NOT NULL")
                 .fetch_all(tx.conn())
                 .await?;
         let mut done = 0;
@@ -219,22 +231,29 @@ impl Store {
             let resealed = UpstreamUrl::from_stored(&url)
                 .map_err(|e| e.to_string())
                 .and_then(|u| {
-                    let creds = secrets
-                        .open_legacy_credentials(&sealed)
-                        .map_err(|e| e.to_string())?;
                     let origin = u.origin();
+                    let binding = CredentialBinding {
+                        gateway_id: &id,
+                        origin: &origin,
+                    };
+                    let creds = if SecretBox::is_legacy(&sealed) {
+                        secrets.open_legacy_credentials(&sealed)
+                    } else {
+                        match secrets.open_current_or_previous(&sealed, binding) {
+                            Ok((_, false)) => return Ok(None),
+                            Ok((creds, true)) => Ok(creds),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    .map_err(|e| e.to_string())?;
                     secrets
-                        .seal_credentials(
-                            &creds,
-                            CredentialBinding {
-                                gateway_id: &id,
-                                origin: &origin,
-                            },
-                        )
+                        .seal_credentials(&creds, binding)
+                        .map(Some)
                         .map_err(|e| e.to_string())
                 });
             match resealed {
-                Ok(new) => {
+                Ok(None) => {}
+                Ok(Some(new)) => {
                     sqlx::query("UPDATE gateways SET auth_sealed = $1 WHERE id = $2")
                         .bind(new)
                         .bind(&id)
@@ -243,7 +262,7 @@ impl Store {
                     done += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(gateway = %id, error = %e, "first-format credentials not re-sealed")
+                    tracing::warn!(gateway = %id, error = %e, "stored credentials not re-sealed")
                 }
             }
         }
@@ -251,7 +270,7 @@ impl Store {
         if done > 0 {
             tracing::info!(
                 count = done,
-                "re-sealed first-format credentials bound to their gateway and origin"
+                "re-sealed stored credentials with the current key, bound to their gateway and origin"
             );
         }
         Ok(done)

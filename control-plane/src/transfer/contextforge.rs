@@ -343,6 +343,8 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
             icon: s(srv, "icon"),
             tags: tags(srv),
             enabled: active(srv),
+            naming: crate::model::Naming::Prefixed,
+            allowed_origins: Vec::new(),
             tools,
             resources: names("associated_resources"),
             prompts: names("associated_prompts"),

@@ -58,6 +58,8 @@ pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocume
                 icon: s.icon,
                 tags: s.tags.to_strings(),
                 enabled: s.enabled,
+                naming: s.naming,
+                allowed_origins: s.allowed_origins.to_vec(),
             });
         }
     }

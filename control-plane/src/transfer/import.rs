@@ -14,9 +14,9 @@ use super::{
 use crate::config::FederationSettings;
 use crate::federation::check_upstream_url;
 use crate::model::{
-    AuthType, CatalogKind, CatalogSpec, FieldInvalid, GatewayName, GatewayPatch, ItemName,
-    ItemPatch, NewGateway, NewItem, NewServer, PromptSpec, ResourceSpec, ServerPatch, SpecChange,
-    Tags, ToolSpec, Transport, UpstreamUrl,
+    AllowedOrigins, AuthType, CatalogKind, CatalogSpec, FieldInvalid, GatewayName, GatewayPatch,
+    ItemName, ItemPatch, Naming, NewGateway, NewItem, NewServer, PromptSpec, ResourceSpec,
+    ServerPatch, SpecChange, Tags, ToolSpec, Transport, UpstreamUrl,
 };
 use crate::store::{
     Store, StoreError, WriteTx, insert_item, item_id_by_name, update_item_tx, validate_uri,
@@ -122,6 +122,8 @@ struct ParsedServer {
     icon: Option<String>,
     tags: Tags,
     enabled: bool,
+    naming: Naming,
+    allowed_origins: AllowedOrigins,
 }
 
 /// Every planned entry, parsed.
@@ -369,6 +371,8 @@ async fn parse(
                     icon: s.icon.clone(),
                     tags: Tags::parse(&s.tags)?,
                     enabled: s.enabled,
+                    naming: s.naming,
+                    allowed_origins: AllowedOrigins::parse(&s.allowed_origins)?,
                 })
             };
             match entry() {
@@ -583,6 +587,8 @@ async fn apply(
                                 icon: p.icon,
                                 tags: p.tags,
                                 enabled: p.enabled,
+                                naming: p.naming,
+                                allowed_origins: p.allowed_origins,
                                 tools,
                                 resources,
                                 prompts,
@@ -601,6 +607,8 @@ async fn apply(
                                 icon: p.icon,
                                 tags: Some(p.tags),
                                 enabled: Some(p.enabled),
+                                naming: Some(p.naming),
+                                allowed_origins: Some(p.allowed_origins),
                                 tools: Some(tools),
                                 resources: Some(resources),
                                 prompts: Some(prompts),

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::harness::{ChildGuard, TestCp, TestDb, free_port, settings};
 use super::upstream::TestUpstream;
@@ -246,6 +246,45 @@ async fn operator_verbs_against_the_api() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, vec!["gateway", "server"], "{out}");
+    // A transparent front: the upstream's own names, a browser origin of its own.
+    let (ok, out, err) = run_as(
+        &api,
+        cp.token.as_deref(),
+        &[
+            "servers",
+            "create",
+            "--name",
+            "front",
+            "--naming",
+            "upstream",
+            "--tool",
+            "cli__a",
+            "--allowed-origin",
+            "https://app.example.com",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["naming"], "upstream", "{out}");
+    assert_eq!(v["allowed_origins"], json!(["https://app.example.com"]));
+    let (ok, _, err) = run_as(
+        &api,
+        cp.token.as_deref(),
+        &[
+            "servers",
+            "create",
+            "--name",
+            "bad",
+            "--allowed-origin",
+            "app.example.com",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("allowed_origins[0]"), "{err}");
 
     let (ok, out, _) = run_as(&api, cp.token.as_deref(), &["gateways", "refresh", "cli"]).await;
     assert!(ok, "{out}");

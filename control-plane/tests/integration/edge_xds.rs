@@ -10,6 +10,8 @@ mod catalog;
 mod clients;
 mod credentials;
 mod dns;
+mod exposure;
+mod listen;
 mod relay;
 mod resilience;
 mod tls;
@@ -20,6 +22,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use mcpgw_harness::Artifacts;
+use mcpgw_harness::bootstrap::committed_ads;
 
 use super::envoy::{Envoy, WAIT, envoy_binary, repo_path, tail};
 use super::harness::{TestCp, TestDb, settings};
@@ -38,39 +43,20 @@ const ECDS: &str = TYPES[3];
 
 /// The project's Python (with the MCP SDK), or `MCPGW_PYTHON`.
 fn python() -> PathBuf {
-    let python = std::env::var_os("MCPGW_PYTHON")
-        .map_or_else(|| repo_path(".venv/bin/python"), PathBuf::from);
-    assert!(
-        python.exists(),
-        "Python not found at {} (run `make deps`, or set MCPGW_PYTHON)",
-        python.display()
-    );
-    python
+    Artifacts::from_env().python().unwrap().to_owned()
 }
 
 fn filter_wasm() -> PathBuf {
-    let path = std::env::var_os("MCPGW_WASM").map_or_else(
-        || repo_path("target/wasm32-wasip1/release/mcpgw_filter.wasm"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "filter module not found at {} (run `make wasm`, or set MCPGW_WASM)",
-        path.display()
-    );
-    path.canonicalize().unwrap()
+    Artifacts::from_env()
+        .wasm()
+        .unwrap()
+        .canonicalize()
+        .unwrap()
 }
 
 /// The committed bootstrap, pointed at `xds` and with an ephemeral admin port.
 fn bootstrap(xds: SocketAddr) -> String {
-    let text = std::fs::read_to_string(repo_path("envoy/ads-bootstrap.yaml")).unwrap();
-    let (xds_port, admin_port) = ("port_value: 18000 }", "port_value: 9901 }");
-    assert!(
-        text.contains(xds_port) && text.contains(admin_port) && text.contains("address: 127.0.0.1"),
-        "envoy/ads-bootstrap.yaml no longer has the ports this test substitutes"
-    );
-    text.replace(xds_port, &format!("port_value: {} }}", xds.port()))
-        .replace(admin_port, "port_value: 0 }")
+    committed_ads(&Artifacts::from_env(), xds, NODE, "GRPC").unwrap()
 }
 
 /// Envoys following this test's control plane over ADS.
@@ -83,10 +69,7 @@ impl Envoy {
     /// Envoy `node_id` over ADS of `api_type` (`GRPC`, `DELTA_GRPC`). `base_id` tells
     /// apart the shared-memory regions of Envoys running at the same time.
     async fn start_as(xds: SocketAddr, base_id: u32, node_id: &str, api_type: &str) -> Envoy {
-        let text = bootstrap(xds)
-            .replace(&format!("id: {NODE} "), &format!("id: {node_id} "))
-            .replace("api_type: GRPC", &format!("api_type: {api_type}"));
-        assert!(text.contains(&format!("id: {node_id} ")) && text.contains(api_type));
+        let text = committed_ads(&Artifacts::from_env(), xds, node_id, api_type).unwrap();
         Envoy::spawn(&text, 50_000 + std::process::id() % 10_000 + base_id).await
     }
 }

@@ -1096,3 +1096,78 @@ async fn discovered_items_are_validated_and_capped() {
     cp.stop().await;
     flood_up.stop().await;
 }
+
+/// A key rotation: the control plane restarted with a new key and the old one as a previous
+/// key re-seals stored credentials with the new key at start, and they keep working; after
+/// that the old key can go. A key that never sealed them opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_re_seals_stored_credentials_and_the_old_key_can_then_go() {
+    use mcpgw::crypto::SecretBox;
+    let old_key = [0x11; 32];
+    let new_key = [0x22; 32];
+    let encoded = |k: [u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let up = TestUpstream::with_tools(&["one"]).with_required_auth("Bearer rotated-token");
+    let running = up.serve(0).await;
+    let db = TestDb::postgres().await;
+    let with_key = |key: [u8; 32], previous: Option<[u8; 32]>| {
+        let mut s = settings(&db);
+        s.secrets = SecretBox::from_key(key);
+        if let Some(p) = previous {
+            s.secrets = s.secrets.with_previous(&encoded(p)).unwrap();
+        }
+        s
+    };
+
+    let cp = TestCp::start(with_key(old_key, None)).await;
+    let (s, g) = cp
+        .post(
+            "/gateways",
+            json!({"name": "rotated", "url": running.url, "auth_type": "bearer", "auth_token": "rotated-token"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+    cp.stop().await;
+    let sealed_by_old = sealed_of(&db, &gid).await;
+
+    // The old key alone does not open what the new key will seal, and vice versa: without
+    // the old key as a previous one, the new key cannot use the stored credentials.
+    let cp = TestCp::start(with_key(new_key, None)).await;
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 500, "the new key alone opens nothing yet: {r}");
+    cp.stop().await;
+    assert_eq!(sealed_of(&db, &gid).await, sealed_by_old, "left as it was");
+
+    // Rotation: new key, old key as previous. Re-sealed at start, and working.
+    let cp = TestCp::start(with_key(new_key, Some(old_key))).await;
+    let sealed_by_new = sealed_of(&db, &gid).await;
+    assert!(sealed_by_new.starts_with("v2:") && sealed_by_new != sealed_by_old);
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    cp.stop().await;
+
+    // The old key can go now.
+    let cp = TestCp::start(with_key(new_key, None)).await;
+    let (s, r) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        up.auth_seen().iter().all(|h| h == "Bearer rotated-token"),
+        "{:?}",
+        up.auth_seen()
+    );
+    cp.stop().await;
+    // And the old key alone no longer opens them.
+    let cp = TestCp::start(with_key(old_key, None)).await;
+    let (s, _) = cp
+        .post(&format!("/gateways/{gid}/refresh"), json!({}))
+        .await;
+    assert_eq!(s, 500);
+    cp.stop().await;
+    running.stop().await;
+}

@@ -223,6 +223,22 @@ impl TestCp {
         .await
     }
 
+    /// `GET /snapshot` once it is built from the current registry version (the publisher
+    /// rebuilds shortly after each change).
+    pub async fn current_snapshot(&self) -> Value {
+        eventually(
+            "the snapshot of the current registry",
+            Duration::from_secs(30),
+            || async {
+                let (_, registry) = self.get("/registry").await;
+                let (s, snap) = self.get("/snapshot").await;
+                let want = registry["registry_version"].as_i64()?.to_string();
+                (s == 200 && snap["version"].as_str() == Some(want.as_str())).then_some(snap)
+            },
+        )
+        .await
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
@@ -262,26 +278,18 @@ impl Drop for ChildGuard {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    mcpgw_harness::ports::free_port().expect("free port")
 }
 
-/// Polls `f` until it returns Some, up to `limit`; panics with `what` otherwise.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+/// Polls `f` every 100 ms until it returns Some, up to `limit`; panics with `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let every = Duration::from_millis(100);
+    match mcpgw_harness::ports::poll(every, limit, || None, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
     }
 }

@@ -1,8 +1,8 @@
 //! Store tests, each run on SQLite and on the real PostgreSQL.
 
 use mcpgw::model::{
-    AuthType, CatalogKind, GatewayName, GatewayPatch, ItemName, ItemPatch, ListFilter, NewGateway,
-    NewItem, PromptSpec, Tags, ToolSpec, Transport, UpstreamUrl,
+    AllowedOrigins, AuthType, CatalogKind, GatewayName, GatewayPatch, ItemName, ItemPatch,
+    ListFilter, Naming, NewGateway, NewItem, PromptSpec, Tags, ToolSpec, Transport, UpstreamUrl,
 };
 use mcpgw::store::{Discovered, DiscoveredItem, HealthTransition, NewServer, StoreError};
 
@@ -42,6 +42,8 @@ fn server(name: &str, tools: Vec<String>) -> NewServer {
         icon: None,
         tags: Tags::default(),
         enabled: true,
+        naming: Naming::Prefixed,
+        allowed_origins: AllowedOrigins::default(),
         tools,
         resources: vec![],
         prompts: vec![],

@@ -509,6 +509,56 @@ impl Everything {
     }
 }
 
+/// `tests/py/peer_server.py`: an MCP server written with the official Python SDK (`mcp`
+/// 2.x), speaking the protocol eras `era` names (`both`, `legacy`: 2025 only, `modern`:
+/// 2026-07-28 only) on `/mcp`. Tools `echo`, `add`, `log_levels`, `sample`,
+/// `ask_profile`, `open_url`, `list_roots`, `count`; resource `peer://greeting`; template
+/// `peer://items/{name}`; prompt `greet`.
+pub struct PythonPeer {
+    pub url: String,
+    _child: ChildGuard,
+}
+
+impl PythonPeer {
+    /// Starts it on a port it picks and waits for the URL it prints once it accepts
+    /// connections (generously: importing the SDK takes a while on a busy machine).
+    pub async fn start(era: &str) -> PythonPeer {
+        use tokio::io::AsyncBufReadExt as _;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let python = std::env::var_os("MCPGW_PYTHON")
+            .map_or_else(|| root.join(".venv/bin/python"), std::path::PathBuf::from);
+        assert!(
+            python.exists(),
+            "Python not found at {} (run `make deps`, or set MCPGW_PYTHON)",
+            python.display()
+        );
+        let mut child = tokio::process::Command::new(python)
+            .arg(root.join("tests/py/peer_server.py"))
+            .args(["0", "--era", era, "--name", &format!("peer-{era}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start peer_server.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let guard = ChildGuard(Some(child));
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("http://") {
+                    return Some(line.trim().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("peer_server.py --era {era} never printed its URL"));
+        PythonPeer { url, _child: guard }
+    }
+}
+
 /// How a broken upstream misbehaves.
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehavior {

@@ -29,6 +29,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mcpgw::xds::{self, AdsServer, ResourceSet, TypeUrl, XdsConfig};
+use mcpgw_harness::bootstrap::ads;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -261,33 +262,7 @@ fn edge(version: &str, e: &Edge<'_>) -> ResourceSet {
 /// Envoys of these tests: minimal ADS bootstraps, no mcpgw filter.
 impl Envoy {
     async fn with_ads(xds: SocketAddr, api_type: &str) -> Envoy {
-        let bootstrap = serde_json::json!({
-            "node": {"id": format!("envoy-{api_type}"), "cluster": "xds-test"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {
-                    "api_type": api_type,
-                    "transport_api_version": "V3",
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]
-                },
-                "cds_config": {"ads": {}, "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "resource_api_version": "V3"}
-            },
-            "static_resources": {"clusters": [{
-                "name": "xds",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}}
-                    }
-                },
-                "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds.port()}}
-                }}]}]}
-            }]}
-        });
+        let bootstrap = ads(&format!("envoy-{api_type}"), "xds-test", xds, api_type);
         // A base id of our own, so that concurrent Envoys' shared memory does not collide.
         let base_id = 40_000 + std::process::id() % 10_000 + u32::from(api_type == "DELTA_GRPC");
         Envoy::spawn(&bootstrap.to_string(), base_id).await

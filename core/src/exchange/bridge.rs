@@ -113,6 +113,67 @@ pub(crate) fn insert_envelope(body: &[u8], msg: &Message, members: &[u8]) -> (u6
     insert(start, text)
 }
 
+/// The members of the 2026-era envelope, which a 2025-era upstream must not see: one that
+/// also speaks the 2026 era would take the call for one of that era and refuse it for the
+/// 2025 version header it comes with.
+const ENVELOPE_MEMBERS: [&str; 4] = [
+    mcp::META_PROTOCOL_VERSION,
+    mcp::META_CLIENT_CAPABILITIES,
+    mcp::META_CLIENT_INFO,
+    mcp::META_LOG_LEVEL,
+];
+
+/// `body` (a 2026-era request) without its envelope members in `params._meta` (and without
+/// `_meta` when nothing else is in it), for a 2025-era upstream. Bridged calls only: the
+/// body is parsed and written again, which the common paths never do. `None` when the body
+/// is not a JSON object.
+pub(crate) fn strip_envelope(body: &[u8]) -> Option<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(body).ok()?;
+    if let Some(params) = doc.get_mut("params").and_then(Value::as_object_mut)
+        && let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut)
+    {
+        for member in ENVELOPE_MEMBERS {
+            meta.remove(member);
+        }
+        if meta.is_empty() {
+            params.remove("_meta");
+        }
+    }
+    doc.is_object()
+        .then(|| serde_json::to_vec(&doc).ok())
+        .flatten()
+}
+
+/// `body` with the name at `rename`'s span replaced by its JSON string and `insert` (an
+/// edit from [`insert_envelope`]) applied; `None` when a span lies outside the body. The
+/// common case, a rename alone, is one copy into one buffer: it runs on every routed call.
+pub(crate) fn rewrite(
+    body: &[u8],
+    rename: Option<((u64, u64), &str)>,
+    insert: Option<(u64, u64, Vec<u8>)>,
+) -> Option<Vec<u8>> {
+    match (rename, insert) {
+        (Some(((start, end), name)), None) => {
+            let (start, end) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+            let (head, tail) = (body.get(..start)?, body.get(end..)?);
+            let mut out = Vec::with_capacity(body.len() + name.len() + 8);
+            out.extend_from_slice(head);
+            write_json_string(&mut out, name);
+            out.extend_from_slice(tail);
+            Some(out)
+        }
+        (rename, insert) => {
+            let mut edits: Vec<(u64, u64, Vec<u8>)> = insert.into_iter().collect();
+            if let Some(((start, end), name)) = rename {
+                let mut literal = Vec::with_capacity(name.len() + 2);
+                write_json_string(&mut literal, name);
+                edits.push((start, end, literal));
+            }
+            splice(body, edits)
+        }
+    }
+}
+
 /// Applies byte-range replacements (start, end, with) to `body`; `None` when one lies
 /// outside it or they overlap.
 pub(crate) fn splice(body: &[u8], mut edits: Vec<(u64, u64, Vec<u8>)>) -> Option<Vec<u8>> {
@@ -225,6 +286,31 @@ pub(crate) fn log_level(msg: &Message) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::jsonrpc::stream::{Body, MessageParser, Options};
+
+    #[test]
+    fn a_bridged_call_loses_the_envelope_and_keeps_the_rest_of_meta() {
+        let strip = |body: &str| -> Value {
+            serde_json::from_slice(&strip_envelope(body.as_bytes()).unwrap()).unwrap()
+        };
+        let envelope = r#""io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"io.modelcontextprotocol/logLevel":"info""#;
+        let with_more = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"n":0.1}},"_meta":{{{envelope},"progressToken":7}}}}}}"#
+        );
+        assert_eq!(
+            strip(&with_more),
+            serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"n":0.1},"_meta":{"progressToken":7}}})
+        );
+        let only = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{{{envelope}}}}}}}"#
+        );
+        assert_eq!(
+            strip(&only),
+            serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}})
+        );
+        assert!(strip_envelope(b"[1]").is_none());
+        assert!(strip_envelope(b"not json").is_none());
+    }
 
     fn parse(body: &str) -> Message {
         let mut p = MessageParser::new(Options::default());

@@ -61,6 +61,10 @@ impl Exchange {
                     Some(ids.join(",")),
                 ),
                 (Header::Named(edge::RELAY_ERAS_HEADER), Some(eras.join(","))),
+                (
+                    Header::Named(edge::STREAM_HEADER),
+                    Some("listen".to_owned()),
+                ),
             ];
             return self.hand_to_relay("subscriptions/listen", headers, host);
         }
@@ -76,7 +80,13 @@ impl Exchange {
     /// Sends the listen, unchanged, to upstream `up`: its stream is the client's.
     fn forward_listen(&mut self, msg: &Message, up: &crate::catalog::Upstream) -> Step {
         let mut forward = Forward {
-            headers: vec![(Header::Named(edge::UPSTREAM_HEADER), None)],
+            headers: vec![
+                (Header::Named(edge::UPSTREAM_HEADER), None),
+                (
+                    Header::Named(edge::STREAM_HEADER),
+                    Some("listen".to_owned()),
+                ),
+            ],
             body: None,
         };
         self.body = Vec::new();

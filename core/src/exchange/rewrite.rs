@@ -10,11 +10,23 @@
 //! `result` are looked at, and the fields are inserted there. An event stream is rewritten
 //! event by event: each event is held until its blank line, parsed, changed if it must be,
 //! and let go; events larger than [`MAX_EVENT_BYTES`] are let go unchanged.
+//!
+//! Guardrail post hooks ([`Guarded`]) see every result before the client does: a JSON
+//! response is held whole (here, in the module's memory, not in Envoy's buffer, whose
+//! limit would answer with a plain-text error), then passed, masked or replaced by an
+//! error; an event stream's events go through them one by one, and an event is let go only
+//! once they are done with it. What is too large to hold ([`MAX_EVENT_BYTES`]) is refused
+//! when a plugin enforces (the rest of the stream is dropped), and passes when all are
+//! permissive; an unterminated event at the end of a guarded stream is dropped (SSE clients
+//! discard one anyway).
 
+use crate::config::Config;
+use crate::guard::{Finding, Post, PostPlan};
 use crate::jsonrpc::stream::{Body, MessageParser, Options, Progress};
 use crate::jsonrpc::{Kind, Message};
 use crate::mcp::{self, Method};
 use crate::sniff::{BodyKind, sniff};
+use std::rc::Rc;
 
 /// Largest event held for rewriting; a larger one passes unchanged.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -30,6 +42,16 @@ pub(crate) struct Changes {
     pub(crate) request_id: Option<RequestIdRewrite>,
     /// Drops the notifications the client must not get on this stream.
     pub(crate) notifications: Option<Notifications>,
+    /// Runs the guardrail post hooks on every result.
+    pub(crate) guard: Option<Guarded>,
+}
+
+/// The post hooks a response goes through.
+pub(crate) struct Guarded {
+    /// The configuration whose plugins run.
+    pub(crate) config: Rc<Config>,
+    /// Which of them, decided with the request.
+    pub(crate) plan: PostPlan,
 }
 
 /// Which notifications of a 2025-era upstream's stream reach a 2026-era client. That era
@@ -89,15 +111,24 @@ enum State {
         after_cr: bool,
         /// The current line is empty so far.
         line_empty: bool,
+        /// The last event went out ending in a CR whose LF, if one follows, goes out too.
+        lf_goes_out: bool,
     },
     /// Nothing more to change: bytes pass as they come.
     Through,
+    /// A guarded JSON response, held whole until it ends.
+    Held(Vec<u8>),
+    /// A guarded response too large to inspect: the rest is dropped (and a JSON one is
+    /// answered with this error when it ends).
+    Refused(Option<Vec<u8>>),
 }
 
 /// A response being rewritten.
 pub(crate) struct Rewriter {
     changes: Changes,
     state: State,
+    /// What the post hooks found since the last [`Rewriter::take_findings`].
+    findings: Vec<Finding>,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -109,6 +140,38 @@ impl Rewriter {
         Rewriter {
             changes,
             state: State::Sniff,
+            findings: Vec::new(),
+        }
+    }
+
+    /// What the post hooks found so far (taken: each finding is reported once).
+    pub(crate) fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// The error that replaces a guarded response too large to inspect, if a plugin
+    /// enforces.
+    fn too_large(&self) -> Option<Vec<u8>> {
+        let g = self.changes.guard.as_ref()?;
+        g.config.guard.too_large(&g.plan, MAX_EVENT_BYTES)
+    }
+
+    /// A whole guarded JSON response: through the post hooks, then the other changes.
+    fn finish_held(&mut self, body: Vec<u8>) -> Vec<u8> {
+        let Some(g) = &self.changes.guard else {
+            return body;
+        };
+        let body = match g.config.guard.post_body(&g.plan, &body, &mut self.findings) {
+            Post::Pass => body,
+            Post::Masked(new) | Post::Blocked(new) => new,
+        };
+        if self.changes.result_fields.is_none() {
+            return body;
+        }
+        let mut parser = MessageParser::new(Options::default());
+        match parser.feed(&body).and_then(|_| parser.finish()) {
+            Ok(Body::Single(msg)) => self.rewrite_message(&body, &msg).unwrap_or(body),
+            _ => body,
         }
     }
 
@@ -117,6 +180,7 @@ impl Rewriter {
     pub(crate) fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         if matches!(self.state, State::Sniff) {
             self.state = match sniff(chunk) {
+                Some(BodyKind::Json) if self.changes.guard.is_some() => State::Held(Vec::new()),
                 Some(BodyKind::Json) if self.changes.result_fields.is_some() => State::Json {
                     parser: Box::new(MessageParser::new(Options {
                         skim: true,
@@ -129,6 +193,7 @@ impl Rewriter {
                     event: Vec::new(),
                     after_cr: false,
                     line_empty: true,
+                    lf_goes_out: false,
                 },
                 Some(_) => State::Through,
                 None if end_of_stream => State::Through,
@@ -137,6 +202,31 @@ impl Rewriter {
         }
         match &mut self.state {
             State::Sniff | State::Through => chunk.to_vec(),
+            State::Held(body) => {
+                body.extend_from_slice(chunk);
+                if body.len() > MAX_EVENT_BYTES {
+                    let held = std::mem::take(body);
+                    return match self.too_large() {
+                        Some(error) => {
+                            self.state = State::Refused(Some(error));
+                            self.feed(&[], end_of_stream)
+                        }
+                        // Only permissive plugins: it goes on uninspected.
+                        None => {
+                            self.state = State::Through;
+                            held
+                        }
+                    };
+                }
+                if !end_of_stream {
+                    return Vec::new();
+                }
+                let body = std::mem::take(body);
+                self.state = State::Through;
+                self.finish_held(body)
+            }
+            State::Refused(error) if end_of_stream => error.take().unwrap_or_default(),
+            State::Refused(_) => Vec::new(),
             State::JsonPending => {
                 let out = self.insert_at(chunk, 0);
                 self.state = State::Through;
@@ -200,41 +290,68 @@ impl Rewriter {
                 event,
                 after_cr,
                 line_empty,
+                lf_goes_out,
             } = &mut self.state
             else {
                 break;
             };
-            event.push(b);
             if *after_cr && b == b'\n' {
-                // The LF of a CRLF: the line already ended.
+                // The LF of a CRLF: the line already ended. If it ended the event, the
+                // event went out at its CR, and the LF goes out right behind it (dropped
+                // when the event was rewritten: its lines then end in LF already), not
+                // with the next event: a client whose parser waits for the LF after a
+                // CR would see each event only when the next one comes.
                 *after_cr = false;
+                if !event.is_empty() {
+                    event.push(b);
+                } else if std::mem::take(lf_goes_out) {
+                    out.push(b);
+                }
                 continue;
             }
+            event.push(b);
             *after_cr = b == b'\r';
             if b == b'\n' || b == b'\r' {
                 if *line_empty {
                     let whole = std::mem::take(event);
-                    out.extend(self.rewrite_event(whole));
-                } else if let State::Sse { line_empty, .. } = &mut self.state {
+                    let flushed = self.rewrite_event(whole);
+                    let ends_in_cr = flushed.last() == Some(&b'\r');
+                    out.extend(flushed);
+                    if let State::Sse { lf_goes_out, .. } = &mut self.state {
+                        *lf_goes_out = ends_in_cr;
+                    }
+                } else {
                     *line_empty = true;
                 }
                 continue;
             }
             *line_empty = false;
             if event.len() > MAX_EVENT_BYTES {
+                let held = std::mem::take(event);
+                if let Some(error) = self.too_large() {
+                    // Too large to inspect: refused, and the rest of the stream dropped.
+                    out.extend(event_of(&error));
+                    self.state = State::Refused(None);
+                    break;
+                }
                 // Too large to hold: it and the rest of the stream pass unchanged.
-                out.extend(std::mem::take(event));
+                out.extend(held);
                 self.state = State::Through;
             }
         }
         if end_of_stream && let State::Sse { event, .. } = &mut self.state {
-            out.extend(std::mem::take(event));
+            let rest = std::mem::take(event);
+            // An unterminated event is not dispatched by SSE clients; a guarded stream
+            // does not send one the hooks have not seen.
+            if self.changes.guard.is_none() {
+                out.extend(rest);
+            }
         }
         out
     }
 
     /// One whole event (blank line included): rewritten if one of its messages must change.
-    fn rewrite_event(&self, raw: Vec<u8>) -> Vec<u8> {
+    fn rewrite_event(&mut self, raw: Vec<u8>) -> Vec<u8> {
         let mut data = Vec::new();
         let mut others: Vec<&[u8]> = Vec::new();
         let mut has_data = false;
@@ -255,6 +372,20 @@ impl Rewriter {
         if !has_data {
             return raw;
         }
+        let mut guarded = false;
+        if let Some(g) = &self.changes.guard {
+            match g
+                .config
+                .guard
+                .post_event(&g.plan, &data, &mut self.findings)
+            {
+                Post::Pass => {}
+                Post::Masked(new) | Post::Blocked(new) => {
+                    data = new;
+                    guarded = true;
+                }
+            }
+        }
         let mut parser = MessageParser::new(Options::default());
         let parsed = parser.feed(&data).and_then(|_| parser.finish());
         let Ok(Body::Single(msg)) = parsed else {
@@ -266,8 +397,10 @@ impl Rewriter {
         {
             return Vec::new();
         }
-        let Some(new_data) = self.rewrite_message(&data, &msg) else {
-            return raw;
+        let new_data = match self.rewrite_message(&data, &msg) {
+            Some(new) => new,
+            None if guarded => data,
+            None => return raw,
         };
         let mut out = Vec::with_capacity(new_data.len() + 64);
         for line in others {
@@ -314,6 +447,15 @@ impl Rewriter {
     }
 }
 
+/// An SSE event carrying `data` (one JSON message, no newlines in it).
+fn event_of(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +468,7 @@ mod tests {
                 Some(format!("\"gw:{}\"", id.trim_matches('"')))
             })),
             notifications: None,
+            guard: None,
         }
     }
 
@@ -383,6 +526,29 @@ mod tests {
             assert!(out.contains("id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"gw:3\",\"method\":\"sampling/createMessage\""), "{out}");
             assert!(out.contains("data: {\"jsonrpc\":\"2.0\",\ndata: \"id\":1,\"result\":{\"resultType\":\"complete\"}}\n\n"), "{split}: {out}");
         }
+        // An event that ends in CRLF goes out whole with the chunk that ends it, whether
+        // it is rewritten (its lines then end in LF) or passes unchanged, and whether the
+        // chunk ends between the CR and the LF or not.
+        let rewritten =
+            b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\n\r\n";
+        let unchanged =
+            b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\r\n\r\n";
+        let ping = b": ping\r\n\r\n";
+        for (event, ends) in [
+            (&rewritten[..], &b"{\"resultType\":\"complete\"}}\n\n"[..]),
+            (&unchanged[..], &b"}\r\n\r\n"[..]),
+        ] {
+            let mut r = Rewriter::new(fields());
+            let out = r.feed(event, false);
+            assert!(out.ends_with(ends), "{}", String::from_utf8_lossy(&out));
+            assert_eq!(r.feed(ping, false), ping);
+            let (head, lf) = event.split_at(event.len() - 1);
+            let mut r = Rewriter::new(fields());
+            let mut out = r.feed(head, false);
+            out.extend(r.feed(lf, false));
+            assert!(out.ends_with(ends), "{}", String::from_utf8_lossy(&out));
+            assert_eq!(r.feed(ping, false), ping);
+        }
         // A partial event is held until it ends.
         let mut r = Rewriter::new(fields());
         assert!(
@@ -398,6 +564,7 @@ mod tests {
             result_fields: None,
             request_id: None,
             notifications: None,
+            guard: None,
         };
         let stream = b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"roots/list\"}\n\n";
         assert_eq!(run(none(), &[stream]), stream.to_vec());

@@ -282,27 +282,26 @@ impl Exchange {
     }
 
     /// The client's GET stream: the upstream sessions it needs are opened first (every
-    /// upstream of the server that the session has none at), then it goes to the picked
-    /// upstream (`mcpgw-upstream`), the only stateful one, or the relay for several.
+    /// upstream of the server that the session has none at, or only the picked one), then
+    /// it goes to the picked upstream (`mcpgw-upstream`), the only stateful one, or the
+    /// relay for several. A pick opens its own upstream session: the relay's listen over a
+    /// 2025-era upstream opens a session whose only use is that upstream's stream.
     pub(super) fn open_stream(&mut self, pick: Option<String>, host: &mut impl Host) -> Step {
         let config = Rc::clone(&self.config);
         let server = self.server.clone().unwrap_or_default();
-        let missing: Vec<String> = if pick.is_some() {
-            Vec::new()
-        } else {
-            config
-                .edge
-                .upstreams_of(&server)
-                .into_iter()
-                .map(|(id, _)| id.to_owned())
-                .filter(|id| {
-                    !self
-                        .record
-                        .as_ref()
-                        .is_some_and(|r| r.upstreams.contains_key(id))
-                })
-                .collect()
-        };
+        let missing: Vec<String> = config
+            .edge
+            .upstreams_of(&server)
+            .into_iter()
+            .map(|(id, _)| id.to_owned())
+            .filter(|id| pick.as_ref().is_none_or(|p| p == id))
+            .filter(|id| {
+                !self
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.upstreams.contains_key(id))
+            })
+            .collect();
         if missing.is_empty() {
             return self.choose_stream(pick, host);
         }

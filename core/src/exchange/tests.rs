@@ -24,6 +24,8 @@ type Table = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
 /// What the exchange told its host; its clock, randomness and shared data.
 #[derive(Default, Debug)]
 struct Recorder {
+    /// (plugin, hook, effect) of every guardrail finding.
+    plugins: Vec<(String, String, String)>,
     requests: Vec<(String, Option<String>)>,
     responses: Vec<(String, String, bool)>,
     rejected: Vec<&'static str>,
@@ -96,6 +98,10 @@ impl Host for Recorder {
     }
     fn warn(&mut self, message: &str) {
         self.warnings.push(message.to_owned());
+    }
+    fn count_plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
+        self.plugins
+            .push((plugin.to_owned(), hook.to_owned(), effect.to_owned()));
     }
 }
 
@@ -997,6 +1003,54 @@ fn the_get_stream_opens_what_it_needs_then_goes_to_one_upstream_or_the_relay() {
 }
 
 #[test]
+fn a_picked_stream_opens_only_the_picked_upstream() {
+    let table = Table::default();
+    let token = initialize(&table);
+    // The relay's listen over a 2025-era upstream: a fresh session, one upstream picked.
+    let (step, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "b")],
+        &[("ca", Some("sid-a")), ("cb", Some("sid-b"))],
+    );
+    let inits: Vec<&str> = calls
+        .iter()
+        .filter(|c| call_header(c, "mcp-session-id").is_none())
+        .map(|c| c.cluster.as_str())
+        .collect();
+    assert_eq!(inits, ["cb"], "only the picked upstream is opened");
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("cb")));
+    assert_eq!(
+        set(&f, Header::Named("mcp-session-id")),
+        Some(Some("sid-b"))
+    );
+    // Opened now: the same pick opens nothing more; a pick that is no upstream is 404.
+    let (again, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "b")],
+        &[],
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(set(&forward_of(again), Header::Route), Some(Some("cb")));
+    let (step, calls) = get_on(
+        &table,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "z")],
+        &[],
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(reply_of(&step).0, 404);
+    // A picked upstream without a session (stateless) has no stream: 404 as before.
+    let other = Table::default();
+    let token = initialize(&other);
+    let (step, _) = get_on(
+        &other,
+        &[("mcp-session-id", &token), (edge::UPSTREAM_HEADER, "a")],
+        &[("ca", None)],
+    );
+    assert_eq!(reply_of(&step).0, 404);
+}
+
+#[test]
 fn delete_ends_the_session_and_every_upstream_session_it_opened() {
     let table = Table::default();
     let token = initialize(&table);
@@ -1759,11 +1813,18 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
         Some(Some("legacy,modern"))
     );
     assert_eq!(f.body, None, "the listen goes on as the client sent it");
+    let stream = Header::Named(edge::STREAM_HEADER);
+    assert_eq!(
+        set(&f, stream),
+        Some(Some("listen")),
+        "a stream's route limits"
+    );
 
     // The relay's own listen, picked at the 2026-era upstream: straight there.
     let (step, _) = modern_call(&cfg, &with_pick("m"), &listen);
     let f = forward_of(step);
     assert_eq!(set(&f, Header::Route), Some(Some("cm")));
+    assert_eq!(set(&f, stream), Some(Some("listen")));
     assert_eq!(set(&f, Header::Named(":path")), Some(Some("/mcp")));
     assert_eq!(
         set(&f, Header::Named(edge::UPSTREAM_HEADER)),
@@ -1789,7 +1850,9 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
         {"name": "m__echo", "upstream": "m", "upstream_name": "echo", "item": {"name": "m__echo"}}
     ]}}}));
     let (step, _) = modern_call(&lone, &headers, &listen);
-    assert_eq!(set(&forward_of(step), Header::Route), Some(Some("cm")));
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("cm")));
+    assert_eq!(set(&f, stream), Some(Some("listen")));
     // … and one over several, or a 2025-era one, needs the relay.
     let (step, host) = modern_call(&modern_config(json!({})), &headers, &listen);
     let (status, body) = reply_of(&step);
@@ -1804,3 +1867,5 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
     let step = x.on_request_head(&post_head("/servers/s1/mcp", &json_only), false, &mut host);
     assert_eq!(reply_of(&step).0, 406);
 }
+
+mod guard;

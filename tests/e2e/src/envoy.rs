@@ -1,21 +1,19 @@
-//! A real Envoy with a generated bootstrap: one listener, the mcpgw wasm filter (optional),
-//! the router, static clusters, admin, and the `stats_tags` of docs/filter.md.
+//! The gateway under test: a real Envoy with the mcpgw wasm filter (optional), the router,
+//! static clusters, admin, and the `stats_tags` of docs/filter.md, on the shared harness.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::process::ExitStatus;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
+use mcpgw_harness::bootstrap::{self, LISTENER, StaticBootstrap};
+use mcpgw_harness::{Launch, envoy};
 use serde_json::{Value, json};
 
 use crate::artifacts::Artifacts;
-use crate::ports::wait_until;
-use crate::process::ChildGuard;
-use crate::workdir::{Workdir, unique_id};
 
-/// How long Envoy may take to become ready (compiling the wasm module included).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub use mcpgw_harness::bootstrap::stats_tags;
+pub use mcpgw_harness::envoy::READY_TIMEOUT;
 
 /// The listener's `per_connection_buffer_limit_bytes` (16 MiB).
 pub const LISTENER_BUFFER_LIMIT: u32 = 16 * 1024 * 1024;
@@ -116,80 +114,42 @@ impl EnvoyConfig {
                 cluster: first.name.clone(),
             }));
         }
-        let mut http_filters = Vec::new();
-        if let Some(config) = &self.filter_config {
-            http_filters.push(wasm_filter(config, wasm));
+        let http_filters = self
+            .filter_config
+            .iter()
+            .map(|config| wasm_filter(config, wasm))
+            .collect();
+        let clusters = self
+            .clusters
+            .iter()
+            .map(|c| bootstrap::static_cluster(&c.name, c.addr, "2s"))
+            .collect();
+        Ok(StaticBootstrap {
+            http_filters,
+            routes,
+            clusters,
+            // Above any max_body_bytes the tests use, so the filter's own 413 applies
+            // (docs/filter.md: Envoy answers a plain 413 past this buffer limit).
+            buffer_limit: Some(LISTENER_BUFFER_LIMIT),
+            stream_idle_timeout: Some("0s".into()),
         }
-        http_filters.push(json!({
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-        }));
-        let clusters: Vec<Value> = self.clusters.iter().map(cluster_json).collect();
-        Ok(json!({
-            "admin": {"address": socket(([127, 0, 0, 1], 0).into())},
-            "stats_config": {"stats_tags": stats_tags()},
-            "static_resources": {
-                "listeners": [{
-                    "name": "mcp",
-                    "address": socket(([127, 0, 0, 1], 0).into()),
-                    // Above any max_body_bytes the tests use, so the filter's own 413 applies
-                    // (docs/filter.md: Envoy answers a plain 413 past this buffer limit).
-                    "per_connection_buffer_limit_bytes": LISTENER_BUFFER_LIMIT,
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "mcp",
-                            "stream_idle_timeout": "0s",
-                            "route_config": {
-                                "name": "mcp",
-                                "virtual_hosts": [{"name": "mcp", "domains": ["*"], "routes": routes}]
-                            },
-                            "http_filters": http_filters
-                        }
-                    }]}]
-                }],
-                "clusters": clusters
-            }
-        }))
+        .to_json())
+    }
+
+    /// The bootstrap for `artifacts`: the filter module must exist when the filter is on.
+    fn bootstrap_text(&self, artifacts: &Artifacts) -> anyhow::Result<String> {
+        let wasm: PathBuf = if self.filter_config.is_some() {
+            artifacts.wasm()?.to_owned()
+        } else {
+            artifacts.wasm.clone()
+        };
+        Ok(serde_json::to_string_pretty(&self.bootstrap(&wasm)?)?)
     }
 }
 
-/// The `stats_tags` from docs/filter.md that turn the filter's stat names into labels.
-pub fn stats_tags() -> Value {
-    json!([
-        {"tag_name": "mcp_method", "regex": "(_mcp_method=\\.=(.*?);\\.;)"},
-        {"tag_name": "mcp_tool", "regex": "(_mcp_tool=\\.=(.*?);\\.;)"},
-        {"tag_name": "mcp_reason", "regex": "(_mcp_reason=\\.=(.*?);\\.;)"}
-    ])
-}
-
-/// The wasm filter entry exactly as docs/filter.md shows it.
+/// The mcpgw wasm filter entry exactly as docs/filter.md shows it.
 pub fn wasm_filter(config: &str, wasm: &Path) -> Value {
-    json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "mcpgw",
-                "root_id": "mcpgw",
-                "allow_on_headers_stop_iteration": true,
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": config
-                },
-                "vm_config": {
-                    "vm_id": "mcpgw",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.display().to_string()}}
-                }
-            }
-        }
-    })
-}
-
-fn socket(addr: SocketAddr) -> Value {
-    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+    bootstrap::wasm_filter("mcpgw", config, wasm)
 }
 
 fn route_json(r: &Route) -> Value {
@@ -204,92 +164,28 @@ fn route_json(r: &Route) -> Value {
     json!({"match": m, "route": route})
 }
 
-fn cluster_json(c: &Cluster) -> Value {
-    json!({
-        "name": c.name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": c.name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(c.addr)}}]}]
-        }
-    })
-}
-
-/// A running Envoy; killed on drop.
+/// A running Envoy in front of the upstreams; killed on drop.
 #[derive(Debug)]
 pub struct Envoy {
-    child: ChildGuard,
+    envoy: mcpgw_harness::Envoy,
     /// Address of the MCP listener.
     pub listener: SocketAddr,
     /// Address of the admin interface.
     pub admin: SocketAddr,
-    http: reqwest::Client,
-    _dir: Workdir,
 }
 
 impl Envoy {
-    /// Writes the bootstrap, starts Envoy (`--concurrency 1`, unique `--base-id`) and waits
-    /// until admin `/ready` says LIVE. Fails with Envoy's log tail if it exits or hangs.
+    /// Writes the bootstrap, starts Envoy (`--concurrency 1`) and waits until admin
+    /// `/ready` says LIVE. Fails with Envoy's log tail if it exits or hangs.
     pub async fn start(artifacts: &Artifacts, config: &EnvoyConfig) -> anyhow::Result<Self> {
-        let (mut child, dir) = spawn(artifacts, config)?;
-        let admin_path = dir.file("admin.addr");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .context("build HTTP client")?;
-        let admin = {
-            let c = &mut child;
-            let found = wait_until(
-                READY_TIMEOUT,
-                || c.exited().map(|s| format!("exited with {s}")),
-                || {
-                    let p = admin_path.clone();
-                    async move {
-                        let text = std::fs::read_to_string(&p).ok()?;
-                        text.trim().parse::<SocketAddr>().ok()
-                    }
-                },
-            )
-            .await;
-            match found {
-                Ok(a) => a,
-                Err(why) => {
-                    return Err(child.failure(&format!("admin address never written: {why}")));
-                }
-            }
-        };
-        let ready_url = format!("http://{admin}/ready");
-        let ready = {
-            let c = &mut child;
-            wait_until(
-                READY_TIMEOUT,
-                || c.exited().map(|s| format!("exited with {s}")),
-                || {
-                    let (http, url) = (http.clone(), ready_url.clone());
-                    async move {
-                        let r = http.get(&url).send().await.ok()?;
-                        let ok = r.status().is_success();
-                        let body = r.text().await.ok()?;
-                        (ok && body.trim() == "LIVE").then_some(())
-                    }
-                },
-            )
-            .await
-        };
-        if let Err(why) = ready {
-            return Err(child.failure(&format!("never became ready: {why}")));
-        }
-        let listener = match listener_addr(&http, admin).await {
-            Ok(a) => a,
-            Err(e) => return Err(child.failure(&format!("no listener address: {e:#}"))),
-        };
+        let launch = Launch::new(artifacts.envoy()?);
+        let mut envoy =
+            mcpgw_harness::Envoy::start(launch, &config.bootstrap_text(artifacts)?).await?;
+        let listener = envoy.listener(LISTENER).await?;
         Ok(Self {
-            child,
+            admin: envoy.admin,
+            envoy,
             listener,
-            admin,
-            http,
-            _dir: dir,
         })
     }
 
@@ -299,36 +195,8 @@ impl Envoy {
         artifacts: &Artifacts,
         config: &EnvoyConfig,
     ) -> anyhow::Result<(ExitStatus, String)> {
-        let (mut child, dir) = spawn(artifacts, config)?;
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let admin_path = dir.file("admin.addr");
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.exited() {
-                return Ok((status, child.log()));
-            }
-            if let Some(admin) = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|t| t.trim().parse::<SocketAddr>().ok())
-            {
-                let live = match http.get(format!("http://{admin}/ready")).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        r.text().await.map(|b| b.trim() == "LIVE").unwrap_or(false)
-                    }
-                    _ => false,
-                };
-                if live {
-                    bail!(
-                        "Envoy accepted a config it should reject; log:\n{}",
-                        child.log_tail(40)
-                    );
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(child.failure("neither rejected the config nor became ready"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let launch = Launch::new(artifacts.envoy()?);
+        mcpgw_harness::Envoy::start_rejected(launch, &config.bootstrap_text(artifacts)?).await
     }
 
     /// `envoy --mode validate -c <file>`: the exit status and output.
@@ -336,16 +204,7 @@ impl Envoy {
         artifacts: &Artifacts,
         bootstrap: &Path,
     ) -> anyhow::Result<(ExitStatus, String)> {
-        let out = Command::new(artifacts.envoy()?)
-            .args(["--mode", "validate", "--base-id"])
-            .arg(unique_id().to_string())
-            .arg("-c")
-            .arg(bootstrap)
-            .output()
-            .context("run envoy --mode validate")?;
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        Ok((out.status, text))
+        envoy::Envoy::validate(artifacts.envoy()?, bootstrap)
     }
 
     /// `http://<listener>/mcp`.
@@ -360,73 +219,26 @@ impl Envoy {
 
     /// Admin `/stats/prometheus`.
     pub async fn prometheus(&self) -> anyhow::Result<String> {
-        self.admin_get("/stats/prometheus").await
+        self.envoy.prometheus().await
     }
 
     /// GET an admin path, as text.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
-        let r = self
-            .http
-            .get(format!("http://{}{path}", self.admin))
-            .send()
-            .await
-            .with_context(|| format!("admin {path}"))?;
-        Ok(r.text().await?)
+        self.envoy.admin_get(path).await
     }
 
     /// Envoy's log so far.
     pub fn log(&self) -> String {
-        self.child.log()
+        self.envoy.log()
     }
 
     /// `Some(status)` if Envoy has exited (it must not: a crashed filter VM may take it down).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.exited()
+        self.envoy.exited()
     }
 
     /// Envoy's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.envoy.pid()
     }
-}
-
-fn spawn(artifacts: &Artifacts, config: &EnvoyConfig) -> anyhow::Result<(ChildGuard, Workdir)> {
-    let envoy = artifacts.envoy()?;
-    let wasm: PathBuf = if config.filter_config.is_some() {
-        artifacts.wasm()?.to_owned()
-    } else {
-        artifacts.wasm.clone()
-    };
-    let dir = Workdir::new("envoy")?;
-    let bootstrap = dir.file("bootstrap.json");
-    std::fs::write(
-        &bootstrap,
-        serde_json::to_vec_pretty(&config.bootstrap(&wasm)?)?,
-    )?;
-    let mut cmd = Command::new(envoy);
-    cmd.arg("-c")
-        .arg(&bootstrap)
-        .args(["--concurrency", "1", "--log-level", "info", "--base-id"])
-        .arg(unique_id().to_string())
-        .arg("--admin-address-path")
-        .arg(dir.file("admin.addr"));
-    let child = ChildGuard::spawn("envoy", cmd, &dir.file("envoy.log"))?;
-    Ok((child, dir))
-}
-
-async fn listener_addr(http: &reqwest::Client, admin: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let v: Value = http
-        .get(format!("http://{admin}/listeners?format=json"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
-    let ip = sa["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no address in {v}"))?;
-    let port = sa["port_value"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("no port in {v}"))?;
-    Ok(SocketAddr::new(ip.parse()?, u16::try_from(port)?))
 }

@@ -10,6 +10,8 @@ mod cases {
     pub mod clients;
     mod config;
     mod edge;
+    mod era_bad_input;
+    mod guard;
     mod hardening;
     mod hostile;
     mod matrix;

@@ -29,6 +29,8 @@ use mcpgw::store::{Discovered, DiscoveredItem, NewServer};
 use mcpgw_bench::envoy::Envoy;
 use mcpgw_bench::machine;
 use mcpgw_bench_registry::env_or;
+use mcpgw_harness::Artifacts;
+use mcpgw_harness::bootstrap::{COMMITTED_NODE, committed_ads};
 use tokio_stream::StreamExt as _;
 
 const SECTION_BEGIN: &str = "<!-- mcpgw-bench:relay:begin -->";
@@ -152,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                 capabilities: Some(serde_json::json!({"tools": {}})),
                 server_info: Some(serde_json::json!({"name": "bench-upstream", "version": "1"})),
                 protocol_version: Some(PROTOCOL.into()),
+                protocol_versions: vec![PROTOCOL.into()],
                 skipped: vec![],
             }),
             "__",
@@ -176,16 +179,13 @@ async fn main() -> anyhow::Result<()> {
             tools,
             resources: vec![],
             prompts: vec![],
+            naming: Default::default(),
+            allowed_origins: Default::default(),
         })
         .await?;
 
-    let bootstrap = std::fs::read_to_string(root.join("envoy/ads-bootstrap.yaml"))?
-        .replace(
-            "port_value: 18000 }",
-            &format!("port_value: {} }}", xds.port()),
-        )
-        .replace("port_value: 9901 }", "port_value: 0 }");
-    let envoy = Envoy::start(&knobs.envoy, "relay", &bootstrap, None, 0)?;
+    let bootstrap = committed_ads(&Artifacts::from_env(), xds, COMMITTED_NODE, "GRPC")?;
+    let envoy = Envoy::start(&knobs.envoy, "relay", &bootstrap, None, 0).await?;
     let base = format!("http://{}/servers/{}", envoy.listener(), server.id);
     let body = mcpgw_bench::load::tools_call_body(&format!(
         "bench__{}",

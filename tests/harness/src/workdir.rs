@@ -1,4 +1,5 @@
-//! A scratch directory per peer, removed on drop.
+//! A scratch directory per peer (its bootstrap, its log), removed on drop unless
+//! `MCPGW_E2E_KEEP` is set.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +13,7 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// Creates `<tmp>/mcpgw-e2e-<pid>-<n>-<label>`.
+    /// Creates `<tmp>/mcpgw-e2e-<pid>-<n>-<label>` (the name `tests/README.md` documents).
     pub fn new(label: &str) -> std::io::Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path =

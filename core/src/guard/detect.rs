@@ -1,0 +1,363 @@
+//! Detectors: hand-written scanners that find sensitive values in text (no regex engine),
+//! and the masks that replace what they find.
+//!
+//! Each detector reports byte spans of a `&str`. Every pattern is ASCII, so a span always
+//! starts and ends on a character boundary, and a mask (ASCII) keeps the text valid UTF-8.
+//! [`scan`] runs a set of detectors and keeps non-overlapping spans: where two overlap, the
+//! one that starts first wins, then the longer, then the detector listed first in
+//! [`Detector::ALL`] (secrets before personal data).
+//!
+//! Each scanner documents the rule it uses against false positives; the rules are
+//! summarised in docs/filter.md ("Guardrail plugins").
+
+mod financial;
+mod network;
+mod personal;
+mod secret;
+
+use serde::{Deserialize, Serialize};
+
+/// A kind of sensitive value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// A PEM private key block (`-----BEGIN … PRIVATE KEY-----` to its `END` line).
+    PrivateKey,
+    /// A JSON Web Token (`eyJ….eyJ….sig`, the header decoding to JSON with `alg`).
+    Jwt,
+    /// An AWS access key id (`AKIA…`, `ASIA…`), or a secret access key labelled as one.
+    AwsAccessKey,
+    /// An API key: a known prefix (`sk-`, `ghp_`, `xoxb-`, …) followed by a high-entropy
+    /// token, or a high-entropy value assigned to a key-like name (`api_key=…`).
+    ApiKey,
+    /// A payment card number that passes the Luhn check and has a card network's prefix.
+    CreditCard,
+    /// An IBAN of a known country's length that passes the mod-97 check.
+    Iban,
+    /// A US Social Security number written `123-45-6789` (or with spaces).
+    Ssn,
+    /// An email address.
+    Email,
+    /// A phone number in international (`+…`) or a common national format.
+    Phone,
+    /// An IPv4 or IPv6 address.
+    IpAddress,
+}
+
+impl Detector {
+    /// Every detector, in the order overlaps are resolved.
+    pub const ALL: [Detector; 10] = [
+        Detector::PrivateKey,
+        Detector::Jwt,
+        Detector::AwsAccessKey,
+        Detector::ApiKey,
+        Detector::CreditCard,
+        Detector::Iban,
+        Detector::Ssn,
+        Detector::Email,
+        Detector::Phone,
+        Detector::IpAddress,
+    ];
+
+    /// Its name in configurations, masks and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::PrivateKey => "private_key",
+            Detector::Jwt => "jwt",
+            Detector::AwsAccessKey => "aws_access_key",
+            Detector::ApiKey => "api_key",
+            Detector::CreditCard => "credit_card",
+            Detector::Iban => "iban",
+            Detector::Ssn => "ssn",
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::IpAddress => "ip_address",
+        }
+    }
+
+    /// Whether it finds credentials (never partially revealed by a mask).
+    pub fn is_secret(self) -> bool {
+        matches!(
+            self,
+            Detector::PrivateKey | Detector::Jwt | Detector::AwsAccessKey | Detector::ApiKey
+        )
+    }
+
+    fn bit(self) -> u16 {
+        let i = Detector::ALL.iter().position(|d| *d == self).unwrap_or(0);
+        1 << i
+    }
+
+    fn rank(self) -> usize {
+        Detector::ALL.iter().position(|d| *d == self).unwrap_or(0)
+    }
+
+    /// Appends what this detector finds in `text`.
+    fn find(self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        let mut spans = Vec::new();
+        match self {
+            Detector::PrivateKey => secret::private_keys(text, &mut spans),
+            Detector::Jwt => secret::jwts(b, &mut spans),
+            Detector::AwsAccessKey => secret::aws_keys(text, &mut spans),
+            Detector::ApiKey => secret::api_keys(text, &mut spans),
+            Detector::CreditCard => financial::cards(b, &mut spans),
+            Detector::Iban => financial::ibans(b, &mut spans),
+            Detector::Ssn => personal::ssns(b, &mut spans),
+            Detector::Email => personal::emails(b, &mut spans),
+            Detector::Phone => personal::phones(b, &mut spans),
+            Detector::IpAddress => network::ips(text, &mut spans),
+        }
+        out.extend(spans.into_iter().map(|(start, end)| Found {
+            start,
+            end,
+            detector: self,
+        }));
+    }
+}
+
+/// A set of detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DetectorSet(u16);
+
+impl DetectorSet {
+    /// The set of `detectors`.
+    pub fn of(detectors: &[Detector]) -> DetectorSet {
+        DetectorSet(detectors.iter().fold(0, |bits, d| bits | d.bit()))
+    }
+
+    /// Whether `d` is in the set.
+    pub fn contains(self, d: Detector) -> bool {
+        self.0 & d.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The detectors in the set, in [`Detector::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Detector> {
+        Detector::ALL.into_iter().filter(move |d| self.contains(*d))
+    }
+}
+
+/// One finding: `text[start..end]` is a value of kind `detector`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Byte offset of the first byte.
+    pub start: usize,
+    /// Byte offset past the last byte.
+    pub end: usize,
+    /// What it is.
+    pub detector: Detector,
+}
+
+/// What a mask leaves of a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Masking {
+    /// The whole value becomes `[REDACTED:{detector}]`.
+    #[default]
+    Label,
+    /// Enough is kept to recognise the value (the last 4 digits of a card, phone, SSN or
+    /// IBAN, an email's first letter and domain, an IPv4 address's first octet); credentials
+    /// are always replaced by their label.
+    Partial,
+}
+
+/// What `set` finds in `text`, in order and without overlaps.
+pub fn scan(text: &str, set: DetectorSet) -> Vec<Found> {
+    let mut all = Vec::new();
+    for d in set.iter() {
+        d.find(text, &mut all);
+    }
+    if all.len() > 1 {
+        all.sort_by_key(|f| (f.start, usize::MAX - (f.end - f.start), f.detector.rank()));
+        let mut end = 0;
+        all.retain(|f| {
+            let keep = f.start >= end;
+            if keep {
+                end = f.end;
+            }
+            keep
+        });
+    }
+    all
+}
+
+/// `text` with every span of `found` (from [`scan`]) masked.
+pub fn mask(text: &str, found: &[Found], masking: Masking) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in found {
+        let (Some(before), Some(value)) = (text.get(at..f.start), text.get(f.start..f.end)) else {
+            continue;
+        };
+        out.push_str(before);
+        match masking {
+            Masking::Partial if !f.detector.is_secret() => {
+                out.push_str(&partial(value, f.detector));
+            }
+            _ => {
+                out.push_str("[REDACTED:");
+                out.push_str(f.detector.name());
+                out.push(']');
+            }
+        }
+        at = f.end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    out
+}
+
+/// `value` (of kind `d`) partially masked.
+fn partial(value: &str, d: Detector) -> String {
+    match d {
+        Detector::Email => {
+            let (local, domain) = value.split_once('@').unwrap_or((value, ""));
+            let first = local.chars().next().unwrap_or('*');
+            format!("{first}***@{domain}")
+        }
+        Detector::IpAddress if !value.contains(':') => {
+            let first = value.split('.').next().unwrap_or_default();
+            format!("{first}.*.*.*")
+        }
+        Detector::Iban => keep_ends(value, 2, 4, |c| c.is_ascii_alphanumeric()),
+        Detector::CreditCard | Detector::Phone | Detector::Ssn => {
+            keep_ends(value, 0, 4, |c| c.is_ascii_digit())
+        }
+        _ => format!("[REDACTED:{}]", d.name()),
+    }
+}
+
+/// `value` with every character `counts` replaced by `*`, except the first `head` and the
+/// last `tail` of them; other characters (separators) are kept.
+fn keep_ends(value: &str, head: usize, tail: usize, counts: impl Fn(char) -> bool) -> String {
+    let total = value.chars().filter(|c| counts(*c)).count();
+    let mut seen = 0;
+    value
+        .chars()
+        .map(|c| {
+            if !counts(c) {
+                return c;
+            }
+            seen += 1;
+            if seen <= head || seen > total.saturating_sub(tail) {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+/// The byte at `i`, or 0 past either end (0 is never part of a pattern).
+fn at(b: &[u8], i: usize) -> u8 {
+    b.get(i).copied().unwrap_or(0)
+}
+
+/// The byte before `i`, or 0 at the start.
+fn before(b: &[u8], i: usize) -> u8 {
+    i.checked_sub(1).map_or(0, |j| at(b, j))
+}
+
+/// Whether `c` continues a word (so a value next to it is part of something longer).
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// Shannon entropy of `s`, bits per byte.
+fn entropy(s: &[u8]) -> f64 {
+    if s.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &c in s {
+        if let Some(n) = counts.get_mut(usize::from(c)) {
+            *n += 1;
+        }
+    }
+    let len = s.len() as f64;
+    counts
+        .iter()
+        .filter(|n| **n > 0)
+        .map(|&n| {
+            let p = f64::from(n) / len;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn found(text: &str, d: Detector) -> Vec<&str> {
+        scan(text, DetectorSet::of(&[d]))
+            .iter()
+            .map(|f| &text[f.start..f.end])
+            .collect()
+    }
+
+    #[test]
+    fn overlaps_keep_the_first_and_longest() {
+        // The email contains nothing else; an IPv6 address contains an IPv4 one.
+        let text = "mail bob@example.com from ::ffff:192.0.2.1 now";
+        let all = scan(text, DetectorSet::of(&Detector::ALL));
+        let names: Vec<(&str, &str)> = all
+            .iter()
+            .map(|f| (f.detector.name(), &text[f.start..f.end]))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("email", "bob@example.com"),
+                ("ip_address", "::ffff:192.0.2.1")
+            ]
+        );
+    }
+
+    #[test]
+    fn masks_label_or_keep_enough_to_recognise() {
+        let text = "card 4111 1111 1111 1111, mail jane.doe@example.org, key AKIAIOSFODNN7EXAMPLE, ssn 123-45-6789, ip 10.1.2.3, iban DE89 3704 0044 0532 0130 00, tel +1 415-555-2671";
+        let set = DetectorSet::of(&Detector::ALL);
+        let found = scan(text, set);
+        assert_eq!(
+            mask(text, &found, Masking::Label),
+            "card [REDACTED:credit_card], mail [REDACTED:email], key [REDACTED:aws_access_key], ssn [REDACTED:ssn], ip [REDACTED:ip_address], iban [REDACTED:iban], tel [REDACTED:phone]"
+        );
+        assert_eq!(
+            mask(text, &found, Masking::Partial),
+            "card **** **** **** 1111, mail j***@example.org, key [REDACTED:aws_access_key], ssn ***-**-6789, ip 10.*.*.*, iban DE** **** **** **** **30 00, tel +* ***-***-2671"
+        );
+        assert_eq!(mask("nothing here", &[], Masking::Label), "nothing here");
+    }
+
+    #[test]
+    fn unicode_around_findings_survives() {
+        let text = "café → bob@example.com ✓ naïve";
+        let found = scan(text, DetectorSet::of(&[Detector::Email]));
+        assert_eq!(
+            mask(text, &found, Masking::Label),
+            "café → [REDACTED:email] ✓ naïve"
+        );
+    }
+
+    #[test]
+    fn sets_and_names() {
+        let s = DetectorSet::of(&[Detector::Email, Detector::Jwt]);
+        assert!(s.contains(Detector::Email) && !s.contains(Detector::Phone));
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            [Detector::Jwt, Detector::Email]
+        );
+        assert!(DetectorSet::default().is_empty());
+        for d in Detector::ALL {
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{}\"", d.name()));
+            assert_eq!(serde_json::from_str::<Detector>(&json).unwrap(), d);
+        }
+        assert!(entropy(b"aaaa") < 0.01 && entropy(b"abcd") > 1.99);
+    }
+}
