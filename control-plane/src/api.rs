@@ -6,10 +6,12 @@
 //! (handlers, OpenAPI fragment and routes); the REST types and their conversions to the
 //! domain live in [`types`].
 
+pub mod access;
 mod catalog;
 pub mod cross_site;
 pub mod face;
 mod gateways;
+pub mod identity;
 pub mod problem;
 mod servers;
 mod system;
@@ -55,12 +57,16 @@ pub struct AppState {
     pub secrets: SecretBox,
     /// What Envoys are served (snapshot, xDS node status).
     pub edge: Edge,
+    /// Authentication (keys, passwords, tokens).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers.\n\nEvery POST, PUT and DELETE must carry `Content-Type: application/json` with a JSON body, or the header `X-Mcpgw-Request: 1` (body-less calls); requests a browser marks as cross-site (`Sec-Fetch-Site`, or a foreign `Origin`) are refused with 403 `cross-site-request`."),
+    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers; users, teams and API tokens.\n\nEvery endpoint except `/health`, `/ready`, `/version`, `/auth/login` and `/.well-known/jwks.json` (and `/metrics` when the control plane runs with `--metrics-open`) needs `Authorization: Bearer <token>`: a session token from `POST /auth/login`, or an API token from `POST /tokens`. Without one the answer is 401 `unauthenticated`; with a bad, expired or revoked one 401 `invalid-token`; without the permission the route needs, 403 `forbidden`; an item, team or token the caller may not see is 404, as if it did not exist.\n\nEvery POST, PUT and DELETE must carry `Content-Type: application/json` with a JSON body, or the header `X-Mcpgw-Request: 1` (body-less calls); requests a browser marks as cross-site (`Sec-Fetch-Site`, or a foreign `Origin`) are refused with 403 `cross-site-request`."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     paths(
         system::health, system::ready, system::version, system::metrics, system::registry,
         gateways::refresh,
@@ -69,6 +75,10 @@ pub struct AppState {
     ),
     components(schemas(Problem, problem::FieldError)),
     tags(
+        (name = "auth", description = "Login, sessions, password, signing keys"),
+        (name = "tokens", description = "API tokens for machines: named, scoped, expiring, revocable"),
+        (name = "teams", description = "Teams, members and invitations"),
+        (name = "users", description = "Users and their global roles (platform admins)"),
         (name = "system", description = "Health, readiness, version, metrics"),
         (name = "gateways", description = "Upstream MCP servers and peer gateways"),
         (name = "tools", description = "Tools (discovered and defined by hand)"),
@@ -81,6 +91,27 @@ pub struct AppState {
 )]
 pub struct ApiDoc;
 
+/// Adds the bearer security scheme every authenticated endpoint names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A session token (JWT) from POST /auth/login, or an API token (mcpgw_…) from POST /tokens.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
 /// The registry kinds' handlers, OpenAPI fragments and routes, in one list: adding a kind
 /// is one line here (and its `registry_face!` invocation).
 macro_rules! kinds {
@@ -88,6 +119,7 @@ macro_rules! kinds {
         /// The whole OpenAPI document: the fixed endpoints and every kind's fragment.
         pub fn openapi() -> utoipa::openapi::OpenApi {
             let mut doc = ApiDoc::openapi();
+            doc.merge(identity::Doc::openapi());
             $(doc.merge($($face)::+::openapi());)*
             doc
         }
@@ -136,6 +168,7 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
+    let access = state.clone();
     Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
@@ -152,6 +185,12 @@ pub fn router(state: AppState) -> Router {
             "/import",
             post(transfer::import).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
         )
+        .merge(identity::routes())
+        // Innermost: after routing (the rule is looked up by the matched route).
+        .route_layer(axum::middleware::from_fn_with_state(
+            access,
+            access::enforce,
+        ))
         .route_layer(axum::middleware::from_fn(cross_site::refuse_cross_site))
         // After routing, so the metrics see the matched route template.
         .route_layer(axum::middleware::from_fn_with_state(metrics, track))

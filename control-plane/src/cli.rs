@@ -61,6 +61,28 @@ pub enum Command {
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,
     },
+    /// Sign in to the admin API (email and password, or an API token) and keep the token
+    /// in the user's config directory (0600) for the other commands.
+    Login(LoginArgs),
+    /// Forget the stored token (and end the session on the server).
+    Logout {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage your API tokens.
+    Tokens {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Administer users directly in the database (no API; for the first admin and recovery).
+    Admin {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Import an mcpgw or ContextForge export file.
     Import {
         #[command(flatten)]
@@ -93,6 +115,90 @@ pub struct ApiArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
     pub output: Output,
+}
+
+/// `mcpgw login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Email to sign in with; the password comes from `--password-file`, MCPGW_PASSWORD,
+    /// or standard input when it is not a terminal.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// File holding the password (one line; readable by its owner only).
+    #[arg(long, value_name = "PATH", requires = "email")]
+    pub password_file: Option<PathBuf>,
+    /// Store an API token instead (file with one line; readable by its owner only).
+    #[arg(long, value_name = "PATH", conflicts_with = "email")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// Where the registry database is (for `mcpgw admin`).
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Data directory of the default SQLite database [default: ./mcpgw-data].
+    #[arg(long, env = "MCPGW_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `sqlite:…` or `postgres://…` [default: SQLite in the data directory].
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+/// `mcpgw admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Create a platform admin (the password from `--password-file` or MCPGW_ADMIN_PASSWORD).
+    Create {
+        /// Email.
+        #[arg(long)]
+        email: String,
+        /// File holding the password (one line; readable by its owner only).
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+    },
+    /// Set a user's password and lift its login lockout (recovery).
+    SetPassword {
+        /// Email.
+        #[arg(long)]
+        email: String,
+        /// File holding the password (one line; readable by its owner only).
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+    },
+}
+
+/// `mcpgw tokens …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create an API token; its secret is printed once.
+    Create {
+        /// Name (unique among your tokens).
+        #[arg(long)]
+        name: String,
+        /// Permission, `area.*` or `*` (repeatable); none: the token may do nothing.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Team id or `*` (repeatable); none: no team's items.
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// Virtual server id or `*` (repeatable); none: no virtual server.
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        /// Client address or CIDR range the token is limited to (repeatable; none: any).
+        #[arg(long = "ip-range")]
+        ip_ranges: Vec<String>,
+        /// Days until it expires (1-3650) [default: 90].
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List your API tokens.
+    List,
+    /// Revoke an API token by id.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
 }
 
 /// Output formats.
@@ -402,20 +508,32 @@ struct Client {
 }
 
 impl Client {
+    /// A client that sends the caller's credential ([`credential`]).
     fn new(api: &ApiArgs) -> anyhow::Result<Self> {
+        let base = api.api_url.trim_end_matches('/').to_owned();
+        let token = credential(&base, &|n| std::env::var(n).ok())?;
+        Self::with_token(&base, token.as_deref())
+    }
+
+    fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
+        // Every call says it comes from a program (`api::cross_site`).
+        let mut headers = reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::HeaderName::from_static(crate::api::cross_site::REQUEST_HEADER),
+            reqwest::header::HeaderValue::from_static("1"),
+        )]);
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the stored token is not a valid header value")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         Ok(Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(120))
-                // Every call says it comes from a program (`api::cross_site`).
-                .default_headers(reqwest::header::HeaderMap::from_iter([(
-                    reqwest::header::HeaderName::from_static(
-                        crate::api::cross_site::REQUEST_HEADER,
-                    ),
-                    reqwest::header::HeaderValue::from_static("1"),
-                )]))
+                .default_headers(headers)
                 .build()?,
-            base: api.api_url.trim_end_matches('/').to_owned(),
+            base: base.to_owned(),
         })
     }
 
@@ -618,10 +736,340 @@ fn sync_summary(v: &Value) -> Value {
     g
 }
 
+/// Where `mcpgw login` keeps tokens: `$MCPGW_CONFIG_DIR`, else `$XDG_CONFIG_HOME/mcpgw`, else
+/// `$HOME/.config/mcpgw`.
+pub fn config_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = env("MCPGW_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = env("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("mcpgw"));
+    }
+    match env("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".config").join("mcpgw")),
+        None => bail!("no config directory: set MCPGW_CONFIG_DIR, XDG_CONFIG_HOME or HOME"),
+    }
+}
+
+/// The file of stored tokens, one per API URL.
+fn credentials_file(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+    Ok(config_dir(env)?.join("credentials.json"))
+}
+
+fn read_credentials(path: &std::path::Path) -> anyhow::Result<serde_json::Map<String, Value>> {
+    if !path.exists() {
+        return Ok(serde_json::Map::new());
+    }
+    let text = read_secret_file_any(path)?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => bail!(
+            "{} is not a JSON object; remove it and log in again",
+            path.display()
+        ),
+    }
+}
+
+/// Like [`read_secret_file`], for a multi-line file.
+fn read_secret_file_any(path: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is accessible by group or others (mode {mode:03o}): chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        bail!(
+            "{} is larger than {MAX_SECRET_FILE_BYTES} bytes",
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn store_credential(
+    env: &dyn Fn(&str) -> Option<String>,
+    api: &str,
+    entry: Option<Value>,
+) -> anyhow::Result<PathBuf> {
+    let path = credentials_file(env)?;
+    if let Some(dir) = path.parent() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut all = read_credentials(&path)?;
+    match entry {
+        Some(e) => {
+            all.insert(api.to_owned(), e);
+        }
+        None => {
+            all.remove(api);
+        }
+    }
+    crate::auth::write_private(
+        &path,
+        &(serde_json::to_string_pretty(&Value::Object(all))? + "\n"),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The credential of a command: `MCPGW_TOKEN`, else `MCPGW_TOKEN_FILE`, else what
+/// `mcpgw login` stored for this API URL; none: the request goes without one (and the API
+/// answers 401 except on its open endpoints).
+pub fn credential(
+    api: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(t) = env("MCPGW_TOKEN").filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    if let Some(f) = env("MCPGW_TOKEN_FILE").filter(|t| !t.is_empty()) {
+        return read_secret_file(std::path::Path::new(&f)).map(Some);
+    }
+    let path = credentials_file(env)?;
+    let all = read_credentials(&path)?;
+    Ok(all
+        .get(api)
+        .and_then(|e| e["token"].as_str())
+        .map(str::to_owned))
+}
+
+/// A password from a file, an environment variable, or standard input (never a terminal:
+/// it would echo).
+fn password_from(
+    file: Option<PathBuf>,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        return read_secret_file(&f);
+    }
+    if let Some(p) = env(var).filter(|p| !p.is_empty()) {
+        return Ok(p);
+    }
+    use std::io::{BufRead as _, IsTerminal as _};
+    if std::io::stdin().is_terminal() {
+        bail!(
+            "no password: give --password-file, set {var}, or pipe it on standard input              (it is not read from a terminal, where it would show)"
+        );
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(p)
+}
+
+async fn login(a: LoginArgs) -> anyhow::Result<()> {
+    let env = |n: &str| std::env::var(n).ok();
+    let base = a.api.api_url.trim_end_matches('/').to_owned();
+    let (token, expires_in) = match (a.email, a.api_token_file) {
+        (Some(email), _) => {
+            let password = password_from(a.password_file, "MCPGW_PASSWORD", &env)?;
+            let c = Client::with_token(&base, None)?;
+            let v = c
+                .post(
+                    "/auth/login",
+                    &json!({"email": email, "password": password}),
+                )
+                .await?;
+            let t = v["access_token"]
+                .as_str()
+                .context("the API answered without a token")?
+                .to_owned();
+            (t, v["expires_in"].as_i64())
+        }
+        (None, Some(f)) => (read_secret_file(&f)?, None),
+        (None, None) => bail!("give --email (with a password) or --api-token-file"),
+    };
+    let me = Client::with_token(&base, Some(&token))?
+        .get("/auth/me")
+        .await
+        .context("the token does not work")?;
+    let email = me["user"]["email"].as_str().unwrap_or("?").to_owned();
+    let expires_at = expires_in.map(|s| {
+        (chrono::Utc::now() + chrono::Duration::seconds(s))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    });
+    let path = store_credential(
+        &env,
+        &base,
+        Some(json!({"token": token, "email": email, "expires_at": expires_at})),
+    )?;
+    match expires_at {
+        Some(e) => println!(
+            "logged in to {base} as {email} until {e} (token in {})",
+            path.display()
+        ),
+        None => println!(
+            "logged in to {base} as {email} with an API token (in {})",
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+async fn admin(db: DbArgs, cmd: AdminCmd) -> anyhow::Result<()> {
+    let env = |n: &str| std::env::var(n).ok();
+    let url = match db.database_url {
+        Some(u) => u,
+        None => {
+            let dir = db.data_dir.unwrap_or_else(|| PathBuf::from("mcpgw-data"));
+            crate::store::prepare_data_dir(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("mcpgw.db");
+            format!(
+                "sqlite://{}?mode=rwc",
+                path.to_str().context("the data directory must be UTF-8")?
+            )
+        }
+    };
+    let store = crate::store::Store::connect(&url)
+        .await
+        .context("opening the registry database")?;
+    let hasher = crate::auth::password::Hasher::new(Default::default());
+    let result = async {
+        match cmd {
+            AdminCmd::Create {
+                email,
+                password_file,
+            } => {
+                let email = crate::auth::normalize_email(&email)
+                    .map_err(|e| anyhow::anyhow!("{}", e.reason))?;
+                let pw = password_from(password_file, "MCPGW_ADMIN_PASSWORD", &env)?;
+                let hash = hasher
+                    .hash(&pw)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("password: {e}"))?;
+                let u = store
+                    .create_user(
+                        &email,
+                        None,
+                        Some(&hash),
+                        &[crate::auth::rbac::Role::PlatformAdmin],
+                    )
+                    .await?;
+                println!("created platform admin {} ({})", u.email, u.id);
+                Ok(())
+            }
+            AdminCmd::SetPassword {
+                email,
+                password_file,
+            } => {
+                let email = crate::auth::normalize_email(&email)
+                    .map_err(|e| anyhow::anyhow!("{}", e.reason))?;
+                let u = store
+                    .find_user_login(&email)
+                    .await?
+                    .with_context(|| format!("no user {email}"))?;
+                let pw = password_from(password_file, "MCPGW_ADMIN_PASSWORD", &env)?;
+                let hash = hasher
+                    .hash(&pw)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("password: {e}"))?;
+                store.set_password_hash(&u.user.id, &hash).await?;
+                store.clear_login_failures(&email).await?;
+                println!("password of {email} set; login lockout lifted");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+const TOKEN_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("EXPIRES", "expires_at"),
+    ("REVOKED", "revoked_at"),
+    ("LAST USED", "last_used_at"),
+];
+
 /// Runs an operator verb.
 pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(_) | Command::Openapi => bail!("not a client command"),
+        Command::Login(a) => login(a).await,
+        Command::Logout { api } => {
+            let env = |n: &str| std::env::var(n).ok();
+            let base = api.api_url.trim_end_matches('/').to_owned();
+            if let Some(t) = credential(&base, &env)?
+                && !crate::auth::token::is_api_token(&t)
+            {
+                // Best effort: an expired session is already over.
+                let _ = Client::with_token(&base, Some(&t))?
+                    .post("/auth/logout", &json!({}))
+                    .await;
+            }
+            store_credential(&env, &base, None)?;
+            println!("logged out of {base}");
+            Ok(())
+        }
+        Command::Admin { db, cmd } => admin(db, cmd).await,
+        Command::Tokens { api, cmd } => {
+            let c = Client::new(&api)?;
+            match cmd {
+                TokenCmd::Create {
+                    name,
+                    permissions,
+                    teams,
+                    servers,
+                    ip_ranges,
+                    expires_in_days,
+                } => {
+                    let v = c
+                        .post(
+                            "/tokens",
+                            &json!({
+                                "name": name, "expires_in_days": expires_in_days,
+                                "scopes": {"permissions": permissions, "teams": teams,
+                                           "servers": servers, "ip_ranges": ip_ranges},
+                            }),
+                        )
+                        .await?;
+                    match api.output {
+                        Output::Table => {
+                            println!("{}", v["token"].as_str().unwrap_or(""));
+                            eprintln!(
+                                "token {} created; the secret above is not shown again",
+                                v["id"].as_str().unwrap_or("?")
+                            );
+                            Ok(())
+                        }
+                        o => print(o, &v, TOKEN_COLS),
+                    }
+                }
+                TokenCmd::List => {
+                    let v = c.get("/tokens").await?;
+                    print(api.output, &v["items"], TOKEN_COLS)
+                }
+                TokenCmd::Revoke { id } => {
+                    let v = c.delete(&format!("/tokens/{id}")).await?;
+                    print(api.output, &v, TOKEN_COLS)
+                }
+            }
+        }
         Command::Gateways { api, cmd } => {
             let c = Client::new(&api)?;
             let mut cols = GATEWAY_COLS.to_vec();

@@ -155,6 +155,52 @@ pub struct ServeArgs {
     /// Private key on the Envoys' hosts of `envoy_tls_cert`.
     #[arg(long, env = "MCPGW_ENVOY_TLS_KEY")]
     pub envoy_tls_key: Option<String>,
+    /// Serve `/metrics` without a credential (by default it needs `admin.metrics`).
+    #[arg(long, env = "MCPGW_METRICS_OPEN")]
+    pub metrics_open: bool,
+    /// Algorithm of the session tokens the control plane signs: es256, rs256 (with
+    /// `jwt_rsa_key_file`) or hs256 [default: es256].
+    #[arg(long, env = "MCPGW_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+    /// PKCS#8 PEM file of the RSA private key for rs256; replacing the file rotates the key.
+    #[arg(long, env = "MCPGW_JWT_RSA_KEY_FILE")]
+    pub jwt_rsa_key_file: Option<PathBuf>,
+    /// `iss` of session tokens [default: mcpgw].
+    #[arg(long, env = "MCPGW_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Lifetime of a session token in seconds [default: 28800].
+    #[arg(long, env = "MCPGW_SESSION_TTL")]
+    pub session_ttl: Option<u64>,
+    /// Seconds a rotated-out signing key still verifies; at least `session_ttl`
+    /// [default: 86400].
+    #[arg(long, env = "MCPGW_JWT_KEY_GRACE")]
+    pub jwt_key_grace: Option<u64>,
+    /// Failed logins in a row before an email is locked out [default: 5].
+    #[arg(long, env = "MCPGW_LOGIN_MAX_FAILURES")]
+    pub login_max_failures: Option<u32>,
+    /// Seconds a lockout lasts [default: 900].
+    #[arg(long, env = "MCPGW_LOGIN_LOCKOUT")]
+    pub login_lockout: Option<u64>,
+    /// What an empty scope list of an API token means: deny (nothing) or inherit (all its
+    /// user has) [default: deny].
+    #[arg(long, env = "MCPGW_TOKEN_EMPTY_SCOPES")]
+    pub token_empty_scopes: Option<String>,
+    /// Email of the platform admin created at start if missing (with
+    /// `admin_password_file` or MCPGW_ADMIN_PASSWORD); an existing user is left as it is.
+    #[arg(long, env = "MCPGW_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// File holding that admin's password (one line; readable by its owner only).
+    #[arg(long, env = "MCPGW_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// The admin's password from MCPGW_ADMIN_PASSWORD (read by `main`, never a flag: a
+    /// flag shows in the process list).
+    #[arg(skip)]
+    pub admin_password: Option<String>,
+    /// `--dev` only: where to write the platform-admin API token minted at start (0600)
+    /// [default: admin.token in the data directory, or ./mcpgw-admin.token with a
+    /// database URL].
+    #[arg(long, env = "MCPGW_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The optional TOML file: same keys as the long flags.
@@ -195,6 +241,18 @@ pub struct FileConfig {
     envoy_tls_ca: Option<String>,
     envoy_tls_cert: Option<String>,
     envoy_tls_key: Option<String>,
+    metrics_open: Option<bool>,
+    jwt_algorithm: Option<String>,
+    jwt_rsa_key_file: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    session_ttl: Option<u64>,
+    jwt_key_grace: Option<u64>,
+    login_max_failures: Option<u32>,
+    login_lockout: Option<u64>,
+    token_empty_scopes: Option<String>,
+    admin_email: Option<String>,
+    admin_password_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
 }
 
 /// A configuration error naming the offending setting.
@@ -357,6 +415,8 @@ pub struct Settings {
     /// Header-read and request-body timeouts of the admin API (defaults:
     /// `crate::serving::DEFAULT_*`; not flags).
     pub api_timeouts: crate::serving::Timeouts,
+    /// Authentication and authorization of the admin API.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Settings {
@@ -380,6 +440,11 @@ impl Settings {
             insecure_xds: false,
             relay_limits: crate::relay::Limits::default(),
             api_timeouts: crate::serving::Timeouts::default(),
+            // Dev mode: an admin API token is minted at start (`ControlPlane::dev_token`).
+            auth: crate::auth::AuthSettings {
+                dev_token: Some(None),
+                ..Default::default()
+            },
         }
     }
 }
@@ -537,6 +602,19 @@ impl ServeArgs {
                 })?
             }
             None => FileConfig::default(),
+        };
+        let auth = {
+            let dev = self.dev || file.dev.unwrap_or(false);
+            let data_dir = match (&self.database_url, &file.database_url) {
+                (None, None) => Some(
+                    self.data_dir
+                        .clone()
+                        .or(file.data_dir.clone())
+                        .unwrap_or_else(|| PathBuf::from("mcpgw-data")),
+                ),
+                _ => None,
+            };
+            self.resolve_auth(&file, dev, data_dir.as_deref())?
         };
         let listen_raw = self
             .listen
@@ -888,6 +966,189 @@ impl ServeArgs {
             insecure_xds,
             relay_limits: crate::relay::Limits::default(),
             api_timeouts: crate::serving::Timeouts::default(),
+            auth,
+        })
+    }
+
+    /// The authentication settings (part of [`ServeArgs::resolve`]).
+    fn resolve_auth(
+        &self,
+        file: &FileConfig,
+        dev: bool,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<crate::auth::AuthSettings, ConfigError> {
+        use crate::auth::jwt::Algorithm;
+        use crate::auth::token::EmptyScopes;
+        let defaults = crate::auth::AuthSettings::default();
+        let algorithm = match self.jwt_algorithm.clone().or(file.jwt_algorithm.clone()) {
+            None => Algorithm::Es256,
+            Some(a) => Algorithm::parse(&a.to_ascii_uppercase())
+                .ok_or_else(|| invalid("jwt_algorithm", "must be es256, rs256 or hs256"))?,
+        };
+        let rsa_key_file = self
+            .jwt_rsa_key_file
+            .clone()
+            .or(file.jwt_rsa_key_file.clone());
+        match (&rsa_key_file, algorithm) {
+            (None, Algorithm::Rs256) => {
+                return Err(invalid(
+                    "jwt_rsa_key_file",
+                    "rs256 needs the PKCS#8 PEM file of an RSA key (e.g. `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072`)",
+                ));
+            }
+            (Some(path), Algorithm::Rs256) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("jwt_rsa_key_file", format!("{}: {e}", path.display())))?;
+                let der = crate::auth::jwt::pem_block(&text, "PRIVATE KEY").ok_or_else(|| {
+                    invalid(
+                        "jwt_rsa_key_file",
+                        format!(
+                            "{}: no -----BEGIN PRIVATE KEY----- (PKCS#8) block",
+                            path.display()
+                        ),
+                    )
+                })?;
+                crate::auth::jwt::rsa_signer(&der)
+                    .map_err(|e| invalid("jwt_rsa_key_file", format!("{}: {e}", path.display())))?;
+            }
+            (Some(_), _) => {
+                return Err(invalid(
+                    "jwt_rsa_key_file",
+                    "only used with jwt_algorithm rs256",
+                ));
+            }
+            (None, _) => {}
+        }
+        let issuer = self
+            .jwt_issuer
+            .clone()
+            .or(file.jwt_issuer.clone())
+            .unwrap_or_else(|| defaults.jwt.issuer.clone());
+        if issuer.trim().is_empty() || issuer.len() > 255 {
+            return Err(invalid("jwt_issuer", "must be 1-255 characters"));
+        }
+        let session_ttl = secs(
+            "session_ttl",
+            self.session_ttl.or(file.session_ttl).unwrap_or(28_800),
+            60,
+            30 * 86_400,
+        )?;
+        let key_grace = secs(
+            "jwt_key_grace",
+            self.jwt_key_grace.or(file.jwt_key_grace).unwrap_or(86_400),
+            60,
+            365 * 86_400,
+        )?;
+        if key_grace < session_ttl {
+            return Err(invalid(
+                "jwt_key_grace",
+                "must be at least session_ttl, or sessions signed just before a rotation would end early",
+            ));
+        }
+        let max_login_failures = self
+            .login_max_failures
+            .or(file.login_max_failures)
+            .unwrap_or(5);
+        if !(1..=100).contains(&max_login_failures) {
+            return Err(invalid("login_max_failures", "must be between 1 and 100"));
+        }
+        let lockout = secs(
+            "login_lockout",
+            self.login_lockout.or(file.login_lockout).unwrap_or(900),
+            1,
+            86_400,
+        )?;
+        let empty_scopes = match self
+            .token_empty_scopes
+            .clone()
+            .or(file.token_empty_scopes.clone())
+            .as_deref()
+        {
+            None | Some("deny") => EmptyScopes::Deny,
+            Some("inherit") => EmptyScopes::Inherit,
+            Some(_) => return Err(invalid("token_empty_scopes", "must be deny or inherit")),
+        };
+        let email = self.admin_email.clone().or(file.admin_email.clone());
+        let password = match (
+            self.admin_password_file
+                .clone()
+                .or(file.admin_password_file.clone()),
+            &self.admin_password,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "admin_password_file",
+                    "give admin_password_file or MCPGW_ADMIN_PASSWORD, not both",
+                ));
+            }
+            (Some(path), None) => Some(
+                crate::cli::read_secret_file(&path)
+                    .map_err(|e| invalid("admin_password_file", format!("{e:#}")))?,
+            ),
+            (None, Some(p)) if !p.is_empty() => Some(p.clone()),
+            _ => None,
+        };
+        let bootstrap = match (email, password) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "admin_email",
+                    "an admin password is given without MCPGW_ADMIN_EMAIL",
+                ));
+            }
+            (Some(e), None) if dev => {
+                crate::auth::normalize_email(&e).map_err(|f| invalid("admin_email", f.reason))?;
+                None
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "admin_password_file",
+                    "MCPGW_ADMIN_EMAIL needs a password: MCPGW_ADMIN_PASSWORD_FILE or MCPGW_ADMIN_PASSWORD (there is no default password outside --dev)",
+                ));
+            }
+            (Some(e), Some(p)) => {
+                crate::auth::normalize_email(&e).map_err(|f| invalid("admin_email", f.reason))?;
+                crate::auth::password::Hasher::check_policy(&p)
+                    .map_err(|r| invalid("admin_password", r.to_string()))?;
+                Some(crate::auth::BootstrapAdmin {
+                    email: e,
+                    password: p,
+                })
+            }
+        };
+        let token_file = self
+            .admin_token_file
+            .clone()
+            .or(file.admin_token_file.clone());
+        let dev_token = match (dev, token_file) {
+            (true, Some(f)) => Some(Some(f)),
+            (true, None) => Some(Some(match data_dir {
+                Some(d) => d.join("admin.token"),
+                None => PathBuf::from("mcpgw-admin.token"),
+            })),
+            (false, Some(_)) => {
+                return Err(invalid(
+                    "admin_token_file",
+                    "only with --dev: outside it, create an admin (MCPGW_ADMIN_EMAIL) and log in",
+                ));
+            }
+            (false, None) => None,
+        };
+        Ok(crate::auth::AuthSettings {
+            metrics_open: self.metrics_open || file.metrics_open.unwrap_or(false),
+            jwt: crate::auth::JwtSettings {
+                algorithm,
+                rsa_key_file,
+                issuer,
+                session_ttl,
+                key_grace,
+            },
+            password: defaults.password,
+            max_login_failures,
+            lockout,
+            empty_scopes,
+            bootstrap,
+            dev_token,
         })
     }
 }
@@ -1309,6 +1570,96 @@ mod tests {
                 other => panic!("{want}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn authentication_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "a long enough password\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Defaults: ES256, 8 h sessions, closed /metrics, no bootstrap, no dev token.
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.auth.jwt.algorithm, crate::auth::jwt::Algorithm::Es256);
+        assert!(!s.auth.metrics_open && s.auth.bootstrap.is_none() && s.auth.dev_token.is_none());
+        let s = ServeArgs {
+            admin_email: Some("ops@example.com".into()),
+            admin_password_file: Some(pw.clone()),
+            jwt_algorithm: Some("HS256".into()),
+            metrics_open: true,
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.auth.bootstrap.as_ref().unwrap().password,
+            "a long enough password"
+        );
+        assert!(!format!("{:?}", s.auth).contains("a long enough password"));
+        assert_eq!(s.auth.jwt.algorithm, crate::auth::jwt::Algorithm::Hs256);
+        // Dev mode mints a token, written to the data directory.
+        let s = ServeArgs {
+            dev: true,
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(
+            s.auth.dev_token,
+            Some(Some(dir.path().join("data").join("admin.token")))
+        );
+        type Edit = fn(&mut ServeArgs);
+        let cases: [(&str, Edit); 9] = [
+            ("admin_password_file", |a| {
+                a.admin_email = Some("ops@example.com".into())
+            }),
+            ("admin_email", |a| {
+                a.admin_password = Some("a long enough password".into())
+            }),
+            ("admin_email", |a| {
+                a.admin_email = Some("not an email".into());
+                a.admin_password = Some("a long enough password".into());
+            }),
+            ("admin_password", |a| {
+                a.admin_email = Some("ops@example.com".into());
+                a.admin_password = Some("short".into());
+            }),
+            ("admin_token_file", |a| {
+                a.admin_token_file = Some("t".into())
+            }),
+            ("jwt_algorithm", |a| a.jwt_algorithm = Some("none".into())),
+            ("jwt_rsa_key_file", |a| {
+                a.jwt_algorithm = Some("rs256".into())
+            }),
+            ("jwt_key_grace", |a| {
+                a.session_ttl = Some(7200);
+                a.jwt_key_grace = Some(3600);
+            }),
+            ("token_empty_scopes", |a| {
+                a.token_empty_scopes = Some("allow".into())
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut a = ServeArgs::default();
+            edit(&mut a);
+            match a.resolve(Some(KEY)) {
+                Err(ConfigError::FieldInvalid { field, .. }) => assert_eq!(field, want),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        // A password file others can read is refused.
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ServeArgs {
+            admin_email: Some("ops@example.com".into()),
+            admin_password_file: Some(pw),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 
     #[test]

@@ -291,6 +291,43 @@ impl SecretBox {
             })
     }
 
+    /// Seals `plain` under the key derived for `label`, bound to `aad` (another label or
+    /// another `aad` does not open it): `base64(nonce || ciphertext)`. For the control
+    /// plane's own secrets (the JWT signing keys), not for credentials.
+    pub fn seal_for(&self, label: &str, aad: &[u8], plain: &[u8]) -> Result<String, CryptoError> {
+        let key = self.derive(label);
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ct = cipher
+            .encrypt(&nonce, Payload { msg: plain, aad })
+            .map_err(|_| CryptoError::Seal)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    /// Opens what [`SecretBox::seal_for`] sealed with the same `label` and `aad`, with the
+    /// current key or a previous one; also says whether a previous one opened it (the
+    /// caller then seals it again, or replaces it, before that key is dropped).
+    pub fn open_for(
+        &self,
+        label: &str,
+        aad: &[u8],
+        sealed: &str,
+    ) -> Result<(Vec<u8>, bool), CryptoError> {
+        std::iter::once(self)
+            .chain(&self.previous)
+            .enumerate()
+            .find_map(|(i, b)| {
+                let key = b.derive(label);
+                let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
+                open_with(&cipher, sealed, aad)
+                    .ok()
+                    .map(|plain| (plain, i > 0))
+            })
+            .ok_or(CryptoError::Open)
+    }
+
     /// Whether `sealed` is of the first, unbound format (to re-seal).
     pub fn is_legacy(sealed: &str) -> bool {
         sealed.starts_with(LEGACY_PREFIX)

@@ -2,6 +2,7 @@
 //! PostgreSQL), admin REST API, federation of upstream MCP servers, operator CLI.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -49,6 +50,8 @@ pub struct ControlPlane {
     pub xds: Option<AdsServer>,
     /// Address the session relay listens on (`None`: no relay).
     pub relay_addr: Option<SocketAddr>,
+    /// In `--dev` mode: a platform-admin API token minted at start.
+    pub dev_token: Option<String>,
 }
 
 /// Opens the store (creating the data directory for SQLite, 0700) and runs migrations.
@@ -79,6 +82,15 @@ pub async fn serve(
     ready: impl FnOnce(ControlPlane) + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
+    // Keys, bootstrap admin and dev token before anything listens.
+    let (auth, dev_token) = auth::Auth::start(
+        store.clone(),
+        settings.secrets.clone(),
+        settings.auth.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("starting authentication")?;
     let xds_listener = match settings.xds_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -167,6 +179,7 @@ pub async fn serve(
         metrics,
         secrets: settings.secrets.clone(),
         edge,
+        auth,
     };
     // One shutdown signal, two servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -211,6 +224,7 @@ pub async fn serve(
         xds_addr,
         xds: ads,
         relay_addr,
+        dev_token,
     });
     let signal = async move {
         shutdown.await;

@@ -24,8 +24,9 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: mcpgw::config::ServeArgs) -> anyhow::Result<()> {
+async fn serve(mut args: mcpgw::config::ServeArgs) -> anyhow::Result<()> {
     let key = std::env::var("MCPGW_ENCRYPTION_KEY").ok();
+    args.admin_password = std::env::var("MCPGW_ADMIN_PASSWORD").ok();
     let mut settings = args
         .resolve(key.as_deref())
         .context("invalid configuration")?;

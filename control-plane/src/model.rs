@@ -563,6 +563,8 @@ pub struct ListFilter {
     pub gateway_id: Option<String>,
     /// Only enabled (`true`) or disabled (`false`) entries.
     pub enabled: Option<bool>,
+    /// Only what this principal may see (`None`: everything; the API always sets it).
+    pub visible_to: Option<crate::auth::rbac::ListScope>,
 }
 
 /// One page of a list.

@@ -128,7 +128,10 @@ pub async fn serve(
         };
         let task = Task {
             builder: builder.clone(),
-            router: router.clone(),
+            // The peer's address, for handlers that need it (API tokens limited to IP ranges).
+            router: router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
             stop: stop_rx.clone(),
             open: open_rx.clone(),
         };

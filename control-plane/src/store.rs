@@ -18,6 +18,7 @@
 
 mod catalog;
 mod gateways;
+pub mod identity;
 mod servers;
 
 use std::sync::Arc;
@@ -188,6 +189,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         description: "server naming and origins, gateway protocol versions",
         sql: include_str!("../migrations/0004_server_exposure.sql"),
+    },
+    Migration {
+        version: 5,
+        description: "identity and access",
+        sql: include_str!("../migrations/0005_identity.sql"),
     },
 ];
 
@@ -579,6 +585,11 @@ impl ListSql {
         }
         if let Some(e) = q.enabled {
             s.push("enabled = $", Arg::Int(i64::from(e)));
+        }
+        if let Some(scope) = &q.visible_to
+            && let Some(clause) = identity::visible_clause(with_gateway, scope, &mut s.args)
+        {
+            s.clauses.push(clause);
         }
         if !q.tags.is_empty() {
             let mut ors = Vec::new();

@@ -16,6 +16,7 @@ mod integration {
     mod eras;
     mod exposure;
     mod federation;
+    mod identity;
     mod openapi;
     mod serving;
     mod store;

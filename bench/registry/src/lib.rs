@@ -112,6 +112,8 @@ pub struct Bed {
     pub store: Store,
     /// The admin API.
     pub addr: SocketAddr,
+    /// The dev admin's API token (the admin API needs a credential).
+    pub token: String,
     /// The xDS server's address, if xDS was asked for.
     pub xds_addr: Option<SocketAddr>,
     /// The xDS server, if xDS was asked for.
@@ -352,6 +354,7 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
         backend: label.to_owned(),
         store,
         addr: cp.addr,
+        token: cp.dev_token.clone().unwrap_or_default(),
         xds_addr: cp.xds_addr,
         xds: cp.xds,
         first_tool,

@@ -136,6 +136,7 @@ async fn measure_change(bed: &Bed, http: &reqwest::Client, round: usize) -> anyh
     let t = Instant::now();
     let r = http
         .put(format!("http://{}/tools/{}", bed.addr, bed.first_tool))
+        .bearer_auth(&bed.token)
         .json(&json!({"name": format!("renamed_in_round_{round}")}))
         .send()
         .await?;
@@ -179,7 +180,7 @@ async fn walk(
             url.push_str(c);
         }
         let t = Instant::now();
-        let r = http.get(&url).send().await?;
+        let r = http.get(&url).bearer_auth(&bed.token).send().await?;
         let status = r.status();
         let body: Value = r.json().await?;
         hist.record(t.elapsed().as_micros().max(1) as u64)?;

@@ -18,7 +18,7 @@ use crate::model::{
 /// `api::types`.
 pub trait CatalogFace: CatalogSpec {
     /// How an item is shown.
-    type View: serde::Serialize + From<CatalogItem<Self>> + Send + 'static;
+    type View: serde::Serialize + super::face::HasId + From<CatalogItem<Self>> + Send + 'static;
     /// Body of a create.
     type Create: serde::de::DeserializeOwned
         + TryInto<NewItem<Self>, Error = FieldInvalid>
@@ -70,6 +70,11 @@ fn guard_discovered<S: CatalogSpec>(
 }
 
 impl<S: CatalogFace> Face for Catalog<S> {
+    const OWNED: crate::store::identity::OwnedKind = match S::KIND {
+        crate::model::CatalogKind::Tool => crate::store::identity::OwnedKind::Tool,
+        crate::model::CatalogKind::Resource => crate::store::identity::OwnedKind::Resource,
+        crate::model::CatalogKind::Prompt => crate::store::identity::OwnedKind::Prompt,
+    };
     type View = S::View;
     type Create = S::Create;
     type Created = S::View;

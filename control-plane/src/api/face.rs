@@ -20,15 +20,46 @@ use serde::de::DeserializeOwned;
 use super::types::ListQuery;
 use super::{ApiError, AppState};
 use crate::model::Page;
+use crate::store::identity::OwnedKind;
+
+/// What a create answers with: it names the new entry's id (to give it its owner).
+pub trait HasId {
+    /// The entry's id.
+    fn id(&self) -> &str;
+}
+
+impl HasId for super::types::GatewaySync {
+    fn id(&self) -> &str {
+        &self.gateway.id
+    }
+}
+
+macro_rules! has_id {
+    ($($t:ty),*) => {$(
+        impl HasId for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+        }
+    )*};
+}
+has_id!(
+    super::types::Tool,
+    super::types::Resource,
+    super::types::Prompt,
+    super::types::Server
+);
 
 /// What the API does for one registry kind.
 pub trait Face: Send + Sync + 'static {
+    /// Which owned kind it is (for access checks and owners).
+    const OWNED: OwnedKind;
     /// How one entry is shown.
     type View: Serialize + Send + 'static;
     /// Body of a create.
     type Create: DeserializeOwned + Send + 'static;
     /// Answer of a create (the view, or more).
-    type Created: Serialize + Send + 'static;
+    type Created: Serialize + HasId + Send + 'static;
     /// Body of an update.
     type Update: DeserializeOwned + Send + 'static;
 
@@ -115,22 +146,36 @@ macro_rules! registry_face {
                           (status = 422, body = Problem, content_type = "application/problem+json")))]
             pub async fn $list(
                 State(s): State<AppState>,
-                ApiQuery(q): ApiQuery<ListQuery>,
+                axum::Extension(scope): axum::Extension<$crate::auth::rbac::ListScope>,
+                ApiQuery(mut q): ApiQuery<ListQuery>,
             ) -> Result<Json<$page>, ApiError> {
+                q.visible_to = Some(scope);
                 Ok(Json(<$face as $crate::api::face::Face>::list(&s, q).await?.into()))
             }
 
             /// The create operation.
             #[utoipa::path(post, path = $path, tag = $tag, summary = $create_doc, request_body = $create,
+                params($crate::api::types::OwnerQuery),
                 responses((status = 201, body = $created),
                           (status = 409, body = Problem, content_type = "application/problem+json"),
                           $($create_extra)*
                           (status = 422, body = Problem, content_type = "application/problem+json")))]
             pub async fn $new(
                 State(s): State<AppState>,
+                axum::Extension(owner): axum::Extension<$crate::api::access::NewOwner>,
                 ApiJson(b): ApiJson<$create>,
             ) -> Result<(StatusCode, Json<$created>), ApiError> {
-                Ok((StatusCode::CREATED, Json(<$face as $crate::api::face::Face>::create(&s, b).await?)))
+                let created = <$face as $crate::api::face::Face>::create(&s, b).await?;
+                // A second write: should it fail, the entry stays with the `global` team
+                // (invisible to its creator unless a platform admin), never with more readers.
+                s.store
+                    .set_ownership(
+                        <$face as $crate::api::face::Face>::OWNED,
+                        $crate::api::face::HasId::id(&created),
+                        &owner.0,
+                    )
+                    .await?;
+                Ok((StatusCode::CREATED, Json(created)))
             }
 
             /// The get operation.
@@ -190,9 +235,40 @@ macro_rules! registry_face {
                 Ok(Json(<$face as $crate::api::face::Face>::set_state(&s, &id, q.activate).await?))
             }
 
+            /// Who owns an entry.
+            #[utoipa::path(get, path = concat!($path, "/{id}/owner"), tag = $tag,
+                summary = "Who owns the entry, and who sees it.",
+                params(("id" = String, Path)),
+                responses((status = 200, body = $crate::api::identity::OwnerView),
+                          (status = 404, body = Problem, content_type = "application/problem+json")))]
+            pub async fn get_owner(
+                State(s): State<AppState>,
+                Path(id): Path<String>,
+            ) -> Result<Json<$crate::api::identity::OwnerView>, ApiError> {
+                Ok(Json($crate::api::identity::get_owner(&s, <$face as $crate::api::face::Face>::OWNED, &id).await?))
+            }
+
+            /// Moves an entry to another team, or changes who sees it.
+            #[utoipa::path(put, path = concat!($path, "/{id}/owner"), tag = $tag,
+                summary = "Move the entry to another team, or change who sees it (the caller needs the create permission of the kind in the new team).",
+                params(("id" = String, Path)), request_body = $crate::api::identity::OwnerView,
+                responses((status = 200, body = $crate::api::identity::OwnerView),
+                          (status = 403, body = Problem, content_type = "application/problem+json"),
+                          (status = 404, body = Problem, content_type = "application/problem+json"),
+                          (status = 409, body = Problem, content_type = "application/problem+json"),
+                          (status = 422, body = Problem, content_type = "application/problem+json")))]
+            pub async fn set_owner(
+                State(s): State<AppState>,
+                axum::Extension(p): axum::Extension<$crate::auth::rbac::Principal>,
+                Path(id): Path<String>,
+                ApiJson(b): ApiJson<$crate::api::identity::OwnerView>,
+            ) -> Result<Json<$crate::api::identity::OwnerView>, ApiError> {
+                Ok(Json($crate::api::identity::set_owner(&s, &p, <$face as $crate::api::face::Face>::OWNED, &id, b).await?))
+            }
+
             /// This kind's part of the OpenAPI document.
             #[derive(utoipa::OpenApi)]
-            #[openapi(paths($list, $new, $get, $upd, $del, $state))]
+            #[openapi(paths($list, $new, $get, $upd, $del, $state, get_owner, set_owner))]
             pub struct Doc;
 
             /// This kind's OpenAPI paths and schemas.
@@ -211,6 +287,10 @@ macro_rules! registry_face {
                     )
                     .route(concat!($path, "/{id}/state"), axum::routing::post($state))
                     .route(concat!($path, "/{id}/toggle"), axum::routing::post($state))
+                    .route(
+                        concat!($path, "/{id}/owner"),
+                        axum::routing::get(get_owner).put(set_owner),
+                    )
             }
         }
     };
@@ -261,7 +341,14 @@ mod tests {
     /// The widget face.
     pub struct Widgets;
 
+    impl super::HasId for Widget {
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
     impl Face for Widgets {
+        const OWNED: crate::store::identity::OwnedKind = crate::store::identity::OwnedKind::Tool;
         type View = Widget;
         type Create = WidgetBody;
         type Created = Widget;
@@ -299,7 +386,15 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         let mut got: Vec<&String> = paths.keys().collect();
         got.sort();
-        assert_eq!(got, ["/widgets", "/widgets/{id}", "/widgets/{id}/state"]);
+        assert_eq!(
+            got,
+            [
+                "/widgets",
+                "/widgets/{id}",
+                "/widgets/{id}/owner",
+                "/widgets/{id}/state"
+            ]
+        );
         assert_eq!(paths["/widgets"]["get"]["summary"], "List widgets.");
         assert_eq!(paths["/widgets"]["post"]["summary"], "Create a widget.");
         assert_eq!(

@@ -42,6 +42,7 @@ pub(crate) fn seal(
 pub struct Gateways;
 
 impl Face for Gateways {
+    const OWNED: crate::store::identity::OwnedKind = crate::store::identity::OwnedKind::Gateway;
     type View = Gateway;
     type Create = GatewayCreate;
     type Created = GatewaySync;

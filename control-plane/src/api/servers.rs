@@ -9,6 +9,7 @@ use crate::model::{ListFilter, NewServer, Page, ServerPatch};
 pub struct Servers;
 
 impl Face for Servers {
+    const OWNED: crate::store::identity::OwnedKind = crate::store::identity::OwnedKind::Server;
     type View = Server;
     type Create = ServerCreate;
     type Created = Server;

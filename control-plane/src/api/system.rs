@@ -33,7 +33,7 @@ pub struct VersionInfo {
 }
 
 /// Liveness: the process serves HTTP.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Status)))]
+#[utoipa::path(get, path = "/health", tag = "system", security(()), responses((status = 200, body = Status)))]
 pub async fn health() -> Json<Status> {
     Json(Status {
         status: "healthy".into(),
@@ -41,7 +41,7 @@ pub async fn health() -> Json<Status> {
 }
 
 /// Readiness: the database answers.
-#[utoipa::path(get, path = "/ready", tag = "system", responses(
+#[utoipa::path(get, path = "/ready", tag = "system", security(()), responses(
     (status = 200, body = Status),
     (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn ready(State(s): State<AppState>) -> Result<Json<Status>, Problem> {
@@ -59,7 +59,7 @@ pub async fn ready(State(s): State<AppState>) -> Result<Json<Status>, Problem> {
 }
 
 /// Version, backend and registry version.
-#[utoipa::path(get, path = "/version", tag = "system", responses((status = 200, body = VersionInfo)))]
+#[utoipa::path(get, path = "/version", tag = "system", security(()), responses((status = 200, body = VersionInfo)))]
 pub async fn version(State(s): State<AppState>) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(VersionInfo {
         name: "mcpgw".into(),
@@ -81,7 +81,8 @@ pub async fn registry(State(s): State<AppState>) -> Result<Json<RegistryVersion>
     }))
 }
 
-/// Prometheus metrics (text exposition format).
+/// Prometheus metrics (text exposition format). Needs `admin.metrics` unless the control
+/// plane runs with `--metrics-open`.
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     let v = s.store.registry_version().await?;

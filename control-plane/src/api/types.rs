@@ -35,6 +35,11 @@ pub struct ListQuery {
     pub enabled: Option<bool>,
     /// ContextForge compatibility: when `false`, same as `enabled=true`.
     pub include_inactive: Option<bool>,
+    /// What the caller may see: set by the handler from the request's principal, never
+    /// from the query string.
+    #[serde(skip)]
+    #[param(ignore)]
+    pub visible_to: Option<crate::auth::rbac::ListScope>,
 }
 
 impl TryFrom<ListQuery> for ListFilter {
@@ -48,6 +53,7 @@ impl TryFrom<ListQuery> for ListFilter {
             gateway_id,
             enabled,
             include_inactive,
+            visible_to,
         } = q;
         Ok(ListFilter {
             cursor,
@@ -62,8 +68,20 @@ impl TryFrom<ListQuery> for ListFilter {
                 (None, Some(false)) => Some(true),
                 _ => None,
             },
+            visible_to,
         })
     }
+}
+
+/// `?team_id=&visibility=` of a create: who owns the new entry.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OwnerQuery {
+    /// The owning team (default: the caller's personal team). The caller needs the
+    /// kind's create permission there.
+    pub team_id: Option<String>,
+    /// `private` (the creator and the team's admins), `team` (default) or `public`.
+    pub visibility: Option<String>,
 }
 
 /// `?activate=` of the state endpoints (ContextForge's toggle).

@@ -444,7 +444,10 @@ async fn state_changes_cannot_be_forged_cross_site() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in ["post", "put", "patch", "delete"] {
             if item.get(method).is_some() {
-                let concrete = path.replace("{id}", "no-such-id");
+                let concrete = path
+                    .replace("{id}", "no-such-id")
+                    .replace("{user_id}", "no-such-user")
+                    .replace("{invitation_id}", "no-such-invitation");
                 endpoints.push((method.to_uppercase(), concrete.clone()));
                 if concrete.ends_with("/state") {
                     endpoints.push((method.to_uppercase(), concrete.replace("/state", "/toggle")));
@@ -452,7 +455,7 @@ async fn state_changes_cannot_be_forged_cross_site() {
             }
         }
     }
-    assert_eq!(endpoints.len(), 27, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 50, "{endpoints:?}");
     for p in [
         "/gateways/no-such-id/refresh",
         "/tools/no-such-id/state",

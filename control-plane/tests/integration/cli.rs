@@ -11,13 +11,19 @@ use super::upstream::TestUpstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcpgw");
 
-async fn run(api: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
+/// Runs the CLI with `MCPGW_TOKEN` set (`None`: unset, and no stored login either).
+async fn run_as(api: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let config = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
         .env("MCPGW_API_URL", api)
-        .output()
-        .await
-        .expect("run mcpgw");
+        .env("MCPGW_CONFIG_DIR", config.path())
+        .env_remove("MCPGW_TOKEN_FILE");
+    match token {
+        Some(t) => cmd.env("MCPGW_TOKEN", t),
+        None => cmd.env_remove("MCPGW_TOKEN"),
+    };
+    let out = cmd.output().await.expect("run mcpgw");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -115,8 +121,9 @@ async fn operator_verbs_against_the_api() {
     let cp = TestCp::start(settings(&db)).await;
     let api = format!("http://{}", cp.addr);
 
-    let (ok, out, err) = run(
+    let (ok, out, err) = run_as(
         &api,
+        cp.token.as_deref(),
         &[
             "gateways",
             "add",
@@ -131,25 +138,36 @@ async fn operator_verbs_against_the_api() {
     .await;
     assert!(ok, "{err}");
     assert!(out.contains("cli") && out.contains("+8"), "{out}");
-    let (ok, out, _) = run(&api, &["gateways", "list"]).await;
+    let (ok, out, _) = run_as(&api, cp.token.as_deref(), &["gateways", "list"]).await;
     assert!(ok);
     let header = out.lines().next().unwrap();
     assert!(
         header.starts_with("ID") && header.contains("REACHABLE"),
         "{out}"
     );
-    let (ok, out, _) = run(&api, &["gateways", "list", "-o", "json"]).await;
+    let (ok, out, _) = run_as(
+        &api,
+        cp.token.as_deref(),
+        &["gateways", "list", "-o", "json"],
+    )
+    .await;
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["name"], "cli");
-    let (ok, out, _) = run(&api, &["tools", "list", "--gateway", "cli", "-o", "yaml"]).await;
+    let (ok, out, _) = run_as(
+        &api,
+        cp.token.as_deref(),
+        &["tools", "list", "--gateway", "cli", "-o", "yaml"],
+    )
+    .await;
     assert!(ok);
     assert!(
         out.contains("name: cli__a") && out.contains("name: cli__c"),
         "{out}"
     );
-    let (ok, out, err) = run(
+    let (ok, out, err) = run_as(
         &api,
+        cp.token.as_deref(),
         &[
             "servers", "create", "--name", "s1", "--tool", "cli__a", "--tool", "cli__b",
         ],
@@ -157,11 +175,21 @@ async fn operator_verbs_against_the_api() {
     .await;
     assert!(ok, "{err}");
     assert!(out.contains("s1"), "{out}");
-    let (ok, out, _) = run(&api, &["servers", "list", "-o", "json"]).await;
+    let (ok, out, _) = run_as(
+        &api,
+        cp.token.as_deref(),
+        &["servers", "list", "-o", "json"],
+    )
+    .await;
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["associated_tools"].as_array().unwrap().len(), 2);
-    let (ok, out, _) = run(&api, &["servers", "disable", "s1", "-o", "json"]).await;
+    let (ok, out, _) = run_as(
+        &api,
+        cp.token.as_deref(),
+        &["servers", "disable", "s1", "-o", "json"],
+    )
+    .await;
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["enabled"],
@@ -170,10 +198,16 @@ async fn operator_verbs_against_the_api() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("export.json");
-    let (ok, _, err) = run(&api, &["export", "-f", file.to_str().unwrap()]).await;
-    assert!(ok, "{err}");
-    let (ok, out, err) = run(
+    let (ok, _, err) = run_as(
         &api,
+        cp.token.as_deref(),
+        &["export", "-f", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run_as(
+        &api,
+        cp.token.as_deref(),
         &[
             "import",
             file.to_str().unwrap(),
@@ -189,8 +223,9 @@ async fn operator_verbs_against_the_api() {
         "{out}"
     );
     // --types selects kinds as the API's `types` does.
-    let (ok, out, err) = run(
+    let (ok, out, err) = run_as(
         &api,
+        cp.token.as_deref(),
         &[
             "import",
             file.to_str().unwrap(),
@@ -212,8 +247,9 @@ async fn operator_verbs_against_the_api() {
         .collect();
     assert_eq!(kinds, vec!["gateway", "server"], "{out}");
     // A transparent front: the upstream's own names, a browser origin of its own.
-    let (ok, out, err) = run(
+    let (ok, out, err) = run_as(
         &api,
+        cp.token.as_deref(),
         &[
             "servers",
             "create",
@@ -234,8 +270,9 @@ async fn operator_verbs_against_the_api() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["naming"], "upstream", "{out}");
     assert_eq!(v["allowed_origins"], json!(["https://app.example.com"]));
-    let (ok, _, err) = run(
+    let (ok, _, err) = run_as(
         &api,
+        cp.token.as_deref(),
         &[
             "servers",
             "create",
@@ -249,18 +286,19 @@ async fn operator_verbs_against_the_api() {
     assert!(!ok);
     assert!(err.contains("allowed_origins[0]"), "{err}");
 
-    let (ok, out, _) = run(&api, &["gateways", "refresh", "cli"]).await;
+    let (ok, out, _) = run_as(&api, cp.token.as_deref(), &["gateways", "refresh", "cli"]).await;
     assert!(ok, "{out}");
-    let (ok, _, err) = run(
+    let (ok, _, err) = run_as(
         &api,
+        cp.token.as_deref(),
         &["gateways", "add", "--name", "cli", "--url", &running.url],
     )
     .await;
     assert!(!ok);
     assert!(err.contains("already exists"), "{err}");
-    let (ok, out, _) = run(&api, &["gateways", "rm", "cli"]).await;
+    let (ok, out, _) = run_as(&api, cp.token.as_deref(), &["gateways", "rm", "cli"]).await;
     assert!(ok, "{out}");
-    let (ok, out, _) = run(&api, &["tools", "list", "-o", "json"]).await;
+    let (ok, out, _) = run_as(&api, cp.token.as_deref(), &["tools", "list", "-o", "json"]).await;
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap(),
@@ -270,10 +308,18 @@ async fn operator_verbs_against_the_api() {
     running.stop().await;
 }
 
-async fn run_env(api: &str, args: Vec<String>, env: &[(&str, &str)]) -> (bool, String, String) {
+async fn run_env(
+    api: &str,
+    token: Option<&str>,
+    args: Vec<String>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let config = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(BIN)
         .args(args)
         .env("MCPGW_API_URL", api)
+        .env("MCPGW_CONFIG_DIR", config.path())
+        .env("MCPGW_TOKEN", token.unwrap_or(""))
         .env_remove("MCPGW_AUTH_TOKEN")
         .env_remove("MCPGW_AUTH_PASSWORD")
         .env_remove("MCPGW_UPSTREAM_TOKEN")
@@ -324,6 +370,7 @@ async fn upstream_credentials_from_files_and_the_environment() {
     let loose = secret_file(dir.path(), "loose", &format!("{token}\n"), 0o644);
     let (ok, out, err) = run_env(
         &api,
+        cp.token.as_deref(),
         add("loose", &bearer_up.url, &["--auth-token-file", &loose]),
         &[],
     )
@@ -336,6 +383,7 @@ async fn upstream_credentials_from_files_and_the_environment() {
     let file = secret_file(dir.path(), "token", &format!("{token}\n"), 0o600);
     let (ok, out, err) = run_env(
         &api,
+        cp.token.as_deref(),
         add("filed", &bearer_up.url, &["--auth-token-file", &file]),
         &[],
     )
@@ -346,6 +394,7 @@ async fn upstream_credentials_from_files_and_the_environment() {
     // The same from the environment.
     let (ok, out, err) = run_env(
         &api,
+        cp.token.as_deref(),
         add("from-env", &bearer_up.url, &[]),
         &[("MCPGW_AUTH_TOKEN", token)],
     )
@@ -357,6 +406,7 @@ async fn upstream_credentials_from_files_and_the_environment() {
     let pw = secret_file(dir.path(), "pw", "pass-from-a-file", 0o400);
     let (ok, out, err) = run_env(
         &api,
+        cp.token.as_deref(),
         add(
             "basic-file",
             &basic_up.url,
@@ -369,6 +419,7 @@ async fn upstream_credentials_from_files_and_the_environment() {
     assert!(out.contains("+6"), "{out}");
     let (ok, _, err) = run_env(
         &api,
+        cp.token.as_deref(),
         add("basic-env", &basic_up.url, &["--auth-username", "ops"]),
         &[("MCPGW_AUTH_PASSWORD", "pass-from-a-file")],
     )
@@ -378,6 +429,7 @@ async fn upstream_credentials_from_files_and_the_environment() {
     // Two kinds at once are refused before anything is sent.
     let (ok, _, err) = run_env(
         &api,
+        cp.token.as_deref(),
         add(
             "both",
             &bearer_up.url,

@@ -115,7 +115,10 @@ pub struct TestCp {
     pub relay_addr: Option<SocketAddr>,
     pub store: Store,
     pub federation: Arc<Federation>,
+    /// Sends the dev admin token (the admin API needs a credential).
     pub http: reqwest::Client,
+    /// The platform-admin API token a dev-mode start mints.
+    pub token: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -142,6 +145,13 @@ impl TestCp {
             Ok(cp) => cp,
             Err(_) => panic!("control plane did not start: {:?}", task.await),
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &cp.dev_token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("header value"),
+            );
+        }
         TestCp {
             addr: cp.addr,
             xds_addr: cp.xds_addr,
@@ -150,8 +160,10 @@ impl TestCp {
             federation: cp.federation,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(headers)
                 .build()
                 .expect("client"),
+            token: cp.dev_token,
             stop: Some(stop_tx),
             task: Some(task),
         }

@@ -128,7 +128,12 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
     let db = TestDb::sqlite();
     let cp = impatient(&db).await;
     let relay = cp.relay_addr.expect("relay enabled");
-    let (status, head, problem) = stalled_body(cp.addr, "/gateways", "").await;
+    // Authenticated, so the request reaches the body read (a 401 would come first).
+    let auth = format!(
+        "authorization: Bearer {}\r\n",
+        cp.token.as_deref().expect("dev token")
+    );
+    let (status, head, problem) = stalled_body(cp.addr, "/gateways", &auth).await;
     assert_eq!(status, 408, "{head}");
     assert!(head.contains("connection: close"), "{head}");
     assert!(head.contains("application/problem+json"), "{head}");

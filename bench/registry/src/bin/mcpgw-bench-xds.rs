@@ -829,6 +829,7 @@ async fn push_round(
     let t0_ns = now_ns();
     let r = http
         .put(format!("http://{}/tools/{}", bed.addr, bed.first_tool))
+        .bearer_auth(&bed.token)
         .json(&json!({"name": format!("xds_{}_{n}_round_{round}", protocol.label())}))
         .send()
         .await?;

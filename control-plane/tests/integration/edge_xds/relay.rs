@@ -772,7 +772,8 @@ async fn the_relay_follows_no_redirect_away_from_the_edge() {
     let mut rx = events(r);
     let (_, endpoint) = next_event(&mut rx).await;
     let r = as_envoy(
-        cp.http.post(format!("http://{relay}{endpoint}")),
+        // A client of its own: `cp.http` carries the admin API's token.
+        reqwest::Client::new().post(format!("http://{relay}{endpoint}")),
         edge,
         None,
     )

@@ -3,7 +3,8 @@
 //! 1. starts the bundled demo upstream (the reference MCP server, server-everything);
 //! 2. starts the control plane (`mcpgw serve --dev`: SQLite in `.run/mcpgw-data`, admin API on
 //!    127.0.0.1:4444, xDS on 127.0.0.1:18000), starting from an empty registry;
-//! 3. registers the demo upstream through the REST API and composes a virtual server `demo`
+//! 3. registers the demo upstream through the REST API, with the platform-admin API token
+//!    `--dev` writes to `.run/mcpgw-data/admin.token`, and composes a virtual server `demo`
 //!    from everything it discovered;
 //! 4. starts Envoy with `envoy/ads-bootstrap.yaml`, which knows only the control plane's
 //!    xDS address: the listener, routes, clusters and the filter's catalog arrive over ADS;
@@ -63,9 +64,24 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
+    // `--dev` wrote a platform-admin API token into the data directory (0600): the admin
+    // API needs a credential.
+    let token_file = data.join("admin.token");
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?
+        .trim()
+        .to_owned();
+    let admin = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        )]))
+        .build()?;
 
     eprintln!("registering {} ...", upstream.mcp_url());
-    let server_id = register(&http, &upstream.mcp_url()).await?;
+    // The admin client only: the MCP endpoint never sees the admin token.
+    let server_id = register(&admin, &upstream.mcp_url()).await?;
 
     eprintln!("starting Envoy (ADS-only bootstrap) ...");
     let mut cmd = Command::new(&envoy_bin);
@@ -103,6 +119,11 @@ async fn main() -> anyhow::Result<()> {
         relative(&python, &root)
     );
     println!("admin API:   {API}  (GET /gateways, /tools, /servers, /xds/nodes, /openapi.json)");
+    println!(
+        "admin token: {} (dev mode; `mcpgw login --api-token-file {}` stores it for the CLI)",
+        relative(&token_file, &root),
+        relative(&token_file, &root)
+    );
     println!("Envoy admin: {ENVOY_ADMIN}  (/stats/prometheus, /config_dump)");
     println!("logs:        .run/mcpgw.log, .run/envoy.log");
     println!("Ctrl-C stops everything.");
