@@ -31,12 +31,14 @@ mod bridge;
 mod era;
 mod guard;
 mod head;
+mod limits;
 mod listen;
 mod observe;
 mod rewrite;
 mod sessions;
 
 pub use head::RequestHead;
+pub use limits::Caller;
 pub use sessions::sweep;
 
 use std::rc::Rc;
@@ -71,6 +73,14 @@ pub trait Host {
     fn warn(&mut self, message: &str);
     /// Seconds since the Unix epoch.
     fn now(&self) -> u64;
+    /// Milliseconds since the Unix epoch (the limits' clock).
+    fn now_ms(&self) -> u64 {
+        self.now().saturating_mul(1000)
+    }
+    /// Limit `limit` (of `kind`: `rate`, `concurrency`, `global`) refused a request.
+    fn count_limited(&mut self, limit: &str, kind: &str) {
+        let _ = (limit, kind);
+    }
     /// Fills `out` from a cryptographically secure random source; `false` if it cannot.
     fn random(&mut self, out: &mut [u8]) -> bool;
     /// Guardrail plugin `plugin` did `effect` (`blocked`, `masked`, `would_block`,
@@ -273,6 +283,8 @@ pub struct Exchange {
     keep_body: bool,
     /// The guardrail post hooks the response goes through.
     post_plan: Option<crate::guard::PostPlan>,
+    /// What the request holds under its limits (released when its stream ends).
+    held: crate::limits::Held,
 }
 
 impl Exchange {
@@ -302,6 +314,7 @@ impl Exchange {
             counted_tool: None,
             keep_body: false,
             post_plan: None,
+            held: crate::limits::Held::default(),
         }
     }
 
@@ -751,6 +764,10 @@ impl Exchange {
             );
             return self.reject(&r, host);
         }
+        // Stage: limits (`exchange/limits.rs`); no caller until the auth stage names one.
+        if let Some(step) = self.limit(msg, None, host) {
+            return step;
+        }
         if self.era == Era::Legacy && msg.method == Some(Method::LoggingSetLevel) {
             return self.set_level(msg, host);
         }
@@ -1128,6 +1145,10 @@ impl Exchange {
                     Kind::Error => host.count_response(method, tool, true),
                     Kind::Request | Kind::Notification => {}
                 });
+        }
+        if end_of_stream {
+            // The response ended: its places among calls in flight go now, not at the log.
+            self.on_stream_end(host);
         }
         let rewriter = self.rewriter.as_mut()?;
         let out = rewriter.feed(chunk, end_of_stream);

@@ -24,6 +24,9 @@ pub enum Counter {
     /// `would_block`, `would_mask`). Plugin names come from the configuration, so the
     /// label set is the operator's.
     PluginActions,
+    /// Requests a limit refused, by limit and kind (`rate`, `concurrency`, `global`).
+    /// Limit names come from the configuration.
+    Limited,
     /// Internal failures.
     InternalErrors,
 }
@@ -37,6 +40,7 @@ impl Counter {
             Counter::ResponseErrors => "mcpgw_response_errors_total",
             Counter::Rejected => "mcpgw_rejected_total",
             Counter::PluginActions => "mcpgw_plugin_actions_total",
+            Counter::Limited => "mcpgw_limited_total",
             Counter::InternalErrors => "mcpgw_internal_errors_total",
         }
     }

@@ -187,12 +187,23 @@ impl Host for FilterHost<'_> {
         self.0.metrics.borrow_mut().plugin(plugin, hook, effect);
     }
 
+    fn count_limited(&mut self, limit: &str, kind: &str) {
+        self.0.metrics.borrow_mut().limited(limit, kind);
+    }
+
     fn warn(&mut self, message: &str) {
         log::warn!("{message}");
     }
 
     fn now(&self) -> u64 {
         now_secs()
+    }
+
+    fn now_ms(&self) -> u64 {
+        proxy_wasm::hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     fn random(&mut self, out: &mut [u8]) -> bool {
@@ -359,6 +370,13 @@ impl HttpContext for Request {
             &mut host,
         );
         self.execute(step, false)
+    }
+
+    /// Every stream ends here, answered, reset or timed out: what it holds under the
+    /// limits is released (the exchange makes that idempotent).
+    fn on_log(&mut self) {
+        let shared = Rc::clone(&self.shared);
+        self.exchange.on_stream_end(&mut FilterHost(&shared));
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -89,6 +89,14 @@ impl Metrics {
         );
     }
 
+    /// A limit refused a request.
+    pub fn limited(&mut self, limit: &str, kind: &str) {
+        self.bump(
+            Counter::Limited,
+            &[("mcp_limit", limit), ("mcp_limit_kind", kind)],
+        );
+    }
+
     /// The filter failed internally.
     pub fn internal_error(&mut self) {
         self.bump(Counter::InternalErrors, &[]);
