@@ -191,6 +191,10 @@ impl Host for FilterHost<'_> {
         self.0.metrics.borrow_mut().limited(limit, kind);
     }
 
+    fn observe_limit_service(&mut self, ms: u64, outcome: &str) {
+        self.0.metrics.borrow_mut().limit_service(ms, outcome);
+    }
+
     fn warn(&mut self, message: &str) {
         log::warn!("{message}");
     }
@@ -295,6 +299,26 @@ impl Request {
                     next => self.execute(next, held),
                 }
             }
+            Step::Check(call) => {
+                match self.dispatch_grpc_call(
+                    &call.cluster,
+                    call.service,
+                    call.method,
+                    vec![],
+                    Some(&call.message),
+                    Duration::from_millis(call.timeout_ms),
+                ) {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        log::warn!("mcpgw: cannot call cluster {}: {status:?}", call.cluster);
+                        let shared = Rc::clone(&self.shared);
+                        let next = self
+                            .exchange
+                            .on_check_answer(None, &mut FilterHost(&shared));
+                        self.execute(next, held)
+                    }
+                }
+            }
         }
     }
 
@@ -307,6 +331,27 @@ impl Request {
 }
 
 impl Context for Request {
+    /// The rate-limit service answered (gRPC status 0) or failed.
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        let message = (status == 0)
+            .then(|| {
+                proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
+        // An empty message is a valid one (every field at its default).
+        let message = match (status, message) {
+            (0, None) => Some(Vec::new()),
+            (_, m) => m,
+        };
+        let shared = Rc::clone(&self.shared);
+        let step = self
+            .exchange
+            .on_check_answer(message.as_deref(), &mut FilterHost(&shared));
+        self.execute(step, true);
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,

@@ -1,14 +1,27 @@
 //! The limits stage of the exchange: a virtual server's request is admitted by its limits
 //! ([`crate::limits`]) before it is answered or routed, or refused with 429; the places it
 //! holds among calls in flight are released when its stream ends.
+//!
+//! Local limits decide at once. Global ones are asked of the rate-limit service after the
+//! local ones admitted the request: the request waits ([`Step::Check`]) and goes on in
+//! [`Exchange::on_check_answer`], where a refusal gives back what the local ones took.
 
 use std::rc::Rc;
 
-use super::{Exchange, Host, Step, Tool};
+use super::{Exchange, GrpcCall, Host, Phase, Step, Tool};
 use crate::jsonrpc::{Kind, Message, write_json_string};
 use crate::limits::store::Store;
-use crate::limits::{Limited, Subject};
+use crate::limits::{Descriptor, Kind as LimitKind, Limited, Subject, ratelimit};
 use crate::reason::{Reason, Rejection};
+use crate::snapshot::limits::FailureMode;
+
+/// A request waiting for the rate-limit service.
+pub(super) struct Checking {
+    msg: Box<Message>,
+    descriptors: Vec<Descriptor>,
+    /// When the call started (milliseconds), for its latency.
+    started: u64,
+}
 
 /// Who makes a request, once the auth stage knows (`None` today: `anonymous`).
 #[derive(Debug, Clone, Copy)]
@@ -77,11 +90,92 @@ impl Exchange {
             0
         };
         match config.limits.admit(&subject, now, id, &mut Shared(host)) {
-            Ok(held) => {
+            Ok(mut held) => {
+                let descriptors = std::mem::take(&mut held.global);
                 self.held = held;
-                None
+                if descriptors.is_empty() {
+                    return None;
+                }
+                let Some(service) = config.limits.service() else {
+                    return Some(self.internal_error("a global limit without a service", host));
+                };
+                let call = GrpcCall {
+                    cluster: service.cluster.clone(),
+                    service: ratelimit::SERVICE,
+                    method: ratelimit::METHOD,
+                    message: ratelimit::request(&service.domain, &descriptors),
+                    timeout_ms: service.timeout_ms,
+                };
+                self.phase = Phase::Limiting(Checking {
+                    msg: Box::new(msg.clone()),
+                    descriptors,
+                    started: now,
+                });
+                Some(Step::Check(call))
             }
             Err(limited) => Some(self.refuse(msg, &limited, host)),
+        }
+    }
+
+    /// The rate-limit service answered (`Some`: the response message of a call that
+    /// succeeded; `None`: it failed, timed out, or could not be made).
+    pub fn on_check_answer(&mut self, answer: Option<&[u8]>, host: &mut impl Host) -> Step {
+        let Phase::Limiting(checking) = std::mem::replace(&mut self.phase, Phase::Forwarded) else {
+            return Step::Wait;
+        };
+        let config = Rc::clone(&self.config);
+        let now = host.now_ms();
+        let took = now.saturating_sub(checking.started);
+        let first = checking.descriptors.first();
+        let refused = match answer.and_then(ratelimit::answer) {
+            None => {
+                host.observe_limit_service(took, "failed");
+                let deny = config
+                    .limits
+                    .service()
+                    .is_some_and(|s| s.failure_mode == FailureMode::Deny);
+                host.warn(&format!(
+                    "mcpgw: the rate-limit service did not answer; {}",
+                    if deny { "denying" } else { "allowing" }
+                ));
+                deny.then(|| Limited {
+                    name: first.map(|d| d.name.clone()).unwrap_or_default(),
+                    kind: LimitKind::Global,
+                    retry_after: 1,
+                    allows: "the rate-limit service did not answer".to_owned(),
+                })
+            }
+            Some(a) if a.over_limit => {
+                host.observe_limit_service(took, "over_limit");
+                // The first descriptor over its limit names the refusal.
+                let over = a.statuses.iter().position(|(over, _)| *over).unwrap_or(0);
+                let d = checking.descriptors.get(over).or(first);
+                let reset = a.statuses.get(over).map_or(0, |(_, reset)| *reset);
+                Some(Limited {
+                    name: d.map(|d| d.name.clone()).unwrap_or_default(),
+                    kind: LimitKind::Global,
+                    retry_after: reset.max(1),
+                    allows: d.map_or_else(String::new, |d| {
+                        format!(
+                            "{} requests per {} s, over all gateways",
+                            d.requests, d.per_seconds
+                        )
+                    }),
+                })
+            }
+            Some(_) => {
+                host.observe_limit_service(took, "ok");
+                None
+            }
+        };
+        match refused {
+            None => self.serve_admitted(&checking.msg, host),
+            Some(limited) => {
+                config
+                    .limits
+                    .release(&mut self.held, now, &mut Shared(host));
+                self.refuse(&checking.msg, &limited, host)
+            }
         }
     }
 

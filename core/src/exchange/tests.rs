@@ -35,6 +35,8 @@ struct Recorder {
     table: Table,
     /// (limit, kind) of every request a limit refused.
     limited: Vec<(String, String)>,
+    /// (milliseconds, outcome) of every check by the rate-limit service.
+    limit_service: Vec<(u64, String)>,
 }
 
 const NOW: u64 = 1_000_000;
@@ -108,6 +110,9 @@ impl Host for Recorder {
     }
     fn count_limited(&mut self, limit: &str, kind: &str) {
         self.limited.push((limit.to_owned(), kind.to_owned()));
+    }
+    fn observe_limit_service(&mut self, ms: u64, outcome: &str) {
+        self.limit_service.push((ms, outcome.to_owned()));
     }
 }
 

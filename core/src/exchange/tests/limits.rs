@@ -233,3 +233,126 @@ fn writes_that_lose_to_another_worker_are_retried_and_count_exactly() {
     let (_, step, host) = call_at(&table, &cfg, "a__t0", NOW);
     assert_limited(&step, &host, "five", "rate", 720);
 }
+
+/// The test catalog with a global limit of `requests` per minute keyed by tool (and a
+/// local one of 1000 per hour), checked with failure mode `mode`.
+fn global(requests: u32, mode: &str) -> Rc<Config> {
+    limited(json!({
+        "service": {"cluster": "rls", "domain": "edge", "timeout_ms": 40, "failure_mode": mode},
+        "default": {"concurrency": [{"name": "in-flight", "by": ["tool"], "max": 1}], "rates": [
+            {"name": "local", "by": ["tool"], "requests": 1000, "per_seconds": 3600},
+            {"name": "shared", "by": ["principal", "tool"], "requests": requests, "per_seconds": 60, "global": true, "cost": 2}
+        ]}
+    }))
+}
+
+/// A `RateLimitResponse`: overall `code`, and one status of `code` resetting in `reset` s.
+fn rls_answer(code: u8, reset: u8) -> Vec<u8> {
+    vec![0x08, code, 0x12, 6, 0x08, code, 0x22, 2, 0x08, reset]
+}
+
+/// Units left in the bucket of the local limit of tool a__t0 (the one entry of its slot).
+fn local_units(table: &Table) -> Option<u64> {
+    let t = table.borrow();
+    let (value, _) = t
+        .iter()
+        .find(|(k, _)| k.starts_with(crate::limits::store::BUCKET_PREFIX))?
+        .1
+        .clone()
+        .into();
+    value
+        .get(8..16)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+}
+
+#[test]
+fn global_limits_are_asked_of_the_service_after_the_local_ones() {
+    let cfg = global(5, "allow");
+    let table = Table::default();
+    let (mut x, step, mut host) = call_at(&table, &cfg, "a__t0", NOW);
+    let Step::Check(check) = step else {
+        panic!("expected a check, got {step:?}")
+    };
+    assert_eq!(
+        (
+            check.cluster.as_str(),
+            check.service,
+            check.method,
+            check.timeout_ms
+        ),
+        (
+            "rls",
+            "envoy.service.ratelimit.v3.RateLimitService",
+            "ShouldRateLimit",
+            40
+        )
+    );
+    let descriptor = crate::limits::Descriptor {
+        name: "shared".into(),
+        entries: vec![
+            ("limit", "shared".into()),
+            ("principal", "anonymous".into()),
+            ("tool", "a__t0".into()),
+        ],
+        requests: 5,
+        per_seconds: 60,
+        cost: 2,
+    };
+    assert_eq!(
+        check.message,
+        crate::limits::ratelimit::request("edge", &[descriptor])
+    );
+    let spent = local_units(&table).unwrap();
+    // While it waits, a second call of the tool finds its one place in flight taken.
+    let (_, step, _) = call_at(&table, &cfg, "a__t0", NOW);
+    assert_eq!(reply_of(&step).0, 429);
+    // The service admits it: the call is routed as any other.
+    host.now = NOW + 1;
+    let step = x.on_check_answer(Some(&rls_answer(1, 0)), &mut host);
+    let f = forward_of(step);
+    assert_eq!(set(&f, Header::Route), Some(Some("ca")));
+    assert_eq!(host.limit_service, [(1000, "ok".to_owned())]);
+    assert_eq!(
+        x.on_check_answer(None, &mut host),
+        Step::Wait,
+        "answered once"
+    );
+    x.on_stream_end(&mut host);
+
+    // Over the limit: 429 naming the global limit, Retry-After from the window's reset,
+    // and what the local limits took is given back.
+    let (mut x, step, mut host) = call_at(&table, &cfg, "a__t0", NOW);
+    assert!(matches!(step, Step::Check(_)));
+    let before = local_units(&table).unwrap();
+    assert!(before < spent);
+    let step = x.on_check_answer(Some(&rls_answer(2, 42)), &mut host);
+    assert_limited(&step, &host, "shared", "global", 42);
+    assert_eq!(host.limit_service, [(0, "over_limit".to_owned())]);
+    assert!(
+        local_units(&table).unwrap() > before,
+        "local token refunded"
+    );
+    // Its place in flight too: the next call is asked about at once.
+    let (_, step, _) = call_at(&table, &cfg, "a__t0", NOW);
+    assert!(matches!(step, Step::Check(_)));
+}
+
+#[test]
+fn an_unanswered_check_follows_the_failure_mode() {
+    for (mode, admitted) in [("allow", true), ("deny", false)] {
+        let cfg = global(5, mode);
+        let table = Table::default();
+        let (mut x, step, mut host) = call_at(&table, &cfg, "a__t0", NOW);
+        assert!(matches!(step, Step::Check(_)), "{mode}");
+        let step = x.on_check_answer(None, &mut host);
+        assert_eq!(is_forward(&step), admitted, "{mode}: {step:?}");
+        assert_eq!(host.limit_service, [(0, "failed".to_owned())], "{mode}");
+        if !admitted {
+            assert_limited(&step, &host, "shared", "global", 1);
+        }
+        // Garbage counts as no answer.
+        let (mut x, _, mut host) = call_at(&table, &cfg, "b__same", NOW);
+        let step = x.on_check_answer(Some(&[0x08]), &mut host);
+        assert_eq!(is_forward(&step), admitted, "{mode}: {step:?}");
+    }
+}
