@@ -258,8 +258,7 @@ fn local_units(table: &Table) -> Option<u64> {
         .iter()
         .find(|(k, _)| k.starts_with(crate::limits::store::BUCKET_PREFIX))?
         .1
-        .clone()
-        .into();
+        .clone();
     value
         .get(8..16)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
