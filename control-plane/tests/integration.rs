@@ -17,6 +17,7 @@ mod integration {
     mod exposure;
     mod federation;
     mod openapi;
+    mod ratelimit;
     mod serving;
     mod store;
     mod transfer;

@@ -209,6 +209,18 @@ pub struct RateLimitService {
     pub failure_mode: FailureMode,
 }
 
+impl RateLimitService {
+    /// The service at Envoy cluster `cluster`, with the defaults.
+    pub fn with_cluster(cluster: &str) -> RateLimitService {
+        RateLimitService {
+            cluster: cluster.to_owned(),
+            domain: default_domain(),
+            timeout_ms: DEFAULT_SERVICE_TIMEOUT_MS,
+            failure_mode: FailureMode::default(),
+        }
+    }
+}
+
 /// Default of [`RateLimitService::domain`].
 pub const DEFAULT_DOMAIN: &str = "mcpgw";
 /// Default of [`RateLimitService::timeout_ms`].
