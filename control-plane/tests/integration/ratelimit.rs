@@ -140,3 +140,110 @@ async fn an_unreachable_redis_is_unavailable() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
 }
+
+/// The mcpgw filter at virtual server `s` (tool `u__echo` of upstream cluster `up`) with
+/// one global limit of `n` per hour, checked against cluster `rls` in `domain`.
+fn envoy_bootstrap(upstream: SocketAddr, rls: SocketAddr, domain: &str, n: usize) -> String {
+    use mcpgw_harness::bootstrap::{StaticBootstrap, static_cluster, wasm_filter};
+    let snapshot = serde_json::json!({
+        "upstreams": {"u": {"cluster": "up", "path": "/mcp"}},
+        "servers": {"s": {"name": "S", "tools": [{"name": "u__echo", "upstream": "u",
+            "upstream_name": "echo", "item": {"name": "u__echo", "inputSchema": {"type": "object"}}}]}},
+        "limits": {
+            "service": {"cluster": "rls", "domain": domain, "timeout_ms": 5000, "failure_mode": "deny"},
+            "servers": {"s": {"concurrency": [], "rates": [
+                {"name": "shared", "by": ["tool"], "requests": n, "per_seconds": 3600, "global": true}
+            ]}}
+        }
+    });
+    let wasm = mcpgw_harness::Artifacts::from_env();
+    let wasm = wasm.wasm().unwrap();
+    let mut rls_cluster = static_cluster("rls", rls, "2s");
+    rls_cluster["typed_extension_protocol_options"] = serde_json::json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    });
+    let route = |cluster: &str| {
+        serde_json::json!({"match": {"prefix": "/", "headers": [{"name": "x-mcpgw-cluster",
+            "string_match": {"exact": cluster}}]}, "route": {"cluster": cluster, "timeout": "0s"}})
+    };
+    StaticBootstrap {
+        http_filters: vec![wasm_filter("mcpgw", &snapshot.to_string(), wasm)],
+        routes: vec![route("up")],
+        clusters: vec![static_cluster("up", upstream, "2s"), rls_cluster],
+        buffer_limit: None,
+        stream_idle_timeout: None,
+    }
+    .to_json()
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_envoys_spend_one_global_budget_exactly() {
+    const N: usize = 12;
+    const K: usize = 4;
+    let (rls, stop) = service(DEFAULT_REDIS_URL).await;
+    let upstream = super::upstream::TestUpstream::with_tools(&["echo"]);
+    let running = upstream.serve_stateless(0).await;
+    let domain = format!("e2e-{}", uuid::Uuid::new_v4());
+    let bootstrap = envoy_bootstrap(running.addr, rls, &domain, N);
+    let mut envoys = Vec::new();
+    for _ in 0..2 {
+        let mut envoy =
+            super::envoy::Envoy::spawn(&bootstrap, mcpgw_harness::workdir::unique_id()).await;
+        let listener = envoy.listener(mcpgw_harness::bootstrap::LISTENER).await;
+        envoys.push((envoy, listener));
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let call = |listener: SocketAddr, id: usize| {
+        let http = http.clone();
+        async move {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "u__echo", "arguments": {}}});
+            let r = http
+                .post(format!("http://{listener}/servers/s/mcp"))
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: serde_json::Value = r.json().await.unwrap();
+            (status, retry, body)
+        }
+    };
+    // K×N calls at once, alternating between the two Envoys.
+    let calls = (0..K * N).map(|i| call(envoys[i % 2].1, i));
+    let answers = futures::future::join_all(calls).await;
+    let admitted: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 200).collect();
+    assert_eq!(
+        admitted.len(),
+        N,
+        "exactly the global budget, over both Envoys"
+    );
+    for (status, retry, body) in &answers {
+        if *status == 200 {
+            assert!(body.get("result").is_some(), "{body}");
+            continue;
+        }
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], -32005, "{body}");
+        assert_eq!(body["error"]["data"]["limit"], "shared", "{body}");
+        assert_eq!(body["error"]["data"]["kind"], "global", "{body}");
+        let retry: u64 = retry.as_deref().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    // With the service gone, failure mode `deny` refuses.
+    drop(stop);
+    let (status, _, body) = call(envoys[0].1, 999).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["data"]["kind"], "global", "{body}");
+    running.stop().await;
+}
