@@ -80,6 +80,8 @@ impl Host for Recorder {
     }
     fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.table.borrow().get(key) {
+            // As the filter's host reads it: zero bytes come back as no value.
+            Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
         }

@@ -88,7 +88,9 @@ pub fn update<T>(
         let Some(new) = new else {
             return Some(out);
         };
-        let cas = if value.is_none() { Some(CREATE) } else { cas };
+        // Absent is told by the token, not the value: an emptied slot reads as no value
+        // (the host hands back nothing for zero bytes) but has a token.
+        let cas = if cas.is_none() { Some(CREATE) } else { cas };
         if store.set(key, &new, cas) {
             return Some(out);
         }
@@ -269,6 +271,8 @@ pub(crate) mod tests {
     impl Store for FakeShared {
         fn get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
             match self.values.get(key) {
+                // As the filter's host reads it: zero bytes come back as no value.
+                Some((v, c)) if v.is_empty() => (None, Some(*c)),
                 Some((v, c)) => (Some(v.clone()), Some(*c)),
                 None => (None, None),
             }
@@ -374,5 +378,26 @@ pub(crate) mod tests {
         // worker that died with it).
         assert_eq!(acquire(&mut s, 1, 106, 2, 1_000, 2_000), Acquire::Held);
         assert_eq!(in_flight(&mut s, 1, 1_000), 1);
+    }
+
+    #[test]
+    fn a_slot_emptied_by_its_last_release_takes_leases_again() {
+        let mut s = FakeShared::default();
+        for id in 0..3 {
+            assert_eq!(acquire(&mut s, 4, id, 1, 0, 1_000), Acquire::Held, "{id}");
+            assert!(release(&mut s, 4, id, 0));
+            assert_eq!(
+                s.values[&slot_key(LEASE_PREFIX, 4)].0.len(),
+                0,
+                "the slot is empty, not absent"
+            );
+        }
+        // And a bucket slot emptied by a refund takes tokens again.
+        let shape = Shape::new(1, 60, 1);
+        let one = shape.units(1);
+        assert_eq!(take(&mut s, 4, &shape, one, 0), Take::Taken);
+        assert!(refund(&mut s, 4, &shape, one, 0));
+        assert_eq!(take(&mut s, 4, &shape, one, 0), Take::Taken);
+        assert_eq!(take(&mut s, 4, &shape, one, 0), Take::Short(60_000));
     }
 }

@@ -242,6 +242,12 @@ async fn places_in_flight_come_back_after_responses_and_client_resets() -> anyho
         let r = task.await??;
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // Every place came back, the last release emptying the shared-data slot: it takes
+    // places again.
+    let again = admitted_hold(&url, 40, &gate).await?;
+    gate.open(1);
+    let r = again.await??;
+    assert_eq!(r.status, 200, "{}", r.text());
     let samples = parse_prometheus(&envoy.prometheus().await?)?;
     let refused = sample(
         &samples,
