@@ -277,7 +277,7 @@ mod tests {
         let limited_doc = bootstrap(Variant::LimitLocal, up, &modules);
         let limited = configuration(&limited_doc);
         assert_eq!(limited, catalog::limited_snapshot(TOOLS_CLUSTER));
-        let parsed: serde_json::Value = serde_json::from_str(&limited).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(limited).unwrap();
         assert_eq!(
             parsed["limits"]["default"]["rates"][0]["name"], "bench",
             "{limited}"
