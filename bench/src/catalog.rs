@@ -64,6 +64,16 @@ pub fn snapshot(cluster: &str) -> String {
     snapshot_with(cluster, "")
 }
 
+/// The limits of the `limit-local` variant: never refusing, but every call counted.
+pub const LOCAL_LIMITS: &str = r#"{"default":{"rates":[{"name":"bench","by":["principal","tool"],"requests":1000000,"per_seconds":1}],"concurrency":[{"name":"bench-in-flight","by":["tool"],"max":1000000}]}}"#;
+
+/// [`snapshot`] with the virtual server under [`LOCAL_LIMITS`].
+pub fn limited_snapshot(cluster: &str) -> String {
+    let plain = snapshot(cluster);
+    let open = plain.strip_suffix('}').unwrap_or(&plain);
+    format!(r#"{open},"limits":{LOCAL_LIMITS}}}"#)
+}
+
 /// [`snapshot`] with its upstream speaking MCP 2026-07-28 (and 2025-06-18).
 pub fn modern_snapshot(cluster: &str) -> String {
     snapshot_with(

@@ -100,6 +100,11 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
             vec![mcpgw(&catalog::snapshot(TOOLS_CLUSTER))],
             header_routed,
         ),
+        // The same catalog under local limits: the cost of the limits stage.
+        Variant::LimitLocal => (
+            vec![mcpgw(&catalog::limited_snapshot(TOOLS_CLUSTER))],
+            header_routed,
+        ),
         // The same catalog, its upstream speaking 2026-07-28: a call of that era goes to it
         // stateless (a snapshot of its own, so older filters still load the others').
         Variant::EdgeCallModern => (
@@ -269,6 +274,14 @@ mod tests {
             floor: "/f.wasm".into(),
         };
         let up = SocketAddr::from(([127, 0, 0, 1], 9));
+        let limited_doc = bootstrap(Variant::LimitLocal, up, &modules);
+        let limited = configuration(&limited_doc);
+        assert_eq!(limited, catalog::limited_snapshot(TOOLS_CLUSTER));
+        let parsed: serde_json::Value = serde_json::from_str(limited).unwrap();
+        assert_eq!(
+            parsed["limits"]["default"]["rates"][0]["name"], "bench",
+            "{limited}"
+        );
         for v in [Variant::EdgeList, Variant::EdgeCall] {
             let doc = bootstrap(v, up, &modules);
             assert_eq!(configuration(&doc), catalog::snapshot(TOOLS_CLUSTER), "{v}");

@@ -417,6 +417,17 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             m - f
         );
     }
+    if let (Some(limited), Some(edge)) = (best_of(Variant::LimitLocal), best_of(Variant::EdgeCall))
+        && edge > 0.0
+    {
+        let _ = writeln!(
+            s,
+            "- Local limits (limit-local − edge-call: a token bucket and a place in flight in \
+             shared data): {:+.0} instructions per request, {:+.2}% over edge-call",
+            limited - edge,
+            (limited - edge) / edge * 100.0
+        );
+    }
     if let (Some(e26), Some(p26), Some(e25), Some(p25)) = (
         best_of(Variant::EdgeCallModern),
         best_of(Variant::PlainCallModern),

@@ -40,11 +40,15 @@ pub enum Variant {
     /// The mcpgw filter routing that 2026-07-28 call of the virtual server's namespaced tool
     /// to a 2026-era upstream: headers checked against the body, name rewritten in both.
     EdgeCallModern,
+    /// `edge-call` with the virtual server under local limits that never refuse: a token
+    /// bucket per principal and tool and a count of calls in flight per tool, both in
+    /// shared data (the cost of the limits stage).
+    LimitLocal,
 }
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 11] = [
+    pub const ALL: [Variant; 12] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -56,6 +60,7 @@ impl Variant {
         Variant::EdgeCall,
         Variant::PlainCallModern,
         Variant::EdgeCallModern,
+        Variant::LimitLocal,
     ];
 
     /// Short name used in settings and tables.
@@ -72,6 +77,7 @@ impl Variant {
             Variant::EdgeCall => "edge-call",
             Variant::PlainCallModern => "plain-call-2026",
             Variant::EdgeCallModern => "edge-call-2026",
+            Variant::LimitLocal => "limit-local",
         }
     }
 
@@ -117,6 +123,12 @@ impl Variant {
                 "Envoy, router only, forwarding the 1 KB MCP 2026-07-28 `tools/call` of `echo` \
                  (envelope in `_meta`, `Mcp-Method`/`Mcp-Name` headers) to `/mcp`"
             }
+            Variant::LimitLocal => {
+                "mcpgw wasm filter as in `edge-call`, the virtual server under local limits that \
+                 never refuse (1,000,000 calls per second per principal and tool, 1,000,000 in \
+                 flight per tool): two compare-and-swap updates of shared data per call and one \
+                 at its end"
+            }
             Variant::EdgeCallModern => {
                 "mcpgw wasm filter, the snapshot's upstream speaking 2026-07-28: that era's \
                  `tools/call` of `bench__echo` at `/servers/bench/mcp`, envelope read, \
@@ -132,7 +144,7 @@ impl Variant {
         match self {
             Variant::Plain | Variant::Native | Variant::Floor | Variant::Mcpgw => Variant::Plain,
             Variant::PlainList | Variant::EdgeList | Variant::McpgwList => Variant::PlainList,
-            Variant::PlainCall | Variant::EdgeCall => Variant::PlainCall,
+            Variant::PlainCall | Variant::EdgeCall | Variant::LimitLocal => Variant::PlainCall,
             Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
         }
     }
@@ -151,6 +163,7 @@ impl Variant {
                 | Variant::McpgwList
                 | Variant::EdgeCall
                 | Variant::EdgeCallModern
+                | Variant::LimitLocal
         )
     }
 
@@ -174,7 +187,7 @@ impl Variant {
                 Workload::new(load::MCP_PATH, catalog::tools_list_body())
             }
             Variant::EdgeList => Workload::new(catalog::ENDPOINT, catalog::tools_list_body()),
-            Variant::EdgeCall => Workload::new(
+            Variant::EdgeCall | Variant::LimitLocal => Workload::new(
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             ),
@@ -274,7 +287,10 @@ mod tests {
             let path = v.workload().path;
             let at_edge = matches!(
                 v,
-                Variant::EdgeList | Variant::EdgeCall | Variant::EdgeCallModern
+                Variant::EdgeList
+                    | Variant::EdgeCall
+                    | Variant::EdgeCallModern
+                    | Variant::LimitLocal
             );
             assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
         }

@@ -130,8 +130,20 @@ pub struct ServeArgs {
     /// address; required when that binds every interface].
     #[arg(long, env = "MCPGW_RELAY_ADVERTISE")]
     pub relay_advertise: Option<String>,
+    /// Listen address of the rate-limit service (Envoy's `envoy.service.ratelimit.v3`
+    /// gRPC, counting in Redis) that filters check global limits against, or `off`
+    /// [default: 127.0.0.1:18002].
+    #[arg(long, env = "MCPGW_RATELIMIT_LISTEN")]
+    pub ratelimit_listen: Option<String>,
+    /// `host:port` at which Envoys reach the rate-limit service (sent over xDS) [default:
+    /// the listen address; required when that binds every interface].
+    #[arg(long, env = "MCPGW_RATELIMIT_ADVERTISE")]
+    pub ratelimit_advertise: Option<String>,
+    /// Redis the rate-limit service counts in [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "MCPGW_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Certificate chain (PEM) the control plane presents on the listeners Envoys connect to
-    /// (xDS and the relay); with `tls_key` and `tls_client_ca`.
+    /// (xDS, the relay, the rate-limit service); with `tls_key` and `tls_client_ca`.
     #[arg(long, env = "MCPGW_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) of `tls_cert`.
@@ -234,6 +246,9 @@ pub struct FileConfig {
     edge_policy: Option<PathBuf>,
     relay_listen: Option<String>,
     relay_advertise: Option<String>,
+    ratelimit_listen: Option<String>,
+    ratelimit_advertise: Option<String>,
+    redis_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -404,6 +419,12 @@ pub struct Settings {
     pub relay_listen: Option<SocketAddr>,
     /// Where Envoys reach the relay (`None`: its bound address).
     pub relay_advertise: Option<UpstreamEndpoint>,
+    /// The rate-limit service's listen address (`None`: no service).
+    pub ratelimit_listen: Option<SocketAddr>,
+    /// Where Envoys reach the rate-limit service (`None`: its bound address).
+    pub ratelimit_advertise: Option<UpstreamEndpoint>,
+    /// The Redis the rate-limit service counts in.
+    pub redis_url: String,
     /// TLS with client certificates on xDS and the relay (`None`: plaintext, allowed only
     /// on loopback unless `insecure_xds`).
     pub tls: Option<ServerTls>,
@@ -436,6 +457,9 @@ impl Settings {
             edge_policy: mcpgw_core::snapshot::Policy::default(),
             relay_listen: None,
             relay_advertise: None,
+            ratelimit_listen: None,
+            ratelimit_advertise: None,
+            redis_url: crate::ratelimit::DEFAULT_REDIS_URL.to_owned(),
             tls: None,
             insecure_xds: false,
             relay_limits: crate::relay::Limits::default(),
@@ -807,6 +831,53 @@ impl ServeArgs {
                 ),
             ));
         }
+        let ratelimit_raw = self
+            .ratelimit_listen
+            .clone()
+            .or(file.ratelimit_listen)
+            .unwrap_or_else(|| crate::ratelimit::DEFAULT_LISTEN.into());
+        let ratelimit_listen = if ratelimit_raw.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(socket_addr("ratelimit_listen", &ratelimit_raw)?)
+        };
+        let ratelimit_advertise = match self
+            .ratelimit_advertise
+            .clone()
+            .or(file.ratelimit_advertise)
+        {
+            Some(raw) => Some(
+                UpstreamEndpoint::from_url(&format!("http://{raw}"))
+                    .ok()
+                    .filter(|_| raw.contains(':') && !raw.contains(['/', '@', '?', '#']))
+                    .ok_or_else(|| {
+                        invalid("ratelimit_advertise", format!("{raw:?} is not a host:port"))
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(listen) = ratelimit_listen
+            && listen.ip().is_unspecified()
+            && ratelimit_advertise.is_none()
+        {
+            return Err(invalid(
+                "ratelimit_advertise",
+                format!(
+                    "required when ratelimit_listen binds every interface ({listen}): the address Envoys reach the service at"
+                ),
+            ));
+        }
+        let redis_url = self
+            .redis_url
+            .clone()
+            .or(file.redis_url)
+            .unwrap_or_else(|| crate::ratelimit::DEFAULT_REDIS_URL.into());
+        if redis::Client::open(redis_url.as_str()).is_err() {
+            return Err(invalid(
+                "redis_url",
+                format!("{redis_url:?} is not a redis:// or rediss:// URL"),
+            ));
+        }
         let tls = match (
             self.tls_cert.clone().or(file.tls_cert),
             self.tls_key.clone().or(file.tls_key),
@@ -836,7 +907,11 @@ impl ServeArgs {
             }
         };
         let insecure_xds = self.insecure_xds || file.insecure_xds.unwrap_or(false);
-        for (field, addr) in [("xds_listen", xds_listen), ("relay_listen", relay_listen)] {
+        for (field, addr) in [
+            ("xds_listen", xds_listen),
+            ("relay_listen", relay_listen),
+            ("ratelimit_listen", ratelimit_listen),
+        ] {
             if let Some(addr) = addr
                 && !addr.ip().is_loopback()
                 && tls.is_none()
@@ -877,11 +952,19 @@ impl ServeArgs {
                  use to reach the relay over TLS",
             ));
         }
+        if tls.is_some() && ratelimit_listen.is_some() && control_plane_tls.is_none() {
+            return Err(invalid(
+                "envoy_tls_ca",
+                "required with tls_cert while the rate-limit service is on: the certificate \
+                 files Envoys use to reach it over TLS",
+            ));
+        }
         if dev {
             let listeners = [
                 ("listen", Some(listen)),
                 ("xds_listen", xds_listen),
                 ("relay_listen", relay_listen),
+                ("ratelimit_listen", ratelimit_listen),
                 ("envoy_listen", Some(envoy_listen)),
             ];
             for (field, addr) in listeners {
@@ -962,6 +1045,9 @@ impl ServeArgs {
             edge_policy,
             relay_listen,
             relay_advertise,
+            ratelimit_listen,
+            ratelimit_advertise,
+            redis_url,
             tls,
             insecure_xds,
             relay_limits: crate::relay::Limits::default(),
@@ -1168,6 +1254,8 @@ mod tests {
         assert_eq!(s.federation.separator, "__");
         assert_eq!(s.federation.health_interval, Duration::from_secs(60));
         assert_eq!(s.xds_listen, Some("127.0.0.1:18000".parse().unwrap()));
+        assert_eq!(s.ratelimit_listen, Some("127.0.0.1:18002".parse().unwrap()));
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(s.edge, EdgeSettings::default());
     }
 
@@ -1446,6 +1534,7 @@ mod tests {
         let public_xds = || ServeArgs {
             xds_listen: Some("0.0.0.0:18000".into()),
             relay_listen: Some("off".into()),
+            ratelimit_listen: Some("off".into()),
             ..Default::default()
         };
         match public_xds().resolve(Some(KEY)) {
@@ -1482,6 +1571,31 @@ mod tests {
                 ..
             })
         ));
+        let public_ratelimit = ServeArgs {
+            ratelimit_listen: Some("10.1.2.3:18002".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            public_ratelimit.resolve(Some(KEY)),
+            Err(ConfigError::FieldInvalid {
+                field: "ratelimit_listen",
+                ..
+            })
+        ));
+        let tls_ratelimit_only = ServeArgs {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key.clone()),
+            tls_client_ca: Some(ca.clone()),
+            relay_listen: Some("off".into()),
+            ..Default::default()
+        };
+        match tls_ratelimit_only.resolve(Some(KEY)) {
+            Err(ConfigError::FieldInvalid { field, reason }) => {
+                assert_eq!(field, "envoy_tls_ca");
+                assert!(reason.contains("rate-limit service"), "{reason}");
+            }
+            other => panic!("TLS without the Envoys' files: {other:?}"),
+        }
         // With TLS on and the relay on, Envoys need the files to reach the relay with.
         let tls_relay = ServeArgs {
             tls_cert: Some(cert.clone()),

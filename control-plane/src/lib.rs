@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod edge_config;
 pub mod federation;
 pub mod model;
+pub mod ratelimit;
 pub mod relay;
 pub mod serving;
 pub mod snapshot;
@@ -52,6 +53,8 @@ pub struct ControlPlane {
     pub relay_addr: Option<SocketAddr>,
     /// In `--dev` mode: a platform-admin API token minted at start.
     pub dev_token: Option<String>,
+    /// Address the rate-limit service listens on (`None`: no service).
+    pub ratelimit_addr: Option<SocketAddr>,
 }
 
 /// Opens the store (creating the data directory for SQLite, 0700) and runs migrations.
@@ -124,6 +127,32 @@ pub async fn serve(
             })
     });
     settings.edge.relay_auth = relay_addr.map(|_| settings.secrets.relay_auth());
+    let ratelimit_listener = match settings.ratelimit_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the rate-limit service listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let ratelimit_addr = match &ratelimit_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    settings.edge.ratelimit = ratelimit_addr.map(|a| {
+        settings
+            .ratelimit_advertise
+            .clone()
+            .unwrap_or_else(|| edge_config::UpstreamEndpoint {
+                host: a.ip().to_string(),
+                port: a.port(),
+                tls: false,
+            })
+    });
+    let ratelimit_service = match &ratelimit_listener {
+        Some(_) => Some(ratelimit::RedisRateLimiter::new(&settings.redis_url)?),
+        None => None,
+    };
     // Build once before xDS accepts anyone: the first Envoy gets the registry, not an
     // empty configuration (and if this build fails, xDS answers nothing until one works).
     let publisher = Publisher::new(
@@ -215,6 +244,21 @@ pub async fn serve(
             }
         })
     });
+    let ratelimit_tls = match (&settings.tls, &ratelimit_listener) {
+        (Some(tls), Some(_)) => Some(edge_config::xds_tls(tls)?),
+        _ => None,
+    };
+    let ratelimit_task = match (ratelimit_listener, ratelimit_service) {
+        (Some(l), Some(service)) => {
+            let serving = ratelimit::serve(l, service, ratelimit_tls, stopped());
+            Some(tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %e, "rate-limit service failed; filters apply their failure mode");
+                }
+            }))
+        }
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = ?store.backend(), "admin API listening");
     ready(ControlPlane {
@@ -225,6 +269,7 @@ pub async fn serve(
         xds: ads,
         relay_addr,
         dev_token,
+        ratelimit_addr,
     });
     let signal = async move {
         shutdown.await;
@@ -257,6 +302,9 @@ pub async fn serve(
             Ok(Err(_)) => {} // logged when it happened
             Err(e) => tracing::error!(error = %e, "xDS server task failed"),
         }
+    }
+    if let Some(t) = ratelimit_task {
+        t.abort();
     }
     if let Some(t) = relay_task {
         // Open SSE streams last as long as their clients: do not wait for them.

@@ -96,6 +96,8 @@ pub struct SnapshotInputs {
     pub session: Option<SessionSettings>,
     /// The relay's cluster (`None`: no relay).
     pub relay: Option<String>,
+    /// The rate-limit service's cluster (`None`: none), for the limits marked global.
+    pub ratelimit: Option<String>,
     /// How the filter reaches each gateway the edge can serve, by gateway id: a gateway
     /// without an entry (bad URL, credentials that do not open, no permitted address) is
     /// left out, with what it serves.
@@ -243,6 +245,12 @@ pub fn assemble_reporting(
         upstreams,
         session: inputs.session.clone(),
         relay: inputs.relay.clone(),
+        limits: mcpgw_core::snapshot::limits::Limits {
+            service: inputs.ratelimit.as_ref().map(|cluster| {
+                mcpgw_core::snapshot::limits::RateLimitService::with_cluster(cluster)
+            }),
+            ..Default::default()
+        },
         ..Snapshot::default()
     };
     snapshot

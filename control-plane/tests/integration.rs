@@ -18,6 +18,7 @@ mod integration {
     mod federation;
     mod identity;
     mod openapi;
+    mod ratelimit;
     mod serving;
     mod store;
     mod transfer;

@@ -5,6 +5,7 @@
 
 use crate::edge::Edge;
 use crate::guard::Guard;
+use crate::limits::Limiter;
 use crate::policy::Gate;
 use crate::snapshot::{ConfigError, Snapshot};
 
@@ -20,6 +21,8 @@ pub struct Config {
     pub edge: Edge,
     /// The guardrail plugins.
     pub guard: Guard,
+    /// The request limits.
+    pub limits: Limiter,
 }
 
 impl Config {
@@ -40,12 +43,14 @@ impl Config {
 
     fn assemble(mut snapshot: Snapshot, guard: Guard) -> Config {
         let edge = Edge::take(&mut snapshot);
+        let limits = Limiter::new(&snapshot.limits);
         Config {
             version: snapshot.version.clone(),
             schema: snapshot.schema,
             gate: Gate::new(snapshot),
             edge,
             guard,
+            limits,
         }
     }
 

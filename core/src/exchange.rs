@@ -31,12 +31,14 @@ mod bridge;
 mod era;
 mod guard;
 mod head;
+mod limits;
 mod listen;
 mod observe;
 mod rewrite;
 mod sessions;
 
 pub use head::RequestHead;
+pub use limits::Caller;
 pub use sessions::sweep;
 
 use std::rc::Rc;
@@ -71,6 +73,19 @@ pub trait Host {
     fn warn(&mut self, message: &str);
     /// Seconds since the Unix epoch.
     fn now(&self) -> u64;
+    /// Milliseconds since the Unix epoch (the limits' clock).
+    fn now_ms(&self) -> u64 {
+        self.now().saturating_mul(1000)
+    }
+    /// Limit `limit` (of `kind`: `rate`, `concurrency`, `global`) refused a request.
+    fn count_limited(&mut self, limit: &str, kind: &str) {
+        let _ = (limit, kind);
+    }
+    /// The rate-limit service answered (`outcome`: `ok`, `over_limit`) or failed
+    /// (`failed`) after `ms` milliseconds.
+    fn observe_limit_service(&mut self, ms: u64, outcome: &str) {
+        let _ = (ms, outcome);
+    }
     /// Fills `out` from a cryptographically secure random source; `false` if it cannot.
     fn random(&mut self, out: &mut [u8]) -> bool;
     /// Guardrail plugin `plugin` did `effect` (`blocked`, `masked`, `would_block`,
@@ -138,6 +153,22 @@ pub struct CallAnswer {
     pub session_id: Option<String>,
 }
 
+/// A gRPC call the filter makes on the request's behalf (the rate-limit service's
+/// `ShouldRateLimit`); its answer goes to [`Exchange::on_check_answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// The Envoy cluster to call.
+    pub cluster: String,
+    /// The gRPC service.
+    pub service: &'static str,
+    /// Its method.
+    pub method: &'static str,
+    /// The request message (protobuf).
+    pub message: Vec<u8>,
+    /// How long the call may take.
+    pub timeout_ms: u64,
+}
+
 /// What the filter does next with the request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -155,6 +186,9 @@ pub enum Step {
     Call(Vec<Call>),
     /// Calls are in flight: keep holding the request.
     Wait,
+    /// Make this gRPC call and hold the request; its answer goes to
+    /// [`Exchange::on_check_answer`] (a call that cannot be made is answered with `None`).
+    Check(GrpcCall),
 }
 
 /// What the filter does with the response head.
@@ -191,6 +225,8 @@ enum Phase {
     },
     /// Waiting for upstream calls.
     Calling(Pending),
+    /// Waiting for the rate-limit service to admit a virtual server's request.
+    Limiting(limits::Checking),
     /// Decided and forwarded: the response is the upstream's.
     Forwarded,
     /// Handed to the session relay, whose streams repeat messages counted on their own way
@@ -273,6 +309,8 @@ pub struct Exchange {
     keep_body: bool,
     /// The guardrail post hooks the response goes through.
     post_plan: Option<crate::guard::PostPlan>,
+    /// What the request holds under its limits (released when its stream ends).
+    held: crate::limits::Held,
 }
 
 impl Exchange {
@@ -302,6 +340,7 @@ impl Exchange {
             counted_tool: None,
             keep_body: false,
             post_plan: None,
+            held: crate::limits::Held::default(),
         }
     }
 
@@ -732,11 +771,6 @@ impl Exchange {
 
     /// Answers or routes a request to a virtual server.
     fn serve_edge(&mut self, msg: &Message, host: &mut impl Host) -> Step {
-        let config = Rc::clone(&self.config);
-        let edge = &config.edge;
-        let Some(server) = self.server.clone() else {
-            return self.internal_error("virtual server missing", host);
-        };
         if self.era == Era::Modern
             && msg.kind == Kind::Request
             && let Some(method) = msg.method.as_ref().filter(|m| m.gone_in_modern_era())
@@ -751,6 +785,20 @@ impl Exchange {
             );
             return self.reject(&r, host);
         }
+        // Stage: limits (`exchange/limits.rs`); no caller until the auth stage names one.
+        if let Some(step) = self.limit(msg, None, host) {
+            return step;
+        }
+        self.serve_admitted(msg, host)
+    }
+
+    /// Answers or routes a request to a virtual server once its limits admitted it.
+    fn serve_admitted(&mut self, msg: &Message, host: &mut impl Host) -> Step {
+        let config = Rc::clone(&self.config);
+        let edge = &config.edge;
+        let Some(server) = self.server.clone() else {
+            return self.internal_error("virtual server missing", host);
+        };
         if self.era == Era::Legacy && msg.method == Some(Method::LoggingSetLevel) {
             return self.set_level(msg, host);
         }
@@ -1128,6 +1176,10 @@ impl Exchange {
                     Kind::Error => host.count_response(method, tool, true),
                     Kind::Request | Kind::Notification => {}
                 });
+        }
+        if end_of_stream {
+            // The response ended: its places among calls in flight go now, not at the log.
+            self.on_stream_end(host);
         }
         let rewriter = self.rewriter.as_mut()?;
         let out = rewriter.feed(chunk, end_of_stream);

@@ -19,6 +19,7 @@ pub mod fasthash;
 pub mod guard;
 pub mod header_map;
 pub mod jsonrpc;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod mirror;

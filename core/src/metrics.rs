@@ -24,6 +24,12 @@ pub enum Counter {
     /// `would_block`, `would_mask`). Plugin names come from the configuration, so the
     /// label set is the operator's.
     PluginActions,
+    /// Requests a limit refused, by limit and kind (`rate`, `concurrency`, `global`).
+    /// Limit names come from the configuration.
+    Limited,
+    /// Checks of global limits by the rate-limit service, by outcome (`ok`, `over_limit`,
+    /// `failed`).
+    LimitServiceChecks,
     /// Internal failures.
     InternalErrors,
 }
@@ -37,10 +43,15 @@ impl Counter {
             Counter::ResponseErrors => "mcpgw_response_errors_total",
             Counter::Rejected => "mcpgw_rejected_total",
             Counter::PluginActions => "mcpgw_plugin_actions_total",
+            Counter::Limited => "mcpgw_limited_total",
+            Counter::LimitServiceChecks => "mcpgw_limit_service_checks_total",
             Counter::InternalErrors => "mcpgw_internal_errors_total",
         }
     }
 }
+
+/// The histogram of the rate-limit service's latency, in milliseconds.
+pub const LIMIT_SERVICE_DURATION: &str = "mcpgw_limit_service_duration_ms";
 
 /// The stat name for `counter` with `labels` (name, value) pairs.
 pub fn stat_name(counter: Counter, labels: &[(&str, &str)]) -> String {

@@ -75,6 +75,9 @@ pub enum Reason {
     /// A tool's arguments do not match its `inputSchema` (400, -32602, `data` naming the
     /// plugin).
     PluginInvalidArguments,
+    /// A limit refused the request (429 with `Retry-After`, -32005, `data` naming the
+    /// limit).
+    RateLimited,
 }
 
 impl Reason {
@@ -94,6 +97,7 @@ impl Reason {
             Reason::ModernGetOrDelete => 405,
             Reason::ForbiddenOrigin => 403,
             Reason::ForbiddenHost => 421,
+            Reason::RateLimited => 429,
             Reason::Internal => 500,
             Reason::HeaderMismatch
             | Reason::MissingEnvelope
@@ -125,6 +129,7 @@ impl Reason {
             Reason::UnsupportedVersion => code::UNSUPPORTED_PROTOCOL_VERSION,
             Reason::ToolDenied | Reason::PluginBlocked => code::FORBIDDEN,
             Reason::Internal => code::INTERNAL_ERROR,
+            Reason::RateLimited => code::RATE_LIMITED,
             _ => code::INVALID_REQUEST,
         }
     }
@@ -163,6 +168,7 @@ impl Reason {
             Reason::UnknownResponse => "unknown_response",
             Reason::PluginBlocked => "plugin_blocked",
             Reason::PluginInvalidArguments => "plugin_invalid_arguments",
+            Reason::RateLimited => "rate_limited",
         }
     }
 

@@ -10,6 +10,7 @@
 //! Every struct rejects unknown fields, so a typo fails `on_configure` (Envoy rejects the
 //! config, which NACKs over xDS) instead of silently running with half a policy.
 
+pub mod limits;
 pub mod plugins;
 
 use crate::catalog::{self, Servers, Upstreams};
@@ -48,6 +49,10 @@ pub struct Snapshot {
     /// prompt gets and resource reads, here and at virtual servers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<plugins::Plugin>,
+    /// Request limits (see [`limits`]): rates and calls in flight per virtual server,
+    /// local to this Envoy or global through a rate-limit service.
+    #[serde(skip_serializing_if = "limits::Limits::is_empty")]
+    pub limits: limits::Limits,
 }
 
 /// How virtual-server sessions are sealed and how long they live.
@@ -116,6 +121,7 @@ impl Default for Snapshot {
             session: None,
             relay: None,
             plugins: Vec::new(),
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -365,6 +371,7 @@ impl Snapshot {
                 reason: e.reason,
             }
         })?;
+        self.limits.check(|id| self.servers.contains_key(id))?;
         crate::guard::Guard::check(&self.plugins)
     }
 }

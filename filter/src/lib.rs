@@ -187,12 +187,27 @@ impl Host for FilterHost<'_> {
         self.0.metrics.borrow_mut().plugin(plugin, hook, effect);
     }
 
+    fn count_limited(&mut self, limit: &str, kind: &str) {
+        self.0.metrics.borrow_mut().limited(limit, kind);
+    }
+
+    fn observe_limit_service(&mut self, ms: u64, outcome: &str) {
+        self.0.metrics.borrow_mut().limit_service(ms, outcome);
+    }
+
     fn warn(&mut self, message: &str) {
         log::warn!("{message}");
     }
 
     fn now(&self) -> u64 {
         now_secs()
+    }
+
+    fn now_ms(&self) -> u64 {
+        proxy_wasm::hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     fn random(&mut self, out: &mut [u8]) -> bool {
@@ -284,6 +299,26 @@ impl Request {
                     next => self.execute(next, held),
                 }
             }
+            Step::Check(call) => {
+                match self.dispatch_grpc_call(
+                    &call.cluster,
+                    call.service,
+                    call.method,
+                    vec![],
+                    Some(&call.message),
+                    Duration::from_millis(call.timeout_ms),
+                ) {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        log::warn!("mcpgw: cannot call cluster {}: {status:?}", call.cluster);
+                        let shared = Rc::clone(&self.shared);
+                        let next = self
+                            .exchange
+                            .on_check_answer(None, &mut FilterHost(&shared));
+                        self.execute(next, held)
+                    }
+                }
+            }
         }
     }
 
@@ -296,6 +331,27 @@ impl Request {
 }
 
 impl Context for Request {
+    /// The rate-limit service answered (gRPC status 0) or failed.
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        let message = (status == 0)
+            .then(|| {
+                proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
+        // An empty message is a valid one (every field at its default).
+        let message = match (status, message) {
+            (0, None) => Some(Vec::new()),
+            (_, m) => m,
+        };
+        let shared = Rc::clone(&self.shared);
+        let step = self
+            .exchange
+            .on_check_answer(message.as_deref(), &mut FilterHost(&shared));
+        self.execute(step, true);
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -359,6 +415,13 @@ impl HttpContext for Request {
             &mut host,
         );
         self.execute(step, false)
+    }
+
+    /// Every stream ends here, answered, reset or timed out: what it holds under the
+    /// limits is released (the exchange makes that idempotent).
+    fn on_log(&mut self) {
+        let shared = Rc::clone(&self.shared);
+        self.exchange.on_stream_end(&mut FilterHost(&shared));
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -1,7 +1,7 @@
 //! The filter's counters, defined lazily in Envoy and cached by stat name, so a request
 //! costs one host call per counter increment.
 
-use mcpgw_core::metrics::{Counter, LabelBudget, ToolLabel, stat_name};
+use mcpgw_core::metrics::{Counter, LIMIT_SERVICE_DURATION, LabelBudget, ToolLabel, stat_name};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ pub struct Metrics {
     ids: HashMap<String, u32>,
     scratch: String,
     budget: LabelBudget,
+    /// The rate-limit service's latency histogram, once defined.
+    limit_service_ms: Option<u32>,
 }
 
 impl Metrics {
@@ -87,6 +89,32 @@ impl Metrics {
                 ("mcp_effect", effect),
             ],
         );
+    }
+
+    /// A limit refused a request.
+    pub fn limited(&mut self, limit: &str, kind: &str) {
+        self.bump(
+            Counter::Limited,
+            &[("mcp_limit", limit), ("mcp_limit_kind", kind)],
+        );
+    }
+
+    /// The rate-limit service answered (or failed) after `ms`.
+    pub fn limit_service(&mut self, ms: u64, outcome: &str) {
+        self.bump(Counter::LimitServiceChecks, &[("mcp_outcome", outcome)]);
+        let id = match self.limit_service_ms {
+            Some(id) => id,
+            None => match hostcalls::define_metric(MetricType::Histogram, LIMIT_SERVICE_DURATION) {
+                Ok(id) => *self.limit_service_ms.insert(id),
+                Err(status) => {
+                    log::warn!("mcpgw: cannot define metric {LIMIT_SERVICE_DURATION}: {status:?}");
+                    return;
+                }
+            },
+        };
+        if let Err(status) = hostcalls::record_metric(id, ms) {
+            log::warn!("mcpgw: cannot record metric {LIMIT_SERVICE_DURATION}: {status:?}");
+        }
     }
 
     /// The filter failed internally.

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use super::resolve::{AddressError, checked_addresses};
 use super::translate::{
-    EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RELAY_CLUSTER, resources,
+    EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RATELIMIT_CLUSTER, RELAY_CLUSTER,
+    resources,
 };
 use super::upstream::{UpstreamAccess, upstream_access};
 use crate::config::SsrfPolicy;
@@ -259,6 +260,12 @@ impl Publisher {
                 .relay
                 .as_ref()
                 .map(|_| RELAY_CLUSTER.to_owned()),
+            ratelimit: self
+                .inputs
+                .settings
+                .ratelimit
+                .as_ref()
+                .map(|_| RATELIMIT_CLUSTER.to_owned()),
             upstreams: upstreams
                 .iter()
                 .map(|(id, u)| (id.clone(), u.access.target.snapshot_entry(cluster_name(id))))

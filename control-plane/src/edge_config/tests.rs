@@ -550,6 +550,73 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
+fn the_rate_limit_service_gets_an_http2_cluster_like_the_relays() {
+    let without = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
+    assert!(without.get(TypeUrl::Cluster, RATELIMIT_CLUSTER).is_none());
+    let s = EdgeSettings {
+        ratelimit: Some(UpstreamEndpoint {
+            host: "10.1.2.3".into(),
+            port: 18002,
+            tls: false,
+        }),
+        control_plane_tls: Some(ControlPlaneTls {
+            ca_file: "/etc/mcpgw/ca.pem".into(),
+            cert_file: "/etc/mcpgw/envoy.pem".into(),
+            key_file: "/etc/mcpgw/envoy.key".into(),
+        }),
+        ..settings()
+    };
+    let set = resources(&snapshot("1"), &two_endpoints(), &s).unwrap();
+    let c: Cluster = get(&set, TypeUrl::Cluster, RATELIMIT_CLUSTER);
+    assert_eq!(
+        endpoint_of(&c),
+        ("10.1.2.3".into(), 18002, "10.1.2.3".into())
+    );
+    let tls = tls_of(&c).expect("TLS towards the service");
+    let ctx = tls.common_tls_context.unwrap();
+    assert_eq!(ctx.alpn_protocols, ["h2"]);
+    assert_eq!(
+        ctx.tls_certificates.len(),
+        1,
+        "the Envoy's client certificate"
+    );
+    let options = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    let options = HttpProtocolOptions::decode(options.value.as_slice()).unwrap();
+    assert!(
+        matches!(
+            options.upstream_protocol_options,
+            Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)
+                    )
+                }
+            ))
+        ),
+        "{options:?}"
+    );
+    // The relay keeps HTTP/1.1.
+    let relay = resources(
+        &snapshot("1"),
+        &two_endpoints(),
+        &EdgeSettings {
+            relay: s.ratelimit.clone(),
+            ..s.clone()
+        },
+    )
+    .unwrap();
+    let c: Cluster = get(&relay, TypeUrl::Cluster, RELAY_CLUSTER);
+    assert_eq!(
+        tls_of(&c)
+            .unwrap()
+            .common_tls_context
+            .unwrap()
+            .alpn_protocols,
+        ["http/1.1"]
+    );
+}
+
+#[test]
 fn the_relay_cluster_presents_the_envoys_client_certificate_when_configured() {
     let s = EdgeSettings {
         relay: Some(UpstreamEndpoint {

@@ -68,6 +68,8 @@ pub const ROUTES: &str = "mcpgw";
 pub const FILTER: &str = "mcpgw.filter";
 /// Name of the session relay's cluster (the snapshot's `relay`).
 pub const RELAY_CLUSTER: &str = "mcpgw-relay";
+/// Name of the rate-limit service's cluster (the snapshot's `limits.service.cluster`).
+pub const RATELIMIT_CLUSTER: &str = "mcpgw-ratelimit";
 /// The wasm VM's id and the plugin's root id: constant, so a reconfiguration reuses the VM.
 const VM_ID: &str = "mcpgw";
 /// How long an upstream connection attempt may take. Long enough for a TLS handshake across
@@ -154,8 +156,11 @@ pub struct EdgeSettings {
     /// The secret the relay route adds to every request it sends to the relay
     /// ([`mcpgw_core::edge::RELAY_AUTH_HEADER`]), which the relay checks.
     pub relay_auth: Option<String>,
-    /// Files on the Envoys' hosts for TLS towards the control plane (the relay cluster):
-    /// `None` means plaintext.
+    /// Where Envoys reach the control plane's rate-limit service, which checks global
+    /// limits (`None`: none; a snapshot with global limits then needs its own).
+    pub ratelimit: Option<UpstreamEndpoint>,
+    /// Files on the Envoys' hosts for TLS towards the control plane (the relay and
+    /// rate-limit clusters): `None` means plaintext.
     pub control_plane_tls: Option<ControlPlaneTls>,
     /// Resolves upstream names for the static endpoints Envoys get.
     pub resolver: EdgeResolver,
@@ -191,6 +196,7 @@ impl Default for EdgeSettings {
             upstream_ca_file: Some(DEFAULT_UPSTREAM_CA_FILE.to_owned()),
             relay: None,
             relay_auth: None,
+            ratelimit: None,
             control_plane_tls: None,
             resolver: EdgeResolver::default(),
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
@@ -335,6 +341,9 @@ pub fn resources(
     }
     if let Some(relay) = &settings.relay {
         b.insert(RELAY_CLUSTER, &relay_cluster(relay, settings))?;
+    }
+    if let Some(service) = &settings.ratelimit {
+        b.insert(RATELIMIT_CLUSTER, &ratelimit_cluster(service, settings))?;
     }
     let json = serde_json::to_string(snapshot).map_err(|e| EdgeError::Serialize(e.to_string()))?;
     // Large catalogs travel compressed (the filter reads both forms): each Envoy stream
@@ -784,6 +793,24 @@ fn http1_options(filters: Vec<HttpFilter>) -> HttpProtocolOptions {
     }
 }
 
+/// HTTP/2 towards a gRPC service.
+fn http2_options() -> HttpProtocolOptions {
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    }
+}
+
 fn circuit_breakers() -> Option<CircuitBreakers> {
     Some(CircuitBreakers {
         thresholds: vec![circuit_breakers::Thresholds {
@@ -862,39 +889,66 @@ fn upstream_cluster(name: &str, edge: &EdgeUpstream, settings: &EdgeSettings) ->
 /// The session relay's cluster: the control plane itself, so its name (if it is one) is
 /// resolved by Envoy; TLS with Envoy's client certificate when configured.
 fn relay_cluster(relay: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
+    control_plane_cluster(RELAY_CLUSTER, relay, settings, false)
+}
+
+/// The rate-limit service's cluster: the control plane's gRPC listener (HTTP/2), reached
+/// as the relay is.
+fn ratelimit_cluster(service: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
+    control_plane_cluster(RATELIMIT_CLUSTER, service, settings, true)
+}
+
+/// A cluster of the control plane's listener at `relay` (`http2`: gRPC).
+fn control_plane_cluster(
+    name: &str,
+    relay: &UpstreamEndpoint,
+    settings: &EdgeSettings,
+    http2: bool,
+) -> Cluster {
     let discovery = if relay.ip().is_some() {
         cluster::DiscoveryType::Static
     } else {
         cluster::DiscoveryType::StrictDns
     };
+    let alpn = |mut tls: UpstreamTlsContext| {
+        if http2 && let Some(common) = tls.common_tls_context.as_mut() {
+            common.alpn_protocols = vec!["h2".into()];
+        }
+        tls
+    };
     let transport_socket = match &settings.control_plane_tls {
-        Some(files) => Some(tls_socket(&upstream_tls(
+        Some(files) => Some(tls_socket(&alpn(upstream_tls(
             relay,
             Some(&files.ca_file),
             Some(files),
-        ))),
+        )))),
         None => relay.tls.then(|| {
-            tls_socket(&upstream_tls(
+            tls_socket(&alpn(upstream_tls(
                 relay,
                 settings.upstream_ca_file.as_deref(),
                 None,
-            ))
+            )))
         }),
     };
+    let protocol = if http2 {
+        http2_options()
+    } else {
+        http1_options(Vec::new())
+    };
     Cluster {
-        name: RELAY_CLUSTER.to_owned(),
+        name: name.to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
         connect_timeout: secs(CONNECT_TIMEOUT_S),
         typed_extension_protocol_options: [(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            any(&http1_options(Vec::new())),
+            any(&protocol),
         )]
         .into_iter()
         .collect(),
         transport_socket,
         circuit_breakers: circuit_breakers(),
         load_assignment: Some(load_assignment(
-            RELAY_CLUSTER,
+            name,
             std::slice::from_ref(&relay.host),
             relay.port,
             &relay.host,

@@ -60,6 +60,8 @@ async fn serve_starts_answers_and_stops_gracefully() {
             "127.0.0.1:0",
             "--relay-listen",
             "127.0.0.1:0",
+            "--ratelimit-listen",
+            "127.0.0.1:0",
         ])
         .env("MCPGW_DATA_DIR", &data)
         .env(

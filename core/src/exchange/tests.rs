@@ -33,6 +33,10 @@ struct Recorder {
     warnings: Vec<String>,
     now: u64,
     table: Table,
+    /// (limit, kind) of every request a limit refused.
+    limited: Vec<(String, String)>,
+    /// (milliseconds, outcome) of every check by the rate-limit service.
+    limit_service: Vec<(u64, String)>,
 }
 
 const NOW: u64 = 1_000_000;
@@ -76,6 +80,8 @@ impl Host for Recorder {
     }
     fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.table.borrow().get(key) {
+            // As the filter's host reads it: zero bytes come back as no value.
+            Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
         }
@@ -83,7 +89,8 @@ impl Host for Recorder {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         let mut t = self.table.borrow_mut();
         let current = t.get(key).map(|(_, c)| *c);
-        if cas.is_some() && cas != current {
+        // As Envoy's: a token is checked only against a key that exists.
+        if current.is_some() && cas.is_some() && cas != current {
             return false;
         }
         let next = current.unwrap_or(0) + 1;
@@ -102,6 +109,12 @@ impl Host for Recorder {
     fn count_plugin(&mut self, plugin: &str, hook: &str, effect: &str) {
         self.plugins
             .push((plugin.to_owned(), hook.to_owned(), effect.to_owned()));
+    }
+    fn count_limited(&mut self, limit: &str, kind: &str) {
+        self.limited.push((limit.to_owned(), kind.to_owned()));
+    }
+    fn observe_limit_service(&mut self, ms: u64, outcome: &str) {
+        self.limit_service.push((ms, outcome.to_owned()));
     }
 }
 
@@ -1869,3 +1882,4 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
 }
 
 mod guard;
+mod limits;

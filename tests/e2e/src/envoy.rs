@@ -178,7 +178,16 @@ impl Envoy {
     /// Writes the bootstrap, starts Envoy (`--concurrency 1`) and waits until admin
     /// `/ready` says LIVE. Fails with Envoy's log tail if it exits or hangs.
     pub async fn start(artifacts: &Artifacts, config: &EnvoyConfig) -> anyhow::Result<Self> {
-        let launch = Launch::new(artifacts.envoy()?);
+        Self::start_workers(artifacts, config, 1).await
+    }
+
+    /// Like [`Envoy::start`], with `workers` worker threads (`--concurrency`).
+    pub async fn start_workers(
+        artifacts: &Artifacts,
+        config: &EnvoyConfig,
+        workers: u32,
+    ) -> anyhow::Result<Self> {
+        let launch = Launch::new(artifacts.envoy()?).workers(workers);
         let mut envoy =
             mcpgw_harness::Envoy::start(launch, &config.bootstrap_text(artifacts)?).await?;
         let listener = envoy.listener(LISTENER).await?;

@@ -77,7 +77,10 @@ pub fn stats_tags() -> Value {
         {"tag_name": "mcp_reason", "regex": "(_mcp_reason=\\.=(.*?);\\.;)"},
         {"tag_name": "mcp_plugin", "regex": "(_mcp_plugin=\\.=(.*?);\\.;)"},
         {"tag_name": "mcp_hook", "regex": "(_mcp_hook=\\.=(.*?);\\.;)"},
-        {"tag_name": "mcp_effect", "regex": "(_mcp_effect=\\.=(.*?);\\.;)"}
+        {"tag_name": "mcp_effect", "regex": "(_mcp_effect=\\.=(.*?);\\.;)"},
+        {"tag_name": "mcp_limit", "regex": "(_mcp_limit=\\.=(.*?);\\.;)"},
+        {"tag_name": "mcp_limit_kind", "regex": "(_mcp_limit_kind=\\.=(.*?);\\.;)"},
+        {"tag_name": "mcp_outcome", "regex": "(_mcp_outcome=\\.=(.*?);\\.;)"}
     ])
 }
 

@@ -1,4 +1,5 @@
-//! A real Envoy: started from a bootstrap on ephemeral ports (`--concurrency 1`), watched
+//! A real Envoy: started from a bootstrap on ephemeral ports (`--concurrency 1` unless
+//! told otherwise), watched
 //! through its admin interface, killed on drop, and quoting the tail of its log when it
 //! fails.
 
@@ -29,6 +30,7 @@ pub struct Launch {
     base_id: Option<u32>,
     wrapper: Vec<OsString>,
     dir: Option<Workdir>,
+    workers: u32,
 }
 
 impl Launch {
@@ -42,7 +44,14 @@ impl Launch {
             base_id: None,
             wrapper: Vec::new(),
             dir: None,
+            workers: 1,
         }
+    }
+
+    /// `--concurrency n`: worker threads (each with its own filter VM).
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n.max(1);
+        self
     }
 
     /// Names it in its work dir and in error messages.
@@ -104,7 +113,9 @@ impl Launch {
         cmd.args(&argv[1..])
             .arg("-c")
             .arg(&config)
-            .args(["--concurrency", "1", "--log-level", &self.log_level])
+            .arg("--concurrency")
+            .arg(self.workers.to_string())
+            .args(["--log-level", &self.log_level])
             .arg("--admin-address-path")
             .arg(dir.file("admin.addr"));
         match self.base_id {

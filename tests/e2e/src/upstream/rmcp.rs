@@ -2,11 +2,14 @@
 //! streamable HTTP on 127.0.0.1 (port 0) at `/mcp`.
 //!
 //! Tools `echo`, `add`, `whoami` (returns the server's label, so tests can tell which
-//! upstream answered); resource `mcpgw://greeting`; prompt `greet`. Every request it
+//! upstream answered), and on a gated server ([`RmcpServer::start_gated`]) `hold`, which
+//! answers only when the test opens its [`Gate`] (calls in flight for as long as a test
+//! needs, without timing); resource `mcpgw://greeting`; prompt `greet`. Every request it
 //! receives is recorded ([`RmcpServer::seen`]): method, headers and JSON-RPC method, so
 //! tests can assert what reached the upstream and what did not.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -62,10 +65,61 @@ pub struct GreetArgs {
     pub name: String,
 }
 
+/// What `hold` calls wait for: each permit the test adds answers one of them.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    arrived: Arc<AtomicUsize>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            arrived: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Gate {
+    /// Lets `n` waiting (or later) `hold` calls answer.
+    pub fn open(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// `hold` calls waiting now (one the server dropped, its client gone, stops waiting).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// `hold` calls that ever arrived.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        if let Ok(permit) = self.permits.acquire().await {
+            permit.forget();
+        }
+    }
+}
+
 /// The handler: one instance per session.
 #[derive(Debug, Clone)]
 pub struct Handler {
     label: String,
+    gate: Gate,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -76,7 +130,20 @@ impl Handler {
     pub fn new(label: &str) -> Self {
         Self {
             label: label.to_owned(),
+            gate: Gate::default(),
             tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
+    }
+
+    /// A handler that also has `hold`, waiting on `gate`.
+    pub fn gated(label: &str, gate: Gate) -> Self {
+        let mut tool_router = Self::tool_router();
+        tool_router.merge(Self::hold_router());
+        Self {
+            label: label.to_owned(),
+            gate,
+            tool_router,
             prompt_router: Self::prompt_router(),
         }
     }
@@ -97,6 +164,16 @@ impl Handler {
     #[tool(description = "Names the upstream that answered")]
     fn whoami(&self) -> String {
         self.label.clone()
+    }
+}
+
+#[tool_router(router = hold_router)]
+impl Handler {
+    /// Answers once the test opens the gate.
+    #[tool(description = "Answers when the test lets it")]
+    async fn hold(&self) -> String {
+        self.gate.pass().await;
+        "released".to_owned()
     }
 }
 
@@ -210,6 +287,16 @@ async fn record(
 impl RmcpServer {
     /// Binds 127.0.0.1:0 and serves `/mcp` on the current tokio runtime.
     pub async fn start(label: &str, mode: RmcpServerMode) -> anyhow::Result<Self> {
+        Self::serve(label, mode, None).await
+    }
+
+    /// Like [`RmcpServer::start`], with tool `hold` waiting on the returned gate.
+    pub async fn start_gated(label: &str, mode: RmcpServerMode) -> anyhow::Result<(Self, Gate)> {
+        let gate = Gate::default();
+        Ok((Self::serve(label, mode, Some(gate.clone())).await?, gate))
+    }
+
+    async fn serve(label: &str, mode: RmcpServerMode, gate: Option<Gate>) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let config = match mode {
             RmcpServerMode::SessionSse => StreamableHttpServerConfig::default(),
@@ -223,7 +310,12 @@ impl RmcpServer {
         let owned = label.to_owned();
         let service: StreamableHttpService<Handler, LocalSessionManager> =
             StreamableHttpService::new(
-                move || Ok(Handler::new(&owned)),
+                move || {
+                    Ok(match &gate {
+                        Some(gate) => Handler::gated(&owned, gate.clone()),
+                        None => Handler::new(&owned),
+                    })
+                },
                 Default::default(),
                 config,
             );
