@@ -2,6 +2,7 @@
 //! its policy turned into lookup sets ([`Gate`]) and its catalog indexed ([`Edge`]), with the
 //! session key decoded. Every request reads this; nothing in it is parsed per request.
 
+use crate::auth::Access;
 use crate::edge::Edge;
 use crate::policy::Gate;
 use crate::snapshot::{ConfigError, Snapshot};
@@ -16,6 +17,8 @@ pub struct Config {
     pub gate: Gate,
     /// The virtual servers, their upstreams, the session key and the relay.
     pub edge: Edge,
+    /// Identity: token checks, rules, metadata of the servers that have `auth`.
+    pub access: Access,
 }
 
 impl Config {
@@ -27,12 +30,15 @@ impl Config {
     }
 
     fn compile(mut snapshot: Snapshot) -> Config {
+        // Before the catalog moves into the edge: the servers' `auth` is read from it.
+        let access = Access::new(&snapshot);
         let edge = Edge::take(&mut snapshot);
         Config {
             version: snapshot.version.clone(),
             schema: snapshot.schema,
             gate: Gate::new(snapshot),
             edge,
+            access,
         }
     }
 

@@ -10,6 +10,8 @@
 //! Every struct rejects unknown fields, so a typo fails `on_configure` (Envoy rejects the
 //! config, which NACKs over xDS) instead of silently running with half a policy.
 
+pub mod auth;
+
 use crate::catalog::{self, Servers, Upstreams};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +44,10 @@ pub struct Snapshot {
     /// of a session over several stateful upstreams). Without it both are refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// Identity at the edge: the token issuers trusted and the tokens revoked; each virtual
+    /// server opts in with its own `auth`.
+    #[serde(skip_serializing_if = "auth::Auth::is_empty")]
+    pub auth: auth::Auth,
 }
 
 /// How virtual-server sessions are sealed and how long they live.
@@ -109,6 +115,7 @@ impl Default for Snapshot {
             upstreams: Upstreams::new(),
             session: None,
             relay: None,
+            auth: auth::Auth::default(),
         }
     }
 }
@@ -352,10 +359,29 @@ impl Snapshot {
         if self.relay.as_deref().is_some_and(str::is_empty) {
             return invalid("relay", "cluster name must not be empty");
         }
-        catalog::validate(&self.servers, &self.upstreams).map_err(|e| ConfigError::FieldInvalid {
+        catalog::validate(&self.servers, &self.upstreams).map_err(|e| {
+            ConfigError::FieldInvalid {
+                field: e.field,
+                reason: e.reason,
+            }
+        })?;
+        self.validate_auth()
+    }
+
+    /// Checks `auth` and every server's `auth` (rules parsed).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |e: auth::AuthError| ConfigError::FieldInvalid {
             field: e.field,
             reason: e.reason,
-        })
+        };
+        auth::validate(&self.auth).map_err(invalid)?;
+        for (id, server) in &self.servers {
+            if let Some(a) = &server.auth {
+                auth::validate_server(id, a, &self.auth).map_err(invalid)?;
+                crate::auth::check_rules(id, a).map_err(invalid)?;
+            }
+        }
+        Ok(())
     }
 }
 
