@@ -25,7 +25,7 @@
 pub mod rules;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashSet;
 

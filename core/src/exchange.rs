@@ -21,7 +21,13 @@
 //!    session; the request goes on, or is answered, once they have answered;
 //! 4. response ([`Exchange::on_response_head`], [`Exchange::on_response_body`]): JSON and
 //!    SSE bodies are observed as they stream through and counted per method and tool.
+//!
+//! Identity ([`crate::auth`]) is a stage of 1 and 2 (`exchange/auth.rs`): OAuth protected
+//! resource metadata is answered at the head, a request to a virtual server with `auth` is
+//! authenticated before its session is resumed, and authorized before the edge answers or
+//! routes it; lists show only what its principal may use.
 
+mod auth;
 mod bridge;
 mod era;
 mod head;
@@ -258,6 +264,8 @@ pub struct Exchange {
     pick: Option<String>,
     /// The tool of the request (a single message), as counted.
     counted_tool: Option<Tool>,
+    /// Who makes the request, on a virtual server with `auth` (verified token).
+    principal: Option<crate::auth::Principal>,
 }
 
 impl Exchange {
@@ -285,6 +293,7 @@ impl Exchange {
             rewriter: None,
             pick: None,
             counted_tool: None,
+            principal: None,
         }
     }
 
@@ -371,6 +380,9 @@ impl Exchange {
         };
         let method = fields.method.map(head::lossy).unwrap_or_default();
         if let Some(step) = self.check_host(&fields, host) {
+            return step;
+        }
+        if let Some(step) = self.serve_metadata(&fields, &method, host) {
             return step;
         }
         let modern = self.protocol_version.as_deref().is_some_and(mcp::is_modern);
@@ -484,11 +496,20 @@ impl Exchange {
             // streamable HTTP request to `/servers/{id}/mcp` through this listener, where
             // this filter checks it like any other.
             Endpoint::Sse(id) | Endpoint::Message(id) if edge.has_server(id) => {
+                if let Some(step) = self.authenticate(id, fields, host) {
+                    return Some(step);
+                }
                 return Some(self.hand_to_relay("the legacy SSE transport", Vec::new(), host));
             }
             Endpoint::Mcp(id) | Endpoint::Sse(id) | Endpoint::Message(id) | Endpoint::Other(id) => {
                 return Some(self.reject(&edge::unknown_server(id), host));
             }
+        }
+        // Who asks decides which session it may resume, and everything after.
+        if let Some(server) = self.server.clone()
+            && let Some(step) = self.authenticate(&server, fields, host)
+        {
+            return Some(step);
         }
         // A 2026-era request has no session: its `Mcp-Session-Id`, if any, is ignored.
         if let (Some(token), Some(server), false) = (fields.session_id, self.server.clone(), modern)
@@ -705,10 +726,18 @@ impl Exchange {
             );
             return self.reject(&r, host);
         }
+        if let Some(step) = self.authorize(msg, host) {
+            return step;
+        }
         if self.era == Era::Legacy && msg.method == Some(Method::LoggingSetLevel) {
             return self.set_level(msg, host);
         }
-        match edge.answer(&server, msg, self.era) {
+        let answer = {
+            let visible = self.visibility();
+            let visible = visible.as_ref().map(|f| f as &dyn Fn(&str, &str) -> bool);
+            edge.answer_as(&server, msg, self.era, visible)
+        };
+        match answer {
             None => self.reject(&edge::unknown_server(&server), host),
             Some(Answer::Reply(body)) if msg.method == Some(Method::Initialize) => {
                 let token = match self.new_session(&server, msg, host) {
@@ -810,6 +839,7 @@ impl Exchange {
                     &body,
                     msg,
                     host.now(),
+                    self.principal.as_ref().map(|p| p.digest.as_str()),
                 ));
                 self.record = self.read_record(host);
                 // The level is part of the shared session's identity: it is the session's

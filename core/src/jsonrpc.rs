@@ -18,6 +18,8 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// The gateway's policy forbids the request (server-defined range).
     pub const FORBIDDEN: i64 = -32003;
+    /// The request needs a valid bearer token (HTTP 401; server-defined range).
+    pub const UNAUTHORIZED: i64 = -32001;
     /// MCP 2026-07-28: a request header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
     /// MCP 2026-07-28: the request needs a client capability it did not declare.
