@@ -201,6 +201,8 @@ struct Credentials {
     authorization: bool,
     proxy_authorization: bool,
     cookie: bool,
+    /// The verified token payload `jwt_authn` added ([`crate::auth::PAYLOAD_HEADER`]).
+    verified_payload: bool,
 }
 
 /// The tool a request names, kept for labelling its response.
@@ -365,6 +367,7 @@ impl Exchange {
             authorization: fields.authorization,
             proxy_authorization: fields.proxy_authorization,
             cookie: fields.cookie,
+            verified_payload: fields.verified_payload.is_some(),
         };
         self.protocol_version = fields.protocol_version.map(|v| head::lossy(v).into_owned());
         self.pick = fields.upstream.map(|p| head::lossy(p).into_owned());
@@ -689,11 +692,17 @@ impl Exchange {
 
     /// Removes the client's credentials from a request that goes upstream.
     fn strip_credentials(&self, forward: &mut Forward) {
+        // Removing a header the request does not carry would still cost a host call.
+        let c = self.credentials;
+        // What the edge verified is for the edge: an upstream never sees it.
+        if c.verified_payload {
+            forward
+                .headers
+                .push((Header::Named(crate::auth::PAYLOAD_HEADER), None));
+        }
         if self.config.gate.forwards_client_credentials() {
             return;
         }
-        // Removing a header the request does not carry would still cost a host call.
-        let c = self.credentials;
         for (present, name) in [
             (c.authorization, "authorization"),
             (c.proxy_authorization, "proxy-authorization"),

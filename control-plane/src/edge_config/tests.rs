@@ -809,6 +809,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             "-authorization",
             "-proxy-authorization",
             "-cookie",
+            "-x-mcpgw-jwt-payload",
             "+authorization: Bearer up-secret"
         ]
     );
@@ -816,7 +817,12 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
     let g2 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g2"));
     assert_eq!(
         removed_then_added(&g2),
-        ["-authorization", "-proxy-authorization", "-cookie"]
+        [
+            "-authorization",
+            "-proxy-authorization",
+            "-cookie",
+            "-x-mcpgw-jwt-payload"
+        ]
     );
     let query: Vec<(String, String)> = g2
         .query_parameter_mutations

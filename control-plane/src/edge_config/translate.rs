@@ -129,7 +129,8 @@ pub const INTERNAL_HEADERS: [&str; 4] = [
     RELAY_UPSTREAMS_HEADER,
 ];
 /// Headers only the listener's own filters may set: removed from every client request
-/// before any filter sees it (`jwt_authn` adds the verified token payload after that).
+/// before any filter sees it (`jwt_authn` adds the verified token payload after that), and
+/// from every request to an upstream (what the edge verified is for the edge).
 pub const IDENTITY_HEADERS: [&str; 1] = [super::jwt::PAYLOAD_HEADER];
 /// Default of [`EdgeSettings::resolve_interval`]: how stale an upstream's addresses may be.
 /// Short enough to follow a planned address change within a minute, long enough that a
@@ -675,13 +676,15 @@ fn listener(
     }
 }
 
-/// The upstream HTTP filters of a gateway's cluster: the client's credentials out, the
+/// The upstream HTTP filters of a gateway's cluster: the client's credentials and the
+/// verified token payload ([`IDENTITY_HEADERS`]) out, the
 /// gateway's own in (and its URL's secret query parameters), then the codec. They run on
 /// every request the cluster carries: routed calls and the filter's own
 /// `dispatch_http_call`s (its upstream `initialize` and `DELETE`).
 fn credential_filters(access: &UpstreamAccess) -> Vec<HttpFilter> {
     let remove = CLIENT_CREDENTIAL_HEADERS
         .iter()
+        .chain(&IDENTITY_HEADERS)
         .map(|h| mutation_rules::HeaderMutation {
             action: Some(mutation_rules::header_mutation::Action::Remove(
                 (*h).to_owned(),

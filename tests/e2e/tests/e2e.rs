@@ -13,6 +13,7 @@ mod cases {
     mod era_bad_input;
     mod hardening;
     mod hostile;
+    mod identity;
     mod matrix;
     mod metrics;
     mod policy;
