@@ -10,7 +10,9 @@
 //! upstream clusters remove it before any upstream) and adds the payload as
 //! [`PAYLOAD_HEADER`].
 //!
-//! The requirement is `allow_missing_or_failed`: `jwt_authn` refuses nothing itself. A
+//! The requirement is any of the providers, else `allow_missing_or_failed` (naming the
+//! providers is what turns their verified-token caches on): `jwt_authn` refuses nothing
+//! itself. A
 //! request without a token, or with one that fails (bad signature, unknown key or issuer,
 //! expired, not yet valid), reaches the mcpgw filter without the payload header, and the
 //! filter answers in MCP's terms: 401 with `WWW-Authenticate: Bearer resource_metadata=…`
@@ -27,8 +29,8 @@
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{RouteMatch, route_match};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
-    JwtAuthentication, JwtCacheConfig, JwtHeader, JwtProvider, JwtRequirement, RequirementRule,
-    jwt_provider, jwt_requirement, requirement_rule,
+    JwtAuthentication, JwtCacheConfig, JwtHeader, JwtProvider, JwtRequirement,
+    JwtRequirementOrList, RequirementRule, jwt_provider, jwt_requirement, requirement_rule,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
@@ -90,21 +92,35 @@ pub fn jwt_authn(snapshot: &Snapshot) -> Option<HttpFilter> {
     if providers.is_empty() {
         return None;
     }
+    // Each provider by name, then `allow_missing_or_failed`: the same outcome as the latter
+    // alone, but a provider named in a requirement uses its verified-token cache, and the
+    // latter alone (no provider) never does (Envoy's authenticator looks the cache up only
+    // for a named provider). Sorted, so the output is deterministic.
+    let mut names: Vec<&String> = providers.keys().collect();
+    names.sort();
+    let requirement = |t| JwtRequirement {
+        requires_type: Some(t),
+    };
+    let any = names
+        .into_iter()
+        .map(|n| requirement(jwt_requirement::RequiresType::ProviderName(n.clone())))
+        .chain([requirement(
+            jwt_requirement::RequiresType::AllowMissingOrFailed(Empty {}),
+        )])
+        .collect();
     let config = JwtAuthentication {
-        providers,
         rules: vec![RequirementRule {
             r#match: Some(RouteMatch {
                 path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
                 ..Default::default()
             }),
-            requirement_type: Some(requirement_rule::RequirementType::Requires(
-                JwtRequirement {
-                    requires_type: Some(jwt_requirement::RequiresType::AllowMissingOrFailed(
-                        Empty {},
-                    )),
-                },
-            )),
+            requirement_type: Some(requirement_rule::RequirementType::Requires(requirement(
+                jwt_requirement::RequiresType::RequiresAny(JwtRequirementOrList {
+                    requirements: any,
+                }),
+            ))),
         }],
+        providers,
         stat_prefix: "mcpgw".into(),
         ..Default::default()
     };

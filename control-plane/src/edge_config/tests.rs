@@ -1127,13 +1127,21 @@ fn issuers_with_keys_put_jwt_authn_before_the_filter() {
     else {
         panic!("no requirement");
     };
-    assert!(
-        matches!(
-            req.requires_type,
-            Some(jwt_requirement::RequiresType::AllowMissingOrFailed(_))
-        ),
-        "the filter answers missing and bad tokens in MCP's terms"
-    );
+    let Some(jwt_requirement::RequiresType::RequiresAny(any)) = &req.requires_type else {
+        panic!("not requires_any: {req:?}");
+    };
+    let kinds: Vec<String> = any
+        .requirements
+        .iter()
+        .map(|r| match &r.requires_type {
+            Some(jwt_requirement::RequiresType::ProviderName(n)) => n.clone(),
+            Some(jwt_requirement::RequiresType::AllowMissingOrFailed(_)) => "*".into(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Named providers use their token caches; the last one lets missing and failed tokens
+    // through for the filter to answer in MCP's terms.
+    assert_eq!(kinds, ["idp", "*"]);
     // No issuer has keys: no jwt_authn.
     s.auth.issuers.remove("idp");
     let set = resources(&s, &two_endpoints(), &settings()).unwrap();

@@ -104,12 +104,19 @@ pub fn jwt_authn_filter(providers: &[(&str, &str, &Value)], clock_skew_seconds: 
             )
         })
         .collect();
+    // Each provider by name (their verified-token caches work only so), then
+    // `allow_missing_or_failed`.
+    let any: Vec<Value> = providers
+        .keys()
+        .map(|n| json!({"provider_name": n}))
+        .chain([json!({"allow_missing_or_failed": {}})])
+        .collect();
     json!({
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
             "providers": providers,
-            "rules": [{"match": {"prefix": "/"}, "requires": {"allow_missing_or_failed": {}}}],
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": any}}}],
             "stat_prefix": "mcpgw"
         }
     })

@@ -386,3 +386,40 @@ async fn principals_see_and_call_what_their_rules_allow() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_seen_again_comes_from_jwt_authns_cache() -> anyhow::Result<()> {
+    let issued = issue(&artifacts(), &[(claims("alice", json!({})), Forge::Signed)]).await?;
+    let gw = gateway(&issued.jwks).await?;
+    let url = gw.envoy.url("/servers/team/mcp");
+    let auth = bearer(&issued.tokens[0]);
+    for _ in 0..10 {
+        let r = post(
+            &url,
+            initialize(1, VERSION),
+            &[("authorization", auth.as_str())],
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let stats = gw.envoy.admin_get("/stats?filter=jwt").await?;
+    let value = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_suffix_value(name))
+            .unwrap_or(0)
+    };
+    assert!(value("jwt_cache_hit") >= 9, "{stats}");
+    Ok(())
+}
+
+trait StatLine {
+    fn strip_suffix_value(&self, name: &str) -> Option<u64>;
+}
+
+impl StatLine for str {
+    fn strip_suffix_value(&self, name: &str) -> Option<u64> {
+        let (key, value) = self.split_once(": ")?;
+        key.ends_with(name).then(|| value.trim().parse().ok())?
+    }
+}
