@@ -27,14 +27,17 @@ pub mod rules;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::rc::Rc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::fasthash::NameMap;
+use crate::fasthash::{Fnv, NameMap};
 use crate::jsonrpc::Message;
 use crate::mcp::Method;
 use crate::snapshot::Snapshot;
@@ -188,6 +191,29 @@ pub struct ServerPolicy {
     reads_args: bool,
 }
 
+/// Verified tokens a worker keeps what it read from (each live token is decoded, parsed and
+/// mapped to a principal once): Envoy's `jwt_authn` caches as many per worker.
+pub const MAX_CACHED_TOKENS: usize = 4096;
+
+/// What a verified token says, as read once (the per-request checks use it).
+struct Verified {
+    /// The JOSE header segment it came with (empty: no token was on the request).
+    header: Box<[u8]>,
+    /// That header's `alg`.
+    alg: Option<String>,
+    /// Index into [`Access::issuers`].
+    issuer: usize,
+    exp: Option<u64>,
+    /// `Err`: an `nbf` that is not a number.
+    nbf: Result<Option<u64>, ()>,
+    audiences: Vec<String>,
+    jti: Option<String>,
+    /// `None`: no subject.
+    principal: Option<Rc<Principal>>,
+}
+
+type TokenCache = HashMap<Box<[u8]>, Rc<Verified>, BuildHasherDefault<Fnv>>;
+
 /// The snapshot's identity configuration, compiled. See the module docs.
 #[derive(Default)]
 pub struct Access {
@@ -199,6 +225,9 @@ pub struct Access {
     metadata_paths: NameMap<String>,
     /// The server the root form of the metadata describes: the only one with `auth`.
     root: Option<String>,
+    /// Verified payloads → what they say. A `RefCell`: a worker's requests run one at a
+    /// time, and a new configuration starts with an empty cache.
+    cache: RefCell<TokenCache>,
 }
 
 impl Access {
@@ -280,7 +309,7 @@ impl Access {
         authorization: Option<&[u8]>,
         payload: Option<&[u8]>,
         now: u64,
-    ) -> Result<Option<Principal>, Failure> {
+    ) -> Result<Option<Rc<Principal>>, Failure> {
         let Some(payload) = payload else {
             return match authorization {
                 // `jwt_authn` lets a token it refused through (the filter answers in MCP's
@@ -293,6 +322,63 @@ impl Access {
             };
         };
         let payload = trim_padding(payload);
+        let header = match authorization {
+            Some(a) => Some(token_header(a, payload)?),
+            None => None,
+        };
+        let v = self.verified(header, payload)?;
+        let issuer = self
+            .issuers
+            .get(v.issuer)
+            .filter(|_| server.issuers.contains(&v.issuer))
+            .ok_or(Failure::Invalid(
+                "the token's issuer is not trusted by this server",
+            ))?;
+        if let Some(alg) = &v.alg
+            && !issuer.algorithms.contains(alg)
+        {
+            return Err(Failure::Invalid("the token's algorithm is not accepted"));
+        }
+        match v.exp {
+            None => return Err(Failure::Invalid("the token has no expiry")),
+            Some(exp) if now >= exp.saturating_add(self.skew) => {
+                return Err(Failure::Invalid("the token has expired"));
+            }
+            Some(_) => {}
+        }
+        match v.nbf {
+            Err(()) => return Err(Failure::Invalid("the token is not valid yet")),
+            Ok(Some(nbf)) if nbf > now.saturating_add(self.skew) => {
+                return Err(Failure::Invalid("the token is not valid yet"));
+            }
+            Ok(_) => {}
+        }
+        let audience_ok =
+            |aud: &String| *aud == server.resource || issuer.audiences.iter().any(|a| a == aud);
+        if !v.audiences.iter().any(audience_ok) {
+            return Err(Failure::Invalid("the token's audience is not this server"));
+        }
+        if !self.revoked.is_empty()
+            && let Some(jti) = &v.jti
+            && self.revoked.contains(jti)
+        {
+            return Err(Failure::Invalid("the token has been revoked"));
+        }
+        v.principal
+            .clone()
+            .map(Some)
+            .ok_or(Failure::Invalid("the token names no subject"))
+    }
+
+    /// What the verified `payload` (with the bearer token's JOSE `header` segment, when the
+    /// token is on the request) says, from this worker's cache or read now and cached.
+    fn verified(&self, header: Option<&[u8]>, payload: &[u8]) -> Result<Rc<Verified>, Failure> {
+        let header_key = header.unwrap_or_default();
+        if let Some(v) = self.cache.borrow().get(payload)
+            && *v.header == *header_key
+        {
+            return Ok(Rc::clone(v));
+        }
         let claims: Value = URL_SAFE_NO_PAD
             .decode(payload)
             .ok()
@@ -303,51 +389,50 @@ impl Access {
             .get("iss")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let issuer = server
+        let index = self
             .issuers
             .iter()
-            .filter_map(|&i| self.issuers.get(i))
-            .find(|i| i.issuer == iss)
+            .position(|i| i.issuer == iss)
             .ok_or(Failure::Invalid(
                 "the token's issuer is not trusted by this server",
             ))?;
-        if let Some(authorization) = authorization {
-            check_token(authorization, payload, &issuer.algorithms)?;
-        }
-        let exp = claims.get("exp").and_then(Value::as_u64);
-        match exp {
-            None => return Err(Failure::Invalid("the token has no expiry")),
-            Some(exp) if now >= exp.saturating_add(self.skew) => {
-                return Err(Failure::Invalid("the token has expired"));
-            }
-            Some(_) => {}
-        }
-        if let Some(nbf) = claims.get("nbf")
-            && nbf
-                .as_u64()
-                .is_none_or(|nbf| nbf > now.saturating_add(self.skew))
-        {
-            return Err(Failure::Invalid("the token is not valid yet"));
-        }
-        let audience_ok =
-            |aud: &str| aud == server.resource || issuer.audiences.iter().any(|a| a == aud);
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => audience_ok(a),
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(audience_ok),
-            _ => false,
+        let issuer = self.issuers.get(index).ok_or(Failure::Invalid(
+            "the token's issuer is not trusted by this server",
+        ))?;
+        let alg = match header {
+            Some(header) => Some(algorithm(header)?),
+            None => None,
         };
-        if !aud_ok {
-            return Err(Failure::Invalid("the token's audience is not this server"));
+        let audiences = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.clone()],
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let v = Rc::new(Verified {
+            header: header_key.into(),
+            alg,
+            issuer: index,
+            exp: claims.get("exp").and_then(Value::as_u64),
+            nbf: match claims.get("nbf") {
+                None => Ok(None),
+                Some(n) => n.as_u64().map(Some).ok_or(()),
+            },
+            audiences,
+            jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            principal: principal(&issuer.issuer, claims, &issuer.claims).map(Rc::new),
+        });
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MAX_CACHED_TOKENS {
+            // Simpler than an LRU, and a worker that sees more live tokens than this pays
+            // one payload parse per request, no more than without a cache.
+            cache.clear();
         }
-        if !self.revoked.is_empty()
-            && let Some(jti) = claims.get("jti").and_then(Value::as_str)
-            && self.revoked.contains(jti)
-        {
-            return Err(Failure::Invalid("the token has been revoked"));
-        }
-        principal(&issuer.issuer, claims, &issuer.claims)
-            .map(Some)
-            .ok_or(Failure::Invalid("the token names no subject"))
+        cache.insert(payload.into(), Rc::clone(&v));
+        Ok(v)
     }
 }
 
@@ -534,8 +619,9 @@ fn trim_padding(b: &[u8]) -> &[u8] {
     b.get(..end).unwrap_or_default()
 }
 
-/// Checks the presented token against the verified payload and the issuer's algorithms.
-fn check_token(authorization: &[u8], payload: &[u8], algorithms: &[String]) -> Result<(), Failure> {
+/// The JOSE header segment of the bearer token in `authorization`, which must carry the
+/// verified `payload`.
+fn token_header<'a>(authorization: &'a [u8], payload: &[u8]) -> Result<&'a [u8], Failure> {
     let token = authorization
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
@@ -551,16 +637,17 @@ fn check_token(authorization: &[u8], payload: &[u8], algorithms: &[String]) -> R
     if body != payload {
         return Err(Failure::Invalid("the bearer token is not the one verified"));
     }
-    let alg = URL_SAFE_NO_PAD
+    Ok(header)
+}
+
+/// The token's `alg`, from its JOSE `header` segment.
+fn algorithm(header: &[u8]) -> Result<String, Failure> {
+    URL_SAFE_NO_PAD
         .decode(trim_padding(header))
         .ok()
         .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
         .and_then(|h| h.get("alg").and_then(Value::as_str).map(str::to_owned))
-        .ok_or(Failure::Invalid("the token's header is malformed"))?;
-    if !algorithms.iter().any(|a| *a == alg) {
-        return Err(Failure::Invalid("the token's algorithm is not accepted"));
-    }
-    Ok(())
+        .ok_or(Failure::Invalid("the token's header is malformed"))
 }
 
 /// Reads claim `name` (a JSON Pointer when it starts with `/`; empty: not read).

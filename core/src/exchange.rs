@@ -267,7 +267,7 @@ pub struct Exchange {
     /// The tool of the request (a single message), as counted.
     counted_tool: Option<Tool>,
     /// Who makes the request, on a virtual server with `auth` (verified token).
-    principal: Option<crate::auth::Principal>,
+    principal: Option<Rc<crate::auth::Principal>>,
 }
 
 impl Exchange {

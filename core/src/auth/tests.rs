@@ -107,7 +107,7 @@ fn auth(
     server: &str,
     authorization: Option<&str>,
     payload: Option<&str>,
-) -> Result<Option<Principal>, Failure> {
+) -> Result<Option<Rc<Principal>>, Failure> {
     a.authenticate(
         a.server(server).unwrap(),
         authorization.map(str::as_bytes),
@@ -144,7 +144,7 @@ fn tokens_are_accepted_or_refused_with_a_reason() {
     assert!(auth(&a, "team", None, Some(&padded)).is_ok());
 
     let invalid = |c: &Value| auth(&a, "team", Some(&bearer("RS256", c)), Some(&payload(c)));
-    let cases: Vec<(&str, Result<Option<Principal>, Failure>, &str)> = vec![
+    let cases: Vec<(&str, Result<Option<Rc<Principal>>, Failure>, &str)> = vec![
         ("missing", auth(&a, "team", None, None), "missing"),
         (
             "refused by jwt_authn (token left, no payload)",
@@ -312,7 +312,7 @@ pub(crate) fn message(json: &str) -> Message {
     }
 }
 
-fn principal_with(extra: Value) -> Principal {
+fn principal_with(extra: Value) -> Rc<Principal> {
     let a = access();
     let c = claims(extra);
     auth(&a, "team", None, Some(&payload(&c))).unwrap().unwrap()
@@ -693,4 +693,36 @@ fn auth_errors_name_the_field() {
             .unwrap()
             .contains("auth")
     );
+}
+
+#[test]
+fn the_token_cache_never_skips_a_per_request_check() {
+    let a = access();
+    let good = claims(json!({}));
+    let (token, body) = (bearer("RS256", &good), payload(&good));
+    let at = |now: u64, server: &str, authorization: &str| {
+        a.authenticate(
+            a.server(server).unwrap(),
+            Some(authorization.as_bytes()),
+            Some(body.as_bytes()),
+            now,
+        )
+    };
+    let first = at(NOW, "team", &token).unwrap().unwrap();
+    let again = at(NOW + 1, "team", &token).unwrap().unwrap();
+    assert!(Rc::ptr_eq(&first, &again), "read once");
+    assert_eq!(
+        at(NOW + 700, "team", &token),
+        Err(Failure::Invalid("the token has expired"))
+    );
+    assert_eq!(
+        at(NOW, "open", &token),
+        Err(Failure::Invalid("the token's audience is not this server"))
+    );
+    // The same payload under another header is read again, and its algorithm refused.
+    assert_eq!(
+        at(NOW, "team", &bearer("none", &good)),
+        Err(Failure::Invalid("the token's algorithm is not accepted"))
+    );
+    assert!(at(NOW, "team", &token).is_ok());
 }

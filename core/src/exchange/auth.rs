@@ -163,7 +163,7 @@ impl Exchange {
             _ => Args::None,
         };
         let id = msg.id.clone();
-        match policy.authorize(self.principal.as_ref(), server, msg, args) {
+        match policy.authorize(self.principal.as_deref(), server, msg, args) {
             Decision::Allow => None,
             Decision::InsufficientScope(p) => {
                 let r = Rejection::new(
@@ -190,7 +190,7 @@ impl Exchange {
     pub(super) fn visibility(&self) -> Option<impl Fn(&str, &str) -> bool + '_> {
         let server = self.server.as_deref()?;
         let policy = self.config.access.server(server).filter(|p| p.required())?;
-        let principal = self.principal.as_ref();
+        let principal = self.principal.as_deref();
         Some(move |method: &str, name: &str| policy.visible(principal, server, method, name))
     }
 }
