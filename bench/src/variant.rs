@@ -40,11 +40,15 @@ pub enum Variant {
     /// The mcpgw filter routing that 2026-07-28 call of the virtual server's namespaced tool
     /// to a 2026-era upstream: headers checked against the body, name rewritten in both.
     EdgeCallModern,
+    /// `edge-call` on a protected virtual server: Envoy's `jwt_authn` verifies the client's
+    /// token (cached after the first request), the filter checks its claims and decides with
+    /// ten rules.
+    EdgeCallAuth,
 }
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 11] = [
+    pub const ALL: [Variant; 12] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -56,6 +60,7 @@ impl Variant {
         Variant::EdgeCall,
         Variant::PlainCallModern,
         Variant::EdgeCallModern,
+        Variant::EdgeCallAuth,
     ];
 
     /// Short name used in settings and tables.
@@ -72,6 +77,7 @@ impl Variant {
             Variant::EdgeCall => "edge-call",
             Variant::PlainCallModern => "plain-call-2026",
             Variant::EdgeCallModern => "edge-call-2026",
+            Variant::EdgeCallAuth => "edge-call-auth",
         }
     }
 
@@ -123,6 +129,12 @@ impl Variant {
                  `MCP-Protocol-Version`/`Mcp-Method`/`Mcp-Name` checked against the body, name \
                  rewritten to `echo` in the body and `Mcp-Name`, routed as `edge-call`"
             }
+            Variant::EdgeCallAuth => {
+                "`edge-call` with identity: `jwt_authn` (RS256, JWKS inline, verified-token \
+                 cache) before the filter, the same token on every request; the filter checks \
+                 issuer, audience, expiry, revocation and algorithm, then the permission and \
+                 ten rules (arguments parsed for the deny rules)"
+            }
         }
     }
 
@@ -132,7 +144,7 @@ impl Variant {
         match self {
             Variant::Plain | Variant::Native | Variant::Floor | Variant::Mcpgw => Variant::Plain,
             Variant::PlainList | Variant::EdgeList | Variant::McpgwList => Variant::PlainList,
-            Variant::PlainCall | Variant::EdgeCall => Variant::PlainCall,
+            Variant::PlainCall | Variant::EdgeCall | Variant::EdgeCallAuth => Variant::PlainCall,
             Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
         }
     }
@@ -151,6 +163,7 @@ impl Variant {
                 | Variant::McpgwList
                 | Variant::EdgeCall
                 | Variant::EdgeCallModern
+                | Variant::EdgeCallAuth
         )
     }
 
@@ -178,6 +191,11 @@ impl Variant {
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             ),
+            Variant::EdgeCallAuth => Workload::new(
+                catalog::ENDPOINT,
+                load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
+            )
+            .authorized(crate::identity::fixture().map(|f| f.authorization.as_str())),
             Variant::PlainCallModern => Workload::modern_call(
                 load::MCP_PATH,
                 catalog::CALLED_TOOL,
@@ -274,7 +292,10 @@ mod tests {
             let path = v.workload().path;
             let at_edge = matches!(
                 v,
-                Variant::EdgeList | Variant::EdgeCall | Variant::EdgeCallModern
+                Variant::EdgeList
+                    | Variant::EdgeCall
+                    | Variant::EdgeCallModern
+                    | Variant::EdgeCallAuth
             );
             assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
         }
