@@ -776,8 +776,8 @@ fn compile_server(
         "bearer_methods_supported": ["header"],
         "resource_name": name,
     });
-    if !a.scopes.is_empty() {
-        doc["scopes_supported"] = serde_json::json!(a.scopes);
+    if let (Value::Object(doc), false) = (&mut doc, a.scopes.is_empty()) {
+        doc.insert("scopes_supported".into(), serde_json::json!(a.scopes));
     }
     let rules: Vec<CompiledRule> = a
         .rules

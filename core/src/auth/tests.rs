@@ -144,7 +144,8 @@ fn tokens_are_accepted_or_refused_with_a_reason() {
     assert!(auth(&a, "team", None, Some(&padded)).is_ok());
 
     let invalid = |c: &Value| auth(&a, "team", Some(&bearer("RS256", c)), Some(&payload(c)));
-    let cases: Vec<(&str, Result<Option<Rc<Principal>>, Failure>, &str)> = vec![
+    type Outcome = Result<Option<Rc<Principal>>, Failure>;
+    let cases: Vec<(&str, Outcome, &str)> = vec![
         ("missing", auth(&a, "team", None, None), "missing"),
         (
             "refused by jwt_authn (token left, no payload)",

@@ -256,7 +256,7 @@ async fn each_bad_input_class_gets_its_exact_status_and_code() -> anyhow::Result
         let answer = reply.response(&json!(1));
         let text = answer
             .as_ref()
-            .map(|a| super::support::tool_text(a))
+            .map(super::support::tool_text)
             .unwrap_or_default();
         if reply.status != 200 || text != "hi" {
             failures.push(format!("{what}: {} {}", reply.status, reply.text()));
