@@ -111,8 +111,23 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
             vec![mcpgw(&catalog::modern_snapshot(TOOLS_CLUSTER))],
             header_routed,
         ),
+        // `jwt_authn` first, as the generated listener has it. Without the fixture (not
+        // prepared) the filter's configuration is empty and every call fails the probe.
+        Variant::EdgeCallAuth => {
+            let (jwks, config) = match crate::identity::fixture() {
+                Some(f) => (
+                    f.jwks.clone(),
+                    crate::identity::snapshot(TOOLS_CLUSTER, &f.jwks).unwrap_or_default(),
+                ),
+                None => (r#"{"keys":[]}"#.to_owned(), String::new()),
+            };
+            (
+                vec![crate::identity::jwt_authn(&jwks), mcpgw(&config)],
+                header_routed,
+            )
+        }
     };
-    StaticBootstrap {
+    let mut doc = StaticBootstrap {
         http_filters: filters,
         routes,
         clusters: vec![
@@ -121,7 +136,11 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         ],
         ..StaticBootstrap::default()
     }
-    .to_json()
+    .to_json();
+    if variant == Variant::EdgeCallAuth {
+        crate::identity::strip_payload_header(&mut doc);
+    }
+    doc
 }
 
 /// A variant's running Envoy, its listener bound; killed (and its work dir removed) on

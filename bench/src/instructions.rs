@@ -428,6 +428,20 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             (limited - edge) / edge * 100.0
         );
     }
+    if let (Some(auth), Some(edge)) = (best_of(Variant::EdgeCallAuth), best_of(Variant::EdgeCall))
+        && edge > 0.0
+    {
+        // Same call, same route; what identity adds: jwt_authn (a cached token), the
+        // filter reading the verified payload, its checks and ten rules.
+        let _ = writeln!(
+            s,
+            "- Identity on the call (edge-call-auth − edge-call: `jwt_authn` with a cached \
+             token, the claims checked, ten rules): {:+.0} instructions per request, {:+.1}% \
+             (issue 13's budget: +15%)",
+            auth - edge,
+            (auth - edge) / edge * 100.0
+        );
+    }
     if let (Some(e26), Some(p26), Some(e25), Some(p25)) = (
         best_of(Variant::EdgeCallModern),
         best_of(Variant::PlainCallModern),

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod envoy;
+pub mod identity;
 pub mod instructions;
 pub mod load;
 pub mod machine;

@@ -70,6 +70,8 @@ pub struct Workload {
     /// era's headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`), which the filter
     /// checks against the body.
     pub modern_call_of: Option<&'static str>,
+    /// `Authorization` of every request (the `edge-call-auth` variant's token).
+    pub authorization: Option<&'static str>,
 }
 
 impl Workload {
@@ -79,7 +81,14 @@ impl Workload {
             path,
             body,
             modern_call_of: None,
+            authorization: None,
         }
+    }
+
+    /// The same requests, each with `Authorization: <authorization>`.
+    pub fn authorized(mut self, authorization: Option<&'static str>) -> Workload {
+        self.authorization = authorization;
+        self
     }
 
     /// `POST path` of a 2026-07-28 `tools/call` of `tool` (`body`), with that era's headers.
@@ -88,6 +97,7 @@ impl Workload {
             path,
             body,
             modern_call_of: Some(tool),
+            authorization: None,
         }
     }
 
@@ -103,6 +113,9 @@ impl Workload {
                 .header("mcp-method", "tools/call")
                 .header("mcp-name", tool),
         };
+        if let Some(authorization) = self.authorization {
+            request = request.header("authorization", authorization);
+        }
         request
             .body(Full::new(self.body.clone()))
             .context("building the request")

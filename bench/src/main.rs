@@ -3,7 +3,8 @@
 //! (see `settings.rs`); `make bench` builds everything and runs it.
 
 use anyhow::Context;
-use mcpgw_bench::{report, rounds, settings::Settings};
+use mcpgw_bench::variant::Variant;
+use mcpgw_bench::{identity, report, rounds, settings::Settings};
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -11,6 +12,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("bench crate has no parent directory")?;
     let settings = Settings::from_lookup(|k| std::env::var(k).ok(), root)?;
+    if settings.variants.contains(&Variant::EdgeCallAuth) {
+        identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
+    }
     eprintln!(
         "mcpgw-bench: {} rounds × {:?} × {:.1} s (+{:.1} s warmup), {} connections",
         settings.rounds,

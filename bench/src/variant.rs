@@ -44,6 +44,10 @@ pub enum Variant {
     /// bucket per principal and tool and a count of calls in flight per tool, both in
     /// shared data (the cost of the limits stage).
     LimitLocal,
+    /// `edge-call` on a protected virtual server: Envoy's `jwt_authn` verifies the client's
+    /// token (cached after the first request), the filter checks its claims and decides with
+    /// ten rules.
+    EdgeCallAuth,
 }
 
 impl Variant {
@@ -61,6 +65,7 @@ impl Variant {
         Variant::PlainCallModern,
         Variant::EdgeCallModern,
         Variant::LimitLocal,
+        Variant::EdgeCallAuth,
     ];
 
     /// Short name used in settings and tables.
@@ -78,6 +83,7 @@ impl Variant {
             Variant::PlainCallModern => "plain-call-2026",
             Variant::EdgeCallModern => "edge-call-2026",
             Variant::LimitLocal => "limit-local",
+            Variant::EdgeCallAuth => "edge-call-auth",
         }
     }
 
@@ -135,6 +141,12 @@ impl Variant {
                  `MCP-Protocol-Version`/`Mcp-Method`/`Mcp-Name` checked against the body, name \
                  rewritten to `echo` in the body and `Mcp-Name`, routed as `edge-call`"
             }
+            Variant::EdgeCallAuth => {
+                "`edge-call` with identity: `jwt_authn` (RS256, JWKS inline, verified-token \
+                 cache) before the filter, the same token on every request; the filter checks \
+                 issuer, audience, expiry, revocation and algorithm, then the permission and \
+                 ten rules (arguments parsed for the deny rules)"
+            }
         }
     }
 
@@ -144,7 +156,10 @@ impl Variant {
         match self {
             Variant::Plain | Variant::Native | Variant::Floor | Variant::Mcpgw => Variant::Plain,
             Variant::PlainList | Variant::EdgeList | Variant::McpgwList => Variant::PlainList,
-            Variant::PlainCall | Variant::EdgeCall | Variant::LimitLocal => Variant::PlainCall,
+            Variant::PlainCall
+            | Variant::EdgeCall
+            | Variant::LimitLocal
+            | Variant::EdgeCallAuth => Variant::PlainCall,
             Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
         }
     }
@@ -164,6 +179,7 @@ impl Variant {
                 | Variant::EdgeCall
                 | Variant::EdgeCallModern
                 | Variant::LimitLocal
+                | Variant::EdgeCallAuth
         )
     }
 
@@ -191,6 +207,11 @@ impl Variant {
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             ),
+            Variant::EdgeCallAuth => Workload::new(
+                catalog::ENDPOINT,
+                load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
+            )
+            .authorized(crate::identity::fixture().map(|f| f.authorization.as_str())),
             Variant::PlainCallModern => Workload::modern_call(
                 load::MCP_PATH,
                 catalog::CALLED_TOOL,
@@ -291,6 +312,7 @@ mod tests {
                     | Variant::EdgeCall
                     | Variant::EdgeCallModern
                     | Variant::LimitLocal
+                    | Variant::EdgeCallAuth
             );
             assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
         }

@@ -9,9 +9,12 @@
 //!
 //! - Listener [`LISTENER`]: a connection limit, then an HTTP connection manager whose
 //!   routes come over RDS and whose mcpgw filter comes over ECDS, then the router. Before
-//!   any filter runs, the route header and the relay's headers ([`INTERNAL_HEADERS`]) are
-//!   stripped from the client's request: only the filter may pick a cluster, only the
-//!   relay route speaks for the edge. Header, request and idle timeouts.
+//!   any filter runs, the route header, the relay's headers ([`INTERNAL_HEADERS`]) and the
+//!   verified-token header ([`IDENTITY_HEADERS`]) are stripped from the client's request:
+//!   only the filter may pick a cluster, only the relay route speaks for the edge, only
+//!   `jwt_authn` vouches for a token. When the snapshot has token issuers, Envoy's
+//!   `jwt_authn` runs before the mcpgw filter ([`jwt_authn`]). Header, request and idle
+//!   timeouts.
 //! - RouteConfiguration [`ROUTES`]: the route header present → that cluster (GET streams
 //!   without a deadline but with an idle limit, everything else with a deadline); the relay
 //!   route adds the relay's secret and the client's address; anything else the filter let
@@ -31,11 +34,15 @@
 
 #![warn(missing_docs)]
 
+mod issuers;
+mod jwt;
 mod publish;
 mod resolve;
 mod translate;
 mod upstream;
 
+pub use issuers::{IssuerKeys, KeyError, REFRESH_INTERVAL, fetch_jwks, key_client};
+pub use jwt::{JWT_CACHE_SIZE, JWT_FILTER, PAYLOAD_HEADER, jwt_authn};
 pub use publish::{Built, DEBOUNCE, Edge, EdgeInputs, PublishError, Publisher, record};
 pub use resolve::{
     AddressError, EdgeResolver, RESOLVE_TIMEOUT, Resolver, SystemResolver, check_address,

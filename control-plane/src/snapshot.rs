@@ -235,6 +235,8 @@ pub fn assemble_reporting(
             ),
             prompts: claim(&s.id, "prompts", lists.prompts, &mut shadowed),
             allowed_origins: s.allowed_origins.to_vec(),
+            // Identity at the edge: not in the registry yet (the admin side of issue 13).
+            auth: None,
         };
         servers.insert(s.id.clone(), server);
     }

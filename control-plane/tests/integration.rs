@@ -12,6 +12,7 @@ mod integration {
     mod api;
     mod cli;
     mod concurrency;
+    mod edge_identity;
     mod edge_xds;
     mod eras;
     mod exposure;

@@ -82,6 +82,10 @@ pub struct VirtualServer {
     /// `Origin`s allowed on this server besides the policy's (`policy.allowed_origins`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// Identity: whether the server needs a token, the resource it is, its rules
+    /// (`crate::snapshot::auth`). Without it, anyone who reaches it may use all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::snapshot::auth::ServerAuth>,
 }
 
 /// One tool, resource, resource template or prompt of a virtual server.

@@ -3,6 +3,7 @@
 //! session key decoded, and its guardrail plugins compiled ([`Guard`]). Every request reads
 //! this; nothing in it is parsed per request.
 
+use crate::auth::Access;
 use crate::edge::Edge;
 use crate::guard::Guard;
 use crate::limits::Limiter;
@@ -23,6 +24,8 @@ pub struct Config {
     pub guard: Guard,
     /// The request limits.
     pub limits: Limiter,
+    /// Identity: token checks, rules, metadata of the servers that have `auth`.
+    pub access: Access,
 }
 
 impl Config {
@@ -42,6 +45,8 @@ impl Config {
     }
 
     fn assemble(mut snapshot: Snapshot, guard: Guard) -> Config {
+        // Before the catalog moves into the edge: the servers' `auth` is read from it.
+        let access = Access::new(&snapshot);
         let edge = Edge::take(&mut snapshot);
         let limits = Limiter::new(&snapshot.limits);
         Config {
@@ -51,6 +56,7 @@ impl Config {
             edge,
             guard,
             limits,
+            access,
         }
     }
 

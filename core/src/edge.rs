@@ -361,6 +361,20 @@ impl Edge {
     /// Decides what to do with `msg`, sent to virtual server `id` in `era`. `None` when
     /// there is no such server (the filter answers 404).
     pub fn answer(&self, id: &str, msg: &Message, era: Era) -> Option<Answer<'_>> {
+        self.answer_as(id, msg, era, None)
+    }
+
+    /// [`Edge::answer`] for a client who may see only some entries: the lists answered
+    /// show an entry only when `visible(method, name)` admits a use of it (`tools/call`,
+    /// `prompts/get`, `resources/read` of its name), and tell a 2026-era client they are
+    /// private to it (`cacheScope: private`).
+    pub fn answer_as(
+        &self,
+        id: &str,
+        msg: &Message,
+        era: Era,
+        visible: Visible<'_>,
+    ) -> Option<Answer<'_>> {
         let s = self.servers.get(id)?;
         if msg.kind == Kind::Notification {
             return Some(Answer::Accepted);
@@ -384,18 +398,27 @@ impl Edge {
             Method::Initialize => reply(initialize(id, &s.server, msg.protocol_version.as_deref())),
             Method::Ping => reply(result(id, "{}")),
             Method::ServerDiscover => reply(discover(id, &s.server, self.list_ttl_ms)),
-            Method::ToolsList => self.page(id, "tools", &s.server.tools, msg, cacheable),
-            Method::PromptsList => self.page(id, "prompts", &s.server.prompts, msg, cacheable),
-            Method::ResourcesList => {
-                self.page(id, "resources", &s.server.resources, msg, cacheable)
+            Method::ToolsList => {
+                let list = List::new("tools", &s.server.tools, "tools/call", visible);
+                self.page(id, list, msg, cacheable)
             }
-            Method::ResourcesTemplatesList => self.page(
-                id,
-                "resourceTemplates",
-                &s.server.resource_templates,
-                msg,
-                cacheable,
-            ),
+            Method::PromptsList => {
+                let list = List::new("prompts", &s.server.prompts, "prompts/get", visible);
+                self.page(id, list, msg, cacheable)
+            }
+            Method::ResourcesList => {
+                let list = List::new("resources", &s.server.resources, "resources/read", visible);
+                self.page(id, list, msg, cacheable)
+            }
+            Method::ResourcesTemplatesList => {
+                let list = List::new(
+                    "resourceTemplates",
+                    &s.server.resource_templates,
+                    "resources/read",
+                    visible,
+                );
+                self.page(id, list, msg, cacheable)
+            }
             Method::ToolsCall | Method::PromptsGet => {
                 let (map, list, what) = if *method == Method::ToolsCall {
                     (&s.tools, &s.server.tools, "tool")
@@ -480,11 +503,11 @@ impl Edge {
     fn page(
         &self,
         id: Option<&Id>,
-        key: &str,
-        entries: &[Entry],
+        list: List<'_, '_>,
         msg: &Message,
         modern: Option<&VirtualServer>,
     ) -> Option<Answer<'_>> {
+        let (key, entries) = (list.key, list.entries);
         let start = match msg.cursor.as_deref() {
             None => 0,
             Some(c) => match decode_cursor(c) {
@@ -498,8 +521,39 @@ impl Edge {
                 }
             },
         };
-        let end = start.saturating_add(self.page_size).min(entries.len());
-        let items = entries.get(start..end).unwrap_or_default();
+        let (items, end) = match list.visible {
+            None => {
+                let end = start.saturating_add(self.page_size).min(entries.len());
+                let items: Vec<&Entry> =
+                    entries.get(start..end).unwrap_or_default().iter().collect();
+                (items, end)
+            }
+            Some(visible) => {
+                // A page of what the client may see; the cursor is the position after the
+                // last entry examined, so a later page starts where this one stopped.
+                let mut items = Vec::with_capacity(self.page_size.min(entries.len()));
+                let mut end = start;
+                for e in entries.get(start..).unwrap_or_default() {
+                    if items.len() == self.page_size {
+                        break;
+                    }
+                    end += 1;
+                    if visible(list.method, &e.name) {
+                        items.push(e);
+                    }
+                }
+                // No cursor to a page that would come back empty.
+                let more = entries
+                    .get(end..)
+                    .unwrap_or_default()
+                    .iter()
+                    .position(|e| visible(list.method, &e.name));
+                match more {
+                    Some(skip) => (items, end + skip),
+                    None => (items, entries.len()),
+                }
+            }
+        };
         let size = 64 + items.iter().map(|e| e.item.get().len() + 1).sum::<usize>();
         // Written straight into the reply: a page can be tens of kilobytes, not worth
         // building twice.
@@ -520,11 +574,52 @@ impl Edge {
                 out.push(b'"');
             }
             if let Some(server) = modern {
-                modern_fields(out, server, self.list_ttl_ms);
+                let scope = if list.visible.is_some() {
+                    CacheScope::Private
+                } else {
+                    CacheScope::Public
+                };
+                modern_fields(out, server, self.list_ttl_ms, scope);
             }
             out.push(b'}');
         })))
     }
+}
+
+/// Which entries a client may see: `visible(method, name)` says whether a use of entry
+/// `name` by `method` could be allowed (`None`: everything, for everyone).
+pub type Visible<'v> = Option<&'v dyn Fn(&str, &str) -> bool>;
+
+/// A list to page through: its result key, its entries, the method that uses one of them
+/// and who may see which.
+struct List<'e, 'v> {
+    key: &'static str,
+    entries: &'e [Entry],
+    method: &'static str,
+    visible: Visible<'v>,
+}
+
+impl<'e, 'v> List<'e, 'v> {
+    fn new(
+        key: &'static str,
+        entries: &'e [Entry],
+        method: &'static str,
+        visible: Visible<'v>,
+    ) -> Self {
+        List {
+            key,
+            entries,
+            method,
+            visible,
+        }
+    }
+}
+
+/// Whether a 2026-era answer is the same for every client (`cacheScope`).
+#[derive(Clone, Copy)]
+enum CacheScope {
+    Public,
+    Private,
 }
 
 /// `{"jsonrpc":"2.0","id":…,"result":<result_json>}`.
@@ -568,12 +663,15 @@ fn upstream_ids(s: &VirtualServer) -> Vec<String> {
 }
 
 /// The fields a 2026-era result the edge answers carries after its own: `resultType`, the
-/// cache hints (`public`: nothing in these answers depends on who asks), and the server's
-/// identity in `_meta`.
-fn modern_fields(out: &mut Vec<u8>, s: &VirtualServer, ttl_ms: u64) {
+/// cache hints (`public` unless the answer depends on who asks: a list filtered for the
+/// principal), and the server's identity in `_meta`.
+fn modern_fields(out: &mut Vec<u8>, s: &VirtualServer, ttl_ms: u64, scope: CacheScope) {
     out.extend_from_slice(b",\"resultType\":\"complete\",\"ttlMs\":");
     out.extend_from_slice(ttl_ms.to_string().as_bytes());
-    out.extend_from_slice(b",\"cacheScope\":\"public\",\"_meta\":{\"");
+    out.extend_from_slice(match scope {
+        CacheScope::Public => b",\"cacheScope\":\"public\",\"_meta\":{\"",
+        CacheScope::Private => b",\"cacheScope\":\"private\",\"_meta\":{\"",
+    });
     out.extend_from_slice(mcp::META_SERVER_INFO.as_bytes());
     out.extend_from_slice(b"\":");
     server_info(out, s);
@@ -617,7 +715,7 @@ fn discover(id: Option<&Id>, s: &VirtualServer, ttl_ms: u64) -> Vec<u8> {
             r.extend_from_slice(b",\"instructions\":");
             write_json_string(r, text);
         }
-        modern_fields(r, s, ttl_ms);
+        modern_fields(r, s, ttl_ms, CacheScope::Public);
         r.push(b'}');
     })
 }

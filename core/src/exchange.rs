@@ -26,7 +26,12 @@
 //! request once the policy lets it through and before it is routed (a block answers it, a
 //! mask rewrites its arguments), and decide which post hooks its response goes through in
 //! 4 (`exchange/guard.rs`, `exchange/rewrite.rs`).
+//! Identity ([`crate::auth`]) is a stage of 1 and 2 (`exchange/auth.rs`): OAuth protected
+//! resource metadata is answered at the head, a request to a virtual server with `auth` is
+//! authenticated before its session is resumed, and authorized before the edge answers or
+//! routes it; lists show only what its principal may use.
 
+mod auth;
 mod bridge;
 mod era;
 mod guard;
@@ -242,6 +247,8 @@ struct Credentials {
     authorization: bool,
     proxy_authorization: bool,
     cookie: bool,
+    /// The verified token payload `jwt_authn` added ([`crate::auth::PAYLOAD_HEADER`]).
+    verified_payload: bool,
 }
 
 /// The tool a request names, kept for labelling its response.
@@ -311,6 +318,8 @@ pub struct Exchange {
     post_plan: Option<crate::guard::PostPlan>,
     /// What the request holds under its limits (released when its stream ends).
     held: crate::limits::Held,
+    /// Who makes the request, on a virtual server with `auth` (verified token).
+    principal: Option<Rc<crate::auth::Principal>>,
 }
 
 impl Exchange {
@@ -341,6 +350,7 @@ impl Exchange {
             keep_body: false,
             post_plan: None,
             held: crate::limits::Held::default(),
+            principal: None,
         }
     }
 
@@ -412,6 +422,7 @@ impl Exchange {
             authorization: fields.authorization,
             proxy_authorization: fields.proxy_authorization,
             cookie: fields.cookie,
+            verified_payload: fields.verified_payload.is_some(),
         };
         self.protocol_version = fields.protocol_version.map(|v| head::lossy(v).into_owned());
         self.pick = fields.upstream.map(|p| head::lossy(p).into_owned());
@@ -427,6 +438,9 @@ impl Exchange {
         };
         let method = fields.method.map(head::lossy).unwrap_or_default();
         if let Some(step) = self.check_host(&fields, host) {
+            return step;
+        }
+        if let Some(step) = self.serve_metadata(&fields, &method, host) {
             return step;
         }
         let modern = self.protocol_version.as_deref().is_some_and(mcp::is_modern);
@@ -543,11 +557,20 @@ impl Exchange {
             // streamable HTTP request to `/servers/{id}/mcp` through this listener, where
             // this filter checks it like any other.
             Endpoint::Sse(id) | Endpoint::Message(id) if edge.has_server(id) => {
+                if let Some(step) = self.authenticate(id, fields, host) {
+                    return Some(step);
+                }
                 return Some(self.hand_to_relay("the legacy SSE transport", Vec::new(), host));
             }
             Endpoint::Mcp(id) | Endpoint::Sse(id) | Endpoint::Message(id) | Endpoint::Other(id) => {
                 return Some(self.reject(&edge::unknown_server(id), host));
             }
+        }
+        // Who asks decides which session it may resume, and everything after.
+        if let Some(server) = self.server.clone()
+            && let Some(step) = self.authenticate(&server, fields, host)
+        {
+            return Some(step);
         }
         // A 2026-era request has no session: its `Mcp-Session-Id`, if any, is ignored.
         if let (Some(token), Some(server), false) = (fields.session_id, self.server.clone(), modern)
@@ -753,11 +776,17 @@ impl Exchange {
 
     /// Removes the client's credentials from a request that goes upstream.
     fn strip_credentials(&self, forward: &mut Forward) {
+        // Removing a header the request does not carry would still cost a host call.
+        let c = self.credentials;
+        // What the edge verified is for the edge: an upstream never sees it.
+        if c.verified_payload {
+            forward
+                .headers
+                .push((Header::Named(crate::auth::PAYLOAD_HEADER), None));
+        }
         if self.config.gate.forwards_client_credentials() {
             return;
         }
-        // Removing a header the request does not carry would still cost a host call.
-        let c = self.credentials;
         for (present, name) in [
             (c.authorization, "authorization"),
             (c.proxy_authorization, "proxy-authorization"),
@@ -785,14 +814,24 @@ impl Exchange {
             );
             return self.reject(&r, host);
         }
-        // Stage: limits (`exchange/limits.rs`); no caller until the auth stage names one.
-        if let Some(step) = self.limit(msg, None, host) {
+        // Stage: identity (`exchange/auth.rs`): who asks, and whether they may.
+        if let Some(step) = self.authorize(msg, host) {
+            return step;
+        }
+        // Stage: limits (`exchange/limits.rs`), keyed by the principal when there is one.
+        let principal = self.principal.clone();
+        let caller = principal.as_deref().map(|p| limits::Caller {
+            principal: p.subject.as_str(),
+            team: p.teams.first().map(String::as_str),
+        });
+        if let Some(step) = self.limit(msg, caller, host) {
             return step;
         }
         self.serve_admitted(msg, host)
     }
 
-    /// Answers or routes a request to a virtual server once its limits admitted it.
+    /// Answers or routes a request to a virtual server once it is authorized and its limits
+    /// admitted it.
     fn serve_admitted(&mut self, msg: &Message, host: &mut impl Host) -> Step {
         let config = Rc::clone(&self.config);
         let edge = &config.edge;
@@ -802,7 +841,12 @@ impl Exchange {
         if self.era == Era::Legacy && msg.method == Some(Method::LoggingSetLevel) {
             return self.set_level(msg, host);
         }
-        match edge.answer(&server, msg, self.era) {
+        let answer = {
+            let visible = self.visibility();
+            let visible = visible.as_ref().map(|f| f as &dyn Fn(&str, &str) -> bool);
+            edge.answer_as(&server, msg, self.era, visible)
+        };
+        match answer {
             None => self.reject(&edge::unknown_server(&server), host),
             Some(Answer::Reply(body)) if msg.method == Some(Method::Initialize) => {
                 let token = match self.new_session(&server, msg, host) {
@@ -928,6 +972,7 @@ impl Exchange {
                     &body,
                     msg,
                     host.now(),
+                    self.principal.as_ref().map(|p| p.digest.as_str()),
                 ));
                 self.record = self.read_record(host);
                 // The level is part of the shared session's identity: it is the session's

@@ -20,6 +20,8 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32003;
     /// A limit of the gateway refused the request (server-defined range).
     pub const RATE_LIMITED: i64 = -32005;
+    /// The request needs a valid bearer token (HTTP 401; server-defined range).
+    pub const UNAUTHORIZED: i64 = -32001;
     /// MCP 2026-07-28: a request header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
     /// MCP 2026-07-28: the request needs a client capability it did not declare.

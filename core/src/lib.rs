@@ -11,6 +11,7 @@
     )
 )]
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod edge;

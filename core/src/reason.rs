@@ -36,6 +36,14 @@ pub enum Reason {
     },
     /// A tool the policy denies (403, -32003).
     ToolDenied,
+    /// A virtual server's request without a valid token where one is required, or with a
+    /// bad one (401, -32001, `WWW-Authenticate: Bearer`).
+    Unauthenticated,
+    /// A request whose principal lacks the permission its method needs (403, -32003,
+    /// `WWW-Authenticate: Bearer error="insufficient_scope"`).
+    InsufficientScope,
+    /// A use of a tool, prompt or resource the server's rules do not allow (403, -32003).
+    AccessDenied,
     /// A path under `/servers/` that names no virtual server or endpoint (404).
     UnknownServer,
     /// `GET` or `DELETE` at a virtual server with nothing to stream or end (405, `Allow: POST`).
@@ -96,6 +104,8 @@ impl Reason {
             Reason::UnknownSession | Reason::GoneInModernEra => 404,
             Reason::ModernGetOrDelete => 405,
             Reason::ForbiddenOrigin => 403,
+            Reason::Unauthenticated => 401,
+            Reason::InsufficientScope | Reason::AccessDenied => 403,
             Reason::ForbiddenHost => 421,
             Reason::RateLimited => 429,
             Reason::Internal => 500,
@@ -130,6 +140,8 @@ impl Reason {
             Reason::ToolDenied | Reason::PluginBlocked => code::FORBIDDEN,
             Reason::Internal => code::INTERNAL_ERROR,
             Reason::RateLimited => code::RATE_LIMITED,
+            Reason::Unauthenticated => code::UNAUTHORIZED,
+            Reason::InsufficientScope | Reason::AccessDenied => code::FORBIDDEN,
             _ => code::INVALID_REQUEST,
         }
     }
@@ -165,6 +177,9 @@ impl Reason {
             Reason::NotOneMessage => "invalid_request",
             Reason::ForbiddenOrigin => "forbidden_origin",
             Reason::ForbiddenHost => "forbidden_host",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::AccessDenied => "access_denied",
             Reason::UnknownResponse => "unknown_response",
             Reason::PluginBlocked => "plugin_blocked",
             Reason::PluginInvalidArguments => "plugin_invalid_arguments",

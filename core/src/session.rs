@@ -59,6 +59,11 @@ pub struct Claims {
     /// The client's `initialize` `clientInfo`, as sent.
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub client_info: Option<Box<RawValue>>,
+    /// The principal the session belongs to (`crate::auth::Principal::digest`): a request
+    /// with another principal's token (or none, or one when the session had none) cannot
+    /// use it.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl PartialEq for Claims {
@@ -71,6 +76,7 @@ impl PartialEq for Claims {
             && self.expires_at == other.expires_at
             && raw(&self.capabilities) == raw(&other.capabilities)
             && raw(&self.client_info) == raw(&other.client_info)
+            && self.principal == other.principal
     }
 }
 
@@ -95,6 +101,9 @@ pub enum SessionError {
     /// Ended by the client (`DELETE`).
     #[error("session was ended")]
     Ended,
+    /// Opened by another principal (or used with another principal's token).
+    #[error("session belongs to another principal")]
+    OtherPrincipal,
 }
 
 struct SealKey {
@@ -282,6 +291,7 @@ mod tests {
             expires_at: 2_000,
             capabilities: RawValue::from_string(r#"{"sampling":{}}"#.into()).ok(),
             client_info: None,
+            principal: Some("cHJpbmNpcGFs".into()),
         }
     }
 

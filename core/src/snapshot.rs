@@ -10,6 +10,7 @@
 //! Every struct rejects unknown fields, so a typo fails `on_configure` (Envoy rejects the
 //! config, which NACKs over xDS) instead of silently running with half a policy.
 
+pub mod auth;
 pub mod limits;
 pub mod plugins;
 
@@ -53,6 +54,10 @@ pub struct Snapshot {
     /// local to this Envoy or global through a rate-limit service.
     #[serde(skip_serializing_if = "limits::Limits::is_empty")]
     pub limits: limits::Limits,
+    /// Identity at the edge: the token issuers trusted and the tokens revoked; each virtual
+    /// server opts in with its own `auth`.
+    #[serde(skip_serializing_if = "auth::Auth::is_empty")]
+    pub auth: auth::Auth,
 }
 
 /// How virtual-server sessions are sealed and how long they live.
@@ -122,6 +127,7 @@ impl Default for Snapshot {
             relay: None,
             plugins: Vec::new(),
             limits: limits::Limits::default(),
+            auth: auth::Auth::default(),
         }
     }
 }
@@ -372,7 +378,24 @@ impl Snapshot {
             }
         })?;
         self.limits.check(|id| self.servers.contains_key(id))?;
-        crate::guard::Guard::check(&self.plugins)
+        crate::guard::Guard::check(&self.plugins)?;
+        self.validate_auth()
+    }
+
+    /// Checks `auth` and every server's `auth` (rules parsed).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |e: auth::AuthError| ConfigError::FieldInvalid {
+            field: e.field,
+            reason: e.reason,
+        };
+        auth::validate(&self.auth).map_err(invalid)?;
+        for (id, server) in &self.servers {
+            if let Some(a) = &server.auth {
+                auth::validate_server(id, a, &self.auth).map_err(invalid)?;
+                crate::auth::check_rules(id, a).map_err(invalid)?;
+            }
+        }
+        Ok(())
     }
 }
 

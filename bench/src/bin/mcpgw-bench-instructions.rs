@@ -4,7 +4,8 @@
 
 use anyhow::Context;
 use mcpgw_bench::instructions::{self, Counting};
-use mcpgw_bench::{envoy, machine, report, settings::Settings};
+use mcpgw_bench::variant::Variant;
+use mcpgw_bench::{envoy, identity, machine, report, settings::Settings};
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -14,6 +15,9 @@ fn main() -> anyhow::Result<()> {
     let lookup = |k: &str| std::env::var(k).ok();
     let settings = Settings::from_lookup(lookup, root)?;
     let counting = Counting::from_lookup(lookup)?;
+    if settings.variants.contains(&Variant::EdgeCallAuth) {
+        identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
+    }
     let envoy_version = envoy::version(&settings.envoy)
         .with_context(|| format!("Envoy not usable at {}", settings.envoy.display()))?;
     let valgrind = std::process::Command::new("valgrind")

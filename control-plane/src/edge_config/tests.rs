@@ -747,7 +747,8 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
             "mcpgw-client-address",
             "mcpgw-relay-upstreams",
             "mcpgw-relay-eras",
-            "mcpgw-stream"
+            "mcpgw-stream",
+            "x-mcpgw-jwt-payload"
         ]
     );
     assert!(!removed.contains(&mcpgw_core::edge::UPSTREAM_HEADER));
@@ -899,6 +900,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             "-authorization",
             "-proxy-authorization",
             "-cookie",
+            "-x-mcpgw-jwt-payload",
             "+authorization: Bearer up-secret"
         ]
     );
@@ -906,7 +908,12 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
     let g2 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g2"));
     assert_eq!(
         removed_then_added(&g2),
-        ["-authorization", "-proxy-authorization", "-cookie"]
+        [
+            "-authorization",
+            "-proxy-authorization",
+            "-cookie",
+            "-x-mcpgw-jwt-payload"
+        ]
     );
     let query: Vec<(String, String)> = g2
         .query_parameter_mutations
@@ -1136,4 +1143,101 @@ async fn addresses_are_checked_with_the_ssrf_policy() {
         let want = want.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
         assert_eq!(got, want, "{case}");
     }
+}
+
+fn listener_hcm(set: &ResourceSet) -> HttpConnectionManager {
+    let l: Listener = get(set, TypeUrl::Listener, LISTENER);
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[1].config_type
+    else {
+        panic!("no HCM");
+    };
+    decode(any)
+}
+
+#[test]
+fn issuers_with_keys_put_jwt_authn_before_the_filter() {
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+        JwtAuthentication, jwt_provider, jwt_requirement, requirement_rule,
+    };
+    let plain = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
+    let names = |hcm: &HttpConnectionManager| -> Vec<String> {
+        hcm.http_filters.iter().map(|f| f.name.clone()).collect()
+    };
+    assert_eq!(
+        names(&listener_hcm(&plain)),
+        [FILTER, "envoy.filters.http.router"]
+    );
+
+    let mut s = snapshot("2");
+    s.auth = serde_json::from_value(serde_json::json!({
+        "issuers": {
+            "idp": {"issuer": "https://idp.example.com", "algorithms": ["RS256"],
+                    "jwks": {"keys": [{"kty": "RSA", "kid": "k1", "n": "bg", "e": "AQAB"}]}},
+            "pending": {"issuer": "https://pending.example.com", "algorithms": ["ES256"]}
+        },
+        "clock_skew_seconds": 20
+    }))
+    .unwrap();
+    s.validate().unwrap();
+    let set = resources(&s, &two_endpoints(), &settings()).unwrap();
+    let hcm = listener_hcm(&set);
+    assert_eq!(
+        names(&hcm),
+        [JWT_FILTER, FILTER, "envoy.filters.http.router"],
+        "jwt_authn first: the filter reads what it verified"
+    );
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
+        panic!("jwt_authn without a config");
+    };
+    let jwt: JwtAuthentication = decode(any);
+    // An issuer without keys yet gets no provider: its tokens fail, as no key would verify
+    // them.
+    assert_eq!(jwt.providers.keys().collect::<Vec<_>>(), ["idp"]);
+    let p = &jwt.providers["idp"];
+    assert_eq!(p.issuer, "https://idp.example.com");
+    assert!(p.require_expiration && p.forward);
+    assert_eq!(p.forward_payload_header, PAYLOAD_HEADER);
+    assert_eq!(p.clock_skew_seconds, 20);
+    assert_eq!(p.jwt_cache_config.unwrap().jwt_cache_size, JWT_CACHE_SIZE);
+    assert_eq!(
+        (
+            p.from_headers[0].name.as_str(),
+            p.from_headers[0].value_prefix.as_str()
+        ),
+        ("authorization", "Bearer ")
+    );
+    assert!(p.from_params.is_empty(), "no tokens in query strings");
+    let Some(jwt_provider::JwksSourceSpecifier::LocalJwks(ds)) = &p.jwks_source_specifier else {
+        panic!("keys not inlined");
+    };
+    let Some(data_source::Specifier::InlineString(jwks)) = &ds.specifier else {
+        panic!("keys not inline");
+    };
+    assert!(jwks.contains(r#""kid":"k1""#), "{jwks}");
+    let Some(requirement_rule::RequirementType::Requires(req)) = &jwt.rules[0].requirement_type
+    else {
+        panic!("no requirement");
+    };
+    let Some(jwt_requirement::RequiresType::RequiresAny(any)) = &req.requires_type else {
+        panic!("not requires_any: {req:?}");
+    };
+    let kinds: Vec<String> = any
+        .requirements
+        .iter()
+        .map(|r| match &r.requires_type {
+            Some(jwt_requirement::RequiresType::ProviderName(n)) => n.clone(),
+            Some(jwt_requirement::RequiresType::AllowMissingOrFailed(_)) => "*".into(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Named providers use their token caches; the last one lets missing and failed tokens
+    // through for the filter to answer in MCP's terms.
+    assert_eq!(kinds, ["idp", "*"]);
+    // No issuer has keys: no jwt_authn.
+    s.auth.issuers.remove("idp");
+    let set = resources(&s, &two_endpoints(), &settings()).unwrap();
+    assert_eq!(
+        names(&listener_hcm(&set)),
+        [FILTER, "envoy.filters.http.router"]
+    );
 }

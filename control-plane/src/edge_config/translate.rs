@@ -133,6 +133,10 @@ pub const INTERNAL_HEADERS: [&str; 6] = [
     RELAY_ERAS_HEADER,
     STREAM_HEADER,
 ];
+/// Headers only the listener's own filters may set: removed from every client request
+/// before any filter sees it (`jwt_authn` adds the verified token payload after that), and
+/// from every request to an upstream (what the edge verified is for the edge).
+pub const IDENTITY_HEADERS: [&str; 1] = [super::jwt::PAYLOAD_HEADER];
 /// Default of [`EdgeSettings::resolve_interval`]: how stale an upstream's addresses may be.
 /// Short enough to follow a planned address change within a minute, long enough that a
 /// thousand upstreams cost a few lookups a second.
@@ -357,7 +361,12 @@ pub fn resources(
     b.insert(ROUTES, &route_configuration(route_header, settings))?;
     b.insert(
         LISTENER,
-        &listener(settings, route_header, snapshot.policy.max_body_bytes),
+        &listener(
+            settings,
+            route_header,
+            snapshot.policy.max_body_bytes,
+            super::jwt::jwt_authn(snapshot),
+        ),
     )?;
     Ok(b.build())
 }
@@ -605,9 +614,15 @@ fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConf
     }
 }
 
-/// The MCP listener: strip the route header and the internal headers, mcpgw filter (ECDS),
-/// router; routes over RDS; timeouts and connection limits.
-fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) -> Listener {
+/// The MCP listener: strip the route header, the internal and the identity headers,
+/// `jwt_authn` (when the snapshot has issuers with keys), mcpgw filter (ECDS), router;
+/// routes over RDS; timeouts and connection limits.
+fn listener(
+    settings: &EdgeSettings,
+    route_header: &str,
+    max_body_bytes: u64,
+    jwt_authn: Option<HttpFilter>,
+) -> Listener {
     // A client-supplied route header would pick a cluster without the filter's say, and a
     // route computed before the filter runs would be cached with it; a client-supplied
     // relay header would speak for the edge. Remove them before any filter or route
@@ -615,6 +630,7 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
     let strip = EarlyHeaderMutation {
         mutations: std::iter::once(route_header)
             .chain(INTERNAL_HEADERS)
+            .chain(IDENTITY_HEADERS)
             .map(|h| mutation_rules::HeaderMutation {
                 action: Some(mutation_rules::header_mutation::Action::Remove(
                     h.to_owned(),
@@ -644,26 +660,29 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
             max_concurrent_streams: u32_value(MAX_CONCURRENT_STREAMS),
             ..Default::default()
         }),
-        http_filters: vec![
-            HttpFilter {
-                name: FILTER.to_owned(),
-                config_type: Some(http_filter::ConfigType::ConfigDiscovery(
-                    ExtensionConfigSource {
-                        config_source: ads(),
-                        type_urls: vec![<Wasm as prost::Name>::type_url()],
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            },
-            HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(
-                    any(&Router::default()),
-                )),
-                ..Default::default()
-            },
-        ],
+        http_filters: jwt_authn
+            .into_iter()
+            .chain([
+                HttpFilter {
+                    name: FILTER.to_owned(),
+                    config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+                        ExtensionConfigSource {
+                            config_source: ads(),
+                            type_urls: vec![<Wasm as prost::Name>::type_url()],
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                },
+                HttpFilter {
+                    name: "envoy.filters.http.router".into(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(
+                        any(&Router::default()),
+                    )),
+                    ..Default::default()
+                },
+            ])
+            .collect(),
         ..Default::default()
     };
     let limit = ConnectionLimit {
@@ -704,13 +723,15 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
     }
 }
 
-/// The upstream HTTP filters of a gateway's cluster: the client's credentials out, the
+/// The upstream HTTP filters of a gateway's cluster: the client's credentials and the
+/// verified token payload ([`IDENTITY_HEADERS`]) out, the
 /// gateway's own in (and its URL's secret query parameters), then the codec. They run on
 /// every request the cluster carries: routed calls and the filter's own
 /// `dispatch_http_call`s (its upstream `initialize` and `DELETE`).
 fn credential_filters(access: &UpstreamAccess) -> Vec<HttpFilter> {
     let remove = CLIENT_CREDENTIAL_HEADERS
         .iter()
+        .chain(&IDENTITY_HEADERS)
         .map(|h| mutation_rules::HeaderMutation {
             action: Some(mutation_rules::header_mutation::Action::Remove(
                 (*h).to_owned(),

@@ -225,7 +225,9 @@ pub(crate) fn mirror_headers(msg: &Message, renamed: Option<&str>, forward: &mut
 /// in: one per (server, upstream, what the client declares, the log level it asks for),
 /// shared by every such client of this Envoy, since the era has no sessions of its own to
 /// tell them apart. The level is the session's (`logging/setLevel` when it opens), so
-/// clients asking for different levels never share one.
+/// clients asking for different levels never share one. On a virtual server with identity,
+/// the principal (`principal`: its digest) is part of the identity too: principals never
+/// share an upstream session.
 pub(crate) fn stateless_client_session(
     config: &Config,
     server: &str,
@@ -233,6 +235,7 @@ pub(crate) fn stateless_client_session(
     body: &[u8],
     msg: &Message,
     now: u64,
+    principal: Option<&str>,
 ) -> Claims {
     let raw = |span: Option<(u64, u64)>| {
         let (a, b) = span?;
@@ -249,6 +252,7 @@ pub(crate) fn stateless_client_session(
         &caps,
         info.as_deref().unwrap_or_default(),
         level,
+        principal.unwrap_or_default(),
     ] {
         digest.update(part.as_bytes());
         digest.update([0]);
@@ -271,6 +275,7 @@ pub(crate) fn stateless_client_session(
         expires_at: now.saturating_add(ttl),
         capabilities: RawValue::from_string(caps).ok(),
         client_info: info.and_then(|i| RawValue::from_string(i).ok()),
+        principal: principal.map(str::to_owned),
     }
 }
 
@@ -381,6 +386,7 @@ mod tests {
             expires_at: 1,
             capabilities: RawValue::from_string(caps.into()).ok(),
             client_info: RawValue::from_string(r#"{"name":"c","version":"1"}"#.into()).ok(),
+            principal: None,
         };
         let text = format!(
             "{{{}}}",
@@ -415,7 +421,7 @@ mod tests {
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{caps}{level}}}}}}}"#
             );
             let msg = parse(&body);
-            stateless_client_session(&config, "s", "u", body.as_bytes(), &msg, 100)
+            stateless_client_session(&config, "s", "u", body.as_bytes(), &msg, 100, None)
         };
         let call = |caps: &str| call_at(caps, "");
         let a = call(r#"{"sampling":{}}"#);

@@ -44,6 +44,10 @@ pub struct RequestHead<'h> {
     pub origin: Option<&'h [u8]>,
     /// `:authority` (the `Host`).
     pub authority: Option<&'h [u8]>,
+    /// The (first) `authorization` value.
+    pub authorization_value: Option<&'h [u8]>,
+    /// The verified token payload `jwt_authn` forwards ([`crate::auth::PAYLOAD_HEADER`]).
+    pub verified_payload: Option<&'h [u8]>,
 }
 
 /// Prefix of a mirrored tool parameter's header.
@@ -98,6 +102,7 @@ impl<'h> RequestHead<'h> {
             b":authority" => &mut self.authority,
             b"content-length" => &mut self.content_length,
             name if name == edge::UPSTREAM_HEADER.as_bytes() => &mut self.upstream,
+            name if name == crate::auth::PAYLOAD_HEADER.as_bytes() => &mut self.verified_payload,
             b"accept" => {
                 self.accept.push(value);
                 return;
@@ -108,7 +113,7 @@ impl<'h> RequestHead<'h> {
             }
             b"authorization" => {
                 self.authorization = true;
-                return;
+                &mut self.authorization_value
             }
             b"proxy-authorization" => {
                 self.proxy_authorization = true;

@@ -115,6 +115,11 @@ impl Exchange {
             return Ok(());
         };
         let claims = sessions.keys.open(token, server, host.now())?;
+        // The session is its principal's alone: a stolen session id is no use without
+        // the principal's token too.
+        if claims.principal.as_deref() != self.principal.as_ref().map(|p| p.digest.as_str()) {
+            return Err(SessionError::OtherPrincipal);
+        }
         self.session = Some(claims);
         self.record = self.read_record(host);
         if self.record.as_ref().is_some_and(|r| r.ended) {
@@ -157,6 +162,7 @@ impl Exchange {
             expires_at: now.saturating_add(sessions.ttl_seconds),
             capabilities,
             client_info,
+            principal: self.principal.as_ref().map(|p| p.digest.clone()),
         };
         sessions
             .keys

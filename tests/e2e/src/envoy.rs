@@ -49,6 +49,11 @@ pub struct EnvoyConfig {
     pub clusters: Vec<Cluster>,
     /// Routes; when empty, `/` goes to the first cluster.
     pub routes: Vec<Route>,
+    /// HTTP filters before the mcpgw filter (e.g. `jwt_authn`).
+    pub before_filter: Vec<Value>,
+    /// Request headers removed before any filter runs (the connection manager's early
+    /// header mutation), as the generated listener removes its internal headers.
+    pub strip_headers: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -61,6 +66,8 @@ impl EnvoyConfig {
                 addr: upstream,
             }],
             routes: Vec::new(),
+            before_filter: Vec::new(),
+            strip_headers: Vec::new(),
         }
     }
 
@@ -115,16 +122,21 @@ impl EnvoyConfig {
             }));
         }
         let http_filters = self
-            .filter_config
+            .before_filter
             .iter()
-            .map(|config| wasm_filter(config, wasm))
+            .cloned()
+            .chain(
+                self.filter_config
+                    .iter()
+                    .map(|config| wasm_filter(config, wasm)),
+            )
             .collect();
         let clusters = self
             .clusters
             .iter()
             .map(|c| bootstrap::static_cluster(&c.name, c.addr, "2s"))
             .collect();
-        Ok(StaticBootstrap {
+        let mut doc = StaticBootstrap {
             http_filters,
             routes,
             clusters,
@@ -133,7 +145,25 @@ impl EnvoyConfig {
             buffer_limit: Some(LISTENER_BUFFER_LIMIT),
             stream_idle_timeout: Some("0s".into()),
         }
-        .to_json())
+        .to_json();
+        if !self.strip_headers.is_empty() {
+            let mutations: Vec<Value> = self
+                .strip_headers
+                .iter()
+                .map(|h| json!({"remove": h}))
+                .collect();
+            let manager = doc
+                .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
+                .ok_or_else(|| anyhow!("the bootstrap has no connection manager"))?;
+            manager["early_header_mutation_extensions"] = json!([{
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": mutations
+                }
+            }]);
+        }
+        Ok(doc)
     }
 
     /// The bootstrap for `artifacts`: the filter module must exist when the filter is on.

@@ -4,6 +4,7 @@
 //! ports, work dirs and Envoy itself come from the shared `mcpgw-harness` crate.
 
 pub mod envoy;
+pub mod identity;
 pub mod upstream;
 
 pub use mcpgw_harness::{Artifacts, artifacts, init_tls, ports, process, workdir};

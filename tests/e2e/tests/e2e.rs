@@ -14,6 +14,7 @@ mod cases {
     mod guard;
     mod hardening;
     mod hostile;
+    mod identity;
     mod limits;
     mod matrix;
     mod metrics;
