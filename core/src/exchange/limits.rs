@@ -113,7 +113,7 @@ impl Exchange {
                 });
                 Some(Step::Check(call))
             }
-            Err(limited) => Some(self.refuse(msg, &limited, host)),
+            Err(limited) => Some(self.refuse_limited(msg, &limited, host)),
         }
     }
 
@@ -174,13 +174,13 @@ impl Exchange {
                 config
                     .limits
                     .release(&mut self.held, now, &mut Shared(host));
-                self.refuse(&checking.msg, &limited, host)
+                self.refuse_limited(&checking.msg, &limited, host)
             }
         }
     }
 
     /// The 429 for `msg`, refused by `limited`.
-    fn refuse(&mut self, msg: &Message, limited: &Limited, host: &mut impl Host) -> Step {
+    fn refuse_limited(&mut self, msg: &Message, limited: &Limited, host: &mut impl Host) -> Step {
         host.count_limited(&limited.name, limited.kind.as_str());
         let mut data = Vec::with_capacity(64 + limited.name.len());
         data.extend_from_slice(b"{\"limit\":");
