@@ -190,6 +190,27 @@ fn ownership(row: &AnyRow) -> Result<Ownership, StoreError> {
 const USER_COLS: &str =
     "id, email, full_name, password_hash, active, password_changed_at, created_at";
 
+/// Fails, naming `field`, when the change in `conn`'s transaction would leave the platform
+/// without an active platform admin.
+async fn still_an_admin(
+    conn: &mut sqlx::AnyConnection,
+    field: &'static str,
+) -> Result<(), StoreError> {
+    let admins = sqlx::query(
+        "SELECT COUNT(*) AS n FROM user_roles r JOIN users u ON u.id = r.user_id \
+         WHERE r.role = 'platform_admin' AND u.active = 1",
+    )
+    .fetch_one(conn)
+    .await?;
+    if admins.try_get::<i64, _>("n")? == 0 {
+        return Err(StoreError::invalid(
+            field,
+            "this would leave no active platform_admin",
+        ));
+    }
+    Ok(())
+}
+
 impl Store {
     async fn user_from_row(&self, row: &AnyRow) -> Result<UserLogin, StoreError> {
         let id: String = row.try_get("id")?;
@@ -406,18 +427,7 @@ impl Store {
             }
         }
         // Never leave the platform without an active admin.
-        let admins = sqlx::query(
-            "SELECT COUNT(*) AS n FROM user_roles r JOIN users u ON u.id = r.user_id \
-             WHERE r.role = 'platform_admin' AND u.active = 1",
-        )
-        .fetch_one(tx.conn())
-        .await?;
-        if admins.try_get::<i64, _>("n")? == 0 {
-            return Err(StoreError::invalid(
-                "global_roles",
-                "this would leave no active platform_admin",
-            ));
-        }
+        still_an_admin(tx.conn(), "global_roles").await?;
         tx.commit_quiet().await?;
         self.get_user(user_id).await
     }
@@ -461,18 +471,7 @@ impl Store {
                 .execute(tx.conn())
                 .await?;
         }
-        let admins = sqlx::query(
-            "SELECT COUNT(*) AS n FROM user_roles r JOIN users u ON u.id = r.user_id \
-             WHERE r.role = 'platform_admin' AND u.active = 1",
-        )
-        .fetch_one(tx.conn())
-        .await?;
-        if admins.try_get::<i64, _>("n")? == 0 {
-            return Err(StoreError::invalid(
-                "user",
-                "this would leave no active platform_admin",
-            ));
-        }
+        still_an_admin(tx.conn(), "user").await?;
         tx.commit_quiet().await
     }
 
