@@ -261,6 +261,45 @@ pub enum GatewayCmd {
         /// Id or name.
         gateway: String,
     },
+    /// List a gateway's tool-definition changes held for review (with diff and findings).
+    Changes {
+        /// Id or name.
+        gateway: String,
+        /// pending (default), approved, rejected, superseded or all.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Approve a held tool-definition change: it is pinned and served.
+    Approve {
+        /// Id or name of the gateway.
+        gateway: String,
+        /// Change id (from `mcpgw gateways changes`).
+        change: String,
+        /// Approve a definition the hidden-instruction scan flagged.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Reject a held tool-definition change: the approved definition stays.
+    Reject {
+        /// Id or name of the gateway.
+        gateway: String,
+        /// Change id.
+        change: String,
+    },
+    /// Show (or, with options, set) a gateway's pinning policy and its pinned tools.
+    Pinning {
+        /// Id or name.
+        gateway: String,
+        /// serve-approved or withhold.
+        #[arg(long)]
+        on_change: Option<String>,
+        /// auto-approve or hold.
+        #[arg(long)]
+        new_tools: Option<String>,
+        /// approve or hold.
+        #[arg(long)]
+        first_discovery: Option<String>,
+    },
 }
 
 /// `mcpgw gateways add`.
@@ -685,6 +724,44 @@ fn print(output: Output, v: &Value, columns: &[(&str, &str)]) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+const CHANGE_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("TOOL", "tool"),
+    ("KIND", "kind"),
+    ("STATUS", "status"),
+    ("CHANGED", "changed"),
+    ("FINDINGS", "findings"),
+    ("DETECTED", "detected_at"),
+];
+
+const PIN_COLS: &[(&str, &str)] = &[
+    ("TOOL", "tool"),
+    ("HASH", "hash"),
+    ("WITHHELD", "withheld"),
+    ("APPROVED", "approved_at"),
+    ("BY", "approved_by"),
+];
+
+/// A change as a table row: the changed fields' paths and the findings, one cell each.
+fn change_summary(c: &Value) -> Value {
+    let mut row = c.clone();
+    let changed: Vec<&str> = c["diff"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["path"].as_str())
+        .collect();
+    let findings: Vec<String> = c["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| format!("{} {} at {}", cell(&f["kind"]), cell(&f["detail"]), cell(&f["path"])))
+        .collect();
+    row["changed"] = Value::String(changed.join(" "));
+    row["findings"] = Value::String(findings.join("; "));
+    row
 }
 
 const GATEWAY_COLS: &[(&str, &str)] = &[
@@ -1134,6 +1211,98 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 }
                 GatewayCmd::Disable { gateway } => {
                     set_state("gateways", &c, &api, &gateway, false, &cols).await
+                }
+                GatewayCmd::Changes { gateway, status } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    let q = status.map_or(String::new(), |s| format!("?status={s}"));
+                    let v = c.get(&format!("/gateways/{id}/changes{q}")).await?;
+                    let shown = if api.output == Output::Table {
+                        Value::Array(
+                            v["items"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(change_summary)
+                                .collect(),
+                        )
+                    } else {
+                        v
+                    };
+                    print(api.output, &shown, CHANGE_COLS)
+                }
+                GatewayCmd::Approve {
+                    gateway,
+                    change,
+                    force,
+                } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    let v = c
+                        .post(
+                            &format!("/gateways/{id}/changes/{change}/approve"),
+                            &json!({"force": force}),
+                        )
+                        .await?;
+                    let shown = if api.output == Output::Table {
+                        change_summary(&v)
+                    } else {
+                        v
+                    };
+                    print(api.output, &shown, CHANGE_COLS)
+                }
+                GatewayCmd::Reject { gateway, change } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    let v = c
+                        .post(&format!("/gateways/{id}/changes/{change}/reject"), &json!({}))
+                        .await?;
+                    let shown = if api.output == Output::Table {
+                        change_summary(&v)
+                    } else {
+                        v
+                    };
+                    print(api.output, &shown, CHANGE_COLS)
+                }
+                GatewayCmd::Pinning {
+                    gateway,
+                    on_change,
+                    new_tools,
+                    first_discovery,
+                } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    let path = format!("/gateways/{id}/pinning");
+                    let v = if on_change.is_none() && new_tools.is_none() && first_discovery.is_none() {
+                        c.get(&path).await?
+                    } else {
+                        let mut body = serde_json::Map::new();
+                        for (k, v) in [
+                            ("on_change", on_change),
+                            ("new_tools", new_tools),
+                            ("first_discovery", first_discovery),
+                        ] {
+                            if let Some(v) = v {
+                                body.insert(k.to_owned(), Value::String(v));
+                            }
+                        }
+                        c.send(
+                            c.http
+                                .put(format!("{}{path}", c.base))
+                                .json(&Value::Object(body)),
+                        )
+                        .await?
+                    };
+                    if api.output == Output::Table {
+                        println!(
+                            "on_change: {}  new_tools: {}  first_discovery: {}",
+                            cell(&v["on_change"]),
+                            cell(&v["new_tools"]),
+                            cell(&v["first_discovery"])
+                        );
+                    }
+                    let shown = if api.output == Output::Table {
+                        v["pins"].clone()
+                    } else {
+                        v
+                    };
+                    print(api.output, &shown, PIN_COLS)
                 }
             }
         }

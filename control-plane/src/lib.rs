@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod edge_config;
 pub mod federation;
 pub mod model;
+pub mod pinning;
 pub mod ratelimit;
 pub mod relay;
 pub mod serving;

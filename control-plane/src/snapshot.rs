@@ -61,7 +61,14 @@ impl RegistryView {
             let view = RegistryView {
                 version: before,
                 gateways: store.all_gateways().await?,
-                tools: store.all_items().await?,
+                tools: {
+                    // A tool withheld by its pin (a changed definition pending review,
+                    // `withhold` policy) is not served.
+                    let withheld = store.withheld_tool_ids().await?;
+                    let mut tools: Vec<CatalogItem<ToolSpec>> = store.all_items().await?;
+                    tools.retain(|t| !withheld.contains(&t.id));
+                    tools
+                },
                 resources: store.all_items().await?,
                 prompts: store.all_items().await?,
                 servers: store.all_servers().await?,

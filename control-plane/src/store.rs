@@ -19,6 +19,7 @@
 mod catalog;
 mod gateways;
 pub mod identity;
+pub mod pins;
 mod servers;
 
 use std::sync::Arc;
@@ -195,12 +196,21 @@ const MIGRATIONS: &[Migration] = &[
         description: "identity and access",
         sql: include_str!("../migrations/0005_identity.sql"),
     },
+    Migration {
+        version: 7,
+        description: "tool pins",
+        sql: include_str!("../migrations/0007_tool_pins.sql"),
+    },
 ];
 
 /// The store's metrics (`mcpgw_store_*`).
 #[derive(Debug, Clone, Default)]
 pub struct StoreMetrics {
     rows_skipped: Family<Vec<(String, String)>, Counter>,
+    /// Tool-definition changes waiting for an admin (registry-wide).
+    tool_changes_pending: prometheus_client::metrics::gauge::Gauge,
+    /// Tool-definition changes held, approved and rejected.
+    tool_changes: Family<Vec<(String, String)>, Counter>,
 }
 
 impl StoreMetrics {
@@ -211,6 +221,33 @@ impl StoreMetrics {
             "Stored rows that did not parse and were left out of a read, by table",
             self.rows_skipped.clone(),
         );
+        registry.register(
+            "tool_changes_pending",
+            "Tool-definition changes (changed pinned tools, held new tools) waiting for an admin",
+            self.tool_changes_pending.clone(),
+        );
+        registry.register(
+            "tool_changes",
+            "Tool-definition changes by event: held (at discovery), approved, rejected",
+            self.tool_changes.clone(),
+        );
+    }
+
+    /// Counts a tool-definition change event (`held`, `approved`, `rejected`).
+    pub fn tool_change(&self, event: &str) {
+        self.tool_changes
+            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
+            .inc();
+    }
+
+    /// Sets the pending tool-definition changes gauge.
+    pub fn set_pending_changes(&self, n: i64) {
+        self.tool_changes_pending.set(n);
+    }
+
+    /// Pending tool-definition changes, as last counted (tests, diagnostics).
+    pub fn pending_changes(&self) -> i64 {
+        self.tool_changes_pending.get()
     }
 
     /// Rows of `table` skipped so far (tests, diagnostics).
@@ -386,6 +423,7 @@ impl Store {
             metrics: StoreMetrics::default(),
         };
         store.migrate().await?;
+        store.refresh_pending_changes_gauge().await?;
         let v = store.registry_version().await?;
         store.version_tx.send_replace(v);
         Ok(store)

@@ -101,6 +101,12 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         ("GET", "/xds/nodes" | "/snapshot") => Some(Rule::Global(AdminSystem)),
         ("GET", "/export") | ("POST", "/import") => Some(Rule::Global(AdminTransfer)),
         ("POST", "/gateways/{id}/refresh") => Some(Rule::Item(OwnedKind::Gateway, GatewaysUpdate)),
+        ("GET", "/gateways/{id}/changes" | "/gateways/{id}/pinning") => {
+            Some(Rule::Item(OwnedKind::Gateway, GatewaysRead))
+        }
+        ("POST", "/gateways/{id}/changes/{change_id}/approve")
+        | ("POST", "/gateways/{id}/changes/{change_id}/reject")
+        | ("PUT", "/gateways/{id}/pinning") => Some(Rule::Item(OwnedKind::Gateway, GatewaysUpdate)),
         ("GET", "/tokens") => Some(Rule::Anywhere(TokensRead)),
         ("POST", "/tokens") => Some(Rule::Anywhere(TokensCreate)),
         ("GET", "/tokens/{id}") => Some(Rule::Token(TokensRead)),

@@ -324,7 +324,14 @@ async fn merge_catalog(
         gateway_enabled,
         ts: &ts,
     };
-    let mut changed = merge_kind::<ToolSpec>(tx, &target, d, &mut report).await?;
+    // Pinned tools: only approved definitions reach the catalog (see `pins`).
+    let gated = super::pins::gate_tools(tx, gateway_id, &d.tools).await?;
+    let approved = Discovered {
+        tools: gated.tools,
+        ..Discovered::default()
+    };
+    let mut changed = gated.changed;
+    changed |= merge_kind::<ToolSpec>(tx, &target, &approved, &mut report).await?;
     changed |= merge_kind::<ResourceSpec>(tx, &target, d, &mut report).await?;
     changed |= merge_kind::<PromptSpec>(tx, &target, d, &mut report).await?;
     let row = sqlx::query(

@@ -1087,6 +1087,58 @@ async fn role_route_owner_matrix() {
                 Fresh::No,
                 [y, n, n, n, n, n],
             ),
+            // Tool-definition changes: reading takes gateways.read, deciding and the
+            // policy gateways.update, on the owning team (an unknown change is 404
+            // `change-not-found` once allowed: the route was reached).
+            (
+                "GET",
+                format!("/gateways/{g_a}/changes"),
+                None,
+                Fresh::No,
+                [y, y, y, y, n, y],
+            ),
+            (
+                "GET",
+                format!("/gateways/{g_a}/pinning"),
+                None,
+                Fresh::No,
+                [y, y, y, y, n, y],
+            ),
+            (
+                "PUT",
+                format!("/gateways/{g_a}/pinning"),
+                Some(json!({"on_change": "serve-approved"})),
+                Fresh::No,
+                [y, y, y, n, n, n],
+            ),
+            (
+                "POST",
+                format!("/gateways/{g_a}/changes/none/approve"),
+                Some(json!({})),
+                Fresh::No,
+                [y, y, y, n, n, n],
+            ),
+            (
+                "POST",
+                format!("/gateways/{g_a}/changes/none/reject"),
+                Some(json!({})),
+                Fresh::No,
+                [y, y, y, n, n, n],
+            ),
+            (
+                "GET",
+                format!("/gateways/{g_private}/changes"),
+                None,
+                Fresh::No,
+                [y, y, y, n, n, y],
+            ),
+            (
+                "POST",
+                format!("/gateways/{g_public}/changes/none/approve"),
+                Some(json!({})),
+                Fresh::No,
+                [y, n, n, n, n, n],
+            ),
             ("GET", "/tools".into(), None, Fresh::No, [y, y, y, y, y, y]),
             (
                 "GET",

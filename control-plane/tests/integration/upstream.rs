@@ -165,6 +165,19 @@ impl TestUpstream {
         }
     }
 
+    /// Replaces the listed tool definitions (as they are) and notifies every connected
+    /// client with `notifications/tools/list_changed`.
+    pub async fn set_raw_tools(&self, tools: Vec<Value>) {
+        let peers = {
+            let mut c = self.catalog.lock().unwrap();
+            c.raw_tools = Some(tools);
+            c.peers.clone()
+        };
+        for p in peers {
+            let _ = p.notify_tool_list_changed().await;
+        }
+    }
+
     /// Sends `notifications/resources/updated` for `test://{label}/{what}` to every
     /// connected client (a server-initiated message: it travels on their GET streams).
     pub async fn announce(&self, what: &str) {
