@@ -757,7 +757,14 @@ fn change_summary(c: &Value) -> Value {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|f| format!("{} {} at {}", cell(&f["kind"]), cell(&f["detail"]), cell(&f["path"])))
+        .map(|f| {
+            format!(
+                "{} {} at {}",
+                cell(&f["kind"]),
+                cell(&f["detail"]),
+                cell(&f["path"])
+            )
+        })
         .collect();
     row["changed"] = Value::String(changed.join(" "));
     row["findings"] = Value::String(findings.join("; "));
@@ -1252,7 +1259,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 GatewayCmd::Reject { gateway, change } => {
                     let id = c.resolve("/gateways", &gateway).await?;
                     let v = c
-                        .post(&format!("/gateways/{id}/changes/{change}/reject"), &json!({}))
+                        .post(
+                            &format!("/gateways/{id}/changes/{change}/reject"),
+                            &json!({}),
+                        )
                         .await?;
                     let shown = if api.output == Output::Table {
                         change_summary(&v)
@@ -1269,7 +1279,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 } => {
                     let id = c.resolve("/gateways", &gateway).await?;
                     let path = format!("/gateways/{id}/pinning");
-                    let v = if on_change.is_none() && new_tools.is_none() && first_discovery.is_none() {
+                    let v = if on_change.is_none()
+                        && new_tools.is_none()
+                        && first_discovery.is_none()
+                    {
                         c.get(&path).await?
                     } else {
                         let mut body = serde_json::Map::new();

@@ -269,7 +269,7 @@ pub async fn list(
 /// naming the findings; a decided change is 409 `change-decided`.
 #[utoipa::path(post, path = "/gateways/{id}/changes/{change_id}/approve", tag = "gateways",
     params(("id" = String, Path), ("change_id" = String, Path), ApproveQuery),
-    request_body(content = Option<ApproveBody>),
+    request_body(content = ApproveBody, description = "Optional: `{\"force\": true}` (same as the query parameter)."),
     responses((status = 200, body = Change),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json"),
@@ -284,8 +284,7 @@ pub async fn approve(
     let body: ApproveBody = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveBody::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Problem::invalid_field("body", e.to_string()))?
+        serde_json::from_slice(&body).map_err(|e| Problem::invalid_field("body", e.to_string()))?
     };
     let force = q.force.unwrap_or(false) || body.force;
     let c = s
@@ -379,8 +378,20 @@ pub async fn put_pinning(
 #[openapi(
     paths(list, approve, reject, get_pinning, put_pinning),
     components(schemas(
-        Change, ChangeList, ApproveBody, Pin, Pinning, PinningUpdate, FieldDiff, Finding,
-        FindingKind, ChangeKind, ChangeStatus, OnChange, NewTools, FirstDiscovery
+        Change,
+        ChangeList,
+        ApproveBody,
+        Pin,
+        Pinning,
+        PinningUpdate,
+        FieldDiff,
+        Finding,
+        FindingKind,
+        ChangeKind,
+        ChangeStatus,
+        OnChange,
+        NewTools,
+        FirstDiscovery
     ))
 )]
 pub struct Doc;

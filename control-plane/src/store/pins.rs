@@ -92,10 +92,7 @@ pub enum ChangeError {
     /// The definition carries hidden-instruction patterns and `force` was not given.
     #[error(
         "change {id} is flagged ({}); review it and approve with force=true to pin it anyway",
-        findings.iter().map(|f| format!("{} at {}: {}", match f.kind {
-            pinning::FindingKind::InvisibleUnicode => "invisible characters",
-            pinning::FindingKind::InjectionPhrase => "injection phrase",
-        }, f.path, f.detail)).collect::<Vec<_>>().join("; ")
+        describe(.findings)
     )]
     Flagged {
         /// Change id.
@@ -106,6 +103,21 @@ pub enum ChangeError {
     /// Store failure (a missing gateway included).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The findings on one line: what, where.
+fn describe(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| {
+            let what = match f.kind {
+                pinning::FindingKind::InvisibleUnicode => "invisible characters",
+                pinning::FindingKind::InjectionPhrase => "injection phrase",
+            };
+            format!("{what} at {}: {}", f.path, f.detail)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<sqlx::Error> for ChangeError {
@@ -126,8 +138,7 @@ pub struct PinPolicyPatch {
 }
 
 fn item_json(item: &DiscoveredItem<ToolSpec>) -> String {
-    json!({"description": item.description, "spec": Value::Object(item.spec.to_json())})
-        .to_string()
+    json!({"description": item.description, "spec": Value::Object(item.spec.to_json())}).to_string()
 }
 
 fn parse_item(tool: &str, raw: &str) -> Result<DiscoveredItem<ToolSpec>, StoreError> {
@@ -286,11 +297,7 @@ async fn set_withheld(
 }
 
 /// Marks the pending changes of `tool` superseded (discovery found another definition).
-async fn supersede(
-    tx: &mut WriteTx<'_>,
-    gateway_id: &str,
-    tool: &str,
-) -> Result<u64, StoreError> {
+async fn supersede(tx: &mut WriteTx<'_>, gateway_id: &str, tool: &str) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "UPDATE tool_changes SET status = 'superseded', decided_at = $1 \
          WHERE gateway_id = $2 AND original_name = $3 AND status = 'pending'",
@@ -405,9 +412,7 @@ pub(super) async fn gate_tools(
             pending_tools.insert(tool.clone());
         }
         // A pending change wins over a rejected one of the same definition.
-        let e = open
-            .entry((tool, r.try_get("new_hash")?))
-            .or_insert(status);
+        let e = open.entry((tool, r.try_get("new_hash")?)).or_insert(status);
         if status == ChangeStatus::Pending {
             *e = status;
         }
@@ -449,7 +454,7 @@ pub(super) async fn gate_tools(
                         }
                     }
                     None => {
-                        touched |= supersede(tx, gateway_id, name).await? > 0;
+                        supersede(tx, gateway_id, name).await?;
                         let findings = pinning::scan(&def);
                         record_change(
                             tx,
@@ -487,7 +492,7 @@ pub(super) async fn gate_tools(
                 } else if seen == Some(ChangeStatus::Rejected) {
                     touched |= supersede(tx, gateway_id, name).await? > 0;
                 } else if seen.is_none() {
-                    touched |= supersede(tx, gateway_id, name).await? > 0;
+                    supersede(tx, gateway_id, name).await?;
                     record_change(
                         tx,
                         gateway_id,
@@ -634,27 +639,26 @@ impl Store {
         status: Option<ChangeStatus>,
     ) -> Result<Vec<ToolChange>, StoreError> {
         self.require_gateway(gateway_id).await?;
-        let rows = match status {
-            Some(s) => {
-                sqlx::query(&format!(
+        let rows =
+            match status {
+                Some(s) => sqlx::query(&format!(
                     "SELECT {CHANGE_COLS} FROM tool_changes WHERE gateway_id = $1 AND status = $2 \
                      ORDER BY detected_at DESC, id"
                 ))
                 .bind(gateway_id)
                 .bind(s.as_str())
                 .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {CHANGE_COLS} FROM tool_changes WHERE gateway_id = $1 \
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {CHANGE_COLS} FROM tool_changes WHERE gateway_id = $1 \
                      ORDER BY detected_at DESC, id"
-                ))
-                .bind(gateway_id)
-                .fetch_all(self.pool())
-                .await?
-            }
-        };
+                    ))
+                    .bind(gateway_id)
+                    .fetch_all(self.pool())
+                    .await?
+                }
+            };
         Ok(rows
             .iter()
             .filter_map(|r| self.keep_parsed("tool_changes", r, row_to_change(r)))
@@ -757,11 +761,12 @@ impl Store {
         write_pin(&mut tx, gateway_id, &item, &c.new_hash, Some(by)).await?;
         let spec = Value::Object(item.spec.to_json()).to_string();
         let ts = now();
-        let existing = sqlx::query("SELECT id FROM tools WHERE gateway_id = $1 AND original_name = $2")
-            .bind(gateway_id)
-            .bind(&c.tool)
-            .fetch_optional(tx.conn())
-            .await?;
+        let existing =
+            sqlx::query("SELECT id FROM tools WHERE gateway_id = $1 AND original_name = $2")
+                .bind(gateway_id)
+                .bind(&c.tool)
+                .fetch_optional(tx.conn())
+                .await?;
         match existing {
             Some(r) => {
                 let tool_id: String = r.try_get("id")?;
@@ -782,8 +787,8 @@ impl Store {
                     .fetch_one(tx.conn())
                     .await?;
                 let gname: String = g.try_get("name")?;
-                let gname = GatewayName::parse(&gname)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let gname =
+                    GatewayName::parse(&gname).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let name = gname.expose(separator, &c.tool);
                 ItemName::parse(&name).map_err(StoreError::from)?;
                 let done = sqlx::query(

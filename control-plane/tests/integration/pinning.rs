@@ -32,7 +32,12 @@ async fn served(cp: &TestCp, sid: &str, name: &str) -> Option<String> {
         .unwrap_or_else(|| panic!("server {sid} in {snap}"))
         .iter()
         .find(|e| e["name"] == name)
-        .map(|e| e["item"]["description"].as_str().unwrap_or_default().to_owned())
+        .map(|e| {
+            e["item"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
 }
 
 async fn pending(cp: &TestCp, gid: &str) -> Vec<Value> {
@@ -74,7 +79,8 @@ async fn metric(cp: &TestCp, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_tool_is_held_until_an_admin_decides() {
     for (backend, db) in both_backends().await {
-        let up = TestUpstream::default().with_raw_tools(vec![tool("read", READ), tool("add", "Add two numbers.")]);
+        let up = TestUpstream::default()
+            .with_raw_tools(vec![tool("read", READ), tool("add", "Add two numbers.")]);
         let running = up.serve(0).await;
         let cp = TestCp::start(settings(&db)).await;
 
@@ -96,7 +102,11 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
             .map(|p| p["hash"].as_str().unwrap())
             .collect();
         assert_eq!(hashes.len(), 2, "{pins}");
-        assert!(hashes.iter().all(|h| h.starts_with("sha256:") && h.len() == 71));
+        assert!(
+            hashes
+                .iter()
+                .all(|h| h.starts_with("sha256:") && h.len() == 71)
+        );
         let read_hash = pins["pins"][1]["hash"].clone();
         assert_eq!(pins["pins"][1]["tool"], "read");
         let ids = tool_ids(&cp, &gid).await;
@@ -140,7 +150,10 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
         assert_eq!(c["new"]["description"], READ_V2);
         let change_id = c["id"].as_str().unwrap().to_owned();
         let (_, t) = cp.get(&format!("/tools/{}", ids["read"])).await;
-        assert_eq!(t["description"], READ, "the catalog keeps the approved definition");
+        assert_eq!(
+            t["description"], READ,
+            "the catalog keeps the approved definition"
+        );
         assert_eq!(served(&cp, &sid, "up__read").await.as_deref(), Some(READ));
         // Rediscovering the same definition raises nothing new.
         refresh(&cp, &gid).await;
@@ -151,9 +164,16 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
         let (s, v) = cp
             .post(&format!("/gateways/{gid}/changes/nope/approve"), json!({}))
             .await;
-        assert_eq!((s, v["type"].as_str()), (404, Some("urn:mcpgw:problem:change-not-found")), "{v}");
+        assert_eq!(
+            (s, v["type"].as_str()),
+            (404, Some("urn:mcpgw:problem:change-not-found")),
+            "{v}"
+        );
         let (s, v) = cp
-            .post(&format!("/gateways/nope/changes/{change_id}/approve"), json!({}))
+            .post(
+                &format!("/gateways/nope/changes/{change_id}/approve"),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 404, "{v}");
         let (s, v) = cp
@@ -163,10 +183,15 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
             )
             .await;
         assert_eq!(s, 422, "{v}");
-        let (s, v) = cp.get(&format!("/gateways/{gid}/changes?status=bogus")).await;
+        let (s, v) = cp
+            .get(&format!("/gateways/{gid}/changes?status=bogus"))
+            .await;
         assert_eq!(s, 422, "{v}");
         let (s, v) = cp
-            .put(&format!("/gateways/{gid}/pinning"), json!({"on_change": "drop"}))
+            .put(
+                &format!("/gateways/{gid}/pinning"),
+                json!({"on_change": "drop"}),
+            )
             .await;
         assert_eq!(s, 422, "{v}");
         let (s, v) = cp
@@ -182,21 +207,37 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
 
         // Approve: pinned and served; approving again is a conflict.
         let (s, v) = cp
-            .post(&format!("/gateways/{gid}/changes/{change_id}/approve"), json!({}))
+            .post(
+                &format!("/gateways/{gid}/changes/{change_id}/approve"),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["status"], "approved");
         let approved_hash = v["new_hash"].clone();
         assert!(v["decided_by"].is_string(), "{v}");
-        assert_eq!(served(&cp, &sid, "up__read").await.as_deref(), Some(READ_V2));
+        assert_eq!(
+            served(&cp, &sid, "up__read").await.as_deref(),
+            Some(READ_V2)
+        );
         let (_, t) = cp.get(&format!("/tools/{}", ids["read"])).await;
         assert_eq!(t["description"], READ_V2);
         let (s, v) = cp
-            .post(&format!("/gateways/{gid}/changes/{change_id}/approve"), json!({}))
+            .post(
+                &format!("/gateways/{gid}/changes/{change_id}/approve"),
+                json!({}),
+            )
             .await;
-        assert_eq!((s, v["type"].as_str()), (409, Some("urn:mcpgw:problem:change-decided")), "{v}");
+        assert_eq!(
+            (s, v["type"].as_str()),
+            (409, Some("urn:mcpgw:problem:change-decided")),
+            "{v}"
+        );
         let (s, _) = cp
-            .post(&format!("/gateways/{gid}/changes/{change_id}/reject"), json!({}))
+            .post(
+                &format!("/gateways/{gid}/changes/{change_id}/reject"),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 409);
         let (_, pins) = cp.get(&format!("/gateways/{gid}/pinning")).await;
@@ -214,19 +255,30 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
         assert_eq!(p.len(), 1, "{p:?}");
         let rejected = p[0]["id"].as_str().unwrap().to_owned();
         let (s, v) = cp
-            .post(&format!("/gateways/{gid}/changes/{rejected}/reject"), json!({}))
+            .post(
+                &format!("/gateways/{gid}/changes/{rejected}/reject"),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["status"], "rejected");
         refresh(&cp, &gid).await;
         assert!(pending(&cp, &gid).await.is_empty());
-        assert_eq!(served(&cp, &sid, "up__read").await.as_deref(), Some(READ_V2));
-        let (_, all) = cp.get(&format!("/gateways/{gid}/changes?status=rejected")).await;
+        assert_eq!(
+            served(&cp, &sid, "up__read").await.as_deref(),
+            Some(READ_V2)
+        );
+        let (_, all) = cp
+            .get(&format!("/gateways/{gid}/changes?status=rejected"))
+            .await;
         assert_eq!(all["items"][0]["id"], rejected.as_str());
 
         // Withhold: a changed tool leaves the snapshot until decided.
         let (s, v) = cp
-            .put(&format!("/gateways/{gid}/pinning"), json!({"on_change": "withhold"}))
+            .put(
+                &format!("/gateways/{gid}/pinning"),
+                json!({"on_change": "withhold"}),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         up.set_raw_tools(vec![
@@ -244,25 +296,45 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
             .iter()
             .map(|f| f["detail"].as_str().unwrap())
             .collect();
-        assert_eq!(kinds, ["<important>", "</important>", "do not tell the user"], "{p:?}");
+        assert_eq!(
+            kinds,
+            ["<important>", "</important>", "do not tell the user"],
+            "{p:?}"
+        );
         assert_eq!(served(&cp, &sid, "up__read").await, None, "withheld");
-        assert_eq!(served(&cp, &sid, "up__add").await.as_deref(), Some("Add two numbers."));
+        assert_eq!(
+            served(&cp, &sid, "up__add").await.as_deref(),
+            Some("Add two numbers.")
+        );
         let (_, pins) = cp.get(&format!("/gateways/{gid}/pinning")).await;
         assert_eq!(pins["pins"][1]["withheld"], true, "{pins}");
         // Flagged: approving needs force; without it nothing changes.
         let (s, v) = cp
-            .post(&format!("/gateways/{gid}/changes/{flagged}/approve"), json!({}))
+            .post(
+                &format!("/gateways/{gid}/changes/{flagged}/approve"),
+                json!({}),
+            )
             .await;
-        assert_eq!((s, v["type"].as_str()), (409, Some("urn:mcpgw:problem:change-flagged")), "{v}");
+        assert_eq!(
+            (s, v["type"].as_str()),
+            (409, Some("urn:mcpgw:problem:change-flagged")),
+            "{v}"
+        );
         assert_eq!(v["errors"][0]["field"], "/description", "{v}");
         assert_eq!(pending(&cp, &gid).await[0]["status"], "pending");
         assert_eq!(served(&cp, &sid, "up__read").await, None);
         // Rejecting serves the approved definition again.
         let (s, _) = cp
-            .post(&format!("/gateways/{gid}/changes/{flagged}/reject"), json!({}))
+            .post(
+                &format!("/gateways/{gid}/changes/{flagged}/reject"),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 200);
-        assert_eq!(served(&cp, &sid, "up__read").await.as_deref(), Some(READ_V2));
+        assert_eq!(
+            served(&cp, &sid, "up__read").await.as_deref(),
+            Some(READ_V2)
+        );
         // The upstream goes back to the approved definition: nothing to decide.
         up.set_raw_tools(vec![tool("read", READ_V2), tool("add", "Add two numbers.")])
             .await;
@@ -271,7 +343,10 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
 
         // New tools: held under `hold`; a flagged one is held even under auto-approve.
         let (s, _) = cp
-            .put(&format!("/gateways/{gid}/pinning"), json!({"new_tools": "hold"}))
+            .put(
+                &format!("/gateways/{gid}/pinning"),
+                json!({"new_tools": "hold"}),
+            )
             .await;
         assert_eq!(s, 200);
         up.set_raw_tools(vec![
@@ -283,18 +358,33 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
         refresh(&cp, &gid).await;
         let p = pending(&cp, &gid).await;
         assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!((p[0]["tool"].as_str(), p[0]["kind"].as_str()), (Some("grep"), Some("new")));
+        assert_eq!(
+            (p[0]["tool"].as_str(), p[0]["kind"].as_str()),
+            (Some("grep"), Some("new"))
+        );
         assert!(p[0]["old"].is_null() && p[0]["old_hash"].is_null(), "{p:?}");
-        assert!(!tool_ids(&cp, &gid).await.contains_key("grep"), "held, not in the catalog");
+        assert!(
+            !tool_ids(&cp, &gid).await.contains_key("grep"),
+            "held, not in the catalog"
+        );
         let (s, v) = cp
-            .post(&format!("/gateways/{gid}/changes/{}/approve", p[0]["id"].as_str().unwrap()), json!({}))
+            .post(
+                &format!(
+                    "/gateways/{gid}/changes/{}/approve",
+                    p[0]["id"].as_str().unwrap()
+                ),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         let (_, t) = cp.get("/tools?name=up__grep").await;
         assert!(tool_ids(&cp, &gid).await.contains_key("grep"), "{t}");
 
         let (s, _) = cp
-            .put(&format!("/gateways/{gid}/pinning"), json!({"new_tools": "auto-approve"}))
+            .put(
+                &format!("/gateways/{gid}/pinning"),
+                json!({"new_tools": "auto-approve"}),
+            )
             .await;
         assert_eq!(s, 200);
         up.set_raw_tools(vec![
@@ -312,10 +402,16 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
         assert_eq!(p[0]["findings"][0]["kind"], "invisible_unicode");
         assert_eq!(p[0]["findings"][0]["detail"], "U+200B U+E0049");
         let ids = tool_ids(&cp, &gid).await;
-        assert!(ids.contains_key("cat") && !ids.contains_key("ls"), "{ids:?}");
+        assert!(
+            ids.contains_key("cat") && !ids.contains_key("ls"),
+            "{ids:?}"
+        );
         let (s, v) = cp
             .post(
-                &format!("/gateways/{gid}/changes/{}/approve?force=true", p[0]["id"].as_str().unwrap()),
+                &format!(
+                    "/gateways/{gid}/changes/{}/approve?force=true",
+                    p[0]["id"].as_str().unwrap()
+                ),
                 json!({}),
             )
             .await;
@@ -327,10 +423,13 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
             .await;
         refresh(&cp, &gid).await;
         assert_eq!(pending(&cp, &gid).await.len(), 1);
-        up.set_raw_tools(vec![tool("add", "Add two numbers.")]).await;
+        up.set_raw_tools(vec![tool("add", "Add two numbers.")])
+            .await;
         refresh(&cp, &gid).await;
         assert!(pending(&cp, &gid).await.is_empty());
-        let (_, all) = cp.get(&format!("/gateways/{gid}/changes?status=superseded")).await;
+        let (_, all) = cp
+            .get(&format!("/gateways/{gid}/changes?status=superseded"))
+            .await;
         assert_eq!(all["items"][0]["tool"], "read", "{all}");
         // …and when it comes back with another definition than the approved one, it is a
         // change again, not a new tool.
@@ -338,8 +437,13 @@ async fn a_changed_tool_is_held_until_an_admin_decides() {
             .await;
         refresh(&cp, &gid).await;
         let p = pending(&cp, &gid).await;
-        assert_eq!((p.len(), p[0]["kind"].as_str()), (1, Some("modified")), "{p:?}");
-        assert_eq!(served(&cp, &sid, "up__read").await, None, "withheld, and not in the catalog");
+        assert_eq!(
+            (p.len(), p[0]["kind"].as_str()),
+            (1, Some("modified")),
+            "{p:?}"
+        );
+        // Its removal took its server membership; the pin withholds it anyway.
+        assert_eq!(served(&cp, &sid, "up__read").await, None);
 
         cp.stop().await;
         running.stop().await;
@@ -362,7 +466,10 @@ async fn a_first_discovery_can_be_held_for_review() {
     assert_eq!(s, 201, "{g}");
     let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
     let (s, v) = cp
-        .put(&format!("/gateways/{gid}/pinning"), json!({"first_discovery": "hold"}))
+        .put(
+            &format!("/gateways/{gid}/pinning"),
+            json!({"first_discovery": "hold"}),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     refresh(&cp, &gid).await;
@@ -370,7 +477,13 @@ async fn a_first_discovery_can_be_held_for_review() {
     let p = pending(&cp, &gid).await;
     assert_eq!((p.len(), p[0]["kind"].as_str()), (1, Some("new")), "{p:?}");
     let (s, _) = cp
-        .post(&format!("/gateways/{gid}/changes/{}/approve", p[0]["id"].as_str().unwrap()), json!({}))
+        .post(
+            &format!(
+                "/gateways/{gid}/changes/{}/approve",
+                p[0]["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(tool_ids(&cp, &gid).await.len(), 1);

@@ -52,7 +52,7 @@ impl Rig {
                 let (http, mcp, want) = (http.clone(), mcp.clone(), want.clone());
                 async move {
                     let d = edge_descriptions(&http, &mcp).await?;
-                    (d.get("pin__whoami").is_some() && d.get("pin__read") == want.as_ref())
+                    (d.contains_key("pin__whoami") && d.get("pin__read") == want.as_ref())
                         .then_some(())
                 }
             })
@@ -63,7 +63,8 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_serves_the_approved_definition_until_an_admin_approves() {
     let mut rig = Rig::start(40).await;
-    let up = TestUpstream::default()
+    // Calls answer for the tools in `with_tools`; `tools/list` shows the raw definitions.
+    let up = TestUpstream::with_tools(&["read", "whoami"])
         .with_label("pin")
         .with_raw_tools(tools(READ));
     let running = up.serve(0).await;
@@ -111,7 +112,10 @@ async fn the_edge_serves_the_approved_definition_until_an_admin_approves() {
     // approved definition back.
     let (s, _) = rig
         .cp
-        .put(&format!("/gateways/{gid}/pinning"), json!({"on_change": "withhold"}))
+        .put(
+            &format!("/gateways/{gid}/pinning"),
+            json!({"on_change": "withhold"}),
+        )
         .await;
     assert_eq!(s, 200);
     up.set_raw_tools(tools(READ_V3)).await;
