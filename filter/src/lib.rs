@@ -258,6 +258,7 @@ impl Request {
                     let name = match header {
                         Header::Route => self.exchange.config().gate.route_header(),
                         Header::Named(name) => name,
+                        Header::Added(name) => name.as_str(),
                     };
                     self.set_http_request_header(name, value.as_deref());
                 }

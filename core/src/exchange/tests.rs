@@ -1883,3 +1883,4 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
 
 mod guard;
 mod limits;
+mod external;
