@@ -35,6 +35,7 @@ mod auth;
 mod bridge;
 mod era;
 mod external;
+mod external_post;
 mod guard;
 mod head;
 mod limits;
@@ -43,6 +44,7 @@ mod observe;
 mod rewrite;
 mod sessions;
 
+pub use external_post::Held;
 pub use head::RequestHead;
 pub use limits::Caller;
 pub use sessions::sweep;
@@ -328,6 +330,8 @@ pub struct Exchange {
     principal: Option<Rc<crate::auth::Principal>>,
     /// Request headers external guardrails added, set when the request goes on.
     added_headers: Vec<(Header, Option<String>)>,
+    /// The `external` post hooks the response is held for.
+    post_external: Option<external_post::PostExternals>,
 }
 
 impl Exchange {
@@ -360,6 +364,7 @@ impl Exchange {
             held: crate::limits::Held::default(),
             principal: None,
             added_headers: Vec::new(),
+            post_external: None,
         }
     }
 
@@ -1164,7 +1169,9 @@ impl Exchange {
             // A virtual server's client holds the gateway's token, not an upstream's session.
             remove_session_id: self.server.is_some(),
             // Bridged results gain fields; guarded ones may be masked.
-            remove_content_length: self.bridging || self.post_plan.is_some(),
+            remove_content_length: self.bridging
+                || self.post_plan.is_some()
+                || self.post_external.is_some(),
         }
     }
 
@@ -1221,7 +1228,7 @@ impl Exchange {
 
     /// How much of the response body the exchange needs.
     pub fn response_body_need(&self) -> BodyNeed {
-        if self.rewriter.is_some() {
+        if self.rewriter.is_some() || self.post_external.is_some() {
             return BodyNeed::Bytes;
         }
         self.observer.need()

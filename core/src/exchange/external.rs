@@ -78,6 +78,10 @@ impl Exchange {
         host: &mut impl Host,
     ) -> Option<Step> {
         let config = Rc::clone(&self.config);
+        let (post_hook, post) = config.guard.externals(&self.guard_call(), msg, false);
+        if !post.is_empty() {
+            self.post_external = Some(super::external_post::PostExternals::new(post_hook, post, msg));
+        }
         let (hook, mut plugins) = config.guard.externals(&self.guard_call(), msg, true);
         if plugins.is_empty() {
             return None;
