@@ -1228,7 +1228,7 @@ impl Exchange {
 
     /// How much of the response body the exchange needs.
     pub fn response_body_need(&self) -> BodyNeed {
-        if self.rewriter.is_some() || self.post_external.is_some() {
+        if self.rewriter.is_some() || self.holds_response() {
             return BodyNeed::Bytes;
         }
         self.observer.need()

@@ -23,18 +23,22 @@ impl Request {
     pub(crate) fn held_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let start = self.response_read.min(body_size);
         let chunk = if body_size > start {
-            proxy_wasm::hostcalls::get_buffer(BufferType::HttpResponseBody, start, body_size - start)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+            proxy_wasm::hostcalls::get_buffer(
+                BufferType::HttpResponseBody,
+                start,
+                body_size - start,
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default()
         } else {
             Vec::new()
         };
         self.response_read = body_size;
         let shared = Rc::clone(&self.shared);
-        let held = self
-            .exchange
-            .on_held_response_body(&chunk, end_of_stream, &mut FilterHost(&shared));
+        let held =
+            self.exchange
+                .on_held_response_body(&chunk, end_of_stream, &mut FilterHost(&shared));
         self.carry_out(held, false)
     }
 

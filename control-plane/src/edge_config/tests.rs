@@ -1253,9 +1253,15 @@ fn each_external_guardrail_target_gets_one_http2_cluster() {
     };
     snap.plugins = vec![
         plugin("a", serde_json::json!({"target": "guard.ns.svc:50051"})),
-        plugin("b", serde_json::json!({"target": "guard.ns.svc:50051", "failure_mode": "open"})),
+        plugin(
+            "b",
+            serde_json::json!({"target": "guard.ns.svc:50051", "failure_mode": "open"}),
+        ),
         plugin("c", serde_json::json!({"target": "10.9.8.7:9000"})),
-        plugin("d", serde_json::json!({"cluster": "brought-by-the-operator"})),
+        plugin(
+            "d",
+            serde_json::json!({"cluster": "brought-by-the-operator"}),
+        ),
     ];
     let set = resources(&snap, &two_endpoints(), &settings()).unwrap();
     let dns: Cluster = get(&set, TypeUrl::Cluster, "mcpgw-guard-guard.ns.svc_50051");
@@ -1270,8 +1276,7 @@ fn each_external_guardrail_target_gets_one_http2_cluster() {
         ))
     );
     assert!(tls_of(&dns).is_none(), "plaintext h2c");
-    let options = &dns.typed_extension_protocol_options
-        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    let options = &dns.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
     let options = HttpProtocolOptions::decode(options.value.as_slice()).unwrap();
     assert!(
         format!("{options:?}").contains("Http2ProtocolOptions"),
@@ -1284,7 +1289,10 @@ fn each_external_guardrail_target_gets_one_http2_cluster() {
             cluster::DiscoveryType::Static as i32
         ))
     );
-    assert!(set.get(TypeUrl::Cluster, "brought-by-the-operator").is_none());
+    assert!(
+        set.get(TypeUrl::Cluster, "brought-by-the-operator")
+            .is_none()
+    );
     let guards = set
         .resources(TypeUrl::Cluster)
         .filter(|r| r.name().starts_with("mcpgw-guard-"))

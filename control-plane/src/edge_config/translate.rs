@@ -939,7 +939,10 @@ fn guard_cluster(name: &str, target: &str) -> Result<Cluster, EdgeError> {
     let bad = || EdgeError::GuardTarget(target.to_owned());
     mcpgw_core::guard::external::check_target(target).map_err(|_| bad())?;
     let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port: u16 = port.parse().map_err(|_| bad())?;
     let discovery = if host.parse::<IpAddr>().is_ok() {
         cluster::DiscoveryType::Static

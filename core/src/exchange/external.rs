@@ -80,7 +80,9 @@ impl Exchange {
         let config = Rc::clone(&self.config);
         let (post_hook, post) = config.guard.externals(&self.guard_call(), msg, false);
         if !post.is_empty() {
-            self.post_external = Some(super::external_post::PostExternals::new(post_hook, post, msg));
+            self.post_external = Some(super::external_post::PostExternals::new(
+                post_hook, post, msg,
+            ));
         }
         let (hook, mut plugins) = config.guard.externals(&self.guard_call(), msg, true);
         if plugins.is_empty() {
@@ -153,11 +155,6 @@ impl Exchange {
         Step::Check(call)
     }
 
-    /// Whether the request waits for an external guardrail.
-    pub(super) fn guarding(&self) -> bool {
-        matches!(self.phase, Phase::Guarding(_))
-    }
-
     /// The external guardrail answered (`Some`: the message of a call that succeeded).
     pub(super) fn on_guard_answer(&mut self, answer: Option<&[u8]>, host: &mut impl Host) -> Step {
         let Phase::Guarding(mut g) = std::mem::replace(&mut self.phase, Phase::Forwarded) else {
@@ -176,9 +173,9 @@ impl Exchange {
         };
         let outcome = verdict.and_then(|v| match v {
             // A mutation of arguments that are not an object breaks the contract.
-            Verdict::Mutate { params: Some(p), .. } if arguments_of(&p).is_err() => {
-                Err(Failure::Broken(Broken::NotAnObject))
-            }
+            Verdict::Mutate {
+                params: Some(p), ..
+            } if arguments_of(&p).is_err() => Err(Failure::Broken(Broken::NotAnObject)),
             v => Ok(v),
         });
         match outcome {
@@ -188,7 +185,11 @@ impl Exchange {
                         .guard
                         .service(plugin)
                         .is_some_and(|s| s.failure_mode == GuardFailureMode::Closed);
-                let effect = if closed { "failed_closed" } else { "failed_open" };
+                let effect = if closed {
+                    "failed_closed"
+                } else {
+                    "failed_open"
+                };
                 host.count_plugin(&name, hook.as_str(), effect);
                 host.warn(&format!(
                     "mcpgw: external plugin {name:?} at {}: {}; {}",
@@ -202,7 +203,7 @@ impl Exchange {
                     );
                     let data = error_data(&name, hook, "unavailable");
                     let code = crate::jsonrpc::code::INTERNAL_ERROR;
-                    return self.refuse(&g.msg, 503, code, &message, &data, host);
+                    return self.refuse_guarded(&g.msg, 503, code, &message, &data, host);
                 }
             }
             Ok(Verdict::Pass) => {}
@@ -215,7 +216,7 @@ impl Exchange {
                 };
                 let why = if reason.is_empty() { "denied" } else { &reason };
                 let data = error_data(&name, hook, why);
-                return self.refuse(&g.msg, 403, code, &message, &data, host);
+                return self.refuse_guarded(&g.msg, 403, code, &message, &data, host);
             }
             Ok(Verdict::Deny { .. }) => {
                 host.count_plugin(&name, hook.as_str(), "would_block");
@@ -295,7 +296,7 @@ impl Exchange {
     }
 
     /// Answers `msg` with a JSON-RPC error `code` and `message`, HTTP `status`.
-    fn refuse(
+    fn refuse_guarded(
         &mut self,
         msg: &Message,
         status: u16,
@@ -309,7 +310,12 @@ impl Exchange {
         Step::Reply(Reply {
             status,
             headers: vec![("content-type", "application/json".to_owned())],
-            body: Some(error_response_with(msg.id.as_ref(), code, message, Some(data))),
+            body: Some(error_response_with(
+                msg.id.as_ref(),
+                code,
+                message,
+                Some(data),
+            )),
         })
     }
 }

@@ -97,7 +97,9 @@ impl Exchange {
     /// Whether a service is being asked about the held response (its answer goes to
     /// [`Exchange::on_response_check_answer`], not [`Exchange::on_check_answer`]).
     pub fn checks_response(&self) -> bool {
-        self.post_external.as_ref().is_some_and(|p| p.asking.is_some())
+        self.post_external
+            .as_ref()
+            .is_some_and(|p| p.asking.is_some())
     }
 
     /// A chunk of a held response.
@@ -135,7 +137,11 @@ impl Exchange {
     }
 
     /// The service asked about the held response answered (`Some`: a call's message).
-    pub fn on_response_check_answer(&mut self, answer: Option<&[u8]>, host: &mut impl Host) -> Held {
+    pub fn on_response_check_answer(
+        &mut self,
+        answer: Option<&[u8]>,
+        host: &mut impl Host,
+    ) -> Held {
         let config = Rc::clone(&self.config);
         let Some(post) = self.post_external.as_mut() else {
             return Held::Release(Vec::new());
@@ -161,12 +167,20 @@ impl Exchange {
                         .guard
                         .service(plugin)
                         .is_some_and(|s| s.failure_mode == GuardFailureMode::Closed);
-                let effect = if closed { "failed_closed" } else { "failed_open" };
+                let effect = if closed {
+                    "failed_closed"
+                } else {
+                    "failed_open"
+                };
                 host.count_plugin(&name, hook.as_str(), effect);
                 host.warn(&format!(
                     "mcpgw: external plugin {name:?} at {}: {why}; {}",
                     hook.as_str(),
-                    if closed { "refusing the result" } else { "passing" }
+                    if closed {
+                        "refusing the result"
+                    } else {
+                        "passing"
+                    }
                 ));
                 if closed {
                     let message = format!(
@@ -193,7 +207,11 @@ impl Exchange {
             Ok(Verdict::Mutate {
                 result: Some(new), ..
             }) => {
-                host.count_plugin(&name, hook.as_str(), if enforce { "masked" } else { "would_mask" });
+                host.count_plugin(
+                    &name,
+                    hook.as_str(),
+                    if enforce { "masked" } else { "would_mask" },
+                );
                 if enforce {
                     let (start, end) = target.result;
                     let mut message = Vec::with_capacity(target.message.len() + new.len());
@@ -305,7 +323,11 @@ impl Exchange {
                     .is_some_and(|s| s.failure_mode == GuardFailureMode::Closed)
         });
         for &i in &post.rest {
-            let effect = if Some(i) == closed { "failed_closed" } else { "failed_open" };
+            let effect = if Some(i) == closed {
+                "failed_closed"
+            } else {
+                "failed_open"
+            };
             host.count_plugin(config.guard.plugin_name(i), hook.as_str(), effect);
         }
         match closed {
@@ -317,7 +339,8 @@ impl Exchange {
                 let data = error_data(&name, hook, "too_large");
                 let id = post.id.clone();
                 self.post_external = None;
-                let error = error_response_with(id.as_ref(), code::FORBIDDEN, &message, Some(&data));
+                let error =
+                    error_response_with(id.as_ref(), code::FORBIDDEN, &message, Some(&data));
                 host.count_rejected(crate::reason::Reason::PluginBlocked);
                 // The client's parser sees one JSON error however the response began.
                 Held::Release(error)
@@ -340,9 +363,14 @@ fn splice_message(held: &[u8], target: &Target, message: &[u8]) -> Vec<u8> {
         None => out.extend_from_slice(message),
         Some(fields) => {
             out.extend_from_slice(fields);
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(message);
-            out.extend_from_slice(b"\n\n");
+            // One `data:` line per line of the message: JSON has line breaks only as
+            // whitespace between tokens, never inside a string.
+            for line in message.split(|b| *b == b'\n' || *b == b'\r') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+            out.push(b'\n');
         }
     }
     out.extend_from_slice(held.get(end..).unwrap_or_default());

@@ -9,9 +9,7 @@
 //! runs the calls (`exchange/external.rs`).
 
 use crate::limits::ratelimit::{Reader, Value, bytes_field, varint_field};
-use crate::snapshot::plugins::{
-    External, GuardFailureMode, Hook, MAX_EXTERNAL_TIMEOUT_MS,
-};
+use crate::snapshot::plugins::{External, GuardFailureMode, Hook, MAX_EXTERNAL_TIMEOUT_MS};
 
 /// The gRPC service.
 pub const SERVICE: &str = "mcpgw.guard.v1.Guardrail";
@@ -47,7 +45,10 @@ pub(crate) fn compile(e: &External, field: &str) -> Result<Service, (String, Str
             ));
         }
         (None, None) => {
-            return Err((format!("{field}.external"), "needs target or cluster".into()));
+            return Err((
+                format!("{field}.external"),
+                "needs target or cluster".into(),
+            ));
         }
         (Some(target), None) => {
             check_target(target).map_err(|why| (f("target"), why.to_owned()))?;
@@ -146,7 +147,7 @@ impl CheckRequest<'_> {
     /// The message in protobuf (fields at their defaults are left out, as proto3 does).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.params.len() + self.result.len());
-        let mut string = |out: &mut Vec<u8>, n: u32, s: &[u8]| {
+        let string = |out: &mut Vec<u8>, n: u32, s: &[u8]| {
             if !s.is_empty() {
                 bytes_field(out, n, s);
             }
@@ -325,10 +326,10 @@ fn mutate(bytes: &[u8], route_header: &str) -> Result<Verdict, Broken> {
                         _ => {}
                     }
                 }
-                let name = std::str::from_utf8(name.unwrap_or_default())
-                    .map_err(|_| Broken::Header)?;
-                let value = std::str::from_utf8(value.unwrap_or_default())
-                    .map_err(|_| Broken::Header)?;
+                let name =
+                    std::str::from_utf8(name.unwrap_or_default()).map_err(|_| Broken::Header)?;
+                let value =
+                    std::str::from_utf8(value.unwrap_or_default()).map_err(|_| Broken::Header)?;
                 if !header_allowed(name, route_header)
                     || !header_value_ok(value)
                     || headers.len() >= MAX_HEADERS

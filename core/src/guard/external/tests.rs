@@ -15,11 +15,7 @@ fn external(target: Option<&str>, cluster: Option<&str>, timeout_ms: u32) -> Ext
 #[test]
 fn settings_name_the_field_of_each_mistake() {
     let cases: &[(&str, External, Option<&str>)] = &[
-        (
-            "target",
-            external(Some("guard.svc:50051"), None, 200),
-            None,
-        ),
+        ("target", external(Some("guard.svc:50051"), None, 200), None),
         ("ipv6", external(Some("[::1]:9000"), None, 200), None),
         ("cluster", external(None, Some("my-guard"), 200), None),
         (
@@ -27,7 +23,11 @@ fn settings_name_the_field_of_each_mistake() {
             external(Some("a:1"), Some("b"), 200),
             Some("plugins[0].external"),
         ),
-        ("neither", external(None, None, 200), Some("plugins[0].external")),
+        (
+            "neither",
+            external(None, None, 200),
+            Some("plugins[0].external"),
+        ),
         (
             "no port",
             external(Some("guard.svc"), None, 200),
@@ -135,20 +135,24 @@ fn a_request_encodes_every_field() {
 
 /// A length-delimited field.
 fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
-    let mut out = vec![(n << 3) | 2, u8::try_from(bytes.len()).unwrap()];
+    let mut out = vec![(n << 3) | 2];
+    crate::limits::ratelimit::varint(&mut out, bytes.len() as u64);
     out.extend_from_slice(bytes);
     out
 }
 
 fn header(name: &str, value: &str) -> Vec<u8> {
-    field(3, &[field(1, name.as_bytes()), field(2, value.as_bytes())].concat())
+    field(
+        3,
+        &[field(1, name.as_bytes()), field(2, value.as_bytes())].concat(),
+    )
 }
 
 #[test]
 fn verdicts_decode() {
     assert_eq!(decode(&field(1, &[]), "x-route"), Ok(Verdict::Pass));
     // Unknown fields are skipped, here and inside the verdict.
-    let pass = [&[0x08, 1][..], &field(9, b"zz"), &field(1, &[0x08, 1])].concat();
+    let pass = [&[0x78, 1][..], &field(9, b"zz"), &field(1, &[0x08, 1])].concat();
     assert_eq!(decode(&pass, "x-route"), Ok(Verdict::Pass));
     let mutate = field(
         2,
@@ -168,7 +172,9 @@ fn verdicts_decode() {
     );
     // -32010 as an int32 on the wire: ten bytes of two's complement.
     let mut deny = field(1, b"secret\nstuff");
-    deny.extend_from_slice(&[0x10, 0xf6, 0x85, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    deny.extend_from_slice(&[
+        0x10, 0xf6, 0x85, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ]);
     assert_eq!(
         decode(&field(3, &deny), "x-route"),
         Ok(Verdict::Deny {
@@ -187,7 +193,8 @@ fn verdicts_decode() {
     );
     // A long reason is cut on a character boundary.
     let long = "é".repeat(200);
-    let Ok(Verdict::Deny { reason, .. }) = decode(&field(3, &field(1, long.as_bytes())), "r") else {
+    let Ok(Verdict::Deny { reason, .. }) = decode(&field(3, &field(1, long.as_bytes())), "r")
+    else {
         panic!("a deny")
     };
     assert_eq!(reason.len(), MAX_REASON_BYTES);
@@ -213,16 +220,52 @@ fn malformed_answers_are_refused() {
             field(2, &[0x0a, 9, b'{']),
             Broken::Malformed,
         ),
-        ("params not JSON", field(2, &field(1, b"{nope")), Broken::NotAnObject),
-        ("params an array", field(2, &field(1, b"[1]")), Broken::NotAnObject),
-        ("result a string", field(2, &field(2, b"\"x\"")), Broken::NotAnObject),
-        ("a host header", field(2, &header("host", "evil")), Broken::Header),
-        ("a pseudo-header", field(2, &header(":path", "/x")), Broken::Header),
-        ("an mcp header", field(2, &header("mcp-session-id", "s")), Broken::Header),
-        ("the route header", field(2, &header("x-route", "c")), Broken::Header),
-        ("credentials", field(2, &header("authorization", "a")), Broken::Header),
+        (
+            "params not JSON",
+            field(2, &field(1, b"{nope")),
+            Broken::NotAnObject,
+        ),
+        (
+            "params an array",
+            field(2, &field(1, b"[1]")),
+            Broken::NotAnObject,
+        ),
+        (
+            "result a string",
+            field(2, &field(2, b"\"x\"")),
+            Broken::NotAnObject,
+        ),
+        (
+            "a host header",
+            field(2, &header("host", "evil")),
+            Broken::Header,
+        ),
+        (
+            "a pseudo-header",
+            field(2, &header(":path", "/x")),
+            Broken::Header,
+        ),
+        (
+            "an mcp header",
+            field(2, &header("mcp-session-id", "s")),
+            Broken::Header,
+        ),
+        (
+            "the route header",
+            field(2, &header("x-route", "c")),
+            Broken::Header,
+        ),
+        (
+            "credentials",
+            field(2, &header("authorization", "a")),
+            Broken::Header,
+        ),
         ("upper case", field(2, &header("X-Up", "v")), Broken::Header),
-        ("CRLF in a value", field(2, &header("x-a", "v\r\nx: y")), Broken::Header),
+        (
+            "CRLF in a value",
+            field(2, &header("x-a", "v\r\nx: y")),
+            Broken::Header,
+        ),
         ("too many headers", field(2, &too_many), Broken::Header),
         (
             "deny code as bytes",
@@ -237,10 +280,17 @@ fn malformed_answers_are_refused() {
 
 #[test]
 fn targets() {
-    for ok in ["a:1", "guard.ns.svc.cluster.local:50051", "10.0.0.1:80", "[fe80::1]:9"] {
+    for ok in [
+        "a:1",
+        "guard.ns.svc.cluster.local:50051",
+        "10.0.0.1:80",
+        "[fe80::1]:9",
+    ] {
         assert_eq!(check_target(ok), Ok(()), "{ok}");
     }
-    for bad in ["", ":80", "a:", "a:65536", "a b:1", "-a:1", "a..b:1", "[zz]:1", "a:1/x"] {
+    for bad in [
+        "", ":80", "a:", "a:65536", "a b:1", "-a:1", "a..b:1", "[zz]:1", "a:1/x",
+    ] {
         assert!(check_target(bad).is_err(), "{bad}");
     }
 }

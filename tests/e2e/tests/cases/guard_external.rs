@@ -89,7 +89,8 @@ async fn a_service_passes_denies_and_mutates_calls_and_results() -> anyhow::Resu
         (RmcpServerMode::SessionSse, "text/event-stream"),
     ] {
         let upstream = RmcpServer::start("primary", mode).await?;
-        let config = EnvoyConfig::with_filter(&plugins, upstream.addr).grpc_cluster("guard", guard.addr);
+        let config =
+            EnvoyConfig::with_filter(&plugins, upstream.addr).grpc_cluster("guard", guard.addr);
         let envoy = Envoy::start(&artifacts(), &config).await?;
         let url = envoy.mcp_url();
         let headers = session(&url, mode).await?;
@@ -99,28 +100,54 @@ async fn a_service_passes_denies_and_mutates_calls_and_results() -> anyhow::Resu
         // A pass: asked before and after, the call and its result unchanged.
         let reply = post(&url, call(2, "echo", json!({"message": "hello"})), &h).await?;
         assert_eq!(reply.status, 200, "{mode:?}: {}", reply.text());
-        assert!(reply.header("content-type").starts_with(content_type), "{mode:?}");
+        assert!(
+            reply.header("content-type").starts_with(content_type),
+            "{mode:?}"
+        );
         assert_eq!(tool_text(&reply.response(&json!(2))?), "hello", "{mode:?}");
         let checks = guard.checks();
         let seen: Vec<(&str, &str)> = checks[checks_before..]
             .iter()
-            .map(|c| (c["hook"].as_str().unwrap_or(""), c["verdict"].as_str().unwrap_or("")))
+            .map(|c| {
+                (
+                    c["hook"].as_str().unwrap_or(""),
+                    c["verdict"].as_str().unwrap_or(""),
+                )
+            })
             .collect();
         assert_eq!(
             seen,
-            [("HOOK_TOOL_PRE_INVOKE", "pass"), ("HOOK_TOOL_POST_INVOKE", "pass")],
+            [
+                ("HOOK_TOOL_PRE_INVOKE", "pass"),
+                ("HOOK_TOOL_POST_INVOKE", "pass")
+            ],
             "{mode:?}"
         );
         let last = &checks[checks.len() - 1];
         assert_eq!(
-            (&last["plugin"], &last["method"], &last["name"], &last["request_id"]),
-            (&json!("ext"), &json!("tools/call"), &json!("echo"), &json!("2")),
+            (
+                &last["plugin"],
+                &last["method"],
+                &last["name"],
+                &last["request_id"]
+            ),
+            (
+                &json!("ext"),
+                &json!("tools/call"),
+                &json!("echo"),
+                &json!("2")
+            ),
             "{mode:?}"
         );
 
         // A deny: answered at the edge with the service's reason; the upstream sees nothing.
         let before = tool_calls(&upstream).len();
-        let denied = post(&url, call(3, "echo", json!({"message": "please DROP it"})), &h).await?;
+        let denied = post(
+            &url,
+            call(3, "echo", json!({"message": "please DROP it"})),
+            &h,
+        )
+        .await?;
         assert_eq!(denied.status, 403, "{mode:?}: {}", denied.text());
         let error = error_of(&denied, 3)?;
         assert_eq!(error["code"], -32010, "{mode:?}");
@@ -129,35 +156,74 @@ async fn a_service_passes_denies_and_mutates_calls_and_results() -> anyhow::Resu
             json!({"plugin": "ext", "hook": "tool_pre_invoke",
                    "reason": "an argument carries a denied word"})
         );
-        assert!(!denied.text().to_lowercase().contains("drop"), "{}", denied.text());
-        assert_eq!(tool_calls(&upstream).len(), before, "{mode:?}: nothing reached the upstream");
+        assert!(
+            !denied.text().to_lowercase().contains("drop"),
+            "{}",
+            denied.text()
+        );
+        assert_eq!(
+            tool_calls(&upstream).len(),
+            before,
+            "{mode:?}: nothing reached the upstream"
+        );
 
         // Arguments mutated: the upstream receives (and echoes) the redacted text, and the
         // header the service added.
-        let reply = post(&url, call(4, "echo", json!({"message": "secret-abc123"})), &h).await?;
+        let reply = post(
+            &url,
+            call(4, "echo", json!({"message": "secret-abc123"})),
+            &h,
+        )
+        .await?;
         assert_eq!(reply.status, 200, "{mode:?}: {}", reply.text());
-        assert_eq!(tool_text(&reply.response(&json!(4))?), "[redacted]", "{mode:?}");
+        assert_eq!(
+            tool_text(&reply.response(&json!(4))?),
+            "[redacted]",
+            "{mode:?}"
+        );
         let calls = tool_calls(&upstream);
         let last = calls.last().ok_or_else(|| anyhow::anyhow!("no call"))?;
         assert_eq!(
-            last.headers.get("x-guard-verdict").and_then(|v| v.to_str().ok()),
+            last.headers
+                .get("x-guard-verdict")
+                .and_then(|v| v.to_str().ok()),
             Some("redacted"),
             "{mode:?}"
         );
 
         // A result mutated: the client sees the service's version.
-        let reply = post(&url, call(5, "echo", json!({"message": "the code is secret-xyz"})), &h).await?;
+        let reply = post(
+            &url,
+            call(5, "echo", json!({"message": "the code is secret-xyz"})),
+            &h,
+        )
+        .await?;
         assert_eq!(reply.status, 200, "{mode:?}: {}", reply.text());
-        assert!(reply.header("content-type").starts_with(content_type), "{mode:?}");
-        assert_eq!(tool_text(&reply.response(&json!(5))?), "the code is [masked]", "{mode:?}");
-        assert!(!reply.text().contains("secret-xyz"), "{mode:?}: {}", reply.text());
+        assert!(
+            reply.header("content-type").starts_with(content_type),
+            "{mode:?}"
+        );
+        assert_eq!(
+            tool_text(&reply.response(&json!(5))?),
+            "the code is [masked]",
+            "{mode:?}"
+        );
+        assert!(
+            !reply.text().contains("secret-xyz"),
+            "{mode:?}: {}",
+            reply.text()
+        );
 
         for (hook, effect, n) in [
             ("tool_pre_invoke", "blocked", 1.0),
             ("tool_pre_invoke", "masked", 1.0),
             ("tool_post_invoke", "masked", 1.0),
         ] {
-            assert_eq!(actions(&envoy, "ext", hook, effect).await?, n, "{mode:?} {hook} {effect}");
+            assert_eq!(
+                actions(&envoy, "ext", hook, effect).await?,
+                n,
+                "{mode:?} {hook} {effect}"
+            );
         }
     }
     Ok(())
@@ -175,7 +241,8 @@ async fn a_slow_or_absent_service_fails_open_or_closed_per_plugin() -> anyhow::R
     ]})
     .to_string();
     let upstream = RmcpServer::start("primary", RmcpServerMode::StatelessJson).await?;
-    let config = EnvoyConfig::with_filter(&plugins, upstream.addr).grpc_cluster("guard", guard.addr);
+    let config =
+        EnvoyConfig::with_filter(&plugins, upstream.addr).grpc_cluster("guard", guard.addr);
     let envoy = Envoy::start(&artifacts(), &config).await?;
     let url = envoy.mcp_url();
     let h = [("mcp-protocol-version", "2025-11-25")];
@@ -200,7 +267,12 @@ async fn a_slow_or_absent_service_fails_open_or_closed_per_plugin() -> anyhow::R
         .await?;
         assert_eq!(reply.status, 200, "{what}: {}", reply.text());
         assert_eq!(tool_text(&reply.response(&json!(2))?), "late", "{what}");
-        let reply = post(&url, call(3, "add", json!({"a": 1, "b": 2, "sleep_ms": 1500})), &h).await?;
+        let reply = post(
+            &url,
+            call(3, "add", json!({"a": 1, "b": 2, "sleep_ms": 1500})),
+            &h,
+        )
+        .await?;
         assert_eq!(reply.status, 503, "{what}: {}", reply.text());
         let error = error_of(&reply, 3)?;
         assert_eq!(error["code"], -32603, "{what}");
@@ -208,9 +280,19 @@ async fn a_slow_or_absent_service_fails_open_or_closed_per_plugin() -> anyhow::R
             error["data"],
             json!({"plugin": "strict", "hook": "tool_pre_invoke", "reason": "unavailable"})
         );
-        assert_eq!(tool_calls(&upstream).len(), before + 1, "{what}: only the open one went up");
+        assert_eq!(
+            tool_calls(&upstream).len(),
+            before + 1,
+            "{what}: only the open one went up"
+        );
     }
-    assert_eq!(actions(&envoy, "lenient", "tool_pre_invoke", "failed_open").await?, 2.0);
-    assert_eq!(actions(&envoy, "strict", "tool_pre_invoke", "failed_closed").await?, 2.0);
+    assert_eq!(
+        actions(&envoy, "lenient", "tool_pre_invoke", "failed_open").await?,
+        2.0
+    );
+    assert_eq!(
+        actions(&envoy, "strict", "tool_pre_invoke", "failed_closed").await?,
+        2.0
+    );
     Ok(())
 }
