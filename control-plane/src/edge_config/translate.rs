@@ -265,6 +265,7 @@ impl EdgeError {
                 ..
             } => "unresolvable",
             EdgeError::MissingEndpoint(_) => "missing_endpoint",
+            EdgeError::GuardTarget(_) => "guard_target",
             EdgeError::Serialize(_) => "serialize",
             EdgeError::Resource(_) => "resource",
         }

@@ -141,7 +141,7 @@ impl Exchange {
             principal,
             params: &params,
             result: &[],
-            request_id: id.as_deref(),
+            request_id: id,
         }
         .encode();
         let call = GrpcCall {

@@ -264,7 +264,7 @@ impl Exchange {
             principal,
             params: &[],
             result,
-            request_id: request_id.as_deref(),
+            request_id,
         }
         .encode();
         post.asking = Some(plugin);
