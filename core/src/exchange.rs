@@ -34,6 +34,8 @@
 mod auth;
 mod bridge;
 mod era;
+mod external;
+mod external_post;
 mod guard;
 mod head;
 mod limits;
@@ -42,6 +44,7 @@ mod observe;
 mod rewrite;
 mod sessions;
 
+pub use external_post::Held;
 pub use head::RequestHead;
 pub use limits::Caller;
 pub use sessions::sweep;
@@ -106,12 +109,14 @@ pub trait Host {
 }
 
 /// A request header the exchange sets or removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Header {
     /// The policy's route header (`policy.route_header`): the cluster Envoy's route picks.
     Route,
     /// Any other header, by its (lowercase) name.
     Named(&'static str),
+    /// A header an external guardrail added (a checked, lowercase name).
+    Added(String),
 }
 
 /// Rewrites of a request that goes on.
@@ -159,7 +164,8 @@ pub struct CallAnswer {
 }
 
 /// A gRPC call the filter makes on the request's behalf (the rate-limit service's
-/// `ShouldRateLimit`); its answer goes to [`Exchange::on_check_answer`].
+/// `ShouldRateLimit`, an external guardrail's `Check`); its answer goes to
+/// [`Exchange::on_check_answer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrpcCall {
     /// The Envoy cluster to call.
@@ -232,6 +238,8 @@ enum Phase {
     Calling(Pending),
     /// Waiting for the rate-limit service to admit a virtual server's request.
     Limiting(limits::Checking),
+    /// Waiting for an external guardrail's verdict on a request.
+    Guarding(Box<external::Guarding>),
     /// Decided and forwarded: the response is the upstream's.
     Forwarded,
     /// Handed to the session relay, whose streams repeat messages counted on their own way
@@ -320,6 +328,10 @@ pub struct Exchange {
     held: crate::limits::Held,
     /// Who makes the request, on a virtual server with `auth` (verified token).
     principal: Option<Rc<crate::auth::Principal>>,
+    /// Request headers external guardrails added, set when the request goes on.
+    added_headers: Vec<(Header, Option<String>)>,
+    /// The `external` post hooks the response is held for.
+    post_external: Option<external_post::PostExternals>,
 }
 
 impl Exchange {
@@ -351,6 +363,8 @@ impl Exchange {
             post_plan: None,
             held: crate::limits::Held::default(),
             principal: None,
+            added_headers: Vec::new(),
+            post_external: None,
         }
     }
 
@@ -722,46 +736,64 @@ impl Exchange {
                 _ => self.reject(&edge::batch_rejected(), host),
             },
             BodyVerdict::Forward { cluster } => {
-                let mut forward = Forward::default();
+                let mut edit = None;
                 if let [only] = messages
                     && only.kind == Kind::Request
                 {
-                    match self.guard_request(only, host) {
+                    let then = external::Then::Passthrough {
+                        cluster: cluster.clone(),
+                    };
+                    match self.guard_request(only, then, host) {
                         Err(step) => return step,
-                        Ok(None) => {}
-                        Ok(Some(edit)) => {
-                            let Some(body) = bridge::splice(&self.body, vec![edit]) else {
-                                return self
-                                    .internal_error("a plugin's edit lies outside the body", host);
-                            };
-                            forward.headers.push((
-                                Header::Named("content-length"),
-                                Some(body.len().to_string()),
-                            ));
-                            forward.body = Some(body);
-                        }
+                        Ok(e) => edit = e,
                     }
                 }
-                self.phase = Phase::Forwarded;
-                if let [only] = messages
-                    && only.kind == Kind::Request
-                {
-                    self.label(only);
-                }
-                if let [only] = messages {
-                    self.propagate_trace_context(only, &mut forward);
-                }
-                if let Some(cluster) = cluster {
-                    // Envoy's wasm host clears the route cache itself when a filter changes
-                    // a request header, so the route is picked again with this one (the e2e
-                    // routing tests prove it). An explicit `clear_route_cache` foreign call
-                    // on top cost 1-2% of requests/s and changed nothing.
-                    forward.headers.push((Header::Route, Some(cluster)));
-                }
-                self.strip_credentials(&mut forward);
-                forward.into_step()
+                self.forward_passthrough(messages, cluster, edit, host)
             }
         }
+    }
+
+    /// Forwards `messages` on the passthrough path (to `cluster`, if the policy routes
+    /// them), with a plugin's `edit` of the arguments.
+    fn forward_passthrough(
+        &mut self,
+        messages: &[Message],
+        cluster: Option<String>,
+        edit: Option<guard::Edit>,
+        host: &mut impl Host,
+    ) -> Step {
+        let mut forward = Forward {
+            headers: std::mem::take(&mut self.added_headers),
+            body: None,
+        };
+        if let Some(edit) = edit {
+            let Some(body) = bridge::splice(&self.body, vec![edit]) else {
+                return self.internal_error("a plugin's edit lies outside the body", host);
+            };
+            forward.headers.push((
+                Header::Named("content-length"),
+                Some(body.len().to_string()),
+            ));
+            forward.body = Some(body);
+        }
+        self.phase = Phase::Forwarded;
+        if let [only] = messages
+            && only.kind == Kind::Request
+        {
+            self.label(only);
+        }
+        if let [only] = messages {
+            self.propagate_trace_context(only, &mut forward);
+        }
+        if let Some(cluster) = cluster {
+            // Envoy's wasm host clears the route cache itself when a filter changes
+            // a request header, so the route is picked again with this one (the e2e
+            // routing tests prove it). An explicit `clear_route_cache` foreign call
+            // on top cost 1-2% of requests/s and changed nothing.
+            forward.headers.push((Header::Route, Some(cluster)));
+        }
+        self.strip_credentials(&mut forward);
+        forward.into_step()
     }
 
     /// Remembers what to label the response with.
@@ -864,7 +896,7 @@ impl Exchange {
                 self.pass_notification(msg, host)
             }
             Some(Answer::Accepted) => self.route_response(msg, host),
-            Some(Answer::Route(to)) => match self.guard_request(msg, host) {
+            Some(Answer::Route(to)) => match self.guard_request(msg, external::Then::Edge, host) {
                 Ok(edit) => self.route_upstream(msg, &to, edit, host),
                 Err(step) => step,
             },
@@ -881,7 +913,10 @@ impl Exchange {
         edit: Option<guard::Edit>,
         host: &mut impl Host,
     ) -> Step {
-        let mut forward = Forward::default();
+        let mut forward = Forward {
+            headers: std::mem::take(&mut self.added_headers),
+            body: None,
+        };
         // Not needed past this point; a streamed response may keep the request alive long.
         let body = std::mem::take(&mut self.body);
         // The call goes in the client's era when the upstream speaks it, else bridged.
@@ -1134,7 +1169,9 @@ impl Exchange {
             // A virtual server's client holds the gateway's token, not an upstream's session.
             remove_session_id: self.server.is_some(),
             // Bridged results gain fields; guarded ones may be masked.
-            remove_content_length: self.bridging || self.post_plan.is_some(),
+            remove_content_length: self.bridging
+                || self.post_plan.is_some()
+                || self.post_external.is_some(),
         }
     }
 
@@ -1191,7 +1228,7 @@ impl Exchange {
 
     /// How much of the response body the exchange needs.
     pub fn response_body_need(&self) -> BodyNeed {
-        if self.rewriter.is_some() {
+        if self.rewriter.is_some() || self.holds_response() {
             return BodyNeed::Bytes;
         }
         self.observer.need()

@@ -17,6 +17,7 @@
 //! thing it found (`email`, `word`, `regex`, `size`, …).
 
 pub mod detect;
+pub mod external;
 pub(crate) mod json;
 pub(crate) mod plugin;
 pub mod schema;
@@ -156,6 +157,8 @@ pub struct Guard {
     hooks: Hooks,
     /// Tool schemas per virtual server, when a `schema` plugin exists.
     schemas: NameMap<NameMap<ToolSchemas>>,
+    /// Some enabled plugin is `external`.
+    has_external: bool,
 }
 
 /// Longest plugin name.
@@ -177,6 +180,7 @@ fn kinds_set(p: &spec::Plugin) -> Vec<&'static str> {
         ("resource_filter", p.resource_filter.is_some()),
         ("output_size", p.output_size.is_some()),
         ("schema", p.schema.is_some()),
+        ("external", p.external.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
@@ -202,7 +206,7 @@ fn compile_plugin(i: usize, p: &spec::Plugin) -> Result<Plugin, ConfigError> {
         [] => {
             return Err(invalid(
                 field,
-                "needs one of pii, secrets, deny_list, regex, resource_filter, output_size, schema",
+                "needs one of pii, secrets, deny_list, regex, resource_filter, output_size, schema, external",
             ));
         }
         many => {
@@ -330,10 +334,12 @@ impl Guard {
             }
             _ => NameMap::default(),
         };
+        let has_external = plugins.iter().any(|p| p.kind.is_external());
         Ok(Guard {
             plugins,
             hooks,
             schemas,
+            has_external,
         })
     }
 
@@ -394,6 +400,45 @@ impl Guard {
             .collect()
     }
 
+    /// The plugins of the local pipeline (all but `external` ones) that run at `hook`.
+    fn applicable_local(&self, hook: Hook, call: &Call<'_>, name: Option<&str>) -> Vec<usize> {
+        let mut plugins = self.applicable(hook, call, name);
+        plugins.retain(|&i| !self.plugins.get(i).is_some_and(|p| p.kind.is_external()));
+        plugins
+    }
+
+    /// The `external` plugins that run on request `msg` (`pre`) or on its response (not
+    /// `pre`), in the order they run, with the hook.
+    pub fn externals(&self, call: &Call<'_>, msg: &Message, pre: bool) -> (Hook, Vec<usize>) {
+        let none = (Hook::ToolPreInvoke, Vec::new());
+        if !self.has_external || msg.kind != MessageKind::Request {
+            return none;
+        }
+        let Some((before, after)) = Guard::hooks_of(msg.method.as_ref()) else {
+            return none;
+        };
+        let hook = if pre { before } else { after };
+        if !self.hooks.contains(hook) {
+            return none;
+        }
+        let mut plugins = self.applicable(hook, call, Guard::target(hook, msg));
+        plugins.retain(|&i| self.plugins.get(i).is_some_and(|p| p.kind.is_external()));
+        (hook, plugins)
+    }
+
+    /// The service of `external` plugin `i`.
+    pub fn service(&self, i: usize) -> Option<&external::Service> {
+        match &self.plugins.get(i)?.kind {
+            Kind::External(service) => Some(service),
+            _ => None,
+        }
+    }
+
+    /// Whether plugin `i` enforces (its findings take effect).
+    pub fn enforcing(&self, i: usize) -> bool {
+        self.enforces(i)
+    }
+
     /// The hooks of a request's method (pre, post), if it has any.
     fn hooks_of(method: Option<&Method>) -> Option<(Hook, Hook)> {
         match method? {
@@ -435,7 +480,7 @@ impl Guard {
             return Pre::Pass;
         }
         let name = Guard::target(hook, msg);
-        let plugins = self.applicable(hook, call, name);
+        let plugins = self.applicable_local(hook, call, name);
         if plugins.is_empty() {
             return Pre::Pass;
         }
@@ -600,7 +645,7 @@ impl Guard {
             return None;
         }
         let name = Guard::target(hook, msg);
-        let plugins = self.applicable(hook, call, name);
+        let plugins = self.applicable_local(hook, call, name);
         if plugins.is_empty() {
             return None;
         }
@@ -812,7 +857,7 @@ impl Guard {
 }
 
 /// The `data` of a plugin's error: `{"plugin": …, "hook": …, "reason": …}`.
-fn error_data(plugin: &str, hook: Hook, what: &str) -> String {
+pub(crate) fn error_data(plugin: &str, hook: Hook, what: &str) -> String {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"{\"plugin\":");
     crate::jsonrpc::write_json_string(&mut out, plugin);

@@ -18,6 +18,7 @@
     )
 )]
 
+mod guard_call;
 #[allow(unsafe_code)]
 mod host;
 mod metrics;
@@ -107,6 +108,7 @@ impl RootContext for Root {
             shared: Rc::clone(&self.shared),
             calls: HashMap::new(),
             body_size: 0,
+            response_read: 0,
         }))
     }
 
@@ -235,6 +237,8 @@ struct Request {
     calls: HashMap<u32, u32>,
     /// Request body bytes Envoy has buffered (what a new body replaces).
     body_size: usize,
+    /// Response body bytes read while it is held for guardrails (`guard_call`).
+    response_read: usize,
 }
 
 impl Request {
@@ -258,6 +262,7 @@ impl Request {
                     let name = match header {
                         Header::Route => self.exchange.config().gate.route_header(),
                         Header::Named(name) => name,
+                        Header::Added(name) => name.as_str(),
                     };
                     self.set_http_request_header(name, value.as_deref());
                 }
@@ -331,7 +336,7 @@ impl Request {
 }
 
 impl Context for Request {
-    /// The rate-limit service answered (gRPC status 0) or failed.
+    /// The rate-limit service or a guardrail service answered (gRPC status 0) or failed.
     fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
         let message = (status == 0)
             .then(|| {
@@ -345,6 +350,9 @@ impl Context for Request {
             (0, None) => Some(Vec::new()),
             (_, m) => m,
         };
+        if self.exchange.checks_response() {
+            return self.response_check_answer(message.as_deref());
+        }
         let shared = Rc::clone(&self.shared);
         let step = self
             .exchange
@@ -436,6 +444,9 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.exchange.holds_response() {
+            return self.held_response_body(body_size, end_of_stream);
+        }
         let chunk = match self.exchange.response_body_need() {
             BodyNeed::Nothing => return Action::Continue,
             BodyNeed::End if !end_of_stream => return Action::Continue,

@@ -1241,3 +1241,61 @@ fn issuers_with_keys_put_jwt_authn_before_the_filter() {
         [FILTER, "envoy.filters.http.router"]
     );
 }
+
+#[test]
+fn each_external_guardrail_target_gets_one_http2_cluster() {
+    let mut snap = snapshot("1");
+    let plugin = |name: &str, external: serde_json::Value| {
+        serde_json::from_value::<mcpgw_core::snapshot::plugins::Plugin>(
+            serde_json::json!({"name": name, "external": external}),
+        )
+        .unwrap()
+    };
+    snap.plugins = vec![
+        plugin("a", serde_json::json!({"target": "guard.ns.svc:50051"})),
+        plugin(
+            "b",
+            serde_json::json!({"target": "guard.ns.svc:50051", "failure_mode": "open"}),
+        ),
+        plugin("c", serde_json::json!({"target": "10.9.8.7:9000"})),
+        plugin(
+            "d",
+            serde_json::json!({"cluster": "brought-by-the-operator"}),
+        ),
+    ];
+    let set = resources(&snap, &two_endpoints(), &settings()).unwrap();
+    let dns: Cluster = get(&set, TypeUrl::Cluster, "mcpgw-guard-guard.ns.svc_50051");
+    assert_eq!(
+        endpoint_of(&dns),
+        ("guard.ns.svc".into(), 50051, "guard.ns.svc".into())
+    );
+    assert_eq!(
+        dns.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32
+        ))
+    );
+    assert!(tls_of(&dns).is_none(), "plaintext h2c");
+    let options = &dns.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    let options = HttpProtocolOptions::decode(options.value.as_slice()).unwrap();
+    assert!(
+        format!("{options:?}").contains("Http2ProtocolOptions"),
+        "{options:?}"
+    );
+    let ip: Cluster = get(&set, TypeUrl::Cluster, "mcpgw-guard-10.9.8.7_9000");
+    assert_eq!(
+        ip.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32
+        ))
+    );
+    assert!(
+        set.get(TypeUrl::Cluster, "brought-by-the-operator")
+            .is_none()
+    );
+    let guards = set
+        .resources(TypeUrl::Cluster)
+        .filter(|r| r.name().starts_with("mcpgw-guard-"))
+        .count();
+    assert_eq!(guards, 2, "one per target");
+}

@@ -239,6 +239,9 @@ pub enum EdgeError {
     /// The snapshot has an upstream whose endpoint is unknown.
     #[error("upstream {0} has no endpoint")]
     MissingEndpoint(String),
+    /// An external guardrail's target is not `host:port`.
+    #[error("external guardrail target {0:?} is not host:port")]
+    GuardTarget(String),
     /// The snapshot does not serialize.
     #[error("snapshot does not serialize: {0}")]
     Serialize(String),
@@ -262,6 +265,7 @@ impl EdgeError {
                 ..
             } => "unresolvable",
             EdgeError::MissingEndpoint(_) => "missing_endpoint",
+            EdgeError::GuardTarget(_) => "guard_target",
             EdgeError::Serialize(_) => "serialize",
             EdgeError::Resource(_) => "resource",
         }
@@ -348,6 +352,17 @@ pub fn resources(
     }
     if let Some(service) = &settings.ratelimit {
         b.insert(RATELIMIT_CLUSTER, &ratelimit_cluster(service, settings))?;
+    }
+    // One cluster per external guardrail target (plugins that name a `cluster` bring
+    // their own); several plugins on one target share it.
+    let targets: std::collections::BTreeSet<&str> = snapshot
+        .plugins
+        .iter()
+        .filter_map(|p| p.external.as_ref()?.target.as_deref())
+        .collect();
+    for target in targets {
+        let name = mcpgw_core::snapshot::plugins::External::cluster_for(target);
+        b.insert(name.clone(), &guard_cluster(&name, target)?)?;
     }
     let json = serde_json::to_string(snapshot).map_err(|e| EdgeError::Serialize(e.to_string()))?;
     // Large catalogs travel compressed (the filter reads both forms): each Envoy stream
@@ -917,6 +932,43 @@ fn relay_cluster(relay: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
 /// as the relay is.
 fn ratelimit_cluster(service: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
     control_plane_cluster(RATELIMIT_CLUSTER, service, settings, true)
+}
+
+/// The cluster of an external guardrail at `target` (`host:port`, checked by the
+/// snapshot's validation): plaintext HTTP/2 (gRPC), its name resolved by Envoy.
+fn guard_cluster(name: &str, target: &str) -> Result<Cluster, EdgeError> {
+    let bad = || EdgeError::GuardTarget(target.to_owned());
+    mcpgw_core::guard::external::check_target(target).map_err(|_| bad())?;
+    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let discovery = if host.parse::<IpAddr>().is_ok() {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    Ok(Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: secs(CONNECT_TIMEOUT_S),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&http2_options()),
+        )]
+        .into_iter()
+        .collect(),
+        circuit_breakers: circuit_breakers(),
+        load_assignment: Some(load_assignment(
+            name,
+            std::slice::from_ref(&host),
+            port,
+            &host,
+        )),
+        ..Default::default()
+    })
 }
 
 /// A cluster of the control plane's listener at `relay` (`http2`: gRPC).

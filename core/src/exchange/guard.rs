@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 
+use super::external::Then;
 use super::{Exchange, Host, Step};
 use crate::guard::{Call, Effect, Finding, Pre};
 use crate::jsonrpc::Message;
@@ -13,7 +14,7 @@ pub(super) type Edit = (u64, u64, Vec<u8>);
 
 impl Exchange {
     /// Where the request is made, for plugin conditions (no principal until identity).
-    fn guard_call(&self) -> Call<'_> {
+    pub(super) fn guard_call(&self) -> Call<'_> {
         Call {
             server: self.server.as_deref(),
             principal: None,
@@ -26,6 +27,7 @@ impl Exchange {
     pub(super) fn guard_request(
         &mut self,
         msg: &Message,
+        then: Then,
         host: &mut impl Host,
     ) -> Result<Option<Edit>, Step> {
         if self.config.guard.is_empty() {
@@ -41,11 +43,18 @@ impl Exchange {
             Pre::Block(r) => Err(self.reject(&r, host)),
             Pre::Pass => {
                 self.post_plan = config.guard.post_plan(&self.guard_call(), msg);
-                Ok(None)
+                match self.ask_externals(msg, None, then, host) {
+                    Some(step) => Err(step),
+                    None => Ok(None),
+                }
             }
             Pre::Edit { start, end, with } => {
                 self.post_plan = config.guard.post_plan(&self.guard_call(), msg);
-                Ok(Some((start, end, with)))
+                let edit = (start, end, with);
+                match self.ask_externals(msg, Some(&edit), then, host) {
+                    Some(step) => Err(step),
+                    None => Ok(Some(edit)),
+                }
             }
         }
     }

@@ -117,9 +117,14 @@ impl Exchange {
         }
     }
 
-    /// The rate-limit service answered (`Some`: the response message of a call that
-    /// succeeded; `None`: it failed, timed out, or could not be made).
+    /// The rate-limit service or an external guardrail answered (`Some`: the response
+    /// message of a call that succeeded; `None`: it failed, timed out, or could not be
+    /// made).
     pub fn on_check_answer(&mut self, answer: Option<&[u8]>, host: &mut impl Host) -> Step {
+        // The same host call carries an external guardrail's answer.
+        if matches!(self.phase, Phase::Guarding(_)) {
+            return self.on_guard_answer(answer, host);
+        }
         let Phase::Limiting(checking) = std::mem::replace(&mut self.phase, Phase::Forwarded) else {
             return Step::Wait;
         };

@@ -1828,7 +1828,7 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
     assert_eq!(f.body, None, "the listen goes on as the client sent it");
     let stream = Header::Named(edge::STREAM_HEADER);
     assert_eq!(
-        set(&f, stream),
+        set(&f, stream.clone()),
         Some(Some("listen")),
         "a stream's route limits"
     );
@@ -1837,7 +1837,7 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
     let (step, _) = modern_call(&cfg, &with_pick("m"), &listen);
     let f = forward_of(step);
     assert_eq!(set(&f, Header::Route), Some(Some("cm")));
-    assert_eq!(set(&f, stream), Some(Some("listen")));
+    assert_eq!(set(&f, stream.clone()), Some(Some("listen")));
     assert_eq!(set(&f, Header::Named(":path")), Some(Some("/mcp")));
     assert_eq!(
         set(&f, Header::Named(edge::UPSTREAM_HEADER)),
@@ -1881,5 +1881,6 @@ fn a_2026_listen_goes_to_the_relay_a_picked_modern_upstream_or_a_lone_one() {
     assert_eq!(reply_of(&step).0, 406);
 }
 
+mod external;
 mod guard;
 mod limits;

@@ -110,6 +110,15 @@ pub(crate) enum Kind {
     ResourceFilter(ResourceFilter),
     OutputSize(spec::OutputSize),
     Schema,
+    /// Asks a service (`external`): runs in the exchange, not in the local pipeline.
+    External(super::external::Service),
+}
+
+impl Kind {
+    /// Whether the plugin asks a service (and so runs in the exchange).
+    pub(crate) fn is_external(&self) -> bool {
+        matches!(self, Kind::External(_))
+    }
 }
 
 /// `resource_filter`, compiled.
@@ -170,6 +179,8 @@ pub(crate) fn hooks_of(p: &spec::Plugin) -> (&'static [Hook], &'static [Hook]) {
             &[ResourcePreFetch, ResourcePostFetch],
             &[ResourcePreFetch, ResourcePostFetch],
         )
+    } else if p.external.is_some() {
+        (&[ToolPreInvoke, ToolPostInvoke], &Hook::ALL)
     } else if p.output_size.is_some() {
         (
             &[ToolPostInvoke],
@@ -315,6 +326,9 @@ pub(crate) fn compile_kind(p: &spec::Plugin, field: &str) -> Result<Kind, (Strin
             );
         }
         return Ok(Kind::OutputSize(*o));
+    }
+    if let Some(e) = &p.external {
+        return super::external::compile(e, field).map(Kind::External);
     }
     Ok(Kind::Schema)
 }

@@ -14,7 +14,7 @@ pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 /// Its method.
 pub const METHOD: &str = "ShouldRateLimit";
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -22,17 +22,17 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
+pub(crate) fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire));
 }
 
-fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+pub(crate) fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     tag(out, field, 2);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(crate) fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
     tag(out, field, 0);
     varint(out, v);
 }
@@ -85,20 +85,20 @@ pub struct Answer {
 /// `RateLimitResponse.Code.OVER_LIMIT`.
 const OVER_LIMIT: u64 = 2;
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-/// A field's value.
-enum Value<'a> {
+/// A field's value (shared with [`crate::guard::external`]'s messages).
+pub(crate) enum Value<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
     Skipped,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader { bytes, at: 0 }
     }
 
@@ -123,7 +123,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field, `None` at the end, `Some(Err)` on a malformed one.
-    fn next(&mut self) -> Option<Result<(u64, Value<'a>), ()>> {
+    pub(crate) fn next(&mut self) -> Option<Result<(u64, Value<'a>), ()>> {
         if self.at >= self.bytes.len() {
             return None;
         }

@@ -4,7 +4,7 @@
 //!
 //! A plugin is one object with the settings every plugin has (name, priority, mode, hooks,
 //! conditions) and exactly one of the kind fields (`pii`, `secrets`, `deny_list`, `regex`,
-//! `resource_filter`, `output_size`, `schema`) holding that kind's settings:
+//! `resource_filter`, `output_size`, `schema`, `external`) holding that kind's settings:
 //!
 //! ```json
 //! {"name": "mask-pii", "priority": 10, "mode": "enforce",
@@ -57,6 +57,9 @@ pub struct Plugin {
     /// `outputSchema` (virtual servers' tools: the schemas come from their catalog).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Schema>,
+    /// A guardrail service outside the gateway, asked over gRPC (`proto/mcpgw/guard/v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
 }
 
 /// What a plugin's findings do.
@@ -264,3 +267,73 @@ pub enum SizeAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schema {}
+
+/// Settings of `external`: a service implementing `mcpgw.guard.v1.Guardrail`
+/// (`proto/mcpgw/guard/v1/guard.proto`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct External {
+    /// The service's address, `host:port` (a DNS name or an IP address), reached in
+    /// plaintext HTTP/2: the control plane generates an Envoy cluster for it, named by
+    /// [`External::cluster_for`]. Set this or `cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// An Envoy cluster (HTTP/2) of the service that the Envoy configuration already has
+    /// (a static bootstrap, an Istio `ServiceEntry`). Set this or `target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// How long a call waits for the verdict (1 to 10000 ms).
+    #[serde(default = "default_external_timeout_ms")]
+    pub timeout_ms: u32,
+    /// What a call gets when the service fails (no answer in time, unreachable, an
+    /// answer that breaks the contract).
+    #[serde(default)]
+    pub failure_mode: GuardFailureMode,
+}
+
+/// Default of [`External::timeout_ms`].
+pub const DEFAULT_EXTERNAL_TIMEOUT_MS: u32 = 200;
+/// Largest [`External::timeout_ms`].
+pub const MAX_EXTERNAL_TIMEOUT_MS: u32 = 10_000;
+
+fn default_external_timeout_ms() -> u32 {
+    DEFAULT_EXTERNAL_TIMEOUT_MS
+}
+
+impl External {
+    /// The Envoy cluster the filter calls: `cluster`, or the one generated for `target`.
+    pub fn envoy_cluster(&self) -> Option<String> {
+        match (&self.cluster, &self.target) {
+            (Some(cluster), _) => Some(cluster.clone()),
+            (None, Some(target)) => Some(External::cluster_for(target)),
+            (None, None) => None,
+        }
+    }
+
+    /// The Envoy cluster the control plane generates for service `target` (`host:port`):
+    /// `mcpgw-guard-` and the target with every character outside `[A-Za-z0-9.-]`
+    /// replaced by `_`.
+    pub fn cluster_for(target: &str) -> String {
+        let mut out = String::with_capacity(12 + target.len());
+        out.push_str("mcpgw-guard-");
+        out.extend(target.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        }));
+        out
+    }
+}
+
+/// What a call gets when an external guardrail fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardFailureMode {
+    /// Refused with an error naming the plugin (the safe default for a guardrail).
+    #[default]
+    Closed,
+    /// Let through as if the service had passed it.
+    Open,
+}

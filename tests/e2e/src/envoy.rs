@@ -47,6 +47,8 @@ pub struct EnvoyConfig {
     pub filter_config: Option<String>,
     /// Static clusters.
     pub clusters: Vec<Cluster>,
+    /// Static HTTP/2 clusters (gRPC services the filter calls).
+    pub grpc_clusters: Vec<Cluster>,
     /// Routes; when empty, `/` goes to the first cluster.
     pub routes: Vec<Route>,
     /// HTTP filters before the mcpgw filter (e.g. `jwt_authn`).
@@ -65,10 +67,20 @@ impl EnvoyConfig {
                 name: "upstream".into(),
                 addr: upstream,
             }],
+            grpc_clusters: Vec::new(),
             routes: Vec::new(),
             before_filter: Vec::new(),
             strip_headers: Vec::new(),
         }
+    }
+
+    /// Adds a static HTTP/2 cluster (a gRPC service the filter calls).
+    pub fn grpc_cluster(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.grpc_clusters.push(Cluster {
+            name: name.into(),
+            addr,
+        });
+        self
     }
 
     /// Adds a static cluster.
@@ -131,10 +143,19 @@ impl EnvoyConfig {
                     .map(|config| wasm_filter(config, wasm)),
             )
             .collect();
+        let h2 = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }});
         let clusters = self
             .clusters
             .iter()
             .map(|c| bootstrap::static_cluster(&c.name, c.addr, "2s"))
+            .chain(self.grpc_clusters.iter().map(|c| {
+                let mut cluster = bootstrap::static_cluster(&c.name, c.addr, "1s");
+                cluster["typed_extension_protocol_options"] = h2.clone();
+                cluster
+            }))
             .collect();
         let mut doc = StaticBootstrap {
             http_filters,

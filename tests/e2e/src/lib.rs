@@ -11,5 +11,6 @@ pub use mcpgw_harness::{Artifacts, artifacts, init_tls, ports, process, workdir}
 
 pub use envoy::{Envoy, EnvoyConfig};
 pub use upstream::everything::ServerEverything;
+pub use upstream::guard::GuardService;
 pub use upstream::python::{PythonPeer, PythonPeerMode, run_peer_client};
 pub use upstream::rmcp::{Gate, RmcpServer, RmcpServerMode, Seen};

@@ -12,6 +12,7 @@ mod cases {
     mod edge;
     mod era_bad_input;
     mod guard;
+    mod guard_external;
     mod hardening;
     mod hostile;
     mod identity;
