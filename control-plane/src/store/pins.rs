@@ -746,10 +746,12 @@ impl Store {
     ) -> Result<ToolChange, ChangeError> {
         let mut tx = self.begin_write().await?;
         let c = Self::open_change(&mut tx, gateway_id, id).await?;
-        if !c.findings.is_empty() && !force {
+        // Scanned again on approval: the patterns may have grown since discovery.
+        let findings = pinning::scan(&c.new);
+        if !findings.is_empty() && !force {
             return Err(ChangeError::Flagged {
                 id: id.to_owned(),
-                findings: c.findings,
+                findings,
             });
         }
         let raw: String = sqlx::query("SELECT new_item FROM tool_changes WHERE id = $1")

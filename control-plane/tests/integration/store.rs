@@ -314,11 +314,19 @@ async fn catalog_sync_adds_updates_removes_and_reports_collisions() {
             .sync_gateway_catalog(&g.id, &changed, "__")
             .await
             .unwrap();
+        // `a` is pinned (approved on first discovery): its new description is held for
+        // review, the catalog keeps the approved one (see `pinning.rs`).
         assert_eq!(
             (r.added, r.updated, r.removed),
-            (1, 1, 1),
+            (1, 0, 1),
             "{backend}: {r:?}"
         );
+        let held = store
+            .tool_changes(&g.id, Some(mcpgw::pinning::ChangeStatus::Pending))
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 1, "{backend}");
+        assert_eq!(held[0].diff[0].path, "/description", "{backend}");
         assert!(store.registry_version().await.unwrap() > v);
         let names: Vec<(String, String)> = store
             .list_items::<ToolSpec>(&ListFilter {
