@@ -294,6 +294,8 @@ class ControlPlaneArguments(unittest.TestCase):
                     self.assertIn("--" + k.replace("_", "-"), self.flags)
             # Every listener Envoys use is reachable from other pods and advertised by name.
             self.assertTrue(config["xds_listen"].startswith("0.0.0.0:"))
+            # A loopback envoy_listen would make the filter answer only loopback Host names.
+            self.assertTrue(config["envoy_listen"].startswith("0.0.0.0:"))
             self.assertIn(".svc.cluster.local:", config["relay_advertise"])
             self.assertIn(".svc.cluster.local:", config["ratelimit_advertise"])
             self.assertNotIn("dev", config)
