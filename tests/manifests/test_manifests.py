@@ -6,7 +6,8 @@
 - the Istio and Prometheus-operator resources are valid against their published CRD
   schemas (@kubernetes-models/*, run by node);
 - the Istio overlay's EnvoyFilter, applied to a representative gateway configuration,
-  gives a configuration a real Envoy loads (`envoy --mode validate`);
+  gives a configuration a real Envoy loads (`envoy --mode validate`), and, run against a
+  real control plane, takes the filter's configuration over ECDS from it;
 - the standalone overlay ships envoy-bootstrap.yaml unchanged, and a real Envoy loads it
   (the run against a control plane is control-plane/tests/integration/edge_xds/manifests.rs);
 - what the control plane is started with exists: every flag, every config-file key;
@@ -373,6 +374,106 @@ class IstioGateway(unittest.TestCase):
         for p in sidecar["spec"]["configPatches"]:
             p["match"]["context"] = "SIDECAR_INBOUND"
         self.assertEqual(envoyfilter.apply(self.gateway, sidecar, GATEWAY_LABELS), self.gateway)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mcpgw_binary() -> Path:
+    binary = Path(os.environ.get("MCPGW_BIN", ROOT / "target" / "debug" / "mcpgw"))
+    if not binary.exists():
+        raise AssertionError(f"{binary} missing: `cargo build -p mcpgw` (or set MCPGW_BIN)")
+    return binary
+
+
+class IstioGatewayLive(unittest.TestCase):
+    """The patched gateway configuration in a running Envoy, with the control plane as the
+    ECDS source: the filter's configuration arrives over the ECDS service and the filter
+    answers on the MCP listener. Istio's parts are left out: no istiod (the gateway's own
+    ADS section is dropped) and no istio-agent (the clusters to the control plane lose their
+    SDS-based TLS; the control plane serves plaintext on loopback)."""
+
+    def test_the_filter_configuration_arrives_over_ecds_from_the_control_plane(self):
+        import time
+        import urllib.error
+        import urllib.request
+
+        wasm = Path(os.environ.get("MCPGW_WASM", ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_filter.wasm"))
+        self.assertTrue(wasm.exists(), f"{wasm} missing: `make wasm`")
+        gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
+        ef = next(d for d in render("istio") if d["kind"] == "EnvoyFilter")
+        config = envoyfilter.apply(gateway, ef, GATEWAY_LABELS)
+        xds, admin_api, mcp_port = free_port(), free_port(), free_port()
+        del config["dynamic_resources"]
+        config["admin"]["address"]["socket_address"]["port_value"] = 0
+        for c in config["static_resources"]["clusters"]:
+            if c["name"].startswith("mcpgw-"):
+                c.pop("transport_socket")
+                addr = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                addr["socket_address"]["address"] = "127.0.0.1"
+                if c["name"] == "mcpgw-xds":
+                    addr["socket_address"]["port_value"] = xds
+        config["static_resources"]["listeners"][0]["address"]["socket_address"].update(
+            address="127.0.0.1", port_value=mcp_port
+        )
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            cp_log, envoy_log = open(d / "cp.log", "w"), open(d / "envoy.log", "w")
+            self.addCleanup(cp_log.close)
+            self.addCleanup(envoy_log.close)
+            cp = subprocess.Popen(
+                [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
+                 "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
+                 "--relay-listen", "off", "--ratelimit-listen", "off",
+                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--filter-wasm", str(wasm)],
+                stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
+            )
+            self.addCleanup(cp.wait)
+            self.addCleanup(cp.kill)
+            (d / "envoy.yaml").write_text(yaml.safe_dump(config))
+            ev = subprocess.Popen(
+                [envoy(), "-c", str(d / "envoy.yaml"), "--base-id", str(61_000 + os.getpid() % 4_000),
+                 "--concurrency", "1", "--admin-address-path", str(d / "admin")],
+                stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d,
+            )
+            self.addCleanup(ev.wait)
+            self.addCleanup(ev.kill)
+            deadline = time.monotonic() + 60
+            answer, last = None, None
+            while time.monotonic() < deadline:
+                try:
+                    req = urllib.request.Request(
+                        f"http://127.0.0.1:{mcp_port}/mcp",
+                        data=b'{"jsonrpc":"2.0","id":1,"method":',
+                        headers={"content-type": "application/json",
+                                 "accept": "application/json, text/event-stream",
+                                 "host": f"127.0.0.1:{mcp_port}"},
+                    )
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        last = (r.status, r.read().decode(errors="replace"))
+                except urllib.error.HTTPError as e:
+                    body = e.read().decode(errors="replace")
+                    last = (e.code, body)
+                    if e.code == 400 and "jsonrpc" in body:
+                        answer = body
+                        break
+                except OSError:
+                    pass  # the listener waits for the filter's configuration
+                time.sleep(0.5)
+            logs = (d / "envoy.log").read_text()[-3000:] + (d / "cp.log").read_text()[-2000:]
+            # Only the mcpgw filter answers a truncated JSON-RPC body with a parse error;
+            # without it the request would go to the gateway's httpbin route (503 here).
+            self.assertIsNotNone(answer, f"last answer {last}\n{logs}")
+            self.assertIn("-32700", answer)
+            dump = urllib.request.urlopen(
+                f"http://{(d / 'admin').read_text().strip()}/config_dump?resource=ecds_filters", timeout=5
+            ).read().decode()
+            self.assertIn("mcpgw.filter", dump)
 
 
 class StandaloneBootstrap(unittest.TestCase):
