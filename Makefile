@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt format clippy clean
+.PHONY: help deps wasm build test test-manifests image wasm-oci e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt format clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -45,8 +45,17 @@ build: wasm
 
 # --- test -----------------------------------------------------------------------------
 # Format and lints first: they fail in seconds where the tests take minutes.
-test: fmt clippy build
+test: fmt clippy build test-manifests
 	cargo test --locked --workspace
+
+# manifests/, crds/ and the wasm OCI layout, without a cluster (tests/manifests): each
+# overlay rendered by `kubectl kustomize` and validated against Kubernetes 1.32's schemas
+# and the Istio / Prometheus-operator CRD schemas; the EnvoyFilter patches and the
+# standalone bootstrap loaded by a real Envoy. Needs kubectl (with kustomize), node and
+# the `mcpgw` binary (for its flags).
+test-manifests: deps
+	cargo build --locked --quiet -p mcpgw --bin mcpgw
+	MCPGW_BIN=$(CURDIR)/target/debug/mcpgw $(VENV)/bin/python -m unittest discover -s tests/manifests
 
 # Fails when a file is not formatted (`make format` formats them).
 fmt:
@@ -63,6 +72,28 @@ clippy: deps
 # End-to-end tests only: real Envoy + the filter .wasm + real MCP servers and clients.
 e2e: wasm
 	cargo test --locked -p mcpgw-e2e
+
+# --- images -------------------------------------------------------------------------------
+# The control plane and the standalone Envoy (Containerfile) with the first container engine
+# that works; the filter as an OCI image layout for Istio's WasmPlugin, without an engine.
+IMAGE_REPO ?= mcpgw
+IMAGE_TAG  ?= 0.1.0
+CONTAINER_ENGINE ?= $(shell for e in podman docker buildah; do \
+  command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
+
+image:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+	  echo "make image: no working container engine: podman, docker and buildah are missing or cannot reach their daemon/storage ('<engine> info' fails)." >&2; \
+	  echo "  Build on a machine with one, or name it: make image CONTAINER_ENGINE=/path/to/engine" >&2; \
+	  echo "  The filter for Istio needs no engine: make wasm-oci" >&2; \
+	  exit 1; fi
+	$(CONTAINER_ENGINE) build -f Containerfile --target control-plane -t $(IMAGE_REPO)/control-plane:$(IMAGE_TAG) .
+	$(CONTAINER_ENGINE) build -f Containerfile --target envoy -t $(IMAGE_REPO)/envoy:$(IMAGE_TAG) .
+
+# target/wasm-oci: an OCI image layout (Istio's wasm image format) holding the filter; push
+# it with `skopeo copy oci:target/wasm-oci:$(IMAGE_TAG) docker://REGISTRY/mcpgw/filter:$(IMAGE_TAG)`.
+wasm-oci: wasm
+	python3 tools/wasm_oci.py build --wasm $(WASM) --out target/wasm-oci --tag $(IMAGE_TAG)
 
 # --- run ------------------------------------------------------------------------------
 # Standalone: the control plane (SQLite), Envoy with an ADS-only bootstrap, and the demo

@@ -28,6 +28,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::{
+    ExtensionConfigDiscoveryService, ExtensionConfigDiscoveryServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
@@ -179,6 +182,14 @@ impl AdsServer {
         AggregatedDiscoveryServiceServer::new(self.clone())
     }
 
+    /// The ECDS service on the same resource sets: for an Envoy whose other configuration
+    /// comes from elsewhere (an Istio gateway, whose ADS is istiod's) and which subscribes
+    /// to the filter's configuration alone, with a `config_discovery` source naming this
+    /// server (`api_type: GRPC`). Its streams are tracked like ADS streams.
+    pub fn extension_config_service(&self) -> ExtensionConfigDiscoveryServiceServer<AdsServer> {
+        ExtensionConfigDiscoveryServiceServer::new(self.clone())
+    }
+
     /// Ends every open stream with `UNAVAILABLE` (and refuses new ones), so that a
     /// graceful HTTP/2 shutdown does not wait forever for streams that never end.
     pub fn close_streams(&self) {
@@ -256,6 +267,38 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
+/// ECDS streams are served by the same machinery as ADS streams: the requests and
+/// responses are the same messages, and a client of this service asks for
+/// `TypedExtensionConfig`s only.
+#[tonic::async_trait]
+impl ExtensionConfigDiscoveryService for AdsServer {
+    type StreamExtensionConfigsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaExtensionConfigsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_extension_configs(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
+        self.stream_aggregated_resources(request).await
+    }
+
+    async fn delta_extension_configs(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaExtensionConfigsStream>, Status> {
+        self.delta_aggregated_resources(request).await
+    }
+
+    async fn fetch_extension_configs(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented(
+            "unary ECDS fetch is not served: use the streaming ECDS (api_type GRPC or DELTA_GRPC)",
+        ))
+    }
+}
+
 impl AdsServer {
     fn refuse_when_closing(&self) -> Result<(), Status> {
         if *self.shared.shutdown.borrow() {
@@ -301,6 +344,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(server.service())
+        .add_service(server.extension_config_service())
         .serve_with_incoming_shutdown(incoming, signal);
     // A client that neither reads nor closes would keep a graceful shutdown waiting
     // forever: past the grace period, connections are dropped.

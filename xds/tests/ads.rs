@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_client::ExtensionConfigDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use envoy_types::pb::google::rpc;
 use mcpgw_xds::{self as xds, AdsServer, ResourceSet, TypeUrl, XdsConfig};
@@ -812,4 +813,75 @@ async fn tls_requires_a_client_certificate_from_the_configured_ca() {
                 .is_err()
         );
     }
+}
+
+/// An Envoy whose ADS is someone else's (an Istio gateway) subscribes to the filter's
+/// configuration alone over the ECDS service: it gets it, follows changes, and its ACK is
+/// recorded like an ADS client's. The unary fetch is refused with a precise status.
+#[tokio::test]
+async fn the_ecds_service_serves_extension_configs_alone() {
+    let server = Server::start(ecds("1", &[("mcpgw.filter", "one"), ("other", "x")])).await;
+    let mut client =
+        ExtensionConfigDiscoveryServiceClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+    let (tx, reqs) = mpsc::channel(16);
+    let mut rx = client
+        .stream_extension_configs(ReceiverStream::new(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let ecds_type = TypeUrl::ExtensionConfig.as_str().to_owned();
+    tx.send(DiscoveryRequest {
+        node: node("gateway-1"),
+        type_url: ecds_type.clone(),
+        resource_names: vec!["mcpgw.filter".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r1 = next(&mut rx).await;
+    assert_eq!(
+        (r1.version_info.as_str(), r1.type_url.as_str()),
+        ("1", ecds_type.as_str())
+    );
+    let got: Vec<TypedExtensionConfig> = r1
+        .resources
+        .iter()
+        .map(|a| TypedExtensionConfig::decode(a.value.as_slice()).unwrap())
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].name, "mcpgw.filter");
+    assert_eq!(got[0].typed_config.as_ref().unwrap().value, b"one");
+    tx.send(DiscoveryRequest {
+        type_url: ecds_type.clone(),
+        version_info: "1".into(),
+        response_nonce: r1.nonce.clone(),
+        resource_names: vec!["mcpgw.filter".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    server
+        .status_until("gateway-1", "v1 acked", |n| {
+            n.types
+                .get(ecds_type.as_str())
+                .and_then(|t| t.version_acked.as_deref())
+                == Some("1")
+        })
+        .await;
+    server.publish(ecds("2", &[("mcpgw.filter", "two"), ("other", "x")]));
+    let r2 = next(&mut rx).await;
+    assert_eq!(r2.version_info, "2");
+    let two = TypedExtensionConfig::decode(r2.resources[0].value.as_slice()).unwrap();
+    assert_eq!(two.typed_config.unwrap().value, b"two");
+    let fetch = client
+        .fetch_extension_configs(DiscoveryRequest {
+            node: node("gateway-1"),
+            type_url: ecds_type,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fetch.code(), tonic::Code::Unimplemented);
 }

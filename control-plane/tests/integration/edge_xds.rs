@@ -13,6 +13,7 @@ mod dns;
 mod exposure;
 mod listen;
 mod pinning;
+mod manifests;
 mod relay;
 mod resilience;
 mod tls;

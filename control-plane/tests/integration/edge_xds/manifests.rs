@@ -1,0 +1,100 @@
+//! The standalone Kubernetes overlay's Envoy bootstrap (`manifests/standalone/
+//! envoy-bootstrap.yaml`, shipped as the ConfigMap `mcpgw-envoy-bootstrap`) is the file a
+//! real Envoy starts from here: pointed at this test's control plane (xDS over mutual TLS)
+//! instead of the `mcpgw-xds` Service, it gets the registry and serves MCP, a tool call
+//! included. Only what differs between a pod and this machine is substituted: the
+//! Service's name and port, the admin port and the Secret's mount directory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use mcpgw::config::ServerTls;
+use serde_json::json;
+
+use super::super::harness::TestDb;
+use super::super::upstream::TestUpstream;
+use super::tls::Pki;
+use super::{
+    Envoy, NODE, add_gateway, add_server, call_text, control_plane_with, node_acked,
+    registry_version, repo_path, rpc, session, wait_tools,
+};
+
+/// The standalone overlay's bootstrap, pointed at `xds`, an ephemeral admin port and the
+/// certificate files in `tls_dir` (named as the Secret `mcpgw-envoy-tls` names them).
+fn manifest_bootstrap(xds: SocketAddr, tls_dir: &Path) -> String {
+    let text =
+        std::fs::read_to_string(repo_path("manifests/standalone/envoy-bootstrap.yaml")).unwrap();
+    let (service, admin, files) = (
+        "address: mcpgw-xds.mcpgw.svc.cluster.local, port_value: 18000 }",
+        "port_value: 9901 }",
+        "/etc/mcpgw/tls/",
+    );
+    assert!(
+        [
+            service,
+            admin,
+            files,
+            "type: STRICT_DNS",
+            &format!("id: {NODE} ")
+        ]
+        .iter()
+        .all(|s| text.contains(s)),
+        "manifests/standalone/envoy-bootstrap.yaml no longer has what this test substitutes"
+    );
+    text.replace(
+        service,
+        &format!("address: 127.0.0.1, port_value: {} }}", xds.port()),
+    )
+    .replace(admin, "port_value: 0 }")
+    .replace(files, &format!("{}/", tls_dir.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_manifest_bootstrap_serves_mcp() {
+    let pki = Pki::new();
+    // The Secret's key names (cert-manager's): ca.crt, tls.crt, tls.key.
+    let secret = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.crt"),
+        ("envoy.pem", "tls.crt"),
+        ("envoy.key", "tls.key"),
+    ] {
+        std::fs::copy(pki.path(from), secret.path().join(to)).unwrap();
+    }
+    let db = TestDb::sqlite();
+    let tls = ServerTls {
+        cert: pki.path("server.pem"),
+        key: pki.path("server.key"),
+        client_ca: pki.path("ca.pem"),
+    };
+    let cp = control_plane_with(&db, 0, move |s| s.tls = Some(tls)).await;
+    let xds = cp.xds_addr.expect("xDS enabled");
+    let mut envoy = Envoy::spawn(
+        &manifest_bootstrap(xds, secret.path()),
+        50_000 + std::process::id() % 10_000 + 47,
+    )
+    .await;
+    let up = TestUpstream::with_tools(&["alpha"]).with_label("k8s");
+    let running = up.serve(0).await;
+    let (_, tools) = add_gateway(&cp, "up", &running.url).await;
+    let sid = add_server(
+        &cp,
+        "standalone",
+        json!({"associated_tools": [tools["up__alpha"]]}),
+    )
+    .await;
+    let version = registry_version(&cp).await;
+    let node = node_acked(&cp, &mut envoy, &version).await;
+    assert_eq!(node["node_id"], NODE);
+    let listener = envoy.listener(mcpgw::edge_config::LISTENER).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mcp = format!("http://{listener}/servers/{sid}/mcp");
+    wait_tools(&mut envoy, &http, &mcp, &["up__alpha"]).await;
+    let session = session(&http, &mcp).await;
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "up__alpha", "arguments": {}}});
+    let (s, v) = rpc(&http, &mcp, &call, Some(&session)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call_text(&v), "k8s:alpha", "{v}");
+    running.stop().await;
+}

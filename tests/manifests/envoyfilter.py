@@ -1,0 +1,95 @@
+"""Applies Istio EnvoyFilter patches to an Envoy bootstrap, as istiod applies them to the
+configuration it generates for a gateway: the subset of operations manifests/istio uses.
+
+- applyTo CLUSTER, operation ADD: the value becomes a cluster (a name already taken is an
+  error: Envoy would reject the duplicate);
+- applyTo HTTP_FILTER, operation INSERT_BEFORE: the value goes before the http filter
+  `subFilter.name` in every HTTP connection manager of the listeners that match
+  `listener.portNumber` (and `filterChain.filter.name`).
+
+Only `context: GATEWAY` (or ANY) patches apply, and only when the EnvoyFilter's
+workloadSelector selects the gateway's labels. A patch that matches nothing is an error
+here (istiod skips it silently, which is exactly the mistake a test should catch); so is
+an operation this applier does not implement.
+"""
+
+from __future__ import annotations
+
+import copy
+
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+class PatchError(Exception):
+    """A patch cannot be applied; the message names the patch."""
+
+
+def _selected(envoy_filter: dict, labels: dict) -> bool:
+    wanted = (envoy_filter.get("spec", {}).get("workloadSelector") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _port(listener: dict) -> int | None:
+    return listener.get("address", {}).get("socket_address", {}).get("port_value")
+
+
+def _add_cluster(config: dict, value: dict, where: str) -> None:
+    clusters = config.setdefault("static_resources", {}).setdefault("clusters", [])
+    if any(c.get("name") == value.get("name") for c in clusters):
+        raise PatchError(f"{where}: a cluster named {value.get('name')!r} exists already")
+    clusters.append(copy.deepcopy(value))
+
+
+def _insert_http_filter(config: dict, match: dict, value: dict, where: str) -> None:
+    listener_match = match.get("listener") or {}
+    port = listener_match.get("portNumber")
+    chain = listener_match.get("filterChain") or {}
+    network = (chain.get("filter") or {}).get("name", HCM)
+    sub = ((chain.get("filter") or {}).get("subFilter") or {}).get("name")
+    if network != HCM or not sub:
+        raise PatchError(f"{where}: INSERT_BEFORE needs filterChain.filter {HCM} with a subFilter")
+    inserted = 0
+    for listener in config.get("static_resources", {}).get("listeners", []):
+        if port is not None and _port(listener) != port:
+            continue
+        for fc in listener.get("filter_chains", []):
+            for f in fc.get("filters", []):
+                if f.get("name") != network:
+                    continue
+                http_filters = f.get("typed_config", {}).get("http_filters", [])
+                names = [h.get("name") for h in http_filters]
+                if value.get("name") in names:
+                    raise PatchError(f"{where}: http filter {value.get('name')!r} is there already")
+                if sub in names:
+                    http_filters.insert(names.index(sub), copy.deepcopy(value))
+                    inserted += 1
+    if inserted == 0:
+        raise PatchError(f"{where}: no listener on port {port} has the http filter {sub!r}")
+
+
+def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
+    """`config` with the patches of `envoy_filter` applied for a gateway with `labels`
+    (a new dict; `config` is not changed)."""
+    name = envoy_filter.get("metadata", {}).get("name", "?")
+    if envoy_filter.get("kind") != "EnvoyFilter":
+        raise PatchError(f"{name}: not an EnvoyFilter")
+    out = copy.deepcopy(config)
+    if not _selected(envoy_filter, labels):
+        return out
+    for i, patch in enumerate(envoy_filter.get("spec", {}).get("configPatches", [])):
+        where = f"{name} configPatches[{i}]"
+        match = patch.get("match") or {}
+        if match.get("context", "ANY") not in ("GATEWAY", "ANY"):
+            continue
+        apply_to = patch.get("applyTo")
+        op = (patch.get("patch") or {}).get("operation")
+        value = (patch.get("patch") or {}).get("value")
+        if not isinstance(value, dict):
+            raise PatchError(f"{where}: patch.value must be an object")
+        if (apply_to, op) == ("CLUSTER", "ADD"):
+            _add_cluster(out, value, where)
+        elif (apply_to, op) == ("HTTP_FILTER", "INSERT_BEFORE"):
+            _insert_http_filter(out, match, value, where)
+        else:
+            raise PatchError(f"{where}: {apply_to} {op} is not implemented by this applier")
+    return out
