@@ -114,12 +114,11 @@ impl Exchange {
             return Held::Release(out.unwrap_or_else(|| chunk.to_vec()));
         };
         let part = out.as_deref().unwrap_or(chunk);
-        if post.held.len() + part.len() > MAX_HELD_BYTES {
-            post.too_large = true;
-            post.held = Vec::new();
-        } else if !post.too_large {
-            post.held.extend_from_slice(part);
-        }
+        // Envoy buffers as much as this (its buffer limit bounds both); past
+        // `MAX_HELD_BYTES` the result is not sent to the services, but it is kept to be
+        // let go.
+        post.too_large |= post.held.len() + part.len() > MAX_HELD_BYTES;
+        post.held.extend_from_slice(part);
         if !end_of_stream {
             return Held::Hold;
         }
@@ -307,7 +306,7 @@ impl Exchange {
         }
     }
 
-    /// A response too large to hold: passed, or replaced by an error when a plugin that
+    /// A response too large to check: passed, or replaced by an error when a plugin that
     /// applies enforces and fails closed.
     fn unchecked_response(&mut self, host: &mut impl Host) -> Held {
         let config = Rc::clone(&self.config);
@@ -345,11 +344,7 @@ impl Exchange {
                 // The client's parser sees one JSON error however the response began.
                 Held::Release(error)
             }
-            None => {
-                self.post_external = None;
-                // What was dropped cannot be sent: nothing goes (the stream ends).
-                Held::Release(Vec::new())
-            }
+            None => self.release(host),
         }
     }
 }

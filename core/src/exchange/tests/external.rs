@@ -1,6 +1,7 @@
 //! The external-guardrail stage: a pre hook's call to the service, and what the request
 //! becomes with each verdict, with a failed service, and with several services in turn.
 
+use super::external_post::MAX_HELD_BYTES;
 use super::*;
 use crate::guard::external::{METHOD, SERVICE};
 
@@ -506,4 +507,34 @@ fn a_post_hook_is_asked_after_the_pre_hook_of_the_same_plugin() {
         released(x.on_response_check_answer(Some(&pass()), &mut host)),
         body
     );
+}
+
+#[test]
+fn a_result_too_large_to_check_passes_or_is_withheld_by_the_failure_mode() {
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":8,"result":{{"text":"{}"}}}}"#,
+        "a".repeat(MAX_HELD_BYTES)
+    );
+    let (a, b) = big.as_bytes().split_at(big.len() / 2);
+    for mode in ["open", "closed"] {
+        let cfg = guarded(json!([post_plugin("one", "g1", mode)]));
+        let (mut x, mut host) = held_call(&cfg);
+        assert_eq!(x.on_held_response_body(a, false, &mut host), Held::Hold);
+        let out = released(x.on_held_response_body(b, true, &mut host));
+        if mode == "open" {
+            assert_eq!(out, big.as_bytes());
+            assert_eq!(
+                plugins_of(&host),
+                [("one", "tool_post_invoke", "failed_open")]
+            );
+        } else {
+            let doc: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(doc["id"], 8);
+            assert_eq!(doc["error"]["data"]["reason"], "too_large");
+            assert_eq!(
+                plugins_of(&host),
+                [("one", "tool_post_invoke", "failed_closed")]
+            );
+        }
+    }
 }
