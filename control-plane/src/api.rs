@@ -13,6 +13,7 @@ pub mod face;
 mod gateways;
 pub mod identity;
 pub mod problem;
+pub mod policies;
 mod servers;
 mod system;
 mod transfer;
@@ -120,6 +121,7 @@ macro_rules! kinds {
         pub fn openapi() -> utoipa::openapi::OpenApi {
             let mut doc = ApiDoc::openapi();
             doc.merge(identity::Doc::openapi());
+            doc.merge(policies::Doc::openapi());
             $(doc.merge($($face)::+::openapi());)*
             doc
         }
@@ -186,6 +188,7 @@ pub fn router(state: AppState) -> Router {
             post(transfer::import).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
         )
         .merge(identity::routes())
+        .merge(policies::routes())
         // Innermost: after routing (the rule is looked up by the matched route).
         .route_layer(axum::middleware::from_fn_with_state(
             access,

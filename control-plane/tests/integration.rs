@@ -19,6 +19,7 @@ mod integration {
     mod federation;
     mod identity;
     mod openapi;
+    mod policies;
     mod ratelimit;
     mod serving;
     mod store;

@@ -119,6 +119,7 @@ fn view() -> RegistryView {
             ),
             server("s2", &["t2"], &[], &[]),
         ],
+        edge: Default::default(),
     }
 }
 

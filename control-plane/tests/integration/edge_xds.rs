@@ -12,6 +12,7 @@ mod credentials;
 mod dns;
 mod exposure;
 mod listen;
+mod policies;
 mod relay;
 mod resilience;
 mod tls;
