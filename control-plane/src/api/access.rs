@@ -123,7 +123,9 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         ("GET", "/issuers" | "/issuers/{name}") | ("PUT" | "DELETE", "/issuers/{name}") => {
             Some(Rule::Global(AdminKeys))
         }
-        ("GET", "/policies/{id}" | "/limits/{id}") => Some(Rule::Item(OwnedKind::Server, ServersRead)),
+        ("GET", "/policies/{id}" | "/limits/{id}") => {
+            Some(Rule::Item(OwnedKind::Server, ServersRead))
+        }
         ("PUT" | "DELETE", "/policies/{id}" | "/limits/{id}") => {
             Some(Rule::Item(OwnedKind::Server, ServersUpdate))
         }

@@ -27,9 +27,9 @@ type Answer<T> = Result<T, ApiError>;
 
 /// A list answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Items<T> {
+pub struct EdgeItems {
     /// The items, by name.
-    pub items: Vec<T>,
+    pub items: Vec<EdgeItem>,
 }
 
 /// A stored item: its name, its settings (`spec`, what a PUT takes) and timestamps.
@@ -156,10 +156,10 @@ async fn stored_auth(s: &AppState) -> Answer<Auth> {
 
 /// Token issuers the edge accepts tokens from.
 #[utoipa::path(get, path = "/issuers", tag = "policies",
-    responses((status = 200, body = Items<EdgeItem>)))]
-pub async fn list_issuers(State(s): State<AppState>) -> Answer<Json<Items<EdgeItem>>> {
+    responses((status = 200, body = EdgeItems)))]
+pub async fn list_issuers(State(s): State<AppState>) -> Answer<Json<EdgeItems>> {
     let items = s.store.edge_items::<Issuer>(EdgeKind::Issuer).await?;
-    Ok(Json(Items {
+    Ok(Json(EdgeItems {
         items: items.into_iter().map(EdgeItem::from).collect(),
     }))
 }
@@ -238,10 +238,10 @@ pub async fn delete_issuer(
 
 /// Authorization policies of virtual servers (by server id).
 #[utoipa::path(get, path = "/policies", tag = "policies",
-    responses((status = 200, body = Items<EdgeItem>)))]
-pub async fn list_policies(State(s): State<AppState>) -> Answer<Json<Items<EdgeItem>>> {
+    responses((status = 200, body = EdgeItems)))]
+pub async fn list_policies(State(s): State<AppState>) -> Answer<Json<EdgeItems>> {
     let items = s.store.edge_items::<ServerAuth>(EdgeKind::Policy).await?;
-    Ok(Json(Items {
+    Ok(Json(EdgeItems {
         items: items.into_iter().map(EdgeItem::from).collect(),
     }))
 }
@@ -254,7 +254,10 @@ pub async fn get_policy(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Answer<Json<EdgeItem>> {
-    let r = s.store.edge_item::<ServerAuth>(EdgeKind::Policy, &id).await?;
+    let r = s
+        .store
+        .edge_item::<ServerAuth>(EdgeKind::Policy, &id)
+        .await?;
     Ok(Json(r.into()))
 }
 
@@ -297,10 +300,10 @@ pub async fn delete_policy(
 
 /// Request limits: `default` (every virtual server without its own) and per server id.
 #[utoipa::path(get, path = "/limits", tag = "policies",
-    responses((status = 200, body = Items<EdgeItem>)))]
-pub async fn list_limits(State(s): State<AppState>) -> Answer<Json<Items<EdgeItem>>> {
+    responses((status = 200, body = EdgeItems)))]
+pub async fn list_limits(State(s): State<AppState>) -> Answer<Json<EdgeItems>> {
     let items = s.store.edge_items::<ServerLimits>(EdgeKind::Limits).await?;
-    Ok(Json(Items {
+    Ok(Json(EdgeItems {
         items: items.into_iter().map(EdgeItem::from).collect(),
     }))
 }
@@ -416,10 +419,10 @@ pub async fn delete_limits(
 
 /// Guardrail plugins.
 #[utoipa::path(get, path = "/plugins", tag = "policies",
-    responses((status = 200, body = Items<EdgeItem>)))]
-pub async fn list_plugins(State(s): State<AppState>) -> Answer<Json<Items<EdgeItem>>> {
+    responses((status = 200, body = EdgeItems)))]
+pub async fn list_plugins(State(s): State<AppState>) -> Answer<Json<EdgeItems>> {
     let items = s.store.edge_items::<Plugin>(EdgeKind::Plugin).await?;
-    Ok(Json(Items {
+    Ok(Json(EdgeItems {
         items: items.into_iter().map(EdgeItem::from).collect(),
     }))
 }
@@ -501,7 +504,7 @@ pub async fn delete_plugin(
         get_limits, put_limits, delete_limits,
         list_plugins, get_plugin, put_plugin, delete_plugin,
     ),
-    components(schemas(EdgeItem, PolicyBody)),
+    components(schemas(EdgeItem, EdgeItems, PolicyBody)),
     tags((name = "policies", description = "What the edge enforces: token issuers, authorization per virtual server, request limits, guardrail plugins"))
 )]
 pub struct Doc;

@@ -220,7 +220,8 @@ impl Publisher {
 
     /// Fetches every issuer's keys again; whether any changed.
     async fn refresh_keys(&self) -> bool {
-        let (Some(http), Some(view)) = (&self.key_http, self.edges().view.clone()) else {
+        let view = self.edges().view.clone();
+        let (Some(http), Some(view)) = (&self.key_http, view) else {
             return false;
         };
         let auth = mcpgw_core::snapshot::auth::Auth {

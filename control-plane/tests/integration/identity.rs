@@ -1192,7 +1192,13 @@ async fn role_route_owner_matrix() {
                 Fresh::No,
                 [y, n, n, n, n, n],
             ),
-            ("GET", "/plugins".into(), None, Fresh::No, [y, n, n, n, n, y]),
+            (
+                "GET",
+                "/plugins".into(),
+                None,
+                Fresh::No,
+                [y, n, n, n, n, y],
+            ),
             (
                 "PUT",
                 "/plugins/mask".into(),
@@ -1200,8 +1206,20 @@ async fn role_route_owner_matrix() {
                 Fresh::No,
                 [y, n, n, n, n, n],
             ),
-            ("GET", "/policies".into(), None, Fresh::No, [y, n, n, n, n, y]),
-            ("GET", "/issuers".into(), None, Fresh::No, [y, n, n, n, n, n]),
+            (
+                "GET",
+                "/policies".into(),
+                None,
+                Fresh::No,
+                [y, n, n, n, n, y],
+            ),
+            (
+                "GET",
+                "/issuers".into(),
+                None,
+                Fresh::No,
+                [y, n, n, n, n, n],
+            ),
             (
                 "PUT",
                 "/issuers/corp".into(),

@@ -32,7 +32,11 @@ async fn refused(cp: &TestCp, path: &str, body: Value, field: &str) {
     let (s, v) = cp.put(path, body.clone()).await;
     assert_eq!(s, 422, "PUT {path} {body}: {v}");
     assert_eq!(v["errors"][0]["field"], field, "PUT {path} {body}: {v}");
-    assert_eq!(version(cp).await, before, "PUT {path} {body} changed the registry");
+    assert_eq!(
+        version(cp).await,
+        before,
+        "PUT {path} {body} changed the registry"
+    );
     assert_eq!(cp.get(&list_of(path)).await.1, listed_before);
 }
 
@@ -53,7 +57,10 @@ async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published(
         let (s, v) = cp.put("/issuers/corp", corp()).await;
         assert_eq!(s, 201, "{backend}: {v}");
         assert_eq!(v["name"], "corp");
-        assert_eq!(v["spec"]["claims"]["subject"], "sub", "defaults filled in: {v}");
+        assert_eq!(
+            v["spec"]["claims"]["subject"], "sub",
+            "defaults filled in: {v}"
+        );
         let (s, _) = cp.put("/issuers/corp", corp()).await;
         assert_eq!(s, 200, "a second PUT replaces");
         let mut hs = corp();
@@ -161,7 +168,10 @@ async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published(
             snap["auth"]["issuers"]["corp"]["issuer"],
             "https://idp.example.com/realms/corp"
         );
-        assert_eq!(snap["servers"][&sid]["auth"]["resource"], resource, "{snap}");
+        assert_eq!(
+            snap["servers"][&sid]["auth"]["resource"], resource,
+            "{snap}"
+        );
         assert_eq!(snap["servers"][&sid]["auth"]["rules"][1]["effect"], "deny");
         assert_eq!(
             snap["limits"]["servers"][&sid]["rates"][0]["name"],
@@ -189,7 +199,10 @@ async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published(
         let (s, _) = cp.delete("/plugins/mask-pii").await;
         assert_eq!(s, 204);
         let snap = cp.current_snapshot().await;
-        assert!(snap.get("plugins").is_none_or(|p| p == &json!([])), "{snap}");
+        assert!(
+            snap.get("plugins").is_none_or(|p| p == &json!([])),
+            "{snap}"
+        );
         cp.stop().await;
     }
 }

@@ -15,12 +15,7 @@ const EMAIL: &str = "alice@example.com";
 
 /// Runs the Python SDK client: `n` calls of `tool` with `token` ("-": none).
 async fn sdk_calls(url: &str, token: &str, tool: &str, n: usize) -> Value {
-    let (python, url, token, tool) = (
-        python(),
-        url.to_owned(),
-        token.to_owned(),
-        tool.to_owned(),
-    );
+    let (python, url, token, tool) = (python(), url.to_owned(), token.to_owned(), tool.to_owned());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(repo_path("tests/py/mcp_token_calls.py"))
@@ -62,13 +57,13 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
         json!({"associated_tools": [tools["up__whoami"]]}),
     )
     .await;
-    let cp = &rig.cp;
 
     // A user in a team, signed in: the control plane's session token names the team.
-    let (s, team) = cp.post("/teams", json!({"name": "agents"})).await;
+    let (s, team) = rig.cp.post("/teams", json!({"name": "agents"})).await;
     assert_eq!(s, 201, "{team}");
     let team = team["id"].as_str().unwrap().to_owned();
-    let (s, user) = cp
+    let (s, user) = rig
+        .cp
         .post(
             "/users",
             json!({"email": EMAIL, "password": "a long enough password"}),
@@ -76,7 +71,8 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
         .await;
     assert_eq!(s, 201, "{user}");
     let uid = user["id"].as_str().unwrap();
-    let (s, v) = cp
+    let (s, v) = rig
+        .cp
         .put(
             &format!("/teams/{team}/members/{uid}"),
             json!({"role": "developer"}),
@@ -85,7 +81,7 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
     assert_eq!(s, 204, "{v}");
     let login = rig
         .http
-        .post(cp.url("/auth/login"))
+        .post(rig.cp.url("/auth/login"))
         .json(&json!({"email": EMAIL, "password": "a long enough password"}))
         .send()
         .await
@@ -96,7 +92,8 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
 
     // The control plane's own issuer: its session tokens (audience `mcpgw-api`), members
     // of the team mapped to the developer role.
-    let (s, v) = cp
+    let (s, v) = rig
+        .cp
         .put(
             "/issuers/mcpgw",
             json!({"issuer": OWN_ISSUER, "algorithms": ["ES256"], "audiences": ["mcpgw-api"],
@@ -105,7 +102,7 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
         .await;
     assert_eq!(s, 201, "{v}");
     let mcp = rig.mcp(&sid);
-    let (s, v) = cp
+    let (s, v) = rig.cp
         .put(
             &format!("/policies/{sid}"),
             json!({"resource": mcp, "issuers": ["mcpgw"],
@@ -113,7 +110,8 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v) = cp
+    let (s, v) = rig
+        .cp
         .put(
             &format!("/limits/{sid}"),
             json!({"rates": [{"name": "three-calls", "by": ["principal"], "methods": ["tools/call"],
@@ -122,7 +120,7 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v) = cp
+    let (s, v) = rig.cp
         .put(
             "/plugins/mask-pii",
             json!({"conditions": {"servers": [sid]}, "pii": {"action": "mask", "detectors": ["email"]}}),
@@ -133,7 +131,10 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
     eprintln!("node synced: {}", node["types"]);
     let snapshot = rig.cp.current_snapshot().await;
     let jwks = &snapshot["auth"]["issuers"]["mcpgw"]["jwks"]["keys"];
-    assert_eq!(jwks[0]["kty"], "EC", "the control plane's own key: {snapshot}");
+    assert_eq!(
+        jwks[0]["kty"], "EC",
+        "the control plane's own key: {snapshot}"
+    );
 
     // No token: 401 with the challenge naming the metadata.
     let r = rig
@@ -161,15 +162,21 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
     for call in &calls[..3] {
         assert_eq!(call["is_error"], false, "{out}");
         let text = call["text"][0].as_str().unwrap();
-        assert!(text.starts_with("mailto ") && text.ends_with(" now"), "{out}");
+        assert!(
+            text.starts_with("mailto ") && text.ends_with(" now"),
+            "{out}"
+        );
         assert!(!text.contains(EMAIL), "the email reached the client: {out}");
     }
-    assert_eq!(calls[3]["status"], 429, "the fourth call is over the limit: {out}");
+    assert_eq!(
+        calls[3]["status"], 429,
+        "the fourth call is over the limit: {out}"
+    );
 
     // Signing out revokes the token at the edge too (its id in the snapshot's `revoked`).
     let r = rig
         .http
-        .post(cp.url("/auth/logout"))
+        .post(rig.cp.url("/auth/logout"))
         .bearer_auth(&token)
         .header(mcpgw::api::cross_site::REQUEST_HEADER, "1")
         .send()
