@@ -123,11 +123,12 @@ impl From<ServerAuth> for PolicyBody {
 /// A 422 for a field the filter's validation names, as a field of the body: `prefix` (the
 /// snapshot's path to the item) is cut off.
 fn refused(field: &str, reason: impl Into<String>, prefix: &str) -> ApiError {
-    let field = field
-        .strip_prefix(prefix)
-        .map(|f| f.trim_start_matches('.'))
-        .filter(|f| !f.is_empty())
-        .unwrap_or(field);
+    // The item as a whole (`plugins[0]`: two kinds at once) is the body.
+    let field = match field.strip_prefix(prefix).map(|f| f.trim_start_matches('.')) {
+        Some("") => "body",
+        Some(f) => f,
+        None => field,
+    };
     Problem::invalid_field(field, reason).into()
 }
 
@@ -565,6 +566,7 @@ mod tests {
             ),
             ("plugins[0].pii.detectors", "plugins[0]", "pii.detectors"),
             ("elsewhere", "plugins[0]", "elsewhere"),
+            ("plugins[0]", "plugins[0]", "body"),
         ] {
             assert_eq!(field(refused(path, "x", prefix)), want, "{path}");
         }

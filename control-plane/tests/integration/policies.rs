@@ -67,6 +67,7 @@ async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published(
         hs["algorithms"] = json!(["RS256", "HS256"]);
         refused(&cp, "/issuers/corp", hs, "algorithms[1]").await;
         let mut none = corp();
+        none["issuer"] = json!("https://other.example.com");
         none["algorithms"] = json!(["none"]);
         refused(&cp, "/issuers/other", none, "algorithms[0]").await;
         let mut plain = corp();
@@ -83,6 +84,7 @@ async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published(
         private["jwks"] = json!({"keys": [{"kty": "RSA", "n": "a", "e": "AQAB", "d": "x"}]});
         refused(&cp, "/issuers/other", private, "jwks").await;
         let mut unknown = corp();
+        unknown["issuer"] = json!("https://other.example.com");
         unknown["bogus"] = json!(1);
         refused(&cp, "/issuers/other", unknown, "bogus").await;
         let mut renamed = corp();
@@ -147,7 +149,7 @@ async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published(
                             "pii": {"action": "mask", "detectors": ["email", "credit_card"]}});
         let mut two = plugin.clone();
         two["secrets"] = json!({});
-        refused(&cp, "/plugins/mask-pii", two, "pii").await;
+        refused(&cp, "/plugins/mask-pii", two, "body").await;
         let mut detector = plugin.clone();
         detector["pii"]["detectors"] = json!(["email", "horoscope"]);
         refused(&cp, "/plugins/mask-pii", detector, "pii.detectors[1]").await;
