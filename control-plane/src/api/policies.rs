@@ -124,7 +124,10 @@ impl From<ServerAuth> for PolicyBody {
 /// snapshot's path to the item) is cut off.
 fn refused(field: &str, reason: impl Into<String>, prefix: &str) -> ApiError {
     // The item as a whole (`plugins[0]`: two kinds at once) is the body.
-    let field = match field.strip_prefix(prefix).map(|f| f.trim_start_matches('.')) {
+    let field = match field
+        .strip_prefix(prefix)
+        .map(|f| f.trim_start_matches('.'))
+    {
         Some("") => "body",
         Some(f) => f,
         None => field,
