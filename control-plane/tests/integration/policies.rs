@@ -261,3 +261,81 @@ async fn an_issuers_keys_are_fetched_from_its_discovery_document() {
     assert_eq!(kids, [provider["kid"].as_str().unwrap()], "{keys}");
     cp.stop().await;
 }
+
+/// `mcpgw plugins|limits|policies|issuers` against a running API: set from a file (YAML),
+/// get, list, refusal naming the field, rm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sets_gets_lists_and_removes() {
+    const BIN: &str = env!("CARGO_BIN_EXE_mcpgw");
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let (s, srv) = cp.post("/servers", json!({"name": "front"})).await;
+    assert_eq!(s, 201, "{srv}");
+    let sid = srv["id"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("http://{}", cp.addr);
+    let token = cp.token.clone().unwrap();
+    let cli = |args: Vec<String>| {
+        let (api, token, config) = (api.clone(), token.clone(), dir.path().join("config"));
+        async move {
+            let out = tokio::process::Command::new(BIN)
+                .args(&args)
+                .env("MCPGW_API_URL", &api)
+                .env("MCPGW_TOKEN", &token)
+                .env("MCPGW_CONFIG_DIR", &config)
+                .env_remove("MCPGW_TOKEN_FILE")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let plugin = dir.path().join("plugin.yaml");
+    std::fs::write(
+        &plugin,
+        "conditions:\n  servers: [front]\npii:\n  action: mask\n  detectors: [email]\n",
+    )
+    .unwrap();
+    let file = plugin.display().to_string();
+    let (ok, out, err) = cli(args(&["plugins", "set", "mask", "-f", &file, "-o", "json"])).await;
+    assert!(ok, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["pii"]["detectors"], json!(["email"]), "{v}");
+    let (ok, out, _) = cli(args(&["plugins", "list"])).await;
+    assert!(ok && out.contains("mask"), "{out}");
+
+    // Limits by server name; a mistake names the field and writes nothing.
+    let limits = dir.path().join("limits.json");
+    std::fs::write(
+        &limits,
+        r#"{"rates": [{"name": "r", "requests": 0, "per_seconds": 60}]}"#,
+    )
+    .unwrap();
+    let lfile = limits.display().to_string();
+    let (ok, _, err) = cli(args(&["limits", "set", "front", "-f", &lfile])).await;
+    assert!(!ok && err.contains("rates[0].requests"), "{err}");
+    std::fs::write(
+        &limits,
+        r#"{"rates": [{"name": "r", "requests": 5, "per_seconds": 60}]}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = cli(args(&["limits", "set", "front", "-f", &lfile])).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(args(&["limits", "get", "front", "-o", "json"])).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["name"], sid.as_str());
+    assert_eq!(v["spec"]["rates"][0]["requests"], 5);
+    let (ok, out, err) = cli(args(&["limits", "rm", "front"])).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(args(&["plugins", "rm", "mask"])).await;
+    assert!(ok, "{out}{err}");
+    let (_, listed) = cp.get("/plugins").await;
+    assert_eq!(listed["items"], json!([]));
+    cp.stop().await;
+}
