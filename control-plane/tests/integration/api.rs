@@ -447,7 +447,8 @@ async fn state_changes_cannot_be_forged_cross_site() {
                 let concrete = path
                     .replace("{id}", "no-such-id")
                     .replace("{user_id}", "no-such-user")
-                    .replace("{invitation_id}", "no-such-invitation");
+                    .replace("{invitation_id}", "no-such-invitation")
+                    .replace("{name}", "no-such-name");
                 endpoints.push((method.to_uppercase(), concrete.clone()));
                 if concrete.ends_with("/state") {
                     endpoints.push((method.to_uppercase(), concrete.replace("/state", "/toggle")));
@@ -455,7 +456,7 @@ async fn state_changes_cannot_be_forged_cross_site() {
             }
         }
     }
-    assert_eq!(endpoints.len(), 50, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 60, "{endpoints:?}");
     for p in [
         "/gateways/no-such-id/refresh",
         "/tools/no-such-id/state",
