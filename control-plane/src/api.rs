@@ -13,6 +13,7 @@ pub mod cross_site;
 pub mod face;
 mod gateways;
 pub mod identity;
+pub mod policies;
 pub mod problem;
 mod servers;
 mod system;
@@ -122,6 +123,7 @@ macro_rules! kinds {
             let mut doc = ApiDoc::openapi();
             doc.merge(identity::Doc::openapi());
             doc.merge(changes::Doc::openapi());
+            doc.merge(policies::Doc::openapi());
             $(doc.merge($($face)::+::openapi());)*
             doc
         }
@@ -189,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(identity::routes())
         .merge(changes::routes())
+        .merge(policies::routes())
         // Innermost: after routing (the rule is looked up by the matched route).
         .route_layer(axum::middleware::from_fn_with_state(
             access,

@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use crate::config::ServeArgs;
 
+mod edge;
+pub use edge::{EdgeCmd, EdgeKind};
+
 /// mcpgw control plane.
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +52,34 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         cmd: ToolCmd,
+    },
+    /// Manage token issuers the edge accepts (admin.keys).
+    Issuers {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: EdgeCmd,
+    },
+    /// Manage virtual servers' authorization policies.
+    Policies {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: EdgeCmd,
+    },
+    /// Manage request limits (per virtual server, and `default`).
+    Limits {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: EdgeCmd,
+    },
+    /// Manage guardrail plugins.
+    Plugins {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: EdgeCmd,
     },
     /// Export the registry to stdout or a file.
     Export {
@@ -1094,6 +1125,10 @@ const TOKEN_COLS: &[(&str, &str)] = &[
 pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(_) | Command::Openapi => bail!("not a client command"),
+        Command::Issuers { api, cmd } => edge::run(EdgeKind::Issuers, &api, cmd).await,
+        Command::Policies { api, cmd } => edge::run(EdgeKind::Policies, &api, cmd).await,
+        Command::Limits { api, cmd } => edge::run(EdgeKind::Limits, &api, cmd).await,
+        Command::Plugins { api, cmd } => edge::run(EdgeKind::Plugins, &api, cmd).await,
         Command::Login(a) => login(a).await,
         Command::Logout { api } => {
             let env = |n: &str| std::env::var(n).ok();

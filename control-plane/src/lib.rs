@@ -165,7 +165,8 @@ pub async fn serve(
             secrets: settings.secrets.clone(),
             ssrf: settings.federation.ssrf,
         },
-    );
+    )
+    .with_own_issuer(Arc::clone(&auth));
     let xds_config = XdsConfig {
         tls: match &settings.tls {
             Some(tls) => Some(edge_config::xds_tls(tls)?),

@@ -23,7 +23,11 @@ use crate::crypto::SecretBox;
 use crate::model::{
     CatalogItem, CatalogSpec, Gateway, Naming, PromptSpec, ResourceSpec, Server, ToolSpec,
 };
+use crate::store::policies::{DEFAULT_LIMITS, EdgeKind, EdgeRecord};
 use crate::store::{Store, StoreError};
+use mcpgw_core::snapshot::auth::{Auth, Issuer, ServerAuth};
+use mcpgw_core::snapshot::limits::{Limits, RateLimitService, ServerLimits};
+use mcpgw_core::snapshot::plugins::Plugin;
 
 /// How often [`RegistryView::read`] retries when writes land while it reads.
 const READ_ATTEMPTS: usize = 8;
@@ -48,6 +52,45 @@ pub struct RegistryView {
     pub prompts: Vec<CatalogItem<PromptSpec>>,
     /// All virtual servers.
     pub servers: Vec<Server>,
+    /// Issuers, server policies, limits and plugins.
+    pub edge: EdgePolicies,
+}
+
+/// What the edge enforces besides the catalog, as stored (`crate::store::policies`).
+#[derive(Debug, Clone, Default)]
+pub struct EdgePolicies {
+    /// Token issuers by name (keys are added by the publisher).
+    pub issuers: BTreeMap<String, Issuer>,
+    /// Authorization per virtual server id.
+    pub policies: BTreeMap<String, ServerAuth>,
+    /// Limits per virtual server id, and [`DEFAULT_LIMITS`] for every other server.
+    pub limits: BTreeMap<String, ServerLimits>,
+    /// Guardrail plugins, by name.
+    pub plugins: Vec<Plugin>,
+    /// Ids of the control plane's own tokens revoked before their expiry.
+    pub revoked: Vec<String>,
+}
+
+impl EdgePolicies {
+    /// Reads them from `store`.
+    pub async fn read(store: &Store) -> Result<EdgePolicies, StoreError> {
+        Ok(EdgePolicies {
+            issuers: by_name(store.edge_items(EdgeKind::Issuer).await?),
+            policies: by_name(store.edge_items(EdgeKind::Policy).await?),
+            limits: by_name(store.edge_items(EdgeKind::Limits).await?),
+            plugins: store
+                .edge_items::<Plugin>(EdgeKind::Plugin)
+                .await?
+                .into_iter()
+                .map(|r| r.spec)
+                .collect(),
+            revoked: store.revoked_jwt_ids().await?,
+        })
+    }
+}
+
+fn by_name<T>(records: Vec<EdgeRecord<T>>) -> BTreeMap<String, T> {
+    records.into_iter().map(|r| (r.name, r.spec)).collect()
 }
 
 impl RegistryView {
@@ -72,6 +115,7 @@ impl RegistryView {
                 resources: store.all_items().await?,
                 prompts: store.all_items().await?,
                 servers: store.all_servers().await?,
+                edge: EdgePolicies::read(store).await?,
             };
             let after = store.registry_version().await?;
             if before == after {
@@ -184,9 +228,28 @@ pub fn assemble_reporting(
                 .as_deref()
                 .is_some_and(|id| live.contains_key(id))
     };
+    let auth = edge_auth(&view.edge);
+    let service = inputs
+        .ratelimit
+        .as_ref()
+        .map(|cluster| RateLimitService::with_cluster(cluster));
     let mut servers = BTreeMap::new();
     let mut shadowed = Vec::new();
     for s in view.servers.iter().filter(|s| s.enabled) {
+        let server_auth = view.edge.policies.get(&s.id).cloned();
+        if let Some(a) = &server_auth
+            && let Err(e) = check_server_auth(&s.id, a, &auth)
+        {
+            // Fail closed: serving it without the policy would open it to anyone.
+            tracing::warn!(server = %s.id, field = %e.field, reason = %e.reason, "virtual server left out of the edge: its authorization policy is unusable");
+            continue;
+        }
+        if let Some(l) = view.edge.limits.get(&s.id)
+            && let Err(e) = check_server_limits(&s.id, l, service.as_ref())
+        {
+            tracing::warn!(server = %s.id, error = %e, "virtual server left out of the edge: its limits are unusable");
+            continue;
+        }
         let tools: HashSet<&str> = s.associated_tools.iter().map(String::as_str).collect();
         let resources: HashSet<&str> = s.associated_resources.iter().map(String::as_str).collect();
         let prompts: HashSet<&str> = s.associated_prompts.iter().map(String::as_str).collect();
@@ -242,30 +305,82 @@ pub fn assemble_reporting(
             ),
             prompts: claim(&s.id, "prompts", lists.prompts, &mut shadowed),
             allowed_origins: s.allowed_origins.to_vec(),
-            // Identity at the edge: not in the registry yet (the admin side of issue 13).
-            auth: None,
+            auth: server_auth,
         };
         servers.insert(s.id.clone(), server);
     }
     let snapshot = Snapshot {
         version: view.version.to_string(),
         policy: inputs.policy.clone(),
-        servers,
         upstreams,
         session: inputs.session.clone(),
         relay: inputs.relay.clone(),
-        limits: mcpgw_core::snapshot::limits::Limits {
-            service: inputs.ratelimit.as_ref().map(|cluster| {
-                mcpgw_core::snapshot::limits::RateLimitService::with_cluster(cluster)
-            }),
-            ..Default::default()
+        limits: Limits {
+            default: view.edge.limits.get(DEFAULT_LIMITS).cloned(),
+            servers: view
+                .edge
+                .limits
+                .iter()
+                .filter(|(id, _)| servers.contains_key(id.as_str()))
+                .map(|(id, l)| (id.clone(), l.clone()))
+                .collect(),
+            service,
         },
+        plugins: view.edge.plugins.clone(),
+        auth,
+        servers,
         ..Snapshot::default()
     };
     snapshot
         .validate()
         .map_err(|e| StoreError::Corrupt(format!("assembled snapshot is invalid: {e}")))?;
     Ok((snapshot, shadowed))
+}
+
+/// The snapshot's `auth` from the stored issuers: each checked on its own, one that does not
+/// validate left out with a warning (a server that names it is then left out too).
+fn edge_auth(edge: &EdgePolicies) -> Auth {
+    let mut auth = Auth {
+        revoked: edge.revoked.clone(),
+        ..Auth::default()
+    };
+    for (name, issuer) in &edge.issuers {
+        let mut alone = Auth::default();
+        alone.issuers.insert(name.clone(), issuer.clone());
+        match mcpgw_core::snapshot::auth::validate(&alone) {
+            Ok(()) => {
+                auth.issuers.insert(name.clone(), issuer.clone());
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %name, field = %e.field, reason = %e.reason, "issuer left out of the edge: unusable");
+            }
+        }
+    }
+    auth
+}
+
+/// Checks a server's policy as the filter will: against `auth`'s issuers, rules compiled.
+pub fn check_server_auth(
+    id: &str,
+    a: &ServerAuth,
+    auth: &Auth,
+) -> Result<(), mcpgw_core::snapshot::auth::AuthError> {
+    mcpgw_core::snapshot::auth::validate_server(id, a, auth)?;
+    mcpgw_core::auth::check_rules(id, a)
+}
+
+/// Checks a server's limits as the filter will (`service`: where global limits go).
+pub fn check_server_limits(
+    id: &str,
+    l: &ServerLimits,
+    service: Option<&RateLimitService>,
+) -> Result<(), mcpgw_core::snapshot::ConfigError> {
+    let mut limits = Limits {
+        service: service.cloned(),
+        ..Limits::default()
+    };
+    limits.servers.insert(id.to_owned(), l.clone());
+    limits.check(|_| true)
 }
 
 /// An entry a server may list, with what decides who keeps a name two of them expose.

@@ -20,6 +20,7 @@ mod catalog;
 mod gateways;
 pub mod identity;
 pub mod pins;
+pub mod policies;
 mod servers;
 
 use std::sync::Arc;
@@ -195,6 +196,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         description: "identity and access",
         sql: include_str!("../migrations/0005_identity.sql"),
+    },
+    Migration {
+        version: 6,
+        description: "issuers, server policies, limits and plugins",
+        sql: include_str!("../migrations/0006_policies.sql"),
     },
     Migration {
         version: 7,

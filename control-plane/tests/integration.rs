@@ -20,6 +20,7 @@ mod integration {
     mod identity;
     mod openapi;
     mod pinning;
+    mod policies;
     mod ratelimit;
     mod serving;
     mod store;

@@ -122,6 +122,25 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         ("GET" | "POST", "/users") => Some(Rule::Global(AdminUsers)),
         ("GET" | "PUT" | "DELETE", "/users/{id}") => Some(Rule::Global(AdminUsers)),
         ("POST", "/users/{id}/unlock") => Some(Rule::Global(AdminUsers)),
+        // What the edge enforces (`api::policies`). Trusting a token issuer is trusting
+        // its keys: who manages the control plane's own signing keys decides. A server's
+        // policy and limits are part of the server; plugins and the default limits apply
+        // across servers, so they need the server permissions at global scope.
+        ("GET", "/issuers" | "/issuers/{name}") | ("PUT" | "DELETE", "/issuers/{name}") => {
+            Some(Rule::Global(AdminKeys))
+        }
+        ("GET", "/policies/{id}" | "/limits/{id}") => {
+            Some(Rule::Item(OwnedKind::Server, ServersRead))
+        }
+        ("PUT" | "DELETE", "/policies/{id}" | "/limits/{id}") => {
+            Some(Rule::Item(OwnedKind::Server, ServersUpdate))
+        }
+        ("GET", "/policies" | "/limits" | "/limits/default" | "/plugins" | "/plugins/{name}") => {
+            Some(Rule::Global(ServersRead))
+        }
+        ("PUT" | "DELETE", "/limits/default" | "/plugins/{name}") => {
+            Some(Rule::Global(ServersUpdate))
+        }
         _ => None,
     };
     if fixed.is_some() {

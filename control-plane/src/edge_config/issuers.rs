@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mcpgw_core::snapshot::Snapshot;
 use mcpgw_core::snapshot::auth::{Auth, key_type, parse_url};
@@ -28,6 +28,9 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// with it (OpenID Connect Core 10.1.1), usually hours; a quarter of an hour picks it up
 /// long before the first token it signs arrives.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// How long an issuer whose keys could not be fetched yet waits before a build tries again
+/// (builds follow every registry change; an issuer that is down must not slow each one).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why an issuer's keys could not be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +80,8 @@ pub struct IssuerKeys {
     /// Issuer URL → JWKS text, and whether it was set rather than fetched. A `std` mutex:
     /// never held across an `.await`.
     keys: Mutex<BTreeMap<String, (String, bool)>>,
+    /// Issuer URL → when a fetch of its keys last failed.
+    failed: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl IssuerKeys {
@@ -94,6 +99,49 @@ impl IssuerKeys {
     /// The keys held for `issuer`.
     pub fn get(&self, issuer: &str) -> Option<String> {
         self.lock().get(issuer).map(|(jwks, _)| jwks.clone())
+    }
+
+    /// Every issuer's keys held (to tell whether a refresh changed anything).
+    pub fn held(&self) -> BTreeMap<String, String> {
+        self.lock()
+            .iter()
+            .map(|(issuer, (jwks, _))| (issuer.clone(), jwks.clone()))
+            .collect()
+    }
+
+    /// Fetches the keys of the issuers of `auth` that have none yet (none in configuration,
+    /// none set, none fetched), except those whose last fetch failed less than
+    /// [`RETRY_INTERVAL`] ago: a newly added issuer gets its keys with the build that
+    /// publishes it. The periodic [`refresh`](IssuerKeys::refresh) renews the others.
+    pub async fn fetch_missing(&self, http: &reqwest::Client, auth: &Auth) -> Vec<KeyError> {
+        let mut failures = Vec::new();
+        for issuer in auth.issuers.values().filter(|i| i.jwks.is_none()) {
+            if self.get(&issuer.issuer).is_some() {
+                continue;
+            }
+            let recent = self
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&issuer.issuer)
+                .is_some_and(|at| at.elapsed() < RETRY_INTERVAL);
+            if recent {
+                continue;
+            }
+            match fetch_jwks(http, &issuer.issuer, &issuer.algorithms).await {
+                Ok(jwks) => {
+                    self.lock().insert(issuer.issuer.clone(), (jwks, false));
+                }
+                Err(e) => {
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(issuer.issuer.clone(), Instant::now());
+                    failures.push(e);
+                }
+            }
+        }
+        failures
     }
 
     fn is_set(&self, issuer: &str) -> bool {
@@ -123,14 +171,22 @@ impl IssuerKeys {
         failures
     }
 
-    /// Puts the keys held into `snapshot`'s issuers that have none in configuration.
+    /// Puts the keys held into `snapshot`'s issuers that have none in configuration: those
+    /// of them its algorithms can use (keys that were set hold every key of their owner,
+    /// whose algorithm the issuer entry may not list). An issuer left without a usable key
+    /// gets none: no `jwt_authn` provider, so its tokens are refused.
     pub fn apply(&self, snapshot: &mut Snapshot) {
         let keys = self.lock();
         for issuer in snapshot.auth.issuers.values_mut() {
             if issuer.jwks.is_none()
                 && let Some((jwks, _)) = keys.get(&issuer.issuer)
+                && let Ok(doc) = serde_json::from_str::<Value>(jwks)
             {
-                issuer.jwks = mcpgw_core::catalog::RawJson::from_string(jwks.clone()).ok();
+                let usable = usable_keys(&doc, &issuer.algorithms);
+                if !usable.is_empty() {
+                    let text = serde_json::json!({ "keys": usable }).to_string();
+                    issuer.jwks = mcpgw_core::catalog::RawJson::from_string(text).ok();
+                }
             }
         }
     }
@@ -346,7 +402,13 @@ mod tests {
         .unwrap();
         let keys = IssuerKeys::new();
         // The control plane's own issuer is set, not fetched (nothing listens there).
-        keys.set("https://gw.example.com", json!({"keys": []}).to_string());
+        let own = json!({"kty": "EC", "kid": "own", "crv": "P-256", "x": "x", "y": "y",
+                         "alg": "ES256", "use": "sig"});
+        let own_rsa = json!({"kty": "RSA", "kid": "old", "n": "n", "e": "AQAB", "alg": "RS256"});
+        keys.set(
+            "https://gw.example.com",
+            json!({"keys": [own, own_rsa]}).to_string(),
+        );
         let failures = keys.refresh(&http, &snapshot.auth).await;
         assert!(failures.is_empty(), "{failures:?}");
         keys.apply(&mut snapshot);
@@ -357,7 +419,11 @@ mod tests {
                 .map(|j| j.get().to_owned())
         };
         assert_eq!(jwks_of(&snapshot, "idp"), Some(jwks.clone()));
-        assert_eq!(jwks_of(&snapshot, "own").as_deref(), Some(r#"{"keys":[]}"#));
+        // Only the keys its algorithms can use.
+        assert_eq!(
+            jwks_of(&snapshot, "own").map(|j| serde_json::from_str::<Value>(&j).unwrap()),
+            Some(json!({"keys": [own]}))
+        );
         assert_eq!(
             jwks_of(&snapshot, "given").as_deref(),
             Some(r#"{"keys":[]}"#)

@@ -8,6 +8,13 @@
 //! served (bad URL, credentials that do not open, no permitted address) is left out with
 //! a warning and a metric; the rest is published.
 //!
+//! Token issuers' keys ([`IssuerKeys`]): a build fetches the keys of issuers that have none
+//! yet (a new issuer is published with its keys), every [`REFRESH_INTERVAL`] all of them are
+//! fetched again (a failure keeps the last good keys), and the control plane's own signing
+//! keys are handed in for the issuer entry that names its own `jwt_issuer`, so the tokens it
+//! signs are accepted at the edge (checked every poll: a key rotation is published within
+//! seconds).
+//!
 //! One debounce: registry changes are gathered for [`DEBOUNCE`] before a build (the read
 //! is what a burst costs); the xDS server pushes what it is given.
 
@@ -20,6 +27,7 @@ use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::issuers::{IssuerKeys, REFRESH_INTERVAL, key_client};
 use super::resolve::{AddressError, checked_addresses};
 use super::translate::{
     EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RATELIMIT_CLUSTER, RELAY_CLUSTER,
@@ -132,6 +140,14 @@ pub struct Publisher {
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     /// What the last build read. A `std` mutex: never held across an `.await`.
     edges: Mutex<Edges>,
+    /// Token issuers' keys, fetched or set.
+    keys: Arc<IssuerKeys>,
+    /// Fetches issuers' keys (`None`: the client could not be built; issuers without inline
+    /// keys then get none).
+    key_http: Option<reqwest::Client>,
+    /// The control plane's own token signer, whose keys an issuer entry naming its
+    /// `jwt_issuer` gets.
+    own: Option<Arc<crate::auth::Auth>>,
 }
 
 impl Publisher {
@@ -147,7 +163,76 @@ impl Publisher {
             sets: watch::Sender::new(None),
             snapshots: watch::Sender::new(None),
             edges: Mutex::new(Edges::default()),
+            keys: Arc::new(IssuerKeys::new()),
+            key_http: key_client()
+                .inspect_err(|e| tracing::error!(error = %e, "no HTTP client for issuers' keys"))
+                .ok(),
+            own: None,
         }
+    }
+
+    /// Hands the control plane's own signing keys to the issuer entry whose `issuer` is its
+    /// `jwt_issuer` (tokens it signs are then accepted at the edge).
+    pub fn with_own_issuer(mut self, auth: Arc<crate::auth::Auth>) -> Publisher {
+        self.own = Some(auth);
+        self
+    }
+
+    /// The issuers' keys this publisher holds.
+    pub fn issuer_keys(&self) -> Arc<IssuerKeys> {
+        Arc::clone(&self.keys)
+    }
+
+    /// The control plane's own public keys, as a JWKS text, with the issuer they are for.
+    async fn own_keys(&self) -> Option<(String, String)> {
+        let auth = self.own.as_ref()?;
+        let issuer = auth.settings().jwt.issuer.clone();
+        Some((issuer, auth.jwks().await.to_string()))
+    }
+
+    /// Sets the control plane's own keys; whether they changed.
+    async fn set_own_keys(&self) -> bool {
+        match self.own_keys().await {
+            Some((issuer, jwks)) => {
+                let changed = self.keys.get(&issuer).as_deref() != Some(jwks.as_str());
+                if changed {
+                    self.keys.set(&issuer, jwks);
+                }
+                changed
+            }
+            None => false,
+        }
+    }
+
+    /// Fetches the keys of the view's issuers that have none yet.
+    async fn fetch_missing_keys(&self, view: &RegistryView) {
+        let Some(http) = &self.key_http else {
+            return;
+        };
+        let auth = mcpgw_core::snapshot::auth::Auth {
+            issuers: view.edge.issuers.clone(),
+            ..Default::default()
+        };
+        for e in self.keys.fetch_missing(http, &auth).await {
+            tracing::warn!(error = %e, label = e.label(), "issuer keys not fetched; retried shortly");
+        }
+    }
+
+    /// Fetches every issuer's keys again; whether any changed.
+    async fn refresh_keys(&self) -> bool {
+        let view = self.edges().view.clone();
+        let (Some(http), Some(view)) = (&self.key_http, view) else {
+            return false;
+        };
+        let auth = mcpgw_core::snapshot::auth::Auth {
+            issuers: view.edge.issuers.clone(),
+            ..Default::default()
+        };
+        let before = self.keys.held();
+        for e in self.keys.refresh(http, &auth).await {
+            tracing::warn!(error = %e, label = e.label(), "issuer keys not refreshed; the last good ones stay");
+        }
+        self.keys.held() != before
     }
 
     /// The published resource sets (the xDS server's input).
@@ -271,7 +356,11 @@ impl Publisher {
                 .map(|(id, u)| (id.clone(), u.access.target.snapshot_entry(cluster_name(id))))
                 .collect(),
         };
-        let (snapshot, shadowed) = assemble_reporting(view, &inputs)?;
+        let (mut snapshot, shadowed) = assemble_reporting(view, &inputs)?;
+        self.keys.apply(&mut snapshot);
+        snapshot.validate().map_err(|e| {
+            StoreError::Corrupt(format!("snapshot with the issuers' keys is invalid: {e}"))
+        })?;
         for s in &shadowed {
             tracing::warn!(
                 server = %s.server,
@@ -298,6 +387,8 @@ impl Publisher {
     /// Reads the registry, resolves the upstreams and translates (no publishing).
     pub async fn build(&self) -> Result<(Snapshot, ResourceSet, Built), PublishError> {
         let view = RegistryView::read(&self.store).await?;
+        self.set_own_keys().await;
+        self.fetch_missing_keys(&view).await;
         let access = self.read_access(&view).await?;
         let previous = self.edges().addresses.clone();
         let addresses = self.resolve(&access, &previous).await;
@@ -381,6 +472,9 @@ impl Publisher {
             let mut resolve = tokio::time::interval(self.inputs.settings.resolve_interval);
             resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             resolve.tick().await;
+            let mut keys = tokio::time::interval(REFRESH_INTERVAL);
+            keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            keys.tick().await;
             loop {
                 tokio::select! {
                     changed = self.versions.changed() => {
@@ -391,13 +485,22 @@ impl Publisher {
                         self.versions.borrow_and_update();
                     }
                     _ = poll.tick() => {
+                        // A rotated signing key is published at once (tokens it signs
+                        // must pass the edge).
+                        let own_changed = self.set_own_keys().await;
                         match self.store.registry_version().await {
+                            Ok(_) if own_changed => {}
                             Ok(v) if Some(v) == built => continue,
                             Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "polling the registry version");
                                 continue;
                             }
+                        }
+                    }
+                    _ = keys.tick() => {
+                        if !self.refresh_keys().await {
+                            continue;
                         }
                     }
                     _ = resolve.tick() => {

@@ -119,6 +119,7 @@ fn view() -> RegistryView {
             ),
             server("s2", &["t2"], &[], &[]),
         ],
+        edge: Default::default(),
     }
 }
 
@@ -322,4 +323,59 @@ fn upstreams_carry_every_protocol_version_discovery_found() {
     assert!(snap.upstreams["a"].speaks_modern() && snap.upstreams["a"].speaks_legacy());
     assert_eq!(snap.upstreams["b"].protocol_versions, ["2025-06-18"]);
     assert!(!snap.upstreams["b"].speaks_modern());
+}
+
+/// Stored edge settings reach the snapshot; a server whose policy or limits do not validate
+/// any more is left out (never served unprotected), an unusable issuer too, and limits of
+/// servers the snapshot does not serve are dropped.
+#[test]
+fn edge_settings_are_assembled_and_unusable_ones_fail_closed() {
+    let mut v = view();
+    let issuer = |iss: &str| -> Issuer {
+        serde_json::from_value(json!({"issuer": iss, "algorithms": ["RS256"]})).unwrap()
+    };
+    v.edge
+        .issuers
+        .insert("corp".into(), issuer("https://idp.example.com"));
+    v.edge
+        .issuers
+        .insert("broken".into(), issuer("http://idp.example.com"));
+    let policy = |issuers: Value| -> ServerAuth {
+        serde_json::from_value(json!({"resource": "https://gw.example.com/servers/s/mcp",
+            "issuers": issuers, "rules": [{"name": "all", "when": "true"}]}))
+        .unwrap()
+    };
+    v.edge.policies.insert("s1".into(), policy(json!(["corp"])));
+    v.edge
+        .policies
+        .insert("s2".into(), policy(json!(["broken"])));
+    v.edge
+        .limits
+        .insert(DEFAULT_LIMITS.into(), ServerLimits::default());
+    v.edge.limits.insert("s1".into(), ServerLimits::default());
+    v.edge.limits.insert("gone".into(), ServerLimits::default());
+    v.edge.plugins.push(
+        serde_json::from_value(
+            json!({"name": "mask", "pii": {}, "conditions": {"servers": ["s1"]}}),
+        )
+        .unwrap(),
+    );
+    v.edge.revoked.push("jti-1".into());
+    let s = assemble(&v, &inputs(&v, Policy::default())).unwrap();
+    assert_eq!(s.auth.issuers.keys().collect::<Vec<_>>(), ["corp"]);
+    assert_eq!(s.auth.revoked, ["jti-1"]);
+    assert_eq!(
+        s.servers["s1"].auth.as_ref().unwrap().issuers,
+        ["corp".to_owned()]
+    );
+    assert!(
+        !s.servers.contains_key("s2"),
+        "a server whose issuer is unusable is not served"
+    );
+    assert!(s.limits.default.is_some());
+    assert_eq!(s.limits.servers.keys().collect::<Vec<_>>(), ["s1"]);
+    assert_eq!(s.plugins[0].name, "mask");
+    // What the filter reads back is the same.
+    let text = serde_json::to_vec(&s).unwrap();
+    assert_eq!(Snapshot::from_json(&text).unwrap(), s);
 }

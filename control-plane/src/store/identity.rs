@@ -1081,7 +1081,8 @@ impl Store {
             .bind(expires_at)
             .execute(tx.conn())
             .await?;
-        tx.commit_quiet().await
+        // The edge refuses revoked tokens too (snapshot `auth.revoked`): republish.
+        tx.commit().await.map(drop)
     }
 
     /// Whether a session JWT was revoked.

@@ -454,6 +454,11 @@ impl Store {
                 id: id.to_owned(),
             });
         }
+        // Its authorization policy and limits go with it.
+        sqlx::query("DELETE FROM edge_policies WHERE kind IN ('policy', 'limits') AND name = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -448,7 +448,8 @@ async fn state_changes_cannot_be_forged_cross_site() {
                     .replace("{id}", "no-such-id")
                     .replace("{user_id}", "no-such-user")
                     .replace("{invitation_id}", "no-such-invitation")
-                    .replace("{change_id}", "no-such-change");
+                    .replace("{change_id}", "no-such-change")
+                    .replace("{name}", "no-such-name");
                 endpoints.push((method.to_uppercase(), concrete.clone()));
                 if concrete.ends_with("/state") {
                     endpoints.push((method.to_uppercase(), concrete.replace("/state", "/toggle")));
@@ -456,7 +457,7 @@ async fn state_changes_cannot_be_forged_cross_site() {
             }
         }
     }
-    assert_eq!(endpoints.len(), 53, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 63, "{endpoints:?}");
     for p in [
         "/gateways/no-such-id/refresh",
         "/tools/no-such-id/state",

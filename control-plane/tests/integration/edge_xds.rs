@@ -14,6 +14,7 @@ mod exposure;
 mod listen;
 mod pinning;
 mod manifests;
+mod policies;
 mod relay;
 mod resilience;
 mod tls;

@@ -955,6 +955,16 @@ async fn role_route_owner_matrix() {
         .await;
         ok(&s_a, "server");
         let s_a = s_a.body["id"].as_str().unwrap().to_owned();
+        // The server's limits exist, so reading them is allowed or denied, never 404.
+        let a = call(
+            &cp,
+            "PUT",
+            &format!("/limits/{s_a}"),
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+        ok(&a, "limits");
         let owner = call(
             &cp,
             "GET",
@@ -1202,6 +1212,72 @@ async fn role_route_owner_matrix() {
                 Some(json!({"name": "made-by-someone"})),
                 Fresh::No,
                 [y, y, y, y, y, y],
+            ),
+            // What the edge enforces: a server's policy and limits go with the server;
+            // plugins, default limits and issuers are global.
+            (
+                "GET",
+                format!("/limits/{s_a}"),
+                None,
+                Fresh::No,
+                [y, y, y, y, n, y],
+            ),
+            (
+                "PUT",
+                format!("/limits/{s_a}"),
+                Some(json!({"concurrency": []})),
+                Fresh::No,
+                [y, y, y, n, n, n],
+            ),
+            (
+                "PUT",
+                format!("/policies/{s_a}"),
+                Some(json!({"resource": "https://mcp.example.com/servers/sa/mcp"})),
+                Fresh::No,
+                [y, y, y, n, n, n],
+            ),
+            ("GET", "/limits".into(), None, Fresh::No, [y, n, n, n, n, y]),
+            (
+                "PUT",
+                "/limits/default".into(),
+                Some(json!({})),
+                Fresh::No,
+                [y, n, n, n, n, n],
+            ),
+            (
+                "GET",
+                "/plugins".into(),
+                None,
+                Fresh::No,
+                [y, n, n, n, n, y],
+            ),
+            (
+                "PUT",
+                "/plugins/mask".into(),
+                Some(json!({"pii": {}})),
+                Fresh::No,
+                [y, n, n, n, n, n],
+            ),
+            (
+                "GET",
+                "/policies".into(),
+                None,
+                Fresh::No,
+                [y, n, n, n, n, y],
+            ),
+            (
+                "GET",
+                "/issuers".into(),
+                None,
+                Fresh::No,
+                [y, n, n, n, n, n],
+            ),
+            (
+                "PUT",
+                "/issuers/corp".into(),
+                Some(json!({"issuer": "https://idp.example.com", "algorithms": ["ES256"]})),
+                Fresh::No,
+                [y, n, n, n, n, n],
             ),
             ("GET", "/users".into(), None, Fresh::No, [y, n, n, n, n, n]),
             (
