@@ -268,6 +268,9 @@ pub struct FileConfig {
     admin_email: Option<String>,
     admin_password_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
+    /// `[oidc_providers.NAME]` tables: OpenID providers for admin login (file only: a table
+    /// per provider does not fit a flag).
+    oidc_providers: Option<std::collections::BTreeMap<String, crate::auth::oidc::ProviderConfig>>,
 }
 
 /// A configuration error naming the offending setting.
@@ -1220,7 +1223,13 @@ impl ServeArgs {
             }
             (false, None) => None,
         };
+        let mut oidc_providers = file.oidc_providers.clone().unwrap_or_default();
+        for (name, p) in &mut oidc_providers {
+            p.validate(name)
+                .map_err(|reason| invalid("oidc_providers", format!("{name}: {reason}")))?;
+        }
         Ok(crate::auth::AuthSettings {
+            oidc_providers,
             metrics_open: self.metrics_open || file.metrics_open.unwrap_or(false),
             jwt: crate::auth::JwtSettings {
                 algorithm,

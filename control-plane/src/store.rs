@@ -19,6 +19,7 @@
 mod catalog;
 mod gateways;
 pub mod identity;
+pub mod oidc;
 mod servers;
 
 use std::sync::Arc;
@@ -194,6 +195,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         description: "identity and access",
         sql: include_str!("../migrations/0005_identity.sql"),
+    },
+    Migration {
+        version: 9,
+        description: "login through OpenID Connect providers",
+        sql: include_str!("../migrations/0009_oidc_logins.sql"),
     },
 ];
 
