@@ -66,9 +66,9 @@ pub struct ProviderConfig {
     /// client (PKCE only).
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
-    /// Read from `client_secret_file` at start (never from the file itself).
+    /// Read from `client_secret_file` at start (never from the configuration itself).
     #[serde(skip)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<ClientSecret>,
     /// The callback registered at the provider: this API's
     /// `{public URL}/auth/oidc/{NAME}/callback`.
     pub redirect_uri: String,
@@ -95,6 +95,16 @@ pub struct ProviderConfig {
     /// since whoever controls the provider could otherwise take over a password account].
     #[serde(default)]
     pub link_existing_by_email: bool,
+}
+
+/// A client secret: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(pub String);
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(..)")
+    }
 }
 
 fn default_scopes() -> Vec<String> {
@@ -208,7 +218,7 @@ impl ProviderConfig {
         if let Some(path) = &self.client_secret_file {
             let secret = crate::cli::read_secret_file(path)
                 .map_err(|e| format!("client_secret_file: {e:#}"))?;
-            self.client_secret = Some(secret);
+            self.client_secret = Some(ClientSecret(secret));
         }
         Ok(())
     }
@@ -775,7 +785,7 @@ impl Oidc {
     }
 
     /// The pending login a callback's `state` names (taken: a second callback with it
-    /// finds nothing). `Ok(None)`: `state` was missing.
+    /// finds nothing).
     pub async fn take_state(
         &self,
         store: &Store,
@@ -916,7 +926,7 @@ impl Oidc {
             Some(secret) => {
                 let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", enc(&c.client_id), enc(secret)));
+                    .encode(format!("{}:{}", enc(&c.client_id), enc(&secret.0)));
                 req = req.header("authorization", format!("Basic {basic}"));
             }
             None => {

@@ -249,7 +249,7 @@ fn provider_config(issuer: &str, callback: &str) -> mcpgw::auth::oidc::ProviderC
         "allowed_groups": ["platform-admins", "developers", "staff"]
     }))
     .unwrap();
-    c.client_secret = Some("admin-secret".into());
+    c.client_secret = Some(mcpgw::auth::oidc::ClientSecret("admin-secret".into()));
     c.validate("test").unwrap();
     c
 }
@@ -615,4 +615,189 @@ async fn mcpgw_login_oidc_stores_the_session_like_a_password_login() {
     assert_eq!(s, 200);
     assert_eq!(me["user"]["email"], "bob@example.com");
     cp.stop().await;
+}
+
+/// The edge accepts a real provider's access token: a virtual server whose snapshot trusts
+/// the provider as an issuer, its keys fetched by the control plane's issuer-key fetcher
+/// (discovery + JWKS of the running provider), served to a real Envoy over ADS. A
+/// client_credentials token for the server's resource (RFC 8707: `aud` is the resource)
+/// calls a tool; no token gets 401 naming the resource metadata; a token for another
+/// resource gets 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_accepts_a_real_providers_access_token() {
+    use mcpgw::crypto::SecretBox;
+    use mcpgw::edge_config::{
+        EdgeSettings, EdgeUpstream, EdgeUpstreams, IssuerKeys, LISTENER, key_client, resources,
+        upstream_access,
+    };
+    use mcpgw::xds::{self, AdsServer, XdsConfig};
+    use mcpgw_core::snapshot::Snapshot;
+    use std::sync::Arc;
+    use tokio::sync::{oneshot, watch};
+
+    // The server's resource is its URL at the Envoy (the Python SDK asks for a token for the
+    // URL it calls), so the listener's port is chosen first.
+    let envoy_port = free_port();
+    let resource = format!("http://127.0.0.1:{envoy_port}/servers/team/mcp");
+    let issuer = Issuer::start(json!({})).await;
+    let upstream = super::upstream::TestUpstream::with_tools(&["echo", "whoami"]);
+    let running = upstream.serve_stateless(0).await;
+    let cluster = mcpgw::snapshot::cluster_name("g1");
+    let tool = |n: &str| {
+        json!({"name": format!("g1__{n}"), "upstream": "g1", "upstream_name": n,
+               "item": {"name": format!("g1__{n}"), "inputSchema": {"type": "object"}}})
+    };
+    let mut snapshot = Snapshot::from_json(
+        json!({
+            "version": "oidc-edge-1",
+            "auth": {"issuers": {"idp": {"issuer": issuer.url, "algorithms": ["RS256"]}}},
+            "upstreams": {"g1": {"cluster": cluster, "path": "/mcp"}},
+            "servers": {"team": {
+                "name": "Team",
+                "tools": [tool("echo"), tool("whoami")],
+                "auth": {"resource": resource,
+                         "rules": [{"name": "echo-only", "when": "request.name == 'g1__echo'"}]}
+            }}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    // The control plane's fetcher, against the real provider.
+    let keys = IssuerKeys::new();
+    let failures = keys.refresh(&key_client().unwrap(), &snapshot.auth).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    keys.apply(&mut snapshot);
+    let jwks = snapshot.auth.issuers["idp"].jwks.as_ref().unwrap().get().to_owned();
+    assert!(jwks.contains("\"RSA\""), "{jwks}");
+    snapshot.validate().unwrap();
+
+    let mut upstreams = EdgeUpstreams::new();
+    let access = upstream_access(
+        &super::edge_identity::gateway("g1", &running.url),
+        None,
+        &SecretBox::dev(),
+    )
+    .unwrap();
+    upstreams.insert(
+        "g1".into(),
+        EdgeUpstream {
+            access,
+            addresses: vec![running.addr.ip()],
+        },
+    );
+    let settings = EdgeSettings {
+        envoy_listen: format!("127.0.0.1:{envoy_port}").parse().unwrap(),
+        filter_wasm: mcpgw_harness::Artifacts::from_env()
+            .wasm()
+            .unwrap()
+            .canonicalize()
+            .unwrap()
+            .display()
+            .to_string(),
+        upstream_ca_file: None,
+        ..EdgeSettings::default()
+    };
+    let set = resources(&snapshot, &upstreams, &settings).unwrap();
+    let (input, rx) = watch::channel(Some(Arc::new(set)));
+    let ads_server = AdsServer::new(rx, XdsConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(xds::serve(listener, ads_server, async {
+        let _ = stopped.await;
+    }));
+    let bootstrap = mcpgw_harness::bootstrap::ads("mcpgw-oidc-edge", "mcpgw", xds_addr, "GRPC");
+    let mut envoy = super::envoy::Envoy::spawn(
+        &bootstrap.to_string(),
+        35_000 + std::process::id() % 10_000,
+    )
+    .await;
+    let addr = envoy.listener(LISTENER).await;
+    let url = format!("http://{addr}/servers/team/mcp");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let call = |token: Option<String>| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut req = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .body(
+                    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                           "params": {"name": "g1__echo", "arguments": {}}})
+                    .to_string(),
+                );
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, challenge, r.text().await.unwrap())
+        }
+    };
+    let mut tries = 0;
+    loop {
+        let (status, challenge, _) = call(None).await;
+        if status == 401 {
+            assert!(challenge.contains("resource_metadata="), "{challenge}");
+            break;
+        }
+        tries += 1;
+        assert!(tries < 100, "no 401 from the filter: {status}\n{}", envoy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = issuer.machine_token(&resource, "tools.execute").await;
+    let (status, _, body) = call(Some(token)).await;
+    assert_eq!(status, 200, "{body}\n{}", envoy.log());
+    assert!(body.contains("result"), "{body}");
+    let elsewhere = issuer
+        .machine_token(&format!("http://127.0.0.1:{envoy_port}/servers/other/mcp"), "tools.execute")
+        .await;
+    let (status, challenge, body) = call(Some(elsewhere)).await;
+    assert_eq!(status, 401, "a token for another resource: {body}");
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+
+    // The official Python SDK finds its way alone: 401 → resource metadata → the provider's
+    // metadata → a client_credentials token for the resource → the tool.
+    let python = mcpgw_harness::Artifacts::from_env().python().unwrap().to_owned();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python)
+            .arg(super::envoy::repo_path("tests/py/oauth_client_flow.py"))
+            .args([&url, &issuer.url, "mcpgw-machine", "machine-secret", "tools.execute", "g1__echo"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "oauth_client_flow.py failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        envoy.log()
+    );
+    let flow: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(flow["is_error"], false, "{flow}");
+    let exchanges = flow["exchanges"].as_array().unwrap();
+    let seen = |f: &dyn Fn(&Value) -> bool| exchanges.iter().any(f);
+    assert!(seen(&|e| e["status"] == 401 && e["url"] == json!(url)), "{flow}");
+    assert!(
+        seen(&|e| e["url"].as_str().unwrap().contains("/.well-known/oauth-protected-resource") && e["status"] == 200),
+        "{flow}"
+    );
+    assert!(
+        seen(&|e| e["url"] == json!(format!("{}/token", issuer.url)) && e["status"] == 200),
+        "{flow}"
+    );
+    // The upstream never saw a client's token.
+    assert!(upstream.auth_seen().iter().all(String::is_empty));
+    drop(input);
 }
