@@ -904,7 +904,10 @@ async fn loopback_code(
             let tx = tx.clone();
             async move {
                 let (answer, page) = match (q.get("code"), q.get("error")) {
-                    (Some(code), None) => (Ok(code.clone()), "Logged in: you may close this window.".to_owned()),
+                    (Some(code), None) => (
+                        Ok(code.clone()),
+                        "Logged in: you may close this window.".to_owned(),
+                    ),
                     (_, Some(e)) => {
                         let why = format!(
                             "{e}: {}",
@@ -912,7 +915,10 @@ async fn loopback_code(
                         );
                         (Err(why.clone()), format!("Login failed ({why})."))
                     }
-                    (None, None) => (Err("the redirect has no code".to_owned()), "Login failed.".to_owned()),
+                    (None, None) => (
+                        Err("the redirect has no code".to_owned()),
+                        "Login failed.".to_owned(),
+                    ),
                 };
                 let _ = tx.try_send(answer);
                 page
@@ -972,7 +978,10 @@ async fn oidc_login(
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding a loopback port for the provider's redirect")?;
-        let return_to = format!("http://127.0.0.1:{}/callback", listener.local_addr()?.port());
+        let return_to = format!(
+            "http://127.0.0.1:{}/callback",
+            listener.local_addr()?.port()
+        );
         url.query_pairs_mut().append_pair("return_to", &return_to);
         println!("Open this URL in a browser to log in through {provider}:\n{url}");
         std::io::stdout().flush()?;
@@ -997,7 +1006,13 @@ async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let (token, expires_in) = match (a.email, a.api_token_file) {
         _ if a.oidc.is_some() => {
             let provider = a.oidc.as_deref().unwrap_or_default();
-            oidc_login(&base, provider, a.paste, std::time::Duration::from_secs(a.wait)).await?
+            oidc_login(
+                &base,
+                provider,
+                a.paste,
+                std::time::Duration::from_secs(a.wait),
+            )
+            .await?
         }
         (Some(email), _) => {
             let password = password_from(a.password_file, "MCPGW_PASSWORD", &env)?;
@@ -1015,7 +1030,9 @@ async fn login(a: LoginArgs) -> anyhow::Result<()> {
             (t, v["expires_in"].as_i64())
         }
         (None, Some(f)) => (read_secret_file(&f)?, None),
-        (None, None) => bail!("give --email (with a password), --oidc PROVIDER or --api-token-file"),
+        (None, None) => {
+            bail!("give --email (with a password), --oidc PROVIDER or --api-token-file")
+        }
     };
     let me = Client::with_token(&base, Some(&token))?
         .get("/auth/me")

@@ -93,7 +93,12 @@ fn problem(e: &OidcError) -> Problem {
         tracing::info!(error = %e, "OIDC login refused");
         e.to_string()
     };
-    Problem::new(status, slug, "Login through the OpenID provider failed", detail)
+    Problem::new(
+        status,
+        slug,
+        "Login through the OpenID provider failed",
+        detail,
+    )
 }
 
 fn refuse(e: OidcError) -> Response {
@@ -148,7 +153,10 @@ pub async fn login(
     Path(provider): Path<String>,
     Query(q): Query<LoginQuery>,
 ) -> Response {
-    if q.code_challenge_method.as_deref().is_some_and(|m| m != "S256") {
+    if q.code_challenge_method
+        .as_deref()
+        .is_some_and(|m| m != "S256")
+    {
         return Problem::invalid_field("code_challenge_method", "must be S256").into_response();
     }
     let cli = match (q.return_to, q.code_challenge) {
@@ -211,7 +219,10 @@ pub async fn callback(
             "code",
             "the authorization response has no code",
         ))),
-        (None, Some(code)) => oidc.complete(&s.auth, pending, &code, q.iss.as_deref()).await,
+        (None, Some(code)) => {
+            oidc.complete(&s.auth, pending, &code, q.iss.as_deref())
+                .await
+        }
     };
     let no_store = [(header::CACHE_CONTROL, "no-store")];
     match outcome {
@@ -248,10 +259,7 @@ pub async fn callback(
     request_body = HandoffExchange,
     responses((status = 200, body = LoginResponse),
               (status = 400, body = Problem, content_type = "application/problem+json")))]
-pub async fn exchange(
-    State(s): State<AppState>,
-    ApiJson(b): ApiJson<HandoffExchange>,
-) -> Response {
+pub async fn exchange(State(s): State<AppState>, ApiJson(b): ApiJson<HandoffExchange>) -> Response {
     match s
         .auth
         .oidc()

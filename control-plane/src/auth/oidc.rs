@@ -171,9 +171,12 @@ impl ProviderConfig {
         if self.client_id.trim().is_empty() {
             return Err("client_id: must not be empty".into());
         }
-        let redirect = url::Url::parse(&self.redirect_uri)
-            .map_err(|e| format!("redirect_uri: {e}"))?;
-        if !redirect.path().ends_with(&format!("/auth/oidc/{name}/callback")) {
+        let redirect =
+            url::Url::parse(&self.redirect_uri).map_err(|e| format!("redirect_uri: {e}"))?;
+        if !redirect
+            .path()
+            .ends_with(&format!("/auth/oidc/{name}/callback"))
+        {
             return Err(format!(
                 "redirect_uri: must end with /auth/oidc/{name}/callback (this API's callback)"
             ));
@@ -549,24 +552,27 @@ pub fn verify_id_token(
     let candidates: Vec<&Value> = keys
         .iter()
         .filter(|k| k.get("kty").and_then(Value::as_str) == Some(kty))
-        .filter(|k| match (&header.kid, k.get("kid").and_then(Value::as_str)) {
-            (Some(want), Some(have)) => want == have,
-            (Some(_), None) => false,
-            (None, _) => true,
-        })
+        .filter(
+            |k| match (&header.kid, k.get("kid").and_then(Value::as_str)) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => false,
+                (None, _) => true,
+            },
+        )
         .collect();
     if candidates.is_empty() {
         return Err(bad("no key of the provider's JWKS matches its kid"));
     }
     let sig = unb64(sig)?;
     let input = &token.as_bytes()[..head.len() + 1 + body.len()];
-    let verified = candidates.iter().any(|k| {
-        jwt::Verifier::from_jwk(k).is_ok_and(|v| v.verify(alg, input, &sig))
-    });
+    let verified = candidates
+        .iter()
+        .any(|k| jwt::Verifier::from_jwk(k).is_ok_and(|v| v.verify(alg, input, &sig)));
     if !verified {
         return Err(bad("bad signature"));
     }
-    let claims: Value = serde_json::from_slice(&unb64(body)?).map_err(|_| bad("malformed claims"))?;
+    let claims: Value =
+        serde_json::from_slice(&unb64(body)?).map_err(|_| bad("malformed claims"))?;
     if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
         return Err(bad(&format!(
             "issued by {:?}, not {:?}",
@@ -582,9 +588,7 @@ pub fn verify_id_token(
     if !audiences.contains(&expect.client_id) {
         return Err(bad("not issued for this client (aud)"));
     }
-    if audiences.len() > 1
-        && claims.get("azp").and_then(Value::as_str) != Some(expect.client_id)
-    {
+    if audiences.len() > 1 && claims.get("azp").and_then(Value::as_str) != Some(expect.client_id) {
         return Err(bad("several audiences and azp is not this client"));
     }
     let num = |k: &str| claims.get(k).and_then(Value::as_i64);
@@ -690,7 +694,8 @@ impl Oidc {
                 .get(k)
                 .and_then(Value::as_str)
                 .ok_or_else(|| unavailable(format!("the discovery document has no {k}")))?;
-            mcpgw_core::snapshot::auth::parse_url(v).map_err(|e| unavailable(format!("{k}: {e}")))?;
+            mcpgw_core::snapshot::auth::parse_url(v)
+                .map_err(|e| unavailable(format!("{k}: {e}")))?;
             Ok(v.to_owned())
         };
         if let Some(methods) = doc
@@ -698,7 +703,9 @@ impl Oidc {
             .and_then(Value::as_array)
             && !methods.iter().any(|m| m == "S256")
         {
-            return Err(unavailable("the provider does not support PKCE S256".into()));
+            return Err(unavailable(
+                "the provider does not support PKCE S256".into(),
+            ));
         }
         // The edge's key fetcher: discovery, the same-issuer check, `jwks_uri`, and only the
         // public signing keys of the accepted algorithms.
@@ -847,9 +854,13 @@ impl Oidc {
             other => other?,
         };
         let who = identity(&claims, &c.claims)?;
-        let user = self.user_for(auth.store(), &pending.provider, c, &who).await?;
+        let user = self
+            .user_for(auth.store(), &pending.provider, c, &who)
+            .await?;
         match pending.client_challenge {
-            None => Ok(Completed::Session(Box::new(auth.issue_session(&user).await?))),
+            None => Ok(Completed::Session(Box::new(
+                auth.issue_session(&user).await?,
+            ))),
             Some(challenge) => {
                 let code = random_b64(32)?;
                 auth.store()
@@ -884,8 +895,7 @@ impl Oidc {
             .take_oidc_login(&handoff_key(code))
             .await?
             .ok_or(OidcError::BadHandoff)?;
-        let (Some(user_id), Some(challenge)) = (&pending.user_id, &pending.client_challenge)
-        else {
+        let (Some(user_id), Some(challenge)) = (&pending.user_id, &pending.client_challenge) else {
             return Err(OidcError::BadHandoff);
         };
         let ok = pkce_shaped(verifier)
@@ -911,30 +921,36 @@ impl Oidc {
         code: &str,
         verifier: &str,
     ) -> Result<String, OidcError> {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", "authorization_code")
-            .append_pair("code", code)
-            .append_pair("redirect_uri", &c.redirect_uri)
-            .append_pair("code_verifier", verifier);
+        // The serializer is not `Send`: the body is made before any `.await`.
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "authorization_code")
+                .append_pair("code", code)
+                .append_pair("redirect_uri", &c.redirect_uri)
+                .append_pair("code_verifier", verifier);
+            if c.client_secret.is_none() {
+                form.append_pair("client_id", &c.client_id);
+            }
+            form.finish()
+        };
         let mut req = self
             .http
             .post(&m.token_endpoint)
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json");
-        match &c.client_secret {
-            // RFC 6749 2.3.1: both halves form-encoded before Basic.
-            Some(secret) => {
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", enc(&c.client_id), enc(&secret.0)));
-                req = req.header("authorization", format!("Basic {basic}"));
-            }
-            None => {
-                form.append_pair("client_id", &c.client_id);
-            }
+        // RFC 6749 2.3.1: both halves form-encoded before Basic.
+        if let Some(secret) = &c.client_secret {
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(&c.client_id),
+                enc(&secret.0)
+            ));
+            req = req.header("authorization", format!("Basic {basic}"));
         }
         let r = req
-            .body(form.finish())
+            .body(body)
             .send()
             .await
             .map_err(|e| OidcError::Unavailable(format!("token endpoint: {e}")))?;
@@ -948,7 +964,11 @@ impl Oidc {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             return Err(OidcError::CodeRefused(
-                format!("{error} {detail}").trim().chars().take(300).collect(),
+                format!("{error} {detail}")
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect(),
             ));
         }
         body.get("id_token")
@@ -1008,10 +1028,7 @@ impl Oidc {
         let (teams, roles) = mapped(c, &who.groups);
         let mut grants: Vec<MappedGrant> = roles
             .into_iter()
-            .map(|role| MappedGrant {
-                team: None,
-                role,
-            })
+            .map(|role| MappedGrant { team: None, role })
             .collect();
         for (team, role) in teams {
             grants.push(MappedGrant {
@@ -1039,8 +1056,7 @@ async fn read_json(mut r: reqwest::Response) -> Result<(u16, Value), String> {
             return Err("answer too large".into());
         }
     }
-    let v = serde_json::from_slice(&body)
-        .map_err(|_| format!("HTTP {status}: not JSON"))?;
+    let v = serde_json::from_slice(&body).map_err(|_| format!("HTTP {status}: not JSON"))?;
     Ok((status, v))
 }
 
@@ -1066,7 +1082,9 @@ mod tests {
 
     /// Signs arbitrary claims with `key` (jwt::sign takes session claims only).
     fn sign(key: &jwt::Key, claims: &Value) -> String {
-        let head = b64(json!({"alg": "ES256", "kid": key.kid}).to_string().as_bytes());
+        let head = b64(json!({"alg": "ES256", "kid": key.kid})
+            .to_string()
+            .as_bytes());
         let body = b64(claims.to_string().as_bytes());
         let input = format!("{head}.{body}");
         let jwt::Signer::Ec(kp) = key.signer.as_ref().unwrap() else {
@@ -1102,14 +1120,40 @@ mod tests {
         };
         let other_key = key("k1");
         let cases: Vec<(&str, String, &str)> = vec![
-            ("another issuer", with(&|c| c["iss"] = json!("https://evil.example.com")), "issued by"),
-            ("another client", with(&|c| c["aud"] = json!("other")), "aud"),
-            ("several audiences without azp", with(&|c| c["aud"] = json!(["mcpgw", "x"])), "azp"),
+            (
+                "another issuer",
+                with(&|c| c["iss"] = json!("https://evil.example.com")),
+                "issued by",
+            ),
+            (
+                "another client",
+                with(&|c| c["aud"] = json!("other")),
+                "aud",
+            ),
+            (
+                "several audiences without azp",
+                with(&|c| c["aud"] = json!(["mcpgw", "x"])),
+                "azp",
+            ),
             ("expired", with(&|c| c["exp"] = json!(now - 120)), "expired"),
-            ("issued in the future", with(&|c| c["iat"] = json!(now + 600)), "future"),
+            (
+                "issued in the future",
+                with(&|c| c["iat"] = json!(now + 600)),
+                "future",
+            ),
             ("wrong nonce", with(&|c| c["nonce"] = json!("n-2")), "nonce"),
-            ("no nonce", with(&|c| { c.as_object_mut().unwrap().remove("nonce"); }), "nonce"),
-            ("signed by another key", sign(&other_key, &good), "signature"),
+            (
+                "no nonce",
+                with(&|c| {
+                    c.as_object_mut().unwrap().remove("nonce");
+                }),
+                "nonce",
+            ),
+            (
+                "signed by another key",
+                sign(&other_key, &good),
+                "signature",
+            ),
             ("unknown kid", sign(&key("k9"), &good), "kid"),
             ("garbage", "a.b".into(), "compact"),
         ];
@@ -1179,9 +1223,15 @@ mod tests {
             ("no subject", json!({"email": "a@b.c"})),
             ("no email", json!({"sub": "s"})),
             ("not an email", json!({"sub": "s", "email": "nope"})),
-            ("groups of numbers", json!({"sub": "s", "email": "a@b.c", "realm_access": {"roles": [1]}})),
+            (
+                "groups of numbers",
+                json!({"sub": "s", "email": "a@b.c", "realm_access": {"roles": [1]}}),
+            ),
         ] {
-            assert!(matches!(identity(&bad, &c.claims), Err(OidcError::Claims(_))), "{name}");
+            assert!(
+                matches!(identity(&bad, &c.claims), Err(OidcError::Claims(_))),
+                "{name}"
+            );
         }
     }
 
@@ -1189,15 +1239,47 @@ mod tests {
     fn provider_configuration_is_validated() {
         type Edit = fn(&mut ProviderConfig);
         let cases: [(&str, Edit, &str); 5] = [
-            ("http issuer off loopback", |c| c.issuer = "http://idp.example.com".into(), "issuer"),
-            ("callback of another provider", |c| c.redirect_uri = "https://gw.example.com/auth/oidc/x/callback".into(), "redirect_uri"),
-            ("HS256", |c| c.algorithms = vec!["HS256".into()], "algorithms"),
-            ("platform_admin in a team", |c| {
-                c.group_teams.insert("g".into(), vec![TeamGrant { team: "t".into(), role: Role::PlatformAdmin }]);
-            }, "global role"),
-            ("a personal team", |c| {
-                c.group_teams.insert("g".into(), vec![TeamGrant { team: "personal:a@b.c".into(), role: Role::Viewer }]);
-            }, "personal"),
+            (
+                "http issuer off loopback",
+                |c| c.issuer = "http://idp.example.com".into(),
+                "issuer",
+            ),
+            (
+                "callback of another provider",
+                |c| c.redirect_uri = "https://gw.example.com/auth/oidc/x/callback".into(),
+                "redirect_uri",
+            ),
+            (
+                "HS256",
+                |c| c.algorithms = vec!["HS256".into()],
+                "algorithms",
+            ),
+            (
+                "platform_admin in a team",
+                |c| {
+                    c.group_teams.insert(
+                        "g".into(),
+                        vec![TeamGrant {
+                            team: "t".into(),
+                            role: Role::PlatformAdmin,
+                        }],
+                    );
+                },
+                "global role",
+            ),
+            (
+                "a personal team",
+                |c| {
+                    c.group_teams.insert(
+                        "g".into(),
+                        vec![TeamGrant {
+                            team: "personal:a@b.c".into(),
+                            role: Role::Viewer,
+                        }],
+                    );
+                },
+                "personal",
+            ),
         ];
         for (name, edit, want) in cases {
             let mut c = provider();
@@ -1210,7 +1292,11 @@ mod tests {
 
     #[test]
     fn return_to_must_be_a_loopback_redirect() {
-        for ok in ["http://127.0.0.1:5000/cb", "http://[::1]:1/x", "http://localhost:80/"] {
+        for ok in [
+            "http://127.0.0.1:5000/cb",
+            "http://[::1]:1/x",
+            "http://localhost:80/",
+        ] {
             assert!(check_return_to(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -139,7 +139,11 @@ impl Store {
     }
 
     /// Records a login of a linked subject.
-    pub async fn touch_oidc_identity(&self, provider: &str, subject: &str) -> Result<(), StoreError> {
+    pub async fn touch_oidc_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE oidc_identities SET last_login_at = $1 WHERE provider = $2 AND subject = $3",
@@ -216,7 +220,12 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("team_id")?, r.try_get("role")?)))
         .collect::<Result<_, StoreError>>()?;
-        let key = |g: &MappedGrant| (g.team.clone().unwrap_or_default(), g.role.as_str().to_owned());
+        let key = |g: &MappedGrant| {
+            (
+                g.team.clone().unwrap_or_default(),
+                g.role.as_str().to_owned(),
+            )
+        };
         let wanted: Vec<(String, String)> = grants.iter().map(key).collect();
         // Take back what the mapping gave before and gives no more (still as it gave it).
         for (team, role) in before.iter().filter(|b| !wanted.contains(b)) {
@@ -258,11 +267,12 @@ impl Store {
             .await?;
         for (team, role) in &wanted {
             let applied = if team.is_empty() {
-                let has = sqlx::query("SELECT 1 AS x FROM user_roles WHERE user_id = $1 AND role = $2")
-                    .bind(user_id)
-                    .bind(role)
-                    .fetch_optional(tx.conn())
-                    .await?;
+                let has =
+                    sqlx::query("SELECT 1 AS x FROM user_roles WHERE user_id = $1 AND role = $2")
+                        .bind(user_id)
+                        .bind(role)
+                        .fetch_optional(tx.conn())
+                        .await?;
                 let given_before = before.contains(&(team.clone(), role.clone()));
                 if has.is_none() {
                     sqlx::query(
@@ -285,7 +295,9 @@ impl Store {
                 .await?
                 .map(|r| r.try_get::<String, _>("role"))
                 .transpose()?;
-                let given_before = before.iter().any(|(t, r)| t == team && Some(r) == current.as_ref());
+                let given_before = before
+                    .iter()
+                    .any(|(t, r)| t == team && Some(r) == current.as_ref());
                 match current {
                     None => {
                         sqlx::query(

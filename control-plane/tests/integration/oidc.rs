@@ -155,7 +155,8 @@ impl Browser {
                 next = format!("{next}?account={account}");
             }
             let (status, location, body) = self.get(&next).await;
-            next = location.unwrap_or_else(|| panic!("{status} without a redirect at {next}: {body}"));
+            next =
+                location.unwrap_or_else(|| panic!("{status} without a redirect at {next}: {body}"));
         }
         panic!("too many redirects at the provider");
     }
@@ -213,8 +214,15 @@ async fn get_json(url: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn with_token(token: &str, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, url).bearer_auth(token);
+async fn with_token(
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -289,7 +297,9 @@ async fn user_emails(cp: &TestCp) -> Vec<String> {
 /// Logs `account` in; answers the callback's status and body.
 async fn login(cp: &TestCp, issuer: &Issuer, account: &str) -> (u16, Value) {
     let authorize = start_login(cp, "test", "").await;
-    let callback = Browser::new().authorize(&issuer.url, &authorize, account).await;
+    let callback = Browser::new()
+        .authorize(&issuer.url, &authorize, account)
+        .await;
     get_json(&callback).await
 }
 
@@ -299,19 +309,34 @@ async fn an_oidc_login_makes_the_user_with_its_mapped_teams_and_roles() {
         let (cp, issuer, _) = setup(&db, false).await;
         let (s, list) = get_json(&cp.url("/auth/oidc")).await;
         assert_eq!(s, 200);
-        assert_eq!(list["providers"][0]["issuer"], json!(issuer.url), "{backend}");
+        assert_eq!(
+            list["providers"][0]["issuer"],
+            json!(issuer.url),
+            "{backend}"
+        );
 
         // The authorization request: code flow, PKCE S256, state and nonce.
         let authorize = start_login(&cp, "test", "").await;
-        assert!(authorize.starts_with(&format!("{}/auth?", issuer.url)), "{authorize}");
-        assert_eq!(param(&authorize, "code_challenge_method").as_deref(), Some("S256"));
+        assert!(
+            authorize.starts_with(&format!("{}/auth?", issuer.url)),
+            "{authorize}"
+        );
+        assert_eq!(
+            param(&authorize, "code_challenge_method").as_deref(),
+            Some("S256")
+        );
         for p in ["state", "nonce", "code_challenge"] {
             assert!(param(&authorize, p).is_some_and(|v| v.len() >= 43), "{p}");
         }
         assert_eq!(param(&authorize, "response_type").as_deref(), Some("code"));
 
-        let callback = Browser::new().authorize(&issuer.url, &authorize, "bob").await;
-        assert_eq!(param(&callback, "iss").as_deref(), Some(issuer.url.as_str()));
+        let callback = Browser::new()
+            .authorize(&issuer.url, &authorize, "bob")
+            .await;
+        assert_eq!(
+            param(&callback, "iss").as_deref(),
+            Some(issuer.url.as_str())
+        );
         let (s, session) = get_json(&callback).await;
         assert_eq!(s, 200, "{backend}: {session}");
         let bob = session["access_token"].as_str().unwrap().to_owned();
@@ -325,7 +350,12 @@ async fn an_oidc_login_makes_the_user_with_its_mapped_teams_and_roles() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["scope"].as_str().unwrap().to_owned(), r["role"].as_str().unwrap().to_owned()))
+            .map(|r| {
+                (
+                    r["scope"].as_str().unwrap().to_owned(),
+                    r["role"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
         roles.sort();
         assert_eq!(
@@ -352,9 +382,21 @@ async fn an_oidc_login_makes_the_user_with_its_mapped_teams_and_roles() {
         };
         let (platform, ops) = (team_id("platform"), team_id("ops"));
         // What the mapping allows, and no more.
-        let (s, _) = with_token(&bob, reqwest::Method::GET, &cp.url(&format!("/teams/{platform}/members")), None).await;
+        let (s, _) = with_token(
+            &bob,
+            reqwest::Method::GET,
+            &cp.url(&format!("/teams/{platform}/members")),
+            None,
+        )
+        .await;
         assert_eq!(s, 200, "a developer reads its team");
-        let (s, _) = with_token(&bob, reqwest::Method::PUT, &cp.url(&format!("/teams/{ops}")), Some(json!({"name": "ops2"}))).await;
+        let (s, _) = with_token(
+            &bob,
+            reqwest::Method::PUT,
+            &cp.url(&format!("/teams/{ops}")),
+            Some(json!({"name": "ops2"})),
+        )
+        .await;
         assert_eq!(s, 403, "a viewer does not change its team");
         let (s, _) = with_token(&bob, reqwest::Method::GET, &cp.url("/users"), None).await;
         assert_eq!(s, 403, "no admin.users");
@@ -376,7 +418,10 @@ async fn an_oidc_login_makes_the_user_with_its_mapped_teams_and_roles() {
 
         // A membership granted by hand is the admin's, not the mapping's: a login keeps it.
         let (s, v) = cp
-            .put(&format!("/teams/{ops}/members/{bob_id}"), json!({"role": "team_admin"}))
+            .put(
+                &format!("/teams/{ops}/members/{bob_id}"),
+                json!({"role": "team_admin"}),
+            )
             .await;
         assert!(s == 200 || s == 204, "{v}");
         let (s, _) = login(&cp, &issuer, "bob").await;
@@ -388,7 +433,11 @@ async fn an_oidc_login_makes_the_user_with_its_mapped_teams_and_roles() {
         let (s, v) = login(&cp, &issuer, "gina").await;
         assert_eq!(s, 403, "{v}");
         assert_eq!(v["type"], "urn:mcpgw:problem:oidc-login-not-allowed");
-        assert!(!user_emails(&cp).await.contains(&"gina@example.com".to_owned()));
+        assert!(
+            !user_emails(&cp)
+                .await
+                .contains(&"gina@example.com".to_owned())
+        );
         cp.stop().await;
     }
 }
@@ -403,13 +452,22 @@ async fn oidc_login_attacks_are_refused_precisely_and_make_no_user() {
 
     // No state, or one never issued.
     let (s, v) = get_json(&cp.url("/auth/oidc/test/callback?code=abc")).await;
-    assert_eq!((s, problem(&v).as_str()), (400, "urn:mcpgw:problem:oidc-state-invalid"));
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (400, "urn:mcpgw:problem:oidc-state-invalid")
+    );
     let (s, v) = get_json(&cp.url("/auth/oidc/test/callback?code=abc&state=forged")).await;
-    assert_eq!((s, problem(&v).as_str()), (400, "urn:mcpgw:problem:oidc-state-invalid"));
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (400, "urn:mcpgw:problem:oidc-state-invalid")
+    );
 
     // An unknown provider; a return_to off loopback; a return_to without a challenge.
     let (s, v) = get_json(&cp.url("/auth/oidc/nope/login")).await;
-    assert_eq!((s, problem(&v).as_str()), (404, "urn:mcpgw:problem:unknown-oidc-provider"));
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (404, "urn:mcpgw:problem:unknown-oidc-provider")
+    );
     let challenge = mcpgw::auth::oidc::pkce_challenge(&"v".repeat(50));
     let (s, v) = get_json(&cp.url(&format!(
         "/auth/oidc/test/login?return_to=http://evil.example.com:80/cb&code_challenge={challenge}"
@@ -426,42 +484,71 @@ async fn oidc_login_attacks_are_refused_precisely_and_make_no_user() {
         "/auth/oidc/test/callback?error=access_denied&error_description=cancelled&state={state}"
     )))
     .await;
-    assert_eq!((s, problem(&v).as_str()), (401, "urn:mcpgw:problem:oidc-login-denied"), "{v}");
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (401, "urn:mcpgw:problem:oidc-login-denied"),
+        "{v}"
+    );
 
     // An injected nonce: the ID token carries the attacker's, not the login's.
     let authorize = start_login(&cp, "test", "").await;
-    let injected = set_param(&authorize, "nonce", Some("attacker-chosen-nonce-aaaaaaaaaaaaaaaaaaaaaaaa"));
-    let callback = Browser::new().authorize(&issuer.url, &injected, "erin").await;
+    let injected = set_param(
+        &authorize,
+        "nonce",
+        Some("attacker-chosen-nonce-aaaaaaaaaaaaaaaaaaaaaaaa"),
+    );
+    let callback = Browser::new()
+        .authorize(&issuer.url, &injected, "erin")
+        .await;
     let (s, v) = get_json(&callback).await;
-    assert_eq!((s, problem(&v).as_str()), (401, "urn:mcpgw:problem:oidc-nonce-mismatch"), "{v}");
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (401, "urn:mcpgw:problem:oidc-nonce-mismatch"),
+        "{v}"
+    );
 
     // The same callback again: the state is used up.
     let (s, v) = get_json(&callback).await;
-    assert_eq!((s, problem(&v).as_str()), (400, "urn:mcpgw:problem:oidc-state-invalid"));
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (400, "urn:mcpgw:problem:oidc-state-invalid")
+    );
 
     // A replayed code: a good login's code with a fresh state (whose PKCE verifier differs,
     // and the code is spent): the provider refuses it.
     let authorize = start_login(&cp, "test", "").await;
-    let callback = Browser::new().authorize(&issuer.url, &authorize, "frank").await;
+    let callback = Browser::new()
+        .authorize(&issuer.url, &authorize, "frank")
+        .await;
     let (s, v) = get_json(&callback).await;
     assert_eq!(s, 200, "frank logs in: {v}");
     let fresh = start_login(&cp, "test", "").await;
     let replay = set_param(&callback, "state", param(&fresh, "state").as_deref());
     let (s, v) = get_json(&replay).await;
-    assert_eq!((s, problem(&v).as_str()), (401, "urn:mcpgw:problem:oidc-code-refused"), "{v}");
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (401, "urn:mcpgw:problem:oidc-code-refused"),
+        "{v}"
+    );
 
     // A response from another issuer (mix-up): the login is sent to another provider that
     // knows the same client; its `iss`, or its missing `iss`, gives it away.
     for strip_iss in [false, true] {
         let authorize = start_login(&cp, "test", "").await;
         let diverted = authorize.replacen(&issuer.url, &other.url, 1);
-        let mut callback = Browser::new().authorize(&other.url, &diverted, "erin").await;
+        let mut callback = Browser::new()
+            .authorize(&other.url, &diverted, "erin")
+            .await;
         assert_eq!(param(&callback, "iss").as_deref(), Some(other.url.as_str()));
         if strip_iss {
             callback = set_param(&callback, "iss", None);
         }
         let (s, v) = get_json(&callback).await;
-        assert_eq!((s, problem(&v).as_str()), (400, "urn:mcpgw:problem:oidc-issuer-mismatch"), "{v}");
+        assert_eq!(
+            (s, problem(&v).as_str()),
+            (400, "urn:mcpgw:problem:oidc-issuer-mismatch"),
+            "{v}"
+        );
     }
     let mut expected = users.clone();
     expected.push("frank@example.com".into());
@@ -472,11 +559,18 @@ async fn oidc_login_attacks_are_refused_precisely_and_make_no_user() {
 
     // A password user's email: not taken over by the provider's first login.
     let (s, v) = cp
-        .post("/users", json!({"email": "erin@example.com", "password": "a long enough password 1"}))
+        .post(
+            "/users",
+            json!({"email": "erin@example.com", "password": "a long enough password 1"}),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = login(&cp, &issuer, "erin").await;
-    assert_eq!((s, problem(&v).as_str()), (409, "urn:mcpgw:problem:oidc-account-conflict"), "{v}");
+    assert_eq!(
+        (s, problem(&v).as_str()),
+        (409, "urn:mcpgw:problem:oidc-account-conflict"),
+        "{v}"
+    );
     cp.stop().await;
 }
 
@@ -494,7 +588,9 @@ async fn the_cli_handoff_needs_the_cli_verifier_and_works_once() {
         &format!("?return_to={return_to}&code_challenge={challenge}&code_challenge_method=S256"),
     )
     .await;
-    let callback = Browser::new().authorize(&issuer.url, &authorize, "bob").await;
+    let callback = Browser::new()
+        .authorize(&issuer.url, &authorize, "bob")
+        .await;
     let mut b = Browser::new();
     let (s, to, body) = b.get(&callback).await;
     assert_eq!(s, 303, "{body}");
@@ -516,7 +612,10 @@ async fn the_cli_handoff_needs_the_cli_verifier_and_works_once() {
     };
     // Another verifier: refused, and the code is spent (one try).
     let (s, v) = exchange(code.clone(), "y".repeat(64)).await;
-    assert_eq!((s, v["type"].as_str().unwrap()), (400, "urn:mcpgw:problem:oidc-handoff-invalid"));
+    assert_eq!(
+        (s, v["type"].as_str().unwrap()),
+        (400, "urn:mcpgw:problem:oidc-handoff-invalid")
+    );
     let (s, _) = exchange(code, verifier.clone()).await;
     assert_eq!(s, 400, "spent");
 
@@ -527,7 +626,9 @@ async fn the_cli_handoff_needs_the_cli_verifier_and_works_once() {
         &format!("?return_to={return_to}&code_challenge={challenge}"),
     )
     .await;
-    let callback = Browser::new().authorize(&issuer.url, &authorize, "bob").await;
+    let callback = Browser::new()
+        .authorize(&issuer.url, &authorize, "bob")
+        .await;
     let (_, to, _) = Browser::new().get(&callback).await;
     let code = param(&to.unwrap(), "code").unwrap();
     let (s, v) = exchange(code.clone(), verifier.clone()).await;
@@ -545,10 +646,15 @@ async fn the_cli_handoff_needs_the_cli_verifier_and_works_once() {
     .await;
     let state = param(&authorize, "state").unwrap();
     let (s, to, _) = Browser::new()
-        .get(&cp.url(&format!("/auth/oidc/test/callback?error=access_denied&state={state}")))
+        .get(&cp.url(&format!(
+            "/auth/oidc/test/callback?error=access_denied&state={state}"
+        )))
         .await;
     assert_eq!(s, 303);
-    assert_eq!(param(&to.unwrap(), "error").as_deref(), Some("oidc-login-denied"));
+    assert_eq!(
+        param(&to.unwrap(), "error").as_deref(),
+        Some("oidc-login-denied")
+    );
     cp.stop().await;
 }
 
@@ -604,7 +710,10 @@ async fn mcpgw_login_oidc_stores_the_session_like_a_password_login() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let token = stored[cp.url("").trim_end_matches('/')]["token"]
@@ -668,7 +777,12 @@ async fn the_edge_accepts_a_real_providers_access_token() {
     let failures = keys.refresh(&key_client().unwrap(), &snapshot.auth).await;
     assert!(failures.is_empty(), "{failures:?}");
     keys.apply(&mut snapshot);
-    let jwks = snapshot.auth.issuers["idp"].jwks.as_ref().unwrap().get().to_owned();
+    let jwks = snapshot.auth.issuers["idp"]
+        .jwks
+        .as_ref()
+        .unwrap()
+        .get()
+        .to_owned();
     assert!(jwks.contains("\"RSA\""), "{jwks}");
     snapshot.validate().unwrap();
 
@@ -708,11 +822,9 @@ async fn the_edge_accepts_a_real_providers_access_token() {
         let _ = stopped.await;
     }));
     let bootstrap = mcpgw_harness::bootstrap::ads("mcpgw-oidc-edge", "mcpgw", xds_addr, "GRPC");
-    let mut envoy = super::envoy::Envoy::spawn(
-        &bootstrap.to_string(),
-        35_000 + std::process::id() % 10_000,
-    )
-    .await;
+    let mut envoy =
+        super::envoy::Envoy::spawn(&bootstrap.to_string(), 35_000 + std::process::id() % 10_000)
+            .await;
     let addr = envoy.listener(LISTENER).await;
     let url = format!("http://{addr}/servers/team/mcp");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -750,7 +862,11 @@ async fn the_edge_accepts_a_real_providers_access_token() {
             break;
         }
         tries += 1;
-        assert!(tries < 100, "no 401 from the filter: {status}\n{}", envoy.log());
+        assert!(
+            tries < 100,
+            "no 401 from the filter: {status}\n{}",
+            envoy.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let token = issuer.machine_token(&resource, "tools.execute").await;
@@ -758,7 +874,10 @@ async fn the_edge_accepts_a_real_providers_access_token() {
     assert_eq!(status, 200, "{body}\n{}", envoy.log());
     assert!(body.contains("result"), "{body}");
     let elsewhere = issuer
-        .machine_token(&format!("http://127.0.0.1:{envoy_port}/servers/other/mcp"), "tools.execute")
+        .machine_token(
+            &format!("http://127.0.0.1:{envoy_port}/servers/other/mcp"),
+            "tools.execute",
+        )
         .await;
     let (status, challenge, body) = call(Some(elsewhere)).await;
     assert_eq!(status, 401, "a token for another resource: {body}");
@@ -766,12 +885,22 @@ async fn the_edge_accepts_a_real_providers_access_token() {
 
     // The official Python SDK finds its way alone: 401 → resource metadata → the provider's
     // metadata → a client_credentials token for the resource → the tool.
-    let python = mcpgw_harness::Artifacts::from_env().python().unwrap().to_owned();
+    let python = mcpgw_harness::Artifacts::from_env()
+        .python()
+        .unwrap()
+        .to_owned();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python)
             .arg(super::envoy::repo_path("tests/py/oauth_client_flow.py"))
-            .args([&url, &issuer.url, "mcpgw-machine", "machine-secret", "tools.execute", "g1__echo"])
+            .args([
+                &url,
+                &issuer.url,
+                "mcpgw-machine",
+                "machine-secret",
+                "tools.execute",
+                "g1__echo",
+            ])
             .kill_on_drop(true)
             .output(),
     )
@@ -788,9 +917,16 @@ async fn the_edge_accepts_a_real_providers_access_token() {
     assert_eq!(flow["is_error"], false, "{flow}");
     let exchanges = flow["exchanges"].as_array().unwrap();
     let seen = |f: &dyn Fn(&Value) -> bool| exchanges.iter().any(f);
-    assert!(seen(&|e| e["status"] == 401 && e["url"] == json!(url)), "{flow}");
     assert!(
-        seen(&|e| e["url"].as_str().unwrap().contains("/.well-known/oauth-protected-resource") && e["status"] == 200),
+        seen(&|e| e["status"] == 401 && e["url"] == json!(url)),
+        "{flow}"
+    );
+    assert!(
+        seen(&|e| e["url"]
+            .as_str()
+            .unwrap()
+            .contains("/.well-known/oauth-protected-resource")
+            && e["status"] == 200),
         "{flow}"
     );
     assert!(
