@@ -19,7 +19,7 @@
 //
 // Prints `oidc-provider ready ISSUER` on stdout once it listens.
 
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -51,7 +51,8 @@ const Provider = await loadProvider();
 
 const issuer = `http://127.0.0.1:${port}`;
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const jwk = { ...privateKey.export({ format: 'jwk' }), kid: `rs-${port}`, alg: 'RS256', use: 'sig' };
+// A new key (and kid) at every start: a restart on the same port is a key rotation.
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid: `rs-${randomUUID().slice(0, 8)}`, alg: 'RS256', use: 'sig' };
 const ANY_SCOPE = 'tools.read tools.execute resources.read prompts.read';
 
 const provider = new Provider(issuer, {
