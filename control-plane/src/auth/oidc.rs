@@ -1295,7 +1295,7 @@ mod tests {
         for ok in [
             "http://127.0.0.1:5000/cb",
             "http://[::1]:1/x",
-            "http://localhost:80/",
+            "http://localhost:8080/",
         ] {
             assert!(check_return_to(ok).is_ok(), "{ok}");
         }
