@@ -14,6 +14,7 @@ pub mod face;
 mod gateways;
 pub mod identity;
 pub mod policies;
+pub mod oidc;
 pub mod problem;
 mod servers;
 mod system;
@@ -66,7 +67,7 @@ pub struct AppState {
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers; users, teams and API tokens.\n\nEvery endpoint except `/health`, `/ready`, `/version`, `/auth/login` and `/.well-known/jwks.json` (and `/metrics` when the control plane runs with `--metrics-open`) needs `Authorization: Bearer <token>`: a session token from `POST /auth/login`, or an API token from `POST /tokens`. Without one the answer is 401 `unauthenticated`; with a bad, expired or revoked one 401 `invalid-token`; without the permission the route needs, 403 `forbidden`; an item, team or token the caller may not see is 404, as if it did not exist.\n\nEvery POST, PUT and DELETE must carry `Content-Type: application/json` with a JSON body, or the header `X-Mcpgw-Request: 1` (body-less calls); requests a browser marks as cross-site (`Sec-Fetch-Site`, or a foreign `Origin`) are refused with 403 `cross-site-request`."),
+    info(title = "mcpgw admin API", description = "Registry of the mcpgw control plane: upstream gateways, their tools, resources and prompts, and virtual servers; users, teams and API tokens.\n\nEvery endpoint except `/health`, `/ready`, `/version`, `/auth/login`, `/auth/oidc/*` (login through an OpenID provider) and `/.well-known/jwks.json` (and `/metrics` when the control plane runs with `--metrics-open`) needs `Authorization: Bearer <token>`: a session token from `POST /auth/login`, or an API token from `POST /tokens`. Without one the answer is 401 `unauthenticated`; with a bad, expired or revoked one 401 `invalid-token`; without the permission the route needs, 403 `forbidden`; an item, team or token the caller may not see is 404, as if it did not exist.\n\nEvery POST, PUT and DELETE must carry `Content-Type: application/json` with a JSON body, or the header `X-Mcpgw-Request: 1` (body-less calls); requests a browser marks as cross-site (`Sec-Fetch-Site`, or a foreign `Origin`) are refused with 403 `cross-site-request`."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     paths(
@@ -124,6 +125,7 @@ macro_rules! kinds {
             doc.merge(identity::Doc::openapi());
             doc.merge(changes::Doc::openapi());
             doc.merge(policies::Doc::openapi());
+            doc.merge(oidc::Doc::openapi());
             $(doc.merge($($face)::+::openapi());)*
             doc
         }
@@ -192,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity::routes())
         .merge(changes::routes())
         .merge(policies::routes())
+        .merge(oidc::routes())
         // Innermost: after routing (the rule is looked up by the matched route).
         .route_layer(axum::middleware::from_fn_with_state(
             access,

@@ -9,10 +9,13 @@
 //! - **API tokens** for machines ([`token`]): opaque, named, scoped, expiring, revocable;
 //!   only their hash is stored.
 //!
+//! Sessions are also signed after a login through an OpenID provider ([`oidc`]).
+//!
 //! Rights are read from the store on every request (roles, memberships, token scopes and
 //! revocation), so a change counts from the next request.
 
 pub mod jwt;
+pub mod oidc;
 pub mod password;
 pub mod rbac;
 pub mod token;
@@ -109,6 +112,8 @@ pub struct AuthSettings {
     pub bootstrap: Option<BootstrapAdmin>,
     /// Dev mode: mint an admin API token at start (and write it here, 0600, if set).
     pub dev_token: Option<Option<PathBuf>>,
+    /// OpenID providers users may log in through, by name ([`oidc`]).
+    pub oidc_providers: std::collections::BTreeMap<String, oidc::ProviderConfig>,
 }
 
 impl Default for AuthSettings {
@@ -122,6 +127,7 @@ impl Default for AuthSettings {
             empty_scopes: EmptyScopes::Deny,
             bootstrap: None,
             dev_token: None,
+            oidc_providers: Default::default(),
         }
     }
 }
@@ -195,6 +201,8 @@ pub struct Auth {
     keys: RwLock<Keyring>,
     /// When the keyring was last reloaded for an unknown `kid` (another replica rotated).
     reloaded: Mutex<std::time::Instant>,
+    /// Login through OpenID providers.
+    oidc: oidc::Oidc,
 }
 
 impl std::fmt::Debug for Auth {
@@ -247,6 +255,7 @@ impl Auth {
     ) -> Result<(Arc<Auth>, Option<String>), AuthError> {
         let hasher = Hasher::new(settings.password);
         let keys = load_keyring(&store, &secrets, &settings.jwt, false).await?;
+        let oidc = oidc::Oidc::new(&settings.oidc_providers).map_err(AuthError::Keys)?;
         let auth = Arc::new(Auth {
             store,
             secrets,
@@ -254,6 +263,7 @@ impl Auth {
             hasher,
             keys: RwLock::new(keys),
             reloaded: Mutex::new(std::time::Instant::now()),
+            oidc,
         });
         if let Some(b) = auth.settings.bootstrap.clone() {
             auth.bootstrap_admin(&b).await?;
@@ -284,6 +294,11 @@ impl Auth {
     /// The password hasher.
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
+    }
+
+    /// Login through OpenID providers.
+    pub fn oidc(&self) -> &oidc::Oidc {
+        &self.oidc
     }
 
     async fn bootstrap_admin(&self, b: &BootstrapAdmin) -> Result<(), AuthError> {

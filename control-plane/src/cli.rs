@@ -163,6 +163,17 @@ pub struct LoginArgs {
     /// Store an API token instead (file with one line; readable by its owner only).
     #[arg(long, value_name = "PATH", conflicts_with = "email")]
     pub api_token_file: Option<PathBuf>,
+    /// Log in through this OpenID provider (as the control plane names it): prints the URL
+    /// to open in a browser and waits for the provider's redirect on a loopback port.
+    #[arg(long, value_name = "PROVIDER", conflicts_with_all = ["email", "api_token_file"])]
+    pub oidc: Option<String>,
+    /// With `--oidc`: no loopback port (a browser on another machine); the page the login
+    /// ends on shows a code to paste on standard input.
+    #[arg(long, requires = "oidc")]
+    pub paste: bool,
+    /// With `--oidc`: seconds to wait for the login [default: 300].
+    #[arg(long, requires = "oidc", default_value_t = 300)]
+    pub wait: u64,
 }
 
 /// Where the registry database is (for `mcpgw admin`).
@@ -994,10 +1005,130 @@ fn password_from(
     Ok(p)
 }
 
+/// The handoff code the control plane's callback sends to the CLI's loopback port.
+async fn loopback_code(
+    listener: tokio::net::TcpListener,
+    wait: std::time::Duration,
+) -> anyhow::Result<String> {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, String>>(1);
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(move |Query(q): Query<HashMap<String, String>>| {
+            let tx = tx.clone();
+            async move {
+                let (answer, page) = match (q.get("code"), q.get("error")) {
+                    (Some(code), None) => (
+                        Ok(code.clone()),
+                        "Logged in: you may close this window.".to_owned(),
+                    ),
+                    (_, Some(e)) => {
+                        let why = format!(
+                            "{e}: {}",
+                            q.get("error_description").map_or("", String::as_str)
+                        );
+                        (Err(why.clone()), format!("Login failed ({why})."))
+                    }
+                    (None, None) => (
+                        Err("the redirect has no code".to_owned()),
+                        "Login failed.".to_owned(),
+                    ),
+                };
+                let _ = tx.try_send(answer);
+                page
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let got = tokio::time::timeout(wait, rx.recv()).await;
+    // Let the browser's page go out before the listener closes.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.abort();
+    match got {
+        Err(_) => bail!("no login within {} s", wait.as_secs()),
+        Ok(None) => bail!("the loopback listener stopped"),
+        Ok(Some(Err(why))) => bail!("the login failed: {why}"),
+        Ok(Some(Ok(code))) => Ok(code),
+    }
+}
+
+/// `mcpgw login --oidc PROVIDER`: the login runs in a browser; the control plane hands the
+/// session over with a one-time code that only this process's PKCE verifier redeems.
+async fn oidc_login(
+    base: &str,
+    provider: &str,
+    paste: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<(String, Option<i64>)> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 48];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let challenge = crate::auth::oidc::pkce_challenge(&verifier);
+    let mut url = url::Url::parse(base).context("the API URL")?;
+    url.path_segments_mut()
+        .map_err(|_| anyhow::anyhow!("the API URL cannot have a path"))?
+        .pop_if_empty()
+        .extend(["auth", "oidc", provider, "login"]);
+    url.query_pairs_mut()
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    use std::io::Write as _;
+    let code = if paste {
+        println!(
+            "Open this URL in a browser and log in; then paste the handoff_code the last page shows:\n{url}"
+        );
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        std::io::stdin().lock().read_line(&mut line)?;
+        let code = line.trim().trim_matches('"').to_owned();
+        if code.is_empty() {
+            bail!("no code on standard input");
+        }
+        code
+    } else {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port for the provider's redirect")?;
+        let return_to = format!(
+            "http://127.0.0.1:{}/callback",
+            listener.local_addr()?.port()
+        );
+        url.query_pairs_mut().append_pair("return_to", &return_to);
+        println!("Open this URL in a browser to log in through {provider}:\n{url}");
+        std::io::stdout().flush()?;
+        loopback_code(listener, wait).await?
+    };
+    let v = Client::with_token(base, None)?
+        .post(
+            "/auth/oidc/token",
+            &json!({"code": code, "code_verifier": verifier}),
+        )
+        .await?;
+    let t = v["access_token"]
+        .as_str()
+        .context("the API answered without a token")?
+        .to_owned();
+    Ok((t, v["expires_in"].as_i64()))
+}
+
 async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let env = |n: &str| std::env::var(n).ok();
     let base = a.api.api_url.trim_end_matches('/').to_owned();
     let (token, expires_in) = match (a.email, a.api_token_file) {
+        _ if a.oidc.is_some() => {
+            let provider = a.oidc.as_deref().unwrap_or_default();
+            oidc_login(
+                &base,
+                provider,
+                a.paste,
+                std::time::Duration::from_secs(a.wait),
+            )
+            .await?
+        }
         (Some(email), _) => {
             let password = password_from(a.password_file, "MCPGW_PASSWORD", &env)?;
             let c = Client::with_token(&base, None)?;
@@ -1014,7 +1145,9 @@ async fn login(a: LoginArgs) -> anyhow::Result<()> {
             (t, v["expires_in"].as_i64())
         }
         (None, Some(f)) => (read_secret_file(&f)?, None),
-        (None, None) => bail!("give --email (with a password) or --api-token-file"),
+        (None, None) => {
+            bail!("give --email (with a password), --oidc PROVIDER or --api-token-file")
+        }
     };
     let me = Client::with_token(&base, Some(&token))?
         .get("/auth/me")

@@ -268,6 +268,9 @@ pub struct FileConfig {
     admin_email: Option<String>,
     admin_password_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
+    /// `[oidc_providers.NAME]` tables: OpenID providers for admin login (file only: a table
+    /// per provider does not fit a flag).
+    oidc_providers: Option<std::collections::BTreeMap<String, crate::auth::oidc::ProviderConfig>>,
 }
 
 /// A configuration error naming the offending setting.
@@ -1220,7 +1223,13 @@ impl ServeArgs {
             }
             (false, None) => None,
         };
+        let mut oidc_providers = file.oidc_providers.clone().unwrap_or_default();
+        for (name, p) in &mut oidc_providers {
+            p.validate(name)
+                .map_err(|reason| invalid("oidc_providers", format!("{name}: {reason}")))?;
+        }
         Ok(crate::auth::AuthSettings {
+            oidc_providers,
             metrics_open: self.metrics_open || file.metrics_open.unwrap_or(false),
             jwt: crate::auth::JwtSettings {
                 algorithm,
@@ -1938,5 +1947,37 @@ mod tests {
             args.resolve(Some(KEY)),
             Err(ConfigError::File { .. })
         ));
+    }
+
+    #[test]
+    fn oidc_providers_come_from_the_file_with_their_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        crate::auth::write_private(&secret, "s3cret\n").unwrap();
+        let path = dir.path().join("mcpgw.toml");
+        let provider = |issuer: &str| {
+            format!(
+                "[oidc_providers.corp]\nissuer = \"{issuer}\"\nclient_id = \"mcpgw\"\n\
+                 client_secret_file = \"{}\"\n\
+                 redirect_uri = \"https://gw.example.com/auth/oidc/corp/callback\"\n\
+                 [oidc_providers.corp.group_roles]\nadmins = [\"platform_admin\"]\n",
+                secret.display()
+            )
+        };
+        std::fs::write(&path, provider("https://idp.example.com")).unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let s = args.resolve(Some(KEY)).unwrap();
+        let corp = &s.auth.oidc_providers["corp"];
+        assert_eq!(corp.client_secret.as_ref().unwrap().0, "s3cret");
+        assert!(
+            !format!("{:?}", s.auth).contains("s3cret"),
+            "never in Debug"
+        );
+        std::fs::write(&path, provider("http://idp.example.com")).unwrap();
+        let e = args.resolve(Some(KEY)).unwrap_err().to_string();
+        assert!(e.contains("oidc_providers") && e.contains("corp"), "{e}");
     }
 }

@@ -21,6 +21,7 @@ mod gateways;
 pub mod identity;
 pub mod pins;
 pub mod policies;
+pub mod oidc;
 mod servers;
 
 use std::sync::Arc;
@@ -206,6 +207,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         description: "tool pins",
         sql: include_str!("../migrations/0007_tool_pins.sql"),
+    },
+    Migration {
+        version: 9,
+        description: "login through OpenID Connect providers",
+        sql: include_str!("../migrations/0009_oidc_logins.sql"),
     },
 ];
 

@@ -18,6 +18,7 @@ mod integration {
     mod exposure;
     mod federation;
     mod identity;
+    mod oidc;
     mod openapi;
     mod pinning;
     mod policies;

@@ -90,6 +90,12 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
     let fixed = match (m, path) {
         ("GET", "/health" | "/ready" | "/version") => Some(Rule::Open),
         ("GET", "/.well-known/jwks.json") | ("POST", "/auth/login") => Some(Rule::Open),
+        // How a credential is obtained through an OpenID provider.
+        (
+            "GET",
+            "/auth/oidc" | "/auth/oidc/{provider}/login" | "/auth/oidc/{provider}/callback",
+        )
+        | ("POST", "/auth/oidc/token") => Some(Rule::Open),
         ("GET", "/metrics") => Some(Rule::Metrics),
         ("GET", "/registry" | "/openapi.json" | "/auth/me" | "/invitations") => {
             Some(Rule::Authenticated)

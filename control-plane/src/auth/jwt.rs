@@ -258,7 +258,7 @@ impl Verifier {
         }
     }
 
-    fn verify(&self, alg: Algorithm, input: &[u8], sig: &[u8]) -> bool {
+    pub(crate) fn verify(&self, alg: Algorithm, input: &[u8], sig: &[u8]) -> bool {
         match (self, alg) {
             (Verifier::Ec(point), Algorithm::Es256) => {
                 signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)

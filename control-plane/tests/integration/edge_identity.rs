@@ -70,7 +70,7 @@ async fn issue(tokens: &[(Value, Option<&str>)]) -> (Value, Vec<String>) {
     (doc["jwks"].clone(), tokens)
 }
 
-fn gateway(id: &str, url: &str) -> Gateway {
+pub fn gateway(id: &str, url: &str) -> Gateway {
     Gateway {
         id: id.into(),
         name: mcpgw::model::GatewayName::parse(id).unwrap(),

@@ -125,10 +125,16 @@ pub struct TestCp {
 
 impl TestCp {
     pub async fn start(settings: Settings) -> TestCp {
-        mcpgw::tls::install_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
+        TestCp::start_on(settings, listener).await
+    }
+
+    /// Serves on `listener` (bound by the test: settings that name the API's own URL, such
+    /// as an OpenID callback, need its port first).
+    pub async fn start_on(settings: Settings, listener: tokio::net::TcpListener) -> TestCp {
+        mcpgw::tls::install_crypto_provider();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(mcpgw::serve(

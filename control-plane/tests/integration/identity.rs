@@ -130,6 +130,10 @@ async fn the_admin_api_is_closed_without_a_credential() {
             ("GET", "/version"),
             ("GET", "/.well-known/jwks.json"),
             ("POST", "/auth/login"),
+            ("GET", "/auth/oidc"),
+            ("GET", "/auth/oidc/{provider}/login"),
+            ("GET", "/auth/oidc/{provider}/callback"),
+            ("POST", "/auth/oidc/token"),
         ];
         let mut walked = 0;
         for (path, item) in doc["paths"].as_object().unwrap() {
