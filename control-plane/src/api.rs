@@ -12,6 +12,7 @@ pub mod cross_site;
 pub mod face;
 mod gateways;
 pub mod identity;
+pub mod k8s_owned;
 pub mod problem;
 mod servers;
 mod system;
@@ -186,7 +187,12 @@ pub fn router(state: AppState) -> Router {
             post(transfer::import).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
         )
         .merge(identity::routes())
-        // Innermost: after routing (the rule is looked up by the matched route).
+        // Innermost of all: objects a Kubernetes resource owns are read-only here.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            k8s_owned::refuse_owned_writes,
+        ))
+        // Then: after routing (the rule is looked up by the matched route).
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             access::enforce,

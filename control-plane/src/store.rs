@@ -19,6 +19,7 @@
 mod catalog;
 mod gateways;
 pub mod identity;
+pub mod k8s;
 mod servers;
 
 use std::sync::Arc;
@@ -194,6 +195,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         description: "identity and access",
         sql: include_str!("../migrations/0005_identity.sql"),
+    },
+    Migration {
+        version: 10,
+        description: "objects owned by Kubernetes resources",
+        sql: include_str!("../migrations/0010_k8s_owner.sql"),
     },
 ];
 

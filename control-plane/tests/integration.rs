@@ -18,6 +18,7 @@ mod integration {
     mod exposure;
     mod federation;
     mod identity;
+    mod k8s;
     mod openapi;
     mod ratelimit;
     mod serving;
