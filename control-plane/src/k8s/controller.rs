@@ -193,7 +193,8 @@ where
         return Ok(());
     }
     let patch = Patch::Merge(serde_json::json!({ "status": status }));
-    retry_conflict(|| api.patch_status(name, &PatchParams::default(), &patch)).await?;
+    let params = PatchParams::default();
+    retry_conflict(|| api.patch_status(name, &params, &patch)).await?;
     Ok(())
 }
 
@@ -854,7 +855,7 @@ fn merge_pick(into: &mut Picks, gateway: &str, names: Option<&Vec<String>>) {
         }
         (Some(slot @ Some(_)), None) => *slot = None,
         (Some(Some(have)), Some(more)) => have.extend(more),
-        (Some(None), Some(_)) => {}
+        (Some(None), _) => {}
     }
 }
 

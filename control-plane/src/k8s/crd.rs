@@ -48,6 +48,7 @@ pub struct MCPBackendSpec {
     /// Absolute URL of the upstream's MCP endpoint (`http://` or `https://`), for upstreams
     /// outside the cluster. Exactly one of `url` and `serviceRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must start with http:// or https://"))]
     pub url: Option<String>,
     /// An in-cluster Service serving the upstream. Exactly one of `url` and `serviceRef`.
@@ -75,6 +76,7 @@ pub struct MCPBackendSpec {
     /// The registry name of the gateway (the prefix of its tools' names); default: the
     /// resource's name. Two backends with one name conflict: the younger is not accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')").message("letters, digits, '_', '.', '-'; at most 64"))]
     pub registry_name: Option<String>,
 }
@@ -129,6 +131,7 @@ pub struct CredentialsRef {
     pub kind: CredentialKind,
     /// The header's name, for `type: header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub header: Option<String>,
 }
 
@@ -363,10 +366,13 @@ pub struct MCPPolicySpec {
 #[x_kube(validation = Rule::new("self.group == 'mcpgw.io' && self.kind == 'MCPVirtualServer'").message("a policy attaches to mcpgw.io MCPVirtualServer only"))]
 pub struct PolicyTargetRef {
     /// `mcpgw.io`.
+    #[schemars(length(max = 253))]
     pub group: String,
     /// `MCPVirtualServer`.
+    #[schemars(length(max = 63))]
     pub kind: String,
     /// The virtual server's name.
+    #[schemars(length(max = 253))]
     pub name: String,
 }
 

@@ -95,7 +95,9 @@ impl LeaseLock {
         let ours = holder.as_deref() == Some(self.identity.as_str());
         let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
             (Some(MicroTime(renewed)), Some(secs)) => {
-                renewed.saturating_add(SignedDuration::from_secs(i64::from(secs))) <= now
+                renewed
+                    .checked_add(SignedDuration::from_secs(i64::from(secs)))
+                    .is_ok_and(|until| until <= now)
             }
             _ => true,
         };
