@@ -23,7 +23,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use self::controller::{Context, ReconcileError};
 use self::crd::{MCPBackend, MCPPolicy, MCPVirtualServer};
-use self::lease::{LeaseLock, Leadership};
+use self::lease::{Leadership, LeaseLock};
 
 /// Settings of the controller (`mcpgw serve --kubernetes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +89,7 @@ async fn controllers(ctx: Arc<Context>, namespace: Option<String>) {
                 .into_iter()
                 .filter(|b| {
                     b.namespace() == sns
-                        && b
-                            .spec
+                        && b.spec
                             .credentials
                             .as_ref()
                             .is_some_and(|c| c.secret_ref.name == sname)
@@ -121,15 +120,23 @@ async fn controllers(ctx: Arc<Context>, namespace: Option<String>) {
     let servers = Controller::new(api::<MCPVirtualServer>(&client, ns), cfg());
     let by_backend = servers.store();
     let servers = servers
-        .watches(api::<MCPBackend>(&client, ns), cfg(), move |b: MCPBackend| {
-            by_backend
-                .state()
-                .into_iter()
-                .filter(|v| v.namespace() == b.namespace())
-                .map(|v| ObjectRef::from_obj(v.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .run(controller::reconcile_virtual_server, error_policy, ctx.clone())
+        .watches(
+            api::<MCPBackend>(&client, ns),
+            cfg(),
+            move |b: MCPBackend| {
+                by_backend
+                    .state()
+                    .into_iter()
+                    .filter(|v| v.namespace() == b.namespace())
+                    .map(|v| ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(
+            controller::reconcile_virtual_server,
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
 
     // Policies: woken by any virtual server of their namespace.

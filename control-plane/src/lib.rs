@@ -206,9 +206,9 @@ pub async fn serve(
     // The Kubernetes controller (leader-elected: every replica serves, one writes).
     let controller = match settings.kubernetes.clone() {
         Some(k) => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster configuration or KUBECONFIG)")?;
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API (in-cluster configuration or KUBECONFIG)",
+            )?;
             Some(tokio::spawn(k8s::run(
                 client,
                 k,

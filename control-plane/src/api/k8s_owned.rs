@@ -15,7 +15,10 @@ use crate::store::k8s::OwnedObject;
 
 /// The object a write route changes, if it is one a resource can own.
 fn owned_kind(method: &Method, route: &str) -> Option<OwnedObject> {
-    if !matches!(*method, Method::PUT | Method::POST | Method::DELETE | Method::PATCH) {
+    if !matches!(
+        *method,
+        Method::PUT | Method::POST | Method::DELETE | Method::PATCH
+    ) {
         return None;
     }
     let (kind, rest) = if let Some(rest) = route.strip_prefix("/gateways") {
@@ -40,7 +43,11 @@ pub fn owned_problem(owner: &crate::store::k8s::K8sOwner) -> Problem {
 
 /// Refuses writes to objects a Kubernetes resource owns (after access control: a caller
 /// who may not see the object learns nothing here).
-pub async fn refuse_owned_writes(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn refuse_owned_writes(
+    State(s): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -74,8 +81,16 @@ mod tests {
         let cases = [
             (Method::PUT, "/gateways/{id}", Some(OwnedObject::Gateway)),
             (Method::DELETE, "/gateways/{id}", Some(OwnedObject::Gateway)),
-            (Method::POST, "/gateways/{id}/state", Some(OwnedObject::Gateway)),
-            (Method::POST, "/servers/{id}/toggle", Some(OwnedObject::Server)),
+            (
+                Method::POST,
+                "/gateways/{id}/state",
+                Some(OwnedObject::Gateway),
+            ),
+            (
+                Method::POST,
+                "/servers/{id}/toggle",
+                Some(OwnedObject::Server),
+            ),
             (Method::DELETE, "/servers/{id}", Some(OwnedObject::Server)),
             (Method::GET, "/gateways/{id}", None),
             (Method::POST, "/gateways/{id}/refresh", None),

@@ -579,7 +579,8 @@ async fn write_gateway(
             }));
         }
         let id = crate::store::new_id();
-        let (auth_type, auth_sealed) = seal(&ctx.secrets, want.credentials.as_ref(), &id, &want.url)?;
+        let (auth_type, auth_sealed) =
+            seal(&ctx.secrets, want.credentials.as_ref(), &id, &want.url)?;
         let created = store
             .create_owned_gateway(
                 NewGateway {
@@ -622,16 +623,19 @@ async fn write_gateway(
         enabled: (gw.enabled != want.enabled).then_some(want.enabled),
         // Credentials are sealed to the URL's origin: a new URL seals them again.
         auth: if url_changed || creds_changed {
-            Some(seal(&ctx.secrets, want.credentials.as_ref(), &gw.id, &want.url)?)
+            Some(seal(
+                &ctx.secrets,
+                want.credentials.as_ref(),
+                &gw.id,
+                &want.url,
+            )?)
         } else {
             None
         },
         expected_version: Some(gw.version),
     };
-    let rediscover = url_changed
-        || creds_changed
-        || patch.transport.is_some()
-        || patch.enabled == Some(true);
+    let rediscover =
+        url_changed || creds_changed || patch.transport.is_some() || patch.enabled == Some(true);
     if patch_is_empty(&patch) {
         return Ok(Ok((gw.id, false)));
     }
@@ -737,7 +741,11 @@ async fn apply_backend(
                     "Accepted",
                     b.accepted,
                     if b.accepted { "Accepted" } else { b.reason },
-                    if b.accepted { String::new() } else { b.message.clone() },
+                    if b.accepted {
+                        String::new()
+                    } else {
+                        b.message.clone()
+                    },
                 ),
                 found("Ready", false, b.reason, b.message.clone()),
                 found("Degraded", false, "NotServed", ""),
@@ -746,7 +754,15 @@ async fn apply_backend(
                 url,
                 ..previous.clone()
             };
-            (found, status, if b.accepted { Action::requeue(WAIT) } else { Action::await_change() })
+            (
+                found,
+                status,
+                if b.accepted {
+                    Action::requeue(WAIT)
+                } else {
+                    Action::await_change()
+                },
+            )
         }
         Ok((id, rediscover)) => {
             let mut degraded: Option<String> = None;
@@ -768,7 +784,10 @@ async fn apply_backend(
                         .unwrap_or_else(|| "the upstream is unreachable".to_owned()),
                 );
             }
-            let tools = count_items::<ToolSpec>(&ctx.store, |t| t.gateway_id.as_deref() == Some(id.as_str())).await?;
+            let tools = count_items::<ToolSpec>(&ctx.store, |t| {
+                t.gateway_id.as_deref() == Some(id.as_str())
+            })
+            .await?;
             let pending = ctx
                 .federation
                 .as_ref()
@@ -916,17 +935,35 @@ async fn apply_virtual_server(
             missing.push(backend);
             continue;
         };
-        merge_pick(&mut tool_picks, &gateway, selection.and_then(|s| s.tools.as_ref()));
-        merge_pick(&mut resource_picks, &gateway, selection.and_then(|s| s.resources.as_ref()));
-        merge_pick(&mut prompt_picks, &gateway, selection.and_then(|s| s.prompts.as_ref()));
+        merge_pick(
+            &mut tool_picks,
+            &gateway,
+            selection.and_then(|s| s.tools.as_ref()),
+        );
+        merge_pick(
+            &mut resource_picks,
+            &gateway,
+            selection.and_then(|s| s.resources.as_ref()),
+        );
+        merge_pick(
+            &mut prompt_picks,
+            &gateway,
+            selection.and_then(|s| s.prompts.as_ref()),
+        );
     }
-    let tools = pick(&store.all_items::<ToolSpec>().await?, &tool_picks, |i| i.original_name.clone());
-    let resources = pick(&store.all_items::<ResourceSpec>().await?, &resource_picks, |i| {
-        i.uri.clone().unwrap_or_default()
-    });
-    let prompts = pick(&store.all_items::<PromptSpec>().await?, &prompt_picks, |i| {
+    let tools = pick(&store.all_items::<ToolSpec>().await?, &tool_picks, |i| {
         i.original_name.clone()
     });
+    let resources = pick(
+        &store.all_items::<ResourceSpec>().await?,
+        &resource_picks,
+        |i| i.uri.clone().unwrap_or_default(),
+    );
+    let prompts = pick(
+        &store.all_items::<PromptSpec>().await?,
+        &prompt_picks,
+        |i| i.original_name.clone(),
+    );
 
     let parsed = (|| {
         let server_name = ItemName::parse(spec.registry_name.as_deref().unwrap_or(&name))
@@ -942,18 +979,22 @@ async fn apply_virtual_server(
     let outcome: Result<String, Blocked> = match parsed {
         Err(e) => Err(invalid(e)),
         Ok((server_name, origins, tags)) => {
-            write_server(ctx, &who, NewServer {
-                name: server_name,
-                description: spec.description.clone(),
-                icon: None,
-                tags,
-                enabled: spec.enabled,
-                naming,
-                allowed_origins: origins,
-                tools: tools.clone(),
-                resources: resources.clone(),
-                prompts: prompts.clone(),
-            })
+            write_server(
+                ctx,
+                &who,
+                NewServer {
+                    name: server_name,
+                    description: spec.description.clone(),
+                    icon: None,
+                    tags,
+                    enabled: spec.enabled,
+                    naming,
+                    allowed_origins: origins,
+                    tools: tools.clone(),
+                    resources: resources.clone(),
+                    prompts: prompts.clone(),
+                },
+            )
             .await?
         }
     };
@@ -998,7 +1039,11 @@ async fn apply_virtual_server(
                     ..previous.clone()
                 },
                 // New discoveries on a backend show up at the next look.
-                if missing.is_empty() { Action::requeue(RESYNC) } else { Action::requeue(WAIT) },
+                if missing.is_empty() {
+                    Action::requeue(RESYNC)
+                } else {
+                    Action::requeue(WAIT)
+                },
             )
         }
     };
@@ -1018,7 +1063,12 @@ async fn write_server(
 ) -> Result<Result<String, Blocked>, ReconcileError> {
     let store = &ctx.store;
     let existing = store
-        .k8s_owned(OwnedObject::Server, &owner.kind, &owner.namespace, &owner.name)
+        .k8s_owned(
+            OwnedObject::Server,
+            &owner.kind,
+            &owner.namespace,
+            &owner.name,
+        )
         .await?;
     let current = match &existing {
         Some((id, _)) => match store.get_server(id).await {
@@ -1115,8 +1165,12 @@ pub async fn reconcile_policy(
             )
         }
         Ok(_) => {
-            let mut targets: BTreeSet<String> =
-                policy.spec.target_refs.iter().map(|t| t.name.clone()).collect();
+            let mut targets: BTreeSet<String> = policy
+                .spec
+                .target_refs
+                .iter()
+                .map(|t| t.name.clone())
+                .collect();
             if let Some(sel) = &policy.spec.target_selector {
                 let servers: Api<MCPVirtualServer> = Api::namespaced(ctx.client.clone(), &ns);
                 let lp = ListParams::default().labels(&selector_string(sel));
@@ -1150,13 +1204,21 @@ pub async fn reconcile_policy(
                     found(
                         "Ready",
                         attached > 0,
-                        if attached > 0 { "Attached" } else { "NoTargets" },
+                        if attached > 0 {
+                            "Attached"
+                        } else {
+                            "NoTargets"
+                        },
                         format!("attached to {attached} virtual server(s)"),
                     ),
                     degraded,
                 ],
                 Some(attached),
-                if missing.is_empty() { Action::requeue(RESYNC) } else { Action::requeue(WAIT) },
+                if missing.is_empty() {
+                    Action::requeue(RESYNC)
+                } else {
+                    Action::requeue(WAIT)
+                },
             )
         }
     };

@@ -94,11 +94,9 @@ impl LeaseLock {
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
         let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(MicroTime(renewed)), Some(secs)) => {
-                renewed
-                    .checked_add(SignedDuration::from_secs(i64::from(secs)))
-                    .is_ok_and(|until| until <= now)
-            }
+            (Some(MicroTime(renewed)), Some(secs)) => renewed
+                .checked_add(SignedDuration::from_secs(i64::from(secs)))
+                .is_ok_and(|until| until <= now),
             _ => true,
         };
         if !ours && holder.is_some() && !expired {

@@ -394,11 +394,18 @@ plugins:
         assert_eq!(e.auth.unwrap().issuers, ["narrow"]);
         assert_eq!(e.auth_from.as_deref(), Some("ns/narrow"));
         let limits = e.limits.unwrap();
-        let rates: Vec<_> = limits.rates.iter().map(|r| (r.name.as_str(), r.requests)).collect();
+        let rates: Vec<_> = limits
+            .rates
+            .iter()
+            .map(|r| (r.name.as_str(), r.requests))
+            .collect();
         assert_eq!(rates, [("shared", 9), ("broad-only", 5)]);
         let plugins: Vec<_> = e.plugins.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(plugins, ["p1", "p2"]);
-        assert!(e.plugins[0].secrets.is_some(), "the by-name policy's p1 wins");
+        assert!(
+            e.plugins[0].secrets.is_some(),
+            "the by-name policy's p1 wins"
+        );
         assert_eq!(
             e.overridden,
             [

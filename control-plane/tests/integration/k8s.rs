@@ -19,7 +19,7 @@ use mcpgw::k8s::controller::{
     Context, FINALIZER, reconcile_backend, reconcile_policy, reconcile_virtual_server,
 };
 use mcpgw::k8s::crd::{MCPBackend, MCPPolicy, MCPVirtualServer};
-use mcpgw::k8s::lease::{LeaseLock, Leadership};
+use mcpgw::k8s::lease::{Leadership, LeaseLock};
 use mcpgw::model::{Credentials, ListFilter};
 use mcpgw::store::Store;
 use mcpgw::store::k8s::OwnedObject;
@@ -161,7 +161,10 @@ impl Fake {
                 let mut obj = body.clone();
                 obj["metadata"]["resourceVersion"] = json!("1");
                 if self
-                    .get(plural, &format!("{ns}/{}", obj["metadata"]["name"].as_str().unwrap()))
+                    .get(
+                        plural,
+                        &format!("{ns}/{}", obj["metadata"]["name"].as_str().unwrap()),
+                    )
                     .is_some()
                 {
                     return (409, status(409, "AlreadyExists"));
@@ -267,7 +270,10 @@ fn backend(name: &str, spec: Value, finalized: bool) -> Arc<MCPBackend> {
     Arc::new(serde_json::from_value(obj).unwrap())
 }
 
-fn with_status<K: serde::Serialize + serde::de::DeserializeOwned>(obj: &K, status: Value) -> Arc<K> {
+fn with_status<K: serde::Serialize + serde::de::DeserializeOwned>(
+    obj: &K,
+    status: Value,
+) -> Arc<K> {
     let mut v = serde_json::to_value(obj).unwrap();
     v["status"] = status;
     Arc::new(serde_json::from_value(v).unwrap())
@@ -308,7 +314,11 @@ async fn a_backend_is_created_updated_rotated_and_deleted() {
     let db = TestDb::sqlite();
     let store = db.store().await;
     let fake = Arc::new(Fake::default());
-    fake.put("secrets", "team", secret("team", "time-token", "token", "v1"));
+    fake.put(
+        "secrets",
+        "team",
+        secret("team", "time-token", "token", "v1"),
+    );
     let ctx = context(&fake, store.clone(), true);
     let spec = json!({"url": "http://time.example:8080/mcp",
                       "credentials": {"secretRef": {"name": "time-token", "key": "token"}},
@@ -322,7 +332,10 @@ async fn a_backend_is_created_updated_rotated_and_deleted() {
     let w = fake.writes();
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].method, Method::PATCH);
-    assert_eq!(w[0].path, "/apis/mcpgw.io/v1alpha1/namespaces/team/mcpbackends/time");
+    assert_eq!(
+        w[0].path,
+        "/apis/mcpgw.io/v1alpha1/namespaces/team/mcpbackends/time"
+    );
     assert!(w[0].body.to_string().contains(FINALIZER), "{:?}", w[0].body);
     assert!(store.all_gateways().await.unwrap().is_empty());
 
@@ -336,7 +349,11 @@ async fn a_backend_is_created_updated_rotated_and_deleted() {
     let gw = &gws[0];
     assert_eq!(gw.name.as_str(), "time");
     assert_eq!(gw.url.as_str(), "http://time.example:8080/mcp");
-    let owner = store.k8s_owner(OwnedObject::Gateway, &gw.id).await.unwrap().unwrap();
+    let owner = store
+        .k8s_owner(OwnedObject::Gateway, &gw.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(owner.to_string(), "MCPBackend team/time");
     let secrets = SecretBox::dev();
     assert_eq!(
@@ -349,7 +366,10 @@ async fn a_backend_is_created_updated_rotated_and_deleted() {
     assert_eq!(st["gatewayId"], gw.id.as_str());
     assert_eq!(st["observedGeneration"], 1);
     assert_eq!(st["discoveredTools"], 0);
-    assert_eq!(condition(st, "Accepted"), ("True".into(), "Accepted".into()));
+    assert_eq!(
+        condition(st, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
     assert_eq!(condition(st, "Ready"), ("True".into(), "Reconciled".into()));
     assert_eq!(condition(st, "Degraded").0, "False");
 
@@ -363,7 +383,11 @@ async fn a_backend_is_created_updated_rotated_and_deleted() {
 
     // 4. Rotation: the Secret changes; the next reconcile (a Secret watch wakes it) seals
     //    the new value and moves the registry version: a new snapshot reaches the Envoys.
-    fake.put("secrets", "team", secret("team", "time-token", "token", "v2\n"));
+    fake.put(
+        "secrets",
+        "team",
+        secret("team", "time-token", "token", "v2\n"),
+    );
     reconcile_backend(be.clone(), ctx.clone()).await.unwrap();
     assert_eq!(
         tokens(store.gateway_credentials(&gw.id, &secrets).await.unwrap()).as_deref(),
@@ -386,10 +410,18 @@ async fn a_backend_is_created_updated_rotated_and_deleted() {
 
     // 6. Delete: the gateway goes, then the finalizer (a JSON patch removing it).
     fake.clear();
-    let a = reconcile_backend(deleting(be2.as_ref()), ctx.clone()).await.unwrap();
+    let a = reconcile_backend(deleting(be2.as_ref()), ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(a, Action::await_change());
     assert!(store.all_gateways().await.unwrap().is_empty());
-    assert!(store.k8s_owner(OwnedObject::Gateway, &gw.id).await.unwrap().is_none());
+    assert!(
+        store
+            .k8s_owner(OwnedObject::Gateway, &gw.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let w = fake.writes();
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].method, Method::PATCH);
@@ -445,7 +477,11 @@ async fn backend_mistakes_become_conditions_and_events() {
         assert_eq!(a, action, "{case}");
         let st = fake.status_patches().pop().unwrap();
         assert_eq!(condition(&st, "Accepted").0, accepted, "{case}: {st}");
-        assert_eq!(condition(&st, "Ready"), ("False".into(), reason.into()), "{case}");
+        assert_eq!(
+            condition(&st, "Ready"),
+            ("False".into(), reason.into()),
+            "{case}"
+        );
         let events = fake.events();
         assert_eq!(events.len(), 1, "{case}");
         assert_eq!(events[0]["type"], "Warning");
@@ -457,7 +493,11 @@ async fn backend_mistakes_become_conditions_and_events() {
     // A Service reference that resolves: the in-cluster URL.
     fake.clear();
     reconcile_backend(
-        backend("svc", json!({"serviceRef": {"name": "time", "port": 8080}}), true),
+        backend(
+            "svc",
+            json!({"serviceRef": {"name": "time", "port": 8080}}),
+            true,
+        ),
         ctx.clone(),
     )
     .await
@@ -466,11 +506,18 @@ async fn backend_mistakes_become_conditions_and_events() {
     assert_eq!(gw.url.as_str(), "http://time.team.svc:8080/mcp");
 
     // The name is taken by a gateway the REST API created: not accepted, nothing touched.
-    let other = backend("clash", json!({"url": "http://b.example/mcp", "registryName": "svc"}), true);
+    let other = backend(
+        "clash",
+        json!({"url": "http://b.example/mcp", "registryName": "svc"}),
+        true,
+    );
     fake.clear();
     reconcile_backend(other, ctx.clone()).await.unwrap();
     let st = fake.status_patches().pop().unwrap();
-    assert_eq!(condition(&st, "Accepted"), ("False".into(), "NameConflict".into()));
+    assert_eq!(
+        condition(&st, "Accepted"),
+        ("False".into(), "NameConflict".into())
+    );
     assert!(
         condition_message(&st, "Ready").contains("MCPBackend team/svc"),
         "{st}"
@@ -499,9 +546,12 @@ async fn a_conflicting_status_write_is_retried() {
     let ctx = context(&fake, store.clone(), true);
     fake.refuse_once(Method::PATCH, "/mcpbackends/c/status", 409);
     fake.refuse_once(Method::PATCH, "/mcpbackends/c/status", 409);
-    reconcile_backend(backend("c", json!({"url": "http://c.example/mcp"}), true), ctx)
-        .await
-        .unwrap();
+    reconcile_backend(
+        backend("c", json!({"url": "http://c.example/mcp"}), true),
+        ctx,
+    )
+    .await
+    .unwrap();
     let patches: Vec<_> = fake
         .seen()
         .into_iter()
@@ -516,9 +566,12 @@ async fn a_conflicting_status_write_is_retried() {
     for _ in 0..mcpgw::k8s::controller::CONFLICT_ATTEMPTS {
         fake.refuse_once(Method::PATCH, "/mcpbackends/c/status", 409);
     }
-    let e = reconcile_backend(backend("c", json!({"url": "http://d.example/mcp"}), true), ctx)
-        .await
-        .unwrap_err();
+    let e = reconcile_backend(
+        backend("c", json!({"url": "http://d.example/mcp"}), true),
+        ctx,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.label(), "finalizer", "{e}");
 }
 
@@ -529,9 +582,12 @@ async fn a_follower_does_not_write() {
     let store = db.store().await;
     let fake = Arc::new(Fake::default());
     let ctx = context(&fake, store.clone(), false);
-    let a = reconcile_backend(backend("f", json!({"url": "http://f.example/mcp"}), true), ctx)
-        .await
-        .unwrap();
+    let a = reconcile_backend(
+        backend("f", json!({"url": "http://f.example/mcp"}), true),
+        ctx,
+    )
+    .await
+    .unwrap();
     assert_eq!(a, Action::requeue(mcpgw::k8s::controller::WAIT));
     assert!(fake.seen().is_empty());
     assert!(store.all_gateways().await.unwrap().is_empty());
@@ -549,7 +605,10 @@ async fn leader_election_hands_over_only_after_expiry() {
     let t0 = Timestamp::from_second(1_800_000_000).unwrap();
     let at = |s: i64| t0.checked_add(SignedDuration::from_secs(s)).unwrap();
 
-    assert_eq!(a.try_acquire_or_renew(t0).await.unwrap(), Leadership::Leader);
+    assert_eq!(
+        a.try_acquire_or_renew(t0).await.unwrap(),
+        Leadership::Leader
+    );
     let lease = fake.get("leases", "mcpgw-system/mcpgw-controller").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
 
@@ -564,7 +623,10 @@ async fn leader_election_hands_over_only_after_expiry() {
     assert!(fake.writes().is_empty());
 
     // A renews.
-    assert_eq!(a.try_acquire_or_renew(at(10)).await.unwrap(), Leadership::Leader);
+    assert_eq!(
+        a.try_acquire_or_renew(at(10)).await.unwrap(),
+        Leadership::Leader
+    );
     let lease = fake.get("leases", "mcpgw-system/mcpgw-controller").unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 0);
 
@@ -573,7 +635,10 @@ async fn leader_election_hands_over_only_after_expiry() {
         b.try_acquire_or_renew(at(24)).await.unwrap(),
         Leadership::Follower { .. }
     ));
-    assert_eq!(b.try_acquire_or_renew(at(25)).await.unwrap(), Leadership::Leader);
+    assert_eq!(
+        b.try_acquire_or_renew(at(25)).await.unwrap(),
+        Leadership::Leader
+    );
     let lease = fake.get("leases", "mcpgw-system/mcpgw-controller").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "pod-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
@@ -605,8 +670,16 @@ async fn virtual_servers_and_policies_follow_their_backends() {
     let fake = Arc::new(Fake::default());
     let ctx = context(&fake, store.clone(), true);
     for name in ["alpha", "beta"] {
-        let be = backend(name, json!({"url": format!("http://{name}.example/mcp")}), true);
-        fake.put("mcpbackends", "team", serde_json::to_value(be.as_ref()).unwrap());
+        let be = backend(
+            name,
+            json!({"url": format!("http://{name}.example/mcp")}),
+            true,
+        );
+        fake.put(
+            "mcpbackends",
+            "team",
+            serde_json::to_value(be.as_ref()).unwrap(),
+        );
         reconcile_backend(be, ctx.clone()).await.unwrap();
     }
     // Tools as discovery would have stored them.
@@ -624,7 +697,10 @@ async fn virtual_servers_and_policies_follow_their_backends() {
                 .collect(),
             ..Default::default()
         };
-        store.sync_gateway_catalog(&g.id, &found, "__").await.unwrap();
+        store
+            .sync_gateway_catalog(&g.id, &found, "__")
+            .await
+            .unwrap();
     }
 
     let vs = |spec: Value| -> Arc<MCPVirtualServer> {
@@ -641,13 +717,20 @@ async fn virtual_servers_and_policies_follow_their_backends() {
     // alpha's a1 only, plus everything of backends labelled tier=gold (alpha and beta), plus
     // a backend that does not exist.
     fake.clear();
-    let v = vs(json!({"backendRefs": [{"name": "alpha", "tools": ["a1"]}, {"name": "ghost"}],
-                      "naming": "prefixed", "allowedOrigins": ["https://app.example"]}));
-    reconcile_virtual_server(v.clone(), ctx.clone()).await.unwrap();
+    let v = vs(
+        json!({"backendRefs": [{"name": "alpha", "tools": ["a1"]}, {"name": "ghost"}],
+                      "naming": "prefixed", "allowedOrigins": ["https://app.example"]}),
+    );
+    reconcile_virtual_server(v.clone(), ctx.clone())
+        .await
+        .unwrap();
     let st = fake.status_patches().pop().unwrap();
     assert_eq!(st["tools"], 1, "{st}");
     assert_eq!(condition(&st, "Ready").0, "True");
-    assert_eq!(condition(&st, "Degraded"), ("True".into(), "BackendNotReady".into()));
+    assert_eq!(
+        condition(&st, "Degraded"),
+        ("True".into(), "BackendNotReady".into())
+    );
     let id = st["serverId"].as_str().unwrap().to_owned();
     let server = store.get_server(&id).await.unwrap();
     assert_eq!(server.name.as_str(), "support");
@@ -657,7 +740,9 @@ async fn virtual_servers_and_policies_follow_their_backends() {
     fake.clear();
     let v2 = vs(json!({"backendRefs": [{"name": "alpha", "tools": ["a1"]}],
                        "backendSelector": {"matchLabels": {"tier": "gold"}}}));
-    reconcile_virtual_server(v2.clone(), ctx.clone()).await.unwrap();
+    reconcile_virtual_server(v2.clone(), ctx.clone())
+        .await
+        .unwrap();
     let list = fake
         .seen()
         .into_iter()
@@ -665,9 +750,15 @@ async fn virtual_servers_and_policies_follow_their_backends() {
         .unwrap();
     assert_eq!(list.query, "&labelSelector=tier%3Dgold");
     let st = fake.status_patches().pop().unwrap();
-    assert_eq!(st["tools"], 4, "the selector takes all of alpha and beta: {st}");
+    assert_eq!(
+        st["tools"], 4,
+        "the selector takes all of alpha and beta: {st}"
+    );
     assert_eq!(condition(&st, "Degraded").0, "False");
-    assert_eq!(store.get_server(&id).await.unwrap().associated_tools.len(), 4);
+    assert_eq!(
+        store.get_server(&id).await.unwrap().associated_tools.len(),
+        4
+    );
 
     // A policy: one target found, one not; a bad one is not accepted.
     let policy = |spec: Value| -> Arc<MCPPolicy> {
@@ -693,7 +784,10 @@ async fn virtual_servers_and_policies_follow_their_backends() {
     let st = fake.status_patches().pop().unwrap();
     assert_eq!(st["attachedServers"], 1);
     assert_eq!(condition(&st, "Accepted").0, "True");
-    assert_eq!(condition(&st, "Degraded"), ("True".into(), "TargetNotFound".into()));
+    assert_eq!(
+        condition(&st, "Degraded"),
+        ("True".into(), "TargetNotFound".into())
+    );
     fake.clear();
     reconcile_policy(
         policy(json!({"targetRefs": [{"group": "mcpgw.io", "kind": "MCPVirtualServer", "name": "support"}],
@@ -703,8 +797,14 @@ async fn virtual_servers_and_policies_follow_their_backends() {
     .await
     .unwrap();
     let st = fake.status_patches().pop().unwrap();
-    assert_eq!(condition(&st, "Accepted"), ("False".into(), "Invalid".into()));
-    assert!(condition_message(&st, "Accepted").contains("spec.plugins[0]"), "{st}");
+    assert_eq!(
+        condition(&st, "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
+    assert!(
+        condition_message(&st, "Accepted").contains("spec.plugins[0]"),
+        "{st}"
+    );
 
     // Deleting the virtual server removes the registry server.
     reconcile_virtual_server(deleting(v2.as_ref()), ctx.clone())
@@ -744,8 +844,16 @@ async fn a_rotated_secret_reaches_the_upstream_and_owned_objects_are_read_only()
     );
     reconcile_backend(be.clone(), ctx.clone()).await.unwrap();
     let st = fake.status_patches().pop().unwrap();
-    assert_eq!(condition(&st, "Degraded"), ("True".into(), "UpstreamFailing".into()), "{st}");
-    assert!(fake.events().iter().any(|e| e["reason"] == "DiscoveryFailed"));
+    assert_eq!(
+        condition(&st, "Degraded"),
+        ("True".into(), "UpstreamFailing".into()),
+        "{st}"
+    );
+    assert!(
+        fake.events()
+            .iter()
+            .any(|e| e["reason"] == "DiscoveryFailed")
+    );
 
     fake.put("secrets", "team", secret("team", "tok", "token", "right"));
     fake.clear();
@@ -758,9 +866,17 @@ async fn a_rotated_secret_reaches_the_upstream_and_owned_objects_are_read_only()
 
     let id = st["gatewayId"].as_str().unwrap();
     for (method, path, body) in [
-        ("PUT", format!("/gateways/{id}"), json!({"description": "x"})),
+        (
+            "PUT",
+            format!("/gateways/{id}"),
+            json!({"description": "x"}),
+        ),
         ("DELETE", format!("/gateways/{id}"), json!({})),
-        ("POST", format!("/gateways/{id}/state?activate=false"), json!({})),
+        (
+            "POST",
+            format!("/gateways/{id}/state?activate=false"),
+            json!({}),
+        ),
     ] {
         let (s, p) = match method {
             "PUT" => cp.put(&path, body).await,
@@ -769,11 +885,16 @@ async fn a_rotated_secret_reaches_the_upstream_and_owned_objects_are_read_only()
         };
         assert_eq!(s, 409, "{method} {path}: {p}");
         assert_eq!(p["type"], "urn:mcpgw:problem:owned-by-kubernetes");
-        assert_eq!(p["detail"], "owned by MCPBackend team/time; change it with kubectl");
+        assert_eq!(
+            p["detail"],
+            "owned by MCPBackend team/time; change it with kubectl"
+        );
     }
     let (s, g) = cp.get(&format!("/gateways/{id}")).await;
     assert_eq!(s, 200, "{g}");
     assert!(g["enabled"].as_bool().unwrap());
-    tokio::time::timeout(Duration::from_secs(5), cp.stop()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), cp.stop())
+        .await
+        .unwrap();
     running.stop().await;
 }
