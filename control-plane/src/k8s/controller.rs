@@ -768,12 +768,13 @@ async fn apply_backend(
             let mut degraded: Option<String> = None;
             if let Some(f) = &ctx.federation {
                 let gw = ctx.store.get_gateway(&id).await?;
-                if gw.enabled && (rediscover || previous.discovered_tools.is_none()) {
-                    if let Err(e) = f.refresh(&id).await {
-                        let msg = crate::model::redact_urls(&e.to_string());
-                        warn(ctx, be, "DiscoveryFailed", msg.clone()).await;
-                        degraded = Some(msg);
-                    }
+                if gw.enabled
+                    && (rediscover || previous.discovered_tools.is_none())
+                    && let Err(e) = f.refresh(&id).await
+                {
+                    let msg = crate::model::redact_urls(&e.to_string());
+                    warn(ctx, be, "DiscoveryFailed", msg.clone()).await;
+                    degraded = Some(msg);
                 }
             }
             let gw = ctx.store.get_gateway(&id).await?;

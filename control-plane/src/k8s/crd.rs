@@ -36,28 +36,11 @@ pub const VERSION: &str = "v1alpha1";
     namespaced,
     status = "BackendStatus",
     doc = "An upstream MCP server or peer gateway that mcpgw federates.",
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(
-        name = "Tools",
-        type_ = "integer",
-        json_path = ".status.discoveredTools"
-    ),
-    printcolumn(
-        name = "Pending",
-        type_ = "integer",
-        json_path = ".status.pendingToolChanges",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.discoveredTools"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","priority":1,"jsonPath":".status.pendingToolChanges"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.url) != has(self.serviceRef)").message("set exactly one of url and serviceRef"))]
 #[serde(rename_all = "camelCase")]
@@ -239,18 +222,10 @@ pub struct BackendStatus {
     namespaced,
     status = "VirtualServerStatus",
     doc = "A virtual MCP server composed of backends' tools, resources and prompts.",
-    printcolumn(name = "Server", type_ = "string", json_path = ".status.serverId"),
-    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.tools"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Server","type":"string","jsonPath":".status.serverId"}"#,
+    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MCPVirtualServerSpec {
@@ -358,21 +333,9 @@ pub struct VirtualServerStatus {
     namespaced,
     status = "PolicyStatus",
     doc = "Authentication, authorization, limits and guardrails attached to virtual servers.",
-    printcolumn(
-        name = "Targets",
-        type_ = "integer",
-        json_path = ".status.attachedServers"
-    ),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.attachedServers"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("size(self.targetRefs) > 0 || has(self.targetSelector)").message("attach the policy with targetRefs or targetSelector"))]
 #[serde(rename_all = "camelCase")]
