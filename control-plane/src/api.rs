@@ -15,6 +15,7 @@ mod gateways;
 pub mod identity;
 pub mod policies;
 pub mod oidc;
+pub mod k8s_owned;
 pub mod problem;
 mod servers;
 mod system;
@@ -195,7 +196,12 @@ pub fn router(state: AppState) -> Router {
         .merge(changes::routes())
         .merge(policies::routes())
         .merge(oidc::routes())
-        // Innermost: after routing (the rule is looked up by the matched route).
+        // Innermost of all: objects a Kubernetes resource owns are read-only here.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            k8s_owned::refuse_owned_writes,
+        ))
+        // Then: after routing (the rule is looked up by the matched route).
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             access::enforce,

@@ -32,6 +32,12 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the OpenAPI document of the admin API.
     Openapi,
+    /// Print the CustomResourceDefinitions of mcpgw.io (or write one file each into `--dir`).
+    Crds {
+        /// Write `mcpgw.io_{plural}.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Manage gateways (upstream MCP servers).
     Gateways {
         #[command(flatten)]
@@ -1257,11 +1263,13 @@ const TOKEN_COLS: &[(&str, &str)] = &[
 /// Runs an operator verb.
 pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(_) | Command::Openapi => bail!("not a client command"),
         Command::Issuers { api, cmd } => edge::run(EdgeKind::Issuers, &api, cmd).await,
         Command::Policies { api, cmd } => edge::run(EdgeKind::Policies, &api, cmd).await,
         Command::Limits { api, cmd } => edge::run(EdgeKind::Limits, &api, cmd).await,
         Command::Plugins { api, cmd } => edge::run(EdgeKind::Plugins, &api, cmd).await,
+        Command::Serve(_) | Command::Openapi | Command::Crds { .. } => {
+            bail!("not a client command")
+        }
         Command::Login(a) => login(a).await,
         Command::Logout { api } => {
             let env = |n: &str| std::env::var(n).ok();

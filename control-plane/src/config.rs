@@ -213,6 +213,14 @@ pub struct ServeArgs {
     /// database URL].
     #[arg(long, env = "MCPGW_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Run the Kubernetes controller: reconcile `mcpgw.io` resources into the registry (the
+    /// replica holding the Lease writes; every replica serves). Reads the in-cluster
+    /// configuration (or KUBECONFIG), POD_NAME and POD_NAMESPACE.
+    #[arg(long, env = "MCPGW_KUBERNETES")]
+    pub kubernetes: bool,
+    /// The namespace the controller watches [default: all].
+    #[arg(long, env = "MCPGW_KUBERNETES_NAMESPACE")]
+    pub kubernetes_namespace: Option<String>,
 }
 
 /// The optional TOML file: same keys as the long flags.
@@ -271,6 +279,8 @@ pub struct FileConfig {
     /// `[oidc_providers.NAME]` tables: OpenID providers for admin login (file only: a table
     /// per provider does not fit a flag).
     oidc_providers: Option<std::collections::BTreeMap<String, crate::auth::oidc::ProviderConfig>>,
+    kubernetes: Option<bool>,
+    kubernetes_namespace: Option<String>,
 }
 
 /// A configuration error naming the offending setting.
@@ -441,6 +451,8 @@ pub struct Settings {
     pub api_timeouts: crate::serving::Timeouts,
     /// Authentication and authorization of the admin API.
     pub auth: crate::auth::AuthSettings,
+    /// The Kubernetes controller (`None`: off).
+    pub kubernetes: Option<crate::k8s::KubeSettings>,
 }
 
 impl Settings {
@@ -472,6 +484,7 @@ impl Settings {
                 dev_token: Some(None),
                 ..Default::default()
             },
+            kubernetes: None,
         }
     }
 }
@@ -1010,6 +1023,14 @@ impl ServeArgs {
             _ if dev => SecretBox::dev(),
             _ => return Err(ConfigError::MissingKey),
         };
+        let kubernetes = (self.kubernetes || file.kubernetes.unwrap_or(false)).then(|| {
+            crate::k8s::KubeSettings::from_env(
+                self.kubernetes_namespace
+                    .clone()
+                    .or(file.kubernetes_namespace.clone()),
+                |n| std::env::var(n).ok(),
+            )
+        });
         Ok(Settings {
             listen,
             database_url,
@@ -1056,6 +1077,7 @@ impl ServeArgs {
             relay_limits: crate::relay::Limits::default(),
             api_timeouts: crate::serving::Timeouts::default(),
             auth,
+            kubernetes,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod edge_config;
 pub mod federation;
+pub mod k8s;
 pub mod model;
 pub mod pinning;
 pub mod ratelimit;
@@ -204,6 +205,22 @@ pub async fn serve(
         metrics.clone(),
     );
     let loops = federation.spawn().await;
+    // The Kubernetes controller (leader-elected: every replica serves, one writes).
+    let controller = match settings.kubernetes.clone() {
+        Some(k) => {
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API (in-cluster configuration or KUBECONFIG)",
+            )?;
+            Some(tokio::spawn(k8s::run(
+                client,
+                k,
+                store.clone(),
+                settings.secrets.clone(),
+                federation.clone(),
+            )))
+        }
+        None => None,
+    };
     let state = AppState {
         store: store.clone(),
         federation: federation.clone(),
@@ -314,6 +331,9 @@ pub async fn serve(
     }
     publishing.abort();
     loops.abort();
+    if let Some(c) = controller {
+        c.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     result.context("serving the admin API")

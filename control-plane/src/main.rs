@@ -13,6 +13,7 @@ async fn main() -> std::process::ExitCode {
             print!("{}", mcpgw::api::openapi_json());
             Ok(())
         }
+        Command::Crds { dir } => mcpgw::k8s::crd::print_or_write(dir.as_deref()),
         other => mcpgw::cli::run_client(other).await,
     };
     match result {

@@ -22,6 +22,7 @@ pub mod identity;
 pub mod pins;
 pub mod policies;
 pub mod oidc;
+pub mod k8s;
 mod servers;
 
 use std::sync::Arc;
@@ -212,6 +213,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         description: "login through OpenID Connect providers",
         sql: include_str!("../migrations/0009_oidc_logins.sql"),
+    },
+    Migration {
+        version: 10,
+        description: "objects owned by Kubernetes resources",
+        sql: include_str!("../migrations/0010_k8s_owner.sql"),
     },
 ];
 

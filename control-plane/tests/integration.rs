@@ -19,6 +19,7 @@ mod integration {
     mod federation;
     mod identity;
     mod oidc;
+    mod k8s;
     mod openapi;
     mod pinning;
     mod policies;
