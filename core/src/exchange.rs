@@ -41,6 +41,7 @@ mod listen;
 mod observe;
 mod rewrite;
 mod sessions;
+mod upstream_identity;
 
 pub use head::RequestHead;
 pub use limits::Caller;
@@ -156,6 +157,8 @@ pub struct CallAnswer {
     pub status: Option<u16>,
     /// The `Mcp-Session-Id` response header.
     pub session_id: Option<String>,
+    /// The body, for the calls that read it ([`Exchange::reads_call_body`]).
+    pub body: Option<Vec<u8>>,
 }
 
 /// A gRPC call the filter makes on the request's behalf (the rate-limit service's
@@ -232,6 +235,8 @@ enum Phase {
     Calling(Pending),
     /// Waiting for the rate-limit service to admit a virtual server's request.
     Limiting(limits::Checking),
+    /// Waiting for the token endpoint to exchange the principal's token.
+    Exchanging(Box<upstream_identity::Waiting>),
     /// Decided and forwarded: the response is the upstream's.
     Forwarded,
     /// Handed to the session relay, whose streams repeat messages counted on their own way
@@ -320,6 +325,10 @@ pub struct Exchange {
     held: crate::limits::Held,
     /// Who makes the request, on a virtual server with `auth` (verified token).
     principal: Option<Rc<crate::auth::Principal>>,
+    /// The client's bearer token, kept when an upstream's identity is a token exchange.
+    subject_token: Option<String>,
+    /// What identifies the principal to the upstream the request goes to.
+    upstream_credential: Option<upstream_identity::UpstreamCredential>,
 }
 
 impl Exchange {
@@ -351,6 +360,8 @@ impl Exchange {
             post_plan: None,
             held: crate::limits::Held::default(),
             principal: None,
+            subject_token: None,
+            upstream_credential: None,
         }
     }
 
@@ -571,6 +582,12 @@ impl Exchange {
             && let Some(step) = self.authenticate(&server, fields, host)
         {
             return Some(step);
+        }
+        if config.exchanges_tokens && self.principal.is_some() {
+            self.subject_token = fields
+                .authorization_value
+                .and_then(crate::upstream_identity::bearer_token)
+                .map(str::to_owned);
         }
         // A 2026-era request has no session: its `Mcp-Session-Id`, if any, is ignored.
         if let (Some(token), Some(server), false) = (fields.session_id, self.server.clone(), modern)
@@ -864,9 +881,12 @@ impl Exchange {
                 self.pass_notification(msg, host)
             }
             Some(Answer::Accepted) => self.route_response(msg, host),
-            Some(Answer::Route(to)) => match self.guard_request(msg, host) {
-                Ok(edit) => self.route_upstream(msg, &to, edit, host),
-                Err(step) => step,
+            Some(Answer::Route(to)) => match self.upstream_token(msg, to.upstream_id, host) {
+                Some(step) => step,
+                None => match self.guard_request(msg, host) {
+                    Ok(edit) => self.route_upstream(msg, &to, edit, host),
+                    Err(step) => step,
+                },
             },
             Some(Answer::Listen) => self.listen(msg, host),
         }
@@ -939,6 +959,7 @@ impl Exchange {
         self.label(msg);
         self.propagate_trace_context(msg, &mut forward);
         self.strip_credentials(&mut forward);
+        self.identify_upstream(to.upstream_id, to.upstream, &mut forward, host);
         point_at(to.upstream, &mut forward);
         let upstream = to.upstream_id.to_owned();
         match (self.era, upstream_modern) {
@@ -993,10 +1014,12 @@ impl Exchange {
                     forward.headers.push((Header::Named(name), None));
                 }
                 self.bridging = true;
-                self.route_in_session(forward, upstream, host)
+                let step = self.route_in_session(forward, upstream, host);
+                self.stamp_calls(step)
             }
             (Era::Legacy, false) if self.session.is_some() => {
-                self.route_in_session(forward, upstream, host)
+                let step = self.route_in_session(forward, upstream, host);
+                self.stamp_calls(step)
             }
             (Era::Legacy, false) => {
                 self.drop_session_header(&mut forward);
@@ -1099,9 +1122,19 @@ impl Exchange {
 
     /// A call this exchange asked for has answered (or failed).
     pub fn on_call_answer(&mut self, tag: u32, answer: CallAnswer, host: &mut impl Host) -> Step {
-        let Phase::Calling(mut pending) = std::mem::replace(&mut self.phase, Phase::Replied) else {
-            return Step::Wait;
+        let step = self.call_answered(tag, answer, host);
+        self.stamp_calls(step)
+    }
+
+    fn call_answered(&mut self, tag: u32, answer: CallAnswer, host: &mut impl Host) -> Step {
+        let pending = match std::mem::replace(&mut self.phase, Phase::Replied) {
+            Phase::Calling(pending) => pending,
+            Phase::Exchanging(waiting) if waiting.tag == tag => {
+                return self.on_exchange_answer(waiting, answer, host);
+            }
+            _ => return Step::Wait,
         };
+        let mut pending = pending;
         let Some((upstream, stage)) = pending.calls.remove(&tag) else {
             self.phase = Phase::Calling(pending);
             return Step::Wait;
