@@ -195,6 +195,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "identity and access",
         sql: include_str!("../migrations/0005_identity.sql"),
     },
+    Migration {
+        version: 8,
+        description: "gateway upstream identity",
+        sql: include_str!("../migrations/0008_upstream_identity.sql"),
+    },
 ];
 
 /// The store's metrics (`mcpgw_store_*`).

@@ -101,6 +101,10 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         ("GET", "/xds/nodes" | "/snapshot") => Some(Rule::Global(AdminSystem)),
         ("GET", "/export") | ("POST", "/import") => Some(Rule::Global(AdminTransfer)),
         ("POST", "/gateways/{id}/refresh") => Some(Rule::Item(OwnedKind::Gateway, GatewaysUpdate)),
+        // The key lets its holder speak for any principal to the upstream.
+        ("GET", "/gateways/{id}/identity-key") => {
+            Some(Rule::Item(OwnedKind::Gateway, GatewaysUpdate))
+        }
         ("GET", "/tokens") => Some(Rule::Anywhere(TokensRead)),
         ("POST", "/tokens") => Some(Rule::Anywhere(TokensCreate)),
         ("GET", "/tokens/{id}") => Some(Rule::Token(TokensRead)),

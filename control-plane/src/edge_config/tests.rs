@@ -81,6 +81,7 @@ fn gateway(id: &str, url: &str, auth_type: AuthType) -> Gateway {
         enabled: true,
         reachable: true,
         auth_type,
+        identity: Default::default(),
         capabilities: None,
         server_info: None,
         protocol_version: None,
@@ -101,9 +102,16 @@ fn endpoints_of(list: &[(&str, &str, &[&str])]) -> EdgeUpstreams {
     list.iter()
         .map(|(id, url, addrs)| {
             let g = gateway(id, url, AuthType::None);
-            let access = upstream_access(&g, None, &SecretBox::dev()).unwrap();
+            let access = upstream_access(&g, None, None, &SecretBox::dev()).unwrap();
             let addresses = addrs.iter().map(|a| a.parse().unwrap()).collect();
-            ((*id).to_owned(), EdgeUpstream { access, addresses })
+            (
+                (*id).to_owned(),
+                EdgeUpstream {
+                    access,
+                    addresses,
+                    token_addresses: Vec::new(),
+                },
+            )
         })
         .collect()
 }
@@ -121,6 +129,7 @@ fn snapshot(version: &str) -> Snapshot {
                 path: path.into(),
                 authority: None,
                 protocol_versions: Vec::new(),
+                identity: Default::default(),
             },
         );
     }
@@ -848,7 +857,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
         (&with_token, Some(sealed.as_str()), "127.0.0.1"),
         (&with_query, None, "93.184.216.34"),
     ] {
-        let access = upstream_access(g, sealed, &secrets).unwrap();
+        let access = upstream_access(g, sealed, None, &secrets).unwrap();
         assert!(
             !format!("{access:?}").contains("secret"),
             "Debug shows a secret: {access:?}"
@@ -858,6 +867,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             EdgeUpstream {
                 access,
                 addresses: vec![addr.parse().unwrap()],
+                token_addresses: Vec::new(),
             },
         );
     }
@@ -867,7 +877,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             id.clone(),
             a.access
                 .target
-                .snapshot_entry(crate::snapshot::cluster_name(id)),
+                .snapshot_entry(crate::snapshot::cluster_name(id), Default::default()),
         );
     }
     assert_eq!(
@@ -959,6 +969,7 @@ fn credentials_become_headers_or_a_precise_error() {
         upstream_access(
             &gateway("g", "http://127.0.0.1:1/mcp", auth),
             sealed.as_deref(),
+            None,
             &secrets,
         )
         .map(|a| {
