@@ -272,6 +272,32 @@ impl Store {
                 }
             }
         }
+        // Token-exchange client secrets, bound to their gateway.
+        let rows = sqlx::query(
+            "SELECT id, identity_sealed FROM gateways WHERE identity_sealed IS NOT NULL",
+        )
+        .fetch_all(tx.conn())
+        .await?;
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let sealed: String = r.try_get("identity_sealed")?;
+            let label = crate::model::CLIENT_SECRET_LABEL;
+            match secrets.open_for(label, id.as_bytes(), &sealed) {
+                Ok((_, false)) => {}
+                Ok((plain, true)) => {
+                    let new = secrets.seal_for(label, id.as_bytes(), &plain)?;
+                    sqlx::query("UPDATE gateways SET identity_sealed = $1 WHERE id = $2")
+                        .bind(new)
+                        .bind(&id)
+                        .execute(tx.conn())
+                        .await?;
+                    done += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %id, error = %e, "token exchange client secret not re-sealed")
+                }
+            }
+        }
         tx.commit_quiet().await?;
         if done > 0 {
             tracing::info!(

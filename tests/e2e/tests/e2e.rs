@@ -21,4 +21,5 @@ mod cases {
     mod policy;
     mod routing;
     mod session;
+    mod upstream_identity;
 }
