@@ -127,6 +127,10 @@ fn exchange_identity(cluster: &str) -> Value {
 /// Five upstreams, one per mode (`down`: a token exchange whose endpoint is not there).
 fn snapshot(jwks: &Value) -> String {
     let up = |cluster: &str, identity: Value| json!({"cluster": cluster, "path": "/mcp", "identity": identity});
+    let tools: Vec<Value> = ["none", "static", "header", "tx", "down"]
+        .into_iter()
+        .map(tool)
+        .collect();
     json!({
         "session": {"keys": [SESSION_KEY]},
         "auth": {"issuers": {"idp": {
@@ -144,7 +148,7 @@ fn snapshot(jwks: &Value) -> String {
         },
         "servers": {"team": {
             "name": "Team",
-            "tools": ["none", "static", "header", "tx", "down"].map(tool),
+            "tools": tools,
             "auth": {"resource": RESOURCE, "scopes": ["tools.read", "tools.execute"],
                      "rules": [{"name": "eng", "when": "'eng' in principal.teams"}]}
         }}
