@@ -1130,7 +1130,7 @@ impl Exchange {
         let pending = match std::mem::replace(&mut self.phase, Phase::Replied) {
             Phase::Calling(pending) => pending,
             Phase::Exchanging(waiting) if waiting.tag == tag => {
-                return self.on_exchange_answer(waiting, answer, host);
+                return self.on_exchange_answer(*waiting, answer, host);
             }
             _ => return Step::Wait,
         };

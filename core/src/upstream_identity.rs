@@ -294,7 +294,11 @@ pub fn exchange_request(
 
 /// `application/x-www-form-urlencoded` encoding of `value`, appended to `out`.
 fn form_encode(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let hex = |n: u8| {
+        char::from_digit(u32::from(n), 16)
+            .unwrap_or('0')
+            .to_ascii_uppercase()
+    };
     for b in value.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
@@ -303,8 +307,8 @@ fn form_encode(out: &mut String, value: &str) {
             b' ' => out.push('+'),
             _ => {
                 out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0xf)]));
+                out.push(hex(b >> 4));
+                out.push(hex(b & 0xf));
             }
         }
     }

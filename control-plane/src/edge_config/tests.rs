@@ -757,7 +757,8 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
             "mcpgw-relay-upstreams",
             "mcpgw-relay-eras",
             "mcpgw-stream",
-            "x-mcpgw-jwt-payload"
+            "x-mcpgw-jwt-payload",
+            "x-mcpgw-identity"
         ]
     );
     assert!(!removed.contains(&mcpgw_core::edge::UPSTREAM_HEADER));

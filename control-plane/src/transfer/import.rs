@@ -527,7 +527,7 @@ async fn apply(
                     let url = (!current.url.is_redacted_form(p.url.as_str())).then_some(p.url);
                     // A changed identity replaces the stored one (a token exchange keeps
                     // its stored client secret; without one the entry fails).
-                    let identity = (current.identity != p.identity).then(|| (p.identity, None));
+                    let identity = (current.identity != p.identity).then_some((p.identity, None));
                     // No `auth`: the stored credentials stay as they are.
                     store
                         .update_gateway_tx(

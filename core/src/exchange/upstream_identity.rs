@@ -123,7 +123,7 @@ impl Exchange {
     /// is refused naming the step.
     pub(super) fn on_exchange_answer(
         &mut self,
-        waiting: Box<Waiting>,
+        waiting: Waiting,
         answer: CallAnswer,
         host: &mut impl Host,
     ) -> Step {

@@ -183,7 +183,8 @@ fn exchange_answers_are_read_or_refused_by_step() {
         default.use_until,
         now + DEFAULT_EXPIRES_IN_S - EXPIRY_SKEW_S
     );
-    let cases: [(&str, Option<u16>, Option<Vec<u8>>, ExchangeFailure); 7] = [
+    type Case = (&'static str, Option<u16>, Option<Vec<u8>>, ExchangeFailure);
+    let cases: [Case; 7] = [
         ("down", None, None, ExchangeFailure::Unreachable),
         (
             "invalid_grant",

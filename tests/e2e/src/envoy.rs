@@ -27,8 +27,11 @@ pub struct Cluster {
     pub addr: SocketAddr,
     /// Request headers its upstream filters remove, then add (as the control plane's
     /// clusters replace the client's credentials with a gateway's own).
-    pub headers: Option<(Vec<String>, Vec<(String, String)>)>,
+    pub headers: Option<HeaderRules>,
 }
+
+/// Request headers a cluster's upstream filters remove, then add (`(name, value)`).
+pub type HeaderRules = (Vec<String>, Vec<(String, String)>);
 
 /// One route of the listener's virtual host, matched in order.
 #[derive(Debug, Clone)]
