@@ -73,7 +73,7 @@ pub struct AppState {
     security(("bearer" = [])),
     paths(
         system::health, system::ready, system::version, system::metrics, system::registry,
-        gateways::refresh,
+        gateways::refresh, gateways::identity_key,
         transfer::export, transfer::import,
         xds::nodes, xds::snapshot,
     ),
@@ -185,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(system::openapi))
         .merge(kind_routes())
         .route("/gateways/{id}/refresh", post(gateways::refresh))
+        .route("/gateways/{id}/identity-key", get(gateways::identity_key))
         .route("/xds/nodes", get(xds::nodes))
         .route("/snapshot", get(xds::snapshot))
         .route("/export", get(transfer::export))

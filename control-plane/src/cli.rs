@@ -348,6 +348,12 @@ pub enum GatewayCmd {
         #[arg(long)]
         first_discovery: Option<String>,
     },
+    /// Show the key an upstream verifies the gateway's identity headers with (mode
+    /// identity-header).
+    IdentityKey {
+        /// Id or name.
+        gateway: String,
+    },
 }
 
 /// `mcpgw gateways add`.
@@ -370,6 +376,8 @@ pub struct GatewayAdd {
     pub tags: Vec<String>,
     #[command(flatten)]
     pub auth: UpstreamAuthArgs,
+    #[command(flatten)]
+    pub identity: UpstreamIdentityArgs,
     /// Store only; discover on the next refresh.
     #[arg(long)]
     pub no_discover: bool,
@@ -403,6 +411,83 @@ pub struct UpstreamAuthArgs {
     /// Custom header whose value is read from a file: `Name=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH")]
     pub header_file: Vec<String>,
+}
+
+/// As whom the Envoys call the upstream on a principal's behalf.
+#[derive(Debug, Args)]
+pub struct UpstreamIdentityArgs {
+    /// none, static (default: the stored credentials), identity-header (the principal as
+    /// a signed header) or token-exchange (RFC 8693, with the --exchange-* flags).
+    #[arg(long, value_name = "MODE")]
+    pub identity: Option<String>,
+    /// token-exchange: the authorization server's token endpoint.
+    #[arg(long, value_name = "URL")]
+    pub token_endpoint: Option<String>,
+    /// token-exchange: the gateway's OAuth client id there.
+    #[arg(long)]
+    pub exchange_client_id: Option<String>,
+    /// token-exchange: file holding the client secret (one line; owner-only), or the
+    /// `MCPGW_EXCHANGE_CLIENT_SECRET` environment variable.
+    #[arg(long, value_name = "PATH")]
+    pub exchange_client_secret_file: Option<PathBuf>,
+    /// token-exchange: `audience` to ask for.
+    #[arg(long)]
+    pub exchange_audience: Option<String>,
+    /// token-exchange: `resource` to ask for.
+    #[arg(long)]
+    pub exchange_resource: Option<String>,
+    /// token-exchange: `scope` to ask for.
+    #[arg(long)]
+    pub exchange_scope: Option<String>,
+}
+
+/// The `identity` of a gateway body from the flags (`None`: not given).
+pub fn upstream_identity(
+    a: UpstreamIdentityArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<Value>> {
+    let exchange_flags = a.token_endpoint.is_some()
+        || a.exchange_client_id.is_some()
+        || a.exchange_client_secret_file.is_some()
+        || a.exchange_audience.is_some()
+        || a.exchange_resource.is_some()
+        || a.exchange_scope.is_some();
+    let Some(mode) = a.identity else {
+        if exchange_flags {
+            bail!("the --exchange-* and --token-endpoint flags need --identity token-exchange");
+        }
+        return Ok(None);
+    };
+    if crate::model::IdentityMode::parse(&mode).is_none() {
+        bail!("--identity: none, static, identity-header or token-exchange, not {mode:?}");
+    }
+    if mode != "token-exchange" {
+        if exchange_flags {
+            bail!("the --exchange-* and --token-endpoint flags need --identity token-exchange");
+        }
+        return Ok(Some(json!({"mode": mode})));
+    }
+    let secret = match &a.exchange_client_secret_file {
+        Some(path) => Some(read_secret_file(path)?),
+        None => env("MCPGW_EXCHANGE_CLIENT_SECRET").filter(|s| !s.is_empty()),
+    };
+    let (Some(endpoint), Some(client_id), Some(secret)) =
+        (a.token_endpoint, a.exchange_client_id, secret)
+    else {
+        bail!(
+            "--identity token-exchange needs --token-endpoint, --exchange-client-id and \
+             --exchange-client-secret-file (or MCPGW_EXCHANGE_CLIENT_SECRET)"
+        );
+    };
+    Ok(Some(json!({
+        "mode": mode,
+        "token_exchange": {
+            "token_endpoint": endpoint, "client_id": client_id,
+            "audience": a.exchange_audience, "resource": a.exchange_resource,
+            "scope": a.exchange_scope,
+        },
+        "client_secret": secret,
+    })))
 }
 
 /// `mcpgw servers …`
@@ -1342,6 +1427,7 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                         description,
                         tags,
                         auth,
+                        identity,
                         no_discover,
                     } = *add;
                     let mut body = json!({
@@ -1351,6 +1437,12 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     let auth = upstream_auth(auth, &|name| std::env::var(name).ok())?;
                     if let (Value::Object(b), Value::Object(a)) = (&mut body, auth) {
                         b.extend(a);
+                    }
+                    if let (Value::Object(b), Some(i)) = (
+                        &mut body,
+                        upstream_identity(identity, &|name| std::env::var(name).ok())?,
+                    ) {
+                        b.insert("identity".into(), i);
                     }
                     let v = c.post("/gateways", &body).await?;
                     cols.push(("SYNC", "sync"));
@@ -1492,6 +1584,12 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                         v
                     };
                     print(api.output, &shown, PIN_COLS)
+                }
+                GatewayCmd::IdentityKey { gateway } => {
+                    let id = c.resolve("/gateways", &gateway).await?;
+                    let v = c.get(&format!("/gateways/{id}/identity-key")).await?;
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(())
                 }
             }
         }

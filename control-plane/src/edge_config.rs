@@ -49,7 +49,10 @@ pub use resolve::{
     checked_addresses,
 };
 pub use translate::*;
-pub use upstream::{Secret, SecretPair, UpstreamAccess, UpstreamTarget, upstream_access};
+pub use upstream::{
+    IDENTITY_ISSUER, Secret, SecretPair, TokenEndpoint, UpstreamAccess, UpstreamTarget,
+    identity_header, token_cluster_name, upstream_access,
+};
 
 /// The xDS listener's TLS, read from the files of `tls` (PEM): the control plane's
 /// certificate and key, and the CA that Envoys' client certificates must chain to.

@@ -9,6 +9,7 @@ mod exposure;
 mod names;
 mod spec;
 mod upstream;
+mod upstream_identity;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +24,9 @@ pub use spec::{
     ResourcePatch, ResourceSpec, ToolPatch, ToolSpec,
 };
 pub use upstream::{MAX_URL_BYTES, REDACTED, UpstreamUrl, redact_urls};
+pub use upstream_identity::{
+    CLIENT_SECRET_LABEL, GatewayIdentity, IdentityMode, TokenExchangeSettings, identity_key_label,
+};
 
 /// A value that does not parse: which field, and why (the API answers 422 naming it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -255,6 +259,8 @@ pub struct Gateway {
     pub reachable: bool,
     /// Kind of stored credentials.
     pub auth_type: AuthType,
+    /// As whom the Envoys call it on a principal's behalf.
+    pub identity: GatewayIdentity,
     /// Capabilities the upstream announced in `initialize`.
     pub capabilities: Option<Value>,
     /// `serverInfo` the upstream announced in `initialize`.
@@ -329,6 +335,11 @@ pub struct NewGateway {
     pub auth_type: AuthType,
     /// Sealed credentials.
     pub auth_sealed: Option<String>,
+    /// Upstream identity.
+    pub identity: GatewayIdentity,
+    /// The token exchange's client secret, sealed ([`CLIENT_SECRET_LABEL`], bound to the
+    /// gateway id).
+    pub identity_sealed: Option<String>,
 }
 
 /// A partial gateway update, as the store applies it.
@@ -348,6 +359,9 @@ pub struct GatewayPatch {
     pub enabled: Option<bool>,
     /// New credentials: `Some((type, sealed))`.
     pub auth: Option<(AuthType, Option<String>)>,
+    /// New upstream identity, with its sealed client secret (`None` with mode
+    /// token-exchange: keep the stored one).
+    pub identity: Option<(GatewayIdentity, Option<String>)>,
     /// Expected current version.
     pub expected_version: Option<i64>,
 }

@@ -210,6 +210,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0007_tool_pins.sql"),
     },
     Migration {
+        version: 8,
+        description: "gateway upstream identity",
+        sql: include_str!("../migrations/0008_upstream_identity.sql"),
+    },
+    Migration {
         version: 9,
         description: "login through OpenID Connect providers",
         sql: include_str!("../migrations/0009_oidc_logins.sql"),

@@ -89,6 +89,9 @@ pub struct ExportGateway {
     pub enabled: bool,
     /// Credential kind the gateway uses (the credentials themselves are not exported).
     pub auth_type: AuthType,
+    /// Upstream identity (a token exchange's client secret is not exported).
+    #[serde(default)]
+    pub identity: crate::model::GatewayIdentity,
 }
 
 /// An exported tool, resource or prompt.

@@ -27,5 +27,6 @@ mod integration {
     mod serving;
     mod store;
     mod transfer;
+    mod upstream_identity;
     mod xds;
 }

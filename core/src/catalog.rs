@@ -6,6 +6,7 @@
 //! answers a list by concatenating those bytes, without building or serializing a tree,
 //! and routes a call by the entry's `upstream` and `upstream_name`.
 
+use crate::upstream_identity::UpstreamIdentity;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -120,6 +121,10 @@ pub struct Upstream {
     /// when the upstream speaks it, and is bridged to the other era when it does not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocol_versions: Vec<String>,
+    /// As whom the edge calls it (default `static`: the cluster adds the gateway's own
+    /// credential). See [`crate::upstream_identity`].
+    #[serde(default, skip_serializing_if = "UpstreamIdentity::is_static")]
+    pub identity: UpstreamIdentity,
 }
 
 impl Upstream {
@@ -175,6 +180,9 @@ pub fn validate(servers: &Servers, upstreams: &Upstreams) -> Result<(), CatalogE
         }
         if !up.path.starts_with('/') {
             return err(format!("upstreams.{id}.path"), "must start with '/'");
+        }
+        if let Err((field, reason)) = up.identity.check() {
+            return err(format!("upstreams.{id}.identity.{field}"), &reason);
         }
     }
     for (id, server) in servers {

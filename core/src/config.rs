@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limiter,
     /// Identity: token checks, rules, metadata of the servers that have `auth`.
     pub access: Access,
+    /// Some upstream's identity is a token exchange: requests keep the client's token.
+    pub exchanges_tokens: bool,
 }
 
 impl Config {
@@ -47,6 +49,12 @@ impl Config {
     fn assemble(mut snapshot: Snapshot, guard: Guard) -> Config {
         // Before the catalog moves into the edge: the servers' `auth` is read from it.
         let access = Access::new(&snapshot);
+        let exchanges_tokens = snapshot.upstreams.values().any(|u| {
+            matches!(
+                u.identity,
+                crate::upstream_identity::UpstreamIdentity::TokenExchange(_)
+            )
+        });
         let edge = Edge::take(&mut snapshot);
         let limits = Limiter::new(&snapshot.limits);
         Config {
@@ -57,6 +65,7 @@ impl Config {
             guard,
             limits,
             access,
+            exchanges_tokens,
         }
     }
 

@@ -43,6 +43,7 @@ mod listen;
 mod observe;
 mod rewrite;
 mod sessions;
+mod upstream_identity;
 
 pub use external_post::Held;
 pub use head::RequestHead;
@@ -161,6 +162,8 @@ pub struct CallAnswer {
     pub status: Option<u16>,
     /// The `Mcp-Session-Id` response header.
     pub session_id: Option<String>,
+    /// The body, for the calls that read it ([`Exchange::reads_call_body`]).
+    pub body: Option<Vec<u8>>,
 }
 
 /// A gRPC call the filter makes on the request's behalf (the rate-limit service's
@@ -240,6 +243,8 @@ enum Phase {
     Limiting(limits::Checking),
     /// Waiting for an external guardrail's verdict on a request.
     Guarding(Box<external::Guarding>),
+    /// Waiting for the token endpoint to exchange the principal's token.
+    Exchanging(Box<upstream_identity::Waiting>),
     /// Decided and forwarded: the response is the upstream's.
     Forwarded,
     /// Handed to the session relay, whose streams repeat messages counted on their own way
@@ -332,6 +337,10 @@ pub struct Exchange {
     added_headers: Vec<(Header, Option<String>)>,
     /// The `external` post hooks the response is held for.
     post_external: Option<external_post::PostExternals>,
+    /// The client's bearer token, kept when an upstream's identity is a token exchange.
+    subject_token: Option<String>,
+    /// What identifies the principal to the upstream the request goes to.
+    upstream_credential: Option<upstream_identity::UpstreamCredential>,
 }
 
 impl Exchange {
@@ -365,6 +374,8 @@ impl Exchange {
             principal: None,
             added_headers: Vec::new(),
             post_external: None,
+            subject_token: None,
+            upstream_credential: None,
         }
     }
 
@@ -585,6 +596,12 @@ impl Exchange {
             && let Some(step) = self.authenticate(&server, fields, host)
         {
             return Some(step);
+        }
+        if config.exchanges_tokens && self.principal.is_some() {
+            self.subject_token = fields
+                .authorization_value
+                .and_then(crate::upstream_identity::bearer_token)
+                .map(str::to_owned);
         }
         // A 2026-era request has no session: its `Mcp-Session-Id`, if any, is ignored.
         if let (Some(token), Some(server), false) = (fields.session_id, self.server.clone(), modern)
@@ -896,9 +913,12 @@ impl Exchange {
                 self.pass_notification(msg, host)
             }
             Some(Answer::Accepted) => self.route_response(msg, host),
-            Some(Answer::Route(to)) => match self.guard_request(msg, external::Then::Edge, host) {
-                Ok(edit) => self.route_upstream(msg, &to, edit, host),
-                Err(step) => step,
+            Some(Answer::Route(to)) => match self.upstream_token(msg, to.upstream_id, host) {
+                Some(step) => step,
+                None => match self.guard_request(msg, external::Then::Edge, host) {
+                    Ok(edit) => self.route_upstream(msg, &to, edit, host),
+                    Err(step) => step,
+                },
             },
             Some(Answer::Listen) => self.listen(msg, host),
         }
@@ -974,6 +994,7 @@ impl Exchange {
         self.label(msg);
         self.propagate_trace_context(msg, &mut forward);
         self.strip_credentials(&mut forward);
+        self.identify_upstream(to.upstream_id, to.upstream, &mut forward, host);
         point_at(to.upstream, &mut forward);
         let upstream = to.upstream_id.to_owned();
         match (self.era, upstream_modern) {
@@ -1028,10 +1049,12 @@ impl Exchange {
                     forward.headers.push((Header::Named(name), None));
                 }
                 self.bridging = true;
-                self.route_in_session(forward, upstream, host)
+                let step = self.route_in_session(forward, upstream, host);
+                self.stamp_calls(step)
             }
             (Era::Legacy, false) if self.session.is_some() => {
-                self.route_in_session(forward, upstream, host)
+                let step = self.route_in_session(forward, upstream, host);
+                self.stamp_calls(step)
             }
             (Era::Legacy, false) => {
                 self.drop_session_header(&mut forward);
@@ -1134,9 +1157,19 @@ impl Exchange {
 
     /// A call this exchange asked for has answered (or failed).
     pub fn on_call_answer(&mut self, tag: u32, answer: CallAnswer, host: &mut impl Host) -> Step {
-        let Phase::Calling(mut pending) = std::mem::replace(&mut self.phase, Phase::Replied) else {
-            return Step::Wait;
+        let step = self.call_answered(tag, answer, host);
+        self.stamp_calls(step)
+    }
+
+    fn call_answered(&mut self, tag: u32, answer: CallAnswer, host: &mut impl Host) -> Step {
+        let pending = match std::mem::replace(&mut self.phase, Phase::Replied) {
+            Phase::Calling(pending) => pending,
+            Phase::Exchanging(waiting) if waiting.tag == tag => {
+                return self.on_exchange_answer(*waiting, answer, host);
+            }
+            _ => return Step::Wait,
         };
+        let mut pending = pending;
         let Some((upstream, stage)) = pending.calls.remove(&tag) else {
             self.phase = Phase::Calling(pending);
             return Step::Wait;

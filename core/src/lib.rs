@@ -32,3 +32,4 @@ pub mod snapshot;
 pub mod sniff;
 pub mod sse;
 pub mod trace;
+pub mod upstream_identity;

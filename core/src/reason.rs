@@ -86,6 +86,12 @@ pub enum Reason {
     /// A limit refused the request (429 with `Retry-After`, -32005, `data` naming the
     /// limit).
     RateLimited,
+    /// The authorization server refused to exchange the client's token for the upstream's
+    /// (or there was none to exchange): 401, -32001.
+    UpstreamIdentityRefused,
+    /// The token exchange for the upstream failed (endpoint down, error, unusable answer):
+    /// 502, -32603.
+    UpstreamIdentityFailed,
 }
 
 impl Reason {
@@ -109,6 +115,8 @@ impl Reason {
             Reason::ForbiddenHost => 421,
             Reason::RateLimited => 429,
             Reason::Internal => 500,
+            Reason::UpstreamIdentityRefused => 401,
+            Reason::UpstreamIdentityFailed => 502,
             Reason::HeaderMismatch
             | Reason::MissingEnvelope
             | Reason::UnsupportedVersion
@@ -138,7 +146,8 @@ impl Reason {
             Reason::HeaderMismatch => code::HEADER_MISMATCH,
             Reason::UnsupportedVersion => code::UNSUPPORTED_PROTOCOL_VERSION,
             Reason::ToolDenied | Reason::PluginBlocked => code::FORBIDDEN,
-            Reason::Internal => code::INTERNAL_ERROR,
+            Reason::Internal | Reason::UpstreamIdentityFailed => code::INTERNAL_ERROR,
+            Reason::UpstreamIdentityRefused => code::UNAUTHORIZED,
             Reason::RateLimited => code::RATE_LIMITED,
             Reason::Unauthenticated => code::UNAUTHORIZED,
             Reason::InsufficientScope | Reason::AccessDenied => code::FORBIDDEN,
@@ -184,6 +193,8 @@ impl Reason {
             Reason::PluginBlocked => "plugin_blocked",
             Reason::PluginInvalidArguments => "plugin_invalid_arguments",
             Reason::RateLimited => "rate_limited",
+            Reason::UpstreamIdentityRefused => "token_exchange_refused",
+            Reason::UpstreamIdentityFailed => "token_exchange_failed",
         }
     }
 

@@ -364,7 +364,7 @@ impl Context for Request {
         &mut self,
         token: u32,
         _headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
         let Some(tag) = self.calls.remove(&token) else {
@@ -376,10 +376,20 @@ impl Context for Request {
         let session_id = self
             .get_http_call_response_header_bytes("mcp-session-id")
             .and_then(|v| String::from_utf8(v).ok());
+        // Only the token endpoint's answer is read (`token_exchange`).
+        let body = self
+            .exchange
+            .reads_call_body(tag)
+            .then(|| self.get_http_call_response_body(0, body_size))
+            .flatten();
         let shared = Rc::clone(&self.shared);
         let step = self.exchange.on_call_answer(
             tag,
-            CallAnswer { status, session_id },
+            CallAnswer {
+                status,
+                session_id,
+                body,
+            },
             &mut FilterHost(&shared),
         );
         self.execute(step, true);

@@ -268,6 +268,8 @@ pub async fn setup(backend: &Backend, shape: Shape, xds: bool) -> anyhow::Result
             enabled: true,
             auth_type: AuthType::None,
             auth_sealed: None,
+            identity: Default::default(),
+            identity_sealed: None,
         };
         store
             .create_gateway_with_catalog(gw, Some(&discovered(g, shape.tools)), SEPARATOR)

@@ -398,7 +398,7 @@ fn inputs(view: &RegistryView) -> mcpgw::snapshot::SnapshotInputs {
                 let t = mcpgw::edge_config::UpstreamTarget::parse(g).ok()?;
                 Some((
                     g.id.clone(),
-                    t.snapshot_entry(mcpgw::snapshot::cluster_name(&g.id)),
+                    t.snapshot_entry(mcpgw::snapshot::cluster_name(&g.id), Default::default()),
                 ))
             })
             .collect(),

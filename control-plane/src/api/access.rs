@@ -113,6 +113,10 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         ("POST", "/gateways/{id}/changes/{change_id}/approve")
         | ("POST", "/gateways/{id}/changes/{change_id}/reject")
         | ("PUT", "/gateways/{id}/pinning") => Some(Rule::Item(OwnedKind::Gateway, GatewaysUpdate)),
+        // The key lets its holder speak for any principal to the upstream.
+        ("GET", "/gateways/{id}/identity-key") => {
+            Some(Rule::Item(OwnedKind::Gateway, GatewaysUpdate))
+        }
         ("GET", "/tokens") => Some(Rule::Anywhere(TokensRead)),
         ("POST", "/tokens") => Some(Rule::Anywhere(TokensCreate)),
         ("GET", "/tokens/{id}") => Some(Rule::Token(TokensRead)),

@@ -38,6 +38,31 @@ pub(crate) fn seal(
         })
 }
 
+/// Seals a token-exchange client secret, bound to the gateway.
+pub(crate) fn seal_client_secret(
+    secrets: &SecretBox,
+    secret: Option<&str>,
+    gateway_id: &str,
+) -> Result<Option<String>, Problem> {
+    secret
+        .map(|c| {
+            secrets.seal_for(
+                model::CLIENT_SECRET_LABEL,
+                gateway_id.as_bytes(),
+                c.as_bytes(),
+            )
+        })
+        .transpose()
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                e.to_string(),
+            )
+        })
+}
+
 /// The face of gateways.
 pub struct Gateways;
 
@@ -62,6 +87,8 @@ impl Face for Gateways {
             .check_separator(&s.federation.settings().separator)?;
         let id = crate::store::new_id();
         let sealed = seal(&s.secrets, draft.credentials.as_ref(), &id, &draft.url)?;
+        check_token_endpoint(s, &draft.identity.0).await?;
+        let identity_sealed = seal_client_secret(&s.secrets, draft.identity.1.as_deref(), &id)?;
         if s.store
             .find_gateway_by_name(draft.name.as_str())
             .await?
@@ -86,6 +113,8 @@ impl Face for Gateways {
                 .as_ref()
                 .map_or(model::AuthType::None, Credentials::auth_type),
             auth_sealed: sealed,
+            identity_sealed,
+            identity: draft.identity.0,
         };
         let (gateway, sync) = s
             .federation
@@ -135,6 +164,16 @@ impl Face for Gateways {
             .await
             .map_err(crate::federation::FederationError::from)?;
         }
+        if let Some((identity, _)) = &change.identity {
+            check_token_endpoint(s, identity).await?;
+        }
+        let identity = match change.identity {
+            Some((identity, secret)) => Some((
+                identity,
+                seal_client_secret(&s.secrets, secret.as_deref(), id)?,
+            )),
+            None => None,
+        };
         let credentials_changed = auth.is_some();
         let patch = GatewayPatch {
             name: change.name,
@@ -144,6 +183,7 @@ impl Face for Gateways {
             tags: change.tags,
             enabled: change.enabled,
             auth,
+            identity,
             expected_version: change.version,
         };
         let after = s.store.update_gateway(id, patch).await?;
@@ -220,4 +260,81 @@ pub async fn refresh(
         gateway: gateway.into(),
         sync: Some(report.into()),
     }))
+}
+
+/// How an upstream verifies the identity headers of a gateway in mode identity-header.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct IdentityKey {
+    /// The header the Envoys send: `x-mcpgw-identity`.
+    pub header: &'static str,
+    /// `HS256`: the header is a compact JWS, HMAC-SHA256 with `key`.
+    pub alg: &'static str,
+    /// The key's id (the JWS header's `kid`); it changes when the control plane's
+    /// encryption key is rotated.
+    pub kid: String,
+    /// The key, base64url without padding (32 bytes). Give it to the upstream only.
+    pub key: String,
+    /// `iss` of every header.
+    pub issuer: String,
+    /// `aud` of every header: the gateway's id.
+    pub audience: String,
+    /// Lifetime of each header (`exp` - `iat`), in seconds.
+    pub ttl_seconds: u64,
+}
+
+/// The key an upstream verifies this gateway's identity headers with (`gateways.update`
+/// on the gateway; 409 unless its identity mode is identity-header). The key is derived
+/// from the control plane's encryption key, so it can be read again at any time by whoever
+/// may change the gateway, and changes when that key is rotated.
+#[utoipa::path(get, path = "/gateways/{id}/identity-key", tag = "gateways", params(("id" = String, Path)),
+    responses((status = 200, body = IdentityKey),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub async fn identity_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<IdentityKey>, ApiError> {
+    use base64::Engine as _;
+    let gateway = s.store.get_gateway(&id).await?;
+    if gateway.identity.mode != model::IdentityMode::IdentityHeader {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "identity-mode",
+            "Not an identity-header gateway",
+            format!(
+                "gateway {} has identity mode {}: its upstream receives no identity header",
+                gateway.name,
+                gateway.identity.mode.as_str()
+            ),
+        )
+        .into());
+    }
+    let h = crate::edge_config::identity_header(&s.secrets, &id);
+    Ok(Json(IdentityKey {
+        header: mcpgw_core::upstream_identity::IDENTITY_HEADER,
+        alg: "HS256",
+        kid: h.kid,
+        key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.key.0),
+        issuer: h.issuer,
+        audience: h.audience,
+        ttl_seconds: h.ttl_seconds,
+    }))
+}
+
+/// The SSRF guard of gateway URLs, for a token exchange's endpoint.
+async fn check_token_endpoint(
+    s: &AppState,
+    identity: &model::GatewayIdentity,
+) -> Result<(), ApiError> {
+    if let Some(t) = &identity.token_exchange {
+        let url = t.endpoint()?;
+        crate::federation::check_upstream_url(
+            &url,
+            s.federation.settings().ssrf,
+            s.federation.settings().timeout,
+        )
+        .await
+        .map_err(crate::federation::FederationError::from)?;
+    }
+    Ok(())
 }

@@ -156,6 +156,9 @@ pub struct Gateway {
     pub reachable: bool,
     /// Kind of stored credentials (the credentials themselves are write-only).
     pub auth_type: AuthType,
+    /// As whom the Envoys call it on a principal's behalf (the token exchange's client
+    /// secret is write-only).
+    pub identity: model::GatewayIdentity,
     /// Capabilities the upstream announced in `initialize`.
     pub capabilities: Option<Value>,
     /// `serverInfo` the upstream announced in `initialize`.
@@ -199,6 +202,7 @@ impl From<model::Gateway> for Gateway {
             enabled,
             reachable,
             auth_type,
+            identity,
             capabilities,
             server_info,
             protocol_version,
@@ -222,6 +226,7 @@ impl From<model::Gateway> for Gateway {
             enabled,
             reachable,
             auth_type,
+            identity,
             capabilities,
             server_info,
             protocol_version,
@@ -362,6 +367,8 @@ pub struct GatewayCreate {
     pub auth_password: Option<String>,
     /// Headers (auth_type headers).
     pub auth_headers: Option<Vec<HeaderPair>>,
+    /// Upstream identity (default mode `static`).
+    pub identity: Option<IdentityBody>,
     /// Connect and discover now (default true). When false the gateway is stored as is
     /// and discovered by the next refresh.
     pub discover: Option<bool>,
@@ -395,8 +402,53 @@ pub struct GatewayUpdate {
     pub auth_password: Option<String>,
     /// Headers.
     pub auth_headers: Option<Vec<HeaderPair>>,
+    /// New upstream identity (replaces the whole field; mode token-exchange without
+    /// `client_secret` keeps the stored secret).
+    pub identity: Option<IdentityBody>,
     /// Expected current version (optimistic concurrency).
     pub version: Option<i64>,
+}
+
+/// The `identity` of a create or update body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityBody {
+    /// `none`, `static` (default), `identity-header` or `token-exchange`.
+    #[serde(default)]
+    pub mode: model::IdentityMode,
+    /// With mode token-exchange: where and for what the client's token is exchanged.
+    pub token_exchange: Option<model::TokenExchangeSettings>,
+    /// With mode token-exchange: the gateway's OAuth client secret at the token endpoint
+    /// (write-only: sealed at rest, sent only by the Envoys' token-endpoint cluster).
+    pub client_secret: Option<String>,
+}
+
+impl TryFrom<IdentityBody> for (model::GatewayIdentity, Option<String>) {
+    type Error = FieldInvalid;
+
+    fn try_from(b: IdentityBody) -> Result<Self, FieldInvalid> {
+        let IdentityBody {
+            mode,
+            token_exchange,
+            client_secret,
+        } = b;
+        let identity = model::GatewayIdentity {
+            mode,
+            token_exchange,
+        };
+        identity.check()?;
+        match (&client_secret, mode) {
+            (Some(_), m) if m != model::IdentityMode::TokenExchange => Err(FieldInvalid::new(
+                "identity.client_secret",
+                format!("only with mode token-exchange, not {}", m.as_str()),
+            )),
+            (Some(s), _) if s.is_empty() || s.len() > 4096 => Err(FieldInvalid::new(
+                "identity.client_secret",
+                "1..=4096 bytes",
+            )),
+            _ => Ok((identity, client_secret)),
+        }
+    }
 }
 
 /// Credential fields of a create or update body.
@@ -491,6 +543,8 @@ pub struct GatewayDraft {
     pub enabled: bool,
     /// Credentials in clear.
     pub credentials: Option<Credentials>,
+    /// Upstream identity, with its client secret in clear.
+    pub identity: (model::GatewayIdentity, Option<String>),
     /// Discover now.
     pub discover: bool,
 }
@@ -511,8 +565,19 @@ impl TryFrom<GatewayCreate> for GatewayDraft {
             auth_username,
             auth_password,
             auth_headers,
+            identity,
             discover,
         } = b;
+        let identity = match identity {
+            Some(body) => body.try_into()?,
+            None => (model::GatewayIdentity::default(), None),
+        };
+        if identity.0.mode == model::IdentityMode::TokenExchange && identity.1.is_none() {
+            return Err(FieldInvalid::new(
+                "identity.client_secret",
+                "required with mode token-exchange",
+            ));
+        }
         Ok(GatewayDraft {
             name: GatewayName::parse(&name)?,
             url: UpstreamUrl::parse(&url)?,
@@ -527,6 +592,7 @@ impl TryFrom<GatewayCreate> for GatewayDraft {
                 password: auth_password,
                 headers: auth_headers,
             })?,
+            identity,
             discover: discover.unwrap_or(true),
         })
     }
@@ -549,6 +615,8 @@ pub struct GatewayChange {
     pub enabled: Option<bool>,
     /// New credentials (`auth_type` given): the kind and the credentials in clear.
     pub auth: Option<(AuthType, Option<Credentials>)>,
+    /// New upstream identity, with its client secret in clear.
+    pub identity: Option<(model::GatewayIdentity, Option<String>)>,
     /// Expected current version.
     pub version: Option<i64>,
 }
@@ -569,6 +637,7 @@ impl TryFrom<GatewayUpdate> for GatewayChange {
             auth_username,
             auth_password,
             auth_headers,
+            identity,
             version,
         } = b;
         let auth = match auth_type {
@@ -604,6 +673,7 @@ impl TryFrom<GatewayUpdate> for GatewayChange {
             tags: opt_tags(raw_tags)?,
             enabled,
             auth,
+            identity: identity.map(TryInto::try_into).transpose()?,
             version,
         })
     }

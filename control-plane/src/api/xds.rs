@@ -60,6 +60,14 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, Problem> {
             *key = serde_json::Value::from(REDACTED);
         }
     }
+    // Identity-header keys, like the session keys, are for Envoys only.
+    if let Some(serde_json::Value::Object(ups)) = doc.get_mut("upstreams") {
+        for up in ups.values_mut() {
+            if let Some(key) = up.pointer_mut("/identity/key") {
+                *key = serde_json::Value::from(REDACTED);
+            }
+        }
+    }
     let body = serde_json::to_vec(&doc).map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -42,6 +42,11 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::xds::{AdsServer, Published, ResourceSet};
 
+/// The key of a gateway's token endpoint among the resolved addresses.
+fn token_key(id: &str) -> String {
+    format!("{id}#token")
+}
+
 /// How long registry changes are gathered before one rebuild: the first change after a
 /// quiet period starts the timer, every change until it fires is folded into one build.
 /// A leading timer rather than a trailing one that restarts on every change: a registry
@@ -265,9 +270,19 @@ impl Publisher {
             } else {
                 self.store.gateway_auth(&g.id).await?.1
             };
+            let identity_sealed = if g.identity.mode == crate::model::IdentityMode::TokenExchange {
+                self.store.gateway_identity_secret(&g.id).await?
+            } else {
+                None
+            };
             out.insert(
                 g.id.clone(),
-                upstream_access(g, sealed.as_deref(), &self.inputs.secrets),
+                upstream_access(
+                    g,
+                    sealed.as_deref(),
+                    identity_sealed.as_deref(),
+                    &self.inputs.secrets,
+                ),
             );
         }
         Ok(out)
@@ -283,12 +298,20 @@ impl Publisher {
     ) -> BTreeMap<String, Result<Vec<IpAddr>, AddressError>> {
         let resolver = self.inputs.settings.resolver.0.clone();
         let ssrf = self.inputs.ssrf;
-        let lookups = access.iter().filter_map(|(id, a)| {
-            let e = a.as_ref().ok()?.target.endpoint.clone();
-            let resolver = resolver.clone();
-            Some(async move {
-                let got = checked_addresses(&*resolver, &e.host, e.port, ssrf).await;
-                (id.clone(), got)
+        // A token-exchange gateway's token endpoint is checked like its URL, under the key
+        // `token_key(id)`.
+        let lookups = access.iter().flat_map(|(id, a)| {
+            let a = a.as_ref().ok();
+            let own = a.map(|a| (id.clone(), a.target.endpoint.clone()));
+            let token = a
+                .and_then(|a| a.token_endpoint.as_ref())
+                .map(|t| (token_key(id), t.target.endpoint.clone()));
+            own.into_iter().chain(token).map(|(key, e)| {
+                let resolver = resolver.clone();
+                async move {
+                    let got = checked_addresses(&*resolver, &e.host, e.port, ssrf).await;
+                    (key, got)
+                }
             })
         });
         let mut out = BTreeMap::new();
@@ -316,10 +339,27 @@ impl Publisher {
             let usable = access
                 .clone()
                 .and_then(|access| match edges.addresses.get(id) {
-                    Some(Ok(addresses)) => Ok(EdgeUpstream {
-                        access,
-                        addresses: addresses.clone(),
-                    }),
+                    Some(Ok(addresses)) => {
+                        let token_addresses =
+                            match (&access.token_endpoint, edges.addresses.get(&token_key(id))) {
+                                (None, _) => Vec::new(),
+                                (Some(_), Some(Ok(a))) => a.clone(),
+                                (Some(_), Some(Err(e))) => {
+                                    return Err(EdgeError::Address {
+                                        gateway: id.clone(),
+                                        source: e.clone(),
+                                    });
+                                }
+                                (Some(_), None) => {
+                                    return Err(EdgeError::MissingEndpoint(id.clone()));
+                                }
+                            };
+                        Ok(EdgeUpstream {
+                            access,
+                            addresses: addresses.clone(),
+                            token_addresses,
+                        })
+                    }
                     Some(Err(e)) => Err(EdgeError::Address {
                         gateway: id.clone(),
                         source: e.clone(),
@@ -353,7 +393,16 @@ impl Publisher {
                 .map(|_| RATELIMIT_CLUSTER.to_owned()),
             upstreams: upstreams
                 .iter()
-                .map(|(id, u)| (id.clone(), u.access.target.snapshot_entry(cluster_name(id))))
+                .map(|(id, u)| {
+                    let cluster = cluster_name(id);
+                    let identity = u
+                        .access
+                        .snapshot_identity(id, &cluster, &self.inputs.secrets);
+                    (
+                        id.clone(),
+                        u.access.target.snapshot_entry(cluster, identity),
+                    )
+                })
                 .collect(),
         };
         let (mut snapshot, shadowed) = assemble_reporting(view, &inputs)?;

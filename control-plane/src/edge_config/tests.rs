@@ -81,6 +81,7 @@ fn gateway(id: &str, url: &str, auth_type: AuthType) -> Gateway {
         enabled: true,
         reachable: true,
         auth_type,
+        identity: Default::default(),
         capabilities: None,
         server_info: None,
         protocol_version: None,
@@ -101,9 +102,16 @@ fn endpoints_of(list: &[(&str, &str, &[&str])]) -> EdgeUpstreams {
     list.iter()
         .map(|(id, url, addrs)| {
             let g = gateway(id, url, AuthType::None);
-            let access = upstream_access(&g, None, &SecretBox::dev()).unwrap();
+            let access = upstream_access(&g, None, None, &SecretBox::dev()).unwrap();
             let addresses = addrs.iter().map(|a| a.parse().unwrap()).collect();
-            ((*id).to_owned(), EdgeUpstream { access, addresses })
+            (
+                (*id).to_owned(),
+                EdgeUpstream {
+                    access,
+                    addresses,
+                    token_addresses: Vec::new(),
+                },
+            )
         })
         .collect()
 }
@@ -121,6 +129,7 @@ fn snapshot(version: &str) -> Snapshot {
                 path: path.into(),
                 authority: None,
                 protocol_versions: Vec::new(),
+                identity: Default::default(),
             },
         );
     }
@@ -748,7 +757,8 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
             "mcpgw-relay-upstreams",
             "mcpgw-relay-eras",
             "mcpgw-stream",
-            "x-mcpgw-jwt-payload"
+            "x-mcpgw-jwt-payload",
+            "x-mcpgw-identity"
         ]
     );
     assert!(!removed.contains(&mcpgw_core::edge::UPSTREAM_HEADER));
@@ -848,7 +858,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
         (&with_token, Some(sealed.as_str()), "127.0.0.1"),
         (&with_query, None, "93.184.216.34"),
     ] {
-        let access = upstream_access(g, sealed, &secrets).unwrap();
+        let access = upstream_access(g, sealed, None, &secrets).unwrap();
         assert!(
             !format!("{access:?}").contains("secret"),
             "Debug shows a secret: {access:?}"
@@ -858,6 +868,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             EdgeUpstream {
                 access,
                 addresses: vec![addr.parse().unwrap()],
+                token_addresses: Vec::new(),
             },
         );
     }
@@ -867,7 +878,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             id.clone(),
             a.access
                 .target
-                .snapshot_entry(crate::snapshot::cluster_name(id)),
+                .snapshot_entry(crate::snapshot::cluster_name(id), Default::default()),
         );
     }
     assert_eq!(
@@ -901,6 +912,7 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             "-proxy-authorization",
             "-cookie",
             "-x-mcpgw-jwt-payload",
+            "-x-mcpgw-identity",
             "+authorization: Bearer up-secret"
         ]
     );
@@ -912,7 +924,8 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
             "-authorization",
             "-proxy-authorization",
             "-cookie",
-            "-x-mcpgw-jwt-payload"
+            "-x-mcpgw-jwt-payload",
+            "-x-mcpgw-identity"
         ]
     );
     let query: Vec<(String, String)> = g2
@@ -950,6 +963,163 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
     assert!(!json.contains("secret"), "{json}");
 }
 
+/// Per identity mode: what each gateway's cluster removes and adds; a token-exchange
+/// gateway's token endpoint gets its own cluster adding the client authentication; the
+/// snapshot holds the identity (the header key, the exchange's cluster) and no secret.
+#[test]
+fn identity_modes_shape_the_clusters_and_the_snapshot() {
+    use crate::model::{GatewayIdentity, IdentityMode, TokenExchangeSettings};
+    use base64::Engine as _;
+    use mcpgw_core::upstream_identity::UpstreamIdentity;
+    let secrets = SecretBox::dev();
+    let mut with_token = gateway("g1", "http://127.0.0.1:9000/mcp", AuthType::Bearer);
+    let sealed = secrets
+        .seal_credentials(
+            &Credentials::Bearer {
+                token: "up-secret".into(),
+            },
+            binding(&with_token),
+        )
+        .unwrap();
+    let client_secret = secrets
+        .seal_for(crate::model::CLIENT_SECRET_LABEL, b"g1", b"cs-secret")
+        .unwrap();
+    let exchange = GatewayIdentity {
+        mode: IdentityMode::TokenExchange,
+        token_exchange: Some(TokenExchangeSettings {
+            token_endpoint: "http://127.0.0.1:9100/oauth/token?realm=a".into(),
+            client_id: "gw one".into(),
+            audience: Some("aud-1".into()),
+            resource: None,
+            scope: None,
+        }),
+    };
+    let cases: [(&str, GatewayIdentity, &[&str]); 4] = [
+        (
+            "none",
+            GatewayIdentity {
+                mode: IdentityMode::None,
+                token_exchange: None,
+            },
+            &[
+                "-authorization",
+                "-proxy-authorization",
+                "-cookie",
+                "-x-mcpgw-jwt-payload",
+                "-x-mcpgw-identity",
+            ],
+        ),
+        (
+            "static",
+            GatewayIdentity::default(),
+            &[
+                "-authorization",
+                "-proxy-authorization",
+                "-cookie",
+                "-x-mcpgw-jwt-payload",
+                "-x-mcpgw-identity",
+                "+authorization: Bearer up-secret",
+            ],
+        ),
+        (
+            "identity-header",
+            GatewayIdentity {
+                mode: IdentityMode::IdentityHeader,
+                token_exchange: None,
+            },
+            &[
+                "-authorization",
+                "-proxy-authorization",
+                "-cookie",
+                "-x-mcpgw-jwt-payload",
+            ],
+        ),
+        (
+            "token-exchange",
+            exchange,
+            &[
+                "-proxy-authorization",
+                "-cookie",
+                "-x-mcpgw-jwt-payload",
+                "-x-mcpgw-identity",
+            ],
+        ),
+    ];
+    let shown = |m: &Mutations| -> Vec<String> {
+        m.request_mutations
+            .iter()
+            .map(|m| match &m.action {
+                Some(header_mutation::Action::Remove(h)) => format!("-{h}"),
+                Some(header_mutation::Action::Append(h)) => {
+                    let hv = h.header.as_ref().unwrap();
+                    format!("+{}: {}", hv.key, hv.value)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    for (name, identity, want) in cases {
+        with_token.identity = identity;
+        let access =
+            upstream_access(&with_token, Some(&sealed), Some(&client_secret), &secrets).unwrap();
+        let cluster = crate::snapshot::cluster_name("g1");
+        let mut snap = snapshot("1");
+        snap.upstreams.retain(|id, _| id == "g1");
+        let entry_identity = access.snapshot_identity("g1", &cluster, &secrets);
+        snap.upstreams.insert(
+            "g1".into(),
+            access
+                .target
+                .snapshot_entry(cluster.clone(), entry_identity),
+        );
+        let ends: EdgeUpstreams = [(
+            "g1".to_owned(),
+            EdgeUpstream {
+                access,
+                addresses: vec!["127.0.0.1".parse().unwrap()],
+                token_addresses: vec!["127.0.0.1".parse().unwrap()],
+            },
+        )]
+        .into();
+        let set = resources(&snap, &ends, &settings()).unwrap();
+        let c = mutations_of(&get(&set, TypeUrl::Cluster, &cluster));
+        assert_eq!(shown(&c), want, "{name}");
+        let token_cluster = crate::edge_config::token_cluster_name(&cluster);
+        let has_token_cluster = set
+            .resources(TypeUrl::Cluster)
+            .any(|r| r.name() == token_cluster);
+        assert_eq!(has_token_cluster, name == "token-exchange", "{name}");
+        match &snap.upstreams["g1"].identity {
+            UpstreamIdentity::TokenExchange(t) => {
+                assert_eq!(t.cluster, token_cluster);
+                assert_eq!(
+                    (t.path.as_str(), t.authority.as_str()),
+                    ("/oauth/token?realm=a", "127.0.0.1:9100")
+                );
+                assert_eq!(t.audience.as_deref(), Some("aud-1"));
+                let tc = mutations_of(&get(&set, TypeUrl::Cluster, &token_cluster));
+                // RFC 6749 §2.3.1: form-encoded, then Basic.
+                let basic = base64::engine::general_purpose::STANDARD.encode("gw+one:cs-secret");
+                assert_eq!(
+                    shown(&tc).last().unwrap(),
+                    &format!("+authorization: Basic {basic}")
+                );
+            }
+            UpstreamIdentity::IdentityHeader(h) => {
+                assert_eq!(h.audience, "g1");
+                assert_eq!(h.key.0, secrets.derive("mcpgw/identity-header/v1/g1"));
+            }
+            other => assert_eq!(other.is_static(), name == "static", "{name}"),
+        }
+        // The secrets are in clusters only.
+        let json = serde_json::to_string(&snap).unwrap();
+        assert!(!json.contains("secret"), "{name}: {json}");
+        for r in set.resources(TypeUrl::Listener) {
+            assert!(!contains(&r.body().value, b"cs-secret"));
+        }
+    }
+}
+
 #[test]
 fn credentials_become_headers_or_a_precise_error() {
     let secrets = SecretBox::dev();
@@ -959,6 +1129,7 @@ fn credentials_become_headers_or_a_precise_error() {
         upstream_access(
             &gateway("g", "http://127.0.0.1:1/mcp", auth),
             sealed.as_deref(),
+            None,
             &secrets,
         )
         .map(|a| {

@@ -57,7 +57,8 @@ use mcpgw_core::edge::{
 use mcpgw_core::snapshot::Snapshot;
 
 use super::resolve::{AddressError, EdgeResolver};
-use super::upstream::UpstreamAccess;
+use super::upstream::{TokenEndpoint, UpstreamAccess, token_cluster_name};
+use crate::model::IdentityMode;
 use crate::xds::{ResourceSet, ResourceSetError};
 
 /// Name of the MCP listener (LDS).
@@ -318,6 +319,8 @@ pub struct EdgeUpstream {
     pub access: UpstreamAccess,
     /// Addresses that passed the SSRF policy (at least one).
     pub addresses: Vec<IpAddr>,
+    /// With identity mode token-exchange: the token endpoint's checked addresses.
+    pub token_addresses: Vec<IpAddr>,
 }
 
 /// Upstreams the edge can serve, by gateway id.
@@ -346,6 +349,11 @@ pub fn resources(
             upstream.cluster.clone(),
             &upstream_cluster(&upstream.cluster, edge, settings),
         )?;
+        if let Some(endpoint) = &edge.access.token_endpoint {
+            let name = token_cluster_name(&upstream.cluster);
+            let c = token_cluster(&name, endpoint, &edge.token_addresses, settings);
+            b.insert(name, &c)?;
+        }
     }
     if let Some(relay) = &settings.relay {
         b.insert(RELAY_CLUSTER, &relay_cluster(relay, settings))?;
@@ -646,6 +654,8 @@ fn listener(
         mutations: std::iter::once(route_header)
             .chain(INTERNAL_HEADERS)
             .chain(IDENTITY_HEADERS)
+            // Only the filter signs the principal for an upstream.
+            .chain([mcpgw_core::upstream_identity::IDENTITY_HEADER])
             .map(|h| mutation_rules::HeaderMutation {
                 action: Some(mutation_rules::header_mutation::Action::Remove(
                     h.to_owned(),
@@ -743,10 +753,22 @@ fn listener(
 /// gateway's own in (and its URL's secret query parameters), then the codec. They run on
 /// every request the cluster carries: routed calls and the filter's own
 /// `dispatch_http_call`s (its upstream `initialize` and `DELETE`).
+///
+/// By identity mode: `static` adds the gateway's credentials; `none` adds nothing;
+/// `identity-header` keeps the filter's signed `x-mcpgw-identity`; `token-exchange` keeps the
+/// `authorization` the filter set to the exchanged token (the filter removes the client's
+/// from every request it lets through, and its own calls never carry it). Every other
+/// mode removes `x-mcpgw-identity` as well.
 fn credential_filters(access: &UpstreamAccess) -> Vec<HttpFilter> {
+    let mode = access.mode;
     let remove = CLIENT_CREDENTIAL_HEADERS
         .iter()
+        .filter(|h| !(mode == IdentityMode::TokenExchange && **h == "authorization"))
         .chain(&IDENTITY_HEADERS)
+        .chain(
+            (mode != IdentityMode::IdentityHeader)
+                .then_some(&mcpgw_core::upstream_identity::IDENTITY_HEADER),
+        )
         .map(|h| mutation_rules::HeaderMutation {
             action: Some(mutation_rules::header_mutation::Action::Remove(
                 (*h).to_owned(),
@@ -898,8 +920,47 @@ fn load_assignment(
 /// Envoy never resolves the name itself), TLS with SNI and certificate checks on the name
 /// for https, the gateway's credentials in its upstream filters, explicit limits.
 fn upstream_cluster(name: &str, edge: &EdgeUpstream, settings: &EdgeSettings) -> Cluster {
-    let e = &edge.access.target.endpoint;
-    let hosts: Vec<String> = edge.addresses.iter().map(IpAddr::to_string).collect();
+    endpoint_cluster(
+        name,
+        &edge.access.target.endpoint,
+        &edge.addresses,
+        credential_filters(&edge.access),
+        settings,
+    )
+}
+
+/// The cluster of a token-exchange gateway's token endpoint: like an upstream's, with the
+/// gateway's client authentication added to every request (the filter's exchange calls).
+fn token_cluster(
+    name: &str,
+    endpoint: &TokenEndpoint,
+    addresses: &[IpAddr],
+    settings: &EdgeSettings,
+) -> Cluster {
+    let access = UpstreamAccess {
+        target: endpoint.target.clone(),
+        headers: endpoint.headers.clone(),
+        mode: IdentityMode::Static,
+        token_endpoint: None,
+    };
+    endpoint_cluster(
+        name,
+        &endpoint.target.endpoint,
+        addresses,
+        credential_filters(&access),
+        settings,
+    )
+}
+
+/// A cluster of `e` at the checked `addresses`, with upstream HTTP `filters`.
+fn endpoint_cluster(
+    name: &str,
+    e: &UpstreamEndpoint,
+    addresses: &[IpAddr],
+    filters: Vec<HttpFilter>,
+    settings: &EdgeSettings,
+) -> Cluster {
+    let hosts: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
     let transport_socket = e
         .tls
         .then(|| tls_socket(&upstream_tls(e, settings.upstream_ca_file.as_deref(), None)));
@@ -911,7 +972,7 @@ fn upstream_cluster(name: &str, edge: &EdgeUpstream, settings: &EdgeSettings) ->
         connect_timeout: secs(CONNECT_TIMEOUT_S),
         typed_extension_protocol_options: [(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            any(&http1_options(credential_filters(&edge.access))),
+            any(&http1_options(filters)),
         )]
         .into_iter()
         .collect(),

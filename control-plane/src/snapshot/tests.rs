@@ -13,6 +13,7 @@ fn gateway(id: &str, url: &str, enabled: bool, reachable: bool) -> Gateway {
         enabled,
         reachable,
         auth_type: AuthType::None,
+        identity: Default::default(),
         capabilities: None,
         server_info: None,
         protocol_version: None,
@@ -131,7 +132,10 @@ fn inputs(view: &RegistryView, policy: Policy) -> SnapshotInputs {
             .iter()
             .filter_map(|g| {
                 let t = crate::edge_config::UpstreamTarget::parse(g).ok()?;
-                Some((g.id.clone(), t.snapshot_entry(cluster_name(&g.id))))
+                Some((
+                    g.id.clone(),
+                    t.snapshot_entry(cluster_name(&g.id), Default::default()),
+                ))
             })
             .collect(),
         ..SnapshotInputs::new(policy)

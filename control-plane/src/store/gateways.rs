@@ -9,12 +9,12 @@ use super::{
 };
 use crate::crypto::{CredentialBinding, SecretBox};
 use crate::model::{
-    AuthType, Credentials, Gateway, GatewayName, GatewayPatch, ListFilter, NewGateway, Page,
-    Transport, UpstreamUrl,
+    AuthType, Credentials, Gateway, GatewayIdentity, GatewayName, GatewayPatch, ListFilter,
+    NewGateway, Page, Transport, UpstreamUrl,
 };
 
 const COLS: &str = "id, name, url, transport, description, tags, enabled, reachable, auth_type, \
-    capabilities, server_info, protocol_version, protocol_versions, last_seen, last_error, \
+    identity, capabilities, server_info, protocol_version, protocol_versions, last_seen, last_error, \
     consecutive_failures, \
     collisions, skipped, created_at, updated_at, version";
 
@@ -47,6 +47,10 @@ fn row_to_gateway(row: &AnyRow) -> Result<Gateway, StoreError> {
         reachable: get_bool(row, "reachable")?,
         auth_type: AuthType::parse(&auth)
             .ok_or_else(|| StoreError::Corrupt(format!("auth_type {auth:?}")))?,
+        identity: {
+            let raw: String = row.try_get("identity")?;
+            GatewayIdentity::from_json(&raw).map_err(corrupt)?
+        },
         capabilities: parse_json_opt(row, "capabilities")?,
         server_info: parse_json_opt(row, "server_info")?,
         protocol_version: row.try_get("protocol_version")?,
@@ -84,8 +88,8 @@ impl Store {
         let ts = now();
         sqlx::query(
             "INSERT INTO gateways (id, name, url, transport, description, tags, enabled, reachable, \
-             auth_type, auth_sealed, created_at, updated_at, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $10, 1)",
+             auth_type, auth_sealed, identity, identity_sealed, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $12, 1)",
         )
         .bind(&id)
         .bind(g.name.as_str())
@@ -96,6 +100,8 @@ impl Store {
         .bind(i64::from(g.enabled))
         .bind(g.auth_type.as_str())
         .bind(g.auth_sealed)
+        .bind(g.identity.to_json())
+        .bind(g.identity_sealed)
         .bind(&ts)
         .execute(tx.conn())
         .await
@@ -266,6 +272,32 @@ impl Store {
                 }
             }
         }
+        // Token-exchange client secrets, bound to their gateway.
+        let rows = sqlx::query(
+            "SELECT id, identity_sealed FROM gateways WHERE identity_sealed IS NOT NULL",
+        )
+        .fetch_all(tx.conn())
+        .await?;
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let sealed: String = r.try_get("identity_sealed")?;
+            let label = crate::model::CLIENT_SECRET_LABEL;
+            match secrets.open_for(label, id.as_bytes(), &sealed) {
+                Ok((_, false)) => {}
+                Ok((plain, true)) => {
+                    let new = secrets.seal_for(label, id.as_bytes(), &plain)?;
+                    sqlx::query("UPDATE gateways SET identity_sealed = $1 WHERE id = $2")
+                        .bind(new)
+                        .bind(&id)
+                        .execute(tx.conn())
+                        .await?;
+                    done += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %id, error = %e, "token exchange client secret not re-sealed")
+                }
+            }
+        }
         tx.commit_quiet().await?;
         if done > 0 {
             tracing::info!(
@@ -274,6 +306,19 @@ impl Store {
             );
         }
         Ok(done)
+    }
+
+    /// The sealed token-exchange client secret of a gateway, if it has one.
+    pub async fn gateway_identity_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT identity_sealed FROM gateways WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "gateway",
+                id: id.to_owned(),
+            })?;
+        Ok(row.try_get("identity_sealed")?)
     }
 
     /// Sealed credentials of a gateway: `(auth_type, sealed)`.
@@ -408,6 +453,41 @@ impl Store {
                 expected: cur.version,
                 current: cur.version + 1,
             });
+        }
+        if let Some((identity, sealed)) = p.identity {
+            // Mode token-exchange without a new secret keeps the stored one (there must be
+            // one); any other mode drops it.
+            let keep =
+                sealed.is_none() && identity.mode == crate::model::IdentityMode::TokenExchange;
+            if keep {
+                let stored: Option<String> =
+                    sqlx::query("SELECT identity_sealed FROM gateways WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(tx.conn())
+                        .await?
+                        .try_get("identity_sealed")?;
+                if stored.is_none() {
+                    return Err(crate::model::FieldInvalid::new(
+                        "identity.client_secret",
+                        "required with mode token-exchange (none is stored)",
+                    )
+                    .into());
+                }
+                sqlx::query("UPDATE gateways SET identity = $1 WHERE id = $2")
+                    .bind(identity.to_json())
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE gateways SET identity = $1, identity_sealed = $2 WHERE id = $3",
+                )
+                .bind(identity.to_json())
+                .bind(sealed)
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            }
         }
         if enabled != cur.enabled {
             for kind in crate::model::CatalogKind::ALL {

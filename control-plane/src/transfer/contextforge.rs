@@ -161,6 +161,7 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
             tags: tags(g),
             enabled: active(g),
             auth_type: AuthType::None,
+            identity: Default::default(),
         });
     }
     for (i, t) in list(entities, "tools").iter().enumerate() {

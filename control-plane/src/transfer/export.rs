@@ -35,6 +35,7 @@ pub async fn export(store: &Store, types: &HashSet<&str>) -> Result<ExportDocume
                 tags: g.tags.to_strings(),
                 enabled: g.enabled,
                 auth_type: g.auth_type,
+                identity: g.identity.clone(),
             });
         }
     }

@@ -101,6 +101,7 @@ struct ParsedGateway {
     tags: Tags,
     enabled: bool,
     auth_type: AuthType,
+    identity: crate::model::GatewayIdentity,
 }
 
 /// An item entry, parsed.
@@ -329,6 +330,10 @@ async fn parse(
                     tags: Tags::parse(&g.tags)?,
                     enabled: g.enabled,
                     auth_type: g.auth_type,
+                    identity: {
+                        g.identity.check()?;
+                        g.identity.clone()
+                    },
                 };
                 // An update carries no credentials: the stored ones may not move to
                 // another origin (the redacted URL of an export is no move).
@@ -490,6 +495,8 @@ async fn apply(
                                 enabled: p.enabled,
                                 auth_type: AuthType::None,
                                 auth_sealed: None,
+                                identity: p.identity.clone(),
+                                identity_sealed: None,
                             },
                         )
                         .await
@@ -505,6 +512,11 @@ async fn apply(
                             p.auth_type.as_str()
                         ));
                     }
+                    if p.identity.mode == crate::model::IdentityMode::TokenExchange {
+                        report.warnings.push(format!(
+                            "gateway {name}: its token exchange's client secret is not exported; the Envoys leave it out until it is given (PUT /gateways/{id} with identity.client_secret)"
+                        ));
+                    }
                     report.created_gateways.push(id);
                     gateway_names.insert(g.name.clone(), name.to_string());
                 }
@@ -513,6 +525,9 @@ async fn apply(
                     // stored one (and its query secrets).
                     let current = store.get_gateway(id).await.map_err(at)?;
                     let url = (!current.url.is_redacted_form(p.url.as_str())).then_some(p.url);
+                    // A changed identity replaces the stored one (a token exchange keeps
+                    // its stored client secret; without one the entry fails).
+                    let identity = (current.identity != p.identity).then_some((p.identity, None));
                     // No `auth`: the stored credentials stay as they are.
                     store
                         .update_gateway_tx(
@@ -524,6 +539,7 @@ async fn apply(
                                 description: p.description,
                                 tags: Some(p.tags),
                                 enabled: Some(p.enabled),
+                                identity,
                                 ..Default::default()
                             },
                         )

@@ -81,6 +81,7 @@ pub fn gateway(id: &str, url: &str) -> Gateway {
         enabled: true,
         reachable: true,
         auth_type: AuthType::None,
+        identity: Default::default(),
         capabilities: None,
         server_info: None,
         protocol_version: None,
@@ -141,12 +142,14 @@ async fn the_generated_listener_verifies_tokens_before_the_filter() {
     let running = upstream.serve_stateless(0).await;
     let snapshot = snapshot(&jwks);
     let mut upstreams = EdgeUpstreams::new();
-    let access = upstream_access(&gateway("g1", &running.url), None, &SecretBox::dev()).unwrap();
+    let access =
+        upstream_access(&gateway("g1", &running.url), None, None, &SecretBox::dev()).unwrap();
     upstreams.insert(
         "g1".into(),
         EdgeUpstream {
             access,
             addresses: vec![running.addr.ip()],
+            token_addresses: Vec::new(),
         },
     );
     let settings = EdgeSettings {

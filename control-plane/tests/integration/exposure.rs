@@ -283,6 +283,8 @@ async fn a_collision_a_rediscovery_brings_leaves_the_later_entry_out() {
                         enabled: true,
                         auth_type: AuthType::None,
                         auth_sealed: None,
+                        identity: Default::default(),
+                        identity_sealed: None,
                     },
                     Some(&Discovered {
                         resources: vec![resource("doc", uri)],

@@ -19,6 +19,8 @@ fn gateway(name: &str) -> NewGateway {
         enabled: true,
         auth_type: AuthType::None,
         auth_sealed: None,
+        identity: Default::default(),
+        identity_sealed: None,
     }
 }
 

@@ -363,6 +363,7 @@ impl Exchange {
             body: None,
         };
         self.strip_credentials(&mut forward);
+        self.identify_upstream(&id, up, &mut forward, host);
         point_at(up, &mut forward);
         Step::Forward(forward)
     }

@@ -723,16 +723,19 @@ fn drive(
                 Some((_, sid)) => CallAnswer {
                     status: Some(200),
                     session_id: sid.map(str::to_owned),
+                    body: None,
                 },
                 None => CallAnswer {
                     status: Some(500),
                     session_id: None,
+                    body: None,
                 },
             }
         } else {
             CallAnswer {
                 status: Some(200),
                 session_id: None,
+                body: None,
             }
         };
         last = x.on_call_answer(call.tag, answer, host);

@@ -25,7 +25,13 @@ pub struct Cluster {
     pub name: String,
     /// Where the upstream listens.
     pub addr: SocketAddr,
+    /// Request headers its upstream filters remove, then add (as the control plane's
+    /// clusters replace the client's credentials with a gateway's own).
+    pub headers: Option<HeaderRules>,
 }
+
+/// Request headers a cluster's upstream filters remove, then add (`(name, value)`).
+pub type HeaderRules = (Vec<String>, Vec<(String, String)>);
 
 /// One route of the listener's virtual host, matched in order.
 #[derive(Debug, Clone)]
@@ -66,6 +72,7 @@ impl EnvoyConfig {
             clusters: vec![Cluster {
                 name: "upstream".into(),
                 addr: upstream,
+                headers: None,
             }],
             grpc_clusters: Vec::new(),
             routes: Vec::new(),
@@ -88,6 +95,29 @@ impl EnvoyConfig {
         self.clusters.push(Cluster {
             name: name.into(),
             addr,
+            headers: None,
+        });
+        self
+    }
+
+    /// Adds a static cluster whose upstream filters remove `remove` and add `add` on every
+    /// request (routed, or the filter's own calls).
+    pub fn cluster_with_headers(
+        mut self,
+        name: &str,
+        addr: SocketAddr,
+        remove: &[&str],
+        add: &[(&str, &str)],
+    ) -> Self {
+        self.clusters.push(Cluster {
+            name: name.into(),
+            addr,
+            headers: Some((
+                remove.iter().map(|h| (*h).to_owned()).collect(),
+                add.iter()
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )),
         });
         self
     }
@@ -150,7 +180,13 @@ impl EnvoyConfig {
         let clusters = self
             .clusters
             .iter()
-            .map(|c| bootstrap::static_cluster(&c.name, c.addr, "2s"))
+            .map(|c| {
+                let mut cluster = bootstrap::static_cluster(&c.name, c.addr, "2s");
+                if let Some((remove, add)) = &c.headers {
+                    cluster["typed_extension_protocol_options"] = header_mutation(remove, add);
+                }
+                cluster
+            })
             .chain(self.grpc_clusters.iter().map(|c| {
                 let mut cluster = bootstrap::static_cluster(&c.name, c.addr, "1s");
                 cluster["typed_extension_protocol_options"] = h2.clone();
@@ -301,4 +337,28 @@ impl Envoy {
     pub fn pid(&self) -> u32 {
         self.envoy.pid()
     }
+}
+
+/// `typed_extension_protocol_options` of a cluster whose upstream HTTP filters remove
+/// `remove` and add `add` to every request.
+fn header_mutation(remove: &[String], add: &[(String, String)]) -> Value {
+    let mutations: Vec<Value> = remove
+        .iter()
+        .map(|h| json!({"remove": h}))
+        .chain(add.iter().map(|(k, v)| {
+            json!({"append": {"header": {"key": k, "value": v},
+                              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}})
+        }))
+        .collect();
+    json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [
+            {"name": "envoy.filters.http.header_mutation", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": mutations}}},
+            {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}
+        ]
+    }})
 }

@@ -22,4 +22,5 @@ mod cases {
     mod policy;
     mod routing;
     mod session;
+    mod upstream_identity;
 }

@@ -141,6 +141,8 @@ async fn main() -> anyhow::Result<()> {
                 enabled: true,
                 auth_type: AuthType::None,
                 auth_sealed: None,
+                identity: Default::default(),
+                identity_sealed: None,
             },
             Some(&Discovered {
                 tools: vec![DiscoveredItem {
