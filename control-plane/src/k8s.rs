@@ -5,6 +5,7 @@
 //! admin API and xDS from the shared registry, and the replica holding the Lease runs the
 //! three controllers, which write the registry, statuses, finalizers and Events.
 
+pub mod attach;
 pub mod controller;
 pub mod crd;
 pub mod lease;
@@ -119,6 +120,7 @@ async fn controllers(ctx: Arc<Context>, namespace: Option<String>) {
     // its catalog changed).
     let servers = Controller::new(api::<MCPVirtualServer>(&client, ns), cfg());
     let by_backend = servers.store();
+    let by_backend_policy = by_backend.clone();
     let servers = servers
         .watches(
             api::<MCPBackend>(&client, ns),
@@ -132,6 +134,19 @@ async fn controllers(ctx: Arc<Context>, namespace: Option<String>) {
                     .collect::<Vec<_>>()
             },
         )
+        // ... and by any policy of their namespace (created, changed or deleted: what it
+        // adds up to on each server is written by the server's reconcile).
+        .watches(api::<MCPPolicy>(&client, ns), cfg(), {
+            let by_policy = by_backend_policy.clone();
+            move |p: MCPPolicy| {
+                by_policy
+                    .state()
+                    .into_iter()
+                    .filter(|v| v.namespace() == p.namespace())
+                    .map(|v| ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
         .run(
             controller::reconcile_virtual_server,
             error_policy,

@@ -19,10 +19,10 @@
 mod catalog;
 mod gateways;
 pub mod identity;
+pub mod k8s;
+pub mod oidc;
 pub mod pins;
 pub mod policies;
-pub mod oidc;
-pub mod k8s;
 mod servers;
 
 use std::sync::Arc;

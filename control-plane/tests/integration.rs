@@ -18,8 +18,8 @@ mod integration {
     mod exposure;
     mod federation;
     mod identity;
-    mod oidc;
     mod k8s;
+    mod oidc;
     mod openapi;
     mod pinning;
     mod policies;

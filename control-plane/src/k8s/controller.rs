@@ -327,6 +327,7 @@ struct DesiredGateway {
     enabled: bool,
     description: Option<String>,
     tags: Tags,
+    identity: crate::model::GatewayIdentity,
 }
 
 /// Something the operator must fix: a condition reason and a message.
@@ -499,6 +500,22 @@ async fn desired_gateway(
         Ok(c) => c,
         Err(b) => return Ok(Err(b)),
     };
+    // `none` and `static` both mean "the backend's credential, if any" in the CRD, which is
+    // the registry's `static`. A token exchange needs an endpoint and a client secret the
+    // v1alpha1 schema does not carry yet.
+    let mode = match spec.upstream_identity.mode {
+        super::crd::IdentityMode::None | super::crd::IdentityMode::Static => {
+            crate::model::IdentityMode::Static
+        }
+        super::crd::IdentityMode::IdentityHeader => crate::model::IdentityMode::IdentityHeader,
+        super::crd::IdentityMode::TokenExchange => {
+            return Ok(Err(invalid(FieldInvalid::new(
+                "spec.upstreamIdentity.mode",
+                "token-exchange is not available through MCPBackend v1alpha1 yet (it needs the \
+                 token endpoint and a client secret the schema does not carry)",
+            ))));
+        }
+    };
     Ok(Ok(DesiredGateway {
         name: gw_name,
         url,
@@ -510,6 +527,10 @@ async fn desired_gateway(
         enabled: spec.enabled,
         description: spec.description.clone(),
         tags,
+        identity: crate::model::GatewayIdentity {
+            mode,
+            token_exchange: None,
+        },
     }))
 }
 
@@ -593,6 +614,8 @@ async fn write_gateway(
                     enabled: want.enabled,
                     auth_type,
                     auth_sealed,
+                    identity: want.identity,
+                    identity_sealed: None,
                 },
                 owner,
             )
@@ -632,6 +655,7 @@ async fn write_gateway(
         } else {
             None
         },
+        identity: (gw.identity != want.identity).then(|| (want.identity.clone(), None)),
         expected_version: Some(gw.version),
     };
     let rediscover =
@@ -667,6 +691,7 @@ fn patch_is_empty(p: &GatewayPatch) -> bool {
         && p.tags.is_none()
         && p.enabled.is_none()
         && p.auth.is_none()
+        && p.identity.is_none()
 }
 
 async fn count_items<S: CatalogSpec>(
@@ -892,7 +917,11 @@ pub async fn reconcile_virtual_server(
     finalizer(&api, FINALIZER, vs, |event| async {
         match event {
             finalizer::Event::Apply(vs) => apply_virtual_server(&vs, &ctx, &api).await,
-            finalizer::Event::Cleanup(vs) => cleanup(&ctx, vs.as_ref(), OwnedObject::Server).await,
+            finalizer::Event::Cleanup(vs) => {
+                let action = cleanup(&ctx, vs.as_ref(), OwnedObject::Server).await?;
+                super::attach::forget_server(&ctx, &ns, &vs.name_any()).await?;
+                Ok(action)
+            }
         }
     })
     .await
@@ -1013,6 +1042,8 @@ async fn apply_virtual_server(
             )
         }
         Ok(id) => {
+            // The policies attached to it, into the registry beside it.
+            super::attach::sync_server(ctx, &ns, &name, &id).await?;
             let count = |v: &Vec<String>| Some(i64::try_from(v.len()).unwrap_or(i64::MAX));
             let degraded = if missing.is_empty() {
                 found("Degraded", false, "AllBackendsReady", "")
@@ -1140,7 +1171,9 @@ async fn write_server(
 // ---- MCPPolicy -----------------------------------------------------------------------
 
 /// Reconciles one `MCPPolicy`: checks it translates into the snapshot's types and finds
-/// its targets; writes its status. (No finalizer: it owns no registry object yet.)
+/// its targets, writes what it adds up to on each of them into the registry
+/// ([`super::attach`]), and its status. (No finalizer: a deleted policy wakes the virtual
+/// servers of its namespace, whose reconcile removes what it gave them.)
 pub async fn reconcile_policy(
     policy: Arc<MCPPolicy>,
     ctx: Arc<Context>,
@@ -1179,25 +1212,43 @@ pub async fn reconcile_policy(
             }
             let mut missing = Vec::new();
             let mut attached = 0i64;
+            let mut lost = Vec::new();
+            let me = format!("{ns}/{name}");
             for t in &targets {
                 match ctx
                     .store
                     .k8s_owned(OwnedObject::Server, "MCPVirtualServer", &ns, t)
                     .await?
                 {
-                    Some(_) => attached += 1,
+                    Some((server_id, _)) => {
+                        attached += 1;
+                        let eff = super::attach::sync_server(&ctx, &ns, t, &server_id).await?;
+                        lost.extend(
+                            eff.overridden
+                                .into_iter()
+                                .filter(|(p, _)| *p == me)
+                                .map(|(_, what)| format!("{what} on {t}")),
+                        );
+                    }
                     None => missing.push(t.clone()),
                 }
             }
-            let degraded = if missing.is_empty() {
-                found("Degraded", false, "AllTargetsFound", "")
-            } else {
+            let degraded = if !missing.is_empty() {
                 found(
                     "Degraded",
                     true,
                     "TargetNotFound",
                     format!("virtual servers not found: {}", missing.join(", ")),
                 )
+            } else if !lost.is_empty() {
+                found(
+                    "Degraded",
+                    true,
+                    "Overridden",
+                    format!("overridden by another policy: {}", lost.join(", ")),
+                )
+            } else {
+                found("Degraded", false, "AllTargetsFound", "")
             };
             (
                 vec![

@@ -23,6 +23,10 @@ use mcpgw::k8s::lease::{Leadership, LeaseLock};
 use mcpgw::model::{Credentials, ListFilter};
 use mcpgw::store::Store;
 use mcpgw::store::k8s::OwnedObject;
+use mcpgw::store::policies::EdgeKind;
+use mcpgw_core::snapshot::auth::ServerAuth;
+use mcpgw_core::snapshot::limits::ServerLimits;
+use mcpgw_core::snapshot::plugins::Plugin;
 use serde_json::{Value, json};
 
 use super::harness::{TestCp, TestDb, settings};
@@ -772,21 +776,132 @@ async fn virtual_servers_and_policies_follow_their_backends() {
         )
     };
     fake.clear();
-    reconcile_policy(
-        policy(json!({"targetRefs": [
+    let limited = policy(json!({"targetRefs": [
             {"group": "mcpgw.io", "kind": "MCPVirtualServer", "name": "support"},
             {"group": "mcpgw.io", "kind": "MCPVirtualServer", "name": "nope"}],
-            "rateLimits": {"rates": [{"name": "r", "requests": 5, "perSeconds": 1}]}})),
-        ctx.clone(),
-    )
-    .await
-    .unwrap();
+            "rateLimits": {"rates": [{"name": "r", "requests": 5, "perSeconds": 1}]}}));
+    fake.put(
+        "mcppolicies",
+        "team",
+        serde_json::to_value(limited.as_ref()).unwrap(),
+    );
+    fake.put(
+        "mcpvirtualservers",
+        "team",
+        serde_json::to_value(v2.as_ref()).unwrap(),
+    );
+    reconcile_policy(limited, ctx.clone()).await.unwrap();
     let st = fake.status_patches().pop().unwrap();
     assert_eq!(st["attachedServers"], 1);
     assert_eq!(condition(&st, "Accepted").0, "True");
     assert_eq!(
         condition(&st, "Degraded"),
         ("True".into(), "TargetNotFound".into())
+    );
+    // What it adds up to is in the registry, where the snapshot builder reads it.
+    let limits = store
+        .edge_item::<ServerLimits>(EdgeKind::Limits, &id)
+        .await
+        .unwrap();
+    assert_eq!(limits.spec.rates.len(), 1);
+    assert_eq!(limits.spec.rates[0].name, "r");
+    assert!(
+        store
+            .edge_item::<ServerAuth>(EdgeKind::Policy, &id)
+            .await
+            .is_err()
+    );
+
+    // A second policy, attached by label: its authentication and plugin apply; its rate
+    // limit of the same name loses to the policy attached by name, and says so.
+    fake.clear();
+    let guarded = Arc::new(
+        serde_json::from_value::<MCPPolicy>(json!({
+            "apiVersion": "mcpgw.io/v1alpha1", "kind": "MCPPolicy",
+            "metadata": {"name": "guard", "namespace": "team", "uid": "uid-g", "generation": 1},
+            "spec": {"targetSelector": {"matchLabels": {"app": "support"}},
+                     "authentication": {"resource": "https://mcp.example/servers/support/mcp"},
+                     "authorization": {"rules": [{"name": "all", "when": "true"}]},
+                     "rateLimits": {"rates": [{"name": "r", "requests": 1, "perSeconds": 1}]},
+                     "plugins": [{"name": "mask-pii", "config": {"pii": {"action": "mask", "detectors": ["email"]}}}]},
+        }))
+        .unwrap(),
+    );
+    fake.put(
+        "mcppolicies",
+        "team",
+        serde_json::to_value(guarded.as_ref()).unwrap(),
+    );
+    reconcile_policy(guarded, ctx.clone()).await.unwrap();
+    let st = fake.status_patches().pop().unwrap();
+    assert_eq!(
+        condition(&st, "Degraded"),
+        ("True".into(), "Overridden".into()),
+        "{st}"
+    );
+    assert!(
+        condition_message(&st, "Degraded").contains("rate limit r on support"),
+        "{st}"
+    );
+    let auth = store
+        .edge_item::<ServerAuth>(EdgeKind::Policy, &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        auth.spec.resource,
+        "https://mcp.example/servers/support/mcp"
+    );
+    assert_eq!(auth.spec.rules[0].name, "all");
+    let limits = store
+        .edge_item::<ServerLimits>(EdgeKind::Limits, &id)
+        .await
+        .unwrap();
+    assert_eq!(limits.spec.rates[0].requests, 5, "the named policy's limit");
+    let plugins = store.edge_items::<Plugin>(EdgeKind::Plugin).await.unwrap();
+    assert_eq!(plugins.len(), 1);
+    assert_eq!(plugins[0].name, "k8s:team:support:mask-pii");
+    assert_eq!(
+        plugins[0].spec.conditions.servers,
+        std::slice::from_ref(&id)
+    );
+    let version = store.registry_version().await.unwrap();
+    // A resync with nothing changed writes nothing.
+    reconcile_virtual_server(v2.clone(), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.registry_version().await.unwrap(), version);
+
+    // The label policy goes (deleted: its server's reconcile, which the deletion wakes,
+    // takes back what it gave).
+    fake.objects
+        .lock()
+        .unwrap()
+        .remove(&("mcppolicies".to_owned(), "team/guard".to_owned()));
+    reconcile_virtual_server(v2.clone(), ctx.clone())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .edge_item::<ServerAuth>(EdgeKind::Policy, &id)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .edge_items::<Plugin>(EdgeKind::Plugin)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .edge_item::<ServerLimits>(EdgeKind::Limits, &id)
+            .await
+            .unwrap()
+            .spec
+            .rates[0]
+            .requests,
+        5
     );
     fake.clear();
     reconcile_policy(

@@ -835,6 +835,7 @@ async fn the_edge_accepts_a_real_providers_access_token() {
     let access = upstream_access(
         &super::edge_identity::gateway("g1", &running.url),
         None,
+        None,
         &SecretBox::dev(),
     )
     .unwrap();
@@ -843,6 +844,7 @@ async fn the_edge_accepts_a_real_providers_access_token() {
         EdgeUpstream {
             access,
             addresses: vec![running.addr.ip()],
+            token_addresses: Vec::new(),
         },
     );
     let settings = EdgeSettings {

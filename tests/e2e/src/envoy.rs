@@ -86,6 +86,7 @@ impl EnvoyConfig {
         self.grpc_clusters.push(Cluster {
             name: name.into(),
             addr,
+            headers: None,
         });
         self
     }
