@@ -111,15 +111,37 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
             vec![mcpgw(&catalog::modern_snapshot(TOOLS_CLUSTER))],
             header_routed,
         ),
+        // Plugins on the same catalog: what each costs on its own.
+        Variant::EdgeCallPii | Variant::EdgeCallRegex => {
+            let plugin = if variant == Variant::EdgeCallPii {
+                crate::policy_set::pii()
+            } else {
+                crate::policy_set::regex()
+            };
+            let config =
+                crate::policy_set::with_policy(&catalog::snapshot(TOOLS_CLUSTER), &[plugin], false)
+                    .unwrap_or_default();
+            (vec![mcpgw(&config)], header_routed)
+        }
         // `jwt_authn` first, as the generated listener has it. Without the fixture (not
         // prepared) the filter's configuration is empty and every call fails the probe.
-        Variant::EdgeCallAuth => {
+        Variant::EdgeCallAuth | Variant::EdgeCallFull => {
             let (jwks, config) = match crate::identity::fixture() {
                 Some(f) => (
                     f.jwks.clone(),
                     crate::identity::snapshot(TOOLS_CLUSTER, &f.jwks).unwrap_or_default(),
                 ),
                 None => (r#"{"keys":[]}"#.to_owned(), String::new()),
+            };
+            let config = if variant == Variant::EdgeCallFull && !config.is_empty() {
+                crate::policy_set::with_policy(
+                    &config,
+                    &[crate::policy_set::pii(), crate::policy_set::regex()],
+                    true,
+                )
+                .unwrap_or_default()
+            } else {
+                config
             };
             (
                 vec![crate::identity::jwt_authn(&jwks), mcpgw(&config)],
@@ -137,7 +159,7 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         ..StaticBootstrap::default()
     }
     .to_json();
-    if variant == Variant::EdgeCallAuth {
+    if matches!(variant, Variant::EdgeCallAuth | Variant::EdgeCallFull) {
         crate::identity::strip_payload_header(&mut doc);
     }
     doc

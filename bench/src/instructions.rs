@@ -442,6 +442,33 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             (auth - edge) / edge * 100.0
         );
     }
+    // Each plugin on its own, then the full policy set (issue 14's budget: +35% over the
+    // filter without policy, i.e. edge-call).
+    if let Some(edge) = best_of(Variant::EdgeCall).filter(|e| *e > 0.0) {
+        for (v, what) in [
+            (
+                Variant::EdgeCallPii,
+                "PII plugin on the call and its result",
+            ),
+            (
+                Variant::EdgeCallRegex,
+                "regex plugin on the call and its result",
+            ),
+            (
+                Variant::EdgeCallFull,
+                "full policy set: identity, local limits, PII and regex (issue 14's budget: +35%)",
+            ),
+        ] {
+            if let Some(with) = best_of(v) {
+                let _ = writeln!(
+                    s,
+                    "- {what} ({v} − edge-call): {:+.0} instructions per request, {:+.1}%",
+                    with - edge,
+                    (with - edge) / edge * 100.0
+                );
+            }
+        }
+    }
     if let (Some(e26), Some(p26), Some(e25), Some(p25)) = (
         best_of(Variant::EdgeCallModern),
         best_of(Variant::PlainCallModern),

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod instructions;
 pub mod load;
 pub mod machine;
+pub mod policy_set;
 pub mod report;
 pub mod rounds;
 pub mod settings;

@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("bench crate has no parent directory")?;
     let settings = Settings::from_lookup(|k| std::env::var(k).ok(), root)?;
-    if settings.variants.contains(&Variant::EdgeCallAuth) {
+    if settings.variants.contains(&Variant::EdgeCallAuth)
+        || settings.variants.contains(&Variant::EdgeCallFull)
+    {
         identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
     }
     eprintln!(

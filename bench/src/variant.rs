@@ -48,11 +48,21 @@ pub enum Variant {
     /// token (cached after the first request), the filter checks its claims and decides with
     /// ten rules.
     EdgeCallAuth,
+    /// `edge-call` with the PII plugin (every detector, masking) on the call's arguments
+    /// and its result.
+    EdgeCallPii,
+    /// `edge-call` with the regex plugin (two search-and-replace rules) on the call's
+    /// arguments and its result.
+    EdgeCallRegex,
+    /// `edge-call` under the full policy set of issue 14's benchmark: identity as in
+    /// `edge-call-auth`, the local limits of `limit-local`, PII and regex on the call and
+    /// its result.
+    EdgeCallFull,
 }
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 13] = [
+    pub const ALL: [Variant; 16] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -66,6 +76,9 @@ impl Variant {
         Variant::EdgeCallModern,
         Variant::LimitLocal,
         Variant::EdgeCallAuth,
+        Variant::EdgeCallPii,
+        Variant::EdgeCallRegex,
+        Variant::EdgeCallFull,
     ];
 
     /// Short name used in settings and tables.
@@ -84,6 +97,9 @@ impl Variant {
             Variant::EdgeCallModern => "edge-call-2026",
             Variant::LimitLocal => "limit-local",
             Variant::EdgeCallAuth => "edge-call-auth",
+            Variant::EdgeCallPii => "edge-call-pii",
+            Variant::EdgeCallRegex => "edge-call-regex",
+            Variant::EdgeCallFull => "edge-call-full",
         }
     }
 
@@ -147,6 +163,20 @@ impl Variant {
                  issuer, audience, expiry, revocation and algorithm, then the permission and \
                  ten rules (arguments parsed for the deny rules)"
             }
+            Variant::EdgeCallPii => {
+                "`edge-call` with the PII plugin (every detector: emails, phones, SSNs, cards \
+                 with Luhn, IBANs with mod-97, IPs, AWS and generic keys, private keys, JWTs; \
+                 masking) on `tool_pre_invoke` and `tool_post_invoke`"
+            }
+            Variant::EdgeCallRegex => {
+                "`edge-call` with the regex plugin (two search-and-replace rules) on \
+                 `tool_pre_invoke` and `tool_post_invoke`"
+            }
+            Variant::EdgeCallFull => {
+                "`edge-call` under the full policy set: identity as in `edge-call-auth` (cached \
+                 JWT, ten rules), local limits as in `limit-local`, PII and regex on the call \
+                 and its result"
+            }
         }
     }
 
@@ -159,7 +189,10 @@ impl Variant {
             Variant::PlainCall
             | Variant::EdgeCall
             | Variant::LimitLocal
-            | Variant::EdgeCallAuth => Variant::PlainCall,
+            | Variant::EdgeCallAuth
+            | Variant::EdgeCallPii
+            | Variant::EdgeCallRegex
+            | Variant::EdgeCallFull => Variant::PlainCall,
             Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
         }
     }
@@ -180,6 +213,9 @@ impl Variant {
                 | Variant::EdgeCallModern
                 | Variant::LimitLocal
                 | Variant::EdgeCallAuth
+                | Variant::EdgeCallPii
+                | Variant::EdgeCallRegex
+                | Variant::EdgeCallFull
         )
     }
 
@@ -203,11 +239,14 @@ impl Variant {
                 Workload::new(load::MCP_PATH, catalog::tools_list_body())
             }
             Variant::EdgeList => Workload::new(catalog::ENDPOINT, catalog::tools_list_body()),
-            Variant::EdgeCall | Variant::LimitLocal => Workload::new(
+            Variant::EdgeCall
+            | Variant::LimitLocal
+            | Variant::EdgeCallPii
+            | Variant::EdgeCallRegex => Workload::new(
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             ),
-            Variant::EdgeCallAuth => Workload::new(
+            Variant::EdgeCallAuth | Variant::EdgeCallFull => Workload::new(
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             )
@@ -313,6 +352,9 @@ mod tests {
                     | Variant::EdgeCallModern
                     | Variant::LimitLocal
                     | Variant::EdgeCallAuth
+                    | Variant::EdgeCallPii
+                    | Variant::EdgeCallRegex
+                    | Variant::EdgeCallFull
             );
             assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
         }

@@ -15,7 +15,9 @@ fn main() -> anyhow::Result<()> {
     let lookup = |k: &str| std::env::var(k).ok();
     let settings = Settings::from_lookup(lookup, root)?;
     let counting = Counting::from_lookup(lookup)?;
-    if settings.variants.contains(&Variant::EdgeCallAuth) {
+    if settings.variants.contains(&Variant::EdgeCallAuth)
+        || settings.variants.contains(&Variant::EdgeCallFull)
+    {
         identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
     }
     let envoy_version = envoy::version(&settings.envoy)
