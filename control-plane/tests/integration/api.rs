@@ -457,7 +457,7 @@ async fn state_changes_cannot_be_forged_cross_site() {
             }
         }
     }
-    assert_eq!(endpoints.len(), 63, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 64, "{endpoints:?}");
     for p in [
         "/gateways/no-such-id/refresh",
         "/tools/no-such-id/state",

@@ -62,7 +62,7 @@ impl Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_serves_the_approved_definition_until_an_admin_approves() {
-    let mut rig = Rig::start(40).await;
+    let mut rig = Rig::start(81).await;
     // Calls answer for the tools in `with_tools`; `tools/list` shows the raw definitions.
     let up = TestUpstream::with_tools(&["read", "whoami"])
         .with_label("pin")
