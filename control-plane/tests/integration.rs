@@ -26,6 +26,7 @@ mod integration {
     mod ratelimit;
     mod serving;
     mod store;
+    mod token_exchange;
     mod transfer;
     mod upstream_identity;
     mod xds;

@@ -5,12 +5,23 @@
 //
 // CONFIG_JSON (optional, a JSON string):
 //   {"redirect_uris": ["http://127.0.0.1:8080/auth/oidc/test/callback"],
-//    "accounts": {"alice": {"email": "alice@example.com", "groups": ["admins"]}}}
+//    "accounts": {"alice": {"email": "alice@example.com", "groups": ["admins"]}},
+//    "key_file": "/tmp/keys.json", "key_step": "publish"}
+//
+// Signing keys: without `key_file`, a new key (and kid) at every start. With it, the keys are
+// kept in that file across restarts (made with one key when missing), and `key_step` rotates
+// them before the provider starts: `publish` appends a new key (published in the JWKS, not
+// signing yet), `sign` moves the last key first (it signs; the others stay published).
 //
 // Issuer `http://127.0.0.1:PORT`. Clients:
 // - `mcpgw-admin` / secret `admin-secret`: confidential (client_secret_basic), authorization
 //   code with PKCE (required for every client), redirect to `redirect_uris`;
-// - `mcpgw-machine` / secret `machine-secret`: client_credentials.
+// - `mcpgw-machine` / secret `machine-secret`: client_credentials;
+// - `mcpgw-gateway` / secret `gateway-secret`: RFC 8693 token exchange: a `subject_token`
+//   (an access token this provider issued, checked against its keys) for a JWT access token
+//   whose `aud` is the `audience` asked for, `sub` the gateway, `act.sub` the gateway and
+//   `subject` the subject token's `sub`. `GET /debug/exchanges` answers
+//   `{"count": N, "issued": [TOKEN...]}`: the exchanges asked for and the tokens issued.
 // Resource indicators (RFC 8707): a token requested with `resource=URI` is a JWT (RS256) whose
 // `aud` is that URI, carrying the granted scopes.
 // Login without UI: the authorization endpoint redirects to `/interaction/{uid}`; a GET there
@@ -20,6 +31,7 @@
 // Prints `oidc-provider ready ISSUER` on stdout once it listens.
 
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -39,24 +51,43 @@ const redirectUris = config.redirect_uris ?? [`http://127.0.0.1:${port}/cb`];
 
 // The package comes from MCPGW_NODE_MODULES when set (the tests' node_modules), else from
 // beside this script.
-async function loadProvider() {
+async function load(name) {
   const dir = process.env.MCPGW_NODE_MODULES;
   if (dir) {
     const require = createRequire(join(dir, 'noop.js'));
-    return (await import(pathToFileURL(require.resolve('oidc-provider')).href)).default;
+    return import(pathToFileURL(require.resolve(name)).href);
   }
-  return (await import('oidc-provider')).default;
+  return import(name);
 }
-const Provider = await loadProvider();
+const { default: Provider, errors } = await load('oidc-provider');
+const { createLocalJWKSet, jwtVerify } = await load('jose');
 
 const issuer = `http://127.0.0.1:${port}`;
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-// A new key (and kid) at every start: a restart on the same port is a key rotation.
-const jwk = { ...privateKey.export({ format: 'jwk' }), kid: `rs-${randomUUID().slice(0, 8)}`, alg: 'RS256', use: 'sig' };
+function newKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: `rs-${randomUUID().slice(0, 8)}`, alg: 'RS256', use: 'sig' };
+}
+// A new key (and kid) at every start unless kept in `key_file`: a restart on the same port
+// is a key rotation.
+let keys = [newKey()];
+if (config.key_file) {
+  if (existsSync(config.key_file)) keys = JSON.parse(readFileSync(config.key_file, 'utf8'));
+  if (config.key_step === 'publish') keys = [...keys, newKey()];
+  else if (config.key_step === 'sign') keys = [keys[keys.length - 1], ...keys.slice(0, -1)];
+  else if (config.key_step) throw new Error(`unknown key_step ${config.key_step}`);
+  writeFileSync(config.key_file, JSON.stringify(keys));
+}
+const publicKeys = createLocalJWKSet({
+  keys: keys.map(({ kty, n, e, kid, alg, use }) => ({ kty, n, e, kid, alg, use })),
+});
+// The claims an exchanged token carries beyond a client_credentials token's.
+const actors = new WeakMap();
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 const ANY_SCOPE = 'tools.read tools.execute resources.read prompts.read';
 
 const provider = new Provider(issuer, {
-  jwks: { keys: [jwk] },
+  jwks: { keys },
   clients: [
     {
       client_id: 'mcpgw-admin',
@@ -74,8 +105,17 @@ const provider = new Provider(issuer, {
       response_types: [],
       token_endpoint_auth_method: 'client_secret_basic',
     },
+    {
+      client_id: 'mcpgw-gateway',
+      client_secret: 'gateway-secret',
+      redirect_uris: [],
+      grant_types: [TOKEN_EXCHANGE],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
   ],
   pkce: { required: () => true },
+  extraTokenClaims: async (_ctx, token) => actors.get(token),
   conformIdTokenClaims: false,
   scopes: ['openid', 'email', 'groups', ...ANY_SCOPE.split(' ')],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
@@ -105,6 +145,51 @@ const provider = new Provider(issuer, {
     };
   },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+});
+
+// RFC 8693 token exchange (oidc-provider has no built-in handler: a custom grant type).
+const exchanges = { count: 0, issued: [] };
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  async (ctx) => {
+    exchanges.count += 1;
+    const { params, client } = ctx.oidc;
+    if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE}`);
+    }
+    if (!params.subject_token) throw new errors.InvalidRequest('subject_token missing');
+    if (!params.audience) throw new errors.InvalidTarget('audience missing');
+    let subject;
+    try {
+      ({ payload: subject } = await jwtVerify(params.subject_token, publicKeys, { issuer, algorithms: ['RS256'] }));
+    } catch (e) {
+      throw new errors.InvalidGrant(`subject_token: ${e.message}`);
+    }
+    const token = new provider.ClientCredentials({ client, scope: subject.scope });
+    token.resourceServer = new provider.ResourceServer(params.audience, {
+      scope: ANY_SCOPE,
+      audience: params.audience,
+      accessTokenTTL: 600,
+      accessTokenFormat: 'jwt',
+      jwt: { sign: { alg: 'RS256' } },
+    });
+    actors.set(token, { act: { sub: client.clientId }, subject: subject.sub });
+    const value = await token.save();
+    exchanges.issued.push(value);
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope: token.scope || undefined,
+    };
+  },
+  ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope'],
+);
+
+provider.use(async (ctx, next) => {
+  if (ctx.path !== '/debug/exchanges' || ctx.method !== 'GET') return next();
+  ctx.body = exchanges;
 });
 
 provider.use(async (ctx, next) => {
