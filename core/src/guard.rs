@@ -19,6 +19,7 @@
 pub mod detect;
 pub mod external;
 pub(crate) mod json;
+mod literal;
 pub(crate) mod plugin;
 pub mod schema;
 

@@ -106,7 +106,7 @@ pub(crate) enum Kind {
         words: Vec<String>,
         tools: Vec<String>,
     },
-    Regex(Vec<(Regex, Option<String>)>),
+    Regex(Vec<(Regex, Option<String>, Option<super::literal::Literal>)>),
     ResourceFilter(ResourceFilter),
     OutputSize(spec::OutputSize),
     Schema,
@@ -278,7 +278,11 @@ pub(crate) fn compile_kind(p: &spec::Plugin, field: &str) -> Result<Kind, (Strin
                     "matches the empty string (it would match every text)".into(),
                 );
             }
-            rules.push((re, rule.replacement.clone()));
+            rules.push((
+                re,
+                rule.replacement.clone(),
+                super::literal::Literal::of(&rule.pattern),
+            ));
         }
         return Ok(Kind::Regex(rules));
     }
@@ -404,7 +408,10 @@ impl Plugin {
             }
             Kind::Regex(rules) => {
                 let mut text = std::borrow::Cow::Borrowed(s);
-                for (re, replacement) in rules {
+                for (re, replacement, literal) in rules {
+                    if literal.as_ref().is_some_and(|l| !l.may_match(&text)) {
+                        continue;
+                    }
                     match replacement {
                         None if re.is_match(&text) => return Err("regex"),
                         None => {}
