@@ -88,13 +88,7 @@ async fn controllers(ctx: Arc<Context>, namespace: Option<String>) {
             by_secret
                 .state()
                 .into_iter()
-                .filter(|b| {
-                    b.namespace() == sns
-                        && b.spec
-                            .credentials
-                            .as_ref()
-                            .is_some_and(|c| c.secret_ref.name == sname)
-                })
+                .filter(|b| b.namespace() == sns && b.spec.secret_names().any(|n| n == sname))
                 .map(|b| ObjectRef::from_obj(b.as_ref()))
                 .collect::<Vec<_>>()
         })

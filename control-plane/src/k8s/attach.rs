@@ -25,7 +25,7 @@ use mcpgw_core::snapshot::plugins::Plugin;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::controller::{Context, ReconcileError, selector_string};
+use super::controller::{Context, ReconcileError};
 use super::crd::{MCPPolicy, MCPVirtualServer};
 use super::policy::{Attached, Attachment, Effective, effective, translate};
 use crate::store::StoreError;
@@ -36,46 +36,62 @@ pub fn plugin_prefix(namespace: &str, server: &str) -> String {
     format!("k8s:{namespace}:{server}:")
 }
 
-/// Whether `vs` (in `ns`) is attached by `policy`, and how. A selector is answered by the
-/// API server, as the policy's own reconcile asks it.
-async fn attachment(
-    ctx: &Context,
-    ns: &str,
+/// How `policy` attaches to the virtual server `vs` with labels `labels`, if it does.
+fn attachment(
     vs: &str,
+    labels: &BTreeMap<String, String>,
     policy: &MCPPolicy,
-) -> Result<Option<Attachment>, ReconcileError> {
+) -> Option<Attachment> {
     if policy.spec.target_refs.iter().any(|t| t.name == vs) {
-        return Ok(Some(Attachment::TargetRef));
+        return Some(Attachment::TargetRef);
     }
-    let Some(sel) = &policy.spec.target_selector else {
-        return Ok(None);
-    };
-    Ok(selects(ctx, ns, vs, sel)
-        .await?
-        .then_some(Attachment::Selector))
+    let sel = policy.spec.target_selector.as_ref()?;
+    selects(sel, labels).then_some(Attachment::Selector)
 }
 
-async fn selects(
-    ctx: &Context,
-    ns: &str,
-    vs: &str,
-    sel: &LabelSelector,
-) -> Result<bool, ReconcileError> {
-    let servers: Api<MCPVirtualServer> = Api::namespaced(ctx.client.clone(), ns);
-    let lp = ListParams::default().labels(&selector_string(sel));
-    Ok(servers.list(&lp).await?.iter().any(|v| v.name_any() == vs))
+/// Whether a label selector selects an object with `labels`, as the API server answers a
+/// list by [`super::controller::selector_string`] (an operator it does not know reads as `DoesNotExist`).
+fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    by_labels
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let have = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => have.is_some_and(|v| values.contains(v)),
+                "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                "Exists" => have.is_some(),
+                _ => have.is_none(),
+            }
+        })
 }
 
 /// What the policies of `ns` add up to for the virtual server `vs` (policies that do not
-/// translate are left out: their own status says why).
+/// translate are left out: their own status says why). Two reads: the policies and the
+/// server's labels, whatever the number of selectors.
 pub async fn effective_for(ctx: &Context, ns: &str, vs: &str) -> Result<Effective, ReconcileError> {
     let api: Api<MCPPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let policies = api.list(&ListParams::default()).await?;
+    let labels = if policies.iter().any(|p| p.spec.target_selector.is_some()) {
+        let servers: Api<MCPVirtualServer> = Api::namespaced(ctx.client.clone(), ns);
+        servers
+            .get_opt(vs)
+            .await?
+            .map(|v| v.labels().clone())
+            .unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
     let mut attached = Vec::new();
-    for p in api.list(&ListParams::default()).await? {
+    for p in policies {
         if p.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(how) = attachment(ctx, ns, vs, &p).await? else {
+        let Some(how) = attachment(vs, &labels, &p) else {
             continue;
         };
         let Ok(parts) = translate(&p.spec) else {
@@ -181,4 +197,68 @@ async fn remove_plugins_except(
 /// policy and limits go with the server).
 pub async fn forget_server(ctx: &Context, ns: &str, vs: &str) -> Result<(), ReconcileError> {
     remove_plugins_except(ctx, &plugin_prefix(ns, vs), &BTreeMap::new()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    use super::selects;
+
+    fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_selector_is_read_as_the_api_server_reads_it() {
+        let labels: BTreeMap<String, String> = [("tier", "gold"), ("team", "a")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let sel = |labels: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>| LabelSelector {
+            match_labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            match_expressions: Some(exprs),
+        };
+        assert!(
+            selects(&LabelSelector::default(), &labels),
+            "empty selects all"
+        );
+        assert!(selects(&sel(&[("tier", "gold")], vec![]), &labels));
+        assert!(!selects(&sel(&[("tier", "silver")], vec![]), &labels));
+        assert!(selects(
+            &sel(&[], vec![req("team", "In", &["a", "b"])]),
+            &labels
+        ));
+        assert!(!selects(
+            &sel(&[], vec![req("team", "NotIn", &["a"])]),
+            &labels
+        ));
+        assert!(selects(
+            &sel(&[], vec![req("zone", "NotIn", &["x"])]),
+            &labels
+        ));
+        assert!(selects(
+            &sel(&[], vec![req("team", "Exists", &[])]),
+            &labels
+        ));
+        assert!(!selects(
+            &sel(&[], vec![req("team", "DoesNotExist", &[])]),
+            &labels
+        ));
+        assert!(!selects(
+            &sel(&[("tier", "gold")], vec![req("zone", "Exists", &[])]),
+            &labels
+        ));
+    }
 }

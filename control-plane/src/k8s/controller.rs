@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::crd::{
     BackendStatus, BackendTransport, CredentialKind, MCPBackend, MCPBackendSpec, MCPPolicy,
-    MCPVirtualServer, NamingMode, PolicyStatus, VirtualServerStatus,
+    MCPVirtualServer, NamingMode, PolicyStatus, SecretKeyRef, VirtualServerStatus,
 };
 use crate::crypto::{CredentialBinding, SecretBox};
 use crate::federation::Federation;
@@ -328,6 +328,8 @@ struct DesiredGateway {
     description: Option<String>,
     tags: Tags,
     identity: crate::model::GatewayIdentity,
+    /// The token exchange's client secret, read from its Secret (mode token-exchange only).
+    client_secret: Option<String>,
 }
 
 /// Something the operator must fix: a condition reason and a message.
@@ -353,6 +355,48 @@ fn waiting(reason: &'static str, message: String) -> Blocked {
     }
 }
 
+/// Reads the text a Secret holds under a key (a trailing newline dropped); `field` names
+/// the spec field that refers to it.
+async fn secret_value(
+    ctx: &Context,
+    namespace: &str,
+    r: &SecretKeyRef,
+    field: &str,
+) -> Result<Result<String, Blocked>, ReconcileError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(secret) = api.get_opt(&r.name).await? else {
+        return Ok(Err(waiting(
+            "SecretNotFound",
+            format!("Secret {namespace}/{} not found", r.name),
+        )));
+    };
+    let raw = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(raw) = raw else {
+        return Ok(Err(waiting(
+            "SecretKeyNotFound",
+            format!("Secret {namespace}/{} has no key {:?}", r.name, r.key),
+        )));
+    };
+    let Ok(value) = String::from_utf8(raw) else {
+        return Ok(Err(invalid(FieldInvalid::new(
+            field,
+            "the Secret's value is not UTF-8 text",
+        ))));
+    };
+    Ok(Ok(value.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
 /// Reads the Secret value a credential refers to.
 async fn credential(
     ctx: &Context,
@@ -362,41 +406,11 @@ async fn credential(
     let Some(c) = &spec.credentials else {
         return Ok(Ok(None));
     };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(secret) = api.get_opt(&c.secret_ref.name).await? else {
-        return Ok(Err(waiting(
-            "SecretNotFound",
-            format!("Secret {namespace}/{} not found", c.secret_ref.name),
-        )));
-    };
-    let raw = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&c.secret_ref.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&c.secret_ref.key))
-                .map(|s| s.clone().into_bytes())
-        });
-    let Some(raw) = raw else {
-        return Ok(Err(waiting(
-            "SecretKeyNotFound",
-            format!(
-                "Secret {namespace}/{} has no key {:?}",
-                c.secret_ref.name, c.secret_ref.key
-            ),
-        )));
-    };
-    let Ok(value) = String::from_utf8(raw) else {
-        return Ok(Err(invalid(FieldInvalid::new(
-            "spec.credentials.secretRef",
-            "the Secret's value is not UTF-8 text",
-        ))));
-    };
-    let value = value.trim_end_matches(['\r', '\n']).to_owned();
+    let value =
+        match secret_value(ctx, namespace, &c.secret_ref, "spec.credentials.secretRef").await? {
+            Ok(v) => v,
+            Err(b) => return Ok(Err(b)),
+        };
     let creds = match c.kind {
         CredentialKind::Bearer => Credentials::Bearer { token: value },
         CredentialKind::Basic => match value.split_once(':') {
@@ -501,21 +515,59 @@ async fn desired_gateway(
         Err(b) => return Ok(Err(b)),
     };
     // `none` and `static` both mean "the backend's credential, if any" in the CRD, which is
-    // the registry's `static`. A token exchange needs an endpoint and a client secret the
-    // v1alpha1 schema does not carry yet.
+    // the registry's `static`.
+    let mut client_secret = None;
+    let mut token_exchange = None;
     let mode = match spec.upstream_identity.mode {
         super::crd::IdentityMode::None | super::crd::IdentityMode::Static => {
             crate::model::IdentityMode::Static
         }
         super::crd::IdentityMode::IdentityHeader => crate::model::IdentityMode::IdentityHeader,
         super::crd::IdentityMode::TokenExchange => {
-            return Ok(Err(invalid(FieldInvalid::new(
-                "spec.upstreamIdentity.mode",
-                "token-exchange is not available through MCPBackend v1alpha1 yet (it needs the \
-                 token endpoint and a client secret the schema does not carry)",
-            ))));
+            let Some(te) = &spec.upstream_identity.token_exchange else {
+                return Ok(Err(invalid(FieldInvalid::new(
+                    "spec.upstreamIdentity.tokenExchange",
+                    "required with mode token-exchange",
+                ))));
+            };
+            let field = "spec.upstreamIdentity.tokenExchange.clientSecretRef";
+            match secret_value(ctx, namespace, &te.client_secret_ref, field).await? {
+                Ok(v) if v.is_empty() => {
+                    return Ok(Err(invalid(FieldInvalid::new(
+                        field,
+                        "the Secret's value is empty",
+                    ))));
+                }
+                Ok(v) => client_secret = Some(v),
+                Err(b) => return Ok(Err(b)),
+            }
+            token_exchange = Some(crate::model::TokenExchangeSettings {
+                token_endpoint: te.token_endpoint.clone(),
+                client_id: te.client_id.clone(),
+                audience: te.audience.clone(),
+                resource: te.resource.clone(),
+                scope: te.scope.clone(),
+            });
+            crate::model::IdentityMode::TokenExchange
         }
     };
+    if spec.upstream_identity.token_exchange.is_some() && token_exchange.is_none() {
+        return Ok(Err(invalid(FieldInvalid::new(
+            "spec.upstreamIdentity.tokenExchange",
+            "only with mode token-exchange",
+        ))));
+    }
+    let identity = crate::model::GatewayIdentity {
+        mode,
+        token_exchange,
+    };
+    if let Err(e) = identity.check() {
+        // The registry's field names, under the CRD's.
+        return Ok(Err(invalid(FieldInvalid::new(
+            format!("spec.upstreamIdentity ({})", e.field),
+            e.reason,
+        ))));
+    }
     Ok(Ok(DesiredGateway {
         name: gw_name,
         url,
@@ -527,11 +579,27 @@ async fn desired_gateway(
         enabled: spec.enabled,
         description: spec.description.clone(),
         tags,
-        identity: crate::model::GatewayIdentity {
-            mode,
-            token_exchange: None,
-        },
+        identity,
+        client_secret,
     }))
+}
+
+/// Seals a token exchange's client secret, bound to its gateway.
+fn seal_client_secret(
+    secrets: &SecretBox,
+    secret: Option<&str>,
+    gateway_id: &str,
+) -> Result<Option<String>, ReconcileError> {
+    secret
+        .map(|c| {
+            secrets.seal_for(
+                crate::model::CLIENT_SECRET_LABEL,
+                gateway_id.as_bytes(),
+                c.as_bytes(),
+            )
+        })
+        .transpose()
+        .map_err(|e| ReconcileError::Store(StoreError::Sealed(e)))
 }
 
 fn seal(
@@ -602,6 +670,7 @@ async fn write_gateway(
         let id = crate::store::new_id();
         let (auth_type, auth_sealed) =
             seal(&ctx.secrets, want.credentials.as_ref(), &id, &want.url)?;
+        let identity_sealed = seal_client_secret(&ctx.secrets, want.client_secret.as_deref(), &id)?;
         let created = store
             .create_owned_gateway(
                 NewGateway {
@@ -615,7 +684,7 @@ async fn write_gateway(
                     auth_type,
                     auth_sealed,
                     identity: want.identity,
-                    identity_sealed: None,
+                    identity_sealed,
                 },
                 owner,
             )
@@ -636,6 +705,16 @@ async fn write_gateway(
     };
     let url_changed = gw.url != want.url;
     let creds_changed = stored_creds != want.credentials;
+    let stored_client_secret = match store.gateway_identity_secret(&gw.id).await? {
+        Some(sealed) => ctx
+            .secrets
+            .open_for(crate::model::CLIENT_SECRET_LABEL, gw.id.as_bytes(), &sealed)
+            .ok()
+            .and_then(|(plain, _)| String::from_utf8(plain).ok()),
+        None => None,
+    };
+    let identity_changed =
+        gw.identity != want.identity || stored_client_secret != want.client_secret;
     let patch = GatewayPatch {
         name: (gw.name != want.name).then(|| want.name.clone()),
         url: url_changed.then(|| want.url.clone()),
@@ -655,7 +734,14 @@ async fn write_gateway(
         } else {
             None
         },
-        identity: (gw.identity != want.identity).then(|| (want.identity.clone(), None)),
+        identity: if identity_changed {
+            Some((
+                want.identity.clone(),
+                seal_client_secret(&ctx.secrets, want.client_secret.as_deref(), &gw.id)?,
+            ))
+        } else {
+            None
+        },
         expected_version: Some(gw.version),
     };
     let rediscover =

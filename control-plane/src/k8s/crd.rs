@@ -61,7 +61,7 @@ pub struct MCPBackendSpec {
     /// namespace; a change of the Secret reaches the edge without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsRef>,
-    /// How the caller's identity is carried to the upstream (carried through for now).
+    /// How the caller's identity is carried to the upstream.
     #[serde(default)]
     pub upstream_identity: UpstreamIdentity,
     /// Whether the backend (and everything discovered from it) is served.
@@ -79,6 +79,22 @@ pub struct MCPBackendSpec {
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')").message("letters, digits, '_', '.', '-'; at most 64"))]
     pub registry_name: Option<String>,
+}
+
+impl MCPBackendSpec {
+    /// The Secrets (in the backend's namespace) the backend reads.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let credentials = self
+            .credentials
+            .as_ref()
+            .map(|c| c.secret_ref.name.as_str());
+        let exchange = self
+            .upstream_identity
+            .token_exchange
+            .as_ref()
+            .map(|t| t.client_secret_ref.name.as_str());
+        credentials.into_iter().chain(exchange)
+    }
 }
 
 fn yes() -> bool {
@@ -158,12 +174,50 @@ pub enum CredentialKind {
 }
 
 /// How the caller's identity reaches the upstream.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[x_kube(validation = Rule::new("(self.mode == 'token-exchange') == has(self.tokenExchange)").message("tokenExchange is set with mode token-exchange, and only then"))]
+#[serde(rename_all = "camelCase")]
 pub struct UpstreamIdentity {
     /// `none`: the upstream sees mcpgw only; `static`: the backend's credential; `identity-header`:
     /// a signed header naming the caller; `token-exchange`: an RFC 8693 token per caller.
     #[serde(default)]
     pub mode: IdentityMode,
+    /// With mode `token-exchange` (and only then): where and how the caller's token is
+    /// exchanged for one scoped to this upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
+}
+
+/// An RFC 8693 token exchange at an authorization server. The Envoys authenticate to its
+/// token endpoint with `clientId` and the Secret's value (HTTP Basic); the secret never
+/// reaches the filter's configuration.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.audience) || has(self.resource)").message("an exchange names its target: audience, resource or both"))]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// The authorization server's token endpoint (`http://` or `https://`).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("tokenEndpoint must start with http:// or https://"))]
+    pub token_endpoint: String,
+    /// mcpgw's OAuth client id at that server.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.contains(':')").message("clientId travels in HTTP Basic: no ':'"))]
+    pub client_id: String,
+    /// The Secret (in the backend's namespace) and key holding the client secret; a change
+    /// of the Secret reaches the edge without a restart.
+    pub client_secret_ref: SecretKeyRef,
+    /// `audience` to ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// `resource` to ask for (RFC 8707), e.g. the upstream's MCP URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub resource: Option<String>,
+    /// `scope` to ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub scope: Option<String>,
 }
 
 /// Upstream identity modes.
@@ -606,6 +660,8 @@ mod tests {
             "self.startsWith('http://') || self.startsWith('https://')",
             "self.type != 'header' || has(self.header)",
             "self.group == 'mcpgw.io' && self.kind == 'MCPVirtualServer'",
+            "(self.mode == 'token-exchange') == has(self.tokenExchange)",
+            "has(self.audience) || has(self.resource)",
         ] {
             assert!(yaml.contains(rule), "missing rule {rule}");
         }
@@ -616,9 +672,12 @@ mod tests {
     #[test]
     fn a_backend_reads_from_yaml_as_an_operator_writes_it() {
         let b: MCPBackendSpec = serde_yaml_ng::from_str(
-            "serviceRef: {name: time, port: 8080}\ntransport: sse\ncredentials: {secretRef: {name: s, key: token}}\nupstreamIdentity: {mode: token-exchange}",
+            "serviceRef: {name: time, port: 8080}\ntransport: sse\ncredentials: {secretRef: {name: s, key: token}}\nupstreamIdentity: {mode: token-exchange, tokenExchange: {tokenEndpoint: 'https://idp/token', clientId: mcpgw, clientSecretRef: {name: x, key: secret}, audience: time}}",
         )
         .unwrap();
+        let te = b.upstream_identity.token_exchange.as_ref().unwrap();
+        assert_eq!(te.client_secret_ref.name, "x");
+        assert_eq!(te.audience.as_deref(), Some("time"));
         assert!(b.enabled);
         assert_eq!(b.transport, BackendTransport::Sse);
         assert_eq!(b.upstream_identity.mode, IdentityMode::TokenExchange);

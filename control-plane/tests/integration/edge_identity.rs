@@ -208,18 +208,33 @@ async fn the_generated_listener_verifies_tokens_before_the_filter() {
     };
     let bearer = |i: usize| ("authorization", format!("Bearer {}", tokens[i]));
 
-    // The filter's configuration may arrive a moment after the listener: wait for the 401.
+    // The filter's configuration may arrive a moment after the listener, and the listener
+    // may refuse a connection while it warms: wait for the 401.
     let mut tries = 0;
     loop {
-        let (status, challenge, _) = post(call("g1__echo"), vec![]).await;
-        if status == 401 {
+        let attempt = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(call("g1__echo").to_string())
+            .send()
+            .await;
+        let status = attempt.as_ref().map(|r| r.status().as_u16()).ok();
+        if status == Some(401) {
+            let r = attempt.unwrap();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
             assert!(challenge.contains("resource_metadata="), "{challenge}");
             break;
         }
         tries += 1;
         assert!(
             tries < 100,
-            "no 401 from the filter: {status}\n{}",
+            "no 401 from the filter: {status:?}\n{}",
             envoy.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

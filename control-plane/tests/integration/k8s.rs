@@ -29,7 +29,7 @@ use mcpgw_core::snapshot::limits::ServerLimits;
 use mcpgw_core::snapshot::plugins::Plugin;
 use serde_json::{Value, json};
 
-use super::harness::{TestCp, TestDb, settings};
+use super::harness::{TestCp, TestDb, both_backends, settings};
 use super::upstream::TestUpstream;
 
 /// One request the fake saw.
@@ -315,7 +315,12 @@ fn tokens(c: Option<Credentials>) -> Option<String> {
 /// restart; deletion removes the gateway, then the finalizer.
 #[tokio::test]
 async fn a_backend_is_created_updated_rotated_and_deleted() {
-    let db = TestDb::sqlite();
+    for (_, db) in both_backends().await {
+        backend_lifecycle(db).await;
+    }
+}
+
+async fn backend_lifecycle(db: TestDb) {
     let store = db.store().await;
     let fake = Arc::new(Fake::default());
     fake.put(
@@ -529,6 +534,138 @@ async fn backend_mistakes_become_conditions_and_events() {
     assert_eq!(store.all_gateways().await.unwrap().len(), 1);
 }
 
+/// Token exchange through the CRD: the settings reach the registry, the client secret is
+/// read from its Secret and sealed (never stored or shown in clear), a rotated Secret is
+/// sealed again, and a missing Secret or missing settings are conditions, not errors.
+#[tokio::test]
+async fn a_token_exchange_backend_reads_its_client_secret_from_a_secret() {
+    for (_, db) in both_backends().await {
+        token_exchange_backend(db).await;
+    }
+}
+
+async fn token_exchange_backend(db: TestDb) {
+    let store = db.store().await;
+    let fake = Arc::new(Fake::default());
+    let ctx = context(&fake, store.clone(), true);
+    let spec = json!({"url": "http://time.example/mcp",
+                      "upstreamIdentity": {"mode": "token-exchange", "tokenExchange": {
+                          "tokenEndpoint": "https://idp.example/token", "clientId": "mcpgw",
+                          "clientSecretRef": {"name": "idp", "key": "client-secret"},
+                          "audience": "time", "scope": "read"}}});
+    let secrets = SecretBox::dev();
+    let client_secret = |id: String| {
+        let store = store.clone();
+        let secrets = secrets.clone();
+        async move {
+            let sealed = store.gateway_identity_secret(&id).await.unwrap()?;
+            let (plain, _) = secrets
+                .open_for(mcpgw::model::CLIENT_SECRET_LABEL, id.as_bytes(), &sealed)
+                .unwrap();
+            Some(String::from_utf8(plain).unwrap())
+        }
+    };
+
+    // The Secret is missing: waiting for it, nothing in the registry.
+    let a = reconcile_backend(backend("time", spec.clone(), true), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(a, Action::requeue(mcpgw::k8s::controller::WAIT));
+    let st = fake.status_patches().pop().unwrap();
+    assert_eq!(
+        condition(&st, "Ready"),
+        ("False".into(), "SecretNotFound".into())
+    );
+    assert!(store.all_gateways().await.unwrap().is_empty());
+
+    // With it: the gateway in mode token-exchange, the secret sealed.
+    fake.put(
+        "secrets",
+        "team",
+        secret("team", "idp", "client-secret", "cs-1\n"),
+    );
+    let be = backend("time", spec.clone(), true);
+    reconcile_backend(be.clone(), ctx.clone()).await.unwrap();
+    let gw = store.find_gateway_by_name("time").await.unwrap().unwrap();
+    assert_eq!(gw.identity.mode, mcpgw::model::IdentityMode::TokenExchange);
+    let te = gw.identity.token_exchange.as_ref().unwrap();
+    assert_eq!(te.token_endpoint, "https://idp.example/token");
+    assert_eq!(te.client_id, "mcpgw");
+    assert_eq!(te.audience.as_deref(), Some("time"));
+    assert_eq!(te.scope.as_deref(), Some("read"));
+    assert_eq!(client_secret(gw.id.clone()).await.as_deref(), Some("cs-1"));
+    assert!(
+        !format!("{gw:?}").contains("cs-1"),
+        "the secret is not part of the gateway as the API shows it"
+    );
+
+    // A resync writes nothing; a rotation seals the new value and moves the version.
+    let version = store.registry_version().await.unwrap();
+    reconcile_backend(be.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(store.registry_version().await.unwrap(), version);
+    fake.put(
+        "secrets",
+        "team",
+        secret("team", "idp", "client-secret", "cs-2"),
+    );
+    reconcile_backend(be.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(client_secret(gw.id.clone()).await.as_deref(), Some("cs-2"));
+    assert!(store.registry_version().await.unwrap() > version);
+
+    // Back to identity-header: the sealed secret is dropped.
+    let mut header = spec.clone();
+    header["upstreamIdentity"] = json!({"mode": "identity-header"});
+    reconcile_backend(backend("time", header, true), ctx.clone())
+        .await
+        .unwrap();
+    let gw = store.get_gateway(&gw.id).await.unwrap();
+    assert_eq!(gw.identity.mode, mcpgw::model::IdentityMode::IdentityHeader);
+    assert_eq!(client_secret(gw.id.clone()).await, None);
+
+    // Settings without the mode, the mode without settings, or no target: not accepted.
+    let te = spec["upstreamIdentity"]["tokenExchange"].clone();
+    let mut no_target = te.clone();
+    no_target.as_object_mut().unwrap().remove("audience");
+    for (case, identity, field) in [
+        (
+            "settings without the mode",
+            json!({"mode": "static", "tokenExchange": te}),
+            "spec.upstreamIdentity.tokenExchange",
+        ),
+        (
+            "the mode without settings",
+            json!({"mode": "token-exchange"}),
+            "spec.upstreamIdentity.tokenExchange",
+        ),
+        (
+            "no audience or resource",
+            json!({"mode": "token-exchange", "tokenExchange": no_target}),
+            "audience",
+        ),
+    ] {
+        fake.clear();
+        let mut bad = spec.clone();
+        bad["upstreamIdentity"] = identity;
+        reconcile_backend(backend("bad", bad, true), ctx.clone())
+            .await
+            .unwrap();
+        let st = fake.status_patches().pop().unwrap();
+        assert_eq!(
+            condition(&st, "Accepted"),
+            ("False".into(), "Invalid".into()),
+            "{case}"
+        );
+        assert!(
+            condition_message(&st, "Ready").contains(field),
+            "{case}: {st}"
+        );
+        assert!(
+            store.find_gateway_by_name("bad").await.unwrap().is_none(),
+            "{case}"
+        );
+    }
+}
+
 fn condition_message(status: &Value, kind: &str) -> String {
     status["conditions"]
         .as_array()
@@ -669,7 +806,12 @@ async fn leader_election_hands_over_only_after_expiry() {
 /// degrades it; deletion removes the server; a policy is validated and counts its targets.
 #[tokio::test]
 async fn virtual_servers_and_policies_follow_their_backends() {
-    let db = TestDb::sqlite();
+    for (_, db) in both_backends().await {
+        virtual_servers_and_policies(db).await;
+    }
+}
+
+async fn virtual_servers_and_policies(db: TestDb) {
     let store = db.store().await;
     let fake = Arc::new(Fake::default());
     let ctx = context(&fake, store.clone(), true);
