@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::problem::ApiJson;
@@ -18,84 +17,7 @@ use crate::pinning::{
     ChangeKind, ChangeStatus, FieldDiff, Finding, FindingKind, FirstDiscovery, NewTools, OnChange,
     PinPolicy,
 };
-use crate::store::pins::{ChangeError, PinPolicyPatch, ToolChange, ToolPin};
-
-/// A tool-definition change held for review.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Change {
-    /// Change id.
-    pub id: String,
-    /// The gateway.
-    pub gateway_id: String,
-    /// The tool's name at the upstream.
-    pub tool: String,
-    /// `new` (a tool without a pin) or `modified` (a pinned tool listed differently).
-    pub kind: ChangeKind,
-    /// `pending`, `approved`, `rejected` or `superseded` (the upstream listed something
-    /// else since).
-    pub status: ChangeStatus,
-    /// Hash of the approved definition (absent for a new tool).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old_hash: Option<String>,
-    /// Hash of the discovered definition.
-    pub new_hash: String,
-    /// The approved definition (`name`, `description`, `inputSchema`, `outputSchema`,
-    /// `annotations`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old: Option<Value>,
-    /// The discovered definition.
-    pub new: Value,
-    /// What changed, field by field (JSON Pointers into the definitions).
-    pub diff: Vec<FieldDiff>,
-    /// Hidden-instruction patterns found in the discovered definition: approving needs
-    /// `force`.
-    pub findings: Vec<Finding>,
-    /// When discovery found it.
-    pub detected_at: String,
-    /// When it was decided (or superseded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decided_at: Option<String>,
-    /// Who decided it (email).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decided_by: Option<String>,
-}
-
-impl From<ToolChange> for Change {
-    fn from(c: ToolChange) -> Self {
-        let ToolChange {
-            id,
-            gateway_id,
-            tool,
-            kind,
-            status,
-            old_hash,
-            new_hash,
-            old,
-            new,
-            diff,
-            findings,
-            detected_at,
-            decided_at,
-            decided_by,
-        } = c;
-        Change {
-            id,
-            gateway_id,
-            tool,
-            kind,
-            status,
-            old_hash,
-            new_hash,
-            old,
-            new,
-            diff,
-            findings,
-            detected_at,
-            decided_at,
-            decided_by,
-        }
-    }
-}
+use crate::store::pins::{ChangeError, PinPolicyPatch, ToolChange as Change, ToolPin};
 
 /// A gateway's changes.
 #[derive(Debug, Serialize, ToSchema)]
@@ -259,9 +181,7 @@ pub async fn list(
         })?),
     };
     let items = s.store.tool_changes(&id, status).await?;
-    Ok(Json(ChangeList {
-        items: items.into_iter().map(Change::from).collect(),
-    }))
+    Ok(Json(ChangeList { items }))
 }
 
 /// Approve a pending change: its definition is pinned and served (a new tool joins the
@@ -299,7 +219,7 @@ pub async fn approve(
         .await
         .map_err(change_problem)?;
     tracing::info!(gateway = %id, change = %change_id, tool = %c.tool, by = %p.email, force, "tool definition approved");
-    Ok(Json(c.into()))
+    Ok(Json(c))
 }
 
 /// Reject a pending change: the approved definition keeps being served (a withheld tool
@@ -321,7 +241,7 @@ pub async fn reject(
         .await
         .map_err(change_problem)?;
     tracing::info!(gateway = %id, change = %change_id, tool = %c.tool, by = %p.email, "tool definition rejected");
-    Ok(Json(c.into()))
+    Ok(Json(c))
 }
 
 async fn pinning_view(s: &AppState, id: &str, policy: PinPolicy) -> Result<Pinning, ApiError> {

@@ -37,8 +37,11 @@ pub struct ToolPin {
     pub approved_by: Option<String>,
 }
 
-/// A tool definition discovery found that differs from what is approved (or a new tool).
-#[derive(Debug, Clone, PartialEq)]
+// A tool definition discovery found that differs from what is approved (or a new tool).
+// The admin API answers it as is, as the schema `Change`, whose description is this:
+/// A tool-definition change held for review.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Change)]
 pub struct ToolChange {
     /// Change id.
     pub id: String,
@@ -46,27 +49,34 @@ pub struct ToolChange {
     pub gateway_id: String,
     /// The tool's name at the upstream.
     pub tool: String,
-    /// New tool or changed pinned one.
+    /// `new` (a tool without a pin) or `modified` (a pinned tool listed differently).
     pub kind: ChangeKind,
-    /// Where it stands.
+    /// `pending`, `approved`, `rejected` or `superseded` (the upstream listed something
+    /// else since).
     pub status: ChangeStatus,
-    /// Hash of the approved definition (`None` for a new tool).
+    /// Hash of the approved definition (absent for a new tool).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub old_hash: Option<String>,
     /// Hash of the discovered definition.
     pub new_hash: String,
-    /// The approved definition's pinned fields.
+    /// The approved definition (`name`, `description`, `inputSchema`, `outputSchema`,
+    /// `annotations`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub old: Option<Value>,
-    /// The discovered definition's pinned fields.
+    /// The discovered definition.
     pub new: Value,
-    /// Field by field, from `old` to `new`.
+    /// What changed, field by field (JSON Pointers into the definitions).
     pub diff: Vec<FieldDiff>,
-    /// Hidden-instruction patterns in `new` (approving then needs `force`).
+    /// Hidden-instruction patterns found in the discovered definition: approving needs
+    /// `force`.
     pub findings: Vec<Finding>,
     /// When discovery found it.
     pub detected_at: String,
-    /// When it was approved or rejected (or superseded).
+    /// When it was decided (or superseded).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<String>,
-    /// Who approved or rejected it.
+    /// Who decided it (email).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
 }
 
