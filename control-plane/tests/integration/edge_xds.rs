@@ -357,6 +357,8 @@ struct Rig {
     listener: SocketAddr,
     http: reqwest::Client,
     _db: TestDb,
+    /// What must outlive the rig besides the database (certificates, their directory).
+    _keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Rig {
@@ -367,7 +369,28 @@ impl Rig {
     async fn start_with(base_id: u32, tweak: impl FnOnce(&mut mcpgw::config::Settings)) -> Rig {
         let db = TestDb::sqlite();
         let cp = control_plane_with(&db, 0, tweak).await;
-        let mut envoy = Envoy::start(cp.xds_addr.expect("xDS enabled"), base_id).await;
+        let envoy = Envoy::start(cp.xds_addr.expect("xDS enabled"), base_id).await;
+        Rig::around(cp, envoy, db, Vec::new()).await
+    }
+
+    /// The rig as the standalone Kubernetes overlay runs it: Envoy started from
+    /// `manifests/standalone/envoy-bootstrap.yaml` itself (see [`manifests`]), following a
+    /// control plane that serves xDS with mutual TLS.
+    async fn standalone(base_id: u32) -> Rig {
+        let (pki, secret, tls) = manifests::secret_files();
+        let db = TestDb::sqlite();
+        let cp = control_plane_with(&db, 0, move |s| s.tls = Some(tls)).await;
+        let xds = cp.xds_addr.expect("xDS enabled");
+        let envoy = Envoy::spawn(&manifests::manifest_bootstrap(xds, secret.path()), base_id).await;
+        Rig::around(cp, envoy, db, vec![Box::new(pki), Box::new(secret)]).await
+    }
+
+    async fn around(
+        cp: TestCp,
+        mut envoy: Envoy,
+        db: TestDb,
+        keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Rig {
         let listener = envoy.listener(mcpgw::edge_config::LISTENER).await;
         Rig {
             cp,
@@ -379,6 +402,7 @@ impl Rig {
                 .build()
                 .unwrap(),
             _db: db,
+            _keep: keep,
         }
     }
 

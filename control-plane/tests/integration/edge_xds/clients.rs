@@ -120,8 +120,12 @@ fn text(v: &impl serde::Serialize, pointer: &str) -> String {
 /// (DELETE of the session).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_client_session_through_an_xds_configured_envoy() {
-    let mut rig = Rig::start(8).await;
-    let (sid, running) = composed(&mut rig).await;
+    rmcp_session(&mut Rig::start(8).await).await;
+}
+
+/// The rmcp client's session (see the test above) on `rig`.
+pub(super) async fn rmcp_session(rig: &mut Rig) {
+    let (sid, running) = composed(rig).await;
     let progress = Progress::default();
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(rig.mcp(&sid)),
@@ -200,8 +204,12 @@ async fn rmcp_client_session_through_an_xds_configured_envoy() {
 /// resources/read → prompts/get → DELETE) against the same kind of virtual server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_session_through_an_xds_configured_envoy() {
-    let mut rig = Rig::start(9).await;
-    let (sid, running) = composed(&mut rig).await;
+    python_sdk_session(&mut Rig::start(9).await).await;
+}
+
+/// The Python SDK's session (see the test above) on `rig`.
+pub(super) async fn python_sdk_session(rig: &mut Rig) {
+    let (sid, running) = composed(rig).await;
     let python = python();
     let url = rig.mcp(&sid);
     let out = tokio::task::spawn_blocking(move || {

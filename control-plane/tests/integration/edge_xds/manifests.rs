@@ -15,13 +15,13 @@ use super::super::harness::TestDb;
 use super::super::upstream::TestUpstream;
 use super::tls::Pki;
 use super::{
-    Envoy, NODE, add_gateway, add_server, call_text, control_plane_with, node_acked,
+    Envoy, NODE, Rig, add_gateway, add_server, call_text, control_plane_with, node_acked,
     registry_version, repo_path, rpc, session, wait_tools,
 };
 
 /// The standalone overlay's bootstrap, pointed at `xds`, an ephemeral admin port and the
 /// certificate files in `tls_dir` (named as the Secret `mcpgw-envoy-tls` names them).
-fn manifest_bootstrap(xds: SocketAddr, tls_dir: &Path) -> String {
+pub(super) fn manifest_bootstrap(xds: SocketAddr, tls_dir: &Path) -> String {
     let text =
         std::fs::read_to_string(repo_path("manifests/standalone/envoy-bootstrap.yaml")).unwrap();
     let (service, admin, files) = (
@@ -49,10 +49,10 @@ fn manifest_bootstrap(xds: SocketAddr, tls_dir: &Path) -> String {
     .replace(files, &format!("{}/", tls_dir.display()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_standalone_manifest_bootstrap_serves_mcp() {
+/// A PKI, the directory the Secret `mcpgw-envoy-tls` would be mounted at (its key names,
+/// cert-manager's: `ca.crt`, `tls.crt`, `tls.key`), and the control plane's TLS settings.
+pub(super) fn secret_files() -> (Pki, tempfile::TempDir, ServerTls) {
     let pki = Pki::new();
-    // The Secret's key names (cert-manager's): ca.crt, tls.crt, tls.key.
     let secret = tempfile::tempdir().unwrap();
     for (from, to) in [
         ("ca.pem", "ca.crt"),
@@ -61,12 +61,18 @@ async fn the_standalone_manifest_bootstrap_serves_mcp() {
     ] {
         std::fs::copy(pki.path(from), secret.path().join(to)).unwrap();
     }
-    let db = TestDb::sqlite();
     let tls = ServerTls {
         cert: pki.path("server.pem"),
         key: pki.path("server.key"),
         client_ca: pki.path("ca.pem"),
     };
+    (pki, secret, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_manifest_bootstrap_serves_mcp() {
+    let (_pki, secret, tls) = secret_files();
+    let db = TestDb::sqlite();
     let cp = control_plane_with(&db, 0, move |s| s.tls = Some(tls)).await;
     let xds = cp.xds_addr.expect("xDS enabled");
     let mut envoy = Envoy::spawn(
@@ -97,4 +103,19 @@ async fn the_standalone_manifest_bootstrap_serves_mcp() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(call_text(&v), "k8s:alpha", "{v}");
     running.stop().await;
+}
+
+/// The official SDK clients' whole sessions (the rmcp client with progress notifications
+/// on SSE, the Python SDK with its session DELETE) through an Envoy started from the
+/// standalone overlay's bootstrap: the scenarios of `clients.rs`, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_manifest_bootstrap_runs_the_rmcp_client_session() {
+    let mut rig = Rig::standalone(50_000 + std::process::id() % 10_000 + 48).await;
+    super::clients::rmcp_session(&mut rig).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_manifest_bootstrap_runs_the_python_sdk_session() {
+    let mut rig = Rig::standalone(50_000 + std::process::id() % 10_000 + 49).await;
+    super::clients::python_sdk_session(&mut rig).await;
 }
