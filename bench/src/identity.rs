@@ -89,7 +89,11 @@ pub fn prepare(
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    ensure!(all.len() == 1 + extra, "jwt_issuer.py made {} tokens", all.len());
+    ensure!(
+        all.len() == 1 + extra,
+        "jwt_issuer.py made {} tokens",
+        all.len()
+    );
     let fixture = Fixture {
         jwks: doc["jwks"].to_string(),
         authorization: format!("Bearer {}", all[0]),

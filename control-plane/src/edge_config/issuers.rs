@@ -90,7 +90,9 @@ impl KeyError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
     /// The issuer's keys are not fetched: given in configuration, or the control plane's own.
-    #[error("issuer {0}: its keys are not fetched (given in configuration, or the control plane's own)")]
+    #[error(
+        "issuer {0}: its keys are not fetched (given in configuration, or the control plane's own)"
+    )]
     NotFetched(String),
     /// An operator's last refresh was less than [`MIN_REFRESH_INTERVAL`] ago.
     #[error("issuer {issuer}: a refresh was asked for less than {}s ago; try again in {}s", MIN_REFRESH_INTERVAL.as_secs(), retry_after.as_secs())]
@@ -145,7 +147,11 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(v) = lower.strip_prefix("max-age=") {
-            age = v.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+            age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     age
@@ -307,7 +313,10 @@ impl IssuerKeys {
             return Err(RefreshError::NotFetched(issuer.issuer.clone()));
         }
         {
-            let mut requested = self.requested.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut requested = self
+                .requested
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(elapsed) = requested.get(&issuer.issuer).map(Instant::elapsed)
                 && elapsed < MIN_REFRESH_INTERVAL
             {
@@ -338,7 +347,9 @@ impl IssuerKeys {
         let next = self
             .schedule()
             .get(&issuer.issuer)
-            .map_or(Duration::ZERO, |s| s.due.saturating_duration_since(Instant::now()));
+            .map_or(Duration::ZERO, |s| {
+                s.due.saturating_duration_since(Instant::now())
+            });
         Ok(Refreshed {
             issuer: issuer.issuer.clone(),
             kids,
@@ -651,7 +662,12 @@ mod tests {
             ("no-cache", None, Some(Duration::ZERO), 30),
             ("the issuer's ceiling", Some(3600), Some(s(7200)), 3600),
             ("the issuer's ceiling, no max-age", Some(60), None, 60),
-            ("a shorter max-age than the issuer's", Some(3600), Some(s(300)), 300),
+            (
+                "a shorter max-age than the issuer's",
+                Some(3600),
+                Some(s(300)),
+                300,
+            ),
         ];
         for (case, configured, age, want) in cases {
             assert_eq!(refresh_interval(configured, age), s(want), "{case}");
@@ -691,8 +707,7 @@ mod tests {
                 && got.next_refresh_seconds > MIN_REFRESH_INTERVAL.as_secs(),
             "{got:?}"
         );
-        let Err(RefreshError::TooSoon { retry_after, .. }) =
-            keys.refresh_one(&http, &issuer).await
+        let Err(RefreshError::TooSoon { retry_after, .. }) = keys.refresh_one(&http, &issuer).await
         else {
             panic!("a second refresh at once went through");
         };

@@ -29,9 +29,9 @@ use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::issuers::{IssuerKeys, RefreshError, Refreshed, key_client};
 #[cfg(doc)]
 use super::issuers::REFRESH_INTERVAL;
+use super::issuers::{IssuerKeys, RefreshError, Refreshed, key_client};
 use super::resolve::{AddressError, checked_addresses};
 use super::translate::{
     EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RATELIMIT_CLUSTER, RELAY_CLUSTER,

@@ -1344,7 +1344,10 @@ fn issuers_with_keys_put_jwt_authn_before_the_filter_over_ecds() {
     );
     // No issuer: no provider, no rule (every request passes untouched).
     let empty = jwt_of(&plain);
-    assert!(empty.providers.is_empty() && empty.rules.is_empty(), "{empty:?}");
+    assert!(
+        empty.providers.is_empty() && empty.rules.is_empty(),
+        "{empty:?}"
+    );
 
     let mut s = snapshot("2");
     s.auth = serde_json::from_value(serde_json::json!({

@@ -449,10 +449,8 @@ async fn an_operators_refresh_publishes_a_newly_published_key_at_once() {
     let db = TestDb::sqlite();
     let cp = TestCp::start(settings(&db)).await;
     let port = free_port();
-    let key_file = std::env::temp_dir().join(format!(
-        "mcpgw-refresh-{}-{port}.json",
-        std::process::id()
-    ));
+    let key_file =
+        std::env::temp_dir().join(format!("mcpgw-refresh-{}-{port}.json", std::process::id()));
     let _ = std::fs::remove_file(&key_file);
     let kids = || -> Vec<String> {
         let keys: Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
@@ -469,9 +467,7 @@ async fn an_operators_refresh_publishes_a_newly_published_key_at_once() {
     let old = kids();
     assert_eq!(old.len(), 1);
 
-    let spec = |refresh: u32| {
-        json!({"issuer": issuer.url, "algorithms": ["RS256"], "refresh_seconds": refresh})
-    };
+    let spec = |refresh: u32| json!({"issuer": issuer.url, "algorithms": ["RS256"], "refresh_seconds": refresh});
     let (status, body) = cp.put("/issuers/idp", spec(5)).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["field"], "refresh_seconds", "{body}");
