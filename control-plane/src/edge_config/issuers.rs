@@ -166,10 +166,24 @@ pub struct FetchedKeys {
     pub max_age: Option<Duration>,
 }
 
-/// When an issuer's keys are due again.
+/// The last fetch of an issuer's keys: when, whether it failed, and the `max-age` its JWKS
+/// answer had. When the next one is due follows from it and the issuer's current
+/// `refresh_seconds`, so a changed setting applies at once.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
-    due: Instant,
+    at: Instant,
+    failed: bool,
+    max_age: Option<Duration>,
+}
+
+impl Schedule {
+    fn due(&self, refresh_seconds: Option<u32>) -> Instant {
+        if self.failed {
+            self.at + RETRY_INTERVAL
+        } else {
+            self.at + refresh_interval(refresh_seconds, self.max_age)
+        }
+    }
 }
 
 /// The keys last fetched (or set) per issuer URL.
@@ -178,7 +192,7 @@ pub struct IssuerKeys {
     /// Issuer URL → JWKS text, and whether it was set rather than fetched. A `std` mutex:
     /// never held across an `.await`.
     keys: Mutex<BTreeMap<String, (String, bool)>>,
-    /// Issuer URL → when its keys are due again.
+    /// Issuer URL → its last fetch.
     schedule: Mutex<BTreeMap<String, Schedule>>,
     /// Issuer URL → when an operator last had its keys fetched.
     requested: Mutex<BTreeMap<String, Instant>>,
@@ -216,14 +230,14 @@ impl IssuerKeys {
     /// Fetches `issuer`'s keys once and records the outcome: new keys and the next due time,
     /// or (failure) the last good keys kept and a retry after [`RETRY_INTERVAL`].
     async fn fetch_one(&self, http: &reqwest::Client, issuer: &Issuer) -> Result<(), KeyError> {
-        let attempted = Instant::now();
+        let at = Instant::now();
         let got = fetch_keys(http, &issuer.issuer, &issuer.algorithms).await;
-        let due = match &got {
-            Ok(f) => attempted + refresh_interval(issuer.refresh_seconds, f.max_age),
-            Err(_) => attempted + RETRY_INTERVAL,
+        let schedule = Schedule {
+            at,
+            failed: got.is_err(),
+            max_age: got.as_ref().ok().and_then(|f| f.max_age),
         };
-        self.schedule()
-            .insert(issuer.issuer.clone(), Schedule { due });
+        self.schedule().insert(issuer.issuer.clone(), schedule);
         let fetched = got?;
         self.lock()
             .insert(issuer.issuer.clone(), (fetched.jwks, false));
@@ -251,7 +265,7 @@ impl IssuerKeys {
             let waiting = self
                 .schedule()
                 .get(&issuer.issuer)
-                .is_some_and(|s| s.due > Instant::now());
+                .is_some_and(|s| s.due(issuer.refresh_seconds) > Instant::now());
             if waiting {
                 continue;
             }
@@ -292,7 +306,7 @@ impl IssuerKeys {
             let due = self
                 .schedule()
                 .get(&issuer.issuer)
-                .is_none_or(|s| s.due <= now);
+                .is_none_or(|s| s.due(issuer.refresh_seconds) <= now);
             if due && let Err(e) = self.fetch_one(http, issuer).await {
                 failures.push(e);
             }
@@ -348,7 +362,8 @@ impl IssuerKeys {
             .schedule()
             .get(&issuer.issuer)
             .map_or(Duration::ZERO, |s| {
-                s.due.saturating_duration_since(Instant::now())
+                s.due(issuer.refresh_seconds)
+                    .saturating_duration_since(Instant::now())
             });
         Ok(Refreshed {
             issuer: issuer.issuer.clone(),
