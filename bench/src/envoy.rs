@@ -125,7 +125,7 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         }
         // `jwt_authn` first, as the generated listener has it. Without the fixture (not
         // prepared) the filter's configuration is empty and every call fails the probe.
-        Variant::EdgeCallAuth | Variant::EdgeCallFull => {
+        Variant::EdgeCallAuth | Variant::EdgeCallAuthFresh | Variant::EdgeCallFull => {
             let (jwks, config) = match crate::identity::fixture() {
                 Some(f) => (
                     f.jwks.clone(),
@@ -159,7 +159,10 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         ..StaticBootstrap::default()
     }
     .to_json();
-    if matches!(variant, Variant::EdgeCallAuth | Variant::EdgeCallFull) {
+    if matches!(
+        variant,
+        Variant::EdgeCallAuth | Variant::EdgeCallAuthFresh | Variant::EdgeCallFull
+    ) {
         crate::identity::strip_payload_header(&mut doc);
     }
     doc

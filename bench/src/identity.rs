@@ -3,7 +3,10 @@
 //! generates it, and the catalog's virtual server protected with ten rules.
 //!
 //! The client sends the same token on every request: `jwt_authn` verifies it once and then
-//! finds it in its verified-token cache, as it does for a client that keeps its token.
+//! finds it in its verified-token cache, as it does for a client that keeps its token. The
+//! `edge-call-auth-fresh` variant sends [`FRESH_TOKENS`] distinct tokens in turn instead:
+//! more than `jwt_authn`'s cache holds, so every request is a cache miss and its RS256
+//! signature is verified.
 
 use crate::catalog;
 use anyhow::{Context, ensure};
@@ -18,6 +21,9 @@ pub const ISSUER: &str = "https://idp.mcpgw-bench.test";
 pub const RESOURCE: &str = "https://mcpgw-bench.test/servers/bench/mcp";
 /// The header `jwt_authn` forwards the verified payload in.
 pub const PAYLOAD_HEADER: &str = "x-mcpgw-jwt-payload";
+/// Distinct tokens `edge-call-auth-fresh` sends in turn: more than the 4096 verified tokens
+/// `jwt_authn` caches per worker, so a token is evicted before it comes round again.
+pub const FRESH_TOKENS: usize = 5000;
 
 /// The issuer's JWKS and the client's `Authorization` value.
 #[derive(Debug, Clone)]
@@ -26,12 +32,19 @@ pub struct Fixture {
     pub jwks: String,
     /// `Bearer <token>`.
     pub authorization: String,
+    /// [`FRESH_TOKENS`] more `Bearer <token>` values (same claims, each its own `jti`), or
+    /// none when not asked for.
+    pub fresh: Vec<String>,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
-/// Makes the key and the token (valid for a day) with the Python issuer; once per run.
-pub fn prepare(artifacts: &mcpgw_harness::Artifacts) -> anyhow::Result<&'static Fixture> {
+/// Makes the key and the token (valid for a day) with the Python issuer, and the
+/// [`FRESH_TOKENS`] more if `fresh`; once per run.
+pub fn prepare(
+    artifacts: &mcpgw_harness::Artifacts,
+    fresh: bool,
+) -> anyhow::Result<&'static Fixture> {
     if let Some(f) = FIXTURE.get() {
         return Ok(f);
     }
@@ -39,11 +52,18 @@ pub fn prepare(artifacts: &mcpgw_harness::Artifacts) -> anyhow::Result<&'static 
         .duration_since(std::time::UNIX_EPOCH)
         .context("clock before 1970")?
         .as_secs();
-    let spec = json!({"tokens": [{"claims": {
-        "iss": ISSUER, "sub": "bench-user", "aud": RESOURCE, "exp": now + 86_400,
-        "iat": now, "jti": format!("bench-{now}"), "email": "bench@mcpgw-bench.test",
-        "groups": ["g-eng", "g-dev"], "scope": "openid tools.execute"
-    }}]});
+    let claims = |jti: String| {
+        json!({"claims": {
+            "iss": ISSUER, "sub": "bench-user", "aud": RESOURCE, "exp": now + 86_400,
+            "iat": now, "jti": jti, "email": "bench@mcpgw-bench.test",
+            "groups": ["g-eng", "g-dev"], "scope": "openid tools.execute"
+        }})
+    };
+    let extra = if fresh { FRESH_TOKENS } else { 0 };
+    let tokens: Vec<Value> = std::iter::once(claims(format!("bench-{now}")))
+        .chain((0..extra).map(|i| claims(format!("bench-{now}-{i}"))))
+        .collect();
+    let spec = json!({ "tokens": tokens });
     let mut child = Command::new(artifacts.python()?)
         .arg(artifacts.repo_file("tests/py/jwt_issuer.py")?)
         .stdin(Stdio::piped())
@@ -63,10 +83,21 @@ pub fn prepare(artifacts: &mcpgw_harness::Artifacts) -> anyhow::Result<&'static 
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: Value = serde_json::from_slice(&out.stdout).context("jwt_issuer.py output")?;
-    let token = doc["tokens"][0].as_str().context("no token")?;
+    let all: Vec<&str> = doc["tokens"]
+        .as_array()
+        .context("no tokens")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        all.len() == 1 + extra,
+        "jwt_issuer.py made {} tokens",
+        all.len()
+    );
     let fixture = Fixture {
         jwks: doc["jwks"].to_string(),
-        authorization: format!("Bearer {token}"),
+        authorization: format!("Bearer {}", all[0]),
+        fresh: all[1..].iter().map(|t| format!("Bearer {t}")).collect(),
     };
     Ok(FIXTURE.get_or_init(|| fixture))
 }

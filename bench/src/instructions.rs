@@ -442,6 +442,21 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             (auth - edge) / edge * 100.0
         );
     }
+    if let (Some(fresh), Some(auth)) = (
+        best_of(Variant::EdgeCallAuthFresh),
+        best_of(Variant::EdgeCallAuth),
+    ) && auth > 0.0
+    {
+        // Same call, same rules; what a token jwt_authn has not cached adds: its RS256
+        // verification (and the filter's own per-token work on a new token).
+        let _ = writeln!(
+            s,
+            "- A token not in `jwt_authn`'s cache (edge-call-auth-fresh − edge-call-auth: RS256 \
+             verified on every request): {:+.0} instructions per request, {:+.1}%",
+            fresh - auth,
+            (fresh - auth) / auth * 100.0
+        );
+    }
     // Each plugin on its own, then the full policy set (issue 14's budget: +35% over the
     // filter without policy, i.e. edge-call).
     if let Some(edge) = best_of(Variant::EdgeCall).filter(|e| *e > 0.0) {

@@ -10,6 +10,8 @@ use hyper::Request;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
@@ -72,6 +74,9 @@ pub struct Workload {
     pub modern_call_of: Option<&'static str>,
     /// `Authorization` of every request (the `edge-call-auth` variant's token).
     pub authorization: Option<&'static str>,
+    /// `Authorization` values taken in turn, one per request, instead (the
+    /// `edge-call-auth-fresh` variant's tokens); the turn is shared by every clone.
+    pub rotating: Option<(&'static [String], Arc<AtomicUsize>)>,
 }
 
 impl Workload {
@@ -82,12 +87,21 @@ impl Workload {
             body,
             modern_call_of: None,
             authorization: None,
+            rotating: None,
         }
     }
 
     /// The same requests, each with `Authorization: <authorization>`.
     pub fn authorized(mut self, authorization: Option<&'static str>) -> Workload {
         self.authorization = authorization;
+        self
+    }
+
+    /// The same requests, each with the next of `authorizations` (round robin).
+    pub fn authorized_in_turn(mut self, authorizations: Option<&'static [String]>) -> Workload {
+        self.rotating = authorizations
+            .filter(|a| !a.is_empty())
+            .map(|a| (a, Arc::new(AtomicUsize::new(0))));
         self
     }
 
@@ -98,6 +112,7 @@ impl Workload {
             body,
             modern_call_of: Some(tool),
             authorization: None,
+            rotating: None,
         }
     }
 
@@ -115,6 +130,12 @@ impl Workload {
         };
         if let Some(authorization) = self.authorization {
             request = request.header("authorization", authorization);
+        }
+        if let Some((all, turn)) = &self.rotating {
+            let i = turn.fetch_add(1, Ordering::Relaxed) % all.len();
+            if let Some(authorization) = all.get(i) {
+                request = request.header("authorization", authorization.as_str());
+            }
         }
         request
             .body(Full::new(self.body.clone()))

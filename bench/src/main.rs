@@ -12,10 +12,12 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("bench crate has no parent directory")?;
     let settings = Settings::from_lookup(|k| std::env::var(k).ok(), root)?;
-    if settings.variants.contains(&Variant::EdgeCallAuth)
+    let fresh = settings.variants.contains(&Variant::EdgeCallAuthFresh);
+    if fresh
+        || settings.variants.contains(&Variant::EdgeCallAuth)
         || settings.variants.contains(&Variant::EdgeCallFull)
     {
-        identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
+        identity::prepare(&mcpgw_harness::Artifacts::from_env(), fresh)?;
     }
     eprintln!(
         "mcpgw-bench: {} rounds × {:?} × {:.1} s (+{:.1} s warmup), {} connections",

@@ -48,6 +48,10 @@ pub enum Variant {
     /// token (cached after the first request), the filter checks its claims and decides with
     /// ten rules.
     EdgeCallAuth,
+    /// `edge-call-auth` with a token `jwt_authn` has not seen (or has evicted) on every
+    /// request: its RS256 signature verified each time, as for clients that each send their
+    /// token once.
+    EdgeCallAuthFresh,
     /// `edge-call` with the PII plugin (every detector, masking) on the call's arguments
     /// and its result.
     EdgeCallPii,
@@ -62,7 +66,7 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 16] = [
+    pub const ALL: [Variant; 17] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -76,6 +80,7 @@ impl Variant {
         Variant::EdgeCallModern,
         Variant::LimitLocal,
         Variant::EdgeCallAuth,
+        Variant::EdgeCallAuthFresh,
         Variant::EdgeCallPii,
         Variant::EdgeCallRegex,
         Variant::EdgeCallFull,
@@ -97,6 +102,7 @@ impl Variant {
             Variant::EdgeCallModern => "edge-call-2026",
             Variant::LimitLocal => "limit-local",
             Variant::EdgeCallAuth => "edge-call-auth",
+            Variant::EdgeCallAuthFresh => "edge-call-auth-fresh",
             Variant::EdgeCallPii => "edge-call-pii",
             Variant::EdgeCallRegex => "edge-call-regex",
             Variant::EdgeCallFull => "edge-call-full",
@@ -163,6 +169,11 @@ impl Variant {
                  issuer, audience, expiry, revocation and algorithm, then the permission and \
                  ten rules (arguments parsed for the deny rules)"
             }
+            Variant::EdgeCallAuthFresh => {
+                "`edge-call-auth` with a token `jwt_authn` has not cached on every request \
+                 (5,000 distinct tokens in turn, more than its 4,096-token cache): an RS256 \
+                 verification per request"
+            }
             Variant::EdgeCallPii => {
                 "`edge-call` with the PII plugin (every detector: emails, phones, SSNs, cards \
                  with Luhn, IBANs with mod-97, IPs, AWS and generic keys, private keys, JWTs; \
@@ -190,6 +201,7 @@ impl Variant {
             | Variant::EdgeCall
             | Variant::LimitLocal
             | Variant::EdgeCallAuth
+            | Variant::EdgeCallAuthFresh
             | Variant::EdgeCallPii
             | Variant::EdgeCallRegex
             | Variant::EdgeCallFull => Variant::PlainCall,
@@ -213,6 +225,7 @@ impl Variant {
                 | Variant::EdgeCallModern
                 | Variant::LimitLocal
                 | Variant::EdgeCallAuth
+                | Variant::EdgeCallAuthFresh
                 | Variant::EdgeCallPii
                 | Variant::EdgeCallRegex
                 | Variant::EdgeCallFull
@@ -251,6 +264,11 @@ impl Variant {
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             )
             .authorized(crate::identity::fixture().map(|f| f.authorization.as_str())),
+            Variant::EdgeCallAuthFresh => Workload::new(
+                catalog::ENDPOINT,
+                load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
+            )
+            .authorized_in_turn(crate::identity::fixture().map(|f| f.fresh.as_slice())),
             Variant::PlainCallModern => Workload::modern_call(
                 load::MCP_PATH,
                 catalog::CALLED_TOOL,
@@ -352,6 +370,7 @@ mod tests {
                     | Variant::EdgeCallModern
                     | Variant::LimitLocal
                     | Variant::EdgeCallAuth
+                    | Variant::EdgeCallAuthFresh
                     | Variant::EdgeCallPii
                     | Variant::EdgeCallRegex
                     | Variant::EdgeCallFull

@@ -12,9 +12,9 @@
 //!   any filter runs, the route header, the relay's headers ([`INTERNAL_HEADERS`]) and the
 //!   verified-token header ([`IDENTITY_HEADERS`]) are stripped from the client's request:
 //!   only the filter may pick a cluster, only the relay route speaks for the edge, only
-//!   `jwt_authn` vouches for a token. When the snapshot has token issuers, Envoy's
-//!   `jwt_authn` runs before the mcpgw filter ([`jwt_authn`]). Header, request and idle
-//!   timeouts.
+//!   `jwt_authn` vouches for a token. Envoy's `jwt_authn` runs before the mcpgw filter,
+//!   its configuration (the issuers and their keys) over ECDS too. Header, request and
+//!   idle timeouts.
 //! - RouteConfiguration [`ROUTES`]: the route header present → that cluster (GET streams
 //!   without a deadline but with an idle limit, everything else with a deadline); the relay
 //!   route adds the relay's secret and the client's address; anything else the filter let
@@ -27,6 +27,8 @@
 //! - TypedExtensionConfig [`FILTER`]: the wasm filter, its plugin configuration the snapshot
 //!   JSON. Its `vm_config` never changes, so a new catalog re-runs `on_configure` in the
 //!   running VM instead of starting a new one. No secret is in it.
+//! - TypedExtensionConfig [`JWT_FILTER`]: `jwt_authn` with one provider per issuer with keys
+//!   ([`jwt_authn`]), so a key rotation reaches kept-alive connections.
 //!
 //! [`Publisher`] rebuilds the snapshot after every registry change (debounced), translates
 //! it and publishes the result to the xDS server; a failed build is logged and counted and
@@ -41,8 +43,11 @@ mod resolve;
 mod translate;
 mod upstream;
 
-pub use issuers::{IssuerKeys, KeyError, REFRESH_INTERVAL, fetch_jwks, key_client};
-pub use jwt::{JWT_CACHE_SIZE, JWT_FILTER, PAYLOAD_HEADER, jwt_authn};
+pub use issuers::{
+    IssuerKeys, KeyError, MIN_REFRESH_INTERVAL, REFRESH_INTERVAL, RefreshError, Refreshed,
+    fetch_jwks, fetch_keys, key_client, max_age, refresh_interval,
+};
+pub use jwt::{JWT_CACHE_SIZE, JWT_FILTER, PAYLOAD_HEADER, jwt_authn, jwt_authn_filter};
 pub use publish::{Built, DEBOUNCE, Edge, EdgeInputs, PublishError, Publisher, record};
 pub use resolve::{
     AddressError, EdgeResolver, RESOLVE_TIMEOUT, Resolver, SystemResolver, check_address,

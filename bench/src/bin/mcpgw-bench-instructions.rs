@@ -15,10 +15,12 @@ fn main() -> anyhow::Result<()> {
     let lookup = |k: &str| std::env::var(k).ok();
     let settings = Settings::from_lookup(lookup, root)?;
     let counting = Counting::from_lookup(lookup)?;
-    if settings.variants.contains(&Variant::EdgeCallAuth)
+    let fresh = settings.variants.contains(&Variant::EdgeCallAuthFresh);
+    if fresh
+        || settings.variants.contains(&Variant::EdgeCallAuth)
         || settings.variants.contains(&Variant::EdgeCallFull)
     {
-        identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
+        identity::prepare(&mcpgw_harness::Artifacts::from_env(), fresh)?;
     }
     let envoy_version = envoy::version(&settings.envoy)
         .with_context(|| format!("Envoy not usable at {}", settings.envoy.display()))?;

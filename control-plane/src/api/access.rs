@@ -136,9 +136,9 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         // its keys: who manages the control plane's own signing keys decides. A server's
         // policy and limits are part of the server; plugins and the default limits apply
         // across servers, so they need the server permissions at global scope.
-        ("GET", "/issuers" | "/issuers/{name}") | ("PUT" | "DELETE", "/issuers/{name}") => {
-            Some(Rule::Global(AdminKeys))
-        }
+        ("GET", "/issuers" | "/issuers/{name}")
+        | ("PUT" | "DELETE", "/issuers/{name}")
+        | ("POST", "/issuers/{name}/refresh") => Some(Rule::Global(AdminKeys)),
         ("GET", "/policies/{id}" | "/limits/{id}") => {
             Some(Rule::Item(OwnedKind::Server, ServersRead))
         }

@@ -20,6 +20,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::problem::ApiJson;
 use super::{ApiError, AppState, Problem};
+use crate::edge_config::{RefreshError, Refreshed};
 use crate::snapshot::{check_server_auth, check_server_limits};
 use crate::store::policies::{DEFAULT_LIMITS, EdgeKind, EdgeRecord};
 
@@ -184,7 +185,9 @@ pub async fn get_issuer(
 /// `auth.issuers.{name}`: `issuer` (its `iss`, https), `algorithms` (no `none`, no `HS*`),
 /// optional `audiences`, optional inline `jwks` (public keys; otherwise the control plane
 /// fetches them through OpenID discovery, or supplies its own when `issuer` is its own
-/// `jwt_issuer`) and `claims` (claim mapping).
+/// `jwt_issuer`), `claims` (claim mapping) and `refresh_seconds` (the longest time between
+/// two fetches of its keys, 30 to 86400, default 900; a shorter `Cache-Control: max-age` on
+/// its JWKS is honoured).
 #[utoipa::path(put, path = "/issuers/{name}", tag = "policies", params(("name" = String, Path)),
     request_body(content = Object, description = "mcpgw_core::snapshot::auth::Issuer"),
     responses((status = 200, body = EdgeItem), (status = 201, body = EdgeItem),
@@ -236,6 +239,68 @@ pub async fn delete_issuer(
     }
     s.store.delete_edge_item(EdgeKind::Issuer, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fetches the issuer's keys now (through OpenID discovery, as the periodic refresh does)
+/// and, if they changed, publishes them to the Envoys before answering: for a provider that
+/// has just published a new key, or tokens whose `kid` the edge does not know. At most once
+/// per 30 s per issuer (429 with `Retry-After`); 409 for an issuer whose keys are not
+/// fetched (given inline, or the control plane's own); 502 when the fetch fails (the last
+/// good keys stay).
+#[utoipa::path(post, path = "/issuers/{name}/refresh", tag = "policies", params(("name" = String, Path)),
+    responses((status = 200, body = Refreshed),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 502, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub async fn refresh_issuer(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Refreshed>, axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let r = s
+        .store
+        .edge_item::<Issuer>(EdgeKind::Issuer, &name)
+        .await
+        .map_err(|e| Problem::from(ApiError::from(e)).into_response())?;
+    match s.edge.refresh_issuer(r.spec).await {
+        Ok(done) => Ok(Json(done)),
+        Err(e) => {
+            let detail = e.to_string();
+            let problem = |status, slug, title| Problem::new(status, slug, title, detail.clone());
+            Err(match e {
+                RefreshError::NotFetched(_) => {
+                    problem(StatusCode::CONFLICT, "keys-not-fetched", "Keys not fetched")
+                        .into_response()
+                }
+                RefreshError::TooSoon { retry_after, .. } => (
+                    [(
+                        axum::http::header::RETRY_AFTER,
+                        retry_after.as_secs().to_string(),
+                    )],
+                    problem(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "refresh-too-soon",
+                        "Refreshed too recently",
+                    ),
+                )
+                    .into_response(),
+                RefreshError::Key(_) => problem(
+                    StatusCode::BAD_GATEWAY,
+                    "issuer-unreachable",
+                    "Issuer keys not fetched",
+                )
+                .into_response(),
+                RefreshError::Unavailable => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Keys not being fetched",
+                )
+                .into_response(),
+            })
+        }
+    }
 }
 
 // ---- policies --------------------------------------------------------------------------
@@ -502,13 +567,13 @@ pub async fn delete_plugin(
 #[derive(OpenApi)]
 #[openapi(
     paths(
-        list_issuers, get_issuer, put_issuer, delete_issuer,
+        list_issuers, get_issuer, put_issuer, delete_issuer, refresh_issuer,
         list_policies, get_policy, put_policy, delete_policy,
         list_limits, get_default_limits, put_default_limits, delete_default_limits,
         get_limits, put_limits, delete_limits,
         list_plugins, get_plugin, put_plugin, delete_plugin,
     ),
-    components(schemas(EdgeItem, EdgeItems, PolicyBody)),
+    components(schemas(EdgeItem, EdgeItems, PolicyBody, Refreshed)),
     tags((name = "policies", description = "What the edge enforces: token issuers, authorization per virtual server, request limits, guardrail plugins"))
 )]
 pub struct Doc;
@@ -521,6 +586,10 @@ pub fn routes() -> axum::Router<AppState> {
         .route(
             "/issuers/{name}",
             get(get_issuer).put(put_issuer).delete(delete_issuer),
+        )
+        .route(
+            "/issuers/{name}/refresh",
+            axum::routing::post(refresh_issuer),
         )
         .route("/policies", get(list_policies))
         .route(

@@ -1,7 +1,8 @@
 //! `mcpgw issuers|policies|limits|plugins`: what the edge enforces besides the catalog
 //! (`api::policies`). Each has `list`, `get NAME`, `set NAME -f FILE` (the settings as JSON
 //! or YAML, `-` for stdin: the `spec` a `get` shows) and `rm NAME`. Policies and limits are
-//! named by their virtual server (id or name); `limits` also takes `default`.
+//! named by their virtual server (id or name); `limits` also takes `default`. Issuers also
+//! have `refresh NAME`: fetch the issuer's keys now and publish them to the edge.
 
 use std::path::PathBuf;
 
@@ -30,6 +31,12 @@ pub enum EdgeCmd {
         /// The settings.
         #[arg(short = 'f', long)]
         file: PathBuf,
+    },
+    /// Issuers only: fetch the issuer's keys now (a new key was published, or tokens name
+    /// an unknown `kid`) and publish them to the edge; at most once per 30 s per issuer.
+    Refresh {
+        /// Issuer name.
+        name: String,
     },
     /// Delete one.
     Rm {
@@ -69,6 +76,12 @@ impl EdgeKind {
 }
 
 const COLS: &[(&str, &str)] = &[("NAME", "name"), ("UPDATED", "updated_at")];
+const REFRESH_COLS: &[(&str, &str)] = &[
+    ("ISSUER", "issuer"),
+    ("KIDS", "kids"),
+    ("CHANGED", "changed"),
+    ("NEXT_REFRESH_S", "next_refresh_seconds"),
+];
 
 impl Client {
     async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
@@ -119,6 +132,14 @@ pub async fn run(kind: EdgeKind, api: &ApiArgs, cmd: EdgeCmd) -> anyhow::Result<
             let doc = read_doc(&file)?;
             let v = c.put(&item(&name).await?, &doc).await?;
             print(api.output, &v, COLS)
+        }
+        EdgeCmd::Refresh { name } => {
+            if !matches!(kind, EdgeKind::Issuers) {
+                anyhow::bail!("refresh applies to issuers only");
+            }
+            let path = format!("{}/refresh", item(&name).await?);
+            let v = c.post(&path, &serde_json::json!({})).await?;
+            print(api.output, &v, REFRESH_COLS)
         }
         EdgeCmd::Rm { name } => {
             let path = item(&name).await?;

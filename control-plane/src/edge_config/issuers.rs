@@ -11,25 +11,37 @@
 //! A failed refresh keeps the last good keys (an issuer that is down for a while must not
 //! lock every client out); keys are filtered to public keys of the families the issuer's
 //! algorithms use, so a JWKS that also lists a symmetric or an encryption key still serves.
+//!
+//! When: each issuer on its own schedule ([`refresh_interval`]): at most its
+//! `refresh_seconds` (default [`REFRESH_INTERVAL`]) after the last fetch, sooner when its JWKS
+//! answer says so (`Cache-Control: max-age`), never more often than every
+//! [`MIN_REFRESH_INTERVAL`]; a failed fetch is tried again after [`RETRY_INTERVAL`]. An
+//! operator who knows a provider has published a new key (or sees tokens with an unknown
+//! `kid`) asks for a fetch at once ([`IssuerKeys::refresh_one`], `POST
+//! /issuers/{name}/refresh`), at most once per [`MIN_REFRESH_INTERVAL`] per issuer.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mcpgw_core::snapshot::Snapshot;
-use mcpgw_core::snapshot::auth::{Auth, key_type, parse_url};
+use mcpgw_core::snapshot::auth::{Auth, Issuer, REFRESH_SECONDS_MIN, key_type, parse_url};
 use serde_json::Value;
 
 /// Largest discovery document or JWKS accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// How long one fetch may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often keys are fetched again: providers publish a new key well before they sign
-/// with it (OpenID Connect Core 10.1.1), usually hours; a quarter of an hour picks it up
-/// long before the first token it signs arrives.
+/// How often keys are fetched again unless the issuer's `refresh_seconds` or its JWKS's
+/// `max-age` says sooner: providers publish a new key well before they sign with it (OpenID
+/// Connect Core 10.1.1), usually hours; a quarter of an hour picks it up long before the
+/// first token it signs arrives.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
-/// How long an issuer whose keys could not be fetched yet waits before a build tries again
-/// (builds follow every registry change; an issuer that is down must not slow each one).
+/// The shortest interval between two fetches of one issuer's keys, whatever its JWKS's
+/// `max-age` says, and the most often an operator may ask for one.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(REFRESH_SECONDS_MIN as u64);
+/// How long an issuer whose keys could not be fetched waits before the next try (builds
+/// follow every registry change; an issuer that is down must not slow each one).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why an issuer's keys could not be fetched.
@@ -74,14 +86,116 @@ impl KeyError {
     }
 }
 
+/// Why an operator's refresh of one issuer's keys did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    /// The issuer's keys are not fetched: given in configuration, or the control plane's own.
+    #[error(
+        "issuer {0}: its keys are not fetched (given in configuration, or the control plane's own)"
+    )]
+    NotFetched(String),
+    /// An operator's last refresh was less than [`MIN_REFRESH_INTERVAL`] ago.
+    #[error("issuer {issuer}: a refresh was asked for less than {}s ago; try again in {}s", MIN_REFRESH_INTERVAL.as_secs(), retry_after.as_secs())]
+    TooSoon {
+        /// The issuer URL.
+        issuer: String,
+        /// When a fetch is allowed again.
+        retry_after: Duration,
+    },
+    /// The fetch failed (the last good keys stay).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Nothing fetches keys (the control plane has no HTTP client for it, or the edge
+    /// configuration is not being published).
+    #[error("issuer keys are not being fetched by this control plane")]
+    Unavailable,
+}
+
+/// What a refresh of one issuer's keys found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Refreshed {
+    /// The issuer URL.
+    pub issuer: String,
+    /// The key ids now held for it (and published to the edge).
+    pub kids: Vec<String>,
+    /// Whether the keys differ from those held before.
+    pub changed: bool,
+    /// Seconds until the next scheduled fetch.
+    pub next_refresh_seconds: u64,
+}
+
+/// The next interval between two fetches of an issuer's keys: its `refresh_seconds` (default
+/// [`REFRESH_INTERVAL`]), or the JWKS answer's `max-age` if shorter, never below
+/// [`MIN_REFRESH_INTERVAL`].
+pub fn refresh_interval(configured: Option<u32>, max_age: Option<Duration>) -> Duration {
+    let ceiling = configured
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(REFRESH_INTERVAL)
+        .max(MIN_REFRESH_INTERVAL);
+    max_age
+        .map_or(ceiling, |age| age.min(ceiling))
+        .max(MIN_REFRESH_INTERVAL)
+}
+
+/// The `max-age` of a `Cache-Control` header value (`no-cache`/`no-store`: zero, which
+/// [`refresh_interval`] raises to its floor).
+pub fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in cache_control.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
+}
+
+/// Keys fetched for one issuer, and for how long its JWKS answer says they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedKeys {
+    /// The JWKS text to inline (usable keys only).
+    pub jwks: String,
+    /// The JWKS answer's `Cache-Control: max-age`, if any.
+    pub max_age: Option<Duration>,
+}
+
+/// The last fetch of an issuer's keys: when, whether it failed, and the `max-age` its JWKS
+/// answer had. When the next one is due follows from it and the issuer's current
+/// `refresh_seconds`, so a changed setting applies at once.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    at: Instant,
+    failed: bool,
+    max_age: Option<Duration>,
+}
+
+impl Schedule {
+    fn due(&self, refresh_seconds: Option<u32>) -> Instant {
+        if self.failed {
+            self.at + RETRY_INTERVAL
+        } else {
+            self.at + refresh_interval(refresh_seconds, self.max_age)
+        }
+    }
+}
+
 /// The keys last fetched (or set) per issuer URL.
 #[derive(Debug, Default)]
 pub struct IssuerKeys {
     /// Issuer URL → JWKS text, and whether it was set rather than fetched. A `std` mutex:
     /// never held across an `.await`.
     keys: Mutex<BTreeMap<String, (String, bool)>>,
-    /// Issuer URL → when a fetch of its keys last failed.
-    failed: Mutex<BTreeMap<String, Instant>>,
+    /// Issuer URL → its last fetch.
+    schedule: Mutex<BTreeMap<String, Schedule>>,
+    /// Issuer URL → when an operator last had its keys fetched.
+    requested: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl IssuerKeys {
@@ -109,36 +223,54 @@ impl IssuerKeys {
             .collect()
     }
 
+    fn schedule(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Schedule>> {
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fetches `issuer`'s keys once and records the outcome: new keys and the next due time,
+    /// or (failure) the last good keys kept and a retry after [`RETRY_INTERVAL`].
+    async fn fetch_one(&self, http: &reqwest::Client, issuer: &Issuer) -> Result<(), KeyError> {
+        let at = Instant::now();
+        let got = fetch_keys(http, &issuer.issuer, &issuer.algorithms).await;
+        let schedule = Schedule {
+            at,
+            failed: got.is_err(),
+            max_age: got.as_ref().ok().and_then(|f| f.max_age),
+        };
+        self.schedule().insert(issuer.issuer.clone(), schedule);
+        let fetched = got?;
+        self.lock()
+            .insert(issuer.issuer.clone(), (fetched.jwks, false));
+        Ok(())
+    }
+
+    /// The issuers of `auth` whose keys are fetched: none in configuration, not set.
+    fn fetched<'a>(&self, auth: &'a Auth) -> Vec<&'a Issuer> {
+        auth.issuers
+            .values()
+            .filter(|i| i.jwks.is_none() && !self.is_set(&i.issuer))
+            .collect()
+    }
+
     /// Fetches the keys of the issuers of `auth` that have none yet (none in configuration,
     /// none set, none fetched), except those whose last fetch failed less than
     /// [`RETRY_INTERVAL`] ago: a newly added issuer gets its keys with the build that
-    /// publishes it. The periodic [`refresh`](IssuerKeys::refresh) renews the others.
+    /// publishes it. [`refresh_due`](IssuerKeys::refresh_due) renews the others.
     pub async fn fetch_missing(&self, http: &reqwest::Client, auth: &Auth) -> Vec<KeyError> {
         let mut failures = Vec::new();
-        for issuer in auth.issuers.values().filter(|i| i.jwks.is_none()) {
+        for issuer in self.fetched(auth) {
             if self.get(&issuer.issuer).is_some() {
                 continue;
             }
-            let recent = self
-                .failed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            let waiting = self
+                .schedule()
                 .get(&issuer.issuer)
-                .is_some_and(|at| at.elapsed() < RETRY_INTERVAL);
-            if recent {
+                .is_some_and(|s| s.due(issuer.refresh_seconds) > Instant::now());
+            if waiting {
                 continue;
             }
-            match fetch_jwks(http, &issuer.issuer, &issuer.algorithms).await {
-                Ok(jwks) => {
-                    self.lock().insert(issuer.issuer.clone(), (jwks, false));
-                }
-                Err(e) => {
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(issuer.issuer.clone(), Instant::now());
-                    failures.push(e);
-                }
+            if let Err(e) = self.fetch_one(http, issuer).await {
+                failures.push(e);
             }
         }
         failures
@@ -157,18 +289,88 @@ impl IssuerKeys {
     /// reported.
     pub async fn refresh(&self, http: &reqwest::Client, auth: &Auth) -> Vec<KeyError> {
         let mut failures = Vec::new();
-        for issuer in auth.issuers.values().filter(|i| i.jwks.is_none()) {
-            if self.is_set(&issuer.issuer) {
-                continue;
-            }
-            match fetch_jwks(http, &issuer.issuer, &issuer.algorithms).await {
-                Ok(jwks) => {
-                    self.lock().insert(issuer.issuer.clone(), (jwks, false));
-                }
-                Err(e) => failures.push(e),
+        for issuer in self.fetched(auth) {
+            if let Err(e) = self.fetch_one(http, issuer).await {
+                failures.push(e);
             }
         }
         failures
+    }
+
+    /// [`refresh`](IssuerKeys::refresh) for the issuers whose keys are due (each on its
+    /// own schedule, see [`refresh_interval`]; one never fetched is due).
+    pub async fn refresh_due(&self, http: &reqwest::Client, auth: &Auth) -> Vec<KeyError> {
+        let now = Instant::now();
+        let mut failures = Vec::new();
+        for issuer in self.fetched(auth) {
+            let due = self
+                .schedule()
+                .get(&issuer.issuer)
+                .is_none_or(|s| s.due(issuer.refresh_seconds) <= now);
+            if due && let Err(e) = self.fetch_one(http, issuer).await {
+                failures.push(e);
+            }
+        }
+        failures
+    }
+
+    /// Fetches `issuer`'s keys now, at an operator's request (a provider published a new
+    /// key, a token names an unknown `kid`): refused when its keys are not fetched, or when
+    /// an operator had them fetched less than [`MIN_REFRESH_INTERVAL`] ago (scheduled fetches
+    /// do not count: they are at most one per interval anyway).
+    pub async fn refresh_one(
+        &self,
+        http: &reqwest::Client,
+        issuer: &Issuer,
+    ) -> Result<Refreshed, RefreshError> {
+        if issuer.jwks.is_some() || self.is_set(&issuer.issuer) {
+            return Err(RefreshError::NotFetched(issuer.issuer.clone()));
+        }
+        {
+            let mut requested = self
+                .requested
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(elapsed) = requested.get(&issuer.issuer).map(Instant::elapsed)
+                && elapsed < MIN_REFRESH_INTERVAL
+            {
+                return Err(RefreshError::TooSoon {
+                    issuer: issuer.issuer.clone(),
+                    // Rounded up: a client that waits this long is let through.
+                    retry_after: Duration::from_secs(
+                        (MIN_REFRESH_INTERVAL - elapsed).as_secs() + 1,
+                    ),
+                });
+            }
+            requested.insert(issuer.issuer.clone(), Instant::now());
+        }
+        let before = self.get(&issuer.issuer);
+        self.fetch_one(http, issuer).await?;
+        let now = self.get(&issuer.issuer);
+        let kids = now
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            .and_then(|doc| {
+                doc.get("keys").and_then(Value::as_array).map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let next = self
+            .schedule()
+            .get(&issuer.issuer)
+            .map_or(Duration::ZERO, |s| {
+                s.due(issuer.refresh_seconds)
+                    .saturating_duration_since(Instant::now())
+            });
+        Ok(Refreshed {
+            issuer: issuer.issuer.clone(),
+            kids,
+            changed: before != now,
+            next_refresh_seconds: next.as_secs(),
+        })
     }
 
     /// Puts the keys held into `snapshot`'s issuers that have none in configuration: those
@@ -202,12 +404,13 @@ pub fn key_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// The JSON document at `url`, and its `Cache-Control: max-age`.
 async fn get_json(
     http: &reqwest::Client,
     issuer: &str,
     what: &'static str,
     url: &str,
-) -> Result<Value, KeyError> {
+) -> Result<(Value, Option<Duration>), KeyError> {
     let fail = |reason: String| KeyError::Fetch {
         issuer: issuer.to_owned(),
         what,
@@ -222,6 +425,13 @@ async fn get_json(
     if !response.status().is_success() {
         return Err(fail(format!("HTTP {}", response.status())));
     }
+    let age = response
+        .headers()
+        .get_all(reqwest::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(max_age)
+        .min();
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
         body.extend_from_slice(&chunk);
@@ -229,7 +439,8 @@ async fn get_json(
             return Err(fail(format!("larger than {MAX_DOCUMENT_BYTES} bytes")));
         }
     }
-    serde_json::from_slice(&body).map_err(|e| fail(format!("not JSON: {e}")))
+    let doc = serde_json::from_slice(&body).map_err(|e| fail(format!("not JSON: {e}")))?;
+    Ok((doc, age))
 }
 
 /// Fetches `issuer`'s discovery document (`{issuer}/.well-known/openid-configuration`),
@@ -240,6 +451,15 @@ pub async fn fetch_jwks(
     issuer: &str,
     algorithms: &[String],
 ) -> Result<String, KeyError> {
+    fetch_keys(http, issuer, algorithms).await.map(|f| f.jwks)
+}
+
+/// [`fetch_jwks`], with how long the JWKS answer says its keys hold (`max-age`).
+pub async fn fetch_keys(
+    http: &reqwest::Client,
+    issuer: &str,
+    algorithms: &[String],
+) -> Result<FetchedKeys, KeyError> {
     let discovery_error = |reason: String| KeyError::Discovery {
         issuer: issuer.to_owned(),
         reason,
@@ -249,7 +469,7 @@ pub async fn fetch_jwks(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
-    let doc = get_json(http, issuer, "discovery document", &url).await?;
+    let (doc, _) = get_json(http, issuer, "discovery document", &url).await?;
     // OpenID Connect Discovery 4.3: the document must name the issuer it was fetched for.
     if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
         return Err(discovery_error(
@@ -261,7 +481,7 @@ pub async fn fetch_jwks(
         .and_then(Value::as_str)
         .ok_or_else(|| discovery_error("the discovery document has no jwks_uri".into()))?;
     parse_url(jwks_uri).map_err(|e| discovery_error(format!("jwks_uri: {e}")))?;
-    let jwks = get_json(http, issuer, "jwks", jwks_uri).await?;
+    let (jwks, max_age) = get_json(http, issuer, "jwks", jwks_uri).await?;
     let keys = usable_keys(&jwks, algorithms);
     if keys.is_empty() {
         return Err(KeyError::NoKeys {
@@ -269,7 +489,10 @@ pub async fn fetch_jwks(
             algorithms: algorithms.join(", "),
         });
     }
-    Ok(serde_json::json!({ "keys": keys }).to_string())
+    Ok(FetchedKeys {
+        jwks: serde_json::json!({ "keys": keys }).to_string(),
+        max_age,
+    })
 }
 
 /// The keys of `jwks` a token signed with one of `algorithms` may name: signing keys (no
@@ -441,6 +664,79 @@ mod tests {
         assert!(failures[0].to_string().contains("503"), "{}", failures[0]);
         keys.apply(&mut again);
         assert_eq!(jwks_of(&again, "idp"), Some(jwks));
+    }
+
+    #[test]
+    fn the_refresh_interval_honours_max_age_between_a_floor_and_the_issuers_ceiling() {
+        let s = Duration::from_secs;
+        let cases = [
+            ("default", None, None, 900),
+            ("a shorter max-age", None, Some(s(120)), 120),
+            ("a max-age beyond the ceiling", None, Some(s(86_400)), 900),
+            ("a max-age below the floor", None, Some(s(5)), 30),
+            ("no-cache", None, Some(Duration::ZERO), 30),
+            ("the issuer's ceiling", Some(3600), Some(s(7200)), 3600),
+            ("the issuer's ceiling, no max-age", Some(60), None, 60),
+            (
+                "a shorter max-age than the issuer's",
+                Some(3600),
+                Some(s(300)),
+                300,
+            ),
+        ];
+        for (case, configured, age, want) in cases {
+            assert_eq!(refresh_interval(configured, age), s(want), "{case}");
+        }
+    }
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        let s = |n| Some(Duration::from_secs(n));
+        let cases = [
+            ("public, max-age=300", s(300)),
+            ("Max-Age=60, must-revalidate", s(60)),
+            ("s-maxage=10, max-age=20", s(20)),
+            ("no-store", s(0)),
+            ("private", None),
+            ("max-age=soon", None),
+        ];
+        for (header, want) in cases {
+            assert_eq!(max_age(header), want, "{header}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_operators_refresh_is_refused_too_soon_and_for_keys_not_fetched() {
+        let rsa = json!({"kty": "RSA", "kid": "k1", "n": "n", "e": "AQAB"});
+        let url = provider(json!({"keys": [rsa]}), false).await;
+        let http = key_client().unwrap();
+        let issuer: Issuer =
+            serde_json::from_value(json!({"issuer": url, "algorithms": ["RS256"]})).unwrap();
+        let keys = IssuerKeys::new();
+        let got = keys.refresh_one(&http, &issuer).await.unwrap();
+        assert_eq!(got.kids, ["k1"]);
+        assert!(got.changed, "nothing was held before");
+        // Scheduled by the default ceiling (the provider sends no max-age).
+        assert!(
+            got.next_refresh_seconds < REFRESH_INTERVAL.as_secs()
+                && got.next_refresh_seconds > MIN_REFRESH_INTERVAL.as_secs(),
+            "{got:?}"
+        );
+        let Err(RefreshError::TooSoon { retry_after, .. }) = keys.refresh_one(&http, &issuer).await
+        else {
+            panic!("a second refresh at once went through");
+        };
+        assert!(retry_after <= MIN_REFRESH_INTERVAL + Duration::from_secs(1));
+
+        let given: Issuer = serde_json::from_value(
+            json!({"issuer": "https://given.example.com", "algorithms": ["RS256"],
+                   "jwks": {"keys": [rsa]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            keys.refresh_one(&http, &given).await,
+            Err(RefreshError::NotFetched(given.issuer.clone()))
+        );
     }
 
     #[tokio::test]

@@ -25,8 +25,19 @@
 //!
 //! The listener removes [`PAYLOAD_HEADER`] from every client request before any filter runs
 //! (early header mutation), so only `jwt_authn` can set it.
+//!
+//! The configuration travels over ECDS (resource [`JWT_FILTER`]), not inside the listener,
+//! and the listener always has the filter (with no provider and no rule when no issuer has
+//! keys: it then passes every request untouched). A listener whose filter chain changes is
+//! replaced: Envoy drains the old chain, and every connection opened before the change keeps
+//! the old `jwt_authn` until it closes, so a key published at the provider and pushed to the
+//! edge would still be unknown on a client's kept-alive connection, and the first token it
+//! signs would fail there. An ECDS update applies to the next request on every connection.
 
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, ExtensionConfigSource,
+    TypedExtensionConfig, config_source, data_source,
+};
 use envoy_types::pb::envoy::config::route::v3::{RouteMatch, route_match};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     JwtAuthentication, JwtCacheConfig, JwtHeader, JwtProvider, JwtRequirement,
@@ -40,7 +51,8 @@ pub use mcpgw_core::auth::PAYLOAD_HEADER;
 use mcpgw_core::snapshot::Snapshot;
 use prost::Message as _;
 
-/// Name of the `jwt_authn` filter in the listener (and its metadata namespace).
+/// Name of the `jwt_authn` filter in the listener (and its metadata namespace), and of its
+/// ECDS resource.
 pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 /// Verified tokens each Envoy worker keeps (Envoy's default is 100): a token seen again is
 /// not verified again until it expires. A few thousand active clients per worker fit.
@@ -48,9 +60,42 @@ pub const JWT_CACHE_SIZE: u32 = 4096;
 /// Longest token `jwt_authn` caches (bytes); longer ones are verified on every request.
 pub const JWT_CACHE_MAX_TOKEN_BYTES: u32 = 8192;
 
-/// The `jwt_authn` filter for `snapshot`'s issuers, or `None` when no issuer has keys (no
-/// token could verify: the filter then answers every protected request 401).
-pub fn jwt_authn(snapshot: &Snapshot) -> Option<HttpFilter> {
+/// The `jwt_authn` filter of the listener: its configuration comes over ECDS
+/// ([`jwt_authn`]), so new keys reach every connection, kept-alive ones included.
+pub fn jwt_authn_filter() -> HttpFilter {
+    HttpFilter {
+        name: JWT_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+            ExtensionConfigSource {
+                config_source: Some(ConfigSource {
+                    resource_api_version: ApiVersion::V3 as i32,
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
+                    ..Default::default()
+                }),
+                type_urls: vec![<JwtAuthentication as prost::Name>::type_url()],
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The `jwt_authn` configuration for `snapshot`'s issuers (the ECDS resource [`JWT_FILTER`]):
+/// one provider per issuer with keys; none, and no rule, when no issuer has keys (no token
+/// could verify: the mcpgw filter then answers every protected request 401).
+pub fn jwt_authn(snapshot: &Snapshot) -> TypedExtensionConfig {
+    TypedExtensionConfig {
+        name: JWT_FILTER.into(),
+        typed_config: Some(Any {
+            type_url: <JwtAuthentication as prost::Name>::type_url(),
+            value: jwt_authentication(snapshot).encode_to_vec(),
+        }),
+    }
+}
+
+fn jwt_authentication(snapshot: &Snapshot) -> JwtAuthentication {
     let auth = &snapshot.auth;
     let skew = u32::try_from(auth.clock_skew_seconds).unwrap_or(u32::MAX);
     let providers: std::collections::HashMap<String, JwtProvider> = auth
@@ -90,7 +135,10 @@ pub fn jwt_authn(snapshot: &Snapshot) -> Option<HttpFilter> {
         })
         .collect();
     if providers.is_empty() {
-        return None;
+        return JwtAuthentication {
+            stat_prefix: "mcpgw".into(),
+            ..Default::default()
+        };
     }
     // Each provider by name, then `allow_missing_or_failed`: the same outcome as the latter
     // alone, but a provider named in a requirement uses its verified-token cache, and the
@@ -108,7 +156,7 @@ pub fn jwt_authn(snapshot: &Snapshot) -> Option<HttpFilter> {
             jwt_requirement::RequiresType::AllowMissingOrFailed(Empty {}),
         )])
         .collect();
-    let config = JwtAuthentication {
+    JwtAuthentication {
         rules: vec![RequirementRule {
             r#match: Some(RouteMatch {
                 path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
@@ -123,13 +171,5 @@ pub fn jwt_authn(snapshot: &Snapshot) -> Option<HttpFilter> {
         providers,
         stat_prefix: "mcpgw".into(),
         ..Default::default()
-    };
-    Some(HttpFilter {
-        name: JWT_FILTER.into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(Any {
-            type_url: <JwtAuthentication as prost::Name>::type_url(),
-            value: config.encode_to_vec(),
-        })),
-        ..Default::default()
-    })
+    }
 }

@@ -9,8 +9,10 @@
 //! a warning and a metric; the rest is published.
 //!
 //! Token issuers' keys ([`IssuerKeys`]): a build fetches the keys of issuers that have none
-//! yet (a new issuer is published with its keys), every [`REFRESH_INTERVAL`] all of them are
-//! fetched again (a failure keeps the last good keys), and the control plane's own signing
+//! yet (a new issuer is published with its keys), each issuer's keys are fetched again on its
+//! own schedule (at most its `refresh_seconds`, default [`REFRESH_INTERVAL`], sooner when its
+//! JWKS's `max-age` says so; a failure keeps the last good keys), an operator's request
+//! ([`Edge::refresh_issuer`]) fetches one issuer's at once, and the control plane's own signing
 //! keys are handed in for the issuer entry that names its own `jwt_issuer`, so the tokens it
 //! signs are accepted at the edge (checked every poll: a key rotation is published within
 //! seconds).
@@ -27,7 +29,9 @@ use mcpgw_core::snapshot::{Policy, SessionSettings, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::issuers::{IssuerKeys, REFRESH_INTERVAL, key_client};
+#[cfg(doc)]
+use super::issuers::REFRESH_INTERVAL;
+use super::issuers::{IssuerKeys, RefreshError, Refreshed, key_client};
 use super::resolve::{AddressError, checked_addresses};
 use super::translate::{
     EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RATELIMIT_CLUSTER, RELAY_CLUSTER,
@@ -56,6 +60,15 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// catches writes by other control-plane replicas sharing a PostgreSQL database, and
 /// retries a failed build.
 const POLL: Duration = Duration::from_secs(5);
+/// How often the issuers' key schedules are looked at (a fetch happens only for an issuer
+/// that is due; the shortest interval between two is 30 s).
+const KEY_CHECK: Duration = Duration::from_secs(5);
+
+/// An operator's request to fetch one issuer's keys now, and where the answer goes.
+type RefreshRequest = (
+    mcpgw_core::snapshot::auth::Issuer,
+    tokio::sync::oneshot::Sender<Result<Refreshed, RefreshError>>,
+);
 
 /// Why one rebuild failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +131,7 @@ struct Edges {
 pub struct Edge {
     snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     ads: Option<AdsServer>,
+    refresh: tokio::sync::mpsc::Sender<RefreshRequest>,
 }
 
 impl Edge {
@@ -129,6 +143,20 @@ impl Edge {
     /// The xDS server, if xDS is enabled.
     pub fn ads(&self) -> Option<&AdsServer> {
         self.ads.as_ref()
+    }
+
+    /// Fetches `issuer`'s keys now and, if they changed, publishes the edge configuration
+    /// before answering ([`IssuerKeys::refresh_one`]: at most once per 30 s per issuer).
+    pub async fn refresh_issuer(
+        &self,
+        issuer: mcpgw_core::snapshot::auth::Issuer,
+    ) -> Result<Refreshed, RefreshError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.refresh
+            .send((issuer, reply))
+            .await
+            .map_err(|_| RefreshError::Unavailable)?;
+        answer.await.map_err(|_| RefreshError::Unavailable)?
     }
 }
 
@@ -153,6 +181,9 @@ pub struct Publisher {
     /// The control plane's own token signer, whose keys an issuer entry naming its
     /// `jwt_issuer` gets.
     own: Option<Arc<crate::auth::Auth>>,
+    /// Operators' refresh requests ([`Edge::refresh_issuer`]), served by the task.
+    refresh_requests: tokio::sync::mpsc::Receiver<RefreshRequest>,
+    refresh_sender: tokio::sync::mpsc::Sender<RefreshRequest>,
 }
 
 impl Publisher {
@@ -161,7 +192,10 @@ impl Publisher {
     pub fn new(store: Store, inputs: EdgeInputs) -> Publisher {
         let mut versions = store.subscribe();
         versions.borrow_and_update();
+        let (refresh_sender, refresh_requests) = tokio::sync::mpsc::channel(16);
         Publisher {
+            refresh_requests,
+            refresh_sender,
             store,
             inputs,
             versions,
@@ -223,7 +257,7 @@ impl Publisher {
         }
     }
 
-    /// Fetches every issuer's keys again; whether any changed.
+    /// Fetches the keys of the issuers that are due again; whether any changed.
     async fn refresh_keys(&self) -> bool {
         let view = self.edges().view.clone();
         let (Some(http), Some(view)) = (&self.key_http, view) else {
@@ -234,7 +268,7 @@ impl Publisher {
             ..Default::default()
         };
         let before = self.keys.held();
-        for e in self.keys.refresh(http, &auth).await {
+        for e in self.keys.refresh_due(http, &auth).await {
             tracing::warn!(error = %e, label = e.label(), "issuer keys not refreshed; the last good ones stay");
         }
         self.keys.held() != before
@@ -255,6 +289,7 @@ impl Publisher {
         Edge {
             snapshot: self.snapshots.subscribe(),
             ads,
+            refresh: self.refresh_sender.clone(),
         }
     }
 
@@ -521,9 +556,11 @@ impl Publisher {
             let mut resolve = tokio::time::interval(self.inputs.settings.resolve_interval);
             resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             resolve.tick().await;
-            let mut keys = tokio::time::interval(REFRESH_INTERVAL);
+            let mut keys = tokio::time::interval(KEY_CHECK);
             keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             keys.tick().await;
+            let (_, idle) = tokio::sync::mpsc::channel(1);
+            let mut requests = std::mem::replace(&mut self.refresh_requests, idle);
             loop {
                 tokio::select! {
                     changed = self.versions.changed() => {
@@ -551,6 +588,21 @@ impl Publisher {
                         if !self.refresh_keys().await {
                             continue;
                         }
+                    }
+                    Some((issuer, reply)) = requests.recv() => {
+                        let got = match &self.key_http {
+                            Some(http) => self.keys.refresh_one(http, &issuer).await,
+                            None => Err(RefreshError::Unavailable),
+                        };
+                        // Published before the answer: "refreshed" means the Envoys are
+                        // being sent the keys.
+                        if matches!(&got, Ok(r) if r.changed)
+                            && let Some(v) = self.publish_counted(&metrics).await
+                        {
+                            built = Some(v);
+                        }
+                        let _ = reply.send(got);
+                        continue;
                     }
                     _ = resolve.tick() => {
                         if let Some(outcome) = self.refresh_addresses().await {

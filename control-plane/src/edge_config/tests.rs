@@ -726,8 +726,8 @@ fn listener_takes_routes_and_filter_over_ads_and_strips_the_route_header() {
     };
     assert_eq!(rds.route_config_name, ROUTES);
     let names: Vec<_> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, [FILTER, "envoy.filters.http.router"]);
-    let Some(http_filter::ConfigType::ConfigDiscovery(ecds)) = &hcm.http_filters[0].config_type
+    assert_eq!(names, [JWT_FILTER, FILTER, "envoy.filters.http.router"]);
+    let Some(http_filter::ConfigType::ConfigDiscovery(ecds)) = &hcm.http_filters[1].config_type
     else {
         panic!("filter not over ECDS");
     };
@@ -1326,9 +1326,13 @@ fn listener_hcm(set: &ResourceSet) -> HttpConnectionManager {
 }
 
 #[test]
-fn issuers_with_keys_put_jwt_authn_before_the_filter() {
+fn issuers_with_keys_put_jwt_authn_before_the_filter_over_ecds() {
     use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
         JwtAuthentication, jwt_provider, jwt_requirement, requirement_rule,
+    };
+    let jwt_of = |set: &ResourceSet| -> JwtAuthentication {
+        let c: TypedExtensionConfig = get(set, TypeUrl::ExtensionConfig, JWT_FILTER);
+        decode(&c.typed_config.unwrap())
     };
     let plain = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
     let names = |hcm: &HttpConnectionManager| -> Vec<String> {
@@ -1336,7 +1340,13 @@ fn issuers_with_keys_put_jwt_authn_before_the_filter() {
     };
     assert_eq!(
         names(&listener_hcm(&plain)),
-        [FILTER, "envoy.filters.http.router"]
+        [JWT_FILTER, FILTER, "envoy.filters.http.router"]
+    );
+    // No issuer: no provider, no rule (every request passes untouched).
+    let empty = jwt_of(&plain);
+    assert!(
+        empty.providers.is_empty() && empty.rules.is_empty(),
+        "{empty:?}"
     );
 
     let mut s = snapshot("2");
@@ -1357,10 +1367,19 @@ fn issuers_with_keys_put_jwt_authn_before_the_filter() {
         [JWT_FILTER, FILTER, "envoy.filters.http.router"],
         "jwt_authn first: the filter reads what it verified"
     );
-    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
-        panic!("jwt_authn without a config");
+    let Some(http_filter::ConfigType::ConfigDiscovery(ecds)) = &hcm.http_filters[0].config_type
+    else {
+        panic!("jwt_authn not over ECDS");
     };
-    let jwt: JwtAuthentication = decode(any);
+    assert_eq!(
+        ecds.type_urls,
+        [<JwtAuthentication as prost::Name>::type_url()]
+    );
+    // The listener does not depend on the issuers or their keys: a rotation never drains
+    // connections onto a stale jwt_authn.
+    let l = |set: &ResourceSet| -> Listener { get(set, TypeUrl::Listener, LISTENER) };
+    assert_eq!(l(&set), l(&plain));
+    let jwt = jwt_of(&set);
     // An issuer without keys yet gets no provider: its tokens fail, as no key would verify
     // them.
     assert_eq!(jwt.providers.keys().collect::<Vec<_>>(), ["idp"]);
@@ -1404,13 +1423,11 @@ fn issuers_with_keys_put_jwt_authn_before_the_filter() {
     // Named providers use their token caches; the last one lets missing and failed tokens
     // through for the filter to answer in MCP's terms.
     assert_eq!(kinds, ["idp", "*"]);
-    // No issuer has keys: no jwt_authn.
+    // No issuer has keys: no provider.
     s.auth.issuers.remove("idp");
     let set = resources(&s, &two_endpoints(), &settings()).unwrap();
-    assert_eq!(
-        names(&listener_hcm(&set)),
-        [FILTER, "envoy.filters.http.router"]
-    );
+    assert_eq!(l(&set), l(&plain));
+    assert!(jwt_of(&set).providers.is_empty());
 }
 
 #[test]

@@ -381,15 +381,14 @@ pub fn resources(
         json
     };
     b.insert(FILTER, &filter_config(config, settings))?;
+    // The issuers' keys travel over ECDS, beside the filter's snapshot: a change reaches
+    // the next request on every connection (see `jwt`), where a listener change would only
+    // reach new connections.
+    b.insert(super::jwt::JWT_FILTER, &super::jwt::jwt_authn(snapshot))?;
     b.insert(ROUTES, &route_configuration(route_header, settings))?;
     b.insert(
         LISTENER,
-        &listener(
-            settings,
-            route_header,
-            snapshot.policy.max_body_bytes,
-            super::jwt::jwt_authn(snapshot),
-        ),
+        &listener(settings, route_header, snapshot.policy.max_body_bytes),
     )?;
     Ok(b.build())
 }
@@ -638,14 +637,11 @@ fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConf
 }
 
 /// The MCP listener: strip the route header, the internal and the identity headers,
-/// `jwt_authn` (when the snapshot has issuers with keys), mcpgw filter (ECDS), router;
-/// routes over RDS; timeouts and connection limits.
-fn listener(
-    settings: &EdgeSettings,
-    route_header: &str,
-    max_body_bytes: u64,
-    jwt_authn: Option<HttpFilter>,
-) -> Listener {
+/// `jwt_authn` (ECDS), mcpgw filter (ECDS), router; routes over RDS; timeouts and
+/// connection limits. Nothing in it depends on the issuers or their keys: a key rotation
+/// never replaces the listener (whose old filter chain would live on in every kept-alive
+/// connection).
+fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) -> Listener {
     // A client-supplied route header would pick a cluster without the filter's say, and a
     // route computed before the filter runs would be cached with it; a client-supplied
     // relay header would speak for the edge. Remove them before any filter or route
@@ -685,7 +681,7 @@ fn listener(
             max_concurrent_streams: u32_value(MAX_CONCURRENT_STREAMS),
             ..Default::default()
         }),
-        http_filters: jwt_authn
+        http_filters: [super::jwt::jwt_authn_filter()]
             .into_iter()
             .chain([
                 HttpFilter {

@@ -73,7 +73,19 @@ pub struct Issuer {
     /// How its tokens' claims become a principal.
     #[serde(default)]
     pub claims: ClaimMapping,
+    /// The longest time, in seconds, between two fetches of the issuer's keys by the
+    /// control plane ([`REFRESH_SECONDS_MIN`]..=[`REFRESH_SECONDS_MAX`]; default 900). A
+    /// shorter `Cache-Control: max-age` on its JWKS is honoured, down to the minimum. The
+    /// filter does not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_seconds: Option<u32>,
 }
+
+/// The shortest interval between two fetches of an issuer's keys (also the most often an
+/// operator may ask for one).
+pub const REFRESH_SECONDS_MIN: u32 = 30;
+/// The longest interval an issuer's `refresh_seconds` may set (a day).
+pub const REFRESH_SECONDS_MAX: u32 = 86_400;
 
 /// Which claims of a token say who the principal is. A name starting with `/` is a JSON
 /// Pointer into the payload (`/realm_access/roles`); any other is a top-level claim; an
@@ -295,6 +307,16 @@ pub fn validate(auth: &Auth) -> Result<(), AuthError> {
             })?;
         }
         check_claims(&issuer.claims, &at("claims"))?;
+        if let Some(secs) = issuer.refresh_seconds
+            && !(REFRESH_SECONDS_MIN..=REFRESH_SECONDS_MAX).contains(&secs)
+        {
+            return err(
+                at("refresh_seconds"),
+                format!(
+                    "must be between {REFRESH_SECONDS_MIN} and {REFRESH_SECONDS_MAX} seconds, not {secs}"
+                ),
+            );
+        }
     }
     if let Some(i) = auth.revoked.iter().position(String::is_empty) {
         return err(format!("auth.revoked[{i}]"), "must not be empty");
