@@ -1376,6 +1376,54 @@ mod tests {
     }
 
     #[test]
+    fn the_module_by_url_and_istio_cluster_names() {
+        let sha = "AB".repeat(32);
+        let s = ServeArgs {
+            wasm_url: Some("https://wasm.example.com/mcpgw_filter.wasm".into()),
+            wasm_sha256: Some(sha.clone()),
+            cluster_naming: Some("istio".into()),
+            cluster_domain: Some("corp.internal".into()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        let module = s.edge.filter_remote.unwrap();
+        assert_eq!(module.sha256, sha.to_ascii_lowercase());
+        assert_eq!(module.endpoint.host, "wasm.example.com");
+        assert_eq!(module.endpoint.port, 443);
+        assert_eq!(
+            s.edge.cluster_naming,
+            ClusterNaming::Istio {
+                domain: "corp.internal".into()
+            }
+        );
+        // Each bad value is refused naming its setting.
+        let cases = [
+            ("url without digest", Some("http://w/m.wasm"), None, None, None, "wasm_sha256"),
+            ("digest without url", None, Some(sha.as_str()), None, None, "wasm_url"),
+            ("short digest", Some("http://w/m.wasm"), Some("abc"), None, None, "wasm_sha256"),
+            ("ftp", Some("ftp://w/m.wasm"), Some(sha.as_str()), None, None, "wasm_url"),
+            ("naming", None, None, Some("linkerd"), None, "cluster_naming"),
+            ("domain", None, None, Some("istio"), Some("a..b"), "cluster_domain"),
+        ];
+        for (name, url, digest, naming, domain, field) in cases {
+            let err = ServeArgs {
+                wasm_url: url.map(str::to_owned),
+                wasm_sha256: digest.map(str::to_owned),
+                cluster_naming: naming.map(str::to_owned),
+                cluster_domain: domain.map(str::to_owned),
+                ..Default::default()
+            }
+            .resolve(Some(KEY))
+            .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::FieldInvalid { field: f, .. } if *f == field),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_to_start_without_key_unless_dev() {
         assert!(matches!(
             ServeArgs::default().resolve(None),
