@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::crypto::{CryptoError, SecretBox};
 use crate::edge_config::{
-    ClusterNaming, ControlPlaneTls, DEFAULT_CLUSTER_DOMAIN, DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE,
-    EdgeSettings, RemoteModule, UpstreamEndpoint,
+    ClusterNaming, ControlPlaneTls, DEFAULT_CLUSTER_DOMAIN, DEFAULT_ENVOY_LISTEN,
+    DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE, EdgeSettings, RemoteModule, UpstreamEndpoint,
 };
 
 /// Log output format.
@@ -855,7 +855,10 @@ impl ServeArgs {
                 .split('.')
                 .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         {
-            return Err(invalid("cluster_domain", "must be a DNS name like cluster.local"));
+            return Err(invalid(
+                "cluster_domain",
+                "must be a DNS name like cluster.local",
+            ));
         }
         let cluster_naming = match self
             .cluster_naming
@@ -1399,12 +1402,54 @@ mod tests {
         );
         // Each bad value is refused naming its setting.
         let cases = [
-            ("url without digest", Some("http://w/m.wasm"), None, None, None, "wasm_sha256"),
-            ("digest without url", None, Some(sha.as_str()), None, None, "wasm_url"),
-            ("short digest", Some("http://w/m.wasm"), Some("abc"), None, None, "wasm_sha256"),
-            ("ftp", Some("ftp://w/m.wasm"), Some(sha.as_str()), None, None, "wasm_url"),
-            ("naming", None, None, Some("linkerd"), None, "cluster_naming"),
-            ("domain", None, None, Some("istio"), Some("a..b"), "cluster_domain"),
+            (
+                "url without digest",
+                Some("http://w/m.wasm"),
+                None,
+                None,
+                None,
+                "wasm_sha256",
+            ),
+            (
+                "digest without url",
+                None,
+                Some(sha.as_str()),
+                None,
+                None,
+                "wasm_url",
+            ),
+            (
+                "short digest",
+                Some("http://w/m.wasm"),
+                Some("abc"),
+                None,
+                None,
+                "wasm_sha256",
+            ),
+            (
+                "ftp",
+                Some("ftp://w/m.wasm"),
+                Some(sha.as_str()),
+                None,
+                None,
+                "wasm_url",
+            ),
+            (
+                "naming",
+                None,
+                None,
+                Some("linkerd"),
+                None,
+                "cluster_naming",
+            ),
+            (
+                "domain",
+                None,
+                None,
+                Some("istio"),
+                Some("a..b"),
+                "cluster_domain",
+            ),
         ];
         for (name, url, digest, naming, domain, field) in cases {
             let err = ServeArgs {

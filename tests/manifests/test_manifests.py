@@ -347,12 +347,16 @@ class IstioGateway(unittest.TestCase):
         mcp, other = patched["static_resources"]["listeners"]
         chain = [f["name"] for f in mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
         self.assertEqual(chain[-2:], ["mcpgw.filter", "envoy.filters.http.router"])
-        # Exactly one instance of the filter; the header strip runs before everything.
-        self.assertEqual([n for n in chain if "mcpgw" in n or "wasm" in n], ["mcpgw.strip", "mcpgw.filter"])
-        self.assertEqual(chain[0], "mcpgw.strip")
-        strip = mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
-        removed = {m["remove"] for m in strip["mutations"]["request_mutations"]}
+        # Exactly one instance of the filter.
+        self.assertEqual([n for n in chain if "mcpgw" in n or "wasm" in n], ["mcpgw.filter"])
+        # The headers only the edge may set are gone before any filter or route sees them.
+        hcm = mcp["filter_chains"][0]["filters"][0]["typed_config"]
+        self.assertEqual(hcm["stat_prefix"], "outbound_0.0.0.0_8080", "merged into Istio's own")
+        early = hcm["early_header_mutation_extensions"]
+        self.assertEqual([e["name"] for e in early], ["envoy.http.early_header_mutation.header_mutation"])
+        removed = {m["remove"] for m in early[0]["typed_config"]["mutations"]}
         self.assertTrue({"x-mcpgw-cluster", "x-mcpgw-jwt-payload", "x-mcpgw-identity", "mcpgw-relay-auth"} <= removed)
+        self.assertNotIn("early_header_mutation_extensions", other["filter_chains"][0]["filters"][0]["typed_config"])
         # The filter's routes come first and pick the cluster the filter named.
         routes = mcp["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
         self.assertEqual([r.get("name") for r in routes[:3]], ["mcpgw-routed-stream", "mcpgw-routed-listen", "mcpgw-routed"])
@@ -400,6 +404,12 @@ class IstioGateway(unittest.TestCase):
             moved["spec"]["configPatches"][at]["match"]["listener"].update(edit)
             with self.assertRaisesRegex(envoyfilter.PatchError, "no listener"):
                 envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
+        # A merge whose type is not the filter's is refused.
+        wrong = json.loads(json.dumps(ef))
+        merge = next(p for p in wrong["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE")
+        merge["patch"]["value"]["typed_config"]["@type"] = "type.googleapis.com/envoy.config.route.v3.Route"
+        with self.assertRaisesRegex(envoyfilter.PatchError, "@type"):
+            envoyfilter.apply(self.gateway, wrong, GATEWAY_LABELS)
         # Routes for a port without a listener: matched nothing.
         moved = json.loads(json.dumps(ef))
         moved["spec"]["configPatches"][-1]["match"]["routeConfiguration"]["portNumber"] = 9999
@@ -407,7 +417,7 @@ class IstioGateway(unittest.TestCase):
             envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
         # An operation it does not implement is refused, not ignored.
         other = json.loads(json.dumps(ef))
-        other["spec"]["configPatches"][0]["patch"]["operation"] = "MERGE"
+        other["spec"]["configPatches"][0]["patch"]["operation"] = "REPLACE"
         with self.assertRaisesRegex(envoyfilter.PatchError, "not implemented"):
             envoyfilter.apply(self.gateway, other, GATEWAY_LABELS)
         # Sidecar-only patches do not apply to a gateway.

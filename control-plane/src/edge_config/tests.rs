@@ -1501,12 +1501,19 @@ fn a_module_named_by_url_is_fetched_through_its_own_cluster_and_pinned_by_digest
     assert_eq!(uri.uri, "https://wasm.example.com/m/mcpgw_filter.wasm");
     assert_eq!(
         uri.http_upstream_type,
-        Some(envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
-            WASM_CLUSTER.into()
-        ))
+        Some(
+            envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                WASM_CLUSTER.into()
+            )
+        )
     );
     assert_eq!(
-        remote.retry_policy.as_ref().unwrap().num_retries.map(|n| n.value),
+        remote
+            .retry_policy
+            .as_ref()
+            .unwrap()
+            .num_retries
+            .map(|n| n.value),
         Some(WASM_FETCH_RETRIES)
     );
     // The cluster: the URL's host, resolved by Envoy, TLS checked on the name.
@@ -1604,9 +1611,6 @@ fn istio_named_upstreams_on_one_server_share_one_cluster() {
             .cluster_name(id, &ups[id.as_str()].access.target.endpoint);
     }
     let set = resources(&snap, &ups, &s).unwrap();
-    let names: Vec<&str> = set
-        .resources(TypeUrl::Cluster)
-        .map(|r| r.name())
-        .collect();
+    let names: Vec<&str> = set.resources(TypeUrl::Cluster).map(|r| r.name()).collect();
     assert_eq!(names, ["outbound|9000||127.0.0.1"]);
 }

@@ -50,7 +50,11 @@ fn patched_gateway() -> Value {
             .display()
             .to_string(),
     );
-    let out = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "the EnvoyFilter applier failed: {}",
@@ -90,7 +94,9 @@ fn runnable(
 ) -> Value {
     config.as_object_mut().unwrap().remove("dynamic_resources");
     config["admin"]["address"]["socket_address"]["port_value"] = json!(0);
-    let clusters = config["static_resources"]["clusters"].as_array_mut().unwrap();
+    let clusters = config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap();
     let names: Vec<String> = clusters
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
@@ -169,11 +175,18 @@ fn envoy_validates(config: &Value, dir: &Path, base_id: u32) -> (bool, String) {
     let path = dir.join("merged.json");
     std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
     let out = Command::new(super::envoy_binary())
-        .args(["--mode", "validate", "--base-id", &base_id.to_string(), "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--base-id",
+            &base_id.to_string(),
+            "-c",
+        ])
         .arg(&path)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -207,15 +220,7 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
         json!({"associated_tools": [tools["up__alpha"]]}),
     )
     .await;
-    // The snapshot routes to the cluster istiod generates for the upstream's host and port.
     let upstream_cluster = format!("outbound|{upstream_port}||127.0.0.1");
-    let (_, snapshot) = cp.get("/snapshot").await;
-    assert_eq!(
-        snapshot["upstreams"][&gid]["cluster"],
-        upstream_cluster.as_str(),
-        "{snapshot}"
-    );
-
     let gateway = patched_gateway();
     let node_id = gateway["node"]["id"].as_str().unwrap().to_owned();
     let config = runnable(gateway, xds, wasm, &upstream_cluster, upstream_port);
@@ -224,6 +229,14 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
     let version = registry_version(&cp).await;
     let node = ecds_acked(&cp, &mut envoy, &node_id, &version).await;
     assert!(node["types"][ECDS]["last_nack"].is_null(), "{node}");
+    // The snapshot routes to the cluster istiod generates for the upstream's host and port.
+    let (_, snapshot) = cp.get("/snapshot").await;
+    assert_eq!(
+        snapshot["upstreams"][&gid]["cluster"],
+        upstream_cluster.as_str(),
+        "{snapshot}"
+    );
+
     assert!(
         fetched.load(Ordering::SeqCst) >= 1,
         "Envoy ran a module it did not fetch"
@@ -244,9 +257,10 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
     assert_eq!(s, 200, "{v}");
     assert_eq!(call_text(&v), "istio:alpha", "{v}");
 
-    // A client cannot pick a cluster itself: the overlay's first filter strips the route
-    // header, so this reaches the gateway's own route (httpbin, unresolvable here: 503),
-    // never the upstream.
+    // A client cannot pick a cluster itself: the overlay removes the route header before
+    // Envoy picks the route, so this reaches the gateway's own route (httpbin, which does
+    // not resolve here: 503 from Envoy), never the upstream (whose 404 it got while an
+    // HTTP filter removed the header after the route was chosen).
     let spoofed = http
         .get(format!("http://{listener}/anything"))
         .header("x-mcpgw-cluster", &upstream_cluster)
@@ -254,6 +268,14 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
         .await
         .unwrap();
     assert_eq!(spoofed.status().as_u16(), 503);
+    assert!(
+        spoofed
+            .headers()
+            .get("x-envoy-upstream-service-time")
+            .is_none(),
+        "{:?}",
+        spoofed.headers()
+    );
 
     // The same gateway with the control plane's filter configuration in place of ECDS (as
     // Envoy received it) loads in `envoy --mode validate`: the merged configuration.
@@ -291,7 +313,7 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = envoy_validates(&merged, dir.path(), base + 54);
     assert!(ok, "{out}");
-    // The check has teeth: a digest of the wrong length is refused.
+    // The check has teeth: a remote source with a misspelt field is refused.
     let mut broken = merged.clone();
     broken["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         ["http_filters"]
@@ -300,7 +322,11 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
         .iter_mut()
         .filter(|f| f["name"] == "mcpgw.filter")
         .for_each(|f| {
-            f["typed_config"]["config"]["vm_config"]["code"]["remote"]["sha256"] = json!("abc")
+            let remote = f["typed_config"]["config"]["vm_config"]["code"]["remote"]
+                .as_object_mut()
+                .unwrap();
+            let digest = remote.remove("sha256").unwrap();
+            remote.insert("sha265".into(), digest);
         });
     let (ok, out) = envoy_validates(&broken, dir.path(), base + 54);
     assert!(!ok, "{out}");
@@ -310,9 +336,9 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
     running.stop().await;
 }
 
-/// A module whose digest is not the configured one is never run: Envoy rejects the
-/// filter configuration (a NACK the control plane reports) and the listener, having no
-/// filter configuration, serves no MCP.
+/// A module whose digest is not the configured one is never run: Envoy accepts the filter
+/// configuration (it acks before it downloads), keeps fetching the module (each fetch fails
+/// the digest check), and the MCP listener, waiting for its filter, accepts no connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_istio_gateway_refuses_a_module_with_the_wrong_digest() {
     let module = std::fs::read(filter_wasm()).unwrap();
@@ -330,28 +356,37 @@ async fn an_istio_gateway_refuses_a_module_with_the_wrong_digest() {
     let xds = cp.xds_addr.expect("xDS enabled");
     let gateway = patched_gateway();
     let node_id = gateway["node"]["id"].as_str().unwrap().to_owned();
-    let config = runnable(gateway, xds, wasm, "outbound|9||127.0.0.1", 9);
+    let mut config = runnable(gateway, xds, wasm, "outbound|9||127.0.0.1", 9);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
+        json!(port);
     let base = 50_000 + std::process::id() % 10_000;
     let mut envoy = Envoy::spawn(&serde_json::to_string(&config).unwrap(), base + 55).await;
+    // The control plane sent the configuration and Envoy fetched the module more than
+    // once: the first fetch failed its digest check.
     let (http, url) = (cp.http.clone(), cp.url("/xds/nodes"));
-    let nack = envoy
-        .wait(&format!("{node_id} to NACK ECDS"), || {
+    let node = envoy
+        .wait("the module to be fetched again", || {
             let (http, url, node_id) = (http.clone(), url.clone(), node_id.clone());
+            let fetched = Arc::clone(&fetched);
             async move {
                 let nodes: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
                 let node = nodes.as_array()?.iter().find(|n| n["node_id"] == node_id)?;
-                let nack = &node["types"][ECDS]["last_nack"];
-                (!nack.is_null()).then(|| nack.clone())
+                (fetched.load(Ordering::SeqCst) >= 2).then(|| node.clone())
             }
         })
         .await;
-    assert!(fetched.load(Ordering::SeqCst) >= 1, "{nack}");
-    let listener = envoy.listener(GATEWAY_LISTENER).await;
+    assert!(node["types"][ECDS]["last_nack"].is_null(), "{node}");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    let (s, v) = rpc(&http, &format!("http://{listener}/mcp"), &list, None).await;
-    assert_ne!(s, 200, "{v}");
-    assert!(v["result"].is_null(), "{v}");
+    match super::try_rpc(&http, &format!("http://127.0.0.1:{port}/mcp"), &list, None).await {
+        Err(e) => assert!(e.is_connect(), "{e}"),
+        Ok((s, v)) => panic!("the listener answered without its filter: {s} {v}"),
+    }
     drop(envoy);
     cp.stop().await;
 }
