@@ -479,6 +479,7 @@ class IstioGatewayLive(unittest.TestCase):
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Module)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
         wasm_port = server.server_address[1]
         gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
