@@ -104,10 +104,10 @@ pub struct ServeArgs {
     /// reading `filter_wasm` on their hosts; with `wasm_sha256`. Envoy fetches it itself
     /// through the cluster `mcpgw-wasm` (sent over xDS; an Istio gateway gets it from the
     /// overlay's EnvoyFilter) and runs it only if the digest matches.
-    #[arg(long, env = "MCPGW_WASM_URL", requires = "wasm_sha256")]
+    #[arg(long, env = "MCPGW_WASM_URL")]
     pub wasm_url: Option<String>,
     /// SHA-256 (64 hex digits) of the module at `wasm_url`.
-    #[arg(long, env = "MCPGW_WASM_SHA256", requires = "wasm_url")]
+    #[arg(long, env = "MCPGW_WASM_SHA256")]
     pub wasm_sha256: Option<String>,
     /// How upstream clusters are named: `mcpgw` (`mcpgw-gw-{id}`; the control plane sends
     /// them to its own Envoys) or `istio` (`outbound|{port}||{host}`: an Istio gateway routes
