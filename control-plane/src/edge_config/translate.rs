@@ -432,12 +432,26 @@ pub fn resources(
         let edge = upstreams
             .get(gateway.as_str())
             .ok_or_else(|| EdgeError::MissingEndpoint(gateway.clone()))?;
-        // Istio names a cluster by host and port: gateways on one server (different paths)
-        // share it, and the first one's stands for all (an Istio gateway uses istiod's).
-        if matches!(settings.cluster_naming, ClusterNaming::Istio { .. })
-            && !shared.insert(upstream.cluster.clone())
-        {
-            continue;
+        if matches!(settings.cluster_naming, ClusterNaming::Istio { .. }) {
+            let access = &edge.access;
+            if !access.headers.is_empty()
+                || !access.target.query.is_empty()
+                || access.token_endpoint.is_some()
+            {
+                tracing::warn!(
+                    gateway = %gateway,
+                    cluster = %upstream.cluster,
+                    "the gateway's credentials (or token endpoint) live in its cluster, and an \
+                     Istio gateway takes that cluster from istiod: they are not sent there \
+                     (docs/kubernetes.md, \"Upstreams behind an Istio gateway\")"
+                );
+            }
+            // Istio names a cluster by host and port: gateways on one server (different
+            // paths) share it, and the first one's stands for all (an Istio gateway uses
+            // istiod's).
+            if !shared.insert(upstream.cluster.clone()) {
+                continue;
+            }
         }
         b.insert(
             upstream.cluster.clone(),
