@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::crypto::{CryptoError, SecretBox};
 use crate::edge_config::{
-    ControlPlaneTls, DEFAULT_ENVOY_LISTEN, DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE,
-    EdgeSettings, UpstreamEndpoint,
+    ClusterNaming, ControlPlaneTls, DEFAULT_CLUSTER_DOMAIN, DEFAULT_ENVOY_LISTEN,
+    DEFAULT_FILTER_WASM, DEFAULT_UPSTREAM_CA_FILE, EdgeSettings, RemoteModule, UpstreamEndpoint,
 };
 
 /// Log output format.
@@ -100,6 +100,24 @@ pub struct ServeArgs {
     /// [default: target/wasm32-wasip1/release/mcpgw_filter.wasm].
     #[arg(long, env = "MCPGW_FILTER_WASM")]
     pub filter_wasm: Option<String>,
+    /// URL (`http`/`https`) Envoys download the filter's .wasm module from, instead of
+    /// reading `filter_wasm` on their hosts; with `wasm_sha256`. Envoy fetches it itself
+    /// through the cluster `mcpgw-wasm` (sent over xDS; an Istio gateway gets it from the
+    /// overlay's EnvoyFilter) and runs it only if the digest matches.
+    #[arg(long, env = "MCPGW_WASM_URL")]
+    pub wasm_url: Option<String>,
+    /// SHA-256 (64 hex digits) of the module at `wasm_url`.
+    #[arg(long, env = "MCPGW_WASM_SHA256")]
+    pub wasm_sha256: Option<String>,
+    /// How upstream clusters are named: `mcpgw` (`mcpgw-gw-{id}`; the control plane sends
+    /// them to its own Envoys) or `istio` (`outbound|{port}||{host}`: an Istio gateway routes
+    /// to the clusters istiod gives it for the Service or ServiceEntry) [default: mcpgw].
+    #[arg(long, env = "MCPGW_CLUSTER_NAMING")]
+    pub cluster_naming: Option<String>,
+    /// The Kubernetes cluster's DNS domain, which completes `name.namespace.svc` upstream
+    /// hosts in Istio cluster names [default: cluster.local].
+    #[arg(long, env = "MCPGW_CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
     /// CA bundle on the Envoys' hosts to verify https upstreams with, or `off` (no
     /// verification) [default: /etc/ssl/certs/ca-certificates.crt].
     #[arg(long, env = "MCPGW_UPSTREAM_CA_FILE")]
@@ -248,6 +266,10 @@ pub struct FileConfig {
     xds_listen: Option<String>,
     envoy_listen: Option<String>,
     filter_wasm: Option<String>,
+    wasm_url: Option<String>,
+    wasm_sha256: Option<String>,
+    cluster_naming: Option<String>,
+    cluster_domain: Option<String>,
     upstream_ca_file: Option<String>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -805,6 +827,54 @@ impl ServeArgs {
                 .or(file.filter_wasm)
                 .unwrap_or_else(|| DEFAULT_FILTER_WASM.into()),
         )?;
+        let filter_remote = match (
+            self.wasm_url.clone().or(file.wasm_url),
+            self.wasm_sha256.clone().or(file.wasm_sha256),
+        ) {
+            (None, None) => None,
+            (Some(url), Some(sha256)) => Some(RemoteModule::new(&url, &sha256).map_err(|e| {
+                invalid(
+                    if e.starts_with("sha256") {
+                        "wasm_sha256"
+                    } else {
+                        "wasm_url"
+                    },
+                    e,
+                )
+            })?),
+            (Some(_), None) => return Err(invalid("wasm_sha256", "required with wasm_url")),
+            (None, Some(_)) => return Err(invalid("wasm_url", "required with wasm_sha256")),
+        };
+        let domain = self
+            .cluster_domain
+            .clone()
+            .or(file.cluster_domain)
+            .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into());
+        if domain.is_empty()
+            || !domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(invalid(
+                "cluster_domain",
+                "must be a DNS name like cluster.local",
+            ));
+        }
+        let cluster_naming = match self
+            .cluster_naming
+            .clone()
+            .or(file.cluster_naming)
+            .as_deref()
+        {
+            None | Some("mcpgw") => ClusterNaming::Mcpgw,
+            Some("istio") => ClusterNaming::Istio { domain },
+            Some(other) => {
+                return Err(invalid(
+                    "cluster_naming",
+                    format!("{other:?} is not mcpgw or istio"),
+                ));
+            }
+        };
         let ca_raw = self
             .upstream_ca_file
             .clone()
@@ -1060,6 +1130,8 @@ impl ServeArgs {
             edge: EdgeSettings {
                 envoy_listen,
                 filter_wasm,
+                filter_remote,
+                cluster_naming,
                 upstream_ca_file,
                 relay: None,
                 relay_auth: None,
@@ -1304,6 +1376,96 @@ mod tests {
         assert_eq!(s.edge.envoy_listen.to_string(), "0.0.0.0:10000");
         assert_eq!(s.edge.filter_wasm, "/opt/mcpgw/filter.wasm");
         assert_eq!(s.edge.upstream_ca_file, None);
+    }
+
+    #[test]
+    fn the_module_by_url_and_istio_cluster_names() {
+        let sha = "AB".repeat(32);
+        let s = ServeArgs {
+            wasm_url: Some("https://wasm.example.com/mcpgw_filter.wasm".into()),
+            wasm_sha256: Some(sha.clone()),
+            cluster_naming: Some("istio".into()),
+            cluster_domain: Some("corp.internal".into()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        let module = s.edge.filter_remote.unwrap();
+        assert_eq!(module.sha256, sha.to_ascii_lowercase());
+        assert_eq!(module.endpoint.host, "wasm.example.com");
+        assert_eq!(module.endpoint.port, 443);
+        assert_eq!(
+            s.edge.cluster_naming,
+            ClusterNaming::Istio {
+                domain: "corp.internal".into()
+            }
+        );
+        // Each bad value is refused naming its setting.
+        let cases = [
+            (
+                "url without digest",
+                Some("http://w/m.wasm"),
+                None,
+                None,
+                None,
+                "wasm_sha256",
+            ),
+            (
+                "digest without url",
+                None,
+                Some(sha.as_str()),
+                None,
+                None,
+                "wasm_url",
+            ),
+            (
+                "short digest",
+                Some("http://w/m.wasm"),
+                Some("abc"),
+                None,
+                None,
+                "wasm_sha256",
+            ),
+            (
+                "ftp",
+                Some("ftp://w/m.wasm"),
+                Some(sha.as_str()),
+                None,
+                None,
+                "wasm_url",
+            ),
+            (
+                "naming",
+                None,
+                None,
+                Some("linkerd"),
+                None,
+                "cluster_naming",
+            ),
+            (
+                "domain",
+                None,
+                None,
+                Some("istio"),
+                Some("a..b"),
+                "cluster_domain",
+            ),
+        ];
+        for (name, url, digest, naming, domain, field) in cases {
+            let err = ServeArgs {
+                wasm_url: url.map(str::to_owned),
+                wasm_sha256: digest.map(str::to_owned),
+                cluster_naming: naming.map(str::to_owned),
+                cluster_domain: domain.map(str::to_owned),
+                ..Default::default()
+            }
+            .resolve(Some(KEY))
+            .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::FieldInvalid { field: f, .. } if *f == field),
+                "{name}: {err}"
+            );
+        }
     }
 
     #[test]

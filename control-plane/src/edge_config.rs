@@ -26,9 +26,15 @@
 //!   by the filter.
 //! - TypedExtensionConfig [`FILTER`]: the wasm filter, its plugin configuration the snapshot
 //!   JSON. Its `vm_config` never changes, so a new catalog re-runs `on_configure` in the
-//!   running VM instead of starting a new one. No secret is in it.
+//!   running VM instead of starting a new one. No secret is in it. The module is a file on
+//!   the Envoy's host, or a URL with its sha256 ([`RemoteModule`]) that Envoy downloads
+//!   through the cluster [`WASM_CLUSTER`] (sent too) and runs only if the digest matches.
 //! - TypedExtensionConfig [`JWT_FILTER`]: `jwt_authn` with one provider per issuer with keys
 //!   ([`jwt_authn`]), so a key rotation reaches kept-alive connections.
+//!
+//! Upstream clusters are named by [`ClusterNaming`]: the control plane's own names, or
+//! Istio's `outbound|PORT||HOST`, so that an Istio gateway (which takes only the filter's
+//! configuration from here, manifests/istio) routes to the clusters istiod gives it.
 //!
 //! [`Publisher`] rebuilds the snapshot after every registry change (debounced), translates
 //! it and publishes the result to the xDS server; a failed build is logged and counted and

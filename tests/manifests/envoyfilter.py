@@ -5,7 +5,13 @@ configuration it generates for a gateway: the subset of operations manifests/ist
   error: Envoy would reject the duplicate);
 - applyTo HTTP_FILTER, operation INSERT_BEFORE: the value goes before the http filter
   `subFilter.name` in every HTTP connection manager of the listeners that match
-  `listener.portNumber` (and `filterChain.filter.name`).
+  `listener.portNumber` (and `filterChain.filter.name`);
+- applyTo NETWORK_FILTER, operation MERGE: the value is merged into every filter named
+  `filterChain.filter.name` of the listeners on `listener.portNumber`, as protobuf merges
+  (objects field by field, lists appended, scalars replaced);
+- applyTo HTTP_ROUTE, operation INSERT_FIRST: the value goes first in every virtual host
+  of the route configurations of the listeners on `routeConfiguration.portNumber` (inline
+  `route_config` here; istiod's come over RDS, named `http.PORT`).
 
 Only `context: GATEWAY` (or ANY) patches apply, and only when the EnvoyFilter's
 workloadSelector selects the gateway's labels. A patch that matches nothing is an error
@@ -38,6 +44,70 @@ def _add_cluster(config: dict, value: dict, where: str) -> None:
     if any(c.get("name") == value.get("name") for c in clusters):
         raise PatchError(f"{where}: a cluster named {value.get('name')!r} exists already")
     clusters.append(copy.deepcopy(value))
+
+
+def _hcms(config: dict, port: int | None):
+    """The HTTP connection managers' typed configs of the listeners on `port` (None: all)."""
+    for listener in config.get("static_resources", {}).get("listeners", []):
+        if port is not None and _port(listener) != port:
+            continue
+        for fc in listener.get("filter_chains", []):
+            for f in fc.get("filters", []):
+                if f.get("name") == HCM:
+                    yield f.get("typed_config", {})
+
+
+def _merged(into, value):
+    """`value` merged into `into` as protobuf merges messages."""
+    if isinstance(into, dict) and isinstance(value, dict):
+        out = dict(into)
+        for k, v in value.items():
+            out[k] = _merged(into[k], v) if k in into else copy.deepcopy(v)
+        return out
+    if isinstance(into, list) and isinstance(value, list):
+        return into + copy.deepcopy(value)
+    return copy.deepcopy(value)
+
+
+def _merge_network_filter(config: dict, match: dict, value: dict, where: str) -> None:
+    listener_match = match.get("listener") or {}
+    chain_filter = (listener_match.get("filterChain") or {}).get("filter") or {}
+    name = chain_filter.get("name")
+    if not name or chain_filter.get("subFilter"):
+        raise PatchError(f"{where}: NETWORK_FILTER MERGE needs filterChain.filter.name without a subFilter")
+    merged = 0
+    for listener in config.get("static_resources", {}).get("listeners", []):
+        port = listener_match.get("portNumber")
+        if port is not None and _port(listener) != port:
+            continue
+        for fc in listener.get("filter_chains", []):
+            for i, f in enumerate(fc.get("filters", [])):
+                if f.get("name") != name:
+                    continue
+                if value.get("typed_config", {}).get("@type") not in (None, f.get("typed_config", {}).get("@type")):
+                    raise PatchError(f"{where}: the value's @type is not the filter's")
+                fc["filters"][i] = _merged(f, value)
+                merged += 1
+    if merged == 0:
+        raise PatchError(f"{where}: no listener on port {listener_match.get('portNumber')} has {name}")
+
+
+def _insert_first_route(config: dict, match: dict, value: dict, where: str) -> None:
+    route_match = match.get("routeConfiguration") or {}
+    if set(route_match) - {"portNumber"}:
+        raise PatchError(f"{where}: this applier matches route configurations by portNumber only")
+    inserted = 0
+    for hcm in _hcms(config, route_match.get("portNumber")):
+        if "route_config" not in hcm:
+            raise PatchError(f"{where}: the listener's routes are not inline")
+        for vhost in hcm["route_config"].get("virtual_hosts", []):
+            routes = vhost.setdefault("routes", [])
+            if value.get("name") and value.get("name") in [r.get("name") for r in routes]:
+                raise PatchError(f"{where}: route {value.get('name')!r} is there already")
+            routes.insert(0, copy.deepcopy(value))
+            inserted += 1
+    if inserted == 0:
+        raise PatchError(f"{where}: no virtual host on port {route_match.get('portNumber')}")
 
 
 def _insert_http_filter(config: dict, match: dict, value: dict, where: str) -> None:
@@ -90,6 +160,10 @@ def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
             _add_cluster(out, value, where)
         elif (apply_to, op) == ("HTTP_FILTER", "INSERT_BEFORE"):
             _insert_http_filter(out, match, value, where)
+        elif (apply_to, op) == ("NETWORK_FILTER", "MERGE"):
+            _merge_network_filter(out, match, value, where)
+        elif (apply_to, op) == ("HTTP_ROUTE", "INSERT_FIRST"):
+            _insert_first_route(out, match, value, where)
         else:
             raise PatchError(f"{where}: {apply_to} {op} is not implemented by this applier")
     return out

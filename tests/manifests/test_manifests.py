@@ -6,8 +6,12 @@
 - the Istio and Prometheus-operator resources are valid against their published CRD
   schemas (@kubernetes-models/*, run by node);
 - the Istio overlay's EnvoyFilter, applied to a representative gateway configuration,
-  gives a configuration a real Envoy loads (`envoy --mode validate`), and, run against a
-  real control plane, takes the filter's configuration over ECDS from it;
+  gives a configuration a real Envoy loads (`envoy --mode validate`) with exactly one mcpgw
+  filter (no WasmPlugin inserts a second) and routes that follow the filter's route
+  header; run against a real control plane, it takes the filter's configuration over ECDS
+  from it, with the module downloaded by URL and checked by sha256, and the gateway with
+  that configuration merged in loads in `envoy --mode validate` (the same with a registry
+  and a tool call: control-plane/tests/integration/edge_xds/istio.rs);
 - the standalone overlay ships envoy-bootstrap.yaml unchanged, and a real Envoy loads it
   (the run against a control plane is control-plane/tests/integration/edge_xds/manifests.rs);
 - what the control plane is started with exists: every flag, every config-file key;
@@ -153,22 +157,38 @@ class Rendering(unittest.TestCase):
         kinds = {d["kind"] for d in self.rendered["istio"] if key(d) in CUSTOM_KINDS}
         self.assertEqual(
             kinds,
-            {"WasmPlugin", "EnvoyFilter", "PeerAuthentication", "AuthorizationPolicy", "ServiceMonitor"},
+            {"EnvoyFilter", "PeerAuthentication", "AuthorizationPolicy", "ServiceMonitor"},
         )
 
-    def test_the_published_schemas_reject_a_wrong_fail_strategy(self):
-        plugin = next(d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin")
-        bad = json.loads(json.dumps(plugin))
-        bad["spec"]["failStrategy"] = "FAIL_SOMETIMES"
+    def test_the_published_schemas_reject_a_wrong_patch_operation(self):
+        ef = next(d for d in self.rendered["istio"] if d["kind"] == "EnvoyFilter")
+        bad = json.loads(json.dumps(ef))
+        bad["spec"]["configPatches"][0]["patch"]["operation"] = "INSERT_SOMEWHERE"
         ok, out = validate_custom([bad])
         self.assertFalse(ok, out)
-        self.assertIn("failStrategy", out)
+        self.assertIn("operation", out)
 
-    def test_the_wasm_plugin_fails_closed_with_a_pinned_module(self):
-        plugin = next(d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin")
-        self.assertEqual(plugin["spec"]["failStrategy"], "FAIL_CLOSE")
-        self.assertRegex(plugin["spec"]["sha256"], r"^[0-9a-f]{64}$")
-        self.assertRegex(plugin["spec"]["url"], r"^(oci|https)://")
+    def test_one_filter_whose_module_is_pinned_by_url_and_digest(self):
+        # No WasmPlugin: it would insert a second, unconfigured instance of the filter
+        # in front of the one the control plane configures (every request got 404).
+        self.assertFalse([d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin"])
+        config = tomllib.loads((ROOT / "manifests" / "istio" / "mcpgw.toml").read_text())
+        self.assertNotIn("filter_wasm", config)
+        self.assertRegex(config["wasm_sha256"], r"^[0-9a-f]{64}$")
+        self.assertEqual(config["cluster_naming"], "istio")
+        url = re.fullmatch(r"https://([^/:]+)(?::(\d+))?/.+\.wasm", config["wasm_url"])
+        self.assertIsNotNone(url, config["wasm_url"])
+        # The cluster Envoy downloads the module through reaches the URL's host, over TLS
+        # checked on that name.
+        ef = next(d for d in self.rendered["istio"] if d["kind"] == "EnvoyFilter")
+        wasm = next(p["patch"]["value"] for p in ef["spec"]["configPatches"]
+                    if p["applyTo"] == "CLUSTER" and p["patch"]["value"]["name"] == "mcpgw-wasm")
+        addr = wasm["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        self.assertEqual((addr["address"], addr["port_value"]), (url.group(1), int(url.group(2) or 443)))
+        tls = wasm["transport_socket"]["typed_config"]
+        self.assertEqual(tls["sni"], url.group(1))
+        san = tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+        self.assertEqual(san["matcher"]["exact"], url.group(1))
 
     def test_workloads_are_locked_down(self):
         for overlay, docs in self.rendered.items():
@@ -322,11 +342,29 @@ class IstioGateway(unittest.TestCase):
     def test_the_patched_gateway_configuration_loads_in_envoy(self):
         patched = envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS)
         names = [c["name"] for c in patched["static_resources"]["clusters"]]
-        for name in ("mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit"):
+        for name in ("mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit", "mcpgw-wasm"):
             self.assertIn(name, names)
         mcp, other = patched["static_resources"]["listeners"]
         chain = [f["name"] for f in mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
         self.assertEqual(chain[-2:], ["mcpgw.filter", "envoy.filters.http.router"])
+        # Exactly one instance of the filter.
+        self.assertEqual([n for n in chain if "mcpgw" in n or "wasm" in n], ["mcpgw.filter"])
+        # The headers only the edge may set are gone before any filter or route sees them.
+        hcm = mcp["filter_chains"][0]["filters"][0]["typed_config"]
+        self.assertEqual(hcm["stat_prefix"], "outbound_0.0.0.0_8080", "merged into Istio's own")
+        early = hcm["early_header_mutation_extensions"]
+        self.assertEqual([e["name"] for e in early], ["envoy.http.early_header_mutation.header_mutation"])
+        removed = {m["remove"] for m in early[0]["typed_config"]["mutations"]}
+        self.assertTrue({"x-mcpgw-cluster", "x-mcpgw-jwt-payload", "x-mcpgw-identity", "mcpgw-relay-auth"} <= removed)
+        self.assertNotIn("early_header_mutation_extensions", other["filter_chains"][0]["filters"][0]["typed_config"])
+        # The filter's routes come first and pick the cluster the filter named.
+        routes = mcp["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        self.assertEqual([r.get("name") for r in routes[:3]], ["mcpgw-routed-stream", "mcpgw-routed-listen", "mcpgw-routed"])
+        for r in routes[:3]:
+            self.assertEqual(r["route"]["cluster_header"], "x-mcpgw-cluster")
+            self.assertIn({"name": "x-mcpgw-cluster", "present_match": True}, r["match"]["headers"])
+        other_routes = other["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        self.assertEqual(len(other_routes), 1)
         untouched = [f["name"] for f in other["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
         self.assertEqual(untouched, ["envoy.filters.http.router"])
         discovery = mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-2]["config_discovery"]
@@ -358,15 +396,28 @@ class IstioGateway(unittest.TestCase):
         with self.assertRaisesRegex(envoyfilter.PatchError, "exists already"):
             envoyfilter.apply(once, ef, GATEWAY_LABELS)
         # A port no listener has, or a subFilter the chain lacks: matched nothing.
+        at = next(i for i, p in enumerate(ef["spec"]["configPatches"])
+                  if p["patch"]["value"].get("name") == "mcpgw.filter")
         for edit in ({"portNumber": 9999}, {"filterChain": {"filter": {
                 "name": envoyfilter.HCM, "subFilter": {"name": "envoy.filters.http.nope"}}}}):
             moved = json.loads(json.dumps(ef))
-            moved["spec"]["configPatches"][-1]["match"]["listener"].update(edit)
+            moved["spec"]["configPatches"][at]["match"]["listener"].update(edit)
             with self.assertRaisesRegex(envoyfilter.PatchError, "no listener"):
                 envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
+        # A merge whose type is not the filter's is refused.
+        wrong = json.loads(json.dumps(ef))
+        merge = next(p for p in wrong["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE")
+        merge["patch"]["value"]["typed_config"]["@type"] = "type.googleapis.com/envoy.config.route.v3.Route"
+        with self.assertRaisesRegex(envoyfilter.PatchError, "@type"):
+            envoyfilter.apply(self.gateway, wrong, GATEWAY_LABELS)
+        # Routes for a port without a listener: matched nothing.
+        moved = json.loads(json.dumps(ef))
+        moved["spec"]["configPatches"][-1]["match"]["routeConfiguration"]["portNumber"] = 9999
+        with self.assertRaisesRegex(envoyfilter.PatchError, "no virtual host"):
+            envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
         # An operation it does not implement is refused, not ignored.
         other = json.loads(json.dumps(ef))
-        other["spec"]["configPatches"][0]["patch"]["operation"] = "MERGE"
+        other["spec"]["configPatches"][0]["patch"]["operation"] = "REPLACE"
         with self.assertRaisesRegex(envoyfilter.PatchError, "not implemented"):
             envoyfilter.apply(self.gateway, other, GATEWAY_LABELS)
         # Sidecar-only patches do not apply to a gateway.
@@ -393,9 +444,12 @@ def mcpgw_binary() -> Path:
 
 class IstioGatewayLive(unittest.TestCase):
     """The patched gateway configuration in a running Envoy, with the control plane as the
-    ECDS source: the filter's configuration arrives over the ECDS service and the filter
-    answers on the MCP listener. Istio's parts are left out: no istiod (the gateway's own
-    ADS section is dropped) and no istio-agent (the clusters to the control plane lose their
+    ECDS source: the filter's configuration arrives over the ECDS service, names the module
+    by URL and sha256 (`--wasm-url`, `--wasm-sha256`), Envoy downloads it from this test
+    through the EnvoyFilter's `mcpgw-wasm` cluster, and the filter answers on the MCP
+    listener. Then the gateway with that configuration merged in (in place of ECDS) loads in
+    `envoy --mode validate`. Istio's parts are left out: no istiod (the gateway's own ADS
+    section is dropped) and no istio-agent (the clusters to the control plane lose their
     SDS-based TLS; the control plane serves plaintext on loopback)."""
 
     def test_the_filter_configuration_arrives_over_ecds_from_the_control_plane(self):
@@ -403,8 +457,31 @@ class IstioGatewayLive(unittest.TestCase):
         import urllib.error
         import urllib.request
 
+        import hashlib
+        import http.server
+        import threading
+
         wasm = Path(os.environ.get("MCPGW_WASM", ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_filter.wasm"))
         self.assertTrue(wasm.exists(), f"{wasm} missing: `make wasm`")
+        module = wasm.read_bytes()
+        fetched = []
+
+        class Module(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                fetched.append(self.path)
+                self.send_response(200 if self.path == "/mcpgw_filter.wasm" else 404)
+                self.send_header("content-length", str(len(module)))
+                self.end_headers()
+                self.wfile.write(module)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Module)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        wasm_port = server.server_address[1]
         gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
         ef = next(d for d in render("istio") if d["kind"] == "EnvoyFilter")
         config = envoyfilter.apply(gateway, ef, GATEWAY_LABELS)
@@ -418,6 +495,9 @@ class IstioGatewayLive(unittest.TestCase):
                 addr["socket_address"]["address"] = "127.0.0.1"
                 if c["name"] == "mcpgw-xds":
                     addr["socket_address"]["port_value"] = xds
+                if c["name"] == "mcpgw-wasm":
+                    c["type"] = "STATIC"
+                    addr["socket_address"]["port_value"] = wasm_port
         config["static_resources"]["listeners"][0]["address"]["socket_address"].update(
             address="127.0.0.1", port_value=mcp_port
         )
@@ -430,7 +510,9 @@ class IstioGatewayLive(unittest.TestCase):
                 [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
                  "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
                  "--relay-listen", "off", "--ratelimit-listen", "off",
-                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--filter-wasm", str(wasm)],
+                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio",
+                 "--wasm-url", f"http://127.0.0.1:{wasm_port}/mcpgw_filter.wasm",
+                 "--wasm-sha256", hashlib.sha256(module).hexdigest()],
                 stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
             )
             self.addCleanup(cp.wait)
@@ -474,6 +556,21 @@ class IstioGatewayLive(unittest.TestCase):
                 f"http://{(d / 'admin').read_text().strip()}/config_dump?resource=ecds_filters", timeout=5
             ).read().decode()
             self.assertIn("mcpgw.filter", dump)
+            self.assertIn("/mcpgw_filter.wasm", fetched, "Envoy ran a module it did not download")
+            # The gateway with the control plane's filter configuration in place of ECDS.
+            ecds = next(c["ecds_filter"] for c in json.loads(dump)["configs"]
+                        if c["ecds_filter"]["name"] == "mcpgw.filter")
+            remote = ecds["typed_config"]["config"]["vm_config"]["code"]["remote"]
+            self.assertEqual(remote["sha256"], hashlib.sha256(module).hexdigest())
+            self.assertEqual(remote["http_uri"]["cluster"], "mcpgw-wasm")
+            self.assertEqual(ecds["typed_config"]["config"]["failure_policy"], "FAIL_CLOSED")
+            merged = json.loads(json.dumps(config))
+            for f in merged["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+                if f["name"] == "mcpgw.filter":
+                    del f["config_discovery"]
+                    f["typed_config"] = ecds["typed_config"]
+            ok, out = envoy_validates(yaml.safe_dump(merged), d)
+            self.assertTrue(ok, out)
 
 
 class StandaloneBootstrap(unittest.TestCase):

@@ -41,7 +41,7 @@ use super::upstream::{UpstreamAccess, upstream_access};
 use crate::config::SsrfPolicy;
 use crate::crypto::SecretBox;
 use crate::model::AuthType;
-use crate::snapshot::{RegistryView, Shadowed, SnapshotInputs, assemble_reporting, cluster_name};
+use crate::snapshot::{RegistryView, Shadowed, SnapshotInputs, assemble_reporting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::xds::{AdsServer, Published, ResourceSet};
@@ -429,7 +429,11 @@ impl Publisher {
             upstreams: upstreams
                 .iter()
                 .map(|(id, u)| {
-                    let cluster = cluster_name(id);
+                    let cluster = self
+                        .inputs
+                        .settings
+                        .cluster_naming
+                        .cluster_name(id, &u.access.target.endpoint);
                     let identity = u
                         .access
                         .snapshot_identity(id, &cluster, &self.inputs.secrets);

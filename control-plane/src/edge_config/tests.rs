@@ -1487,3 +1487,147 @@ fn each_external_guardrail_target_gets_one_http2_cluster() {
         .count();
     assert_eq!(guards, 2, "one per target");
 }
+
+#[test]
+fn a_module_named_by_url_is_fetched_through_its_own_cluster_and_pinned_by_digest() {
+    let sha = "0123456789ABCDEF".repeat(4);
+    let s = EdgeSettings {
+        filter_remote: Some(
+            RemoteModule::new("https://wasm.example.com/m/mcpgw_filter.wasm", &sha).unwrap(),
+        ),
+        ..settings()
+    };
+    let set = resources(&snapshot("7"), &two_endpoints(), &s).unwrap();
+    let ecds: TypedExtensionConfig = get(&set, TypeUrl::ExtensionConfig, FILTER);
+    let plugin = decode::<Wasm>(ecds.typed_config.as_ref().unwrap())
+        .config
+        .unwrap();
+    assert_eq!(
+        plugin.failure_policy,
+        envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy::FailClosed as i32
+    );
+    let Some(plugin_config::Vm::VmConfig(vm)) = &plugin.vm else {
+        panic!("no vm_config");
+    };
+    let Some(async_data_source::Specifier::Remote(remote)) = &vm.code.as_ref().unwrap().specifier
+    else {
+        panic!("code is not remote");
+    };
+    assert_eq!(remote.sha256, sha.to_ascii_lowercase());
+    let uri = remote.http_uri.as_ref().unwrap();
+    assert_eq!(uri.uri, "https://wasm.example.com/m/mcpgw_filter.wasm");
+    assert_eq!(
+        uri.http_upstream_type,
+        Some(
+            envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                WASM_CLUSTER.into()
+            )
+        )
+    );
+    assert_eq!(
+        remote
+            .retry_policy
+            .as_ref()
+            .unwrap()
+            .num_retries
+            .map(|n| n.value),
+        Some(WASM_FETCH_RETRIES)
+    );
+    // The cluster: the URL's host, resolved by Envoy, TLS checked on the name.
+    let c: Cluster = get(&set, TypeUrl::Cluster, WASM_CLUSTER);
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32
+        ))
+    );
+    assert_eq!(
+        endpoint_of(&c),
+        ("wasm.example.com".into(), 443, "wasm.example.com".into())
+    );
+    assert_eq!(tls_of(&c).unwrap().sni, "wasm.example.com");
+    // A local module needs no such cluster.
+    let local = resources(&snapshot("7"), &two_endpoints(), &settings()).unwrap();
+    assert!(local.get(TypeUrl::Cluster, WASM_CLUSTER).is_none());
+}
+
+#[test]
+fn a_remote_module_needs_an_http_url_and_a_full_digest() {
+    let sha = "a".repeat(64);
+    for (name, url, digest) in [
+        ("short digest", "https://w/m.wasm", "abc"),
+        ("not hex", "https://w/m.wasm", &"g".repeat(64)[..]),
+        ("scheme", "file:///m.wasm", &sha[..]),
+        ("no url", "not a url", &sha[..]),
+    ] {
+        assert!(RemoteModule::new(url, digest).is_err(), "{name}");
+    }
+    assert!(RemoteModule::new("http://10.0.0.1:8000/m.wasm", &sha).is_ok());
+}
+
+#[test]
+fn istio_naming_names_upstream_clusters_as_istiod_does() {
+    let istio = ClusterNaming::Istio {
+        domain: "cluster.local".into(),
+    };
+    let endpoint = |url: &str| UpstreamEndpoint::from_url(url).unwrap();
+    for (name, naming, url, want) in [
+        (
+            "a Service by its short name",
+            &istio,
+            "http://tools.mcp.svc:8080/mcp",
+            "outbound|8080||tools.mcp.svc.cluster.local",
+        ),
+        (
+            "a Service by its full name",
+            &istio,
+            "http://tools.mcp.svc.cluster.local/mcp",
+            "outbound|80||tools.mcp.svc.cluster.local",
+        ),
+        (
+            "a ServiceEntry host",
+            &istio,
+            "https://API.example.com/v1/mcp",
+            "outbound|443||api.example.com",
+        ),
+        (
+            "another domain",
+            &ClusterNaming::Istio {
+                domain: "corp.internal".into(),
+            },
+            "http://tools.mcp.svc:9000/",
+            "outbound|9000||tools.mcp.svc.corp.internal",
+        ),
+        (
+            "the control plane's own",
+            &ClusterNaming::Mcpgw,
+            "http://tools.mcp.svc:8080/mcp",
+            "mcpgw-gw-g1",
+        ),
+    ] {
+        assert_eq!(naming.cluster_name("g1", &endpoint(url)), want, "{name}");
+    }
+}
+
+#[test]
+fn istio_named_upstreams_on_one_server_share_one_cluster() {
+    let s = EdgeSettings {
+        cluster_naming: ClusterNaming::Istio {
+            domain: "cluster.local".into(),
+        },
+        ..settings()
+    };
+    let ups = endpoints_of(&[
+        ("g1", "http://127.0.0.1:9000/a/mcp", &["127.0.0.1"]),
+        ("g2", "http://127.0.0.1:9000/b/mcp", &["127.0.0.1"]),
+    ]);
+    let mut snap = snapshot("7");
+    for (id, u) in snap.upstreams.iter_mut() {
+        u.cluster = s
+            .cluster_naming
+            .cluster_name(id, &ups[id.as_str()].access.target.endpoint);
+    }
+    let set = resources(&snap, &ups, &s).unwrap();
+    let names: Vec<&str> = set.resources(TypeUrl::Cluster).map(|r| r.name()).collect();
+    assert_eq!(names, ["outbound|9000||127.0.0.1"]);
+}

@@ -12,12 +12,12 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::common::mutation_rules::v3 as mutation_rules;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
-    ExtensionConfigSource, HeaderValue, HeaderValueOption, Http1ProtocolOptions,
-    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions, KeyValueAppend,
-    KeyValueMutation, KeyValuePair, SocketAddress, TransportSocket, TypedExtensionConfig, address,
-    async_data_source, config_source, data_source, header_value_option, key_value_append,
-    socket_address, transport_socket,
+    Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, BackoffStrategy, ConfigSource,
+    DataSource, ExtensionConfigSource, HeaderValue, HeaderValueOption, Http1ProtocolOptions,
+    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions, HttpUri,
+    KeyValueAppend, KeyValueMutation, KeyValuePair, RemoteDataSource, RetryPolicy, SocketAddress,
+    TransportSocket, TypedExtensionConfig, address, async_data_source, config_source, data_source,
+    header_value_option, http_uri, key_value_append, socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -45,7 +45,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
-use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig, plugin_config};
+use envoy_types::pb::envoy::extensions::wasm::v3::{
+    FailurePolicy, PluginConfig, VmConfig, plugin_config,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{
     Any, BoolValue, Duration, StringValue, UInt32Value, UInt64Value,
@@ -71,6 +73,15 @@ pub const FILTER: &str = "mcpgw.filter";
 pub const RELAY_CLUSTER: &str = "mcpgw-relay";
 /// Name of the rate-limit service's cluster (the snapshot's `limits.service.cluster`).
 pub const RATELIMIT_CLUSTER: &str = "mcpgw-ratelimit";
+/// Name of the cluster Envoy fetches the filter's module from when the module is named by
+/// URL ([`RemoteModule`]). The control plane sends it over CDS to its own Envoys; an Istio
+/// gateway gets it from the EnvoyFilter (`manifests/istio/envoyfilter.yaml`).
+pub const WASM_CLUSTER: &str = "mcpgw-wasm";
+/// How long one fetch of the module may take (a few MB over a slow link).
+pub const WASM_FETCH_TIMEOUT_S: i64 = 60;
+/// Fetches of the module after a failed one, with a backoff from 1 s up to 30 s: a
+/// registry or file server that is briefly away does not leave the filter unconfigured.
+pub const WASM_FETCH_RETRIES: u32 = 10;
 /// The wasm VM's id and the plugin's root id: constant, so a reconfiguration reuses the VM.
 const VM_ID: &str = "mcpgw";
 /// How long an upstream connection attempt may take. Long enough for a TLS handshake across
@@ -150,8 +161,15 @@ const NOT_ROUTED_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-326
 pub struct EdgeSettings {
     /// Address the MCP listener binds on each Envoy.
     pub envoy_listen: SocketAddr,
-    /// Path of the filter's `.wasm` module as Envoy sees it (on the Envoy's host).
+    /// Path of the filter's `.wasm` module as Envoy sees it (on the Envoy's host); unused
+    /// when [`EdgeSettings::filter_remote`] is set.
     pub filter_wasm: String,
+    /// The filter's module by URL and sha256, fetched by Envoy itself through
+    /// [`WASM_CLUSTER`] (`None`: the local file [`EdgeSettings::filter_wasm`]).
+    pub filter_remote: Option<RemoteModule>,
+    /// How upstream clusters are named: the control plane's own names (it sends the
+    /// clusters) or Istio's (an Istio gateway gets them from istiod).
+    pub cluster_naming: ClusterNaming,
     /// CA bundle (on the Envoy's host) that https upstreams' certificates are verified
     /// against; `None` disables verification (encryption without authentication).
     pub upstream_ca_file: Option<String>,
@@ -171,6 +189,72 @@ pub struct EdgeSettings {
     pub resolver: EdgeResolver,
     /// How often upstream names are resolved and checked again.
     pub resolve_interval: StdDuration,
+}
+
+/// The filter's module named by URL: Envoy downloads it through [`WASM_CLUSTER`] and runs
+/// it only if its SHA-256 digest is `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteModule {
+    /// `http` or `https` URL of the `.wasm` file.
+    pub url: String,
+    /// Where the URL points (the [`WASM_CLUSTER`]'s endpoint).
+    pub endpoint: UpstreamEndpoint,
+    /// Lower-case hex SHA-256 of the module.
+    pub sha256: String,
+}
+
+impl RemoteModule {
+    /// A module at `url` (`http`/`https`) whose digest is `sha256` (64 hex digits).
+    pub fn new(url: &str, sha256: &str) -> Result<RemoteModule, String> {
+        let endpoint = UpstreamEndpoint::from_url(url)?;
+        let sha256 = sha256.trim().to_ascii_lowercase();
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("sha256 must be 64 hexadecimal digits".into());
+        }
+        Ok(RemoteModule {
+            url: url.to_owned(),
+            endpoint,
+            sha256,
+        })
+    }
+}
+
+/// How the clusters of upstream gateways are named in the snapshot and in xDS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterNaming {
+    /// `mcpgw-gw-{gateway id}`: the control plane sends every cluster (standalone Envoys).
+    Mcpgw,
+    /// Istio's outbound names, `outbound|{port}||{host}`, so an Istio gateway routes to the
+    /// clusters istiod already gives it: a Kubernetes Service's (`name.namespace.svc` is
+    /// completed to `name.namespace.svc.{domain}`, as istiod names it) or a ServiceEntry's
+    /// host. Istio then owns the connection (its mTLS, its DestinationRules); the cluster
+    /// the control plane still puts in its own xDS answer under that name is what a
+    /// non-Istio Envoy following this control plane would use.
+    Istio {
+        /// The cluster's DNS domain (`cluster.local`).
+        domain: String,
+    },
+}
+
+/// Default of the Istio cluster domain.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+impl ClusterNaming {
+    /// The cluster name of gateway `gateway_id`, reached at `endpoint`.
+    pub fn cluster_name(&self, gateway_id: &str, endpoint: &UpstreamEndpoint) -> String {
+        match self {
+            ClusterNaming::Mcpgw => crate::snapshot::cluster_name(gateway_id),
+            ClusterNaming::Istio { domain } => {
+                let host = endpoint.host.trim_end_matches('.').to_ascii_lowercase();
+                let host = if host.ends_with(".svc") {
+                    format!("{host}.{domain}")
+                } else {
+                    host
+                };
+                format!("outbound|{}||{host}", endpoint.port)
+            }
+        }
+    }
 }
 
 /// Files on an Envoy's host for TLS with a client certificate towards the control plane.
@@ -198,6 +282,8 @@ impl Default for EdgeSettings {
         EdgeSettings {
             envoy_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             filter_wasm: DEFAULT_FILTER_WASM.to_owned(),
+            filter_remote: None,
+            cluster_naming: ClusterNaming::Mcpgw,
             upstream_ca_file: Some(DEFAULT_UPSTREAM_CA_FILE.to_owned()),
             relay: None,
             relay_auth: None,
@@ -341,10 +427,32 @@ pub fn resources(
     let mut b = ResourceSet::builder(snapshot.version.clone());
     // Upstreams are keyed by gateway id; walk them sorted so output is deterministic.
     let sorted: BTreeMap<_, _> = snapshot.upstreams.iter().collect();
+    let mut shared = std::collections::BTreeSet::new();
     for (gateway, upstream) in sorted {
         let edge = upstreams
             .get(gateway.as_str())
             .ok_or_else(|| EdgeError::MissingEndpoint(gateway.clone()))?;
+        if matches!(settings.cluster_naming, ClusterNaming::Istio { .. }) {
+            let access = &edge.access;
+            if !access.headers.is_empty()
+                || !access.target.query.is_empty()
+                || access.token_endpoint.is_some()
+            {
+                tracing::warn!(
+                    gateway = %gateway,
+                    cluster = %upstream.cluster,
+                    "the gateway's credentials (or token endpoint) live in its cluster, and an \
+                     Istio gateway takes that cluster from istiod: they are not sent there \
+                     (docs/kubernetes.md, \"Upstreams behind an Istio gateway\")"
+                );
+            }
+            // Istio names a cluster by host and port: gateways on one server (different
+            // paths) share it, and the first one's stands for all (an Istio gateway uses
+            // istiod's).
+            if !shared.insert(upstream.cluster.clone()) {
+                continue;
+            }
+        }
         b.insert(
             upstream.cluster.clone(),
             &upstream_cluster(&upstream.cluster, edge, settings),
@@ -360,6 +468,9 @@ pub fn resources(
     }
     if let Some(service) = &settings.ratelimit {
         b.insert(RATELIMIT_CLUSTER, &ratelimit_cluster(service, settings))?;
+    }
+    if let Some(module) = &settings.filter_remote {
+        b.insert(WASM_CLUSTER, &wasm_cluster(&module.endpoint, settings))?;
     }
     // One cluster per external guardrail target (plugins that name a `cluster` bring
     // their own); several plugins on one target share it.
@@ -426,16 +537,37 @@ fn socket(host: &str, port: u16) -> Option<Address> {
 
 /// The wasm filter with the snapshot as its plugin configuration.
 fn filter_config(snapshot_json: String, settings: &EdgeSettings) -> TypedExtensionConfig {
+    let code = match &settings.filter_remote {
+        None => async_data_source::Specifier::Local(DataSource {
+            specifier: Some(data_source::Specifier::Filename(
+                settings.filter_wasm.clone(),
+            )),
+            ..Default::default()
+        }),
+        Some(module) => async_data_source::Specifier::Remote(RemoteDataSource {
+            http_uri: Some(HttpUri {
+                uri: module.url.clone(),
+                timeout: secs(WASM_FETCH_TIMEOUT_S),
+                http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(
+                    WASM_CLUSTER.to_owned(),
+                )),
+            }),
+            sha256: module.sha256.clone(),
+            retry_policy: Some(RetryPolicy {
+                retry_back_off: Some(BackoffStrategy {
+                    base_interval: secs(1),
+                    max_interval: secs(30),
+                }),
+                num_retries: u32_value(WASM_FETCH_RETRIES),
+                ..Default::default()
+            }),
+        }),
+    };
     let vm = VmConfig {
         vm_id: VM_ID.to_owned(),
         runtime: "envoy.wasm.runtime.v8".to_owned(),
         code: Some(AsyncDataSource {
-            specifier: Some(async_data_source::Specifier::Local(DataSource {
-                specifier: Some(data_source::Specifier::Filename(
-                    settings.filter_wasm.clone(),
-                )),
-                ..Default::default()
-            })),
+            specifier: Some(code),
         }),
         ..Default::default()
     };
@@ -449,8 +581,11 @@ fn filter_config(snapshot_json: String, settings: &EdgeSettings) -> TypedExtensi
             })),
             // Required: the filter pauses headers to read the body (see DESIGN.md).
             allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
-            // The default failure policy, FAIL_CLOSED: a dead VM answers 503, never
-            // lets requests pass unchecked.
+            // Fail closed: a dead VM answers 503, never lets requests pass unchecked
+            // (mcpgw authenticates, authorizes and limits; FAIL_OPEN would skip all of
+            // it). FAIL_RELOAD would restart the VM after a runtime error, but a module
+            // that traps once will trap again on the same input; a trap is a bug to see.
+            failure_policy: FailurePolicy::FailClosed as i32,
             ..Default::default()
         }),
     };
@@ -975,6 +1110,32 @@ fn endpoint_cluster(
         transport_socket,
         circuit_breakers: circuit_breakers(),
         load_assignment: Some(load_assignment(name, &hosts, e.port, &e.host)),
+        ..Default::default()
+    }
+}
+
+/// The cluster Envoy fetches a [`RemoteModule`] through: the URL's host (resolved by
+/// Envoy), TLS with SNI and the certificate checked on the name for https.
+fn wasm_cluster(e: &UpstreamEndpoint, settings: &EdgeSettings) -> Cluster {
+    let discovery = if e.ip().is_some() {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    let transport_socket = e
+        .tls
+        .then(|| tls_socket(&upstream_tls(e, settings.upstream_ca_file.as_deref(), None)));
+    Cluster {
+        name: WASM_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: secs(CONNECT_TIMEOUT_S),
+        transport_socket,
+        load_assignment: Some(load_assignment(
+            WASM_CLUSTER,
+            std::slice::from_ref(&e.host),
+            e.port,
+            &e.host,
+        )),
         ..Default::default()
     }
 }

@@ -11,6 +11,7 @@ mod clients;
 mod credentials;
 mod dns;
 mod exposure;
+mod istio;
 mod listen;
 mod manifests;
 mod pinning;

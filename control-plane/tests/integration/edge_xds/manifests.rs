@@ -1,8 +1,9 @@
 //! The standalone Kubernetes overlay's Envoy bootstrap (`manifests/standalone/
 //! envoy-bootstrap.yaml`, shipped as the ConfigMap `mcpgw-envoy-bootstrap`) is the file a
 //! real Envoy starts from here: pointed at this test's control plane (xDS over mutual TLS)
-//! instead of the `mcpgw-xds` Service, it gets the registry and serves MCP, a tool call
-//! included. Only what differs between a pod and this machine is substituted: the
+//! instead of the `mcpgw-xds` Service, it gets the registry and serves MCP: the core
+//! cases (tools/list, initialize, tools/call, ping, a tool not exposed, an unknown virtual
+//! server, a client's own route header). Only what differs between a pod and this machine is substituted: the
 //! Service's name and port, the admin port and the Secret's mount directory.
 
 use std::net::SocketAddr;
@@ -80,7 +81,7 @@ async fn the_standalone_manifest_bootstrap_serves_mcp() {
         50_000 + std::process::id() % 10_000 + 47,
     )
     .await;
-    let up = TestUpstream::with_tools(&["alpha"]).with_label("k8s");
+    let up = TestUpstream::with_tools(&["alpha", "bravo"]).with_label("k8s");
     let running = up.serve(0).await;
     let (_, tools) = add_gateway(&cp, "up", &running.url).await;
     let sid = add_server(
@@ -102,6 +103,40 @@ async fn the_standalone_manifest_bootstrap_serves_mcp() {
     let (s, v) = rpc(&http, &mcp, &call, Some(&session)).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(call_text(&v), "k8s:alpha", "{v}");
+
+    // The other core answers of the data path, through the same bootstrap:
+    // ping from the filter itself;
+    let ping = json!({"jsonrpc": "2.0", "id": 4, "method": "ping"});
+    let (s, v) = rpc(&http, &mcp, &ping, Some(&session)).await;
+    assert_eq!((s, &v["result"]), (200, &json!({})), "{v}");
+    // a tool the virtual server does not expose is refused, never forwarded;
+    let other = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "up__bravo", "arguments": {}}});
+    let (_, v) = rpc(&http, &mcp, &other, Some(&session)).await;
+    assert!(
+        v["error"].is_object() || v["result"]["isError"] == true,
+        "{v}"
+    );
+    assert_ne!(call_text(&v), "k8s:bravo", "{v}");
+    // an unknown virtual server is a JSON-RPC 404, never "all tools";
+    let list = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"});
+    let (s, v) = rpc(
+        &http,
+        &format!("http://{listener}/servers/nope/mcp"),
+        &list,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(v["error"].is_object(), "{v}");
+    // a client's own route header picks no cluster.
+    let spoofed = http
+        .get(format!("http://{listener}/mcp"))
+        .header("x-mcpgw-cluster", "mcpgw-gw-anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status().as_u16(), 404);
     running.stop().await;
 }
 
