@@ -135,6 +135,75 @@ pub struct Principal {
     /// Binds sessions to the principal: base64url of the first 16 bytes of
     /// SHA-256(issuer ‖ 0 ‖ subject).
     pub digest: String,
+    /// What the rules that read no arguments decided for this principal's uses of items.
+    verdicts: Verdicts,
+}
+
+/// The verdict of a server's rules that read no arguments on one use of an item (a method
+/// and a name): it depends only on the principal (its object and its verified claims),
+/// the server, the method and the name, so a principal's repeated calls of a tool decide
+/// it once. Kept per principal, so per verified token and per configuration (a new
+/// configuration starts with an empty token cache and so with new principals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fixed {
+    /// Some allow rule that reads no arguments holds.
+    allowed: bool,
+    /// The first deny rule that reads no arguments and does not evaluate to false.
+    deny: Option<usize>,
+}
+
+/// Most verdicts a principal keeps (then they are all dropped and decided again).
+const MAX_VERDICTS: usize = 256;
+
+/// A principal's [`Fixed`] verdicts, keyed by `server ‖ 0 ‖ method ‖ 0 ‖ name`. A cache:
+/// not part of the principal's identity (equal whatever it holds, cloned empty).
+#[derive(Default)]
+struct Verdicts(RefCell<HashMap<Box<[u8]>, Fixed, BuildHasherDefault<Fnv>>>);
+
+impl Verdicts {
+    fn get_or_insert(
+        &self,
+        server: &str,
+        method: &str,
+        name: &str,
+        decide: impl FnOnce() -> Fixed,
+    ) -> Fixed {
+        let mut key = Vec::with_capacity(server.len() + method.len() + name.len() + 2);
+        for (i, part) in [server, method, name].into_iter().enumerate() {
+            if i > 0 {
+                key.push(0);
+            }
+            key.extend_from_slice(part.as_bytes());
+        }
+        if let Some(f) = self.0.borrow().get(key.as_slice()) {
+            return *f;
+        }
+        let f = decide();
+        let mut map = self.0.borrow_mut();
+        if map.len() >= MAX_VERDICTS {
+            map.clear();
+        }
+        map.insert(key.into_boxed_slice(), f);
+        f
+    }
+}
+
+impl Clone for Verdicts {
+    fn clone(&self) -> Self {
+        Verdicts::default()
+    }
+}
+
+impl PartialEq for Verdicts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Verdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verdicts({})", self.0.borrow().len())
+    }
 }
 
 impl Principal {
@@ -189,6 +258,8 @@ pub struct ServerPolicy {
     metadata: Vec<u8>,
     rules: Vec<CompiledRule>,
     reads_args: bool,
+    /// The fields of a call's arguments the rules read (`None`: all of them).
+    arg_fields: Option<Vec<String>>,
 }
 
 /// Verified tokens a worker keeps what it read from (each live token is decoded, parsed and
@@ -457,6 +528,12 @@ impl ServerPolicy {
         self.reads_args
     }
 
+    /// Parses a `tools/call`'s arguments as far as the rules read them
+    /// ([`rules::parse_args`]); `None`: not JSON.
+    pub fn parse_args(&self, bytes: &[u8]) -> Option<Value> {
+        rules::parse_args(bytes, self.arg_fields.as_deref())
+    }
+
     /// The `WWW-Authenticate` value of a 401 for `failure` (RFC 6750, RFC 9728).
     pub fn challenge(&self, failure: &Failure) -> String {
         let mut c = String::from("Bearer ");
@@ -522,8 +599,15 @@ impl ServerPolicy {
             server,
             args,
         };
-        let mut allowed = false;
-        for rule in &self.rules {
+        let fixed = principal
+            .verdicts
+            .get_or_insert(server, method.as_str(), name, || self.fixed(&env));
+        // Same order and outcome as every rule in turn: the first deny rule that holds
+        // (or fails) wins, so the rules reading arguments after the first fixed deny do not
+        // matter; allow rules only add up.
+        let end = fixed.deny.unwrap_or(self.rules.len());
+        let mut allowed = fixed.allowed;
+        for rule in self.rules.iter().take(end).filter(|r| r.when.reads_args) {
             let outcome = rule.when.eval(&env);
             match rule.effect {
                 // Fail closed: a deny rule that cannot be decided denies.
@@ -534,11 +618,37 @@ impl ServerPolicy {
                 Effect::Deny => {}
             }
         }
+        if let Some(rule) = fixed.deny.and_then(|i| self.rules.get(i)) {
+            return Decision::Deny(Some(rule.name.clone()));
+        }
         if allowed {
             Decision::Allow
         } else {
             Decision::Deny(None)
         }
+    }
+
+    /// The verdict of the rules that read no arguments (see [`Fixed`]).
+    fn fixed(&self, env: &Env<'_>) -> Fixed {
+        let mut fixed = Fixed {
+            allowed: false,
+            deny: None,
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.when.reads_args {
+                continue;
+            }
+            let outcome = rule.when.eval(env);
+            match rule.effect {
+                Effect::Deny if outcome != Outcome::Bool(false) => {
+                    fixed.deny = Some(i);
+                    break;
+                }
+                Effect::Allow => fixed.allowed |= outcome == Outcome::Bool(true),
+                Effect::Deny => {}
+            }
+        }
+        fixed
     }
 
     /// Whether a list answered at the edge shows item `name` to `principal`: whether some
@@ -736,6 +846,7 @@ fn principal(iss: &str, claims: Value, mapping: &ClaimMapping) -> Option<Princip
         claims,
         object,
         digest,
+        verdicts: Verdicts::default(),
     })
 }
 
@@ -797,6 +908,14 @@ fn compile_server(
         metadata_url,
         metadata: serde_json::to_vec(&doc).unwrap_or_default(),
         reads_args: rules.iter().any(|r| r.when.reads_args),
+        arg_fields: rules.iter().try_fold(Vec::new(), |mut all, r| {
+            for f in r.when.arg_fields()? {
+                if !all.contains(f) {
+                    all.push(f.clone());
+                }
+            }
+            Some(all)
+        }),
         rules,
     }
 }

@@ -4,7 +4,6 @@
 
 use anyhow::Context;
 use mcpgw_bench::instructions::{self, Counting};
-use mcpgw_bench::variant::Variant;
 use mcpgw_bench::{envoy, identity, machine, report, settings::Settings};
 use std::path::Path;
 
@@ -15,9 +14,7 @@ fn main() -> anyhow::Result<()> {
     let lookup = |k: &str| std::env::var(k).ok();
     let settings = Settings::from_lookup(lookup, root)?;
     let counting = Counting::from_lookup(lookup)?;
-    if settings.variants.contains(&Variant::EdgeCallAuth)
-        || settings.variants.contains(&Variant::EdgeCallFull)
-    {
+    if settings.variants.iter().any(|v| v.sends_token()) {
         identity::prepare(&mcpgw_harness::Artifacts::from_env())?;
     }
     let envoy_version = envoy::version(&settings.envoy)

@@ -454,6 +454,71 @@ fn permissions_then_rules_decide_each_use() {
 }
 
 #[test]
+fn kept_verdicts_decide_as_every_rule_in_turn_does() {
+    // Rules that read no arguments are decided once per principal, method and name; the
+    // argument rules still run on every call, and the first deny rule in order still wins.
+    let mut doc = snapshot_json();
+    doc["servers"]["team"]["auth"]["rules"] = json!([
+        {"name": "all", "when": "true"},
+        {"name": "no-etc", "effect": "deny", "when": "has(args.path) && args.path == '/etc'"},
+        {"name": "no-x", "effect": "deny", "when": "request.name == 'x'"},
+        {"name": "no-count", "effect": "deny", "when": "has(args.count)"},
+        {"name": "suspended", "effect": "deny", "when": "claims.suspended == true"}
+    ]);
+    let s = Snapshot::from_json(doc.to_string().as_bytes()).unwrap();
+    let a = Access::new(&s);
+    let team = a.server("team").unwrap();
+    let principal = |extra: Value| {
+        let c = claims(extra);
+        let token = bearer("RS256", &c);
+        // A fresh `Access` each time: a principal with nothing kept.
+        let fresh = Access::new(&s);
+        let kept = a.authenticate(team, Some(token.as_bytes()), Some(payload(&c).as_bytes()), NOW);
+        let new = fresh.authenticate(
+            fresh.server("team").unwrap(),
+            Some(token.as_bytes()),
+            Some(payload(&c).as_bytes()),
+            NOW,
+        );
+        (kept.unwrap().unwrap(), new.unwrap().unwrap())
+    };
+    let call = |name: &str| {
+        message(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+        ))
+    };
+    let (x, y) = (call("x"), call("y"));
+    let (etc, count, none) = (json!({"path": "/etc"}), json!({"count": 1}), json!({}));
+    let deny = |r: &str| Decision::Deny(Some(r.to_owned()));
+    let (user, _) = principal(json!({"suspended": false}));
+    let (suspended, _) = principal(json!({"suspended": true}));
+    let cases: Vec<(&Principal, &Message, &Value, Decision)> = vec![
+        (&user, &x, &etc, deny("no-etc")),
+        (&user, &x, &none, deny("no-x")),
+        (&user, &x, &count, deny("no-x")),
+        (&user, &y, &count, deny("no-count")),
+        (&user, &y, &none, Decision::Allow),
+        (&user, &y, &etc, deny("no-etc")),
+        (&suspended, &y, &none, deny("suspended")),
+        (&suspended, &y, &etc, deny("no-etc")),
+        (&suspended, &y, &count, deny("no-count")),
+    ];
+    // Twice over: decided, then from what was kept.
+    for round in 0..2 {
+        for (who, msg, args, want) in &cases {
+            let got = team.authorize(Some(who), "team", msg, Args::Json(args));
+            assert_eq!(&got, want, "round {round}: {:?} {args}", msg.name);
+            // A principal with nothing kept decides the same.
+            let (_, fresh) = principal(who.claims.clone());
+            assert_eq!(
+                team.authorize(Some(&fresh), "team", msg, Args::Json(args)),
+                got
+            );
+        }
+    }
+}
+
+#[test]
 fn lists_show_what_some_call_could_be_allowed() {
     let a = access();
     let team = a.server("team").unwrap();
