@@ -255,6 +255,26 @@ fn tokens_are_accepted_or_refused_with_a_reason() {
             "JWS",
         ),
         (
+            "four parts, the verified payload second",
+            auth(
+                &a,
+                "team",
+                Some(&format!("{}.x", bearer("RS256", &good))),
+                Some(&payload(&good)),
+            ),
+            "JWS",
+        ),
+        (
+            "the verified payload a prefix of the token's",
+            auth(
+                &a,
+                "team",
+                Some(&bearer("RS256", &good).replacen(".c2ln", "Zm9v.c2ln", 1)),
+                Some(&payload(&good)),
+            ),
+            "not the one verified",
+        ),
+        (
             "payload not base64",
             auth(&a, "team", None, Some("!!")),
             "malformed",
@@ -791,4 +811,28 @@ fn the_token_cache_never_skips_a_per_request_check() {
         Err(Failure::Invalid("the token's algorithm is not accepted"))
     );
     assert!(at(NOW, "team", &token).is_ok());
+    // Payloads of one length that differ in one byte, early or in the last word, are
+    // different tokens.
+    for (x, y) in [("alice", "alicf"), ("bob-a", "cob-a")] {
+        let (cx, cy) = (
+            claims(json!({"sub": x, "jti": "t-0123456789"})),
+            claims(json!({"sub": y, "jti": "t-0123456789"})),
+        );
+        let (px, py) = (payload(&cx), payload(&cy));
+        assert_eq!(px.len(), py.len());
+        let read = |c: &Value, p: &str| {
+            a.authenticate(
+                a.server("team").unwrap(),
+                Some(bearer("RS256", c).as_bytes()),
+                Some(p.as_bytes()),
+                NOW,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        for _ in 0..2 {
+            assert_eq!(read(&cx, &px).subject, x);
+            assert_eq!(read(&cy, &py).subject, y);
+        }
+    }
 }
