@@ -749,7 +749,9 @@ fn token_header<'a>(authorization: &'a [u8], payload: &[u8]) -> Result<&'a [u8],
     // payload the verified one, no other dot.
     if let Some(dot) = token.iter().position(|&b| b == b'.')
         && let (Some(header), Some(rest)) = (token.get(..dot), token.get(dot + 1..))
-        && rest.get(..payload.len()).is_some_and(|body| same(body, payload))
+        && rest
+            .get(..payload.len())
+            .is_some_and(|body| same(body, payload))
         && rest.get(payload.len()) == Some(&b'.')
         && rest
             .get(payload.len() + 1..)

@@ -1057,7 +1057,8 @@ mod tests {
             assert_eq!(fields(whole), None, "{whole}");
         }
 
-        let text = br#" {"message":"long \" text","path":"/etc","tags":["a"],"path":"/tmp","n":2} "#;
+        let text =
+            br#" {"message":"long \" text","path":"/etc","tags":["a"],"path":"/tmp","n":2} "#;
         let names = ["path".to_owned(), "n".to_owned(), "absent".to_owned()];
         assert_eq!(
             parse_args(text, Some(&names)),
@@ -1084,7 +1085,10 @@ mod tests {
             e.eval(&env(&p, &c, Args::Json(&subset))),
             e.eval(&env(&p, &c, Args::Json(&whole)))
         );
-        assert_eq!(e.eval(&env(&p, &c, Args::Json(&subset))), Outcome::Bool(true));
+        assert_eq!(
+            e.eval(&env(&p, &c, Args::Json(&subset))),
+            Outcome::Bool(true)
+        );
     }
 
     #[test]

@@ -493,7 +493,12 @@ fn kept_verdicts_decide_as_every_rule_in_turn_does() {
         let token = bearer("RS256", &c);
         // A fresh `Access` each time: a principal with nothing kept.
         let fresh = Access::new(&s);
-        let kept = a.authenticate(team, Some(token.as_bytes()), Some(payload(&c).as_bytes()), NOW);
+        let kept = a.authenticate(
+            team,
+            Some(token.as_bytes()),
+            Some(payload(&c).as_bytes()),
+            NOW,
+        );
         let new = fresh.authenticate(
             fresh.server("team").unwrap(),
             Some(token.as_bytes()),
