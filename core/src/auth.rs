@@ -152,8 +152,12 @@ struct Fixed {
     deny: Option<usize>,
 }
 
-/// Most verdicts a principal keeps (then they are all dropped and decided again).
-const MAX_VERDICTS: usize = 256;
+/// Most verdicts a principal keeps (then they are all dropped and decided again): a client
+/// calls a handful of tools.
+const MAX_VERDICTS: usize = 32;
+/// Longest key kept (server, method and name): a longer name is decided every time, so
+/// what a principal keeps stays within a few kilobytes whatever names clients send.
+const MAX_VERDICT_KEY: usize = 192;
 
 /// A principal's [`Fixed`] verdicts, keyed by `server ‖ 0 ‖ method ‖ 0 ‖ name`. A cache:
 /// not part of the principal's identity (equal whatever it holds, cloned empty).
@@ -168,7 +172,11 @@ impl Verdicts {
         name: &str,
         decide: impl FnOnce() -> Fixed,
     ) -> Fixed {
-        let mut key = Vec::with_capacity(server.len() + method.len() + name.len() + 2);
+        let len = server.len() + method.len() + name.len() + 2;
+        if len > MAX_VERDICT_KEY {
+            return decide();
+        }
+        let mut key = Vec::with_capacity(len);
         for (i, part) in [server, method, name].into_iter().enumerate() {
             if i > 0 {
                 key.push(0);
@@ -747,7 +755,8 @@ fn token_header<'a>(authorization: &'a [u8], payload: &[u8]) -> Result<&'a [u8],
         .ok_or(Failure::Invalid("the credential is not a bearer token"))?;
     // The common case in a few instructions per word: `header.payload.signature`, the
     // payload the verified one, no other dot.
-    if let Some(dot) = token.iter().position(|&b| b == b'.')
+    if !payload.contains(&b'.')
+        && let Some(dot) = token.iter().position(|&b| b == b'.')
         && let (Some(header), Some(rest)) = (token.get(..dot), token.get(dot + 1..))
         && rest
             .get(..payload.len())

@@ -275,6 +275,11 @@ fn tokens_are_accepted_or_refused_with_a_reason() {
             "not the one verified",
         ),
         (
+            "the verified payload spanning two segments",
+            auth(&a, "team", Some("Bearer eA.a.b.c2ln"), Some("a.b")),
+            "JWS",
+        ),
+        (
             "payload not base64",
             auth(&a, "team", None, Some("!!")),
             "malformed",
@@ -528,6 +533,18 @@ fn kept_verdicts_decide_as_every_rule_in_turn_does() {
         (&suspended, &y, &etc, deny("no-etc")),
         (&suspended, &y, &count, deny("no-count")),
     ];
+    // A name too long to keep is decided every time, the same way.
+    let long = call(&"y".repeat(300));
+    for _ in 0..2 {
+        assert_eq!(
+            team.authorize(Some(&suspended), "team", &long, Args::Json(&none)),
+            deny("suspended")
+        );
+        assert_eq!(
+            team.authorize(Some(&user), "team", &long, Args::Json(&etc)),
+            deny("no-etc")
+        );
+    }
     // Twice over: decided, then from what was kept.
     for round in 0..2 {
         for (who, msg, args, want) in &cases {
