@@ -125,11 +125,25 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         }
         // `jwt_authn` first, as the generated listener has it. Without the fixture (not
         // prepared) the filter's configuration is empty and every call fails the probe.
-        Variant::EdgeCallAuth | Variant::EdgeCallAuthFresh | Variant::EdgeCallFull => {
+        Variant::EdgeCallAuth
+        | Variant::EdgeCallAuthFresh
+        | Variant::EdgeCallFull
+        | Variant::EdgeCallJwt
+        | Variant::EdgeCallAuthOneRule => {
             let (jwks, config) = match crate::identity::fixture() {
                 Some(f) => (
                     f.jwks.clone(),
-                    crate::identity::snapshot(TOOLS_CLUSTER, &f.jwks).unwrap_or_default(),
+                    match variant {
+                        // The same catalog, no `auth`: `jwt_authn` alone.
+                        Variant::EdgeCallJwt => catalog::snapshot(TOOLS_CLUSTER),
+                        Variant::EdgeCallAuthOneRule => crate::identity::snapshot_with(
+                            TOOLS_CLUSTER,
+                            &f.jwks,
+                            crate::identity::one_rule(),
+                        )
+                        .unwrap_or_default(),
+                        _ => crate::identity::snapshot(TOOLS_CLUSTER, &f.jwks).unwrap_or_default(),
+                    },
                 ),
                 None => (r#"{"keys":[]}"#.to_owned(), String::new()),
             };
@@ -148,6 +162,11 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
                 header_routed,
             )
         }
+        // The token on the request, nothing reading it.
+        Variant::EdgeCallToken => (
+            vec![mcpgw(&catalog::snapshot(TOOLS_CLUSTER))],
+            header_routed,
+        ),
     };
     let mut doc = StaticBootstrap {
         http_filters: filters,
@@ -159,10 +178,7 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         ..StaticBootstrap::default()
     }
     .to_json();
-    if matches!(
-        variant,
-        Variant::EdgeCallAuth | Variant::EdgeCallAuthFresh | Variant::EdgeCallFull
-    ) {
+    if variant.runs_jwt_authn() {
         crate::identity::strip_payload_header(&mut doc);
     }
     doc

@@ -127,8 +127,18 @@ pub fn rules() -> Value {
     ])
 }
 
+/// One allow rule that reads only the principal (`edge-call-auth-1`).
+pub fn one_rule() -> Value {
+    json!([{"name": "eng", "when": "'eng' in principal.teams"}])
+}
+
 /// The catalog snapshot with the issuer and the server protected by [`rules`].
 pub fn snapshot(cluster: &str, jwks: &str) -> anyhow::Result<String> {
+    snapshot_with(cluster, jwks, rules())
+}
+
+/// The catalog snapshot with the issuer and the server protected by `rules`.
+pub fn snapshot_with(cluster: &str, jwks: &str, rules: Value) -> anyhow::Result<String> {
     let mut doc: Value = serde_json::from_str(&catalog::snapshot(cluster))?;
     let jwks: Value = serde_json::from_str(jwks)?;
     doc["auth"] = json!({"issuers": {"idp": {
@@ -138,7 +148,7 @@ pub fn snapshot(cluster: &str, jwks: &str) -> anyhow::Result<String> {
     doc["servers"][catalog::SERVER_ID]["auth"] = json!({
         "resource": RESOURCE,
         "scopes": ["tools.read", "tools.execute"],
-        "rules": rules()
+        "rules": rules
     });
     Ok(doc.to_string())
 }

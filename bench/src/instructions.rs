@@ -457,6 +457,42 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             (fresh - auth) / auth * 100.0
         );
     }
+    // Where identity's cost goes, each step over the one before (same call, same route).
+    let steps = [
+        (
+            Variant::EdgeCall,
+            Variant::EdgeCallToken,
+            "the token's bytes through Envoy",
+        ),
+        (
+            Variant::EdgeCallToken,
+            Variant::EdgeCallJwt,
+            "`jwt_authn` on a cached token",
+        ),
+        (
+            Variant::EdgeCallJwt,
+            Variant::EdgeCallAuthOneRule,
+            "the filter's identity stage, one rule",
+        ),
+        (
+            Variant::EdgeCallAuthOneRule,
+            Variant::EdgeCallAuth,
+            "nine more rules, the arguments read",
+        ),
+    ];
+    for (from, to, what) in steps {
+        if let (Some(a), Some(b), Some(edge)) =
+            (best_of(from), best_of(to), best_of(Variant::EdgeCall))
+            && edge > 0.0
+        {
+            let _ = writeln!(
+                s,
+                "- Identity, {what} ({to} − {from}): {:+.0} instructions per request, {:+.1}% of edge-call",
+                b - a,
+                (b - a) / edge * 100.0
+            );
+        }
+    }
     // Each plugin on its own, then the full policy set (issue 14's budget: +35% over the
     // filter without policy, i.e. edge-call).
     if let Some(edge) = best_of(Variant::EdgeCall).filter(|e| *e > 0.0) {
@@ -606,5 +642,34 @@ totals: 7155
         };
         assert_eq!(c.best().total, 1000.0);
         assert!((c.spread() - 0.01).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_section_splits_identitys_cost_step_by_step() {
+        let at = |variant, total| VariantCounts {
+            variant,
+            counts: vec![Count {
+                total,
+                generated: 0.0,
+            }],
+        };
+        let counts = [
+            at(Variant::EdgeCall, 1000.0),
+            at(Variant::EdgeCallToken, 1100.0),
+            at(Variant::EdgeCallJwt, 1150.0),
+            at(Variant::EdgeCallAuthOneRule, 1170.0),
+            at(Variant::EdgeCallAuth, 1200.0),
+        ];
+        let counting = Counting::from_lookup(|_| None).unwrap();
+        let s = section(&counts, counting, "cmd", "head");
+        for line in [
+            "- Identity, the token's bytes through Envoy (edge-call-token − edge-call): +100 instructions per request, +10.0% of edge-call",
+            "- Identity, `jwt_authn` on a cached token (edge-call-jwt − edge-call-token): +50 instructions per request, +5.0% of edge-call",
+            "- Identity, the filter's identity stage, one rule (edge-call-auth-1 − edge-call-jwt): +20 instructions per request, +2.0% of edge-call",
+            "- Identity, nine more rules, the arguments read (edge-call-auth − edge-call-auth-1): +30 instructions per request, +3.0% of edge-call",
+            "+200 instructions per request, +20.0% (issue 13's budget: +15%)",
+        ] {
+            assert!(s.contains(line), "{line} not in\n{s}");
+        }
     }
 }

@@ -3,7 +3,6 @@
 //! (see `settings.rs`); `make bench` builds everything and runs it.
 
 use anyhow::Context;
-use mcpgw_bench::variant::Variant;
 use mcpgw_bench::{identity, report, rounds, settings::Settings};
 use std::path::Path;
 
@@ -12,11 +11,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("bench crate has no parent directory")?;
     let settings = Settings::from_lookup(|k| std::env::var(k).ok(), root)?;
-    let fresh = settings.variants.contains(&Variant::EdgeCallAuthFresh);
-    if fresh
-        || settings.variants.contains(&Variant::EdgeCallAuth)
-        || settings.variants.contains(&Variant::EdgeCallFull)
-    {
+    let fresh = settings
+        .variants
+        .contains(&mcpgw_bench::variant::Variant::EdgeCallAuthFresh);
+    if settings.variants.iter().any(|v| v.sends_token()) {
         identity::prepare(&mcpgw_harness::Artifacts::from_env(), fresh)?;
     }
     eprintln!(

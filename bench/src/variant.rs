@@ -62,11 +62,20 @@ pub enum Variant {
     /// `edge-call-auth`, the local limits of `limit-local`, PII and regex on the call and
     /// its result.
     EdgeCallFull,
+    /// `edge-call` with the client's token on every request and nothing reading it: the
+    /// cost of the token's bytes through Envoy and the filter (which removes it).
+    EdgeCallToken,
+    /// `edge-call-token` with Envoy's `jwt_authn` verifying the token (cached) and adding the
+    /// payload header, on a virtual server without `auth`: `jwt_authn`'s share.
+    EdgeCallJwt,
+    /// `edge-call-auth` with one allow rule that reads nothing of the call: the filter's
+    /// identity stage without the ten rules.
+    EdgeCallAuthOneRule,
 }
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 17] = [
+    pub const ALL: [Variant; 20] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -84,6 +93,9 @@ impl Variant {
         Variant::EdgeCallPii,
         Variant::EdgeCallRegex,
         Variant::EdgeCallFull,
+        Variant::EdgeCallToken,
+        Variant::EdgeCallJwt,
+        Variant::EdgeCallAuthOneRule,
     ];
 
     /// Short name used in settings and tables.
@@ -106,6 +118,9 @@ impl Variant {
             Variant::EdgeCallPii => "edge-call-pii",
             Variant::EdgeCallRegex => "edge-call-regex",
             Variant::EdgeCallFull => "edge-call-full",
+            Variant::EdgeCallToken => "edge-call-token",
+            Variant::EdgeCallJwt => "edge-call-jwt",
+            Variant::EdgeCallAuthOneRule => "edge-call-auth-1",
         }
     }
 
@@ -188,6 +203,19 @@ impl Variant {
                  JWT, ten rules), local limits as in `limit-local`, PII and regex on the call \
                  and its result"
             }
+            Variant::EdgeCallToken => {
+                "`edge-call` with the client's `Authorization: Bearer` token on every request, \
+                 no `jwt_authn` and no `auth`: the token's bytes through Envoy, the filter \
+                 removing it before the upstream"
+            }
+            Variant::EdgeCallJwt => {
+                "`edge-call-token` with `jwt_authn` as in `edge-call-auth` (cached token, \
+                 payload header added) and a virtual server without `auth`: `jwt_authn`'s share"
+            }
+            Variant::EdgeCallAuthOneRule => {
+                "`edge-call-auth` with one allow rule that reads neither the arguments nor the \
+                 claims: the filter's identity stage without the ten rules"
+            }
         }
     }
 
@@ -204,7 +232,10 @@ impl Variant {
             | Variant::EdgeCallAuthFresh
             | Variant::EdgeCallPii
             | Variant::EdgeCallRegex
-            | Variant::EdgeCallFull => Variant::PlainCall,
+            | Variant::EdgeCallFull
+            | Variant::EdgeCallToken
+            | Variant::EdgeCallJwt
+            | Variant::EdgeCallAuthOneRule => Variant::PlainCall,
             Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
         }
     }
@@ -229,7 +260,28 @@ impl Variant {
                 | Variant::EdgeCallPii
                 | Variant::EdgeCallRegex
                 | Variant::EdgeCallFull
+                | Variant::EdgeCallToken
+                | Variant::EdgeCallJwt
+                | Variant::EdgeCallAuthOneRule
         )
+    }
+
+    /// Whether the client sends a bearer token (made by [`crate::identity::prepare`]).
+    pub fn sends_token(self) -> bool {
+        matches!(
+            self,
+            Variant::EdgeCallAuth
+                | Variant::EdgeCallAuthFresh
+                | Variant::EdgeCallFull
+                | Variant::EdgeCallToken
+                | Variant::EdgeCallJwt
+                | Variant::EdgeCallAuthOneRule
+        )
+    }
+
+    /// Whether Envoy runs `jwt_authn` before the filter.
+    pub fn runs_jwt_authn(self) -> bool {
+        self.sends_token() && self != Variant::EdgeCallToken
     }
 
     /// Whether the client sends `tools/list` (otherwise the 1 KB `tools/call`).
@@ -259,7 +311,11 @@ impl Variant {
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             ),
-            Variant::EdgeCallAuth | Variant::EdgeCallFull => Workload::new(
+            Variant::EdgeCallAuth
+            | Variant::EdgeCallFull
+            | Variant::EdgeCallToken
+            | Variant::EdgeCallJwt
+            | Variant::EdgeCallAuthOneRule => Workload::new(
                 catalog::ENDPOINT,
                 load::tools_call_body(catalog::NAMESPACED_CALLED_TOOL),
             )
@@ -374,6 +430,9 @@ mod tests {
                     | Variant::EdgeCallPii
                     | Variant::EdgeCallRegex
                     | Variant::EdgeCallFull
+                    | Variant::EdgeCallToken
+                    | Variant::EdgeCallJwt
+                    | Variant::EdgeCallAuthOneRule
             );
             assert_eq!(path == catalog::ENDPOINT, at_edge, "{v}: {path}");
         }

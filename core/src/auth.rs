@@ -135,6 +135,83 @@ pub struct Principal {
     /// Binds sessions to the principal: base64url of the first 16 bytes of
     /// SHA-256(issuer ‖ 0 ‖ subject).
     pub digest: String,
+    /// What the rules that read no arguments decided for this principal's uses of items.
+    verdicts: Verdicts,
+}
+
+/// The verdict of a server's rules that read no arguments on one use of an item (a method
+/// and a name): it depends only on the principal (its object and its verified claims),
+/// the server, the method and the name, so a principal's repeated calls of a tool decide
+/// it once. Kept per principal, so per verified token and per configuration (a new
+/// configuration starts with an empty token cache and so with new principals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fixed {
+    /// Some allow rule that reads no arguments holds.
+    allowed: bool,
+    /// The first deny rule that reads no arguments and does not evaluate to false.
+    deny: Option<usize>,
+}
+
+/// Most verdicts a principal keeps (then they are all dropped and decided again): a client
+/// calls a handful of tools.
+const MAX_VERDICTS: usize = 32;
+/// Longest key kept (server, method and name): a longer name is decided every time, so
+/// what a principal keeps stays within a few kilobytes whatever names clients send.
+const MAX_VERDICT_KEY: usize = 192;
+
+/// A principal's [`Fixed`] verdicts, keyed by `server ‖ 0 ‖ method ‖ 0 ‖ name`. A cache:
+/// not part of the principal's identity (equal whatever it holds, cloned empty).
+#[derive(Default)]
+struct Verdicts(RefCell<HashMap<Box<[u8]>, Fixed, BuildHasherDefault<Fnv>>>);
+
+impl Verdicts {
+    fn get_or_insert(
+        &self,
+        server: &str,
+        method: &str,
+        name: &str,
+        decide: impl FnOnce() -> Fixed,
+    ) -> Fixed {
+        let len = server.len() + method.len() + name.len() + 2;
+        if len > MAX_VERDICT_KEY {
+            return decide();
+        }
+        let mut key = Vec::with_capacity(len);
+        for (i, part) in [server, method, name].into_iter().enumerate() {
+            if i > 0 {
+                key.push(0);
+            }
+            key.extend_from_slice(part.as_bytes());
+        }
+        if let Some(f) = self.0.borrow().get(key.as_slice()) {
+            return *f;
+        }
+        let f = decide();
+        let mut map = self.0.borrow_mut();
+        if map.len() >= MAX_VERDICTS {
+            map.clear();
+        }
+        map.insert(key.into_boxed_slice(), f);
+        f
+    }
+}
+
+impl Clone for Verdicts {
+    fn clone(&self) -> Self {
+        Verdicts::default()
+    }
+}
+
+impl PartialEq for Verdicts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Verdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verdicts({})", self.0.borrow().len())
+    }
 }
 
 impl Principal {
@@ -189,6 +266,8 @@ pub struct ServerPolicy {
     metadata: Vec<u8>,
     rules: Vec<CompiledRule>,
     reads_args: bool,
+    /// The fields of a call's arguments the rules read (`None`: all of them).
+    arg_fields: Option<Vec<String>>,
 }
 
 /// Verified tokens a worker keeps what it read from (each live token is decoded, parsed and
@@ -197,6 +276,8 @@ pub const MAX_CACHED_TOKENS: usize = 4096;
 
 /// What a verified token says, as read once (the per-request checks use it).
 struct Verified {
+    /// The verified payload (the cache's key, compared in full on every hit).
+    payload: Box<[u8]>,
     /// The JOSE header segment it came with (empty: no token was on the request).
     header: Box<[u8]>,
     /// That header's `alg`.
@@ -212,7 +293,9 @@ struct Verified {
     principal: Option<Rc<Principal>>,
 }
 
-type TokenCache = HashMap<Box<[u8]>, Rc<Verified>, BuildHasherDefault<Fnv>>;
+/// Verified payloads by [`token_hash`]; an entry is used only when its payload and header
+/// are the request's, byte for byte (two payloads with one hash take turns).
+type TokenCache = HashMap<u64, Rc<Verified>, BuildHasherDefault<Fnv>>;
 
 /// The snapshot's identity configuration, compiled. See the module docs.
 #[derive(Default)]
@@ -374,8 +457,10 @@ impl Access {
     /// token is on the request) says, from this worker's cache or read now and cached.
     fn verified(&self, header: Option<&[u8]>, payload: &[u8]) -> Result<Rc<Verified>, Failure> {
         let header_key = header.unwrap_or_default();
-        if let Some(v) = self.cache.borrow().get(payload)
-            && *v.header == *header_key
+        let key = token_hash(payload);
+        if let Some(v) = self.cache.borrow().get(&key)
+            && same(&v.payload, payload)
+            && same(&v.header, header_key)
         {
             return Ok(Rc::clone(v));
         }
@@ -413,6 +498,7 @@ impl Access {
             _ => Vec::new(),
         };
         let v = Rc::new(Verified {
+            payload: payload.into(),
             header: header_key.into(),
             alg,
             issuer: index,
@@ -431,7 +517,7 @@ impl Access {
             // one payload parse per request, no more than without a cache.
             cache.clear();
         }
-        cache.insert(payload.into(), Rc::clone(&v));
+        cache.insert(key, Rc::clone(&v));
         Ok(v)
     }
 }
@@ -455,6 +541,12 @@ impl ServerPolicy {
     /// Whether a decision may read a `tools/call`'s arguments (only then are they parsed).
     pub fn reads_args(&self) -> bool {
         self.reads_args
+    }
+
+    /// Parses a `tools/call`'s arguments as far as the rules read them
+    /// ([`rules::parse_args`]); `None`: not JSON.
+    pub fn parse_args(&self, bytes: &[u8]) -> Option<Value> {
+        rules::parse_args(bytes, self.arg_fields.as_deref())
     }
 
     /// The `WWW-Authenticate` value of a 401 for `failure` (RFC 6750, RFC 9728).
@@ -522,8 +614,15 @@ impl ServerPolicy {
             server,
             args,
         };
-        let mut allowed = false;
-        for rule in &self.rules {
+        let fixed = principal
+            .verdicts
+            .get_or_insert(server, method.as_str(), name, || self.fixed(&env));
+        // Same order and outcome as every rule in turn: the first deny rule that holds
+        // (or fails) wins, so the rules reading arguments after the first fixed deny do not
+        // matter; allow rules only add up.
+        let end = fixed.deny.unwrap_or(self.rules.len());
+        let mut allowed = fixed.allowed;
+        for rule in self.rules.iter().take(end).filter(|r| r.when.reads_args) {
             let outcome = rule.when.eval(&env);
             match rule.effect {
                 // Fail closed: a deny rule that cannot be decided denies.
@@ -534,11 +633,37 @@ impl ServerPolicy {
                 Effect::Deny => {}
             }
         }
+        if let Some(rule) = fixed.deny.and_then(|i| self.rules.get(i)) {
+            return Decision::Deny(Some(rule.name.clone()));
+        }
         if allowed {
             Decision::Allow
         } else {
             Decision::Deny(None)
         }
+    }
+
+    /// The verdict of the rules that read no arguments (see [`Fixed`]).
+    fn fixed(&self, env: &Env<'_>) -> Fixed {
+        let mut fixed = Fixed {
+            allowed: false,
+            deny: None,
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.when.reads_args {
+                continue;
+            }
+            let outcome = rule.when.eval(env);
+            match rule.effect {
+                Effect::Deny if outcome != Outcome::Bool(false) => {
+                    fixed.deny = Some(i);
+                    break;
+                }
+                Effect::Allow => fixed.allowed |= outcome == Outcome::Bool(true),
+                Effect::Deny => {}
+            }
+        }
+        fixed
     }
 
     /// Whether a list answered at the edge shows item `name` to `principal`: whether some
@@ -628,6 +753,21 @@ fn token_header<'a>(authorization: &'a [u8], payload: &[u8]) -> Result<&'a [u8],
         .and_then(|_| authorization.get(7..))
         .map(<[u8]>::trim_ascii)
         .ok_or(Failure::Invalid("the credential is not a bearer token"))?;
+    // The common case in a few instructions per word: `header.payload.signature`, the
+    // payload the verified one, no other dot.
+    if !payload.contains(&b'.')
+        && let Some(dot) = token.iter().position(|&b| b == b'.')
+        && let (Some(header), Some(rest)) = (token.get(..dot), token.get(dot + 1..))
+        && rest
+            .get(..payload.len())
+            .is_some_and(|body| same(body, payload))
+        && rest.get(payload.len()) == Some(&b'.')
+        && rest
+            .get(payload.len() + 1..)
+            .is_some_and(|signature| !signature.contains(&b'.'))
+    {
+        return Ok(header);
+    }
     let mut parts = token.split(|&b| b == b'.');
     let (Some(header), Some(body), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -638,6 +778,36 @@ fn token_header<'a>(authorization: &'a [u8], payload: &[u8]) -> Result<&'a [u8],
         return Err(Failure::Invalid("the bearer token is not the one verified"));
     }
     Ok(header)
+}
+
+/// Whether `a` and `b` are equal, compared eight bytes at a time: `==` on byte slices is a
+/// byte loop in wasm, and tokens are compared on every request.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    wa.remainder() == wb.remainder() && wa.zip(wb).all(|(x, y)| word(x) == word(y))
+}
+
+fn word(chunk: &[u8]) -> u64 {
+    chunk.try_into().map_or(0, u64::from_le_bytes)
+}
+
+/// A 64-bit hash of a verified payload, eight bytes at a time (FNV-1a takes one): only
+/// the issuer's signed tokens reach the cache, and a hit is checked byte for byte.
+fn token_hash(b: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let words = b.chunks_exact(8);
+    let mut last = [0u8; 8];
+    for (d, s) in last.iter_mut().zip(words.remainder()) {
+        *d = *s;
+    }
+    let mut h = b.len() as u64;
+    for w in words.map(word).chain([u64::from_le_bytes(last)]) {
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    h
 }
 
 /// The token's `alg`, from its JOSE `header` segment.
@@ -736,6 +906,7 @@ fn principal(iss: &str, claims: Value, mapping: &ClaimMapping) -> Option<Princip
         claims,
         object,
         digest,
+        verdicts: Verdicts::default(),
     })
 }
 
@@ -797,6 +968,14 @@ fn compile_server(
         metadata_url,
         metadata: serde_json::to_vec(&doc).unwrap_or_default(),
         reads_args: rules.iter().any(|r| r.when.reads_args),
+        arg_fields: rules.iter().try_fold(Vec::new(), |mut all, r| {
+            for f in r.when.arg_fields()? {
+                if !all.contains(f) {
+                    all.push(f.clone());
+                }
+            }
+            Some(all)
+        }),
         rules,
     }
 }

@@ -4,7 +4,6 @@
 
 use anyhow::Context;
 use mcpgw_bench::instructions::{self, Counting};
-use mcpgw_bench::variant::Variant;
 use mcpgw_bench::{envoy, identity, machine, report, settings::Settings};
 use std::path::Path;
 
@@ -15,11 +14,10 @@ fn main() -> anyhow::Result<()> {
     let lookup = |k: &str| std::env::var(k).ok();
     let settings = Settings::from_lookup(lookup, root)?;
     let counting = Counting::from_lookup(lookup)?;
-    let fresh = settings.variants.contains(&Variant::EdgeCallAuthFresh);
-    if fresh
-        || settings.variants.contains(&Variant::EdgeCallAuth)
-        || settings.variants.contains(&Variant::EdgeCallFull)
-    {
+    let fresh = settings
+        .variants
+        .contains(&mcpgw_bench::variant::Variant::EdgeCallAuthFresh);
+    if settings.variants.iter().any(|v| v.sends_token()) {
         identity::prepare(&mcpgw_harness::Artifacts::from_env(), fresh)?;
     }
     let envoy_version = envoy::version(&settings.envoy)

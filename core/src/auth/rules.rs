@@ -45,6 +45,9 @@ pub struct Expr {
     /// Whether the condition reads `args` (a call's arguments are parsed only for rules
     /// that do).
     pub reads_args: bool,
+    /// The fields of `args` it reads, when it reads only named fields (`args.f`,
+    /// `has(args.f)`, `args['f']`); `None` when it reads `args` as a whole.
+    arg_fields: Option<Vec<String>>,
 }
 
 /// A name the condition is evaluated over.
@@ -256,9 +259,12 @@ impl Expr {
         if p.peek() != &Tok::End {
             return Err(p.fail("unexpected text after the expression"));
         }
+        let mut fields = Vec::new();
+        let arg_fields = arg_fields(&node, &mut fields).then_some(fields);
         Ok(Expr {
             node,
             reads_args: p.reads_args,
+            arg_fields,
         })
     }
 
@@ -267,7 +273,15 @@ impl Expr {
         Expr {
             node: Node::Null,
             reads_args: false,
+            arg_fields: Some(Vec::new()),
         }
+    }
+
+    /// The fields of `args` the condition reads (empty when it does not read `args`), or
+    /// `None` when it reads `args` as a whole (its size, its keys, an index computed at
+    /// run time).
+    pub fn arg_fields(&self) -> Option<&[String]> {
+        self.arg_fields.as_deref()
     }
 
     /// Evaluates the condition in `env`.
@@ -549,6 +563,110 @@ impl Parser {
                 return Err(self.fail("expected a value"));
             }
         })
+    }
+}
+
+/// Adds to `out` the fields of `args` that `node` reads by name; `false` when it reads
+/// `args` otherwise.
+fn arg_fields(node: &Node, out: &mut Vec<String>) -> bool {
+    let mut add = |field: &String| {
+        if !out.contains(field) {
+            out.push(field.clone());
+        }
+        true
+    };
+    match node {
+        Node::Select(t, f) | Node::Has(t, f) if **t == Node::Root(Root::Args) => add(f),
+        Node::Index(t, i) if **t == Node::Root(Root::Args) => match &**i {
+            Node::Str(f) => add(f),
+            _ => false,
+        },
+        Node::Root(Root::Args) => false,
+        Node::Null
+        | Node::Bool(_)
+        | Node::Int(_)
+        | Node::Float(_)
+        | Node::Str(_)
+        | Node::Root(_)
+        | Node::Var(_) => true,
+        Node::List(items) => items.iter().all(|n| arg_fields(n, out)),
+        Node::Select(t, _) | Node::Has(t, _) | Node::Not(t) | Node::Neg(t) => arg_fields(t, out),
+        Node::Index(a, b)
+        | Node::And(a, b)
+        | Node::Or(a, b)
+        | Node::Compare(_, a, b)
+        | Node::In(a, b) => arg_fields(a, out) && arg_fields(b, out),
+        Node::Cond(a, b, c) => arg_fields(a, out) && arg_fields(b, out) && arg_fields(c, out),
+        Node::Call(_, t, args) => arg_fields(t, out) && args.iter().all(|n| arg_fields(n, out)),
+        Node::Quantifier { range, cond, .. } => arg_fields(range, out) && arg_fields(cond, out),
+    }
+}
+
+/// Parses a call's `arguments` (JSON text the request parser has checked) for rules that
+/// read only `fields` of it (`None`: all of it): an object keeps only those fields (the
+/// others are skipped, not built), anything else is parsed whole. `None`: not JSON.
+pub fn parse_args(bytes: &[u8], fields: Option<&[String]>) -> Option<Value> {
+    let Some(fields) = fields.filter(|_| bytes.trim_ascii_start().first() == Some(&b'{')) else {
+        return serde_json::from_slice(bytes).ok();
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde::Deserializer::deserialize_map(&mut de, Fields(fields)).ok()?;
+    de.end().ok()?;
+    Some(v)
+}
+
+/// Visits an object, building only the members named in it.
+struct Fields<'f>(&'f [String]);
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if self.0.iter().any(|f| *f == key) {
+                // A repeated member: the last one counts, as when the whole is parsed.
+                out.insert(key.into_owned(), map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// A member's name, borrowed from the text when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
     }
 }
 
@@ -913,6 +1031,64 @@ mod tests {
                             "nested": {"a": {"b": "c"}}, "admin": false});
         let e = Expr::parse(src).unwrap_or_else(|e| panic!("{src}: {e}"));
         e.eval(&env(&principal, &claims, args))
+    }
+
+    #[test]
+    fn arguments_are_parsed_as_far_as_rules_read_them() {
+        let fields = |src: &str| {
+            Expr::parse(src)
+                .unwrap()
+                .arg_fields()
+                .map(|f| f.iter().map(String::as_str).collect::<Vec<_>>().join(","))
+        };
+        assert_eq!(fields("request.name == 'x'").as_deref(), Some(""));
+        assert_eq!(
+            fields("has(args.path) && args.path.startsWith('/etc') || args['n'] > 2").as_deref(),
+            Some("path,n")
+        );
+        assert_eq!(fields("args.opts.force == true").as_deref(), Some("opts"));
+        for whole in [
+            "size(args) > 2",
+            "'path' in args",
+            "args.exists(k, k == 'path')",
+            "args[request.name] == 1",
+            "[args][0].path == 'x'",
+        ] {
+            assert_eq!(fields(whole), None, "{whole}");
+        }
+
+        let text =
+            br#" {"message":"long \" text","path":"/etc","tags":["a"],"path":"/tmp","n":2} "#;
+        let names = ["path".to_owned(), "n".to_owned(), "absent".to_owned()];
+        assert_eq!(
+            parse_args(text, Some(&names)),
+            // The last `path` counts, as in a whole parse; the others are not built.
+            Some(json!({"path": "/tmp", "n": 2}))
+        );
+        let whole: Value = serde_json::from_slice(text).unwrap();
+        assert_eq!(parse_args(text, None).as_ref(), Some(&whole));
+        // Escaped names are read like any other.
+        assert_eq!(
+            parse_args(br#"{"p\u0061th":1}"#, Some(&names)),
+            Some(json!({"path": 1}))
+        );
+        // Not an object: parsed whole, so a rule sees what it is.
+        assert_eq!(parse_args(b"[1]", Some(&names)), Some(json!([1])));
+        assert_eq!(parse_args(br#"{"path":1"#, Some(&names)), None);
+        assert_eq!(parse_args(br#"{"path":1} x"#, Some(&names)), None);
+        // Under the same rules, the parsed subset decides as the whole would.
+        let rule = "has(args.path) && args.path.startsWith('/tmp') && args.n == 2";
+        let e = Expr::parse(rule).unwrap();
+        let subset = parse_args(text, e.arg_fields()).unwrap();
+        let (p, c) = (json!({}), json!({}));
+        assert_eq!(
+            e.eval(&env(&p, &c, Args::Json(&subset))),
+            e.eval(&env(&p, &c, Args::Json(&whole)))
+        );
+        assert_eq!(
+            e.eval(&env(&p, &c, Args::Json(&subset))),
+            Outcome::Bool(true)
+        );
     }
 
     #[test]

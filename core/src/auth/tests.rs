@@ -255,6 +255,31 @@ fn tokens_are_accepted_or_refused_with_a_reason() {
             "JWS",
         ),
         (
+            "four parts, the verified payload second",
+            auth(
+                &a,
+                "team",
+                Some(&format!("{}.x", bearer("RS256", &good))),
+                Some(&payload(&good)),
+            ),
+            "JWS",
+        ),
+        (
+            "the verified payload a prefix of the token's",
+            auth(
+                &a,
+                "team",
+                Some(&bearer("RS256", &good).replacen(".c2ln", "Zm9v.c2ln", 1)),
+                Some(&payload(&good)),
+            ),
+            "not the one verified",
+        ),
+        (
+            "the verified payload spanning two segments",
+            auth(&a, "team", Some("Bearer eA.a.b.c2ln"), Some("a.b")),
+            "JWS",
+        ),
+        (
             "payload not base64",
             auth(&a, "team", None, Some("!!")),
             "malformed",
@@ -450,6 +475,88 @@ fn permissions_then_rules_decide_each_use() {
     ];
     for (name, who, msg, args, want) in cases {
         assert_eq!(team.authorize(Some(who), "team", msg, args), want, "{name}");
+    }
+}
+
+#[test]
+fn kept_verdicts_decide_as_every_rule_in_turn_does() {
+    // Rules that read no arguments are decided once per principal, method and name; the
+    // argument rules still run on every call, and the first deny rule in order still wins.
+    let mut doc = snapshot_json();
+    doc["servers"]["team"]["auth"]["rules"] = json!([
+        {"name": "all", "when": "true"},
+        {"name": "no-etc", "effect": "deny", "when": "has(args.path) && args.path == '/etc'"},
+        {"name": "no-x", "effect": "deny", "when": "request.name == 'x'"},
+        {"name": "no-count", "effect": "deny", "when": "has(args.count)"},
+        {"name": "suspended", "effect": "deny", "when": "claims.suspended == true"}
+    ]);
+    let s = Snapshot::from_json(doc.to_string().as_bytes()).unwrap();
+    let a = Access::new(&s);
+    let team = a.server("team").unwrap();
+    let principal = |extra: Value| {
+        let c = claims(extra);
+        let token = bearer("RS256", &c);
+        // A fresh `Access` each time: a principal with nothing kept.
+        let fresh = Access::new(&s);
+        let kept = a.authenticate(
+            team,
+            Some(token.as_bytes()),
+            Some(payload(&c).as_bytes()),
+            NOW,
+        );
+        let new = fresh.authenticate(
+            fresh.server("team").unwrap(),
+            Some(token.as_bytes()),
+            Some(payload(&c).as_bytes()),
+            NOW,
+        );
+        (kept.unwrap().unwrap(), new.unwrap().unwrap())
+    };
+    let call = |name: &str| {
+        message(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+        ))
+    };
+    let (x, y) = (call("x"), call("y"));
+    let (etc, count, none) = (json!({"path": "/etc"}), json!({"count": 1}), json!({}));
+    let deny = |r: &str| Decision::Deny(Some(r.to_owned()));
+    let (user, _) = principal(json!({"suspended": false}));
+    let (suspended, _) = principal(json!({"suspended": true}));
+    let cases: Vec<(&Principal, &Message, &Value, Decision)> = vec![
+        (&user, &x, &etc, deny("no-etc")),
+        (&user, &x, &none, deny("no-x")),
+        (&user, &x, &count, deny("no-x")),
+        (&user, &y, &count, deny("no-count")),
+        (&user, &y, &none, Decision::Allow),
+        (&user, &y, &etc, deny("no-etc")),
+        (&suspended, &y, &none, deny("suspended")),
+        (&suspended, &y, &etc, deny("no-etc")),
+        (&suspended, &y, &count, deny("no-count")),
+    ];
+    // A name too long to keep is decided every time, the same way.
+    let long = call(&"y".repeat(300));
+    for _ in 0..2 {
+        assert_eq!(
+            team.authorize(Some(&suspended), "team", &long, Args::Json(&none)),
+            deny("suspended")
+        );
+        assert_eq!(
+            team.authorize(Some(&user), "team", &long, Args::Json(&etc)),
+            deny("no-etc")
+        );
+    }
+    // Twice over: decided, then from what was kept.
+    for round in 0..2 {
+        for (who, msg, args, want) in &cases {
+            let got = team.authorize(Some(who), "team", msg, Args::Json(args));
+            assert_eq!(&got, want, "round {round}: {:?} {args}", msg.name);
+            // A principal with nothing kept decides the same.
+            let (_, fresh) = principal(who.claims.clone());
+            assert_eq!(
+                team.authorize(Some(&fresh), "team", msg, Args::Json(args)),
+                got
+            );
+        }
     }
 }
 
@@ -726,4 +833,28 @@ fn the_token_cache_never_skips_a_per_request_check() {
         Err(Failure::Invalid("the token's algorithm is not accepted"))
     );
     assert!(at(NOW, "team", &token).is_ok());
+    // Payloads of one length that differ in one byte, early or in the last word, are
+    // different tokens.
+    for (x, y) in [("alice", "alicf"), ("bob-a", "cob-a")] {
+        let (cx, cy) = (
+            claims(json!({"sub": x, "jti": "t-0123456789"})),
+            claims(json!({"sub": y, "jti": "t-0123456789"})),
+        );
+        let (px, py) = (payload(&cx), payload(&cy));
+        assert_eq!(px.len(), py.len());
+        let read = |c: &Value, p: &str| {
+            a.authenticate(
+                a.server("team").unwrap(),
+                Some(bearer("RS256", c).as_bytes()),
+                Some(p.as_bytes()),
+                NOW,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        for _ in 0..2 {
+            assert_eq!(read(&cx, &px).subject, x);
+            assert_eq!(read(&cy, &py).subject, y);
+        }
+    }
 }

@@ -154,7 +154,7 @@ impl Exchange {
                     .ok()
                     .zip(usize::try_from(end).ok())
                     .and_then(|(s, e)| self.body.get(s..e))
-                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok());
+                    .and_then(|bytes| policy.parse_args(bytes));
                 match &parsed {
                     Some(v) => Args::Json(v),
                     None => return Some(self.internal_error("tool arguments unreadable", host)),
