@@ -214,14 +214,18 @@ impl Candidates {
         let mut colons = Vec::new();
         let class = |byte: u8| CLASS.get(usize::from(byte)).copied().unwrap_or(0);
         // Eight bytes at a time: most chunks of prose hold no byte of interest.
-        let mut chunk_start = 0;
-        for chunk in b.chunks(8) {
+        let chunks = b.chunks_exact(8);
+        let rest = chunks.remainder();
+        for (k, chunk) in chunks.enumerate() {
             if chunk.iter().fold(0, |any, &byte| any | class(byte)) & want != 0 {
                 for (j, &byte) in chunk.iter().enumerate() {
-                    c.visit(b, chunk_start + j, class(byte) & want, &mut colons);
+                    c.visit(b, k * 8 + j, class(byte) & want, &mut colons);
                 }
             }
-            chunk_start += chunk.len();
+        }
+        let rest_start = b.len() - rest.len();
+        for (j, &byte) in rest.iter().enumerate() {
+            c.visit(b, rest_start + j, class(byte) & want, &mut colons);
         }
         if colons.len() >= 2 {
             // Back from each colon to the start of its run, stopping at the colon before

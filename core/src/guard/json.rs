@@ -14,6 +14,12 @@ const fn splat(c: u8) -> u64 {
     u64::from_ne_bytes([c; 8])
 }
 
+/// The eight bytes of `raw` from `i` as one word, if there are eight.
+fn word_at(raw: &[u8], i: usize) -> Option<u64> {
+    let bytes = raw.get(i..i.checked_add(8)?)?;
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_ne_bytes)
+}
+
 /// Whether any byte of `v` is zero (exact: no false positives or negatives).
 const fn has_zero_byte(v: u64) -> bool {
     v.wrapping_sub(splat(0x01)) & !v & splat(0x80) != 0
@@ -22,10 +28,7 @@ const fn has_zero_byte(v: u64) -> bool {
 /// The first offset at or after `from` where `raw` holds `a` or `b`: eight bytes at a time
 /// while none is either.
 pub(crate) fn find2(raw: &[u8], mut from: usize, a: u8, b: u8) -> Option<usize> {
-    while let Some(word) = raw.get(from..from + 8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let v = u64::from_ne_bytes(w);
+    while let Some(v) = word_at(raw, from) {
         if has_zero_byte(v ^ splat(a)) || has_zero_byte(v ^ splat(b)) {
             break;
         }
