@@ -134,6 +134,7 @@ const DASH: u8 = 16;
 const LETTER: u8 = 32;
 
 /// The class of each byte value.
+#[allow(clippy::indexing_slicing)] // compile time: out of bounds is a build error
 const CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut d = b'0';

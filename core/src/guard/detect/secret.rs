@@ -320,6 +320,9 @@ const fn second_bit(c: u8) -> Option<u32> {
 }
 
 /// Adds the opening of `p` to `table`.
+// Evaluated at compile time (the tables below): an index out of bounds is a build
+// error, never a panic.
+#[allow(clippy::indexing_slicing)]
 const fn add_opening(mut table: [u64; 26], p: &[u8]) -> [u64; 26] {
     if p.len() < 2 {
         return table;
@@ -336,6 +339,7 @@ const fn add_opening(mut table: [u64; 26], p: &[u8]) -> [u64; 26] {
 /// The openings (first two bytes, in any case) of every credential looked for: key
 /// prefixes and names ([`KEY_PREFIXES`], [`KEY_NAMES`]), AWS key ids and names
 /// ([`AWS_KEY_PREFIXES`], [`AWS_SECRET_NAMES`]) and JWTs (`eyJ`), by first letter.
+#[allow(clippy::indexing_slicing)] // compile time: see `add_opening`
 const OPENINGS: [u64; 26] = {
     let mut t = [0u64; 26];
     let mut k = 0;
@@ -374,6 +378,9 @@ pub(super) fn opens_credential(first: u8, second: u8) -> bool {
 }
 
 /// Whether a credential may start with the letter `c` (in any case).
+// Evaluated at compile time (the tables below): an index out of bounds is a build
+// error, never a panic.
+#[allow(clippy::indexing_slicing)]
 pub(super) const fn starts_credential(c: u8) -> bool {
     let c = c.to_ascii_lowercase();
     c.is_ascii_lowercase() && OPENINGS[(c - b'a') as usize] != 0
