@@ -10,6 +10,8 @@
 //! Each scanner documents the rule it uses against false positives; the rules are
 //! summarised in docs/filter.md ("Guardrail plugins").
 
+#[cfg(test)]
+mod differential;
 mod financial;
 mod network;
 mod personal;
@@ -92,27 +94,255 @@ impl Detector {
         Detector::ALL.iter().position(|d| *d == self).unwrap_or(0)
     }
 
-    /// Appends what this detector finds in `text`.
-    fn find(self, text: &str, out: &mut Vec<Found>) {
+    /// Appends what this detector finds in `text`, looking only at the positions `c`
+    /// found (or at every position, with [`Candidates::every`]).
+    fn find(self, text: &str, c: &Candidates, out: &mut Vec<Found>) {
         let b = text.as_bytes();
+        // Nothing to look at (the common case): not even a call.
+        let lists: [&[usize]; 2] = match self {
+            Detector::PrivateKey => [&c.pems, &[]],
+            Detector::Jwt | Detector::AwsAccessKey | Detector::ApiKey => [&c.words, &[]],
+            Detector::CreditCard | Detector::Iban | Detector::Ssn => [&c.digits, &[]],
+            Detector::Email => [&c.ats, &[]],
+            Detector::Phone => [&c.phones, &[]],
+            Detector::IpAddress => [&c.digits, &c.v6_runs],
+        };
+        if !c.every && lists.iter().all(|l| l.is_empty()) {
+            return;
+        }
         let mut spans = Vec::new();
         match self {
-            Detector::PrivateKey => secret::private_keys(text, &mut spans),
-            Detector::Jwt => secret::jwts(b, &mut spans),
-            Detector::AwsAccessKey => secret::aws_keys(text, &mut spans),
-            Detector::ApiKey => secret::api_keys(text, &mut spans),
-            Detector::CreditCard => financial::cards(b, &mut spans),
-            Detector::Iban => financial::ibans(b, &mut spans),
-            Detector::Ssn => personal::ssns(b, &mut spans),
-            Detector::Email => personal::emails(b, &mut spans),
-            Detector::Phone => personal::phones(b, &mut spans),
-            Detector::IpAddress => network::ips(text, &mut spans),
+            Detector::PrivateKey => secret::private_keys(text, c.starts(&c.pems), &mut spans),
+            Detector::Jwt => secret::jwts(b, c.starts(&c.words), &mut spans),
+            Detector::AwsAccessKey => secret::aws_keys(b, c.starts(&c.words), &mut spans),
+            Detector::ApiKey => secret::api_keys(b, c.starts(&c.words), &mut spans),
+            Detector::CreditCard => financial::cards(b, c.starts(&c.digits), &mut spans),
+            Detector::Iban => financial::ibans(b, c.starts(&c.digits).back(2), &mut spans),
+            Detector::Ssn => personal::ssns(b, c.starts(&c.digits), &mut spans),
+            Detector::Email => personal::emails(b, c.starts(&c.ats), &mut spans),
+            Detector::Phone => personal::phones(b, c.starts(&c.phones), &mut spans),
+            Detector::IpAddress => {
+                network::ipv4s(text, c.starts(&c.digits), &mut spans);
+                network::ipv6s(text, c.starts(&c.v6_runs), &mut spans);
+            }
         }
         out.extend(spans.into_iter().map(|(start, end)| Found {
             start,
             end,
             detector: self,
         }));
+    }
+}
+
+/// Byte classes of the one pass ([`Candidates::of`]); a byte is in at most one.
+const DIGIT: u8 = 1;
+/// `+` and `(`: where a phone number may start other than at a digit.
+const MARK: u8 = 2;
+const COLON: u8 = 4;
+const AT_SIGN: u8 = 8;
+/// `-`: where a PEM block may start.
+const DASH: u8 = 16;
+/// The first letters of credentials (see [`secret::starts_credential`]).
+const LETTER: u8 = 32;
+
+/// The class of each byte value.
+#[allow(clippy::indexing_slicing)] // compile time: out of bounds is a build error
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = DIGIT;
+        d += 1;
+    }
+    t[b'+' as usize] = MARK;
+    t[b'(' as usize] = MARK;
+    t[b':' as usize] = COLON;
+    t[b'@' as usize] = AT_SIGN;
+    t[b'-' as usize] = DASH;
+    let mut c = 0u8;
+    while c < 128 {
+        if secret::starts_credential(c) {
+            t[c as usize] = LETTER;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Where, in one text, each scanner may find something: found in one pass over the text
+/// before any scanner runs, so a scanner visits a handful of positions instead of every
+/// byte, and text without a digit or any other byte a detector of the set starts at
+/// costs one table lookup per byte. Every scanner's first test at a position implies the
+/// position is in its list (see each list), so skipping the others finds exactly what
+/// visiting every position finds; a test (`differential.rs`) checks this on a varied
+/// corpus.
+#[derive(Debug, Default)]
+pub(super) struct Candidates {
+    /// Visit every position instead (the straightforward scan).
+    every: bool,
+    /// Where runs of digits start (a digit not after a digit). Cards, SSNs and IPv4
+    /// addresses start at a digit after no word character; an IBAN's check digits follow
+    /// two letters, so two bytes before a run.
+    digits: Vec<usize>,
+    /// Where phone numbers may start: runs of digits, `+` and `(`.
+    phones: Vec<usize>,
+    /// Where `@` is (emails).
+    ats: Vec<usize>,
+    /// Where the runs of IPv6 characters (hex digits, `:`, `.`) that hold a `:` start;
+    /// empty when the text has fewer than two colons (an address has at least two).
+    v6_runs: Vec<usize>,
+    /// Where `-----BEGIN ` is (private keys).
+    pems: Vec<usize>,
+    /// Where words start (after no word character) with the first two bytes of a
+    /// credential (key prefixes and names, AWS key ids and names, JWTs).
+    words: Vec<usize>,
+}
+
+impl Candidates {
+    /// The candidates of `text` for the detectors of `set`, in one pass.
+    pub(super) fn of(text: &str, set: DetectorSet) -> Candidates {
+        use Detector::*;
+        let wants = |ds: &[Detector]| ds.iter().any(|d| set.contains(*d));
+        let mut want = 0;
+        if wants(&[CreditCard, Iban, Ssn, Phone, IpAddress]) {
+            want |= DIGIT;
+        }
+        if wants(&[Phone]) {
+            want |= MARK;
+        }
+        if wants(&[IpAddress]) {
+            want |= COLON;
+        }
+        if wants(&[Email]) {
+            want |= AT_SIGN;
+        }
+        if wants(&[PrivateKey]) {
+            want |= DASH;
+        }
+        if wants(&[Jwt, AwsAccessKey, ApiKey]) {
+            want |= LETTER;
+        }
+        let b = text.as_bytes();
+        let mut c = Candidates::default();
+        let mut colons = Vec::new();
+        let class = |byte: u8| CLASS.get(usize::from(byte)).copied().unwrap_or(0);
+        // Eight bytes at a time: most chunks of prose hold no byte of interest.
+        let chunks = b.chunks_exact(8);
+        let rest = chunks.remainder();
+        for (k, chunk) in chunks.enumerate() {
+            if chunk.iter().fold(0, |any, &byte| any | class(byte)) & want != 0 {
+                for (j, &byte) in chunk.iter().enumerate() {
+                    c.visit(b, k * 8 + j, class(byte) & want, &mut colons);
+                }
+            }
+        }
+        let rest_start = b.len() - rest.len();
+        for (j, &byte) in rest.iter().enumerate() {
+            c.visit(b, rest_start + j, class(byte) & want, &mut colons);
+        }
+        if colons.len() >= 2 {
+            // Back from each colon to the start of its run, stopping at the colon before
+            // it (same run, same start): linear however many colons a run holds.
+            let mut previous: Option<(usize, usize)> = None;
+            for colon in colons {
+                let mut start = colon;
+                while let Some(p) = start.checked_sub(1) {
+                    if let Some((prev_colon, prev_start)) = previous
+                        && prev_colon == p
+                    {
+                        start = prev_start;
+                        break;
+                    }
+                    if !network::is_v6_char(at(b, p)) {
+                        break;
+                    }
+                    start = p;
+                }
+                previous = Some((colon, start));
+                if c.v6_runs.last() != Some(&start) {
+                    c.v6_runs.push(start);
+                }
+            }
+        }
+        c
+    }
+
+    /// Records the byte at `i`, of class `class` (masked by what the set wants).
+    fn visit(&mut self, b: &[u8], i: usize, class: u8, colons: &mut Vec<usize>) {
+        match class {
+            0 => {}
+            DIGIT => {
+                if !before(b, i).is_ascii_digit() {
+                    self.digits.push(i);
+                    self.phones.push(i);
+                }
+            }
+            MARK => self.phones.push(i),
+            COLON => colons.push(i),
+            AT_SIGN => self.ats.push(i),
+            DASH => {
+                if b.get(i..).is_some_and(|t| t.starts_with(secret::BEGIN)) {
+                    self.pems.push(i);
+                }
+            }
+            _ => {
+                if !is_word(before(b, i)) && secret::opens_credential(at(b, i), at(b, i + 1)) {
+                    self.words.push(i);
+                }
+            }
+        }
+    }
+
+    /// Every position of every text: the straightforward scan.
+    #[cfg(test)]
+    pub(super) fn every() -> Candidates {
+        Candidates {
+            every: true,
+            ..Candidates::default()
+        }
+    }
+
+    fn starts<'a>(&self, list: &'a [usize]) -> Starts<'a> {
+        Starts {
+            list: (!self.every).then_some(list),
+            next: 0,
+            back: 0,
+        }
+    }
+}
+
+/// A scanner's walk over its candidates ([`Candidates`]) or over every position.
+#[derive(Debug)]
+pub(super) struct Starts<'a> {
+    /// `None`: every position.
+    list: Option<&'a [usize]>,
+    /// The next item of `list` to look at.
+    next: usize,
+    /// How far before each listed position to look.
+    back: usize,
+}
+
+impl Starts<'_> {
+    /// The same walk, `n` bytes before each listed position.
+    fn back(self, n: usize) -> Self {
+        Starts { back: n, ..self }
+    }
+
+    /// The first position at or after `i` to look at (`i` itself when visiting every
+    /// position), or `None` past the last one (or past `len`).
+    pub(super) fn next_from(&mut self, i: usize, len: usize) -> Option<usize> {
+        let Some(list) = self.list else {
+            return (i < len).then_some(i);
+        };
+        while let Some(&p) = list.get(self.next) {
+            if let Some(p) = p.checked_sub(self.back)
+                && p >= i
+            {
+                return (p < len).then_some(p);
+            }
+            self.next += 1;
+        }
+        None
     }
 }
 
@@ -168,9 +398,20 @@ pub enum Masking {
 
 /// What `set` finds in `text`, in order and without overlaps.
 pub fn scan(text: &str, set: DetectorSet) -> Vec<Found> {
+    scan_with(text, set, &Candidates::of(text, set))
+}
+
+/// What `set` finds in `text` visiting every position: the straightforward scan, which
+/// [`scan`] must match exactly.
+#[cfg(test)]
+pub(super) fn scan_every(text: &str, set: DetectorSet) -> Vec<Found> {
+    scan_with(text, set, &Candidates::every())
+}
+
+fn scan_with(text: &str, set: DetectorSet, c: &Candidates) -> Vec<Found> {
     let mut all = Vec::new();
     for d in set.iter() {
-        d.find(text, &mut all);
+        d.find(text, c, &mut all);
     }
     if all.len() > 1 {
         all.sort_by_key(|f| (f.start, usize::MAX - (f.end - f.start), f.detector.rank()));

@@ -9,26 +9,60 @@ use std::borrow::Cow;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Malformed;
 
-/// The offset just past the string literal that opens at `i` (a `"`).
-fn string_end(raw: &[u8], i: usize) -> Result<usize, Malformed> {
-    let mut j = i + 1;
-    while let Some(&c) = raw.get(j) {
-        match c {
-            b'\\' => j += 2,
-            b'"' => return Ok(j + 1),
-            _ => j += 1,
-        }
-    }
-    Err(Malformed)
+/// Every byte of a word set to `c`.
+const fn splat(c: u8) -> u64 {
+    u64::from_ne_bytes([c; 8])
 }
 
-/// The value of the string literal `raw[start..end]` (quotes included).
-fn decode(raw: &[u8], start: usize, end: usize) -> Result<Cow<'_, str>, Malformed> {
+/// The eight bytes of `raw` from `i` as one word, if there are eight.
+fn word_at(raw: &[u8], i: usize) -> Option<u64> {
+    let bytes = raw.get(i..i.checked_add(8)?)?;
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_ne_bytes)
+}
+
+/// Whether any byte of `v` is zero (exact: no false positives or negatives).
+const fn has_zero_byte(v: u64) -> bool {
+    v.wrapping_sub(splat(0x01)) & !v & splat(0x80) != 0
+}
+
+/// The first offset at or after `from` where `raw` holds `a` or `b`: eight bytes at a time
+/// while none is either.
+pub(crate) fn find2(raw: &[u8], mut from: usize, a: u8, b: u8) -> Option<usize> {
+    while let Some(v) = word_at(raw, from) {
+        if has_zero_byte(v ^ splat(a)) || has_zero_byte(v ^ splat(b)) {
+            break;
+        }
+        from += 8;
+    }
+    raw.get(from..)?
+        .iter()
+        .position(|&c| c == a || c == b)
+        .map(|p| from + p)
+}
+
+/// The offset just past the string literal that opens at `i` (a `"`), and whether it holds
+/// an escape.
+fn string_end(raw: &[u8], i: usize) -> Result<(usize, bool), Malformed> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        j = find2(raw, j, b'"', b'\\').ok_or(Malformed)?;
+        if raw.get(j) == Some(&b'"') {
+            return Ok((j + 1, escaped));
+        }
+        escaped = true;
+        j += 2;
+    }
+}
+
+/// The value of the string literal `raw[start..end]` (quotes included), which holds an
+/// escape if `escaped`.
+fn decode(raw: &[u8], start: usize, end: usize, escaped: bool) -> Result<Cow<'_, str>, Malformed> {
     let literal = raw.get(start..end).ok_or(Malformed)?;
     let inner = literal
         .get(1..literal.len().saturating_sub(1))
         .ok_or(Malformed)?;
-    if inner.contains(&b'\\') {
+    if escaped {
         serde_json::from_slice::<String>(literal)
             .map(Cow::Owned)
             .map_err(|_| Malformed)
@@ -68,21 +102,21 @@ pub(crate) fn map_strings(
                 i += 1;
             }
             b'"' => {
-                let end = string_end(raw, i)?;
+                let (end, escaped) = string_end(raw, i)?;
                 let mut j = end;
                 while raw.get(j).is_some_and(u8::is_ascii_whitespace) {
                     j += 1;
                 }
                 let in_object = stack.last().is_some_and(|(obj, _)| *obj);
                 if in_object && raw.get(j) == Some(&b':') {
-                    let name = decode(raw, i, end)?;
+                    let name = decode(raw, i, end, escaped)?;
                     if let Some(top) = stack.last_mut() {
                         top.1 = name;
                     }
                     i = j + 1;
                     continue;
                 }
-                let value = decode(raw, i, end)?;
+                let value = decode(raw, i, end, escaped)?;
                 let name = stack.last().map_or("", |(_, n)| n.as_ref());
                 if let Some(new) = f(name, &value).filter(|n| *n != *value) {
                     let o = out.get_or_insert_with(|| Vec::with_capacity(raw.len() + 64));
@@ -111,7 +145,7 @@ pub(crate) fn value_end(raw: &[u8], start: usize) -> Result<usize, Malformed> {
     while let Some(&c) = raw.get(i) {
         match c {
             b'"' => {
-                i = string_end(raw, i)?;
+                i = string_end(raw, i)?.0;
                 continue;
             }
             b'{' | b'[' => depth += 1,
@@ -131,6 +165,7 @@ pub(crate) fn value_end(raw: &[u8], start: usize) -> Result<usize, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn upper_where(raw: &str, member: &str) -> Option<String> {
         map_strings(raw.as_bytes(), &mut |name, s| {
@@ -169,6 +204,51 @@ mod tests {
         })
         .unwrap();
         assert_eq!(values, ["v"]);
+    }
+
+    #[test]
+    fn strings_of_every_length_with_escapes_anywhere() {
+        // The end of a string is found eight bytes at a time: quotes and escapes at every
+        // offset of a word, and strings that end at every offset.
+        for len in 0..40 {
+            for at in 0..=len {
+                for escape in ["", "\\\"", "\\\\", "\\n", "\\u00e9", "é"] {
+                    let body: String = "abcdefghij".repeat(4)[..len].to_owned();
+                    let value = format!("{}{escape}{}", &body[..at], &body[at..]);
+                    let raw = format!(r#"{{"k":"{value}","n":["{value}x"]}}"#);
+                    let want: Value = serde_json::from_str(&raw).unwrap();
+                    let mut seen = Vec::new();
+                    map_strings(raw.as_bytes(), &mut |_, s| {
+                        seen.push(s.to_owned());
+                        None
+                    })
+                    .unwrap();
+                    let k = want["k"].as_str().unwrap();
+                    assert_eq!(seen, [k.to_owned(), format!("{k}x")], "{raw}");
+                }
+            }
+            let open = format!("{{\"k\":\"{}", "x".repeat(len));
+            assert_eq!(
+                map_strings(open.as_bytes(), &mut |_, _| None),
+                Err(Malformed)
+            );
+            let escaped_quote = format!("{open}\\\"");
+            assert_eq!(
+                map_strings(escaped_quote.as_bytes(), &mut |_, _| None),
+                Err(Malformed)
+            );
+        }
+        for (hay, want) in [
+            (&b"0123456789abcdef\"x"[..], Some(16)),
+            (b"0123456789abcdefgh\"", Some(18)),
+            (b"\"", Some(0)),
+            (b"0123456789abcdefgh", None),
+            (b"", None),
+        ] {
+            assert_eq!(find2(hay, 0, b'"', b'\\'), want, "{hay:?}");
+        }
+        assert_eq!(find2(b"\"ab\"", 1, b'"', b'"'), Some(3));
+        assert_eq!(find2(b"ab", 5, b'"', b'"'), None);
     }
 
     #[test]

@@ -71,15 +71,30 @@ impl Literal {
     }
 
     /// False only when no match of the pattern can occur in `haystack`.
+    /// The literal's first byte is looked for eight bytes at a time (in both cases under
+    /// `(?i)`), and the rest compared where it is found.
     pub(crate) fn may_match(&self, haystack: &str) -> bool {
-        if !self.fold {
-            return haystack.contains(self.text.as_str());
-        }
         let needle = self.text.as_bytes();
-        haystack
-            .as_bytes()
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+        let hay = haystack.as_bytes();
+        let Some(&first) = needle.first() else {
+            return true;
+        };
+        let (a, b) = if self.fold {
+            (first, first.to_ascii_uppercase())
+        } else {
+            (first, first)
+        };
+        let mut from = 0;
+        while let Some(p) = super::json::find2(hay, from, a, b) {
+            let Some(window) = hay.get(p..p + needle.len()) else {
+                return false;
+            };
+            if window == needle || (self.fold && window.eq_ignore_ascii_case(needle)) {
+                return true;
+            }
+            from = p + 1;
+        }
+        false
     }
 }
 
@@ -237,5 +252,50 @@ mod tests {
         let l = Literal::of("(?i)token=").expect("a literal");
         assert!(l.may_match("TOKEN=abc"));
         assert!(!l.may_match("toke n="));
+    }
+
+    #[test]
+    fn the_search_finds_what_comparing_every_window_finds() {
+        let reference = |l: &Literal, hay: &str| {
+            let needle = l.text.as_bytes();
+            hay.as_bytes().windows(needle.len()).any(|w| {
+                if l.fold {
+                    w.eq_ignore_ascii_case(needle)
+                } else {
+                    w == needle
+                }
+            })
+        };
+        for pattern in [
+            "(?i)password=",
+            "(?i)=x",
+            "internal\\.example",
+            "é",
+            "(?i)9",
+        ] {
+            let l = Literal::of(pattern).expect("a literal");
+            for len in 0..24 {
+                for at in 0..=len {
+                    let filler = "pAsSwOrD internal.exampl 9 ".repeat(2);
+                    let base = &filler[..len];
+                    for insert in [
+                        "",
+                        "PASSWORD=",
+                        "password=",
+                        "internal.example",
+                        "é",
+                        "=X",
+                        "9",
+                    ] {
+                        let hay = format!("{}{insert}{}", &base[..at], &base[at..]);
+                        assert_eq!(
+                            l.may_match(&hay),
+                            reference(&l, &hay),
+                            "{pattern} in {hay:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Payment card numbers (Luhn) and IBANs (mod 97).
 
-use super::{at, before, is_word};
+use super::{Starts, at, before, is_word};
 
 /// Digits of groups joined by one kind of separator, read from `i`: the digits, and the end
 /// offset after each group.
@@ -76,9 +76,10 @@ fn card_network(digits: &[u8]) -> bool {
 /// Luhn check. So an order id of 16 digits that fails Luhn, or passes it by chance without
 /// a network's prefix, is not a card. A number inside a longer run of digits or a word is
 /// not looked at.
-pub(super) fn cards(b: &[u8], out: &mut Vec<(usize, usize)>) {
+pub(super) fn cards(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
-    while i < b.len() {
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s;
         let prev = before(b, i);
         let clean = !(is_word(prev)
             || prev == b'.'
@@ -216,19 +217,23 @@ fn is_iban_char(c: u8) -> bool {
 /// IBANs: a country code with a registry length, two check digits, and the rest in
 /// uppercase letters and digits, compact or in groups of four joined by single spaces, of
 /// exactly that country's length and passing the mod-97 check.
-pub(super) fn ibans(b: &[u8], out: &mut Vec<(usize, usize)>) {
+pub(super) fn ibans(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
-    while i + 15 <= b.len() {
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s;
+        if i + 15 > b.len() {
+            break;
+        }
         let country = [at(b, i), at(b, i + 1)];
         let candidate = country.iter().all(u8::is_ascii_uppercase)
             && at(b, i + 2).is_ascii_digit()
             && at(b, i + 3).is_ascii_digit()
             && !is_word(before(b, i));
-        let want = IBAN_LENGTHS
-            .iter()
-            .find(|(c, _)| **c == country)
+        let want = candidate
+            .then(|| IBAN_LENGTHS.iter().find(|(c, _)| **c == country))
+            .flatten()
             .map(|(_, n)| *n);
-        let (true, Some(want)) = (candidate, want) else {
+        let Some(want) = want else {
             i += 1;
             continue;
         };

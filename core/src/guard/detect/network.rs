@@ -1,6 +1,6 @@
 //! IPv4 and IPv6 addresses.
 
-use super::{at, before, is_word};
+use super::{Starts, at, before, is_word};
 use std::net::Ipv6Addr;
 
 /// Words after which a dotted quad is a version, not an address.
@@ -53,10 +53,11 @@ fn dotted_quad(b: &[u8], mut i: usize) -> Option<usize> {
 /// word (`version`, `ver`, `v`, `release`, `build`, `rev`, `revision`, `firmware`, `fw`,
 /// then spaces, `:` or `=`), or carries a semantic-version suffix (`1.2.3.4-beta`,
 /// `1.2.3.4+build`). `8.8.8.8`, `10.0.0.1:8080` and `192.168.0.0/16` are addresses.
-fn ipv4s(text: &str, out: &mut Vec<(usize, usize)>) {
+pub(super) fn ipv4s(text: &str, mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let b = text.as_bytes();
     let mut i = 0;
-    while i < b.len() {
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s;
         let prev = before(b, i);
         if !at(b, i).is_ascii_digit() || is_word(prev) || prev == b'.' || prev == b'-' {
             i += 1;
@@ -83,7 +84,7 @@ fn ipv4s(text: &str, out: &mut Vec<(usize, usize)>) {
     }
 }
 
-fn is_v6_char(c: u8) -> bool {
+pub(super) fn is_v6_char(c: u8) -> bool {
     c.is_ascii_hexdigit() || c == b':' || c == b'.'
 }
 
@@ -91,10 +92,11 @@ fn is_v6_char(c: u8) -> bool {
 /// address) with at least one decimal digit, that the standard library parses as an
 /// address, not touching letters, digits or `_` on either side (so `std::vec`, `Foo::Bar`
 /// and `a::b` are not addresses, and a MAC address or a time of day does not parse).
-fn ipv6s(text: &str, out: &mut Vec<(usize, usize)>) {
+pub(super) fn ipv6s(text: &str, mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let b = text.as_bytes();
     let mut i = 0;
-    while i < b.len() {
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s;
         let prev = before(b, i);
         if !is_v6_char(at(b, i)) || at(b, i) == b'.' || is_word(prev) || is_v6_char(prev) {
             i += 1;
@@ -121,12 +123,6 @@ fn ipv6s(text: &str, out: &mut Vec<(usize, usize)>) {
         }
         i = run_end.max(i + 1);
     }
-}
-
-/// IPv4 and IPv6 addresses.
-pub(super) fn ips(text: &str, out: &mut Vec<(usize, usize)>) {
-    ipv4s(text, out);
-    ipv6s(text, out);
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Email addresses, phone numbers and US Social Security numbers.
 
-use super::{at, before, is_word};
+use super::{Starts, at, before, is_word};
 
 /// Characters of an email's local part (the common ones; quoted local parts are not
 /// looked for).
@@ -12,14 +12,13 @@ fn is_local(c: u8) -> bool {
 /// digits and `._%+-`, not starting with a dot; the domain has at least two labels of
 /// letters, digits and `-` (not at a label's ends) and ends in an alphabetic TLD of at
 /// least two letters. `user@localhost` and `@handles` are not addresses.
-pub(super) fn emails(b: &[u8], out: &mut Vec<(usize, usize)>) {
+pub(super) fn emails(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut from = 0;
-    while let Some(pos) = b
-        .get(from..)
-        .and_then(|r| r.iter().position(|&c| c == b'@'))
-    {
-        let at_sign = from + pos;
+    while let Some(at_sign) = starts.next_from(from, b.len()) {
         from = at_sign + 1;
+        if at(b, at_sign) != b'@' {
+            continue;
+        }
         let mut start = at_sign;
         while start > 0 && is_local(before(b, start)) {
             start -= 1;
@@ -138,9 +137,10 @@ fn starts_clean(b: &[u8], start: usize) -> bool {
 ///
 /// A bare run of digits without `+` is never a phone number: an id, a timestamp or an
 /// amount looks the same.
-pub(super) fn phones(b: &[u8], out: &mut Vec<(usize, usize)>) {
+pub(super) fn phones(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
-    while i < b.len() {
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s;
         let c = at(b, i);
         let plus = c == b'+';
         if !(plus || c == b'(' || c.is_ascii_digit()) || !starts_clean(b, i) {
@@ -218,9 +218,13 @@ fn is_phone(g: &Groups, n: usize, plus: bool, b: &[u8], first: usize) -> bool {
 /// US Social Security numbers written `ddd-dd-dddd` or `ddd dd dddd`, excluding numbers
 /// never issued (area 000, 666 or 9xx; group 00; serial 0000). Nine digits without
 /// separators are not looked for: every nine-digit id would match.
-pub(super) fn ssns(b: &[u8], out: &mut Vec<(usize, usize)>) {
+pub(super) fn ssns(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
-    while i + 11 <= b.len() {
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s;
+        if i + 11 > b.len() {
+            break;
+        }
         if !at(b, i).is_ascii_digit() || !starts_clean(b, i) {
             i += 1;
             continue;

@@ -1,16 +1,25 @@
 //! Credentials: PEM private keys, JWTs, AWS keys and API keys.
 
-use super::{at, before, entropy, is_word};
+use super::{Starts, at, before, entropy, is_word};
 use base64::Engine as _;
+
+/// How a PEM block starts.
+pub(super) const BEGIN: &[u8] = b"-----BEGIN ";
 
 /// PEM private keys: `-----BEGIN {label}-----` where the label ends in `PRIVATE KEY` (RSA,
 /// EC, DSA, OPENSSH, ENCRYPTED, PGP … `PRIVATE KEY BLOCK`), through the matching `END`
 /// line; a key cut short (no `END` line) is masked to the end of the text.
-pub(super) fn private_keys(text: &str, out: &mut Vec<(usize, usize)>) {
-    const BEGIN: &str = "-----BEGIN ";
+pub(super) fn private_keys(text: &str, mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut from = 0;
-    while let Some(p) = text.get(from..).and_then(|t| t.find(BEGIN)) {
-        let start = from + p;
+    while let Some(start) = starts.next_from(from, text.len()) {
+        from = start + 1;
+        if !text
+            .as_bytes()
+            .get(start..)
+            .is_some_and(|t| t.starts_with(BEGIN))
+        {
+            continue;
+        }
         let label_start = start + BEGIN.len();
         from = label_start;
         let Some(q) = text.get(label_start..).and_then(|t| t.find("-----")) else {
@@ -49,13 +58,13 @@ fn b64url_run(b: &[u8], mut i: usize) -> usize {
 /// JWTs: `header.payload.signature` in base64url, the header and the payload JSON objects
 /// (`eyJ…`), the header decoding to JSON that names its `alg`; the signature may be empty
 /// (`alg: none`). Not inside a longer token.
-pub(super) fn jwts(b: &[u8], out: &mut Vec<(usize, usize)>) {
+pub(super) fn jwts(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut from = 0;
-    while let Some(p) = b
-        .get(from..)
-        .and_then(|r| r.windows(3).position(|w| w == b"eyJ"))
-    {
-        let start = from + p;
+    while let Some(start) = starts.next_from(from, b.len()) {
+        if b.get(start..start + 3) != Some(b"eyJ") {
+            from = start + 1;
+            continue;
+        }
         from = start + 3;
         let prev = before(b, start);
         if is_b64url(prev) || prev == b'.' {
@@ -105,32 +114,33 @@ const AWS_SECRET_NAMES: [&str; 4] = [
 /// letters and digits in all, not inside a longer word), and secret access keys (40
 /// characters of base64) written after one of [`AWS_SECRET_NAMES`] and `=` or `:`. A
 /// 40-character token alone is not looked for: every SHA-1 in hex would be one.
-pub(super) fn aws_keys(text: &str, out: &mut Vec<(usize, usize)>) {
-    let b = text.as_bytes();
+///
+/// Both start where a word does: `starts` lists (at least) the word starts of the text.
+/// A name is matched at every word start, which finds what a search for each name finds:
+/// no name overlaps itself (see the tests).
+pub(super) fn aws_keys(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
-    while i + 20 <= b.len() {
-        let key = b.get(i..i + 20).unwrap_or_default();
-        if at(b, i) == b'A'
-            && !is_word(before(b, i))
+    while let Some(s) = starts.next_from(i, b.len()) {
+        i = s + 1;
+        if is_word(before(b, s)) {
+            continue;
+        }
+        let key = b.get(s..s + 20).unwrap_or_default();
+        if key.len() == 20
+            && at(b, s) == b'A'
             && AWS_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
             && key
                 .iter()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-            && !is_word(at(b, i + 20))
+            && !is_word(at(b, s + 20))
         {
-            out.push((i, i + 20));
-            i += 20;
-        } else {
-            i += 1;
+            out.push((s, s + 20));
         }
-    }
-    let lower = text.to_ascii_lowercase();
-    for name in AWS_SECRET_NAMES {
-        for (p, _) in lower.match_indices(name) {
-            if is_word(before(b, p)) {
+        for name in AWS_SECRET_NAMES {
+            if !starts_with_lowercase(b, s, name) {
                 continue;
             }
-            if let Some(value) = assigned(b, p + name.len(), false)
+            if let Some(value) = assigned(b, s + name.len(), false)
                 && value.1 - value.0 == 40
                 && b.get(value.0..value.1).is_some_and(|v| {
                     v.iter()
@@ -141,6 +151,12 @@ pub(super) fn aws_keys(text: &str, out: &mut Vec<(usize, usize)>) {
             }
         }
     }
+}
+
+/// Whether `b` at `at` reads `name` (lowercase) in any case.
+fn starts_with_lowercase(b: &[u8], at: usize, name: &str) -> bool {
+    b.get(at..at + name.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The value assigned after a name that ends at `i`: optional closing quote, spaces, `:`
@@ -245,11 +261,22 @@ fn high_entropy(token: &[u8], bits: f64) -> bool {
 /// at least the prefix's length; and a random-looking value of at least 16 characters (3.3
 /// bits per character) assigned to a credential's name (`api_key=…`, `"token": "…"`,
 /// `Bearer …`). `sk-learn`, `task-force` and `password: hunter2` are not keys.
-pub(super) fn api_keys(text: &str, out: &mut Vec<(usize, usize)>) {
-    let b = text.as_bytes();
-    for (prefix, min) in KEY_PREFIXES {
-        for (p, _) in text.match_indices(prefix) {
-            if is_word(before(b, p)) || before(b, p) == b'-' {
+///
+/// Prefixes and names start where a word does: `starts` lists (at least) the word starts
+/// of the text, and each is matched there, which finds what a search for each finds (none
+/// overlaps itself: see the tests).
+pub(super) fn api_keys(b: &[u8], mut starts: Starts<'_>, out: &mut Vec<(usize, usize)>) {
+    let mut i = 0;
+    while let Some(p) = starts.next_from(i, b.len()) {
+        i = p + 1;
+        let prev = before(b, p);
+        if is_word(prev) || prev == b'-' {
+            continue;
+        }
+        let rest = b.get(p..).unwrap_or_default();
+        let first = at(b, p);
+        for (prefix, min) in KEY_PREFIXES {
+            if prefix.as_bytes().first() != Some(&first) || !rest.starts_with(prefix.as_bytes()) {
                 continue;
             }
             let body = p + prefix.len();
@@ -263,13 +290,9 @@ pub(super) fn api_keys(text: &str, out: &mut Vec<(usize, usize)>) {
                 out.push((p, end));
             }
         }
-    }
-    let lower = text.to_ascii_lowercase();
-    let lb = lower.as_bytes();
-    for name in KEY_NAMES {
-        for (p, _) in lower.match_indices(name) {
-            let prev = before(lb, p);
-            if is_word(prev) || prev == b'-' {
+        let lower = first.to_ascii_lowercase();
+        for name in KEY_NAMES {
+            if name.as_bytes().first() != Some(&lower) || !starts_with_lowercase(b, p, name) {
                 continue;
             }
             if let Some((start, end)) = assigned(b, p + name.len(), name == "bearer") {
@@ -280,6 +303,87 @@ pub(super) fn api_keys(text: &str, out: &mut Vec<(usize, usize)>) {
             }
         }
     }
+}
+
+/// The bit of `c` as the second byte of a credential's opening (its first two bytes,
+/// lowercase): letters, digits, `-`, `_` and `.`.
+const fn second_bit(c: u8) -> Option<u32> {
+    let c = c.to_ascii_lowercase();
+    match c {
+        b'a'..=b'z' => Some((c - b'a') as u32),
+        b'0'..=b'9' => Some(26 + (c - b'0') as u32),
+        b'-' => Some(36),
+        b'_' => Some(37),
+        b'.' => Some(38),
+        _ => None,
+    }
+}
+
+/// Adds the opening of `p` to `table`.
+// Evaluated at compile time (the tables below): an index out of bounds is a build
+// error, never a panic.
+#[allow(clippy::indexing_slicing)]
+const fn add_opening(mut table: [u64; 26], p: &[u8]) -> [u64; 26] {
+    if p.len() < 2 {
+        return table;
+    }
+    let first = p[0].to_ascii_lowercase();
+    if first.is_ascii_lowercase()
+        && let Some(bit) = second_bit(p[1])
+    {
+        table[(first - b'a') as usize] |= 1 << bit;
+    }
+    table
+}
+
+/// The openings (first two bytes, in any case) of every credential looked for: key
+/// prefixes and names ([`KEY_PREFIXES`], [`KEY_NAMES`]), AWS key ids and names
+/// ([`AWS_KEY_PREFIXES`], [`AWS_SECRET_NAMES`]) and JWTs (`eyJ`), by first letter.
+#[allow(clippy::indexing_slicing)] // compile time: see `add_opening`
+const OPENINGS: [u64; 26] = {
+    let mut t = [0u64; 26];
+    let mut k = 0;
+    while k < KEY_PREFIXES.len() {
+        t = add_opening(t, KEY_PREFIXES[k].0.as_bytes());
+        k += 1;
+    }
+    k = 0;
+    while k < KEY_NAMES.len() {
+        t = add_opening(t, KEY_NAMES[k].as_bytes());
+        k += 1;
+    }
+    k = 0;
+    while k < AWS_SECRET_NAMES.len() {
+        t = add_opening(t, AWS_SECRET_NAMES[k].as_bytes());
+        k += 1;
+    }
+    k = 0;
+    while k < AWS_KEY_PREFIXES.len() {
+        t = add_opening(t, AWS_KEY_PREFIXES[k]);
+        k += 1;
+    }
+    add_opening(t, b"eyJ")
+};
+
+/// Whether a credential may start with `first` then `second` (in any case).
+pub(super) fn opens_credential(first: u8, second: u8) -> bool {
+    let row = first
+        .to_ascii_lowercase()
+        .checked_sub(b'a')
+        .and_then(|r| OPENINGS.get(usize::from(r)));
+    match (row, second_bit(second)) {
+        (Some(row), Some(bit)) => row & (1 << bit) != 0,
+        _ => false,
+    }
+}
+
+/// Whether a credential may start with the letter `c` (in any case).
+// Evaluated at compile time (the tables below): an index out of bounds is a build
+// error, never a panic.
+#[allow(clippy::indexing_slicing)]
+pub(super) const fn starts_credential(c: u8) -> bool {
+    let c = c.to_ascii_lowercase();
+    c.is_ascii_lowercase() && OPENINGS[(c - b'a') as usize] != 0
 }
 
 #[cfg(test)]
@@ -301,6 +405,46 @@ mod tests {
         // Public material is not a secret.
         let public = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
         assert!(found(public, Detector::PrivateKey).is_empty());
+    }
+
+    #[test]
+    fn every_credential_opens_like_one() {
+        let all = super::KEY_PREFIXES
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(super::KEY_NAMES)
+            .chain(super::AWS_SECRET_NAMES)
+            .chain(["AKIA", "ASIA", "ABIA", "ACCA", "A3T", "eyJ"]);
+        for p in all {
+            let b = p.as_bytes();
+            for (first, second) in [
+                (b[0], b[1]),
+                (b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()),
+                (b[0].to_ascii_lowercase(), b[1].to_ascii_lowercase()),
+            ] {
+                assert!(super::opens_credential(first, second), "{p}");
+                assert!(super::starts_credential(first), "{p}");
+            }
+        }
+        assert!(!super::opens_credential(b'T', b'h'), "The");
+        assert!(!super::opens_credential(b'b', b'r'), "brown");
+        assert_eq!(super::AWS_KEY_PREFIXES.len(), 5);
+    }
+
+    #[test]
+    fn no_prefix_or_name_overlaps_itself() {
+        // Matching at every word start finds what `str::match_indices` (non-overlapping)
+        // would, as long as no pattern has a proper prefix that is also its suffix.
+        let names = super::KEY_PREFIXES
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(super::KEY_NAMES)
+            .chain(super::AWS_SECRET_NAMES);
+        for p in names {
+            for k in 1..p.len() {
+                assert_ne!(p[..k], p[p.len() - k..], "{p}");
+            }
+        }
     }
 
     const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
