@@ -75,7 +75,8 @@ e2e: wasm
 
 # --- images -------------------------------------------------------------------------------
 # The control plane and the standalone Envoy (Containerfile) with the first container engine
-# that works; the filter as an OCI image layout for Istio's WasmPlugin, without an engine.
+# that works; the filter as an OCI image layout (Istio's wasm image format, for registries and
+# init containers; the Istio overlay itself fetches the module by URL), without an engine.
 IMAGE_REPO ?= mcpgw
 IMAGE_TAG  ?= 0.1.0
 CONTAINER_ENGINE ?= $(shell for e in podman docker buildah; do \

@@ -457,9 +457,10 @@ async fn state_changes_cannot_be_forged_cross_site() {
             }
         }
     }
-    assert_eq!(endpoints.len(), 64, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 65, "{endpoints:?}");
     for p in [
         "/gateways/no-such-id/refresh",
+        "/issuers/no-such-name/refresh",
         "/tools/no-such-id/state",
         "/import",
     ] {
