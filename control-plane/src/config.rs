@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// Address the Envoys' MCP listener binds (sent over xDS) [default: 127.0.0.1:8080].
     #[arg(long, env = "MCPGW_ENVOY_LISTEN")]
     pub envoy_listen: Option<String>,
+    /// The URL clients reach the Envoys' MCP listener at (`https://mcp.example.com`, with a
+    /// path prefix if a proxy adds one): a policy written without `resource` gets
+    /// `{public_url}/servers/{id}/mcp` [default: none; policies name their resource].
+    #[arg(long, env = "MCPGW_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Path of the filter's .wasm module on the Envoys' hosts (sent over xDS)
     /// [default: target/wasm32-wasip1/release/mcpgw_filter.wasm].
     #[arg(long, env = "MCPGW_FILTER_WASM")]
@@ -265,6 +270,7 @@ pub struct FileConfig {
     deny_private_upstreams: Option<bool>,
     xds_listen: Option<String>,
     envoy_listen: Option<String>,
+    public_url: Option<String>,
     filter_wasm: Option<String>,
     wasm_url: Option<String>,
     wasm_sha256: Option<String>,
@@ -1129,6 +1135,13 @@ impl ServeArgs {
             xds_listen,
             edge: EdgeSettings {
                 envoy_listen,
+                public_url: match self.public_url.clone().or(file.public_url) {
+                    Some(raw) => Some(
+                        crate::edge_config::public_url(&raw)
+                            .map_err(|reason| invalid("public_url", reason))?,
+                    ),
+                    None => None,
+                },
                 filter_wasm,
                 filter_remote,
                 cluster_naming,
@@ -1629,6 +1642,30 @@ mod tests {
                 "relay_advertise",
             ),
             (
+                "public url without a scheme",
+                ServeArgs {
+                    public_url: Some("mcp.example.com".into()),
+                    ..Default::default()
+                },
+                "public_url",
+            ),
+            (
+                "public url with a query",
+                ServeArgs {
+                    public_url: Some("https://mcp.example.com/?k=v".into()),
+                    ..Default::default()
+                },
+                "public_url",
+            ),
+            (
+                "public url with user info",
+                ServeArgs {
+                    public_url: Some("https://u:p@mcp.example.com".into()),
+                    ..Default::default()
+                },
+                "public_url",
+            ),
+            (
                 "a host with a path",
                 ServeArgs {
                     allowed_hosts: vec!["mcp.example.com/mcp".into()],
@@ -1683,6 +1720,22 @@ mod tests {
                 other => panic!("{name}: expected FieldInvalid, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_public_url_is_optional_and_loses_its_trailing_slash() {
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.edge.public_url, None);
+        let s = ServeArgs {
+            public_url: Some("https://mcp.example.com/edge/".into()),
+            ..Default::default()
+        }
+        .resolve(Some(KEY))
+        .unwrap();
+        assert_eq!(
+            s.edge.public_url.as_deref(),
+            Some("https://mcp.example.com/edge")
+        );
     }
 
     #[test]

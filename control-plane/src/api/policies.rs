@@ -69,8 +69,9 @@ pub struct PolicyBody {
     pub required: bool,
     /// The server's resource identifier (RFC 8707): the absolute URL clients reach its MCP
     /// endpoint at, e.g. `https://mcp.example.com/servers/{id}/mcp`. Tokens must carry it
-    /// in `aud` (or an audience their issuer lists). Required: the control plane does not
-    /// know the public URL of the Envoys' listener.
+    /// in `aud` (or an audience their issuer lists). Default: `{public_url}/servers/{id}/mcp`
+    /// when the control plane runs with `--public-url`, derived when the policy is written;
+    /// required otherwise.
     #[serde(default)]
     pub resource: Option<String>,
     /// Names of the issuers (`/issuers`) whose tokens the server accepts; empty: every one.
@@ -92,13 +93,18 @@ fn yes() -> bool {
 }
 
 impl PolicyBody {
-    fn into_server_auth(self) -> Result<ServerAuth, Problem> {
-        let resource = self.resource.ok_or_else(|| {
-            Problem::invalid_field(
-                "resource",
-                "required: the MCP endpoint's public URL, e.g. https://mcp.example.com/servers/{id}/mcp (the control plane does not know the listener's public URL)",
-            )
-        })?;
+    /// The snapshot's form for server `id`; `public_url` supplies a missing `resource`.
+    fn into_server_auth(self, id: &str, public_url: Option<&str>) -> Result<ServerAuth, Problem> {
+        let resource = match (self.resource, public_url) {
+            (Some(r), _) => r,
+            (None, Some(base)) => format!("{base}/servers/{id}/mcp"),
+            (None, None) => {
+                return Err(Problem::invalid_field(
+                    "resource",
+                    "required: the MCP endpoint's public URL, e.g. https://mcp.example.com/servers/{id}/mcp (or run the control plane with --public-url)",
+                ));
+            }
+        };
         Ok(ServerAuth {
             required: self.required,
             resource,
@@ -345,7 +351,7 @@ pub async fn put_policy(
     ApiJson(body): ApiJson<PolicyBody>,
 ) -> Answer<(StatusCode, Json<EdgeItem>)> {
     s.store.get_server(&id).await?;
-    let a = body.into_server_auth()?;
+    let a = body.into_server_auth(&id, s.edge.public_url())?;
     let auth = stored_auth(&s).await?;
     check_server_auth(&id, &a, &auth)
         .map_err(|e| refused(&e.field, e.reason, &format!("servers.{id}.auth")))?;
@@ -652,12 +658,25 @@ mod tests {
         .unwrap();
         assert!(body.required);
         assert_eq!(
-            body.clone().into_server_auth().unwrap_err().errors[0].field,
+            body.clone().into_server_auth("s", None).unwrap_err().errors[0].field,
             "resource"
         );
+        // With a public URL, the resource is derived from it and the server id.
+        let derived = body
+            .clone()
+            .into_server_auth("s1", Some("https://mcp.example.com/edge"))
+            .unwrap();
+        assert_eq!(
+            derived.resource,
+            "https://mcp.example.com/edge/servers/s1/mcp"
+        );
+        // One given wins over the public URL.
         let mut body = body;
         body.resource = Some("https://gw.example.com/servers/s/mcp".into());
-        let a = body.into_server_auth().unwrap();
+        let a = body
+            .into_server_auth("s", Some("https://mcp.example.com"))
+            .unwrap();
+        assert_eq!(a.resource, "https://gw.example.com/servers/s/mcp");
         assert_eq!(a.rules[0].effect, mcpgw_core::snapshot::auth::Effect::Allow);
     }
 }

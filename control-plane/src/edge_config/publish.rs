@@ -132,9 +132,16 @@ pub struct Edge {
     snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     ads: Option<AdsServer>,
     refresh: tokio::sync::mpsc::Sender<RefreshRequest>,
+    public_url: Option<String>,
 }
 
 impl Edge {
+    /// The URL clients reach the MCP listener at, if the operator set one
+    /// ([`super::EdgeSettings::public_url`]).
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.as_deref()
+    }
+
     /// The last snapshot built successfully (`None` until the first build succeeds).
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.borrow().clone()
@@ -290,6 +297,7 @@ impl Publisher {
             snapshot: self.snapshots.subscribe(),
             ads,
             refresh: self.refresh_sender.clone(),
+            public_url: self.inputs.settings.public_url.clone(),
         }
     }
 

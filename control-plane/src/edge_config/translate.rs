@@ -189,6 +189,29 @@ pub struct EdgeSettings {
     pub resolver: EdgeResolver,
     /// How often upstream names are resolved and checked again.
     pub resolve_interval: StdDuration,
+    /// The URL clients reach the Envoys' MCP listener at (scheme, host, optional port and
+    /// path prefix; no trailing `/`): a policy written without `resource` gets
+    /// `{public_url}/servers/{id}/mcp` (`None`: a policy names its `resource`).
+    pub public_url: Option<String>,
+}
+
+/// Checks a public URL: absolute `http`/`https`, no user info, query or fragment; the
+/// trailing `/` dropped.
+pub fn public_url(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err("names no host".into());
+    }
+    if rest.contains(['@', '?', '#']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("no user info, query, fragment or whitespace".into());
+    }
+    UpstreamEndpoint::from_url(trimmed)?;
+    Ok(trimmed.to_owned())
 }
 
 /// The filter's module named by URL: Envoy downloads it through [`WASM_CLUSTER`] and runs
@@ -291,6 +314,7 @@ impl Default for EdgeSettings {
             control_plane_tls: None,
             resolver: EdgeResolver::default(),
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            public_url: None,
         }
     }
 }

@@ -339,3 +339,45 @@ async fn cli_sets_gets_lists_and_removes() {
     assert_eq!(listed["items"], json!([]));
     cp.stop().await;
 }
+
+/// With `--public-url`, a policy written without `resource` gets the server's MCP URL
+/// under it, in the stored policy and in the snapshot; one that names its own keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_url_supplies_a_policys_resource() {
+    let db = TestDb::sqlite();
+    let mut s = settings(&db);
+    s.edge.public_url = Some("https://mcp.example.com/edge".into());
+    let cp = TestCp::start(s).await;
+    let (st, srv) = cp.post("/servers", json!({"name": "s1"})).await;
+    assert_eq!(st, 201, "{srv}");
+    let sid = srv["id"].as_str().unwrap().to_owned();
+    let (st, v) = cp.put("/issuers/corp", corp()).await;
+    assert_eq!(st, 201, "{v}");
+    let rules = json!([{"name": "devs", "when": "'developer' in principal.roles"}]);
+
+    let (st, v) = cp
+        .put(
+            &format!("/policies/{sid}"),
+            json!({"issuers": ["corp"], "rules": rules}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let want = format!("https://mcp.example.com/edge/servers/{sid}/mcp");
+    assert_eq!(v["spec"]["resource"], want.as_str(), "{v}");
+    let snap = cp.current_snapshot().await;
+    assert_eq!(
+        snap["servers"][&sid]["auth"]["resource"],
+        want.as_str(),
+        "{snap}"
+    );
+
+    let own = "https://other.example.com/servers/s1/mcp";
+    let (st, v) = cp
+        .put(
+            &format!("/policies/{sid}"),
+            json!({"resource": own, "issuers": ["corp"], "rules": rules}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["spec"]["resource"], own, "{v}");
+}
