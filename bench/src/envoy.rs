@@ -162,6 +162,15 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
                 header_routed,
             )
         }
+        // What the generated listener runs without issuers: `jwt_authn` with no provider
+        // and no rule (its configuration comes over ECDS), then the filter.
+        Variant::EdgeCallEmptyJwt => (
+            vec![
+                crate::identity::empty_jwt_authn(),
+                mcpgw(&catalog::snapshot(TOOLS_CLUSTER)),
+            ],
+            header_routed,
+        ),
         // The token on the request, nothing reading it.
         Variant::EdgeCallToken => (
             vec![mcpgw(&catalog::snapshot(TOOLS_CLUSTER))],
@@ -178,7 +187,7 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
         ..StaticBootstrap::default()
     }
     .to_json();
-    if variant.runs_jwt_authn() {
+    if variant.runs_jwt_authn() || variant == Variant::EdgeCallEmptyJwt {
         crate::identity::strip_payload_header(&mut doc);
     }
     doc

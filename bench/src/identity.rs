@@ -178,6 +178,18 @@ pub fn jwt_authn(jwks: &str) -> Value {
     })
 }
 
+/// `jwt_authn` as the generated listener has it when no issuer has keys: no provider, no
+/// rule.
+pub fn empty_jwt_authn() -> Value {
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "stat_prefix": "mcpgw"
+        }
+    })
+}
+
 /// Adds the generated listener's early header mutation (the payload header removed from
 /// client requests) to a static bootstrap's connection manager.
 pub fn strip_payload_header(bootstrap: &mut Value) {

@@ -65,6 +65,8 @@ pub enum Variant {
     /// `edge-call` with the client's token on every request and nothing reading it: the
     /// cost of the token's bytes through Envoy and the filter (which removes it).
     EdgeCallToken,
+    /// `edge-call` as the generated listener runs it when no issuer has keys.
+    EdgeCallEmptyJwt,
     /// `edge-call-token` with Envoy's `jwt_authn` verifying the token (cached) and adding the
     /// payload header, on a virtual server without `auth`: `jwt_authn`'s share.
     EdgeCallJwt,
@@ -75,7 +77,7 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 20] = [
+    pub const ALL: [Variant; 21] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -94,6 +96,7 @@ impl Variant {
         Variant::EdgeCallRegex,
         Variant::EdgeCallFull,
         Variant::EdgeCallToken,
+        Variant::EdgeCallEmptyJwt,
         Variant::EdgeCallJwt,
         Variant::EdgeCallAuthOneRule,
     ];
@@ -119,6 +122,7 @@ impl Variant {
             Variant::EdgeCallRegex => "edge-call-regex",
             Variant::EdgeCallFull => "edge-call-full",
             Variant::EdgeCallToken => "edge-call-token",
+            Variant::EdgeCallEmptyJwt => "edge-call-empty-jwt",
             Variant::EdgeCallJwt => "edge-call-jwt",
             Variant::EdgeCallAuthOneRule => "edge-call-auth-1",
         }
@@ -208,6 +212,11 @@ impl Variant {
                  no `jwt_authn` and no `auth`: the token's bytes through Envoy, the filter \
                  removing it before the upstream"
             }
+            Variant::EdgeCallEmptyJwt => {
+                "`edge-call` as the generated listener runs it when no issuer has keys: an \
+                 empty `jwt_authn` (no provider, no rule) before the filter and the early \
+                 header mutation that removes the payload header"
+            }
             Variant::EdgeCallJwt => {
                 "`edge-call-token` with `jwt_authn` as in `edge-call-auth` (cached token, \
                  payload header added) and a virtual server without `auth`: `jwt_authn`'s share"
@@ -234,6 +243,7 @@ impl Variant {
             | Variant::EdgeCallRegex
             | Variant::EdgeCallFull
             | Variant::EdgeCallToken
+            | Variant::EdgeCallEmptyJwt
             | Variant::EdgeCallJwt
             | Variant::EdgeCallAuthOneRule => Variant::PlainCall,
             Variant::PlainCallModern | Variant::EdgeCallModern => Variant::PlainCallModern,
@@ -261,6 +271,7 @@ impl Variant {
                 | Variant::EdgeCallRegex
                 | Variant::EdgeCallFull
                 | Variant::EdgeCallToken
+                | Variant::EdgeCallEmptyJwt
                 | Variant::EdgeCallJwt
                 | Variant::EdgeCallAuthOneRule
         )
@@ -305,6 +316,7 @@ impl Variant {
             }
             Variant::EdgeList => Workload::new(catalog::ENDPOINT, catalog::tools_list_body()),
             Variant::EdgeCall
+            | Variant::EdgeCallEmptyJwt
             | Variant::LimitLocal
             | Variant::EdgeCallPii
             | Variant::EdgeCallRegex => Workload::new(
@@ -431,6 +443,7 @@ mod tests {
                     | Variant::EdgeCallRegex
                     | Variant::EdgeCallFull
                     | Variant::EdgeCallToken
+                    | Variant::EdgeCallEmptyJwt
                     | Variant::EdgeCallJwt
                     | Variant::EdgeCallAuthOneRule
             );
