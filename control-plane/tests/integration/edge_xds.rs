@@ -19,6 +19,7 @@ mod policies;
 mod relay;
 mod resilience;
 mod tls;
+mod token_exchange;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
