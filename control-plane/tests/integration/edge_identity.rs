@@ -12,15 +12,11 @@ use mcpgw::edge_config::{
     EdgeSettings, EdgeUpstream, EdgeUpstreams, LISTENER, PAYLOAD_HEADER, resources, upstream_access,
 };
 use mcpgw::model::{AuthType, Gateway};
-use mcpgw::xds::{self, AdsServer, XdsConfig};
 use mcpgw_core::snapshot::Snapshot;
-use mcpgw_harness::bootstrap::ads;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
 
-use super::envoy::{Envoy, repo_path};
+use super::envoy::repo_path;
 use super::upstream::TestUpstream;
 
 const ISS: &str = "https://idp.mcpgw.test";
@@ -154,29 +150,18 @@ async fn the_generated_listener_verifies_tokens_before_the_filter() {
     );
     let settings = EdgeSettings {
         envoy_listen: "127.0.0.1:0".parse().unwrap(),
-        filter_wasm: mcpgw_harness::Artifacts::from_env()
-            .wasm()
-            .unwrap()
-            .canonicalize()
-            .unwrap()
-            .display()
-            .to_string(),
+        filter_wasm: super::envoy::filter_wasm_path(),
         upstream_ca_file: None,
         ..EdgeSettings::default()
     };
     let set = resources(&snapshot, &upstreams, &settings).unwrap();
 
-    let (input, rx) = watch::channel(Some(Arc::new(set)));
-    let ads_server = AdsServer::new(rx, XdsConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(xds::serve(listener, ads_server, async {
-        let _ = stopped.await;
-    }));
-    let bootstrap = ads("mcpgw-identity", "mcpgw", xds_addr, "GRPC");
-    let mut envoy =
-        Envoy::spawn(&bootstrap.to_string(), 45_000 + std::process::id() % 10_000).await;
+    let (mut envoy, feed) = super::envoy::ads_edge(
+        Arc::new(set),
+        "mcpgw-identity",
+        45_000 + std::process::id() % 10_000,
+    )
+    .await;
     let addr = envoy.listener(LISTENER).await;
     let url = format!("http://{addr}/servers/team/mcp");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -259,5 +244,5 @@ async fn the_generated_listener_verifies_tokens_before_the_filter() {
     // Only the one good call reached the upstream, without the client's token.
     let seen = upstream.auth_seen();
     assert!(seen.iter().all(String::is_empty), "{seen:?}");
-    drop(input);
+    drop(feed);
 }

@@ -100,3 +100,43 @@ impl Envoy {
         .await;
     }
 }
+
+/// The filter module's absolute path, as a generated listener names it.
+pub fn filter_wasm_path() -> String {
+    match Artifacts::from_env()
+        .wasm()
+        .and_then(|p| Ok(p.canonicalize()?))
+    {
+        Ok(path) => path.display().to_string(),
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+/// What keeps an [`ads_edge`] Envoy fed: send a resource set to push it.
+pub struct AdsFeed {
+    pub input: tokio::sync::watch::Sender<Option<std::sync::Arc<mcpgw::xds::ResourceSet>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// An ADS server on an ephemeral loopback port serving `first` (then what the feed is sent),
+/// and a real Envoy, node `node`, following it over gRPC.
+pub async fn ads_edge(
+    first: std::sync::Arc<mcpgw::xds::ResourceSet>,
+    node: &str,
+    base_id: u32,
+) -> (Envoy, AdsFeed) {
+    let (input, rx) = tokio::sync::watch::channel(Some(first));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mcpgw::xds::serve(
+        listener,
+        mcpgw::xds::AdsServer::new(rx, mcpgw::xds::XdsConfig::default()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let bootstrap = mcpgw_harness::bootstrap::ads(node, "mcpgw", xds_addr, "GRPC");
+    let envoy = Envoy::spawn(&bootstrap.to_string(), base_id).await;
+    (envoy, AdsFeed { input, _stop: stop })
+}

@@ -784,10 +784,8 @@ async fn the_edge_accepts_a_real_providers_access_token() {
         EdgeSettings, EdgeUpstream, EdgeUpstreams, IssuerKeys, LISTENER, key_client, resources,
         upstream_access,
     };
-    use mcpgw::xds::{self, AdsServer, XdsConfig};
     use mcpgw_core::snapshot::Snapshot;
     use std::sync::Arc;
-    use tokio::sync::{oneshot, watch};
 
     // The server's resource is its URL at the Envoy (the Python SDK asks for a token for the
     // URL it calls), so the listener's port is chosen first.
@@ -849,29 +847,17 @@ async fn the_edge_accepts_a_real_providers_access_token() {
     );
     let settings = EdgeSettings {
         envoy_listen: format!("127.0.0.1:{envoy_port}").parse().unwrap(),
-        filter_wasm: mcpgw_harness::Artifacts::from_env()
-            .wasm()
-            .unwrap()
-            .canonicalize()
-            .unwrap()
-            .display()
-            .to_string(),
+        filter_wasm: super::envoy::filter_wasm_path(),
         upstream_ca_file: None,
         ..EdgeSettings::default()
     };
     let set = resources(&snapshot, &upstreams, &settings).unwrap();
-    let (input, rx) = watch::channel(Some(Arc::new(set)));
-    let ads_server = AdsServer::new(rx, XdsConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(xds::serve(listener, ads_server, async {
-        let _ = stopped.await;
-    }));
-    let bootstrap = mcpgw_harness::bootstrap::ads("mcpgw-oidc-edge", "mcpgw", xds_addr, "GRPC");
-    let mut envoy =
-        super::envoy::Envoy::spawn(&bootstrap.to_string(), 35_000 + std::process::id() % 10_000)
-            .await;
+    let (mut envoy, feed) = super::envoy::ads_edge(
+        Arc::new(set),
+        "mcpgw-oidc-edge",
+        35_000 + std::process::id() % 10_000,
+    )
+    .await;
     let addr = envoy.listener(LISTENER).await;
     let url = format!("http://{addr}/servers/team/mcp");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -985,5 +971,5 @@ async fn the_edge_accepts_a_real_providers_access_token() {
     );
     // The upstream never saw a client's token.
     assert!(upstream.auth_seen().iter().all(String::is_empty));
-    drop(input);
+    drop(feed);
 }

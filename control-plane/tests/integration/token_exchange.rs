@@ -19,10 +19,9 @@ use mcpgw::edge_config::{
     EdgeSettings, EdgeUpstream, EdgeUpstreams, IssuerKeys, LISTENER, key_client, resources,
     upstream_access,
 };
-use mcpgw::xds::{self, AdsServer, XdsConfig};
 use mcpgw_core::snapshot::Snapshot;
 use serde_json::{Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::envoy::Envoy;
 use super::harness::{TestCp, TestDb, free_port, settings};
@@ -71,13 +70,7 @@ fn snapshot(version: &str, issuer: &str, resource: &str) -> Snapshot {
 fn edge_settings(envoy_port: u16) -> EdgeSettings {
     EdgeSettings {
         envoy_listen: format!("127.0.0.1:{envoy_port}").parse().unwrap(),
-        filter_wasm: mcpgw_harness::Artifacts::from_env()
-            .wasm()
-            .unwrap()
-            .canonicalize()
-            .unwrap()
-            .display()
-            .to_string(),
+        filter_wasm: super::envoy::filter_wasm_path(),
         upstream_ca_file: None,
         ..EdgeSettings::default()
     }
@@ -171,20 +164,12 @@ async fn the_upstream_gets_only_the_providers_exchanged_token() {
         },
     );
     let set = resources(&snap, &upstreams, &edge_settings(envoy_port)).unwrap();
-    let (_input, rx) = watch::channel(Some(Arc::new(set)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(xds::serve(
-        listener,
-        AdsServer::new(rx, XdsConfig::default()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let bootstrap = mcpgw_harness::bootstrap::ads("mcpgw-tx", "mcpgw", xds_addr, "GRPC");
-    let mut envoy =
-        Envoy::spawn(&bootstrap.to_string(), 36_000 + std::process::id() % 10_000).await;
+    let (mut envoy, _feed) = super::envoy::ads_edge(
+        Arc::new(set),
+        "mcpgw-tx",
+        36_000 + std::process::id() % 10_000,
+    )
+    .await;
     let addr = envoy.listener(LISTENER).await;
     let url = format!("http://{addr}/servers/team/mcp");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -298,20 +283,12 @@ async fn a_signing_key_rotation_fails_no_request() {
             Arc::new(resources(&snap, upstreams, settings).unwrap())
         }
     };
-    let (input, rx) = watch::channel(Some(build("rot-1".into()).await));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(xds::serve(
-        listener,
-        AdsServer::new(rx, XdsConfig::default()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let bootstrap = mcpgw_harness::bootstrap::ads("mcpgw-rotation", "mcpgw", xds_addr, "GRPC");
-    let mut envoy =
-        Envoy::spawn(&bootstrap.to_string(), 37_000 + std::process::id() % 10_000).await;
+    let (mut envoy, feed) = super::envoy::ads_edge(
+        build("rot-1".into()).await,
+        "mcpgw-rotation",
+        37_000 + std::process::id() % 10_000,
+    )
+    .await;
     let addr = envoy.listener(LISTENER).await;
     let url = format!("http://{addr}/servers/team/mcp");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -370,7 +347,7 @@ async fn a_signing_key_rotation_fails_no_request() {
         "the old key signs"
     );
     let mut pushes = vec![calls()];
-    input.send(Some(build("rot-2".into()).await)).unwrap();
+    feed.input.send(Some(build("rot-2".into()).await)).unwrap();
     envoy.dump_mentions(&new_kid, true).await;
     *current.lock().unwrap() = still_old;
     wait_calls(10).await;
@@ -389,7 +366,7 @@ async fn a_signing_key_rotation_fails_no_request() {
     *current.lock().unwrap() = new_token;
     wait_calls(10).await;
     pushes.push(calls());
-    input.send(Some(build("rot-3".into()).await)).unwrap();
+    feed.input.send(Some(build("rot-3".into()).await)).unwrap();
     wait_calls(10).await;
     // The old key's tokens still pass while it is published.
     let (status, body) = call(&http, &url, Some(&old_token)).await;
