@@ -442,6 +442,22 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
             (auth - edge) / edge * 100.0
         );
     }
+    if let (Some(auth), Some(bare)) = (
+        best_of(Variant::EdgeCallAuth),
+        best_of(Variant::EdgeCallToken),
+    ) && bare > 0.0
+    {
+        // Issue 13's comparison as it is worded: the same request (token included) to the
+        // filter without authentication, which only removes the token, and with it.
+        let _ = writeln!(
+            s,
+            "- Identity on the same request (edge-call-auth − edge-call-token: both carry the \
+             token; without authentication it is only removed): {:+.0} instructions per \
+             request, {:+.1}% (issue 13's budget: +15%)",
+            auth - bare,
+            (auth - bare) / bare * 100.0
+        );
+    }
     if let (Some(fresh), Some(auth)) = (
         best_of(Variant::EdgeCallAuthFresh),
         best_of(Variant::EdgeCallAuth),
@@ -492,6 +508,21 @@ pub fn section(counts: &[VariantCounts], counting: Counting, command: &str, head
                 (b - a) / edge * 100.0
             );
         }
+    }
+    if let (Some(full), Some(bare)) = (
+        best_of(Variant::EdgeCallFull),
+        best_of(Variant::EdgeCallToken),
+    ) && bare > 0.0
+    {
+        // Issue 14's set on the same request (the token included) against the filter
+        // without policy receiving that request.
+        let _ = writeln!(
+            s,
+            "- Full policy set on the same request (edge-call-full − edge-call-token): {:+.0} \
+             instructions per request, {:+.1}% (issue 14's budget: +35%)",
+            full - bare,
+            (full - bare) / bare * 100.0
+        );
     }
     // Each plugin on its own, then the full policy set (issue 14's budget: +35% over the
     // filter without policy, i.e. edge-call).
@@ -668,6 +699,7 @@ totals: 7155
             "- Identity, the filter's identity stage, one rule (edge-call-auth-1 − edge-call-jwt): +20 instructions per request, +2.0% of edge-call",
             "- Identity, nine more rules, the arguments read (edge-call-auth − edge-call-auth-1): +30 instructions per request, +3.0% of edge-call",
             "+200 instructions per request, +20.0% (issue 13's budget: +15%)",
+            "- Identity on the same request (edge-call-auth − edge-call-token: both carry the token; without authentication it is only removed): +100 instructions per request, +9.1% (issue 13's budget: +15%)",
         ] {
             assert!(s.contains(line), "{line} not in\n{s}");
         }
