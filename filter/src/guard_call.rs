@@ -1,6 +1,7 @@
-//! External guardrails on responses: a response held whole in Envoy's buffer while core
-//! collects it (`Exchange::on_held_response_body`) and asks the guardrail services about
-//! its result; what they leave replaces the buffered body, and the response goes on.
+//! External guardrails on responses: a response held in Envoy's buffer while core collects
+//! it (`Exchange::on_held_response_body`) and asks the guardrail services about its result;
+//! what they leave replaces the buffered body, and the response goes on. An event stream's
+//! events before its result go on as they complete (`Held::Pass`).
 //!
 //! Requests need nothing here: their checks are the exchange's [`Step::Check`], made and
 //! answered like the rate-limit service's.
@@ -18,8 +19,8 @@ use crate::{FilterHost, Request};
 
 impl Request {
     /// A chunk of a response held for external post hooks. While the callback pauses,
-    /// Envoy buffers the body and `body_size` is all of it so far: only the new part is
-    /// read.
+    /// Envoy buffers the body and `body_size` is all of it since the callback last let
+    /// the body go: only the new part is read.
     pub(crate) fn held_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let start = self.response_read.min(body_size);
         let chunk = if body_size > start {
@@ -59,6 +60,16 @@ impl Request {
                 Held::Hold => return Action::Pause,
                 Held::Release(body) => {
                     self.set_http_response_body(0, self.response_read, &body);
+                    if resumed {
+                        self.resume_http_response();
+                    }
+                    return Action::Continue;
+                }
+                Held::Pass(body) => {
+                    // What Envoy buffered leaves with this callback: the next one starts
+                    // from nothing.
+                    self.set_http_response_body(0, self.response_read, &body);
+                    self.response_read = 0;
                     if resumed {
                         self.resume_http_response();
                     }

@@ -1,16 +1,18 @@
 //! External guardrails on responses: the `*_post_*` hooks of `external` plugins.
 //!
-//! A service cannot be asked from inside a body callback and answered in the same one, so a
-//! response whose request an `external` post hook applies to is held whole: the filter
-//! keeps it buffered in Envoy ([`Exchange::holds_response`],
-//! [`Exchange::on_held_response_body`]) while the exchange collects what the other changes
-//! (local post hooks, bridging) make of it. When it ends, its result (a JSON body, or the
-//! result event of an event stream) goes to each service in turn
-//! ([`Exchange::on_response_check_answer`]); what they leave replaces the whole body.
+//! A service cannot be asked from inside a body callback and answered in the same one, so
+//! the result of a request an `external` post hook applies to is held
+//! ([`Exchange::holds_response`], [`Exchange::on_held_response_body`]) while the exchange
+//! collects what the other changes (local post hooks, bridging) make of the response. When
+//! the response ends, its result goes to each service in turn
+//! ([`Exchange::on_response_check_answer`]); what they leave takes its place.
 //!
-//! What this costs: a guarded event stream reaches the client only when it ends (progress
-//! notifications arrive together with the result), and a response larger than
-//! [`MAX_HELD_BYTES`] is not checked (the failure mode decides).
+//! A JSON body is held whole. An event stream is held from its result event on: every
+//! complete event before it (progress, log messages, and the server's own requests, which
+//! the client must answer before the call can finish) goes to the client as soon as it is
+//! complete ([`Held::Pass`]); the result event, and anything after it, waits for the
+//! services. A result larger than [`MAX_HELD_BYTES`] is not checked (the failure mode
+//! decides).
 
 use std::rc::Rc;
 
@@ -34,6 +36,10 @@ pub enum Held {
     Check(GrpcCall),
     /// Replace the whole buffered body with this and let it go.
     Release(Vec<u8>),
+    /// Replace what Envoy buffered with this and let it go now (possibly nothing); the
+    /// rest of the response stays held in the exchange. Only from a body callback of an
+    /// event stream, before the response ends.
+    Pass(Vec<u8>),
 }
 
 /// The response side of the `external` plugins that apply to a request.
@@ -45,8 +51,10 @@ pub(super) struct PostExternals {
     asking: Option<usize>,
     /// The body as the other changes left it.
     held: Vec<u8>,
-    /// More than [`MAX_HELD_BYTES`] arrived.
+    /// More than [`MAX_HELD_BYTES`] held.
     too_large: bool,
+    /// The response is an event stream (`None`: not known yet).
+    stream: Option<bool>,
     /// Where the result's message sits in `held`, once found.
     target: Option<Target>,
     /// The request's tool or prompt name, or resource URI.
@@ -80,6 +88,7 @@ impl PostExternals {
             asking: None,
             held: Vec::new(),
             too_large: false,
+            stream: None,
             target: None,
             name,
             id: msg.id.clone(),
@@ -117,8 +126,22 @@ impl Exchange {
         // Envoy buffers as much as this (its buffer limit bounds both); past
         // `MAX_HELD_BYTES` the result is not sent to the services, but it is kept to be
         // let go.
-        post.too_large |= post.held.len() + part.len() > MAX_HELD_BYTES;
         post.held.extend_from_slice(part);
+        if post.stream.is_none() {
+            post.stream = post
+                .held
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .map(|b| *b != b'{' && *b != b'[');
+        }
+        if post.stream == Some(true) && !end_of_stream {
+            // Every complete event before the result goes now.
+            let cut = releasable(&post.held);
+            let pass: Vec<u8> = post.held.drain(..cut).collect();
+            post.too_large |= post.held.len() > MAX_HELD_BYTES;
+            return Held::Pass(pass);
+        }
+        post.too_large |= post.held.len() > MAX_HELD_BYTES;
         if !end_of_stream {
             return Held::Hold;
         }
@@ -337,10 +360,18 @@ impl Exchange {
                 );
                 let data = error_data(&name, hook, "too_large");
                 let id = post.id.clone();
+                let stream = post.stream == Some(true);
                 self.post_external = None;
                 let error =
                     error_response_with(id.as_ref(), code::FORBIDDEN, &message, Some(&data));
                 host.count_rejected(crate::reason::Reason::PluginBlocked);
+                if stream {
+                    // The client reads events (and may have read some already): the error
+                    // is the stream's last one.
+                    let mut event = Vec::with_capacity(error.len() + 32);
+                    push_event(&mut event, b"event: message\n", &error);
+                    return Held::Release(event);
+                }
                 // The client's parser sees one JSON error however the response began.
                 Held::Release(error)
             }
@@ -356,20 +387,36 @@ fn splice_message(held: &[u8], target: &Target, message: &[u8]) -> Vec<u8> {
     out.extend_from_slice(held.get(..start).unwrap_or_default());
     match &target.event_fields {
         None => out.extend_from_slice(message),
-        Some(fields) => {
-            out.extend_from_slice(fields);
-            // One `data:` line per line of the message: JSON has line breaks only as
-            // whitespace between tokens, never inside a string.
-            for line in message.split(|b| *b == b'\n' || *b == b'\r') {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(line);
-                out.push(b'\n');
-            }
-            out.push(b'\n');
-        }
+        Some(fields) => push_event(&mut out, fields, message),
     }
     out.extend_from_slice(held.get(end..).unwrap_or_default());
     out
+}
+
+/// Appends an event of `fields` (lines, each ending in `\n`) whose data is `message`.
+fn push_event(out: &mut Vec<u8>, fields: &[u8], message: &[u8]) {
+    out.extend_from_slice(fields);
+    // One `data:` line per line of the message: JSON has line breaks only as whitespace
+    // between tokens, never inside a string.
+    for line in message.split(|b| *b == b'\n' || *b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// How many leading bytes of a held event stream may go to the client now: the complete
+/// events before the first one whose data is a result.
+fn releasable(held: &[u8]) -> usize {
+    let mut cut = 0;
+    for event in events(held) {
+        if result_of(&event.data).is_some() {
+            break;
+        }
+        cut = event.span.1;
+    }
+    cut
 }
 
 /// The result message in a held body: the body itself (JSON), or the last event of an

@@ -375,6 +375,13 @@ fn released(held: Held) -> Vec<u8> {
     }
 }
 
+fn passed(held: Held) -> Vec<u8> {
+    match held {
+        Held::Pass(body) => body,
+        other => panic!("expected a pass, got {other:?}"),
+    }
+}
+
 fn checked(held: Held) -> GrpcCall {
     match held {
         Held::Check(call) => call,
@@ -472,13 +479,15 @@ fn in_an_event_stream_the_result_event_is_judged_and_rebuilt() {
         "data: \"result\":{\"v\":\"secret-1\"}}\n\n"
     );
     let (a, b) = stream.as_bytes().split_at(70);
-    assert_eq!(x.on_held_response_body(a, false, &mut host), Held::Hold);
+    // The priming event is complete in the first chunk: it goes at once.
+    let mut out = passed(x.on_held_response_body(a, false, &mut host));
+    assert_eq!(out, b"id: p0\r\ndata: \r\n\r\n");
     let call = checked(x.on_held_response_body(b, true, &mut host));
     assert!(contains(&call.message, br#"{"v":"secret-1"}"#));
-    let out = released(x.on_response_check_answer(
+    out.extend(released(x.on_response_check_answer(
         Some(&field(2, &field(2, br#"{"v":"[masked]"}"#))),
         &mut host,
-    ));
+    )));
     let text = String::from_utf8(out).unwrap();
     let (before, last) = text.split_at(text.find("event: message\nid: e7").unwrap());
     assert_eq!(before, &stream[..before.len()], "earlier events untouched");
@@ -537,4 +546,90 @@ fn a_result_too_large_to_check_passes_or_is_withheld_by_the_failure_mode() {
             );
         }
     }
+}
+
+#[test]
+fn events_before_the_result_go_as_they_complete_and_the_result_waits_for_the_services() {
+    // A server's request mid-call (the client must answer it before the tool can finish)
+    // and a progress notification reach the client before the stream ends; the result
+    // waits for the service.
+    let cfg = guarded(json!([post_plugin("one", "g1", "closed")]));
+    let (mut x, mut host) = held_call(&cfg);
+    let ask = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\",\"params\":{\"message\":\"name?\"}}\n\n";
+    let progress = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+    let result = "data: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{\"v\":\"ssn 1\"}}\n\n";
+    let trailer = ": bye\n\n";
+    // Half an event: nothing yet.
+    let (ask_a, ask_b) = ask.split_at(30);
+    assert_eq!(
+        passed(x.on_held_response_body(ask_a.as_bytes(), false, &mut host)),
+        b""
+    );
+    assert_eq!(
+        passed(x.on_held_response_body(ask_b.as_bytes(), false, &mut host)),
+        ask.as_bytes()
+    );
+    assert_eq!(
+        passed(x.on_held_response_body(progress.as_bytes(), false, &mut host)),
+        progress.as_bytes()
+    );
+    assert!(!x.checks_response());
+    // The result and what follows it are held until the stream ends.
+    let both = format!("{result}{trailer}");
+    assert_eq!(
+        passed(x.on_held_response_body(both.as_bytes(), false, &mut host)),
+        b""
+    );
+    let call = checked(x.on_held_response_body(b"", true, &mut host));
+    assert!(contains(&call.message, br#"{"v":"ssn 1"}"#));
+    let rest = released(
+        x.on_response_check_answer(Some(&field(2, &field(2, br#"{"v":"ssn ***"}"#))), &mut host),
+    );
+    assert_eq!(
+        String::from_utf8(rest).unwrap(),
+        format!(
+            "data: {{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{{\"v\":\"ssn ***\"}}}}\n\n{trailer}"
+        )
+    );
+}
+
+#[test]
+fn a_stream_result_too_large_to_check_fails_closed_as_an_event() {
+    let cfg = guarded(json!([post_plugin("one", "g1", "closed")]));
+    let (mut x, mut host) = held_call(&cfg);
+    let progress = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+    assert_eq!(
+        passed(x.on_held_response_body(progress.as_bytes(), false, &mut host)),
+        progress.as_bytes()
+    );
+    let big = format!(
+        "data: {{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{{\"text\":\"{}\"}}}}\n\n",
+        "a".repeat(MAX_HELD_BYTES)
+    );
+    assert_eq!(
+        passed(x.on_held_response_body(big.as_bytes(), false, &mut host)),
+        b""
+    );
+    let out = String::from_utf8(released(x.on_held_response_body(b"", true, &mut host))).unwrap();
+    let data = out
+        .strip_prefix("event: message\ndata: ")
+        .and_then(|d| d.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not one event: {out:?}"));
+    let doc: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(doc["id"], 8);
+    assert_eq!(doc["error"]["data"]["reason"], "too_large");
+}
+
+#[test]
+fn a_json_result_is_held_whole_even_when_it_looks_like_events() {
+    let cfg = guarded(json!([post_plugin("one", "g1", "closed")]));
+    let (mut x, mut host) = held_call(&cfg);
+    let body = "  {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{\"t\":\"data: x\\n\\n\"}}";
+    let (a, b) = body.as_bytes().split_at(40);
+    assert_eq!(x.on_held_response_body(a, false, &mut host), Held::Hold);
+    checked(x.on_held_response_body(b, true, &mut host));
+    assert_eq!(
+        released(x.on_response_check_answer(Some(&pass()), &mut host)),
+        body.as_bytes()
+    );
 }

@@ -22,7 +22,9 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::support::{artifacts, assert_rows, truncate};
-use mcpgw_e2e::{Artifacts, Envoy, EnvoyConfig, PythonPeer, PythonPeerMode, run_peer_client};
+use mcpgw_e2e::{
+    Artifacts, Envoy, EnvoyConfig, GuardService, PythonPeer, PythonPeerMode, run_peer_client,
+};
 
 /// The protocol eras of the matrix: the last session era and the stateless one.
 const ERAS: [&str; 2] = ["2025-11-25", "2026-07-28"];
@@ -350,6 +352,71 @@ async fn a_virtual_server_gives_what_its_upstream_gives_scenario_by_scenario() -
         }
     }
     println!("{}", table.join("\n"));
+    assert_rows(failures);
+    Ok(())
+}
+
+/// Guardrails asked outside the gateway sit between the client and every answer, yet take
+/// nothing away: with an `external` plugin on every pre and post hook (the reference
+/// service, passing everything these scenarios send), each scenario gives the document it
+/// gives directly. In the 2025 era a tool's request to the client (sampling, elicitation,
+/// roots) travels on the call's event stream before the result: the stream cannot be held
+/// until it ends, or the call never ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_guardrails_on_every_hook_take_nothing_from_any_scenario() -> anyhow::Result<()> {
+    let a = artifacts();
+    let guard = GuardService::start(&a, "zz-never-said", "zz_never_named").await?;
+    let peer = PythonPeer::start(&a, PythonPeerMode::Stateful).await?;
+    let catalog = run_peer_client(&a, &peer.mcp_url(), ERAS[0], &["--dump-catalog"]).await?;
+    let mut config: Value = serde_json::from_str(&snapshot(&catalog, peer.addr, &BOTH_ERAS)?)?;
+    config["plugins"] = json!([{
+        "name": "ext",
+        "hooks": ["tool_pre_invoke", "tool_post_invoke", "prompt_pre_fetch",
+                  "prompt_post_fetch", "resource_pre_fetch", "resource_post_fetch"],
+        "external": {"cluster": "guard", "timeout_ms": 5000, "failure_mode": "closed"}
+    }]);
+    let envoy = Envoy::start(
+        &a,
+        &EnvoyConfig::with_filter(&config.to_string(), peer.addr).grpc_cluster("guard", guard.addr),
+    )
+    .await?;
+    let through = envoy.url("/servers/matrix/mcp");
+    let mut failures = Vec::new();
+    let mut table = vec![format!("{:<12} {:<18} {}", "era", "scenario", "gateway")];
+    for era in ERAS {
+        let direct = run(&a, &peer.mcp_url(), era, None).await?;
+        let gateway = run(&a, &through, era, Some(PREFIX)).await?;
+        for name in SCENARIOS {
+            let (d, g) = (scenario(&direct, name), scenario(&gateway, name));
+            let outcome = cell(d, g);
+            table.push(format!(
+                "{era:<12} {name:<18} {outcome}{}",
+                failure_summary(g)
+            ));
+            if outcome != "same" {
+                failures.push(format!(
+                    "{era} {name} {outcome} through the gateway with external guardrails:\n    direct:  {}\n    gateway: {}",
+                    truncate(&d.to_string(), 1500),
+                    truncate(&g.to_string(), 1500)
+                ));
+            }
+        }
+    }
+    println!("{}", table.join("\n"));
+    // The service was asked, on both sides of the calls, the reads and the prompts.
+    let checks = guard.checks();
+    for hook in [
+        "tool_pre_invoke",
+        "tool_post_invoke",
+        "prompt_post_fetch",
+        "resource_post_fetch",
+    ] {
+        // The service logs the proto's enum names.
+        let logged = format!("HOOK_{}", hook.to_ascii_uppercase());
+        if !checks.iter().any(|c| c["hook"] == logged.as_str()) {
+            failures.push(format!("the service was never asked at {hook}: {checks:?}"));
+        }
+    }
     assert_rows(failures);
     Ok(())
 }
