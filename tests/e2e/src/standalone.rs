@@ -301,6 +301,8 @@ struct ServerPlan {
 struct RegistryPlan {
     /// The snapshot's `policy`, for `--edge-policy`.
     policy: Value,
+    /// Limits by server key, and `default` (the snapshot's `limits`).
+    limits: BTreeMap<String, Value>,
     gateways: Vec<GatewayPlan>,
     servers: Vec<ServerPlan>,
 }
@@ -327,6 +329,16 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
                     s.get("ttl_seconds").is_none() && s.get("idle_seconds").is_none(),
                     "session lifetimes are control-plane settings, not part of the registry"
                 );
+            }
+            // Local limits are the registry's own (`PUT /limits/…`); the rate-limit service
+            // is the control plane's, not a registry entry.
+            "limits" => {
+                for key in doc["limits"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                    ensure!(
+                        key == "servers" || key == "default",
+                        "limits.{key}: the rate-limit service is a control-plane setting"
+                    );
+                }
             }
             other => bail!("`{other}` is not translated into the registry by this harness"),
         }
@@ -382,7 +394,10 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
     {
         for field in up.as_object().into_iter().flatten().map(|(k, _)| k) {
             ensure!(
-                matches!(field.as_str(), "cluster" | "path" | "protocol_versions"),
+                matches!(
+                    field.as_str(),
+                    "cluster" | "path" | "authority" | "protocol_versions"
+                ),
                 "upstream {key}: `{field}` is not translated into the registry"
             );
         }
@@ -452,8 +467,26 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
             prompts: pairs(prompts),
         });
     }
+    let mut limits: BTreeMap<String, Value> = doc
+        .get("limits")
+        .and_then(|l| l.get("servers"))
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(default) = doc.get("limits").and_then(|l| l.get("default")) {
+        limits.insert("default".to_owned(), default.clone());
+    }
+    for key in limits.keys() {
+        ensure!(
+            key == "default" || servers.contains_key(key),
+            "limits for {key}, which is no virtual server"
+        );
+    }
     Ok(RegistryPlan {
         policy,
+        limits,
         gateways,
         servers: planned,
     })
@@ -673,6 +706,14 @@ impl Standalone {
                 .ok_or_else(|| anyhow!("no server id in {created}"))?;
             self.servers.insert(s.key.clone(), id.to_owned());
         }
+        for (key, limits) in &plan.limits {
+            let id = self.servers.get(key).cloned().unwrap_or_else(|| key.clone());
+            let req = self
+                .admin
+                .put(format!("{}/limits/{id}", self.api))
+                .json(limits);
+            self.call(req, 201, &format!("PUT /limits/{key}")).await?;
+        }
         Ok(())
     }
 
@@ -747,7 +788,8 @@ mod tests {
                           "second": {"cluster": "second"}},
             "servers": {"team": {"name": "Team", "tools": [
                 {"name": "primary__echo", "upstream": "primary", "upstream_name": "echo", "item": {}}],
-                "resources": [{"name": "x://r", "upstream": "second", "upstream_name": "x://r", "item": {}}]}}
+                "resources": [{"name": "x://r", "upstream": "second", "upstream_name": "x://r", "item": {}}]}},
+            "limits": {"servers": {"team": {"concurrency": 1}}, "default": {"concurrency": 2}}
         })))
         .unwrap();
         assert_eq!(plan.policy, json!({"list_page_size": 2}));
@@ -769,6 +811,8 @@ mod tests {
         assert_eq!(team.naming, "prefixed");
         assert_eq!(team.tools, [("primary".into(), "echo".into())]);
         assert_eq!(team.resources, [("second".into(), "x://r".into())]);
+        assert_eq!(plan.limits["team"], json!({"concurrency": 1}));
+        assert_eq!(plan.limits["default"], json!({"concurrency": 2}));
     }
 
     #[test]
