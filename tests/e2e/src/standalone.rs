@@ -233,7 +233,7 @@ struct Placement<'a> {
 /// relay and the rate-limit service are turned off (and their advertised Service names
 /// dropped): the cases' snapshots have neither, and the rate-limit service needs Redis.
 /// Fails when a key it substitutes is missing.
-pub fn manifest_control_plane_config(text: &str, at: &Placement<'_>) -> anyhow::Result<String> {
+fn manifest_control_plane_config(text: &str, at: &Placement<'_>) -> anyhow::Result<String> {
     let secret = |name: &str, file: &str| at.pki.join(name).join(file).display().to_string();
     let set: BTreeMap<&str, Option<String>> = BTreeMap::from([
         ("listen", Some(at.api.to_string())),
