@@ -366,13 +366,9 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
             "static route {route:?}: the control plane's routes follow the filter only"
         );
     }
+    // The operator's edge policy, verbatim (`tool_routes` included: it routes only
+    // passthrough requests, which the control plane's listener answers with a 404).
     let policy = doc.get("policy").cloned().unwrap_or_else(|| json!({}));
-    if let Some(routes) = policy.get("tool_routes").and_then(Value::as_object) {
-        ensure!(
-            routes.is_empty(),
-            "policy.tool_routes names static clusters"
-        );
-    }
     let cluster_addr = |name: &str| -> anyhow::Result<SocketAddr> {
         let c = config
             .clusters
@@ -820,7 +816,7 @@ mod tests {
         let server = json!({"s": {"tools": []}});
         for (snapshot, why) in [
             (json!({}), "no virtual servers"),
-            (json!({"policy": {"tool_routes": {"a": "second"}}, "servers": server}), "tool_routes"),
+            (json!({"auth": {}, "servers": server}), "`auth`"),
             (json!({"plugins": [], "servers": server}), "`plugins`"),
             (json!({"session": {"idle_seconds": 5}, "servers": server}), "session lifetimes"),
         ] {
