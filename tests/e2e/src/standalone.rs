@@ -333,7 +333,12 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
             // Local limits are the registry's own (`PUT /limits/…`); the rate-limit service
             // is the control plane's, not a registry entry.
             "limits" => {
-                for key in doc["limits"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                for key in doc["limits"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
                     ensure!(
                         key == "servers" || key == "default",
                         "limits.{key}: the rate-limit service is a control-plane setting"
@@ -442,12 +447,18 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         let named = tools.iter().chain(&prompts);
         let naming = if named.clone().all(|(n, _, own)| n == own) {
             "upstream"
-        } else if named.clone().all(|(n, up, own)| *n == format!("{up}__{own}")) {
+        } else if named
+            .clone()
+            .all(|(n, up, own)| *n == format!("{up}__{own}"))
+        {
             "prefixed"
         } else {
-            bail!("server {key}: names the control plane would not give (neither `upstream__name` nor the upstream's own)")
+            bail!(
+                "server {key}: names the control plane would not give (neither `upstream__name` nor the upstream's own)"
+            )
         };
-        let pairs = |v: Vec<(String, String, String)>| v.into_iter().map(|(_, u, o)| (u, o)).collect();
+        let pairs =
+            |v: Vec<(String, String, String)>| v.into_iter().map(|(_, u, o)| (u, o)).collect();
         planned.push(ServerPlan {
             key: key.clone(),
             name: server["name"].as_str().unwrap_or(key).to_owned(),
@@ -514,8 +525,7 @@ impl Standalone {
         let plan = plan(config).context("this case cannot run in standalone mode")?;
         let mut cp = Standalone::control_plane(artifacts, &plan.policy).await?;
         cp.register(&plan).await?;
-        let bootstrap =
-            manifest_bootstrap(artifacts, cp.xds, &cp.dir.path().join(ENVOY_SECRET))?;
+        let bootstrap = manifest_bootstrap(artifacts, cp.xds, &cp.dir.path().join(ENVOY_SECRET))?;
         let launch = Launch::new(artifacts.envoy()?)
             .name("envoy-standalone")
             .workers(workers)
@@ -681,7 +691,12 @@ impl Standalone {
                         items
                             .get(&(up.clone(), kind, own.clone()))
                             .cloned()
-                            .ok_or_else(|| anyhow!("server {}: upstream {up} has no {kind} item {own:?}", s.key))
+                            .ok_or_else(|| {
+                                anyhow!(
+                                    "server {}: upstream {up} has no {kind} item {own:?}",
+                                    s.key
+                                )
+                            })
                     })
                     .collect::<anyhow::Result<Vec<String>>>()
             };
@@ -703,7 +718,11 @@ impl Standalone {
             self.servers.insert(s.key.clone(), id.to_owned());
         }
         for (key, limits) in &plan.limits {
-            let id = self.servers.get(key).cloned().unwrap_or_else(|| key.clone());
+            let id = self
+                .servers
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| key.clone());
             let req = self
                 .admin
                 .put(format!("{}/limits/{id}", self.api))
@@ -818,7 +837,10 @@ mod tests {
             (json!({}), "no virtual servers"),
             (json!({"auth": {}, "servers": server}), "`auth`"),
             (json!({"plugins": [], "servers": server}), "`plugins`"),
-            (json!({"session": {"idle_seconds": 5}, "servers": server}), "session lifetimes"),
+            (
+                json!({"session": {"idle_seconds": 5}, "servers": server}),
+                "session lifetimes",
+            ),
         ] {
             let err = format!("{:#}", plan(&config(snapshot.clone())).unwrap_err());
             assert!(err.contains(why), "{snapshot}: {err}");
@@ -830,10 +852,16 @@ mod tests {
         let ids = BTreeMap::from([("team".to_owned(), "0af3".to_owned())]);
         for (path, want) in [
             ("/servers/team/mcp", "/servers/0af3/mcp"),
-            ("/servers/team/message?session_id=x", "/servers/0af3/message?session_id=x"),
+            (
+                "/servers/team/message?session_id=x",
+                "/servers/0af3/message?session_id=x",
+            ),
             ("/servers/other/mcp", "/servers/other/mcp"),
             ("/mcp", "/mcp"),
-            ("/.well-known/oauth-protected-resource/servers/team/mcp", "/.well-known/oauth-protected-resource/servers/team/mcp"),
+            (
+                "/.well-known/oauth-protected-resource/servers/team/mcp",
+                "/.well-known/oauth-protected-resource/servers/team/mcp",
+            ),
         ] {
             assert_eq!(server_path(&ids, path), want);
         }
@@ -862,8 +890,14 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == line), "{line} not in:\n{out}");
         }
-        assert!(!out.contains("/etc/mcpgw") && !out.contains("svc.cluster.local"), "{out}");
-        assert!(out.contains("log_format = \"json\""), "the rest is kept: {out}");
+        assert!(
+            !out.contains("/etc/mcpgw") && !out.contains("svc.cluster.local"),
+            "{out}"
+        );
+        assert!(
+            out.contains("log_format = \"json\""),
+            "the rest is kept: {out}"
+        );
         let err = manifest_control_plane_config("listen = \"x\"\n", &at).unwrap_err();
         assert!(format!("{err}").contains("xds_listen"), "{err}");
     }
@@ -871,9 +905,16 @@ mod tests {
     #[test]
     fn the_overlay_bootstrap_is_pointed_at_the_control_plane() {
         let a = Artifacts::from_env();
-        let text = manifest_bootstrap(&a, ([127, 0, 0, 1], 4321).into(), Path::new("/x/y")).unwrap();
-        assert!(text.contains("address: 127.0.0.1, port_value: 4321 }"), "{text}");
+        let text =
+            manifest_bootstrap(&a, ([127, 0, 0, 1], 4321).into(), Path::new("/x/y")).unwrap();
+        assert!(
+            text.contains("address: 127.0.0.1, port_value: 4321 }"),
+            "{text}"
+        );
         assert!(text.contains("filename: /x/y/tls.crt"), "{text}");
-        assert!(!text.contains("9901") && !text.contains("svc.cluster.local"), "{text}");
+        assert!(
+            !text.contains("9901") && !text.contains("svc.cluster.local"),
+            "{text}"
+        );
     }
 }

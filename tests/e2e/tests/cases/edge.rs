@@ -235,7 +235,11 @@ async fn lists_paginate_and_bad_requests_get_precise_answers() -> anyhow::Result
         assert_eq!(tool_text(&plain.response(&json!(6))?), "primary");
     } else {
         assert_eq!(plain.status, 404, "{}", plain.text());
-        assert!(plain.response(&json!(null))?["error"].is_object(), "{}", plain.text());
+        assert!(
+            plain.response(&json!(null))?["error"].is_object(),
+            "{}",
+            plain.text()
+        );
     }
     Ok(())
 }
