@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail, ensure};
-use mcpgw_harness::ports::{free_port, wait_until};
+use mcpgw_harness::ports::wait_until;
 use mcpgw_harness::{ChildGuard, Launch, Workdir};
 use serde_json::{Value, json};
 
@@ -539,10 +539,11 @@ impl Standalone {
                 CONVERGE_TIMEOUT,
                 || {
                     let (http, nodes, version) = (http.clone(), nodes.clone(), version.clone());
-                    async move { acked(&http, &nodes, &version).await.then_some(()) }
+                    async move { acked(&http, &nodes, &version).await }
                 },
             )
             .await
+            .and_then(|acked| acked.map_err(|nack| anyhow!("{NODE} refused: {nack}")))
             .map_err(|e| e.context(format!("control plane log:\n{}", cp.cp.log_tail(30))))?;
         let listener = envoy.listener(LISTENER).await?;
         Ok((cp, envoy, listener))
@@ -562,8 +563,10 @@ impl Standalone {
         std::fs::write(&policy_file, serde_json::to_vec(policy)?)?;
         let data = dir.file("data");
         let wasm = artifacts.wasm()?.canonicalize()?;
-        let port = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let (api, xds, envoy) = (port(free_port()?), port(free_port()?), port(free_port()?));
+        // Port 0 everywhere: the control plane logs what it bound, Envoy's admin reports its
+        // listener, and no port is picked while another test could take it.
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (api, xds, envoy) = (any, any, any);
         let overlay = artifacts.repo_file(CONTROL_PLANE_CONFIG)?;
         let toml = manifest_control_plane_config(
             &std::fs::read_to_string(&overlay)
@@ -585,13 +588,35 @@ impl Standalone {
             .args(["--dev", "--allow-loopback-upstreams", "--data-dir"])
             .arg(&data)
             .args(["--resync-interval", "0"])
+            // The overlay's format too; said again because the bound addresses are read
+            // from the log.
+            .args(["--log-format", "json"])
             .arg("--edge-policy")
             .arg(&policy_file)
             .env_remove("DATABASE_URL")
             .env_remove("MCPGW_ENCRYPTION_KEY")
             .env_remove("MCPGW_CONFIG");
-        let api = format!("http://{api}");
         let mut child = ChildGuard::spawn("mcpgw serve", cmd, &dir.file("mcpgw.log"))?;
+        let bound = {
+            let c = &mut child;
+            let log = dir.file("mcpgw.log");
+            wait_until(
+                CONVERGE_TIMEOUT,
+                || c.exited().map(|s| format!("exited with {s}")),
+                || {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let found = listening(&text, "admin API listening")
+                        .zip(listening(&text, "xDS server listening"));
+                    async move { found }
+                },
+            )
+            .await
+        };
+        let (api, xds) = match bound {
+            Ok(bound) => bound,
+            Err(why) => return Err(child.failure(&format!("never listened: {why}"))),
+        };
+        let api = format!("http://{api}");
         let plain = reqwest::Client::builder().no_proxy().build()?;
         let ready = {
             let (c, url) = (&mut child, format!("{api}/ready"));
@@ -764,24 +789,26 @@ fn server_path(servers: &BTreeMap<String, String>, path: &str) -> String {
     path.to_owned()
 }
 
-/// Whether node [`NODE`] has acked every type, the filter at registry `version`, with no
-/// NACK pending.
-async fn acked(http: &reqwest::Client, url: &str, version: &str) -> bool {
-    let Some(nodes) = async { http.get(url).send().await.ok()?.json::<Value>().await.ok() }.await
-    else {
-        return false;
-    };
-    let Some(node) = nodes
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["node_id"] == NODE))
-    else {
-        return false;
-    };
+/// `Some(Ok)` once node [`NODE`] has acked every type, the filter at registry `version`;
+/// `Some(Err)` with the error detail as soon as it has refused (NACKed) one.
+async fn acked(http: &reqwest::Client, url: &str, version: &str) -> Option<Result<(), String>> {
+    let nodes: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+    let node = nodes.as_array()?.iter().find(|n| n["node_id"] == NODE)?;
     let types = &node["types"];
-    TYPES
-        .iter()
-        .all(|t| types[*t]["version_acked"].is_string() && types[*t]["last_nack"].is_null())
-        && types[ECDS]["version_acked"] == version
+    if let Some(nack) = TYPES.iter().find(|t| !types[**t]["last_nack"].is_null()) {
+        return Some(Err(format!("{nack}: {}", types[*nack]["last_nack"])));
+    }
+    let all = TYPES.iter().all(|t| types[*t]["version_acked"].is_string());
+    (all && types[ECDS]["version_acked"] == version).then_some(Ok(()))
+}
+
+/// The address of the control plane's JSON log line whose message is `message` (what
+/// `mcpgw serve` bound, port 0 resolved).
+fn listening(log: &str, message: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == message)
+        .and_then(|l| l["fields"]["addr"].as_str()?.parse().ok())
 }
 
 #[cfg(test)]
@@ -845,6 +872,24 @@ mod tests {
             let err = format!("{:#}", plan(&config(snapshot.clone())).unwrap_err());
             assert!(err.contains(why), "{snapshot}: {err}");
         }
+    }
+
+    #[test]
+    fn bound_addresses_are_read_from_the_json_log() {
+        let log = concat!(
+            r#"{"level":"INFO","fields":{"message":"xDS server listening","addr":"127.0.0.1:41"}}"#,
+            "\nnot json\n",
+            r#"{"level":"INFO","fields":{"message":"admin API listening","addr":"127.0.0.1:42"}}"#
+        );
+        assert_eq!(
+            listening(log, "admin API listening"),
+            Some(([127, 0, 0, 1], 42).into())
+        );
+        assert_eq!(
+            listening(log, "xDS server listening"),
+            Some(([127, 0, 0, 1], 41).into())
+        );
+        assert_eq!(listening(log, "session relay listening"), None);
     }
 
     #[test]
