@@ -510,8 +510,20 @@ pub struct Standalone {
     /// Virtual server ids by the snapshot's key.
     pub servers: BTreeMap<String, String>,
     admin: reqwest::Client,
+    /// The `--base-id` of the Envoy following it.
+    base_id: Option<u32>,
     // Last: the data directory and the certificates outlive the control plane.
     dir: Workdir,
+}
+
+impl Drop for Standalone {
+    /// Envoy (dropped before this: [`crate::Envoy`] holds it first) is killed, so it never
+    /// removes the shared-memory region hot restart made: remove it here.
+    fn drop(&mut self) {
+        if let Some(id) = self.base_id {
+            let _ = std::fs::remove_file(format!("/dev/shm/envoy_shared_memory_{}", id * 10));
+        }
+    }
 }
 
 impl Standalone {
@@ -526,10 +538,12 @@ impl Standalone {
         let mut cp = Standalone::control_plane(artifacts, &plan.policy).await?;
         cp.register(&plan).await?;
         let bootstrap = manifest_bootstrap(artifacts, cp.xds, &cp.dir.path().join(ENVOY_SECRET))?;
+        let id = base_id();
+        cp.base_id = Some(id);
         let launch = Launch::new(artifacts.envoy()?)
             .name("envoy-standalone")
             .workers(workers)
-            .base_id(base_id());
+            .base_id(id);
         let mut envoy = mcpgw_harness::Envoy::spawn(launch, &bootstrap).await?;
         let version = cp.registry_version().await?;
         let (http, nodes) = (cp.admin.clone(), format!("{}/xds/nodes", cp.api));
@@ -652,6 +666,7 @@ impl Standalone {
             xds,
             servers: BTreeMap::new(),
             admin,
+            base_id: None,
             dir,
         })
     }
