@@ -18,11 +18,13 @@
 //! each upstream a gateway (`POST /gateways` at the address of the cluster it names, so
 //! the control plane discovers it), each virtual server a server over the discovered
 //! items the snapshot lists (`POST /servers`), the snapshot's `policy` the control plane's
-//! `--edge-policy` file. A virtual server's id is the control plane's, not the snapshot's
-//! key: [`crate::Envoy::url`] maps `/servers/{key}/…` to it. A configuration the registry
-//! cannot express (a passthrough listener without virtual servers, static routes, inline
-//! identity, limits or plugins) is refused with the reason: such cases are not run in
-//! this mode (the Makefile's `E2E_STANDALONE` list).
+//! `--edge-policy` file, its local limits `PUT /limits/…`. A virtual server's id is the
+//! control plane's, not the snapshot's key: [`crate::Envoy::url`] maps `/servers/{key}/…`
+//! to it. A configuration the registry cannot express, or that this harness does not
+//! translate (a passthrough listener without virtual servers, static routes or gRPC
+//! clusters, HTTP filters before mcpgw, cluster credentials, identity, plugins, session
+//! lifetimes), is refused with the reason: such cases are not run in this mode (the
+//! Makefile's `E2E_STANDALONE_CASES` lists those that are).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
