@@ -15,7 +15,7 @@ export MCPGW_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export MCPGW_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export MCPGW_NODE_MODULES := $(CURDIR)/$(NODE_DIR)/node_modules
 
-.PHONY: help deps wasm build test test-manifests image wasm-oci e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt format clippy clean
+.PHONY: help deps wasm build test test-manifests test-standalone image wasm-oci e2e run run-static bench bench-envoy bench-instructions bench-registry bench-relay fuzz fmt format clippy clean
 
 help:
 	@echo "make run | make test | make bench"
@@ -47,6 +47,33 @@ build: wasm
 # Format and lints first: they fail in seconds where the tests take minutes.
 test: fmt clippy build test-manifests
 	cargo test --locked --workspace
+	$(E2E_STANDALONE)
+
+# The e2e cases a control plane can configure, run once more with Envoy as the standalone
+# overlay runs it (MCPGW_E2E_EDGE=standalone, tests/e2e/src/standalone.rs): started from
+# manifests/standalone/envoy-bootstrap.yaml, its listener, routes, clusters and filter over
+# ADS with mutual TLS from `mcpgw serve` (the overlay's mcpgw.toml, SQLite) holding the
+# registry the case configures. The other cases configure what no registry holds (a
+# passthrough `/mcp`, static routes and clusters, inline identity, plugins, a config Envoy
+# must reject, a catalog its upstream does not list); docs/kubernetes.md says which and why.
+E2E_STANDALONE_CASES := \
+  cases::edge::a_real_client_uses_a_virtual_server \
+  cases::edge::lists_paginate_and_bad_requests_get_precise_answers \
+  cases::edge::sessions_span_stateful_upstreams_and_refuse_forgeries \
+  cases::edge::the_python_sdk_runs_a_session_through_a_virtual_server \
+  cases::era_bad_input:: \
+  cases::hardening::batches_must_name_their_version_and_stay_short \
+  cases::hardening::made_up_tool_names_at_a_virtual_server_spend_no_label_budget \
+  cases::limits:: \
+  cases::matrix::a_virtual_server_gives_what_its_upstream_gives_scenario_by_scenario \
+  cases::matrix::a_tampered_request_state_is_refused_through_a_virtual_server_as_directly \
+  cases::matrix::a_2026_listen_reaches_a_lone_2026_upstream_without_a_relay
+E2E_STANDALONE = MCPGW_E2E_EDGE=standalone MCPGW_BIN=$(CURDIR)/target/debug/mcpgw \
+  cargo test --locked -p mcpgw-e2e --test e2e -- $(E2E_STANDALONE_CASES)
+
+test-standalone: wasm
+	cargo build --locked --quiet -p mcpgw --bin mcpgw
+	$(E2E_STANDALONE)
 
 # manifests/, crds/ and the wasm OCI layout, without a cluster (tests/manifests): each
 # overlay rendered by `kubectl kustomize` and validated against Kubernetes 1.32's schemas
@@ -69,9 +96,12 @@ clippy: deps
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked -p mcpgw-filter --target $(WASM_TARGET) --release -- -D warnings
 
-# End-to-end tests only: real Envoy + the filter .wasm + real MCP servers and clients.
+# End-to-end tests only: real Envoy + the filter .wasm + real MCP servers and clients;
+# then the standalone edge (above).
 e2e: wasm
+	cargo build --locked --quiet -p mcpgw --bin mcpgw
 	cargo test --locked -p mcpgw-e2e
+	$(E2E_STANDALONE)
 
 # --- images -------------------------------------------------------------------------------
 # The control plane and the standalone Envoy (Containerfile) with the first container engine

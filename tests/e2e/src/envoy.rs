@@ -11,6 +11,7 @@ use mcpgw_harness::{Launch, envoy};
 use serde_json::{Value, json};
 
 use crate::artifacts::Artifacts;
+use crate::standalone::{EdgeMode, Standalone};
 
 pub use mcpgw_harness::bootstrap::stats_tags;
 pub use mcpgw_harness::envoy::READY_TIMEOUT;
@@ -260,6 +261,8 @@ pub struct Envoy {
     pub listener: SocketAddr,
     /// Address of the admin interface.
     pub admin: SocketAddr,
+    /// In [`EdgeMode::Standalone`]: the control plane Envoy follows (dropped after Envoy).
+    standalone: Option<Standalone>,
 }
 
 impl Envoy {
@@ -270,11 +273,25 @@ impl Envoy {
     }
 
     /// Like [`Envoy::start`], with `workers` worker threads (`--concurrency`).
+    ///
+    /// In [`EdgeMode::Standalone`] (`MCPGW_E2E_EDGE=standalone`) the same `config` is
+    /// served by a control plane instead, to an Envoy started from the standalone overlay's
+    /// bootstrap ([`crate::standalone`]); it fails when the registry cannot express it.
     pub async fn start_workers(
         artifacts: &Artifacts,
         config: &EnvoyConfig,
         workers: u32,
     ) -> anyhow::Result<Self> {
+        if EdgeMode::from_env()? == EdgeMode::Standalone {
+            let (standalone, envoy, listener) =
+                Standalone::start(artifacts, config, workers).await?;
+            return Ok(Self {
+                admin: envoy.admin,
+                envoy,
+                listener,
+                standalone: Some(standalone),
+            });
+        }
         let launch = Launch::new(artifacts.envoy()?).workers(workers);
         let mut envoy =
             mcpgw_harness::Envoy::start(launch, &config.bootstrap_text(artifacts)?).await?;
@@ -283,6 +300,7 @@ impl Envoy {
             admin: envoy.admin,
             envoy,
             listener,
+            standalone: None,
         })
     }
 
@@ -292,6 +310,10 @@ impl Envoy {
         artifacts: &Artifacts,
         config: &EnvoyConfig,
     ) -> anyhow::Result<(ExitStatus, String)> {
+        anyhow::ensure!(
+            EdgeMode::from_env()? == EdgeMode::Static,
+            "a configuration Envoy rejects at start is a static bootstrap's: a control plane validates before it publishes"
+        );
         let launch = Launch::new(artifacts.envoy()?);
         mcpgw_harness::Envoy::start_rejected(launch, &config.bootstrap_text(artifacts)?).await
     }
@@ -309,9 +331,18 @@ impl Envoy {
         self.url("/mcp")
     }
 
-    /// `http://<listener><path>`.
+    /// `http://<listener><path>`; in standalone mode a virtual server's key in `path`
+    /// (`/servers/{key}/…`) is replaced by the control plane's id for it.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listener)
+        match &self.standalone {
+            Some(s) => format!("http://{}{}", self.listener, s.path(path)),
+            None => format!("http://{}{path}", self.listener),
+        }
+    }
+
+    /// The control plane this Envoy follows (standalone mode only).
+    pub fn control_plane(&self) -> Option<&Standalone> {
+        self.standalone.as_ref()
     }
 
     /// Admin `/stats/prometheus`.

@@ -5,6 +5,7 @@
 
 pub mod envoy;
 pub mod identity;
+pub mod standalone;
 pub mod upstream;
 
 pub use mcpgw_harness::{Artifacts, artifacts, init_tls, ports, process, workdir};

@@ -39,7 +39,8 @@ fn snapshot_with(page_size: u32, key: Option<&str>) -> String {
         },
         "servers": {"team": {
             "name": "Team server", "version": "1",
-            "tools": [tool("primary", "whoami"), tool("second", "whoami"), tool("second", "echo"), tool("primary", "add")],
+            // By name, as the control plane orders a catalog.
+            "tools": [tool("primary", "add"), tool("primary", "whoami"), tool("second", "echo"), tool("second", "whoami")],
             "resources": [{"name": "mcpgw://greeting", "upstream": "second", "upstream_name": "mcpgw://greeting",
                            "item": {"uri": "mcpgw://greeting", "name": "second__greeting"}}],
             "prompts": [{"name": "second__greet", "upstream": "second", "upstream_name": "greet",
@@ -88,10 +89,10 @@ async fn a_real_client_uses_a_virtual_server() -> anyhow::Result<()> {
     assert_eq!(
         names,
         [
+            "primary__add",
             "primary__whoami",
-            "second__whoami",
             "second__echo",
-            "primary__add"
+            "second__whoami"
         ]
     );
     for (name, want) in [("primary__whoami", "primary"), ("second__whoami", "second")] {
@@ -150,10 +151,10 @@ async fn lists_paginate_and_bad_requests_get_precise_answers() -> anyhow::Result
     assert_eq!(
         names,
         [
+            "primary__add",
             "primary__whoami",
-            "second__whoami",
             "second__echo",
-            "primary__add"
+            "second__whoami"
         ]
     );
 
@@ -226,9 +227,20 @@ async fn lists_paginate_and_bad_requests_get_precise_answers() -> anyhow::Result
     .await?;
     assert_eq!(batch.status, 400, "{}", batch.text());
 
-    // Paths outside /servers/ are untouched: the classic endpoint still reaches the upstream.
+    // Paths outside /servers/ are untouched by the filter: behind the harness's static
+    // routes the classic endpoint still reaches the upstream; the control plane's routes
+    // follow only the filter, so there it is a JSON-RPC 404.
     let plain = post(&envoy.mcp_url(), tools_call(6, "whoami", json!({})), &[]).await?;
-    assert_eq!(tool_text(&plain.response(&json!(6))?), "primary");
+    if envoy.control_plane().is_none() {
+        assert_eq!(tool_text(&plain.response(&json!(6))?), "primary");
+    } else {
+        assert_eq!(plain.status, 404, "{}", plain.text());
+        assert!(
+            plain.response(&json!(null))?["error"].is_object(),
+            "{}",
+            plain.text()
+        );
+    }
     Ok(())
 }
 
