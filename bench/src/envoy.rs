@@ -105,6 +105,18 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
             vec![mcpgw(&catalog::limited_snapshot(TOOLS_CLUSTER))],
             header_routed,
         ),
+        // Its two limits one at a time: what each costs.
+        Variant::LimitLocalRate | Variant::LimitLocalFlight => {
+            let limits = if variant == Variant::LimitLocalRate {
+                catalog::LOCAL_RATE
+            } else {
+                catalog::LOCAL_FLIGHT
+            };
+            (
+                vec![mcpgw(&catalog::snapshot_under(TOOLS_CLUSTER, limits))],
+                header_routed,
+            )
+        }
         // The same catalog, its upstream speaking 2026-07-28: a call of that era goes to it
         // stateless (a snapshot of its own, so older filters still load the others').
         Variant::EdgeCallModern => (
