@@ -283,12 +283,21 @@ pub struct Held {
     pub leases: Vec<Lease>,
     /// Global limits still to check.
     pub global: Vec<Descriptor>,
+    /// When it was admitted (milliseconds).
+    at: u64,
 }
 
 impl Held {
     /// Whether it holds nothing and has nothing left to check.
     pub fn is_empty(&self) -> bool {
         self.taken.is_empty() && self.leases.is_empty() && self.global.is_empty()
+    }
+
+    /// When it was admitted (milliseconds): a time to release its leases at without asking
+    /// the host's clock again (a release drops the leases expired by then with its own,
+    /// and leaves later ones to the next write).
+    pub fn admitted_at(&self) -> u64 {
+        self.at
     }
 }
 
@@ -346,7 +355,10 @@ impl Limiter {
         now: u64,
         store: &mut impl Store,
     ) -> Result<Held, Limited> {
-        let mut held = Held::default();
+        let mut held = Held {
+            at: now,
+            ..Held::default()
+        };
         let Some(scope) = self.scope(subject.server) else {
             return Ok(held);
         };

@@ -203,7 +203,8 @@ impl Exchange {
         if self.held.leases.is_empty() {
             return;
         }
-        let now = host.now_ms();
+        // The time it was admitted: no host call for the clock at every stream's end.
+        let now = self.held.admitted_at();
         let config = Rc::clone(&self.config);
         config.limits.end(&mut self.held, now, &mut Shared(host));
     }
