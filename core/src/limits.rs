@@ -197,15 +197,13 @@ impl Concurrency {
 /// The shared-data key of the budget under `prefix` (a limit's, [`Key::prefix`]) keyed
 /// `by` for `s` (`None`: a part is missing); `named`: the methods the limit names.
 fn key(prefix: &str, by: &[KeyPart], named: &[String], s: &Subject<'_>) -> Option<Key> {
-    let mut values = [""; 5];
     let mut extra = 0;
-    for (part, value) in by.iter().zip(values.iter_mut()) {
-        *value = s.local_part(*part, named)?;
-        extra += value.len() + 8;
+    for part in by {
+        extra += s.local_part(*part, named)?.len() + 8;
     }
     let mut k = Key::start(prefix, extra);
-    for (part, value) in by.iter().zip(values) {
-        k.part(tag(*part), value);
+    for part in by {
+        k.part(tag(*part), s.local_part(*part, named)?);
     }
     Some(k)
 }
