@@ -363,6 +363,27 @@ mod tests {
             parsed["limits"]["default"]["rates"][0]["name"], "bench",
             "{limited}"
         );
+        // Its two limits one at a time, each the same as in `limit-local`.
+        for (v, rates, concurrency) in [
+            (Variant::LimitLocalRate, 1, 0),
+            (Variant::LimitLocalFlight, 0, 1),
+        ] {
+            let doc = bootstrap(v, up, &modules);
+            let parsed: serde_json::Value = serde_json::from_str(configuration(&doc)).unwrap();
+            let limits = &parsed["limits"]["default"];
+            assert_eq!(limits["rates"].as_array().unwrap().len(), rates, "{v}");
+            assert_eq!(
+                limits["concurrency"].as_array().unwrap().len(),
+                concurrency,
+                "{v}"
+            );
+            let all: serde_json::Value = serde_json::from_str(catalog::LOCAL_LIMITS).unwrap();
+            for kind in ["rates", "concurrency"] {
+                for l in limits[kind].as_array().unwrap() {
+                    assert_eq!(l, &all["default"][kind][0], "{v}");
+                }
+            }
+        }
         for v in [Variant::EdgeList, Variant::EdgeCall] {
             let doc = bootstrap(v, up, &modules);
             assert_eq!(configuration(&doc), catalog::snapshot(TOOLS_CLUSTER), "{v}");
