@@ -461,6 +461,8 @@ mod tests {
                     | Variant::EdgeCall
                     | Variant::EdgeCallModern
                     | Variant::LimitLocal
+                    | Variant::LimitLocalRate
+                    | Variant::LimitLocalFlight
                     | Variant::EdgeCallAuth
                     | Variant::EdgeCallAuthFresh
                     | Variant::EdgeCallPii
