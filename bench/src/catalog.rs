@@ -67,11 +67,22 @@ pub fn snapshot(cluster: &str) -> String {
 /// The limits of the `limit-local` variant: never refusing, but every call counted.
 pub const LOCAL_LIMITS: &str = r#"{"default":{"rates":[{"name":"bench","by":["principal","tool"],"requests":1000000,"per_seconds":1}],"concurrency":[{"name":"bench-in-flight","by":["tool"],"max":1000000}]}}"#;
 
+/// [`LOCAL_LIMITS`]' rate alone.
+pub const LOCAL_RATE: &str = r#"{"default":{"rates":[{"name":"bench","by":["principal","tool"],"requests":1000000,"per_seconds":1}],"concurrency":[]}}"#;
+
+/// [`LOCAL_LIMITS`]' limit on calls in flight alone.
+pub const LOCAL_FLIGHT: &str = r#"{"default":{"rates":[],"concurrency":[{"name":"bench-in-flight","by":["tool"],"max":1000000}]}}"#;
+
 /// [`snapshot`] with the virtual server under [`LOCAL_LIMITS`].
 pub fn limited_snapshot(cluster: &str) -> String {
+    snapshot_under(cluster, LOCAL_LIMITS)
+}
+
+/// [`snapshot`] with the virtual server under `limits`.
+pub fn snapshot_under(cluster: &str, limits: &str) -> String {
     let plain = snapshot(cluster);
     let open = plain.strip_suffix('}').unwrap_or(&plain);
-    format!(r#"{open},"limits":{LOCAL_LIMITS}}}"#)
+    format!(r#"{open},"limits":{limits}}}"#)
 }
 
 /// [`snapshot`] with its upstream speaking MCP 2026-07-28 (and 2025-06-18).

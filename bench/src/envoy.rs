@@ -105,6 +105,18 @@ pub fn bootstrap(variant: Variant, upstream: SocketAddr, modules: &Modules) -> V
             vec![mcpgw(&catalog::limited_snapshot(TOOLS_CLUSTER))],
             header_routed,
         ),
+        // Its two limits one at a time: what each costs.
+        Variant::LimitLocalRate | Variant::LimitLocalFlight => {
+            let limits = if variant == Variant::LimitLocalRate {
+                catalog::LOCAL_RATE
+            } else {
+                catalog::LOCAL_FLIGHT
+            };
+            (
+                vec![mcpgw(&catalog::snapshot_under(TOOLS_CLUSTER, limits))],
+                header_routed,
+            )
+        }
         // The same catalog, its upstream speaking 2026-07-28: a call of that era goes to it
         // stateless (a snapshot of its own, so older filters still load the others').
         Variant::EdgeCallModern => (
@@ -351,6 +363,27 @@ mod tests {
             parsed["limits"]["default"]["rates"][0]["name"], "bench",
             "{limited}"
         );
+        // Its two limits one at a time, each the same as in `limit-local`.
+        for (v, rates, concurrency) in [
+            (Variant::LimitLocalRate, 1, 0),
+            (Variant::LimitLocalFlight, 0, 1),
+        ] {
+            let doc = bootstrap(v, up, &modules);
+            let parsed: serde_json::Value = serde_json::from_str(configuration(&doc)).unwrap();
+            let limits = &parsed["limits"]["default"];
+            assert_eq!(limits["rates"].as_array().unwrap().len(), rates, "{v}");
+            assert_eq!(
+                limits["concurrency"].as_array().unwrap().len(),
+                concurrency,
+                "{v}"
+            );
+            let all: serde_json::Value = serde_json::from_str(catalog::LOCAL_LIMITS).unwrap();
+            for kind in ["rates", "concurrency"] {
+                for l in limits[kind].as_array().unwrap() {
+                    assert_eq!(l, &all["default"][kind][0], "{v}");
+                }
+            }
+        }
         for v in [Variant::EdgeList, Variant::EdgeCall] {
             let doc = bootstrap(v, up, &modules);
             assert_eq!(configuration(&doc), catalog::snapshot(TOOLS_CLUSTER), "{v}");

@@ -44,6 +44,12 @@ pub enum Variant {
     /// bucket per principal and tool and a count of calls in flight per tool, both in
     /// shared data (the cost of the limits stage).
     LimitLocal,
+    /// `limit-local` with only its token bucket (no limit on calls in flight): the rate's
+    /// share of the limits stage.
+    LimitLocalRate,
+    /// `limit-local` with only its limit on calls in flight (no rate): the share of a place
+    /// taken at the call and given back at its end.
+    LimitLocalFlight,
     /// `edge-call` on a protected virtual server: Envoy's `jwt_authn` verifies the client's
     /// token (cached after the first request), the filter checks its claims and decides with
     /// ten rules.
@@ -77,7 +83,7 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Variant; 21] = [
+    pub const ALL: [Variant; 23] = [
         Variant::Plain,
         Variant::Native,
         Variant::Floor,
@@ -90,6 +96,8 @@ impl Variant {
         Variant::PlainCallModern,
         Variant::EdgeCallModern,
         Variant::LimitLocal,
+        Variant::LimitLocalRate,
+        Variant::LimitLocalFlight,
         Variant::EdgeCallAuth,
         Variant::EdgeCallAuthFresh,
         Variant::EdgeCallPii,
@@ -116,6 +124,8 @@ impl Variant {
             Variant::PlainCallModern => "plain-call-2026",
             Variant::EdgeCallModern => "edge-call-2026",
             Variant::LimitLocal => "limit-local",
+            Variant::LimitLocalRate => "limit-local-rate",
+            Variant::LimitLocalFlight => "limit-local-flight",
             Variant::EdgeCallAuth => "edge-call-auth",
             Variant::EdgeCallAuthFresh => "edge-call-auth-fresh",
             Variant::EdgeCallPii => "edge-call-pii",
@@ -175,6 +185,14 @@ impl Variant {
                  never refuse (1,000,000 calls per second per principal and tool, 1,000,000 in \
                  flight per tool): two compare-and-swap updates of shared data per call and one \
                  at its end"
+            }
+            Variant::LimitLocalRate => {
+                "`limit-local` with only its rate (1,000,000 calls per second per principal and \
+                 tool): one compare-and-swap update of shared data per call"
+            }
+            Variant::LimitLocalFlight => {
+                "`limit-local` with only its limit on calls in flight (1,000,000 per tool): one \
+                 compare-and-swap update of shared data per call and one at its end"
             }
             Variant::EdgeCallModern => {
                 "mcpgw wasm filter, the snapshot's upstream speaking 2026-07-28: that era's \
@@ -237,6 +255,8 @@ impl Variant {
             Variant::PlainCall
             | Variant::EdgeCall
             | Variant::LimitLocal
+            | Variant::LimitLocalRate
+            | Variant::LimitLocalFlight
             | Variant::EdgeCallAuth
             | Variant::EdgeCallAuthFresh
             | Variant::EdgeCallPii
@@ -265,6 +285,8 @@ impl Variant {
                 | Variant::EdgeCall
                 | Variant::EdgeCallModern
                 | Variant::LimitLocal
+                | Variant::LimitLocalRate
+                | Variant::LimitLocalFlight
                 | Variant::EdgeCallAuth
                 | Variant::EdgeCallAuthFresh
                 | Variant::EdgeCallPii
@@ -318,6 +340,8 @@ impl Variant {
             Variant::EdgeCall
             | Variant::EdgeCallEmptyJwt
             | Variant::LimitLocal
+            | Variant::LimitLocalRate
+            | Variant::LimitLocalFlight
             | Variant::EdgeCallPii
             | Variant::EdgeCallRegex => Workload::new(
                 catalog::ENDPOINT,
@@ -437,6 +461,8 @@ mod tests {
                     | Variant::EdgeCall
                     | Variant::EdgeCallModern
                     | Variant::LimitLocal
+                    | Variant::LimitLocalRate
+                    | Variant::LimitLocalFlight
                     | Variant::EdgeCallAuth
                     | Variant::EdgeCallAuthFresh
                     | Variant::EdgeCallPii

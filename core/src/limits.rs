@@ -16,19 +16,23 @@ pub mod bucket;
 pub mod ratelimit;
 pub mod store;
 
-use std::hash::Hasher;
+use std::rc::Rc;
 
-use crate::fasthash::{Fnv, NameMap};
+use crate::fasthash::NameMap;
 use crate::snapshot::limits::{
     ConcurrencyLimit, FailureMode, KeyPart, Limits, RateLimit, RateLimitService, ServerLimits,
 };
 use bucket::Shape;
-use store::{Acquire, Store, Take};
+use store::{Acquire, Ids, Key, LeaseId, Store, Take};
 
 /// The key part of a request without a principal.
 pub const ANONYMOUS: &str = "anonymous";
 /// The key part of a principal without a team.
 pub const NO_TEAM: &str = "none";
+/// The `method` key part of a local budget for a method MCP does not define and the limit
+/// does not name: a client's made-up method names share one budget instead of each making
+/// a shared-data entry of its own.
+pub const OTHER_METHOD: &str = "(other)";
 
 /// What a request is, for its limits: names from the validated request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,6 +60,18 @@ impl<'a> Subject<'a> {
             KeyPart::Method => Some(self.method),
             KeyPart::Tool => self.tool,
         }
+    }
+
+    /// The value of `part` in a local budget's key: as [`Subject::part`], but a method
+    /// neither MCP nor `named` knows is [`OTHER_METHOD`].
+    fn local_part(&self, part: KeyPart, named: &[String]) -> Option<&'a str> {
+        if part == KeyPart::Method
+            && !crate::mcp::METHODS.iter().any(|m| m.name == self.method)
+            && !named.iter().any(|m| m == self.method)
+        {
+            return Some(OTHER_METHOD);
+        }
+        self.part(part)
     }
 }
 
@@ -98,6 +114,8 @@ pub struct Limited {
 #[derive(Debug, Clone)]
 struct Rate {
     name: String,
+    /// Its budgets' key prefix ([`Key::prefix`]).
+    prefix: String,
     by: Vec<KeyPart>,
     methods: Vec<String>,
     shape: Shape,
@@ -111,6 +129,8 @@ struct Rate {
 #[derive(Debug, Clone)]
 struct Concurrency {
     name: String,
+    /// Its budgets' key prefix ([`Key::prefix`]).
+    prefix: String,
     by: Vec<KeyPart>,
     max: u32,
     hold_ms: u64,
@@ -119,26 +139,30 @@ struct Concurrency {
 /// The limits of one virtual server (or the default ones), compiled.
 #[derive(Debug, Clone)]
 struct Scope {
-    /// Separates the budgets of limits of the same name in different scopes.
-    id: String,
     rates: Vec<Rate>,
     concurrency: Vec<Concurrency>,
 }
 
 impl Scope {
+    /// `id` (a virtual server's, or [`DEFAULT_SCOPE`]) goes into its budgets' keys, so
+    /// limits of the same name in different scopes have their own.
     fn new(id: &str, l: &ServerLimits) -> Scope {
         Scope {
-            id: id.to_owned(),
-            rates: l.rates.iter().map(Rate::new).collect(),
-            concurrency: l.concurrency.iter().map(Concurrency::new).collect(),
+            rates: l.rates.iter().map(|r| Rate::new(id, r)).collect(),
+            concurrency: l
+                .concurrency
+                .iter()
+                .map(|c| Concurrency::new(id, c))
+                .collect(),
         }
     }
 }
 
 impl Rate {
-    fn new(r: &RateLimit) -> Rate {
+    fn new(scope: &str, r: &RateLimit) -> Rate {
         Rate {
             name: r.name.clone(),
+            prefix: Key::prefix(store::RATE_PREFIX, scope, &r.name),
             by: r.by.clone(),
             methods: r.methods.clone(),
             shape: Shape::new(r.requests, r.per_seconds, r.burst.unwrap_or(r.requests)),
@@ -159,9 +183,10 @@ impl Rate {
 }
 
 impl Concurrency {
-    fn new(c: &ConcurrencyLimit) -> Concurrency {
+    fn new(scope: &str, c: &ConcurrencyLimit) -> Concurrency {
         Concurrency {
             name: c.name.clone(),
+            prefix: Key::prefix(store::LEASE_PREFIX, scope, &c.name),
             by: c.by.clone(),
             max: c.max,
             hold_ms: u64::from(c.hold_seconds) * 1000,
@@ -169,19 +194,29 @@ impl Concurrency {
     }
 }
 
-/// The key of `name`'s budget in `scope` for `subject` (`None`: a part is missing).
-fn key(scope: &str, name: &str, by: &[KeyPart], s: &Subject<'_>) -> Option<u64> {
-    let mut h = Fnv::default();
-    h.write(scope.as_bytes());
-    h.write_u8(0);
-    h.write(name.as_bytes());
+/// The shared-data key of the budget under `prefix` (a limit's, [`Key::prefix`]) keyed
+/// `by` for `s` (`None`: a part is missing); `named`: the methods the limit names.
+fn key(prefix: &str, by: &[KeyPart], named: &[String], s: &Subject<'_>) -> Option<Key> {
+    let mut extra = 0;
     for part in by {
-        h.write_u8(0xff);
-        h.write(part.as_str().as_bytes());
-        h.write_u8(0);
-        h.write(s.part(*part)?.as_bytes());
+        extra += s.local_part(*part, named)?.len() + 8;
     }
-    Some(h.finish())
+    let mut k = Key::start(prefix, extra);
+    for part in by {
+        k.part(tag(*part), s.local_part(*part, named)?);
+    }
+    Some(k)
+}
+
+/// A key part's one-letter tag in a budget's key.
+fn tag(part: KeyPart) -> char {
+    match part {
+        KeyPart::Principal => 'p',
+        KeyPart::Team => 'e',
+        KeyPart::Server => 's',
+        KeyPart::Method => 'm',
+        KeyPart::Tool => 't',
+    }
 }
 
 /// The rate-limit service, compiled.
@@ -211,7 +246,7 @@ impl From<&RateLimitService> for Service {
 /// Tokens taken from a bucket, given back if a later limit refuses the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Taken {
-    key: u64,
+    key: Key,
     shape: Shape,
     units: u64,
 }
@@ -219,8 +254,8 @@ struct Taken {
 /// A place held among a key's calls in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    key: u64,
-    id: u64,
+    key: Key,
+    id: LeaseId,
 }
 
 /// A global limit the rate-limit service must check.
@@ -246,12 +281,21 @@ pub struct Held {
     pub leases: Vec<Lease>,
     /// Global limits still to check.
     pub global: Vec<Descriptor>,
+    /// When it was admitted (milliseconds).
+    at: u64,
 }
 
 impl Held {
     /// Whether it holds nothing and has nothing left to check.
     pub fn is_empty(&self) -> bool {
         self.taken.is_empty() && self.leases.is_empty() && self.global.is_empty()
+    }
+
+    /// When it was admitted (milliseconds): a time to release its leases at without asking
+    /// the host's clock again (a release drops the leases expired by then with its own,
+    /// and leaves later ones to the next write).
+    pub fn admitted_at(&self) -> u64 {
+        self.at
     }
 }
 
@@ -261,6 +305,8 @@ pub struct Limiter {
     default: Option<Scope>,
     servers: NameMap<Scope>,
     service: Option<Service>,
+    /// Lease ids of this worker (shared by clones: two never give out the same).
+    ids: Rc<Ids>,
 }
 
 /// The scope id of the default limits (no virtual server id is empty).
@@ -280,6 +326,7 @@ impl Limiter {
                 .map(|(id, l)| (id.clone(), Scope::new(id, l)))
                 .collect(),
             service: limits.service.as_ref().map(Service::from),
+            ids: Rc::default(),
         }
     }
 
@@ -297,36 +344,41 @@ impl Limiter {
         self.servers.get(server).or(self.default.as_ref())
     }
 
-    /// Whether requests to `server` may take leases (and so need a lease id).
-    pub fn leases(&self, server: &str) -> bool {
-        self.scope(server)
-            .is_some_and(|s| !s.concurrency.is_empty())
-    }
-
     /// Admits `subject` at `now` (milliseconds) under its server's local limits: takes a
-    /// lease named `id` on each concurrency limit, then tokens from each rate; lists the
-    /// global limits left to check. A refusal gives back what was taken.
+    /// lease on each concurrency limit, then tokens from each rate; lists the global limits
+    /// left to check. A refusal gives back what was taken.
     pub fn admit(
         &self,
         subject: &Subject<'_>,
         now: u64,
-        id: u64,
         store: &mut impl Store,
     ) -> Result<Held, Limited> {
-        let mut held = Held::default();
+        let mut held = Held {
+            at: now,
+            ..Held::default()
+        };
         let Some(scope) = self.scope(subject.server) else {
             return Ok(held);
         };
+        // One id for every lease of the request, taken when the first is.
+        let mut id = None;
         for c in &scope.concurrency {
-            let Some(key) = key(&scope.id, &c.name, &c.by, subject) else {
+            let Some(key) = key(&c.prefix, &c.by, &[], subject) else {
                 continue;
             };
-            let refused = match store::acquire(store, key, id, c.max, now, now + c.hold_ms) {
-                Acquire::Held => {
+            if id.is_none() {
+                id = self.ids.next(store);
+            }
+            let got = match id {
+                Some(id) => store::acquire(store, key.as_str(), id, c.max, now, now + c.hold_ms),
+                None => Acquire::Contended,
+            };
+            let refused = match (got, id) {
+                (Acquire::Held, Some(id)) => {
                     held.leases.push(Lease { key, id });
                     continue;
                 }
-                Acquire::Full | Acquire::Contended => Limited {
+                _ => Limited {
                     name: c.name.clone(),
                     kind: Kind::Concurrency,
                     retry_after: 1,
@@ -340,15 +392,18 @@ impl Limiter {
             if !r.counts(subject) {
                 continue;
             }
-            let Some(key) = key(&scope.id, &r.name, &r.by, subject) else {
-                continue;
-            };
             if r.global {
-                held.global.push(descriptor(r, subject));
+                // Global limits skip what lacks a part, as local ones do.
+                if r.by.iter().all(|p| subject.part(*p).is_some()) {
+                    held.global.push(descriptor(r, subject));
+                }
                 continue;
             }
+            let Some(key) = key(&r.prefix, &r.by, &r.methods, subject) else {
+                continue;
+            };
             let units = r.shape.units(r.cost);
-            let wait = match store::take(store, key, &r.shape, units, now) {
+            let wait = match store::take(store, key.as_str(), &r.shape, units, now) {
                 Take::Taken => {
                     held.taken.push(Taken {
                         key,
@@ -375,7 +430,7 @@ impl Limiter {
     /// it was admitted locally). Idempotent: what it gave back is gone from `held`.
     pub fn release(&self, held: &mut Held, now: u64, store: &mut impl Store) {
         for t in std::mem::take(&mut held.taken) {
-            store::refund(store, t.key, &t.shape, t.units, now);
+            store::refund(store, t.key.as_str(), &t.shape, t.units, now);
         }
         self.end(held, now, store);
     }
@@ -383,7 +438,7 @@ impl Limiter {
     /// Releases `held`'s leases (its stream ended): its tokens stay spent. Idempotent.
     pub fn end(&self, held: &mut Held, now: u64, store: &mut impl Store) {
         for l in std::mem::take(&mut held.leases) {
-            store::release(store, l.key, l.id, now);
+            store::release(store, l.key.as_str(), l.id, now);
         }
         held.taken.clear();
     }
@@ -432,21 +487,19 @@ mod tests {
     fn defaults_are_per_principal_and_tool_and_skip_what_lacks_a_tool() {
         let l = limiter(r#"{"default":{"concurrency":[]}}"#);
         let mut s = FakeShared::default();
-        let ids = 1;
         for _ in 0..100 {
-            l.admit(&call(None, "a__t0"), 0, ids, &mut s).unwrap();
+            l.admit(&call(None, "a__t0"), 0, &mut s).unwrap();
         }
-        let refused = l.admit(&call(None, "a__t0"), 0, ids, &mut s).unwrap_err();
+        let refused = l.admit(&call(None, "a__t0"), 0, &mut s).unwrap_err();
         assert_eq!(refused.name, "calls-per-principal-per-tool");
         assert_eq!(refused.kind, Kind::Rate);
         assert_eq!(refused.retry_after, 1, "600 ms rounded up");
         assert_eq!(refused.allows, "100 requests per 60 s");
         // Another tool, another principal: their own budgets.
-        l.admit(&call(None, "a__t1"), 0, ids, &mut s).unwrap();
-        l.admit(&call(Some("alice"), "a__t0"), 0, ids, &mut s)
-            .unwrap();
+        l.admit(&call(None, "a__t1"), 0, &mut s).unwrap();
+        l.admit(&call(Some("alice"), "a__t0"), 0, &mut s).unwrap();
         // `anonymous` is the principal of a request without one.
-        l.admit(&call(Some(ANONYMOUS), "a__t0"), 0, ids, &mut s)
+        l.admit(&call(Some(ANONYMOUS), "a__t0"), 0, &mut s)
             .unwrap_err();
         // Keyed by tool: a list has none.
         let list = Subject {
@@ -455,11 +508,11 @@ mod tests {
             ..call(None, "")
         };
         for _ in 0..200 {
-            assert!(l.admit(&list, 0, ids, &mut s).unwrap().is_empty());
+            assert!(l.admit(&list, 0, &mut s).unwrap().is_empty());
         }
         // The bucket refills: a token every 600 ms.
-        l.admit(&call(None, "a__t0"), 600, ids, &mut s).unwrap();
-        l.admit(&call(None, "a__t0"), 600, ids, &mut s).unwrap_err();
+        l.admit(&call(None, "a__t0"), 600, &mut s).unwrap();
+        l.admit(&call(None, "a__t0"), 600, &mut s).unwrap_err();
     }
 
     #[test]
@@ -471,26 +524,25 @@ mod tests {
         );
         let mut s = FakeShared::default();
         for _ in 0..2 {
-            l.admit(&call(None, "x"), 0, 1, &mut s).unwrap();
+            l.admit(&call(None, "x"), 0, &mut s).unwrap();
         }
         for _ in 0..5 {
-            let r = l.admit(&call(None, "x"), 0, 1, &mut s).unwrap_err();
+            let r = l.admit(&call(None, "x"), 0, &mut s).unwrap_err();
             assert_eq!(r.name, "narrow");
             assert_eq!(r.retry_after, 1800);
         }
         // `wide` lost only the two admitted: eight more of it for other tools.
         for i in 0..8 {
-            l.admit(&call(None, &format!("t{i}")), 0, 1, &mut s)
-                .unwrap();
+            l.admit(&call(None, &format!("t{i}")), 0, &mut s).unwrap();
         }
-        let r = l.admit(&call(None, "t9"), 0, 1, &mut s).unwrap_err();
+        let r = l.admit(&call(None, "t9"), 0, &mut s).unwrap_err();
         assert_eq!(r.name, "wide");
         // s2 has no entry and there is no default: nothing limits it.
         let other = Subject {
             server: "s2",
             ..call(None, "x")
         };
-        assert!(l.admit(&other, 0, 1, &mut s).unwrap().is_empty());
+        assert!(l.admit(&other, 0, &mut s).unwrap().is_empty());
     }
 
     #[test]
@@ -499,25 +551,20 @@ mod tests {
             r#"{"default":{"rates":[],"concurrency":[{"name":"c","by":["tool"],"max":2,"hold_seconds":60}]}}"#,
         );
         let mut s = FakeShared::default();
-        let mut next = 0u64;
-        let mut id = || {
-            next += 1;
-            next
-        };
-        let mut a = l.admit(&call(None, "x"), 0, id(), &mut s).unwrap();
-        let mut b = l.admit(&call(None, "x"), 0, id(), &mut s).unwrap();
-        let r = l.admit(&call(None, "x"), 0, id(), &mut s).unwrap_err();
+        let mut a = l.admit(&call(None, "x"), 0, &mut s).unwrap();
+        let mut b = l.admit(&call(None, "x"), 0, &mut s).unwrap();
+        let r = l.admit(&call(None, "x"), 0, &mut s).unwrap_err();
         assert_eq!(
             (r.name.as_str(), r.kind, r.retry_after),
             ("c", Kind::Concurrency, 1)
         );
-        l.admit(&call(None, "y"), 0, id(), &mut s).unwrap();
+        l.admit(&call(None, "y"), 0, &mut s).unwrap();
         l.end(&mut a, 10, &mut s);
         l.end(&mut a, 10, &mut s);
-        let mut c = l.admit(&call(None, "x"), 10, id(), &mut s).unwrap();
-        l.admit(&call(None, "x"), 10, id(), &mut s).unwrap_err();
+        let mut c = l.admit(&call(None, "x"), 10, &mut s).unwrap();
+        l.admit(&call(None, "x"), 10, &mut s).unwrap_err();
         // b's place goes when its hold is over, released or not.
-        l.admit(&call(None, "x"), 60_000, id(), &mut s).unwrap();
+        l.admit(&call(None, "x"), 60_000, &mut s).unwrap();
         l.end(&mut b, 60_001, &mut s);
         l.end(&mut c, 60_001, &mut s);
     }
@@ -529,18 +576,85 @@ mod tests {
                 "concurrency":[{"name":"c","by":["tool"],"max":1}]}}"#,
         );
         let mut s = FakeShared::default();
-        let mut first = l.admit(&call(None, "x"), 0, 1, &mut s).unwrap();
+        let mut first = l.admit(&call(None, "x"), 0, &mut s).unwrap();
         l.end(&mut first, 0, &mut s);
-        let r = l.admit(&call(None, "x"), 0, 2, &mut s).unwrap_err();
+        let r = l.admit(&call(None, "x"), 0, &mut s).unwrap_err();
         assert_eq!(r.name, "r");
-        assert_eq!(
-            store::in_flight(
-                &mut s,
-                key("", "c", &[KeyPart::Tool], &call(None, "x")).unwrap(),
-                0
-            ),
-            0
+        let c = Key::prefix(store::LEASE_PREFIX, DEFAULT_SCOPE, "c");
+        let k = key(&c, &[KeyPart::Tool], &[], &call(None, "x")).unwrap();
+        assert_eq!(store::in_flight(&mut s, k.as_str(), 0), 0);
+    }
+
+    #[test]
+    fn every_budget_has_a_key_of_its_own_and_a_call_costs_four_host_calls() {
+        let l = limiter(
+            r#"{"servers":{"s1":{"rates":[{"name":"r","by":["principal","tool"],"requests":1,"per_seconds":60}],
+                "concurrency":[{"name":"c","by":["tool"],"max":5}]},
+              "s2":{"rates":[{"name":"r","by":["principal","tool"],"requests":1,"per_seconds":60}],"concurrency":[]}}}"#,
         );
+        let mut s = FakeShared::default();
+        // The worker registers once.
+        l.end(
+            &mut l.admit(&call(None, "x"), 0, &mut s).unwrap(),
+            0,
+            &mut s,
+        );
+        let (gets, sets) = (s.gets, s.sets);
+        let mut held = l.admit(&call(Some("ab"), "x"), 0, &mut s).unwrap();
+        assert_eq!((s.gets - gets, s.sets - sets), (2, 2), "a lease, a bucket");
+        l.end(&mut held, 0, &mut s);
+        assert_eq!((s.gets - gets, s.sets - sets), (3, 3), "and the release");
+        // A principal and tool whose bytes run together differently, and the same names
+        // on another server: budgets of their own.
+        l.admit(&call(Some("a"), "bx"), 0, &mut s).unwrap();
+        let other = Subject {
+            server: "s2",
+            ..call(Some("ab"), "x")
+        };
+        l.admit(&other, 0, &mut s).unwrap();
+        l.admit(&other, 0, &mut s).unwrap_err();
+        l.admit(&call(Some("ab"), "x"), 0, &mut s).unwrap_err();
+        let mut keys: Vec<&str> = s.values.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "mcpgw.lim.c2:s11:ct1:x",
+                "mcpgw.lim.c2:s11:ct2:bx",
+                "mcpgw.lim.r2:s11:rp1:at2:bx",
+                "mcpgw.lim.r2:s11:rp2:abt1:x",
+                "mcpgw.lim.r2:s11:rp9:anonymoust1:x",
+                "mcpgw.lim.r2:s21:rp2:abt1:x",
+                "mcpgw.lim.workers",
+            ]
+        );
+    }
+
+    #[test]
+    fn made_up_methods_share_one_budget() {
+        let l = limiter(
+            r#"{"default":{"concurrency":[],"rates":[
+                {"name":"x","by":["method"],"requests":1,"per_seconds":60,"methods":["x/custom"]},
+                {"name":"m","by":["method"],"requests":3,"per_seconds":60}]}}"#,
+        );
+        let mut s = FakeShared::default();
+        let with = |method| Subject {
+            method,
+            ..call(None, "t")
+        };
+        // `x` names x/custom: its own budget there; `m` does not: the made-up methods' one.
+        l.admit(&with("x/custom"), 0, &mut s).unwrap();
+        assert_eq!(l.admit(&with("x/custom"), 0, &mut s).unwrap_err().name, "x");
+        l.admit(&with("made/up1"), 0, &mut s).unwrap();
+        l.admit(&with("made/up2"), 0, &mut s).unwrap();
+        assert_eq!(l.admit(&with("made/up3"), 0, &mut s).unwrap_err().name, "m");
+        // MCP's methods keep budgets of their own.
+        l.admit(&with("tools/call"), 0, &mut s).unwrap();
+        l.admit(&with("tools/list"), 0, &mut s).unwrap();
+        assert!(s.values.contains_key("mcpgw.lim.r0:1:mm7:(other)"));
+        assert!(s.values.contains_key("mcpgw.lim.r0:1:xm8:x/custom"));
+        assert!(s.values.contains_key("mcpgw.lim.r0:1:mm10:tools/call"));
+        assert!(!s.values.keys().any(|k| k.contains("made")));
     }
 
     #[test]
@@ -550,7 +664,7 @@ mod tests {
                 {"name":"g","by":["principal","team","tool"],"requests":5,"per_seconds":60,"global":true,"cost":2}]}}}"#,
         );
         let mut s = FakeShared::default();
-        let held = l.admit(&call(Some("bob"), "x"), 0, 1, &mut s).unwrap();
+        let held = l.admit(&call(Some("bob"), "x"), 0, &mut s).unwrap();
         assert_eq!(
             held.global,
             [Descriptor {

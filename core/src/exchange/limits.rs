@@ -45,17 +45,6 @@ impl<H: Host> Store for Shared<'_, H> {
     }
 }
 
-/// A lease id from the host's random source (or, if it has none, the clock and a
-/// counter: unique within this worker, which is what a collision would need to beat).
-fn lease_id(host: &mut impl Host) -> u64 {
-    let mut b = [0u8; 8];
-    if host.random(&mut b) {
-        return u64::from_le_bytes(b);
-    }
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    host.now_ms().rotate_left(20) ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
 impl Exchange {
     /// Admits `msg` (a request to this exchange's virtual server) under the server's
     /// limits, as `caller`; `Some` holds the 429 when a limit refuses it.
@@ -84,12 +73,7 @@ impl Exchange {
             tool: tool.as_deref(),
         };
         let now = host.now_ms();
-        let id = if config.limits.leases(server) {
-            lease_id(host)
-        } else {
-            0
-        };
-        match config.limits.admit(&subject, now, id, &mut Shared(host)) {
+        match config.limits.admit(&subject, now, &mut Shared(host)) {
             Ok(mut held) => {
                 let descriptors = std::mem::take(&mut held.global);
                 self.held = held;
@@ -219,7 +203,8 @@ impl Exchange {
         if self.held.leases.is_empty() {
             return;
         }
-        let now = host.now_ms();
+        // The time it was admitted: no host call for the clock at every stream's end.
+        let now = self.held.admitted_at();
         let config = Rc::clone(&self.config);
         config.limits.end(&mut self.held, now, &mut Shared(host));
     }

@@ -2,17 +2,27 @@
 //! store the session table uses ([`crate::exchange::Host::shared_get`]), so every worker
 //! of one Envoy reads and writes one budget.
 //!
-//! Shared data cannot delete a key, so, as the session table does, limits use a fixed set
-//! of slots (keys) and keep in each the entries whose key hashes to it: a bucket only while
-//! it is not full (a full bucket is the same as none), a lease only until it is released or
-//! expires. A slot's value is a packed array of 24-byte little-endian records, so reading
-//! one costs no parser. Updates are compare-and-swap on the slot and retried on conflict.
+//! Every budget has a shared-data key of its own: the limit's scope and name and the values
+//! of the request's key parts, each written with its length ([`Key`]), so two budgets never
+//! share a key and no entry can crowd out another. Its value is fixed-width binary, read
+//! without a parser: a bucket is 16 bytes ([`Bucket`]: units left, stamp), a key's calls in
+//! flight are one 24-byte record per lease ([`LeaseId`] and deadline). Updates are
+//! compare-and-swap on that key and retried on conflict.
+//!
+//! Shared data cannot delete a key, so a key, once used, keeps its entry: memory is bounded
+//! per key (16 bytes for a bucket; for leases, at most the limit's `max` live records and
+//! never more than [`MAX_LEASES`]) and keys come only from names the request was validated
+//! against (see [`super::Subject`]). A full bucket and no lease read the same as none.
 //!
 //! Envoy's shared data checks a compare-and-swap token only against a key that exists: a
-//! write to an absent key always succeeds. Two workers creating the same slot at once could
-//! both succeed and one lose its update. So a slot is created with a token no slot holds
+//! write to an absent key always succeeds. Two workers creating the same key at once could
+//! both succeed and one lose its update. So a key is created with a token no key holds
 //! ([`CREATE`]): if another worker created it first, the write fails and is retried against
-//! what that worker wrote.
+//! what that worker wrote. A key whose value was emptied (its last lease released) is not
+//! absent: the host hands back no value for zero bytes, but a token, and that token is what
+//! the next write is checked against.
+
+use std::cell::Cell;
 
 use super::bucket::{Bucket, Shape};
 
@@ -24,63 +34,101 @@ pub trait Store {
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
-/// The token a slot is created with: Envoy's tokens count up from 1 across all keys, so an
-/// existing slot does not hold this one, and the write fails if another worker created it.
+/// The token a key is created with: Envoy's tokens count up from 1 across all keys, so an
+/// existing key does not hold this one, and the write fails if another worker created it.
 pub const CREATE: u32 = u32::MAX;
 /// Attempts at one update before giving up (a request then gets 429: a limit never admits
 /// what it cannot count).
 pub const CAS_ATTEMPTS: usize = 32;
-/// Slots of each kind.
-pub const SLOTS: u64 = 1024;
-/// Prefix of a bucket slot's key.
-pub const BUCKET_PREFIX: &str = "mcpgw.limits.bucket.";
-/// Prefix of a lease slot's key.
-pub const LEASE_PREFIX: &str = "mcpgw.limits.lease.";
-/// Most buckets a slot keeps: past it the bucket stamped longest ago (the one most likely
-/// full again) is forgotten, so a flood of keys costs them their budget's memory, not the
-/// Envoy its memory.
-pub const MAX_BUCKETS: usize = 128;
-/// Most leases a slot keeps: a call that would hold one more is refused.
+/// Prefix of every shared-data key of the local limits.
+pub const PREFIX: &str = "mcpgw.lim.";
+/// Prefix of a rate's bucket keys.
+pub const RATE_PREFIX: &str = "mcpgw.lim.r";
+/// Prefix of a concurrency limit's lease keys.
+pub const LEASE_PREFIX: &str = "mcpgw.lim.c";
+/// The key of the last worker number given out ([`Ids`]).
+pub const WORKERS_KEY: &str = "mcpgw.lim.workers";
+/// Most leases one key holds: a call that would hold one more is refused (a limit's `max`
+/// is the bound that matters; this one only keeps a value's size in hand).
 pub const MAX_LEASES: usize = 1024;
 
-const RECORD: usize = 24;
+/// Bytes of a stored bucket.
+pub const BUCKET_BYTES: usize = 16;
+/// Bytes of one stored lease.
+pub const LEASE_BYTES: usize = 24;
 
-/// The slot key of entry `key` with `prefix`.
-pub fn slot_key(prefix: &str, key: u64) -> String {
-    format!("{prefix}{}", key % SLOTS)
+/// The shared-data key of one budget, built by appending to a limit's prefix.
+///
+/// Every component is written as `<length>:<bytes>` (a part's name as one letter before
+/// it), so different names, or the same bytes split differently between parts, never make
+/// the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(String);
+
+impl Key {
+    /// The prefix of the budgets of the limit `name` in scope `scope`: rates and
+    /// concurrency limits under their own prefixes ([`RATE_PREFIX`], [`LEASE_PREFIX`]).
+    pub fn prefix(kind: &str, scope: &str, name: &str) -> String {
+        let mut k = Key(String::with_capacity(
+            kind.len() + scope.len() + name.len() + 8,
+        ));
+        k.0.push_str(kind);
+        k.push(scope);
+        k.push(name);
+        k.0
+    }
+
+    /// Starts a key from `prefix`, room made for `extra` more bytes.
+    pub fn start(prefix: &str, extra: usize) -> Key {
+        let mut s = String::with_capacity(prefix.len() + extra);
+        s.push_str(prefix);
+        Key(s)
+    }
+
+    /// Appends a part: its tag, then its value.
+    pub fn part(&mut self, tag: char, value: &str) {
+        self.0.push(tag);
+        self.push(value);
+    }
+
+    fn push(&mut self, value: &str) {
+        push_decimal(&mut self.0, value.len());
+        self.0.push(':');
+        self.0.push_str(value);
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-fn records(bytes: Option<&[u8]>) -> impl Iterator<Item = [u64; 3]> + '_ {
-    // A value of another length is not this build's: read as empty.
-    let bytes = bytes.filter(|b| b.len() % RECORD == 0).unwrap_or_default();
-    bytes.chunks_exact(RECORD).map(|r| {
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            if let Some(src) = r.get(i * 8..i * 8 + 8) {
-                w.copy_from_slice(src);
-            }
-            u64::from_le_bytes(w)
-        };
-        [word(0), word(1), word(2)]
-    })
-}
-
-fn pack(records: impl Iterator<Item = [u64; 3]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for r in records {
-        for w in r {
-            out.extend_from_slice(&w.to_le_bytes());
+/// Appends `n` in decimal (`format!` costs the formatting machinery on every request).
+fn push_decimal(out: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
         }
     }
-    out
+    for d in digits.get(at..).unwrap_or_default() {
+        out.push(char::from(*d));
+    }
 }
 
 /// Reads `key`, lets `change` compute the new value (`None`: leave it) and writes it by
 /// compare-and-swap, again on conflict; `None` when every attempt lost.
-pub fn update<T>(
+pub fn update<T, V: AsRef<[u8]>>(
     store: &mut impl Store,
     key: &str,
-    mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+    mut change: impl FnMut(Option<&[u8]>) -> (Option<V>, T),
 ) -> Option<T> {
     for _ in 0..CAS_ATTEMPTS {
         let (value, cas) = store.get(key);
@@ -88,14 +136,41 @@ pub fn update<T>(
         let Some(new) = new else {
             return Some(out);
         };
-        // Absent is told by the token, not the value: an emptied slot reads as no value
+        // Absent is told by the token, not the value: an emptied key reads as no value
         // (the host hands back nothing for zero bytes) but has a token.
         let cas = if cas.is_none() { Some(CREATE) } else { cas };
-        if store.set(key, &new, cas) {
+        if store.set(key, new.as_ref(), cas) {
             return Some(out);
         }
     }
     None
+}
+
+/// The little-endian word at byte `at` of `bytes` (0 past its end).
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(src) = bytes.get(at..at + 8) {
+        w.copy_from_slice(src);
+    }
+    u64::from_le_bytes(w)
+}
+
+/// The bucket stored as `value` (`None`: absent, which is full; so is a value of another
+/// length, which no build of these keys writes).
+fn bucket(value: Option<&[u8]>) -> Option<Bucket> {
+    let v = value.filter(|v| v.len() == BUCKET_BYTES)?;
+    Some(Bucket {
+        units: word(v, 0),
+        stamp: word(v, 8),
+    })
+}
+
+fn bucket_bytes(b: &Bucket) -> [u8; BUCKET_BYTES] {
+    let mut out = [0u8; BUCKET_BYTES];
+    let (units, stamp) = out.split_at_mut(8);
+    units.copy_from_slice(&b.units.to_le_bytes());
+    stamp.copy_from_slice(&b.stamp.to_le_bytes());
+    out
 }
 
 /// What taking from a bucket came to.
@@ -105,67 +180,106 @@ pub enum Take {
     Taken,
     /// Not enough: milliseconds until there is.
     Short(u64),
-    /// The slot kept changing under every attempt.
+    /// The key kept changing under every attempt.
     Contended,
 }
 
 /// Takes `cost` units from bucket `key` of `shape` at `now` (milliseconds).
-pub fn take(store: &mut impl Store, key: u64, shape: &Shape, cost: u64, now: u64) -> Take {
-    let slot = slot_key(BUCKET_PREFIX, key);
-    let out = update(store, &slot, |value| {
-        let mut others: Vec<[u64; 3]> = Vec::new();
-        let mut mine = None;
-        for r in records(value) {
-            if r[0] == key {
-                mine = Some(Bucket {
-                    units: r[1],
-                    stamp: r[2],
-                });
-            } else {
-                others.push(r);
-            }
+pub fn take(store: &mut impl Store, key: &str, shape: &Shape, cost: u64, now: u64) -> Take {
+    update(store, key, |value| {
+        let mut b = Bucket::at(bucket(value), shape, now);
+        match b.take(shape, cost) {
+            Ok(()) => (Some(bucket_bytes(&b)), Take::Taken),
+            Err(wait) => (None, Take::Short(wait)),
         }
-        let mut bucket = Bucket::at(mine, shape, now);
-        if let Err(wait) = bucket.take(shape, cost) {
-            return (None, Take::Short(wait));
-        }
-        if others.len() >= MAX_BUCKETS
-            && let Some(oldest) = (0..others.len()).min_by_key(|&i| others.get(i).map(|r| r[2]))
-        {
-            others.remove(oldest);
-        }
-        others.push([key, bucket.units, bucket.stamp]);
-        (Some(pack(others.into_iter())), Take::Taken)
-    });
-    out.unwrap_or(Take::Contended)
+    })
+    .unwrap_or(Take::Contended)
 }
 
 /// Gives `cost` units back to bucket `key` (taken for a request another limit refused).
-pub fn refund(store: &mut impl Store, key: u64, shape: &Shape, cost: u64, now: u64) -> bool {
-    let slot = slot_key(BUCKET_PREFIX, key);
-    update(store, &slot, |value| {
-        let mut out: Vec<[u64; 3]> = Vec::new();
-        for r in records(value) {
-            if r[0] != key {
-                out.push(r);
-                continue;
-            }
-            let mut b = Bucket::at(
-                Some(Bucket {
-                    units: r[1],
-                    stamp: r[2],
-                }),
-                shape,
-                now,
-            );
-            b.refund(shape, cost);
-            if !b.is_full(shape) {
-                out.push([key, b.units, b.stamp]);
-            }
-        }
-        (Some(pack(out.into_iter())), ())
+pub fn refund(store: &mut impl Store, key: &str, shape: &Shape, cost: u64, now: u64) -> bool {
+    update(store, key, |value| {
+        // Absent is full: nothing to give back to.
+        let Some(b) = bucket(value) else {
+            return (None, ());
+        };
+        let mut b = Bucket::at(Some(b), shape, now);
+        b.refund(shape, cost);
+        (Some(bucket_bytes(&b)), ())
     })
     .is_some()
+}
+
+/// Units left in bucket `key` at its last write (`None`: absent, that is full; for tests
+/// and diagnostics).
+pub fn units(store: &mut impl Store, key: &str) -> Option<u64> {
+    let (value, _) = store.get(key);
+    bucket(value.as_deref()).map(|b| b.units)
+}
+
+/// Who holds a lease: the worker (its number among all the Envoy's, [`Ids`]) and the
+/// worker's count of leases taken. Never the same for two leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseId {
+    /// The worker's number (from 1).
+    pub worker: u64,
+    /// The lease's number on that worker (from 1).
+    pub seq: u64,
+}
+
+/// Gives out lease ids: the worker's number, taken once from a counter in shared data
+/// ([`WORKERS_KEY`]), then a count. Unique across every worker of the Envoy and every
+/// compiled configuration, with no randomness and one host call per lease saved.
+#[derive(Debug, Default)]
+pub struct Ids {
+    worker: Cell<u64>,
+    seq: Cell<u64>,
+}
+
+impl Ids {
+    /// The next id (`None`: the worker counter kept changing under every attempt).
+    pub fn next(&self, store: &mut impl Store) -> Option<LeaseId> {
+        if self.worker.get() == 0 {
+            self.worker.set(register_worker(store)?);
+        }
+        let seq = self.seq.get().wrapping_add(1);
+        self.seq.set(seq);
+        Some(LeaseId {
+            worker: self.worker.get(),
+            seq,
+        })
+    }
+}
+
+/// A worker number no one has had: one more than the last given out.
+pub fn register_worker(store: &mut impl Store) -> Option<u64> {
+    update(store, WORKERS_KEY, |value| {
+        let n = value.map_or(0, |v| word(v, 0)).saturating_add(1);
+        (Some(n.to_le_bytes()), n)
+    })
+}
+
+/// The leases stored as `value`: `(id, deadline)` (a value of another length is not this
+/// build's: read as none).
+fn leases(value: Option<&[u8]>) -> impl Iterator<Item = (LeaseId, u64)> + '_ {
+    let bytes = value
+        .filter(|b| b.len() % LEASE_BYTES == 0)
+        .unwrap_or_default();
+    bytes.chunks_exact(LEASE_BYTES).map(|r| {
+        (
+            LeaseId {
+                worker: word(r, 0),
+                seq: word(r, 8),
+            },
+            word(r, 16),
+        )
+    })
+}
+
+fn push_lease(out: &mut Vec<u8>, id: LeaseId, deadline: u64) {
+    out.extend_from_slice(&id.worker.to_le_bytes());
+    out.extend_from_slice(&id.seq.to_le_bytes());
+    out.extend_from_slice(&deadline.to_le_bytes());
 }
 
 /// What asking for a lease came to.
@@ -175,229 +289,58 @@ pub enum Acquire {
     Held,
     /// `max` are in flight already.
     Full,
-    /// The slot kept changing under every attempt.
+    /// The key kept changing under every attempt.
     Contended,
 }
 
 /// Takes lease `id` on `key` until `deadline` (milliseconds) if fewer than `max` unexpired
-/// leases on it are held at `now`.
+/// leases on it are held at `now`; expired ones are dropped on the way.
 pub fn acquire(
     store: &mut impl Store,
-    key: u64,
-    id: u64,
+    key: &str,
+    id: LeaseId,
     max: u32,
     now: u64,
     deadline: u64,
 ) -> Acquire {
-    let slot = slot_key(LEASE_PREFIX, key);
-    update(store, &slot, |value| {
-        let mut live: Vec<[u64; 3]> = records(value).filter(|r| r[2] > now).collect();
-        let held = live.iter().filter(|r| r[0] == key).count();
-        if held >= max as usize || live.len() >= MAX_LEASES {
+    update(store, key, |value| {
+        let live = leases(value).filter(|(_, d)| *d > now).count();
+        if live >= max as usize || live >= MAX_LEASES {
             return (None, Acquire::Full);
         }
-        live.push([key, id, deadline]);
-        (Some(pack(live.into_iter())), Acquire::Held)
+        let mut out = Vec::with_capacity((live + 1) * LEASE_BYTES);
+        for (other, d) in leases(value).filter(|(_, d)| *d > now) {
+            push_lease(&mut out, other, d);
+        }
+        push_lease(&mut out, id, deadline);
+        (Some(out), Acquire::Held)
     })
     .unwrap_or(Acquire::Contended)
 }
 
-/// Releases lease `id` on `key` (nothing if it is not held: a release is idempotent).
-pub fn release(store: &mut impl Store, key: u64, id: u64, now: u64) -> bool {
-    let slot = slot_key(LEASE_PREFIX, key);
-    update(store, &slot, |value| {
-        let all: Vec<[u64; 3]> = records(value).collect();
-        let kept: Vec<[u64; 3]> = all
-            .iter()
-            .copied()
-            .filter(|r| !(r[0] == key && r[1] == id) && r[2] > now)
-            .collect();
-        if kept.len() == all.len() {
+/// Releases lease `id` on `key` (nothing if it is not held: a release is idempotent);
+/// expired leases go with it.
+pub fn release(store: &mut impl Store, key: &str, id: LeaseId, now: u64) -> bool {
+    update(store, key, |value| {
+        let all = leases(value).count();
+        let kept = || leases(value).filter(|(other, d)| *other != id && *d > now);
+        if kept().count() == all {
             return (None, ());
         }
-        (Some(pack(kept.into_iter())), ())
+        let mut out = Vec::with_capacity(all.saturating_sub(1) * LEASE_BYTES);
+        for (other, d) in kept() {
+            push_lease(&mut out, other, d);
+        }
+        (Some(out), ())
     })
     .is_some()
 }
 
 /// Unexpired leases on `key` at `now` (for tests and diagnostics).
-pub fn in_flight(store: &mut impl Store, key: u64, now: u64) -> usize {
-    let (value, _) = store.get(&slot_key(LEASE_PREFIX, key));
-    records(value.as_deref())
-        .filter(|r| r[0] == key && r[2] > now)
-        .count()
+pub fn in_flight(store: &mut impl Store, key: &str, now: u64) -> usize {
+    let (value, _) = store.get(key);
+    leases(value.as_deref()).filter(|(_, d)| *d > now).count()
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-
-    use super::*;
-    use std::collections::HashMap;
-
-    /// Envoy's shared data as proxy-wasm-cpp-host implements it: a token per value from
-    /// one counter; a write to an existing key fails unless its token is 0 or current; a
-    /// write to an absent key always succeeds. `interleave` runs another writer's update
-    /// right before each of the next writes (a conflict the update must retry).
-    #[derive(Default)]
-    pub struct FakeShared {
-        pub values: HashMap<String, (Vec<u8>, u32)>,
-        pub next_cas: u32,
-        pub sets: usize,
-        pub conflicts: usize,
-        pub interleave: Vec<Interleaved>,
-    }
-
-    /// Another writer's update, run before a write.
-    pub type Interleaved = Box<dyn FnMut(&mut FakeShared)>;
-
-    impl FakeShared {
-        pub fn raw_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let cas = cas.unwrap_or(0);
-            if let Some((_, current)) = self.values.get(key)
-                && cas != 0
-                && cas != *current
-            {
-                self.conflicts += 1;
-                return false;
-            }
-            self.next_cas += 1;
-            self.values
-                .insert(key.to_owned(), (value.to_vec(), self.next_cas));
-            true
-        }
-    }
-
-    impl Store for FakeShared {
-        fn get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.values.get(key) {
-                // As the filter's host reads it: zero bytes come back as no value.
-                Some((v, c)) if v.is_empty() => (None, Some(*c)),
-                Some((v, c)) => (Some(v.clone()), Some(*c)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            self.sets += 1;
-            if !self.interleave.is_empty() {
-                let mut other = self.interleave.remove(0);
-                other(self);
-            }
-            self.raw_set(key, value, cas)
-        }
-    }
-
-    #[test]
-    fn records_round_trip_and_foreign_values_read_empty() {
-        let rs = vec![[1, 2, 3], [u64::MAX, 0, 7]];
-        let packed = pack(rs.clone().into_iter());
-        assert_eq!(packed.len(), 48);
-        assert_eq!(records(Some(&packed)).collect::<Vec<_>>(), rs);
-        assert_eq!(records(Some(b"12345")).count(), 0);
-        assert_eq!(records(None).count(), 0);
-        assert_eq!(slot_key(BUCKET_PREFIX, 1025), "mcpgw.limits.bucket.1");
-    }
-
-    #[test]
-    fn a_bucket_spends_its_budget_across_writers_exactly() {
-        let shape = Shape::new(3, 60, 3);
-        let one = shape.units(1);
-        let mut s = FakeShared::default();
-        // Every write loses once to another worker taking from the same bucket.
-        for _ in 0..2 {
-            s.interleave.push(Box::new(move |s: &mut FakeShared| {
-                let mut other = FakeShared {
-                    values: std::mem::take(&mut s.values),
-                    next_cas: s.next_cas,
-                    ..FakeShared::default()
-                };
-                assert_eq!(take(&mut other, 7, &shape, one, 0), Take::Taken);
-                s.values = other.values;
-                s.next_cas = other.next_cas;
-            }));
-        }
-        assert_eq!(take(&mut s, 7, &shape, one, 0), Take::Taken);
-        assert_eq!(s.conflicts, 2, "retried twice");
-        // Two taken by the other writer, one here: the bucket is empty.
-        assert_eq!(take(&mut s, 7, &shape, one, 0), Take::Short(20_000));
-        assert!(refund(&mut s, 7, &shape, one, 0));
-        assert_eq!(take(&mut s, 7, &shape, one, 0), Take::Taken);
-        // Other keys are their own buckets, in the same slot or not.
-        assert_eq!(take(&mut s, 7 + SLOTS, &shape, one, 0), Take::Taken);
-        assert_eq!(take(&mut s, 8, &shape, one, 0), Take::Taken);
-    }
-
-    #[test]
-    fn creating_a_slot_never_overwrites_one_created_meanwhile() {
-        let shape = Shape::new(1, 60, 1);
-        let one = shape.units(1);
-        let mut s = FakeShared::default();
-        // Another worker creates the slot (spending key 5's only token) between this
-        // worker's read of nothing and its write.
-        s.interleave.push(Box::new(move |s: &mut FakeShared| {
-            let mut other = FakeShared::default();
-            assert_eq!(take(&mut other, 5, &shape, one, 0), Take::Taken);
-            s.values = other.values;
-            s.next_cas = other.next_cas;
-        }));
-        assert_eq!(take(&mut s, 5, &shape, one, 0), Take::Short(60_000));
-        assert_eq!(s.conflicts, 1);
-    }
-
-    #[test]
-    fn a_slot_that_never_settles_is_contended() {
-        let shape = Shape::new(1, 60, 1);
-        let mut s = FakeShared::default();
-        for _ in 0..CAS_ATTEMPTS {
-            s.interleave.push(Box::new(|s: &mut FakeShared| {
-                s.raw_set(&slot_key(BUCKET_PREFIX, 9), b"", None);
-            }));
-        }
-        assert_eq!(take(&mut s, 9, &shape, shape.units(1), 0), Take::Contended);
-    }
-
-    #[test]
-    fn leases_count_expire_and_release_once() {
-        let mut s = FakeShared::default();
-        assert_eq!(acquire(&mut s, 1, 100, 2, 0, 1_000), Acquire::Held);
-        assert_eq!(acquire(&mut s, 1, 101, 2, 0, 1_000), Acquire::Held);
-        assert_eq!(acquire(&mut s, 1, 102, 2, 0, 1_000), Acquire::Full);
-        assert_eq!(acquire(&mut s, 1 + SLOTS, 103, 2, 0, 1_000), Acquire::Held);
-        assert_eq!(in_flight(&mut s, 1, 0), 2);
-        assert!(release(&mut s, 1, 100, 0));
-        let sets = s.sets;
-        assert!(
-            release(&mut s, 1, 100, 0),
-            "a second release changes nothing"
-        );
-        assert_eq!(s.sets, sets, "and writes nothing");
-        assert_eq!(in_flight(&mut s, 1, 0), 1);
-        assert_eq!(acquire(&mut s, 1, 104, 2, 0, 1_000), Acquire::Held);
-        assert_eq!(acquire(&mut s, 1, 105, 2, 999, 2_000), Acquire::Full);
-        // Past their deadline, leases stop counting (a call that outlived its hold, or a
-        // worker that died with it).
-        assert_eq!(acquire(&mut s, 1, 106, 2, 1_000, 2_000), Acquire::Held);
-        assert_eq!(in_flight(&mut s, 1, 1_000), 1);
-    }
-
-    #[test]
-    fn a_slot_emptied_by_its_last_release_takes_leases_again() {
-        let mut s = FakeShared::default();
-        for id in 0..3 {
-            assert_eq!(acquire(&mut s, 4, id, 1, 0, 1_000), Acquire::Held, "{id}");
-            assert!(release(&mut s, 4, id, 0));
-            assert_eq!(
-                s.values[&slot_key(LEASE_PREFIX, 4)].0.len(),
-                0,
-                "the slot is empty, not absent"
-            );
-        }
-        // And a bucket slot emptied by a refund takes tokens again.
-        let shape = Shape::new(1, 60, 1);
-        let one = shape.units(1);
-        assert_eq!(take(&mut s, 4, &shape, one, 0), Take::Taken);
-        assert!(refund(&mut s, 4, &shape, one, 0));
-        assert_eq!(take(&mut s, 4, &shape, one, 0), Take::Taken);
-        assert_eq!(take(&mut s, 4, &shape, one, 0), Take::Short(60_000));
-    }
-}
+pub(crate) mod tests;

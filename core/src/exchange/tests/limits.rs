@@ -251,16 +251,16 @@ fn rls_answer(code: u8, reset: u8) -> Vec<u8> {
     vec![0x08, code, 0x12, 6, 0x08, code, 0x22, 2, 0x08, reset]
 }
 
-/// Units left in the bucket of the local limit of tool a__t0 (the one entry of its slot).
+/// Units left in the bucket of the local limit of tool a__t0 (the one bucket).
 fn local_units(table: &Table) -> Option<u64> {
     let t = table.borrow();
     let (value, _) = t
         .iter()
-        .find(|(k, _)| k.starts_with(crate::limits::store::BUCKET_PREFIX))?
+        .find(|(k, _)| k.starts_with(crate::limits::store::RATE_PREFIX))?
         .1
         .clone();
     value
-        .get(8..16)
+        .get(0..8)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
 }
 
