@@ -885,16 +885,26 @@ fn select<'a>(target: Val<'a>, field: &str, env: &Env<'a>) -> Val<'a> {
 fn index_of<'a>(target: Val<'a>, index: Val<'a>, env: &Env<'a>) -> Val<'a> {
     match (target, index) {
         (Val::Unknown, _) | (_, Val::Unknown) => Val::Unknown,
-        (Val::Json(Value::Array(a)), Val::Int(i)) => usize::try_from(i)
-            .ok()
+        (Val::Json(Value::Array(a)), i) => position(&i)
             .and_then(|i| a.get(i))
             .map_or(Val::Error, from_json),
-        (Val::List(mut l), Val::Int(i)) => match usize::try_from(i) {
-            Ok(i) if i < l.len() => l.swap_remove(i),
+        (Val::List(mut l), i) => match position(&i) {
+            Some(i) if i < l.len() => l.swap_remove(i),
             _ => Val::Error,
         },
         (t @ (Val::Json(Value::Object(_)) | Val::Request), Val::Str(k)) => select(t, &k, env),
         _ => Val::Error,
+    }
+}
+
+/// A list index: an integer, or a decimal with no fraction (as the `cel` crate reads
+/// `l[1.0]`).
+fn position(i: &Val<'_>) -> Option<usize> {
+    match i {
+        Val::Int(i) => usize::try_from(*i).ok(),
+        // In range and whole, so the conversion is exact.
+        Val::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 4_294_967_296.0 => Some(*f as usize),
+        _ => None,
     }
 }
 
@@ -915,7 +925,14 @@ fn equal(a: &Val<'_>, b: &Val<'_>) -> bool {
         (Val::Bool(x), Val::Bool(y)) => x == y,
         (Val::Int(x), Val::Int(y)) => x == y,
         (Val::Str(x), Val::Str(y)) => x == y,
-        (Val::Json(Value::Object(x)), Val::Json(Value::Object(y))) => x == y,
+        // Member by member, so numbers compare as numbers (`{"a": 1}` equals `{"a": 1.0}`).
+        (Val::Json(Value::Object(x)), Val::Json(Value::Object(y))) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| {
+                    y.get(k)
+                        .is_some_and(|w| equal(&from_json(v), &from_json(w)))
+                })
+        }
         (Val::EmptyMap, Val::Json(Value::Object(m)))
         | (Val::Json(Value::Object(m)), Val::EmptyMap) => m.is_empty(),
         (Val::EmptyMap, Val::EmptyMap) => true,
@@ -956,6 +973,8 @@ fn compare(op: Cmp, a: &Val<'_>, b: &Val<'_>) -> Val<'static> {
     let order = match (a, b) {
         (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
+        // CEL orders bools: `false < true`.
+        (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(y)),
         (x, y) => match (number(x), number(y)) {
             (Some(x), Some(y)) => x.partial_cmp(&y),
             _ => None,
@@ -979,6 +998,11 @@ fn contains<'a>(range: &Val<'a>, x: &Val<'a>) -> Val<'a> {
         (_, Val::Error) => Val::Error,
         (Val::Json(Value::Object(m)), Val::Str(k)) => Val::Bool(m.contains_key(k.as_ref())),
         (Val::EmptyMap, Val::Str(_)) => Val::Bool(false),
+        // A JSON object's keys are strings: another key CEL can look up is never one.
+        (
+            Val::Json(Value::Object(_)) | Val::EmptyMap,
+            Val::Int(_) | Val::Float(_) | Val::Bool(_),
+        ) => Val::Bool(false),
         (r, x) if is_list(r) => {
             Val::Bool(elements(r).is_some_and(|items| items.iter().any(|i| equal(i, x))))
         }
