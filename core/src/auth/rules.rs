@@ -16,7 +16,8 @@
 //!   the resource URI, `server`), `args` (a `tools/call`'s arguments; an empty map for other
 //!   methods);
 //! - field access `a.b`, index `a[0]`, `a['key']`; `has(a.b)`;
-//! - `==`, `!=`, `<`, `<=`, `>`, `>=` (numbers, strings), `in` (list membership, map key),
+//! - `==`, `!=`, `<`, `<=`, `>`, `>=` (numbers, strings, bools), `in` (list membership, map
+//!   key),
 //!   `!`, unary `-`, `&&`, `||` (CEL's commutative error absorption: `false && error` is
 //!   `false`), `c ? a : b`;
 //! - `s.startsWith(p)`, `s.endsWith(p)`, `s.contains(p)`, `size(x)` / `x.size()`,
@@ -24,6 +25,11 @@
 //!
 //! Not supported (refused at configure time): arithmetic, map literals, `matches` (no regex
 //! engine in the filter), type conversions, macros other than `has`, `exists`, `all`.
+//!
+//! The control plane checks each condition when it is written with the `cel` crate's parser,
+//! the names and types this module provides and this subset (`mcpgw::rules`), and its
+//! integration test `rules` holds this evaluator to the `cel` crate's interpreter over a
+//! corpus of conditions: fix a disagreement here, or refuse the construct there.
 //!
 //! Evaluation is three-valued where it must be: a list answered at the edge asks which
 //! tools a principal may call without knowing a call's arguments, so `args` is then
@@ -1176,6 +1182,13 @@ mod tests {
             ("null == null && claims.sub != null", t),
             ("'x' == 1", f),
             ("1 < 2 < 3", Outcome::Error),
+            // As the `cel` crate decides them (the control plane's differential test).
+            ("false < true && claims.admin <= true", t),
+            ("args.tags[1.0] == 'b'", t),
+            ("args.tags[0.5] == 'a'", Outcome::Error),
+            ("claims.level in claims || claims.admin in args", f),
+            ("null in claims", Outcome::Error),
+            ("args.opts == args.opts && claims.nested != args.opts", t),
         ];
         for (src, want) in cases {
             assert_eq!(run(src, a), *want, "{src}");
