@@ -566,6 +566,7 @@ async fn a_policy_rule_is_checked_as_cel_from_the_cli() {
     let api = format!("http://{}", cp.addr);
     let (s, v) = cp.post("/servers", json!({"name": "s1"})).await;
     assert_eq!(s, 201, "{v}");
+    let sid = v["id"].as_str().unwrap().to_owned();
     let (s, v) = cp
         .put(
             "/issuers/corp",
@@ -607,5 +608,11 @@ async fn a_policy_rule_is_checked_as_cel_from_the_cli() {
     write("\"'developer' in principal.roles\"");
     let (ok, out, err) = run_as(&api, cp.token.as_deref(), &set).await;
     assert!(ok, "{err}");
-    assert!(out.contains("s1") || !out.is_empty(), "{out}");
+    assert!(out.contains(&sid), "{out}");
+    let (s, v) = cp.get(&format!("/policies/{sid}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["spec"]["rules"][0]["when"],
+        "'developer' in principal.roles"
+    );
 }
