@@ -223,6 +223,10 @@ struct Activation {
 /// that is not a bool).
 fn cel_outcome(env: &Arc<cel::Env>, rule: &str, a: &Activation) -> Outcome {
     let program = env.compile(rule).unwrap_or_else(|e| panic!("{rule}: {e}"));
+    run_cel(env, &program, a)
+}
+
+fn run_cel(env: &Arc<cel::Env>, program: &cel::Program, a: &Activation) -> Outcome {
     let mut ctx = Context::with_env(Arc::clone(env));
     ctx.add_variable_from_value("principal", to_cel(&a.principal));
     ctx.add_variable_from_value("claims", to_cel(&a.claims));
@@ -500,4 +504,55 @@ fn what_the_edge_would_read_differently_is_refused_named_and_placed() {
         other => wrong.push(format!("a 5 kB rule: {other:?}")),
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Conditions combined two by two (`&&`, `||`, `!`, `?:`, inside `exists`), so errors and
+/// absorption meet every kind of operand: a deterministic sample of the pairs.
+#[test]
+fn combined_conditions_decide_as_cel_does() {
+    let env = Arc::new(cel::Env::stdlib());
+    let plain = access(json!([]));
+    let mut activations = Vec::new();
+    for claims in principals() {
+        let who = principal(&plain, &claims);
+        for (i, args) in arguments().into_iter().enumerate() {
+            activations.push(Activation {
+                principal: principal_object(&who),
+                claims: who.claims.clone(),
+                name: TOOLS[i % TOOLS.len()],
+                args: serde_json::from_str(args).unwrap(),
+            });
+        }
+    }
+    let n = CORPUS.len();
+    let mut disagree = Vec::new();
+    let mut checked = 0;
+    for k in 0..400 {
+        // `a` walks the corpus (three times over), `b` jumps through it.
+        let (a, b) = (CORPUS[k % n], CORPUS[(k * 37 + 11) % n]);
+        let rule = match k % 5 {
+            0 => format!("({a}) && ({b})"),
+            1 => format!("({a}) || ({b})"),
+            2 => format!("!({a}) || !({b})"),
+            3 => format!("({a}) ? ({b}) : !({b})"),
+            _ => format!("[1, 2].exists(x, x == 1 ? ({a}) : ({b}))"),
+        };
+        if let Err(e) = check(&rule) {
+            disagree.push(format!("{rule}: refused when written: {e}"));
+            continue;
+        }
+        let program = env.compile(&rule).unwrap();
+        for act in &activations {
+            let (want, got) = (run_cel(&env, &program, act), edge_outcome(&rule, act));
+            checked += 1;
+            if want != got {
+                disagree.push(format!(
+                    "{rule} [{} {} {}]: cel {want:?}, edge {got:?}",
+                    act.claims["sub"], act.name, act.args
+                ));
+            }
+        }
+    }
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+    assert_eq!(checked, 400 * activations.len());
 }
