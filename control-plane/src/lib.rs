@@ -13,6 +13,7 @@ pub mod model;
 pub mod pinning;
 pub mod ratelimit;
 pub mod relay;
+pub mod rules;
 pub mod serving;
 pub mod snapshot;
 pub mod sse;

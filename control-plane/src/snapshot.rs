@@ -369,6 +369,22 @@ pub fn check_server_auth(
     mcpgw_core::auth::check_rules(id, a)
 }
 
+/// Checks a server's policy as it is written (the API): as [`check_server_auth`] does, but
+/// each rule condition with [`crate::rules::check`] (the `cel` crate's parser, the names
+/// and types the edge provides, the edge's subset), which refuses more and says where.
+/// What is published is checked again as the filter will, by [`check_server_auth`].
+pub fn check_written_server_auth(
+    id: &str,
+    a: &ServerAuth,
+    auth: &Auth,
+) -> Result<(), mcpgw_core::snapshot::auth::AuthError> {
+    mcpgw_core::snapshot::auth::validate_server(id, a, auth)?;
+    crate::rules::check_all(&a.rules).map_err(|(i, e)| mcpgw_core::snapshot::auth::AuthError {
+        field: format!("servers.{id}.auth.rules[{i}].when"),
+        reason: e.to_string(),
+    })
+}
+
 /// Checks a server's limits as the filter will (`service`: where global limits go).
 pub fn check_server_limits(
     id: &str,

@@ -24,6 +24,7 @@ mod integration {
     mod pinning;
     mod policies;
     mod ratelimit;
+    mod rules;
     mod serving;
     mod store;
     mod token_exchange;

@@ -4,8 +4,8 @@
 //!
 //! Bodies are the filter snapshot's own types (`mcpgw_core::snapshot::{auth, limits,
 //! plugins}`), so the API takes exactly what the edge reads; each write is checked with the
-//! filter's own validation (rules compiled with its rule compiler) against what is stored
-//! now, and refused with a 422 naming the field of the body, the store unchanged. Every
+//! filter's own validation (rule conditions also checked as CEL, `crate::rules`) against
+//! what is stored now, and refused with a 422 naming the field of the body, the store unchanged. Every
 //! write bumps the registry version: the Envoys get it with the next push.
 
 use axum::Json;
@@ -21,7 +21,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::problem::ApiJson;
 use super::{ApiError, AppState, Problem};
 use crate::edge_config::{RefreshError, Refreshed};
-use crate::snapshot::{check_server_auth, check_server_limits};
+use crate::snapshot::{check_server_limits, check_written_server_auth};
 use crate::store::policies::{DEFAULT_LIMITS, EdgeKind, EdgeRecord};
 
 type Answer<T> = Result<T, ApiError>;
@@ -338,8 +338,10 @@ pub async fn get_policy(
 
 /// Sets (201 created, 200 replaced) a virtual server's authorization policy: the server
 /// then needs a token (when `required`) from one of its issuers, and its rules decide who
-/// may use what. Rules are compiled with the filter's compiler: one that does not compile
-/// is a 422 naming it (`rules[i].when`).
+/// may use what. Each rule's condition is checked as CEL (the `cel` crate's parser, the
+/// names and types the edge provides, the subset it evaluates) and with the filter's
+/// compiler: one that does not pass is a 422 naming it (`rules[i].when`) and saying where
+/// (`line L, column C: …`).
 #[utoipa::path(put, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "Virtual server id")),
     request_body = PolicyBody,
     responses((status = 200, body = EdgeItem), (status = 201, body = EdgeItem),
@@ -353,7 +355,7 @@ pub async fn put_policy(
     s.store.get_server(&id).await?;
     let a = body.into_server_auth(&id, s.edge.public_url())?;
     let auth = stored_auth(&s).await?;
-    check_server_auth(&id, &a, &auth)
+    check_written_server_auth(&id, &a, &auth)
         .map_err(|e| refused(&e.field, e.reason, &format!("servers.{id}.auth")))?;
     let (r, was) = s.store.put_edge_item(EdgeKind::Policy, &id, &a).await?;
     Ok((created(was), Json(r.into())))

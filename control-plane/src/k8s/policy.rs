@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 
-use mcpgw_core::auth::rules::Expr;
 use mcpgw_core::guard::Guard;
 use mcpgw_core::snapshot::auth::{Effect, Rule, ServerAuth};
 use mcpgw_core::snapshot::limits::{
@@ -77,12 +76,8 @@ pub fn translate(spec: &MCPPolicySpec) -> Result<PolicyParts, FieldInvalid> {
                         format!("{:?} is also the name of rules[{j}]", r.name),
                     ));
                 }
-                Expr::parse(&r.when).map_err(|e| {
-                    FieldInvalid::new(
-                        format!("{at}.when"),
-                        format!("at byte {}: {}", e.offset, e.reason),
-                    )
-                })?;
+                crate::rules::check(&r.when)
+                    .map_err(|e| FieldInvalid::new(format!("{at}.when"), e.to_string()))?;
                 rules.push(Rule {
                     name: r.name.clone(),
                     effect: match r.effect {

@@ -556,3 +556,63 @@ async fn tool_definition_changes_from_the_cli() {
     cp.stop().await;
     running.stop().await;
 }
+
+/// `mcpgw policies set` refuses a rule condition the edge would not read as written, with
+/// the API's reason: the rule's field, line and column, and the construct.
+#[tokio::test]
+async fn a_policy_rule_is_checked_as_cel_from_the_cli() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let api = format!("http://{}", cp.addr);
+    let (s, v) = cp.post("/servers", json!({"name": "s1"})).await;
+    assert_eq!(s, 201, "{v}");
+    let sid = v["id"].as_str().unwrap().to_owned();
+    let (s, v) = cp
+        .put(
+            "/issuers/corp",
+            json!({"issuer": "https://idp.example.com", "algorithms": ["RS256"],
+                   "jwks": {"keys": [{"kty": "RSA", "kid": "k1", "n": "sXch", "e": "AQAB", "alg": "RS256"}]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let write = |when: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "resource: https://mcp.example.com/servers/s1/mcp\nissuers: [corp]\nrules:\n  - name: devs\n    when: {when}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let file_arg = file.to_str().unwrap().to_owned();
+    let set = ["policies", "set", "s1", "-f", &file_arg];
+
+    write("\"'developer' in principal.roles && principal.teams.exists(t, t.matches('^eng'))\"");
+    let (ok, _, err) = run_as(&api, cp.token.as_deref(), &set).await;
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "rules[0].when: line 1, column 63: `matches` (regular expressions) is not supported"
+        ),
+        "{err}"
+    );
+    write("\"principal.nmae == 'alice'\"");
+    let (ok, _, err) = run_as(&api, cp.token.as_deref(), &set).await;
+    assert!(!ok);
+    assert!(
+        err.contains("rules[0].when: line 1, column 11: principal has no field `nmae`"),
+        "{err}"
+    );
+    write("\"'developer' in principal.roles\"");
+    let (ok, out, err) = run_as(&api, cp.token.as_deref(), &set).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&sid), "{out}");
+    let (s, v) = cp.get(&format!("/policies/{sid}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["spec"]["rules"][0]["when"],
+        "'developer' in principal.roles"
+    );
+}

@@ -1062,6 +1062,29 @@ async fn virtual_servers_and_policies(db: TestDb) {
         condition_message(&st, "Accepted").contains("spec.plugins[0]"),
         "{st}"
     );
+    // A rule the edge would not read as written: the condition names the rule, the line
+    // and column, and the construct.
+    fake.clear();
+    reconcile_policy(
+        policy(json!({"targetRefs": [{"group": "mcpgw.io", "kind": "MCPVirtualServer", "name": "support"}],
+                      "authentication": {"resource": "https://mcp.example/servers/support/mcp"},
+                      "authorization": {"rules": [{"name": "ok", "when": "true"},
+                                                  {"name": "re", "when": "claims.email.matches('@corp$')"}]}})),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let st = fake.status_patches().pop().unwrap();
+    assert_eq!(
+        condition(&st, "Accepted"),
+        ("False".into(), "Invalid".into())
+    );
+    assert!(
+        condition_message(&st, "Accepted").contains(
+            "spec.authorization.rules[1].when: line 1, column 14: `matches` (regular expressions) is not supported at the edge"
+        ),
+        "{st}"
+    );
 
     // Deleting the virtual server removes the registry server.
     reconcile_virtual_server(deleting(v2.as_ref()), ctx.clone())

@@ -45,6 +45,64 @@ fn list_of(path: &str) -> String {
     format!("/{}", parts.next().unwrap_or_default())
 }
 
+/// A rule condition is checked as CEL when written: a syntax error, a name the edge does not
+/// provide or a construct it does not evaluate is a 422 that names the rule's field and
+/// says where (line and column) and what; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_the_edge_would_not_read_as_written_is_refused_with_its_position() {
+    let db = TestDb::sqlite();
+    let cp = TestCp::start(settings(&db)).await;
+    let (s, srv) = cp.post("/servers", json!({"name": "s1"})).await;
+    assert_eq!(s, 201, "{srv}");
+    let sid = srv["id"].as_str().unwrap().to_owned();
+    let (s, v) = cp.put("/issuers/corp", corp()).await;
+    assert_eq!(s, 201, "{v}");
+    let path = format!("/policies/{sid}");
+    let policy = |when: &str| {
+        json!({"resource": "https://mcp.example.com/servers/s1/mcp", "issuers": ["corp"],
+               "rules": [{"name": "devs", "when": "'developer' in principal.roles"},
+                         {"name": "r", "effect": "deny", "when": when}]})
+    };
+    for (when, says) in [
+        (
+            "request.name ==",
+            "line 1, column 16: Syntax error: mismatched input '<EOF>'",
+        ),
+        (
+            "request.name == 'x' &&\n  claims.x.matches('^a')",
+            "line 2, column 12: `matches` (regular expressions) is not supported at the edge",
+        ),
+        (
+            "request.tool == 'x'",
+            "line 1, column 9: request has no field `tool`: it has method, name, server",
+        ),
+        (
+            "principal.sub > 1",
+            "line 1, column 15: a string and an int have no order",
+        ),
+        (
+            "args.n + 1 > 2",
+            "line 1, column 8: arithmetic (`+`) is not supported at the edge",
+        ),
+        ("{'a': 1}.a == 1", "line 1, column 1: map literals"),
+    ] {
+        let before = version(&cp).await;
+        let (s, v) = cp.put(&path, policy(when)).await;
+        assert_eq!(s, 422, "{when}: {v}");
+        assert_eq!(v["errors"][0]["field"], "rules[1].when", "{when}: {v}");
+        let reason = v["errors"][0]["reason"].as_str().unwrap();
+        assert!(reason.starts_with(says), "{when}: {reason}");
+        assert!(v["detail"].as_str().unwrap().contains(says), "{when}: {v}");
+        assert_eq!(version(&cp).await, before, "{when} changed the registry");
+    }
+    let (s, v) = cp.get(&path).await;
+    assert_eq!(s, 404, "nothing stored: {v}");
+    let (s, v) = cp
+        .put(&path, policy("request.name == 'x' && has(args.path)"))
+        .await;
+    assert_eq!(s, 201, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuers_policies_limits_and_plugins_are_validated_stored_and_published() {
     for (backend, db) in both_backends().await {

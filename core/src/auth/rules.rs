@@ -16,7 +16,8 @@
 //!   the resource URI, `server`), `args` (a `tools/call`'s arguments; an empty map for other
 //!   methods);
 //! - field access `a.b`, index `a[0]`, `a['key']`; `has(a.b)`;
-//! - `==`, `!=`, `<`, `<=`, `>`, `>=` (numbers, strings), `in` (list membership, map key),
+//! - `==`, `!=`, `<`, `<=`, `>`, `>=` (numbers, strings, bools), `in` (list membership, map
+//!   key),
 //!   `!`, unary `-`, `&&`, `||` (CEL's commutative error absorption: `false && error` is
 //!   `false`), `c ? a : b`;
 //! - `s.startsWith(p)`, `s.endsWith(p)`, `s.contains(p)`, `size(x)` / `x.size()`,
@@ -24,6 +25,11 @@
 //!
 //! Not supported (refused at configure time): arithmetic, map literals, `matches` (no regex
 //! engine in the filter), type conversions, macros other than `has`, `exists`, `all`.
+//!
+//! The control plane checks each condition when it is written with the `cel` crate's parser,
+//! the names and types this module provides and this subset (`mcpgw::rules`), and its
+//! integration test `rules` holds this evaluator to the `cel` crate's interpreter over a
+//! corpus of conditions: fix a disagreement here, or refuse the construct there.
 //!
 //! Evaluation is three-valued where it must be: a list answered at the edge asks which
 //! tools a principal may call without knowing a call's arguments, so `args` is then
@@ -885,16 +891,26 @@ fn select<'a>(target: Val<'a>, field: &str, env: &Env<'a>) -> Val<'a> {
 fn index_of<'a>(target: Val<'a>, index: Val<'a>, env: &Env<'a>) -> Val<'a> {
     match (target, index) {
         (Val::Unknown, _) | (_, Val::Unknown) => Val::Unknown,
-        (Val::Json(Value::Array(a)), Val::Int(i)) => usize::try_from(i)
-            .ok()
+        (Val::Json(Value::Array(a)), i) => position(&i)
             .and_then(|i| a.get(i))
             .map_or(Val::Error, from_json),
-        (Val::List(mut l), Val::Int(i)) => match usize::try_from(i) {
-            Ok(i) if i < l.len() => l.swap_remove(i),
+        (Val::List(mut l), i) => match position(&i) {
+            Some(i) if i < l.len() => l.swap_remove(i),
             _ => Val::Error,
         },
         (t @ (Val::Json(Value::Object(_)) | Val::Request), Val::Str(k)) => select(t, &k, env),
         _ => Val::Error,
+    }
+}
+
+/// A list index: an integer, or a decimal with no fraction (as the `cel` crate reads
+/// `l[1.0]`).
+fn position(i: &Val<'_>) -> Option<usize> {
+    match i {
+        Val::Int(i) => usize::try_from(*i).ok(),
+        // In range and whole, so the conversion is exact.
+        Val::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 4_294_967_296.0 => Some(*f as usize),
+        _ => None,
     }
 }
 
@@ -915,7 +931,14 @@ fn equal(a: &Val<'_>, b: &Val<'_>) -> bool {
         (Val::Bool(x), Val::Bool(y)) => x == y,
         (Val::Int(x), Val::Int(y)) => x == y,
         (Val::Str(x), Val::Str(y)) => x == y,
-        (Val::Json(Value::Object(x)), Val::Json(Value::Object(y))) => x == y,
+        // Member by member, so numbers compare as numbers (`{"a": 1}` equals `{"a": 1.0}`).
+        (Val::Json(Value::Object(x)), Val::Json(Value::Object(y))) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| {
+                    y.get(k)
+                        .is_some_and(|w| equal(&from_json(v), &from_json(w)))
+                })
+        }
         (Val::EmptyMap, Val::Json(Value::Object(m)))
         | (Val::Json(Value::Object(m)), Val::EmptyMap) => m.is_empty(),
         (Val::EmptyMap, Val::EmptyMap) => true,
@@ -956,6 +979,8 @@ fn compare(op: Cmp, a: &Val<'_>, b: &Val<'_>) -> Val<'static> {
     let order = match (a, b) {
         (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
+        // CEL orders bools: `false < true`.
+        (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(y)),
         (x, y) => match (number(x), number(y)) {
             (Some(x), Some(y)) => x.partial_cmp(&y),
             _ => None,
@@ -979,6 +1004,11 @@ fn contains<'a>(range: &Val<'a>, x: &Val<'a>) -> Val<'a> {
         (_, Val::Error) => Val::Error,
         (Val::Json(Value::Object(m)), Val::Str(k)) => Val::Bool(m.contains_key(k.as_ref())),
         (Val::EmptyMap, Val::Str(_)) => Val::Bool(false),
+        // A JSON object's keys are strings: another key CEL can look up is never one.
+        (
+            Val::Json(Value::Object(_)) | Val::EmptyMap,
+            Val::Int(_) | Val::Float(_) | Val::Bool(_),
+        ) => Val::Bool(false),
         (r, x) if is_list(r) => {
             Val::Bool(elements(r).is_some_and(|items| items.iter().any(|i| equal(i, x))))
         }
@@ -1152,6 +1182,13 @@ mod tests {
             ("null == null && claims.sub != null", t),
             ("'x' == 1", f),
             ("1 < 2 < 3", Outcome::Error),
+            // As the `cel` crate decides them (the control plane's differential test).
+            ("false < true && claims.admin <= true", t),
+            ("args.tags[1.0] == 'b'", t),
+            ("args.tags[0.5] == 'a'", Outcome::Error),
+            ("claims.level in claims || claims.admin in args", f),
+            ("null in claims", Outcome::Error),
+            ("args.opts == args.opts && claims.nested != args.opts", t),
         ];
         for (src, want) in cases {
             assert_eq!(run(src, a), *want, "{src}");
