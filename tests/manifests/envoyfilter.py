@@ -22,6 +22,7 @@ an operation this applier does not implement.
 from __future__ import annotations
 
 import copy
+import json
 
 HCM = "envoy.filters.network.http_connection_manager"
 
@@ -166,4 +167,64 @@ def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
             _insert_first_route(out, match, value, where)
         else:
             raise PatchError(f"{where}: {apply_to} {op} is not implemented by this applier")
+    return out
+
+
+WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+FAILURE_POLICIES = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}
+# Filters a phase-AUTHZ plugin goes before (istiod puts AUTHZ plugins after Istio's
+# authentication and authorization filters, before stats and the router).
+AUTHZ_BEFORE = ("istio.stats", "envoy.filters.http.router")
+
+
+def apply_wasm_plugin(config: dict, plugin: dict, labels: dict, module: str) -> dict:
+    """`config` with the HTTP filter Envoy runs for the WasmPlugin `plugin` on a gateway
+    with `labels`, as istiod renders it (pilot/pkg/model/extensions.go: PluginConfig `name`
+    `NAMESPACE.NAME`, `root_id` = `pluginName`, `configuration` = the pluginConfig as a JSON
+    StringValue, `failure_policy` from `failStrategy`, runtime v8) after istio-agent
+    replaced the remote module with the local file `module` it fetched and checked. istiod
+    sends it over ECDS; here it is inline, which is what Envoy runs once ECDS delivered it.
+    Only HTTP plugins in phase AUTHZ (or unset), matched by `match[].ports`."""
+    meta = plugin.get("metadata", {})
+    spec = plugin.get("spec", {})
+    where = f"WasmPlugin {meta.get('namespace')}/{meta.get('name')}"
+    if plugin.get("kind") != "WasmPlugin":
+        raise PatchError(f"{where}: not a WasmPlugin")
+    out = copy.deepcopy(config)
+    wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+    if not all(labels.get(k) == v for k, v in wanted.items()):
+        return out
+    if spec.get("type", "HTTP") != "HTTP" or spec.get("phase", "AUTHZ") != "AUTHZ":
+        raise PatchError(f"{where}: this renderer knows HTTP plugins in phase AUTHZ only")
+    ports = {p["number"] for m in spec.get("match") or [] for p in m.get("ports") or []}
+    name = f"{meta.get('namespace')}.{meta.get('name')}"
+    wasm = {
+        "name": name,
+        "root_id": spec.get("pluginName", ""),
+        "vm_config": {
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": module}},
+            "environment_variables": {"key_values": {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1"}},
+        },
+        "failure_policy": FAILURE_POLICIES[spec.get("failStrategy", "FAIL_CLOSE")],
+    }
+    if spec.get("pluginConfig"):
+        wasm["configuration"] = {
+            "@type": STRING_VALUE,
+            "value": json.dumps(spec["pluginConfig"], separators=(",", ":"), sort_keys=True),
+        }
+    value = {"name": name, "typed_config": {"@type": WASM, "config": wasm}}
+    inserted = 0
+    for listener in out.get("static_resources", {}).get("listeners", []):
+        if ports and _port(listener) not in ports:
+            continue
+        for hcm in _hcms({"static_resources": {"listeners": [listener]}}, None):
+            filters = hcm.get("http_filters", [])
+            names = [f.get("name") for f in filters]
+            at = next((names.index(n) for n in AUTHZ_BEFORE if n in names), len(filters))
+            filters.insert(at, copy.deepcopy(value))
+            inserted += 1
+    if inserted == 0:
+        raise PatchError(f"{where}: no HTTP listener on ports {sorted(ports)}")
     return out
