@@ -109,13 +109,13 @@ impl Source {
                 reason: "empty".into(),
             });
         }
-        if let Some(id) = &source.node_id {
-            if id.is_empty() || id.len() > MAX_NODE_ID_BYTES {
-                return Err(SourceError {
-                    field: "xds.node_id",
-                    reason: format!("must be 1 to {MAX_NODE_ID_BYTES} bytes"),
-                });
-            }
+        if let Some(id) = &source.node_id
+            && (id.is_empty() || id.len() > MAX_NODE_ID_BYTES)
+        {
+            return Err(SourceError {
+                field: "xds.node_id",
+                reason: format!("must be 1 to {MAX_NODE_ID_BYTES} bytes"),
+            });
         }
         Ok(source)
     }

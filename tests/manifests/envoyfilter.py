@@ -13,6 +13,8 @@ configuration it generates for a gateway: the subset of operations manifests/ist
   of the route configurations of the listeners on `routeConfiguration.portNumber` (inline
   `route_config` here; istiod's come over RDS, named `http.PORT`).
 
+`apply_wasm_plugin` adds the filter Envoy runs for a WasmPlugin, as istiod renders it.
+
 Only `context: GATEWAY` (or ANY) patches apply, and only when the EnvoyFilter's
 workloadSelector selects the gateway's labels. A patch that matches nothing is an error
 here (istiod skips it silently, which is exactly the mistake a test should catch); so is

@@ -100,10 +100,10 @@ fn any(bytes: &[u8]) -> Result<(String, Vec<u8>), String> {
 fn message(bytes: &[u8], number: u64) -> Result<Option<&[u8]>, String> {
     let mut found = None;
     for f in fields(bytes) {
-        if let (n, Value::Bytes(b)) = f? {
-            if n == number {
-                found = Some(b);
-            }
+        if let (n, Value::Bytes(b)) = f?
+            && n == number
+        {
+            found = Some(b);
         }
     }
     Ok(found)
