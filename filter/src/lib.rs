@@ -29,7 +29,7 @@ use mcpgw_core::exchange::{self, BodyNeed, CallAnswer, Exchange, Header, Host, S
 use mcpgw_core::metrics::ToolLabel;
 use mcpgw_core::reason::Reason;
 use mcpgw_core::session::table::KEY_PREFIX;
-use mcpgw_core::subscription::{Source, UNCONFIGURED_BODY};
+use mcpgw_core::subscription::{MISCONFIGURED_BODY, Source, UNCONFIGURED_BODY};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
@@ -210,9 +210,13 @@ impl RootContext for Root {
                     self.subscribe(source);
                     true
                 }
+                // Accepted, to answer 503 saying so: refused, Envoy would not start (or
+                // not serve the listener), and the operator sees only its own error.
                 Some(Err(invalid)) => {
                     log::error!("mcpgw: rejecting configuration: {invalid}");
-                    false
+                    self.subscription = None;
+                    self.unconfigured = Some(MISCONFIGURED_BODY);
+                    true
                 }
                 None => {
                     log::error!("mcpgw: rejecting configuration: {err}");

@@ -37,12 +37,7 @@ pub(crate) struct Delivery {
 impl Driver {
     /// A subscription to `source` (not connected yet: [`Driver::tick`] connects).
     pub(crate) fn new(source: Source) -> Driver {
-        let node = hostcalls::get_property(vec!["node", "id"])
-            .ok()
-            .flatten()
-            .and_then(|id| String::from_utf8(id).ok())
-            .unwrap_or_default();
-        let subscription = Subscription::new(source, &node);
+        let subscription = Subscription::new(source, &envoy_node_id().unwrap_or_default());
         Driver {
             subscription,
             stream: None,
@@ -166,6 +161,16 @@ impl Driver {
             log::warn!("mcpgw: cannot send on the xDS stream: {status:?}");
         }
     }
+}
+
+/// The Envoy's node id: Envoy hands the `node` property over as a serialized `Node`.
+fn envoy_node_id() -> Option<String> {
+    [vec!["node"], vec!["xds", "node"]]
+        .into_iter()
+        .find_map(|path| {
+            let node = hostcalls::get_property(path).ok().flatten()?;
+            mcpgw_core::subscription::wire::node_id(&node)
+        })
 }
 
 impl Drop for Driver {

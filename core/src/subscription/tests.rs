@@ -263,3 +263,18 @@ fn a_missing_configuration_means_the_defaults() {
     let r = DiscoveryResponse::decode(&response("v", "n", TYPE_URL, &[ext])).unwrap();
     assert_eq!(r.configuration_of("mcpgw.filter").unwrap(), b"");
 }
+
+#[test]
+fn the_node_id_of_a_serialized_node() {
+    let mut node = Vec::new();
+    bytes_field(&mut node, 1, b"router~1~gw.ns~ns.svc.cluster.local");
+    bytes_field(&mut node, 2, b"istio-ingressgateway");
+    assert_eq!(
+        wire::node_id(&node).as_deref(),
+        Some("router~1~gw.ns~ns.svc.cluster.local")
+    );
+    let mut other = Vec::new();
+    bytes_field(&mut other, 2, b"cluster only");
+    assert_eq!(wire::node_id(&other), None);
+    assert_eq!(wire::node_id(&[0x0a, 0x05, b'a']), None);
+}

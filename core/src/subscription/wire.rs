@@ -109,6 +109,18 @@ fn message(bytes: &[u8], number: u64) -> Result<Option<&[u8]>, String> {
     Ok(found)
 }
 
+/// The `id` of a serialized `envoy.config.core.v3.Node` (Envoy's `node` property); `None`
+/// when it has none or is malformed.
+pub fn node_id(node: &[u8]) -> Option<String> {
+    let mut id = None;
+    for f in fields(node) {
+        if let (1, Value::Bytes(b)) = f.ok()? {
+            id = String::from_utf8(b.to_vec()).ok();
+        }
+    }
+    id.filter(|id| !id.is_empty())
+}
+
 impl DiscoveryResponse {
     /// Reads one; an error names what is malformed.
     pub fn decode(bytes: &[u8]) -> Result<DiscoveryResponse, String> {

@@ -379,7 +379,7 @@ async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() 
 }
 
 /// A pluginConfig the filter cannot read is logged with the field at fault, and the
-/// listener answers 503 (fail closed), without a panic.
+/// listener answers 503 saying so (fail closed), without a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_plugin_config_is_logged_and_answered_503() {
     let gateway = patched_gateway(Some(&json!({"xds": {"clustr": "mcpgw-xds"}})));
@@ -394,6 +394,13 @@ async fn a_bad_plugin_config_is_logged_and_answered_503() {
             .await
             .expect("the listener answers");
         assert_eq!(s, 503, "{path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("misconfigured"),
+            "{v}"
+        );
     }
     // Each worker logs it when it configures the filter, before its first request.
     let log = envoy.log();
