@@ -13,7 +13,8 @@ configuration it generates for a gateway: the subset of operations manifests/ist
   of the route configurations of the listeners on `routeConfiguration.portNumber` (inline
   `route_config` here; istiod's come over RDS, named `http.PORT`).
 
-`apply_wasm_plugin` adds the filter Envoy runs for a WasmPlugin, as istiod renders it.
+- applyTo EXTENSION_CONFIG, operation ADD: served as istiod serves it over ECDS, with
+  istio-agent's rewrite of a remote wasm module to a local file (`apply(..., module=)`).
 
 Only `context: GATEWAY` (or ANY) patches apply, and only when the EnvoyFilter's
 workloadSelector selects the gateway's labels. A patch that matches nothing is an error
@@ -24,7 +25,6 @@ an operation this applier does not implement.
 from __future__ import annotations
 
 import copy
-import json
 
 HCM = "envoy.filters.network.http_connection_manager"
 
@@ -140,15 +140,18 @@ def _insert_http_filter(config: dict, match: dict, value: dict, where: str) -> N
         raise PatchError(f"{where}: no listener on port {port} has the http filter {sub!r}")
 
 
-def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
+def apply(config: dict, envoy_filter: dict, labels: dict, module: str | None = None) -> dict:
     """`config` with the patches of `envoy_filter` applied for a gateway with `labels`
-    (a new dict; `config` is not changed)."""
+    (a new dict; `config` is not changed). With `module`, the extension configurations the
+    EnvoyFilter adds are served (see `_serve_ecds`, the module file as istio-agent hands it
+    over); without, the filters keep discovering them from istiod."""
     name = envoy_filter.get("metadata", {}).get("name", "?")
     if envoy_filter.get("kind") != "EnvoyFilter":
         raise PatchError(f"{name}: not an EnvoyFilter")
     out = copy.deepcopy(config)
     if not _selected(envoy_filter, labels):
         return out
+    extensions = []
     for i, patch in enumerate(envoy_filter.get("spec", {}).get("configPatches", [])):
         where = f"{name} configPatches[{i}]"
         match = patch.get("match") or {}
@@ -161,6 +164,8 @@ def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
             raise PatchError(f"{where}: patch.value must be an object")
         if (apply_to, op) == ("CLUSTER", "ADD"):
             _add_cluster(out, value, where)
+        elif (apply_to, op) == ("EXTENSION_CONFIG", "ADD"):
+            extensions.append(value)
         elif (apply_to, op) == ("HTTP_FILTER", "INSERT_BEFORE"):
             _insert_http_filter(out, match, value, where)
         elif (apply_to, op) == ("NETWORK_FILTER", "MERGE"):
@@ -169,64 +174,42 @@ def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
             _insert_first_route(out, match, value, where)
         else:
             raise PatchError(f"{where}: {apply_to} {op} is not implemented by this applier")
+    if module is not None:
+        _serve_ecds(out, extensions, module, name)
     return out
+
 
 
 WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
-STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
-FAILURE_POLICIES = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}
-# Filters a phase-AUTHZ plugin goes before (istiod puts AUTHZ plugins after Istio's
-# authentication and authorization filters, before stats and the router).
-AUTHZ_BEFORE = ("istio.stats", "envoy.filters.http.router")
+TYPED_STRUCTS = ("type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct")
 
 
-def apply_wasm_plugin(config: dict, plugin: dict, labels: dict, module: str) -> dict:
-    """`config` with the HTTP filter Envoy runs for the WasmPlugin `plugin` on a gateway
-    with `labels`, as istiod renders it (pilot/pkg/model/extensions.go: PluginConfig `name`
-    `NAMESPACE.NAME`, `root_id` = `pluginName`, `configuration` = the pluginConfig as a JSON
-    StringValue, `failure_policy` from `failStrategy`, runtime v8) after istio-agent
-    replaced the remote module with the local file `module` it fetched and checked. istiod
-    sends it over ECDS; here it is inline, which is what Envoy runs once ECDS delivered it.
-    Only HTTP plugins in phase AUTHZ (or unset), matched by `match[].ports`."""
-    meta = plugin.get("metadata", {})
-    spec = plugin.get("spec", {})
-    where = f"WasmPlugin {meta.get('namespace')}/{meta.get('name')}"
-    if plugin.get("kind") != "WasmPlugin":
-        raise PatchError(f"{where}: not a WasmPlugin")
-    out = copy.deepcopy(config)
-    wanted = (spec.get("selector") or {}).get("matchLabels") or {}
-    if not all(labels.get(k) == v for k, v in wanted.items()):
-        return out
-    if spec.get("type", "HTTP") != "HTTP" or spec.get("phase", "AUTHZ") != "AUTHZ":
-        raise PatchError(f"{where}: this renderer knows HTTP plugins in phase AUTHZ only")
-    ports = {p["number"] for m in spec.get("match") or [] for p in m.get("ports") or []}
-    name = f"{meta.get('namespace')}.{meta.get('name')}"
-    wasm = {
-        "name": name,
-        "root_id": spec.get("pluginName", ""),
-        "vm_config": {
-            "runtime": "envoy.wasm.runtime.v8",
-            "code": {"local": {"filename": module}},
-            "environment_variables": {"key_values": {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1"}},
-        },
-        "failure_policy": FAILURE_POLICIES[spec.get("failStrategy", "FAIL_CLOSE")],
-    }
-    if spec.get("pluginConfig"):
-        wasm["configuration"] = {
-            "@type": STRING_VALUE,
-            "value": json.dumps(spec["pluginConfig"], separators=(",", ":"), sort_keys=True),
-        }
-    value = {"name": name, "typed_config": {"@type": WASM, "config": wasm}}
-    inserted = 0
-    for listener in out.get("static_resources", {}).get("listeners", []):
-        if ports and _port(listener) not in ports:
-            continue
-        for hcm in _hcms({"static_resources": {"listeners": [listener]}}, None):
-            filters = hcm.get("http_filters", [])
-            names = [f.get("name") for f in filters]
-            at = next((names.index(n) for n in AUTHZ_BEFORE if n in names), len(filters))
-            filters.insert(at, copy.deepcopy(value))
-            inserted += 1
-    if inserted == 0:
-        raise PatchError(f"{where}: no HTTP listener on ports {sorted(ports)}")
-    return out
+def _serve_ecds(config: dict, extensions: list[dict], module: str, where: str) -> None:
+    """What Envoy runs once istiod served `extensions` over ECDS and istio-agent rewrote
+    them: each HTTP filter whose `config_discovery` names one gets it inline, a TypedStruct
+    turned into its message, and a Wasm module's `code.remote` (an oci:// or https:// URL
+    that istio-agent fetched and checked against its sha256) replaced by the local file
+    `module` (pkg/wasm/convert.go)."""
+    by_name = {e.get("name"): e for e in extensions}
+    served = set()
+    for hcm in _hcms(config, None):
+        for f in hcm.get("http_filters", []):
+            discovery = f.get("config_discovery")
+            if not discovery or f.get("name") not in by_name:
+                continue
+            typed = copy.deepcopy(by_name[f["name"]]["typed_config"])
+            if typed.get("@type") in TYPED_STRUCTS:
+                typed = {"@type": typed["type_url"], **typed.get("value", {})}
+            if typed.get("@type") not in discovery.get("type_urls", []):
+                raise PatchError(f"{where}: {f['name']} is a {typed.get('@type')}, not one of {discovery.get('type_urls')}")
+            if typed["@type"] == WASM:
+                code = typed.get("config", {}).get("vm_config", {}).get("code", {})
+                remote = code.pop("remote", None)
+                if remote is None or not remote.get("http_uri", {}).get("uri") or not remote.get("sha256"):
+                    raise PatchError(f"{where}: {f['name']}: istio-agent fetches only remote code with a uri and a sha256")
+                code["local"] = {"filename": module}
+            del f["config_discovery"]
+            f["typed_config"] = typed
+            served.add(f["name"])
+    if set(by_name) - served:
+        raise PatchError(f"{where}: no HTTP filter discovers {sorted(set(by_name) - served)}")

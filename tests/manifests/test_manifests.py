@@ -5,13 +5,14 @@
   Kubernetes 1.32's OpenAPI schemas (kubernetes-validate, strict: unknown fields fail);
 - the Istio and Prometheus-operator resources are valid against their published CRD
   schemas (@kubernetes-models/*, run by node);
-- the Istio overlay's EnvoyFilter and WasmPlugin (rendered as istiod renders it), applied
-  to a representative gateway configuration, give a configuration a real Envoy loads
-  (`envoy --mode validate`) with exactly one mcpgw filter, whose pluginConfig names the
-  control plane's xDS cluster, and routes that follow the filter's route header; run
-  against a real control plane, the filter subscribes itself to its configuration there
-  and answers MCP (the same with a registry, tool calls, a registry change and a control
-  plane restart: control-plane/tests/integration/edge_xds/istio.rs);
+- the Istio overlay's EnvoyFilter, applied to a representative gateway configuration (its
+  extension configuration served as istiod and istio-agent serve it), gives a
+  configuration a real Envoy loads (`envoy --mode validate`) with exactly one mcpgw filter,
+  whose plugin configuration names the control plane's xDS cluster, and routes that follow
+  the filter's route header; run against a real control plane, the filter subscribes itself
+  to its configuration there and answers MCP (the same with a registry, tool calls, a
+  registry change and a control plane restart: control-plane/tests/integration/edge_xds/
+  istio.rs);
 - the standalone overlay ships envoy-bootstrap.yaml unchanged, and a real Envoy loads it
   (the run against a control plane is control-plane/tests/integration/edge_xds/manifests.rs);
 - what the control plane is started with exists: every flag, every config-file key;
@@ -157,7 +158,7 @@ class Rendering(unittest.TestCase):
         kinds = {d["kind"] for d in self.rendered["istio"] if key(d) in CUSTOM_KINDS}
         self.assertEqual(
             kinds,
-            {"EnvoyFilter", "WasmPlugin", "PeerAuthentication", "AuthorizationPolicy", "ServiceMonitor"},
+            {"EnvoyFilter", "PeerAuthentication", "AuthorizationPolicy", "ServiceMonitor"},
         )
 
     def test_the_published_schemas_reject_a_wrong_patch_operation(self):
@@ -168,38 +169,38 @@ class Rendering(unittest.TestCase):
         self.assertFalse(ok, out)
         self.assertIn("operation", out)
 
-    def test_the_published_schemas_reject_a_wrong_fail_strategy(self):
-        wp = next(d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin")
-        ok, out = validate_custom([wp])
-        self.assertTrue(ok, out)
-        bad = json.loads(json.dumps(wp))
-        bad["spec"]["failStrategy"] = "FAIL_SOMETIMES"
-        ok, out = validate_custom([bad])
-        self.assertFalse(ok, out)
-        self.assertIn("failStrategy", out)
-
-    def test_one_filter_from_the_wasm_plugin_pointed_at_the_control_plane(self):
-        wp = next(d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin")
+    def test_one_filter_pinned_by_digest_and_pointed_at_the_control_plane(self):
+        # No WasmPlugin: istiod renders it without allow_on_headers_stop_iteration, and the
+        # filter would never see a request body.
+        self.assertFalse([d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin"])
         ef = next(d for d in self.rendered["istio"] if d["kind"] == "EnvoyFilter")
-        spec = wp["spec"]
-        # Pinned module, failing closed, on the gateway the EnvoyFilter patches.
-        self.assertRegex(spec["url"], r"^(oci|https)://")
-        self.assertRegex(spec["sha256"], r"^[0-9a-f]{64}$")
-        self.assertEqual(spec["failStrategy"], "FAIL_CLOSE")
-        self.assertEqual(spec["phase"], "AUTHZ")
-        self.assertEqual(spec["selector"]["matchLabels"], ef["spec"]["workloadSelector"]["labels"])
-        self.assertEqual(wp["metadata"]["namespace"], ef["metadata"]["namespace"])
-        # Its configuration only names the cluster the EnvoyFilter adds.
-        self.assertEqual(set(spec["pluginConfig"]), {"xds"})
-        clusters = [p["patch"]["value"]["name"] for p in ef["spec"]["configPatches"] if p["applyTo"] == "CLUSTER"]
-        self.assertIn(spec["pluginConfig"]["xds"]["cluster"], clusters)
-        # The EnvoyFilter inserts no second filter, and downloads no module.
-        self.assertNotIn("HTTP_FILTER", [p["applyTo"] for p in ef["spec"]["configPatches"]])
+        patches = ef["spec"]["configPatches"]
+        extensions = [p["patch"]["value"] for p in patches if p["applyTo"] == "EXTENSION_CONFIG"]
+        self.assertEqual([e["name"] for e in extensions], ["mcpgw.filter"])
+        typed = extensions[0]["typed_config"]
+        self.assertEqual(typed["type_url"], envoyfilter.WASM)
+        config = typed["value"]["config"]
+        remote = config["vm_config"]["code"]["remote"]
+        self.assertRegex(remote["http_uri"]["uri"], r"^(oci|https)://")
+        self.assertRegex(remote["sha256"], r"^[0-9a-f]{64}$")
+        self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+        self.assertTrue(config["allow_on_headers_stop_iteration"])
+        # Its configuration only names a cluster the EnvoyFilter adds.
+        plugin = json.loads(config["configuration"]["value"])
+        self.assertEqual(set(plugin), {"xds"})
+        clusters = [p["patch"]["value"]["name"] for p in patches if p["applyTo"] == "CLUSTER"]
+        self.assertIn(plugin["xds"]["cluster"], clusters)
         self.assertNotIn("mcpgw-wasm", clusters)
-        config = tomllib.loads((ROOT / "manifests" / "istio" / "mcpgw.toml").read_text())
+        # One filter discovers it, from istiod (ADS), with no warming bypass.
+        filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+        self.assertEqual([f["name"] for f in filters], ["mcpgw.filter"])
+        source = filters[0]["config_discovery"]["config_source"]
+        self.assertEqual(source["ads"], {})
+        self.assertNotIn("default_config", filters[0]["config_discovery"])
+        mcpgw = tomllib.loads((ROOT / "manifests" / "istio" / "mcpgw.toml").read_text())
         for k in ("filter_wasm", "wasm_url", "wasm_sha256"):
-            self.assertNotIn(k, config)
-        self.assertEqual(config["cluster_naming"], "istio")
+            self.assertNotIn(k, mcpgw)
+        self.assertEqual(mcpgw["cluster_naming"], "istio")
 
     def test_workloads_are_locked_down(self):
         for overlay, docs in self.rendered.items():
@@ -343,9 +344,7 @@ class IstioGateway(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
-        rendered = render("istio")
-        cls.envoy_filter = next(d for d in rendered if d["kind"] == "EnvoyFilter")
-        cls.wasm_plugin = next(d for d in rendered if d["kind"] == "WasmPlugin")
+        cls.envoy_filter = next(d for d in render("istio") if d["kind"] == "EnvoyFilter")
 
     def test_the_gateway_configuration_loads_as_it_is(self):
         with tempfile.TemporaryDirectory() as d:
@@ -354,12 +353,13 @@ class IstioGateway(unittest.TestCase):
 
     def test_the_patched_gateway_configuration_loads_in_envoy(self):
         with tempfile.TemporaryDirectory() as d:
-            module = filter_module()
-            patched = envoyfilter.apply_wasm_plugin(
-                envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS),
-                self.wasm_plugin, GATEWAY_LABELS, str(module),
-            )
-            self.check_patched(patched, Path(d))
+            # As istiod sends it (the filter discovers its configuration over ADS) ...
+            patched = envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS)
+            ok, out = envoy_validates(yaml.safe_dump(patched), Path(d))
+            self.assertTrue(ok, out)
+            # ... and as Envoy runs it once ECDS delivered it.
+            served = envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS, str(filter_module()))
+            self.check_patched(served, Path(d))
 
     def check_patched(self, patched, d):
         names = [c["name"] for c in patched["static_resources"]["clusters"]]
@@ -367,12 +367,16 @@ class IstioGateway(unittest.TestCase):
             self.assertIn(name, names)
         mcp, other = patched["static_resources"]["listeners"]
         chain = [f["name"] for f in mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
-        self.assertEqual(chain[-2:], ["istio-system.mcpgw", "envoy.filters.http.router"])
-        # Exactly one instance of the filter, the WasmPlugin's.
-        self.assertEqual([n for n in chain if "mcpgw" in n or "wasm" in n], ["istio-system.mcpgw"])
-        wasm = mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-2]["typed_config"]["config"]
-        self.assertEqual(json.loads(wasm["configuration"]["value"]), {"xds": {"cluster": "mcpgw-xds"}})
-        self.assertEqual(wasm["failure_policy"], "FAIL_CLOSED")
+        self.assertEqual(chain[-2:], ["mcpgw.filter", "envoy.filters.http.router"])
+        # Exactly one instance of the filter.
+        self.assertEqual([n for n in chain if "mcpgw" in n or "wasm" in n], ["mcpgw.filter"])
+        wasm = mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-2]["typed_config"]
+        self.assertEqual(wasm["@type"], envoyfilter.WASM)
+        config = wasm["config"]
+        self.assertEqual(json.loads(config["configuration"]["value"]), {"xds": {"cluster": "mcpgw-xds"}})
+        self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+        self.assertTrue(config["allow_on_headers_stop_iteration"])
+        self.assertEqual(config["vm_config"]["code"], {"local": {"filename": str(filter_module())}})
         # The headers only the edge may set are gone before any filter or route sees them.
         hcm = mcp["filter_chains"][0]["filters"][0]["typed_config"]
         self.assertEqual(hcm["stat_prefix"], "outbound_0.0.0.0_8080", "merged into Istio's own")
@@ -420,14 +424,16 @@ class IstioGateway(unittest.TestCase):
         moved["spec"]["configPatches"][at]["match"]["listener"]["portNumber"] = 9999
         with self.assertRaisesRegex(envoyfilter.PatchError, "no listener"):
             envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
-        # The WasmPlugin: another workload gets nothing; a port without a listener, nothing
-        # to attach to.
-        wp = self.wasm_plugin
-        self.assertEqual(envoyfilter.apply_wasm_plugin(self.gateway, wp, {"app": "reviews"}, "/m.wasm"), self.gateway)
-        moved = json.loads(json.dumps(wp))
-        moved["spec"]["match"] = [{"ports": [{"number": 9999}]}]
-        with self.assertRaisesRegex(envoyfilter.PatchError, "no HTTP listener"):
-            envoyfilter.apply_wasm_plugin(self.gateway, moved, GATEWAY_LABELS, "/m.wasm")
+        # An extension configuration no filter discovers, or one without a pinned module.
+        unused = json.loads(json.dumps(ef))
+        unused["spec"]["configPatches"] = [p for p in unused["spec"]["configPatches"] if p["applyTo"] != "HTTP_FILTER"]
+        with self.assertRaisesRegex(envoyfilter.PatchError, "no HTTP filter discovers"):
+            envoyfilter.apply(self.gateway, unused, GATEWAY_LABELS, "/m.wasm")
+        unpinned = json.loads(json.dumps(ef))
+        ext = next(p for p in unpinned["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG")
+        del ext["patch"]["value"]["typed_config"]["value"]["config"]["vm_config"]["code"]["remote"]["sha256"]
+        with self.assertRaisesRegex(envoyfilter.PatchError, "sha256"):
+            envoyfilter.apply(self.gateway, unpinned, GATEWAY_LABELS, "/m.wasm")
         # A merge whose type is not the filter's is refused.
         wrong = json.loads(json.dumps(ef))
         merge = next(p for p in wrong["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE")
@@ -474,9 +480,9 @@ def filter_module() -> Path:
 
 
 class IstioGatewayLive(unittest.TestCase):
-    """The patched gateway configuration in a running Envoy, with the filter inserted as
-    istiod renders the overlay's WasmPlugin (the module a local file, as istio-agent hands
-    it over) and a real control plane: the filter subscribes itself to its configuration
+    """The patched gateway configuration in a running Envoy, the filter's extension
+    configuration served as istiod serves it (the module a local file, as istio-agent hands
+    it over), and a real control plane: the filter subscribes itself to its configuration
     over the EnvoyFilter's `mcpgw-xds` cluster and answers on the MCP listener. Istio's
     parts are left out: no istiod (the gateway's own ADS section is dropped) and no
     istio-agent (the clusters to the control plane lose their SDS-based TLS; the control
@@ -488,12 +494,8 @@ class IstioGatewayLive(unittest.TestCase):
         import urllib.request
 
         gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
-        rendered = render("istio")
-        ef = next(d for d in rendered if d["kind"] == "EnvoyFilter")
-        wp = next(d for d in rendered if d["kind"] == "WasmPlugin")
-        config = envoyfilter.apply_wasm_plugin(
-            envoyfilter.apply(gateway, ef, GATEWAY_LABELS), wp, GATEWAY_LABELS, str(filter_module())
-        )
+        ef = next(d for d in render("istio") if d["kind"] == "EnvoyFilter")
+        config = envoyfilter.apply(gateway, ef, GATEWAY_LABELS, str(filter_module()))
         xds, admin_api, mcp_port = free_port(), free_port(), free_port()
         del config["dynamic_resources"]
         config["admin"]["address"]["socket_address"]["port_value"] = 0

@@ -1,12 +1,12 @@
 //! The Istio overlay's data path, end to end, without a cluster: a real Envoy started from
 //! the representative Istio ingress-gateway configuration (`tests/manifests/
-//! istio-gateway.yaml`) with the overlay's EnvoyFilter patches and its WasmPlugin applied
-//! by the same code `make test-manifests` uses (`tests/manifests/envoyfilter.py`: the
-//! WasmPlugin rendered as istiod renders it, a wasm filter whose plugin configuration is
-//! the pluginConfig JSON, the module a local file as istio-agent hands it over), against a
-//! real control plane running with `cluster_naming = istio` and a real MCP server behind
-//! an Istio-named cluster. The filter subscribes itself to its configuration over the
-//! EnvoyFilter's `mcpgw-xds` cluster (`mcpgw_core::subscription`).
+//! istio-gateway.yaml`) with the overlay's EnvoyFilter applied by the same code `make
+//! test-manifests` uses (`tests/manifests/envoyfilter.py`: the filter's extension
+//! configuration served as istiod serves it over ECDS, its module a local file as
+//! istio-agent hands it over), against a real control plane running with `cluster_naming =
+//! istio` and a real MCP server behind an Istio-named cluster. The filter subscribes itself
+//! to its configuration over the EnvoyFilter's `mcpgw-xds` cluster
+//! (`mcpgw_core::subscription`).
 //!
 //! What stands in for Istio: istiod's ADS is dropped from the bootstrap and the upstream's
 //! `outbound|PORT||HOST` cluster is added as istiod would generate it for a ServiceEntry;
@@ -31,12 +31,12 @@ const GATEWAY_LABELS: &str = r#"{"istio": "ingressgateway", "app": "istio-ingres
 /// The MCP listener of the representative gateway.
 const GATEWAY_LISTENER: &str = "0.0.0.0_8080";
 
-/// The WasmPlugin's filter in the chain (`NAMESPACE.NAME`, as istiod names it).
-const PLUGIN_FILTER: &str = "istio-system.mcpgw";
+/// The filter in the chain.
+const PLUGIN_FILTER: &str = "mcpgw.filter";
 
-/// The representative gateway configuration with the overlay's EnvoyFilter applied and its
-/// WasmPlugin rendered as istiod renders it (with `plugin_config` in place of its
-/// pluginConfig when given), the module the local filter `.wasm`; as JSON.
+/// The representative gateway configuration with the overlay's EnvoyFilter applied, its
+/// extension configuration served (with `plugin_config` in place of the filter's plugin
+/// configuration when given), the module the local filter `.wasm`; as JSON.
 fn patched_gateway(plugin_config: Option<&Value>) -> Value {
     let plugin_config = plugin_config
         .map(|c| c.to_string())
@@ -47,19 +47,16 @@ fn patched_gateway(plugin_config: Option<&Value>) -> Value {
          import envoyfilter\n\
          gateway = yaml.safe_load(open({gateway:?}))\n\
          patches = yaml.safe_load(open({patches:?}))\n\
-         plugin = yaml.safe_load(open({plugin:?}))\n\
          config = json.loads({plugin_config:?})\n\
-         if config is not None: plugin['spec']['pluginConfig'] = config\n\
-         patched = envoyfilter.apply(gateway, patches, {GATEWAY_LABELS})\n\
-         print(json.dumps(envoyfilter.apply_wasm_plugin(patched, plugin, {GATEWAY_LABELS}, {module:?})))\n",
+         for p in patches['spec']['configPatches']:\n\
+         \x20   if config is not None and p['applyTo'] == 'EXTENSION_CONFIG':\n\
+         \x20       p['patch']['value']['typed_config']['value']['config']['configuration']['value'] = json.dumps(config)\n\
+         print(json.dumps(envoyfilter.apply(gateway, patches, {GATEWAY_LABELS}, {module:?})))\n",
         dir = repo_path("tests/manifests").display().to_string(),
         gateway = repo_path("tests/manifests/istio-gateway.yaml")
             .display()
             .to_string(),
         patches = repo_path("manifests/istio/envoyfilter.yaml")
-            .display()
-            .to_string(),
-        plugin = repo_path("manifests/istio/wasmplugin.yaml")
             .display()
             .to_string(),
         module = filter_wasm().display().to_string(),
@@ -195,6 +192,10 @@ fn envoy_validates(config: &Value, dir: &Path, base_id: u32) -> (bool, String) {
 /// arrives (no control plane yet), subscribes itself, serves MCP through Istio's cluster,
 /// follows a registry change, keeps serving while the control plane is away, and
 /// resubscribes to the new one, which it then follows.
+///
+/// The filter must be allowed to stop iteration on the request headers: without
+/// `allow_on_headers_stop_iteration` (as istiod renders a WasmPlugin) this test hangs at
+/// the first `tools/list`, the body never reaching the filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() {
     let up = TestUpstream::with_tools(&["alpha"]).with_label("istio");
@@ -206,8 +207,8 @@ async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() 
     let upstream_cluster = format!("outbound|{upstream_port}||127.0.0.1");
     let gateway = patched_gateway(None);
     let node_id = gateway["node"]["id"].as_str().unwrap().to_owned();
-    // Exactly one mcpgw filter, the WasmPlugin's, before the router, its configuration the
-    // pluginConfig.
+    // Exactly one mcpgw filter, before the router, allowed to hold the request's headers
+    // while it reads the body, its plugin configuration naming the control plane's cluster.
     let filters = gateway["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["http_filters"]
         .as_array()
@@ -228,6 +229,7 @@ async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() 
     );
     let plugin = &filters[names.len() - 2]["typed_config"]["config"];
     assert_eq!(plugin["failure_policy"], "FAIL_CLOSED");
+    assert_eq!(plugin["allow_on_headers_stop_iteration"], true);
     let configuration: Value =
         serde_json::from_str(plugin["configuration"]["value"].as_str().unwrap()).unwrap();
     assert_eq!(configuration, json!({"xds": {"cluster": "mcpgw-xds"}}));
@@ -353,7 +355,7 @@ async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() 
     assert!(log.contains("reconnecting in"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 
-    // The gateway as it ran (the WasmPlugin's filter inline) loads in `envoy --mode
+    // The gateway as it ran (the served filter inline) loads in `envoy --mode
     // validate`; the check has teeth: a misspelt field of the filter is refused.
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = envoy_validates(&config, dir.path(), base + 1);
@@ -378,7 +380,7 @@ async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() 
     running.stop().await;
 }
 
-/// A pluginConfig the filter cannot read is logged with the field at fault, and the
+/// A plugin configuration the filter cannot read is logged with the field at fault, and the
 /// listener answers 503 saying so (fail closed), without a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_plugin_config_is_logged_and_answered_503() {
