@@ -1,12 +1,13 @@
 //! The filter's own subscription to its configuration, for a filter that Envoy was given
-//! without it: Istio's `WasmPlugin`, whose `pluginConfig` (rendered by istiod as the plugin
-//! configuration, a JSON string) only says where the configuration lives. The root context
+//! without it: on an Istio gateway the filter is an extension configuration istiod serves
+//! (the overlay's EnvoyFilter), whose plugin configuration is static and only says where the
+//! real one lives (the same JSON shape a WasmPlugin's `pluginConfig` would render to). The root context
 //! then opens a gRPC stream to the control plane's ECDS
 //! (`ExtensionConfigDiscoveryService.StreamExtensionConfigs`), asks for the same
 //! `TypedExtensionConfig` the control plane serves to Envoys that load the filter through
 //! ECDS themselves, takes the snapshot out of it and ACKs or NACKs each response.
 //!
-//! Host-independent: [`Source`] is the pluginConfig, [`Subscription`] the stream's state
+//! Host-independent: [`Source`] is that plugin configuration, [`Subscription`] the stream's state
 //! (requests to send, responses read, reconnection backoff), [`wire`] the few protobuf
 //! messages by hand (`core` has no protobuf runtime). The filter carries out the host calls.
 
@@ -32,9 +33,10 @@ pub const MAX_BACKOFF_MS: u64 = 30_000;
 /// The answer to an MCP request while the filter has no configuration yet (fail closed).
 pub const UNCONFIGURED_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"the gateway has no configuration yet: it is waiting for the mcpgw control plane"}}"#;
 /// The answer to an MCP request when the plugin configuration itself is invalid.
-pub const MISCONFIGURED_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"the gateway's mcpgw filter is misconfigured (its WasmPlugin pluginConfig): see the proxy's log"}}"#;
+pub const MISCONFIGURED_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"the gateway's mcpgw filter is misconfigured (its plugin configuration): see the proxy's log"}}"#;
 
-/// Where the configuration lives: the `xds` object of a `WasmPlugin`'s `pluginConfig`.
+/// Where the configuration lives: the `xds` object of the plugin configuration
+/// (`{"xds": {"cluster": "mcpgw-xds"}}`).
 ///
 /// No credential: the control plane's xDS authenticates the connection (mutual TLS, done by
 /// the Envoy cluster named here), not the messages.

@@ -63,10 +63,10 @@ struct Root {
     shared: Rc<Shared>,
     sweep_tags: u32,
     /// Set when the plugin configuration only says where the configuration lives (Istio's
-    /// WasmPlugin): the stream that fetches it (`subscription`).
+    /// gateway): the stream that fetches it (`subscription`).
     subscription: Option<subscription::Driver>,
-    /// While set, every request is answered 503 with this body: subscribed, and no
-    /// configuration received yet.
+    /// While set, every request is answered 503 with this body: subscribed and no
+    /// configuration received yet, or a plugin configuration it cannot read.
     unconfigured: Option<&'static str>,
     /// When the session sweep is next due while subscribed (ticks are frequent then).
     next_sweep_ms: u64,
@@ -204,7 +204,7 @@ impl RootContext for Root {
                 self.install(config, bytes.len(), started);
                 true
             }
-            // Not a snapshot: perhaps a WasmPlugin's pluginConfig naming where it lives.
+            // Not a snapshot: perhaps a plugin configuration naming where it lives.
             Err(err) => match Source::from_plugin_configuration(&bytes) {
                 Some(Ok(source)) => {
                     self.subscribe(source);

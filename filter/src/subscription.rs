@@ -1,5 +1,5 @@
 //! The filter subscribing itself to its configuration, when Envoy loaded it without one
-//! (Istio's `WasmPlugin`: the plugin configuration names the control plane's xDS cluster,
+//! (an Istio gateway: the plugin configuration names the control plane's xDS cluster,
 //! [`mcpgw_core::subscription::Source`]). Each worker's root context keeps one gRPC stream
 //! to the control plane's ECDS open, installs what arrives exactly as `on_configure`
 //! installs a snapshot, and ACKs or NACKs it; a closed stream is reopened with backoff from
@@ -57,7 +57,7 @@ impl Driver {
         let source = self.subscription.source().clone();
         if self.subscription.node_id().is_empty() {
             log::error!(
-                "mcpgw: cannot subscribe to {}: Envoy has no node id and the pluginConfig names none (xds.node_id)",
+                "mcpgw: cannot subscribe to {}: Envoy has no node id and the plugin configuration names none (xds.node_id)",
                 source.resource
             );
             self.subscription.closed(now_ms);

@@ -197,7 +197,7 @@ fn envoy_validates(config: &Value, dir: &Path, base_id: u32) -> (bool, String) {
 /// `allow_on_headers_stop_iteration` (as istiod renders a WasmPlugin) this test hangs at
 /// the first `tools/list`, the body never reaching the filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_istio_gateway_runs_the_wasm_plugin_filter_which_subscribes_itself() {
+async fn an_istio_gateway_runs_the_filter_which_subscribes_itself() {
     let up = TestUpstream::with_tools(&["alpha"]).with_label("istio");
     let running = up.serve(0).await;
     let upstream_port: u16 = url::Url::parse(&running.url)
@@ -412,4 +412,102 @@ async fn a_bad_plugin_config_is_logged_and_answered_503() {
     );
     assert!(log.contains("clustr"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The filter's hand-written xDS messages (`mcpgw_core::subscription::wire`) against the
+/// generated types: what it sends decodes as the `DiscoveryRequest` it means, and it reads
+/// the plugin configuration out of a `DiscoveryResponse` built as the control plane builds
+/// its ECDS resource.
+#[test]
+fn the_filters_xds_messages_match_the_generated_types() {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use envoy_types::pb::google::protobuf::{Any, StringValue};
+    use mcpgw_core::subscription::{DEFAULT_RESOURCE, Received, Source, Subscription, TYPE_URL};
+    use prost::Message as _;
+
+    fn any(type_url: &str, m: &impl prost::Message) -> Any {
+        Any {
+            type_url: format!("type.googleapis.com/{type_url}"),
+            value: m.encode_to_vec(),
+        }
+    }
+    let source = Source {
+        cluster: "mcpgw-xds".into(),
+        resource: DEFAULT_RESOURCE.into(),
+        node_id: None,
+    };
+    let mut sub = Subscription::new(source, "router~1~gw.istio-system~cluster.local");
+    let first = DiscoveryRequest::decode(sub.opened().as_slice()).unwrap();
+    assert_eq!(
+        first.node.as_ref().unwrap().id,
+        "router~1~gw.istio-system~cluster.local"
+    );
+    assert_eq!(first.node.as_ref().unwrap().user_agent_name, "mcpgw-filter");
+    assert_eq!(first.resource_names, [DEFAULT_RESOURCE]);
+    assert_eq!(first.type_url, TYPE_URL);
+    assert_eq!(
+        (first.version_info.as_str(), first.response_nonce.as_str()),
+        ("", "")
+    );
+
+    let snapshot = r#"{"schema":1,"version":"v7"}"#;
+    let wasm = Wasm {
+        config: Some(PluginConfig {
+            name: "mcpgw".into(),
+            root_id: "mcpgw".into(),
+            configuration: Some(any(
+                "google.protobuf.StringValue",
+                &StringValue {
+                    value: snapshot.into(),
+                },
+            )),
+            ..Default::default()
+        }),
+    };
+    let other = TypedExtensionConfig {
+        name: "mcpgw.jwt".into(),
+        typed_config: Some(any("google.protobuf.StringValue", &StringValue::default())),
+    };
+    let filter = TypedExtensionConfig {
+        name: DEFAULT_RESOURCE.into(),
+        typed_config: Some(any("envoy.extensions.filters.http.wasm.v3.Wasm", &wasm)),
+    };
+    let response = DiscoveryResponse {
+        version_info: "7".into(),
+        resources: vec![
+            any("envoy.config.core.v3.TypedExtensionConfig", &other),
+            any("envoy.config.core.v3.TypedExtensionConfig", &filter),
+        ],
+        type_url: TYPE_URL.into(),
+        nonce: "3".into(),
+        ..Default::default()
+    };
+    let Received::Configuration {
+        version,
+        nonce,
+        configuration,
+    } = sub.on_response(&response.encode_to_vec())
+    else {
+        panic!("no configuration read");
+    };
+    assert_eq!((version.as_str(), nonce.as_str()), ("7", "3"));
+    assert_eq!(configuration, snapshot.as_bytes());
+
+    let ack = DiscoveryRequest::decode(sub.ack(&version, &nonce).as_slice()).unwrap();
+    assert!(ack.node.is_none());
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("7", "3")
+    );
+    assert!(ack.error_detail.is_none());
+    let nack = DiscoveryRequest::decode(sub.nack("4", "bad snapshot").as_slice()).unwrap();
+    assert_eq!(
+        (nack.version_info.as_str(), nack.response_nonce.as_str()),
+        ("7", "4")
+    );
+    let error = nack.error_detail.unwrap();
+    assert_eq!((error.code, error.message.as_str()), (3, "bad snapshot"));
 }
