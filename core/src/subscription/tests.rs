@@ -56,9 +56,12 @@ fn source() -> Source {
     }
 }
 
+/// What a plugin configuration should give: no source, a source, or an error on a field.
+type Want = Option<Result<Source, &'static str>>;
+
 #[test]
 fn plugin_configurations_name_a_source_or_none() {
-    let cases: &[(&str, &str, Option<Result<Source, &str>>)] = &[
+    let cases: &[(&str, &str, Want)] = &[
         (
             "cluster only",
             r#"{"xds": {"cluster": "mcpgw-xds"}}"#,
