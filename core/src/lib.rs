@@ -31,5 +31,6 @@ pub mod session;
 pub mod snapshot;
 pub mod sniff;
 pub mod sse;
+pub mod subscription;
 pub mod trace;
 pub mod upstream_identity;

@@ -22,19 +22,21 @@ mod guard_call;
 #[allow(unsafe_code)]
 mod host;
 mod metrics;
+mod subscription;
 
 use mcpgw_core::config::Config;
 use mcpgw_core::exchange::{self, BodyNeed, CallAnswer, Exchange, Header, Host, Step};
 use mcpgw_core::metrics::ToolLabel;
 use mcpgw_core::reason::Reason;
 use mcpgw_core::session::table::KEY_PREFIX;
+use mcpgw_core::subscription::{MISCONFIGURED_BODY, Source, UNCONFIGURED_BODY};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -60,61 +62,102 @@ struct Root {
     config: Rc<Config>,
     shared: Rc<Shared>,
     sweep_tags: u32,
+    /// Set when the plugin configuration only says where the configuration lives (Istio's
+    /// gateway): the stream that fetches it (`subscription`).
+    subscription: Option<subscription::Driver>,
+    /// While set, every request is answered 503 with this body: subscribed and no
+    /// configuration received yet, or a plugin configuration it cannot read.
+    unconfigured: Option<&'static str>,
+    /// When the session sweep is next due while subscribed (ticks are frequent then).
+    next_sweep_ms: u64,
 }
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
+impl Context for Root {
+    /// A response on the subscription's stream: installed like `on_configure`'s, answered.
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        let Some(delivery) = self
+            .subscription
+            .as_mut()
+            .and_then(|d| d.on_message(token, size))
+        else {
+            return;
+        };
         let started = self.get_current_time();
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::from_bytes(&bytes) {
+        let installed = match Config::from_bytes(&delivery.configuration) {
             Ok(config) => {
-                let took = self
-                    .get_current_time()
-                    .duration_since(started)
-                    .unwrap_or_default();
-                log::info!(
-                    "mcpgw: configured snapshot {:?} (schema {}, {} virtual servers, {} catalog tools, {} configuration bytes) in {:.1} ms",
-                    config.version,
-                    config.schema,
-                    config.servers(),
-                    config.tools(),
-                    bytes.len(),
-                    took.as_secs_f64() * 1000.0
-                );
-                let sessions = config.edge.sessions().is_some();
-                self.config = Rc::new(config);
-                let period = if sessions {
-                    SWEEP_PERIOD
-                } else {
-                    Duration::ZERO
-                };
-                if let Err(status) = proxy_wasm::hostcalls::set_tick_period(period) {
-                    log::warn!("mcpgw: cannot schedule the session sweep: {status:?}");
-                }
-                true
+                self.install(config, delivery.configuration.len(), started);
+                Ok(())
             }
             Err(err) => {
-                log::error!("mcpgw: rejecting configuration: {err}");
-                false
+                log::error!(
+                    "mcpgw: rejecting configuration {:?} from the control plane: {err}",
+                    delivery.version
+                );
+                Err(err.to_string())
             }
+        };
+        if let Some(driver) = self.subscription.as_mut() {
+            driver.answer(&delivery, installed);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            exchange: Exchange::new(Rc::clone(&self.config)),
-            shared: Rc::clone(&self.shared),
-            calls: HashMap::new(),
-            body_size: 0,
-            response_read: 0,
-        }))
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        if let Some(driver) = self.subscription.as_mut() {
+            driver.on_close(token, status, now_ms());
+        }
+    }
+}
+
+impl Root {
+    /// Makes `config` the one new requests get (`bytes`: its size, for the log).
+    fn install(&mut self, config: Config, bytes: usize, started: SystemTime) {
+        let took = self
+            .get_current_time()
+            .duration_since(started)
+            .unwrap_or_default();
+        log::info!(
+            "mcpgw: configured snapshot {:?} (schema {}, {} virtual servers, {} catalog tools, {} configuration bytes) in {:.1} ms",
+            config.version,
+            config.schema,
+            config.servers(),
+            config.tools(),
+            bytes,
+            took.as_secs_f64() * 1000.0
+        );
+        let sessions = config.edge.sessions().is_some();
+        self.config = Rc::new(config);
+        self.unconfigured = None;
+        let period = match (&self.subscription, sessions) {
+            (Some(_), _) => subscription::TICK,
+            (None, true) => SWEEP_PERIOD,
+            (None, false) => Duration::ZERO,
+        };
+        if let Err(status) = proxy_wasm::hostcalls::set_tick_period(period) {
+            log::warn!("mcpgw: cannot schedule the session sweep: {status:?}");
+        }
+    }
+
+    /// Starts fetching the configuration from `source`; until it arrives requests get 503.
+    fn subscribe(&mut self, source: Source) {
+        if self
+            .subscription
+            .as_ref()
+            .is_some_and(|d| d.source() == &source)
+        {
+            return;
+        }
+        self.unconfigured = Some(UNCONFIGURED_BODY);
+        let mut driver = subscription::Driver::new(source);
+        driver.tick(now_ms());
+        self.subscription = Some(driver);
+        if let Err(status) = proxy_wasm::hostcalls::set_tick_period(subscription::TICK) {
+            log::warn!("mcpgw: cannot schedule reconnections: {status:?}");
+        }
     }
 
     /// Sweeps the session-table slots this worker wrote: idle upstream sessions are ended
     /// (`DELETE`, answers ignored), expired records removed.
-    fn on_tick(&mut self) {
+    fn sweep(&mut self) {
         let now = now_secs();
         let slots: Vec<String> = self.shared.slots.borrow().iter().cloned().collect();
         for key in slots {
@@ -150,6 +193,66 @@ impl RootContext for Root {
             }
         }
     }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let started = self.get_current_time();
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::from_bytes(&bytes) {
+            Ok(config) => {
+                self.install(config, bytes.len(), started);
+                true
+            }
+            // Not a snapshot: perhaps a plugin configuration naming where it lives.
+            Err(err) => match Source::from_plugin_configuration(&bytes) {
+                Some(Ok(source)) => {
+                    self.subscribe(source);
+                    true
+                }
+                // Accepted, to answer 503 saying so: refused, Envoy would not start (or
+                // not serve the listener), and the operator sees only its own error.
+                Some(Err(invalid)) => {
+                    log::error!("mcpgw: rejecting configuration: {invalid}");
+                    self.subscription = None;
+                    self.unconfigured = Some(MISCONFIGURED_BODY);
+                    true
+                }
+                None => {
+                    log::error!("mcpgw: rejecting configuration: {err}");
+                    false
+                }
+            },
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if let Some(body) = self.unconfigured {
+            return Some(Box::new(subscription::Unconfigured(body)));
+        }
+        Some(Box::new(Request {
+            exchange: Exchange::new(Rc::clone(&self.config)),
+            shared: Rc::clone(&self.shared),
+            calls: HashMap::new(),
+            body_size: 0,
+            response_read: 0,
+        }))
+    }
+
+    /// Reopens the subscription's stream when due; sweeps the session table.
+    fn on_tick(&mut self) {
+        if let Some(driver) = self.subscription.as_mut() {
+            let now = now_ms();
+            driver.tick(now);
+            // Subscribed roots tick every second; the sweep keeps its own period.
+            if self.config.edge.sessions().is_none() || now < self.next_sweep_ms {
+                return;
+            }
+            self.next_sweep_ms =
+                now.saturating_add(u64::try_from(SWEEP_PERIOD.as_millis()).unwrap_or(u64::MAX));
+        }
+        self.sweep();
+    }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
@@ -162,6 +265,14 @@ fn now_secs() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch, by Envoy's clock.
+fn now_ms() -> u64 {
+    proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The host as the exchange sees it: this worker's counters and session slots, Envoy's
@@ -206,10 +317,7 @@ impl Host for FilterHost<'_> {
     }
 
     fn now_ms(&self) -> u64 {
-        proxy_wasm::hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        now_ms()
     }
 
     fn random(&mut self, out: &mut [u8]) -> bool {

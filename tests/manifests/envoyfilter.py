@@ -13,6 +13,9 @@ configuration it generates for a gateway: the subset of operations manifests/ist
   of the route configurations of the listeners on `routeConfiguration.portNumber` (inline
   `route_config` here; istiod's come over RDS, named `http.PORT`).
 
+- applyTo EXTENSION_CONFIG, operation ADD: served as istiod serves it over ECDS, with
+  istio-agent's rewrite of a remote wasm module to a local file (`apply(..., module=)`).
+
 Only `context: GATEWAY` (or ANY) patches apply, and only when the EnvoyFilter's
 workloadSelector selects the gateway's labels. A patch that matches nothing is an error
 here (istiod skips it silently, which is exactly the mistake a test should catch); so is
@@ -137,15 +140,18 @@ def _insert_http_filter(config: dict, match: dict, value: dict, where: str) -> N
         raise PatchError(f"{where}: no listener on port {port} has the http filter {sub!r}")
 
 
-def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
+def apply(config: dict, envoy_filter: dict, labels: dict, module: str | None = None) -> dict:
     """`config` with the patches of `envoy_filter` applied for a gateway with `labels`
-    (a new dict; `config` is not changed)."""
+    (a new dict; `config` is not changed). With `module`, the extension configurations the
+    EnvoyFilter adds are served (see `_serve_ecds`, the module file as istio-agent hands it
+    over); without, the filters keep discovering them from istiod."""
     name = envoy_filter.get("metadata", {}).get("name", "?")
     if envoy_filter.get("kind") != "EnvoyFilter":
         raise PatchError(f"{name}: not an EnvoyFilter")
     out = copy.deepcopy(config)
     if not _selected(envoy_filter, labels):
         return out
+    extensions = []
     for i, patch in enumerate(envoy_filter.get("spec", {}).get("configPatches", [])):
         where = f"{name} configPatches[{i}]"
         match = patch.get("match") or {}
@@ -158,6 +164,8 @@ def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
             raise PatchError(f"{where}: patch.value must be an object")
         if (apply_to, op) == ("CLUSTER", "ADD"):
             _add_cluster(out, value, where)
+        elif (apply_to, op) == ("EXTENSION_CONFIG", "ADD"):
+            extensions.append(value)
         elif (apply_to, op) == ("HTTP_FILTER", "INSERT_BEFORE"):
             _insert_http_filter(out, match, value, where)
         elif (apply_to, op) == ("NETWORK_FILTER", "MERGE"):
@@ -166,4 +174,42 @@ def apply(config: dict, envoy_filter: dict, labels: dict) -> dict:
             _insert_first_route(out, match, value, where)
         else:
             raise PatchError(f"{where}: {apply_to} {op} is not implemented by this applier")
+    if module is not None:
+        _serve_ecds(out, extensions, module, name)
     return out
+
+
+
+WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+TYPED_STRUCTS = ("type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct")
+
+
+def _serve_ecds(config: dict, extensions: list[dict], module: str, where: str) -> None:
+    """What Envoy runs once istiod served `extensions` over ECDS and istio-agent rewrote
+    them: each HTTP filter whose `config_discovery` names one gets it inline, a TypedStruct
+    turned into its message, and a Wasm module's `code.remote` (an oci:// or https:// URL
+    that istio-agent fetched and checked against its sha256) replaced by the local file
+    `module` (pkg/wasm/convert.go)."""
+    by_name = {e.get("name"): e for e in extensions}
+    served = set()
+    for hcm in _hcms(config, None):
+        for f in hcm.get("http_filters", []):
+            discovery = f.get("config_discovery")
+            if not discovery or f.get("name") not in by_name:
+                continue
+            typed = copy.deepcopy(by_name[f["name"]]["typed_config"])
+            if typed.get("@type") in TYPED_STRUCTS:
+                typed = {"@type": typed["type_url"], **typed.get("value", {})}
+            if typed.get("@type") not in discovery.get("type_urls", []):
+                raise PatchError(f"{where}: {f['name']} is a {typed.get('@type')}, not one of {discovery.get('type_urls')}")
+            if typed["@type"] == WASM:
+                code = typed.get("config", {}).get("vm_config", {}).get("code", {})
+                remote = code.pop("remote", None)
+                if remote is None or not remote.get("http_uri", {}).get("uri") or not remote.get("sha256"):
+                    raise PatchError(f"{where}: {f['name']}: istio-agent fetches only remote code with a uri and a sha256")
+                code["local"] = {"filename": module}
+            del f["config_discovery"]
+            f["typed_config"] = typed
+            served.add(f["name"])
+    if set(by_name) - served:
+        raise PatchError(f"{where}: no HTTP filter discovers {sorted(set(by_name) - served)}")

@@ -5,13 +5,14 @@
   Kubernetes 1.32's OpenAPI schemas (kubernetes-validate, strict: unknown fields fail);
 - the Istio and Prometheus-operator resources are valid against their published CRD
   schemas (@kubernetes-models/*, run by node);
-- the Istio overlay's EnvoyFilter, applied to a representative gateway configuration,
-  gives a configuration a real Envoy loads (`envoy --mode validate`) with exactly one mcpgw
-  filter (no WasmPlugin inserts a second) and routes that follow the filter's route
-  header; run against a real control plane, it takes the filter's configuration over ECDS
-  from it, with the module downloaded by URL and checked by sha256, and the gateway with
-  that configuration merged in loads in `envoy --mode validate` (the same with a registry
-  and a tool call: control-plane/tests/integration/edge_xds/istio.rs);
+- the Istio overlay's EnvoyFilter, applied to a representative gateway configuration (its
+  extension configuration served as istiod and istio-agent serve it), gives a
+  configuration a real Envoy loads (`envoy --mode validate`) with exactly one mcpgw filter,
+  whose plugin configuration names the control plane's xDS cluster, and routes that follow
+  the filter's route header; run against a real control plane, the filter subscribes itself
+  to its configuration there and answers MCP (the same with a registry, tool calls, a
+  registry change and a control plane restart: control-plane/tests/integration/edge_xds/
+  istio.rs);
 - the standalone overlay ships envoy-bootstrap.yaml unchanged, and a real Envoy loads it
   (the run against a control plane is control-plane/tests/integration/edge_xds/manifests.rs);
 - what the control plane is started with exists: every flag, every config-file key;
@@ -168,27 +169,38 @@ class Rendering(unittest.TestCase):
         self.assertFalse(ok, out)
         self.assertIn("operation", out)
 
-    def test_one_filter_whose_module_is_pinned_by_url_and_digest(self):
-        # No WasmPlugin: it would insert a second, unconfigured instance of the filter
-        # in front of the one the control plane configures (every request got 404).
+    def test_one_filter_pinned_by_digest_and_pointed_at_the_control_plane(self):
+        # No WasmPlugin: istiod renders it without allow_on_headers_stop_iteration, and the
+        # filter would never see a request body.
         self.assertFalse([d for d in self.rendered["istio"] if d["kind"] == "WasmPlugin"])
-        config = tomllib.loads((ROOT / "manifests" / "istio" / "mcpgw.toml").read_text())
-        self.assertNotIn("filter_wasm", config)
-        self.assertRegex(config["wasm_sha256"], r"^[0-9a-f]{64}$")
-        self.assertEqual(config["cluster_naming"], "istio")
-        url = re.fullmatch(r"https://([^/:]+)(?::(\d+))?/.+\.wasm", config["wasm_url"])
-        self.assertIsNotNone(url, config["wasm_url"])
-        # The cluster Envoy downloads the module through reaches the URL's host, over TLS
-        # checked on that name.
         ef = next(d for d in self.rendered["istio"] if d["kind"] == "EnvoyFilter")
-        wasm = next(p["patch"]["value"] for p in ef["spec"]["configPatches"]
-                    if p["applyTo"] == "CLUSTER" and p["patch"]["value"]["name"] == "mcpgw-wasm")
-        addr = wasm["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-        self.assertEqual((addr["address"], addr["port_value"]), (url.group(1), int(url.group(2) or 443)))
-        tls = wasm["transport_socket"]["typed_config"]
-        self.assertEqual(tls["sni"], url.group(1))
-        san = tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
-        self.assertEqual(san["matcher"]["exact"], url.group(1))
+        patches = ef["spec"]["configPatches"]
+        extensions = [p["patch"]["value"] for p in patches if p["applyTo"] == "EXTENSION_CONFIG"]
+        self.assertEqual([e["name"] for e in extensions], ["mcpgw.filter"])
+        typed = extensions[0]["typed_config"]
+        self.assertEqual(typed["type_url"], envoyfilter.WASM)
+        config = typed["value"]["config"]
+        remote = config["vm_config"]["code"]["remote"]
+        self.assertRegex(remote["http_uri"]["uri"], r"^(oci|https)://")
+        self.assertRegex(remote["sha256"], r"^[0-9a-f]{64}$")
+        self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+        self.assertTrue(config["allow_on_headers_stop_iteration"])
+        # Its configuration only names a cluster the EnvoyFilter adds.
+        plugin = json.loads(config["configuration"]["value"])
+        self.assertEqual(set(plugin), {"xds"})
+        clusters = [p["patch"]["value"]["name"] for p in patches if p["applyTo"] == "CLUSTER"]
+        self.assertIn(plugin["xds"]["cluster"], clusters)
+        self.assertNotIn("mcpgw-wasm", clusters)
+        # One filter discovers it, from istiod (ADS), with no warming bypass.
+        filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+        self.assertEqual([f["name"] for f in filters], ["mcpgw.filter"])
+        source = filters[0]["config_discovery"]["config_source"]
+        self.assertEqual(source["ads"], {})
+        self.assertNotIn("default_config", filters[0]["config_discovery"])
+        mcpgw = tomllib.loads((ROOT / "manifests" / "istio" / "mcpgw.toml").read_text())
+        for k in ("filter_wasm", "wasm_url", "wasm_sha256"):
+            self.assertNotIn(k, mcpgw)
+        self.assertEqual(mcpgw["cluster_naming"], "istio")
 
     def test_workloads_are_locked_down(self):
         for overlay, docs in self.rendered.items():
@@ -340,15 +352,31 @@ class IstioGateway(unittest.TestCase):
             self.assertTrue(ok, out)
 
     def test_the_patched_gateway_configuration_loads_in_envoy(self):
-        patched = envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS)
+        with tempfile.TemporaryDirectory() as d:
+            # As istiod sends it (the filter discovers its configuration over ADS) ...
+            patched = envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS)
+            ok, out = envoy_validates(yaml.safe_dump(patched), Path(d))
+            self.assertTrue(ok, out)
+            # ... and as Envoy runs it once ECDS delivered it.
+            served = envoyfilter.apply(self.gateway, self.envoy_filter, GATEWAY_LABELS, str(filter_module()))
+            self.check_patched(served, Path(d))
+
+    def check_patched(self, patched, d):
         names = [c["name"] for c in patched["static_resources"]["clusters"]]
-        for name in ("mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit", "mcpgw-wasm"):
+        for name in ("mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit"):
             self.assertIn(name, names)
         mcp, other = patched["static_resources"]["listeners"]
         chain = [f["name"] for f in mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
         self.assertEqual(chain[-2:], ["mcpgw.filter", "envoy.filters.http.router"])
         # Exactly one instance of the filter.
         self.assertEqual([n for n in chain if "mcpgw" in n or "wasm" in n], ["mcpgw.filter"])
+        wasm = mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-2]["typed_config"]
+        self.assertEqual(wasm["@type"], envoyfilter.WASM)
+        config = wasm["config"]
+        self.assertEqual(json.loads(config["configuration"]["value"]), {"xds": {"cluster": "mcpgw-xds"}})
+        self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+        self.assertTrue(config["allow_on_headers_stop_iteration"])
+        self.assertEqual(config["vm_config"]["code"], {"local": {"filename": str(filter_module())}})
         # The headers only the edge may set are gone before any filter or route sees them.
         hcm = mcp["filter_chains"][0]["filters"][0]["typed_config"]
         self.assertEqual(hcm["stat_prefix"], "outbound_0.0.0.0_8080", "merged into Istio's own")
@@ -367,13 +395,8 @@ class IstioGateway(unittest.TestCase):
         self.assertEqual(len(other_routes), 1)
         untouched = [f["name"] for f in other["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
         self.assertEqual(untouched, ["envoy.filters.http.router"])
-        discovery = mcp["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-2]["config_discovery"]
-        source = discovery["config_source"]["api_config_source"]["grpc_services"][0]
-        self.assertEqual(source["envoy_grpc"]["cluster_name"], "mcpgw-xds")
-        self.assertNotIn("default_config", discovery, "no default: the listener waits (fail closed)")
-        with tempfile.TemporaryDirectory() as d:
-            ok, out = envoy_validates(yaml.safe_dump(patched), Path(d))
-            self.assertTrue(ok, out)
+        ok, out = envoy_validates(yaml.safe_dump(patched), d)
+        self.assertTrue(ok, out)
 
     def test_envoy_rejects_a_broken_patch(self):
         # The validation has teeth: a cluster whose TLS names a field Envoy does not have.
@@ -395,15 +418,22 @@ class IstioGateway(unittest.TestCase):
         once = envoyfilter.apply(self.gateway, ef, GATEWAY_LABELS)
         with self.assertRaisesRegex(envoyfilter.PatchError, "exists already"):
             envoyfilter.apply(once, ef, GATEWAY_LABELS)
-        # A port no listener has, or a subFilter the chain lacks: matched nothing.
-        at = next(i for i, p in enumerate(ef["spec"]["configPatches"])
-                  if p["patch"]["value"].get("name") == "mcpgw.filter")
-        for edit in ({"portNumber": 9999}, {"filterChain": {"filter": {
-                "name": envoyfilter.HCM, "subFilter": {"name": "envoy.filters.http.nope"}}}}):
-            moved = json.loads(json.dumps(ef))
-            moved["spec"]["configPatches"][at]["match"]["listener"].update(edit)
-            with self.assertRaisesRegex(envoyfilter.PatchError, "no listener"):
-                envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
+        # A port no listener has: matched nothing.
+        at = next(i for i, p in enumerate(ef["spec"]["configPatches"]) if p["applyTo"] == "NETWORK_FILTER")
+        moved = json.loads(json.dumps(ef))
+        moved["spec"]["configPatches"][at]["match"]["listener"]["portNumber"] = 9999
+        with self.assertRaisesRegex(envoyfilter.PatchError, "no listener"):
+            envoyfilter.apply(self.gateway, moved, GATEWAY_LABELS)
+        # An extension configuration no filter discovers, or one without a pinned module.
+        unused = json.loads(json.dumps(ef))
+        unused["spec"]["configPatches"] = [p for p in unused["spec"]["configPatches"] if p["applyTo"] != "HTTP_FILTER"]
+        with self.assertRaisesRegex(envoyfilter.PatchError, "no HTTP filter discovers"):
+            envoyfilter.apply(self.gateway, unused, GATEWAY_LABELS, "/m.wasm")
+        unpinned = json.loads(json.dumps(ef))
+        ext = next(p for p in unpinned["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG")
+        del ext["patch"]["value"]["typed_config"]["value"]["config"]["vm_config"]["code"]["remote"]["sha256"]
+        with self.assertRaisesRegex(envoyfilter.PatchError, "sha256"):
+            envoyfilter.apply(self.gateway, unpinned, GATEWAY_LABELS, "/m.wasm")
         # A merge whose type is not the filter's is refused.
         wrong = json.loads(json.dumps(ef))
         merge = next(p for p in wrong["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE")
@@ -442,49 +472,30 @@ def mcpgw_binary() -> Path:
     return binary
 
 
-class IstioGatewayLive(unittest.TestCase):
-    """The patched gateway configuration in a running Envoy, with the control plane as the
-    ECDS source: the filter's configuration arrives over the ECDS service, names the module
-    by URL and sha256 (`--wasm-url`, `--wasm-sha256`), Envoy downloads it from this test
-    through the EnvoyFilter's `mcpgw-wasm` cluster, and the filter answers on the MCP
-    listener. Then the gateway with that configuration merged in (in place of ECDS) loads in
-    `envoy --mode validate`. Istio's parts are left out: no istiod (the gateway's own ADS
-    section is dropped) and no istio-agent (the clusters to the control plane lose their
-    SDS-based TLS; the control plane serves plaintext on loopback)."""
+def filter_module() -> Path:
+    wasm = Path(os.environ.get("MCPGW_WASM", ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_filter.wasm"))
+    if not wasm.exists():
+        raise AssertionError(f"{wasm} missing: `make wasm`")
+    return wasm
 
-    def test_the_filter_configuration_arrives_over_ecds_from_the_control_plane(self):
+
+class IstioGatewayLive(unittest.TestCase):
+    """The patched gateway configuration in a running Envoy, the filter's extension
+    configuration served as istiod serves it (the module a local file, as istio-agent hands
+    it over), and a real control plane: the filter subscribes itself to its configuration
+    over the EnvoyFilter's `mcpgw-xds` cluster and answers on the MCP listener. Istio's
+    parts are left out: no istiod (the gateway's own ADS section is dropped) and no
+    istio-agent (the clusters to the control plane lose their SDS-based TLS; the control
+    plane serves plaintext on loopback)."""
+
+    def test_the_filter_subscribes_itself_to_the_control_plane(self):
         import time
         import urllib.error
         import urllib.request
 
-        import hashlib
-        import http.server
-        import threading
-
-        wasm = Path(os.environ.get("MCPGW_WASM", ROOT / "target" / "wasm32-wasip1" / "release" / "mcpgw_filter.wasm"))
-        self.assertTrue(wasm.exists(), f"{wasm} missing: `make wasm`")
-        module = wasm.read_bytes()
-        fetched = []
-
-        class Module(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                fetched.append(self.path)
-                self.send_response(200 if self.path == "/mcpgw_filter.wasm" else 404)
-                self.send_header("content-length", str(len(module)))
-                self.end_headers()
-                self.wfile.write(module)
-
-            def log_message(self, *args):
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Module)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
-        wasm_port = server.server_address[1]
         gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
         ef = next(d for d in render("istio") if d["kind"] == "EnvoyFilter")
-        config = envoyfilter.apply(gateway, ef, GATEWAY_LABELS)
+        config = envoyfilter.apply(gateway, ef, GATEWAY_LABELS, str(filter_module()))
         xds, admin_api, mcp_port = free_port(), free_port(), free_port()
         del config["dynamic_resources"]
         config["admin"]["address"]["socket_address"]["port_value"] = 0
@@ -495,9 +506,6 @@ class IstioGatewayLive(unittest.TestCase):
                 addr["socket_address"]["address"] = "127.0.0.1"
                 if c["name"] == "mcpgw-xds":
                     addr["socket_address"]["port_value"] = xds
-                if c["name"] == "mcpgw-wasm":
-                    c["type"] = "STATIC"
-                    addr["socket_address"]["port_value"] = wasm_port
         config["static_resources"]["listeners"][0]["address"]["socket_address"].update(
             address="127.0.0.1", port_value=mcp_port
         )
@@ -510,9 +518,7 @@ class IstioGatewayLive(unittest.TestCase):
                 [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
                  "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
                  "--relay-listen", "off", "--ratelimit-listen", "off",
-                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio",
-                 "--wasm-url", f"http://127.0.0.1:{wasm_port}/mcpgw_filter.wasm",
-                 "--wasm-sha256", hashlib.sha256(module).hexdigest()],
+                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio"],
                 stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
             )
             self.addCleanup(cp.wait)
@@ -544,33 +550,18 @@ class IstioGatewayLive(unittest.TestCase):
                     if e.code == 400 and "jsonrpc" in body:
                         answer = body
                         break
+                    # Until its configuration arrives, the filter answers 503 itself.
+                    if e.code == 503:
+                        self.assertIn("waiting for the mcpgw control plane", body)
                 except OSError:
-                    pass  # the listener waits for the filter's configuration
+                    pass  # Envoy is not listening yet
                 time.sleep(0.5)
             logs = (d / "envoy.log").read_text()[-3000:] + (d / "cp.log").read_text()[-2000:]
-            # Only the mcpgw filter answers a truncated JSON-RPC body with a parse error;
-            # without it the request would go to the gateway's httpbin route (503 here).
+            # Only a configured mcpgw filter answers a truncated JSON-RPC body with a parse
+            # error.
             self.assertIsNotNone(answer, f"last answer {last}\n{logs}")
             self.assertIn("-32700", answer)
-            dump = urllib.request.urlopen(
-                f"http://{(d / 'admin').read_text().strip()}/config_dump?resource=ecds_filters", timeout=5
-            ).read().decode()
-            self.assertIn("mcpgw.filter", dump)
-            self.assertIn("/mcpgw_filter.wasm", fetched, "Envoy ran a module it did not download")
-            # The gateway with the control plane's filter configuration in place of ECDS.
-            ecds = next(c["ecds_filter"] for c in json.loads(dump)["configs"]
-                        if c["ecds_filter"]["name"] == "mcpgw.filter")
-            remote = ecds["typed_config"]["config"]["vm_config"]["code"]["remote"]
-            self.assertEqual(remote["sha256"], hashlib.sha256(module).hexdigest())
-            self.assertEqual(remote["http_uri"]["cluster"], "mcpgw-wasm")
-            self.assertEqual(ecds["typed_config"]["config"]["failure_policy"], "FAIL_CLOSED")
-            merged = json.loads(json.dumps(config))
-            for f in merged["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
-                if f["name"] == "mcpgw.filter":
-                    del f["config_discovery"]
-                    f["typed_config"] = ecds["typed_config"]
-            ok, out = envoy_validates(yaml.safe_dump(merged), d)
-            self.assertTrue(ok, out)
+            self.assertIn("subscribing to mcpgw.filter on cluster mcpgw-xds", (d / "envoy.log").read_text())
 
 
 class StandaloneBootstrap(unittest.TestCase):

@@ -1,11 +1,12 @@
 //! The Istio overlay's data path, end to end, without a cluster: a real Envoy started from
 //! the representative Istio ingress-gateway configuration (`tests/manifests/
-//! istio-gateway.yaml`) with the overlay's EnvoyFilter patches applied by the same applier
-//! `make test-manifests` uses (`tests/manifests/envoyfilter.py`), against a real control
-//! plane running with `cluster_naming = istio` and the module named by URL and sha256, the
-//! module served over HTTP by the test, and a real MCP server behind an Istio-named
-//! cluster. `tools/list` and `tools/call` go through: the path that answered 404 while a
-//! WasmPlugin put a second, unconfigured filter in front of the configured one.
+//! istio-gateway.yaml`) with the overlay's EnvoyFilter applied by the same code `make
+//! test-manifests` uses (`tests/manifests/envoyfilter.py`: the filter's extension
+//! configuration served as istiod serves it over ECDS, its module a local file as
+//! istio-agent hands it over), against a real control plane running with `cluster_naming =
+//! istio` and a real MCP server behind an Istio-named cluster. The filter subscribes itself
+//! to its configuration over the EnvoyFilter's `mcpgw-xds` cluster
+//! (`mcpgw_core::subscription`).
 //!
 //! What stands in for Istio: istiod's ADS is dropped from the bootstrap and the upstream's
 //! `outbound|PORT||HOST` cluster is added as istiod would generate it for a ServiceEntry;
@@ -14,12 +15,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mcpgw::edge_config::{ClusterNaming, RemoteModule, WASM_CLUSTER};
+use mcpgw::edge_config::ClusterNaming;
 use serde_json::{Value, json};
-use sha2::Digest as _;
 
 use super::super::harness::{TestCp, TestDb};
 use super::super::upstream::TestUpstream;
@@ -33,15 +31,27 @@ const GATEWAY_LABELS: &str = r#"{"istio": "ingressgateway", "app": "istio-ingres
 /// The MCP listener of the representative gateway.
 const GATEWAY_LISTENER: &str = "0.0.0.0_8080";
 
-/// The representative gateway configuration with the overlay's EnvoyFilter applied, as JSON.
-fn patched_gateway() -> Value {
+/// The filter in the chain.
+const PLUGIN_FILTER: &str = "mcpgw.filter";
+
+/// The representative gateway configuration with the overlay's EnvoyFilter applied, its
+/// extension configuration served (with `plugin_config` in place of the filter's plugin
+/// configuration when given), the module the local filter `.wasm`; as JSON.
+fn patched_gateway(plugin_config: Option<&Value>) -> Value {
+    let plugin_config = plugin_config
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "null".into());
     let script = format!(
         "import json, sys, yaml\n\
          sys.path.insert(0, {dir:?})\n\
          import envoyfilter\n\
          gateway = yaml.safe_load(open({gateway:?}))\n\
          patches = yaml.safe_load(open({patches:?}))\n\
-         print(json.dumps(envoyfilter.apply(gateway, patches, {GATEWAY_LABELS})))\n",
+         config = json.loads({plugin_config:?})\n\
+         for p in patches['spec']['configPatches']:\n\
+         \x20   if config is not None and p['applyTo'] == 'EXTENSION_CONFIG':\n\
+         \x20       p['patch']['value']['typed_config']['value']['config']['configuration']['value'] = json.dumps(config)\n\
+         print(json.dumps(envoyfilter.apply(gateway, patches, {GATEWAY_LABELS}, {module:?})))\n",
         dir = repo_path("tests/manifests").display().to_string(),
         gateway = repo_path("tests/manifests/istio-gateway.yaml")
             .display()
@@ -49,6 +59,7 @@ fn patched_gateway() -> Value {
         patches = repo_path("manifests/istio/envoyfilter.yaml")
             .display()
             .to_string(),
+        module = filter_wasm().display().to_string(),
     );
     let out = Command::new(python())
         .arg("-c")
@@ -82,15 +93,15 @@ fn loopback_cluster(name: &str, port: u16, http2: bool) -> Value {
 }
 
 /// The patched gateway, made runnable here: no istiod (its ADS dropped), the control
-/// plane's clusters in plaintext on loopback (`xds`), the module's cluster at `wasm`, the
-/// upstream's Istio-named cluster `upstream_cluster` at `upstream`, ephemeral listener and
-/// admin ports.
+/// plane's clusters in plaintext on loopback (`xds`), the upstream's Istio-named cluster
+/// `upstream_cluster` at `upstream`, the MCP listener on `listen` (0: any) and an
+/// ephemeral admin port.
 fn runnable(
     mut config: Value,
     xds: SocketAddr,
-    wasm: SocketAddr,
     upstream_cluster: &str,
     upstream: u16,
+    listen: u16,
 ) -> Value {
     config.as_object_mut().unwrap().remove("dynamic_resources");
     config["admin"]["address"]["socket_address"]["port_value"] = json!(0);
@@ -101,7 +112,7 @@ fn runnable(
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
-    for wanted in ["mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit", WASM_CLUSTER] {
+    for wanted in ["mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit"] {
         assert!(
             names.iter().any(|n| n == wanted),
             "the EnvoyFilter adds no {wanted}"
@@ -113,7 +124,6 @@ fn runnable(
     // rate-limit service are on, and they are off here.
     clusters.push(loopback_cluster("mcpgw-relay", 9, false));
     clusters.push(loopback_cluster("mcpgw-ratelimit", 9, true));
-    clusters.push(loopback_cluster(WASM_CLUSTER, wasm.port(), false));
     clusters.push(loopback_cluster(upstream_cluster, upstream, false));
     for l in config["static_resources"]["listeners"]
         .as_array_mut()
@@ -121,33 +131,13 @@ fn runnable(
     {
         l["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": 0});
     }
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
+        json!(listen);
     config
 }
 
-/// Serves `module` at `/mcpgw_filter.wasm` on 127.0.0.1:0; the address, and how many times
-/// it was fetched.
-async fn serve_module(module: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
-    let fetched = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&fetched);
-    let app = axum::Router::new().route(
-        "/mcpgw_filter.wasm",
-        axum::routing::get(move || {
-            let counter = Arc::clone(&counter);
-            let module = module.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                module
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, fetched)
-}
-
-/// Waits until node `node_id` acked ECDS at `version` (the gateway subscribes to nothing
-/// else from the control plane); its status.
+/// Waits until node `node_id` acked ECDS at `version` (the gateway's filter subscribes to
+/// nothing else from the control plane); its status.
 async fn ecds_acked(cp: &TestCp, envoy: &mut Envoy, node_id: &str, version: &str) -> Value {
     let (http, url) = (cp.http.clone(), cp.url("/xds/nodes"));
     envoy
@@ -162,12 +152,20 @@ async fn ecds_acked(cp: &TestCp, envoy: &mut Envoy, node_id: &str, version: &str
         .await
 }
 
-/// Lower-case hex SHA-256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A free TCP port on loopback (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// POSTs `tools/list` to `url`: the status and the body (JSON), or `None` while nothing
+/// answers.
+async fn probe(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    super::try_rpc(http, url, &list, None).await.ok()
 }
 
 /// Whether `envoy --mode validate` loads `config`; its output.
@@ -190,29 +188,79 @@ fn envoy_validates(config: &Value, dir: &Path, base_id: u32) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The whole life of the filter on an Istio gateway: it answers 503 until its configuration
+/// arrives (no control plane yet), subscribes itself, serves MCP through Istio's cluster,
+/// follows a registry change, keeps serving while the control plane is away, and
+/// resubscribes to the new one, which it then follows.
+///
+/// The filter must be allowed to stop iteration on the request headers: without
+/// `allow_on_headers_stop_iteration` (as istiod renders a WasmPlugin) this test hangs at
+/// the first `tools/list`, the body never reaching the filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module() {
-    let module = std::fs::read(filter_wasm()).unwrap();
-    let sha256 = sha256_hex(&module);
-    let (wasm, fetched) = serve_module(module).await;
+async fn an_istio_gateway_runs_the_filter_which_subscribes_itself() {
     let up = TestUpstream::with_tools(&["alpha"]).with_label("istio");
     let running = up.serve(0).await;
     let upstream_port: u16 = url::Url::parse(&running.url)
         .unwrap()
         .port()
         .expect("the upstream's port");
+    let upstream_cluster = format!("outbound|{upstream_port}||127.0.0.1");
+    let gateway = patched_gateway(None);
+    let node_id = gateway["node"]["id"].as_str().unwrap().to_owned();
+    // Exactly one mcpgw filter, before the router, allowed to hold the request's headers
+    // while it reads the body, its plugin configuration naming the control plane's cluster.
+    let filters = gateway["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[names.len() - 2..],
+        [PLUGIN_FILTER, "envoy.filters.http.router"]
+    );
+    assert_eq!(
+        names.iter().filter(|n| n.contains("mcpgw")).count(),
+        1,
+        "{names:?}"
+    );
+    let plugin = &filters[names.len() - 2]["typed_config"]["config"];
+    assert_eq!(plugin["failure_policy"], "FAIL_CLOSED");
+    assert_eq!(plugin["allow_on_headers_stop_iteration"], true);
+    let configuration: Value =
+        serde_json::from_str(plugin["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(configuration, json!({"xds": {"cluster": "mcpgw-xds"}}));
+
+    // The gateway starts before the control plane.
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = runnable(gateway, xds, &upstream_cluster, upstream_port, 0);
+    let base = 63_000 + std::process::id() % 1000;
+    let mut envoy = Envoy::spawn(&serde_json::to_string(&config).unwrap(), base).await;
+    let listener = envoy.listener(GATEWAY_LISTENER).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (s, v) = probe(&http, &format!("http://{listener}/mcp"))
+        .await
+        .expect("the listener answers");
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for the mcpgw control plane"),
+        "{v}"
+    );
+
     let db = TestDb::sqlite();
-    let remote = RemoteModule::new(&format!("http://{wasm}/mcpgw_filter.wasm"), &sha256).unwrap();
-    let cp = control_plane_with(&db, 0, move |s| {
-        s.edge.filter_remote = Some(remote);
-        s.edge.filter_wasm = "/nonexistent/mcpgw_filter.wasm".into();
+    let istio = |s: &mut mcpgw::config::Settings| {
         s.edge.cluster_naming = ClusterNaming::Istio {
             domain: "cluster.local".into(),
         };
-    })
-    .await;
-    let xds = cp.xds_addr.expect("xDS enabled");
-
+    };
+    let cp = control_plane_with(&db, xds.port(), istio).await;
     let (gid, tools) = add_gateway(&cp, "up", &running.url).await;
     let sid = add_server(
         &cp,
@@ -220,15 +268,10 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
         json!({"associated_tools": [tools["up__alpha"]]}),
     )
     .await;
-    let upstream_cluster = format!("outbound|{upstream_port}||127.0.0.1");
-    let gateway = patched_gateway();
-    let node_id = gateway["node"]["id"].as_str().unwrap().to_owned();
-    let config = runnable(gateway, xds, wasm, &upstream_cluster, upstream_port);
-    let base = 50_000 + std::process::id() % 10_000;
-    let mut envoy = Envoy::spawn(&serde_json::to_string(&config).unwrap(), base + 53).await;
     let version = registry_version(&cp).await;
     let node = ecds_acked(&cp, &mut envoy, &node_id, &version).await;
     assert!(node["types"][ECDS]["last_nack"].is_null(), "{node}");
+    assert!(node["connected_streams"].as_u64().unwrap() >= 1, "{node}");
     // The snapshot routes to the cluster istiod generates for the upstream's host and port.
     let (_, snapshot) = cp.get("/snapshot").await;
     assert_eq!(
@@ -237,30 +280,22 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
         "{snapshot}"
     );
 
-    assert!(
-        fetched.load(Ordering::SeqCst) >= 1,
-        "Envoy ran a module it did not fetch"
-    );
-
-    let listener = envoy.listener(GATEWAY_LISTENER).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mcp = format!("http://{listener}/servers/{sid}/mcp");
     wait_tools(&mut envoy, &http, &mcp, &["up__alpha"]).await;
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
     let (s, v) = rpc(&http, &mcp, &list, None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(tool_names(&v), ["up__alpha"], "{v}");
-    let session = session(&http, &mcp).await;
+    let sess = session(&http, &mcp).await;
     let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
         "params": {"name": "up__alpha", "arguments": {}}});
-    let (s, v) = rpc(&http, &mcp, &call, Some(&session)).await;
+    let (s, v) = rpc(&http, &mcp, &call, Some(&sess)).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(call_text(&v), "istio:alpha", "{v}");
 
     // A client cannot pick a cluster itself: the overlay removes the route header before
     // Envoy picks the route, so this reaches the gateway's own route (httpbin, which does
-    // not resolve here: 503 from Envoy), never the upstream (whose 404 it got while an
-    // HTTP filter removed the header after the route was chosen).
+    // not resolve here: 503 from Envoy), never the upstream.
     let spoofed = http
         .get(format!("http://{listener}/anything"))
         .header("x-mcpgw-cluster", &upstream_cluster)
@@ -277,58 +312,67 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
         spoofed.headers()
     );
 
-    // The same gateway with the control plane's filter configuration in place of ECDS (as
-    // Envoy received it) loads in `envoy --mode validate`: the merged configuration.
-    let (status, dump) =
-        mcpgw_harness::admin::get(envoy.admin, "/config_dump?resource=ecds_filters")
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
-    let dump: Value = serde_json::from_str(&dump).unwrap();
-    let ecds = dump["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["ecds_filter"]["name"] == "mcpgw.filter")
-        .unwrap_or_else(|| panic!("no mcpgw.filter in {dump}"))["ecds_filter"]["typed_config"]
-        .clone();
-    assert_eq!(
-        ecds["config"]["vm_config"]["code"]["remote"]["sha256"],
-        sha256.as_str(),
-        "{ecds}"
+    // A registry change reaches the edge without a restart: a second virtual server.
+    let second = add_server(
+        &cp,
+        "second",
+        json!({"associated_tools": [tools["up__alpha"]]}),
+    )
+    .await;
+    let mcp2 = format!("http://{listener}/servers/{second}/mcp");
+    wait_tools(&mut envoy, &http, &mcp2, &["up__alpha"]).await;
+
+    // The control plane goes away: the filter keeps its last configuration.
+    cp.stop().await;
+    let (s, v) = rpc(&http, &mcp2, &list, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(tool_names(&v), ["up__alpha"], "{v}");
+    let (s, v) = rpc(&http, &mcp, &call, Some(&sess)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call_text(&v), "istio:alpha", "{v}");
+
+    // A new control plane on the same address and database: the filter resubscribes and
+    // follows it (the second server deleted there disappears at the edge).
+    let cp = control_plane_with(&db, xds.port(), istio).await;
+    let (s, _) = cp.delete(&format!("/servers/{second}")).await;
+    assert!(s == 200 || s == 204, "delete: {s}");
+    let version = registry_version(&cp).await;
+    ecds_acked(&cp, &mut envoy, &node_id, &version).await;
+    let (http2, url2) = (http.clone(), mcp2.clone());
+    envoy
+        .wait("the deleted server to be gone at the edge", || {
+            let (http, url) = (http2.clone(), url2.clone());
+            async move { (probe(&http, &url).await?.0 == 404).then_some(()) }
+        })
+        .await;
+    let (s, v) = rpc(&http, &mcp, &list, None).await;
+    assert_eq!(s, 200, "{v}");
+    let log = envoy.log();
+    assert!(
+        log.contains("subscribing to mcpgw.filter on cluster mcpgw-xds"),
+        "{log}"
     );
-    let mut merged = config.clone();
-    for l in merged["static_resources"]["listeners"]
-        .as_array_mut()
-        .unwrap()
-    {
-        let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
-        for f in hcm["http_filters"].as_array_mut().unwrap() {
-            if f["name"] == "mcpgw.filter" {
-                f.as_object_mut().unwrap().remove("config_discovery");
-                f["typed_config"] = ecds.clone();
-            }
-        }
-    }
+    assert!(log.contains("reconnecting in"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The gateway as it ran (the served filter inline) loads in `envoy --mode
+    // validate`; the check has teeth: a misspelt field of the filter is refused.
     let dir = tempfile::tempdir().unwrap();
-    let (ok, out) = envoy_validates(&merged, dir.path(), base + 54);
+    let (ok, out) = envoy_validates(&config, dir.path(), base + 1);
     assert!(ok, "{out}");
-    // The check has teeth: a remote source with a misspelt field is refused.
-    let mut broken = merged.clone();
+    let mut broken = config.clone();
     broken["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         ["http_filters"]
         .as_array_mut()
         .unwrap()
         .iter_mut()
-        .filter(|f| f["name"] == "mcpgw.filter")
+        .filter(|f| f["name"] == PLUGIN_FILTER)
         .for_each(|f| {
-            let remote = f["typed_config"]["config"]["vm_config"]["code"]["remote"]
-                .as_object_mut()
-                .unwrap();
-            let digest = remote.remove("sha256").unwrap();
-            remote.insert("sha265".into(), digest);
+            let c = f["typed_config"]["config"].as_object_mut().unwrap();
+            let policy = c.remove("failure_policy").unwrap();
+            c.insert("failure_polcy".into(), policy);
         });
-    let (ok, out) = envoy_validates(&broken, dir.path(), base + 54);
+    let (ok, out) = envoy_validates(&broken, dir.path(), base + 1);
     assert!(!ok, "{out}");
 
     drop(envoy);
@@ -336,57 +380,134 @@ async fn an_istio_gateway_patched_by_the_overlay_serves_mcp_from_a_remote_module
     running.stop().await;
 }
 
-/// A module whose digest is not the configured one is never run: Envoy accepts the filter
-/// configuration (it acks before it downloads), keeps fetching the module (each fetch fails
-/// the digest check), and the MCP listener, waiting for its filter, accepts no connection.
+/// A plugin configuration the filter cannot read is logged with the field at fault, and the
+/// listener answers 503 saying so (fail closed), without a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_istio_gateway_refuses_a_module_with_the_wrong_digest() {
-    let module = std::fs::read(filter_wasm()).unwrap();
-    let wrong = sha256_hex(b"another module");
-    let (wasm, fetched) = serve_module(module).await;
-    let db = TestDb::sqlite();
-    let remote = RemoteModule::new(&format!("http://{wasm}/mcpgw_filter.wasm"), &wrong).unwrap();
-    let cp = control_plane_with(&db, 0, move |s| {
-        s.edge.filter_remote = Some(remote);
-        s.edge.cluster_naming = ClusterNaming::Istio {
-            domain: "cluster.local".into(),
-        };
-    })
-    .await;
-    let xds = cp.xds_addr.expect("xDS enabled");
-    let gateway = patched_gateway();
-    let node_id = gateway["node"]["id"].as_str().unwrap().to_owned();
-    let mut config = runnable(gateway, xds, wasm, "outbound|9||127.0.0.1", 9);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
-        json!(port);
-    let base = 50_000 + std::process::id() % 10_000;
-    let mut envoy = Envoy::spawn(&serde_json::to_string(&config).unwrap(), base + 55).await;
-    // The control plane sent the configuration and Envoy fetched the module more than
-    // once: the first fetch failed its digest check.
-    let (http, url) = (cp.http.clone(), cp.url("/xds/nodes"));
-    let node = envoy
-        .wait("the module to be fetched again", || {
-            let (http, url, node_id) = (http.clone(), url.clone(), node_id.clone());
-            let fetched = Arc::clone(&fetched);
-            async move {
-                let nodes: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                let node = nodes.as_array()?.iter().find(|n| n["node_id"] == node_id)?;
-                (fetched.load(Ordering::SeqCst) >= 2).then(|| node.clone())
-            }
-        })
-        .await;
-    assert!(node["types"][ECDS]["last_nack"].is_null(), "{node}");
+async fn a_bad_plugin_config_is_logged_and_answered_503() {
+    let gateway = patched_gateway(Some(&json!({"xds": {"clustr": "mcpgw-xds"}})));
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = runnable(gateway, xds, "outbound|9||127.0.0.1", 9, 0);
+    let base = 63_000 + std::process::id() % 1000;
+    let mut envoy = Envoy::spawn(&serde_json::to_string(&config).unwrap(), base + 2).await;
+    let listener = envoy.listener(GATEWAY_LISTENER).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    match super::try_rpc(&http, &format!("http://127.0.0.1:{port}/mcp"), &list, None).await {
-        Err(e) => assert!(e.is_connect(), "{e}"),
-        Ok((s, v)) => panic!("the listener answered without its filter: {s} {v}"),
+    for path in ["/mcp", "/servers/x/mcp"] {
+        let (s, v) = probe(&http, &format!("http://{listener}{path}"))
+            .await
+            .expect("the listener answers");
+        assert_eq!(s, 503, "{path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("misconfigured"),
+            "{v}"
+        );
     }
-    drop(envoy);
-    cp.stop().await;
+    // Each worker logs it when it configures the filter, before its first request.
+    let log = envoy.log();
+    assert!(
+        log.contains("rejecting configuration: pluginConfig xds"),
+        "{log}"
+    );
+    assert!(log.contains("clustr"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The filter's hand-written xDS messages (`mcpgw_core::subscription::wire`) against the
+/// generated types: what it sends decodes as the `DiscoveryRequest` it means, and it reads
+/// the plugin configuration out of a `DiscoveryResponse` built as the control plane builds
+/// its ECDS resource.
+#[test]
+fn the_filters_xds_messages_match_the_generated_types() {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use envoy_types::pb::google::protobuf::{Any, StringValue};
+    use mcpgw_core::subscription::{DEFAULT_RESOURCE, Received, Source, Subscription, TYPE_URL};
+    use prost::Message as _;
+
+    fn any(type_url: &str, m: &impl prost::Message) -> Any {
+        Any {
+            type_url: format!("type.googleapis.com/{type_url}"),
+            value: m.encode_to_vec(),
+        }
+    }
+    let source = Source {
+        cluster: "mcpgw-xds".into(),
+        resource: DEFAULT_RESOURCE.into(),
+        node_id: None,
+    };
+    let mut sub = Subscription::new(source, "router~1~gw.istio-system~cluster.local");
+    let first = DiscoveryRequest::decode(sub.opened().as_slice()).unwrap();
+    assert_eq!(
+        first.node.as_ref().unwrap().id,
+        "router~1~gw.istio-system~cluster.local"
+    );
+    assert_eq!(first.node.as_ref().unwrap().user_agent_name, "mcpgw-filter");
+    assert_eq!(first.resource_names, [DEFAULT_RESOURCE]);
+    assert_eq!(first.type_url, TYPE_URL);
+    assert_eq!(
+        (first.version_info.as_str(), first.response_nonce.as_str()),
+        ("", "")
+    );
+
+    let snapshot = r#"{"schema":1,"version":"v7"}"#;
+    let wasm = Wasm {
+        config: Some(PluginConfig {
+            name: "mcpgw".into(),
+            root_id: "mcpgw".into(),
+            configuration: Some(any(
+                "google.protobuf.StringValue",
+                &StringValue {
+                    value: snapshot.into(),
+                },
+            )),
+            ..Default::default()
+        }),
+    };
+    let other = TypedExtensionConfig {
+        name: "mcpgw.jwt".into(),
+        typed_config: Some(any("google.protobuf.StringValue", &StringValue::default())),
+    };
+    let filter = TypedExtensionConfig {
+        name: DEFAULT_RESOURCE.into(),
+        typed_config: Some(any("envoy.extensions.filters.http.wasm.v3.Wasm", &wasm)),
+    };
+    let response = DiscoveryResponse {
+        version_info: "7".into(),
+        resources: vec![
+            any("envoy.config.core.v3.TypedExtensionConfig", &other),
+            any("envoy.config.core.v3.TypedExtensionConfig", &filter),
+        ],
+        type_url: TYPE_URL.into(),
+        nonce: "3".into(),
+        ..Default::default()
+    };
+    let Received::Configuration {
+        version,
+        nonce,
+        configuration,
+    } = sub.on_response(&response.encode_to_vec())
+    else {
+        panic!("no configuration read");
+    };
+    assert_eq!((version.as_str(), nonce.as_str()), ("7", "3"));
+    assert_eq!(configuration, snapshot.as_bytes());
+
+    let ack = DiscoveryRequest::decode(sub.ack(&version, &nonce).as_slice()).unwrap();
+    assert!(ack.node.is_none());
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("7", "3")
+    );
+    assert!(ack.error_detail.is_none());
+    let nack = DiscoveryRequest::decode(sub.nack("4", "bad snapshot").as_slice()).unwrap();
+    assert_eq!(
+        (nack.version_info.as_str(), nack.response_nonce.as_str()),
+        ("7", "4")
+    );
+    let error = nack.error_detail.unwrap();
+    assert_eq!((error.code, error.message.as_str()), (3, "bad snapshot"));
 }
