@@ -31,7 +31,7 @@ use crate::mcp::Method;
 use crate::reason::{Reason, Rejection};
 use crate::snapshot::plugins as spec;
 use crate::snapshot::{ConfigError, Snapshot};
-use plugin::{Conditions, Hooks, Kind, Names, Outcome, Plugin};
+use plugin::{Conditions, Hooks, Kind, Names, Outcome, Plugin, Reader, read_strings};
 use schema::Schema;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -491,11 +491,60 @@ impl Guard {
         });
         let mut args: Cow<'_, [u8]> = Cow::Borrowed(span.map_or(&b"{}"[..], |(_, _, b)| b));
         let mut changed = false;
-        for i in plugins {
+        let mut k = 0;
+        while let Some(&i) = plugins.get(k) {
             let Some(p) = self.plugins.get(i) else {
+                k += 1;
                 continue;
             };
             let enforce = p.mode == Mode::Enforce;
+            if hook != Hook::ResourcePreFetch && p.is_text() {
+                // This plugin and the text plugins right after it read the arguments in
+                // one walk.
+                let mut readers = Vec::new();
+                while let Some((j, q)) = plugins
+                    .get(k)
+                    .and_then(|&j| Some((j, self.plugins.get(j)?)))
+                    .filter(|(_, q)| q.is_text())
+                {
+                    let mut r = Reader::new(j, q, q.mode == Mode::Enforce);
+                    if hook == Hook::ToolPreInvoke
+                        && let Outcome::Block(what) = q.on_tool(name.unwrap_or_default())
+                    {
+                        r.denied = Some(what);
+                    }
+                    readers.push(r);
+                    k += 1;
+                }
+                // Arguments the parser accepted are JSON the walker follows; if not, each
+                // plugin refuses what it cannot read.
+                let (stop, new) = read_strings(&mut readers, &args).unwrap_or_else(|_| {
+                    readers.iter_mut().for_each(Reader::unreadable);
+                    (first_enforced_block(&readers), None)
+                });
+                for r in readers.iter().take(stop.saturating_add(1)) {
+                    if let Some(what) = self.record(findings, r.index, hook, &r.outcome()) {
+                        let message = format!(
+                            "request blocked by plugin {:?} ({what})",
+                            r.plugin.name
+                        );
+                        return Pre::Block(self.rejection(
+                            Reason::PluginBlocked,
+                            r.index,
+                            hook,
+                            what,
+                            msg.id.clone(),
+                            message,
+                        ));
+                    }
+                }
+                if let Some(new) = new {
+                    args = Cow::Owned(new);
+                    changed = true;
+                }
+                continue;
+            }
+            k += 1;
             let outcome = match (&p.kind, hook) {
                 (_, Hook::ResourcePreFetch) => p.on_uri(msg.uri.as_deref().unwrap_or_default()),
                 (Kind::Schema, _) => match self.check_arguments(call, name, &args) {
@@ -528,62 +577,19 @@ impl Guard {
                     }
                     None => Outcome::Pass,
                 },
-                _ => {
-                    let tool = if hook == Hook::ToolPreInvoke {
-                        p.on_tool(name.unwrap_or_default())
-                    } else {
-                        Outcome::Pass
-                    };
-                    match tool {
-                        // Arguments the parser accepted are JSON the walker follows; if
-                        // not, the plugin refuses what it cannot read.
-                        Outcome::Pass => p.on_json(&args).unwrap_or(Outcome::Block("unreadable")),
-                        blocked => blocked,
-                    }
-                }
+                // Nothing else runs before a call (see `plugin::hooks_of`).
+                _ => Outcome::Pass,
             };
-            match outcome {
-                Outcome::Pass => {}
-                Outcome::Block(what) => {
-                    let effect = if enforce {
-                        Effect::Blocked
-                    } else {
-                        Effect::WouldBlock
-                    };
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect,
-                        what,
-                    });
-                    if enforce {
-                        let message = format!("request blocked by plugin {:?} ({what})", p.name);
-                        return Pre::Block(self.rejection(
-                            Reason::PluginBlocked,
-                            i,
-                            hook,
-                            what,
-                            msg.id.clone(),
-                            message,
-                        ));
-                    }
-                }
-                Outcome::Changed(new, what) => {
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect: if enforce {
-                            Effect::Masked
-                        } else {
-                            Effect::WouldMask
-                        },
-                        what,
-                    });
-                    if enforce {
-                        args = Cow::Owned(new);
-                        changed = true;
-                    }
-                }
+            if let Some(what) = self.record(findings, i, hook, &outcome) {
+                let message = format!("request blocked by plugin {:?} ({what})", p.name);
+                return Pre::Block(self.rejection(
+                    Reason::PluginBlocked,
+                    i,
+                    hook,
+                    what,
+                    msg.id.clone(),
+                    message,
+                ));
             }
         }
         match (changed, span) {
@@ -594,6 +600,32 @@ impl Guard {
             },
             _ => Pre::Pass,
         }
+    }
+
+    /// Records what plugin `i` made of a text at `hook` as a finding (none when it
+    /// passed); returns what it found when that blocks (it enforces).
+    fn record(
+        &self,
+        findings: &mut Vec<Finding>,
+        i: usize,
+        hook: Hook,
+        outcome: &Outcome,
+    ) -> Option<&'static str> {
+        let enforce = self.enforces(i);
+        let (effect, what) = match *outcome {
+            Outcome::Pass => return None,
+            Outcome::Block(what) if enforce => (Effect::Blocked, what),
+            Outcome::Block(what) => (Effect::WouldBlock, what),
+            Outcome::Changed(_, what) if enforce => (Effect::Masked, what),
+            Outcome::Changed(_, what) => (Effect::WouldMask, what),
+        };
+        findings.push(Finding {
+            plugin: i,
+            hook,
+            effect,
+            what,
+        });
+        (effect == Effect::Blocked).then_some(what)
     }
 
     /// Why the arguments `args` fail the called tool's `inputSchema` (`None`: they pass, or
@@ -742,10 +774,48 @@ impl Guard {
         };
         let mut result: Cow<'_, [u8]> = Cow::Borrowed(original);
         let hook = plan.hook;
-        for &i in &plan.plugins {
+        let blocked = |name: &str, what: &str| {
+            let message = format!("result blocked by plugin {name:?} ({what})");
+            Post::Blocked(error_response_with(
+                id,
+                code::FORBIDDEN,
+                &message,
+                Some(&error_data(name, hook, what)),
+            ))
+        };
+        let mut k = 0;
+        while let Some(&i) = plan.plugins.get(k) {
             let Some(p) = self.plugins.get(i) else {
+                k += 1;
                 continue;
             };
+            if p.is_text() {
+                // This plugin and the text plugins right after it read the result in one
+                // walk.
+                let mut readers = Vec::new();
+                while let Some((j, q)) = plan
+                    .plugins
+                    .get(k)
+                    .and_then(|&j| Some((j, self.plugins.get(j)?)))
+                    .filter(|(_, q)| q.is_text())
+                {
+                    readers.push(Reader::new(j, q, q.mode == Mode::Enforce));
+                    k += 1;
+                }
+                let Ok((stop, new)) = read_strings(&mut readers, &result) else {
+                    return self.uninspectable(plan, id);
+                };
+                for r in readers.iter().take(stop.saturating_add(1)) {
+                    if let Some(what) = self.record(findings, r.index, hook, &r.outcome()) {
+                        return blocked(&r.plugin.name, what);
+                    }
+                }
+                if let Some(new) = new {
+                    result = Cow::Owned(new);
+                }
+                continue;
+            }
+            k += 1;
             let enforce = p.mode == Mode::Enforce;
             let outcome = match &p.kind {
                 Kind::Schema => match self.check_output(plan, &result) {
@@ -776,50 +846,16 @@ impl Guard {
                     }
                     None => Ok(Outcome::Pass),
                 },
-                Kind::OutputSize(_) | Kind::ResourceFilter(_) => p.on_result_size(hook, &result),
-                _ => p.on_json(&result),
+                _ => p.on_result_size(hook, &result),
             };
             let Ok(outcome) = outcome else {
                 return self.uninspectable(plan, id);
             };
-            match outcome {
-                Outcome::Pass => {}
-                Outcome::Block(what) => {
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect: if enforce {
-                            Effect::Blocked
-                        } else {
-                            Effect::WouldBlock
-                        },
-                        what,
-                    });
-                    if enforce {
-                        let message = format!("result blocked by plugin {:?} ({what})", p.name);
-                        return Post::Blocked(error_response_with(
-                            id,
-                            code::FORBIDDEN,
-                            &message,
-                            Some(&error_data(&p.name, hook, what)),
-                        ));
-                    }
-                }
-                Outcome::Changed(new, what) => {
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect: if enforce {
-                            Effect::Masked
-                        } else {
-                            Effect::WouldMask
-                        },
-                        what,
-                    });
-                    if enforce {
-                        result = Cow::Owned(new);
-                    }
-                }
+            if let Some(what) = self.record(findings, i, hook, &outcome) {
+                return blocked(&p.name, what);
+            }
+            if let (true, Outcome::Changed(new, _)) = (enforce, outcome) {
+                result = Cow::Owned(new);
             }
         }
         match result {
@@ -855,6 +891,14 @@ impl Guard {
             .check(structured)
             .map(|(at, problem)| format!("structuredContent{at}: {problem}"))
     }
+}
+
+/// Where the first enforcing reader that blocks is (`readers.len()` if none does).
+fn first_enforced_block(readers: &[Reader<'_>]) -> usize {
+    readers
+        .iter()
+        .position(|r| r.enforce && matches!(r.outcome(), Outcome::Block(_)))
+        .unwrap_or(readers.len())
 }
 
 /// The `data` of a plugin's error: `{"plugin": …, "hook": …, "reason": …}`.
