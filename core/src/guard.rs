@@ -518,16 +518,14 @@ impl Guard {
                 }
                 // Arguments the parser accepted are JSON the walker follows; if not, each
                 // plugin refuses what it cannot read.
-                let (stop, new) = read_strings(&mut readers, &args).unwrap_or_else(|_| {
+                let (_, stop, new) = read_strings(&mut readers, &args, None).unwrap_or_else(|_| {
                     readers.iter_mut().for_each(Reader::unreadable);
-                    (first_enforced_block(&readers), None)
+                    (None, first_enforced_block(&readers), None)
                 });
                 for r in readers.iter().take(stop.saturating_add(1)) {
                     if let Some(what) = self.record(findings, r.index, hook, &r.outcome()) {
-                        let message = format!(
-                            "request blocked by plugin {:?} ({what})",
-                            r.plugin.name
-                        );
+                        let message =
+                            format!("request blocked by plugin {:?} ({what})", r.plugin.name);
                         return Pre::Block(self.rejection(
                             Reason::PluginBlocked,
                             r.index,
@@ -749,30 +747,46 @@ impl Guard {
     }
 
     fn post_message(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
-        // Read strictly: a repeated key could hide a second `result` from the check that
-        // a client's parser would keep.
+        // The envelope is read by the parser (which refuses a repeated envelope key: a
+        // second `result` that a client's parser would keep); what it only skims (the
+        // result, members it does not know) is checked by one strict walk over the whole
+        // message below, as a strict parser would check it (a repeated member name
+        // anywhere included: a client's parser keeps one of two, a plugin might read the
+        // other). When the plan starts with text plugins, that walk is theirs.
         let mut parser = MessageParser::new(Options {
-            reject_duplicate_keys: true,
+            skim: true,
             ..Options::default()
         });
         let msg = match parser.feed(data).and_then(|_| parser.finish()) {
             Ok(Body::Single(m)) => m,
             _ => return self.uninspectable(plan, None),
         };
+        let id = msg.id.as_ref();
+        let open = msg
+            .result_open
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|_| msg.kind == MessageKind::Result);
+        let starts_with_text = plan
+            .plugins
+            .first()
+            .and_then(|&i| self.plugins.get(i))
+            .is_some_and(Plugin::is_text);
+        // How many bytes follow the result: no plugin changes them.
+        let mut after = None;
+        if open.is_none() || !starts_with_text {
+            match json::map_message_strings(data, open.unwrap_or(usize::MAX), &mut |_, _| None) {
+                Ok((end, _)) => after = end.map(|e| data.len().saturating_sub(e)),
+                Err(_) => return self.uninspectable(plan, id),
+            }
+        }
         if msg.kind != MessageKind::Result {
             return Post::Pass;
         }
-        let id = msg.id.as_ref();
-        let Some(open) = msg.result_open.and_then(|o| usize::try_from(o).ok()) else {
+        let Some(open) = open else {
             return self.uninspectable(plan, id);
         };
-        let Ok(end) = json::value_end(data, open) else {
-            return self.uninspectable(plan, id);
-        };
-        let Some(original) = data.get(open..end) else {
-            return self.uninspectable(plan, id);
-        };
-        let mut result: Cow<'_, [u8]> = Cow::Borrowed(original);
+        // The message as the plugins leave it; its result is `body[open..len - after]`.
+        let mut body: Cow<'_, [u8]> = Cow::Borrowed(data);
         let hook = plan.hook;
         let blocked = |name: &str, what: &str| {
             let message = format!("result blocked by plugin {name:?} ({what})");
@@ -802,7 +816,22 @@ impl Guard {
                     readers.push(Reader::new(j, q, q.mode == Mode::Enforce));
                     k += 1;
                 }
-                let Ok((stop, new)) = read_strings(&mut readers, &result) else {
+                let walked = match after {
+                    // The first walk: the whole message, checked.
+                    None => {
+                        read_strings(&mut readers, &body, Some(open)).map(|(end, stop, new)| {
+                            after = end.map(|e| data.len().saturating_sub(e));
+                            (stop, new)
+                        })
+                    }
+                    Some(n) => {
+                        let result = result_of(&body, open, n);
+                        read_strings(&mut readers, result, None).map(|(_, stop, new)| {
+                            (stop, new.map(|new| splice(&body, open, n, &new)))
+                        })
+                    }
+                };
+                let (Ok((stop, new)), Some(_)) = (walked, after) else {
                     return self.uninspectable(plan, id);
                 };
                 for r in readers.iter().take(stop.saturating_add(1)) {
@@ -811,14 +840,18 @@ impl Guard {
                     }
                 }
                 if let Some(new) = new {
-                    result = Cow::Owned(new);
+                    body = Cow::Owned(new);
                 }
                 continue;
             }
             k += 1;
+            let Some(n) = after else {
+                return self.uninspectable(plan, id);
+            };
+            let result = result_of(&body, open, n);
             let enforce = p.mode == Mode::Enforce;
             let outcome = match &p.kind {
-                Kind::Schema => match self.check_output(plan, &result) {
+                Kind::Schema => match self.check_output(plan, result) {
                     Some(detail) => {
                         findings.push(Finding {
                             plugin: i,
@@ -846,7 +879,7 @@ impl Guard {
                     }
                     None => Ok(Outcome::Pass),
                 },
-                _ => p.on_result_size(hook, &result),
+                _ => p.on_result_size(hook, result),
             };
             let Ok(outcome) = outcome else {
                 return self.uninspectable(plan, id);
@@ -855,18 +888,12 @@ impl Guard {
                 return blocked(&p.name, what);
             }
             if let (true, Outcome::Changed(new, _)) = (enforce, outcome) {
-                result = Cow::Owned(new);
+                body = Cow::Owned(splice(&body, open, n, &new));
             }
         }
-        match result {
+        match body {
             Cow::Borrowed(_) => Post::Pass,
-            Cow::Owned(new) => {
-                let mut out = Vec::with_capacity(data.len() + new.len());
-                out.extend_from_slice(data.get(..open).unwrap_or_default());
-                out.extend_from_slice(&new);
-                out.extend_from_slice(data.get(end..).unwrap_or_default());
-                Post::Masked(out)
-            }
+            Cow::Owned(new) => Post::Masked(new),
         }
     }
 
@@ -891,6 +918,23 @@ impl Guard {
             .check(structured)
             .map(|(at, problem)| format!("structuredContent{at}: {problem}"))
     }
+}
+
+/// The result of `body`: from `open` to the `after` bytes that follow it.
+fn result_of(body: &[u8], open: usize, after: usize) -> &[u8] {
+    body.get(open..body.len().saturating_sub(after))
+        .unwrap_or_default()
+}
+
+/// `body` with its result (from `open` to the `after` bytes that follow it) replaced by
+/// `new`.
+fn splice(body: &[u8], open: usize, after: usize, new: &[u8]) -> Vec<u8> {
+    let tail = body.len().saturating_sub(after);
+    let mut out = Vec::with_capacity(open + new.len() + after);
+    out.extend_from_slice(body.get(..open).unwrap_or_default());
+    out.extend_from_slice(new);
+    out.extend_from_slice(body.get(tail..).unwrap_or_default());
+    out
 }
 
 /// Where the first enforcing reader that blocks is (`readers.len()` if none does).

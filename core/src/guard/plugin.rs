@@ -417,9 +417,7 @@ impl Plugin {
                         None if re.is_match(&text) => return Err("regex"),
                         None => {}
                         Some(with) => {
-                            if let Cow::Owned(new) =
-                                re.replace_all(&text, with.as_str())
-                            {
+                            if let Cow::Owned(new) = re.replace_all(&text, with.as_str()) {
                                 text = Cow::Owned(new);
                             }
                         }
@@ -464,7 +462,7 @@ impl Plugin {
     #[cfg(test)]
     pub(crate) fn on_json(&self, raw: &[u8]) -> Result<Outcome, Malformed> {
         let mut readers = [Reader::new(usize::MAX, self, true)];
-        let (_, new) = read_strings(&mut readers, raw)?;
+        let (_, _, new) = read_strings(&mut readers, raw, None)?;
         let [reader] = readers;
         Ok(match (reader.outcome(), new) {
             (Outcome::Changed(..), Some(new)) => Outcome::Changed(new, self.change_label()),
@@ -587,13 +585,20 @@ impl<'a> Reader<'a> {
 ///
 /// The first enforcing reader that blocks ends the run, as it would have alone: the readers
 /// after it stop (they would not have run), and the ones before it read on to the end (their
-/// findings are then what they would have been). Returns the index of that reader
-/// (`readers.len()` when none blocks) and the text as the enforcing readers left it, if
-/// they changed it.
+/// findings are then what they would have been).
+///
+/// `region`: `raw` is a whole message no parser has checked, whose container at `raw[region]`
+/// (a result) is the text: the message is checked as [`json::map_message_strings`] does.
+/// `None`: `raw` is the text, JSON a parser has accepted.
+///
+/// Returns where the region ended in `raw` (see [`json::map_message_strings`]), the index of
+/// the reader that blocked (`readers.len()` when none did), and `raw` as the enforcing
+/// readers left it, if they changed it.
 pub(crate) fn read_strings(
     readers: &mut [Reader<'_>],
     raw: &[u8],
-) -> Result<(usize, Option<Vec<u8>>), Malformed> {
+    region: Option<usize>,
+) -> Result<(Option<usize>, usize, Option<Vec<u8>>), Malformed> {
     let first_block = |readers: &[Reader<'_>]| {
         readers
             .iter()
@@ -601,10 +606,14 @@ pub(crate) fn read_strings(
             .unwrap_or(readers.len())
     };
     let mut stop = first_block(readers);
-    if !readers.get(..stop).is_some_and(|r| r.iter().any(Reader::reads)) {
-        return Ok((stop, None));
+    if region.is_none()
+        && !readers
+            .get(..stop)
+            .is_some_and(|r| r.iter().any(Reader::reads))
+    {
+        return Ok((None, stop, None));
     }
-    let new = json::map_strings(raw, &mut |name, value| {
+    let mut each = |name: &str, value: &str| {
         let mut text = Cow::Borrowed(value);
         // Whether `text` is base64 content, which no text plugin reads (asked once per
         // version of the text).
@@ -635,8 +644,12 @@ pub(crate) fn read_strings(
             Cow::Owned(new) => Some(new),
             Cow::Borrowed(_) => None,
         }
-    })?;
-    Ok((stop, new))
+    };
+    let (end, new) = match region {
+        Some(at) => json::map_message_strings(raw, at, &mut each)?,
+        None => (None, json::map_strings(raw, &mut each)?),
+    };
+    Ok((end, stop, new))
 }
 
 /// Marks where `output_size` cut a text.
