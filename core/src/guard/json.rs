@@ -84,7 +84,7 @@ pub(crate) fn map_strings(
     raw: &[u8],
     f: &mut dyn FnMut(&str, &str) -> Option<String>,
 ) -> Result<Option<Vec<u8>>, Malformed> {
-    walk(raw, None, f).map(|(_, new)| new)
+    walk::<false>(raw, None, f).map(|(_, new)| new)
 }
 
 /// [`map_strings`] on a whole message, checked as a strict parser would check it: RFC 8259
@@ -99,7 +99,7 @@ pub(crate) fn map_message_strings(
     region: usize,
     f: &mut dyn FnMut(&str, &str) -> Option<String>,
 ) -> Result<(Option<usize>, Option<Vec<u8>>), Malformed> {
-    walk(raw, Some(region), f)
+    walk::<true>(raw, Some(region), f)
 }
 
 /// What may come next in a strict walk.
@@ -168,14 +168,15 @@ struct Open<'a> {
     names_from: usize,
 }
 
-/// The walk of [`map_strings`] (`region`: `None`, lax) and of [`map_message_strings`]
-/// (strict, only the strings of the container at `region` read).
-fn walk<'a>(
+/// The walk of [`map_strings`] (lax, `region`: `None`) and of [`map_message_strings`]
+/// (`STRICT`, only the strings of the container at `region` read).
+fn walk<'a, const STRICT: bool>(
     raw: &'a [u8],
     region: Option<usize>,
     f: &mut dyn FnMut(&str, &str) -> Option<String>,
 ) -> Result<(Option<usize>, Option<Vec<u8>>), Malformed> {
-    let strict = region.is_some();
+    // A constant: the lax walk carries none of the strict one's checks.
+    let strict = STRICT;
     // (strict) How deep the region's container is, while the walk is in it; where it ended.
     let mut inside: Option<usize> = None;
     let mut region_end = None;
