@@ -696,17 +696,31 @@ impl Guard {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Post::Pass;
         }
-        self.post_message(plan, body, findings)
+        self.post_message(plan, body, findings, &mut None)
     }
 
     /// Runs the post hooks of `plan` on the data of one SSE event (its `data` lines
     /// joined).
     pub fn post_event(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
+        self.post_event_parsed(plan, data, findings).0
+    }
+
+    /// [`Guard::post_event`], with the message the hooks parsed when it passed or was
+    /// masked, so the caller need not parse it again. Masking changes only the result:
+    /// the message's spans hold in the masked text up to the result's end.
+    pub fn post_event_parsed(
+        &self,
+        plan: &PostPlan,
+        data: &[u8],
+        findings: &mut Vec<Finding>,
+    ) -> (Post, Option<Message>) {
+        let mut parsed = None;
         // An event without data (a stream's priming event, a keep-alive) carries nothing.
         if data.iter().all(u8::is_ascii_whitespace) {
-            return Post::Pass;
+            return (Post::Pass, parsed);
         }
-        self.post_message(plan, data, findings)
+        let post = self.post_message(plan, data, findings, &mut parsed);
+        (post, parsed)
     }
 
     /// The error that replaces a response too large to inspect (more than `limit` bytes
@@ -746,7 +760,15 @@ impl Guard {
         ))
     }
 
-    fn post_message(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
+    /// Runs the post hooks on one message; `parsed` gets the message when it passes or is
+    /// masked.
+    fn post_message(
+        &self,
+        plan: &PostPlan,
+        data: &[u8],
+        findings: &mut Vec<Finding>,
+        parsed: &mut Option<Message>,
+    ) -> Post {
         // The envelope is read by the parser (which refuses a repeated envelope key: a
         // second `result` that a client's parser would keep); what it only skims (the
         // result, members it does not know) is checked by one strict walk over the whole
@@ -780,6 +802,7 @@ impl Guard {
             }
         }
         if msg.kind != MessageKind::Result {
+            *parsed = Some(msg);
             return Post::Pass;
         }
         let Some(open) = open else {
@@ -891,10 +914,12 @@ impl Guard {
                 body = Cow::Owned(splice(&body, open, n, &new));
             }
         }
-        match body {
+        let post = match body {
             Cow::Borrowed(_) => Post::Pass,
             Cow::Owned(new) => Post::Masked(new),
-        }
+        };
+        *parsed = Some(msg);
+        post
     }
 
     /// Why a tool result fails the tool's `outputSchema` (`None`: it passes, it is an

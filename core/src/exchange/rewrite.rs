@@ -373,23 +373,36 @@ impl Rewriter {
             return raw;
         }
         let mut guarded = false;
+        // The message as the post hooks parsed it (not parsed twice).
+        let mut parsed = None;
         if let Some(g) = &self.changes.guard {
-            match g
+            let (post, msg) = g
                 .config
                 .guard
-                .post_event(&g.plan, &data, &mut self.findings)
-            {
-                Post::Pass => {}
-                Post::Masked(new) | Post::Blocked(new) => {
+                .post_event_parsed(&g.plan, &data, &mut self.findings);
+            match post {
+                Post::Pass => parsed = msg,
+                Post::Masked(new) => {
+                    data = new;
+                    guarded = true;
+                    parsed = msg;
+                }
+                Post::Blocked(new) => {
                     data = new;
                     guarded = true;
                 }
             }
         }
-        let mut parser = MessageParser::new(Options::default());
-        let parsed = parser.feed(&data).and_then(|_| parser.finish());
-        let Ok(Body::Single(msg)) = parsed else {
-            return raw;
+        let msg = match parsed {
+            Some(msg) => msg,
+            None => {
+                let mut parser = MessageParser::new(Options::default());
+                let parsed = parser.feed(&data).and_then(|_| parser.finish());
+                let Ok(Body::Single(msg)) = parsed else {
+                    return raw;
+                };
+                msg
+            }
         };
         if msg.kind == Kind::Notification
             && let Some(n) = self.changes.notifications
