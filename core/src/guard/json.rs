@@ -28,6 +28,14 @@ const fn has_zero_byte(v: u64) -> bool {
 /// The first offset at or after `from` where `raw` holds `a` or `b`: eight bytes at a time
 /// while none is either.
 pub(crate) fn find2(raw: &[u8], mut from: usize, a: u8, b: u8) -> Option<usize> {
+    if a == b {
+        while let Some(v) = word_at(raw, from) {
+            if has_zero_byte(v ^ splat(a)) {
+                break;
+            }
+            from += 8;
+        }
+    }
     while let Some(v) = word_at(raw, from) {
         if has_zero_byte(v ^ splat(a)) || has_zero_byte(v ^ splat(b)) {
             break;
