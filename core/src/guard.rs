@@ -31,7 +31,7 @@ use crate::mcp::Method;
 use crate::reason::{Reason, Rejection};
 use crate::snapshot::plugins as spec;
 use crate::snapshot::{ConfigError, Snapshot};
-use plugin::{Conditions, Hooks, Kind, Names, Outcome, Plugin, Reader, read_strings};
+use plugin::{Conditions, Hooks, Kind, Names, Outcome, Plugin, Reader, Walked, read_strings};
 use schema::Schema;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -518,10 +518,15 @@ impl Guard {
                 }
                 // Arguments the parser accepted are JSON the walker follows; if not, each
                 // plugin refuses what it cannot read.
-                let (_, stop, new) = read_strings(&mut readers, &args, None).unwrap_or_else(|_| {
-                    readers.iter_mut().for_each(Reader::unreadable);
-                    (None, first_enforced_block(&readers), None)
-                });
+                let Walked { stop, new, .. } = read_strings(&mut readers, &args, None)
+                    .unwrap_or_else(|_| {
+                        readers.iter_mut().for_each(Reader::unreadable);
+                        Walked {
+                            end: None,
+                            stop: first_enforced_block(&readers),
+                            new: None,
+                        }
+                    });
                 for r in readers.iter().take(stop.saturating_add(1)) {
                     if let Some(what) = self.record(findings, r.index, hook, &r.outcome()) {
                         let message =
@@ -841,17 +846,14 @@ impl Guard {
                 }
                 let walked = match after {
                     // The first walk: the whole message, checked.
-                    None => {
-                        read_strings(&mut readers, &body, Some(open)).map(|(end, stop, new)| {
-                            after = end.map(|e| data.len().saturating_sub(e));
-                            (stop, new)
-                        })
-                    }
+                    None => read_strings(&mut readers, &body, Some(open)).map(|w| {
+                        after = w.end.map(|e| data.len().saturating_sub(e));
+                        (w.stop, w.new)
+                    }),
                     Some(n) => {
                         let result = result_of(&body, open, n);
-                        read_strings(&mut readers, result, None).map(|(_, stop, new)| {
-                            (stop, new.map(|new| splice(&body, open, n, &new)))
-                        })
+                        read_strings(&mut readers, result, None)
+                            .map(|w| (w.stop, w.new.map(|new| splice(&body, open, n, &new))))
                     }
                 };
                 let (Ok((stop, new)), Some(_)) = (walked, after) else {

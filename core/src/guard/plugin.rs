@@ -462,7 +462,7 @@ impl Plugin {
     #[cfg(test)]
     pub(crate) fn on_json(&self, raw: &[u8]) -> Result<Outcome, Malformed> {
         let mut readers = [Reader::new(usize::MAX, self, true)];
-        let (_, _, new) = read_strings(&mut readers, raw, None)?;
+        let new = read_strings(&mut readers, raw, None)?.new;
         let [reader] = readers;
         Ok(match (reader.outcome(), new) {
             (Outcome::Changed(..), Some(new)) => Outcome::Changed(new, self.change_label()),
@@ -578,6 +578,17 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a walk of [`read_strings`] found.
+#[derive(Debug)]
+pub(crate) struct Walked {
+    /// Where the region ended in the message (see [`json::map_message_strings`]).
+    pub(crate) end: Option<usize>,
+    /// The index of the reader that blocked and ended the run (`readers.len()`: none did).
+    pub(crate) stop: usize,
+    /// The walked text as the enforcing readers left it, if they changed it.
+    pub(crate) new: Option<Vec<u8>>,
+}
+
 /// Runs `readers`, text plugins in the order they run, over every string value of the JSON
 /// text `raw` in one walk, however many there are. Each string goes through them in turn,
 /// and each reads what the enforcing ones before it left: exactly what each would have
@@ -591,14 +602,12 @@ impl<'a> Reader<'a> {
 /// (a result) is the text: the message is checked as [`json::map_message_strings`] does.
 /// `None`: `raw` is the text, JSON a parser has accepted.
 ///
-/// Returns where the region ended in `raw` (see [`json::map_message_strings`]), the index of
-/// the reader that blocked (`readers.len()` when none did), and `raw` as the enforcing
-/// readers left it, if they changed it.
+/// Returns what the walk found ([`Walked`]).
 pub(crate) fn read_strings(
     readers: &mut [Reader<'_>],
     raw: &[u8],
     region: Option<usize>,
-) -> Result<(Option<usize>, usize, Option<Vec<u8>>), Malformed> {
+) -> Result<Walked, Malformed> {
     let first_block = |readers: &[Reader<'_>]| {
         readers
             .iter()
@@ -611,7 +620,11 @@ pub(crate) fn read_strings(
             .get(..stop)
             .is_some_and(|r| r.iter().any(Reader::reads))
     {
-        return Ok((None, stop, None));
+        return Ok(Walked {
+            end: None,
+            stop,
+            new: None,
+        });
     }
     let mut each = |name: &str, value: &str| {
         let mut text = Cow::Borrowed(value);
@@ -649,7 +662,7 @@ pub(crate) fn read_strings(
         Some(at) => json::map_message_strings(raw, at, &mut each)?,
         None => (None, json::map_strings(raw, &mut each)?),
     };
-    Ok((end, stop, new))
+    Ok(Walked { end, stop, new })
 }
 
 /// Marks where `output_size` cut a text.
