@@ -2,6 +2,7 @@
 //! as it was (member order, number spelling, whitespace), so a masked message differs from
 //! the original only where something was masked. No tree is built.
 
+use crate::jsonrpc::stream::MAX_DEPTH;
 use crate::jsonrpc::write_json_string;
 use std::borrow::Cow;
 
@@ -97,7 +98,8 @@ pub(crate) fn map_strings(
 
 /// [`map_strings`] on a whole message, checked as a strict parser would check it: RFC 8259
 /// syntax (no control character in a string, no leading zero, nothing but whitespace after
-/// the value) and no object that repeats a member name (parsers keep one or the other, so
+/// the value), nesting no deeper than the parser's [`MAX_DEPTH`] (the parser's skim does not
+/// limit it), and no object that repeats a member name (parsers keep one or the other, so
 /// a repeated name could hide text from a check that reads the other). Only the strings
 /// of the object or array that opens at `raw[region]` go to `f` (none when no container
 /// opens there). Returns the offset just past that container (`None`: none opened there),
@@ -207,7 +209,10 @@ fn walk<'a, const STRICT: bool>(
                 continue;
             }
             b'{' | b'[' => {
-                if strict && !matches!(expect, Expect::Value | Expect::ValueOrClose) {
+                if strict
+                    && (!matches!(expect, Expect::Value | Expect::ValueOrClose)
+                        || stack.len() >= MAX_DEPTH)
+                {
                     return Err(Malformed);
                 }
                 let object = c == b'{';
@@ -536,6 +541,10 @@ mod tests {
         for raw in invalid {
             assert!(!strict_accepts(raw), "{raw}");
         }
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(strict_accepts(&deep(MAX_DEPTH)));
+        assert!(!strict_accepts(&deep(MAX_DEPTH + 1)));
+        assert!(!strict_accepts(&deep(4 * 1024 * 1024)), "refused, not held");
         for raw in ["{} x", "{}{}", "[] []", "1", "\"a\""] {
             assert_eq!(strict_accepts(raw), raw.len() < 4, "{raw}");
         }

@@ -388,6 +388,16 @@ fn a_result_is_read_as_strictly_as_a_strict_parser_would() {
         let v = blocked(post(&g, &call("{}"), bad).0);
         assert_eq!(v["error"]["data"]["reason"], "uninspectable", "{bad}");
     }
+    // Nesting the parser would refuse, which its skim of the result does not count.
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"result":{{"a":{}{}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(
+        blocked(post(&g, &call("{}"), &deep).0)["error"]["data"]["reason"],
+        "uninspectable"
+    );
     // Whatever comes after the result is still read by the parser.
     let bad = r#"{"jsonrpc":"2.0","id":7,"result":{"text":"x"},"extra":[1,]}"#;
     assert_eq!(
