@@ -31,7 +31,7 @@ use crate::mcp::Method;
 use crate::reason::{Reason, Rejection};
 use crate::snapshot::plugins as spec;
 use crate::snapshot::{ConfigError, Snapshot};
-use plugin::{Conditions, Hooks, Kind, Names, Outcome, Plugin};
+use plugin::{Conditions, Hooks, Kind, Names, Outcome, Plugin, Reader, Walked, read_strings};
 use schema::Schema;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -491,11 +491,63 @@ impl Guard {
         });
         let mut args: Cow<'_, [u8]> = Cow::Borrowed(span.map_or(&b"{}"[..], |(_, _, b)| b));
         let mut changed = false;
-        for i in plugins {
+        let mut k = 0;
+        while let Some(&i) = plugins.get(k) {
             let Some(p) = self.plugins.get(i) else {
+                k += 1;
                 continue;
             };
             let enforce = p.mode == Mode::Enforce;
+            if hook != Hook::ResourcePreFetch && p.is_text() {
+                // This plugin and the text plugins right after it read the arguments in
+                // one walk.
+                let mut readers = Vec::new();
+                while let Some((j, q)) = plugins
+                    .get(k)
+                    .and_then(|&j| Some((j, self.plugins.get(j)?)))
+                    .filter(|(_, q)| q.is_text())
+                {
+                    let mut r = Reader::new(j, q, q.mode == Mode::Enforce);
+                    if hook == Hook::ToolPreInvoke
+                        && let Outcome::Block(what) = q.on_tool(name.unwrap_or_default())
+                    {
+                        r.denied = Some(what);
+                    }
+                    readers.push(r);
+                    k += 1;
+                }
+                // Arguments the parser accepted are JSON the walker follows; if not, each
+                // plugin refuses what it cannot read.
+                let Walked { stop, new, .. } = read_strings(&mut readers, &args, None)
+                    .unwrap_or_else(|_| {
+                        readers.iter_mut().for_each(Reader::unreadable);
+                        Walked {
+                            end: None,
+                            stop: first_enforced_block(&readers),
+                            new: None,
+                        }
+                    });
+                for r in readers.iter().take(stop.saturating_add(1)) {
+                    if let Some(what) = self.record(findings, r.index, hook, &r.outcome()) {
+                        let message =
+                            format!("request blocked by plugin {:?} ({what})", r.plugin.name);
+                        return Pre::Block(self.rejection(
+                            Reason::PluginBlocked,
+                            r.index,
+                            hook,
+                            what,
+                            msg.id.clone(),
+                            message,
+                        ));
+                    }
+                }
+                if let Some(new) = new {
+                    args = Cow::Owned(new);
+                    changed = true;
+                }
+                continue;
+            }
+            k += 1;
             let outcome = match (&p.kind, hook) {
                 (_, Hook::ResourcePreFetch) => p.on_uri(msg.uri.as_deref().unwrap_or_default()),
                 (Kind::Schema, _) => match self.check_arguments(call, name, &args) {
@@ -528,62 +580,19 @@ impl Guard {
                     }
                     None => Outcome::Pass,
                 },
-                _ => {
-                    let tool = if hook == Hook::ToolPreInvoke {
-                        p.on_tool(name.unwrap_or_default())
-                    } else {
-                        Outcome::Pass
-                    };
-                    match tool {
-                        // Arguments the parser accepted are JSON the walker follows; if
-                        // not, the plugin refuses what it cannot read.
-                        Outcome::Pass => p.on_json(&args).unwrap_or(Outcome::Block("unreadable")),
-                        blocked => blocked,
-                    }
-                }
+                // Nothing else runs before a call (see `plugin::hooks_of`).
+                _ => Outcome::Pass,
             };
-            match outcome {
-                Outcome::Pass => {}
-                Outcome::Block(what) => {
-                    let effect = if enforce {
-                        Effect::Blocked
-                    } else {
-                        Effect::WouldBlock
-                    };
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect,
-                        what,
-                    });
-                    if enforce {
-                        let message = format!("request blocked by plugin {:?} ({what})", p.name);
-                        return Pre::Block(self.rejection(
-                            Reason::PluginBlocked,
-                            i,
-                            hook,
-                            what,
-                            msg.id.clone(),
-                            message,
-                        ));
-                    }
-                }
-                Outcome::Changed(new, what) => {
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect: if enforce {
-                            Effect::Masked
-                        } else {
-                            Effect::WouldMask
-                        },
-                        what,
-                    });
-                    if enforce {
-                        args = Cow::Owned(new);
-                        changed = true;
-                    }
-                }
+            if let Some(what) = self.record(findings, i, hook, &outcome) {
+                let message = format!("request blocked by plugin {:?} ({what})", p.name);
+                return Pre::Block(self.rejection(
+                    Reason::PluginBlocked,
+                    i,
+                    hook,
+                    what,
+                    msg.id.clone(),
+                    message,
+                ));
             }
         }
         match (changed, span) {
@@ -594,6 +603,32 @@ impl Guard {
             },
             _ => Pre::Pass,
         }
+    }
+
+    /// Records what plugin `i` made of a text at `hook` as a finding (none when it
+    /// passed); returns what it found when that blocks (it enforces).
+    fn record(
+        &self,
+        findings: &mut Vec<Finding>,
+        i: usize,
+        hook: Hook,
+        outcome: &Outcome,
+    ) -> Option<&'static str> {
+        let enforce = self.enforces(i);
+        let (effect, what) = match *outcome {
+            Outcome::Pass => return None,
+            Outcome::Block(what) if enforce => (Effect::Blocked, what),
+            Outcome::Block(what) => (Effect::WouldBlock, what),
+            Outcome::Changed(_, what) if enforce => (Effect::Masked, what),
+            Outcome::Changed(_, what) => (Effect::WouldMask, what),
+        };
+        findings.push(Finding {
+            plugin: i,
+            hook,
+            effect,
+            what,
+        });
+        (effect == Effect::Blocked).then_some(what)
     }
 
     /// Why the arguments `args` fail the called tool's `inputSchema` (`None`: they pass, or
@@ -666,17 +701,31 @@ impl Guard {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Post::Pass;
         }
-        self.post_message(plan, body, findings)
+        self.post_message(plan, body, findings, &mut None)
     }
 
     /// Runs the post hooks of `plan` on the data of one SSE event (its `data` lines
     /// joined).
     pub fn post_event(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
+        self.post_event_parsed(plan, data, findings).0
+    }
+
+    /// [`Guard::post_event`], with the message the hooks parsed when it passed or was
+    /// masked, so the caller need not parse it again. Masking changes only the result:
+    /// the message's spans hold in the masked text up to the result's end.
+    pub fn post_event_parsed(
+        &self,
+        plan: &PostPlan,
+        data: &[u8],
+        findings: &mut Vec<Finding>,
+    ) -> (Post, Option<Message>) {
+        let mut parsed = None;
         // An event without data (a stream's priming event, a keep-alive) carries nothing.
         if data.iter().all(u8::is_ascii_whitespace) {
-            return Post::Pass;
+            return (Post::Pass, parsed);
         }
-        self.post_message(plan, data, findings)
+        let post = self.post_message(plan, data, findings, &mut parsed);
+        (post, parsed)
     }
 
     /// The error that replaces a response too large to inspect (more than `limit` bytes
@@ -716,39 +765,118 @@ impl Guard {
         ))
     }
 
-    fn post_message(&self, plan: &PostPlan, data: &[u8], findings: &mut Vec<Finding>) -> Post {
-        // Read strictly: a repeated key could hide a second `result` from the check that
-        // a client's parser would keep.
+    /// Runs the post hooks on one message; `parsed` gets the message when it passes or is
+    /// masked.
+    fn post_message(
+        &self,
+        plan: &PostPlan,
+        data: &[u8],
+        findings: &mut Vec<Finding>,
+        parsed: &mut Option<Message>,
+    ) -> Post {
+        // The envelope is read by the parser (which refuses a repeated envelope key: a
+        // second `result` that a client's parser would keep); what it only skims (the
+        // result, members it does not know) is checked by one strict walk over the whole
+        // message below, as a strict parser would check it (a repeated member name
+        // anywhere included: a client's parser keeps one of two, a plugin might read the
+        // other). When the plan starts with text plugins, that walk is theirs.
         let mut parser = MessageParser::new(Options {
-            reject_duplicate_keys: true,
+            skim: true,
             ..Options::default()
         });
         let msg = match parser.feed(data).and_then(|_| parser.finish()) {
             Ok(Body::Single(m)) => m,
             _ => return self.uninspectable(plan, None),
         };
+        let id = msg.id.as_ref();
+        let open = msg
+            .result_open
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|_| msg.kind == MessageKind::Result);
+        let starts_with_text = plan
+            .plugins
+            .first()
+            .and_then(|&i| self.plugins.get(i))
+            .is_some_and(Plugin::is_text);
+        // How many bytes follow the result: no plugin changes them.
+        let mut after = None;
+        if open.is_none() || !starts_with_text {
+            match json::map_message_strings(data, open.unwrap_or(usize::MAX), &mut |_, _| None) {
+                Ok((end, _)) => after = end.map(|e| data.len().saturating_sub(e)),
+                Err(_) => return self.uninspectable(plan, id),
+            }
+        }
         if msg.kind != MessageKind::Result {
+            *parsed = Some(msg);
             return Post::Pass;
         }
-        let id = msg.id.as_ref();
-        let Some(open) = msg.result_open.and_then(|o| usize::try_from(o).ok()) else {
+        let Some(open) = open else {
             return self.uninspectable(plan, id);
         };
-        let Ok(end) = json::value_end(data, open) else {
-            return self.uninspectable(plan, id);
-        };
-        let Some(original) = data.get(open..end) else {
-            return self.uninspectable(plan, id);
-        };
-        let mut result: Cow<'_, [u8]> = Cow::Borrowed(original);
+        // The message as the plugins leave it; its result is `body[open..len - after]`.
+        let mut body: Cow<'_, [u8]> = Cow::Borrowed(data);
         let hook = plan.hook;
-        for &i in &plan.plugins {
+        let blocked = |name: &str, what: &str| {
+            let message = format!("result blocked by plugin {name:?} ({what})");
+            Post::Blocked(error_response_with(
+                id,
+                code::FORBIDDEN,
+                &message,
+                Some(&error_data(name, hook, what)),
+            ))
+        };
+        let mut k = 0;
+        while let Some(&i) = plan.plugins.get(k) {
             let Some(p) = self.plugins.get(i) else {
+                k += 1;
                 continue;
             };
+            if p.is_text() {
+                // This plugin and the text plugins right after it read the result in one
+                // walk.
+                let mut readers = Vec::new();
+                while let Some((j, q)) = plan
+                    .plugins
+                    .get(k)
+                    .and_then(|&j| Some((j, self.plugins.get(j)?)))
+                    .filter(|(_, q)| q.is_text())
+                {
+                    readers.push(Reader::new(j, q, q.mode == Mode::Enforce));
+                    k += 1;
+                }
+                let walked = match after {
+                    // The first walk: the whole message, checked.
+                    None => read_strings(&mut readers, &body, Some(open)).map(|w| {
+                        after = w.end.map(|e| data.len().saturating_sub(e));
+                        (w.stop, w.new)
+                    }),
+                    Some(n) => {
+                        let result = result_of(&body, open, n);
+                        read_strings(&mut readers, result, None)
+                            .map(|w| (w.stop, w.new.map(|new| splice(&body, open, n, &new))))
+                    }
+                };
+                let (Ok((stop, new)), Some(_)) = (walked, after) else {
+                    return self.uninspectable(plan, id);
+                };
+                for r in readers.iter().take(stop.saturating_add(1)) {
+                    if let Some(what) = self.record(findings, r.index, hook, &r.outcome()) {
+                        return blocked(&r.plugin.name, what);
+                    }
+                }
+                if let Some(new) = new {
+                    body = Cow::Owned(new);
+                }
+                continue;
+            }
+            k += 1;
+            let Some(n) = after else {
+                return self.uninspectable(plan, id);
+            };
+            let result = result_of(&body, open, n);
             let enforce = p.mode == Mode::Enforce;
             let outcome = match &p.kind {
-                Kind::Schema => match self.check_output(plan, &result) {
+                Kind::Schema => match self.check_output(plan, result) {
                     Some(detail) => {
                         findings.push(Finding {
                             plugin: i,
@@ -776,62 +904,24 @@ impl Guard {
                     }
                     None => Ok(Outcome::Pass),
                 },
-                Kind::OutputSize(_) | Kind::ResourceFilter(_) => p.on_result_size(hook, &result),
-                _ => p.on_json(&result),
+                _ => p.on_result_size(hook, result),
             };
             let Ok(outcome) = outcome else {
                 return self.uninspectable(plan, id);
             };
-            match outcome {
-                Outcome::Pass => {}
-                Outcome::Block(what) => {
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect: if enforce {
-                            Effect::Blocked
-                        } else {
-                            Effect::WouldBlock
-                        },
-                        what,
-                    });
-                    if enforce {
-                        let message = format!("result blocked by plugin {:?} ({what})", p.name);
-                        return Post::Blocked(error_response_with(
-                            id,
-                            code::FORBIDDEN,
-                            &message,
-                            Some(&error_data(&p.name, hook, what)),
-                        ));
-                    }
-                }
-                Outcome::Changed(new, what) => {
-                    findings.push(Finding {
-                        plugin: i,
-                        hook,
-                        effect: if enforce {
-                            Effect::Masked
-                        } else {
-                            Effect::WouldMask
-                        },
-                        what,
-                    });
-                    if enforce {
-                        result = Cow::Owned(new);
-                    }
-                }
+            if let Some(what) = self.record(findings, i, hook, &outcome) {
+                return blocked(&p.name, what);
+            }
+            if let (true, Outcome::Changed(new, _)) = (enforce, outcome) {
+                body = Cow::Owned(splice(&body, open, n, &new));
             }
         }
-        match result {
+        let post = match body {
             Cow::Borrowed(_) => Post::Pass,
-            Cow::Owned(new) => {
-                let mut out = Vec::with_capacity(data.len() + new.len());
-                out.extend_from_slice(data.get(..open).unwrap_or_default());
-                out.extend_from_slice(&new);
-                out.extend_from_slice(data.get(end..).unwrap_or_default());
-                Post::Masked(out)
-            }
-        }
+            Cow::Owned(new) => Post::Masked(new),
+        };
+        *parsed = Some(msg);
+        post
     }
 
     /// Why a tool result fails the tool's `outputSchema` (`None`: it passes, it is an
@@ -855,6 +945,31 @@ impl Guard {
             .check(structured)
             .map(|(at, problem)| format!("structuredContent{at}: {problem}"))
     }
+}
+
+/// The result of `body`: from `open` to the `after` bytes that follow it.
+fn result_of(body: &[u8], open: usize, after: usize) -> &[u8] {
+    body.get(open..body.len().saturating_sub(after))
+        .unwrap_or_default()
+}
+
+/// `body` with its result (from `open` to the `after` bytes that follow it) replaced by
+/// `new`.
+fn splice(body: &[u8], open: usize, after: usize, new: &[u8]) -> Vec<u8> {
+    let tail = body.len().saturating_sub(after);
+    let mut out = Vec::with_capacity(open + new.len() + after);
+    out.extend_from_slice(body.get(..open).unwrap_or_default());
+    out.extend_from_slice(new);
+    out.extend_from_slice(body.get(tail..).unwrap_or_default());
+    out
+}
+
+/// Where the first enforcing reader that blocks is (`readers.len()` if none does).
+fn first_enforced_block(readers: &[Reader<'_>]) -> usize {
+    readers
+        .iter()
+        .position(|r| r.enforce && matches!(r.outcome(), Outcome::Block(_)))
+        .unwrap_or(readers.len())
 }
 
 /// The `data` of a plugin's error: `{"plugin": …, "hook": …, "reason": …}`.

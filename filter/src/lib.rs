@@ -575,9 +575,12 @@ impl HttpContext for Request {
             BodyNeed::Bytes => Vec::new(),
         };
         let shared = Rc::clone(&self.shared);
+        // A rewriter that let the chunk go unchanged (a guarded result with nothing to
+        // mask) costs no host call.
         if let Some(rewritten) =
             self.exchange
                 .on_response_body(&chunk, end_of_stream, &mut FilterHost(&shared))
+            && (rewritten != chunk || chunk.len() != body_size)
         {
             self.set_http_response_body(0, body_size, &rewritten);
         }

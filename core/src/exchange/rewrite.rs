@@ -373,23 +373,36 @@ impl Rewriter {
             return raw;
         }
         let mut guarded = false;
+        // The message as the post hooks parsed it (not parsed twice).
+        let mut parsed = None;
         if let Some(g) = &self.changes.guard {
-            match g
+            let (post, msg) = g
                 .config
                 .guard
-                .post_event(&g.plan, &data, &mut self.findings)
-            {
-                Post::Pass => {}
-                Post::Masked(new) | Post::Blocked(new) => {
+                .post_event_parsed(&g.plan, &data, &mut self.findings);
+            match post {
+                Post::Pass => parsed = msg,
+                Post::Masked(new) => {
+                    data = new;
+                    guarded = true;
+                    parsed = msg;
+                }
+                Post::Blocked(new) => {
                     data = new;
                     guarded = true;
                 }
             }
         }
-        let mut parser = MessageParser::new(Options::default());
-        let parsed = parser.feed(&data).and_then(|_| parser.finish());
-        let Ok(Body::Single(msg)) = parsed else {
-            return raw;
+        let msg = match parsed {
+            Some(msg) => msg,
+            None => {
+                let mut parser = MessageParser::new(Options::default());
+                let parsed = parser.feed(&data).and_then(|_| parser.finish());
+                let Ok(Body::Single(msg)) = parsed else {
+                    return raw;
+                };
+                msg
+            }
         };
         if msg.kind == Kind::Notification
             && let Some(n) = self.changes.notifications
@@ -556,6 +569,56 @@ mod tests {
                 .is_empty()
         );
         assert!(!r.feed(b"\"result\":{}}\n\n", false).is_empty());
+    }
+
+    #[test]
+    fn a_guarded_stream_is_masked_and_rewritten_from_one_parse_per_event() {
+        let config = Rc::new(
+            Config::from_bytes(
+                json!({
+                    "servers": {"s1": {"name": "one", "tools": []}},
+                    "plugins": [{"name": "pii", "pii": {"detectors": ["email"]}}]
+                })
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap(),
+        );
+        let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{}}}"#;
+        let mut parser = MessageParser::new(Options::default());
+        parser.feed(request.as_bytes()).unwrap();
+        let Ok(Body::Single(msg)) = parser.finish() else {
+            panic!("a request");
+        };
+        let call = crate::guard::Call {
+            server: Some("s1"),
+            principal: None,
+        };
+        let plan = config.guard.post_plan(&call, &msg).expect("a plan");
+        let changes = Changes {
+            guard: Some(Guarded { config, plan }),
+            ..fields()
+        };
+        let stream = concat!(
+            "id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\",\"params\":{\"m\":\"a@b.example\"}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"mail jane@example.com\"}]}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\n\n",
+        );
+        let out = String::from_utf8(run(changes, &[stream.as_bytes()])).unwrap();
+        let events: Vec<&str> = out.split("\n\n").collect();
+        // A request to the client: its id renamed, nothing of it masked (not a result).
+        assert!(
+            events[0].starts_with("id: 7\ndata: ")
+                && events[0].contains(r#""id":"gw:3""#)
+                && events[0].contains("a@b.example"),
+            "{out}"
+        );
+        // A result: masked, and given its fields.
+        let v: Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["result"]["content"][0]["text"], "mail [REDACTED:email]");
+        assert_eq!(v["result"]["resultType"], "complete");
+        let v: Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["result"], json!({"resultType": "complete"}));
     }
 
     #[test]

@@ -15,6 +15,31 @@ pub(crate) struct Literal {
     text: String,
     /// Compared ASCII-case-insensitively (the pattern starts with `(?i)`).
     fold: bool,
+    /// Where in `text` the byte searched for is: the one least common in text (see
+    /// [`commonness`]), so the search stops at few places that are not a match.
+    pivot: usize,
+}
+
+/// How common a byte is in the text tools exchange (prose, code, JSON): the search for a
+/// literal looks for its least common byte. A rough order (English letter frequencies;
+/// spaces, common punctuation and vowels first); only the order matters, and a wrong guess
+/// costs speed, never a match.
+fn commonness(b: u8) -> u8 {
+    match b.to_ascii_lowercase() {
+        b' ' => 255,
+        b'e' => 250,
+        b't' | b'a' | b'o' => 240,
+        b'i' | b'n' | b's' | b'h' | b'r' => 230,
+        b'd' | b'l' | b'.' | b',' | b'"' => 220,
+        b'c' | b'u' | b'm' | b'w' | b'f' | b'g' | b'y' | b'p' | b'b' => 200,
+        b'/' | b'-' | b':' | b'_' | b'0'..=b'9' => 180,
+        b'v' | b'k' => 160,
+        b'\'' | b'(' | b')' | b'\n' => 150,
+        b'j' | b'x' | b'q' | b'z' => 120,
+        c if c.is_ascii_alphanumeric() || c.is_ascii_punctuation() => 60,
+        // Other control and non-ASCII bytes.
+        _ => 100,
+    }
 }
 
 /// Characters with a meaning of their own outside a class.
@@ -67,26 +92,33 @@ impl Literal {
         if fold {
             text.make_ascii_lowercase();
         }
-        Some(Literal { text, fold })
+        let pivot = text
+            .bytes()
+            .enumerate()
+            .min_by_key(|&(_, b)| commonness(b))
+            .map_or(0, |(i, _)| i);
+        Some(Literal { text, fold, pivot })
     }
 
     /// False only when no match of the pattern can occur in `haystack`.
-    /// The literal's first byte is looked for eight bytes at a time (in both cases under
-    /// `(?i)`), and the rest compared where it is found.
+    /// The literal's least common byte is looked for eight bytes at a time (in both cases
+    /// under `(?i)`), and the whole literal compared where it is found.
     pub(crate) fn may_match(&self, haystack: &str) -> bool {
         let needle = self.text.as_bytes();
         let hay = haystack.as_bytes();
-        let Some(&first) = needle.first() else {
+        let Some(&pivot) = needle.get(self.pivot) else {
             return true;
         };
         let (a, b) = if self.fold {
-            (first, first.to_ascii_uppercase())
+            (pivot, pivot.to_ascii_uppercase())
         } else {
-            (first, first)
+            (pivot, pivot)
         };
-        let mut from = 0;
+        // The pivot of a match is `self.pivot` bytes into it.
+        let mut from = self.pivot;
         while let Some(p) = super::json::find2(hay, from, a, b) {
-            let Some(window) = hay.get(p..p + needle.len()) else {
+            let start = p - self.pivot;
+            let Some(window) = hay.get(start..start + needle.len()) else {
                 return false;
             };
             if window == needle || (self.fold && window.eq_ignore_ascii_case(needle)) {
@@ -272,6 +304,9 @@ mod tests {
             "internal\\.example",
             "é",
             "(?i)9",
+            "(?i)xa",
+            "ax",
+            "(?i)ex=pa",
         ] {
             let l = Literal::of(pattern).expect("a literal");
             for len in 0..24 {
@@ -286,6 +321,9 @@ mod tests {
                         "é",
                         "=X",
                         "9",
+                        "xA",
+                        "ax",
+                        "eX=Pa",
                     ] {
                         let hay = format!("{}{insert}{}", &base[..at], &base[at..]);
                         assert_eq!(

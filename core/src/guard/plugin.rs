@@ -5,6 +5,7 @@ use super::detect::{self, Detector, DetectorSet, Masking};
 use super::json::{self, Malformed};
 use crate::snapshot::plugins::{self as spec, Action, Hook, Mode, SizeAction};
 use regex_lite::{Regex, RegexBuilder};
+use std::borrow::Cow;
 
 /// Longest regular expression accepted, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 4096;
@@ -407,7 +408,7 @@ impl Plugin {
                 }
             }
             Kind::Regex(rules) => {
-                let mut text = std::borrow::Cow::Borrowed(s);
+                let mut text = Cow::Borrowed(s);
                 for (re, replacement, literal) in rules {
                     if literal.as_ref().is_some_and(|l| !l.may_match(&text)) {
                         continue;
@@ -416,17 +417,15 @@ impl Plugin {
                         None if re.is_match(&text) => return Err("regex"),
                         None => {}
                         Some(with) => {
-                            if let std::borrow::Cow::Owned(new) =
-                                re.replace_all(&text, with.as_str())
-                            {
-                                text = std::borrow::Cow::Owned(new);
+                            if let Cow::Owned(new) = re.replace_all(&text, with.as_str()) {
+                                text = Cow::Owned(new);
                             }
                         }
                     }
                 }
                 Ok(match text {
-                    std::borrow::Cow::Owned(new) => Some(new),
-                    std::borrow::Cow::Borrowed(_) => None,
+                    Cow::Owned(new) => Some(new),
+                    Cow::Borrowed(_) => None,
                 })
             }
             _ => Ok(None),
@@ -441,6 +440,14 @@ impl Plugin {
         }
     }
 
+    /// Whether it is a text plugin (one that reads a text's strings, or a deny list).
+    pub(crate) fn is_text(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Detect { .. } | Kind::Regex(_) | Kind::DenyList { .. }
+        )
+    }
+
     /// Whether it reads the strings of a text.
     pub(crate) fn reads_strings(&self) -> bool {
         match &self.kind {
@@ -450,30 +457,16 @@ impl Plugin {
         }
     }
 
-    /// Runs a text plugin over every string value of the JSON text `raw`.
+    /// Runs a text plugin over every string value of the JSON text `raw` (alone: the
+    /// pipeline runs its text plugins together, see [`read_strings`]).
+    #[cfg(test)]
     pub(crate) fn on_json(&self, raw: &[u8]) -> Result<Outcome, Malformed> {
-        if !self.reads_strings() {
-            return Ok(Outcome::Pass);
-        }
-        let mut blocked = None;
-        let changed = json::map_strings(raw, &mut |name, value| {
-            if blocked.is_some() || is_binary(name, value) {
-                return None;
-            }
-            match self.on_string(value) {
-                Ok(new) => new,
-                Err(what) => {
-                    blocked = Some(what);
-                    None
-                }
-            }
-        })?;
-        if let Some(what) = blocked {
-            return Ok(Outcome::Block(what));
-        }
-        Ok(match changed {
-            Some(new) => Outcome::Changed(new, self.change_label()),
-            None => Outcome::Pass,
+        let mut readers = [Reader::new(usize::MAX, self, true)];
+        let new = read_strings(&mut readers, raw, None)?.new;
+        let [reader] = readers;
+        Ok(match (reader.outcome(), new) {
+            (Outcome::Changed(..), Some(new)) => Outcome::Changed(new, self.change_label()),
+            (outcome, _) => outcome,
         })
     }
 
@@ -531,6 +524,145 @@ impl Plugin {
             _ => Ok(Outcome::Pass),
         }
     }
+}
+
+/// A text plugin (pii, secrets, deny list, regex) in a walk shared with the others of its
+/// run ([`read_strings`]), and what it made of the text.
+#[derive(Debug)]
+pub(crate) struct Reader<'a> {
+    /// Its index in the pipeline.
+    pub(crate) index: usize,
+    pub(crate) plugin: &'a Plugin,
+    /// Whether its changes take effect (and its block ends the run).
+    pub(crate) enforce: bool,
+    /// Why it blocks before reading anything (a denied tool), if it does.
+    pub(crate) denied: Option<&'static str>,
+    /// The first thing it refused in a string, if it did.
+    pub(crate) blocked: Option<&'static str>,
+    /// Whether it changed (or, not enforcing, would have changed) some string.
+    pub(crate) changed: bool,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(index: usize, plugin: &'a Plugin, enforce: bool) -> Reader<'a> {
+        Reader {
+            index,
+            plugin,
+            enforce,
+            denied: None,
+            blocked: None,
+            changed: false,
+        }
+    }
+
+    /// Whether it still reads strings.
+    fn reads(&self) -> bool {
+        self.denied.is_none() && self.blocked.is_none() && self.plugin.reads_strings()
+    }
+
+    /// What it made of the text, as if it had walked it alone (the changed text itself is
+    /// the walk's: [`Outcome::Changed`] holds none here).
+    pub(crate) fn outcome(&self) -> Outcome {
+        match (self.denied.or(self.blocked), self.changed) {
+            (Some(what), _) => Outcome::Block(what),
+            (None, true) => Outcome::Changed(Vec::new(), self.plugin.change_label()),
+            (None, false) => Outcome::Pass,
+        }
+    }
+
+    /// The text could not be walked: what each reader made of that (a reader of strings
+    /// refuses what it cannot read).
+    pub(crate) fn unreadable(&mut self) {
+        self.changed = false;
+        self.blocked = self.plugin.reads_strings().then_some("unreadable");
+    }
+}
+
+/// What a walk of [`read_strings`] found.
+#[derive(Debug)]
+pub(crate) struct Walked {
+    /// Where the region ended in the message (see [`json::map_message_strings`]).
+    pub(crate) end: Option<usize>,
+    /// The index of the reader that blocked and ended the run (`readers.len()`: none did).
+    pub(crate) stop: usize,
+    /// The walked text as the enforcing readers left it, if they changed it.
+    pub(crate) new: Option<Vec<u8>>,
+}
+
+/// Runs `readers`, text plugins in the order they run, over every string value of the JSON
+/// text `raw` in one walk, however many there are. Each string goes through them in turn,
+/// and each reads what the enforcing ones before it left: exactly what each would have
+/// read walking the text alone after the one before it.
+///
+/// The first enforcing reader that blocks ends the run, as it would have alone: the readers
+/// after it stop (they would not have run), and the ones before it read on to the end (their
+/// findings are then what they would have been).
+///
+/// `region`: `raw` is a whole message no parser has checked, whose container at `raw[region]`
+/// (a result) is the text: the message is checked as [`json::map_message_strings`] does.
+/// `None`: `raw` is the text, JSON a parser has accepted.
+///
+/// Returns what the walk found ([`Walked`]).
+pub(crate) fn read_strings(
+    readers: &mut [Reader<'_>],
+    raw: &[u8],
+    region: Option<usize>,
+) -> Result<Walked, Malformed> {
+    let first_block = |readers: &[Reader<'_>]| {
+        readers
+            .iter()
+            .position(|r| r.enforce && r.denied.is_some())
+            .unwrap_or(readers.len())
+    };
+    let mut stop = first_block(readers);
+    if region.is_none()
+        && !readers
+            .get(..stop)
+            .is_some_and(|r| r.iter().any(Reader::reads))
+    {
+        return Ok(Walked {
+            end: None,
+            stop,
+            new: None,
+        });
+    }
+    let mut each = |name: &str, value: &str| {
+        let mut text = Cow::Borrowed(value);
+        // Whether `text` is base64 content, which no text plugin reads (asked once per
+        // version of the text).
+        let mut binary = None;
+        for (k, r) in readers.iter_mut().enumerate().take(stop) {
+            if !r.reads() || *binary.get_or_insert_with(|| is_binary(name, &text)) {
+                continue;
+            }
+            match r.plugin.on_string(&text) {
+                Ok(Some(new)) if new != *text => {
+                    r.changed = true;
+                    if r.enforce {
+                        text = Cow::Owned(new);
+                        binary = None;
+                    }
+                }
+                Ok(_) => {}
+                Err(what) => {
+                    r.blocked = Some(what);
+                    if r.enforce {
+                        stop = k;
+                        break;
+                    }
+                }
+            }
+        }
+        match text {
+            Cow::Owned(new) => Some(new),
+            Cow::Borrowed(_) => None,
+        }
+    };
+    let (end, new) = match region {
+        Some(at) => json::map_message_strings(raw, at, &mut each)?,
+        None => (None, json::map_strings(raw, &mut each)?),
+    };
+    Ok(Walked { end, stop, new })
 }
 
 /// Marks where `output_size` cut a text.

@@ -210,6 +210,217 @@ fn priorities_order_plugins_and_the_first_block_wins() {
     assert_eq!(findings.len(), 1, "the run ended at the block");
 }
 
+/// (plugin name, effect, what) of each finding.
+fn named(g: &Guard, findings: &[Finding]) -> Vec<(String, Effect, &'static str)> {
+    findings
+        .iter()
+        .map(|f| (g.plugin_name(f.plugin).to_owned(), f.effect, f.what))
+        .collect()
+}
+
+fn n(name: &str, effect: Effect, what: &'static str) -> (String, Effect, &'static str) {
+    (name.to_owned(), effect, what)
+}
+
+/// The text plugins of a hook read each string in one walk: these pin that the result is
+/// what running them one after the other over the whole text gives.
+#[test]
+fn text_plugins_in_one_walk_see_what_the_ones_before_left() {
+    // The second plugin reads the first one's mask, in arguments and in results.
+    let g = guard(json!([
+        {"name": "pii", "priority": 10, "pii": {"detectors": ["email"]}},
+        {"name": "tag", "priority": 20, "regex": {"rules": [
+            {"pattern": "\\[REDACTED:email\\]", "replacement": "<someone>"}
+        ]}}
+    ]));
+    let (out, findings) = pre(
+        &g,
+        &S1,
+        &call(r#"{"email": "jane@example.com", "limit": 5, "cc": ["ops@example.com", "x"]}"#),
+    );
+    assert_eq!(
+        out.unwrap(),
+        call(r#"{"email": "<someone>", "limit": 5, "cc": ["<someone>", "x"]}"#)
+    );
+    assert_eq!(
+        named(&g, &findings),
+        [
+            n("pii", Effect::Masked, "masked"),
+            n("tag", Effect::Masked, "regex")
+        ]
+    );
+    let response = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"mail jane@example.com"}]}}"#;
+    let (out, findings) = post(&g, &call("{}"), response);
+    assert_eq!(
+        masked(out)["result"]["content"][0]["text"],
+        "mail <someone>"
+    );
+    assert_eq!(findings.len(), 2);
+    // In the other order the regex reads the text before the mask: nothing to replace.
+    let g = guard(json!([
+        {"name": "pii", "priority": 20, "pii": {"detectors": ["email"]}},
+        {"name": "tag", "priority": 10, "regex": {"rules": [
+            {"pattern": "\\[REDACTED:email\\]", "replacement": "<someone>"}
+        ]}}
+    ]));
+    let (out, findings) = pre(&g, &S1, &call(r#"{"email": "jane@example.com"}"#));
+    assert_eq!(out.unwrap(), call(r#"{"email": "[REDACTED:email]"}"#));
+    assert_eq!(named(&g, &findings), [n("pii", Effect::Masked, "masked")]);
+    // A permissive plugin's mask is not what the next one reads.
+    let g = guard(json!([
+        {"name": "pii", "priority": 10, "mode": "permissive", "pii": {"detectors": ["email"]}},
+        {"name": "tag", "priority": 20, "regex": {"rules": [
+            {"pattern": "\\[REDACTED:email\\]", "replacement": "<someone>"}
+        ]}}
+    ]));
+    let body = call(r#"{"email": "jane@example.com"}"#);
+    let (out, findings) = pre(&g, &S1, &body);
+    assert_eq!(out.unwrap(), body);
+    assert_eq!(
+        named(&g, &findings),
+        [n("pii", Effect::WouldMask, "masked")]
+    );
+}
+
+#[test]
+fn a_block_after_a_mask_names_the_blocking_plugin_and_leaks_neither_text() {
+    // The deny list blocks on a word the mask wrote: it read the masked text.
+    let g = guard(json!([
+        {"name": "pii", "priority": 10, "pii": {"detectors": ["email"]}},
+        {"name": "deny", "priority": 20, "deny_list": {"words": ["redacted"]}}
+    ]));
+    let (out, findings) = pre(&g, &S1, &call(r#"{"email": "jane@example.com"}"#));
+    let r = out.unwrap_err();
+    let body = String::from_utf8(r.body()).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["error"]["data"],
+        json!({"plugin": "deny", "hook": "tool_pre_invoke", "reason": "word"})
+    );
+    assert!(!body.contains("jane"), "{body}");
+    assert_eq!(
+        named(&g, &findings),
+        [
+            n("pii", Effect::Masked, "masked"),
+            n("deny", Effect::Blocked, "word")
+        ]
+    );
+    // The block comes in a string before the one the mask changes: the mask is still
+    // reported (the masking plugin read the whole text, as it would have alone), and
+    // nothing after the blocking plugin ran.
+    let g = guard(json!([
+        {"name": "pii", "priority": 10, "pii": {"detectors": ["email"]}},
+        {"name": "deny", "priority": 20, "deny_list": {"words": ["drop table"]}},
+        {"name": "after", "priority": 30, "mode": "permissive", "regex": {"rules": [{"pattern": "limit"}]}}
+    ]));
+    let (out, findings) = pre(
+        &g,
+        &S1,
+        &call(r#"{"q": "DROP   table users", "email": "jane@example.com", "r": "limit"}"#),
+    );
+    assert!(out.is_err());
+    assert_eq!(
+        named(&g, &findings),
+        [
+            n("pii", Effect::Masked, "masked"),
+            n("deny", Effect::Blocked, "word")
+        ]
+    );
+    // An earlier plugin's block later in the text wins over a later plugin's block
+    // earlier in it: the earlier plugin runs first.
+    let g = guard(json!([
+        {"name": "first", "priority": 10, "regex": {"rules": [{"pattern": "forbidden"}]}},
+        {"name": "second", "priority": 20, "deny_list": {"words": ["drop table"]}}
+    ]));
+    let (out, findings) = pre(&g, &S1, &call(r#"{"q": "drop table", "r": "forbidden"}"#));
+    let v: Value = serde_json::from_slice(&out.unwrap_err().body()).unwrap();
+    assert_eq!(v["error"]["data"]["plugin"], "first");
+    assert_eq!(named(&g, &findings), [n("first", Effect::Blocked, "regex")]);
+    // A denied tool blocks before any text is read; the plugins before it still run.
+    let g = guard(json!([
+        {"name": "pii", "priority": 10, "pii": {"detectors": ["email"]}},
+        {"name": "deny", "priority": 20, "deny_list": {"tools": ["crm__lookup"]}}
+    ]));
+    let (out, findings) = pre(&g, &S1, &call(r#"{"email": "jane@example.com"}"#));
+    assert!(out.is_err());
+    assert_eq!(
+        named(&g, &findings),
+        [
+            n("pii", Effect::Masked, "masked"),
+            n("deny", Effect::Blocked, "tool")
+        ]
+    );
+    // On a result: masked, then blocked by the next plugin; the error names it and holds
+    // neither the original nor the masked text.
+    let g = guard(json!([
+        {"name": "pii", "priority": 10, "pii": {"detectors": ["email"]}},
+        {"name": "no-mail", "priority": 20, "hooks": ["tool_post_invoke"], "regex": {"rules": [{"pattern": "REDACTED:email"}]}}
+    ]));
+    let response = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"mail jane@example.com"}]}}"#;
+    let (out, findings) = post(&g, &call("{}"), response);
+    let v = blocked(out);
+    assert_eq!(
+        v["error"]["data"],
+        json!({"plugin": "no-mail", "hook": "tool_post_invoke", "reason": "regex"})
+    );
+    assert!(!v.to_string().contains("jane") && !v.to_string().contains("REDACTED"));
+    assert_eq!(
+        named(&g, &findings),
+        [
+            n("pii", Effect::Masked, "masked"),
+            n("no-mail", Effect::Blocked, "regex")
+        ]
+    );
+}
+
+#[test]
+fn a_result_is_read_as_strictly_as_a_strict_parser_would() {
+    let g = guard(json!([{"name": "pii", "pii": {}}]));
+    for bad in [
+        // A repeated member name: a client keeps one, a plugin might read the other.
+        r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"ok","text":"jane@example.com"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":7,"result":{"a":1,"\u0061":"jane@example.com"}}"#,
+        // Text a lenient parser reads as a string, the walk would not.
+        r#"{"jsonrpc":"2.0","id":7,"result":{"text":'jane@example.com'}}"#,
+        r#"{"jsonrpc":"2.0","id":7,"result":{"a":1,}}"#,
+        r#"{"jsonrpc":"2.0","id":7,"result":{"a":01}}"#,
+    ] {
+        let v = blocked(post(&g, &call("{}"), bad).0);
+        assert_eq!(v["error"]["data"]["reason"], "uninspectable", "{bad}");
+    }
+    // Nesting the parser would refuse, which its skim of the result does not count.
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"result":{{"a":{}{}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(
+        blocked(post(&g, &call("{}"), &deep).0)["error"]["data"]["reason"],
+        "uninspectable"
+    );
+    // Whatever comes after the result is still read by the parser.
+    let bad = r#"{"jsonrpc":"2.0","id":7,"result":{"text":"x"},"extra":[1,]}"#;
+    assert_eq!(
+        blocked(post(&g, &call("{}"), bad).0)["error"]["data"]["reason"],
+        "uninspectable"
+    );
+    // Schema or size plugins before the text plugins: the same strict read.
+    let g = guard(json!([
+        {"name": "size", "priority": 1, "output_size": {"max_bytes": 100000}},
+        {"name": "pii", "priority": 2, "pii": {}}
+    ]));
+    let dup = r#"{"jsonrpc":"2.0","id":7,"result":{"t":"a","t":"jane@example.com"}}"#;
+    assert_eq!(
+        blocked(post(&g, &call("{}"), dup).0)["error"]["data"]["reason"],
+        "uninspectable"
+    );
+    let fine = r#"{"jsonrpc":"2.0","id":7,"result":{"t":"jane@example.com"},"x":1}"#;
+    assert_eq!(
+        masked(post(&g, &call("{}"), fine).0),
+        json!({"jsonrpc":"2.0","id":7,"result":{"t":"[REDACTED:email]"},"x":1})
+    );
+}
+
 #[test]
 fn permissive_plugins_only_report_and_disabled_ones_do_not_run() {
     let g = guard(json!([
