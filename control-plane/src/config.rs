@@ -145,6 +145,14 @@ pub struct ServeArgs {
     /// [default: the filter's documented defaults].
     #[arg(long, env = "MCPGW_EDGE_POLICY")]
     pub edge_policy: Option<PathBuf>,
+    /// Seconds a virtual server's MCP session lives after `initialize` (60 to 2592000); the
+    /// client then gets 404 and starts a new one [default: 86400].
+    #[arg(long, env = "MCPGW_MCP_SESSION_TTL")]
+    pub mcp_session_ttl: Option<u64>,
+    /// Seconds an upstream session behind a virtual server may go unused before the
+    /// gateway ends it (60 to 2592000) [default: 1800].
+    #[arg(long, env = "MCPGW_MCP_SESSION_IDLE")]
+    pub mcp_session_idle: Option<u64>,
     /// Listen address of the session relay (the legacy SSE pair `/servers/{id}/sse` +
     /// `/message`, GET streams over several upstreams), or `off` [default: 127.0.0.1:18001].
     #[arg(long, env = "MCPGW_RELAY_LISTEN")]
@@ -280,6 +288,8 @@ pub struct FileConfig {
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     edge_policy: Option<PathBuf>,
+    mcp_session_ttl: Option<u64>,
+    mcp_session_idle: Option<u64>,
     relay_listen: Option<String>,
     relay_advertise: Option<String>,
     ratelimit_listen: Option<String>,
@@ -456,6 +466,9 @@ pub struct Settings {
     pub edge: EdgeSettings,
     /// The request policy in every snapshot.
     pub edge_policy: mcpgw_core::snapshot::Policy,
+    /// Virtual-server MCP sessions: seconds a session lives, seconds an upstream session may
+    /// go unused.
+    pub mcp_sessions: McpSessionTimes,
     /// The session relay's listen address (`None`: no relay).
     pub relay_listen: Option<SocketAddr>,
     /// Where Envoys reach the relay (`None`: its bound address).
@@ -498,6 +511,7 @@ impl Settings {
             xds_listen: None,
             edge: EdgeSettings::default(),
             edge_policy: mcpgw_core::snapshot::Policy::default(),
+            mcp_sessions: McpSessionTimes::default(),
             relay_listen: None,
             relay_advertise: None,
             ratelimit_listen: None,
@@ -642,6 +656,25 @@ fn envoy_path(field: &'static str, raw: String) -> Result<String, ConfigError> {
         ));
     }
     Ok(raw)
+}
+
+/// How long virtual-server MCP sessions last (the snapshot's `session.ttl_seconds` and
+/// `session.idle_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct McpSessionTimes {
+    /// Seconds a session token is valid after `initialize`.
+    pub ttl_seconds: u64,
+    /// Seconds an upstream session may go unused before the gateway ends it.
+    pub idle_seconds: u64,
+}
+
+impl Default for McpSessionTimes {
+    fn default() -> Self {
+        McpSessionTimes {
+            ttl_seconds: mcpgw_core::snapshot::DEFAULT_SESSION_TTL_SECONDS,
+            idle_seconds: mcpgw_core::snapshot::DEFAULT_SESSION_IDLE_SECONDS,
+        }
+    }
 }
 
 fn secs(field: &'static str, v: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
@@ -1094,6 +1127,26 @@ impl ServeArgs {
             std::mem::take(&mut edge_policy.allowed_origins),
             envoy_listen,
         )?;
+        let mcp_sessions = McpSessionTimes {
+            ttl_seconds: secs(
+                "mcp_session_ttl",
+                self.mcp_session_ttl
+                    .or(file.mcp_session_ttl)
+                    .unwrap_or(mcpgw_core::snapshot::DEFAULT_SESSION_TTL_SECONDS),
+                60,
+                30 * 86_400,
+            )?
+            .as_secs(),
+            idle_seconds: secs(
+                "mcp_session_idle",
+                self.mcp_session_idle
+                    .or(file.mcp_session_idle)
+                    .unwrap_or(mcpgw_core::snapshot::DEFAULT_SESSION_IDLE_SECONDS),
+                60,
+                30 * 86_400,
+            )?
+            .as_secs(),
+        };
         let secrets = match encryption_key {
             Some(k) if !k.trim().is_empty() => SecretBox::from_encoded_key(k)?,
             _ if dev => SecretBox::dev(),
@@ -1152,6 +1205,7 @@ impl ServeArgs {
                 ..EdgeSettings::default()
             },
             edge_policy,
+            mcp_sessions,
             relay_listen,
             relay_advertise,
             ratelimit_listen,
@@ -2216,5 +2270,79 @@ mod tests {
         std::fs::write(&path, provider("http://idp.example.com")).unwrap();
         let e = args.resolve(Some(KEY)).unwrap_err().to_string();
         assert!(e.contains("oidc_providers") && e.contains("corp"), "{e}");
+    }
+
+    #[test]
+    fn mcp_session_times_come_from_flags_or_the_file_and_are_bounded() {
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.mcp_sessions, McpSessionTimes::default());
+        assert_eq!(s.mcp_sessions.ttl_seconds, 86_400);
+        assert_eq!(s.mcp_sessions.idle_seconds, 1_800);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcpgw.toml");
+        std::fs::write(&path, "mcp_session_ttl = 3600\nmcp_session_idle = 120\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let s = from_file.resolve(Some(KEY)).unwrap();
+        assert_eq!(
+            s.mcp_sessions,
+            McpSessionTimes {
+                ttl_seconds: 3600,
+                idle_seconds: 120
+            }
+        );
+        let flag_wins = ServeArgs {
+            mcp_session_idle: Some(600),
+            ..from_file
+        };
+        assert_eq!(
+            flag_wins
+                .resolve(Some(KEY))
+                .unwrap()
+                .mcp_sessions
+                .idle_seconds,
+            600
+        );
+        // The snapshot carries them, and validates them as the filter does.
+        let settings = crate::snapshot::session_settings(&SecretBox::dev(), s.mcp_sessions);
+        assert_eq!((settings.ttl_seconds, settings.idle_seconds), (3600, 120));
+        let snap = mcpgw_core::snapshot::Snapshot {
+            session: Some(settings),
+            ..Default::default()
+        };
+        snap.validate().unwrap();
+        for (field, edit) in [
+            (
+                "mcp_session_ttl",
+                ServeArgs {
+                    mcp_session_ttl: Some(59),
+                    ..Default::default()
+                },
+            ),
+            (
+                "mcp_session_ttl",
+                ServeArgs {
+                    mcp_session_ttl: Some(30 * 86_400 + 1),
+                    ..Default::default()
+                },
+            ),
+            (
+                "mcp_session_idle",
+                ServeArgs {
+                    mcp_session_idle: Some(0),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            match edit.resolve(Some(KEY)) {
+                Err(ConfigError::FieldInvalid { field: f, reason }) => {
+                    assert_eq!(f, field);
+                    assert!(reason.contains("between 60 and 2592000"), "{reason}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 }

@@ -162,7 +162,10 @@ pub async fn serve(
         store.clone(),
         edge_config::EdgeInputs {
             policy: settings.edge_policy.clone(),
-            session: Some(snapshot::session_settings(&settings.secrets)),
+            session: Some(snapshot::session_settings(
+                &settings.secrets,
+                settings.mcp_sessions,
+            )),
             settings: settings.edge.clone(),
             secrets: settings.secrets.clone(),
             ssrf: settings.federation.ssrf,

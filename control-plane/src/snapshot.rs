@@ -131,9 +131,17 @@ impl RegistryView {
 }
 
 /// The snapshot's session settings: the sealing key derived from the encryption key, so
-/// every Envoy (and every control-plane replica sharing the key) seals alike.
-pub fn session_settings(secrets: &SecretBox) -> mcpgw_core::snapshot::SessionSettings {
-    mcpgw_core::snapshot::SessionSettings::with_keys(secrets.session_keys())
+/// every Envoy (and every control-plane replica sharing the key) seals alike, and the
+/// lifetimes from the configuration.
+pub fn session_settings(
+    secrets: &SecretBox,
+    times: crate::config::McpSessionTimes,
+) -> mcpgw_core::snapshot::SessionSettings {
+    mcpgw_core::snapshot::SessionSettings {
+        keys: secrets.session_keys(),
+        ttl_seconds: times.ttl_seconds,
+        idle_seconds: times.idle_seconds,
+    }
 }
 
 /// What a snapshot is made of besides the registry: the operator's policy and what the

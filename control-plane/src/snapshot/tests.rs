@@ -227,7 +227,10 @@ fn a_gateway_the_edge_cannot_reach_is_left_out_with_what_it_serves() {
 fn session_and_relay_are_inputs_of_the_one_assembly() {
     let v = view();
     let i = SnapshotInputs {
-        session: Some(session_settings(&SecretBox::dev())),
+        session: Some(session_settings(
+            &SecretBox::dev(),
+            crate::config::McpSessionTimes::default(),
+        )),
         relay: Some("mcpgw-relay".into()),
         ..inputs(&v, Policy::default())
     };

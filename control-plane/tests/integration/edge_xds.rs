@@ -493,6 +493,24 @@ async fn session(http: &reqwest::Client, mcp: &str) -> String {
         .to_owned()
 }
 
+/// `--mcp-session-ttl` and `--mcp-session-idle` reach every snapshot's `session`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_mcp_session_times_reach_the_snapshot() {
+    let db = TestDb::sqlite();
+    let cp = control_plane_with(&db, 0, |s| {
+        s.mcp_sessions = mcpgw::config::McpSessionTimes {
+            ttl_seconds: 3600,
+            idle_seconds: 120,
+        };
+    })
+    .await;
+    let (s, snapshot) = cp.get("/snapshot").await;
+    assert_eq!(s, 200, "{snapshot}");
+    assert_eq!(snapshot["session"]["ttl_seconds"], 3600, "{snapshot}");
+    assert_eq!(snapshot["session"]["idle_seconds"], 120, "{snapshot}");
+    assert_eq!(snapshot["session"]["keys"], json!(["<redacted>"]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_serves_the_registry_over_xds_and_keeps_it_without_the_control_plane() {
     round(0).await;
