@@ -140,74 +140,13 @@ fn base_id() -> u32 {
 /// their keys as cert-manager names them (`ca.crt`, `tls.crt`, `tls.key`):
 /// `mcpgw-xds-tls/` (the control plane's) and `mcpgw-envoy-tls/` (the Envoy's).
 fn make_pki(dir: &Path) -> anyhow::Result<()> {
-    let openssl = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("running the openssl CLI (needed to make the xDS certificates)")?;
-        ensure!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:mcpgw-control-plane,IP:127.0.0.1\n",
-    )?;
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-days",
-        "2",
-        "-subj",
-        "/CN=mcpgw-e2e-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&ca)?;
-    for (secret, ext) in [(XDS_SECRET, "server.ext"), (ENVOY_SECRET, "client.ext")] {
-        std::fs::create_dir_all(dir.join(secret))?;
-        std::fs::copy(dir.join("ca.crt"), dir.join(secret).join("ca.crt"))?;
-        let (key, csr, crt) = (
-            format!("{secret}/tls.key"),
-            format!("{secret}.csr"),
-            format!("{secret}/tls.crt"),
-        );
-        let subj = format!("/CN={secret}");
-        let mut req = vec!["req"];
-        req.extend(ec);
-        req.extend(["-subj", &subj, "-keyout", &key, "-out", &csr]);
-        openssl(&req)?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            ext,
-            "-out",
-            &crt,
-        ])?;
+    mcpgw_harness::pki::issue(dir, "mcpgw-e2e-ca", "mcpgw-control-plane")?;
+    for (secret, leaf) in [(XDS_SECRET, "server"), (ENVOY_SECRET, "envoy")] {
+        let to = dir.join(secret);
+        std::fs::create_dir_all(&to)?;
+        std::fs::copy(dir.join("ca.pem"), to.join("ca.crt"))?;
+        std::fs::copy(dir.join(format!("{leaf}.pem")), to.join("tls.crt"))?;
+        std::fs::copy(dir.join(format!("{leaf}.key")), to.join("tls.key"))?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod artifacts;
 pub mod bootstrap;
 pub mod envoy;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod workdir;

@@ -4,7 +4,7 @@
 //! `mcpgw-xds`, `xds/tests/ads.rs`.)
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mcpgw::config::ServerTls;
 use serde_json::json;
@@ -25,81 +25,10 @@ pub struct Pki {
     pub dir: tempfile::TempDir,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl CLI must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(
-            d.join("server.ext"),
-            format!("subjectAltName=DNS:{CONTROL_PLANE_NAME},IP:127.0.0.1\n"),
-        )
-        .unwrap();
-        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mcpgw-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        openssl(d, &ca);
-        for (leaf, ext) in [("server", "server.ext"), ("envoy", "client.ext")] {
-            let (key, csr, pem) = (
-                format!("{leaf}.key"),
-                format!("{leaf}.csr"),
-                format!("{leaf}.pem"),
-            );
-            let subj = format!("/CN={leaf}");
-            let mut req = vec!["req"];
-            req.extend(ec);
-            req.extend(["-subj", &subj, "-keyout", &key, "-out", &csr]);
-            openssl(d, &req);
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    ext,
-                    "-out",
-                    &pem,
-                ],
-            );
-        }
+        mcpgw_harness::pki::issue(dir.path(), "mcpgw-test-ca", CONTROL_PLANE_NAME).unwrap();
         Pki { dir }
     }
 
