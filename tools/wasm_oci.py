@@ -11,8 +11,9 @@ WasmPlugin pulls): one layer that is the .wasm file itself, media type
     oras cp --from-oci-layout target/wasm-oci:0.1.0 registry.example.com/mcpgw/filter:0.1.0
 
 The build is reproducible (no timestamps): the same .wasm gives the same manifest digest,
-which is what the WasmPlugin's `sha256` names for an OCI image (for an `https://` URL it is
-the sha256 of the .wasm, also printed).
+which is what the `sha256` of the Istio overlay's extension configuration (and a
+WasmPlugin's) names for an OCI image (for an `https://` URL it is the sha256 of the .wasm,
+also printed).
 
     wasm_oci.py build --wasm FILE --out DIR [--tag TAG]   write the layout, print the digests
     wasm_oci.py verify DIR [--wasm FILE]                  check every digest and size (and
@@ -59,7 +60,7 @@ def _write_blob(out: Path, data: bytes) -> dict:
 
 def build(wasm: Path, out: Path, tag: str) -> dict:
     """Writes the layout for `wasm` into `out` (an existing layout there is replaced) and
-    returns the digests: manifest (what a WasmPlugin's sha256 names) and wasm."""
+    returns the digests: manifest (what the extension configuration's sha256 names) and wasm."""
     module = wasm.read_bytes()
     if not module.startswith(WASM_MAGIC):
         raise LayoutError(f"{wasm}: not a WebAssembly module (no \\0asm magic)")
@@ -184,8 +185,8 @@ def main(argv: list[str]) -> int:
     manifest, module = result["manifest"], result["wasm"]
     print(f"manifest digest:  {manifest}")
     print(f"wasm digest:      {module}")
-    print(f"WasmPlugin sha256 for oci://…:{result['tag']}: {manifest.split(':', 1)[1]}")
-    print(f"WasmPlugin sha256 for an https:// URL:  {module.split(':', 1)[1]}")
+    print(f"sha256 for oci://…:{result['tag']}: {manifest.split(':', 1)[1]}")
+    print(f"sha256 for an https:// URL:  {module.split(':', 1)[1]}")
     return 0
 
 

@@ -662,7 +662,7 @@ class WasmOci(unittest.TestCase):
             capture_output=True, text=True, check=False,
         )
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertRegex(out.stdout, r"WasmPlugin sha256 for oci://…:9\.9\.9: [0-9a-f]{64}")
+        self.assertRegex(out.stdout, r"sha256 for oci://…:9\.9\.9: [0-9a-f]{64}")
         bad = subprocess.run(
             [sys.executable, str(ROOT / "tools" / "wasm_oci.py"), "verify", str(self.dir)],
             capture_output=True, text=True, check=False,
