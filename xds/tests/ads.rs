@@ -629,100 +629,20 @@ async fn nack_detail_is_stored_truncated() {
 
 // --- TLS -----------------------------------------------------------------------------
 
-/// Test PKI made with the `openssl` CLI: a CA, a server certificate for 127.0.0.1 and a
-/// client certificate, all signed by the CA; and a second CA's client certificate.
+/// Test PKI made by `mcpgw_harness::pki::issue` (the `openssl` CLI): a CA, a server
+/// certificate for `localhost` and 127.0.0.1 and a client certificate (`envoy`), all
+/// signed by the CA; and under `other/` a second CA's, whose client is a stranger here.
 struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn openssl(dir: &std::path::Path, args: &[&str]) {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl CLI must be installed");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .unwrap();
-        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for ca in ["ca", "other-ca"] {
-            Pki::openssl(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    &format!("/CN={ca}"),
-                    "-keyout",
-                    &format!("{ca}.key"),
-                    "-out",
-                    &format!("{ca}.pem"),
-                ],
-            );
-        }
-        for (leaf, ca, ext) in [
-            ("server", "ca", "server.ext"),
-            ("client", "ca", "client.ext"),
-            ("stranger", "other-ca", "client.ext"),
-        ] {
-            Pki::openssl(
-                d,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={leaf}"),
-                    "-keyout",
-                    &format!("{leaf}.key"),
-                    "-out",
-                    &format!("{leaf}.csr"),
-                ],
-            );
-            Pki::openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{leaf}.csr"),
-                    "-CA",
-                    &format!("{ca}.pem"),
-                    "-CAkey",
-                    &format!("{ca}.key"),
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    ext,
-                    "-out",
-                    &format!("{leaf}.pem"),
-                ],
-            );
-        }
+        mcpgw_harness::pki::issue(dir.path(), "ca", "localhost").unwrap();
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        mcpgw_harness::pki::issue(&other, "other-ca", "localhost").unwrap();
         Pki { dir }
     }
 
@@ -771,7 +691,7 @@ async fn tls_requires_a_client_certificate_from_the_configured_ca() {
 
     let (tx, reqs) = mpsc::channel(4);
     tx.send(cds_request("mtls")).await.unwrap();
-    let mut rx = tls_client(server.addr, &pki, Some("client"))
+    let mut rx = tls_client(server.addr, &pki, Some("envoy"))
         .await
         .unwrap()
         .stream_aggregated_resources(ReceiverStream::new(reqs))
@@ -780,7 +700,7 @@ async fn tls_requires_a_client_certificate_from_the_configured_ca() {
         .into_inner();
     assert_eq!(next(&mut rx).await.resources.len(), 1);
 
-    for who in [None, Some("stranger")] {
+    for who in [None, Some("other/envoy")] {
         let (tx, reqs) = mpsc::channel(4);
         tx.send(cds_request("intruder")).await.unwrap();
         // The handshake fails (at connect, or on the first call with TLS 1.3, where the
