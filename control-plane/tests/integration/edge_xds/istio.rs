@@ -578,7 +578,12 @@ fn runnable_sidecar(
     let clusters = config["static_resources"]["clusters"]
         .as_array_mut()
         .unwrap();
-    for wanted in ["mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit", "inbound|8080||"] {
+    for wanted in [
+        "mcpgw-xds",
+        "mcpgw-relay",
+        "mcpgw-ratelimit",
+        "inbound|8080||",
+    ] {
         assert!(
             clusters.iter().any(|c| c["name"] == wanted),
             "no cluster {wanted}"
@@ -705,7 +710,13 @@ async fn an_istio_sidecar_runs_the_filter_in_front_of_its_server() {
     // A virtual server that also draws on a server elsewhere: its own server's tool works,
     // the other's is refused by the sidecar (421), never forwarded anywhere.
     let mixed_mcp = format!("http://{inbound}/servers/{mixed}/mcp");
-    wait_tools(&mut envoy, &http, &mixed_mcp, &["local__alpha", "other__beta"]).await;
+    wait_tools(
+        &mut envoy,
+        &http,
+        &mixed_mcp,
+        &["local__alpha", "other__beta"],
+    )
+    .await;
     let sess = session(&http, &mixed_mcp).await;
     let (s, v) = rpc(&http, &mixed_mcp, &call("local__alpha"), Some(&sess)).await;
     assert_eq!(s, 200, "{v}");
