@@ -21,8 +21,8 @@ For a gateway (`proxy="gateway"`) only `context: GATEWAY` (or ANY) patches apply
 sidecar (`proxy="sidecar"`), `SIDECAR_INBOUND` patches apply to the inbound side (the
 listeners with `traffic_direction: INBOUND`, Istio's `virtualInbound`, and the route
 configurations named `inbound|PORT||`), `SIDECAR_OUTBOUND` ones to the rest; a cluster
-added in either context is added once (istiod appends each context's added clusters to
-CDS). On the virtual listeners (`virtualInbound`, `virtualOutbound`) `listener.portNumber`
+added in either context is added once, and one added in context ANY is an error (istiod
+appends each context's added clusters to CDS: that one twice). On the virtual listeners (`virtualInbound`, `virtualOutbound`) `listener.portNumber`
 matches each filter chain's `filter_chain_match.destination_port`, as istiod matches it
 (pilot/pkg/networking/core/envoyfilter/listener_patch.go); a sidecar's route
 configuration's port is the one in its name (route_configuration_patch.go).
@@ -217,6 +217,10 @@ def apply(
         if not isinstance(value, dict):
             raise PatchError(f"{where}: patch.value must be an object")
         if (apply_to, op) == ("CLUSTER", "ADD"):
+            if proxy == "sidecar" and match.get("context", "ANY") == "ANY":
+                # istiod adds a sidecar's clusters per context, outbound then inbound: one
+                # for ANY lands twice in CDS, which Envoy rejects.
+                raise PatchError(f"{where}: a cluster added in context ANY is added twice to a sidecar")
             _add_cluster(out, value, where)
         elif (apply_to, op) == ("EXTENSION_CONFIG", "ADD"):
             extensions.append(value)

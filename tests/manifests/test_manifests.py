@@ -654,6 +654,11 @@ class IstioSidecar(unittest.TestCase):
                                   proxy="sidecar")
         routes = inbound_hcms(wrong)[8080][0]["route_config"]["virtual_hosts"][0]["routes"]
         self.assertEqual([r.get("name") for r in routes], ["mcpgw-not-here", "mcpgw-local", "default"])
+        # A cluster added in context ANY would reach a sidecar twice.
+        anywhere = json.loads(json.dumps(ef))
+        next(p for p in anywhere["spec"]["configPatches"] if p["applyTo"] == "CLUSTER")["match"]["context"] = "ANY"
+        with self.assertRaisesRegex(envoyfilter.PatchError, "added twice"):
+            envoyfilter.apply(self.sidecar, anywhere, labels, proxy="sidecar")
         with self.assertRaisesRegex(envoyfilter.PatchError, "neither gateway nor sidecar"):
             envoyfilter.apply(self.sidecar, ef, labels, proxy="waypoint")
 
