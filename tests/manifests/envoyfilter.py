@@ -22,14 +22,16 @@ sidecar (`proxy="sidecar"`), `SIDECAR_INBOUND` patches apply to the inbound side
 listeners with `traffic_direction: INBOUND`, Istio's `virtualInbound`, and the route
 configurations named `inbound|PORT||`), `SIDECAR_OUTBOUND` ones to the rest; a cluster
 added in either context is added once, and one added in context ANY is an error (istiod
-appends each context's added clusters to CDS: that one twice). On the virtual listeners (`virtualInbound`, `virtualOutbound`) `listener.portNumber`
-matches each filter chain's `filter_chain_match.destination_port`, as istiod matches it
+appends each context's added clusters to CDS: that one twice). On the virtual listeners
+(`virtualInbound`, `virtualOutbound`) `listener.portNumber` matches each filter chain's
+`filter_chain_match.destination_port`, as istiod matches it
 (pilot/pkg/networking/core/envoyfilter/listener_patch.go); a sidecar's route
 configuration's port is the one in its name (route_configuration_patch.go).
 
 Patches apply only when the EnvoyFilter's workloadSelector selects the proxy's labels.
 Several EnvoyFilters are applied one after the other (`apply` on the result of `apply`),
-in istiod's order: the root namespace's first, then the workload's, by priority. A patch
+the caller keeping istiod's order: the root namespace's first, then the workload
+namespace's (each by priority, then creation time). A patch
 that matches nothing is an error here (istiod skips it silently, which is exactly the
 mistake a test should catch); so is an operation this applier does not implement.
 """
