@@ -16,7 +16,9 @@
 - the same for the sidecar component (manifests/components/istio-sidecar, rendered in the
   istio-sidecar overlay) applied to a representative sidecar configuration
   (istio-sidecar.yaml): the filter on the MCP port's inbound chains only, the server's own
-  calls let through, calls the filter routed elsewhere refused;
+  calls let through, calls the filter routed elsewhere refused; run against a real control
+  plane, the sidecar's filter subscribes itself and a client's route header is removed
+  (the full run with MCP servers: edge_xds/istio.rs);
 - the standalone overlay ships envoy-bootstrap.yaml unchanged, and a real Envoy loads it
   (the run against a control plane is control-plane/tests/integration/edge_xds/manifests.rs);
 - what the control plane is started with exists: every flag, every config-file key;
@@ -768,6 +770,106 @@ class IstioGatewayLive(unittest.TestCase):
             self.assertIsNotNone(answer, f"last answer {last}\n{logs}")
             self.assertIn("-32700", answer)
             self.assertIn("subscribing to mcpgw.filter on cluster mcpgw-xds", (d / "envoy.log").read_text())
+
+
+class IstioSidecarLive(unittest.TestCase):
+    """The patched sidecar configuration in a running Envoy (as IstioGatewayLive runs the
+    gateway): the filter's extension configuration served, istiod, istio-agent and
+    iptables left out (no ADS, the outbound side and the mutual-TLS inbound chain dropped,
+    the MCP port's plaintext chain on a loopback port), and a real control plane: the
+    filter on the inbound MCP port subscribes itself and answers; a client's own route
+    header is gone before the route is chosen. The full run, with MCP servers, virtual
+    servers and a policy, is control-plane/tests/integration/edge_xds/istio.rs."""
+
+    def test_the_filter_on_the_sidecar_subscribes_itself(self):
+        import time
+        import urllib.error
+        import urllib.request
+
+        sidecar = yaml.safe_load((HERE / "istio-sidecar.yaml").read_text())
+        config = patched_sidecar(sidecar, render("istio-sidecar"), str(filter_module()))
+        xds, admin_api, mcp_port, dead = free_port(), free_port(), free_port(), free_port()
+        del config["dynamic_resources"]
+        config["admin"]["address"]["socket_address"]["port_value"] = 0
+        kept = []
+        for c in config["static_resources"]["clusters"]:
+            if c["name"].startswith("mcpgw-") or c["name"] == "inbound|8080||":
+                port = xds if c["name"] == "mcpgw-xds" else dead
+                c = {k: v for k, v in c.items() if k not in ("transport_socket", "lb_policy", "upstream_bind_config")}
+                c.update(type="STATIC", load_assignment={"cluster_name": c["name"], "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]})
+            if c.get("type") != "EDS":
+                kept.append(c)
+        config["static_resources"]["clusters"] = kept
+        inbound = next(l for l in config["static_resources"]["listeners"] if l["name"] == "virtualInbound")
+        config["static_resources"]["listeners"] = [inbound]
+        inbound["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": mcp_port}
+        inbound["filter_chains"] = [fc for fc in inbound["filter_chains"]
+                                    if (fc.get("filter_chain_match") or {}).get("transport_protocol") != "tls"]
+        for fc in inbound["filter_chains"]:
+            if (fc.get("filter_chain_match") or {}).get("destination_port") == 8080:
+                fc["filter_chain_match"]["destination_port"] = mcp_port
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            cp_log, envoy_log = open(d / "cp.log", "w"), open(d / "envoy.log", "w")
+            self.addCleanup(cp_log.close)
+            self.addCleanup(envoy_log.close)
+            cp = subprocess.Popen(
+                [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
+                 "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
+                 "--relay-listen", "off", "--ratelimit-listen", "off",
+                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio"],
+                stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
+            )
+            self.addCleanup(cp.wait)
+            self.addCleanup(cp.kill)
+            (d / "envoy.yaml").write_text(yaml.safe_dump(config))
+            ev = subprocess.Popen(
+                [envoy(), "-c", str(d / "envoy.yaml"), "--base-id", str(SIDECAR_BASE_ID + 1),
+                 "--concurrency", "1"],
+                stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d,
+            )
+            self.addCleanup(ev.wait)
+            self.addCleanup(ev.kill)
+
+            def post(body: bytes, headers: dict | None = None) -> tuple[int, str] | None:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{mcp_port}/mcp", data=body,
+                    headers={"content-type": "application/json",
+                             "accept": "application/json, text/event-stream", **(headers or {})},
+                )
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        return r.status, r.read().decode(errors="replace")
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read().decode(errors="replace")
+                except OSError:
+                    return None  # Envoy is not listening yet
+
+            deadline = time.monotonic() + 60
+            answer, last = None, None
+            while time.monotonic() < deadline:
+                last = post(b'{"jsonrpc":"2.0","id":1,"method":')
+                if last and last[0] == 400 and "jsonrpc" in last[1]:
+                    answer = last[1]
+                    break
+                if last and last[0] == 503 and "jsonrpc" in last[1]:
+                    # Until its configuration arrives, the filter answers 503 itself.
+                    self.assertIn("waiting for the mcpgw control plane", last[1])
+                time.sleep(0.5)
+            logs = (d / "envoy.log").read_text()[-3000:] + (d / "cp.log").read_text()[-2000:]
+            # Only a configured mcpgw filter answers a truncated JSON-RPC body with a parse
+            # error.
+            self.assertIsNotNone(answer, f"last answer {last}\n{logs}")
+            self.assertIn("-32700", answer)
+            self.assertIn("subscribing to mcpgw.filter on cluster mcpgw-xds", (d / "envoy.log").read_text())
+            # A client's own route header is removed before the route is chosen: the request
+            # takes Istio's route to the server (nothing listens there: Envoy's 503), not the
+            # 421 of a request the filter routed elsewhere.
+            status, body = post(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+                                {"x-mcpgw-cluster": "outbound|8080||other-mcp.tools.svc.cluster.local"})
+            self.assertEqual(status, 503, body)
+            self.assertNotIn("jsonrpc", body)
 
 
 class StandaloneBootstrap(unittest.TestCase):
