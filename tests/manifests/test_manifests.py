@@ -13,6 +13,12 @@
   to its configuration there and answers MCP (the same with a registry, tool calls, a
   registry change and a control plane restart: control-plane/tests/integration/edge_xds/
   istio.rs);
+- the same for the sidecar component (manifests/components/istio-sidecar, rendered in the
+  istio-sidecar overlay) applied to a representative sidecar configuration
+  (istio-sidecar.yaml): the filter on the MCP port's inbound chains only, the server's own
+  calls let through, calls the filter routed elsewhere refused; run against a real control
+  plane, the sidecar's filter subscribes itself and a client's route header is removed
+  (the full run with MCP servers: edge_xds/istio.rs);
 - the standalone overlay ships envoy-bootstrap.yaml unchanged, and a real Envoy loads it
   (the run against a control plane is control-plane/tests/integration/edge_xds/manifests.rs);
 - what the control plane is started with exists: every flag, every config-file key;
@@ -49,7 +55,9 @@ import envoyfilter  # noqa: E402
 import wasm_oci  # noqa: E402
 
 K8S_VERSION = "1.32.0"
-OVERLAYS = ("istio", "standalone")
+OVERLAYS = ("istio", "istio-sidecar", "standalone")
+# The overlays with a control-plane configuration of their own (istio-sidecar uses istio's).
+CONFIGURED = ("istio", "standalone")
 # Kinds validated against their CRDs' published schemas (validate_crs.mjs).
 CUSTOM_KINDS = {
     "extensions.istio.io/v1alpha1/WasmPlugin",
@@ -63,6 +71,11 @@ CUSTOM_KINDS = {
 # it has landed: the test then requires every flag.
 PENDING_FLAGS: set[str] = set()
 GATEWAY_LABELS = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
+# The EnvoyFilters of the sidecar overlay, in the order istiod applies them to a sidecar
+# (the root namespace's first, then the workload's).
+SIDECAR_FILTERS = ("mcpgw-sidecar", "mcpgw-sidecar-mcp-server")
+# Envoy's --base-id for the sidecar tests.
+SIDECAR_BASE_ID = 68_000 + os.getpid() % 1_000
 
 
 def kubectl() -> str:
@@ -92,10 +105,10 @@ def key(doc: dict) -> str:
     return f"{doc['apiVersion']}/{doc['kind']}"
 
 
-def envoy_validates(config_text: str, cwd: Path) -> tuple[bool, str]:
+def envoy_validates(config_text: str, cwd: Path, base_id: int | None = None) -> tuple[bool, str]:
     path = cwd / "envoy.yaml"
     path.write_text(config_text)
-    base_id = 60_000 + os.getpid() % 5_000
+    base_id = base_id if base_id is not None else 60_000 + os.getpid() % 5_000
     out = subprocess.run(
         [envoy(), "--mode", "validate", "--base-id", str(base_id), "-c", str(path)],
         capture_output=True,
@@ -320,7 +333,7 @@ class ControlPlaneArguments(unittest.TestCase):
                     self.assertTrue(flag in self.flags or flag in PENDING_FLAGS, f"{flag} is not a flag of mcpgw serve")
 
     def test_every_config_key_is_a_flag(self):
-        for overlay in OVERLAYS:
+        for overlay in CONFIGURED:
             config = tomllib.loads((ROOT / "manifests" / overlay / "mcpgw.toml").read_text())
             for k in config:
                 with self.subTest(overlay=overlay, key=k):
@@ -334,7 +347,7 @@ class ControlPlaneArguments(unittest.TestCase):
             self.assertNotIn("dev", config)
 
     def test_no_secret_is_in_the_config_file(self):
-        for overlay in OVERLAYS:
+        for overlay in CONFIGURED:
             config = tomllib.loads((ROOT / "manifests" / overlay / "mcpgw.toml").read_text())
             for k in ("database_url", "redis_url", "admin_password_file"):
                 self.assertNotIn(k, config, f"{overlay}: {k} belongs in a Secret")
@@ -457,6 +470,201 @@ class IstioGateway(unittest.TestCase):
         self.assertEqual(envoyfilter.apply(self.gateway, sidecar, GATEWAY_LABELS), self.gateway)
 
 
+def patched_sidecar(sidecar: dict, docs: list[dict], module: str | None = None, labels: dict | None = None) -> dict:
+    """`sidecar` with the overlay's EnvoyFilters applied in istiod's order (every
+    EnvoyFilter of `docs`: the gateway's selects nothing on a sidecar)."""
+    labels = labels if labels is not None else sidecar["node"]["metadata"]["LABELS"]
+    filters = {d["metadata"]["name"]: d for d in docs if d["kind"] == "EnvoyFilter"}
+    out = sidecar
+    for name in ("mcpgw", *SIDECAR_FILTERS):
+        out = envoyfilter.apply(out, filters[name], labels, module, proxy="sidecar")
+    return out
+
+
+def inbound_hcms(config: dict) -> dict[str, list[dict]]:
+    """The HTTP connection managers of `virtualInbound`, by destination port."""
+    inbound = next(l for l in config["static_resources"]["listeners"] if l["name"] == "virtualInbound")
+    out: dict = {}
+    for fc in inbound["filter_chains"]:
+        for f in fc["filters"]:
+            if f["name"] == envoyfilter.HCM:
+                port = (fc.get("filter_chain_match") or {}).get("destination_port")
+                out.setdefault(port, []).append(f["typed_config"])
+    return out
+
+
+class IstioSidecar(unittest.TestCase):
+    """The sidecar component (manifests/components/istio-sidecar) in the istio-sidecar
+    overlay, applied to a representative sidecar configuration."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sidecar = yaml.safe_load((HERE / "istio-sidecar.yaml").read_text())
+        cls.docs = render("istio-sidecar")
+        cls.filters = {d["metadata"]["name"]: d for d in cls.docs if d["kind"] == "EnvoyFilter"}
+
+    def test_the_sidecar_configuration_loads_as_it_is(self):
+        with tempfile.TemporaryDirectory() as d:
+            ok, out = envoy_validates(yaml.safe_dump(self.sidecar), Path(d), SIDECAR_BASE_ID)
+            self.assertTrue(ok, out)
+
+    def test_the_component_adds_to_the_istio_overlay_and_changes_nothing_of_it(self):
+        ident = lambda d: (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))  # noqa: E731
+        istio = {ident(d): d for d in render("istio")}
+        sidecar = {ident(d): d for d in self.docs}
+        self.assertEqual(
+            set(sidecar) - set(istio),
+            {
+                ("EnvoyFilter", "mcpgw-sidecar", "istio-system"),
+                ("EnvoyFilter", "mcpgw-sidecar-mcp-server", "mcp-servers"),
+                ("AuthorizationPolicy", "mcpgw-sidecars", "mcpgw"),
+                ("NetworkPolicy", "mcpgw-istio-sidecars", "mcpgw"),
+            },
+        )
+        self.assertEqual(set(istio) - set(sidecar), set())
+        for k, doc in istio.items():
+            self.assertEqual(sidecar[k], doc, k)
+
+    def test_the_sidecars_filter_is_the_gateways(self):
+        # The same module, pinned by the same digest, and the same clusters to the control
+        # plane: an operator sets `uri` and `sha256` in both (docs/kubernetes.md).
+        def patches(ef, apply_to):
+            return [p["patch"]["value"] for p in ef["spec"]["configPatches"] if p["applyTo"] == apply_to]
+
+        gateway, sidecar = self.filters["mcpgw"], self.filters["mcpgw-sidecar"]
+        for apply_to in ("EXTENSION_CONFIG", "CLUSTER", "HTTP_FILTER"):
+            self.assertEqual(patches(sidecar, apply_to), patches(gateway, apply_to), apply_to)
+        self.assertEqual(patches(sidecar, "NETWORK_FILTER"), patches(gateway, "NETWORK_FILTER"))
+        self.assertEqual(sidecar["spec"]["workloadSelector"], {"labels": {"mcpgw.io/filter": "enabled"}})
+        contexts = {p["applyTo"]: p["match"]["context"] for p in sidecar["spec"]["configPatches"]}
+        self.assertEqual(contexts["CLUSTER"], "SIDECAR_OUTBOUND")
+        for apply_to in ("EXTENSION_CONFIG", "HTTP_FILTER", "NETWORK_FILTER", "HTTP_ROUTE"):
+            self.assertEqual(contexts[apply_to], "SIDECAR_INBOUND", apply_to)
+        # One MCP port for every listener-side patch, and the server's route uses it too.
+        ports = {
+            (p["match"].get("listener") or p["match"].get("routeConfiguration") or {}).get("portNumber")
+            for ef in (sidecar, self.filters["mcpgw-sidecar-mcp-server"])
+            for p in ef["spec"]["configPatches"]
+            if p["applyTo"] in ("HTTP_FILTER", "NETWORK_FILTER", "HTTP_ROUTE")
+        }
+        self.assertEqual(ports, {8080})
+
+    def test_the_sidecars_reach_the_control_plane(self):
+        ef_label = self.filters["mcpgw-sidecar"]["spec"]["workloadSelector"]["labels"]
+        netpol = next(d for d in self.docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mcpgw-istio-sidecars")
+        (rule,) = netpol["spec"]["ingress"]
+        self.assertEqual({p["port"] for p in rule["ports"]}, {18000, 18001, 18002})
+        (peer,) = rule["from"]
+        self.assertEqual(peer["podSelector"]["matchLabels"], ef_label)
+        self.assertTrue(peer["namespaceSelector"]["matchLabels"])
+        authz = next(d for d in self.docs if d["kind"] == "AuthorizationPolicy" and d["metadata"]["name"] == "mcpgw-sidecars")
+        (rule,) = authz["spec"]["rules"]
+        self.assertEqual(rule["to"][0]["operation"]["ports"], ["18000", "18001", "18002"])
+        (principal,) = rule["from"][0]["source"]["principals"]
+        self.assertRegex(principal, r"^cluster\.local/ns/[a-z0-9-]+/sa/")
+        # The same namespace the server's route and the example sidecar live in.
+        self.assertEqual(principal.split("/")[2], self.filters["mcpgw-sidecar-mcp-server"]["metadata"]["namespace"])
+        gateways = next(d for d in self.docs if d["kind"] == "AuthorizationPolicy" and d["metadata"]["name"] == "mcpgw")
+        self.assertEqual(authz["spec"]["selector"], gateways["spec"]["selector"])
+
+    def test_the_patched_sidecar_configuration_loads_in_envoy(self):
+        with tempfile.TemporaryDirectory() as d:
+            # As istiod sends it (the filter discovers its configuration over ADS) ...
+            patched = patched_sidecar(self.sidecar, self.docs)
+            ok, out = envoy_validates(yaml.safe_dump(patched), Path(d), SIDECAR_BASE_ID)
+            self.assertTrue(ok, out)
+            # ... and as Envoy runs it once ECDS delivered it.
+            served = patched_sidecar(self.sidecar, self.docs, str(filter_module()))
+            self.check_patched(served)
+            ok, out = envoy_validates(yaml.safe_dump(served), Path(d), SIDECAR_BASE_ID)
+            self.assertTrue(ok, out)
+
+    def check_patched(self, patched):
+        names = [c["name"] for c in patched["static_resources"]["clusters"]]
+        for name in ("mcpgw-xds", "mcpgw-relay", "mcpgw-ratelimit"):
+            self.assertEqual(names.count(name), 1, name)
+        hcms = inbound_hcms(patched)
+        # The MCP port's two inbound chains (mutual TLS, plaintext while PERMISSIVE): one
+        # filter each, before the router, after Istio's own.
+        self.assertEqual(len(hcms[8080]), 2)
+        for hcm in hcms[8080]:
+            chain = [f["name"] for f in hcm["http_filters"]]
+            self.assertEqual(chain, ["envoy.filters.http.grpc_stats", "envoy.filters.http.fault",
+                                     "mcpgw.filter", "envoy.filters.http.router"])
+            config = hcm["http_filters"][2]["typed_config"]["config"]
+            self.assertEqual(json.loads(config["configuration"]["value"]), {"xds": {"cluster": "mcpgw-xds"}})
+            self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+            self.assertTrue(config["allow_on_headers_stop_iteration"])
+            self.assertEqual(config["vm_config"]["code"], {"local": {"filename": str(filter_module())}})
+            self.assertEqual(hcm["stat_prefix"], "inbound_0.0.0.0_8080", "merged into Istio's own")
+            early = hcm["early_header_mutation_extensions"]
+            removed = {m["remove"] for m in early[0]["typed_config"]["mutations"]}
+            self.assertTrue({"x-mcpgw-cluster", "x-mcpgw-jwt-payload", "x-mcpgw-identity", "mcpgw-relay-auth"} <= removed)
+            # The server's own calls first, then every other routed call refused, then
+            # Istio's route to the server (the passthrough path).
+            routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            self.assertEqual([r.get("name") for r in routes], ["mcpgw-local", "mcpgw-not-here", "default"])
+            local, elsewhere, default = routes
+            self.assertEqual(local["match"]["headers"], [{
+                "name": "x-mcpgw-cluster",
+                "string_match": {"exact": "outbound|8080||mcp-server.mcp-servers.svc.cluster.local"},
+            }])
+            self.assertEqual(local["route"]["cluster"], default["route"]["cluster"])
+            self.assertIn(local["route"]["cluster"], names)
+            self.assertIn("outbound|8080||mcp-server.mcp-servers.svc.cluster.local", names)
+            self.assertEqual(elsewhere["match"]["headers"], [{"name": "x-mcpgw-cluster", "present_match": True}])
+            self.assertEqual(elsewhere["direct_response"]["status"], 421)
+            body = json.loads(elsewhere["direct_response"]["body"]["inline_string"])
+            self.assertEqual(body["error"]["code"], -32603)
+            self.assertNotIn("route", elsewhere)
+        # Nothing else: the workload's other port, the passthrough chains, the outbound side.
+        for port, others in hcms.items():
+            if port == 8080:
+                continue
+            for hcm in others:
+                self.assertEqual([f["name"] for f in hcm["http_filters"]], ["envoy.filters.http.router"], port)
+                self.assertNotIn("early_header_mutation_extensions", hcm)
+                self.assertFalse([r for v in hcm["route_config"]["virtual_hosts"] for r in v["routes"]
+                                  if "mcpgw" in (r.get("name") or "")])
+        outbound = [l for l in patched["static_resources"]["listeners"] if l.get("traffic_direction") == "OUTBOUND"]
+        self.assertEqual(outbound, [l for l in self.sidecar["static_resources"]["listeners"]
+                                    if l.get("traffic_direction") == "OUTBOUND"])
+
+    def test_the_applier_on_sidecars(self):
+        ef = self.filters["mcpgw-sidecar"]
+        labels = self.sidecar["node"]["metadata"]["LABELS"]
+        # A workload without the opt-in label, or a gateway: nothing changes.
+        unlabelled = {k: v for k, v in labels.items() if k != "mcpgw.io/filter"}
+        self.assertEqual(envoyfilter.apply(self.sidecar, ef, unlabelled, proxy="sidecar"), self.sidecar)
+        gateway = yaml.safe_load((HERE / "istio-gateway.yaml").read_text())
+        self.assertEqual(envoyfilter.apply(gateway, ef, {**GATEWAY_LABELS, **labels}), gateway)
+        # The gateway's EnvoyFilter on a sidecar: its GATEWAY patches do not apply.
+        self.assertEqual(envoyfilter.apply(self.sidecar, self.filters["mcpgw"], GATEWAY_LABELS, proxy="sidecar"),
+                         self.sidecar)
+        # A port the workload does not serve: each listener-side patch matches nothing.
+        for apply_to, error in (("HTTP_FILTER", "no listener"), ("NETWORK_FILTER", "no listener"),
+                                ("HTTP_ROUTE", "no virtual host")):
+            moved = json.loads(json.dumps(ef))
+            p = next(p for p in moved["spec"]["configPatches"] if p["applyTo"] == apply_to)
+            (p["match"].get("listener") or p["match"]["routeConfiguration"])["portNumber"] = 9999
+            with self.subTest(apply_to=apply_to), self.assertRaisesRegex(envoyfilter.PatchError, error):
+                envoyfilter.apply(self.sidecar, moved, labels, proxy="sidecar")
+        # The server's route, applied before the refusal (the wrong order): it would come
+        # second and never match.
+        local = self.filters["mcpgw-sidecar-mcp-server"]
+        wrong = envoyfilter.apply(envoyfilter.apply(self.sidecar, local, labels, proxy="sidecar"), ef, labels,
+                                  proxy="sidecar")
+        routes = inbound_hcms(wrong)[8080][0]["route_config"]["virtual_hosts"][0]["routes"]
+        self.assertEqual([r.get("name") for r in routes], ["mcpgw-not-here", "mcpgw-local", "default"])
+        # A cluster added in context ANY would reach a sidecar twice.
+        anywhere = json.loads(json.dumps(ef))
+        next(p for p in anywhere["spec"]["configPatches"] if p["applyTo"] == "CLUSTER")["match"]["context"] = "ANY"
+        with self.assertRaisesRegex(envoyfilter.PatchError, "added twice"):
+            envoyfilter.apply(self.sidecar, anywhere, labels, proxy="sidecar")
+        with self.assertRaisesRegex(envoyfilter.PatchError, "neither gateway nor sidecar"):
+            envoyfilter.apply(self.sidecar, ef, labels, proxy="waypoint")
+
+
 def free_port() -> int:
     import socket
 
@@ -562,6 +770,106 @@ class IstioGatewayLive(unittest.TestCase):
             self.assertIsNotNone(answer, f"last answer {last}\n{logs}")
             self.assertIn("-32700", answer)
             self.assertIn("subscribing to mcpgw.filter on cluster mcpgw-xds", (d / "envoy.log").read_text())
+
+
+class IstioSidecarLive(unittest.TestCase):
+    """The patched sidecar configuration in a running Envoy (as IstioGatewayLive runs the
+    gateway): the filter's extension configuration served, istiod, istio-agent and
+    iptables left out (no ADS, the outbound side and the mutual-TLS inbound chain dropped,
+    the MCP port's plaintext chain on a loopback port), and a real control plane: the
+    filter on the inbound MCP port subscribes itself and answers; a client's own route
+    header is gone before the route is chosen. The full run, with MCP servers, virtual
+    servers and a policy, is control-plane/tests/integration/edge_xds/istio.rs."""
+
+    def test_the_filter_on_the_sidecar_subscribes_itself(self):
+        import time
+        import urllib.error
+        import urllib.request
+
+        sidecar = yaml.safe_load((HERE / "istio-sidecar.yaml").read_text())
+        config = patched_sidecar(sidecar, render("istio-sidecar"), str(filter_module()))
+        xds, admin_api, mcp_port, dead = free_port(), free_port(), free_port(), free_port()
+        del config["dynamic_resources"]
+        config["admin"]["address"]["socket_address"]["port_value"] = 0
+        kept = []
+        for c in config["static_resources"]["clusters"]:
+            if c["name"].startswith("mcpgw-") or c["name"] == "inbound|8080||":
+                port = xds if c["name"] == "mcpgw-xds" else dead
+                c = {k: v for k, v in c.items() if k not in ("transport_socket", "lb_policy", "upstream_bind_config")}
+                c.update(type="STATIC", load_assignment={"cluster_name": c["name"], "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]})
+            if c.get("type") != "EDS":
+                kept.append(c)
+        config["static_resources"]["clusters"] = kept
+        inbound = next(l for l in config["static_resources"]["listeners"] if l["name"] == "virtualInbound")
+        config["static_resources"]["listeners"] = [inbound]
+        inbound["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": mcp_port}
+        inbound["filter_chains"] = [fc for fc in inbound["filter_chains"]
+                                    if (fc.get("filter_chain_match") or {}).get("transport_protocol") != "tls"]
+        for fc in inbound["filter_chains"]:
+            if (fc.get("filter_chain_match") or {}).get("destination_port") == 8080:
+                fc["filter_chain_match"]["destination_port"] = mcp_port
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            cp_log, envoy_log = open(d / "cp.log", "w"), open(d / "envoy.log", "w")
+            self.addCleanup(cp_log.close)
+            self.addCleanup(envoy_log.close)
+            cp = subprocess.Popen(
+                [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
+                 "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
+                 "--relay-listen", "off", "--ratelimit-listen", "off",
+                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio"],
+                stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
+            )
+            self.addCleanup(cp.wait)
+            self.addCleanup(cp.kill)
+            (d / "envoy.yaml").write_text(yaml.safe_dump(config))
+            ev = subprocess.Popen(
+                [envoy(), "-c", str(d / "envoy.yaml"), "--base-id", str(SIDECAR_BASE_ID + 1),
+                 "--concurrency", "1"],
+                stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d,
+            )
+            self.addCleanup(ev.wait)
+            self.addCleanup(ev.kill)
+
+            def post(body: bytes, headers: dict | None = None) -> tuple[int, str] | None:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{mcp_port}/mcp", data=body,
+                    headers={"content-type": "application/json",
+                             "accept": "application/json, text/event-stream", **(headers or {})},
+                )
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        return r.status, r.read().decode(errors="replace")
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read().decode(errors="replace")
+                except OSError:
+                    return None  # Envoy is not listening yet
+
+            deadline = time.monotonic() + 60
+            answer, last = None, None
+            while time.monotonic() < deadline:
+                last = post(b'{"jsonrpc":"2.0","id":1,"method":')
+                if last and last[0] == 400 and "jsonrpc" in last[1]:
+                    answer = last[1]
+                    break
+                if last and last[0] == 503 and "jsonrpc" in last[1]:
+                    # Until its configuration arrives, the filter answers 503 itself.
+                    self.assertIn("waiting for the mcpgw control plane", last[1])
+                time.sleep(0.5)
+            logs = (d / "envoy.log").read_text()[-3000:] + (d / "cp.log").read_text()[-2000:]
+            # Only a configured mcpgw filter answers a truncated JSON-RPC body with a parse
+            # error.
+            self.assertIsNotNone(answer, f"last answer {last}\n{logs}")
+            self.assertIn("-32700", answer)
+            self.assertIn("subscribing to mcpgw.filter on cluster mcpgw-xds", (d / "envoy.log").read_text())
+            # A client's own route header is removed before the route is chosen: the request
+            # takes Istio's route to the server (nothing listens there: Envoy's 503), not the
+            # 421 of a request the filter routed elsewhere.
+            status, body = post(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+                                {"x-mcpgw-cluster": "outbound|8080||other-mcp.tools.svc.cluster.local"})
+            self.assertEqual(status, 503, body)
+            self.assertNotIn("jsonrpc", body)
 
 
 class StandaloneBootstrap(unittest.TestCase):

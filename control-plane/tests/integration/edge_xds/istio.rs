@@ -511,3 +511,306 @@ fn the_filters_xds_messages_match_the_generated_types() {
     let error = nack.error_detail.unwrap();
     assert_eq!((error.code, error.message.as_str()), (3, "bad snapshot"));
 }
+
+/// The labels of the representative sidecar's pod (`tests/manifests/istio-sidecar.yaml`).
+const SIDECAR_LABELS: &str =
+    r#"{"app": "mcp-server", "mcpgw.io/filter": "enabled", "security.istio.io/tlsMode": "istio"}"#;
+/// The cluster `local-route.yaml` lets through, as shipped (an example server's).
+const SHIPPED_LOCAL_CLUSTER: &str = "outbound|8080||mcp-server.mcp-servers.svc.cluster.local";
+
+/// The representative sidecar configuration with the sidecar component's EnvoyFilters
+/// applied in istiod's order (the root namespace's, then the server's route, whose cluster
+/// is set to `local_cluster` as an operator sets it for their server), the filter's
+/// extension configuration served, the module the local filter `.wasm`; as JSON.
+fn patched_sidecar(local_cluster: &str) -> Value {
+    let script = format!(
+        "import json, sys, yaml\n\
+         sys.path.insert(0, {dir:?})\n\
+         import envoyfilter\n\
+         config = yaml.safe_load(open({sidecar:?}))\n\
+         for path in ({filter:?}, {route:?}):\n\
+         \x20   text = open(path).read().replace({shipped:?}, {local_cluster:?})\n\
+         \x20   config = envoyfilter.apply(config, yaml.safe_load(text), {SIDECAR_LABELS}, {module:?}, proxy='sidecar')\n\
+         print(json.dumps(config))\n",
+        dir = repo_path("tests/manifests").display().to_string(),
+        sidecar = repo_path("tests/manifests/istio-sidecar.yaml")
+            .display()
+            .to_string(),
+        filter = repo_path("manifests/components/istio-sidecar/envoyfilter.yaml")
+            .display()
+            .to_string(),
+        route = repo_path("manifests/components/istio-sidecar/local-route.yaml")
+            .display()
+            .to_string(),
+        shipped = SHIPPED_LOCAL_CLUSTER,
+        module = filter_wasm().display().to_string(),
+    );
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the EnvoyFilter applier failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The patched sidecar, made runnable here: no istiod (its ADS dropped, and with it the
+/// outbound listeners and EDS clusters that follow it), no iptables (the inbound listener
+/// on 127.0.0.1:`listen`, the MCP port's chains matched on that port instead of the
+/// original destination 8080), no istio-agent (the mutual-TLS inbound chain, whose
+/// certificates come over SDS, dropped: the plaintext one, which PERMISSIVE keeps, is the
+/// same chain without TLS; the control plane's clusters plaintext on loopback, `xds`); the
+/// inbound cluster `inbound|8080||` is the server in the pod, `local`, and `outbound`
+/// holds the mesh's clusters istiod would give every sidecar (name, port).
+fn runnable_sidecar(
+    mut config: Value,
+    xds: SocketAddr,
+    listen: u16,
+    local: u16,
+    outbound: &[(&str, u16)],
+) -> Value {
+    config.as_object_mut().unwrap().remove("dynamic_resources");
+    config["admin"]["address"]["socket_address"]["port_value"] = json!(0);
+    let clusters = config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap();
+    for wanted in [
+        "mcpgw-xds",
+        "mcpgw-relay",
+        "mcpgw-ratelimit",
+        "inbound|8080||",
+    ] {
+        assert!(
+            clusters.iter().any(|c| c["name"] == wanted),
+            "no cluster {wanted}"
+        );
+    }
+    clusters.retain(|c| {
+        let name = c["name"].as_str().unwrap();
+        !name.starts_with("mcpgw-") && name != "inbound|8080||" && c["type"] != "EDS"
+    });
+    clusters.push(loopback_cluster("mcpgw-xds", xds.port(), true));
+    clusters.push(loopback_cluster("mcpgw-relay", 9, false));
+    clusters.push(loopback_cluster("mcpgw-ratelimit", 9, true));
+    clusters.push(loopback_cluster("inbound|8080||", local, false));
+    for (name, port) in outbound {
+        clusters.push(loopback_cluster(name, *port, false));
+    }
+    let listeners = config["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap();
+    listeners.retain(|l| l["name"] == "virtualInbound");
+    let inbound = &mut listeners[0];
+    inbound["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": listen});
+    let chains = inbound["filter_chains"].as_array_mut().unwrap();
+    chains.retain(|fc| fc["filter_chain_match"]["transport_protocol"] != "tls");
+    for fc in chains.iter_mut() {
+        if fc["filter_chain_match"]["destination_port"] == 8080 {
+            fc["filter_chain_match"]["destination_port"] = json!(listen);
+        }
+    }
+    config
+}
+
+/// The filter on an MCP server's own sidecar (manifests/components/istio-sidecar): it
+/// answers 503 until it has subscribed to the control plane, then serves the virtual
+/// servers over the server behind it (lists from the catalog, tool calls let through to
+/// the server by the server's route), refuses a call the filter routed to an upstream
+/// elsewhere (421, never forwarded), passes the server's own path through, ignores a
+/// client's own route header, and once a policy requires a token refuses requests without
+/// a valid one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_sidecar_runs_the_filter_in_front_of_its_server() {
+    const OWN_ISSUER: &str = "http://localhost/mcpgw";
+    // The server behind the sidecar keeps no sessions (what a sidecar serves best: see
+    // docs/kubernetes.md, "Sidecars"), so its own path answers a lone tools/list.
+    let local = TestUpstream::with_tools(&["alpha"]).with_label("local");
+    let local = local.serve_stateless(0).await;
+    let other = TestUpstream::with_tools(&["beta"]).with_label("other");
+    let other = other.serve(0).await;
+    let port = |url: &str| url::Url::parse(url).unwrap().port().unwrap();
+    let (local_port, other_port) = (port(&local.url), port(&other.url));
+    // The clusters the control plane names the two servers by (`cluster_naming = istio`).
+    let local_cluster = format!("outbound|{local_port}||127.0.0.1");
+    let other_cluster = format!("outbound|{other_port}||127.0.0.1");
+
+    let sidecar = patched_sidecar(&local_cluster);
+    let node_id = sidecar["node"]["id"].as_str().unwrap().to_owned();
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = free_port();
+    let config = runnable_sidecar(
+        sidecar,
+        xds,
+        listen,
+        local_port,
+        &[(&local_cluster, local_port), (&other_cluster, other_port)],
+    );
+    let base = 68_000 + std::process::id() % 1000;
+    let mut envoy = Envoy::spawn(&serde_json::to_string(&config).unwrap(), base).await;
+    let inbound = envoy.listener("virtualInbound").await;
+    assert_eq!(inbound.port(), listen);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Before the control plane: the filter fails closed, on the server's own path too.
+    let (s, v) = probe(&http, &format!("http://{inbound}/mcp"))
+        .await
+        .expect("the inbound listener answers");
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for the mcpgw control plane"),
+        "{v}"
+    );
+
+    let db = TestDb::sqlite();
+    let cp = control_plane_with(&db, xds.port(), |s| {
+        s.edge.cluster_naming = ClusterNaming::Istio {
+            domain: "cluster.local".into(),
+        };
+        s.auth.jwt.issuer = OWN_ISSUER.into();
+    })
+    .await;
+    let (_, local_tools) = add_gateway(&cp, "local", &local.url).await;
+    let (_, other_tools) = add_gateway(&cp, "other", &other.url).await;
+    let own = add_server(
+        &cp,
+        "own",
+        json!({"associated_tools": [local_tools["local__alpha"]]}),
+    )
+    .await;
+    let mixed = add_server(
+        &cp,
+        "mixed",
+        json!({"associated_tools": [local_tools["local__alpha"], other_tools["other__beta"]]}),
+    )
+    .await;
+    let version = registry_version(&cp).await;
+    let node = ecds_acked(&cp, &mut envoy, &node_id, &version).await;
+    assert!(node["types"][ECDS]["last_nack"].is_null(), "{node}");
+
+    // A virtual server over the server behind the sidecar: lists from the catalog, the
+    // call let through to the server by its route.
+    let own_mcp = format!("http://{inbound}/servers/{own}/mcp");
+    wait_tools(&mut envoy, &http, &own_mcp, &["local__alpha"]).await;
+    let sess = session(&http, &own_mcp).await;
+    let call = |name: &str| {
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": name, "arguments": {}}})
+    };
+    let (s, v) = rpc(&http, &own_mcp, &call("local__alpha"), Some(&sess)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call_text(&v), "local:alpha", "{v}");
+
+    // A virtual server that also draws on a server elsewhere: its own server's tool works,
+    // the other's is refused by the sidecar (421), never forwarded anywhere.
+    let mixed_mcp = format!("http://{inbound}/servers/{mixed}/mcp");
+    wait_tools(
+        &mut envoy,
+        &http,
+        &mixed_mcp,
+        &["local__alpha", "other__beta"],
+    )
+    .await;
+    let sess = session(&http, &mixed_mcp).await;
+    let (s, v) = rpc(&http, &mixed_mcp, &call("local__alpha"), Some(&sess)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call_text(&v), "local:alpha", "{v}");
+    let r = http
+        .post(&mixed_mcp)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &sess)
+        .json(&call("other__beta"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    assert!(
+        r.headers().get("x-envoy-upstream-service-time").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+
+    // The server's own path passes through to it (its own, unprefixed, names) ...
+    let (s, v) = rpc(
+        &http,
+        &format!("http://{inbound}/mcp"),
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(tool_names(&v), ["alpha"], "{v}");
+    // ... and a client's own route header is gone before the route is chosen: naming the
+    // other server's cluster, the request still reaches only the server behind the sidecar
+    // (not the 421 that a route header set by the filter would get).
+    let spoofed = http
+        .post(format!("http://{inbound}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("x-mcpgw-cluster", &other_cluster)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status().as_u16(), 200);
+    let text = spoofed.text().await.unwrap();
+    assert!(
+        text.contains("\"alpha\"") && !text.contains("beta"),
+        "{text}"
+    );
+
+    // A policy on the virtual server: a token is required, and none (or one no issuer
+    // verified) gets 401.
+    let (s, v) = cp
+        .put(
+            "/issuers/mcpgw",
+            json!({"issuer": OWN_ISSUER, "algorithms": ["ES256"], "audiences": ["mcpgw-api"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = cp
+        .put(&format!("/policies/{own}"), json!({"resource": own_mcp}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let version = registry_version(&cp).await;
+    ecds_acked(&cp, &mut envoy, &node_id, &version).await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    for token in [None, Some("Bearer not-a-token")] {
+        let mut req = http
+            .post(&own_mcp)
+            .header("accept", "application/json, text/event-stream")
+            .json(&list);
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{token:?}");
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Bearer"), "{challenge}");
+        let (s, v) = rpc(&http, &own_mcp, &call("local__alpha"), None).await;
+        assert_eq!(s, 401, "{v}");
+    }
+    let log = envoy.log();
+    assert!(
+        log.contains("subscribing to mcpgw.filter on cluster mcpgw-xds"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The sidecar as it ran loads in `envoy --mode validate`.
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = envoy_validates(&config, dir.path(), base + 1);
+    assert!(ok, "{out}");
+
+    drop(envoy);
+    cp.stop().await;
+    local.stop().await;
+    other.stop().await;
+}
