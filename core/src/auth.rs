@@ -297,6 +297,12 @@ struct Verified {
 /// are the request's, byte for byte (two payloads with one hash take turns).
 type TokenCache = HashMap<u64, Rc<Verified>, BuildHasherDefault<Fnv>>;
 
+/// The key of the passthrough path's policy (`auth.passthrough`) among the servers'; no
+/// virtual server id is empty.
+pub const PASSTHROUGH: &str = "";
+/// The `resource_name` of the passthrough path's metadata.
+const PASSTHROUGH_NAME: &str = "MCP server";
+
 /// The snapshot's identity configuration, compiled. See the module docs.
 #[derive(Default)]
 pub struct Access {
@@ -306,7 +312,8 @@ pub struct Access {
     servers: NameMap<ServerPolicy>,
     /// Metadata path → server id.
     metadata_paths: NameMap<String>,
-    /// The server the root form of the metadata describes: the only one with `auth`.
+    /// The server the root form of the metadata describes: the only one with `auth` (the
+    /// passthrough path counting as one).
     root: Option<String>,
     /// Verified payloads → what they say. A `RefCell`: a worker's requests run one at a
     /// time, and a new configuration starts with an empty cache.
@@ -327,8 +334,15 @@ impl Access {
             skew: auth.clock_skew_seconds,
             ..Access::default()
         };
-        for (id, server) in &snapshot.servers {
-            let Some(a) = &server.auth else { continue };
+        let passthrough = auth
+            .passthrough
+            .as_ref()
+            .map(|a| (PASSTHROUGH, PASSTHROUGH_NAME, a));
+        let servers = snapshot
+            .servers
+            .iter()
+            .filter_map(|(id, s)| Some((id.as_str(), s.name.as_str(), s.auth.as_ref()?)));
+        for (id, name, a) in passthrough.into_iter().chain(servers) {
             let trusted: Vec<usize> = if a.issuers.is_empty() {
                 (0..names.len()).collect()
             } else {
@@ -337,16 +351,18 @@ impl Access {
                     .filter_map(|n| names.iter().position(|k| *k == n))
                     .collect()
             };
-            let policy = compile_server(a, &server.name, &trusted, &access.issuers);
+            let policy = compile_server(a, name, &trusted, &access.issuers);
             if let Ok(url) = parse_url(&a.resource) {
                 access
                     .metadata_paths
-                    .insert(metadata_path(url.path), id.clone());
+                    .insert(metadata_path(url.path), id.to_owned());
             }
-            access
-                .metadata_paths
-                .insert(format!("{METADATA_PATH}/servers/{id}/mcp"), id.clone());
-            access.servers.insert(id.clone(), policy);
+            if id != PASSTHROUGH {
+                access
+                    .metadata_paths
+                    .insert(format!("{METADATA_PATH}/servers/{id}/mcp"), id.to_owned());
+            }
+            access.servers.insert(id.to_owned(), policy);
         }
         if access.servers.len() == 1 {
             access.root = access.servers.keys().next().cloned();
@@ -354,9 +370,15 @@ impl Access {
         access
     }
 
-    /// Whether any virtual server has `auth` (else the filter never looks at identity).
+    /// Whether no virtual server has `auth` and the passthrough path has none either (the
+    /// filter then never looks at identity).
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
+    }
+
+    /// Whether the passthrough path has its own identity (`auth.passthrough`).
+    pub fn has_passthrough(&self) -> bool {
+        self.servers.contains_key(PASSTHROUGH)
     }
 
     /// The identity policy of virtual server `id`, if it has one.
@@ -982,10 +1004,18 @@ fn compile_server(
 
 /// Checks virtual server `id`'s rules parse, naming the field of the first that does not.
 pub fn check_rules(id: &str, a: &ServerAuth) -> Result<(), crate::snapshot::auth::AuthError> {
+    check_rules_at(&format!("servers.{id}.auth"), a)
+}
+
+/// [`check_rules`] for the `auth` at `prefix` (`auth.passthrough`), which errors name.
+pub fn check_rules_at(
+    prefix: &str,
+    a: &ServerAuth,
+) -> Result<(), crate::snapshot::auth::AuthError> {
     for (i, r) in a.rules.iter().enumerate() {
         if let Err(e) = Expr::parse(&r.when) {
             return Err(crate::snapshot::auth::AuthError {
-                field: format!("servers.{id}.auth.rules[{i}].when"),
+                field: format!("{prefix}.rules[{i}].when"),
                 reason: e.to_string(),
             });
         }

@@ -505,7 +505,9 @@ impl Exchange {
                 let mut opts = self.config.gate.parse_options();
                 // A virtual server's request is read whole: its name may be rewritten; and
                 // so is any request when plugins read requests.
-                let guarded = self.config.guard.has_pre_hooks();
+                // A passthrough request is read whole when its path has rules to apply.
+                let guarded = self.config.guard.has_pre_hooks()
+                    || (self.server.is_none() && self.config.access.has_passthrough());
                 opts.stop_when_routable = early_terminate && self.server.is_none() && !guarded;
                 self.keep_body = self.server.is_some() || guarded;
                 self.phase = Phase::Reading {
@@ -576,7 +578,11 @@ impl Exchange {
         if let Some(step) = self.check_origin(fields.origin, endpoint.map(|e| e.server()), host) {
             return Some(step);
         }
-        match endpoint? {
+        let Some(endpoint) = endpoint else {
+            // The passthrough path: authenticated when it has its own identity.
+            return self.authenticate(crate::auth::PASSTHROUGH, fields, host);
+        };
+        match endpoint {
             Endpoint::Mcp(id) if edge.has_server(id) => self.server = Some(id.to_owned()),
             // The legacy SSE pair is the relay's: it turns each posted message into a
             // streamable HTTP request to `/servers/{id}/mcp` through this listener, where
@@ -753,6 +759,13 @@ impl Exchange {
                 _ => self.reject(&edge::batch_rejected(), host),
             },
             BodyVerdict::Forward { cluster } => {
+                // Stage: identity, when the passthrough path has its own: each request and
+                // notification authorized, the first refusal answering the whole body.
+                for msg in messages {
+                    if let Some(step) = self.authorize(msg, host) {
+                        return step;
+                    }
+                }
                 let mut edit = None;
                 if let [only] = messages
                     && only.kind == Kind::Request

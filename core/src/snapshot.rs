@@ -389,6 +389,11 @@ impl Snapshot {
             reason: e.reason,
         };
         auth::validate(&self.auth).map_err(invalid)?;
+        if let Some(a) = &self.auth.passthrough {
+            const AT: &str = "auth.passthrough";
+            auth::validate_server_at(AT, a, &self.auth).map_err(invalid)?;
+            crate::auth::check_rules_at(AT, a).map_err(invalid)?;
+        }
         for (id, server) in &self.servers {
             if let Some(a) = &server.auth {
                 auth::validate_server(id, a, &self.auth).map_err(invalid)?;

@@ -142,10 +142,11 @@ impl Exchange {
         })
     }
 
-    /// Authorizes `msg` (a single message to the request's virtual server); `None`: allowed.
+    /// Authorizes `msg` (a message to the request's virtual server, or on the passthrough
+    /// path); `None`: allowed.
     pub(super) fn authorize(&mut self, msg: &Message, host: &mut impl Host) -> Option<Step> {
         let config = Rc::clone(&self.config);
-        let server = self.server.as_deref()?;
+        let server = self.server.as_deref().unwrap_or(crate::auth::PASSTHROUGH);
         let policy = config.access.server(server)?;
         let parsed;
         let args = match msg.arguments_span {

@@ -26,6 +26,14 @@ pub struct Auth {
     /// Seconds a token's `exp` and `nbf` may be off (clock skew between the issuer and the
     /// Envoys); at most [`MAX_CLOCK_SKEW_SECONDS`].
     pub clock_skew_seconds: u64,
+    /// Identity on the passthrough path (every request that is not for a virtual server:
+    /// the one upstream the listener's own route reaches, such as the server behind an
+    /// Istio sidecar or a control plane's `--edge-passthrough` gateway), as a virtual
+    /// server's `auth` says it: the token is checked at the head, each request authorized
+    /// by the rules (`request.server` is empty). `None`: the passthrough path asks for no
+    /// token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<ServerAuth>,
 }
 
 /// Default of [`Auth::clock_skew_seconds`].
@@ -39,6 +47,7 @@ impl Default for Auth {
             issuers: BTreeMap::new(),
             revoked: Vec::new(),
             clock_skew_seconds: DEFAULT_CLOCK_SKEW_SECONDS,
+            passthrough: None,
         }
     }
 }
@@ -425,7 +434,13 @@ fn check_claims(c: &ClaimMapping, at: &str) -> Result<(), AuthError> {
 /// Checks virtual server `id`'s `auth` against the snapshot's issuers. Rules are parsed
 /// when the configuration is compiled (`crate::auth::Access`).
 pub fn validate_server(id: &str, s: &ServerAuth, auth: &Auth) -> Result<(), AuthError> {
-    let at = |f: &str| format!("servers.{id}.auth.{f}");
+    validate_server_at(&format!("servers.{id}.auth"), s, auth)
+}
+
+/// [`validate_server`] for the `auth` at `prefix` (`servers.{id}.auth`, or
+/// `auth.passthrough`), which errors name.
+pub fn validate_server_at(prefix: &str, s: &ServerAuth, auth: &Auth) -> Result<(), AuthError> {
+    let at = |f: &str| format!("{prefix}.{f}");
     if let Err(reason) = parse_url(&s.resource) {
         return err(at("resource"), reason);
     }

@@ -478,3 +478,144 @@ fn calls_are_authorized_by_permission_and_rules() {
     let (step, _) = call(&token(json!({"groups": ["g-dev"]})), "nope", json!({}));
     assert_eq!(reply(&step).status, 403);
 }
+
+/// The passthrough path with its own identity (`auth.passthrough`): tokens bound to its
+/// resource, requests authorized by its rules one message at a time, its metadata served.
+fn passthrough_config() -> Rc<Config> {
+    let mut doc = snapshot_json();
+    doc["auth"]["passthrough"] = json!({
+        "resource": PASSTHROUGH_RESOURCE,
+        "issuers": ["idp"],
+        "scopes": ["tools.execute"],
+        "rules": [
+            {"name": "eng", "when": "'eng' in principal.teams && !request.name.startsWith('admin__')"},
+            {"name": "no-etc", "effect": "deny",
+             "when": "request.name == 'fs__write' && has(args.path) && args.path.startsWith('/etc')"}
+        ]
+    });
+    Rc::new(Config::from_bytes(doc.to_string().as_bytes()).unwrap())
+}
+
+const PASSTHROUGH_RESOURCE: &str = "https://gw.example.com/mcp";
+
+#[test]
+fn the_passthrough_path_can_require_a_token_and_apply_rules() {
+    let cfg = passthrough_config();
+    let ours = token(json!({"aud": PASSTHROUGH_RESOURCE}));
+    let send = |t: Option<&(String, String)>, body: String| {
+        let mut r = req("/mcp");
+        r.token = t;
+        r.body = Some(body);
+        r.send(&cfg)
+    };
+    let forwarded = |step: &Step| matches!(step, Step::Forward(_));
+
+    // No token: 401 at the head, with the passthrough resource's metadata in the challenge.
+    let (step, rejected) = send(None, initialize());
+    let r = reply(&step);
+    assert_eq!(r.status, 401);
+    assert_eq!(rejected, ["unauthenticated"]);
+    assert!(
+        header(r, "www-authenticate")
+            .unwrap()
+            .contains("https://gw.example.com/.well-known/oauth-protected-resource/mcp"),
+        "{:?}",
+        r.headers
+    );
+    // A token for a virtual server is not one for the passthrough path.
+    let theirs = token(json!({}));
+    assert_eq!(reply(&send(Some(&theirs), initialize()).0).status, 401);
+    // GET streams too.
+    let mut get = req("/mcp");
+    get.method = "GET";
+    get.headers.push(("accept", "text/event-stream"));
+    assert_eq!(reply(&get.send(&cfg).0).status, 401);
+
+    // With its token: forwarded, each call as the rules say.
+    let (step, _) = send(Some(&ours), initialize());
+    assert!(forwarded(&step), "{step:?}");
+    let call =
+        |name: &str, args: Value| rpc(7, "tools/call", json!({"name": name, "arguments": args}));
+    let (step, _) = send(Some(&ours), call("time__now", json!({})));
+    assert!(forwarded(&step), "{step:?}");
+    let (step, rejected) = send(
+        Some(&ours),
+        call("fs__write", json!({"path": "/etc/passwd"})),
+    );
+    assert_eq!(reply(&step).status, 403);
+    assert_eq!(rejected, ["access_denied"]);
+    assert_eq!(body(reply(&step))["id"], 7);
+    let (step, _) = send(Some(&ours), call("admin__wipe", json!({})));
+    assert_eq!(reply(&step).status, 403);
+    // Someone outside the team holds a valid token and still may call nothing.
+    let stranger = token(json!({"aud": PASSTHROUGH_RESOURCE, "groups": ["g-dev"]}));
+    let (step, _) = send(Some(&stranger), call("time__now", json!({})));
+    assert_eq!(reply(&step).status, 403);
+    // A 2025-03-26 batch with one refused call is refused whole: nothing is forwarded.
+    let mut batch = req("/mcp");
+    batch.token = Some(&ours);
+    batch.headers = vec![("mcp-protocol-version", "2025-03-26")];
+    batch.body = Some(format!(
+        "[{},{}]",
+        call("time__now", json!({})),
+        rpc(
+            8,
+            "tools/call",
+            json!({"name": "admin__wipe", "arguments": {}})
+        )
+    ));
+    assert_eq!(reply(&batch.send(&cfg).0).status, 403);
+
+    // Its metadata, at the path its resource gives.
+    let mut md = req("/.well-known/oauth-protected-resource/mcp");
+    md.method = "GET";
+    let (step, _) = md.send(&cfg);
+    let r = reply(&step);
+    assert_eq!(r.status, 200);
+    assert_eq!(body(r)["resource"], PASSTHROUGH_RESOURCE);
+    assert_eq!(body(r)["authorization_servers"], json!([ISS]));
+
+    // Virtual servers keep their own identity.
+    let mut team = req("/servers/team/mcp");
+    team.token = Some(&ours);
+    team.body = Some(initialize());
+    assert_eq!(
+        reply(&team.send(&cfg).0).status,
+        401,
+        "audience of another resource"
+    );
+
+    // Without `auth.passthrough` the passthrough path asks for nothing (as before).
+    let (step, _) = {
+        let mut r = req("/mcp");
+        r.body = Some(initialize());
+        r.send(&config())
+    };
+    assert!(matches!(step, Step::Continue), "{step:?}");
+}
+
+#[test]
+fn a_passthrough_identity_is_validated_naming_its_fields() {
+    for (edit, field) in [
+        (
+            json!({"resource": "https://gw.example.com/mcp", "issuers": ["nope"]}),
+            "auth.passthrough.issuers[0]",
+        ),
+        (
+            json!({"resource": "not a url"}),
+            "auth.passthrough.resource",
+        ),
+        (
+            json!({"resource": "https://gw.example.com/mcp", "rules": [{"name": "r", "when": "principal.subject =="}]}),
+            "auth.passthrough.rules[0].when",
+        ),
+    ] {
+        let mut doc = snapshot_json();
+        doc["auth"]["passthrough"] = edit;
+        let err = match Config::from_bytes(doc.to_string().as_bytes()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{field}: accepted"),
+        };
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
