@@ -619,6 +619,32 @@ async fn edge_settings_round_trip_into_a_fresh_installation() {
             "{ren}"
         );
         assert!(specs(&dst, "/plugins").await.contains_key("mask-pii-1"));
+        // A renamed server takes its policy and limits along, its resource following its id.
+        let (s, ren) = dst
+            .post(
+                "/import?conflict_strategy=rename&types=servers,policies,limits",
+                doc.clone(),
+            )
+            .await;
+        assert_eq!(s, 200, "{ren}");
+        let renamed = server_names(&dst)
+            .await
+            .into_iter()
+            .find(|(_, n)| n == "s1-1")
+            .unwrap()
+            .0;
+        let (s, p) = dst.get(&format!("/policies/{renamed}")).await;
+        assert_eq!(s, 200, "{p}");
+        assert_eq!(
+            p["spec"]["resource"],
+            format!("https://mcp.example.com/servers/{renamed}/mcp")
+        );
+        let (s, l) = dst.get(&format!("/limits/{renamed}")).await;
+        assert_eq!(
+            (s, &l["spec"]["rates"][0]["name"]),
+            (200, &json!("per-user")),
+            "{l}"
+        );
         // Two issuers with one `iss` are refused, as PUT /issuers refuses them.
         let v2 = registry_version(&dst).await;
         let (s, ren) = dst
