@@ -1,13 +1,20 @@
 //! Export and import of the registry as one JSON document, with conflict strategies and
 //! a dry run; import also reads ContextForge export files.
 //!
-//! Entries reference each other by name (gateway of an item, items of a server), so a
-//! document moves between installations. Credentials are never exported (the API never
-//! returns them): a gateway carries its `auth_type` only, and the operator re-enters
-//! its credentials after importing.
+//! Besides the catalog (gateways, tools, resources, prompts, virtual servers) a document
+//! carries what the edge enforces: token issuers, authorization policies, request limits,
+//! guardrail plugins, and each gateway's tool-definition pinning with its pins; an
+//! installation moved or restored with it enforces what it did.
+//!
+//! Entries reference each other by name (gateway of an item, items of a server, server of
+//! a policy or limits, servers of a plugin, issuers of a policy), so a document moves
+//! between installations. Credentials are never exported (the API never returns them): a
+//! gateway carries its `auth_type` only, and the operator re-enters its credentials after
+//! importing; the edge kinds hold no secret.
 //!
 //! Imports are planned and validated first, with the same checks as the API (names,
-//! URLs, the SSRF guard, tags, references): `fail` refuses the whole document when the
+//! URLs, the SSRF guard, tags, references, the filter's validation of issuers, policies,
+//! limits and plugins, rule conditions as CEL): `fail` refuses the whole document when the
 //! plan has a conflict, `dry_run` returns the plan (with the entries that would fail),
 //! and an import with any failing entry changes nothing. The plan is then applied in one
 //! write transaction, so a failure while applying also leaves nothing behind.
