@@ -91,7 +91,8 @@ pub enum Command {
     Export {
         #[command(flatten)]
         api: ApiArgs,
-        /// Kinds to export (comma-separated: gateways,tools,resources,prompts,servers).
+        /// Kinds to export (comma-separated: gateways,tools,resources,prompts,servers,issuers,
+        /// policies,limits,plugins).
         #[arg(long)]
         types: Option<String>,
         /// Write to this file instead of stdout.
@@ -132,7 +133,8 @@ pub enum Command {
         /// Show the plan only.
         #[arg(long)]
         dry_run: bool,
-        /// Kinds to import (comma-separated: gateways,tools,resources,prompts,servers).
+        /// Kinds to import (comma-separated: gateways,tools,resources,prompts,servers,issuers,
+        /// policies,limits,plugins).
         #[arg(long)]
         types: Option<String>,
     },

@@ -1,13 +1,20 @@
 //! Export and import of the registry as one JSON document, with conflict strategies and
 //! a dry run; import also reads ContextForge export files.
 //!
-//! Entries reference each other by name (gateway of an item, items of a server), so a
-//! document moves between installations. Credentials are never exported (the API never
-//! returns them): a gateway carries its `auth_type` only, and the operator re-enters
-//! its credentials after importing.
+//! Besides the catalog (gateways, tools, resources, prompts, virtual servers) a document
+//! carries what the edge enforces: token issuers, authorization policies, request limits,
+//! guardrail plugins, and each gateway's tool-definition pinning with its pins; an
+//! installation moved or restored with it enforces what it did.
+//!
+//! Entries reference each other by name (gateway of an item, items of a server, server of
+//! a policy or limits, servers of a plugin, issuers of a policy), so a document moves
+//! between installations. Credentials are never exported (the API never returns them): a
+//! gateway carries its `auth_type` only, and the operator re-enters its credentials after
+//! importing; the edge kinds hold no secret.
 //!
 //! Imports are planned and validated first, with the same checks as the API (names,
-//! URLs, the SSRF guard, tags, references): `fail` refuses the whole document when the
+//! URLs, the SSRF guard, tags, references, the filter's validation of issuers, policies,
+//! limits and plugins, rule conditions as CEL): `fail` refuses the whole document when the
 //! plan has a conflict, `dry_run` returns the plan (with the entries that would fail),
 //! and an import with any failing entry changes nothing. The plan is then applied in one
 //! write transaction, so a failure while applying also leaves nothing behind.
@@ -41,7 +48,8 @@ pub const FORMAT: &str = "mcpgw-export";
 pub struct ExportDocument {
     /// Always `mcpgw-export`.
     pub format: String,
-    /// Document format version (1).
+    /// Document format version: 2 (version 1 documents, without the edge kinds, are read
+    /// too).
     pub version: u32,
     /// When it was made (RFC 3339).
     #[serde(default)]
@@ -68,6 +76,109 @@ pub struct ExportDocument {
     /// Virtual servers.
     #[serde(default)]
     pub servers: Vec<ExportServer>,
+    /// Token issuers (`/issuers`).
+    #[serde(default)]
+    pub issuers: Vec<ExportIssuer>,
+    /// Authorization policies (`/policies/{server}`), by server name.
+    #[serde(default)]
+    pub policies: Vec<ExportPolicy>,
+    /// Request limits (`/limits/{server}` and `/limits/default`), by server name.
+    #[serde(default)]
+    pub limits: Vec<ExportLimits>,
+    /// Guardrail plugins (`/plugins`); `conditions.servers` names servers by name.
+    #[serde(default)]
+    pub plugins: Vec<ExportPlugin>,
+}
+
+/// An exported token issuer: its name and what `PUT /issuers/{name}` takes (public keys
+/// only: an issuer holds no secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportIssuer {
+    /// Name.
+    pub name: String,
+    /// The settings (`mcpgw_core::snapshot::auth::Issuer`).
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+/// An exported authorization policy: the server's name and the policy as `GET
+/// /policies/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportPolicy {
+    /// The virtual server's name.
+    pub server: String,
+    /// The policy (`mcpgw_core::snapshot::auth::ServerAuth`): `required`, `resource`,
+    /// `issuers` (by name), `scopes`, `rules`.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+/// Exported request limits: of a virtual server (by name), or the default ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportLimits {
+    /// The virtual server's name; absent: the default limits (`/limits/default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The limits (`mcpgw_core::snapshot::limits::ServerLimits`).
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+/// An exported guardrail plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportPlugin {
+    /// Name.
+    pub name: String,
+    /// The plugin as `PUT /plugins/{name}` takes it, except that `conditions.servers`
+    /// lists virtual server names, not ids.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+/// A gateway's tool-definition pinning (`/gateways/{id}/pinning`) and its approved
+/// definitions, so a moved gateway holds back a changed tool as it did before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportPinning {
+    /// `serve-approved` or `withhold`.
+    pub on_change: crate::pinning::OnChange,
+    /// `auto-approve` or `hold`.
+    pub new_tools: crate::pinning::NewTools,
+    /// `approve` or `hold`.
+    pub first_discovery: crate::pinning::FirstDiscovery,
+    /// Whether a discovery was merged under pinning (later tools are new tools).
+    #[serde(default)]
+    pub baselined: bool,
+    /// The approved definitions.
+    #[serde(default)]
+    pub pins: Vec<ExportPin>,
+}
+
+/// One approved tool definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportPin {
+    /// The tool's name at the upstream.
+    pub tool: String,
+    /// `sha256:…` of the definition (checked on import).
+    pub hash: String,
+    /// The approved description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The approved tool fields (`inputSchema`, `outputSchema`, `annotations`, …) as the
+    /// catalog stores them.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub spec: Map<String, Value>,
+    /// When it was approved.
+    pub approved_at: String,
+    /// Who approved it (absent: on discovery, by policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 /// An exported gateway. Its credentials are not exported: `auth_type` says which kind
@@ -92,6 +203,9 @@ pub struct ExportGateway {
     /// Upstream identity (a token exchange's client secret is not exported).
     #[serde(default)]
     pub identity: crate::model::GatewayIdentity,
+    /// Tool-definition pinning; absent: the defaults, nothing approved yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<ExportPinning>,
 }
 
 /// An exported tool, resource or prompt.
@@ -123,6 +237,10 @@ pub struct ExportItem {
 pub struct ExportServer {
     /// Name.
     pub name: String,
+    /// Its id where it was exported: a policy `resource` naming it
+    /// (`…/servers/{id}/mcp`) is rewritten to the id it gets on import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Description.
     pub description: Option<String>,
     /// Icon.
@@ -150,7 +268,20 @@ pub struct ExportServer {
 }
 
 /// Kinds selectable in export and import.
-const KINDS: [&str; 5] = ["gateways", "tools", "resources", "prompts", "servers"];
+const KINDS: [&str; 9] = [
+    "gateways",
+    "tools",
+    "resources",
+    "prompts",
+    "servers",
+    "issuers",
+    "policies",
+    "limits",
+    "plugins",
+];
+
+/// The document format version written.
+pub const VERSION: u32 = 2;
 
 /// Parses `types=` (comma-separated; empty or absent means all).
 pub fn parse_types(types: Option<&str>) -> Result<HashSet<&'static str>, StoreError> {
@@ -174,9 +305,15 @@ pub fn parse_types(types: Option<&str>) -> Result<HashSet<&'static str>, StoreEr
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
-    /// Comma-separated kinds (gateways,tools,resources,prompts,servers); default all.
+    /// Comma-separated kinds (gateways,tools,resources,prompts,servers,issuers,policies,
+    /// limits,plugins); default all.
     pub types: Option<String>,
 }
+
+/// The note every export with edge settings carries.
+pub const EDGE_NOTE: &str = "Issuers, policies, limits and plugins hold no secrets (issuers carry public keys only) \
+and are exported whole. Policies, limits and plugin conditions name virtual servers by name; a policy resource of \
+the form .../servers/{id}/mcp follows its server to the id it gets on import.";
 
 /// The note every export with gateways carries.
 pub const CREDENTIALS_NOTE: &str = "Credentials are not exported. Gateways keep their auth_type only; \
@@ -212,7 +349,7 @@ pub struct ImportQuery {
 /// Planned or performed action for one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportEntry {
-    /// gateway, tool, resource, prompt or server.
+    /// gateway, tool, resource, prompt, server, issuer, policy, limits or plugin.
     pub kind: String,
     /// Name in the document.
     pub name: String,
@@ -303,9 +440,9 @@ pub fn parse_document(body: Value, separator: &str) -> Result<ParsedDocument, Im
     if body.get("format").and_then(Value::as_str) == Some(FORMAT) {
         let document: ExportDocument = serde_json::from_value(body)
             .map_err(|e| ImportError::Format(format!("invalid mcpgw export: {e}")))?;
-        if document.version != 1 {
+        if !(1..=VERSION).contains(&document.version) {
             return Err(ImportError::Format(format!(
-                "unsupported export version {}",
+                "unsupported export version {} (this control plane reads versions 1 to {VERSION})",
                 document.version
             )));
         }

@@ -36,7 +36,19 @@ pub async fn import(
     ApiQuery(q): ApiQuery<ImportQuery>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<ImportReport>, ApiError> {
-    let report = match transfer::import(&s.store, s.federation.settings(), body, &q).await {
+    let ratelimit = s
+        .edge
+        .snapshot()
+        .and_then(|snapshot| snapshot.limits.service.clone());
+    let report = match transfer::import(
+        &s.store,
+        s.federation.settings(),
+        ratelimit.as_ref(),
+        body,
+        &q,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(ImportError::Store(e)) => return Err(e.into()),
         Err(ImportError::Rejected(entries)) => {

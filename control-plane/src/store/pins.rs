@@ -136,6 +136,63 @@ impl From<sqlx::Error> for ChangeError {
     }
 }
 
+/// A gateway's pinning as an export carries it.
+#[derive(Debug, Clone)]
+pub struct PinningState {
+    /// The policy.
+    pub policy: PinPolicy,
+    /// Whether a discovery was merged under it.
+    pub baselined: bool,
+    /// Every pin with its approved definition.
+    pub pins: Vec<(ToolPin, DiscoveredItem<ToolSpec>)>,
+}
+
+/// One pin to write as it was approved elsewhere (an import).
+#[derive(Debug, Clone)]
+pub struct ImportedPin {
+    /// The approved definition.
+    pub item: DiscoveredItem<ToolSpec>,
+    /// Its hash, checked against the definition by the caller.
+    pub hash: String,
+    /// When it was approved.
+    pub approved_at: String,
+    /// Who approved it.
+    pub approved_by: Option<String>,
+}
+
+/// Sets a gateway's pinning policy and writes `pins` (replacing pins of the same tools), in
+/// `tx`: what an import of a gateway's pinning does. Pending changes stay as they are.
+pub(crate) async fn put_pinning_tx(
+    tx: &mut WriteTx<'_>,
+    gateway_id: &str,
+    policy: PinPolicy,
+    baselined: bool,
+    pins: &[ImportedPin],
+) -> Result<(), StoreError> {
+    let (_, was_baselined) = policy_tx(tx, gateway_id).await?;
+    write_policy_tx(tx, gateway_id, policy, baselined || was_baselined).await?;
+    for p in pins {
+        sqlx::query("DELETE FROM tool_pins WHERE gateway_id = $1 AND original_name = $2")
+            .bind(gateway_id)
+            .bind(&p.item.original_name)
+            .execute(tx.conn())
+            .await?;
+        sqlx::query(
+            "INSERT INTO tool_pins (gateway_id, original_name, hash, item, withheld, approved_at, \
+             approved_by) VALUES ($1, $2, $3, $4, 0, $5, $6)",
+        )
+        .bind(gateway_id)
+        .bind(&p.item.original_name)
+        .bind(&p.hash)
+        .bind(item_json(&p.item))
+        .bind(&p.approved_at)
+        .bind(p.approved_by.clone())
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(())
+}
+
 /// A pin policy change: the fields given are set.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PinPolicyPatch {
@@ -617,6 +674,57 @@ impl Store {
         }
         tx.commit().await?;
         Ok(next)
+    }
+
+    /// A gateway's pinning for an export: `None` when no policy was ever set and nothing
+    /// is pinned (the defaults).
+    pub async fn pinning_state(
+        &self,
+        gateway_id: &str,
+    ) -> Result<Option<PinningState>, StoreError> {
+        let row = sqlx::query(
+            "SELECT on_change, new_tools, first_discovery, baselined FROM gateway_pin_policies \
+             WHERE gateway_id = $1",
+        )
+        .bind(gateway_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let (policy, baselined) = row
+            .as_ref()
+            .map(parse_policy)
+            .transpose()?
+            .unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT original_name, hash, item, withheld, approved_at, approved_by FROM tool_pins \
+             WHERE gateway_id = $1 ORDER BY original_name",
+        )
+        .bind(gateway_id)
+        .fetch_all(self.pool())
+        .await?;
+        if row.is_none() && rows.is_empty() {
+            return Ok(None);
+        }
+        let mut pins = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let tool: String = r.try_get("original_name")?;
+            let raw: String = r.try_get("item")?;
+            let item = parse_item(&tool, &raw)?;
+            pins.push((
+                ToolPin {
+                    tool,
+                    hash: r.try_get("hash")?,
+                    withheld: get_bool(r, "withheld")?,
+                    approved_at: r.try_get("approved_at")?,
+                    approved_by: r.try_get("approved_by")?,
+                },
+                item,
+            ));
+        }
+        Ok(Some(PinningState {
+            policy,
+            baselined,
+            pins,
+        }))
     }
 
     /// The approved definitions of a gateway's tools, by tool name.

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, now};
+use super::{Store, StoreError, WriteTx, now};
 
 /// The kinds of edge settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,29 +131,8 @@ impl Store {
     ) -> Result<(EdgeRecord<T>, bool), StoreError> {
         let text = serde_json::to_string(spec)
             .map_err(|e| StoreError::Corrupt(format!("settings of {name}: {e}")))?;
-        let ts = now();
         let mut tx = self.begin_write().await?;
-        let existing = sqlx::query("SELECT name FROM edge_policies WHERE kind = $1 AND name = $2")
-            .bind(kind.as_str())
-            .bind(name)
-            .fetch_optional(tx.conn())
-            .await?;
-        let created = existing.is_none();
-        if created {
-            sqlx::query(
-                "INSERT INTO edge_policies (kind, name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-            )
-        } else {
-            sqlx::query(
-                "UPDATE edge_policies SET spec = $3, updated_at = $4 WHERE kind = $1 AND name = $2",
-            )
-        }
-        .bind(kind.as_str())
-        .bind(name)
-        .bind(&text)
-        .bind(&ts)
-        .execute(tx.conn())
-        .await?;
+        let created = put_edge_item_tx(&mut tx, kind, name, &text).await?;
         tx.commit().await?;
         Ok((self.edge_item(kind, name).await?, created))
     }
@@ -187,4 +166,37 @@ impl Store {
             .map(|r| r.try_get("jti").map_err(StoreError::from))
             .collect()
     }
+}
+
+/// Creates or replaces the item `name` of `kind` with the settings `text` (JSON) in `tx`;
+/// whether it was created.
+pub(crate) async fn put_edge_item_tx(
+    tx: &mut WriteTx<'_>,
+    kind: EdgeKind,
+    name: &str,
+    text: &str,
+) -> Result<bool, StoreError> {
+    let ts = now();
+    let existing = sqlx::query("SELECT name FROM edge_policies WHERE kind = $1 AND name = $2")
+        .bind(kind.as_str())
+        .bind(name)
+        .fetch_optional(tx.conn())
+        .await?;
+    let created = existing.is_none();
+    if created {
+        sqlx::query(
+            "INSERT INTO edge_policies (kind, name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+        )
+    } else {
+        sqlx::query(
+            "UPDATE edge_policies SET spec = $3, updated_at = $4 WHERE kind = $1 AND name = $2",
+        )
+    }
+    .bind(kind.as_str())
+    .bind(name)
+    .bind(text)
+    .bind(&ts)
+    .execute(tx.conn())
+    .await?;
+    Ok(created)
 }

@@ -245,6 +245,20 @@ impl Store {
         self.get_server(&id).await
     }
 
+    /// The id of the virtual server named `name`, in an open write transaction.
+    pub(crate) async fn server_id_by_name_tx(
+        &self,
+        tx: &mut WriteTx<'_>,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT id FROM servers WHERE name = $1")
+            .bind(name)
+            .fetch_optional(tx.conn())
+            .await?;
+        row.map(|r| r.try_get("id").map_err(StoreError::from))
+            .transpose()
+    }
+
     /// [`Store::create_server`] in an open write transaction; returns the new id.
     pub(crate) async fn insert_server_tx(
         &self,

@@ -162,6 +162,7 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
             enabled: active(g),
             auth_type: AuthType::None,
             identity: Default::default(),
+            pinning: None,
         });
     }
     for (i, t) in list(entities, "tools").iter().enumerate() {
@@ -340,6 +341,7 @@ pub(super) fn convert(body: &Value, separator: &str) -> Result<Converted, Import
             .collect();
         doc.servers.push(ExportServer {
             name,
+            id: None,
             description: s(srv, "description"),
             icon: s(srv, "icon"),
             tags: tags(srv),

@@ -3,8 +3,11 @@
 //! rules, then write the parsed values in one transaction. What fails to parse is reported
 //! per entry and nothing is written; what is written was parsed, not re-read.
 
+mod edge;
+
 use std::collections::{HashMap, HashSet};
 
+use mcpgw_core::snapshot::limits::RateLimitService;
 use serde_json::Value;
 
 use super::{
@@ -18,6 +21,9 @@ use crate::model::{
     ItemName, ItemPatch, Naming, NewGateway, NewItem, NewServer, PromptSpec, ResourceSpec,
     ServerPatch, SpecChange, Tags, ToolSpec, Transport, UpstreamUrl,
 };
+use crate::store::k8s::OwnedObject;
+use crate::store::pins::ImportedPin;
+use crate::store::policies::{DEFAULT_LIMITS, EdgeKind};
 use crate::store::{
     Store, StoreError, WriteTx, insert_item, item_id_by_name, update_item_tx, validate_uri,
 };
@@ -27,6 +33,14 @@ enum Kind {
     Gateway,
     Item(CatalogKind),
     Server,
+    Issuer,
+    /// A server's policy, by the server's name.
+    Policy,
+    /// A server's limits, by the server's name.
+    Limits,
+    /// The default limits (name `default`).
+    DefaultLimits,
+    Plugin,
 }
 
 impl Kind {
@@ -35,6 +49,11 @@ impl Kind {
             Kind::Gateway => "gateway",
             Kind::Item(k) => k.label(),
             Kind::Server => "server",
+            Kind::Issuer => "issuer",
+            Kind::Policy => "policy",
+            Kind::Limits => "limits",
+            Kind::DefaultLimits => "default limits",
+            Kind::Plugin => "plugin",
         }
     }
 }
@@ -43,6 +62,11 @@ fn kind_of(label: &str) -> Kind {
     match label {
         "gateway" => Kind::Gateway,
         "server" => Kind::Server,
+        "issuer" => Kind::Issuer,
+        "policy" => Kind::Policy,
+        "limits" => Kind::Limits,
+        "default limits" => Kind::DefaultLimits,
+        "plugin" => Kind::Plugin,
         other => CatalogKind::ALL
             .into_iter()
             .find(|k| k.label() == other)
@@ -54,13 +78,31 @@ async fn exists(store: &Store, kind: Kind, name: &str) -> Result<Option<String>,
     Ok(match kind {
         Kind::Gateway => store.find_gateway_by_name(name).await?.map(|g| g.id),
         Kind::Item(k) => store.item_id_by_name(k, name).await?,
-        Kind::Server => store
-            .all_servers()
-            .await?
-            .into_iter()
-            .find(|s| s.name == *name)
-            .map(|s| s.id),
+        Kind::Server => server_by_name(store, name).await?,
+        Kind::Issuer => edge::stored(store, EdgeKind::Issuer, name).await?,
+        Kind::Plugin => edge::stored(store, EdgeKind::Plugin, name).await?,
+        Kind::DefaultLimits => edge::stored(store, EdgeKind::Limits, DEFAULT_LIMITS).await?,
+        Kind::Policy | Kind::Limits => {
+            let Some(id) = server_by_name(store, name).await? else {
+                return Ok(None);
+            };
+            let kind = if kind == Kind::Policy {
+                EdgeKind::Policy
+            } else {
+                EdgeKind::Limits
+            };
+            edge::stored(store, kind, &id).await?
+        }
     })
+}
+
+async fn server_by_name(store: &Store, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .all_servers()
+        .await?
+        .into_iter()
+        .find(|s| s.name == *name)
+        .map(|s| s.id))
 }
 
 async fn free_name(
@@ -102,6 +144,8 @@ struct ParsedGateway {
     enabled: bool,
     auth_type: AuthType,
     identity: crate::model::GatewayIdentity,
+    /// Pinning policy, baselined, approved definitions (hashes checked).
+    pinning: Option<(crate::pinning::PinPolicy, bool, Vec<ImportedPin>)>,
 }
 
 /// An item entry, parsed.
@@ -135,6 +179,7 @@ struct Parsed {
     resources: HashMap<String, ParsedItem<ResourceSpec>>,
     prompts: HashMap<String, ParsedItem<PromptSpec>>,
     servers: HashMap<String, ParsedServer>,
+    edge: edge::ParsedEdge,
 }
 
 /// Where a kind's parsed items sit.
@@ -161,9 +206,12 @@ impl ParsedKind for PromptSpec {
 }
 
 /// Imports a document: plan, parse, then apply everything in one write transaction.
+/// `ratelimit` is the rate-limit service global limits go to (none: they are refused, as
+/// `PUT /limits` refuses them).
 pub async fn import(
     store: &Store,
     settings: &FederationSettings,
+    ratelimit: Option<&RateLimitService>,
     body: Value,
     q: &ImportQuery,
 ) -> Result<ImportReport, ImportError> {
@@ -196,9 +244,12 @@ pub async fn import(
     if types.contains("servers") {
         names.extend(doc.servers.iter().map(|s| (Kind::Server, s.name.clone())));
     }
+    names.extend(edge::names(&doc, &types));
     let mut plan: HashMap<Key, Step> = HashMap::new();
     let mut planned_names: HashSet<Key> = HashSet::new();
     let mut conflicts = Vec::new();
+    // Entries a Kubernetes resource owns: read-only here as through the API.
+    let mut owned: HashMap<Key, String> = HashMap::new();
     for (kind, name) in &names {
         if plan.contains_key(&(*kind, name.clone())) {
             report.entries.push(ImportEntry {
@@ -210,8 +261,42 @@ pub async fn import(
             });
             continue;
         }
-        let existing = exists(store, *kind, name).await?;
+        if let Some(why) = edge::left_alone(*kind, name) {
+            report
+                .warnings
+                .push(format!("{} {name}: {why}", kind.label()));
+            report.entries.push(ImportEntry {
+                kind: kind.label().into(),
+                name: name.clone(),
+                action: "skip".into(),
+                new_name: None,
+                detail: Some(why),
+            });
+            plan.insert((*kind, name.clone()), Step::Skip);
+            continue;
+        }
+        let existing = match kind {
+            // A policy or limits follows its server: one this import creates has none.
+            Kind::Policy | Kind::Limits
+                if matches!(
+                    plan.get(&(Kind::Server, name.clone())),
+                    Some(Step::Create(_))
+                ) =>
+            {
+                None
+            }
+            _ => exists(store, *kind, name).await?,
+        };
+        let one_per_server = matches!(kind, Kind::Policy | Kind::Limits | Kind::DefaultLimits);
         let (step, entry) = match (existing, strategy) {
+            (Some(_), ConflictStrategy::Rename) if one_per_server => (
+                Step::Skip,
+                (
+                    "skip",
+                    None,
+                    Some("exists; rename does not apply: a server has one (it follows a renamed server)".to_owned()),
+                ),
+            ),
             (None, _) => (Step::Create(name.clone()), ("create", None, None)),
             (Some(id), ConflictStrategy::Update) => (Step::Update(id), ("update", None, None)),
             (Some(_), ConflictStrategy::Skip) => {
@@ -228,6 +313,14 @@ pub async fn import(
         };
         if let Step::Create(n) = &step {
             planned_names.insert((*kind, n.clone()));
+        }
+        if !matches!(step, Step::Skip)
+            && let Some(owner) = owned_by(store, &plan, &step, *kind, name).await?
+        {
+            owned.insert(
+                (*kind, name.clone()),
+                format!("owned by {owner}; change it with kubectl"),
+            );
         }
         report.entries.push(ImportEntry {
             kind: kind.label().into(),
@@ -246,7 +339,10 @@ pub async fn import(
     }
 
     // ---- parse: the API's rules, before anything is written --------------------------
-    let (parsed, errors) = parse(store, settings, &doc, &types, &plan).await?;
+    let (parsed, mut errors) = parse(store, settings, ratelimit, &doc, &types, &plan).await?;
+    for (key, why) in owned {
+        errors.entry(key).or_insert(why);
+    }
     if !errors.is_empty() {
         let mut rejected = Vec::new();
         for e in &mut report.entries {
@@ -291,6 +387,35 @@ pub async fn import(
     Ok(report)
 }
 
+/// The Kubernetes resource owning what a planned step writes, if one does: an updated
+/// gateway or server, or the policy or limits of a server one owns (the controller writes
+/// those from its `MCPPolicy` resources).
+async fn owned_by(
+    store: &Store,
+    plan: &HashMap<Key, Step>,
+    step: &Step,
+    kind: Kind,
+    name: &str,
+) -> Result<Option<crate::store::k8s::K8sOwner>, StoreError> {
+    match (kind, step) {
+        (Kind::Gateway, Step::Update(id)) => store.k8s_owner(OwnedObject::Gateway, id).await,
+        (Kind::Server, Step::Update(id)) => store.k8s_owner(OwnedObject::Server, id).await,
+        (Kind::Policy | Kind::Limits, _) => {
+            if matches!(
+                plan.get(&(Kind::Server, name.to_owned())),
+                Some(Step::Create(_))
+            ) {
+                return Ok(None);
+            }
+            match exists(store, Kind::Server, name).await? {
+                Some(id) => store.k8s_owner(OwnedObject::Server, &id).await,
+                None => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
 fn count(report: &mut ImportReport) {
     let n = |a: &str| report.entries.iter().filter(|e| e.action == a).count() as u32;
     report.created = n("create");
@@ -305,6 +430,7 @@ fn count(report: &mut ImportReport) {
 async fn parse(
     store: &Store,
     settings: &FederationSettings,
+    ratelimit: Option<&RateLimitService>,
     doc: &ExportDocument,
     types: &HashSet<&str>,
     plan: &HashMap<Key, Step>,
@@ -334,6 +460,7 @@ async fn parse(
                         g.identity.check()?;
                         g.identity.clone()
                     },
+                    pinning: g.pinning.as_ref().map(edge::parse_pinning).transpose()?,
                 };
                 // An update carries no credentials: the stored ones may not move to
                 // another origin (the redacted URL of an export is no move).
@@ -390,6 +517,7 @@ async fn parse(
             }
         }
     }
+    parsed.edge = edge::parse(store, ratelimit, doc, types, plan, &mut errors).await?;
     Ok((parsed, errors))
 }
 
@@ -517,6 +645,11 @@ async fn apply(
                             "gateway {name}: its token exchange's client secret is not exported; the Envoys leave it out until it is given (PUT /gateways/{id} with identity.client_secret)"
                         ));
                     }
+                    if let Some((policy, baselined, pins)) = &p.pinning {
+                        crate::store::pins::put_pinning_tx(tx, &id, *policy, *baselined, pins)
+                            .await
+                            .map_err(at)?;
+                    }
                     report.created_gateways.push(id);
                     gateway_names.insert(g.name.clone(), name.to_string());
                 }
@@ -545,6 +678,11 @@ async fn apply(
                         )
                         .await
                         .map_err(at)?;
+                    if let Some((policy, baselined, pins)) = &p.pinning {
+                        crate::store::pins::put_pinning_tx(tx, id, *policy, *baselined, pins)
+                            .await
+                            .map_err(at)?;
+                    }
                     report.updated_gateways.push(id.clone());
                 }
                 _ => {}
@@ -638,6 +776,7 @@ async fn apply(
             }
         }
     }
+    edge::apply(store, tx, doc, plan, parsed.edge, report).await?;
     Ok(())
 }
 

@@ -396,3 +396,522 @@ async fn update_keeps_existing_credentials() {
     );
     cp.stop().await;
 }
+
+const RSA_JWKS: &str = r#"{"keys":[{"kty":"RSA","kid":"k1","n":"sXch","e":"AQAB","alg":"RS256"}]}"#;
+
+fn corp_issuer() -> Value {
+    json!({"issuer": "https://idp.example.com/realms/corp", "algorithms": ["RS256"],
+           "jwks": serde_json::from_str::<Value>(RSA_JWKS).unwrap(),
+           "claims": {"groups": "groups", "group_roles": {"mcp-users": ["developer"]}}})
+}
+
+async fn fresh(backend: &str) -> TestDb {
+    match backend {
+        "sqlite" => TestDb::sqlite(),
+        _ => TestDb::postgres().await,
+    }
+}
+
+/// `GET path`'s items as `name -> spec`.
+async fn specs(cp: &TestCp, path: &str) -> std::collections::BTreeMap<String, Value> {
+    let (s, v) = cp.get(path).await;
+    assert_eq!(s, 200, "{path}: {v}");
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_owned(), i["spec"].clone()))
+        .collect()
+}
+
+/// Server id -> name.
+async fn server_names(cp: &TestCp) -> std::collections::BTreeMap<String, String> {
+    cp.get("/servers").await.1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What an installation enforces, with server ids replaced by names, as its API answers.
+async fn enforcement(cp: &TestCp) -> Value {
+    let names = server_names(cp).await;
+    let by_name = |m: std::collections::BTreeMap<String, Value>| -> Value {
+        m.into_iter()
+            .map(|(k, v)| (names.get(&k).cloned().unwrap_or(k), v))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut policies = by_name(specs(cp, "/policies").await);
+    for (server, p) in policies.as_object_mut().unwrap() {
+        // The resource names the server's id: compare it by name.
+        let id = names.iter().find(|(_, n)| *n == server).unwrap().0;
+        let r = p["resource"].as_str().unwrap().replace(id.as_str(), server);
+        p["resource"] = json!(r);
+    }
+    let mut plugins = specs(cp, "/plugins").await;
+    for p in plugins.values_mut() {
+        if let Some(list) = p["conditions"]["servers"].as_array_mut() {
+            for s in list {
+                *s = json!(names[s.as_str().unwrap()]);
+            }
+        }
+    }
+    let mut pinning = serde_json::Map::new();
+    for g in cp.get("/gateways").await.1["items"].as_array().unwrap() {
+        let (s, p) = cp
+            .get(&format!("/gateways/{}/pinning", g["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(s, 200, "{p}");
+        pinning.insert(g["name"].as_str().unwrap().to_owned(), p);
+    }
+    json!({
+        "issuers": specs(cp, "/issuers").await,
+        "policies": policies,
+        "limits": by_name(specs(cp, "/limits").await),
+        "plugins": plugins,
+        "pinning": pinning,
+    })
+}
+
+/// An installation with every kind the edge enforces (issuer, policy with a rule, default
+/// and per-server limits, a plugin limited to a server, a gateway's pinning with its pins)
+/// exported and imported into a fresh one answers the same through the API: nothing it
+/// enforced is lost on the way. Both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_settings_round_trip_into_a_fresh_installation() {
+    for backend in ["sqlite", "postgres"] {
+        let up = super::upstream::TestUpstream::with_tools(&["read", "add"]);
+        let running = up.serve(0).await;
+        let src_db = fresh(backend).await;
+        let src = TestCp::start(settings(&src_db)).await;
+        let (s, g) = src
+            .post("/gateways", json!({"name": "up", "url": running.url}))
+            .await;
+        assert_eq!(s, 201, "{backend}: {g}");
+        let gid = g["gateway"]["id"].as_str().unwrap().to_owned();
+        let (s, v) = src
+            .put(
+                &format!("/gateways/{gid}/pinning"),
+                json!({"on_change": "withhold", "new_tools": "hold"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["pins"].as_array().unwrap().len(), 2, "{v}");
+        let (s, srv) = src.post("/servers", json!({"name": "s1"})).await;
+        assert_eq!(s, 201, "{srv}");
+        let sid = srv["id"].as_str().unwrap().to_owned();
+        let (s, _) = src.post("/servers", json!({"name": "s2"})).await;
+        assert_eq!(s, 201);
+        for (path, body) in [
+            ("/issuers/corp".to_owned(), corp_issuer()),
+            (
+                format!("/policies/{sid}"),
+                json!({"resource": format!("https://mcp.example.com/servers/{sid}/mcp"),
+                       "issuers": ["corp"], "scopes": ["mcp"],
+                       "rules": [{"name": "devs", "when": "'developer' in principal.roles"},
+                                 {"name": "no-rm", "effect": "deny", "when": "request.name == 'rm'"}]}),
+            ),
+            (
+                format!("/limits/{sid}"),
+                json!({"rates": [{"name": "per-user", "by": ["principal", "tool"],
+                                  "requests": 10, "per_seconds": 60}]}),
+            ),
+            ("/limits/default".to_owned(), json!({})),
+            (
+                "/plugins/mask-pii".to_owned(),
+                json!({"priority": 5, "conditions": {"servers": [sid]},
+                       "pii": {"action": "mask", "detectors": ["email"]}}),
+            ),
+        ] {
+            let (s, v) = src.put(&path, body).await;
+            assert_eq!(s, 201, "{backend} PUT {path}: {v}");
+        }
+        let want = enforcement(&src).await;
+        let (s, doc) = src.get("/export").await;
+        assert_eq!(s, 200, "{doc}");
+        assert_eq!(doc["version"], 2);
+        for k in ["issuers", "policies", "limits", "plugins"] {
+            assert!(count(&doc, k) >= 1, "{k}: {doc}");
+        }
+        assert_eq!(doc["policies"][0]["server"], "s1", "by name: {doc}");
+        assert_eq!(
+            doc["plugins"][0]["spec"]["conditions"]["servers"],
+            json!(["s1"]),
+            "{doc}"
+        );
+        let (_, only) = src.get("/export?types=policies").await;
+        assert_eq!((count(&only, "policies"), count(&only, "servers")), (1, 0));
+
+        let dst_db = fresh(backend).await;
+        let dst = TestCp::start(settings(&dst_db)).await;
+        let v0 = registry_version(&dst).await;
+        let (s, plan) = dst.post("/import?dry_run=true", doc.clone()).await;
+        assert_eq!(s, 200, "{backend}: {plan}");
+        assert_eq!(plan["failed"], 0, "{plan}");
+        assert_eq!(
+            registry_version(&dst).await,
+            v0,
+            "a dry run changes nothing"
+        );
+        assert!(specs(&dst, "/issuers").await.is_empty());
+        let (s, rep) = dst.post("/import", doc.clone()).await;
+        assert_eq!(s, 200, "{backend}: {rep}");
+        assert_eq!(rep["failed"], 0, "{rep}");
+        let got = enforcement(&dst).await;
+        assert_eq!(got, want, "{backend}: what the API answers after the move");
+        // The ids moved: the policy's resource and the plugin follow the new server.
+        let new_sid = server_names(&dst)
+            .await
+            .into_iter()
+            .find(|(_, n)| n == "s1")
+            .unwrap()
+            .0;
+        assert_ne!(new_sid, sid);
+        let (_, p) = dst.get(&format!("/policies/{new_sid}")).await;
+        assert_eq!(
+            p["spec"]["resource"],
+            format!("https://mcp.example.com/servers/{new_sid}/mcp")
+        );
+        // The edge enforces it: the snapshot has the policy and the plugin for the new id.
+        let snap = dst.current_snapshot().await;
+        assert_eq!(
+            snap["servers"][&new_sid]["auth"]["rules"][0]["name"], "devs",
+            "{snap}"
+        );
+
+        // Again, per strategy: skip changes nothing, fail names the conflicts, rename
+        // leaves one-per-server entries alone and renames the rest.
+        let v1 = registry_version(&dst).await;
+        let (s, skip) = dst
+            .post(
+                "/import?conflict_strategy=skip&types=issuers,policies,limits,plugins",
+                doc.clone(),
+            )
+            .await;
+        assert_eq!(s, 200, "{skip}");
+        assert_eq!(skip["skipped"], 5, "{skip}");
+        assert_eq!(registry_version(&dst).await, v1);
+        let (s, fail) = dst
+            .post("/import?conflict_strategy=fail&types=policies", doc.clone())
+            .await;
+        assert_eq!(s, 409, "{fail}");
+        assert!(
+            fail["detail"].as_str().unwrap().contains("policy s1"),
+            "{fail}"
+        );
+        let (s, ren) = dst
+            .post(
+                "/import?conflict_strategy=rename&types=plugins,limits",
+                doc.clone(),
+            )
+            .await;
+        assert_eq!(s, 200, "{ren}");
+        assert_eq!(
+            (ren["renamed"].as_u64(), ren["skipped"].as_u64()),
+            (Some(1), Some(2)),
+            "{ren}"
+        );
+        assert!(specs(&dst, "/plugins").await.contains_key("mask-pii-1"));
+        // A renamed server takes its policy and limits along, its resource following its id.
+        let (s, ren) = dst
+            .post(
+                "/import?conflict_strategy=rename&types=servers,policies,limits",
+                doc.clone(),
+            )
+            .await;
+        assert_eq!(s, 200, "{ren}");
+        let renamed = server_names(&dst)
+            .await
+            .into_iter()
+            .find(|(_, n)| n == "s1-1")
+            .unwrap()
+            .0;
+        let (s, p) = dst.get(&format!("/policies/{renamed}")).await;
+        assert_eq!(s, 200, "{p}");
+        assert_eq!(
+            p["spec"]["resource"],
+            format!("https://mcp.example.com/servers/{renamed}/mcp")
+        );
+        let (s, l) = dst.get(&format!("/limits/{renamed}")).await;
+        assert_eq!(
+            (s, &l["spec"]["rates"][0]["name"]),
+            (200, &json!("per-user")),
+            "{l}"
+        );
+        // Two issuers with one `iss` are refused, as PUT /issuers refuses them.
+        let v2 = registry_version(&dst).await;
+        let (s, ren) = dst
+            .post(
+                "/import?conflict_strategy=rename&types=issuers",
+                doc.clone(),
+            )
+            .await;
+        assert_eq!(s, 422, "{ren}");
+        assert_eq!(ren["errors"][0]["field"], "issuer corp", "{ren}");
+        assert!(
+            ren["errors"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("issuer: "),
+            "{ren}"
+        );
+        assert_eq!(registry_version(&dst).await, v2);
+        src.stop().await;
+        dst.stop().await;
+        running.stop().await;
+    }
+}
+
+/// A version 2 document with one server `s1`, the issuer `corp` and what `extra` adds.
+fn edge_doc(extra: Value) -> Value {
+    let mut d = json!({"format": "mcpgw-export", "version": 2,
+        "servers": [{"name": "s1", "enabled": true}],
+        "issuers": [{"name": "corp", "spec": corp_issuer()}]});
+    for (k, v) in extra.as_object().unwrap() {
+        d[k] = v.clone();
+    }
+    d
+}
+
+fn policy(server: &str, issuers: Value, when: &str) -> Value {
+    json!({"server": server, "spec": {"required": true,
+        "resource": "https://mcp.example.com/servers/s1/mcp", "issuers": issuers,
+        "rules": [{"name": "r", "when": when}]}})
+}
+
+/// Bad edge entries are refused with the entry and the field (a rule with its line and
+/// column), after a dry run that names them; nothing is imported. Both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_edge_entries_are_refused_precisely_and_nothing_changes() {
+    let rates = |extra: Value| {
+        let mut r = json!({"name": "per-user", "by": ["principal", "tool"], "requests": 10, "per_seconds": 60});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        json!({"rates": [r]})
+    };
+    let pii = |servers: Value, detectors: Value| {
+        json!([{"name": "mask", "spec": {"conditions": {"servers": servers},
+                                          "pii": {"action": "mask", "detectors": detectors}}}])
+    };
+    for (backend, db) in super::harness::both_backends().await {
+        let cp = TestCp::start(settings(&db)).await;
+        let cases = [
+            (
+                "unknown server in a policy",
+                edge_doc(json!({"policies": [policy("s1", json!(["corp"]), "true"),
+                                             policy("ghost", json!(["corp"]), "true")]})),
+                "policy ghost",
+                "server: ghost is neither imported nor registered",
+            ),
+            (
+                "bad rule",
+                edge_doc(json!({"policies": [policy("s1", json!(["corp"]), "request.name ==")]})),
+                "policy s1",
+                "rules[0].when: line 1, column 16: Syntax error",
+            ),
+            (
+                "unknown issuer",
+                edge_doc(json!({"policies": [policy("s1", json!(["nobody"]), "true")]})),
+                "policy s1",
+                "issuers[0]: no issuer \"nobody\"",
+            ),
+            (
+                "bad policy field",
+                edge_doc(
+                    json!({"policies": [{"server": "s1", "spec": {"resource": "https://mcp.example.com/x", "rules": [], "bogus": 1}}]}),
+                ),
+                "policy s1",
+                "bogus: unknown field `bogus`",
+            ),
+            (
+                "bad limit",
+                edge_doc(
+                    json!({"limits": [{"server": "s1", "spec": rates(json!({"requests": 0}))}]}),
+                ),
+                "limits s1",
+                "rates[0].requests: ",
+            ),
+            (
+                "global limit without the service",
+                edge_doc(
+                    json!({"limits": [{"server": "s1", "spec": rates(json!({"global": true}))}]}),
+                ),
+                "limits s1",
+                "rates[0].global: a global limit needs the rate-limit service",
+            ),
+            (
+                "default limits of the wrong type",
+                edge_doc(json!({"limits": [{"spec": {"rates": "many"}}]})),
+                "default limits default",
+                "rates: invalid type",
+            ),
+            (
+                "limits of an unknown server",
+                edge_doc(json!({"limits": [{"server": "ghost", "spec": {}}]})),
+                "limits ghost",
+                "server: ghost is neither imported nor registered",
+            ),
+            (
+                "plugin limited to an unknown server",
+                edge_doc(json!({"plugins": pii(json!(["s1", "ghost"]), json!(["email"]))})),
+                "plugin mask",
+                "conditions.servers[1]: ghost is neither an imported nor a registered virtual server",
+            ),
+            (
+                "plugin with a bad detector",
+                edge_doc(json!({"plugins": pii(json!(["s1"]), json!(["email", "horoscope"]))})),
+                "plugin mask",
+                "pii.detectors[1]: ",
+            ),
+            (
+                "issuer with a bad algorithm",
+                edge_doc(
+                    json!({"issuers": [{"name": "corp", "spec": {"issuer": "https://idp.example.com", "algorithms": ["HS256"]}}]}),
+                ),
+                "issuer corp",
+                "algorithms[0]: ",
+            ),
+            (
+                "pin whose hash is not its definition's",
+                edge_doc(
+                    json!({"gateways": [{"name": "g", "url": "http://127.0.0.1:9/mcp",
+                    "transport": "streamable_http", "enabled": true, "auth_type": "none", "description": null,
+                    "pinning": {"on_change": "withhold", "new_tools": "hold", "first_discovery": "hold",
+                                "pins": [{"tool": "t", "hash": "sha256:00", "description": "d",
+                                          "spec": {"inputSchema": {"type": "object"}},
+                                          "approved_at": "2026-01-01T00:00:00Z"}]}}]}),
+                ),
+                "gateway g",
+                "pinning.pins[0].hash: sha256:00 is not the hash of the pinned definition (sha256:",
+            ),
+        ];
+        for (name, body, culprit, says) in cases {
+            let v0 = registry_version(&cp).await;
+            let (s, plan) = cp.post("/import?dry_run=true", body.clone()).await;
+            assert_eq!(s, 200, "{backend} {name}: {plan}");
+            assert_eq!(plan["failed"], 1, "{backend} {name}: {plan}");
+            let (s, p) = cp.post("/import", body).await;
+            assert_eq!(s, 422, "{backend} {name}: {p}");
+            assert_eq!(p["type"], "urn:mcpgw:problem:import-rejected", "{p}");
+            assert_eq!(p["errors"][0]["field"], culprit, "{backend} {name}: {p}");
+            let reason = p["errors"][0]["reason"].as_str().unwrap();
+            assert!(reason.starts_with(says), "{backend} {name}: {reason}");
+            for kind in [
+                "gateways", "servers", "issuers", "policies", "limits", "plugins",
+            ] {
+                assert_eq!(
+                    count(&cp.get(&format!("/{kind}")).await.1, "items"),
+                    0,
+                    "{backend} {name}: {kind} left behind"
+                );
+            }
+            assert_eq!(registry_version(&cp).await, v0, "{backend} {name}");
+        }
+        // A version 1 document is still read; an unknown version is refused.
+        let (s, rep) = cp
+            .post(
+                "/import",
+                json!({"format": "mcpgw-export", "version": 1,
+                                    "servers": [{"name": "old", "enabled": true}]}),
+            )
+            .await;
+        assert_eq!((s, rep["created"].as_u64()), (200, Some(1)), "{rep}");
+        let (s, p) = cp
+            .post("/import", json!({"format": "mcpgw-export", "version": 3}))
+            .await;
+        assert_eq!(s, 422, "{p}");
+        assert!(
+            p["errors"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("unsupported export version 3"),
+            "{p}"
+        );
+        cp.stop().await;
+    }
+}
+
+/// What a Kubernetes resource owns stays read-only through an import as through the API:
+/// updating an owned server, or writing the policy or limits of one, is refused naming the
+/// resource; `skip` leaves it alone; the plugins the controller writes are not imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_kubernetes_resource_owns_stay_read_only() {
+    use mcpgw::model::{ItemName, NewServer};
+    use mcpgw::store::k8s::K8sOwner;
+    for (backend, db) in super::harness::both_backends().await {
+        let cp = TestCp::start(settings(&db)).await;
+        cp.store
+            .create_owned_server(
+                NewServer {
+                    name: ItemName::parse("s1").unwrap(),
+                    description: None,
+                    icon: None,
+                    tags: Default::default(),
+                    enabled: true,
+                    naming: Default::default(),
+                    allowed_origins: Default::default(),
+                    tools: vec![],
+                    resources: vec![],
+                    prompts: vec![],
+                },
+                &K8sOwner {
+                    kind: "MCPVirtualServer".into(),
+                    namespace: "ns".into(),
+                    name: "s1".into(),
+                    uid: "u1".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let v0 = registry_version(&cp).await;
+        let owned = "owned by MCPVirtualServer ns/s1; change it with kubectl";
+        for (body, culprit) in [
+            (edge_doc(json!({"issuers": []})), "server s1"),
+            (
+                edge_doc(
+                    json!({"servers": [], "policies": [policy("s1", json!(["corp"]), "true")]}),
+                ),
+                "policy s1",
+            ),
+            (
+                edge_doc(json!({"servers": [], "limits": [{"server": "s1", "spec": {}}]})),
+                "limits s1",
+            ),
+        ] {
+            let (s, p) = cp.post("/import", body).await;
+            assert_eq!(s, 422, "{backend}: {p}");
+            assert_eq!(p["errors"][0]["field"], culprit, "{backend}: {p}");
+            assert_eq!(p["errors"][0]["reason"], owned, "{backend}: {p}");
+            assert_eq!(registry_version(&cp).await, v0, "{backend}");
+        }
+        let (s, rep) = cp
+            .post(
+                "/import?conflict_strategy=skip",
+                edge_doc(json!({"plugins": [{"name": "k8s:ns:s1:mask",
+                    "spec": {"pii": {"action": "mask", "detectors": ["email"]}}}]})),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend}: {rep}");
+        assert_eq!(
+            (rep["created"].as_u64(), rep["skipped"].as_u64()),
+            (Some(1), Some(2)),
+            "the issuer only: {rep}"
+        );
+        assert!(
+            rep["warnings"]
+                .to_string()
+                .contains("plugin k8s:ns:s1:mask: written by the Kubernetes controller"),
+            "{rep}"
+        );
+        assert!(specs(&cp, "/plugins").await.is_empty());
+        cp.stop().await;
+    }
+}
