@@ -1062,6 +1062,25 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
     }
     let json = serde_json::to_string(&snap).unwrap();
     assert!(!json.contains("secret"), "{json}");
+
+    // The edge policy's explicit opt-in to token passthrough: the client's credentials are
+    // kept (the gateway's own still replace the header they name).
+    snap.policy.forward_client_credentials = true;
+    let set = resources(&snap, &ends, &settings()).unwrap();
+    let g1 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g1"));
+    assert_eq!(
+        removed_then_added(&g1),
+        [
+            "-x-mcpgw-jwt-payload",
+            "-x-mcpgw-identity",
+            "+authorization: Bearer up-secret"
+        ]
+    );
+    let g2 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g2"));
+    assert_eq!(
+        removed_then_added(&g2),
+        ["-x-mcpgw-jwt-payload", "-x-mcpgw-identity"]
+    );
 }
 
 /// Per identity mode: what each gateway's cluster removes and adds; a token-exchange

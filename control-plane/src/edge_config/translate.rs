@@ -508,7 +508,12 @@ pub fn resources_passing(
         }
         b.insert(
             upstream.cluster.clone(),
-            &upstream_cluster(&upstream.cluster, edge, settings),
+            &upstream_cluster(
+                &upstream.cluster,
+                edge,
+                snapshot.policy.forward_client_credentials,
+                settings,
+            ),
         )?;
         if let Some(endpoint) = &edge.access.token_endpoint {
             let name = token_cluster_name(&upstream.cluster);
@@ -1053,10 +1058,15 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
 /// `authorization` the filter set to the exchanged token (the filter removes the client's
 /// from every request it lets through, and its own calls never carry it). Every other
 /// mode removes `x-mcpgw-identity` as well.
-fn credential_filters(access: &UpstreamAccess) -> Vec<HttpFilter> {
+///
+/// `forward_client`: the edge policy's `forward_client_credentials`, the operator's explicit
+/// opt-in to token passthrough (the filter then keeps them too): the client's credentials
+/// are not removed, though the gateway's own headers still replace those they name.
+fn credential_filters(access: &UpstreamAccess, forward_client: bool) -> Vec<HttpFilter> {
     let mode = access.mode;
     let remove = CLIENT_CREDENTIAL_HEADERS
         .iter()
+        .filter(|_| !forward_client)
         .filter(|h| !(mode == IdentityMode::TokenExchange && **h == "authorization"))
         .chain(&IDENTITY_HEADERS)
         .chain(
@@ -1213,12 +1223,17 @@ fn load_assignment(
 /// One upstream gateway's cluster: HTTP/1.1 to the checked addresses (static endpoints:
 /// Envoy never resolves the name itself), TLS with SNI and certificate checks on the name
 /// for https, the gateway's credentials in its upstream filters, explicit limits.
-fn upstream_cluster(name: &str, edge: &EdgeUpstream, settings: &EdgeSettings) -> Cluster {
+fn upstream_cluster(
+    name: &str,
+    edge: &EdgeUpstream,
+    forward_client: bool,
+    settings: &EdgeSettings,
+) -> Cluster {
     endpoint_cluster(
         name,
         &edge.access.target.endpoint,
         &edge.addresses,
-        credential_filters(&edge.access),
+        credential_filters(&edge.access, forward_client),
         settings,
     )
 }
@@ -1241,7 +1256,7 @@ fn token_cluster(
         name,
         &endpoint.target.endpoint,
         addresses,
-        credential_filters(&access),
+        credential_filters(&access, false),
         settings,
     )
 }
