@@ -53,21 +53,36 @@ test: fmt clippy build test-manifests
 # overlay runs it (MCPGW_E2E_EDGE=standalone, tests/e2e/src/standalone.rs): started from
 # manifests/standalone/envoy-bootstrap.yaml, its listener, routes, clusters and filter over
 # ADS with mutual TLS from `mcpgw serve` (the overlay's mcpgw.toml, SQLite) holding the
-# registry the case configures. The other cases configure what no registry holds (a
-# passthrough `/mcp`, static routes and clusters, inline identity, plugins, a config Envoy
-# must reject, a catalog its upstream does not list); docs/kubernetes.md says which and why.
+# registry the case configures (the passthrough `/mcp` as the control plane's
+# --edge-passthrough gateway, plugins through PUT /plugins). The other cases configure what
+# no registry holds (paths mounting other upstreams, inline identity, a config Envoy must
+# reject, a catalog its upstream does not list); docs/kubernetes.md says which and why.
 E2E_STANDALONE_CASES := \
+  cases::bad_input:: \
+  cases::clients::python_client_to_server_everything_sse \
+  cases::clients::rmcp_client_to_rmcp_server_json \
+  cases::clients::rmcp_client_to_rmcp_server_sse_session \
+  cases::clients::rmcp_client_to_server_everything_sse \
+  cases::config::empty_config_means_defaults \
   cases::edge::a_real_client_uses_a_virtual_server \
   cases::edge::lists_paginate_and_bad_requests_get_precise_answers \
   cases::edge::sessions_span_stateful_upstreams_and_refuse_forgeries \
   cases::edge::the_python_sdk_runs_a_session_through_a_virtual_server \
   cases::era_bad_input:: \
+  cases::guard:: \
+  cases::guard_external:: \
   cases::hardening::batches_must_name_their_version_and_stay_short \
+  cases::hardening::client_credentials_never_reach_an_upstream \
   cases::hardening::made_up_tool_names_at_a_virtual_server_spend_no_label_budget \
+  cases::hostile:: \
   cases::limits:: \
   cases::matrix::a_virtual_server_gives_what_its_upstream_gives_scenario_by_scenario \
   cases::matrix::a_tampered_request_state_is_refused_through_a_virtual_server_as_directly \
-  cases::matrix::a_2026_listen_reaches_a_lone_2026_upstream_without_a_relay
+  cases::matrix::a_2026_listen_reaches_a_lone_2026_upstream_without_a_relay \
+  cases::metrics::tool_label_cardinality_is_capped \
+  cases::policy:: \
+  cases::routing:: \
+  cases::session::
 E2E_STANDALONE = MCPGW_E2E_EDGE=standalone MCPGW_BIN=$(CURDIR)/target/debug/mcpgw \
   cargo test --locked -p mcpgw-e2e --test e2e -- $(E2E_STANDALONE_CASES)
 

@@ -145,6 +145,13 @@ pub struct ServeArgs {
     /// [default: the filter's documented defaults].
     #[arg(long, env = "MCPGW_EDGE_POLICY")]
     pub edge_policy: Option<PathBuf>,
+    /// Name of the registered gateway the edge's passthrough endpoint (`/mcp`) fronts: a
+    /// client's `/mcp` request goes to it (at its URL's path and authority) under the
+    /// filter's passthrough governance (edge policy, `tool_routes`, plugins; no
+    /// authentication or limits, which are per virtual server) [default: none; `/mcp`
+    /// answers a JSON-RPC 404].
+    #[arg(long, env = "MCPGW_EDGE_PASSTHROUGH")]
+    pub edge_passthrough: Option<String>,
     /// Seconds a virtual server's MCP session lives after `initialize` (60 to 2592000); the
     /// client then gets 404 and starts a new one [default: 86400].
     #[arg(long, env = "MCPGW_MCP_SESSION_TTL")]
@@ -288,6 +295,7 @@ pub struct FileConfig {
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     edge_policy: Option<PathBuf>,
+    edge_passthrough: Option<String>,
     mcp_session_ttl: Option<u64>,
     mcp_session_idle: Option<u64>,
     relay_listen: Option<String>,
@@ -1202,6 +1210,20 @@ impl ServeArgs {
                 relay: None,
                 relay_auth: None,
                 control_plane_tls,
+                passthrough: match self.edge_passthrough.clone().or(file.edge_passthrough) {
+                    Some(raw) => Some(
+                        crate::model::GatewayName::parse(&raw)
+                            .map_err(|e| {
+                                invalid(
+                                    "edge_passthrough",
+                                    format!("{raw:?}: {} (it names a gateway)", e.reason),
+                                )
+                            })?
+                            .as_str()
+                            .to_owned(),
+                    ),
+                    None => None,
+                },
                 ..EdgeSettings::default()
             },
             edge_policy,
@@ -2342,6 +2364,57 @@ mod tests {
                     assert!(reason.contains("between 60 and 2592000"), "{reason}");
                 }
                 other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_passthrough_gateway_is_named_by_flag_or_file_and_must_be_a_gateway_name() {
+        let s = ServeArgs::default().resolve(Some(KEY)).unwrap();
+        assert_eq!(s.edge.passthrough, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcpgw.toml");
+        std::fs::write(&path, "edge_passthrough = \"docs\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_file
+                .resolve(Some(KEY))
+                .unwrap()
+                .edge
+                .passthrough
+                .as_deref(),
+            Some("docs")
+        );
+        let flag_wins = ServeArgs {
+            edge_passthrough: Some("search.v2".into()),
+            ..from_file
+        };
+        assert_eq!(
+            flag_wins
+                .resolve(Some(KEY))
+                .unwrap()
+                .edge
+                .passthrough
+                .as_deref(),
+            Some("search.v2")
+        );
+        for bad in ["", "a b", "https://mcp.example.com/mcp"] {
+            let args = ServeArgs {
+                edge_passthrough: Some(bad.into()),
+                ..Default::default()
+            };
+            match args.resolve(Some(KEY)) {
+                Err(ConfigError::FieldInvalid { field, reason }) => {
+                    assert_eq!(field, "edge_passthrough");
+                    assert!(
+                        reason.contains(&format!("{bad:?}")) && reason.contains("names a gateway"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{bad:?}: {other:?}"),
             }
         }
     }

@@ -24,6 +24,7 @@ pub struct Metrics {
     health_transitions: Family<Labels, Counter>,
     edge_builds: Family<Labels, Counter>,
     edge_left_out: Family<Labels, Gauge<i64, AtomicI64>>,
+    edge_passthrough_unresolved: Gauge<i64, AtomicI64>,
     edge_shadowed: Family<Labels, Gauge<i64, AtomicI64>>,
     list_changed: Family<Labels, Counter>,
     discovery_skipped: Family<Labels, Counter>,
@@ -89,6 +90,12 @@ impl Metrics {
             "Gateways the last edge build left out, by reason (bad_url, credentials, forbidden_address, unresolvable)",
             edge_left_out.clone(),
         );
+        let edge_passthrough_unresolved = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "edge_passthrough_unresolved",
+            "1 when edge_passthrough names a gateway the last edge build could not serve (none by that name, disabled, unreachable or left out): the passthrough path answers 404",
+            edge_passthrough_unresolved.clone(),
+        );
         let edge_shadowed = Family::<Labels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "edge_entries_shadowed",
@@ -116,6 +123,7 @@ impl Metrics {
             health_transitions,
             edge_builds,
             edge_left_out,
+            edge_passthrough_unresolved,
             edge_shadowed,
             list_changed,
             discovery_skipped,
@@ -157,6 +165,11 @@ impl Metrics {
                 .get_or_create(&vec![("reason".into(), known.into())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Sets whether the last edge build could not serve the `edge_passthrough` gateway.
+    pub fn edge_passthrough_unresolved(&self, unresolved: bool) {
+        self.edge_passthrough_unresolved.set(i64::from(unresolved));
     }
 
     /// Sets the entries the last edge build left out of virtual servers for a name another

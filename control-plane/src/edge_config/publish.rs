@@ -4,7 +4,7 @@
 //! One build: read the registry ([`RegistryView::read`]), read each live gateway's access
 //! ([`upstream_access`]: URL and credentials), resolve and check its addresses, assemble
 //! the snapshot from all of it ([`assemble`]: the one place it is put together and
-//! validated), translate it ([`resources`]) and publish both. A gateway that cannot be
+//! validated), translate it ([`resources_passing`]) and publish both. A gateway that cannot be
 //! served (bad URL, credentials that do not open, no permitted address) is left out with
 //! a warning and a metric; the rest is published.
 //!
@@ -35,7 +35,7 @@ use super::issuers::{IssuerKeys, RefreshError, Refreshed, key_client};
 use super::resolve::{AddressError, checked_addresses};
 use super::translate::{
     EdgeError, EdgeSettings, EdgeUpstream, EdgeUpstreams, RATELIMIT_CLUSTER, RELAY_CLUSTER,
-    resources,
+    resources_passing,
 };
 use super::upstream::{UpstreamAccess, upstream_access};
 use crate::config::SsrfPolicy;
@@ -115,6 +115,9 @@ pub struct Built {
     pub left_out: Vec<(String, &'static str)>,
     /// Entries virtual servers left out because another member exposes the same name.
     pub shadowed: Vec<Shadowed>,
+    /// Why the `edge_passthrough` gateway is not served (`None`: it is, or none is set):
+    /// the passthrough path answers 404 meanwhile.
+    pub passthrough_unresolved: Option<String>,
 }
 
 /// What the edge has for the gateways of one registry read: their access, and the last
@@ -454,6 +457,7 @@ impl Publisher {
         };
         let (mut snapshot, shadowed) = assemble_reporting(view, &inputs)?;
         self.keys.apply(&mut snapshot);
+        route_tools_to_gateways(view, &mut snapshot);
         snapshot.validate().map_err(|e| {
             StoreError::Corrupt(format!("snapshot with the issuers' keys is invalid: {e}"))
         })?;
@@ -467,11 +471,22 @@ impl Publisher {
                 "entry left out of a virtual server: another member, registered first, exposes the same name"
             );
         }
-        let set = resources(&snapshot, &upstreams, &self.inputs.settings)?;
+        let passthrough =
+            passthrough_gateway(self.inputs.settings.passthrough.as_deref(), view, &snapshot);
+        if let Err(why) = &passthrough {
+            tracing::warn!(reason = %why, "edge_passthrough: the passthrough path answers 404");
+        }
+        let set = resources_passing(
+            &snapshot,
+            &upstreams,
+            &self.inputs.settings,
+            passthrough.as_ref().ok().and_then(Option::as_deref),
+        )?;
         let built = Built {
             version: view.version,
             left_out,
             shadowed,
+            passthrough_unresolved: passthrough.err(),
         };
         Ok((snapshot, set, built))
     }
@@ -631,6 +646,55 @@ impl Publisher {
     }
 }
 
+/// The gateway id `name` (`edge_passthrough`) names, if the snapshot serves it; `Ok(None)`
+/// when no passthrough gateway is set; otherwise why not.
+fn passthrough_gateway(
+    name: Option<&str>,
+    view: &RegistryView,
+    snapshot: &Snapshot,
+) -> Result<Option<String>, String> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let g = view
+        .gateways
+        .iter()
+        .find(|g| g.name.as_str() == name)
+        .ok_or_else(|| format!("no gateway is named {name:?}"))?;
+    if snapshot.upstreams.contains_key(&g.id) {
+        return Ok(Some(g.id.clone()));
+    }
+    Err(if !g.enabled {
+        format!("gateway {name:?} is disabled")
+    } else if !g.reachable {
+        format!("gateway {name:?} is unreachable")
+    } else {
+        format!("gateway {name:?} is left out of the edge (see the warning about it)")
+    })
+}
+
+/// Points the policy's `tool_routes` that name a gateway (by name) at that gateway's
+/// cluster; a value naming no gateway is taken as a cluster name, as the filter reads it.
+/// A gateway the edge does not serve keeps its name: the call finds no cluster (503).
+fn route_tools_to_gateways(view: &RegistryView, snapshot: &mut Snapshot) {
+    let Snapshot {
+        policy, upstreams, ..
+    } = snapshot;
+    for (tool, target) in &mut policy.tool_routes {
+        let Some(g) = view.gateways.iter().find(|g| g.name.as_str() == target) else {
+            continue;
+        };
+        match upstreams.get(&g.id) {
+            Some(up) => target.clone_from(&up.cluster),
+            None => tracing::warn!(
+                tool = %tool,
+                gateway = %target,
+                "policy.tool_routes names a gateway the edge does not serve (disabled, unreachable or left out): calls to the tool fail with 503"
+            ),
+        }
+    }
+}
+
 /// Logs and counts the outcome of one build, and the gateways it left out.
 pub fn record(outcome: &Result<Built, PublishError>, metrics: &Metrics) {
     match outcome {
@@ -640,6 +704,7 @@ pub fn record(outcome: &Result<Built, PublishError>, metrics: &Metrics) {
             metrics.edge_left_out(&reasons);
             let lists: Vec<&'static str> = built.shadowed.iter().map(|s| s.list).collect();
             metrics.edge_shadowed(&lists);
+            metrics.edge_passthrough_unresolved(built.passthrough_unresolved.is_some());
         }
         Err(e) => {
             tracing::error!(

@@ -455,6 +455,107 @@ fn routes_follow_the_filters_header_else_answer_404() {
     assert_eq!(fallback, vec![("/servers/", 404), ("/", 404)]);
 }
 
+/// The routing action of the route named `name`.
+fn action_of<'a>(
+    rc: &'a RouteConfiguration,
+    name: &str,
+) -> &'a envoy_types::pb::envoy::config::route::v3::RouteAction {
+    let r = rc.virtual_hosts[0]
+        .routes
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no route {name}"));
+    let Some(route::Action::Route(a)) = &r.action else {
+        panic!("{name} does not route");
+    };
+    a
+}
+
+#[test]
+fn the_passthrough_gateway_gets_mcp_at_its_path_and_authority_and_tool_routes_their_upstreams() {
+    let mut snap = snapshot("1");
+    snap.upstreams.get_mut("g2").unwrap().authority = Some("mcp.example.com".into());
+    snap.policy.route_header = "x-route".into();
+    snap.policy
+        .tool_routes
+        .insert("echo".into(), crate::snapshot::cluster_name("g1"));
+    let set = resources_passing(&snap, &two_endpoints(), &settings(), Some("g2")).unwrap();
+    let rc: RouteConfiguration = get(&set, TypeUrl::RouteConfiguration, ROUTES);
+    let names: Vec<&str> = rc.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    let g1 = crate::snapshot::cluster_name("g1");
+    assert_eq!(
+        names,
+        [
+            format!("tool-routed-stream:{g1}").as_str(),
+            &format!("tool-routed-listen:{g1}"),
+            &format!("tool-routed:{g1}"),
+            "routed-stream",
+            "routed-listen",
+            "routed",
+            "passthrough-stream",
+            "passthrough",
+            "servers-not-routed",
+            "not-routed"
+        ]
+    );
+    // `/mcp` (the query aside) that the filter did not route: to g2, at /v1/mcp.
+    for (name, timeout) in [("passthrough-stream", 0), ("passthrough", ROUTE_TIMEOUT_S)] {
+        let r = rc.virtual_hosts[0]
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap();
+        let m = r.r#match.as_ref().unwrap();
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::Path("/mcp".into()))
+        );
+        assert!(m.headers.iter().all(|h| h.name != "x-route"), "{name}");
+        assert_eq!(m.headers[0].name, ":method");
+        let a = action_of(&rc, name);
+        assert_eq!(
+            a.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                crate::snapshot::cluster_name("g2")
+            ))
+        );
+        let rw = a.regex_rewrite.as_ref().unwrap();
+        assert_eq!(rw.pattern.as_ref().unwrap().regex, "^.*$");
+        assert_eq!(rw.substitution, "/v1/mcp");
+        assert_eq!(
+            a.host_rewrite_specifier,
+            Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+                "mcp.example.com".into()
+            ))
+        );
+        assert_eq!(a.timeout.unwrap().seconds, timeout, "{name}");
+    }
+    // A call `tool_routes` sends to g1's cluster goes at g1's path; no authority to set.
+    let a = action_of(&rc, &format!("tool-routed:{g1}"));
+    assert_eq!(
+        a.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(g1.clone()))
+    );
+    assert_eq!(a.regex_rewrite.as_ref().unwrap().substitution, "/mcp");
+    assert_eq!(a.host_rewrite_specifier, None);
+    // Without a passthrough gateway, `/mcp` is the 404 it was; a passthrough gateway the
+    // snapshot does not have is an error naming it.
+    let set = resources(&snap, &two_endpoints(), &settings()).unwrap();
+    let rc: RouteConfiguration = get(&set, TypeUrl::RouteConfiguration, ROUTES);
+    assert!(
+        rc.virtual_hosts[0]
+            .routes
+            .iter()
+            .all(|r| !r.name.starts_with("passthrough"))
+    );
+    let err = resources_passing(&snap, &two_endpoints(), &settings(), Some("g9")).unwrap_err();
+    assert_eq!(err, EdgeError::MissingEndpoint("g9".into()));
+}
+
 #[test]
 fn a_relay_gets_a_cluster_and_a_route_that_names_the_listener() {
     let without = resources(&snapshot("1"), &two_endpoints(), &settings()).unwrap();
@@ -961,6 +1062,25 @@ fn clusters_replace_client_credentials_with_the_gateways_own() {
     }
     let json = serde_json::to_string(&snap).unwrap();
     assert!(!json.contains("secret"), "{json}");
+
+    // The edge policy's explicit opt-in to token passthrough: the client's credentials are
+    // kept (the gateway's own still replace the header they name).
+    snap.policy.forward_client_credentials = true;
+    let set = resources(&snap, &ends, &settings()).unwrap();
+    let g1 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g1"));
+    assert_eq!(
+        removed_then_added(&g1),
+        [
+            "-x-mcpgw-jwt-payload",
+            "-x-mcpgw-identity",
+            "+authorization: Bearer up-secret"
+        ]
+    );
+    let g2 = mutations_of(&get(&set, TypeUrl::Cluster, "mcpgw-gw-g2"));
+    assert_eq!(
+        removed_then_added(&g2),
+        ["-x-mcpgw-jwt-payload", "-x-mcpgw-identity"]
+    );
 }
 
 /// Per identity mode: what each gateway's cluster removes and adds; a token-exchange

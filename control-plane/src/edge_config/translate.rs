@@ -48,10 +48,13 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy, PluginConfig, VmConfig, plugin_config,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
+};
 use envoy_types::pb::google::protobuf::{
     Any, BoolValue, Duration, StringValue, UInt32Value, UInt64Value,
 };
+use mcpgw_core::catalog::Upstream;
 use mcpgw_core::edge::{
     CLIENT_ADDRESS_HEADER, EDGE_ADDRESS_HEADER, RELAY_AUTH_HEADER, RELAY_ERAS_HEADER,
     RELAY_UPSTREAMS_HEADER, STREAM_HEADER,
@@ -173,6 +176,9 @@ pub struct EdgeSettings {
     /// CA bundle (on the Envoy's host) that https upstreams' certificates are verified
     /// against; `None` disables verification (encryption without authentication).
     pub upstream_ca_file: Option<String>,
+    /// The gateway (by name) the filter's passthrough path ([`PASSTHROUGH_PATH`]) goes to
+    /// (`edge_passthrough`; `None`: that path answers a JSON-RPC 404).
+    pub passthrough: Option<String>,
     /// Where Envoys reach the session relay (`None`: no relay; the legacy SSE pair and
     /// multi-upstream GET streams are refused).
     pub relay: Option<UpstreamEndpoint>,
@@ -315,6 +321,7 @@ impl Default for EdgeSettings {
             resolver: EdgeResolver::default(),
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             public_url: None,
+            passthrough: None,
         }
     }
 }
@@ -447,6 +454,28 @@ pub fn resources(
     upstreams: &EdgeUpstreams,
     settings: &EdgeSettings,
 ) -> Result<ResourceSet, EdgeError> {
+    resources_passing(snapshot, upstreams, settings, None)
+}
+
+/// [`resources`], with the filter's passthrough path (a POST, GET or DELETE to
+/// [`PASSTHROUGH_PATH`] that the filter lets through without routing it) sent to the
+/// snapshot's upstream `passthrough` (a gateway id), at its path and authority (`None`: a
+/// JSON-RPC 404, as for every request the filter does not route).
+pub fn resources_passing(
+    snapshot: &Snapshot,
+    upstreams: &EdgeUpstreams,
+    settings: &EdgeSettings,
+    passthrough: Option<&str>,
+) -> Result<ResourceSet, EdgeError> {
+    let passthrough = match passthrough {
+        Some(id) => Some(
+            snapshot
+                .upstreams
+                .get(id)
+                .ok_or_else(|| EdgeError::MissingEndpoint(id.to_owned()))?,
+        ),
+        None => None,
+    };
     let route_header = snapshot.policy.route_header.as_str();
     let mut b = ResourceSet::builder(snapshot.version.clone());
     // Upstreams are keyed by gateway id; walk them sorted so output is deterministic.
@@ -479,7 +508,12 @@ pub fn resources(
         }
         b.insert(
             upstream.cluster.clone(),
-            &upstream_cluster(&upstream.cluster, edge, settings),
+            &upstream_cluster(
+                &upstream.cluster,
+                edge,
+                snapshot.policy.forward_client_credentials,
+                settings,
+            ),
         )?;
         if let Some(endpoint) = &edge.access.token_endpoint {
             let name = token_cluster_name(&upstream.cluster);
@@ -520,7 +554,12 @@ pub fn resources(
     // the next request on every connection (see `jwt`), where a listener change would only
     // reach new connections.
     b.insert(super::jwt::JWT_FILTER, &super::jwt::jwt_authn(snapshot))?;
-    b.insert(ROUTES, &route_configuration(route_header, settings))?;
+    let routes = Routes {
+        route_header,
+        passthrough,
+        tool_routes: tool_route_targets(snapshot),
+    };
+    b.insert(ROUTES, &route_configuration(&routes, settings))?;
     b.insert(
         LISTENER,
         &listener(settings, route_header, snapshot.policy.max_body_bytes),
@@ -709,11 +748,71 @@ fn route_action(cluster: route_action::ClusterSpecifier, kind: Kind) -> route::A
     })
 }
 
-/// Routes: the filter's choice, else a JSON-RPC 404. With a relay, requests the filter
+/// The path of the edge's passthrough endpoint: what a client posts to when it speaks to
+/// the upstream behind the edge (`edge_passthrough`) rather than to a virtual server.
+pub const PASSTHROUGH_PATH: &str = "/mcp";
+
+/// What the routes are built from besides the settings.
+#[derive(Debug, Clone)]
+struct Routes<'a> {
+    route_header: &'a str,
+    /// The upstream the filter's passthrough path goes to (`None`: a 404).
+    passthrough: Option<&'a Upstream>,
+    /// The upstreams `policy.tool_routes` sends passthrough calls to, each the only one on
+    /// its cluster.
+    tool_routes: Vec<&'a Upstream>,
+}
+
+/// The upstreams `policy.tool_routes` names by cluster. A cluster several upstreams share
+/// (Istio naming: one host and port, several paths) is left out: which path a call is for
+/// cannot be told from the cluster alone, and the call keeps the client's path.
+fn tool_route_targets(snapshot: &Snapshot) -> Vec<&Upstream> {
+    let named: std::collections::BTreeSet<&str> = snapshot
+        .policy
+        .tool_routes
+        .values()
+        .map(String::as_str)
+        .collect();
+    named
+        .into_iter()
+        .filter_map(|cluster| {
+            let mut on = snapshot.upstreams.values().filter(|u| u.cluster == cluster);
+            match (on.next(), on.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A route's rewrite of a request to `up`: its path (whatever the client's was; the query
+/// is kept) and its authority.
+fn point_at(action: &mut route::Action, up: &Upstream) {
+    if let route::Action::Route(r) = action {
+        r.regex_rewrite = Some(RegexMatchAndSubstitute {
+            pattern: Some(RegexMatcher {
+                regex: "^.*$".into(),
+                ..Default::default()
+            }),
+            // RE2 reads a backslash in the substitution as an escape (`\1` is a group).
+            substitution: up.path.replace('\\', "\\\\"),
+        });
+        if let Some(authority) = &up.authority {
+            r.host_rewrite_specifier = Some(
+                route_action::HostRewriteSpecifier::HostRewriteLiteral(authority.clone()),
+            );
+        }
+    }
+}
+
+/// Routes: the filter's choice, else the passthrough upstream for [`PASSTHROUGH_PATH`] if
+/// there is one, else a JSON-RPC 404. A call the policy's `tool_routes` routes to an
+/// upstream goes at that upstream's path and authority. With a relay, requests the filter
 /// hands to it also carry the address of the listener the client reached (the relay sends
 /// the session's messages back through that Envoy), the client's address, and the secret
 /// that tells the relay the request came through an Envoy of this control plane.
-fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConfiguration {
+fn route_configuration(r: &Routes<'_>, settings: &EdgeSettings) -> RouteConfiguration {
+    let route_header = r.route_header;
     let not_routed = |name: &str, prefix: &str| Route {
         name: name.to_owned(),
         r#match: Some(RouteMatch {
@@ -763,6 +862,29 @@ fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConf
             });
         }
     }
+    // A passthrough call routed by the policy: the filter set only the cluster. (A
+    // virtual server's request on that cluster already has the upstream's path and
+    // authority: the same rewrite changes nothing.)
+    for up in &r.tool_routes {
+        for (name, kind) in [
+            ("tool-routed-stream", Kind::Get),
+            ("tool-routed-listen", Kind::MarkedStream),
+            ("tool-routed", Kind::Exchange),
+        ] {
+            let mut action = route_action(
+                route_action::ClusterSpecifier::Cluster(up.cluster.clone()),
+                kind,
+            );
+            point_at(&mut action, up);
+            routes.push(Route {
+                name: format!("{name}:{}", up.cluster),
+                r#match: Some(route_match(route_header, Some(&up.cluster), kind)),
+                action: Some(action),
+                request_headers_to_remove: vec![STREAM_HEADER.to_owned()],
+                ..Default::default()
+            });
+        }
+    }
     for (name, kind) in [
         ("routed-stream", Kind::Get),
         ("routed-listen", Kind::MarkedStream),
@@ -778,6 +900,28 @@ fn route_configuration(route_header: &str, settings: &EdgeSettings) -> RouteConf
             request_headers_to_remove: vec![STREAM_HEADER.to_owned()],
             ..Default::default()
         });
+    }
+    if let Some(up) = r.passthrough {
+        for (name, kind) in [
+            ("passthrough-stream", Kind::Get),
+            ("passthrough", Kind::Exchange),
+        ] {
+            let mut action = route_action(
+                route_action::ClusterSpecifier::Cluster(up.cluster.clone()),
+                kind,
+            );
+            point_at(&mut action, up);
+            let mut m = route_match(route_header, None, kind);
+            // Not routed by the filter (a routed request matched above), to the path.
+            m.headers.remove(0);
+            m.path_specifier = Some(route_match::PathSpecifier::Path(PASSTHROUGH_PATH.into()));
+            routes.push(Route {
+                name: name.into(),
+                r#match: Some(m),
+                action: Some(action),
+                ..Default::default()
+            });
+        }
     }
     routes.extend([
         not_routed("servers-not-routed", "/servers/"),
@@ -914,10 +1058,15 @@ fn listener(settings: &EdgeSettings, route_header: &str, max_body_bytes: u64) ->
 /// `authorization` the filter set to the exchanged token (the filter removes the client's
 /// from every request it lets through, and its own calls never carry it). Every other
 /// mode removes `x-mcpgw-identity` as well.
-fn credential_filters(access: &UpstreamAccess) -> Vec<HttpFilter> {
+///
+/// `forward_client`: the edge policy's `forward_client_credentials`, the operator's explicit
+/// opt-in to token passthrough (the filter then keeps them too): the client's credentials
+/// are not removed, though the gateway's own headers still replace those they name.
+fn credential_filters(access: &UpstreamAccess, forward_client: bool) -> Vec<HttpFilter> {
     let mode = access.mode;
     let remove = CLIENT_CREDENTIAL_HEADERS
         .iter()
+        .filter(|_| !forward_client)
         .filter(|h| !(mode == IdentityMode::TokenExchange && **h == "authorization"))
         .chain(&IDENTITY_HEADERS)
         .chain(
@@ -1074,12 +1223,17 @@ fn load_assignment(
 /// One upstream gateway's cluster: HTTP/1.1 to the checked addresses (static endpoints:
 /// Envoy never resolves the name itself), TLS with SNI and certificate checks on the name
 /// for https, the gateway's credentials in its upstream filters, explicit limits.
-fn upstream_cluster(name: &str, edge: &EdgeUpstream, settings: &EdgeSettings) -> Cluster {
+fn upstream_cluster(
+    name: &str,
+    edge: &EdgeUpstream,
+    forward_client: bool,
+    settings: &EdgeSettings,
+) -> Cluster {
     endpoint_cluster(
         name,
         &edge.access.target.endpoint,
         &edge.addresses,
-        credential_filters(&edge.access),
+        credential_filters(&edge.access, forward_client),
         settings,
     )
 }
@@ -1102,7 +1256,7 @@ fn token_cluster(
         name,
         &endpoint.target.endpoint,
         addresses,
-        credential_filters(&access),
+        credential_filters(&access, false),
         settings,
     )
 }

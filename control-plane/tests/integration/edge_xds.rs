@@ -14,6 +14,7 @@ mod exposure;
 mod istio;
 mod listen;
 mod manifests;
+mod passthrough;
 mod pinning;
 mod policies;
 mod relay;

@@ -20,11 +20,15 @@
 //! items the snapshot lists (`POST /servers`), the snapshot's `policy` the control plane's
 //! `--edge-policy` file, its local limits `PUT /limits/…`. A virtual server's id is the
 //! control plane's, not the snapshot's key: [`crate::Envoy::url`] maps `/servers/{key}/…`
-//! to it. A configuration the registry cannot express, or that this harness does not
-//! translate (a passthrough listener without virtual servers, static routes or gRPC
-//! clusters, HTTP filters before mcpgw, cluster credentials, identity, plugins, session
-//! lifetimes), is refused with the reason: such cases are not run in this mode (the
-//! Makefile's `E2E_STANDALONE_CASES` lists those that are).
+//! to it. The passthrough path (`/mcp`: the static default route's cluster, and those the
+//! route header reaches) is the control plane's `--edge-passthrough` gateway and gateways
+//! `tool_routes` names ([`passthrough`]); the snapshot's guardrail plugins are
+//! `PUT /plugins/{name}`, an external one's gRPC cluster its `target` ([`plugins`]). A
+//! configuration the registry cannot express, or that this harness does not translate
+//! (static routes that rewrite paths, gRPC clusters no plugin names, HTTP filters before
+//! mcpgw, cluster credentials, identity, session lifetimes), is refused with the reason:
+//! such cases are not run in this mode (the Makefile's `E2E_STANDALONE_CASES` lists those
+//! that are).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +44,9 @@ use serde_json::{Value, json};
 
 use crate::artifacts::Artifacts;
 use crate::envoy::EnvoyConfig;
+
+mod passthrough;
+mod plugins;
 
 /// Environment variable that picks the [`EdgeMode`].
 pub const EDGE_MODE_VAR: &str = "MCPGW_E2E_EDGE";
@@ -246,6 +253,10 @@ struct RegistryPlan {
     limits: BTreeMap<String, Value>,
     gateways: Vec<GatewayPlan>,
     servers: Vec<ServerPlan>,
+    /// The gateway `/mcp` goes to (`--edge-passthrough`).
+    passthrough: String,
+    /// `PUT /plugins/{name}` bodies.
+    plugins: Vec<Value>,
 }
 
 /// Reads the registry out of `config`; an error says what the registry cannot express.
@@ -261,7 +272,7 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         .ok_or_else(|| anyhow!("the filter configuration is not a JSON object"))?;
     for key in doc.keys() {
         match key.as_str() {
-            "version" | "schema" | "policy" | "upstreams" | "servers" => {}
+            "version" | "schema" | "policy" | "upstreams" | "servers" | "plugins" => {}
             // The control plane derives the session key from its own encryption key; only
             // the default lifetimes are the same.
             "session" => {
@@ -289,32 +300,23 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
             other => bail!("`{other}` is not translated into the registry by this harness"),
         }
     }
+    let no_servers = serde_json::Map::new();
     let servers = doc
         .get("servers")
         .and_then(Value::as_object)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            anyhow!(
-                "no virtual servers: the control plane's listener routes only what the filter routes (a passthrough `/mcp` is a 404)"
-            )
-        })?;
+        .unwrap_or(&no_servers);
     ensure!(
         config.before_filter.is_empty(),
         "HTTP filters before mcpgw (jwt_authn) come from the control plane's issuers"
     );
-    ensure!(
-        config.grpc_clusters.is_empty(),
-        "static gRPC clusters (external guardrails) are not registry entries"
-    );
     for route in &config.routes {
         ensure!(
             route.prefix == "/" && route.prefix_rewrite.is_none() && route.header.is_some(),
-            "static route {route:?}: the control plane's routes follow the filter only"
+            "static route {route:?}: the control plane's routes follow the filter's route header, and its one passthrough endpoint is `/mcp` (no path mounts another upstream)"
         );
     }
-    // The operator's edge policy, verbatim (`tool_routes` included: it routes only
-    // passthrough requests, which the control plane's listener answers with a 404).
-    let policy = doc.get("policy").cloned().unwrap_or_else(|| json!({}));
+    // The operator's edge policy, verbatim but for `tool_routes` naming gateways.
+    let mut policy = doc.get("policy").cloned().unwrap_or_else(|| json!({}));
     let cluster_addr = |name: &str| -> anyhow::Result<SocketAddr> {
         let c = config
             .clusters
@@ -352,6 +354,9 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
             url: format!("http://{}{path}", cluster_addr(cluster)?),
         });
     }
+    let pass = passthrough::plan(config, doc, &gateways, &mut policy)?;
+    gateways.extend(pass.gateways);
+    let plugins = plugins::plan(config, doc)?;
     let mut planned = Vec::new();
     for (key, server) in servers {
         for field in server.as_object().into_iter().flatten().map(|(k, _)| k) {
@@ -437,6 +442,8 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         limits,
         gateways,
         servers: planned,
+        passthrough: pass.gateway,
+        plugins,
     })
 }
 
@@ -476,8 +483,9 @@ impl Standalone {
         workers: u32,
     ) -> anyhow::Result<(Standalone, mcpgw_harness::Envoy, SocketAddr)> {
         let plan = plan(config).context("this case cannot run in standalone mode")?;
-        let mut cp = Standalone::control_plane(artifacts, &plan.policy).await?;
+        let mut cp = Standalone::control_plane(artifacts, &plan.policy, &plan.passthrough).await?;
         cp.register(&plan).await?;
+        cp.put_plugins(&plan.plugins).await?;
         let bootstrap = manifest_bootstrap(artifacts, cp.xds, &cp.dir.path().join(ENVOY_SECRET))?;
         let id = base_id();
         cp.base_id = Some(id);
@@ -510,7 +518,11 @@ impl Standalone {
     /// and SQLite in a fresh data directory; loopback upstreams allowed (the cases' peers
     /// listen on 127.0.0.1), `policy` as the edge policy, no periodic resync. Returns once
     /// its admin API is ready.
-    async fn control_plane(artifacts: &Artifacts, policy: &Value) -> anyhow::Result<Standalone> {
+    async fn control_plane(
+        artifacts: &Artifacts,
+        policy: &Value,
+        passthrough: &str,
+    ) -> anyhow::Result<Standalone> {
         let bin = mcpgw_binary(artifacts)?;
         let dir = Workdir::new("standalone")?;
         make_pki(dir.path())?;
@@ -548,6 +560,7 @@ impl Standalone {
             .args(["--log-format", "json"])
             .arg("--edge-policy")
             .arg(&policy_file)
+            .args(["--edge-passthrough", passthrough])
             .env_remove("DATABASE_URL")
             .env_remove("MCPGW_ENCRYPTION_KEY")
             .env_remove("MCPGW_CONFIG");
@@ -817,9 +830,15 @@ mod tests {
     fn what_the_registry_cannot_express_is_refused_with_the_reason() {
         let server = json!({"s": {"tools": []}});
         for (snapshot, why) in [
-            (json!({}), "no virtual servers"),
             (json!({"auth": {}, "servers": server}), "`auth`"),
-            (json!({"plugins": [], "servers": server}), "`plugins`"),
+            (
+                json!({"plugins": [{"name": "x", "external": {"cluster": "nope"}}]}),
+                "no gRPC cluster",
+            ),
+            (
+                json!({"policy": {"tool_routes": {"t": "elsewhere"}}}),
+                "no static route reaches",
+            ),
             (
                 json!({"session": {"idle_seconds": 5}, "servers": server}),
                 "session lifetimes",
