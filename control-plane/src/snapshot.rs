@@ -236,7 +236,17 @@ pub fn assemble_reporting(
                 .as_deref()
                 .is_some_and(|id| live.contains_key(id))
     };
-    let auth = edge_auth(&view.edge);
+    let mut auth = edge_auth(&view.edge);
+    if let Some(a) = view.edge.policies.get(PASSTHROUGH_POLICY) {
+        match check_server_auth(PASSTHROUGH_POLICY, a, &auth) {
+            Ok(()) => auth.passthrough = Some(a.clone()),
+            // Fail closed: the control plane's passthrough route is withheld while its
+            // policy is unusable (`edge_config::publish`).
+            Err(e) => {
+                tracing::warn!(field = %e.field, reason = %e.reason, "the passthrough path's policy is unusable: its route is withheld");
+            }
+        }
+    }
     let service = inputs
         .ratelimit
         .as_ref()
@@ -367,14 +377,28 @@ fn edge_auth(edge: &EdgePolicies) -> Auth {
     auth
 }
 
+/// The policy id (`/policies/passthrough`) of the passthrough path: the snapshot's
+/// `auth.passthrough`. No virtual server has it (their ids are 32 hex digits).
+pub const PASSTHROUGH_POLICY: &str = "passthrough";
+
+/// Where policy `id` lives in the snapshot, as errors name it.
+pub fn policy_prefix(id: &str) -> String {
+    if id == PASSTHROUGH_POLICY {
+        "auth.passthrough".to_owned()
+    } else {
+        format!("servers.{id}.auth")
+    }
+}
+
 /// Checks a server's policy as the filter will: against `auth`'s issuers, rules compiled.
 pub fn check_server_auth(
     id: &str,
     a: &ServerAuth,
     auth: &Auth,
 ) -> Result<(), mcpgw_core::snapshot::auth::AuthError> {
-    mcpgw_core::snapshot::auth::validate_server(id, a, auth)?;
-    mcpgw_core::auth::check_rules(id, a)
+    let at = policy_prefix(id);
+    mcpgw_core::snapshot::auth::validate_server_at(&at, a, auth)?;
+    mcpgw_core::auth::check_rules_at(&at, a)
 }
 
 /// Checks a server's policy as it is written (the API): as [`check_server_auth`] does, but
@@ -386,9 +410,10 @@ pub fn check_written_server_auth(
     a: &ServerAuth,
     auth: &Auth,
 ) -> Result<(), mcpgw_core::snapshot::auth::AuthError> {
-    mcpgw_core::snapshot::auth::validate_server(id, a, auth)?;
+    let at = policy_prefix(id);
+    mcpgw_core::snapshot::auth::validate_server_at(&at, a, auth)?;
     crate::rules::check_all(&a.rules).map_err(|(i, e)| mcpgw_core::snapshot::auth::AuthError {
-        field: format!("servers.{id}.auth.rules[{i}].when"),
+        field: format!("{at}.rules[{i}].when"),
         reason: e.to_string(),
     })
 }

@@ -21,7 +21,9 @@ use utoipa::{OpenApi, ToSchema};
 use super::problem::ApiJson;
 use super::{ApiError, AppState, Problem};
 use crate::edge_config::{RefreshError, Refreshed};
-use crate::snapshot::{check_server_limits, check_written_server_auth};
+use crate::snapshot::{
+    PASSTHROUGH_POLICY, check_server_limits, check_written_server_auth, policy_prefix,
+};
 use crate::store::policies::{DEFAULT_LIMITS, EdgeKind, EdgeRecord};
 
 type Answer<T> = Result<T, ApiError>;
@@ -97,6 +99,7 @@ impl PolicyBody {
     fn into_server_auth(self, id: &str, public_url: Option<&str>) -> Result<ServerAuth, Problem> {
         let resource = match (self.resource, public_url) {
             (Some(r), _) => r,
+            (None, Some(base)) if id == PASSTHROUGH_POLICY => format!("{base}/mcp"),
             (None, Some(base)) => format!("{base}/servers/{id}/mcp"),
             (None, None) => {
                 return Err(Problem::invalid_field(
@@ -338,11 +341,13 @@ pub async fn get_policy(
 
 /// Sets (201 created, 200 replaced) a virtual server's authorization policy: the server
 /// then needs a token (when `required`) from one of its issuers, and its rules decide who
-/// may use what. Each rule's condition is checked as CEL (the `cel` crate's parser, the
+/// may use what. The id `passthrough` is the passthrough path's (`/mcp` of an
+/// `--edge-passthrough` gateway, the server behind an Istio sidecar): the snapshot's
+/// `auth.passthrough`, its resource by default `{public_url}/mcp`. Each rule's condition is checked as CEL (the `cel` crate's parser, the
 /// names and types the edge provides, the subset it evaluates) and with the filter's
 /// compiler: one that does not pass is a 422 naming it (`rules[i].when`) and saying where
 /// (`line L, column C: …`).
-#[utoipa::path(put, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "Virtual server id")),
+#[utoipa::path(put, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "Virtual server id, or `passthrough`")),
     request_body = PolicyBody,
     responses((status = 200, body = EdgeItem), (status = 201, body = EdgeItem),
               (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -352,11 +357,13 @@ pub async fn put_policy(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PolicyBody>,
 ) -> Answer<(StatusCode, Json<EdgeItem>)> {
-    s.store.get_server(&id).await?;
+    if id != PASSTHROUGH_POLICY {
+        s.store.get_server(&id).await?;
+    }
     let a = body.into_server_auth(&id, s.edge.public_url())?;
     let auth = stored_auth(&s).await?;
     check_written_server_auth(&id, &a, &auth)
-        .map_err(|e| refused(&e.field, e.reason, &format!("servers.{id}.auth")))?;
+        .map_err(|e| refused(&e.field, e.reason, &policy_prefix(&id)))?;
     let (r, was) = s.store.put_edge_item(EdgeKind::Policy, &id, &a).await?;
     Ok((created(was), Json(r.into())))
 }

@@ -656,6 +656,18 @@ fn passthrough_gateway(
     let Some(name) = name else {
         return Ok(None);
     };
+    // Fail closed: a passthrough policy the snapshot could not take would leave the path
+    // open to anyone.
+    if view
+        .edge
+        .policies
+        .contains_key(crate::snapshot::PASSTHROUGH_POLICY)
+        && snapshot.auth.passthrough.is_none()
+    {
+        return Err(
+            "its policy (/policies/passthrough) is unusable (see the warning about it)".to_owned(),
+        );
+    }
     let g = view
         .gateways
         .iter()

@@ -139,3 +139,157 @@ async fn the_passthrough_gateway_serves_mcp_under_the_edge_policy_and_tool_route
     docs_run.stop().await;
     other_run.stop().await;
 }
+
+/// The control plane's `jwt_issuer` in the policy test: an identifier, never fetched.
+const OWN_ISSUER: &str = "http://localhost/mcpgw";
+
+/// `POST /mcp` with `token` (if any): the status, the `WWW-Authenticate` and the body.
+async fn call_as(
+    rig: &Rig,
+    mcp: &str,
+    body: &serde_json::Value,
+    token: Option<&str>,
+) -> (u16, String, serde_json::Value) {
+    let mut req = rig
+        .http
+        .post(mcp)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        challenge,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// `/policies/passthrough` gives the passthrough path its own identity: no token is a 401
+/// with a challenge, the team's token calls what the rules allow, a rule that does not
+/// parse is a 422 naming it, and the policy's removal opens the path again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_passthrough_policy_requires_a_token_and_applies_its_rules() {
+    let db = TestDb::sqlite();
+    let cp = control_plane_with(&db, 0, |s| {
+        s.edge.passthrough = Some("docs".into());
+        s.auth.jwt.issuer = OWN_ISSUER.into();
+    })
+    .await;
+    let envoy = Envoy::spawn(
+        &bootstrap(cp.xds_addr.expect("xDS enabled")),
+        66_000 + std::process::id() % 1000 + 500,
+    )
+    .await;
+    let mut rig = Rig::around(cp, envoy, db, Vec::new()).await;
+    let docs = TestUpstream::with_tools(&["alpha", "wipe"]).with_label("docs");
+    let docs_run = docs.serve_stateless(0).await;
+    let (s, g) = rig
+        .cp
+        .post("/gateways", json!({"name": "docs", "url": docs_run.url}))
+        .await;
+    assert_eq!(s, 201, "{g}");
+
+    // A team member signed in: the control plane's session token names the team.
+    let (_, team) = rig.cp.post("/teams", json!({"name": "agents"})).await;
+    let team = team["id"].as_str().unwrap().to_owned();
+    let (email, password) = ("alice@example.com", "a long enough password");
+    let (s, user) = rig
+        .cp
+        .post("/users", json!({"email": email, "password": password}))
+        .await;
+    assert_eq!(s, 201, "{user}");
+    let uid = user["id"].as_str().unwrap();
+    let (s, v) = rig
+        .cp
+        .put(
+            &format!("/teams/{team}/members/{uid}"),
+            json!({"role": "developer"}),
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let login: serde_json::Value = rig
+        .http
+        .post(rig.cp.url("/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let (s, v) = rig
+        .cp
+        .put(
+            "/issuers/mcpgw",
+            json!({"issuer": OWN_ISSUER, "algorithms": ["ES256"], "audiences": ["mcpgw-api"],
+                   "claims": {"groups": "teams", "group_roles": {&team: ["developer"]}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let mcp = format!("http://{}/mcp", rig.listener);
+    // A rule that does not parse: refused, naming it, and nothing stored.
+    let (s, v) = rig
+        .cp
+        .put(
+            "/policies/passthrough",
+            json!({"resource": mcp, "rules": [{"name": "r", "when": "principal.teams =="}]}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("rules[0].when"), "{v}");
+    let (s, _) = rig.cp.get("/policies/passthrough").await;
+    assert_eq!(s, 404);
+    let (s, v) = rig
+        .cp
+        .put(
+            "/policies/passthrough",
+            json!({"resource": mcp, "issuers": ["mcpgw"],
+                   "rules": [{"name": "agents", "when": format!("'{team}' in principal.teams && request.name != 'wipe'")}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    rig.synced().await;
+    let (_, snap) = rig.cp.get("/snapshot").await;
+    assert_eq!(
+        snap["auth"]["passthrough"]["resource"],
+        mcp.as_str(),
+        "{snap}"
+    );
+
+    let call = |id: u64, name: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": {}}})
+    };
+    let (s, challenge, v) = call_as(&rig, &mcp, &call(1, "alpha"), None).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    let (s, _, v) = call_as(&rig, &mcp, &call(2, "alpha"), Some("not.a.token")).await;
+    assert_eq!(s, 401, "{v}");
+    let (s, _, v) = call_as(&rig, &mcp, &call(3, "alpha"), Some(&token)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call_text(&v), "docs:alpha", "{v}");
+    let (s, _, v) = call_as(&rig, &mcp, &call(4, "wipe"), Some(&token)).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["id"], 4, "{v}");
+
+    // The policy goes: the path asks for nothing again.
+    let (s, _) = rig.cp.delete("/policies/passthrough").await;
+    assert_eq!(s, 204);
+    rig.synced().await;
+    let (s, _, v) = call_as(&rig, &mcp, &call(5, "wipe"), None).await;
+    assert_eq!(s, 200, "{v}");
+    docs_run.stop().await;
+}
