@@ -54,8 +54,9 @@ test: fmt clippy build test-manifests
 # manifests/standalone/envoy-bootstrap.yaml, its listener, routes, clusters and filter over
 # ADS with mutual TLS from `mcpgw serve` (the overlay's mcpgw.toml, SQLite) holding the
 # registry the case configures. The other cases configure what no registry holds (a
-# passthrough `/mcp`, static routes and clusters, inline identity, plugins, a config Envoy
-# must reject, a catalog its upstream does not list); docs/kubernetes.md says which and why.
+# passthrough `/mcp`, static routes and clusters, upstream identities with their own keys and
+# clusters, plugins, a config Envoy must reject, a catalog its upstream does not list);
+# docs/kubernetes.md says which and why.
 E2E_STANDALONE_CASES := \
   cases::edge::a_real_client_uses_a_virtual_server \
   cases::edge::lists_paginate_and_bad_requests_get_precise_answers \
@@ -64,6 +65,9 @@ E2E_STANDALONE_CASES := \
   cases::era_bad_input:: \
   cases::hardening::batches_must_name_their_version_and_stay_short \
   cases::hardening::made_up_tool_names_at_a_virtual_server_spend_no_label_budget \
+  cases::hardening::upstream_sessions_open_on_first_use_and_end_with_the_clients_session \
+  cases::hardening::idle_upstream_sessions_are_ended_by_the_gateway \
+  cases::identity:: \
   cases::limits:: \
   cases::matrix::a_virtual_server_gives_what_its_upstream_gives_scenario_by_scenario \
   cases::matrix::a_tampered_request_state_is_refused_through_a_virtual_server_as_directly \

@@ -22,9 +22,11 @@
 //! control plane's, not the snapshot's key: [`crate::Envoy::url`] maps `/servers/{key}/…`
 //! to it. A configuration the registry cannot express, or that this harness does not
 //! translate (a passthrough listener without virtual servers, static routes or gRPC
-//! clusters, HTTP filters before mcpgw, cluster credentials, identity, plugins, session
-//! lifetimes), is refused with the reason: such cases are not run in this mode (the
-//! Makefile's `E2E_STANDALONE_CASES` lists those that are).
+//! clusters, HTTP filters other than the `jwt_authn` the control plane generates, cluster
+//! credentials, upstream identities, plugins), is refused with the reason: such cases are
+//! not run in this mode (the Makefile's `E2E_STANDALONE_CASES` lists those that are).
+//! Issuers, revocations and authorization policies are translated by [`identity`], session
+//! lifetimes (control-plane flags) by [`sessions`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +42,9 @@ use serde_json::{Value, json};
 
 use crate::artifacts::Artifacts;
 use crate::envoy::EnvoyConfig;
+
+mod identity;
+mod sessions;
 
 /// Environment variable that picks the [`EdgeMode`].
 pub const EDGE_MODE_VAR: &str = "MCPGW_E2E_EDGE";
@@ -246,6 +251,10 @@ struct RegistryPlan {
     limits: BTreeMap<String, Value>,
     gateways: Vec<GatewayPlan>,
     servers: Vec<ServerPlan>,
+    /// Issuers, revocations and policies ([`identity`]).
+    identity: identity::IdentityPlan,
+    /// `mcpgw serve` flags: the session lifetimes ([`sessions`]).
+    flags: Vec<String>,
 }
 
 /// Reads the registry out of `config`; an error says what the registry cannot express.
@@ -261,16 +270,10 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         .ok_or_else(|| anyhow!("the filter configuration is not a JSON object"))?;
     for key in doc.keys() {
         match key.as_str() {
-            "version" | "schema" | "policy" | "upstreams" | "servers" => {}
-            // The control plane derives the session key from its own encryption key; only
-            // the default lifetimes are the same.
-            "session" => {
-                let s = &doc["session"];
-                ensure!(
-                    s.get("ttl_seconds").is_none() && s.get("idle_seconds").is_none(),
-                    "session lifetimes are control-plane settings, not part of the registry"
-                );
-            }
+            "version" | "schema" | "policy" | "upstreams" | "servers" | "auth" => {}
+            // The control plane derives the session key from its own encryption key; the
+            // lifetimes are its flags.
+            "session" => {}
             // Local limits are the registry's own (`PUT /limits/…`); the rate-limit service
             // is the control plane's, not a registry entry.
             "limits" => {
@@ -298,10 +301,8 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
                 "no virtual servers: the control plane's listener routes only what the filter routes (a passthrough `/mcp` is a 404)"
             )
         })?;
-    ensure!(
-        config.before_filter.is_empty(),
-        "HTTP filters before mcpgw (jwt_authn) come from the control plane's issuers"
-    );
+    let identity = identity::plan(doc, config)?;
+    let flags = sessions::control_plane_flags(doc.get("session").unwrap_or(&Value::Null))?;
     ensure!(
         config.grpc_clusters.is_empty(),
         "static gRPC clusters (external guardrails) are not registry entries"
@@ -335,6 +336,9 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         .flatten()
     {
         for field in up.as_object().into_iter().flatten().map(|(k, _)| k) {
+            if field == "identity" {
+                return Err(identity::upstream_identity(key, &up[field]));
+            }
             ensure!(
                 matches!(
                     field.as_str(),
@@ -365,6 +369,7 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
                         | "resource_templates"
                         | "prompts"
                         | "allowed_origins"
+                        | "auth"
                 ),
                 "server {key}: `{field}` is not translated into the registry"
             );
@@ -437,6 +442,8 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         limits,
         gateways,
         servers: planned,
+        identity,
+        flags,
     })
 }
 
@@ -476,7 +483,7 @@ impl Standalone {
         workers: u32,
     ) -> anyhow::Result<(Standalone, mcpgw_harness::Envoy, SocketAddr)> {
         let plan = plan(config).context("this case cannot run in standalone mode")?;
-        let mut cp = Standalone::control_plane(artifacts, &plan.policy).await?;
+        let mut cp = Standalone::control_plane(artifacts, &plan.policy, &plan.flags).await?;
         cp.register(&plan).await?;
         let bootstrap = manifest_bootstrap(artifacts, cp.xds, &cp.dir.path().join(ENVOY_SECRET))?;
         let id = base_id();
@@ -510,7 +517,11 @@ impl Standalone {
     /// and SQLite in a fresh data directory; loopback upstreams allowed (the cases' peers
     /// listen on 127.0.0.1), `policy` as the edge policy, no periodic resync. Returns once
     /// its admin API is ready.
-    async fn control_plane(artifacts: &Artifacts, policy: &Value) -> anyhow::Result<Standalone> {
+    async fn control_plane(
+        artifacts: &Artifacts,
+        policy: &Value,
+        flags: &[String],
+    ) -> anyhow::Result<Standalone> {
         let bin = mcpgw_binary(artifacts)?;
         let dir = Workdir::new("standalone")?;
         make_pki(dir.path())?;
@@ -548,6 +559,7 @@ impl Standalone {
             .args(["--log-format", "json"])
             .arg("--edge-policy")
             .arg(&policy_file)
+            .args(flags)
             .env_remove("DATABASE_URL")
             .env_remove("MCPGW_ENCRYPTION_KEY")
             .env_remove("MCPGW_CONFIG");
@@ -710,7 +722,7 @@ impl Standalone {
                 .json(limits);
             self.call(req, 201, &format!("PUT /limits/{key}")).await?;
         }
-        Ok(())
+        identity::register(self, &plan.identity).await
     }
 
     /// The registry version now (what the filter's configuration is labelled with).
@@ -818,11 +830,11 @@ mod tests {
         let server = json!({"s": {"tools": []}});
         for (snapshot, why) in [
             (json!({}), "no virtual servers"),
-            (json!({"auth": {}, "servers": server}), "`auth`"),
+            (json!({"relay": {}, "servers": server}), "`relay`"),
             (json!({"plugins": [], "servers": server}), "`plugins`"),
             (
                 json!({"session": {"idle_seconds": 5}, "servers": server}),
-                "session lifetimes",
+                "--mcp-session-idle takes 60 s",
             ),
         ] {
             let err = format!("{:#}", plan(&config(snapshot.clone())).unwrap_err());
