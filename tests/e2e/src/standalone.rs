@@ -507,6 +507,7 @@ impl Standalone {
             .await
             .and_then(|acked| acked.map_err(|nack| anyhow!("{NODE} refused: {nack}")))
             .map_err(|e| e.context(format!("control plane log:\n{}", cp.cp.log_tail(30))))?;
+        identity::check_jwt_authn(&envoy, config).await?;
         let listener = envoy.listener(LISTENER).await?;
         Ok((cp, envoy, listener))
     }

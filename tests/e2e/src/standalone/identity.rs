@@ -10,7 +10,8 @@
 //!   the one the control plane generates from those issuers
 //!   (`control-plane/src/edge_config/jwt.rs`: one provider per issuer, the default clock
 //!   skew), and the headers the case strips before any filter must be among those the
-//!   control plane's listener strips: anything else is refused;
+//!   control plane's listener strips: anything else is refused. Once Envoy runs, the
+//!   `jwt_authn` it got over ECDS is compared with the case's ([`check_jwt_authn`]);
 //! - `auth.revoked` is `PUT /revocations/{jti}` per token id, kept for a day (longer than
 //!   any case's tokens live);
 //! - a virtual server's `auth` is `PUT /policies/{server id}` verbatim (the control plane
@@ -181,6 +182,68 @@ pub(super) async fn register(sa: &mut Standalone, plan: &IdentityPlan) -> anyhow
         sa.call(req, 201, &format!("PUT /policies/{key}")).await?;
     }
     Ok(())
+}
+
+/// Checks that the `jwt_authn` `envoy` runs (from the control plane, over ECDS) is the one
+/// the case's static configuration has, as [`plan`] assumed: the same providers, keys (as
+/// JSON), rules and settings. Envoy's config dump leaves out what is at its default, as the
+/// static one may not, so both are compared after dropping `false`, `0`, `""` and empty
+/// lists and objects, and with the inline JWKS parsed.
+pub(super) async fn check_jwt_authn(
+    envoy: &mcpgw_harness::Envoy,
+    config: &EnvoyConfig,
+) -> anyhow::Result<()> {
+    let Some(want) = config.before_filter.first() else {
+        return Ok(());
+    };
+    let dump: Value = serde_json::from_str(
+        &envoy
+            .admin_get("/config_dump?resource=ecds_filters")
+            .await?,
+    )?;
+    let got = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["ecds_filter"]["name"] == want["name"])
+        .map(|c| c["ecds_filter"]["typed_config"].clone())
+        .ok_or_else(|| anyhow!("Envoy runs no {} from ECDS: {dump}", want["name"]))?;
+    let (got, want) = (comparable(got), comparable(want["typed_config"].clone()));
+    ensure!(
+        got == want,
+        "the control plane's jwt_authn is not the case's:\n{got:#}\nthe case's:\n{want:#}"
+    );
+    Ok(())
+}
+
+/// `v` without default-valued fields, inline JWKS parsed.
+fn comparable(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| match (k.as_str(), v) {
+                    ("inline_string", Value::String(s)) => {
+                        let parsed = serde_json::from_str(&s).unwrap_or(Value::String(s));
+                        (k, parsed)
+                    }
+                    (_, v) => (k, comparable(v)),
+                })
+                .filter(|(_, v)| !is_default(v))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(comparable).collect()),
+        other => other,
+    }
+}
+
+fn is_default(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(_) | Value::Null => false,
+    }
 }
 
 #[cfg(test)]
