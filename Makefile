@@ -54,9 +54,11 @@ test: fmt clippy build test-manifests
 # manifests/standalone/envoy-bootstrap.yaml, its listener, routes, clusters and filter over
 # ADS with mutual TLS from `mcpgw serve` (the overlay's mcpgw.toml, SQLite) holding the
 # registry the case configures (the passthrough `/mcp` as the control plane's
-# --edge-passthrough gateway, plugins through PUT /plugins). The other cases configure what
-# no registry holds (paths mounting other upstreams, inline identity, a config Envoy must
-# reject, a catalog its upstream does not list); docs/kubernetes.md says which and why.
+# --edge-passthrough gateway, plugins through PUT /plugins, issuers, policies and
+# revocations through their APIs, session lifetimes as control-plane flags). The other
+# cases configure what no registry holds (paths mounting other upstreams, upstream
+# identities with their own keys and clusters, a config Envoy must reject, a catalog its
+# upstream does not list); docs/kubernetes.md says which and why.
 E2E_STANDALONE_CASES := \
   cases::bad_input:: \
   cases::clients::python_client_to_server_everything_sse \
@@ -74,7 +76,10 @@ E2E_STANDALONE_CASES := \
   cases::hardening::batches_must_name_their_version_and_stay_short \
   cases::hardening::client_credentials_never_reach_an_upstream \
   cases::hardening::made_up_tool_names_at_a_virtual_server_spend_no_label_budget \
+  cases::hardening::upstream_sessions_open_on_first_use_and_end_with_the_clients_session \
+  cases::hardening::idle_upstream_sessions_are_ended_by_the_gateway \
   cases::hostile:: \
+  cases::identity:: \
   cases::limits:: \
   cases::matrix::a_virtual_server_gives_what_its_upstream_gives_scenario_by_scenario \
   cases::matrix::a_tampered_request_state_is_refused_through_a_virtual_server_as_directly \

@@ -234,6 +234,11 @@ impl std::fmt::Debug for Federation {
     }
 }
 
+/// The `User-Agent` of every request the control plane makes to an upstream (discovery,
+/// health pings, list_changed refreshes), so the upstream (and its logs) can tell them from
+/// the edge's, which carry their client's (a gateway's credential headers may override it).
+pub const USER_AGENT: &str = concat!("mcpgw-control-plane/", env!("CARGO_PKG_VERSION"));
+
 fn headers_for(creds: Option<&Credentials>) -> Result<HeaderMap, FederationError> {
     let mut h = HeaderMap::new();
     let bad = |e: &dyn std::fmt::Display| FederationError::Credentials(e.to_string());
@@ -683,6 +688,7 @@ impl Federation {
             .no_proxy()
             .connect_timeout(t)
             .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
             .default_headers(headers_for(creds)?);
         if let Some((host, addrs)) = &target.pinned {
             // Pin the addresses the guard checked, so DNS cannot change them afterwards.

@@ -133,12 +133,15 @@ pub fn rule(method: &Method, path: &str) -> Option<Rule> {
         ("GET" | "PUT" | "DELETE", "/users/{id}") => Some(Rule::Global(AdminUsers)),
         ("POST", "/users/{id}/unlock") => Some(Rule::Global(AdminUsers)),
         // What the edge enforces (`api::policies`). Trusting a token issuer is trusting
-        // its keys: who manages the control plane's own signing keys decides. A server's
+        // its keys, and revoking its tokens is distrusting them: who manages the control
+        // plane's own signing keys decides. A server's
         // policy and limits are part of the server; plugins and the default limits apply
         // across servers, so they need the server permissions at global scope.
         ("GET", "/issuers" | "/issuers/{name}")
         | ("PUT" | "DELETE", "/issuers/{name}")
-        | ("POST", "/issuers/{name}/refresh") => Some(Rule::Global(AdminKeys)),
+        | ("POST", "/issuers/{name}/refresh")
+        | ("GET", "/revocations")
+        | ("PUT", "/revocations/{jti}") => Some(Rule::Global(AdminKeys)),
         ("GET", "/policies/{id}" | "/limits/{id}") => {
             Some(Rule::Item(OwnedKind::Server, ServersRead))
         }

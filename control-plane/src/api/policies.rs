@@ -1,4 +1,5 @@
-//! What the edge enforces besides the catalog: `/issuers` (token issuers), `/policies`
+//! What the edge enforces besides the catalog: `/issuers` (token issuers), `/revocations`
+//! (token ids refused until they expire), `/policies`
 //! (authorization per virtual server), `/limits` (request limits per virtual server, and
 //! the default) and `/plugins` (guardrails).
 //!
@@ -380,6 +381,87 @@ pub async fn delete_policy(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ---- revocations -----------------------------------------------------------------------
+
+/// Longest token id accepted.
+pub const MAX_JTI_BYTES: usize = 256;
+
+/// A revoked token id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revocation {
+    /// The token's id (its `jti` claim).
+    pub jti: String,
+    /// Until when the edge refuses it (RFC 3339): the token's own expiry, after which the
+    /// revocation is forgotten.
+    pub expires_at: String,
+}
+
+/// The revoked token ids not expired yet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revocations {
+    /// By id.
+    pub items: Vec<Revocation>,
+}
+
+/// The body of `PUT /revocations/{jti}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationBody {
+    /// The token's `exp` claim (seconds since the Unix epoch): the edge refuses the token
+    /// until then (it refuses it as expired afterwards).
+    pub exp: i64,
+}
+
+/// Token ids the edge refuses until they expire (the snapshot's `auth.revoked`): the
+/// control plane's session tokens ended by `POST /auth/logout`, and any issuer's tokens
+/// revoked with `PUT /revocations/{jti}`.
+#[utoipa::path(get, path = "/revocations", tag = "policies",
+    responses((status = 200, body = Revocations)))]
+pub async fn list_revocations(State(s): State<AppState>) -> Answer<Json<Revocations>> {
+    let items = s
+        .store
+        .revocations()
+        .await?
+        .into_iter()
+        .map(|(jti, expires_at)| Revocation { jti, expires_at })
+        .collect();
+    Ok(Json(Revocations { items }))
+}
+
+/// Revokes a token by its id (`jti`) until its expiry (`exp`): the edge answers it 401 from
+/// the next push on, whichever issuer signed it (for a token that leaked before it
+/// expires). 201 when the id was not revoked, 200 when its expiry was replaced. 422 for an
+/// empty or over-long id, or an `exp` already past.
+#[utoipa::path(put, path = "/revocations/{jti}", tag = "policies", params(("jti" = String, Path)),
+    request_body = RevocationBody,
+    responses((status = 200, body = Revocation), (status = 201, body = Revocation),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn put_revocation(
+    State(s): State<AppState>,
+    Path(jti): Path<String>,
+    ApiJson(body): ApiJson<RevocationBody>,
+) -> Answer<(StatusCode, Json<Revocation>)> {
+    if jti.is_empty() || jti.len() > MAX_JTI_BYTES || jti.chars().any(char::is_control) {
+        return Err(Problem::invalid_field(
+            "jti",
+            format!("1..={MAX_JTI_BYTES} bytes, no control characters"),
+        )
+        .into());
+    }
+    let until = chrono::DateTime::from_timestamp(body.exp, 0)
+        .filter(|t| *t > chrono::Utc::now())
+        .ok_or_else(|| {
+            Problem::invalid_field(
+                "exp",
+                "must be in the future (seconds since the Unix epoch): an expired token is refused as expired",
+            )
+        })?;
+    let expires_at = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let was = s.store.jwt_revoked(&jti).await?;
+    s.store.revoke_jwt(&jti, &expires_at).await?;
+    Ok((created(!was), Json(Revocation { jti, expires_at })))
+}
+
 // ---- limits ----------------------------------------------------------------------------
 
 /// Request limits: `default` (every virtual server without its own) and per server id.
@@ -587,9 +669,10 @@ pub async fn delete_plugin(
         list_limits, get_default_limits, put_default_limits, delete_default_limits,
         get_limits, put_limits, delete_limits,
         list_plugins, get_plugin, put_plugin, delete_plugin,
+        list_revocations, put_revocation,
     ),
-    components(schemas(EdgeItem, EdgeItems, PolicyBody, Refreshed)),
-    tags((name = "policies", description = "What the edge enforces: token issuers, authorization per virtual server, request limits, guardrail plugins"))
+    components(schemas(EdgeItem, EdgeItems, PolicyBody, Refreshed, Revocation, Revocations, RevocationBody)),
+    tags((name = "policies", description = "What the edge enforces: token issuers, revoked tokens, authorization per virtual server, request limits, guardrail plugins"))
 )]
 pub struct Doc;
 
@@ -622,6 +705,8 @@ pub fn routes() -> axum::Router<AppState> {
             "/limits/{id}",
             get(get_limits).put(put_limits).delete(delete_limits),
         )
+        .route("/revocations", get(list_revocations))
+        .route("/revocations/{jti}", axum::routing::put(put_revocation))
         .route("/plugins", get(list_plugins))
         .route(
             "/plugins/{name}",

@@ -155,6 +155,20 @@ impl Store {
         Ok(())
     }
 
+    /// Revoked token ids not expired yet, with their expiry (RFC 3339), by id: the control
+    /// plane's session tokens revoked by a logout and any token an operator revoked.
+    pub async fn revocations(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT jti, expires_at FROM revoked_jwts WHERE expires_at >= $1 ORDER BY jti",
+        )
+        .bind(now())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("jti")?, r.try_get("expires_at")?)))
+            .collect()
+    }
+
     /// Ids (`jti`) of the control plane's session tokens revoked before their expiry and
     /// not expired yet: the edge refuses them too.
     pub async fn revoked_jwt_ids(&self) -> Result<Vec<String>, StoreError> {

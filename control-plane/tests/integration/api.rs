@@ -450,7 +450,8 @@ async fn state_changes_cannot_be_forged_cross_site() {
                     .replace("{user_id}", "no-such-user")
                     .replace("{invitation_id}", "no-such-invitation")
                     .replace("{change_id}", "no-such-change")
-                    .replace("{name}", "no-such-name");
+                    .replace("{name}", "no-such-name")
+                    .replace("{jti}", "no-such-jti");
                 endpoints.push((method.to_uppercase(), concrete.clone()));
                 if concrete.ends_with("/state") {
                     endpoints.push((method.to_uppercase(), concrete.replace("/state", "/toggle")));
@@ -458,7 +459,7 @@ async fn state_changes_cannot_be_forged_cross_site() {
             }
         }
     }
-    assert_eq!(endpoints.len(), 65, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 66, "{endpoints:?}");
     for p in [
         "/gateways/no-such-id/refresh",
         "/issuers/no-such-name/refresh",

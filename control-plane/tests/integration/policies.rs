@@ -439,3 +439,53 @@ async fn a_public_url_supplies_a_policys_resource() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["spec"]["resource"], own, "{v}");
 }
+
+/// `PUT /revocations/{jti}` revokes any issuer's token by id until its `exp`: it reaches the
+/// snapshot's `auth.revoked` (the edge answers it 401), a second PUT replaces the expiry,
+/// and an empty or over-long id or an `exp` already past is a 422 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_id_reaches_the_edge_until_it_expires() {
+    for (backend, db) in both_backends().await {
+        let cp = TestCp::start(settings(&db)).await;
+        let now = chrono::Utc::now().timestamp();
+        let (s, v) = cp
+            .put("/revocations/leaked-1", json!({"exp": now + 600}))
+            .await;
+        assert_eq!(s, 201, "{backend}: {v}");
+        assert_eq!(v["jti"], "leaked-1");
+        let (s, v) = cp
+            .put("/revocations/leaked-1", json!({"exp": now + 900}))
+            .await;
+        assert_eq!(s, 200, "a second PUT replaces: {v}");
+        let expires = chrono::DateTime::from_timestamp(now + 900, 0).unwrap();
+        assert_eq!(
+            v["expires_at"],
+            expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let (s, list) = cp.get("/revocations").await;
+        assert_eq!(s, 200);
+        assert_eq!(list["items"], json!([v]), "{backend}");
+        let snapshot = cp.current_snapshot().await;
+        assert_eq!(
+            snapshot["auth"]["revoked"],
+            json!(["leaked-1"]),
+            "{snapshot}"
+        );
+        for (jti, body, field) in [
+            ("past", json!({"exp": now - 1}), "exp"),
+            ("long", json!({"exp": now + 60}), "jti"),
+            ("unknown", json!({"exp": now + 60, "iat": now}), "iat"),
+        ] {
+            let path = if jti == "long" {
+                format!("/revocations/{}", "x".repeat(257))
+            } else {
+                format!("/revocations/{jti}")
+            };
+            let (s, v) = cp.put(&path, body).await;
+            assert_eq!(s, 422, "{jti}: {v}");
+            assert_eq!(v["errors"][0]["field"], field, "{jti}: {v}");
+        }
+        assert_eq!(cp.get("/revocations").await.1["items"], list["items"]);
+        cp.stop().await;
+    }
+}

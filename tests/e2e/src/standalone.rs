@@ -23,12 +23,14 @@
 //! to it. The passthrough path (`/mcp`: the static default route's cluster, and those the
 //! route header reaches) is the control plane's `--edge-passthrough` gateway and gateways
 //! `tool_routes` names ([`passthrough`]); the snapshot's guardrail plugins are
-//! `PUT /plugins/{name}`, an external one's gRPC cluster its `target` ([`plugins`]). A
-//! configuration the registry cannot express, or that this harness does not translate
-//! (static routes that rewrite paths, gRPC clusters no plugin names, HTTP filters before
-//! mcpgw, cluster credentials, identity, session lifetimes), is refused with the reason:
-//! such cases are not run in this mode (the Makefile's `E2E_STANDALONE_CASES` lists those
-//! that are).
+//! `PUT /plugins/{name}`, an external one's gRPC cluster its `target` ([`plugins`]).
+//! Issuers, revocations and authorization policies are translated by [`identity`], session
+//! lifetimes (control-plane flags) by [`sessions`]. A configuration the registry cannot
+//! express, or that this harness does not translate (static routes that rewrite paths, gRPC
+//! clusters no plugin names, HTTP filters other than the `jwt_authn` the control plane
+//! generates, cluster credentials, upstream identities), is refused with the reason: such
+//! cases are not run in this mode (the Makefile's `E2E_STANDALONE_CASES` lists those that
+//! are).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,8 +47,10 @@ use serde_json::{Value, json};
 use crate::artifacts::Artifacts;
 use crate::envoy::EnvoyConfig;
 
+mod identity;
 mod passthrough;
 mod plugins;
+mod sessions;
 
 /// Environment variable that picks the [`EdgeMode`].
 pub const EDGE_MODE_VAR: &str = "MCPGW_E2E_EDGE";
@@ -257,6 +261,10 @@ struct RegistryPlan {
     passthrough: String,
     /// `PUT /plugins/{name}` bodies.
     plugins: Vec<Value>,
+    /// Issuers, revocations and policies ([`identity`]).
+    identity: identity::IdentityPlan,
+    /// `mcpgw serve` flags: the session lifetimes ([`sessions`]).
+    flags: Vec<String>,
 }
 
 /// Reads the registry out of `config`; an error says what the registry cannot express.
@@ -272,16 +280,10 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         .ok_or_else(|| anyhow!("the filter configuration is not a JSON object"))?;
     for key in doc.keys() {
         match key.as_str() {
-            "version" | "schema" | "policy" | "upstreams" | "servers" | "plugins" => {}
-            // The control plane derives the session key from its own encryption key; only
-            // the default lifetimes are the same.
-            "session" => {
-                let s = &doc["session"];
-                ensure!(
-                    s.get("ttl_seconds").is_none() && s.get("idle_seconds").is_none(),
-                    "session lifetimes are control-plane settings, not part of the registry"
-                );
-            }
+            "version" | "schema" | "policy" | "upstreams" | "servers" | "plugins" | "auth" => {}
+            // The control plane derives the session key from its own encryption key; the
+            // lifetimes are its flags.
+            "session" => {}
             // Local limits are the registry's own (`PUT /limits/…`); the rate-limit service
             // is the control plane's, not a registry entry.
             "limits" => {
@@ -305,10 +307,8 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         .get("servers")
         .and_then(Value::as_object)
         .unwrap_or(&no_servers);
-    ensure!(
-        config.before_filter.is_empty(),
-        "HTTP filters before mcpgw (jwt_authn) come from the control plane's issuers"
-    );
+    let identity = identity::plan(doc, config)?;
+    let flags = sessions::control_plane_flags(doc.get("session").unwrap_or(&Value::Null))?;
     for route in &config.routes {
         ensure!(
             route.prefix == "/" && route.prefix_rewrite.is_none() && route.header.is_some(),
@@ -337,6 +337,9 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         .flatten()
     {
         for field in up.as_object().into_iter().flatten().map(|(k, _)| k) {
+            if field == "identity" {
+                return Err(identity::upstream_identity(key, &up[field]));
+            }
             ensure!(
                 matches!(
                     field.as_str(),
@@ -370,6 +373,7 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
                         | "resource_templates"
                         | "prompts"
                         | "allowed_origins"
+                        | "auth"
                 ),
                 "server {key}: `{field}` is not translated into the registry"
             );
@@ -444,6 +448,8 @@ fn plan(config: &EnvoyConfig) -> anyhow::Result<RegistryPlan> {
         servers: planned,
         passthrough: pass.gateway,
         plugins,
+        identity,
+        flags,
     })
 }
 
@@ -483,7 +489,9 @@ impl Standalone {
         workers: u32,
     ) -> anyhow::Result<(Standalone, mcpgw_harness::Envoy, SocketAddr)> {
         let plan = plan(config).context("this case cannot run in standalone mode")?;
-        let mut cp = Standalone::control_plane(artifacts, &plan.policy, &plan.passthrough).await?;
+        let mut cp =
+            Standalone::control_plane(artifacts, &plan.policy, &plan.passthrough, &plan.flags)
+                .await?;
         cp.register(&plan).await?;
         cp.put_plugins(&plan.plugins).await?;
         let bootstrap = manifest_bootstrap(artifacts, cp.xds, &cp.dir.path().join(ENVOY_SECRET))?;
@@ -508,6 +516,7 @@ impl Standalone {
             .await
             .and_then(|acked| acked.map_err(|nack| anyhow!("{NODE} refused: {nack}")))
             .map_err(|e| e.context(format!("control plane log:\n{}", cp.cp.log_tail(30))))?;
+        identity::check_jwt_authn(&envoy, config).await?;
         let listener = envoy.listener(LISTENER).await?;
         Ok((cp, envoy, listener))
     }
@@ -522,6 +531,7 @@ impl Standalone {
         artifacts: &Artifacts,
         policy: &Value,
         passthrough: &str,
+        flags: &[String],
     ) -> anyhow::Result<Standalone> {
         let bin = mcpgw_binary(artifacts)?;
         let dir = Workdir::new("standalone")?;
@@ -561,6 +571,7 @@ impl Standalone {
             .arg("--edge-policy")
             .arg(&policy_file)
             .args(["--edge-passthrough", passthrough])
+            .args(flags)
             .env_remove("DATABASE_URL")
             .env_remove("MCPGW_ENCRYPTION_KEY")
             .env_remove("MCPGW_CONFIG");
@@ -723,7 +734,7 @@ impl Standalone {
                 .json(limits);
             self.call(req, 201, &format!("PUT /limits/{key}")).await?;
         }
-        Ok(())
+        identity::register(self, &plan.identity).await
     }
 
     /// The registry version now (what the filter's configuration is labelled with).
@@ -830,7 +841,6 @@ mod tests {
     fn what_the_registry_cannot_express_is_refused_with_the_reason() {
         let server = json!({"s": {"tools": []}});
         for (snapshot, why) in [
-            (json!({"auth": {}, "servers": server}), "`auth`"),
             (
                 json!({"plugins": [{"name": "x", "external": {"cluster": "nope"}}]}),
                 "no gRPC cluster",
@@ -839,9 +849,10 @@ mod tests {
                 json!({"policy": {"tool_routes": {"t": "elsewhere"}}}),
                 "no static route reaches",
             ),
+            (json!({"relay": {}, "servers": server}), "`relay`"),
             (
                 json!({"session": {"idle_seconds": 5}, "servers": server}),
-                "session lifetimes",
+                "--mcp-session-idle takes 60 s",
             ),
         ] {
             let err = format!("{:#}", plan(&config(snapshot.clone())).unwrap_err());

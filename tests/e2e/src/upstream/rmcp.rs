@@ -246,6 +246,20 @@ pub struct Seen {
     pub rpc_method: Option<String>,
 }
 
+/// What the `User-Agent` of a control plane's own requests to an upstream starts with
+/// (`mcpgw::federation::USER_AGENT`); the edge's carry their client's.
+pub const CONTROL_PLANE_USER_AGENT: &str = "mcpgw-control-plane/";
+
+impl Seen {
+    /// Whether a control plane made this request itself (discovery, health), not the edge.
+    pub fn from_control_plane(&self) -> bool {
+        self.headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with(CONTROL_PLANE_USER_AGENT))
+    }
+}
+
 /// A running rmcp server; stopped on drop.
 #[derive(Debug)]
 pub struct RmcpServer {
@@ -341,8 +355,18 @@ impl RmcpServer {
         })
     }
 
-    /// Every request received so far, in order.
+    /// Every request received so far from the edge, in order: those a control plane made
+    /// itself (in standalone mode: discovery, health pings; they carry its `User-Agent`,
+    /// [`CONTROL_PLANE_USER_AGENT`]) are left out. In static mode that is every request.
     pub fn seen(&self) -> Vec<Seen> {
+        self.seen_all()
+            .into_iter()
+            .filter(|s| !s.from_control_plane())
+            .collect()
+    }
+
+    /// Every request received so far, in order, a control plane's included.
+    pub fn seen_all(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 

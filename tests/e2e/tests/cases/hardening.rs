@@ -154,6 +154,15 @@ async fn upstream_sessions_open_on_first_use_and_end_with_the_clients_session() 
         primary.seen().is_empty() && second.seen().is_empty(),
         "initialize opens nothing upstream"
     );
+    // `seen` is what came from the edge: a control plane's own requests (in standalone
+    // mode its discovery, before the edge started) carry its User-Agent and are left out;
+    // in static mode there are none.
+    assert_eq!(
+        primary.seen_all().iter().any(Seen::from_control_plane),
+        envoy.control_plane().is_some(),
+        "{:?}",
+        rpc_methods(&primary.seen_all())
+    );
 
     // The token is sealed: nothing of the session can be read from it.
     let blob = token.rsplit('.').next().unwrap_or_default();

@@ -62,7 +62,8 @@ fn snapshot(jwks: &Value) -> String {
         "upstreams": {"u": {"cluster": "upstream", "path": "/mcp"}},
         "servers": {"team": {
             "name": "Team",
-            "tools": [tool("echo"), tool("add"), tool("whoami")],
+            // In name order, as a control plane lists a server's tools (the standalone edge).
+            "tools": [tool("add"), tool("echo"), tool("whoami")],
             "auth": {
                 "resource": RESOURCE,
                 "scopes": ["tools.read", "tools.execute"],
@@ -289,9 +290,9 @@ async fn principals_see_and_call_what_their_rules_allow() -> anyhow::Result<()> 
     assert_eq!(
         seen,
         [
-            vec!["u__echo", "u__add"],
-            vec!["u__echo", "u__add", "u__whoami"],
-            vec!["u__echo", "u__add"],
+            vec!["u__add", "u__echo"],
+            vec!["u__add", "u__echo", "u__whoami"],
+            vec!["u__add", "u__echo"],
         ],
         "tools/list differs by principal"
     );
