@@ -107,8 +107,10 @@ pub struct ExportIssuer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportPolicy {
-    /// The virtual server's name.
-    pub server: String,
+    /// The virtual server's name; absent: the passthrough path's policy
+    /// (`/policies/passthrough`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// The policy (`mcpgw_core::snapshot::auth::ServerAuth`): `required`, `resource`,
     /// `issuers` (by name), `scopes`, `rules`.
     #[schema(value_type = Object)]

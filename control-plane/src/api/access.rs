@@ -343,6 +343,16 @@ pub async fn enforce(State(s): State<AppState>, mut req: Request, next: Next) ->
         .find(|(k, _)| k == "id")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    // The passthrough path's policy belongs to no server: like the default limits, it
+    // applies across servers, so it needs the server permission at global scope.
+    let rule = match rule {
+        Rule::Item(OwnedKind::Server, perm)
+            if path == "/policies/{id}" && id == crate::snapshot::PASSTHROUGH_POLICY =>
+        {
+            Rule::Global(perm)
+        }
+        other => other,
+    };
     match check(&s, &principal, rule, &id, &mut req).await {
         Ok(()) => {}
         Err(resp) => return resp,

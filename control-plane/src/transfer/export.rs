@@ -127,6 +127,14 @@ async fn export_edge(
     }
     if types.contains("policies") {
         for r in store.edge_items::<ServerAuth>(EdgeKind::Policy).await? {
+            if r.name == crate::snapshot::PASSTHROUGH_POLICY {
+                doc.policies.push(ExportPolicy {
+                    server: None,
+                    spec: to_value(&r.spec, &r.name)?,
+                });
+                any = true;
+                continue;
+            }
             let Some(server) = server_names.get(&r.name) else {
                 doc.notes.push(format!(
                     "The policy of server id {} was left out: no such server.",
@@ -135,7 +143,7 @@ async fn export_edge(
                 continue;
             };
             doc.policies.push(ExportPolicy {
-                server: server.clone(),
+                server: Some(server.clone()),
                 spec: to_value(&r.spec, &r.name)?,
             });
             any = true;

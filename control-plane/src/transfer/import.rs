@@ -40,6 +40,8 @@ enum Kind {
     Limits,
     /// The default limits (name `default`).
     DefaultLimits,
+    /// The passthrough path's policy (name `passthrough`).
+    PassthroughPolicy,
     Plugin,
 }
 
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Limits => "limits",
             Kind::DefaultLimits => "default limits",
+            Kind::PassthroughPolicy => "passthrough policy",
             Kind::Plugin => "plugin",
         }
     }
@@ -66,6 +69,7 @@ fn kind_of(label: &str) -> Kind {
         "policy" => Kind::Policy,
         "limits" => Kind::Limits,
         "default limits" => Kind::DefaultLimits,
+        "passthrough policy" => Kind::PassthroughPolicy,
         "plugin" => Kind::Plugin,
         other => CatalogKind::ALL
             .into_iter()
@@ -82,6 +86,9 @@ async fn exists(store: &Store, kind: Kind, name: &str) -> Result<Option<String>,
         Kind::Issuer => edge::stored(store, EdgeKind::Issuer, name).await?,
         Kind::Plugin => edge::stored(store, EdgeKind::Plugin, name).await?,
         Kind::DefaultLimits => edge::stored(store, EdgeKind::Limits, DEFAULT_LIMITS).await?,
+        Kind::PassthroughPolicy => {
+            edge::stored(store, EdgeKind::Policy, crate::snapshot::PASSTHROUGH_POLICY).await?
+        }
         Kind::Policy | Kind::Limits => {
             let Some(id) = server_by_name(store, name).await? else {
                 return Ok(None);
@@ -287,7 +294,10 @@ pub async fn import(
             }
             _ => exists(store, *kind, name).await?,
         };
-        let one_per_server = matches!(kind, Kind::Policy | Kind::Limits | Kind::DefaultLimits);
+        let one_per_server = matches!(
+            kind,
+            Kind::Policy | Kind::Limits | Kind::DefaultLimits | Kind::PassthroughPolicy
+        );
         let (step, entry) = match (existing, strategy) {
             (Some(_), ConflictStrategy::Rename) if one_per_server => (
                 Step::Skip,

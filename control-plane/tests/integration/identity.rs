@@ -1269,6 +1269,15 @@ async fn role_route_owner_matrix() {
                 Fresh::No,
                 [y, n, n, n, n, y],
             ),
+            // The passthrough path's policy is no server's: global scope, as the default
+            // limits.
+            (
+                "PUT",
+                "/policies/passthrough".into(),
+                Some(json!({"resource": "https://mcp.example.com/mcp"})),
+                Fresh::No,
+                [y, n, n, n, n, n],
+            ),
             (
                 "GET",
                 "/issuers".into(),

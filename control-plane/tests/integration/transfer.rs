@@ -718,6 +718,15 @@ async fn bad_edge_entries_are_refused_precisely_and_nothing_changes() {
                 "rules[0].when: line 1, column 16: Syntax error",
             ),
             (
+                "bad rule in the passthrough path's policy",
+                edge_doc(
+                    json!({"policies": [{"spec": {"resource": "https://mcp.example.com/mcp",
+                    "issuers": ["corp"], "rules": [{"name": "r", "when": "request.name =="}]}}]}),
+                ),
+                "passthrough policy passthrough",
+                "rules[0].when: line 1, column 16: Syntax error",
+            ),
+            (
                 "unknown issuer",
                 edge_doc(json!({"policies": [policy("s1", json!(["nobody"]), "true")]})),
                 "policy s1",
@@ -913,5 +922,51 @@ async fn entries_a_kubernetes_resource_owns_stay_read_only() {
         );
         assert!(specs(&cp, "/plugins").await.is_empty());
         cp.stop().await;
+    }
+}
+
+/// The passthrough path's policy (`/policies/passthrough`) travels without a server: out as
+/// a policy with no `server`, in as the passthrough path's again; skipped by `skip` when
+/// the installation has one. Both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_passthrough_policy_moves_too() {
+    for (backend, db) in super::harness::both_backends().await {
+        let src = TestCp::start(settings(&db)).await;
+        let (s, v) = src.put("/issuers/corp", corp_issuer()).await;
+        assert_eq!(s, 201, "{backend}: {v}");
+        let policy = json!({"resource": "https://mcp.example.com/mcp", "issuers": ["corp"],
+            "rules": [{"name": "devs", "when": "'developer' in principal.roles"}]});
+        let (s, v) = src.put("/policies/passthrough", policy).await;
+        assert_eq!(s, 201, "{backend}: {v}");
+        let (_, want) = src.get("/policies/passthrough").await;
+        let (s, doc) = src.get("/export?types=issuers,policies").await;
+        assert_eq!(s, 200, "{doc}");
+        assert_eq!(count(&doc, "policies"), 1, "{doc}");
+        assert!(doc["policies"][0].get("server").is_none(), "{doc}");
+        assert!(
+            !doc["notes"].to_string().contains("left out"),
+            "nothing is left out: {doc}"
+        );
+
+        let dst_db = fresh(backend).await;
+        let dst = TestCp::start(settings(&dst_db)).await;
+        let (s, rep) = dst.post("/import", doc.clone()).await;
+        assert_eq!(s, 200, "{backend}: {rep}");
+        assert_eq!(rep["failed"], 0, "{rep}");
+        let (s, got) = dst.get("/policies/passthrough").await;
+        assert_eq!(s, 200, "{got}");
+        assert_eq!(got["spec"], want["spec"], "{backend}");
+        let snap = dst.current_snapshot().await;
+        assert_eq!(
+            snap["auth"]["passthrough"]["rules"][0]["name"], "devs",
+            "{snap}"
+        );
+        let (s, skip) = dst
+            .post("/import?conflict_strategy=skip", doc.clone())
+            .await;
+        assert_eq!(s, 200, "{skip}");
+        assert_eq!(skip["skipped"], 2, "{skip}");
+        src.stop().await;
+        dst.stop().await;
     }
 }

@@ -18,7 +18,9 @@ use serde_json::Value;
 use super::{Key, Kind, Step};
 use crate::model::{CatalogSpec, DiscoveredItem, FieldInvalid, ToolSpec};
 use crate::pinning::{self, PinPolicy};
-use crate::snapshot::{check_server_limits, check_written_server_auth};
+use crate::snapshot::{
+    PASSTHROUGH_POLICY, check_server_limits, check_written_server_auth, policy_prefix,
+};
 use crate::store::pins::ImportedPin;
 use crate::store::policies::{DEFAULT_LIMITS, EdgeKind, put_edge_item_tx};
 use crate::store::{Store, StoreError, WriteTx};
@@ -33,7 +35,8 @@ pub(super) struct ParsedEdge {
     /// By the issuer's name in the document.
     issuers: HashMap<String, Issuer>,
     /// By the server's name in the document; issuers renamed already.
-    policies: HashMap<String, ServerAuth>,
+    /// By the server's name in the document (`None`: the passthrough path's).
+    policies: HashMap<Option<String>, ServerAuth>,
     /// By the server's name in the document (`None`: the default limits).
     limits: HashMap<Option<String>, ServerLimits>,
     /// By the plugin's name in the document; `conditions.servers` still by document name.
@@ -61,11 +64,7 @@ pub(super) fn names(doc: &ExportDocument, types: &HashSet<&str>) -> Vec<Key> {
         out.extend(doc.issuers.iter().map(|i| (Kind::Issuer, i.name.clone())));
     }
     if types.contains("policies") {
-        out.extend(
-            doc.policies
-                .iter()
-                .map(|p| (Kind::Policy, p.server.clone())),
-        );
+        out.extend(doc.policies.iter().map(policy_key));
     }
     if types.contains("limits") {
         out.extend(doc.limits.iter().map(limits_key));
@@ -74,6 +73,13 @@ pub(super) fn names(doc: &ExportDocument, types: &HashSet<&str>) -> Vec<Key> {
         out.extend(doc.plugins.iter().map(|p| (Kind::Plugin, p.name.clone())));
     }
     out
+}
+
+fn policy_key(p: &crate::transfer::ExportPolicy) -> Key {
+    match &p.server {
+        Some(s) => (Kind::Policy, s.clone()),
+        None => (Kind::PassthroughPolicy, PASSTHROUGH_POLICY.to_owned()),
+    }
 }
 
 fn limits_key(l: &crate::transfer::ExportLimits) -> Key {
@@ -258,12 +264,14 @@ pub(super) async fn parse(
 
     if types.contains("policies") {
         for p in &doc.policies {
-            let key = (Kind::Policy, p.server.clone());
+            let key = policy_key(p);
             if planned(plan, &key).is_none() {
                 continue;
             }
-            if !server_known(store, types, plan, &p.server).await? {
-                errors.insert(key, unknown_server(&p.server));
+            if let Some(server) = &p.server
+                && !server_known(store, types, plan, server).await?
+            {
+                errors.insert(key, unknown_server(server));
                 continue;
             }
             let mut a = match parse_spec::<ServerAuth>(&p.spec) {
@@ -276,8 +284,11 @@ pub(super) async fn parse(
             for n in &mut a.issuers {
                 *n = final_name(plan, Kind::Issuer, n);
             }
-            let prefix = format!("servers.{}.auth", p.server);
-            match check_written_server_auth(&p.server, &a, &auth) {
+            let (id, prefix) = match &p.server {
+                Some(s) => (s.as_str(), format!("servers.{s}.auth")),
+                None => (PASSTHROUGH_POLICY, policy_prefix(PASSTHROUGH_POLICY)),
+            };
+            match check_written_server_auth(id, &a, &auth) {
                 Ok(()) => {
                     out.policies.insert(p.server.clone(), a);
                 }
@@ -431,17 +442,28 @@ pub(super) async fn apply(
             .map_err(at)?;
     }
     for p in &doc.policies {
-        let key = (Kind::Policy, p.server.clone());
+        let key = policy_key(p);
         let Some(mut a) = parsed.policies.remove(&p.server) else {
             continue;
         };
         let at = |e| (key.clone(), e);
-        let id = server_id(store, tx, plan, &p.server).await.map_err(at)?;
+        let Some(server) = &p.server else {
+            put_edge_item_tx(
+                tx,
+                EdgeKind::Policy,
+                PASSTHROUGH_POLICY,
+                &json(&a).map_err(at)?,
+            )
+            .await
+            .map_err(at)?;
+            continue;
+        };
+        let id = server_id(store, tx, plan, server).await.map_err(at)?;
         // A resource naming the server's id where it was exported names the id it has here.
         let old = doc
             .servers
             .iter()
-            .find(|s| s.name == p.server)
+            .find(|s| s.name == *server)
             .and_then(|s| s.id.as_deref());
         if let Some(old) = old
             && old != id
@@ -450,7 +472,7 @@ pub(super) async fn apply(
             a.resource = format!("{base}/servers/{id}/mcp");
             report.warnings.push(format!(
                 "policy {}: its resource now names the server's id here: {}",
-                p.server, a.resource
+                server, a.resource
             ));
         }
         put_edge_item_tx(tx, EdgeKind::Policy, &id, &json(&a).map_err(at)?)
