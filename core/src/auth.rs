@@ -312,6 +312,9 @@ pub struct Access {
     servers: NameMap<ServerPolicy>,
     /// Metadata path → server id.
     metadata_paths: NameMap<String>,
+    /// Whether the passthrough path has its own policy (the path then reads it; else it
+    /// costs one test of this flag).
+    passthrough: bool,
     /// The server the root form of the metadata describes: the only one with `auth` (the
     /// passthrough path counting as one).
     root: Option<String>,
@@ -364,6 +367,7 @@ impl Access {
             }
             access.servers.insert(id.to_owned(), policy);
         }
+        access.passthrough = access.servers.contains_key(PASSTHROUGH);
         if access.servers.len() == 1 {
             access.root = access.servers.keys().next().cloned();
         }
@@ -378,7 +382,7 @@ impl Access {
 
     /// Whether the passthrough path has its own identity (`auth.passthrough`).
     pub fn has_passthrough(&self) -> bool {
-        self.servers.contains_key(PASSTHROUGH)
+        self.passthrough
     }
 
     /// The identity policy of virtual server `id`, if it has one.

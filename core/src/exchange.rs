@@ -580,6 +580,9 @@ impl Exchange {
         }
         let Some(endpoint) = endpoint else {
             // The passthrough path: authenticated when it has its own identity.
+            if !config.access.has_passthrough() {
+                return None;
+            }
             return self.authenticate(crate::auth::PASSTHROUGH, fields, host);
         };
         match endpoint {
@@ -761,9 +764,11 @@ impl Exchange {
             BodyVerdict::Forward { cluster } => {
                 // Stage: identity, when the passthrough path has its own: each request and
                 // notification authorized, the first refusal answering the whole body.
-                for msg in messages {
-                    if let Some(step) = self.authorize(msg, host) {
-                        return step;
+                if config.access.has_passthrough() {
+                    for msg in messages {
+                        if let Some(step) = self.authorize(msg, host) {
+                            return step;
+                        }
                     }
                 }
                 let mut edit = None;
