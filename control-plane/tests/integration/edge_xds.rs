@@ -352,6 +352,52 @@ async fn add_server(cp: &TestCp, name: &str, mut body: Value) -> String {
     srv["id"].as_str().unwrap().to_owned()
 }
 
+/// A member (`developer`) of a new team `agents`, signed in, and the control plane's own
+/// issuer (`mcpgw`, its session tokens' audience `mcpgw-api`, the team mapped to the
+/// developer role) trusted at the edge: the team's id and the member's token. The control
+/// plane must run with `auth.jwt.issuer = issuer`.
+async fn team_member_token(
+    cp: &TestCp,
+    http: &reqwest::Client,
+    issuer: &str,
+    email: &str,
+) -> (String, String) {
+    let password = "a long enough password";
+    let (s, team) = cp.post("/teams", json!({"name": "agents"})).await;
+    assert_eq!(s, 201, "{team}");
+    let team = team["id"].as_str().unwrap().to_owned();
+    let (s, user) = cp
+        .post("/users", json!({"email": email, "password": password}))
+        .await;
+    assert_eq!(s, 201, "{user}");
+    let uid = user["id"].as_str().unwrap();
+    let (s, v) = cp
+        .put(
+            &format!("/teams/{team}/members/{uid}"),
+            json!({"role": "developer"}),
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let login = http
+        .post(cp.url("/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200);
+    let login: Value = login.json().await.unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let (s, v) = cp
+        .put(
+            "/issuers/mcpgw",
+            json!({"issuer": issuer, "algorithms": ["ES256"], "audiences": ["mcpgw-api"],
+                   "claims": {"groups": "teams", "group_roles": {&team: ["developer"]}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    (team, token)
+}
+
 /// A control plane (SQLite) with one Envoy following it over ADS, once Envoy has bound
 /// the MCP listener; a client for that listener.
 struct Rig {

@@ -61,6 +61,12 @@ fn patched_gateway(plugin_config: Option<&Value>) -> Value {
             .to_string(),
         module = filter_wasm().display().to_string(),
     );
+    run_applier(&script)
+}
+
+/// Runs a Python `script` that prints an Envoy configuration made by the EnvoyFilter
+/// applier (`tests/manifests/envoyfilter.py`), and parses it.
+fn run_applier(script: &str) -> Value {
     let out = Command::new(python())
         .arg("-c")
         .arg(script)
@@ -545,17 +551,7 @@ fn patched_sidecar(local_cluster: &str) -> Value {
         shipped = SHIPPED_LOCAL_CLUSTER,
         module = filter_wasm().display().to_string(),
     );
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the EnvoyFilter applier failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    run_applier(&script)
 }
 
 /// The patched sidecar, made runnable here: no istiod (its ADS dropped, and with it the

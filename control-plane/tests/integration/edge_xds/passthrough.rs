@@ -8,7 +8,9 @@ use serde_json::json;
 
 use super::super::harness::TestDb;
 use super::super::upstream::TestUpstream;
-use super::{Envoy, Rig, bootstrap, call_text, control_plane_with, rpc, tool_names};
+use super::{
+    Envoy, Rig, bootstrap, call_text, control_plane_with, rpc, team_member_token, tool_names,
+};
 
 /// `mcpgw_edge_passthrough_unresolved` in the control plane's `/metrics`.
 async fn unresolved(rig: &Rig) -> String {
@@ -200,44 +202,9 @@ async fn the_passthrough_policy_requires_a_token_and_applies_its_rules() {
         .await;
     assert_eq!(s, 201, "{g}");
 
-    // A team member signed in: the control plane's session token names the team.
-    let (_, team) = rig.cp.post("/teams", json!({"name": "agents"})).await;
-    let team = team["id"].as_str().unwrap().to_owned();
-    let (email, password) = ("alice@example.com", "a long enough password");
-    let (s, user) = rig
-        .cp
-        .post("/users", json!({"email": email, "password": password}))
-        .await;
-    assert_eq!(s, 201, "{user}");
-    let uid = user["id"].as_str().unwrap();
-    let (s, v) = rig
-        .cp
-        .put(
-            &format!("/teams/{team}/members/{uid}"),
-            json!({"role": "developer"}),
-        )
-        .await;
-    assert_eq!(s, 204, "{v}");
-    let login: serde_json::Value = rig
-        .http
-        .post(rig.cp.url("/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
-    let (s, v) = rig
-        .cp
-        .put(
-            "/issuers/mcpgw",
-            json!({"issuer": OWN_ISSUER, "algorithms": ["ES256"], "audiences": ["mcpgw-api"],
-                   "claims": {"groups": "teams", "group_roles": {&team: ["developer"]}}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    // A member of a team, signed in, and the control plane's issuer trusted at the edge.
+    let (team, token) =
+        team_member_token(&rig.cp, &rig.http, OWN_ISSUER, "alice@example.com").await;
 
     let mcp = format!("http://{}/mcp", rig.listener);
     // A rule that does not parse: refused, naming it, and nothing stored.

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::super::upstream::TestUpstream;
-use super::{Rig, add_gateway, add_server, python, repo_path};
+use super::{Rig, add_gateway, add_server, python, repo_path, team_member_token};
 
 /// The control plane's `jwt_issuer` in this test: an identifier, never fetched.
 const OWN_ISSUER: &str = "http://localhost/mcpgw";
@@ -58,49 +58,9 @@ async fn a_policy_a_limit_and_a_pii_plugin_set_through_the_api_hold_at_the_edge(
     )
     .await;
 
-    // A user in a team, signed in: the control plane's session token names the team.
-    let (s, team) = rig.cp.post("/teams", json!({"name": "agents"})).await;
-    assert_eq!(s, 201, "{team}");
-    let team = team["id"].as_str().unwrap().to_owned();
-    let (s, user) = rig
-        .cp
-        .post(
-            "/users",
-            json!({"email": EMAIL, "password": "a long enough password"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{user}");
-    let uid = user["id"].as_str().unwrap();
-    let (s, v) = rig
-        .cp
-        .put(
-            &format!("/teams/{team}/members/{uid}"),
-            json!({"role": "developer"}),
-        )
-        .await;
-    assert_eq!(s, 204, "{v}");
-    let login = rig
-        .http
-        .post(rig.cp.url("/auth/login"))
-        .json(&json!({"email": EMAIL, "password": "a long enough password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status().as_u16(), 200);
-    let login: Value = login.json().await.unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
-
-    // The control plane's own issuer: its session tokens (audience `mcpgw-api`), members
-    // of the team mapped to the developer role.
-    let (s, v) = rig
-        .cp
-        .put(
-            "/issuers/mcpgw",
-            json!({"issuer": OWN_ISSUER, "algorithms": ["ES256"], "audiences": ["mcpgw-api"],
-                   "claims": {"groups": "teams", "group_roles": {&team: ["developer"]}}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    // A member of a team, signed in: the control plane's session token names the team,
+    // and its issuer maps the team to the developer role.
+    let (team, token) = team_member_token(&rig.cp, &rig.http, OWN_ISSUER, EMAIL).await;
     let mcp = rig.mcp(&sid);
     let (s, v) = rig.cp
         .put(
