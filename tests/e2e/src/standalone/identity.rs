@@ -48,6 +48,8 @@ pub(super) struct IdentityPlan {
     pub revoked: Vec<String>,
     /// `(server key, the snapshot's servers.{key}.auth)`: the bodies of `PUT /policies/{id}`.
     pub policies: Vec<(String, Value)>,
+    /// The snapshot's `auth.passthrough`: the body of `PUT /policies/passthrough`.
+    pub passthrough: Option<Value>,
 }
 
 /// Reads the identity part of `doc` (the snapshot) and checks `config`'s `jwt_authn` and
@@ -82,6 +84,7 @@ pub(super) fn plan(doc: &Map<String, Value>, config: &EnvoyConfig) -> anyhow::Re
                 "auth.clock_skew_seconds {value}: the control plane's edge allows the default {} s, no other",
                 mcpgw_core::snapshot::auth::DEFAULT_CLOCK_SKEW_SECONDS
             ),
+            "passthrough" => plan.passthrough = Some(value.clone()),
             other => bail!("auth.{other} is not translated into the registry"),
         }
     }
@@ -181,6 +184,13 @@ pub(super) async fn register(sa: &mut Standalone, plan: &IdentityPlan) -> anyhow
             .json(policy);
         sa.call(req, 201, &format!("PUT /policies/{key}")).await?;
     }
+    if let Some(policy) = &plan.passthrough {
+        let req = sa
+            .admin
+            .put(format!("{}/policies/passthrough", sa.api))
+            .json(policy);
+        sa.call(req, 201, "PUT /policies/passthrough").await?;
+    }
     Ok(())
 }
 
@@ -272,11 +282,12 @@ mod tests {
     #[test]
     fn issuers_revocations_and_policies_are_read_with_the_generated_jwt_authn() {
         let auth = json!({"issuers": {"idp": {"issuer": "https://idp", "algorithms": ["RS256"], "jwks": jwks()}},
-                          "revoked": ["r-1"]});
+                          "revoked": ["r-1"], "passthrough": {"resource": "https://x/mcp"}});
         let jwt = jwt_authn_filter(&[("idp", "https://idp", &jwks())], 30);
         let plan = plan(&doc(auth), &config(vec![jwt], &[PAYLOAD_HEADER])).unwrap();
         assert_eq!(plan.issuers[0].0, "idp");
         assert_eq!(plan.revoked, ["r-1"]);
+        assert_eq!(plan.passthrough, Some(json!({"resource": "https://x/mcp"})));
         assert_eq!(
             plan.policies,
             [(

@@ -424,3 +424,79 @@ impl StatLine for str {
         key.ends_with(name).then(|| value.trim().parse().ok())?
     }
 }
+
+/// The passthrough path's resource (`auth.passthrough`).
+const PASSTHROUGH: &str = "https://gw.mcpgw.test/mcp";
+
+/// The passthrough path (`/mcp`, the upstream's own names) with its own identity
+/// (`auth.passthrough`) behind the same `jwt_authn`: no token, and a token for the virtual
+/// server, get 401 with a challenge naming its metadata; its own token calls what its
+/// rules allow and gets 403 otherwise; no credential reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_passthrough_path_asks_for_its_own_token() -> anyhow::Result<()> {
+    let issued = issue(
+        &artifacts(),
+        &[
+            (claims("alice", json!({"aud": PASSTHROUGH})), Forge::Signed),
+            (claims("alice", json!({})), Forge::Signed),
+        ],
+    )
+    .await?;
+    let [ours, theirs] = [0, 1].map(|i| bearer(&issued.tokens[i]));
+    let upstream = RmcpServer::start("u", RmcpServerMode::StatelessJson).await?;
+    let mut doc: Value = serde_json::from_str(&snapshot(&issued.jwks))?;
+    doc["auth"]["passthrough"] = json!({
+        "resource": PASSTHROUGH,
+        "rules": [{"name": "eng-echo", "when": "'eng' in principal.teams && request.name == 'echo'"}]
+    });
+    let mut config = EnvoyConfig::with_filter(&doc.to_string(), upstream.addr);
+    config.before_filter = vec![jwt_authn_filter(&[("idp", ISS, &issued.jwks)], 30)];
+    config.strip_headers = vec![PAYLOAD_HEADER.to_owned()];
+    let envoy = Envoy::start(&artifacts(), &config).await?;
+    let url = envoy.mcp_url();
+    let call = |id: i64, name: &str| tools_call(id, name, json!({"message": "hi"}));
+    let version = ("mcp-protocol-version", VERSION);
+
+    let r = post(&url, call(1, "echo"), &[version]).await?;
+    assert_eq!(r.status, 401, "no token: {}", r.text());
+    let challenge = r.header("www-authenticate");
+    assert!(
+        challenge.contains("https://gw.mcpgw.test/.well-known/oauth-protected-resource/mcp"),
+        "{challenge}"
+    );
+    let r = post(
+        &url,
+        call(2, "echo"),
+        &[version, ("authorization", &theirs)],
+    )
+    .await?;
+    assert_eq!(r.status, 401, "the virtual server's token: {}", r.text());
+    let calls_before = upstream.seen().len();
+    assert_eq!(calls_before, 0, "nothing reached the upstream yet");
+
+    let r = post(&url, call(3, "echo"), &[version, ("authorization", &ours)]).await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.response(&json!(3))?["result"].is_object(), "{}", r.text());
+    let r = post(
+        &url,
+        call(4, "whoami"),
+        &[version, ("authorization", &ours)],
+    )
+    .await?;
+    assert_eq!(r.status, 403, "no rule allows whoami: {}", r.text());
+    assert_eq!(r.response(&json!(4))?["error"]["code"], -32003);
+
+    let seen = upstream.seen();
+    let methods: Vec<_> = seen.iter().map(|s| s.rpc_method.clone()).collect();
+    assert_eq!(
+        methods,
+        [Some("tools/call".to_owned())],
+        "only the allowed call"
+    );
+    for s in &seen {
+        for h in ["authorization", PAYLOAD_HEADER] {
+            assert!(!s.headers.contains_key(h), "{h} reached the upstream");
+        }
+    }
+    Ok(())
+}
