@@ -132,6 +132,33 @@ def validate_custom(docs: list[dict]) -> tuple[bool, str]:
     return out.returncode == 0, out.stdout + out.stderr
 
 
+
+def start_istio_control_plane_and_envoy(test, d, config, *, admin_api, xds, mcp_port, base_id,
+                                        envoy_args=()):
+    """`mcpgw serve --dev` (Istio cluster naming, relay and rate-limit service off) and an
+    Envoy running `config`, both in `d` (logs `cp.log`, `envoy.log`) and killed when `test`
+    ends."""
+    cp_log, envoy_log = open(d / "cp.log", "w"), open(d / "envoy.log", "w")
+    test.addCleanup(cp_log.close)
+    test.addCleanup(envoy_log.close)
+    cp = subprocess.Popen(
+        [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
+         "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
+         "--relay-listen", "off", "--ratelimit-listen", "off",
+         "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio"],
+        stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
+    )
+    test.addCleanup(cp.wait)
+    test.addCleanup(cp.kill)
+    (d / "envoy.yaml").write_text(yaml.safe_dump(config))
+    ev = subprocess.Popen(
+        [envoy(), "-c", str(d / "envoy.yaml"), "--base-id", str(base_id),
+         "--concurrency", "1", *envoy_args],
+        stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d,
+    )
+    test.addCleanup(ev.wait)
+    test.addCleanup(ev.kill)
+
 class Rendering(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -719,26 +746,11 @@ class IstioGatewayLive(unittest.TestCase):
         )
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
-            cp_log, envoy_log = open(d / "cp.log", "w"), open(d / "envoy.log", "w")
-            self.addCleanup(cp_log.close)
-            self.addCleanup(envoy_log.close)
-            cp = subprocess.Popen(
-                [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
-                 "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
-                 "--relay-listen", "off", "--ratelimit-listen", "off",
-                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio"],
-                stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
+            start_istio_control_plane_and_envoy(
+                self, d, config, admin_api=admin_api, xds=xds, mcp_port=mcp_port,
+                base_id=61_000 + os.getpid() % 4_000,
+                envoy_args=["--admin-address-path", str(d / "admin")],
             )
-            self.addCleanup(cp.wait)
-            self.addCleanup(cp.kill)
-            (d / "envoy.yaml").write_text(yaml.safe_dump(config))
-            ev = subprocess.Popen(
-                [envoy(), "-c", str(d / "envoy.yaml"), "--base-id", str(61_000 + os.getpid() % 4_000),
-                 "--concurrency", "1", "--admin-address-path", str(d / "admin")],
-                stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d,
-            )
-            self.addCleanup(ev.wait)
-            self.addCleanup(ev.kill)
             deadline = time.monotonic() + 60
             answer, last = None, None
             while time.monotonic() < deadline:
@@ -811,26 +823,10 @@ class IstioSidecarLive(unittest.TestCase):
                 fc["filter_chain_match"]["destination_port"] = mcp_port
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
-            cp_log, envoy_log = open(d / "cp.log", "w"), open(d / "envoy.log", "w")
-            self.addCleanup(cp_log.close)
-            self.addCleanup(envoy_log.close)
-            cp = subprocess.Popen(
-                [mcpgw_binary(), "serve", "--dev", "--data-dir", str(d / "data"),
-                 "--listen", f"127.0.0.1:{admin_api}", "--xds-listen", f"127.0.0.1:{xds}",
-                 "--relay-listen", "off", "--ratelimit-listen", "off",
-                 "--envoy-listen", f"127.0.0.1:{mcp_port}", "--cluster-naming", "istio"],
-                stdout=cp_log, stderr=subprocess.STDOUT, cwd=d,
+            start_istio_control_plane_and_envoy(
+                self, d, config, admin_api=admin_api, xds=xds, mcp_port=mcp_port,
+                base_id=SIDECAR_BASE_ID + 1,
             )
-            self.addCleanup(cp.wait)
-            self.addCleanup(cp.kill)
-            (d / "envoy.yaml").write_text(yaml.safe_dump(config))
-            ev = subprocess.Popen(
-                [envoy(), "-c", str(d / "envoy.yaml"), "--base-id", str(SIDECAR_BASE_ID + 1),
-                 "--concurrency", "1"],
-                stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d,
-            )
-            self.addCleanup(ev.wait)
-            self.addCleanup(ev.kill)
 
             def post(body: bytes, headers: dict | None = None) -> tuple[int, str] | None:
                 req = urllib.request.Request(

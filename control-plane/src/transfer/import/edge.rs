@@ -284,10 +284,8 @@ pub(super) async fn parse(
             for n in &mut a.issuers {
                 *n = final_name(plan, Kind::Issuer, n);
             }
-            let (id, prefix) = match &p.server {
-                Some(s) => (s.as_str(), format!("servers.{s}.auth")),
-                None => (PASSTHROUGH_POLICY, policy_prefix(PASSTHROUGH_POLICY)),
-            };
+            let id = p.server.as_deref().unwrap_or(PASSTHROUGH_POLICY);
+            let prefix = policy_prefix(id);
             match check_written_server_auth(id, &a, &auth) {
                 Ok(()) => {
                     out.policies.insert(p.server.clone(), a);
